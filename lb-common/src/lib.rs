@@ -1,0 +1,300 @@
+//! Types shared by the XDP program (`lb-ebpf`) and the agent (`lb-user`).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding fields and a compile-time size check, because the kernel
+//! compares map keys byte for byte: implicit padding may hold garbage and make equal keys differ.
+//! Addresses and ports are stored in network byte order exactly as they appear in packets (`[u8; 4]`, `[u8; 2]`),
+//! so neither side ever has to think about endianness.
+#![no_std]
+
+/// Maglev lookup table size per service (a prime, as the Maglev paper requires).
+pub const MAGLEV_M: u32 = 65537;
+/// Services per data plane. Each takes two Maglev tables (double buffering), 2 x 256 KiB.
+pub const MAX_SERVICES: u32 = 64;
+/// Backends over all services.
+pub const MAX_BACKENDS: u32 = 4096;
+/// Default size of the connection table (LRU); the agent may override it at load time.
+pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
+/// A Maglev slot holding this value means "no healthy backend": the service fails fast.
+pub const NO_BACKEND: u32 = u32::MAX;
+
+/// Names of the maps and programs in the eBPF object, used by both sides.
+pub mod names {
+    pub const PROGRAM: &str = "xvip_xdp";
+    pub const PASS_PROGRAM: &str = "xvip_pass";
+    pub const CONFIG: &str = "CONFIG";
+    pub const SERVICES: &str = "SERVICES";
+    pub const MAGLEV: &str = "MAGLEV";
+    pub const BACKENDS: &str = "BACKENDS";
+    pub const CONNTRACK: &str = "CONNTRACK";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const SERVICE_STATS: &str = "SERVICE_STATS";
+    pub const BACKEND_STATS: &str = "BACKEND_STATS";
+}
+
+/// The data plane's whole view of the node: one entry of the `CONFIG` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// 1 while this node is the active VRRP router; the program answers for the VIP only then.
+    pub active: u32,
+    /// Seed of the flow hash, identical on every node of a VRRP group (derived from the VIP and VRID).
+    pub hash_seed: u32,
+    pub vip: [u8; 4],
+    /// MAC address of the interface the program is attached to.
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the `SERVICES` hash map: a port and protocol on the VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ServiceKey {
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 4);
+
+pub const FORWARD_DSR: u8 = 0;
+pub const FORWARD_NAT: u8 = 1;
+
+/// Value of the `SERVICES` hash map.
+///
+/// The agent rebuilds a Maglev table into the buffer that is *not* in use, then replaces this value with one that
+/// names the new buffer. A hash map update swaps the whole value at once, so a packet sees the old table or the new
+/// one, never a mix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    /// Index of the service, 0..MAX_SERVICES: selects its Maglev tables and its counters.
+    pub index: u32,
+    /// Which of the service's two Maglev tables is live (0 or 1).
+    pub table: u32,
+    pub forwarding: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// Index of the first slot of a service's live Maglev table in the flat `MAGLEV` array.
+#[inline(always)]
+pub const fn maglev_base(service_index: u32, table: u32) -> u32 {
+    (service_index * 2 + (table & 1)) * MAGLEV_M
+}
+
+/// One entry of the `BACKENDS` array.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backend {
+    pub address: [u8; 4],
+    pub port: [u8; 2],
+    /// MAC of the backend (or of the next hop towards it), resolved by the agent from the neighbour table.
+    pub mac: [u8; 6],
+    /// Interface through which the backend is reached; equal to the ingress interface means XDP_TX.
+    pub ifindex: u32,
+    /// 1 when the health checks say the backend is up; a pinned flow to an unhealthy backend is re-hashed.
+    pub healthy: u8,
+    /// Index of the service this backend belongs to. A pinned flow whose backend slot was since given to another
+    /// service is re-hashed instead of crossing services.
+    pub service: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+
+/// Key of the connection table: one direction of a client flow towards a service.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub client: [u8; 4],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub backend: u32,
+}
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 4);
+
+/// Packets and bytes, the value of the per-CPU service and backend counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<Traffic>() == 16);
+
+/// What the program did with a frame and why: one per-CPU counter each (the `COUNTERS` array).
+///
+/// Every return path of the program bumps exactly one of these, so their sum is the number of frames seen.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// ARP request for the VIP answered with XDP_TX.
+    ArpReply = 0,
+    /// ICMP echo request to the VIP answered with XDP_TX.
+    EchoReply = 1,
+    /// Packet to a service sent to a backend (DSR) on the ingress interface.
+    ForwardTx = 2,
+    /// Packet to a service redirected to a backend on another interface.
+    ForwardRedirect = 3,
+    /// Not IPv4 nor ARP (IPv6, LLDP, ...): kernel.
+    PassNotIpv4 = 4,
+    /// 802.1Q/802.1ad tagged: kernel.
+    PassVlan = 5,
+    /// ARP that is not a request for the VIP, or any ARP while not active: kernel.
+    PassArp = 6,
+    /// IPv4 not addressed to the VIP: kernel.
+    PassNotVip = 7,
+    /// Addressed to the VIP while this node is not active: kernel (which does not own the VIP either).
+    PassInactive = 8,
+    /// To the VIP but not to a configured service (other port, protocol or ICMP type): kernel.
+    PassNoService = 9,
+    /// Frame too short for the headers it claims: kernel (it drops it too, and counts it).
+    PassTruncated = 10,
+    /// To a service, but an IPv4 fragment: there are no ports to hash.
+    DropFragment = 11,
+    /// To a service, but with IPv4 options (or a bad header length / version).
+    DropIpOptions = 12,
+    /// To a service that has no healthy backend: dropped so the client fails fast rather than hanging on a
+    /// node that looks healthy.
+    DropNoBackend = 13,
+    /// To a service, backend picked, but its entry is unusable (no MAC yet): dropped.
+    DropBackendUnresolved = 14,
+    /// A map lookup that cannot fail did (should stay 0).
+    DropInternal = 15,
+}
+
+pub const REASON_COUNT: u32 = 16;
+
+impl Reason {
+    pub const ALL: [Reason; REASON_COUNT as usize] = [
+        Reason::ArpReply,
+        Reason::EchoReply,
+        Reason::ForwardTx,
+        Reason::ForwardRedirect,
+        Reason::PassNotIpv4,
+        Reason::PassVlan,
+        Reason::PassArp,
+        Reason::PassNotVip,
+        Reason::PassInactive,
+        Reason::PassNoService,
+        Reason::PassTruncated,
+        Reason::DropFragment,
+        Reason::DropIpOptions,
+        Reason::DropNoBackend,
+        Reason::DropBackendUnresolved,
+        Reason::DropInternal,
+    ];
+
+    /// Stable snake_case name, used in status output and tests.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::ArpReply => "arp_replies",
+            Reason::EchoReply => "echo_replies",
+            Reason::ForwardTx => "forward_tx",
+            Reason::ForwardRedirect => "forward_redirect",
+            Reason::PassNotIpv4 => "pass_not_ipv4",
+            Reason::PassVlan => "pass_vlan",
+            Reason::PassArp => "pass_arp",
+            Reason::PassNotVip => "pass_not_vip",
+            Reason::PassInactive => "pass_inactive",
+            Reason::PassNoService => "pass_no_service",
+            Reason::PassTruncated => "pass_truncated",
+            Reason::DropFragment => "drop_fragment",
+            Reason::DropIpOptions => "drop_ip_options",
+            Reason::DropNoBackend => "drop_no_backend",
+            Reason::DropBackendUnresolved => "drop_backend_unresolved",
+            Reason::DropInternal => "drop_internal",
+        }
+    }
+}
+
+/// The flow hash: (client address, client port, service port, protocol) with the group's seed.
+///
+/// Shared by both sides so the agent and its tests can predict which Maglev slot a flow takes. It is a
+/// murmur3-style mix (multiply, rotate, xor) that the verifier accepts without loops or helpers.
+#[inline(always)]
+pub fn flow_hash(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, u32::from_be_bytes(client));
+    h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
+    h = mix(h, u32::from(protocol));
+    fmix(h ^ 12)
+}
+
+#[inline(always)]
+fn mix(h: u32, k: u32) -> u32 {
+    let k = k.wrapping_mul(0xcc9e_2d51).rotate_left(15).wrapping_mul(0x1b87_3593);
+    (h ^ k).rotate_left(13).wrapping_mul(5).wrapping_add(0xe654_6b64)
+}
+
+#[inline(always)]
+fn fmix(mut h: u32) -> u32 {
+    h ^= h >> 16;
+    h = h.wrapping_mul(0x85eb_ca6b);
+    h ^= h >> 13;
+    h = h.wrapping_mul(0xc2b2_ae35);
+    h ^ (h >> 16)
+}
+
+/// The flow hash seed of a VRRP group: every node with the same VIP and VRID gets the same one.
+pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
+    fmix(mix(0x7876_6970, u32::from_be_bytes(vip)) ^ u32::from(vrid))
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit padding.
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Traffic {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_are_listed_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_input() {
+        let base = flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 80], 6, 7);
+        assert_ne!(base, flow_hash([10, 0, 0, 2], [0x12, 0x34], [0, 80], 6, 7));
+        assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x35], [0, 80], 6, 7));
+        assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 81], 6, 7));
+        assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 80], 17, 7));
+        assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 80], 6, 8));
+    }
+
+    #[test]
+    fn group_seed_differs_per_vrid_and_vip() {
+        assert_ne!(group_seed([10, 0, 0, 1], 1), group_seed([10, 0, 0, 1], 2));
+        assert_ne!(group_seed([10, 0, 0, 1], 1), group_seed([10, 0, 0, 2], 1));
+    }
+
+    #[test]
+    fn maglev_tables_do_not_overlap() {
+        assert_eq!(maglev_base(0, 1), MAGLEV_M);
+        assert_eq!(maglev_base(1, 0), 2 * MAGLEV_M);
+        assert_eq!(maglev_base(MAX_SERVICES - 1, 1) + MAGLEV_M, 2 * MAX_SERVICES * MAGLEV_M);
+    }
+}

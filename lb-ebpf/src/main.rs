@@ -1,0 +1,297 @@
+//! xvip's XDP program: answers ARP and ping for the VIP while this node is the active VRRP router, and sends
+//! traffic for the configured services to a backend chosen by Maglev, pinned per flow.
+//!
+//! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
+//! exactly one `Reason`, counted per CPU, so the agent can tell users what happened to every frame.
+#![no_std]
+#![no_main]
+
+mod csum;
+mod maps;
+mod packet;
+
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
+    helpers::bpf_redirect,
+    macros::xdp,
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FlowKey, FlowValue, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
+    ServiceValue, Traffic, flow_hash, maglev_base,
+};
+use maps::{BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, MAGLEV, SERVICE_STATS, SERVICES};
+use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+const ETH_LEN: usize = EthHdr::LEN;
+const IP_LEN: usize = Ipv4Hdr::LEN;
+const L4_OFF: usize = ETH_LEN + IP_LEN;
+
+const ETH_P_IPV4: u16 = 0x0800;
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const ETH_P_IPV6: u16 = 0x86dd;
+
+const IPPROTO_ICMP: u8 = 1;
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
+/// Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
+const TCP_FLAGS_OFF: usize = 13;
+
+#[xdp]
+pub fn xvip_xdp(ctx: XdpContext) -> u32 {
+    let (action, reason) = process(&ctx);
+    count(reason);
+    action
+}
+
+/// A do-nothing program for the receiving end of veth pairs: veth only delivers XDP_TX/XDP_REDIRECT frames to a
+/// peer that runs an XDP program. Also the baseline of `cargo xtask bench xdp`.
+#[xdp]
+pub fn xvip_pass(_ctx: XdpContext) -> u32 {
+    XDP_PASS
+}
+
+#[inline(always)]
+fn count(reason: Reason) {
+    if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+}
+
+#[inline(always)]
+fn process(ctx: &XdpContext) -> (u32, Reason) {
+    let Some(eth) = packet::at::<EthHdr>(ctx, 0) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    // SAFETY: `at` checked that the header lies inside the frame.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    let Some(config) = CONFIG.get(0) else {
+        return (XDP_PASS, Reason::DropInternal);
+    };
+    match ether_type {
+        ETH_P_ARP => arp(ctx, eth, config),
+        ETH_P_IPV4 => ipv4(ctx, eth, config),
+        ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan),
+        ETH_P_IPV6 => (XDP_PASS, Reason::PassNotIpv4),
+        _ => (XDP_PASS, Reason::PassNotIpv4),
+    }
+}
+
+/// Turns an ARP request for the VIP into the reply, in place (RFC 826), while active.
+#[inline(always)]
+fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason) {
+    let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    // SAFETY: both headers were bounds-checked by `at`.
+    unsafe {
+        let a = &mut *arp;
+        let is_request_for_vip = config.active == 1
+            && a.htype == [0, 1]
+            && a.ptype == ETH_P_IPV4.to_be_bytes()
+            && a.hlen == 6
+            && a.plen == 4
+            && a.oper == ARP_REQUEST.to_be_bytes()
+            && a.tpa == config.vip
+            // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question.
+            && a.spa != config.vip;
+        if !is_request_for_vip {
+            return (XDP_PASS, Reason::PassArp);
+        }
+        let asker_mac = a.sha;
+        let asker_ip = a.spa;
+        a.oper = ARP_REPLY.to_be_bytes();
+        a.tha = asker_mac;
+        a.tpa = asker_ip;
+        a.sha = config.mac;
+        a.spa = config.vip;
+        (*eth).dst_addr = asker_mac;
+        (*eth).src_addr = config.mac;
+    }
+    (XDP_TX, Reason::ArpReply)
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason) {
+    let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &mut *ip };
+    if ip.dst_addr != config.vip {
+        return (XDP_PASS, Reason::PassNotVip);
+    }
+    if config.active != 1 {
+        return (XDP_PASS, Reason::PassInactive);
+    }
+    // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.
+    if ip.vihl != 0x45 {
+        return (XDP_DROP, Reason::DropIpOptions);
+    }
+    let total = u16::from_be_bytes(ip.tot_len) as usize;
+    if total < IP_LEN || ETH_LEN + total > packet::len(ctx) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    // More-fragments flag or a fragment offset: there are no ports to hash.
+    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+        return (XDP_DROP, Reason::DropFragment);
+    }
+    match ip.proto as u8 {
+        IPPROTO_ICMP => echo(ctx, eth, ip, total),
+        PROTO_TCP => {
+            let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {
+                return (XDP_PASS, Reason::PassTruncated);
+            };
+            if total < IP_LEN + TcpHdr::LEN {
+                return (XDP_PASS, Reason::PassTruncated);
+            }
+            // SAFETY: bounds-checked by `at`.
+            let (sport, dport, flags) = unsafe {
+                let t = &*tcp;
+                (t.source, t.dest, *((tcp as *const u8).add(TCP_FLAGS_OFF)))
+            };
+            let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
+            service(ctx, eth, ip, config, sport, dport, PROTO_TCP, syn)
+        }
+        PROTO_UDP => {
+            let Some(udp) = packet::at::<UdpHdr>(ctx, L4_OFF) else {
+                return (XDP_PASS, Reason::PassTruncated);
+            };
+            if total < IP_LEN + UdpHdr::LEN {
+                return (XDP_PASS, Reason::PassTruncated);
+            }
+            // SAFETY: bounds-checked by `at`.
+            let (sport, dport) = unsafe { ((*udp).src, (*udp).dst) };
+            service(ctx, eth, ip, config, sport, dport, PROTO_UDP, false)
+        }
+        _ => (XDP_PASS, Reason::PassNoService),
+    }
+}
+
+/// Answers an ICMP echo request to the VIP in place: swap addresses, type 8 -> 0, checksum adjusted.
+#[inline(always)]
+fn echo(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, total: usize) -> (u32, Reason) {
+    let Some(icmp) = packet::at::<Icmpv4Hdr>(ctx, L4_OFF) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    if total < IP_LEN + Icmpv4Hdr::LEN {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    // SAFETY: bounds-checked by `at`.
+    let icmp = unsafe { &mut *icmp };
+    if icmp.type_ != ICMP_ECHO_REQUEST || icmp.code != 0 {
+        return (XDP_PASS, Reason::PassNoService);
+    }
+    // The type is the high byte of the first 16-bit word; the code (0) stays.
+    icmp.check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
+    icmp.type_ = ICMP_ECHO_REPLY;
+    // Swapping source and destination leaves the IP header checksum unchanged.
+    core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+    // SAFETY: bounds-checked by `at` in `process`.
+    unsafe {
+        let e = &mut *eth;
+        core::mem::swap(&mut e.src_addr, &mut e.dst_addr);
+    }
+    (XDP_TX, Reason::EchoReply)
+}
+
+/// Sends a packet for a configured service to its backend (DSR: only the MACs change).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn service(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv4Hdr,
+    config: &NodeConfig,
+    client_port: [u8; 2],
+    service_port: [u8; 2],
+    protocol: u8,
+    syn: bool,
+) -> (u32, Reason) {
+    let key = ServiceKey { port: service_port, protocol, _pad: 0 };
+    // SAFETY: the value is only read; the agent replaces values whole.
+    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+        return (XDP_PASS, Reason::PassNoService);
+    };
+    let svc: ServiceValue = *svc;
+    let flow = FlowKey { client: ip.src_addr, client_port, service_port, protocol, _pad: [0; 3] };
+
+    let mut chosen = NO_BACKEND;
+    // A pinned flow keeps its backend while that backend is healthy; a SYN always takes a fresh pick so a
+    // reused client port does not inherit an old connection's backend.
+    if !syn {
+        // SAFETY: read-only use of the value.
+        if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
+            let id = pinned.backend;
+            if let Some(b) = BACKENDS.get(id) {
+                if b.healthy == 1 && u32::from(b.service) == svc.index {
+                    chosen = id;
+                }
+            }
+        }
+    }
+    if chosen == NO_BACKEND {
+        let slot = flow_hash(ip.src_addr, client_port, service_port, protocol, config.hash_seed) % MAGLEV_M;
+        let Some(id) = MAGLEV.get(maglev_base(svc.index, svc.table) + slot) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        if *id == NO_BACKEND {
+            return (XDP_DROP, Reason::DropNoBackend);
+        }
+        chosen = *id;
+        let _ = CONNTRACK.insert(&flow, &FlowValue { backend: chosen }, 0);
+    }
+    let Some(backend) = BACKENDS.get(chosen) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    if backend.mac == [0; 6] {
+        return (XDP_DROP, Reason::DropBackendUnresolved);
+    }
+
+    let bytes = packet::len(ctx) as u64;
+    add_traffic(&SERVICE_STATS, svc.index, bytes);
+    add_traffic(&BACKEND_STATS, chosen, bytes);
+
+    // SAFETY: bounds-checked by `at` in `process`.
+    unsafe {
+        (*eth).dst_addr = backend.mac;
+        (*eth).src_addr = config.mac;
+    }
+    if backend.ifindex == 0 || backend.ifindex as usize == ctx.ingress_ifindex() {
+        (XDP_TX, Reason::ForwardTx)
+    } else {
+        // SAFETY: plain helper call.
+        let action = unsafe { bpf_redirect(backend.ifindex, 0) } as u32;
+        if action == XDP_REDIRECT { (XDP_REDIRECT, Reason::ForwardRedirect) } else { (XDP_DROP, Reason::DropInternal) }
+    }
+}
+
+#[inline(always)]
+fn add_traffic(map: &aya_ebpf::maps::PerCpuArray<Traffic>, index: u32, bytes: u64) {
+    if let Some(t) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+        }
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,398 @@
+//! The config file: its typed form, reading it with every problem located, and what a reload changes.
+//!
+//! The format is the contract in `interfaces.md`; `deploy/xvip.example.toml` is a commented example. Reading never
+//! touches the system (no interface lookup, no file besides the config itself), so `xvip check` can validate a
+//! config on any machine.
+//!
+//! # Defaults
+//!
+//! This table is the one place defaults are written down (the example file repeats them as comments).
+//!
+//! | key | default | allowed |
+//! |---|---|---|
+//! | `interface` | required | 1..=15 bytes, no `/`, `:` or whitespace |
+//! | `xdp_mode` | `"auto"` | `"auto"` (native, else generic with a warning), `"native"`, `"generic"` |
+//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the data plane's connection table |
+//! | `vip.address` | required | a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast) |
+//! | `vip.hostname` | none | a DNS name; informational, and the default TLS server name of https checks |
+//! | `vrrp.vrid` | required | 1..=255 |
+//! | `vrrp.priority` | required | 1..=255 (255 = address owner) |
+//! | `vrrp.advert_interval_ms` | `1000` | 10..=40950, a multiple of 10 |
+//! | `vrrp.preempt` | `true` | |
+//! | `vrrp.preempt_delay_ms` | `0` | 0..=1000000 |
+//! | `vrrp.source_address` | none: the interface's primary IPv4 | a unicast IPv4 address, not the VIP |
+//! | `vrrp.unicast_peers` | `[]`: multicast to 224.0.0.18 | unique unicast IPv4 addresses, not the source address or VIP |
+//! | `vrrp.checksum` | `"pseudo-header"` | `"pseudo-header"`, `"rfc9568"` |
+//! | `vrrp.garp_count` | `5` | 0..=100 |
+//! | `vrrp.garp_repeat_delay_ms` | `5000` | 0..=3600000; 0 = no second burst |
+//! | `vrrp.garp_refresh_ms` | `0` (off) | 0, or 100..=3600000 |
+//! | `vrrp.backend_loss_penalty` | `0` | 0..=254 |
+//! | `control.socket` | `"/run/xvip/xvip.sock"` | a path of at most 107 bytes |
+//! | `service[].name` | required | 1..=64 bytes, unique |
+//! | `service[].port` | required | 1..=65535; (port, protocol) unique |
+//! | `service[].protocol` | `"tcp"` | `"tcp"`, `"udp"` |
+//! | `service[].forwarding` | `"nat"` | `"nat"`, `"dsr"` (backend port = service port) |
+//! | `service[].backends` | required | 1 or more `{ address, port, weight }`, (address, port) unique |
+//! | `backends[].port` | the service port | 1..=65535 |
+//! | `backends[].weight` | `1` | 1..=255 |
+//! | `health.check` | `"tcp"`; `"none"` for udp services | `"tcp"`, `"http"`, `"https"`, `"none"`; udp: `"none"` only |
+//! | `health.path` | `"/"` | starts with `/`; http/https only |
+//! | `health.expect_status` | `200` | 100..=599; http/https only |
+//! | `health.interval_ms` | `2000` | 100..=3600000 |
+//! | `health.timeout_ms` | `1000` | 1..=interval_ms |
+//! | `health.rise` | `2` | 1..=1000 |
+//! | `health.fall` | `3` | 1..=1000 |
+//! | `health.tls_verify` | `true` | https only |
+//! | `health.ca_file` | none: the checker's default roots | a path; https only, not with `tls_verify = false` |
+//! | `health.server_name` | none: `vip.hostname`, else the backend address | a DNS name; https only |
+//!
+//! Limits over the whole file: at most [`lb_common::MAX_SERVICES`] services and [`lb_common::MAX_BACKENDS`]
+//! backends in total, the sizes of the data plane's tables.
+//!
+//! # Problems
+//!
+//! [`parse`] reports every problem it finds, each as `PATH:LINE:COL: message` with 1-based line and column, top to
+//! bottom. Unknown keys are errors (a typo would otherwise silently leave a default in place) and come with the
+//! closest known key. A TOML syntax error stops reading, since nothing after it can be trusted. Messages name keys
+//! by their path, with 0-based indices for array entries: `service[1].backends[0].weight`.
+
+mod diff;
+mod read;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub use diff::{ReloadPlan, diff};
+
+/// Smallest accepted `conntrack_entries`: below this the LRU would evict live flows on a lightly loaded node.
+pub const CONNTRACK_ENTRIES_MIN: u32 = 1024;
+/// Largest accepted `conntrack_entries` (16 Mi flows, about 1 GiB of kernel memory).
+pub const CONNTRACK_ENTRIES_MAX: u32 = 16 * 1024 * 1024;
+pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
+pub const DEFAULT_PREEMPT: bool = true;
+pub const DEFAULT_GARP_COUNT: u32 = 5;
+pub const DEFAULT_GARP_REPEAT_DELAY_MS: u32 = 5000;
+pub const DEFAULT_SOCKET: &str = "/run/xvip/xvip.sock";
+pub const DEFAULT_WEIGHT: u8 = 1;
+pub const DEFAULT_HEALTH_PATH: &str = "/";
+pub const DEFAULT_EXPECT_STATUS: u16 = 200;
+pub const DEFAULT_HEALTH_INTERVAL_MS: u32 = 2000;
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u32 = 1000;
+pub const DEFAULT_RISE: u32 = 2;
+pub const DEFAULT_FALL: u32 = 3;
+
+/// A whole, valid config. Every value here has passed the checks in the module documentation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The interface that carries the VIP and where the XDP program attaches.
+    pub interface: String,
+    pub xdp_mode: XdpMode,
+    /// Size of the data plane's connection table (an LRU map, fixed when the program is loaded).
+    pub conntrack_entries: u32,
+    pub vip: Vip,
+    pub vrrp: Vrrp,
+    pub control: Control,
+    /// In file order. Names and (port, protocol) pairs are unique.
+    pub services: Vec<Service>,
+}
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum XdpMode {
+    /// Native (driver) mode if the driver supports it, else generic (skb) mode with a warning.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip {
+    pub address: Ipv4Addr,
+    /// Informational; also the default TLS server name for https health checks.
+    pub hostname: Option<String>,
+}
+
+/// VRRPv3 (RFC 9568) parameters of this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vrrp {
+    /// Virtual router ID, the same on every node of the group.
+    pub vrid: u8,
+    /// 1..=255; 255 means this node owns the address and always wins.
+    pub priority: u8,
+    /// A multiple of 10: VRRPv3 sends the interval in centiseconds.
+    pub advert_interval_ms: u32,
+    /// Whether a higher-priority backup takes over from a lower-priority active router.
+    pub preempt: bool,
+    /// How long to wait before preempting, so a node that just came up can settle first.
+    pub preempt_delay_ms: u32,
+    /// Source of adverts; `None` = the interface's primary IPv4 address.
+    pub source_address: Option<Ipv4Addr>,
+    /// Adverts go to each of these; empty = multicast to 224.0.0.18.
+    pub unicast_peers: Vec<Ipv4Addr>,
+    /// Checksum for sent adverts; both forms are accepted on receive.
+    pub checksum: Checksum,
+    /// Gratuitous ARPs sent on becoming active.
+    pub garp_count: u32,
+    /// Delay of the second gratuitous ARP burst; 0 = none.
+    pub garp_repeat_delay_ms: u32,
+    /// Period of gratuitous ARPs while active; 0 = off.
+    pub garp_refresh_ms: u32,
+    /// Lowered from the priority while any service has no healthy backend on this node.
+    pub backend_loss_penalty: u8,
+}
+
+/// Which VRRPv3 checksum to send (RFC 9568 section 5.2.8 dropped the pseudo-header that RFC 5798 had).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Checksum {
+    /// RFC 5798: over an IPv4 pseudo-header and the VRRP message; what keepalived sends.
+    PseudoHeader,
+    /// RFC 9568: over the VRRP message only.
+    Rfc9568,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Control {
+    /// The Unix socket `xvip status` talks to (created with mode 0600).
+    pub socket: PathBuf,
+}
+
+/// One load-balanced port on the VIP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Service {
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub forwarding: Forwarding,
+    /// At least one; (address, port) pairs are unique. With `Dsr`, every port equals the service port.
+    pub backends: Vec<BackendCfg>,
+    pub health: Health,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Forwarding {
+    /// The data plane rewrites the destination to the backend: backends need no change.
+    Nat,
+    /// The data plane rewrites only the MAC address: backends hold the VIP on `lo` and answer clients directly;
+    /// they must be on the same L2 segment.
+    Dsr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BackendCfg {
+    pub address: Ipv4Addr,
+    pub port: u16,
+    /// Share of new flows, relative to the other backends of the service.
+    pub weight: u8,
+}
+
+/// How a service's backends are checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Health {
+    pub check: CheckKind,
+    /// Request path of http/https checks.
+    pub path: String,
+    /// Status an http/https check must get back.
+    pub expect_status: u16,
+    pub interval_ms: u32,
+    /// At most `interval_ms`, so checks of one backend never overlap.
+    pub timeout_ms: u32,
+    /// Consecutive successes to mark a backend healthy.
+    pub rise: u32,
+    /// Consecutive failures to mark a backend unhealthy.
+    pub fall: u32,
+    /// Whether https checks verify the backend's certificate.
+    pub tls_verify: bool,
+    /// Trust roots for `tls_verify`; `None` = the checker's default roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name sent as SNI and verified; `None` = `vip.hostname`, else the backend address.
+    pub server_name: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CheckKind {
+    /// A TCP connection that is accepted.
+    Tcp,
+    /// An HTTP GET of `path` that answers `expect_status`.
+    Http,
+    /// The same over TLS.
+    Https,
+    /// No check: every backend counts as healthy.
+    None,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control { socket: PathBuf::from(DEFAULT_SOCKET) }
+    }
+}
+
+impl Default for Health {
+    /// The defaults for a tcp service.
+    fn default() -> Self {
+        Health {
+            check: CheckKind::Tcp,
+            path: DEFAULT_HEALTH_PATH.to_owned(),
+            expect_status: DEFAULT_EXPECT_STATUS,
+            interval_ms: DEFAULT_HEALTH_INTERVAL_MS,
+            timeout_ms: DEFAULT_HEALTH_TIMEOUT_MS,
+            rise: DEFAULT_RISE,
+            fall: DEFAULT_FALL,
+            tls_verify: true,
+            ca_file: None,
+            server_name: None,
+        }
+    }
+}
+
+impl Health {
+    /// The defaults for a service of `protocol`: udp services are not checked, since there is no UDP check.
+    pub fn default_for(protocol: Protocol) -> Self {
+        let check = match protocol {
+            Protocol::Tcp => CheckKind::Tcp,
+            Protocol::Udp => CheckKind::None,
+        };
+        Health { check, ..Health::default() }
+    }
+}
+
+impl Vrrp {
+    /// A group member with every optional key at its default.
+    pub fn with_ids(vrid: u8, priority: u8) -> Self {
+        Vrrp {
+            vrid,
+            priority,
+            advert_interval_ms: DEFAULT_ADVERT_INTERVAL_MS,
+            preempt: DEFAULT_PREEMPT,
+            preempt_delay_ms: 0,
+            source_address: None,
+            unicast_peers: Vec::new(),
+            checksum: Checksum::PseudoHeader,
+            garp_count: DEFAULT_GARP_COUNT,
+            garp_repeat_delay_ms: DEFAULT_GARP_REPEAT_DELAY_MS,
+            garp_refresh_ms: 0,
+            backend_loss_penalty: 0,
+        }
+    }
+}
+
+impl Protocol {
+    /// The IP protocol number, as the data plane keys services.
+    pub fn ip_number(self) -> u8 {
+        match self {
+            Protocol::Tcp => lb_common::PROTO_TCP,
+            Protocol::Udp => lb_common::PROTO_UDP,
+        }
+    }
+}
+
+/// The words used in the config file, so logs and `xvip status` speak the same language.
+macro_rules! config_words {
+    ($($ty:ty { $($variant:ident => $word:literal),+ $(,)? })+) => {$(
+        impl $ty {
+            /// The word that selects this value in the config file.
+            pub fn as_str(self) -> &'static str {
+                match self { $(<$ty>::$variant => $word),+ }
+            }
+        }
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    )+};
+}
+
+config_words! {
+    XdpMode { Auto => "auto", Native => "native", Generic => "generic" }
+    Checksum { PseudoHeader => "pseudo-header", Rfc9568 => "rfc9568" }
+    Protocol { Tcp => "tcp", Udp => "udp" }
+    Forwarding { Nat => "nat", Dsr => "dsr" }
+    CheckKind { Tcp => "tcp", Http => "http", Https => "https", None => "none" }
+}
+
+/// One thing wrong with a config file, and where.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// The file, as it was named to [`parse`] or [`load`].
+    pub path: PathBuf,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based, in characters.
+    pub col: usize,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}: {}", self.path.display(), self.line, self.col, self.message)
+    }
+}
+
+impl std::error::Error for Problem {}
+
+/// Reads a config from `text`; `path` only names the file in problems.
+///
+/// # Errors
+///
+/// Every problem found, top to bottom (only the first one for a TOML syntax error).
+pub fn parse(path: &Path, text: &str) -> Result<Config, Vec<Problem>> {
+    let lines = tree::LineIndex::new(text);
+    let locate = |(at, message): (usize, String)| {
+        let (line, col) = lines.line_col(at);
+        Problem { path: path.to_owned(), line, col, message }
+    };
+    let entries = match tree::parse_document(text) {
+        Ok(entries) => entries,
+        Err(error) => {
+            let at = error.span().map_or(0, |span| span.start);
+            // toml puts the detail on a second line ("invalid table header\nduplicate key ..."); a problem is one line.
+            let detail: Vec<&str> = error.message().lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let message = format!("invalid TOML: {}", detail.join(": "));
+            return Err(vec![locate((at, message))]);
+        }
+    };
+    read::read(&entries).map_err(|problems| problems.into_iter().map(locate).collect())
+}
+
+/// Reads and parses the config file at `path`.
+///
+/// # Errors
+///
+/// As [`parse`]; a file that cannot be read or is not UTF-8 is one problem.
+pub fn load(path: &Path) -> Result<Config, Vec<Problem>> {
+    let bytes = std::fs::read(path).map_err(|error| {
+        vec![Problem {
+            path: path.to_owned(),
+            line: 1,
+            col: 1,
+            message: format!("cannot read the config file: {error}"),
+        }]
+    })?;
+    match String::from_utf8(bytes) {
+        Ok(text) => parse(path, &text),
+        Err(error) => {
+            let valid = error.utf8_error().valid_up_to();
+            // The prefix up to the first bad byte is valid UTF-8 by definition, so this cannot fail.
+            let prefix = std::str::from_utf8(&error.as_bytes()[..valid]).unwrap_or_default();
+            let (line, col) = tree::LineIndex::new(prefix).line_col(valid);
+            Err(vec![Problem {
+                path: path.to_owned(),
+                line,
+                col,
+                message: "the config file must be UTF-8 text; this byte is not".to_owned(),
+            }])
+        }
+    }
+}

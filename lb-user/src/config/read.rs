@@ -1,0 +1,948 @@
+//! From the position-keeping tree to the typed [`Config`], collecting every problem on the way.
+//!
+//! Each table is read by one function that knows its keys; a key that is missing or invalid is reported and replaced
+//! by its default so that reading goes on and later problems are found too. The caller throws the half-built config
+//! away as soon as one problem was reported.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+
+use super::tree::{Entry, Node, Spanned};
+use super::*;
+
+/// A problem before it is given a file name and a line: the byte offset it points at and the message.
+pub(super) type RawProblem = (usize, String);
+
+type Entries = [Entry];
+
+/// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
+const ROOT_KEYS: &[&str] = &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "service"];
+const VIP_KEYS: &[&str] = &["address", "hostname"];
+const VRRP_KEYS: &[&str] = &[
+    "vrid",
+    "priority",
+    "advert_interval_ms",
+    "preempt",
+    "preempt_delay_ms",
+    "source_address",
+    "unicast_peers",
+    "checksum",
+    "garp_count",
+    "garp_repeat_delay_ms",
+    "garp_refresh_ms",
+    "backend_loss_penalty",
+];
+const CONTROL_KEYS: &[&str] = &["socket"];
+const SERVICE_KEYS: &[&str] = &["name", "port", "protocol", "forwarding", "backends", "health"];
+const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
+const HEALTH_KEYS: &[&str] = &[
+    "check",
+    "path",
+    "expect_status",
+    "interval_ms",
+    "timeout_ms",
+    "rise",
+    "fall",
+    "tls_verify",
+    "ca_file",
+    "server_name",
+];
+
+/// Where each key lives, for "`priority` belongs in [vrrp]" hints.
+const KEY_HOMES: &[(&str, &[&str])] = &[
+    (TOP_LEVEL, ROOT_KEYS),
+    ("[vip]", VIP_KEYS),
+    ("[vrrp]", VRRP_KEYS),
+    ("[control]", CONTROL_KEYS),
+    ("[[service]]", SERVICE_KEYS),
+    ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
+    ("[service.health]", HEALTH_KEYS),
+];
+
+const TOP_LEVEL: &str = "the top level";
+
+/// The longest interface name Linux accepts (IFNAMSIZ minus the terminating NUL).
+const IFNAME_MAX: usize = 15;
+/// The longest path a Unix socket address can hold (`sun_path` is 108 bytes, one is the NUL).
+const SOCKET_PATH_MAX: usize = 107;
+/// Service names appear in logs and in `xvip status`; keep them short enough for a table column.
+const SERVICE_NAME_MAX: usize = 64;
+
+/// Reads a whole document.
+pub(super) fn read(entries: &Entries) -> Result<Config, Vec<RawProblem>> {
+    let mut r = Reader::default();
+    let config = r.root(entries);
+    if r.problems.is_empty() {
+        Ok(config)
+    } else {
+        // Report top to bottom, the way a user fixes a file; the sort is stable so problems at one place keep
+        // their order.
+        r.problems.sort_by_key(|(at, _)| *at);
+        Err(r.problems)
+    }
+}
+
+/// A table being read: its entries and how to name it in messages.
+struct Table<'t> {
+    entries: &'t Entries,
+    /// How messages name the table: `[vrrp]`, `service[0].health`, `the top level`.
+    label: String,
+    /// What goes before a key to name it fully: `vrrp.`, `service[0].`, or nothing at the top level.
+    prefix: String,
+    /// Where a missing key is reported: the table header, or the start of an inline table.
+    anchor: usize,
+}
+
+impl<'t> Table<'t> {
+    fn get(&self, key: &str) -> Option<Field<'t>> {
+        self.entries.iter().find(|(k, _)| k.value == key).map(|(k, v)| Field {
+            path: format!("{}{}", self.prefix, key),
+            node: &v.value,
+            // A table made implicitly by a dotted key (`vrrp.vrid = 5`) has no text of its own: use the key's.
+            at: if v.span.is_empty() { k.span.start } else { v.span.start },
+            key_at: k.span.start,
+        })
+    }
+}
+
+/// One key's value, with what is needed to complain about it.
+struct Field<'t> {
+    /// The key's full name in messages: `vrrp.priority`, `service[1].backends[0].weight`.
+    path: String,
+    node: &'t Node,
+    /// Where the value starts (for "must be ..., got ..." problems).
+    at: usize,
+    /// Where the key starts (for "only meaningful with ..." problems, which are about the key being there at all).
+    key_at: usize,
+}
+
+#[derive(Default)]
+struct Reader {
+    problems: Vec<RawProblem>,
+}
+
+/// `a string "x"`, `an integer 300`: the kind of a value and, for scalars, the value itself.
+fn describe(node: &Node) -> String {
+    match node {
+        Node::String(s) => format!("a string {s:?}"),
+        Node::Integer(i) => format!("an integer {i}"),
+        Node::Float(f) => format!("a float {f}"),
+        Node::Boolean(b) => format!("a boolean {b}"),
+        Node::Datetime(d) => format!("a datetime {d}"),
+        other => other.kind().to_owned(),
+    }
+}
+
+/// Levenshtein distance, for "did you mean" suggestions. Keys are short, so the quadratic algorithm is fine.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut current = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        previous = current;
+    }
+    previous[b.len()]
+}
+
+/// The allowed word closest to what was written, if it is close enough to be a plausible typo: within a third of
+/// its length (at least 1, at most 3 edits), or a prefix of it (`advert_interval` for `advert_interval_ms`).
+pub(super) fn suggest<'a>(written: &str, allowed: &[&'a str]) -> Option<&'a str> {
+    let written = written.to_ascii_lowercase();
+    let best = allowed
+        .iter()
+        .map(|candidate| (edit_distance(&written, candidate), *candidate))
+        .min_by_key(|(distance, _)| *distance)?;
+    let limit = (best.1.len() / 3).clamp(1, 3);
+    if best.0 <= limit {
+        return Some(best.1);
+    }
+    allowed
+        .iter()
+        .find(|c| written.len() >= 3 && (c.starts_with(written.as_str()) || written.starts_with(**c)))
+        .copied()
+}
+
+/// "in [vrrp]", but "at the top level".
+fn within(label: &str) -> String {
+    if label == TOP_LEVEL { format!("at {label}") } else { format!("in {label}") }
+}
+
+fn quoted_list(words: &[&str]) -> String {
+    words.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(", ")
+}
+
+impl Reader {
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        self.problems.push((at, message.into()));
+    }
+
+    /// Reports every key of `table` that is not in `known`, suggesting the likely intended key.
+    fn reject_unknown_keys(&mut self, table: &Table, known: &[&str]) {
+        for (key, _) in table.entries {
+            if known.contains(&key.value.as_str()) {
+                continue;
+            }
+            let hint = if let Some(close) = suggest(&key.value, known) {
+                format!("did you mean `{close}`?")
+            } else if let Some((home, _)) = KEY_HOMES.iter().find(|(_, keys)| keys.contains(&key.value.as_str())) {
+                format!("`{}` belongs {}", key.value, within(home))
+            } else {
+                format!("allowed here: {}", known.join(", "))
+            };
+            self.error(key.span.start, format!("unknown key `{}` {}; {hint}", key.value, within(&table.label)));
+        }
+    }
+
+    fn missing(&mut self, table: &Table, key: &str, expected: &str) {
+        self.error(table.anchor, format!("missing required key `{key}` {}; expected {expected}", within(&table.label)));
+    }
+
+    fn wrong_type(&mut self, field: &Field, expected: &str) {
+        self.error(field.at, format!("{} must be {expected}, got {}", field.path, describe(field.node)));
+    }
+
+    fn string<'t>(&mut self, field: &Field<'t>) -> Option<&'t str> {
+        match field.node {
+            Node::String(s) => Some(s),
+            _ => {
+                self.wrong_type(field, "a string");
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, field: &Field) -> Option<bool> {
+        match field.node {
+            Node::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(field, "a boolean (true or false)");
+                None
+            }
+        }
+    }
+
+    /// An integer within `range`; `note` explains the range when its meaning is not obvious.
+    fn integer(&mut self, field: &Field, range: RangeInclusive<i64>, note: &str) -> Option<i64> {
+        let Node::Integer(value) = field.node else {
+            self.wrong_type(field, &format!("an integer {}..={}{note}", range.start(), range.end()));
+            return None;
+        };
+        if range.contains(value) {
+            Some(*value)
+        } else {
+            self.error(
+                field.at,
+                format!("{} must be {}..={}{note}, got {value}", field.path, range.start(), range.end()),
+            );
+            None
+        }
+    }
+
+    /// Optional integer key: the default when absent, `None` (and a problem) when invalid.
+    fn int_or<T: TryFrom<i64>>(
+        &mut self,
+        table: &Table,
+        key: &str,
+        range: RangeInclusive<i64>,
+        note: &str,
+        default: T,
+    ) -> T {
+        match table.get(key) {
+            None => default,
+            Some(field) => self.integer(&field, range, note).and_then(|v| T::try_from(v).ok()).unwrap_or(default),
+        }
+    }
+
+    fn bool_or(&mut self, table: &Table, key: &str, default: bool) -> bool {
+        table.get(key).and_then(|f| self.boolean(&f)).unwrap_or(default)
+    }
+
+    fn ipv4(&mut self, field: &Field) -> Option<Ipv4Addr> {
+        let text = self.string(field)?;
+        match text.parse::<Ipv4Addr>() {
+            Ok(address) => Some(address),
+            Err(_) => {
+                self.error(
+                    field.at,
+                    format!(
+                        "{} must be an IPv4 address in dotted-quad form like \"10.0.0.1\", got {text:?}",
+                        field.path
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// An IPv4 address that can name one host: not 0.0.0.0, loopback, multicast or the broadcast address.
+    fn host_ipv4(&mut self, field: &Field, what: &str) -> Option<Ipv4Addr> {
+        let address = self.ipv4(field)?;
+        let wrong = if address.is_unspecified() {
+            Some("the unspecified address")
+        } else if address.is_loopback() {
+            Some("a loopback address")
+        } else if address.is_multicast() {
+            Some("a multicast address")
+        } else if address.is_broadcast() {
+            Some("the broadcast address")
+        } else {
+            None
+        };
+        match wrong {
+            Some(wrong) => {
+                self.error(field.at, format!("{} must be {what}, got {address} ({wrong})", field.path));
+                None
+            }
+            None => Some(address),
+        }
+    }
+
+    /// One of a fixed set of words.
+    fn choice<T: Copy>(&mut self, field: &Field, choices: &[(&str, T)]) -> Option<T> {
+        let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
+        let Node::String(text) = field.node else {
+            self.wrong_type(field, &format!("one of {}", quoted_list(&words)));
+            return None;
+        };
+        if let Some((_, value)) = choices.iter().find(|(w, _)| w == text) {
+            return Some(*value);
+        }
+        let hint = suggest(text, &words).map(|w| format!("; did you mean \"{w}\"?")).unwrap_or_default();
+        self.error(field.at, format!("{} must be one of {}, got {text:?}{hint}", field.path, quoted_list(&words)));
+        None
+    }
+
+    fn choice_or<T: Copy>(&mut self, table: &Table, key: &str, choices: &[(&str, T)], default: T) -> T {
+        table.get(key).and_then(|f| self.choice(&f, choices)).unwrap_or(default)
+    }
+
+    /// A sub-table; `label` names it in messages. Its anchor is where it was written.
+    fn table<'t>(&mut self, field: &Field<'t>, label: String, prefix: String) -> Option<Table<'t>> {
+        match field.node {
+            Node::Table(entries) => Some(Table { entries, label, prefix, anchor: field.at }),
+            _ => {
+                self.wrong_type(field, "a table");
+                None
+            }
+        }
+    }
+
+    fn array<'t>(&mut self, field: &Field<'t>, expected: &str) -> Option<&'t [Spanned<Node>]> {
+        match field.node {
+            Node::Array(items) => Some(items),
+            _ => {
+                self.wrong_type(field, expected);
+                None
+            }
+        }
+    }
+
+    /// A non-empty path.
+    fn path(&mut self, field: &Field) -> Option<PathBuf> {
+        let text = self.string(field)?;
+        if text.is_empty() {
+            self.error(field.at, format!("{} must be a file path, got an empty string", field.path));
+            return None;
+        }
+        Some(PathBuf::from(text))
+    }
+
+    fn root(&mut self, entries: &Entries) -> Config {
+        let root = Table { entries, label: TOP_LEVEL.into(), prefix: String::new(), anchor: 0 };
+        self.reject_unknown_keys(&root, ROOT_KEYS);
+
+        let interface = match root.get("interface") {
+            None => {
+                self.missing(&root, "interface", "the name of the interface that carries the VIP, like \"eth0\"");
+                String::new()
+            }
+            Some(field) => self.interface(&field).unwrap_or_default(),
+        };
+        let xdp_mode = self.choice_or(
+            &root,
+            "xdp_mode",
+            &[("auto", XdpMode::Auto), ("native", XdpMode::Native), ("generic", XdpMode::Generic)],
+            XdpMode::Auto,
+        );
+        let conntrack_entries = self.int_or(
+            &root,
+            "conntrack_entries",
+            i64::from(CONNTRACK_ENTRIES_MIN)..=i64::from(CONNTRACK_ENTRIES_MAX),
+            " (flows the data plane remembers)",
+            lb_common::DEFAULT_CONNTRACK_ENTRIES,
+        );
+
+        let vip_table = self.required_table(&root, "vip", "a [vip] table with address = \"...\"");
+        let vip = self.vip(vip_table.as_ref());
+        let vrrp_table = self.required_table(&root, "vrrp", "a [vrrp] table with vrid and priority");
+        let vrrp = self.vrrp(vrrp_table.as_ref(), vip.address);
+        let control = match root.get("control") {
+            None => Control::default(),
+            Some(field) => match self.table(&field, "[control]".into(), "control.".into()) {
+                None => Control::default(),
+                Some(table) => self.control(&table),
+            },
+        };
+        let services = match root.get("service") {
+            None => Vec::new(),
+            Some(field) => self.services(&field, vip.address),
+        };
+        Config { interface, xdp_mode, conntrack_entries, vip, vrrp, control, services }
+    }
+
+    fn required_table<'t>(&mut self, root: &Table<'t>, key: &str, expected: &str) -> Option<Table<'t>> {
+        match root.get(key) {
+            None => {
+                self.error(0, format!("missing required table [{key}]; expected {expected}"));
+                None
+            }
+            Some(field) => self.table(&field, format!("[{key}]"), format!("{key}.")),
+        }
+    }
+
+    /// Linux refuses names longer than 15 bytes and names with '/', ':' or whitespace (`dev_valid_name`).
+    fn interface(&mut self, field: &Field) -> Option<String> {
+        let name = self.string(field)?;
+        const RULE: &str = "1..=15 bytes without '/', ':' or whitespace, like \"eth0\"";
+        let problem = if name.is_empty() {
+            Some("an empty name".to_owned())
+        } else if name.len() > IFNAME_MAX {
+            Some(format!("{name:?} ({} bytes)", name.len()))
+        } else if name == "." || name == ".." || name.chars().any(|c| c == '/' || c == ':' || c.is_whitespace()) {
+            Some(format!("{name:?}"))
+        } else {
+            None
+        };
+        match problem {
+            Some(got) => {
+                self.error(field.at, format!("{} must be an interface name of {RULE}, got {got}", field.path));
+                None
+            }
+            None => Some(name.to_owned()),
+        }
+    }
+
+    fn vip(&mut self, table: Option<&Table>) -> Vip {
+        let mut vip = Vip { address: Ipv4Addr::UNSPECIFIED, hostname: None };
+        let Some(table) = table else { return vip };
+        self.reject_unknown_keys(table, VIP_KEYS);
+        match table.get("address") {
+            None => self.missing(table, "address", "the virtual IPv4 address, like address = \"10.0.0.250\""),
+            Some(field) => {
+                if let Some(address) = self.host_ipv4(&field, "a unicast IPv4 address") {
+                    vip.address = address;
+                }
+            }
+        }
+        if let Some(field) = table.get("hostname") {
+            match self.string(&field) {
+                Some("") => self.error(field.at, "vip.hostname must be a DNS name, got an empty string"),
+                Some(name) => vip.hostname = Some(name.to_owned()),
+                None => {}
+            }
+        }
+        vip
+    }
+
+    fn vrrp(&mut self, table: Option<&Table>, vip: Ipv4Addr) -> Vrrp {
+        let mut vrrp = Vrrp::with_ids(0, 0);
+        let Some(table) = table else { return vrrp };
+        self.reject_unknown_keys(table, VRRP_KEYS);
+
+        match table.get("vrid") {
+            None => self.missing(table, "vrid", "the virtual router ID 1..=255, the same on every node"),
+            Some(field) => {
+                vrrp.vrid = self.integer(&field, 1..=255, " (the same on every node of the group)").unwrap_or(0) as u8
+            }
+        }
+        match table.get("priority") {
+            None => self.missing(table, "priority", "1..=255 (highest wins; 255 = address owner)"),
+            Some(field) => vrrp.priority = self.integer(&field, 1..=255, " (255 = address owner)").unwrap_or(0) as u8,
+        }
+        if let Some(field) = table.get("advert_interval_ms")
+            && let Some(ms) = self.integer(&field, 10..=40950, " (VRRPv3 sends centiseconds in 12 bits)")
+        {
+            if ms % 10 == 0 {
+                vrrp.advert_interval_ms = ms as u32;
+            } else {
+                self.error(
+                    field.at,
+                    format!("{} must be a multiple of 10 (VRRPv3 counts centiseconds), got {ms}", field.path),
+                );
+            }
+        }
+        vrrp.preempt = self.bool_or(table, "preempt", DEFAULT_PREEMPT);
+        vrrp.preempt_delay_ms = self.int_or(table, "preempt_delay_ms", 0..=1_000_000, "", 0);
+
+        if let Some(field) = table.get("source_address")
+            && let Some(address) = self.host_ipv4(&field, "this node's unicast IPv4 address")
+        {
+            if address == vip {
+                self.error(
+                    field.at,
+                    format!(
+                        "{} must be this node's own address, not the VIP {vip} (adverts must come from an address \
+                         the node keeps when it is backup)",
+                        field.path
+                    ),
+                );
+            } else {
+                vrrp.source_address = Some(address);
+            }
+        }
+        if let Some(field) = table.get("unicast_peers") {
+            vrrp.unicast_peers = self.unicast_peers(&field, vip, vrrp.source_address);
+        }
+        vrrp.checksum = self.choice_or(
+            table,
+            "checksum",
+            &[("pseudo-header", Checksum::PseudoHeader), ("rfc9568", Checksum::Rfc9568)],
+            Checksum::PseudoHeader,
+        );
+        vrrp.garp_count = self.int_or(table, "garp_count", 0..=100, "", DEFAULT_GARP_COUNT);
+        vrrp.garp_repeat_delay_ms = self.int_or(
+            table,
+            "garp_repeat_delay_ms",
+            0..=3_600_000,
+            " (0 = no second burst)",
+            DEFAULT_GARP_REPEAT_DELAY_MS,
+        );
+        if let Some(field) = table.get("garp_refresh_ms")
+            && let Some(ms) = self.integer(&field, 0..=3_600_000, " (0 = off)")
+        {
+            if ms != 0 && ms < 100 {
+                self.error(field.at, format!("{} must be 0 (off) or at least 100, got {ms}", field.path));
+            } else {
+                vrrp.garp_refresh_ms = ms as u32;
+            }
+        }
+        vrrp.backend_loss_penalty = self.int_or(
+            table,
+            "backend_loss_penalty",
+            0..=254,
+            " (subtracted from the priority while a service has no healthy backend)",
+            0,
+        );
+        vrrp
+    }
+
+    fn unicast_peers(&mut self, field: &Field, vip: Ipv4Addr, source: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
+        let Some(items) = self.array(field, "an array of IPv4 addresses (empty = multicast to 224.0.0.18)") else {
+            return Vec::new();
+        };
+        let mut peers = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let element = Field {
+                path: format!("{}[{i}]", field.path),
+                node: &item.value,
+                at: item.span.start,
+                key_at: item.span.start,
+            };
+            let Some(peer) = self.host_ipv4(&element, "another node's unicast IPv4 address") else { continue };
+            if peers.contains(&peer) {
+                self.error(element.at, format!("{} repeats {peer}; each peer must be listed once", element.path));
+            } else if Some(peer) == source {
+                self.error(
+                    element.at,
+                    format!("{} is {peer}, this node's own source_address; list only the other nodes", element.path),
+                );
+            } else if peer == vip {
+                self.error(
+                    element.at,
+                    format!("{} is the VIP {vip}; list the other nodes' own addresses", element.path),
+                );
+            } else {
+                peers.push(peer);
+            }
+        }
+        peers
+    }
+
+    fn control(&mut self, table: &Table) -> Control {
+        self.reject_unknown_keys(table, CONTROL_KEYS);
+        let mut control = Control::default();
+        if let Some(field) = table.get("socket")
+            && let Some(path) = self.path(&field)
+        {
+            let len = path.as_os_str().len();
+            if len > SOCKET_PATH_MAX {
+                self.error(
+                    field.at,
+                    format!(
+                        "{} must be at most {SOCKET_PATH_MAX} bytes long (the limit of a Unix socket address), got \
+                         {len}",
+                        field.path
+                    ),
+                );
+            } else {
+                control.socket = path;
+            }
+        }
+        control
+    }
+
+    fn services(&mut self, field: &Field, vip: Ipv4Addr) -> Vec<Service> {
+        let Some(items) = self.array(field, "an array of tables: write each service as [[service]]") else {
+            return Vec::new();
+        };
+        let mut services = Vec::new();
+        // Where each name and (port, protocol) was first used, to reject duplicates.
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut listeners: HashMap<(u16, Protocol), usize> = HashMap::new();
+        let mut total_backends = 0usize;
+        for (index, item) in items.iter().enumerate() {
+            let element = Field {
+                path: format!("service[{index}]"),
+                node: &item.value,
+                at: item.span.start,
+                key_at: item.span.start,
+            };
+            let Some(table) = self.table(&element, format!("service[{index}]"), format!("service[{index}].")) else {
+                continue;
+            };
+            if index == lb_common::MAX_SERVICES as usize {
+                self.error(
+                    table.anchor,
+                    format!(
+                        "too many services: at most {} are supported (the data plane's Maglev tables are sized \
+                         for that), this is number {}",
+                        lb_common::MAX_SERVICES,
+                        index + 1
+                    ),
+                );
+            }
+            let read = self.service(&table, index, vip, &mut total_backends);
+            if let Some((name, at)) = &read.name {
+                if let Some(first) = names.get(name) {
+                    self.error(
+                        *at,
+                        format!(
+                            "service[{index}].name {name:?} is already used by service[{first}]; names must be unique"
+                        ),
+                    );
+                } else {
+                    names.insert(name.clone(), index);
+                }
+            }
+            if let Some(port_at) = read.port_at {
+                let key = (read.service.port, read.service.protocol);
+                if let Some(first) = listeners.get(&key) {
+                    self.error(
+                        port_at,
+                        format!(
+                            "service[{index}].port {}/{} is already used by service[{first}]; each port and protocol \
+                             can belong to one service only",
+                            read.service.port, read.service.protocol
+                        ),
+                    );
+                } else {
+                    listeners.insert(key, index);
+                }
+            }
+            services.push(read.service);
+        }
+        services
+    }
+
+    fn service(&mut self, table: &Table, index: usize, vip: Ipv4Addr, total_backends: &mut usize) -> ReadService {
+        self.reject_unknown_keys(table, SERVICE_KEYS);
+        let mut service = Service {
+            name: String::new(),
+            port: 0,
+            protocol: Protocol::Tcp,
+            forwarding: Forwarding::Nat,
+            backends: Vec::new(),
+            health: Health::default(),
+        };
+        let mut name = None;
+        match table.get("name") {
+            None => self.missing(table, "name", "a unique name like name = \"kube-apiserver\""),
+            Some(field) => match self.string(&field) {
+                Some("") => {
+                    self.error(field.at, format!("{} must be a non-empty name, got an empty string", field.path))
+                }
+                Some(text) if text.len() > SERVICE_NAME_MAX => self.error(
+                    field.at,
+                    format!("{} must be at most {SERVICE_NAME_MAX} bytes long, got {} bytes", field.path, text.len()),
+                ),
+                Some(text) => {
+                    service.name = text.to_owned();
+                    name = Some((text.to_owned(), field.at));
+                }
+                None => {}
+            },
+        }
+        let mut port_at = None;
+        match table.get("port") {
+            None => self.missing(table, "port", "the port on the VIP, 1..=65535"),
+            Some(field) => {
+                if let Some(port) = self.integer(&field, 1..=65535, "") {
+                    service.port = port as u16;
+                    port_at = Some(field.at);
+                }
+            }
+        }
+        service.protocol =
+            self.choice_or(table, "protocol", &[("tcp", Protocol::Tcp), ("udp", Protocol::Udp)], Protocol::Tcp);
+        service.forwarding =
+            self.choice_or(table, "forwarding", &[("nat", Forwarding::Nat), ("dsr", Forwarding::Dsr)], Forwarding::Nat);
+        match table.get("backends") {
+            None => {
+                self.missing(table, "backends", "an array like backends = [{ address = \"10.0.0.11\", port = 6443 }]")
+            }
+            Some(field) => service.backends = self.backends(&field, &service, vip, total_backends),
+        }
+        service.health = match table.get("health") {
+            None => Health::default_for(service.protocol),
+            Some(field) => {
+                let label = format!("service[{index}].health");
+                match self.table(&field, label.clone(), format!("{label}.")) {
+                    None => Health::default_for(service.protocol),
+                    Some(health) => self.health(&health, service.protocol),
+                }
+            }
+        };
+        ReadService { service, name, port_at }
+    }
+
+    fn backends(&mut self, field: &Field, service: &Service, vip: Ipv4Addr, total: &mut usize) -> Vec<BackendCfg> {
+        let Some(items) = self.array(field, "an array of tables like [{ address = \"10.0.0.11\", port = 6443 }]")
+        else {
+            return Vec::new();
+        };
+        if items.is_empty() {
+            self.error(field.at, format!("{} must list at least one backend, got an empty array", field.path));
+            return Vec::new();
+        }
+        let mut backends: Vec<BackendCfg> = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let element = Field {
+                path: format!("{}[{i}]", field.path),
+                node: &item.value,
+                at: item.span.start,
+                key_at: item.span.start,
+            };
+            let Some(table) = self.table(&element, element.path.clone(), format!("{}.", element.path)) else {
+                continue;
+            };
+            *total += 1;
+            if *total == lb_common::MAX_BACKENDS as usize + 1 {
+                self.error(
+                    table.anchor,
+                    format!(
+                        "too many backends: at most {} over all services are supported (the size of the data \
+                         plane's backend table)",
+                        lb_common::MAX_BACKENDS
+                    ),
+                );
+            }
+            self.reject_unknown_keys(&table, BACKEND_KEYS);
+            let address = match table.get("address") {
+                None => {
+                    self.missing(&table, "address", "the backend's IPv4 address, like address = \"10.0.0.11\"");
+                    None
+                }
+                Some(field) => match self.host_ipv4(&field, "a unicast IPv4 address") {
+                    Some(address) if address == vip => {
+                        self.error(
+                            field.at,
+                            format!("{} is the VIP {vip}; a backend must be a real server's own address", field.path),
+                        );
+                        None
+                    }
+                    other => other,
+                },
+            };
+            let port = match table.get("port") {
+                None => Some(service.port),
+                Some(field) => {
+                    let port = self.integer(&field, 1..=65535, "").map(|p| p as u16);
+                    // A service port that was invalid (0 here) has been reported already.
+                    if let Some(port) = port
+                        && service.forwarding == Forwarding::Dsr
+                        && port != service.port
+                        && service.port != 0
+                    {
+                        self.error(
+                            field.at,
+                            format!(
+                                "{} must equal the service port {} with forwarding = \"dsr\" (the backend answers \
+                                 from the VIP without translation), got {port}",
+                                field.path, service.port
+                            ),
+                        );
+                    }
+                    port
+                }
+            };
+            let weight = self.int_or(&table, "weight", 1..=255, " (share of new flows)", DEFAULT_WEIGHT);
+            let (Some(address), Some(port)) = (address, port) else { continue };
+            if backends.iter().any(|b| b.address == address && b.port == port) {
+                self.error(
+                    element.at,
+                    format!(
+                        "{} repeats backend {address}:{port}; each address and port may be listed once per service",
+                        element.path
+                    ),
+                );
+                continue;
+            }
+            backends.push(BackendCfg { address, port, weight });
+        }
+        backends
+    }
+
+    fn health(&mut self, table: &Table, protocol: Protocol) -> Health {
+        self.reject_unknown_keys(table, HEALTH_KEYS);
+        let mut health = Health::default_for(protocol);
+        let checks = [
+            ("tcp", CheckKind::Tcp),
+            ("http", CheckKind::Http),
+            ("https", CheckKind::Https),
+            ("none", CheckKind::None),
+        ];
+        // False when `check` was written but refused: that was reported, and "only meaningful with check = ..."
+        // problems measured against the default check would only add noise.
+        let mut check_known = true;
+        if let Some(field) = table.get("check") {
+            match self.choice(&field, &checks) {
+                None => check_known = false,
+                Some(check) if protocol == Protocol::Udp && check != CheckKind::None => {
+                    check_known = false;
+                    self.error(
+                        field.at,
+                        format!(
+                            "{} must be \"none\" for a udp service (xvip has no UDP health check, and a TCP answer \
+                             says nothing about a UDP server), got \"{check}\"",
+                            field.path
+                        ),
+                    );
+                }
+                Some(check) => health.check = check,
+            }
+        }
+        let http = !check_known || matches!(health.check, CheckKind::Http | CheckKind::Https);
+        let https = !check_known || health.check == CheckKind::Https;
+
+        // Keys that only an HTTP(S) check reads: a user who sets them with another check most likely forgot to
+        // change `check`, so say so instead of ignoring them.
+        for key in ["path", "expect_status", "tls_verify", "ca_file", "server_name"] {
+            let Some(field) = table.get(key) else { continue };
+            let needs_http = matches!(key, "path" | "expect_status");
+            if needs_http && !http {
+                self.error(
+                    field.key_at,
+                    format!(
+                        "{} is only meaningful with check = \"http\" or \"https\", got check = \"{}\"",
+                        field.path, health.check
+                    ),
+                );
+                continue;
+            }
+            if !needs_http && !https {
+                self.error(
+                    field.key_at,
+                    format!(
+                        "{} is only meaningful with check = \"https\", got check = \"{}\"",
+                        field.path, health.check
+                    ),
+                );
+                continue;
+            }
+            match key {
+                "path" => {
+                    if let Some(path) = self.string(&field) {
+                        if path.starts_with('/') {
+                            health.path = path.to_owned();
+                        } else {
+                            self.error(
+                                field.at,
+                                format!("{} must start with \"/\", like \"/readyz\", got {path:?}", field.path),
+                            );
+                        }
+                    }
+                }
+                "expect_status" => {
+                    if let Some(status) = self.integer(&field, 100..=599, " (an HTTP status code)") {
+                        health.expect_status = status as u16;
+                    }
+                }
+                "tls_verify" => {
+                    if let Some(verify) = self.boolean(&field) {
+                        health.tls_verify = verify;
+                    }
+                }
+                "ca_file" => health.ca_file = self.path(&field),
+                _ => match self.string(&field) {
+                    Some("") => self.error(field.at, format!("{} must be a DNS name, got an empty string", field.path)),
+                    Some(name) => health.server_name = Some(name.to_owned()),
+                    None => {}
+                },
+            }
+        }
+        if let Some(field) = table.get("ca_file")
+            && https
+            && !health.tls_verify
+            && health.ca_file.is_some()
+        {
+            self.error(
+                field.key_at,
+                format!(
+                    "{} is never used with tls_verify = false; remove it, or remove tls_verify = false to verify \
+                     backends against it",
+                    field.path
+                ),
+            );
+        }
+
+        // The comparison below only makes sense between values that are valid (or defaults): an invalid one has
+        // been reported already.
+        let mut comparable = true;
+        let interval = table.get("interval_ms");
+        if let Some(field) = &interval {
+            match self.integer(field, 100..=3_600_000, "") {
+                Some(ms) => health.interval_ms = ms as u32,
+                None => comparable = false,
+            }
+        }
+        let timeout = table.get("timeout_ms");
+        if let Some(field) = &timeout {
+            match self.integer(field, 1..=3_600_000, "") {
+                Some(ms) => health.timeout_ms = ms as u32,
+                None => comparable = false,
+            }
+        }
+        if comparable && health.timeout_ms > health.interval_ms {
+            // Point at whichever of the two the user wrote; the other one is a default.
+            let at = match (&timeout, &interval) {
+                (Some(field), _) | (None, Some(field)) => field.at,
+                (None, None) => table.anchor,
+            };
+            let path = &table.prefix;
+            self.error(
+                at,
+                format!(
+                    "{path}timeout_ms ({}) must not exceed {path}interval_ms ({}): a check must end before the next \
+                     one starts",
+                    health.timeout_ms, health.interval_ms
+                ),
+            );
+        }
+        health.rise = self.int_or(table, "rise", 1..=1000, " (consecutive successes)", DEFAULT_RISE);
+        health.fall = self.int_or(table, "fall", 1..=1000, " (consecutive failures)", DEFAULT_FALL);
+        health
+    }
+}
+
+/// A service and the positions needed for checks across services.
+struct ReadService {
+    service: Service,
+    name: Option<(String, usize)>,
+    port_at: Option<usize>,
+}

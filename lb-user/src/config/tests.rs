@@ -1,0 +1,982 @@
+//! One test per rule: each checks the message and where it points.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+/// Lines 1-6: the smallest valid config. Keys appended to it land in [vrrp], starting on line 7.
+const BASE: &str = "interface = \"eth0\"\n[vip]\naddress = \"10.0.0.250\"\n[vrrp]\nvrid = 51\npriority = 150\n";
+
+/// BASE and a service (lines 7-10: header, name, port 443, one backend); `extra` starts on line 11.
+fn with_service(extra: &str) -> String {
+    format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", port = 6443 }}]\n{extra}"
+    )
+}
+
+/// BASE and a service whose `[service.health]` header is on line 11; `extra` starts on line 12.
+fn with_health(extra: &str) -> String {
+    with_service(&format!("[service.health]\n{extra}"))
+}
+
+fn problems(text: &str) -> Vec<String> {
+    match parse(Path::new("xvip.toml"), text) {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(ToString::to_string).collect(),
+    }
+}
+
+/// The single problem in `text`; fails the test when there are none or several.
+fn problem(text: &str) -> String {
+    let mut all = problems(text);
+    assert_eq!(all.len(), 1, "expected one problem, got {all:#?}");
+    all.remove(0)
+}
+
+fn valid(text: &str) -> Config {
+    match parse(Path::new("xvip.toml"), text) {
+        Ok(config) => config,
+        Err(problems) => panic!("expected a valid config, got {problems:#?}"),
+    }
+}
+
+// ---- documents ----
+
+#[test]
+fn minimal_config_is_valid_and_takes_every_default() {
+    let config = valid(BASE);
+    assert_eq!(
+        config,
+        Config {
+            interface: "eth0".into(),
+            xdp_mode: XdpMode::Auto,
+            conntrack_entries: 65536,
+            vip: Vip { address: Ipv4Addr::new(10, 0, 0, 250), hostname: None },
+            vrrp: Vrrp {
+                vrid: 51,
+                priority: 150,
+                advert_interval_ms: 1000,
+                preempt: true,
+                preempt_delay_ms: 0,
+                source_address: None,
+                unicast_peers: vec![],
+                checksum: Checksum::PseudoHeader,
+                garp_count: 5,
+                garp_repeat_delay_ms: 5000,
+                garp_refresh_ms: 0,
+                backend_loss_penalty: 0,
+            },
+            control: Control { socket: PathBuf::from("/run/xvip/xvip.sock") },
+            services: vec![],
+        }
+    );
+}
+
+#[test]
+fn service_and_health_defaults() {
+    let config = valid(&with_service(""));
+    let service = &config.services[0];
+    assert_eq!(service.protocol, Protocol::Tcp);
+    assert_eq!(service.forwarding, Forwarding::Nat);
+    assert_eq!(service.backends, vec![BackendCfg { address: Ipv4Addr::new(10, 0, 0, 11), port: 6443, weight: 1 }]);
+    assert_eq!(
+        service.health,
+        Health {
+            check: CheckKind::Tcp,
+            path: "/".into(),
+            expect_status: 200,
+            interval_ms: 2000,
+            timeout_ms: 1000,
+            rise: 2,
+            fall: 3,
+            tls_verify: true,
+            ca_file: None,
+            server_name: None,
+        }
+    );
+}
+
+/// The example in interfaces.md, verbatim.
+const INTERFACES_MD_EXAMPLE: &str = r#"
+interface = "eth0"            # carries the VIP; the XDP program attaches here
+xdp_mode = "auto"             # auto (native, else generic with a warning) | native | generic
+
+[vip]
+address = "10.10.74.250"      # IPv4
+hostname = "test.example.com" # optional; informational (and for certificate checks)
+
+[vrrp]
+vrid = 51                     # 1..=255, the same on every node of the group
+priority = 150                # 1..=254; 255 = address owner
+advert_interval_ms = 1000     # 10..=40950, a multiple of 10 (VRRPv3 centiseconds)
+preempt = true
+preempt_delay_ms = 0
+# source_address = "10.0.0.5" # default: the interface's primary IPv4
+unicast_peers = []            # empty = multicast to 224.0.0.18
+checksum = "pseudo-header"    # or "rfc9568" (IPv4 checksum without pseudo-header); both are accepted on receive
+garp_count = 5                # gratuitous ARPs sent on becoming active
+garp_repeat_delay_ms = 5000   # a second burst after this delay; 0 = none
+garp_refresh_ms = 0           # periodic gratuitous ARP while active; 0 = off
+backend_loss_penalty = 0      # priority is lowered by this much while any service has no healthy backend here
+
+[control]
+socket = "/run/xvip/xvip.sock" # status socket, mode 0600
+
+[[service]]
+name = "kube-apiserver"
+port = 443                    # port on the VIP
+protocol = "tcp"              # tcp | udp
+forwarding = "nat"            # nat: backends need no change | dsr: backends hold the VIP on lo, same L2 segment
+backends = [
+  { address = "10.0.0.11", port = 6443 },
+  { address = "10.0.0.12", port = 6443, weight = 2 },   # weight 1..=255, default 1
+]
+
+[service.health]
+check = "https"               # tcp | http | https | none
+path = "/readyz"              # http/https
+expect_status = 200
+interval_ms = 2000
+timeout_ms = 1000
+rise = 2                      # consecutive successes to mark a backend healthy
+fall = 3                      # consecutive failures to mark it unhealthy
+tls_verify = false            # or set ca_file = "/etc/kubernetes/pki/ca.crt"
+# server_name = "kubernetes"  # SNI / name to verify
+"#;
+
+#[test]
+fn interfaces_md_example_is_valid() {
+    let config = valid(INTERFACES_MD_EXAMPLE);
+    assert_eq!(config.vip.address, Ipv4Addr::new(10, 10, 74, 250));
+    assert_eq!(config.vip.hostname.as_deref(), Some("test.example.com"));
+    let service = &config.services[0];
+    assert_eq!(service.backends[1], BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 2 });
+    assert_eq!(service.health.check, CheckKind::Https);
+    assert_eq!(service.health.path, "/readyz");
+    assert!(!service.health.tls_verify);
+}
+
+#[test]
+fn example_file_is_valid() {
+    let config = valid(include_str!("../../../deploy/xvip.example.toml"));
+    assert_eq!(config.vip.address, Ipv4Addr::new(10, 0, 0, 250));
+    assert_eq!(config.conntrack_entries, 65536);
+    let service = &config.services[0];
+    assert_eq!(service.port, 443);
+    let addresses: Vec<_> = service.backends.iter().map(|b| (b.address.to_string(), b.port)).collect();
+    assert_eq!(
+        addresses,
+        [("10.0.0.11".to_owned(), 6443), ("10.0.0.12".to_owned(), 6443), ("10.0.0.13".to_owned(), 6443)]
+    );
+    assert_eq!(service.health.check, CheckKind::Https);
+    assert_eq!(service.health.path, "/readyz");
+    assert!(!service.health.tls_verify);
+}
+
+#[test]
+fn example_file_with_the_ca_file_alternative_is_valid() {
+    let text = include_str!("../../../deploy/xvip.example.toml")
+        .replace("\ntls_verify = false", "\n# tls_verify = false")
+        .replace("# ca_file = ", "ca_file = ")
+        .replace("# server_name = ", "server_name = ");
+    let health = &valid(&text).services[0].health;
+    assert!(health.tls_verify);
+    assert_eq!(health.ca_file.as_deref(), Some(Path::new("/etc/kubernetes/pki/ca.crt")));
+    assert_eq!(health.server_name.as_deref(), Some("kubernetes"));
+}
+
+#[test]
+fn syntax_error_is_the_only_problem_and_is_located() {
+    let text = format!("{BASE}preempt = tru\ngarp_count = 1000\n");
+    let found = problem(&text);
+    assert!(found.starts_with("xvip.toml:7:11: invalid TOML: "), "{found}");
+}
+
+#[test]
+fn duplicate_key_is_a_syntax_error() {
+    assert_eq!(
+        problem(&format!("{BASE}vrid = 52\n")),
+        "xvip.toml:7:1: invalid TOML: duplicate key `vrid` in table `vrrp`"
+    );
+    assert_eq!(
+        problem("[vrrp]\nvrid = 1\n[vrrp]\n"),
+        "xvip.toml:3:1: invalid TOML: invalid table header: duplicate key `vrrp` in document root"
+    );
+}
+
+#[test]
+fn all_problems_are_reported_together_top_to_bottom() {
+    let text = "interface = \"\"\n[vip]\naddress = \"0.0.0.0\"\n[vrrp]\nvrid = 0\npriority = 300\nbogus = 1\n";
+    assert_eq!(
+        problems(text),
+        [
+            "xvip.toml:1:13: interface must be an interface name of 1..=15 bytes without '/', ':' or whitespace, \
+             like \"eth0\", got an empty name",
+            "xvip.toml:3:11: vip.address must be a unicast IPv4 address, got 0.0.0.0 (the unspecified address)",
+            "xvip.toml:5:8: vrrp.vrid must be 1..=255 (the same on every node of the group), got 0",
+            "xvip.toml:6:12: vrrp.priority must be 1..=255 (255 = address owner), got 300",
+            "xvip.toml:7:1: unknown key `bogus` in [vrrp]; allowed here: vrid, priority, advert_interval_ms, preempt, \
+             preempt_delay_ms, source_address, unicast_peers, checksum, garp_count, garp_repeat_delay_ms, \
+             garp_refresh_ms, backend_loss_penalty",
+        ]
+    );
+}
+
+// ---- keys and types ----
+
+#[test]
+fn unknown_key_suggests_the_closest_key() {
+    assert_eq!(
+        problem(&format!("{BASE}advert_interval = 100\n")),
+        "xvip.toml:7:1: unknown key `advert_interval` in [vrrp]; did you mean `advert_interval_ms`?"
+    );
+}
+
+#[test]
+fn unknown_key_at_the_top_level_names_its_table() {
+    assert_eq!(
+        problem(&format!("garp_count = 3\n{BASE}")),
+        "xvip.toml:1:1: unknown key `garp_count` at the top level; `garp_count` belongs in [vrrp]"
+    );
+}
+
+#[test]
+fn unknown_key_in_a_service() {
+    assert_eq!(
+        problem(&with_service("protocl = \"udp\"\n")),
+        "xvip.toml:11:1: unknown key `protocl` in service[0]; did you mean `protocol`?"
+    );
+}
+
+#[test]
+fn unknown_key_in_a_backend_entry() {
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", wieght = 2 }}]\n"
+    );
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:10:38: unknown key `wieght` in service[0].backends[0]; did you mean `weight`?"
+    );
+}
+
+#[test]
+fn unknown_key_in_health() {
+    assert_eq!(
+        problem(&with_health("intervall_ms = 500\n")),
+        "xvip.toml:12:1: unknown key `intervall_ms` in service[0].health; did you mean `interval_ms`?"
+    );
+}
+
+#[test]
+fn wrong_type_says_the_expected_type() {
+    let text = "interface = \"eth0\"\n[vip]\naddress = \"10.0.0.250\"\n[vrrp]\nvrid = 51\npriority = \"150\"\n";
+    assert_eq!(
+        problem(text),
+        "xvip.toml:6:12: vrrp.priority must be an integer 1..=255 (255 = address owner), got a string \"150\""
+    );
+    assert_eq!(
+        problem(&format!("{BASE}preempt = \"yes\"\n")),
+        "xvip.toml:7:11: vrrp.preempt must be a boolean (true or false), got a string \"yes\""
+    );
+    assert_eq!(
+        problem(&format!("{BASE}preempt_delay_ms = 1979-05-27\n")),
+        "xvip.toml:7:20: vrrp.preempt_delay_ms must be an integer 0..=1000000, got a datetime 1979-05-27"
+    );
+}
+
+#[test]
+fn a_section_that_is_not_a_table() {
+    assert_eq!(
+        problem(&format!("control = \"/run/x.sock\"\n{BASE}")),
+        "xvip.toml:1:11: control must be a table, got a string \"/run/x.sock\""
+    );
+}
+
+#[test]
+fn service_must_be_an_array_of_tables() {
+    assert_eq!(
+        problem(&format!("{BASE}[service]\nname = \"api\"\n")),
+        "xvip.toml:7:1: service must be an array of tables: write each service as [[service]], got a table"
+    );
+}
+
+#[test]
+fn missing_interface_points_at_the_top() {
+    assert_eq!(
+        problem("[vip]\naddress = \"10.0.0.250\"\n[vrrp]\nvrid = 51\npriority = 150\n"),
+        "xvip.toml:1:1: missing required key `interface` at the top level; expected the name of the interface that \
+         carries the VIP, like \"eth0\""
+    );
+}
+
+#[test]
+fn missing_tables_are_reported() {
+    assert_eq!(
+        problems("interface = \"eth0\"\n"),
+        [
+            "xvip.toml:1:1: missing required table [vip]; expected a [vip] table with address = \"...\"",
+            "xvip.toml:1:1: missing required table [vrrp]; expected a [vrrp] table with vrid and priority",
+        ]
+    );
+}
+
+#[test]
+fn missing_vip_address_points_at_the_vip_table() {
+    assert_eq!(
+        problem("interface = \"eth0\"\n[vip]\nhostname = \"api\"\n[vrrp]\nvrid = 51\npriority = 150\n"),
+        "xvip.toml:2:1: missing required key `address` in [vip]; expected the virtual IPv4 address, like \
+         address = \"10.0.0.250\""
+    );
+}
+
+#[test]
+fn missing_vrid_and_priority_point_at_the_vrrp_table() {
+    assert_eq!(
+        problems("interface = \"eth0\"\n[vip]\naddress = \"10.0.0.250\"\n\n[vrrp]\npreempt = false\n"),
+        [
+            "xvip.toml:5:1: missing required key `vrid` in [vrrp]; expected the virtual router ID 1..=255, the same \
+             on every node",
+            "xvip.toml:5:1: missing required key `priority` in [vrrp]; expected 1..=255 (highest wins; 255 = \
+             address owner)",
+        ]
+    );
+}
+
+#[test]
+fn missing_service_keys_point_at_the_service() {
+    assert_eq!(
+        problems(&format!("{BASE}\n[[service]]\nprotocol = \"tcp\"\n")),
+        [
+            "xvip.toml:8:1: missing required key `name` in service[0]; expected a unique name like \
+             name = \"kube-apiserver\"",
+            "xvip.toml:8:1: missing required key `port` in service[0]; expected the port on the VIP, 1..=65535",
+            "xvip.toml:8:1: missing required key `backends` in service[0]; expected an array like \
+             backends = [{ address = \"10.0.0.11\", port = 6443 }]",
+        ]
+    );
+}
+
+#[test]
+fn dotted_keys_are_read_like_tables() {
+    let text = "interface = \"eth0\"\nvip.address = \"10.0.0.250\"\nvrrp.vrid = 51\nvrrp.priority = 150\n";
+    assert_eq!(valid(text).vrrp.priority, 150);
+    assert_eq!(
+        problem("interface = \"eth0\"\nvip.address = \"10.0.0.250\"\nvrrp.vrid = 51\n"),
+        "xvip.toml:3:1: missing required key `priority` in [vrrp]; expected 1..=255 (highest wins; 255 = address \
+         owner)"
+    );
+}
+
+// ---- top level ----
+
+#[test]
+fn interface_must_not_be_empty() {
+    assert_eq!(
+        problem(&BASE.replace("\"eth0\"", "\"\"")),
+        "xvip.toml:1:13: interface must be an interface name of 1..=15 bytes without '/', ':' or whitespace, like \
+         \"eth0\", got an empty name"
+    );
+}
+
+#[test]
+fn interface_is_at_most_15_bytes() {
+    assert_eq!(valid(&BASE.replace("eth0", "abcdefghijklmno")).interface, "abcdefghijklmno");
+    assert_eq!(
+        problem(&BASE.replace("eth0", "abcdefghijklmnop")),
+        "xvip.toml:1:13: interface must be an interface name of 1..=15 bytes without '/', ':' or whitespace, like \
+         \"eth0\", got \"abcdefghijklmnop\" (16 bytes)"
+    );
+}
+
+#[test]
+fn interface_has_no_slash_colon_or_space() {
+    assert_eq!(
+        problem(&BASE.replace("eth0", "eth0:1")),
+        "xvip.toml:1:13: interface must be an interface name of 1..=15 bytes without '/', ':' or whitespace, like \
+         \"eth0\", got \"eth0:1\""
+    );
+}
+
+#[test]
+fn xdp_mode_is_a_known_word() {
+    assert_eq!(
+        problem(&format!("xdp_mode = \"nativ\"\n{BASE}")),
+        "xvip.toml:1:12: xdp_mode must be one of \"auto\", \"native\", \"generic\", got \"nativ\"; did you mean \
+         \"native\"?"
+    );
+    assert_eq!(valid(&format!("xdp_mode = \"generic\"\n{BASE}")).xdp_mode, XdpMode::Generic);
+}
+
+#[test]
+fn conntrack_entries_range() {
+    assert_eq!(valid(&format!("conntrack_entries = 1024\n{BASE}")).conntrack_entries, 1024);
+    assert_eq!(
+        problem(&format!("conntrack_entries = 100\n{BASE}")),
+        "xvip.toml:1:21: conntrack_entries must be 1024..=16777216 (flows the data plane remembers), got 100"
+    );
+}
+
+// ---- [vip] ----
+
+#[test]
+fn vip_must_be_an_ipv4_address() {
+    assert_eq!(
+        problem(&BASE.replace("10.0.0.250", "10.0.0.256")),
+        "xvip.toml:3:11: vip.address must be an IPv4 address in dotted-quad form like \"10.0.0.1\", got \"10.0.0.256\""
+    );
+}
+
+#[test]
+fn vip_must_not_be_unspecified_multicast_or_broadcast() {
+    for (address, why) in [
+        ("0.0.0.0", "the unspecified address"),
+        ("224.0.0.18", "a multicast address"),
+        ("255.255.255.255", "the broadcast address"),
+        ("127.0.0.1", "a loopback address"),
+    ] {
+        assert_eq!(
+            problem(&BASE.replace("10.0.0.250", address)),
+            format!("xvip.toml:3:11: vip.address must be a unicast IPv4 address, got {address} ({why})")
+        );
+    }
+}
+
+#[test]
+fn vip_hostname_must_not_be_empty() {
+    assert_eq!(
+        problem(&BASE.replace("[vrrp]", "hostname = \"\"\n[vrrp]")),
+        "xvip.toml:4:12: vip.hostname must be a DNS name, got an empty string"
+    );
+}
+
+// ---- [vrrp] ----
+
+#[test]
+fn vrid_range() {
+    assert_eq!(
+        problem(&BASE.replace("vrid = 51", "vrid = 256")),
+        "xvip.toml:5:8: vrrp.vrid must be 1..=255 (the same on every node of the group), got 256"
+    );
+}
+
+#[test]
+fn priority_range_and_owner() {
+    assert_eq!(valid(&BASE.replace("priority = 150", "priority = 255")).vrrp.priority, 255);
+    assert_eq!(
+        problem(&BASE.replace("priority = 150", "priority = 0")),
+        "xvip.toml:6:12: vrrp.priority must be 1..=255 (255 = address owner), got 0"
+    );
+}
+
+#[test]
+fn advert_interval_range() {
+    assert_eq!(valid(&format!("{BASE}advert_interval_ms = 40950\n")).vrrp.advert_interval_ms, 40950);
+    assert_eq!(
+        problem(&format!("{BASE}advert_interval_ms = 40960\n")),
+        "xvip.toml:7:22: vrrp.advert_interval_ms must be 10..=40950 (VRRPv3 sends centiseconds in 12 bits), got 40960"
+    );
+}
+
+#[test]
+fn advert_interval_is_a_multiple_of_10() {
+    assert_eq!(
+        problem(&format!("{BASE}advert_interval_ms = 1005\n")),
+        "xvip.toml:7:22: vrrp.advert_interval_ms must be a multiple of 10 (VRRPv3 counts centiseconds), got 1005"
+    );
+}
+
+#[test]
+fn preempt_delay_limit() {
+    assert_eq!(valid(&format!("{BASE}preempt_delay_ms = 1000000\n")).vrrp.preempt_delay_ms, 1_000_000);
+    assert_eq!(
+        problem(&format!("{BASE}preempt_delay_ms = 1000001\n")),
+        "xvip.toml:7:20: vrrp.preempt_delay_ms must be 0..=1000000, got 1000001"
+    );
+}
+
+#[test]
+fn unicast_peers_are_unique() {
+    assert_eq!(
+        problem(&format!("{BASE}unicast_peers = [\"10.0.0.12\", \"10.0.0.13\", \"10.0.0.12\"]\n")),
+        "xvip.toml:7:44: vrrp.unicast_peers[2] repeats 10.0.0.12; each peer must be listed once"
+    );
+}
+
+#[test]
+fn unicast_peers_exclude_the_source_address() {
+    let text = format!("{BASE}source_address = \"10.0.0.11\"\nunicast_peers = [\"10.0.0.11\", \"10.0.0.12\"]\n");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:8:18: vrrp.unicast_peers[0] is 10.0.0.11, this node's own source_address; list only the other \
+         nodes"
+    );
+}
+
+#[test]
+fn unicast_peers_are_addresses() {
+    assert_eq!(
+        problem(&format!("{BASE}unicast_peers = \"10.0.0.12\"\n")),
+        "xvip.toml:7:17: vrrp.unicast_peers must be an array of IPv4 addresses (empty = multicast to 224.0.0.18), \
+         got a string \"10.0.0.12\""
+    );
+    assert_eq!(
+        problem(&format!("{BASE}unicast_peers = [\"10.0.0.250\"]\n")),
+        "xvip.toml:7:18: vrrp.unicast_peers[0] is the VIP 10.0.0.250; list the other nodes' own addresses"
+    );
+}
+
+#[test]
+fn source_address_is_not_the_vip() {
+    assert_eq!(
+        problem(&format!("{BASE}source_address = \"10.0.0.250\"\n")),
+        "xvip.toml:7:18: vrrp.source_address must be this node's own address, not the VIP 10.0.0.250 (adverts must \
+         come from an address the node keeps when it is backup)"
+    );
+}
+
+#[test]
+fn checksum_is_a_known_word() {
+    assert_eq!(valid(&format!("{BASE}checksum = \"rfc9568\"\n")).vrrp.checksum, Checksum::Rfc9568);
+    assert_eq!(
+        problem(&format!("{BASE}checksum = \"pseudoheader\"\n")),
+        "xvip.toml:7:12: vrrp.checksum must be one of \"pseudo-header\", \"rfc9568\", got \"pseudoheader\"; did you \
+         mean \"pseudo-header\"?"
+    );
+}
+
+#[test]
+fn garp_count_range() {
+    assert_eq!(
+        problem(&format!("{BASE}garp_count = 101\n")),
+        "xvip.toml:7:14: vrrp.garp_count must be 0..=100, got 101"
+    );
+}
+
+#[test]
+fn garp_refresh_is_off_or_at_least_100ms() {
+    assert_eq!(
+        problem(&format!("{BASE}garp_refresh_ms = 50\n")),
+        "xvip.toml:7:19: vrrp.garp_refresh_ms must be 0 (off) or at least 100, got 50"
+    );
+}
+
+#[test]
+fn backend_loss_penalty_range() {
+    assert_eq!(
+        problem(&format!("{BASE}backend_loss_penalty = 255\n")),
+        "xvip.toml:7:24: vrrp.backend_loss_penalty must be 0..=254 (subtracted from the priority while a service has \
+         no healthy backend), got 255"
+    );
+}
+
+// ---- [control] ----
+
+#[test]
+fn control_socket_fits_a_unix_socket_address() {
+    let long = format!("/run/{}", "x".repeat(103));
+    assert_eq!(
+        problem(&format!("{BASE}[control]\nsocket = \"{long}\"\n")),
+        "xvip.toml:8:10: control.socket must be at most 107 bytes long (the limit of a Unix socket address), got 108"
+    );
+    assert_eq!(
+        valid(&format!("{BASE}[control]\nsocket = \"/tmp/x.sock\"\n")).control.socket,
+        PathBuf::from("/tmp/x.sock")
+    );
+}
+
+// ---- [[service]] ----
+
+#[test]
+fn service_port_range() {
+    assert_eq!(
+        problem(&with_service("").replace("port = 443", "port = 0")),
+        "xvip.toml:9:8: service[0].port must be 1..=65535, got 0"
+    );
+}
+
+#[test]
+fn service_name_must_not_be_empty() {
+    assert_eq!(
+        problem(&with_service("").replace("name = \"api\"", "name = \"\"")),
+        "xvip.toml:8:8: service[0].name must be a non-empty name, got an empty string"
+    );
+}
+
+#[test]
+fn service_names_are_unique() {
+    let text = with_service("[[service]]\nname = \"api\"\nport = 80\nbackends = [{ address = \"10.0.0.11\" }]\n");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:12:8: service[1].name \"api\" is already used by service[0]; names must be unique"
+    );
+}
+
+#[test]
+fn service_port_and_protocol_are_unique() {
+    let second = "[[service]]\nname = \"dns\"\nport = 443\n{}backends = [{ address = \"10.0.0.11\" }]\n";
+    assert_eq!(
+        problem(&with_service(&second.replace("{}", ""))),
+        "xvip.toml:13:8: service[1].port 443/tcp is already used by service[0]; each port and protocol can belong to \
+         one service only"
+    );
+    // The same port with the other protocol is another service.
+    let config = valid(&with_service(&second.replace("{}", "protocol = \"udp\"\n")));
+    assert_eq!(config.services[1].protocol, Protocol::Udp);
+}
+
+#[test]
+fn service_needs_at_least_one_backend() {
+    assert_eq!(
+        problem(&format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = []\n")),
+        "xvip.toml:10:12: service[0].backends must list at least one backend, got an empty array"
+    );
+}
+
+#[test]
+fn backends_are_unique_within_a_service() {
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [\n  {{ address = \"10.0.0.11\", port = 6443 }},\n  \
+         {{ address = \"10.0.0.11\", port = 6443, weight = 2 }},\n]\n"
+    );
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:12:3: service[0].backends[1] repeats backend 10.0.0.11:6443; each address and port may be listed \
+         once per service"
+    );
+}
+
+#[test]
+fn backend_weight_range() {
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", weight = 0 }}]\n"
+    );
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:10:47: service[0].backends[0].weight must be 1..=255 (share of new flows), got 0"
+    );
+}
+
+#[test]
+fn backend_port_range_and_default() {
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", port = 65536 }}]\n"
+    );
+    assert_eq!(problem(&text), "xvip.toml:10:45: service[0].backends[0].port must be 1..=65535, got 65536");
+    let text = format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\" }}]\n");
+    assert_eq!(valid(&text).services[0].backends[0].port, 443);
+}
+
+#[test]
+fn backend_address_is_a_host_and_not_the_vip() {
+    let text = format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.250\" }}]\n");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:10:25: service[0].backends[0].address is the VIP 10.0.0.250; a backend must be a real server's own \
+         address"
+    );
+    let text = format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ port = 443 }}]\n");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:10:13: missing required key `address` in service[0].backends[0]; expected the backend's IPv4 \
+         address, like address = \"10.0.0.11\""
+    );
+}
+
+#[test]
+fn dsr_backend_port_must_equal_the_service_port() {
+    let text = with_service("forwarding = \"dsr\"\n");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:10:45: service[0].backends[0].port must equal the service port 443 with forwarding = \"dsr\" (the \
+         backend answers from the VIP without translation), got 6443"
+    );
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nforwarding = \"dsr\"\nbackends = [{{ address = \"10.0.0.11\" }}]\n"
+    );
+    assert_eq!(valid(&text).services[0].forwarding, Forwarding::Dsr);
+}
+
+#[test]
+fn forwarding_and_protocol_are_known_words() {
+    assert_eq!(
+        problem(&with_service("forwarding = \"direct\"\n")),
+        "xvip.toml:11:14: service[0].forwarding must be one of \"nat\", \"dsr\", got \"direct\""
+    );
+    assert_eq!(
+        problem(&with_service("protocol = \"sctp\"\n")),
+        "xvip.toml:11:12: service[0].protocol must be one of \"tcp\", \"udp\", got \"sctp\""
+    );
+}
+
+#[test]
+fn at_most_64_services() {
+    let mut text = BASE.to_owned();
+    for i in 0..65 {
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{i}\"\nport = {}\nbackends = [{{ address = \"10.0.0.11\" }}]\n",
+            i + 1
+        ));
+    }
+    // The 65th service starts on line 7 + 64 * 4.
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:263:1: too many services: at most 64 are supported (the data plane's Maglev tables are sized for \
+         that), this is number 65"
+    );
+}
+
+#[test]
+fn at_most_4096_backends_in_total() {
+    let mut text = BASE.to_owned();
+    for s in 0..2 {
+        text.push_str(&format!("[[service]]\nname = \"s{s}\"\nport = {}\nbackends = [\n", s + 1));
+        for b in 0..2049 {
+            text.push_str(&format!("{{ address = \"10.{}.{}.{}\" }},\n", s + 1, b / 250, b % 250 + 1));
+        }
+        text.push_str("]\n");
+    }
+    // Service 0 takes lines 7-10 (header) and 11-2059 (backends) and 2060 (`]`); service 1's backends start on
+    // line 2065, and its 2048th (0-based 2047), the 4097th in total, is on line 2065 + 2047.
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:4112:1: too many backends: at most 4096 over all services are supported (the size of the data \
+         plane's backend table)"
+    );
+}
+
+// ---- [service.health] ----
+
+#[test]
+fn health_rise_and_fall_are_at_least_1() {
+    assert_eq!(
+        problems(&with_health("rise = 0\nfall = 0\n")),
+        [
+            "xvip.toml:12:8: service[0].health.rise must be 1..=1000 (consecutive successes), got 0",
+            "xvip.toml:13:8: service[0].health.fall must be 1..=1000 (consecutive failures), got 0",
+        ]
+    );
+}
+
+#[test]
+fn health_timeout_must_not_exceed_interval() {
+    assert_eq!(valid(&with_health("interval_ms = 500\ntimeout_ms = 500\n")).services[0].health.timeout_ms, 500);
+    assert_eq!(
+        problem(&with_health("interval_ms = 500\ntimeout_ms = 600\n")),
+        "xvip.toml:13:14: service[0].health.timeout_ms (600) must not exceed service[0].health.interval_ms (500): a \
+         check must end before the next one starts"
+    );
+    // With the default timeout (1000), the interval is what the user wrote, so it is what the problem points at.
+    assert_eq!(
+        problem(&with_health("interval_ms = 500\n")),
+        "xvip.toml:12:15: service[0].health.timeout_ms (1000) must not exceed service[0].health.interval_ms (500): a \
+         check must end before the next one starts"
+    );
+}
+
+#[test]
+fn health_interval_is_at_least_100ms() {
+    assert_eq!(
+        problem(&with_health("interval_ms = 50\n")),
+        "xvip.toml:12:15: service[0].health.interval_ms must be 100..=3600000, got 50"
+    );
+}
+
+#[test]
+fn health_expect_status_range() {
+    assert_eq!(
+        problem(&with_health("check = \"http\"\nexpect_status = 600\n")),
+        "xvip.toml:13:17: service[0].health.expect_status must be 100..=599 (an HTTP status code), got 600"
+    );
+}
+
+#[test]
+fn health_path_starts_with_a_slash() {
+    assert_eq!(
+        problem(&with_health("check = \"http\"\npath = \"readyz\"\n")),
+        "xvip.toml:13:8: service[0].health.path must start with \"/\", like \"/readyz\", got \"readyz\""
+    );
+}
+
+#[test]
+fn http_keys_need_an_http_check() {
+    assert_eq!(
+        problems(&with_health("path = \"/readyz\"\nexpect_status = 204\n")),
+        [
+            "xvip.toml:12:1: service[0].health.path is only meaningful with check = \"http\" or \"https\", got check = \
+             \"tcp\"",
+            "xvip.toml:13:1: service[0].health.expect_status is only meaningful with check = \"http\" or \"https\", \
+             got check = \"tcp\"",
+        ]
+    );
+}
+
+#[test]
+fn tls_keys_need_an_https_check() {
+    assert_eq!(
+        problem(&with_health("check = \"http\"\ntls_verify = false\n")),
+        "xvip.toml:13:1: service[0].health.tls_verify is only meaningful with check = \"https\", got check = \"http\""
+    );
+    let health = valid(&with_health("check = \"https\"\nca_file = \"/ca.crt\"\nserver_name = \"api\"\n")).services[0]
+        .health
+        .clone();
+    assert_eq!(health.ca_file, Some(PathBuf::from("/ca.crt")));
+    assert_eq!(health.server_name.as_deref(), Some("api"));
+}
+
+#[test]
+fn ca_file_contradicts_tls_verify_false() {
+    assert_eq!(
+        problem(&with_health("check = \"https\"\ntls_verify = false\nca_file = \"/ca.crt\"\n")),
+        "xvip.toml:14:1: service[0].health.ca_file is never used with tls_verify = false; remove it, or remove \
+         tls_verify = false to verify backends against it"
+    );
+}
+
+#[test]
+fn udp_services_only_use_check_none() {
+    let udp = format!(
+        "{BASE}[[service]]\nname = \"dns\"\nport = 53\nprotocol = \"udp\"\nbackends = [{{ address = \"10.0.0.11\" }}]\n"
+    );
+    assert_eq!(valid(&udp).services[0].health.check, CheckKind::None);
+    assert_eq!(
+        problem(&format!("{udp}[service.health]\ncheck = \"tcp\"\n")),
+        "xvip.toml:13:9: service[0].health.check must be \"none\" for a udp service (xvip has no UDP health check, and \
+         a TCP answer says nothing about a UDP server), got \"tcp\""
+    );
+}
+
+#[test]
+fn health_check_is_a_known_word() {
+    assert_eq!(
+        problem(&with_health("check = \"htps\"\n")),
+        "xvip.toml:12:9: service[0].health.check must be one of \"tcp\", \"http\", \"https\", \"none\", got \"htps\"; \
+         did you mean \"https\"?"
+    );
+}
+
+// ---- files ----
+
+#[test]
+fn problem_display_is_path_line_col_message() {
+    let problem = Problem { path: "/etc/xvip/xvip.toml".into(), line: 12, col: 12, message: "bad".into() };
+    assert_eq!(problem.to_string(), "/etc/xvip/xvip.toml:12:12: bad");
+}
+
+#[test]
+fn load_reports_a_missing_file() {
+    let path = Path::new("/nonexistent/xvip.toml");
+    let problems = load(path).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert!(
+        problems[0].to_string().starts_with("/nonexistent/xvip.toml:1:1: cannot read the config file: "),
+        "{}",
+        problems[0]
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_rejects_non_utf8() {
+    let dir = std::env::temp_dir().join(format!("xvip-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, BASE).unwrap();
+    assert_eq!(load(&good).unwrap().interface, "eth0");
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, b"interface = \"eth0\"\n# caf\xe9\n").unwrap();
+    let problems = load(&bad).unwrap_err();
+    assert_eq!((problems[0].line, problems[0].col), (2, 6));
+    assert_eq!(problems[0].message, "the config file must be UTF-8 text; this byte is not");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn suggestions_cover_typos_and_prefixes() {
+    let keys = ["advert_interval_ms", "priority", "preempt", "preempt_delay_ms"];
+    assert_eq!(read::suggest("priorty", &keys), Some("priority"));
+    assert_eq!(read::suggest("Priority", &keys), Some("priority"));
+    assert_eq!(read::suggest("advert_int", &keys), Some("advert_interval_ms"));
+    assert_eq!(read::suggest("xyz", &keys), None);
+}
+
+// ---- reload ----
+
+fn two_services() -> Config {
+    valid(&with_service("[[service]]\nname = \"web\"\nport = 80\nbackends = [{ address = \"10.0.0.21\" }]\n"))
+}
+
+#[test]
+fn diff_refuses_a_vip_change() {
+    let old = two_services();
+    let mut new = old.clone();
+    new.vip.address = Ipv4Addr::new(10, 0, 0, 251);
+    let error = diff(&old, &new).unwrap_err();
+    assert!(error.starts_with("vip.address changed, which needs a restart"), "{error}");
+}
+
+#[test]
+fn diff_names_every_restart_only_key() {
+    let old = two_services();
+    let mut new = old.clone();
+    new.interface = "eth1".into();
+    new.vrrp.vrid = 52;
+    new.control.socket = "/tmp/other.sock".into();
+    let error = diff(&old, &new).unwrap_err();
+    assert!(error.starts_with("interface, vrrp.vrid, control.socket changed, which needs a restart"), "{error}");
+}
+
+#[test]
+fn diff_accepts_a_backend_addition() {
+    let old = two_services();
+    let mut new = old.clone();
+    new.services[0].backends.push(BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 1 });
+    let plan = diff(&old, &new).unwrap();
+    assert_eq!(plan, ReloadPlan { services_changed: vec!["api".into()], ..Default::default() });
+    assert_eq!(plan.to_string(), "services changed: api");
+}
+
+#[test]
+fn diff_reports_added_removed_priority_and_health() {
+    let old = two_services();
+    let mut new = old.clone();
+    new.services.remove(1);
+    let mut added = new.services[0].clone();
+    added.name = "other".into();
+    added.port = 8443;
+    new.services.push(added);
+    new.services[0].health.interval_ms = 5000;
+    new.vrrp.priority = 100;
+    let plan = diff(&old, &new).unwrap();
+    assert_eq!(
+        plan,
+        ReloadPlan {
+            services_added: vec!["other".into()],
+            services_removed: vec!["web".into()],
+            services_changed: vec![],
+            health_changed: vec!["api".into()],
+            vrrp_changed: vec!["priority"],
+            hostname_changed: false,
+        }
+    );
+    assert_eq!(
+        plan.to_string(),
+        "services added: other; services removed: web; health checks changed: api; vrrp changed: priority"
+    );
+}
+
+#[test]
+fn diff_of_identical_configs_is_empty() {
+    let config = two_services();
+    let plan = diff(&config, &config).unwrap();
+    assert!(plan.is_empty());
+    assert_eq!(plan.to_string(), "nothing changed");
+}
+
+#[test]
+fn a_refused_check_does_not_also_refuse_its_keys() {
+    assert_eq!(
+        problem(&with_health("check = \"htps\"\npath = \"/readyz\"\ntls_verify = false\n")),
+        "xvip.toml:12:9: service[0].health.check must be one of \"tcp\", \"http\", \"https\", \"none\", got \"htps\"; \
+         did you mean \"https\"?"
+    );
+}

@@ -1,0 +1,18 @@
+//! VRRPv3 for IPv4 (RFC 5798, with the changes of RFC 9568), split by concern:
+//!
+//! - [`packet`]: the wire codec and the receive checks of RFC 5798 §7.1 (pure).
+//! - [`machine`]: the state machine of RFC 5798 §6 in sans-IO style (pure, virtual time).
+//! - [`socket`]: the raw protocol-112 socket (the I/O edge, tokio).
+//!
+//! The agent owns the loop: it feeds received packets through [`packet::parse_ipv4`] into
+//! [`machine::Router::on_advert`], calls [`machine::Router::on_timer`] at
+//! [`machine::Router::next_deadline`], and executes the returned [`machine::Action`]s (adverts through
+//! [`socket::VrrpSocket`], gratuitous ARP through [`crate::garp`]).
+
+pub mod machine;
+pub mod packet;
+pub mod socket;
+
+pub use machine::{Action, Role, Router, Settings};
+pub use packet::{Advert, ChecksumMode, Discard, Received, RxFilter};
+pub use socket::{InterfaceInfo, Transport, VrrpSocket};

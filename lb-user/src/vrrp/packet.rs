@@ -1,0 +1,811 @@
+//! VRRPv3 advertisement codec for IPv4 (RFC 5798 §5, RFC 9568 §5).
+//!
+//! Pure: no sockets, no clocks. [`parse_ipv4`] takes what a raw `IPPROTO_VRRP` socket delivers (the
+//! IPv4 header included, so TTL and addresses can be checked) and applies the receive checks of RFC 5798
+//! §7.1 in their RFC order, each failing with its own [`Discard`] reason. [`Advert::emit`] writes the
+//! VRRP message only; the kernel adds the IPv4 header.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::ops::Range;
+
+/// IP protocol number of VRRP (RFC 5798 §5.1.1.4).
+pub const PROTOCOL: u8 = 112;
+/// The IPv4 multicast group adverts go to; link-local scope, never forwarded (RFC 5798 §5.1.1.2).
+pub const MULTICAST_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// Adverts are sent with this TTL and any other value is discarded: a GTSM-like guarantee that the
+/// sender is on-link (RFC 5798 §5.1.1.3, §9).
+pub const REQUIRED_TTL: u8 = 255;
+/// VRRPv3 (RFC 5798 §5.2.1).
+pub const VERSION: u8 = 3;
+/// The only message type (RFC 5798 §5.2.2).
+pub const TYPE_ADVERTISEMENT: u8 = 1;
+/// Version..Checksum, before the address list (RFC 5798 §5.2).
+pub const HEADER_LEN: usize = 8;
+/// Max Adver Int is a 12-bit field in centiseconds (RFC 5798 §5.2.7).
+pub const MAX_ADVER_INT_MAX: u16 = 0x0fff;
+/// The smallest IPv4 header (IHL 5).
+pub const IPV4_MIN_HEADER_LEN: usize = 20;
+
+/// Byte offsets of the VRRP message fields (RFC 5798 §5.2).
+mod field {
+    use std::ops::Range;
+
+    pub const VER_TYPE: usize = 0;
+    pub const VRID: usize = 1;
+    pub const PRIORITY: usize = 2;
+    pub const COUNT: usize = 3;
+    pub const MAX_ADVER_INT: Range<usize> = 4..6;
+    pub const CHECKSUM: Range<usize> = 6..8;
+    pub const ADDRESSES: usize = 8;
+}
+
+/// Byte offsets of the IPv4 header fields this module reads (RFC 791 §3.1).
+mod ipv4_field {
+    use std::ops::Range;
+
+    pub const VER_IHL: usize = 0;
+    pub const TOTAL_LEN: Range<usize> = 2..4;
+    pub const TTL: usize = 8;
+    pub const PROTOCOL: usize = 9;
+    pub const SRC: Range<usize> = 12..16;
+    pub const DST: Range<usize> = 16..20;
+}
+
+/// How the VRRPv3 checksum of an IPv4 advert is computed (RFC 5798 §5.2.8 vs RFC 9568 §5.2.8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ChecksumMode {
+    /// With the IPv4 pseudo-header `src, dst, 0, 112, length`, `dst` being the real destination.
+    /// RFC 5798 read literally; what keepalived (2.2.7 can send nothing else), Wireshark and tcpdump do.
+    #[default]
+    PseudoHeader,
+    /// Over the VRRP message alone: RFC 9568 §5.2.8, Cisco and Juniper, keepalived `v3_checksum_as_v2`.
+    Rfc9568,
+}
+
+impl ChecksumMode {
+    /// The spelling used in the config file and in logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            ChecksumMode::PseudoHeader => "pseudo-header",
+            ChecksumMode::Rfc9568 => "rfc9568",
+        }
+    }
+}
+
+/// Why a received packet was dropped. The variants follow RFC 5798 §7.1, in the order the checks run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Discard {
+    /// Shorter than an IPv4 header, than the IPv4 total length, or than the VRRP fixed header.
+    Truncated { have: usize, need: usize },
+    /// The IPv4 header is not one of an IPv4 VRRP packet (version, IHL, protocol, total length).
+    BadIpHeader(String),
+    /// TTL other than 255: the sender is not on-link, or something forwarded it (§7.1, §9).
+    Ttl { found: u8 },
+    /// Version other than 3 (§7.1); a VRRPv2 peer lands here.
+    Version { found: u8 },
+    /// Type other than ADVERTISEMENT (§5.2.2).
+    Type { found: u8 },
+    /// Count IPvX Addr is 0, or the addresses it announces are not all present (§5.2.5, §7.1).
+    Length { count: u8, have: usize, need: usize },
+    /// The checksum matches neither the pseudo-header nor the RFC 9568 form.
+    Checksum { found: u16, pseudo_header: u16, rfc9568: u16 },
+    /// For a virtual router this node does not run (§7.1).
+    Vrid { found: u8, expected: u8 },
+    /// Unicast mode: the source is not one of the configured peers (keepalived `check_unicast_src`).
+    UnknownPeer { src: Ipv4Addr },
+    /// Max Adver Int of 0: adopting it would make a backup's Master_Down_Interval almost 0 and flap.
+    ZeroInterval,
+}
+
+impl Discard {
+    /// A stable snake_case key, for counters and log fields.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Discard::Truncated { .. } => "truncated",
+            Discard::BadIpHeader(_) => "bad_ip_header",
+            Discard::Ttl { .. } => "ttl",
+            Discard::Version { .. } => "version",
+            Discard::Type { .. } => "type",
+            Discard::Length { .. } => "length",
+            Discard::Checksum { .. } => "checksum",
+            Discard::Vrid { .. } => "vrid",
+            Discard::UnknownPeer { .. } => "unknown_peer",
+            Discard::ZeroInterval => "zero_interval",
+        }
+    }
+
+    /// Every reason, so a caller can pre-create one counter per reason.
+    pub const ALL_NAMES: [&'static str; 10] = [
+        "truncated",
+        "bad_ip_header",
+        "ttl",
+        "version",
+        "type",
+        "length",
+        "checksum",
+        "vrid",
+        "unknown_peer",
+        "zero_interval",
+    ];
+}
+
+impl fmt::Display for Discard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Discard::Truncated { have, need } => {
+                write!(f, "truncated packet: {have} bytes, expected at least {need}")
+            }
+            Discard::BadIpHeader(what) => write!(f, "bad IPv4 header: {what}"),
+            Discard::Ttl { found } => write!(f, "TTL is {found}, expected {REQUIRED_TTL}"),
+            Discard::Version { found } => write!(f, "VRRP version is {found}, expected {VERSION}"),
+            Discard::Type { found } => {
+                write!(f, "VRRP type is {found}, expected {TYPE_ADVERTISEMENT}")
+            }
+            Discard::Length { count, have, need } => {
+                write!(f, "advert announces {count} addresses: needs {need} bytes (and count >= 1), has {have}")
+            }
+            Discard::Checksum { found, pseudo_header, rfc9568 } => write!(
+                f,
+                "checksum is {found:#06x}, expected {pseudo_header:#06x} (pseudo-header) or {rfc9568:#06x} (rfc9568)"
+            ),
+            Discard::Vrid { found, expected } => {
+                write!(f, "VRID is {found}, expected {expected}")
+            }
+            Discard::UnknownPeer { src } => {
+                write!(f, "sender {src} is not a configured unicast peer")
+            }
+            Discard::ZeroInterval => write!(f, "Max Adver Int is 0, expected 1..=4095 cs"),
+        }
+    }
+}
+
+impl std::error::Error for Discard {}
+
+/// Why an [`Advert`] cannot be written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EmitError {
+    /// Count IPvX Addr is 8 bits and must be at least 1 (RFC 5798 §5.2.5).
+    AddressCount(usize),
+    /// Max Adver Int is 12 bits of centiseconds and 0 makes no sense (RFC 5798 §5.2.7).
+    Interval(u16),
+    /// The output buffer cannot hold the message.
+    BufferTooShort { have: usize, need: usize },
+}
+
+impl fmt::Display for EmitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EmitError::AddressCount(n) => {
+                write!(f, "advert must carry 1..=255 addresses, got {n}")
+            }
+            EmitError::Interval(cs) => {
+                write!(f, "advert interval must be 1..={MAX_ADVER_INT_MAX} centiseconds, got {cs}")
+            }
+            EmitError::BufferTooShort { have, need } => {
+                write!(f, "buffer of {have} bytes, advert needs {need}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for EmitError {}
+
+/// A read-only view of a VRRP message (no IPv4 header).
+///
+/// Built with [`Packet::new_checked`], every accessor is in bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Packet<T: AsRef<[u8]>> {
+    buffer: T,
+}
+
+impl<T: AsRef<[u8]>> Packet<T> {
+    /// Wraps a buffer and checks it holds the fixed header and the `count` addresses it announces.
+    ///
+    /// # Errors
+    /// [`Discard::Truncated`] or [`Discard::Length`].
+    pub fn new_checked(buffer: T) -> Result<Self, Discard> {
+        let packet = Packet { buffer };
+        packet.check_len()?;
+        Ok(packet)
+    }
+
+    fn check_len(&self) -> Result<(), Discard> {
+        let data = self.buffer.as_ref();
+        if data.len() < HEADER_LEN {
+            return Err(Discard::Truncated { have: data.len(), need: HEADER_LEN });
+        }
+        let count = data[field::COUNT];
+        let need = message_len(count);
+        if count == 0 || data.len() < need {
+            return Err(Discard::Length { count, have: data.len(), need });
+        }
+        Ok(())
+    }
+
+    pub fn version(&self) -> u8 {
+        self.buffer.as_ref()[field::VER_TYPE] >> 4
+    }
+
+    pub fn msg_type(&self) -> u8 {
+        self.buffer.as_ref()[field::VER_TYPE] & 0x0f
+    }
+
+    pub fn vrid(&self) -> u8 {
+        self.buffer.as_ref()[field::VRID]
+    }
+
+    pub fn priority(&self) -> u8 {
+        self.buffer.as_ref()[field::PRIORITY]
+    }
+
+    pub fn count(&self) -> u8 {
+        self.buffer.as_ref()[field::COUNT]
+    }
+
+    /// Centiseconds; the 4 reserved bits are ignored on receive (RFC 5798 §5.2.6).
+    pub fn max_adver_int(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::MAX_ADVER_INT) & MAX_ADVER_INT_MAX
+    }
+
+    pub fn checksum(&self) -> u16 {
+        read_u16(self.buffer.as_ref(), field::CHECKSUM)
+    }
+
+    /// The message as delimited by `count`; bytes after it are not part of the advert.
+    pub fn message(&self) -> &[u8] {
+        &self.buffer.as_ref()[..message_len(self.count())]
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.message()[field::ADDRESSES..].chunks_exact(4).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
+
+    /// Which checksum form the message carries, if any.
+    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<ChecksumMode> {
+        let found = self.checksum();
+        [ChecksumMode::PseudoHeader, ChecksumMode::Rfc9568]
+            .into_iter()
+            .find(|&mode| checksum(self.message(), src, dst, mode) == found)
+    }
+}
+
+/// A VRRPv3 advertisement, as carried on the wire (the Repr of [`Packet`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Advert {
+    pub vrid: u8,
+    /// 0 = the active router is stopping; 255 = the address owner (RFC 5798 §5.2.4).
+    pub priority: u8,
+    /// Max Adver Int in centiseconds.
+    pub max_adver_int: u16,
+    /// The virtual addresses, for troubleshooting only (RFC 5798 §5.2.9).
+    pub addresses: Vec<Ipv4Addr>,
+}
+
+impl Advert {
+    pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Self {
+        Advert {
+            vrid: packet.vrid(),
+            priority: packet.priority(),
+            max_adver_int: packet.max_adver_int(),
+            addresses: packet.addresses().collect(),
+        }
+    }
+
+    pub fn buffer_len(&self) -> usize {
+        HEADER_LEN + 4 * self.addresses.len()
+    }
+
+    /// Writes the VRRP message into `buf` and returns its length.
+    ///
+    /// `src` and `dst` only feed the pseudo-header; in unicast mode `dst` is the peer, so every peer
+    /// gets its own checksum (keepalived ≥ 1.3.6).
+    ///
+    /// # Errors
+    /// [`EmitError`] when the advert cannot be encoded or `buf` is too short.
+    pub fn emit(&self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> Result<usize, EmitError> {
+        let count = match u8::try_from(self.addresses.len()) {
+            Ok(n) if n >= 1 => n,
+            _ => return Err(EmitError::AddressCount(self.addresses.len())),
+        };
+        if self.max_adver_int == 0 || self.max_adver_int > MAX_ADVER_INT_MAX {
+            return Err(EmitError::Interval(self.max_adver_int));
+        }
+        let need = self.buffer_len();
+        let Some(out) = buf.get_mut(..need) else {
+            return Err(EmitError::BufferTooShort { have: buf.len(), need });
+        };
+        out[field::VER_TYPE] = (VERSION << 4) | TYPE_ADVERTISEMENT;
+        out[field::VRID] = self.vrid;
+        out[field::PRIORITY] = self.priority;
+        out[field::COUNT] = count;
+        // The reserved high nibble MUST be 0 on send (RFC 5798 §5.2.6).
+        out[field::MAX_ADVER_INT].copy_from_slice(&self.max_adver_int.to_be_bytes());
+        out[field::CHECKSUM].copy_from_slice(&[0, 0]);
+        for (slot, addr) in out[field::ADDRESSES..].chunks_exact_mut(4).zip(&self.addresses) {
+            slot.copy_from_slice(&addr.octets());
+        }
+        let sum = checksum(out, src, dst, mode);
+        out[field::CHECKSUM].copy_from_slice(&sum.to_be_bytes());
+        Ok(need)
+    }
+
+    /// [`Advert::emit`] into a new buffer of the right size.
+    ///
+    /// # Errors
+    /// [`EmitError`] when the advert cannot be encoded.
+    pub fn to_bytes(&self, src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> Result<Vec<u8>, EmitError> {
+        let mut buf = vec![0; self.buffer_len()];
+        self.emit(&mut buf, src, dst, mode)?;
+        Ok(buf)
+    }
+}
+
+/// What the receive path knows about this node, for the §7.1 checks.
+#[derive(Debug, Clone, Copy)]
+pub struct RxFilter<'a> {
+    pub vrid: u8,
+    /// Empty in multicast mode; otherwise only these senders are accepted.
+    pub unicast_peers: &'a [Ipv4Addr],
+}
+
+/// An advert that passed every receive check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
+    pub advert: Advert,
+    /// The checksum form the sender used (logged once per peer, so interop problems show).
+    pub checksum: ChecksumMode,
+}
+
+/// Parses an IPv4 packet as delivered by a raw protocol-112 socket and applies the receive checks of
+/// RFC 5798 §7.1 in order: IP header, TTL, version, type, length, checksum, VRID, then the unicast
+/// peer allow-list and a non-zero interval.
+///
+/// # Errors
+/// The first check that fails, as a [`Discard`].
+pub fn parse_ipv4(bytes: &[u8], filter: &RxFilter<'_>) -> Result<Received, Discard> {
+    if bytes.len() < IPV4_MIN_HEADER_LEN {
+        return Err(Discard::Truncated { have: bytes.len(), need: IPV4_MIN_HEADER_LEN });
+    }
+    let version = bytes[ipv4_field::VER_IHL] >> 4;
+    if version != 4 {
+        return Err(Discard::BadIpHeader(format!("IP version is {version}, expected 4")));
+    }
+    let ihl = usize::from(bytes[ipv4_field::VER_IHL] & 0x0f) * 4;
+    if ihl < IPV4_MIN_HEADER_LEN {
+        return Err(Discard::BadIpHeader(format!(
+            "header length is {ihl} bytes, expected at least {IPV4_MIN_HEADER_LEN}"
+        )));
+    }
+    let protocol = bytes[ipv4_field::PROTOCOL];
+    if protocol != PROTOCOL {
+        return Err(Discard::BadIpHeader(format!("protocol is {protocol}, expected {PROTOCOL}")));
+    }
+    let total_len = usize::from(read_u16(bytes, ipv4_field::TOTAL_LEN));
+    if total_len < ihl {
+        return Err(Discard::BadIpHeader(format!("total length {total_len} is shorter than the header length {ihl}")));
+    }
+    if bytes.len() < total_len {
+        return Err(Discard::Truncated { have: bytes.len(), need: total_len });
+    }
+    let ttl = bytes[ipv4_field::TTL];
+    let src = read_ipv4(bytes, ipv4_field::SRC);
+    let dst = read_ipv4(bytes, ipv4_field::DST);
+    let payload = &bytes[ihl..total_len];
+    if payload.len() < HEADER_LEN {
+        return Err(Discard::Truncated { have: payload.len(), need: HEADER_LEN });
+    }
+
+    if ttl != REQUIRED_TTL {
+        return Err(Discard::Ttl { found: ttl });
+    }
+    let version = payload[field::VER_TYPE] >> 4;
+    if version != VERSION {
+        return Err(Discard::Version { found: version });
+    }
+    let msg_type = payload[field::VER_TYPE] & 0x0f;
+    if msg_type != TYPE_ADVERTISEMENT {
+        return Err(Discard::Type { found: msg_type });
+    }
+    let packet = Packet::new_checked(payload)?;
+    let Some(checksum_mode) = packet.verify_checksum(src, dst) else {
+        return Err(Discard::Checksum {
+            found: packet.checksum(),
+            pseudo_header: checksum(packet.message(), src, dst, ChecksumMode::PseudoHeader),
+            rfc9568: checksum(packet.message(), src, dst, ChecksumMode::Rfc9568),
+        });
+    };
+    if packet.vrid() != filter.vrid {
+        return Err(Discard::Vrid { found: packet.vrid(), expected: filter.vrid });
+    }
+    if !filter.unicast_peers.is_empty() && !filter.unicast_peers.contains(&src) {
+        return Err(Discard::UnknownPeer { src });
+    }
+    if packet.max_adver_int() == 0 {
+        return Err(Discard::ZeroInterval);
+    }
+    Ok(Received { src, dst, ttl, advert: Advert::parse(&packet), checksum: checksum_mode })
+}
+
+/// The VRRP checksum of `message`, its own checksum field counted as zero.
+///
+/// The pseudo-header length is the message length, as keepalived computes it (`vrrp.c`).
+pub fn checksum(message: &[u8], src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> u16 {
+    let mut sum: u32 = 0;
+    if mode == ChecksumMode::PseudoHeader {
+        let len = u16::try_from(message.len()).unwrap_or(u16::MAX);
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&dst.octets());
+        pseudo[9] = PROTOCOL;
+        pseudo[10..12].copy_from_slice(&len.to_be_bytes());
+        sum = add_words(sum, &pseudo);
+    }
+    if message.len() >= field::CHECKSUM.end {
+        sum = add_words(sum, &message[..field::CHECKSUM.start]);
+        sum = add_words(sum, &message[field::CHECKSUM.end..]);
+    } else {
+        sum = add_words(sum, message);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Adds big-endian 16-bit words; an odd trailing byte is padded with zero (RFC 1071).
+fn add_words(mut sum: u32, data: &[u8]) -> u32 {
+    let mut chunks = data.chunks_exact(2);
+    for w in &mut chunks {
+        sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        // Fold eagerly so a long buffer can never overflow u32.
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    if let [last] = chunks.remainder() {
+        sum += u32::from(*last) << 8;
+    }
+    sum
+}
+
+fn message_len(count: u8) -> usize {
+    HEADER_LEN + 4 * usize::from(count)
+}
+
+fn read_u16(data: &[u8], range: Range<usize>) -> u16 {
+    u16::from_be_bytes([data[range.start], data[range.start + 1]])
+}
+
+fn read_ipv4(data: &[u8], range: Range<usize>) -> Ipv4Addr {
+    let a = &data[range];
+    Ipv4Addr::new(a[0], a[1], a[2], a[3])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes the hex of vrrp.md §4.3 (spaces and `|` are separators).
+    fn hex(s: &str) -> Vec<u8> {
+        let digits: Vec<u8> = s
+            .bytes()
+            .filter(u8::is_ascii_hexdigit)
+            .map(|c| match c {
+                b'0'..=b'9' => c - b'0',
+                b'a'..=b'f' => c - b'a' + 10,
+                _ => c - b'A' + 10,
+            })
+            .collect();
+        digits.chunks_exact(2).map(|p| (p[0] << 4) | p[1]).collect()
+    }
+
+    const A1: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 1);
+    const A2: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 2);
+
+    // vrrp.md §4.3, captured from keepalived 2.2.7.
+    const MULTICAST: &str = "45c0 0020 0001 0000 ff70 d035 0a63 0002 e000 0012 | 3133 6401 0064 74ac 0a63 0064";
+    const PRIO_ZERO: &str = "45c0 0020 001a 0000 ff70 d01d 0a63 0001 e000 0012 | 3133 0001 0064 d8ad 0a63 0064";
+    const UNICAST: &str = "45c0 0020 0001 0000 ff70 a5e4 0a63 0002 0a63 0001 | 3134 6401 0032 4a8b 0a63 0065";
+
+    const MCAST_FILTER: RxFilter<'static> = RxFilter { vrid: 51, unicast_peers: &[] };
+
+    fn multicast_advert() -> Advert {
+        Advert { vrid: 51, priority: 100, max_adver_int: 100, addresses: vec![Ipv4Addr::new(10, 99, 0, 100)] }
+    }
+
+    /// A valid multicast packet with the given IPv4 header/VRRP bytes patched by `edit`, checksum
+    /// recomputed (pseudo-header form) so only the intended check can fail.
+    fn patched(edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut bytes = hex(MULTICAST);
+        edit(&mut bytes);
+        let total = usize::from(read_u16(&bytes, ipv4_field::TOTAL_LEN)).min(bytes.len());
+        let src = read_ipv4(&bytes, ipv4_field::SRC);
+        let dst = read_ipv4(&bytes, ipv4_field::DST);
+        if total >= 20 + HEADER_LEN {
+            let sum = checksum(&bytes[20..total], src, dst, ChecksumMode::PseudoHeader);
+            bytes[26..28].copy_from_slice(&sum.to_be_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn parses_captured_multicast_advert() {
+        let rx = parse_ipv4(&hex(MULTICAST), &MCAST_FILTER).unwrap();
+        assert_eq!(rx.src, A2);
+        assert_eq!(rx.dst, MULTICAST_GROUP);
+        assert_eq!(rx.ttl, 255);
+        assert_eq!(rx.advert, multicast_advert());
+        assert_eq!(rx.checksum, ChecksumMode::PseudoHeader);
+    }
+
+    #[test]
+    fn reemits_captured_multicast_advert_byte_identical() {
+        let bytes = hex(MULTICAST);
+        let out = multicast_advert().to_bytes(A2, MULTICAST_GROUP, ChecksumMode::PseudoHeader).unwrap();
+        assert_eq!(out, bytes[20..]);
+    }
+
+    #[test]
+    fn multicast_checksum_in_both_modes() {
+        let bytes = hex(MULTICAST);
+        let msg = &bytes[20..];
+        assert_eq!(checksum(msg, A2, MULTICAST_GROUP, ChecksumMode::PseudoHeader), 0x74ac);
+        assert_eq!(checksum(msg, A2, MULTICAST_GROUP, ChecksumMode::Rfc9568), 0x5fa0);
+        let rfc = multicast_advert().to_bytes(A2, MULTICAST_GROUP, ChecksumMode::Rfc9568).unwrap();
+        assert_eq!(rfc[6..8], [0x5f, 0xa0]);
+    }
+
+    #[test]
+    fn accepts_rfc9568_checksum_on_receive() {
+        let mut bytes = hex(MULTICAST);
+        bytes[26..28].copy_from_slice(&[0x5f, 0xa0]);
+        let rx = parse_ipv4(&bytes, &MCAST_FILTER).unwrap();
+        assert_eq!(rx.checksum, ChecksumMode::Rfc9568);
+        assert_eq!(rx.advert, multicast_advert());
+    }
+
+    #[test]
+    fn parses_and_reemits_captured_priority_zero_advert() {
+        let bytes = hex(PRIO_ZERO);
+        let rx = parse_ipv4(&bytes, &MCAST_FILTER).unwrap();
+        assert_eq!(rx.src, A1);
+        assert_eq!(rx.advert.priority, 0);
+        assert_eq!(rx.advert.max_adver_int, 100);
+        let out = rx.advert.to_bytes(A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader).unwrap();
+        assert_eq!(out, bytes[20..]);
+        assert_eq!(checksum(&out, A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader), 0xd8ad);
+    }
+
+    #[test]
+    fn parses_and_reemits_captured_unicast_advert() {
+        let bytes = hex(UNICAST);
+        let peers = [A2];
+        let filter = RxFilter { vrid: 52, unicast_peers: &peers };
+        let rx = parse_ipv4(&bytes, &filter).unwrap();
+        assert_eq!((rx.src, rx.dst), (A2, A1));
+        assert_eq!(
+            rx.advert,
+            Advert { vrid: 52, priority: 100, max_adver_int: 50, addresses: vec![Ipv4Addr::new(10, 99, 0, 101)] }
+        );
+        let out = rx.advert.to_bytes(A2, A1, ChecksumMode::PseudoHeader).unwrap();
+        assert_eq!(out, bytes[20..]);
+    }
+
+    #[test]
+    fn unicast_checksum_uses_the_real_destination() {
+        let bytes = hex(UNICAST);
+        let msg = &bytes[20..];
+        assert_eq!(checksum(msg, A2, A1, ChecksumMode::PseudoHeader), 0x4a8b);
+        assert_eq!(checksum(msg, A2, MULTICAST_GROUP, ChecksumMode::PseudoHeader), 0x74dc);
+        assert_eq!(checksum(msg, A2, A1, ChecksumMode::Rfc9568), 0x5fd0);
+    }
+
+    #[test]
+    fn old_keepalived_unicast_checksum_with_group_address_is_discarded() {
+        // keepalived < 1.3.6 put 224.0.0.18 in the pseudo-header even for unicast; not accepted.
+        let mut bytes = hex(UNICAST);
+        bytes[26..28].copy_from_slice(&[0x74, 0xdc]);
+        let filter = RxFilter { vrid: 52, unicast_peers: &[] };
+        assert_eq!(
+            parse_ipv4(&bytes, &filter).unwrap_err(),
+            Discard::Checksum { found: 0x74dc, pseudo_header: 0x4a8b, rfc9568: 0x5fd0 }
+        );
+    }
+
+    #[test]
+    fn reserved_bits_are_ignored_on_receive() {
+        let bytes = patched(|b| b[24] |= 0xf0);
+        let rx = parse_ipv4(&bytes, &MCAST_FILTER).unwrap();
+        assert_eq!(rx.advert.max_adver_int, 100);
+    }
+
+    #[test]
+    fn bytes_after_the_announced_addresses_are_ignored() {
+        // Checksum and pseudo-header length cover 8 + 4*count bytes, as in keepalived.
+        let mut bytes = hex(MULTICAST);
+        bytes.extend_from_slice(&[0xde, 0xad, 0xbe, 0xef]);
+        bytes[2..4].copy_from_slice(&36u16.to_be_bytes());
+        let rx = parse_ipv4(&bytes, &MCAST_FILTER).unwrap();
+        assert_eq!(rx.advert, multicast_advert());
+    }
+
+    #[test]
+    fn discards_truncated_packet() {
+        let bytes = hex(MULTICAST);
+        let err = parse_ipv4(&bytes[..19], &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Truncated { have: 19, need: 20 });
+        assert_eq!(err.name(), "truncated");
+        // Shorter than the IPv4 total length says.
+        let err = parse_ipv4(&bytes[..30], &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Truncated { have: 30, need: 32 });
+        // IPv4 header complete but no room for the VRRP fixed header.
+        let short = patched(|b| {
+            b.truncate(24);
+            b[2..4].copy_from_slice(&24u16.to_be_bytes());
+        });
+        assert_eq!(parse_ipv4(&short, &MCAST_FILTER).unwrap_err(), Discard::Truncated { have: 4, need: 8 });
+    }
+
+    #[test]
+    fn discards_bad_ip_header() {
+        for edit in [
+            (|b: &mut Vec<u8>| b[0] = 0x65) as fn(&mut Vec<u8>),
+            |b| b[0] = 0x44,
+            |b| b[9] = 17,
+            |b| b[2..4].copy_from_slice(&10u16.to_be_bytes()),
+        ] {
+            let bytes = patched(edit);
+            let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+            assert_eq!(err.name(), "bad_ip_header", "{err}");
+        }
+    }
+
+    #[test]
+    fn discards_ttl_other_than_255() {
+        let bytes = patched(|b| b[8] = 254);
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Ttl { found: 254 });
+        assert_eq!(err.name(), "ttl");
+    }
+
+    #[test]
+    fn discards_version_other_than_3() {
+        let bytes = patched(|b| b[20] = 0x21);
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Version { found: 2 });
+        assert_eq!(err.name(), "version");
+    }
+
+    #[test]
+    fn discards_type_other_than_advertisement() {
+        let bytes = patched(|b| b[20] = 0x32);
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Type { found: 2 });
+        assert_eq!(err.name(), "type");
+    }
+
+    #[test]
+    fn discards_count_larger_than_the_packet() {
+        let bytes = patched(|b| b[23] = 2);
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Length { count: 2, have: 12, need: 16 });
+        assert_eq!(err.name(), "length");
+    }
+
+    #[test]
+    fn discards_count_of_zero() {
+        let bytes = patched(|b| b[23] = 0);
+        assert_eq!(parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err().name(), "length");
+    }
+
+    #[test]
+    fn discards_bad_checksum() {
+        let mut bytes = hex(MULTICAST);
+        bytes[27] ^= 1;
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Checksum { found: 0x74ad, pseudo_header: 0x74ac, rfc9568: 0x5fa0 });
+        assert_eq!(err.name(), "checksum");
+    }
+
+    #[test]
+    fn discards_other_vrid() {
+        let filter = RxFilter { vrid: 52, unicast_peers: &[] };
+        let err = parse_ipv4(&hex(MULTICAST), &filter).unwrap_err();
+        assert_eq!(err, Discard::Vrid { found: 51, expected: 52 });
+        assert_eq!(err.name(), "vrid");
+    }
+
+    #[test]
+    fn discards_unicast_sender_not_in_peer_list() {
+        let peers = [Ipv4Addr::new(10, 99, 0, 3)];
+        let filter = RxFilter { vrid: 52, unicast_peers: &peers };
+        let err = parse_ipv4(&hex(UNICAST), &filter).unwrap_err();
+        assert_eq!(err, Discard::UnknownPeer { src: A2 });
+        assert_eq!(err.name(), "unknown_peer");
+    }
+
+    #[test]
+    fn discards_zero_interval() {
+        let bytes = patched(|b| b[24..26].copy_from_slice(&[0xf0, 0x00]));
+        let err = parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::ZeroInterval);
+        assert_eq!(err.name(), "zero_interval");
+    }
+
+    #[test]
+    fn checks_run_in_rfc_order() {
+        // TTL is checked before version, version before VRID: a v2 packet from off-link counts as ttl.
+        let bytes = patched(|b| {
+            b[8] = 64;
+            b[20] = 0x21;
+            b[21] = 7;
+        });
+        assert_eq!(parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err().name(), "ttl");
+        let bytes = patched(|b| {
+            b[20] = 0x21;
+            b[21] = 7;
+        });
+        assert_eq!(parse_ipv4(&bytes, &MCAST_FILTER).unwrap_err().name(), "version");
+    }
+
+    #[test]
+    fn discard_names_are_unique_and_listed() {
+        let all = [
+            Discard::Truncated { have: 0, need: 0 },
+            Discard::BadIpHeader(String::new()),
+            Discard::Ttl { found: 0 },
+            Discard::Version { found: 0 },
+            Discard::Type { found: 0 },
+            Discard::Length { count: 0, have: 0, need: 0 },
+            Discard::Checksum { found: 0, pseudo_header: 0, rfc9568: 0 },
+            Discard::Vrid { found: 0, expected: 0 },
+            Discard::UnknownPeer { src: A1 },
+            Discard::ZeroInterval,
+        ];
+        let names: Vec<_> = all.iter().map(Discard::name).collect();
+        assert_eq!(names, Discard::ALL_NAMES);
+    }
+
+    #[test]
+    fn emit_refuses_zero_or_too_many_addresses() {
+        let mut advert = multicast_advert();
+        advert.addresses.clear();
+        assert_eq!(advert.to_bytes(A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader), Err(EmitError::AddressCount(0)));
+        advert.addresses = vec![A1; 256];
+        assert_eq!(advert.to_bytes(A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader), Err(EmitError::AddressCount(256)));
+    }
+
+    #[test]
+    fn emit_refuses_interval_outside_12_bits() {
+        let mut advert = multicast_advert();
+        for bad in [0, 4096] {
+            advert.max_adver_int = bad;
+            assert_eq!(advert.to_bytes(A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader), Err(EmitError::Interval(bad)));
+        }
+    }
+
+    #[test]
+    fn emit_refuses_short_buffer() {
+        let mut buf = [0u8; 11];
+        assert_eq!(
+            multicast_advert().emit(&mut buf, A1, MULTICAST_GROUP, ChecksumMode::PseudoHeader),
+            Err(EmitError::BufferTooShort { have: 11, need: 12 })
+        );
+    }
+
+    #[test]
+    fn emit_round_trips_many_addresses() {
+        let advert = Advert {
+            vrid: 255,
+            priority: 255,
+            max_adver_int: 4095,
+            addresses: (1..=255).map(|i| Ipv4Addr::new(10, 0, 0, i)).collect(),
+        };
+        let msg = advert.to_bytes(A1, A2, ChecksumMode::Rfc9568).unwrap();
+        let packet = Packet::new_checked(&msg[..]).unwrap();
+        assert_eq!(packet.verify_checksum(A1, A2), Some(ChecksumMode::Rfc9568));
+        assert_eq!(Advert::parse(&packet), advert);
+    }
+}

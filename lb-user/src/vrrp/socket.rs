@@ -1,0 +1,686 @@
+//! The VRRP transport: one raw IPv4 socket for protocol 112 on one interface (the I/O edge).
+//!
+//! A raw socket, not a packet socket, so the kernel builds and routes the IPv4 header, and still
+//! delivers the received IPv4 header so the TTL = 255 rule of RFC 5798 §5.1.1.3 can be checked.
+
+use std::ffi::{CStr, CString, c_int, c_void};
+use std::io;
+use std::mem::{self, size_of};
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::ptr;
+
+use anyhow::{Context, Result, bail};
+use tokio::io::unix::AsyncFd;
+
+use super::packet::{self, Advert, ChecksumMode, MULTICAST_GROUP, REQUIRED_TTL};
+
+/// The DSCP "network control" class (CS6) keepalived marks adverts with (TOS 0xc0, vrrp.md §4.1).
+const TOS_NETWORK_CONTROL: c_int = 0xc0;
+/// An IPv4 VRRP packet is at most 60 + 8 + 255 × 4 = 1088 bytes.
+const RECV_BUF_LEN: usize = 2048;
+
+/// Where adverts go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// To 224.0.0.18 on the interface (RFC 5798 §5.1.1.2).
+    Multicast,
+    /// One copy to each peer, for networks without multicast (keepalived `unicast_peer`).
+    Unicast(Vec<Ipv4Addr>),
+}
+
+/// An interface's index and IPv4 addresses, in the kernel's order (primary addresses first).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub index: u32,
+    pub ipv4: Vec<Ipv4Addr>,
+}
+
+impl InterfaceInfo {
+    /// Looks the interface up in the calling thread's network namespace.
+    ///
+    /// # Errors
+    /// When the interface does not exist or the addresses cannot be listed.
+    pub fn lookup(name: &str) -> Result<Self> {
+        Ok(InterfaceInfo {
+            name: name.to_owned(),
+            index: interface_index(name)?,
+            ipv4: interface_ipv4_addresses(name)?,
+        })
+    }
+
+    /// The address adverts are sourced from by default (RFC 5798 §5.1.1.1: the primary address).
+    pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
+        self.ipv4.first().copied()
+    }
+}
+
+/// `if_nametoindex(3)`.
+///
+/// # Errors
+/// When no interface has this name.
+pub fn interface_index(name: &str) -> Result<u32> {
+    let cname = CString::new(name).with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
+    // SAFETY: cname is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("if_nametoindex({name}): no such interface"));
+    }
+    Ok(index)
+}
+
+/// The IPv4 addresses of `name` (labels such as `eth0:1` included), from `getifaddrs(3)`.
+fn interface_ipv4_addresses(name: &str) -> Result<Vec<Ipv4Addr>> {
+    struct List(*mut libc::ifaddrs);
+    impl Drop for List {
+        fn drop(&mut self) {
+            // SAFETY: the pointer came from a successful getifaddrs and is freed once.
+            unsafe { libc::freeifaddrs(self.0) };
+        }
+    }
+    let mut head = ptr::null_mut();
+    // SAFETY: getifaddrs writes a list head we free in List::drop.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Err(io::Error::last_os_error())
+            .with_context(|| format!("getifaddrs() while listing the addresses of {name}"));
+    }
+    let list = List(head);
+    let mut addresses = Vec::new();
+    let mut cur = list.0;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned, alive until `list` drops.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let ifa_name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_bytes();
+        let matches = ifa_name == name.as_bytes()
+            || ifa_name.strip_prefix(name.as_bytes()).is_some_and(|rest| rest.starts_with(b":"));
+        // SAFETY: ifa_addr is non-null and points at a sockaddr of at least sa_family's size.
+        let family = c_int::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if !matches || family != libc::AF_INET {
+            continue;
+        }
+        // SAFETY: sa_family is AF_INET, so the sockaddr is a sockaddr_in.
+        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+        addresses.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+    }
+    Ok(addresses)
+}
+
+/// The raw VRRP socket of one interface.
+#[derive(Debug)]
+pub struct VrrpSocket {
+    fd: AsyncFd<OwnedFd>,
+    interface: String,
+    ifindex: u32,
+    source: Ipv4Addr,
+    transport: Transport,
+    /// Packets from these are our own (the interface's addresses when opened, and the source).
+    own: Vec<Ipv4Addr>,
+}
+
+impl VrrpSocket {
+    /// Opens the socket on `interface`, sending from `source`.
+    ///
+    /// The socket is not `bind(2)`-ed to `source`: a raw socket bound to an address only receives
+    /// packets addressed to it, which would drop every multicast advert. The source is set per packet
+    /// with `IP_PKTINFO` instead.
+    ///
+    /// Must be called inside a tokio runtime (the fd is registered with its reactor), in the network
+    /// namespace of `interface`.
+    ///
+    /// # Errors
+    /// When the interface is missing, `source` is not one of its addresses, unicast mode has no peer,
+    /// or a socket call fails (needs CAP_NET_RAW).
+    pub fn open(interface: &str, source: Ipv4Addr, transport: Transport) -> Result<Self> {
+        let info = InterfaceInfo::lookup(interface)?;
+        if !info.ipv4.contains(&source) {
+            bail!("VRRP source address {source} is not on interface {interface} (its IPv4 addresses: {:?})", info.ipv4);
+        }
+        if transport == Transport::Unicast(Vec::new()) {
+            bail!("VRRP unicast mode on {interface} needs at least one peer");
+        }
+        // SAFETY: plain socket(2) call; the result is checked before use.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                c_int::from(packet::PROTOCOL),
+            )
+        };
+        if raw < 0 {
+            return Err(io::Error::last_os_error()).with_context(|| {
+                format!("socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)")
+            });
+        }
+        // SAFETY: raw is a fresh fd that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let raw = fd.as_raw_fd();
+        let ctx = |opt: &str| format!("setsockopt({opt}) on the VRRP socket of {interface}");
+
+        setsockopt_bytes(raw, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, interface.as_bytes())
+            .with_context(|| ctx("SO_BINDTODEVICE"))?;
+        let ttl = c_int::from(REQUIRED_TTL);
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TTL, &ttl).with_context(|| ctx("IP_TTL"))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl).with_context(|| ctx("IP_MULTICAST_TTL"))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &0 as &c_int)
+            .with_context(|| ctx("IP_MULTICAST_LOOP"))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TOS, &TOS_NETWORK_CONTROL).with_context(|| ctx("IP_TOS"))?;
+        if transport == Transport::Multicast {
+            let ifindex = c_int::try_from(info.index)
+                .with_context(|| format!("ifindex {} of {interface} out of range", info.index))?;
+            let out = libc::ip_mreqn {
+                imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
+                imr_address: in_addr(source),
+                imr_ifindex: ifindex,
+            };
+            setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &out).with_context(|| ctx("IP_MULTICAST_IF"))?;
+            let join = libc::ip_mreqn {
+                imr_multiaddr: in_addr(MULTICAST_GROUP),
+                imr_address: in_addr(Ipv4Addr::UNSPECIFIED),
+                imr_ifindex: ifindex,
+            };
+            setsockopt(raw, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &join)
+                .with_context(|| ctx("IP_ADD_MEMBERSHIP 224.0.0.18"))?;
+        }
+        // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd.
+        let fd = unsafe { AsyncFd::register(fd) }
+            .map_err(io::Error::from)
+            .with_context(|| format!("registering the VRRP socket of {interface} with the tokio reactor"))?;
+        let mut own = info.ipv4;
+        own.push(source);
+        Ok(VrrpSocket { fd, interface: interface.to_owned(), ifindex: info.index, source, transport, own })
+    }
+
+    pub fn interface(&self) -> &str {
+        &self.interface
+    }
+
+    pub fn source(&self) -> Ipv4Addr {
+        self.source
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    /// Sends `advert` to the group, or one copy to each unicast peer, each with its own checksum
+    /// (the pseudo-header holds the real destination).
+    ///
+    /// # Errors
+    /// When the advert cannot be encoded, or sending to any destination failed; the other
+    /// destinations are still tried.
+    ///
+    /// # Cancel safety
+    /// Not cancel safe: when cancelled, some unicast peers may have been sent the advert and others not.
+    pub async fn send_advert(&self, advert: &Advert, checksum: ChecksumMode) -> Result<()> {
+        let destinations = match &self.transport {
+            Transport::Multicast => vec![MULTICAST_GROUP],
+            Transport::Unicast(peers) => peers.clone(),
+        };
+        let mut failures = Vec::new();
+        for dst in &destinations {
+            let bytes = advert
+                .to_bytes(self.source, *dst, checksum)
+                .with_context(|| format!("encoding a VRRP advert for {}", self.interface))?;
+            if let Err(err) = self.send_to(&bytes, *dst).await {
+                failures.push(format!("{dst}: {err}"));
+            }
+        }
+        if !failures.is_empty() {
+            bail!(
+                "sendmsg() of a VRRP advert from {} on {} failed for {} of {} destinations: {}",
+                self.source,
+                self.interface,
+                failures.len(),
+                destinations.len(),
+                failures.join("; ")
+            );
+        }
+        Ok(())
+    }
+
+    async fn send_to(&self, payload: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+        loop {
+            let mut guard = self.fd.writable().await?;
+            let sent = guard.try_io(|fd| sendmsg_from(fd.as_raw_fd(), payload, self.source, dst, self.ifindex));
+            // Err: the readiness was stale (EAGAIN); try_io cleared it, so wait again.
+            if let Ok(result) = sent {
+                return result.map(drop);
+            }
+        }
+    }
+
+    /// The next IPv4 packet (header included) for protocol 112, skipping our own.
+    ///
+    /// An oversized packet is returned truncated; [`packet::parse_ipv4`] then discards it as such.
+    ///
+    /// # Errors
+    /// When `recv(2)` fails.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a packet is only read from the socket when it is returned.
+    pub async fn recv(&self) -> Result<Vec<u8>> {
+        let mut buf = [0u8; RECV_BUF_LEN];
+        loop {
+            let mut guard =
+                self.fd.readable().await.with_context(|| format!("waiting for VRRP packets on {}", self.interface))?;
+            let received = match guard.try_io(|fd| recv_truncating(fd.as_raw_fd(), &mut buf)) {
+                Ok(result) => result.with_context(|| format!("recv() on the VRRP socket of {}", self.interface))?,
+                Err(_would_block) => continue,
+            };
+            let bytes = &buf[..received.min(buf.len())];
+            if source_of(bytes).is_some_and(|src| self.own.contains(&src)) {
+                continue;
+            }
+            return Ok(bytes.to_vec());
+        }
+    }
+}
+
+/// The IPv4 source address of a raw packet, if it has a header.
+fn source_of(packet: &[u8]) -> Option<Ipv4Addr> {
+    let src: [u8; 4] = packet.get(12..16)?.try_into().ok()?;
+    Some(Ipv4Addr::from(src))
+}
+
+fn in_addr(addr: Ipv4Addr) -> libc::in_addr {
+    libc::in_addr { s_addr: u32::from(addr).to_be() }
+}
+
+fn setsockopt<T>(fd: RawFd, level: c_int, name: c_int, value: &T) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(size_of::<T>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: value points at a live T of len bytes.
+    let rc = unsafe { libc::setsockopt(fd, level, name, ptr::from_ref(value).cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+fn setsockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+    let len = libc::socklen_t::try_from(value.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: value is a live slice of len bytes.
+    let rc = unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), len) };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+}
+
+/// `sendmsg(2)` to `dst` with an `IP_PKTINFO` that sets the source address (`ipi_spec_dst`).
+fn sendmsg_from(fd: RawFd, payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr, ifindex: u32) -> io::Result<usize> {
+    const PKTINFO_LEN: u32 = size_of::<libc::in_pktinfo>() as u32;
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    const CONTROL_LEN: usize = unsafe { libc::CMSG_SPACE(PKTINFO_LEN) } as usize;
+
+    let mut name: libc::sockaddr_in = {
+        // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
+        unsafe { mem::zeroed() }
+    };
+    name.sin_family = libc::AF_INET as libc::sa_family_t;
+    name.sin_addr = in_addr(dst);
+    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast::<c_void>(), iov_len: payload.len() };
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; CONTROL_LEN.div_ceil(8)];
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = ptr::from_mut(&mut name).cast();
+    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = CONTROL_LEN;
+    let info = libc::in_pktinfo {
+        ipi_ifindex: c_int::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
+        ipi_spec_dst: in_addr(src),
+        ipi_addr: in_addr(Ipv4Addr::UNSPECIFIED),
+    };
+    // SAFETY: msg_control points at CONTROL_LEN bytes, enough for one aligned cmsghdr carrying an
+    // in_pktinfo, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in bounds.
+    let sent = unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::IPPROTO_IP;
+        (*cmsg).cmsg_type = libc::IP_PKTINFO;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(PKTINFO_LEN) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+        libc::sendmsg(fd, &msg, 0)
+    };
+    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+}
+
+/// `recv(2)` with `MSG_TRUNC`, so the real length of an oversized packet is reported.
+fn recv_truncating(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: buf is a live, writable slice of buf.len() bytes.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_TRUNC) };
+    usize::try_from(n).map_err(|_| io::Error::last_os_error())
+}
+
+/// Network namespaces for tests: a thread that `unshare(CLONE_NEWNET)`s runs jobs inside it.
+///
+/// A socket keeps the namespace it was created in, so sockets made by a job can be used from any
+/// thread. The namespace and its interfaces vanish when the worker thread and its sockets are gone.
+#[cfg(test)]
+pub(crate) mod testnet {
+    use std::process::Command;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::mpsc;
+    use std::thread::{self, JoinHandle};
+
+    use anyhow::{Context, Result, anyhow, bail};
+
+    type Job = Box<dyn FnOnce() + Send>;
+
+    pub(crate) struct Netns {
+        jobs: Option<mpsc::Sender<Job>>,
+        thread: Option<JoinHandle<()>>,
+        tid: libc::pid_t,
+    }
+
+    impl Netns {
+        pub(crate) fn new() -> Result<Self> {
+            let (jobs, rx) = mpsc::channel::<Job>();
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let thread = thread::spawn(move || {
+                // SAFETY: unshare only affects this thread's namespaces.
+                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                    let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
+                    return;
+                }
+                // SAFETY: gettid has no preconditions.
+                let _ = ready_tx.send(Ok(unsafe { libc::gettid() }));
+                for job in rx {
+                    job();
+                }
+            });
+            let tid = ready_rx
+                .recv()
+                .context("netns worker thread died")?
+                .context("unshare(CLONE_NEWNET) (tests need root)")?;
+            let ns = Netns { jobs: Some(jobs), thread: Some(thread), tid };
+            ns.ip("link set lo up")?;
+            Ok(ns)
+        }
+
+        /// Runs `f` on the namespace's thread and returns its result.
+        pub(crate) fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
+            let (tx, rx) = mpsc::sync_channel(1);
+            self.jobs
+                .as_ref()
+                .ok_or_else(|| anyhow!("netns worker stopped"))?
+                .send(Box::new(move || {
+                    let _ = tx.send(f());
+                }))
+                .map_err(|_| anyhow!("netns worker stopped"))?;
+            rx.recv().context("netns job panicked")
+        }
+
+        /// Runs `ip ARGS` inside the namespace.
+        pub(crate) fn ip(&self, args: &str) -> Result<()> {
+            let args = args.to_owned();
+            self.run(move || {
+                let out = Command::new("ip").args(args.split_whitespace()).output().context("running ip")?;
+                if !out.status.success() {
+                    bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+                Ok(())
+            })?
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            drop(self.jobs.take());
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    /// Two namespaces joined by a veth pair, both ends up.
+    pub(crate) struct VethPair {
+        pub(crate) a: Netns,
+        pub(crate) b: Netns,
+        pub(crate) a_if: String,
+        pub(crate) b_if: String,
+    }
+
+    /// `a_setup` / `b_setup` are extra `ip` commands run before the ends go up; `{if}` stands for
+    /// the end's name.
+    pub(crate) fn veth_pair(a_setup: &[&str], b_setup: &[&str]) -> Result<VethPair> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        // IFNAMSIZ: "xvt" + pid (≤ 7 digits) + n + a/b, plus room for a ":x" label, fits 15 bytes.
+        let base = format!("xvt{}{n}", std::process::id());
+        let (a_if, b_if) = (format!("{base}a"), format!("{base}b"));
+        let a = Netns::new()?;
+        let b = Netns::new()?;
+        a.ip(&format!("link add {a_if} type veth peer name {b_if} netns {}", b.tid))?;
+        for (ns, name, setup) in [(&a, &a_if, a_setup), (&b, &b_if, b_setup)] {
+            for cmd in setup {
+                ns.ip(&cmd.replace("{if}", name))?;
+            }
+            ns.ip(&format!("link set {name} up"))?;
+        }
+        Ok(VethPair { a, b, a_if, b_if })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::runtime::Handle;
+    use tokio::time::timeout;
+
+    use super::testnet::{VethPair, veth_pair};
+    use super::*;
+    use crate::vrrp::packet::{Received, RxFilter, parse_ipv4};
+
+    const A1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+    const A3: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 3);
+    const B2: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+    const B4: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 4);
+    const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 100);
+
+    fn pair() -> VethPair {
+        veth_pair(
+            &["addr add 10.77.0.1/24 dev {if}", "addr add 10.77.0.3/24 dev {if}"],
+            &["addr add 10.77.0.2/24 dev {if}", "addr add 10.77.0.4/24 dev {if}"],
+        )
+        .unwrap()
+    }
+
+    fn open(ns: &testnet::Netns, interface: &str, source: Ipv4Addr, transport: Transport) -> Result<VrrpSocket> {
+        let handle = Handle::current();
+        let interface = interface.to_owned();
+        ns.run(move || {
+            let _rt = handle.enter();
+            VrrpSocket::open(&interface, source, transport)
+        })?
+    }
+
+    fn advert(priority: u8) -> Advert {
+        Advert { vrid: 51, priority, max_adver_int: 100, addresses: vec![VIP] }
+    }
+
+    async fn recv_one(sock: &VrrpSocket) -> Vec<u8> {
+        timeout(Duration::from_secs(3), sock.recv()).await.expect("no VRRP packet within 3 s").unwrap()
+    }
+
+    fn parse(bytes: &[u8], peers: &[Ipv4Addr]) -> Received {
+        parse_ipv4(bytes, &RxFilter { vrid: 51, unicast_peers: peers }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn multicast_advert_crosses_the_link_with_ttl_255() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let bytes = recv_one(&b).await;
+        assert_eq!(bytes[1], 0xc0, "TOS network control");
+        let rx = parse(&bytes, &[]);
+        assert_eq!((rx.src, rx.dst, rx.ttl), (A1, MULTICAST_GROUP, 255));
+        assert_eq!(rx.advert, advert(150));
+        assert_eq!(rx.checksum, ChecksumMode::PseudoHeader);
+        // And back, in the RFC 9568 form.
+        b.send_advert(&advert(100), ChecksumMode::Rfc9568).await.unwrap();
+        let rx = parse(&recv_one(&a).await, &[]);
+        assert_eq!((rx.src, rx.checksum), (B2, ChecksumMode::Rfc9568));
+    }
+
+    fn getsockopt_int(sock: &VrrpSocket, level: c_int, name: c_int) -> c_int {
+        let mut value: c_int = -1;
+        let mut len = size_of::<c_int>() as libc::socklen_t;
+        // SAFETY: value and len are live and sized for an int.
+        let rc = unsafe {
+            libc::getsockopt(sock.fd.get_ref().as_raw_fd(), level, name, ptr::from_mut(&mut value).cast(), &mut len)
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        value
+    }
+
+    #[tokio::test]
+    async fn socket_options_follow_rfc_5798() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
+        let opt = |level, name| getsockopt_int(&a, level, name);
+        assert_eq!(opt(libc::IPPROTO_IP, libc::IP_TTL), 255);
+        assert_eq!(opt(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL), 255);
+        assert_eq!(opt(libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP), 0);
+        assert_eq!(opt(libc::IPPROTO_IP, libc::IP_TOS), 0xc0);
+        let mut name = [0u8; libc::IFNAMSIZ];
+        let mut len = name.len() as libc::socklen_t;
+        // SAFETY: name and len are live and sized for an interface name.
+        let rc = unsafe {
+            libc::getsockopt(
+                a.fd.get_ref().as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_BINDTODEVICE,
+                name.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+        let bound = CStr::from_bytes_until_nul(&name).unwrap();
+        assert_eq!(bound.to_str().unwrap(), p.a_if);
+    }
+
+    #[tokio::test]
+    async fn recv_skips_packets_from_own_addresses() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
+        let a_listener = open(&p.a, &p.a_if, A3, Transport::Multicast).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
+        // Loop a's multicast back so a_listener, on the same interface, sees it.
+        setsockopt(a.fd.get_ref().as_raw_fd(), libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &1 as &c_int).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        b.send_advert(&advert(100), ChecksumMode::PseudoHeader).await.unwrap();
+        let rx = parse(&recv_one(&a_listener).await, &[]);
+        assert_eq!(rx.src, B2, "our own looped advert must be skipped");
+    }
+
+    #[tokio::test]
+    async fn unicast_sends_one_copy_to_each_peer_with_its_own_checksum() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![B2, B4])).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let mut dsts = Vec::new();
+        for _ in 0..2 {
+            let rx = parse(&recv_one(&b).await, &[A1]);
+            assert_eq!((rx.src, rx.ttl), (A1, 255));
+            assert_eq!(rx.checksum, ChecksumMode::PseudoHeader);
+            dsts.push(rx.dst);
+        }
+        dsts.sort();
+        assert_eq!(dsts, [B2, B4]);
+    }
+
+    #[tokio::test]
+    async fn unicast_socket_does_not_join_the_group() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        assert!(timeout(Duration::from_millis(300), b.recv()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn advert_is_sourced_from_the_given_secondary_address() {
+        let p = pair();
+        let a = open(&p.a, &p.a_if, A3, Transport::Unicast(vec![B2])).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let rx = parse(&recv_one(&b).await, &[A3]);
+        assert_eq!(rx.src, A3);
+        let m = open(&p.a, &p.a_if, A3, Transport::Multicast).unwrap();
+        m.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let rx = parse(&recv_one(&b).await, &[]);
+        assert_eq!((rx.src, rx.dst), (A3, MULTICAST_GROUP));
+    }
+
+    #[tokio::test]
+    async fn failed_unicast_peer_is_reported_and_others_still_sent() {
+        let p = pair();
+        // A broadcast "peer" is refused by the kernel (EACCES without SO_BROADCAST); B2 still gets
+        // its copy.
+        let a = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![Ipv4Addr::BROADCAST, B2])).unwrap();
+        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
+        let err = a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap_err().to_string();
+        assert!(err.contains("1 of 2 destinations"), "{err}");
+        assert!(err.contains("255.255.255.255"), "{err}");
+        assert!(err.contains(&p.a_if), "{err}");
+        assert_eq!(parse(&recv_one(&b).await, &[A1]).dst, B2);
+    }
+
+    #[tokio::test]
+    async fn open_refuses_source_not_on_the_interface() {
+        let p = pair();
+        let err = open(&p.a, &p.a_if, B2, Transport::Multicast).unwrap_err().to_string();
+        assert!(err.contains("10.77.0.2") && err.contains(&p.a_if), "{err}");
+    }
+
+    #[tokio::test]
+    async fn open_refuses_unicast_without_peers() {
+        let p = pair();
+        let err = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![])).unwrap_err().to_string();
+        assert!(err.contains("at least one peer"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn open_names_a_missing_interface() {
+        let p = pair();
+        let err = open(&p.a, "xvt-missing", A1, Transport::Multicast).unwrap_err().to_string();
+        assert!(err.contains("xvt-missing"), "{err}");
+    }
+
+    #[test]
+    fn interface_info_lists_primary_address_first() {
+        let p = pair();
+        let name = p.a_if.clone();
+        let info = p.a.run(move || InterfaceInfo::lookup(&name)).unwrap().unwrap();
+        assert_eq!(info.ipv4, [A1, A3]);
+        assert_eq!(info.primary_ipv4(), Some(A1));
+        let name = p.a_if.clone();
+        let index = p.a.run(move || interface_index(&name)).unwrap().unwrap();
+        assert_eq!(info.index, index);
+        assert!(index > 1);
+    }
+
+    #[test]
+    fn interface_info_includes_labelled_addresses() {
+        let p =
+            veth_pair(&["addr add 10.78.0.1/24 dev {if}", "addr add 10.78.1.1/24 dev {if} label {if}:v"], &[]).unwrap();
+        let name = p.a_if.clone();
+        let info = p.a.run(move || InterfaceInfo::lookup(&name)).unwrap().unwrap();
+        assert_eq!(info.ipv4, [Ipv4Addr::new(10, 78, 0, 1), Ipv4Addr::new(10, 78, 1, 1)]);
+    }
+
+    #[test]
+    fn source_of_reads_the_ipv4_source() {
+        let mut header = [0u8; 20];
+        header[12..16].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(source_of(&header), Some(Ipv4Addr::new(10, 1, 2, 3)));
+        assert_eq!(source_of(&header[..15]), None);
+    }
+}

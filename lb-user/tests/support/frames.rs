@@ -1,0 +1,140 @@
+//! Builds test frames byte by byte, with checksums computed here (RFC 1071), independently of the code under test.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::net::Ipv4Addr;
+
+pub const ETH_IPV4: u16 = 0x0800;
+pub const ETH_ARP: u16 = 0x0806;
+pub const ETH_IPV6: u16 = 0x86dd;
+pub const ETH_VLAN: u16 = 0x8100;
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_ACK: u8 = 0x10;
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_PSH: u8 = 0x08;
+
+/// The Internet checksum (RFC 1071) of `data`, as stored in a header.
+pub fn checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from(chunk[0]) << 8 };
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+pub fn eth(dst: [u8; 6], src: [u8; 6], ether_type: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ether_type.to_be_bytes());
+    f
+}
+
+/// An ARP request "who has `tpa`, tell `spa`", broadcast.
+pub fn arp_request(sha: [u8; 6], spa: Ipv4Addr, tpa: Ipv4Addr) -> Vec<u8> {
+    arp(eth([0xff; 6], sha, ETH_ARP), 1, sha, spa, [0; 6], tpa)
+}
+
+pub fn arp(mut f: Vec<u8>, op: u16, sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr) -> Vec<u8> {
+    f.extend_from_slice(&[0, 1, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sha);
+    f.extend_from_slice(&spa.octets());
+    f.extend_from_slice(&tha);
+    f.extend_from_slice(&tpa.octets());
+    f
+}
+
+/// An IPv4 header (20 bytes, no options, DF set) followed by `payload`, with a correct header checksum.
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, payload: &[u8]) -> Vec<u8> {
+    let total = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, protocol, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    let c = checksum(&h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+fn pseudo(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, segment: &[u8]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + segment.len());
+    p.extend_from_slice(&src.octets());
+    p.extend_from_slice(&dst.octets());
+    p.extend_from_slice(&[0, protocol]);
+    p.extend_from_slice(&(segment.len() as u16).to_be_bytes());
+    p.extend_from_slice(segment);
+    p
+}
+
+/// A TCP segment (20-byte header) with a correct checksum for `src` -> `dst`.
+pub fn tcp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(20 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    s.extend_from_slice(&(if flags & TCP_ACK != 0 { 0x0a0b_0c0du32 } else { 0 }).to_be_bytes());
+    s.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    s.extend_from_slice(payload);
+    let c = checksum(&pseudo(src, dst, 6, &s));
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+pub fn udp(src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(8 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(&[0, 0]);
+    s.extend_from_slice(payload);
+    let c = checksum(&pseudo(src, dst, 17, &s));
+    s[6..8].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+pub fn icmp_echo(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A whole Ethernet + IPv4 + TCP frame.
+pub fn tcp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = eth(dst_mac, src_mac, ETH_IPV4);
+    f.extend_from_slice(&ipv4(src, dst, 6, &tcp(src, dst, sport, dport, flags, payload)));
+    f
+}
+
+/// Whether the IPv4 header checksum of an Ethernet frame verifies.
+pub fn ipv4_header_ok(frame: &[u8]) -> bool {
+    checksum(&frame[14..34]) == 0
+}
+
+/// Whether the L4 (TCP/UDP) checksum of an Ethernet + IPv4 (no options) frame verifies.
+pub fn l4_ok(frame: &[u8]) -> bool {
+    let src = Ipv4Addr::new(frame[26], frame[27], frame[28], frame[29]);
+    let dst = Ipv4Addr::new(frame[30], frame[31], frame[32], frame[33]);
+    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    let segment = &frame[34..14 + total];
+    checksum(&pseudo(src, dst, frame[23], segment)) == 0
+}

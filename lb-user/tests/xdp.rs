@@ -1,0 +1,376 @@
+//! BPF_PROG_TEST_RUN fixtures for the XDP program: input frame, expected verdict, exact expected output bytes, and
+//! the counter that must move. Needs root (loads BPF programs); nothing is sent on any interface.
+mod support;
+
+use std::{collections::HashMap, net::Ipv4Addr};
+
+use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed};
+use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
+use xvip::{
+    dataplane::{BackendSpec, Counters, DataPlane, LoadOptions, ServiceSpec},
+    maglev,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
+const VRID: u8 = 51;
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
+    (Ipv4Addr::new(10, 77, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
+    (Ipv4Addr::new(10, 77, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
+    (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
+];
+
+fn dataplane(active: bool) -> DataPlane {
+    let mut dp = DataPlane::load(LoadOptions { service_capacity: 2, ..LoadOptions::default() })
+        .expect("loading the XDP program (these tests need root)");
+    dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
+    dp.set_active(active).expect("set_active");
+    dp
+}
+
+fn backend(i: usize, healthy: bool) -> BackendSpec {
+    BackendSpec { address: BACKENDS[i].0, port: 80, weight: 1, healthy, mac: Some(BACKENDS[i].1), ifindex: 0 }
+}
+
+fn dsr_service(healthy: [bool; 3]) -> ServiceSpec {
+    ServiceSpec {
+        port: 80,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_DSR,
+        backends: (0..3).map(|i| backend(i, healthy[i])).collect(),
+    }
+}
+
+fn with_web(active: bool) -> DataPlane {
+    let mut dp = dataplane(active);
+    dp.apply_service("web", &dsr_service([true; 3])).expect("apply_service");
+    dp
+}
+
+/// Runs the frame and checks the verdict and that exactly one frame was counted, under `reason`.
+fn run(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Reason) -> Vec<u8> {
+    let before = dp.counters().expect("counters");
+    let out = dp.test_run(frame).expect("test_run");
+    let after = dp.counters().expect("counters");
+    assert_eq!(out.action, action, "verdict for {reason:?}");
+    assert_delta(&before, &after, reason);
+    out.frame
+}
+
+fn assert_delta(before: &Counters, after: &Counters, reason: Reason) {
+    for r in Reason::ALL {
+        let delta = after.reason(r) - before.reason(r);
+        let expected = u64::from(r == reason);
+        assert_eq!(delta, expected, "counter {} moved by {delta}, expected {expected}", r.name());
+    }
+}
+
+fn client_tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, sport, dport, flags, b"GET / HTTP/1.1\r\n\r\n")
+}
+
+/// Which backend Maglev assigns a flow, computed from the pure table builder and the shared hash.
+fn predicted_backend(spec: &ServiceSpec, sport: u16) -> usize {
+    let members: Vec<maglev::MaglevBackend> = spec
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.usable())
+        .map(|(i, b)| maglev::MaglevBackend { id: i as u32, key: format!("{}:{}", b.address, b.port), weight: 1 })
+        .collect();
+    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
+    let h = flow_hash(
+        CLIENT.octets(),
+        sport.to_be_bytes(),
+        spec.port.to_be_bytes(),
+        PROTO_TCP,
+        group_seed(VIP.octets(), VRID),
+    );
+    table[(h % MAGLEV_M) as usize] as usize
+}
+
+fn backend_of(frame: &[u8]) -> usize {
+    BACKENDS.iter().position(|(_, mac)| frame[0..6] == mac[..]).expect("destination MAC is one of the backends")
+}
+
+#[test]
+fn arp_request_for_vip_is_answered_in_place() {
+    let mut dp = dataplane(true);
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
+    let out = run(&mut dp, &request, XDP_TX, Reason::ArpReply);
+    let expected =
+        frames::arp(frames::eth(CLIENT_MAC, NODE_MAC, frames::ETH_ARP), 2, NODE_MAC, VIP, CLIENT_MAC, CLIENT);
+    assert_eq!(out, expected);
+}
+
+#[test]
+fn arp_for_another_address_goes_to_the_kernel_untouched() {
+    let mut dp = dataplane(true);
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 77, 0, 1));
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
+}
+
+#[test]
+fn arp_reply_and_gratuitous_arp_go_to_the_kernel() {
+    let mut dp = dataplane(true);
+    let reply = frames::arp(frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_ARP), 2, CLIENT_MAC, CLIENT, NODE_MAC, VIP);
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassArp), reply);
+    let garp = frames::arp(frames::eth([0xff; 6], CLIENT_MAC, frames::ETH_ARP), 1, CLIENT_MAC, VIP, [0xff; 6], VIP);
+    assert_eq!(run(&mut dp, &garp, XDP_PASS, Reason::PassArp), garp);
+}
+
+#[test]
+fn inactive_node_never_answers_for_the_vip() {
+    let mut dp = with_web(false);
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
+    let syn = client_tcp(40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassInactive), syn);
+    let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 1, b"abcdefgh")));
+    assert_eq!(run(&mut dp, &ping, XDP_PASS, Reason::PassInactive), ping);
+}
+
+#[test]
+fn becoming_active_starts_answering() {
+    let mut dp = dataplane(false);
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
+    run(&mut dp, &request, XDP_PASS, Reason::PassArp);
+    dp.set_active(true).expect("set_active");
+    run(&mut dp, &request, XDP_TX, Reason::ArpReply);
+    dp.set_active(false).expect("set_active");
+    run(&mut dp, &request, XDP_PASS, Reason::PassArp);
+}
+
+#[test]
+fn echo_request_to_vip_is_answered_with_valid_checksums() {
+    let mut dp = dataplane(true);
+    let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 0x1234, 7, b"0123456789abcdef")));
+    let out = run(&mut dp, &ping, XDP_TX, Reason::EchoReply);
+    let mut expected = frames::eth(CLIENT_MAC, NODE_MAC, frames::ETH_IPV4);
+    expected.extend(frames::ipv4(VIP, CLIENT, 1, &frames::icmp_echo(0, 0x1234, 7, b"0123456789abcdef")));
+    assert_eq!(out, expected);
+    assert_eq!(frames::checksum(&out[34..]), 0, "ICMP checksum verifies");
+}
+
+#[test]
+fn other_icmp_to_vip_goes_to_the_kernel() {
+    let mut dp = dataplane(true);
+    let mut reply = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    reply.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(0, 1, 1, b"x")));
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply);
+}
+
+#[test]
+fn syn_to_service_goes_to_the_maglev_backend_with_only_macs_changed() {
+    let mut dp = with_web(true);
+    let syn = client_tcp(40001, 80, TCP_SYN);
+    let out = run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    let b = predicted_backend(&dsr_service([true; 3]), 40001);
+    let mut expected = syn.clone();
+    expected[0..6].copy_from_slice(&BACKENDS[b].1);
+    expected[6..12].copy_from_slice(&NODE_MAC);
+    assert_eq!(out, expected);
+    assert!(frames::ipv4_header_ok(&out) && frames::l4_ok(&out));
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.services["web"].packets, 1);
+    assert_eq!(c.services["web"].bytes, syn.len() as u64);
+    assert_eq!(c.backends[&("web".to_string(), BACKENDS[b].0, 80)].packets, 1);
+}
+
+#[test]
+fn packets_of_one_flow_go_to_the_same_backend() {
+    let mut dp = with_web(true);
+    let first = backend_of(&run(&mut dp, &client_tcp(40002, 80, TCP_SYN), XDP_TX, Reason::ForwardTx));
+    for _ in 0..5 {
+        let out = run(&mut dp, &client_tcp(40002, 80, TCP_ACK | TCP_PSH), XDP_TX, Reason::ForwardTx);
+        assert_eq!(backend_of(&out), first);
+    }
+}
+
+#[test]
+fn pinned_flow_survives_a_backend_set_change_while_its_backend_stays() {
+    let mut dp = with_web(true);
+    // Find flows on backends 0 and 1, then add nothing but take backend 2 out: flows pinned to 0 and 1 stay put.
+    let mut pinned = Vec::new();
+    for sport in 41000..41060 {
+        let b = backend_of(&run(&mut dp, &client_tcp(sport, 80, TCP_SYN), XDP_TX, Reason::ForwardTx));
+        if b != 2 {
+            pinned.push((sport, b));
+        }
+    }
+    dp.apply_service("web", &dsr_service([true, true, false])).expect("apply");
+    for (sport, b) in &pinned {
+        let out = run(&mut dp, &client_tcp(*sport, 80, TCP_ACK), XDP_TX, Reason::ForwardTx);
+        assert_eq!(backend_of(&out), *b, "flow from port {sport} moved");
+    }
+}
+
+#[test]
+fn flows_pinned_to_an_unhealthy_backend_move_to_a_healthy_one() {
+    let mut dp = with_web(true);
+    let mut on_zero = Vec::new();
+    for sport in 42000..42100 {
+        if backend_of(&run(&mut dp, &client_tcp(sport, 80, TCP_SYN), XDP_TX, Reason::ForwardTx)) == 0 {
+            on_zero.push(sport);
+        }
+    }
+    assert!(!on_zero.is_empty());
+    dp.apply_service("web", &dsr_service([false, true, true])).expect("apply");
+    for sport in on_zero {
+        let out = run(&mut dp, &client_tcp(sport, 80, TCP_ACK), XDP_TX, Reason::ForwardTx);
+        assert_ne!(backend_of(&out), 0);
+    }
+}
+
+#[test]
+fn three_hundred_flows_spread_over_three_backends() {
+    let mut dp = with_web(true);
+    let mut per_backend: HashMap<usize, u32> = HashMap::new();
+    for sport in 20000..20300 {
+        let out = run(&mut dp, &client_tcp(sport, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
+        *per_backend.entry(backend_of(&out)).or_default() += 1;
+        assert_eq!(backend_of(&out), predicted_backend(&dsr_service([true; 3]), sport));
+    }
+    for b in 0..3 {
+        let n = per_backend.get(&b).copied().unwrap_or(0);
+        assert!((60..=140).contains(&n), "backend {b} got {n} of 300 flows: {per_backend:?}");
+    }
+}
+
+#[test]
+fn udp_service_is_forwarded() {
+    let mut dp = dataplane(true);
+    let spec = ServiceSpec { port: 53, protocol: PROTO_UDP, ..dsr_service([true; 3]) };
+    let spec =
+        ServiceSpec { backends: spec.backends.iter().map(|b| BackendSpec { port: 53, ..b.clone() }).collect(), ..spec };
+    dp.apply_service("dns", &spec).expect("apply");
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    f.extend(frames::ipv4(CLIENT, VIP, 17, &frames::udp(CLIENT, VIP, 5353, 53, b"query")));
+    let out = run(&mut dp, &f, XDP_TX, Reason::ForwardTx);
+    assert_eq!(out[12..], f[12..]);
+    backend_of(&out);
+}
+
+#[test]
+fn non_service_port_goes_to_the_kernel() {
+    let mut dp = with_web(true);
+    let syn = client_tcp(40003, 8080, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassNoService), syn);
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    f.extend(frames::ipv4(CLIENT, VIP, 17, &frames::udp(CLIENT, VIP, 5353, 80, b"x")));
+    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNoService), f, "UDP to a TCP service port");
+}
+
+#[test]
+fn traffic_to_other_addresses_goes_to_the_kernel() {
+    let mut dp = with_web(true);
+    let other = frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, Ipv4Addr::new(10, 77, 0, 1), 1234, 80, TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &other, XDP_PASS, Reason::PassNotVip), other);
+}
+
+#[test]
+fn service_without_healthy_backend_drops_and_counts() {
+    let mut dp = dataplane(true);
+    dp.apply_service("web", &dsr_service([false; 3])).expect("apply");
+    run(&mut dp, &client_tcp(40004, 80, TCP_SYN), XDP_DROP, Reason::DropNoBackend);
+    dp.apply_service("web", &dsr_service([false, true, false])).expect("apply");
+    let out = run(&mut dp, &client_tcp(40004, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
+    assert_eq!(backend_of(&out), 1);
+}
+
+#[test]
+fn backend_without_mac_is_not_used() {
+    let mut dp = dataplane(true);
+    let mut spec = dsr_service([true; 3]);
+    spec.backends[0].mac = None;
+    spec.backends[2].mac = None;
+    dp.apply_service("web", &spec).expect("apply");
+    for sport in 43000..43030 {
+        let out = run(&mut dp, &client_tcp(sport, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
+        assert_eq!(backend_of(&out), 1);
+    }
+}
+
+#[test]
+fn removed_service_port_goes_back_to_the_kernel() {
+    let mut dp = with_web(true);
+    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
+    dp.remove_service("web").expect("remove");
+    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_PASS, Reason::PassNoService);
+}
+
+#[test]
+fn vlan_tagged_and_ipv6_frames_go_to_the_kernel() {
+    let mut dp = with_web(true);
+    let mut vlan = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_VLAN);
+    vlan.extend_from_slice(&[0, 10, 0x08, 0x00]);
+    vlan.extend(frames::ipv4(CLIENT, VIP, 6, &frames::tcp(CLIENT, VIP, 1, 80, TCP_SYN, b"")));
+    assert_eq!(run(&mut dp, &vlan, XDP_PASS, Reason::PassVlan), vlan);
+    let mut v6 = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV6);
+    v6.extend_from_slice(&[0x60, 0, 0, 0, 0, 8, 17, 64]);
+    v6.extend_from_slice(&[0u8; 32]);
+    v6.extend_from_slice(&[0u8; 8]);
+    assert_eq!(run(&mut dp, &v6, XDP_PASS, Reason::PassNotIpv4), v6);
+}
+
+#[test]
+fn fragments_and_ip_options_to_the_vip_are_dropped() {
+    let mut dp = with_web(true);
+    let mut frag = client_tcp(40006, 80, TCP_SYN);
+    frag[20] = 0x20; // more fragments
+    let c = frames::checksum(&{
+        let mut h = frag[14..34].to_vec();
+        h[10] = 0;
+        h[11] = 0;
+        h
+    });
+    frag[24..26].copy_from_slice(&c.to_be_bytes());
+    run(&mut dp, &frag, XDP_DROP, Reason::DropFragment);
+
+    let mut opts = client_tcp(40007, 80, TCP_SYN);
+    opts[14] = 0x46; // IHL 6: one word of options
+    run(&mut dp, &opts, XDP_DROP, Reason::DropIpOptions);
+}
+
+#[test]
+fn every_truncation_of_a_real_frame_is_passed_untouched_or_dropped() {
+    let mut dp = with_web(true);
+    let syn = client_tcp(40008, 80, TCP_SYN);
+    let arp = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
+    let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 1, b"")));
+    for full in [syn, arp, ping] {
+        // BPF_PROG_TEST_RUN needs at least an Ethernet header.
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let out = dp.test_run(cut).expect("test_run");
+            assert!(
+                out.action == XDP_PASS || out.action == XDP_DROP,
+                "a {len}-byte cut of a {}-byte frame got verdict {}",
+                full.len(),
+                out.action
+            );
+            assert_eq!(out.frame, cut, "a {len}-byte cut was modified");
+        }
+    }
+    let c = dp.counters().expect("counters");
+    assert!(c.reason(Reason::PassTruncated) > 0);
+    assert_eq!(c.reason(Reason::ForwardTx) + c.reason(Reason::ArpReply) + c.reason(Reason::EchoReply), 0);
+}
+
+#[test]
+fn ip_total_length_beyond_the_frame_is_not_forwarded() {
+    let mut dp = with_web(true);
+    let mut syn = client_tcp(40009, 80, TCP_SYN);
+    let claimed = (syn.len() - 14 + 100) as u16;
+    syn[16..18].copy_from_slice(&claimed.to_be_bytes());
+    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassTruncated), syn);
+}

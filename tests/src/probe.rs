@@ -1,0 +1,486 @@
+//! Client-side measurements: a periodic probe that measures outages, a tally of which backend answered, and a
+//! watcher for one long-lived connection.
+//!
+//! Each runs on a thread that entered the client's namespace (`setns` affects only that thread), so the test's
+//! own thread keeps its namespace.
+
+use std::collections::BTreeMap;
+use std::io::{self, BufRead, ErrorKind};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow};
+
+use crate::http;
+use crate::netns;
+
+/// What one probe attempt does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// `GET path` on a new connection; success = any 2xx, and the body (first line) names the backend.
+    Http { path: String },
+    /// A TCP handshake only; success = connected. No backend name.
+    Connect,
+}
+
+/// How to probe.
+#[derive(Clone, Debug)]
+pub struct ProbeSpec {
+    pub target: SocketAddr,
+    /// Time between the starts of two attempts; a slow attempt makes the next start late, never two at once.
+    pub interval: Duration,
+    /// Deadline of one attempt (connect + request + answer).
+    pub timeout: Duration,
+    pub mode: ProbeMode,
+}
+
+impl ProbeSpec {
+    /// `GET /` every 10 ms with a 50 ms deadline.
+    pub fn http(target: SocketAddr) -> Self {
+        ProbeSpec {
+            target,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_millis(50),
+            mode: ProbeMode::Http { path: "/".into() },
+        }
+    }
+
+    /// A TCP connect every 10 ms with a 50 ms deadline.
+    pub fn connect(target: SocketAddr) -> Self {
+        ProbeSpec { mode: ProbeMode::Connect, ..Self::http(target) }
+    }
+}
+
+/// One attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sample {
+    /// When the attempt started, from the start of the probe.
+    pub started: Duration,
+    /// When it ended (answer or failure), from the start of the probe.
+    pub ended: Duration,
+    /// `Ok(backend name)` (empty in connect mode) or `Err(error text)`.
+    pub outcome: Result<String, String>,
+}
+
+/// What a probe saw.
+#[derive(Clone, Debug, Default)]
+pub struct ProbeReport {
+    /// How long the probe ran.
+    pub duration: Duration,
+    pub attempts: usize,
+    pub successes: usize,
+    pub failures: usize,
+    /// The longest time without a successful answer: between two consecutive answers, or from the probe's start
+    /// to the first answer, or from the last answer to the probe's end. With no answer at all, the duration.
+    pub longest_gap: Duration,
+    /// Where that gap started, from the start of the probe.
+    pub longest_gap_start: Duration,
+    /// Successful answers per backend name.
+    pub per_backend: BTreeMap<String, usize>,
+    pub samples: Vec<Sample>,
+}
+
+impl ProbeReport {
+    fn from_samples(samples: Vec<Sample>, duration: Duration) -> Self {
+        let mut report = ProbeReport { duration, attempts: samples.len(), ..Default::default() };
+        let mut last_answer = Duration::ZERO;
+        for sample in &samples {
+            match &sample.outcome {
+                Ok(name) => {
+                    report.successes += 1;
+                    *report.per_backend.entry(name.clone()).or_default() += 1;
+                    report.note_gap(last_answer, sample.ended);
+                    last_answer = sample.ended;
+                }
+                Err(_) => report.failures += 1,
+            }
+        }
+        report.note_gap(last_answer, duration);
+        report.samples = samples;
+        report
+    }
+
+    fn note_gap(&mut self, from: Duration, to: Duration) {
+        let gap = to.saturating_sub(from);
+        if gap > self.longest_gap {
+            self.longest_gap = gap;
+            self.longest_gap_start = from;
+        }
+    }
+
+    /// The distinct errors seen, with how often each occurred.
+    pub fn errors(&self) -> BTreeMap<String, usize> {
+        let mut errors = BTreeMap::new();
+        for sample in &self.samples {
+            if let Err(e) = &sample.outcome {
+                *errors.entry(e.clone()).or_default() += 1;
+            }
+        }
+        errors
+    }
+
+    /// One line for test output.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} attempts in {:?}: {} ok, {} failed; longest gap {:?} from {:?}; per backend {:?}; errors {:?}",
+            self.attempts,
+            self.duration,
+            self.successes,
+            self.failures,
+            self.longest_gap,
+            self.longest_gap_start,
+            self.per_backend,
+            self.errors()
+        )
+    }
+}
+
+/// One attempt; the backend's name is the first line of the body.
+fn attempt(spec: &ProbeSpec) -> Result<String, String> {
+    match &spec.mode {
+        ProbeMode::Connect => {
+            http::connect(spec.target, Instant::now() + spec.timeout).map(|_| String::new()).map_err(|e| brief(&e))
+        }
+        ProbeMode::Http { path } => match http::get(spec.target, path, spec.timeout) {
+            Ok(response) if (200..300).contains(&response.status) => {
+                Ok(response.text().lines().next().unwrap_or_default().trim().to_owned())
+            }
+            Ok(response) => Err(format!("HTTP {}", response.status)),
+            Err(e) => Err(brief(&e)),
+        },
+    }
+}
+
+/// A short, stable error text, so equal failures group together in [`ProbeReport::errors`].
+fn brief(e: &io::Error) -> String {
+    match e.kind() {
+        ErrorKind::TimedOut | ErrorKind::WouldBlock => "timeout".into(),
+        ErrorKind::ConnectionRefused => "refused".into(),
+        ErrorKind::ConnectionReset => "reset".into(),
+        ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => "unreachable".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// A probe running in the background; [`stop`](Self::stop) it to get the report. Dropping it stops it too.
+#[derive(Debug)]
+pub struct Probe {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Result<ProbeReport>>>,
+}
+
+impl Probe {
+    /// Starts probing from namespace `ns` until stopped.
+    ///
+    /// # Errors
+    /// When the probe thread cannot be started (entering the namespace fails later, reported by `stop`).
+    pub fn start(ns: &str, spec: ProbeSpec) -> Result<Probe> {
+        Self::start_bounded(ns, spec, None)
+    }
+
+    fn start_bounded(ns: &str, spec: ProbeSpec, limit: Option<Duration>) -> Result<Probe> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let thread = netns::spawn_in_netns(ns, move || {
+            let start = Instant::now();
+            let mut samples = Vec::new();
+            let mut next = start;
+            loop {
+                if flag.load(Ordering::Relaxed) || limit.is_some_and(|l| start.elapsed() >= l) {
+                    break;
+                }
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                    continue;
+                }
+                let started = start.elapsed();
+                let outcome = attempt(&spec);
+                samples.push(Sample { started, ended: start.elapsed(), outcome });
+                // Ticks missed during a slow attempt are skipped, not made up in a burst.
+                next += spec.interval;
+                let now = Instant::now();
+                if next < now {
+                    next = now;
+                }
+            }
+            Ok(ProbeReport::from_samples(samples, start.elapsed()))
+        })?;
+        Ok(Probe { stop, thread: Some(thread) })
+    }
+
+    /// Stops the probe and returns what it saw.
+    ///
+    /// # Errors
+    /// When the probe thread could not enter the namespace.
+    pub fn stop(mut self) -> Result<ProbeReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().ok_or_else(|| anyhow!("probe already stopped"))?;
+        match thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Probes from namespace `ns` for `duration` and returns the report.
+///
+/// # Errors
+/// As [`Probe::stop`].
+pub fn run_for(ns: &str, spec: ProbeSpec, duration: Duration) -> Result<ProbeReport> {
+    let mut probe = Probe::start_bounded(ns, spec, Some(duration))?;
+    // Joined while `probe` is alive: dropping it would raise the stop flag early.
+    let thread = probe.thread.take().ok_or_else(|| anyhow!("probe thread missing"))?;
+    let result = thread.join();
+    drop(probe);
+    match result {
+        Ok(report) => report,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+/// Answers per backend from [`request_many`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    pub per_backend: BTreeMap<String, usize>,
+    pub failures: usize,
+    /// Distinct error texts with their counts.
+    pub errors: BTreeMap<String, usize>,
+}
+
+impl Tally {
+    pub fn successes(&self) -> usize {
+        self.per_backend.values().sum()
+    }
+}
+
+/// Sends `n` sequential `GET /` requests from namespace `ns` to `target`, each on a new connection (so each is a
+/// new flow for the load balancer, with a new source port), and counts which backend answered.
+///
+/// # Errors
+/// When the namespace cannot be entered. Failed requests are counted, not returned as errors.
+pub fn request_many(ns: &str, target: SocketAddr, n: usize, timeout: Duration) -> Result<Tally> {
+    netns::in_netns(ns, move || {
+        let spec = ProbeSpec { timeout, ..ProbeSpec::http(target) };
+        let mut tally = Tally::default();
+        for _ in 0..n {
+            match attempt(&spec) {
+                Ok(name) => *tally.per_backend.entry(name).or_default() += 1,
+                Err(e) => {
+                    tally.failures += 1;
+                    *tally.errors.entry(e).or_default() += 1;
+                }
+            }
+        }
+        Ok(tally)
+    })
+}
+
+/// One `GET path` from namespace `ns` (new connection, `Connection: close`).
+///
+/// # Errors
+/// When the namespace cannot be entered or the request fails.
+pub fn http_get(ns: &str, target: SocketAddr, path: &str, timeout: Duration) -> Result<http::Response> {
+    let path = path.to_owned();
+    netns::in_netns(ns, move || {
+        http::get(target, &path, timeout).with_context(|| format!("GET http://{target}{path} from {ns}"))
+    })
+}
+
+/// How a watched stream ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// Still delivering when the watch was stopped: the connection survived.
+    StillOpen,
+    /// The server closed it (FIN).
+    Closed,
+    /// Reset or another error.
+    Failed(String),
+}
+
+/// What a [`StreamWatch`] saw.
+#[derive(Clone, Debug)]
+pub struct StreamReport {
+    /// The backend serving the stream (its `X-Backend` header).
+    pub backend: String,
+    /// Lines received.
+    pub lines: usize,
+    /// The longest time between two lines (or from the last line to the end of the watch).
+    pub longest_gap: Duration,
+    pub end: StreamEnd,
+    /// How long the watch ran.
+    pub duration: Duration,
+}
+
+/// Watches one long-lived connection (`GET /stream` on a lab backend: a line every 50 ms): for tests that
+/// established connections survive a failover.
+#[derive(Debug)]
+pub struct StreamWatch {
+    stop: Arc<AtomicBool>,
+    backend: String,
+    thread: Option<JoinHandle<Result<StreamReport>>>,
+}
+
+impl StreamWatch {
+    /// Connects from namespace `ns` to `target`, requests `/stream` and returns once the response headers have
+    /// arrived (so the flow exists before the caller disturbs anything).
+    ///
+    /// # Errors
+    /// When the connection or the response headers do not come within `timeout`.
+    pub fn start(ns: &str, target: SocketAddr, timeout: Duration) -> Result<StreamWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let thread = netns::spawn_in_netns(ns, move || {
+            let deadline = Instant::now() + timeout;
+            let opened = (|| -> io::Result<(std::io::BufReader<std::net::TcpStream>, String)> {
+                let mut connection = http::Connection::open(target, timeout)?;
+                connection.send_get("/stream", deadline)?;
+                let mut reader = connection.into_reader();
+                let status = http::read_line(&mut reader, deadline)?;
+                if !status.contains(" 200") {
+                    return Err(io::Error::other(format!("stream answered {status:?}")));
+                }
+                let mut backend = String::new();
+                loop {
+                    let line = http::read_line(&mut reader, deadline)?;
+                    if line.is_empty() {
+                        break;
+                    }
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.trim().eq_ignore_ascii_case("x-backend")
+                    {
+                        backend = value.trim().to_owned();
+                    }
+                }
+                Ok((reader, backend))
+            })();
+            let (mut reader, backend) = match opened {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(anyhow!("opening the stream to {target}: {e}"));
+                }
+            };
+            let _ = ready_tx.send(Ok(backend.clone()));
+            let start = Instant::now();
+            let mut last = start;
+            let mut longest = Duration::ZERO;
+            let mut lines = 0;
+            let mut buf = Vec::new();
+            reader.get_ref().set_read_timeout(Some(Duration::from_millis(20)))?;
+            let end = loop {
+                if flag.load(Ordering::Relaxed) {
+                    break StreamEnd::StillOpen;
+                }
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) => break StreamEnd::Closed,
+                    Ok(_) if buf.ends_with(b"\n") => {
+                        let now = Instant::now();
+                        longest = longest.max(now - last);
+                        last = now;
+                        lines += 1;
+                        buf.clear();
+                    }
+                    Ok(_) => {}
+                    Err(e)
+                        if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
+                    }
+                    Err(e) => break StreamEnd::Failed(brief(&e)),
+                }
+            };
+            longest = longest.max(last.elapsed());
+            Ok(StreamReport { backend, lines, longest_gap: longest, end, duration: start.elapsed() })
+        })?;
+        let backend = match ready_rx.recv_timeout(timeout + Duration::from_secs(1)) {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = thread.join();
+                return Err(anyhow!("opening a stream from {ns} to {target}: {e}"));
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                return match thread.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(anyhow!("opening a stream from {ns} to {target}: no answer")),
+                };
+            }
+        };
+        Ok(StreamWatch { stop, backend, thread: Some(thread) })
+    }
+
+    /// The backend serving the stream.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Stops watching (closing the connection) and returns what was seen.
+    ///
+    /// # Errors
+    /// When the watch thread failed.
+    pub fn stop(mut self) -> Result<StreamReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().ok_or_else(|| anyhow!("stream watch already stopped"))?;
+        match thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(ms: u64, ok: bool) -> Sample {
+        let at = Duration::from_millis(ms);
+        Sample { started: at, ended: at, outcome: if ok { Ok("b1".into()) } else { Err("refused".into()) } }
+    }
+
+    #[test]
+    fn longest_gap_is_between_answers() {
+        let samples = vec![sample(0, true), sample(10, true), sample(20, false), sample(30, false), sample(40, true)];
+        let report = ProbeReport::from_samples(samples, Duration::from_millis(45));
+        assert_eq!(report.longest_gap, Duration::from_millis(30));
+        assert_eq!(report.longest_gap_start, Duration::from_millis(10));
+        assert_eq!((report.successes, report.failures), (3, 2));
+        assert_eq!(report.per_backend["b1"], 3);
+    }
+
+    #[test]
+    fn an_outage_at_the_end_counts() {
+        let samples = vec![sample(0, true), sample(10, false)];
+        let report = ProbeReport::from_samples(samples, Duration::from_millis(500));
+        assert_eq!(report.longest_gap, Duration::from_millis(500));
+    }
+
+    #[test]
+    fn no_answer_at_all_is_one_long_gap() {
+        let report = ProbeReport::from_samples(vec![sample(0, false)], Duration::from_millis(80));
+        assert_eq!(report.longest_gap, Duration::from_millis(80));
+        assert_eq!(report.successes, 0);
+    }
+}

@@ -1,0 +1,261 @@
+//! Who answers: ping, an ARP prober that reports every responder, and the neighbour table.
+//!
+//! The ARP prober uses its own AF_PACKET socket instead of `arping`: it waits the whole window and reports every
+//! MAC that answered, so two nodes claiming the VIP at once (a split brain) show up as two answers rather than
+//! whichever came first.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::cmd;
+use crate::netns;
+use crate::topology::MacAddr;
+
+/// One ICMP echo from namespace `ns` to `addr`, waiting at most 1 s.
+///
+/// # Errors
+/// When no reply arrives; the error holds ping's output.
+pub fn ping(ns: &str, addr: Ipv4Addr) -> Result<()> {
+    cmd::exec_in(ns, ["ping", "-c", "1", "-W", "1", "-q", &addr.to_string()])
+        .with_context(|| format!("ping {addr} from {ns}"))
+        .map(drop)
+}
+
+/// The MAC `ns` has in its neighbour table for `addr` on `iface`, if any (any state but FAILED/INCOMPLETE).
+///
+/// # Errors
+/// When `ip neigh` fails.
+pub fn neighbour(ns: &str, iface: &str, addr: Ipv4Addr) -> Result<Option<MacAddr>> {
+    let out = cmd::ip_in(ns, ["neigh", "show", &addr.to_string(), "dev", iface])?;
+    let mut words = out.split_whitespace();
+    while let Some(word) = words.next() {
+        if word == "lladdr" {
+            return words.next().map(str::parse).transpose();
+        }
+    }
+    Ok(None)
+}
+
+/// Empties `ns`'s neighbour table on `iface`, so the next packet to the VIP triggers a fresh ARP request.
+///
+/// # Errors
+/// When `ip neigh flush` fails.
+pub fn flush_neighbours(ns: &str, iface: &str) -> Result<()> {
+    cmd::ip_in(ns, ["neigh", "flush", "dev", iface]).map(drop)
+}
+
+const ETH_P_ARP: u16 = 0x0806;
+const ETH_P_IP: u16 = 0x0800;
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+
+/// Sends an ARP request for `target` out of `iface` in namespace `ns` (from that interface's own MAC and IPv4
+/// address, like a normal client) and returns every distinct sender MAC that replied within `window`, in order
+/// of arrival. A second request goes out halfway through the window in case the first one was lost.
+///
+/// # Errors
+/// When the namespace or the interface cannot be used.
+pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> Result<Vec<MacAddr>> {
+    let iface = iface.to_owned();
+    netns::in_netns(ns, move || {
+        let socket = PacketSocket::open(&iface)?;
+        let (mac, ip) = (socket.mac, socket.ip);
+        let request = arp_request(mac, ip, target);
+        let start = Instant::now();
+        socket.send(&request)?;
+        let mut resent = false;
+        let mut answers: Vec<MacAddr> = Vec::new();
+        let mut buf = [0u8; 1600];
+        loop {
+            let now = start.elapsed();
+            if now >= window {
+                break;
+            }
+            if !resent && now >= window / 2 {
+                socket.send(&request)?;
+                resent = true;
+            }
+            let next_event = if resent { window } else { window / 2 };
+            let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
+            let Some(len) = socket.recv(&mut buf, wait)? else { continue };
+            if let Some(sender) = parse_reply(&buf[..len], target)
+                && !answers.contains(&sender)
+            {
+                answers.push(sender);
+            }
+        }
+        Ok(answers)
+    })
+}
+
+fn arp_request(mac: MacAddr, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&mac.0);
+    frame.extend_from_slice(&ETH_P_ARP.to_be_bytes());
+    frame.extend_from_slice(&1u16.to_be_bytes()); // hardware type: Ethernet
+    frame.extend_from_slice(&ETH_P_IP.to_be_bytes());
+    frame.extend_from_slice(&[6, 4]);
+    frame.extend_from_slice(&ARP_REQUEST.to_be_bytes());
+    frame.extend_from_slice(&mac.0);
+    frame.extend_from_slice(&ip.octets());
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&target.octets());
+    frame
+}
+
+/// The sender MAC of an ARP reply about `target`, if `frame` is one.
+fn parse_reply(frame: &[u8], target: Ipv4Addr) -> Option<MacAddr> {
+    if frame.len() < 42 || frame[12..14] != ETH_P_ARP.to_be_bytes() {
+        return None;
+    }
+    let arp = &frame[14..];
+    if arp[6..8] != ARP_REPLY.to_be_bytes() || arp[14..18] != target.octets() {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&arp[8..14]);
+    Some(MacAddr(mac))
+}
+
+/// An AF_PACKET socket bound to one interface for ARP frames, with that interface's MAC and first IPv4 address.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    mac: MacAddr,
+    ip: Ipv4Addr,
+}
+
+impl PacketSocket {
+    fn open(iface: &str) -> Result<Self> {
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        let name = std::ffi::CString::new(iface).context("interface name")?;
+        // SAFETY: a NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}"));
+        }
+        let (mac, ip) = interface_addresses(iface)?;
+        let protocol = ETH_P_ARP.to_be();
+        // SAFETY: plain syscall.
+        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
+        }
+        // SAFETY: `raw` is a fresh fd we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: zeroed sockaddr_ll is valid; we fill the fields bind needs.
+        let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        addr.sll_family = libc::AF_PACKET as u16;
+        addr.sll_protocol = protocol;
+        addr.sll_ifindex = ifindex as i32;
+        // SAFETY: addr is a valid sockaddr_ll of the size given.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("binding a packet socket to {iface}"));
+        }
+        Ok(PacketSocket { fd, mac, ip })
+    }
+
+    fn send(&self, frame: &[u8]) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error()).context("sending the ARP request");
+        }
+        Ok(())
+    }
+
+    /// One frame, or `None` when nothing arrived within `timeout`.
+    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+        use std::os::fd::AsRawFd;
+        let mut pollfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&raw mut pollfd, 1, ms) };
+        if ready < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            return Err(err).context("poll on the packet socket");
+        }
+        if ready == 0 {
+            return Ok(None);
+        }
+        // SAFETY: the buffer is valid for its length.
+        let n = unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() == std::io::ErrorKind::WouldBlock {
+                return Ok(None);
+            }
+            return Err(err).context("receiving on the packet socket");
+        }
+        Ok(Some(n as usize))
+    }
+}
+
+/// The MAC and IPv4 address of `iface` in the calling thread's namespace (SIOCGIFHWADDR, SIOCGIFADDR).
+fn interface_addresses(iface: &str) -> Result<(MacAddr, Ipv4Addr)> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    if iface.len() >= libc::IFNAMSIZ {
+        bail!("interface name {iface:?} is too long");
+    }
+    // SAFETY: plain syscall.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(AF_INET)");
+    }
+    // SAFETY: a fresh fd we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let request = |code: libc::Ioctl| -> Result<libc::ifreq> {
+        // SAFETY: a zeroed ifreq is valid; the name fits (checked above) and stays NUL-terminated.
+        let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (dst, src) in ifr.ifr_name.iter_mut().zip(iface.bytes()) {
+            *dst = src as libc::c_char;
+        }
+        // SAFETY: ifr is a valid ifreq for these two requests.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), code, &raw mut ifr) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| format!("ioctl {code:#x} on {iface}"));
+        }
+        Ok(ifr)
+    };
+    let hw = request(libc::SIOCGIFHWADDR)?;
+    // SAFETY: SIOCGIFHWADDR filled ifru_hwaddr.
+    let data = unsafe { hw.ifr_ifru.ifru_hwaddr.sa_data };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(data.iter()) {
+        *dst = *src as u8;
+    }
+    let inet = request(libc::SIOCGIFADDR).with_context(|| format!("{iface} has no IPv4 address"))?;
+    // SAFETY: SIOCGIFADDR filled ifru_addr with a sockaddr_in.
+    let sin: libc::sockaddr_in = unsafe { std::mem::transmute_copy(&inet.ifr_ifru.ifru_addr) };
+    let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+    Ok((MacAddr(mac), ip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reply_is_recognised_only_for_the_target() {
+        let target = Ipv4Addr::new(10, 77, 1, 250);
+        let responder = MacAddr([2, 0x77, 1, 0, 0, 1]);
+        let mut reply = arp_request(responder, target, Ipv4Addr::new(10, 77, 1, 10));
+        reply[20..22].copy_from_slice(&ARP_REPLY.to_be_bytes());
+        assert_eq!(parse_reply(&reply, target), Some(responder));
+        assert_eq!(parse_reply(&reply, Ipv4Addr::new(10, 77, 1, 251)), None);
+        let request = arp_request(responder, Ipv4Addr::new(10, 77, 1, 10), target);
+        assert_eq!(parse_reply(&request, target), None, "a request is not an answer");
+    }
+}

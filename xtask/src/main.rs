@@ -1,0 +1,162 @@
+//! `cargo xtask`: everything needed to build, test, demo and benchmark xvip on a fresh machine.
+use std::{
+    ffi::OsString,
+    path::{Path, PathBuf},
+    process::Command,
+    time::Instant,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+mod setup;
+
+#[derive(Parser)]
+#[command(about = "Build, test, demo and benchmark xvip", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what is missing: Debian packages (LLVM 22, test peers and tools), nightly rust-src, bpf-linker.
+    /// Idempotent: on a ready machine it checks and changes nothing.
+    Setup,
+    /// Build the XDP programs (lb-ebpf) for bpfel-unknown-none with nightly, and print the object's path and size.
+    BuildEbpf,
+    /// build-ebpf, then the agent in release: leaves target/release/xvip.
+    Build,
+    /// setup, build, every unit test, then the netns integration tests (needs root).
+    Test {
+        /// Only run tests whose name contains this (passed to cargo test).
+        filter: Option<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let started = Instant::now();
+    let result = match cli.command {
+        Cmd::Setup => setup::all(),
+        Cmd::BuildEbpf => build_ebpf().map(|_| ()),
+        Cmd::Build => build(),
+        Cmd::Test { filter } => test(filter.as_deref()),
+    };
+    match result {
+        Ok(()) => step(&format!("done in {:.1} s", started.elapsed().as_secs_f64())),
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// One progress line.
+pub fn step(what: &str) {
+    eprintln!("[xtask] {what}");
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where the eBPF object lands.
+pub fn ebpf_object() -> PathBuf {
+    root().join("target/ebpf/bpfel-unknown-none/release/lb-ebpf")
+}
+
+/// `$PATH` with `~/.cargo/bin` in front: bpf-linker lives there and non-login shells often lack it.
+pub fn path_with_cargo_bin() -> OsString {
+    let mut paths = vec![setup::cargo_home().join("bin")];
+    if let Some(path) = std::env::var_os("PATH") {
+        paths.extend(std::env::split_paths(&path));
+    }
+    std::env::join_paths(paths).unwrap_or_else(|_| std::env::var_os("PATH").unwrap_or_default())
+}
+
+/// Runs a command, echoing it, and fails with its exit status.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    step(&format!("$ {}", describe(cmd)));
+    let status = cmd.status().with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed with {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn build_ebpf() -> Result<PathBuf> {
+    step("building the XDP programs (lb-ebpf, nightly, bpfel-unknown-none)");
+    // What aya-build runs: BTF needs -Cdebuginfo=2 as a rustflag for every crate, not only in a profile (aya#1649).
+    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    run(Command::new("cargo")
+        .current_dir(root().join("lb-ebpf"))
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .env_remove("RUSTFLAGS")
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
+        .env("PATH", path_with_cargo_bin())
+        .args(["+nightly", "build", "--bins", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .arg("--target-dir")
+        .arg(root().join("target/ebpf")))?;
+    let object = ebpf_object();
+    let size = std::fs::metadata(&object).with_context(|| format!("the build left no {}", object.display()))?.len();
+    step(&format!("eBPF object: {} ({size} bytes)", object.display()));
+    Ok(object)
+}
+
+fn build() -> Result<()> {
+    build_ebpf()?;
+    step("building the agent (release)");
+    run(Command::new("cargo").current_dir(root()).args(["build", "--release", "--workspace", "--bins"]))?;
+    step(&format!("binary: {}", root().join("target/release/xvip").display()));
+    Ok(())
+}
+
+pub fn is_root_user() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn test(filter: Option<&str>) -> Result<()> {
+    if !is_root_user() {
+        bail!(
+            "`cargo xtask test` needs root: it installs packages, loads XDP programs and builds network namespaces. \
+             Run it as root (e.g. `sudo -E cargo xtask test`)."
+        );
+    }
+    setup::all()?;
+    build()?;
+    let filter_args: Vec<&str> = filter.into_iter().collect();
+    step("unit tests");
+    run(Command::new("cargo")
+        .current_dir(root())
+        .args(["test", "--release", "--workspace", "--lib", "--bins"])
+        .arg("--")
+        .args(&filter_args))?;
+    step("integration tests (BPF_PROG_TEST_RUN fixtures and netns labs; one at a time)");
+    run(Command::new("cargo")
+        .current_dir(root())
+        .env("XVIP_BIN", root().join("target/release/xvip"))
+        .args(["test", "--release", "--workspace", "--tests"])
+        .arg("--")
+        .args(["--test-threads=1"])
+        .args(&filter_args))?;
+    Ok(())
+}
