@@ -404,7 +404,8 @@ impl DataPlane {
 }
 
 fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    let text = format!("{e:#}");
+    // The OS error sits at the end of the source chain; `{:#}` of an anyhow error prints the whole chain.
+    let text = format!("{:#}", anyhow::Error::new(e));
     let hint = if text.contains("busy") || text.contains("EBUSY") || text.contains("os error 16") {
         "another XDP program is already attached there: remove it (`ip link set dev IFACE xdp off`) or stop the \
          process that owns it"

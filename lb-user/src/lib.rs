@@ -1,10 +1,14 @@
 //! xvip: a highly available virtual IP with an XDP load balancer behind it.
 //!
 //! See ARCHITECTURE.md for the map of this crate.
+pub mod agent;
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod garp;
 pub mod health;
 pub mod maglev;
 pub mod neighbour;
+pub mod services;
+pub mod status;
 pub mod vrrp;

@@ -514,24 +514,4 @@ mod tests {
         let tb = build(&b, M).expect("valid input");
         assert!(ta.iter().zip(&tb).all(|(x, y)| x + 100 == *y));
     }
-
-    #[test]
-    fn adhoc_timing() {
-        for n in [3u32, 100, 1000] {
-            let input: Vec<MaglevBackend> = (0..n).map(|i| backend(i, 1)).collect();
-            let weighted: Vec<MaglevBackend> = (0..n).map(|i| backend(i, (i % 255 + 1) as u8)).collect();
-            for (label, inp) in [("w=1", &input), ("w=1..255", &weighted)] {
-                let _ = build(inp, M);
-                let runs = 20;
-                let mut best = std::time::Duration::MAX;
-                let t = std::time::Instant::now();
-                for _ in 0..runs {
-                    let s = std::time::Instant::now();
-                    std::hint::black_box(build(std::hint::black_box(inp), M).unwrap());
-                    best = best.min(s.elapsed());
-                }
-                eprintln!("TIMING N={n} {label}: mean {:?} best {:?}", t.elapsed() / runs, best);
-            }
-        }
-    }
 }

@@ -26,6 +26,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::keepalived::{Keepalived, KeepalivedSpec};
 use crate::netns::{self, Netns, RunId};
+use crate::probe::{self, Probe, ProbeSpec, Tally};
 use crate::process::ChildGuard;
 use crate::xdp_pass::{self, PassStub};
 use crate::{backend, cmd, reach};
@@ -456,6 +457,32 @@ impl Lab {
         reach::arp_probe(&from.ns, &from.iface, target, Duration::from_millis(500))
     }
 
+    /// The MAC `from` currently has in its neighbour table for `addr` (who it would send to).
+    ///
+    /// # Errors
+    /// When `ip neigh` fails.
+    pub fn neighbour(&self, from: &Host, addr: Ipv4Addr) -> Result<Option<MacAddr>> {
+        reach::neighbour(&from.ns, &from.iface, addr)
+    }
+
+    // ----- client measurements -----
+
+    /// Starts a [`Probe`] from the client.
+    ///
+    /// # Errors
+    /// As [`Probe::start`].
+    pub fn probe(&self, spec: ProbeSpec) -> Result<Probe> {
+        Probe::start(&self.client.ns, spec)
+    }
+
+    /// [`probe::request_many`] from the client (1 s timeout per request).
+    ///
+    /// # Errors
+    /// As [`probe::request_many`].
+    pub fn request_many(&self, target: SocketAddr, n: usize) -> Result<Tally> {
+        probe::request_many(&self.client.ns, target, n, Duration::from_secs(1))
+    }
+
     /// The host whose `eth0` has `mac`.
     pub fn host_by_mac(&self, mac: MacAddr) -> Option<&Host> {
         self.hosts().find(|h| h.mac == mac)
@@ -576,4 +603,25 @@ fn disable_ipv6(ns: &str) -> Result<()> {
         cmd::exec_in(ns, ["sysctl", "-q", "-w", key]).with_context(|| format!("setting {key} in {ns}"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lab_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<Lab>();
+    }
+
+    #[test]
+    fn mac_addresses_round_trip() {
+        let mac: MacAddr = "02:77:0a:ff:00:15".parse().expect("valid");
+        assert_eq!(mac, MacAddr([0x02, 0x77, 0x0a, 0xff, 0x00, 0x15]));
+        assert_eq!(mac.to_string(), "02:77:0a:ff:00:15");
+        assert!("02:77:0a:ff:00".parse::<MacAddr>().is_err());
+        assert!("02:77:0a:ff:00:15:01".parse::<MacAddr>().is_err());
+        assert!("02:77:0a:ff:00:zz".parse::<MacAddr>().is_err());
+    }
 }

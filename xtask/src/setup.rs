@@ -91,11 +91,11 @@ fn rust_src() -> Result<()> {
 fn bpf_linker() -> Result<()> {
     let linker = cargo_home().join("bin/bpf-linker");
     let version = Command::new(&linker).arg("--version").output();
-    if let Ok(out) = &version {
-        if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
-            step(&format!("setup: bpf-linker {BPF_LINKER_VERSION} already installed"));
-            return Ok(());
-        }
+    if let Ok(out) = &version
+        && String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION)
+    {
+        step(&format!("setup: bpf-linker {BPF_LINKER_VERSION} already installed"));
+        return Ok(());
     }
     step(&format!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about 2 minutes on 2 cores)"));
     // Debian puts libLLVM under /usr/lib/llvm-22, not /usr/lib64 where the default build looks.

@@ -14,7 +14,7 @@
 //! | `xdp_mode` | `"auto"` | `"auto"` (native, else generic with a warning), `"native"`, `"generic"` |
 //! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the data plane's connection table |
 //! | `vip.address` | required | a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast) |
-//! | `vip.hostname` | none | a DNS name; informational, and the default TLS server name of https checks |
+//! | `vip.hostname` | none | a DNS name or IP address; informational (a natural `server_name` for https checks) |
 //! | `vrrp.vrid` | required | 1..=255 |
 //! | `vrrp.priority` | required | 1..=255 (255 = address owner) |
 //! | `vrrp.advert_interval_ms` | `1000` | 10..=40950, a multiple of 10 |
@@ -36,15 +36,15 @@
 //! | `backends[].port` | the service port | 1..=65535 |
 //! | `backends[].weight` | `1` | 1..=255 |
 //! | `health.check` | `"tcp"`; `"none"` for udp services | `"tcp"`, `"http"`, `"https"`, `"none"`; udp: `"none"` only |
-//! | `health.path` | `"/"` | starts with `/`; http/https only |
+//! | `health.path` | `"/"` | starts with `/`, no spaces or control characters; http/https only |
 //! | `health.expect_status` | `200` | 100..=599; http/https only |
 //! | `health.interval_ms` | `2000` | 100..=3600000 |
 //! | `health.timeout_ms` | `1000` | 1..=interval_ms |
 //! | `health.rise` | `2` | 1..=1000 |
 //! | `health.fall` | `3` | 1..=1000 |
 //! | `health.tls_verify` | `true` | https only |
-//! | `health.ca_file` | none: the checker's default roots | a path; https only, not with `tls_verify = false` |
-//! | `health.server_name` | none: `vip.hostname`, else the backend address | a DNS name; https only |
+//! | `health.ca_file` | none: the system CA bundle | a path; https only, not with `tls_verify = false` |
+//! | `health.server_name` | none: the backend's IP address | a DNS name or IP address; https only |
 //!
 //! Limits over the whole file: at most [`lb_common::MAX_SERVICES`] services and [`lb_common::MAX_BACKENDS`]
 //! backends in total, the sizes of the data plane's tables.
@@ -113,7 +113,7 @@ pub enum XdpMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
     pub address: Ipv4Addr,
-    /// Informational; also the default TLS server name for https health checks.
+    /// Informational: shown to people, and the name clients are likely to use (so a natural `server_name`).
     pub hostname: Option<String>,
 }
 
@@ -213,9 +213,9 @@ pub struct Health {
     pub fall: u32,
     /// Whether https checks verify the backend's certificate.
     pub tls_verify: bool,
-    /// Trust roots for `tls_verify`; `None` = the checker's default roots.
+    /// Trust roots for `tls_verify`; `None` = the system CA bundle.
     pub ca_file: Option<PathBuf>,
-    /// Name sent as SNI and verified; `None` = `vip.hostname`, else the backend address.
+    /// Name sent as SNI and verified; `None` = the backend's IP address. A valid rustls `ServerName`.
     pub server_name: Option<String>,
 }
 

@@ -343,6 +343,25 @@ impl Reader {
         }
     }
 
+    /// A name a TLS client can send and verify: a DNS name or an IP address, checked the way rustls will check it
+    /// when the health checker connects, so a bad name fails `xvip check` rather than every probe.
+    fn server_name(&mut self, field: &Field) -> Option<String> {
+        let name = self.string(field)?;
+        match rustls_pki_types::ServerName::try_from(name) {
+            Ok(_) => Some(name.to_owned()),
+            Err(_) => {
+                self.error(
+                    field.at,
+                    format!(
+                        "{} must be a DNS name like \"api.example.com\" or an IP address, got {name:?}",
+                        field.path
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// A non-empty path.
     fn path(&mut self, field: &Field) -> Option<PathBuf> {
         let text = self.string(field)?;
@@ -441,11 +460,7 @@ impl Reader {
             }
         }
         if let Some(field) = table.get("hostname") {
-            match self.string(&field) {
-                Some("") => self.error(field.at, "vip.hostname must be a DNS name, got an empty string"),
-                Some(name) => vip.hostname = Some(name.to_owned()),
-                None => {}
-            }
+            vip.hostname = self.server_name(&field);
         }
         vip
     }
@@ -858,12 +873,18 @@ impl Reader {
             match key {
                 "path" => {
                     if let Some(path) = self.string(&field) {
-                        if path.starts_with('/') {
+                        // The path goes verbatim into the request line, where a space or a control character would
+                        // end it or break the request.
+                        if path.starts_with('/') && !path.chars().any(|c| c.is_whitespace() || c.is_control()) {
                             health.path = path.to_owned();
                         } else {
                             self.error(
                                 field.at,
-                                format!("{} must start with \"/\", like \"/readyz\", got {path:?}", field.path),
+                                format!(
+                                    "{} must start with \"/\" and contain no spaces or control characters, like \
+                                     \"/readyz\", got {path:?}",
+                                    field.path
+                                ),
                             );
                         }
                     }
@@ -879,11 +900,7 @@ impl Reader {
                     }
                 }
                 "ca_file" => health.ca_file = self.path(&field),
-                _ => match self.string(&field) {
-                    Some("") => self.error(field.at, format!("{} must be a DNS name, got an empty string", field.path)),
-                    Some(name) => health.server_name = Some(name.to_owned()),
-                    None => {}
-                },
+                _ => health.server_name = self.server_name(&field),
             }
         }
         if let Some(field) = table.get("ca_file")

@@ -446,7 +446,7 @@ fn vip_must_not_be_unspecified_multicast_or_broadcast() {
 fn vip_hostname_must_not_be_empty() {
     assert_eq!(
         problem(&BASE.replace("[vrrp]", "hostname = \"\"\n[vrrp]")),
-        "xvip.toml:4:12: vip.hostname must be a DNS name, got an empty string"
+        "xvip.toml:4:12: vip.hostname must be a DNS name like \"api.example.com\" or an IP address, got \"\""
     );
 }
 
@@ -791,11 +791,16 @@ fn health_expect_status_range() {
 }
 
 #[test]
-fn health_path_starts_with_a_slash() {
-    assert_eq!(
-        problem(&with_health("check = \"http\"\npath = \"readyz\"\n")),
-        "xvip.toml:13:8: service[0].health.path must start with \"/\", like \"/readyz\", got \"readyz\""
-    );
+fn health_path_starts_with_a_slash_and_has_no_spaces() {
+    for path in ["readyz", "/ready z"] {
+        assert_eq!(
+            problem(&with_health(&format!("check = \"http\"\npath = {path:?}\n"))),
+            format!(
+                "xvip.toml:13:8: service[0].health.path must start with \"/\" and contain no spaces or control \
+                 characters, like \"/readyz\", got {path:?}"
+            )
+        );
+    }
 }
 
 #[test]
@@ -979,4 +984,26 @@ fn a_refused_check_does_not_also_refuse_its_keys() {
         "xvip.toml:12:9: service[0].health.check must be one of \"tcp\", \"http\", \"https\", \"none\", got \"htps\"; \
          did you mean \"https\"?"
     );
+}
+
+#[test]
+fn server_name_is_a_dns_name_or_address() {
+    assert_eq!(
+        problem(&with_health("check = \"https\"\nserver_name = \"bad name\"\n")),
+        "xvip.toml:13:15: service[0].health.server_name must be a DNS name like \"api.example.com\" or an IP address, \
+         got \"bad name\""
+    );
+    let ip = valid(&with_health("check = \"https\"\nserver_name = \"10.0.0.11\"\n"));
+    assert_eq!(ip.services[0].health.server_name.as_deref(), Some("10.0.0.11"));
+}
+
+#[test]
+fn empty_and_inline_tables_read_like_sections() {
+    assert_eq!(valid(&format!("{BASE}[control]\n")).control, Control::default());
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\" }}]\n\
+         health = {{ check = \"http\", path = \"/healthz\" }}\n"
+    );
+    let health = &valid(&text).services[0].health;
+    assert_eq!((health.check, health.path.as_str()), (CheckKind::Http, "/healthz"));
 }

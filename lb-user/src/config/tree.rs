@@ -4,10 +4,13 @@
 //! problem. So the document is first read into this tree (every key and value carries its byte span), and
 //! `read.rs` then walks it, collecting every problem with its position.
 //!
-//! Spans come from toml 0.8 through the `serde_spanned` protocol: a deserializer that knows where a value came from
-//! answers a request for the struct named `serde_spanned::__unstable::NAME` with a map of start, end and value.
-//! `serde_spanned::Spanned<T>` cannot be used for keys directly because toml hands out datetimes as a one-entry map
-//! whose key has no span, which `Spanned` rejects; the visitors below accept both forms.
+//! Spans come from toml 0.8 through the `serde_spanned` protocol: asked for the struct named
+//! `serde_spanned::__unstable::NAME`, a toml deserializer that knows where a key or value came from answers with a
+//! map of start, end and value. That module is hidden API, but it is the contract between toml 0.8 and
+//! serde_spanned 0.6 (pinned together in Cargo.toml), and the position tests in `tests.rs` fail loudly if it
+//! changes. `serde_spanned::Spanned<T>` itself cannot be used: toml answers without a span in two places, which
+//! `Spanned` rejects and the visitors below accept: the key of the one-entry map it hands out for a datetime, and a
+//! table made implicitly by a dotted key (`vrrp.vrid = 5` at the top level).
 
 use std::fmt;
 use std::ops::Range;

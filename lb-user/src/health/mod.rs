@@ -11,7 +11,8 @@
 //! A backend starts *unknown*, which the agent must treat as not healthy, and the **first** probe result decides
 //! at once: success marks it up, failure marks it down (haproxy's `init-state down`, keepalived's `alpha`). So
 //! the first result is known within one interval of start: the first probe is due after a jitter of at most 10% of
-//! the interval, and it is bounded by the timeout. Starting optimistic instead would send traffic to a dead backend
+//! the interval and never more than `interval - timeout`, and the probe is bounded by the timeout (which the config
+//! keeps at or below the interval). Starting optimistic instead would send traffic to a dead backend
 //! for `fall` intervals after every restart of the daemon.
 //! After that, `fall` consecutive failures mark an up backend down and `rise` consecutive successes mark a down
 //! backend up; a result of the other kind resets the count. `check = "none"` means always healthy.
@@ -153,11 +154,12 @@ impl Checker {
 }
 
 /// Delay before a backend's first probe: up to 10% of `interval`, so that many backends (and many nodes probing
-/// the same backends after a common restart) do not probe in lockstep. Derived from the backend address and an
-/// `entropy` value (the runner passes the wall clock in nanoseconds), which avoids a `rand` dependency and keeps
-/// this function deterministic for tests.
-pub fn first_probe_delay(backend: SocketAddr, interval: Duration, entropy: u64) -> Duration {
-    let max = interval.as_nanos() / 10;
+/// the same backends after a common restart) do not probe in lockstep; but never more than `interval - timeout`,
+/// so that a probe that takes its whole timeout still gives the first result within one interval of start.
+/// Derived from the backend address and an `entropy` value (the runner passes the wall clock in nanoseconds),
+/// which avoids a `rand` dependency and keeps this function deterministic for tests.
+pub fn first_probe_delay(backend: SocketAddr, interval: Duration, timeout: Duration, entropy: u64) -> Duration {
+    let max = (interval / 10).min(interval.saturating_sub(timeout)).as_nanos();
     if max == 0 {
         return Duration::ZERO;
     }
@@ -290,24 +292,40 @@ mod tests {
         }
     }
 
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
     #[test]
     fn the_first_probe_is_due_within_a_tenth_of_the_interval() {
         let interval = Duration::from_secs(2);
         for i in 0..200u16 {
             let backend = SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 6443));
             for entropy in [0, 1, u64::MAX, 1_764_150_000_000_000_000] {
-                assert!(first_probe_delay(backend, interval, entropy) <= interval / 10, "{backend} {entropy}");
+                let delay = first_probe_delay(backend, interval, TIMEOUT, entropy);
+                assert!(delay <= interval / 10, "{backend} {entropy}");
             }
         }
-        assert_eq!(first_probe_delay(SocketAddr::from(([10, 0, 0, 1], 1)), Duration::ZERO, 7), Duration::ZERO);
+        let backend = SocketAddr::from(([10, 0, 0, 1], 1));
+        assert_eq!(first_probe_delay(backend, Duration::ZERO, Duration::ZERO, 7), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_long_timeout_shrinks_the_jitter_to_what_the_interval_leaves() {
+        let interval = Duration::from_secs(2);
+        for i in 1..=100u8 {
+            let backend = SocketAddr::from(([10, 0, 0, i], 6443));
+            let tight = first_probe_delay(backend, interval, Duration::from_millis(1950), 42);
+            assert!(tight <= Duration::from_millis(50), "{backend}: {tight:?}");
+            assert_eq!(first_probe_delay(backend, interval, interval, 42), Duration::ZERO, "{backend}");
+        }
     }
 
     #[test]
     fn first_probe_delays_spread_over_backends() {
         // Lockstep probing is what the jitter is for: 100 neighbouring backends must not share a few delays.
         let interval = Duration::from_secs(2);
-        let mut delays: Vec<Duration> =
-            (1..=100u8).map(|i| first_probe_delay(SocketAddr::from(([10, 0, 0, i], 6443)), interval, 42)).collect();
+        let mut delays: Vec<Duration> = (1..=100u8)
+            .map(|i| first_probe_delay(SocketAddr::from(([10, 0, 0, i], 6443)), interval, TIMEOUT, 42))
+            .collect();
         delays.sort();
         delays.dedup();
         assert!(delays.len() > 95, "only {} distinct delays", delays.len());
@@ -320,7 +338,7 @@ mod tests {
         let backend = SocketAddr::from(([10, 0, 0, 11], 6443));
         let interval = Duration::from_secs(2);
         let distinct: std::collections::HashSet<Duration> =
-            (0..50u64).map(|e| first_probe_delay(backend, interval, e * 1_000_003)).collect();
+            (0..50u64).map(|e| first_probe_delay(backend, interval, TIMEOUT, e * 1_000_003)).collect();
         assert!(distinct.len() > 45, "only {} distinct delays", distinct.len());
     }
 
@@ -353,17 +371,25 @@ mod tests {
 
     #[test]
     fn the_first_result_is_known_within_one_interval_of_start() {
-        // Virtual time: the probe takes its whole timeout (the worst case), timeout < 90% of the interval.
+        // Virtual time: every probe takes its whole timeout (the worst case), for timeouts up to the interval.
         let t0 = Instant::now();
         let interval = Duration::from_secs(2);
-        let timeout = Duration::from_secs(1);
-        let backend = SocketAddr::from(([10, 0, 0, 11], 6443));
-        let delay = first_probe_delay(backend, interval, 99);
-        let mut c = Checker::new(t0, interval, delay, Tracker::new(2, 3));
-        let finished = c.next_probe_at() + timeout;
-        assert!(c.on_result(finished, &FAIL).is_some());
-        assert!(finished - t0 <= interval);
-        assert_eq!(c.tracker().state(), State::Down);
+        for timeout_ms in [1, 1000, 1800, 1900, 1999, 2000] {
+            let timeout = Duration::from_millis(timeout_ms);
+            for i in 1..=50u8 {
+                let backend = SocketAddr::from(([10, 0, 0, i], 6443));
+                let delay = first_probe_delay(backend, interval, timeout, 99);
+                let mut c = Checker::new(t0, interval, delay, Tracker::new(2, 3));
+                let finished = c.next_probe_at() + timeout;
+                assert!(c.on_result(finished, &FAIL).is_some());
+                assert!(
+                    finished - t0 <= interval,
+                    "timeout {timeout:?}, {backend}: first result after {:?}",
+                    finished - t0
+                );
+                assert_eq!(c.tracker().state(), State::Down);
+            }
+        }
     }
 
     #[test]

@@ -46,7 +46,7 @@ pub struct Settings {
     pub path: String,
     pub expect_status: u16,
     pub interval: Duration,
-    /// Bound on the whole probe. Keep it below 90% of `interval` so the first result is known within one interval.
+    /// Bound on the whole probe; at most `interval`, so the first result is known within one interval of start.
     pub timeout: Duration,
     pub rise: u32,
     pub fall: u32,
@@ -148,7 +148,8 @@ impl std::error::Error for ProbeError {
 }
 
 /// Probes one backend with fixed settings. Keeps the TLS client configuration between probes, building it (and
-/// reading `ca_file`) on first use and again after a failure, so a missing CA file that appears later is picked up.
+/// reading `ca_file`) on first use and again at each probe until that succeeds, so a CA file that appears later is
+/// picked up.
 pub struct Prober {
     backend: SocketAddr,
     settings: Settings,

@@ -10,7 +10,8 @@ use super::{Checker, HealthEvent, Kind, Prober, Settings, Tracker, first_probe_d
 
 /// Starts health-checking `backend` and returns the task's handle.
 ///
-/// The first probe runs after a jitter of at most 10% of the interval, then one every interval. An event is sent
+/// The first probe runs after a jitter of at most 10% of the interval (less when the timeout leaves less, see
+/// [`first_probe_delay`]), then one every interval. An event is sent
 /// only on a transition; the first result always is one (unknown -> up or down). With [`Kind::None`] a single
 /// "healthy" event is sent and the task ends.
 ///
@@ -26,7 +27,7 @@ pub fn spawn(backend: SocketAddr, settings: Settings, tx: mpsc::Sender<HealthEve
     }
     // The wall clock only seeds the jitter; a clock before 1970 just means less jitter variety.
     let entropy = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
-    let delay = first_probe_delay(backend, settings.interval, entropy);
+    let delay = first_probe_delay(backend, settings.interval, settings.timeout, entropy);
     let tracker = Tracker::new(settings.rise, settings.fall);
     let checker = Checker::new(Instant::now().into_std(), settings.interval, delay, tracker);
     tokio::spawn(run(backend, checker, Prober::new(backend, settings), tx))

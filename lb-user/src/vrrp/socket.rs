@@ -364,6 +364,7 @@ pub(crate) mod testnet {
     use std::sync::atomic::{AtomicU32, Ordering};
     use std::sync::mpsc;
     use std::thread::{self, JoinHandle};
+    use std::time::{Duration, Instant};
 
     use anyhow::{Context, Result, anyhow, bail};
 
@@ -415,14 +416,35 @@ pub(crate) mod testnet {
 
         /// Runs `ip ARGS` inside the namespace.
         pub(crate) fn ip(&self, args: &str) -> Result<()> {
+            self.ip_output(args).map(drop)
+        }
+
+        /// Runs `ip ARGS` inside the namespace and returns its stdout.
+        pub(crate) fn ip_output(&self, args: &str) -> Result<String> {
             let args = args.to_owned();
             self.run(move || {
                 let out = Command::new("ip").args(args.split_whitespace()).output().context("running ip")?;
                 if !out.status.success() {
                     bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
                 }
-                Ok(())
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
             })?
+        }
+
+        /// Waits until `interface` can carry traffic. Linkwatch activates the qdisc asynchronously after
+        /// carrier comes up (up to a second later); until then `qdisc noop` drops every frame silently.
+        pub(crate) fn wait_running(&self, interface: &str) -> Result<()> {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let link = self.ip_output(&format!("-o link show dev {interface}"))?;
+                if link.contains("state UP") && !link.contains("qdisc noop") {
+                    return Ok(());
+                }
+                if Instant::now() > deadline {
+                    bail!("{interface} not running after 5 s: {}", link.trim());
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -460,6 +482,8 @@ pub(crate) mod testnet {
             }
             ns.ip(&format!("link set {name} up"))?;
         }
+        a.wait_running(&a_if)?;
+        b.wait_running(&b_if)?;
         Ok(VethPair { a, b, a_if, b_if })
     }
 }

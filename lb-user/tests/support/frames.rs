@@ -110,6 +110,7 @@ pub fn icmp_echo(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
 }
 
 /// A whole Ethernet + IPv4 + TCP frame.
+#[expect(clippy::too_many_arguments, reason = "one argument per header field a fixture varies")]
 pub fn tcp_frame(
     dst_mac: [u8; 6],
     src_mac: [u8; 6],

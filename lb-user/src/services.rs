@@ -1,0 +1,259 @@
+//! What the agent knows about each service's backends (health from the checkers, MAC from the neighbour table),
+//! and what follows from it: the data plane's view of a service, and whether a service has lost every backend.
+//!
+//! Pure: the agent feeds it events and hands its answers to the data plane.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use lb_common::{FORWARD_DSR, FORWARD_NAT};
+
+use crate::{
+    config::{self, Forwarding, Service},
+    dataplane::{BackendSpec, ServiceSpec},
+};
+
+/// A backend of one service.
+pub type Endpoint = (Ipv4Addr, u16);
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BackendState {
+    pub healthy: bool,
+    pub mac: Option<[u8; 6]>,
+    pub ifindex: u32,
+}
+
+#[derive(Clone, Debug)]
+struct ServiceState {
+    config: Service,
+    backends: BTreeMap<Endpoint, BackendState>,
+}
+
+/// Every configured service with the live state of its backends.
+#[derive(Clone, Debug, Default)]
+pub struct Services {
+    services: BTreeMap<String, ServiceState>,
+}
+
+impl Services {
+    pub fn new(services: &[Service]) -> Self {
+        let mut s = Services::default();
+        s.reconfigure(services);
+        s
+    }
+
+    /// Takes a new set of services (a reload). Backends that stay keep their health and MAC, so a reload moves no
+    /// flow whose backend stays; new backends start unhealthy until their first check.
+    pub fn reconfigure(&mut self, services: &[Service]) {
+        let mut next = BTreeMap::new();
+        for svc in services {
+            let old = self.services.remove(&svc.name);
+            let backends = svc
+                .backends
+                .iter()
+                .map(|b| {
+                    let endpoint = (b.address, b.port);
+                    let known = old.as_ref().and_then(|o| o.backends.get(&endpoint).cloned());
+                    let mut state = known.unwrap_or_default();
+                    if svc.health.check == config::CheckKind::None {
+                        state.healthy = true;
+                    }
+                    (endpoint, state)
+                })
+                .collect();
+            next.insert(svc.name.clone(), ServiceState { config: svc.clone(), backends });
+        }
+        self.services = next;
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.services.keys().map(String::as_str)
+    }
+
+    pub fn config(&self, name: &str) -> Option<&Service> {
+        self.services.get(name).map(|s| &s.config)
+    }
+
+    pub fn backend(&self, service: &str, endpoint: Endpoint) -> Option<&BackendState> {
+        self.services.get(service).and_then(|s| s.backends.get(&endpoint))
+    }
+
+    /// Records a health result. Returns true when it changed something.
+    pub fn set_health(&mut self, service: &str, endpoint: Endpoint, healthy: bool) -> bool {
+        match self.services.get_mut(service).and_then(|s| s.backends.get_mut(&endpoint)) {
+            Some(b) if b.healthy != healthy => {
+                b.healthy = healthy;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records where a backend address is reached. Returns the services whose view changed.
+    pub fn set_path(&mut self, address: Ipv4Addr, mac: Option<[u8; 6]>, ifindex: u32) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (name, svc) in &mut self.services {
+            let mut touched = false;
+            for ((a, _), b) in svc.backends.iter_mut() {
+                if *a == address && (b.mac != mac || b.ifindex != ifindex) {
+                    b.mac = mac;
+                    b.ifindex = ifindex;
+                    touched = true;
+                }
+            }
+            if touched {
+                changed.push(name.clone());
+            }
+        }
+        changed
+    }
+
+    /// Every distinct backend address, for neighbour resolution.
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        let mut a: Vec<Ipv4Addr> = self.services.values().flat_map(|s| s.backends.keys().map(|(a, _)| *a)).collect();
+        a.sort();
+        a.dedup();
+        a
+    }
+
+    /// Addresses whose MAC is not known yet.
+    pub fn unresolved(&self) -> Vec<Ipv4Addr> {
+        let mut a: Vec<Ipv4Addr> = self
+            .services
+            .values()
+            .flat_map(|s| s.backends.iter().filter(|(_, b)| b.mac.is_none()).map(|((a, _), _)| *a))
+            .collect();
+        a.sort();
+        a.dedup();
+        a
+    }
+
+    /// The data plane's view of a service.
+    pub fn spec(&self, name: &str) -> Option<ServiceSpec> {
+        let svc = self.services.get(name)?;
+        let c = &svc.config;
+        Some(ServiceSpec {
+            port: c.port,
+            protocol: c.protocol.ip_number(),
+            forwarding: match c.forwarding {
+                Forwarding::Dsr => FORWARD_DSR,
+                Forwarding::Nat => FORWARD_NAT,
+            },
+            backends: c
+                .backends
+                .iter()
+                .map(|b| {
+                    let state = svc.backends.get(&(b.address, b.port)).cloned().unwrap_or_default();
+                    BackendSpec {
+                        address: b.address,
+                        port: b.port,
+                        weight: b.weight,
+                        healthy: state.healthy,
+                        mac: state.mac,
+                        ifindex: state.ifindex,
+                    }
+                })
+                .collect(),
+        })
+    }
+
+    /// Services none of whose backends can take traffic (unhealthy or unresolved), in name order.
+    pub fn without_usable_backend(&self) -> Vec<&str> {
+        self.services
+            .iter()
+            .filter(|(_, s)| !s.backends.values().any(|b| b.healthy && b.mac.is_some()))
+            .map(|(n, _)| n.as_str())
+            .collect()
+    }
+}
+
+/// The priority to advertise: lowered by `penalty` while some service has no usable backend here, so a node that
+/// lost its backends hands the VIP to one that has them. Never below 1 (0 means "stopping"); an address owner
+/// (255) that is penalised advertises as a normal router.
+pub fn effective_priority(priority: u8, penalty: u8, backends_lost: bool) -> u8 {
+    if backends_lost && penalty > 0 { priority.saturating_sub(penalty).max(1) } else { priority }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BackendCfg, CheckKind, Health, Protocol};
+
+    const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+
+    fn service(name: &str, backends: &[(u8, u16)], check: CheckKind) -> Service {
+        Service {
+            name: name.into(),
+            port: 443,
+            protocol: Protocol::Tcp,
+            forwarding: Forwarding::Nat,
+            backends: backends
+                .iter()
+                .map(|(last, port)| BackendCfg { address: Ipv4Addr::new(10, 0, 0, *last), port: *port, weight: 1 })
+                .collect(),
+            health: Health { check, ..Health::default() },
+        }
+    }
+
+    fn ep(last: u8, port: u16) -> Endpoint {
+        (Ipv4Addr::new(10, 0, 0, last), port)
+    }
+
+    #[test]
+    fn backends_start_unhealthy_until_checked() {
+        let s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        assert_eq!(s.backend("api", ep(11, 6443)), Some(&BackendState::default()));
+        let spec = s.spec("api").expect("spec");
+        assert!(!spec.backends[0].usable());
+    }
+
+    #[test]
+    fn check_none_means_always_healthy() {
+        let s = Services::new(&[service("api", &[(11, 6443)], CheckKind::None)]);
+        assert!(s.backend("api", ep(11, 6443)).expect("backend").healthy);
+    }
+
+    #[test]
+    fn a_backend_is_usable_once_healthy_and_resolved() {
+        let mut s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        assert!(s.set_health("api", ep(11, 6443), true));
+        assert!(!s.set_health("api", ep(11, 6443), true), "no change, no work");
+        assert_eq!(s.without_usable_backend(), vec!["api"], "healthy but no MAC yet");
+        assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 3), vec!["api".to_string()]);
+        assert!(s.without_usable_backend().is_empty());
+        let spec = s.spec("api").expect("spec");
+        assert_eq!(spec.backends[0].mac, Some(MAC));
+        assert_eq!(spec.backends[0].ifindex, 3);
+        assert_eq!(spec.forwarding, FORWARD_NAT);
+        assert_eq!(spec.port, 443);
+    }
+
+    #[test]
+    fn one_address_in_two_services_is_resolved_for_both() {
+        let mut s = Services::new(&[
+            service("a", &[(11, 6443)], CheckKind::None),
+            service("b", &[(11, 8080)], CheckKind::None),
+        ]);
+        assert_eq!(s.addresses(), vec![Ipv4Addr::new(10, 0, 0, 11)]);
+        assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2).len(), 2);
+        assert!(s.unresolved().is_empty());
+    }
+
+    #[test]
+    fn reload_keeps_the_state_of_backends_that_stay() {
+        let mut s = Services::new(&[service("api", &[(11, 6443), (12, 6443)], CheckKind::Tcp)]);
+        s.set_health("api", ep(11, 6443), true);
+        s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
+        s.reconfigure(&[service("api", &[(11, 6443), (13, 6443)], CheckKind::Tcp)]);
+        let kept = s.backend("api", ep(11, 6443)).expect("kept");
+        assert!(kept.healthy && kept.mac == Some(MAC));
+        assert_eq!(s.backend("api", ep(12, 6443)), None, "removed");
+        assert_eq!(s.backend("api", ep(13, 6443)), Some(&BackendState::default()), "new starts unknown");
+    }
+
+    #[test]
+    fn penalty_applies_only_while_backends_are_lost() {
+        assert_eq!(effective_priority(150, 60, false), 150);
+        assert_eq!(effective_priority(150, 60, true), 90);
+        assert_eq!(effective_priority(50, 60, true), 1, "never 0, which would mean stopping");
+        assert_eq!(effective_priority(150, 0, true), 150);
+    }
+}

@@ -1,0 +1,214 @@
+//! The status report: the JSON of `xvip status --json` (the contract in interfaces.md) and its table for people.
+use std::{collections::BTreeMap, fmt::Write as _};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// initialize | backup | active | fault
+    pub role: String,
+    pub vrid: u8,
+    pub priority: u8,
+    pub effective_priority: u8,
+    pub vip: String,
+    pub interface: String,
+    pub xdp_mode: String,
+    /// The node currently active, as far as this node knows.
+    pub active_router: Option<String>,
+    pub transitions: u64,
+    pub role_since_unix_ms: u64,
+    /// Why the role last changed (an extension of the contract).
+    #[serde(default)]
+    pub role_reason: String,
+    pub services: Vec<ServiceStatus>,
+    pub counters: CounterStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+    pub forwarding: String,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub port: u16,
+    pub weight: u8,
+    pub healthy: bool,
+    pub packets: u64,
+    pub bytes: u64,
+    /// The backend's (or next hop's) MAC once resolved (an extension of the contract).
+    #[serde(default)]
+    pub mac: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CounterStatus {
+    pub arp_replies: u64,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub adverts_discarded: u64,
+    /// Discarded adverts by reason (RFC 5798 §7.1 checks).
+    #[serde(default)]
+    pub adverts_discarded_by_reason: BTreeMap<String, u64>,
+    /// What the XDP program did with frames, by reason (per-CPU counters summed).
+    #[serde(default)]
+    pub dataplane: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub garps_sent: u64,
+}
+
+impl Status {
+    /// A readable table for `xvip status`.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let active = self.active_router.as_deref().unwrap_or("unknown");
+        let _ = writeln!(
+            s,
+            "role        {} (since {} ms unix, {} transitions)",
+            self.role, self.role_since_unix_ms, self.transitions
+        );
+        if !self.role_reason.is_empty() {
+            let _ = writeln!(s, "why         {}", self.role_reason);
+        }
+        let _ = writeln!(s, "vip         {} on {} (xdp {})", self.vip, self.interface, self.xdp_mode);
+        let _ = writeln!(
+            s,
+            "vrrp        vrid {}, priority {} (effective {}), active router {active}",
+            self.vrid, self.priority, self.effective_priority
+        );
+        let c = &self.counters;
+        let _ = writeln!(
+            s,
+            "adverts     sent {}, received {}, discarded {}; arp replies {}, garps {}",
+            c.adverts_sent, c.adverts_received, c.adverts_discarded, c.arp_replies, c.garps_sent
+        );
+        for svc in &self.services {
+            let healthy = svc.backends.iter().filter(|b| b.healthy).count();
+            let _ = writeln!(
+                s,
+                "\nservice {} {}/{} ({}), {healthy}/{} backends healthy",
+                svc.name,
+                svc.port,
+                svc.protocol,
+                svc.forwarding,
+                svc.backends.len()
+            );
+            let _ =
+                writeln!(s, "  {:<22} {:>6} {:<9} {:>12} {:>14}", "backend", "weight", "health", "packets", "bytes");
+            for b in &svc.backends {
+                let health = if b.healthy {
+                    "up"
+                } else if b.mac.is_none() {
+                    "no-mac"
+                } else {
+                    "down"
+                };
+                let health = if !b.healthy { "down" } else { health };
+                let _ = writeln!(
+                    s,
+                    "  {:<22} {:>6} {:<9} {:>12} {:>14}",
+                    format!("{}:{}", b.address, b.port),
+                    b.weight,
+                    health,
+                    b.packets,
+                    b.bytes
+                );
+            }
+        }
+        let noteworthy: Vec<String> =
+            c.dataplane.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+        if !noteworthy.is_empty() {
+            let _ = writeln!(s, "\ndata plane  {}", noteworthy.join(", "));
+        }
+        let discards: Vec<String> = c.adverts_discarded_by_reason.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        if !discards.is_empty() {
+            let _ = writeln!(s, "discards    {}", discards.join(", "));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_every_field_of_the_contract() {
+        let status = Status {
+            role: "active".into(),
+            vrid: 51,
+            priority: 150,
+            effective_priority: 150,
+            vip: "10.10.74.250".into(),
+            interface: "eth0".into(),
+            xdp_mode: "native".into(),
+            active_router: Some("10.0.0.5".into()),
+            transitions: 3,
+            role_since_unix_ms: 1_764_150_000_000,
+            services: vec![ServiceStatus {
+                name: "kube-apiserver".into(),
+                port: 443,
+                protocol: "tcp".into(),
+                forwarding: "nat".into(),
+                backends: vec![BackendStatus {
+                    address: "10.0.0.11".into(),
+                    port: 6443,
+                    weight: 1,
+                    healthy: true,
+                    ..BackendStatus::default()
+                }],
+            }],
+            ..Status::default()
+        };
+        let v: serde_json::Value = serde_json::to_value(&status).expect("json");
+        for key in [
+            "role",
+            "vrid",
+            "priority",
+            "effective_priority",
+            "vip",
+            "interface",
+            "xdp_mode",
+            "active_router",
+            "transitions",
+            "role_since_unix_ms",
+            "services",
+            "counters",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        let b = &v["services"][0]["backends"][0];
+        for key in ["address", "port", "weight", "healthy", "packets", "bytes"] {
+            assert!(b.get(key).is_some(), "missing backend {key}");
+        }
+        for key in ["arp_replies", "adverts_sent", "adverts_received", "adverts_discarded"] {
+            assert!(v["counters"].get(key).is_some(), "missing counter {key}");
+        }
+        assert_eq!(v["active_router"], "10.0.0.5");
+        let back: Status = serde_json::from_value(v).expect("round trip");
+        assert_eq!(back, status);
+    }
+
+    #[test]
+    fn table_names_role_vip_and_each_backend() {
+        let status = Status {
+            role: "backup".into(),
+            vip: "10.0.0.250".into(),
+            services: vec![ServiceStatus {
+                name: "api".into(),
+                backends: vec![BackendStatus { address: "10.0.0.11".into(), port: 6443, ..Default::default() }],
+                ..Default::default()
+            }],
+            ..Status::default()
+        };
+        let t = status.render();
+        assert!(t.contains("role        backup"), "{t}");
+        assert!(t.contains("10.0.0.250"), "{t}");
+        assert!(t.contains("10.0.0.11:6443") && t.contains("down"), "{t}");
+    }
+}
