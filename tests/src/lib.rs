@@ -35,6 +35,7 @@ pub mod process;
 pub mod reach;
 pub mod topology;
 pub mod xdp_pass;
+pub mod xvip;
 
 pub use keepalived::{Keepalived, KeepalivedSpec};
 pub use process::ChildGuard;

@@ -32,6 +32,18 @@ enum Cmd {
         /// Only run tests whose name contains this (passed to cargo test).
         filter: Option<String>,
     },
+    /// The main job: setup and build if needed, then a narrated lab (two xvip nodes, three backends, a client)
+    /// showing election, load balancing, failover and backend loss with measured times (needs root).
+    Demo,
+    /// Benchmarks (needs root): `xdp` (ns/packet per path), `e2e` (requests/s against peers), `failover`
+    /// (outages vs keepalived), `maglev` (table builds); all of them without an argument.
+    Bench {
+        /// xdp | e2e | failover | maglev
+        what: Option<String>,
+        /// Extra arguments for the benchmark runner (see `target/release/xvip-bench --help`).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() {
@@ -42,6 +54,12 @@ fn main() {
         Cmd::BuildEbpf => build_ebpf().map(|_| ()),
         Cmd::Build => build(),
         Cmd::Test { filter } => test(filter.as_deref()),
+        Cmd::Demo => lab_program("xvip-demo", &[]),
+        Cmd::Bench { what, args } => {
+            let mut all: Vec<String> = what.into_iter().collect();
+            all.extend(args);
+            lab_program("xvip-bench", &all)
+        }
     };
     match result {
         Ok(()) => step(&format!("done in {:.1} s", started.elapsed().as_secs_f64())),
@@ -132,6 +150,19 @@ pub fn is_root_user() -> bool {
 unsafe extern "C" {
     #[link_name = "geteuid"]
     fn libc_geteuid() -> u32;
+}
+
+/// Demo and benchmarks are programs of the lab crate (`tests/src/bin/`): they need the built `xvip` and root.
+fn lab_program(name: &str, args: &[String]) -> Result<()> {
+    if !is_root_user() {
+        bail!("`cargo xtask {}` needs root: it builds network namespaces and loads XDP programs", &name[5..]);
+    }
+    setup::all()?;
+    build()?;
+    run(Command::new(root().join("target/release").join(name))
+        .args(args)
+        .env("XVIP_BIN", root().join("target/release/xvip"))
+        .env("XVIP_LAB_BACKEND", root().join("target/release/lab-backend")))
 }
 
 fn test(filter: Option<&str>) -> Result<()> {

@@ -1,0 +1,240 @@
+//! xvip nodes in the lab: a config per node, the daemon started in the node's namespace, and its status.
+use std::{
+    fmt::Write as _,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use xvip::status::Status;
+
+use crate::{ChildGuard, Host, Lab};
+
+/// How one xvip node of the lab is configured.
+#[derive(Clone, Debug)]
+pub struct NodeSpec {
+    pub priority: u8,
+    pub vrid: u8,
+    pub advert_interval_ms: u32,
+    pub preempt: bool,
+    pub preempt_delay_ms: u32,
+    pub unicast_peers: Vec<Ipv4Addr>,
+    pub backend_loss_penalty: u8,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl NodeSpec {
+    pub fn new(priority: u8) -> Self {
+        NodeSpec {
+            priority,
+            vrid: 51,
+            advert_interval_ms: 100,
+            preempt: true,
+            preempt_delay_ms: 0,
+            unicast_peers: Vec::new(),
+            backend_loss_penalty: 0,
+            services: Vec::new(),
+        }
+    }
+
+    pub fn service(mut self, service: ServiceSpec) -> Self {
+        self.services.push(service);
+        self
+    }
+}
+
+/// A service over some of the lab's backends.
+#[derive(Clone, Debug)]
+pub struct ServiceSpec {
+    pub name: String,
+    pub port: u16,
+    /// "nat" or "dsr".
+    pub forwarding: String,
+    pub backends: Vec<(Ipv4Addr, u16)>,
+    /// "tcp", "http" or "none".
+    pub check: String,
+    pub interval_ms: u32,
+    pub timeout_ms: u32,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl ServiceSpec {
+    /// An HTTP service on `port` over every backend of the lab (backend port = `backend_port`).
+    pub fn http(lab: &Lab, port: u16, backend_port: u16, forwarding: &str) -> Self {
+        ServiceSpec {
+            name: "web".into(),
+            port,
+            forwarding: forwarding.into(),
+            backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
+            check: "http".into(),
+            interval_ms: 200,
+            timeout_ms: 150,
+            rise: 1,
+            fall: 2,
+        }
+    }
+}
+
+/// The TOML config of a node.
+pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String {
+    let mut t = String::new();
+    let _ = writeln!(t, "interface = \"{}\"", node.iface);
+    let _ = writeln!(t, "xdp_mode = \"native\"\n");
+    let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
+    let _ = writeln!(t, "[vrrp]");
+    let _ = writeln!(t, "vrid = {}", spec.vrid);
+    let _ = writeln!(t, "priority = {}", spec.priority);
+    let _ = writeln!(t, "advert_interval_ms = {}", spec.advert_interval_ms);
+    let _ = writeln!(t, "preempt = {}", spec.preempt);
+    let _ = writeln!(t, "preempt_delay_ms = {}", spec.preempt_delay_ms);
+    let peers: Vec<String> = spec.unicast_peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let _ = writeln!(t, "unicast_peers = [{}]", peers.join(", "));
+    let _ = writeln!(t, "garp_repeat_delay_ms = 1000");
+    let _ = writeln!(t, "backend_loss_penalty = {}\n", spec.backend_loss_penalty);
+    let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
+    for s in &spec.services {
+        let _ = writeln!(t, "[[service]]");
+        let _ = writeln!(t, "name = \"{}\"\nport = {}\nforwarding = \"{}\"", s.name, s.port, s.forwarding);
+        let backends: Vec<String> =
+            s.backends.iter().map(|(a, p)| format!("{{ address = \"{a}\", port = {p} }}")).collect();
+        let _ = writeln!(t, "backends = [{}]", backends.join(", "));
+        let _ = writeln!(t, "[service.health]\ncheck = \"{}\"", s.check);
+        if s.check == "http" {
+            let _ = writeln!(t, "path = \"/readyz\"");
+        }
+        let _ = writeln!(
+            t,
+            "interval_ms = {}\ntimeout_ms = {}\nrise = {}\nfall = {}\n",
+            s.interval_ms, s.timeout_ms, s.rise, s.fall
+        );
+    }
+    t
+}
+
+/// Where the xvip binary is: `$XVIP_BIN` (set by `cargo xtask test`), else target/release, else target/debug.
+pub fn binary() -> Result<PathBuf> {
+    let mut candidates = Vec::new();
+    if let Some(p) = std::env::var_os("XVIP_BIN") {
+        candidates.push(PathBuf::from(p));
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    for profile in ["release", "debug"] {
+        candidates.push(target.join(profile).join("xvip"));
+    }
+    match candidates.iter().find(|c| c.is_file()) {
+        Some(found) => Ok(found.clone()),
+        None => bail!("xvip not found (looked at {candidates:?}); run `cargo xtask build` or set XVIP_BIN"),
+    }
+}
+
+/// A running xvip daemon in a node's namespace. Dropping it kills the daemon.
+pub struct XvipNode {
+    pub name: String,
+    pub ns: String,
+    pub socket: PathBuf,
+    pub config_path: PathBuf,
+    log_path: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl Lab {
+    /// Writes `spec` as the node's config and starts `xvip run` there; waits until its status socket answers.
+    ///
+    /// # Errors
+    /// When the daemon does not start or exits early (its log is in the error).
+    pub fn start_xvip(&self, node: &Host, spec: &NodeSpec) -> Result<XvipNode> {
+        let socket = self.dir().join(format!("{}.sock", node.name));
+        let config_path = self.dir().join(format!("{}.toml", node.name));
+        std::fs::write(&config_path, config(self, node, spec, &socket))
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let bin = binary()?;
+        let bin = bin.to_string_lossy().into_owned();
+        let cfg = config_path.to_string_lossy().into_owned();
+        let child = self.spawn(&node.ns, [bin.as_str(), "run", "-c", cfg.as_str()])?;
+        let mut node = XvipNode {
+            name: node.name.clone(),
+            ns: node.ns.clone(),
+            socket,
+            config_path,
+            log_path: child.log_path().to_path_buf(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if node.status().is_ok() {
+                return Ok(node);
+            }
+            if let Some(child) = node.child.as_mut()
+                && !child.is_running()
+            {
+                bail!("xvip on {} exited during startup:\n{}", node.name, child.log());
+            }
+            if Instant::now() > deadline {
+                bail!("xvip on {} did not answer on its socket within 10 s:\n{}", node.name, node.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl XvipNode {
+    /// The daemon's status, from its socket.
+    pub fn status(&self) -> Result<Status> {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
+        runtime.block_on(xvip::control::query(&self.socket))
+    }
+
+    pub fn role(&self) -> Result<String> {
+        Ok(self.status()?.role)
+    }
+
+    /// Waits until the node reports `role`; returns how long that took.
+    pub fn wait_role(&self, role: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            let now = self.role();
+            if now.as_deref().ok() == Some(role) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!("{} is {:?}, not {role}, after {timeout:?}:\n{}", self.name, now, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// Sends a signal (SIGHUP for a reload, for instance).
+    pub fn signal(&mut self, signal: i32) -> Result<()> {
+        match self.child.as_mut() {
+            Some(c) => c.signal(signal),
+            None => bail!("{} is not running", self.name),
+        }
+    }
+
+    /// SIGTERM, then waits for the exit; returns the exit code and how long it took.
+    pub fn terminate(&mut self) -> Result<(Option<i32>, Duration)> {
+        let child = self.child.take().context("not running")?;
+        let start = Instant::now();
+        let status = child.stop()?;
+        Ok((status.code(), start.elapsed()))
+    }
+
+    /// SIGKILL: a crash.
+    pub fn kill(&mut self) -> Result<()> {
+        let child = self.child.take().context("not running")?;
+        child.kill()?;
+        Ok(())
+    }
+}
