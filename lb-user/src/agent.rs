@@ -33,7 +33,7 @@ use crate::{
 };
 
 /// How often unresolved backend MACs are retried, and how often resolved ones are refreshed.
-const RESOLVE_RETRY: Duration = Duration::from_millis(500);
+const RESOLVE_RETRY: Duration = Duration::from_millis(100);
 const RESOLVE_REFRESH: Duration = Duration::from_secs(10);
 /// At most one log line per discard reason per this period.
 const DISCARD_LOG_PERIOD: Duration = Duration::from_secs(10);

@@ -1,0 +1,240 @@
+//! Interoperability with keepalived 2.2.7 (Debian, `vrrp_version 3`) on the wire, in a netns lab: the election in
+//! both directions, graceful stops and link cuts either way, unicast peers, preemption, and tshark's independent
+//! decoding of what xvip sends. Advert interval 100 ms on both sides. Needs root.
+use std::time::{Duration, Instant};
+
+use xvip_tests::{
+    Keepalived, KeepalivedSpec, Lab, LabSpec,
+    xvip::{NodeSpec, XvipNode},
+};
+
+const INTERVAL_MS: u64 = 100;
+const SLACK: Duration = Duration::from_millis(100);
+
+fn lab() -> Lab {
+    Lab::new(LabSpec { nodes: 2, backends: 1, ..LabSpec::default() }).expect("lab")
+}
+
+fn skew(priority: u8) -> Duration {
+    Duration::from_micros((256 - u64::from(priority)) * INTERVAL_MS * 1000 / 256)
+}
+
+fn master_down(priority: u8) -> Duration {
+    Duration::from_millis(3 * INTERVAL_MS) + skew(priority)
+}
+
+fn keepalived(lab: &Lab, priority: u8) -> Keepalived {
+    let spec = KeepalivedSpec::new(lab.vip(), 51, priority).advert_int(0.1);
+    lab.start_keepalived(lab.node(2), &spec).expect("keepalived")
+}
+
+fn owners(lab: &Lab) -> Vec<String> {
+    let macs = lab.arp_probe(lab.client(), lab.vip()).expect("arp");
+    macs.iter().map(|m| lab.host_by_mac(*m).map_or_else(|| m.to_string(), |h| h.name.clone())).collect()
+}
+
+/// Polls until keepalived holds the VIP; returns when it first did, measured from `since`.
+fn wait_keepalived_holds(k: &Keepalived, since: Instant, timeout: Duration) -> Duration {
+    loop {
+        if k.holds_vip().expect("ip addr") {
+            return since.elapsed();
+        }
+        assert!(since.elapsed() < timeout, "keepalived did not take the VIP within {timeout:?}:\n{}", k.log());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn xvip(lab: &Lab, priority: u8) -> XvipNode {
+    lab.start_xvip(lab.node(1), &NodeSpec::new(priority)).expect("xvip")
+}
+
+#[test]
+fn xvip_with_higher_priority_is_active_and_keepalived_backs_up() {
+    let lab = lab();
+    let mut k = keepalived(&lab, 100);
+    let x = xvip(&lab, 150);
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip active");
+    k.wait_for_log("Entering BACKUP STATE", Duration::from_secs(3)).expect("keepalived backup");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!k.holds_vip().expect("ip"), "keepalived holds the VIP too:\n{}", k.log());
+    assert_eq!(owners(&lab), vec!["node1".to_string()]);
+    let status = x.status().expect("status");
+    assert!(status.counters.adverts_received > 0 || status.counters.adverts_sent > 0);
+    assert_eq!(status.counters.adverts_discarded, 0, "{:?}", status.counters.adverts_discarded_by_reason);
+}
+
+#[test]
+fn keepalived_with_higher_priority_is_master_and_xvip_backs_up() {
+    let lab = lab();
+    let x = xvip(&lab, 100);
+    let mut k = keepalived(&lab, 150);
+    k.wait_master(Duration::from_secs(3)).expect("keepalived master");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip backup");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(x.role().expect("role"), "backup");
+    let status = x.status().expect("status");
+    assert!(status.counters.adverts_received > 0, "{status:?}");
+    assert_eq!(status.counters.adverts_discarded, 0, "{:?}", status.counters.adverts_discarded_by_reason);
+    assert_eq!(status.active_router.as_deref(), Some(lab.node(2).ip.to_string().as_str()));
+    assert_eq!(owners(&lab), vec!["node2".to_string()]);
+}
+
+#[test]
+fn graceful_xvip_stop_hands_over_to_keepalived_within_skew_time() {
+    let lab = lab();
+    let k = keepalived(&lab, 100);
+    let mut x = xvip(&lab, 150);
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip active");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    x.terminate().expect("SIGTERM");
+    let took = wait_keepalived_holds(&k, t0, Duration::from_secs(2));
+    eprintln!("measured: keepalived took over {took:?} after xvip's SIGTERM");
+    assert!(took <= skew(100) + SLACK, "{took:?} > skew {:?} + {SLACK:?}", skew(100));
+}
+
+#[test]
+fn graceful_keepalived_stop_hands_over_to_xvip_within_skew_time() {
+    let lab = lab();
+    let x = xvip(&lab, 100);
+    let mut k = keepalived(&lab, 150);
+    k.wait_master(Duration::from_secs(3)).expect("keepalived master");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip backup");
+    let t0 = Instant::now();
+    let stopper = std::thread::spawn(move || k.stop());
+    let took = x.wait_role("active", Duration::from_secs(3)).expect("xvip takes over");
+    stopper.join().expect("join").expect("keepalived stop");
+    let _ = t0;
+    eprintln!("measured: xvip took over {took:?} after keepalived's SIGTERM");
+    assert!(took <= skew(100) + SLACK, "{took:?} > skew {:?} + {SLACK:?}", skew(100));
+}
+
+#[test]
+fn keepalived_takes_over_within_master_down_interval_when_xvips_link_goes_down() {
+    let lab = lab();
+    let k = keepalived(&lab, 100);
+    let x = xvip(&lab, 150);
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip active");
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    lab.cut_link(lab.node(1)).expect("cut");
+    let took = wait_keepalived_holds(&k, t0, Duration::from_secs(3));
+    eprintln!("measured: keepalived took over {took:?} after xvip's link went down");
+    assert!(took <= master_down(100) + SLACK, "{took:?} > {:?} + {SLACK:?}", master_down(100));
+}
+
+#[test]
+fn xvip_takes_over_within_master_down_interval_when_keepalived_link_goes_down() {
+    let lab = lab();
+    let x = xvip(&lab, 100);
+    let mut k = keepalived(&lab, 150);
+    k.wait_master(Duration::from_secs(3)).expect("keepalived master");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip backup");
+    std::thread::sleep(Duration::from_millis(300));
+    lab.cut_link(lab.node(2)).expect("cut");
+    let took = x.wait_role("active", Duration::from_secs(3)).expect("xvip takes over");
+    eprintln!("measured: xvip took over {took:?} after keepalived's link went down");
+    assert!(took <= master_down(100) + SLACK, "{took:?} > {:?} + {SLACK:?}", master_down(100));
+}
+
+#[test]
+fn unicast_peers_interoperate_both_ways() {
+    let lab = lab();
+    let (a, b) = (lab.node(1).ip, lab.node(2).ip);
+    let spec = KeepalivedSpec::new(lab.vip(), 52, 100).advert_int(0.1).unicast(b, &[a]);
+    let mut k = lab.start_keepalived(lab.node(2), &spec).expect("keepalived");
+    let mut x = lab
+        .start_xvip(lab.node(1), &NodeSpec { vrid: 52, unicast_peers: vec![b], ..NodeSpec::new(150) })
+        .expect("xvip");
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip active over unicast");
+    k.wait_for_log("Entering BACKUP STATE", Duration::from_secs(3)).expect("keepalived backup");
+    assert_eq!(x.status().expect("status").counters.adverts_discarded, 0);
+    // And the other way: xvip stops, keepalived takes over; xvip comes back at a lower priority and backs up.
+    x.terminate().expect("SIGTERM");
+    wait_keepalived_holds(&k, Instant::now(), Duration::from_secs(2));
+    let x = lab
+        .start_xvip(lab.node(1), &NodeSpec { vrid: 52, unicast_peers: vec![b], ..NodeSpec::new(90) })
+        .expect("xvip again");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip backup over unicast");
+    std::thread::sleep(Duration::from_millis(300));
+    let status = x.status().expect("status");
+    assert!(status.counters.adverts_received > 0 && status.counters.adverts_discarded == 0, "{status:?}");
+}
+
+#[test]
+fn xvip_coming_back_with_higher_priority_preempts_keepalived() {
+    let lab = lab();
+    let mut k = keepalived(&lab, 100);
+    k.wait_master(Duration::from_secs(3)).expect("keepalived master alone");
+    let x = xvip(&lab, 150);
+    let took = x.wait_role("active", Duration::from_secs(3)).expect("xvip preempts");
+    k.wait_for_log("Entering BACKUP STATE", Duration::from_secs(2)).expect("keepalived backs off");
+    eprintln!("measured: xvip preempted keepalived {took:?} after start");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!k.holds_vip().expect("ip"), "two holders:\n{}", k.log());
+}
+
+#[test]
+fn tshark_decodes_xvips_adverts_as_valid_vrrpv3() {
+    let lab = lab();
+    let x = xvip(&lab, 150);
+    x.wait_role("active", Duration::from_secs(3)).expect("active");
+    let out = lab
+        .exec(
+            &lab.client().ns,
+            [
+                "tshark",
+                "-i",
+                "eth0",
+                "-a",
+                "duration:2",
+                "-c",
+                "5",
+                "-f",
+                "ip proto 112",
+                "-o",
+                "vrrp.v3_checksum_as_in_v2:FALSE",
+                "-T",
+                "fields",
+                "-e",
+                "ip.src",
+                "-e",
+                "ip.ttl",
+                "-e",
+                "vrrp.version",
+                "-e",
+                "vrrp.type",
+                "-e",
+                "vrrp.virt_rtr_id",
+                "-e",
+                "vrrp.prio",
+                "-e",
+                "vrrp.short_adver_int",
+                "-e",
+                "vrrp.checksum.status",
+                "-e",
+                "vrrp.ip_addr",
+            ],
+        )
+        .expect("tshark");
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "tshark saw too few adverts: {out}");
+    for line in lines {
+        let f: Vec<&str> = line.split('\t').collect();
+        assert_eq!(
+            f,
+            vec![
+                lab.node(1).ip.to_string().as_str(),
+                "255",
+                "3",
+                "1",
+                "51",
+                "150",
+                "10",
+                "1",
+                lab.vip().to_string().as_str()
+            ],
+            "fields: src ttl version type vrid prio interval checksum-status (1 = good) vip"
+        );
+    }
+}
