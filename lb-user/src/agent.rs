@@ -128,7 +128,7 @@ fn router_settings(config: &Config, source: Ipv4Addr) -> Settings {
     }
 }
 
-fn health_settings(config: &Config, service: &config::Service) -> health::Settings {
+fn health_settings(service: &config::Service) -> health::Settings {
     let h = &service.health;
     health::Settings {
         kind: match h.check {
@@ -145,8 +145,7 @@ fn health_settings(config: &Config, service: &config::Service) -> health::Settin
         fall: h.fall,
         tls_verify: h.tls_verify,
         ca_file: h.ca_file.clone(),
-        // The VIP's hostname is what clients verify, so it is the natural name to check backends against.
-        server_name: h.server_name.clone().or_else(|| config.vip.hostname.clone()),
+        server_name: h.server_name.clone(),
     }
 }
 
@@ -493,7 +492,7 @@ impl Agent {
             let Some(svc) = self.config.services.iter().find(|s| s.name == service) else {
                 continue;
             };
-            let settings = health_settings(&self.config, svc);
+            let settings = health_settings(svc);
             let (tx, mut rx) = mpsc::channel(4);
             let probe = health::spawn(SocketAddr::V4(SocketAddrV4::new(endpoint.0, endpoint.1)), settings, tx);
             let main = self.health_tx.clone();
@@ -588,11 +587,7 @@ impl Agent {
                 log::error!("removing service {name}: {e:#}");
             }
         }
-        let mut restart = plan.health_changed.clone();
-        if plan.hostname_changed {
-            restart.extend(self.config.services.iter().map(|s| s.name.clone()));
-        }
-        self.sync_checkers(&restart);
+        self.sync_checkers(&plan.health_changed);
         self.resolve_neighbours().await;
         for name in plan.services_added.iter().chain(&plan.services_changed) {
             if let Err(e) = self.install(name) {
