@@ -196,6 +196,14 @@ impl Agent {
         let socket = VrrpSocket::open(&config.interface, source, transport)?;
         let router = Router::new(router_settings(&config, source)).map_err(|e| anyhow!("VRRP settings: {e}"))?;
         let neighbours = Neighbours::connect()?;
+        if !neighbours.on_link(iface.index, config.vip.address).await.unwrap_or(true) {
+            log::warn!(
+                "vip {} is not inside any prefix of {}: clients on that segment will not ARP for it; add a route \
+                 towards it on your routers, or pick a VIP from the interface's subnet",
+                config.vip.address,
+                config.interface
+            );
+        }
 
         let (status_tx, status_rx) = mpsc::channel(16);
         let control_task = tokio::spawn(control::serve(listener, status_tx));

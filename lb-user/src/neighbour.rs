@@ -108,6 +108,23 @@ impl Neighbours {
         request.execute().await.with_context(|| format!("asking the kernel to resolve {address} (ifindex {ifindex})"))
     }
 
+    /// Whether `address` lies inside one of the IPv4 prefixes configured on `ifindex` (the VIP should: clients on
+    /// that segment ARP for it, and only then does the XDP program's ARP answer matter).
+    pub async fn on_link(&self, ifindex: u32, address: Ipv4Addr) -> Result<bool> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
+        while let Some(msg) = addrs.try_next().await.context("listing the interface's addresses")? {
+            let prefix = msg.header.prefix_len;
+            for attr in &msg.attributes {
+                if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) = attr
+                    && same_prefix(*a, address, prefix)
+                {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// The path and, once known, the MAC for `backend`; starts resolution when the MAC is not known yet.
     pub async fn resolve(&self, backend: Ipv4Addr) -> Result<(Path, Option<[u8; 6]>)> {
         let path = self.path(backend).await?;
@@ -119,8 +136,24 @@ impl Neighbours {
     }
 }
 
+fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+    let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
+    u32::from(a) & mask == u32::from(b) & mask
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prefixes_compare_only_the_network_bits() {
+        use super::same_prefix;
+        let a = std::net::Ipv4Addr::new(10, 0, 0, 5);
+        assert!(same_prefix(a, std::net::Ipv4Addr::new(10, 0, 0, 250), 24));
+        assert!(!same_prefix(a, std::net::Ipv4Addr::new(10, 0, 1, 250), 24));
+        assert!(same_prefix(a, std::net::Ipv4Addr::new(10, 0, 1, 250), 16));
+        assert!(same_prefix(a, std::net::Ipv4Addr::new(192, 168, 0, 1), 0));
+        assert!(!same_prefix(a, std::net::Ipv4Addr::new(10, 0, 0, 6), 32));
+    }
+
     use std::{process::Command, time::Duration};
 
     use super::*;

@@ -151,3 +151,67 @@ fn without_preempt_a_higher_priority_node_stays_backup() {
     assert_eq!(n1.role().expect("role"), "backup", "node1 preempted although preempt = false");
     assert_eq!(arp_owners(&lab), vec!["node2".to_string()]);
 }
+
+#[test]
+fn becoming_active_sends_a_gratuitous_arp_burst_and_repeats_it() {
+    let lab = lab(2);
+    // tshark in the client namespace, started before the node so both bursts are seen.
+    let capture = lab
+        .spawn(
+            &lab.client().ns,
+            [
+                "tshark",
+                "-l",
+                "-i",
+                "eth0",
+                "-a",
+                "duration:4",
+                "-f",
+                "arp",
+                "-T",
+                "fields",
+                "-e",
+                "frame.time_relative",
+                "-e",
+                "arp.opcode",
+                "-e",
+                "arp.src.proto_ipv4",
+                "-e",
+                "arp.dst.proto_ipv4",
+                "-e",
+                "eth.dst",
+            ],
+        )
+        .expect("tshark");
+    std::thread::sleep(Duration::from_millis(1000));
+    let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150)).expect("node1");
+    n1.wait_role("active", Duration::from_secs(3)).expect("active");
+    let log_path = capture.log_path().to_path_buf();
+    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let vip = lab.vip().to_string();
+    let garps = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let garps: Vec<f64> = text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split('\t').collect();
+                // A gratuitous ARP request: sender and target are the VIP, broadcast.
+                (f.len() == 5 && f[1] == "1" && f[2] == vip && f[3] == vip && f[4] == "ff:ff:ff:ff:ff:ff")
+                    .then(|| f[0].parse().ok())
+                    .flatten()
+            })
+            .collect();
+        if garps.len() >= 10 || std::time::Instant::now() > deadline {
+            break garps;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    drop(capture);
+    assert_eq!(garps.len(), 10, "5 at once and 5 after garp_repeat_delay_ms (1000 in the lab): {garps:?}");
+    let first_burst = garps[4] - garps[0];
+    let gap = garps[5] - garps[0];
+    eprintln!("measured: first burst spans {first_burst:.3} s, second burst {gap:.3} s after the first");
+    assert!(first_burst < 0.1, "the first burst is not at once: {garps:?}");
+    assert!((0.9..1.5).contains(&gap), "the second burst is not 1 s later: {garps:?}");
+    assert_eq!(n1.status().expect("status").counters.garps_sent, 10);
+}
