@@ -35,6 +35,9 @@ use crate::{
 /// How often unresolved backend MACs are retried, and how often resolved ones are refreshed.
 const RESOLVE_RETRY: Duration = Duration::from_millis(100);
 const RESOLVE_REFRESH: Duration = Duration::from_secs(10);
+/// How long a stopping active node keeps forwarding while it waits for the new active router (SIGTERM must exit
+/// within 1 s).
+const HANDOVER_WAIT: Duration = Duration::from_millis(800);
 /// At most one log line per discard reason per this period.
 const DISCARD_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -301,10 +304,29 @@ impl Agent {
         }
     }
 
-    /// Graceful stop: a priority-0 advert (backups take over after Skew_Time), stop answering, detach.
+    /// Graceful stop: a priority-0 advert (backups take over after Skew_Time), then stop answering and detach.
+    ///
+    /// An active node keeps forwarding until it hears the new active router's first advert (at most
+    /// `HANDOVER_WAIT`): both nodes pick the same backend for a flow, so clients see no gap while the backup waits
+    /// out its skew time and announces itself by gratuitous ARP.
     async fn stop(&mut self) {
+        let was_active = self.router.role() == Role::Active;
         let actions = self.router.shutdown(self.now());
-        if let Err(e) = self.act(actions).await {
+        let (adverts, rest): (Vec<Action>, Vec<Action>) =
+            actions.into_iter().partition(|a| matches!(a, Action::SendAdvert { .. }));
+        if let Err(e) = self.act(adverts).await {
+            log::warn!("while stopping: {e:#}");
+        }
+        if was_active {
+            let started = Instant::now();
+            match self.wait_for_new_active(started + HANDOVER_WAIT).await {
+                Some(who) => log::info!("handover: {who} is active after {} ms", started.elapsed().as_millis()),
+                None => {
+                    log::info!("handover: no other router announced itself within {} ms", HANDOVER_WAIT.as_millis())
+                }
+            }
+        }
+        if let Err(e) = self.act(rest).await {
             log::warn!("while stopping: {e:#}");
         }
         if let Err(e) = self.dataplane.set_active(false) {
@@ -315,6 +337,23 @@ impl Agent {
         }
         self.checkers.clear();
         log::info!("stopped: XDP program removed from {}", self.config.interface);
+    }
+
+    /// Waits for an advert with a non-zero priority from another router; returns its address.
+    async fn wait_for_new_active(&mut self, until: Instant) -> Option<Ipv4Addr> {
+        loop {
+            let packet = tokio::select! {
+                p = self.socket.recv() => p.ok()?,
+                _ = sleep_until(until) => return None,
+            };
+            let filter = RxFilter { vrid: self.config.vrrp.vrid, unicast_peers: &self.config.vrrp.unicast_peers };
+            if let Ok(rx) = packet::parse_ipv4(&packet, &filter)
+                && rx.src != self.source
+                && rx.advert.priority > 0
+            {
+                return Some(rx.src);
+            }
+        }
     }
 
     async fn act(&mut self, actions: Vec<Action>) -> Result<()> {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use xvip_tests::{
     Lab, LabSpec, MacAddr,
     probe::{self, ProbeSpec},
-    xvip::{NodeSpec, ServiceSpec},
+    xvip::{NodeSpec, ServiceSpec, XvipNode},
 };
 
 const INTERVAL_MS: u64 = 100;
@@ -57,7 +57,7 @@ fn exactly_one_node_answers_arp_and_ping_for_the_vip_and_another_after_it_stops(
 }
 
 /// Waits until the service answers through the VIP (first health checks passed, MACs resolved).
-fn wait_service(lab: &Lab, node: &xvip_tests::xvip::XvipNode) {
+fn wait_service(lab: &Lab, node: &XvipNode) {
     let target = lab.vip_addr(8080);
     for _ in 0..100 {
         if probe::http_get(&lab.client().ns, target, "/", Duration::from_millis(200)).is_ok() {
@@ -69,7 +69,7 @@ fn wait_service(lab: &Lab, node: &xvip_tests::xvip::XvipNode) {
 }
 
 /// Starts node1 (150, active) and node2 (100, backup) with a DSR web service, and a client probe.
-fn pair_with_service(lab: &Lab) -> (xvip_tests::xvip::XvipNode, xvip_tests::xvip::XvipNode) {
+fn pair_with_service(lab: &Lab) -> (XvipNode, XvipNode) {
     lab.start_backends(&[8080]).expect("backends");
     let service = ServiceSpec::http(lab, 8080, 8080, "dsr");
     let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(service.clone())).expect("node1");
@@ -81,49 +81,40 @@ fn pair_with_service(lab: &Lab) -> (xvip_tests::xvip::XvipNode, xvip_tests::xvip
     (n1, n2)
 }
 
-#[test]
-fn graceful_stop_fails_over_within_skew_time() {
-    let lab = lab(2);
-    let (mut n1, n2) = pair_with_service(&lab);
+/// Runs a 10 ms client probe through the VIP around `disturb` (which must end with node2 active) and checks the
+/// longest outage against `bound`.
+fn outage_within(lab: &Lab, n2: &XvipNode, bound: Duration, disturb: impl FnOnce()) {
     let probe = lab.probe(ProbeSpec::http(lab.vip_addr(8080))).expect("probe");
     std::thread::sleep(Duration::from_millis(500));
-    n1.terminate().expect("SIGTERM");
+    disturb();
     n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
     std::thread::sleep(Duration::from_millis(500));
     let report = probe.stop().expect("probe report");
     eprintln!("measured: {}", report.summary());
-    let bound = skew(100) + SLACK;
     assert!(report.longest_gap <= bound, "outage {:?} > {bound:?}: {}", report.longest_gap, report.summary());
+}
+
+#[test]
+fn graceful_stop_fails_over_within_skew_time() {
+    let lab = lab(2);
+    let (mut n1, n2) = pair_with_service(&lab);
+    outage_within(&lab, &n2, skew(100) + SLACK, || {
+        n1.terminate().expect("SIGTERM");
+    });
 }
 
 #[test]
 fn link_down_fails_over_within_master_down_interval() {
     let lab = lab(2);
     let (_n1, n2) = pair_with_service(&lab);
-    let probe = lab.probe(ProbeSpec::http(lab.vip_addr(8080))).expect("probe");
-    std::thread::sleep(Duration::from_millis(500));
-    lab.cut_link(lab.node(1)).expect("cut node1");
-    n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
-    std::thread::sleep(Duration::from_millis(500));
-    let report = probe.stop().expect("probe report");
-    eprintln!("measured: {}", report.summary());
-    let bound = master_down(100) + SLACK;
-    assert!(report.longest_gap <= bound, "outage {:?} > {bound:?}: {}", report.longest_gap, report.summary());
+    outage_within(&lab, &n2, master_down(100) + SLACK, || lab.cut_link(lab.node(1)).expect("cut node1"));
 }
 
 #[test]
 fn sigkill_fails_over_within_master_down_interval_and_the_dead_node_answers_nothing() {
     let lab = lab(2);
     let (mut n1, n2) = pair_with_service(&lab);
-    let probe = lab.probe(ProbeSpec::http(lab.vip_addr(8080))).expect("probe");
-    std::thread::sleep(Duration::from_millis(500));
-    n1.kill().expect("SIGKILL");
-    n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
-    std::thread::sleep(Duration::from_millis(500));
-    let report = probe.stop().expect("probe report");
-    eprintln!("measured: {}", report.summary());
-    let bound = master_down(100) + SLACK;
-    assert!(report.longest_gap <= bound, "outage {:?} > {bound:?}: {}", report.longest_gap, report.summary());
+    outage_within(&lab, &n2, master_down(100) + SLACK, || n1.kill().expect("SIGKILL"));
     assert_eq!(arp_owners(&lab), vec!["node2".to_string()], "only the live node answers for the VIP");
     let link = lab.exec(&lab.node(1).ns, ["ip", "-d", "link", "show", "eth0"]).expect("ip link");
     assert!(!link.contains("prog/xdp"), "the killed node still has its XDP program: {link}");
