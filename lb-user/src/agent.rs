@@ -284,10 +284,14 @@ impl Agent {
                     let actions = self.router.on_timer(self.now());
                     self.act(actions).await?;
                 }
-                packet = self.socket.recv() => {
-                    let packet = packet.context("receiving VRRP adverts")?;
-                    self.on_packet(&packet).await?;
-                }
+                packet = self.socket.recv() => match packet {
+                    Ok(packet) => self.on_packet(&packet).await?,
+                    // Transient (e.g. the link went away): the timers keep running; don't spin on a lasting error.
+                    Err(e) => {
+                        log::warn!("receiving VRRP adverts: {e:#}");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                },
                 Some((service, event)) = self.health_rx.recv() => self.on_health(&service, event).await?,
                 Some(reply) = self.status_rx.recv() => {
                     let status = self.status();
