@@ -185,7 +185,7 @@ fn test(filter: Option<&str>) -> Result<()> {
     run(Command::new("cargo")
         .current_dir(root())
         .env("XVIP_BIN", root().join("target/release/xvip"))
-        .args(["test", "--release", "--workspace", "--tests"])
+        .args(["test", "--release", "--workspace", "--test", "*"])
         .arg("--")
         .args(["--test-threads=1"])
         .args(&filter_args))?;
