@@ -67,10 +67,15 @@ impl Status {
     pub fn render(&self) -> String {
         let mut s = String::new();
         let active = self.active_router.as_deref().unwrap_or("unknown");
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let _ = writeln!(
             s,
-            "role        {} (since {} ms unix, {} transitions)",
-            self.role, self.role_since_unix_ms, self.transitions
+            "role        {} for {}, {} transitions",
+            self.role,
+            human_duration(now_ms.saturating_sub(self.role_since_unix_ms)),
+            self.transitions
         );
         if !self.role_reason.is_empty() {
             let _ = writeln!(s, "why         {}", self.role_reason);
@@ -133,8 +138,26 @@ impl Status {
     }
 }
 
+/// `950 ms`, `12.3 s`, `5 min 3 s`, `2 h 5 min`.
+fn human_duration(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
+        _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn durations_read_like_a_person_would_say_them() {
+        assert_eq!(super::human_duration(950), "950 ms");
+        assert_eq!(super::human_duration(12_345), "12.3 s");
+        assert_eq!(super::human_duration(303_000), "5 min 3 s");
+        assert_eq!(super::human_duration(7_500_000), "2 h 5 min");
+    }
+
     use super::*;
 
     #[test]
