@@ -13,7 +13,8 @@ pub const MAX_SERVICES: u32 = 64;
 /// Backends over all services.
 pub const MAX_BACKENDS: u32 = 4096;
 /// Default size of the connection table (LRU) and of the NAT translation table (LRU); the agent sets both from
-/// `conntrack_entries` at load time. Kernel memory per entry is given at [`FlowKey`] and [`NatKey`].
+/// `conntrack_entries` at load time: 88 + 112 = 200 bytes of kernel memory per entry (see [`FlowValue`] and
+/// [`NatKey`]), 13.1 MB for the default.
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
 /// A Maglev slot holding this value means "no healthy backend": the service fails fast.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -124,10 +125,9 @@ const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 
 /// Value of the connection table.
 ///
-/// Kernel memory of one `CONNTRACK` entry (an LRU hash map, always preallocated): the element header (48 bytes)
-/// + key rounded to 8 (16) + value rounded to 8 (8) = 72 bytes, plus 8 bytes of bucket per entry (the bucket array
-/// has one 8-byte head per entry, rounded up to a power of two) and the LRU's per-CPU lists: about 80 bytes per
-/// entry, 5.3 MB for the default 65536 entries (see docs/nat.md for how this was measured).
+/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 88 bytes per entry, that is a 48-byte
+/// element header, the key and the value each rounded up to 8 bytes (16 and 8), and a 16-byte bucket. 5.8 MB for
+/// the default 65536 entries (the `memlock` that `bpftool map show` reports; see docs/nat.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
@@ -155,8 +155,8 @@ const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
 /// Key of the `NAT` map (reverse translation): what a backend's reply carries, (backend, backend port) as source
 /// and (VIP, NAT port) as destination. The VIP is implicit (one per data plane).
 ///
-/// Kernel memory of one entry (LRU hash, preallocated): element header 48 + key 16 + value 32 = 96 bytes, plus
-/// about 8 bytes of bucket: about 104 bytes per entry, 6.8 MB for the default 65536 entries.
+/// Kernel memory of `NAT` (LRU hash, preallocated): 112 bytes per entry (48-byte element header, 16 of key, 32 of
+/// value, 16 of bucket), 7.3 MB for the default 65536 entries. It has as many entries as `CONNTRACK`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {

@@ -101,20 +101,14 @@ pub fn forward(
             protocol: l4.protocol,
             _pad: [0; 3],
         };
-        match NAT.get_ptr_mut(&key) {
-            Some(entry) => {
-                // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
-                let entry = unsafe { &mut *entry };
-                if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
-                    client.refresh(entry);
-                    chosen = Some((pinned.backend, pinned.nat_port));
-                }
-            }
-            // Evicted while the flow lives on: put it back, the backend still knows this 4-tuple.
-            None => {
-                if NAT.insert(&key, &client.entry(&flow), u64::from(BPF_NOEXIST)).is_ok() {
-                    chosen = Some((pinned.backend, pinned.nat_port));
-                }
+        // Otherwise (evicted, taken over after this flow closed, or a UDP flow that aged out) the flow starts over
+        // below, as after a failover.
+        if let Some(entry) = NAT.get_ptr_mut(&key) {
+            // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+            let entry = unsafe { &mut *entry };
+            if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                client.refresh(entry);
+                chosen = Some((pinned.backend, pinned.nat_port));
             }
         }
     }
