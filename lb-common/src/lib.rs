@@ -12,7 +12,9 @@ pub const MAGLEV_M: u32 = 65537;
 pub const MAX_SERVICES: u32 = 64;
 /// Backends over all services.
 pub const MAX_BACKENDS: u32 = 4096;
-/// Default size of the connection table (LRU); the agent may override it at load time.
+/// Default size of the connection table (LRU) and of the NAT translation table (LRU); the agent sets both from
+/// `conntrack_entries` at load time: 88 + 112 = 200 bytes of kernel memory per entry (see [`FlowValue`] and
+/// [`NatKey`]), 13.1 MB for the default.
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
 /// A Maglev slot holding this value means "no healthy backend": the service fails fast.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -26,6 +28,11 @@ pub mod names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    pub const NAT: &str = "NAT";
+    pub const NAT_BACKENDS: &str = "NAT_BACKENDS";
+    /// Globals (`.rodata`) the loader overrides: idle times after which a NAT entry may be reused, in ns.
+    pub const NAT_UDP_TIMEOUT_NS: &str = "NAT_UDP_TIMEOUT_NS";
+    pub const NAT_CLOSED_GRACE_NS: &str = "NAT_CLOSED_GRACE_NS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -117,12 +124,91 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 
 /// Value of the connection table.
+///
+/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 88 bytes per entry, that is a 48-byte
+/// element header, the key and the value each rounded up to 8 bytes (16 and 8), and a 16-byte bucket. 5.8 MB for
+/// the default 65536 entries (the `memlock` that `bpftool map show` reports; see docs/nat.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
     pub backend: u32,
+    /// NAT services: the source port this flow uses towards its backend (see [`nat_port`]), so established packets
+    /// need not recompute it. 0 for DSR flows (NAT ports are never below [`NAT_PORT_MIN`]).
+    pub nat_port: [u8; 2],
+    pub _pad: [u8; 2],
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 4);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+
+/// Key of `NAT_BACKENDS`: a backend endpoint of some NAT service. A TCP/UDP packet to the VIP *from* one of these
+/// is a backend's reply (it goes through the reverse translation or, without one, to the kernel), never a client
+/// packet: a client socket cannot use a port on which its host listens as its source.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub address: [u8; 4],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
+
+/// Key of the `NAT` map (reverse translation): what a backend's reply carries, (backend, backend port) as source
+/// and (VIP, NAT port) as destination. The VIP is implicit (one per data plane).
+///
+/// Kernel memory of `NAT` (LRU hash, preallocated): 112 bytes per entry (48-byte element header, 16 of key, 32 of
+/// value, 16 of bucket), 7.3 MB for the default 65536 entries. It has as many entries as `CONNTRACK`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey {
+    pub backend: [u8; 4],
+    pub backend_port: [u8; 2],
+    pub nat_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<NatKey>() == 12);
+
+/// Value of the `NAT` map: the client flow a translated backend flow belongs to, and where to send its replies.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue {
+    pub client: [u8; 4],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    /// Source MAC of the client's latest packet: the client itself when on-link, else its router.
+    pub client_mac: [u8; 6],
+    /// `NAT_FIN_CLIENT | NAT_FIN_BACKEND | NAT_RST`.
+    pub flags: u8,
+    pub _pad: u8,
+    /// Interface the client's packets arrive on; replies leave through it.
+    pub ifindex: u32,
+    pub _pad2: u32,
+    /// `bpf_ktime_get_ns` of the latest packet in either direction (CLOCK_MONOTONIC, local to the node).
+    pub last_seen_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatValue>() == 32);
+
+/// The client sent a FIN.
+pub const NAT_FIN_CLIENT: u8 = 1;
+/// The backend sent a FIN.
+pub const NAT_FIN_BACKEND: u8 = 2;
+/// Either side sent a RST (the entries are deleted at once; the flag marks an entry whose deletion raced).
+pub const NAT_RST: u8 = 4;
+
+/// The lowest NAT source port. Ports below 1024 are left alone so that a backend never sees the VIP connect from a
+/// privileged port (some services treat those specially).
+pub const NAT_PORT_MIN: u16 = 1024;
+/// NAT source ports are `NAT_PORT_MIN..=65535`.
+pub const NAT_PORT_COUNT: u32 = 65536 - NAT_PORT_MIN as u32;
+/// Source-port candidates tried per flow before giving up (`Reason::DropNatNoPort`). The program unrolls this
+/// many lookups, so it stays small.
+pub const NAT_PORT_TRIES: u32 = 4;
+/// Default idle time after which a UDP translation is considered gone (another flow may take its port; the next
+/// client packet starts a new flow). 60 s, like conntrack's UDP stream timeout is 120 s and Katran's 30 s.
+pub const DEFAULT_NAT_UDP_TIMEOUT_NS: u64 = 60_000_000_000;
+/// Default time a TCP translation that saw a FIN from both sides stays reserved for its flow after its last
+/// packet, so late retransmissions and the final ACK still translate, before another flow may take its port.
+pub const DEFAULT_NAT_CLOSED_GRACE_NS: u64 = 10_000_000_000;
 
 /// Packets and bytes, the value of the per-CPU service and backend counters.
 #[repr(C)]
@@ -172,9 +258,26 @@ pub enum Reason {
     DropBackendUnresolved = 14,
     /// A map lookup that cannot fail did (should stay 0).
     DropInternal = 15,
+    /// Packet to a NAT service translated (VIP:nat port -> backend) and sent on the ingress interface.
+    NatForwardTx = 16,
+    /// Packet to a NAT service translated and redirected to the backend's interface.
+    NatForwardRedirect = 17,
+    /// A backend's reply translated back (VIP:service port -> client) and sent on the ingress interface.
+    NatReplyTx = 18,
+    /// A backend's reply translated back and redirected to the client's interface.
+    NatReplyRedirect = 19,
+    /// An ICMP error about a packet sent to a backend, translated and sent to the client (PMTU discovery).
+    NatIcmpToClient = 20,
+    /// An ICMP error about a reply sent to a client, translated and sent to the backend (PMTU discovery).
+    NatIcmpToBackend = 21,
+    /// From a NAT backend to the VIP, but no translation (yet): kernel. Happens after a failover until the client's
+    /// next packet rebuilds it, and after the entry was closed, aged out or evicted.
+    PassNatNoEntry = 22,
+    /// To a NAT service, but every source-port candidate for this flow's backend is taken by a live flow.
+    DropNatNoPort = 23,
 }
 
-pub const REASON_COUNT: u32 = 16;
+pub const REASON_COUNT: u32 = 24;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -194,6 +297,14 @@ impl Reason {
         Reason::DropNoBackend,
         Reason::DropBackendUnresolved,
         Reason::DropInternal,
+        Reason::NatForwardTx,
+        Reason::NatForwardRedirect,
+        Reason::NatReplyTx,
+        Reason::NatReplyRedirect,
+        Reason::NatIcmpToClient,
+        Reason::NatIcmpToBackend,
+        Reason::PassNatNoEntry,
+        Reason::DropNatNoPort,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -215,6 +326,14 @@ impl Reason {
             Reason::DropNoBackend => "drop_no_backend",
             Reason::DropBackendUnresolved => "drop_backend_unresolved",
             Reason::DropInternal => "drop_internal",
+            Reason::NatForwardTx => "nat_forward_tx",
+            Reason::NatForwardRedirect => "nat_forward_redirect",
+            Reason::NatReplyTx => "nat_reply_tx",
+            Reason::NatReplyRedirect => "nat_reply_redirect",
+            Reason::NatIcmpToClient => "nat_icmp_to_client",
+            Reason::NatIcmpToBackend => "nat_icmp_to_backend",
+            Reason::PassNatNoEntry => "pass_nat_no_entry",
+            Reason::DropNatNoPort => "drop_nat_no_port",
         }
     }
 }
@@ -230,6 +349,19 @@ pub fn flow_hash(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], p
     h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
     h = mix(h, u32::from(protocol));
     fmix(h ^ 12)
+}
+
+/// The NAT source port of a flow for its `attempt`-th candidate (0..[`NAT_PORT_TRIES`]), from its [`flow_hash`].
+///
+/// A pure function of the flow (the hash is seeded per VRRP group, not per node), so the node that takes over after
+/// a failover picks the same port for the same flow and the backend keeps seeing the same 4-tuple. Candidates
+/// after the first are only used when the earlier ones belong to other live flows (a collision); every node tries
+/// them in the same order. The result is in `NAT_PORT_MIN..=65535`, in network byte order.
+#[inline(always)]
+pub fn nat_port(flow_hash: u32, attempt: u32) -> [u8; 2] {
+    // Re-mixed per attempt so candidates are independent of each other and of the Maglev slot (`flow_hash % M`).
+    let h = fmix(flow_hash ^ 0x9e37_79b9u32.wrapping_mul(attempt.wrapping_add(1)));
+    (NAT_PORT_MIN + (h % NAT_PORT_COUNT) as u16).to_be_bytes()
 }
 
 #[inline(always)]
@@ -261,6 +393,9 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::NatKey {}
+    unsafe impl aya::Pod for super::NatValue {}
     unsafe impl aya::Pod for super::Traffic {}
 }
 
@@ -289,6 +424,25 @@ mod tests {
     fn group_seed_differs_per_vrid_and_vip() {
         assert_ne!(group_seed([10, 0, 0, 1], 1), group_seed([10, 0, 0, 1], 2));
         assert_ne!(group_seed([10, 0, 0, 1], 1), group_seed([10, 0, 0, 2], 1));
+    }
+
+    #[test]
+    fn nat_ports_stay_in_range_and_candidates_differ() {
+        let (mut lowest, mut highest) = (u16::MAX, 0);
+        for i in 0..200_000u32 {
+            let h = flow_hash([10, 0, (i >> 8) as u8, i as u8], [0x80, 0], [0, 80], 6, 7);
+            for attempt in 0..NAT_PORT_TRIES {
+                let p = u16::from_be_bytes(nat_port(h, attempt));
+                lowest = lowest.min(p);
+                highest = highest.max(p);
+            }
+        }
+        assert_eq!((lowest, highest), (NAT_PORT_MIN, u16::MAX), "the whole range is used, nothing outside it");
+        assert_eq!(nat_port(12345, 0), nat_port(12345, 0), "deterministic");
+        let candidates: [[u8; 2]; NAT_PORT_TRIES as usize] = core::array::from_fn(|a| nat_port(12345, a as u32));
+        for (i, a) in candidates.iter().enumerate() {
+            assert!(!candidates[i + 1..].contains(a), "{candidates:?}");
+        }
     }
 
     #[test]

@@ -4,8 +4,61 @@
 /// The checksum `check` (as stored, network order) after one 16-bit word changed from `old` to `new`.
 #[inline(always)]
 pub fn replace16(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
-    let mut sum = u32::from(!u16::from_be_bytes(check)) + u32::from(!old) + u32::from(new);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    (!(sum as u16)).to_be_bytes()
+    Delta::new().word(old.to_be_bytes(), new.to_be_bytes()).apply(check)
+}
+
+/// The sum of the `~m + m'` terms of RFC 1624 eqn. 3 for several changed 16-bit words, to apply to a checksum
+/// at the end: `HC' = ~(~HC + Σ(~m + m'))`. Applying the terms word by word or all at once gives the same result
+/// (one's complement addition is associative), and the fold happens once.
+///
+/// An IPv4 address is two words ([`addr`](Self::addr)); it counts in the IP header checksum and, through the
+/// pseudo-header (RFC 793 §3.1, RFC 768), in the TCP and UDP checksums.
+#[derive(Clone, Copy)]
+pub struct Delta(u32);
+
+impl Delta {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Delta(0)
+    }
+
+    /// One word changed. Each term is below 2^17 and a packet changes at most a few dozen words, so the u32
+    /// accumulator cannot overflow.
+    #[inline(always)]
+    pub fn word(self, old: [u8; 2], new: [u8; 2]) -> Self {
+        Delta(self.0 + u32::from(!u16::from_be_bytes(old)) + u32::from(u16::from_be_bytes(new)))
+    }
+
+    /// An IPv4 address changed: its two words.
+    #[inline(always)]
+    pub fn addr(self, old: [u8; 4], new: [u8; 4]) -> Self {
+        self.word([old[0], old[1]], [new[0], new[1]]).word([old[2], old[3]], [new[2], new[3]])
+    }
+
+    /// Both sets of changes.
+    #[inline(always)]
+    pub fn merge(self, other: Delta) -> Self {
+        Delta(self.0 + other.0)
+    }
+
+    /// `check` with every recorded change applied.
+    #[inline(always)]
+    pub fn apply(self, check: [u8; 2]) -> [u8; 2] {
+        let mut sum = u32::from(!u16::from_be_bytes(check)) + self.0;
+        // Two folds suffice: the first leaves at most 0x1fffe, the second at most 0xffff.
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        (!(sum as u16)).to_be_bytes()
+    }
+
+    /// The UDP checksum after the changes: 0 means "no checksum" (RFC 768) and stays 0; a computed 0 is sent as
+    /// 0xffff, its other one's complement representation.
+    #[inline(always)]
+    pub fn apply_udp(self, check: [u8; 2]) -> [u8; 2] {
+        if check == [0, 0] {
+            return check;
+        }
+        let new = self.apply(check);
+        if new == [0, 0] { [0xff, 0xff] } else { new }
+    }
 }

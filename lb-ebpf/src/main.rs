@@ -1,6 +1,9 @@
 //! xvip's XDP program: answers ARP and ping for the VIP while this node is the active VRRP router, and sends
 //! traffic for the configured services to a backend chosen by Maglev, pinned per flow.
 //!
+//! Services are forwarded by DSR (only the MACs change) or by NAT (`nat.rs`: the VIP becomes the source, replies
+//! come back through this program and are translated back).
+//!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
 //! exactly one `Reason`, counted per CPU, so the agent can tell users what happened to every frame.
 #![no_std]
@@ -8,6 +11,7 @@
 
 mod csum;
 mod maps;
+mod nat;
 mod packet;
 
 use aya_ebpf::{
@@ -17,10 +21,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
-    ServiceValue, Traffic, flow_hash, maglev_base,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
+    ServiceKey, ServiceValue, Traffic, flow_hash, maglev_base,
 };
-use maps::{BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, MAGLEV, SERVICE_STATS, SERVICES};
+use maps::{BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, MAGLEV, NAT_BACKENDS, SERVICE_STATS, SERVICES};
 use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 const ETH_LEN: usize = EthHdr::LEN;
@@ -36,10 +40,14 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_ICMP: u8 = 1;
 const ICMP_ECHO_REQUEST: u8 = 8;
 const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
+const TCP_FLAG_FIN: u8 = 0x01;
 const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_RST: u8 = 0x04;
 const TCP_FLAG_ACK: u8 = 0x10;
 /// Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
 const TCP_FLAGS_OFF: usize = 13;
@@ -145,7 +153,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
         return (XDP_DROP, Reason::DropFragment);
     }
     match ip.proto as u8 {
-        IPPROTO_ICMP => echo(ctx, eth, ip, total),
+        IPPROTO_ICMP => icmp(ctx, eth, ip, config, total),
         PROTO_TCP => {
             let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {
                 return (XDP_PASS, Reason::PassTruncated);
@@ -158,8 +166,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
                 let t = &*tcp;
                 (t.source, t.dest, *((tcp as *const u8).add(TCP_FLAGS_OFF)))
             };
-            let syn = flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN;
-            service(ctx, eth, ip, config, sport, dport, PROTO_TCP, syn)
+            transport(ctx, eth, ip, config, L4 { sport, dport, protocol: PROTO_TCP, flags })
         }
         PROTO_UDP => {
             let Some(udp) = packet::at::<UdpHdr>(ctx, L4_OFF) else {
@@ -170,15 +177,57 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
             }
             // SAFETY: bounds-checked by `at`.
             let (sport, dport) = unsafe { ((*udp).src, (*udp).dst) };
-            service(ctx, eth, ip, config, sport, dport, PROTO_UDP, false)
+            transport(ctx, eth, ip, config, L4 { sport, dport, protocol: PROTO_UDP, flags: 0 })
         }
         _ => (XDP_PASS, Reason::PassNoService),
     }
 }
 
-/// Answers an ICMP echo request to the VIP in place: swap addresses, type 8 -> 0, checksum adjusted.
+/// The ports and flags of a TCP or UDP packet to the VIP.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub protocol: u8,
+    /// TCP flags (byte 13 of the header); 0 for UDP.
+    pub flags: u8,
+}
+
+impl L4 {
+    /// A connection's first packet: SYN without ACK.
+    #[inline(always)]
+    pub fn syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
+    #[inline(always)]
+    pub fn fin(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & TCP_FLAG_FIN != 0
+    }
+
+    #[inline(always)]
+    pub fn rst(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & TCP_FLAG_RST != 0
+    }
+}
+
+/// A TCP or UDP packet to the VIP: a NAT backend's reply, or a client's packet to a service.
 #[inline(always)]
-fn echo(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, total: usize) -> (u32, Reason) {
+fn transport(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: L4) -> (u32, Reason) {
+    // Replies are recognised by their source, a NAT backend's (address, port), before the service lookup: the NAT
+    // port they are addressed to may equal a service port, and a reply without a translation (after a failover)
+    // must go to the kernel rather than be mistaken for a new client flow.
+    let from = Endpoint { address: ip.src_addr, port: l4.sport, protocol: l4.protocol, _pad: 0 };
+    // SAFETY: only tested for presence.
+    if unsafe { NAT_BACKENDS.get(&from) }.is_some() {
+        return nat::reply(ctx, eth, ip, config, &l4);
+    }
+    service(ctx, eth, ip, config, &l4)
+}
+
+/// ICMP to the VIP: echo requests are answered, errors about NAT flows are translated (`nat::icmp_error`).
+#[inline(always)]
+fn icmp(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, total: usize) -> (u32, Reason) {
     let Some(icmp) = packet::at::<Icmpv4Hdr>(ctx, L4_OFF) else {
         return (XDP_PASS, Reason::PassTruncated);
     };
@@ -186,10 +235,19 @@ fn echo(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, total: usize) -> (
         return (XDP_PASS, Reason::PassTruncated);
     }
     // SAFETY: bounds-checked by `at`.
-    let icmp = unsafe { &mut *icmp };
-    if icmp.type_ != ICMP_ECHO_REQUEST || icmp.code != 0 {
-        return (XDP_PASS, Reason::PassNoService);
+    let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
+    match kind {
+        ICMP_ECHO_REQUEST if code == 0 => echo(eth, ip, icmp),
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => nat::icmp_error(ctx, eth, ip, config, total),
+        _ => (XDP_PASS, Reason::PassNoService),
     }
+}
+
+/// Answers an ICMP echo request to the VIP in place: swap addresses, type 8 -> 0, checksum adjusted.
+#[inline(always)]
+fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reason) {
+    // SAFETY: bounds-checked by `at` in `icmp`.
+    let icmp = unsafe { &mut *icmp };
     // The type is the high byte of the first 16-bit word; the code (0) stays.
     icmp.check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
     icmp.type_ = ICMP_ECHO_REPLY;
@@ -203,25 +261,19 @@ fn echo(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, total: usize) -> (
     (XDP_TX, Reason::EchoReply)
 }
 
-/// Sends a packet for a configured service to its backend (DSR: only the MACs change).
+/// Sends a packet for a configured service to its backend: DSR here (only the MACs change), NAT in `nat.rs`.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn service(
-    ctx: &XdpContext,
-    eth: *mut EthHdr,
-    ip: &Ipv4Hdr,
-    config: &NodeConfig,
-    client_port: [u8; 2],
-    service_port: [u8; 2],
-    protocol: u8,
-    syn: bool,
-) -> (u32, Reason) {
-    let key = ServiceKey { port: service_port, protocol, _pad: 0 };
+fn service(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: &L4) -> (u32, Reason) {
+    let key = ServiceKey { port: l4.dport, protocol: l4.protocol, _pad: 0 };
     // SAFETY: the value is only read; the agent replaces values whole.
     let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
         return (XDP_PASS, Reason::PassNoService);
     };
     let svc: ServiceValue = *svc;
+    if svc.forwarding == FORWARD_NAT {
+        return nat::forward(ctx, eth, ip, config, &svc, l4);
+    }
+    let (client_port, service_port, protocol, syn) = (l4.sport, l4.dport, l4.protocol, l4.syn());
     let flow = FlowKey { client: ip.src_addr, client_port, service_port, protocol, _pad: [0; 3] };
 
     let mut chosen = NO_BACKEND;
@@ -247,7 +299,7 @@ fn service(
             return (XDP_DROP, Reason::DropNoBackend);
         }
         chosen = *id;
-        let _ = CONNTRACK.insert(&flow, &FlowValue { backend: chosen }, 0);
+        let _ = CONNTRACK.insert(&flow, &FlowValue { backend: chosen, nat_port: [0; 2], _pad: [0; 2] }, 0);
     }
     let Some(backend) = BACKENDS.get(chosen) else {
         return (XDP_DROP, Reason::DropInternal);
@@ -261,22 +313,34 @@ fn service(
     add_traffic(&SERVICE_STATS, svc.index, bytes);
     add_traffic(&BACKEND_STATS, chosen, bytes);
 
-    // SAFETY: bounds-checked by `at` in `process`.
+    set_macs(eth, backend.mac, config.mac);
+    send(ctx, backend.ifindex, Reason::ForwardTx, Reason::ForwardRedirect)
+}
+
+#[inline(always)]
+pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
+    // SAFETY: `eth` was bounds-checked by `at` in `process`.
     unsafe {
-        (*eth).dst_addr = backend.mac;
-        (*eth).src_addr = config.mac;
+        (*eth).dst_addr = dst;
+        (*eth).src_addr = src;
     }
-    if backend.ifindex == 0 || backend.ifindex as usize == ctx.ingress_ifindex() {
-        (XDP_TX, Reason::ForwardTx)
+}
+
+/// Transmits the frame back out of the ingress interface (`ifindex` 0 or the ingress one) or redirects it to
+/// `ifindex`, counting `tx` or `redirect`.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ifindex: u32, tx: Reason, redirect: Reason) -> (u32, Reason) {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        (XDP_TX, tx)
     } else {
         // SAFETY: plain helper call.
-        let action = unsafe { bpf_redirect(backend.ifindex, 0) } as u32;
-        if action == XDP_REDIRECT { (XDP_REDIRECT, Reason::ForwardRedirect) } else { (XDP_DROP, Reason::DropInternal) }
+        let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
+        if action == XDP_REDIRECT { (XDP_REDIRECT, redirect) } else { (XDP_DROP, Reason::DropInternal) }
     }
 }
 
 #[inline(always)]
-fn add_traffic(map: &aya_ebpf::maps::PerCpuArray<Traffic>, index: u32, bytes: u64) {
+pub fn add_traffic(map: &aya_ebpf::maps::PerCpuArray<Traffic>, index: u32, bytes: u64) {
     if let Some(t) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         unsafe {

@@ -1,12 +1,13 @@
 //! Every map of the data plane. The agent (lb-user `dataplane` module) is the only writer of all but the
-//! counters and the connection table, which this program writes.
+//! counters, the connection table and the NAT table, which this program writes.
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DEFAULT_CONNTRACK_ENTRIES, FlowKey, FlowValue, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NodeConfig,
-    REASON_COUNT, ServiceKey, ServiceValue, Traffic,
+    Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey,
+    FlowValue, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NatKey, NatValue, NodeConfig, REASON_COUNT, ServiceKey,
+    ServiceValue, Traffic,
 };
 
 #[map]
@@ -23,8 +24,19 @@ pub static MAGLEV: Array<u32> = Array::with_max_entries(2 * MAX_SERVICES * MAGLE
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
+/// Client flow -> backend (and NAT source port). Sized from `conntrack_entries` by the agent. A global (not
+/// per-CPU) LRU: the packets of one flow may arrive on any CPU.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// Reverse NAT: (backend, backend port, NAT port, protocol) -> client flow. Sized from `conntrack_entries` by the
+/// agent. Global LRU: a flow's two directions may be handled on different CPUs and must see one entry.
+#[map]
+pub static NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// Backend endpoints of NAT services (value: how many NAT services use the endpoint). Written by the agent.
+#[map]
+pub static NAT_BACKENDS: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
@@ -34,3 +46,24 @@ pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
+
+// Load-time constants (`.rodata`), overridden by the agent's loader (`lb_common::names`). The verifier sees their
+// values, so reading them costs nothing. `read_volatile` keeps the compiler from folding in the defaults.
+#[unsafe(no_mangle)]
+static NAT_UDP_TIMEOUT_NS: u64 = DEFAULT_NAT_UDP_TIMEOUT_NS;
+#[unsafe(no_mangle)]
+static NAT_CLOSED_GRACE_NS: u64 = DEFAULT_NAT_CLOSED_GRACE_NS;
+
+/// Idle time after which a UDP translation is gone.
+#[inline(always)]
+pub fn udp_timeout_ns() -> u64 {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&NAT_UDP_TIMEOUT_NS) }
+}
+
+/// Time a TCP translation closed by both sides stays reserved after its last packet.
+#[inline(always)]
+pub fn closed_grace_ns() -> u64 {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&NAT_CLOSED_GRACE_NS) }
+}

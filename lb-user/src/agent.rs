@@ -176,8 +176,11 @@ impl Agent {
         let socket_file = SocketFile(config.control.socket.clone());
 
         let capacity = u32::try_from(config.services.len()).unwrap_or(u32::MAX).max(8);
-        let mut dataplane =
-            DataPlane::load(LoadOptions { conntrack_entries: config.conntrack_entries, service_capacity: capacity })?;
+        let mut dataplane = DataPlane::load(LoadOptions {
+            conntrack_entries: config.conntrack_entries,
+            service_capacity: capacity,
+            ..LoadOptions::default()
+        })?;
         let mode = match config.xdp_mode {
             config::XdpMode::Auto => AttachMode::Auto,
             config::XdpMode::Native => AttachMode::Native,

@@ -16,8 +16,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceKey,
-    ServiceValue, Traffic, names,
+    Backend, Endpoint, FORWARD_NAT, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NodeConfig, REASON_COUNT, Reason,
+    ServiceKey, ServiceValue, Traffic, names,
 };
 
 use crate::maglev;
@@ -34,18 +34,27 @@ pub enum AttachMode {
     Generic,
 }
 
-/// Sizes fixed at load time.
+/// Sizes and times fixed at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct LoadOptions {
-    /// Entries of the connection table (LRU).
+    /// Entries of the connection table and of the NAT table (both LRU; see docs/nat.md for the memory).
     pub conntrack_entries: u32,
     /// Services the Maglev array has room for (two tables of `MAGLEV_M` slots each, 512 KiB per service).
     pub service_capacity: u32,
+    /// Idle time after which a UDP NAT translation is gone.
+    pub nat_udp_timeout: Duration,
+    /// How long a TCP NAT translation closed by both sides keeps its port after its last packet.
+    pub nat_closed_grace: Duration,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        LoadOptions { conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES, service_capacity: 8 }
+        LoadOptions {
+            conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            service_capacity: 8,
+            nat_udp_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_UDP_TIMEOUT_NS),
+            nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
+        }
     }
 }
 
@@ -115,6 +124,8 @@ struct Installed {
     shadows: [Vec<u32>; 2],
     /// Backend slots by (address, port).
     backends: HashMap<(Ipv4Addr, u16), u32>,
+    /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
+    nat_endpoints: Vec<Endpoint>,
 }
 
 pub struct DataPlane {
@@ -126,6 +137,8 @@ pub struct DataPlane {
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
     free_backends: std::collections::VecDeque<u32>,
     service_capacity: u32,
+    /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
+    nat_endpoint_refs: HashMap<Endpoint, u32>,
 }
 
 impl DataPlane {
@@ -135,9 +148,15 @@ impl DataPlane {
     /// When the kernel refuses the object (no permission, verifier, memory limits).
     pub fn load(options: LoadOptions) -> Result<Self> {
         let capacity = options.service_capacity.clamp(1, MAX_SERVICES);
+        let entries = options.conntrack_entries.max(1024);
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_M)
-            .map_max_entries(names::CONNTRACK, options.conntrack_entries.max(1024))
+            .map_max_entries(names::CONNTRACK, entries)
+            .map_max_entries(names::NAT, entries)
+            .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
+            .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         let mut dp = DataPlane {
@@ -148,6 +167,7 @@ impl DataPlane {
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
+            nat_endpoint_refs: HashMap::new(),
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
             dp.program(name)?.load().with_context(|| format!("verifying XDP program {name}"))?;
@@ -237,7 +257,14 @@ impl DataPlane {
             })?;
             self.services.insert(
                 name.to_string(),
-                Installed { key, index, table: 1, shadows: [Vec::new(), Vec::new()], backends: HashMap::new() },
+                Installed {
+                    key,
+                    index,
+                    table: 1,
+                    shadows: [Vec::new(), Vec::new()],
+                    backends: HashMap::new(),
+                    nat_endpoints: Vec::new(),
+                },
             );
         }
         let Some(mut svc) = self.services.remove(name) else {
@@ -282,6 +309,30 @@ impl DataPlane {
             self.write_backend(slot, entry)?;
         }
 
+        // Replies must be recognised before the first client packet is translated, so the endpoints go in before
+        // the SERVICES entry; all configured backends, healthy or not (a backend going unhealthy still sends the
+        // replies of its established flows).
+        let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
+            spec.backends
+                .iter()
+                .map(|b| Endpoint {
+                    address: b.address.octets(),
+                    port: b.port.to_be_bytes(),
+                    protocol: spec.protocol,
+                    _pad: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let previous = std::mem::replace(&mut svc.nat_endpoints, nat_endpoints.clone());
+        for e in &nat_endpoints {
+            self.nat_endpoint_ref(*e, true)?;
+        }
+        for e in &previous {
+            self.nat_endpoint_ref(*e, false)?;
+        }
+
         // The new table goes into the buffer that is not live, then one SERVICES update switches to it.
         let members: Vec<maglev::MaglevBackend> = spec
             .backends
@@ -305,6 +356,24 @@ impl DataPlane {
         services.insert(svc.key, value, 0).context("writing the SERVICES map")?;
         svc.table = next;
         Ok(())
+    }
+
+    /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
+    fn nat_endpoint_ref(&mut self, endpoint: Endpoint, add: bool) -> Result<()> {
+        let count = self.nat_endpoint_refs.entry(endpoint).or_insert(0);
+        if add {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let count = *count;
+        let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
+        if count == 0 {
+            self.nat_endpoint_refs.remove(&endpoint);
+            map.remove(&endpoint).context("removing from the NAT_BACKENDS map")
+        } else {
+            map.insert(endpoint, count, 0).context("writing the NAT_BACKENDS map")
+        }
     }
 
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
@@ -339,6 +408,9 @@ impl DataPlane {
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);
+        }
+        for e in &svc.nat_endpoints {
+            self.nat_endpoint_ref(*e, false)?;
         }
         // Leave the tables pointing nowhere so a reused index never starts from stale slots.
         let empty = vec![NO_BACKEND; MAGLEV_M as usize];

@@ -5,7 +5,7 @@
 //! timeout bounds connect, send and receive together.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::time::{Duration, Instant};
 
 /// A parsed response.
@@ -146,6 +146,74 @@ fn map_timeout(e: io::Error, what: &str) -> io::Error {
     if e.kind() == io::ErrorKind::WouldBlock { timed_out(what) } else { e }
 }
 
+/// `GET path` with `Connection: close` from a fixed local port (`SO_REUSEADDR`), waiting for the server to close
+/// first so that this side keeps no TIME_WAIT and the next call can reuse the port at once: the same 4-tuple,
+/// again and again, as a client that recycles its source ports would produce.
+///
+/// # Errors
+/// Any I/O error (`EADDRINUSE` if the port is still held), a malformed response, or the timeout.
+pub fn get_from_port(addr: SocketAddrV4, local_port: u16, path: &str, timeout: Duration) -> io::Result<Response> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+    let deadline = Instant::now() + timeout;
+    // SAFETY: plain syscall; the result is checked and owned at once.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) };
+    let one: libc::c_int = 1;
+    // The connect timeout: Linux bounds a blocking connect by SO_SNDTIMEO.
+    let connect_within = left(deadline, "connect")?;
+    let send_timeout = libc::timeval {
+        tv_sec: libc::time_t::try_from(connect_within.as_secs()).unwrap_or(libc::time_t::MAX),
+        tv_usec: libc::suseconds_t::from(connect_within.subsec_micros()),
+    };
+    let sockaddr = |a: SocketAddrV4| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: a.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
+        sin_zero: [0; 8],
+    };
+    let local = sockaddr(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, local_port));
+    let remote = sockaddr(addr);
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a valid fd, and pointers to values of the sizes passed.
+    unsafe {
+        check(libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_REUSEADDR,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ))?;
+        check(libc::setsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&raw const send_timeout).cast(),
+            std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+        ))?;
+        check(libc::bind(raw, (&raw const local).cast(), len))?;
+        check(libc::connect(raw, (&raw const remote).cast(), len)).map_err(|e| map_timeout(e, "connect"))?;
+    }
+    // SAFETY: the fd is a connected TCP socket, handed over whole.
+    let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
+    write_request(&mut stream, SocketAddr::V4(addr), path, false, deadline)?;
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, deadline)?;
+    loop {
+        reader.get_ref().set_read_timeout(Some(left(deadline, "close")?))?;
+        let mut rest = [0u8; 512];
+        match reader.read(&mut rest) {
+            Ok(0) => return Ok(response),
+            Ok(_) => {}
+            Err(e) => return Err(map_timeout(e, "close")),
+        }
+    }
+}
+
 /// A keep-alive connection for several requests in a row (to see that a flow sticks to its backend).
 #[derive(Debug)]
 pub struct Connection {
@@ -179,6 +247,37 @@ impl Connection {
     /// When the socket is gone.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.reader.get_ref().local_addr()
+    }
+
+    /// Turns TCP keepalive on: a probe after `idle` without traffic (whole seconds, at least 1), then every second.
+    ///
+    /// # Errors
+    /// When `setsockopt` fails.
+    pub fn set_keepalive(&self, idle: Duration) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let fd = self.reader.get_ref().as_raw_fd();
+        let idle = libc::c_int::try_from(idle.as_secs().max(1)).unwrap_or(libc::c_int::MAX);
+        for (level, name, value) in [
+            (libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, idle),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, 1),
+            (libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 30),
+        ] {
+            // SAFETY: a valid socket fd and a pointer to a c_int of the size passed.
+            let rc = unsafe {
+                libc::setsockopt(
+                    fd,
+                    level,
+                    name,
+                    (&raw const value).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if rc != 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
     }
 
     /// The underlying reader (for streaming responses).

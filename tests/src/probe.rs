@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::io::{self, BufRead, ErrorKind};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -330,6 +330,7 @@ pub struct StreamReport {
 #[derive(Debug)]
 pub struct StreamWatch {
     stop: Arc<AtomicBool>,
+    lines: Arc<AtomicUsize>,
     backend: String,
     thread: Option<JoinHandle<Result<StreamReport>>>,
 }
@@ -341,13 +342,33 @@ impl StreamWatch {
     /// # Errors
     /// When the connection or the response headers do not come within `timeout`.
     pub fn start(ns: &str, target: SocketAddr, timeout: Duration) -> Result<StreamWatch> {
+        Self::start_with_keepalive(ns, target, timeout, None)
+    }
+
+    /// As [`start`](Self::start), with TCP keepalive on the client socket when `keepalive` is set: after that long
+    /// without traffic the client sends a probe every second. That is the only packet a server-push client sends
+    /// when nothing reaches it (after a NAT failover, say).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start), or when the socket options cannot be set.
+    pub fn start_with_keepalive(
+        ns: &str,
+        target: SocketAddr,
+        timeout: Duration,
+        keepalive: Option<Duration>,
+    ) -> Result<StreamWatch> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let lines_seen = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&lines_seen);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
         let thread = netns::spawn_in_netns(ns, move || {
             let deadline = Instant::now() + timeout;
             let opened = (|| -> io::Result<(std::io::BufReader<std::net::TcpStream>, String)> {
                 let mut connection = http::Connection::open(target, timeout)?;
+                if let Some(idle) = keepalive {
+                    connection.set_keepalive(idle)?;
+                }
                 connection.send_get("/stream", deadline)?;
                 let mut reader = connection.into_reader();
                 let status = http::read_line(&mut reader, deadline)?;
@@ -393,6 +414,7 @@ impl StreamWatch {
                         longest = longest.max(now - last);
                         last = now;
                         lines += 1;
+                        counter.fetch_add(1, Ordering::Relaxed);
                         buf.clear();
                     }
                     Ok(_) => {}
@@ -420,7 +442,12 @@ impl StreamWatch {
                 };
             }
         };
-        Ok(StreamWatch { stop, backend, thread: Some(thread) })
+        Ok(StreamWatch { stop, lines: lines_seen, backend, thread: Some(thread) })
+    }
+
+    /// Lines received so far.
+    pub fn lines(&self) -> usize {
+        self.lines.load(Ordering::Relaxed)
     }
 
     /// The backend serving the stream.
@@ -443,6 +470,152 @@ impl StreamWatch {
 }
 
 impl Drop for StreamWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What a [`RequestLoop`] saw.
+#[derive(Clone, Debug)]
+pub struct LoopReport {
+    /// The backend that answered the first request (the body's first line).
+    pub backend: String,
+    /// What that backend saw as the client (its `X-Client` header): the VIP and the NAT port under NAT.
+    pub client_seen: String,
+    /// Requests answered.
+    pub answered: usize,
+    /// The longest time between two answers (or from the last answer to the end of the watch).
+    pub longest_gap: Duration,
+    /// Answers from a backend other than the first one: impossible on one TCP connection unless the load balancer
+    /// spliced it onto another backend's socket.
+    pub wrong_backend: usize,
+    /// `StillOpen` if the connection was still answering when stopped.
+    pub end: StreamEnd,
+}
+
+/// One long-lived keep-alive connection on which the client sends `GET /` every `interval` and waits for each
+/// answer: a connection in which the *client* keeps talking, so after a failover its next request (or its
+/// retransmission) rebuilds the NAT translation on the new node. A server-push stream ([`StreamWatch`]) has no
+/// such packet: its client only ever ACKs what it receives.
+#[derive(Debug)]
+pub struct RequestLoop {
+    stop: Arc<AtomicBool>,
+    answered: Arc<AtomicUsize>,
+    backend: String,
+    thread: Option<JoinHandle<Result<LoopReport>>>,
+}
+
+impl RequestLoop {
+    /// Connects from namespace `ns` to `target` and returns once the first answer has arrived. Each later request
+    /// may take up to `patience` (TCP retransmissions ride through a failover within it) before the loop counts
+    /// the connection as failed.
+    ///
+    /// # Errors
+    /// When the connection or the first answer does not come within `patience`.
+    pub fn start(ns: &str, target: SocketAddr, interval: Duration, patience: Duration) -> Result<RequestLoop> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let answered = Arc::new(AtomicUsize::new(0));
+        let (flag, count) = (Arc::clone(&stop), Arc::clone(&answered));
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let thread = netns::spawn_in_netns(ns, move || {
+            let first = (|| -> io::Result<(http::Connection, http::Response)> {
+                let mut connection = http::Connection::open(target, patience)?;
+                let response = connection.get("/", patience)?;
+                Ok((connection, response))
+            })();
+            let (mut connection, response) = match first {
+                Ok(ok) => ok,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.to_string()));
+                    return Err(anyhow!("opening a request loop to {target}: {e}"));
+                }
+            };
+            let name = |r: &http::Response| r.text().lines().next().unwrap_or_default().trim().to_owned();
+            let backend = name(&response);
+            let client_seen = response.header("x-client").unwrap_or_default().to_owned();
+            count.fetch_add(1, Ordering::Relaxed);
+            let _ = ready_tx.send(Ok(backend.clone()));
+            let (mut last, mut longest, mut wrong_backend) = (Instant::now(), Duration::ZERO, 0);
+            let end = loop {
+                std::thread::sleep(interval);
+                if flag.load(Ordering::Relaxed) {
+                    break StreamEnd::StillOpen;
+                }
+                match connection.get("/", patience) {
+                    Ok(r) if (200..300).contains(&r.status) => {
+                        if name(&r) != backend {
+                            wrong_backend += 1;
+                        }
+                        longest = longest.max(last.elapsed());
+                        last = Instant::now();
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(r) => break StreamEnd::Failed(format!("HTTP {}", r.status)),
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => break StreamEnd::Closed,
+                    Err(e) => break StreamEnd::Failed(brief(&e)),
+                }
+            };
+            longest = longest.max(last.elapsed());
+            Ok(LoopReport {
+                backend,
+                client_seen,
+                answered: count.load(Ordering::Relaxed),
+                longest_gap: longest,
+                wrong_backend,
+                end,
+            })
+        })?;
+        let backend = match ready_rx.recv_timeout(patience + Duration::from_secs(1)) {
+            Ok(Ok(backend)) => backend,
+            Ok(Err(e)) => {
+                stop.store(true, Ordering::Relaxed);
+                let _ = thread.join();
+                return Err(anyhow!("opening a request loop from {ns} to {target}: {e}"));
+            }
+            Err(_) => {
+                stop.store(true, Ordering::Relaxed);
+                return match thread.join() {
+                    Ok(Err(e)) => Err(e),
+                    _ => Err(anyhow!("opening a request loop from {ns} to {target}: no answer")),
+                };
+            }
+        };
+        Ok(RequestLoop { stop, answered, backend, thread: Some(thread) })
+    }
+
+    /// The backend serving the connection.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Requests answered so far.
+    pub fn answered(&self) -> usize {
+        self.answered.load(Ordering::Relaxed)
+    }
+
+    /// Whether the loop's thread has ended (the connection failed or closed).
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    /// Stops the loop (closing the connection) and returns what it saw.
+    ///
+    /// # Errors
+    /// When the loop's thread failed.
+    pub fn stop(mut self) -> Result<LoopReport> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().ok_or_else(|| anyhow!("request loop already stopped"))?;
+        match thread.join() {
+            Ok(report) => report,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for RequestLoop {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(thread) = self.thread.take() {

@@ -267,7 +267,11 @@ fn xdp_tx_from_a_node_reaches_the_client() {
         let node1 = lab.node(1);
         let (client, vip) = (lab.client(), lab.vip());
         lab.in_netns(&node1.ns, || {
-            let mut dataplane = DataPlane::load(LoadOptions { conntrack_entries: 1024, service_capacity: 1 })?;
+            let mut dataplane = DataPlane::load(LoadOptions {
+                conntrack_entries: 1024,
+                service_capacity: 1,
+                ..LoadOptions::default()
+            })?;
             dataplane.set_node(vip, node1.mac.0, 1)?;
             dataplane.set_active(true)?;
             let mode = dataplane.attach(&node1.iface, AttachMode::Native)?;

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `interface` | required | 1..=15 bytes, no `/`, `:` or whitespace |
 //! | `xdp_mode` | `"auto"` | `"auto"` (native, else generic with a warning), `"native"`, `"generic"` |
-//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the data plane's connection table |
+//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the connection and NAT tables (200 B of kernel memory each) |
 //! | `vip.address` | required | a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast) |
 //! | `vip.hostname` | none | a DNS name or IP address; informational (a natural `server_name` for https checks) |
 //! | `vrrp.vrid` | required | 1..=255 |
@@ -71,7 +71,8 @@ pub use diff::{ReloadPlan, diff};
 
 /// Smallest accepted `conntrack_entries`: below this the LRU would evict live flows on a lightly loaded node.
 pub const CONNTRACK_ENTRIES_MIN: u32 = 1024;
-/// Largest accepted `conntrack_entries` (16 Mi flows, about 1 GiB of kernel memory).
+/// Largest accepted `conntrack_entries` (16 Mi flows: 3.1 GiB of kernel memory for the connection and NAT tables,
+/// 88 + 112 bytes per entry).
 pub const CONNTRACK_ENTRIES_MAX: u32 = 16 * 1024 * 1024;
 pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_PREEMPT: bool = true;
@@ -92,7 +93,7 @@ pub struct Config {
     /// The interface that carries the VIP and where the XDP program attaches.
     pub interface: String,
     pub xdp_mode: XdpMode,
-    /// Size of the data plane's connection table (an LRU map, fixed when the program is loaded).
+    /// Size of the data plane's connection table and of its NAT table (LRU maps, fixed when the program is loaded).
     pub conntrack_entries: u32,
     pub vip: Vip,
     pub vrrp: Vrrp,

@@ -139,3 +139,63 @@ pub fn l4_ok(frame: &[u8]) -> bool {
     let segment = &frame[34..14 + total];
     checksum(&pseudo(src, dst, frame[23], segment)) == 0
 }
+
+/// A UDP datagram without a checksum (0: "not computed", RFC 768).
+pub fn udp_unchecked(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(8 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(&[0, 0]);
+    s.extend_from_slice(payload);
+    s
+}
+
+/// A whole Ethernet + IPv4 + UDP frame with a correct UDP checksum.
+pub fn udp_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = eth(dst_mac, src_mac, ETH_IPV4);
+    f.extend_from_slice(&ipv4(src, dst, 17, &udp(src, dst, sport, dport, payload)));
+    f
+}
+
+/// An ICMP error message (RFC 792): `kind`, `code`, the 4 bytes after the checksum (unused, or the next-hop MTU
+/// of "fragmentation needed", RFC 1191), then the quoted start of the offending IP packet.
+pub fn icmp_error(kind: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quoted);
+    let c = checksum(&m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// A whole Ethernet + IPv4 + ICMP error frame.
+#[expect(clippy::too_many_arguments, reason = "one argument per header field a fixture varies")]
+pub fn icmp_error_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    kind: u8,
+    code: u8,
+    rest: [u8; 4],
+    quoted: &[u8],
+) -> Vec<u8> {
+    let mut f = eth(dst_mac, src_mac, ETH_IPV4);
+    f.extend_from_slice(&ipv4(src, dst, 1, &icmp_error(kind, code, rest, quoted)));
+    f
+}
+
+/// Whether the ICMP checksum of an Ethernet + IPv4 (no options) + ICMP frame verifies.
+pub fn icmp_ok(frame: &[u8]) -> bool {
+    let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
+    checksum(&frame[34..14 + total]) == 0
+}

@@ -1,0 +1,785 @@
+//! BPF_PROG_TEST_RUN fixtures for NAT forwarding: input frame, expected verdict, exact expected output bytes and the
+//! one counter that must move. The expected frames are built from scratch by `support::frames`, whose checksums are
+//! full RFC 1071 recomputations, so an exact match also checks the program's incremental (RFC 1624) updates.
+//! Needs root (loads BPF programs); nothing is sent on any interface.
+mod support;
+
+use std::{collections::HashMap, net::Ipv4Addr, sync::OnceLock, time::Duration};
+
+use lb_common::{
+    FORWARD_DSR, FORWARD_NAT, MAGLEV_M, NAT_PORT_TRIES, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port,
+};
+use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use xvip::{
+    dataplane::{BackendSpec, Counters, DataPlane, LoadOptions, ServiceSpec},
+    maglev,
+};
+
+const XDP_DROP: u32 = 1;
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
+const VRID: u8 = 51;
+const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The node's own address: health checks come from it.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
+const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
+/// A client behind a router: its frames carry the router's MAC.
+const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
+    (Ipv4Addr::new(10, 77, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
+    (Ipv4Addr::new(10, 77, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
+    (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
+];
+/// The NAT services: TCP 80 -> 8080 and UDP 53 -> 5353 on every backend.
+const HTTP: u16 = 80;
+const HTTP_BACKEND: u16 = 8080;
+const DNS: u16 = 53;
+const DNS_BACKEND: u16 = 5353;
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nbackend";
+/// "Fragmentation needed" (RFC 792 type 3 code 4) with a next-hop MTU of 1400 (RFC 1191).
+const FRAG_NEEDED: (u8, u8, [u8; 4]) = (3, 4, [0, 0, 0x05, 0x78]);
+const PORT_UNREACHABLE: (u8, u8, [u8; 4]) = (3, 3, [0; 4]);
+
+fn seed() -> u32 {
+    group_seed(VIP.octets(), VRID)
+}
+
+fn nat_service(port: u16, protocol: u8, backend_port: u16) -> ServiceSpec {
+    ServiceSpec {
+        port,
+        protocol,
+        forwarding: FORWARD_NAT,
+        backends: BACKENDS
+            .iter()
+            .map(|(address, mac)| BackendSpec {
+                address: *address,
+                port: backend_port,
+                weight: 1,
+                healthy: true,
+                mac: Some(*mac),
+                ifindex: 0,
+            })
+            .collect(),
+    }
+}
+
+fn dataplane_with(options: LoadOptions) -> DataPlane {
+    let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..options })
+        .expect("loading the XDP program (these tests need root)");
+    dp.set_node(VIP, NODE_MAC, seed()).expect("set_node");
+    dp.set_active(true).expect("set_active");
+    dp.apply_service("web", &nat_service(HTTP, PROTO_TCP, HTTP_BACKEND)).expect("web");
+    dp.apply_service("dns", &nat_service(DNS, PROTO_UDP, DNS_BACKEND)).expect("dns");
+    dp
+}
+
+fn dataplane() -> DataPlane {
+    dataplane_with(LoadOptions::default())
+}
+
+/// Runs the frame and checks the verdict and that exactly one frame was counted, under `reason`.
+fn run(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Reason) -> Vec<u8> {
+    let before = dp.counters().expect("counters");
+    let out = dp.test_run(frame).expect("test_run");
+    let after = dp.counters().expect("counters");
+    assert_delta(&before, &after, reason);
+    assert_eq!(out.action, action, "verdict for {reason:?}");
+    out.frame
+}
+
+fn assert_delta(before: &Counters, after: &Counters, reason: Reason) {
+    for r in Reason::ALL {
+        let delta = after.reason(r) - before.reason(r);
+        let expected = u64::from(r == reason);
+        assert_eq!(delta, expected, "counter {} moved by {delta}, expected {expected}", r.name());
+    }
+}
+
+/// Asserts `out == expected` and, independently of the builder, that every checksum in `out` verifies.
+fn assert_frame(out: &[u8], expected: &[u8]) {
+    assert_eq!(hex(out), hex(expected));
+    assert!(frames::ipv4_header_ok(out), "IP header checksum");
+    match out[23] {
+        1 => assert!(frames::icmp_ok(out), "ICMP checksum"),
+        17 if out[40..42] == [0, 0] => {}
+        _ => assert!(frames::l4_ok(out), "TCP/UDP checksum"),
+    }
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The Maglev table of a service, built by the pure builder (what the data plane installs).
+fn table(backend_port: u16) -> &'static [u32] {
+    static TABLES: OnceLock<HashMap<u16, Vec<u32>>> = OnceLock::new();
+    let tables = TABLES.get_or_init(|| {
+        [HTTP_BACKEND, DNS_BACKEND]
+            .into_iter()
+            .map(|port| {
+                let members: Vec<maglev::MaglevBackend> = BACKENDS
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (a, _))| maglev::MaglevBackend { id: i as u32, key: format!("{a}:{port}"), weight: 1 })
+                    .collect();
+                (port, maglev::build(&members, MAGLEV_M).expect("maglev"))
+            })
+            .collect()
+    });
+    &tables[&backend_port]
+}
+
+/// A client flow, and what NAT must make of it, predicted from the shared flow hash and the Maglev builder.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    client: Ipv4Addr,
+    /// Source MAC of the client's frames (the client, or its router).
+    mac: [u8; 6],
+    cport: u16,
+    protocol: u8,
+}
+
+impl Flow {
+    fn tcp(cport: u16) -> Self {
+        Flow { client: CLIENT, mac: CLIENT_MAC, cport, protocol: PROTO_TCP }
+    }
+
+    fn udp(cport: u16) -> Self {
+        Flow { client: CLIENT, mac: CLIENT_MAC, cport, protocol: PROTO_UDP }
+    }
+
+    fn service(&self) -> u16 {
+        if self.protocol == PROTO_TCP { HTTP } else { DNS }
+    }
+
+    fn backend_port(&self) -> u16 {
+        if self.protocol == PROTO_TCP { HTTP_BACKEND } else { DNS_BACKEND }
+    }
+
+    fn hash(&self) -> u32 {
+        flow_hash(self.client.octets(), self.cport.to_be_bytes(), self.service().to_be_bytes(), self.protocol, seed())
+    }
+
+    fn backend(&self) -> usize {
+        table(self.backend_port())[(self.hash() % MAGLEV_M) as usize] as usize
+    }
+
+    fn backend_ip(&self) -> Ipv4Addr {
+        BACKENDS[self.backend()].0
+    }
+
+    fn backend_mac(&self) -> [u8; 6] {
+        BACKENDS[self.backend()].1
+    }
+
+    /// The NAT port of the flow's `attempt`-th candidate.
+    fn nat_port(&self, attempt: u32) -> u16 {
+        u16::from_be_bytes(nat_port(self.hash(), attempt))
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "mirrors frames::tcp_frame")]
+    fn frame(
+        &self,
+        dst_mac: [u8; 6],
+        src_mac: [u8; 6],
+        src: Ipv4Addr,
+        dst: Ipv4Addr,
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        if self.protocol == PROTO_TCP {
+            frames::tcp_frame(dst_mac, src_mac, src, dst, sport, dport, flags, payload)
+        } else {
+            frames::udp_frame(dst_mac, src_mac, src, dst, sport, dport, payload)
+        }
+    }
+
+    /// What the client sends to the VIP.
+    fn client_sends(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.frame(NODE_MAC, self.mac, self.client, VIP, self.cport, self.service(), flags, payload)
+    }
+
+    /// What the backend must receive when the flow uses NAT port `port`.
+    fn backend_gets(&self, port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.frame(self.backend_mac(), NODE_MAC, VIP, self.backend_ip(), port, self.backend_port(), flags, payload)
+    }
+
+    /// What the backend answers to NAT port `port`.
+    fn backend_sends(&self, port: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.frame(NODE_MAC, self.backend_mac(), self.backend_ip(), VIP, self.backend_port(), port, flags, payload)
+    }
+
+    /// What the client must receive as the answer.
+    fn client_gets(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
+        self.frame(self.mac, NODE_MAC, VIP, self.client, self.service(), self.cport, flags, payload)
+    }
+}
+
+/// `n` flows from distinct clients (10.77.0.100 ...) whose first NAT candidate is `port` and whose backend is
+/// `backend`: they collide with each other (and with any flow whose candidate is `port`) on that backend.
+fn colliding_flows(port: u16, backend: usize, protocol: u8, n: usize) -> Vec<Flow> {
+    let mut found = Vec::new();
+    for host in 100..=250u8 {
+        for cport in 1024..=65535u16 {
+            let f = Flow { client: Ipv4Addr::new(10, 77, 0, host), mac: CLIENT_MAC, cport, protocol };
+            if f.nat_port(0) == port && f.backend() == backend {
+                found.push(f);
+                if found.len() == n {
+                    return found;
+                }
+                break;
+            }
+        }
+    }
+    panic!("found only {} of {n} flows colliding on port {port}", found.len());
+}
+
+// ----- the forward direction -----
+
+#[test]
+fn syn_is_translated_to_the_vip_and_the_flow_port() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40001);
+    let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
+    assert!(f.nat_port(0) >= 1024);
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.services["web"].packets, 1);
+    assert_eq!(c.backends[&("web".to_string(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
+}
+
+#[test]
+fn established_packets_keep_the_translation() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40002);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    for _ in 0..3 {
+        let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+    }
+}
+
+#[test]
+fn many_flows_spread_over_the_backends_each_from_its_own_port() {
+    let mut dp = dataplane();
+    let mut per_backend = [0u32; 3];
+    for cport in 20000..20300 {
+        let f = Flow::tcp(cport);
+        let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        // A candidate other than the first only if another of these flows took it: 300 of 64512 ports.
+        let port = u16::from_be_bytes([out[34], out[35]]);
+        assert!((0..NAT_PORT_TRIES).any(|a| f.nat_port(a) == port), "port {port} is not a candidate of {f:?}");
+        assert_eq!(&out[30..34], &f.backend_ip().octets());
+        per_backend[f.backend()] += 1;
+    }
+    assert!(per_backend.iter().all(|n| (60..=140).contains(n)), "{per_backend:?}");
+}
+
+// ----- the reverse direction -----
+
+#[test]
+fn reply_is_translated_back_to_the_client() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40003);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_SYN | TCP_ACK, b""));
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK | TCP_PSH, RESPONSE));
+}
+
+#[test]
+fn replies_go_to_the_mac_the_client_came_from() {
+    let mut dp = dataplane();
+    let f = Flow { client: REMOTE_CLIENT, mac: ROUTER_MAC, cport: 40004, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_eq!(&out[0..6], &ROUTER_MAC);
+    assert_frame(&out, &f.client_gets(TCP_SYN | TCP_ACK, b""));
+}
+
+#[test]
+fn reply_without_a_translation_goes_to_the_kernel_untouched() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40005);
+    let reply = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNatNoEntry), reply);
+    // Addressed to a port that is also a service port: still a reply, never a new client flow.
+    let to_service_port = f.backend_sends(HTTP, TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &to_service_port, XDP_PASS, Reason::PassNatNoEntry), to_service_port);
+}
+
+#[test]
+fn the_node_taking_over_rebuilds_the_same_translation_from_the_next_client_packet() {
+    // Node A saw the whole connection start; node B, after a failover, sees only its continuation.
+    let mut a = dataplane();
+    let mut b = dataplane();
+    let f = Flow::tcp(40006);
+    run(&mut a, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    run(&mut a, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    // The backend speaks first on B: nothing to translate yet (a server-push stream waits for the client).
+    let pushed = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
+    assert_eq!(run(&mut b, &pushed, XDP_PASS, Reason::PassNatNoEntry), pushed);
+    // The client's next packet (an ACK, not a SYN) on B: same backend, same NAT port, byte for byte.
+    let from_b = run(&mut b, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    let from_a_again = run(&mut a, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    assert_eq!(from_b, from_a_again, "node B chose what node A chose");
+    assert_frame(&from_b, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+    let out = run(&mut b, &pushed, XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK | TCP_PSH, RESPONSE));
+}
+
+// ----- end of a connection -----
+
+#[test]
+fn fin_from_both_sides_keeps_translating_until_the_last_ack() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40007);
+    let p = f.nat_port(0);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(p, TCP_FIN | TCP_ACK, b""));
+    let out = run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_FIN | TCP_ACK, b""));
+    // Within the grace time the last ACK and retransmissions still go through, both ways.
+    let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(p, TCP_ACK, b""));
+    let out = run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_FIN | TCP_ACK, b""));
+}
+
+#[test]
+fn a_closed_translation_keeps_its_port_during_the_grace_time() {
+    // Default grace (10 s): a colliding flow that starts right after the close must not take the port.
+    let mut dp = dataplane();
+    let f = Flow::tcp(40008);
+    let p = f.nat_port(0);
+    let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+}
+
+#[test]
+fn a_closed_translation_gives_its_port_up_after_the_grace_time() {
+    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_millis(1), ..LoadOptions::default() });
+    let f = Flow::tcp(40009);
+    let p = f.nat_port(0);
+    let [g, h] = colliding_flows(p, f.backend(), PROTO_TCP, 2)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    // Only the client closed: half-closed connections keep their port however long they idle.
+    run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+    // Closed by both, and quiet for longer than the grace time: the next colliding flow takes the port.
+    run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run(&mut dp, &h.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &h.backend_gets(p, TCP_SYN, b""));
+    let out = run(&mut dp, &f.backend_sends(p, TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_eq!(&out[0..6], &h.mac);
+    assert_eq!(&out[30..34], &h.client.octets(), "replies on that port now belong to the new flow");
+}
+
+#[test]
+fn client_rst_is_forwarded_and_ends_the_translation() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40010);
+    let p = f.nat_port(0);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.client_sends(TCP_RST | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(p, TCP_RST | TCP_ACK, b""));
+    let late = f.backend_sends(p, TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
+}
+
+#[test]
+fn backend_rst_is_forwarded_and_ends_the_translation_until_the_client_sends_again() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40011);
+    let p = f.nat_port(0);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.backend_sends(p, TCP_RST, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_RST, b""));
+    let late = f.backend_sends(p, TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
+    // Both entries went: the client's next packet rebuilds the same translation (not a reuse of a stale one).
+    let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(p, TCP_ACK, b""));
+    run(&mut dp, &late, XDP_TX, Reason::NatReplyTx);
+}
+
+#[test]
+fn a_reused_client_port_reaches_the_backend_from_the_same_nat_port() {
+    // The backend sees the same 4-tuple reuse a direct client would cause (and accepts it the same way).
+    let mut dp = dataplane();
+    let f = Flow::tcp(40012);
+    let p = f.nat_port(0);
+    for _ in 0..3 {
+        let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(p, TCP_SYN, b""));
+        run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+        run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+        run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    }
+}
+
+#[test]
+fn a_new_connection_on_a_reused_port_is_live_again() {
+    // The SYN resets the closed state: the port is not up for grabs while the new connection runs.
+    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_millis(1), ..LoadOptions::default() });
+    let f = Flow::tcp(40023);
+    let p = f.nat_port(0);
+    let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    std::thread::sleep(Duration::from_millis(20));
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+}
+
+#[test]
+fn replies_follow_the_client_to_a_new_mac() {
+    // The client's router failed over (or the client moved): replies go to the MAC of its latest packet.
+    let mut dp = dataplane();
+    let f = Flow { client: REMOTE_CLIENT, mac: ROUTER_MAC, cport: 40024, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let moved = Flow { mac: [0x02, 0, 0, 0, 0, 0xfd], ..f };
+    run(&mut dp, &moved.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &moved.client_gets(TCP_ACK, b""));
+}
+
+#[test]
+fn a_flow_moved_off_an_unhealthy_backend_releases_its_old_translation() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40025);
+    let old = f.backend();
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let mut spec = nat_service(HTTP, PROTO_TCP, HTTP_BACKEND);
+    spec.backends[old].healthy = false;
+    dp.apply_service("web", &spec).expect("web without the flow's backend");
+    let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    let moved_to = BACKENDS.iter().position(|(ip, _)| out[30..34] == ip.octets()).expect("a backend");
+    assert_ne!(moved_to, old);
+    assert_eq!(u16::from_be_bytes([out[34], out[35]]), f.nat_port(0), "the same port, towards the new backend");
+    // Late packets from the old backend are no longer translated; the new backend's are.
+    let stale = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &stale, XDP_PASS, Reason::PassNatNoEntry), stale);
+    let fresh = frames::tcp_frame(
+        NODE_MAC,
+        BACKENDS[moved_to].1,
+        BACKENDS[moved_to].0,
+        VIP,
+        HTTP_BACKEND,
+        f.nat_port(0),
+        TCP_ACK,
+        b"",
+    );
+    run(&mut dp, &fresh, XDP_TX, Reason::NatReplyTx);
+}
+
+#[test]
+fn an_endpoint_shared_by_two_nat_services_stays_a_nat_endpoint_until_both_are_gone() {
+    let mut dp = dataplane();
+    dp.apply_service("alt", &nat_service(8000, PROTO_TCP, HTTP_BACKEND)).expect("alt");
+    let f = Flow::tcp(40026);
+    let reply = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
+    dp.remove_service("alt").expect("remove alt");
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNatNoEntry), reply, "web still uses the endpoint");
+    dp.remove_service("web").expect("remove web");
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply, "no NAT service uses it any more");
+}
+
+// ----- collisions -----
+
+#[test]
+fn a_colliding_flow_takes_the_next_candidate_and_both_translate_back() {
+    let f = Flow::tcp(40013);
+    let [g] = colliding_flows(f.nat_port(0), f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    for _ in 0..2 {
+        // Deterministic: a fresh node fed the same packets in the same order makes the same choices.
+        let mut dp = dataplane();
+        let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
+        let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+        // Established packets of g keep the second candidate.
+        let out = run(&mut dp, &g.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_ACK | TCP_PSH, REQUEST));
+        let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, RESPONSE), XDP_TX, Reason::NatReplyTx);
+        assert_frame(&out, &f.client_gets(TCP_ACK, RESPONSE));
+        let out = run(&mut dp, &g.backend_sends(g.nat_port(1), TCP_ACK, RESPONSE), XDP_TX, Reason::NatReplyTx);
+        assert_frame(&out, &g.client_gets(TCP_ACK, RESPONSE));
+    }
+}
+
+#[test]
+fn a_flow_whose_candidates_are_all_taken_is_dropped() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40014);
+    // One live flow on each of f's candidate ports, towards f's backend.
+    let blockers: Vec<Flow> =
+        (0..NAT_PORT_TRIES).map(|a| colliding_flows(f.nat_port(a), f.backend(), PROTO_TCP, 1)[0]).collect();
+    for b in &blockers {
+        let out = run(&mut dp, &b.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &b.backend_gets(b.nat_port(0), TCP_SYN, b""));
+    }
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_DROP, Reason::DropNatNoPort);
+    // The blockers are untouched.
+    for b in &blockers {
+        run(&mut dp, &b.backend_sends(b.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    }
+}
+
+// ----- UDP -----
+
+#[test]
+fn udp_is_translated_both_ways() {
+    let mut dp = dataplane();
+    let f = Flow::udp(5000);
+    let out = run(&mut dp, &f.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), 0, b"query"));
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), 0, b"answer"), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(0, b"answer"));
+}
+
+#[test]
+fn a_zero_udp_checksum_stays_zero() {
+    let mut dp = dataplane();
+    let f = Flow::udp(5001);
+    let unchecked = |src: Ipv4Addr, dst: Ipv4Addr, dst_mac, src_mac, sport, dport| {
+        let mut frame = frames::eth(dst_mac, src_mac, frames::ETH_IPV4);
+        frame.extend(frames::ipv4(src, dst, 17, &frames::udp_unchecked(sport, dport, b"query")));
+        frame
+    };
+    let input = unchecked(f.client, VIP, NODE_MAC, f.mac, f.cport, DNS);
+    let out = run(&mut dp, &input, XDP_TX, Reason::NatForwardTx);
+    let expected = unchecked(VIP, f.backend_ip(), f.backend_mac(), NODE_MAC, f.nat_port(0), DNS_BACKEND);
+    assert_frame(&out, &expected);
+    assert_eq!(&out[40..42], &[0, 0]);
+}
+
+#[test]
+fn a_udp_translation_ages_out() {
+    let mut dp = dataplane_with(LoadOptions { nat_udp_timeout: Duration::from_millis(1), ..LoadOptions::default() });
+    let f = Flow::udp(5002);
+    let [g] = colliding_flows(f.nat_port(0), f.backend(), PROTO_UDP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
+    std::thread::sleep(Duration::from_millis(20));
+    // Idle past the timeout: replies are no longer translated...
+    let late = f.backend_sends(f.nat_port(0), 0, b"answer");
+    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
+    // ...and another flow may take the port.
+    let out = run(&mut dp, &g.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(f.nat_port(0), 0, b"query"));
+}
+
+#[test]
+fn a_udp_translation_in_use_does_not_age() {
+    // Each packet restarts the idle time: 4 s after the first packet, but 2 s after the last, a 3 s timeout has not
+    // expired. (The margin, 1 s, only has to cover two map operations.)
+    let mut dp = dataplane_with(LoadOptions { nat_udp_timeout: Duration::from_secs(3), ..LoadOptions::default() });
+    let f = Flow::udp(5003);
+    let [g] = colliding_flows(f.nat_port(0), f.backend(), PROTO_UDP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
+    std::thread::sleep(Duration::from_secs(2));
+    run(&mut dp, &f.backend_sends(f.nat_port(0), 0, b"answer"), XDP_TX, Reason::NatReplyTx);
+    std::thread::sleep(Duration::from_secs(2));
+    let out = run(&mut dp, &g.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), 0, b"query"));
+}
+
+// ----- ICMP errors (path MTU discovery) -----
+
+/// How many bytes of the offending packet an ICMP error quotes in these fixtures: IP header, TCP header, 8 more.
+const QUOTE: usize = 20 + 20 + 8;
+
+#[test]
+fn frag_needed_about_a_packet_to_the_backend_reaches_the_client() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40015);
+    let sent = f.client_sends(TCP_ACK | TCP_PSH, REQUEST);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    // A router on the way to the backend cannot forward it: it tells the sender, the VIP.
+    let (kind, code, mtu) = FRAG_NEEDED;
+    let error =
+        frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    // The client gets it from the VIP, quoting exactly what it sent (quoted TCP checksum included).
+    let expected = frames::icmp_error_frame(f.mac, NODE_MAC, VIP, f.client, kind, code, mtu, &sent[14..14 + QUOTE]);
+    assert_frame(&out, &expected);
+}
+
+#[test]
+fn an_icmp_error_quoting_only_eight_bytes_is_translated() {
+    // RFC 792 only promises the first 8 bytes of the offending datagram's payload: ports, no TCP checksum.
+    let mut dp = dataplane();
+    let f = Flow::tcp(40016);
+    let sent = f.client_sends(TCP_SYN, b"");
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    let (kind, code, mtu) = FRAG_NEEDED;
+    let backend = f.backend_ip();
+    let error = frames::icmp_error_frame(NODE_MAC, f.backend_mac(), backend, VIP, kind, code, mtu, &translated[14..42]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    let expected = frames::icmp_error_frame(f.mac, NODE_MAC, VIP, f.client, kind, code, mtu, &sent[14..42]);
+    assert_frame(&out, &expected);
+}
+
+#[test]
+fn frag_needed_about_a_reply_reaches_the_backend() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40017);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let answer = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
+    let translated = run(&mut dp, &answer, XDP_TX, Reason::NatReplyTx);
+    // A router on the way to the client cannot forward the reply: the backend must lower its segment size.
+    let (kind, code, mtu) = FRAG_NEEDED;
+    let error =
+        frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToBackend);
+    let expected = frames::icmp_error_frame(
+        f.backend_mac(),
+        NODE_MAC,
+        VIP,
+        f.backend_ip(),
+        kind,
+        code,
+        mtu,
+        &answer[14..14 + QUOTE],
+    );
+    assert_frame(&out, &expected);
+}
+
+#[test]
+fn port_unreachable_about_udp_reaches_the_client() {
+    let mut dp = dataplane();
+    let f = Flow::udp(5004);
+    let sent = f.client_sends(0, b"query");
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    let (kind, code, rest) = PORT_UNREACHABLE;
+    let quoted = &translated[14..];
+    let error = frames::icmp_error_frame(NODE_MAC, f.backend_mac(), f.backend_ip(), VIP, kind, code, rest, quoted);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    let expected = frames::icmp_error_frame(f.mac, NODE_MAC, VIP, f.client, kind, code, rest, &sent[14..]);
+    assert_frame(&out, &expected);
+}
+
+#[test]
+fn icmp_errors_about_unknown_flows_go_to_the_kernel_untouched() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40018);
+    let (kind, code, mtu) = FRAG_NEEDED;
+    // Never translated.
+    let never = f.backend_gets(f.nat_port(0), TCP_ACK, REQUEST);
+    let error = frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &never[14..14 + QUOTE]);
+    assert_eq!(run(&mut dp, &error, XDP_PASS, Reason::PassNoService), error);
+    // Quoting a packet the VIP did not send.
+    let foreign = f.client_sends(TCP_ACK, REQUEST);
+    let error = frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &foreign[14..14 + QUOTE]);
+    assert_eq!(run(&mut dp, &error, XDP_PASS, Reason::PassNoService), error);
+}
+
+// ----- what NAT leaves alone -----
+
+#[test]
+fn traffic_between_the_node_and_the_backends_is_untouched() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40019);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    // A health check answer from a backend to the node's own address.
+    let check = frames::tcp_frame(
+        NODE_MAC,
+        f.backend_mac(),
+        f.backend_ip(),
+        NODE_IP,
+        HTTP_BACKEND,
+        41000,
+        TCP_SYN | TCP_ACK,
+        b"",
+    );
+    assert_eq!(run(&mut dp, &check, XDP_PASS, Reason::PassNotVip), check);
+}
+
+#[test]
+fn a_backend_can_be_a_client_of_the_vip() {
+    // A backend's own client socket (an ephemeral port, not its service port) is a client flow like any other,
+    // even when it lands on that same backend.
+    let mut dp = dataplane();
+    let (ip, mac) = BACKENDS[0];
+    let f = Flow { client: ip, mac, cport: 45000, protocol: PROTO_TCP };
+    let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_SYN | TCP_ACK, b""));
+}
+
+#[test]
+fn dsr_services_next_to_nat_ones_only_change_macs() {
+    let mut dp = dataplane();
+    let mut dsr = nat_service(443, PROTO_TCP, 443);
+    dsr.forwarding = FORWARD_DSR;
+    dp.apply_service("tls", &dsr).expect("tls");
+    let syn = frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40020, 443, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    assert_eq!(out[12..], syn[12..]);
+}
+
+#[test]
+fn a_service_switched_to_dsr_stops_translating_replies() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40021);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let mut dsr = nat_service(HTTP, PROTO_TCP, HTTP_BACKEND);
+    dsr.forwarding = FORWARD_DSR;
+    dp.apply_service("web", &dsr).expect("web as DSR");
+    // The backend endpoints are no longer NAT endpoints: their packets to the VIP are not replies any more.
+    let reply = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply);
+    // A flow pinned under NAT keeps its backend under DSR, and is no longer translated.
+    let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::ForwardTx);
+    assert_eq!(out[12..], f.client_sends(TCP_ACK, b"")[12..]);
+}
+
+#[test]
+fn every_truncation_of_nat_frames_is_passed_or_dropped_untouched() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40022);
+    let sent = f.client_sends(TCP_ACK | TCP_PSH, REQUEST);
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    let reply = f.backend_sends(f.nat_port(0), TCP_ACK, RESPONSE);
+    let (kind, code, mtu) = FRAG_NEEDED;
+    let error =
+        frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
+    let before = dp.counters().expect("counters");
+    for full in [sent, reply, error] {
+        for len in 14..full.len() {
+            let cut = &full[..len];
+            let out = dp.test_run(cut).expect("test_run");
+            assert!(out.action == XDP_PASS || out.action == XDP_DROP, "{len}-byte cut: verdict {}", out.action);
+            assert_eq!(out.frame, cut, "a {len}-byte cut was modified");
+        }
+    }
+    let after = dp.counters().expect("counters");
+    for r in [Reason::NatForwardTx, Reason::NatReplyTx, Reason::NatIcmpToClient, Reason::NatIcmpToBackend] {
+        assert_eq!(after.reason(r), before.reason(r), "{}", r.name());
+    }
+}

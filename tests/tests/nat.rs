@@ -1,0 +1,289 @@
+//! NAT forwarding end to end in a netns lab: HTTP through the VIP to three unmodified backends (no VIP on their
+//! loopback, no route change: they answer the VIP, which is on their subnet, so their replies go to whichever node
+//! answers ARP for it), and long-lived connections across failovers. Needs root.
+//!
+//! Which long-lived connections can survive a failover: the new active node starts with empty NAT maps and
+//! rebuilds a flow's translation from the *client's* next packet (same hash, same backend, same NAT port). A
+//! connection in which the client keeps sending (requests, or TCP keepalive probes) therefore survives; a pure
+//! server-push stream, whose client only ACKs what it receives, receives nothing after the switch and so sends
+//! nothing: it stalls until the client sends something. The survival tests use request/response loops; the
+//! server-push test shows both cases.
+use std::{
+    net::{IpAddr, SocketAddr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use xvip_tests::{
+    Lab, LabSpec,
+    probe::{self, RequestLoop, StreamEnd, StreamWatch},
+    xvip::{NodeSpec, ServiceSpec, XvipNode},
+};
+
+const SERVICE_PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+/// Long-lived connections per failover test.
+const N: usize = 10;
+
+fn lab() -> Lab {
+    Lab::new(LabSpec {
+        nodes: 2,
+        backends: 3,
+        vip_on_backends_lo: false,
+        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
+    })
+    .expect("lab")
+}
+
+/// Waits until `node` reports every backend of every service healthy with a MAC: its Maglev table is then the
+/// same as every other node's, which a failover relies on.
+fn wait_healthy(node: &XvipNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(status) = node.status()
+            && !status.services.is_empty()
+            && status.services.iter().all(|s| s.backends.iter().all(|b| b.healthy && b.mac.is_some()))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: backends never all healthy:\n{}", node.name, node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts node1 (150, active) and node2 (100, backup) with a NAT web service (80 -> 8080 on every backend) and
+/// waits until both have healthy backends and the service answers through the VIP.
+fn pair(lab: &Lab) -> (XvipNode, XvipNode) {
+    lab.start_backends(&[BACKEND_PORT]).expect("backends");
+    let service = ServiceSpec::http(lab, SERVICE_PORT, BACKEND_PORT, "nat");
+    let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(service.clone())).expect("node1");
+    let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100).service(service)).expect("node2");
+    n1.wait_role("active", Duration::from_secs(3)).expect("node1 active");
+    n2.wait_role("backup", Duration::from_secs(3)).expect("node2 backup");
+    wait_healthy(&n1);
+    wait_healthy(&n2);
+    for _ in 0..100 {
+        if probe::http_get(&lab.client().ns, lab.vip_addr(SERVICE_PORT), "/", Duration::from_millis(500)).is_ok() {
+            return (n1, n2);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("the service never answered through the VIP:\n{}", n1.log());
+}
+
+fn dataplane_counter(node: &XvipNode, name: &str) -> u64 {
+    node.status().map(|s| s.counters.dataplane.get(name).copied().unwrap_or(0)).unwrap_or(0)
+}
+
+#[test]
+fn http_through_the_vip_reaches_every_backend_which_sees_the_vip_as_the_client() {
+    let lab = lab();
+    let (n1, _n2) = pair(&lab);
+    let tally = lab.request_many(lab.vip_addr(SERVICE_PORT), 300).expect("requests");
+    eprintln!("300 requests through the VIP: {:?}, failures {} {:?}", tally.per_backend, tally.failures, tally.errors);
+    assert_eq!(tally.failures, 0, "{:?}", tally.errors);
+    assert_eq!(tally.per_backend.len(), 3, "{:?}", tally.per_backend);
+    for (backend, n) in &tally.per_backend {
+        assert!((60..=141).contains(n), "{backend} got {n} of 300 (outside 20%..47%): {:?}", tally.per_backend);
+    }
+
+    // The backends see the VIP, from a NAT port, never the client.
+    let response =
+        probe::http_get(&lab.client().ns, lab.vip_addr(SERVICE_PORT), "/", Duration::from_secs(1)).expect("GET");
+    let seen: SocketAddr = response.header("x-client").expect("X-Client header").parse().expect("X-Client address");
+    assert_eq!(seen.ip(), IpAddr::V4(lab.vip()), "the backend saw {seen}");
+    assert!(seen.port() >= 1024, "NAT ports start at 1024: {seen}");
+
+    // Both directions went through XDP; the health checks (node address <-> backends) kept every backend up.
+    let status = n1.status().expect("status");
+    let c = &status.counters.dataplane;
+    eprintln!("node1 data plane counters: {c:?}");
+    assert!(c["nat_forward_tx"] >= 300 && c["nat_reply_tx"] >= 300, "{c:?}");
+    assert_eq!(c["drop_nat_no_port"], 0);
+    assert!(status.services[0].backends.iter().all(|b| b.healthy), "{:?}", status.services);
+}
+
+/// `TcpExtTCPSynRetrans` of a namespace: SYNs the kernel had to send again (a lost or refused attempt).
+fn syn_retransmits(lab: &Lab, ns: &str) -> u64 {
+    let netstat = lab.exec(ns, ["cat", "/proc/net/netstat"]).expect("netstat");
+    let mut lines = netstat.lines();
+    while let (Some(names), Some(values)) = (lines.next(), lines.next()) {
+        if !names.starts_with("TcpExt:") {
+            continue;
+        }
+        let found = names.split_whitespace().zip(values.split_whitespace()).find(|(n, _)| *n == "TCPSynRetrans");
+        if let Some((_, v)) = found {
+            return v.parse().expect("counter");
+        }
+    }
+    panic!("no TCPSynRetrans in /proc/net/netstat:\n{netstat}");
+}
+
+/// Connections from one client port, one after the other: the backend closes each first and holds TIME_WAIT on
+/// its 4-tuple, which the next connection reuses at once. Returns the distinct (`X-Backend`, `X-Client`) pairs and
+/// how many SYNs the client had to retransmit.
+fn reuse_one_port(lab: &Lab, target: SocketAddrV4, local_port: u16, n: usize) -> (Vec<(String, String)>, u64) {
+    let before = syn_retransmits(lab, &lab.client().ns);
+    let seen = lab
+        .in_netns(&lab.client().ns, move || {
+            let mut seen = Vec::new();
+            for i in 0..n {
+                let response = xvip_tests::http::get_from_port(target, local_port, "/", Duration::from_secs(5))
+                    .map_err(|e| anyhow::anyhow!("connection {i} from port {local_port} to {target}: {e}"))?;
+                let header = |name| response.header(name).unwrap_or_default().to_owned();
+                seen.push((header("x-backend"), header("x-client")));
+            }
+            Ok(seen)
+        })
+        .expect("connections");
+    let after = syn_retransmits(lab, &lab.client().ns);
+    let mut distinct = seen;
+    distinct.sort();
+    distinct.dedup();
+    (distinct, after - before)
+}
+
+#[test]
+fn a_reused_client_port_reaches_the_backend_as_a_direct_client_would() {
+    let lab = lab();
+    let _nodes = pair(&lab);
+    // Directly to a backend: what a client reusing its port costs without a load balancer.
+    let direct = SocketAddrV4::new(lab.backend(1).ip, BACKEND_PORT);
+    let (direct_seen, direct_retransmits) = reuse_one_port(&lab, direct, 45001, 30);
+    // Through the VIP: the NAT port is a function of the client flow, so the backend sees the same 4-tuple reused
+    // (and the same client's ISNs and timestamps), which its TIME_WAIT handling accepts the same way.
+    let vip = SocketAddrV4::new(lab.vip(), SERVICE_PORT);
+    let (via_vip_seen, via_vip_retransmits) = reuse_one_port(&lab, vip, 45002, 30);
+    eprintln!(
+        "30 connections from one port: direct {direct_seen:?}, {direct_retransmits} SYN retransmits; \
+         through the VIP {via_vip_seen:?}, {via_vip_retransmits} SYN retransmits"
+    );
+    assert_eq!(direct_seen.len(), 1);
+    assert_eq!(via_vip_seen.len(), 1, "one backend and one NAT port for one client flow: {via_vip_seen:?}");
+    let (backend, client_seen) = &via_vip_seen[0];
+    assert!(client_seen.starts_with(&format!("{}:", lab.vip())), "{via_vip_seen:?}");
+    // The reuse really met a TIME_WAIT each time: the backend holds one for the (VIP, NAT port) 4-tuple.
+    let host = lab.host(backend).expect("the backend named in X-Backend");
+    let time_wait = lab.exec(&host.ns, ["ss", "-Htan", "state", "time-wait"]).expect("ss");
+    assert!(time_wait.contains(client_seen.as_str()), "no TIME_WAIT towards {client_seen} on {backend}:\n{time_wait}");
+    assert_eq!(via_vip_retransmits, direct_retransmits, "no connection had to wait for a SYN retransmission");
+}
+
+/// Opens `N` request/response loops through the VIP, waits until each has a few answers, runs `failover`, then
+/// waits until every loop has answered again or given up. Returns (survivors, reports).
+fn loops_across(lab: &Lab, failover: impl FnOnce()) -> (usize, Vec<probe::LoopReport>) {
+    let loops: Vec<RequestLoop> = (0..N)
+        .map(|_| {
+            RequestLoop::start(
+                &lab.client().ns,
+                lab.vip_addr(SERVICE_PORT),
+                Duration::from_millis(100),
+                Duration::from_secs(15),
+            )
+            .expect("request loop")
+        })
+        .collect();
+    let backends: Vec<&str> = loops.iter().map(RequestLoop::backend).collect();
+    eprintln!("{N} connections on backends {backends:?}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loops.iter().any(|l| l.answered() < 3) {
+        assert!(Instant::now() < deadline, "loops never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before: Vec<usize> = loops.iter().map(RequestLoop::answered).collect();
+    failover();
+    // TCP retransmissions reach the new node within a few RTOs; every loop either answers again or fails.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while loops.iter().zip(&before).any(|(l, b)| !l.ended() && l.answered() < b + 5) {
+        assert!(Instant::now() < deadline, "loops neither answered nor failed within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reports: Vec<probe::LoopReport> = loops.into_iter().map(|l| l.stop().expect("loop report")).collect();
+    let survivors = reports
+        .iter()
+        .zip(&before)
+        .filter(|(r, b)| r.end == StreamEnd::StillOpen && r.wrong_backend == 0 && r.answered >= *b + 5)
+        .count();
+    for r in &reports {
+        eprintln!(
+            "  {} seen as {}: {} answers, longest gap {:?}, end {:?}, wrong backend {}",
+            r.backend, r.client_seen, r.answered, r.longest_gap, r.end, r.wrong_backend
+        );
+    }
+    (survivors, reports)
+}
+
+#[test]
+fn long_lived_connections_survive_a_graceful_handover() {
+    let lab = lab();
+    let (mut n1, n2) = pair(&lab);
+    let (survivors, _) = loops_across(&lab, || {
+        n1.terminate().expect("SIGTERM node1");
+        n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    });
+    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "pass_nat_no_entry"));
+    eprintln!(
+        "graceful handover: {survivors} of {N} connections survived; node2 translated {carried} client packets and \
+         passed {no_entry} replies without translation"
+    );
+    assert_eq!(survivors, N, "{survivors} of {N} survived:\n{}", n2.log());
+    assert!(carried >= 5 * N as u64, "node2 carried the connections after the handover ({carried} packets)");
+}
+
+#[test]
+fn long_lived_connections_survive_the_active_node_losing_its_link() {
+    let lab = lab();
+    let (_n1, n2) = pair(&lab);
+    let (survivors, _) = loops_across(&lab, || {
+        lab.cut_link(lab.node(1)).expect("cut node1");
+        n2.wait_role("active", Duration::from_secs(3)).expect("node2 takes over");
+    });
+    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "pass_nat_no_entry"));
+    eprintln!(
+        "link down: {survivors} of {N} connections survived; node2 translated {carried} client packets and passed \
+         {no_entry} replies without translation"
+    );
+    assert_eq!(survivors, N, "{survivors} of {N} survived:\n{}", n2.log());
+    assert!(carried >= 5 * N as u64, "node2 carried the connections after the failover ({carried} packets)");
+}
+
+#[test]
+fn a_server_push_stream_resumes_after_a_handover_once_its_client_sends() {
+    let lab = lab();
+    let (mut n1, n2) = pair(&lab);
+    let target = lab.vip_addr(SERVICE_PORT);
+    let timeout = Duration::from_secs(2);
+    let open = |keepalive| {
+        (0..N / 2)
+            .map(|_| StreamWatch::start_with_keepalive(&lab.client().ns, target, timeout, keepalive).expect("stream"))
+            .collect::<Vec<_>>()
+    };
+    // Silent clients: they only ACK what they receive. Chatty ones: a keepalive probe after 1 s of silence.
+    let silent = open(None);
+    let chatty = open(Some(Duration::from_secs(1)));
+    std::thread::sleep(Duration::from_millis(300));
+    n1.terminate().expect("SIGTERM node1");
+    n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    let at_switch: Vec<usize> = silent.iter().chain(&chatty).map(StreamWatch::lines).collect();
+    // Long enough for a keepalive probe (1 s) and the backend's next retransmission (RTO backoff).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let resumed = |streams: &[StreamWatch], from: &[usize]| {
+        streams.iter().zip(from).filter(|(s, before)| s.lines() >= *before + 10).count()
+    };
+    while resumed(&chatty, &at_switch[N / 2..]) < chatty.len() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (silent_resumed, chatty_resumed) =
+        (resumed(&silent, &at_switch[..N / 2]), resumed(&chatty, &at_switch[N / 2..]));
+    let no_entry = dataplane_counter(&n2, "pass_nat_no_entry");
+    let reports: Vec<_> = silent.into_iter().chain(chatty).map(|s| s.stop().expect("stream report")).collect();
+    for r in &reports {
+        eprintln!("  {}: {} lines, longest gap {:?}, end {:?}", r.backend, r.lines, r.longest_gap, r.end);
+    }
+    eprintln!(
+        "server push across a graceful handover: {silent_resumed} of {} silent clients and {chatty_resumed} of {} \
+         clients with keepalive resumed; node2 passed {no_entry} replies without translation to the kernel",
+        N / 2,
+        N / 2
+    );
+    assert_eq!(chatty_resumed, N / 2, "a client that sends rebuilds the translation");
+}
