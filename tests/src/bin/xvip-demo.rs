@@ -21,7 +21,7 @@ use xvip_tests::{
 };
 
 /// How the load balancer forwards to the backends. "dsr" for now; "nat" (backends need no change) once it lands.
-const FORWARDING: &str = "dsr";
+const FORWARDING: &str = "nat";
 
 /// The service port on the VIP, and the backends' port.
 const PORT: u16 = 8080;
