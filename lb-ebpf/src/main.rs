@@ -21,8 +21,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
-    ServiceKey, ServiceValue, Traffic, flow_hash, maglev_base,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP,
+    PROTO_UDP, Reason, ServiceValue, Traffic, flow_hash, maglev_position, service_slot,
 };
 use maps::{BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, MAGLEV, NAT_BACKENDS, SERVICE_STATS, SERVICES};
 use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
@@ -264,12 +264,16 @@ fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reaso
 /// Sends a packet for a configured service to its backend: DSR here (only the MACs change), NAT in `nat.rs`.
 #[inline(always)]
 fn service(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: &L4) -> (u32, Reason) {
-    let key = ServiceKey { port: l4.dport, protocol: l4.protocol, _pad: 0 };
-    // SAFETY: the value is only read; the agent replaces values whole.
-    let Some(svc) = (unsafe { SERVICES.get(&key) }) else {
+    let Some(slot) = service_slot(l4.protocol, u16::from_be_bytes(l4.dport)) else {
         return (XDP_PASS, Reason::PassNoService);
     };
+    let Some(svc) = SERVICES.get(slot) else {
+        return (XDP_PASS, Reason::DropInternal);
+    };
     let svc: ServiceValue = *svc;
+    if svc.present != 1 {
+        return (XDP_PASS, Reason::PassNoService);
+    }
     if svc.forwarding == FORWARD_NAT {
         return nat::forward(ctx, eth, ip, config, &svc, l4);
     }
@@ -291,14 +295,14 @@ fn service(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCo
         }
     }
     if chosen == NO_BACKEND {
-        let slot = flow_hash(ip.src_addr, client_port, service_port, protocol, config.hash_seed) % MAGLEV_M;
-        let Some(id) = MAGLEV.get(maglev_base(svc.index, svc.table) + slot) else {
+        let hash = flow_hash(ip.src_addr, client_port, service_port, protocol, config.hash_seed);
+        let Some(id) = maglev_pick(&svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
         };
-        if *id == NO_BACKEND {
+        if id == NO_BACKEND {
             return (XDP_DROP, Reason::DropNoBackend);
         }
-        chosen = *id;
+        chosen = id;
         let _ = CONNTRACK.insert(&flow, &FlowValue { backend: chosen, nat_port: [0; 2], _pad: [0; 2] }, 0);
     }
     let Some(backend) = BACKENDS.get(chosen) else {
@@ -315,6 +319,15 @@ fn service(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCo
 
     set_macs(eth, backend.mac, config.mac);
     send(ctx, backend.ifindex, Reason::ForwardTx, Reason::ForwardRedirect)
+}
+
+/// The backend in the slot of `hash` in the service's live Maglev table (`NO_BACKEND` when it has none).
+#[inline(always)]
+pub fn maglev_pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
+    let (element, offset) = maglev_position(svc.index, svc.table, hash % MAGLEV_M);
+    let chunk = MAGLEV.get(element)?;
+    // The mask keeps the index provably inside the chunk for the verifier.
+    Some(chunk.slots[(offset & (MAGLEV_CHUNK - 1)) as usize])
 }
 
 #[inline(always)]

@@ -6,20 +6,20 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey,
-    FlowValue, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NatKey, NatValue, NodeConfig, REASON_COUNT, ServiceKey,
-    ServiceValue, Traffic,
+    FlowValue, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NatKey, NatValue, NodeConfig, REASON_COUNT,
+    SERVICE_SLOTS, ServiceValue, Traffic,
 };
 
 #[map]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+pub static SERVICES: Array<ServiceValue> = Array::with_max_entries(SERVICE_SLOTS, 0);
 
-/// Two Maglev tables per service, one after the other (see `lb_common::maglev_base`). The agent shrinks this
+/// Two Maglev tables per service, in chunks of 64 slots (see `lb_common::maglev_position`). The agent shrinks this
 /// to what the configured services need at load time.
 #[map]
-pub static MAGLEV: Array<u32> = Array::with_max_entries(2 * MAX_SERVICES * MAGLEV_M, 0);
+pub static MAGLEV: Array<MaglevChunk> = Array::with_max_entries(2 * MAX_SERVICES * MAGLEV_CHUNKS, 0);
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);

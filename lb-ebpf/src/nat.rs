@@ -41,15 +41,15 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, MAGLEV_M, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_PORT_TRIES, NAT_RST, NO_BACKEND,
-    NatKey, NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, flow_hash, maglev_base, nat_port,
+    Backend, FlowKey, FlowValue, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey,
+    NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, flow_hash, nat_port,
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
     IP_LEN, L4, L4_OFF, add_traffic,
     csum::Delta,
-    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, NAT, SERVICE_STATS, closed_grace_ns, udp_timeout_ns},
+    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, NAT, SERVICE_STATS, closed_grace_ns, udp_timeout_ns},
     packet, send, set_macs,
 };
 
@@ -117,10 +117,9 @@ pub fn forward(
         Some(c) => c,
         None => {
             let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, config.hash_seed);
-            let Some(id) = MAGLEV.get(maglev_base(svc.index, svc.table) + hash % MAGLEV_M) else {
+            let Some(id) = crate::maglev_pick(svc, hash) else {
                 return (XDP_DROP, Reason::DropInternal);
             };
-            let id = *id;
             if id == NO_BACKEND {
                 return (XDP_DROP, Reason::DropNoBackend);
             }

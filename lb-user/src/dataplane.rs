@@ -16,8 +16,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_BACKEND, NodeConfig, REASON_COUNT, Reason,
-    ServiceKey, ServiceValue, Traffic, names,
+    Backend, Endpoint, FORWARD_NAT, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk,
+    NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names, service_slot,
 };
 
 use crate::maglev;
@@ -39,7 +39,7 @@ pub enum AttachMode {
 pub struct LoadOptions {
     /// Entries of the connection table and of the NAT table (both LRU; see docs/nat.md for the memory).
     pub conntrack_entries: u32,
-    /// Services the Maglev array has room for (two tables of `MAGLEV_M` slots each, 512 KiB per service).
+    /// Services the Maglev array has room for (two tables of `MAGLEV_CHUNKS` chunks each, 512 KiB per service).
     pub service_capacity: u32,
     /// Idle time after which a UDP NAT translation is gone.
     pub nat_udp_timeout: Duration,
@@ -115,8 +115,19 @@ impl Counters {
 }
 
 /// What this module remembers of a service it installed.
+/// A service's place on the VIP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ServiceKey {
+    protocol: u8,
+    port: u16,
+}
+
 struct Installed {
     key: ServiceKey,
+    /// Whether its `SERVICES` entry has been written (with `present = 1`).
+    live: bool,
+    /// DSR or NAT, as last written.
+    forwarding: u8,
     index: u32,
     /// Which of the two Maglev tables is live.
     table: u32,
@@ -152,7 +163,7 @@ impl DataPlane {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
         let ebpf = EbpfLoader::new()
-            .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_M)
+            .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
@@ -244,7 +255,7 @@ impl DataPlane {
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
     pub fn apply_service(&mut self, name: &str, spec: &ServiceSpec) -> Result<()> {
-        let key = ServiceKey { port: spec.port.to_be_bytes(), protocol: spec.protocol, _pad: 0 };
+        let key = ServiceKey { protocol: spec.protocol, port: spec.port };
         if self.services.get(name).is_some_and(|s| s.key != key) {
             self.remove_service(name)?;
         }
@@ -259,6 +270,8 @@ impl DataPlane {
                 name.to_string(),
                 Installed {
                     key,
+                    live: false,
+                    forwarding: spec.forwarding,
                     index,
                     table: 1,
                     shadows: [Vec::new(), Vec::new()],
@@ -350,12 +363,24 @@ impl DataPlane {
         let next = 1 - svc.table;
         self.write_table(svc.index, next, &svc.shadows[next as usize], &table)?;
         svc.shadows[next as usize] = table;
-        let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
-        let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
-            map_mut(&mut self.ebpf, names::SERVICES)?;
-        services.insert(svc.key, value, 0).context("writing the SERVICES map")?;
+        let value =
+            ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, present: 1, _pad: [0; 2] };
+        svc.forwarding = spec.forwarding;
+        if !svc.live {
+            // First the fields, then `present` alone (see `lb_common::ServiceValue`).
+            self.write_service_value(svc.key, ServiceValue { present: 0, ..value })?;
+            svc.live = true;
+        }
+        self.write_service_value(svc.key, value)?;
         svc.table = next;
         Ok(())
+    }
+
+    fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        let slot = service_slot(key.protocol, key.port)
+            .ok_or_else(|| anyhow!("protocol {} has no service slots (tcp or udp only)", key.protocol))?;
+        let mut services: Array<&mut MapData, ServiceValue> = map_mut(&mut self.ebpf, names::SERVICES)?;
+        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
@@ -381,16 +406,19 @@ impl DataPlane {
         backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
     }
 
-    /// Writes `table` into buffer `which` of service `index`, skipping slots that already hold the value.
+    /// Writes `table` into buffer `which` of service `index`, skipping chunks that already hold the same slots.
     fn write_table(&mut self, index: u32, which: u32, current: &[u32], table: &[u32]) -> Result<()> {
-        let mut maglev: Array<&mut MapData, u32> = map_mut(&mut self.ebpf, names::MAGLEV)?;
-        let base = lb_common::maglev_base(index, which);
-        for (slot, value) in table.iter().enumerate() {
-            if current.get(slot) == Some(value) {
+        let mut maglev: Array<&mut MapData, MaglevChunk> = map_mut(&mut self.ebpf, names::MAGLEV)?;
+        for (i, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
+            let start = i * MAGLEV_CHUNK as usize;
+            if current.get(start..start + slots.len()) == Some(slots) {
                 continue;
             }
-            let slot = u32::try_from(slot).context("Maglev slot over u32")?;
-            maglev.set(base + slot, *value, 0).with_context(|| format!("writing MAGLEV[{}]", base + slot))?;
+            let mut chunk = MaglevChunk::default();
+            chunk.slots[..slots.len()].copy_from_slice(slots);
+            let first = u32::try_from(start).context("Maglev slot over u32")?;
+            let (element, _) = maglev_position(index, which, first);
+            maglev.set(element, chunk, 0).with_context(|| format!("writing MAGLEV[{element}]"))?;
         }
         Ok(())
     }
@@ -400,11 +428,10 @@ impl DataPlane {
         let Some(svc) = self.services.remove(name) else {
             return Ok(());
         };
-        {
-            let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
-                map_mut(&mut self.ebpf, names::SERVICES)?;
-            services.remove(&svc.key).context("removing from the SERVICES map")?;
-        }
+        // Only `present` changes, so a packet sees the service or nothing (see `lb_common::ServiceValue`).
+        let value =
+            ServiceValue { index: svc.index, table: svc.table, forwarding: svc.forwarding, present: 0, _pad: [0; 2] };
+        self.write_service_value(svc.key, value)?;
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);
