@@ -35,10 +35,11 @@ enum Cmd {
     /// The main job: setup and build if needed, then a narrated lab (two xvip nodes, three backends, a client)
     /// showing election, load balancing, failover and backend loss with measured times (needs root).
     Demo,
-    /// Benchmarks (needs root): `xdp` (ns/packet per path), `e2e` (requests/s against peers), `failover`
-    /// (outages vs keepalived), `maglev` (table builds); all of them without an argument.
+    /// Benchmarks (needs root): `xdp` (ns/packet per path), `maglev` (table builds), `failover` (outages vs
+    /// keepalived), `e2e` (requests/s against nginx, haproxy, nftables), `memory` (RSS and maps); all without an
+    /// argument. Results go to BENCHMARKS.md and target/bench/*.json.
     Bench {
-        /// xdp | e2e | failover | maglev
+        /// xdp | maglev | failover | e2e | memory
         what: Option<String>,
         /// Extra arguments for the benchmark runner (see `target/release/xvip-bench --help`).
         #[arg(trailing_var_arg = true)]

@@ -1,0 +1,184 @@
+//! xvip-bench: the benchmarks behind `cargo xtask bench` (needs root).
+//!
+//! ```text
+//! xvip-bench [xdp|maglev|failover|e2e|memory ...] [--rounds N] [--repeat N] [--shots N] [--trials N]
+//!            [--intervals MS,MS] [--duration S] [--out DIR] [--no-doc]
+//! ```
+//! Without a benchmark name it runs all of them, in that order. Each prints a markdown table on stdout, writes
+//! `target/bench/<name>.json` and replaces its section of `BENCHMARKS.md` at the workspace root.
+//!
+//! The machine is a shared, noisy 2-core VM, so every figure is paired with a baseline measured side by side in the
+//! same run (the XDP_PASS program, a direct connection to one backend, keepalived in the same lab) and reported
+//! as a median over rounds. Benchmarks measure and report; they do not fail on a missed target (only on errors).
+
+#[path = "../../../lb-user/tests/support/frames.rs"]
+mod frames;
+
+#[path = "xvip-bench/e2e.rs"]
+mod e2e;
+#[path = "xvip-bench/failover.rs"]
+mod failover;
+#[path = "xvip-bench/maglev.rs"]
+mod maglev;
+#[path = "xvip-bench/memory.rs"]
+mod memory;
+#[path = "xvip-bench/report.rs"]
+mod report;
+#[path = "xvip-bench/xdp.rs"]
+mod xdp;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+use report::Section;
+
+/// Every benchmark, in the order `xvip-bench` without arguments runs them.
+const ALL: [&str; 5] = ["xdp", "maglev", "failover", "e2e", "memory"];
+
+const USAGE: &str = "\
+usage: xvip-bench [BENCH ...] [OPTIONS]
+
+BENCH (default: all, in this order):
+  xdp       ns/packet of each XDP path (BPF_PROG_TEST_RUN) next to the XDP_PASS baseline
+  maglev    Maglev table build time (M = 65537) and flows moved when a backend leaves
+  failover  outages on link down / SIGTERM / SIGKILL, xvip pair vs keepalived pair (netns lab)
+  e2e       wrk req/s, p99 and new connections/s: direct, xvip DSR/NAT, nginx, haproxy, nftables (netns lab)
+  memory    agent RSS and BPF map memory, 1 service x 3 backends and 64 services x 64 backends (netns lab)
+
+OPTIONS:
+  --rounds N        xdp rounds (default 5), e2e rounds (default 3), maglev builds (default 9); medians
+  --repeat N        xdp: repetitions per BPF_PROG_TEST_RUN call (default 1000000)
+  --shots N         xdp: calls per round for paths that change their own frame (default 50000)
+  --trials N        failover: trials per case (default 3)
+  --intervals LIST  failover: advert intervals in ms, comma separated (default 1000,100)
+  --duration S      e2e: seconds per wrk run (default 5)
+  --out DIR         where the JSON goes (default <workspace>/target/bench)
+  --no-doc          do not update BENCHMARKS.md
+";
+
+/// Command-line options shared by all benchmarks.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub benches: Vec<String>,
+    pub rounds: Option<usize>,
+    pub repeat: u32,
+    pub shots: usize,
+    pub trials: usize,
+    pub intervals: Vec<u32>,
+    pub duration: u32,
+    pub out: PathBuf,
+    pub doc: bool,
+    /// The command line, for the report's "reproduce" line.
+    pub command: String,
+}
+
+fn parse_args() -> Result<Options> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut o = Options {
+        benches: Vec::new(),
+        rounds: None,
+        repeat: 1_000_000,
+        shots: 50_000,
+        trials: 3,
+        intervals: vec![1000, 100],
+        duration: 5,
+        out: report::workspace_root().join("target/bench"),
+        doc: true,
+        command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_string(),
+    };
+    let mut it = args.into_iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
+        match arg.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                std::process::exit(0);
+            }
+            "--rounds" => o.rounds = Some(number(&value("--rounds")?, "--rounds")?),
+            "--repeat" => o.repeat = number(&value("--repeat")?, "--repeat")?,
+            "--shots" => o.shots = number(&value("--shots")?, "--shots")?,
+            "--trials" => o.trials = number(&value("--trials")?, "--trials")?,
+            "--duration" => o.duration = number(&value("--duration")?, "--duration")?,
+            "--intervals" => {
+                o.intervals = value("--intervals")?
+                    .split(',')
+                    .map(|s| number::<u32>(s.trim(), "--intervals"))
+                    .collect::<Result<_>>()?;
+            }
+            "--out" => o.out = PathBuf::from(value("--out")?),
+            "--no-doc" => o.doc = false,
+            "all" => o.benches.extend(ALL.iter().map(|s| s.to_string())),
+            name if ALL.contains(&name) => o.benches.push(name.to_string()),
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    if o.benches.is_empty() {
+        o.benches = ALL.iter().map(|s| s.to_string()).collect();
+    }
+    for interval in &o.intervals {
+        if !(10..=40950).contains(interval) || interval % 10 != 0 {
+            bail!("--intervals: {interval} ms is not a VRRPv3 advert interval (10..=40950, a multiple of 10)");
+        }
+    }
+    Ok(o)
+}
+
+fn number<T: std::str::FromStr + PartialOrd + Default>(text: &str, name: &str) -> Result<T> {
+    match text.parse::<T>() {
+        Ok(n) if n > T::default() => Ok(n),
+        _ => bail!("{name} must be a positive number, got {text:?}"),
+    }
+}
+
+fn run(name: &str, options: &Options) -> Result<Section> {
+    match name {
+        "xdp" => xdp::run(options),
+        "maglev" => maglev::run(options),
+        "failover" => failover::run(options),
+        "e2e" => e2e::run(options),
+        "memory" => memory::run(options),
+        other => bail!("no benchmark {other:?}"),
+    }
+}
+
+fn main() {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("xvip-bench: {e:#}");
+            std::process::exit(2);
+        }
+    };
+    if !xvip_tests::is_root() {
+        eprintln!("xvip-bench: needs root (it loads BPF programs and builds network namespaces)");
+        std::process::exit(2);
+    }
+    let machine = report::Machine::detect();
+    eprintln!("[bench] machine: {}", machine.line());
+    let mut failed = Vec::new();
+    for name in &options.benches {
+        let started = Instant::now();
+        eprintln!("[bench] {name}: starting");
+        match run(name, &options) {
+            Ok(mut section) => {
+                section.seconds = started.elapsed().as_secs_f64();
+                println!("{}", section.markdown(&machine, &options));
+                if let Err(e) = section.save(&machine, &options) {
+                    eprintln!("[bench] {name}: saving the results: {e:#}");
+                    failed.push(name.clone());
+                }
+                eprintln!("[bench] {name}: done in {:.1} s", section.seconds);
+            }
+            Err(e) => {
+                eprintln!("[bench] {name}: failed after {:.1} s: {e:#}", started.elapsed().as_secs_f64());
+                failed.push(name.clone());
+            }
+        }
+    }
+    if !failed.is_empty() {
+        eprintln!("[bench] failed: {}", failed.join(", "));
+        std::process::exit(1);
+    }
+}
