@@ -629,6 +629,15 @@ impl Agent {
             );
             return;
         }
+        let capacity = self.dataplane.service_capacity();
+        if new.services.len() > capacity as usize {
+            log::error!(
+                "reload refused: {} services, but the data plane was sized for {capacity} at start; restart xvip to \
+                 grow it; the running config is kept",
+                new.services.len()
+            );
+            return;
+        }
         if plan.is_empty() {
             log::info!("reload: nothing changed");
             return;

@@ -448,6 +448,11 @@ impl DataPlane {
         Ok(())
     }
 
+    /// How many services the maps were sized for at load time.
+    pub fn service_capacity(&self) -> u32 {
+        self.service_capacity
+    }
+
     /// Names of the installed services.
     pub fn service_names(&self) -> impl Iterator<Item = &str> {
         self.services.keys().map(String::as_str)

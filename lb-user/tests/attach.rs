@@ -88,3 +88,14 @@ fn process_exit_releases_the_program() {
         assert!(!sh("ip -d link show xvc0").contains("prog/xdp"), "still attached after drop");
     });
 }
+
+#[test]
+fn generic_mode_attaches_as_xdpgeneric() {
+    in_netns(|| {
+        sh("ip link add xvd0 type veth peer name xvd1 && ip link set xvd0 up");
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");
+        assert_eq!(dp.attach("xvd0", AttachMode::Generic).expect("attach"), "generic");
+        let link = sh("ip -d link show xvd0");
+        assert!(link.contains("xdpgeneric"), "not attached in generic mode: {link}");
+    });
+}

@@ -230,3 +230,28 @@ fn long_lived_connections_survive_a_graceful_failover_and_a_link_cut() {
     eprintln!("measured: {survived} of 10 streams survived a graceful handover, a preemption and a link cut");
     assert_eq!(survived, 10);
 }
+
+#[test]
+fn sighup_beyond_the_loaded_service_capacity_is_refused() {
+    let lab = lab();
+    let mut spec = NodeSpec::new(150).service(service(&lab));
+    let mut node = lab.start_xvip(lab.node(1), &spec).expect("node1");
+    node.wait_role("active", Duration::from_secs(3)).expect("active");
+    // The data plane is sized for max(services, 8) at start: nine services need a restart.
+    for port in 9001..9009 {
+        let mut extra = service(&lab);
+        extra.name = format!("extra{port}");
+        extra.port = port;
+        extra.forwarding = "nat".into();
+        extra.check = "none".into();
+        spec.services.push(extra);
+    }
+    std::fs::write(&node.config_path, config(&lab, lab.node(1), &spec, &node.socket)).expect("write");
+    node.signal(libc::SIGHUP).expect("SIGHUP");
+    std::thread::sleep(Duration::from_millis(300));
+    let log = node.log();
+    assert!(log.contains("reload refused: 9 services") && log.contains("restart xvip"), "{log}");
+    let status = node.status().expect("status");
+    assert_eq!(status.services.len(), 1, "the running config changed");
+    assert_eq!(status.role, "active");
+}
