@@ -305,20 +305,29 @@ fn service(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCo
         chosen = id;
         let _ = CONNTRACK.insert(&flow, &FlowValue { backend: chosen, nat_port: [0; 2], _pad: [0; 2] }, 0);
     }
-    let Some(backend) = BACKENDS.get(chosen) else {
-        return (XDP_DROP, Reason::DropInternal);
+    let backend = match take_backend(ctx, svc.index, chosen) {
+        Ok(b) => b,
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    set_macs(eth, backend.mac, config.mac);
+    send(ctx, backend.ifindex, Reason::ForwardTx, Reason::ForwardRedirect)
+}
+
+/// The backend a packet of service `service_index` goes to, with the packet counted for both; the drop reason when
+/// the backend cannot be used (its MAC is not resolved yet).
+#[inline(always)]
+pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Backend, Reason> {
+    let Some(backend) = BACKENDS.get(id) else {
+        return Err(Reason::DropInternal);
     };
     let backend: Backend = *backend;
     if backend.mac == [0; 6] {
-        return (XDP_DROP, Reason::DropBackendUnresolved);
+        return Err(Reason::DropBackendUnresolved);
     }
-
     let bytes = packet::len(ctx) as u64;
-    add_traffic(&SERVICE_STATS, svc.index, bytes);
-    add_traffic(&BACKEND_STATS, chosen, bytes);
-
-    set_macs(eth, backend.mac, config.mac);
-    send(ctx, backend.ifindex, Reason::ForwardTx, Reason::ForwardRedirect)
+    add_traffic(&SERVICE_STATS, service_index, bytes);
+    add_traffic(&BACKEND_STATS, id, bytes);
+    Ok(backend)
 }
 
 /// The backend in the slot of `hash` in the service's live Maglev table (`NO_BACKEND` when it has none).

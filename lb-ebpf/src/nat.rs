@@ -47,9 +47,9 @@ use lb_common::{
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
-    IP_LEN, L4, L4_OFF, add_traffic,
+    IP_LEN, L4, L4_OFF,
     csum::Delta,
-    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, NAT, SERVICE_STATS, closed_grace_ns, udp_timeout_ns},
+    maps::{BACKENDS, CONNTRACK, NAT, closed_grace_ns, udp_timeout_ns},
     packet, send, set_macs,
 };
 
@@ -142,16 +142,10 @@ pub fn forward(
         }
     };
 
-    let Some(backend) = BACKENDS.get(backend_id) else {
-        return (XDP_DROP, Reason::DropInternal);
+    let backend = match crate::take_backend(ctx, svc.index, backend_id) {
+        Ok(b) => b,
+        Err(reason) => return (XDP_DROP, reason),
     };
-    let backend: Backend = *backend;
-    if backend.mac == [0; 6] {
-        return (XDP_DROP, Reason::DropBackendUnresolved);
-    }
-    let bytes = packet::len(ctx) as u64;
-    add_traffic(&SERVICE_STATS, svc.index, bytes);
-    add_traffic(&BACKEND_STATS, backend_id, bytes);
 
     if !translate(ctx, ip, l4.protocol, config.vip, backend.address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);

@@ -117,7 +117,9 @@ fn describe(cmd: &Command) -> String {
 fn build_ebpf() -> Result<PathBuf> {
     step("building the XDP programs (lb-ebpf, nightly, bpfel-unknown-none)");
     // What aya-build runs: BTF needs -Cdebuginfo=2 as a rustflag for every crate, not only in a profile (aya#1649).
-    let rustflags = ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf"].join("\x1f");
+    // -Dwarnings: this crate is outside the workspace clippy run, so its warnings would otherwise go unseen.
+    let rustflags =
+        ["--cfg=bpf_target_arch=\"x86_64\"", "-Cdebuginfo=2", "-Clink-arg=--btf", "-Dwarnings"].join("\x1f");
     run(Command::new("cargo")
         .current_dir(root().join("lb-ebpf"))
         .env_remove("RUSTUP_TOOLCHAIN")
