@@ -24,6 +24,7 @@ use crate::{
     garp::GarpSender,
     health::{self, HealthEvent},
     neighbour::Neighbours,
+    netif,
     services::{Endpoint, Services, effective_priority},
     status::{BackendStatus, CounterStatus, ServiceStatus, Status},
     vrrp::{
@@ -38,6 +39,8 @@ const RESOLVE_REFRESH: Duration = Duration::from_secs(10);
 /// How long a stopping active node keeps forwarding while it waits for the new active router (SIGTERM must exit
 /// within 1 s).
 const HANDOVER_WAIT: Duration = Duration::from_millis(800);
+/// How often the interface's link state is checked.
+const LINK_CHECK: Duration = Duration::from_millis(100);
 /// At most one log line per discard reason per this period.
 const DISCARD_LOG_PERIOD: Duration = Duration::from_secs(10);
 
@@ -93,6 +96,8 @@ struct Agent {
     garp_repeat_at: Option<Instant>,
     garp_refresh_at: Option<Instant>,
     resolve_at: Instant,
+    /// The interface's link as last seen; while it is down the node is in "fault": not active, not advertising.
+    link_up: bool,
     stats: Stats,
 }
 
@@ -232,6 +237,7 @@ impl Agent {
             config.services.len()
         );
         let now = Instant::now();
+        let link_up = netif::link_up(&config.interface)?;
         let mut agent = Agent {
             config_path: config_path.to_path_buf(),
             config,
@@ -253,6 +259,7 @@ impl Agent {
             garp_repeat_at: None,
             garp_refresh_at: None,
             resolve_at: now,
+            link_up,
             stats: Stats { role_since_unix_ms: unix_ms(), role_reason: "starting".into(), ..Stats::default() },
         };
         agent.sync_checkers(&[]);
@@ -264,8 +271,12 @@ impl Agent {
         if agent.backends_lost && agent.config.vrrp.backend_loss_penalty > 0 {
             log::info!("starting with priority lowered until the first health checks pass");
         }
-        let actions = agent.router.start(agent.now());
-        agent.act(actions).await?;
+        if agent.link_up {
+            let actions = agent.router.start(agent.now());
+            agent.act(actions).await?;
+        } else {
+            agent.role_changed("fault", format!("no link on {}: waiting for it", agent.config.interface));
+        }
         agent.update_priority().await?;
         Ok(agent)
     }
@@ -278,6 +289,8 @@ impl Agent {
         let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
         let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
         let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let mut link_check = tokio::time::interval(LINK_CHECK);
+        link_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let far = Instant::now() + Duration::from_secs(3600);
             let vrrp_at = self.router.next_deadline().map_or(far, |d| self.epoch + d);
@@ -307,7 +320,36 @@ impl Agent {
                 _ = term.recv() => { log::info!("SIGTERM: stopping"); return Ok(()); }
                 _ = int.recv() => { log::info!("SIGINT: stopping"); return Ok(()); }
                 _ = hup.recv() => self.reload().await,
+                _ = link_check.tick() => self.check_link().await?,
             }
+        }
+    }
+
+    /// keepalived's FAULT: with the link down this node can neither hear nor send adverts, so it stops the VRRP
+    /// machine and answers nothing; when the link returns it starts again as a backup, which lets the election (and
+    /// `preempt`) decide instead of coming back as a second active router.
+    async fn check_link(&mut self) -> Result<()> {
+        let up = match netif::link_up(&self.config.interface) {
+            Ok(up) => up,
+            Err(e) => {
+                log::warn!("{e:#}");
+                return Ok(());
+            }
+        };
+        if up == self.link_up {
+            return Ok(());
+        }
+        self.link_up = up;
+        if up {
+            log::info!("link up on {}: starting the election as a backup", self.config.interface);
+            let actions = self.router.start(self.now());
+            self.act(actions).await
+        } else {
+            // Adverts cannot leave now; stop the machine quietly and stop answering for the VIP.
+            let _ = self.router.shutdown(self.now());
+            self.dataplane.set_active(false)?;
+            self.role_changed("fault", format!("link down on {}", self.config.interface));
+            Ok(())
         }
     }
 
@@ -376,15 +418,15 @@ impl Agent {
                 }
                 Action::BecomeActive { reason } => {
                     self.dataplane.set_active(true)?;
-                    self.role_changed(Role::Active, reason);
+                    self.role_changed(Role::Active.name(), reason);
                 }
                 Action::BecomeBackup { reason } => {
                     self.dataplane.set_active(false)?;
-                    self.role_changed(Role::Backup, reason);
+                    self.role_changed(Role::Backup.name(), reason);
                 }
                 Action::BecomeInitialize => {
                     self.dataplane.set_active(false)?;
-                    self.role_changed(Role::Initialize, "stopping".into());
+                    self.role_changed(Role::Initialize.name(), "stopping".into());
                 }
                 Action::SendGratuitousArp => self.garp_burst(),
             }
@@ -392,12 +434,13 @@ impl Agent {
         Ok(())
     }
 
-    fn role_changed(&mut self, role: Role, reason: String) {
+    /// Bookkeeping and the log line of a role change; `role` is a VRRP role name or "fault".
+    fn role_changed(&mut self, role: &str, reason: String) {
         log::info!("role -> {role}: {reason}");
         self.stats.transitions += 1;
         self.stats.role_since_unix_ms = unix_ms();
         self.stats.role_reason = reason;
-        if role != Role::Active {
+        if role != Role::Active.name() {
             self.garp_repeat_at = None;
             self.garp_refresh_at = None;
         }
@@ -700,7 +743,7 @@ impl Agent {
             .collect();
         let role = self.router.role();
         Status {
-            role: role.name().to_string(),
+            role: if self.link_up { role.name() } else { "fault" }.to_string(),
             vrid: self.config.vrrp.vrid,
             priority: self.config.vrrp.priority,
             effective_priority: self.router.priority(),

@@ -13,6 +13,7 @@ use std::ptr;
 
 use anyhow::{Context, Result, bail};
 
+pub use crate::netif::interface_mac;
 use crate::vrrp::socket::interface_index;
 
 /// Ethernet header (14) + ARP for Ethernet/IPv4 (28). Not padded to 60: the NIC pads on the wire,
@@ -22,7 +23,7 @@ pub const BROADCAST_MAC: [u8; 6] = [0xff; 6];
 
 const ETHERTYPE_ARP: u16 = 0x0806;
 const ETHERTYPE_IPV4: u16 = 0x0800;
-const ARPHRD_ETHER: u16 = 1;
+use crate::netif::ARPHRD_ETHER;
 const ARPOP_REQUEST: u16 = 1;
 
 /// Byte offsets in the frame (Ethernet II, then RFC 826).
@@ -59,48 +60,6 @@ pub fn frame(mac: [u8; 6], vip: Ipv4Addr) -> [u8; FRAME_LEN] {
     f[field::THA].copy_from_slice(&BROADCAST_MAC);
     f[field::TPA].copy_from_slice(&vip.octets());
     f
-}
-
-/// The interface's MAC address, by `SIOCGIFHWADDR` on a socket, so it is read in the calling
-/// thread's network namespace (`/sys/class/net` shows the namespace sysfs was mounted in).
-///
-/// # Errors
-/// When the interface does not exist or is not Ethernet.
-pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
-    // SAFETY: ifreq is plain old data; all-zero is a valid value.
-    let mut req: libc::ifreq = unsafe { mem::zeroed() };
-    let name = interface.as_bytes();
-    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains(&0) {
-        bail!("interface name {interface:?} is not a valid Linux interface name (1..=15 bytes, no NUL)");
-    }
-    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
-        *dst = *src as libc::c_char;
-    }
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("socket() to read the MAC address of {interface}"));
-    }
-    // SAFETY: raw is a fresh fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: req is a valid ifreq with a NUL-terminated name; SIOCGIFHWADDR fills ifru_hwaddr.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("ioctl(SIOCGIFHWADDR) on {interface}"));
-    }
-    // SAFETY: SIOCGIFHWADDR succeeded, so ifru_hwaddr is the active union member.
-    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
-    if hw.sa_family != ARPHRD_ETHER {
-        bail!(
-            "interface {interface} has hardware type {}, expected Ethernet ({ARPHRD_ETHER}); gratuitous ARP needs Ethernet",
-            hw.sa_family
-        );
-    }
-    let mut mac = [0u8; 6];
-    for (dst, src) in mac.iter_mut().zip(hw.sa_data) {
-        *dst = src as u8;
-    }
-    Ok(mac)
 }
 
 /// Sends gratuitous ARPs on one interface over an `AF_PACKET` socket.

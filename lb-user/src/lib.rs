@@ -9,6 +9,7 @@ pub mod garp;
 pub mod health;
 pub mod maglev;
 pub mod neighbour;
+pub mod netif;
 pub mod services;
 pub mod status;
 pub mod vrrp;

@@ -206,3 +206,39 @@ fn becoming_active_sends_a_gratuitous_arp_burst_and_repeats_it() {
     assert!((0.9..1.5).contains(&gap), "the second burst is not 1 s later: {garps:?}");
     assert_eq!(n1.status().expect("status").counters.garps_sent, 10);
 }
+
+#[test]
+fn a_node_that_loses_its_link_is_in_fault_and_without_preempt_does_not_take_the_vip_back() {
+    let lab = lab(2);
+    let n1 = lab.start_xvip(lab.node(1), &NodeSpec { preempt: false, ..NodeSpec::new(150) }).expect("node1");
+    let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100)).expect("node2");
+    n1.wait_role("active", Duration::from_secs(3)).expect("node1 active");
+    n2.wait_role("backup", Duration::from_secs(3)).expect("node2 backup");
+
+    lab.cut_link(lab.node(1)).expect("cut node1");
+    n1.wait_role("fault", Duration::from_secs(2)).expect("node1 reports fault");
+    n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+
+    lab.restore_link(lab.node(1)).expect("restore node1");
+    n1.wait_role("backup", Duration::from_secs(2)).expect("node1 comes back as a backup");
+    std::thread::sleep(master_down(150) * 3);
+    assert_eq!(n1.role().expect("role"), "backup", "node1 took the VIP back although preempt = false");
+    assert_eq!(n2.role().expect("role"), "active");
+    assert_eq!(arp_owners(&lab), vec!["node2".to_string()]);
+    assert!(n1.log().contains("role -> fault: link down on eth0"), "{}", n1.log());
+}
+
+#[test]
+fn a_node_that_regains_its_link_preempts_through_the_election() {
+    let lab = lab(2);
+    let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150)).expect("node1");
+    let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100)).expect("node2");
+    n1.wait_role("active", Duration::from_secs(3)).expect("node1 active");
+    lab.cut_link(lab.node(1)).expect("cut node1");
+    n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    lab.restore_link(lab.node(1)).expect("restore node1");
+    n1.wait_role("backup", Duration::from_secs(2)).expect("node1 starts as a backup");
+    n1.wait_role("active", Duration::from_secs(3)).expect("node1 preempts after its down timer");
+    n2.wait_role("backup", Duration::from_secs(1)).expect("node2 steps back");
+    assert_eq!(arp_owners(&lab), vec!["node1".to_string()]);
+}

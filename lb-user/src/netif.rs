@@ -1,0 +1,105 @@
+//! Questions about a network interface that the kernel answers through `ioctl`s on a socket: its MAC address and
+//! whether its link is up. Asked on a socket so the answer comes from the calling thread's network namespace
+//! (`/sys/class/net` shows the namespace sysfs was mounted in).
+use std::{
+    io, mem,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// `ARPHRD_ETHER`: the hardware type of Ethernet interfaces.
+pub const ARPHRD_ETHER: u16 = 1;
+
+/// Runs an interface `ioctl` (`SIOCGIF*`) for `interface` and returns the filled `ifreq`.
+fn ifreq_ioctl(interface: &str, request: libc::Ioctl, what: &str) -> Result<libc::ifreq> {
+    // SAFETY: ifreq is plain old data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { mem::zeroed() };
+    let name = interface.as_bytes();
+    if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains(&0) {
+        bail!("interface name {interface:?} is not a valid Linux interface name (1..=15 bytes, no NUL)");
+    }
+    for (dst, src) in req.ifr_name.iter_mut().zip(name) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("socket() to read the {what} of {interface}"));
+    }
+    // SAFETY: raw is a fresh fd that nothing else owns.
+    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: req is a valid ifreq with a NUL-terminated name; the request fills one union member.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } != 0 {
+        return Err(io::Error::last_os_error()).with_context(|| format!("reading the {what} of {interface}"));
+    }
+    Ok(req)
+}
+
+/// The interface's MAC address, by `SIOCGIFHWADDR` on a socket, so it is read in the calling
+/// thread's network namespace (`/sys/class/net` shows the namespace sysfs was mounted in).
+///
+/// # Errors
+/// When the interface does not exist or is not Ethernet.
+pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
+    let req = ifreq_ioctl(interface, libc::SIOCGIFHWADDR, "MAC address (SIOCGIFHWADDR)")?;
+    // SAFETY: SIOCGIFHWADDR succeeded, so ifru_hwaddr is the active union member.
+    let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if hw.sa_family != ARPHRD_ETHER {
+        bail!(
+            "interface {interface} has hardware type {}, expected Ethernet ({ARPHRD_ETHER}); gratuitous ARP needs Ethernet",
+            hw.sa_family
+        );
+    }
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(hw.sa_data) {
+        *dst = src as u8;
+    }
+    Ok(mac)
+}
+
+/// Whether `interface` is up and has carrier (`IFF_UP` and `IFF_RUNNING`): a pulled cable, a peer that went away
+/// or `ip link set down` all make this false.
+///
+/// # Errors
+/// When the interface does not exist.
+pub fn link_up(interface: &str) -> Result<bool> {
+    let req = ifreq_ioctl(interface, libc::SIOCGIFFLAGS, "flags (SIOCGIFFLAGS)")?;
+    // SAFETY: SIOCGIFFLAGS succeeded, so ifru_flags is the active union member.
+    let flags = i32::from(unsafe { req.ifr_ifru.ifru_flags });
+    Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vrrp::socket::testnet::veth_pair;
+
+    /// Polls `link_up` until it reports `want` (the kernel updates the operstate asynchronously, via linkwatch).
+    fn wait_link(p: &crate::vrrp::socket::testnet::VethPair, want: bool) -> bool {
+        for _ in 0..100 {
+            let a_if = p.a_if.clone();
+            if p.a.run(move || link_up(&a_if)).expect("run").expect("link_up") == want {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn link_is_down_while_the_peer_is_down_and_up_again_after() {
+        let p = veth_pair(&[], &[]).expect("veth pair");
+        assert!(wait_link(&p, true), "a fresh veth pair has carrier");
+        p.b.ip(&format!("link set dev {} down", p.b_if)).expect("peer down");
+        assert!(wait_link(&p, false), "no carrier with the peer down");
+        p.b.ip(&format!("link set dev {} up", p.b_if)).expect("peer up");
+        assert!(wait_link(&p, true), "carrier came back");
+    }
+
+    #[test]
+    fn link_up_names_a_missing_interface() {
+        let err = link_up("xvt-nosuch").expect_err("missing");
+        assert!(format!("{err:#}").contains("xvt-nosuch"), "{err:#}");
+    }
+}
