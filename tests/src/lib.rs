@@ -44,7 +44,7 @@ pub use topology::{Host, Lab, LabSpec, MacAddr, Role};
 /// What `lab-backend` prints once it listens on every port; [`Lab::start_backend`] waits for it.
 pub const READY_LINE: &str = "lab-backend ready";
 
-/// Whether this process can build labs (it runs as root). Tests skip, with a message, when it cannot.
+/// Whether this process can build labs (it runs as root); the demo, the benchmarks and the tests refuse to run without.
 pub fn is_root() -> bool {
     // SAFETY: plain syscall without arguments.
     unsafe { libc::geteuid() == 0 }
