@@ -9,32 +9,19 @@ use std::{collections::HashMap, net::Ipv4Addr, sync::OnceLock, time::Duration};
 use lb_common::{
     FORWARD_DSR, FORWARD_NAT, MAGLEV_M, NAT_PORT_TRIES, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port,
 };
+use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, Counters, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
     maglev,
 };
 
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
-const VRID: u8 = 51;
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 /// The node's own address: health checks come from it.
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
 /// A client behind a router: its frames carry the router's MAC.
 const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
-const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
-    (Ipv4Addr::new(10, 77, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
-    (Ipv4Addr::new(10, 77, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
-    (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
-];
 /// The NAT services: TCP 80 -> 8080 and UDP 53 -> 5353 on every backend.
 const HTTP: u16 = 80;
 const HTTP_BACKEND: u16 = 8080;
@@ -81,24 +68,6 @@ fn dataplane_with(options: LoadOptions) -> DataPlane {
 
 fn dataplane() -> DataPlane {
     dataplane_with(LoadOptions::default())
-}
-
-/// Runs the frame and checks the verdict and that exactly one frame was counted, under `reason`.
-fn run(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Reason) -> Vec<u8> {
-    let before = dp.counters().expect("counters");
-    let out = dp.test_run(frame).expect("test_run");
-    let after = dp.counters().expect("counters");
-    assert_delta(&before, &after, reason);
-    assert_eq!(out.action, action, "verdict for {reason:?}");
-    out.frame
-}
-
-fn assert_delta(before: &Counters, after: &Counters, reason: Reason) {
-    for r in Reason::ALL {
-        let delta = after.reason(r) - before.reason(r);
-        let expected = u64::from(r == reason);
-        assert_eq!(delta, expected, "counter {} moved by {delta}, expected {expected}", r.name());
-    }
 }
 
 /// Asserts `out == expected` and, independently of the builder, that every checksum in `out` verifies.

@@ -5,26 +5,12 @@ mod support;
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed};
+use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, Counters, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
     maglev,
 };
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-const XDP_TX: u32 = 3;
-
-const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
-const VRID: u8 = 51;
-const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
-const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x10];
-const CLIENT: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 10);
-const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
-    (Ipv4Addr::new(10, 77, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
-    (Ipv4Addr::new(10, 77, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
-    (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
-];
 
 fn dataplane(active: bool) -> DataPlane {
     let mut dp = DataPlane::load(LoadOptions { service_capacity: 2, ..LoadOptions::default() })
@@ -51,24 +37,6 @@ fn with_web(active: bool) -> DataPlane {
     let mut dp = dataplane(active);
     dp.apply_service("web", &dsr_service([true; 3])).expect("apply_service");
     dp
-}
-
-/// Runs the frame and checks the verdict and that exactly one frame was counted, under `reason`.
-fn run(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Reason) -> Vec<u8> {
-    let before = dp.counters().expect("counters");
-    let out = dp.test_run(frame).expect("test_run");
-    let after = dp.counters().expect("counters");
-    assert_eq!(out.action, action, "verdict for {reason:?}");
-    assert_delta(&before, &after, reason);
-    out.frame
-}
-
-fn assert_delta(before: &Counters, after: &Counters, reason: Reason) {
-    for r in Reason::ALL {
-        let delta = after.reason(r) - before.reason(r);
-        let expected = u64::from(r == reason);
-        assert_eq!(delta, expected, "counter {} moved by {delta}, expected {expected}", r.name());
-    }
 }
 
 fn client_tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
