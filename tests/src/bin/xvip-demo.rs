@@ -136,6 +136,15 @@ fn check(ok: bool, claim: impl AsRef<str>) -> Result<()> {
     }
 }
 
+/// Checks the longest gap the client saw against `bound` plus the slack: "{what} (62 ms) is within {label}60.9 ms
+/// + 100 ms slack".
+fn check_outage(report: &ProbeReport, what: &str, label: &str, bound: Duration) -> Result<()> {
+    check(
+        report.longest_gap <= bound + SLACK,
+        format!("{what} ({}) is within {label}{} + {} slack", ms(report.longest_gap), ms1(bound), ms(SLACK)),
+    )
+}
+
 /// "backend1 10, backend2 9, backend3 11" (every backend of the lab, also those that got nothing).
 fn per_backend(lab: &Lab, counts: &std::collections::BTreeMap<String, usize>) -> String {
     let mut parts: Vec<String> =
@@ -272,12 +281,7 @@ impl Demo {
             "the node with the higher priority is active, the other one backup and agrees",
         )?;
         progress(&format!("asking \"who has {}?\" (ARP) from the client and collecting every answer", lab.vip()));
-        let owners = self.arp_owners()?;
-        say(format!("answered by: {}", owners.join(", ")));
-        check(
-            owners == [format!("{} (node1)", lab.node(1).mac)],
-            "exactly one MAC answers for the VIP, and it is node1's",
-        )
+        self.check_sole_owner(1, "exactly one MAC answers for the VIP, and it is node1's")
     }
 
     fn load_balancing(&mut self) -> Result<()> {
@@ -312,13 +316,8 @@ impl Demo {
             ms1(skew_time(NODE2_PRIORITY)),
             ms1(bound)
         ));
-        check(
-            report.longest_gap <= bound + SLACK,
-            format!("the outage ({}) is within {} + {} slack", ms(report.longest_gap), ms1(bound), ms(SLACK)),
-        )?;
-        let owners = self.arp_owners()?;
-        say(format!("ARP for the VIP is now answered by: {}", owners.join(", ")));
-        check(owners == [format!("{} (node2)", self.lab.node(2).mac)], "only node2 answers for the VIP now")?;
+        check_outage(&report, "the outage", "", bound)?;
+        self.check_sole_owner(2, "only node2 answers for the VIP now")?;
         self.show_status(&self.node2)
     }
 
@@ -397,18 +396,8 @@ impl Demo {
         say(probe_line("client: ", &report));
         // A planned hand-over costs no more than a graceful stop: at most the backup's Skew_Time.
         let bound = skew_time(NODE2_PRIORITY);
-        check(
-            report.longest_gap <= bound + SLACK,
-            format!(
-                "the hand-back outage ({}) is within Skew_Time {} + {} slack",
-                ms(report.longest_gap),
-                ms1(bound),
-                ms(SLACK)
-            ),
-        )?;
-        let owners = self.arp_owners()?;
-        say(format!("ARP for the VIP is answered by: {}", owners.join(", ")));
-        check(owners == [format!("{} (node1)", self.lab.node(1).mac)], "only node1 answers for the VIP again")?;
+        check_outage(&report, "the hand-back outage", "Skew_Time ", bound)?;
+        self.check_sole_owner(1, "only node1 answers for the VIP again")?;
         self.show_status(&self.node1)
     }
 
@@ -437,16 +426,18 @@ impl Demo {
              {ADVERT_INTERVAL_MS} ms / 256 = {}",
             ms1(bound)
         ));
-        check(
-            report.longest_gap <= bound + SLACK,
-            format!("the outage ({}) is within {} + {} slack", ms(report.longest_gap), ms1(bound), ms(SLACK)),
-        )?;
-        let owners = self.arp_owners()?;
-        say(format!("ARP for the VIP is answered by: {}", owners.join(", ")));
-        check(owners == [format!("{} (node2)", self.lab.node(2).mac)], "only node2 answers for the VIP")
+        check_outage(&report, "the outage", "", bound)?;
+        self.check_sole_owner(2, "only node2 answers for the VIP")
     }
 
     // ----- helpers -----
+
+    /// Asks who answers ARP for the VIP, says it, and checks that it is node `n` alone.
+    fn check_sole_owner(&self, n: usize, claim: &str) -> Result<()> {
+        let owners = self.arp_owners()?;
+        say(format!("ARP for the VIP is answered by: {}", owners.join(", ")));
+        check(owners == [format!("{} (node{n})", self.lab.node(n).mac)], claim)
+    }
 
     /// Who answers ARP for the VIP: "MAC (host)" per answer.
     fn arp_owners(&self) -> Result<Vec<String>> {
