@@ -156,7 +156,9 @@ fn becoming_active_sends_a_gratuitous_arp_burst_and_repeats_it() {
                 "-i",
                 "eth0",
                 "-a",
-                "duration:4",
+                // Generous: loading and verifying the program can take seconds on a loaded machine, and both
+                // bursts must fall inside the capture. The loop below stops it once ten are seen.
+                "duration:15",
                 "-f",
                 "arp",
                 "-T",
@@ -178,7 +180,7 @@ fn becoming_active_sends_a_gratuitous_arp_burst_and_repeats_it() {
     let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150)).expect("node1");
     n1.wait_role("active", Duration::from_secs(3)).expect("active");
     let log_path = capture.log_path().to_path_buf();
-    let deadline = std::time::Instant::now() + Duration::from_secs(6);
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
     let vip = lab.vip().to_string();
     let garps = loop {
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
