@@ -172,7 +172,7 @@ impl DataPlane {
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .load(EBPF_OBJECT)
-            .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+            .context("loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
         let mut dp = DataPlane {
             ebpf,
             link: None,
@@ -185,7 +185,10 @@ impl DataPlane {
             nat_udp_timeout_ns: udp_timeout,
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
-            dp.program(name)?.load().with_context(|| format!("verifying XDP program {name}"))?;
+            // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
+            dp.program(name)?.load().with_context(|| {
+                format!("verifying XDP program {name} (a permission error means CAP_BPF or CAP_PERFMON is missing)")
+            })?;
         }
         dp.write_node()?;
         Ok(dp)

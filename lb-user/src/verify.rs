@@ -161,7 +161,7 @@ pub fn check_chain(chain: &[CertificateDer<'_>], roots: &RootCertStore, source: 
         Ok(()) => Check::pass(format!("chain verifies against {source}")),
         Err(rustls::Error::InvalidCertificate(why)) => {
             let why = match why {
-                CertificateError::UnknownIssuer => format!("it is not issued by a CA in {source}"),
+                CertificateError::UnknownIssuer => "its issuer is not among those CAs".to_owned(),
                 CertificateError::Expired | CertificateError::ExpiredContext { .. } => "it has expired".to_owned(),
                 CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
                     "it is not valid yet".to_owned()

@@ -144,7 +144,10 @@ fn verify_shows_the_certificates_and_names_a_missing_vip_san_and_a_foreign_ca() 
     }
     wait_healthy(&n1, 2);
 
-    // Good certificates: everything holds, from the backup node.
+    // Good certificates: everything holds, from the backup node. The lab leaves TX checksum offload on for the
+    // nodes; a veth then hands the NAT path frames with partial checksums that the backend drops once translated
+    // (a real NIC completes the checksum on the wire), so node2 sends full checksums like the lab's client.
+    lab.exec(&n2.ns, ["ethtool", "-K", "eth0", "tx", "off"]).expect("ethtool");
     let (code, out) = verify(&n2.ns, &n2.config_path);
     eprintln!("--- verify with good certificates (exit {code:?}):\n{out}");
     assert_eq!(code, Some(0), "{out}");
@@ -181,7 +184,7 @@ fn verify_shows_the_certificates_and_names_a_missing_vip_san_and_a_foreign_ca() 
     eprintln!("--- verify with backend2 signed by another CA (exit {code:?}):\n{out}");
     assert_eq!(code, Some(1), "{out}");
     let section = &out[out.find(&backend2).expect("backend2 section")..];
-    assert!(section.contains("it is not issued by a CA in ca_file"), "{out}");
+    assert!(section.contains("its issuer is not among those CAs"), "{out}");
 
     // On the active node the VIP cannot be reached from itself: the report says why.
     let (code, out) = verify(&n1.ns, &n1.config_path);
