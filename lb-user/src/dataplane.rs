@@ -172,7 +172,9 @@ impl DataPlane {
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .load(EBPF_OBJECT)
-            .context("loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)")?;
+            .context(
+                "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
+            )?;
         let mut dp = DataPlane {
             ebpf,
             link: None,
