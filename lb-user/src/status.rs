@@ -113,8 +113,8 @@ impl Status {
             );
             let _ = writeln!(
                 s,
-                "  {:<22} {:>6} {:<9} {:>12} {:>14}  {}",
-                "backend", "weight", "health", "packets", "bytes", "state"
+                "  {:<22} {:>6} {:<9} {:>12} {:>14}  state",
+                "backend", "weight", "health", "packets", "bytes"
             );
             for b in &svc.backends {
                 let health = if b.healthy { "up" } else { "down" };
