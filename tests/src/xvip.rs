@@ -200,10 +200,15 @@ impl Lab {
                 .with_context(|| format!("chown {}", dir.display()))?;
             socket = dir.join("xvip.sock");
             argv.extend(user.setpriv());
+            // The build tree may sit where the user cannot reach (a checkout under /root): run a copy from here.
+            let copy = dir.join("xvip");
+            std::fs::copy(binary()?, &copy).with_context(|| format!("copying xvip to {}", copy.display()))?;
+            argv.push(copy.to_string_lossy().into_owned());
+        } else {
+            argv.push(binary()?.to_string_lossy().into_owned());
         }
         std::fs::write(&config_path, config(self, node, spec, &socket))
             .with_context(|| format!("writing {}", config_path.display()))?;
-        argv.push(binary()?.to_string_lossy().into_owned());
         argv.extend(["run".into(), "-c".into(), config_path.to_string_lossy().into_owned()]);
         let child = self.spawn(&node.ns, &argv)?;
         let mut node = XvipNode {
