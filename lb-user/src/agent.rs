@@ -18,7 +18,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, CheckKind, Config},
+    config::{self, Config},
     control::{self, StatusRequest},
     dataplane::{AttachMode, DataPlane, LoadOptions},
     garp::GarpSender,
@@ -137,24 +137,7 @@ fn router_settings(config: &Config, source: Ipv4Addr) -> Settings {
 }
 
 fn health_settings(service: &config::Service) -> health::Settings {
-    let h = &service.health;
-    health::Settings {
-        kind: match h.check {
-            CheckKind::Tcp => health::Kind::Tcp,
-            CheckKind::Http => health::Kind::Http,
-            CheckKind::Https => health::Kind::Https,
-            CheckKind::None => health::Kind::None,
-        },
-        path: h.path.clone(),
-        expect_status: h.expect_status,
-        interval: Duration::from_millis(u64::from(h.interval_ms)),
-        timeout: Duration::from_millis(u64::from(h.timeout_ms)),
-        rise: h.rise,
-        fall: h.fall,
-        tls_verify: h.tls_verify,
-        ca_file: h.ca_file.clone(),
-        server_name: h.server_name.clone(),
-    }
+    health::Settings::from(&service.health)
 }
 
 impl Agent {
@@ -686,6 +669,7 @@ impl Agent {
             return;
         }
         log::info!("reload: {plan}");
+        log_drain_changes(&self.config, &new);
         let old = std::mem::replace(&mut self.config, new);
         self.services.reconfigure(&self.config.services);
         for name in &plan.services_removed {
@@ -712,6 +696,13 @@ impl Agent {
             log::warn!("reading counters: {e:#}");
             Default::default()
         });
+        // The scan costs two syscalls per connection-table entry: only while some backend drains.
+        let draining = self.config.services.iter().flat_map(|s| &s.backends).any(|b| b.weight == 0);
+        let flows = if draining {
+            self.dataplane.flows_per_backend().map_err(|e| log::warn!("counting flows: {e:#}")).ok()
+        } else {
+            None
+        };
         let services = self
             .config
             .services
@@ -736,6 +727,10 @@ impl Agent {
                             packets: traffic.packets,
                             bytes: traffic.bytes,
                             mac: state.mac.map(|m| fmt_mac(Some(m))),
+                            draining: b.weight == 0,
+                            flows: flows
+                                .as_ref()
+                                .map(|f| f.get(&(s.name.clone(), b.address, b.port)).copied().unwrap_or_default()),
                         }
                     })
                     .collect(),
@@ -768,6 +763,33 @@ impl Agent {
                 dataplane: Reason::ALL.iter().map(|r| (r.name().to_string(), counters.reason(*r))).collect(),
                 garps_sent: self.stats.garps_sent,
             },
+        }
+    }
+}
+
+/// One log line per backend that starts or stops draining (`weight = 0`) in a reload.
+fn log_drain_changes(old: &Config, new: &Config) {
+    for svc in &new.services {
+        let before = old.services.iter().find(|s| s.name == svc.name);
+        for b in &svc.backends {
+            let was = before.and_then(|s| s.backends.iter().find(|o| (o.address, o.port) == (b.address, b.port)));
+            match (was.map(|w| w.weight == 0), b.weight == 0) {
+                (Some(false), true) => log::info!(
+                    "backend {}:{} of {} is draining: weight 0, no new flows; established ones stay while it is \
+                     healthy",
+                    b.address,
+                    b.port,
+                    svc.name
+                ),
+                (Some(true), false) => log::info!(
+                    "backend {}:{} of {} takes new flows again: weight {}",
+                    b.address,
+                    b.port,
+                    svc.name,
+                    b.weight
+                ),
+                _ => {}
+            }
         }
     }
 }

@@ -12,12 +12,13 @@ use std::{
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk,
-    NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names, service_slot,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS,
+    MAX_SERVICES, MaglevChunk, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NO_BACKEND, NatKey, NatValue, NodeConfig,
+    PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names, service_slot,
 };
 
 use crate::maglev;
@@ -150,6 +151,8 @@ pub struct DataPlane {
     service_capacity: u32,
     /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
     nat_endpoint_refs: HashMap<Endpoint, u32>,
+    /// `NAT_UDP_TIMEOUT_NS` as loaded, so a scan of the tables judges UDP flows as the program does.
+    nat_udp_timeout_ns: u64,
 }
 
 impl DataPlane {
@@ -169,7 +172,9 @@ impl DataPlane {
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .load(EBPF_OBJECT)
-            .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
+            .context(
+                "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
+            )?;
         let mut dp = DataPlane {
             ebpf,
             link: None,
@@ -179,9 +184,13 @@ impl DataPlane {
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
             nat_endpoint_refs: HashMap::new(),
+            nat_udp_timeout_ns: udp_timeout,
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
-            dp.program(name)?.load().with_context(|| format!("verifying XDP program {name}"))?;
+            // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
+            dp.program(name)?.load().with_context(|| {
+                format!("verifying XDP program {name} (a permission error means CAP_BPF or CAP_PERFMON is missing)")
+            })?;
         }
         dp.write_node()?;
         Ok(dp)
@@ -484,6 +493,68 @@ impl DataPlane {
         Ok(counters)
     }
 
+    /// Open flows per backend of every installed service, by (service name, address, port): a scan of the
+    /// connection table from user space, for draining backends (`weight = 0`) in `xvip status`.
+    ///
+    /// This is the one place user space reads the connection and NAT tables, so a change of their layout changes
+    /// only this function. A flow counts when its `CONNTRACK` entry is pinned to a slot the service still owns and:
+    /// - NAT: its reverse `NAT` entry is still this flow's and not finished (no RST, not FIN from both sides, and
+    ///   for UDP not idle past the UDP timeout), exactly what the program would still translate;
+    /// - DSR: always. The program sees only the client's side of a DSR flow and keeps no close state, so a closed
+    ///   DSR connection stays counted until the table evicts its entry.
+    ///
+    /// Cost: two `bpf()` calls per connection-table entry (plus one per NAT flow); callers scan only while
+    /// something drains.
+    ///
+    /// # Errors
+    /// When a map is missing or a read fails for another reason than the entry vanishing during the scan.
+    pub fn flows_per_backend(&self) -> Result<BTreeMap<(String, Ipv4Addr, u16), u64>> {
+        let conntrack: BpfHashMap<&MapData, FlowKey, FlowValue> = map_ref(&self.ebpf, names::CONNTRACK)?;
+        let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
+        let owners: HashMap<(u8, u16), (&str, &Installed)> =
+            self.services.iter().map(|(name, svc)| ((svc.key.protocol, svc.key.port), (name.as_str(), svc))).collect();
+        let slots: HashMap<(&str, u32), (Ipv4Addr, u16)> = owners
+            .values()
+            .flat_map(|(name, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((*name, *slot), *endpoint)))
+            .collect();
+        let now = monotonic_ns();
+        let mut flows = BTreeMap::new();
+        for entry in conntrack.iter() {
+            let (flow, pinned) = match entry {
+                Ok(entry) => entry,
+                // An entry the program or the LRU removed between the key walk and the lookup.
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("scanning the CONNTRACK map"),
+            };
+            let Some((name, svc)) = owners.get(&(flow.protocol, u16::from_be_bytes(flow.service_port))) else {
+                continue;
+            };
+            let Some(&(address, port)) = slots.get(&(*name, pinned.backend)) else {
+                continue;
+            };
+            let open = if pinned.nat_port == [0, 0] {
+                svc.forwarding != FORWARD_NAT
+            } else {
+                let key = NatKey {
+                    backend: address.octets(),
+                    backend_port: port.to_be_bytes(),
+                    nat_port: pinned.nat_port,
+                    protocol: flow.protocol,
+                    _pad: [0; 3],
+                };
+                match nat.get(&key, 0) {
+                    Ok(reverse) => nat_flow_open(&flow, &reverse, now, self.nat_udp_timeout_ns),
+                    Err(MapError::KeyNotFound) => false,
+                    Err(e) => return Err(e).context("reading the NAT map"),
+                }
+            };
+            if open {
+                *flows.entry((name.to_string(), address, port)).or_insert(0) += 1;
+            }
+        }
+        Ok(flows)
+    }
+
     /// Runs the load balancer program once over `frame` with BPF_PROG_TEST_RUN (nothing is sent anywhere).
     pub fn test_run(&mut self, frame: &[u8]) -> Result<TestOutcome> {
         self.test_run_program(names::PROGRAM, frame, 1)
@@ -505,6 +576,29 @@ impl DataPlane {
         out.truncate(result.data_size_out as usize);
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
+}
+
+/// Whether the program would still translate a NAT flow whose reverse entry is `reverse`: the entry is the flow's,
+/// no RST was seen, not both sides sent a FIN, and a UDP flow has not idled past its timeout.
+fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, udp_timeout_ns: u64) -> bool {
+    let owned = reverse.client == flow.client
+        && reverse.client_port == flow.client_port
+        && reverse.service_port == flow.service_port;
+    let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
+    let finished = reverse.flags & NAT_RST != 0 || reverse.flags & closed == closed;
+    let expired = flow.protocol == PROTO_UDP && now_ns.saturating_sub(reverse.last_seen_ns) > udp_timeout_ns;
+    owned && !finished && !expired
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the program's `bpf_ktime_get_ns`, so ages compare with `last_seen_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    u64::try_from(ts.tv_sec)
+        .unwrap_or(0)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
 }
 
 fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> anyhow::Error {
@@ -537,4 +631,50 @@ where
 {
     let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} does not have the expected type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FLOW: FlowKey = FlowKey {
+        client: [10, 0, 0, 100],
+        client_port: [0xc0, 0x00],
+        service_port: [0x01, 0xbb],
+        protocol: lb_common::PROTO_TCP,
+        _pad: [0; 3],
+    };
+
+    fn reverse(flags: u8, last_seen_ns: u64) -> NatValue {
+        NatValue {
+            client: FLOW.client,
+            client_port: FLOW.client_port,
+            service_port: FLOW.service_port,
+            flags,
+            last_seen_ns,
+            ..NatValue::default()
+        }
+    }
+
+    #[test]
+    fn a_nat_flow_is_open_until_reset_or_closed_by_both_sides() {
+        assert!(nat_flow_open(&FLOW, &reverse(0, 0), 1, 10));
+        assert!(nat_flow_open(&FLOW, &reverse(NAT_FIN_CLIENT, 0), 1, 10), "half closed still carries data");
+        assert!(!nat_flow_open(&FLOW, &reverse(NAT_FIN_CLIENT | NAT_FIN_BACKEND, 0), 1, 10));
+        assert!(!nat_flow_open(&FLOW, &reverse(NAT_RST, 0), 1, 10));
+        assert!(nat_flow_open(&FLOW, &reverse(0, 0), 1_000, 10), "idle TCP flows stay open");
+    }
+
+    #[test]
+    fn a_nat_flow_whose_port_another_flow_took_is_not_counted() {
+        let other = NatValue { client_port: [0xc0, 0x01], ..reverse(0, 0) };
+        assert!(!nat_flow_open(&FLOW, &other, 1, 10));
+    }
+
+    #[test]
+    fn a_udp_flow_ends_when_idle_past_the_timeout() {
+        let udp = FlowKey { protocol: PROTO_UDP, ..FLOW };
+        assert!(nat_flow_open(&udp, &reverse(0, 100), 110, 10));
+        assert!(!nat_flow_open(&udp, &reverse(0, 100), 111, 10));
+    }
 }

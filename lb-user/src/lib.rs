@@ -2,6 +2,7 @@
 //!
 //! See ARCHITECTURE.md for the map of this crate.
 pub mod agent;
+pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
@@ -12,4 +13,5 @@ pub mod neighbour;
 pub mod netif;
 pub mod services;
 pub mod status;
+pub mod verify;
 pub mod vrrp;

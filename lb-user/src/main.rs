@@ -1,37 +1,12 @@
 //! `xvip`: a highly available virtual IP with an XDP load balancer behind it. See `xvip --help`.
-use std::{path::PathBuf, process::ExitCode};
+use std::{path::Path, process::ExitCode, time::Duration};
 
-use clap::{Parser, Subcommand};
-use xvip::{agent, config, control};
-
-#[derive(Parser)]
-#[command(name = "xvip", version, about = "A highly available virtual IP (VRRPv3) with an XDP load balancer")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the daemon in the foreground (logs to stderr; RUST_LOG=debug for more).
-    Run {
-        #[arg(short, long, default_value = "/etc/xvip/xvip.toml")]
-        config: PathBuf,
-    },
-    /// Validate a config without touching the system: each problem as PATH:LINE:COL: message.
-    Check {
-        #[arg(short, long, default_value = "/etc/xvip/xvip.toml")]
-        config: PathBuf,
-    },
-    /// Ask the running daemon for its status.
-    Status {
-        #[arg(long, default_value = config::DEFAULT_SOCKET)]
-        socket: PathBuf,
-        /// The JSON document instead of the table.
-        #[arg(long)]
-        json: bool,
-    },
-}
+use clap::Parser;
+use xvip::{
+    agent,
+    cli::{Cli, Command},
+    config, control, verify,
+};
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -56,13 +31,22 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Status { socket, json } => {
-            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("xvip: starting the runtime: {e}");
-                    return ExitCode::from(1);
+        Command::Generate { dir } => match xvip::cli::generate(&dir) {
+            Ok(written) => {
+                for path in written {
+                    println!("{}", path.display());
                 }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("xvip: writing into {}: {e}", dir.display());
+                ExitCode::from(1)
+            }
+        },
+        Command::Verify { config: path } => run_verify(&path),
+        Command::Status { socket, json } => {
+            let Some(runtime) = current_thread_runtime() else {
+                return ExitCode::from(1);
             };
             match runtime.block_on(control::query(&socket)) {
                 Ok(status) if json => match serde_json::to_string_pretty(&status) {
@@ -112,4 +96,41 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("xvip: starting the runtime: {e}");
+            None
+        }
+    }
+}
+
+/// `xvip verify`: 0 when every check holds, 1 when one does not, 2 on a bad config.
+fn run_verify(path: &Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(c) => c,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{p}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::from(1);
+    };
+    let report = runtime.block_on(async {
+        // A daemon on this node, if any, says whether the VIP can be reached from here (not while it serves it).
+        let role = tokio::time::timeout(Duration::from_millis(500), control::query(&config.control.socket))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map(|status| status.role);
+        verify::verify(path, &config, role.as_deref()).await
+    });
+    print!("{}", report.render());
+    if report.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }

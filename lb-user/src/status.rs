@@ -1,4 +1,5 @@
-//! The status report: the JSON of `xvip status --json` (the contract in interfaces.md) and its table for people.
+//! The status report: the JSON of `xvip status --json` (documented for users in `docs/status.md`; a test checks it
+//! names every field) and its table for people.
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
@@ -44,6 +45,13 @@ pub struct BackendStatus {
     /// The backend's (or next hop's) MAC once resolved (an extension of the contract).
     #[serde(default)]
     pub mac: Option<String>,
+    /// `weight = 0`: no new flows, established ones kept while healthy (an extension of the contract).
+    #[serde(default)]
+    pub draining: bool,
+    /// Flows the data plane still sends to this backend, counted while some backend drains; `null` otherwise
+    /// (an extension of the contract; see `DataPlane::flows_per_backend` for what counts).
+    #[serde(default)]
+    pub flows: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,26 +111,27 @@ impl Status {
                 svc.forwarding,
                 svc.backends.len()
             );
-            let _ =
-                writeln!(s, "  {:<22} {:>6} {:<9} {:>12} {:>14}", "backend", "weight", "health", "packets", "bytes");
+            let _ = writeln!(
+                s,
+                "  {:<22} {:>6} {:<9} {:>12} {:>14}  state",
+                "backend", "weight", "health", "packets", "bytes"
+            );
             for b in &svc.backends {
-                let health = if b.healthy {
-                    "up"
-                } else if b.mac.is_none() {
-                    "no-mac"
-                } else {
-                    "down"
+                let health = if b.healthy { "up" } else { "down" };
+                let state = match (b.draining, b.flows) {
+                    (true, Some(flows)) => format!("draining, {flows} flows left"),
+                    (true, None) => "draining".to_string(),
+                    (false, _) => String::new(),
                 };
-                let health = if !b.healthy { "down" } else { health };
-                let _ = writeln!(
-                    s,
-                    "  {:<22} {:>6} {:<9} {:>12} {:>14}",
+                let line = format!(
+                    "  {:<22} {:>6} {:<9} {:>12} {:>14}  {state}",
                     format!("{}:{}", b.address, b.port),
                     b.weight,
                     health,
                     b.packets,
                     b.bytes
                 );
+                let _ = writeln!(s, "{}", line.trim_end());
             }
         }
         let noteworthy: Vec<String> =
@@ -217,6 +226,50 @@ mod tests {
         assert_eq!(back, status);
     }
 
+    /// Every key path of a JSON value: `role`, `services[].backends[].flows`, `counters.dataplane`.
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    out.push(path.clone());
+                    // Maps keyed by reason name are documented as a whole.
+                    if !matches!(key.as_str(), "dataplane" | "adverts_discarded_by_reason") {
+                        key_paths(v, &path, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => {
+                for item in items {
+                    key_paths(item, &format!("{prefix}[]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn every_status_field_is_documented() {
+        let status = Status {
+            active_router: Some("10.0.0.5".into()),
+            services: vec![ServiceStatus {
+                backends: vec![BackendStatus {
+                    mac: Some("02:00:00:00:00:01".into()),
+                    flows: Some(1),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Status::default()
+        };
+        let mut paths = Vec::new();
+        key_paths(&serde_json::to_value(&status).expect("json"), "", &mut paths);
+        let doc =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/status.md")).expect("docs/status.md");
+        let missing: Vec<&String> = paths.iter().filter(|p| !doc.contains(&format!("| `{p}` |"))).collect();
+        assert!(missing.is_empty(), "docs/status.md does not describe {missing:?}");
+    }
+
     #[test]
     fn table_names_role_vip_and_each_backend() {
         let status = Status {
@@ -233,5 +286,35 @@ mod tests {
         assert!(t.contains("role        backup"), "{t}");
         assert!(t.contains("10.0.0.250"), "{t}");
         assert!(t.contains("10.0.0.11:6443") && t.contains("down"), "{t}");
+        assert!(!t.contains("draining"), "{t}");
+    }
+
+    #[test]
+    fn a_draining_backend_shows_its_remaining_flows() {
+        let backend = |last: u8, draining: bool, flows: Option<u64>| BackendStatus {
+            address: format!("10.0.0.{last}"),
+            port: 6443,
+            weight: u8::from(!draining),
+            healthy: true,
+            draining,
+            flows,
+            ..Default::default()
+        };
+        let status = Status {
+            services: vec![ServiceStatus {
+                name: "api".into(),
+                backends: vec![backend(11, true, Some(3)), backend(12, false, Some(5))],
+                ..Default::default()
+            }],
+            ..Status::default()
+        };
+        let t = status.render();
+        let line = |address: &str| t.lines().find(|l| l.contains(address)).unwrap_or_default().to_string();
+        assert!(line("10.0.0.11:6443").ends_with("draining, 3 flows left"), "{t}");
+        assert!(!line("10.0.0.12:6443").contains("flows"), "not draining: no state shown: {t}");
+        let v = serde_json::to_value(&status).expect("json");
+        assert_eq!(v["services"][0]["backends"][0]["draining"], true);
+        assert_eq!(v["services"][0]["backends"][0]["flows"], 3);
+        assert_eq!(v["services"][0]["backends"][1]["draining"], false);
     }
 }

@@ -1,5 +1,6 @@
 //! xvip nodes in the lab: a config per node, the daemon started in the node's namespace, and its status.
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -22,6 +23,37 @@ pub struct NodeSpec {
     pub unicast_peers: Vec<Ipv4Addr>,
     pub backend_loss_penalty: u8,
     pub services: Vec<ServiceSpec>,
+    /// Run the daemon as this user with only these capabilities instead of as root.
+    pub run_as: Option<RunAs>,
+}
+
+/// A non-root user with a few capabilities, as a systemd unit with `DynamicUser=` and `AmbientCapabilities=`
+/// runs the daemon; applied with `setpriv` (util-linux).
+#[derive(Clone, Debug)]
+pub struct RunAs {
+    pub uid: u32,
+    pub gid: u32,
+    /// Capability names as `setpriv` and capabilities(7) spell them, lower case without `cap_`: `net_raw`.
+    pub capabilities: Vec<String>,
+}
+
+impl RunAs {
+    /// The `setpriv` argv that runs what follows as this user with exactly these capabilities (inheritable,
+    /// ambient and bounding set) and no way to gain more (`no_new_privs`, as `NoNewPrivileges=yes`).
+    pub fn setpriv(&self) -> Vec<String> {
+        let caps: String = self.capabilities.iter().map(|c| format!(",+{c}")).collect();
+        vec![
+            "setpriv".into(),
+            format!("--reuid={}", self.uid),
+            format!("--regid={}", self.gid),
+            "--clear-groups".into(),
+            format!("--inh-caps=-all{caps}"),
+            format!("--ambient-caps=-all{caps}"),
+            format!("--bounding-set=-all{caps}"),
+            "--no-new-privs".into(),
+            "--".into(),
+        ]
+    }
 }
 
 impl NodeSpec {
@@ -35,6 +67,7 @@ impl NodeSpec {
             unicast_peers: Vec::new(),
             backend_loss_penalty: 0,
             services: Vec::new(),
+            run_as: None,
         }
     }
 
@@ -52,6 +85,8 @@ pub struct ServiceSpec {
     /// "nat" or "dsr".
     pub forwarding: String,
     pub backends: Vec<(Ipv4Addr, u16)>,
+    /// Weights of backends that do not have the default weight 1 (0 drains a backend).
+    pub weights: BTreeMap<(Ipv4Addr, u16), u8>,
     /// "tcp", "http" or "none".
     pub check: String,
     pub interval_ms: u32,
@@ -68,6 +103,7 @@ impl ServiceSpec {
             port,
             forwarding: forwarding.into(),
             backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
+            weights: BTreeMap::new(),
             check: "http".into(),
             interval_ms: 200,
             timeout_ms: 150,
@@ -97,8 +133,14 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
     for s in &spec.services {
         let _ = writeln!(t, "[[service]]");
         let _ = writeln!(t, "name = \"{}\"\nport = {}\nforwarding = \"{}\"", s.name, s.port, s.forwarding);
-        let backends: Vec<String> =
-            s.backends.iter().map(|(a, p)| format!("{{ address = \"{a}\", port = {p} }}")).collect();
+        let backends: Vec<String> = s
+            .backends
+            .iter()
+            .map(|(a, p)| match s.weights.get(&(*a, *p)) {
+                Some(w) => format!("{{ address = \"{a}\", port = {p}, weight = {w} }}"),
+                None => format!("{{ address = \"{a}\", port = {p} }}"),
+            })
+            .collect();
         let _ = writeln!(t, "backends = [{}]", backends.join(", "));
         let _ = writeln!(t, "[service.health]\ncheck = \"{}\"", s.check);
         if s.check == "http" {
@@ -147,14 +189,28 @@ impl Lab {
     /// # Errors
     /// When the daemon does not start or exits early (its log is in the error).
     pub fn start_xvip(&self, node: &Host, spec: &NodeSpec) -> Result<XvipNode> {
-        let socket = self.dir().join(format!("{}.sock", node.name));
+        let mut socket = self.dir().join(format!("{}.sock", node.name));
         let config_path = self.dir().join(format!("{}.toml", node.name));
+        let mut argv = Vec::new();
+        if let Some(user) = &spec.run_as {
+            // What systemd's RuntimeDirectory= gives the unit: a directory of its own for the socket.
+            let dir = self.dir().join(format!("{}-run", node.name));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("chown {}", dir.display()))?;
+            socket = dir.join("xvip.sock");
+            argv.extend(user.setpriv());
+            // The build tree may sit where the user cannot reach (a checkout under /root): run a copy from here.
+            let copy = dir.join("xvip");
+            std::fs::copy(binary()?, &copy).with_context(|| format!("copying xvip to {}", copy.display()))?;
+            argv.push(copy.to_string_lossy().into_owned());
+        } else {
+            argv.push(binary()?.to_string_lossy().into_owned());
+        }
         std::fs::write(&config_path, config(self, node, spec, &socket))
             .with_context(|| format!("writing {}", config_path.display()))?;
-        let bin = binary()?;
-        let bin = bin.to_string_lossy().into_owned();
-        let cfg = config_path.to_string_lossy().into_owned();
-        let child = self.spawn(&node.ns, [bin.as_str(), "run", "-c", cfg.as_str()])?;
+        argv.extend(["run".into(), "-c".into(), config_path.to_string_lossy().into_owned()]);
+        let child = self.spawn(&node.ns, &argv)?;
         let mut node = XvipNode {
             name: node.name.clone(),
             ns: node.ns.clone(),

@@ -9,6 +9,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod package;
 mod setup;
 
 #[derive(Parser)]
@@ -35,6 +36,9 @@ enum Cmd {
     /// The main job: setup and build if needed, then a narrated lab (two xvip nodes, three backends, a client)
     /// showing election, load balancing, failover and backend loss with measured times (needs root).
     Demo,
+    /// build, then the Debian package target/debian/xvip_<version>_<arch>.deb (dpkg-deb), checked with
+    /// `systemd-analyze verify` and lintian.
+    Package,
     /// Benchmarks (needs root): `xdp` (ns/packet per path), `maglev` (table builds), `failover` (outages vs
     /// keepalived), `e2e` (requests/s against nginx, haproxy, nftables), `memory` (RSS and maps); all without an
     /// argument. Results go to BENCHMARKS.md and target/bench/*.json.
@@ -56,6 +60,7 @@ fn main() {
         Cmd::Build => build(),
         Cmd::Test { filter } => test(filter.as_deref()),
         Cmd::Demo => lab_program("xvip-demo", &[]),
+        Cmd::Package => build().and_then(|()| package::package()).map(|_| ()),
         Cmd::Bench { what, args } => {
             let mut all: Vec<String> = what.into_iter().collect();
             all.extend(args);

@@ -23,6 +23,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy mode tcp baseline"),
     ("nftables", "nftables DNAT baseline"),
     ("wrk", "HTTP load generator for benchmarks"),
+    ("openssl", "TLS servers with test certificates for the verify test"),
+    ("dpkg-dev", "dpkg-shlibdeps for the Debian package's Depends"),
+    ("lintian", "checking the Debian package (cargo xtask package)"),
+    ("systemd", "systemd-analyze verify on the unit"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -1,50 +1,9 @@
 //! The config file: its typed form, reading it with every problem located, and what a reload changes.
 //!
-//! The format is the contract in `interfaces.md`; `deploy/xvip.example.toml` is a commented example. Reading never
-//! touches the system (no interface lookup, no file besides the config itself), so `xvip check` can validate a
-//! config on any machine.
-//!
-//! # Defaults
-//!
-//! This table is the one place defaults are written down (the example file repeats them as comments).
-//!
-//! | key | default | allowed |
-//! |---|---|---|
-//! | `interface` | required | 1..=15 bytes, no `/`, `:` or whitespace |
-//! | `xdp_mode` | `"auto"` | `"auto"` (native, else generic with a warning), `"native"`, `"generic"` |
-//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the connection and NAT tables (200 B of kernel memory each) |
-//! | `vip.address` | required | a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast) |
-//! | `vip.hostname` | none | a DNS name or IP address; informational (a natural `server_name` for https checks) |
-//! | `vrrp.vrid` | required | 1..=255 |
-//! | `vrrp.priority` | required | 1..=255 (255 = address owner) |
-//! | `vrrp.advert_interval_ms` | `1000` | 10..=40950, a multiple of 10 |
-//! | `vrrp.preempt` | `true` | |
-//! | `vrrp.preempt_delay_ms` | `0` | 0..=1000000 |
-//! | `vrrp.source_address` | none: the interface's primary IPv4 | a unicast IPv4 address, not the VIP |
-//! | `vrrp.unicast_peers` | `[]`: multicast to 224.0.0.18 | unique unicast IPv4 addresses, not the source address or VIP |
-//! | `vrrp.checksum` | `"pseudo-header"` | `"pseudo-header"`, `"rfc9568"` |
-//! | `vrrp.garp_count` | `5` | 0..=100 |
-//! | `vrrp.garp_repeat_delay_ms` | `5000` | 0..=3600000; 0 = no second burst |
-//! | `vrrp.garp_refresh_ms` | `0` (off) | 0, or 100..=3600000 |
-//! | `vrrp.backend_loss_penalty` | `0` | 0..=254 |
-//! | `control.socket` | `"/run/xvip/xvip.sock"` | a path of at most 107 bytes |
-//! | `service[].name` | required | 1..=64 bytes, unique |
-//! | `service[].port` | required | 1..=65535; (port, protocol) unique |
-//! | `service[].protocol` | `"tcp"` | `"tcp"`, `"udp"` |
-//! | `service[].forwarding` | `"nat"` | `"nat"`, `"dsr"` (backend port = service port) |
-//! | `service[].backends` | required | 1 or more `{ address, port, weight }`, (address, port) unique |
-//! | `backends[].port` | the service port | 1..=65535 |
-//! | `backends[].weight` | `1` | 1..=255 |
-//! | `health.check` | `"tcp"`; `"none"` for udp services | `"tcp"`, `"http"`, `"https"`, `"none"`; udp: `"none"` only |
-//! | `health.path` | `"/"` | starts with `/`, no spaces or control characters; http/https only |
-//! | `health.expect_status` | `200` | 100..=599; http/https only |
-//! | `health.interval_ms` | `2000` | 100..=3600000 |
-//! | `health.timeout_ms` | `1000` | 1..=interval_ms |
-//! | `health.rise` | `2` | 1..=1000 |
-//! | `health.fall` | `3` | 1..=1000 |
-//! | `health.tls_verify` | `true` | https only |
-//! | `health.ca_file` | none: the system CA bundle | a path; https only, not with `tls_verify = false` |
-//! | `health.server_name` | none: the backend's IP address | a DNS name or IP address; https only |
+//! The format is documented for users in `docs/config.md`, the reference of every key with its default, limits and
+//! whether a reload applies it (a test checks that it lists every key the reader accepts);
+//! `deploy/xvip.example.toml` is a commented example. Reading never touches the system (no interface lookup, no file
+//! besides the config itself), so `xvip check` can validate a config on any machine.
 //!
 //! Limits over the whole file: at most [`lb_common::MAX_SERVICES`] services and [`lb_common::MAX_BACKENDS`]
 //! backends in total, the sizes of the data plane's tables.
@@ -193,7 +152,8 @@ pub enum Forwarding {
 pub struct BackendCfg {
     pub address: Ipv4Addr,
     pub port: u16,
-    /// Share of new flows, relative to the other backends of the service.
+    /// Share of new flows, relative to the other backends of the service. 0 = draining: the backend takes no new
+    /// flows and keeps its established ones while it stays healthy.
     pub weight: u8,
 }
 

@@ -18,9 +18,10 @@ pub(super) type RawProblem = (usize, String);
 type Entries = [Entry];
 
 /// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
-const ROOT_KEYS: &[&str] = &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "service"];
-const VIP_KEYS: &[&str] = &["address", "hostname"];
-const VRRP_KEYS: &[&str] = &[
+pub(super) const ROOT_KEYS: &[&str] =
+    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "service"];
+pub(super) const VIP_KEYS: &[&str] = &["address", "hostname"];
+pub(super) const VRRP_KEYS: &[&str] = &[
     "vrid",
     "priority",
     "advert_interval_ms",
@@ -34,10 +35,10 @@ const VRRP_KEYS: &[&str] = &[
     "garp_refresh_ms",
     "backend_loss_penalty",
 ];
-const CONTROL_KEYS: &[&str] = &["socket"];
-const SERVICE_KEYS: &[&str] = &["name", "port", "protocol", "forwarding", "backends", "health"];
-const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
-const HEALTH_KEYS: &[&str] = &[
+pub(super) const CONTROL_KEYS: &[&str] = &["socket"];
+pub(super) const SERVICE_KEYS: &[&str] = &["name", "port", "protocol", "forwarding", "backends", "health"];
+pub(super) const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
+pub(super) const HEALTH_KEYS: &[&str] = &[
     "check",
     "path",
     "expect_status",
@@ -796,7 +797,7 @@ impl Reader {
                     port
                 }
             };
-            let weight = self.int_or(&table, "weight", 1..=255, " (share of new flows)", DEFAULT_WEIGHT);
+            let weight = self.int_or(&table, "weight", 0..=255, " (share of new flows; 0 = draining)", DEFAULT_WEIGHT);
             let (Some(address), Some(port)) = (address, port) else { continue };
             if backends.iter().any(|b| b.address == address && b.port == port) {
                 self.error(

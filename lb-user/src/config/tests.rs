@@ -97,8 +97,8 @@ fn service_and_health_defaults() {
     );
 }
 
-/// The example in interfaces.md, verbatim.
-const INTERFACES_MD_EXAMPLE: &str = r#"
+/// A config with every section and most keys, commented the way users write them.
+const FULL_EXAMPLE: &str = r#"
 interface = "eth0"            # carries the VIP; the XDP program attaches here
 xdp_mode = "auto"             # auto (native, else generic with a warning) | native | generic
 
@@ -130,7 +130,7 @@ protocol = "tcp"              # tcp | udp
 forwarding = "nat"            # nat: backends need no change | dsr: backends hold the VIP on lo, same L2 segment
 backends = [
   { address = "10.0.0.11", port = 6443 },
-  { address = "10.0.0.12", port = 6443, weight = 2 },   # weight 1..=255, default 1
+  { address = "10.0.0.12", port = 6443, weight = 2 },   # weight 0..=255, default 1
 ]
 
 [service.health]
@@ -146,8 +146,8 @@ tls_verify = false            # or set ca_file = "/etc/kubernetes/pki/ca.crt"
 "#;
 
 #[test]
-fn interfaces_md_example_is_valid() {
-    let config = valid(INTERFACES_MD_EXAMPLE);
+fn a_full_example_is_valid() {
+    let config = valid(FULL_EXAMPLE);
     assert_eq!(config.vip.address, Ipv4Addr::new(10, 10, 74, 250));
     assert_eq!(config.vip.hostname.as_deref(), Some("test.example.com"));
     let service = &config.services[0];
@@ -649,12 +649,20 @@ fn backends_are_unique_within_a_service() {
 #[test]
 fn backend_weight_range() {
     let text = format!(
-        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", weight = 0 }}]\n"
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", weight = 256 }}]\n"
     );
     assert_eq!(
         problem(&text),
-        "xvip.toml:10:47: service[0].backends[0].weight must be 1..=255 (share of new flows), got 0"
+        "xvip.toml:10:47: service[0].backends[0].weight must be 0..=255 (share of new flows; 0 = draining), got 256"
     );
+}
+
+#[test]
+fn weight_zero_is_a_draining_backend() {
+    let text = format!(
+        "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", weight = 0 }}]\n"
+    );
+    assert_eq!(valid(&text).services[0].backends[0].weight, 0);
 }
 
 #[test]
@@ -1006,4 +1014,28 @@ fn empty_and_inline_tables_read_like_sections() {
     );
     let health = &valid(&text).services[0].health;
     assert_eq!((health.check, health.path.as_str()), (CheckKind::Http, "/healthz"));
+}
+
+/// docs/config.md is the users' reference: every key the reader accepts is in its table, by its full path.
+#[test]
+fn the_config_reference_lists_every_key() {
+    use super::read::{BACKEND_KEYS, CONTROL_KEYS, HEALTH_KEYS, ROOT_KEYS, SERVICE_KEYS, VIP_KEYS, VRRP_KEYS};
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).expect("docs/config.md");
+    let tables = ["vip", "vrrp", "control", "service"];
+    let mut wanted: Vec<String> = ROOT_KEYS.iter().filter(|k| !tables.contains(k)).map(|k| k.to_string()).collect();
+    for (prefix, keys) in [("vip.", VIP_KEYS), ("vrrp.", VRRP_KEYS), ("control.", CONTROL_KEYS)] {
+        wanted.extend(keys.iter().map(|k| format!("{prefix}{k}")));
+    }
+    wanted.extend(SERVICE_KEYS.iter().filter(|k| **k != "health").map(|k| format!("service[].{k}")));
+    wanted.extend(BACKEND_KEYS.iter().map(|k| format!("service[].backends[].{k}")));
+    wanted.extend(HEALTH_KEYS.iter().map(|k| format!("service[].health.{k}")));
+    for table in tables {
+        assert!(ROOT_KEYS.contains(&table), "{table} is no longer a root key: update this test");
+    }
+    let rows: Vec<&str> = reference.lines().filter(|l| l.starts_with("| `")).collect();
+    let missing: Vec<&String> =
+        wanted.iter().filter(|k| !rows.iter().any(|r| r.starts_with(&format!("| `{k}` |")))).collect();
+    assert!(missing.is_empty(), "docs/config.md does not list {missing:?}");
+    assert_eq!(rows.len(), wanted.len(), "docs/config.md lists keys the reader does not accept: {rows:#?}");
 }

@@ -27,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Which probe `[service.health] check` selects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -235,17 +236,54 @@ pub async fn probe_https(
     connector: &TlsConnector,
 ) -> Result<String, ProbeError> {
     let deadline = Instant::now() + settings.timeout;
+    // A bad path is refused before anything is sent.
+    http_request(backend, settings).map_err(|why| ProbeError {
+        backend,
+        request: Some(format!("GET {}", settings.path)),
+        failure: Failure::Setup(why),
+    })?;
+    let tls = connect_tls(backend, settings, connector, deadline).await?;
+    request_status(tls, backend, settings, deadline).await
+}
+
+/// The first half of an `https` probe: a TCP connection and a TLS handshake (SNI from `server_name`, certificate
+/// policy from `connector`), bounded by `deadline`. The session is returned so a caller can look at what the
+/// server presented (`xvip verify` shows the certificate).
+///
+/// # Errors
+/// [`ProbeError`] at [`Stage::Connect`] or [`Stage::Handshake`], or [`Failure::Setup`] for a bad `server_name`.
+pub async fn connect_tls(
+    backend: SocketAddr,
+    settings: &Settings,
+    connector: &TlsConnector,
+    deadline: Instant,
+) -> Result<TlsStream<TcpStream>, ProbeError> {
+    let request = Some(format!("GET {}", settings.path));
+    let fail = |failure| ProbeError { backend, request: request.clone(), failure };
+    let name = server_name(backend, settings).map_err(|why| fail(Failure::Setup(why)))?;
+    let tcp = connect(backend, request.clone(), deadline, settings.timeout).await?;
+    match timeout_at(deadline, connector.connect(name, tcp)).await {
+        Err(_) => Err(fail(Failure::Timeout { stage: Stage::Handshake, limit: settings.timeout })),
+        Ok(Err(source)) => Err(fail(Failure::Io { stage: Stage::Handshake, source })),
+        Ok(Ok(tls)) => Ok(tls),
+    }
+}
+
+/// The second half of an `http`/`https` probe on an open connection: `GET settings.path` answers
+/// `settings.expect_status` by `deadline`. `Ok` describes the answer.
+///
+/// # Errors
+/// [`ProbeError`] for a bad path, an I/O failure, a timeout, a malformed status line, or another status.
+pub async fn request_status<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    backend: SocketAddr,
+    settings: &Settings,
+    deadline: Instant,
+) -> Result<String, ProbeError> {
     let request = Some(format!("GET {}", settings.path));
     let fail = |failure| ProbeError { backend, request: request.clone(), failure };
     let wire = http_request(backend, settings).map_err(|why| fail(Failure::Setup(why)))?;
-    let name = server_name(backend, settings).map_err(|why| fail(Failure::Setup(why)))?;
-    let tcp = connect(backend, request.clone(), deadline, settings.timeout).await?;
-    let tls = match timeout_at(deadline, connector.connect(name, tcp)).await {
-        Err(_) => return Err(fail(Failure::Timeout { stage: Stage::Handshake, limit: settings.timeout })),
-        Ok(Err(source)) => return Err(fail(Failure::Io { stage: Stage::Handshake, source })),
-        Ok(Ok(tls)) => tls,
-    };
-    let line = exchange(tls, &wire, deadline, settings.timeout).await.map_err(fail)?;
+    let line = exchange(stream, &wire, deadline, settings.timeout).await.map_err(fail)?;
     check_status(&line, settings.expect_status).map_err(fail)?;
     Ok(format!("GET {} on {backend} over TLS: {line}", settings.path))
 }
@@ -284,30 +322,50 @@ fn tls_client_config_with(settings: &Settings, system_bundles: &[PathBuf]) -> Re
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
-    let mut config = if settings.tls_verify {
-        let roots = match &settings.ca_file {
-            Some(path) => load_roots(path).map_err(|why| format!("ca_file {}: {why}", path.display()))?,
-            None => {
-                let Some(path) = system_bundles.iter().find(|p| p.is_file()) else {
-                    let tried: Vec<String> = system_bundles.iter().map(|p| p.display().to_string()).collect();
-                    return Err(format!(
-                        "tls_verify = true without ca_file needs the system CA bundle, found none of {}; \
-                         set ca_file or tls_verify = false",
-                        tried.join(", ")
-                    ));
-                };
-                load_roots(path).map_err(|why| format!("system CA bundle {}: {why}", path.display()))?
-            }
-        };
-        builder.with_root_certificates(roots).with_no_client_auth()
-    } else {
-        builder
+    let mut config = match trust_roots_with(settings, system_bundles)? {
+        Some((roots, _)) => builder.with_root_certificates(roots).with_no_client_auth(),
+        None => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate(provider)))
-            .with_no_client_auth()
+            .with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
+}
+
+/// The trust anchors an `https` check verifies against, and where they came from (`ca_file PATH` or
+/// `system CA bundle PATH`); `None` with `tls_verify = false`.
+///
+/// # Errors
+/// As [`tls_client_config`].
+pub fn trust_roots(settings: &Settings) -> Result<Option<(RootCertStore, String)>, String> {
+    trust_roots_with(settings, &system_ca_bundles())
+}
+
+fn trust_roots_with(
+    settings: &Settings,
+    system_bundles: &[PathBuf],
+) -> Result<Option<(RootCertStore, String)>, String> {
+    if !settings.tls_verify {
+        return Ok(None);
+    }
+    let (path, what) = match &settings.ca_file {
+        Some(path) => (path.as_path(), "ca_file"),
+        None => {
+            let Some(path) = system_bundles.iter().find(|p| p.is_file()) else {
+                let tried: Vec<String> = system_bundles.iter().map(|p| p.display().to_string()).collect();
+                return Err(format!(
+                    "tls_verify = true without ca_file needs the system CA bundle, found none of {}; \
+                     set ca_file or tls_verify = false",
+                    tried.join(", ")
+                ));
+            };
+            (path.as_path(), "system CA bundle")
+        }
+    };
+    let source = format!("{what} {}", path.display());
+    let roots = load_roots(path).map_err(|why| format!("{source}: {why}"))?;
+    Ok(Some((roots, source)))
 }
 
 /// `tls_verify = false`: any certificate chain and name is accepted. The handshake signature is still checked

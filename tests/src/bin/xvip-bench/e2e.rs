@@ -290,6 +290,7 @@ fn start_xvip(lab: &Lab, port: u16, backend_port: u16, forwarding: &str) -> Resu
         port,
         forwarding: forwarding.into(),
         backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
+        weights: Default::default(),
         check: "tcp".into(),
         interval_ms: 200,
         timeout_ms: 150,

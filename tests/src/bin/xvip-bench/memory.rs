@@ -145,6 +145,7 @@ fn node_spec(lab: &Lab, case: &Case, extra: &[Ipv4Addr]) -> NodeSpec {
             port,
             forwarding: "dsr".into(),
             backends,
+            weights: Default::default(),
             check: "none".into(),
             interval_ms: 1000,
             timeout_ms: 500,
