@@ -17,10 +17,11 @@ use aya::{
 };
 use lb_common::{
     Backend, Endpoint, FORWARD_NAT, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk,
-    NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names, service_slot,
+    NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
+    nat_source_port_bit, service_slot,
 };
 
-use crate::maglev;
+use crate::{maglev, netif};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XVIP_EBPF_OBJECT_PATH"));
@@ -43,8 +44,13 @@ pub struct LoadOptions {
     pub service_capacity: u32,
     /// Idle time after which a UDP NAT translation is gone.
     pub nat_udp_timeout: Duration,
-    /// How long a TCP NAT translation closed by both sides keeps its port after its last packet.
+    /// How long a TCP NAT translation closed by both sides (or reset) keeps its port after its last packet.
     pub nat_closed_grace: Duration,
+    /// Idle time after which an embryonic TCP NAT translation (the backend never answered but with SYN/ACK or
+    /// RST) may be taken by another flow.
+    pub nat_embryonic_timeout: Duration,
+    /// Idle time after which an established TCP NAT translation may be taken by another flow.
+    pub nat_established_timeout: Duration,
 }
 
 impl Default for LoadOptions {
@@ -54,6 +60,8 @@ impl Default for LoadOptions {
             service_capacity: 8,
             nat_udp_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_UDP_TIMEOUT_NS),
             nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
+            nat_embryonic_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS),
+            nat_established_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS),
         }
     }
 }
@@ -86,7 +94,8 @@ pub struct BackendSpec {
     pub healthy: bool,
     /// MAC of the backend or next hop; `None` while unresolved (the backend is then left out of the table).
     pub mac: Option<[u8; 6]>,
-    /// Interface towards the backend; 0 = the interface the program is attached to.
+    /// Interface towards the backend; 0 = the interface the program is attached to. Another interface gets the
+    /// program too (the backend's replies arrive there), and frames to the backend carry its MAC as source.
     pub ifindex: u32,
 }
 
@@ -137,11 +146,19 @@ struct Installed {
     backends: HashMap<(Ipv4Addr, u16), u32>,
     /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
     nat_endpoints: Vec<Endpoint>,
+    /// Interfaces its backends are reached through.
+    ifindexes: Vec<u32>,
 }
 
 pub struct DataPlane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
+    /// How the program was attached to the node's interface; other interfaces get the same mode.
+    mode: Option<AttachMode>,
+    /// Other interfaces the program is attached to (backends reached through them), by ifindex.
+    extra_links: BTreeMap<u32, XdpLinkId>,
+    /// Interfaces where attaching failed (logged once each).
+    extra_failed: std::collections::BTreeSet<u32>,
     node: NodeConfig,
     services: BTreeMap<String, Installed>,
     free_services: Vec<u32>,
@@ -162,17 +179,24 @@ impl DataPlane {
         let entries = options.conntrack_entries.max(1024);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
+        let (embryonic, established) =
+            (nanos(options.nat_embryonic_timeout), nanos(options.nat_established_timeout));
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
+            .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
+            .override_global(names::NAT_ESTABLISHED_TIMEOUT_NS, &established, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object into the kernel (needs root or CAP_BPF + CAP_NET_ADMIN)")?;
         let mut dp = DataPlane {
             ebpf,
             link: None,
+            mode: None,
+            extra_links: BTreeMap::new(),
+            extra_failed: std::collections::BTreeSet::new(),
             node: NodeConfig::default(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
@@ -218,11 +242,59 @@ impl DataPlane {
         };
         let link = link.map_err(|e| attach_error(interface, used, e))?;
         self.link = Some(link);
+        self.mode = Some(if used == "native" { AttachMode::Native } else { AttachMode::Generic });
+        self.node.ifindex = interface_index(interface)?;
+        self.write_node()?;
+        warn_if_not_forwarding(interface);
+        self.attach_backend_interfaces();
         Ok(used)
     }
 
-    /// Removes the program from the interface (also happens when the process exits).
+    /// Attaches the program to every interface a backend is reached through, besides the node's: the backends'
+    /// replies (NAT) arrive there. A failure is logged once per interface and leaves that path untranslated.
+    fn attach_backend_interfaces(&mut self) {
+        let Some(mode) = self.mode else {
+            return;
+        };
+        let wanted: std::collections::BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.ifindexes.iter().copied())
+            .filter(|i| *i != 0 && *i != self.node.ifindex)
+            .collect();
+        for ifindex in wanted {
+            if self.extra_links.contains_key(&ifindex) || self.extra_failed.contains(&ifindex) {
+                continue;
+            }
+            let result = interface_name(ifindex).and_then(|name| {
+                let program = self.program(names::PROGRAM)?;
+                let xdp_mode = if mode == AttachMode::Native { XdpMode::Driver } else { XdpMode::Skb };
+                let link = program.attach(&name, xdp_mode).map_err(|e| attach_error(&name, "the same", e))?;
+                Ok((name, link))
+            });
+            match result {
+                Ok((name, link)) => {
+                    log::info!("XDP program attached to {name} too: backends are reached through it");
+                    warn_if_not_forwarding(&name);
+                    self.extra_links.insert(ifindex, link);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "backends are reached through interface {ifindex}, but the XDP program could not be attached \
+                         there: {e:#}; NAT replies arriving there are not translated"
+                    );
+                    self.extra_failed.insert(ifindex);
+                }
+            }
+        }
+    }
+
+    /// Removes the program from the interfaces (also happens when the process exits).
     pub fn detach(&mut self) -> Result<()> {
+        let extra = std::mem::take(&mut self.extra_links);
+        for (_, link) in extra {
+            self.program(names::PROGRAM)?.detach(link).context("detaching the XDP program")?;
+        }
         if let Some(link) = self.link.take() {
             self.program(names::PROGRAM)?.detach(link).context("detaching the XDP program")?;
         }
@@ -277,6 +349,7 @@ impl DataPlane {
                     shadows: [Vec::new(), Vec::new()],
                     backends: HashMap::new(),
                     nat_endpoints: Vec::new(),
+                    ifindexes: Vec::new(),
                 },
             );
         }
@@ -284,7 +357,9 @@ impl DataPlane {
             bail!("service {name} vanished while being installed");
         };
         let result = self.write_service(&mut svc, spec);
+        svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(name.to_string(), svc);
+        self.attach_backend_interfaces();
         result
     }
 
@@ -293,12 +368,6 @@ impl DataPlane {
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
         let gone: Vec<(Ipv4Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
-        for endpoint in &gone {
-            if let Some(slot) = svc.backends.remove(endpoint) {
-                self.write_backend(slot, Backend::default())?;
-                self.free_backends.push_back(slot);
-            }
-        }
         for b in &spec.backends {
             let slot = match svc.backends.get(&(b.address, b.port)) {
                 Some(slot) => *slot,
@@ -314,10 +383,10 @@ impl DataPlane {
                 address: b.address.octets(),
                 port: b.port.to_be_bytes(),
                 mac: b.mac.unwrap_or_default(),
+                src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
                 service: u8::try_from(svc.index).context("service index over 255")?,
-                _pad: [0; 2],
             };
             self.write_backend(slot, entry)?;
         }
@@ -326,15 +395,7 @@ impl DataPlane {
         // the SERVICES entry; all configured backends, healthy or not (a backend going unhealthy still sends the
         // replies of its established flows).
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
-            spec.backends
-                .iter()
-                .map(|b| Endpoint {
-                    address: b.address.octets(),
-                    port: b.port.to_be_bytes(),
-                    protocol: spec.protocol,
-                    _pad: 0,
-                })
-                .collect()
+            spec.backends.iter().map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol)).collect()
         } else {
             Vec::new()
         };
@@ -373,7 +434,31 @@ impl DataPlane {
         }
         self.write_service_value(svc.key, value)?;
         svc.table = next;
+
+        // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
+        // (a packet that read the old table an instant ago still finds a usable slot).
+        for endpoint in &gone {
+            if let Some(slot) = svc.backends.remove(endpoint) {
+                self.write_backend(slot, Backend::default())?;
+                self.free_backends.push_back(slot);
+            }
+        }
         Ok(())
+    }
+
+    /// The MAC frames to a backend reached through `ifindex` carry as source: that interface's (all zero for the
+    /// node's own interface, which the program fills in from `NodeConfig`).
+    fn egress_mac(&self, ifindex: u32) -> [u8; 6] {
+        if ifindex == 0 || ifindex == self.node.ifindex {
+            return [0; 6];
+        }
+        match interface_name(ifindex).and_then(|name| netif::interface_mac(&name)) {
+            Ok(mac) => mac,
+            Err(e) => {
+                log::warn!("MAC address of interface {ifindex}: {e:#}; frames to backends there carry the node's");
+                [0; 6]
+            }
+        }
     }
 
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
@@ -392,13 +477,35 @@ impl DataPlane {
             *count = count.saturating_sub(1);
         }
         let count = *count;
-        let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
         if count == 0 {
             self.nat_endpoint_refs.remove(&endpoint);
-            map.remove(&endpoint).context("removing from the NAT_BACKENDS map")
+            let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
+            map.remove(&endpoint).context("removing from the NAT_BACKENDS map")?;
+            // The port's bit after the endpoint: a packet that sees the bit but no endpoint is simply no reply.
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))
         } else {
+            // The port's bit before the endpoint, so a reply is recognised as soon as the endpoint exists.
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))?;
+            let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
             map.insert(endpoint, count, 0).context("writing the NAT_BACKENDS map")
         }
+    }
+
+    /// Rewrites the `NAT_SOURCE_PORTS` word holding (`protocol`, `port`) from the endpoints now referenced.
+    fn write_source_port_bit(&mut self, protocol: u8, port: u16) -> Result<()> {
+        let Some((word, _)) = nat_source_port_bit(protocol, port) else {
+            return Ok(());
+        };
+        let mut bits = 0u64;
+        for e in self.nat_endpoint_refs.keys() {
+            if let Some((w, bit)) = nat_source_port_bit(e.protocol, u16::from_be_bytes(e.port))
+                && w == word
+            {
+                bits |= 1 << bit;
+            }
+        }
+        let mut map: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, names::NAT_SOURCE_PORTS)?;
+        map.set(word, bits, 0).with_context(|| format!("writing NAT_SOURCE_PORTS[{word}]"))
     }
 
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
@@ -489,21 +596,83 @@ impl DataPlane {
         self.test_run_program(names::PROGRAM, frame, 1)
     }
 
+    /// Runs the load balancer program once over `frame` as if it arrived on interface `ingress_ifindex` (of the
+    /// calling thread's network namespace); the FIB lookups of the program happen there.
+    pub fn test_run_on(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestOutcome> {
+        self.test_run_with(names::PROGRAM, frame, 1, Some(ingress_ifindex))
+    }
+
     /// Runs `program` `repeat` times over `frame` (benchmarks use the pass program as their baseline).
     pub fn test_run_program(&mut self, program: &str, frame: &[u8], repeat: u32) -> Result<TestOutcome> {
+        self.test_run_with(program, frame, repeat, None)
+    }
+
+    /// Runs `program` `repeat` times over `frame`, received on `ingress` (default: loopback).
+    pub fn test_run_with(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        ingress: Option<u32>,
+    ) -> Result<TestOutcome> {
         // Room for frames that grow (NAT, encapsulation) plus the kernel's headroom checks.
         let mut out = vec![0u8; frame.len() + 256];
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> = ingress
+            .map(|ifindex| {
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                [0, len, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect()
+            })
+            .unwrap_or_default();
         let result = self
             .program(program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ingress.map(|_| ctx.as_slice()),
                 repeat,
                 ..TestRunOptions::default()
             })
             .with_context(|| format!("BPF_PROG_TEST_RUN of {program} over a {}-byte frame", frame.len()))?;
         out.truncate(result.data_size_out as usize);
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
+    }
+}
+
+/// The index of `interface` in the caller's namespace.
+fn interface_index(interface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {interface}: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// The name of interface `ifindex` in the caller's namespace.
+fn interface_name(ifindex: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes the call may write.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        bail!("no interface with index {ifindex}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// NAT replies and ICMP errors to clients are routed by the kernel's FIB, which only answers for interfaces with
+/// IPv4 forwarding on.
+fn warn_if_not_forwarding(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    if let Ok(value) = std::fs::read_to_string(&path)
+        && value.trim() == "0"
+    {
+        log::warn!(
+            "IPv4 forwarding is off on {interface} ({path} = 0): NAT services cannot route their replies and drop \
+             them (drop_forwarding_disabled); set net.ipv4.conf.{interface}.forwarding=1 (Kubernetes nodes have it)"
+        );
     }
 }
 

@@ -99,10 +99,10 @@ fn inactive_node_never_answers_for_the_vip() {
     let request = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
     assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
     let syn = client_tcp(40000, 80, TCP_SYN);
-    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassInactive), syn);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropInactive), syn);
     let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 1, b"abcdefgh")));
-    assert_eq!(run(&mut dp, &ping, XDP_PASS, Reason::PassInactive), ping);
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropInactive), ping);
 }
 
 #[test]
@@ -133,7 +133,7 @@ fn other_icmp_to_vip_goes_to_the_kernel() {
     let mut dp = dataplane(true);
     let mut reply = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     reply.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(0, 1, 1, b"x")));
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply);
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoService), reply);
 }
 
 #[test]
@@ -231,10 +231,10 @@ fn udp_service_is_forwarded() {
 fn non_service_port_goes_to_the_kernel() {
     let mut dp = with_web(true);
     let syn = client_tcp(40003, 8080, TCP_SYN);
-    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassNoService), syn);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
     let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     f.extend(frames::ipv4(CLIENT, VIP, 17, &frames::udp(CLIENT, VIP, 5353, 80, b"x")));
-    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNoService), f, "UDP to a TCP service port");
+    assert_eq!(run(&mut dp, &f, XDP_DROP, Reason::DropNoService), f, "UDP to a TCP service port");
 }
 
 #[test]
@@ -272,7 +272,7 @@ fn removed_service_port_goes_back_to_the_kernel() {
     let mut dp = with_web(true);
     run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
     dp.remove_service("web").expect("remove");
-    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_PASS, Reason::PassNoService);
+    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_DROP, Reason::DropNoService);
 }
 
 #[test]

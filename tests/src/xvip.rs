@@ -22,6 +22,8 @@ pub struct NodeSpec {
     pub unicast_peers: Vec<Ipv4Addr>,
     pub backend_loss_penalty: u8,
     pub services: Vec<ServiceSpec>,
+    /// `conntrack_entries` (`None`: the default).
+    pub conntrack_entries: Option<u32>,
 }
 
 impl NodeSpec {
@@ -35,6 +37,7 @@ impl NodeSpec {
             unicast_peers: Vec::new(),
             backend_loss_penalty: 0,
             services: Vec::new(),
+            conntrack_entries: None,
         }
     }
 
@@ -81,7 +84,11 @@ impl ServiceSpec {
 pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "interface = \"{}\"", node.iface);
-    let _ = writeln!(t, "xdp_mode = \"native\"\n");
+    let _ = writeln!(t, "xdp_mode = \"native\"");
+    if let Some(entries) = spec.conntrack_entries {
+        let _ = writeln!(t, "conntrack_entries = {entries}");
+    }
+    let _ = writeln!(t);
     let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
     let _ = writeln!(t, "[vrrp]");
     let _ = writeln!(t, "vrid = {}", spec.vrid);
