@@ -386,13 +386,15 @@ pub enum Reason {
     /// To a NAT service, but every source-port candidate for this flow's backend is taken by a live flow.
     DropNatNoPort = 23,
     /// To the VIP from a source no client can have: 0/8, 127/8, multicast, 240/4 and broadcast, the VIP itself,
-    /// or (when a flow starts) an address the FIB will not forward to: this node's own, a broadcast, or one with
-    /// no route at all (what Linux's reverse-path filter calls a martian). Dropped before any state is created.
+    /// or (checked with the FIB when a flow starts) an address of this node, a broadcast, or an address without
+    /// any route back (the FIB reports these alike; Linux's reverse-path filter calls them martians too).
+    /// Dropped before any state is created.
     DropMartianSource = 24,
     /// A translated reply (or ICMP error) whose next hop has no neighbour entry yet: handed to the kernel, which
     /// resolves it (ARP) and forwards this packet; later ones find the entry.
     PassNoNeighbour = 25,
-    /// The route to the client is an unreachable, blackhole or prohibit route: dropped.
+    /// A NAT flow's route back to its client is an unreachable, blackhole or prohibit route: dropped before any
+    /// state is created.
     DropNoRoute = 26,
     /// IPv4 forwarding is off on the interface, so the FIB cannot route replies: dropped. NAT needs
     /// `net.ipv4.conf.<interface>.forwarding = 1` (every Kubernetes node has it).

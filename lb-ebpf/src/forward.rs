@@ -45,8 +45,8 @@ pub fn dsr(
         }
     }
     if chosen == NO_BACKEND {
-        // Before any state: a source that is one of this node's addresses (or a broadcast) is no client. DSR
-        // replies do not come back here, so an unroutable client is the backend's business.
+        // Before any state: a source that is one of this node's addresses, a broadcast, or has no route back at all
+        // is no client. (DSR replies do not come back here, so an unreachable route is the backend's business.)
         if let Err(NoRoute::Local) =
             route::lookup(ctx, ip.dst_addr, ip.src_addr, l4.protocol, u16::from_be_bytes(ip.tot_len))
         {

@@ -160,14 +160,19 @@ fn transport(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &Node
     // Replies are recognised by their source, a NAT backend's (address, port), before the service lookup: the NAT
     // port they are addressed to may equal a service port, and a reply without a translation (after a failover)
     // must not be mistaken for a new client flow. A one-bit-per-port array spares every other packet the hash
-    // lookup.
+    // lookups; a reply costs one (its reverse entry), a backend's packet without one a second (`NAT_BACKENDS`).
     if let Some((word, bit)) = nat_source_port_bit(l4.protocol, u16::from_be_bytes(l4.sport))
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
+        if let Some(entry) = nat::reverse_entry(ip, l4) {
+            return nat::reply(ctx, eth, ip, config, l4, entry);
+        }
         let from = Endpoint::new(ip.src_addr, l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
         if unsafe { NAT_BACKENDS.get(&from) }.is_some() {
-            return nat::reply(ctx, eth, ip, config, l4);
+            // After a failover until the client sends again, or after the flow aged out: the backend retransmits
+            // until the client's next packet has rebuilt the translation.
+            return (XDP_DROP, Reason::DropNatNoEntry);
         }
     }
     let Some(slot) = service_slot(l4.protocol, u16::from_be_bytes(l4.dport)) else {

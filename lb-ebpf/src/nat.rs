@@ -82,7 +82,8 @@ pub fn forward(
     // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a
     // reused client port is a new connection).
     let mut old: Option<FlowValue> = None;
-    if let Some(pinned) = CONNTRACK.get_ptr_mut(&flow) {
+    let pinned_ptr = CONNTRACK.get_ptr_mut(&flow);
+    if let Some(pinned) = pinned_ptr {
         // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
         let pinned = unsafe { &mut *pinned };
         if !l4.syn()
@@ -139,7 +140,13 @@ pub fn forward(
     {
         forget(previous, &flow);
     }
-    let _ = CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0);
+    match pinned_ptr {
+        // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
+        Some(pinned) => unsafe { *pinned = FlowValue::new(id, port, now) },
+        None => {
+            let _ = CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0);
+        }
+    }
     to_backend(ctx, eth, ip, config, svc.index, id, port, &backend)
 }
 
@@ -166,15 +173,17 @@ fn to_backend(
     forward::to_backend(ctx, eth, config, backend, Reason::NatForwardTx, Reason::NatForwardRedirect)
 }
 
-/// A packet from a NAT backend's (address, port) to the VIP: a reply, translated back to the client.
+/// A packet from a NAT backend's (address, port) to the VIP with its reverse entry (see [`reverse_entry`]): a
+/// reply, translated back to the client.
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: &L4) -> (u32, Reason) {
-    let key = NatKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
-    // Without an entry (a failover happened and the client has not sent since, or the flow aged out) it is
-    // dropped: the backend retransmits until the client's next packet has rebuilt the translation.
-    let Some(entry) = NAT.get_ptr_mut(&key) else {
-        return (XDP_DROP, Reason::DropNatNoEntry);
-    };
+pub fn reply(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    l4: &L4,
+    entry: *mut NatValue,
+) -> (u32, Reason) {
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
     let now = now_ns();
@@ -352,9 +361,10 @@ fn claim_port(
                     return Some(port);
                 }
                 if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
-                    if NAT.insert(&key, &value, 0).is_ok() {
-                        return Some(port);
-                    }
+                    // In place: cheaper than an LRU update (allocate, link, free), and just as racy with another
+                    // CPU claiming the same port at the same instant.
+                    *entry = value;
+                    return Some(port);
                 } else if syn && displace.is_none() && entry.flags & NAT_ESTABLISHED == 0 {
                     displace = Some(port);
                 }
@@ -364,6 +374,12 @@ fn claim_port(
     let port = displace?;
     let key = NatKey::new(backend.address, backend.port, port, flow.protocol);
     NAT.insert(&key, &value, 0).ok().map(|_| port)
+}
+
+/// The reverse entry a packet from a NAT backend's `(address, port)` to `VIP:nport` belongs to, if any.
+#[inline(always)]
+pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
+    NAT.get_ptr_mut(&NatKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol))
 }
 
 /// Deletes the reverse entry of a flow's previous translation, if it is still the flow's.

@@ -979,8 +979,8 @@ fn a_reply_to_a_client_without_a_neighbour_entry_is_translated_and_handed_to_the
 #[test]
 fn a_client_without_a_route_back_gets_no_state() {
     let mut dp = dataplane();
-    // The node has no default route: no route back to 203.0.113.9 at all (what Linux's reverse-path filter calls
-    // a martian source).
+    // The node has no default route: no route back to 203.0.113.9 at all, which the FIB reports like a local
+    // address (a martian source, in the words of Linux's reverse-path filter).
     let f = Flow { client: Ipv4Addr::new(203, 0, 113, 9), mac: ROUTER_MAC, cport: 40038, protocol: PROTO_TCP };
     let syn = f.client_sends(TCP_SYN, b"");
     assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn);
