@@ -74,12 +74,19 @@ impl Lab {
 
     /// A backend reached through a second interface of `node`: a new namespace `far` linked to the node by a veth
     /// pair (`eth1` on the node, 10.78.K.1/24; `eth0` in `far`, 10.78.K.21/24, routing the lab subnet via the
-    /// node), running `lab-backend` (at `backend_bin`) on `port`. `far` holds the VIP on `lo` (for DSR; NAT
-    /// ignores it). The node becomes a router ([`make_router`](Self::make_router)).
+    /// node), running `lab-backend` (at `backend_bin`) on `port`. With `dsr`, `far` holds the VIP on `lo` (a NAT
+    /// backend must not: packets from the VIP would look like its own). The node becomes a router
+    /// ([`make_router`](Self::make_router)).
     ///
     /// # Errors
     /// When a step fails; what exists is removed again.
-    pub fn add_far_backend(&self, node: &Host, backend_bin: &std::path::Path, port: u16) -> Result<FarBackend> {
+    pub fn add_far_backend(
+        &self,
+        node: &Host,
+        backend_bin: &std::path::Path,
+        port: u16,
+        dsr: bool,
+    ) -> Result<FarBackend> {
         let (subnet, _) = self.subnet();
         let k = subnet.octets()[2];
         let ns_name = format!("{}{}-far", netns::PREFIX, self.run_id());
@@ -99,7 +106,9 @@ impl Lab {
         cmd::ip_in(&ns_name, ["addr", "add", &format!("{far_ip}/24"), "dev", IFACE])?;
         cmd::ip_in(&ns_name, ["link", "set", IFACE, "up"])?;
         cmd::ip_in(&ns_name, ["route", "add", &format!("{subnet}/{PREFIX_LEN}"), "via", &node_ip.to_string()])?;
-        cmd::ip_in(&ns_name, ["addr", "add", &format!("{}/32", self.vip()), "dev", "lo"])?;
+        if dsr {
+            cmd::ip_in(&ns_name, ["addr", "add", &format!("{}/32", self.vip()), "dev", "lo"])?;
+        }
         cmd::exec_in(&ns_name, ["ethtool", "-K", IFACE, "tx", "off"])?;
         cmd::ip_in(&node.ns, ["addr", "add", &format!("{node_ip}/24"), "dev", "eth1"])?;
         cmd::ip_in(&node.ns, ["link", "set", "eth1", "up"])?;

@@ -247,15 +247,16 @@ fn bare_acks_with_a_clients_address_do_not_divert_its_replies() {
 /// and the frames node1 sends to it carry `eth1`'s MAC as source.
 fn far_backend_case(forwarding: &str) {
     let lab = lab(1);
-    let far = lab.add_far_backend(lab.node(1), std::path::Path::new(env!("CARGO_BIN_EXE_lab-backend")), BACKEND_PORT).expect("far backend");
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lab-backend"));
+    let far = lab.add_far_backend(lab.node(1), bin, BACKEND_PORT, forwarding == "dsr").expect("far backend");
     let service = ServiceSpec {
         backends: vec![(far.ip, if forwarding == "dsr" { SERVICE_PORT } else { BACKEND_PORT })],
         ..ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, forwarding)
     };
-    if forwarding == "dsr" {
-        // DSR: the backend serves the service port itself (on the VIP, held on its lo).
-        let _ = lab.spawn(&far.ns, [env!("CARGO_BIN_EXE_lab-backend"), "--name", "far", "--port", "80"]);
-    }
+    // DSR: the backend serves the service port itself (on the VIP, held on its lo).
+    let _dsr_server = (forwarding == "dsr").then(|| {
+        lab.spawn(&far.ns, [env!("CARGO_BIN_EXE_lab-backend"), "--name", "far", "--port", "80"]).expect("port 80")
+    });
     let node = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(service)).expect("node1");
     node.wait_role("active", Duration::from_secs(5)).expect("node1 active");
     // Capture what arrives at the far backend while requests go through the VIP.
@@ -280,13 +281,21 @@ fn far_backend_case(forwarding: &str) {
     })
     .expect("capture");
     let deadline = Instant::now() + Duration::from_secs(6);
-    let mut answered = 0;
+    let (mut answered, mut last_error) = (0, String::new());
     while Instant::now() < deadline && answered < 20 {
         match probe::http_get(&lab.client().ns, lab.vip_addr(SERVICE_PORT), "/", Duration::from_millis(500)) {
             Ok(r) if r.text().starts_with("far") => answered += 1,
-            _ => std::thread::sleep(Duration::from_millis(100)),
+            other => {
+                last_error = format!("{other:?}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
     }
+    let counters: Vec<(String, u64)> = node
+        .status()
+        .map(|s| s.counters.dataplane.into_iter().filter(|(_, v)| *v > 0).collect())
+        .unwrap_or_default();
+    eprintln!("{forwarding}: last error {last_error}; data plane counters {counters:?}");
     let sources = capture.join().expect("capture thread").expect("capture");
     eprintln!("{forwarding}: {answered} answers from the far backend; TCP frames at it came from {sources:02x?}");
     assert!(answered >= 20, "{forwarding}: only {answered} answers through the second interface\n{}", node.log());
