@@ -56,8 +56,29 @@ pub struct NodeConfig {
     /// Index of that interface (0 until attached). ARP for the VIP is answered there only, with `mac`; backends
     /// whose `ifindex` is 0 are reached through it.
     pub ifindex: u32,
+    /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
+    /// source. The agent refreshes them whenever it writes the data plane.
+    pub local: [[u8; 4]; LOCAL_ADDRESSES],
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24 + 4 * LOCAL_ADDRESSES);
+
+/// How many of the node's own addresses (and broadcasts) `NodeConfig` holds.
+pub const LOCAL_ADDRESSES: usize = 8;
+
+impl NodeConfig {
+    /// Whether `address` is one of [`local`](Self::local) (a compare per slot: no map lookup).
+    #[inline(always)]
+    pub fn is_local(&self, address: [u8; 4]) -> bool {
+        let mut i = 0;
+        while i < LOCAL_ADDRESSES {
+            if self.local[i] == address {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -386,15 +407,14 @@ pub enum Reason {
     /// To a NAT service, but every source-port candidate for this flow's backend is taken by a live flow.
     DropNatNoPort = 23,
     /// To the VIP from a source no client can have: 0/8, 127/8, multicast, 240/4 and broadcast, the VIP itself,
-    /// or (checked with the FIB when a flow starts) an address of this node, a broadcast, or an address without
-    /// any route back (the FIB reports these alike; Linux's reverse-path filter calls them martians too).
-    /// Dropped before any state is created.
+    /// or an address of this node or a broadcast of its subnets (`NodeConfig::local`). Dropped before any state
+    /// is created.
     DropMartianSource = 24,
     /// A translated reply (or ICMP error) whose next hop has no neighbour entry yet: handed to the kernel, which
     /// resolves it (ARP) and forwards this packet; later ones find the entry.
     PassNoNeighbour = 25,
-    /// A NAT flow's route back to its client is an unreachable, blackhole or prohibit route: dropped before any
-    /// state is created.
+    /// No route back to a NAT flow's client (none at all, or an unreachable, blackhole or prohibit route): its
+    /// replies are dropped.
     DropNoRoute = 26,
     /// IPv4 forwarding is off on the interface, so the FIB cannot route replies: dropped. NAT needs
     /// `net.ipv4.conf.<interface>.forwarding = 1` (every Kubernetes node has it).

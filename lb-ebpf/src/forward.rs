@@ -16,7 +16,7 @@ use crate::{
     maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
     packet,
     parse::L4,
-    route::{self, NoRoute},
+
 };
 
 /// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.
@@ -45,13 +45,6 @@ pub fn dsr(
         }
     }
     if chosen == NO_BACKEND {
-        // Before any state: a source that is one of this node's addresses, a broadcast, or has no route back at all
-        // is no client. (DSR replies do not come back here, so an unreachable route is the backend's business.)
-        if let Err(NoRoute::Local) =
-            route::lookup(ctx, ip.dst_addr, ip.src_addr, l4.protocol, u16::from_be_bytes(ip.tot_len))
-        {
-            return (XDP_DROP, Reason::DropMartianSource);
-        }
         let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, config.hash_seed);
         let Some(id) = maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);

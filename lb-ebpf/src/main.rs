@@ -139,7 +139,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
         return (XDP_DROP, Reason::DropFragment);
     }
     // Before anything else, in particular before any state: sources no client can have.
-    if martian_source(ip.src_addr, config.vip) {
+    if martian_source(ip.src_addr, config.vip) || config.is_local(ip.src_addr) {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     let protocol = ip.proto as u8;

@@ -110,14 +110,8 @@ pub fn forward(
         old = Some(*pinned);
     }
 
-    // A new flow (or one starting over). First where its replies would go: a local or broadcast source is no
-    // client, and a flow whose replies cannot be routed gets no state.
-    let route = match route::lookup(ctx, config.vip, flow.client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
-        Ok(r) => Some(r),
-        // Resolved by the kernel when the first reply is handed to it.
-        Err(NoRoute::Neighbour) => None,
-        Err(no) => return (XDP_DROP, no.reason()),
-    };
+    // A new flow (or one starting over); martian and local sources were dropped before. Its reply route is
+    // looked up by its first reply.
     let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, config.hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);
@@ -129,7 +123,7 @@ pub fn forward(
         return (XDP_DROP, Reason::DropInternal);
     };
     let backend: Backend = *backend;
-    let Some(port) = claim_port(&backend, &flow, hash, l4, now, route) else {
+    let Some(port) = claim_port(&backend, &flow, hash, l4, now) else {
         return (XDP_DROP, Reason::DropNatNoPort);
     };
     // The flow's previous translation (an old connection from the same client port to another backend) would
@@ -260,7 +254,7 @@ fn refresh(entry: &mut NatValue, l4: &L4, now: u64) {
 
 /// A fresh reverse entry for `flow` (a new connection).
 #[inline(always)]
-fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64, route: Option<Route>) -> NatValue {
+fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
     let mut flags = 0;
     if l4.fin() {
         flags |= NAT_FIN_CLIENT;
@@ -268,22 +262,19 @@ fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64, route: Option<Route>) -> NatVa
     if l4.rst() {
         flags |= NAT_RST;
     }
-    let (next_hop_mac, egress_mac, egress_ifindex, route_ns) = match route {
-        Some(r) => (r.next_hop_mac, r.egress_mac, r.ifindex, now),
-        None => ([0; 6], [0; 6], 0, 0),
-    };
     NatValue {
         client: flow.client,
         client_port: flow.client_port,
         service_port: flow.service_port,
-        next_hop_mac,
-        egress_mac,
+        next_hop_mac: [0; 6],
+        egress_mac: [0; 6],
         flags,
         _pad: [0; 3],
-        egress_ifindex,
+        egress_ifindex: 0,
         _pad2: 0,
         last_seen_ns: now,
-        route_ns,
+        // No route yet: the first reply looks it up.
+        route_ns: 0,
     }
 }
 
@@ -335,9 +326,8 @@ fn claim_port(
     hash: u32,
     l4: &L4,
     now: u64,
-    route: Option<Route>,
 ) -> Option<[u8; 2]> {
-    let value = fresh_entry(flow, l4, now, route);
+    let value = fresh_entry(flow, l4, now);
     let syn = l4.syn();
     let mut displace: Option<[u8; 2]> = None;
     // A fixed, small bound: the loop is unrolled or verified as a bounded loop.

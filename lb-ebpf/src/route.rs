@@ -26,9 +26,9 @@ pub struct Route {
 pub enum NoRoute {
     /// Routable, but the next hop's MAC is not in the neighbour table yet: the kernel must resolve it.
     Neighbour,
-    /// The FIB would not forward to the address: one of this node's, a broadcast, or one without any route at
-    /// all (the kernel reports these alike; what Linux's reverse-path filter calls a martian source). Not a client.
-    Local,
+    /// The FIB would not forward to the address: no route at all, or a local or broadcast address (sources of
+    /// that kind were dropped before any state, so in practice: no route).
+    NotForwarded,
     /// IPv4 forwarding is off on the ingress interface; the FIB refuses lookups.
     ForwardingDisabled,
     /// An unreachable, blackhole or prohibit route, or anything else.
@@ -41,7 +41,7 @@ impl NoRoute {
     pub fn reason(self) -> Reason {
         match self {
             NoRoute::Neighbour => Reason::PassNoNeighbour,
-            NoRoute::Local => Reason::DropMartianSource,
+            NoRoute::NotForwarded => Reason::DropNoRoute,
             NoRoute::ForwardingDisabled => Reason::DropForwardingDisabled,
             NoRoute::Unreachable => Reason::DropNoRoute,
         }
@@ -52,12 +52,6 @@ impl NoRoute {
 /// interface of `ctx`.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16) -> Result<Route, NoRoute> {
-    fib(ctx, src, dst, protocol, tot_len, 0)
-}
-
-/// One `bpf_fib_lookup` with `flags`; "not forwarded" comes back as `Local`.
-#[inline(always)]
-fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16, flags: u32) -> Result<Route, NoRoute> {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
@@ -68,7 +62,7 @@ fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16,
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size passed.
     let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, flags)
+        bpf_fib_lookup(ctx.ctx as *mut _, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Ok(Route { next_hop_mac: params.dmac, egress_mac: params.smac, ifindex: params.ifindex });
@@ -76,7 +70,7 @@ fn fib(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16,
     Err(if rc == i64::from(BPF_FIB_LKUP_RET_NO_NEIGH) {
         NoRoute::Neighbour
     } else if rc == i64::from(BPF_FIB_LKUP_RET_NOT_FWDED) {
-        NoRoute::Local
+        NoRoute::NotForwarded
     } else if rc == i64::from(BPF_FIB_LKUP_RET_FWD_DISABLED) {
         NoRoute::ForwardingDisabled
     } else {

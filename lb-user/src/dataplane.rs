@@ -17,7 +17,7 @@ use aya::{
 };
 use lb_common::{
     Backend, Endpoint, FORWARD_NAT, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk,
-    NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
+    LOCAL_ADDRESSES, NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
     nat_source_port_bit, service_slot,
 };
 
@@ -167,6 +167,19 @@ pub struct DataPlane {
     service_capacity: u32,
     /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
     nat_endpoint_refs: HashMap<Endpoint, u32>,
+    /// Unit tests: the order of `SERVICES` and `BACKENDS` writes.
+    #[cfg(test)]
+    journal: Vec<Journal>,
+}
+
+/// A map write, as the unit tests see it.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Journal {
+    /// `SERVICES` of a port now points at table `table`.
+    Service { port: u16, table: u32 },
+    /// `BACKENDS[slot]` written; `cleared` for an all-zero entry.
+    Backend { slot: u32, cleared: bool },
 }
 
 impl DataPlane {
@@ -203,6 +216,8 @@ impl DataPlane {
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
             nat_endpoint_refs: HashMap::new(),
+            #[cfg(test)]
+            journal: Vec::new(),
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
             dp.program(name)?.load().with_context(|| format!("verifying XDP program {name}"))?;
@@ -318,6 +333,8 @@ impl DataPlane {
     }
 
     fn write_node(&mut self) -> Result<()> {
+        // The node's addresses may have changed since the last write: they are read afresh every time.
+        self.node.local = local_addresses();
         let mut config: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, names::CONFIG)?;
         config.set(0, self.node, 0).context("writing the CONFIG map")
     }
@@ -360,7 +377,8 @@ impl DataPlane {
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(name.to_string(), svc);
         self.attach_backend_interfaces();
-        result
+        result?;
+        self.write_node()
     }
 
     fn write_service(&mut self, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
@@ -465,7 +483,10 @@ impl DataPlane {
         let slot = service_slot(key.protocol, key.port)
             .ok_or_else(|| anyhow!("protocol {} has no service slots (tcp or udp only)", key.protocol))?;
         let mut services: Array<&mut MapData, ServiceValue> = map_mut(&mut self.ebpf, names::SERVICES)?;
-        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))
+        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))?;
+        #[cfg(test)]
+        self.journal.push(Journal::Service { port: key.port, table: value.table });
+        Ok(())
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
@@ -510,7 +531,10 @@ impl DataPlane {
 
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = map_mut(&mut self.ebpf, names::BACKENDS)?;
-        backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
+        backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))?;
+        #[cfg(test)]
+        self.journal.push(Journal::Backend { slot, cleared: backend == Backend::default() });
+        Ok(())
     }
 
     /// Writes `table` into buffer `which` of service `index`, skipping chunks that already hold the same slots.
@@ -639,6 +663,54 @@ impl DataPlane {
     }
 }
 
+/// This node's IPv4 addresses and the broadcast addresses of their subnets (loopback left out: the program drops
+/// 127/8 anyway), as many as `NodeConfig::local` holds; the rest unused (all zero). A source among them is never
+/// a client.
+fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
+    let mut found: Vec<[u8; 4]> = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        log::warn!("listing this node's addresses: {}", std::io::Error::last_os_error());
+        return [[0; 4]; LOCAL_ADDRESSES];
+    }
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cursor };
+        cursor = ifa.ifa_next;
+        let v4 = |sa: *mut libc::sockaddr| -> Option<u32> {
+            // SAFETY: checked non-null, and the family says it is a sockaddr_in.
+            (!sa.is_null() && unsafe { (*sa).sa_family } == libc::AF_INET as libc::sa_family_t)
+                .then(|| u32::from_be(unsafe { (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr }))
+        };
+        let Some(address) = v4(ifa.ifa_addr) else {
+            continue;
+        };
+        if address >> 24 == 127 {
+            continue;
+        }
+        found.push(address.to_be_bytes());
+        if let Some(mask) = v4(ifa.ifa_netmask)
+            && mask.leading_ones() < 31
+        {
+            found.push((address | !mask).to_be_bytes());
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found.sort_unstable();
+    found.dedup();
+    if found.len() > LOCAL_ADDRESSES {
+        log::debug!("this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}", found.len());
+    }
+    let mut local = [[0; 4]; LOCAL_ADDRESSES];
+    for (slot, address) in local.iter_mut().zip(found) {
+        *slot = address;
+    }
+    local
+}
+
 /// The index of `interface` in the caller's namespace.
 fn interface_index(interface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
@@ -706,4 +778,39 @@ where
 {
     let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
     T::try_from(map).with_context(|| format!("map {name} does not have the expected type"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backend(last: u8) -> BackendSpec {
+        BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, last),
+            port: 80,
+            weight: 1,
+            healthy: true,
+            mac: Some([2, 0, 0, 0, 0, last]),
+            ifindex: 0,
+        }
+    }
+
+    /// Needs root (loads the BPF object); nothing is attached.
+    #[test]
+    fn a_leaving_backends_slot_is_cleared_only_after_the_new_table_is_live() {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() })
+            .expect("loading the XDP program (needs root)");
+        let spec = |backends| ServiceSpec { port: 80, protocol: lb_common::PROTO_TCP, forwarding: 0, backends };
+        dp.apply_service("web", &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
+        let gone = dp.services["web"].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
+        dp.journal.clear();
+        dp.apply_service("web", &spec(vec![backend(1), backend(2)])).expect("two backends");
+        let switched = dp.journal.iter().position(|j| matches!(j, Journal::Service { port: 80, .. }));
+        let cleared = dp.journal.iter().position(|j| *j == Journal::Backend { slot: gone, cleared: true });
+        assert!(
+            matches!((switched, cleared), (Some(s), Some(c)) if s < c),
+            "the table switch must come before the slot is cleared: {:?}",
+            dp.journal
+        );
+    }
 }

@@ -13,6 +13,8 @@ use xvip::{
 };
 
 fn dataplane(active: bool) -> DataPlane {
+    // The fixture namespace first: the data plane reads the node's own addresses from it.
+    support::fixture::lan();
     let mut dp = DataPlane::load(LoadOptions { service_capacity: 2, ..LoadOptions::default() })
         .expect("loading the XDP program (these tests need root)");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");

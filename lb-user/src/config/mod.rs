@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `interface` | required | 1..=15 bytes, no `/`, `:` or whitespace |
 //! | `xdp_mode` | `"auto"` | `"auto"` (native, else generic with a warning), `"native"`, `"generic"` |
-//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the connection and NAT tables (200 B of kernel memory each) |
+//! | `conntrack_entries` | `65536` | 1024..=16777216 flows in the connection and NAT tables (224 B of kernel memory each) |
 //! | `vip.address` | required | a unicast IPv4 address (not 0.0.0.0, loopback, multicast or broadcast) |
 //! | `vip.hostname` | none | a DNS name or IP address; informational (a natural `server_name` for https checks) |
 //! | `vrrp.vrid` | required | 1..=255 |
