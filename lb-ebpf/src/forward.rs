@@ -16,7 +16,6 @@ use crate::{
     maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
     packet,
     parse::L4,
-
 };
 
 /// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.

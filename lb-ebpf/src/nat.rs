@@ -320,13 +320,7 @@ fn reclaimable(entry: &NatValue, protocol: u8, now: u64) -> bool {
 /// Taking the first usable candidate in a fixed order (rather than, say, preferring a free one over a
 /// reclaimable one) is what lets another node, which never saw the reclaimable entries, reach the same choice.
 #[inline(always)]
-fn claim_port(
-    backend: &Backend,
-    flow: &FlowKey,
-    hash: u32,
-    l4: &L4,
-    now: u64,
-) -> Option<[u8; 2]> {
+fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -> Option<[u8; 2]> {
     let value = fresh_entry(flow, l4, now);
     let syn = l4.syn();
     let mut displace: Option<[u8; 2]> = None;

@@ -16,8 +16,8 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk,
-    LOCAL_ADDRESSES, NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
+    Backend, Endpoint, FORWARD_NAT, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_SERVICES,
+    MaglevChunk, NO_BACKEND, NodeConfig, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
     nat_source_port_bit, service_slot,
 };
 
@@ -192,8 +192,7 @@ impl DataPlane {
         let entries = options.conntrack_entries.max(1024);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
-        let (embryonic, established) =
-            (nanos(options.nat_embryonic_timeout), nanos(options.nat_established_timeout));
+        let (embryonic, established) = (nanos(options.nat_embryonic_timeout), nanos(options.nat_established_timeout));
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
@@ -413,7 +412,10 @@ impl DataPlane {
         // the SERVICES entry; all configured backends, healthy or not (a backend going unhealthy still sends the
         // replies of its established flows).
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
-            spec.backends.iter().map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol)).collect()
+            spec.backends
+                .iter()
+                .map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol))
+                .collect()
         } else {
             Vec::new()
         };
@@ -702,7 +704,10 @@ fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
     found.sort_unstable();
     found.dedup();
     if found.len() > LOCAL_ADDRESSES {
-        log::debug!("this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}", found.len());
+        log::debug!(
+            "this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}",
+            found.len()
+        );
     }
     let mut local = [[0; 4]; LOCAL_ADDRESSES];
     for (slot, address) in local.iter_mut().zip(found) {

@@ -498,7 +498,10 @@ fn replies_follow_a_route_change_within_a_second() {
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
     assert_frame(&out, &f.client_gets(TCP_ACK, b""));
-    support::fixture::ip(&format!("neigh replace 10.77.0.253 lladdr {} dev lan nud permanent", fmt_mac(OTHER_ROUTER_MAC)));
+    support::fixture::ip(&format!(
+        "neigh replace 10.77.0.253 lladdr {} dev lan nud permanent",
+        fmt_mac(OTHER_ROUTER_MAC)
+    ));
     support::fixture::ip(&format!("route replace {} via 10.77.0.253", support::fixture::REMOTE_NET));
     std::thread::sleep(Duration::from_millis(1100));
     let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
@@ -847,10 +850,8 @@ fn a_syn_displaces_an_embryonic_holder_when_all_candidates_are_held() {
 
 #[test]
 fn a_non_syn_packet_never_displaces_but_takes_an_embryonic_port_after_the_timeout() {
-    let mut dp = dataplane_with(LoadOptions {
-        nat_embryonic_timeout: Duration::from_millis(300),
-        ..LoadOptions::default()
-    });
+    let mut dp =
+        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_millis(300), ..LoadOptions::default() });
     let f = Flow::tcp(40031);
     let blockers: Vec<Flow> =
         (0..NAT_PORT_TRIES).map(|a| colliding_flows(f.nat_port(a), f.backend(), PROTO_TCP, 1)[0]).collect();
@@ -871,10 +872,8 @@ fn a_non_syn_packet_never_displaces_but_takes_an_embryonic_port_after_the_timeou
 
 #[test]
 fn an_established_translation_outlives_the_embryonic_timeout() {
-    let mut dp = dataplane_with(LoadOptions {
-        nat_embryonic_timeout: Duration::from_millis(100),
-        ..LoadOptions::default()
-    });
+    let mut dp =
+        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_millis(100), ..LoadOptions::default() });
     let f = Flow::tcp(40032);
     let p = f.nat_port(0);
     let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
@@ -890,10 +889,8 @@ fn an_established_translation_outlives_the_embryonic_timeout() {
 
 #[test]
 fn an_established_translation_is_reusable_after_the_established_timeout() {
-    let mut dp = dataplane_with(LoadOptions {
-        nat_established_timeout: Duration::from_millis(300),
-        ..LoadOptions::default()
-    });
+    let mut dp =
+        dataplane_with(LoadOptions { nat_established_timeout: Duration::from_millis(300), ..LoadOptions::default() });
     let f = Flow::tcp(40033);
     let p = f.nat_port(0);
     let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
@@ -1007,11 +1004,19 @@ fn replies_to_a_client_behind_another_interface_are_redirected_with_its_mac() {
     let mut dp = dataplane();
     let wan_client = Ipv4Addr::new(192, 0, 2, 50);
     let wan_client_mac = [0x02, 0, 0, 0, 0, 0x50];
-    support::fixture::ip(&format!("neigh replace {wan_client} lladdr {} dev wan nud permanent", fmt_mac(wan_client_mac)));
+    support::fixture::ip(&format!(
+        "neigh replace {wan_client} lladdr {} dev wan nud permanent",
+        fmt_mac(wan_client_mac)
+    ));
     let f = Flow { client: wan_client, mac: wan_client_mac, cport: 40040, protocol: PROTO_TCP };
     // It arrives on lan here (the fixture runs every frame there), its route points out of wan.
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
-    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), support::fixture::XDP_REDIRECT, Reason::NatReplyRedirect);
+    let out = run(
+        &mut dp,
+        &f.backend_sends(f.nat_port(0), TCP_ACK, b""),
+        support::fixture::XDP_REDIRECT,
+        Reason::NatReplyRedirect,
+    );
     let mut expected = f.client_gets(TCP_ACK, b"");
     expected[6..12].copy_from_slice(&support::fixture::WAN_MAC);
     assert_frame(&out, &expected);

@@ -44,8 +44,20 @@ impl Lab {
         cmd::ip_in(
             self.bridge_ns(),
             [
-                "link", "add", &host.bridge_port, "address", &port_mac, "type", "veth", "peer", "name", IFACE,
-                "address", &mac, "netns", &host.ns,
+                "link",
+                "add",
+                &host.bridge_port,
+                "address",
+                &port_mac,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                IFACE,
+                "address",
+                &mac,
+                "netns",
+                &host.ns,
             ],
         )
         .with_context(|| format!("creating the veth of {name}"))?;
@@ -97,8 +109,20 @@ impl Lab {
         cmd::ip_in(
             &ns_name,
             [
-                "link", "add", IFACE, "address", &far_mac.to_string(), "type", "veth", "peer", "name", "eth1",
-                "address", &node_mac.to_string(), "netns", &node.ns,
+                "link",
+                "add",
+                IFACE,
+                "address",
+                &far_mac.to_string(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth1",
+                "address",
+                &node_mac.to_string(),
+                "netns",
+                &node.ns,
             ],
         )
         .context("creating the second link")?;
@@ -117,15 +141,10 @@ impl Lab {
         let pass = xdp_pass::attach(&ns_name, &[IFACE.to_owned()])?;
         let server = self.spawn(
             &ns_name,
-            [
-                backend_bin.as_os_str(),
-                "--name".as_ref(),
-                "far".as_ref(),
-                "--port".as_ref(),
-                port.to_string().as_ref(),
-            ],
+            [backend_bin.as_os_str(), "--name".as_ref(), "far".as_ref(), "--port".as_ref(), port.to_string().as_ref()],
         )?;
-        let far = FarBackend { ip: far_ip, mac: far_mac, node_mac, ns: ns_name, server: Some(server), _pass: pass, _ns: ns };
+        let far =
+            FarBackend { ip: far_ip, mac: far_mac, node_mac, ns: ns_name, server: Some(server), _pass: pass, _ns: ns };
         far.wait_listening(port)?;
         Ok(far)
     }
@@ -148,8 +167,10 @@ impl FarBackend {
         let deadline = Instant::now() + Duration::from_secs(5);
         let addr = std::net::SocketAddr::from((self.ip, port));
         loop {
-            if netns::in_netns(&self.ns, || Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))))?
-                .is_ok()
+            if netns::in_netns(&self.ns, || {
+                Ok(std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)))
+            })?
+            .is_ok()
             {
                 return Ok(());
             }
@@ -191,7 +212,11 @@ impl RawSocket {
     pub fn open(iface: &str) -> Result<Self> {
         // SAFETY: plain syscall.
         let raw = unsafe {
-            libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from((libc::ETH_P_ALL as u16).to_be()))
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from((libc::ETH_P_ALL as u16).to_be()),
+            )
         };
         if raw < 0 {
             return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");

@@ -95,7 +95,11 @@ fn next(state: &mut u64) -> u64 {
 /// Sends the flood from `edge`: `FLOOD_SYNS` SYNs and `FLOOD_ACKS` bare ACKs from random sources and ports to the
 /// VIP, interleaved, at most ~40,000 frames per second, stopping after 30 s whatever happens. Returns how many
 /// were sent and how long it took.
-fn flood(lab: &Lab, edge: &ExtraHost, running: Arc<AtomicBool>) -> std::thread::JoinHandle<anyhow::Result<(usize, Duration)>> {
+fn flood(
+    lab: &Lab,
+    edge: &ExtraHost,
+    running: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<(usize, Duration)>> {
     let (vip, node_mac, edge_mac) = (lab.vip(), lab.node(1).mac.0, edge.host.mac.0);
     netns::spawn_in_netns(&edge.host.ns, move || {
         let socket = RawSocket::open("eth0")?;
@@ -124,12 +128,7 @@ fn flood(lab: &Lab, edge: &ExtraHost, running: Arc<AtomicBool>) -> std::thread::
 
 /// Real connections, one at a time and at least `spacing` apart, until `n` were tried or (if given)
 /// `while_running` turns false; how many were tried and how many failed.
-fn real_connections(
-    lab: &Lab,
-    n: usize,
-    spacing: Duration,
-    while_running: Option<Arc<AtomicBool>>,
-) -> (usize, usize) {
+fn real_connections(lab: &Lab, n: usize, spacing: Duration, while_running: Option<Arc<AtomicBool>>) -> (usize, usize) {
     let target = lab.vip_addr(SERVICE_PORT);
     let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (t, f) = (tried.clone(), failed.clone());
@@ -160,7 +159,8 @@ fn flood_case(backends: usize, conntrack_entries: Option<u32>) {
     let running = Arc::new(AtomicBool::new(true));
     let flooder = flood(&lab, &edge, running.clone());
     // Spread over the whole flood (about 5 s), so most of them meet a full table.
-    let (during_tried, during_failed) = real_connections(&lab, 2 * REAL, Duration::from_millis(25), Some(running.clone()));
+    let (during_tried, during_failed) =
+        real_connections(&lab, 2 * REAL, Duration::from_millis(25), Some(running.clone()));
     let (sent, took) = flooder.join().expect("flood thread").expect("flood");
     let no_port_after_flood = counter(&node, "drop_nat_no_port");
     let (after_tried, after_failed) = real_connections(&lab, REAL, Duration::ZERO, None);
@@ -226,7 +226,8 @@ fn bare_acks_with_a_clients_address_do_not_divert_its_replies() {
         let mut stolen = 0;
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until {
-            let ack = frames::tcp_frame(node_mac, attacker_mac, client_ip, vip, client_port, SERVICE_PORT, TCP_ACK, b"");
+            let ack =
+                frames::tcp_frame(node_mac, attacker_mac, client_ip, vip, client_port, SERVICE_PORT, TCP_ACK, b"");
             socket.send(&ack)?;
             let quiet = Instant::now() + Duration::from_millis(50);
             while Instant::now() < quiet {
@@ -299,10 +300,8 @@ fn far_backend_case(forwarding: &str) {
             }
         }
     }
-    let counters: Vec<(String, u64)> = node
-        .status()
-        .map(|s| s.counters.dataplane.into_iter().filter(|(_, v)| *v > 0).collect())
-        .unwrap_or_default();
+    let counters: Vec<(String, u64)> =
+        node.status().map(|s| s.counters.dataplane.into_iter().filter(|(_, v)| *v > 0).collect()).unwrap_or_default();
     eprintln!("{forwarding}: last error {last_error}; data plane counters {counters:?}");
     let sources = capture.join().expect("capture thread").expect("capture");
     eprintln!("{forwarding}: {answered} answers from the far backend; TCP frames at it came from {sources:02x?}");
