@@ -120,7 +120,7 @@ fn paths() -> Vec<PathSpec> {
             prepare: dsr_web,
             action: XDP_TX,
             reason: Reason::ForwardTx,
-            target: 250.0,
+            target: f64::NAN,
         },
         PathSpec {
             name: "DSR, new flow (SYN, a new 5-tuple every packet: conntrack insert)",
@@ -146,7 +146,7 @@ fn paths() -> Vec<PathSpec> {
             target: TARGET_NS,
         },
         PathSpec {
-            name: "NAT, new flow (SYN: FIB check, Maglev pick, NAT port claim, conntrack + NAT updates, rewrite)",
+            name: "NAT, new flow (SYN: Maglev pick, NAT port claim, conntrack + NAT entries rewritten in place, rewrite)",
             frames: Frames::Same(|| client_tcp_to(41000, NAT_PORT, TCP_SYN, b"")),
             prepare: nat_api,
             action: XDP_TX,
