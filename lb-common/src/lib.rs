@@ -13,8 +13,8 @@ pub const MAX_SERVICES: u32 = 64;
 /// Backends over all services.
 pub const MAX_BACKENDS: u32 = 4096;
 /// Default size of the connection table (LRU) and of the NAT translation table (LRU); the agent sets both from
-/// `conntrack_entries` at load time: 88 + 112 = 200 bytes of kernel memory per entry (see [`FlowValue`] and
-/// [`NatKey`]), 13.1 MB for the default.
+/// `conntrack_entries` at load time: 96 + 128 = 224 bytes of kernel memory per entry (see [`FlowValue`] and
+/// [`NatKey`]), 14.7 MB for the default.
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
 /// A Maglev slot holding this value means "no healthy backend": the service fails fast.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -30,9 +30,12 @@ pub mod names {
     pub const CONNTRACK: &str = "CONNTRACK";
     pub const NAT: &str = "NAT";
     pub const NAT_BACKENDS: &str = "NAT_BACKENDS";
+    pub const NAT_SOURCE_PORTS: &str = "NAT_SOURCE_PORTS";
     /// Globals (`.rodata`) the loader overrides: idle times after which a NAT entry may be reused, in ns.
     pub const NAT_UDP_TIMEOUT_NS: &str = "NAT_UDP_TIMEOUT_NS";
     pub const NAT_CLOSED_GRACE_NS: &str = "NAT_CLOSED_GRACE_NS";
+    pub const NAT_EMBRYONIC_TIMEOUT_NS: &str = "NAT_EMBRYONIC_TIMEOUT_NS";
+    pub const NAT_ESTABLISHED_TIMEOUT_NS: &str = "NAT_ESTABLISHED_TIMEOUT_NS";
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
@@ -50,8 +53,32 @@ pub struct NodeConfig {
     /// MAC address of the interface the program is attached to.
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
+    /// Index of that interface (0 until attached). ARP for the VIP is answered there only, with `mac`; backends
+    /// whose `ifindex` is 0 are reached through it.
+    pub ifindex: u32,
+    /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
+    /// source. The agent refreshes them whenever it writes the data plane.
+    pub local: [[u8; 4]; LOCAL_ADDRESSES],
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24 + 4 * LOCAL_ADDRESSES);
+
+/// How many of the node's own addresses (and broadcasts) `NodeConfig` holds.
+pub const LOCAL_ADDRESSES: usize = 8;
+
+impl NodeConfig {
+    /// Whether `address` is one of [`local`](Self::local) (a compare per slot: no map lookup).
+    #[inline(always)]
+    pub fn is_local(&self, address: [u8; 4]) -> bool {
+        let mut i = 0;
+        while i < LOCAL_ADDRESSES {
+            if self.local[i] == address {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+}
 
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
@@ -130,16 +157,19 @@ pub struct Backend {
     pub port: [u8; 2],
     /// MAC of the backend (or of the next hop towards it), resolved by the agent from the neighbour table.
     pub mac: [u8; 6],
-    /// Interface through which the backend is reached; equal to the ingress interface means XDP_TX.
-    pub ifindex: u32,
+    /// MAC of the interface the backend is reached through: the source MAC of frames sent to it. All zero means
+    /// the node's interface ([`NodeConfig::mac`]).
+    pub src_mac: [u8; 6],
     /// 1 when the health checks say the backend is up; a pinned flow to an unhealthy backend is re-hashed.
     pub healthy: u8,
     /// Index of the service this backend belongs to. A pinned flow whose backend slot was since given to another
     /// service is re-hashed instead of crossing services.
     pub service: u8,
-    pub _pad: [u8; 2],
+    /// Interface through which the backend is reached (0: the node's interface, [`NodeConfig::ifindex`]); equal
+    /// to the ingress interface means XDP_TX, another one `bpf_redirect`.
+    pub ifindex: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+const _: () = assert!(core::mem::size_of::<Backend>() == 24);
 
 /// Key of the connection table: one direction of a client flow towards a service.
 #[repr(C)]
@@ -153,10 +183,18 @@ pub struct FlowKey {
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
 
+impl FlowKey {
+    /// The key of a client flow, padding zeroed (the kernel compares keys byte for byte).
+    #[inline(always)]
+    pub const fn new(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8) -> Self {
+        FlowKey { client, client_port, service_port, protocol, _pad: [0; 3] }
+    }
+}
+
 /// Value of the connection table.
 ///
-/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 88 bytes per entry, that is a 48-byte
-/// element header, the key and the value each rounded up to 8 bytes (16 and 8), and a 16-byte bucket. 5.8 MB for
+/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 96 bytes per entry, that is a 48-byte
+/// element header, the key and the value each rounded up to 8 bytes (16 and 16), and a 16-byte bucket. 6.3 MB for
 /// the default 65536 entries (the `memlock` that `bpftool map show` reports; see docs/nat.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -166,8 +204,18 @@ pub struct FlowValue {
     /// need not recompute it. 0 for DSR flows (NAT ports are never below [`NAT_PORT_MIN`]).
     pub nat_port: [u8; 2],
     pub _pad: [u8; 2],
+    /// NAT: when (coarse `bpf_ktime`, ns) this flow last confirmed that its `NAT` entry is still its own and
+    /// refreshed it. Plain ACK/data packets within [`NAT_CHECK_INTERVAL_NS`] of it skip the `NAT` lookup.
+    pub checked_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 8);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+
+impl FlowValue {
+    #[inline(always)]
+    pub const fn new(backend: u32, nat_port: [u8; 2], checked_ns: u64) -> Self {
+        FlowValue { backend, nat_port, _pad: [0; 2], checked_ns }
+    }
+}
 
 /// Key of `NAT_BACKENDS`: a backend endpoint of some NAT service. A TCP/UDP packet to the VIP *from* one of these
 /// is a backend's reply (it goes through the reverse translation or, without one, to the kernel), never a client
@@ -182,11 +230,31 @@ pub struct Endpoint {
 }
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 8);
 
+impl Endpoint {
+    #[inline(always)]
+    pub const fn new(address: [u8; 4], port: [u8; 2], protocol: u8) -> Self {
+        Endpoint { address, port, protocol, _pad: 0 }
+    }
+}
+
+/// Elements of `NAT_SOURCE_PORTS`: one bit per TCP and per UDP port, 64 per element (TCP first).
+pub const NAT_SOURCE_PORT_WORDS: u32 = 2 * 65536 / 64;
+
+/// Where the bit of (`protocol`, `port`) sits in `NAT_SOURCE_PORTS`: (element, bit). A set bit means some NAT
+/// backend serves on that port, so a packet from that source port may be a backend's reply and is looked up in
+/// `NAT_BACKENDS`; every other packet skips that hash lookup.
+#[inline(always)]
+pub const fn nat_source_port_bit(protocol: u8, port: u16) -> Option<(u32, u32)> {
+    match service_slot(protocol, port) {
+        Some(slot) => Some((slot / 64, slot % 64)),
+        None => None,
+    }
+}
 /// Key of the `NAT` map (reverse translation): what a backend's reply carries, (backend, backend port) as source
 /// and (VIP, NAT port) as destination. The VIP is implicit (one per data plane).
 ///
-/// Kernel memory of `NAT` (LRU hash, preallocated): 112 bytes per entry (48-byte element header, 16 of key, 32 of
-/// value, 16 of bucket), 7.3 MB for the default 65536 entries. It has as many entries as `CONNTRACK`.
+/// Kernel memory of `NAT` (LRU hash, preallocated): 128 bytes per entry (48-byte element header, 16 of key, 48 of
+/// value, 16 of bucket), 8.4 MB for the default 65536 entries. It has as many entries as `CONNTRACK`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
@@ -198,32 +266,54 @@ pub struct NatKey {
 }
 const _: () = assert!(core::mem::size_of::<NatKey>() == 12);
 
-/// Value of the `NAT` map: the client flow a translated backend flow belongs to, and where to send its replies.
+impl NatKey {
+    #[inline(always)]
+    pub const fn new(backend: [u8; 4], backend_port: [u8; 2], nat_port: [u8; 2], protocol: u8) -> Self {
+        NatKey { backend, backend_port, nat_port, protocol, _pad: [0; 3] }
+    }
+}
+
+/// Value of the `NAT` map: the client flow a translated backend flow belongs to, its TCP state, and the route
+/// its replies take (from the kernel's FIB, never from what a packet claimed).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NatValue {
     pub client: [u8; 4],
     pub client_port: [u8; 2],
     pub service_port: [u8; 2],
-    /// Source MAC of the client's latest packet: the client itself when on-link, else its router.
-    pub client_mac: [u8; 6],
-    /// `NAT_FIN_CLIENT | NAT_FIN_BACKEND | NAT_RST`.
+    /// The route to the client as the FIB gave it at `route_ns`: next hop MAC, egress MAC and interface.
+    pub next_hop_mac: [u8; 6],
+    pub egress_mac: [u8; 6],
+    /// `NAT_FIN_CLIENT | NAT_FIN_BACKEND | NAT_RST | NAT_ESTABLISHED`.
     pub flags: u8,
-    pub _pad: u8,
-    /// Interface the client's packets arrive on; replies leave through it.
-    pub ifindex: u32,
+    pub _pad: [u8; 3],
+    pub egress_ifindex: u32,
     pub _pad2: u32,
-    /// `bpf_ktime_get_ns` of the latest packet in either direction (CLOCK_MONOTONIC, local to the node).
+    /// Coarse `bpf_ktime` (CLOCK_MONOTONIC, local to the node) of the latest sign of life: client packets, and
+    /// backend packets once established. Updated at most every [`NAT_CHECK_INTERVAL_NS`].
     pub last_seen_ns: u64,
+    /// When the route fields were filled from the FIB; 0 = no route yet. Refreshed after [`ROUTE_REFRESH_NS`].
+    pub route_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<NatValue>() == 32);
+const _: () = assert!(core::mem::size_of::<NatValue>() == 48);
 
 /// The client sent a FIN.
 pub const NAT_FIN_CLIENT: u8 = 1;
 /// The backend sent a FIN.
 pub const NAT_FIN_BACKEND: u8 = 2;
-/// Either side sent a RST (the entries are deleted at once; the flag marks an entry whose deletion raced).
+/// Either side sent a RST: the flow is closing. Its next client packet (other than a RST) revives it; once quiet
+/// for the closed grace, another flow may take its port.
 pub const NAT_RST: u8 = 4;
+/// The backend sent a packet that is neither a SYN nor a RST: the handshake completed (a spoofed SYN only ever
+/// draws SYN/ACKs, a spoofed ACK a RST). Until then the entry is embryonic.
+pub const NAT_ESTABLISHED: u8 = 8;
+
+/// How often (at most) a flow's packets confirm and refresh its `NAT` entry on the established path, and refresh
+/// `last_seen_ns`: a map access per second per flow instead of one per packet.
+pub const NAT_CHECK_INTERVAL_NS: u64 = 1_000_000_000;
+/// How long a reply route taken from the FIB is used before it is looked up again: route changes (a new gateway,
+/// a new neighbour MAC) reach established flows within this time.
+pub const ROUTE_REFRESH_NS: u64 = 1_000_000_000;
 
 /// The lowest NAT source port. Ports below 1024 are left alone so that a backend never sees the VIP connect from a
 /// privileged port (some services treat those specially).
@@ -236,9 +326,18 @@ pub const NAT_PORT_TRIES: u32 = 4;
 /// Default idle time after which a UDP translation is considered gone (another flow may take its port; the next
 /// client packet starts a new flow). 60 s, like conntrack's UDP stream timeout is 120 s and Katran's 30 s.
 pub const DEFAULT_NAT_UDP_TIMEOUT_NS: u64 = 60_000_000_000;
-/// Default time a TCP translation that saw a FIN from both sides stays reserved for its flow after its last
-/// packet, so late retransmissions and the final ACK still translate, before another flow may take its port.
+/// Default time a TCP translation that saw a FIN from both sides, or a RST, stays reserved for its flow after its
+/// last packet, so late retransmissions and the final ACK still translate, before another flow may take its port.
 pub const DEFAULT_NAT_CLOSED_GRACE_NS: u64 = 10_000_000_000;
+/// Default idle time after which an embryonic TCP translation (the backend never answered with anything but a
+/// SYN/ACK or RST) may be taken by another flow. A real client retransmits its SYN after 1 s, 3 s, 7 s, so 5 s of
+/// silence means a lost or spoofed flow. (A new SYN may also displace an embryonic entry of another flow at once
+/// when all its candidates are held: see `lb-ebpf/src/nat.rs`.)
+pub const DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS: u64 = 5_000_000_000;
+/// Default idle time after which an established TCP translation may be taken by another flow: 2 h 4 min, the
+/// minimum RFC 5382 (REQ-5) sets for NATs, longer than the 2 h default TCP keepalive, so a silent kube watch
+/// keeps its port.
+pub const DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS: u64 = 7_440_000_000_000;
 
 /// Packets and bytes, the value of the per-CPU service and backend counters.
 #[repr(C)]
@@ -271,10 +370,12 @@ pub enum Reason {
     PassArp = 6,
     /// IPv4 not addressed to the VIP: kernel.
     PassNotVip = 7,
-    /// Addressed to the VIP while this node is not active: kernel (which does not own the VIP either).
-    PassInactive = 8,
-    /// To the VIP but not to a configured service (other port, protocol or ICMP type): kernel.
-    PassNoService = 9,
+    /// Addressed to the VIP while this node is not active: dropped (the kernel does not own the VIP; with IP
+    /// forwarding on it would route it back to the active node or loop it through stale neighbour entries).
+    DropInactive = 8,
+    /// To the VIP but not to a configured service (other port, protocol or ICMP type, or an ICMP error about no
+    /// flow of ours): dropped and counted, never handed to the kernel's forwarding path.
+    DropNoService = 9,
     /// Frame too short for the headers it claims: kernel (it drops it too, and counts it).
     PassTruncated = 10,
     /// To a service, but an IPv4 fragment: there are no ports to hash.
@@ -300,14 +401,27 @@ pub enum Reason {
     NatIcmpToClient = 20,
     /// An ICMP error about a reply sent to a client, translated and sent to the backend (PMTU discovery).
     NatIcmpToBackend = 21,
-    /// From a NAT backend to the VIP, but no translation (yet): kernel. Happens after a failover until the client's
-    /// next packet rebuilds it, and after the entry was closed, aged out or evicted.
-    PassNatNoEntry = 22,
+    /// From a NAT backend to the VIP, but no translation (yet): dropped. Happens after a failover until the client's
+    /// next packet rebuilds it, and after the entry aged out or was evicted.
+    DropNatNoEntry = 22,
     /// To a NAT service, but every source-port candidate for this flow's backend is taken by a live flow.
     DropNatNoPort = 23,
+    /// To the VIP from a source no client can have: 0/8, 127/8, multicast, 240/4 and broadcast, the VIP itself,
+    /// or an address of this node or a broadcast of its subnets (`NodeConfig::local`). Dropped before any state
+    /// is created.
+    DropMartianSource = 24,
+    /// A translated reply (or ICMP error) whose next hop has no neighbour entry yet: handed to the kernel, which
+    /// resolves it (ARP) and forwards this packet; later ones find the entry.
+    PassNoNeighbour = 25,
+    /// No route back to a NAT flow's client (none at all, or an unreachable, blackhole or prohibit route): its
+    /// replies are dropped.
+    DropNoRoute = 26,
+    /// IPv4 forwarding is off on the interface, so the FIB cannot route replies: dropped. NAT needs
+    /// `net.ipv4.conf.<interface>.forwarding = 1` (every Kubernetes node has it).
+    DropForwardingDisabled = 27,
 }
 
-pub const REASON_COUNT: u32 = 24;
+pub const REASON_COUNT: u32 = 28;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -319,8 +433,8 @@ impl Reason {
         Reason::PassVlan,
         Reason::PassArp,
         Reason::PassNotVip,
-        Reason::PassInactive,
-        Reason::PassNoService,
+        Reason::DropInactive,
+        Reason::DropNoService,
         Reason::PassTruncated,
         Reason::DropFragment,
         Reason::DropIpOptions,
@@ -333,8 +447,12 @@ impl Reason {
         Reason::NatReplyRedirect,
         Reason::NatIcmpToClient,
         Reason::NatIcmpToBackend,
-        Reason::PassNatNoEntry,
+        Reason::DropNatNoEntry,
         Reason::DropNatNoPort,
+        Reason::DropMartianSource,
+        Reason::PassNoNeighbour,
+        Reason::DropNoRoute,
+        Reason::DropForwardingDisabled,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -348,8 +466,8 @@ impl Reason {
             Reason::PassVlan => "pass_vlan",
             Reason::PassArp => "pass_arp",
             Reason::PassNotVip => "pass_not_vip",
-            Reason::PassInactive => "pass_inactive",
-            Reason::PassNoService => "pass_no_service",
+            Reason::DropInactive => "drop_inactive",
+            Reason::DropNoService => "drop_no_service",
             Reason::PassTruncated => "pass_truncated",
             Reason::DropFragment => "drop_fragment",
             Reason::DropIpOptions => "drop_ip_options",
@@ -362,10 +480,26 @@ impl Reason {
             Reason::NatReplyRedirect => "nat_reply_redirect",
             Reason::NatIcmpToClient => "nat_icmp_to_client",
             Reason::NatIcmpToBackend => "nat_icmp_to_backend",
-            Reason::PassNatNoEntry => "pass_nat_no_entry",
+            Reason::DropNatNoEntry => "drop_nat_no_entry",
             Reason::DropNatNoPort => "drop_nat_no_port",
+            Reason::DropMartianSource => "drop_martian_source",
+            Reason::PassNoNeighbour => "pass_no_neighbour",
+            Reason::DropNoRoute => "drop_no_route",
+            Reason::DropForwardingDisabled => "drop_forwarding_disabled",
         }
     }
+}
+
+/// Whether `source` can never be a client's address: "this network" 0/8, loopback 127/8, multicast 224/4,
+/// reserved 240/4 (with the limited broadcast 255.255.255.255), or the VIP itself (RFC 1122 §3.2.1.3, RFC 5735).
+/// The node's own addresses are recognised separately, by the FIB.
+#[inline(always)]
+pub const fn martian_source(source: [u8; 4], vip: [u8; 4]) -> bool {
+    let first = source[0];
+    first == 0
+        || first == 127
+        || first >= 224
+        || (source[0] == vip[0] && source[1] == vip[1] && source[2] == vip[2] && source[3] == vip[3])
 }
 
 /// The flow hash: (client address, client port, service port, protocol) with the group's seed.
@@ -473,6 +607,34 @@ mod tests {
         for (i, a) in candidates.iter().enumerate() {
             assert!(!candidates[i + 1..].contains(a), "{candidates:?}");
         }
+    }
+
+    #[test]
+    fn martian_sources() {
+        let vip = [10, 0, 0, 250];
+        for bad in [[0, 1, 2, 3], [127, 0, 0, 1], [224, 0, 0, 1], [239, 1, 1, 1], [240, 0, 0, 1], [255; 4], vip] {
+            assert!(martian_source(bad, vip), "{bad:?}");
+        }
+        for good in [[10, 0, 0, 10], [1, 1, 1, 1], [192, 0, 2, 1], [223, 255, 255, 254], [10, 0, 0, 251]] {
+            assert!(!martian_source(good, vip), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn constructors_zero_the_padding() {
+        let k = FlowKey::new([1, 2, 3, 4], [5, 6], [7, 8], 6);
+        assert_eq!(k._pad, [0; 3]);
+        assert_eq!(NatKey::new([1, 2, 3, 4], [5, 6], [7, 8], 17)._pad, [0; 3]);
+        assert_eq!(Endpoint::new([1, 2, 3, 4], [5, 6], 6)._pad, 0);
+        assert_eq!(FlowValue::new(3, [4, 5], 6)._pad, [0; 2]);
+    }
+
+    #[test]
+    fn nat_source_port_bits_cover_both_protocols() {
+        assert_eq!(nat_source_port_bit(PROTO_TCP, 0), Some((0, 0)));
+        assert_eq!(nat_source_port_bit(PROTO_TCP, 8080), Some((126, 16)));
+        assert_eq!(nat_source_port_bit(PROTO_UDP, 65535), Some((NAT_SOURCE_PORT_WORDS - 1, 63)));
+        assert_eq!(nat_source_port_bit(1, 80), None);
     }
 
     #[test]

@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use lb_common::{
-    Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey,
-    FlowValue, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NatKey, NatValue, NodeConfig, REASON_COUNT,
+    Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
+    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, MAGLEV_CHUNKS,
+    MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
     SERVICE_SLOTS, ServiceValue, Traffic,
 };
 
@@ -38,6 +39,11 @@ pub static NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(DEFA
 #[map]
 pub static NAT_BACKENDS: HashMap<Endpoint, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
+/// One bit per (protocol, port) on which some NAT backend serves (`lb_common::nat_source_port_bit`). Only packets
+/// from such a source port pay the `NAT_BACKENDS` hash lookup. Written by the agent.
+#[map]
+pub static NAT_SOURCE_PORTS: Array<u64> = Array::with_max_entries(NAT_SOURCE_PORT_WORDS, 0);
+
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
 
@@ -53,6 +59,10 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 static NAT_UDP_TIMEOUT_NS: u64 = DEFAULT_NAT_UDP_TIMEOUT_NS;
 #[unsafe(no_mangle)]
 static NAT_CLOSED_GRACE_NS: u64 = DEFAULT_NAT_CLOSED_GRACE_NS;
+#[unsafe(no_mangle)]
+static NAT_EMBRYONIC_TIMEOUT_NS: u64 = DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS;
+#[unsafe(no_mangle)]
+static NAT_ESTABLISHED_TIMEOUT_NS: u64 = DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS;
 
 /// Idle time after which a UDP translation is gone.
 #[inline(always)]
@@ -61,9 +71,31 @@ pub fn udp_timeout_ns() -> u64 {
     unsafe { core::ptr::read_volatile(&NAT_UDP_TIMEOUT_NS) }
 }
 
-/// Time a TCP translation closed by both sides stays reserved after its last packet.
+/// Time a TCP translation closed by both sides (or reset) stays reserved after its last packet.
 #[inline(always)]
 pub fn closed_grace_ns() -> u64 {
     // SAFETY: reading a plain static.
     unsafe { core::ptr::read_volatile(&NAT_CLOSED_GRACE_NS) }
+}
+
+/// Idle time after which an embryonic TCP translation (no answer from the backend but SYN/ACKs) may be reused.
+#[inline(always)]
+pub fn embryonic_timeout_ns() -> u64 {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&NAT_EMBRYONIC_TIMEOUT_NS) }
+}
+
+/// Idle time after which an established TCP translation may be reused.
+#[inline(always)]
+pub fn established_timeout_ns() -> u64 {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&NAT_ESTABLISHED_TIMEOUT_NS) }
+}
+
+/// The clock of every timestamp in the maps: CLOCK_MONOTONIC at jiffy resolution, cheaper than the precise one
+/// and fine for timeouts of a second and more.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }

@@ -3,31 +3,35 @@
 //! through the kernel's stack on this node; the VIP is not a kernel address, so every port is ours.
 //!
 //! # State
-//! - `CONNTRACK[client flow] = (backend, nport)`: the forward direction; an established packet costs one lookup
-//!   here and one in `NAT` (to check the translation is still this flow's, refresh it and record FINs).
-//! - `NAT[(backend, bport, nport, protocol)] = (client, cport, svc, client MAC, ifindex, flags, last seen)`: the
-//!   reverse direction, looked up by every reply.
+//! - `CONNTRACK[client flow] = (backend, nport, checked)`: the forward direction. An established packet costs this
+//!   one lookup; once a second (`NAT_CHECK_INTERVAL_NS`) it also confirms that the reverse entry is still the
+//!   flow's own and refreshes it.
+//! - `NAT[(backend, bport, nport, protocol)] = (client, cport, svc, flags, reply route, last seen)`: the reverse
+//!   direction, looked up by every reply. The reply route comes from the kernel's FIB (`route.rs`), refreshed
+//!   every `ROUTE_REFRESH_NS`, never from the client's frames, so a spoofed frame cannot steer replies.
+//!
+//! # TCP state, and who may take a port
+//! An entry is *embryonic* until the backend sends something that is neither a SYN/ACK nor a RST (`NAT_ESTABLISHED`):
+//! a spoofed SYN only ever draws SYN/ACKs, a spoofed ACK a RST. Another flow may take a port whose entry is
+//! - embryonic and idle for `NAT_EMBRYONIC_TIMEOUT_NS` (seconds);
+//! - established and idle for `NAT_ESTABLISHED_TIMEOUT_NS` (over two hours);
+//! - closed by a FIN from both sides or by a RST, and idle for `NAT_CLOSED_GRACE_NS`;
+//! - UDP, idle for `NAT_UDP_TIMEOUT_NS`.
+//!
+//! "Idle" counts client packets and, once established, backend packets (a backend retransmitting its SYN/ACK to
+//! a spoofed source does not keep the entry). A new connection (a SYN) whose candidates are all held may also
+//! *displace* the first embryonic entry among them at once: under a flood of spoofed SYNs every held port is such
+//! an entry, so real clients keep finding ports, and a real handshake (a round trip) is rarely the one displaced.
+//!
+//! A RST (either way) is translated and marks the flow closing; the flow's next client packet other than a RST
+//! revives it, so a spoofed RST costs nothing lasting.
 //!
 //! # The NAT port is a function of the flow
 //! `nport` is `lb_common::nat_port(flow_hash, attempt)` for the first `attempt` (0..NAT_PORT_TRIES) whose reverse
-//! entry is free, this flow's own, or reclaimable (see [`reclaimable`]). `flow_hash` is seeded per VRRP group, so
-//! after a failover the new active node, with empty maps, derives the same port from the client's next packet and
-//! the backend keeps seeing the same 4-tuple. It also means a client that reuses a source port reaches the backend
-//! from the same NAT port again: the backend sees the same 4-tuple reuse (and the same client ISNs and timestamps)
-//! a direct client would cause, which its TIME_WAIT handling accepts, instead of a pool port that a different
-//! connection left in TIME_WAIT there.
-//!
-//! A flow that got a later candidate because earlier ones belonged to other live flows (a collision) gets the same
-//! port on the new node only if those flows send before it does there: the order of first packets decides.
-//!
-//! # Lifetime
-//! - RST (either way): translated and sent, then both entries are deleted. A later client packet rebuilds the
-//!   same translation (the port is a function of the flow), so a spurious RST costs nothing lasting.
-//! - FIN: recorded per side; once both sides have sent one and the grace time (`NAT_CLOSED_GRACE_NS`) has passed
-//!   since the flow's last packet, another flow may take the port.
-//! - UDP: idle for `NAT_UDP_TIMEOUT_NS` means gone: replies are no longer translated, the next client packet
-//!   starts a new flow (fresh Maglev pick), another flow may take the port.
-//! - Otherwise the LRU evicts the least recently used entries when the maps are full.
+//! entry is free, this flow's own, or reclaimable. `flow_hash` is seeded per VRRP group, so after a failover the
+//! new active node, with empty maps, derives the same port from the client's next packet and the backend keeps
+//! seeing the same 4-tuple. A client that reuses a source port reaches the backend from the same NAT port again:
+//! the backend sees the 4-tuple reuse (and the same client ISNs and timestamps) a direct client would cause.
 //!
 //! # Checksums
 //! Incremental (RFC 1624) over the changed words: addresses (two words each) in the IP header checksum and, by way
@@ -37,29 +41,29 @@ use aya_ebpf::{
         BPF_NOEXIST,
         xdp_action::{XDP_DROP, XDP_PASS},
     },
-    helpers::bpf_ktime_get_ns,
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey,
-    NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, flow_hash, nat_port,
+    Backend, FlowKey, FlowValue, NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
+    NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey, NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH_NS, Reason,
+    ServiceValue, flow_hash, nat_port,
 };
-use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
-    IP_LEN, L4, L4_OFF,
     csum::Delta,
-    maps::{BACKENDS, CONNTRACK, NAT, closed_grace_ns, udp_timeout_ns},
-    packet, send, set_macs,
+    forward::{self, set_macs},
+    maps::{
+        BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, now_ns, udp_timeout_ns,
+    },
+    packet,
+    parse::{L4, L4_OFF},
+    route::{self, NoRoute, Route},
 };
 
 /// Offset of the TCP checksum in the TCP header, and of the UDP checksum in the UDP header.
-const TCP_CHECK_OFF: usize = 16;
-const UDP_CHECK_OFF: usize = 6;
-
-/// Offset of the quoted TCP/UDP header inside an ICMP error (RFC 792): after the 8-byte ICMP header and the
-/// quoted IP header. Only a quoted header without options is handled, so this stays constant for the verifier.
-const INNER_L4_OFF: usize = L4_OFF + Icmpv4Hdr::LEN + IP_LEN;
+pub const TCP_CHECK_OFF: usize = 16;
+pub const UDP_CHECK_OFF: usize = 6;
 
 /// A client packet to a NAT service.
 #[inline(always)]
@@ -71,256 +75,206 @@ pub fn forward(
     svc: &ServiceValue,
     l4: &L4,
 ) -> (u32, Reason) {
-    let flow = FlowKey {
-        client: ip.src_addr,
-        client_port: l4.sport,
-        service_port: l4.dport,
-        protocol: l4.protocol,
-        _pad: [0; 3],
-    };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // SAFETY: `eth` was bounds-checked by `at` in `process`.
-    let client_mac = unsafe { (*eth).src_addr };
-    let client = Client { mac: client_mac, ifindex: ctx.ingress_ifindex() as u32, now, fin: l4.fin() };
+    let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
+    let now = now_ns();
 
-    // SAFETY: copied out at once.
-    let old: Option<FlowValue> = unsafe { CONNTRACK.get(&flow) }.copied();
-    let mut chosen: Option<(u32, [u8; 2])> = None;
-    // Established: the pinned backend and port, if the backend may still take traffic and the reverse entry is
-    // still this flow's. A SYN always starts over (a reused client port is a new connection).
-    if !l4.syn()
-        && let Some(pinned) = old
-        && pinned.nat_port != [0, 0]
-        && let Some(backend) = usable(pinned.backend, svc)
+    // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
+    // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a
+    // reused client port is a new connection).
+    let mut old: Option<FlowValue> = None;
+    let pinned_ptr = CONNTRACK.get_ptr_mut(&flow);
+    if let Some(pinned) = pinned_ptr {
+        // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+        let pinned = unsafe { &mut *pinned };
+        if !l4.syn()
+            && pinned.nat_port != [0, 0]
+            && let Some(backend) = usable(pinned.backend, svc)
+        {
+            if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
+                return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+            }
+            let key = NatKey::new(backend.address, backend.port, pinned.nat_port, l4.protocol);
+            // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
+            // starts over below, as after a failover.
+            if let Some(entry) = NAT.get_ptr_mut(&key) {
+                // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+                let entry = unsafe { &mut *entry };
+                if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                    refresh(entry, l4, now);
+                    // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
+                    pinned.checked_ns = if l4.rst() { 0 } else { now };
+                    return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+                }
+            }
+        }
+        old = Some(*pinned);
+    }
+
+    // A new flow (or one starting over); martian and local sources were dropped before. Its reply route is
+    // looked up by its first reply.
+    let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, config.hash_seed);
+    let Some(id) = forward::maglev_pick(svc, hash) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    if id == NO_BACKEND {
+        return (XDP_DROP, Reason::DropNoBackend);
+    }
+    let Some(backend) = BACKENDS.get(id) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    let Some(port) = claim_port(&backend, &flow, hash, l4, now) else {
+        return (XDP_DROP, Reason::DropNatNoPort);
+    };
+    // The flow's previous translation (an old connection from the same client port to another backend) would
+    // otherwise hold its port until it ages out.
+    if let Some(previous) = old
+        && previous.nat_port != [0, 0]
+        && (previous.backend != id || previous.nat_port != port)
     {
-        let key = NatKey {
-            backend: backend.address,
-            backend_port: backend.port,
-            nat_port: pinned.nat_port,
-            protocol: l4.protocol,
-            _pad: [0; 3],
-        };
-        // Otherwise (evicted, taken over after this flow closed, or a UDP flow that aged out) the flow starts over
-        // below, as after a failover.
-        if let Some(entry) = NAT.get_ptr_mut(&key) {
-            // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
-            let entry = unsafe { &mut *entry };
-            if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
-                client.refresh(entry);
-                chosen = Some((pinned.backend, pinned.nat_port));
-            }
-        }
+        forget(previous, &flow);
     }
-
-    let (backend_id, port) = match chosen {
-        Some(c) => c,
+    match pinned_ptr {
+        // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
+        Some(pinned) => unsafe { *pinned = FlowValue::new(id, port, now) },
         None => {
-            let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, config.hash_seed);
-            let Some(id) = crate::maglev_pick(svc, hash) else {
-                return (XDP_DROP, Reason::DropInternal);
-            };
-            if id == NO_BACKEND {
-                return (XDP_DROP, Reason::DropNoBackend);
-            }
-            let Some(backend) = BACKENDS.get(id) else {
-                return (XDP_DROP, Reason::DropInternal);
-            };
-            let Some(port) = claim_port(backend, &flow, hash, &client) else {
-                return (XDP_DROP, Reason::DropNatNoPort);
-            };
-            // The flow's previous translation (an old connection from the same client port to another backend)
-            // would otherwise hold its port until the LRU evicts it.
-            if let Some(previous) = old
-                && previous.nat_port != [0, 0]
-                && (previous.backend != id || previous.nat_port != port)
-            {
-                forget(previous, &flow);
-            }
-            let _ = CONNTRACK.insert(&flow, &FlowValue { backend: id, nat_port: port, _pad: [0; 2] }, 0);
-            (id, port)
+            let _ = CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0);
         }
-    };
-
-    let backend = match crate::take_backend(ctx, svc.index, backend_id) {
-        Ok(b) => b,
-        Err(reason) => return (XDP_DROP, reason),
-    };
-
-    if !translate(ctx, ip, l4.protocol, config.vip, backend.address, port, backend.port) {
-        return (XDP_PASS, Reason::PassTruncated);
     }
-    if l4.rst() {
-        let key = NatKey {
-            backend: backend.address,
-            backend_port: backend.port,
-            nat_port: port,
-            protocol: l4.protocol,
-            _pad: [0; 3],
-        };
-        let _ = NAT.remove(&key);
-        let _ = CONNTRACK.remove(&flow);
-    }
-    set_macs(eth, backend.mac, config.mac);
-    send(ctx, backend.ifindex, Reason::NatForwardTx, Reason::NatForwardRedirect)
+    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend)
 }
 
-/// A packet from a NAT backend's (address, port) to the VIP: a reply, translated back to the client.
+/// Translates a client packet to `backend` from `VIP:port` and sends it there.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: &L4) -> (u32, Reason) {
-    let key = NatKey {
-        backend: ip.src_addr,
-        backend_port: l4.sport,
-        nat_port: l4.dport,
-        protocol: l4.protocol,
-        _pad: [0; 3],
-    };
-    // Without an entry (a failover happened and the client has not sent since, or the flow ended) the kernel gets
-    // it; it does not own the VIP and drops it, and the backend retransmits until the client's next packet has
-    // rebuilt the translation.
-    let Some(entry) = NAT.get_ptr_mut(&key) else {
-        return (XDP_PASS, Reason::PassNatNoEntry);
-    };
-    // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
-    let entry = unsafe { &mut *entry };
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns() {
-        return (XDP_PASS, Reason::PassNatNoEntry);
-    }
-    entry.last_seen_ns = now;
-    if l4.fin() {
-        entry.flags |= NAT_FIN_BACKEND;
-    }
-    let to: NatValue = *entry;
-    if !translate(ctx, ip, l4.protocol, config.vip, to.client, to.service_port, to.client_port) {
-        return (XDP_PASS, Reason::PassTruncated);
-    }
-    if l4.rst() {
-        let _ = NAT.remove(&key);
-        let flow = FlowKey {
-            client: to.client,
-            client_port: to.client_port,
-            service_port: to.service_port,
-            protocol: l4.protocol,
-            _pad: [0; 3],
-        };
-        let _ = CONNTRACK.remove(&flow);
-    }
-    set_macs(eth, to.client_mac, config.mac);
-    send(ctx, to.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
-}
-
-/// An ICMP error (destination unreachable, including "fragmentation needed", or time exceeded) to the VIP. If it
-/// is about a packet this node translated, it goes to the other end of the flow with everything translated as
-/// that end expects: path MTU discovery and unreachable errors work through the NAT.
-///
-/// - About a packet sent to a backend (quoted `VIP:nport -> backend:bport`): to the client, quoting
-///   `client:cport -> VIP:svc`, which is what the client sent.
-/// - About a reply sent to a client (quoted `VIP:svc -> client:cport`): to the backend, quoting
-///   `backend:bport -> VIP:nport`.
-///
-/// Either way the error comes from the VIP (the outer source), so no address behind the NAT shows, and the new
-/// outer destination is the new quoted source. Other ICMP errors go to the kernel (`PassNoService`).
-#[inline(always)]
-pub fn icmp_error(
+fn to_backend(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
-    total: usize,
+    service_index: u32,
+    id: u32,
+    port: [u8; 2],
+    backend: &Backend,
 ) -> (u32, Reason) {
-    // The ICMP header, the quoted IP header and the quoted ports (RFC 792 guarantees 8 bytes of the quoted
-    // payload; the ports suffice), in one bounds check.
-    let Some(error) = packet::at::<IcmpError>(ctx, L4_OFF) else {
+    if let Err(reason) = forward::take_backend(ctx, service_index, id) {
+        return (XDP_DROP, reason);
+    }
+    let protocol = ip.proto as u8;
+    if !translate(ctx, ip, protocol, config.vip, backend.address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
+    }
+    forward::to_backend(ctx, eth, config, backend, Reason::NatForwardTx, Reason::NatForwardRedirect)
+}
+
+/// A packet from a NAT backend's (address, port) to the VIP with its reverse entry (see [`reverse_entry`]): a
+/// reply, translated back to the client.
+#[inline(always)]
+pub fn reply(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    l4: &L4,
+    entry: *mut NatValue,
+) -> (u32, Reason) {
+    // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+    let entry = unsafe { &mut *entry };
+    let now = now_ns();
+    if l4.protocol == PROTO_UDP {
+        if idle_for(entry, now) > udp_timeout_ns() {
+            return (XDP_DROP, Reason::DropNatNoEntry);
+        }
+        if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
+            entry.last_seen_ns = now;
+        }
+    } else if l4.rst() {
+        entry.flags |= NAT_RST;
+        entry.last_seen_ns = now;
+    } else if !l4.any_syn() {
+        // The backend answers: established (it would not answer a spoofed connection with anything but a SYN/ACK
+        // or RST). Its packets then count as signs of life too.
+        if entry.flags & NAT_ESTABLISHED == 0 {
+            entry.flags |= NAT_ESTABLISHED;
+            entry.last_seen_ns = now;
+        } else if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
+            entry.last_seen_ns = now;
+        }
+        if l4.fin() && entry.flags & NAT_FIN_BACKEND == 0 {
+            entry.flags |= NAT_FIN_BACKEND;
+        }
+    }
+    let (client, client_port, service_port) = (entry.client, entry.client_port, entry.service_port);
+    let route = if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
+        match route::lookup(ctx, config.vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
+            Ok(r) => {
+                store_route(entry, &r, now);
+                r
+            }
+            Err(NoRoute::Neighbour) => {
+                // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
+                if !translate(ctx, ip, l4.protocol, config.vip, client, service_port, client_port) {
+                    return (XDP_PASS, Reason::PassTruncated);
+                }
+                return (XDP_PASS, Reason::PassNoNeighbour);
+            }
+            Err(no) => return (XDP_DROP, no.reason()),
+        }
+    } else {
+        Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex }
     };
-    if total < IP_LEN + core::mem::size_of::<IcmpError>() {
+    if !translate(ctx, ip, l4.protocol, config.vip, client, service_port, client_port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
-    // SAFETY: bounds-checked by `at`.
-    let error = unsafe { &mut *error };
-    let (inner, ports) = (&error.inner, error.ports);
-    let protocol = inner.proto;
-    if inner.vihl != 0x45 || inner.src_addr != config.vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
-        return (XDP_PASS, Reason::PassNoService);
-    }
-    let quoted_sport = [ports[0], ports[1]];
-    let quoted_dport = [ports[2], ports[3]];
+    set_macs(eth, route.next_hop_mac, route.egress_mac);
+    forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
+}
 
-    let key =
-        NatKey { backend: inner.dst_addr, backend_port: quoted_dport, nat_port: quoted_sport, protocol, _pad: [0; 3] };
-    // SAFETY: copied out at once.
-    if let Some(to) = unsafe { NAT.get(&key) }.copied() {
-        translate_icmp(ctx, ip, error, config.vip, total, to.client, to.client_port, to.service_port);
-        set_macs(eth, to.client_mac, config.mac);
-        return send(ctx, to.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
-    }
+#[inline(always)]
+fn store_route(entry: &mut NatValue, route: &Route, now: u64) {
+    entry.next_hop_mac = route.next_hop_mac;
+    entry.egress_mac = route.egress_mac;
+    entry.egress_ifindex = route.ifindex;
+    entry.route_ns = now;
+}
 
-    let flow = FlowKey {
-        client: inner.dst_addr,
-        client_port: quoted_dport,
-        service_port: quoted_sport,
-        protocol,
+/// Updates the flow's own reverse entry with a client packet: FIN, RST, or a revival after a RST.
+#[inline(always)]
+fn refresh(entry: &mut NatValue, l4: &L4, now: u64) {
+    entry.last_seen_ns = now;
+    if l4.rst() {
+        entry.flags |= NAT_RST;
+    } else if entry.flags & NAT_RST != 0 {
+        entry.flags &= !NAT_RST;
+    }
+    if l4.fin() && entry.flags & NAT_FIN_CLIENT == 0 {
+        entry.flags |= NAT_FIN_CLIENT;
+    }
+}
+
+/// A fresh reverse entry for `flow` (a new connection).
+#[inline(always)]
+fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
+    let mut flags = 0;
+    if l4.fin() {
+        flags |= NAT_FIN_CLIENT;
+    }
+    if l4.rst() {
+        flags |= NAT_RST;
+    }
+    NatValue {
+        client: flow.client,
+        client_port: flow.client_port,
+        service_port: flow.service_port,
+        next_hop_mac: [0; 6],
+        egress_mac: [0; 6],
+        flags,
         _pad: [0; 3],
-    };
-    // SAFETY: copied out at once.
-    if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
-        && pinned.nat_port != [0, 0]
-    {
-        let Some(backend) = BACKENDS.get(pinned.backend) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        let backend: Backend = *backend;
-        if backend.mac == [0; 6] {
-            return (XDP_DROP, Reason::DropBackendUnresolved);
-        }
-        translate_icmp(ctx, ip, error, config.vip, total, backend.address, backend.port, pinned.nat_port);
-        set_macs(eth, backend.mac, config.mac);
-        return send(ctx, backend.ifindex, Reason::NatIcmpToBackend, Reason::NatIcmpToBackend);
-    }
-    (XDP_PASS, Reason::PassNoService)
-}
-
-/// What a client packet tells about where the client is, for the reverse entry.
-struct Client {
-    mac: [u8; 6],
-    ifindex: u32,
-    now: u64,
-    fin: bool,
-}
-
-impl Client {
-    /// A fresh reverse entry for `flow` (a new connection: no FIN from the backend yet).
-    #[inline(always)]
-    fn entry(&self, flow: &FlowKey) -> NatValue {
-        NatValue {
-            client: flow.client,
-            client_port: flow.client_port,
-            service_port: flow.service_port,
-            client_mac: self.mac,
-            flags: if self.fin { NAT_FIN_CLIENT } else { 0 },
-            _pad: 0,
-            ifindex: self.ifindex,
-            _pad2: 0,
-            last_seen_ns: self.now,
-        }
-    }
-
-    /// Updates the flow's own reverse entry with a client packet.
-    #[inline(always)]
-    fn refresh(&self, entry: &mut NatValue) {
-        entry.last_seen_ns = self.now;
-        if self.fin {
-            entry.flags |= NAT_FIN_CLIENT;
-        }
-        // The client (or its router) may have changed MAC or interface; only write when it did.
-        if entry.client_mac != self.mac {
-            entry.client_mac = self.mac;
-        }
-        if entry.ifindex != self.ifindex {
-            entry.ifindex = self.ifindex;
-        }
+        egress_ifindex: 0,
+        _pad2: 0,
+        last_seen_ns: now,
+        // No route yet: the first reply looks it up.
+        route_ns: 0,
     }
 }
 
@@ -336,44 +290,45 @@ fn owns(entry: &NatValue, flow: &FlowKey) -> bool {
     entry.client == flow.client && entry.client_port == flow.client_port && entry.service_port == flow.service_port
 }
 
-/// Nanoseconds since the entry's last packet (0 if another CPU stamped it after `now` was read).
+/// Nanoseconds since the entry's last sign of life (0 if another CPU stamped it after `now` was read).
 #[inline(always)]
 fn idle_for(entry: &NatValue, now: u64) -> u64 {
     now.saturating_sub(entry.last_seen_ns)
 }
 
-/// Whether another flow may take this entry's port: UDP idle past its timeout, TCP reset, or TCP closed by both
-/// sides and quiet for the grace time (late retransmissions and the last ACK still translate during it).
+/// Whether another flow may take this entry's port (see the module docs).
 #[inline(always)]
 fn reclaimable(entry: &NatValue, protocol: u8, now: u64) -> bool {
+    let idle = idle_for(entry, now);
     if protocol == PROTO_UDP {
-        return idle_for(entry, now) > udp_timeout_ns();
+        return idle > udp_timeout_ns();
+    }
+    if entry.flags & NAT_ESTABLISHED == 0 {
+        return idle > embryonic_timeout_ns();
     }
     let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
-    entry.flags & NAT_RST != 0 || (entry.flags & closed == closed && idle_for(entry, now) > closed_grace_ns())
+    if entry.flags & NAT_RST != 0 || entry.flags & closed == closed {
+        return idle > closed_grace_ns();
+    }
+    idle > established_timeout_ns()
 }
 
 /// Picks the flow's NAT port towards `backend`: the first candidate whose reverse entry is free, already this
-/// flow's, or reclaimable, and writes the flow's reverse entry there. `None` when every candidate belongs to
-/// another live flow.
+/// flow's, or reclaimable, and writes the flow's reverse entry there. Failing that, a new connection displaces the
+/// first candidate held by an embryonic entry. `None` when every candidate belongs to another live flow.
 ///
 /// Taking the first usable candidate in a fixed order (rather than, say, preferring a free one over a
 /// reclaimable one) is what lets another node, which never saw the reclaimable entries, reach the same choice.
 #[inline(always)]
-fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, client: &Client) -> Option<[u8; 2]> {
-    let value = client.entry(flow);
+fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -> Option<[u8; 2]> {
+    let value = fresh_entry(flow, l4, now);
+    let syn = l4.syn();
+    let mut displace: Option<[u8; 2]> = None;
     // A fixed, small bound: the loop is unrolled or verified as a bounded loop.
     for attempt in 0..NAT_PORT_TRIES {
         let port = nat_port(hash, attempt);
-        let key = NatKey {
-            backend: backend.address,
-            backend_port: backend.port,
-            nat_port: port,
-            protocol: flow.protocol,
-            _pad: [0; 3],
-        };
-        // SAFETY: only read here.
-        match unsafe { NAT.get(&key) } {
+        let key = NatKey::new(backend.address, backend.port, port, flow.protocol);
+        match NAT.get_ptr_mut(&key) {
             // NOEXIST: if another CPU took it since the lookup, try the next candidate.
             None => {
                 if NAT.insert(&key, &value, u64::from(BPF_NOEXIST)).is_ok() {
@@ -381,15 +336,34 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, client: &Client) -> 
                 }
             }
             Some(entry) => {
-                if owns(entry, flow) || reclaimable(entry, flow.protocol, client.now) {
-                    if NAT.insert(&key, &value, 0).is_ok() {
-                        return Some(port);
-                    }
+                // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+                let entry = unsafe { &mut *entry };
+                if owns(entry, flow) && !syn {
+                    // The flow's own entry (its connection-table entry was evicted, or it moved CPU): keep its
+                    // state and route.
+                    refresh(entry, l4, now);
+                    return Some(port);
+                }
+                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
+                    // In place: cheaper than an LRU update (allocate, link, free), and just as racy with another
+                    // CPU claiming the same port at the same instant.
+                    *entry = value;
+                    return Some(port);
+                } else if syn && displace.is_none() && entry.flags & NAT_ESTABLISHED == 0 {
+                    displace = Some(port);
                 }
             }
         }
     }
-    None
+    let port = displace?;
+    let key = NatKey::new(backend.address, backend.port, port, flow.protocol);
+    NAT.insert(&key, &value, 0).ok().map(|_| port)
+}
+
+/// The reverse entry a packet from a NAT backend's `(address, port)` to `VIP:nport` belongs to, if any.
+#[inline(always)]
+pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
+    NAT.get_ptr_mut(&NatKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol))
 }
 
 /// Deletes the reverse entry of a flow's previous translation, if it is still the flow's.
@@ -398,13 +372,7 @@ fn forget(previous: FlowValue, flow: &FlowKey) {
     let Some(backend) = BACKENDS.get(previous.backend) else {
         return;
     };
-    let key = NatKey {
-        backend: backend.address,
-        backend_port: backend.port,
-        nat_port: previous.nat_port,
-        protocol: flow.protocol,
-        _pad: [0; 3],
-    };
+    let key = NatKey::new(backend.address, backend.port, previous.nat_port, flow.protocol);
     // SAFETY: only read.
     if unsafe { NAT.get(&key) }.is_some_and(|e| owns(e, flow)) {
         let _ = NAT.remove(&key);
@@ -415,7 +383,7 @@ fn forget(previous: FlowValue, flow: &FlowKey) {
 /// `false` if the L4 header is not in the frame (cannot happen after the parsing in `ipv4`; the verifier needs the
 /// check anyway).
 #[inline(always)]
-fn translate(
+pub fn translate(
     ctx: &XdpContext,
     ip: &mut Ipv4Hdr,
     protocol: u8,
@@ -449,73 +417,4 @@ fn translate(
     ip.src_addr = src;
     ip.dst_addr = dst;
     true
-}
-
-/// Rewrites an ICMP error in place: the outer header becomes `VIP -> peer`, the quoted packet
-/// `peer:peer_port -> VIP:vip_port`. Fixes the outer IP checksum, the quoted IP checksum, the quoted TCP/UDP
-/// checksum when the error quotes it, and the ICMP checksum (which covers everything quoted, RFC 792).
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn translate_icmp(
-    ctx: &XdpContext,
-    ip: &mut Ipv4Hdr,
-    error: &mut IcmpError,
-    vip: [u8; 4],
-    total: usize,
-    peer: [u8; 4],
-    peer_port: [u8; 2],
-    vip_port: [u8; 2],
-) {
-    let protocol = error.inner.proto;
-    let (icmp, inner, ports) = (&mut error.icmp, &mut error.inner, &mut error.ports);
-
-    // The quoted packet: its addresses (IP checksum, and TCP/UDP pseudo-header) and ports.
-    let addresses = Delta::new().addr(inner.src_addr, peer).addr(inner.dst_addr, vip);
-    let inner_check = addresses.apply(inner.check);
-    let port_words = Delta::new().word([ports[0], ports[1]], peer_port).word([ports[2], ports[3]], vip_port);
-    let l4 = addresses.merge(port_words);
-    // The ICMP checksum covers every quoted byte that changes.
-    let mut quoted = addresses.word(inner.check, inner_check).merge(port_words);
-
-    // The quoted TCP/UDP checksum, when the error carries it (often only 8 bytes of TCP are quoted).
-    let quoted_l4_len = total.saturating_sub(IP_LEN + Icmpv4Hdr::LEN + IP_LEN);
-    if protocol == PROTO_TCP {
-        if quoted_l4_len >= TCP_CHECK_OFF + 2
-            && let Some(check) = packet::at::<[u8; 2]>(ctx, INNER_L4_OFF + TCP_CHECK_OFF)
-        {
-            // SAFETY: bounds-checked by `at`.
-            let check = unsafe { &mut *check };
-            let new = l4.apply(*check);
-            quoted = quoted.word(*check, new);
-            *check = new;
-        }
-    } else if quoted_l4_len >= UDP_CHECK_OFF + 2
-        && let Some(check) = packet::at::<[u8; 2]>(ctx, INNER_L4_OFF + UDP_CHECK_OFF)
-    {
-        // SAFETY: bounds-checked by `at`.
-        let check = unsafe { &mut *check };
-        let new = l4.apply_udp(*check);
-        quoted = quoted.word(*check, new);
-        *check = new;
-    }
-    icmp.check = quoted.apply(icmp.check);
-    inner.check = inner_check;
-    inner.src_addr = peer;
-    inner.dst_addr = vip;
-    *ports = [peer_port[0], peer_port[1], vip_port[0], vip_port[1]];
-
-    // The outer header: from the VIP to the peer (an ICMP message has no pseudo-header).
-    let outer = Delta::new().addr(ip.src_addr, vip).addr(ip.dst_addr, peer);
-    ip.check = outer.apply(ip.check);
-    ip.src_addr = vip;
-    ip.dst_addr = peer;
-}
-
-/// The start of an ICMP error message (RFC 792): its header, the quoted IP header (without options: constant
-/// offsets for the verifier) and the quoted ports.
-#[repr(C)]
-pub struct IcmpError {
-    icmp: Icmpv4Hdr,
-    inner: Ipv4Hdr,
-    ports: [u8; 4],
 }

@@ -16,12 +16,13 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS,
-    MAX_SERVICES, MaglevChunk, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NO_BACKEND, NatKey, NatValue, NodeConfig,
-    PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names, service_slot,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M,
+    MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NO_BACKEND,
+    NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
+    nat_source_port_bit, service_slot,
 };
 
-use crate::maglev;
+use crate::{maglev, netif};
 
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XVIP_EBPF_OBJECT_PATH"));
@@ -44,8 +45,13 @@ pub struct LoadOptions {
     pub service_capacity: u32,
     /// Idle time after which a UDP NAT translation is gone.
     pub nat_udp_timeout: Duration,
-    /// How long a TCP NAT translation closed by both sides keeps its port after its last packet.
+    /// How long a TCP NAT translation closed by both sides (or reset) keeps its port after its last packet.
     pub nat_closed_grace: Duration,
+    /// Idle time after which an embryonic TCP NAT translation (the backend never answered but with SYN/ACK or
+    /// RST) may be taken by another flow.
+    pub nat_embryonic_timeout: Duration,
+    /// Idle time after which an established TCP NAT translation may be taken by another flow.
+    pub nat_established_timeout: Duration,
 }
 
 impl Default for LoadOptions {
@@ -55,6 +61,8 @@ impl Default for LoadOptions {
             service_capacity: 8,
             nat_udp_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_UDP_TIMEOUT_NS),
             nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
+            nat_embryonic_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS),
+            nat_established_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS),
         }
     }
 }
@@ -87,7 +95,8 @@ pub struct BackendSpec {
     pub healthy: bool,
     /// MAC of the backend or next hop; `None` while unresolved (the backend is then left out of the table).
     pub mac: Option<[u8; 6]>,
-    /// Interface towards the backend; 0 = the interface the program is attached to.
+    /// Interface towards the backend; 0 = the interface the program is attached to. Another interface gets the
+    /// program too (the backend's replies arrive there), and frames to the backend carry its MAC as source.
     pub ifindex: u32,
 }
 
@@ -138,11 +147,19 @@ struct Installed {
     backends: HashMap<(Ipv4Addr, u16), u32>,
     /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
     nat_endpoints: Vec<Endpoint>,
+    /// Interfaces its backends are reached through.
+    ifindexes: Vec<u32>,
 }
 
 pub struct DataPlane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
+    /// How the program was attached to the node's interface; other interfaces get the same mode.
+    mode: Option<AttachMode>,
+    /// Other interfaces the program is attached to (backends reached through them), by ifindex.
+    extra_links: BTreeMap<u32, XdpLinkId>,
+    /// Interfaces where attaching failed (logged once each).
+    extra_failed: std::collections::BTreeSet<u32>,
     node: NodeConfig,
     services: BTreeMap<String, Installed>,
     free_services: Vec<u32>,
@@ -151,8 +168,21 @@ pub struct DataPlane {
     service_capacity: u32,
     /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
     nat_endpoint_refs: HashMap<Endpoint, u32>,
-    /// `NAT_UDP_TIMEOUT_NS` as loaded, so a scan of the tables judges UDP flows as the program does.
-    nat_udp_timeout_ns: u64,
+    /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
+    nat_timeouts: NatTimeouts,
+    /// Unit tests: the order of `SERVICES` and `BACKENDS` writes.
+    #[cfg(test)]
+    journal: Vec<Journal>,
+}
+
+/// A map write, as the unit tests see it.
+#[cfg(test)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Journal {
+    /// `SERVICES` of a port now points at table `table`.
+    Service { port: u16, table: u32 },
+    /// `BACKENDS[slot]` written; `cleared` for an all-zero entry.
+    Backend { slot: u32, cleared: bool },
 }
 
 impl DataPlane {
@@ -165,12 +195,15 @@ impl DataPlane {
         let entries = options.conntrack_entries.max(1024);
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
+        let (embryonic, established) = (nanos(options.nat_embryonic_timeout), nanos(options.nat_established_timeout));
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
+            .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
+            .override_global(names::NAT_ESTABLISHED_TIMEOUT_NS, &established, true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
@@ -178,13 +211,18 @@ impl DataPlane {
         let mut dp = DataPlane {
             ebpf,
             link: None,
+            mode: None,
+            extra_links: BTreeMap::new(),
+            extra_failed: std::collections::BTreeSet::new(),
             node: NodeConfig::default(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
             nat_endpoint_refs: HashMap::new(),
-            nat_udp_timeout_ns: udp_timeout,
+            nat_timeouts: NatTimeouts { udp_ns: udp_timeout, embryonic_ns: embryonic, established_ns: established },
+            #[cfg(test)]
+            journal: Vec::new(),
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
             // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
@@ -227,11 +265,59 @@ impl DataPlane {
         };
         let link = link.map_err(|e| attach_error(interface, used, e))?;
         self.link = Some(link);
+        self.mode = Some(if used == "native" { AttachMode::Native } else { AttachMode::Generic });
+        self.node.ifindex = interface_index(interface)?;
+        self.write_node()?;
+        warn_if_not_forwarding(interface);
+        self.attach_backend_interfaces();
         Ok(used)
     }
 
-    /// Removes the program from the interface (also happens when the process exits).
+    /// Attaches the program to every interface a backend is reached through, besides the node's: the backends'
+    /// replies (NAT) arrive there. A failure is logged once per interface and leaves that path untranslated.
+    fn attach_backend_interfaces(&mut self) {
+        let Some(mode) = self.mode else {
+            return;
+        };
+        let wanted: std::collections::BTreeSet<u32> = self
+            .services
+            .values()
+            .flat_map(|s| s.ifindexes.iter().copied())
+            .filter(|i| *i != 0 && *i != self.node.ifindex)
+            .collect();
+        for ifindex in wanted {
+            if self.extra_links.contains_key(&ifindex) || self.extra_failed.contains(&ifindex) {
+                continue;
+            }
+            let result = interface_name(ifindex).and_then(|name| {
+                let program = self.program(names::PROGRAM)?;
+                let xdp_mode = if mode == AttachMode::Native { XdpMode::Driver } else { XdpMode::Skb };
+                let link = program.attach(&name, xdp_mode).map_err(|e| attach_error(&name, "the same", e))?;
+                Ok((name, link))
+            });
+            match result {
+                Ok((name, link)) => {
+                    log::info!("XDP program attached to {name} too: backends are reached through it");
+                    warn_if_not_forwarding(&name);
+                    self.extra_links.insert(ifindex, link);
+                }
+                Err(e) => {
+                    log::warn!(
+                        "backends are reached through interface {ifindex}, but the XDP program could not be attached \
+                         there: {e:#}; NAT replies arriving there are not translated"
+                    );
+                    self.extra_failed.insert(ifindex);
+                }
+            }
+        }
+    }
+
+    /// Removes the program from the interfaces (also happens when the process exits).
     pub fn detach(&mut self) -> Result<()> {
+        let extra = std::mem::take(&mut self.extra_links);
+        for (_, link) in extra {
+            self.program(names::PROGRAM)?.detach(link).context("detaching the XDP program")?;
+        }
         if let Some(link) = self.link.take() {
             self.program(names::PROGRAM)?.detach(link).context("detaching the XDP program")?;
         }
@@ -255,6 +341,8 @@ impl DataPlane {
     }
 
     fn write_node(&mut self) -> Result<()> {
+        // The node's addresses may have changed since the last write: they are read afresh every time.
+        self.node.local = local_addresses();
         let mut config: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, names::CONFIG)?;
         config.set(0, self.node, 0).context("writing the CONFIG map")
     }
@@ -286,6 +374,7 @@ impl DataPlane {
                     shadows: [Vec::new(), Vec::new()],
                     backends: HashMap::new(),
                     nat_endpoints: Vec::new(),
+                    ifindexes: Vec::new(),
                 },
             );
         }
@@ -293,8 +382,11 @@ impl DataPlane {
             bail!("service {name} vanished while being installed");
         };
         let result = self.write_service(&mut svc, spec);
+        svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(name.to_string(), svc);
-        result
+        self.attach_backend_interfaces();
+        result?;
+        self.write_node()
     }
 
     fn write_service(&mut self, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
@@ -302,12 +394,6 @@ impl DataPlane {
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
         let gone: Vec<(Ipv4Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
-        for endpoint in &gone {
-            if let Some(slot) = svc.backends.remove(endpoint) {
-                self.write_backend(slot, Backend::default())?;
-                self.free_backends.push_back(slot);
-            }
-        }
         for b in &spec.backends {
             let slot = match svc.backends.get(&(b.address, b.port)) {
                 Some(slot) => *slot,
@@ -323,10 +409,10 @@ impl DataPlane {
                 address: b.address.octets(),
                 port: b.port.to_be_bytes(),
                 mac: b.mac.unwrap_or_default(),
+                src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
                 service: u8::try_from(svc.index).context("service index over 255")?,
-                _pad: [0; 2],
             };
             self.write_backend(slot, entry)?;
         }
@@ -337,12 +423,7 @@ impl DataPlane {
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
             spec.backends
                 .iter()
-                .map(|b| Endpoint {
-                    address: b.address.octets(),
-                    port: b.port.to_be_bytes(),
-                    protocol: spec.protocol,
-                    _pad: 0,
-                })
+                .map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol))
                 .collect()
         } else {
             Vec::new()
@@ -382,14 +463,41 @@ impl DataPlane {
         }
         self.write_service_value(svc.key, value)?;
         svc.table = next;
+
+        // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
+        // (a packet that read the old table an instant ago still finds a usable slot).
+        for endpoint in &gone {
+            if let Some(slot) = svc.backends.remove(endpoint) {
+                self.write_backend(slot, Backend::default())?;
+                self.free_backends.push_back(slot);
+            }
+        }
         Ok(())
+    }
+
+    /// The MAC frames to a backend reached through `ifindex` carry as source: that interface's (all zero for the
+    /// node's own interface, which the program fills in from `NodeConfig`).
+    fn egress_mac(&self, ifindex: u32) -> [u8; 6] {
+        if ifindex == 0 || ifindex == self.node.ifindex {
+            return [0; 6];
+        }
+        match interface_name(ifindex).and_then(|name| netif::interface_mac(&name)) {
+            Ok(mac) => mac,
+            Err(e) => {
+                log::warn!("MAC address of interface {ifindex}: {e:#}; frames to backends there carry the node's");
+                [0; 6]
+            }
+        }
     }
 
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
         let slot = service_slot(key.protocol, key.port)
             .ok_or_else(|| anyhow!("protocol {} has no service slots (tcp or udp only)", key.protocol))?;
         let mut services: Array<&mut MapData, ServiceValue> = map_mut(&mut self.ebpf, names::SERVICES)?;
-        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))
+        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))?;
+        #[cfg(test)]
+        self.journal.push(Journal::Service { port: key.port, table: value.table });
+        Ok(())
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
@@ -401,18 +509,43 @@ impl DataPlane {
             *count = count.saturating_sub(1);
         }
         let count = *count;
-        let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
         if count == 0 {
             self.nat_endpoint_refs.remove(&endpoint);
-            map.remove(&endpoint).context("removing from the NAT_BACKENDS map")
+            let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
+            map.remove(&endpoint).context("removing from the NAT_BACKENDS map")?;
+            // The port's bit after the endpoint: a packet that sees the bit but no endpoint is simply no reply.
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))
         } else {
+            // The port's bit before the endpoint, so a reply is recognised as soon as the endpoint exists.
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))?;
+            let mut map: BpfHashMap<&mut MapData, Endpoint, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS)?;
             map.insert(endpoint, count, 0).context("writing the NAT_BACKENDS map")
         }
     }
 
+    /// Rewrites the `NAT_SOURCE_PORTS` word holding (`protocol`, `port`) from the endpoints now referenced.
+    fn write_source_port_bit(&mut self, protocol: u8, port: u16) -> Result<()> {
+        let Some((word, _)) = nat_source_port_bit(protocol, port) else {
+            return Ok(());
+        };
+        let mut bits = 0u64;
+        for e in self.nat_endpoint_refs.keys() {
+            if let Some((w, bit)) = nat_source_port_bit(e.protocol, u16::from_be_bytes(e.port))
+                && w == word
+            {
+                bits |= 1 << bit;
+            }
+        }
+        let mut map: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, names::NAT_SOURCE_PORTS)?;
+        map.set(word, bits, 0).with_context(|| format!("writing NAT_SOURCE_PORTS[{word}]"))
+    }
+
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = map_mut(&mut self.ebpf, names::BACKENDS)?;
-        backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))
+        backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))?;
+        #[cfg(test)]
+        self.journal.push(Journal::Backend { slot, cleared: backend == Backend::default() });
+        Ok(())
     }
 
     /// Writes `table` into buffer `which` of service `index`, skipping chunks that already hold the same slots.
@@ -535,15 +668,9 @@ impl DataPlane {
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
-                let key = NatKey {
-                    backend: address.octets(),
-                    backend_port: port.to_be_bytes(),
-                    nat_port: pinned.nat_port,
-                    protocol: flow.protocol,
-                    _pad: [0; 3],
-                };
+                let key = NatKey::new(address.octets(), port.to_be_bytes(), pinned.nat_port, flow.protocol);
                 match nat.get(&key, 0) {
-                    Ok(reverse) => nat_flow_open(&flow, &reverse, now, self.nat_udp_timeout_ns),
+                    Ok(reverse) => nat_flow_open(&flow, &reverse, now, &self.nat_timeouts),
                     Err(MapError::KeyNotFound) => false,
                     Err(e) => return Err(e).context("reading the NAT map"),
                 }
@@ -560,15 +687,40 @@ impl DataPlane {
         self.test_run_program(names::PROGRAM, frame, 1)
     }
 
+    /// Runs the load balancer program once over `frame` as if it arrived on interface `ingress_ifindex` (of the
+    /// calling thread's network namespace); the FIB lookups of the program happen there.
+    pub fn test_run_on(&mut self, frame: &[u8], ingress_ifindex: u32) -> Result<TestOutcome> {
+        self.test_run_with(names::PROGRAM, frame, 1, Some(ingress_ifindex))
+    }
+
     /// Runs `program` `repeat` times over `frame` (benchmarks use the pass program as their baseline).
     pub fn test_run_program(&mut self, program: &str, frame: &[u8], repeat: u32) -> Result<TestOutcome> {
+        self.test_run_with(program, frame, repeat, None)
+    }
+
+    /// Runs `program` `repeat` times over `frame`, received on `ingress` (default: loopback).
+    pub fn test_run_with(
+        &mut self,
+        program: &str,
+        frame: &[u8],
+        repeat: u32,
+        ingress: Option<u32>,
+    ) -> Result<TestOutcome> {
         // Room for frames that grow (NAT, encapsulation) plus the kernel's headroom checks.
         let mut out = vec![0u8; frame.len() + 256];
+        // `struct xdp_md`: data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex.
+        let ctx: Vec<u8> = ingress
+            .map(|ifindex| {
+                let len = u32::try_from(frame.len()).unwrap_or(u32::MAX);
+                [0, len, 0, ifindex, 0, 0].iter().flat_map(|w: &u32| w.to_ne_bytes()).collect()
+            })
+            .unwrap_or_default();
         let result = self
             .program(program)?
             .test_run(TestRunOptions {
                 data_in: Some(frame),
                 data_out: Some(&mut out),
+                ctx_in: ingress.map(|_| ctx.as_slice()),
                 repeat,
                 ..TestRunOptions::default()
             })
@@ -578,15 +730,31 @@ impl DataPlane {
     }
 }
 
+/// Idle times after which the program lets another flow take a NAT entry's port (`lb-ebpf/src/nat.rs`).
+#[derive(Clone, Copy, Debug)]
+struct NatTimeouts {
+    udp_ns: u64,
+    embryonic_ns: u64,
+    established_ns: u64,
+}
+
 /// Whether the program would still translate a NAT flow whose reverse entry is `reverse`: the entry is the flow's,
-/// no RST was seen, not both sides sent a FIN, and a UDP flow has not idled past its timeout.
-fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, udp_timeout_ns: u64) -> bool {
+/// no RST was seen, not both sides sent a FIN, and it has not idled past the timeout of its state (UDP, embryonic
+/// or established TCP).
+fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, timeouts: &NatTimeouts) -> bool {
     let owned = reverse.client == flow.client
         && reverse.client_port == flow.client_port
         && reverse.service_port == flow.service_port;
     let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
     let finished = reverse.flags & NAT_RST != 0 || reverse.flags & closed == closed;
-    let expired = flow.protocol == PROTO_UDP && now_ns.saturating_sub(reverse.last_seen_ns) > udp_timeout_ns;
+    let timeout = if flow.protocol == PROTO_UDP {
+        timeouts.udp_ns
+    } else if reverse.flags & NAT_ESTABLISHED != 0 {
+        timeouts.established_ns
+    } else {
+        timeouts.embryonic_ns
+    };
+    let expired = now_ns.saturating_sub(reverse.last_seen_ns) > timeout;
     owned && !finished && !expired
 }
 
@@ -599,6 +767,94 @@ fn monotonic_ns() -> u64 {
         .unwrap_or(0)
         .saturating_mul(1_000_000_000)
         .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
+}
+
+/// This node's IPv4 addresses and the broadcast addresses of their subnets (loopback left out: the program drops
+/// 127/8 anyway), as many as `NodeConfig::local` holds; the rest unused (all zero). A source among them is never
+/// a client.
+fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
+    let mut found: Vec<[u8; 4]> = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        log::warn!("listing this node's addresses: {}", std::io::Error::last_os_error());
+        return [[0; 4]; LOCAL_ADDRESSES];
+    }
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cursor };
+        cursor = ifa.ifa_next;
+        let v4 = |sa: *mut libc::sockaddr| -> Option<u32> {
+            // SAFETY: checked non-null, and the family says it is a sockaddr_in.
+            (!sa.is_null() && unsafe { (*sa).sa_family } == libc::AF_INET as libc::sa_family_t)
+                .then(|| u32::from_be(unsafe { (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr }))
+        };
+        let Some(address) = v4(ifa.ifa_addr) else {
+            continue;
+        };
+        if address >> 24 == 127 {
+            continue;
+        }
+        found.push(address.to_be_bytes());
+        if let Some(mask) = v4(ifa.ifa_netmask)
+            && mask.leading_ones() < 31
+        {
+            found.push((address | !mask).to_be_bytes());
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found.sort_unstable();
+    found.dedup();
+    if found.len() > LOCAL_ADDRESSES {
+        log::debug!(
+            "this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}",
+            found.len()
+        );
+    }
+    let mut local = [[0; 4]; LOCAL_ADDRESSES];
+    for (slot, address) in local.iter_mut().zip(found) {
+        *slot = address;
+    }
+    local
+}
+
+/// The index of `interface` in the caller's namespace.
+fn interface_index(interface: &str) -> Result<u32> {
+    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
+    // SAFETY: a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("no interface named {interface}: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
+
+/// The name of interface `ifindex` in the caller's namespace.
+fn interface_name(ifindex: u32) -> Result<String> {
+    let mut buf = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `buf` has the IF_NAMESIZE bytes the call may write.
+    let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
+    if name.is_null() {
+        bail!("no interface with index {ifindex}: {}", std::io::Error::last_os_error());
+    }
+    // SAFETY: on success the buffer holds a NUL-terminated name.
+    Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
+}
+
+/// NAT replies and ICMP errors to clients are routed by the kernel's FIB, which only answers for interfaces with
+/// IPv4 forwarding on.
+fn warn_if_not_forwarding(interface: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
+    if let Ok(value) = std::fs::read_to_string(&path)
+        && value.trim() == "0"
+    {
+        log::warn!(
+            "IPv4 forwarding is off on {interface} ({path} = 0): NAT services cannot route their replies and drop \
+             them (drop_forwarding_disabled); set net.ipv4.conf.{interface}.forwarding=1 (Kubernetes nodes have it)"
+        );
+    }
 }
 
 fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> anyhow::Error {
@@ -637,13 +893,8 @@ where
 mod tests {
     use super::*;
 
-    const FLOW: FlowKey = FlowKey {
-        client: [10, 0, 0, 100],
-        client_port: [0xc0, 0x00],
-        service_port: [0x01, 0xbb],
-        protocol: lb_common::PROTO_TCP,
-        _pad: [0; 3],
-    };
+    const FLOW: FlowKey = FlowKey::new([10, 0, 0, 100], [0xc0, 0x00], [0x01, 0xbb], lb_common::PROTO_TCP);
+    const TIMEOUTS: NatTimeouts = NatTimeouts { udp_ns: 10, embryonic_ns: 5, established_ns: 1_000 };
 
     fn reverse(flags: u8, last_seen_ns: u64) -> NatValue {
         NatValue {
@@ -658,23 +909,61 @@ mod tests {
 
     #[test]
     fn a_nat_flow_is_open_until_reset_or_closed_by_both_sides() {
-        assert!(nat_flow_open(&FLOW, &reverse(0, 0), 1, 10));
-        assert!(nat_flow_open(&FLOW, &reverse(NAT_FIN_CLIENT, 0), 1, 10), "half closed still carries data");
-        assert!(!nat_flow_open(&FLOW, &reverse(NAT_FIN_CLIENT | NAT_FIN_BACKEND, 0), 1, 10));
-        assert!(!nat_flow_open(&FLOW, &reverse(NAT_RST, 0), 1, 10));
-        assert!(nat_flow_open(&FLOW, &reverse(0, 0), 1_000, 10), "idle TCP flows stay open");
+        let open = |flags, now| nat_flow_open(&FLOW, &reverse(NAT_ESTABLISHED | flags, 0), now, &TIMEOUTS);
+        assert!(open(0, 1));
+        assert!(open(NAT_FIN_CLIENT, 1), "half closed still carries data");
+        assert!(!open(NAT_FIN_CLIENT | NAT_FIN_BACKEND, 1));
+        assert!(!open(NAT_RST, 1));
+        assert!(open(0, 1_000), "established flows stay open up to their idle time");
+        assert!(!open(0, 1_001), "and end after it");
     }
 
     #[test]
     fn a_nat_flow_whose_port_another_flow_took_is_not_counted() {
         let other = NatValue { client_port: [0xc0, 0x01], ..reverse(0, 0) };
-        assert!(!nat_flow_open(&FLOW, &other, 1, 10));
+        assert!(!nat_flow_open(&FLOW, &other, 1, &TIMEOUTS));
+    }
+
+    #[test]
+    fn an_embryonic_nat_flow_ends_after_the_embryonic_timeout() {
+        assert!(nat_flow_open(&FLOW, &reverse(0, 100), 105, &TIMEOUTS));
+        assert!(!nat_flow_open(&FLOW, &reverse(0, 100), 106, &TIMEOUTS), "never answered: reclaimable");
     }
 
     #[test]
     fn a_udp_flow_ends_when_idle_past_the_timeout() {
         let udp = FlowKey { protocol: PROTO_UDP, ..FLOW };
-        assert!(nat_flow_open(&udp, &reverse(0, 100), 110, 10));
-        assert!(!nat_flow_open(&udp, &reverse(0, 100), 111, 10));
+        assert!(nat_flow_open(&udp, &reverse(0, 100), 110, &TIMEOUTS));
+        assert!(!nat_flow_open(&udp, &reverse(0, 100), 111, &TIMEOUTS));
+    }
+
+    fn backend(last: u8) -> BackendSpec {
+        BackendSpec {
+            address: Ipv4Addr::new(10, 0, 0, last),
+            port: 80,
+            weight: 1,
+            healthy: true,
+            mac: Some([2, 0, 0, 0, 0, last]),
+            ifindex: 0,
+        }
+    }
+
+    /// Needs root (loads the BPF object); nothing is attached.
+    #[test]
+    fn a_leaving_backends_slot_is_cleared_only_after_the_new_table_is_live() {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() })
+            .expect("loading the XDP program (needs root)");
+        let spec = |backends| ServiceSpec { port: 80, protocol: lb_common::PROTO_TCP, forwarding: 0, backends };
+        dp.apply_service("web", &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
+        let gone = dp.services["web"].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
+        dp.journal.clear();
+        dp.apply_service("web", &spec(vec![backend(1), backend(2)])).expect("two backends");
+        let switched = dp.journal.iter().position(|j| matches!(j, Journal::Service { port: 80, .. }));
+        let cleared = dp.journal.iter().position(|j| *j == Journal::Backend { slot: gone, cleared: true });
+        assert!(
+            matches!((switched, cleared), (Some(s), Some(c)) if s < c),
+            "the table switch must come before the slot is cleared: {:?}",
+            dp.journal
+        );
     }
 }

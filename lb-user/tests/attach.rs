@@ -43,7 +43,13 @@ fn loads_attaches_natively_to_a_veth_and_answers_arp() {
         dp.set_node(VIP, mac, 1).expect("node");
         dp.set_active(true).expect("active");
         let asker = [2, 0, 0, 0, 0, 9];
-        let out = dp.test_run(&frames::arp_request(asker, Ipv4Addr::new(10, 93, 0, 9), VIP)).expect("test_run");
+        // ARP for the VIP is answered on the interface the program was attached to (other interfaces it may
+        // serve carry backends).
+        // SAFETY: a NUL-terminated literal; the lookup happens in this thread's namespace.
+        let ifindex = unsafe { libc::if_nametoindex(c"xva0".as_ptr()) };
+        let request = frames::arp_request(asker, Ipv4Addr::new(10, 93, 0, 9), VIP);
+        assert_eq!(dp.test_run(&request).expect("test_run").action, 2, "XDP_PASS on another interface (lo)");
+        let out = dp.test_run_on(&request, ifindex).expect("test_run");
         assert_eq!(out.action, 3, "XDP_TX");
         assert_eq!(&out.frame[22..28], &mac, "the reply names the interface's MAC");
 

@@ -9,19 +9,17 @@ use std::{collections::HashMap, net::Ipv4Addr, sync::OnceLock, time::Duration};
 use lb_common::{
     FORWARD_DSR, FORWARD_NAT, MAGLEV_M, NAT_PORT_TRIES, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port,
 };
-use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
+use support::fixture::{
+    BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run,
+};
 use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use xvip::{
     dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
     maglev,
 };
 
-/// The node's own address: health checks come from it.
-const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 /// A client behind a router: its frames carry the router's MAC.
 const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
-const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
-const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
 /// The NAT services: TCP 80 -> 8080 and UDP 53 -> 5353 on every backend.
 const HTTP: u16 = 80;
 const HTTP_BACKEND: u16 = 8080;
@@ -57,6 +55,8 @@ fn nat_service(port: u16, protocol: u8, backend_port: u16) -> ServiceSpec {
 }
 
 fn dataplane_with(options: LoadOptions) -> DataPlane {
+    // The fixture namespace first: the data plane reads the node's own addresses from it.
+    support::fixture::lan();
     let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..options })
         .expect("loading the XDP program (these tests need root)");
     dp.set_node(VIP, NODE_MAC, seed()).expect("set_node");
@@ -196,6 +196,18 @@ impl Flow {
     }
 }
 
+/// The backend answers with an ACK (not a SYN/ACK, not a RST): the flow's translation is established.
+fn establish(dp: &mut DataPlane, f: &Flow, port: u16) {
+    let out = run(dp, &f.backend_sends(port, TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK, b""));
+}
+
+fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+const OTHER_ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
+
 /// `n` flows from distinct clients (10.77.0.100 ...) whose first NAT candidate is `port` and whose backend is
 /// `backend`: they collide with each other (and with any flow whose candidate is `port`) on that backend.
 fn colliding_flows(port: u16, backend: usize, protocol: u8, n: usize) -> Vec<Flow> {
@@ -280,14 +292,14 @@ fn replies_go_to_the_mac_the_client_came_from() {
 }
 
 #[test]
-fn reply_without_a_translation_goes_to_the_kernel_untouched() {
+fn reply_without_a_translation_is_dropped_untouched() {
     let mut dp = dataplane();
     let f = Flow::tcp(40005);
     let reply = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNatNoEntry), reply);
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNatNoEntry), reply);
     // Addressed to a port that is also a service port: still a reply, never a new client flow.
     let to_service_port = f.backend_sends(HTTP, TCP_ACK, b"");
-    assert_eq!(run(&mut dp, &to_service_port, XDP_PASS, Reason::PassNatNoEntry), to_service_port);
+    assert_eq!(run(&mut dp, &to_service_port, XDP_DROP, Reason::DropNatNoEntry), to_service_port);
 }
 
 #[test]
@@ -300,7 +312,7 @@ fn the_node_taking_over_rebuilds_the_same_translation_from_the_next_client_packe
     run(&mut a, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
     // The backend speaks first on B: nothing to translate yet (a server-push stream waits for the client).
     let pushed = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
-    assert_eq!(run(&mut b, &pushed, XDP_PASS, Reason::PassNatNoEntry), pushed);
+    assert_eq!(run(&mut b, &pushed, XDP_DROP, Reason::DropNatNoEntry), pushed);
     // The client's next packet (an ACK, not a SYN) on B: same backend, same NAT port, byte for byte.
     let from_b = run(&mut b, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
     let from_a_again = run(&mut a, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
@@ -350,6 +362,7 @@ fn a_closed_translation_gives_its_port_up_after_the_grace_time() {
     let p = f.nat_port(0);
     let [g, h] = colliding_flows(p, f.backend(), PROTO_TCP, 2)[..] else { unreachable!() };
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
     // Only the client closed: half-closed connections keep their port however long they idle.
     run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     std::thread::sleep(Duration::from_millis(20));
@@ -366,31 +379,68 @@ fn a_closed_translation_gives_its_port_up_after_the_grace_time() {
 }
 
 #[test]
-fn client_rst_is_forwarded_and_ends_the_translation() {
+fn client_rst_is_forwarded_and_leaves_a_closing_flow_that_still_translates() {
     let mut dp = dataplane();
     let f = Flow::tcp(40010);
     let p = f.nat_port(0);
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
     let out = run(&mut dp, &f.client_sends(TCP_RST | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &f.backend_gets(p, TCP_RST | TCP_ACK, b""));
-    let late = f.backend_sends(p, TCP_ACK, b"");
-    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
+    // Not erased: a late packet of the backend still reaches the client.
+    let out = run(&mut dp, &f.backend_sends(p, TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK, b""));
 }
 
 #[test]
-fn backend_rst_is_forwarded_and_ends_the_translation_until_the_client_sends_again() {
+fn a_reset_flow_keeps_its_port_for_the_grace_then_gives_it_up() {
+    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_millis(300), ..LoadOptions::default() });
+    let f = Flow::tcp(40027);
+    let p = f.nat_port(0);
+    let [g, h] = colliding_flows(p, f.backend(), PROTO_TCP, 2)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
+    run(&mut dp, &f.backend_sends(p, TCP_RST, b""), XDP_TX, Reason::NatReplyTx);
+    // Within the grace: a colliding new connection takes the next candidate.
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+    std::thread::sleep(Duration::from_millis(400));
+    let out = run(&mut dp, &h.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &h.backend_gets(p, TCP_SYN, b""));
+}
+
+#[test]
+fn a_spoofed_rst_is_undone_by_the_flows_next_packet() {
+    // An RST with the client's address (spoofed or not) marks the flow closing; the client's next ordinary packet
+    // revives it, so after the grace it still owns its port.
+    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_millis(300), ..LoadOptions::default() });
+    let f = Flow::tcp(40028);
+    let p = f.nat_port(0);
+    let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
+    run(&mut dp, &f.client_sends(TCP_RST, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(p, TCP_ACK | TCP_PSH, REQUEST));
+    std::thread::sleep(Duration::from_millis(400));
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+    let out = run(&mut dp, &f.backend_sends(p, TCP_ACK, RESPONSE), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK, RESPONSE));
+}
+
+#[test]
+fn backend_rst_is_forwarded_and_the_client_can_go_on() {
     let mut dp = dataplane();
     let f = Flow::tcp(40011);
     let p = f.nat_port(0);
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     let out = run(&mut dp, &f.backend_sends(p, TCP_RST, b""), XDP_TX, Reason::NatReplyTx);
     assert_frame(&out, &f.client_gets(TCP_RST, b""));
-    let late = f.backend_sends(p, TCP_ACK, b"");
-    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
-    // Both entries went: the client's next packet rebuilds the same translation (not a reuse of a stale one).
     let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &f.backend_gets(p, TCP_ACK, b""));
-    run(&mut dp, &late, XDP_TX, Reason::NatReplyTx);
+    let out = run(&mut dp, &f.backend_sends(p, TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK, b""));
 }
 
 #[test]
@@ -419,21 +469,43 @@ fn a_new_connection_on_a_reused_port_is_live_again() {
     run(&mut dp, &f.client_sends(TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     run(&mut dp, &f.backend_sends(p, TCP_FIN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
     std::thread::sleep(Duration::from_millis(20));
     let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
 }
 
 #[test]
-fn replies_follow_the_client_to_a_new_mac() {
-    // The client's router failed over (or the client moved): replies go to the MAC of its latest packet.
+fn a_packet_with_the_clients_address_from_another_mac_does_not_divert_its_replies() {
+    // An on-link host sends bare ACKs as the client, from its own MAC: replies still go where the FIB says.
     let mut dp = dataplane();
-    let f = Flow { client: REMOTE_CLIENT, mac: ROUTER_MAC, cport: 40024, protocol: PROTO_TCP };
+    let f = Flow::tcp(40024);
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
-    let moved = Flow { mac: [0x02, 0, 0, 0, 0, 0xfd], ..f };
-    run(&mut dp, &moved.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    let attacker = Flow { mac: [0x02, 0, 0, 0, 0, 0x66], ..f };
+    for flags in [TCP_SYN, TCP_ACK, TCP_ACK | TCP_PSH] {
+        run(&mut dp, &attacker.client_sends(flags, b""), XDP_TX, Reason::NatForwardTx);
+        let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+        assert_frame(&out, &f.client_gets(TCP_ACK, b""));
+    }
+}
+
+#[test]
+fn replies_follow_a_route_change_within_a_second() {
+    // The route to a remote client moves to another router: established flows follow once their cached route is
+    // looked up again (every second).
+    let mut dp = dataplane();
+    let f = Flow { client: REMOTE_CLIENT, mac: ROUTER_MAC, cport: 40029, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
-    assert_frame(&out, &moved.client_gets(TCP_ACK, b""));
+    assert_frame(&out, &f.client_gets(TCP_ACK, b""));
+    support::fixture::ip(&format!(
+        "neigh replace 10.77.0.253 lladdr {} dev lan nud permanent",
+        fmt_mac(OTHER_ROUTER_MAC)
+    ));
+    support::fixture::ip(&format!("route replace {} via 10.77.0.253", support::fixture::REMOTE_NET));
+    std::thread::sleep(Duration::from_millis(1100));
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &Flow { mac: OTHER_ROUTER_MAC, ..f }.client_gets(TCP_ACK, b""));
 }
 
 #[test]
@@ -451,7 +523,7 @@ fn a_flow_moved_off_an_unhealthy_backend_releases_its_old_translation() {
     assert_eq!(u16::from_be_bytes([out[34], out[35]]), f.nat_port(0), "the same port, towards the new backend");
     // Late packets from the old backend are no longer translated; the new backend's are.
     let stale = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
-    assert_eq!(run(&mut dp, &stale, XDP_PASS, Reason::PassNatNoEntry), stale);
+    assert_eq!(run(&mut dp, &stale, XDP_DROP, Reason::DropNatNoEntry), stale);
     let fresh = frames::tcp_frame(
         NODE_MAC,
         BACKENDS[moved_to].1,
@@ -472,9 +544,9 @@ fn an_endpoint_shared_by_two_nat_services_stays_a_nat_endpoint_until_both_are_go
     let f = Flow::tcp(40026);
     let reply = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
     dp.remove_service("alt").expect("remove alt");
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNatNoEntry), reply, "web still uses the endpoint");
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNatNoEntry), reply, "web still uses the endpoint");
     dp.remove_service("web").expect("remove web");
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply, "no NAT service uses it any more");
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoService), reply, "no NAT service uses it any more");
 }
 
 // ----- collisions -----
@@ -510,6 +582,8 @@ fn a_flow_whose_candidates_are_all_taken_is_dropped() {
     for b in &blockers {
         let out = run(&mut dp, &b.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
         assert_frame(&out, &b.backend_gets(b.nat_port(0), TCP_SYN, b""));
+        // Established: never displaced.
+        establish(&mut dp, b, b.nat_port(0));
     }
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_DROP, Reason::DropNatNoPort);
     // The blockers are untouched.
@@ -555,7 +629,7 @@ fn a_udp_translation_ages_out() {
     std::thread::sleep(Duration::from_millis(20));
     // Idle past the timeout: replies are no longer translated...
     let late = f.backend_sends(f.nat_port(0), 0, b"answer");
-    assert_eq!(run(&mut dp, &late, XDP_PASS, Reason::PassNatNoEntry), late);
+    assert_eq!(run(&mut dp, &late, XDP_DROP, Reason::DropNatNoEntry), late);
     // ...and another flow may take the port.
     let out = run(&mut dp, &g.client_sends(0, b"query"), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &g.backend_gets(f.nat_port(0), 0, b"query"));
@@ -653,18 +727,18 @@ fn port_unreachable_about_udp_reaches_the_client() {
 }
 
 #[test]
-fn icmp_errors_about_unknown_flows_go_to_the_kernel_untouched() {
+fn icmp_errors_about_unknown_flows_are_dropped_untouched() {
     let mut dp = dataplane();
     let f = Flow::tcp(40018);
     let (kind, code, mtu) = FRAG_NEEDED;
     // Never translated.
     let never = f.backend_gets(f.nat_port(0), TCP_ACK, REQUEST);
     let error = frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &never[14..14 + QUOTE]);
-    assert_eq!(run(&mut dp, &error, XDP_PASS, Reason::PassNoService), error);
+    assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
     // Quoting a packet the VIP did not send.
     let foreign = f.client_sends(TCP_ACK, REQUEST);
     let error = frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &foreign[14..14 + QUOTE]);
-    assert_eq!(run(&mut dp, &error, XDP_PASS, Reason::PassNoService), error);
+    assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
 }
 
 // ----- what NAT leaves alone -----
@@ -722,7 +796,7 @@ fn a_service_switched_to_dsr_stops_translating_replies() {
     dp.apply_service("web", &dsr).expect("web as DSR");
     // The backend endpoints are no longer NAT endpoints: their packets to the VIP are not replies any more.
     let reply = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply);
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoService), reply);
     // A flow pinned under NAT keeps its backend under DSR, and is no longer translated.
     let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::ForwardTx);
     assert_eq!(out[12..], f.client_sends(TCP_ACK, b"")[12..]);
@@ -751,4 +825,261 @@ fn every_truncation_of_nat_frames_is_passed_or_dropped_untouched() {
     for r in [Reason::NatForwardTx, Reason::NatReplyTx, Reason::NatIcmpToClient, Reason::NatIcmpToBackend] {
         assert_eq!(after.reason(r), before.reason(r), "{}", r.name());
     }
+}
+
+// ----- hostile traffic: flow state -----
+
+#[test]
+fn a_syn_displaces_an_embryonic_holder_when_all_candidates_are_held() {
+    // Spoofed SYNs never get beyond embryonic: a real connection takes the first candidate such an entry holds.
+    let mut dp = dataplane();
+    let f = Flow::tcp(40030);
+    let blockers: Vec<Flow> =
+        (0..NAT_PORT_TRIES).map(|a| colliding_flows(f.nat_port(a), f.backend(), PROTO_TCP, 1)[0]).collect();
+    for b in &blockers {
+        run(&mut dp, &b.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        // The backend's SYN/ACK does not establish the entry.
+        run(&mut dp, &b.backend_sends(b.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    }
+    let out = run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
+    // The port's replies now belong to f.
+    let out = run(&mut dp, &f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_SYN | TCP_ACK, b""));
+}
+
+#[test]
+fn a_non_syn_packet_never_displaces_but_takes_an_embryonic_port_after_the_timeout() {
+    let mut dp =
+        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_millis(300), ..LoadOptions::default() });
+    let f = Flow::tcp(40031);
+    let blockers: Vec<Flow> =
+        (0..NAT_PORT_TRIES).map(|a| colliding_flows(f.nat_port(a), f.backend(), PROTO_TCP, 1)[0]).collect();
+    for b in &blockers {
+        run(&mut dp, &b.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    }
+    // A flow continuing after a failover (its first packet here is an ACK) does not take live ports.
+    run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_DROP, Reason::DropNatNoPort);
+    // The backend retransmitting SYN/ACKs to a spoofed source does not keep its entry alive.
+    std::thread::sleep(Duration::from_millis(200));
+    for b in &blockers {
+        run(&mut dp, &b.backend_sends(b.nat_port(0), TCP_SYN | TCP_ACK, b""), XDP_TX, Reason::NatReplyTx);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK, b""));
+}
+
+#[test]
+fn an_established_translation_outlives_the_embryonic_timeout() {
+    let mut dp =
+        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_millis(100), ..LoadOptions::default() });
+    let f = Flow::tcp(40032);
+    let p = f.nat_port(0);
+    let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
+    std::thread::sleep(Duration::from_millis(300));
+    // Neither a new connection nor a continuing one may take it.
+    let out = run(&mut dp, &g.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_SYN, b""));
+    let out = run(&mut dp, &f.backend_sends(p, TCP_ACK, RESPONSE), XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_ACK, RESPONSE));
+}
+
+#[test]
+fn an_established_translation_is_reusable_after_the_established_timeout() {
+    let mut dp =
+        dataplane_with(LoadOptions { nat_established_timeout: Duration::from_millis(300), ..LoadOptions::default() });
+    let f = Flow::tcp(40033);
+    let p = f.nat_port(0);
+    let [g] = colliding_flows(p, f.backend(), PROTO_TCP, 1)[..] else { unreachable!() };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = run(&mut dp, &g.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &g.backend_gets(p, TCP_ACK, b""));
+}
+
+// ----- hostile traffic: sources -----
+
+#[test]
+fn martian_and_self_sources_are_dropped_before_any_state() {
+    let mut dp = dataplane();
+    for source in [
+        Ipv4Addr::new(0, 1, 2, 3),
+        Ipv4Addr::new(127, 0, 0, 1),
+        Ipv4Addr::new(224, 0, 0, 5),
+        Ipv4Addr::new(240, 1, 1, 1),
+        Ipv4Addr::BROADCAST,
+        VIP,
+        NODE_IP,
+        // The subnet's broadcast address: the FIB calls it a broadcast, not a host.
+        Ipv4Addr::new(10, 77, 0, 255),
+    ] {
+        let f = Flow { client: source, mac: CLIENT_MAC, cport: 40034, protocol: PROTO_TCP };
+        let syn = f.client_sends(TCP_SYN, b"");
+        assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn, "{source}");
+        let ack = f.client_sends(TCP_ACK, b"");
+        assert_eq!(run(&mut dp, &ack, XDP_DROP, Reason::DropMartianSource), ack, "{source}");
+        // No state: the backend's packet for that flow finds no translation.
+        let reply = f.backend_sends(f.nat_port(0), TCP_ACK, b"");
+        assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNatNoEntry), reply, "{source}");
+    }
+    // DSR services too.
+    let mut dsr = nat_service(443, PROTO_TCP, 443);
+    dsr.forwarding = FORWARD_DSR;
+    dp.apply_service("tls", &dsr).expect("tls");
+    for source in [VIP, NODE_IP, Ipv4Addr::new(127, 0, 0, 1)] {
+        let syn = frames::tcp_frame(NODE_MAC, CLIENT_MAC, source, VIP, 40035, 443, TCP_SYN, b"");
+        assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn, "{source}");
+    }
+}
+
+#[test]
+fn traffic_to_the_vip_that_no_service_takes_is_dropped_and_echo_is_still_answered() {
+    let mut dp = dataplane();
+    let tcp = frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40036, 22, TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &tcp, XDP_DROP, Reason::DropNoService), tcp);
+    let udp = frames::udp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40036, 161, b"x");
+    assert_eq!(run(&mut dp, &udp, XDP_DROP, Reason::DropNoService), udp);
+    let mut gre = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    gre.extend(frames::ipv4(CLIENT, VIP, 47, &[0; 8]));
+    assert_eq!(run(&mut dp, &gre, XDP_DROP, Reason::DropNoService), gre);
+    let mut timestamp = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    timestamp.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_error(13, 0, [0; 4], &[0; 12])));
+    assert_eq!(run(&mut dp, &timestamp, XDP_DROP, Reason::DropNoService), timestamp);
+    let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 7, 1, b"ping")));
+    run(&mut dp, &ping, XDP_TX, Reason::EchoReply);
+}
+
+// ----- hostile traffic: where replies go (the FIB) -----
+
+#[test]
+fn a_reply_to_a_client_without_a_neighbour_entry_is_translated_and_handed_to_the_kernel() {
+    let mut dp = dataplane();
+    // On-link, but the node has not resolved it yet.
+    let f = Flow { client: Ipv4Addr::new(10, 77, 0, 60), mac: CLIENT_MAC, cport: 40037, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let reply = f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b"");
+    let out = run(&mut dp, &reply, XDP_PASS, Reason::PassNoNeighbour);
+    // Translated; the MACs are the backend's frame's (the kernel routes it and fills them in).
+    let mut expected = f.client_gets(TCP_SYN | TCP_ACK, b"");
+    expected[0..12].copy_from_slice(&reply[0..12]);
+    assert_frame(&out, &expected);
+    // Once the kernel knows the neighbour, replies go straight out (after the cached lookup expires: a miss is not
+    // cached).
+    support::fixture::ip(&format!("neigh replace {} lladdr {} dev lan nud permanent", f.client, fmt_mac(CLIENT_MAC)));
+    let out = run(&mut dp, &reply, XDP_TX, Reason::NatReplyTx);
+    assert_frame(&out, &f.client_gets(TCP_SYN | TCP_ACK, b""));
+}
+
+#[test]
+fn replies_to_a_client_without_a_route_back_are_dropped_and_counted() {
+    let mut dp = dataplane();
+    // The node has no default route: no route back to 203.0.113.9 at all.
+    let f = Flow { client: Ipv4Addr::new(203, 0, 113, 9), mac: ROUTER_MAC, cport: 40038, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let reply = f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoRoute), reply);
+    // An explicitly unreachable (or blackholed, or prohibited) destination.
+    support::fixture::ip("route add unreachable 203.0.113.0/24");
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoRoute), reply);
+}
+
+#[test]
+fn without_ip_forwarding_replies_are_dropped_and_counted() {
+    let mut dp = dataplane();
+    support::fixture::lan();
+    std::fs::write("/proc/sys/net/ipv4/conf/lan/forwarding", "0").expect("forwarding off");
+    let f = Flow::tcp(40039);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let reply = f.backend_sends(f.nat_port(0), TCP_SYN | TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropForwardingDisabled), reply);
+}
+
+#[test]
+fn replies_to_a_client_behind_another_interface_are_redirected_with_its_mac() {
+    let mut dp = dataplane();
+    let wan_client = Ipv4Addr::new(192, 0, 2, 50);
+    let wan_client_mac = [0x02, 0, 0, 0, 0, 0x50];
+    support::fixture::ip(&format!(
+        "neigh replace {wan_client} lladdr {} dev wan nud permanent",
+        fmt_mac(wan_client_mac)
+    ));
+    let f = Flow { client: wan_client, mac: wan_client_mac, cport: 40040, protocol: PROTO_TCP };
+    // It arrives on lan here (the fixture runs every frame there), its route points out of wan.
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let out = run(
+        &mut dp,
+        &f.backend_sends(f.nat_port(0), TCP_ACK, b""),
+        support::fixture::XDP_REDIRECT,
+        Reason::NatReplyRedirect,
+    );
+    let mut expected = f.client_gets(TCP_ACK, b"");
+    expected[6..12].copy_from_slice(&support::fixture::WAN_MAC);
+    assert_frame(&out, &expected);
+}
+
+#[test]
+fn a_backend_behind_another_interface_gets_frames_from_that_interfaces_mac() {
+    let mut dp = dataplane();
+    let wan = support::fixture::ifindex("wan");
+    let far = (Ipv4Addr::new(192, 0, 2, 21), [0x02, 0, 0, 0, 0, 0x77]);
+    let spec = ServiceSpec {
+        port: 8001,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_NAT,
+        backends: vec![BackendSpec {
+            address: far.0,
+            port: 8080,
+            weight: 1,
+            healthy: true,
+            mac: Some(far.1),
+            ifindex: wan,
+        }],
+    };
+    dp.apply_service("far", &spec).expect("far");
+    let syn = frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40041, 8001, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, support::fixture::XDP_REDIRECT, Reason::NatForwardRedirect);
+    assert_eq!(&out[0..6], &far.1, "to the backend's MAC");
+    assert_eq!(&out[6..12], &support::fixture::WAN_MAC, "from wan's MAC");
+    assert_eq!(&out[30..34], &far.0.octets());
+}
+
+#[test]
+fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_new_owner() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40042);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let answer = f.backend_sends(f.nat_port(0), TCP_ACK | TCP_PSH, RESPONSE);
+    let translated = run(&mut dp, &answer, XDP_TX, Reason::NatReplyTx);
+    // The flow's backend leaves web; its slot is handed to a backend of another service (filler takes every
+    // never-used slot first, so "alt" gets the freed one).
+    let mut web = nat_service(HTTP, PROTO_TCP, HTTP_BACKEND);
+    web.backends.remove(f.backend());
+    dp.apply_service("web", &web).expect("web without the flow's backend");
+    let filler = |n: u32| ServiceSpec {
+        port: 9000,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_DSR,
+        backends: (0..n)
+            .map(|i| BackendSpec {
+                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i),
+                port: 80,
+                weight: 1,
+                healthy: true,
+                mac: Some([2, 0, 0, 0, 0, 0x99]),
+                ifindex: 0,
+            })
+            .collect(),
+    };
+    dp.apply_service("filler", &filler(4090)).expect("filler");
+    dp.remove_service("filler").expect("remove filler");
+    dp.apply_service("filler", &ServiceSpec { port: 9001, ..filler(1) }).expect("alt on the freed slot");
+    let (kind, code, mtu) = FRAG_NEEDED;
+    let error =
+        frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
+    assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
 }

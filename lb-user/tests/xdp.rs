@@ -13,6 +13,8 @@ use xvip::{
 };
 
 fn dataplane(active: bool) -> DataPlane {
+    // The fixture namespace first: the data plane reads the node's own addresses from it.
+    support::fixture::lan();
     let mut dp = DataPlane::load(LoadOptions { service_capacity: 2, ..LoadOptions::default() })
         .expect("loading the XDP program (these tests need root)");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
@@ -99,10 +101,10 @@ fn inactive_node_never_answers_for_the_vip() {
     let request = frames::arp_request(CLIENT_MAC, CLIENT, VIP);
     assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
     let syn = client_tcp(40000, 80, TCP_SYN);
-    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassInactive), syn);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropInactive), syn);
     let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 1, b"abcdefgh")));
-    assert_eq!(run(&mut dp, &ping, XDP_PASS, Reason::PassInactive), ping);
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropInactive), ping);
 }
 
 #[test]
@@ -129,11 +131,11 @@ fn echo_request_to_vip_is_answered_with_valid_checksums() {
 }
 
 #[test]
-fn other_icmp_to_vip_goes_to_the_kernel() {
+fn other_icmp_to_vip_is_dropped() {
     let mut dp = dataplane(true);
     let mut reply = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     reply.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(0, 1, 1, b"x")));
-    assert_eq!(run(&mut dp, &reply, XDP_PASS, Reason::PassNoService), reply);
+    assert_eq!(run(&mut dp, &reply, XDP_DROP, Reason::DropNoService), reply);
 }
 
 #[test]
@@ -231,10 +233,10 @@ fn udp_service_is_forwarded() {
 fn non_service_port_goes_to_the_kernel() {
     let mut dp = with_web(true);
     let syn = client_tcp(40003, 8080, TCP_SYN);
-    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassNoService), syn);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
     let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
     f.extend(frames::ipv4(CLIENT, VIP, 17, &frames::udp(CLIENT, VIP, 5353, 80, b"x")));
-    assert_eq!(run(&mut dp, &f, XDP_PASS, Reason::PassNoService), f, "UDP to a TCP service port");
+    assert_eq!(run(&mut dp, &f, XDP_DROP, Reason::DropNoService), f, "UDP to a TCP service port");
 }
 
 #[test]
@@ -272,7 +274,7 @@ fn removed_service_port_goes_back_to_the_kernel() {
     let mut dp = with_web(true);
     run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
     dp.remove_service("web").expect("remove");
-    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_PASS, Reason::PassNoService);
+    run(&mut dp, &client_tcp(40005, 80, TCP_SYN), XDP_DROP, Reason::DropNoService);
 }
 
 #[test]
@@ -341,4 +343,35 @@ fn ip_total_length_beyond_the_frame_is_not_forwarded() {
     let claimed = (syn.len() - 14 + 100) as u16;
     syn[16..18].copy_from_slice(&claimed.to_be_bytes());
     assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassTruncated), syn);
+}
+
+#[test]
+fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac() {
+    let mut dp = dataplane(true);
+    let wan = support::fixture::ifindex("wan");
+    let far = BackendSpec {
+        address: Ipv4Addr::new(192, 0, 2, 21),
+        port: 80,
+        weight: 1,
+        healthy: true,
+        mac: Some([0x02, 0, 0, 0, 0, 0x77]),
+        ifindex: wan,
+    };
+    let spec = ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![far] };
+    dp.apply_service("far", &spec).expect("far");
+    let syn = client_tcp(40100, 80, TCP_SYN);
+    let out = run(&mut dp, &syn, support::fixture::XDP_REDIRECT, Reason::ForwardRedirect);
+    let mut expected = syn.clone();
+    expected[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x77]);
+    expected[6..12].copy_from_slice(&support::fixture::WAN_MAC);
+    assert_eq!(out, expected, "only the MACs change: to the backend, from wan's MAC");
+}
+
+#[test]
+fn a_dsr_flow_from_the_nodes_own_address_creates_no_state() {
+    let mut dp = with_web(true);
+    let own = frames::tcp_frame(NODE_MAC, CLIENT_MAC, support::fixture::NODE_IP, VIP, 40101, 80, TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &own, XDP_DROP, Reason::DropMartianSource), own);
+    let own_ack = frames::tcp_frame(NODE_MAC, CLIENT_MAC, support::fixture::NODE_IP, VIP, 40101, 80, TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &own_ack, XDP_DROP, Reason::DropMartianSource), own_ack);
 }

@@ -27,6 +27,9 @@
 
 pub mod backend;
 pub mod cmd;
+pub mod extra;
+#[path = "../../lb-user/tests/support/frames.rs"]
+pub mod frames;
 pub mod http;
 pub mod keepalived;
 pub mod netns;

@@ -240,6 +240,11 @@ impl Lab {
             if host.role == Role::Backend && spec.vip_on_backends_lo {
                 self.hold_vip_on_lo(host)?;
             }
+            if host.role == Role::Node {
+                // Nodes route, like Kubernetes nodes: NAT replies are routed by the kernel's FIB, which answers
+                // only for interfaces with forwarding on.
+                self.make_router(host, None)?;
+            }
         }
         let ports: Vec<String> = hosts.iter().map(|h| h.bridge_port.clone()).collect();
         self.pass = Some(xdp_pass::attach(&self.bridge_ns, &ports).context("attaching the XDP_PASS stubs")?);

@@ -38,6 +38,7 @@ pub fn attach(ns: &str, interfaces: &[String]) -> Result<PassStub> {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, lb_common::MAGLEV_M)
             .map_max_entries(names::CONNTRACK, 1024)
+            .map_max_entries(names::NAT, 1024)
             .load(xvip::dataplane::EBPF_OBJECT)
             .context("loading the embedded eBPF object (needs root)")?;
         let program: &mut Xdp = ebpf

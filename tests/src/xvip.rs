@@ -25,6 +25,8 @@ pub struct NodeSpec {
     pub services: Vec<ServiceSpec>,
     /// Run the daemon as this user with only these capabilities instead of as root.
     pub run_as: Option<RunAs>,
+    /// `conntrack_entries` (`None`: the default).
+    pub conntrack_entries: Option<u32>,
 }
 
 /// A non-root user with a few capabilities, as a systemd unit with `DynamicUser=` and `AmbientCapabilities=`
@@ -68,6 +70,7 @@ impl NodeSpec {
             backend_loss_penalty: 0,
             services: Vec::new(),
             run_as: None,
+            conntrack_entries: None,
         }
     }
 
@@ -117,7 +120,11 @@ impl ServiceSpec {
 pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String {
     let mut t = String::new();
     let _ = writeln!(t, "interface = \"{}\"", node.iface);
-    let _ = writeln!(t, "xdp_mode = \"native\"\n");
+    let _ = writeln!(t, "xdp_mode = \"native\"");
+    if let Some(entries) = spec.conntrack_entries {
+        let _ = writeln!(t, "conntrack_entries = {entries}");
+    }
+    let _ = writeln!(t);
     let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
     let _ = writeln!(t, "[vrrp]");
     let _ = writeln!(t, "vrid = {}", spec.vrid);

@@ -220,10 +220,10 @@ fn long_lived_connections_survive_a_graceful_handover() {
         n1.terminate().expect("SIGTERM node1");
         n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
     });
-    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "pass_nat_no_entry"));
+    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "drop_nat_no_entry"));
     eprintln!(
         "graceful handover: {survivors} of {N} connections survived; node2 translated {carried} client packets and \
-         passed {no_entry} replies without translation"
+         dropped {no_entry} replies without translation"
     );
     assert_eq!(survivors, N, "{survivors} of {N} survived:\n{}", n2.log());
     assert!(carried >= 5 * N as u64, "node2 carried the connections after the handover ({carried} packets)");
@@ -237,7 +237,7 @@ fn long_lived_connections_survive_the_active_node_losing_its_link() {
         lab.cut_link(lab.node(1)).expect("cut node1");
         n2.wait_role("active", Duration::from_secs(3)).expect("node2 takes over");
     });
-    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "pass_nat_no_entry"));
+    let (carried, no_entry) = (dataplane_counter(&n2, "nat_forward_tx"), dataplane_counter(&n2, "drop_nat_no_entry"));
     eprintln!(
         "link down: {survivors} of {N} connections survived; node2 translated {carried} client packets and passed \
          {no_entry} replies without translation"
@@ -274,14 +274,14 @@ fn a_server_push_stream_resumes_after_a_handover_once_its_client_sends() {
     }
     let (silent_resumed, chatty_resumed) =
         (resumed(&silent, &at_switch[..N / 2]), resumed(&chatty, &at_switch[N / 2..]));
-    let no_entry = dataplane_counter(&n2, "pass_nat_no_entry");
+    let no_entry = dataplane_counter(&n2, "drop_nat_no_entry");
     let reports: Vec<_> = silent.into_iter().chain(chatty).map(|s| s.stop().expect("stream report")).collect();
     for r in &reports {
         eprintln!("  {}: {} lines, longest gap {:?}, end {:?}", r.backend, r.lines, r.longest_gap, r.end);
     }
     eprintln!(
         "server push across a graceful handover: {silent_resumed} of {} silent clients and {chatty_resumed} of {} \
-         clients with keepalive resumed; node2 passed {no_entry} replies without translation to the kernel",
+         clients with keepalive resumed; node2 dropped {no_entry} replies without translation",
         N / 2,
         N / 2
     );

@@ -21,10 +21,99 @@ pub const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
     (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
 ];
 
-/// Runs the frame and checks the verdict and that exactly one frame was counted, under `reason`.
+pub const XDP_REDIRECT: u32 = 4;
+
+/// The node's own address on `lan`.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+/// A router on `lan` with a route to `REMOTE_NET` behind it.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+pub const REMOTE_NET: &str = "198.51.100.0/24";
+/// The second interface of the pretend node (`wan`, 192.0.2.1/24) and its MAC.
+pub const WAN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+
+thread_local! {
+    /// Index of `lan` in this thread's private network namespace, once made.
+    static LAN: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// Moves the calling thread (each test runs on its own) into a network namespace of its own, which disappears
+/// with the thread, and builds the pretend node there: `lan` (a veth with `NODE_MAC`, 10.77.0.1/24,
+/// IPv4 forwarding on) with permanent neighbour entries for the client, the backends and the router, a route to
+/// `REMOTE_NET` via the router, and `wan` (192.0.2.1/24) with no neighbours. The program's FIB lookups
+/// (`bpf_fib_lookup`) see exactly this. Returns the index of `lan`, on which frames are run.
+pub fn lan() -> u32 {
+    let current = LAN.with(|l| l.get());
+    if current != 0 {
+        return current;
+    }
+    // SAFETY: plain syscall; it only affects the calling thread.
+    let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "unshare(CLONE_NEWNET): {} (these tests need root)", std::io::Error::last_os_error());
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut script = vec![
+        "link set lo up".to_string(),
+        format!("link add lan address {} type veth peer name lan-peer", mac(NODE_MAC)),
+        "link set lan-peer up".into(),
+        "link set lan up".into(),
+        format!("addr add {NODE_IP}/24 dev lan"),
+        format!("link add wan address {} type veth peer name wan-peer", mac(WAN_MAC)),
+        "link set wan-peer up".into(),
+        "link set wan up".into(),
+        "addr add 192.0.2.1/24 dev wan".into(),
+        format!("neigh replace {CLIENT} lladdr {} dev lan nud permanent", mac(CLIENT_MAC)),
+        format!("neigh replace {ROUTER} lladdr {} dev lan nud permanent", mac(ROUTER_MAC)),
+        format!("route add {REMOTE_NET} via {ROUTER}"),
+    ];
+    for (address, m) in BACKENDS {
+        script.push(format!("neigh replace {address} lladdr {} dev lan nud permanent", mac(m)));
+    }
+    // Other on-link clients (10.77.0.100 ..= 10.77.0.250) answer from the client's MAC.
+    for host in 100..=250 {
+        script.push(format!("neigh replace 10.77.0.{host} lladdr {} dev lan nud permanent", mac(CLIENT_MAC)));
+    }
+    let mut child = std::process::Command::new("ip")
+        .args(["-batch", "-"])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ip -batch");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin of ip");
+        stdin.write_all(script.join("\n").as_bytes()).expect("writing to ip");
+    }
+    assert!(child.wait().expect("ip -batch").success(), "setting up the fixture namespace");
+    for iface in ["all", "lan", "wan"] {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1").expect("enabling forwarding");
+    }
+    // SAFETY: a NUL-terminated literal; the lookup happens in this thread's namespace.
+    let index = unsafe { libc::if_nametoindex(c"lan".as_ptr()) };
+    assert_ne!(index, 0, "ifindex of lan");
+    LAN.with(|l| l.set(index));
+    index
+}
+
+/// Runs `ip ARGS` in this thread's fixture namespace (after [`lan`]).
+pub fn ip(args: &str) {
+    lan();
+    let status = std::process::Command::new("ip").args(args.split(' ')).status().expect("running ip");
+    assert!(status.success(), "ip {args}");
+}
+
+/// The index of an interface of this thread's fixture namespace.
+pub fn ifindex(name: &str) -> u32 {
+    lan();
+    let name = std::ffi::CString::new(name).expect("interface name");
+    // SAFETY: a valid NUL-terminated string; the lookup happens in this thread's namespace.
+    unsafe { libc::if_nametoindex(name.as_ptr()) }
+}
+
+/// Runs the frame as received on `lan` and checks the verdict and that exactly one frame was counted, under
+/// `reason`.
 pub fn run(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Reason) -> Vec<u8> {
+    let ingress = lan();
     let before = dp.counters().expect("counters");
-    let out = dp.test_run(frame).expect("test_run");
+    let out = dp.test_run_on(frame, ingress).expect("test_run");
     let after = dp.counters().expect("counters");
     assert_eq!(out.action, action, "verdict for {reason:?}");
     assert_delta(&before, &after, reason);

@@ -1,0 +1,138 @@
+//! Sending a frame on: Maglev picks, backend slots and their counters, MAC rewrite, XDP_TX or `bpf_redirect`; and
+//! the DSR service path (only the MACs change).
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
+    helpers::bpf_redirect,
+    maps::PerCpuArray,
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_M, NO_BACKEND, NodeConfig, Reason, ServiceValue, Traffic,
+    flow_hash, maglev_position,
+};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+
+use crate::{
+    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
+    packet,
+    parse::L4,
+};
+
+/// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.
+#[inline(always)]
+pub fn dsr(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv4Hdr,
+    config: &NodeConfig,
+    svc: &ServiceValue,
+    l4: &L4,
+) -> (u32, Reason) {
+    let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
+    let mut chosen = NO_BACKEND;
+    // A pinned flow keeps its backend while that backend is healthy and still of this service; a SYN always takes
+    // a fresh pick so a reused client port does not inherit an old connection's backend.
+    if !l4.syn() {
+        // SAFETY: read-only use of the value.
+        if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
+            let id = pinned.backend;
+            if let Some(b) = BACKENDS.get(id) {
+                if b.healthy == 1 && u32::from(b.service) == svc.index {
+                    chosen = id;
+                }
+            }
+        }
+    }
+    if chosen == NO_BACKEND {
+        let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, config.hash_seed);
+        let Some(id) = maglev_pick(svc, hash) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        if id == NO_BACKEND {
+            return (XDP_DROP, Reason::DropNoBackend);
+        }
+        chosen = id;
+        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0);
+    }
+    let backend = match take_backend(ctx, svc.index, chosen) {
+        Ok(b) => b,
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
+}
+
+/// The backend a packet of service `service_index` goes to, with the packet counted for both; the drop reason when
+/// the backend cannot be used (its MAC is not resolved yet).
+#[inline(always)]
+pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Backend, Reason> {
+    let Some(backend) = BACKENDS.get(id) else {
+        return Err(Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    if backend.mac == [0; 6] {
+        return Err(Reason::DropBackendUnresolved);
+    }
+    let bytes = packet::len(ctx) as u64;
+    add_traffic(&SERVICE_STATS, service_index, bytes);
+    add_traffic(&BACKEND_STATS, id, bytes);
+    Ok(backend)
+}
+
+/// The backend in the slot of `hash` in the service's live Maglev table (`NO_BACKEND` when it has none).
+#[inline(always)]
+pub fn maglev_pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
+    let (element, offset) = maglev_position(svc.index, svc.table, hash % MAGLEV_M);
+    let chunk = MAGLEV.get(element)?;
+    // The mask keeps the index provably inside the chunk for the verifier.
+    Some(chunk.slots[(offset & (MAGLEV_CHUNK - 1)) as usize])
+}
+
+/// Sends the frame to `backend`: its MAC as destination, the MAC of the interface it is reached through as source,
+/// out of that interface.
+#[inline(always)]
+pub fn to_backend(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    config: &NodeConfig,
+    backend: &Backend,
+    tx: Reason,
+    redirect: Reason,
+) -> (u32, Reason) {
+    let src = if backend.src_mac == [0; 6] { config.mac } else { backend.src_mac };
+    set_macs(eth, backend.mac, src);
+    let egress = if backend.ifindex == 0 { config.ifindex } else { backend.ifindex };
+    send(ctx, egress, tx, redirect)
+}
+
+#[inline(always)]
+pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
+    // SAFETY: `eth` was bounds-checked by `at` in `process`.
+    unsafe {
+        (*eth).dst_addr = dst;
+        (*eth).src_addr = src;
+    }
+}
+
+/// Transmits the frame back out of the ingress interface (`ifindex` 0 or the ingress one) or redirects it to
+/// `ifindex`, counting `tx` or `redirect`.
+#[inline(always)]
+pub fn send(ctx: &XdpContext, ifindex: u32, tx: Reason, redirect: Reason) -> (u32, Reason) {
+    if ifindex == 0 || ifindex as usize == ctx.ingress_ifindex() {
+        (XDP_TX, tx)
+    } else {
+        // SAFETY: plain helper call.
+        let action = unsafe { bpf_redirect(ifindex, 0) } as u32;
+        if action == XDP_REDIRECT { (XDP_REDIRECT, redirect) } else { (XDP_DROP, Reason::DropInternal) }
+    }
+}
+
+#[inline(always)]
+pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
+    if let Some(t) = map.get_ptr_mut(index) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe {
+            (*t).packets += 1;
+            (*t).bytes += bytes;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! ICMP to the VIP: echo requests are answered; destination unreachable (including "fragmentation needed") and
+//! time exceeded errors about NAT flows go to the other end of the flow, translated as that end expects, so path
+//! MTU discovery and unreachable errors work through the NAT. Everything else is dropped (`DropNoService`).
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, service_slot,
+};
+use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
+
+use crate::{
+    csum::{self, Delta},
+    forward::{self, set_macs},
+    maps::{BACKENDS, CONNTRACK, NAT, SERVICES},
+    nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
+    packet,
+    parse::{IP_LEN, L4_OFF},
+    route::{self, NoRoute},
+};
+
+const ICMP_ECHO_REQUEST: u8 = 8;
+const ICMP_ECHO_REPLY: u8 = 0;
+const ICMP_DEST_UNREACHABLE: u8 = 3;
+const ICMP_TIME_EXCEEDED: u8 = 11;
+
+/// Offset of the quoted TCP/UDP header inside an ICMP error (RFC 792): after the 8-byte ICMP header and the
+/// quoted IP header. Only a quoted header without options is handled, so this stays constant for the verifier.
+const INNER_L4_OFF: usize = L4_OFF + Icmpv4Hdr::LEN + IP_LEN;
+
+/// ICMP to the VIP (the source already passed the martian checks).
+#[inline(always)]
+pub fn handle(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    total: usize,
+) -> (u32, Reason) {
+    let Some(icmp) = packet::at::<Icmpv4Hdr>(ctx, L4_OFF) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    if total < IP_LEN + Icmpv4Hdr::LEN {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    // SAFETY: bounds-checked by `at`.
+    let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
+    match kind {
+        ICMP_ECHO_REQUEST if code == 0 => echo(eth, ip, icmp),
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, total),
+        _ => (XDP_DROP, Reason::DropNoService),
+    }
+}
+
+/// Answers an ICMP echo request to the VIP in place: swap addresses, type 8 -> 0, checksum adjusted.
+#[inline(always)]
+fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reason) {
+    // SAFETY: bounds-checked by `at` in `handle`.
+    let icmp = unsafe { &mut *icmp };
+    // The type is the high byte of the first 16-bit word; the code (0) stays.
+    icmp.check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
+    icmp.type_ = ICMP_ECHO_REPLY;
+    // Swapping source and destination leaves the IP header checksum unchanged.
+    core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+    // SAFETY: bounds-checked by `at` in `process`.
+    unsafe {
+        let e = &mut *eth;
+        core::mem::swap(&mut e.src_addr, &mut e.dst_addr);
+    }
+    (XDP_TX, Reason::EchoReply)
+}
+
+/// An ICMP error to the VIP. If it is about a packet this node translated, it goes to the other end of the flow:
+///
+/// - About a packet sent to a backend (quoted `VIP:nport -> backend:bport`): to the client, quoting
+///   `client:cport -> VIP:svc`, which is what the client sent. Routed by the FIB, like replies.
+/// - About a reply sent to a client (quoted `VIP:svc -> client:cport`): to the backend, quoting
+///   `backend:bport -> VIP:nport`, if the flow's pinned backend slot still belongs to the flow's service.
+///
+/// Either way the error comes from the VIP (the outer source), so no address behind the NAT shows, and the new
+/// outer destination is the new quoted source.
+#[inline(always)]
+fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, total: usize) -> (u32, Reason) {
+    // The ICMP header, the quoted IP header and the quoted ports (RFC 792 guarantees 8 bytes of the quoted
+    // payload; the ports suffice), in one bounds check.
+    let Some(error) = packet::at::<IcmpError>(ctx, L4_OFF) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    if total < IP_LEN + core::mem::size_of::<IcmpError>() {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    // SAFETY: bounds-checked by `at`.
+    let error = unsafe { &mut *error };
+    let (inner, ports) = (&error.inner, error.ports);
+    let protocol = inner.proto;
+    if inner.vihl != 0x45 || inner.src_addr != config.vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let quoted_sport = [ports[0], ports[1]];
+    let quoted_dport = [ports[2], ports[3]];
+
+    let key = NatKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    // SAFETY: copied out at once.
+    if let Some(to) = unsafe { NAT.get(&key) }.copied() {
+        let tot_len = u16::from_be_bytes(ip.tot_len);
+        let route = route::lookup(ctx, config.vip, to.client, ip.proto as u8, tot_len);
+        if let Err(no) = route
+            && no != NoRoute::Neighbour
+        {
+            return (XDP_DROP, no.reason());
+        }
+        translate(ctx, ip, error, config.vip, total, to.client, to.client_port, to.service_port);
+        let Ok(route) = route else {
+            return (XDP_PASS, Reason::PassNoNeighbour);
+        };
+        set_macs(eth, route.next_hop_mac, route.egress_mac);
+        return forward::send(ctx, route.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
+    }
+
+    let flow = FlowKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    // SAFETY: copied out at once.
+    if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
+        && pinned.nat_port != [0, 0]
+    {
+        // The slot must still be a backend of the flow's service: slots are reused when backends leave.
+        let Some(slot) = service_slot(protocol, u16::from_be_bytes(quoted_sport)) else {
+            return (XDP_DROP, Reason::DropNoService);
+        };
+        let Some(svc) = SERVICES.get(slot) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        let svc: ServiceValue = *svc;
+        let Some(backend) = BACKENDS.get(pinned.backend) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        let backend: Backend = *backend;
+        if svc.present != 1 || svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index {
+            return (XDP_DROP, Reason::DropNoService);
+        }
+        if backend.mac == [0; 6] {
+            return (XDP_DROP, Reason::DropBackendUnresolved);
+        }
+        translate(ctx, ip, error, config.vip, total, backend.address, backend.port, pinned.nat_port);
+        return forward::to_backend(ctx, eth, config, &backend, Reason::NatIcmpToBackend, Reason::NatIcmpToBackend);
+    }
+    (XDP_DROP, Reason::DropNoService)
+}
+
+/// Rewrites an ICMP error in place: the outer header becomes `VIP -> peer`, the quoted packet
+/// `peer:peer_port -> VIP:vip_port`. Fixes the outer IP checksum, the quoted IP checksum, the quoted TCP/UDP
+/// checksum when the error quotes it, and the ICMP checksum (which covers everything quoted, RFC 792).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn translate(
+    ctx: &XdpContext,
+    ip: &mut Ipv4Hdr,
+    error: &mut IcmpError,
+    vip: [u8; 4],
+    total: usize,
+    peer: [u8; 4],
+    peer_port: [u8; 2],
+    vip_port: [u8; 2],
+) {
+    let protocol = error.inner.proto;
+    let (icmp, inner, ports) = (&mut error.icmp, &mut error.inner, &mut error.ports);
+
+    // The quoted packet: its addresses (IP checksum, and TCP/UDP pseudo-header) and ports.
+    let addresses = Delta::new().addr(inner.src_addr, peer).addr(inner.dst_addr, vip);
+    let inner_check = addresses.apply(inner.check);
+    let port_words = Delta::new().word([ports[0], ports[1]], peer_port).word([ports[2], ports[3]], vip_port);
+    let l4 = addresses.merge(port_words);
+    // The ICMP checksum covers every quoted byte that changes.
+    let mut quoted = addresses.word(inner.check, inner_check).merge(port_words);
+
+    // The quoted TCP/UDP checksum, when the error carries it (often only 8 bytes of TCP are quoted).
+    let quoted_l4_len = total.saturating_sub(IP_LEN + Icmpv4Hdr::LEN + IP_LEN);
+    if protocol == PROTO_TCP {
+        if quoted_l4_len >= TCP_CHECK_OFF + 2
+            && let Some(check) = packet::at::<[u8; 2]>(ctx, INNER_L4_OFF + TCP_CHECK_OFF)
+        {
+            // SAFETY: bounds-checked by `at`.
+            let check = unsafe { &mut *check };
+            let new = l4.apply(*check);
+            quoted = quoted.word(*check, new);
+            *check = new;
+        }
+    } else if quoted_l4_len >= UDP_CHECK_OFF + 2
+        && let Some(check) = packet::at::<[u8; 2]>(ctx, INNER_L4_OFF + UDP_CHECK_OFF)
+    {
+        // SAFETY: bounds-checked by `at`.
+        let check = unsafe { &mut *check };
+        let new = l4.apply_udp(*check);
+        quoted = quoted.word(*check, new);
+        *check = new;
+    }
+    icmp.check = quoted.apply(icmp.check);
+    inner.check = inner_check;
+    inner.src_addr = peer;
+    inner.dst_addr = vip;
+    *ports = [peer_port[0], peer_port[1], vip_port[0], vip_port[1]];
+
+    // The outer header: from the VIP to the peer (an ICMP message has no pseudo-header).
+    let outer = Delta::new().addr(ip.src_addr, vip).addr(ip.dst_addr, peer);
+    ip.check = outer.apply(ip.check);
+    ip.src_addr = vip;
+    ip.dst_addr = peer;
+}
+
+/// The start of an ICMP error message (RFC 792): its header, the quoted IP header (without options: constant
+/// offsets for the verifier) and the quoted ports.
+#[repr(C)]
+pub struct IcmpError {
+    icmp: Icmpv4Hdr,
+    inner: Ipv4Hdr,
+    ports: [u8; 4],
+}

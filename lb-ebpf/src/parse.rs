@@ -1,0 +1,96 @@
+//! Header layout constants and what the program reads from a TCP/UDP header. Only plain 20-byte IPv4 headers are
+//! handled, so every L4 field sits at a constant offset the verifier can follow.
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
+use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
+
+use crate::packet;
+use aya_ebpf::programs::XdpContext;
+
+pub const ETH_LEN: usize = EthHdr::LEN;
+pub const IP_LEN: usize = Ipv4Hdr::LEN;
+pub const L4_OFF: usize = ETH_LEN + IP_LEN;
+
+pub const ETH_P_IPV4: u16 = 0x0800;
+pub const ETH_P_ARP: u16 = 0x0806;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const ETH_P_8021AD: u16 = 0x88a8;
+
+pub const IPPROTO_ICMP: u8 = 1;
+
+pub const TCP_FLAG_FIN: u8 = 0x01;
+pub const TCP_FLAG_SYN: u8 = 0x02;
+pub const TCP_FLAG_RST: u8 = 0x04;
+pub const TCP_FLAG_ACK: u8 = 0x10;
+/// Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
+const TCP_FLAGS_OFF: usize = 13;
+
+/// The ports and flags of a TCP or UDP packet to the VIP.
+#[derive(Clone, Copy)]
+pub struct L4 {
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub protocol: u8,
+    /// TCP flags (byte 13 of the header); 0 for UDP.
+    pub flags: u8,
+}
+
+impl L4 {
+    /// A connection's first packet: SYN without ACK.
+    #[inline(always)]
+    pub fn syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+    }
+
+    /// Any packet with the SYN flag (a SYN or a SYN/ACK).
+    #[inline(always)]
+    pub fn any_syn(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & TCP_FLAG_SYN != 0
+    }
+
+    #[inline(always)]
+    pub fn fin(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & TCP_FLAG_FIN != 0
+    }
+
+    #[inline(always)]
+    pub fn rst(&self) -> bool {
+        self.protocol == PROTO_TCP && self.flags & TCP_FLAG_RST != 0
+    }
+
+    /// Neither SYN, FIN nor RST: a packet that changes no connection state (ACKs, data; every UDP packet).
+    #[inline(always)]
+    pub fn plain(&self) -> bool {
+        self.flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST) == 0
+    }
+}
+
+/// Reads ports and flags of the TCP or UDP header after a 20-byte IPv4 header whose total length is `total`.
+#[inline(always)]
+pub fn l4(ctx: &XdpContext, protocol: u8, total: usize) -> Result<L4, Reason> {
+    if protocol == PROTO_TCP {
+        let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {
+            return Err(Reason::PassTruncated);
+        };
+        if total < IP_LEN + TcpHdr::LEN {
+            return Err(Reason::PassTruncated);
+        }
+        // SAFETY: bounds-checked by `at`.
+        let (sport, dport, flags) = unsafe {
+            let t = &*tcp;
+            (t.source, t.dest, *((tcp as *const u8).add(TCP_FLAGS_OFF)))
+        };
+        Ok(L4 { sport, dport, protocol, flags })
+    } else if protocol == PROTO_UDP {
+        let Some(udp) = packet::at::<UdpHdr>(ctx, L4_OFF) else {
+            return Err(Reason::PassTruncated);
+        };
+        if total < IP_LEN + UdpHdr::LEN {
+            return Err(Reason::PassTruncated);
+        }
+        // SAFETY: bounds-checked by `at`.
+        let (sport, dport) = unsafe { ((*udp).src, (*udp).dst) };
+        Ok(L4 { sport, dport, protocol, flags: 0 })
+    } else {
+        Err(Reason::DropNoService)
+    }
+}
