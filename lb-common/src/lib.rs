@@ -36,7 +36,21 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const HEARTBEAT: &str = "HEARTBEAT";
 }
+
+/// The agent's dead-man switch: the one entry of the `HEARTBEAT` array. The agent writes `last_ns` each time it
+/// sends an advert; the program stops answering for the VIP (ARP, ping, forwarding) once that is more than
+/// `max_age_ns` old, so a hung agent (stopped, deadlocked, stuck in a syscall) holds nothing after the peers'
+/// down interval. `max_age_ns == 0` turns the switch off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` reads) at the last advert sent.
+    pub last_ns: u64,
+    pub max_age_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<Heartbeat>() == 16);
 
 /// The data plane's whole view of the node: one entry of the `CONFIG` array.
 #[repr(C)]
@@ -418,6 +432,7 @@ pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::Heartbeat {}
     unsafe impl aya::Pod for super::MaglevChunk {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::Backend {}

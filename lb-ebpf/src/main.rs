@@ -16,7 +16,7 @@ mod packet;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
-    helpers::bpf_redirect,
+    helpers::{bpf_ktime_get_ns, bpf_redirect},
     macros::xdp,
     programs::XdpContext,
 };
@@ -24,7 +24,9 @@ use lb_common::{
     Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_M, NO_BACKEND, NodeConfig, PROTO_TCP,
     PROTO_UDP, Reason, ServiceValue, Traffic, flow_hash, maglev_position, service_slot,
 };
-use maps::{BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, MAGLEV, NAT_BACKENDS, SERVICE_STATS, SERVICES};
+use maps::{
+    BACKEND_STATS, BACKENDS, CONFIG, CONNTRACK, COUNTERS, HEARTBEAT, MAGLEV, NAT_BACKENDS, SERVICE_STATS, SERVICES,
+};
 use network_types::{arp::ArpHdr, eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
 const ETH_LEN: usize = EthHdr::LEN;
@@ -93,6 +95,22 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
 }
 
+/// Whether this node may answer for the VIP: it is the active router *and* its agent is alive, i.e. the heartbeat
+/// the agent writes with every advert is younger than its limit (a dead-man switch: an agent that hangs stops
+/// advertising, its peers take over after their down interval, and by then this node has stopped answering).
+#[inline(always)]
+fn may_answer(config: &NodeConfig) -> bool {
+    if config.active != 1 {
+        return false;
+    }
+    let Some(beat) = HEARTBEAT.get(0) else {
+        return false;
+    };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    beat.max_age_ns == 0 || now.saturating_sub(beat.last_ns) <= beat.max_age_ns
+}
+
 /// Turns an ARP request for the VIP into the reply, in place (RFC 826), while active.
 #[inline(always)]
 fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason) {
@@ -102,15 +120,15 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason)
     // SAFETY: both headers were bounds-checked by `at`.
     unsafe {
         let a = &mut *arp;
-        let is_request_for_vip = config.active == 1
-            && a.htype == [0, 1]
+        let is_request_for_vip = a.htype == [0, 1]
             && a.ptype == ETH_P_IPV4.to_be_bytes()
             && a.hlen == 6
             && a.plen == 4
             && a.oper == ARP_REQUEST.to_be_bytes()
             && a.tpa == config.vip
             // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question.
-            && a.spa != config.vip;
+            && a.spa != config.vip
+            && may_answer(config);
         if !is_request_for_vip {
             return (XDP_PASS, Reason::PassArp);
         }
@@ -137,7 +155,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     if ip.dst_addr != config.vip {
         return (XDP_PASS, Reason::PassNotVip);
     }
-    if config.active != 1 {
+    if !may_answer(config) {
         return (XDP_PASS, Reason::PassInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.

@@ -151,7 +151,7 @@ fn sockaddr_ll(ifindex: c_int, protocol: u16, addr: [u8; 6]) -> libc::sockaddr_l
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vrrp::socket::testnet::veth_pair;
+    use crate::testnet::veth_pair;
 
     const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);

@@ -5,11 +5,16 @@ pub mod agent;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod engine;
 pub mod garp;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod neighbour;
 pub mod netif;
 pub mod services;
 pub mod status;
+pub mod systemd;
+#[cfg(test)]
+pub(crate) mod testnet;
 pub mod vrrp;

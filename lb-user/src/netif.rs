@@ -73,10 +73,10 @@ pub fn link_up(interface: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vrrp::socket::testnet::veth_pair;
+    use crate::testnet::veth_pair;
 
     /// Polls `link_up` until it reports `want` (the kernel updates the operstate asynchronously, via linkwatch).
-    fn wait_link(p: &crate::vrrp::socket::testnet::VethPair, want: bool) -> bool {
+    fn wait_link(p: &crate::testnet::VethPair, want: bool) -> bool {
         for _ in 0..100 {
             let a_if = p.a_if.clone();
             if p.a.run(move || link_up(&a_if)).expect("run").expect("link_up") == want {

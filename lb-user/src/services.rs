@@ -114,6 +114,21 @@ impl Services {
         a
     }
 
+    /// Where `address` is reached as far as known: its MAC (if any) and interface, from the first backend with
+    /// that address (all backends with one address share the answer).
+    pub fn path(&self, address: Ipv4Addr) -> Option<(Option<[u8; 6]>, u32)> {
+        self.services
+            .values()
+            .flat_map(|s| s.backends.iter())
+            .find(|((a, _), _)| *a == address)
+            .map(|(_, b)| (b.mac, b.ifindex))
+    }
+
+    /// The data plane's view of every service, in name order.
+    pub fn specs(&self) -> Vec<(String, ServiceSpec)> {
+        self.services.keys().filter_map(|name| Some((name.clone(), self.spec(name)?))).collect()
+    }
+
     /// Addresses whose MAC is not known yet.
     pub fn unresolved(&self) -> Vec<Ipv4Addr> {
         let mut a: Vec<Ipv4Addr> = self
@@ -155,12 +170,13 @@ impl Services {
         })
     }
 
-    /// Services none of whose backends can take traffic (unhealthy or unresolved), in name order.
+    /// Services none of whose backends can take new flows, in name order; "usable" is the data plane's one rule
+    /// ([`BackendSpec::usable`]: healthy, MAC known, weight above 0).
     pub fn without_usable_backend(&self) -> Vec<&str> {
         self.services
-            .iter()
-            .filter(|(_, s)| !s.backends.values().any(|b| b.healthy && b.mac.is_some()))
-            .map(|(n, _)| n.as_str())
+            .keys()
+            .filter(|name| !self.spec(name).is_some_and(|spec| spec.backends.iter().any(BackendSpec::usable)))
+            .map(String::as_str)
             .collect()
     }
 }

@@ -22,6 +22,10 @@ pub struct NodeSpec {
     pub unicast_peers: Vec<Ipv4Addr>,
     pub backend_loss_penalty: u8,
     pub services: Vec<ServiceSpec>,
+    /// Extra environment for the daemon (`NOTIFY_SOCKET`, `RUST_LOG`), set with `env`.
+    pub env: Vec<(String, String)>,
+    /// How long [`Lab::start_xvip`] waits for the status socket to answer.
+    pub startup_timeout: Duration,
 }
 
 impl NodeSpec {
@@ -35,6 +39,8 @@ impl NodeSpec {
             unicast_peers: Vec::new(),
             backend_loss_penalty: 0,
             services: Vec::new(),
+            env: Vec::new(),
+            startup_timeout: Duration::from_secs(10),
         }
     }
 
@@ -154,7 +160,14 @@ impl Lab {
         let bin = binary()?;
         let bin = bin.to_string_lossy().into_owned();
         let cfg = config_path.to_string_lossy().into_owned();
-        let child = self.spawn(&node.ns, [bin.as_str(), "run", "-c", cfg.as_str()])?;
+        let mut argv: Vec<String> = Vec::new();
+        if !spec.env.is_empty() {
+            // `env` execs the daemon in place, so the guarded pid is the daemon's.
+            argv.push("env".into());
+            argv.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
+        argv.extend([bin, "run".into(), "-c".into(), cfg]);
+        let child = self.spawn(&node.ns, &argv)?;
         let mut node = XvipNode {
             name: node.name.clone(),
             ns: node.ns.clone(),
@@ -163,7 +176,7 @@ impl Lab {
             log_path: child.log_path().to_path_buf(),
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + spec.startup_timeout;
         loop {
             if node.status().is_ok() {
                 return Ok(node);
@@ -174,7 +187,12 @@ impl Lab {
                 bail!("xvip on {} exited during startup:\n{}", node.name, child.log());
             }
             if Instant::now() > deadline {
-                bail!("xvip on {} did not answer on its socket within 10 s:\n{}", node.name, node.log());
+                bail!(
+                    "xvip on {} did not answer on its socket within {:?}:\n{}",
+                    node.name,
+                    spec.startup_timeout,
+                    node.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -213,6 +231,21 @@ impl XvipNode {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// Writes `spec` as this node's config (in `host`, of `lab`) and sends SIGHUP: a reload.
+    ///
+    /// # Errors
+    /// When the file cannot be written or the daemon is not running.
+    pub fn reload(&mut self, lab: &Lab, host: &Host, spec: &NodeSpec) -> Result<()> {
+        std::fs::write(&self.config_path, config(lab, host, spec, &self.socket))
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        self.signal(libc::SIGHUP)
+    }
+
+    /// Whether the daemon is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
     /// Sends a signal (SIGHUP for a reload, for instance).

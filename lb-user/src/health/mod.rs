@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub mod probe;
 mod runner;
 
-pub use probe::{Kind, ProbeError, Prober, Settings};
+pub use probe::{CheckKind, ProbeError, Prober, Settings};
 pub use runner::spawn;
 
 /// What the runner reports to the agent: a backend changed state.
