@@ -34,13 +34,12 @@ use crate::{
     config::Config,
     control::{self, StatusRequest},
     dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceSpec},
-    engine::{Command, Engine, Event},
+    engine::{Command, Engine, Event, View},
     garp::GarpSender,
     health::{self, HealthEvent},
     neighbour::{self, Neighbours},
     netif,
     services::Endpoint,
-    status::Status,
     systemd::Notifier,
     vrrp::{InterfaceInfo, Role, Transport, VrrpSocket},
 };
@@ -182,14 +181,17 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let (dp_tx, dp_thread) = spawn_dataplane(dataplane)?;
     let (neigh_tx, neigh_rx) = mpsc::unbounded_channel();
     let neighbour_events = events_tx.clone();
-    let watcher = tokio::spawn(neighbour::watch(neighbours, neigh_rx, move |address, seen| {
-        let _ = neighbour_events.send(Event::Neighbour { address, seen });
+    let watcher = tokio::spawn(neighbour::watch(neighbours, neigh_rx, move |batch| {
+        let _ = neighbour_events.send(Event::Neighbours(batch));
     }));
 
     let (status_tx, status_rx) = mpsc::channel::<StatusRequest>(16);
-    let (engine_status_tx, engine_status_rx) = mpsc::channel::<oneshot::Sender<Status>>(16);
+    let (engine_status_tx, engine_status_rx) = mpsc::channel::<oneshot::Sender<View>>(16);
     let control_task = tokio::spawn(control::serve(listener, status_tx));
-    let status_task = tokio::spawn(assemble_status(status_rx, engine_status_tx, dp_tx.clone(), xdp_mode));
+    // Engine time 0, on both clocks: the monotonic one for timers, the wall clock for `role_since_unix_ms`.
+    let (epoch, epoch_unix_ms) = (Instant::now(), unix_ms());
+    let status_task =
+        tokio::spawn(assemble_status(status_rx, engine_status_tx, dp_tx.clone(), xdp_mode, epoch_unix_ms));
 
     let transport = if config.vrrp.unicast_peers.is_empty() {
         Transport::Multicast
@@ -198,8 +200,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     };
     let shell = Shell {
         engine,
-        epoch: Instant::now(),
-        epoch_unix_ms: unix_ms(),
+        epoch,
         node,
         garp,
         vip: config.vip.address,
@@ -215,10 +216,13 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         notifier: Notifier::from_env(),
         send_failures: 0,
         send_logged: None,
+        late_timers: 0,
+        late_logged: None,
     };
     let advert_thread = thread::Builder::new()
         .name("xvip-vrrp".into())
         .spawn(move || -> Result<(), Error> {
+            raise_priority();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
@@ -253,6 +257,26 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let _ = tokio::task::spawn_blocking(move || dp_thread.join()).await;
     drop(socket_file);
     result
+}
+
+/// Nice value of the advert thread. It runs for microseconds per advert interval, but it must run *on time*: on a
+/// host whose CPUs are busy with other work, a thread at the default priority can wait tens of milliseconds to be
+/// scheduled, and a peer takes over after three missed adverts (keepalived offers `vrrp_priority` for the same
+/// reason). A higher weight makes the scheduler run it as soon as it wakes.
+const ADVERT_THREAD_NICE: libc::c_int = -10;
+
+/// Raises the calling thread's priority to [`ADVERT_THREAD_NICE`]; needs CAP_SYS_NICE (the systemd unit grants
+/// it), and only logs when not allowed.
+fn raise_priority() {
+    // On Linux the nice value is per thread (setpriority(2), NOTES).
+    // SAFETY: plain syscalls on this thread's own id.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, ADVERT_THREAD_NICE) };
+    if rc != 0 {
+        log::info!(
+            "the advert thread keeps the default priority ({}); grant CAP_SYS_NICE for nice {ADVERT_THREAD_NICE}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// SIGTERM/SIGINT stop the engine; SIGHUP reads the config file here, off the advert thread, and hands the result
@@ -364,16 +388,18 @@ fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
 /// thread (read there, so a slow map read never holds up the advert thread).
 async fn assemble_status(
     mut requests: mpsc::Receiver<StatusRequest>,
-    engine: mpsc::Sender<oneshot::Sender<Status>>,
+    engine: mpsc::Sender<oneshot::Sender<View>>,
     dataplane: std_mpsc::Sender<Job>,
     xdp_mode: &'static str,
+    epoch_unix_ms: u64,
 ) {
     while let Some(reply) = requests.recv().await {
         let (tx, rx) = oneshot::channel();
         if engine.send(tx).await.is_err() {
             return;
         }
-        let Ok(mut status) = rx.await else { return };
+        let Ok(view) = rx.await else { return };
+        let mut status = view.status(epoch_unix_ms);
         status.xdp_mode = xdp_mode.to_string();
         let (tx, rx) = oneshot::channel();
         if dataplane.send(Job::Counters(tx)).is_ok()
@@ -398,7 +424,6 @@ impl Drop for Checker {
 struct Shell {
     engine: Engine,
     epoch: Instant,
-    epoch_unix_ms: u64,
     node: NodeControl,
     garp: GarpSender,
     vip: Ipv4Addr,
@@ -406,7 +431,7 @@ struct Shell {
     link_up: bool,
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
-    status: mpsc::Receiver<oneshot::Sender<Status>>,
+    status: mpsc::Receiver<oneshot::Sender<View>>,
     dataplane: std_mpsc::Sender<Job>,
     neighbours: mpsc::UnboundedSender<Vec<Ipv4Addr>>,
     runtime: Handle,
@@ -414,6 +439,8 @@ struct Shell {
     notifier: Notifier,
     send_failures: u64,
     send_logged: Option<Instant>,
+    late_timers: u64,
+    late_logged: Option<Instant>,
 }
 
 impl Shell {
@@ -439,7 +466,10 @@ impl Shell {
             // an advert waiting.
             tokio::select! {
                 biased;
-                _ = sleep_until(deadline) => self.handle(&socket, Event::Timer).await,
+                _ = sleep_until(deadline) => {
+                    self.note_lateness(deadline);
+                    self.handle(&socket, Event::Timer).await;
+                }
                 packet = socket.recv(), if recv_open => match packet {
                     Ok(packet) => self.handle(&socket, Event::Packet(packet)).await,
                     Err(e) => {
@@ -450,7 +480,7 @@ impl Shell {
                 _ = sleep_until(pause), if !recv_open => recv_paused_until = None,
                 Some(event) = self.events.recv() => self.handle(&socket, event).await,
                 Some(reply) = self.status.recv() => {
-                    let _ = reply.send(self.engine.status(self.now(), self.epoch_unix_ms));
+                    let _ = reply.send(self.engine.view(self.now()));
                 }
                 _ = link_check.tick() => self.check_link(&socket).await,
                 _ = watchdog.tick() => self.notifier.watchdog(),
@@ -458,6 +488,26 @@ impl Shell {
         }
         self.notifier.stopping();
         self.checkers.clear();
+    }
+
+    /// Says so (at most every 10 s) when a timer fires late by more than a quarter of the advert interval: the
+    /// CPU is starved or the process was stopped, and peers may take over (keepalived's "thread timer expired").
+    fn note_lateness(&mut self, deadline: Instant) {
+        let late = Instant::now().saturating_duration_since(deadline);
+        let limit = Duration::from_millis(u64::from(self.engine.config().vrrp.advert_interval_ms)) / 4;
+        if late <= limit {
+            return;
+        }
+        self.late_timers += 1;
+        let now = Instant::now();
+        if self.late_logged.is_none_or(|t| now >= t + Duration::from_secs(10)) {
+            self.late_logged = Some(now);
+            log::warn!(
+                "a VRRP timer fired {} ms late ({} late timer(s) so far): this node is short of CPU or was stopped",
+                late.as_millis(),
+                self.late_timers
+            );
+        }
     }
 
     async fn check_link(&mut self, socket: &VrrpSocket) {

@@ -261,14 +261,14 @@ fn refresh_period(ifindex: u32) -> Duration {
 }
 
 /// Keeps watching the addresses last received on `addresses` and sends what it sees of each to `report`, only when
-/// that changed. Uses every entry it relies on often enough that garbage collection leaves it alone, and asks the
+/// that changed, one batch per round. Uses every entry it relies on often enough that garbage collection leaves it alone, and asks the
 /// kernel to resolve the missing ones. Ends when `addresses` is closed.
 ///
 /// `report` must not block (the engine's event queue is unbounded).
 pub async fn watch(
     neighbours: Neighbours,
     mut addresses: mpsc::UnboundedReceiver<Vec<Ipv4Addr>>,
-    report: impl Fn(Ipv4Addr, Seen),
+    report: impl Fn(Vec<(Ipv4Addr, Seen)>),
 ) {
     let mut watched: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut last: HashMap<Ipv4Addr, Seen> = HashMap::new();
@@ -314,6 +314,7 @@ pub async fn watch(
         };
         let mut pending = false;
         let mut periods: HashMap<u32, Duration> = HashMap::new();
+        let mut changes = Vec::new();
         for &address in &watched {
             let path = match paths.get(&address) {
                 Some(path) => *path,
@@ -326,7 +327,7 @@ pub async fn watch(
                         let seen = Seen::NoRoute(e.to_string());
                         if last.get(&address) != Some(&seen) {
                             last.insert(address, seen.clone());
-                            report(address, seen);
+                            changes.push((address, seen));
                         }
                         continue;
                     }
@@ -362,8 +363,11 @@ pub async fn watch(
             }
             if last.get(&address) != Some(&seen) {
                 last.insert(address, seen.clone());
-                report(address, seen);
+                changes.push((address, seen));
             }
+        }
+        if !changes.is_empty() {
+            report(changes);
         }
         solicited.retain(|a, _| watched.contains(a));
         refreshed.retain(|a, _| watched.contains(a));
@@ -488,8 +492,10 @@ mod tests {
                 let (set_tx, set_rx) = mpsc::unbounded_channel();
                 let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
                 let n = Neighbours::connect().expect("netlink");
-                tokio::spawn(watch(n, set_rx, move |a, s| {
-                    let _ = seen_tx.send((a, s));
+                tokio::spawn(watch(n, set_rx, move |batch| {
+                    for change in batch {
+                        let _ = seen_tx.send(change);
+                    }
                 }));
                 set_tx.send(vec![backend]).expect("watch");
                 let mut next = async || {

@@ -119,7 +119,7 @@ fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
     fn every_reload_ends_with_exactly_the_configured_services_answering(

@@ -29,6 +29,7 @@ mod tests;
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
+    sync::Arc,
     time::Duration,
 };
 
@@ -75,6 +76,8 @@ pub enum Event {
     Link { up: bool },
     /// What the kernel's neighbour table now says about a backend address.
     Neighbour { address: Ipv4Addr, seen: Seen },
+    /// Several of those at once (one round of the neighbour watcher).
+    Neighbours(Vec<(Ipv4Addr, Seen)>),
     /// SIGHUP: the config file as read again (or why it could not be).
     Reload(Box<Result<Config, Vec<Problem>>>),
     /// SIGTERM/SIGINT.
@@ -266,7 +269,8 @@ impl Out {
 /// The node engine. See the module documentation.
 #[derive(Debug)]
 pub struct Engine {
-    config: Config,
+    /// Shared with status snapshots; replaced (not changed) by a reload.
+    config: Arc<Config>,
     /// This node's advert source (its primary address on the interface, or `vrrp.source_address`).
     source: Ipv4Addr,
     /// Services the data plane was sized for at start.
@@ -317,7 +321,7 @@ impl Engine {
         let router = Router::new(settings)?;
         let services = Services::new(&config.services);
         Ok(Engine {
-            config,
+            config: Arc::new(config),
             source,
             service_capacity,
             router,
@@ -417,7 +421,8 @@ impl Engine {
                 self.health(now, &service, backend, healthy, &reason, &mut out);
             }
             Event::Link { up } => self.link(now, up, &mut out),
-            Event::Neighbour { address, seen } => self.neighbour(now, address, seen, &mut out),
+            Event::Neighbour { address, seen } => self.neighbours(now, vec![(address, seen)], &mut out),
+            Event::Neighbours(batch) => self.neighbours(now, batch, &mut out),
             Event::Reload(result) => self.reload(now, *result, &mut out),
             Event::Stop => self.stop(now, &mut out),
         }
@@ -738,11 +743,30 @@ impl Engine {
         self.update_priority(now, out);
     }
 
+    /// Neighbour answers, applied together: each changed service is installed once, the penalty looked at once.
+    fn neighbours(&mut self, now: Duration, batch: Vec<(Ipv4Addr, Seen)>, out: &mut Out) {
+        let mut changed: Vec<String> = Vec::new();
+        for (address, seen) in batch {
+            for name in self.neighbour(now, address, seen, out) {
+                if !changed.contains(&name) {
+                    changed.push(name);
+                }
+            }
+        }
+        if changed.is_empty() {
+            return;
+        }
+        for name in changed {
+            self.install(&name, out);
+        }
+        self.update_priority(now, out);
+    }
+
     /// A backend keeps its last known MAC until the kernel says the entry FAILED: an entry that is only missing
-    /// (garbage-collected, or being refreshed) says nothing about the backend.
-    fn neighbour(&mut self, now: Duration, address: Ipv4Addr, seen: Seen, out: &mut Out) {
-        let Some((mac, ifindex)) = self.services.path(address) else { return };
-        let changed = match seen {
+    /// (garbage-collected, or being refreshed) says nothing about the backend. Returns the services that changed.
+    fn neighbour(&mut self, now: Duration, address: Ipv4Addr, seen: Seen, out: &mut Out) -> Vec<String> {
+        let Some((mac, ifindex)) = self.services.path(address) else { return Vec::new() };
+        match seen {
             Seen::Mac { ifindex: i, mac: m } => {
                 if mac != Some(m) {
                     out.log(Level::Info, format!("backend {address} is reached via ifindex {i} at {}", fmt_mac(m)));
@@ -753,7 +777,10 @@ impl Engine {
                 if mac.is_some() {
                     out.log(
                         Level::Warn,
-                        format!("backend {address}: the kernel's neighbour entry FAILED (no ARP answer): out of the tables until it answers"),
+                        format!(
+                            "backend {address}: the kernel's neighbour entry FAILED (no ARP answer): out of the \
+                             tables until it answers"
+                        ),
                     );
                 }
                 self.services.set_path(address, None, i)
@@ -767,11 +794,7 @@ impl Engine {
                 }
                 self.services.set_path(address, None, 0)
             }
-        };
-        for name in changed {
-            self.install(&name, out);
         }
-        self.update_priority(now, out);
     }
 
     /// Starts checkers for every configured backend (of a check other than `none`) that `running` does not list.
@@ -847,7 +870,7 @@ impl Engine {
         out.log(Level::Info, format!("reload: {plan}"));
         let before = Self::checked(&self.config);
         let refresh_before = self.config.vrrp.garp_refresh_ms;
-        self.config = new;
+        self.config = Arc::new(new);
         self.services.reconfigure(&self.config.services);
         // Checkers of backends that went away, or whose service's health settings changed, stop; new ones start.
         let after = Self::checked(&self.config);
@@ -871,9 +894,42 @@ impl Engine {
 
     // ----- status -----
 
+    /// A snapshot for `xvip status` and metrics, taken in O(services) (nothing is formatted here, so a client that
+    /// polls status costs the advert thread next to nothing).
+    pub fn view(&self, now: Duration) -> View {
+        View {
+            config: self.config.clone(),
+            services: self.services.clone(),
+            observed: self.observed.clone(),
+            role: self.router.role(),
+            effective_priority: self.router.priority(),
+            active_router: self.router.active_router(),
+            warnings: self.warnings(now),
+        }
+    }
+
+    /// The status document (see [`View::status`]).
+    pub fn status(&self, now: Duration, epoch_unix_ms: u64) -> Status {
+        self.view(now).status(epoch_unix_ms)
+    }
+}
+
+/// The engine's state at one moment, for `xvip status` and metrics.
+#[derive(Clone, Debug)]
+pub struct View {
+    pub config: Arc<Config>,
+    pub services: Services,
+    pub observed: Observed,
+    pub role: Role,
+    pub effective_priority: u8,
+    pub active_router: Option<Ipv4Addr>,
+    pub warnings: Vec<Warning>,
+}
+
+impl View {
     /// The status document, except what only the data plane knows (traffic counters, `xdp_mode`), which the shell
     /// adds. `epoch_unix_ms` is the wall-clock time of the engine's time 0.
-    pub fn status(&self, now: Duration, epoch_unix_ms: u64) -> Status {
+    pub fn status(&self, epoch_unix_ms: u64) -> Status {
         let services = self
             .config
             .services
@@ -902,16 +958,15 @@ impl Engine {
             })
             .collect();
         let o = &self.observed;
-        let role = self.router.role();
         Status {
-            role: role.name().to_string(),
+            role: self.role.name().to_string(),
             vrid: self.config.vrrp.vrid,
             priority: self.config.vrrp.priority,
-            effective_priority: self.router.priority(),
+            effective_priority: self.effective_priority,
             vip: self.config.vip.address.to_string(),
             interface: self.config.interface.clone(),
             xdp_mode: String::new(),
-            active_router: self.router.active_router().map(|a| a.to_string()),
+            active_router: self.active_router.map(|a| a.to_string()),
             transitions: o.transitions,
             role_since_unix_ms: epoch_unix_ms + u64::try_from(o.role_since.as_millis()).unwrap_or(u64::MAX),
             role_reason: o.role_reason.clone(),
@@ -924,7 +979,7 @@ impl Engine {
                 garps_sent: o.garps_sent,
                 ..CounterStatus::default()
             },
-            warnings: self.warnings(now),
+            warnings: self.warnings.clone(),
         }
     }
 }

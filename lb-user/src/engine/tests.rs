@@ -635,3 +635,21 @@ fn observed_state_counts_what_metrics_need() {
     assert_eq!(o.garps_sent, 5);
     assert_eq!(o.adverts_sent, 1);
 }
+
+#[test]
+fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
+    let mut c = config(150);
+    c.services = vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let batch = vec![
+        (B1, Seen::Mac { ifindex: 2, mac: MAC1 }),
+        (B2, Seen::Mac { ifindex: 2, mac: MAC2 }),
+        (Ipv4Addr::new(10, 9, 9, 9), Seen::Mac { ifindex: 2, mac: MAC2 }),
+    ];
+    let commands = e.handle(ms(1), Event::Neighbours(batch));
+    assert_eq!(installs(&commands), ["api", "web"], "{commands:?}");
+    // Nothing new: nothing to do (the watcher's unresolved addresses flap between pending and failed).
+    let commands = e.handle(ms(2), Event::Neighbours(vec![(B1, Seen::Pending { ifindex: 2 })]));
+    assert!(commands.is_empty(), "{commands:?}");
+}
