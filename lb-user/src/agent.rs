@@ -53,12 +53,14 @@ const RECV_PAUSE: Duration = Duration::from_millis(100);
 /// Why the daemon could not start, or failed while running.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("interface {interface:?} (from `interface` in the config) is not usable; `ip link` lists them: {source:#}")]
+    #[error("interface {interface:?} (from `interface` in the config) is not usable; `ip link` lists them: {source}")]
     Interface {
         interface: String,
         #[source]
-        source: anyhow::Error,
+        source: crate::vrrp::socket::Error,
     },
+    #[error("reading the link state: {0}")]
+    Link(#[from] netif::Error),
     #[error(
         "interface {0} has no IPv4 address to send VRRP adverts from: add one, or set vrrp.source_address"
     )]
@@ -71,12 +73,10 @@ pub enum Error {
         #[source]
         source: anyhow::Error,
     },
-    #[error("{what}: {source:#}")]
-    Socket {
-        what: &'static str,
-        #[source]
-        source: anyhow::Error,
-    },
+    #[error("opening the gratuitous ARP socket: {0}")]
+    Garp(#[from] crate::garp::Error),
+    #[error("opening the VRRP socket: {0}")]
+    Vrrp(#[source] crate::vrrp::socket::Error),
     #[error(transparent)]
     Neighbours(#[from] neighbour::Error),
     #[error("VRRP settings: {0}")]
@@ -129,7 +129,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let socket_file = SocketFile(config.control.socket.clone());
 
     let capacity = u32::try_from(config.services.len()).unwrap_or(u32::MAX).max(8);
-    let dp_error = |what| move |source| Error::DataPlane { what, source };
+    let dp_error = |what: &'static str| move |source| Error::DataPlane { what, source };
     let mut dataplane = DataPlane::load(LoadOptions {
         conntrack_entries: config.conntrack_entries,
         service_capacity: capacity,
@@ -138,8 +138,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     .map_err(dp_error("loading the data plane"))?;
     let capacity = dataplane.service_capacity();
     let xdp_mode = dataplane.attach(&config.interface, config.xdp_mode).map_err(dp_error("attaching"))?;
-    let garp = GarpSender::open(&config.interface)
-        .map_err(|source| Error::Socket { what: "opening the gratuitous ARP socket", source })?;
+    let garp = GarpSender::open(&config.interface)?;
     dataplane
         .set_node(config.vip.address, garp.mac(), lb_common::group_seed(config.vip.address.octets(), config.vrrp.vrid))
         .map_err(dp_error("writing the node's config"))?;
@@ -159,8 +158,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
 
     let engine = Engine::new(config.clone(), source, capacity)?;
     node.set_max_age(engine.heartbeat_max_age());
-    let link_up = netif::link_up(&config.interface)
-        .map_err(|source| Error::Interface { interface: config.interface.clone(), source })?;
+    let link_up = netif::link_up(&config.interface)?;
 
     log::info!(
         "xvip starting: vip {} on {} (xdp {xdp_mode}), vrid {}, priority {}, adverts every {} ms {} from {source}, \
@@ -229,8 +227,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
                 .map_err(|source| Error::Io { what: "starting the advert thread's runtime", source })?;
             runtime.block_on(async move {
                 // Registered with this thread's runtime, so only this thread ever waits on it.
-                let socket = VrrpSocket::open(&shell.interface, source, transport)
-                    .map_err(|source| Error::Socket { what: "opening the VRRP socket", source })?;
+                let socket = VrrpSocket::open(&shell.interface, source, transport).map_err(Error::Vrrp)?;
                 shell.run(socket).await;
                 Ok(())
             })
