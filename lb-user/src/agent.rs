@@ -61,9 +61,7 @@ pub enum Error {
     },
     #[error("reading the link state: {0}")]
     Link(#[from] netif::Error),
-    #[error(
-        "interface {0} has no IPv4 address to send VRRP adverts from: add one, or set vrrp.source_address"
-    )]
+    #[error("interface {0} has no IPv4 address to send VRRP adverts from: add one, or set vrrp.source_address")]
     NoSourceAddress(String),
     #[error(transparent)]
     Control(#[from] control::Error),
@@ -279,9 +277,7 @@ fn raise_priority() {
 /// SIGTERM/SIGINT stop the engine; SIGHUP reads the config file here, off the advert thread, and hands the result
 /// to the engine.
 fn spawn_signals(config_path: PathBuf, events: mpsc::UnboundedSender<Event>) -> Result<JoinHandle<()>, Error> {
-    let install = |kind: SignalKind, what: &'static str| {
-        signal(kind).map_err(|source| Error::Io { what, source })
-    };
+    let install = |kind: SignalKind, what: &'static str| signal(kind).map_err(|source| Error::Io { what, source });
     let mut term = install(SignalKind::terminate(), "installing the SIGTERM handler")?;
     let mut int = install(SignalKind::interrupt(), "installing the SIGINT handler")?;
     let mut hup = install(SignalKind::hangup(), "installing the SIGHUP handler")?;
@@ -625,7 +621,9 @@ mod tests {
     fn names(jobs: &[Job]) -> Vec<String> {
         jobs.iter()
             .map(|j| match j {
-                Job::Reconcile(s) => format!("reconcile({})", s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(",")),
+                Job::Reconcile(s) => {
+                    format!("reconcile({})", s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))
+                }
                 Job::Install(n, s) => format!("install({n}:{})", s.port),
                 Job::Counters(_) => "counters".into(),
                 Job::Detach(_) => "detach".into(),

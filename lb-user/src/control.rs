@@ -28,9 +28,7 @@ pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// The status socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(
-        "another xvip is already answering on {0}: stop it first, or set [control].socket to another path"
-    )]
+    #[error("another xvip is already answering on {0}: stop it first, or set [control].socket to another path")]
     InUse(PathBuf),
     #[error("{what} {path}: {source}")]
     Io {

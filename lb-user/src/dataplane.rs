@@ -64,7 +64,9 @@ impl AttachError {
                 "another XDP program is already attached there: remove it (`ip link set dev IFACE xdp off`) or stop \
                  the process that owns it"
             }
-            AttachFailure::NoDevice => "no interface by that name: check `interface` in the config (`ip link` lists them)",
+            AttachFailure::NoDevice => {
+                "no interface by that name: check `interface` in the config (`ip link` lists them)"
+            }
             AttachFailure::Unsupported => {
                 "the driver does not support this XDP mode: set `xdp_mode = \"generic\"` or `\"auto\"`"
             }
@@ -385,7 +387,12 @@ impl DataPlane {
 
     /// [`apply_service`](Self::apply_service), leaving alone the slots in `keep` (ports another service of the
     /// same reload is about to take).
-    fn apply_service_keeping(&mut self, name: &str, spec: &ServiceSpec, keep: &HashMap<ServiceKey, &str>) -> Result<()> {
+    fn apply_service_keeping(
+        &mut self,
+        name: &str,
+        spec: &ServiceSpec,
+        keep: &HashMap<ServiceKey, &str>,
+    ) -> Result<()> {
         let key = ServiceKey::of(spec);
         if let Some(old) = self.services.get(name).map(|s| s.key)
             && old != key
@@ -603,8 +610,13 @@ impl DataPlane {
         };
         if !keep.contains_key(&svc.key) && self.slot_owners.get(&svc.key).map(String::as_str) == Some(name) {
             // Only `present` changes, so a packet sees the service or nothing (see `lb_common::ServiceValue`).
-            let value =
-                ServiceValue { index: svc.index, table: svc.table, forwarding: svc.forwarding, present: 0, _pad: [0; 2] };
+            let value = ServiceValue {
+                index: svc.index,
+                table: svc.table,
+                forwarding: svc.forwarding,
+                present: 0,
+                _pad: [0; 2],
+            };
             self.write_service_value(svc.key, value)?;
             self.slot_owners.remove(&svc.key);
         }
@@ -682,7 +694,6 @@ impl DataPlane {
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
 }
-
 
 /// The node's active flag and the dead-man heartbeat: the two writes of the advert path (see
 /// [`DataPlane::node_control`]). Each is one small map update.

@@ -104,8 +104,8 @@ impl GarpSender {
     /// CAP_NET_RAW).
     pub fn open(interface: &str) -> Result<Self> {
         let index = interface_index(interface)?;
-        let ifindex = c_int::try_from(index)
-            .map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index })?;
+        let ifindex =
+            c_int::try_from(index).map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index })?;
         let mac = interface_mac(interface)?;
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw =

@@ -483,9 +483,11 @@ mod tests {
         in_netns(|| {
             let (peer, want) = veth_to_peer("nw", 94);
             // Quick failure detection for the last step; gc_stale_time 2 s makes the watcher use the entry every 1 s.
-            sh("sysctl -q -w net.ipv4.neigh.xvn0.gc_stale_time=2 net.ipv4.neigh.xvn0.retrans_time_ms=100 net.ipv4.neigh.xvn0.mcast_solicit=1 \
+            sh(
+                "sysctl -q -w net.ipv4.neigh.xvn0.gc_stale_time=2 net.ipv4.neigh.xvn0.retrans_time_ms=100 net.ipv4.neigh.xvn0.mcast_solicit=1 \
                 net.ipv4.neigh.xvn0.ucast_solicit=1 net.ipv4.neigh.xvn0.base_reachable_time_ms=200 \
-                net.ipv4.neigh.xvn0.delay_first_probe_time=0");
+                net.ipv4.neigh.xvn0.delay_first_probe_time=0",
+            );
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let backend = Ipv4Addr::new(10, 94, 0, 2);

@@ -302,10 +302,7 @@ mod tests {
         s.set_health("api", ep(11, 6443), true);
         s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
         // The backend moves to another port, and another service uses the same address.
-        s.reconfigure(&[
-            service("api", &[(11, 6444)], CheckKind::Tcp),
-            service("web", &[(11, 80)], CheckKind::Tcp),
-        ]);
+        s.reconfigure(&[service("api", &[(11, 6444)], CheckKind::Tcp), service("web", &[(11, 80)], CheckKind::Tcp)]);
         let moved = s.backend("api", ep(11, 6444)).expect("moved");
         assert_eq!((moved.healthy, moved.mac, moved.ifindex), (false, Some(MAC), 2));
         assert_eq!(s.backend("web", ep(11, 80)).and_then(|b| b.mac), Some(MAC));

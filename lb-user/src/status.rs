@@ -279,10 +279,12 @@ mod tests {
         let v = serde_json::to_value(&status).expect("json");
         assert_eq!(v["warnings"][0]["kind"], "vrid_collision");
         assert_eq!(v["warnings"][0]["message"], "adverts from 10.0.0.9 ...");
-        let old: Status = serde_json::from_str(r#"{"role":"backup","vrid":1,"priority":1,"effective_priority":1,
+        let old: Status = serde_json::from_str(
+            r#"{"role":"backup","vrid":1,"priority":1,"effective_priority":1,
             "vip":"","interface":"","xdp_mode":"","active_router":null,"transitions":0,"role_since_unix_ms":0,
-            "services":[],"counters":{"arp_replies":0,"adverts_sent":0,"adverts_received":0,"adverts_discarded":0}}"#)
-            .expect("a status without warnings (an older daemon) still reads");
+            "services":[],"counters":{"arp_replies":0,"adverts_sent":0,"adverts_received":0,"adverts_discarded":0}}"#,
+        )
+        .expect("a status without warnings (an older daemon) still reads");
         assert!(old.warnings.is_empty());
     }
 }

@@ -131,8 +131,8 @@ mod tests {
     fn abstract_socket_names_start_with_at() {
         use std::os::linux::net::SocketAddrExt;
         let name = format!("xvip-notify-test-{}", std::process::id());
-        let socket = UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).expect("name"))
-            .expect("bind");
+        let socket =
+            UnixDatagram::bind_addr(&SocketAddr::from_abstract_name(name.as_bytes()).expect("name")).expect("bind");
         socket.set_read_timeout(Some(Duration::from_secs(2))).expect("timeout");
         let n = Notifier::new(Path::new(&format!("@{name}")), None).expect("notifier");
         assert_eq!(n.watchdog_interval(), None);

@@ -34,10 +34,8 @@ impl Netns {
                 job();
             }
         });
-        let tid = ready_rx
-            .recv()
-            .context("netns worker thread died")?
-            .context("unshare(CLONE_NEWNET) (tests need root)")?;
+        let tid =
+            ready_rx.recv().context("netns worker thread died")?.context("unshare(CLONE_NEWNET) (tests need root)")?;
         let ns = Netns { jobs: Some(jobs), thread: Some(thread), tid };
         ns.ip("link set lo up")?;
         Ok(ns)

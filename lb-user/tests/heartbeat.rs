@@ -16,7 +16,14 @@ fn active_node() -> DataPlane {
     dp.set_active(true).expect("set_active");
     let backends = BACKENDS
         .iter()
-        .map(|(address, mac)| BackendSpec { address: *address, port: 80, weight: 1, healthy: true, mac: Some(*mac), ifindex: 0 })
+        .map(|(address, mac)| BackendSpec {
+            address: *address,
+            port: 80,
+            weight: 1,
+            healthy: true,
+            mac: Some(*mac),
+            ifindex: 0,
+        })
         .collect();
     dp.apply_service("web", &ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends })
         .expect("service");

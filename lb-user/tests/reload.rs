@@ -86,8 +86,7 @@ fn probe(dp: &mut DataPlane, protocol: u8, port: u16, sport: u16) -> (u32, Vec<u
 
 /// Checks the maps and the program's answers against `services`.
 fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<(), TestCaseError> {
-    let wanted: BTreeMap<(u8, u16), &str> =
-        services.iter().map(|(n, g)| (PLACES[g.place], n.as_str())).collect();
+    let wanted: BTreeMap<(u8, u16), &str> = services.iter().map(|(n, g)| (PLACES[g.place], n.as_str())).collect();
     let owners = dp.slot_owners();
     let owners: BTreeMap<(u8, u16), &str> = owners.iter().map(|(k, v)| (*k, v.as_str())).collect();
     prop_assert_eq!(&owners, &wanted, "slot owners after reload {}", step);
@@ -103,13 +102,35 @@ fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<
                     let (action, frame) = probe(dp, protocol, port, sport);
                     let after = dp.counters().expect("counters");
                     let dropped = after.reason(Reason::DropNoBackend) - before.reason(Reason::DropNoBackend);
-                    prop_assert_eq!(action, XDP_TX, "{} on port {} did not answer (dropped {}) after reload {}", name, port, dropped, step);
+                    prop_assert_eq!(
+                        action,
+                        XDP_TX,
+                        "{} on port {} did not answer (dropped {}) after reload {}",
+                        name,
+                        port,
+                        dropped,
+                        step
+                    );
                     let dst: [u8; 6] = frame[0..6].try_into().expect("mac");
-                    prop_assert!(macs.contains(&dst), "{} on port {} went to {:02x?}, not one of its backends {:02x?}", name, port, dst, macs);
+                    prop_assert!(
+                        macs.contains(&dst),
+                        "{} on port {} went to {:02x?}, not one of its backends {:02x?}",
+                        name,
+                        port,
+                        dst,
+                        macs
+                    );
                 }
             }
             None => {
-                prop_assert_eq!(value.present, 0, "nothing is configured on {}/{} after reload {}", protocol, port, step);
+                prop_assert_eq!(
+                    value.present,
+                    0,
+                    "nothing is configured on {}/{} after reload {}",
+                    protocol,
+                    port,
+                    step
+                );
                 let (action, _) = probe(dp, protocol, port, 40_000);
                 prop_assert_eq!(action, XDP_PASS, "port {} is no service's", port);
             }

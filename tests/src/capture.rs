@@ -31,8 +31,23 @@ impl AdvertCapture {
         let mut child = lab.spawn(
             &host.ns,
             [
-                "tshark", "-l", "-n", "-i", "eth0", "-f", "ip proto 112", "-T", "fields", "-e", "frame.time_epoch",
-                "-e", "ip.src", "-e", "vrrp.virt_rtr_id", "-e", "vrrp.prio",
+                "tshark",
+                "-l",
+                "-n",
+                "-i",
+                "eth0",
+                "-f",
+                "ip proto 112",
+                "-T",
+                "fields",
+                "-e",
+                "frame.time_epoch",
+                "-e",
+                "ip.src",
+                "-e",
+                "vrrp.virt_rtr_id",
+                "-e",
+                "vrrp.prio",
             ],
         )?;
         child.wait_for_log("Capturing on", Duration::from_secs(10)).context("tshark did not start capturing")?;
@@ -77,10 +92,7 @@ fn parse(text: &str) -> Vec<SeenAdvert> {
 /// The largest time between consecutive adverts from `src` with a priority above 0, and where it ended.
 pub fn largest_gap(adverts: &[SeenAdvert], src: Ipv4Addr) -> Option<(Duration, f64)> {
     let times: Vec<f64> = adverts.iter().filter(|a| a.src == src && a.priority > 0).map(|a| a.time).collect();
-    times
-        .windows(2)
-        .map(|w| (Duration::from_secs_f64((w[1] - w[0]).max(0.0)), w[1]))
-        .max_by(|a, b| a.0.cmp(&b.0))
+    times.windows(2).map(|w| (Duration::from_secs_f64((w[1] - w[0]).max(0.0)), w[1])).max_by(|a, b| a.0.cmp(&b.0))
 }
 
 /// Waits until `f` holds, polling every 20 ms.

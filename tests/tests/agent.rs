@@ -62,11 +62,13 @@ fn adverts_stay_on_time_during_a_large_reload_and_neighbour_resolution() {
         (0..1000u32).map(|i| Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8)).collect();
     let mut batch = String::new();
     for (i, a) in backend_addresses.iter().take(500).enumerate() {
-        let _ = writeln!(batch, "neigh add {a} lladdr 02:c8:00:00:{:02x}:{:02x} dev eth0 nud permanent", i / 256, i % 256);
+        let _ =
+            writeln!(batch, "neigh add {a} lladdr 02:c8:00:00:{:02x}:{:02x} dev eth0 nud permanent", i / 256, i % 256);
     }
     for i in 0..9500u32 {
         let a = Ipv4Addr::new(10, 201, (i / 250) as u8, (i % 250 + 1) as u8);
-        let _ = writeln!(batch, "neigh add {a} lladdr 02:c9:00:00:{:02x}:{:02x} dev eth0 nud permanent", i / 256, i % 256);
+        let _ =
+            writeln!(batch, "neigh add {a} lladdr 02:c9:00:00:{:02x}:{:02x} dev eth0 nud permanent", i / 256, i % 256);
     }
     let batch_path = lab.dir().join("neigh.batch");
     std::fs::write(&batch_path, batch).expect("batch file");
@@ -90,7 +92,8 @@ fn adverts_stay_on_time_during_a_large_reload_and_neighbour_resolution() {
     n2.wait_role("backup", Duration::from_secs(3)).expect("node2 steps back");
     // Let the resolvable half settle so the reload rewrites full tables.
     capture::wait_until("node1 resolves the 500 known addresses", Duration::from_secs(60), || {
-        x1.status().is_ok_and(|s| s.services.iter().flat_map(|s| &s.backends).filter(|b| b.mac.is_some()).count() >= 2048)
+        x1.status()
+            .is_ok_and(|s| s.services.iter().flat_map(|s| &s.backends).filter(|b| b.mac.is_some()).count() >= 2048)
     })
     .unwrap_or_else(|e| panic!("{e:#}\n{}", x1.log()));
     let n2_transitions = n2.status().expect("status").transitions;
@@ -214,7 +217,8 @@ fn a_backend_keeps_its_mac_and_traffic_when_the_kernel_drops_its_neighbour_entry
     let probe = lab.probe(xvip_tests::probe::ProbeSpec::http(lab.vip_addr(80))).expect("probe");
     let mut lost_mac = 0;
     let mut back_within = Vec::new();
-    for _ in 0..6 {
+    // 8 rounds of 1.5 s: longer than the 10 s after which a periodic re-read would notice a missing entry.
+    for _ in 0..8 {
         // What garbage collection does: the entry is gone.
         lab.exec(&node.ns, ["ip", "neigh", "flush", "dev", "eth0"]).expect("flush");
         let flushed = Instant::now();
@@ -306,7 +310,9 @@ fn a_hung_active_node_stops_answering_and_comes_back_through_the_election() {
     let both: Vec<_> = rounds.iter().filter(|(_, a)| a.len() > 1).collect();
     let during: Vec<&Vec<MacAddr>> = rounds
         .iter()
-        .filter(|(at, _)| *at > stopped_at + took_over + Duration::from_millis(100) && *at < stopped_at + Duration::from_millis(2000))
+        .filter(|(at, _)| {
+            *at > stopped_at + took_over + Duration::from_millis(100) && *at < stopped_at + Duration::from_millis(2000)
+        })
         .map(|(_, a)| a)
         .collect();
     let silent = rounds.iter().filter(|(_, a)| a.is_empty()).count();
@@ -323,29 +329,55 @@ fn a_hung_active_node_stops_answering_and_comes_back_through_the_election() {
     assert_eq!(owners(&lab), ["node1"]);
 }
 
-/// SIGHUP from the moment the process starts (an early `systemctl reload`) must not kill it.
+/// SIGHUP while the daemon is still starting (an early `systemctl reload`) must not kill it. The config file is a
+/// FIFO, so the daemon is provably inside its startup (reading the config) when the signals arrive; more arrive
+/// while it loads the data plane and until its status socket answers.
 #[test]
 fn sighup_during_startup_does_not_kill_the_daemon() {
+    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
     let lab = lab(1);
     let node = lab.node(1).clone();
     let socket = lab.dir().join("early.sock");
-    let config_path = lab.dir().join("early.toml");
-    std::fs::write(&config_path, xvip::config(&lab, &node, &NodeSpec::new(150), &socket)).expect("config");
+    let fifo = lab.dir().join("early.toml");
+    let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(status.success());
     let bin = xvip::binary().expect("binary").to_string_lossy().into_owned();
-    let mut child = lab.spawn(&node.ns, [bin.as_str(), "run", "-c", &config_path.to_string_lossy()]).expect("spawn");
+    let mut child = lab.spawn(&node.ns, [bin.as_str(), "run", "-c", &fifo.to_string_lossy()]).expect("spawn");
+    // A writer can open the FIFO without blocking once the daemon has opened it to read its config.
     let start = Instant::now();
-    let mut sent = 0;
-    while start.elapsed() < Duration::from_millis(1500) && child.is_running() {
-        if child.signal(libc::SIGHUP).is_ok() {
-            sent += 1;
+    let mut writer = loop {
+        match std::fs::OpenOptions::new().write(true).custom_flags(libc::O_NONBLOCK).open(&fifo) {
+            Ok(w) => break w,
+            Err(_) => {
+                assert!(start.elapsed() < Duration::from_secs(10), "xvip never read its config:\n{}", child.log());
+                std::thread::sleep(Duration::from_millis(1));
+            }
         }
-        std::thread::sleep(Duration::from_millis(2));
+    };
+    let mut sent = 0;
+    for _ in 0..20 {
+        child.signal(libc::SIGHUP).expect("SIGHUP while reading the config");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(child.is_running(), "xvip died from an early SIGHUP after {sent} signals:\n{}", child.log());
+    writer.write_all(xvip::config(&lab, &node, &NodeSpec::new(150), &socket).as_bytes()).expect("config");
+    drop(writer);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    let status = runtime.block_on(::xvip::control::query(&socket)).expect("status");
+    let started = Instant::now();
+    let status = loop {
+        assert!(child.is_running(), "xvip died from an early SIGHUP after {sent} signals:\n{}", child.log());
+        if let Ok(status) = runtime.block_on(::xvip::control::query(&socket)) {
+            break status;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no status:\n{}", child.log());
+        child.signal(libc::SIGHUP).expect("SIGHUP during startup");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    };
     assert!(status.role == "active" || status.role == "backup", "{status:?}");
-    eprintln!("measured: {sent} SIGHUPs in the first 1.5 s survived");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.is_running(), "{}", child.log());
+    eprintln!("measured: {sent} SIGHUPs during startup survived");
 }
 
 /// `Type=notify`: READY=1 once the first role is decided, WATCHDOG=1 from the advert thread at half of

@@ -582,7 +582,10 @@ impl Engine {
         *count += 1;
         let count = *count;
         if let Some(left_out) = self.logs.allow(reason, now) {
-            out.log(Level::Warn, format!("discarded a VRRP packet ({reason}, {count} so far{}): {detail}", more_comma(left_out)));
+            out.log(
+                Level::Warn,
+                format!("discarded a VRRP packet ({reason}, {count} so far{}): {detail}", more_comma(left_out)),
+            );
         } else {
             self.observed.logs_suppressed += 1;
         }
@@ -601,7 +604,8 @@ impl Engine {
                     self.role_changed(now, Role::Active, cause, reason, out);
                     let v = &self.config.vrrp;
                     let after = |ms: u32| (ms > 0).then(|| now + Duration::from_millis(u64::from(ms)));
-                    self.garp = GarpTimers { repeat_at: after(v.garp_repeat_delay_ms), refresh_at: after(v.garp_refresh_ms) };
+                    self.garp =
+                        GarpTimers { repeat_at: after(v.garp_repeat_delay_ms), refresh_at: after(v.garp_refresh_ms) };
                 }
                 Action::BecomeBackup { cause, reason } => {
                     out.push(Command::SetActive(false));

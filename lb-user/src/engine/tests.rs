@@ -126,7 +126,13 @@ fn startup_installs_services_watches_neighbours_starts_checkers_then_is_ready() 
     assert_eq!(commands[1], Command::Neighbours(vec![B1, B2]));
     let checkers: Vec<_> = commands
         .iter()
-        .filter_map(|c| if let Command::StartChecker { service, backend, .. } = c { Some((service.as_str(), backend.0)) } else { None })
+        .filter_map(|c| {
+            if let Command::StartChecker { service, backend, .. } = c {
+                Some((service.as_str(), backend.0))
+            } else {
+                None
+            }
+        })
         .collect();
     assert_eq!(checkers, [("api", B1), ("api", B2)], "no checker for check = none");
     assert_eq!(commands.last(), Some(&Command::Ready));
@@ -149,7 +155,10 @@ fn the_penalty_is_known_before_the_first_advert() {
     assert!(adverts(&commands).is_empty());
     assert!(logs(&commands).iter().any(|l| l.contains("starting with priority 155")), "{commands:?}");
     // Once the backend is healthy and resolved, it is the owner again and takes over at once.
-    let commands = e.handle(ms(50), Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() });
+    let commands = e.handle(
+        ms(50),
+        Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() },
+    );
     assert_eq!(e.effective_priority(), 155, "healthy but no MAC yet: still unusable: {commands:?}");
     let commands = e.handle(ms(60), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     assert_eq!(e.effective_priority(), 255, "{commands:?}");
@@ -366,7 +375,8 @@ fn the_peer_table_is_bounded_and_checksum_changes_do_not_flood_the_log() {
     // One peer alternating forms on every packet.
     for i in 0..1000u64 {
         let mode = if i % 2 == 0 { ChecksumMode::PseudoHeader } else { ChecksumMode::Rfc9568 };
-        lines += logs(&e.handle(t + ms(100) + Duration::from_micros(i * 10), packet_with(PEER, 51, 100, &[VIP], mode))).len();
+        lines += logs(&e.handle(t + ms(100) + Duration::from_micros(i * 10), packet_with(PEER, 51, 100, &[VIP], mode)))
+            .len();
     }
     assert!(lines <= 2, "{lines} log lines within 0.11 s");
 }
@@ -514,7 +524,10 @@ fn a_reload_with_problems_or_restart_only_changes_keeps_the_running_config() {
     let (mut e, t) = active(config(150));
     let problem = Problem { path: "x.toml".into(), line: 3, col: 1, message: "bad".into() };
     let commands = e.handle(t, Event::Reload(Box::new(Err(vec![problem]))));
-    assert_eq!(logs(&commands), ["x.toml:3:1: bad", "reload refused: the config has 1 problem(s); the running config is kept"]);
+    assert_eq!(
+        logs(&commands),
+        ["x.toml:3:1: bad", "reload refused: the config has 1 problem(s); the running config is kept"]
+    );
     for change in [
         (|c: &mut Config| c.vrrp.advert_interval_ms = 1000) as fn(&mut Config),
         |c: &mut Config| c.vrrp.preempt = false,

@@ -555,10 +555,7 @@ mod tests {
 
     /// The RFC 5798 §6.4.2 sequence: advert, take the address, gratuitous ARP.
     fn is_become_active(actions: &[Action]) -> bool {
-        matches!(
-            actions,
-            [Action::SendAdvert { .. }, Action::BecomeActive { .. }, Action::SendGratuitousArp]
-        )
+        matches!(actions, [Action::SendAdvert { .. }, Action::BecomeActive { .. }, Action::SendGratuitousArp])
     }
 
     fn cause(actions: &[Action]) -> Option<Cause> {

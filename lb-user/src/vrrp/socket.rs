@@ -120,7 +120,9 @@ fn interface_ipv4_addresses(name: &str) -> Result<Vec<Ipv4Addr>> {
     let mut head = ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free in List::drop.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io_error(format!("getifaddrs() while listing the addresses of {name}"))(io::Error::last_os_error()));
+        return Err(
+            io_error(format!("getifaddrs() while listing the addresses of {name}"))(io::Error::last_os_error()),
+        );
     }
     let list = List(head);
     let mut addresses = Vec::new();
@@ -194,9 +196,9 @@ impl VrrpSocket {
             )
         };
         if raw < 0 {
-            return Err(io_error(format!("socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"))(
-                io::Error::last_os_error(),
-            ));
+            return Err(io_error(format!(
+                "socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"
+            ))(io::Error::last_os_error()));
         }
         // SAFETY: raw is a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -403,8 +405,8 @@ mod tests {
     use tokio::runtime::Handle;
     use tokio::time::timeout;
 
-    use crate::testnet::{self, VethPair, veth_pair};
     use super::*;
+    use crate::testnet::{self, VethPair, veth_pair};
     use crate::vrrp::packet::{Received, RxFilter, parse_ipv4};
 
     const A1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
