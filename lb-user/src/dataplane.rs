@@ -212,6 +212,8 @@ pub struct DataPlane {
     /// service that moved away from a port can never clear it under the service that moved in (a reload that
     /// swaps two ports).
     slot_owners: HashMap<ServiceKey, String>,
+    /// What each service was last installed as, so a reload skips the services it does not change.
+    applied: HashMap<String, ServiceSpec>,
 }
 
 impl DataPlane {
@@ -242,6 +244,7 @@ impl DataPlane {
             service_capacity: capacity,
             nat_endpoint_refs: HashMap::new(),
             slot_owners: HashMap::new(),
+            applied: HashMap::new(),
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
             dp.program(name)?.load().with_context(|| format!("verifying XDP program {name}"))?;
@@ -372,6 +375,9 @@ impl DataPlane {
             self.remove_service_keeping(&name, &wanted)?;
         }
         for (name, spec) in desired {
+            if self.applied.get(name) == Some(spec) {
+                continue;
+            }
             self.apply_service_keeping(name, spec, &wanted)?;
         }
         Ok(())
@@ -431,6 +437,10 @@ impl DataPlane {
         };
         let result = self.write_service(name, &mut svc, spec);
         self.services.insert(name.to_string(), svc);
+        match &result {
+            Ok(()) => self.applied.insert(name.to_string(), spec.clone()),
+            Err(_) => self.applied.remove(name),
+        };
         result
     }
 
@@ -605,6 +615,7 @@ impl DataPlane {
     }
 
     fn remove_service_keeping(&mut self, name: &str, keep: &HashMap<ServiceKey, &str>) -> Result<()> {
+        self.applied.remove(name);
         let Some(svc) = self.services.remove(name) else {
             return Ok(());
         };
