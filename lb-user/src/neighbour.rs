@@ -84,7 +84,11 @@ pub enum Error {
 /// A usable entry's MAC, or what else the kernel says about the address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
-    Usable([u8; 6]),
+    /// REACHABLE, STALE, DELAY or PROBE: an entry the kernel maintains, and may garbage-collect when unused.
+    Dynamic([u8; 6]),
+    /// PERMANENT or NOARP: set by an operator, never collected, and never to be touched (using one with NTF_USE
+    /// would turn it into a dynamic entry).
+    Static([u8; 6]),
     Failed,
     Incomplete,
 }
@@ -163,17 +167,17 @@ impl Neighbours {
                     }
                 }
                 let Some(dst) = dst else { continue };
-                let entry = match message.header.state {
-                    NeighbourState::Reachable
-                    | NeighbourState::Stale
-                    | NeighbourState::Delay
-                    | NeighbourState::Probe
-                    | NeighbourState::Permanent
-                    | NeighbourState::Noarp => match lladdr.filter(|m| *m != [0; 6]) {
-                        Some(mac) => Entry::Usable(mac),
-                        None => Entry::Incomplete,
-                    },
-                    NeighbourState::Failed => Entry::Failed,
+                let mac = lladdr.filter(|m| *m != [0; 6]);
+                let entry = match (message.header.state, mac) {
+                    (
+                        NeighbourState::Reachable
+                        | NeighbourState::Stale
+                        | NeighbourState::Delay
+                        | NeighbourState::Probe,
+                        Some(mac),
+                    ) => Entry::Dynamic(mac),
+                    (NeighbourState::Permanent | NeighbourState::Noarp, Some(mac)) => Entry::Static(mac),
+                    (NeighbourState::Failed, _) => Entry::Failed,
                     _ => Entry::Incomplete,
                 };
                 table.insert((message.header.ifindex, dst), entry);
@@ -193,8 +197,9 @@ impl Neighbours {
     }
 
     /// "Uses" the entry of `address` on `ifindex` (RTM_NEWNEIGH with NTF_USE), as sending a packet would: the
-    /// kernel resolves it when it has no usable entry (an ARP request goes out), and an existing entry counts as
-    /// recently used, so garbage collection leaves it alone.
+    /// kernel resolves it when it has no usable entry (an ARP request goes out), and an existing dynamic entry
+    /// counts as recently used, so garbage collection leaves it alone. Never call it for a PERMANENT or NOARP entry:
+    /// since Linux 5.16 NTF_USE turns such an entry into a dynamic one.
     ///
     /// # Errors
     /// The request failed or timed out.
@@ -335,13 +340,15 @@ pub async fn watch(
             };
             let entry = table.get(&(path.ifindex, path.next_hop)).copied();
             let seen = match entry {
-                Some(Entry::Usable(mac)) => Seen::Mac { ifindex: path.ifindex, mac },
+                Some(Entry::Dynamic(mac) | Entry::Static(mac)) => Seen::Mac { ifindex: path.ifindex, mac },
                 Some(Entry::Failed) => Seen::Failed { ifindex: path.ifindex },
                 Some(Entry::Incomplete) | None => Seen::Pending { ifindex: path.ifindex },
             };
             let now = Instant::now();
-            let touch = match &seen {
-                Seen::Mac { .. } => {
+            let touch = match (&seen, entry) {
+                // An operator's static entry needs no refresh, and must not be touched.
+                (_, Some(Entry::Static(_))) => false,
+                (Seen::Mac { .. }, _) => {
                     let period = *periods.entry(path.ifindex).or_insert_with(|| refresh_period(path.ifindex));
                     let due = refreshed.get(&address).is_none_or(|t| now >= *t + period);
                     if due {
@@ -349,7 +356,7 @@ pub async fn watch(
                     }
                     due
                 }
-                _ => {
+                (_, _) => {
                     pending = true;
                     let due = solicited.get(&address).is_none_or(|t| now >= *t + SOLICIT_EVERY);
                     if due {
@@ -452,7 +459,7 @@ mod tests {
                 let mut found = None;
                 for _ in 0..100 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    if let Some(Entry::Usable(mac)) = n.entry(path.ifindex, backend).await.expect("entry") {
+                    if let Some(Entry::Dynamic(mac)) = n.entry(path.ifindex, backend).await.expect("entry") {
                         found = Some(mac);
                         break;
                     }
@@ -473,6 +480,48 @@ mod tests {
                 let err = n.path(Ipv4Addr::new(10, 92, 0, 2)).await.expect_err("no route in an empty namespace");
                 assert!(err.to_string().contains("10.92.0.2"), "{err}");
             });
+        });
+    }
+
+    /// The watcher uses the entries it relies on, but never changes them: an operator's PERMANENT entry stays
+    /// PERMANENT (NTF_USE would turn it into a dynamic one), a resolved one keeps its MAC.
+    #[test]
+    fn the_watcher_keeps_static_entries_static_and_resolved_ones_resolved() {
+        in_netns(|| {
+            let (_peer, want) = veth_to_peer("nt", 95);
+            sh("ip neigh add 10.95.0.9 lladdr 02:95:00:00:00:09 dev xvn0 nud permanent");
+            sh("ping -c 1 -W 1 10.95.0.2 > /dev/null");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let (set_tx, set_rx) = mpsc::unbounded_channel();
+                let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+                let n = Neighbours::connect().expect("netlink");
+                tokio::spawn(watch(n, set_rx, move |batch| {
+                    for change in batch {
+                        let _ = seen_tx.send(change);
+                    }
+                }));
+                set_tx.send(vec![Ipv4Addr::new(10, 95, 0, 2), Ipv4Addr::new(10, 95, 0, 9)]).expect("watch");
+                let mut macs = 0;
+                while macs < 2 {
+                    let (_, seen) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+                        .await
+                        .expect("a report in time")
+                        .expect("the watcher runs");
+                    assert!(matches!(seen, Seen::Mac { .. }), "{seen:?}");
+                    macs += 1;
+                }
+                // The first round used the dynamic entry; give the kernel time to act on it.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+            let show = |a: &str| {
+                let out = Command::new("ip").args(["neigh", "show", a, "dev", "xvn0"]).output().expect("ip neigh");
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            };
+            let permanent = show("10.95.0.9");
+            assert!(permanent.contains("lladdr 02:95:00:00:00:09 PERMANENT"), "{permanent}");
+            let resolved = show("10.95.0.2");
+            assert!(resolved.contains(&format!("lladdr {want}")), "{resolved}");
         });
     }
 
