@@ -111,15 +111,6 @@ pub enum Command {
     Exit,
 }
 
-/// A change of role, for the log, counters and metrics.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    pub at: Duration,
-    pub role: Role,
-    pub cause: Cause,
-    pub reason: String,
-}
-
 /// What the engine has seen and done so far: the read-only view for `xvip status` and metrics.
 #[derive(Debug, Clone)]
 pub struct Observed {
