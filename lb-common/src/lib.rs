@@ -39,14 +39,31 @@ pub mod names {
     pub const COUNTERS: &str = "COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
+    pub const HEARTBEAT: &str = "HEARTBEAT";
 }
+
+/// Whether the node may answer for the VIP: the one entry of the `HEARTBEAT` array, written only by the agent's
+/// advert path (so it never waits behind, or races with, service updates, which write `CONFIG`).
+///
+/// `active` is 1 while this node is the active VRRP router. `last_ns` is the dead-man switch: the agent refreshes it
+/// each time it sends an advert, and the program stops answering for the VIP (ARP, ping, forwarding) once it is
+/// more than `max_age_ns` old, so a hung agent (stopped, deadlocked, stuck in a syscall) holds nothing after the
+/// peers' down interval. `max_age_ns == 0` turns the switch off.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` reads) at the last advert sent.
+    pub last_ns: u64,
+    pub max_age_ns: u64,
+    pub active: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Heartbeat>() == 24);
 
 /// The data plane's whole view of the node: one entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// 1 while this node is the active VRRP router; the program answers for the VIP only then.
-    pub active: u32,
     /// Seed of the flow hash, identical on every node of a VRRP group (derived from the VIP and VRID).
     pub hash_seed: u32,
     pub vip: [u8; 4],
@@ -60,7 +77,7 @@ pub struct NodeConfig {
     /// source. The agent refreshes them whenever it writes the data plane.
     pub local: [[u8; 4]; LOCAL_ADDRESSES],
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 24 + 4 * LOCAL_ADDRESSES);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20 + 4 * LOCAL_ADDRESSES);
 
 /// How many of the node's own addresses (and broadcasts) `NodeConfig` holds.
 pub const LOCAL_ADDRESSES: usize = 8;
@@ -552,6 +569,7 @@ pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit padding.
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::Heartbeat {}
     unsafe impl aya::Pod for super::MaglevChunk {}
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::Backend {}

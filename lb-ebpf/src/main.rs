@@ -21,13 +21,14 @@ mod route;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
 };
 use lb_common::{
     Endpoint, FORWARD_NAT, NodeConfig, Reason, ServiceValue, martian_source, nat_source_port_bit, service_slot,
 };
-use maps::{CONFIG, COUNTERS, NAT_BACKENDS, NAT_SOURCE_PORTS, SERVICES};
+use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, SERVICES};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
 
@@ -74,6 +75,25 @@ fn process(ctx: &XdpContext) -> (u32, Reason) {
     }
 }
 
+/// Whether this node may answer for the VIP: it is the active router *and* its agent is alive, i.e. the heartbeat
+/// the agent writes with every advert is younger than its limit (a dead-man switch: an agent that hangs stops
+/// advertising, its peers take over after their down interval, and by then this node has stopped answering).
+#[inline(always)]
+fn may_answer() -> bool {
+    let Some(beat) = HEARTBEAT.get(0) else {
+        return false;
+    };
+    if beat.active != 1 {
+        return false;
+    }
+    if beat.max_age_ns == 0 {
+        return true;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.saturating_sub(beat.last_ns) <= beat.max_age_ns
+}
+
 /// Turns an ARP request for the VIP into the reply, in place (RFC 826), while active, on the node's interface
 /// (other interfaces the program serves carry backends, which reach the VIP through a route).
 #[inline(always)]
@@ -85,8 +105,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason)
     // SAFETY: both headers were bounds-checked by `at`.
     unsafe {
         let a = &mut *arp;
-        let is_request_for_vip = config.active == 1
-            && on_node_interface
+        let is_request_for_vip = on_node_interface
             && a.htype == [0, 1]
             && a.ptype == ETH_P_IPV4.to_be_bytes()
             && a.hlen == 6
@@ -94,7 +113,8 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason)
             && a.oper == ARP_REQUEST.to_be_bytes()
             && a.tpa == config.vip
             // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question.
-            && a.spa != config.vip;
+            && a.spa != config.vip
+            && may_answer();
         if !is_request_for_vip {
             return (XDP_PASS, Reason::PassArp);
         }
@@ -123,7 +143,7 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     }
     // Nothing to the VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
-    if config.active != 1 {
+    if !may_answer() {
         return (XDP_DROP, Reason::DropInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.

@@ -6,13 +6,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
-    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, MAGLEV_CHUNKS,
-    MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
-    SERVICE_SLOTS, ServiceValue, Traffic,
+    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
+    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig,
+    REASON_COUNT, SERVICE_SLOTS, ServiceValue, Traffic,
 };
 
 #[map]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// The agent's dead-man switch (see `lb_common::Heartbeat`).
+#[map]
+pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SERVICES: Array<ServiceValue> = Array::with_max_entries(SERVICE_SLOTS, 0);

@@ -2,9 +2,14 @@
 //!
 //! Protocol: the client connects and writes one line, `status`; the daemon answers with one line of JSON and
 //! closes. Anything else gets `{"error": ...}`.
-use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
+use std::{
+    io,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, anyhow};
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
@@ -16,32 +21,81 @@ use crate::status::Status;
 /// A request from a client: the agent answers on the oneshot.
 pub type StatusRequest = oneshot::Sender<Status>;
 
+/// How long the accept loop pauses after a failed `accept` (EMFILE, ENFILE, ENOMEM): the condition does not clear
+/// by retrying at once, and retrying at once would spin a CPU.
+pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The status socket could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("another xvip is already answering on {0}: stop it first, or set [control].socket to another path")]
+    InUse(PathBuf),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn io_error(what: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { what, path, source }
+}
+
 /// Binds the socket. A stale socket file (no daemon answers on it) is replaced; a live one is an error, so two
 /// daemons never share a socket.
-pub async fn bind(path: &Path) -> Result<UnixListener> {
+///
+/// # Errors
+/// [`Error::InUse`] when a daemon answers there; [`Error::Io`] when a file operation fails.
+pub async fn bind(path: &Path) -> Result<UnixListener, Error> {
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating the socket directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(io_error("creating the socket directory", dir))?;
     }
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "another xvip is already answering on {}: stop it first, or set [control].socket to another path",
-                path.display()
-            );
+            return Err(Error::InUse(path.to_path_buf()));
         }
-        std::fs::remove_file(path).with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io_error("removing the stale socket", path))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding the status socket {}", path.display()))?;
+    let listener = UnixListener::bind(path).map_err(io_error("binding the status socket", path))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
+        .map_err(io_error("setting mode 0600 on", path))?;
     Ok(listener)
 }
 
+/// Where connections come from: the listener, or a stand-in in tests.
+pub trait Accept {
+    fn accept(&self) -> impl Future<Output = io::Result<UnixStream>> + Send;
+}
+
+impl Accept for UnixListener {
+    async fn accept(&self) -> io::Result<UnixStream> {
+        UnixListener::accept(self).await.map(|(stream, _)| stream)
+    }
+}
+
 /// Serves clients until the listener is dropped: each request becomes a message to the agent.
-pub async fn serve(listener: UnixListener, agent: mpsc::Sender<StatusRequest>) {
+///
+/// A failed `accept` (out of file descriptors, say) is logged at most once per 10 s and followed by a pause of
+/// [`ACCEPT_BACKOFF`], so it can neither spin a CPU nor flood the log.
+pub async fn serve(listener: impl Accept, agent: mpsc::Sender<StatusRequest>) {
+    let mut logged: Option<tokio::time::Instant> = None;
+    let mut failures = 0u64;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                failures += 1;
+                let now = tokio::time::Instant::now();
+                if logged.is_none_or(|t| now >= t + Duration::from_secs(10)) {
+                    logged = Some(now);
+                    log::warn!("status socket: accept failed ({failures} so far): {e}; pausing");
+                }
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
         };
         let agent = agent.clone();
         tokio::spawn(async move {
@@ -122,8 +176,42 @@ mod tests {
         assert_eq!((status.role.as_str(), status.vrid), ("active", 7));
 
         let err = bind(&path).await.expect_err("a live socket is not replaced");
-        assert!(format!("{err:#}").contains("already answering"), "{err:#}");
+        assert!(matches!(err, Error::InUse(_)), "{err}");
+        assert!(err.to_string().contains("already answering"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// An acceptor that always fails the way a process out of file descriptors does.
+    struct OutOfFiles(std::sync::atomic::AtomicU64);
+
+    impl Accept for OutOfFiles {
+        async fn accept(&self) -> io::Result<UnixStream> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(io::Error::from_raw_os_error(libc::EMFILE))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_accept_backs_off_instead_of_spinning() {
+        let acceptor = std::sync::Arc::new(OutOfFiles(std::sync::atomic::AtomicU64::new(0)));
+        let (tx, _rx) = mpsc::channel::<StatusRequest>(1);
+        let task = {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move { serve(ArcAccept(acceptor), tx).await })
+        };
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        task.abort();
+        let calls = acceptor.0.load(std::sync::atomic::Ordering::Relaxed);
+        // One try per ACCEPT_BACKOFF (100 ms): about 6 in 550 ms; a spinning loop makes millions.
+        assert!((2..=8).contains(&calls), "{calls} accept calls in 550 ms");
+    }
+
+    struct ArcAccept(std::sync::Arc<OutOfFiles>);
+
+    impl Accept for ArcAccept {
+        fn accept(&self) -> impl Future<Output = io::Result<UnixStream>> + Send {
+            self.0.accept()
+        }
     }
 
     #[tokio::test]

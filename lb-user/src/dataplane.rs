@@ -1,8 +1,13 @@
 //! The only module that touches the eBPF object: load, attach, write the maps, read the counters, detach.
 //!
 //! The rest of the agent describes what it wants (the node's role, the services and their backends with health and
-//! MAC addresses); this module turns that into map entries. It owns the map layout: service indices, backend slots,
-//! and the double-buffered Maglev tables (see `lb_common::ServiceValue`).
+//! MAC addresses); this module turns that into map entries. It owns the map layout: which service holds which
+//! `SERVICES` slot (a port), service indices, backend slots, and the double-buffered Maglev tables (see
+//! `lb_common::ServiceValue`).
+//!
+//! Two handles write the maps, each from its own thread in the agent: [`DataPlane`] (services, backends, tables;
+//! slow work) and [`NodeControl`] (the active flag and the dead-man heartbeat; one small write each, on the advert
+//! path).
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
@@ -16,10 +21,10 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M,
-    MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NO_BACKEND,
-    NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position, names,
-    nat_source_port_bit, service_slot,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS,
+    MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST,
+    NO_BACKEND, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position,
+    names, nat_source_port_bit, service_slot,
 };
 
 use crate::{maglev, netif};
@@ -27,13 +32,60 @@ use crate::{maglev, netif};
 /// The eBPF object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("XVIP_EBPF_OBJECT_PATH"));
 
-/// How to attach the program, from the config's `xdp_mode`.
+/// How to attach the program: the config's `xdp_mode` itself (one enum from the file to the kernel).
+pub type AttachMode = crate::config::XdpMode;
+
+/// Why the program could not be attached, decided from the kernel's error code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AttachMode {
-    /// Native if the driver supports it, else generic (with a warning).
-    Auto,
-    Native,
-    Generic,
+pub enum AttachFailure {
+    /// EBUSY: another XDP program is attached to the interface.
+    Busy,
+    /// ENODEV: no interface by that name.
+    NoDevice,
+    /// EOPNOTSUPP: the driver does not support this mode.
+    Unsupported,
+    Other,
+}
+
+/// Attaching the XDP program failed.
+#[derive(Debug, thiserror::Error)]
+#[error("attaching XDP in {mode} mode to {interface} failed: {source}; {hint}", hint = self.hint())]
+pub struct AttachError {
+    pub interface: String,
+    pub mode: &'static str,
+    pub failure: AttachFailure,
+    #[source]
+    pub source: aya::programs::ProgramError,
+}
+
+impl AttachError {
+    fn hint(&self) -> &'static str {
+        match self.failure {
+            AttachFailure::Busy => {
+                "another XDP program is already attached there: remove it (`ip link set dev IFACE xdp off`) or stop \
+                 the process that owns it"
+            }
+            AttachFailure::NoDevice => {
+                "no interface by that name: check `interface` in the config (`ip link` lists them)"
+            }
+            AttachFailure::Unsupported => {
+                "the driver does not support this XDP mode: set `xdp_mode = \"generic\"` or `\"auto\"`"
+            }
+            AttachFailure::Other => "check that the interface exists and is up, and that xvip runs as root",
+        }
+    }
+}
+
+/// The OS error code somewhere in `error`'s source chain.
+fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut next = Some(error);
+    while let Some(e) = next {
+        if let Some(code) = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error) {
+            return Some(code);
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// Sizes and times fixed at load time.
@@ -101,7 +153,8 @@ pub struct BackendSpec {
 }
 
 impl BackendSpec {
-    /// Whether the Maglev table may point at this backend.
+    /// Whether the Maglev table may point at this backend: the one rule for a usable backend (healthy, its MAC
+    /// known, a weight above 0), also used for the backend-loss penalty.
     pub fn usable(&self) -> bool {
         self.healthy && self.mac.is_some() && self.weight > 0
     }
@@ -116,6 +169,9 @@ pub struct Counters {
     pub services: BTreeMap<String, Traffic>,
     /// Per (service name, backend address, backend port).
     pub backends: BTreeMap<(String, Ipv4Addr, u16), Traffic>,
+    /// Open flows per (service name, backend address, backend port), from [`DataPlane::flows_per_backend`]; only
+    /// read while some backend drains (the scan costs two syscalls per connection-table entry).
+    pub flows: Option<BTreeMap<(String, Ipv4Addr, u16), u64>>,
 }
 
 impl Counters {
@@ -124,18 +180,22 @@ impl Counters {
     }
 }
 
-/// What this module remembers of a service it installed.
-/// A service's place on the VIP.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A service's place on the VIP: its `SERVICES` slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 struct ServiceKey {
     protocol: u8,
     port: u16,
 }
 
+impl ServiceKey {
+    fn of(spec: &ServiceSpec) -> Self {
+        ServiceKey { protocol: spec.protocol, port: spec.port }
+    }
+}
+
+/// What this module remembers of a service it installed.
 struct Installed {
     key: ServiceKey,
-    /// Whether its `SERVICES` entry has been written (with `present = 1`).
-    live: bool,
     /// DSR or NAT, as last written.
     forwarding: u8,
     index: u32,
@@ -161,6 +221,8 @@ pub struct DataPlane {
     /// Interfaces where attaching failed (logged once each).
     extra_failed: std::collections::BTreeSet<u32>,
     node: NodeConfig,
+    /// The `HEARTBEAT` entry as last written here (until the agent takes it over with [`DataPlane::node_control`]).
+    beat: Heartbeat,
     services: BTreeMap<String, Installed>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
@@ -170,6 +232,12 @@ pub struct DataPlane {
     nat_endpoint_refs: HashMap<Endpoint, u32>,
     /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
     nat_timeouts: NatTimeouts,
+    /// Which service's value sits in each written `SERVICES` slot. A slot is only ever cleared by its owner, so a
+    /// service that moved away from a port can never clear it under the service that moved in (a reload that
+    /// swaps two ports).
+    slot_owners: HashMap<ServiceKey, String>,
+    /// What each service was last installed as, so a reload skips the services it does not change.
+    applied: HashMap<String, ServiceSpec>,
     /// Unit tests: the order of `SERVICES` and `BACKENDS` writes.
     #[cfg(test)]
     journal: Vec<Journal>,
@@ -215,6 +283,7 @@ impl DataPlane {
             extra_links: BTreeMap::new(),
             extra_failed: std::collections::BTreeSet::new(),
             node: NodeConfig::default(),
+            beat: Heartbeat::default(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
@@ -223,6 +292,8 @@ impl DataPlane {
             nat_timeouts: NatTimeouts { udp_ns: udp_timeout, embryonic_ns: embryonic, established_ns: established },
             #[cfg(test)]
             journal: Vec::new(),
+            slot_owners: HashMap::new(),
+            applied: HashMap::new(),
         };
         for name in [names::PROGRAM, names::PASS_PROGRAM] {
             // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
@@ -263,7 +334,15 @@ impl DataPlane {
                 }
             },
         };
-        let link = link.map_err(|e| attach_error(interface, used, e))?;
+        let link = link.map_err(|source| {
+            let failure = match os_error(&source) {
+                Some(libc::EBUSY) => AttachFailure::Busy,
+                Some(libc::ENODEV) => AttachFailure::NoDevice,
+                Some(libc::EOPNOTSUPP) => AttachFailure::Unsupported,
+                _ => AttachFailure::Other,
+            };
+            AttachError { interface: interface.to_string(), mode: used, failure, source }
+        })?;
         self.link = Some(link);
         self.mode = Some(if used == "native" { AttachMode::Native } else { AttachMode::Generic });
         self.node.ifindex = interface_index(interface)?;
@@ -330,14 +409,54 @@ impl DataPlane {
         self.write_node()
     }
 
-    /// Starts (`true`) or stops answering for the VIP.
+    /// Starts (`true`) or stops answering for the VIP (fixtures and tools; the agent uses [`NodeControl`]).
     pub fn set_active(&mut self, active: bool) -> Result<()> {
-        self.node.active = u32::from(active);
-        self.write_node()
+        self.beat.active = u32::from(active);
+        self.write_heartbeat()
     }
 
     pub fn is_active(&self) -> bool {
-        self.node.active == 1
+        self.beat.active == 1
+    }
+
+    /// A second handle on `HEARTBEAT` (the active flag and the dead-man heartbeat) for the advert path, so taking
+    /// or giving up the VIP never waits behind service updates. `HEARTBEAT` has no other writer: after this call,
+    /// set the node's role through the returned handle only (this `DataPlane` keeps writing `CONFIG`, which holds
+    /// nothing the handle writes).
+    ///
+    /// # Errors
+    /// When the maps cannot be opened again by id.
+    pub fn node_control(&self) -> Result<NodeControl> {
+        let reopen = |name: &str| -> Result<MapData> {
+            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
+            let data = match map {
+                aya::maps::Map::Array(data) => data,
+                _ => bail!("map {name} is not an array"),
+            };
+            let id = data.info().with_context(|| format!("reading the id of map {name}"))?.id();
+            MapData::from_id(id).with_context(|| format!("opening map {name} (id {id}) again"))
+        };
+        let heartbeat = Array::try_from(aya::maps::Map::Array(reopen(names::HEARTBEAT)?))
+            .context("map HEARTBEAT does not have the expected type")?;
+        Ok(NodeControl { heartbeat, beat: self.beat })
+    }
+
+    /// Reads the heartbeat as the program sees it.
+    pub fn heartbeat(&self) -> Result<Heartbeat> {
+        let map: Array<&MapData, Heartbeat> = map_ref(&self.ebpf, names::HEARTBEAT)?;
+        map.get(&0, 0).context("reading HEARTBEAT[0]")
+    }
+
+    /// Sets the dead-man heartbeat: last beat at `last_ns`, stale after `max_age_ns` (0 = never). The active flag
+    /// stays as [`set_active`](Self::set_active) left it. Fixtures; the agent uses [`NodeControl`].
+    pub fn set_heartbeat(&mut self, last_ns: u64, max_age_ns: u64) -> Result<()> {
+        self.beat = Heartbeat { last_ns, max_age_ns, ..self.beat };
+        self.write_heartbeat()
+    }
+
+    fn write_heartbeat(&mut self) -> Result<()> {
+        let mut map: Array<&mut MapData, Heartbeat> = map_mut(&mut self.ebpf, names::HEARTBEAT)?;
+        map.set(0, self.beat, 0).context("writing HEARTBEAT[0]")
     }
 
     fn write_node(&mut self) -> Result<()> {
@@ -347,14 +466,58 @@ impl DataPlane {
         config.set(0, self.node, 0).context("writing the CONFIG map")
     }
 
+    /// Makes the installed services exactly `desired` (a reload): services not in it are removed, the others
+    /// installed or updated, and every port ends up answered by the service configured on it, whatever moved
+    /// where (two services swapping ports, one taking another's old port, renames). A port that changes hands is
+    /// switched with one write, never cleared in between.
+    ///
+    /// # Errors
+    /// The first failure; the services before it are installed, the others keep their previous state.
+    pub fn reconcile(&mut self, desired: &[(String, ServiceSpec)]) -> Result<()> {
+        let wanted: HashMap<ServiceKey, &str> =
+            desired.iter().map(|(name, spec)| (ServiceKey::of(spec), name.as_str())).collect();
+        let gone: Vec<String> =
+            self.services.keys().filter(|n| !desired.iter().any(|(d, _)| d == *n)).cloned().collect();
+        for name in gone {
+            self.remove_service_keeping(&name, &wanted)?;
+        }
+        for (name, spec) in desired {
+            if self.applied.get(name) == Some(spec) {
+                continue;
+            }
+            self.apply_service_keeping(name, spec, &wanted)?;
+        }
+        Ok(())
+    }
+
     /// Installs or updates a service: its backends, then a freshly built Maglev table, switched in atomically.
     ///
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
     pub fn apply_service(&mut self, name: &str, spec: &ServiceSpec) -> Result<()> {
-        let key = ServiceKey { protocol: spec.protocol, port: spec.port };
-        if self.services.get(name).is_some_and(|s| s.key != key) {
-            self.remove_service(name)?;
+        self.apply_service_keeping(name, spec, &HashMap::new())
+    }
+
+    /// [`apply_service`](Self::apply_service), leaving alone the slots in `keep` (ports another service of the
+    /// same reload is about to take).
+    fn apply_service_keeping(
+        &mut self,
+        name: &str,
+        spec: &ServiceSpec,
+        keep: &HashMap<ServiceKey, &str>,
+    ) -> Result<()> {
+        let key = ServiceKey::of(spec);
+        if let Some(old) = self.services.get(name).map(|s| s.key)
+            && old != key
+        {
+            // Moving to another port: the old one is released (if still ours and nobody takes it in this
+            // reload); index, backends and tables move along.
+            if !keep.contains_key(&old) {
+                self.release_slot(old, name)?;
+            }
+            if let Some(svc) = self.services.get_mut(name) {
+                svc.key = key;
+            }
         }
         if !self.services.contains_key(name) {
             let index = self.free_services.pop().ok_or_else(|| {
@@ -367,7 +530,6 @@ impl DataPlane {
                 name.to_string(),
                 Installed {
                     key,
-                    live: false,
                     forwarding: spec.forwarding,
                     index,
                     table: 1,
@@ -381,15 +543,19 @@ impl DataPlane {
         let Some(mut svc) = self.services.remove(name) else {
             bail!("service {name} vanished while being installed");
         };
-        let result = self.write_service(&mut svc, spec);
+        let result = self.write_service(name, &mut svc, spec);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(name.to_string(), svc);
+        match &result {
+            Ok(()) => self.applied.insert(name.to_string(), spec.clone()),
+            Err(_) => self.applied.remove(name),
+        };
         self.attach_backend_interfaces();
         result?;
         self.write_node()
     }
 
-    fn write_service(&mut self, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
+    fn write_service(&mut self, name: &str, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
@@ -456,12 +622,13 @@ impl DataPlane {
         let value =
             ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, present: 1, _pad: [0; 2] };
         svc.forwarding = spec.forwarding;
-        if !svc.live {
-            // First the fields, then `present` alone (see `lb_common::ServiceValue`).
+        if !self.slot_owners.contains_key(&svc.key) {
+            // A free slot: first the fields, then `present` alone (see `lb_common::ServiceValue`). A slot another
+            // service holds is taken over with one write, so the port never answers nothing in between.
             self.write_service_value(svc.key, ServiceValue { present: 0, ..value })?;
-            svc.live = true;
         }
         self.write_service_value(svc.key, value)?;
+        self.slot_owners.insert(svc.key, name.to_string());
         svc.table = next;
 
         // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
@@ -481,13 +648,41 @@ impl DataPlane {
         if ifindex == 0 || ifindex == self.node.ifindex {
             return [0; 6];
         }
-        match interface_name(ifindex).and_then(|name| netif::interface_mac(&name)) {
+        match interface_name(ifindex).and_then(|name| Ok(netif::interface_mac(&name)?)) {
             Ok(mac) => mac,
             Err(e) => {
                 log::warn!("MAC address of interface {ifindex}: {e:#}; frames to backends there carry the node's");
                 [0; 6]
             }
         }
+    }
+
+    /// Clears the `SERVICES` slot at `key` if `name` still holds it; a slot another service took is left alone.
+    fn release_slot(&mut self, key: ServiceKey, name: &str) -> Result<()> {
+        if self.slot_owners.get(&key).map(String::as_str) != Some(name) {
+            return Ok(());
+        }
+        self.write_service_value(key, ServiceValue::default())?;
+        self.slot_owners.remove(&key);
+        Ok(())
+    }
+
+    /// The `SERVICES` slots written, with the service that holds each: `(protocol, port) -> name`.
+    pub fn slot_owners(&self) -> BTreeMap<(u8, u16), String> {
+        self.slot_owners.iter().map(|(k, n)| ((k.protocol, k.port), n.clone())).collect()
+    }
+
+    /// Reads the `SERVICES` value of a port (for tests and diagnostics).
+    pub fn service_value(&self, protocol: u8, port: u16) -> Result<ServiceValue> {
+        let slot = service_slot(protocol, port)
+            .ok_or_else(|| anyhow!("protocol {protocol} has no service slots (tcp or udp only)"))?;
+        let services: Array<&MapData, ServiceValue> = map_ref(&self.ebpf, names::SERVICES)?;
+        services.get(&slot, 0).with_context(|| format!("reading SERVICES[{slot}]"))
+    }
+
+    /// The index a service was installed under.
+    pub fn service_index(&self, name: &str) -> Option<u32> {
+        self.services.get(name).map(|s| s.index)
     }
 
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
@@ -565,15 +760,29 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Removes a service: packets to its port go to the kernel again.
+    /// Removes a service: packets to its port go to the kernel again (unless another service holds the port
+    /// by now).
     pub fn remove_service(&mut self, name: &str) -> Result<()> {
+        self.remove_service_keeping(name, &HashMap::new())
+    }
+
+    fn remove_service_keeping(&mut self, name: &str, keep: &HashMap<ServiceKey, &str>) -> Result<()> {
+        self.applied.remove(name);
         let Some(svc) = self.services.remove(name) else {
             return Ok(());
         };
-        // Only `present` changes, so a packet sees the service or nothing (see `lb_common::ServiceValue`).
-        let value =
-            ServiceValue { index: svc.index, table: svc.table, forwarding: svc.forwarding, present: 0, _pad: [0; 2] };
-        self.write_service_value(svc.key, value)?;
+        if !keep.contains_key(&svc.key) && self.slot_owners.get(&svc.key).map(String::as_str) == Some(name) {
+            // Only `present` changes, so a packet sees the service or nothing (see `lb_common::ServiceValue`).
+            let value = ServiceValue {
+                index: svc.index,
+                table: svc.table,
+                forwarding: svc.forwarding,
+                present: 0,
+                _pad: [0; 2],
+            };
+            self.write_service_value(svc.key, value)?;
+            self.slot_owners.remove(&svc.key);
+        }
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);
@@ -593,6 +802,11 @@ impl DataPlane {
     /// How many services the maps were sized for at load time.
     pub fn service_capacity(&self) -> u32 {
         self.service_capacity
+    }
+
+    /// Whether some installed backend is draining (`weight = 0`).
+    pub fn draining(&self) -> bool {
+        self.applied.values().flat_map(|s| &s.backends).any(|b| b.weight == 0)
     }
 
     /// Names of the installed services.
@@ -650,7 +864,7 @@ impl DataPlane {
             .values()
             .flat_map(|(name, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((*name, *slot), *endpoint)))
             .collect();
-        let now = monotonic_ns();
+        let now = monotonic_ns()?;
         let mut flows = BTreeMap::new();
         for entry in conntrack.iter() {
             let (flow, pinned) = match entry {
@@ -758,17 +972,6 @@ fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, timeouts: &Nat
     owned && !finished && !expired
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of the program's `bpf_ktime_get_ns`, so ages compare with `last_seen_ns`.
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    u64::try_from(ts.tv_sec)
-        .unwrap_or(0)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(u64::try_from(ts.tv_nsec).unwrap_or(0))
-}
-
 /// This node's IPv4 addresses and the broadcast addresses of their subnets (loopback left out: the program drops
 /// 127/8 anyway), as many as `NodeConfig::local` holds; the rest unused (all zero). A source among them is never
 /// a client.
@@ -871,6 +1074,62 @@ fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> 
         "check that the interface exists and is up, and that xvip runs as root"
     };
     anyhow!("attaching XDP in {mode} mode to {interface} failed: {text}; {hint}")
+}
+
+/// The node's active flag and the dead-man heartbeat, the writes of the advert path (see
+/// [`DataPlane::node_control`]): both live in the one `HEARTBEAT` entry, and each write is one small map update.
+pub struct NodeControl {
+    heartbeat: Array<MapData, Heartbeat>,
+    beat: Heartbeat,
+}
+
+impl NodeControl {
+    /// Starts (`true`) or stops answering for the VIP.
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn set_active(&mut self, active: bool) -> Result<()> {
+        self.beat.active = u32::from(active);
+        self.write()
+    }
+
+    pub fn is_active(&self) -> bool {
+        self.beat.active == 1
+    }
+
+    /// Sets how old the heartbeat may get before the program stops answering (0 = never); applies from the next
+    /// [`beat`](Self::beat).
+    pub fn set_max_age(&mut self, max_age: Duration) {
+        self.beat.max_age_ns = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+    }
+
+    /// Refreshes the heartbeat: the agent is alive now.
+    ///
+    /// # Errors
+    /// When the clock or the map write fails.
+    pub fn beat(&mut self) -> Result<()> {
+        self.beat.last_ns = monotonic_ns()?;
+        self.write()
+    }
+
+    fn write(&mut self) -> Result<()> {
+        self.heartbeat.set(0, self.beat, 0).context("writing the HEARTBEAT map")
+    }
+}
+
+/// `CLOCK_MONOTONIC` in ns: the clock `bpf_ktime_get_ns` reads.
+///
+/// # Errors
+/// When `clock_gettime` fails (it does not on Linux).
+pub fn monotonic_ns() -> Result<u64> {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid timespec to write into.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        bail!("clock_gettime(CLOCK_MONOTONIC): {}", std::io::Error::last_os_error());
+    }
+    let secs = u64::try_from(ts.tv_sec).context("CLOCK_MONOTONIC before 0")?;
+    let nanos = u64::try_from(ts.tv_nsec).context("CLOCK_MONOTONIC nanoseconds below 0")?;
+    Ok(secs * 1_000_000_000 + nanos)
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>

@@ -11,10 +11,33 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::ptr;
 
-use anyhow::{Context, Result, bail};
-
 pub use crate::netif::interface_mac;
 use crate::vrrp::socket::interface_index;
+
+/// The gratuitous ARP socket could not be opened, or a send failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Interface(#[from] crate::vrrp::socket::Error),
+    #[error(transparent)]
+    Mac(#[from] crate::netif::Error),
+    #[error("ifindex {index} of {interface} is out of range")]
+    IndexOutOfRange { interface: String, index: u32 },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("gratuitous ARP for {vip} on {interface}: sent {sent} of {FRAME_LEN} bytes")]
+    Short { vip: Ipv4Addr, interface: String, sent: usize },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn last_os_error(what: String) -> Error {
+    Error::Io { what, source: io::Error::last_os_error() }
+}
 
 /// Ethernet header (14) + ARP for Ethernet/IPv4 (28). Not padded to 60: the NIC pads on the wire,
 /// and keepalived sends exactly these 42 bytes.
@@ -81,15 +104,16 @@ impl GarpSender {
     /// CAP_NET_RAW).
     pub fn open(interface: &str) -> Result<Self> {
         let index = interface_index(interface)?;
-        let ifindex = c_int::try_from(index).with_context(|| format!("ifindex {index} of {interface} out of range"))?;
+        let ifindex =
+            c_int::try_from(index).map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index })?;
         let mac = interface_mac(interface)?;
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw =
             unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
         if raw < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("socket(AF_PACKET, SOCK_RAW) for gratuitous ARP on {interface} (needs CAP_NET_RAW)")
-            });
+            return Err(last_os_error(format!(
+                "socket(AF_PACKET, SOCK_RAW) for gratuitous ARP on {interface} (needs CAP_NET_RAW)"
+            )));
         }
         // SAFETY: raw is a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -99,8 +123,7 @@ impl GarpSender {
             libc::bind(fd.as_raw_fd(), ptr::from_ref(&addr).cast(), size_of::<libc::sockaddr_ll>() as libc::socklen_t)
         };
         if rc != 0 {
-            return Err(io::Error::last_os_error())
-                .with_context(|| format!("bind(AF_PACKET) to {interface} (ifindex {index})"));
+            return Err(last_os_error(format!("bind(AF_PACKET) to {interface} (ifindex {index})")));
         }
         Ok(GarpSender { fd, interface: interface.to_owned(), ifindex, mac })
     }
@@ -130,9 +153,8 @@ impl GarpSender {
         };
         match usize::try_from(sent) {
             Ok(FRAME_LEN) => Ok(()),
-            Ok(n) => bail!("gratuitous ARP for {vip} on {}: sent {n} of {FRAME_LEN} bytes", self.interface),
-            Err(_) => Err(io::Error::last_os_error())
-                .with_context(|| format!("sendto() of a gratuitous ARP for {vip} on {}", self.interface)),
+            Ok(sent) => Err(Error::Short { vip, interface: self.interface.clone(), sent }),
+            Err(_) => Err(last_os_error(format!("sendto() of a gratuitous ARP for {vip} on {}", self.interface))),
         }
     }
 }
@@ -150,8 +172,10 @@ fn sockaddr_ll(ifindex: c_int, protocol: u16, addr: [u8; 6]) -> libc::sockaddr_l
 
 #[cfg(test)]
 mod tests {
+    use anyhow::{Context, Result};
+
     use super::*;
-    use crate::vrrp::socket::testnet::veth_pair;
+    use crate::testnet::veth_pair;
 
     const MAC: [u8; 6] = [0x02, 0x00, 0x5e, 0x10, 0x00, 0x01];
     const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);

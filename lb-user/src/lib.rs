@@ -6,12 +6,17 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod engine;
 pub mod garp;
 pub mod health;
+pub mod logging;
 pub mod maglev;
 pub mod neighbour;
 pub mod netif;
 pub mod services;
 pub mod status;
+pub mod systemd;
+#[cfg(test)]
+pub(crate) mod testnet;
 pub mod verify;
 pub mod vrrp;

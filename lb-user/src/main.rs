@@ -17,7 +17,16 @@ fn main() -> ExitCode {
             return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
         }
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).format_target(false).init();
+    if let Command::Run { .. } = cli.command {
+        // A SIGHUP (an early `systemctl reload`) before the daemon's handler is installed must not kill it: ignore
+        // it until then; the config is read right after anyway.
+        // SAFETY: setting a signal disposition; no handler code runs.
+        unsafe { libc::signal(libc::SIGHUP, libc::SIG_IGN) };
+    }
+    if let Err(e) = xvip::logging::init() {
+        eprintln!("xvip: starting the log writer: {e}");
+        return ExitCode::from(1);
+    }
     match cli.command {
         Command::Check { config } => match config::load(&config) {
             Ok(_) => {
@@ -90,7 +99,9 @@ fn main() -> ExitCode {
             match runtime.block_on(agent::run(&path, config)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    log::error!("{e:#}");
+                    log::error!("{e}");
+                    // Give the log writer a moment to write the last line before the process exits.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
                     ExitCode::from(1)
                 }
             }

@@ -1,12 +1,23 @@
-//! Backend MAC addresses from the kernel's neighbour table (rtnetlink).
+//! Backend MAC addresses from the kernel's neighbour table (rtnetlink), and the worker that keeps them known.
 //!
 //! The data plane rewrites the destination MAC itself, so it needs the backend's MAC (or the next hop's, for a
 //! backend behind a router). We never guess: we ask the kernel for the route, read its neighbour entry, and when
 //! there is none we ask the kernel to resolve it (RTM_NEWNEIGH with NTF_USE, which starts an ARP exchange the way
-//! sending a packet would). Until a MAC is known, the backend stays out of the Maglev table.
-use std::net::{IpAddr, Ipv4Addr};
+//! sending a packet would). What to make of an answer (keep a MAC until the kernel says FAILED) is the engine's
+//! decision; this module reports what it [`Seen`].
+//!
+//! Traffic forwarded in XDP never touches the kernel's neighbour entries, so the kernel would garbage-collect the
+//! entries of backends that only XDP talks to (`check = "none"` services, DSR). The [`watch`] worker therefore
+//! "uses" (NTF_USE) every entry it relies on more often than the interface's `gc_stale_time`.
+//!
+//! Every netlink call is bounded by [`NETLINK_TIMEOUT`]: a stalled kernel call delays this worker, never the
+//! agent's adverts, and never forever.
+use std::{
+    collections::{BTreeSet, HashMap},
+    net::{IpAddr, Ipv4Addr},
+    time::Duration,
+};
 
-use anyhow::{Context, Result, anyhow};
 use futures::TryStreamExt;
 use rtnetlink::{
     Handle,
@@ -16,6 +27,19 @@ use rtnetlink::{
         route::{RouteAddress, RouteAttribute, RouteMessage},
     },
 };
+use tokio::{
+    sync::mpsc,
+    time::{Instant, sleep_until, timeout},
+};
+
+/// The longest any one netlink request (or dump) may take.
+pub const NETLINK_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the table is read while some address has no usable entry (the kernel resolves in the meantime).
+const POLL_PENDING: Duration = Duration::from_millis(100);
+/// How often the table is read (and routes looked up again) when every address is resolved.
+const REFRESH: Duration = Duration::from_secs(10);
+/// At most one resolution request per address per this period (the kernel retries ARP itself meanwhile).
+const SOLICIT_EVERY: Duration = Duration::from_secs(1);
 
 /// Where packets for a backend go: out of `ifindex`, to `next_hop`'s MAC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,30 +49,90 @@ pub struct Path {
     pub next_hop: Ipv4Addr,
 }
 
+/// What the kernel says about one backend address, as the worker last saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Seen {
+    /// A usable entry (REACHABLE, STALE, DELAY, PROBE, PERMANENT, NOARP) with this MAC.
+    Mac { ifindex: u32, mac: [u8; 6] },
+    /// The kernel tried and the next hop did not answer (NUD_FAILED).
+    Failed { ifindex: u32 },
+    /// No usable entry yet: being resolved (INCOMPLETE), or no entry at all (never resolved, or garbage-collected).
+    Pending { ifindex: u32 },
+    /// No route to the address.
+    NoRoute(String),
+}
+
+/// A netlink request that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening a netlink socket: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("{what}: no answer from the kernel within {NETLINK_TIMEOUT:?}")]
+    Timeout { what: String },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("no route to {0}")]
+    NoRoute(Ipv4Addr),
+    #[error("the route to {0} names no output interface")]
+    NoInterface(Ipv4Addr),
+}
+
+/// A usable entry's MAC, or what else the kernel says about the address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// REACHABLE, STALE, DELAY or PROBE: an entry the kernel maintains, and may garbage-collect when unused.
+    Dynamic([u8; 6]),
+    /// PERMANENT or NOARP: set by an operator, never collected, and never to be touched (using one with NTF_USE
+    /// would turn it into a dynamic entry).
+    Static([u8; 6]),
+    Failed,
+    Incomplete,
+}
+
 pub struct Neighbours {
     handle: Handle,
 }
 
+/// Runs `request` with [`NETLINK_TIMEOUT`], naming `what` in the error.
+async fn bounded<T>(
+    what: impl FnOnce() -> String,
+    request: impl Future<Output = Result<T, rtnetlink::Error>>,
+) -> Result<T, Error> {
+    match timeout(NETLINK_TIMEOUT, request).await {
+        Err(_) => Err(Error::Timeout { what: what() }),
+        Ok(Err(source)) => Err(Error::Netlink { what: what(), source }),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
 impl Neighbours {
     /// Opens a netlink connection in the current network namespace (the connection runs as a tokio task).
-    pub fn connect() -> Result<Self> {
-        let (connection, handle, _) = rtnetlink::new_connection().context("opening a netlink socket")?;
+    ///
+    /// # Errors
+    /// When the socket cannot be opened.
+    pub fn connect() -> Result<Self, Error> {
+        let (connection, handle, _) = rtnetlink::new_connection().map_err(Error::Connect)?;
         tokio::spawn(connection);
         Ok(Neighbours { handle })
     }
 
     /// Asks the kernel how it would reach `backend` (`ip route get`).
-    pub async fn path(&self, backend: Ipv4Addr) -> Result<Path> {
+    ///
+    /// # Errors
+    /// No route, or the request failed or timed out.
+    pub async fn path(&self, backend: Ipv4Addr) -> Result<Path, Error> {
         let mut message = RouteMessage::default();
         message.header.address_family = AddressFamily::Inet;
         message.header.destination_prefix_length = 32;
         message.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(backend)));
         let mut routes = self.handle.route().get(message).execute();
-        let route = routes
-            .try_next()
-            .await
-            .with_context(|| format!("looking up the route to {backend}"))?
-            .ok_or_else(|| anyhow!("no route to {backend}"))?;
+        let route = bounded(|| format!("looking up the route to {backend}"), routes.try_next())
+            .await?
+            .ok_or(Error::NoRoute(backend))?;
         let mut path = Path { ifindex: 0, next_hop: backend };
         for attr in route.attributes {
             match attr {
@@ -58,45 +142,68 @@ impl Neighbours {
             }
         }
         if path.ifindex == 0 {
-            return Err(anyhow!("the route to {backend} names no output interface"));
+            return Err(Error::NoInterface(backend));
         }
         Ok(path)
     }
 
-    /// The MAC of `address` on `ifindex` if the kernel has a usable entry for it.
-    pub async fn mac(&self, ifindex: u32, address: Ipv4Addr) -> Result<Option<[u8; 6]>> {
-        let mut entries = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
-        while let Some(entry) = entries.try_next().await.context("reading the neighbour table")? {
-            if entry.header.ifindex != ifindex {
-                continue;
-            }
-            let usable = matches!(
-                entry.header.state,
-                NeighbourState::Reachable
-                    | NeighbourState::Stale
-                    | NeighbourState::Delay
-                    | NeighbourState::Probe
-                    | NeighbourState::Permanent
-                    | NeighbourState::Noarp
-            );
-            let mut dst = None;
-            let mut lladdr = None;
-            for attr in &entry.attributes {
-                match attr {
-                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
-                    NeighbourAttribute::LinkLayerAddress(l) => lladdr = <[u8; 6]>::try_from(l.as_slice()).ok(),
-                    _ => {}
+    /// The whole IPv4 neighbour table in one dump, by (ifindex, address). One dump serves every backend: a table
+    /// of 10,000 entries is read once per round, not once per backend.
+    ///
+    /// # Errors
+    /// The dump failed or did not finish within [`NETLINK_TIMEOUT`].
+    pub async fn table(&self) -> Result<HashMap<(u32, Ipv4Addr), Entry>, Error> {
+        let dump = async {
+            let mut entries = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+            let mut table = HashMap::new();
+            while let Some(message) = entries.try_next().await? {
+                let mut dst = None;
+                let mut lladdr = None;
+                for attr in &message.attributes {
+                    match attr {
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                        NeighbourAttribute::LinkLayerAddress(l) => lladdr = <[u8; 6]>::try_from(l.as_slice()).ok(),
+                        _ => {}
+                    }
                 }
+                let Some(dst) = dst else { continue };
+                let mac = lladdr.filter(|m| *m != [0; 6]);
+                let entry = match (message.header.state, mac) {
+                    (
+                        NeighbourState::Reachable
+                        | NeighbourState::Stale
+                        | NeighbourState::Delay
+                        | NeighbourState::Probe,
+                        Some(mac),
+                    ) => Entry::Dynamic(mac),
+                    (NeighbourState::Permanent | NeighbourState::Noarp, Some(mac)) => Entry::Static(mac),
+                    (NeighbourState::Failed, _) => Entry::Failed,
+                    _ => Entry::Incomplete,
+                };
+                table.insert((message.header.ifindex, dst), entry);
             }
-            if dst == Some(address) && usable {
-                return Ok(lladdr.filter(|m| *m != [0; 6]));
-            }
-        }
-        Ok(None)
+            Ok(table)
+        };
+        bounded(|| "reading the neighbour table".to_string(), dump).await
     }
 
-    /// Asks the kernel to resolve `address` on `ifindex` (an ARP request goes out; the answer lands in the table).
-    pub async fn solicit(&self, ifindex: u32, address: Ipv4Addr) -> Result<()> {
+    /// The entry of `address` on `ifindex`, if the kernel has one (one dump; prefer [`table`](Self::table) for
+    /// many addresses).
+    ///
+    /// # Errors
+    /// As [`table`](Self::table).
+    pub async fn entry(&self, ifindex: u32, address: Ipv4Addr) -> Result<Option<Entry>, Error> {
+        Ok(self.table().await?.get(&(ifindex, address)).copied())
+    }
+
+    /// "Uses" the entry of `address` on `ifindex` (RTM_NEWNEIGH with NTF_USE), as sending a packet would: the
+    /// kernel resolves it when it has no usable entry (an ARP request goes out), and an existing dynamic entry
+    /// counts as recently used, so garbage collection leaves it alone. Never call it for a PERMANENT or NOARP entry:
+    /// since Linux 5.16 NTF_USE turns such an entry into a dynamic one.
+    ///
+    /// # Errors
+    /// The request failed or timed out.
+    pub async fn touch(&self, ifindex: u32, address: Ipv4Addr) -> Result<(), Error> {
         let mut request = self
             .handle
             .neighbours()
@@ -105,34 +212,30 @@ impl Neighbours {
             .flags(NeighbourFlags::Use)
             .replace();
         request.message_mut().header.flags = NeighbourFlags::Use;
-        request.execute().await.with_context(|| format!("asking the kernel to resolve {address} (ifindex {ifindex})"))
+        bounded(|| format!("asking the kernel to resolve {address} (ifindex {ifindex})"), request.execute()).await
     }
 
     /// Whether `address` lies inside one of the IPv4 prefixes configured on `ifindex` (the VIP should: clients on
     /// that segment ARP for it, and only then does the XDP program's ARP answer matter).
-    pub async fn on_link(&self, ifindex: u32, address: Ipv4Addr) -> Result<bool> {
-        let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
-        while let Some(msg) = addrs.try_next().await.context("listing the interface's addresses")? {
-            let prefix = msg.header.prefix_len;
-            for attr in &msg.attributes {
-                if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) = attr
-                    && same_prefix(*a, address, prefix)
-                {
-                    return Ok(true);
+    ///
+    /// # Errors
+    /// The request failed or timed out.
+    pub async fn on_link(&self, ifindex: u32, address: Ipv4Addr) -> Result<bool, Error> {
+        let dump = async {
+            let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
+            while let Some(msg) = addrs.try_next().await? {
+                let prefix = msg.header.prefix_len;
+                for attr in &msg.attributes {
+                    if let rtnetlink::packet_route::address::AddressAttribute::Address(IpAddr::V4(a)) = attr
+                        && same_prefix(*a, address, prefix)
+                    {
+                        return Ok(true);
+                    }
                 }
             }
-        }
-        Ok(false)
-    }
-
-    /// The path and, once known, the MAC for `backend`; starts resolution when the MAC is not known yet.
-    pub async fn resolve(&self, backend: Ipv4Addr) -> Result<(Path, Option<[u8; 6]>)> {
-        let path = self.path(backend).await?;
-        let mac = self.mac(path.ifindex, path.next_hop).await?;
-        if mac.is_none() {
-            self.solicit(path.ifindex, path.next_hop).await?;
-        }
-        Ok((path, mac))
+            Ok(false)
+        };
+        bounded(|| "listing the interface's addresses".to_string(), dump).await
     }
 }
 
@@ -141,22 +244,160 @@ fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
     u32::from(a) & mask == u32::from(b) & mask
 }
 
+/// The kernel's `gc_stale_time` of an interface, in the caller's network namespace: an entry unused for longer
+/// may be garbage-collected. `None` when it cannot be read.
+fn gc_stale_time(ifindex: u32) -> Option<Duration> {
+    let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
+    // SAFETY: `name` has IF_NAMESIZE bytes, as if_indextoname requires.
+    let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
+    if found.is_null() {
+        return None;
+    }
+    // SAFETY: if_indextoname succeeded, so `name` holds a NUL-terminated string.
+    let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_str().ok()?;
+    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/{name}/gc_stale_time")).ok()?;
+    text.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// How often to use an entry so it is never older than half the interface's `gc_stale_time` (at most
+/// [`REFRESH`], at least one second).
+fn refresh_period(ifindex: u32) -> Duration {
+    gc_stale_time(ifindex).map_or(REFRESH, |stale| (stale / 2).clamp(Duration::from_secs(1), REFRESH))
+}
+
+/// Keeps watching the addresses last received on `addresses` and sends what it sees of each to `report`, only when
+/// that changed, one batch per round. Uses every entry it relies on often enough that garbage collection leaves it alone, and asks the
+/// kernel to resolve the missing ones. Ends when `addresses` is closed.
+///
+/// `report` must not block (the engine's event queue is unbounded).
+pub async fn watch(
+    neighbours: Neighbours,
+    mut addresses: mpsc::UnboundedReceiver<Vec<Ipv4Addr>>,
+    report: impl Fn(Vec<(Ipv4Addr, Seen)>),
+) {
+    let mut watched: BTreeSet<Ipv4Addr> = BTreeSet::new();
+    let mut last: HashMap<Ipv4Addr, Seen> = HashMap::new();
+    let mut paths: HashMap<Ipv4Addr, Path> = HashMap::new();
+    let mut solicited: HashMap<Ipv4Addr, Instant> = HashMap::new();
+    let mut refreshed: HashMap<Ipv4Addr, Instant> = HashMap::new();
+    let mut routes_at = Instant::now();
+    let mut next = Instant::now();
+    let mut failures = 0u32;
+    loop {
+        tokio::select! {
+            set = addresses.recv() => match set {
+                None => return,
+                Some(set) => {
+                    watched = set.into_iter().collect();
+                    last.retain(|a, _| watched.contains(a));
+                    paths.retain(|a, _| watched.contains(a));
+                    next = Instant::now();
+                    continue;
+                }
+            },
+            _ = sleep_until(next) => {}
+        }
+        let now = Instant::now();
+        // Routes change rarely: look them up for new addresses every round, for all of them every REFRESH.
+        if now >= routes_at {
+            paths.clear();
+            routes_at = now + REFRESH;
+        }
+        let table = match neighbours.table().await {
+            Ok(table) => {
+                failures = 0;
+                table
+            }
+            Err(e) => {
+                failures += 1;
+                if failures == 1 || failures.is_power_of_two() {
+                    log::warn!("backend neighbours: {e} ({failures} failure(s) in a row; retrying)");
+                }
+                next = Instant::now() + POLL_PENDING.max(Duration::from_millis(500));
+                continue;
+            }
+        };
+        let mut pending = false;
+        let mut periods: HashMap<u32, Duration> = HashMap::new();
+        let mut changes = Vec::new();
+        for &address in &watched {
+            let path = match paths.get(&address) {
+                Some(path) => *path,
+                None => match neighbours.path(address).await {
+                    Ok(path) => {
+                        paths.insert(address, path);
+                        path
+                    }
+                    Err(e) => {
+                        let seen = Seen::NoRoute(e.to_string());
+                        if last.get(&address) != Some(&seen) {
+                            last.insert(address, seen.clone());
+                            changes.push((address, seen));
+                        }
+                        continue;
+                    }
+                },
+            };
+            let entry = table.get(&(path.ifindex, path.next_hop)).copied();
+            let seen = match entry {
+                Some(Entry::Dynamic(mac) | Entry::Static(mac)) => Seen::Mac { ifindex: path.ifindex, mac },
+                Some(Entry::Failed) => Seen::Failed { ifindex: path.ifindex },
+                Some(Entry::Incomplete) | None => Seen::Pending { ifindex: path.ifindex },
+            };
+            let now = Instant::now();
+            let touch = match (&seen, entry) {
+                // An operator's static entry needs no refresh, and must not be touched.
+                (_, Some(Entry::Static(_))) => false,
+                (Seen::Mac { .. }, _) => {
+                    let period = *periods.entry(path.ifindex).or_insert_with(|| refresh_period(path.ifindex));
+                    let due = refreshed.get(&address).is_none_or(|t| now >= *t + period);
+                    if due {
+                        refreshed.insert(address, now);
+                    }
+                    due
+                }
+                (_, _) => {
+                    pending = true;
+                    let due = solicited.get(&address).is_none_or(|t| now >= *t + SOLICIT_EVERY);
+                    if due {
+                        solicited.insert(address, now);
+                    }
+                    due
+                }
+            };
+            if touch && let Err(e) = neighbours.touch(path.ifindex, path.next_hop).await {
+                log::debug!("backend {address}: {e}");
+            }
+            if last.get(&address) != Some(&seen) {
+                last.insert(address, seen.clone());
+                changes.push((address, seen));
+            }
+        }
+        if !changes.is_empty() {
+            report(changes);
+        }
+        solicited.retain(|a, _| watched.contains(a));
+        refreshed.retain(|a, _| watched.contains(a));
+        let smallest = periods.values().min().copied().unwrap_or(REFRESH);
+        next = Instant::now() + if pending { POLL_PENDING } else { smallest.min(REFRESH) };
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn prefixes_compare_only_the_network_bits() {
-        use super::same_prefix;
-        let a = std::net::Ipv4Addr::new(10, 0, 0, 5);
-        assert!(same_prefix(a, std::net::Ipv4Addr::new(10, 0, 0, 250), 24));
-        assert!(!same_prefix(a, std::net::Ipv4Addr::new(10, 0, 1, 250), 24));
-        assert!(same_prefix(a, std::net::Ipv4Addr::new(10, 0, 1, 250), 16));
-        assert!(same_prefix(a, std::net::Ipv4Addr::new(192, 168, 0, 1), 0));
-        assert!(!same_prefix(a, std::net::Ipv4Addr::new(10, 0, 0, 6), 32));
-    }
-
     use std::{process::Command, time::Duration};
 
     use super::*;
+
+    #[test]
+    fn prefixes_compare_only_the_network_bits() {
+        let a = Ipv4Addr::new(10, 0, 0, 5);
+        assert!(same_prefix(a, Ipv4Addr::new(10, 0, 0, 250), 24));
+        assert!(!same_prefix(a, Ipv4Addr::new(10, 0, 1, 250), 24));
+        assert!(same_prefix(a, Ipv4Addr::new(10, 0, 1, 250), 16));
+        assert!(same_prefix(a, Ipv4Addr::new(192, 168, 0, 1), 0));
+        assert!(!same_prefix(a, Ipv4Addr::new(10, 0, 0, 6), 32));
+    }
 
     fn sh(cmd: &str) {
         let status = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
@@ -183,40 +424,48 @@ mod tests {
         }
     }
 
+    fn veth_to_peer(tag: &str, subnet: u8) -> (NamedNs, String) {
+        let peer = NamedNs(format!("xvu-{tag}-{}", std::process::id()));
+        sh(&format!(
+            "ip netns add {p} && ip link add xvn0 type veth peer name xvn1 && ip link set xvn1 netns {p} && \
+             ip addr add 10.{subnet}.0.1/24 dev xvn0 && ip link set xvn0 up && \
+             ip netns exec {p} ip addr add 10.{subnet}.0.2/24 dev xvn1 && ip netns exec {p} ip link set xvn1 up",
+            p = peer.0
+        ));
+        let out = Command::new("ip")
+            .args(["netns", "exec", &peer.0, "cat", "/sys/class/net/xvn1/address"])
+            .output()
+            .expect("read peer MAC");
+        (peer, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn text(mac: [u8; 6]) -> String {
+        mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+    }
+
     #[test]
     fn resolves_an_on_link_backend_mac_through_arp() {
         in_netns(|| {
-            let peer = NamedNs(format!("xvu-nb-{}", std::process::id()));
-            sh(&format!(
-                "ip netns add {p} && ip link add xvn0 type veth peer name xvn1 && ip link set xvn1 netns {p} && \
-                 ip addr add 10.91.0.1/24 dev xvn0 && ip link set xvn0 up && \
-                 ip netns exec {p} ip addr add 10.91.0.2/24 dev xvn1 && ip netns exec {p} ip link set xvn1 up",
-                p = peer.0
-            ));
-            let out = Command::new("ip")
-                .args(["netns", "exec", &peer.0, "cat", "/sys/class/net/xvn1/address"])
-                .output()
-                .expect("read peer MAC");
-            let want = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let (_peer, want) = veth_to_peer("nb", 91);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
                 let backend = Ipv4Addr::new(10, 91, 0, 2);
-                let (path, mac) = n.resolve(backend).await.expect("resolve");
+                let path = n.path(backend).await.expect("path");
                 assert_eq!(path.next_hop, backend);
                 assert!(path.ifindex > 0);
-                assert_eq!(mac, None, "nothing was resolved yet, so nothing may be guessed");
+                assert_eq!(n.entry(path.ifindex, backend).await.expect("entry"), None, "nothing may be guessed");
+                n.touch(path.ifindex, backend).await.expect("solicit");
                 let mut found = None;
                 for _ in 0..100 {
                     tokio::time::sleep(Duration::from_millis(20)).await;
-                    found = n.mac(path.ifindex, backend).await.expect("mac");
-                    if found.is_some() {
+                    if let Some(Entry::Dynamic(mac)) = n.entry(path.ifindex, backend).await.expect("entry") {
+                        found = Some(mac);
                         break;
                     }
                 }
-                let found = found.expect("the kernel resolved the backend after solicit()");
-                let text = found.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
-                assert_eq!(text, want);
+                let found = found.expect("the kernel resolved the backend after touch()");
+                assert_eq!(text(found), want);
             });
         });
     }
@@ -229,7 +478,100 @@ mod tests {
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
                 let err = n.path(Ipv4Addr::new(10, 92, 0, 2)).await.expect_err("no route in an empty namespace");
-                assert!(format!("{err:#}").contains("10.92.0.2"), "{err:#}");
+                assert!(err.to_string().contains("10.92.0.2"), "{err}");
+            });
+        });
+    }
+
+    /// The watcher uses the entries it relies on, but never changes them: an operator's PERMANENT entry stays
+    /// PERMANENT (NTF_USE would turn it into a dynamic one), a resolved one keeps its MAC.
+    #[test]
+    fn the_watcher_keeps_static_entries_static_and_resolved_ones_resolved() {
+        in_netns(|| {
+            let (_peer, want) = veth_to_peer("nt", 95);
+            sh("ip neigh add 10.95.0.9 lladdr 02:95:00:00:00:09 dev xvn0 nud permanent");
+            sh("ping -c 1 -W 1 10.95.0.2 > /dev/null");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let (set_tx, set_rx) = mpsc::unbounded_channel();
+                let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+                let n = Neighbours::connect().expect("netlink");
+                tokio::spawn(watch(n, set_rx, move |batch| {
+                    for change in batch {
+                        let _ = seen_tx.send(change);
+                    }
+                }));
+                set_tx.send(vec![Ipv4Addr::new(10, 95, 0, 2), Ipv4Addr::new(10, 95, 0, 9)]).expect("watch");
+                let mut macs = 0;
+                while macs < 2 {
+                    let (_, seen) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+                        .await
+                        .expect("a report in time")
+                        .expect("the watcher runs");
+                    assert!(matches!(seen, Seen::Mac { .. }), "{seen:?}");
+                    macs += 1;
+                }
+                // The first round used the dynamic entry; give the kernel time to act on it.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            });
+            let show = |a: &str| {
+                let out = Command::new("ip").args(["neigh", "show", a, "dev", "xvn0"]).output().expect("ip neigh");
+                String::from_utf8_lossy(&out.stdout).trim().to_string()
+            };
+            let permanent = show("10.95.0.9");
+            assert!(permanent.contains("lladdr 02:95:00:00:00:09 PERMANENT"), "{permanent}");
+            let resolved = show("10.95.0.2");
+            assert!(resolved.contains(&format!("lladdr {want}")), "{resolved}");
+        });
+    }
+
+    /// The watcher reports the MAC, then Pending (not a loss) when the entry is deleted the way garbage collection
+    /// deletes it, uses the entry again so the kernel resolves it, and reports Failed when the peer is gone.
+    #[test]
+    fn watcher_reports_mac_pending_and_failed_and_brings_a_deleted_entry_back() {
+        in_netns(|| {
+            let (peer, want) = veth_to_peer("nw", 94);
+            // Quick failure detection for the last step; gc_stale_time 2 s makes the watcher use the entry every 1 s.
+            sh(
+                "sysctl -q -w net.ipv4.neigh.xvn0.gc_stale_time=2 net.ipv4.neigh.xvn0.retrans_time_ms=100 net.ipv4.neigh.xvn0.mcast_solicit=1 \
+                net.ipv4.neigh.xvn0.ucast_solicit=1 net.ipv4.neigh.xvn0.base_reachable_time_ms=200 \
+                net.ipv4.neigh.xvn0.delay_first_probe_time=0",
+            );
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let backend = Ipv4Addr::new(10, 94, 0, 2);
+                let (set_tx, set_rx) = mpsc::unbounded_channel();
+                let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+                let n = Neighbours::connect().expect("netlink");
+                tokio::spawn(watch(n, set_rx, move |batch| {
+                    for change in batch {
+                        let _ = seen_tx.send(change);
+                    }
+                }));
+                set_tx.send(vec![backend]).expect("watch");
+                let mut next = async || {
+                    tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
+                        .await
+                        .expect("a report in time")
+                        .expect("the watcher runs")
+                };
+                assert!(matches!(next().await, (a, Seen::Pending { .. }) if a == backend));
+                let (_, seen) = next().await;
+                let Seen::Mac { mac, .. } = seen else { panic!("expected the MAC, got {seen:?}") };
+                assert_eq!(text(mac), want);
+                // What the garbage collector does: the entry disappears.
+                sh("ip neigh flush dev xvn0");
+                assert!(matches!(next().await, (_, Seen::Pending { .. })), "a deleted entry is pending, not failed");
+                assert!(matches!(next().await, (_, Seen::Mac { .. })), "and is resolved again");
+                // The backend goes away for good: the kernel's probes fail.
+                sh(&format!("ip netns exec {} ip link set xvn1 down", peer.0));
+                loop {
+                    match next().await {
+                        (_, Seen::Failed { .. }) => break,
+                        (_, Seen::Mac { .. } | Seen::Pending { .. }) => continue,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
             });
         });
     }

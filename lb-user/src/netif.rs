@@ -6,10 +6,32 @@ use std::{
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
 };
 
-use anyhow::{Context, Result, bail};
-
 /// `ARPHRD_ETHER`: the hardware type of Ethernet interfaces.
 pub const ARPHRD_ETHER: u16 = 1;
+
+/// A question about an interface that could not be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface name {0:?} is not a valid Linux interface name (1..=15 bytes, no NUL)")]
+    InvalidName(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(
+        "interface {interface} has hardware type {found}, expected Ethernet ({ARPHRD_ETHER}); gratuitous ARP needs \
+         Ethernet"
+    )]
+    NotEthernet { interface: String, found: u16 },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+fn last_os_error(what: String) -> Error {
+    Error::Io { what, source: io::Error::last_os_error() }
+}
 
 /// Runs an interface `ioctl` (`SIOCGIF*`) for `interface` and returns the filled `ifreq`.
 fn ifreq_ioctl(interface: &str, request: libc::Ioctl, what: &str) -> Result<libc::ifreq> {
@@ -17,7 +39,7 @@ fn ifreq_ioctl(interface: &str, request: libc::Ioctl, what: &str) -> Result<libc
     let mut req: libc::ifreq = unsafe { mem::zeroed() };
     let name = interface.as_bytes();
     if name.is_empty() || name.len() >= req.ifr_name.len() || name.contains(&0) {
-        bail!("interface name {interface:?} is not a valid Linux interface name (1..=15 bytes, no NUL)");
+        return Err(Error::InvalidName(interface.to_string()));
     }
     for (dst, src) in req.ifr_name.iter_mut().zip(name) {
         *dst = *src as libc::c_char;
@@ -25,13 +47,13 @@ fn ifreq_ioctl(interface: &str, request: libc::Ioctl, what: &str) -> Result<libc
     // SAFETY: plain socket(2) call; the result is checked before use.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("socket() to read the {what} of {interface}"));
+        return Err(last_os_error(format!("socket() to read the {what} of {interface}")));
     }
     // SAFETY: raw is a fresh fd that nothing else owns.
     let sock = unsafe { OwnedFd::from_raw_fd(raw) };
     // SAFETY: req is a valid ifreq with a NUL-terminated name; the request fills one union member.
     if unsafe { libc::ioctl(sock.as_raw_fd(), request, &mut req) } != 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("reading the {what} of {interface}"));
+        return Err(last_os_error(format!("reading the {what} of {interface}")));
     }
     Ok(req)
 }
@@ -46,10 +68,7 @@ pub fn interface_mac(interface: &str) -> Result<[u8; 6]> {
     // SAFETY: SIOCGIFHWADDR succeeded, so ifru_hwaddr is the active union member.
     let hw = unsafe { req.ifr_ifru.ifru_hwaddr };
     if hw.sa_family != ARPHRD_ETHER {
-        bail!(
-            "interface {interface} has hardware type {}, expected Ethernet ({ARPHRD_ETHER}); gratuitous ARP needs Ethernet",
-            hw.sa_family
-        );
+        return Err(Error::NotEthernet { interface: interface.to_string(), found: hw.sa_family });
     }
     let mut mac = [0u8; 6];
     for (dst, src) in mac.iter_mut().zip(hw.sa_data) {
@@ -73,10 +92,10 @@ pub fn link_up(interface: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vrrp::socket::testnet::veth_pair;
+    use crate::testnet::veth_pair;
 
     /// Polls `link_up` until it reports `want` (the kernel updates the operstate asynchronously, via linkwatch).
-    fn wait_link(p: &crate::vrrp::socket::testnet::VethPair, want: bool) -> bool {
+    fn wait_link(p: &crate::testnet::VethPair, want: bool) -> bool {
         for _ in 0..100 {
             let a_if = p.a_if.clone();
             if p.a.run(move || link_up(&a_if)).expect("run").expect("link_up") == want {
@@ -100,6 +119,7 @@ mod tests {
     #[test]
     fn link_up_names_a_missing_interface() {
         let err = link_up("xvt-nosuch").expect_err("missing");
-        assert!(format!("{err:#}").contains("xvt-nosuch"), "{err:#}");
+        assert!(matches!(err, Error::Io { .. }), "{err}");
+        assert!(err.to_string().contains("xvt-nosuch"), "{err}");
     }
 }

@@ -2,7 +2,14 @@
 //! and what follows from it: the data plane's view of a service, and whether a service has lost every backend.
 //!
 //! Pure: the agent feeds it events and hands its answers to the data plane.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//!
+//! Cheap to clone (each service sits behind an `Arc`, copied only when it changes while a clone is alive): the
+//! advert thread hands a snapshot to `xvip status` without copying thousands of backends.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::Ipv4Addr,
+    sync::Arc,
+};
 
 use lb_common::{FORWARD_DSR, FORWARD_NAT};
 
@@ -30,7 +37,9 @@ struct ServiceState {
 /// Every configured service with the live state of its backends.
 #[derive(Clone, Debug, Default)]
 pub struct Services {
-    services: BTreeMap<String, ServiceState>,
+    services: BTreeMap<String, Arc<ServiceState>>,
+    /// The services that have a backend at each address, so a neighbour answer touches only those.
+    by_address: HashMap<Ipv4Addr, Vec<String>>,
 }
 
 impl Services {
@@ -43,25 +52,48 @@ impl Services {
     /// Takes a new set of services (a reload). Backends that stay keep their health and MAC, so a reload moves no
     /// flow whose backend stays; new backends start unhealthy until their first check.
     pub fn reconfigure(&mut self, services: &[Service]) {
+        // Where each address is reached does not depend on the service or port: a new backend at a known address
+        // starts with that address's MAC (the neighbour watcher reports only changes).
+        let mut paths: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)> = BTreeMap::new();
+        for s in self.services.values() {
+            for ((address, _), b) in &s.backends {
+                if b.mac.is_some() || !paths.contains_key(address) {
+                    paths.insert(*address, (b.mac, b.ifindex));
+                }
+            }
+        }
         let mut next = BTreeMap::new();
         for svc in services {
             let old = self.services.remove(&svc.name);
+            let old = old.as_deref();
             let backends = svc
                 .backends
                 .iter()
                 .map(|b| {
                     let endpoint = (b.address, b.port);
                     let known = old.as_ref().and_then(|o| o.backends.get(&endpoint).cloned());
-                    let mut state = known.unwrap_or_default();
+                    let mut state = known.unwrap_or_else(|| {
+                        let (mac, ifindex) = paths.get(&b.address).copied().unwrap_or((None, 0));
+                        BackendState { healthy: false, mac, ifindex }
+                    });
                     if svc.health.check == config::CheckKind::None {
                         state.healthy = true;
                     }
                     (endpoint, state)
                 })
                 .collect();
-            next.insert(svc.name.clone(), ServiceState { config: svc.clone(), backends });
+            next.insert(svc.name.clone(), Arc::new(ServiceState { config: svc.clone(), backends }));
         }
         self.services = next;
+        self.by_address.clear();
+        for (name, svc) in &self.services {
+            for (address, _) in svc.backends.keys() {
+                let names = self.by_address.entry(*address).or_default();
+                if names.last() != Some(name) {
+                    names.push(name.clone());
+                }
+            }
+        }
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -78,30 +110,32 @@ impl Services {
 
     /// Records a health result. Returns true when it changed something.
     pub fn set_health(&mut self, service: &str, endpoint: Endpoint, healthy: bool) -> bool {
-        match self.services.get_mut(service).and_then(|s| s.backends.get_mut(&endpoint)) {
-            Some(b) if b.healthy != healthy => {
-                b.healthy = healthy;
-                true
-            }
-            _ => false,
+        let Some(svc) = self.services.get_mut(service) else { return false };
+        if svc.backends.get(&endpoint).is_none_or(|b| b.healthy == healthy) {
+            return false;
         }
+        if let Some(b) = Arc::make_mut(svc).backends.get_mut(&endpoint) {
+            b.healthy = healthy;
+        }
+        true
     }
 
     /// Records where a backend address is reached. Returns the services whose view changed.
     pub fn set_path(&mut self, address: Ipv4Addr, mac: Option<[u8; 6]>, ifindex: u32) -> Vec<String> {
         let mut changed = Vec::new();
-        for (name, svc) in &mut self.services {
-            let mut touched = false;
-            for ((a, _), b) in svc.backends.iter_mut() {
-                if *a == address && (b.mac != mac || b.ifindex != ifindex) {
+        for name in self.by_address.get(&address).into_iter().flatten() {
+            let Some(svc) = self.services.get_mut(name) else { continue };
+            let differs = |(a, _): &Endpoint, b: &BackendState| *a == address && (b.mac != mac || b.ifindex != ifindex);
+            if !svc.backends.iter().any(|(e, b)| differs(e, b)) {
+                continue;
+            }
+            for (e, b) in Arc::make_mut(svc).backends.iter_mut() {
+                if differs(e, b) {
                     b.mac = mac;
                     b.ifindex = ifindex;
-                    touched = true;
                 }
             }
-            if touched {
-                changed.push(name.clone());
-            }
+            changed.push(name.clone());
         }
         changed
     }
@@ -112,6 +146,18 @@ impl Services {
         a.sort();
         a.dedup();
         a
+    }
+
+    /// Where `address` is reached as far as known: its MAC (if any) and interface, from the first backend with
+    /// that address (all backends with one address share the answer).
+    pub fn path(&self, address: Ipv4Addr) -> Option<(Option<[u8; 6]>, u32)> {
+        let name = self.by_address.get(&address)?.first()?;
+        self.services.get(name)?.backends.iter().find(|((a, _), _)| *a == address).map(|(_, b)| (b.mac, b.ifindex))
+    }
+
+    /// The data plane's view of every service, in name order.
+    pub fn specs(&self) -> Vec<(String, ServiceSpec)> {
+        self.services.keys().filter_map(|name| Some((name.clone(), self.spec(name)?))).collect()
     }
 
     /// Addresses whose MAC is not known yet.
@@ -155,12 +201,13 @@ impl Services {
         })
     }
 
-    /// Services none of whose backends can take traffic (unhealthy or unresolved), in name order.
+    /// Services none of whose backends can take new flows, in name order; "usable" is the data plane's one rule
+    /// ([`BackendSpec::usable`]: healthy, MAC known, weight above 0).
     pub fn without_usable_backend(&self) -> Vec<&str> {
         self.services
-            .iter()
-            .filter(|(_, s)| !s.backends.values().any(|b| b.healthy && b.mac.is_some()))
-            .map(|(n, _)| n.as_str())
+            .keys()
+            .filter(|name| !self.spec(name).is_some_and(|spec| spec.backends.iter().any(BackendSpec::usable)))
+            .map(String::as_str)
             .collect()
     }
 }
@@ -247,6 +294,18 @@ mod tests {
         assert!(kept.healthy && kept.mac == Some(MAC));
         assert_eq!(s.backend("api", ep(12, 6443)), None, "removed");
         assert_eq!(s.backend("api", ep(13, 6443)), Some(&BackendState::default()), "new starts unknown");
+    }
+
+    #[test]
+    fn a_new_backend_at_a_known_address_starts_with_its_mac_but_not_its_health() {
+        let mut s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        s.set_health("api", ep(11, 6443), true);
+        s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
+        // The backend moves to another port, and another service uses the same address.
+        s.reconfigure(&[service("api", &[(11, 6444)], CheckKind::Tcp), service("web", &[(11, 80)], CheckKind::Tcp)]);
+        let moved = s.backend("api", ep(11, 6444)).expect("moved");
+        assert_eq!((moved.healthy, moved.mac, moved.ifindex), (false, Some(MAC), 2));
+        assert_eq!(s.backend("web", ep(11, 80)).and_then(|b| b.mac), Some(MAC));
     }
 
     #[test]

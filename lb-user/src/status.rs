@@ -23,6 +23,18 @@ pub struct Status {
     pub role_reason: String,
     pub services: Vec<ServiceStatus>,
     pub counters: CounterStatus,
+    /// Things an operator should know about now (an addition to the contract; empty when all is well).
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
+}
+
+/// Something wrong that the daemon cannot fix by itself.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Warning {
+    /// A stable key: `vrid_collision` (an advert with our VRID whose address list differs from ours).
+    pub kind: String,
+    /// For people: who, what, and what to do.
+    pub message: String,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,9 +83,32 @@ pub struct CounterStatus {
 }
 
 impl Status {
+    /// Adds what the data plane counted: frames by reason, ARP replies, traffic per backend.
+    pub fn add_counters(&mut self, counters: &crate::dataplane::Counters) {
+        use lb_common::Reason;
+        self.counters.arp_replies = counters.reason(Reason::ArpReply);
+        self.counters.dataplane = Reason::ALL.iter().map(|r| (r.name().to_string(), counters.reason(*r))).collect();
+        for svc in &mut self.services {
+            for b in &mut svc.backends {
+                let Ok(address) = b.address.parse() else { continue };
+                let traffic = counters.backends.get(&(svc.name.clone(), address, b.port)).copied().unwrap_or_default();
+                b.packets = traffic.packets;
+                b.bytes = traffic.bytes;
+                if b.draining
+                    && let Some(flows) = &counters.flows
+                {
+                    b.flows = Some(flows.get(&(svc.name.clone(), address, b.port)).copied().unwrap_or_default());
+                }
+            }
+        }
+    }
+
     /// A readable table for `xvip status`.
     pub fn render(&self) -> String {
         let mut s = String::new();
+        for w in &self.warnings {
+            let _ = writeln!(s, "WARNING     {}: {}", w.kind, w.message);
+        }
         let active = self.active_router.as_deref().unwrap_or("unknown");
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -222,6 +257,7 @@ mod tests {
             assert!(v["counters"].get(key).is_some(), "missing counter {key}");
         }
         assert_eq!(v["active_router"], "10.0.0.5");
+        assert_eq!(v["warnings"], serde_json::json!([]), "the second-wave field, empty when all is well");
         let back: Status = serde_json::from_value(v).expect("round trip");
         assert_eq!(back, status);
     }
@@ -287,6 +323,7 @@ mod tests {
         assert!(t.contains("10.0.0.250"), "{t}");
         assert!(t.contains("10.0.0.11:6443") && t.contains("down"), "{t}");
         assert!(!t.contains("draining"), "{t}");
+        assert!(!t.contains("WARNING"), "{t}");
     }
 
     #[test]
@@ -316,5 +353,26 @@ mod tests {
         assert_eq!(v["services"][0]["backends"][0]["draining"], true);
         assert_eq!(v["services"][0]["backends"][0]["flows"], 3);
         assert_eq!(v["services"][0]["backends"][1]["draining"], false);
+    }
+
+    #[test]
+    fn warnings_come_first_in_the_table_and_round_trip_in_json() {
+        let status = Status {
+            role: "active".into(),
+            warnings: vec![Warning { kind: "vrid_collision".into(), message: "adverts from 10.0.0.9 ...".into() }],
+            ..Status::default()
+        };
+        let t = status.render();
+        assert!(t.starts_with("WARNING     vrid_collision: adverts from 10.0.0.9"), "{t}");
+        let v = serde_json::to_value(&status).expect("json");
+        assert_eq!(v["warnings"][0]["kind"], "vrid_collision");
+        assert_eq!(v["warnings"][0]["message"], "adverts from 10.0.0.9 ...");
+        let old: Status = serde_json::from_str(
+            r#"{"role":"backup","vrid":1,"priority":1,"effective_priority":1,
+            "vip":"","interface":"","xdp_mode":"","active_router":null,"transitions":0,"role_since_unix_ms":0,
+            "services":[],"counters":{"arp_replies":0,"adverts_sent":0,"adverts_received":0,"adverts_discarded":0}}"#,
+        )
+        .expect("a status without warnings (an older daemon) still reads");
+        assert!(old.warnings.is_empty());
     }
 }

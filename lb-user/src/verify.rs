@@ -319,9 +319,9 @@ async fn verify_endpoint(
 ) -> EndpointReport {
     let mut report = EndpointReport { label, certificate: None, checks: Vec::new() };
     let result = match settings.kind {
-        health::Kind::Tcp | health::Kind::None => probe::probe_tcp(addr, settings.timeout).await,
-        health::Kind::Http => probe::probe_http(addr, settings).await,
-        health::Kind::Https => {
+        health::CheckKind::Tcp | health::CheckKind::None => probe::probe_tcp(addr, settings.timeout).await,
+        health::CheckKind::Http => probe::probe_http(addr, settings).await,
+        health::CheckKind::Https => {
             // Accept whatever the server presents so it can be shown; the checks below judge it.
             let show = health::Settings { tls_verify: false, ca_file: None, ..settings.clone() };
             let connector = match probe::tls_client_config(&show) {

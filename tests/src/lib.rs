@@ -26,6 +26,7 @@
 //! ```
 
 pub mod backend;
+pub mod capture;
 pub mod cmd;
 pub mod extra;
 #[path = "../../lb-user/tests/support/frames.rs"]

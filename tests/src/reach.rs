@@ -90,6 +90,49 @@ pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> R
     })
 }
 
+/// Sends an ARP request for `target` every `period` for `duration` and returns, for each request, every distinct
+/// MAC that answered before the next one went out: two nodes answering for the VIP at any moment show as a
+/// request with two answers.
+///
+/// # Errors
+/// When the namespace or the interface cannot be used.
+pub fn arp_watch(
+    ns: &str,
+    iface: &str,
+    target: Ipv4Addr,
+    period: Duration,
+    duration: Duration,
+) -> Result<Vec<(Duration, Vec<MacAddr>)>> {
+    let iface = iface.to_owned();
+    netns::in_netns(ns, move || {
+        let socket = PacketSocket::open(&iface)?;
+        let request = arp_request(socket.mac, socket.ip, target);
+        let start = Instant::now();
+        let mut rounds = Vec::new();
+        let mut buf = [0u8; 1600];
+        while start.elapsed() < duration {
+            let sent = start.elapsed();
+            socket.send(&request)?;
+            let mut answers: Vec<MacAddr> = Vec::new();
+            let until = sent + period;
+            loop {
+                let now = start.elapsed();
+                if now >= until {
+                    break;
+                }
+                let Some(len) = socket.recv(&mut buf, until - now)? else { continue };
+                if let Some(sender) = parse_reply(&buf[..len], target)
+                    && !answers.contains(&sender)
+                {
+                    answers.push(sender);
+                }
+            }
+            rounds.push((sent, answers));
+        }
+        Ok(rounds)
+    })
+}
+
 fn arp_request(mac: MacAddr, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {
     let mut frame = Vec::with_capacity(42);
     frame.extend_from_slice(&[0xff; 6]);

@@ -27,6 +27,10 @@ pub struct NodeSpec {
     pub run_as: Option<RunAs>,
     /// `conntrack_entries` (`None`: the default).
     pub conntrack_entries: Option<u32>,
+    /// Extra environment for the daemon (`NOTIFY_SOCKET`, `RUST_LOG`), set with `env`.
+    pub env: Vec<(String, String)>,
+    /// How long [`Lab::start_xvip`] waits for the status socket to answer.
+    pub startup_timeout: Duration,
 }
 
 /// A non-root user with a few capabilities, as a systemd unit with `DynamicUser=` and `AmbientCapabilities=`
@@ -71,6 +75,8 @@ impl NodeSpec {
             services: Vec::new(),
             run_as: None,
             conntrack_entries: None,
+            env: Vec::new(),
+            startup_timeout: Duration::from_secs(10),
         }
     }
 
@@ -198,7 +204,12 @@ impl Lab {
     pub fn start_xvip(&self, node: &Host, spec: &NodeSpec) -> Result<XvipNode> {
         let mut socket = self.dir().join(format!("{}.sock", node.name));
         let config_path = self.dir().join(format!("{}.toml", node.name));
-        let mut argv = Vec::new();
+        let mut argv: Vec<String> = Vec::new();
+        if !spec.env.is_empty() {
+            // `env` execs what follows in place, so the guarded pid is the daemon's.
+            argv.push("env".into());
+            argv.extend(spec.env.iter().map(|(k, v)| format!("{k}={v}")));
+        }
         if let Some(user) = &spec.run_as {
             // What systemd's RuntimeDirectory= gives the unit: a directory of its own for the socket.
             let dir = self.dir().join(format!("{}-run", node.name));
@@ -226,7 +237,7 @@ impl Lab {
             log_path: child.log_path().to_path_buf(),
             child: Some(child),
         };
-        let deadline = Instant::now() + Duration::from_secs(10);
+        let deadline = Instant::now() + spec.startup_timeout;
         loop {
             if node.status().is_ok() {
                 return Ok(node);
@@ -237,7 +248,12 @@ impl Lab {
                 bail!("xvip on {} exited during startup:\n{}", node.name, child.log());
             }
             if Instant::now() > deadline {
-                bail!("xvip on {} did not answer on its socket within 10 s:\n{}", node.name, node.log());
+                bail!(
+                    "xvip on {} did not answer on its socket within {:?}:\n{}",
+                    node.name,
+                    spec.startup_timeout,
+                    node.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -276,6 +292,21 @@ impl XvipNode {
 
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(ChildGuard::pid)
+    }
+
+    /// Writes `spec` as this node's config (in `host`, of `lab`) and sends SIGHUP: a reload.
+    ///
+    /// # Errors
+    /// When the file cannot be written or the daemon is not running.
+    pub fn reload(&mut self, lab: &Lab, host: &Host, spec: &NodeSpec) -> Result<()> {
+        std::fs::write(&self.config_path, config(lab, host, spec, &self.socket))
+            .with_context(|| format!("writing {}", self.config_path.display()))?;
+        self.signal(libc::SIGHUP)
+    }
+
+    /// Whether the daemon is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.as_mut().is_some_and(ChildGuard::is_running)
     }
 
     /// Sends a signal (SIGHUP for a reload, for instance).

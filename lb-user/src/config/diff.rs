@@ -1,4 +1,5 @@
-//! What a SIGHUP reload changes, and what it cannot change without a restart.
+//! What a SIGHUP reload changes, and what it cannot change without a restart. This is the one place that says
+//! which keys a reload may change: the agent applies a [`ReloadPlan`] as it is and refuses a [`RestartNeeded`].
 
 use std::fmt;
 
@@ -17,7 +18,8 @@ pub struct ReloadPlan {
     pub services_changed: Vec<String>,
     /// Services in both whose `[service.health]` differs: their checkers restart (a service can be in both lists).
     pub health_changed: Vec<String>,
-    /// Changed `[vrrp]` keys that apply in place, such as `priority`.
+    /// Changed `[vrrp]` keys; each of them applies in place (`priority`, `checksum`, the GARP settings,
+    /// `backend_loss_penalty`).
     pub vrrp_changed: Vec<&'static str>,
     /// `vip.hostname` changed (the default TLS server name of https checks).
     pub hostname_changed: bool,
@@ -57,15 +59,28 @@ impl fmt::Display for ReloadPlan {
     }
 }
 
+/// A reload that changes keys fixed while the daemon runs.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{} changed, which needs a restart; the running config was kept (reload applies services, health checks and \
+     the [vrrp] keys priority, checksum, garp_*, backend_loss_penalty)",
+    keys.join(", ")
+)]
+pub struct RestartNeeded {
+    /// The keys, by their path in the file (`vrrp.advert_interval_ms`).
+    pub keys: Vec<&'static str>,
+}
+
 /// Compares the running config with a new one for a reload.
 ///
 /// # Errors
 ///
-/// When a key changed that is fixed while the daemon runs: the interface and XDP mode (the program is attached
-/// there), `conntrack_entries` (map sizes are fixed at load), the VIP and VRID (other nodes identify the group by
-/// them, and the flow hash seed is derived from them), the VRRP source and peers (the sockets are bound to them),
-/// and the control socket. The message names the keys.
-pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, String> {
+/// [`RestartNeeded`] when a key changed that is fixed while the daemon runs: the interface and XDP mode (the
+/// program is attached there), `conntrack_entries` (map sizes are fixed at load), the VIP and VRID (other nodes
+/// identify the group by them, and the flow hash seed is derived from them), the VRRP source and peers (the sockets
+/// are bound to them), the advert interval (the data plane's dead-man switch and the peers' timers are derived
+/// from it), preemption and its delay (the election in progress was started with them), and the control socket.
+pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     let mut fixed = Vec::new();
     let mut check = |key: &'static str, changed: bool| {
         if changed {
@@ -79,22 +94,18 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, String> {
     check("vrrp.vrid", old.vrrp.vrid != new.vrrp.vrid);
     check("vrrp.source_address", old.vrrp.source_address != new.vrrp.source_address);
     check("vrrp.unicast_peers", old.vrrp.unicast_peers != new.vrrp.unicast_peers);
+    check("vrrp.advert_interval_ms", old.vrrp.advert_interval_ms != new.vrrp.advert_interval_ms);
+    check("vrrp.preempt", old.vrrp.preempt != new.vrrp.preempt);
+    check("vrrp.preempt_delay_ms", old.vrrp.preempt_delay_ms != new.vrrp.preempt_delay_ms);
     check("control.socket", old.control.socket != new.control.socket);
     if !fixed.is_empty() {
-        return Err(format!(
-            "{} changed, which needs a restart; the running config was kept (reload applies only services, health \
-             checks and the other [vrrp] keys)",
-            fixed.join(", ")
-        ));
+        return Err(RestartNeeded { keys: fixed });
     }
 
     let (o, n) = (&old.vrrp, &new.vrrp);
     let mut vrrp_changed = Vec::new();
     for (key, changed) in [
         ("priority", o.priority != n.priority),
-        ("advert_interval_ms", o.advert_interval_ms != n.advert_interval_ms),
-        ("preempt", o.preempt != n.preempt),
-        ("preempt_delay_ms", o.preempt_delay_ms != n.preempt_delay_ms),
         ("checksum", o.checksum != n.checksum),
         ("garp_count", o.garp_count != n.garp_count),
         ("garp_repeat_delay_ms", o.garp_repeat_delay_ms != n.garp_repeat_delay_ms),

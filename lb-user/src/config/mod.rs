@@ -26,7 +26,10 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-pub use diff::{ReloadPlan, diff};
+pub use diff::{ReloadPlan, RestartNeeded, diff};
+
+/// The checksum form of sent adverts is the codec's own type: one enum from the file to the wire.
+pub use crate::vrrp::packet::ChecksumMode;
 
 /// Smallest accepted `conntrack_entries`: below this the LRU would evict live flows on a lightly loaded node.
 pub const CONNTRACK_ENTRIES_MIN: u32 = 1024;
@@ -95,7 +98,7 @@ pub struct Vrrp {
     /// Adverts go to each of these; empty = multicast to 224.0.0.18.
     pub unicast_peers: Vec<Ipv4Addr>,
     /// Checksum for sent adverts; both forms are accepted on receive.
-    pub checksum: Checksum,
+    pub checksum: ChecksumMode,
     /// Gratuitous ARPs sent on becoming active.
     pub garp_count: u32,
     /// Delay of the second gratuitous ARP burst; 0 = none.
@@ -104,15 +107,6 @@ pub struct Vrrp {
     pub garp_refresh_ms: u32,
     /// Lowered from the priority while any service has no healthy backend on this node.
     pub backend_loss_penalty: u8,
-}
-
-/// Which VRRPv3 checksum to send (RFC 9568 section 5.2.8 dropped the pseudo-header that RFC 5798 had).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Checksum {
-    /// RFC 5798: over an IPv4 pseudo-header and the VRRP message; what keepalived sends.
-    PseudoHeader,
-    /// RFC 9568: over the VRRP message only.
-    Rfc9568,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,7 +232,7 @@ impl Vrrp {
             preempt_delay_ms: 0,
             source_address: None,
             unicast_peers: Vec::new(),
-            checksum: Checksum::PseudoHeader,
+            checksum: ChecksumMode::PseudoHeader,
             garp_count: DEFAULT_GARP_COUNT,
             garp_repeat_delay_ms: DEFAULT_GARP_REPEAT_DELAY_MS,
             garp_refresh_ms: 0,
@@ -276,7 +270,6 @@ macro_rules! config_words {
 
 config_words! {
     XdpMode { Auto => "auto", Native => "native", Generic => "generic" }
-    Checksum { PseudoHeader => "pseudo-header", Rfc9568 => "rfc9568" }
     Protocol { Tcp => "tcp", Udp => "udp" }
     Forwarding { Nat => "nat", Dsr => "dsr" }
     CheckKind { Tcp => "tcp", Http => "http", Https => "https", None => "none" }

@@ -518,8 +518,8 @@ impl Reader {
         vrrp.checksum = self.choice_or(
             table,
             "checksum",
-            &[("pseudo-header", Checksum::PseudoHeader), ("rfc9568", Checksum::Rfc9568)],
-            Checksum::PseudoHeader,
+            &[("pseudo-header", ChecksumMode::PseudoHeader), ("rfc9568", ChecksumMode::Rfc9568)],
+            ChecksumMode::PseudoHeader,
         );
         vrrp.garp_count = self.int_or(table, "garp_count", 0..=100, "", DEFAULT_GARP_COUNT);
         vrrp.garp_repeat_delay_ms = self.int_or(

@@ -61,7 +61,7 @@ fn minimal_config_is_valid_and_takes_every_default() {
                 preempt_delay_ms: 0,
                 source_address: None,
                 unicast_peers: vec![],
-                checksum: Checksum::PseudoHeader,
+                checksum: ChecksumMode::PseudoHeader,
                 garp_count: 5,
                 garp_repeat_delay_ms: 5000,
                 garp_refresh_ms: 0,
@@ -537,7 +537,7 @@ fn source_address_is_not_the_vip() {
 
 #[test]
 fn checksum_is_a_known_word() {
-    assert_eq!(valid(&format!("{BASE}checksum = \"rfc9568\"\n")).vrrp.checksum, Checksum::Rfc9568);
+    assert_eq!(valid(&format!("{BASE}checksum = \"rfc9568\"\n")).vrrp.checksum, ChecksumMode::Rfc9568);
     assert_eq!(
         problem(&format!("{BASE}checksum = \"pseudoheader\"\n")),
         "xvip.toml:7:12: vrrp.checksum must be one of \"pseudo-header\", \"rfc9568\", got \"pseudoheader\"; did you \
@@ -924,7 +924,8 @@ fn diff_refuses_a_vip_change() {
     let mut new = old.clone();
     new.vip.address = Ipv4Addr::new(10, 0, 0, 251);
     let error = diff(&old, &new).unwrap_err();
-    assert!(error.starts_with("vip.address changed, which needs a restart"), "{error}");
+    assert_eq!(error.keys, ["vip.address"]);
+    assert!(error.to_string().starts_with("vip.address changed, which needs a restart"), "{error}");
 }
 
 #[test]
@@ -934,8 +935,39 @@ fn diff_names_every_restart_only_key() {
     new.interface = "eth1".into();
     new.vrrp.vrid = 52;
     new.control.socket = "/tmp/other.sock".into();
-    let error = diff(&old, &new).unwrap_err();
+    let error = diff(&old, &new).unwrap_err().to_string();
     assert!(error.starts_with("interface, vrrp.vrid, control.socket changed, which needs a restart"), "{error}");
+}
+
+#[test]
+fn diff_refuses_the_timer_and_preemption_keys_in_one_place() {
+    let old = two_services();
+    for (key, change) in [
+        ("vrrp.advert_interval_ms", (|c: &mut Config| c.vrrp.advert_interval_ms = 500) as fn(&mut Config)),
+        ("vrrp.preempt", |c: &mut Config| c.vrrp.preempt = false),
+        ("vrrp.preempt_delay_ms", |c: &mut Config| c.vrrp.preempt_delay_ms = 100),
+    ] {
+        let mut new = old.clone();
+        change(&mut new);
+        assert_eq!(diff(&old, &new).unwrap_err().keys, [key]);
+    }
+}
+
+#[test]
+fn diff_applies_the_other_vrrp_keys_in_place() {
+    let old = two_services();
+    let mut new = old.clone();
+    new.vrrp.priority = 120;
+    new.vrrp.checksum = ChecksumMode::Rfc9568;
+    new.vrrp.garp_count = 2;
+    new.vrrp.garp_repeat_delay_ms = 0;
+    new.vrrp.garp_refresh_ms = 1000;
+    new.vrrp.backend_loss_penalty = 10;
+    let plan = diff(&old, &new).unwrap();
+    assert_eq!(
+        plan.vrrp_changed,
+        ["priority", "checksum", "garp_count", "garp_repeat_delay_ms", "garp_refresh_ms", "backend_loss_penalty"]
+    );
 }
 
 #[test]

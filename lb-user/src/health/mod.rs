@@ -23,33 +23,8 @@ use std::time::{Duration, Instant};
 pub mod probe;
 mod runner;
 
-pub use probe::{Kind, ProbeError, Prober, Settings};
+pub use probe::{CheckKind, ProbeError, Prober, Settings};
 pub use runner::spawn;
-
-use crate::config::{self, CheckKind};
-
-impl From<&config::Health> for Settings {
-    /// A service's `[service.health]` as the probes take it.
-    fn from(h: &config::Health) -> Self {
-        Settings {
-            kind: match h.check {
-                CheckKind::Tcp => Kind::Tcp,
-                CheckKind::Http => Kind::Http,
-                CheckKind::Https => Kind::Https,
-                CheckKind::None => Kind::None,
-            },
-            path: h.path.clone(),
-            expect_status: h.expect_status,
-            interval: Duration::from_millis(u64::from(h.interval_ms)),
-            timeout: Duration::from_millis(u64::from(h.timeout_ms)),
-            rise: h.rise,
-            fall: h.fall,
-            tls_verify: h.tls_verify,
-            ca_file: h.ca_file.clone(),
-            server_name: h.server_name.clone(),
-        }
-    }
-}
 
 /// What the runner reports to the agent: a backend changed state.
 #[derive(Clone, Debug, PartialEq, Eq)]

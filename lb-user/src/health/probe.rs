@@ -29,20 +29,12 @@ use tokio::time::{Instant, timeout_at};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-/// Which probe `[service.health] check` selects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Tcp,
-    Http,
-    Https,
-    /// No probing: the backend is always healthy.
-    None,
-}
+pub use crate::config::CheckKind;
 
 /// The `[service.health]` settings of a service, already parsed and validated by the config module.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    pub kind: Kind,
+    pub kind: CheckKind,
     /// Request path for http/https; must start with `/` and contain no whitespace or control characters.
     pub path: String,
     pub expect_status: u16,
@@ -61,21 +53,27 @@ pub struct Settings {
     pub server_name: Option<String>,
 }
 
-impl Default for Settings {
-    /// The defaults of `[service.health]` as the config module documents them (tcp, path `/`, verification on).
-    fn default() -> Self {
-        Self {
-            kind: Kind::Tcp,
-            path: "/".to_string(),
-            expect_status: 200,
-            interval: Duration::from_millis(2000),
-            timeout: Duration::from_millis(1000),
-            rise: 2,
-            fall: 3,
-            tls_verify: true,
-            ca_file: None,
-            server_name: None,
+impl From<&crate::config::Health> for Settings {
+    fn from(h: &crate::config::Health) -> Self {
+        Settings {
+            kind: h.check,
+            path: h.path.clone(),
+            expect_status: h.expect_status,
+            interval: Duration::from_millis(u64::from(h.interval_ms)),
+            timeout: Duration::from_millis(u64::from(h.timeout_ms)),
+            rise: h.rise,
+            fall: h.fall,
+            tls_verify: h.tls_verify,
+            ca_file: h.ca_file.clone(),
+            server_name: h.server_name.clone(),
         }
+    }
+}
+
+impl Default for Settings {
+    /// The defaults of `[service.health]`, from the one table of defaults in the config module.
+    fn default() -> Self {
+        Settings::from(&crate::config::Health::default())
     }
 }
 
@@ -149,17 +147,33 @@ impl std::error::Error for ProbeError {
 }
 
 /// Probes one backend with fixed settings. Keeps the TLS client configuration between probes, building it (and
-/// reading `ca_file`) on first use and again at each probe until that succeeds, so a CA file that appears later is
-/// picked up.
+/// reading `ca_file`) on first use, again at each probe until that succeeds (a CA file that appears later is picked
+/// up), and again whenever the file changes (a rotated CA needs no restart).
 pub struct Prober {
     backend: SocketAddr,
     settings: Settings,
     tls: Option<TlsConnector>,
+    /// What `ca_file` looked like when `tls` was built: a change of it means the CA was rotated.
+    ca_stamp: Option<FileStamp>,
+}
+
+/// Enough of a file's metadata to notice that it was replaced or rewritten.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<std::time::SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+fn file_stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path).ok()?;
+    Some(FileStamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() })
 }
 
 impl Prober {
     pub fn new(backend: SocketAddr, settings: Settings) -> Self {
-        Self { backend, settings, tls: None }
+        Self { backend, settings, tls: None, ca_stamp: None }
     }
 
     pub fn settings(&self) -> &Settings {
@@ -176,10 +190,18 @@ impl Prober {
     /// configuration.
     pub async fn probe(&mut self) -> Result<String, ProbeError> {
         match self.settings.kind {
-            Kind::None => Ok("check = none".to_string()),
-            Kind::Tcp => probe_tcp(self.backend, self.settings.timeout).await,
-            Kind::Http => probe_http(self.backend, &self.settings).await,
-            Kind::Https => {
+            CheckKind::None => Ok("check = none".to_string()),
+            CheckKind::Tcp => probe_tcp(self.backend, self.settings.timeout).await,
+            CheckKind::Http => probe_http(self.backend, &self.settings).await,
+            CheckKind::Https => {
+                if let Some(path) = self.settings.ca_file.as_deref().filter(|_| self.settings.tls_verify) {
+                    let stamp = file_stamp(path);
+                    if stamp != self.ca_stamp {
+                        // Rotated (or appeared, or vanished): build the configuration again from the file as it is.
+                        self.tls = None;
+                        self.ca_stamp = stamp;
+                    }
+                }
                 let connector = match &self.tls {
                     Some(connector) => connector.clone(),
                     None => {

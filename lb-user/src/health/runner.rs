@@ -6,19 +6,19 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
-use super::{Checker, HealthEvent, Kind, Prober, Settings, Tracker, first_probe_delay};
+use super::{CheckKind, Checker, HealthEvent, Prober, Settings, Tracker, first_probe_delay};
 
 /// Starts health-checking `backend` and returns the task's handle.
 ///
 /// The first probe runs after a jitter of at most 10% of the interval (less when the timeout leaves less, see
 /// [`first_probe_delay`]), then one every interval. An event is sent
-/// only on a transition; the first result always is one (unknown -> up or down). With [`Kind::None`] a single
+/// only on a transition; the first result always is one (unknown -> up or down). With [`CheckKind::None`] a single
 /// "healthy" event is sent and the task ends.
 ///
 /// The task ends when the receiver of `tx` is dropped (checked while waiting, so it ends promptly even between
 /// probes); [`JoinHandle::abort`] stops it at once. It must be called inside a tokio runtime.
 pub fn spawn(backend: SocketAddr, settings: Settings, tx: mpsc::Sender<HealthEvent>) -> JoinHandle<()> {
-    if settings.kind == Kind::None {
+    if settings.kind == CheckKind::None {
         return tokio::spawn(async move {
             let event = HealthEvent { backend, healthy: true, reason: "check = none: always healthy".to_string() };
             // A dropped receiver means nobody is interested any more; there is nothing else to do.
@@ -70,7 +70,7 @@ mod tests {
 
     fn tcp_settings() -> Settings {
         Settings {
-            kind: Kind::Tcp,
+            kind: CheckKind::Tcp,
             interval: Duration::from_millis(20),
             timeout: Duration::from_secs(2),
             rise: 2,
@@ -114,7 +114,7 @@ mod tests {
     async fn check_none_reports_healthy_once_and_ends() {
         let (tx, mut rx) = mpsc::channel(8);
         let backend = SocketAddr::from(([192, 0, 2, 1], 6443));
-        let task = spawn(backend, Settings { kind: Kind::None, ..Settings::default() }, tx);
+        let task = spawn(backend, Settings { kind: CheckKind::None, ..Settings::default() }, tx);
         let event = next(&mut rx).await;
         assert_eq!(event, HealthEvent { backend, healthy: true, reason: "check = none: always healthy".into() });
         timeout(PATIENCE, task).await.expect("the task ends").expect("no panic");

@@ -23,6 +23,9 @@ pub enum Role {
     Initialize,
     Backup,
     Active,
+    /// keepalived's FAULT: the interface has no link, so this router can neither hear nor send adverts. It holds
+    /// nothing and runs no timer until [`Router::start`] is called again (then it comes back as a backup).
+    Fault,
 }
 
 impl Role {
@@ -32,6 +35,44 @@ impl Role {
             Role::Initialize => "initialize",
             Role::Backup => "backup",
             Role::Active => "active",
+            Role::Fault => "fault",
+        }
+    }
+}
+
+/// Why a role changed, as a stable key for counters (`transitions` by cause) and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Cause {
+    /// The Startup event (RFC 5798 §6.4.1), also after a fault or a stall.
+    Startup,
+    /// Master_Down_Timer expired without adverts from an active router.
+    MasterDown,
+    /// This backup preempted a lower-priority active router.
+    Preempt,
+    /// The active router sent a priority-0 advert and this backup took over after Skew_Time.
+    PeerStopped,
+    /// An active router heard a higher priority (or an equal one from a higher address) and stepped down.
+    HigherPriority,
+    /// The link went down.
+    LinkDown,
+    /// The agent was not scheduled for longer than the peers' down interval (see `engine`).
+    Stall,
+    /// Shutdown.
+    Stop,
+}
+
+impl Cause {
+    /// A stable snake_case key.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Startup => "startup",
+            Cause::MasterDown => "master_down",
+            Cause::Preempt => "preempt",
+            Cause::PeerStopped => "peer_stopped",
+            Cause::HigherPriority => "higher_priority",
+            Cause::LinkDown => "link_down",
+            Cause::Stall => "stall",
+            Cause::Stop => "stop",
         }
     }
 }
@@ -44,16 +85,19 @@ impl fmt::Display for Role {
 
 /// What the caller must do, in the order returned.
 ///
-/// A transition to Active comes first, so the address is held before it is advertised and
-/// announced by gratuitous ARP.
+/// Becoming Active follows RFC 5798 §6.4.2: the advert goes out first, then the address is taken, then it is
+/// announced by gratuitous ARP. Advertising before answering means a preempted router steps down before (not
+/// after) this one starts answering, so the two never answer at the same moment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Send an advert with this priority (0 when stopping) and this router's own interval.
     SendAdvert { priority: u8 },
     /// Take the virtual address; `reason` is for the log line.
-    BecomeActive { reason: String },
+    BecomeActive { cause: Cause, reason: String },
     /// Give the virtual address up (or never take it); `reason` is for the log line.
-    BecomeBackup { reason: String },
+    BecomeBackup { cause: Cause, reason: String },
+    /// No link: the virtual address must not be held, no timer runs.
+    BecomeFault { reason: String },
     /// Stopped: the virtual address must not be held.
     BecomeInitialize,
     /// Announce the virtual address by gratuitous ARP (RFC 5798 §6.4.1/§6.4.2, RFC 9568 §6.4.3).
@@ -122,6 +166,9 @@ pub struct Router {
     waiting: Waiting,
     /// With a preempt delay, preemption of a lower-priority active router is allowed from this time.
     preempt_after: Option<Duration>,
+    /// When an active router last answered a lower-priority (or priority-0) advert: it answers at most once per
+    /// advert interval, so a flood of unauthenticated adverts costs one advert and one GARP burst per interval.
+    last_reply: Option<Duration>,
 }
 
 impl Router {
@@ -150,6 +197,7 @@ impl Router {
             active: None,
             waiting: Waiting::Startup,
             preempt_after: None,
+            last_reply: None,
         })
     }
 
@@ -172,8 +220,13 @@ impl Router {
         match self.role {
             Role::Active => Some(self.settings.primary_address),
             Role::Backup => self.active.map(|(addr, _)| addr),
-            Role::Initialize => None,
+            Role::Initialize | Role::Fault => None,
         }
+    }
+
+    /// When this backup last heard from the active router (an accepted advert, a priority-0 advert) or started.
+    pub fn last_heard(&self) -> Duration {
+        self.last_heard
     }
 
     /// Active_Adver_Interval (RFC 9568 §6.1): the interval this backup's timers are based on.
@@ -207,16 +260,20 @@ impl Router {
         }
     }
 
-    /// The Startup event (RFC 5798 §6.4.1). Does nothing unless in Initialize.
+    /// The Startup event (RFC 5798 §6.4.1). Does nothing unless in Initialize or Fault.
     pub fn start(&mut self, now: Duration) -> Vec<Action> {
-        if self.role != Role::Initialize {
+        if !matches!(self.role, Role::Initialize | Role::Fault) {
             return Vec::new();
         }
         self.active = None;
         self.waiting = Waiting::Startup;
         self.last_heard = now;
         if self.priority == PRIORITY_OWNER {
-            return self.become_active(now, format!("startup as the address owner (priority {PRIORITY_OWNER})"));
+            return self.become_active(
+                now,
+                Cause::Startup,
+                format!("startup as the address owner (priority {PRIORITY_OWNER})"),
+            );
         }
         self.master_adver_interval = centiseconds(self.settings.advert_interval);
         // keepalived starts the preempt delay when it enters BACKUP at startup.
@@ -224,12 +281,26 @@ impl Router {
         self.role = Role::Backup;
         self.arm_down_timer(now, self.master_down_interval());
         vec![Action::BecomeBackup {
+            cause: Cause::Startup,
             reason: format!(
                 "startup with priority {}; waiting {} for an active router",
                 self.priority,
                 secs(self.master_down_interval())
             ),
         }]
+    }
+
+    /// The link went down (keepalived's FAULT): no advert can leave, so stop quietly, hold nothing and run no
+    /// timer. [`Router::start`] brings it back as a backup. Does nothing when already in Fault.
+    pub fn fault(&mut self, _now: Duration, reason: String) -> Vec<Action> {
+        if self.role == Role::Fault {
+            return Vec::new();
+        }
+        self.role = Role::Fault;
+        self.deadline = None;
+        self.active = None;
+        self.last_reply = None;
+        vec![Action::BecomeFault { reason }]
     }
 
     /// The Shutdown event (RFC 5798 §6.4.2, §6.4.3): an active router sends priority 0 so a backup
@@ -239,8 +310,10 @@ impl Router {
         self.role = Role::Initialize;
         self.deadline = None;
         self.active = None;
+        self.last_reply = None;
         match was {
             Role::Initialize => Vec::new(),
+            Role::Fault => vec![Action::BecomeInitialize],
             Role::Backup => vec![Action::BecomeInitialize],
             Role::Active => vec![Action::SendAdvert { priority: PRIORITY_STOP }, Action::BecomeInitialize],
         }
@@ -253,7 +326,7 @@ impl Router {
             _ => return Vec::new(),
         }
         match self.role {
-            Role::Initialize => Vec::new(),
+            Role::Initialize | Role::Fault => Vec::new(),
             Role::Active => {
                 // Re-armed from now, not from the missed deadline: a stalled process must not answer
                 // with a burst of catch-up adverts (seen from keepalived in the LAB).
@@ -262,22 +335,29 @@ impl Router {
             }
             Role::Backup => {
                 let waited = secs(now.saturating_sub(self.last_heard));
-                let reason = match self.waiting {
-                    Waiting::Preempting(addr, prio) => format!(
-                        "preempting lower priority {prio} active router {addr} (ours {}): master down timer expired after {waited}",
-                        self.priority
+                let (cause, reason) = match self.waiting {
+                    Waiting::Preempting(addr, prio) => (
+                        Cause::Preempt,
+                        format!(
+                            "preempting lower priority {prio} active router {addr} (ours {}): master down timer \
+                             expired after {waited}",
+                            self.priority
+                        ),
                     ),
-                    Waiting::Adverts(addr) => {
-                        format!("master down timer expired after {waited} without adverts from {addr}")
-                    }
-                    Waiting::Stopping(addr) => {
-                        format!("active router {addr} stopped (priority 0 advert); took over after skew time {waited}")
-                    }
-                    Waiting::Startup => {
-                        format!("master down timer expired after {waited} without adverts from an active router")
-                    }
+                    Waiting::Adverts(addr) => (
+                        Cause::MasterDown,
+                        format!("master down timer expired after {waited} without adverts from {addr}"),
+                    ),
+                    Waiting::Stopping(addr) => (
+                        Cause::PeerStopped,
+                        format!("active router {addr} stopped (priority 0 advert); took over after skew time {waited}"),
+                    ),
+                    Waiting::Startup => (
+                        Cause::MasterDown,
+                        format!("master down timer expired after {waited} without adverts from an active router"),
+                    ),
                 };
-                self.become_active(now, reason)
+                self.become_active(now, cause, reason)
             }
         }
     }
@@ -288,7 +368,7 @@ impl Router {
             return Vec::new();
         }
         match self.role {
-            Role::Initialize => Vec::new(),
+            Role::Initialize | Role::Fault => Vec::new(),
             Role::Backup => self.backup_on_advert(now, sender, advert),
             Role::Active => self.active_on_advert(now, sender, advert),
         }
@@ -356,6 +436,9 @@ impl Router {
     fn active_on_advert(&mut self, now: Duration, sender: Ipv4Addr, advert: &Advert) -> Vec<Action> {
         if advert.priority == PRIORITY_STOP {
             // Another router thought it was active and is stopping: remind the backups who is.
+            if !self.may_reply(now) {
+                return Vec::new();
+            }
             self.arm_adver_timer(now);
             return vec![Action::SendAdvert { priority: self.priority }];
         }
@@ -377,22 +460,43 @@ impl Router {
             self.last_heard = now;
             self.master_adver_interval = centiseconds(advert.max_adver_int);
             self.arm_down_timer(now, self.master_down_interval());
-            return vec![Action::BecomeBackup { reason }];
+            self.last_reply = None;
+            return vec![Action::BecomeBackup { cause: Cause::HigherPriority, reason }];
         }
         // Two active routers (a split brain healing): RFC 9568 re-advertises at once so the other one
         // steps down, and re-announces the address so clients that followed the other one come back
-        // (keepalived#166: without it they keep the wrong MAC).
+        // (keepalived#166: without it they keep the wrong MAC). At most once per advert interval: adverts are
+        // unauthenticated, and a flood of them must not become a flood of broadcasts.
+        if !self.may_reply(now) {
+            return Vec::new();
+        }
         self.arm_adver_timer(now);
         vec![Action::SendAdvert { priority: self.priority }, Action::SendGratuitousArp]
     }
 
-    /// RFC 5798 §6.4.1 (owner) and §6.4.2 (down timer): advertise, announce, start Adver_Timer.
-    fn become_active(&mut self, now: Duration, reason: String) -> Vec<Action> {
+    /// Whether an active router may answer another router's advert now (at most once per advert interval).
+    fn may_reply(&mut self, now: Duration) -> bool {
+        let interval = centiseconds(self.settings.advert_interval);
+        if self.last_reply.is_some_and(|at| now < at + interval) {
+            return false;
+        }
+        self.last_reply = Some(now);
+        true
+    }
+
+    /// RFC 5798 §6.4.1 (owner) and §6.4.2 (down timer): advertise, take the address, announce it, start
+    /// Adver_Timer.
+    fn become_active(&mut self, now: Duration, cause: Cause, reason: String) -> Vec<Action> {
         self.role = Role::Active;
         self.active = None;
         self.preempt_after = None;
+        self.last_reply = None;
         self.arm_adver_timer(now);
-        vec![Action::BecomeActive { reason }, Action::SendAdvert { priority: self.priority }, Action::SendGratuitousArp]
+        vec![
+            Action::SendAdvert { priority: self.priority },
+            Action::BecomeActive { cause, reason },
+            Action::SendGratuitousArp,
+        ]
     }
 
     fn arm_adver_timer(&mut self, now: Duration) {
@@ -449,15 +553,23 @@ mod tests {
         Duration::from_secs_f64(secs)
     }
 
+    /// The RFC 5798 §6.4.2 sequence: advert, take the address, gratuitous ARP.
     fn is_become_active(actions: &[Action]) -> bool {
-        matches!(actions.first(), Some(Action::BecomeActive { .. }))
+        matches!(actions, [Action::SendAdvert { .. }, Action::BecomeActive { .. }, Action::SendGratuitousArp])
+    }
+
+    fn cause(actions: &[Action]) -> Option<Cause> {
+        actions.iter().find_map(|a| match a {
+            Action::BecomeActive { cause, .. } | Action::BecomeBackup { cause, .. } => Some(*cause),
+            _ => None,
+        })
     }
 
     fn reason(actions: &[Action]) -> &str {
         actions
             .iter()
             .find_map(|a| match a {
-                Action::BecomeActive { reason } | Action::BecomeBackup { reason } => Some(&**reason),
+                Action::BecomeActive { reason, .. } | Action::BecomeBackup { reason, .. } => Some(&**reason),
                 _ => None,
             })
             .unwrap_or("")
@@ -518,7 +630,8 @@ mod tests {
         let mut r = router(255);
         let actions = r.start(s(2.0));
         assert!(is_become_active(&actions));
-        assert_eq!(actions[1..], [Action::SendAdvert { priority: 255 }, Action::SendGratuitousArp]);
+        assert_eq!(actions[0], Action::SendAdvert { priority: 255 });
+        assert_eq!(cause(&actions), Some(Cause::Startup));
         assert_eq!(r.role(), Role::Active);
         assert_eq!(r.next_deadline(), Some(s(3.0)));
         assert_eq!(r.active_router(), Some(ME));
@@ -541,7 +654,8 @@ mod tests {
         assert_eq!(r.next_deadline(), Some(deadline));
         let actions = r.on_timer(deadline);
         assert!(is_become_active(&actions));
-        assert_eq!(actions[1..], [Action::SendAdvert { priority: 100 }, Action::SendGratuitousArp]);
+        assert_eq!(actions[0], Action::SendAdvert { priority: 100 });
+        assert_eq!(cause(&actions), Some(Cause::MasterDown));
         assert_eq!(reason(&actions), "master down timer expired after 3.61 s without adverts from 10.0.0.9");
         assert_eq!(r.role(), Role::Active);
         assert_eq!(r.next_deadline(), Some(deadline + s(1.0)));
@@ -610,6 +724,7 @@ mod tests {
             reason(&actions),
             "active router 10.0.0.9 stopped (priority 0 advert); took over after skew time 0.61 s"
         );
+        assert_eq!(cause(&actions), Some(Cause::PeerStopped));
     }
 
     #[test]
@@ -638,6 +753,7 @@ mod tests {
             reason(&actions),
             "preempting lower priority 100 active router 10.0.0.1 (ours 150): master down timer expired after 3.41 s"
         );
+        assert_eq!(cause(&actions), Some(Cause::Preempt));
     }
 
     #[test]
@@ -709,7 +825,10 @@ mod tests {
         let actions = r.on_advert(s(10.5), LOWER_ADDR, &advert(200, 50));
         assert_eq!(
             actions,
-            [Action::BecomeBackup { reason: "higher priority 200 advert from 10.0.0.1 (ours 100)".into() }]
+            [Action::BecomeBackup {
+                cause: Cause::HigherPriority,
+                reason: "higher priority 200 advert from 10.0.0.1 (ours 100)".into()
+            }]
         );
         assert_eq!(r.role(), Role::Backup);
         assert_eq!(r.active_router(), Some(LOWER_ADDR));
@@ -725,6 +844,7 @@ mod tests {
         assert_eq!(
             actions,
             [Action::BecomeBackup {
+                cause: Cause::HigherPriority,
                 reason: "equal priority 100 advert from higher address 10.0.0.9 (ours 10.0.0.5)".into()
             }]
         );
@@ -879,5 +999,56 @@ mod tests {
         r.start(Duration::ZERO);
         r.on_advert(s(1.0), HIGHER_ADDR, &advert(200, 10));
         assert_eq!(r.advert(100, &[VIP]), advert(100, 100));
+    }
+
+    #[test]
+    fn active_answers_lower_priority_adverts_at_most_once_per_interval() {
+        let mut r = active_router(150);
+        assert_eq!(
+            r.on_advert(s(10.10), LOWER_ADDR, &advert(100, 100)),
+            [Action::SendAdvert { priority: 150 }, Action::SendGratuitousArp]
+        );
+        // A flood within the same second (the interval is 1 s) costs nothing more.
+        for i in 1..100 {
+            let t = s(10.10) + ms(i * 9);
+            assert!(r.on_advert(t, LOWER_ADDR, &advert(100, 100)).is_empty(), "reply at {t:?}");
+            assert!(r.on_advert(t, HIGHER_ADDR, &advert(0, 100)).is_empty(), "priority-0 reply at {t:?}");
+        }
+        assert_eq!(r.role(), Role::Active);
+        assert_eq!(r.next_deadline(), Some(s(11.10)), "the advert timer keeps its schedule");
+        assert_eq!(r.on_advert(s(11.10), LOWER_ADDR, &advert(100, 100)).len(), 2, "one interval later it answers");
+    }
+
+    #[test]
+    fn a_higher_priority_advert_is_never_rate_limited() {
+        let mut r = active_router(150);
+        r.on_advert(s(10.1), LOWER_ADDR, &advert(100, 100));
+        let actions = r.on_advert(s(10.2), HIGHER_ADDR, &advert(200, 100));
+        assert!(matches!(actions[..], [Action::BecomeBackup { cause: Cause::HigherPriority, .. }]));
+    }
+
+    #[test]
+    fn fault_holds_nothing_runs_no_timer_and_restarts_as_backup() {
+        let mut r = active_router(150);
+        let actions = r.fault(s(10.5), "link down on eth0".into());
+        assert_eq!(actions, [Action::BecomeFault { reason: "link down on eth0".into() }]);
+        assert_eq!(r.role(), Role::Fault);
+        assert_eq!(r.next_deadline(), None);
+        assert_eq!(r.active_router(), None);
+        assert!(r.fault(s(10.6), "again".into()).is_empty(), "already in fault");
+        assert!(r.on_advert(s(10.7), HIGHER_ADDR, &advert(200, 100)).is_empty(), "a faulty router hears nothing");
+        assert!(r.on_timer(s(100.0)).is_empty());
+        let actions = r.start(s(12.0));
+        assert!(matches!(actions[..], [Action::BecomeBackup { cause: Cause::Startup, .. }]));
+        assert_eq!(r.role(), Role::Backup, "back as a backup, so preemption decides");
+        assert_eq!(r.next_deadline(), Some(s(12.0) + Duration::from_nanos(3_414_062_500)));
+    }
+
+    #[test]
+    fn shutdown_from_fault_sends_nothing() {
+        let mut r = router(100);
+        r.start(Duration::ZERO);
+        r.fault(s(1.0), "link down".into());
+        assert_eq!(r.shutdown(s(2.0)), [Action::BecomeInitialize]);
     }
 }

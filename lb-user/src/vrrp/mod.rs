@@ -13,6 +13,6 @@ pub mod machine;
 pub mod packet;
 pub mod socket;
 
-pub use machine::{Action, Role, Router, Settings};
+pub use machine::{Action, Cause, Role, Router, Settings};
 pub use packet::{Advert, ChecksumMode, Discard, Received, RxFilter};
 pub use socket::{InterfaceInfo, Transport, VrrpSocket};

@@ -73,6 +73,12 @@ impl ChecksumMode {
     }
 }
 
+impl fmt::Display for ChecksumMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// Why a received packet was dropped. The variants follow RFC 5798 §7.1, in the order the checks run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discard {

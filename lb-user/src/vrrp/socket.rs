@@ -10,10 +10,48 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
-use anyhow::{Context, Result, bail};
 use tokio::io::unix::AsyncFd;
 
-use super::packet::{self, Advert, ChecksumMode, MULTICAST_GROUP, REQUIRED_TTL};
+use super::packet::{self, Advert, ChecksumMode, EmitError, MULTICAST_GROUP, REQUIRED_TTL};
+
+/// The VRRP socket could not be opened, or a send or receive failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("interface name {0:?} contains a NUL byte")]
+    InvalidName(String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("ifindex {index} of {interface} is out of range")]
+    IndexOutOfRange { interface: String, index: u32 },
+    #[error("VRRP source address {source_address} is not on interface {interface} (its IPv4 addresses: {addresses:?})")]
+    NotOnInterface { source_address: Ipv4Addr, interface: String, addresses: Vec<Ipv4Addr> },
+    #[error("VRRP unicast mode on {0} needs at least one peer")]
+    NoPeers(String),
+    #[error("encoding a VRRP advert for {interface}: {source}")]
+    Encode {
+        interface: String,
+        #[source]
+        source: EmitError,
+    },
+    #[error(
+        "sendmsg() of a VRRP advert from {source_address} on {interface} failed for {} of {total} destinations: {}",
+        failures.len(),
+        failures.iter().map(|(dst, e)| format!("{dst}: {e}")).collect::<Vec<_>>().join("; ")
+    )]
+    Send { source_address: Ipv4Addr, interface: String, total: usize, failures: Vec<(Ipv4Addr, io::Error)> },
+}
+
+type Result<T> = std::result::Result<T, Error>;
+
+/// Maps an I/O error to [`Error::Io`] saying what was being done.
+fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
 
 /// The DSCP "network control" class (CS6) keepalived marks adverts with (TOS 0xc0, vrrp.md §4.1).
 const TOS_NETWORK_CONTROL: c_int = 0xc0;
@@ -61,11 +99,11 @@ impl InterfaceInfo {
 /// # Errors
 /// When no interface has this name.
 pub fn interface_index(name: &str) -> Result<u32> {
-    let cname = CString::new(name).with_context(|| format!("interface name {name:?} contains a NUL byte"))?;
+    let cname = CString::new(name).map_err(|_| Error::InvalidName(name.to_string()))?;
     // SAFETY: cname is a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
     if index == 0 {
-        return Err(io::Error::last_os_error()).with_context(|| format!("if_nametoindex({name}): no such interface"));
+        return Err(io_error(format!("if_nametoindex({name}): no such interface"))(io::Error::last_os_error()));
     }
     Ok(index)
 }
@@ -82,8 +120,9 @@ fn interface_ipv4_addresses(name: &str) -> Result<Vec<Ipv4Addr>> {
     let mut head = ptr::null_mut();
     // SAFETY: getifaddrs writes a list head we free in List::drop.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return Err(io::Error::last_os_error())
-            .with_context(|| format!("getifaddrs() while listing the addresses of {name}"));
+        return Err(
+            io_error(format!("getifaddrs() while listing the addresses of {name}"))(io::Error::last_os_error()),
+        );
     }
     let list = List(head);
     let mut addresses = Vec::new();
@@ -139,10 +178,14 @@ impl VrrpSocket {
     pub fn open(interface: &str, source: Ipv4Addr, transport: Transport) -> Result<Self> {
         let info = InterfaceInfo::lookup(interface)?;
         if !info.ipv4.contains(&source) {
-            bail!("VRRP source address {source} is not on interface {interface} (its IPv4 addresses: {:?})", info.ipv4);
+            return Err(Error::NotOnInterface {
+                source_address: source,
+                interface: interface.to_string(),
+                addresses: info.ipv4,
+            });
         }
         if transport == Transport::Unicast(Vec::new()) {
-            bail!("VRRP unicast mode on {interface} needs at least one peer");
+            return Err(Error::NoPeers(interface.to_string()));
         }
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
@@ -153,9 +196,9 @@ impl VrrpSocket {
             )
         };
         if raw < 0 {
-            return Err(io::Error::last_os_error()).with_context(|| {
-                format!("socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)")
-            });
+            return Err(io_error(format!(
+                "socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"
+            ))(io::Error::last_os_error()));
         }
         // SAFETY: raw is a fresh fd that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -163,34 +206,34 @@ impl VrrpSocket {
         let ctx = |opt: &str| format!("setsockopt({opt}) on the VRRP socket of {interface}");
 
         setsockopt_bytes(raw, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, interface.as_bytes())
-            .with_context(|| ctx("SO_BINDTODEVICE"))?;
+            .map_err(io_error(ctx("SO_BINDTODEVICE")))?;
         let ttl = c_int::from(REQUIRED_TTL);
-        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TTL, &ttl).with_context(|| ctx("IP_TTL"))?;
-        setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl).with_context(|| ctx("IP_MULTICAST_TTL"))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TTL, &ttl).map_err(io_error(ctx("IP_TTL")))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl).map_err(io_error(ctx("IP_MULTICAST_TTL")))?;
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &0 as &c_int)
-            .with_context(|| ctx("IP_MULTICAST_LOOP"))?;
-        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TOS, &TOS_NETWORK_CONTROL).with_context(|| ctx("IP_TOS"))?;
+            .map_err(io_error(ctx("IP_MULTICAST_LOOP")))?;
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_TOS, &TOS_NETWORK_CONTROL).map_err(io_error(ctx("IP_TOS")))?;
         if transport == Transport::Multicast {
             let ifindex = c_int::try_from(info.index)
-                .with_context(|| format!("ifindex {} of {interface} out of range", info.index))?;
+                .map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index: info.index })?;
             let out = libc::ip_mreqn {
                 imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
                 imr_address: in_addr(source),
                 imr_ifindex: ifindex,
             };
-            setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &out).with_context(|| ctx("IP_MULTICAST_IF"))?;
+            setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &out).map_err(io_error(ctx("IP_MULTICAST_IF")))?;
             let join = libc::ip_mreqn {
                 imr_multiaddr: in_addr(MULTICAST_GROUP),
                 imr_address: in_addr(Ipv4Addr::UNSPECIFIED),
                 imr_ifindex: ifindex,
             };
             setsockopt(raw, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &join)
-                .with_context(|| ctx("IP_ADD_MEMBERSHIP 224.0.0.18"))?;
+                .map_err(io_error(ctx("IP_ADD_MEMBERSHIP 224.0.0.18")))?;
         }
         // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd.
         let fd = unsafe { AsyncFd::register(fd) }
             .map_err(io::Error::from)
-            .with_context(|| format!("registering the VRRP socket of {interface} with the tokio reactor"))?;
+            .map_err(io_error(format!("registering the VRRP socket of {interface} with the tokio reactor")))?;
         let mut own = info.ipv4;
         own.push(source);
         Ok(VrrpSocket { fd, interface: interface.to_owned(), ifindex: info.index, source, transport, own })
@@ -226,20 +269,18 @@ impl VrrpSocket {
         for dst in &destinations {
             let bytes = advert
                 .to_bytes(self.source, *dst, checksum)
-                .with_context(|| format!("encoding a VRRP advert for {}", self.interface))?;
+                .map_err(|source| Error::Encode { interface: self.interface.clone(), source })?;
             if let Err(err) = self.send_to(&bytes, *dst).await {
-                failures.push(format!("{dst}: {err}"));
+                failures.push((*dst, err));
             }
         }
         if !failures.is_empty() {
-            bail!(
-                "sendmsg() of a VRRP advert from {} on {} failed for {} of {} destinations: {}",
-                self.source,
-                self.interface,
-                failures.len(),
-                destinations.len(),
-                failures.join("; ")
-            );
+            return Err(Error::Send {
+                source_address: self.source,
+                interface: self.interface.clone(),
+                total: destinations.len(),
+                failures,
+            });
         }
         Ok(())
     }
@@ -267,10 +308,13 @@ impl VrrpSocket {
     pub async fn recv(&self) -> Result<Vec<u8>> {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
-            let mut guard =
-                self.fd.readable().await.with_context(|| format!("waiting for VRRP packets on {}", self.interface))?;
+            let mut guard = self
+                .fd
+                .readable()
+                .await
+                .map_err(io_error(format!("waiting for VRRP packets on {}", self.interface)))?;
             let received = match guard.try_io(|fd| recv_truncating(fd.as_raw_fd(), &mut buf)) {
-                Ok(result) => result.with_context(|| format!("recv() on the VRRP socket of {}", self.interface))?,
+                Ok(result) => result.map_err(io_error(format!("recv() on the VRRP socket of {}", self.interface)))?,
                 Err(_would_block) => continue,
             };
             let bytes = &buf[..received.min(buf.len())];
@@ -354,140 +398,6 @@ fn recv_truncating(fd: RawFd, buf: &mut [u8]) -> io::Result<usize> {
     usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
-/// Network namespaces for tests: a thread that `unshare(CLONE_NEWNET)`s runs jobs inside it.
-///
-/// A socket keeps the namespace it was created in, so sockets made by a job can be used from any
-/// thread. The namespace and its interfaces vanish when the worker thread and its sockets are gone.
-#[cfg(test)]
-pub(crate) mod testnet {
-    use std::process::Command;
-    use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::mpsc;
-    use std::thread::{self, JoinHandle};
-    use std::time::{Duration, Instant};
-
-    use anyhow::{Context, Result, anyhow, bail};
-
-    type Job = Box<dyn FnOnce() + Send>;
-
-    pub(crate) struct Netns {
-        jobs: Option<mpsc::Sender<Job>>,
-        thread: Option<JoinHandle<()>>,
-        tid: libc::pid_t,
-    }
-
-    impl Netns {
-        pub(crate) fn new() -> Result<Self> {
-            let (jobs, rx) = mpsc::channel::<Job>();
-            let (ready_tx, ready_rx) = mpsc::channel();
-            let thread = thread::spawn(move || {
-                // SAFETY: unshare only affects this thread's namespaces.
-                if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                    let _ = ready_tx.send(Err(std::io::Error::last_os_error()));
-                    return;
-                }
-                // SAFETY: gettid has no preconditions.
-                let _ = ready_tx.send(Ok(unsafe { libc::gettid() }));
-                for job in rx {
-                    job();
-                }
-            });
-            let tid = ready_rx
-                .recv()
-                .context("netns worker thread died")?
-                .context("unshare(CLONE_NEWNET) (tests need root)")?;
-            let ns = Netns { jobs: Some(jobs), thread: Some(thread), tid };
-            ns.ip("link set lo up")?;
-            Ok(ns)
-        }
-
-        /// Runs `f` on the namespace's thread and returns its result.
-        pub(crate) fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Result<R> {
-            let (tx, rx) = mpsc::sync_channel(1);
-            self.jobs
-                .as_ref()
-                .ok_or_else(|| anyhow!("netns worker stopped"))?
-                .send(Box::new(move || {
-                    let _ = tx.send(f());
-                }))
-                .map_err(|_| anyhow!("netns worker stopped"))?;
-            rx.recv().context("netns job panicked")
-        }
-
-        /// Runs `ip ARGS` inside the namespace.
-        pub(crate) fn ip(&self, args: &str) -> Result<()> {
-            self.ip_output(args).map(drop)
-        }
-
-        /// Runs `ip ARGS` inside the namespace and returns its stdout.
-        pub(crate) fn ip_output(&self, args: &str) -> Result<String> {
-            let args = args.to_owned();
-            self.run(move || {
-                let out = Command::new("ip").args(args.split_whitespace()).output().context("running ip")?;
-                if !out.status.success() {
-                    bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
-                }
-                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-            })?
-        }
-
-        /// Waits until `interface` can carry traffic. Linkwatch activates the qdisc asynchronously after
-        /// carrier comes up (up to a second later); until then `qdisc noop` drops every frame silently.
-        pub(crate) fn wait_running(&self, interface: &str) -> Result<()> {
-            let deadline = Instant::now() + Duration::from_secs(5);
-            loop {
-                let link = self.ip_output(&format!("-o link show dev {interface}"))?;
-                if link.contains("state UP") && !link.contains("qdisc noop") {
-                    return Ok(());
-                }
-                if Instant::now() > deadline {
-                    bail!("{interface} not running after 5 s: {}", link.trim());
-                }
-                thread::sleep(Duration::from_millis(10));
-            }
-        }
-    }
-
-    impl Drop for Netns {
-        fn drop(&mut self) {
-            drop(self.jobs.take());
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-
-    /// Two namespaces joined by a veth pair, both ends up.
-    pub(crate) struct VethPair {
-        pub(crate) a: Netns,
-        pub(crate) b: Netns,
-        pub(crate) a_if: String,
-        pub(crate) b_if: String,
-    }
-
-    /// `a_setup` / `b_setup` are extra `ip` commands run before the ends go up; `{if}` stands for
-    /// the end's name.
-    pub(crate) fn veth_pair(a_setup: &[&str], b_setup: &[&str]) -> Result<VethPair> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        // IFNAMSIZ: "xvt" + pid (≤ 7 digits) + n + a/b, plus room for a ":x" label, fits 15 bytes.
-        let base = format!("xvt{}{n}", std::process::id());
-        let (a_if, b_if) = (format!("{base}a"), format!("{base}b"));
-        let a = Netns::new()?;
-        let b = Netns::new()?;
-        a.ip(&format!("link add {a_if} type veth peer name {b_if} netns {}", b.tid))?;
-        for (ns, name, setup) in [(&a, &a_if, a_setup), (&b, &b_if, b_setup)] {
-            for cmd in setup {
-                ns.ip(&cmd.replace("{if}", name))?;
-            }
-            ns.ip(&format!("link set {name} up"))?;
-        }
-        a.wait_running(&a_if)?;
-        b.wait_running(&b_if)?;
-        Ok(VethPair { a, b, a_if, b_if })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -495,8 +405,8 @@ mod tests {
     use tokio::runtime::Handle;
     use tokio::time::timeout;
 
-    use super::testnet::{VethPair, veth_pair};
     use super::*;
+    use crate::testnet::{self, VethPair, veth_pair};
     use crate::vrrp::packet::{Received, RxFilter, parse_ipv4};
 
     const A1: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -519,7 +429,8 @@ mod tests {
         ns.run(move || {
             let _rt = handle.enter();
             VrrpSocket::open(&interface, source, transport)
-        })?
+        })
+        .expect("the namespace's thread runs")
     }
 
     fn advert(priority: u8) -> Advert {
@@ -650,7 +561,9 @@ mod tests {
         // its copy.
         let a = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![Ipv4Addr::BROADCAST, B2])).unwrap();
         let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
-        let err = a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap_err().to_string();
+        let err = a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap_err();
+        assert!(matches!(&err, Error::Send { total: 2, failures, .. } if failures.len() == 1), "{err}");
+        let err = err.to_string();
         assert!(err.contains("1 of 2 destinations"), "{err}");
         assert!(err.contains("255.255.255.255"), "{err}");
         assert!(err.contains(&p.a_if), "{err}");
@@ -660,14 +573,18 @@ mod tests {
     #[tokio::test]
     async fn open_refuses_source_not_on_the_interface() {
         let p = pair();
-        let err = open(&p.a, &p.a_if, B2, Transport::Multicast).unwrap_err().to_string();
+        let err = open(&p.a, &p.a_if, B2, Transport::Multicast).unwrap_err();
+        assert!(matches!(err, Error::NotOnInterface { .. }), "{err}");
+        let err = err.to_string();
         assert!(err.contains("10.77.0.2") && err.contains(&p.a_if), "{err}");
     }
 
     #[tokio::test]
     async fn open_refuses_unicast_without_peers() {
         let p = pair();
-        let err = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![])).unwrap_err().to_string();
+        let err = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![])).unwrap_err();
+        assert!(matches!(err, Error::NoPeers(_)), "{err}");
+        let err = err.to_string();
         assert!(err.contains("at least one peer"), "{err}");
     }
 

@@ -160,12 +160,12 @@ impl Drop for TempFile {
 }
 
 fn http(timeout: Duration) -> Settings {
-    Settings { kind: Kind::Http, path: "/readyz".to_string(), timeout, ..Settings::default() }
+    Settings { kind: CheckKind::Http, path: "/readyz".to_string(), timeout, ..Settings::default() }
 }
 
 fn https(tls_verify: bool, ca_file: Option<&Path>, server_name: Option<&str>) -> Settings {
     Settings {
-        kind: Kind::Https,
+        kind: CheckKind::Https,
         path: "/readyz".to_string(),
         timeout: Duration::from_secs(10),
         tls_verify,
@@ -410,8 +410,30 @@ async fn a_ca_file_that_appears_later_is_picked_up_by_the_next_probe() {
 }
 
 #[tokio::test]
+async fn a_rotated_ca_file_is_read_again_without_a_restart() {
+    // First the wrong anchor (the leaf itself), so the backend's certificate is refused...
+    let ca = TempFile::new("rotated-ca.pem", LEAF_PEM);
+    let (backend, _server) = tls_serve_once(OK_RESPONSE).await;
+    let mut prober = Prober::new(backend, https(true, Some(ca.path()), None));
+    let error = prober.probe().await.expect_err("the old CA does not sign the backend's certificate");
+    assert!(matches!(error.failure, Failure::Io { stage: Stage::Handshake, .. }), "{error:?}");
+    // ...then the operator rotates the file in place (a new file renamed over it, as tools do).
+    let fresh = TempFile::new("rotated-ca.pem.new", CA_PEM);
+    std::fs::rename(fresh.path(), ca.path()).expect("rename over the old CA");
+    let (backend2, _server2) = tls_serve_once(OK_RESPONSE).await;
+    prober.backend = backend2;
+    prober.probe().await.expect("the rotated CA is used by the next probe");
+    // And back: a CA that no longer signs the backend takes effect just as fast.
+    let old = TempFile::new("rotated-ca.pem.old", LEAF_PEM);
+    std::fs::rename(old.path(), ca.path()).expect("rename over the CA");
+    let (backend3, _server3) = tls_serve_once(OK_RESPONSE).await;
+    prober.backend = backend3;
+    prober.probe().await.expect_err("the CA was rotated again");
+}
+
+#[tokio::test]
 async fn check_none_always_succeeds_without_connecting() {
     let backend = closed_port().await;
-    let settings = Settings { kind: Kind::None, ..Settings::default() };
+    let settings = Settings { kind: CheckKind::None, ..Settings::default() };
     assert!(run(backend, settings).await.is_ok());
 }

@@ -1,0 +1,668 @@
+//! The engine's decisions, driven with virtual time: no sockets, no clocks.
+use std::net::Ipv4Addr;
+
+use super::*;
+use crate::config::{BackendCfg, Forwarding, Health, Protocol, Service, Vip, Vrrp};
+use crate::vrrp::packet::{Advert, ChecksumMode};
+
+const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
+const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 22);
+const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
+const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 0x22];
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn config(priority: u8) -> Config {
+    Config {
+        interface: "eth0".into(),
+        xdp_mode: config::XdpMode::Auto,
+        conntrack_entries: 65536,
+        vip: Vip { address: VIP, hostname: None },
+        vrrp: Vrrp { advert_interval_ms: 100, garp_repeat_delay_ms: 1000, ..Vrrp::with_ids(51, priority) },
+        control: config::Control::default(),
+        services: Vec::new(),
+    }
+}
+
+fn service(name: &str, port: u16, backends: &[Ipv4Addr], check: CheckKind) -> Service {
+    Service {
+        name: name.into(),
+        port,
+        protocol: Protocol::Tcp,
+        forwarding: Forwarding::Nat,
+        backends: backends.iter().map(|a| BackendCfg { address: *a, port: 6443, weight: 1 }).collect(),
+        health: Health { check, ..Health::default() },
+    }
+}
+
+fn engine(config: Config) -> Engine {
+    Engine::new(config, ME, 8).expect("engine")
+}
+
+/// An advert packet as the socket delivers it (IPv4 header included), from `src`.
+fn packet(src: Ipv4Addr, priority: u8, addresses: &[Ipv4Addr]) -> Event {
+    packet_with(src, 51, priority, addresses, ChecksumMode::PseudoHeader)
+}
+
+fn packet_with(src: Ipv4Addr, vrid: u8, priority: u8, addresses: &[Ipv4Addr], mode: ChecksumMode) -> Event {
+    let advert = Advert { vrid, priority, max_adver_int: 10, addresses: addresses.to_vec() };
+    let vrrp = advert.to_bytes(src, packet::MULTICAST_GROUP, mode).expect("encode");
+    let mut ip = vec![0x45, 0xc0, 0, 0, 0, 1, 0, 0, 255, packet::PROTOCOL, 0, 0];
+    let total = u16::try_from(20 + vrrp.len()).expect("length");
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&packet::MULTICAST_GROUP.octets());
+    ip.extend_from_slice(&vrrp);
+    Event::Packet(ip)
+}
+
+fn adverts(commands: &[Command]) -> Vec<u8> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { advert, .. } => Some(advert.priority),
+            _ => None,
+        })
+        .collect()
+}
+
+fn garps(commands: &[Command]) -> u32 {
+    commands.iter().map(|c| if let Command::SendGarps { count } = c { *count } else { 0 }).sum()
+}
+
+fn active_flags(commands: &[Command]) -> Vec<bool> {
+    commands.iter().filter_map(|c| if let Command::SetActive(a) = c { Some(*a) } else { None }).collect()
+}
+
+fn logs(commands: &[Command]) -> Vec<String> {
+    commands.iter().filter_map(|c| if let Command::Log(_, m) = c { Some(m.clone()) } else { None }).collect()
+}
+
+fn installs(commands: &[Command]) -> Vec<String> {
+    commands
+        .iter()
+        .filter_map(|c| if let Command::InstallService { name, .. } = c { Some(name.clone()) } else { None })
+        .collect()
+}
+
+/// Runs the timer at every deadline up to `until`, collecting commands.
+fn run_until(e: &mut Engine, until: Duration) -> Vec<Command> {
+    let mut all = Vec::new();
+    while let Some(d) = e.next_deadline() {
+        if d > until {
+            break;
+        }
+        all.extend(e.handle(d, Event::Timer));
+    }
+    all
+}
+
+/// An engine that started alone and became active by its down timer.
+fn active(config: Config) -> (Engine, Duration) {
+    let mut e = engine(config);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let t = e.next_deadline().expect("down timer");
+    let commands = e.handle(t, Event::Timer);
+    assert_eq!(e.role(), Role::Active, "{commands:?}");
+    (e, t)
+}
+
+// ----- startup -----
+
+#[test]
+fn startup_installs_services_watches_neighbours_starts_checkers_then_is_ready() {
+    let mut c = config(150);
+    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http), service("dns", 53, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let Command::Services(services) = &commands[0] else { panic!("{commands:?}") };
+    assert_eq!(services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["api", "dns"]);
+    assert_eq!(commands[1], Command::Neighbours(vec![B1, B2]));
+    let checkers: Vec<_> = commands
+        .iter()
+        .filter_map(|c| {
+            if let Command::StartChecker { service, backend, .. } = c {
+                Some((service.as_str(), backend.0))
+            } else {
+                None
+            }
+        })
+        .collect();
+    assert_eq!(checkers, [("api", B1), ("api", B2)], "no checker for check = none");
+    assert_eq!(commands.last(), Some(&Command::Ready));
+    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(active_flags(&commands), [false]);
+    assert!(adverts(&commands).is_empty(), "a starting backup sends nothing");
+}
+
+#[test]
+fn the_penalty_is_known_before_the_first_advert() {
+    // An address owner with a penalty and backends not yet checked: it must not advertise 255 and take the VIP
+    // only to give it back once the penalty applies.
+    let mut c = config(255);
+    c.vrrp.backend_loss_penalty = 100;
+    c.services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    let mut e = engine(c);
+    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
+    assert_eq!(e.effective_priority(), 155);
+    assert_eq!(e.role(), Role::Backup, "penalised, it is not the owner: {commands:?}");
+    assert!(adverts(&commands).is_empty());
+    assert!(logs(&commands).iter().any(|l| l.contains("starting with priority 155")), "{commands:?}");
+    // Once the backend is healthy and resolved, it is the owner again and takes over at once.
+    let commands = e.handle(
+        ms(50),
+        Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() },
+    );
+    assert_eq!(e.effective_priority(), 155, "healthy but no MAC yet: still unusable: {commands:?}");
+    let commands = e.handle(ms(60), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    assert_eq!(e.effective_priority(), 255, "{commands:?}");
+    assert_eq!(installs(&commands), ["api"]);
+}
+
+#[test]
+fn a_penalised_node_joining_an_active_peer_fails_over_once() {
+    // node A (150, penalty 60) starts beside an active B (100): it waits at 90, accepts B, and preempts only once
+    // its backends are usable: one transition to active, never two.
+    let mut c = config(150);
+    c.vrrp.backend_loss_penalty = 60;
+    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    assert_eq!(e.effective_priority(), 90, "check = none is healthy, but the MAC is unknown");
+    let mut t = Duration::ZERO;
+    let mut roles = Vec::new();
+    for i in 0..50 {
+        t = ms(10 + i * 100);
+        e.handle(t, packet(PEER, 100, &[VIP]));
+        roles.push(e.role());
+        if i == 10 {
+            e.handle(t, Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+            assert_eq!(e.effective_priority(), 150);
+        }
+        run_until(&mut e, t + ms(99));
+        roles.push(e.role());
+    }
+    let _ = t;
+    assert!(roles[..20].iter().all(|r| *r == Role::Backup), "{roles:?}");
+    assert_eq!(e.role(), Role::Active);
+    assert_eq!(e.observed().transitions_by_cause.get("preempt"), Some(&1));
+    assert_eq!(e.observed().transitions, 2, "startup as backup, then one preemption");
+}
+
+#[test]
+fn start_without_link_is_fault_and_ready() {
+    let mut e = engine(config(150));
+    let commands = e.handle(Duration::ZERO, Event::Start { link_up: false });
+    assert_eq!(e.role(), Role::Fault);
+    assert_eq!(commands.last(), Some(&Command::Ready));
+    assert_eq!(e.next_deadline(), None, "no timer runs in fault");
+    assert!(logs(&commands).contains(&"role -> fault: no link on eth0: waiting for it".to_string()));
+}
+
+// ----- FAULT -----
+
+#[test]
+fn link_down_is_fault_and_link_up_rejoins_as_backup() {
+    let (mut e, t) = active(config(150));
+    let commands = e.handle(t + ms(10), Event::Link { up: false });
+    assert_eq!(e.role(), Role::Fault);
+    assert_eq!(active_flags(&commands), [false]);
+    assert!(adverts(&commands).is_empty(), "an advert cannot leave without a link");
+    assert_eq!(e.observed().transitions_by_cause.get("link_down"), Some(&1));
+    assert_eq!(e.next_deadline(), None);
+    assert!(e.handle(t + ms(20), Event::Link { up: false }).is_empty(), "no change, nothing to do");
+    let commands = e.handle(t + ms(500), Event::Link { up: true });
+    assert_eq!(e.role(), Role::Backup, "back as a backup: preemption decides");
+    assert!(logs(&commands)[0].starts_with("link up on eth0"));
+    assert!(e.next_deadline().is_some_and(|d| d > t + ms(500)));
+    let status = e.status(t + ms(500), 0);
+    assert_eq!(status.role, "backup");
+}
+
+#[test]
+fn fault_is_a_role_in_status() {
+    let (mut e, t) = active(config(150));
+    e.handle(t + ms(10), Event::Link { up: false });
+    assert_eq!(e.status(t + ms(10), 1000).role, "fault");
+    assert_eq!(e.status(t + ms(10), 1000).role_since_unix_ms, 1000 + u64::try_from((t + ms(10)).as_millis()).unwrap());
+}
+
+// ----- GARP schedule and rate limits -----
+
+#[test]
+fn becoming_active_advertises_then_answers_then_announces_and_repeats_the_burst() {
+    let mut e = engine(config(150));
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let t = e.next_deadline().expect("down timer");
+    let commands = e.handle(t, Event::Timer);
+    let kinds: Vec<&str> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { .. } => Some("advert"),
+            Command::SetActive(true) => Some("active"),
+            Command::SendGarps { .. } => Some("garps"),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, ["advert", "active", "garps"], "RFC 5798 §6.4.2 order");
+    assert_eq!(garps(&commands), 5);
+    // The second burst garp_repeat_delay_ms (1000) later, and no third.
+    let later = run_until(&mut e, t + ms(3000));
+    assert_eq!(garps(&later), 5);
+    assert_eq!(e.observed().garps_sent, 10);
+}
+
+#[test]
+fn garp_refresh_repeats_while_active_and_stops_when_not() {
+    let mut c = config(150);
+    c.vrrp.garp_refresh_ms = 500;
+    c.vrrp.garp_repeat_delay_ms = 0;
+    let (mut e, t) = active(c);
+    let commands = run_until(&mut e, t + ms(2050));
+    assert_eq!(garps(&commands), 4 * 5, "refreshes at +0.5, +1, +1.5, +2 s");
+    e.handle(t + ms(2100), packet(OTHER, 200, &[VIP]));
+    assert_eq!(e.role(), Role::Backup);
+    let commands = run_until(&mut e, t + ms(2300));
+    assert_eq!(garps(&commands), 0, "a backup announces nothing");
+}
+
+#[test]
+fn lower_priority_adverts_are_answered_at_most_once_per_interval() {
+    let (mut e, t) = active(config(150));
+    let mut answered = Vec::new();
+    // A flood: one lower-priority advert every millisecond for a second.
+    for i in 1..=1000 {
+        let now = t + ms(i);
+        let commands = e.handle(now, packet(PEER, 100, &[VIP]));
+        if !adverts(&commands).is_empty() {
+            answered.push((i, garps(&commands)));
+        }
+        run_until(&mut e, now);
+    }
+    assert!(answered.len() <= 11, "at most one answer per 100 ms interval: {answered:?}");
+    assert!(answered.iter().all(|(_, g)| *g == 5));
+    assert_eq!(e.role(), Role::Active);
+    // The regular adverts kept their schedule besides.
+    assert!(e.observed().adverts_sent >= 10, "{} adverts in 1 s", e.observed().adverts_sent);
+}
+
+#[test]
+fn garp_count_zero_sends_none() {
+    let mut c = config(150);
+    c.vrrp.garp_count = 0;
+    let (mut e, t) = active(c);
+    let commands = run_until(&mut e, t + ms(3000));
+    assert_eq!(garps(&commands), 0);
+    assert_eq!(e.observed().garps_sent, 0);
+}
+
+// ----- the group's identity -----
+
+#[test]
+fn an_advert_with_our_vrid_and_other_addresses_is_a_collision_warned_and_discarded() {
+    let (mut e, t) = active(config(150));
+    let other_vip = Ipv4Addr::new(10, 0, 0, 77);
+    // A higher priority would make us step down if it were accepted.
+    let commands = e.handle(t + ms(10), packet(OTHER, 200, &[other_vip]));
+    assert_eq!(e.role(), Role::Active, "the other group's advert must not move our VIP");
+    assert!(adverts(&commands).is_empty());
+    let lines = logs(&commands);
+    assert!(lines.iter().any(|l| l.starts_with("VRID collision: adverts from 10.0.0.9 carry VRID 51 with addresses [10.0.0.77], this group's are [10.0.0.250]")), "{lines:?}");
+    assert_eq!(e.observed().discards.get("address_mismatch"), Some(&1));
+    let warnings = e.warnings(t + ms(10));
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].kind, "vrid_collision");
+    assert!(warnings[0].message.contains("10.0.0.9") && warnings[0].message.contains("10.0.0.77"), "{warnings:?}");
+    // Repeats are counted, logged at most once per LOG_PERIOD, and the warning stays while they keep coming.
+    let mut lines = 0;
+    for i in 0..100 {
+        let now = t + ms(20 + i * 50);
+        lines += logs(&e.handle(now, packet(OTHER, 200, &[other_vip]))).len();
+        run_until(&mut e, now);
+    }
+    assert_eq!(e.observed().discards.get("address_mismatch"), Some(&101));
+    assert!(lines <= 1, "{lines} log lines for 100 repeats within 5 s");
+    assert_eq!(e.status(t + ms(5000), 0).warnings.len(), 1);
+    // And goes away a while after they stop.
+    assert!(e.warnings(t + ms(5000) + WARNING_TTL).is_empty());
+}
+
+#[test]
+fn an_advert_listing_our_addresses_in_another_order_is_ours() {
+    let mut c = config(100);
+    c.vip.address = VIP;
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(ms(10), packet(PEER, 200, &[VIP, VIP]));
+    assert_eq!(e.observed().adverts_received, 1);
+    assert!(e.warnings(ms(10)).is_empty());
+}
+
+#[test]
+fn the_address_owner_discards_every_advert() {
+    let mut e = engine(config(255));
+    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
+    assert_eq!(e.role(), Role::Active, "the owner starts active at once");
+    assert_eq!(adverts(&commands), [255]);
+    let commands = e.handle(ms(10), packet(PEER, 254, &[VIP]));
+    assert!(commands.iter().all(|c| matches!(c, Command::Log(..))), "nothing but a log line: {commands:?}");
+    assert_eq!(e.observed().discards.get("owner"), Some(&1));
+    assert_eq!(e.observed().adverts_received, 0);
+    // Equal priority from a higher address would win an election; the owner does not hold one.
+    e.handle(ms(20), packet(Ipv4Addr::new(10, 0, 0, 200), 255, &[VIP]));
+    assert_eq!(e.role(), Role::Active);
+}
+
+// ----- hostile adverts: bounded state and logs -----
+
+#[test]
+fn the_peer_table_is_bounded_and_checksum_changes_do_not_flood_the_log() {
+    let (mut e, t) = active(config(150));
+    let mut lines = 0;
+    for i in 0..10_000u32 {
+        let src = Ipv4Addr::from(0x0a00_0100 + i);
+        let mode = if i % 2 == 0 { ChecksumMode::PseudoHeader } else { ChecksumMode::Rfc9568 };
+        let now = t + Duration::from_micros(u64::from(i) * 10);
+        lines += logs(&e.handle(now, packet_with(src, 51, 100, &[VIP], mode))).len();
+    }
+    assert!(e.peers.seen.len() <= MAX_PEERS, "{} peers remembered", e.peers.seen.len());
+    // One peer alternating forms on every packet.
+    for i in 0..1000u64 {
+        let mode = if i % 2 == 0 { ChecksumMode::PseudoHeader } else { ChecksumMode::Rfc9568 };
+        lines += logs(&e.handle(t + ms(100) + Duration::from_micros(i * 10), packet_with(PEER, 51, 100, &[VIP], mode)))
+            .len();
+    }
+    assert!(lines <= 2, "{lines} log lines within 0.11 s");
+}
+
+#[test]
+fn discards_are_counted_by_reason_and_logged_at_most_once_per_period_each() {
+    let (mut e, t) = active(config(150));
+    let mut bad_ttl = match packet(PEER, 100, &[VIP]) {
+        Event::Packet(p) => p,
+        _ => unreachable!(),
+    };
+    bad_ttl[8] = 64;
+    let mut lines = Vec::new();
+    for i in 0..500 {
+        lines.extend(logs(&e.handle(t + ms(i), Event::Packet(bad_ttl.clone()))));
+        lines.extend(logs(&e.handle(t + ms(i), packet_with(PEER, 52, 100, &[VIP], ChecksumMode::PseudoHeader))));
+        lines.extend(logs(&run_until(&mut e, t + ms(i))));
+    }
+    assert_eq!(e.observed().discards.get("ttl"), Some(&500));
+    assert_eq!(e.observed().discards.get("vrid"), Some(&500));
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    run_until(&mut e, t + ms(500) + LOG_PERIOD);
+    let lines = logs(&e.handle(t + ms(500) + LOG_PERIOD, Event::Packet(bad_ttl)));
+    assert_eq!(lines.len(), 1);
+    assert!(lines[0].contains("499 not logged"), "{lines:?}");
+    assert_eq!(e.status(t, 0).counters.adverts_discarded, 1001);
+}
+
+// ----- stall (the dead-man switch's counterpart) -----
+
+#[test]
+fn an_active_node_that_stalled_past_the_heartbeat_limit_rejoins_as_a_backup() {
+    let (mut e, t) = active(config(150));
+    assert_eq!(e.heartbeat_max_age(), ms(300));
+    // SIGSTOP for 2 s: the next thing it handles (a queued advert of the peer that took over, at a lower
+    // priority) must not make it answer again next to that peer.
+    let now = t + ms(2000);
+    let commands = e.handle(now, packet(PEER, 100, &[VIP]));
+    assert_eq!(active_flags(&commands), [false], "{commands:?}");
+    assert!(adverts(&commands).is_empty(), "no advert (it would refresh the heartbeat): {commands:?}");
+    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(e.observed().transitions_by_cause.get("stall"), Some(&1));
+    assert!(logs(&commands).iter().any(|l| l.contains("rejoining as a backup")), "{commands:?}");
+    // The election then decides: higher priority and preempt, so it takes over again through its down timer,
+    // advertising before it answers.
+    let mut t2 = now;
+    for i in 1..=3 {
+        t2 = now + ms(i * 100);
+        e.handle(t2, packet(PEER, 100, &[VIP]));
+    }
+    let commands = run_until(&mut e, t2 + ms(400));
+    assert_eq!(e.role(), Role::Active);
+    let first_advert = commands.iter().position(|c| matches!(c, Command::SendAdvert { .. }));
+    let first_active = commands.iter().position(|c| *c == Command::SetActive(true));
+    assert!(first_advert < first_active, "{commands:?}");
+}
+
+#[test]
+fn a_late_timer_within_the_limit_is_not_a_stall() {
+    let (mut e, t) = active(config(150));
+    let d = e.next_deadline().expect("advert timer");
+    let commands = e.handle(d + ms(150), Event::Timer);
+    assert_eq!(adverts(&commands), [150]);
+    assert_eq!(e.role(), Role::Active);
+    let _ = t;
+}
+
+// ----- neighbours -----
+
+#[test]
+fn a_backend_keeps_its_mac_until_the_kernel_says_failed() {
+    let mut c = config(150);
+    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let commands = e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    assert_eq!(installs(&commands), ["api"]);
+    // Garbage-collected (or being refreshed): no entry, but nothing says the backend moved or died.
+    let commands = e.handle(ms(2), Event::Neighbour { address: B1, seen: Seen::Pending { ifindex: 2 } });
+    assert!(installs(&commands).is_empty(), "{commands:?}");
+    assert_eq!(e.services().backend("api", (B1, 6443)).and_then(|b| b.mac), Some(MAC1));
+    // A new MAC (the backend was replaced) is taken at once.
+    let commands = e.handle(ms(3), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC2 } });
+    assert_eq!(installs(&commands), ["api"]);
+    // FAILED: the kernel tried and nobody answered.
+    let commands = e.handle(ms(4), Event::Neighbour { address: B1, seen: Seen::Failed { ifindex: 2 } });
+    assert_eq!(installs(&commands), ["api"]);
+    assert_eq!(e.services().backend("api", (B1, 6443)).and_then(|b| b.mac), None);
+    assert!(logs(&commands).iter().any(|l| l.contains("FAILED")), "{commands:?}");
+}
+
+#[test]
+fn a_pending_entry_on_another_interface_drops_the_old_mac() {
+    let mut c = config(150);
+    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    let commands = e.handle(ms(2), Event::Neighbour { address: B1, seen: Seen::Pending { ifindex: 3 } });
+    assert_eq!(installs(&commands), ["api"]);
+    assert_eq!(e.services().backend("api", (B1, 6443)).map(|b| (b.mac, b.ifindex)), Some((None, 3)));
+}
+
+#[test]
+fn health_changes_install_the_service_and_move_the_penalty() {
+    let mut c = config(150);
+    c.vrrp.backend_loss_penalty = 50;
+    c.services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    let (mut e, t) = active(c);
+    assert_eq!(e.effective_priority(), 100);
+    e.handle(t, Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    let up = Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() };
+    let commands = e.handle(t + ms(1), up.clone());
+    assert_eq!(installs(&commands), ["api"]);
+    assert_eq!(adverts(&commands), [150], "an active node re-advertises its new priority at once");
+    assert!(e.handle(t + ms(2), up).is_empty(), "no change, no work");
+    let down = Event::Health { service: "api".into(), backend: (B1, 6443), healthy: false, reason: "refused".into() };
+    let commands = e.handle(t + ms(3), down);
+    assert_eq!(adverts(&commands), [100]);
+    assert!(logs(&commands).iter().any(|l| l == "no usable backend for api"), "{commands:?}");
+    assert!(logs(&commands).iter().any(|l| l.starts_with("backend 10.0.0.21:6443 of api is down: refused")));
+}
+
+#[test]
+fn a_weight_zero_backend_is_not_usable_for_the_penalty_either() {
+    let mut c = config(150);
+    c.vrrp.backend_loss_penalty = 50;
+    let mut svc = service("api", 443, &[B1], CheckKind::None);
+    svc.backends[0].weight = 0;
+    c.services = vec![svc];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    assert_eq!(e.effective_priority(), 100, "healthy and resolved, but draining: one rule for usable");
+}
+
+// ----- reload policy -----
+
+fn reload(e: &mut Engine, now: Duration, config: Config) -> Vec<Command> {
+    e.handle(now, Event::Reload(Box::new(Ok(config))))
+}
+
+#[test]
+fn a_reload_with_problems_or_restart_only_changes_keeps_the_running_config() {
+    let (mut e, t) = active(config(150));
+    let problem = Problem { path: "x.toml".into(), line: 3, col: 1, message: "bad".into() };
+    let commands = e.handle(t, Event::Reload(Box::new(Err(vec![problem]))));
+    assert_eq!(
+        logs(&commands),
+        ["x.toml:3:1: bad", "reload refused: the config has 1 problem(s); the running config is kept"]
+    );
+    for change in [
+        (|c: &mut Config| c.vrrp.advert_interval_ms = 1000) as fn(&mut Config),
+        |c: &mut Config| c.vrrp.preempt = false,
+        |c: &mut Config| c.vrrp.vrid = 9,
+        |c: &mut Config| c.vip.address = OTHER,
+    ] {
+        let mut new = config(150);
+        change(&mut new);
+        let commands = reload(&mut e, t, new);
+        assert_eq!(commands.len(), 1, "{commands:?}");
+        assert!(logs(&commands)[0].starts_with("reload refused: "), "{commands:?}");
+        assert!(logs(&commands)[0].contains("needs a restart"), "{commands:?}");
+    }
+    assert_eq!(e.config().vrrp.advert_interval_ms, 100);
+    assert_eq!(e.config().vrrp.vrid, 51);
+}
+
+#[test]
+fn a_reload_beyond_the_data_planes_capacity_is_refused() {
+    let (mut e, t) = active(config(150));
+    let mut new = config(150);
+    new.services = (0..9).map(|i| service(&format!("s{i}"), 1000 + i, &[B1], CheckKind::None)).collect();
+    let commands = reload(&mut e, t, new);
+    assert!(logs(&commands)[0].contains("sized for 8"), "{commands:?}");
+    assert!(e.config().services.is_empty());
+}
+
+#[test]
+fn a_reload_applies_services_checkers_priority_and_garp_settings_in_place() {
+    let mut c = config(150);
+    c.services = vec![service("a", 80, &[B1], CheckKind::Tcp), service("b", 6443, &[B2], CheckKind::Tcp)];
+    let (mut e, t) = active(c.clone());
+    // Ports swapped, a's health settings changed, priority and GARP count changed.
+    let mut new = c;
+    new.services[0].port = 6443;
+    new.services[1].port = 80;
+    new.services[0].health.interval_ms = 500;
+    new.vrrp.priority = 120;
+    new.vrrp.garp_count = 2;
+    let commands = reload(&mut e, t + ms(10), new);
+    let Some(Command::Services(services)) = commands.iter().find(|c| matches!(c, Command::Services(_))) else {
+        panic!("{commands:?}")
+    };
+    let ports: Vec<(&str, u16)> = services.iter().map(|(n, s)| (n.as_str(), s.port)).collect();
+    assert_eq!(ports, [("a", 6443), ("b", 80)], "the whole set goes to the data plane, which owns the slots");
+    let stopped: Vec<_> = commands.iter().filter(|c| matches!(c, Command::StopChecker { .. })).collect();
+    let started: Vec<_> = commands.iter().filter(|c| matches!(c, Command::StartChecker { .. })).collect();
+    assert_eq!((stopped.len(), started.len()), (1, 1), "only a's checker restarts: {commands:?}");
+    assert_eq!(adverts(&commands), [120], "the new priority is advertised at once");
+    assert_eq!(e.config().vrrp.priority, 120);
+    // The new GARP count applies to the next burst.
+    e.handle(t + ms(20), packet(PEER, 100, &[VIP]));
+    let commands = e.handle(t + ms(200), packet(PEER, 100, &[VIP]));
+    assert_eq!(garps(&commands), 2);
+}
+
+#[test]
+fn a_reload_that_changes_nothing_says_so() {
+    let (mut e, t) = active(config(150));
+    assert_eq!(logs(&reload(&mut e, t, config(150))), ["reload: nothing changed"]);
+}
+
+// ----- stop -----
+
+#[test]
+fn stopping_as_active_sends_priority_zero_keeps_answering_until_the_new_active_is_heard() {
+    let (mut e, t) = active(config(150));
+    let commands = e.handle(t + ms(10), Event::Stop);
+    assert_eq!(adverts(&commands), [0]);
+    assert!(active_flags(&commands).is_empty(), "still answering during the handover");
+    assert_eq!(e.next_deadline(), Some(t + ms(10) + HANDOVER_WAIT));
+    // A priority-0 advert from someone else is not a new active router.
+    assert!(active_flags(&e.handle(t + ms(20), packet(PEER, 0, &[VIP]))).is_empty());
+    let commands = e.handle(t + ms(80), packet(PEER, 100, &[VIP]));
+    assert_eq!(active_flags(&commands), [false]);
+    assert_eq!(commands.last(), Some(&Command::Exit));
+    assert!(logs(&commands).iter().any(|l| l == "handover: 10.0.0.6 is active"));
+    assert!(e.exited());
+    assert!(e.handle(t + ms(90), Event::Timer).is_empty());
+}
+
+#[test]
+fn stopping_as_active_with_nobody_to_take_over_waits_at_most_the_handover_time() {
+    let (mut e, t) = active(config(150));
+    e.handle(t, Event::Stop);
+    let commands = run_until(&mut e, t + HANDOVER_WAIT);
+    assert_eq!(active_flags(&commands), [false]);
+    assert_eq!(commands.last(), Some(&Command::Exit));
+}
+
+#[test]
+fn stopping_as_backup_exits_at_once_without_an_advert() {
+    let mut e = engine(config(100));
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let commands = e.handle(ms(10), Event::Stop);
+    assert!(adverts(&commands).is_empty());
+    assert_eq!(commands.last(), Some(&Command::Exit));
+    assert_eq!(e.status(ms(10), 0).role, "initialize");
+}
+
+// ----- observed state -----
+
+#[test]
+fn observed_state_counts_what_metrics_need() {
+    let mut e = engine(config(150));
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(ms(100), packet(PEER, 200, &[VIP]));
+    e.handle(ms(150), packet(PEER, 0, &[VIP]));
+    let t = e.next_deadline().expect("skew timer");
+    e.handle(t, Event::Timer);
+    let o = e.observed();
+    assert_eq!(o.role, Role::Active);
+    assert_eq!(o.adverts_received, 2);
+    assert_eq!(o.transitions_by_cause.get("peer_stopped"), Some(&1));
+    assert_eq!(o.transitions_by_cause.get("startup"), Some(&1));
+    // Skew time at priority 150 with the peer's 100 ms interval: (256 - 150) * 100 ms / 256.
+    assert_eq!(o.last_takeover, Some(Duration::from_nanos(41_406_250)));
+    assert_eq!(o.garps_sent, 5);
+    assert_eq!(o.adverts_sent, 1);
+}
+
+#[test]
+fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
+    let mut c = config(150);
+    c.services = vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    let batch = vec![
+        (B1, Seen::Mac { ifindex: 2, mac: MAC1 }),
+        (B2, Seen::Mac { ifindex: 2, mac: MAC2 }),
+        (Ipv4Addr::new(10, 9, 9, 9), Seen::Mac { ifindex: 2, mac: MAC2 }),
+    ];
+    let commands = e.handle(ms(1), Event::Neighbours(batch));
+    assert_eq!(installs(&commands), ["api", "web"], "{commands:?}");
+    // Nothing new: nothing to do (the watcher's unresolved addresses flap between pending and failed).
+    let commands = e.handle(ms(2), Event::Neighbours(vec![(B1, Seen::Pending { ifindex: 2 })]));
+    assert!(commands.is_empty(), "{commands:?}");
+}
