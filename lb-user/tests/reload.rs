@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 
 use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, group_seed};
 use proptest::prelude::*;
-use support::fixture::{CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_PASS, XDP_TX};
+use support::fixture::{CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_TX};
 use support::frames::{self, TCP_SYN};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
 
@@ -131,8 +131,11 @@ fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<
                     port,
                     step
                 );
+                let before = dp.counters().expect("counters").reason(Reason::DropNoService);
                 let (action, _) = probe(dp, protocol, port, 40_000);
-                prop_assert_eq!(action, XDP_PASS, "port {} is no service's", port);
+                let after = dp.counters().expect("counters").reason(Reason::DropNoService);
+                // Traffic to the VIP that no service takes is dropped, never handed to the kernel's forwarding.
+                prop_assert_eq!((action, after - before), (XDP_DROP, 1), "port {} is no service's", port);
             }
         }
     }
