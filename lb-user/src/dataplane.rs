@@ -505,6 +505,13 @@ impl DataPlane {
         out.truncate(result.data_size_out as usize);
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
+
+    /// A map of the loaded object, to read only: tests check the program's own state (the connection and NAT
+    /// tables) from user space. Every write goes through the methods above.
+    #[doc(hidden)]
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
 }
 
 fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> anyhow::Error {
