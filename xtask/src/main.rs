@@ -222,20 +222,25 @@ fn test(filter: Option<&str>) -> Result<()> {
         .arg("--")
         .args(&filter_args))?;
     step("integration tests (BPF_PROG_TEST_RUN fixtures and netns labs; one at a time)");
-    run(Command::new("cargo")
+    // Every test binary runs even after one fails, and the fuzzing after that: one run shows every regression.
+    let integration = run(Command::new("cargo")
         .current_dir(root())
         .env("XVIP_BIN", root().join("target/release/xvip"))
-        .args(["test", "--release", "--workspace", "--test", "*"])
+        .args(["test", "--release", "--workspace", "--no-fail-fast", "--test", "*"])
         .arg("--")
         .args(["--test-threads=1"])
-        .args(&filter_args))?;
-    if filter.is_none() {
-        let started = Instant::now();
-        step(&format!("fuzzing: {CI_FUZZ_SECONDS} s per target (`cargo xtask fuzz` runs 10^6 executions each)"));
-        fuzz::fuzz(None, fuzz::Budget::Seconds(CI_FUZZ_SECONDS))?;
-        step(&format!("fuzzing took {:.0} s with its build", started.elapsed().as_secs_f64()));
-    }
-    Ok(())
+        .args(&filter_args));
+    let fuzzing = match filter {
+        Some(_) => Ok(()),
+        None => {
+            let started = Instant::now();
+            step(&format!("fuzzing: {CI_FUZZ_SECONDS} s per target (`cargo xtask fuzz` runs 10^6 executions each)"));
+            let result = fuzz::fuzz(None, fuzz::Budget::Seconds(CI_FUZZ_SECONDS));
+            step(&format!("fuzzing took {:.0} s with its build", started.elapsed().as_secs_f64()));
+            result
+        }
+    };
+    integration.and(fuzzing)
 }
 
 /// The random-frame run (`lb-user/tests/frames/`) with `count` frames; `cargo xtask test` runs it with its
