@@ -303,12 +303,12 @@ fn check_ipv4(facts: &Facts, ip: &Ipv4Slice, dst_mac: [u8; 6], input: Option<&Ip
                 found.push(finding("l4_checksum_masked", format!("{src} -> {dst} protocol {protocol}")));
             }
         }
-        1 => check_icmp(facts, dst, segment, input_segment.map(|i| i.payload().payload), found),
+        1 => check_icmp(dst, segment, input_segment.map(|i| i.payload().payload), found),
         _ => {}
     }
 }
 
-fn check_icmp(facts: &Facts, dst: Ipv4Addr, message: &[u8], input: Option<&[u8]>, found: &mut Vec<Finding>) {
+fn check_icmp(dst: Ipv4Addr, message: &[u8], input: Option<&[u8]>, found: &mut Vec<Finding>) {
     let Some(&kind) = message.first() else {
         found.push(finding("malformed_output", "empty ICMP message"));
         return;
@@ -338,7 +338,6 @@ fn check_icmp(facts: &Facts, dst: Ipv4Addr, message: &[u8], input: Option<&[u8]>
                     found.push(finding("quoted_ip_checksum_broken", format!("type {kind} to {dst}")));
                 }
             }
-            let _ = facts;
         }
         // Anything else is a reply the node generated (echo reply, today).
         _ => {
@@ -449,5 +448,133 @@ pub fn verdict_name(action: u32) -> &'static str {
         XDP_TX => "TX",
         XDP_REDIRECT => "REDIRECT",
         _ => "other",
+    }
+}
+
+/// The checker checked: hand-built frames (support::frames, independent of both the program and etherparse) that
+/// keep or break one rule each.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{BACKENDS, NODE_IP, NODE_MAC, ROUTER_MAC, VIP};
+    use crate::support::frames::{self, TCP_ACK, TCP_SYN};
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+    fn facts() -> Facts {
+        crate::facts()
+    }
+
+    fn rules(input: &[u8], action: u32, output: &[u8], active: bool) -> Vec<&'static str> {
+        frame(&facts(), active, input, action, output).into_iter().map(|f| f.rule).collect()
+    }
+
+    /// A client's SYN to VIP:80 and its NAT translation VIP:40000 -> backend:8080, both with correct checksums.
+    fn nat_forward() -> (Vec<u8>, Vec<u8>) {
+        let (backend, mac) = BACKENDS[0];
+        let input = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
+        let output = frames::tcp_frame(mac, NODE_MAC, VIP, backend, 40000, 8080, TCP_SYN, b"");
+        (input, output)
+    }
+
+    #[test]
+    fn a_correct_nat_forward_keeps_every_rule() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn anything_sent_while_backup_is_a_violation() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output, false), ["sent_while_backup"]);
+        assert!(rules(&input, XDP_PASS, &input, false).is_empty(), "passing is not sending");
+    }
+
+    #[test]
+    fn checksums_broken_by_the_program_are_told_apart_from_bad_ones_passed_on() {
+        let (input, mut output) = nat_forward();
+        output[24] ^= 0x01;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ip_checksum_broken"]);
+        let (input, mut output) = nat_forward();
+        output[50] ^= 0x01;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["l4_checksum_broken"]);
+        // A segment that came in corrupt and goes out as corrupt is the receiver's to drop.
+        let (mut input, mut output) = nat_forward();
+        input[50] ^= 0x01;
+        output[50] ^= 0x01;
+        assert!(rules(&input, XDP_TX, &output, true).is_empty());
+    }
+
+    #[test]
+    fn dsr_forward_may_carry_the_vip_but_only_a_real_client() {
+        let (backend_mac, input) =
+            (BACKENDS[1].1, frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 443, TCP_ACK, b"x"));
+        let mut output = input.clone();
+        output[..6].copy_from_slice(&backend_mac);
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert!(rules(&input, XDP_TX, &output, true).is_empty());
+        let spoofed = frames::tcp_frame(NODE_MAC, ROUTER_MAC, Ipv4Addr::LOCALHOST, VIP, 33000, 443, TCP_ACK, b"x");
+        let mut output = spoofed.clone();
+        output[..6].copy_from_slice(&backend_mac);
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&spoofed, XDP_TX, &output, true), ["martian_source_sent"]);
+    }
+
+    #[test]
+    fn replies_to_the_vip_the_node_or_a_martian_are_violations() {
+        for (to, rule) in
+            [(VIP, "sent_to_vip"), (NODE_IP, "sent_to_self"), (Ipv4Addr::new(127, 0, 0, 1), "sent_to_martian")]
+        {
+            let request = frames::icmp_echo(8, 1, 2, b"ping");
+            let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV4);
+            input.extend_from_slice(&frames::ipv4(to, VIP, 1, &request));
+            let mut output = frames::eth(ROUTER_MAC, NODE_MAC, frames::ETH_IPV4);
+            output.extend_from_slice(&frames::ipv4(VIP, to, 1, &frames::icmp_echo(0, 1, 2, b"ping")));
+            assert_eq!(rules(&input, XDP_TX, &output, true), [rule], "echo reply to {to}");
+        }
+    }
+
+    #[test]
+    fn echo_reply_to_a_corrupt_request_and_from_a_foreign_mac() {
+        let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV4);
+        input.extend_from_slice(&frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 2, b"ping")));
+        let mut output = frames::eth(ROUTER_MAC, [0xff; 6], frames::ETH_IPV4);
+        output.extend_from_slice(&frames::ipv4(VIP, CLIENT, 1, &frames::icmp_echo(0, 1, 2, b"ping")));
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["source_mac_not_node"]);
+        input[40] ^= 0x01;
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["answered_corrupt_request"]);
+    }
+
+    #[test]
+    fn arp_replies_only_to_requests_for_the_vip() {
+        let request = frames::arp_request([0x02, 0, 0, 0, 0, 0x10], Ipv4Addr::new(10, 77, 0, 10), VIP);
+        let reply = |tpa: Ipv4Addr| {
+            let eth = frames::eth([0x02, 0, 0, 0, 0, 0x10], NODE_MAC, frames::ETH_ARP);
+            frames::arp(eth, 2, NODE_MAC, VIP, [0x02, 0, 0, 0, 0, 0x10], tpa)
+        };
+        assert!(rules(&request, XDP_TX, &reply(Ipv4Addr::new(10, 77, 0, 10)), true).is_empty());
+        let other = frames::arp_request([0x02, 0, 0, 0, 0, 0x10], Ipv4Addr::new(10, 77, 0, 10), NODE_IP);
+        assert_eq!(rules(&other, XDP_TX, &reply(Ipv4Addr::new(10, 77, 0, 10)), true), ["arp_reply_unasked"]);
+        assert_eq!(rules(&request, XDP_TX, &reply(Ipv4Addr::new(224, 0, 0, 1)), true), ["sent_to_martian"]);
+    }
+
+    #[test]
+    fn output_that_does_not_parse_is_malformed() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output[..40], true), ["malformed_output"]);
+        assert_eq!(rules(&input[..40], XDP_TX, &output[..40], true), ["malformed_passed_on"]);
+    }
+
+    #[test]
+    fn martians_include_the_subnet_broadcasts_but_not_ordinary_hosts() {
+        let f = facts();
+        for a in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 18], [255, 255, 255, 255], [240, 1, 1, 1], [10, 77, 0, 255]]
+        {
+            assert!(f.martian(Ipv4Addr::from(a)), "{a:?}");
+        }
+        for a in [[10, 77, 0, 10], [198, 51, 100, 7], [10, 78, 0, 31], [169, 254, 1, 1]] {
+            assert!(!f.martian(Ipv4Addr::from(a)), "{a:?}");
+        }
     }
 }

@@ -523,7 +523,7 @@ pub const MARTIANS: [Ipv4Addr; 11] = [
     NODE_IP,
 ];
 
-fn martian_source(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
+fn martian_source(rng: &mut Rng) -> Vec<u8> {
     let src = *rng.pick(&MARTIANS);
     let mac = [0x02, 0, 0, 0, 0, 0x66];
     if rng.one_in(6) {
@@ -532,13 +532,12 @@ fn martian_source(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
     if rng.one_in(5) {
         return echo(rng, src, mac);
     }
-    let (protocol, ports, dsr) = match rng.below(4) {
-        0 => (PROTO_TCP, &node::NAT_TCP_PORTS[..], false),
-        1 => (PROTO_UDP, &node::NAT_UDP_PORTS[..], false),
-        2 => (PROTO_TCP, &node::DSR_TCP_PORTS[..], true),
-        _ => (PROTO_UDP, &node::DSR_UDP_PORTS[..], true),
+    let (protocol, ports) = match rng.below(4) {
+        0 => (PROTO_TCP, &node::NAT_TCP_PORTS[..]),
+        1 => (PROTO_UDP, &node::NAT_UDP_PORTS[..]),
+        2 => (PROTO_TCP, &node::DSR_TCP_PORTS[..]),
+        _ => (PROTO_UDP, &node::DSR_UDP_PORTS[..]),
     };
-    let _ = (pool, dsr);
     let flags = if rng.one_in(2) { TCP_SYN } else { TCP_ACK };
     let (sport, dport) = (client_port(rng), *rng.pick(ports));
     ip_frame(NODE_MAC, mac, src, VIP, protocol, &l4(protocol, src, VIP, sport, dport, flags, &payload(rng, 16)))
@@ -636,7 +635,7 @@ pub fn frame(kind: Kind, rng: &mut Rng, pool: &Pool) -> Vec<u8> {
         Kind::Ipv6 => ipv6(rng),
         Kind::Fragment => fragment(rng, pool),
         Kind::IpOptions => ip_options(rng, pool),
-        Kind::MartianSource => martian_source(rng, pool),
+        Kind::MartianSource => martian_source(rng),
         Kind::NotForVip => not_for_vip(rng),
         Kind::VipUnserved => vip_unserved(rng),
     }
