@@ -942,6 +942,13 @@ impl DataPlane {
         out.truncate(result.data_size_out as usize);
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
+
+    /// A map of the loaded object, to read only: tests check the program's own state (the connection and NAT
+    /// tables) from user space. Every write goes through the methods above.
+    #[doc(hidden)]
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.ebpf.map(name)
+    }
 }
 
 /// Idle times after which the program lets another flow take a NAT entry's port (`lb-ebpf/src/nat.rs`).

@@ -9,8 +9,13 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod fuzz;
 mod package;
 mod setup;
+
+/// Seconds of fuzzing per target in `cargo xtask test`: enough to replay the seeds and corpus and catch a
+/// regression in a parser; the long runs are `cargo xtask fuzz`.
+const CI_FUZZ_SECONDS: u64 = 5;
 
 #[derive(Parser)]
 #[command(about = "Build, test, demo and benchmark xvip", long_about = None)]
@@ -28,10 +33,33 @@ enum Cmd {
     BuildEbpf,
     /// build-ebpf, then the agent in release: leaves target/release/xvip.
     Build,
-    /// setup, build, every unit test, then the netns integration tests (needs root).
+    /// setup, build, every unit test, the netns integration tests (with 10^4 random frames through the XDP
+    /// program), then 5 s of fuzzing per fuzz target (needs root).
     Test {
         /// Only run tests whose name contains this (passed to cargo test).
         filter: Option<String>,
+    },
+    /// Fuzz the parsers of outside input with libFuzzer: vrrp_packet, vrrp_machine, config, http_status (all
+    /// without an argument). Default: 10^6 runs each. Prints executions, time and crashes per target.
+    Fuzz {
+        /// One target only.
+        target: Option<String>,
+        /// Fuzz each target for this many seconds.
+        #[arg(long, conflicts_with = "runs")]
+        seconds: Option<u64>,
+        /// Fuzz each target for this many executions.
+        #[arg(long)]
+        runs: Option<u64>,
+    },
+    /// Random and mutated frames through the XDP program (BPF_PROG_TEST_RUN, needs root), each output checked by an
+    /// independent parser; prints frames per kind and verdict, and every rule violation with an example.
+    Frames {
+        /// How many frames.
+        #[arg(long, default_value_t = 1_000_000)]
+        count: u64,
+        /// Seed of the frame generator (default: from the clock; the report prints it).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// The main job: setup and build if needed, then a narrated lab (two xvip nodes, three backends, a client)
     /// showing election, load balancing, failover and backend loss with measured times (needs root).
@@ -59,6 +87,15 @@ fn main() {
         Cmd::BuildEbpf => build_ebpf().map(|_| ()),
         Cmd::Build => build(),
         Cmd::Test { filter } => test(filter.as_deref()),
+        Cmd::Fuzz { target, seconds, runs } => {
+            let budget = match (seconds, runs) {
+                (Some(s), _) => fuzz::Budget::Seconds(s),
+                (None, Some(n)) => fuzz::Budget::Runs(n),
+                (None, None) => fuzz::Budget::Runs(1_000_000),
+            };
+            setup::all().and_then(|()| fuzz::fuzz(target.as_deref(), budget))
+        }
+        Cmd::Frames { count, seed } => frames(count, seed),
         Cmd::Demo => lab_program("xvip-demo", &[]),
         Cmd::Package => build().and_then(|()| package::package()).map(|_| ()),
         Cmd::Bench { what, args } => {
@@ -119,7 +156,7 @@ fn describe(cmd: &Command) -> String {
     s
 }
 
-fn build_ebpf() -> Result<PathBuf> {
+pub(crate) fn build_ebpf() -> Result<PathBuf> {
     step("building the XDP programs (lb-ebpf, nightly, bpfel-unknown-none)");
     // What aya-build runs: BTF needs -Cdebuginfo=2 as a rustflag for every crate, not only in a profile (aya#1649).
     // -Dwarnings: this crate is outside the workspace clippy run, so its warnings would otherwise go unseen.
@@ -190,12 +227,50 @@ fn test(filter: Option<&str>) -> Result<()> {
         .arg("--")
         .args(&filter_args))?;
     step("integration tests (BPF_PROG_TEST_RUN fixtures and netns labs; one at a time)");
-    run(Command::new("cargo")
+    // Every test binary runs even after one fails, and the fuzzing after that: one run shows every regression.
+    let integration = run(Command::new("cargo")
         .current_dir(root())
         .env("XVIP_BIN", root().join("target/release/xvip"))
-        .args(["test", "--release", "--workspace", "--test", "*"])
+        .args(["test", "--release", "--workspace", "--no-fail-fast", "--test", "*"])
         .arg("--")
         .args(["--test-threads=1"])
-        .args(&filter_args))?;
-    Ok(())
+        .args(&filter_args));
+    let fuzzing = match filter {
+        Some(_) => Ok(()),
+        None => {
+            let started = Instant::now();
+            step(&format!("fuzzing: {CI_FUZZ_SECONDS} s per target (`cargo xtask fuzz` runs 10^6 executions each)"));
+            let result = fuzz::fuzz(None, fuzz::Budget::Seconds(CI_FUZZ_SECONDS));
+            step(&format!("fuzzing took {:.0} s with its build", started.elapsed().as_secs_f64()));
+            result
+        }
+    };
+    integration.and(fuzzing)
+}
+
+/// The random-frame run (`lb-user/tests/frames/`) with `count` frames; `cargo xtask test` runs it with its
+/// default of 10^4.
+fn frames(count: u64, seed: Option<u64>) -> Result<()> {
+    if !is_root_user() {
+        bail!("`cargo xtask frames` needs root: it loads the XDP program and runs it with BPF_PROG_TEST_RUN");
+    }
+    setup::all()?;
+    build_ebpf()?;
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root()).env("XVIP_FRAMES", count.to_string()).args([
+        "test",
+        "--release",
+        "-p",
+        "lb-user",
+        "--test",
+        "frames",
+        "--",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    let seed = seed.unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
+    });
+    cmd.env("XVIP_FRAMES_SEED", seed.to_string());
+    run(&mut cmd)
 }

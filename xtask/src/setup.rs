@@ -30,6 +30,8 @@ const PACKAGES: &[(&str, &str)] = &[
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// The newest cargo-fuzz whose dependencies build with the stable toolchain here (installed with `--locked`).
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn cargo_home() -> PathBuf {
     std::env::var_os("CARGO_HOME")
@@ -41,6 +43,7 @@ pub fn all() -> Result<()> {
     apt_packages()?;
     rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     step("setup: everything is in place");
     Ok(())
 }
@@ -108,4 +111,17 @@ fn bpf_linker() -> Result<()> {
         .env("LLVM_SYS_221_PREFIX", "/usr/lib/llvm-22")
         .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
         .args(["--no-default-features", "--features", "llvm-22"]))
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` (and the short fuzz runs of `cargo xtask test`) drive.
+fn cargo_fuzz() -> Result<()> {
+    let binary = cargo_home().join("bin/cargo-fuzz");
+    if let Ok(out) = Command::new(&binary).arg("--version").output()
+        && crate::fuzz::cargo_fuzz_version_ok(&out.stdout, CARGO_FUZZ_VERSION)
+    {
+        step(&format!("setup: cargo-fuzz {CARGO_FUZZ_VERSION} already installed"));
+        return Ok(());
+    }
+    step(&format!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about 2 minutes on 2 cores)"));
+    run(Command::new("cargo").args(["install", "cargo-fuzz", "--version", CARGO_FUZZ_VERSION, "--locked"]))
 }

@@ -547,5 +547,9 @@ fn check_status(line: &str, expected: u16) -> Result<(), Failure> {
     Ok(())
 }
 
+/// For the fuzz targets in `fuzz/` only.
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests;

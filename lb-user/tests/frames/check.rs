@@ -1,0 +1,580 @@
+//! The rules every frame the program sends out must keep, checked with `etherparse` (an independent parser) and
+//! checksums summed here, never with the code under test.
+//!
+//! Checksums: an IPv4 header the program sends must verify (it acts on the header, so it must not act on a
+//! corrupt one); an ICMP message it answers with must verify, and it answers only requests that verify (as a host
+//! does). TCP, UDP and ICMP-error checksums of frames it forwards or translates must verify exactly when they did
+//! on arrival: it neither breaks a good one nor hides a bad one (RFC 1624 incremental updates keep end-to-end
+//! corruption visible to the receiver); a segment forwarded with the bad checksum it came with is counted, not a
+//! violation, since checking every payload is the receiver's job.
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use etherparse::{ArpPacketSlice, Ipv4Slice, Ipv6Slice, LinkSlice, NetSlice, SlicedPacket, checksum::Sum16BitWords};
+
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+pub const XDP_REDIRECT: u32 = 4;
+
+/// Every rule, with what it means; the report lists violations by these names.
+pub const RULES: &[(&str, &str)] = &[
+    ("unknown_verdict", "the program returned something other than ABORTED, DROP, PASS, TX or REDIRECT"),
+    ("sent_while_backup", "a frame was sent (TX or redirect) while the node is backup"),
+    ("malformed_output", "a frame sent does not parse as Ethernet + ARP/IPv4/IPv6 with consistent lengths"),
+    (
+        "malformed_passed_on",
+        "a frame sent does not parse (see malformed_output); the frame that came in did not either",
+    ),
+    ("source_mac_not_node", "a frame sent does not carry the node's MAC as its source"),
+    ("bad_destination_mac", "a frame sent goes to a zero, multicast or broadcast MAC, or to the node's own"),
+    ("arp_reply_malformed", "an ARP frame sent is not a reply from the node's MAC and the VIP to the asker"),
+    ("arp_reply_unasked", "an ARP reply was sent for something other than a request for the VIP"),
+    ("sent_to_vip", "a frame sent is addressed to the VIP (ARP target, or IPv4 destination other than a DSR forward)"),
+    ("sent_to_self", "a frame sent is addressed to one of the node's own addresses"),
+    ("sent_to_martian", "a frame sent is addressed to 0/8, 127/8, multicast, 240/4, a broadcast address"),
+    (
+        "martian_source_sent",
+        "a frame sent has a martian or self source (for a DSR forward: the client's address is martian, the VIP or the node's)",
+    ),
+    (
+        "source_not_vip",
+        "an IPv4 frame the node sends on its own behalf (anything but a DSR forward) does not come from the VIP",
+    ),
+    ("ip_checksum_broken", "an IPv4 header sent does not verify, and it did on arrival"),
+    ("ip_checksum_bad_passed_on", "an IPv4 header sent does not verify; it did not on arrival either"),
+    ("l4_checksum_broken", "a TCP/UDP checksum sent does not verify, and it did on arrival"),
+    ("l4_checksum_masked", "a TCP/UDP checksum sent verifies, but did not on arrival"),
+    ("icmp_checksum_wrong", "an ICMP reply the node generated to an intact request does not verify"),
+    ("answered_corrupt_request", "an ICMP request with a wrong checksum was answered"),
+    ("icmp_checksum_broken", "a translated ICMP error does not verify, and it did on arrival"),
+    ("icmp_checksum_masked", "a translated ICMP error verifies, but did not on arrival"),
+    (
+        "quoted_ip_checksum_broken",
+        "the IPv4 header quoted in an ICMP error sent does not verify, and it did on arrival",
+    ),
+    ("icmp_error_misdirected", "an ICMP error sent does not go to the source of the packet it quotes"),
+    ("nat_reverse_without_forward", "a NAT reverse entry whose client flow has no forward entry"),
+    (
+        "nat_reverse_forward_mismatch",
+        "a NAT reverse entry whose client flow's forward entry names another NAT port, or another backend in a slot that still holds one",
+    ),
+    (
+        "nat_forward_slot_changed",
+        "a NAT reverse entry whose client flow's forward entry names a backend slot the agent has since freed",
+    ),
+    ("state_for_martian_client", "a connection or NAT entry was created for a martian or self-addressed client"),
+    ("counter_sum", "the Reason counters did not move by exactly one per frame"),
+];
+
+/// What the checker knows about the node, from its configuration (not from the program).
+pub struct Facts {
+    pub vip: Ipv4Addr,
+    pub node_mac: [u8; 6],
+    /// The node's own addresses other than the VIP.
+    pub own: Vec<Ipv4Addr>,
+    /// (network, prefix length) of the node's interfaces, for their broadcast addresses.
+    pub subnets: Vec<(Ipv4Addr, u8)>,
+    /// The backends' MACs: a DSR forward goes to one of them with the VIP as its IPv4 destination.
+    pub backend_macs: Vec<[u8; 6]>,
+}
+
+impl Facts {
+    /// Addresses nothing may be sent to, and no client can have (RFC 1812 §5.3.7, RFC 6890).
+    pub fn martian(&self, a: Ipv4Addr) -> bool {
+        let o = a.octets();
+        o[0] == 0
+            || o[0] == 127
+            || a.is_multicast()
+            || o[0] >= 240
+            || self.subnets.iter().any(|&(net, len)| {
+                let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(net) & mask && u32::from(a) | mask == u32::MAX
+            })
+    }
+}
+
+/// One broken rule, with what was seen.
+pub struct Finding {
+    pub rule: &'static str,
+    pub detail: String,
+}
+
+fn finding(rule: &'static str, detail: impl Into<String>) -> Finding {
+    debug_assert!(RULES.iter().any(|(r, _)| *r == rule), "unlisted rule {rule}");
+    Finding { rule, detail: detail.into() }
+}
+
+/// The IPv4 view of an untagged frame that parsed: addresses, ports, MACs.
+#[derive(Clone, Copy, Debug)]
+pub struct Ip4 {
+    pub eth_src: [u8; 6],
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub protocol: u8,
+    /// 0 for anything but an unfragmented TCP or UDP packet.
+    pub sport: u16,
+    pub dport: u16,
+    /// TCP flags; 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+/// The IPv4 view of a frame, if it is untagged Ethernet + IPv4 and parses.
+pub fn ip4(frame: &[u8]) -> Option<Ip4> {
+    let p = SlicedPacket::from_ethernet(frame).ok()?;
+    let Some(LinkSlice::Ethernet2(eth)) = &p.link else {
+        return None;
+    };
+    if !p.link_exts.is_empty() {
+        return None;
+    }
+    let Some(NetSlice::Ipv4(ip)) = &p.net else {
+        return None;
+    };
+    let h = ip.header();
+    let mut out = Ip4 {
+        eth_src: eth.source(),
+        src: h.source_addr(),
+        dst: h.destination_addr(),
+        protocol: h.protocol().0,
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+    };
+    let payload = &ip.payload().payload;
+    if !ip.payload().fragmented && matches!(out.protocol, 6 | 17) && payload.len() >= 4 {
+        out.sport = u16::from_be_bytes([payload[0], payload[1]]);
+        out.dport = u16::from_be_bytes([payload[2], payload[3]]);
+        if out.protocol == 6 && payload.len() >= 14 {
+            out.tcp_flags = payload[13];
+        }
+    }
+    Some(out)
+}
+
+/// Checks one run: `input` went in, the program returned `action` and left `output`.
+pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u8]) -> Vec<Finding> {
+    let mut found = Vec::new();
+    match action {
+        XDP_ABORTED | XDP_DROP | XDP_PASS => return found,
+        XDP_TX | XDP_REDIRECT => {}
+        other => {
+            found.push(finding("unknown_verdict", format!("verdict {other}")));
+            return found;
+        }
+    }
+    if !active {
+        found.push(finding("sent_while_backup", verdict_name(action)));
+    }
+    let packet = match SlicedPacket::from_ethernet(output) {
+        Ok(p) => p,
+        Err(e) => {
+            let rule =
+                if SlicedPacket::from_ethernet(input).is_ok() { "malformed_output" } else { "malformed_passed_on" };
+            found.push(finding(rule, format!("etherparse: {e}")));
+            return found;
+        }
+    };
+    let Some(LinkSlice::Ethernet2(eth)) = &packet.link else {
+        found.push(finding("malformed_output", "no Ethernet II header"));
+        return found;
+    };
+    if eth.source() != facts.node_mac {
+        found.push(finding("source_mac_not_node", format!("source MAC {}", mac(eth.source()))));
+    }
+    let dst_mac = eth.destination();
+    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == facts.node_mac {
+        found.push(finding("bad_destination_mac", format!("destination MAC {}", mac(dst_mac))));
+    }
+    let input_packet = SlicedPacket::from_ethernet(input).ok();
+    let input_net = input_packet.as_ref().and_then(|p| p.net.as_ref());
+    match &packet.net {
+        None => found.push(finding("malformed_output", "neither ARP nor IP")),
+        Some(NetSlice::Arp(arp)) => check_arp(facts, arp, dst_mac, input_net, &mut found),
+        Some(NetSlice::Ipv4(ip)) => {
+            let input_ip = match input_net {
+                Some(NetSlice::Ipv4(i)) => Some(i),
+                _ => None,
+            };
+            check_ipv4(facts, ip, dst_mac, input_ip, &mut found);
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let input_ip = match input_net {
+                Some(NetSlice::Ipv6(i)) => Some(i),
+                _ => None,
+            };
+            check_ipv6(ip, input_ip, &mut found);
+        }
+    }
+    found
+}
+
+fn check_arp(
+    facts: &Facts,
+    arp: &ArpPacketSlice,
+    dst_mac: [u8; 6],
+    input: Option<&NetSlice>,
+    found: &mut Vec<Finding>,
+) {
+    let shape = arp.hw_addr_type().0 == 1
+        && arp.proto_addr_type().0 == 0x0800
+        && arp.hw_addr_size() == 6
+        && arp.proto_addr_size() == 4;
+    if !shape || arp.operation().0 != 2 {
+        found.push(finding("arp_reply_malformed", format!("operation {}, shape ok {shape}", arp.operation().0)));
+        return;
+    }
+    let sha = arp.sender_hw_addr();
+    let spa = ipv4_of(arp.sender_protocol_addr());
+    let tha = arp.target_hw_addr();
+    let tpa = ipv4_of(arp.target_protocol_addr());
+    if sha != facts.node_mac || spa != facts.vip || tha != dst_mac {
+        found.push(finding(
+            "arp_reply_malformed",
+            format!("sender {} {spa}, target {} (frame to {})", mac_of(sha), mac_of(tha), mac(dst_mac)),
+        ));
+    }
+    if tpa == facts.vip {
+        found.push(finding("sent_to_vip", format!("ARP reply to {tpa}")));
+    } else if tpa != Ipv4Addr::UNSPECIFIED && facts.martian(tpa) {
+        // 0.0.0.0 is the sender of an address conflict probe (RFC 5227), which an owner answers.
+        found.push(finding("sent_to_martian", format!("ARP reply to {tpa}")));
+    } else if facts.own.contains(&tpa) {
+        found.push(finding("sent_to_self", format!("ARP reply to {tpa}")));
+    }
+    let asked = match input {
+        Some(NetSlice::Arp(a)) => {
+            a.operation().0 == 1
+                && a.proto_addr_size() == 4
+                && ipv4_of(a.target_protocol_addr()) == facts.vip
+                && ipv4_of(a.sender_protocol_addr()) != facts.vip
+        }
+        _ => false,
+    };
+    if !asked {
+        found.push(finding("arp_reply_unasked", "the frame that came in was not an ARP request for the VIP"));
+    }
+}
+
+fn check_ipv4(facts: &Facts, ip: &Ipv4Slice, dst_mac: [u8; 6], input: Option<&Ipv4Slice>, found: &mut Vec<Finding>) {
+    let h = ip.header();
+    let (src, dst) = (h.source_addr(), h.destination_addr());
+    let input_src = input.map(|i| i.header().source_addr());
+    // DSR: the client's packet, unchanged but for the MACs, to a backend that holds the VIP itself.
+    let dsr_forward = dst == facts.vip && Some(src) == input_src && facts.backend_macs.contains(&dst_mac);
+    if !sums_to_zero(Sum16BitWords::new().add_slice(h.slice())) {
+        let was_ok = input.is_some_and(|i| sums_to_zero(Sum16BitWords::new().add_slice(i.header().slice())));
+        let rule = if was_ok { "ip_checksum_broken" } else { "ip_checksum_bad_passed_on" };
+        found.push(finding(rule, format!("{src} -> {dst}, checksum {:#06x}", h.header_checksum())));
+    }
+    if dsr_forward {
+        if src == facts.vip || facts.martian(src) || facts.own.contains(&src) {
+            found.push(finding("martian_source_sent", format!("DSR forward of {src} -> {dst} to {}", mac(dst_mac))));
+        }
+    } else {
+        if dst == facts.vip {
+            found.push(finding("sent_to_vip", format!("{src} -> {dst} (to {})", mac(dst_mac))));
+        } else if facts.own.contains(&dst) {
+            found.push(finding("sent_to_self", format!("{src} -> {dst}")));
+        } else if facts.martian(dst) {
+            found.push(finding("sent_to_martian", format!("{src} -> {dst}")));
+        }
+        if src != facts.vip {
+            let rule =
+                if facts.martian(src) || facts.own.contains(&src) { "martian_source_sent" } else { "source_not_vip" };
+            found.push(finding(rule, format!("{src} -> {dst}, the frame came from {input_src:?}")));
+        }
+    }
+    if ip.payload().fragmented {
+        return;
+    }
+    let protocol = h.protocol().0;
+    let segment = ip.payload().payload;
+    let input_segment = input.filter(|i| !i.payload().fragmented && i.header().protocol().0 == protocol);
+    match protocol {
+        6 | 17 => {
+            let ok = l4_ok(h.source(), h.destination(), protocol, segment);
+            let was_ok = input_segment
+                .map(|i| l4_ok(i.header().source(), i.header().destination(), protocol, i.payload().payload));
+            if !ok && was_ok != Some(false) {
+                found.push(finding("l4_checksum_broken", format!("{src} -> {dst} protocol {protocol}")));
+            }
+            if ok && was_ok == Some(false) {
+                found.push(finding("l4_checksum_masked", format!("{src} -> {dst} protocol {protocol}")));
+            }
+        }
+        1 => check_icmp(dst, segment, input_segment.map(|i| i.payload().payload), found),
+        _ => {}
+    }
+}
+
+fn check_icmp(dst: Ipv4Addr, message: &[u8], input: Option<&[u8]>, found: &mut Vec<Finding>) {
+    let Some(&kind) = message.first() else {
+        found.push(finding("malformed_output", "empty ICMP message"));
+        return;
+    };
+    let ok = sums_to_zero(Sum16BitWords::new().add_slice(message));
+    let was_ok = input.map(|m| sums_to_zero(Sum16BitWords::new().add_slice(m)));
+    match kind {
+        // Errors: translated, not generated.
+        3 | 4 | 5 | 11 | 12 => {
+            if !ok && was_ok != Some(false) {
+                found.push(finding("icmp_checksum_broken", format!("type {kind} to {dst}")));
+            }
+            if ok && was_ok == Some(false) {
+                found.push(finding("icmp_checksum_masked", format!("type {kind} to {dst}")));
+            }
+            let quoted = message.get(8..).unwrap_or_default();
+            if quoted.len() >= 20 && quoted[0] >> 4 == 4 {
+                let ihl = usize::from(quoted[0] & 0x0f) * 4;
+                let quoted_src = ipv4_of(&quoted[12..16]);
+                if quoted_src != dst {
+                    found.push(finding("icmp_error_misdirected", format!("type {kind} to {dst} quotes {quoted_src}")));
+                }
+                let header_ok =
+                    |q: &[u8]| q.len() >= ihl && ihl >= 20 && sums_to_zero(Sum16BitWords::new().add_slice(&q[..ihl]));
+                let was = input.and_then(|m| m.get(8..)).map(header_ok);
+                if !header_ok(quoted) && was == Some(true) {
+                    found.push(finding("quoted_ip_checksum_broken", format!("type {kind} to {dst}")));
+                }
+            }
+        }
+        // Anything else is a reply the node generated (echo reply, today).
+        _ => {
+            if was_ok == Some(false) {
+                found.push(finding("answered_corrupt_request", format!("type {kind} to {dst}, reply verifies: {ok}")));
+            } else if !ok {
+                found.push(finding("icmp_checksum_wrong", format!("type {kind} to {dst}")));
+            }
+        }
+    }
+}
+
+fn check_ipv6(ip: &Ipv6Slice, input: Option<&Ipv6Slice>, found: &mut Vec<Finding>) {
+    let h = ip.header();
+    let dst = h.destination_addr();
+    if dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() {
+        found.push(finding("sent_to_martian", format!("IPv6 to {dst}")));
+    }
+    if ip.payload().fragmented {
+        return;
+    }
+    let protocol = ip.payload().ip_number.0;
+    if !matches!(protocol, 6 | 17 | 58) {
+        return;
+    }
+    let ok = l6_ok(h.source_addr(), dst, protocol, ip.payload().payload);
+    let was_ok = input
+        .filter(|i| !i.payload().fragmented && i.payload().ip_number.0 == protocol)
+        .map(|i| l6_ok(i.header().source_addr(), i.header().destination_addr(), protocol, i.payload().payload));
+    if !ok && was_ok != Some(false) {
+        found.push(finding("l4_checksum_broken", format!("IPv6 to {dst} protocol {protocol}")));
+    }
+    if ok && was_ok == Some(false) {
+        found.push(finding("l4_checksum_masked", format!("IPv6 to {dst} protocol {protocol}")));
+    }
+}
+
+/// Whether a TCP or UDP segment's checksum verifies (a UDP checksum of 0 means none, RFC 768).
+pub fn l4_ok(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> bool {
+    let segment = match protocol {
+        17 => {
+            if segment.len() < 8 {
+                return false;
+            }
+            if segment[6..8] == [0, 0] {
+                return true;
+            }
+            let len = usize::from(u16::from_be_bytes([segment[4], segment[5]]));
+            match segment.get(..len) {
+                Some(s) if len >= 8 => s,
+                _ => return false,
+            }
+        }
+        _ => segment,
+    };
+    let Ok(len) = u16::try_from(segment.len()) else {
+        return false;
+    };
+    sums_to_zero(
+        Sum16BitWords::new()
+            .add_4bytes(src)
+            .add_4bytes(dst)
+            .add_2bytes([0, protocol])
+            .add_2bytes(len.to_be_bytes())
+            .add_slice(segment),
+    )
+}
+
+fn l6_ok(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, segment: &[u8]) -> bool {
+    let Ok(len) = u32::try_from(segment.len()) else {
+        return false;
+    };
+    sums_to_zero(
+        Sum16BitWords::new()
+            .add_16bytes(src.octets())
+            .add_16bytes(dst.octets())
+            .add_4bytes(len.to_be_bytes())
+            .add_4bytes([0, 0, 0, protocol])
+            .add_slice(segment),
+    )
+}
+
+/// A checksummed region verifies when its words, checksum included, add up to 0xffff (RFC 1071).
+fn sums_to_zero(sum: Sum16BitWords) -> bool {
+    sum.ones_complement() == 0
+}
+
+fn ipv4_of(bytes: &[u8]) -> Ipv4Addr {
+    match bytes {
+        [a, b, c, d] => Ipv4Addr::new(*a, *b, *c, *d),
+        _ => Ipv4Addr::UNSPECIFIED,
+    }
+}
+
+fn mac(m: [u8; 6]) -> String {
+    mac_of(&m)
+}
+
+fn mac_of(m: &[u8]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+pub fn verdict_name(action: u32) -> &'static str {
+    match action {
+        XDP_ABORTED => "ABORTED",
+        XDP_DROP => "DROP",
+        XDP_PASS => "PASS",
+        XDP_TX => "TX",
+        XDP_REDIRECT => "REDIRECT",
+        _ => "other",
+    }
+}
+
+/// The checker checked: hand-built frames (support::frames, independent of both the program and etherparse) that
+/// keep or break one rule each.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::{BACKENDS, NODE_IP, NODE_MAC, ROUTER_MAC, VIP};
+    use crate::support::frames::{self, TCP_ACK, TCP_SYN};
+
+    const CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+    fn facts() -> Facts {
+        crate::facts()
+    }
+
+    fn rules(input: &[u8], action: u32, output: &[u8], active: bool) -> Vec<&'static str> {
+        frame(&facts(), active, input, action, output).into_iter().map(|f| f.rule).collect()
+    }
+
+    /// A client's SYN to VIP:80 and its NAT translation VIP:40000 -> backend:8080, both with correct checksums.
+    fn nat_forward() -> (Vec<u8>, Vec<u8>) {
+        let (backend, mac) = BACKENDS[0];
+        let input = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
+        let output = frames::tcp_frame(mac, NODE_MAC, VIP, backend, 40000, 8080, TCP_SYN, b"");
+        (input, output)
+    }
+
+    #[test]
+    fn a_correct_nat_forward_keeps_every_rule() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn anything_sent_while_backup_is_a_violation() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output, false), ["sent_while_backup"]);
+        assert!(rules(&input, XDP_PASS, &input, false).is_empty(), "passing is not sending");
+    }
+
+    #[test]
+    fn checksums_broken_by_the_program_are_told_apart_from_bad_ones_passed_on() {
+        let (input, mut output) = nat_forward();
+        output[24] ^= 0x01;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ip_checksum_broken"]);
+        let (input, mut output) = nat_forward();
+        output[50] ^= 0x01;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["l4_checksum_broken"]);
+        // A segment that came in corrupt and goes out as corrupt is the receiver's to drop.
+        let (mut input, mut output) = nat_forward();
+        input[50] ^= 0x01;
+        output[50] ^= 0x01;
+        assert!(rules(&input, XDP_TX, &output, true).is_empty());
+    }
+
+    #[test]
+    fn dsr_forward_may_carry_the_vip_but_only_a_real_client() {
+        let (backend_mac, input) =
+            (BACKENDS[1].1, frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 443, TCP_ACK, b"x"));
+        let mut output = input.clone();
+        output[..6].copy_from_slice(&backend_mac);
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert!(rules(&input, XDP_TX, &output, true).is_empty());
+        let spoofed = frames::tcp_frame(NODE_MAC, ROUTER_MAC, Ipv4Addr::LOCALHOST, VIP, 33000, 443, TCP_ACK, b"x");
+        let mut output = spoofed.clone();
+        output[..6].copy_from_slice(&backend_mac);
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&spoofed, XDP_TX, &output, true), ["martian_source_sent"]);
+    }
+
+    #[test]
+    fn replies_to_the_vip_the_node_or_a_martian_are_violations() {
+        for (to, rule) in
+            [(VIP, "sent_to_vip"), (NODE_IP, "sent_to_self"), (Ipv4Addr::new(127, 0, 0, 1), "sent_to_martian")]
+        {
+            let request = frames::icmp_echo(8, 1, 2, b"ping");
+            let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV4);
+            input.extend_from_slice(&frames::ipv4(to, VIP, 1, &request));
+            let mut output = frames::eth(ROUTER_MAC, NODE_MAC, frames::ETH_IPV4);
+            output.extend_from_slice(&frames::ipv4(VIP, to, 1, &frames::icmp_echo(0, 1, 2, b"ping")));
+            assert_eq!(rules(&input, XDP_TX, &output, true), [rule], "echo reply to {to}");
+        }
+    }
+
+    #[test]
+    fn echo_reply_to_a_corrupt_request_and_from_a_foreign_mac() {
+        let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV4);
+        input.extend_from_slice(&frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 1, 2, b"ping")));
+        let mut output = frames::eth(ROUTER_MAC, [0xff; 6], frames::ETH_IPV4);
+        output.extend_from_slice(&frames::ipv4(VIP, CLIENT, 1, &frames::icmp_echo(0, 1, 2, b"ping")));
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["source_mac_not_node"]);
+        input[40] ^= 0x01;
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["answered_corrupt_request"]);
+    }
+
+    #[test]
+    fn arp_replies_only_to_requests_for_the_vip() {
+        let request = frames::arp_request([0x02, 0, 0, 0, 0, 0x10], Ipv4Addr::new(10, 77, 0, 10), VIP);
+        let reply = |tpa: Ipv4Addr| {
+            let eth = frames::eth([0x02, 0, 0, 0, 0, 0x10], NODE_MAC, frames::ETH_ARP);
+            frames::arp(eth, 2, NODE_MAC, VIP, [0x02, 0, 0, 0, 0, 0x10], tpa)
+        };
+        assert!(rules(&request, XDP_TX, &reply(Ipv4Addr::new(10, 77, 0, 10)), true).is_empty());
+        let other = frames::arp_request([0x02, 0, 0, 0, 0, 0x10], Ipv4Addr::new(10, 77, 0, 10), NODE_IP);
+        assert_eq!(rules(&other, XDP_TX, &reply(Ipv4Addr::new(10, 77, 0, 10)), true), ["arp_reply_unasked"]);
+        assert_eq!(rules(&request, XDP_TX, &reply(Ipv4Addr::new(224, 0, 0, 1)), true), ["sent_to_martian"]);
+    }
+
+    #[test]
+    fn output_that_does_not_parse_is_malformed() {
+        let (input, output) = nat_forward();
+        assert_eq!(rules(&input, XDP_TX, &output[..40], true), ["malformed_output"]);
+        assert_eq!(rules(&input[..40], XDP_TX, &output[..40], true), ["malformed_passed_on"]);
+    }
+
+    #[test]
+    fn martians_include_the_subnet_broadcasts_but_not_ordinary_hosts() {
+        let f = facts();
+        for a in [[0, 0, 0, 0], [127, 0, 0, 1], [224, 0, 0, 18], [255, 255, 255, 255], [240, 1, 1, 1], [10, 77, 0, 255]]
+        {
+            assert!(f.martian(Ipv4Addr::from(a)), "{a:?}");
+        }
+        for a in [[10, 77, 0, 10], [198, 51, 100, 7], [10, 78, 0, 31], [169, 254, 1, 1]] {
+            assert!(!f.martian(Ipv4Addr::from(a)), "{a:?}");
+        }
+    }
+}

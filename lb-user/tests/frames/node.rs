@@ -1,0 +1,218 @@
+//! The node the frames arrive at, set up as a real one through the agent's own data-plane API: its namespace and
+//! interfaces, its VIP and role, NAT and DSR services (one behind a second interface, one without a healthy
+//! backend, two sharing a backend endpoint), and the events a real node sees while traffic flows (role changes,
+//! backend health flaps, a reload that removes and re-adds a service).
+use std::{net::Ipv4Addr, process::Command, time::Duration};
+
+use anyhow::{Context, Result, bail};
+use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, group_seed};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
+
+use crate::traffic::Rng;
+
+pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
+pub const VRID: u8 = 51;
+/// The node's own address on the VIP's interface, and on the second interface.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
+pub const NODE_IP2: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
+pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// Another node of the VRRP group.
+pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
+pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
+/// The default gateway: clients off the subnet arrive with its MAC.
+pub const ROUTER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 254);
+pub const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+/// The subnets of the node's interfaces, for their broadcast addresses.
+pub const SUBNETS: [(Ipv4Addr, u8); 2] = [(Ipv4Addr::new(10, 77, 0, 0), 24), (Ipv4Addr::new(10, 78, 0, 0), 24)];
+/// Backends on the VIP's subnet.
+pub const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
+    (Ipv4Addr::new(10, 77, 0, 21), [0x02, 0, 0, 0, 0, 0x21]),
+    (Ipv4Addr::new(10, 77, 0, 22), [0x02, 0, 0, 0, 0, 0x22]),
+    (Ipv4Addr::new(10, 77, 0, 23), [0x02, 0, 0, 0, 0, 0x23]),
+];
+/// Backends behind the second interface (frames to them are redirected).
+pub const FAR_BACKENDS: [(Ipv4Addr, [u8; 6]); 2] = [
+    (Ipv4Addr::new(10, 78, 0, 31), [0x02, 0, 0, 0, 0, 0x31]),
+    (Ipv4Addr::new(10, 78, 0, 32), [0x02, 0, 0, 0, 0, 0x32]),
+];
+/// Service ports on the VIP by kind: web 80, remote 8443 (far backends), dead 9000 (no healthy backend), alt 8080
+/// (shares a backend endpoint with web).
+pub const NAT_TCP_PORTS: [u16; 4] = [80, 8443, 9000, 8080];
+pub const NAT_UDP_PORTS: [u16; 1] = [53];
+pub const DSR_TCP_PORTS: [u16; 1] = [443];
+pub const DSR_UDP_PORTS: [u16; 1] = [514];
+
+/// The MAC of a backend address (zero for an address that is none).
+pub fn backend_mac(address: Ipv4Addr) -> [u8; 6] {
+    BACKENDS.iter().chain(&FAR_BACKENDS).find(|(a, _)| *a == address).map(|(_, m)| *m).unwrap_or_default()
+}
+
+/// One configured service, as the agent would hand it to the data plane.
+struct Service {
+    name: &'static str,
+    port: u16,
+    protocol: u8,
+    forwarding: u8,
+    /// (address, port, healthy, far side)
+    backends: Vec<(Ipv4Addr, u16, bool, bool)>,
+}
+
+pub struct Node {
+    pub dp: DataPlane,
+    pub active: bool,
+    services: Vec<Service>,
+    far_ifindex: u32,
+}
+
+fn services() -> Vec<Service> {
+    let near = |port: u16| BACKENDS.iter().map(|(a, _)| (*a, port, true, false)).collect::<Vec<_>>();
+    vec![
+        Service { name: "web", port: 80, protocol: PROTO_TCP, forwarding: FORWARD_NAT, backends: near(8080) },
+        Service { name: "dns", port: 53, protocol: PROTO_UDP, forwarding: FORWARD_NAT, backends: near(5353) },
+        Service { name: "api", port: 443, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: near(443) },
+        Service { name: "syslog", port: 514, protocol: PROTO_UDP, forwarding: FORWARD_DSR, backends: near(514) },
+        Service {
+            name: "remote",
+            port: 8443,
+            protocol: PROTO_TCP,
+            forwarding: FORWARD_NAT,
+            backends: FAR_BACKENDS.iter().map(|(a, _)| (*a, 8443, true, true)).collect(),
+        },
+        Service {
+            name: "dead",
+            port: 9000,
+            protocol: PROTO_TCP,
+            forwarding: FORWARD_NAT,
+            backends: vec![(BACKENDS[0].0, 9000, false, false)],
+        },
+        Service {
+            name: "alt",
+            port: 8080,
+            protocol: PROTO_TCP,
+            forwarding: FORWARD_NAT,
+            backends: vec![(BACKENDS[0].0, 8080, true, false)],
+        },
+    ]
+}
+
+impl Node {
+    /// A freshly started node (empty connection and NAT tables), active, with every service installed.
+    pub fn start(options: LoadOptions, far_ifindex: u32) -> Result<Self> {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
+            .context("loading the XDP program (needs root)")?;
+        dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
+        dp.set_active(true)?;
+        let mut node = Node { dp, active: true, services: services(), far_ifindex };
+        for i in 0..node.services.len() {
+            node.apply(i)?;
+        }
+        Ok(node)
+    }
+
+    fn apply(&mut self, i: usize) -> Result<()> {
+        let s = &self.services[i];
+        let spec = ServiceSpec {
+            port: s.port,
+            protocol: s.protocol,
+            forwarding: s.forwarding,
+            backends: s
+                .backends
+                .iter()
+                .map(|&(address, port, healthy, far)| BackendSpec {
+                    address,
+                    port,
+                    weight: 1,
+                    healthy,
+                    mac: Some(backend_mac(address)),
+                    ifindex: if far { self.far_ifindex } else { 0 },
+                })
+                .collect(),
+        };
+        self.dp.apply_service(s.name, &spec).with_context(|| format!("installing service {}", s.name))
+    }
+
+    pub fn set_active(&mut self, active: bool) -> Result<()> {
+        self.active = active;
+        self.dp.set_active(active)
+    }
+
+    /// A health check changes its mind about one backend of one service (not `dead`, which stays dead).
+    pub fn flap(&mut self, rng: &mut Rng) -> Result<()> {
+        let i = rng.below(self.services.len() as u64) as usize;
+        if self.services[i].name == "dead" {
+            return Ok(());
+        }
+        let b = rng.below(self.services[i].backends.len() as u64) as usize;
+        let healthy = &mut self.services[i].backends[b].2;
+        *healthy = !*healthy;
+        self.apply(i)
+    }
+
+    /// A reload that drops a service and brings it back (its port is unserved in between).
+    pub fn reload(&mut self, rng: &mut Rng) -> Result<()> {
+        let i = rng.below(self.services.len() as u64) as usize;
+        let name = self.services[i].name;
+        self.dp.remove_service(name).with_context(|| format!("removing service {name}"))?;
+        self.apply(i)
+    }
+}
+
+/// Load options of the epochs: the defaults, and short NAT timeouts so that aged and closed translations get taken
+/// over by other flows while traffic runs.
+pub fn load_options(epoch: u64) -> LoadOptions {
+    let base = LoadOptions { conntrack_entries: 262_144, ..LoadOptions::default() };
+    if epoch.is_multiple_of(2) {
+        base
+    } else {
+        LoadOptions { nat_udp_timeout: Duration::from_millis(2), nat_closed_grace: Duration::from_millis(2), ..base }
+    }
+}
+
+/// Moves this thread into a network namespace of its own and builds the node's network there: the VIP's
+/// interface with the node's address, a second interface towards the far backends, a default route, and
+/// permanent neighbour entries for the router, the backends and the on-link clients. Nothing is sent: the frames
+/// only go through BPF_PROG_TEST_RUN, but a program that looks up routes or neighbours finds a real node's.
+/// Returns the second interface's index (where far backends are redirected). The namespace and its interfaces
+/// go away with the thread.
+pub fn enter_namespace() -> Result<u32> {
+    // SAFETY: unshare only changes this thread's namespaces.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!("unshare(CLONE_NEWNET): {} (needs root)", std::io::Error::last_os_error());
+    }
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    let mut commands = vec![
+        "link set lo up".to_string(),
+        "link add xvf0 type veth peer name xvf0p".to_string(),
+        "link add xvf1 type veth peer name xvf1p".to_string(),
+        format!("link set xvf0 address {}", mac(NODE_MAC)),
+        format!("addr add {NODE_IP}/24 dev xvf0"),
+        format!("addr add {NODE_IP2}/24 dev xvf1"),
+    ];
+    for dev in ["xvf0", "xvf0p", "xvf1", "xvf1p"] {
+        commands.push(format!("link set {dev} up"));
+    }
+    commands.push(format!("route add default via {ROUTER}"));
+    let mut near: Vec<(Ipv4Addr, [u8; 6])> = BACKENDS.to_vec();
+    near.push((ROUTER, ROUTER_MAC));
+    near.push((PEER, PEER_MAC));
+    near.extend((10..20).map(|i| (Ipv4Addr::new(10, 77, 0, i), [0x02, 0, 0, 0, 0, i])));
+    for (address, m) in near {
+        commands.push(format!("neigh replace {address} lladdr {} dev xvf0 nud permanent", mac(m)));
+    }
+    for (address, m) in FAR_BACKENDS {
+        commands.push(format!("neigh replace {address} lladdr {} dev xvf1 nud permanent", mac(m)));
+    }
+    for args in &commands {
+        let out = Command::new("ip").args(args.split_whitespace()).output().context("running ip")?;
+        if !out.status.success() {
+            bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    let name = std::ffi::CString::new("xvf1").context("interface name")?;
+    // SAFETY: a valid C string; the lookup happens in this thread's namespace.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        bail!("xvf1 has no index: {}", std::io::Error::last_os_error());
+    }
+    Ok(index)
+}
