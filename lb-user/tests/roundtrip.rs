@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use xvip::config::{
-    self, BackendCfg, CheckKind, Checksum, Config, Control, Forwarding, Health, Protocol, Service, Vip, Vrrp, XdpMode,
+    self, BackendCfg, CheckKind, Config, Control, Forwarding, Health, Protocol, Service, Vip, Vrrp, XdpMode,
 };
 use xvip::vrrp::packet::{Advert, ChecksumMode, MAX_ADVER_INT_MAX, RxFilter, checksum, parse_ipv4};
 
@@ -109,7 +109,7 @@ fn vrrp_section(vip: Ipv4Addr) -> impl Strategy<Value = Vrrp> {
     let ids = (1u8..=255, 1u8..=255, 1u32..=4095, any::<bool>(), 0u32..=1_000_000);
     let peers = (prop::option::of(unicast(2)), prop::collection::btree_set(unicast(3), 0..4));
     let garp = (
-        prop_oneof![Just(Checksum::PseudoHeader), Just(Checksum::Rfc9568)],
+        prop_oneof![Just(ChecksumMode::PseudoHeader), Just(ChecksumMode::Rfc9568)],
         0u32..=100,
         0u32..=3_600_000,
         prop_oneof![Just(0u32), 100u32..=3_600_000],
@@ -255,7 +255,7 @@ fn render(config: &Config, terse: bool) -> String {
     }
     let peers: Vec<String> = v.unicast_peers.iter().map(|p| q(&p.to_string())).collect();
     key(&mut s, "unicast_peers", format!("[{}]", peers.join(", ")), peers.is_empty());
-    key(&mut s, "checksum", q(v.checksum.as_str()), v.checksum == Checksum::PseudoHeader);
+    key(&mut s, "checksum", q(v.checksum.name()), v.checksum == ChecksumMode::PseudoHeader);
     key(&mut s, "garp_count", v.garp_count.to_string(), v.garp_count == 5);
     key(&mut s, "garp_repeat_delay_ms", v.garp_repeat_delay_ms.to_string(), v.garp_repeat_delay_ms == 5000);
     key(&mut s, "garp_refresh_ms", v.garp_refresh_ms.to_string(), v.garp_refresh_ms == 0);
