@@ -433,8 +433,11 @@ impl DataPlane {
                 aya::maps::Map::Array(data) => data,
                 _ => bail!("map {name} is not an array"),
             };
-            let id = data.info().with_context(|| format!("reading the id of map {name}"))?.id();
-            MapData::from_id(id).with_context(|| format!("opening map {name} (id {id}) again"))
+            // A duplicate of our own descriptor, not a new open by id: `bpf_map_get_fd_by_id` needs CAP_SYS_ADMIN,
+            // which the unit does not grant.
+            use std::os::fd::AsFd;
+            let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating map {name}'s fd"))?;
+            MapData::from_fd(fd).with_context(|| format!("opening map {name} again from its fd"))
         };
         let heartbeat = Array::try_from(aya::maps::Map::Array(reopen(names::HEARTBEAT)?))
             .context("map HEARTBEAT does not have the expected type")?;

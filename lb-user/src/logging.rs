@@ -7,19 +7,29 @@
 use std::{
     io::{self, Write},
     sync::{
-        Arc,
+        Arc, OnceLock,
         atomic::{AtomicU64, Ordering},
         mpsc::{self, Receiver, SyncSender, TrySendError},
     },
     thread,
+    time::{Duration, Instant},
 };
 
 /// Lines queued at most; beyond this, lines are dropped.
 pub const QUEUE_LINES: usize = 4096;
 
+/// What the writer thread is handed: a line, or a request to say when every line before it is written.
+enum Message {
+    Line(Vec<u8>),
+    Flushed(mpsc::Sender<()>),
+}
+
+/// The queue of the logger [`init`] installed, for [`flush`].
+static QUEUE: OnceLock<SyncSender<Message>> = OnceLock::new();
+
 /// The writing end handed to `env_logger` (`Target::Pipe`): one `write` call per formatted line.
 pub struct QueueWriter {
-    queue: SyncSender<Vec<u8>>,
+    queue: SyncSender<Message>,
     dropped: Arc<AtomicU64>,
     line: Vec<u8>,
 }
@@ -35,7 +45,7 @@ impl Write for QueueWriter {
             return Ok(());
         }
         let line = std::mem::take(&mut self.line);
-        match self.queue.try_send(line) {
+        match self.queue.try_send(Message::Line(line)) {
             Ok(()) => {}
             // Full or the writer is gone: the line is lost, the caller is not held up.
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
@@ -58,9 +68,16 @@ pub fn spawn<W: Write + Send + 'static>(sink: W, capacity: usize) -> io::Result<
     Ok((QueueWriter { queue, dropped: dropped.clone(), line: Vec::new() }, dropped))
 }
 
-fn drain<W: Write>(lines: Receiver<Vec<u8>>, mut sink: W, dropped: &AtomicU64) {
+fn drain<W: Write>(lines: Receiver<Message>, mut sink: W, dropped: &AtomicU64) {
     let mut reported = 0;
-    for line in lines {
+    for message in lines {
+        let line = match message {
+            Message::Line(line) => line,
+            Message::Flushed(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let lost = dropped.load(Ordering::Relaxed);
         if lost > reported {
             let _ = writeln!(sink, "[xvip] {} log line(s) dropped: the log reader did not keep up", lost - reported);
@@ -78,11 +95,37 @@ fn drain<W: Write>(lines: Receiver<Vec<u8>>, mut sink: W, dropped: &AtomicU64) {
 /// When the writer thread cannot be started.
 pub fn init() -> io::Result<()> {
     let (writer, _dropped) = spawn(io::stderr(), QUEUE_LINES)?;
+    let _ = QUEUE.set(writer.queue.clone());
     let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
     builder.format_target(false).target(env_logger::Target::Pipe(Box::new(writer)));
     // A logger may already be set (tests); that one is kept.
     let _ = builder.try_init();
     Ok(())
+}
+
+/// Waits (at most `timeout`) until every line logged so far is written: the process calls this before it exits,
+/// or the writer thread dies with the last lines (the reason it stopped) still queued.
+pub fn flush(timeout: Duration) {
+    if let Some(queue) = QUEUE.get() {
+        flush_queue(queue, timeout);
+    }
+}
+
+fn flush_queue(queue: &SyncSender<Message>, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    let (done, written) = mpsc::channel();
+    let mut message = Message::Flushed(done);
+    loop {
+        match queue.try_send(message) {
+            Ok(()) => break,
+            Err(TrySendError::Full(m)) if Instant::now() < deadline => {
+                message = m;
+                thread::sleep(Duration::from_millis(1));
+            }
+            Err(_) => return,
+        }
+    }
+    let _ = written.recv_timeout(deadline.saturating_duration_since(Instant::now()));
 }
 
 #[cfg(test)]
@@ -114,6 +157,34 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A sink that takes its time over every line.
+    struct Slow(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Slow {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            thread::sleep(Duration::from_millis(2));
+            self.0.lock().map_err(|_| io::Error::other("poisoned"))?.extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn flush_returns_once_every_queued_line_is_written() {
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (mut writer, _) = spawn(Slow(got.clone()), 128).expect("writer thread");
+        for i in 0..50 {
+            writer.write_all(format!("line {i}\n").as_bytes()).expect("write");
+            writer.flush().expect("flush");
+        }
+        flush_queue(&writer.queue, Duration::from_secs(10));
+        let text = String::from_utf8_lossy(&got.lock().expect("lock")).into_owned();
+        assert!(text.ends_with("line 49\n"), "the last line was still queued: {text}");
     }
 
     #[test]

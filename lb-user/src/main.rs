@@ -9,6 +9,13 @@ use xvip::{
 };
 
 fn main() -> ExitCode {
+    let code = run();
+    // The log writer is a thread of its own: the last lines (why the daemon stopped) must reach stderr first.
+    xvip::logging::flush(Duration::from_millis(500));
+    code
+}
+
+fn run() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -100,8 +107,6 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     log::error!("{e}");
-                    // Give the log writer a moment to write the last line before the process exits.
-                    std::thread::sleep(std::time::Duration::from_millis(50));
                     ExitCode::from(1)
                 }
             }
