@@ -5,9 +5,7 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
-use lb_common::{
-    Backend, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, service_slot,
-};
+use lb_common::{Backend, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -18,6 +16,7 @@ use crate::{
     packet,
     parse::{IP_LEN, L4_OFF},
     route::{self, NoRoute},
+    vip::Vip,
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -36,6 +35,7 @@ pub fn handle(
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
+    vip: &Vip,
     total: usize,
 ) -> (u32, Reason) {
     let Some(icmp) = packet::at::<Icmpv4Hdr>(ctx, L4_OFF) else {
@@ -48,7 +48,7 @@ pub fn handle(
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
         ICMP_ECHO_REQUEST if code == 0 => echo(eth, ip, icmp),
-        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, total),
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, vip.address, total),
         _ => (XDP_DROP, Reason::DropNoService),
     }
 }
@@ -81,7 +81,14 @@ fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reaso
 /// Either way the error comes from the VIP (the outer source), so no address behind the NAT shows, and the new
 /// outer destination is the new quoted source.
 #[inline(always)]
-fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, total: usize) -> (u32, Reason) {
+fn error(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    vip: [u8; 4],
+    total: usize,
+) -> (u32, Reason) {
     // The ICMP header, the quoted IP header and the quoted ports (RFC 792 guarantees 8 bytes of the quoted
     // payload; the ports suffice), in one bounds check.
     let Some(error) = packet::at::<IcmpError>(ctx, L4_OFF) else {
@@ -94,23 +101,23 @@ fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConf
     let error = unsafe { &mut *error };
     let (inner, ports) = (&error.inner, error.ports);
     let protocol = inner.proto;
-    if inner.vihl != 0x45 || inner.src_addr != config.vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+    if inner.vihl != 0x45 || inner.src_addr != vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
         return (XDP_DROP, Reason::DropNoService);
     }
     let quoted_sport = [ports[0], ports[1]];
     let quoted_dport = [ports[2], ports[3]];
 
-    let key = NatKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    let key = NatKey::new(inner.dst_addr, vip, quoted_dport, quoted_sport, protocol);
     // SAFETY: copied out at once.
     if let Some(to) = unsafe { NAT.get(&key) }.copied() {
         let tot_len = u16::from_be_bytes(ip.tot_len);
-        let route = route::lookup(ctx, config.vip, to.client, ip.proto as u8, tot_len);
+        let route = route::lookup(ctx, vip, to.client, ip.proto as u8, tot_len);
         if let Err(no) = route
             && no != NoRoute::Neighbour
         {
             return (XDP_DROP, no.reason());
         }
-        translate(ctx, ip, error, config.vip, total, to.client, to.client_port, to.service_port);
+        translate(ctx, ip, error, vip, total, to.client, to.client_port, to.service_port);
         let Ok(route) = route else {
             return (XDP_PASS, Reason::PassNoNeighbour);
         };
@@ -118,30 +125,27 @@ fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConf
         return forward::send(ctx, route.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
     }
 
-    let flow = FlowKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    let flow = FlowKey::new(inner.dst_addr, vip, quoted_dport, quoted_sport, protocol);
     // SAFETY: copied out at once.
     if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
         && pinned.nat_port != [0, 0]
     {
         // The slot must still be a backend of the flow's service: slots are reused when backends leave.
-        let Some(slot) = service_slot(protocol, u16::from_be_bytes(quoted_sport)) else {
+        // SAFETY: copied out at once.
+        let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip, quoted_sport, protocol)) }).copied() else {
             return (XDP_DROP, Reason::DropNoService);
         };
-        let Some(svc) = SERVICES.get(slot) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        let svc: ServiceValue = *svc;
         let Some(backend) = BACKENDS.get(pinned.backend) else {
             return (XDP_DROP, Reason::DropInternal);
         };
         let backend: Backend = *backend;
-        if svc.present != 1 || svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index {
+        if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index {
             return (XDP_DROP, Reason::DropNoService);
         }
         if backend.mac == [0; 6] {
             return (XDP_DROP, Reason::DropBackendUnresolved);
         }
-        translate(ctx, ip, error, config.vip, total, backend.address, backend.port, pinned.nat_port);
+        translate(ctx, ip, error, vip, total, backend.address, backend.port, pinned.nat_port);
         return forward::to_backend(ctx, eth, config, &backend, Reason::NatIcmpToBackend, Reason::NatIcmpToBackend);
     }
     (XDP_DROP, Reason::DropNoService)
