@@ -37,6 +37,7 @@ fn seed() -> u32 {
 
 fn nat_service(port: u16, protocol: u8, backend_port: u16) -> ServiceSpec {
     ServiceSpec {
+        addresses: vec![VIP],
         port,
         protocol,
         forwarding: FORWARD_NAT,
@@ -237,8 +238,8 @@ fn syn_is_translated_to_the_vip_and_the_flow_port() {
     assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
     assert!(f.nat_port(0) >= 1024);
     let c = dp.counters().expect("counters");
-    assert_eq!(c.services["web"].packets, 1);
-    assert_eq!(c.backends[&("web".to_string(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
+    assert_eq!(c.services[&"web".into()].packets, 1);
+    assert_eq!(c.backends[&("web".into(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
 }
 
 #[test]
@@ -1028,6 +1029,7 @@ fn a_backend_behind_another_interface_gets_frames_from_that_interfaces_mac() {
     let wan = support::fixture::ifindex("wan");
     let far = (Ipv4Addr::new(192, 0, 2, 21), [0x02, 0, 0, 0, 0, 0x77]);
     let spec = ServiceSpec {
+        addresses: vec![VIP],
         port: 8001,
         protocol: PROTO_TCP,
         forwarding: FORWARD_NAT,
@@ -1061,6 +1063,7 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
     web.backends.remove(f.backend());
     dp.apply_service("web", &web).expect("web without the flow's backend");
     let filler = |n: u32| ServiceSpec {
+        addresses: vec![VIP],
         port: 9000,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,

@@ -28,6 +28,7 @@ fn backend(i: usize, healthy: bool) -> BackendSpec {
 
 fn dsr_service(healthy: [bool; 3]) -> ServiceSpec {
     ServiceSpec {
+        addresses: vec![VIP],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -150,9 +151,9 @@ fn syn_to_service_goes_to_the_maglev_backend_with_only_macs_changed() {
     assert_eq!(out, expected);
     assert!(frames::ipv4_header_ok(&out) && frames::l4_ok(&out));
     let c = dp.counters().expect("counters");
-    assert_eq!(c.services["web"].packets, 1);
-    assert_eq!(c.services["web"].bytes, syn.len() as u64);
-    assert_eq!(c.backends[&("web".to_string(), BACKENDS[b].0, 80)].packets, 1);
+    assert_eq!(c.services[&"web".into()].packets, 1);
+    assert_eq!(c.services[&"web".into()].bytes, syn.len() as u64);
+    assert_eq!(c.backends[&("web".into(), BACKENDS[b].0, 80)].packets, 1);
 }
 
 #[test]
@@ -357,7 +358,7 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
         mac: Some([0x02, 0, 0, 0, 0, 0x77]),
         ifindex: wan,
     };
-    let spec = ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![far] };
+    let spec = ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![far] };
     dp.apply_service("far", &spec).expect("far");
     let syn = client_tcp(40100, 80, TCP_SYN);
     let out = run(&mut dp, &syn, support::fixture::XDP_REDIRECT, Reason::ForwardRedirect);

@@ -112,6 +112,7 @@ impl Node {
     fn apply(&mut self, i: usize) -> Result<()> {
         let s = &self.services[i];
         let spec = ServiceSpec {
+            addresses: vec![VIP],
             port: s.port,
             protocol: s.protocol,
             forwarding: s.forwarding,
