@@ -188,15 +188,8 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
             v.vrid,
             v.priority,
             v.advert_interval_ms,
-            if v.unicast_peers.is_empty() {
-                "to 224.0.0.18".to_string()
-            } else {
-                format!("to {:?}", v.unicast_peers)
-            },
-            v.source_address.map_or_else(
-                || format!("{}'s primary address", instance.interface),
-                |s| s.to_string()
-            ),
+            if v.unicast_peers.is_empty() { "to 224.0.0.18".to_string() } else { format!("to {:?}", v.unicast_peers) },
+            v.source_address.map_or_else(|| format!("{}'s primary address", instance.interface), |s| s.to_string()),
             instance.services.len()
         );
     }
@@ -282,7 +275,9 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let (done_tx, done_rx) = oneshot::channel();
     let _ = dp_tx.send(Job::Detach(done_tx));
     match done_rx.await {
-        Ok(Ok(())) => log::info!("stopped: XDP program removed from {}", infos.keys().cloned().collect::<Vec<_>>().join(", ")),
+        Ok(Ok(())) => {
+            log::info!("stopped: XDP program removed from {}", infos.keys().cloned().collect::<Vec<_>>().join(", "))
+        }
         Ok(Err(e)) => log::warn!("while stopping: {e:#}"),
         Err(_) => log::warn!("while stopping: the data plane thread is gone"),
     }

@@ -23,8 +23,8 @@ use aya::{
 use lb_common::{
     Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS,
     MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
-    NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceKey, ServiceValue,
-    Traffic, VipValue, maglev_position, names, nat_source_port_bit, router_counter, vip_filter_bit,
+    NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceKey, ServiceValue, Traffic,
+    VipValue, maglev_position, names, nat_source_port_bit, router_counter, vip_filter_bit,
 };
 
 use crate::{maglev, netif};
@@ -636,7 +636,12 @@ impl DataPlane {
         for (address, value) in &self.vips {
             if !vips.iter().any(|v| v.address == *address) {
                 // Inactive while it lingers: its router may already be another instance's.
-                union.push(VipSpec { address: *address, router: u32::MAX, hash_seed: value.hash_seed, interface: None });
+                union.push(VipSpec {
+                    address: *address,
+                    router: u32::MAX,
+                    hash_seed: value.hash_seed,
+                    interface: None,
+                });
             }
         }
         self.set_vips(&union)?;
@@ -1070,11 +1075,8 @@ impl DataPlane {
     pub fn flows_per_backend(&self) -> Result<BTreeMap<BackendKey, u64>> {
         let conntrack: BpfHashMap<&MapData, FlowKey, FlowValue> = map_ref(&self.ebpf, names::CONNTRACK)?;
         let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
-        let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> = self
-            .services
-            .iter()
-            .flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, (id, svc))))
-            .collect();
+        let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> =
+            self.services.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, (id, svc)))).collect();
         let slots: HashMap<(&ServiceId, u32), (Ipv4Addr, u16)> = self
             .services
             .iter()
@@ -1098,8 +1100,7 @@ impl DataPlane {
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
-                let key =
-                    NatKey::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
+                let key = NatKey::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
                 match nat.get(&key, 0) {
                     Ok(reverse) => nat_flow_open(&flow, &reverse, now, &self.nat_timeouts),
                     Err(MapError::KeyNotFound) => false,

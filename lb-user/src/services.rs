@@ -294,10 +294,7 @@ mod tests {
 
     #[test]
     fn one_address_in_two_services_is_resolved_for_both() {
-        let mut s = of(&[
-            service("a", &[(11, 6443)], CheckKind::None),
-            service("b", &[(11, 8080)], CheckKind::None),
-        ]);
+        let mut s = of(&[service("a", &[(11, 6443)], CheckKind::None), service("b", &[(11, 8080)], CheckKind::None)]);
         assert_eq!(s.backend_addresses(), vec![Ipv4Addr::new(10, 0, 0, 11)]);
         assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2).len(), 2);
         assert!(s.unresolved().is_empty());

@@ -261,7 +261,8 @@ fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
             svc.forwarding,
             svc.backends.len()
         );
-        let _ = writeln!(s, "  {:<22} {:>6} {:<9} {:>12} {:>14}  state", "backend", "weight", "health", "packets", "bytes");
+        let _ =
+            writeln!(s, "  {:<22} {:>6} {:<9} {:>12} {:>14}  state", "backend", "weight", "health", "packets", "bytes");
         for b in &svc.backends {
             let health = if b.healthy { "up" } else { "down" };
             let state = match (b.draining, b.flows) {
@@ -403,7 +404,11 @@ mod tests {
     #[test]
     fn every_status_field_is_documented() {
         let service = ServiceStatus {
-            backends: vec![BackendStatus { mac: Some("02:00:00:00:00:01".into()), flows: Some(1), ..Default::default() }],
+            backends: vec![BackendStatus {
+                mac: Some("02:00:00:00:00:01".into()),
+                flows: Some(1),
+                ..Default::default()
+            }],
             ..Default::default()
         };
         let instance = InstanceStatus {
@@ -435,7 +440,10 @@ mod tests {
             role: role.into(),
             vip: format!("10.0.0.{}", name.len()),
             vrid: u8::try_from(name.len()).unwrap_or_default(),
-            warnings: warning.map(|m| Warning { kind: "vrid_collision".into(), message: m.into() }).into_iter().collect(),
+            warnings: warning
+                .map(|m| Warning { kind: "vrid_collision".into(), message: m.into() })
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
         let mut status =
@@ -470,7 +478,8 @@ mod tests {
         router(2, 2);
         let backend = BackendStatus { address: "10.0.0.21".into(), port: 80, ..Default::default() };
         let svc = ServiceStatus { name: "web".into(), backends: vec![backend], ..Default::default() };
-        let instance = |name: &str| InstanceStatus { name: name.into(), services: vec![svc.clone()], ..Default::default() };
+        let instance =
+            |name: &str| InstanceStatus { name: name.into(), services: vec![svc.clone()], ..Default::default() };
         counters.backends.insert(
             (ServiceId::new("b", "web"), "10.0.0.21".parse().expect("address"), 80),
             lb_common::Traffic { packets: 3, bytes: 300 },

@@ -25,8 +25,11 @@ fn active_node() -> DataPlane {
             ifindex: 0,
         })
         .collect();
-    dp.apply_service("web", &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends })
-        .expect("service");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
+    )
+    .expect("service");
     dp
 }
 
@@ -112,12 +115,18 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
         mac: Some(BACKENDS[0].1),
         ifindex: 0,
     }];
-    dp.apply_service("web", &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends })
-        .expect("service update");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
+    )
+    .expect("service update");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
     run(&mut dp, &arp(), XDP_TX, Reason::ArpReply);
     node.set_active(0, false).expect("backup");
-    dp.apply_service("web", &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] })
-        .expect("service update");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] },
+    )
+    .expect("service update");
     run(&mut dp, &arp(), XDP_PASS, Reason::PassArp);
 }

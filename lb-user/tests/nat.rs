@@ -1078,7 +1078,7 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
             })
             .collect(),
     };
-    dp.apply_service("filler", &filler(4090)).expect("filler");
+    dp.apply_service("filler", &filler(lb_common::MAX_BACKENDS - 6)).expect("filler");
     dp.remove_service("filler").expect("remove filler");
     dp.apply_service("filler", &ServiceSpec { port: 9001, ..filler(1) }).expect("alt on the freed slot");
     let (kind, code, mtu) = FRAG_NEEDED;

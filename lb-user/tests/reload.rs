@@ -94,11 +94,13 @@ fn probe(dp: &mut DataPlane, protocol: u8, port: u16, sport: u16) -> (u32, Vec<u
 fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<(), TestCaseError> {
     let wanted: BTreeMap<(u8, u16), &str> = services.iter().map(|(n, g)| (PLACES[g.place], n.as_str())).collect();
     let owners = dp.slot_owners();
-    let owners: BTreeMap<(u8, u16), &str> =
-        owners.iter().map(|((vip, protocol, port), id)| {
+    let owners: BTreeMap<(u8, u16), &str> = owners
+        .iter()
+        .map(|((vip, protocol, port), id)| {
             assert_eq!(*vip, VIP, "an entry on another address");
             ((*protocol, *port), id.service.as_str())
-        }).collect();
+        })
+        .collect();
     prop_assert_eq!(&owners, &wanted, "slot owners after reload {}", step);
     for (i, (protocol, port)) in PLACES.iter().copied().enumerate() {
         let value = dp.service_value(VIP, protocol, port).expect("SERVICES");
@@ -133,14 +135,7 @@ fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<
                 }
             }
             None => {
-                prop_assert_eq!(
-                    value,
-                    None,
-                    "nothing is configured on {}/{} after reload {}",
-                    protocol,
-                    port,
-                    step
-                );
+                prop_assert_eq!(value, None, "nothing is configured on {}/{} after reload {}", protocol, port, step);
                 let before = dp.counters().expect("counters").reason(Reason::DropNoService);
                 let (action, _) = probe(dp, protocol, port, 40_000);
                 let after = dp.counters().expect("counters").reason(Reason::DropNoService);

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use xvip::config::{
-    self, BackendCfg, CheckKind, Config, Control, DEFAULT_INSTANCE, Forwarding, Health, Instance, Protocol, Service, Vip,
-    Vrrp, XdpMode,
+    self, BackendCfg, CheckKind, Config, Control, DEFAULT_INSTANCE, Forwarding, Health, Instance, Protocol, Service,
+    Vip, Vrrp, XdpMode,
 };
 use xvip::vrrp::packet::{Advert, ChecksumMode, MAX_ADVER_INT_MAX, RxFilter, checksum, parse_ipv4};
 

@@ -358,7 +358,13 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
         mac: Some([0x02, 0, 0, 0, 0, 0x77]),
         ifindex: wan,
     };
-    let spec = ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![far] };
+    let spec = ServiceSpec {
+        addresses: vec![VIP],
+        port: 80,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_DSR,
+        backends: vec![far],
+    };
     dp.apply_service("far", &spec).expect("far");
     let syn = client_tcp(40100, 80, TCP_SYN);
     let out = run(&mut dp, &syn, support::fixture::XDP_REDIRECT, Reason::ForwardRedirect);

@@ -515,7 +515,8 @@ impl Reader {
         let mut marks = Vec::new();
         for (index, item) in items.iter().enumerate() {
             let label = format!("instance[{index}]");
-            let element = Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
+            let element =
+                Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
             let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else { continue };
             self.totals.instances += 1;
             if self.totals.instances == lb_common::MAX_INSTANCES as usize + 1 {
@@ -668,13 +669,18 @@ impl Reader {
         for (written, what) in &self.not_vips {
             let Some(&owner) = owners.get(&IpAddr::V4(written.value)) else { continue };
             let of = if self.list_form {
-                format!(", an address of instance[{owner}] ({:?})", instances.get(owner).map_or("", |i| i.name.as_str()))
+                format!(
+                    ", an address of instance[{owner}] ({:?})",
+                    instances.get(owner).map_or("", |i| i.name.as_str())
+                )
             } else {
                 String::new()
             };
             let (path, vip) = (&written.path, written.value);
             let message = match what {
-                NotVip::Backend => format!("{path} is the VIP {vip}{of}; a backend must be a real server's own address"),
+                NotVip::Backend => {
+                    format!("{path} is the VIP {vip}{of}; a backend must be a real server's own address")
+                }
                 NotVip::Source => format!(
                     "{path} must be this node's own address, not the VIP {vip}{of} (adverts must come from an \
                      address the node keeps when it is backup)"
@@ -725,7 +731,10 @@ impl Reader {
         {
             self.error(
                 field.at,
-                format!("{} is the IPv6 address {text}; IPv6 VIPs are not supported yet: use IPv4 addresses", field.path),
+                format!(
+                    "{} is the IPv6 address {text}; IPv6 VIPs are not supported yet: use IPv4 addresses",
+                    field.path
+                ),
             );
             return None;
         }
@@ -757,7 +766,8 @@ impl Reader {
                 }
             }
             (None, Some(field)) => {
-                let Some(items) = self.array(&field, "an array of IPv4 addresses, like [\"10.0.0.250\", \"10.0.0.251\"]")
+                let Some(items) =
+                    self.array(&field, "an array of IPv4 addresses, like [\"10.0.0.250\", \"10.0.0.251\"]")
                 else {
                     return vip;
                 };
@@ -963,7 +973,8 @@ impl Reader {
         let mut listeners: HashMap<(u16, Protocol), usize> = HashMap::new();
         for (index, item) in items.iter().enumerate() {
             let label = format!("{prefix}service[{index}]");
-            let element = Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
+            let element =
+                Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
             let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else {
                 continue;
             };

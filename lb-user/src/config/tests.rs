@@ -82,7 +82,7 @@ fn minimal_config_is_valid_and_takes_every_default() {
                 name: "default".into(),
                 interface: "eth0".into(),
                 vip: Vip { addresses: vec![v4(10, 0, 0, 250)], hostname: None },
-                    vrrp: Vrrp {
+                vrrp: Vrrp {
                     vrid: 51,
                     priority: 150,
                     advert_interval_ms: 1000,
@@ -1024,7 +1024,11 @@ fn diff_applies_the_other_vrrp_keys_in_place() {
 fn diff_accepts_a_backend_addition() {
     let old = two_services();
     let mut new = old.clone();
-    only(&mut new).services[0].backends.push(BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 1 });
+    only(&mut new).services[0].backends.push(BackendCfg {
+        address: Ipv4Addr::new(10, 0, 0, 12),
+        port: 6443,
+        weight: 1,
+    });
     let plan = diff(&old, &new).unwrap();
     assert_eq!(
         plan,
@@ -1412,10 +1416,11 @@ fn at_most_255_addresses_per_instance_and_1024_in_all() {
     let text = format!("interface = \"eth0\"\n{}", instance_text("big", 1, &many));
     let found = problem(&text);
     assert!(
-        found.starts_with("xvip.toml:5:") && found.ends_with(
-            "instance[0].vip.addresses[255] is one address too many: an instance holds at most 255 (a VRRP advert \
+        found.starts_with("xvip.toml:5:")
+            && found.ends_with(
+                "instance[0].vip.addresses[255] is one address too many: an instance holds at most 255 (a VRRP advert \
              counts them in one byte)"
-        ),
+            ),
         "{found}"
     );
     let mut text = "interface = \"eth0\"\n".to_owned();

@@ -8,8 +8,8 @@
 
 use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
 
-use log::Level;
 use lb_common::{FAMILY_IPV4, router_slot};
+use log::Level;
 
 use super::{Collisions, GarpTimers, LogLimits, Observed, Out, Peers, fmt_list, fmt_mac, more, more_comma};
 use crate::{
@@ -158,11 +158,8 @@ impl Instance {
         if self.handing_over {
             return None;
         }
-        let garps = if self.router.role() == Role::Active {
-            [self.garp.repeat_at, self.garp.refresh_at]
-        } else {
-            [None, None]
-        };
+        let garps =
+            if self.router.role() == Role::Active { [self.garp.repeat_at, self.garp.refresh_at] } else { [None, None] };
         std::iter::once(self.router.next_deadline()).chain(garps).flatten().min()
     }
 
@@ -317,7 +314,11 @@ impl Instance {
         if self.peers.note(now, rx.src, rx.checksum)
             && let Some(left_out) = self.logs.allow("checksum_form", now)
         {
-            self.log(out, Level::Info, format!("adverts from {} use the {} checksum{}", rx.src, rx.checksum, more(left_out)));
+            self.log(
+                out,
+                Level::Info,
+                format!("adverts from {} use the {} checksum{}", rx.src, rx.checksum, more(left_out)),
+            );
         }
         let ours = self.config.vip.ipv4();
         if !same_addresses(&rx.advert.addresses, &ours) {
@@ -475,7 +476,8 @@ impl Instance {
             return;
         }
         let reason = format!(
-            "no advert sent for {} ms (more than {} ms, the peers' down interval): this node was stopped or stalled              and its data plane stopped answering; rejoining as a backup",
+            "no advert sent for {} ms (more than {} ms, the peers' down interval): this node was stopped or stalled \
+             and its data plane stopped answering; rejoining as a backup",
             silent.as_millis(),
             self.silence_limit().as_millis()
         );
@@ -498,7 +500,11 @@ impl Instance {
         }
         let role = self.router.role();
         if up && role == Role::Fault {
-            self.log(out, Level::Info, format!("link up on {}: starting the election as a backup", self.config.interface));
+            self.log(
+                out,
+                Level::Info,
+                format!("link up on {}: starting the election as a backup", self.config.interface),
+            );
             let actions = self.router.start(now);
             self.apply(now, actions, out);
         } else if !up && role != Role::Fault && role != Role::Initialize {

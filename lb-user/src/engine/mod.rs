@@ -43,7 +43,7 @@ mod instance;
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::Ipv4Addr,
     sync::Arc,
     time::Duration,
@@ -51,8 +51,8 @@ use std::{
 
 use log::Level;
 
-pub use instance::InstanceView;
 use instance::Instance;
+pub use instance::InstanceView;
 
 use crate::{
     config::{self, Config, Problem},
@@ -326,6 +326,8 @@ pub struct Engine {
     stopping: Option<Duration>,
     exited: bool,
     started: bool,
+    /// Interfaces whose VRRP socket joined 224.0.0.18 at start (some instance there advertised by multicast).
+    multicast_interfaces: BTreeSet<String>,
     /// Rate limits of the node's own lines (packets no instance claims, neighbours).
     logs: LogLimits,
 }
@@ -378,7 +380,10 @@ impl Engine {
                 .map_err(|source| Error::Settings { instance: c.name.clone(), source })?;
             instances.push(instance);
         }
+        let multicast_interfaces =
+            config.instances.iter().filter(|i| i.vrrp.unicast_peers.is_empty()).map(|i| i.interface.clone()).collect();
         let mut engine = Engine {
+            multicast_interfaces,
             config: Arc::new(config),
             interfaces,
             service_capacity,
@@ -748,6 +753,16 @@ impl Engine {
                         out.log(Level::Error, format!("reload refused: {e}; the running config is kept"));
                         return;
                     }
+                }
+                if c.vrrp.unicast_peers.is_empty() && !self.multicast_interfaces.contains(&c.interface) {
+                    out.log(
+                        Level::Error,
+                        format!(
+                            "reload refused: instance {} advertises by multicast on {}, where every instance used                              unicast_peers at start, so xvip did not join 224.0.0.18 there: restart xvip, or give                              it unicast_peers; the running config is kept",
+                            c.name, c.interface
+                        ),
+                    );
+                    return;
                 }
             }
         }

@@ -139,7 +139,10 @@ fn garps(commands: &[Command]) -> u32 {
 }
 
 fn active_flags(commands: &[Command]) -> Vec<bool> {
-    commands.iter().filter_map(|c| if let Command::SetActive { active, .. } = c { Some(*active) } else { None }).collect()
+    commands
+        .iter()
+        .filter_map(|c| if let Command::SetActive { active, .. } = c { Some(*active) } else { None })
+        .collect()
 }
 
 fn logs(commands: &[Command]) -> Vec<String> {
@@ -180,7 +183,8 @@ fn active(config: Config) -> (Engine, Duration) {
 #[test]
 fn startup_installs_services_watches_neighbours_starts_checkers_then_is_ready() {
     let mut c = config(150);
-    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http), service("dns", 53, &[B1], CheckKind::None)];
+    only(&mut c).services =
+        vec![service("api", 443, &[B1, B2], CheckKind::Http), service("dns", 53, &[B1], CheckKind::None)];
     let mut e = engine(c);
     let commands = e.handle(Duration::ZERO, start(true));
     let Command::Install { vips, services } = &commands[0] else { panic!("{commands:?}") };
@@ -219,10 +223,7 @@ fn the_penalty_is_known_before_the_first_advert() {
     assert!(adverts(&commands).is_empty());
     assert!(logs(&commands).iter().any(|l| l.contains("starting with priority 155")), "{commands:?}");
     // Once the backend is healthy and resolved, it is the owner again and takes over at once.
-    let commands = e.handle(
-        ms(50),
-        health("api", (B1, 6443), true, "ok"),
-    );
+    let commands = e.handle(ms(50), health("api", (B1, 6443), true, "ok"));
     assert_eq!(priority(&e), 155, "healthy but no MAC yet: still unusable: {commands:?}");
     let commands = e.handle(ms(60), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     assert_eq!(priority(&e), 255, "{commands:?}");
@@ -714,7 +715,8 @@ fn observed_state_counts_what_metrics_need() {
 #[test]
 fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
     let mut c = config(150);
-    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
+    only(&mut c).services =
+        vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
     let mut e = engine(c);
     e.handle(Duration::ZERO, start(true));
     let batch = vec![
@@ -727,4 +729,171 @@ fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
     // Nothing new: nothing to do (the watcher's unresolved addresses flap between pending and failed).
     let commands = e.handle(ms(2), Event::Neighbours(vec![(B1, Seen::Pending { ifindex: 2 })]));
     assert!(commands.is_empty(), "{commands:?}");
+}
+
+// ----- several instances -----
+
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 251);
+const VIP3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 252);
+
+/// Instance `a` (VRID 51, VIP) and `b` (VRID 52, VIP2 and VIP3) on eth0, both at priority 150.
+fn two() -> Config {
+    node(vec![instance("a", 51, &[VIP], 150), instance("b", 52, &[VIP2, VIP3], 150)])
+}
+
+fn flags_of(commands: &[Command], router: u32) -> Vec<bool> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetActive { router: r, active } if *r == router => Some(*active),
+            _ => None,
+        })
+        .collect()
+}
+
+fn both_active() -> (Engine, Duration) {
+    let mut e = engine(two());
+    e.handle(Duration::ZERO, start(true));
+    let commands = run_until(&mut e, ms(1000));
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Active)), "{commands:?}");
+    (e, ms(1000))
+}
+
+#[test]
+fn instances_have_their_own_routers_addresses_and_seeds() {
+    let mut e = engine(two());
+    let (ra, rb) = (e.router("a").expect("a"), e.router("b").expect("b"));
+    assert_ne!(ra, rb);
+    let commands = e.handle(Duration::ZERO, start(true));
+    let Command::Install { vips, .. } = &commands[0] else { panic!("{commands:?}") };
+    let got: Vec<(Ipv4Addr, u32, u32)> = vips.iter().map(|v| (v.address, v.router, v.hash_seed)).collect();
+    assert_eq!(
+        got,
+        [
+            (VIP, ra, lb_common::group_seed(VIP.octets(), 51)),
+            (VIP2, rb, lb_common::group_seed(VIP2.octets(), 52)),
+            (VIP3, rb, lb_common::group_seed(VIP3.octets(), 52)),
+        ]
+    );
+    let commands = run_until(&mut e, ms(1000));
+    // Each advert carries its own instance's VRID and every one of its addresses.
+    let sent: Vec<(u8, Vec<Ipv4Addr>)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { advert, .. } => Some((advert.vrid, advert.addresses.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(sent.contains(&(51, vec![VIP])) && sent.contains(&(52, vec![VIP2, VIP3])), "{sent:?}");
+    let garps: Vec<Vec<Ipv4Addr>> = commands
+        .iter()
+        .filter_map(|c| if let Command::SendGarps { addresses, .. } = c { Some(addresses.clone()) } else { None })
+        .collect();
+    assert!(garps.contains(&vec![VIP2, VIP3]), "GARPs for every address of b: {garps:?}");
+}
+
+#[test]
+fn a_higher_peer_for_one_instance_moves_only_that_instance() {
+    let (mut e, t) = both_active();
+    let (ra, rb) = (e.router("a").expect("a"), e.router("b").expect("b"));
+    let commands = e.handle(t, packet_with(PEER, 52, 200, &[VIP2, VIP3], ChecksumMode::PseudoHeader));
+    assert_eq!(e.role("b"), Some(Role::Backup));
+    assert_eq!(e.role("a"), Some(Role::Active), "a is untouched");
+    assert_eq!(flags_of(&commands, rb), [false]);
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    // a's adverts go on; b waits for its peer (less than its down interval, 341 ms, here).
+    let later = run_until(&mut e, t + ms(300));
+    assert!(later.iter().all(|c| !matches!(c, Command::SendAdvert { advert, .. } if advert.vrid == 52)));
+    assert!(later.iter().any(|c| matches!(c, Command::SendAdvert { advert, .. } if advert.vrid == 51)));
+}
+
+#[test]
+fn a_packet_for_a_vrid_no_instance_has_is_discarded_without_touching_any() {
+    let (mut e, t) = both_active();
+    let commands = e.handle(t, packet_with(PEER, 99, 200, &[VIP], ChecksumMode::PseudoHeader));
+    assert!(active_flags(&commands).is_empty(), "{commands:?}");
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Active)));
+}
+
+#[test]
+fn a_link_down_faults_only_the_instances_on_that_interface() {
+    let mut c = two();
+    c.instances[1].interface = ETH1.into();
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    run_until(&mut e, ms(1000));
+    let rb = e.router("b").expect("b");
+    let commands = e.handle(ms(1000), Event::Link { interface: ETH1.into(), up: false });
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Fault)));
+    assert_eq!(active_flags(&commands), [false]);
+    assert_eq!(flags_of(&commands, rb), [false]);
+}
+
+#[test]
+fn a_reload_adds_and_removes_instances_leaving_the_others_alone() {
+    let (mut e, t) = both_active();
+    let ra = e.router("a").expect("a");
+    let rb = e.router("b").expect("b");
+    let a_transitions = observed_of(&e, "a").transitions;
+    // b leaves: a priority-0 advert for it, its flag cleared; a sees nothing.
+    let commands = reload(&mut e, t, node(vec![instance("a", 51, &[VIP], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instances removed: b")), "{commands:?}");
+    assert_eq!(flags_of(&commands, rb), [false]);
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    let priorities: Vec<(u8, u8)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { advert, .. } => Some((advert.vrid, advert.priority)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(priorities, [(52, 0)], "only b says goodbye");
+    let Some(Command::Install { vips, .. }) = commands.iter().find(|c| matches!(c, Command::Install { .. })) else {
+        panic!("{commands:?}")
+    };
+    assert_eq!(vips.iter().map(|v| v.address).collect::<Vec<_>>(), [VIP]);
+    assert_eq!(e.role("b"), None);
+    // c joins as a backup and becomes active by its own down timer, on a slot other than b's (freed last).
+    let commands =
+        reload(&mut e, t + ms(10), node(vec![instance("a", 51, &[VIP], 150), instance("c", 53, &[VIP2], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instances added: c")), "{commands:?}");
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    let rc = e.router("c").expect("c");
+    assert_ne!(rc, rb, "a freed slot is reused as late as possible");
+    assert_eq!(e.role("c"), Some(Role::Backup));
+    run_until(&mut e, t + ms(1000));
+    assert_eq!((e.role("a"), e.role("c")), (Some(Role::Active), Some(Role::Active)));
+    assert_eq!(observed_of(&e, "a").transitions, a_transitions, "a never changed role");
+}
+
+#[test]
+fn a_reload_that_changes_an_instances_vrid_replaces_only_that_instance() {
+    let (mut e, t) = both_active();
+    let ra = e.router("a").expect("a");
+    let commands = reload(&mut e, t, node(vec![instance("a", 51, &[VIP], 150), instance("b", 60, &[VIP2, VIP3], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instance b replaced (vrrp.vrid changed)")), "{commands:?}");
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    assert_eq!(e.role("b"), Some(Role::Backup), "b starts again");
+    assert_eq!(e.role("a"), Some(Role::Active));
+}
+
+fn observed_of<'e>(e: &'e Engine, name: &str) -> &'e Observed {
+    e.observed(name).expect("instance")
+}
+
+#[test]
+fn a_reload_cannot_add_a_multicast_instance_where_no_socket_joined_the_group_or_a_new_interface() {
+    let mut unicast = instance("a", 51, &[VIP], 150);
+    unicast.vrrp.unicast_peers = vec![PEER];
+    let mut e = engine(node(vec![unicast.clone()]));
+    e.handle(Duration::ZERO, start(true));
+    let commands = reload(&mut e, ms(10), node(vec![unicast.clone(), instance("b", 52, &[VIP2], 150)]));
+    assert!(logs(&commands)[0].contains("advertises by multicast on eth0"), "{commands:?}");
+    assert_eq!(e.role("b"), None, "the running config is kept");
+    let mut elsewhere = instance("c", 53, &[VIP3], 150);
+    elsewhere.interface = "eth9".into();
+    elsewhere.vrrp.unicast_peers = vec![PEER];
+    let commands = reload(&mut e, ms(20), node(vec![unicast, elsewhere]));
+    assert!(logs(&commands)[0].contains("restart xvip to add an interface"), "{commands:?}");
+    assert_eq!(e.role("c"), None);
 }

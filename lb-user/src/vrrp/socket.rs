@@ -550,7 +550,8 @@ mod tests {
         // its copy.
         let a = open(&p.a, &p.a_if, &[A1], false).unwrap();
         let b = open(&p.b, &p.b_if, &[B2], false).unwrap();
-        let err = a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[Ipv4Addr::BROADCAST, B2]).await.unwrap_err();
+        let err =
+            a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[Ipv4Addr::BROADCAST, B2]).await.unwrap_err();
         assert!(matches!(&err, Error::Send { total: 2, failures, .. } if failures.len() == 1), "{err}");
         let err = err.to_string();
         assert!(err.contains("1 of 2 destinations"), "{err}");
