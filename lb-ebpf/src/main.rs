@@ -33,8 +33,8 @@ use lb_common::{
 };
 use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS, SERVICES};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
-use vip::{Vip, lookup_vip};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
+use vip::{Vip, lookup_vip};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
@@ -187,8 +187,7 @@ fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCon
     }
     // Before anything else, in particular before any state: sources no client can have (this VIP, another of
     // ours, the node's own addresses, martians).
-    if martian_source(ip.src_addr, vip.address) || config.is_local(ip.src_addr) || lookup_vip(ip.src_addr).is_some()
-    {
+    if martian_source(ip.src_addr, vip.address) || config.is_local(ip.src_addr) || lookup_vip(ip.src_addr).is_some() {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     let protocol = ip.proto as u8;

@@ -22,4 +22,3 @@ pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
     let value = unsafe { VIPS.get(&address) }.copied()?;
     Some(Vip { address, value })
 }
-
