@@ -65,11 +65,11 @@ pub enum Error {
     Engine(#[from] crate::engine::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
-    #[error("{what}: {source:#}")]
+    #[error("{what}: {source}")]
     DataPlane {
         what: &'static str,
         #[source]
-        source: anyhow::Error,
+        source: crate::dataplane::Error,
     },
     #[error("opening the gratuitous ARP socket: {0}")]
     Garp(#[from] crate::garp::Error),
@@ -339,7 +339,7 @@ enum Job {
     Reconcile(Vec<VipSpec>, Vec<(ServiceId, ServiceSpec)>),
     Install(ServiceId, ServiceSpec),
     Counters(oneshot::Sender<Counters>),
-    Detach(oneshot::Sender<anyhow::Result<()>>),
+    Detach(oneshot::Sender<crate::dataplane::Result<()>>),
 }
 
 /// The data plane thread: applies queued service updates in order, coalescing the updates of one service that
