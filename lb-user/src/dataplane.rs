@@ -241,7 +241,8 @@ pub struct VipSpec {
     pub router: u32,
     pub hash_seed: u32,
     /// Its instance's interface: ARP for the address is answered there only, with that interface's MAC. `None`:
-    /// on any interface, with the node's MAC (fixtures that attach nowhere).
+    /// the node's interface and MAC as they are when the VIP is written (any interface if the program is not
+    /// attached yet: fixtures that attach nowhere).
     pub interface: Option<String>,
 }
 
@@ -545,7 +546,7 @@ impl DataPlane {
     }
 
     /// The fixtures' node: the node's MAC, and one VIP at `vip` with `hash_seed`, governed by router 0 and answered
-    /// on any interface.
+    /// on the node's interface (on any while the program is attached nowhere).
     pub fn set_node(&mut self, vip: Ipv4Addr, mac: [u8; 6], hash_seed: u32) -> Result<()> {
         self.set_node_mac(mac)?;
         self.set_vips(&[VipSpec { address: vip, router: 0, hash_seed, interface: None }])
@@ -562,7 +563,9 @@ impl DataPlane {
         let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
         for v in vips {
             let (ifindex, mac) = match &v.interface {
-                None => (0, self.node.mac),
+                // The node's interface, as the single VIP of the first wave was (any interface before the
+                // program is attached: fixtures).
+                None => (self.node.ifindex, self.node.mac),
                 Some(name) => match interfaces.get(name.as_str()) {
                     Some(found) => *found,
                     None => {
