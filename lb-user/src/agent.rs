@@ -465,7 +465,8 @@ async fn assemble_status(
 }
 
 /// Feeds the metrics page: once per [`metrics::SAMPLE_PERIOD`] it asks the advert thread for the engine's view
-/// and the data plane thread for its counters (with a table scan once per [`metrics::SCAN_PERIOD`]), and renders
+/// and the data plane thread for its counters (with a table scan once per [`metrics::SCAN_PERIOD`], or ten times
+/// as long as the last scan took when that is longer), and renders
 /// the page whenever an answer comes. It never waits on either: a request still unanswered at the next period is
 /// not repeated, so a stalled thread leaves the page as it was (its sample time says how old it is) and gets no
 /// pile of requests.
@@ -480,7 +481,11 @@ impl Sampler {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let (mut view, mut view_rx): (Option<View>, Option<oneshot::Receiver<View>>) = (None, None);
         let (mut sample, mut sample_rx) = (None::<DataPlaneSample>, None::<oneshot::Receiver<DataPlaneSample>>);
+        // When each part of the page last came: the page's sample time is the older, so it stops moving when
+        // either thread stops answering.
+        let (mut view_at, mut sample_at) = (0.0f64, None::<f64>);
         let mut last_scan: Option<Instant> = None;
+        let mut scan_every = metrics::SCAN_PERIOD;
         loop {
             tokio::select! {
                 _ = tick.tick() => {
@@ -492,7 +497,7 @@ impl Sampler {
                         }
                     }
                     if sample_rx.is_none() {
-                        let scan = last_scan.is_none_or(|t| t.elapsed() >= metrics::SCAN_PERIOD);
+                        let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
                         let (tx, rx) = oneshot::channel();
                         if dataplane.send(Job::Sample { scan, reply: tx }).is_err() {
                             return;
@@ -508,26 +513,38 @@ impl Sampler {
                     view_rx = None;
                     let Ok(answer) = answer else { continue };
                     view = Some(answer);
+                    view_at = unix_seconds();
                 }
                 answer = answer_of(&mut sample_rx) => {
                     sample_rx = None;
                     let Ok(mut answer) = answer else { continue };
+                    if let Some((_, took)) = &answer.tables {
+                        // A large table takes long to walk: keep the walks under a tenth of the data plane
+                        // thread's time, so service updates never wait long behind one.
+                        scan_every = metrics::SCAN_PERIOD.max(*took * 10);
+                    }
                     // A sample without a scan keeps the last scan's numbers.
                     if answer.tables.is_none() {
                         answer.tables = sample.take().and_then(|s| s.tables);
                     }
                     sample = Some(answer);
+                    sample_at = Some(unix_seconds());
                 }
             }
             let Some(view) = view.clone() else { continue };
             let page = self.metrics.render(metrics::Sample {
                 instances: vec![metrics::Instance { name: config::DEFAULT_INSTANCE.to_string(), view }],
                 dataplane: sample.clone(),
-                unix_time: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()),
+                unix_time: metrics::sample_time(view_at, sample_at),
             });
             self.page.send_replace(Bytes::from(page));
         }
     }
+}
+
+/// The wall clock in seconds since the Unix epoch.
+fn unix_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The answer on `rx`; never ready while there is no request out.

@@ -88,6 +88,13 @@ pub struct Sample {
     pub unix_time: f64,
 }
 
+/// The sample time of a page made of an engine view taken at `view_at` and, once the data plane thread has
+/// answered, its counters taken at `dataplane_at` (seconds since the epoch): the older of the two, so that
+/// `xvip_metrics_sample_timestamp_seconds` stops moving when either thread stops answering.
+pub fn sample_time(view_at: f64, dataplane_at: Option<f64>) -> f64 {
+    dataplane_at.map_or(view_at, |d| view_at.min(d))
+}
+
 /// A backend's health checks, recorded by its checker ([`crate::health::spawn`]) as they happen, on the main
 /// runtime: how long successful checks took, and how many passed and failed.
 #[derive(Clone, Debug)]

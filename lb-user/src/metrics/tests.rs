@@ -309,3 +309,12 @@ fn the_metrics_reference_lists_every_metric_with_its_type_and_labels() {
         );
     }
 }
+
+/// The page's sample time is that of its older part: a stalled advert thread (old view) or data plane thread (old
+/// counters) both stop it.
+#[test]
+fn the_sample_time_is_that_of_the_older_part() {
+    assert_eq!(super::sample_time(100.0, None), 100.0);
+    assert_eq!(super::sample_time(100.0, Some(90.0)), 90.0);
+    assert_eq!(super::sample_time(80.0, Some(90.0)), 80.0);
+}
