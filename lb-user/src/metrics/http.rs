@@ -2,11 +2,18 @@
 //! rendered page; any other path is 404, any other method on `/metrics` is 405, a request that is not HTTP is 400.
 //!
 //! A slow or hostile client holds nothing for long and nothing that others need ([`Limits`]): at most
-//! `connections` are served at once (one more is told 503 without waiting and closed), a request head larger than
+//! `connections` are served at once, and at most `per_source` of them from one address, so one host's slow or
+//! silent connections cannot take the slots a Prometheus server elsewhere needs (one more is told 503 without
+//! waiting and closed); a request head larger than
 //! `request_bytes` is refused with 431, a client gets `read_timeout` to send its request and `write_timeout` to
 //! take the answer, and every connection carries exactly one request (`Connection: close`). The page itself is
 //! rendered elsewhere, once per sample ([`super::Metrics::render`]): a request only copies bytes.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, PoisonError},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use tokio::{
@@ -21,6 +28,8 @@ use tokio::{
 pub struct Limits {
     /// Connections served at once.
     pub connections: usize,
+    /// Connections served at once from one source address.
+    pub per_source: usize,
     /// Largest request head (request line and headers).
     pub request_bytes: usize,
     /// Time to send the request head.
@@ -31,10 +40,12 @@ pub struct Limits {
 
 impl Default for Limits {
     /// Prometheus scrapes with one connection at a time per target, and a page is tens of kilobytes: a few
-    /// servers, a few dashboards and a human with curl fit comfortably.
+    /// servers, a few dashboards and a human with curl fit comfortably, and a quarter of the slots is plenty
+    /// for any one of them.
     fn default() -> Self {
         Limits {
             connections: 16,
+            per_source: 4,
             request_bytes: 8 * 1024,
             read_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
@@ -65,11 +76,12 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
 /// Serves the page in `page` (empty until the first sample is rendered) until the task is aborted.
 pub async fn serve(listener: TcpListener, page: watch::Receiver<Bytes>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.connections));
+    let sources = Sources::default();
     let mut logged: Option<tokio::time::Instant> = None;
     let mut failures = 0u64;
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 failures += 1;
                 let now = tokio::time::Instant::now();
@@ -81,7 +93,8 @@ pub async fn serve(listener: TcpListener, page: watch::Receiver<Bytes>, limits: 
                 continue;
             }
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let (Some(source), Ok(slot)) = (sources.take(peer.ip(), limits.per_source), slots.clone().try_acquire_owned())
+        else {
             // Best effort and never waited on: the socket buffer of a fresh connection takes this at once.
             let _ = stream.try_write(&response(Answer::Busy, &Bytes::new()));
             continue;
@@ -89,8 +102,44 @@ pub async fn serve(listener: TcpListener, page: watch::Receiver<Bytes>, limits: 
         let page = page.clone();
         tokio::spawn(async move {
             answer(stream, &page, limits).await;
-            drop(slot);
+            drop((slot, source));
         });
+    }
+}
+
+/// Connections being served, per source address.
+#[derive(Clone, Debug, Default)]
+struct Sources(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Sources {
+    /// One more connection from `ip`, unless it has `limit` already; released when the guard drops.
+    fn take(&self, ip: IpAddr, limit: usize) -> Option<SourceGuard> {
+        let mut all = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = all.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(SourceGuard { sources: self.clone(), ip })
+    }
+}
+
+/// One connection's share of its source's limit.
+#[derive(Debug)]
+struct SourceGuard {
+    sources: Sources,
+    ip: IpAddr,
+}
+
+impl Drop for SourceGuard {
+    fn drop(&mut self) {
+        let mut all = self.sources.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = all.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                all.remove(&self.ip);
+            }
+        }
     }
 }
 
@@ -231,6 +280,7 @@ mod tests {
     fn limits() -> Limits {
         Limits {
             connections: 2,
+            per_source: 2,
             request_bytes: 256,
             read_timeout: Duration::from_millis(300),
             write_timeout: Duration::from_millis(300),
@@ -323,6 +373,46 @@ mod tests {
         task.abort();
     }
 
+    /// Connects from `source` (an address of loopback).
+    async fn connect_from(source: &str, address: SocketAddr) -> TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(format!("{source}:0").parse().unwrap()).expect("bind the source");
+        socket.connect(address).await.expect("connect")
+    }
+
+    /// One address's silent connections take at most `per_source` slots: its next one is told 503 at once, while
+    /// another address still gets the page.
+    #[tokio::test]
+    async fn one_address_cannot_take_every_slot() {
+        let limits = Limits { connections: 4, per_source: 2, ..limits() };
+        let (address, _page, task) = server(Limits { read_timeout: Duration::from_secs(30), ..limits }).await;
+        let mut silent = Vec::new();
+        for _ in 0..limits.per_source {
+            silent.push(connect_from("127.0.0.2", address).await);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut third = connect_from("127.0.0.2", address).await;
+        let mut busy = Vec::new();
+        timeout(Duration::from_secs(5), third.read_to_end(&mut busy)).await.expect("closed at once").expect("read");
+        let busy = String::from_utf8_lossy(&busy);
+        assert!(busy.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{busy}");
+        let mut other = connect_from("127.0.0.3", address).await;
+        other.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.expect("send");
+        let mut ok = Vec::new();
+        timeout(Duration::from_secs(5), other.read_to_end(&mut ok)).await.expect("answered").expect("read");
+        let ok = String::from_utf8_lossy(&ok);
+        assert!(ok.starts_with("HTTP/1.1 200 OK\r\n"), "{ok}");
+        // Closing one of the silent connections frees its address's slot.
+        drop(silent.pop());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut again = connect_from("127.0.0.2", address).await;
+        again.write_all(b"GET /metrics HTTP/1.1\r\n\r\n").await.expect("send");
+        let mut ok = Vec::new();
+        timeout(Duration::from_secs(5), again.read_to_end(&mut ok)).await.expect("answered").expect("read");
+        assert!(String::from_utf8_lossy(&ok).starts_with("HTTP/1.1 200 OK\r\n"));
+        task.abort();
+    }
+
     /// A client that sends its request a byte at a time, forever, is cut off by read_timeout as a whole, not per
     /// read.
     #[tokio::test]
@@ -344,8 +434,8 @@ mod tests {
                 break;
             }
         }
-        assert!(closed, "the server closed the connection");
-        assert!(started.elapsed() < limits.read_timeout * 4, "{:?}", started.elapsed());
+        // 200 bytes 10 ms apart take over 2 s: a timeout per read would never close.
+        assert!(closed, "the server closed the connection after {:?}", started.elapsed());
         task.abort();
     }
 
