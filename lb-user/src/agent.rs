@@ -519,9 +519,7 @@ impl Sampler {
                     sample_rx = None;
                     let Ok(mut answer) = answer else { continue };
                     if let Some((_, took)) = &answer.tables {
-                        // A large table takes long to walk: keep the walks under a tenth of the data plane
-                        // thread's time, so service updates never wait long behind one.
-                        scan_every = metrics::SCAN_PERIOD.max(*took * 10);
+                        scan_every = metrics::scan_period(*took);
                     }
                     // A sample without a scan keeps the last scan's numbers.
                     if answer.tables.is_none() {

@@ -48,6 +48,13 @@ pub const SAMPLE_PERIOD: Duration = Duration::from_secs(1);
 /// How often the sampler has the data plane thread walk the connection and NAT tables (open flows per backend,
 /// table fill): two `bpf()` calls per connection-table entry, so less often than the counters.
 pub const SCAN_PERIOD: Duration = Duration::from_secs(5);
+/// How long after a table walk that took `took` the next one starts: [`SCAN_PERIOD`], or ten times the walk when
+/// that is longer (tables of millions of entries), so walks take at most a tenth of the data plane thread and
+/// service updates never wait long behind one.
+pub fn scan_period(took: Duration) -> Duration {
+    SCAN_PERIOD.max(took.saturating_mul(10))
+}
+
 /// The `Content-Type` of the page.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 

@@ -318,3 +318,12 @@ fn the_sample_time_is_that_of_the_older_part() {
     assert_eq!(super::sample_time(100.0, Some(90.0)), 90.0);
     assert_eq!(super::sample_time(80.0, Some(90.0)), 80.0);
 }
+
+/// Table walks: every 5 s while they are quick, and at most a tenth of the data plane thread's time when not.
+#[test]
+fn a_slow_table_walk_spaces_out_the_next_ones() {
+    assert_eq!(super::scan_period(Duration::from_millis(3)), super::SCAN_PERIOD);
+    assert_eq!(super::scan_period(Duration::from_millis(500)), super::SCAN_PERIOD);
+    assert_eq!(super::scan_period(Duration::from_secs(2)), Duration::from_secs(20));
+    assert_eq!(super::scan_period(Duration::MAX), Duration::MAX);
+}
