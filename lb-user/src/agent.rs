@@ -70,11 +70,11 @@ pub enum Error {
     Control(#[from] control::Error),
     #[error(transparent)]
     Metrics(#[from] metrics::http::BindError),
-    #[error("{what}: {source:#}")]
+    #[error("{what}: {source}")]
     DataPlane {
         what: &'static str,
         #[source]
-        source: anyhow::Error,
+        source: crate::dataplane::Error,
     },
     #[error("opening the gratuitous ARP socket: {0}")]
     Garp(#[from] crate::garp::Error),
@@ -341,7 +341,7 @@ enum Job {
         scan: bool,
         reply: oneshot::Sender<DataPlaneSample>,
     },
-    Detach(oneshot::Sender<anyhow::Result<()>>),
+    Detach(oneshot::Sender<crate::dataplane::Result<()>>),
 }
 
 /// The data plane thread: applies queued service updates in order, coalescing the updates of one service that
