@@ -356,14 +356,17 @@ pub const DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS: u64 = 5_000_000_000;
 /// keeps its port.
 pub const DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS: u64 = 7_440_000_000_000;
 
-/// Packets and bytes, the value of the per-CPU service and backend counters.
+/// Packets, bytes and new flows, the value of the per-CPU service and backend counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
+    /// Flows this node assigned to the backend (a fresh Maglev pick recorded in the connection table: a SYN, a
+    /// new UDP flow, or a flow this node had no entry for, as after a failover).
+    pub new_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 16);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 
 /// What the program did with a frame and why: one per-CPU counter each (the `COUNTERS` array).
 ///

@@ -32,6 +32,7 @@ pub fn dsr(
     let mut chosen = NO_BACKEND;
     // A pinned flow keeps its backend while that backend is healthy and still of this service; a SYN always takes
     // a fresh pick so a reused client port does not inherit an old connection's backend.
+    let mut new_flow = false;
     if !l4.syn() {
         // SAFETY: read-only use of the value.
         if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
@@ -52,19 +53,20 @@ pub fn dsr(
             return (XDP_DROP, Reason::DropNoBackend);
         }
         chosen = id;
-        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0);
+        new_flow = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0).is_ok();
     }
-    let backend = match take_backend(ctx, svc.index, chosen) {
+    let backend = match take_backend(ctx, svc.index, chosen, new_flow) {
         Ok(b) => b,
         Err(reason) => return (XDP_DROP, reason),
     };
     to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
 }
 
-/// The backend a packet of service `service_index` goes to, with the packet counted for both; the drop reason when
-/// the backend cannot be used (its MAC is not resolved yet).
+/// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet started a
+/// flow just recorded in the connection table) counted for both; the drop reason when the backend cannot be used
+/// (its MAC is not resolved yet).
 #[inline(always)]
-pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Backend, Reason> {
+pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32, new_flow: bool) -> Result<Backend, Reason> {
     let Some(backend) = BACKENDS.get(id) else {
         return Err(Reason::DropInternal);
     };
@@ -73,8 +75,8 @@ pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Bac
         return Err(Reason::DropBackendUnresolved);
     }
     let bytes = packet::len(ctx) as u64;
-    add_traffic(&SERVICE_STATS, service_index, bytes);
-    add_traffic(&BACKEND_STATS, id, bytes);
+    add_traffic(&SERVICE_STATS, service_index, bytes, new_flow);
+    add_traffic(&BACKEND_STATS, id, bytes, new_flow);
     Ok(backend)
 }
 
@@ -127,12 +129,13 @@ pub fn send(ctx: &XdpContext, ifindex: u32, tx: Reason, redirect: Reason) -> (u3
 }
 
 #[inline(always)]
-pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
+pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64, new_flow: bool) {
     if let Some(t) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         unsafe {
             (*t).packets += 1;
             (*t).bytes += bytes;
+            (*t).new_flows += u64::from(new_flow);
         }
     }
 }

@@ -91,7 +91,8 @@ pub fn forward(
             && let Some(backend) = usable(pinned.backend, svc)
         {
             if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
-                return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+                let (id, port) = (pinned.backend, pinned.nat_port);
+                return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
             }
             let key = NatKey::new(backend.address, backend.port, pinned.nat_port, l4.protocol);
             // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
@@ -103,7 +104,8 @@ pub fn forward(
                     refresh(entry, l4, now);
                     // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
                     pinned.checked_ns = if l4.rst() { 0 } else { now };
-                    return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+                    let (id, port) = (pinned.backend, pinned.nat_port);
+                    return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
                 }
             }
         }
@@ -134,17 +136,19 @@ pub fn forward(
     {
         forget(previous, &flow);
     }
-    match pinned_ptr {
-        // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
-        Some(pinned) => unsafe { *pinned = FlowValue::new(id, port, now) },
-        None => {
-            let _ = CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0);
+    let recorded = match pinned_ptr {
+        Some(pinned) => {
+            // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
+            unsafe { *pinned = FlowValue::new(id, port, now) };
+            true
         }
-    }
-    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend)
+        None => CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0).is_ok(),
+    };
+    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, recorded)
 }
 
-/// Translates a client packet to `backend` from `VIP:port` and sends it there.
+/// Translates a client packet to `backend` from `VIP:port` and sends it there; `new_flow`: the packet started a
+/// flow (counted per backend).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn to_backend(
@@ -156,8 +160,9 @@ fn to_backend(
     id: u32,
     port: [u8; 2],
     backend: &Backend,
+    new_flow: bool,
 ) -> (u32, Reason) {
-    if let Err(reason) = forward::take_backend(ctx, service_index, id) {
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, new_flow) {
         return (XDP_DROP, reason);
     }
     let protocol = ip.proto as u8;

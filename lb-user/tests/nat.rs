@@ -250,6 +250,13 @@ fn established_packets_keep_the_translation() {
         let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
         assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
     }
+    // One flow: four packets, one new flow (the SYN); a SYN again from the same port is a new connection.
+    let backend = ("web".to_string(), f.backend_ip(), HTTP_BACKEND);
+    let c = dp.counters().expect("counters");
+    assert_eq!((c.backends[&backend].packets, c.backends[&backend].new_flows), (4, 1));
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let c = dp.counters().expect("counters");
+    assert_eq!((c.backends[&backend].new_flows, c.services["web"].new_flows), (2, 2));
 }
 
 #[test]
@@ -1082,4 +1089,22 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
     let error =
         frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
     assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
+}
+
+// ----- what metrics read -----
+
+/// The table scan behind `xvip_dataplane_map_entries` and `xvip_backend_flows`: every connection-table and NAT
+/// entry counts towards the fill, only flows not reset (nor closed by both sides) count as open.
+#[test]
+fn a_table_scan_counts_every_entry_and_the_open_flows() {
+    let mut dp = dataplane_with(LoadOptions { conntrack_entries: 2048, ..LoadOptions::default() });
+    for cport in 30000..30010 {
+        run(&mut dp, &Flow::tcp(cport).client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    }
+    run(&mut dp, &Flow::tcp(30000).client_sends(TCP_RST, b""), XDP_TX, Reason::NatForwardTx);
+    let scan = dp.scan_tables().expect("scan");
+    assert_eq!((scan.conntrack_entries, scan.nat_entries, scan.capacity), (10, 10, 2048));
+    assert_eq!(scan.flows.values().sum::<u64>(), 9, "{:?}", scan.flows);
+    assert!(scan.flows.keys().all(|(service, _, port)| service == "web" && *port == HTTP_BACKEND));
+    assert_eq!(dp.flows_per_backend().expect("flows"), scan.flows);
 }

@@ -163,6 +163,11 @@ fn packets_of_one_flow_go_to_the_same_backend() {
         let out = run(&mut dp, &client_tcp(40002, 80, TCP_ACK | TCP_PSH), XDP_TX, Reason::ForwardTx);
         assert_eq!(backend_of(&out), first);
     }
+    // Six packets, one new flow, on the backend and its service.
+    let c = dp.counters().expect("counters");
+    let traffic: Vec<_> = c.backends.values().filter(|t| t.packets > 0).collect();
+    assert_eq!(traffic.iter().map(|t| (t.packets, t.new_flows)).collect::<Vec<_>>(), [(6, 1)]);
+    assert_eq!(c.services["web"].new_flows, 1);
 }
 
 #[test]

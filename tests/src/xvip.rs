@@ -31,6 +31,8 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// How long [`Lab::start_xvip`] waits for the status socket to answer.
     pub startup_timeout: Duration,
+    /// `metrics.listen` (`None`: no `[metrics]` table).
+    pub metrics_listen: Option<String>,
 }
 
 /// A non-root user with a few capabilities, as a systemd unit with `DynamicUser=` and `AmbientCapabilities=`
@@ -77,6 +79,7 @@ impl NodeSpec {
             conntrack_entries: None,
             env: Vec::new(),
             startup_timeout: Duration::from_secs(10),
+            metrics_listen: None,
         }
     }
 
@@ -143,6 +146,9 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
     let _ = writeln!(t, "garp_repeat_delay_ms = 1000");
     let _ = writeln!(t, "backend_loss_penalty = {}\n", spec.backend_loss_penalty);
     let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
+    if let Some(listen) = &spec.metrics_listen {
+        let _ = writeln!(t, "[metrics]\nlisten = \"{listen}\"\n");
+    }
     for s in &spec.services {
         let _ = writeln!(t, "[[service]]");
         let _ = writeln!(t, "name = \"{}\"\nport = {}\nforwarding = \"{}\"", s.name, s.port, s.forwarding);
@@ -265,6 +271,18 @@ impl XvipNode {
     pub fn status(&self) -> Result<Status> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
         runtime.block_on(xvip::control::query(&self.socket))
+    }
+
+    /// `GET /metrics` on `listen` (an address of the node's namespace): the page.
+    ///
+    /// # Errors
+    /// When the request fails or does not answer 200.
+    pub fn metrics(&self, listen: std::net::SocketAddr) -> Result<String> {
+        let response = crate::probe::http_get(&self.ns, listen, "/metrics", Duration::from_secs(5))?;
+        if response.status != 200 {
+            bail!("GET /metrics on {}: {} {}", self.name, response.status, response.text());
+        }
+        Ok(response.text())
     }
 
     pub fn role(&self) -> Result<String> {

@@ -79,7 +79,9 @@ pub struct RestartNeeded {
 /// program is attached there), `conntrack_entries` (map sizes are fixed at load), the VIP and VRID (other nodes
 /// identify the group by them, and the flow hash seed is derived from them), the VRRP source and peers (the sockets
 /// are bound to them), the advert interval (the data plane's dead-man switch and the peers' timers are derived
-/// from it), preemption and its delay (the election in progress was started with them), and the control socket.
+/// from it), preemption and its delay (the election in progress was started with them), the control socket, and
+/// the metrics listener (`[metrics]` added, removed or moved: it is bound at start, before anything else, so a
+/// port that is taken stops the start rather than a reload half way).
 pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     let mut fixed = Vec::new();
     let mut check = |key: &'static str, changed: bool| {
@@ -98,6 +100,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     check("vrrp.preempt", old.vrrp.preempt != new.vrrp.preempt);
     check("vrrp.preempt_delay_ms", old.vrrp.preempt_delay_ms != new.vrrp.preempt_delay_ms);
     check("control.socket", old.control.socket != new.control.socket);
+    check("metrics.listen", old.metrics != new.metrics);
     if !fixed.is_empty() {
         return Err(RestartNeeded { keys: fixed });
     }

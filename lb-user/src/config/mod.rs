@@ -23,7 +23,7 @@ mod tree;
 mod tests;
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use diff::{ReloadPlan, RestartNeeded, diff};
@@ -40,7 +40,14 @@ pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_PREEMPT: bool = true;
 pub const DEFAULT_GARP_COUNT: u32 = 5;
 pub const DEFAULT_GARP_REPEAT_DELAY_MS: u32 = 5000;
+/// The name of the one VRRP instance a config describes (the `instance` label of metrics).
+pub const DEFAULT_INSTANCE: &str = "default";
 pub const DEFAULT_SOCKET: &str = "/run/xvip/xvip.sock";
+/// The metrics listener's port when `metrics.listen` names only an address, and in every example.
+pub const DEFAULT_METRICS_PORT: u16 = 9712;
+/// `metrics.listen` when `[metrics]` is there without it: loopback only, so nothing is exposed by surprise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
 pub const DEFAULT_WEIGHT: u8 = 1;
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 pub const DEFAULT_EXPECT_STATUS: u16 = 200;
@@ -60,6 +67,8 @@ pub struct Config {
     pub vip: Vip,
     pub vrrp: Vrrp,
     pub control: Control,
+    /// The Prometheus listener; `None` (no `[metrics]` table) = off.
+    pub metrics: Option<Metrics>,
     /// In file order. Names and (port, protocol) pairs are unique.
     pub services: Vec<Service>,
 }
@@ -113,6 +122,19 @@ pub struct Vrrp {
 pub struct Control {
     /// The Unix socket `xvip status` talks to (created with mode 0600).
     pub socket: PathBuf,
+}
+
+/// The Prometheus metrics listener (`docs/metrics.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served (TCP).
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { listen: DEFAULT_METRICS_LISTEN }
+    }
 }
 
 /// One load-balanced port on the VIP.

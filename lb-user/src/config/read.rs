@@ -5,7 +5,7 @@
 //! away as soon as one problem was reported.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ type Entries = [Entry];
 
 /// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
 pub(super) const ROOT_KEYS: &[&str] =
-    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "service"];
+    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "metrics", "service"];
 pub(super) const VIP_KEYS: &[&str] = &["address", "hostname"];
 pub(super) const VRRP_KEYS: &[&str] = &[
     "vrid",
@@ -36,6 +36,7 @@ pub(super) const VRRP_KEYS: &[&str] = &[
     "backend_loss_penalty",
 ];
 pub(super) const CONTROL_KEYS: &[&str] = &["socket"];
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
 pub(super) const SERVICE_KEYS: &[&str] = &["name", "port", "protocol", "forwarding", "backends", "health"];
 pub(super) const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
 pub(super) const HEALTH_KEYS: &[&str] = &[
@@ -57,6 +58,7 @@ const KEY_HOMES: &[(&str, &[&str])] = &[
     ("[vip]", VIP_KEYS),
     ("[vrrp]", VRRP_KEYS),
     ("[control]", CONTROL_KEYS),
+    ("[metrics]", METRICS_KEYS),
     ("[[service]]", SERVICE_KEYS),
     ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
     ("[service.health]", HEALTH_KEYS),
@@ -409,11 +411,15 @@ impl Reader {
                 Some(table) => self.control(&table),
             },
         };
+        let metrics = match root.get("metrics") {
+            None => None,
+            Some(field) => self.table(&field, "[metrics]".into(), "metrics.".into()).map(|table| self.metrics(&table)),
+        };
         let services = match root.get("service") {
             None => Vec::new(),
             Some(field) => self.services(&field, vip.address),
         };
-        Config { interface, xdp_mode, conntrack_entries, vip, vrrp, control, services }
+        Config { interface, xdp_mode, conntrack_entries, vip, vrrp, control, metrics, services }
     }
 
     fn required_table<'t>(&mut self, root: &Table<'t>, key: &str, expected: &str) -> Option<Table<'t>> {
@@ -601,6 +607,41 @@ impl Reader {
             }
         }
         control
+    }
+
+    fn metrics(&mut self, table: &Table) -> Metrics {
+        self.reject_unknown_keys(table, METRICS_KEYS);
+        let mut metrics = Metrics::default();
+        if let Some(field) = table.get("listen")
+            && let Some(listen) = self.listen_address(&field)
+        {
+            metrics.listen = listen;
+        }
+        metrics
+    }
+
+    /// `ADDRESS:PORT` (`"127.0.0.1:9712"`, `"[::1]:9712"`) or a bare address, which gets [`DEFAULT_METRICS_PORT`].
+    fn listen_address(&mut self, field: &Field) -> Option<SocketAddr> {
+        let text = self.string(field)?;
+        let parsed = text
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DEFAULT_METRICS_PORT)));
+        let why = match parsed {
+            None => "not an address",
+            Some(a) if a.port() == 0 => "port 0 would be a different random port on every start",
+            Some(a) if a.ip().is_multicast() => "a multicast address",
+            Some(address) => return Some(address),
+        };
+        self.error(
+            field.at,
+            format!(
+                "{} must be an address and port to listen on, like \"127.0.0.1:{DEFAULT_METRICS_PORT}\", \
+                 \"[::1]:{DEFAULT_METRICS_PORT}\" or \"0.0.0.0\" (port {DEFAULT_METRICS_PORT}), got {text:?} ({why})",
+                field.path
+            ),
+        );
+        None
     }
 
     fn services(&mut self, field: &Field, vip: Ipv4Addr) -> Vec<Service> {

@@ -27,7 +27,7 @@
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     net::Ipv4Addr,
     sync::Arc,
     time::Duration,
@@ -60,6 +60,14 @@ pub const MAX_PEERS: usize = 64;
 pub const MAX_COLLISIONS: usize = 16;
 /// A VRID collision stays in the warnings this long after its last advert.
 pub const WARNING_TTL: Duration = Duration::from_secs(60);
+/// Discard reasons of the engine's own checks, besides the packet checks (`vrrp::packet::Discard`): an advert
+/// with our VRID but another address list, and any advert while this node is the address owner.
+pub const DISCARD_REASONS: [&str; 2] = [DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER];
+pub const DISCARD_ADDRESS_MISMATCH: &str = "address_mismatch";
+pub const DISCARD_OWNER: &str = "owner";
+/// Take-over times kept in [`Observed::recent_takeovers`] for readers that sample the state now and then (metrics
+/// sample every second; a node cannot take over more than once per advert interval or so).
+pub const RECENT_TAKEOVERS: usize = 32;
 
 /// Something that happened, handed to [`Engine::handle`] with the time it is handled at.
 #[derive(Debug, Clone)]
@@ -130,6 +138,11 @@ pub struct Observed {
     /// How long the last take-over waited after the last sign of the previous active router (its last advert, or
     /// its priority-0 advert).
     pub last_takeover: Option<Duration>,
+    /// Take-overs so far: becoming active after hearing another router since the election (re)started, timed from
+    /// the last advert heard to the first advert sent as active.
+    pub takeovers: u64,
+    /// The newest take-over times (at most [`RECENT_TAKEOVERS`], oldest first): the last `n` of `takeovers`.
+    pub recent_takeovers: VecDeque<Duration>,
     /// Whether some service has no usable backend here (the penalty applies).
     pub backends_lost: bool,
     /// Log lines left out by the rate limits.
@@ -149,6 +162,8 @@ impl Default for Observed {
             discards: BTreeMap::new(),
             garps_sent: 0,
             last_takeover: None,
+            takeovers: 0,
+            recent_takeovers: VecDeque::new(),
             backends_lost: false,
             logs_suppressed: 0,
         }
@@ -271,6 +286,9 @@ pub struct Engine {
     garp: GarpTimers,
     /// When the last advert was sent (the heartbeat's age follows it).
     last_advert: Option<Duration>,
+    /// When the last advert from another router passed the checks, since the election last (re)started: where a
+    /// take-over's time is measured from.
+    last_heard: Option<Duration>,
     /// While stopping as the active router: until when to wait for the new one.
     stopping: Option<Duration>,
     exited: bool,
@@ -319,6 +337,7 @@ impl Engine {
             services,
             garp: GarpTimers::default(),
             last_advert: None,
+            last_heard: None,
             stopping: None,
             exited: false,
             started: false,
@@ -548,15 +567,16 @@ impl Engine {
                 );
             }
             let why = format!("addresses {} differ from ours {}", fmt_list(&rx.advert.addresses), fmt_list(&ours));
-            self.discard(now, "address_mismatch", &why, out);
+            self.discard(now, DISCARD_ADDRESS_MISMATCH, &why, out);
             return;
         }
         if self.router.priority() == PRIORITY_OWNER {
             // RFC 5798 §7.1: the address owner discards every advert; nobody can preempt it.
-            self.discard(now, "owner", "this node is the address owner (priority 255)", out);
+            self.discard(now, DISCARD_OWNER, "this node is the address owner (priority 255)", out);
             return;
         }
         self.observed.adverts_received += 1;
+        self.last_heard = Some(now);
         if self.stopping.is_some() {
             if rx.advert.priority > 0 {
                 out.log(Level::Info, format!("handover: {} is active", rx.src));
@@ -588,8 +608,18 @@ impl Engine {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
                 Action::BecomeActive { cause, reason } => {
-                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped) {
-                        self.observed.last_takeover = Some(now.saturating_sub(self.router.last_heard()));
+                    // The election's first advert as active went out at `now` (just before this action).
+                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped)
+                        && let Some(heard) = self.last_heard
+                    {
+                        let took = now.saturating_sub(heard);
+                        let o = &mut self.observed;
+                        o.last_takeover = Some(took);
+                        o.takeovers += 1;
+                        if o.recent_takeovers.len() == RECENT_TAKEOVERS {
+                            o.recent_takeovers.pop_front();
+                        }
+                        o.recent_takeovers.push_back(took);
                     }
                     out.push(Command::SetActive(true));
                     self.role_changed(now, Role::Active, cause, reason, out);
@@ -640,6 +670,10 @@ impl Engine {
         *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
         if role != Role::Active {
             self.garp = GarpTimers::default();
+        }
+        // The election starts over: what was heard before (a fault, a stall, a stop) times no take-over after it.
+        if matches!(cause, Cause::Startup | Cause::LinkDown | Cause::Stall | Cause::Stop) {
+            self.last_heard = None;
         }
     }
 

@@ -26,6 +26,7 @@ fn config(priority: u8) -> Config {
         vip: Vip { address: VIP, hostname: None },
         vrrp: Vrrp { advert_interval_ms: 100, garp_repeat_delay_ms: 1000, ..Vrrp::with_ids(51, priority) },
         control: config::Control::default(),
+        metrics: None,
         services: Vec::new(),
     }
 }

@@ -62,6 +62,18 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, so a caller can pre-create one counter per cause.
+    pub const ALL: [Cause; 8] = [
+        Cause::Startup,
+        Cause::MasterDown,
+        Cause::Preempt,
+        Cause::PeerStopped,
+        Cause::HigherPriority,
+        Cause::LinkDown,
+        Cause::Stall,
+        Cause::Stop,
+    ];
+
     /// A stable snake_case key.
     pub fn name(self) -> &'static str {
         match self {
