@@ -26,7 +26,10 @@ pub const RULES: &[(&str, &str)] = &[
         "malformed_passed_on",
         "a frame sent does not parse (see malformed_output); the frame that came in did not either",
     ),
-    ("source_mac_not_node", "a frame sent does not carry the node's MAC as its source"),
+    (
+        "source_mac_not_node",
+        "a frame sent does not carry, as its source, the MAC of the node's interface towards its destination (the second interface for the backends behind it, the node's for everything else)",
+    ),
     ("bad_destination_mac", "a frame sent goes to a zero, multicast or broadcast MAC, or to the node's own"),
     ("arp_reply_malformed", "an ARP frame sent is not a reply from the node's MAC and the VIP to the asker"),
     ("arp_reply_unasked", "an ARP reply was sent for something other than a request for the VIP"),
@@ -57,11 +60,11 @@ pub const RULES: &[(&str, &str)] = &[
     ("nat_reverse_without_forward", "a NAT reverse entry whose client flow has no forward entry"),
     (
         "nat_reverse_forward_mismatch",
-        "a NAT reverse entry whose client flow's forward entry names another NAT port, or another backend in a slot that still holds one",
+        "a NAT reverse entry whose client flow's forward entry names another NAT port or another backend (address and port) than the entry's",
     ),
     (
-        "nat_forward_slot_changed",
-        "a NAT reverse entry whose client flow's forward entry names a backend slot the agent has since freed",
+        "forwarded_off_pin",
+        "a client packet was forwarded to a backend (NAT: from a NAT port) other than the one its live forward entry names after the run, or without a live forward entry",
     ),
     ("state_for_martian_client", "a connection or NAT entry was created for a martian or self-addressed client"),
     ("counter_sum", "the Reason counters did not move by exactly one per frame"),
@@ -77,6 +80,12 @@ pub struct Facts {
     pub subnets: Vec<(Ipv4Addr, u8)>,
     /// The backends' MACs: a DSR forward goes to one of them with the VIP as its IPv4 destination.
     pub backend_macs: Vec<[u8; 6]>,
+    /// The MAC of the node's second interface, and the MACs of the backends reached through it: frames to them
+    /// leave from that interface, with its MAC as their source.
+    pub far_mac: [u8; 6],
+    pub far_backend_macs: Vec<[u8; 6]>,
+    /// The backends' addresses: a NAT forward goes to one of them.
+    pub backends: Vec<Ipv4Addr>,
 }
 
 impl Facts {
@@ -109,6 +118,7 @@ fn finding(rule: &'static str, detail: impl Into<String>) -> Finding {
 #[derive(Clone, Copy, Debug)]
 pub struct Ip4 {
     pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub protocol: u8,
@@ -134,6 +144,7 @@ pub fn ip4(frame: &[u8]) -> Option<Ip4> {
     let h = ip.header();
     let mut out = Ip4 {
         eth_src: eth.source(),
+        eth_dst: eth.destination(),
         src: h.source_addr(),
         dst: h.destination_addr(),
         protocol: h.protocol().0,
@@ -179,11 +190,16 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
         found.push(finding("malformed_output", "no Ethernet II header"));
         return found;
     };
-    if eth.source() != facts.node_mac {
-        found.push(finding("source_mac_not_node", format!("source MAC {}", mac(eth.source()))));
-    }
     let dst_mac = eth.destination();
-    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == facts.node_mac {
+    // Each interface sends with its own MAC (the second one towards the backends behind it).
+    let own_mac = if facts.far_backend_macs.contains(&dst_mac) { facts.far_mac } else { facts.node_mac };
+    if eth.source() != own_mac {
+        found.push(finding(
+            "source_mac_not_node",
+            format!("source MAC {} towards {} (expected {})", mac(eth.source()), mac(dst_mac), mac(own_mac)),
+        ));
+    }
+    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == facts.node_mac || dst_mac == facts.far_mac {
         found.push(finding("bad_destination_mac", format!("destination MAC {}", mac(dst_mac))));
     }
     let input_packet = SlicedPacket::from_ethernet(input).ok();
@@ -436,7 +452,7 @@ fn mac(m: [u8; 6]) -> String {
     mac_of(&m)
 }
 
-fn mac_of(m: &[u8]) -> String {
+pub fn mac_of(m: &[u8]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
