@@ -30,20 +30,22 @@ pub fn dsr(
 ) -> (u32, Reason) {
     let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
-    // A pinned flow keeps its backend while that backend is healthy and still of this service; a SYN always takes
-    // a fresh pick so a reused client port does not inherit an old connection's backend.
+    // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
+    // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
+    // inherit an old connection's backend.
     if !l4.syn() {
         // SAFETY: read-only use of the value.
         if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
             let id = pinned.backend;
             if let Some(b) = BACKENDS.get(id) {
-                if b.healthy == 1 && u32::from(b.service) == svc.index {
+                if b.keeps_pin(pinned, svc.index) {
                     chosen = id;
                 }
             }
         }
     }
-    if chosen == NO_BACKEND {
+    let fresh = chosen == NO_BACKEND;
+    if fresh {
         let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, config.hash_seed);
         let Some(id) = maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
@@ -52,12 +54,14 @@ pub fn dsr(
             return (XDP_DROP, Reason::DropNoBackend);
         }
         chosen = id;
-        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0);
     }
     let backend = match take_backend(ctx, svc.index, chosen) {
         Ok(b) => b,
         Err(reason) => return (XDP_DROP, reason),
     };
+    if fresh {
+        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, &backend, [0; 2], 0), 0);
+    }
     to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
 }
 
