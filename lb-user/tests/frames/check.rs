@@ -28,7 +28,7 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "source_mac_not_node",
-        "a frame sent does not carry, as its source, the MAC of the node's interface towards its destination (the second interface for the backends behind it, the node's for everything else)",
+        "a frame sent does not carry, as its source, the MAC of the interface it leaves through (XDP_TX: the VIP's interface; a redirect: the node's second interface)",
     ),
     ("bad_destination_mac", "a frame sent goes to a zero, multicast or broadcast MAC, or to the node's own"),
     ("arp_reply_malformed", "an ARP frame sent is not a reply from the node's MAC and the VIP to the asker"),
@@ -80,10 +80,8 @@ pub struct Facts {
     pub subnets: Vec<(Ipv4Addr, u8)>,
     /// The backends' MACs: a DSR forward goes to one of them with the VIP as its IPv4 destination.
     pub backend_macs: Vec<[u8; 6]>,
-    /// The MAC of the node's second interface, and the MACs of the backends reached through it: frames to them
-    /// leave from that interface, with its MAC as their source.
+    /// The MAC of the node's second interface: frames redirected there leave with it as their source.
     pub far_mac: [u8; 6],
-    pub far_backend_macs: Vec<[u8; 6]>,
     /// The backends' addresses: a NAT forward goes to one of them.
     pub backends: Vec<Ipv4Addr>,
 }
@@ -191,8 +189,10 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
         return found;
     };
     let dst_mac = eth.destination();
-    // Each interface sends with its own MAC (the second one towards the backends behind it).
-    let own_mac = if facts.far_backend_macs.contains(&dst_mac) { facts.far_mac } else { facts.node_mac };
+    // A frame carries the MAC of the interface it leaves through: XDP_TX sends it back out of the VIP's interface,
+    // a redirect out of the node's only other one (towards the backends and clients behind it). A redirect with
+    // that interface's MAC is right, not a violation: the next hop learned that MAC for this node's address there.
+    let own_mac = if action == XDP_REDIRECT { facts.far_mac } else { facts.node_mac };
     if eth.source() != own_mac {
         found.push(finding(
             "source_mac_not_node",
@@ -534,6 +534,18 @@ mod tests {
         output[..6].copy_from_slice(&backend_mac);
         output[6..12].copy_from_slice(&NODE_MAC);
         assert_eq!(rules(&spoofed, XDP_TX, &output, true), ["martian_source_sent"]);
+    }
+
+    #[test]
+    fn each_frame_carries_the_mac_of_the_interface_it_leaves_through() {
+        let (input, mut output) = nat_forward();
+        // XDP_TX leaves through the VIP's interface: its MAC, not the second interface's.
+        output[6..12].copy_from_slice(&crate::node::FAR_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["source_mac_not_node"]);
+        // A redirect leaves through the second interface: its MAC, not the VIP interface's.
+        assert!(rules(&input, XDP_REDIRECT, &output, true).is_empty());
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_REDIRECT, &output, true), ["source_mac_not_node"]);
     }
 
     #[test]

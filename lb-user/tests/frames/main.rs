@@ -46,7 +46,6 @@ fn facts() -> Facts {
         subnets: node::SUBNETS.to_vec(),
         backend_macs: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(_, mac)| *mac).collect(),
         far_mac: node::FAR_MAC,
-        far_backend_macs: node::FAR_BACKENDS.iter().map(|(_, mac)| *mac).collect(),
         backends: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(address, _)| *address).collect(),
     }
 }
