@@ -30,7 +30,10 @@ pub const RULES: &[(&str, &str)] = &[
         "source_mac_not_node",
         "a frame sent does not carry, as its source, the MAC of the interface it leaves through (XDP_TX: the VIP's interface; a redirect: the node's second interface)",
     ),
-    ("bad_destination_mac", "a frame sent goes to a zero, multicast or broadcast MAC, or to the node's own"),
+    (
+        "bad_destination_mac",
+        "a frame sent goes to a zero, multicast or broadcast MAC, or to the MAC of the interface it leaves through",
+    ),
     ("arp_reply_malformed", "an ARP frame sent is not a reply from the node's MAC and the VIP to the asker"),
     ("arp_reply_unasked", "an ARP reply was sent for something other than a request for the VIP"),
     ("sent_to_vip", "a frame sent is addressed to the VIP (ARP target, or IPv4 destination other than a DSR forward)"),
@@ -199,7 +202,11 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
             format!("source MAC {} towards {} (expected {})", mac(eth.source()), mac(dst_mac), mac(own_mac)),
         ));
     }
-    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == facts.node_mac || dst_mac == facts.far_mac {
+    // "The node's own" is the sending interface's MAC: a frame to it would come straight back. A frame out of one
+    // interface to the other's MAC (an ARP request that claims it as its sender is answered there) reaches no
+    // host of this node on that segment; the program knows only the VIP interface's MAC, and an asker may claim
+    // any unicast MAC in any case.
+    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == own_mac {
         found.push(finding("bad_destination_mac", format!("destination MAC {}", mac(dst_mac))));
     }
     let input_packet = SlicedPacket::from_ethernet(input).ok();
@@ -546,6 +553,10 @@ mod tests {
         assert!(rules(&input, XDP_REDIRECT, &output, true).is_empty());
         output[6..12].copy_from_slice(&NODE_MAC);
         assert_eq!(rules(&input, XDP_REDIRECT, &output, true), ["source_mac_not_node"]);
+        // Sent to the MAC of the interface it leaves through: straight back to the node.
+        let (input, mut output) = nat_forward();
+        output[..6].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["bad_destination_mac"]);
     }
 
     #[test]
