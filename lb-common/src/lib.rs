@@ -458,7 +458,7 @@ pub enum Reason {
     DropNatNoPort = 23,
     /// To the VIP from a source no client can have: 0/8, 127/8, multicast, 240/4 and broadcast, the VIP itself,
     /// or an address of this node or a broadcast of its subnets (`NodeConfig::local`). Dropped before any state
-    /// is created.
+    /// is created. Also an echo request from a zero, multicast or the node's own MAC (where its reply would go).
     DropMartianSource = 24,
     /// A translated reply (or ICMP error) whose next hop has no neighbour entry yet: handed to the kernel, which
     /// resolves it (ARP) and forwards this packet; later ones find the entry.
