@@ -65,11 +65,11 @@ pub enum Error {
     NoSourceAddress(String),
     #[error(transparent)]
     Control(#[from] control::Error),
-    #[error("{what}: {source:#}")]
+    #[error("{what}: {source}")]
     DataPlane {
         what: &'static str,
         #[source]
-        source: anyhow::Error,
+        source: crate::dataplane::Error,
     },
     #[error("opening the gratuitous ARP socket: {0}")]
     Garp(#[from] crate::garp::Error),
@@ -307,7 +307,7 @@ enum Job {
     Reconcile(Vec<(String, ServiceSpec)>),
     Install(String, ServiceSpec),
     Counters(oneshot::Sender<Counters>),
-    Detach(oneshot::Sender<anyhow::Result<()>>),
+    Detach(oneshot::Sender<crate::dataplane::Result<()>>),
 }
 
 /// The data plane thread: applies queued service updates in order, coalescing the updates of one service that

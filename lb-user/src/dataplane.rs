@@ -14,7 +14,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
@@ -86,6 +85,75 @@ fn os_error(error: &(dyn std::error::Error + 'static)) -> Option<i32> {
         next = e.source();
     }
     None
+}
+
+/// What the data plane could not do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Attach(Box<AttachError>),
+    /// A step the kernel (or aya on its behalf) refused: `what` says which step.
+    #[error("{what}: {source}")]
+    Kernel {
+        what: String,
+        #[source]
+        source: Box<KernelError>,
+    },
+    /// The eBPF object lacks a program or map this code expects, or has it with another type: the object and the
+    /// agent come from different builds.
+    #[error("the eBPF object {0}: it does not match this build of xvip (rebuild with `cargo xtask build-ebpf`)")]
+    Object(String),
+    /// More than the maps were sized for at load time.
+    #[error("{0}")]
+    Full(String),
+    /// A request that does not fit the data plane's state (already attached, an unknown interface).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Interface(#[from] netif::Error),
+    #[error("building the Maglev table for service {service}: {source}")]
+    Maglev {
+        service: String,
+        #[source]
+        source: maglev::MaglevError,
+    },
+}
+
+impl From<AttachError> for Error {
+    fn from(e: AttachError) -> Self {
+        Error::Attach(Box::new(e))
+    }
+}
+
+/// The kernel's or aya's own error under [`Error::Kernel`].
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error(transparent)]
+    Load(#[from] aya::EbpfError),
+    #[error(transparent)]
+    Program(#[from] aya::programs::ProgramError),
+    #[error(transparent)]
+    Map(#[from] MapError),
+    #[error(transparent)]
+    Os(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `.context(what)` on a kernel call's result: the call sites name the step, the error keeps its type.
+trait Context<T> {
+    fn context(self, what: &str) -> Result<T>;
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T, E: Into<KernelError>> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: &str) -> Result<T> {
+        self.map_err(|e| Error::Kernel { what: what.to_string(), source: Box::new(e.into()) })
+    }
+
+    fn with_context(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| Error::Kernel { what: what(), source: Box::new(e.into()) })
+    }
 }
 
 /// Sizes and times fixed at load time.
@@ -307,7 +375,7 @@ impl DataPlane {
 
     fn program(&mut self, name: &str) -> Result<&mut Xdp> {
         let program =
-            self.ebpf.program_mut(name).ok_or_else(|| anyhow!("the eBPF object has no program named {name}"))?;
+            self.ebpf.program_mut(name).ok_or_else(|| Error::Object(format!("has no program named {name}")))?;
         program.try_into().with_context(|| format!("program {name} is not an XDP program"))
     }
 
@@ -317,7 +385,7 @@ impl DataPlane {
     /// When the interface does not exist, another XDP program is attached (EBUSY), or the mode is unsupported.
     pub fn attach(&mut self, interface: &str, mode: AttachMode) -> Result<&'static str> {
         if self.link.is_some() {
-            bail!("the XDP program is already attached");
+            return Err(Error::Refused("the XDP program is already attached".to_string()));
         }
         let program = self.program(names::PROGRAM)?;
         let attempt = |program: &mut Xdp, m: XdpMode| program.attach(interface, m);
@@ -334,15 +402,7 @@ impl DataPlane {
                 }
             },
         };
-        let link = link.map_err(|source| {
-            let failure = match os_error(&source) {
-                Some(libc::EBUSY) => AttachFailure::Busy,
-                Some(libc::ENODEV) => AttachFailure::NoDevice,
-                Some(libc::EOPNOTSUPP) => AttachFailure::Unsupported,
-                _ => AttachFailure::Other,
-            };
-            AttachError { interface: interface.to_string(), mode: used, failure, source }
-        })?;
+        let link = link.map_err(|source| attach_error(interface, used, source))?;
         self.link = Some(link);
         self.mode = Some(if used == "native" { AttachMode::Native } else { AttachMode::Generic });
         self.node.ifindex = interface_index(interface)?;
@@ -428,10 +488,10 @@ impl DataPlane {
     /// When the maps cannot be opened again by id.
     pub fn node_control(&self) -> Result<NodeControl> {
         let reopen = |name: &str| -> Result<MapData> {
-            let map = self.ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
+            let map = self.ebpf.map(name).ok_or_else(|| Error::Object(format!("has no map named {name}")))?;
             let data = match map {
                 aya::maps::Map::Array(data) => data,
-                _ => bail!("map {name} is not an array"),
+                _ => return Err(Error::Object(format!("has map {name}, but not as an array"))),
             };
             // A duplicate of our own descriptor, not a new open by id: `bpf_map_get_fd_by_id` needs CAP_SYS_ADMIN,
             // which the unit does not grant.
@@ -524,10 +584,10 @@ impl DataPlane {
         }
         if !self.services.contains_key(name) {
             let index = self.free_services.pop().ok_or_else(|| {
-                anyhow!(
+                Error::Full(format!(
                     "no room for service {name}: the data plane was loaded for {} services (restart to grow it)",
                     self.service_capacity
-                )
+                ))
             })?;
             self.services.insert(
                 name.to_string(),
@@ -544,7 +604,7 @@ impl DataPlane {
             );
         }
         let Some(mut svc) = self.services.remove(name) else {
-            bail!("service {name} vanished while being installed");
+            return Err(Error::Refused(format!("service {name} vanished while being installed")));
         };
         let result = self.write_service(name, &mut svc, spec);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
@@ -568,7 +628,7 @@ impl DataPlane {
                 Some(slot) => *slot,
                 None => {
                     let slot = self.free_backends.pop_front().ok_or_else(|| {
-                        anyhow!("no room for backend {}:{}: {MAX_BACKENDS} in use", b.address, b.port)
+                        Error::Full(format!("no room for backend {}:{}: {MAX_BACKENDS} in use", b.address, b.port))
                     })?;
                     svc.backends.insert((b.address, b.port), slot);
                     slot
@@ -581,7 +641,8 @@ impl DataPlane {
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                service: u8::try_from(svc.index).context("service index over 255")?,
+                service: u8::try_from(svc.index)
+                    .map_err(|_| Error::Full(format!("service index {} over 255", svc.index)))?,
             };
             self.write_backend(slot, entry)?;
         }
@@ -618,7 +679,8 @@ impl DataPlane {
                 })
             })
             .collect();
-        let table = maglev::build(&members, MAGLEV_M).map_err(|e| anyhow!("building the Maglev table: {e}"))?;
+        let table =
+            maglev::build(&members, MAGLEV_M).map_err(|source| Error::Maglev { service: name.to_string(), source })?;
         let next = 1 - svc.table;
         self.write_table(svc.index, next, &svc.shadows[next as usize], &table)?;
         svc.shadows[next as usize] = table;
@@ -678,7 +740,7 @@ impl DataPlane {
     /// Reads the `SERVICES` value of a port (for tests and diagnostics).
     pub fn service_value(&self, protocol: u8, port: u16) -> Result<ServiceValue> {
         let slot = service_slot(protocol, port)
-            .ok_or_else(|| anyhow!("protocol {protocol} has no service slots (tcp or udp only)"))?;
+            .ok_or_else(|| Error::Refused(format!("protocol {protocol} has no service slots (tcp or udp only)")))?;
         let services: Array<&MapData, ServiceValue> = map_ref(&self.ebpf, names::SERVICES)?;
         services.get(&slot, 0).with_context(|| format!("reading SERVICES[{slot}]"))
     }
@@ -689,8 +751,9 @@ impl DataPlane {
     }
 
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        let slot = service_slot(key.protocol, key.port)
-            .ok_or_else(|| anyhow!("protocol {} has no service slots (tcp or udp only)", key.protocol))?;
+        let slot = service_slot(key.protocol, key.port).ok_or_else(|| {
+            Error::Refused(format!("protocol {} has no service slots (tcp or udp only)", key.protocol))
+        })?;
         let mut services: Array<&mut MapData, ServiceValue> = map_mut(&mut self.ebpf, names::SERVICES)?;
         services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))?;
         #[cfg(test)]
@@ -756,7 +819,8 @@ impl DataPlane {
             }
             let mut chunk = MaglevChunk::default();
             chunk.slots[..slots.len()].copy_from_slice(slots);
-            let first = u32::try_from(start).context("Maglev slot over u32")?;
+            // `start` < MAGLEV_M, which is a u32.
+            let first = start as u32;
             let (element, _) = maglev_position(index, which, first);
             maglev.set(element, chunk, 0).with_context(|| format!("writing MAGLEV[{element}]"))?;
         }
@@ -1040,11 +1104,12 @@ fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
 
 /// The index of `interface` in the caller's namespace.
 fn interface_index(interface: &str) -> Result<u32> {
-    let name = std::ffi::CString::new(interface).with_context(|| format!("interface name {interface:?}"))?;
+    let name = std::ffi::CString::new(interface)
+        .map_err(|_| Error::Refused(format!("interface name {interface:?} contains a NUL byte")))?;
     // SAFETY: a valid NUL-terminated string.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
-        bail!("no interface named {interface}: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("looking up interface {interface}"));
     }
     Ok(index)
 }
@@ -1055,7 +1120,7 @@ fn interface_name(ifindex: u32) -> Result<String> {
     // SAFETY: `buf` has the IF_NAMESIZE bytes the call may write.
     let name = unsafe { libc::if_indextoname(ifindex, buf.as_mut_ptr()) };
     if name.is_null() {
-        bail!("no interface with index {ifindex}: {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).with_context(|| format!("looking up interface {ifindex}"));
     }
     // SAFETY: on success the buffer holds a NUL-terminated name.
     Ok(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned())
@@ -1075,20 +1140,16 @@ fn warn_if_not_forwarding(interface: &str) {
     }
 }
 
-fn attach_error(interface: &str, mode: &str, e: aya::programs::ProgramError) -> anyhow::Error {
-    // The OS error sits at the end of the source chain; `{:#}` of an anyhow error prints the whole chain.
-    let text = format!("{:#}", anyhow::Error::new(e));
-    let hint = if text.contains("busy") || text.contains("EBUSY") || text.contains("os error 16") {
-        "another XDP program is already attached there: remove it (`ip link set dev IFACE xdp off`) or stop the \
-         process that owns it"
-    } else if text.contains("No such device") || text.contains("os error 19") {
-        "no interface by that name: check `interface` in the config (`ip link` lists them)"
-    } else if text.contains("not supported") || text.contains("os error 95") {
-        "the driver does not support this XDP mode: set `xdp_mode = \"generic\"` or `\"auto\"`"
-    } else {
-        "check that the interface exists and is up, and that xvip runs as root"
+fn attach_error(interface: &str, mode: &'static str, source: aya::programs::ProgramError) -> AttachError {
+    let failure = match os_error(&source) {
+        // aya looks the name up before asking the kernel.
+        _ if matches!(source, aya::programs::ProgramError::UnknownInterface { .. }) => AttachFailure::NoDevice,
+        Some(libc::EBUSY) => AttachFailure::Busy,
+        Some(libc::ENODEV) => AttachFailure::NoDevice,
+        Some(libc::EOPNOTSUPP) => AttachFailure::Unsupported,
+        _ => AttachFailure::Other,
     };
-    anyhow!("attaching XDP in {mode} mode to {interface} failed: {text}; {hint}")
+    AttachError { interface: interface.to_string(), mode, failure, source }
 }
 
 /// The node's active flag and the dead-man heartbeat, the writes of the advert path (see
@@ -1140,18 +1201,17 @@ pub fn monotonic_ns() -> Result<u64> {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec to write into.
     if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        bail!("clock_gettime(CLOCK_MONOTONIC): {}", std::io::Error::last_os_error());
+        return Err(std::io::Error::last_os_error()).context("clock_gettime(CLOCK_MONOTONIC)");
     }
-    let secs = u64::try_from(ts.tv_sec).context("CLOCK_MONOTONIC before 0")?;
-    let nanos = u64::try_from(ts.tv_nsec).context("CLOCK_MONOTONIC nanoseconds below 0")?;
-    Ok(secs * 1_000_000_000 + nanos)
+    // Never negative: the monotonic clock counts from boot.
+    Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<&'a mut aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.map_mut(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
+    let map = ebpf.map_mut(name).ok_or_else(|| Error::Object(format!("has no map named {name}")))?;
     T::try_from(map).with_context(|| format!("map {name} does not have the expected type"))
 }
 
@@ -1159,7 +1219,7 @@ fn map_ref<'a, T>(ebpf: &'a Ebpf, name: &str) -> Result<T>
 where
     T: TryFrom<&'a aya::maps::Map, Error = aya::maps::MapError>,
 {
-    let map = ebpf.map(name).ok_or_else(|| anyhow!("the eBPF object has no map named {name}"))?;
+    let map = ebpf.map(name).ok_or_else(|| Error::Object(format!("has no map named {name}")))?;
     T::try_from(map).with_context(|| format!("map {name} does not have the expected type"))
 }
 

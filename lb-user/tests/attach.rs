@@ -5,7 +5,7 @@ mod support;
 use std::{net::Ipv4Addr, process::Command};
 
 use support::frames;
-use xvip::dataplane::{AttachMode, DataPlane, LoadOptions};
+use xvip::dataplane::{AttachFailure, AttachMode, DataPlane, Error, LoadOptions, ServiceSpec};
 
 fn sh(cmd: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(cmd).output().expect("sh");
@@ -68,6 +68,11 @@ fn attaching_where_another_program_sits_says_what_to_do() {
         let err = second.attach("xvb0", AttachMode::Native).expect_err("EBUSY");
         let text = format!("{err:#}");
         assert!(text.contains("xvb0") && text.contains("another XDP program"), "{text}");
+        // Decided from the kernel's error code, not from the message.
+        assert!(matches!(&err, Error::Attach(e) if e.failure == AttachFailure::Busy), "{err:?}");
+        // The first one, attached already, refuses a second attach.
+        let again = first.attach("xvb0", AttachMode::Native).expect_err("attached already");
+        assert!(matches!(again, Error::Refused(_)), "{again:?}");
     });
 }
 
@@ -78,6 +83,7 @@ fn attaching_to_a_missing_interface_names_it() {
         let err = dp.attach("nosuch0", AttachMode::Auto).expect_err("no such interface");
         let text = format!("{err:#}");
         assert!(text.contains("nosuch0"), "{text}");
+        assert!(matches!(&err, Error::Attach(e) if e.failure == AttachFailure::NoDevice), "{err:?}");
     });
 }
 
@@ -103,5 +109,16 @@ fn generic_mode_attaches_as_xdpgeneric() {
         assert_eq!(dp.attach("xvd0", AttachMode::Generic).expect("attach"), "generic");
         let link = sh("ip -d link show xvd0");
         assert!(link.contains("xdpgeneric"), "not attached in generic mode: {link}");
+    });
+}
+
+#[test]
+fn more_services_than_the_maps_were_sized_for_is_a_typed_refusal() {
+    in_netns(|| {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");
+        let spec = |port| ServiceSpec { port, protocol: 6, forwarding: 0, backends: Vec::new() };
+        dp.apply_service("a", &spec(80)).expect("the one service there is room for");
+        let err = dp.apply_service("b", &spec(81)).expect_err("no room for a second");
+        assert!(matches!(&err, Error::Full(text) if text.contains("restart")), "{err:?}");
     });
 }

@@ -165,7 +165,7 @@ impl Node {
 
     pub fn set_active(&mut self, active: bool) -> Result<()> {
         self.active = active;
-        self.dp.set_active(active)
+        Ok(self.dp.set_active(active)?)
     }
 
     /// A health check changes its mind about one backend of one service (not `dead`, which stays dead).

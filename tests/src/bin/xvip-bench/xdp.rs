@@ -233,7 +233,7 @@ fn reply_to(translated: &[u8]) -> Vec<u8> {
 
 /// A DSR service on port 80 over three backends, as in lb-user/tests/xdp.rs.
 fn dsr_web(dp: &mut DataPlane) -> Result<()> {
-    dp.apply_service("web", &service(80, 80))
+    Ok(dp.apply_service("web", &service(80, 80))?)
 }
 
 /// A TCP service over the three backends (DSR; the caller changes what differs).
@@ -254,7 +254,7 @@ fn service(port: u16, backend_port: u16) -> ServiceSpec {
 
 /// A NAT service on port 8443 to port 8080 of the same three backends.
 fn nat_api(dp: &mut DataPlane) -> Result<()> {
-    dp.apply_service("api", &ServiceSpec { forwarding: FORWARD_NAT, ..service(NAT_PORT, NAT_BACKEND_PORT) })
+    Ok(dp.apply_service("api", &ServiceSpec { forwarding: FORWARD_NAT, ..service(NAT_PORT, NAT_BACKEND_PORT) })?)
 }
 
 /// Sends the first packet of a flow once, so the measured packets find it in the connection table.
