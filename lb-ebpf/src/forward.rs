@@ -30,21 +30,22 @@ pub fn dsr(
 ) -> (u32, Reason) {
     let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
-    // A pinned flow keeps its backend while that backend is healthy and still of this service; a SYN always takes
-    // a fresh pick so a reused client port does not inherit an old connection's backend.
-    let mut new_flow = false;
+    // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
+    // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
+    // inherit an old connection's backend.
     if !l4.syn() {
         // SAFETY: read-only use of the value.
         if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
             let id = pinned.backend;
             if let Some(b) = BACKENDS.get(id) {
-                if b.healthy == 1 && u32::from(b.service) == svc.index {
+                if b.keeps_pin(pinned, svc.index) {
                     chosen = id;
                 }
             }
         }
     }
-    if chosen == NO_BACKEND {
+    let fresh = chosen == NO_BACKEND;
+    if fresh {
         let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, config.hash_seed);
         let Some(id) = maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
@@ -53,17 +54,19 @@ pub fn dsr(
             return (XDP_DROP, Reason::DropNoBackend);
         }
         chosen = id;
-        new_flow = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0).is_ok();
     }
-    let backend = match take_backend(ctx, svc.index, chosen, new_flow) {
+    let backend = match take_backend(ctx, svc.index, chosen, fresh) {
         Ok(b) => b,
         Err(reason) => return (XDP_DROP, reason),
     };
+    if fresh {
+        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, &backend, [0; 2], 0), 0);
+    }
     to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
 }
 
-/// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet started a
-/// flow just recorded in the connection table) counted for both; the drop reason when the backend cannot be used
+/// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet starts a
+/// flow, a fresh pick about to be recorded in the connection table) counted for both; the drop reason when the backend cannot be used
 /// (its MAC is not resolved yet).
 #[inline(always)]
 pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32, new_flow: bool) -> Result<Backend, Reason> {

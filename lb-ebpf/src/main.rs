@@ -112,8 +112,14 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason)
             && a.plen == 4
             && a.oper == ARP_REQUEST.to_be_bytes()
             && a.tpa == config.vip
-            // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question.
-            && a.spa != config.vip
+            // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question; a sender no
+            // client can be gets no answer either (0.0.0.0 is an address conflict probe, RFC 5227, which the
+            // owner answers).
+            && (a.spa == [0; 4] || !(martian_source(a.spa, config.vip) || config.is_local(a.spa)))
+            // The answer goes to the sender's MAC: a unicast one, not ours.
+            && a.sha[0] & 1 == 0
+            && a.sha != [0; 6]
+            && a.sha != config.mac
             && may_answer();
         if !is_request_for_vip {
             return (XDP_PASS, Reason::PassArp);
@@ -149,6 +155,12 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.
     if ip.vihl != 0x45 {
         return (XDP_DROP, Reason::DropIpOptions);
+    }
+    // Nothing is read from a header that does not verify (every packet sent keeps it verifying: the checksum is
+    // updated incrementally, RFC 1624).
+    // SAFETY: `Ipv4Hdr` is 20 bytes of byte arrays, bounds-checked by `at`.
+    if !csum::ipv4_header_ok(unsafe { &*(ip as *const Ipv4Hdr as *const [u8; 20]) }) {
+        return (XDP_DROP, Reason::DropIpChecksum);
     }
     let total = u16::from_be_bytes(ip.tot_len) as usize;
     if total < IP_LEN || ETH_LEN + total > packet::len(ctx) {

@@ -88,7 +88,7 @@ pub fn forward(
         let pinned = unsafe { &mut *pinned };
         if !l4.syn()
             && pinned.nat_port != [0, 0]
-            && let Some(backend) = usable(pinned.backend, svc)
+            && let Some(backend) = usable(pinned, svc)
         {
             if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
                 let (id, port) = (pinned.backend, pinned.nat_port);
@@ -132,17 +132,17 @@ pub fn forward(
     // otherwise hold its port until it ages out.
     if let Some(previous) = old
         && previous.nat_port != [0, 0]
-        && (previous.backend != id || previous.nat_port != port)
     {
-        forget(previous, &flow);
+        forget(previous, &flow, NatKey::new(backend.address, backend.port, port, flow.protocol));
     }
+    let value = FlowValue::new(id, &backend, port, now);
     let recorded = match pinned_ptr {
         Some(pinned) => {
             // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
-            unsafe { *pinned = FlowValue::new(id, port, now) };
+            unsafe { *pinned = value };
             true
         }
-        None => CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0).is_ok(),
+        None => CONNTRACK.insert(&flow, &value, 0).is_ok(),
     };
     to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, recorded)
 }
@@ -283,11 +283,11 @@ fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
     }
 }
 
-/// The backend in slot `id` if a pinned flow may keep using it: healthy, still of this service, MAC known.
+/// The backend a pinned flow may keep using: still in its slot, healthy, still of this service, MAC known.
 #[inline(always)]
-fn usable(id: u32, svc: &ServiceValue) -> Option<Backend> {
-    let b = *BACKENDS.get(id)?;
-    (b.healthy == 1 && u32::from(b.service) == svc.index && b.mac != [0; 6]).then_some(b)
+fn usable(pinned: &FlowValue, svc: &ServiceValue) -> Option<Backend> {
+    let b = *BACKENDS.get(pinned.backend)?;
+    (b.keeps_pin(pinned, svc.index) && b.mac != [0; 6]).then_some(b)
 }
 
 #[inline(always)]
@@ -371,13 +371,15 @@ pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
     NAT.get_ptr_mut(&NatKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol))
 }
 
-/// Deletes the reverse entry of a flow's previous translation, if it is still the flow's.
+/// Deletes the reverse entry of a flow's previous translation, if it is still the flow's and not the one the flow
+/// has now (`current`: a flow that starts over towards the same backend, now in another slot, claims the same key
+/// again). The flow's entry names its previous backend itself, whatever became of the slot since.
 #[inline(always)]
-fn forget(previous: FlowValue, flow: &FlowKey) {
-    let Some(backend) = BACKENDS.get(previous.backend) else {
+fn forget(previous: FlowValue, flow: &FlowKey, current: NatKey) {
+    let key = NatKey::new(previous.backend_address, previous.backend_port, previous.nat_port, flow.protocol);
+    if key == current {
         return;
-    };
-    let key = NatKey::new(backend.address, backend.port, previous.nat_port, flow.protocol);
+    }
     // SAFETY: only read.
     if unsafe { NAT.get(&key) }.is_some_and(|e| owns(e, flow)) {
         let _ = NAT.remove(&key);

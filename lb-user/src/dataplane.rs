@@ -929,7 +929,8 @@ impl DataPlane {
     /// connection table from user space, for draining backends (`weight = 0`) in `xvip status`.
     ///
     /// This is the one place user space reads the connection and NAT tables, so a change of their layout changes
-    /// only this function. A flow counts when its `CONNTRACK` entry is pinned to a slot the service still owns and:
+    /// only this function. A flow counts when its `CONNTRACK` entry is pinned to a slot the service still owns,
+    /// which still holds the backend the flow was pinned to, and:
     /// - NAT: its reverse `NAT` entry is still this flow's and not finished (no RST, not FIN from both sides, and
     ///   for UDP not idle past the UDP timeout), exactly what the program would still translate;
     /// - DSR: always. The program sees only the client's side of a DSR flow and keeps no close state, so a closed
@@ -981,6 +982,10 @@ impl DataPlane {
             let Some(&(address, port)) = slots.get(&(*name, pinned.backend)) else {
                 continue;
             };
+            // Pinned to an earlier occupant of the slot: the program re-picks it at its next packet.
+            if pinned.backend_address != address.octets() || pinned.backend_port != port.to_be_bytes() {
+                continue;
+            }
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {

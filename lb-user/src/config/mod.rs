@@ -33,7 +33,7 @@ pub use crate::vrrp::packet::ChecksumMode;
 
 /// Smallest accepted `conntrack_entries`: below this the LRU would evict live flows on a lightly loaded node.
 pub const CONNTRACK_ENTRIES_MIN: u32 = 1024;
-/// Largest accepted `conntrack_entries` (16 Mi flows: 3.5 GiB of kernel memory for the connection and NAT tables,
+/// Largest accepted `conntrack_entries` (16 Mi flows: 3.6 GiB of kernel memory for the connection and NAT tables,
 /// 96 + 128 bytes per entry).
 pub const CONNTRACK_ENTRIES_MAX: u32 = 16 * 1024 * 1024;
 pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
