@@ -11,6 +11,12 @@
 //!   as a backup, so preemption decides.
 //! - **Startup order**: the backend-loss penalty is applied before the election starts, so a node whose backends
 //!   are not known healthy yet never advertises its full priority.
+//! - **Settling**: from start, and from the link coming back (which restarts every health checker: results taken
+//!   without a link say nothing), until every backend has reported a check result, the node holds preemption and
+//!   counts as penalised. A node that preempted with part of its backends unchecked would build a smaller Maglev
+//!   table than the active node's, and reset the established flows of the backends it has not checked yet.
+//!   Backends a reload adds are unchecked too, but they make no service lost before their first result: a reload
+//!   must not lower the active node's priority while its new backends are being checked for the first time.
 //! - **Gratuitous ARPs**: a burst on becoming active, a second one after `garp_repeat_delay_ms`, a refresh every
 //!   `garp_refresh_ms`; answers to lower-priority adverts at most once per advert interval.
 //! - **Reloads**: [`config::diff`] says what may change; the engine applies exactly that (services, backends,
@@ -27,7 +33,7 @@
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     sync::Arc,
     time::Duration,
@@ -279,6 +285,10 @@ pub struct Engine {
     collisions: Collisions,
     logs: LogLimits,
     observed: Observed,
+    /// Backends (service, endpoint) with a checker whose first result since it started has not come yet.
+    unchecked: BTreeSet<(String, Endpoint)>,
+    /// Since start or the link coming back, until every backend has reported (see the module documentation).
+    settling: bool,
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {
@@ -326,6 +336,8 @@ impl Engine {
             collisions: Collisions::default(),
             logs: LogLimits::default(),
             observed: Observed::default(),
+            unchecked: BTreeSet::new(),
+            settling: false,
         })
     }
 
@@ -430,19 +442,20 @@ impl Engine {
         out.push(Command::Services(self.services.specs()));
         out.push(Command::Neighbours(self.services.addresses()));
         self.start_checkers(&[], out);
+        self.begin_settling();
         // The penalty is known before the election starts: until the first checks pass, no backend is usable, and
         // a node that advertised its full priority now would take the VIP only to give it back.
         let lost = self.lost_services();
         self.observed.backends_lost = lost.is_some();
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some());
+        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some() || self.settling);
         if wanted != self.router.priority() {
             let _ = self.router.set_priority(now, wanted);
             out.log(
                 Level::Info,
                 format!(
                     "starting with priority {wanted} (priority {} - backend_loss_penalty {penalty}) until every \
-                     service has a usable backend",
+                     backend is checked and every service has a usable backend",
                     self.config.vrrp.priority
                 ),
             );
@@ -681,6 +694,14 @@ impl Engine {
         let role = self.router.role();
         if up && role == Role::Fault {
             out.log(Level::Info, format!("link up on {}: starting the election as a backup", self.config.interface));
+            // Check results taken without a link say nothing about the backends: start the checkers afresh (the
+            // first result decides) and settle again before preempting.
+            for (service, backend) in Self::checked(&self.config) {
+                out.push(Command::StopChecker { service, backend });
+            }
+            self.start_checkers(&[], out);
+            self.begin_settling();
+            self.update_priority(now, out);
             let actions = self.router.start(now);
             self.apply(now, actions, out);
         } else if !up && role != Role::Fault && role != Role::Initialize {
@@ -692,9 +713,31 @@ impl Engine {
 
     // ----- services, health, neighbours, penalty -----
 
+    /// Services without a usable backend, except those with a backend whose first check result is still to come.
     fn lost_services(&self) -> Option<String> {
-        let lost = self.services.without_usable_backend();
+        let lost: Vec<&str> = self
+            .services
+            .without_usable_backend()
+            .into_iter()
+            .filter(|name| !self.unchecked.iter().any(|(service, _)| service == name))
+            .collect();
         (!lost.is_empty()).then(|| lost.join(", "))
+    }
+
+    /// Every configured checker starts unchecked; the node settles until each has reported.
+    fn begin_settling(&mut self) {
+        self.unchecked = Self::checked(&self.config).into_iter().collect();
+        self.settling = !self.unchecked.is_empty();
+        self.router.hold_preemption(self.settling);
+    }
+
+    /// Ends settling once every backend has reported.
+    fn settle_if_done(&mut self, out: &mut Out) {
+        if self.settling && self.unchecked.is_empty() {
+            self.settling = false;
+            self.router.hold_preemption(false);
+            out.log(Level::Info, "every backend has been checked: preemption allowed");
+        }
     }
 
     /// Applies `backend_loss_penalty` while a service has no usable backend here.
@@ -702,7 +745,7 @@ impl Engine {
         let lost = self.lost_services();
         let base = self.config.vrrp.priority;
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(base, penalty, lost.is_some());
+        let wanted = effective_priority(base, penalty, lost.is_some() || self.settling);
         if lost.is_some() != self.observed.backends_lost {
             self.observed.backends_lost = lost.is_some();
             match &lost {
@@ -713,6 +756,9 @@ impl Engine {
         if wanted != self.router.priority() {
             let why = match &lost {
                 Some(names) if penalty > 0 => format!("{names} has no usable backend (backend_loss_penalty {penalty})"),
+                None if self.settling && penalty > 0 => {
+                    format!("not every backend is checked yet (backend_loss_penalty {penalty})")
+                }
                 _ => "configured priority".to_string(),
             };
             out.log(Level::Info, format!("priority {} -> {wanted}: {why}", self.router.priority()));
@@ -728,13 +774,18 @@ impl Engine {
     }
 
     fn health(&mut self, now: Duration, service: &str, backend: Endpoint, healthy: bool, reason: &str, out: &mut Out) {
-        if !self.services.set_health(service, backend, healthy) {
+        let first = self.unchecked.remove(&(service.to_string(), backend));
+        let changed = self.services.set_health(service, backend, healthy);
+        if !changed && !first {
             return;
         }
-        let (address, port) = backend;
-        let state = if healthy { "up" } else { "down" };
-        out.log(Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
-        self.install(service, out);
+        if changed {
+            let (address, port) = backend;
+            let state = if healthy { "up" } else { "down" };
+            out.log(Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
+            self.install(service, out);
+        }
+        self.settle_if_done(out);
         self.update_priority(now, out);
     }
 
@@ -881,6 +932,10 @@ impl Engine {
             }
         }
         self.start_checkers(&running, out);
+        // Started checkers report a first result; until then their backends make no service lost.
+        self.unchecked.retain(|key| after.contains(key));
+        self.unchecked.extend(after.iter().filter(|key| !running.contains(key)).cloned());
+        self.settle_if_done(out);
         out.push(Command::Services(self.services.specs()));
         out.push(Command::Neighbours(self.services.addresses()));
         if self.config.vrrp.garp_refresh_ms != refresh_before && self.router.role() == Role::Active {
