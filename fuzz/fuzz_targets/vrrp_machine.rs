@@ -45,6 +45,8 @@ enum Event {
     Tick {
         after_ms: u16,
     },
+    /// The link went down (FAULT); `Start` brings the router back.
+    Fault,
     SetPriority {
         priority: u8,
     },
@@ -103,10 +105,13 @@ fuzz_target!(|input: Input| {
             Event::Shutdown => {
                 router.shutdown(now);
             }
+            Event::Fault => {
+                router.fault(now, "link down".into());
+            }
         }
         let deadline = router.next_deadline();
         match router.role() {
-            Role::Initialize => assert_eq!(deadline, None),
+            Role::Initialize | Role::Fault => assert_eq!(deadline, None),
             Role::Backup | Role::Active => {
                 let deadline = deadline.expect("a running router has a timer");
                 assert!(!serviced || deadline > now, "deadline {deadline:?} overdue at {now:?} after on_timer");

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::{BufMut, BytesMut};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -501,8 +502,9 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         Ok(Err(source)) => return Err(Failure::Io { stage: Stage::Send, source }),
         Ok(Ok(())) => {}
     }
-    let mut buffer = Vec::with_capacity(256);
-    let mut chunk = [0u8; 256];
+    // The status line is read straight into `buffer`, never more than MAX_STATUS_LINE + 1 bytes of it: a server
+    // that sends an endless line costs one bounded buffer, not memory without end.
+    let mut buffer = BytesMut::with_capacity(256);
     loop {
         if let Some(end) = buffer.iter().position(|&b| b == b'\n') {
             let line = &buffer[..end];
@@ -513,7 +515,8 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             let line = String::from_utf8_lossy(&buffer[..MAX_STATUS_LINE]).into_owned();
             return Err(Failure::BadStatusLine { line });
         }
-        match timeout_at(deadline, stream.read(&mut chunk)).await {
+        let room = MAX_STATUS_LINE + 1 - buffer.len();
+        match timeout_at(deadline, stream.read_buf(&mut (&mut buffer).limit(room))).await {
             Err(_) => return Err(Failure::Timeout { stage: Stage::Receive, limit }),
             Ok(Err(source)) => return Err(Failure::Io { stage: Stage::Receive, source }),
             Ok(Ok(0)) if buffer.is_empty() => return Err(Failure::Closed),
@@ -521,7 +524,7 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 let line = String::from_utf8_lossy(&buffer).into_owned();
                 return Err(Failure::BadStatusLine { line });
             }
-            Ok(Ok(n)) => buffer.extend_from_slice(&chunk[..n]),
+            Ok(Ok(_)) => {}
         }
     }
 }

@@ -264,6 +264,24 @@ async fn http_rejects_a_status_line_that_never_ends() {
 }
 
 #[tokio::test]
+async fn an_endless_status_line_is_read_no_further_than_the_limit() {
+    // A megabyte without a line end: the probe must stop reading at the limit, not buffer what the server sends.
+    let endless = vec![b'A'; 1 << 20];
+    let mut unread: &[u8] = &endless;
+    let stream = tokio::io::join(&mut unread, tokio::io::sink());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let failure =
+        exchange(stream, b"GET / HTTP/1.1\r\n\r\n", deadline, Duration::from_secs(10)).await.expect_err("no line end");
+    assert!(matches!(&failure, Failure::BadStatusLine { line } if line.len() == MAX_STATUS_LINE), "{failure:?}");
+    let read = endless.len() - unread.len();
+    assert!(
+        read <= MAX_STATUS_LINE + 1,
+        "read {read} bytes of an endless line, expected at most {}",
+        MAX_STATUS_LINE + 1
+    );
+}
+
+#[tokio::test]
 async fn http_rejects_a_status_line_cut_by_a_close() {
     let (backend, _server) = serve_once(b"HTTP/1.1 200 O").await;
     let error = probe_http(backend, &http(Duration::from_secs(10))).await.expect_err("incomplete line");
