@@ -545,12 +545,51 @@ fn a_starting_node_does_not_preempt_before_every_backend_is_checked() {
     e.handle(ms(5), health("api", B1, true));
     let t = hear(&mut e, ms(10), 20, 100);
     assert_eq!(e.role(), Role::Backup, "B2 not checked: the lower-priority peer stays active");
-    // A failed first check completes the picture too.
+    // A failed first check is not enough: B2 may only be slow to answer.
     let commands = e.handle(t, health("api", B2, false));
-    assert!(logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
-    hear(&mut e, t, 10, 100);
+    assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
+    let t = hear(&mut e, t, 20, 100);
+    assert_eq!(e.role(), Role::Backup, "B2 failed once only");
+    // B2 keeps failing for as long as it takes to mark an up backend down (200 + 3 x 2000 + 1000 ms from start).
+    assert!(t < ms(7200));
+    hear(&mut e, t, 60, 100);
     assert_eq!(e.role(), Role::Active);
     assert_eq!(e.observed().transitions_by_cause.get("preempt"), Some(&1));
+}
+
+#[test]
+fn after_link_up_a_failed_first_check_does_not_end_settling() {
+    // The soak found this: right after the link came back the restarted checkers' first probes failed, settling
+    // ended at once, and the node preempted as soon as B1 passed its next check, with B2 not back in its table
+    // yet: the connections the active peer had sent to B2 were reset.
+    let mut c = config(150);
+    c.vrrp.backend_loss_penalty = 50;
+    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(2), health("api", B1, true));
+    e.handle(ms(3), health("api", B2, true));
+    let t = e.next_deadline().expect("down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!(e.role(), Role::Active);
+    e.handle(t + ms(10), Event::Link { up: false });
+    e.handle(t + ms(400), health("api", B1, false));
+    e.handle(t + ms(400), health("api", B2, false));
+    e.handle(t + ms(2000), Event::Link { up: true });
+    for b in [B1, B2] {
+        let commands = e.handle(t + ms(2010), health("api", b, false));
+        assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
+    }
+    e.handle(t + ms(2210), health("api", B1, true));
+    let after = hear(&mut e, t + ms(2220), 20, 120);
+    assert_eq!(e.role(), Role::Backup, "B2 has not passed a check since the link came back");
+    assert_eq!(e.effective_priority(), 100);
+    let commands = e.handle(after, health("api", B2, true));
+    assert!(logs(&commands).iter().any(|l| l == "every backend has been checked: preemption allowed"), "{commands:?}");
+    assert_eq!(e.effective_priority(), 150);
+    hear(&mut e, after, 10, 120);
+    assert_eq!(e.role(), Role::Active);
 }
 
 #[test]
