@@ -283,7 +283,8 @@ impl Soak {
         }
         self.window(event, Kind::Flap, t0, bound, vec![host.name.clone()]);
         match self.wait_backend(b, false, Duration::from_secs(5)) {
-            Ok(()) => self.events[event].reaction_ms = Some(ms(self.now().saturating_sub(t0))),
+            Ok(true) => self.events[event].reaction_ms = Some(ms(self.now().saturating_sub(t0))),
+            Ok(false) => self.note(event, format!("{} is in no service now", host.name)),
             Err(e) => self.violation(event, "backend not taken out", format!("{e:#}")),
         }
         if self.services.web.contains(&b) {
@@ -315,36 +316,46 @@ impl Soak {
         Ok(())
     }
 
-    /// Waits until the active node sees backend `b` of web as `healthy` (or not).
-    fn wait_backend(&self, b: usize, healthy: bool, timeout: Duration) -> Result<()> {
+    /// Waits until the active node sees backend `b` as `healthy` (or not) in every service it belongs to; `false`
+    /// when it belongs to none (a reload took it out of web, and no extra service has it): nothing to wait for.
+    fn wait_backend(&self, b: usize, healthy: bool, timeout: Duration) -> Result<bool> {
         let a = self.expected_active().context("no active node")?;
         let address = self.lab.backends()[b].ip.to_string();
         let deadline = Instant::now() + timeout;
         loop {
             let status = self.status(a)?;
-            let now = status
+            let seen: Vec<(&str, bool)> = status
                 .services
                 .iter()
-                .filter(|s| s.name == "web")
-                .flat_map(|s| &s.backends)
-                .find(|x| x.address == address)
-                .map(|x| x.healthy);
-            if now == Some(healthy) {
-                return Ok(());
+                .flat_map(|s| s.backends.iter().map(move |x| (s.name.as_str(), x)))
+                .filter(|(_, x)| x.address == address)
+                .map(|(name, x)| (name, x.healthy))
+                .collect();
+            if seen.is_empty() {
+                return Ok(false);
+            }
+            if seen.iter().all(|(_, h)| *h == healthy) {
+                return Ok(true);
             }
             if Instant::now() > deadline {
-                bail!("{} still sees {address} as {now:?} after {timeout:?}", self.nodes[a].host.name);
+                bail!(
+                    "{} still sees {address} as {seen:?} (service, healthy) after {timeout:?}",
+                    self.nodes[a].host.name
+                );
             }
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 
-    /// Backends a flap may take: those every service they are in can do without (each keeps another backend),
-    /// so no node loses a whole service (which would lower every node's priority at slightly different times).
+    /// Backends a flap may take: those in some service, which every service they are in can do without (each
+    /// keeps another backend), so no node loses a whole service (which would lower every node's priority at
+    /// slightly different times).
     pub(super) fn flappable(&self) -> Vec<usize> {
         let mut sets: Vec<&BTreeSet<usize>> = vec![&self.services.web];
         sets.extend(self.services.extras.values());
-        (0..self.lab.backends().len()).filter(|b| sets.iter().all(|s| !s.contains(b) || s.len() >= 2)).collect()
+        (0..self.lab.backends().len())
+            .filter(|b| sets.iter().any(|s| s.contains(b)) && sets.iter().all(|s| !s.contains(b) || s.len() >= 2))
+            .collect()
     }
 
     // ----- reloads -----
