@@ -99,13 +99,7 @@ pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> R
 ///
 /// # Errors
 /// When the namespace or the interface cannot be used.
-pub fn arp_watch(
-    ns: &str,
-    iface: &str,
-    target: Ipv4Addr,
-    period: Duration,
-    duration: Duration,
-) -> Result<Vec<(Duration, Vec<MacAddr>)>> {
+pub fn arp_watch(ns: &str, iface: &str, target: Ipv4Addr, period: Duration, duration: Duration) -> Result<ArpRounds> {
     let iface = iface.to_owned();
     netns::in_netns(ns, move || {
         let socket = PacketSocket::open(&iface)?;
@@ -121,7 +115,7 @@ fn watch_rounds(
     period: Duration,
     start: Instant,
     done: impl Fn() -> bool,
-) -> Result<Vec<(Duration, Vec<MacAddr>)>> {
+) -> Result<ArpRounds> {
     let request = arp_request(socket.mac, socket.ip, target);
     let mut rounds = Vec::new();
     let mut buf = [0u8; 1600];
@@ -147,12 +141,16 @@ fn watch_rounds(
     Ok(rounds)
 }
 
+/// Every round of an ARP watch: when its request went out (from the watch's start) and the distinct MACs that
+/// answered it.
+pub type ArpRounds = Vec<(Duration, Vec<MacAddr>)>;
+
 /// [`arp_watch`] in the background until stopped, for runs whose length is not known in advance (the soak).
 #[derive(Debug)]
 pub struct ArpWatch {
     stop: Arc<AtomicBool>,
     started_at: Instant,
-    thread: Option<JoinHandle<Result<Vec<(Duration, Vec<MacAddr>)>>>>,
+    thread: Option<JoinHandle<Result<ArpRounds>>>,
 }
 
 impl ArpWatch {
@@ -181,7 +179,7 @@ impl ArpWatch {
     ///
     /// # Errors
     /// When the watch could not enter the namespace or use the interface.
-    pub fn stop(mut self) -> Result<Vec<(Duration, Vec<MacAddr>)>> {
+    pub fn stop(mut self) -> Result<ArpRounds> {
         self.stop.store(true, Ordering::Relaxed);
         let thread = self.thread.take().ok_or_else(|| anyhow::anyhow!("ARP watch already stopped"))?;
         match thread.join() {

@@ -9,7 +9,6 @@
 //! replies to spoofed (off-link) sources go to it, as they would go to the uplink router in a real network. The
 //! flood is bounded in count and time and never leaves the lab's namespaces.
 use std::{
-    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},

@@ -88,7 +88,7 @@ impl Soak {
             if let Ok(s) = self.status(i)
                 && s.role == "active"
             {
-                return Ok(self.from_wall(s.role_since_unix_ms));
+                return Ok(self.soak_time_of(s.role_since_unix_ms));
             }
             if Instant::now() > deadline {
                 bail!("{} is not active after {timeout:?}", self.nodes[i].host.name);

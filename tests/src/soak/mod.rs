@@ -256,7 +256,7 @@ impl Soak {
     }
 
     /// A wall-clock time from a status (ms since the Unix epoch) in soak time.
-    fn from_wall(&self, unix_ms: u64) -> Duration {
+    fn soak_time_of(&self, unix_ms: u64) -> Duration {
         Duration::from_millis(unix_ms.saturating_sub(self.epoch_unix_ms))
     }
 
