@@ -11,6 +11,15 @@
 //!   as a backup, so preemption decides.
 //! - **Startup order**: the backend-loss penalty is applied before the election starts, so a node whose backends
 //!   are not known healthy yet never advertises its full priority.
+//! - **Settling**: from start, and from the link coming back (which restarts every health checker: results taken
+//!   without a link say nothing), until every backend has passed a check or kept failing for as long as it takes
+//!   to mark an up backend down (`fall` intervals and a timeout), the node holds preemption and counts as
+//!   penalised. A failed first check does not end it: right after a link comes back the first probes can fail
+//!   for a moment, and a node that then preempted as soon as one backend per service had answered would have a
+//!   smaller table than the active node's. A node that preempted with part of its backends unchecked would build a smaller Maglev
+//!   table than the active node's, and reset the established flows of the backends it has not checked yet.
+//!   Backends a reload adds are unchecked too, but they make no service lost before their first result: a reload
+//!   must not lower the active node's priority while its new backends are being checked for the first time.
 //! - **Gratuitous ARPs**: a burst on becoming active, a second one after `garp_repeat_delay_ms`, a refresh every
 //!   `garp_refresh_ms`; answers to lower-priority adverts at most once per advert interval.
 //! - **Reloads**: [`config::diff`] says what may change; the engine applies exactly that (services, backends,
@@ -27,7 +36,7 @@
 mod tests;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
     net::Ipv4Addr,
     sync::Arc,
     time::Duration,
@@ -297,6 +306,12 @@ pub struct Engine {
     collisions: Collisions,
     logs: LogLimits,
     observed: Observed,
+    /// Backends (service, endpoint) with a checker whose first result since it started has not come yet.
+    unchecked: BTreeSet<(String, Endpoint)>,
+    /// Since start or the link coming back, until every backend has reported (see the module documentation).
+    settling: bool,
+    /// While settling: when it ends even with backends still failing.
+    settle_by: Duration,
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {
@@ -345,6 +360,9 @@ impl Engine {
             collisions: Collisions::default(),
             logs: LogLimits::default(),
             observed: Observed::default(),
+            unchecked: BTreeSet::new(),
+            settling: false,
+            settle_by: Duration::ZERO,
         })
     }
 
@@ -394,7 +412,8 @@ impl Engine {
         } else {
             [None, None]
         };
-        [self.router.next_deadline(), self.stopping].into_iter().chain(garps).flatten().min()
+        let settle = self.settling.then_some(self.settle_by);
+        [self.router.next_deadline(), self.stopping, settle].into_iter().chain(garps).flatten().min()
     }
 
     /// The current warnings (VRID collisions heard within [`WARNING_TTL`]).
@@ -449,19 +468,20 @@ impl Engine {
         out.push(Command::Services(self.services.specs()));
         out.push(Command::Neighbours(self.services.addresses()));
         self.start_checkers(&[], out);
+        self.begin_settling(now);
         // The penalty is known before the election starts: until the first checks pass, no backend is usable, and
         // a node that advertised its full priority now would take the VIP only to give it back.
         let lost = self.lost_services();
         self.observed.backends_lost = lost.is_some();
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some());
+        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some() || self.settling);
         if wanted != self.router.priority() {
             let _ = self.router.set_priority(now, wanted);
             out.log(
                 Level::Info,
                 format!(
                     "starting with priority {wanted} (priority {} - backend_loss_penalty {penalty}) until every \
-                     service has a usable backend",
+                     backend is checked and every service has a usable backend",
                     self.config.vrrp.priority
                 ),
             );
@@ -514,6 +534,10 @@ impl Engine {
                 self.finish_stop(now, out);
             }
             return;
+        }
+        if self.settling && now >= self.settle_by {
+            self.settle_if_done(now, out);
+            self.update_priority(now, out);
         }
         let actions = self.router.on_timer(now);
         self.apply(now, actions, out);
@@ -715,6 +739,14 @@ impl Engine {
         let role = self.router.role();
         if up && role == Role::Fault {
             out.log(Level::Info, format!("link up on {}: starting the election as a backup", self.config.interface));
+            // Check results taken without a link say nothing about the backends: start the checkers afresh (the
+            // first result decides) and settle again before preempting.
+            for (service, backend) in Self::checked(&self.config) {
+                out.push(Command::StopChecker { service, backend });
+            }
+            self.start_checkers(&[], out);
+            self.begin_settling(now);
+            self.update_priority(now, out);
             let actions = self.router.start(now);
             self.apply(now, actions, out);
         } else if !up && role != Role::Fault && role != Role::Initialize {
@@ -726,9 +758,62 @@ impl Engine {
 
     // ----- services, health, neighbours, penalty -----
 
+    /// Services without a usable backend, except those with a backend whose first check result is still to come.
     fn lost_services(&self) -> Option<String> {
-        let lost = self.services.without_usable_backend();
+        let lost: Vec<&str> = self
+            .services
+            .without_usable_backend()
+            .into_iter()
+            .filter(|name| !self.unchecked.iter().any(|(service, _)| service == name))
+            .collect();
         (!lost.is_empty()).then(|| lost.join(", "))
+    }
+
+    /// Every configured checker starts unchecked; the node settles until each has passed a check, or until a
+    /// backend that failed its first check has had the time to fail `fall` checks (its first probe within a tenth
+    /// of an interval, then `fall` intervals, the last one taking its whole timeout).
+    fn begin_settling(&mut self, now: Duration) {
+        self.unchecked = Self::checked(&self.config).into_iter().collect();
+        self.settling = !self.unchecked.is_empty();
+        let longest = self
+            .config
+            .services
+            .iter()
+            .filter(|s| s.health.check != CheckKind::None)
+            .map(|s| {
+                let h = &s.health;
+                let interval = u64::from(h.interval_ms);
+                interval / 10 + interval * u64::from(h.fall.max(1)) + u64::from(h.timeout_ms)
+            })
+            .max()
+            .unwrap_or(0);
+        self.settle_by = now + Duration::from_millis(longest);
+        self.router.hold_preemption(self.settling);
+    }
+
+    /// Ends settling once every backend has passed a check, or at `settle_by`.
+    fn settle_if_done(&mut self, now: Duration, out: &mut Out) {
+        if !self.settling {
+            return;
+        }
+        if self.unchecked.is_empty() {
+            out.log(Level::Info, "every backend has been checked: preemption allowed");
+        } else if now >= self.settle_by {
+            let failing: Vec<String> = self
+                .unchecked
+                .iter()
+                .map(|(service, (address, port))| format!("{address}:{port} of {service}"))
+                .collect();
+            out.log(
+                Level::Info,
+                format!("every backend has been checked, {} still failing: preemption allowed", failing.join(", ")),
+            );
+            self.unchecked.clear();
+        } else {
+            return;
+        }
+        self.settling = false;
+        self.router.hold_preemption(false);
     }
 
     /// Applies `backend_loss_penalty` while a service has no usable backend here.
@@ -736,7 +821,7 @@ impl Engine {
         let lost = self.lost_services();
         let base = self.config.vrrp.priority;
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(base, penalty, lost.is_some());
+        let wanted = effective_priority(base, penalty, lost.is_some() || self.settling);
         if lost.is_some() != self.observed.backends_lost {
             self.observed.backends_lost = lost.is_some();
             match &lost {
@@ -747,6 +832,9 @@ impl Engine {
         if wanted != self.router.priority() {
             let why = match &lost {
                 Some(names) if penalty > 0 => format!("{names} has no usable backend (backend_loss_penalty {penalty})"),
+                None if self.settling && penalty > 0 => {
+                    format!("not every backend is checked yet (backend_loss_penalty {penalty})")
+                }
                 _ => "configured priority".to_string(),
             };
             out.log(Level::Info, format!("priority {} -> {wanted}: {why}", self.router.priority()));
@@ -762,13 +850,21 @@ impl Engine {
     }
 
     fn health(&mut self, now: Duration, service: &str, backend: Endpoint, healthy: bool, reason: &str, out: &mut Out) {
-        if !self.services.set_health(service, backend, healthy) {
+        // While settling only a pass counts (see the module documentation); a reload's new backend is checked by
+        // its first result either way.
+        let key = (service.to_string(), backend);
+        let first = (healthy || !self.settling) && self.unchecked.remove(&key);
+        let changed = self.services.set_health(service, backend, healthy);
+        if !changed && !first {
             return;
         }
-        let (address, port) = backend;
-        let state = if healthy { "up" } else { "down" };
-        out.log(Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
-        self.install(service, out);
+        if changed {
+            let (address, port) = backend;
+            let state = if healthy { "up" } else { "down" };
+            out.log(Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
+            self.install(service, out);
+        }
+        self.settle_if_done(now, out);
         self.update_priority(now, out);
     }
 
@@ -915,6 +1011,10 @@ impl Engine {
             }
         }
         self.start_checkers(&running, out);
+        // Started checkers report a first result; until then their backends make no service lost.
+        self.unchecked.retain(|key| after.contains(key));
+        self.unchecked.extend(after.iter().filter(|key| !running.contains(key)).cloned());
+        self.settle_if_done(now, out);
         out.push(Command::Services(self.services.specs()));
         out.push(Command::Neighbours(self.services.addresses()));
         if self.config.vrrp.garp_refresh_ms != refresh_before && self.router.role() == Role::Active {
