@@ -31,8 +31,8 @@ pub const MAX_VIPS: u32 = 1024;
 /// (VIP, port, protocol) entries of `SERVICES`: every service listens on every address of its instance.
 pub const MAX_LISTENERS: u32 = 16384;
 /// Default size of the connection table (LRU) and of the NAT table (LRU); the agent sets both from
-/// `conntrack_entries` at load time: 96 + 128 = 224 bytes of kernel memory per entry (see [`FlowValue`] and
-/// [`NatKey`]), 14.7 MB for the default.
+/// `conntrack_entries` at load time: 104 + 128 = 232 bytes of kernel memory per entry (see [`FlowValue`] and
+/// [`NatKey`]), 15.2 MB for the default.
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
 /// A Maglev slot holding this value means "no healthy backend": the service fails fast.
 pub const NO_BACKEND: u32 = u32::MAX;
@@ -263,6 +263,16 @@ pub struct Backend {
 }
 const _: () = assert!(core::mem::size_of::<Backend>() == 28);
 
+impl Backend {
+    /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot still holds the
+    /// backend the flow was pinned to (its address and port, [`FlowValue::holds`]; slots are freed and given to
+    /// other backends as services come and go), which is healthy and still of that service.
+    #[inline(always)]
+    pub fn keeps_pin(&self, pinned: &FlowValue, service: u32) -> bool {
+        self.healthy == 1 && u32::from(self.service) == service && pinned.holds(self)
+    }
+}
+
 /// Key of the connection table: one direction of a client flow towards a service on one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -286,27 +296,48 @@ impl FlowKey {
 
 /// Value of the connection table.
 ///
-/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 96 bytes per entry, that is a 48-byte
-/// element header, the key and the value each rounded up to 8 bytes (16 and 16), and a 16-byte bucket. 6.3 MB for
+/// Kernel memory of `CONNTRACK` (an LRU hash map, always preallocated): 104 bytes per entry, that is a 48-byte
+/// element header, the key and the value each rounded up to 8 bytes (16 and 24), and a 16-byte bucket. 6.8 MB for
 /// the default 65536 entries (the `memlock` that `bpftool map show` reports; see docs/nat.md).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue {
+    /// The `BACKENDS` slot the flow is pinned to.
     pub backend: u32,
     /// NAT services: the source port this flow uses towards its backend (see [`nat_port`]), so established packets
     /// need not recompute it. 0 for DSR flows (NAT ports are never below [`NAT_PORT_MIN`]).
     pub nat_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// The backend's port and address when the flow was pinned. A slot is freed when its backend leaves and later
+    /// given to another one, so the slot number alone does not say which backend the flow went to: a pin holds
+    /// only while the slot still has this address and port, and a NAT flow that moves to another backend finds
+    /// (and deletes) its old reverse entry with them, whatever became of the slot since.
+    pub backend_port: [u8; 2],
     /// NAT: when (coarse `bpf_ktime`, ns) this flow last confirmed that its `NAT` entry is still its own and
     /// refreshed it. Plain ACK/data packets within [`NAT_CHECK_INTERVAL_NS`] of it skip the `NAT` lookup.
     pub checked_ns: u64,
+    pub backend_address: [u8; 4],
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<FlowValue>() == 16);
+const _: () = assert!(core::mem::size_of::<FlowValue>() == 24);
 
 impl FlowValue {
+    /// A flow pinned to slot `backend`, which holds `holder`; padding zeroed.
     #[inline(always)]
-    pub const fn new(backend: u32, nat_port: [u8; 2], checked_ns: u64) -> Self {
-        FlowValue { backend, nat_port, _pad: [0; 2], checked_ns }
+    pub const fn new(backend: u32, holder: &Backend, nat_port: [u8; 2], checked_ns: u64) -> Self {
+        FlowValue {
+            backend,
+            nat_port,
+            backend_port: holder.port,
+            checked_ns,
+            backend_address: holder.address,
+            _pad: [0; 4],
+        }
+    }
+
+    /// Whether `b` (the slot's current content) is the backend this flow was pinned to.
+    #[inline(always)]
+    pub fn holds(&self, b: &Backend) -> bool {
+        b.address == self.backend_address && b.port == self.backend_port
     }
 }
 
@@ -435,14 +466,17 @@ pub const DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS: u64 = 5_000_000_000;
 /// keeps its port.
 pub const DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS: u64 = 7_440_000_000_000;
 
-/// Packets and bytes, the value of the per-CPU service and backend counters.
+/// Packets, bytes and new flows, the value of the per-CPU service and backend counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Traffic {
     pub packets: u64,
     pub bytes: u64,
+    /// Flows this node assigned to the backend (a fresh Maglev pick recorded in the connection table: a SYN, a
+    /// new UDP flow, or a flow this node had no entry for, as after a failover).
+    pub new_flows: u64,
 }
-const _: () = assert!(core::mem::size_of::<Traffic>() == 16);
+const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 
 /// What the program did with a frame and why: one per-CPU counter each (the `COUNTERS` array).
 ///
@@ -462,7 +496,9 @@ pub enum Reason {
     PassNotIpv4 = 4,
     /// 802.1Q/802.1ad tagged: kernel.
     PassVlan = 5,
-    /// ARP that is not a request for one of our VIPs (on its interface, while its router is active): kernel.
+    /// ARP that is not a request for one of our VIPs (on its interface, while its router is active), or a request
+    /// for a VIP no client can have sent (a sender address that is martian, a VIP or the node's own, or a sender
+    /// MAC that is zero, multicast or the node's): kernel, which answers only for its own addresses.
     PassArp = 6,
     /// IPv4 not addressed to any VIP: kernel.
     PassNotVip = 7,
@@ -504,7 +540,7 @@ pub enum Reason {
     DropNatNoPort = 23,
     /// To the VIP from a source no client can have: 0/8, 127/8, multicast, 240/4 and broadcast, the VIP itself,
     /// or an address of this node or a broadcast of its subnets (`NodeConfig::local`). Dropped before any state
-    /// is created.
+    /// is created. Also an echo request from a zero, multicast or the node's own MAC (where its reply would go).
     DropMartianSource = 24,
     /// A translated reply (or ICMP error) whose next hop has no neighbour entry yet: handed to the kernel, which
     /// resolves it (ARP) and forwards this packet; later ones find the entry.
@@ -515,9 +551,26 @@ pub enum Reason {
     /// IPv4 forwarding is off on the interface, so the FIB cannot route replies: dropped. NAT needs
     /// `net.ipv4.conf.<interface>.forwarding = 1` (every Kubernetes node has it).
     DropForwardingDisabled = 27,
+    /// To the VIP, but the IPv4 header checksum does not verify: dropped before anything is read from the header
+    /// (the kernel drops such packets too).
+    DropIpChecksum = 28,
+    /// To the VIP, but the TCP or UDP header is inconsistent: a TCP data offset below 5 or beyond the packet, a UDP
+    /// length below 8 or beyond the packet. Dropped, never forwarded as it came.
+    DropMalformedL4 = 29,
+    /// An ICMP echo request to the VIP whose ICMP checksum does not verify: not answered (a host would not either).
+    DropIcmpChecksum = 30,
+    /// An ICMP echo request to the VIP longer than [`ECHO_MAX_LEN`] bytes, the most the program verifies: not
+    /// answered.
+    DropEchoTooLong = 31,
 }
 
-pub const REASON_COUNT: u32 = 28;
+pub const REASON_COUNT: u32 = 32;
+
+/// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
+/// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
+/// hold (about 3.5 KiB of a 4 KiB page). Verifying costs about 1 ns per 8 bytes, so the bound also caps what a
+/// flood of large pings costs per packet.
+pub const ECHO_MAX_LEN: usize = 3072;
 
 /// The `ROUTER_COUNTERS` element of `reason` for frames to the VIPs of `router`: the per-CPU counters of each
 /// router's own frames (addressed to one of its VIPs, or ARP requests for one), next to the node-wide `COUNTERS`.
@@ -559,6 +612,10 @@ impl Reason {
         Reason::PassNoNeighbour,
         Reason::DropNoRoute,
         Reason::DropForwardingDisabled,
+        Reason::DropIpChecksum,
+        Reason::DropMalformedL4,
+        Reason::DropIcmpChecksum,
+        Reason::DropEchoTooLong,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -592,6 +649,10 @@ impl Reason {
             Reason::PassNoNeighbour => "pass_no_neighbour",
             Reason::DropNoRoute => "drop_no_route",
             Reason::DropForwardingDisabled => "drop_forwarding_disabled",
+            Reason::DropIpChecksum => "drop_ip_checksum",
+            Reason::DropMalformedL4 => "drop_malformed_l4",
+            Reason::DropIcmpChecksum => "drop_icmp_checksum",
+            Reason::DropEchoTooLong => "drop_echo_too_long",
         }
     }
 }
@@ -736,7 +797,7 @@ mod tests {
         assert_eq!(NatKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 17)._pad, [0; 3]);
         assert_eq!(ServiceKey::new([1, 2, 3, 4], [0, 80], 6)._pad, 0);
         assert_eq!(Endpoint::new([1, 2, 3, 4], [5, 6], 6)._pad, 0);
-        assert_eq!(FlowValue::new(3, [4, 5], 6)._pad, [0; 2]);
+        assert_eq!(FlowValue::new(3, &Backend::default(), [4, 5], 6)._pad, [0; 4]);
     }
 
     #[test]

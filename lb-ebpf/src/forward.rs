@@ -32,20 +32,22 @@ pub fn dsr(
 ) -> (u32, Reason) {
     let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
-    // A pinned flow keeps its backend while that backend is healthy and still of this service; a SYN always takes
-    // a fresh pick so a reused client port does not inherit an old connection's backend.
+    // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
+    // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
+    // inherit an old connection's backend.
     if !l4.syn() {
         // SAFETY: read-only use of the value.
         if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
             let id = pinned.backend;
             if let Some(b) = BACKENDS.get(id) {
-                if b.healthy == 1 && u32::from(b.service) == svc.index {
+                if b.keeps_pin(pinned, svc.index) {
                     chosen = id;
                 }
             }
         }
     }
-    if chosen == NO_BACKEND {
+    let fresh = chosen == NO_BACKEND;
+    if fresh {
         let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, vip.value.hash_seed);
         let Some(id) = maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
@@ -54,19 +56,22 @@ pub fn dsr(
             return (XDP_DROP, Reason::DropNoBackend);
         }
         chosen = id;
-        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, [0; 2], 0), 0);
     }
-    let backend = match take_backend(ctx, svc.index, chosen) {
+    let backend = match take_backend(ctx, svc.index, chosen, fresh) {
         Ok(b) => b,
         Err(reason) => return (XDP_DROP, reason),
     };
+    if fresh {
+        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, &backend, [0; 2], 0), 0);
+    }
     to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
 }
 
-/// The backend a packet of service `service_index` goes to, with the packet counted for both; the drop reason when
-/// the backend cannot be used (its MAC is not resolved yet).
+/// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet starts a
+/// flow, a fresh pick about to be recorded in the connection table) counted for both; the drop reason when the backend cannot be used
+/// (its MAC is not resolved yet).
 #[inline(always)]
-pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Backend, Reason> {
+pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32, new_flow: bool) -> Result<Backend, Reason> {
     let Some(backend) = BACKENDS.get(id) else {
         return Err(Reason::DropInternal);
     };
@@ -75,8 +80,8 @@ pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32) -> Result<Bac
         return Err(Reason::DropBackendUnresolved);
     }
     let bytes = packet::len(ctx) as u64;
-    add_traffic(&SERVICE_STATS, service_index, bytes);
-    add_traffic(&BACKEND_STATS, id, bytes);
+    add_traffic(&SERVICE_STATS, service_index, bytes, new_flow);
+    add_traffic(&BACKEND_STATS, id, bytes, new_flow);
     Ok(backend)
 }
 
@@ -129,12 +134,13 @@ pub fn send(ctx: &XdpContext, ifindex: u32, tx: Reason, redirect: Reason) -> (u3
 }
 
 #[inline(always)]
-pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64) {
+pub fn add_traffic(map: &PerCpuArray<Traffic>, index: u32, bytes: u64, new_flow: bool) {
     if let Some(t) = map.get_ptr_mut(index) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         unsafe {
             (*t).packets += 1;
             (*t).bytes += bytes;
+            (*t).new_flows += u64::from(new_flow);
         }
     }
 }

@@ -5,7 +5,9 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
-use lb_common::{Backend, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey};
+use lb_common::{
+    Backend, ECHO_MAX_LEN, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
+};
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
 use crate::{
@@ -47,15 +49,39 @@ pub fn handle(
     // SAFETY: bounds-checked by `at`.
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
-        ICMP_ECHO_REQUEST if code == 0 => echo(eth, ip, icmp),
+        ICMP_ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, total - IP_LEN),
         ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, vip.address, total),
         _ => (XDP_DROP, Reason::DropNoService),
     }
 }
 
-/// Answers an ICMP echo request to the VIP in place: swap addresses, type 8 -> 0, checksum adjusted.
+/// Answers an ICMP echo request to the VIP (`len` bytes of ICMP) in place: type 8 -> 0, checksum adjusted,
+/// addresses swapped, and sent back out of the interface it came in on, to the MAC it came from, from the MAC the
+/// VIP is answered with ([`VipValue::mac`](lb_common::VipValue), its interface's), as an ARP reply is. Only a request whose checksum verifies is answered, as a host does, and only from a
+/// MAC a host can have (unicast, not zero, not the node's): the source MAC of a corrupt or forged frame is not a
+/// destination (`DropMartianSource`). Asking the FIB instead would cost about 400 ns per ping (measured with
+/// `cargo xtask bench xdp`), ten times the rest of this path, and fail on nodes without IPv4 forwarding.
 #[inline(always)]
-fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reason) {
+fn echo(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    icmp: *mut Icmpv4Hdr,
+    config: &NodeConfig,
+    vip: &Vip,
+    len: usize,
+) -> (u32, Reason) {
+    // SAFETY: bounds-checked by `at` in `process`.
+    let asker_mac = unsafe { (*eth).src_addr };
+    if asker_mac[0] & 1 != 0 || asker_mac == [0; 6] || asker_mac == config.mac || asker_mac == vip.value.mac {
+        return (XDP_DROP, Reason::DropMartianSource);
+    }
+    if len > ECHO_MAX_LEN {
+        return (XDP_DROP, Reason::DropEchoTooLong);
+    }
+    if !message_ok(ctx, len) {
+        return (XDP_DROP, Reason::DropIcmpChecksum);
+    }
     // SAFETY: bounds-checked by `at` in `handle`.
     let icmp = unsafe { &mut *icmp };
     // The type is the high byte of the first 16-bit word; the code (0) stays.
@@ -63,12 +89,63 @@ fn echo(eth: *mut EthHdr, ip: &mut Ipv4Hdr, icmp: *mut Icmpv4Hdr) -> (u32, Reaso
     icmp.type_ = ICMP_ECHO_REPLY;
     // Swapping source and destination leaves the IP header checksum unchanged.
     core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
-    // SAFETY: bounds-checked by `at` in `process`.
-    unsafe {
-        let e = &mut *eth;
-        core::mem::swap(&mut e.src_addr, &mut e.dst_addr);
-    }
+    set_macs(eth, asker_mac, vip.value.mac);
     (XDP_TX, Reason::EchoReply)
+}
+
+/// Whether the ICMP message of `len` bytes (at most [`ECHO_MAX_LEN`]) after the IPv4 header verifies: all its
+/// 16-bit words, checksum included, add up to 0xffff in one's complement (RFC 1071; a trailing odd byte is padded
+/// with a zero byte). Summed 8 bytes at a time in host order, which RFC 1071 §2 shows gives the same result as
+/// big-endian 16-bit words (byte swapped, and 0xffff is its own swap). A loop of at most `ECHO_MAX_LEN / 8`
+/// rounds the verifier can bound: about 1 ns per 8 bytes.
+#[inline(always)]
+fn message_ok(ctx: &XdpContext, len: usize) -> bool {
+    let chunks = len / 8;
+    let mut sum: u64 = 0;
+    let mut i = 0;
+    while i < ECHO_MAX_LEN / 8 {
+        if i >= chunks {
+            break;
+        }
+        let Some(p) = packet::at::<[u8; 8]>(ctx, L4_OFF + i * 8) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`.
+        let v = u64::from_ne_bytes(unsafe { *p });
+        // Folded every round: the sum stays below 2^34, and the verifier sees the same range after every round.
+        sum = (sum & 0xffff_ffff) + (sum >> 32) + (v & 0xffff_ffff) + (v >> 32);
+        i += 1;
+    }
+    let mut at = L4_OFF + chunks * 8;
+    let rest = len % 8;
+    if rest & 4 != 0 {
+        let Some(p) = packet::at::<[u8; 4]>(ctx, at) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`.
+        sum += u64::from(u32::from_ne_bytes(unsafe { *p }));
+        at += 4;
+    }
+    if rest & 2 != 0 {
+        let Some(p) = packet::at::<[u8; 2]>(ctx, at) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`.
+        sum += u64::from(u16::from_ne_bytes(unsafe { *p }));
+        at += 2;
+    }
+    if rest & 1 != 0 {
+        // Read as the second byte of the two ending the message (a one-byte read at a variable offset compiles
+        // to a bounds check the verifier cannot follow); the first of them was summed already.
+        let Some(p) = packet::at::<[u8; 2]>(ctx, at - 1) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`. The odd byte is the first of a word whose second byte is 0.
+        sum += u64::from(u16::from_ne_bytes([unsafe { (*p)[1] }, 0]));
+    }
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    csum::fold(sum as u32) == 0xffff
 }
 
 /// An ICMP error to the VIP. If it is about a packet this node translated, it goes to the other end of the flow:
@@ -130,7 +207,7 @@ fn error(
     if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
         && pinned.nat_port != [0, 0]
     {
-        // The slot must still be a backend of the flow's service: slots are reused when backends leave.
+        // The slot must still hold the flow's backend, of the flow's service: slots are reused when backends leave.
         // SAFETY: copied out at once.
         let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip, quoted_sport, protocol)) }).copied() else {
             return (XDP_DROP, Reason::DropNoService);
@@ -139,7 +216,7 @@ fn error(
             return (XDP_DROP, Reason::DropInternal);
         };
         let backend: Backend = *backend;
-        if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index {
+        if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index || !pinned.holds(&backend) {
             return (XDP_DROP, Reason::DropNoService);
         }
         if backend.mac == [0; 6] {

@@ -82,7 +82,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
         return (XDP_PASS, Reason::DropInternal, NO_ROUTER);
     };
     match ether_type {
-        ETH_P_ARP => arp(ctx, eth),
+        ETH_P_ARP => arp(ctx, eth, config),
         ETH_P_IPV4 => ipv4(ctx, eth, config),
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
@@ -113,7 +113,7 @@ fn may_answer(router: u32) -> bool {
 /// interface (other interfaces the program serves carry backends or other instances, which reach the VIP through a
 /// route).
 #[inline(always)]
-fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason, u32) {
+fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
     let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
@@ -133,8 +133,12 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr) -> (u32, Reason, u32) {
         };
         let router = vip.value.router;
         let on_its_interface = vip.value.ifindex == 0 || vip.value.ifindex as usize == ctx.ingress_ifindex();
-        // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question.
-        if !on_its_interface || a.spa == vip.address || !may_answer(router) {
+        // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question; a sender no client can
+        // be gets no answer either (0.0.0.0 is an address conflict probe, RFC 5227, which the owner answers).
+        let client_sender = a.spa == [0; 4] || !(martian_source(a.spa, vip.address) || config.is_local(a.spa));
+        // The answer goes to the sender's MAC: a unicast one, not ours.
+        let unicast_asker = a.sha[0] & 1 == 0 && a.sha != [0; 6] && a.sha != config.mac && a.sha != vip.value.mac;
+        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router) {
             return (XDP_PASS, Reason::PassArp, router);
         }
         let asker_mac = a.sha;
@@ -176,6 +180,12 @@ fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCon
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.
     if ip.vihl != 0x45 {
         return (XDP_DROP, Reason::DropIpOptions);
+    }
+    // Nothing is read from a header that does not verify (every packet sent keeps it verifying: the checksum is
+    // updated incrementally, RFC 1624).
+    // SAFETY: `Ipv4Hdr` is 20 bytes of byte arrays, bounds-checked by `at`.
+    if !csum::ipv4_header_ok(unsafe { &*(ip as *const Ipv4Hdr as *const [u8; 20]) }) {
+        return (XDP_DROP, Reason::DropIpChecksum);
     }
     let total = u16::from_be_bytes(ip.tot_len) as usize;
     if total < IP_LEN || ETH_LEN + total > packet::len(ctx) {

@@ -90,10 +90,11 @@ pub fn forward(
         let pinned = unsafe { &mut *pinned };
         if !l4.syn()
             && pinned.nat_port != [0, 0]
-            && let Some(backend) = usable(pinned.backend, svc)
+            && let Some(backend) = usable(pinned, svc)
         {
             if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
-                return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+                let (id, port) = (pinned.backend, pinned.nat_port);
+                return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
             }
             let key = NatKey::new(backend.address, vip.address, backend.port, pinned.nat_port, l4.protocol);
             // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
@@ -105,7 +106,8 @@ pub fn forward(
                     refresh(entry, l4, now);
                     // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
                     pinned.checked_ns = if l4.rst() { 0 } else { now };
-                    return to_backend(ctx, eth, ip, config, svc.index, pinned.backend, pinned.nat_port, &backend);
+                    let (id, port) = (pinned.backend, pinned.nat_port);
+                    return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
                 }
             }
         }
@@ -132,21 +134,23 @@ pub fn forward(
     // otherwise hold its port until it ages out.
     if let Some(previous) = old
         && previous.nat_port != [0, 0]
-        && (previous.backend != id || previous.nat_port != port)
     {
-        forget(previous, &flow);
+        forget(previous, &flow, NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol));
     }
-    match pinned_ptr {
-        // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
-        Some(pinned) => unsafe { *pinned = FlowValue::new(id, port, now) },
-        None => {
-            let _ = CONNTRACK.insert(&flow, &FlowValue::new(id, port, now), 0);
+    let value = FlowValue::new(id, &backend, port, now);
+    let recorded = match pinned_ptr {
+        Some(pinned) => {
+            // SAFETY: a valid map value; rewriting it in place spares the LRU an element swap.
+            unsafe { *pinned = value };
+            true
         }
-    }
-    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend)
+        None => CONNTRACK.insert(&flow, &value, 0).is_ok(),
+    };
+    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, recorded)
 }
 
-/// Translates a client packet to `backend` from `VIP:port` and sends it there.
+/// Translates a client packet to `backend` from `VIP:port` and sends it there; `new_flow`: the packet started a
+/// flow (counted per backend).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn to_backend(
@@ -158,8 +162,9 @@ fn to_backend(
     id: u32,
     port: [u8; 2],
     backend: &Backend,
+    new_flow: bool,
 ) -> (u32, Reason) {
-    if let Err(reason) = forward::take_backend(ctx, service_index, id) {
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, new_flow) {
         return (XDP_DROP, reason);
     }
     let (protocol, vip) = (ip.proto as u8, ip.dst_addr);
@@ -275,11 +280,11 @@ fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
     }
 }
 
-/// The backend in slot `id` if a pinned flow may keep using it: healthy, still of this service, MAC known.
+/// The backend a pinned flow may keep using: still in its slot, healthy, still of this service, MAC known.
 #[inline(always)]
-fn usable(id: u32, svc: &ServiceValue) -> Option<Backend> {
-    let b = *BACKENDS.get(id)?;
-    (b.healthy == 1 && u32::from(b.service) == svc.index && b.mac != [0; 6]).then_some(b)
+fn usable(pinned: &FlowValue, svc: &ServiceValue) -> Option<Backend> {
+    let b = *BACKENDS.get(pinned.backend)?;
+    (b.keeps_pin(pinned, svc.index) && b.mac != [0; 6]).then_some(b)
 }
 
 #[inline(always)]
@@ -363,13 +368,15 @@ pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
     NAT.get_ptr_mut(&NatKey::new(ip.src_addr, ip.dst_addr, l4.sport, l4.dport, l4.protocol))
 }
 
-/// Deletes the reverse entry of a flow's previous translation, if it is still the flow's.
+/// Deletes the reverse entry of a flow's previous translation, if it is still the flow's and not the one the flow
+/// has now (`current`: a flow that starts over towards the same backend, now in another slot, claims the same key
+/// again). The flow's entry names its previous backend itself, whatever became of the slot since.
 #[inline(always)]
-fn forget(previous: FlowValue, flow: &FlowKey) {
-    let Some(backend) = BACKENDS.get(previous.backend) else {
+fn forget(previous: FlowValue, flow: &FlowKey, current: NatKey) {
+    let key = NatKey::new(previous.backend_address, flow.vip, previous.backend_port, previous.nat_port, flow.protocol);
+    if key == current {
         return;
-    };
-    let key = NatKey::new(backend.address, flow.vip, backend.port, previous.nat_port, flow.protocol);
+    }
     // SAFETY: only read.
     if unsafe { NAT.get(&key) }.is_some_and(|e| owns(e, flow)) {
         let _ = NAT.remove(&key);

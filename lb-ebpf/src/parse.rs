@@ -21,6 +21,8 @@ pub const TCP_FLAG_FIN: u8 = 0x01;
 pub const TCP_FLAG_SYN: u8 = 0x02;
 pub const TCP_FLAG_RST: u8 = 0x04;
 pub const TCP_FLAG_ACK: u8 = 0x10;
+/// Byte 12 of the TCP header holds the data offset (the header length in 32-bit words) in its high nibble.
+const TCP_DATA_OFFSET_OFF: usize = 12;
 /// Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
 const TCP_FLAGS_OFF: usize = 13;
 
@@ -64,31 +66,45 @@ impl L4 {
     }
 }
 
-/// Reads ports and flags of the TCP or UDP header after a 20-byte IPv4 header whose total length is `total`.
+/// Reads ports and flags of the TCP or UDP header after a 20-byte IPv4 header whose total length is `total`
+/// (already checked against the frame), and checks that the header is consistent with the packet as a receiver
+/// would (RFC 9293 §3.1, RFC 768; Linux drops the same packets): a TCP data offset of at least 5 words that ends
+/// inside the packet, a UDP length of at least 8 that does not reach beyond the packet (IP payload after the
+/// UDP datagram is padding). Anything else is `DropMalformedL4`, so nothing inconsistent is ever forwarded.
 #[inline(always)]
 pub fn l4(ctx: &XdpContext, protocol: u8, total: usize) -> Result<L4, Reason> {
+    let payload = total.saturating_sub(IP_LEN);
     if protocol == PROTO_TCP {
         let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {
             return Err(Reason::PassTruncated);
         };
-        if total < IP_LEN + TcpHdr::LEN {
+        if payload < TcpHdr::LEN {
             return Err(Reason::PassTruncated);
         }
         // SAFETY: bounds-checked by `at`.
-        let (sport, dport, flags) = unsafe {
+        let (sport, dport, offset, flags) = unsafe {
             let t = &*tcp;
-            (t.source, t.dest, *((tcp as *const u8).add(TCP_FLAGS_OFF)))
+            let bytes = tcp as *const u8;
+            (t.source, t.dest, *bytes.add(TCP_DATA_OFFSET_OFF), *bytes.add(TCP_FLAGS_OFF))
         };
+        let header_len = usize::from(offset >> 4) * 4;
+        if header_len < TcpHdr::LEN || header_len > payload {
+            return Err(Reason::DropMalformedL4);
+        }
         Ok(L4 { sport, dport, protocol, flags })
     } else if protocol == PROTO_UDP {
         let Some(udp) = packet::at::<UdpHdr>(ctx, L4_OFF) else {
             return Err(Reason::PassTruncated);
         };
-        if total < IP_LEN + UdpHdr::LEN {
+        if payload < UdpHdr::LEN {
             return Err(Reason::PassTruncated);
         }
         // SAFETY: bounds-checked by `at`.
-        let (sport, dport) = unsafe { ((*udp).src, (*udp).dst) };
+        let (sport, dport, len) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+        let len = usize::from(u16::from_be_bytes(len));
+        if len < UdpHdr::LEN || len > payload {
+            return Err(Reason::DropMalformedL4);
+        }
         Ok(L4 { sport, dport, protocol, flags: 0 })
     } else {
         Err(Reason::DropNoService)

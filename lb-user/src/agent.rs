@@ -9,7 +9,8 @@
 //! - **the data plane thread** (`xvip-dataplane`): service installs and Maglev rewrites, counters for status;
 //!   queued updates of one service are coalesced;
 //! - **the main runtime**: signals (a reload reads the file here), health checkers, the neighbour watcher (every
-//!   netlink call bounded), the status socket.
+//!   netlink call bounded), the status socket, and with `[metrics]` the metrics sampler and listener (the sampler
+//!   asks the other two for a snapshot once a second, never waiting on them; scrapes get the last page).
 //!
 //! What remains here is I/O that cannot be pure: opening sockets and the eBPF object at start, moving events and
 //! commands between the places above, and tearing down in order at the end.
@@ -22,10 +23,11 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use tokio::{
     runtime::Handle,
     signal::unix::{SignalKind, signal},
-    sync::{mpsc, oneshot},
+    sync::{mpsc, oneshot, watch},
     task::JoinHandle,
     time::{Instant, MissedTickBehavior, sleep_until},
 };
@@ -33,10 +35,11 @@ use tokio::{
 use crate::{
     config::Config,
     control::{self, StatusRequest},
-    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceId, ServiceSpec, VipSpec},
+    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceId, ServiceSpec, TableScan, VipSpec},
     engine::{Command, Engine, Event, View},
     garp::GarpSender,
     health::{self, HealthEvent},
+    metrics::{self, DataPlaneSample, Metrics, Probes},
     neighbour::{self, Neighbours},
     netif,
     services::Endpoint,
@@ -65,6 +68,8 @@ pub enum Error {
     Engine(#[from] crate::engine::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::http::BindError),
     #[error("{what}: {source}")]
     DataPlane {
         what: &'static str,
@@ -129,6 +134,12 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     // The socket first: if another daemon runs, fail before touching the interface.
     let listener = control::bind(&config.control.socket).await?;
     let socket_file = SocketFile(config.control.socket.clone());
+    let metrics_listener = match &config.metrics {
+        Some(m) => Some(metrics::http::bind(m.listen).await?),
+        None => None,
+    };
+    // Shared by the health checkers (they record every probe) and the page.
+    let probes = metrics_listener.as_ref().map(|_| Probes::default());
 
     let capacity = u32::try_from(config.service_count()).unwrap_or(u32::MAX).max(8);
     let engine = Engine::new(config.clone(), primaries, capacity)?;
@@ -206,6 +217,20 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let control_task = tokio::spawn(control::serve(listener, status_tx));
     // Engine time 0, on both clocks: the monotonic one for timers, the wall clock for `role_since_unix_ms`.
     let (epoch, epoch_unix_ms) = (Instant::now(), unix_ms());
+    let metrics_tasks = match (metrics_listener, &probes) {
+        (Some(listener), Some(probes)) => {
+            if let Ok(address) = listener.local_addr() {
+                log::info!("metrics at http://{address}/metrics");
+            }
+            let (page_tx, page_rx) = watch::channel(Bytes::new());
+            let sampler = Sampler { metrics: Metrics::with_probes(probes.clone()), page: page_tx };
+            vec![
+                tokio::spawn(metrics::http::serve(listener, page_rx, metrics::http::Limits::default())),
+                tokio::spawn(sampler.run(engine_status_tx.clone(), dp_tx.clone())),
+            ]
+        }
+        _ => Vec::new(),
+    };
     let status_task =
         tokio::spawn(assemble_status(status_rx, engine_status_tx, dp_tx.clone(), xdp_mode, epoch_unix_ms));
 
@@ -235,6 +260,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         neighbours: neigh_tx,
         runtime: Handle::current(),
         checkers: HashMap::new(),
+        probes,
         notifier: Notifier::from_env(),
         send_failures: 0,
         send_logged: None,
@@ -272,6 +298,9 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     watcher.abort();
     control_task.abort();
     status_task.abort();
+    for task in metrics_tasks {
+        task.abort();
+    }
     let (done_tx, done_rx) = oneshot::channel();
     let _ = dp_tx.send(Job::Detach(done_tx));
     match done_rx.await {
@@ -339,6 +368,11 @@ enum Job {
     Reconcile(Vec<VipSpec>, Vec<(ServiceId, ServiceSpec)>),
     Install(ServiceId, ServiceSpec),
     Counters(oneshot::Sender<Counters>),
+    /// For metrics: the counters, and with `scan` a walk over the connection and NAT tables (timed).
+    Sample {
+        scan: bool,
+        reply: oneshot::Sender<DataPlaneSample>,
+    },
     Detach(oneshot::Sender<crate::dataplane::Result<()>>),
 }
 
@@ -384,6 +418,14 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
                             }
                             let _ = reply.send(counters);
                         }
+                        Job::Sample { scan, reply } => {
+                            let counters = dataplane.counters().unwrap_or_else(|e| {
+                                log::warn!("reading counters for metrics: {e:#}");
+                                Counters::default()
+                            });
+                            let tables = scan.then(|| timed_scan(&dataplane)).flatten();
+                            let _ = reply.send(DataPlaneSample { counters, tables });
+                        }
                         Job::Detach(reply) => {
                             let _ = reply.send(dataplane.detach());
                             return;
@@ -394,6 +436,18 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
         })
         .map_err(|source| Error::Io { what: "starting the data plane thread", source })?;
     Ok((tx, handle))
+}
+
+/// Walks the connection and NAT tables and says how long that took.
+fn timed_scan(dataplane: &DataPlane) -> Option<(TableScan, Duration)> {
+    let started = std::time::Instant::now();
+    match dataplane.scan_tables() {
+        Ok(scan) => Some((scan, started.elapsed())),
+        Err(e) => {
+            log::warn!("scanning the connection and NAT tables for metrics: {e:#}");
+            None
+        }
+    }
 }
 
 /// Drops service updates that a later one in the same batch supersedes: an install of a service followed by
@@ -439,6 +493,99 @@ async fn assemble_status(
             status.add_counters(&counters, &view.routers());
         }
         let _ = reply.send(status);
+    }
+}
+
+/// Feeds the metrics page: once per [`metrics::SAMPLE_PERIOD`] it asks the advert thread for the engine's view
+/// and the data plane thread for its counters (with a table scan once per [`metrics::SCAN_PERIOD`], or ten times
+/// as long as the last scan took when that is longer), and renders
+/// the page whenever an answer comes. It never waits on either: a request still unanswered at the next period is
+/// not repeated, so a stalled thread leaves the page as it was (its sample time says how old it is) and gets no
+/// pile of requests.
+struct Sampler {
+    metrics: Metrics,
+    page: watch::Sender<Bytes>,
+}
+
+impl Sampler {
+    async fn run(mut self, engine: mpsc::Sender<oneshot::Sender<View>>, dataplane: std_mpsc::Sender<Job>) {
+        let mut tick = tokio::time::interval(metrics::SAMPLE_PERIOD);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (mut view, mut view_rx): (Option<View>, Option<oneshot::Receiver<View>>) = (None, None);
+        let (mut sample, mut sample_rx) = (None::<DataPlaneSample>, None::<oneshot::Receiver<DataPlaneSample>>);
+        // When each part of the page last came: the page's sample time is the older, so it stops moving when
+        // either thread stops answering.
+        let (mut view_at, mut sample_at) = (0.0f64, None::<f64>);
+        let mut last_scan: Option<Instant> = None;
+        let mut scan_every = metrics::SCAN_PERIOD;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    if view_rx.is_none() {
+                        let (tx, rx) = oneshot::channel();
+                        // Shared with status requests; when it is full, the advert thread is busy: try next time.
+                        if engine.try_send(tx).is_ok() {
+                            view_rx = Some(rx);
+                        }
+                    }
+                    if sample_rx.is_none() {
+                        let scan = last_scan.is_none_or(|t| t.elapsed() >= scan_every);
+                        let (tx, rx) = oneshot::channel();
+                        if dataplane.send(Job::Sample { scan, reply: tx }).is_err() {
+                            return;
+                        }
+                        if scan {
+                            last_scan = Some(Instant::now());
+                        }
+                        sample_rx = Some(rx);
+                    }
+                    continue;
+                }
+                answer = answer_of(&mut view_rx) => {
+                    view_rx = None;
+                    let Ok(answer) = answer else { continue };
+                    view = Some(answer);
+                    view_at = unix_seconds();
+                }
+                answer = answer_of(&mut sample_rx) => {
+                    sample_rx = None;
+                    let Ok(mut answer) = answer else { continue };
+                    if let Some((_, took)) = &answer.tables {
+                        scan_every = metrics::scan_period(*took);
+                    }
+                    // A sample without a scan keeps the last scan's numbers.
+                    if answer.tables.is_none() {
+                        answer.tables = sample.take().and_then(|s| s.tables);
+                    }
+                    sample = Some(answer);
+                    sample_at = Some(unix_seconds());
+                }
+            }
+            let Some(view) = view.clone() else { continue };
+            let page = self.metrics.render(metrics::Sample {
+                instances: view
+                    .instances
+                    .into_iter()
+                    .map(|view| metrics::Instance { name: view.config.name.clone(), view })
+                    .collect(),
+                dataplane: sample.clone(),
+                unix_time: metrics::sample_time(view_at, sample_at),
+            });
+            self.page.send_replace(Bytes::from(page));
+        }
+    }
+}
+
+/// The wall clock in seconds since the Unix epoch.
+fn unix_seconds() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The answer on `rx`; never ready while there is no request out.
+async fn answer_of<T>(rx: &mut Option<oneshot::Receiver<T>>) -> Result<T, oneshot::error::RecvError> {
+    match rx {
+        Some(rx) => rx.await,
+        None => std::future::pending().await,
     }
 }
 
@@ -489,6 +636,8 @@ struct Shell {
     neighbours: mpsc::UnboundedSender<Vec<Ipv4Addr>>,
     runtime: Handle,
     checkers: HashMap<(ServiceId, Endpoint), Checker>,
+    /// Where checkers record each probe, with `[metrics]`.
+    probes: Option<Probes>,
     notifier: Notifier,
     send_failures: u64,
     send_logged: Option<Instant>,
@@ -663,15 +812,18 @@ impl Shell {
         }
     }
 
-    /// Starts a checker on the main runtime; its transitions come back as events.
+    /// Starts a checker on the main runtime; its transitions come back as events. Everything, even finding its
+    /// metrics recorder, happens there: the advert thread only spawns.
     fn start_checker(&mut self, id: ServiceId, backend: Endpoint, settings: health::Settings) {
-        let _entered = self.runtime.enter();
         let (tx, mut rx) = mpsc::channel::<HealthEvent>(4);
-        let probe = health::spawn(SocketAddr::V4(SocketAddrV4::new(backend.0, backend.1)), settings, tx);
         let events = self.events_tx.clone();
+        let probes = self.probes.clone();
         let service = id.clone();
         let forward = self.runtime.spawn(async move {
-            let _probe = Checker(probe);
+            let recorder = probes
+                .map(|p| p.recorder(&service.instance, &service.service, &format!("{}:{}", backend.0, backend.1)));
+            let address = SocketAddr::V4(SocketAddrV4::new(backend.0, backend.1));
+            let _probe = Checker(health::spawn(address, settings, tx, recorder));
             while let Some(event) = rx.recv().await {
                 let SocketAddr::V4(addr) = event.backend else { continue };
                 let health = Event::Health {
@@ -709,6 +861,7 @@ mod tests {
                 }
                 Job::Install(n, s) => format!("install({}:{})", n.service, s.port),
                 Job::Counters(_) => "counters".into(),
+                Job::Sample { .. } => "sample".into(),
                 Job::Detach(_) => "detach".into(),
             })
             .collect()

@@ -306,6 +306,19 @@ impl Counters {
     }
 }
 
+/// One walk over the connection and NAT tables ([`DataPlane::scan_tables`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TableScan {
+    /// Entries in `CONNTRACK` (every flow the program remembers, open or not).
+    pub conntrack_entries: u64,
+    /// Entries in `NAT` (one per NAT flow, kept until its port is reclaimed).
+    pub nat_entries: u64,
+    /// `max_entries` of each of the two tables (both LRU: when full, the least recently used entry is evicted).
+    pub capacity: u64,
+    /// Open flows per backend; see [`DataPlane::flows_per_backend`].
+    pub flows: BTreeMap<BackendKey, u64>,
+}
+
 /// The `SERVICES` keys of a service: its port and protocol on each of its addresses.
 fn service_keys(spec: &ServiceSpec) -> Vec<ServiceKey> {
     spec.addresses.iter().map(|a| ServiceKey::new(a.octets(), spec.port.to_be_bytes(), spec.protocol)).collect()
@@ -348,6 +361,8 @@ pub struct DataPlane {
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
     free_backends: std::collections::VecDeque<u32>,
     service_capacity: u32,
+    /// `max_entries` of the connection table and of the NAT table.
+    table_capacity: u32,
     /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
     nat_endpoint_refs: HashMap<Endpoint, u32>,
     /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
@@ -409,6 +424,7 @@ impl DataPlane {
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
+            table_capacity: entries,
             nat_endpoint_refs: HashMap::new(),
             nat_timeouts: NatTimeouts { udp_ns: udp_timeout, embryonic_ns: embryonic, established_ns: established },
             #[cfg(test)]
@@ -1097,9 +1113,11 @@ impl DataPlane {
         let backend_stats: PerCpuArray<&MapData, Traffic> = map_ref(&self.ebpf, names::BACKEND_STATS)?;
         let sum = |map: &PerCpuArray<&MapData, Traffic>, i: u32| -> Result<Traffic> {
             let per_cpu = map.get(&i, 0).with_context(|| format!("reading traffic counter {i}"))?;
-            Ok(per_cpu
-                .iter()
-                .fold(Traffic::default(), |a, t| Traffic { packets: a.packets + t.packets, bytes: a.bytes + t.bytes }))
+            Ok(per_cpu.iter().fold(Traffic::default(), |a, t| Traffic {
+                packets: a.packets + t.packets,
+                bytes: a.bytes + t.bytes,
+                new_flows: a.new_flows + t.new_flows,
+            }))
         };
         let mut counters = Counters { reasons, ..Counters::default() };
         let routers: std::collections::BTreeSet<u32> =
@@ -1127,7 +1145,8 @@ impl DataPlane {
     /// connection table from user space, for draining backends (`weight = 0`) in `xvip status`.
     ///
     /// This is the one place user space reads the connection and NAT tables, so a change of their layout changes
-    /// only this function. A flow counts when its `CONNTRACK` entry is pinned to a slot the service still owns and:
+    /// only this function. A flow counts when its `CONNTRACK` entry is pinned to a slot the service still owns,
+    /// which still holds the backend the flow was pinned to, and:
     /// - NAT: its reverse `NAT` entry is still this flow's and not finished (no RST, not FIN from both sides, and
     ///   for UDP not idle past the UDP timeout), exactly what the program would still translate;
     /// - DSR: always. The program sees only the client's side of a DSR flow and keeps no close state, so a closed
@@ -1139,6 +1158,22 @@ impl DataPlane {
     /// # Errors
     /// When a map is missing or a read fails for another reason than the entry vanishing during the scan.
     pub fn flows_per_backend(&self) -> Result<BTreeMap<BackendKey, u64>> {
+        Ok(self.scan(false)?.flows)
+    }
+
+    /// One walk over the connection table (open flows per backend, as [`DataPlane::flows_per_backend`] counts
+    /// them, and the number of entries) and over the NAT table's keys (the number of entries): how full the two
+    /// LRU tables are, for metrics. Same cost as [`DataPlane::flows_per_backend`] plus one `bpf()` call per NAT
+    /// entry.
+    ///
+    /// # Errors
+    /// When a map is missing or a read fails for another reason than the entry vanishing during the scan.
+    pub fn scan_tables(&self) -> Result<TableScan> {
+        self.scan(true)
+    }
+
+    /// The connection table walk; the NAT table's keys are walked too when `nat_keys`.
+    fn scan(&self, nat_keys: bool) -> Result<TableScan> {
         let conntrack: BpfHashMap<&MapData, FlowKey, FlowValue> = map_ref(&self.ebpf, names::CONNTRACK)?;
         let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
         let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> =
@@ -1149,7 +1184,7 @@ impl DataPlane {
             .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
             .collect();
         let now = monotonic_ns()?;
-        let mut flows = BTreeMap::new();
+        let mut scan = TableScan { capacity: u64::from(self.table_capacity), ..TableScan::default() };
         for entry in conntrack.iter() {
             let (flow, pinned) = match entry {
                 Ok(entry) => entry,
@@ -1157,12 +1192,17 @@ impl DataPlane {
                 Err(MapError::KeyNotFound) => continue,
                 Err(e) => return Err(e).context("scanning the CONNTRACK map"),
             };
+            scan.conntrack_entries += 1;
             let Some((id, svc)) = owners.get(&ServiceKey::new(flow.vip, flow.service_port, flow.protocol)) else {
                 continue;
             };
             let Some(&(address, port)) = slots.get(&(*id, pinned.backend)) else {
                 continue;
             };
+            // Pinned to an earlier occupant of the slot: the program re-picks it at its next packet.
+            if pinned.backend_address != address.octets() || pinned.backend_port != port.to_be_bytes() {
+                continue;
+            }
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
@@ -1174,10 +1214,19 @@ impl DataPlane {
                 }
             };
             if open {
-                *flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
+                *scan.flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
             }
         }
-        Ok(flows)
+        if nat_keys {
+            for key in nat.keys() {
+                match key {
+                    Ok(_) => scan.nat_entries += 1,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(e).context("scanning the NAT map"),
+                }
+            }
+        }
+        Ok(scan)
     }
 
     /// Runs the load balancer program once over `frame` with BPF_PROG_TEST_RUN (nothing is sent anywhere).

@@ -11,6 +11,7 @@ pub mod garp;
 pub mod health;
 pub mod logging;
 pub mod maglev;
+pub mod metrics;
 pub mod neighbour;
 pub mod netif;
 pub mod services;

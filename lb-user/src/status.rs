@@ -482,7 +482,7 @@ mod tests {
             |name: &str| InstanceStatus { name: name.into(), services: vec![svc.clone()], ..Default::default() };
         counters.backends.insert(
             (ServiceId::new("b", "web"), "10.0.0.21".parse().expect("address"), 80),
-            lb_common::Traffic { packets: 3, bytes: 300 },
+            lb_common::Traffic { packets: 3, bytes: 300, new_flows: 0 },
         );
         let mut status = Status::of_instances(vec![instance("a"), instance("b")]);
         let routers = [("a".to_owned(), vec![0]), ("b".to_owned(), vec![2])].into();

@@ -6,15 +6,17 @@ mod support;
 
 use std::{collections::HashMap, net::Ipv4Addr, sync::OnceLock, time::Duration};
 
+use aya::maps::{Array, MapData};
 use lb_common::{
-    FORWARD_DSR, FORWARD_NAT, MAGLEV_M, NAT_PORT_TRIES, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port,
+    Backend, FORWARD_DSR, FORWARD_NAT, MAGLEV_M, MAX_BACKENDS, NAT_PORT_TRIES, NatKey, NatValue, PROTO_TCP, PROTO_UDP,
+    Reason, flow_hash, group_seed, names, nat_port,
 };
 use support::fixture::{
     BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run,
 };
 use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
     maglev,
 };
 
@@ -251,6 +253,13 @@ fn established_packets_keep_the_translation() {
         let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
         assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
     }
+    // One flow: four packets, one new flow (the SYN); a SYN again from the same port is a new connection.
+    let backend = (ServiceId::from("web"), f.backend_ip(), HTTP_BACKEND);
+    let c = dp.counters().expect("counters");
+    assert_eq!((c.backends[&backend].packets, c.backends[&backend].new_flows), (4, 1));
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let c = dp.counters().expect("counters");
+    assert_eq!((c.backends[&backend].new_flows, c.services[&ServiceId::from("web")].new_flows), (2, 2));
 }
 
 #[test]
@@ -536,6 +545,98 @@ fn a_flow_moved_off_an_unhealthy_backend_releases_its_old_translation() {
         b"",
     );
     run(&mut dp, &fresh, XDP_TX, Reason::NatReplyTx);
+}
+
+/// The `BACKENDS` slot holding `address:port`, read from the map.
+fn slot_of(dp: &DataPlane, address: Ipv4Addr, port: u16) -> Option<u32> {
+    let map = dp.map(names::BACKENDS).expect("BACKENDS map");
+    let backends: Array<&MapData, Backend> = Array::try_from(map).expect("BACKENDS as an array");
+    (0..MAX_BACKENDS)
+        .find(|&i| backends.get(&i, 0).is_ok_and(|b| b.address == address.octets() && b.port == port.to_be_bytes()))
+}
+
+/// Whether the NAT table has a reverse entry for `backend:port` and NAT port `nport` (TCP).
+fn has_translation(dp: &DataPlane, backend: Ipv4Addr, port: u16, nport: u16) -> bool {
+    let map = dp.map(names::NAT).expect("NAT map");
+    let nat: aya::maps::HashMap<&MapData, NatKey, NatValue> = aya::maps::HashMap::try_from(map).expect("NAT as a hash");
+    nat.get(&NatKey::new(backend.octets(), VIP.octets(), port.to_be_bytes(), nport.to_be_bytes(), PROTO_TCP), 0).is_ok()
+}
+
+#[test]
+fn a_flow_whose_backend_slot_went_to_another_backend_starts_over_and_releases_its_old_translation() {
+    // Found by the random-frame run: a slot freed by one backend and given to another kept the flows pinned to it,
+    // which then went to the new backend from a port it had no translation for, while their old translation
+    // stayed behind. A flow now records its backend's address and port, not only the slot.
+    let new_backend = (Ipv4Addr::new(10, 77, 0, 24), [0x02, 0, 0, 0, 0, 0x24]);
+    let members = |set: &[(Ipv4Addr, [u8; 6])]| -> Vec<u32> {
+        let m: Vec<maglev::MaglevBackend> = set
+            .iter()
+            .enumerate()
+            .map(|(i, (a, _))| maglev::MaglevBackend { id: i as u32, key: format!("{a}:{HTTP_BACKEND}"), weight: 1 })
+            .collect();
+        maglev::build(&m, MAGLEV_M).expect("maglev")
+    };
+    // A flow whose backend leaves, and which the new backend set would not give to the newcomer.
+    let (f, after) = (41000..41200)
+        .find_map(|cport| {
+            let f = Flow::tcp(cport);
+            let mut set: Vec<_> = BACKENDS.iter().copied().filter(|(a, _)| *a != f.backend_ip()).collect();
+            set.push(new_backend);
+            let pick = set[members(&set)[(f.hash() % MAGLEV_M) as usize] as usize];
+            (pick != new_backend).then_some((f, pick))
+        })
+        .expect("a client port whose flow stays off the new backend");
+
+    let mut dp = dataplane();
+    // Every other slot in use, so the slot the flow's backend frees is the next one given out.
+    let free = MAX_BACKENDS as usize - 2 * BACKENDS.len();
+    let filler = ServiceSpec {
+        addresses: vec![VIP],
+        port: 9000,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_DSR,
+        backends: (0..free as u32)
+            .map(|i| BackendSpec {
+                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i),
+                port: 80,
+                weight: 1,
+                healthy: false,
+                mac: Some([2, 0, 0, 0, 0, 0x99]),
+                ifindex: 0,
+            })
+            .collect(),
+    };
+    dp.apply_service("filler", &filler).expect("filler");
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, f.nat_port(0));
+    let slot = slot_of(&dp, f.backend_ip(), HTTP_BACKEND).expect("the flow's backend has a slot");
+
+    // The flow's backend leaves web, and the newcomer takes its slot.
+    let mut web = nat_service(HTTP, PROTO_TCP, HTTP_BACKEND);
+    web.backends.retain(|b| b.address != f.backend_ip());
+    dp.apply_service("web", &web).expect("web without the flow's backend");
+    web.backends.push(BackendSpec {
+        address: new_backend.0,
+        port: HTTP_BACKEND,
+        weight: 1,
+        healthy: true,
+        mac: Some(new_backend.1),
+        ifindex: 0,
+    });
+    dp.apply_service("web", &web).expect("web with the newcomer");
+    assert_eq!(slot_of(&dp, new_backend.0, HTTP_BACKEND), Some(slot), "the newcomer took the freed slot");
+
+    // The flow's next packet takes a fresh pick, from the port it has towards that backend...
+    let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    let expected =
+        frames::tcp_frame(after.1, NODE_MAC, VIP, after.0, f.nat_port(0), HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST);
+    assert_frame(&out, &expected);
+    // ...and its translation towards the backend that left is gone; the new one translates back.
+    assert!(!has_translation(&dp, f.backend_ip(), HTTP_BACKEND, f.nat_port(0)), "old translation released");
+    assert!(has_translation(&dp, after.0, HTTP_BACKEND, f.nat_port(0)), "new translation in place");
+    let answer = frames::tcp_frame(NODE_MAC, after.1, after.0, VIP, HTTP_BACKEND, f.nat_port(0), TCP_ACK, RESPONSE);
+    let back = run(&mut dp, &answer, XDP_TX, Reason::NatReplyTx);
+    assert_frame(&back, &f.client_gets(TCP_ACK, RESPONSE));
 }
 
 #[test]
@@ -1085,4 +1186,22 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
     let error =
         frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, kind, code, mtu, &translated[14..14 + QUOTE]);
     assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
+}
+
+// ----- what metrics read -----
+
+/// The table scan behind `xvip_dataplane_map_entries` and `xvip_backend_flows`: every connection-table and NAT
+/// entry counts towards the fill, only flows not reset (nor closed by both sides) count as open.
+#[test]
+fn a_table_scan_counts_every_entry_and_the_open_flows() {
+    let mut dp = dataplane_with(LoadOptions { conntrack_entries: 2048, ..LoadOptions::default() });
+    for cport in 30000..30010 {
+        run(&mut dp, &Flow::tcp(cport).client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    }
+    run(&mut dp, &Flow::tcp(30000).client_sends(TCP_RST, b""), XDP_TX, Reason::NatForwardTx);
+    let scan = dp.scan_tables().expect("scan");
+    assert_eq!((scan.conntrack_entries, scan.nat_entries, scan.capacity), (10, 10, 2048));
+    assert_eq!(scan.flows.values().sum::<u64>(), 9, "{:?}", scan.flows);
+    assert!(scan.flows.keys().all(|(service, _, port)| service.service == "web" && *port == HTTP_BACKEND));
+    assert_eq!(dp.flows_per_backend().expect("flows"), scan.flows);
 }

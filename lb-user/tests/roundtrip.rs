@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use xvip::config::{
-    self, BackendCfg, CheckKind, Config, Control, DEFAULT_INSTANCE, Forwarding, Health, Instance, Protocol, Service,
-    Vip, Vrrp, XdpMode,
+    self, BackendCfg, CheckKind, Config, Control, DEFAULT_INSTANCE, Forwarding, Health, Instance, Metrics, Protocol,
+    Service, Vip, Vrrp, XdpMode,
 };
 use xvip::vrrp::packet::{Advert, ChecksumMode, MAX_ADVER_INT_MAX, RxFilter, checksum, parse_ipv4};
 
@@ -211,12 +211,20 @@ fn any_config() -> impl Strategy<Value = Config> {
         prop::option::of(dns_name()),
         proptest::string::string_regex("/[a-z]{1,12}/[a-z]{1,20}\\.sock").expect("regex"),
     );
-    (top, 0usize..4)
-        .prop_flat_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket), n)| {
+    // `[metrics]`: absent, or listening on an IPv4 or IPv6 address and a port other than 0.
+    let metrics = prop::option::of(prop_oneof![
+        (any::<[u8; 4]>(), 1u16..).prop_map(|(a, p)| std::net::SocketAddr::from((a, p))),
+        (any::<[u16; 8]>(), 1u16..).prop_map(|(a, p)| std::net::SocketAddr::from((a, p))),
+    ])
+    .prop_filter("not multicast", |m| m.is_none_or(|a| !a.ip().is_multicast()))
+    .prop_map(|listen| listen.map(|listen| Metrics { listen }));
+    (top, metrics, 0usize..4)
+        .prop_flat_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket), metrics, n)| {
             let services: Vec<_> = (0..n).map(service).collect();
-            (Just((interface, xdp_mode, conntrack_entries, vip, hostname, socket)), vrrp_section(vip), services)
+            let top = (interface, xdp_mode, conntrack_entries, vip, hostname, socket, metrics);
+            (Just(top), vrrp_section(vip), services)
         })
-        .prop_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket), vrrp, services)| Config {
+        .prop_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket, metrics), vrrp, services)| Config {
             interface: Some(interface.clone()),
             xdp_mode,
             conntrack_entries,
@@ -228,6 +236,7 @@ fn any_config() -> impl Strategy<Value = Config> {
                 vrrp,
                 services,
             }],
+            metrics,
         })
 }
 
@@ -270,6 +279,10 @@ fn render(config: &Config, terse: bool) -> String {
     s.push_str("[control]\n");
     let socket = config.control.socket.to_string_lossy();
     key(&mut s, "socket", q(&socket), socket == "/run/xvip/xvip.sock");
+    if let Some(metrics) = &config.metrics {
+        s.push_str("[metrics]\n");
+        key(&mut s, "listen", q(&metrics.listen.to_string()), metrics.listen.to_string() == "127.0.0.1:9712");
+    }
     for svc in &instance.services {
         s.push_str("[[service]]\n");
         key(&mut s, "name", q(&svc.name), false);

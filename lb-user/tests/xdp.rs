@@ -8,7 +8,7 @@ use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, 
 use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
     maglev,
 };
 
@@ -164,6 +164,11 @@ fn packets_of_one_flow_go_to_the_same_backend() {
         let out = run(&mut dp, &client_tcp(40002, 80, TCP_ACK | TCP_PSH), XDP_TX, Reason::ForwardTx);
         assert_eq!(backend_of(&out), first);
     }
+    // Six packets, one new flow, on the backend and its service.
+    let c = dp.counters().expect("counters");
+    let traffic: Vec<_> = c.backends.values().filter(|t| t.packets > 0).collect();
+    assert_eq!(traffic.iter().map(|t| (t.packets, t.new_flows)).collect::<Vec<_>>(), [(6, 1)]);
+    assert_eq!(c.services[&ServiceId::from("web")].new_flows, 1);
 }
 
 #[test]
@@ -343,6 +348,7 @@ fn ip_total_length_beyond_the_frame_is_not_forwarded() {
     let mut syn = client_tcp(40009, 80, TCP_SYN);
     let claimed = (syn.len() - 14 + 100) as u16;
     syn[16..18].copy_from_slice(&claimed.to_be_bytes());
+    fix_ip_checksum(&mut syn);
     assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassTruncated), syn);
 }
 
@@ -381,4 +387,130 @@ fn a_dsr_flow_from_the_nodes_own_address_creates_no_state() {
     assert_eq!(run(&mut dp, &own, XDP_DROP, Reason::DropMartianSource), own);
     let own_ack = frames::tcp_frame(NODE_MAC, CLIENT_MAC, support::fixture::NODE_IP, VIP, 40101, 80, TCP_ACK, b"");
     assert_eq!(run(&mut dp, &own_ack, XDP_DROP, Reason::DropMartianSource), own_ack);
+}
+
+/// Recomputes the IPv4 header checksum of an Ethernet frame after a test changed a header field.
+fn fix_ip_checksum(frame: &mut [u8]) {
+    frame[24..26].copy_from_slice(&[0, 0]);
+    let c = frames::checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&c.to_be_bytes());
+}
+
+fn ping_from(src_mac: [u8; 6], src: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut ping = frames::eth(NODE_MAC, src_mac, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(src, VIP, 1, &frames::icmp_echo(8, 0x4242, 3, payload)));
+    ping
+}
+
+fn pong_to(dst_mac: [u8; 6], dst: Ipv4Addr, payload: &[u8]) -> Vec<u8> {
+    let mut pong = frames::eth(dst_mac, NODE_MAC, frames::ETH_IPV4);
+    pong.extend(frames::ipv4(VIP, dst, 1, &frames::icmp_echo(0, 0x4242, 3, payload)));
+    pong
+}
+
+// ----- frames the random-frame run (lb-user/tests/frames) found mishandled -----
+
+#[test]
+fn an_echo_request_whose_icmp_checksum_does_not_verify_is_not_answered() {
+    let mut dp = dataplane(true);
+    let mut ping = ping_from(CLIENT_MAC, CLIENT, b"0123456789abcdef");
+    ping[36] ^= 0x01;
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropIcmpChecksum), ping);
+    // One wrong byte in the data, the checksum as it was: not answered either.
+    let mut ping = ping_from(CLIENT_MAC, CLIENT, b"0123456789abcdef");
+    ping[45] ^= 0x40;
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropIcmpChecksum), ping);
+}
+
+#[test]
+fn echo_requests_of_every_length_up_to_the_bound_are_verified_and_answered() {
+    let mut dp = dataplane(true);
+    // Every remainder of the 8-byte summing loop, a full-size ping at MTU 1500 (`ping -s 1472`), the longest.
+    for len in (0..=17).chain([1472, lb_common::ECHO_MAX_LEN - 8]) {
+        let payload: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+        let out = run(&mut dp, &ping_from(CLIENT_MAC, CLIENT, &payload), XDP_TX, Reason::EchoReply);
+        assert_eq!(out, pong_to(CLIENT_MAC, CLIENT, &payload), "payload of {len} bytes");
+        assert_eq!(frames::checksum(&out[34..]), 0, "ICMP checksum of the reply to {len} bytes");
+    }
+    let payload = vec![0x5a; lb_common::ECHO_MAX_LEN - 7];
+    let ping = ping_from(CLIENT_MAC, CLIENT, &payload);
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropEchoTooLong), ping);
+}
+
+#[test]
+fn an_echo_request_from_a_mac_no_host_has_is_not_answered() {
+    let mut dp = dataplane(true);
+    for mac in [[0; 6], [0xff; 6], [0x01, 0, 0x5e, 0, 0, 1], NODE_MAC] {
+        let ping = ping_from(mac, CLIENT, b"abcdefgh");
+        assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropMartianSource), ping, "from {mac:02x?}");
+    }
+    // A request sent to the broadcast MAC is answered from the node's MAC, to the asker's.
+    let mut ping = ping_from(CLIENT_MAC, CLIENT, b"abcdefgh");
+    ping[..6].copy_from_slice(&[0xff; 6]);
+    assert_eq!(run(&mut dp, &ping, XDP_TX, Reason::EchoReply), pong_to(CLIENT_MAC, CLIENT, b"abcdefgh"));
+}
+
+#[test]
+fn a_packet_to_the_vip_whose_ip_header_checksum_does_not_verify_is_dropped() {
+    let mut dp = with_web(true);
+    let mut syn = client_tcp(40100, 80, TCP_SYN);
+    syn[24] ^= 0x08;
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropIpChecksum), syn);
+    let mut ping = ping_from(CLIENT_MAC, CLIENT, b"abcdefgh");
+    ping[22] = 63;
+    assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropIpChecksum), ping);
+}
+
+#[test]
+fn tcp_and_udp_headers_that_do_not_fit_the_packet_are_dropped_not_forwarded() {
+    let mut dp = with_web(true);
+    // TCP data offset: 15 words (60 bytes) in a 38-byte segment, and 4 words (less than the fixed header).
+    for offset in [0xf0, 0x40] {
+        let mut syn = client_tcp(40101, 80, TCP_SYN);
+        syn[46] = offset;
+        assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMalformedL4), syn, "data offset byte {offset:#x}");
+    }
+    // UDP length beyond the IP payload, and below the UDP header.
+    for length in [200u16, 7] {
+        let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+        f.extend(frames::ipv4(CLIENT, VIP, 17, &frames::udp(CLIENT, VIP, 40102, 80, b"query")));
+        f[38..40].copy_from_slice(&length.to_be_bytes());
+        assert_eq!(run(&mut dp, &f, XDP_DROP, Reason::DropMalformedL4), f, "UDP length {length}");
+    }
+    // A data offset that covers options inside the packet is fine.
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    f.extend(frames::ipv4(CLIENT, VIP, 6, &frames::tcp(CLIENT, VIP, 40103, 80, TCP_SYN, &[1, 1, 1, 0])));
+    f[46] = 0x60;
+    run(&mut dp, &f, XDP_TX, Reason::ForwardTx);
+}
+
+#[test]
+fn arp_requests_for_the_vip_from_senders_no_client_can_be_go_to_the_kernel() {
+    let mut dp = dataplane(true);
+    let askers = [
+        (CLIENT_MAC, Ipv4Addr::new(240, 0, 0, 1)),
+        (CLIENT_MAC, Ipv4Addr::new(127, 0, 0, 1)),
+        (CLIENT_MAC, Ipv4Addr::new(224, 0, 0, 18)),
+        (CLIENT_MAC, Ipv4Addr::BROADCAST),
+        (CLIENT_MAC, support::fixture::NODE_IP),
+        ([0; 6], CLIENT),
+        ([0x01, 0, 0x5e, 0, 0, 0x12], CLIENT),
+        (NODE_MAC, CLIENT),
+    ];
+    for (sha, spa) in askers {
+        let request = frames::arp_request(sha, spa, VIP);
+        assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request, "asked by {spa} from {sha:02x?}");
+    }
+    // An address conflict probe (RFC 5227: sender 0.0.0.0) is answered, as the owner of an address must.
+    let probe = frames::arp_request(CLIENT_MAC, Ipv4Addr::UNSPECIFIED, VIP);
+    let out = run(&mut dp, &probe, XDP_TX, Reason::ArpReply);
+    let expected = frames::arp(
+        frames::eth(CLIENT_MAC, NODE_MAC, frames::ETH_ARP),
+        2,
+        NODE_MAC,
+        VIP,
+        CLIENT_MAC,
+        Ipv4Addr::UNSPECIFIED,
+    );
+    assert_eq!(out, expected);
 }

@@ -29,6 +29,7 @@ pub mod backend;
 pub mod capture;
 pub mod cmd;
 pub mod extra;
+pub mod flood;
 #[path = "../../lb-user/tests/support/frames.rs"]
 pub mod frames;
 pub mod http;
@@ -37,6 +38,7 @@ pub mod netns;
 pub mod probe;
 pub mod process;
 pub mod reach;
+pub mod soak;
 pub mod topology;
 pub mod xdp_pass;
 pub mod xvip;

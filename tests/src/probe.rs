@@ -35,6 +35,10 @@ pub struct ProbeSpec {
     pub interval: Duration,
     /// Deadline of one attempt (connect + request + answer).
     pub timeout: Duration,
+    /// With a grace, an attempt that misses `timeout` still counts as failed at `timeout` (the outage figures stay
+    /// as sharp), but it goes on in the background until `grace` after its start, and what it finally got is its
+    /// [`Sample::late`]: a slow machine's late answer can then be told from a lost request. `ZERO`: no grace.
+    pub grace: Duration,
     pub mode: ProbeMode,
 }
 
@@ -45,6 +49,7 @@ impl ProbeSpec {
             target,
             interval: Duration::from_millis(10),
             timeout: Duration::from_millis(50),
+            grace: Duration::ZERO,
             mode: ProbeMode::Http { path: "/".into() },
         }
     }
@@ -64,6 +69,9 @@ pub struct Sample {
     pub ended: Duration,
     /// `Ok(backend name)` (empty in connect mode) or `Err(error text)`.
     pub outcome: Result<String, String>,
+    /// When the attempt missed its deadline and the spec has a grace: what it got in the end, within the grace of
+    /// its start (`Err("timeout")` when nothing came).
+    pub late: Option<Result<String, String>>,
 }
 
 /// What a probe saw.
@@ -139,13 +147,13 @@ impl ProbeReport {
     }
 }
 
-/// One attempt; the backend's name is the first line of the body.
-fn attempt(spec: &ProbeSpec) -> Result<String, String> {
+/// One attempt with deadline `timeout`; the backend's name is the first line of the body.
+fn attempt(spec: &ProbeSpec, timeout: Duration) -> Result<String, String> {
     match &spec.mode {
         ProbeMode::Connect => {
-            http::connect(spec.target, Instant::now() + spec.timeout).map(|_| String::new()).map_err(|e| brief(&e))
+            http::connect(spec.target, Instant::now() + timeout).map(|_| String::new()).map_err(|e| brief(&e))
         }
-        ProbeMode::Http { path } => match http::get(spec.target, path, spec.timeout) {
+        ProbeMode::Http { path } => match http::get(spec.target, path, timeout) {
             Ok(response) if (200..300).contains(&response.status) => {
                 Ok(response.text().lines().next().unwrap_or_default().trim().to_owned())
             }
@@ -153,6 +161,54 @@ fn attempt(spec: &ProbeSpec) -> Result<String, String> {
             Err(e) => Err(brief(&e)),
         },
     }
+}
+
+/// An attempt still running past its deadline: the index of its sample and where its outcome will come from.
+type Pending = (usize, mpsc::Receiver<Result<String, String>>);
+
+/// One attempt on a thread of its own (it inherits the caller's namespace) with the grace as its deadline; waits
+/// for it until the spec's deadline, and past that records a timeout and leaves the attempt pending.
+fn attempt_with_grace(
+    spec: &ProbeSpec,
+    started: Duration,
+    start: Instant,
+    samples: &mut Vec<Sample>,
+    pending: &mut Vec<Pending>,
+) -> Result<()> {
+    let (tx, rx) = mpsc::channel();
+    let (inner, grace) = (spec.clone(), spec.grace);
+    std::thread::Builder::new()
+        .name("probe attempt".into())
+        .spawn(move || {
+            let _ = tx.send(attempt(&inner, grace));
+        })
+        .context("starting a probe attempt")?;
+    let remaining = spec.timeout.saturating_sub(start.elapsed().saturating_sub(started));
+    match rx.recv_timeout(remaining) {
+        Ok(outcome) => samples.push(Sample { started, ended: start.elapsed(), outcome, late: None }),
+        Err(_) => {
+            samples.push(Sample { started, ended: start.elapsed(), outcome: Err("timeout".into()), late: None });
+            pending.push((samples.len() - 1, rx));
+        }
+    }
+    Ok(())
+}
+
+/// Records the outcomes of pending attempts that have ended (all of them, waiting, when `wait`).
+fn collect_late(samples: &mut [Sample], pending: &mut Vec<Pending>, wait: bool) {
+    pending.retain(|(index, rx)| {
+        let outcome = if wait {
+            rx.recv().unwrap_or_else(|_| Err("the attempt thread died".into()))
+        } else {
+            match rx.try_recv() {
+                Ok(outcome) => outcome,
+                Err(mpsc::TryRecvError::Empty) => return true,
+                Err(mpsc::TryRecvError::Disconnected) => Err("the attempt thread died".into()),
+            }
+        };
+        samples[*index].late = Some(outcome);
+        false
+    });
 }
 
 /// A short, stable error text, so equal failures group together in [`ProbeReport::errors`].
@@ -170,6 +226,7 @@ fn brief(e: &io::Error) -> String {
 #[derive(Debug)]
 pub struct Probe {
     stop: Arc<AtomicBool>,
+    started_at: Instant,
     thread: Option<JoinHandle<Result<ProbeReport>>>,
 }
 
@@ -185,9 +242,10 @@ impl Probe {
     fn start_bounded(ns: &str, spec: ProbeSpec, limit: Option<Duration>) -> Result<Probe> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
+        let start = Instant::now();
         let thread = netns::spawn_in_netns(ns, move || {
-            let start = Instant::now();
             let mut samples = Vec::new();
+            let mut pending = Vec::new();
             let mut next = start;
             loop {
                 if flag.load(Ordering::Relaxed) || limit.is_some_and(|l| start.elapsed() >= l) {
@@ -199,8 +257,13 @@ impl Probe {
                     continue;
                 }
                 let started = start.elapsed();
-                let outcome = attempt(&spec);
-                samples.push(Sample { started, ended: start.elapsed(), outcome });
+                if spec.grace.is_zero() {
+                    let outcome = attempt(&spec, spec.timeout);
+                    samples.push(Sample { started, ended: start.elapsed(), outcome, late: None });
+                } else {
+                    attempt_with_grace(&spec, started, start, &mut samples, &mut pending)?;
+                }
+                collect_late(&mut samples, &mut pending, false);
                 // Ticks missed during a slow attempt are skipped, not made up in a burst.
                 next += spec.interval;
                 let now = Instant::now();
@@ -208,9 +271,17 @@ impl Probe {
                     next = now;
                 }
             }
-            Ok(ProbeReport::from_samples(samples, start.elapsed()))
+            let duration = start.elapsed();
+            collect_late(&mut samples, &mut pending, true);
+            Ok(ProbeReport::from_samples(samples, duration))
         })?;
-        Ok(Probe { stop, thread: Some(thread) })
+        Ok(Probe { stop, started_at: start, thread: Some(thread) })
+    }
+
+    /// The instant the samples' `started` and `ended` count from, so a caller can line them up with its own
+    /// events.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
     }
 
     /// Stops the probe and returns what it saw.
@@ -277,7 +348,7 @@ pub fn request_many(ns: &str, target: SocketAddr, n: usize, timeout: Duration) -
         let spec = ProbeSpec { timeout, ..ProbeSpec::http(target) };
         let mut tally = Tally::default();
         for _ in 0..n {
-            match attempt(&spec) {
+            match attempt(&spec, timeout) {
                 Ok(name) => *tally.per_backend.entry(name).or_default() += 1,
                 Err(e) => {
                     tally.failures += 1;
@@ -323,6 +394,10 @@ pub struct StreamReport {
     pub end: StreamEnd,
     /// How long the watch ran.
     pub duration: Duration,
+    /// When the watch started (the response headers had arrived): `started + duration` is when it ended.
+    pub started: Instant,
+    /// When the last line arrived, from `started`; `None` when none did.
+    pub last_line: Option<Duration>,
 }
 
 /// Watches one long-lived connection (`GET /stream` on a lab backend: a line every 50 ms): for tests that
@@ -401,6 +476,7 @@ impl StreamWatch {
             let mut last = start;
             let mut longest = Duration::ZERO;
             let mut lines = 0;
+            let mut last_line = None;
             let mut buf = Vec::new();
             reader.get_ref().set_read_timeout(Some(Duration::from_millis(20)))?;
             let end = loop {
@@ -413,6 +489,7 @@ impl StreamWatch {
                         let now = Instant::now();
                         longest = longest.max(now - last);
                         last = now;
+                        last_line = Some(now - start);
                         lines += 1;
                         counter.fetch_add(1, Ordering::Relaxed);
                         buf.clear();
@@ -425,7 +502,15 @@ impl StreamWatch {
                 }
             };
             longest = longest.max(last.elapsed());
-            Ok(StreamReport { backend, lines, longest_gap: longest, end, duration: start.elapsed() })
+            Ok(StreamReport {
+                backend,
+                lines,
+                longest_gap: longest,
+                end,
+                duration: start.elapsed(),
+                started: start,
+                last_line,
+            })
         })?;
         let backend = match ready_rx.recv_timeout(timeout + Duration::from_secs(1)) {
             Ok(Ok(backend)) => backend,
@@ -453,6 +538,11 @@ impl StreamWatch {
     /// The backend serving the stream.
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// Whether the watch has ended by itself (the connection closed or failed).
+    pub fn ended(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
     }
 
     /// Stops watching (closing the connection) and returns what was seen.
@@ -494,6 +584,11 @@ pub struct LoopReport {
     pub wrong_backend: usize,
     /// `StillOpen` if the connection was still answering when stopped.
     pub end: StreamEnd,
+    /// When the loop started connecting; the samples count from here.
+    pub opened: Instant,
+    /// Every request after the first, the last one included when it ended the loop (`Err`); the backend's name as
+    /// the outcome of an answer.
+    pub samples: Vec<Sample>,
 }
 
 /// One long-lived keep-alive connection on which the client sends `GET /` every `interval` and waits for each
@@ -520,6 +615,7 @@ impl RequestLoop {
         let answered = Arc::new(AtomicUsize::new(0));
         let (flag, count) = (Arc::clone(&stop), Arc::clone(&answered));
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String, String>>();
+        let opened = Instant::now();
         let thread = netns::spawn_in_netns(ns, move || {
             let first = (|| -> io::Result<(http::Connection, http::Response)> {
                 let mut connection = http::Connection::open(target, patience)?;
@@ -539,12 +635,14 @@ impl RequestLoop {
             count.fetch_add(1, Ordering::Relaxed);
             let _ = ready_tx.send(Ok(backend.clone()));
             let (mut last, mut longest, mut wrong_backend) = (Instant::now(), Duration::ZERO, 0);
+            let mut samples = Vec::new();
             let end = loop {
                 std::thread::sleep(interval);
                 if flag.load(Ordering::Relaxed) {
                     break StreamEnd::StillOpen;
                 }
-                match connection.get("/", patience) {
+                let started = opened.elapsed();
+                let (outcome, end) = match connection.get("/", patience) {
                     Ok(r) if (200..300).contains(&r.status) => {
                         if name(&r) != backend {
                             wrong_backend += 1;
@@ -552,10 +650,15 @@ impl RequestLoop {
                         longest = longest.max(last.elapsed());
                         last = Instant::now();
                         count.fetch_add(1, Ordering::Relaxed);
+                        (Ok(name(&r)), None)
                     }
-                    Ok(r) => break StreamEnd::Failed(format!("HTTP {}", r.status)),
-                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => break StreamEnd::Closed,
-                    Err(e) => break StreamEnd::Failed(brief(&e)),
+                    Ok(r) => (Err(format!("HTTP {}", r.status)), Some(StreamEnd::Failed(format!("HTTP {}", r.status)))),
+                    Err(e) if e.kind() == ErrorKind::UnexpectedEof => (Err("closed".into()), Some(StreamEnd::Closed)),
+                    Err(e) => (Err(brief(&e)), Some(StreamEnd::Failed(brief(&e)))),
+                };
+                samples.push(Sample { started, ended: opened.elapsed(), outcome, late: None });
+                if let Some(end) = end {
+                    break end;
                 }
             };
             longest = longest.max(last.elapsed());
@@ -566,6 +669,8 @@ impl RequestLoop {
                 longest_gap: longest,
                 wrong_backend,
                 end,
+                opened,
+                samples,
             })
         })?;
         let backend = match ready_rx.recv_timeout(patience + Duration::from_secs(1)) {
@@ -630,7 +735,7 @@ mod tests {
 
     fn sample(ms: u64, ok: bool) -> Sample {
         let at = Duration::from_millis(ms);
-        Sample { started: at, ended: at, outcome: if ok { Ok("b1".into()) } else { Err("refused".into()) } }
+        Sample { started: at, ended: at, outcome: if ok { Ok("b1".into()) } else { Err("refused".into()) }, late: None }
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! whichever came first.
 
 use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -96,41 +99,103 @@ pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> R
 ///
 /// # Errors
 /// When the namespace or the interface cannot be used.
-pub fn arp_watch(
-    ns: &str,
-    iface: &str,
-    target: Ipv4Addr,
-    period: Duration,
-    duration: Duration,
-) -> Result<Vec<(Duration, Vec<MacAddr>)>> {
+pub fn arp_watch(ns: &str, iface: &str, target: Ipv4Addr, period: Duration, duration: Duration) -> Result<ArpRounds> {
     let iface = iface.to_owned();
     netns::in_netns(ns, move || {
         let socket = PacketSocket::open(&iface)?;
-        let request = arp_request(socket.mac, socket.ip, target);
         let start = Instant::now();
-        let mut rounds = Vec::new();
-        let mut buf = [0u8; 1600];
-        while start.elapsed() < duration {
-            let sent = start.elapsed();
-            socket.send(&request)?;
-            let mut answers: Vec<MacAddr> = Vec::new();
-            let until = sent + period;
-            loop {
-                let now = start.elapsed();
-                if now >= until {
-                    break;
-                }
-                let Some(len) = socket.recv(&mut buf, until - now)? else { continue };
-                if let Some(sender) = parse_reply(&buf[..len], target)
-                    && !answers.contains(&sender)
-                {
-                    answers.push(sender);
-                }
-            }
-            rounds.push((sent, answers));
-        }
-        Ok(rounds)
+        watch_rounds(&socket, target, period, start, || start.elapsed() >= duration)
     })
+}
+
+/// One request every `period` until `done`; the answers to each (see [`arp_watch`]), timed from `start`.
+fn watch_rounds(
+    socket: &PacketSocket,
+    target: Ipv4Addr,
+    period: Duration,
+    start: Instant,
+    done: impl Fn() -> bool,
+) -> Result<ArpRounds> {
+    let request = arp_request(socket.mac, socket.ip, target);
+    let mut rounds = Vec::new();
+    let mut buf = [0u8; 1600];
+    while !done() {
+        let sent = start.elapsed();
+        socket.send(&request)?;
+        let mut answers: Vec<MacAddr> = Vec::new();
+        let until = sent + period;
+        loop {
+            let now = start.elapsed();
+            if now >= until {
+                break;
+            }
+            let Some(len) = socket.recv(&mut buf, until - now)? else { continue };
+            if let Some(sender) = parse_reply(&buf[..len], target)
+                && !answers.contains(&sender)
+            {
+                answers.push(sender);
+            }
+        }
+        rounds.push((sent, answers));
+    }
+    Ok(rounds)
+}
+
+/// Every round of an ARP watch: when its request went out (from the watch's start) and the distinct MACs that
+/// answered it.
+pub type ArpRounds = Vec<(Duration, Vec<MacAddr>)>;
+
+/// [`arp_watch`] in the background until stopped, for runs whose length is not known in advance (the soak).
+#[derive(Debug)]
+pub struct ArpWatch {
+    stop: Arc<AtomicBool>,
+    started_at: Instant,
+    thread: Option<JoinHandle<Result<ArpRounds>>>,
+}
+
+impl ArpWatch {
+    /// Starts asking from `iface` of namespace `ns` who has `target`, every `period`.
+    ///
+    /// # Errors
+    /// When the thread cannot be started; a namespace or socket failure comes back from [`stop`](Self::stop).
+    pub fn start(ns: &str, iface: &str, target: Ipv4Addr, period: Duration) -> Result<ArpWatch> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        let iface = iface.to_owned();
+        let started_at = Instant::now();
+        let thread = netns::spawn_in_netns(ns, move || {
+            let socket = PacketSocket::open(&iface)?;
+            watch_rounds(&socket, target, period, started_at, || flag.load(Ordering::Relaxed))
+        })?;
+        Ok(ArpWatch { stop, started_at, thread: Some(thread) })
+    }
+
+    /// The instant the rounds' times count from.
+    pub fn started_at(&self) -> Instant {
+        self.started_at
+    }
+
+    /// Stops and returns every round: when its request went out and the distinct MACs that answered it.
+    ///
+    /// # Errors
+    /// When the watch could not enter the namespace or use the interface.
+    pub fn stop(mut self) -> Result<ArpRounds> {
+        self.stop.store(true, Ordering::Relaxed);
+        let thread = self.thread.take().ok_or_else(|| anyhow::anyhow!("ARP watch already stopped"))?;
+        match thread.join() {
+            Ok(rounds) => rounds,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+}
+
+impl Drop for ArpWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 fn arp_request(mac: MacAddr, ip: Ipv4Addr, target: Ipv4Addr) -> Vec<u8> {

@@ -35,6 +35,8 @@ pub struct NodeSpec {
     /// each, and `vrid`, `priority` and `services` above are not used (the timers and peers above apply to every
     /// instance).
     pub instances: Vec<InstanceSpec>,
+    /// `metrics.listen` (`None`: no `[metrics]` table).
+    pub metrics_listen: Option<String>,
 }
 
 /// One VRRP instance of a node written in the list form.
@@ -103,6 +105,7 @@ impl NodeSpec {
             env: Vec::new(),
             startup_timeout: Duration::from_secs(10),
             instances: Vec::new(),
+            metrics_listen: None,
         }
     }
 
@@ -163,6 +166,9 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
     }
     let _ = writeln!(t);
     let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
+    if let Some(listen) = &spec.metrics_listen {
+        let _ = writeln!(t, "[metrics]\nlisten = \"{listen}\"\n");
+    }
     if spec.instances.is_empty() {
         let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
         let _ = writeln!(t, "[vrrp]");
@@ -317,6 +323,18 @@ impl XvipNode {
     pub fn status(&self) -> Result<Status> {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("runtime")?;
         runtime.block_on(xvip::control::query(&self.socket))
+    }
+
+    /// `GET /metrics` on `listen` (an address of the node's namespace): the page.
+    ///
+    /// # Errors
+    /// When the request fails or does not answer 200.
+    pub fn metrics(&self, listen: std::net::SocketAddr) -> Result<String> {
+        let response = crate::probe::http_get(&self.ns, listen, "/metrics", Duration::from_secs(5))?;
+        if response.status != 200 {
+            bail!("GET /metrics on {}: {} {}", self.name, response.status, response.text());
+        }
+        Ok(response.text())
     }
 
     pub fn role(&self) -> Result<String> {

@@ -9,7 +9,6 @@
 //! replies to spoofed (off-link) sources go to it, as they would go to the uplink router in a real network. The
 //! flood is bounded in count and time and never leaves the lab's namespaces.
 use std::{
-    net::Ipv4Addr,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicUsize, Ordering},
@@ -20,7 +19,8 @@ use std::{
 use xvip_tests::{
     Lab, LabSpec,
     extra::{ExtraHost, RawSocket},
-    frames::{self, TCP_ACK, TCP_SYN},
+    flood::Flood,
+    frames::{self, TCP_ACK},
     http, netns, probe,
     xvip::{NodeSpec, ServiceSpec, XvipNode},
 };
@@ -72,26 +72,6 @@ fn wait_answering(lab: &Lab, node: &XvipNode) {
     panic!("the service never answered through the VIP:\n{}", node.log());
 }
 
-/// A random unicast address outside the lab (never martian: those are dropped before any state, which would make
-/// the flood toothless).
-fn random_source(rng: &mut u64) -> Ipv4Addr {
-    loop {
-        let a = Ipv4Addr::from(next(rng) as u32);
-        let first = a.octets()[0];
-        if first != 0 && first != 10 && first != 127 && first < 224 {
-            return a;
-        }
-    }
-}
-
-/// xorshift64: reproducible randomness without a dependency.
-fn next(state: &mut u64) -> u64 {
-    *state ^= *state << 13;
-    *state ^= *state >> 7;
-    *state ^= *state << 17;
-    *state
-}
-
 /// Sends the flood from `edge`: `FLOOD_SYNS` SYNs and `FLOOD_ACKS` bare ACKs from random sources and ports to the
 /// VIP, interleaved, at most ~40,000 frames per second, stopping after 30 s whatever happens. Returns how many
 /// were sent and how long it took.
@@ -100,28 +80,23 @@ fn flood(
     edge: &ExtraHost,
     running: Arc<AtomicBool>,
 ) -> std::thread::JoinHandle<anyhow::Result<(usize, Duration)>> {
-    let (vip, node_mac, edge_mac) = (lab.vip(), lab.node(1).mac.0, edge.host.mac.0);
+    let flood = Flood {
+        to_mac: lab.node(1).mac.0,
+        from_mac: edge.host.mac.0,
+        vip: lab.vip(),
+        port: SERVICE_PORT,
+        syns: FLOOD_SYNS,
+        acks: FLOOD_ACKS,
+        batch: 400,
+        time_limit: Duration::from_secs(30),
+        seed: 0x9e37_79b9_7f4a_7c15,
+    };
     netns::spawn_in_netns(&edge.host.ns, move || {
         let socket = RawSocket::open("eth0")?;
-        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-        let started = Instant::now();
-        let mut sent = 0;
-        let total = FLOOD_SYNS + FLOOD_ACKS;
-        while sent < total && started.elapsed() < Duration::from_secs(30) {
-            for _ in 0..400 {
-                if sent == total {
-                    break;
-                }
-                let flags = if sent % 5 == 4 { TCP_ACK } else { TCP_SYN };
-                let source = random_source(&mut rng);
-                let sport = 1024 + (next(&mut rng) % 64_000) as u16;
-                socket.send(&frames::tcp_frame(node_mac, edge_mac, source, vip, sport, SERVICE_PORT, flags, b""))?;
-                sent += 1;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        let sent = flood.send(&socket);
         running.store(false, Ordering::SeqCst);
-        Ok((sent, started.elapsed()))
+        let sent = sent?;
+        Ok((sent.frames, sent.took))
     })
     .expect("flood thread")
 }

@@ -16,6 +16,8 @@ mod setup;
 /// Seconds of fuzzing per target in `cargo xtask test`: enough to replay the seeds and corpus and catch a
 /// regression in a parser; the long runs are `cargo xtask fuzz`.
 const CI_FUZZ_SECONDS: u64 = 5;
+/// The soak's short form in `cargo xtask test`: long enough for every kind of fault at least once.
+const CI_SOAK_MINUTES: f64 = 1.0;
 
 #[derive(Parser)]
 #[command(about = "Build, test, demo and benchmark xvip", long_about = None)]
@@ -34,7 +36,7 @@ enum Cmd {
     /// build-ebpf, then the agent in release: leaves target/release/xvip.
     Build,
     /// setup, build, every unit test, the netns integration tests (with 10^4 random frames through the XDP
-    /// program), then 5 s of fuzzing per fuzz target (needs root).
+    /// program), 5 s of fuzzing per fuzz target, then a 1-minute soak (needs root).
     Test {
         /// Only run tests whose name contains this (passed to cargo test).
         filter: Option<String>,
@@ -58,6 +60,18 @@ enum Cmd {
         #[arg(long, default_value_t = 1_000_000)]
         count: u64,
         /// Seed of the frame generator (default: from the clock; the report prints it).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
+    /// Three xvip nodes, three backends and traffic through the VIP for N minutes while the active node is killed,
+    /// stopped and cut off, backends flap, configs are reloaded and spoofed traffic arrives, at seeded random times
+    /// (needs root). Prints the figures as a table, writes them to target/soak/soak-<seed>.json, and fails on any
+    /// violated assertion.
+    Soak {
+        /// How long (the run goes on until every kind of fault reached its count).
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Seed of the schedule (default: from the clock; the run prints it).
         #[arg(long)]
         seed: Option<u64>,
     },
@@ -97,6 +111,7 @@ fn main() {
         }
         Cmd::Frames { count, seed } => frames(count, seed),
         Cmd::Demo => lab_program("xvip-demo", &[]),
+        Cmd::Soak { minutes, seed } => lab_program("xvip-soak", &soak_args(minutes, seed)),
         Cmd::Package => build().and_then(|()| package::package()).map(|_| ()),
         Cmd::Bench { what, args } => {
             let mut all: Vec<String> = what.into_iter().collect();
@@ -245,7 +260,28 @@ fn test(filter: Option<&str>) -> Result<()> {
             result
         }
     };
-    integration.and(fuzzing)
+    let soaking = match filter {
+        Some(_) => Ok(()),
+        None => {
+            let started = Instant::now();
+            step(&format!("soak: {CI_SOAK_MINUTES} minute with every kind of fault (`cargo xtask soak` runs 10)"));
+            let result = run(Command::new(root().join("target/release/xvip-soak"))
+                .args(soak_args(CI_SOAK_MINUTES, None))
+                .env("XVIP_BIN", root().join("target/release/xvip"))
+                .env("XVIP_LAB_BACKEND", root().join("target/release/lab-backend")));
+            step(&format!("the soak took {:.0} s", started.elapsed().as_secs_f64()));
+            result
+        }
+    };
+    integration.and(fuzzing).and(soaking)
+}
+
+fn soak_args(minutes: f64, seed: Option<u64>) -> Vec<String> {
+    let mut args = vec!["--minutes".to_owned(), minutes.to_string()];
+    if let Some(seed) = seed {
+        args.extend(["--seed".to_owned(), seed.to_string()]);
+    }
+    args
 }
 
 /// The random-frame run (`lb-user/tests/frames/`) with `count` frames; `cargo xtask test` runs it with its

@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("dpkg-dev", "dpkg-shlibdeps for the Debian package's Depends"),
     ("lintian", "checking the Debian package (cargo xtask package)"),
     ("systemd", "systemd-analyze verify on the unit"),
+    ("prometheus", "a real Prometheus scraping xvip's metrics, and promtool (the metrics test)"),
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

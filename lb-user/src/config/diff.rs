@@ -132,7 +132,9 @@ pub struct RestartNeeded {
 ///
 /// # Errors
 /// [`RestartNeeded`] when a key changed that is fixed while the daemon runs: the top-level interface and the XDP
-/// mode (the program is attached there), `conntrack_entries` (map sizes are fixed at load) and the control socket.
+/// mode (the program is attached there), `conntrack_entries` (map sizes are fixed at load), the control socket,
+/// and the metrics listener (`[metrics]` added, removed or moved: it is bound at start, before anything else, so a
+/// port that is taken stops the start rather than a reload half way).
 pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     let mut fixed = Vec::new();
     let mut check = |key: &'static str, changed: bool| {
@@ -144,6 +146,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     check("xdp_mode", old.xdp_mode != new.xdp_mode);
     check("conntrack_entries", old.conntrack_entries != new.conntrack_entries);
     check("control.socket", old.control.socket != new.control.socket);
+    check("metrics.listen", old.metrics != new.metrics);
     if !fixed.is_empty() {
         return Err(RestartNeeded { keys: fixed });
     }

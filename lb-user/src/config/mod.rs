@@ -32,7 +32,7 @@ mod tree;
 mod tests;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use diff::{InstancePlan, ReloadPlan, RestartNeeded, diff};
@@ -42,7 +42,7 @@ pub use crate::vrrp::packet::ChecksumMode;
 
 /// Smallest accepted `conntrack_entries`: below this the LRU would evict live flows on a lightly loaded node.
 pub const CONNTRACK_ENTRIES_MIN: u32 = 1024;
-/// Largest accepted `conntrack_entries` (16 Mi flows: 3.5 GiB of kernel memory for the connection and NAT tables,
+/// Largest accepted `conntrack_entries` (16 Mi flows: 3.6 GiB of kernel memory for the connection and NAT tables,
 /// 96 + 128 bytes per entry).
 pub const CONNTRACK_ENTRIES_MAX: u32 = 16 * 1024 * 1024;
 pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
@@ -50,6 +50,10 @@ pub const DEFAULT_PREEMPT: bool = true;
 pub const DEFAULT_GARP_COUNT: u32 = 5;
 pub const DEFAULT_GARP_REPEAT_DELAY_MS: u32 = 5000;
 pub const DEFAULT_SOCKET: &str = "/run/xvip/xvip.sock";
+/// The metrics listener's port when `metrics.listen` names only an address, and in every example.
+pub const DEFAULT_METRICS_PORT: u16 = 9712;
+/// `metrics.listen` when `[metrics]` is there without it: loopback only, so nothing is exposed by surprise.
+pub const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
 pub const DEFAULT_WEIGHT: u8 = 1;
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 pub const DEFAULT_EXPECT_STATUS: u16 = 200;
@@ -72,6 +76,8 @@ pub struct Config {
     /// Size of the data plane's connection table and of its NAT table (LRU maps, fixed when the program is loaded).
     pub conntrack_entries: u32,
     pub control: Control,
+    /// The Prometheus listener; `None` (no `[metrics]` table) = off.
+    pub metrics: Option<Metrics>,
     /// One or more, in file order. Names are unique, VRIDs unique per interface, addresses unique over all
     /// instances.
     pub instances: Vec<Instance>,
@@ -189,6 +195,19 @@ pub struct Vrrp {
 pub struct Control {
     /// The Unix socket `xvip status` talks to (created with mode 0600).
     pub socket: PathBuf,
+}
+
+/// The Prometheus metrics listener (`docs/metrics.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Metrics {
+    /// Where `GET /metrics` is served (TCP).
+    pub listen: SocketAddr,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics { listen: DEFAULT_METRICS_LISTEN }
+    }
 }
 
 /// One load-balanced port on the VIP.

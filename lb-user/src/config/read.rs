@@ -5,7 +5,7 @@
 //! away as soon as one problem was reported.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
@@ -19,7 +19,7 @@ type Entries = [Entry];
 
 /// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
 pub(super) const ROOT_KEYS: &[&str] =
-    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "service", "instance"];
+    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "metrics", "service", "instance"];
 /// Keys of an `[[instance]]` table: what the single form has at the top level for its one instance.
 pub(super) const INSTANCE_KEYS: &[&str] = &["name", "interface", "vip", "vrrp", "service"];
 pub(super) const VIP_KEYS: &[&str] = &["address", "addresses", "hostname"];
@@ -38,6 +38,7 @@ pub(super) const VRRP_KEYS: &[&str] = &[
     "backend_loss_penalty",
 ];
 pub(super) const CONTROL_KEYS: &[&str] = &["socket"];
+pub(super) const METRICS_KEYS: &[&str] = &["listen"];
 pub(super) const SERVICE_KEYS: &[&str] = &["name", "port", "protocol", "forwarding", "backends", "health"];
 pub(super) const BACKEND_KEYS: &[&str] = &["address", "port", "weight"];
 pub(super) const HEALTH_KEYS: &[&str] = &[
@@ -59,6 +60,7 @@ const KEY_HOMES: &[(&str, &[&str])] = &[
     ("[vip]", VIP_KEYS),
     ("[vrrp]", VRRP_KEYS),
     ("[control]", CONTROL_KEYS),
+    ("[metrics]", METRICS_KEYS),
     ("[[service]]", SERVICE_KEYS),
     ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
     ("[service.health]", HEALTH_KEYS),
@@ -70,6 +72,7 @@ const INSTANCE_KEY_HOMES: &[(&str, &[&str])] = &[
     ("[instance.vip]", VIP_KEYS),
     ("[instance.vrrp]", VRRP_KEYS),
     ("[control]", CONTROL_KEYS),
+    ("[metrics]", METRICS_KEYS),
     ("[[instance.service]]", SERVICE_KEYS),
     ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
     ("[instance.service.health]", HEALTH_KEYS),
@@ -458,6 +461,10 @@ impl Reader {
                 Some(table) => self.control(&table),
             },
         };
+        let metrics = match root.get("metrics") {
+            None => None,
+            Some(field) => self.table(&field, "[metrics]".into(), "metrics.".into()).map(|table| self.metrics(&table)),
+        };
 
         let (instances, marks) = match &instance_field {
             Some(field) => {
@@ -484,7 +491,7 @@ impl Reader {
             }
         };
         self.across_instances(&instances, &marks);
-        Config { interface, xdp_mode, conntrack_entries, control, instances }
+        Config { interface, xdp_mode, conntrack_entries, control, metrics, instances }
     }
 
     /// The single form: the top level's `[vip]`, `[vrrp]` and `[[service]]` are the one instance, named
@@ -952,6 +959,41 @@ impl Reader {
             }
         }
         control
+    }
+
+    fn metrics(&mut self, table: &Table) -> Metrics {
+        self.reject_unknown_keys(table, METRICS_KEYS);
+        let mut metrics = Metrics::default();
+        if let Some(field) = table.get("listen")
+            && let Some(listen) = self.listen_address(&field)
+        {
+            metrics.listen = listen;
+        }
+        metrics
+    }
+
+    /// `ADDRESS:PORT` (`"127.0.0.1:9712"`, `"[::1]:9712"`) or a bare address, which gets [`DEFAULT_METRICS_PORT`].
+    fn listen_address(&mut self, field: &Field) -> Option<SocketAddr> {
+        let text = self.string(field)?;
+        let parsed = text
+            .parse::<SocketAddr>()
+            .ok()
+            .or_else(|| text.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, DEFAULT_METRICS_PORT)));
+        let why = match parsed {
+            None => "not an address",
+            Some(a) if a.port() == 0 => "port 0 would be a different random port on every start",
+            Some(a) if a.ip().is_multicast() => "a multicast address",
+            Some(address) => return Some(address),
+        };
+        self.error(
+            field.at,
+            format!(
+                "{} must be an address and port to listen on, like \"127.0.0.1:{DEFAULT_METRICS_PORT}\", \
+                 \"[::1]:{DEFAULT_METRICS_PORT}\" or \"0.0.0.0\" (port {DEFAULT_METRICS_PORT}), got {text:?} ({why})",
+                field.path
+            ),
+        );
+        None
     }
 
     /// The services of one instance. `prefix` goes before `service[N]` in key paths (`instance[0].`), `header`

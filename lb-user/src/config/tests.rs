@@ -78,6 +78,7 @@ fn minimal_config_is_valid_and_takes_every_default() {
             xdp_mode: XdpMode::Auto,
             conntrack_entries: 65536,
             control: Control { socket: PathBuf::from("/run/xvip/xvip.sock") },
+            metrics: None,
             instances: vec![Instance {
                 name: "default".into(),
                 interface: "eth0".into(),
@@ -942,6 +943,49 @@ fn suggestions_cover_typos_and_prefixes() {
     assert_eq!(read::suggest("xyz", &keys), None);
 }
 
+// ---- metrics ----
+
+#[test]
+fn metrics_are_off_without_the_table_and_on_loopback_with_an_empty_one() {
+    assert_eq!(valid(BASE).metrics, None);
+    let on = valid(&format!("{BASE}[metrics]\n")).metrics.expect("on");
+    assert_eq!(on.listen.to_string(), "127.0.0.1:9712");
+}
+
+#[test]
+fn metrics_listen_takes_an_address_with_or_without_a_port() {
+    for (written, read) in [
+        ("0.0.0.0:9100", "0.0.0.0:9100"),
+        ("10.0.0.5", "10.0.0.5:9712"),
+        ("[::1]:9713", "[::1]:9713"),
+        ("::", "[::]:9712"),
+    ] {
+        let config = valid(&format!("{BASE}[metrics]\nlisten = \"{written}\"\n"));
+        assert_eq!(config.metrics.expect("on").listen.to_string(), read, "{written}");
+    }
+}
+
+#[test]
+fn a_bad_metrics_listen_address_is_located() {
+    // BASE is 6 lines; [metrics] is line 7, listen line 8, its value at column 10.
+    let message = problem(&format!("{BASE}[metrics]\nlisten = \"localhost:9712\"\n"));
+    assert!(
+        message.starts_with(
+            "xvip.toml:8:10: metrics.listen must be an address and port to listen on, like \"127.0.0.1:9712\""
+        ),
+        "{message}"
+    );
+    assert!(message.ends_with("got \"localhost:9712\" (not an address)"), "{message}");
+    let message = problem(&format!("{BASE}[metrics]\nlisten = \"127.0.0.1:0\"\n"));
+    assert!(message.contains("(port 0 would be a different random port on every start)"), "{message}");
+    let message = problem(&format!("{BASE}[metrics]\nlisten = 9712\n"));
+    assert_eq!(message, "xvip.toml:8:10: metrics.listen must be a string, got an integer 9712");
+    let message = problem(&format!("{BASE}[metrics]\nlisen = \"127.0.0.1\"\n"));
+    assert_eq!(message, "xvip.toml:8:1: unknown key `lisen` in [metrics]; did you mean `listen`?");
+    let message = problem(&format!("{BASE}[vrrp.metrics]\n"));
+    assert!(message.contains("`metrics` belongs at the top level"), "{message}");
+}
+
 // ---- reload ----
 
 fn two_services() -> Config {
@@ -977,6 +1021,17 @@ fn diff_names_every_restart_only_key() {
         error.starts_with("interface, xdp_mode, conntrack_entries, control.socket changed, which needs a restart"),
         "{error}"
     );
+}
+
+#[test]
+fn a_reload_that_turns_metrics_on_off_or_moves_them_needs_a_restart() {
+    let old = two_services();
+    let on = Config { metrics: Some(Metrics::default()), ..old.clone() };
+    let moved = Config { metrics: Some(Metrics { listen: "0.0.0.0:9100".parse().unwrap() }), ..old.clone() };
+    for (from, to) in [(&old, &on), (&on, &old), (&on, &moved)] {
+        assert_eq!(diff(from, to).unwrap_err().keys, ["metrics.listen"]);
+    }
+    assert!(diff(&on, &on.clone()).unwrap().is_empty());
 }
 
 #[test]
@@ -1120,11 +1175,12 @@ fn empty_and_inline_tables_read_like_sections() {
 #[test]
 fn the_config_reference_lists_every_key() {
     use super::read::{
-        BACKEND_KEYS, CONTROL_KEYS, HEALTH_KEYS, INSTANCE_KEYS, ROOT_KEYS, SERVICE_KEYS, VIP_KEYS, VRRP_KEYS,
+        BACKEND_KEYS, CONTROL_KEYS, HEALTH_KEYS, INSTANCE_KEYS, METRICS_KEYS, ROOT_KEYS, SERVICE_KEYS, VIP_KEYS,
+        VRRP_KEYS,
     };
     let reference =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).expect("docs/config.md");
-    let tables = ["vip", "vrrp", "control", "service", "instance"];
+    let tables = ["vip", "vrrp", "control", "metrics", "service", "instance"];
     let mut wanted: Vec<String> = ROOT_KEYS.iter().filter(|k| !tables.contains(k)).map(|k| k.to_string()).collect();
     // An instance's vip, vrrp and service tables take the keys of the single form's, listed once.
     let shared = ["vip", "vrrp", "service"];
@@ -1132,7 +1188,9 @@ fn the_config_reference_lists_every_key() {
     for table in shared {
         assert!(INSTANCE_KEYS.contains(&table), "{table} is no longer an instance key: update this test");
     }
-    for (prefix, keys) in [("vip.", VIP_KEYS), ("vrrp.", VRRP_KEYS), ("control.", CONTROL_KEYS)] {
+    for (prefix, keys) in
+        [("vip.", VIP_KEYS), ("vrrp.", VRRP_KEYS), ("control.", CONTROL_KEYS), ("metrics.", METRICS_KEYS)]
+    {
         wanted.extend(keys.iter().map(|k| format!("{prefix}{k}")));
     }
     wanted.extend(SERVICE_KEYS.iter().filter(|k| **k != "health").map(|k| format!("service[].{k}")));

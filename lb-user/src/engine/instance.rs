@@ -6,12 +6,20 @@
 //! dead-man heartbeat (one per agent), the neighbour table (one per node) and the log rate limits for packets that
 //! no instance claims.
 
-use std::{collections::BTreeMap, net::Ipv4Addr, sync::Arc, time::Duration};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    sync::Arc,
+    time::Duration,
+};
 
 use lb_common::{FAMILY_IPV4, router_slot};
 use log::Level;
 
-use super::{Collisions, GarpTimers, LogLimits, Observed, Out, Peers, fmt_list, fmt_mac, more, more_comma};
+use super::{
+    Collisions, DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER, GarpTimers, LogLimits, Observed, Out, Peers, RECENT_TAKEOVERS,
+    fmt_list, fmt_mac, more, more_comma,
+};
 use crate::{
     config::{self, CheckKind, InstancePlan},
     dataplane::{ServiceId, VipSpec},
@@ -47,10 +55,19 @@ pub(super) struct Instance {
     handing_over: bool,
     /// When it last sent an advert (its peers' down timers run from there).
     last_advert: Option<Duration>,
+    /// When the last advert from another router passed the checks, since the election last (re)started: where a
+    /// take-over's time is measured from.
+    last_heard: Option<Duration>,
     peers: Peers,
     collisions: Collisions,
     logs: LogLimits,
     observed: Observed,
+    /// Backends (service, endpoint) with a checker whose first result since it started has not come yet.
+    unchecked: BTreeSet<(String, Endpoint)>,
+    /// Since start or its link coming back, until every backend has reported (see the engine's documentation).
+    settling: bool,
+    /// While settling: when it ends even with backends still failing.
+    settle_by: Duration,
 }
 
 impl Instance {
@@ -90,10 +107,14 @@ impl Instance {
             garp: GarpTimers::default(),
             handing_over: false,
             last_advert: None,
+            last_heard: None,
             peers: Peers::default(),
             collisions: Collisions::default(),
             logs: LogLimits::default(),
             observed: Observed::default(),
+            unchecked: BTreeSet::new(),
+            settling: false,
+            settle_by: Duration::ZERO,
         })
     }
 
@@ -153,14 +174,15 @@ impl Instance {
         out.log(level, format!("{}{}", self.label, message.as_ref()));
     }
 
-    /// When its next timer is due (the election's, and the GARP schedule's while active).
+    /// When its next timer is due (the election's, the end of settling, and the GARP schedule's while active).
     pub(super) fn next_deadline(&self) -> Option<Duration> {
         if self.handing_over {
             return None;
         }
         let garps =
             if self.router.role() == Role::Active { [self.garp.repeat_at, self.garp.refresh_at] } else { [None, None] };
-        std::iter::once(self.router.next_deadline()).chain(garps).flatten().min()
+        let settle = self.settling.then_some(self.settle_by);
+        [self.router.next_deadline(), settle].into_iter().chain(garps).flatten().min()
     }
 
     /// Its VIPs, as the data plane needs them.
@@ -215,10 +237,11 @@ impl Instance {
     /// Starts the election; the penalty is known before, so a node whose backends are not usable yet never
     /// advertises its full priority.
     pub(super) fn start(&mut self, now: Duration, link_up: bool, out: &mut Out) {
+        self.begin_settling(now);
         let lost = self.lost_services();
         self.observed.backends_lost = lost.is_some();
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some());
+        let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some() || self.settling);
         if wanted != self.router.priority() {
             let _ = self.router.set_priority(now, wanted);
             self.log(
@@ -226,7 +249,7 @@ impl Instance {
                 Level::Info,
                 format!(
                     "starting with priority {wanted} (priority {} - backend_loss_penalty {penalty}) until every \
-                     service has a usable backend",
+                     backend is checked and every service has a usable backend",
                     self.config.vrrp.priority
                 ),
             );
@@ -277,6 +300,10 @@ impl Instance {
     pub(super) fn timer(&mut self, now: Duration, out: &mut Out) {
         if self.handing_over {
             return;
+        }
+        if self.settling && now >= self.settle_by {
+            self.settle_if_done(now, out);
+            self.update_priority(now, out);
         }
         let actions = self.router.on_timer(now);
         self.apply(now, actions, out);
@@ -337,15 +364,16 @@ impl Instance {
                 );
             }
             let why = format!("addresses {} differ from ours {}", fmt_list(&rx.advert.addresses), fmt_list(&ours));
-            self.discard(now, "address_mismatch", &why, out);
+            self.discard(now, DISCARD_ADDRESS_MISMATCH, &why, out);
             return false;
         }
         if self.router.priority() == PRIORITY_OWNER {
             // RFC 5798 §7.1: the address owner discards every advert; nobody can preempt it.
-            self.discard(now, "owner", "this node is the address owner (priority 255)", out);
+            self.discard(now, DISCARD_OWNER, "this node is the address owner (priority 255)", out);
             return false;
         }
         self.observed.adverts_received += 1;
+        self.last_heard = Some(now);
         if self.handing_over {
             if rx.advert.priority > 0 {
                 self.log(out, Level::Info, format!("handover: {} is active", rx.src));
@@ -391,8 +419,18 @@ impl Instance {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
                 Action::BecomeActive { cause, reason } => {
-                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped) {
-                        self.observed.last_takeover = Some(now.saturating_sub(self.router.last_heard()));
+                    // The election's first advert as active went out at `now` (just before this action).
+                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped)
+                        && let Some(heard) = self.last_heard
+                    {
+                        let took = now.saturating_sub(heard);
+                        let o = &mut self.observed;
+                        o.last_takeover = Some(took);
+                        o.takeovers += 1;
+                        if o.recent_takeovers.len() == RECENT_TAKEOVERS {
+                            o.recent_takeovers.pop_front();
+                        }
+                        o.recent_takeovers.push_back(took);
                     }
                     out.push(Command::SetActive { router: self.router_index(), active: true });
                     self.role_changed(now, Role::Active, cause, reason, out);
@@ -454,6 +492,10 @@ impl Instance {
         if role != Role::Active {
             self.garp = GarpTimers::default();
         }
+        // The election starts over: what was heard before (a fault, a stall, a stop) times no take-over after it.
+        if matches!(cause, Cause::Startup | Cause::LinkDown | Cause::Stall | Cause::Stop) {
+            self.last_heard = None;
+        }
     }
 
     /// How long it may go without sending an advert before its peers take over: 3 advert intervals, less than
@@ -505,6 +547,14 @@ impl Instance {
                 Level::Info,
                 format!("link up on {}: starting the election as a backup", self.config.interface),
             );
+            // Check results taken without a link say nothing about the backends: start the checkers afresh (the
+            // first result decides) and settle again before preempting.
+            for (id, backend) in self.checked() {
+                out.push(Command::StopChecker { id, backend });
+            }
+            self.start_checkers(&[], out);
+            self.begin_settling(now);
+            self.update_priority(now, out);
             let actions = self.router.start(now);
             self.apply(now, actions, out);
         } else if !up && role != Role::Fault && role != Role::Initialize {
@@ -516,9 +566,63 @@ impl Instance {
 
     // ----- services, health, neighbours, penalty -----
 
+    /// Services without a usable backend, except those with a backend whose first check result is still to come.
     fn lost_services(&self) -> Option<String> {
-        let lost = self.services.without_usable_backend();
+        let lost: Vec<&str> = self
+            .services
+            .without_usable_backend()
+            .into_iter()
+            .filter(|name| !self.unchecked.iter().any(|(service, _)| service == name))
+            .collect();
         (!lost.is_empty()).then(|| lost.join(", "))
+    }
+
+    /// Every configured checker starts unchecked; the instance settles until each has passed a check, or until a
+    /// backend that failed its first check has had the time to fail `fall` checks (its first probe within a tenth
+    /// of an interval, then `fall` intervals, the last one taking its whole timeout).
+    fn begin_settling(&mut self, now: Duration) {
+        self.unchecked = self.checked().into_iter().map(|(id, backend)| (id.service, backend)).collect();
+        self.settling = !self.unchecked.is_empty();
+        let longest = self
+            .config
+            .services
+            .iter()
+            .filter(|s| s.health.check != CheckKind::None)
+            .map(|s| {
+                let h = &s.health;
+                let interval = u64::from(h.interval_ms);
+                interval / 10 + interval * u64::from(h.fall.max(1)) + u64::from(h.timeout_ms)
+            })
+            .max()
+            .unwrap_or(0);
+        self.settle_by = now + Duration::from_millis(longest);
+        self.router.hold_preemption(self.settling);
+    }
+
+    /// Ends settling once every backend has passed a check, or at `settle_by`.
+    fn settle_if_done(&mut self, now: Duration, out: &mut Out) {
+        if !self.settling {
+            return;
+        }
+        if self.unchecked.is_empty() {
+            self.log(out, Level::Info, "every backend has been checked: preemption allowed");
+        } else if now >= self.settle_by {
+            let failing: Vec<String> = self
+                .unchecked
+                .iter()
+                .map(|(service, (address, port))| format!("{address}:{port} of {service}"))
+                .collect();
+            self.log(
+                out,
+                Level::Info,
+                format!("every backend has been checked, {} still failing: preemption allowed", failing.join(", ")),
+            );
+            self.unchecked.clear();
+        } else {
+            return;
+        }
+        self.settling = false;
+        self.router.hold_preemption(false);
     }
 
     /// Applies `backend_loss_penalty` while a service has no usable backend here.
@@ -526,7 +630,7 @@ impl Instance {
         let lost = self.lost_services();
         let base = self.config.vrrp.priority;
         let penalty = self.config.vrrp.backend_loss_penalty;
-        let wanted = effective_priority(base, penalty, lost.is_some());
+        let wanted = effective_priority(base, penalty, lost.is_some() || self.settling);
         if lost.is_some() != self.observed.backends_lost {
             self.observed.backends_lost = lost.is_some();
             match &lost {
@@ -537,6 +641,9 @@ impl Instance {
         if wanted != self.router.priority() {
             let why = match &lost {
                 Some(names) if penalty > 0 => format!("{names} has no usable backend (backend_loss_penalty {penalty})"),
+                None if self.settling && penalty > 0 => {
+                    format!("not every backend is checked yet (backend_loss_penalty {penalty})")
+                }
                 _ => "configured priority".to_string(),
             };
             self.log(out, Level::Info, format!("priority {} -> {wanted}: {why}", self.router.priority()));
@@ -560,13 +667,21 @@ impl Instance {
         reason: &str,
         out: &mut Out,
     ) {
-        if !self.services.set_health(service, backend, healthy) {
+        // While settling only a pass counts (see the engine's documentation); a reload's new backend is checked by
+        // its first result either way.
+        let key = (service.to_string(), backend);
+        let first = (healthy || !self.settling) && self.unchecked.remove(&key);
+        let changed = self.services.set_health(service, backend, healthy);
+        if !changed && !first {
             return;
         }
-        let (address, port) = backend;
-        let state = if healthy { "up" } else { "down" };
-        self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
-        self.install(service, out);
+        if changed {
+            let (address, port) = backend;
+            let state = if healthy { "up" } else { "down" };
+            self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
+            self.install(service, out);
+        }
+        self.settle_if_done(now, out);
         self.update_priority(now, out);
     }
 
@@ -628,6 +743,14 @@ impl Instance {
             }
         }
         self.start_checkers(&running, out);
+        // Started checkers report a first result; until then their backends make no service lost.
+        self.unchecked.retain(|(service, backend)| after.iter().any(|(i, b)| i.service == *service && b == backend));
+        for (id, backend) in &after {
+            if !running.iter().any(|(i, b)| i == id && b == backend) {
+                self.unchecked.insert((id.service.clone(), *backend));
+            }
+        }
+        self.settle_if_done(now, out);
         if self.config.vrrp.garp_refresh_ms != refresh_before && self.router.role() == Role::Active {
             let ms = self.config.vrrp.garp_refresh_ms;
             self.garp.refresh_at = (ms > 0).then(|| now + Duration::from_millis(u64::from(ms)));

@@ -24,6 +24,15 @@
 //!   as a backup, so preemption decides.
 //! - **Startup order**: the backend-loss penalty is applied before the election starts, so a node whose backends
 //!   are not known healthy yet never advertises its full priority.
+//! - **Settling**: from start, and from its link coming back (which restarts its health checkers: results taken
+//!   without a link say nothing), until every backend of the instance has passed a check or kept failing for as
+//!   long as it takes to mark an up backend down (`fall` intervals and a timeout), the instance holds preemption
+//!   and counts as penalised. A failed first check does not end it: right after a link comes back the first probes
+//!   can fail for a moment, and an instance that then preempted as soon as one backend per service had answered
+//!   would build a smaller Maglev table than the active node's, and reset the established flows of the backends
+//!   it has not checked yet. Backends a reload adds are unchecked too, but they make no service lost before their
+//!   first result: a reload must not lower the active node's priority while its new backends are being checked for
+//!   the first time.
 //! - **Gratuitous ARPs**: a burst on becoming active, a second one after `garp_repeat_delay_ms`, a refresh every
 //!   `garp_refresh_ms`; answers to lower-priority adverts at most once per advert interval.
 //! - **The group's identity**: an advert with its VRID but another address list is another group reusing the VRID;
@@ -79,6 +88,14 @@ pub const MAX_PEERS: usize = 64;
 pub const MAX_COLLISIONS: usize = 16;
 /// A VRID collision stays in the warnings this long after its last advert.
 pub const WARNING_TTL: Duration = Duration::from_secs(60);
+/// Discard reasons of the engine's own checks, besides the packet checks (`vrrp::packet::Discard`): an advert
+/// with our VRID but another address list, and any advert while this node is the address owner.
+pub const DISCARD_REASONS: [&str; 2] = [DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER];
+pub const DISCARD_ADDRESS_MISMATCH: &str = "address_mismatch";
+pub const DISCARD_OWNER: &str = "owner";
+/// Take-over times kept in [`Observed::recent_takeovers`] for readers that sample the state now and then (metrics
+/// sample every second; an instance cannot take over more than once per advert interval or so).
+pub const RECENT_TAKEOVERS: usize = 32;
 
 /// Something that happened, handed to [`Engine::handle`] with the time it is handled at.
 #[derive(Debug, Clone)]
@@ -152,6 +169,11 @@ pub struct Observed {
     /// How long the last take-over waited after the last sign of the previous active router (its last advert, or
     /// its priority-0 advert).
     pub last_takeover: Option<Duration>,
+    /// Take-overs so far: becoming active after hearing another router since the election (re)started, timed from
+    /// the last advert heard to the first advert sent as active.
+    pub takeovers: u64,
+    /// The newest take-over times (at most [`RECENT_TAKEOVERS`], oldest first): the last `n` of `takeovers`.
+    pub recent_takeovers: VecDeque<Duration>,
     /// Whether some service has no usable backend here (the penalty applies).
     pub backends_lost: bool,
     /// Log lines left out by the rate limits.
@@ -171,6 +193,8 @@ impl Default for Observed {
             discards: BTreeMap::new(),
             garps_sent: 0,
             last_takeover: None,
+            takeovers: 0,
+            recent_takeovers: VecDeque::new(),
             backends_lost: false,
             logs_suppressed: 0,
         }

@@ -41,6 +41,7 @@ fn node(instances: Vec<config::Instance>) -> Config {
         xdp_mode: config::XdpMode::Auto,
         conntrack_entries: 65536,
         control: config::Control::default(),
+        metrics: None,
         instances,
     }
 }
@@ -574,6 +575,140 @@ fn a_weight_zero_backend_is_not_usable_for_the_penalty_either() {
     e.handle(Duration::ZERO, start(true));
     e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     assert_eq!(priority(&e), 100, "healthy and resolved, but draining: one rule for usable");
+}
+
+/// A check result for `address`:6443 of `service` of the default instance.
+fn check(service: &str, address: Ipv4Addr, healthy: bool) -> Event {
+    health(service, (address, 6443), healthy, "checked")
+}
+
+fn resolve(e: &mut Engine, now: Duration, addresses: &[Ipv4Addr]) {
+    for &address in addresses {
+        e.handle(now, Event::Neighbour { address, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    }
+}
+
+/// `n` advert intervals of a peer's adverts at `priority`, with the engine's timers run in between.
+fn hear(e: &mut Engine, mut t: Duration, n: u64, priority: u8) -> Duration {
+    for _ in 0..n {
+        e.handle(t, packet(PEER, priority, &[VIP]));
+        run_until(e, t + ms(99));
+        t += ms(100);
+    }
+    t
+}
+
+#[test]
+fn a_starting_node_does_not_preempt_before_every_backend_is_checked() {
+    // Taking over with B2 unchecked, its tables would hold B1 only, and the flows the active peer sent to B2 would
+    // be moved to B1 and reset (the soak found this after restarts and link losses).
+    let mut c = config(150);
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(5), check("api", B1, true));
+    let t = hear(&mut e, ms(10), 20, 100);
+    assert_eq!(role(&e), Role::Backup, "B2 not checked: the lower-priority peer stays active");
+    // A failed first check is not enough: B2 may only be slow to answer.
+    let commands = e.handle(t, check("api", B2, false));
+    assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
+    let t = hear(&mut e, t, 20, 100);
+    assert_eq!(role(&e), Role::Backup, "B2 failed once only");
+    // B2 keeps failing for as long as it takes to mark an up backend down (200 + 3 x 2000 + 1000 ms from start).
+    assert!(t < ms(7200));
+    hear(&mut e, t, 60, 100);
+    assert_eq!(role(&e), Role::Active);
+    assert_eq!(observed(&e).transitions_by_cause.get("preempt"), Some(&1));
+}
+
+#[test]
+fn after_link_up_a_failed_first_check_does_not_end_settling() {
+    // The soak found this: right after the link came back the restarted checkers' first probes failed, settling
+    // ended at once, and the node preempted as soon as B1 passed its next check, with B2 not back in its table
+    // yet: the connections the active peer had sent to B2 were reset.
+    let mut c = config(150);
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("api", B2, true));
+    let t = e.next_deadline().expect("down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    e.handle(t + ms(10), link(false));
+    e.handle(t + ms(400), check("api", B1, false));
+    e.handle(t + ms(400), check("api", B2, false));
+    e.handle(t + ms(2000), link(true));
+    for b in [B1, B2] {
+        let commands = e.handle(t + ms(2010), check("api", b, false));
+        assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
+    }
+    e.handle(t + ms(2210), check("api", B1, true));
+    let after = hear(&mut e, t + ms(2220), 20, 120);
+    assert_eq!(role(&e), Role::Backup, "B2 has not passed a check since the link came back");
+    assert_eq!(priority(&e), 100);
+    let commands = e.handle(after, check("api", B2, true));
+    assert!(logs(&commands).iter().any(|l| l == "every backend has been checked: preemption allowed"), "{commands:?}");
+    assert_eq!(priority(&e), 150);
+    hear(&mut e, after, 10, 120);
+    assert_eq!(role(&e), Role::Active);
+}
+
+#[test]
+fn link_up_restarts_the_checkers_and_holds_preemption_until_each_has_reported() {
+    let mut c = config(150);
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("api", B2, true));
+    assert_eq!(priority(&e), 150);
+    let t = e.next_deadline().expect("down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    // Without a link every check fails.
+    e.handle(t + ms(10), link(false));
+    e.handle(t + ms(400), check("api", B1, false));
+    e.handle(t + ms(400), check("api", B2, false));
+    assert_eq!(priority(&e), 100);
+    let commands = e.handle(t + ms(2000), link(true));
+    let stopped = commands.iter().filter(|c| matches!(c, Command::StopChecker { .. })).count();
+    let started = commands.iter().filter(|c| matches!(c, Command::StartChecker { .. })).count();
+    assert_eq!((stopped, started), (2, 2), "every checker starts afresh: {commands:?}");
+    assert_eq!(role(&e), Role::Backup);
+    // B1 answers first: api is usable again, but B2 is not known yet.
+    e.handle(t + ms(2010), check("api", B1, true));
+    assert_eq!(priority(&e), 100, "still settling");
+    let after = hear(&mut e, t + ms(2020), 20, 120);
+    assert_eq!(role(&e), Role::Backup, "no preemption with B2 unchecked");
+    e.handle(after, check("api", B2, true));
+    assert_eq!(priority(&e), 150);
+    hear(&mut e, after, 10, 120);
+    assert_eq!(role(&e), Role::Active);
+}
+
+#[test]
+fn a_reload_adding_a_service_keeps_the_priority_until_its_first_check_says_otherwise() {
+    let mut c = config(150);
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Http)];
+    let (mut e, t) = active(c.clone());
+    resolve(&mut e, t, &[B1, B2]);
+    e.handle(t + ms(1), check("api", B1, true));
+    assert_eq!(priority(&e), 150);
+    let mut new = c;
+    only(&mut new).services.push(service("web", 80, &[B2], CheckKind::Http));
+    let commands = reload(&mut e, t + ms(10), new);
+    assert!(adverts(&commands).is_empty(), "the new backend is not checked yet, not lost: {commands:?}");
+    assert_eq!(priority(&e), 150);
+    let commands = e.handle(t + ms(20), check("web", B2, false));
+    assert_eq!(adverts(&commands), [100], "its first check failed: now web has no usable backend");
+    assert!(logs(&commands).iter().any(|l| l == "no usable backend for web"), "{commands:?}");
 }
 
 // ----- reload policy -----

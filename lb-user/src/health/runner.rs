@@ -7,6 +7,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 
 use super::{CheckKind, Checker, HealthEvent, Prober, Settings, Tracker, first_probe_delay};
+use crate::metrics::ProbeRecorder;
 
 /// Starts health-checking `backend` and returns the task's handle.
 ///
@@ -16,8 +17,14 @@ use super::{CheckKind, Checker, HealthEvent, Prober, Settings, Tracker, first_pr
 /// "healthy" event is sent and the task ends.
 ///
 /// The task ends when the receiver of `tx` is dropped (checked while waiting, so it ends promptly even between
-/// probes); [`JoinHandle::abort`] stops it at once. It must be called inside a tokio runtime.
-pub fn spawn(backend: SocketAddr, settings: Settings, tx: mpsc::Sender<HealthEvent>) -> JoinHandle<()> {
+/// probes); [`JoinHandle::abort`] stops it at once. It must be called inside a tokio runtime. Every probe's
+/// result and time go to `recorder` when there is one (metrics).
+pub fn spawn(
+    backend: SocketAddr,
+    settings: Settings,
+    tx: mpsc::Sender<HealthEvent>,
+    recorder: Option<ProbeRecorder>,
+) -> JoinHandle<()> {
     if settings.kind == CheckKind::None {
         return tokio::spawn(async move {
             let event = HealthEvent { backend, healthy: true, reason: "check = none: always healthy".to_string() };
@@ -30,19 +37,29 @@ pub fn spawn(backend: SocketAddr, settings: Settings, tx: mpsc::Sender<HealthEve
     let delay = first_probe_delay(backend, settings.interval, settings.timeout, entropy);
     let tracker = Tracker::new(settings.rise, settings.fall);
     let checker = Checker::new(Instant::now().into_std(), settings.interval, delay, tracker);
-    tokio::spawn(run(backend, checker, Prober::new(backend, settings), tx))
+    tokio::spawn(run(backend, checker, Prober::new(backend, settings), tx, recorder))
 }
 
-async fn run(backend: SocketAddr, mut checker: Checker, mut prober: Prober, tx: mpsc::Sender<HealthEvent>) {
+async fn run(
+    backend: SocketAddr,
+    mut checker: Checker,
+    mut prober: Prober,
+    tx: mpsc::Sender<HealthEvent>,
+    recorder: Option<ProbeRecorder>,
+) {
     loop {
         tokio::select! {
             _ = tx.closed() => return,
             _ = sleep_until(Instant::from_std(checker.next_probe_at())) => {}
         }
+        let started = Instant::now();
         let result = tokio::select! {
             _ = tx.closed() => return,
             result = prober.probe() => result,
         };
+        if let Some(recorder) = &recorder {
+            recorder.record(started.elapsed(), result.is_ok());
+        }
         match &result {
             Ok(detail) => log::debug!("health {backend}: ok: {detail}"),
             Err(error) => log::debug!("health {backend}: failed: {error}"),
@@ -88,7 +105,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a local port");
         let backend = listener.local_addr().expect("local address");
         let (tx, mut rx) = mpsc::channel(8);
-        let task = spawn(backend, tcp_settings(), tx);
+        let recorder = ProbeRecorder::default();
+        let task = spawn(backend, tcp_settings(), tx, Some(recorder.clone()));
 
         let event = next(&mut rx).await;
         assert!(event.healthy, "{event:?}");
@@ -108,13 +126,17 @@ mod tests {
         // Still up, probed every 20 ms: no event at all for many intervals.
         assert!(timeout(Duration::from_millis(300), rx.recv()).await.is_err(), "no event without a transition");
         task.abort();
+        // Every probe was recorded: at least the two failures of the fall, and the passes around them.
+        let (passed, failed) = recorder.counts();
+        assert!(failed >= 2, "{failed} failed");
+        assert!(passed >= 3, "{passed} passed");
     }
 
     #[tokio::test]
     async fn check_none_reports_healthy_once_and_ends() {
         let (tx, mut rx) = mpsc::channel(8);
         let backend = SocketAddr::from(([192, 0, 2, 1], 6443));
-        let task = spawn(backend, Settings { kind: CheckKind::None, ..Settings::default() }, tx);
+        let task = spawn(backend, Settings { kind: CheckKind::None, ..Settings::default() }, tx, None);
         let event = next(&mut rx).await;
         assert_eq!(event, HealthEvent { backend, healthy: true, reason: "check = none: always healthy".into() });
         timeout(PATIENCE, task).await.expect("the task ends").expect("no panic");
@@ -128,7 +150,7 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         // A long interval: the task is asleep between probes when the receiver goes away.
         let settings = Settings { interval: Duration::from_secs(3600), ..tcp_settings() };
-        let task = spawn(backend, settings, tx);
+        let task = spawn(backend, settings, tx, None);
         drop(rx);
         timeout(PATIENCE, task).await.expect("the task ends").expect("no panic");
     }

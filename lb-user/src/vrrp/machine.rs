@@ -62,6 +62,18 @@ pub enum Cause {
 }
 
 impl Cause {
+    /// Every cause, so a caller can pre-create one counter per cause.
+    pub const ALL: [Cause; 8] = [
+        Cause::Startup,
+        Cause::MasterDown,
+        Cause::Preempt,
+        Cause::PeerStopped,
+        Cause::HigherPriority,
+        Cause::LinkDown,
+        Cause::Stall,
+        Cause::Stop,
+    ];
+
     /// A stable snake_case key.
     pub fn name(self) -> &'static str {
         match self {
@@ -166,6 +178,8 @@ pub struct Router {
     waiting: Waiting,
     /// With a preempt delay, preemption of a lower-priority active router is allowed from this time.
     preempt_after: Option<Duration>,
+    /// Set by [`Router::hold_preemption`]: a backup accepts a lower-priority active router as if `preempt` were off.
+    preemption_held: bool,
     /// When an active router last answered a lower-priority (or priority-0) advert: it answers at most once per
     /// advert interval, so a flood of unauthenticated adverts costs one advert and one GARP burst per interval.
     last_reply: Option<Duration>,
@@ -197,8 +211,16 @@ impl Router {
             active: None,
             waiting: Waiting::Startup,
             preempt_after: None,
+            preemption_held: false,
             last_reply: None,
         })
+    }
+
+    /// Holds (or releases) preemption: while held, a backup accepts a lower-priority active router's adverts, so it
+    /// does not take the VIP from it; once released, the next of those adverts is discarded again and the down timer
+    /// preempts. The engine holds preemption while this node does not know the state of all its backends yet.
+    pub fn hold_preemption(&mut self, held: bool) {
+        self.preemption_held = held;
     }
 
     pub fn settings(&self) -> &Settings {
@@ -404,7 +426,7 @@ impl Router {
             return Vec::new();
         }
         let lower = advert.priority < self.priority;
-        if lower && self.settings.preempt && !self.preempt_delay_running(now) {
+        if lower && self.settings.preempt && !self.preemption_held && !self.preempt_delay_running(now) {
             // Discarded: Master_Down_Timer keeps running and preempts the lower-priority router.
             self.active = Some((sender, advert.priority));
             self.waiting = Waiting::Preempting(sender, advert.priority);
@@ -786,6 +808,25 @@ mod tests {
         // ...and discarded once it has elapsed, so the down timer preempts.
         r.on_advert(s(10.0), LOWER_ADDR, &advert(100, 100));
         let deadline = s(9.0) + Duration::from_nanos(3_414_062_500);
+        assert_eq!(r.next_deadline(), Some(deadline));
+        assert!(is_become_active(&r.on_timer(deadline)));
+    }
+
+    #[test]
+    fn held_preemption_accepts_a_lower_active_until_released() {
+        let mut r = router(150);
+        r.start(Duration::ZERO);
+        r.hold_preemption(true);
+        for t in 1..6 {
+            r.on_advert(s(f64::from(t)), LOWER_ADDR, &advert(100, 100));
+            assert_eq!(r.next_deadline(), Some(s(f64::from(t)) + Duration::from_nanos(3_414_062_500)), "accepted");
+        }
+        assert!(r.on_timer(s(6.0)).is_empty());
+        assert_eq!(r.role(), Role::Backup);
+        r.hold_preemption(false);
+        // Discarded again: the timer armed by the last accepted advert preempts.
+        r.on_advert(s(6.0), LOWER_ADDR, &advert(100, 100));
+        let deadline = s(5.0) + Duration::from_nanos(3_414_062_500);
         assert_eq!(r.next_deadline(), Some(deadline));
         assert!(is_become_active(&r.on_timer(deadline)));
     }

@@ -26,8 +26,14 @@ pub const RULES: &[(&str, &str)] = &[
         "malformed_passed_on",
         "a frame sent does not parse (see malformed_output); the frame that came in did not either",
     ),
-    ("source_mac_not_node", "a frame sent does not carry the node's MAC as its source"),
-    ("bad_destination_mac", "a frame sent goes to a zero, multicast or broadcast MAC, or to the node's own"),
+    (
+        "source_mac_not_node",
+        "a frame sent does not carry, as its source, the MAC of the interface it leaves through (XDP_TX: the VIP's interface; a redirect: the node's second interface)",
+    ),
+    (
+        "bad_destination_mac",
+        "a frame sent goes to a zero, multicast or broadcast MAC, or to the MAC of the interface it leaves through",
+    ),
     ("arp_reply_malformed", "an ARP frame sent is not a reply from the node's MAC and the VIP to the asker"),
     ("arp_reply_unasked", "an ARP reply was sent for something other than a request for the VIP"),
     ("sent_to_vip", "a frame sent is addressed to the VIP (ARP target, or IPv4 destination other than a DSR forward)"),
@@ -57,11 +63,11 @@ pub const RULES: &[(&str, &str)] = &[
     ("nat_reverse_without_forward", "a NAT reverse entry whose client flow has no forward entry"),
     (
         "nat_reverse_forward_mismatch",
-        "a NAT reverse entry whose client flow's forward entry names another NAT port, or another backend in a slot that still holds one",
+        "a NAT reverse entry whose client flow's forward entry names another NAT port or another backend (address and port) than the entry's",
     ),
     (
-        "nat_forward_slot_changed",
-        "a NAT reverse entry whose client flow's forward entry names a backend slot the agent has since freed",
+        "forwarded_off_pin",
+        "a client packet was forwarded to a backend (NAT: from a NAT port) other than the one its live forward entry names after the run, or without a live forward entry",
     ),
     ("state_for_martian_client", "a connection or NAT entry was created for a martian or self-addressed client"),
     ("counter_sum", "the Reason counters did not move by exactly one per frame"),
@@ -77,6 +83,10 @@ pub struct Facts {
     pub subnets: Vec<(Ipv4Addr, u8)>,
     /// The backends' MACs: a DSR forward goes to one of them with the VIP as its IPv4 destination.
     pub backend_macs: Vec<[u8; 6]>,
+    /// The MAC of the node's second interface: frames redirected there leave with it as their source.
+    pub far_mac: [u8; 6],
+    /// The backends' addresses: a NAT forward goes to one of them.
+    pub backends: Vec<Ipv4Addr>,
 }
 
 impl Facts {
@@ -109,6 +119,7 @@ fn finding(rule: &'static str, detail: impl Into<String>) -> Finding {
 #[derive(Clone, Copy, Debug)]
 pub struct Ip4 {
     pub eth_src: [u8; 6],
+    pub eth_dst: [u8; 6],
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
     pub protocol: u8,
@@ -134,6 +145,7 @@ pub fn ip4(frame: &[u8]) -> Option<Ip4> {
     let h = ip.header();
     let mut out = Ip4 {
         eth_src: eth.source(),
+        eth_dst: eth.destination(),
         src: h.source_addr(),
         dst: h.destination_addr(),
         protocol: h.protocol().0,
@@ -179,11 +191,22 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
         found.push(finding("malformed_output", "no Ethernet II header"));
         return found;
     };
-    if eth.source() != facts.node_mac {
-        found.push(finding("source_mac_not_node", format!("source MAC {}", mac(eth.source()))));
-    }
     let dst_mac = eth.destination();
-    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == facts.node_mac {
+    // A frame carries the MAC of the interface it leaves through: XDP_TX sends it back out of the VIP's interface,
+    // a redirect out of the node's only other one (towards the backends and clients behind it). A redirect with
+    // that interface's MAC is right, not a violation: the next hop learned that MAC for this node's address there.
+    let own_mac = if action == XDP_REDIRECT { facts.far_mac } else { facts.node_mac };
+    if eth.source() != own_mac {
+        found.push(finding(
+            "source_mac_not_node",
+            format!("source MAC {} towards {} (expected {})", mac(eth.source()), mac(dst_mac), mac(own_mac)),
+        ));
+    }
+    // "The node's own" is the sending interface's MAC: a frame to it would come straight back. A frame out of one
+    // interface to the other's MAC (an ARP request that claims it as its sender is answered there) reaches no
+    // host of this node on that segment; the program knows only the VIP interface's MAC, and an asker may claim
+    // any unicast MAC in any case.
+    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == own_mac {
         found.push(finding("bad_destination_mac", format!("destination MAC {}", mac(dst_mac))));
     }
     let input_packet = SlicedPacket::from_ethernet(input).ok();
@@ -436,7 +459,7 @@ fn mac(m: [u8; 6]) -> String {
     mac_of(&m)
 }
 
-fn mac_of(m: &[u8]) -> String {
+pub fn mac_of(m: &[u8]) -> String {
     m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
 
@@ -518,6 +541,22 @@ mod tests {
         output[..6].copy_from_slice(&backend_mac);
         output[6..12].copy_from_slice(&NODE_MAC);
         assert_eq!(rules(&spoofed, XDP_TX, &output, true), ["martian_source_sent"]);
+    }
+
+    #[test]
+    fn each_frame_carries_the_mac_of_the_interface_it_leaves_through() {
+        let (input, mut output) = nat_forward();
+        // XDP_TX leaves through the VIP's interface: its MAC, not the second interface's.
+        output[6..12].copy_from_slice(&crate::node::FAR_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["source_mac_not_node"]);
+        // A redirect leaves through the second interface: its MAC, not the VIP interface's.
+        assert!(rules(&input, XDP_REDIRECT, &output, true).is_empty());
+        output[6..12].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_REDIRECT, &output, true), ["source_mac_not_node"]);
+        // Sent to the MAC of the interface it leaves through: straight back to the node.
+        let (input, mut output) = nat_forward();
+        output[..6].copy_from_slice(&NODE_MAC);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["bad_destination_mac"]);
     }
 
     #[test]

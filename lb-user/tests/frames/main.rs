@@ -45,6 +45,8 @@ fn facts() -> Facts {
         own: vec![node::NODE_IP, node::NODE_IP2],
         subnets: node::SUBNETS.to_vec(),
         backend_macs: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(_, mac)| *mac).collect(),
+        far_mac: node::FAR_MAC,
+        backends: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(address, _)| *address).collect(),
     }
 }
 
@@ -54,7 +56,7 @@ fn random_frames_keep_every_rule() {
     // The short form (`cargo xtask test`) replays the same frames every time, so a failure is never a fluke of the
     // draw; `cargo xtask frames` draws a new seed unless given one.
     let seed = env_u64("XVIP_FRAMES_SEED").unwrap_or(1);
-    let far_ifindex = node::enter_namespace().expect("a network namespace for the node");
+    let interfaces = node::enter_namespace().expect("a network namespace for the node");
     let facts = facts();
     let mut rng = Rng::new(seed);
     let mut report = Report::new(seed);
@@ -62,7 +64,7 @@ fn random_frames_keep_every_rule() {
     let mut sent = 0u64;
     let mut epoch = 0u64;
     while sent < count {
-        let mut node = Node::start(node::load_options(epoch), far_ifindex).expect("starting the node");
+        let mut node = Node::start(node::load_options(epoch), interfaces.far).expect("starting the node");
         report.epochs += 1;
         let mut pool = Pool::default();
         let mut reported: HashSet<String> = HashSet::new();
@@ -73,7 +75,7 @@ fn random_frames_keep_every_rule() {
             let kind = traffic::pick_kind(&mut rng);
             let mut input = traffic::frame(kind, &mut rng, &pool);
             let mutations = if rng.below(10) < 3 { Vec::new() } else { traffic::mutate(&mut input, &mut rng) };
-            let out = node.dp.test_run(&input).expect("BPF_PROG_TEST_RUN");
+            let out = node.dp.test_run_on(&input, interfaces.near).expect("BPF_PROG_TEST_RUN");
             sent += 1;
             report.frame(kind, &mutations, out.action);
             for f in check::frame(&facts, node.active, &input, out.action, &out.frame) {

@@ -1,11 +1,11 @@
 //! The node the frames arrive at, set up as a real one through the agent's own data-plane API: its namespace and
 //! interfaces, its VIP and role, NAT and DSR services (one behind a second interface, one without a healthy
 //! backend, two sharing a backend endpoint), and the events a real node sees while traffic flows (role changes,
-//! backend health flaps, a reload that removes and re-adds a service).
+//! backend health flaps, a reload that removes and re-adds a service, with backend slots reused at once).
 use std::{net::Ipv4Addr, process::Command, time::Duration};
 
 use anyhow::{Context, Result, bail};
-use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, group_seed};
+use lb_common::{FORWARD_DSR, FORWARD_NAT, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, group_seed};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
 
 use crate::traffic::Rng;
@@ -16,6 +16,8 @@ pub const VRID: u8 = 51;
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
 pub const NODE_IP2: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
+/// The MAC of the second interface: frames to the far backends leave from there, with it as their source.
+pub const FAR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x03];
 /// Another node of the VRRP group.
 pub const PEER: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
 pub const PEER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -95,8 +97,37 @@ fn services() -> Vec<Service> {
     ]
 }
 
+/// Backend slots left free once every service is installed. A reload frees a service's slots and takes the oldest
+/// free ones again, so with only this many spare, a reload puts backends into slots that other backends (of the
+/// same service or another) held a moment ago, while flows are still pinned to them: the case for which a flow
+/// records its backend's address and port, not only the slot. A real agent reuses a slot only after every other
+/// slot was used since, which a long-lived node reaches too.
+const SPARE_SLOTS: usize = 2;
+
+/// A service whose backends fill every backend slot but [`SPARE_SLOTS`] (none healthy: it never gets traffic).
+fn filler(used: usize) -> ServiceSpec {
+    let count = MAX_BACKENDS as usize - used - SPARE_SLOTS;
+    ServiceSpec {
+        addresses: vec![VIP],
+        port: 9999,
+        protocol: PROTO_UDP,
+        forwarding: FORWARD_DSR,
+        backends: (0..count)
+            .map(|i| BackendSpec {
+                address: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8),
+                port: 9999,
+                weight: 1,
+                healthy: false,
+                mac: Some([0x02, 0x99, 0, 0, (i >> 8) as u8, i as u8]),
+                ifindex: 0,
+            })
+            .collect(),
+    }
+}
+
 impl Node {
-    /// A freshly started node (empty connection and NAT tables), active, with every service installed.
+    /// A freshly started node (empty connection and NAT tables), active, with every service installed and all but
+    /// [`SPARE_SLOTS`] backend slots in use.
     pub fn start(options: LoadOptions, far_ifindex: u32) -> Result<Self> {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
             .context("loading the XDP program (needs root)")?;
@@ -106,6 +137,8 @@ impl Node {
         for i in 0..node.services.len() {
             node.apply(i)?;
         }
+        let used = node.services.iter().map(|s| s.backends.len()).sum();
+        node.dp.apply_service("filler", &filler(used)).context("installing the filler service")?;
         Ok(node)
     }
 
@@ -149,11 +182,15 @@ impl Node {
         self.apply(i)
     }
 
-    /// A reload that drops a service and brings it back (its port is unserved in between).
+    /// A reload that drops a service and brings it back (its port is unserved in between), its backends listed in
+    /// another order now and then (they take free slots in the order listed).
     pub fn reload(&mut self, rng: &mut Rng) -> Result<()> {
         let i = rng.below(self.services.len() as u64) as usize;
         let name = self.services[i].name;
         self.dp.remove_service(name).with_context(|| format!("removing service {name}"))?;
+        if rng.one_in(2) {
+            self.services[i].backends.rotate_left(1);
+        }
         self.apply(i)
     }
 }
@@ -169,13 +206,21 @@ pub fn load_options(epoch: u64) -> LoadOptions {
     }
 }
 
+/// The node's interfaces in its namespace: where frames arrive (the VIP's interface) and where the far backends
+/// are.
+#[derive(Clone, Copy)]
+pub struct Interfaces {
+    pub near: u32,
+    pub far: u32,
+}
+
 /// Moves this thread into a network namespace of its own and builds the node's network there: the VIP's
-/// interface with the node's address, a second interface towards the far backends, a default route, and
-/// permanent neighbour entries for the router, the backends and the on-link clients. Nothing is sent: the frames
-/// only go through BPF_PROG_TEST_RUN, but a program that looks up routes or neighbours finds a real node's.
-/// Returns the second interface's index (where far backends are redirected). The namespace and its interfaces
-/// go away with the thread.
-pub fn enter_namespace() -> Result<u32> {
+/// interface with the node's address, a second interface towards the far backends, a default route, IPv4
+/// forwarding on (as on a Kubernetes node; the FIB answers the program's route lookups only then), and permanent
+/// neighbour entries for the router, the backends and the on-link clients. Nothing is sent: the frames only go
+/// through BPF_PROG_TEST_RUN, as if received on the VIP's interface, but a program that looks up routes or
+/// neighbours finds a real node's. The namespace and its interfaces go away with the thread.
+pub fn enter_namespace() -> Result<Interfaces> {
     // SAFETY: unshare only changes this thread's namespaces.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
         bail!("unshare(CLONE_NEWNET): {} (needs root)", std::io::Error::last_os_error());
@@ -186,6 +231,7 @@ pub fn enter_namespace() -> Result<u32> {
         "link add xvf0 type veth peer name xvf0p".to_string(),
         "link add xvf1 type veth peer name xvf1p".to_string(),
         format!("link set xvf0 address {}", mac(NODE_MAC)),
+        format!("link set xvf1 address {}", mac(FAR_MAC)),
         format!("addr add {NODE_IP}/24 dev xvf0"),
         format!("addr add {NODE_IP2}/24 dev xvf1"),
     ];
@@ -209,11 +255,18 @@ pub fn enter_namespace() -> Result<u32> {
             bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
     }
-    let name = std::ffi::CString::new("xvf1").context("interface name")?;
-    // SAFETY: a valid C string; the lookup happens in this thread's namespace.
-    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
-    if index == 0 {
-        bail!("xvf1 has no index: {}", std::io::Error::last_os_error());
+    for iface in ["all", "xvf0", "xvf1"] {
+        std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1")
+            .with_context(|| format!("enabling IPv4 forwarding on {iface}"))?;
     }
-    Ok(index)
+    let index = |name: &str| -> Result<u32> {
+        let c = std::ffi::CString::new(name).context("interface name")?;
+        // SAFETY: a valid C string; the lookup happens in this thread's namespace.
+        let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if index == 0 {
+            bail!("{name} has no index: {}", std::io::Error::last_os_error());
+        }
+        Ok(index)
+    };
+    Ok(Interfaces { near: index("xvf0")?, far: index("xvf1")? })
 }

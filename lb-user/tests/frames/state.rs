@@ -2,8 +2,14 @@
 //! (`lb_common`'s keys and values of the connection table `CONNTRACK`, the reverse NAT table `NAT`, and the backend
 //! array `BACKENDS`). When the layout changes, this module changes and nothing else.
 //!
-//! Rules: every NAT reverse entry has its forward entry, which names the same backend and NAT port; no connection
-//! or NAT entry exists for a martian or self-addressed client.
+//! Rules: every NAT reverse entry has its forward entry, which names the same backend and NAT port; a client packet forwarded to a backend goes where its live forward entry names; no connection or NAT entry
+//! exists for a martian or self-addressed client.
+//!
+//! A forward entry is *live* while the backend slot it names still holds the backend (address and port) the flow
+//! was pinned to. After a reload frees the slot (or gives it to another backend), the entry is stale: the agent cannot find
+//! and rewrite every connection entry when a backend leaves, so stale entries are expected; the rule is that the
+//! program never follows one (the flow takes a fresh pick at its next packet, and that packet is checked by
+//! `forwarded_off_pin`).
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
@@ -41,6 +47,14 @@ impl<'a> Tables<'a> {
 
     fn backend(&self, slot: u32, cache: &mut HashMap<u32, Option<Backend>>) -> Option<Backend> {
         *cache.entry(slot).or_insert_with(|| self.backends.get(&slot, 0).ok())
+    }
+
+    /// The backend a forward entry names, if the entry is live: its slot still holds the backend the flow was pinned
+    /// to (a freed slot is all zero).
+    fn live(&self, forward: &FlowValue, cache: &mut HashMap<u32, Option<Backend>>) -> Option<Backend> {
+        self.backend(forward.backend, cache).filter(|b| {
+            *b != Backend::default() && b.address == forward.backend_address && b.port == forward.backend_port
+        })
     }
 
     /// The reverse-entry rules for one NAT entry.
@@ -85,22 +99,22 @@ impl<'a> Tables<'a> {
                 format!("{entry} -> client {client}:{cport} service port {svc}: no CONNTRACK entry"),
             )),
             Ok(forward) => {
-                let named = self.backend(forward.backend, cache);
-                let same_backend = named.is_some_and(|b| b.address == key.backend && b.port == key.backend_port);
-                let freed = named.is_none_or(|b| b == Backend::default());
-                if forward.nat_port != key.nat_port || !same_backend {
-                    let rule = if forward.nat_port == key.nat_port && freed {
-                        "nat_forward_slot_changed"
-                    } else {
-                        "nat_reverse_forward_mismatch"
-                    };
-                    let named = named.map(|b| format!("{}:{}", Ipv4Addr::from(b.address), u16::from_be_bytes(b.port)));
+                // The forward entry records the backend and NAT port it was translated to, whatever became of its
+                // slot since, so it names exactly this translation: a flow that moved to another backend took its
+                // old reverse entry with it.
+                if forward.nat_port != key.nat_port
+                    || forward.backend_address != key.backend
+                    || forward.backend_port != key.backend_port
+                {
                     found.push(make(
-                        rule,
+                        "nat_reverse_forward_mismatch",
                         format!(
                             "{entry} -> client {client}:{cport} service port {svc}, whose CONNTRACK entry names backend \
-                             slot {} ({named:?}) and nat port {}",
+                             {}:{} (slot {}, {}) and nat port {}",
+                            Ipv4Addr::from(forward.backend_address),
+                            u16::from_be_bytes(forward.backend_port),
                             forward.backend,
+                            if self.live(&forward, cache).is_some() { "live" } else { "stale" },
                             u16::from_be_bytes(forward.nat_port)
                         ),
                     ));
@@ -140,7 +154,55 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
         protocol: input.protocol,
         _pad: [0; 3],
     };
-    if let Ok(forward) = t.conntrack.get(&flow, 0) {
+    // A backend's reply (its source is the key of a NAT entry) is no client packet.
+    let reply = t.nat.get(&key(input.src, input.sport, input.dport), 0).is_ok();
+    let forwarded = output.filter(|_| !reply).and_then(|out| forwarded(facts, input, out));
+    let pinned = t.conntrack.get(&flow, 0).ok();
+    if let Some((out, nat)) = forwarded {
+        let live = pinned.and_then(|f| t.live(&f, &mut cache).map(|b| (f, b)));
+        let follows = live.is_some_and(|(f, b)| {
+            if nat {
+                b.address == out.dst.octets()
+                    && b.port == out.dport.to_be_bytes()
+                    && f.nat_port == out.sport.to_be_bytes()
+            } else {
+                b.mac == out.eth_dst
+            }
+        });
+        if !follows {
+            let named = live.map(|(f, b)| {
+                format!(
+                    "slot {} ({}:{} {}, nat port {})",
+                    f.backend,
+                    Ipv4Addr::from(b.address),
+                    u16::from_be_bytes(b.port),
+                    crate::check::mac_of(&b.mac),
+                    u16::from_be_bytes(f.nat_port)
+                )
+            });
+            found.push(StateFinding {
+                rule: "forwarded_off_pin",
+                entry: format!(
+                    "forward of {}:{} -> port {} to {}:{}",
+                    input.src, input.sport, input.dport, out.dst, out.dport
+                ),
+                detail: format!(
+                    "{}:{} -> VIP:{} went to {}:{} ({}) from port {}; its live forward entry: {}",
+                    input.src,
+                    input.sport,
+                    input.dport,
+                    out.dst,
+                    out.dport,
+                    crate::check::mac_of(&out.eth_dst),
+                    out.sport,
+                    named.unwrap_or_else(|| "none".into())
+                ),
+                client: (input.src, input.sport),
+                backend: (out.dst, out.dport),
+            });
+        }
+    }
+    if let Some(forward) = pinned {
         if facts.martian(input.src) || input.src == facts.vip || facts.own.contains(&input.src) {
             found.push(StateFinding {
                 rule: "state_for_martian_client",
@@ -173,6 +235,22 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
         }
     }
     found
+}
+
+/// Whether `out` is `input`, a client's packet to a service, forwarded to a backend: NAT (from the VIP to a
+/// backend's address, `true`) or DSR (unchanged addresses, to a backend's MAC, `false`). The caller has ruled out
+/// a backend's reply.
+fn forwarded(facts: &Facts, input: &Ip4, out: &Ip4) -> Option<(Ip4, bool)> {
+    if input.dst != facts.vip || out.protocol != input.protocol {
+        return None;
+    }
+    if out.src == facts.vip && facts.backends.contains(&out.dst) && out.dst != input.src {
+        return Some((*out, true));
+    }
+    if out.dst == facts.vip && out.src == input.src && facts.backend_macs.contains(&out.eth_dst) {
+        return Some((*out, false));
+    }
+    None
 }
 
 /// Every entry of the NAT and connection tables; returns the findings and how many entries were read.

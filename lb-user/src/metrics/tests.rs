@@ -1,0 +1,348 @@
+//! The page rendered from engine views driven with virtual time and from made-up data plane counters.
+use std::{collections::BTreeSet, net::Ipv4Addr, path::Path};
+
+use lb_common::{Reason, Traffic};
+
+use super::*;
+use crate::{
+    config,
+    engine::{Engine, Event},
+    vrrp::packet::{self, Advert, ChecksumMode},
+};
+
+const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
+const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
+
+const CONFIG: &str = r#"
+interface = "eth0"
+[vip]
+address = "10.0.0.250"
+[vrrp]
+vrid = 51
+priority = 150
+advert_interval_ms = 1000
+[metrics]
+[[service]]
+name = "api"
+port = 443
+backends = [{ address = "10.0.0.21", port = 6443 }, { address = "10.0.0.22", port = 6443, weight = 0 }]
+[service.health]
+check = "tcp"
+"#;
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
+}
+
+fn engine() -> Engine {
+    let config = config::parse(Path::new("xvip.toml"), CONFIG).expect("config");
+    Engine::new(config, [("eth0".to_owned(), Some(ME))].into(), 8).expect("engine")
+}
+
+fn start() -> Event {
+    Event::Start { links: [("eth0".to_owned(), true)].into() }
+}
+
+fn link(up: bool) -> Event {
+    Event::Link { interface: "eth0".into(), up }
+}
+
+fn role(e: &Engine) -> Role {
+    e.role(config::DEFAULT_INSTANCE).expect("the default instance")
+}
+
+/// An advert from `src` as the VRRP socket delivers it (IPv4 header included), with a 1 s interval.
+fn advert(src: Ipv4Addr, priority: u8) -> Event {
+    let advert = Advert { vrid: 51, priority, max_adver_int: 100, addresses: vec![VIP] };
+    let vrrp = advert.to_bytes(src, packet::MULTICAST_GROUP, ChecksumMode::PseudoHeader).expect("encode");
+    let mut ip = vec![0x45, 0xc0, 0, 0, 0, 1, 0, 0, 255, packet::PROTOCOL, 0, 0];
+    ip[2..4].copy_from_slice(&u16::try_from(20 + vrrp.len()).expect("length").to_be_bytes());
+    ip.extend_from_slice(&src.octets());
+    ip.extend_from_slice(&packet::MULTICAST_GROUP.octets());
+    ip.extend_from_slice(&vrrp);
+    Event::Packet { interface: "eth0".into(), bytes: ip }
+}
+
+fn sample(engine: &Engine, now: Duration) -> Sample {
+    Sample {
+        instances: engine
+            .view(now)
+            .instances
+            .into_iter()
+            .map(|view| Instance { name: view.config.name.clone(), view })
+            .collect(),
+        dataplane: None,
+        unix_time: 1_764_150_000.5,
+    }
+}
+
+/// The value of the series `name{labels}` (labels written as on the page), or `None`.
+fn value(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// Runs the engine through a take-over: a peer at priority 200 advertises every second from t = 0.1 s to
+/// `last_ms`, then goes silent; this node takes over when its down timer fires. Returns the time it did.
+fn take_over(e: &mut Engine, from_ms: u64, last_ms: u64) -> Duration {
+    let mut t = from_ms;
+    while t <= last_ms {
+        e.handle(ms(t), advert(PEER, 200));
+        t += 1000;
+    }
+    let fired = e.next_deadline().expect("down timer");
+    e.handle(fired, Event::Timer);
+    assert_eq!(role(e), Role::Active);
+    fired
+}
+
+#[test]
+fn the_takeover_histogram_times_from_the_last_advert_heard_to_the_first_advert_sent() {
+    let mut e = engine();
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    let page = metrics.render(sample(&e, ms(50)));
+    assert_eq!(value(&page, r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="default"}"#), Some(0.0), "{page}");
+
+    let fired = take_over(&mut e, 100, 3100);
+    // Master_Down_Interval at priority 150 with the peer's 1 s interval: 3 s + (256 - 150) / 256 s.
+    let expected = Duration::from_secs(3) + Duration::from_secs(106) / 256;
+    assert_eq!(fired - ms(3100), expected);
+    let page = metrics.render(sample(&e, fired));
+    let series = |suffix: &str| value(&page, &format!("xvip_vrrp_takeover_seconds_{suffix}"));
+    assert_eq!(series(r#"count{vrrp_instance="default"}"#), Some(1.0), "{page}");
+    assert_eq!(series(r#"sum{vrrp_instance="default"}"#), Some(expected.as_secs_f64()), "{page}");
+    assert_eq!(series(r#"bucket{vrrp_instance="default",le="3"}"#), Some(0.0), "{page}");
+    assert_eq!(series(r#"bucket{vrrp_instance="default",le="3.5"}"#), Some(1.0), "{page}");
+    assert_eq!(series(r#"bucket{vrrp_instance="default",le="+Inf"}"#), Some(1.0), "{page}");
+    assert_eq!(value(&page, r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#), Some(1.0));
+
+    // The next sample sees the same take-over: it is not counted again.
+    let page = metrics.render(sample(&e, fired + ms(1000)));
+    assert_eq!(value(&page, r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="default"}"#), Some(1.0), "{page}");
+}
+
+#[test]
+fn takeovers_between_two_samples_are_all_counted_and_a_restart_of_the_election_times_none() {
+    let mut e = engine();
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    // Twice: preempted back to backup by the peer at 200, then the peer goes silent again.
+    let first = take_over(&mut e, 100, 1100);
+    e.handle(first + ms(10), advert(PEER, 200));
+    assert_eq!(role(&e), Role::Backup);
+    let second = take_over(&mut e, (first + ms(1010)).as_millis() as u64, (first + ms(2010)).as_millis() as u64);
+    // A link flap restarts the election: nothing heard since, so becoming active after it is no take-over.
+    e.handle(second + ms(1), link(false));
+    e.handle(second + ms(2), link(true));
+    let alone = e.next_deadline().expect("down timer");
+    e.handle(alone, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+
+    let page = metrics.render(sample(&e, alone));
+    let expected = Duration::from_secs(3) + Duration::from_secs(106) / 256;
+    assert_eq!(value(&page, r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="default"}"#), Some(2.0), "{page}");
+    assert_eq!(
+        value(&page, r#"xvip_vrrp_takeover_seconds_sum{vrrp_instance="default"}"#),
+        Some(expected.as_secs_f64() * 2.0),
+        "{page}"
+    );
+    assert_eq!(value(&page, r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#), Some(3.0));
+    assert_eq!(value(&page, r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="link_down"}"#), Some(1.0));
+}
+
+#[test]
+fn the_page_shows_role_priorities_adverts_and_backends_per_instance() {
+    let mut e = engine();
+    e.handle(Duration::ZERO, start());
+    e.handle(
+        ms(100),
+        Event::Health {
+            id: ServiceId::new(config::DEFAULT_INSTANCE, "api"),
+            backend: ([10, 0, 0, 21].into(), 6443),
+            healthy: true,
+            reason: "test".into(),
+        },
+    );
+    let mut bad = match advert(PEER, 200) {
+        Event::Packet { bytes, .. } => bytes,
+        _ => unreachable!(),
+    };
+    bad[8] = 64; // TTL
+    e.handle(ms(200), Event::Packet { interface: "eth0".into(), bytes: bad });
+    let mut metrics = Metrics::new();
+    metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(3), true);
+    metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(1000), false);
+    let mut s = sample(&e, ms(300));
+    let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    counters.reasons[Reason::NatForwardTx as usize] = 40;
+    let api = ServiceId::new(config::DEFAULT_INSTANCE, "api");
+    let key = (api.clone(), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    counters.backends.insert(key.clone(), Traffic { packets: 40, bytes: 4000, new_flows: 7 });
+    counters.services.insert(api, Traffic { packets: 40, bytes: 4000, new_flows: 7 });
+    let scan = TableScan { conntrack_entries: 9, nat_entries: 8, capacity: 1024, flows: [(key, 5)].into() };
+    s.dataplane = Some(DataPlaneSample { counters, tables: Some((scan, ms(12))) });
+    let page = metrics.render(s);
+
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="backup"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 0.0),
+        (r#"xvip_vrrp_priority{vrrp_instance="default"}"#, 150.0),
+        (r#"xvip_vrrp_effective_priority{vrrp_instance="default"}"#, 150.0),
+        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="owner"}"#, 0.0),
+        (r#"xvip_vrrp_info{vrrp_instance="default",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
+        (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 1.0),
+        (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
+        (r#"xvip_backend_draining{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 1.0),
+        (r#"xvip_backend_packets_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 40.0),
+        (r#"xvip_backend_bytes_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 4000.0),
+        (r#"xvip_backend_new_flows_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 7.0),
+        (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 5.0),
+        (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
+        (
+            r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="passed"}"#,
+            1.0,
+        ),
+        (
+            r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="failed"}"#,
+            1.0,
+        ),
+        (
+            r#"xvip_health_check_duration_seconds_sum{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#,
+            0.003,
+        ),
+        (r#"xvip_service_new_flows_total{vrrp_instance="default",service="api"}"#, 7.0),
+        (r#"xvip_dataplane_frames_total{reason="nat_forward_tx"}"#, 40.0),
+        (r#"xvip_dataplane_frames_total{reason="drop_no_backend"}"#, 0.0),
+        (r#"xvip_dataplane_map_entries{map="conntrack"}"#, 9.0),
+        (r#"xvip_dataplane_map_entries{map="nat"}"#, 8.0),
+        (r#"xvip_dataplane_map_capacity{map="nat"}"#, 1024.0),
+        (r#"xvip_dataplane_scan_duration_seconds"#, 0.012),
+        (r#"xvip_metrics_sample_timestamp_seconds"#, 1_764_150_000.5),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    assert!(page.contains("# TYPE xvip_vrrp_adverts_sent_total counter\n"), "{page}");
+    assert!(page.contains("# TYPE xvip_vrrp_takeover_seconds histogram\n"), "{page}");
+}
+
+#[test]
+fn before_the_data_plane_answers_its_families_are_left_out() {
+    let e = engine();
+    let page = Metrics::new().render(sample(&e, Duration::ZERO));
+    assert!(page.contains(r#"xvip_vrrp_role{vrrp_instance="default",role="initialize"} 1"#), "{page}");
+    assert!(!page.contains("xvip_dataplane_"), "{page}");
+    assert!(!page.contains("xvip_backend_packets_total"), "{page}");
+    assert!(!page.contains("xvip_backend_flows"), "{page}");
+}
+
+#[test]
+fn a_backend_removed_by_a_reload_leaves_the_page_with_its_health_check_series() {
+    let mut e = engine();
+    e.handle(Duration::ZERO, start());
+    let mut metrics = Metrics::new();
+    metrics.probes().recorder("default", "api", "10.0.0.22:6443").record(ms(1), true);
+    let page = metrics.render(sample(&e, ms(1)));
+    assert!(page.contains(r#"backend="10.0.0.22:6443",result="passed"} 1"#), "{page}");
+    let text = CONFIG.replace(r#", { address = "10.0.0.22", port = 6443, weight = 0 }"#, "");
+    let reloaded = config::parse(Path::new("xvip.toml"), &text).expect("config");
+    e.handle(ms(2), Event::Reload(Box::new(Ok(reloaded))));
+    let page = metrics.render(sample(&e, ms(3)));
+    assert!(!page.contains("10.0.0.22"), "{page}");
+}
+
+/// The metric families on a page: name (as in `# TYPE`) -> (type, label names of its series).
+fn families(page: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
+    let mut families: BTreeMap<String, (String, BTreeSet<String>)> = BTreeMap::new();
+    for line in page.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect("TYPE line");
+            families.insert(name.to_string(), (kind.to_string(), BTreeSet::new()));
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let name = line.split(['{', ' ']).next().expect("name");
+            let family = families
+                .keys()
+                .filter(|f| name.starts_with(f.as_str()))
+                .max_by_key(|f| f.len())
+                .cloned()
+                .unwrap_or_else(|| panic!("series {name} before its TYPE"));
+            let labels = line.split_once('{').map_or("", |(_, rest)| rest.split('}').next().unwrap_or(""));
+            let entry = families.get_mut(&family).expect("family");
+            for pair in labels.split(',').filter(|p| !p.is_empty()) {
+                let key = pair.split('=').next().expect("label");
+                if key != "le" {
+                    entry.1.insert(key.to_string());
+                }
+            }
+        }
+    }
+    families
+}
+
+/// docs/metrics.md is the reference: every family the daemon exports is in its table with its type and labels,
+/// and the table names nothing else.
+#[test]
+fn the_metrics_reference_lists_every_metric_with_its_type_and_labels() {
+    let api = || ServiceId::new(config::DEFAULT_INSTANCE, "api");
+    let mut e = engine();
+    e.handle(Duration::ZERO, start());
+    let fired = take_over(&mut e, 100, 1100);
+    let mut metrics = Metrics::new();
+    metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(3), true);
+    let mut s = sample(&e, fired);
+    let counters = Counters {
+        reasons: vec![0; Reason::ALL.len()],
+        backends: [((api(), Ipv4Addr::new(10, 0, 0, 21), 6443), Traffic::default())].into(),
+        services: [(api(), Traffic::default())].into(),
+        ..Counters::default()
+    };
+    s.dataplane = Some(DataPlaneSample { counters, tables: Some((TableScan::default(), ms(1))) });
+    let exported = families(&metrics.render(s));
+
+    let reference =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/metrics.md")).expect("docs/metrics.md");
+    // Rows: | `name` | type | `label`, `label` | meaning |
+    let mut documented = BTreeMap::new();
+    for row in reference.lines().filter(|l| l.starts_with("| `xvip_")) {
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let name = cells[1].trim_matches('`').to_string();
+        let labels: BTreeSet<String> = cells[3]
+            .split(',')
+            .map(str::trim)
+            .filter(|l| l.starts_with('`'))
+            .map(|l| l.trim_matches('`').to_string())
+            .collect();
+        documented.insert(name, (cells[2].to_string(), labels));
+    }
+    for (name, family) in &exported {
+        assert_eq!(documented.get(name), Some(family), "docs/metrics.md: row of {name}");
+    }
+    let extra: Vec<&String> = documented.keys().filter(|n| !exported.contains_key(*n)).collect();
+    assert!(extra.is_empty(), "docs/metrics.md lists metrics the daemon does not export: {extra:?}");
+    for reason in Reason::ALL {
+        assert!(
+            reference.contains(&format!("`{}`", reason.name())),
+            "docs/metrics.md does not explain {}",
+            reason.name()
+        );
+    }
+}
+
+/// The page's sample time is that of its older part: a stalled advert thread (old view) or data plane thread (old
+/// counters) both stop it.
+#[test]
+fn the_sample_time_is_that_of_the_older_part() {
+    assert_eq!(super::sample_time(100.0, None), 100.0);
+    assert_eq!(super::sample_time(100.0, Some(90.0)), 90.0);
+    assert_eq!(super::sample_time(80.0, Some(90.0)), 80.0);
+}
+
+/// Table walks: every 5 s while they are quick, and at most a tenth of the data plane thread's time when not.
+#[test]
+fn a_slow_table_walk_spaces_out_the_next_ones() {
+    assert_eq!(super::scan_period(Duration::from_millis(3)), super::SCAN_PERIOD);
+    assert_eq!(super::scan_period(Duration::from_millis(500)), super::SCAN_PERIOD);
+    assert_eq!(super::scan_period(Duration::from_secs(2)), Duration::from_secs(20));
+    assert_eq!(super::scan_period(Duration::MAX), Duration::MAX);
+}

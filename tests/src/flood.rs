@@ -1,0 +1,170 @@
+//! Spoofed traffic for the hostile tests and the soak: SYN and bare-ACK floods from random sources, and VRRP
+//! adverts that every node must discard or ignore. Frames are sent from a [`RawSocket`] of a lab host (normally an
+//! extra host on the bridge) and never leave the lab's namespaces.
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use xvip::vrrp::{ChecksumMode, packet::Advert};
+
+use crate::extra::RawSocket;
+use crate::frames::{self, TCP_ACK, TCP_SYN};
+
+/// xorshift64: reproducible randomness without a dependency. The state must not be 0 (a 0 seed is replaced).
+#[derive(Clone, Debug)]
+pub struct XorShift(u64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(if seed == 0 { 0x9e37_79b9_7f4a_7c15 } else { seed })
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        *s ^= *s << 13;
+        *s ^= *s >> 7;
+        *s ^= *s << 17;
+        *s
+    }
+
+    /// A number in `0..n` (`n` > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n.max(1)
+    }
+
+    /// A random unicast address outside the lab (never martian: those are dropped before any state is made,
+    /// which would make a flood toothless).
+    pub fn source(&mut self) -> Ipv4Addr {
+        loop {
+            let a = Ipv4Addr::from(self.next_u64() as u32);
+            let first = a.octets()[0];
+            if first != 0 && first != 10 && first != 127 && first < 224 {
+                return a;
+            }
+        }
+    }
+}
+
+/// A SYN and bare-ACK flood at one service of the VIP.
+#[derive(Clone, Debug)]
+pub struct Flood {
+    /// The active node's MAC (where clients send frames for the VIP).
+    pub to_mac: [u8; 6],
+    /// The sending host's own MAC.
+    pub from_mac: [u8; 6],
+    pub vip: Ipv4Addr,
+    pub port: u16,
+    pub syns: usize,
+    pub acks: usize,
+    /// Frames sent back to back before a 10 ms pause: the rate is about 100 × `batch` frames per second.
+    pub batch: usize,
+    /// The flood stops after this long whatever happens.
+    pub time_limit: Duration,
+    pub seed: u64,
+}
+
+/// What a flood sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sent {
+    pub frames: usize,
+    pub took: Duration,
+}
+
+impl Flood {
+    /// Sends the flood on `socket`: SYNs and ACKs interleaved evenly, each from a random source and port.
+    ///
+    /// # Errors
+    /// When a frame cannot be sent.
+    pub fn send(&self, socket: &RawSocket) -> Result<Sent> {
+        let mut rng = XorShift::new(self.seed);
+        let total = self.syns + self.acks;
+        let started = Instant::now();
+        let mut sent = 0;
+        while sent < total && started.elapsed() < self.time_limit {
+            for _ in 0..self.batch.max(1) {
+                if sent == total {
+                    break;
+                }
+                // Bresenham: the ACKs spread evenly over the flood.
+                let ack = (sent + 1) * self.acks / total > sent * self.acks / total;
+                let flags = if ack { TCP_ACK } else { TCP_SYN };
+                let source = rng.source();
+                let sport = 1024 + rng.below(64_000) as u16;
+                socket
+                    .send(&frames::tcp_frame(
+                        self.to_mac,
+                        self.from_mac,
+                        source,
+                        self.vip,
+                        sport,
+                        self.port,
+                        flags,
+                        b"",
+                    ))
+                    .context("sending a flood frame")?;
+                sent += 1;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(Sent { frames: sent, took: started.elapsed() })
+    }
+}
+
+/// A VRRP advert as an on-link host would send it to 224.0.0.18 (IPv4 TTL `ttl`), with its checksum broken when
+/// `corrupt`: the kinds a node must discard (TTL below 255, bad checksum, another VRID, other addresses) or may
+/// only answer (a lower priority).
+pub fn advert_frame(from_mac: [u8; 6], from: Ipv4Addr, advert: &Advert, ttl: u8, corrupt: bool) -> Result<Vec<u8>> {
+    let group = Ipv4Addr::new(224, 0, 0, 18);
+    let mut message = advert.to_bytes(from, group, ChecksumMode::PseudoHeader).context("encoding an advert")?;
+    if corrupt {
+        message[6] ^= 0x5a;
+    }
+    let mut ip = frames::ipv4(from, group, 112, &message);
+    ip[8] = ttl;
+    ip[10..12].copy_from_slice(&[0, 0]);
+    let c = frames::checksum(&ip[..20]);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    // The IPv4 multicast MAC of 224.0.0.18.
+    let mut frame = frames::eth([0x01, 0x00, 0x5e, 0x00, 0x00, 0x12], from_mac, frames::ETH_IPV4);
+    frame.extend_from_slice(&ip);
+    Ok(frame)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources_are_never_martian_or_in_the_lab() {
+        let mut rng = XorShift::new(7);
+        for _ in 0..10_000 {
+            let first = rng.source().octets()[0];
+            assert!(first != 0 && first != 10 && first != 127 && first < 224);
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_numbers() {
+        let (mut a, mut b) = (XorShift::new(42), XorShift::new(42));
+        assert_eq!((0..5).map(|_| a.next_u64()).collect::<Vec<_>>(), (0..5).map(|_| b.next_u64()).collect::<Vec<_>>());
+        assert_ne!(XorShift::new(0).next_u64(), 0, "a zero seed is replaced");
+    }
+
+    #[test]
+    fn an_advert_frame_has_ttl_and_checksums_as_asked() {
+        let advert =
+            Advert { vrid: 51, priority: 1, max_adver_int: 10, addresses: vec![Ipv4Addr::new(10, 77, 1, 250)] };
+        let from = Ipv4Addr::new(10, 77, 1, 254);
+        let good = advert_frame([2, 0, 0, 0, 0, 1], from, &advert, 255, false).expect("frame");
+        assert!(frames::ipv4_header_ok(&good));
+        assert_eq!(good[14 + 8], 255);
+        let parsed = xvip::vrrp::packet::Packet::new_checked(&good[34..]).expect("vrrp");
+        assert_eq!(parsed.verify_checksum(from, Ipv4Addr::new(224, 0, 0, 18)), Some(ChecksumMode::PseudoHeader));
+        let bad = advert_frame([2, 0, 0, 0, 0, 1], from, &advert, 64, true).expect("frame");
+        assert!(frames::ipv4_header_ok(&bad));
+        assert_eq!(bad[14 + 8], 64);
+        let parsed = xvip::vrrp::packet::Packet::new_checked(&bad[34..]).expect("vrrp");
+        assert_eq!(parsed.verify_checksum(from, Ipv4Addr::new(224, 0, 0, 18)), None);
+    }
+}
