@@ -965,6 +965,44 @@ fn a_link_down_faults_only_the_instances_on_that_interface() {
 }
 
 #[test]
+fn a_link_coming_back_restarts_and_settles_only_the_instances_on_that_interface() {
+    let mut c = two();
+    c.instances[1].interface = ETH1.into();
+    for i in &mut c.instances {
+        i.vrrp.backend_loss_penalty = 50;
+        i.services = vec![service("api", 443, &[B1], CheckKind::Http)];
+    }
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    for name in ["a", "b"] {
+        let id = ServiceId::new(name, "api");
+        e.handle(ms(2), Event::Health { id, backend: (B1, 6443), healthy: true, reason: "ok".into() });
+    }
+    assert_eq!((e.effective_priority("a"), e.effective_priority("b")), (Some(150), Some(150)));
+    e.handle(ms(1000), Event::Link { interface: ETH1.into(), up: false });
+    let commands = e.handle(ms(2000), Event::Link { interface: ETH1.into(), up: true });
+    let restarted: Vec<(&str, &str)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::StopChecker { id, .. } => Some(("stop", id.instance.as_str())),
+            Command::StartChecker { id, .. } => Some(("start", id.instance.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted, [("stop", "b"), ("start", "b")], "only b's checkers start afresh: {commands:?}");
+    assert_eq!(e.effective_priority("b"), Some(100), "b settles again");
+    assert_eq!(e.effective_priority("a"), Some(150), "a's link never went: it does not settle");
+    let id = ServiceId::new("b", "api");
+    let commands = e.handle(ms(2010), Event::Health { id, backend: (B1, 6443), healthy: true, reason: "ok".into() });
+    assert!(
+        logs(&commands).iter().any(|l| l == "instance b: every backend has been checked: preemption allowed"),
+        "{commands:?}"
+    );
+    assert_eq!(e.effective_priority("b"), Some(150));
+}
+
+#[test]
 fn a_reload_adds_and_removes_instances_leaving_the_others_alone() {
     let (mut e, t) = both_active();
     let ra = e.router("a").expect("a");

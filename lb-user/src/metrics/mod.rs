@@ -36,6 +36,8 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use lb_common::Reason;
+
 use crate::{
     config::CheckKind,
     dataplane::{Counters, ServiceId, TableScan},
@@ -532,10 +534,26 @@ impl Page {
             e,
             "xvip_dataplane_frames",
             "Frames the XDP program handled, by what it did and why (see docs/metrics.md for each reason)",
-            lb_common::Reason::ALL
+            Reason::ALL
                 .iter()
                 .map(|r| (vec![("reason", r.name().to_string())], dataplane.counters.reason(*r)))
                 .collect(),
+        )?;
+        counter(
+            e,
+            "xvip_instance_frames",
+            "Frames to the instance's addresses (and ARP requests for them), by what the XDP program did and why",
+            self.per_instance(|i| {
+                Reason::ALL
+                    .iter()
+                    .map(|r| {
+                        let mut labels = Self::instance_labels(i);
+                        labels.push(("reason", r.name().to_string()));
+                        let n = i.view.routers.iter().map(|router| dataplane.counters.router_reason(*router, *r)).sum();
+                        (labels, n)
+                    })
+                    .collect()
+            }),
         )?;
         let Some((scan, took)) = &dataplane.tables else { return Ok(()) };
         let maps = [("conntrack", scan.conntrack_entries), ("nat", scan.nat_entries)];

@@ -346,3 +346,84 @@ fn a_slow_table_walk_spaces_out_the_next_ones() {
     assert_eq!(super::scan_period(Duration::from_secs(2)), Duration::from_secs(20));
     assert_eq!(super::scan_period(Duration::MAX), Duration::MAX);
 }
+
+const TWO_INSTANCES: &str = r#"
+interface = "eth0"
+[metrics]
+[[instance]]
+name = "api"
+[instance.vip]
+address = "10.0.0.250"
+[instance.vrrp]
+vrid = 51
+priority = 150
+[[instance.service]]
+name = "web"
+port = 443
+backends = [{ address = "10.0.0.21", port = 6443 }]
+[[instance]]
+name = "ingress"
+[instance.vip]
+addresses = ["10.0.0.240", "10.0.0.241"]
+[instance.vrrp]
+vrid = 52
+priority = 100
+[[instance.service]]
+name = "web"
+port = 443
+backends = [{ address = "10.0.0.21", port = 6443 }]
+"#;
+
+#[test]
+fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
+    let config = config::parse(Path::new("xvip.toml"), TWO_INSTANCES).expect("config");
+    let mut e = Engine::new(config, [("eth0".to_owned(), Some(ME))].into(), 8).expect("engine");
+    e.handle(Duration::ZERO, start());
+    // Only "api" hears a peer at 200: it stays backup while "ingress", alone, becomes active.
+    let mut t = 100;
+    while e.role("ingress") != Some(Role::Active) {
+        e.handle(ms(t), advert(PEER, 200));
+        if let Some(d) = e.next_deadline().filter(|d| *d <= ms(t + 1000)) {
+            e.handle(d, Event::Timer);
+        }
+        t += 1000;
+        assert!(t < 10_000, "ingress never became active");
+    }
+    assert_eq!(e.role("api"), Some(Role::Backup));
+    let mut s = sample(&e, ms(t));
+    let routers: BTreeMap<String, Vec<u32>> =
+        s.instances.iter().map(|i| (i.name.clone(), i.view.routers.clone())).collect();
+    let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    counters.reasons[Reason::ArpReply as usize] = 7;
+    for (name, arp) in [("api", 5), ("ingress", 2)] {
+        let mut by_reason = vec![0; Reason::ALL.len()];
+        by_reason[Reason::ArpReply as usize] = arp;
+        counters.routers.insert(routers[name][0], by_reason);
+    }
+    let web = |instance: &str| ServiceId::new(instance, "web");
+    let backend = |instance: &str| (web(instance), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    counters.backends.insert(backend("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });
+    counters.backends.insert(backend("ingress"), Traffic { packets: 4, bytes: 400, new_flows: 2 });
+    counters.services.insert(web("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });
+    counters.services.insert(web("ingress"), Traffic { packets: 4, bytes: 400, new_flows: 2 });
+    s.dataplane = Some(DataPlaneSample { counters, tables: None });
+    let page = Metrics::new().render(s);
+
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="api",role="backup"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="ingress",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_priority{vrrp_instance="ingress"}"#, 100.0),
+        (r#"xvip_vrrp_info{vrrp_instance="api",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
+        (r#"xvip_vrrp_info{vrrp_instance="ingress",vrid="52",vip="10.0.0.240",interface="eth0"}"#, 1.0),
+        (r#"xvip_backend_packets_total{vrrp_instance="api",service="web",backend="10.0.0.21:6443"}"#, 3.0),
+        (r#"xvip_backend_packets_total{vrrp_instance="ingress",service="web",backend="10.0.0.21:6443"}"#, 4.0),
+        (r#"xvip_service_new_flows_total{vrrp_instance="ingress",service="web"}"#, 2.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="api",reason="arp_replies"}"#, 5.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="arp_replies"}"#, 2.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="pass_not_vip"}"#, 0.0),
+        (r#"xvip_dataplane_frames_total{reason="arp_replies"}"#, 7.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    assert!(page.contains(r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="ingress"} 0"#), "{page}");
+}
