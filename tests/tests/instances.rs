@@ -14,6 +14,8 @@ use xvip_tests::{
 };
 
 const PORT: u16 = 8080;
+/// Where each node serves its metrics, inside its own namespace.
+const METRICS: &str = "127.0.0.1:9712";
 
 fn lab() -> Lab {
     Lab::new(LabSpec {
@@ -45,9 +47,31 @@ fn arp_owners(lab: &Lab, vip: Ipv4Addr) -> Vec<String> {
 fn spec(lab: &Lab, prefer_a: bool) -> NodeSpec {
     let (pa, pb) = if prefer_a { (150, 100) } else { (100, 150) };
     let web = ServiceSpec::http(lab, PORT, PORT, "nat");
-    NodeSpec::new(0)
+    let spec = NodeSpec::new(0)
         .instance(InstanceSpec::new("a", &[lab.vip()], 51, pa).service(web.clone()))
-        .instance(InstanceSpec::new("b", &[vip_b(lab)], 52, pb).service(web))
+        .instance(InstanceSpec::new("b", &[vip_b(lab)], 52, pb).service(web));
+    NodeSpec { metrics_listen: Some(METRICS.into()), ..spec }
+}
+
+/// The value of the series written exactly as `series` on a metrics page.
+fn value(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `node`'s metrics page once `ok` holds for it (the page is sampled once a second).
+fn metrics_page(node: &XvipNode, ok: impl Fn(&str) -> bool) -> String {
+    let listen: SocketAddr = METRICS.parse().expect("address");
+    let start = std::time::Instant::now();
+    loop {
+        let page = node.metrics(listen);
+        if let Ok(page) = &page
+            && ok(page)
+        {
+            return page.clone();
+        }
+        assert!(start.elapsed() < Duration::from_secs(10), "{}: metrics page never got there: {page:?}", node.name);
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The role of instance `name` on `node`.
@@ -117,6 +141,27 @@ fn each_node_is_active_for_one_vip_and_both_are_balanced_over_the_backends() {
         vec![("a".to_string(), vec![lab.vip().to_string()]), ("b".to_string(), vec![vip_b(&lab).to_string()])]
     );
     assert_eq!(n2.status().expect("status").role, "backup", "node2's first instance (a) is backup");
+
+    // Metrics: each instance's own series, on a node active for one and backup for the other.
+    let a_web = r#"xvip_service_packets_total{vrrp_instance="a",service="web"}"#;
+    let page = metrics_page(&n1, |p| value(p, a_web).is_some_and(|v| v >= 60.0));
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="a",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="b",role="backup"}"#, 1.0),
+        (r#"xvip_service_packets_total{vrrp_instance="b",service="web"}"#, 0.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="b",reason="arp_replies"}"#, 0.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    let info = format!(r#"xvip_vrrp_info{{vrrp_instance="b",vrid="52",vip="{}",interface="#, vip_b(&lab));
+    assert!(page.contains(&info), "{info} in\n{page}");
+    let arp_a = r#"xvip_instance_frames_total{vrrp_instance="a",reason="arp_replies"}"#;
+    assert!(value(&page, arp_a).is_some_and(|v| v >= 1.0), "{arp_a} in\n{page}");
+    let checked = format!(
+        r#"xvip_health_checks_total{{vrrp_instance="b",service="web",backend="{}:{PORT}",result="passed"}}"#,
+        lab.backends()[0].ip
+    );
+    assert!(value(&page, &checked).is_some_and(|v| v >= 1.0), "{checked}: b's checkers record under b\n{page}");
 }
 
 #[test]
