@@ -18,6 +18,10 @@ mod setup;
 const CI_FUZZ_SECONDS: u64 = 5;
 /// The soak's short form in `cargo xtask test`: long enough for every kind of fault at least once.
 const CI_SOAK_MINUTES: f64 = 1.0;
+/// The short form's schedule is fixed (a seed whose minute holds every fault kind), so a CI failure is a
+/// regression on a known schedule that `cargo xtask soak --minutes 1 --seed CI_SOAK_SEED` replays, not a new
+/// schedule drawn that day; `cargo xtask soak` draws a fresh seed.
+const CI_SOAK_SEED: u64 = 1796055350871948495;
 
 #[derive(Parser)]
 #[command(about = "Build, test, demo and benchmark xvip", long_about = None)]
@@ -266,7 +270,7 @@ fn test(filter: Option<&str>) -> Result<()> {
             let started = Instant::now();
             step(&format!("soak: {CI_SOAK_MINUTES} minute with every kind of fault (`cargo xtask soak` runs 10)"));
             let result = run(Command::new(root().join("target/release/xvip-soak"))
-                .args(soak_args(CI_SOAK_MINUTES, None))
+                .args(soak_args(CI_SOAK_MINUTES, Some(CI_SOAK_SEED)))
                 .env("XVIP_BIN", root().join("target/release/xvip"))
                 .env("XVIP_LAB_BACKEND", root().join("target/release/lab-backend")));
             step(&format!("the soak took {:.0} s", started.elapsed().as_secs_f64()));
