@@ -87,12 +87,11 @@ fn a_non_root_daemon_with_the_units_capabilities_elects_forwards_and_hands_over(
     let nat = n1.status().expect("status").counters.dataplane.get("nat_forward_tx").copied().unwrap_or(0);
     assert!(nat >= 60, "node1's XDP program translated them ({nat})");
 
-    // Graceful stop: the priority-0 advert and the XDP detach work without root too; node2 takes over.
-    let report_probe = probe::Probe::start(
-        &lab.client().ns,
-        ProbeSpec { timeout: Duration::from_millis(500), ..ProbeSpec::http(lab.vip_addr(PORT)) },
-    )
-    .expect("probe");
+    // Graceful stop: the priority-0 advert and the XDP detach work without root too; node2 takes over within
+    // its Skew_Time, the bound the failover tests hold a root daemon to. The probe's requests have the failover
+    // tests' short deadline: a NAT handshake caught in flight by the handover (its SYN through node1, its SYN/ACK
+    // through node2, which has no translation for it) is lost and costs one request, not a 1 s SYN retransmission.
+    let report_probe = probe::Probe::start(&lab.client().ns, ProbeSpec::http(lab.vip_addr(PORT))).expect("probe");
     std::thread::sleep(Duration::from_millis(200));
     let (code, took) = n1.terminate().expect("SIGTERM");
     n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
@@ -100,5 +99,13 @@ fn a_non_root_daemon_with_the_units_capabilities_elects_forwards_and_hands_over(
     let report = report_probe.stop().expect("probe report");
     eprintln!("graceful stop of the non-root node: exit {code:?} after {took:?}; client: {}", report.summary());
     assert_eq!(code, Some(0), "clean exit");
-    assert_eq!(report.failures, 0, "{}", report.summary());
+    // node2's Skew_Time at priority 100 with 100 ms adverts, plus the failover tests' 100 ms slack.
+    let bound = Duration::from_micros((256 - 100) * 100_000 / 256) + Duration::from_millis(100);
+    assert!(report.longest_gap <= bound, "outage {:?} > {bound:?}: {}", report.longest_gap, report.summary());
+    let after = report
+        .samples
+        .iter()
+        .filter(|s| s.outcome.is_ok() && s.started >= report.longest_gap_start + report.longest_gap)
+        .count();
+    assert!(after > 0, "node2 answered nothing after the handover: {}", report.summary());
 }
