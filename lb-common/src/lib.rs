@@ -4,15 +4,33 @@
 //! compares map keys byte for byte: implicit padding may hold garbage and make equal keys differ.
 //! Addresses and ports are stored in network byte order exactly as they appear in packets (`[u8; 4]`, `[u8; 2]`),
 //! so neither side ever has to think about endianness.
+//!
+//! # Several VIPs
+//! A node serves any number of VRRP instances, each with one or more addresses (VIPs). Every VIP has a `VIPS` entry
+//! ([`VipValue`]) naming the *router* whose active flag governs it: a VRRP router is an instance in one address
+//! family ([`router_slot`]), and its flag lives in the one `HEARTBEAT` entry ([`Heartbeat::active`]). Services are
+//! keyed by (VIP, port, protocol) ([`ServiceKey`]), flows and NAT translations carry their VIP ([`FlowKey`],
+//! [`NatKey`]), and each VIP has its own flow hash seed, so one instance's failover or reload never touches
+//! another's flows.
 #![no_std]
 
 /// Maglev lookup table size per service (a prime, as the Maglev paper requires).
 pub const MAGLEV_M: u32 = 65537;
-/// Services per data plane. Each takes two Maglev tables (double buffering), 2 x 256 KiB.
-pub const MAX_SERVICES: u32 = 64;
+/// Services per data plane (over all instances). Each takes two Maglev tables (double buffering), 2 x 256 KiB of
+/// kernel memory; the agent loads the program for the services it is configured with (see `LoadOptions`).
+pub const MAX_SERVICES: u32 = 512;
 /// Backends over all services.
-pub const MAX_BACKENDS: u32 = 4096;
-/// Default size of the connection table (LRU) and of the NAT translation table (LRU); the agent sets both from
+pub const MAX_BACKENDS: u32 = 16384;
+/// VRRP instances per node: each has a router per address family, and each router an active flag in
+/// [`Heartbeat::active`].
+pub const MAX_INSTANCES: u32 = 128;
+/// VRRP routers per node: one per instance and address family (IPv4, IPv6).
+pub const MAX_ROUTERS: u32 = 2 * MAX_INSTANCES;
+/// Addresses (VIPs) per node, over all instances: entries of `VIPS`.
+pub const MAX_VIPS: u32 = 1024;
+/// (VIP, port, protocol) entries of `SERVICES`: every service listens on every address of its instance.
+pub const MAX_LISTENERS: u32 = 16384;
+/// Default size of the connection table (LRU) and of the NAT table (LRU); the agent sets both from
 /// `conntrack_entries` at load time: 104 + 128 = 232 bytes of kernel memory per entry (see [`FlowValue`] and
 /// [`NatKey`]), 15.2 MB for the default.
 pub const DEFAULT_CONNTRACK_ENTRIES: u32 = 65536;
@@ -24,6 +42,8 @@ pub mod names {
     pub const PROGRAM: &str = "xvip_xdp";
     pub const PASS_PROGRAM: &str = "xvip_pass";
     pub const CONFIG: &str = "CONFIG";
+    pub const VIPS: &str = "VIPS";
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     pub const SERVICES: &str = "SERVICES";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
@@ -37,47 +57,72 @@ pub mod names {
     pub const NAT_EMBRYONIC_TIMEOUT_NS: &str = "NAT_EMBRYONIC_TIMEOUT_NS";
     pub const NAT_ESTABLISHED_TIMEOUT_NS: &str = "NAT_ESTABLISHED_TIMEOUT_NS";
     pub const COUNTERS: &str = "COUNTERS";
+    pub const ROUTER_COUNTERS: &str = "ROUTER_COUNTERS";
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const HEARTBEAT: &str = "HEARTBEAT";
 }
 
-/// Whether the node may answer for the VIP: the one entry of the `HEARTBEAT` array, written only by the agent's
-/// advert path (so it never waits behind, or races with, service updates, which write `CONFIG`).
+/// Whether the node may answer for its VIPs: the one entry of the `HEARTBEAT` array, written only by the agent's
+/// advert path (so it never waits behind, or races with, service updates, which write the other maps).
 ///
-/// `active` is 1 while this node is the active VRRP router. `last_ns` is the dead-man switch: the agent refreshes it
-/// each time it sends an advert, and the program stops answering for the VIP (ARP, ping, forwarding) once it is
-/// more than `max_age_ns` old, so a hung agent (stopped, deadlocked, stuck in a syscall) holds nothing after the
-/// peers' down interval. `max_age_ns == 0` turns the switch off.
+/// `active[r]` is 1 while router `r` ([`router_slot`]) is the active VRRP router of its group. `last_ns` is the
+/// dead-man switch: the agent refreshes it each time it sends an advert, and the program stops answering for any
+/// VIP (ARP, ping, forwarding) once it is more than `max_age_ns` old, so a hung agent (stopped, deadlocked, stuck in
+/// a syscall) holds nothing after the peers' down interval. `max_age_ns == 0` turns the switch off.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Heartbeat {
     /// `CLOCK_MONOTONIC` in ns (what `bpf_ktime_get_ns` reads) at the last advert sent.
     pub last_ns: u64,
     pub max_age_ns: u64,
-    pub active: u32,
-    pub _pad: u32,
+    /// One byte per router: 1 = active. A router's flag changes alone (one byte of the value), so a packet sees
+    /// every other router's flag unchanged while the agent rewrites the entry.
+    pub active: [u8; MAX_ROUTERS as usize],
 }
-const _: () = assert!(core::mem::size_of::<Heartbeat>() == 24);
+const _: () = assert!(core::mem::size_of::<Heartbeat>() == 16 + MAX_ROUTERS as usize);
 
-/// The data plane's whole view of the node: one entry of the `CONFIG` array.
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { last_ns: 0, max_age_ns: 0, active: [0; MAX_ROUTERS as usize] }
+    }
+}
+
+impl Heartbeat {
+    /// Whether router `router` is active (out of range: no).
+    #[inline(always)]
+    pub fn is_active(&self, router: u32) -> bool {
+        // The mask keeps the index provably inside the array for the verifier (MAX_ROUTERS is a power of two).
+        router < MAX_ROUTERS && self.active[(router & (MAX_ROUTERS - 1)) as usize] == 1
+    }
+}
+
+/// Address families of VRRP routers: VRRPv3 runs IPv4 and IPv6 as separate routers (RFC 5798 §5.2.9), so an
+/// instance with addresses of both families has one router for each.
+pub const FAMILY_IPV4: u32 = 0;
+pub const FAMILY_IPV6: u32 = 1;
+
+/// The router index of instance slot `instance` (0..MAX_INSTANCES) in `family`: where its active flag sits in
+/// [`Heartbeat::active`] and what its VIPs' [`VipValue::router`] says.
+#[inline(always)]
+pub const fn router_slot(instance: u32, family: u32) -> u32 {
+    instance * 2 + (family & 1)
+}
+
+/// The data plane's view of the node: one entry of the `CONFIG` array.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NodeConfig {
-    /// Seed of the flow hash, identical on every node of a VRRP group (derived from the VIP and VRID).
-    pub hash_seed: u32,
-    pub vip: [u8; 4],
-    /// MAC address of the interface the program is attached to.
+    /// MAC address of the default interface (the top-level `interface`).
     pub mac: [u8; 6],
     pub _pad: [u8; 2],
-    /// Index of that interface (0 until attached). ARP for the VIP is answered there only, with `mac`; backends
-    /// whose `ifindex` is 0 are reached through it.
+    /// Index of that interface (0 until attached). Backends whose `ifindex` is 0 are reached through it.
     pub ifindex: u32,
     /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
     /// source. The agent refreshes them whenever it writes the data plane.
     pub local: [[u8; 4]; LOCAL_ADDRESSES],
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20 + 4 * LOCAL_ADDRESSES);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12 + 4 * LOCAL_ADDRESSES);
 
 /// How many of the node's own addresses (and broadcasts) `NodeConfig` holds.
 pub const LOCAL_ADDRESSES: usize = 8;
@@ -97,34 +142,65 @@ impl NodeConfig {
     }
 }
 
+/// Value of the `VIPS` hash map, keyed by the VIP's IPv4 address (`[u8; 4]`, network order).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipValue {
+    /// The router whose active flag governs this address ([`router_slot`]).
+    pub router: u32,
+    /// Seed of the flow hash for this address, identical on every node of its VRRP group ([`group_seed`] of the
+    /// address and the instance's VRID).
+    pub hash_seed: u32,
+    /// The interface the address is answered on (its instance's): ARP requests for it are answered there only,
+    /// with `mac`. 0 = any (fixtures that attach nowhere).
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
+
+/// Elements of the `VIP_FILTER` array: one bit per value of [`vip_filter_bit`], 64 per element.
+pub const VIP_FILTER_WORDS: u32 = 65536 / 64;
+
+/// Where an IPv4 destination's bit sits in `VIP_FILTER`: (element, bit). The 16 bits are the address folded onto
+/// itself (high half xor low half), so every address of a /16 gets its own bit. A clear bit means "no VIP here":
+/// most frames on a node are not for a VIP, and they pay one inlined array read instead of a `VIPS` hash lookup.
+#[inline(always)]
+pub const fn vip_filter_bit(address: [u8; 4]) -> (u32, u32) {
+    let folded = (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32);
+    (folded / 64, folded % 64)
+}
+
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
-/// Where a service (a port and protocol on the VIP) sits in the `SERVICES` array: TCP ports first, then UDP.
-///
-/// An array indexed by port instead of a hash map: the verifier inlines array lookups, so finding the service
-/// costs a few instructions instead of a hash lookup (about 40 ns here) on every packet to the VIP.
-#[inline(always)]
-pub const fn service_slot(protocol: u8, port: u16) -> Option<u32> {
-    match protocol {
-        PROTO_TCP => Some(port as u32),
-        PROTO_UDP => Some(65536 + port as u32),
-        _ => None,
+/// Key of the `SERVICES` hash map: a port and protocol on one VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub vip: [u8; 4],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+impl ServiceKey {
+    /// The key of `port` (host order) and `protocol` on `vip`, padding zeroed.
+    #[inline(always)]
+    pub const fn new(vip: [u8; 4], port: [u8; 2], protocol: u8) -> Self {
+        ServiceKey { vip, port, protocol, _pad: 0 }
     }
 }
-
-/// Entries of the `SERVICES` array: every TCP and every UDP port.
-pub const SERVICE_SLOTS: u32 = 2 * 65536;
 
 pub const FORWARD_DSR: u8 = 0;
 pub const FORWARD_NAT: u8 = 1;
 
-/// One entry of the `SERVICES` array.
+/// The value of a `SERVICES` entry.
 ///
 /// The agent rebuilds a Maglev table into the buffer that is *not* in use, then rewrites this value with only
-/// `table` changed. Array updates copy the value without a lock, but `table` is one aligned 4-byte word and nothing
-/// else changes in that write, so a packet sees the old table or the new one, never a mix. A new service is written
-/// with `present = 0` first and then again with `present = 1`, for the same reason.
+/// `table` changed. `SERVICES` is a hash map without preallocation: an update swaps in a whole new element and the
+/// old one is freed only after every reader is done, so a packet sees the old value or the new one, never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -133,9 +209,7 @@ pub struct ServiceValue {
     /// Which of the service's two Maglev tables is live (0 or 1).
     pub table: u32,
     pub forwarding: u8,
-    /// 1 when a service is configured on this port.
-    pub present: u8,
-    pub _pad: [u8; 2],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
 
@@ -179,14 +253,15 @@ pub struct Backend {
     pub src_mac: [u8; 6],
     /// 1 when the health checks say the backend is up; a pinned flow to an unhealthy backend is re-hashed.
     pub healthy: u8,
+    pub _pad: u8,
     /// Index of the service this backend belongs to. A pinned flow whose backend slot was since given to another
     /// service is re-hashed instead of crossing services.
-    pub service: u8,
+    pub service: u16,
     /// Interface through which the backend is reached (0: the node's interface, [`NodeConfig::ifindex`]); equal
     /// to the ingress interface means XDP_TX, another one `bpf_redirect`.
     pub ifindex: u32,
 }
-const _: () = assert!(core::mem::size_of::<Backend>() == 24);
+const _: () = assert!(core::mem::size_of::<Backend>() == 28);
 
 impl Backend {
     /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot still holds the
@@ -198,23 +273,24 @@ impl Backend {
     }
 }
 
-/// Key of the connection table: one direction of a client flow towards a service.
+/// Key of the connection table: one direction of a client flow towards a service on one VIP.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub client: [u8; 4],
+    pub vip: [u8; 4],
     pub client_port: [u8; 2],
     pub service_port: [u8; 2],
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 12);
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 impl FlowKey {
     /// The key of a client flow, padding zeroed (the kernel compares keys byte for byte).
     #[inline(always)]
-    pub const fn new(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8) -> Self {
-        FlowKey { client, client_port, service_port, protocol, _pad: [0; 3] }
+    pub const fn new(client: [u8; 4], vip: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8) -> Self {
+        FlowKey { client, vip, client_port, service_port, protocol, _pad: [0; 3] }
     }
 }
 
@@ -293,13 +369,15 @@ pub const NAT_SOURCE_PORT_WORDS: u32 = 2 * 65536 / 64;
 /// `NAT_BACKENDS`; every other packet skips that hash lookup.
 #[inline(always)]
 pub const fn nat_source_port_bit(protocol: u8, port: u16) -> Option<(u32, u32)> {
-    match service_slot(protocol, port) {
-        Some(slot) => Some((slot / 64, slot % 64)),
-        None => None,
-    }
+    let slot = match protocol {
+        PROTO_TCP => port as u32,
+        PROTO_UDP => 65536 + port as u32,
+        _ => return None,
+    };
+    Some((slot / 64, slot % 64))
 }
 /// Key of the `NAT` map (reverse translation): what a backend's reply carries, (backend, backend port) as source
-/// and (VIP, NAT port) as destination. The VIP is implicit (one per data plane).
+/// and (VIP, NAT port) as destination.
 ///
 /// Kernel memory of `NAT` (LRU hash, preallocated): 128 bytes per entry (48-byte element header, 16 of key, 48 of
 /// value, 16 of bucket), 8.4 MB for the default 65536 entries. It has as many entries as `CONNTRACK`.
@@ -307,17 +385,18 @@ pub const fn nat_source_port_bit(protocol: u8, port: u16) -> Option<(u32, u32)> 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NatKey {
     pub backend: [u8; 4],
+    pub vip: [u8; 4],
     pub backend_port: [u8; 2],
     pub nat_port: [u8; 2],
     pub protocol: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(core::mem::size_of::<NatKey>() == 12);
+const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 
 impl NatKey {
     #[inline(always)]
-    pub const fn new(backend: [u8; 4], backend_port: [u8; 2], nat_port: [u8; 2], protocol: u8) -> Self {
-        NatKey { backend, backend_port, nat_port, protocol, _pad: [0; 3] }
+    pub const fn new(backend: [u8; 4], vip: [u8; 4], backend_port: [u8; 2], nat_port: [u8; 2], protocol: u8) -> Self {
+        NatKey { backend, vip, backend_port, nat_port, protocol, _pad: [0; 3] }
     }
 }
 
@@ -405,9 +484,9 @@ const _: () = assert!(core::mem::size_of::<Traffic>() == 24);
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
-    /// ARP request for the VIP answered with XDP_TX.
+    /// ARP request for a VIP answered with XDP_TX.
     ArpReply = 0,
-    /// ICMP echo request to the VIP answered with XDP_TX.
+    /// ICMP echo request to a VIP answered with XDP_TX.
     EchoReply = 1,
     /// Packet to a service sent to a backend (DSR) on the ingress interface.
     ForwardTx = 2,
@@ -417,16 +496,16 @@ pub enum Reason {
     PassNotIpv4 = 4,
     /// 802.1Q/802.1ad tagged: kernel.
     PassVlan = 5,
-    /// ARP that is not a request for the VIP, or any ARP while not active, or a request for the VIP no client can
-    /// have sent (a sender address that is martian, the VIP or the node's own, or a sender MAC that is zero,
-    /// multicast or the node's): kernel, which answers only for its own addresses.
+    /// ARP that is not a request for one of our VIPs (on its interface, while its router is active), or a request
+    /// for a VIP no client can have sent (a sender address that is martian, a VIP or the node's own, or a sender
+    /// MAC that is zero, multicast or the node's): kernel, which answers only for its own addresses.
     PassArp = 6,
-    /// IPv4 not addressed to the VIP: kernel.
+    /// IPv4 not addressed to any VIP: kernel.
     PassNotVip = 7,
-    /// Addressed to the VIP while this node is not active: dropped (the kernel does not own the VIP; with IP
+    /// Addressed to a VIP whose router is not active here: dropped (the kernel does not own the VIP; with IP
     /// forwarding on it would route it back to the active node or loop it through stale neighbour entries).
     DropInactive = 8,
-    /// To the VIP but not to a configured service (other port, protocol or ICMP type, or an ICMP error about no
+    /// To a VIP but not to a service configured on it (other port, protocol or ICMP type, or an ICMP error about no
     /// flow of ours): dropped and counted, never handed to the kernel's forwarding path.
     DropNoService = 9,
     /// Frame too short for the headers it claims: kernel (it drops it too, and counts it).
@@ -492,6 +571,16 @@ pub const REASON_COUNT: u32 = 32;
 /// hold (about 3.5 KiB of a 4 KiB page). Verifying costs about 1 ns per 8 bytes, so the bound also caps what a
 /// flood of large pings costs per packet.
 pub const ECHO_MAX_LEN: usize = 3072;
+
+/// The `ROUTER_COUNTERS` element of `reason` for frames to the VIPs of `router`: the per-CPU counters of each
+/// router's own frames (addressed to one of its VIPs, or ARP requests for one), next to the node-wide `COUNTERS`.
+#[inline(always)]
+pub const fn router_counter(router: u32, reason: u32) -> u32 {
+    router * REASON_COUNT + reason
+}
+
+/// Elements of `ROUTER_COUNTERS`.
+pub const ROUTER_COUNTER_SLOTS: u32 = MAX_ROUTERS * REASON_COUNT;
 
 impl Reason {
     pub const ALL: [Reason; REASON_COUNT as usize] = [
@@ -633,6 +722,8 @@ mod pod {
     unsafe impl aya::Pod for super::Heartbeat {}
     unsafe impl aya::Pod for super::MaglevChunk {}
     unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
@@ -701,9 +792,10 @@ mod tests {
 
     #[test]
     fn constructors_zero_the_padding() {
-        let k = FlowKey::new([1, 2, 3, 4], [5, 6], [7, 8], 6);
+        let k = FlowKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 6);
         assert_eq!(k._pad, [0; 3]);
-        assert_eq!(NatKey::new([1, 2, 3, 4], [5, 6], [7, 8], 17)._pad, [0; 3]);
+        assert_eq!(NatKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 17)._pad, [0; 3]);
+        assert_eq!(ServiceKey::new([1, 2, 3, 4], [0, 80], 6)._pad, 0);
         assert_eq!(Endpoint::new([1, 2, 3, 4], [5, 6], 6)._pad, 0);
         assert_eq!(FlowValue::new(3, &Backend::default(), [4, 5], 6)._pad, [0; 4]);
     }
@@ -727,10 +819,34 @@ mod tests {
     }
 
     #[test]
-    fn tcp_and_udp_ports_have_their_own_service_slots() {
-        assert_eq!(service_slot(PROTO_TCP, 443), Some(443));
-        assert_eq!(service_slot(PROTO_UDP, 443), Some(65536 + 443));
-        assert_eq!(service_slot(PROTO_UDP, 65535), Some(SERVICE_SLOTS - 1));
-        assert_eq!(service_slot(1, 443), None);
+    fn every_address_of_a_slash_16_has_its_own_filter_bit() {
+        let mut seen = [0u64; VIP_FILTER_WORDS as usize];
+        for host in 0..=u16::MAX {
+            let [c, d] = host.to_be_bytes();
+            let (word, bit) = vip_filter_bit([10, 77, c, d]);
+            assert!(word < VIP_FILTER_WORDS && bit < 64);
+            assert_eq!(seen[word as usize] & (1 << bit), 0, "10.77.{c}.{d} shares a bit");
+            seen[word as usize] |= 1 << bit;
+        }
+    }
+
+    #[test]
+    fn routers_of_one_instance_differ_by_family_and_fit_the_heartbeat() {
+        assert_eq!(router_slot(0, FAMILY_IPV4), 0);
+        assert_eq!(router_slot(0, FAMILY_IPV6), 1);
+        assert_eq!(router_slot(5, FAMILY_IPV4), 10);
+        assert_eq!(router_slot(MAX_INSTANCES - 1, FAMILY_IPV6), MAX_ROUTERS - 1);
+        assert!(MAX_ROUTERS.is_power_of_two(), "the program masks router indices");
+        let mut beat = Heartbeat::default();
+        beat.active[3] = 1;
+        assert!(beat.is_active(3));
+        assert!(!beat.is_active(2));
+        assert!(!beat.is_active(MAX_ROUTERS + 3), "out of range is inactive, not a masked alias");
+    }
+
+    #[test]
+    fn router_counters_do_not_overlap() {
+        assert_eq!(router_counter(0, REASON_COUNT - 1) + 1, router_counter(1, 0));
+        assert_eq!(router_counter(MAX_ROUTERS - 1, REASON_COUNT - 1) + 1, ROUTER_COUNTER_SLOTS);
     }
 }

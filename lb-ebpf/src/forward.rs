@@ -16,6 +16,7 @@ use crate::{
     maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
     packet,
     parse::L4,
+    vip::Vip,
 };
 
 /// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.
@@ -25,10 +26,11 @@ pub fn dsr(
     eth: *mut EthHdr,
     ip: &Ipv4Hdr,
     config: &NodeConfig,
+    vip: &Vip,
     svc: &ServiceValue,
     l4: &L4,
 ) -> (u32, Reason) {
-    let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
+    let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
     // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
     // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
@@ -46,7 +48,7 @@ pub fn dsr(
     }
     let fresh = chosen == NO_BACKEND;
     if fresh {
-        let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, config.hash_seed);
+        let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, vip.value.hash_seed);
         let Some(id) = maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
         };

@@ -6,8 +6,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, ECHO_MAX_LEN, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue,
-    service_slot,
+    Backend, ECHO_MAX_LEN, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
@@ -19,6 +18,7 @@ use crate::{
     packet,
     parse::{IP_LEN, L4_OFF},
     route::{self, NoRoute},
+    vip::Vip,
 };
 
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -37,6 +37,7 @@ pub fn handle(
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
+    vip: &Vip,
     total: usize,
 ) -> (u32, Reason) {
     let Some(icmp) = packet::at::<Icmpv4Hdr>(ctx, L4_OFF) else {
@@ -48,15 +49,15 @@ pub fn handle(
     // SAFETY: bounds-checked by `at`.
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
-        ICMP_ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, total - IP_LEN),
-        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, total),
+        ICMP_ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, total - IP_LEN),
+        ICMP_DEST_UNREACHABLE | ICMP_TIME_EXCEEDED => error(ctx, eth, ip, config, vip.address, total),
         _ => (XDP_DROP, Reason::DropNoService),
     }
 }
 
 /// Answers an ICMP echo request to the VIP (`len` bytes of ICMP) in place: type 8 -> 0, checksum adjusted,
-/// addresses swapped, and sent back out of the interface it came in on, to the MAC it came from, from the node's
-/// MAC, as an ARP reply is. Only a request whose checksum verifies is answered, as a host does, and only from a
+/// addresses swapped, and sent back out of the interface it came in on, to the MAC it came from, from the MAC the
+/// VIP is answered with ([`VipValue::mac`](lb_common::VipValue), its interface's), as an ARP reply is. Only a request whose checksum verifies is answered, as a host does, and only from a
 /// MAC a host can have (unicast, not zero, not the node's): the source MAC of a corrupt or forged frame is not a
 /// destination (`DropMartianSource`). Asking the FIB instead would cost about 400 ns per ping (measured with
 /// `cargo xtask bench xdp`), ten times the rest of this path, and fail on nodes without IPv4 forwarding.
@@ -67,11 +68,12 @@ fn echo(
     ip: &mut Ipv4Hdr,
     icmp: *mut Icmpv4Hdr,
     config: &NodeConfig,
+    vip: &Vip,
     len: usize,
 ) -> (u32, Reason) {
     // SAFETY: bounds-checked by `at` in `process`.
     let asker_mac = unsafe { (*eth).src_addr };
-    if asker_mac[0] & 1 != 0 || asker_mac == [0; 6] || asker_mac == config.mac {
+    if asker_mac[0] & 1 != 0 || asker_mac == [0; 6] || asker_mac == config.mac || asker_mac == vip.value.mac {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     if len > ECHO_MAX_LEN {
@@ -87,7 +89,7 @@ fn echo(
     icmp.type_ = ICMP_ECHO_REPLY;
     // Swapping source and destination leaves the IP header checksum unchanged.
     core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
-    set_macs(eth, asker_mac, config.mac);
+    set_macs(eth, asker_mac, vip.value.mac);
     (XDP_TX, Reason::EchoReply)
 }
 
@@ -156,7 +158,14 @@ fn message_ok(ctx: &XdpContext, len: usize) -> bool {
 /// Either way the error comes from the VIP (the outer source), so no address behind the NAT shows, and the new
 /// outer destination is the new quoted source.
 #[inline(always)]
-fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, total: usize) -> (u32, Reason) {
+fn error(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    vip: [u8; 4],
+    total: usize,
+) -> (u32, Reason) {
     // The ICMP header, the quoted IP header and the quoted ports (RFC 792 guarantees 8 bytes of the quoted
     // payload; the ports suffice), in one bounds check.
     let Some(error) = packet::at::<IcmpError>(ctx, L4_OFF) else {
@@ -169,23 +178,23 @@ fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConf
     let error = unsafe { &mut *error };
     let (inner, ports) = (&error.inner, error.ports);
     let protocol = inner.proto;
-    if inner.vihl != 0x45 || inner.src_addr != config.vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+    if inner.vihl != 0x45 || inner.src_addr != vip || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
         return (XDP_DROP, Reason::DropNoService);
     }
     let quoted_sport = [ports[0], ports[1]];
     let quoted_dport = [ports[2], ports[3]];
 
-    let key = NatKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    let key = NatKey::new(inner.dst_addr, vip, quoted_dport, quoted_sport, protocol);
     // SAFETY: copied out at once.
     if let Some(to) = unsafe { NAT.get(&key) }.copied() {
         let tot_len = u16::from_be_bytes(ip.tot_len);
-        let route = route::lookup(ctx, config.vip, to.client, ip.proto as u8, tot_len);
+        let route = route::lookup(ctx, vip, to.client, ip.proto as u8, tot_len);
         if let Err(no) = route
             && no != NoRoute::Neighbour
         {
             return (XDP_DROP, no.reason());
         }
-        translate(ctx, ip, error, config.vip, total, to.client, to.client_port, to.service_port);
+        translate(ctx, ip, error, vip, total, to.client, to.client_port, to.service_port);
         let Ok(route) = route else {
             return (XDP_PASS, Reason::PassNoNeighbour);
         };
@@ -193,34 +202,27 @@ fn error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConf
         return forward::send(ctx, route.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
     }
 
-    let flow = FlowKey::new(inner.dst_addr, quoted_dport, quoted_sport, protocol);
+    let flow = FlowKey::new(inner.dst_addr, vip, quoted_dport, quoted_sport, protocol);
     // SAFETY: copied out at once.
     if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
         && pinned.nat_port != [0, 0]
     {
         // The slot must still hold the flow's backend, of the flow's service: slots are reused when backends leave.
-        let Some(slot) = service_slot(protocol, u16::from_be_bytes(quoted_sport)) else {
+        // SAFETY: copied out at once.
+        let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip, quoted_sport, protocol)) }).copied() else {
             return (XDP_DROP, Reason::DropNoService);
         };
-        let Some(svc) = SERVICES.get(slot) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        let svc: ServiceValue = *svc;
         let Some(backend) = BACKENDS.get(pinned.backend) else {
             return (XDP_DROP, Reason::DropInternal);
         };
         let backend: Backend = *backend;
-        if svc.present != 1
-            || svc.forwarding != FORWARD_NAT
-            || u32::from(backend.service) != svc.index
-            || !pinned.holds(&backend)
-        {
+        if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index || !pinned.holds(&backend) {
             return (XDP_DROP, Reason::DropNoService);
         }
         if backend.mac == [0; 6] {
             return (XDP_DROP, Reason::DropBackendUnresolved);
         }
-        translate(ctx, ip, error, config.vip, total, backend.address, backend.port, pinned.nat_port);
+        translate(ctx, ip, error, vip, total, backend.address, backend.port, pinned.nat_port);
         return forward::to_backend(ctx, eth, config, &backend, Reason::NatIcmpToBackend, Reason::NatIcmpToBackend);
     }
     (XDP_DROP, Reason::DropNoService)

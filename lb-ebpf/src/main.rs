@@ -1,12 +1,13 @@
-//! xvip's XDP program: answers ARP and ping for the VIP while this node is the active VRRP router, and sends
-//! traffic for the configured services to a backend chosen by Maglev, pinned per flow.
+//! xvip's XDP program: answers ARP and ping for each VIP while the VRRP router it belongs to is active on this
+//! node, and sends traffic for the services configured on it to a backend chosen by Maglev, pinned per flow.
 //!
-//! Modules by concern, none calling back into this root: `parse` (header layout, L4 fields), `forward` (Maglev,
-//! backends, MAC rewrite, TX/redirect, the DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and
+//! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `parse` (header
+//! layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and
 //! ICMP errors through the NAT), `route` (the FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
 //!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
-//! exactly one `Reason`, counted per CPU, so the agent can tell users what happened to every frame.
+//! exactly one `Reason`, counted per CPU (and, for a frame to a VIP, for the VIP's router too), so the agent can
+//! tell users what happened to every frame.
 #![no_std]
 #![no_main]
 
@@ -18,6 +19,7 @@ mod nat;
 mod packet;
 mod parse;
 mod route;
+mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
@@ -26,19 +28,24 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Endpoint, FORWARD_NAT, NodeConfig, Reason, ServiceValue, martian_source, nat_source_port_bit, service_slot,
+    Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
+    nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, SERVICES};
+use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS, SERVICES};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
+use vip::{Vip, lookup_vip};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
+/// The router a frame belongs to when it is not addressed to any VIP: counted node-wide only.
+const NO_ROUTER: u32 = u32::MAX;
+
 #[xdp]
 pub fn xvip_xdp(ctx: XdpContext) -> u32 {
-    let (action, reason) = process(&ctx);
-    count(reason);
+    let (action, reason, router) = process(&ctx);
+    count(reason, router);
     action
 }
 
@@ -49,41 +56,49 @@ pub fn xvip_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
 }
 
+/// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.
 #[inline(always)]
-fn count(reason: Reason) {
+fn count(reason: Reason, router: u32) {
     if let Some(c) = COUNTERS.get_ptr_mut(reason as u32) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        unsafe { *c += 1 };
+    }
+    if router < MAX_ROUTERS
+        && let Some(c) = ROUTER_COUNTERS.get_ptr_mut(router_counter(router, reason as u32))
+    {
+        // SAFETY: as above.
         unsafe { *c += 1 };
     }
 }
 
 #[inline(always)]
-fn process(ctx: &XdpContext) -> (u32, Reason) {
+fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
     let Some(eth) = packet::at::<EthHdr>(ctx, 0) else {
-        return (XDP_PASS, Reason::PassTruncated);
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
     // SAFETY: `at` checked that the header lies inside the frame.
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     let Some(config) = CONFIG.get(0) else {
-        return (XDP_PASS, Reason::DropInternal);
+        return (XDP_PASS, Reason::DropInternal, NO_ROUTER);
     };
     match ether_type {
         ETH_P_ARP => arp(ctx, eth, config),
         ETH_P_IPV4 => ipv4(ctx, eth, config),
-        ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan),
-        _ => (XDP_PASS, Reason::PassNotIpv4),
+        ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
+        _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }
 }
 
-/// Whether this node may answer for the VIP: it is the active router *and* its agent is alive, i.e. the heartbeat
-/// the agent writes with every advert is younger than its limit (a dead-man switch: an agent that hangs stops
-/// advertising, its peers take over after their down interval, and by then this node has stopped answering).
+/// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.
+/// the heartbeat the agent writes with every advert is younger than its limit (a dead-man switch: an agent that
+/// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
+/// answering).
 #[inline(always)]
-fn may_answer() -> bool {
+fn may_answer(router: u32) -> bool {
     let Some(beat) = HEARTBEAT.get(0) else {
         return false;
     };
-    if beat.active != 1 {
+    if !beat.is_active(router) {
         return false;
     }
     if beat.max_age_ns == 0 {
@@ -94,62 +109,72 @@ fn may_answer() -> bool {
     now.saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
 
-/// Turns an ARP request for the VIP into the reply, in place (RFC 826), while active, on the node's interface
-/// (other interfaces the program serves carry backends, which reach the VIP through a route).
+/// Turns an ARP request for a VIP into the reply, in place (RFC 826), while its router is active, on the VIP's
+/// interface (other interfaces the program serves carry backends or other instances, which reach the VIP through a
+/// route).
 #[inline(always)]
-fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason) {
+fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
     let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
-        return (XDP_PASS, Reason::PassTruncated);
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
-    let on_node_interface = config.ifindex == 0 || config.ifindex as usize == ctx.ingress_ifindex();
     // SAFETY: both headers were bounds-checked by `at`.
     unsafe {
         let a = &mut *arp;
-        let is_request_for_vip = on_node_interface
-            && a.htype == [0, 1]
+        let is_request = a.htype == [0, 1]
             && a.ptype == ETH_P_IPV4.to_be_bytes()
             && a.hlen == 6
             && a.plen == 4
-            && a.oper == ARP_REQUEST.to_be_bytes()
-            && a.tpa == config.vip
-            // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question; a sender no
-            // client can be gets no answer either (0.0.0.0 is an address conflict probe, RFC 5227, which the
-            // owner answers).
-            && (a.spa == [0; 4] || !(martian_source(a.spa, config.vip) || config.is_local(a.spa)))
-            // The answer goes to the sender's MAC: a unicast one, not ours.
-            && a.sha[0] & 1 == 0
-            && a.sha != [0; 6]
-            && a.sha != config.mac
-            && may_answer();
-        if !is_request_for_vip {
-            return (XDP_PASS, Reason::PassArp);
+            && a.oper == ARP_REQUEST.to_be_bytes();
+        if !is_request {
+            return (XDP_PASS, Reason::PassArp, NO_ROUTER);
+        }
+        let Some(vip) = lookup_vip(a.tpa) else {
+            return (XDP_PASS, Reason::PassArp, NO_ROUTER);
+        };
+        let router = vip.value.router;
+        let on_its_interface = vip.value.ifindex == 0 || vip.value.ifindex as usize == ctx.ingress_ifindex();
+        // A gratuitous ARP (sender = VIP) is another node announcing itself, not a question; a sender no client can
+        // be gets no answer either (0.0.0.0 is an address conflict probe, RFC 5227, which the owner answers).
+        let client_sender = a.spa == [0; 4] || !(martian_source(a.spa, vip.address) || config.is_local(a.spa));
+        // The answer goes to the sender's MAC: a unicast one, not ours.
+        let unicast_asker = a.sha[0] & 1 == 0 && a.sha != [0; 6] && a.sha != config.mac && a.sha != vip.value.mac;
+        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router) {
+            return (XDP_PASS, Reason::PassArp, router);
         }
         let asker_mac = a.sha;
         let asker_ip = a.spa;
+        let mac = vip.value.mac;
         a.oper = ARP_REPLY.to_be_bytes();
         a.tha = asker_mac;
         a.tpa = asker_ip;
-        a.sha = config.mac;
-        a.spa = config.vip;
+        a.sha = mac;
+        a.spa = vip.address;
         (*eth).dst_addr = asker_mac;
-        (*eth).src_addr = config.mac;
+        (*eth).src_addr = mac;
+        (XDP_TX, Reason::ArpReply, router)
     }
-    (XDP_TX, Reason::ArpReply)
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason) {
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
     let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
-        return (XDP_PASS, Reason::PassTruncated);
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
     // SAFETY: bounds-checked by `at`.
     let ip = unsafe { &mut *ip };
-    if ip.dst_addr != config.vip {
-        return (XDP_PASS, Reason::PassNotVip);
-    }
-    // Nothing to the VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
+    let Some(vip) = lookup_vip(ip.dst_addr) else {
+        return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
+    };
+    let (action, reason) = to_vip(ctx, eth, ip, config, &vip);
+    (action, reason, vip.value.router)
+}
+
+/// A frame addressed to `vip`.
+#[inline(always)]
+fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, vip: &Vip) -> (u32, Reason) {
+    // Nothing to a VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
-    if !may_answer() {
+    if !may_answer(vip.value.router) {
         return (XDP_DROP, Reason::DropInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.
@@ -170,25 +195,33 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
         return (XDP_DROP, Reason::DropFragment);
     }
-    // Before anything else, in particular before any state: sources no client can have.
-    if martian_source(ip.src_addr, config.vip) || config.is_local(ip.src_addr) {
+    // Before anything else, in particular before any state: sources no client can have (this VIP, another of
+    // ours, the node's own addresses, martians).
+    if martian_source(ip.src_addr, vip.address) || config.is_local(ip.src_addr) || lookup_vip(ip.src_addr).is_some() {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     let protocol = ip.proto as u8;
     if protocol == IPPROTO_ICMP {
-        return icmp::handle(ctx, eth, ip, config, total);
+        return icmp::handle(ctx, eth, ip, config, vip, total);
     }
     let l4 = match parse::l4(ctx, protocol, total) {
         Ok(l4) => l4,
         Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
         Err(reason) => return (XDP_DROP, reason),
     };
-    transport(ctx, eth, ip, config, &l4)
+    transport(ctx, eth, ip, config, vip, &l4)
 }
 
-/// A TCP or UDP packet to the VIP: a NAT backend's reply, or a client's packet to a service.
+/// A TCP or UDP packet to a VIP: a NAT backend's reply, or a client's packet to a service.
 #[inline(always)]
-fn transport(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, l4: &L4) -> (u32, Reason) {
+fn transport(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    vip: &Vip,
+    l4: &L4,
+) -> (u32, Reason) {
     // Replies are recognised by their source, a NAT backend's (address, port), before the service lookup: the NAT
     // port they are addressed to may equal a service port, and a reply without a translation (after a failover)
     // must not be mistaken for a new client flow. A one-bit-per-port array spares every other packet the hash
@@ -197,7 +230,7 @@ fn transport(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &Node
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
         if let Some(entry) = nat::reverse_entry(ip, l4) {
-            return nat::reply(ctx, eth, ip, config, l4, entry);
+            return nat::reply(ctx, eth, ip, l4, entry);
         }
         let from = Endpoint::new(ip.src_addr, l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
@@ -207,20 +240,15 @@ fn transport(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &Node
             return (XDP_DROP, Reason::DropNatNoEntry);
         }
     }
-    let Some(slot) = service_slot(l4.protocol, u16::from_be_bytes(l4.dport)) else {
+    // SAFETY: copied out at once.
+    let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip.address, l4.dport, l4.protocol)) }).copied() else {
         return (XDP_DROP, Reason::DropNoService);
     };
-    let Some(svc) = SERVICES.get(slot) else {
-        return (XDP_DROP, Reason::DropInternal);
-    };
-    let svc: ServiceValue = *svc;
-    if svc.present != 1 {
-        return (XDP_DROP, Reason::DropNoService);
-    }
+    let svc: ServiceValue = svc;
     if svc.forwarding == FORWARD_NAT {
-        return nat::forward(ctx, eth, ip, config, &svc, l4);
+        return nat::forward(ctx, eth, ip, config, vip, &svc, l4);
     }
-    forward::dsr(ctx, eth, ip, config, &svc, l4)
+    forward::dsr(ctx, eth, ip, config, vip, &svc, l4)
 }
 
 #[cfg(not(test))]

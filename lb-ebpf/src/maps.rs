@@ -1,5 +1,6 @@
 //! Every map of the data plane. The agent (lb-user `dataplane` module) is the only writer of all but the
 //! counters, the connection table and the NAT table, which this program writes.
+use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
@@ -7,19 +8,32 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
-    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig,
-    REASON_COUNT, SERVICE_SLOTS, ServiceValue, Traffic,
+    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey,
+    NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, ServiceKey, ServiceValue, Traffic, VIP_FILTER_WORDS,
+    VipValue,
 };
 
 #[map]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
-/// The agent's dead-man switch (see `lb_common::Heartbeat`).
+/// The agent's dead-man switch and every router's active flag (see `lb_common::Heartbeat`).
 #[map]
 pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 
+/// Every VIP of every instance: its router, hash seed and interface. Without preallocation, so an update swaps a
+/// whole element in and frees the old one only after every reader is done.
 #[map]
-pub static SERVICES: Array<ServiceValue> = Array::with_max_entries(SERVICE_SLOTS, 0);
+pub static VIPS: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// One bit per folded destination address that may be a VIP (`lb_common::vip_filter_bit`): frames to anything
+/// else skip the `VIPS` lookup.
+#[map]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+
+/// (VIP, port, protocol) -> service. Without preallocation, for the same reason as `VIPS`: a table switch is one
+/// element swap.
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_LISTENERS, BPF_F_NO_PREALLOC);
 
 /// Two Maglev tables per service, in chunks of 64 slots (see `lb_common::maglev_position`). The agent shrinks this
 /// to what the configured services need at load time.
@@ -50,6 +64,10 @@ pub static NAT_SOURCE_PORTS: Array<u64> = Array::with_max_entries(NAT_SOURCE_POR
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASON_COUNT, 0);
+
+/// The frames of each router's VIPs, by reason (`lb_common::router_counter`).
+#[map]
+pub static ROUTER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ROUTER_COUNTER_SLOTS, 0);
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);

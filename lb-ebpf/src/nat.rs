@@ -6,7 +6,7 @@
 //! - `CONNTRACK[client flow] = (backend, nport, checked)`: the forward direction. An established packet costs this
 //!   one lookup; once a second (`NAT_CHECK_INTERVAL_NS`) it also confirms that the reverse entry is still the
 //!   flow's own and refreshes it.
-//! - `NAT[(backend, bport, nport, protocol)] = (client, cport, svc, flags, reply route, last seen)`: the reverse
+//! - `NAT[(backend, VIP, bport, nport, protocol)] = (client, cport, svc, flags, reply route, last seen)`: the reverse
 //!   direction, looked up by every reply. The reply route comes from the kernel's FIB (`route.rs`), refreshed
 //!   every `ROUTE_REFRESH_NS`, never from the client's frames, so a spoofed frame cannot steer replies.
 //!
@@ -28,7 +28,7 @@
 //!
 //! # The NAT port is a function of the flow
 //! `nport` is `lb_common::nat_port(flow_hash, attempt)` for the first `attempt` (0..NAT_PORT_TRIES) whose reverse
-//! entry is free, this flow's own, or reclaimable. `flow_hash` is seeded per VRRP group, so after a failover the
+//! entry is free, this flow's own, or reclaimable. `flow_hash` is seeded per VIP from its VRRP group, so after a failover the
 //! new active node, with empty maps, derives the same port from the client's next packet and the backend keeps
 //! seeing the same 4-tuple. A client that reuses a source port reaches the backend from the same NAT port again:
 //! the backend sees the 4-tuple reuse (and the same client ISNs and timestamps) a direct client would cause.
@@ -59,6 +59,7 @@ use crate::{
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute, Route},
+    vip::Vip,
 };
 
 /// Offset of the TCP checksum in the TCP header, and of the UDP checksum in the UDP header.
@@ -72,10 +73,11 @@ pub fn forward(
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
+    vip: &Vip,
     svc: &ServiceValue,
     l4: &L4,
 ) -> (u32, Reason) {
-    let flow = FlowKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol);
+    let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
     let now = now_ns();
 
     // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
@@ -94,7 +96,7 @@ pub fn forward(
                 let (id, port) = (pinned.backend, pinned.nat_port);
                 return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
             }
-            let key = NatKey::new(backend.address, backend.port, pinned.nat_port, l4.protocol);
+            let key = NatKey::new(backend.address, vip.address, backend.port, pinned.nat_port, l4.protocol);
             // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
             // starts over below, as after a failover.
             if let Some(entry) = NAT.get_ptr_mut(&key) {
@@ -114,7 +116,7 @@ pub fn forward(
 
     // A new flow (or one starting over); martian and local sources were dropped before. Its reply route is
     // looked up by its first reply.
-    let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, config.hash_seed);
+    let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, vip.value.hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);
     };
@@ -133,7 +135,7 @@ pub fn forward(
     if let Some(previous) = old
         && previous.nat_port != [0, 0]
     {
-        forget(previous, &flow, NatKey::new(backend.address, backend.port, port, flow.protocol));
+        forget(previous, &flow, NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol));
     }
     let value = FlowValue::new(id, &backend, port, now);
     let recorded = match pinned_ptr {
@@ -165,8 +167,8 @@ fn to_backend(
     if let Err(reason) = forward::take_backend(ctx, service_index, id, new_flow) {
         return (XDP_DROP, reason);
     }
-    let protocol = ip.proto as u8;
-    if !translate(ctx, ip, protocol, config.vip, backend.address, port, backend.port) {
+    let (protocol, vip) = (ip.proto as u8, ip.dst_addr);
+    if !translate(ctx, ip, protocol, vip, backend.address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     forward::to_backend(ctx, eth, config, backend, Reason::NatForwardTx, Reason::NatForwardRedirect)
@@ -175,14 +177,9 @@ fn to_backend(
 /// A packet from a NAT backend's (address, port) to the VIP with its reverse entry (see [`reverse_entry`]): a
 /// reply, translated back to the client.
 #[inline(always)]
-pub fn reply(
-    ctx: &XdpContext,
-    eth: *mut EthHdr,
-    ip: &mut Ipv4Hdr,
-    config: &NodeConfig,
-    l4: &L4,
-    entry: *mut NatValue,
-) -> (u32, Reason) {
+pub fn reply(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4, entry: *mut NatValue) -> (u32, Reason) {
+    // The VIP the backend's reply is addressed to, which the client's packet was (the reverse entry is keyed by it).
+    let vip = ip.dst_addr;
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
     let now = now_ns();
@@ -211,14 +208,14 @@ pub fn reply(
     }
     let (client, client_port, service_port) = (entry.client, entry.client_port, entry.service_port);
     let route = if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
-        match route::lookup(ctx, config.vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
+        match route::lookup(ctx, vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
             Ok(r) => {
                 store_route(entry, &r, now);
                 r
             }
             Err(NoRoute::Neighbour) => {
                 // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
-                if !translate(ctx, ip, l4.protocol, config.vip, client, service_port, client_port) {
+                if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
                     return (XDP_PASS, Reason::PassTruncated);
                 }
                 return (XDP_PASS, Reason::PassNoNeighbour);
@@ -228,7 +225,7 @@ pub fn reply(
     } else {
         Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex }
     };
-    if !translate(ctx, ip, l4.protocol, config.vip, client, service_port, client_port) {
+    if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     set_macs(eth, route.next_hop_mac, route.egress_mac);
@@ -332,7 +329,7 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -
     // A fixed, small bound: the loop is unrolled or verified as a bounded loop.
     for attempt in 0..NAT_PORT_TRIES {
         let port = nat_port(hash, attempt);
-        let key = NatKey::new(backend.address, backend.port, port, flow.protocol);
+        let key = NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol);
         match NAT.get_ptr_mut(&key) {
             // NOEXIST: if another CPU took it since the lookup, try the next candidate.
             None => {
@@ -361,14 +358,14 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -
         }
     }
     let port = displace?;
-    let key = NatKey::new(backend.address, backend.port, port, flow.protocol);
+    let key = NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol);
     NAT.insert(&key, &value, 0).ok().map(|_| port)
 }
 
 /// The reverse entry a packet from a NAT backend's `(address, port)` to `VIP:nport` belongs to, if any.
 #[inline(always)]
 pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
-    NAT.get_ptr_mut(&NatKey::new(ip.src_addr, l4.sport, l4.dport, l4.protocol))
+    NAT.get_ptr_mut(&NatKey::new(ip.src_addr, ip.dst_addr, l4.sport, l4.dport, l4.protocol))
 }
 
 /// Deletes the reverse entry of a flow's previous translation, if it is still the flow's and not the one the flow
@@ -376,7 +373,7 @@ pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
 /// again). The flow's entry names its previous backend itself, whatever became of the slot since.
 #[inline(always)]
 fn forget(previous: FlowValue, flow: &FlowKey, current: NatKey) {
-    let key = NatKey::new(previous.backend_address, previous.backend_port, previous.nat_port, flow.protocol);
+    let key = NatKey::new(previous.backend_address, flow.vip, previous.backend_port, previous.nat_port, flow.protocol);
     if key == current {
         return;
     }

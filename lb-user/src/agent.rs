@@ -2,10 +2,10 @@
 //! nothing else. Every decision is the engine's.
 //!
 //! Three places run, so that slow work can never delay an advert or the down timer:
-//! - **the advert thread** (`xvip-vrrp`, its own single-threaded runtime): the engine, the VRRP socket, the timers,
-//!   the link check, the systemd watchdog. It executes the fast commands itself (one map write for the active
-//!   flag, one for the heartbeat, a `sendmsg` per advert, non-blocking gratuitous ARPs) and hands everything else
-//!   to the others through queues it never waits on;
+//! - **the advert thread** (`xvip-vrrp`, its own single-threaded runtime): the engine, the VRRP sockets (one per
+//!   interface, shared by the instances there), the timers, the link checks, the systemd watchdog. It executes the
+//!   fast commands itself (one map write for an active flag, one for the heartbeat, a `sendmsg` per advert,
+//!   non-blocking gratuitous ARPs) and hands everything else to the others through queues it never waits on;
 //! - **the data plane thread** (`xvip-dataplane`): service installs and Maglev rewrites, counters for status;
 //!   queued updates of one service are coalesced;
 //! - **the main runtime**: signals (a reload reads the file here), health checkers, the neighbour watcher (every
@@ -15,7 +15,7 @@
 //! What remains here is I/O that cannot be pure: opening sockets and the eBPF object at start, moving events and
 //! commands between the places above, and tearing down in order at the end.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{Ipv4Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::mpsc as std_mpsc,
@@ -33,9 +33,9 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, Config},
+    config::Config,
     control::{self, StatusRequest},
-    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceSpec, TableScan},
+    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceId, ServiceSpec, TableScan, VipSpec},
     engine::{Command, Engine, Event, View},
     garp::GarpSender,
     health::{self, HealthEvent},
@@ -44,7 +44,7 @@ use crate::{
     netif,
     services::Endpoint,
     systemd::Notifier,
-    vrrp::{InterfaceInfo, Role, Transport, VrrpSocket},
+    vrrp::{InterfaceInfo, VrrpSocket},
 };
 
 /// How often the interface's link state is checked.
@@ -64,8 +64,8 @@ pub enum Error {
     },
     #[error("reading the link state: {0}")]
     Link(#[from] netif::Error),
-    #[error("interface {0} has no IPv4 address to send VRRP adverts from: add one, or set vrrp.source_address")]
-    NoSourceAddress(String),
+    #[error(transparent)]
+    Engine(#[from] crate::engine::Error),
     #[error(transparent)]
     Control(#[from] control::Error),
     #[error(transparent)]
@@ -82,8 +82,6 @@ pub enum Error {
     Vrrp(#[source] crate::vrrp::socket::Error),
     #[error(transparent)]
     Neighbours(#[from] neighbour::Error),
-    #[error("VRRP settings: {0}")]
-    Settings(#[from] crate::vrrp::machine::InvalidSettings),
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
@@ -116,15 +114,21 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let (events_tx, events_rx) = mpsc::unbounded_channel::<Event>();
     let signals = spawn_signals(config_path.to_path_buf(), events_tx.clone())?;
 
-    let iface = InterfaceInfo::lookup(&config.interface)
-        .map_err(|source| Error::Interface { interface: config.interface.clone(), source })?;
-    let source = config
-        .vrrp
-        .source_address
-        .or_else(|| iface.primary_ipv4())
-        .ok_or_else(|| Error::NoSourceAddress(config.interface.clone()))?;
-    if !iface.ipv4.contains(&source) {
-        log::warn!("vrrp.source_address {source} is not an address of {}", config.interface);
+    // Every interface an instance uses, the default first, with its primary IPv4 address (the default source).
+    let mut infos = BTreeMap::new();
+    for interface in config.interfaces() {
+        let info = InterfaceInfo::lookup(&interface)
+            .map_err(|source| Error::Interface { interface: interface.clone(), source })?;
+        infos.insert(interface, info);
+    }
+    let primaries: BTreeMap<String, Option<Ipv4Addr>> =
+        infos.iter().map(|(name, info)| (name.clone(), info.primary_ipv4())).collect();
+    for instance in &config.instances {
+        if let (Some(source), Some(info)) = (instance.vrrp.source_address, infos.get(&instance.interface))
+            && !info.ipv4.contains(&source)
+        {
+            log::warn!("instance {}: vrrp.source_address {source} is not an address of {}", instance.name, info.name);
+        }
     }
 
     // The socket first: if another daemon runs, fail before touching the interface.
@@ -137,7 +141,8 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     // Shared by the health checkers (they record every probe) and the page.
     let probes = metrics_listener.as_ref().map(|_| Probes::default());
 
-    let capacity = u32::try_from(config.services.len()).unwrap_or(u32::MAX).max(8);
+    let capacity = u32::try_from(config.service_count()).unwrap_or(u32::MAX).max(8);
+    let engine = Engine::new(config.clone(), primaries, capacity)?;
     let dp_error = |what: &'static str| move |source| Error::DataPlane { what, source };
     let mut dataplane = DataPlane::load(LoadOptions {
         conntrack_entries: config.conntrack_entries,
@@ -145,45 +150,60 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         ..LoadOptions::default()
     })
     .map_err(dp_error("loading the data plane"))?;
-    let capacity = dataplane.service_capacity();
-    let xdp_mode = dataplane.attach(&config.interface, config.xdp_mode).map_err(dp_error("attaching"))?;
-    let garp = GarpSender::open(&config.interface)?;
-    dataplane
-        .set_node(config.vip.address, garp.mac(), lb_common::group_seed(config.vip.address.octets(), config.vrrp.vrid))
-        .map_err(dp_error("writing the node's config"))?;
+    let default_interface = config.default_interface().to_owned();
+    let xdp_mode = dataplane.attach(&default_interface, config.xdp_mode).map_err(dp_error("attaching"))?;
+    let mut garps = BTreeMap::new();
+    for interface in infos.keys() {
+        if *interface != default_interface {
+            dataplane.attach_instance_interface(interface).map_err(dp_error("attaching"))?;
+        }
+        garps.insert(interface.clone(), GarpSender::open(interface)?);
+    }
     let mut node = dataplane.node_control().map_err(dp_error("opening the node's maps"))?;
 
     let neighbours = Neighbours::connect()?;
-    match neighbours.on_link(iface.index, config.vip.address).await {
-        Ok(false) => log::warn!(
-            "vip {} is not inside any prefix of {}: clients on that segment will not ARP for it; add a route \
-             towards it on your routers, or pick a VIP from the interface's subnet",
-            config.vip.address,
-            config.interface
-        ),
-        Ok(true) => {}
-        Err(e) => log::warn!("checking whether the VIP is on-link: {e}"),
+    for instance in &config.instances {
+        let Some(info) = infos.get(&instance.interface) else { continue };
+        for address in instance.vip.ipv4() {
+            match neighbours.on_link(info.index, address).await {
+                Ok(false) => log::warn!(
+                    "vip {address} is not inside any prefix of {}: clients on that segment will not ARP for it; add \
+                     a route towards it on your routers, or pick a VIP from the interface's subnet",
+                    instance.interface
+                ),
+                Ok(true) => {}
+                Err(e) => log::warn!("checking whether the VIP {address} is on-link: {e}"),
+            }
+        }
     }
 
-    let engine = Engine::new(config.clone(), source, capacity)?;
-    node.set_max_age(engine.heartbeat_max_age());
-    let link_up = netif::link_up(&config.interface)?;
+    node.set_max_age(engine.heartbeat_max_age()).map_err(dp_error("writing the heartbeat"))?;
+    let mut links = BTreeMap::new();
+    for interface in infos.keys() {
+        links.insert(interface.clone(), netif::link_up(interface)?);
+    }
 
     log::info!(
-        "xvip starting: vip {} on {} (xdp {xdp_mode}), vrid {}, priority {}, adverts every {} ms {} from {source}, \
-         {} service(s)",
-        config.vip.address,
-        config.interface,
-        config.vrrp.vrid,
-        config.vrrp.priority,
-        config.vrrp.advert_interval_ms,
-        if config.vrrp.unicast_peers.is_empty() {
-            "to 224.0.0.18".to_string()
-        } else {
-            format!("to {:?}", config.vrrp.unicast_peers)
-        },
-        config.services.len()
+        "xvip starting: {} instance(s) on {} (xdp {xdp_mode}), {} service(s)",
+        config.instances.len(),
+        infos.keys().cloned().collect::<Vec<_>>().join(", "),
+        config.service_count()
     );
+    for instance in &config.instances {
+        let v = &instance.vrrp;
+        log::info!(
+            "instance {}: vip {} on {}, vrid {}, priority {}, adverts every {} ms {} from {}, {} service(s)",
+            instance.name,
+            instance.vip.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            instance.interface,
+            v.vrid,
+            v.priority,
+            v.advert_interval_ms,
+            if v.unicast_peers.is_empty() { "to 224.0.0.18".to_string() } else { format!("to {:?}", v.unicast_peers) },
+            v.source_address.map_or_else(|| format!("{}'s primary address", instance.interface), |s| s.to_string()),
+            instance.services.len()
+        );
+    }
 
     let (dp_tx, dp_thread) = spawn_dataplane(dataplane)?;
     let (neigh_tx, neigh_rx) = mpsc::unbounded_channel();
@@ -214,19 +234,25 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let status_task =
         tokio::spawn(assemble_status(status_rx, engine_status_tx, dp_tx.clone(), xdp_mode, epoch_unix_ms));
 
-    let transport = if config.vrrp.unicast_peers.is_empty() {
-        Transport::Multicast
-    } else {
-        Transport::Unicast(config.vrrp.unicast_peers.clone())
-    };
+    // Each interface's socket sends from the sources of the instances there, and joins 224.0.0.18 if one of
+    // them advertises by multicast.
+    let mut socket_plans: BTreeMap<String, (Vec<Ipv4Addr>, bool)> = BTreeMap::new();
+    for instance in &config.instances {
+        let plan = socket_plans.entry(instance.interface.clone()).or_default();
+        let primary = infos.get(&instance.interface).and_then(InterfaceInfo::primary_ipv4);
+        if let Some(source) = instance.vrrp.source_address.or(primary)
+            && !plan.0.contains(&source)
+        {
+            plan.0.push(source);
+        }
+        plan.1 |= instance.vrrp.unicast_peers.is_empty();
+    }
     let shell = Shell {
         engine,
         epoch,
         node,
-        garp,
-        vip: config.vip.address,
-        interface: config.interface.clone(),
-        link_up,
+        garps,
+        links,
         events: events_rx,
         events_tx,
         status: engine_status_rx,
@@ -250,9 +276,13 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
                 .build()
                 .map_err(|source| Error::Io { what: "starting the advert thread's runtime", source })?;
             runtime.block_on(async move {
-                // Registered with this thread's runtime, so only this thread ever waits on it.
-                let socket = VrrpSocket::open(&shell.interface, source, transport).map_err(Error::Vrrp)?;
-                shell.run(socket).await;
+                // Registered with this thread's runtime, so only this thread ever waits on them.
+                let mut sockets = Vec::new();
+                for (interface, (sources, multicast)) in socket_plans {
+                    let socket = VrrpSocket::open(&interface, &sources, multicast).map_err(Error::Vrrp)?;
+                    sockets.push(Receiver { socket, paused_until: None });
+                }
+                shell.run(sockets).await;
                 Ok(())
             })
         })
@@ -274,7 +304,9 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let (done_tx, done_rx) = oneshot::channel();
     let _ = dp_tx.send(Job::Detach(done_tx));
     match done_rx.await {
-        Ok(Ok(())) => log::info!("stopped: XDP program removed from {}", config.interface),
+        Ok(Ok(())) => {
+            log::info!("stopped: XDP program removed from {}", infos.keys().cloned().collect::<Vec<_>>().join(", "))
+        }
         Ok(Err(e)) => log::warn!("while stopping: {e:#}"),
         Err(_) => log::warn!("while stopping: the data plane thread is gone"),
     }
@@ -333,8 +365,8 @@ fn spawn_signals(config_path: PathBuf, events: mpsc::UnboundedSender<Event>) -> 
 
 /// Work for the data plane thread.
 enum Job {
-    Reconcile(Vec<(String, ServiceSpec)>),
-    Install(String, ServiceSpec),
+    Reconcile(Vec<VipSpec>, Vec<(ServiceId, ServiceSpec)>),
+    Install(ServiceId, ServiceSpec),
     Counters(oneshot::Sender<Counters>),
     /// For metrics: the counters, and with `scan` a walk over the connection and NAT tables (timed).
     Sample {
@@ -361,18 +393,19 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
             while let Ok(first) = rx.recv() {
                 let mut jobs = vec![first];
                 jobs.extend(rx.try_iter());
+                // Installs in a row go together, so services with the same backends share their Maglev builds.
+                let mut installs = Vec::new();
                 for job in coalesce(jobs) {
+                    if !matches!(job, Job::Install(..)) {
+                        apply_installs(&mut dataplane, &mut installs);
+                    }
                     match job {
-                        Job::Reconcile(services) => {
-                            if let Err(e) = dataplane.reconcile(&services) {
-                                log::error!("installing services: {e:#}");
+                        Job::Reconcile(vips, services) => {
+                            if let Err(e) = dataplane.reconcile(&vips, &services) {
+                                log::error!("installing the VIPs and services: {e:#}");
                             }
                         }
-                        Job::Install(name, spec) => {
-                            if let Err(e) = dataplane.apply_service(&name, &spec) {
-                                log::error!("installing service {name}: {e:#}; it keeps its previous state");
-                            }
-                        }
+                        Job::Install(id, spec) => installs.push((id, spec)),
                         Job::Counters(reply) => {
                             let mut counters = dataplane.counters().unwrap_or_else(|e| {
                                 log::warn!("reading counters: {e:#}");
@@ -400,10 +433,24 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
                         }
                     }
                 }
+                apply_installs(&mut dataplane, &mut installs);
             }
         })
         .map_err(|source| Error::Io { what: "starting the data plane thread", source })?;
     Ok((tx, handle))
+}
+
+/// Applies (and empties) `installs`, logging each service that failed.
+fn apply_installs(dataplane: &mut DataPlane, installs: &mut Vec<(ServiceId, ServiceSpec)>) {
+    if installs.is_empty() {
+        return;
+    }
+    for ((id, _), result) in installs.iter().zip(dataplane.apply_services(installs)) {
+        if let Err(e) = result {
+            log::error!("installing service {id}: {e:#}; it keeps its previous state");
+        }
+    }
+    installs.clear();
 }
 
 /// Walks the connection and NAT tables and says how long that took.
@@ -425,9 +472,9 @@ fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
     for job in jobs {
         match &job {
             Job::Install(name, _) => kept.retain(|k| !matches!(k, Job::Install(n, _) if n == name)),
-            Job::Reconcile(services) => kept.retain(|k| match k {
+            Job::Reconcile(_, services) => kept.retain(|k| match k {
                 Job::Install(n, _) => !services.iter().any(|(s, _)| s == n),
-                Job::Reconcile(_) => false,
+                Job::Reconcile(..) => false,
                 _ => true,
             }),
             _ => {}
@@ -453,12 +500,12 @@ async fn assemble_status(
         }
         let Ok(view) = rx.await else { return };
         let mut status = view.status(epoch_unix_ms);
-        status.xdp_mode = xdp_mode.to_string();
+        status.set_xdp_mode(xdp_mode);
         let (tx, rx) = oneshot::channel();
         if dataplane.send(Job::Counters(tx)).is_ok()
             && let Ok(counters) = rx.await
         {
-            status.add_counters(&counters);
+            status.add_counters(&counters, &view.routers());
         }
         let _ = reply.send(status);
     }
@@ -531,7 +578,11 @@ impl Sampler {
             }
             let Some(view) = view.clone() else { continue };
             let page = self.metrics.render(metrics::Sample {
-                instances: vec![metrics::Instance { name: config::DEFAULT_INSTANCE.to_string(), view }],
+                instances: view
+                    .instances
+                    .into_iter()
+                    .map(|view| metrics::Instance { name: view.config.name.clone(), view })
+                    .collect(),
                 dataplane: sample.clone(),
                 unix_time: metrics::sample_time(view_at, sample_at),
             });
@@ -562,22 +613,44 @@ impl Drop for Checker {
     }
 }
 
+/// One interface's VRRP socket, with the pause after a failed `recv` (the link went away).
+struct Receiver {
+    socket: VrrpSocket,
+    paused_until: Option<Instant>,
+}
+
+/// The next packet from any socket that is not paused: (its index, the result). Each `recv` is cancel safe, so
+/// the ones that lose the race lose nothing.
+async fn recv_any(sockets: &[Receiver]) -> (usize, crate::vrrp::socket::Result<Vec<u8>>) {
+    let now = Instant::now();
+    let open: Vec<_> = sockets
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.paused_until.is_none_or(|t| now >= t))
+        .map(|(i, r)| Box::pin(async move { (i, r.socket.recv().await) }))
+        .collect();
+    if open.is_empty() {
+        return std::future::pending().await;
+    }
+    futures::future::select_all(open).await.0
+}
+
 /// The advert thread's state: the engine and the fast edges.
 struct Shell {
     engine: Engine,
     epoch: Instant,
     node: NodeControl,
-    garp: GarpSender,
-    vip: Ipv4Addr,
-    interface: String,
-    link_up: bool,
+    /// A gratuitous ARP sender per interface.
+    garps: BTreeMap<String, GarpSender>,
+    /// Each interface's link state, as last told to the engine.
+    links: BTreeMap<String, bool>,
     events: mpsc::UnboundedReceiver<Event>,
     events_tx: mpsc::UnboundedSender<Event>,
     status: mpsc::Receiver<oneshot::Sender<View>>,
     dataplane: std_mpsc::Sender<Job>,
     neighbours: mpsc::UnboundedSender<Vec<Ipv4Addr>>,
     runtime: Handle,
-    checkers: HashMap<(String, Endpoint), Checker>,
+    checkers: HashMap<(ServiceId, Endpoint), Checker>,
     /// Where checkers record each probe, with `[metrics]`.
     probes: Option<Probes>,
     notifier: Notifier,
@@ -592,41 +665,49 @@ impl Shell {
         self.epoch.elapsed()
     }
 
-    async fn run(mut self, socket: VrrpSocket) {
-        let link_up = self.link_up;
-        self.handle(&socket, Event::Start { link_up }).await;
+    async fn run(mut self, mut sockets: Vec<Receiver>) {
+        let links = self.links.clone();
+        self.handle(&sockets, Event::Start { links }).await;
         let mut link_check = tokio::time::interval(LINK_CHECK);
         link_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let watchdog_period = self.notifier.watchdog_interval().unwrap_or(Duration::from_secs(3600));
         let mut watchdog = tokio::time::interval(watchdog_period);
         watchdog.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut recv_paused_until: Option<Instant> = None;
         while !self.engine.exited() {
             let far = Instant::now() + Duration::from_secs(3600);
             let deadline = self.engine.next_deadline().map_or(far, |d| self.epoch + d);
-            let recv_open = recv_paused_until.is_none_or(|t| Instant::now() >= t);
-            let pause = recv_paused_until.unwrap_or(far);
+            let pause = sockets.iter().filter_map(|r| r.paused_until).min().unwrap_or(far);
             // `biased`: the timer is looked at first in every round, so a flood of packets or events cannot keep
             // an advert waiting.
             tokio::select! {
                 biased;
                 _ = sleep_until(deadline) => {
                     self.note_lateness(deadline);
-                    self.handle(&socket, Event::Timer).await;
+                    self.handle(&sockets, Event::Timer).await;
                 }
-                packet = socket.recv(), if recv_open => match packet {
-                    Ok(packet) => self.handle(&socket, Event::Packet(packet)).await,
+                (i, packet) = recv_any(&sockets) => match packet {
+                    Ok(bytes) => {
+                        let interface = sockets[i].socket.interface().to_owned();
+                        self.handle(&sockets, Event::Packet { interface, bytes }).await;
+                    }
                     Err(e) => {
                         log::warn!("receiving VRRP adverts: {e:#}");
-                        recv_paused_until = Some(Instant::now() + RECV_PAUSE);
+                        sockets[i].paused_until = Some(Instant::now() + RECV_PAUSE);
                     }
                 },
-                _ = sleep_until(pause), if !recv_open => recv_paused_until = None,
-                Some(event) = self.events.recv() => self.handle(&socket, event).await,
+                _ = sleep_until(pause) => {
+                    let now = Instant::now();
+                    for r in &mut sockets {
+                        if r.paused_until.is_some_and(|t| now >= t) {
+                            r.paused_until = None;
+                        }
+                    }
+                }
+                Some(event) = self.events.recv() => self.handle(&sockets, event).await,
                 Some(reply) = self.status.recv() => {
                     let _ = reply.send(self.engine.view(self.now()));
                 }
-                _ = link_check.tick() => self.check_link(&socket).await,
+                _ = link_check.tick() => self.check_links(&sockets).await,
                 _ = watchdog.tick() => self.notifier.watchdog(),
             }
         }
@@ -634,11 +715,12 @@ impl Shell {
         self.checkers.clear();
     }
 
-    /// Says so (at most every 10 s) when a timer fires late by more than a quarter of the advert interval: the
-    /// CPU is starved or the process was stopped, and peers may take over (keepalived's "thread timer expired").
+    /// Says so (at most every 10 s) when a timer fires late by more than a quarter of the shortest advert interval:
+    /// the CPU is starved or the process was stopped, and peers may take over (keepalived's "thread timer
+    /// expired").
     fn note_lateness(&mut self, deadline: Instant) {
         let late = Instant::now().saturating_duration_since(deadline);
-        let limit = Duration::from_millis(u64::from(self.engine.config().vrrp.advert_interval_ms)) / 4;
+        let limit = self.engine.heartbeat_max_age() / 12;
         if late <= limit {
             return;
         }
@@ -654,46 +736,55 @@ impl Shell {
         }
     }
 
-    async fn check_link(&mut self, socket: &VrrpSocket) {
-        match netif::link_up(&self.interface) {
-            Ok(up) if up != self.link_up => {
-                self.link_up = up;
-                self.handle(socket, Event::Link { up }).await;
+    async fn check_links(&mut self, sockets: &[Receiver]) {
+        let interfaces: Vec<String> = self.links.keys().cloned().collect();
+        for interface in interfaces {
+            match netif::link_up(&interface) {
+                Ok(up) if Some(&up) != self.links.get(&interface) => {
+                    self.links.insert(interface.clone(), up);
+                    self.handle(sockets, Event::Link { interface, up }).await;
+                }
+                Ok(_) => {}
+                Err(e) => log::warn!("{e:#}"),
             }
-            Ok(_) => {}
-            Err(e) => log::warn!("{e:#}"),
         }
     }
 
-    async fn handle(&mut self, socket: &VrrpSocket, event: Event) {
-        let role = self.engine.role();
+    async fn handle(&mut self, sockets: &[Receiver], event: Event) {
+        let before = self.engine.status_line();
         let now = self.now();
         let commands = self.engine.handle(now, event);
         for command in commands {
-            self.execute(socket, command).await;
+            self.execute(sockets, command).await;
         }
-        if self.engine.role() != role {
-            self.notifier.status(&self.status_line());
+        let after = self.engine.status_line();
+        if after != before {
+            self.notifier.status(&after);
         }
     }
 
-    fn status_line(&self) -> String {
-        format!("{}, priority {}", self.engine.role(), self.engine.effective_priority())
-    }
-
-    async fn execute(&mut self, socket: &VrrpSocket, command: Command) {
+    async fn execute(&mut self, sockets: &[Receiver], command: Command) {
         match command {
-            Command::SetActive(active) => {
-                if let Err(e) = self.node.set_active(active) {
+            Command::SetActive { router, active } => {
+                if let Err(e) = self.node.set_active(router, active) {
                     log::error!("{e:#}");
                 }
             }
-            Command::SendAdvert { advert, checksum } => {
+            Command::HeartbeatMaxAge(max_age) => {
+                if let Err(e) = self.node.set_max_age(max_age) {
+                    log::error!("{e:#}");
+                }
+            }
+            Command::SendAdvert { interface, source, peers, advert, checksum } => {
                 // The heartbeat first: the program answers only while it is fresh (the dead-man switch).
                 if let Err(e) = self.node.beat() {
                     log::error!("{e:#}");
                 }
-                if let Err(e) = socket.send_advert(&advert, checksum).await {
+                let Some(receiver) = sockets.iter().find(|r| r.socket.interface() == interface) else {
+                    log::error!("no VRRP socket on {interface} for an advert of VRID {}", advert.vrid);
+                    return;
+                };
+                if let Err(e) = receiver.socket.send_advert(&advert, checksum, source, &peers).await {
                     // A failed send (link down) must not stop the daemon: the peers' timers decide.
                     self.send_failures += 1;
                     let now = Instant::now();
@@ -703,54 +794,55 @@ impl Shell {
                     }
                 }
             }
-            Command::SendGarps { count } => {
-                for _ in 0..count {
-                    if let Err(e) = self.garp.send(self.vip) {
-                        log::warn!("sending a gratuitous ARP for {}: {e:#}", self.vip);
-                        break;
+            Command::SendGarps { interface, addresses, count } => {
+                let Some(garp) = self.garps.get(&interface) else {
+                    log::error!("no gratuitous ARP socket on {interface}");
+                    return;
+                };
+                'burst: for _ in 0..count {
+                    for address in &addresses {
+                        if let Err(e) = garp.send(*address) {
+                            log::warn!("sending a gratuitous ARP for {address} on {interface}: {e:#}");
+                            break 'burst;
+                        }
                     }
                 }
             }
-            Command::Services(services) => {
-                let _ = self.dataplane.send(Job::Reconcile(services));
+            Command::Install { vips, services } => {
+                let _ = self.dataplane.send(Job::Reconcile(vips, services));
             }
-            Command::InstallService { name, spec } => {
-                let _ = self.dataplane.send(Job::Install(name, spec));
+            Command::InstallService { id, spec } => {
+                let _ = self.dataplane.send(Job::Install(id, spec));
             }
-            Command::StartChecker { service, backend, settings } => self.start_checker(service, backend, settings),
-            Command::StopChecker { service, backend } => {
-                self.checkers.remove(&(service, backend));
+            Command::StartChecker { id, backend, settings } => self.start_checker(id, backend, settings),
+            Command::StopChecker { id, backend } => {
+                self.checkers.remove(&(id, backend));
             }
             Command::Neighbours(addresses) => {
                 let _ = self.neighbours.send(addresses);
             }
             Command::Log(level, message) => log::log!(level, "{message}"),
-            Command::Ready => {
-                let role = self.engine.role();
-                if role != Role::Initialize {
-                    self.notifier.ready(&self.status_line());
-                }
-            }
+            Command::Ready => self.notifier.ready(&self.engine.status_line()),
             Command::Exit => {}
         }
     }
 
     /// Starts a checker on the main runtime; its transitions come back as events. Everything, even finding its
     /// metrics recorder, happens there: the advert thread only spawns.
-    fn start_checker(&mut self, service: String, backend: Endpoint, settings: health::Settings) {
+    fn start_checker(&mut self, id: ServiceId, backend: Endpoint, settings: health::Settings) {
         let (tx, mut rx) = mpsc::channel::<HealthEvent>(4);
         let events = self.events_tx.clone();
         let probes = self.probes.clone();
-        let name = service.clone();
+        let service = id.clone();
         let forward = self.runtime.spawn(async move {
-            let recorder =
-                probes.map(|p| p.recorder(config::DEFAULT_INSTANCE, &name, &format!("{}:{}", backend.0, backend.1)));
+            let recorder = probes
+                .map(|p| p.recorder(&service.instance, &service.service, &format!("{}:{}", backend.0, backend.1)));
             let address = SocketAddr::V4(SocketAddrV4::new(backend.0, backend.1));
             let _probe = Checker(health::spawn(address, settings, tx, recorder));
             while let Some(event) = rx.recv().await {
                 let SocketAddr::V4(addr) = event.backend else { continue };
                 let health = Event::Health {
-                    service: name.clone(),
+                    id: service.clone(),
                     backend: (*addr.ip(), addr.port()),
                     healthy: event.healthy,
                     reason: event.reason,
@@ -760,7 +852,7 @@ impl Shell {
                 }
             }
         });
-        self.checkers.insert((service, backend), Checker(forward));
+        self.checkers.insert((id, backend), Checker(forward));
     }
 }
 
@@ -769,16 +861,20 @@ mod tests {
     use super::*;
 
     fn spec(port: u16) -> ServiceSpec {
-        ServiceSpec { port, protocol: 6, forwarding: 0, backends: Vec::new() }
+        ServiceSpec { addresses: Vec::new(), port, protocol: 6, forwarding: 0, backends: Vec::new() }
+    }
+
+    fn id(name: &str) -> ServiceId {
+        ServiceId::new("default", name)
     }
 
     fn names(jobs: &[Job]) -> Vec<String> {
         jobs.iter()
             .map(|j| match j {
-                Job::Reconcile(s) => {
-                    format!("reconcile({})", s.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(","))
+                Job::Reconcile(_, s) => {
+                    format!("reconcile({})", s.iter().map(|(n, _)| n.service.as_str()).collect::<Vec<_>>().join(","))
                 }
-                Job::Install(n, s) => format!("install({n}:{})", s.port),
+                Job::Install(n, s) => format!("install({}:{})", n.service, s.port),
                 Job::Counters(_) => "counters".into(),
                 Job::Sample { .. } => "sample".into(),
                 Job::Detach(_) => "detach".into(),
@@ -790,9 +886,9 @@ mod tests {
     fn queued_updates_of_one_service_collapse_to_the_newest() {
         let (tx, _rx) = oneshot::channel();
         let jobs = vec![
-            Job::Install("a".into(), spec(1)),
-            Job::Install("b".into(), spec(2)),
-            Job::Install("a".into(), spec(3)),
+            Job::Install(id("a"), spec(1)),
+            Job::Install(id("b"), spec(2)),
+            Job::Install(id("a"), spec(3)),
             Job::Counters(tx),
         ];
         assert_eq!(names(&coalesce(jobs)), ["install(b:2)", "install(a:3)", "counters"]);
@@ -801,10 +897,10 @@ mod tests {
     #[test]
     fn a_reconcile_supersedes_earlier_installs_of_its_services_but_not_later_ones() {
         let jobs = vec![
-            Job::Install("a".into(), spec(1)),
-            Job::Install("gone".into(), spec(2)),
-            Job::Reconcile(vec![("a".into(), spec(5))]),
-            Job::Install("a".into(), spec(6)),
+            Job::Install(id("a"), spec(1)),
+            Job::Install(id("gone"), spec(2)),
+            Job::Reconcile(Vec::new(), vec![(id("a"), spec(5))]),
+            Job::Install(id("a"), spec(6)),
         ];
         assert_eq!(names(&coalesce(jobs)), ["install(gone:2)", "reconcile(a)", "install(a:6)"]);
     }

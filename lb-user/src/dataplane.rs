@@ -1,13 +1,13 @@
 //! The only module that touches the eBPF object: load, attach, write the maps, read the counters, detach.
 //!
-//! The rest of the agent describes what it wants (the node's role, the services and their backends with health and
-//! MAC addresses); this module turns that into map entries. It owns the map layout: which service holds which
-//! `SERVICES` slot (a port), service indices, backend slots, and the double-buffered Maglev tables (see
-//! `lb_common::ServiceValue`).
+//! The rest of the agent describes what it wants (each router's role, the VIPs, the services and their backends
+//! with health and MAC addresses); this module turns that into map entries. It owns the map layout: the `VIPS`
+//! entries and their filter bits, which service holds which `SERVICES` entry (an address, port and protocol),
+//! service indices, backend slots, and the double-buffered Maglev tables (see `lb_common::ServiceValue`).
 //!
-//! Two handles write the maps, each from its own thread in the agent: [`DataPlane`] (services, backends, tables;
-//! slow work) and [`NodeControl`] (the active flag and the dead-man heartbeat; one small write each, on the advert
-//! path).
+//! Two handles write the maps, each from its own thread in the agent: [`DataPlane`] (VIPs, services, backends,
+//! tables; slow work) and [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small write
+//! each, on the advert path).
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
@@ -21,9 +21,9 @@ use aya::{
 };
 use lb_common::{
     Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS,
-    MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST,
-    NO_BACKEND, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceValue, Traffic, maglev_position,
-    names, nat_source_port_bit, service_slot,
+    MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
+    NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceKey, ServiceValue, Traffic,
+    VipValue, maglev_position, names, nat_source_port_bit, router_counter, vip_filter_bit,
 };
 
 use crate::{maglev, netif};
@@ -198,9 +198,59 @@ pub struct TestOutcome {
     pub duration: Duration,
 }
 
+/// A service of an instance: how the agent names it to the data plane (service names are unique per instance).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceId {
+    pub instance: String,
+    pub service: String,
+}
+
+impl ServiceId {
+    pub fn new(instance: &str, service: &str) -> Self {
+        ServiceId { instance: instance.to_owned(), service: service.to_owned() }
+    }
+}
+
+/// A service of the one instance of a single-form config (`default`): what fixtures and tools name by service
+/// alone.
+impl From<&str> for ServiceId {
+    fn from(service: &str) -> Self {
+        ServiceId::new(crate::config::DEFAULT_INSTANCE, service)
+    }
+}
+
+impl From<&ServiceId> for ServiceId {
+    fn from(id: &ServiceId) -> Self {
+        id.clone()
+    }
+}
+
+impl std::fmt::Display for ServiceId {
+    /// `api/kube-apiserver` (instance names hold no `/`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.instance, self.service)
+    }
+}
+
+/// A VIP as the data plane needs it: the router whose flag governs it, its flow hash seed, and where it is
+/// answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VipSpec {
+    pub address: Ipv4Addr,
+    /// `lb_common::router_slot` of its instance (IPv4).
+    pub router: u32,
+    pub hash_seed: u32,
+    /// Its instance's interface: ARP for the address is answered there only, with that interface's MAC. `None`:
+    /// the node's interface and MAC as they are when the VIP is written (any interface if the program is not
+    /// attached yet: fixtures that attach nowhere).
+    pub interface: Option<String>,
+}
+
 /// What a service looks like to the data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
+    /// The VIPs it listens on (its instance's addresses).
+    pub addresses: Vec<Ipv4Addr>,
     pub port: u16,
     pub protocol: u8,
     pub forwarding: u8,
@@ -228,23 +278,31 @@ impl BackendSpec {
     }
 }
 
+/// A backend of a service, as counters name it.
+pub type BackendKey = (ServiceId, Ipv4Addr, u16);
+
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
     /// Indexed by `Reason as usize`.
     pub reasons: Vec<u64>,
-    /// Per service name.
-    pub services: BTreeMap<String, Traffic>,
-    /// Per (service name, backend address, backend port).
-    pub backends: BTreeMap<(String, Ipv4Addr, u16), Traffic>,
-    /// Open flows per (service name, backend address, backend port), from [`DataPlane::flows_per_backend`]; only
-    /// read while some backend drains (the scan costs two syscalls per connection-table entry).
-    pub flows: Option<BTreeMap<(String, Ipv4Addr, u16), u64>>,
+    /// The frames of each router's VIPs, indexed by `Reason as usize`: every router a VIP names.
+    pub routers: BTreeMap<u32, Vec<u64>>,
+    pub services: BTreeMap<ServiceId, Traffic>,
+    pub backends: BTreeMap<BackendKey, Traffic>,
+    /// Open flows per backend, from [`DataPlane::flows_per_backend`]; only read while some backend drains (the
+    /// scan costs two syscalls per connection-table entry).
+    pub flows: Option<BTreeMap<BackendKey, u64>>,
 }
 
 impl Counters {
     pub fn reason(&self, reason: Reason) -> u64 {
         self.reasons.get(reason as usize).copied().unwrap_or(0)
+    }
+
+    /// Frames of `router`'s VIPs counted under `reason`.
+    pub fn router_reason(&self, router: u32, reason: Reason) -> u64 {
+        self.routers.get(&router).and_then(|r| r.get(reason as usize)).copied().unwrap_or(0)
     }
 }
 
@@ -257,33 +315,25 @@ pub struct TableScan {
     pub nat_entries: u64,
     /// `max_entries` of each of the two tables (both LRU: when full, the least recently used entry is evicted).
     pub capacity: u64,
-    /// Open flows per (service name, backend address, backend port); see [`DataPlane::flows_per_backend`].
-    pub flows: BTreeMap<(String, Ipv4Addr, u16), u64>,
+    /// Open flows per backend; see [`DataPlane::flows_per_backend`].
+    pub flows: BTreeMap<BackendKey, u64>,
 }
 
-/// A service's place on the VIP: its `SERVICES` slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-struct ServiceKey {
-    protocol: u8,
-    port: u16,
-}
-
-impl ServiceKey {
-    fn of(spec: &ServiceSpec) -> Self {
-        ServiceKey { protocol: spec.protocol, port: spec.port }
-    }
+/// The `SERVICES` keys of a service: its port and protocol on each of its addresses.
+fn service_keys(spec: &ServiceSpec) -> Vec<ServiceKey> {
+    spec.addresses.iter().map(|a| ServiceKey::new(a.octets(), spec.port.to_be_bytes(), spec.protocol)).collect()
 }
 
 /// What this module remembers of a service it installed.
 struct Installed {
-    key: ServiceKey,
+    /// Its `SERVICES` entries (one per address of its instance).
+    keys: Vec<ServiceKey>,
     /// DSR or NAT, as last written.
     forwarding: u8,
     index: u32,
-    /// Which of the two Maglev tables is live.
+    /// Which of the two Maglev tables is live. A table is always written whole before it goes live, so a reused
+    /// index never shows a removed service's slots.
     table: u32,
-    /// What each of the two tables holds, so a rebuild writes only the slots that differ.
-    shadows: [Vec<u32>; 2],
     /// Backend slots by (address, port).
     backends: HashMap<(Ipv4Addr, u16), u32>,
     /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
@@ -304,7 +354,9 @@ pub struct DataPlane {
     node: NodeConfig,
     /// The `HEARTBEAT` entry as last written here (until the agent takes it over with [`DataPlane::node_control`]).
     beat: Heartbeat,
-    services: BTreeMap<String, Installed>,
+    /// The `VIPS` entries written, by address.
+    vips: BTreeMap<Ipv4Addr, VipValue>,
+    services: BTreeMap<ServiceId, Installed>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
     free_backends: std::collections::VecDeque<u32>,
@@ -315,12 +367,12 @@ pub struct DataPlane {
     nat_endpoint_refs: HashMap<Endpoint, u32>,
     /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
     nat_timeouts: NatTimeouts,
-    /// Which service's value sits in each written `SERVICES` slot. A slot is only ever cleared by its owner, so a
-    /// service that moved away from a port can never clear it under the service that moved in (a reload that
-    /// swaps two ports).
-    slot_owners: HashMap<ServiceKey, String>,
+    /// Which service's value sits in each written `SERVICES` entry. An entry is only ever removed by its owner,
+    /// so a service that moved away from a port can never remove it under the service that moved in (a reload
+    /// that swaps two ports).
+    slot_owners: HashMap<ServiceKey, ServiceId>,
     /// What each service was last installed as, so a reload skips the services it does not change.
-    applied: HashMap<String, ServiceSpec>,
+    applied: HashMap<ServiceId, ServiceSpec>,
     /// Unit tests: the order of `SERVICES` and `BACKENDS` writes.
     #[cfg(test)]
     journal: Vec<Journal>,
@@ -330,7 +382,7 @@ pub struct DataPlane {
 #[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Journal {
-    /// `SERVICES` of a port now points at table `table`.
+    /// The `SERVICES` entry of a port now points at table `table`.
     Service { port: u16, table: u32 },
     /// `BACKENDS[slot]` written; `cleared` for an all-zero entry.
     Backend { slot: u32, cleared: bool },
@@ -367,6 +419,7 @@ impl DataPlane {
             extra_failed: std::collections::BTreeSet::new(),
             node: NodeConfig::default(),
             beat: Heartbeat::default(),
+            vips: BTreeMap::new(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
@@ -422,6 +475,7 @@ impl DataPlane {
         self.link = Some(link);
         self.mode = Some(if used == "native" { AttachMode::Native } else { AttachMode::Generic });
         self.node.ifindex = interface_index(interface)?;
+        self.node.mac = netif::interface_mac(interface)?;
         self.write_node()?;
         warn_if_not_forwarding(interface);
         self.attach_backend_interfaces();
@@ -479,26 +533,128 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Sets what the program needs to know about this node.
-    pub fn set_node(&mut self, vip: Ipv4Addr, mac: [u8; 6], hash_seed: u32) -> Result<()> {
-        self.node = NodeConfig { vip: vip.octets(), mac, hash_seed, ..self.node };
+    /// Attaches the program to another interface an instance uses, in the mode of the first attachment.
+    ///
+    /// # Errors
+    /// As [`attach`](Self::attach); or when nothing is attached yet.
+    pub fn attach_instance_interface(&mut self, interface: &str) -> Result<()> {
+        let Some(mode) = self.mode else {
+            return Err(Error::Refused("attach the node's interface first".to_string()));
+        };
+        let ifindex = interface_index(interface)?;
+        if ifindex == self.node.ifindex || self.extra_links.contains_key(&ifindex) {
+            return Ok(());
+        }
+        let program = self.program(names::PROGRAM)?;
+        let xdp_mode = if mode == AttachMode::Native { XdpMode::Driver } else { XdpMode::Skb };
+        let link = program.attach(interface, xdp_mode).map_err(|e| attach_error(interface, mode.as_str(), e))?;
+        self.extra_links.insert(ifindex, link);
+        self.extra_failed.remove(&ifindex);
+        warn_if_not_forwarding(interface);
+        Ok(())
+    }
+
+    /// Sets the MAC of the node's interface (what [`attach`](Self::attach) reads; fixtures that attach nowhere set
+    /// it here).
+    pub fn set_node_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        self.node.mac = mac;
         self.write_node()
     }
 
-    /// Starts (`true`) or stops answering for the VIP (fixtures and tools; the agent uses [`NodeControl`]).
+    /// The fixtures' node: the node's MAC, and one VIP at `vip` with `hash_seed`, governed by router 0 and answered
+    /// on the node's interface (on any while the program is attached nowhere).
+    pub fn set_node(&mut self, vip: Ipv4Addr, mac: [u8; 6], hash_seed: u32) -> Result<()> {
+        self.set_node_mac(mac)?;
+        self.set_vips(&[VipSpec { address: vip, router: 0, hash_seed, interface: None }])
+    }
+
+    /// Makes the `VIPS` entries exactly `vips`. New addresses get their entry before their filter bit, leaving ones
+    /// lose the bit before the entry, so the program never looks up an address it has no entry for (and a miss
+    /// would only mean "not a VIP" anyway).
+    ///
+    /// # Errors
+    /// When an interface cannot be looked up or a map write fails; the addresses before it are written.
+    pub fn set_vips(&mut self, vips: &[VipSpec]) -> Result<()> {
+        let mut wanted: BTreeMap<Ipv4Addr, VipValue> = BTreeMap::new();
+        let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        for v in vips {
+            let (ifindex, mac) = match &v.interface {
+                // The node's interface, as the single VIP of the first wave was (any interface before the
+                // program is attached: fixtures).
+                None => (self.node.ifindex, self.node.mac),
+                Some(name) => match interfaces.get(name.as_str()) {
+                    Some(found) => *found,
+                    None => {
+                        let found = (interface_index(name)?, netif::interface_mac(name)?);
+                        interfaces.insert(name, found);
+                        found
+                    }
+                },
+            };
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, _pad: [0; 2] };
+            wanted.insert(v.address, value);
+        }
+        let gone: Vec<Ipv4Addr> = self.vips.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
+        for address in gone {
+            self.vips.remove(&address);
+            self.write_vip_filter_bit(address)?;
+            let mut map: BpfHashMap<&mut MapData, [u8; 4], VipValue> = map_mut(&mut self.ebpf, names::VIPS)?;
+            match map.remove(&address.octets()) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {address} from the VIPS map")),
+            }
+        }
+        for (address, value) in wanted {
+            if self.vips.get(&address) == Some(&value) {
+                continue;
+            }
+            let mut map: BpfHashMap<&mut MapData, [u8; 4], VipValue> = map_mut(&mut self.ebpf, names::VIPS)?;
+            map.insert(address.octets(), value, 0).with_context(|| format!("writing {address} into the VIPS map"))?;
+            self.vips.insert(address, value);
+            self.write_vip_filter_bit(address)?;
+        }
+        Ok(())
+    }
+
+    /// Rewrites the `VIP_FILTER` word holding `address`'s bit from the VIPs now written.
+    fn write_vip_filter_bit(&mut self, address: Ipv4Addr) -> Result<()> {
+        let (word, _) = vip_filter_bit(address.octets());
+        let mut bits = 0u64;
+        for a in self.vips.keys() {
+            let (w, bit) = vip_filter_bit(a.octets());
+            if w == word {
+                bits |= 1 << bit;
+            }
+        }
+        let mut map: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, names::VIP_FILTER)?;
+        map.set(word, bits, 0).with_context(|| format!("writing VIP_FILTER[{word}]"))
+    }
+
+    /// The `VIPS` entries written, by address.
+    pub fn vips(&self) -> &BTreeMap<Ipv4Addr, VipValue> {
+        &self.vips
+    }
+
+    /// Starts (`true`) or stops answering for the VIPs of router 0 (fixtures and tools; the agent uses
+    /// [`NodeControl`]).
     pub fn set_active(&mut self, active: bool) -> Result<()> {
-        self.beat.active = u32::from(active);
+        self.set_router_active(0, active)
+    }
+
+    /// Starts or stops answering for the VIPs of `router` (fixtures and tools; the agent uses [`NodeControl`]).
+    pub fn set_router_active(&mut self, router: u32, active: bool) -> Result<()> {
+        set_flag(&mut self.beat, router, active)?;
         self.write_heartbeat()
     }
 
     pub fn is_active(&self) -> bool {
-        self.beat.active == 1
+        self.beat.is_active(0)
     }
 
-    /// A second handle on `HEARTBEAT` (the active flag and the dead-man heartbeat) for the advert path, so taking
-    /// or giving up the VIP never waits behind service updates. `HEARTBEAT` has no other writer: after this call,
-    /// set the node's role through the returned handle only (this `DataPlane` keeps writing `CONFIG`, which holds
-    /// nothing the handle writes).
+    /// A second handle on `HEARTBEAT` (the active flags and the dead-man heartbeat) for the advert path, so taking
+    /// or giving up a VIP never waits behind service updates. `HEARTBEAT` has no other writer: after this call,
+    /// set the routers' roles through the returned handle only (this `DataPlane` keeps writing the other maps,
+    /// which hold nothing the handle writes).
     ///
     /// # Errors
     /// When the maps cannot be opened again by id.
@@ -526,8 +682,8 @@ impl DataPlane {
         map.get(&0, 0).context("reading HEARTBEAT[0]")
     }
 
-    /// Sets the dead-man heartbeat: last beat at `last_ns`, stale after `max_age_ns` (0 = never). The active flag
-    /// stays as [`set_active`](Self::set_active) left it. Fixtures; the agent uses [`NodeControl`].
+    /// Sets the dead-man heartbeat: last beat at `last_ns`, stale after `max_age_ns` (0 = never). The active flags
+    /// stay as [`set_active`](Self::set_active) left them. Fixtures; the agent uses [`NodeControl`].
     pub fn set_heartbeat(&mut self, last_ns: u64, max_age_ns: u64) -> Result<()> {
         self.beat = Heartbeat { last_ns, max_age_ns, ..self.beat };
         self.write_heartbeat()
@@ -545,26 +701,55 @@ impl DataPlane {
         config.set(0, self.node, 0).context("writing the CONFIG map")
     }
 
-    /// Makes the installed services exactly `desired` (a reload): services not in it are removed, the others
-    /// installed or updated, and every port ends up answered by the service configured on it, whatever moved
-    /// where (two services swapping ports, one taking another's old port, renames). A port that changes hands is
-    /// switched with one write, never cleared in between.
+    /// Makes the VIPs and the installed services exactly `vips` and `desired` (start, reload): new VIPs first,
+    /// then the services (those not in `desired` removed, the others installed or updated), then the VIPs that
+    /// left. Every (address, port) ends up answered by the service configured on it, whatever moved where (two
+    /// services swapping ports, one taking another's old port, renames); an entry that changes hands is switched
+    /// with one write, never removed in between.
+    ///
+    /// # Errors
+    /// The first failure; what came before it is installed, the rest keeps its previous state.
+    pub fn reconcile(&mut self, vips: &[VipSpec], desired: &[(ServiceId, ServiceSpec)]) -> Result<()> {
+        // Addresses that stay keep their entries through the service changes; leaving ones go last.
+        let mut union: Vec<VipSpec> = vips.to_vec();
+        for (address, value) in &self.vips {
+            if !vips.iter().any(|v| v.address == *address) {
+                // Inactive while it lingers: its router may already be another instance's.
+                union.push(VipSpec {
+                    address: *address,
+                    router: u32::MAX,
+                    hash_seed: value.hash_seed,
+                    interface: None,
+                });
+            }
+        }
+        self.set_vips(&union)?;
+        self.reconcile_services(desired)?;
+        self.set_vips(vips)
+    }
+
+    /// [`reconcile`](Self::reconcile) of the services alone.
     ///
     /// # Errors
     /// The first failure; the services before it are installed, the others keep their previous state.
-    pub fn reconcile(&mut self, desired: &[(String, ServiceSpec)]) -> Result<()> {
-        let wanted: HashMap<ServiceKey, &str> =
-            desired.iter().map(|(name, spec)| (ServiceKey::of(spec), name.as_str())).collect();
-        let gone: Vec<String> =
-            self.services.keys().filter(|n| !desired.iter().any(|(d, _)| d == *n)).cloned().collect();
-        for name in gone {
-            self.remove_service_keeping(&name, &wanted)?;
+    pub fn reconcile_services(&mut self, desired: &[(ServiceId, ServiceSpec)]) -> Result<()> {
+        let mut wanted: HashMap<ServiceKey, &ServiceId> = HashMap::new();
+        for (id, spec) in desired {
+            for key in service_keys(spec) {
+                wanted.insert(key, id);
+            }
         }
-        for (name, spec) in desired {
-            if self.applied.get(name) == Some(spec) {
+        let gone: Vec<ServiceId> =
+            self.services.keys().filter(|n| !desired.iter().any(|(d, _)| d == *n)).cloned().collect();
+        for id in gone {
+            self.remove_service_keeping(&id, &wanted)?;
+        }
+        let mut tables = maglev::Builder::new(MAGLEV_M);
+        for (id, spec) in desired {
+            if self.applied.get(id) == Some(spec) {
                 continue;
             }
-            self.apply_service_keeping(name, spec, &wanted)?;
+            self.apply_service_keeping(id, spec, &wanted, &mut tables)?;
         }
         Ok(())
     }
@@ -573,68 +758,82 @@ impl DataPlane {
     ///
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
-    pub fn apply_service(&mut self, name: &str, spec: &ServiceSpec) -> Result<()> {
-        self.apply_service_keeping(name, spec, &HashMap::new())
+    pub fn apply_service(&mut self, id: impl Into<ServiceId>, spec: &ServiceSpec) -> Result<()> {
+        self.apply_service_keeping(&id.into(), spec, &HashMap::new(), &mut maglev::Builder::new(MAGLEV_M))
     }
 
-    /// [`apply_service`](Self::apply_service), leaving alone the slots in `keep` (ports another service of the
+    /// [`apply_service`](Self::apply_service) of each service in turn, populating each distinct backend set's Maglev
+    /// table once (services of several instances often share their backends). One result per service, in order: a
+    /// failure leaves that service in its previous state and the others are still applied.
+    pub fn apply_services(&mut self, services: &[(ServiceId, ServiceSpec)]) -> Vec<Result<()>> {
+        let mut tables = maglev::Builder::new(MAGLEV_M);
+        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &HashMap::new(), &mut tables)).collect()
+    }
+
+    /// [`apply_service`](Self::apply_service), leaving alone the entries in `keep` (ports another service of the
     /// same reload is about to take).
     fn apply_service_keeping(
         &mut self,
-        name: &str,
+        id: &ServiceId,
         spec: &ServiceSpec,
-        keep: &HashMap<ServiceKey, &str>,
+        keep: &HashMap<ServiceKey, &ServiceId>,
+        tables: &mut maglev::Builder,
     ) -> Result<()> {
-        let key = ServiceKey::of(spec);
-        if let Some(old) = self.services.get(name).map(|s| s.key)
-            && old != key
+        let keys = service_keys(spec);
+        if let Some(old) = self.services.get(id).map(|s| s.keys.clone())
+            && old != keys
         {
-            // Moving to another port: the old one is released (if still ours and nobody takes it in this
-            // reload); index, backends and tables move along.
-            if !keep.contains_key(&old) {
-                self.release_slot(old, name)?;
+            // Moving to another port or other addresses: the entries it leaves are released (if still its own and
+            // nobody takes them in this reload); index, backends and tables move along.
+            for key in old.iter().filter(|k| !keys.contains(k) && !keep.contains_key(k)) {
+                self.release_slot(*key, id)?;
             }
-            if let Some(svc) = self.services.get_mut(name) {
-                svc.key = key;
+            if let Some(svc) = self.services.get_mut(id) {
+                svc.keys = keys.clone();
             }
         }
-        if !self.services.contains_key(name) {
+        if !self.services.contains_key(id) {
             let index = self.free_services.pop().ok_or_else(|| {
                 Error::Full(format!(
-                    "no room for service {name}: the data plane was loaded for {} services (restart to grow it)",
+                    "no room for service {id}: the data plane was loaded for {} services (restart to grow it)",
                     self.service_capacity
                 ))
             })?;
             self.services.insert(
-                name.to_string(),
+                id.clone(),
                 Installed {
-                    key,
+                    keys,
                     forwarding: spec.forwarding,
                     index,
                     table: 1,
-                    shadows: [Vec::new(), Vec::new()],
                     backends: HashMap::new(),
                     nat_endpoints: Vec::new(),
                     ifindexes: Vec::new(),
                 },
             );
         }
-        let Some(mut svc) = self.services.remove(name) else {
-            return Err(Error::Refused(format!("service {name} vanished while being installed")));
+        let Some(mut svc) = self.services.remove(id) else {
+            return Err(Error::Refused(format!("service {id} vanished while being installed")));
         };
-        let result = self.write_service(name, &mut svc, spec);
+        let result = self.write_service(id, &mut svc, spec, tables);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
-        self.services.insert(name.to_string(), svc);
+        self.services.insert(id.clone(), svc);
         match &result {
-            Ok(()) => self.applied.insert(name.to_string(), spec.clone()),
-            Err(_) => self.applied.remove(name),
+            Ok(()) => self.applied.insert(id.clone(), spec.clone()),
+            Err(_) => self.applied.remove(id),
         };
         self.attach_backend_interfaces();
         result?;
         self.write_node()
     }
 
-    fn write_service(&mut self, name: &str, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
+    fn write_service(
+        &mut self,
+        id: &ServiceId,
+        svc: &mut Installed,
+        spec: &ServiceSpec,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
@@ -657,14 +856,15 @@ impl DataPlane {
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                service: u8::try_from(svc.index)
-                    .map_err(|_| Error::Full(format!("service index {} over 255", svc.index)))?,
+                _pad: 0,
+                service: u16::try_from(svc.index)
+                    .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?,
             };
             self.write_backend(slot, entry)?;
         }
 
         // Replies must be recognised before the first client packet is translated, so the endpoints go in before
-        // the SERVICES entry; all configured backends, healthy or not (a backend going unhealthy still sends the
+        // the SERVICES entries; all configured backends, healthy or not (a backend going unhealthy still sends the
         // replies of its established flows).
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
             spec.backends
@@ -682,7 +882,7 @@ impl DataPlane {
             self.nat_endpoint_ref(*e, false)?;
         }
 
-        // The new table goes into the buffer that is not live, then one SERVICES update switches to it.
+        // The new table goes into the buffer that is not live, then one SERVICES update per address switches to it.
         let members: Vec<maglev::MaglevBackend> = spec
             .backends
             .iter()
@@ -695,21 +895,17 @@ impl DataPlane {
                 })
             })
             .collect();
-        let table =
-            maglev::build(&members, MAGLEV_M).map_err(|source| Error::Maglev { service: name.to_string(), source })?;
+        let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
         let next = 1 - svc.table;
-        self.write_table(svc.index, next, &svc.shadows[next as usize], &table)?;
-        svc.shadows[next as usize] = table;
-        let value =
-            ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, present: 1, _pad: [0; 2] };
+        self.write_table(svc.index, next, &table)?;
+        let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
         svc.forwarding = spec.forwarding;
-        if !self.slot_owners.contains_key(&svc.key) {
-            // A free slot: first the fields, then `present` alone (see `lb_common::ServiceValue`). A slot another
-            // service holds is taken over with one write, so the port never answers nothing in between.
-            self.write_service_value(svc.key, ServiceValue { present: 0, ..value })?;
+        for key in svc.keys.clone() {
+            // One write per entry: a free entry appears whole, one another service holds is taken over in one
+            // element swap, so the port never answers nothing in between.
+            self.write_service_value(key, value)?;
+            self.slot_owners.insert(key, id.clone());
         }
-        self.write_service_value(svc.key, value)?;
-        self.slot_owners.insert(svc.key, name.to_string());
         svc.table = next;
 
         // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
@@ -738,43 +934,61 @@ impl DataPlane {
         }
     }
 
-    /// Clears the `SERVICES` slot at `key` if `name` still holds it; a slot another service took is left alone.
-    fn release_slot(&mut self, key: ServiceKey, name: &str) -> Result<()> {
-        if self.slot_owners.get(&key).map(String::as_str) != Some(name) {
+    /// Removes the `SERVICES` entry `key` if `id` still holds it; an entry another service took is left alone.
+    fn release_slot(&mut self, key: ServiceKey, id: &ServiceId) -> Result<()> {
+        if self.slot_owners.get(&key) != Some(id) {
             return Ok(());
         }
-        self.write_service_value(key, ServiceValue::default())?;
+        self.remove_service_value(key)?;
         self.slot_owners.remove(&key);
         Ok(())
     }
 
-    /// The `SERVICES` slots written, with the service that holds each: `(protocol, port) -> name`.
-    pub fn slot_owners(&self) -> BTreeMap<(u8, u16), String> {
-        self.slot_owners.iter().map(|(k, n)| ((k.protocol, k.port), n.clone())).collect()
+    /// The `SERVICES` entries written, with the service that holds each: `(address, protocol, port) -> id`.
+    pub fn slot_owners(&self) -> BTreeMap<(Ipv4Addr, u8, u16), ServiceId> {
+        self.slot_owners
+            .iter()
+            .map(|(k, n)| ((Ipv4Addr::from(k.vip), k.protocol, u16::from_be_bytes(k.port)), n.clone()))
+            .collect()
     }
 
-    /// Reads the `SERVICES` value of a port (for tests and diagnostics).
-    pub fn service_value(&self, protocol: u8, port: u16) -> Result<ServiceValue> {
-        let slot = service_slot(protocol, port)
-            .ok_or_else(|| Error::Refused(format!("protocol {protocol} has no service slots (tcp or udp only)")))?;
-        let services: Array<&MapData, ServiceValue> = map_ref(&self.ebpf, names::SERVICES)?;
-        services.get(&slot, 0).with_context(|| format!("reading SERVICES[{slot}]"))
+    /// Reads the `SERVICES` value of a port on a VIP (for tests and diagnostics); `None` when there is none.
+    pub fn service_value(&self, vip: Ipv4Addr, protocol: u8, port: u16) -> Result<Option<ServiceValue>> {
+        let key = ServiceKey::new(vip.octets(), port.to_be_bytes(), protocol);
+        let services: BpfHashMap<&MapData, ServiceKey, ServiceValue> = map_ref(&self.ebpf, names::SERVICES)?;
+        match services.get(&key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading the SERVICES entry of {vip}:{port}/{protocol}")),
+        }
     }
 
     /// The index a service was installed under.
-    pub fn service_index(&self, name: &str) -> Option<u32> {
-        self.services.get(name).map(|s| s.index)
+    pub fn service_index(&self, id: impl Into<ServiceId>) -> Option<u32> {
+        self.services.get(&id.into()).map(|s| s.index)
     }
 
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
-        let slot = service_slot(key.protocol, key.port).ok_or_else(|| {
-            Error::Refused(format!("protocol {} has no service slots (tcp or udp only)", key.protocol))
-        })?;
-        let mut services: Array<&mut MapData, ServiceValue> = map_mut(&mut self.ebpf, names::SERVICES)?;
-        services.set(slot, value, 0).with_context(|| format!("writing SERVICES[{slot}] (port {})", key.port))?;
+        let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
+            map_mut(&mut self.ebpf, names::SERVICES)?;
+        let port = u16::from_be_bytes(key.port);
+        services
+            .insert(key, value, 0)
+            .with_context(|| format!("writing the SERVICES entry of {}:{port}", Ipv4Addr::from(key.vip)))?;
         #[cfg(test)]
-        self.journal.push(Journal::Service { port: key.port, table: value.table });
+        self.journal.push(Journal::Service { port, table: value.table });
         Ok(())
+    }
+
+    fn remove_service_value(&mut self, key: ServiceKey) -> Result<()> {
+        let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
+            map_mut(&mut self.ebpf, names::SERVICES)?;
+        match services.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(e).with_context(|| {
+                format!("removing the SERVICES entry of {}:{}", Ipv4Addr::from(key.vip), u16::from_be_bytes(key.port))
+            }),
+        }
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
@@ -825,46 +1039,56 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Writes `table` into buffer `which` of service `index`, skipping chunks that already hold the same slots.
-    fn write_table(&mut self, index: u32, which: u32, current: &[u32], table: &[u32]) -> Result<()> {
-        let mut maglev: Array<&mut MapData, MaglevChunk> = map_mut(&mut self.ebpf, names::MAGLEV)?;
+    /// Writes `table` whole into buffer `which` of service `index`: one `BPF_MAP_UPDATE_BATCH` call for all its
+    /// chunks (a thousand single updates cost a thousand syscalls, and keeping copies of the tables to write only
+    /// the chunks that differ would cost 512 KiB of memory per service).
+    fn write_table(&mut self, index: u32, which: u32, table: &[u32]) -> Result<()> {
+        let mut keys = Vec::with_capacity(MAGLEV_CHUNKS as usize);
+        let mut chunks = Vec::with_capacity(MAGLEV_CHUNKS as usize);
         for (i, slots) in table.chunks(MAGLEV_CHUNK as usize).enumerate() {
-            let start = i * MAGLEV_CHUNK as usize;
-            if current.get(start..start + slots.len()) == Some(slots) {
-                continue;
-            }
             let mut chunk = MaglevChunk::default();
             chunk.slots[..slots.len()].copy_from_slice(slots);
-            // `start` < MAGLEV_M, which is a u32.
-            let first = start as u32;
-            let (element, _) = maglev_position(index, which, first);
-            maglev.set(element, chunk, 0).with_context(|| format!("writing MAGLEV[{element}]"))?;
+            // `i * MAGLEV_CHUNK` < MAGLEV_M, which is a u32.
+            let first = (i * MAGLEV_CHUNK as usize) as u32;
+            keys.push(maglev_position(index, which, first).0);
+            chunks.push(chunk);
         }
-        Ok(())
+        let map = self.ebpf.map(names::MAGLEV).ok_or_else(|| Error::Object("has no map named MAGLEV".to_string()))?;
+        let aya::maps::Map::Array(data) = map else {
+            return Err(Error::Object("has map MAGLEV, but not as an array".to_string()));
+        };
+        use std::os::fd::{AsFd, AsRawFd};
+        let fd = data.fd().as_fd().as_raw_fd();
+        match batch::update(fd, &keys, &chunks) {
+            Ok(()) => Ok(()),
+            // Kernels before 5.6 have no batch operations (EINVAL, or the kernel's ENOTSUPP 524 for a map type
+            // without them): one update per chunk.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | 524)) => {
+                let mut maglev: Array<&mut MapData, MaglevChunk> = map_mut(&mut self.ebpf, names::MAGLEV)?;
+                for (key, chunk) in keys.iter().zip(&chunks) {
+                    maglev.set(*key, *chunk, 0).with_context(|| format!("writing MAGLEV[{key}]"))?;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("writing the Maglev table {which} of service index {index}")),
+        }
     }
 
-    /// Removes a service: packets to its port go to the kernel again (unless another service holds the port
-    /// by now).
-    pub fn remove_service(&mut self, name: &str) -> Result<()> {
-        self.remove_service_keeping(name, &HashMap::new())
+    /// Removes a service: its entries go (unless another service holds them by now), and packets to its ports are
+    /// dropped as to no service.
+    pub fn remove_service(&mut self, id: impl Into<ServiceId>) -> Result<()> {
+        self.remove_service_keeping(&id.into(), &HashMap::new())
     }
 
-    fn remove_service_keeping(&mut self, name: &str, keep: &HashMap<ServiceKey, &str>) -> Result<()> {
-        self.applied.remove(name);
-        let Some(svc) = self.services.remove(name) else {
+    fn remove_service_keeping(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
+        self.applied.remove(id);
+        let Some(svc) = self.services.remove(id) else {
             return Ok(());
         };
-        if !keep.contains_key(&svc.key) && self.slot_owners.get(&svc.key).map(String::as_str) == Some(name) {
-            // Only `present` changes, so a packet sees the service or nothing (see `lb_common::ServiceValue`).
-            let value = ServiceValue {
-                index: svc.index,
-                table: svc.table,
-                forwarding: svc.forwarding,
-                present: 0,
-                _pad: [0; 2],
-            };
-            self.write_service_value(svc.key, value)?;
-            self.slot_owners.remove(&svc.key);
+        for key in &svc.keys {
+            if !keep.contains_key(key) {
+                self.release_slot(*key, id)?;
+            }
         }
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
@@ -872,11 +1096,6 @@ impl DataPlane {
         }
         for e in &svc.nat_endpoints {
             self.nat_endpoint_ref(*e, false)?;
-        }
-        // Leave the tables pointing nowhere so a reused index never starts from stale slots.
-        let empty = vec![NO_BACKEND; MAGLEV_M as usize];
-        for which in 0..2 {
-            self.write_table(svc.index, which, &svc.shadows[which as usize], &empty)?;
         }
         self.free_services.push(svc.index);
         Ok(())
@@ -892,9 +1111,9 @@ impl DataPlane {
         self.applied.values().flat_map(|s| &s.backends).any(|b| b.weight == 0)
     }
 
-    /// Names of the installed services.
-    pub fn service_names(&self) -> impl Iterator<Item = &str> {
-        self.services.keys().map(String::as_str)
+    /// The installed services.
+    pub fn service_ids(&self) -> impl Iterator<Item = &ServiceId> {
+        self.services.keys()
     }
 
     /// Reads every counter, summed over CPUs.
@@ -916,16 +1135,28 @@ impl DataPlane {
             }))
         };
         let mut counters = Counters { reasons, ..Counters::default() };
-        for (name, svc) in &self.services {
-            counters.services.insert(name.clone(), sum(&service_stats, svc.index)?);
+        let routers: std::collections::BTreeSet<u32> =
+            self.vips.values().map(|v| v.router).filter(|r| *r < MAX_ROUTERS).collect();
+        let router_map: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, names::ROUTER_COUNTERS)?;
+        for router in routers {
+            let mut by_reason = Vec::with_capacity(REASON_COUNT as usize);
+            for reason in 0..REASON_COUNT {
+                let i = router_counter(router, reason);
+                let per_cpu = router_map.get(&i, 0).with_context(|| format!("reading ROUTER_COUNTERS[{i}]"))?;
+                by_reason.push(per_cpu.iter().sum());
+            }
+            counters.routers.insert(router, by_reason);
+        }
+        for (id, svc) in &self.services {
+            counters.services.insert(id.clone(), sum(&service_stats, svc.index)?);
             for ((address, port), slot) in &svc.backends {
-                counters.backends.insert((name.clone(), *address, *port), sum(&backend_stats, *slot)?);
+                counters.backends.insert((id.clone(), *address, *port), sum(&backend_stats, *slot)?);
             }
         }
         Ok(counters)
     }
 
-    /// Open flows per backend of every installed service, by (service name, address, port): a scan of the
+    /// Open flows per backend of every installed service, by (service, address, port): a scan of the
     /// connection table from user space, for draining backends (`weight = 0`) in `xvip status`.
     ///
     /// This is the one place user space reads the connection and NAT tables, so a change of their layout changes
@@ -941,7 +1172,7 @@ impl DataPlane {
     ///
     /// # Errors
     /// When a map is missing or a read fails for another reason than the entry vanishing during the scan.
-    pub fn flows_per_backend(&self) -> Result<BTreeMap<(String, Ipv4Addr, u16), u64>> {
+    pub fn flows_per_backend(&self) -> Result<BTreeMap<BackendKey, u64>> {
         Ok(self.scan(false)?.flows)
     }
 
@@ -960,11 +1191,12 @@ impl DataPlane {
     fn scan(&self, nat_keys: bool) -> Result<TableScan> {
         let conntrack: BpfHashMap<&MapData, FlowKey, FlowValue> = map_ref(&self.ebpf, names::CONNTRACK)?;
         let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
-        let owners: HashMap<(u8, u16), (&str, &Installed)> =
-            self.services.iter().map(|(name, svc)| ((svc.key.protocol, svc.key.port), (name.as_str(), svc))).collect();
-        let slots: HashMap<(&str, u32), (Ipv4Addr, u16)> = owners
-            .values()
-            .flat_map(|(name, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((*name, *slot), *endpoint)))
+        let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> =
+            self.services.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, (id, svc)))).collect();
+        let slots: HashMap<(&ServiceId, u32), (Ipv4Addr, u16)> = self
+            .services
+            .iter()
+            .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
             .collect();
         let now = monotonic_ns()?;
         let mut scan = TableScan { capacity: u64::from(self.table_capacity), ..TableScan::default() };
@@ -976,10 +1208,10 @@ impl DataPlane {
                 Err(e) => return Err(e).context("scanning the CONNTRACK map"),
             };
             scan.conntrack_entries += 1;
-            let Some((name, svc)) = owners.get(&(flow.protocol, u16::from_be_bytes(flow.service_port))) else {
+            let Some((id, svc)) = owners.get(&ServiceKey::new(flow.vip, flow.service_port, flow.protocol)) else {
                 continue;
             };
-            let Some(&(address, port)) = slots.get(&(*name, pinned.backend)) else {
+            let Some(&(address, port)) = slots.get(&(*id, pinned.backend)) else {
                 continue;
             };
             // Pinned to an earlier occupant of the slot: the program re-picks it at its next packet.
@@ -989,7 +1221,7 @@ impl DataPlane {
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
-                let key = NatKey::new(address.octets(), port.to_be_bytes(), pinned.nat_port, flow.protocol);
+                let key = NatKey::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
                 match nat.get(&key, 0) {
                     Ok(reverse) => nat_flow_open(&flow, &reverse, now, &self.nat_timeouts),
                     Err(MapError::KeyNotFound) => false,
@@ -997,7 +1229,7 @@ impl DataPlane {
                 }
             };
             if open {
-                *scan.flows.entry((name.to_string(), address, port)).or_insert(0) += 1;
+                *scan.flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
             }
         }
         if nat_keys {
@@ -1196,31 +1428,43 @@ fn attach_error(interface: &str, mode: &'static str, source: aya::programs::Prog
     AttachError { interface: interface.to_string(), mode, failure, source }
 }
 
-/// The node's active flag and the dead-man heartbeat, the writes of the advert path (see
-/// [`DataPlane::node_control`]): both live in the one `HEARTBEAT` entry, and each write is one small map update.
+/// The routers' active flags and the dead-man heartbeat, the writes of the advert path (see
+/// [`DataPlane::node_control`]): all live in the one `HEARTBEAT` entry, and each write is one small map update.
 pub struct NodeControl {
     heartbeat: Array<MapData, Heartbeat>,
     beat: Heartbeat,
 }
 
+/// Sets router `router`'s flag in `beat`.
+fn set_flag(beat: &mut Heartbeat, router: u32, active: bool) -> Result<()> {
+    let Some(flag) = usize::try_from(router).ok().and_then(|r| beat.active.get_mut(r)) else {
+        return Err(Error::Refused(format!("router {router} is out of range (the data plane has {MAX_ROUTERS})")));
+    };
+    *flag = u8::from(active);
+    Ok(())
+}
+
 impl NodeControl {
-    /// Starts (`true`) or stops answering for the VIP.
+    /// Starts (`true`) or stops answering for the VIPs of `router`.
     ///
     /// # Errors
-    /// When the map write fails.
-    pub fn set_active(&mut self, active: bool) -> Result<()> {
-        self.beat.active = u32::from(active);
+    /// When the router is out of range or the map write fails.
+    pub fn set_active(&mut self, router: u32, active: bool) -> Result<()> {
+        set_flag(&mut self.beat, router, active)?;
         self.write()
     }
 
-    pub fn is_active(&self) -> bool {
-        self.beat.active == 1
+    pub fn is_active(&self, router: u32) -> bool {
+        self.beat.is_active(router)
     }
 
-    /// Sets how old the heartbeat may get before the program stops answering (0 = never); applies from the next
-    /// [`beat`](Self::beat).
-    pub fn set_max_age(&mut self, max_age: Duration) {
+    /// Sets how old the heartbeat may get before the program stops answering (0 = never), at once.
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn set_max_age(&mut self, max_age: Duration) -> Result<()> {
         self.beat.max_age_ns = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.write()
     }
 
     /// Refreshes the heartbeat: the agent is alive now.
@@ -1234,6 +1478,65 @@ impl NodeControl {
 
     fn write(&mut self) -> Result<()> {
         self.heartbeat.set(0, self.beat, 0).context("writing the HEARTBEAT map")
+    }
+}
+
+/// `BPF_MAP_UPDATE_BATCH`, which aya does not wrap: many elements of one map in one syscall.
+mod batch {
+    use std::io;
+    use std::os::fd::RawFd;
+
+    /// The `batch` member of `union bpf_attr` (linux/bpf.h).
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+
+    const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+
+    /// Writes `values[i]` at `keys[i]` for every i, in one call.
+    ///
+    /// # Errors
+    /// The kernel's error (EINVAL on kernels without batch operations); after an error the first elements may be
+    /// written.
+    pub fn update<K: Copy, V: Copy>(fd: RawFd, keys: &[K], values: &[V]) -> io::Result<()> {
+        if keys.len() != values.len() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let count = u32::try_from(keys.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let map_fd = u32::try_from(fd).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let mut attr = BatchAttr {
+            keys: keys.as_ptr() as u64,
+            values: values.as_ptr() as u64,
+            count,
+            map_fd,
+            ..BatchAttr::default()
+        };
+        // SAFETY: `attr` is a valid `bpf_attr` prefix of its own size; the kernel reads `count` keys and values
+        // from the two slices, which live (and are not moved) for the whole call, and writes back `count` only.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_UPDATE_BATCH,
+                std::ptr::from_mut(&mut attr),
+                std::mem::size_of::<BatchAttr>(),
+            )
+        };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if attr.count != count {
+            return Err(io::Error::other(format!("the kernel wrote {} of {count} elements", attr.count)));
+        }
+        Ok(())
     }
 }
 
@@ -1269,9 +1572,12 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
-    const FLOW: FlowKey = FlowKey::new([10, 0, 0, 100], [0xc0, 0x00], [0x01, 0xbb], lb_common::PROTO_TCP);
+    const FLOW: FlowKey =
+        FlowKey::new([10, 0, 0, 100], [10, 0, 0, 250], [0xc0, 0x00], [0x01, 0xbb], lb_common::PROTO_TCP);
     const TIMEOUTS: NatTimeouts = NatTimeouts { udp_ns: 10, embryonic_ns: 5, established_ns: 1_000 };
 
     fn reverse(flags: u8, last_seen_ns: u64) -> NatValue {
@@ -1326,16 +1632,83 @@ mod tests {
         }
     }
 
+    /// The live Maglev table of an installed service, read back from the map.
+    fn live_table(dp: &DataPlane, id: &ServiceId) -> Vec<u32> {
+        let svc = &dp.services[id];
+        let maglev: Array<&MapData, MaglevChunk> = map_ref(&dp.ebpf, names::MAGLEV).expect("MAGLEV");
+        let mut table = Vec::with_capacity(MAGLEV_M as usize);
+        for chunk in 0..MAGLEV_CHUNKS {
+            let (key, _) = maglev_position(svc.index, svc.table, chunk * MAGLEV_CHUNK);
+            table.extend_from_slice(&maglev.get(&key, 0).expect("MAGLEV chunk").slots);
+        }
+        table.truncate(MAGLEV_M as usize);
+        table
+    }
+
+    /// Needs root (loads the BPF object); nothing is attached.
+    #[test]
+    fn services_installed_together_each_get_their_own_table_and_a_failure_stops_only_its_service() {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
+            .expect("loading the XDP program (needs root)");
+        let spec = |vip: u8, backends: Vec<BackendSpec>| ServiceSpec {
+            addresses: vec![Ipv4Addr::new(10, 0, 0, vip)],
+            port: 80,
+            protocol: lb_common::PROTO_TCP,
+            forwarding: 0,
+            backends,
+        };
+        let shared: Vec<BackendSpec> = (1..=16).map(backend).collect();
+        let mut reversed = shared.clone();
+        reversed.reverse();
+        let other: Vec<BackendSpec> = (20..=24).map(backend).collect();
+        let ids: Vec<ServiceId> = ["a", "b", "c", "d"].iter().map(|n| ServiceId::new(n, "web")).collect();
+        // Two instances in front of the same backends (listed in another order), a third elsewhere, and a fourth
+        // beyond the capacity the data plane was loaded for.
+        let batch = vec![
+            (ids[0].clone(), spec(250, shared.clone())),
+            (ids[1].clone(), spec(251, reversed)),
+            (ids[2].clone(), spec(252, other)),
+            (ids[3].clone(), spec(253, shared)),
+        ];
+        let results = dp.apply_services(&batch);
+        assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+        assert!(matches!(results[3], Err(Error::Full(_))), "{:?}", results[3]);
+        for id in &ids[..3] {
+            let svc = &dp.services[id];
+            let members: Vec<maglev::MaglevBackend> = svc
+                .backends
+                .iter()
+                .map(|((address, port), slot)| maglev::MaglevBackend {
+                    id: *slot,
+                    key: format!("{address}:{port}"),
+                    weight: 1,
+                })
+                .collect();
+            let expected = maglev::build(&members, MAGLEV_M).expect("maglev");
+            assert_eq!(live_table(&dp, id), expected, "service {id}: its own backend slots, in build's places");
+        }
+        let slots = |id: &ServiceId| dp.services[id].backends.values().copied().collect::<BTreeSet<u32>>();
+        assert!(slots(&ids[0]).is_disjoint(&slots(&ids[1])), "each service has its own backend slots");
+        assert!(!dp.services.contains_key(&ids[3]));
+    }
+
     /// Needs root (loads the BPF object); nothing is attached.
     #[test]
     fn a_leaving_backends_slot_is_cleared_only_after_the_new_table_is_live() {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() })
             .expect("loading the XDP program (needs root)");
-        let spec = |backends| ServiceSpec { port: 80, protocol: lb_common::PROTO_TCP, forwarding: 0, backends };
-        dp.apply_service("web", &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
-        let gone = dp.services["web"].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
+        let spec = |backends| ServiceSpec {
+            addresses: vec![Ipv4Addr::new(10, 0, 0, 250)],
+            port: 80,
+            protocol: lb_common::PROTO_TCP,
+            forwarding: 0,
+            backends,
+        };
+        let web = ServiceId::new("default", "web");
+        dp.apply_service(&web, &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
+        let gone = dp.services[&web].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
         dp.journal.clear();
-        dp.apply_service("web", &spec(vec![backend(1), backend(2)])).expect("two backends");
+        dp.apply_service(&web, &spec(vec![backend(1), backend(2)])).expect("two backends");
         let switched = dp.journal.iter().position(|j| matches!(j, Journal::Service { port: 80, .. }));
         let cleared = dp.journal.iter().position(|j| *j == Journal::Backend { slot: gone, cleared: true });
         assert!(

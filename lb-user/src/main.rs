@@ -139,13 +139,21 @@ fn run_verify(path: &Path) -> ExitCode {
         return ExitCode::from(1);
     };
     let report = runtime.block_on(async {
-        // A daemon on this node, if any, says whether the VIP can be reached from here (not while it serves it).
-        let role = tokio::time::timeout(Duration::from_millis(500), control::query(&config.control.socket))
+        // A daemon on this node, if any, says whether each VIP can be reached from here (not while it serves it).
+        let roles = tokio::time::timeout(Duration::from_millis(500), control::query(&config.control.socket))
             .await
             .ok()
             .and_then(Result::ok)
-            .map(|status| status.role);
-        verify::verify(path, &config, role.as_deref()).await
+            .map(|status| {
+                let mut roles: std::collections::BTreeMap<String, String> =
+                    status.instances.iter().map(|i| (i.name.clone(), i.role.clone())).collect();
+                if roles.is_empty() {
+                    // A daemon from before instances: its one instance is the top level.
+                    roles.insert(config::DEFAULT_INSTANCE.to_owned(), status.role);
+                }
+                roles
+            });
+        verify::verify(path, &config, roles.as_ref()).await
     });
     print!("{}", report.render());
     if report.failures() == 0 { ExitCode::SUCCESS } else { ExitCode::from(1) }

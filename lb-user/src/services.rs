@@ -1,5 +1,6 @@
-//! What the agent knows about each service's backends (health from the checkers, MAC from the neighbour table),
-//! and what follows from it: the data plane's view of a service, and whether a service has lost every backend.
+//! What the agent knows about each service of one instance and its backends (health from the checkers, MAC from
+//! the neighbour table), and what follows from it: the data plane's view of a service, and whether a service has
+//! lost every backend.
 //!
 //! Pure: the agent feeds it events and hands its answers to the data plane.
 //!
@@ -34,17 +35,20 @@ struct ServiceState {
     backends: BTreeMap<Endpoint, BackendState>,
 }
 
-/// Every configured service with the live state of its backends.
+/// Every configured service of an instance with the live state of its backends.
 #[derive(Clone, Debug, Default)]
 pub struct Services {
+    /// The instance's IPv4 addresses: every service listens on each.
+    addresses: Vec<Ipv4Addr>,
     services: BTreeMap<String, Arc<ServiceState>>,
     /// The services that have a backend at each address, so a neighbour answer touches only those.
     by_address: HashMap<Ipv4Addr, Vec<String>>,
 }
 
 impl Services {
-    pub fn new(services: &[Service]) -> Self {
-        let mut s = Services::default();
+    /// The services of an instance whose addresses are `addresses`.
+    pub fn new(services: &[Service], addresses: Vec<Ipv4Addr>) -> Self {
+        let mut s = Services { addresses, ..Services::default() };
         s.reconfigure(services);
         s
     }
@@ -54,14 +58,7 @@ impl Services {
     pub fn reconfigure(&mut self, services: &[Service]) {
         // Where each address is reached does not depend on the service or port: a new backend at a known address
         // starts with that address's MAC (the neighbour watcher reports only changes).
-        let mut paths: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)> = BTreeMap::new();
-        for s in self.services.values() {
-            for ((address, _), b) in &s.backends {
-                if b.mac.is_some() || !paths.contains_key(address) {
-                    paths.insert(*address, (b.mac, b.ifindex));
-                }
-            }
-        }
+        let paths = self.paths();
         let mut next = BTreeMap::new();
         for svc in services {
             let old = self.services.remove(&svc.name);
@@ -141,7 +138,7 @@ impl Services {
     }
 
     /// Every distinct backend address, for neighbour resolution.
-    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+    pub fn backend_addresses(&self) -> Vec<Ipv4Addr> {
         let mut a: Vec<Ipv4Addr> = self.services.values().flat_map(|s| s.backends.keys().map(|(a, _)| *a)).collect();
         a.sort();
         a.dedup();
@@ -158,6 +155,20 @@ impl Services {
     /// The data plane's view of every service, in name order.
     pub fn specs(&self) -> Vec<(String, ServiceSpec)> {
         self.services.keys().filter_map(|name| Some((name.clone(), self.spec(name)?))).collect()
+    }
+
+    /// Where each backend address is reached, as far as known (for an instance added later, which starts from
+    /// what the node already knows: the neighbour watcher reports only changes).
+    pub fn paths(&self) -> BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)> {
+        let mut paths = BTreeMap::new();
+        for s in self.services.values() {
+            for ((address, _), b) in &s.backends {
+                if b.mac.is_some() || !paths.contains_key(address) {
+                    paths.insert(*address, (b.mac, b.ifindex));
+                }
+            }
+        }
+        paths
     }
 
     /// Addresses whose MAC is not known yet.
@@ -177,6 +188,7 @@ impl Services {
         let svc = self.services.get(name)?;
         let c = &svc.config;
         Some(ServiceSpec {
+            addresses: self.addresses.clone(),
             port: c.port,
             protocol: c.protocol.ip_number(),
             forwarding: match c.forwarding {
@@ -225,6 +237,12 @@ mod tests {
     use crate::config::{BackendCfg, CheckKind, Health, Protocol};
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const VIPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 250), Ipv4Addr::new(10, 0, 0, 251)];
+
+    /// The services of an instance with two addresses.
+    fn of(services: &[Service]) -> Services {
+        Services::new(services, VIPS.to_vec())
+    }
 
     fn service(name: &str, backends: &[(u8, u16)], check: CheckKind) -> Service {
         Service {
@@ -246,7 +264,7 @@ mod tests {
 
     #[test]
     fn backends_start_unhealthy_until_checked() {
-        let s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        let s = of(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
         assert_eq!(s.backend("api", ep(11, 6443)), Some(&BackendState::default()));
         let spec = s.spec("api").expect("spec");
         assert!(!spec.backends[0].usable());
@@ -254,13 +272,13 @@ mod tests {
 
     #[test]
     fn check_none_means_always_healthy() {
-        let s = Services::new(&[service("api", &[(11, 6443)], CheckKind::None)]);
+        let s = of(&[service("api", &[(11, 6443)], CheckKind::None)]);
         assert!(s.backend("api", ep(11, 6443)).expect("backend").healthy);
     }
 
     #[test]
     fn a_backend_is_usable_once_healthy_and_resolved() {
-        let mut s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        let mut s = of(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
         assert!(s.set_health("api", ep(11, 6443), true));
         assert!(!s.set_health("api", ep(11, 6443), true), "no change, no work");
         assert_eq!(s.without_usable_backend(), vec!["api"], "healthy but no MAC yet");
@@ -271,22 +289,20 @@ mod tests {
         assert_eq!(spec.backends[0].ifindex, 3);
         assert_eq!(spec.forwarding, FORWARD_NAT);
         assert_eq!(spec.port, 443);
+        assert_eq!(spec.addresses, VIPS, "every service listens on every address of its instance");
     }
 
     #[test]
     fn one_address_in_two_services_is_resolved_for_both() {
-        let mut s = Services::new(&[
-            service("a", &[(11, 6443)], CheckKind::None),
-            service("b", &[(11, 8080)], CheckKind::None),
-        ]);
-        assert_eq!(s.addresses(), vec![Ipv4Addr::new(10, 0, 0, 11)]);
+        let mut s = of(&[service("a", &[(11, 6443)], CheckKind::None), service("b", &[(11, 8080)], CheckKind::None)]);
+        assert_eq!(s.backend_addresses(), vec![Ipv4Addr::new(10, 0, 0, 11)]);
         assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2).len(), 2);
         assert!(s.unresolved().is_empty());
     }
 
     #[test]
     fn reload_keeps_the_state_of_backends_that_stay() {
-        let mut s = Services::new(&[service("api", &[(11, 6443), (12, 6443)], CheckKind::Tcp)]);
+        let mut s = of(&[service("api", &[(11, 6443), (12, 6443)], CheckKind::Tcp)]);
         s.set_health("api", ep(11, 6443), true);
         s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
         s.reconfigure(&[service("api", &[(11, 6443), (13, 6443)], CheckKind::Tcp)]);
@@ -298,7 +314,7 @@ mod tests {
 
     #[test]
     fn a_new_backend_at_a_known_address_starts_with_its_mac_but_not_its_health() {
-        let mut s = Services::new(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
+        let mut s = of(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
         s.set_health("api", ep(11, 6443), true);
         s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
         // The backend moves to another port, and another service uses the same address.

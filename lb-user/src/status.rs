@@ -1,5 +1,9 @@
 //! The status report: the JSON of `xvip status --json` (documented for users in `docs/status.md`; a test checks it
 //! names every field) and its table for people.
+//!
+//! The top-level fields describe the first instance (what a daemon with one VIP always showed), except
+//! `counters.dataplane` (every frame the node saw) and `warnings` (every instance's); `instances` holds one
+//! [`InstanceStatus`] per instance, the first one included.
 use std::{collections::BTreeMap, fmt::Write as _};
 
 use serde::{Deserialize, Serialize};
@@ -23,9 +27,62 @@ pub struct Status {
     pub role_reason: String,
     pub services: Vec<ServiceStatus>,
     pub counters: CounterStatus,
-    /// Things an operator should know about now (an addition to the contract; empty when all is well).
+    /// Things an operator should know about now, over every instance (an addition to the contract; empty when
+    /// all is well).
     #[serde(default)]
     pub warnings: Vec<Warning>,
+    /// Every instance, in config order (an addition to the contract; the first is the one the fields above show).
+    #[serde(default)]
+    pub instances: Vec<InstanceStatus>,
+}
+
+/// One VRRP instance: the top-level fields of [`Status`], for this instance, plus its name and addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceStatus {
+    pub name: String,
+    /// Every address of the instance (all in its adverts); `vip` is the first.
+    pub addresses: Vec<String>,
+    pub role: String,
+    pub vrid: u8,
+    pub priority: u8,
+    pub effective_priority: u8,
+    pub vip: String,
+    pub interface: String,
+    pub xdp_mode: String,
+    pub active_router: Option<String>,
+    pub transitions: u64,
+    pub role_since_unix_ms: u64,
+    #[serde(default)]
+    pub role_reason: String,
+    pub services: Vec<ServiceStatus>,
+    /// The instance's adverts and GARPs; `dataplane` and `arp_replies` count the frames to its addresses.
+    pub counters: CounterStatus,
+    #[serde(default)]
+    pub warnings: Vec<Warning>,
+}
+
+impl Status {
+    /// The document for `instances` (in config order): the top level shows the first.
+    pub fn of_instances(instances: Vec<InstanceStatus>) -> Status {
+        let first = instances.first().cloned().unwrap_or_default();
+        Status {
+            role: first.role,
+            vrid: first.vrid,
+            priority: first.priority,
+            effective_priority: first.effective_priority,
+            vip: first.vip,
+            interface: first.interface,
+            xdp_mode: first.xdp_mode,
+            active_router: first.active_router,
+            transitions: first.transitions,
+            role_since_unix_ms: first.role_since_unix_ms,
+            role_reason: first.role_reason,
+            services: first.services,
+            counters: first.counters,
+            warnings: instances.iter().flat_map(|i| i.warnings.iter().cloned()).collect(),
+            instances,
+        }
+    }
 }
 
 /// Something wrong that the daemon cannot fix by itself.
@@ -83,102 +140,162 @@ pub struct CounterStatus {
 }
 
 impl Status {
-    /// Adds what the data plane counted: frames by reason, ARP replies, traffic per backend.
-    pub fn add_counters(&mut self, counters: &crate::dataplane::Counters) {
+    /// Adds what the data plane counted: frames by reason (node-wide at the top, per router in each instance),
+    /// ARP replies, traffic per backend. `routers` names each instance's routers (by instance name).
+    pub fn add_counters(&mut self, counters: &crate::dataplane::Counters, routers: &BTreeMap<String, Vec<u32>>) {
         use lb_common::Reason;
-        self.counters.arp_replies = counters.reason(Reason::ArpReply);
-        self.counters.dataplane = Reason::ALL.iter().map(|r| (r.name().to_string(), counters.reason(*r))).collect();
-        for svc in &mut self.services {
-            for b in &mut svc.backends {
-                let Ok(address) = b.address.parse() else { continue };
-                let traffic = counters.backends.get(&(svc.name.clone(), address, b.port)).copied().unwrap_or_default();
-                b.packets = traffic.packets;
-                b.bytes = traffic.bytes;
-                if b.draining
-                    && let Some(flows) = &counters.flows
-                {
-                    b.flows = Some(flows.get(&(svc.name.clone(), address, b.port)).copied().unwrap_or_default());
-                }
+        for instance in &mut self.instances {
+            let mine = routers.get(&instance.name).map(Vec::as_slice).unwrap_or_default();
+            let count = |r: Reason| mine.iter().map(|router| counters.router_reason(*router, r)).sum::<u64>();
+            instance.counters.arp_replies = count(Reason::ArpReply);
+            instance.counters.dataplane = Reason::ALL.iter().map(|r| (r.name().to_string(), count(*r))).collect();
+            for svc in &mut instance.services {
+                let id = crate::dataplane::ServiceId::new(&instance.name, &svc.name);
+                add_traffic(svc, &id, counters);
             }
+        }
+        if let Some(first) = self.instances.first() {
+            self.counters.arp_replies = first.counters.arp_replies;
+            self.services = first.services.clone();
+        }
+        self.counters.dataplane = Reason::ALL.iter().map(|r| (r.name().to_string(), counters.reason(*r))).collect();
+    }
+
+    /// Sets the node's XDP mode (what only the data plane knows), at the top and in every instance.
+    pub fn set_xdp_mode(&mut self, mode: &str) {
+        self.xdp_mode = mode.to_owned();
+        for instance in &mut self.instances {
+            instance.xdp_mode = mode.to_owned();
         }
     }
 
-    /// A readable table for `xvip status`.
+    /// The instances, also from the JSON of a daemon that predates them (its top level is its one instance).
+    fn instance_list(&self) -> Vec<InstanceStatus> {
+        if !self.instances.is_empty() {
+            return self.instances.clone();
+        }
+        vec![InstanceStatus {
+            name: String::new(),
+            addresses: vec![self.vip.clone()],
+            role: self.role.clone(),
+            vrid: self.vrid,
+            priority: self.priority,
+            effective_priority: self.effective_priority,
+            vip: self.vip.clone(),
+            interface: self.interface.clone(),
+            xdp_mode: self.xdp_mode.clone(),
+            active_router: self.active_router.clone(),
+            transitions: self.transitions,
+            role_since_unix_ms: self.role_since_unix_ms,
+            role_reason: self.role_reason.clone(),
+            services: self.services.clone(),
+            counters: self.counters.clone(),
+            warnings: Vec::new(),
+        }]
+    }
+
+    /// A readable table for `xvip status`: the warnings, each instance (named when there are several), then what
+    /// the data plane did with every frame.
     pub fn render(&self) -> String {
         let mut s = String::new();
         for w in &self.warnings {
             let _ = writeln!(s, "WARNING     {}: {}", w.kind, w.message);
         }
-        let active = self.active_router.as_deref().unwrap_or("unknown");
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let _ = writeln!(
-            s,
-            "role        {} for {}, {} transitions",
-            self.role,
-            human_duration(now_ms.saturating_sub(self.role_since_unix_ms)),
-            self.transitions
-        );
-        if !self.role_reason.is_empty() {
-            let _ = writeln!(s, "why         {}", self.role_reason);
-        }
-        let _ = writeln!(s, "vip         {} on {} (xdp {})", self.vip, self.interface, self.xdp_mode);
-        let _ = writeln!(
-            s,
-            "vrrp        vrid {}, priority {} (effective {}), active router {active}",
-            self.vrid, self.priority, self.effective_priority
-        );
-        let c = &self.counters;
-        let _ = writeln!(
-            s,
-            "adverts     sent {}, received {}, discarded {}; arp replies {}, garps {}",
-            c.adverts_sent, c.adverts_received, c.adverts_discarded, c.arp_replies, c.garps_sent
-        );
-        for svc in &self.services {
-            let healthy = svc.backends.iter().filter(|b| b.healthy).count();
-            let _ = writeln!(
-                s,
-                "\nservice {} {}/{} ({}), {healthy}/{} backends healthy",
-                svc.name,
-                svc.port,
-                svc.protocol,
-                svc.forwarding,
-                svc.backends.len()
-            );
-            let _ = writeln!(
-                s,
-                "  {:<22} {:>6} {:<9} {:>12} {:>14}  state",
-                "backend", "weight", "health", "packets", "bytes"
-            );
-            for b in &svc.backends {
-                let health = if b.healthy { "up" } else { "down" };
-                let state = match (b.draining, b.flows) {
-                    (true, Some(flows)) => format!("draining, {flows} flows left"),
-                    (true, None) => "draining".to_string(),
-                    (false, _) => String::new(),
-                };
-                let line = format!(
-                    "  {:<22} {:>6} {:<9} {:>12} {:>14}  {state}",
-                    format!("{}:{}", b.address, b.port),
-                    b.weight,
-                    health,
-                    b.packets,
-                    b.bytes
-                );
-                let _ = writeln!(s, "{}", line.trim_end());
+        let instances = self.instance_list();
+        let several = instances.len() > 1;
+        for (i, instance) in instances.iter().enumerate() {
+            if several {
+                let _ = writeln!(s, "{}instance    {}", if i > 0 { "\n" } else { "" }, instance.name);
             }
+            render_instance(&mut s, instance, &self.xdp_mode);
         }
         let noteworthy: Vec<String> =
-            c.dataplane.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
+            self.counters.dataplane.iter().filter(|(_, n)| **n > 0).map(|(k, n)| format!("{k} {n}")).collect();
         if !noteworthy.is_empty() {
             let _ = writeln!(s, "\ndata plane  {}", noteworthy.join(", "));
         }
-        let discards: Vec<String> = c.adverts_discarded_by_reason.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        if !discards.is_empty() {
-            let _ = writeln!(s, "discards    {}", discards.join(", "));
-        }
         s
+    }
+}
+
+/// One instance's part of the table.
+fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
+    let active = i.active_router.as_deref().unwrap_or("unknown");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let _ = writeln!(
+        s,
+        "role        {} for {}, {} transitions",
+        i.role,
+        human_duration(now_ms.saturating_sub(i.role_since_unix_ms)),
+        i.transitions
+    );
+    if !i.role_reason.is_empty() {
+        let _ = writeln!(s, "why         {}", i.role_reason);
+    }
+    let _ = writeln!(s, "vip         {} on {} (xdp {xdp_mode})", i.addresses.join(", "), i.interface);
+    let _ = writeln!(
+        s,
+        "vrrp        vrid {}, priority {} (effective {}), active router {active}",
+        i.vrid, i.priority, i.effective_priority
+    );
+    let c = &i.counters;
+    let _ = writeln!(
+        s,
+        "adverts     sent {}, received {}, discarded {}; arp replies {}, garps {}",
+        c.adverts_sent, c.adverts_received, c.adverts_discarded, c.arp_replies, c.garps_sent
+    );
+    let discards: Vec<String> = c.adverts_discarded_by_reason.iter().map(|(k, n)| format!("{k} {n}")).collect();
+    if !discards.is_empty() {
+        let _ = writeln!(s, "discards    {}", discards.join(", "));
+    }
+    for svc in &i.services {
+        let healthy = svc.backends.iter().filter(|b| b.healthy).count();
+        let _ = writeln!(
+            s,
+            "\nservice {} {}/{} ({}), {healthy}/{} backends healthy",
+            svc.name,
+            svc.port,
+            svc.protocol,
+            svc.forwarding,
+            svc.backends.len()
+        );
+        let _ =
+            writeln!(s, "  {:<22} {:>6} {:<9} {:>12} {:>14}  state", "backend", "weight", "health", "packets", "bytes");
+        for b in &svc.backends {
+            let health = if b.healthy { "up" } else { "down" };
+            let state = match (b.draining, b.flows) {
+                (true, Some(flows)) => format!("draining, {flows} flows left"),
+                (true, None) => "draining".to_string(),
+                (false, _) => String::new(),
+            };
+            let line = format!(
+                "  {:<22} {:>6} {:<9} {:>12} {:>14}  {state}",
+                format!("{}:{}", b.address, b.port),
+                b.weight,
+                health,
+                b.packets,
+                b.bytes
+            );
+            let _ = writeln!(s, "{}", line.trim_end());
+        }
+    }
+}
+
+/// Traffic and open flows of each backend of one service.
+fn add_traffic(svc: &mut ServiceStatus, id: &crate::dataplane::ServiceId, counters: &crate::dataplane::Counters) {
+    for b in &mut svc.backends {
+        let Ok(address) = b.address.parse() else { continue };
+        let key = (id.clone(), address, b.port);
+        let traffic = counters.backends.get(&key).copied().unwrap_or_default();
+        b.packets = traffic.packets;
+        b.bytes = traffic.bytes;
+        if b.draining
+            && let Some(flows) = &counters.flows
+        {
+            b.flows = Some(flows.get(&key).copied().unwrap_or_default());
+        }
     }
 }
 
@@ -286,24 +403,97 @@ mod tests {
 
     #[test]
     fn every_status_field_is_documented() {
-        let status = Status {
-            active_router: Some("10.0.0.5".into()),
-            services: vec![ServiceStatus {
-                backends: vec![BackendStatus {
-                    mac: Some("02:00:00:00:00:01".into()),
-                    flows: Some(1),
-                    ..Default::default()
-                }],
+        let service = ServiceStatus {
+            backends: vec![BackendStatus {
+                mac: Some("02:00:00:00:00:01".into()),
+                flows: Some(1),
                 ..Default::default()
             }],
-            ..Status::default()
+            ..Default::default()
         };
+        let instance = InstanceStatus {
+            active_router: Some("10.0.0.5".into()),
+            services: vec![service],
+            warnings: vec![Warning::default()],
+            ..Default::default()
+        };
+        let status = Status::of_instances(vec![instance]);
         let mut paths = Vec::new();
         key_paths(&serde_json::to_value(&status).expect("json"), "", &mut paths);
+        assert!(paths.iter().any(|p| p == "instances[].services[].backends[].flows"), "{paths:?}");
         let doc =
             std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/status.md")).expect("docs/status.md");
-        let missing: Vec<&String> = paths.iter().filter(|p| !doc.contains(&format!("| `{p}` |"))).collect();
+        let documented = |p: &str| doc.contains(&format!("| `{p}` |"));
+        // An instance has the top level's fields (documented once, there) plus its own.
+        let missing: Vec<&String> = paths
+            .iter()
+            .filter(|p| !documented(p) && !p.strip_prefix("instances[].").is_some_and(&documented))
+            .collect();
         assert!(missing.is_empty(), "docs/status.md does not describe {missing:?}");
+    }
+
+    #[test]
+    fn the_top_level_is_the_first_instance_and_warnings_are_everyones() {
+        let instance = |name: &str, role: &str, warning: Option<&str>| InstanceStatus {
+            name: name.into(),
+            addresses: vec![format!("10.0.0.{}", name.len()), "10.0.0.99".into()],
+            role: role.into(),
+            vip: format!("10.0.0.{}", name.len()),
+            vrid: u8::try_from(name.len()).unwrap_or_default(),
+            warnings: warning
+                .map(|m| Warning { kind: "vrid_collision".into(), message: m.into() })
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        };
+        let mut status =
+            Status::of_instances(vec![instance("api", "active", None), instance("ingress", "backup", Some("w"))]);
+        assert_eq!((status.role.as_str(), status.vip.as_str(), status.vrid), ("active", "10.0.0.3", 3));
+        assert_eq!(status.warnings.len(), 1, "a warning of any instance shows at the top");
+        assert_eq!(status.instances[1].role, "backup");
+        status.set_xdp_mode("native");
+        assert!(status.instances.iter().all(|i| i.xdp_mode == "native"));
+        let v = serde_json::to_value(&status).expect("json");
+        assert_eq!(v["instances"][1]["name"], "ingress");
+        assert_eq!(v["instances"][0]["addresses"], serde_json::json!(["10.0.0.3", "10.0.0.99"]));
+        let table = status.render();
+        assert!(table.starts_with("WARNING     vrid_collision: w\ninstance    api\nrole        active"), "{table}");
+        assert!(table.contains("\ninstance    ingress\nrole        backup"), "{table}");
+        assert!(table.contains("vip         10.0.0.3, 10.0.0.99 on  (xdp native)"), "{table}");
+    }
+
+    #[test]
+    fn counters_are_split_by_router_and_the_top_level_keeps_every_frame() {
+        use crate::dataplane::{Counters, ServiceId};
+        use lb_common::Reason;
+        let mut counters = Counters { reasons: vec![0; lb_common::REASON_COUNT as usize], ..Counters::default() };
+        counters.reasons[Reason::ArpReply as usize] = 7;
+        counters.reasons[Reason::PassNotVip as usize] = 100;
+        let mut router = |r: u32, arp: u64| {
+            let mut by_reason = vec![0; lb_common::REASON_COUNT as usize];
+            by_reason[Reason::ArpReply as usize] = arp;
+            counters.routers.insert(r, by_reason);
+        };
+        router(0, 5);
+        router(2, 2);
+        let backend = BackendStatus { address: "10.0.0.21".into(), port: 80, ..Default::default() };
+        let svc = ServiceStatus { name: "web".into(), backends: vec![backend], ..Default::default() };
+        let instance =
+            |name: &str| InstanceStatus { name: name.into(), services: vec![svc.clone()], ..Default::default() };
+        counters.backends.insert(
+            (ServiceId::new("b", "web"), "10.0.0.21".parse().expect("address"), 80),
+            lb_common::Traffic { packets: 3, bytes: 300, new_flows: 0 },
+        );
+        let mut status = Status::of_instances(vec![instance("a"), instance("b")]);
+        let routers = [("a".to_owned(), vec![0]), ("b".to_owned(), vec![2])].into();
+        status.add_counters(&counters, &routers);
+        assert_eq!(status.counters.arp_replies, 5, "the first instance's");
+        assert_eq!(status.counters.dataplane["pass_not_vip"], 100, "the node's frames, every one");
+        assert_eq!(status.instances[1].counters.arp_replies, 2);
+        assert_eq!(status.instances[1].counters.dataplane["arp_replies"], 2);
+        assert_eq!(status.instances[1].counters.dataplane["pass_not_vip"], 0, "no instance's");
+        assert_eq!(status.instances[1].services[0].backends[0].packets, 3, "b's web is not a's web");
+        assert_eq!(status.instances[0].services[0].backends[0].packets, 0);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! The connections reuse the health checker's code (`health::probe`); the checks on certificates are pure
 //! functions of the certificate, the names and the time ([`check_names`], [`check_chain`], [`Certificate::parse`]).
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
     net::{IpAddr, SocketAddr},
     path::Path,
@@ -30,7 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::{
-    config::{CheckKind, Config, Protocol, Service},
+    config::{CheckKind, Config, Instance, Protocol, Service},
     health::{
         self,
         probe::{self, connect_tls, request_status},
@@ -111,13 +112,17 @@ impl Check {
     }
 }
 
-/// Whether the certificate `end_entity` is valid for the VIP and for `hostname`, as a TLS client decides it.
-pub fn check_names(end_entity: &CertificateDer<'_>, vip: IpAddr, hostname: Option<&str>) -> Check {
+/// Whether the certificate `end_entity` is valid for every address of the VIP's instance and for `hostname`, as a
+/// TLS client decides it.
+pub fn check_names(end_entity: &CertificateDer<'_>, vips: &[IpAddr], hostname: Option<&str>) -> Check {
     let parsed = match ParsedCertificate::try_from(end_entity) {
         Ok(parsed) => parsed,
         Err(e) => return Check::fail(format!("the certificate cannot be parsed: {e}")),
     };
-    let mut wanted = vec![(format!("the VIP {vip}"), ServerName::IpAddress(vip.into()), "an IP address SAN")];
+    let mut wanted: Vec<(String, ServerName<'static>, &str)> = vips
+        .iter()
+        .map(|vip| (format!("the VIP {vip}"), ServerName::IpAddress((*vip).into()), "an IP address SAN"))
+        .collect();
     if let Some(name) = hostname {
         match ServerName::try_from(name.to_owned()) {
             Ok(server_name @ ServerName::IpAddress(_)) => {
@@ -253,25 +258,41 @@ impl Report {
     }
 }
 
-/// Runs every check of `config` from this node. `local_role` is this node's role if a daemon answers on the
-/// config's status socket (a node cannot reach the VIP while it serves it: the hint says so).
-pub async fn verify(path: &Path, config: &Config, local_role: Option<&str>) -> Report {
-    let vip = IpAddr::V4(config.vip.address);
-    let hostname = config.vip.hostname.as_deref();
-    let role = local_role.map_or_else(|| "no xvip daemon answers here".to_owned(), |r| format!("this node is {r}"));
-    let heading = format!(
-        "xvip verify {}: VIP {vip}{}; {role}",
-        path.display(),
-        hostname.map(|h| format!(" ({h})")).unwrap_or_default()
-    );
+/// Runs every check of `config` from this node. `local_roles` are this node's roles by instance name if a daemon
+/// answers on the config's status socket (a node cannot reach a VIP while it serves it: the hint says so).
+pub async fn verify(path: &Path, config: &Config, local_roles: Option<&BTreeMap<String, String>>) -> Report {
+    let several = config.instances.len() > 1;
+    let daemon = match (local_roles, config.instances.as_slice()) {
+        (None, _) => "no xvip daemon answers here".to_owned(),
+        (Some(roles), [only]) => {
+            roles.get(&only.name).map_or_else(|| "a daemon answers here".to_owned(), |r| format!("this node is {r}"))
+        }
+        (Some(_), _) => "a daemon answers here".to_owned(),
+    };
+    let heading = match config.instances.as_slice() {
+        [only] if !several => format!(
+            "xvip verify {}: VIP {}{}; {daemon}",
+            path.display(),
+            only.vip.addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
+            only.vip.hostname.as_deref().map(|h| format!(" ({h})")).unwrap_or_default()
+        ),
+        _ => format!("xvip verify {}: {} instances; {daemon}", path.display(), config.instances.len()),
+    };
     let mut services = Vec::new();
-    for service in &config.services {
-        services.push(verify_service(config, service, local_role).await);
+    for instance in &config.instances {
+        let role = local_roles.and_then(|roles| roles.get(&instance.name)).map(String::as_str);
+        for service in &instance.services {
+            let mut report = verify_service(instance, service, role).await;
+            if several {
+                report.heading = format!("{}/{}", instance.name, report.heading);
+            }
+            services.push(report);
+        }
     }
     Report { heading, services }
 }
 
-async fn verify_service(config: &Config, service: &Service, local_role: Option<&str>) -> ServiceReport {
+async fn verify_service(config: &Instance, service: &Service, local_role: Option<&str>) -> ServiceReport {
     let h = &service.health;
     let check = match h.check {
         CheckKind::Http | CheckKind::Https => format!("check {} GET {}", h.check, h.path),
@@ -292,8 +313,9 @@ async fn verify_service(config: &Config, service: &Service, local_role: Option<&
         CheckKind::Https => Some(probe::trust_roots(&settings)),
         _ => None,
     };
-    let vip = SocketAddr::from((config.vip.address, service.port));
-    let mut endpoints = vec![{
+    let mut endpoints = Vec::new();
+    for address in config.vip.ipv4() {
+        let vip = SocketAddr::from((address, service.port));
         let mut report = verify_endpoint(config, format!("VIP {vip}"), vip, &settings, roots.as_ref()).await;
         if local_role == Some("active") && report.checks.iter().any(|c| c.text.starts_with("connect to")) {
             report.checks.push(Check::skip(
@@ -301,8 +323,8 @@ async fn verify_service(config: &Config, service: &Service, local_role: Option<&
                  to check through the VIP",
             ));
         }
-        report
-    }];
+        endpoints.push(report);
+    }
     for b in &service.backends {
         let addr = SocketAddr::from((b.address, b.port));
         endpoints.push(verify_endpoint(config, format!("backend {addr}"), addr, &settings, roots.as_ref()).await);
@@ -311,7 +333,7 @@ async fn verify_service(config: &Config, service: &Service, local_role: Option<&
 }
 
 async fn verify_endpoint(
-    config: &Config,
+    config: &Instance,
     label: String,
     addr: SocketAddr,
     settings: &health::Settings,
@@ -352,7 +374,7 @@ async fn verify_endpoint(
 
 /// Shows the certificate and checks its names and chain.
 fn certificate_checks(
-    config: &Config,
+    config: &Instance,
     chain: &[CertificateDer<'static>],
     roots: Option<&Result<Option<(RootCertStore, String)>, String>>,
     report: &mut EndpointReport,
@@ -365,7 +387,7 @@ fn certificate_checks(
         Ok(c) => report.certificate = Some(c),
         Err(e) => report.checks.push(Check::fail(format!("certificate: {e}"))),
     }
-    report.checks.push(check_names(end_entity, IpAddr::V4(config.vip.address), config.vip.hostname.as_deref()));
+    report.checks.push(check_names(end_entity, &config.vip.addresses, config.vip.hostname.as_deref()));
     report.checks.push(match roots {
         None | Some(Ok(None)) => Check::skip("chain not checked: tls_verify = false and no ca_file"),
         Some(Err(why)) => Check::fail(format!("chain not checked: {why}")),

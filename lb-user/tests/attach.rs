@@ -116,7 +116,13 @@ fn generic_mode_attaches_as_xdpgeneric() {
 fn more_services_than_the_maps_were_sized_for_is_a_typed_refusal() {
     in_netns(|| {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");
-        let spec = |port| ServiceSpec { port, protocol: 6, forwarding: 0, backends: Vec::new() };
+        let spec = |port| ServiceSpec {
+            addresses: vec![std::net::Ipv4Addr::new(10, 0, 0, 250)],
+            port,
+            protocol: 6,
+            forwarding: 0,
+            backends: Vec::new(),
+        };
         dp.apply_service("a", &spec(80)).expect("the one service there is room for");
         let err = dp.apply_service("b", &spec(81)).expect_err("no room for a second");
         assert!(matches!(&err, Error::Full(text) if text.contains("restart")), "{err:?}");

@@ -25,8 +25,11 @@ fn active_node() -> DataPlane {
             ifindex: 0,
         })
         .collect();
-    dp.apply_service("web", &ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends })
-        .expect("service");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
+    )
+    .expect("service");
     dp
 }
 
@@ -65,7 +68,11 @@ fn a_zero_limit_turns_the_switch_off() {
     let mut dp = active_node();
     dp.set_heartbeat(0, 0).expect("off");
     run(&mut dp, &arp(), XDP_TX, Reason::ArpReply);
-    assert_eq!(dp.heartbeat().expect("read"), Heartbeat { last_ns: 0, max_age_ns: 0, active: 1, _pad: 0 });
+    assert_eq!(dp.heartbeat().expect("read"), {
+        let mut expected = Heartbeat { last_ns: 0, max_age_ns: 0, ..Heartbeat::default() };
+        expected.active[0] = 1;
+        expected
+    });
 }
 
 #[test]
@@ -81,14 +88,14 @@ fn node_control_writes_the_active_flag_and_the_heartbeat_beside_the_data_plane()
     let mut dp = active_node();
     dp.set_active(false).expect("backup");
     let mut node = dp.node_control().expect("node control");
-    node.set_max_age(std::time::Duration::from_millis(300));
+    node.set_max_age(std::time::Duration::from_millis(300)).expect("max age");
     node.beat().expect("beat");
-    node.set_active(true).expect("active");
+    node.set_active(0, true).expect("active");
     let beat = dp.heartbeat().expect("read");
     assert_eq!(beat.max_age_ns, 300_000_000);
     assert!(monotonic_ns().expect("clock") - beat.last_ns < SECOND);
     run(&mut dp, &arp(), XDP_TX, Reason::ArpReply);
-    node.set_active(false).expect("backup");
+    node.set_active(0, false).expect("backup");
     run(&mut dp, &arp(), XDP_PASS, Reason::PassArp);
 }
 
@@ -99,7 +106,7 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
     let mut dp = active_node();
     dp.set_active(false).expect("backup");
     let mut node = dp.node_control().expect("node control");
-    node.set_active(true).expect("active");
+    node.set_active(0, true).expect("active");
     let backends = vec![BackendSpec {
         address: BACKENDS[0].0,
         port: 80,
@@ -108,12 +115,18 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
         mac: Some(BACKENDS[0].1),
         ifindex: 0,
     }];
-    dp.apply_service("web", &ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends })
-        .expect("service update");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
+    )
+    .expect("service update");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
     run(&mut dp, &arp(), XDP_TX, Reason::ArpReply);
-    node.set_active(false).expect("backup");
-    dp.apply_service("web", &ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] })
-        .expect("service update");
+    node.set_active(0, false).expect("backup");
+    dp.apply_service(
+        "web",
+        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] },
+    )
+    .expect("service update");
     run(&mut dp, &arp(), XDP_PASS, Reason::PassArp);
 }

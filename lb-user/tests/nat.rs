@@ -16,7 +16,7 @@ use support::fixture::{
 };
 use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
     maglev,
 };
 
@@ -39,6 +39,7 @@ fn seed() -> u32 {
 
 fn nat_service(port: u16, protocol: u8, backend_port: u16) -> ServiceSpec {
     ServiceSpec {
+        addresses: vec![VIP],
         port,
         protocol,
         forwarding: FORWARD_NAT,
@@ -239,8 +240,8 @@ fn syn_is_translated_to_the_vip_and_the_flow_port() {
     assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_SYN, b""));
     assert!(f.nat_port(0) >= 1024);
     let c = dp.counters().expect("counters");
-    assert_eq!(c.services["web"].packets, 1);
-    assert_eq!(c.backends[&("web".to_string(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
+    assert_eq!(c.services[&"web".into()].packets, 1);
+    assert_eq!(c.backends[&("web".into(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
 }
 
 #[test]
@@ -253,12 +254,12 @@ fn established_packets_keep_the_translation() {
         assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
     }
     // One flow: four packets, one new flow (the SYN); a SYN again from the same port is a new connection.
-    let backend = ("web".to_string(), f.backend_ip(), HTTP_BACKEND);
+    let backend = (ServiceId::from("web"), f.backend_ip(), HTTP_BACKEND);
     let c = dp.counters().expect("counters");
     assert_eq!((c.backends[&backend].packets, c.backends[&backend].new_flows), (4, 1));
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     let c = dp.counters().expect("counters");
-    assert_eq!((c.backends[&backend].new_flows, c.services["web"].new_flows), (2, 2));
+    assert_eq!((c.backends[&backend].new_flows, c.services[&ServiceId::from("web")].new_flows), (2, 2));
 }
 
 #[test]
@@ -558,7 +559,7 @@ fn slot_of(dp: &DataPlane, address: Ipv4Addr, port: u16) -> Option<u32> {
 fn has_translation(dp: &DataPlane, backend: Ipv4Addr, port: u16, nport: u16) -> bool {
     let map = dp.map(names::NAT).expect("NAT map");
     let nat: aya::maps::HashMap<&MapData, NatKey, NatValue> = aya::maps::HashMap::try_from(map).expect("NAT as a hash");
-    nat.get(&NatKey::new(backend.octets(), port.to_be_bytes(), nport.to_be_bytes(), PROTO_TCP), 0).is_ok()
+    nat.get(&NatKey::new(backend.octets(), VIP.octets(), port.to_be_bytes(), nport.to_be_bytes(), PROTO_TCP), 0).is_ok()
 }
 
 #[test]
@@ -590,6 +591,7 @@ fn a_flow_whose_backend_slot_went_to_another_backend_starts_over_and_releases_it
     // Every other slot in use, so the slot the flow's backend frees is the next one given out.
     let free = MAX_BACKENDS as usize - 2 * BACKENDS.len();
     let filler = ServiceSpec {
+        addresses: vec![VIP],
         port: 9000,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -1128,6 +1130,7 @@ fn a_backend_behind_another_interface_gets_frames_from_that_interfaces_mac() {
     let wan = support::fixture::ifindex("wan");
     let far = (Ipv4Addr::new(192, 0, 2, 21), [0x02, 0, 0, 0, 0, 0x77]);
     let spec = ServiceSpec {
+        addresses: vec![VIP],
         port: 8001,
         protocol: PROTO_TCP,
         forwarding: FORWARD_NAT,
@@ -1161,6 +1164,7 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
     web.backends.remove(f.backend());
     dp.apply_service("web", &web).expect("web without the flow's backend");
     let filler = |n: u32| ServiceSpec {
+        addresses: vec![VIP],
         port: 9000,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -1175,7 +1179,7 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
             })
             .collect(),
     };
-    dp.apply_service("filler", &filler(4090)).expect("filler");
+    dp.apply_service("filler", &filler(lb_common::MAX_BACKENDS - 6)).expect("filler");
     dp.remove_service("filler").expect("remove filler");
     dp.apply_service("filler", &ServiceSpec { port: 9001, ..filler(1) }).expect("alt on the freed slot");
     let (kind, code, mtu) = FRAG_NEEDED;
@@ -1198,6 +1202,6 @@ fn a_table_scan_counts_every_entry_and_the_open_flows() {
     let scan = dp.scan_tables().expect("scan");
     assert_eq!((scan.conntrack_entries, scan.nat_entries, scan.capacity), (10, 10, 2048));
     assert_eq!(scan.flows.values().sum::<u64>(), 9, "{:?}", scan.flows);
-    assert!(scan.flows.keys().all(|(service, _, port)| service == "web" && *port == HTTP_BACKEND));
+    assert!(scan.flows.keys().all(|(service, _, port)| service.service == "web" && *port == HTTP_BACKEND));
     assert_eq!(dp.flows_per_backend().expect("flows"), scan.flows);
 }

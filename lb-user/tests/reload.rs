@@ -10,7 +10,7 @@ use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, group_se
 use proptest::prelude::*;
 use support::fixture::{CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_TX};
 use support::frames::{self, TCP_SYN};
-use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec, VipSpec};
 
 const NAMES: [&str; 6] = ["a", "b", "c", "d", "e", "f"];
 /// (protocol, port) places a service can take.
@@ -33,9 +33,15 @@ struct Gen {
     backends: Vec<usize>,
 }
 
+/// The one VIP of these fixtures, governed by router 0.
+fn vips() -> Vec<VipSpec> {
+    vec![VipSpec { address: VIP, router: 0, hash_seed: group_seed(VIP.octets(), VRID), interface: None }]
+}
+
 fn spec(g: &Gen) -> ServiceSpec {
     let (protocol, port) = PLACES[g.place];
     ServiceSpec {
+        addresses: vec![VIP],
         port,
         protocol,
         forwarding: if g.nat { FORWARD_NAT } else { FORWARD_DSR },
@@ -88,14 +94,20 @@ fn probe(dp: &mut DataPlane, protocol: u8, port: u16, sport: u16) -> (u32, Vec<u
 fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<(), TestCaseError> {
     let wanted: BTreeMap<(u8, u16), &str> = services.iter().map(|(n, g)| (PLACES[g.place], n.as_str())).collect();
     let owners = dp.slot_owners();
-    let owners: BTreeMap<(u8, u16), &str> = owners.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let owners: BTreeMap<(u8, u16), &str> = owners
+        .iter()
+        .map(|((vip, protocol, port), id)| {
+            assert_eq!(*vip, VIP, "an entry on another address");
+            ((*protocol, *port), id.service.as_str())
+        })
+        .collect();
     prop_assert_eq!(&owners, &wanted, "slot owners after reload {}", step);
     for (i, (protocol, port)) in PLACES.iter().copied().enumerate() {
-        let value = dp.service_value(protocol, port).expect("SERVICES");
+        let value = dp.service_value(VIP, protocol, port).expect("SERVICES");
         match services.iter().find(|(_, g)| g.place == i) {
             Some((name, g)) => {
-                prop_assert_eq!(value.present, 1, "{} on {}/{} after reload {}", name, protocol, port, step);
-                prop_assert_eq!(Some(value.index), dp.service_index(name), "index of {}", name);
+                prop_assert!(value.is_some(), "{} on {}/{} after reload {}", name, protocol, port, step);
+                prop_assert_eq!(value.map(|v| v.index), dp.service_index(name.as_str()), "index of {}", name);
                 let macs: Vec<[u8; 6]> = g.backends.iter().map(|b| backend_mac(*b)).collect();
                 for sport in [40_000u16, 40_001, 40_002, 51_234] {
                     let before = dp.counters().expect("counters");
@@ -123,14 +135,7 @@ fn check(dp: &mut DataPlane, services: &[(String, Gen)], step: usize) -> Result<
                 }
             }
             None => {
-                prop_assert_eq!(
-                    value.present,
-                    0,
-                    "nothing is configured on {}/{} after reload {}",
-                    protocol,
-                    port,
-                    step
-                );
+                prop_assert_eq!(value, None, "nothing is configured on {}/{} after reload {}", protocol, port, step);
                 let before = dp.counters().expect("counters").reason(Reason::DropNoService);
                 let (action, _) = probe(dp, protocol, port, 40_000);
                 let after = dp.counters().expect("counters").reason(Reason::DropNoService);
@@ -154,8 +159,9 @@ proptest! {
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
         dp.set_active(true).expect("set_active");
         for (step, services) in reloads.iter().enumerate() {
-            let specs: Vec<(String, ServiceSpec)> = services.iter().map(|(n, g)| (n.clone(), spec(g))).collect();
-            dp.reconcile(&specs).expect("reconcile");
+            let specs: Vec<(ServiceId, ServiceSpec)> =
+                services.iter().map(|(n, g)| (ServiceId::from(n.as_str()), spec(g))).collect();
+            dp.reconcile(&vips(), &specs).expect("reconcile");
             check(&mut dp, services, step)?;
         }
     }
@@ -172,8 +178,9 @@ fn swapping_two_services_ports_keeps_both_answering() {
     let before = vec![("a".to_string(), a(0)), ("b".to_string(), b(2))];
     let after = vec![("a".to_string(), a(2)), ("b".to_string(), b(0))];
     for (step, services) in [before, after.clone(), after].iter().enumerate() {
-        let specs: Vec<(String, ServiceSpec)> = services.iter().map(|(n, g)| (n.clone(), spec(g))).collect();
-        dp.reconcile(&specs).expect("reconcile");
+        let specs: Vec<(ServiceId, ServiceSpec)> =
+            services.iter().map(|(n, g)| (ServiceId::from(n.as_str()), spec(g))).collect();
+        dp.reconcile(&vips(), &specs).expect("reconcile");
         check(&mut dp, services, step).expect("both ports answer with their own service's backends");
     }
     // One service at a time, in the order a per-service update would come: still no black hole.

@@ -7,12 +7,13 @@
 //!   reads back to the same `Config`, and its reload plan against itself is empty.
 //!
 //! The unstructured side is fuzzed by `cargo xtask fuzz` (see `fuzz/`).
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use proptest::prelude::*;
 use xvip::config::{
-    self, BackendCfg, CheckKind, Config, Control, Forwarding, Health, Metrics, Protocol, Service, Vip, Vrrp, XdpMode,
+    self, BackendCfg, CheckKind, Config, Control, DEFAULT_INSTANCE, Forwarding, Health, Instance, Metrics, Protocol,
+    Service, Vip, Vrrp, XdpMode,
 };
 use xvip::vrrp::packet::{Advert, ChecksumMode, MAX_ADVER_INT_MAX, RxFilter, checksum, parse_ipv4};
 
@@ -224,35 +225,41 @@ fn any_config() -> impl Strategy<Value = Config> {
             (Just(top), vrrp_section(vip), services)
         })
         .prop_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket, metrics), vrrp, services)| Config {
-            interface,
+            interface: Some(interface.clone()),
             xdp_mode,
             conntrack_entries,
-            vip: Vip { address: vip, hostname },
-            vrrp,
             control: Control { socket: PathBuf::from(socket) },
+            instances: vec![Instance {
+                name: DEFAULT_INSTANCE.to_string(),
+                interface,
+                vip: Vip { addresses: vec![IpAddr::V4(vip)], hostname },
+                vrrp,
+                services,
+            }],
             metrics,
-            services,
         })
 }
 
-/// Writes `config` as TOML: every key, or (`terse`) only the keys whose value differs from the default.
+/// Writes `config` (one instance, in the single form) as TOML: every key, or (`terse`) only the keys whose value
+/// differs from the default.
 fn render(config: &Config, terse: bool) -> String {
     let mut s = String::new();
+    let instance = &config.instances[0];
     let key = |s: &mut String, name: &str, value: String, is_default: bool| {
         if !(terse && is_default) {
             s.push_str(&format!("{name} = {value}\n"));
         }
     };
     let q = |v: &str| format!("{v:?}");
-    key(&mut s, "interface", q(&config.interface), false);
+    key(&mut s, "interface", q(config.interface.as_deref().unwrap_or_default()), false);
     key(&mut s, "xdp_mode", q(config.xdp_mode.as_str()), config.xdp_mode == XdpMode::Auto);
     key(&mut s, "conntrack_entries", config.conntrack_entries.to_string(), config.conntrack_entries == 65536);
     s.push_str("[vip]\n");
-    key(&mut s, "address", q(&config.vip.address.to_string()), false);
-    if let Some(h) = &config.vip.hostname {
+    key(&mut s, "address", q(&instance.vip.first().to_string()), false);
+    if let Some(h) = &instance.vip.hostname {
         key(&mut s, "hostname", q(h), false);
     }
-    let v = &config.vrrp;
+    let v = &instance.vrrp;
     s.push_str("[vrrp]\n");
     key(&mut s, "vrid", v.vrid.to_string(), false);
     key(&mut s, "priority", v.priority.to_string(), false);
@@ -276,7 +283,7 @@ fn render(config: &Config, terse: bool) -> String {
         s.push_str("[metrics]\n");
         key(&mut s, "listen", q(&metrics.listen.to_string()), metrics.listen.to_string() == "127.0.0.1:9712");
     }
-    for svc in &config.services {
+    for svc in &instance.services {
         s.push_str("[[service]]\n");
         key(&mut s, "name", q(&svc.name), false);
         key(&mut s, "port", svc.port.to_string(), false);

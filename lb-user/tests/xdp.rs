@@ -8,7 +8,7 @@ use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, 
 use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
 use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
     maglev,
 };
 
@@ -28,6 +28,7 @@ fn backend(i: usize, healthy: bool) -> BackendSpec {
 
 fn dsr_service(healthy: [bool; 3]) -> ServiceSpec {
     ServiceSpec {
+        addresses: vec![VIP],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -150,9 +151,9 @@ fn syn_to_service_goes_to_the_maglev_backend_with_only_macs_changed() {
     assert_eq!(out, expected);
     assert!(frames::ipv4_header_ok(&out) && frames::l4_ok(&out));
     let c = dp.counters().expect("counters");
-    assert_eq!(c.services["web"].packets, 1);
-    assert_eq!(c.services["web"].bytes, syn.len() as u64);
-    assert_eq!(c.backends[&("web".to_string(), BACKENDS[b].0, 80)].packets, 1);
+    assert_eq!(c.services[&"web".into()].packets, 1);
+    assert_eq!(c.services[&"web".into()].bytes, syn.len() as u64);
+    assert_eq!(c.backends[&("web".into(), BACKENDS[b].0, 80)].packets, 1);
 }
 
 #[test]
@@ -167,7 +168,7 @@ fn packets_of_one_flow_go_to_the_same_backend() {
     let c = dp.counters().expect("counters");
     let traffic: Vec<_> = c.backends.values().filter(|t| t.packets > 0).collect();
     assert_eq!(traffic.iter().map(|t| (t.packets, t.new_flows)).collect::<Vec<_>>(), [(6, 1)]);
-    assert_eq!(c.services["web"].new_flows, 1);
+    assert_eq!(c.services[&ServiceId::from("web")].new_flows, 1);
 }
 
 #[test]
@@ -363,7 +364,13 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
         mac: Some([0x02, 0, 0, 0, 0, 0x77]),
         ifindex: wan,
     };
-    let spec = ServiceSpec { port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![far] };
+    let spec = ServiceSpec {
+        addresses: vec![VIP],
+        port: 80,
+        protocol: PROTO_TCP,
+        forwarding: FORWARD_DSR,
+        backends: vec![far],
+    };
     dp.apply_service("far", &spec).expect("far");
     let syn = client_tcp(40100, 80, TCP_SYN);
     let out = run(&mut dp, &syn, support::fixture::XDP_REDIRECT, Reason::ForwardRedirect);

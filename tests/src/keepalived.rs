@@ -44,6 +44,10 @@ pub struct KeepalivedSpec {
     pub preempt: bool,
     /// Raw lines added inside the `vrrp_instance` block (an escape hatch, e.g. `"preempt_delay 2"`).
     pub extra: Vec<String>,
+    /// More addresses after `vip` in `virtual_ipaddress` (all go in the advert's address list).
+    pub more_vips: Vec<Ipv4Addr>,
+    /// Further `vrrp_instance` blocks in the same keepalived (their `global_defs` and `more` are not used).
+    pub more: Vec<KeepalivedSpec>,
 }
 
 impl KeepalivedSpec {
@@ -62,7 +66,21 @@ impl KeepalivedSpec {
             unicast_peers: Vec::new(),
             preempt: true,
             extra: Vec::new(),
+            more_vips: Vec::new(),
+            more: Vec::new(),
         }
+    }
+
+    /// Adds addresses to this instance's `virtual_ipaddress`.
+    pub fn with_vips(mut self, vips: &[Ipv4Addr]) -> Self {
+        self.more_vips.extend_from_slice(vips);
+        self
+    }
+
+    /// Adds another `vrrp_instance` to the same keepalived.
+    pub fn with_instance(mut self, other: KeepalivedSpec) -> Self {
+        self.more.push(other);
+        self
     }
 
     /// Sets the advert interval in seconds.
@@ -87,6 +105,15 @@ impl KeepalivedSpec {
             "global_defs {{\n    router_id {}\n    vrrp_version 3\n    script_user root\n}}",
             self.router_id
         );
+        self.instance_block(&mut c);
+        for other in &self.more {
+            other.instance_block(&mut c);
+        }
+        c
+    }
+
+    /// This spec's `vrrp_instance` block.
+    fn instance_block(&self, c: &mut String) {
         let _ = writeln!(c, "vrrp_instance {} {{", self.instance);
         let _ = writeln!(c, "    version 3");
         // BACKUP: let the election decide; MASTER is only right for the address owner (priority 255).
@@ -111,13 +138,12 @@ impl KeepalivedSpec {
         for line in &self.extra {
             let _ = writeln!(c, "    {line}");
         }
-        let _ = writeln!(
-            c,
-            "    virtual_ipaddress {{\n        {}/{} dev {}\n    }}",
-            self.vip, self.vip_prefix_len, self.interface
-        );
+        let _ = writeln!(c, "    virtual_ipaddress {{");
+        for vip in std::iter::once(&self.vip).chain(&self.more_vips) {
+            let _ = writeln!(c, "        {vip}/{} dev {}", self.vip_prefix_len, self.interface);
+        }
+        let _ = writeln!(c, "    }}");
         let _ = writeln!(c, "}}");
-        c
     }
 }
 
@@ -223,8 +249,16 @@ impl Keepalived {
     /// # Errors
     /// When `ip addr` fails.
     pub fn holds_vip(&self) -> Result<bool> {
+        self.holds(self.spec.vip)
+    }
+
+    /// Whether `address` is currently on the instance's interface (any instance's address).
+    ///
+    /// # Errors
+    /// When `ip addr` fails.
+    pub fn holds(&self, address: Ipv4Addr) -> Result<bool> {
         let out = cmd::ip_in(&self.ns, ["-4", "-o", "addr", "show", "dev", &self.spec.interface])?;
-        let needle = format!(" {}/", self.spec.vip);
+        let needle = format!(" {address}/");
         Ok(out.contains(&needle))
     }
 

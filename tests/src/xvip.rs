@@ -31,8 +31,33 @@ pub struct NodeSpec {
     pub env: Vec<(String, String)>,
     /// How long [`Lab::start_xvip`] waits for the status socket to answer.
     pub startup_timeout: Duration,
+    /// VRRP instances: when not empty, the config is written in the list form (`[[instance]]`), one instance
+    /// each, and `vrid`, `priority` and `services` above are not used (the timers and peers above apply to every
+    /// instance).
+    pub instances: Vec<InstanceSpec>,
     /// `metrics.listen` (`None`: no `[metrics]` table).
     pub metrics_listen: Option<String>,
+}
+
+/// One VRRP instance of a node written in the list form.
+#[derive(Clone, Debug)]
+pub struct InstanceSpec {
+    pub name: String,
+    pub addresses: Vec<Ipv4Addr>,
+    pub vrid: u8,
+    pub priority: u8,
+    pub services: Vec<ServiceSpec>,
+}
+
+impl InstanceSpec {
+    pub fn new(name: &str, addresses: &[Ipv4Addr], vrid: u8, priority: u8) -> Self {
+        InstanceSpec { name: name.into(), addresses: addresses.to_vec(), vrid, priority, services: Vec::new() }
+    }
+
+    pub fn service(mut self, service: ServiceSpec) -> Self {
+        self.services.push(service);
+        self
+    }
 }
 
 /// A non-root user with a few capabilities, as a systemd unit with `DynamicUser=` and `AmbientCapabilities=`
@@ -79,12 +104,18 @@ impl NodeSpec {
             conntrack_entries: None,
             env: Vec::new(),
             startup_timeout: Duration::from_secs(10),
+            instances: Vec::new(),
             metrics_listen: None,
         }
     }
 
     pub fn service(mut self, service: ServiceSpec) -> Self {
         self.services.push(service);
+        self
+    }
+
+    pub fn instance(mut self, instance: InstanceSpec) -> Self {
+        self.instances.push(instance);
         self
     }
 }
@@ -134,10 +165,32 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
         let _ = writeln!(t, "conntrack_entries = {entries}");
     }
     let _ = writeln!(t);
-    let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
-    let _ = writeln!(t, "[vrrp]");
-    let _ = writeln!(t, "vrid = {}", spec.vrid);
-    let _ = writeln!(t, "priority = {}", spec.priority);
+    let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
+    if let Some(listen) = &spec.metrics_listen {
+        let _ = writeln!(t, "[metrics]\nlisten = \"{listen}\"\n");
+    }
+    if spec.instances.is_empty() {
+        let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
+        let _ = writeln!(t, "[vrrp]");
+        vrrp_keys(&mut t, spec, spec.vrid, spec.priority);
+        services(&mut t, "service", &spec.services);
+        return t;
+    }
+    for instance in &spec.instances {
+        let _ = writeln!(t, "[[instance]]\nname = \"{}\"", instance.name);
+        let addresses: Vec<String> = instance.addresses.iter().map(|a| format!("\"{a}\"")).collect();
+        let _ = writeln!(t, "[instance.vip]\naddresses = [{}]", addresses.join(", "));
+        let _ = writeln!(t, "[instance.vrrp]");
+        vrrp_keys(&mut t, spec, instance.vrid, instance.priority);
+        services(&mut t, "instance.service", &instance.services);
+    }
+    t
+}
+
+/// The keys of a `[vrrp]` table.
+fn vrrp_keys(t: &mut String, spec: &NodeSpec, vrid: u8, priority: u8) {
+    let _ = writeln!(t, "vrid = {vrid}");
+    let _ = writeln!(t, "priority = {priority}");
     let _ = writeln!(t, "advert_interval_ms = {}", spec.advert_interval_ms);
     let _ = writeln!(t, "preempt = {}", spec.preempt);
     let _ = writeln!(t, "preempt_delay_ms = {}", spec.preempt_delay_ms);
@@ -145,12 +198,12 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
     let _ = writeln!(t, "unicast_peers = [{}]", peers.join(", "));
     let _ = writeln!(t, "garp_repeat_delay_ms = 1000");
     let _ = writeln!(t, "backend_loss_penalty = {}\n", spec.backend_loss_penalty);
-    let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
-    if let Some(listen) = &spec.metrics_listen {
-        let _ = writeln!(t, "[metrics]\nlisten = \"{listen}\"\n");
-    }
-    for s in &spec.services {
-        let _ = writeln!(t, "[[service]]");
+}
+
+/// `[[service]]` tables (`table` = `service` or `instance.service`).
+fn services(t: &mut String, table: &str, services: &[ServiceSpec]) {
+    for s in services {
+        let _ = writeln!(t, "[[{table}]]");
         let _ = writeln!(t, "name = \"{}\"\nport = {}\nforwarding = \"{}\"", s.name, s.port, s.forwarding);
         let backends: Vec<String> = s
             .backends
@@ -161,7 +214,7 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
             })
             .collect();
         let _ = writeln!(t, "backends = [{}]", backends.join(", "));
-        let _ = writeln!(t, "[service.health]\ncheck = \"{}\"", s.check);
+        let _ = writeln!(t, "[{table}.health]\ncheck = \"{}\"", s.check);
         if s.check == "http" {
             let _ = writeln!(t, "path = \"/readyz\"");
         }
@@ -171,7 +224,6 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
             s.interval_ms, s.timeout_ms, s.rise, s.fall
         );
     }
-    t
 }
 
 /// Where the xvip binary is: `$XVIP_BIN` (set by `cargo xtask test`), else target/release, else target/debug.

@@ -3,9 +3,11 @@
 //! decoding of what xvip sends. Advert interval 100 ms on both sides. Needs root.
 use std::time::{Duration, Instant};
 
+use std::net::Ipv4Addr;
+
 use xvip_tests::{
     Keepalived, KeepalivedSpec, Lab, LabSpec,
-    xvip::{NodeSpec, XvipNode},
+    xvip::{InstanceSpec, NodeSpec, XvipNode},
 };
 
 const INTERVAL_MS: u64 = 100;
@@ -240,4 +242,62 @@ fn tshark_decodes_xvips_adverts_as_valid_vrrpv3() {
             "fields: src ttl version type vrid prio interval checksum-status (1 = good) vip"
         );
     }
+}
+
+/// The role of instance `name` on `x`, and its status.
+fn instance(x: &XvipNode, name: &str) -> xvip::status::InstanceStatus {
+    let status = x.status().expect("status");
+    status.instances.into_iter().find(|i| i.name == name).expect("instance in status")
+}
+
+fn wait_instance(x: &XvipNode, name: &str, role: &str, timeout: Duration) {
+    let start = Instant::now();
+    while instance(x, name).role != role {
+        assert!(start.elapsed() < timeout, "instance {name} is not {role}:\n{}", x.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn two_instances_with_address_lists_interoperate_with_keepalived_each_way() {
+    let lab = lab();
+    let vip = |n: u32| Ipv4Addr::from(u32::from(lab.vip()) + n);
+    // a: two addresses, xvip preferred; b: one address, keepalived preferred.
+    let spec = NodeSpec::new(0)
+        .instance(InstanceSpec::new("a", &[vip(0), vip(1)], 51, 150))
+        .instance(InstanceSpec::new("b", &[vip(2)], 52, 100));
+    let k_spec =
+        KeepalivedSpec::new(vip(0), 51, 100).advert_int(0.1).with_vips(&[vip(1)]).with_instance(KeepalivedSpec {
+            instance: "VI_2".into(),
+            ..KeepalivedSpec::new(vip(2), 52, 150).advert_int(0.1)
+        });
+    let k = lab.start_keepalived(lab.node(2), &k_spec).expect("keepalived");
+    let x = lab.start_xvip(lab.node(1), &spec).expect("xvip");
+    wait_instance(&x, "a", "active", Duration::from_secs(3));
+    wait_instance(&x, "b", "backup", Duration::from_secs(3));
+    let start = Instant::now();
+    while !k.holds(vip(2)).expect("ip") {
+        assert!(start.elapsed() < Duration::from_secs(3), "keepalived never held b's address:\n{}", k.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(!k.holds(vip(0)).expect("ip") && !k.holds(vip(1)).expect("ip"), "keepalived holds a's:\n{}", k.log());
+    for (n, owner) in [(0, "node1"), (1, "node1"), (2, "node2")] {
+        let macs = lab.arp_probe(lab.client(), vip(n)).expect("arp");
+        let names: Vec<String> =
+            macs.iter().map(|m| lab.host_by_mac(*m).map_or_else(|| m.to_string(), |h| h.name.clone())).collect();
+        assert_eq!(names, vec![owner.to_string()], "who answers for {}", vip(n));
+    }
+    for name in ["a", "b"] {
+        let i = instance(&x, name);
+        assert!(i.counters.adverts_received > 0, "{name} heard keepalived: {i:?}");
+        assert_eq!(i.counters.adverts_discarded, 0, "{name}: {:?}", i.counters.adverts_discarded_by_reason);
+    }
+    assert_eq!(instance(&x, "b").active_router.as_deref(), Some(lab.node(2).ip.to_string().as_str()));
+    // keepalived stops: b moves to xvip, a does not move.
+    let a_transitions = instance(&x, "a").transitions;
+    let stopper = std::thread::spawn(move || k.stop());
+    wait_instance(&x, "b", "active", Duration::from_secs(3));
+    stopper.join().expect("join").expect("keepalived stop");
+    assert_eq!(instance(&x, "a").transitions, a_transitions, "a changed role:\n{}", x.log());
 }

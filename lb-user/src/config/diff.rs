@@ -1,15 +1,34 @@
 //! What a SIGHUP reload changes, and what it cannot change without a restart. This is the one place that says
 //! which keys a reload may change: the agent applies a [`ReloadPlan`] as it is and refuses a [`RestartNeeded`].
+//!
+//! Instances are matched by name. An instance only in the new config is added, one only in the old config removed;
+//! one whose identity changed (its addresses, VRID, interface, advert source or peers, advert interval, preemption)
+//! is *replaced*: it gives up its addresses as on a stop and starts again as a backup, while every other instance
+//! and its flows carry on. Everything else of an instance (services, health checks, priority, checksum, GARP
+//! settings, penalty, hostname) changes in place.
 
 use std::fmt;
 
-use super::{Config, Service};
+use super::{Config, Instance, Service};
 
 /// The difference between the running config and a new one that can be applied in place.
-///
-/// Services are matched by name: a renamed service is one removed and one added.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReloadPlan {
+    /// Instances only in the new config, in its order.
+    pub instances_added: Vec<String>,
+    /// Instances only in the old config, in its order.
+    pub instances_removed: Vec<String>,
+    /// Instances in both whose identity changed, with the keys that did: stopped and started again.
+    pub instances_replaced: Vec<(String, Vec<&'static str>)>,
+    /// Instances in both that change in place (only those with a change).
+    pub instances_changed: Vec<InstancePlan>,
+}
+
+/// What changes in place in one instance. Services are matched by name: a renamed service is one removed and one
+/// added.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct InstancePlan {
+    pub name: String,
     /// Services only in the new config, in its order.
     pub services_added: Vec<String>,
     /// Services only in the old config, in its order.
@@ -25,19 +44,32 @@ pub struct ReloadPlan {
     pub hostname_changed: bool,
 }
 
+impl InstancePlan {
+    fn is_empty(&self) -> bool {
+        *self == InstancePlan { name: self.name.clone(), ..InstancePlan::default() }
+    }
+}
+
 impl ReloadPlan {
     /// True when the new config is the same as the old one in every way that matters.
     pub fn is_empty(&self) -> bool {
         *self == ReloadPlan::default()
     }
+
+    /// The in-place changes of instance `name`, if it has any.
+    pub fn changed(&self, name: &str) -> Option<&InstancePlan> {
+        self.instances_changed.iter().find(|p| p.name == name)
+    }
+
+    /// Whether instance `name` is replaced.
+    pub fn replaced(&self, name: &str) -> bool {
+        self.instances_replaced.iter().any(|(n, _)| n == name)
+    }
 }
 
-impl fmt::Display for ReloadPlan {
-    /// One line for the log: `services added: web; vrrp changed: priority`.
+impl fmt::Display for InstancePlan {
+    /// `services added: web; vrrp changed: priority`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.is_empty() {
-            return f.write_str("nothing changed");
-        }
         let mut parts = Vec::new();
         for (label, names) in [
             ("services added", &self.services_added),
@@ -59,28 +91,49 @@ impl fmt::Display for ReloadPlan {
     }
 }
 
+impl fmt::Display for ReloadPlan {
+    /// One line for the log: `instances added: web; instance api replaced (vrrp.vrid changed); instance default:
+    /// services added: web; vrrp changed: priority`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("nothing changed");
+        }
+        let mut parts = Vec::new();
+        if !self.instances_added.is_empty() {
+            parts.push(format!("instances added: {}", self.instances_added.join(", ")));
+        }
+        if !self.instances_removed.is_empty() {
+            parts.push(format!("instances removed: {}", self.instances_removed.join(", ")));
+        }
+        for (name, keys) in &self.instances_replaced {
+            parts.push(format!("instance {name} replaced ({} changed)", keys.join(", ")));
+        }
+        for plan in &self.instances_changed {
+            parts.push(format!("instance {}: {plan}", plan.name));
+        }
+        f.write_str(&parts.join("; "))
+    }
+}
+
 /// A reload that changes keys fixed while the daemon runs.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{} changed, which needs a restart; the running config was kept (reload applies services, health checks and \
-     the [vrrp] keys priority, checksum, garp_*, backend_loss_penalty)",
+    "{} changed, which needs a restart; the running config was kept (a reload adds, removes and replaces \
+     instances, and applies services, health checks and the [vrrp] keys priority, checksum, garp_*, \
+     backend_loss_penalty in place)",
     keys.join(", ")
 )]
 pub struct RestartNeeded {
-    /// The keys, by their path in the file (`vrrp.advert_interval_ms`).
+    /// The keys, by their path in the file (`conntrack_entries`).
     pub keys: Vec<&'static str>,
 }
 
 /// Compares the running config with a new one for a reload.
 ///
 /// # Errors
-///
-/// [`RestartNeeded`] when a key changed that is fixed while the daemon runs: the interface and XDP mode (the
-/// program is attached there), `conntrack_entries` (map sizes are fixed at load), the VIP and VRID (other nodes
-/// identify the group by them, and the flow hash seed is derived from them), the VRRP source and peers (the sockets
-/// are bound to them), the advert interval (the data plane's dead-man switch and the peers' timers are derived
-/// from it), preemption and its delay (the election in progress was started with them), the control socket, and
-/// the metrics listener (`[metrics]` added, removed or moved: it is bound at start, before anything else, so a
+/// [`RestartNeeded`] when a key changed that is fixed while the daemon runs: the top-level interface and the XDP
+/// mode (the program is attached there), `conntrack_entries` (map sizes are fixed at load), the control socket,
+/// and the metrics listener (`[metrics]` added, removed or moved: it is bound at start, before anything else, so a
 /// port that is taken stops the start rather than a reload half way).
 pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     let mut fixed = Vec::new();
@@ -92,37 +145,76 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     check("interface", old.interface != new.interface);
     check("xdp_mode", old.xdp_mode != new.xdp_mode);
     check("conntrack_entries", old.conntrack_entries != new.conntrack_entries);
-    check("vip.address", old.vip.address != new.vip.address);
-    check("vrrp.vrid", old.vrrp.vrid != new.vrrp.vrid);
-    check("vrrp.source_address", old.vrrp.source_address != new.vrrp.source_address);
-    check("vrrp.unicast_peers", old.vrrp.unicast_peers != new.vrrp.unicast_peers);
-    check("vrrp.advert_interval_ms", old.vrrp.advert_interval_ms != new.vrrp.advert_interval_ms);
-    check("vrrp.preempt", old.vrrp.preempt != new.vrrp.preempt);
-    check("vrrp.preempt_delay_ms", old.vrrp.preempt_delay_ms != new.vrrp.preempt_delay_ms);
     check("control.socket", old.control.socket != new.control.socket);
     check("metrics.listen", old.metrics != new.metrics);
     if !fixed.is_empty() {
         return Err(RestartNeeded { keys: fixed });
     }
 
+    let mut plan = ReloadPlan::default();
+    for instance in &old.instances {
+        if new.instance(&instance.name).is_none() {
+            plan.instances_removed.push(instance.name.clone());
+        }
+    }
+    for instance in &new.instances {
+        let Some(before) = old.instance(&instance.name) else {
+            plan.instances_added.push(instance.name.clone());
+            continue;
+        };
+        let identity = identity_changes(before, instance);
+        if !identity.is_empty() {
+            plan.instances_replaced.push((instance.name.clone(), identity));
+            continue;
+        }
+        let changes = in_place(before, instance);
+        if !changes.is_empty() {
+            plan.instances_changed.push(changes);
+        }
+    }
+    Ok(plan)
+}
+
+/// The keys that make an instance another VRRP router: its group (addresses, VRID), where and how it talks
+/// (interface, source, peers), and the timers and preemption its election in progress was started with (the data
+/// plane's dead-man switch follows the advert interval too).
+fn identity_changes(old: &Instance, new: &Instance) -> Vec<&'static str> {
     let (o, n) = (&old.vrrp, &new.vrrp);
-    let mut vrrp_changed = Vec::new();
-    for (key, changed) in [
+    [
+        ("interface", old.interface != new.interface),
+        ("vip.addresses", old.vip.addresses != new.vip.addresses),
+        ("vrrp.vrid", o.vrid != n.vrid),
+        ("vrrp.source_address", o.source_address != n.source_address),
+        ("vrrp.unicast_peers", o.unicast_peers != n.unicast_peers),
+        ("vrrp.advert_interval_ms", o.advert_interval_ms != n.advert_interval_ms),
+        ("vrrp.preempt", o.preempt != n.preempt),
+        ("vrrp.preempt_delay_ms", o.preempt_delay_ms != n.preempt_delay_ms),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
+}
+
+fn in_place(old: &Instance, new: &Instance) -> InstancePlan {
+    let (o, n) = (&old.vrrp, &new.vrrp);
+    let vrrp_changed = [
         ("priority", o.priority != n.priority),
         ("checksum", o.checksum != n.checksum),
         ("garp_count", o.garp_count != n.garp_count),
         ("garp_repeat_delay_ms", o.garp_repeat_delay_ms != n.garp_repeat_delay_ms),
         ("garp_refresh_ms", o.garp_refresh_ms != n.garp_refresh_ms),
         ("backend_loss_penalty", o.backend_loss_penalty != n.backend_loss_penalty),
-    ] {
-        if changed {
-            vrrp_changed.push(key);
-        }
-    }
-
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect();
     let find = |services: &'_ [Service], name: &str| services.iter().position(|s| s.name == name);
-    let mut plan =
-        ReloadPlan { vrrp_changed, hostname_changed: old.vip.hostname != new.vip.hostname, ..Default::default() };
+    let mut plan = InstancePlan {
+        name: new.name.clone(),
+        vrrp_changed,
+        hostname_changed: old.vip.hostname != new.vip.hostname,
+        ..InstancePlan::default()
+    };
     for service in &old.services {
         if find(&new.services, &service.name).is_none() {
             plan.services_removed.push(service.name.clone());
@@ -143,5 +235,5 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
             plan.health_changed.push(service.name.clone());
         }
     }
-    Ok(plan)
+    plan
 }

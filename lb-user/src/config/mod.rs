@@ -5,8 +5,17 @@
 //! `deploy/xvip.example.toml` is a commented example. Reading never touches the system (no interface lookup, no file
 //! besides the config itself), so `xvip check` can validate a config on any machine.
 //!
-//! Limits over the whole file: at most [`lb_common::MAX_SERVICES`] services and [`lb_common::MAX_BACKENDS`]
-//! backends in total, the sizes of the data plane's tables.
+//! # Forms
+//!
+//! A file holds one or more VRRP instances. The single form (`[vip]`, `[vrrp]`, `[[service]]` at the top level) is
+//! one instance named [`DEFAULT_INSTANCE`]; the list form writes each instance as `[[instance]]` with the same
+//! tables inside (`[instance.vip]`, `[instance.vrrp]`, `[[instance.service]]`). A file uses one form or the other.
+//! What is one per daemon (`interface` as the default, `xdp_mode`, `conntrack_entries`, `[control]`) stays at the
+//! top level in both.
+//!
+//! Limits over the whole file, the sizes of the data plane's tables: at most [`lb_common::MAX_INSTANCES`]
+//! instances, [`lb_common::MAX_VIPS`] addresses, [`lb_common::MAX_SERVICES`] services and
+//! [`lb_common::MAX_BACKENDS`] backends in total.
 //!
 //! # Problems
 //!
@@ -23,10 +32,10 @@ mod tree;
 mod tests;
 
 use std::fmt;
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-pub use diff::{ReloadPlan, RestartNeeded, diff};
+pub use diff::{InstancePlan, ReloadPlan, RestartNeeded, diff};
 
 /// The checksum form of sent adverts is the codec's own type: one enum from the file to the wire.
 pub use crate::vrrp::packet::ChecksumMode;
@@ -40,14 +49,11 @@ pub const DEFAULT_ADVERT_INTERVAL_MS: u32 = 1000;
 pub const DEFAULT_PREEMPT: bool = true;
 pub const DEFAULT_GARP_COUNT: u32 = 5;
 pub const DEFAULT_GARP_REPEAT_DELAY_MS: u32 = 5000;
-/// The name of the one VRRP instance a config describes (the `instance` label of metrics).
-pub const DEFAULT_INSTANCE: &str = "default";
 pub const DEFAULT_SOCKET: &str = "/run/xvip/xvip.sock";
 /// The metrics listener's port when `metrics.listen` names only an address, and in every example.
 pub const DEFAULT_METRICS_PORT: u16 = 9712;
 /// `metrics.listen` when `[metrics]` is there without it: loopback only, so nothing is exposed by surprise.
-pub const DEFAULT_METRICS_LISTEN: SocketAddr =
-    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
+pub const DEFAULT_METRICS_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_METRICS_PORT);
 pub const DEFAULT_WEIGHT: u8 = 1;
 pub const DEFAULT_HEALTH_PATH: &str = "/";
 pub const DEFAULT_EXPECT_STATUS: u16 = 200;
@@ -55,21 +61,39 @@ pub const DEFAULT_HEALTH_INTERVAL_MS: u32 = 2000;
 pub const DEFAULT_HEALTH_TIMEOUT_MS: u32 = 1000;
 pub const DEFAULT_RISE: u32 = 2;
 pub const DEFAULT_FALL: u32 = 3;
+/// The name of the one instance of a file in the single form (no `[[instance]]`).
+pub const DEFAULT_INSTANCE: &str = "default";
+/// Addresses one instance may hold: VRRP's address count is one byte.
+pub const MAX_ADDRESSES_PER_INSTANCE: usize = 255;
 
 /// A whole, valid config. Every value here has passed the checks in the module documentation.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
-    /// The interface that carries the VIP and where the XDP program attaches.
-    pub interface: String,
+    /// The top-level `interface`: where instances that name none run. Only optional in the list form when every
+    /// instance names its own (see [`Config::default_interface`]).
+    pub interface: Option<String>,
     pub xdp_mode: XdpMode,
     /// Size of the data plane's connection table and of its NAT table (LRU maps, fixed when the program is loaded).
     pub conntrack_entries: u32,
-    pub vip: Vip,
-    pub vrrp: Vrrp,
     pub control: Control,
     /// The Prometheus listener; `None` (no `[metrics]` table) = off.
     pub metrics: Option<Metrics>,
-    /// In file order. Names and (port, protocol) pairs are unique.
+    /// One or more, in file order. Names are unique, VRIDs unique per interface, addresses unique over all
+    /// instances.
+    pub instances: Vec<Instance>,
+}
+
+/// One VRRP instance: a group of addresses that moves between nodes as one, with its election and services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    /// Unique; in logs, status and metrics. [`DEFAULT_INSTANCE`] for a file in the single form.
+    pub name: String,
+    /// Where its adverts go and its addresses are answered: its own `interface`, else the top-level one.
+    pub interface: String,
+    pub vip: Vip,
+    pub vrrp: Vrrp,
+    /// In file order. Names and (port, protocol) pairs are unique within the instance; each service listens on
+    /// every address of the instance.
     pub services: Vec<Service>,
 }
 
@@ -84,9 +108,58 @@ pub enum XdpMode {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
-    pub address: Ipv4Addr,
+    /// One or more, in file order, unique over the whole file: all of them go in the advert's address list and
+    /// are answered for while the instance is active. IPv4 only for now (the reader refuses IPv6).
+    pub addresses: Vec<IpAddr>,
     /// Informational: shown to people, and the name clients are likely to use (so a natural `server_name`).
     pub hostname: Option<String>,
+}
+
+impl Vip {
+    /// The IPv4 addresses, in file order.
+    pub fn ipv4(&self) -> Vec<Ipv4Addr> {
+        self.addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The first address: what the single-address fields of `xvip status` show.
+    pub fn first(&self) -> IpAddr {
+        self.addresses.first().copied().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    }
+}
+
+impl Config {
+    /// The instance called `name`.
+    pub fn instance(&self, name: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.name == name)
+    }
+
+    /// The node's main interface: the top-level `interface`, else the first instance's. The XDP program attaches
+    /// here first, and backends not known to be elsewhere are reached through it.
+    pub fn default_interface(&self) -> &str {
+        self.interface.as_deref().or_else(|| self.instances.first().map(|i| i.interface.as_str())).unwrap_or("")
+    }
+
+    /// Every interface the node uses (the default first, then the instances'), each once.
+    pub fn interfaces(&self) -> Vec<String> {
+        let mut all = vec![self.default_interface().to_owned()];
+        for i in &self.instances {
+            if !all.contains(&i.interface) {
+                all.push(i.interface.clone());
+            }
+        }
+        all
+    }
+
+    /// Services over all instances.
+    pub fn service_count(&self) -> usize {
+        self.instances.iter().map(|i| i.services.len()).sum()
+    }
 }
 
 /// VRRPv3 (RFC 9568) parameters of this node.

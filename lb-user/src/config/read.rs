@@ -5,7 +5,7 @@
 //! away as soon as one problem was reported.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::PathBuf;
 
@@ -19,8 +19,10 @@ type Entries = [Entry];
 
 /// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
 pub(super) const ROOT_KEYS: &[&str] =
-    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "metrics", "service"];
-pub(super) const VIP_KEYS: &[&str] = &["address", "hostname"];
+    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "metrics", "service", "instance"];
+/// Keys of an `[[instance]]` table: what the single form has at the top level for its one instance.
+pub(super) const INSTANCE_KEYS: &[&str] = &["name", "interface", "vip", "vrrp", "service"];
+pub(super) const VIP_KEYS: &[&str] = &["address", "addresses", "hostname"];
 pub(super) const VRRP_KEYS: &[&str] = &[
     "vrid",
     "priority",
@@ -52,7 +54,7 @@ pub(super) const HEALTH_KEYS: &[&str] = &[
     "server_name",
 ];
 
-/// Where each key lives, for "`priority` belongs in [vrrp]" hints.
+/// Where each key lives, for "`priority` belongs in [vrrp]" hints: in the single form,
 const KEY_HOMES: &[(&str, &[&str])] = &[
     (TOP_LEVEL, ROOT_KEYS),
     ("[vip]", VIP_KEYS),
@@ -63,6 +65,18 @@ const KEY_HOMES: &[(&str, &[&str])] = &[
     ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
     ("[service.health]", HEALTH_KEYS),
 ];
+/// and in a file of `[[instance]]` tables.
+const INSTANCE_KEY_HOMES: &[(&str, &[&str])] = &[
+    (TOP_LEVEL, ROOT_KEYS),
+    ("[[instance]]", INSTANCE_KEYS),
+    ("[instance.vip]", VIP_KEYS),
+    ("[instance.vrrp]", VRRP_KEYS),
+    ("[control]", CONTROL_KEYS),
+    ("[metrics]", METRICS_KEYS),
+    ("[[instance.service]]", SERVICE_KEYS),
+    ("a backend entry ({ address = ..., port = ..., weight = ... })", BACKEND_KEYS),
+    ("[instance.service.health]", HEALTH_KEYS),
+];
 
 const TOP_LEVEL: &str = "the top level";
 
@@ -72,6 +86,8 @@ const IFNAME_MAX: usize = 15;
 const SOCKET_PATH_MAX: usize = 107;
 /// Service names appear in logs and in `xvip status`; keep them short enough for a table column.
 const SERVICE_NAME_MAX: usize = 64;
+/// Instance names too; they are also metric labels, so only letters, digits, `-`, `_` and `.`.
+const INSTANCE_NAME_MAX: usize = 64;
 
 /// Reads a whole document.
 pub(super) fn read(entries: &Entries) -> Result<Config, Vec<RawProblem>> {
@@ -124,6 +140,45 @@ struct Field<'t> {
 #[derive(Default)]
 struct Reader {
     problems: Vec<RawProblem>,
+    /// The file is in the list form (`[[instance]]`): problems name keys and tables as `instance[N]. ...`.
+    list_form: bool,
+    /// Every VIP address read, with where: for the checks across instances.
+    addresses: Vec<Written<IpAddr>>,
+    /// Addresses that must not be a VIP (backends, advert sources, peers), with where and what they are.
+    not_vips: Vec<(Written<Ipv4Addr>, NotVip)>,
+    /// Running totals against the data plane's sizes.
+    totals: Totals,
+}
+
+/// A value and where it was written: its position, its key path, and the instance it belongs to.
+struct Written<T> {
+    value: T,
+    at: usize,
+    path: String,
+    instance: usize,
+}
+
+/// What an address that must not be a VIP is.
+#[derive(Clone, Copy)]
+enum NotVip {
+    Backend,
+    Source,
+    Peer,
+}
+
+#[derive(Default)]
+struct Totals {
+    instances: usize,
+    services: usize,
+    backends: usize,
+    /// (address, port, protocol) entries: every service listens on every address of its instance.
+    listeners: usize,
+}
+
+/// What the checks across instances need of one instance besides its config: where its keys were written.
+struct Marks {
+    name_at: usize,
+    vrid_at: usize,
 }
 
 /// `a string "x"`, `an integer 300`: the kind of a value and, for scalars, the value itself.
@@ -185,6 +240,10 @@ impl Reader {
         self.problems.push((at, message.into()));
     }
 
+    fn homes(&self) -> &'static [(&'static str, &'static [&'static str])] {
+        if self.list_form { INSTANCE_KEY_HOMES } else { KEY_HOMES }
+    }
+
     /// Reports every key of `table` that is not in `known`, suggesting the likely intended key.
     fn reject_unknown_keys(&mut self, table: &Table, known: &[&str]) {
         for (key, _) in table.entries {
@@ -193,7 +252,7 @@ impl Reader {
             }
             let hint = if let Some(close) = suggest(&key.value, known) {
                 format!("did you mean `{close}`?")
-            } else if let Some((home, _)) = KEY_HOMES.iter().find(|(_, keys)| keys.contains(&key.value.as_str())) {
+            } else if let Some((home, _)) = self.homes().iter().find(|(_, keys)| keys.contains(&key.value.as_str())) {
                 format!("`{}` belongs {}", key.value, within(home))
             } else {
                 format!("allowed here: {}", known.join(", "))
@@ -377,15 +436,11 @@ impl Reader {
 
     fn root(&mut self, entries: &Entries) -> Config {
         let root = Table { entries, label: TOP_LEVEL.into(), prefix: String::new(), anchor: 0 };
+        let instance_field = root.get("instance");
+        self.list_form = instance_field.is_some();
         self.reject_unknown_keys(&root, ROOT_KEYS);
 
-        let interface = match root.get("interface") {
-            None => {
-                self.missing(&root, "interface", "the name of the interface that carries the VIP, like \"eth0\"");
-                String::new()
-            }
-            Some(field) => self.interface(&field).unwrap_or_default(),
-        };
+        let interface = root.get("interface").and_then(|field| self.interface(&field));
         let xdp_mode = self.choice_or(
             &root,
             "xdp_mode",
@@ -399,11 +454,6 @@ impl Reader {
             " (flows the data plane remembers)",
             lb_common::DEFAULT_CONNTRACK_ENTRIES,
         );
-
-        let vip_table = self.required_table(&root, "vip", "a [vip] table with address = \"...\"");
-        let vip = self.vip(vip_table.as_ref());
-        let vrrp_table = self.required_table(&root, "vrrp", "a [vrrp] table with vrid and priority");
-        let vrrp = self.vrrp(vrrp_table.as_ref(), vip.address);
         let control = match root.get("control") {
             None => Control::default(),
             Some(field) => match self.table(&field, "[control]".into(), "control.".into()) {
@@ -415,11 +465,238 @@ impl Reader {
             None => None,
             Some(field) => self.table(&field, "[metrics]".into(), "metrics.".into()).map(|table| self.metrics(&table)),
         };
+
+        let (instances, marks) = match &instance_field {
+            Some(field) => {
+                for key in ["vip", "vrrp", "service"] {
+                    if let Some(stray) = root.get(key) {
+                        self.error(
+                            stray.key_at,
+                            format!(
+                                "`{key}` cannot be at the top level of a file with [[instance]] tables: a file uses \
+                                 either the single form ([vip], [vrrp], [[service]]) or [[instance]]; move it into \
+                                 an instance"
+                            ),
+                        );
+                    }
+                }
+                self.instances(field, interface.as_deref())
+            }
+            None => {
+                if root.get("interface").is_none() {
+                    self.missing(&root, "interface", "the name of the interface that carries the VIP, like \"eth0\"");
+                }
+                let (instance, marks) = self.single(&root, interface.clone().unwrap_or_default());
+                (vec![instance], vec![marks])
+            }
+        };
+        self.across_instances(&instances, &marks);
+        Config { interface, xdp_mode, conntrack_entries, control, metrics, instances }
+    }
+
+    /// The single form: the top level's `[vip]`, `[vrrp]` and `[[service]]` are the one instance, named
+    /// [`DEFAULT_INSTANCE`].
+    fn single(&mut self, root: &Table, interface: String) -> (Instance, Marks) {
+        self.totals.instances = 1;
+        let vip_table = self.required_table(root, "vip", "a [vip] table with address = \"...\"");
+        let vip = self.vip(vip_table.as_ref(), 0);
+        let vrrp_table = self.required_table(root, "vrrp", "a [vrrp] table with vrid and priority");
+        let (vrrp, vrid_at) = self.vrrp(vrrp_table.as_ref(), 0);
         let services = match root.get("service") {
             None => Vec::new(),
-            Some(field) => self.services(&field, vip.address),
+            Some(field) => self.services(&field, "", "[[service]]", 0, vip.addresses.len()),
         };
-        Config { interface, xdp_mode, conntrack_entries, vip, vrrp, control, metrics, services }
+        let marks = Marks { name_at: 0, vrid_at };
+        (Instance { name: DEFAULT_INSTANCE.to_owned(), interface, vip, vrrp, services }, marks)
+    }
+
+    /// The list form: each `[[instance]]` table.
+    fn instances(&mut self, field: &Field, default_interface: Option<&str>) -> (Vec<Instance>, Vec<Marks>) {
+        let Some(items) = self.array(field, "an array of tables: write each instance as [[instance]]") else {
+            return (Vec::new(), Vec::new());
+        };
+        if items.is_empty() {
+            self.error(field.at, "instance must list at least one instance, got an empty array");
+        }
+        let mut instances = Vec::new();
+        let mut marks = Vec::new();
+        for (index, item) in items.iter().enumerate() {
+            let label = format!("instance[{index}]");
+            let element =
+                Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
+            let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else { continue };
+            self.totals.instances += 1;
+            if self.totals.instances == lb_common::MAX_INSTANCES as usize + 1 {
+                self.error(
+                    table.anchor,
+                    format!(
+                        "too many instances: at most {} are supported (the data plane keeps an active flag per \
+                         instance and address family), this is number {}",
+                        lb_common::MAX_INSTANCES,
+                        index + 1
+                    ),
+                );
+            }
+            let (instance, mark) = self.instance(&table, index, default_interface);
+            instances.push(instance);
+            marks.push(mark);
+        }
+        (instances, marks)
+    }
+
+    fn instance(&mut self, table: &Table, index: usize, default_interface: Option<&str>) -> (Instance, Marks) {
+        self.reject_unknown_keys(table, INSTANCE_KEYS);
+        let prefix = table.prefix.clone();
+        let mut name = String::new();
+        let mut name_at = table.anchor;
+        match table.get("name") {
+            None => self.missing(table, "name", "a unique name like name = \"api\""),
+            Some(field) => {
+                if let Some(text) = self.string(&field) {
+                    let valid = !text.is_empty()
+                        && text.len() <= INSTANCE_NAME_MAX
+                        && text.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+                    if valid {
+                        name = text.to_owned();
+                        name_at = field.at;
+                    } else {
+                        self.error(
+                            field.at,
+                            format!(
+                                "{} must be 1..={INSTANCE_NAME_MAX} letters, digits, '-', '_' or '.', like \
+                                 \"api\", got {text:?}",
+                                field.path
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+        let interface = match table.get("interface") {
+            Some(field) => self.interface(&field).unwrap_or_default(),
+            None => match default_interface {
+                Some(default) => default.to_owned(),
+                None => {
+                    self.error(
+                        table.anchor,
+                        format!(
+                            "missing `interface` in {}, and there is no top-level `interface` to default to; set \
+                             one of them, like interface = \"eth0\"",
+                            table.label
+                        ),
+                    );
+                    String::new()
+                }
+            },
+        };
+        let vip = match table.get("vip") {
+            None => {
+                self.missing(table, "vip", "a [instance.vip] table with address = \"...\" or addresses = [...]");
+                self.vip(None, index)
+            }
+            Some(field) => {
+                let sub = self.table(&field, format!("{prefix}vip"), format!("{prefix}vip."));
+                self.vip(sub.as_ref(), index)
+            }
+        };
+        let (vrrp, vrid_at) = match table.get("vrrp") {
+            None => {
+                self.missing(table, "vrrp", "a [instance.vrrp] table with vrid and priority");
+                (Vrrp::with_ids(0, 0), table.anchor)
+            }
+            Some(field) => {
+                let sub = self.table(&field, format!("{prefix}vrrp"), format!("{prefix}vrrp."));
+                self.vrrp(sub.as_ref(), index)
+            }
+        };
+        let services = match table.get("service") {
+            None => Vec::new(),
+            Some(field) => self.services(&field, &prefix, "[[instance.service]]", index, vip.addresses.len()),
+        };
+        let marks = Marks { name_at, vrid_at };
+        (Instance { name, interface, vip, vrrp, services }, marks)
+    }
+
+    /// What no single table can check: names and VRIDs per interface unique, an address in one instance only, and
+    /// no backend, advert source or peer at a VIP's address.
+    fn across_instances(&mut self, instances: &[Instance], marks: &[Marks]) {
+        let mut names: HashMap<&str, usize> = HashMap::new();
+        let mut vrids: HashMap<(&str, u8), usize> = HashMap::new();
+        for (index, (instance, mark)) in instances.iter().zip(marks).enumerate() {
+            if !instance.name.is_empty() {
+                if let Some(first) = names.get(instance.name.as_str()) {
+                    self.error(
+                        mark.name_at,
+                        format!(
+                            "instance[{index}].name {:?} is already used by instance[{first}]; names must be unique",
+                            instance.name
+                        ),
+                    );
+                } else {
+                    names.insert(&instance.name, index);
+                }
+            }
+            // 0: invalid or missing, reported already.
+            if instance.vrrp.vrid != 0 && !instance.interface.is_empty() {
+                let key = (instance.interface.as_str(), instance.vrrp.vrid);
+                if let Some(first) = vrids.get(&key) {
+                    self.error(
+                        mark.vrid_at,
+                        format!(
+                            "instance[{index}].vrrp.vrid {} is already used on {} by instance[{first}] ({:?}); each \
+                             instance on an interface needs its own VRID (it names the VRRP group on the segment)",
+                            instance.vrrp.vrid, instance.interface, instances[*first].name
+                        ),
+                    );
+                } else {
+                    vrids.insert(key, index);
+                }
+            }
+        }
+        // Each address once over the whole file (repeats inside one list were reported while reading it).
+        let mut owners: HashMap<IpAddr, usize> = HashMap::new();
+        let mut problems = Vec::new();
+        for written in &self.addresses {
+            match owners.get(&written.value) {
+                Some(&first) if first != written.instance => problems.push((
+                    written.at,
+                    format!(
+                        "{} {} is already an address of instance[{first}] ({:?}); an address belongs to one instance",
+                        written.path,
+                        written.value,
+                        instances.get(first).map_or("", |i| i.name.as_str())
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    owners.insert(written.value, written.instance);
+                }
+            }
+        }
+        for (written, what) in &self.not_vips {
+            let Some(&owner) = owners.get(&IpAddr::V4(written.value)) else { continue };
+            let of = if self.list_form {
+                format!(
+                    ", an address of instance[{owner}] ({:?})",
+                    instances.get(owner).map_or("", |i| i.name.as_str())
+                )
+            } else {
+                String::new()
+            };
+            let (path, vip) = (&written.path, written.value);
+            let message = match what {
+                NotVip::Backend => {
+                    format!("{path} is the VIP {vip}{of}; a backend must be a real server's own address")
+                }
+                NotVip::Source => format!(
+                    "{path} must be this node's own address, not the VIP {vip}{of} (adverts must come from an \
+                     address the node keeps when it is backup)"
+                ),
+                NotVip::Peer => format!("{path} is the VIP {vip}{of}; list the other nodes' own addresses"),
+            };
+            problems.push((written.at, message));
+        }
+        self.problems.extend(problems);
     }
 
     fn required_table<'t>(&mut self, root: &Table<'t>, key: &str, expected: &str) -> Option<Table<'t>> {
@@ -454,32 +731,119 @@ impl Reader {
         }
     }
 
-    fn vip(&mut self, table: Option<&Table>) -> Vip {
-        let mut vip = Vip { address: Ipv4Addr::UNSPECIFIED, hostname: None };
+    /// An address a VIP can have: IPv4 (IPv6 is refused, clearly, until the data plane answers for it).
+    fn vip_address(&mut self, field: &Field) -> Option<IpAddr> {
+        if let Node::String(text) = field.node
+            && text.parse::<Ipv6Addr>().is_ok()
+        {
+            self.error(
+                field.at,
+                format!(
+                    "{} is the IPv6 address {text}; IPv6 VIPs are not supported yet: use IPv4 addresses",
+                    field.path
+                ),
+            );
+            return None;
+        }
+        self.host_ipv4(field, "a unicast IPv4 address").map(IpAddr::V4)
+    }
+
+    /// `[vip]` (or an instance's): `address` or `addresses`, and `hostname`.
+    fn vip(&mut self, table: Option<&Table>, instance: usize) -> Vip {
+        let mut vip = Vip { addresses: Vec::new(), hostname: None };
         let Some(table) = table else { return vip };
         self.reject_unknown_keys(table, VIP_KEYS);
-        match table.get("address") {
-            None => self.missing(table, "address", "the virtual IPv4 address, like address = \"10.0.0.250\""),
-            Some(field) => {
-                if let Some(address) = self.host_ipv4(&field, "a unicast IPv4 address") {
-                    vip.address = address;
+        let mut written: Vec<Written<IpAddr>> = Vec::new();
+        match (table.get("address"), table.get("addresses")) {
+            (None, None) => self.missing(
+                table,
+                "address",
+                "the virtual IPv4 address, like address = \"10.0.0.250\" (or addresses = [...] for several)",
+            ),
+            (Some(_), Some(both)) => self.error(
+                both.key_at,
+                format!(
+                    "{}address and {}addresses are both set; use address for one address or addresses for several",
+                    table.prefix, table.prefix
+                ),
+            ),
+            (Some(field), None) => {
+                if let Some(address) = self.vip_address(&field) {
+                    written.push(Written { value: address, at: field.at, path: field.path.clone(), instance });
+                }
+            }
+            (None, Some(field)) => {
+                let Some(items) =
+                    self.array(&field, "an array of IPv4 addresses, like [\"10.0.0.250\", \"10.0.0.251\"]")
+                else {
+                    return vip;
+                };
+                if items.is_empty() {
+                    self.error(field.at, format!("{} must list at least one address, got an empty array", field.path));
+                }
+                for (i, item) in items.iter().enumerate() {
+                    let element = Field {
+                        path: format!("{}[{i}]", field.path),
+                        node: &item.value,
+                        at: item.span.start,
+                        key_at: item.span.start,
+                    };
+                    let Some(address) = self.vip_address(&element) else { continue };
+                    if written.iter().any(|w| w.value == address) {
+                        self.error(
+                            element.at,
+                            format!("{} repeats {address}; each address must be listed once", element.path),
+                        );
+                        continue;
+                    }
+                    if written.len() == MAX_ADDRESSES_PER_INSTANCE {
+                        self.error(
+                            element.at,
+                            format!(
+                                "{} is one address too many: an instance holds at most {MAX_ADDRESSES_PER_INSTANCE} \
+                                 (a VRRP advert counts them in one byte)",
+                                element.path
+                            ),
+                        );
+                        break;
+                    }
+                    written.push(Written { value: address, at: element.at, path: element.path.clone(), instance });
                 }
             }
         }
+        for (i, w) in written.iter().enumerate() {
+            if self.addresses.len() + i == lb_common::MAX_VIPS as usize {
+                self.error(
+                    w.at,
+                    format!(
+                        "too many addresses: at most {} over all instances are supported (the size of the data \
+                         plane's VIP table), {} is number {}",
+                        lb_common::MAX_VIPS,
+                        w.path,
+                        lb_common::MAX_VIPS + 1
+                    ),
+                );
+            }
+            vip.addresses.push(w.value);
+        }
+        self.addresses.extend(written);
         if let Some(field) = table.get("hostname") {
             vip.hostname = self.server_name(&field);
         }
         vip
     }
 
-    fn vrrp(&mut self, table: Option<&Table>, vip: Ipv4Addr) -> Vrrp {
+    /// `[vrrp]` (or an instance's), and where `vrid` was written (for the check across instances).
+    fn vrrp(&mut self, table: Option<&Table>, instance: usize) -> (Vrrp, usize) {
         let mut vrrp = Vrrp::with_ids(0, 0);
-        let Some(table) = table else { return vrrp };
+        let Some(table) = table else { return (vrrp, 0) };
         self.reject_unknown_keys(table, VRRP_KEYS);
 
+        let mut vrid_at = table.anchor;
         match table.get("vrid") {
             None => self.missing(table, "vrid", "the virtual router ID 1..=255, the same on every node"),
             Some(field) => {
+                vrid_at = field.at;
                 vrrp.vrid = self.integer(&field, 1..=255, " (the same on every node of the group)").unwrap_or(0) as u8
             }
         }
@@ -505,21 +869,12 @@ impl Reader {
         if let Some(field) = table.get("source_address")
             && let Some(address) = self.host_ipv4(&field, "this node's unicast IPv4 address")
         {
-            if address == vip {
-                self.error(
-                    field.at,
-                    format!(
-                        "{} must be this node's own address, not the VIP {vip} (adverts must come from an address \
-                         the node keeps when it is backup)",
-                        field.path
-                    ),
-                );
-            } else {
-                vrrp.source_address = Some(address);
-            }
+            vrrp.source_address = Some(address);
+            let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
+            self.not_vips.push((written, NotVip::Source));
         }
         if let Some(field) = table.get("unicast_peers") {
-            vrrp.unicast_peers = self.unicast_peers(&field, vip, vrrp.source_address);
+            vrrp.unicast_peers = self.unicast_peers(&field, vrrp.source_address, instance);
         }
         vrrp.checksum = self.choice_or(
             table,
@@ -551,10 +906,10 @@ impl Reader {
             " (subtracted from the priority while a service has no healthy backend)",
             0,
         );
-        vrrp
+        (vrrp, vrid_at)
     }
 
-    fn unicast_peers(&mut self, field: &Field, vip: Ipv4Addr, source: Option<Ipv4Addr>) -> Vec<Ipv4Addr> {
+    fn unicast_peers(&mut self, field: &Field, source: Option<Ipv4Addr>, instance: usize) -> Vec<Ipv4Addr> {
         let Some(items) = self.array(field, "an array of IPv4 addresses (empty = multicast to 224.0.0.18)") else {
             return Vec::new();
         };
@@ -574,12 +929,9 @@ impl Reader {
                     element.at,
                     format!("{} is {peer}, this node's own source_address; list only the other nodes", element.path),
                 );
-            } else if peer == vip {
-                self.error(
-                    element.at,
-                    format!("{} is the VIP {vip}; list the other nodes' own addresses", element.path),
-                );
             } else {
+                let written = Written { value: peer, at: element.at, path: element.path.clone(), instance };
+                self.not_vips.push((written, NotVip::Peer));
                 peers.push(peer);
             }
         }
@@ -644,43 +996,62 @@ impl Reader {
         None
     }
 
-    fn services(&mut self, field: &Field, vip: Ipv4Addr) -> Vec<Service> {
-        let Some(items) = self.array(field, "an array of tables: write each service as [[service]]") else {
+    /// The services of one instance. `prefix` goes before `service[N]` in key paths (`instance[0].`), `header`
+    /// is how the user writes one (`[[service]]`), `addresses` how many addresses each service listens on.
+    fn services(
+        &mut self,
+        field: &Field,
+        prefix: &str,
+        header: &str,
+        instance: usize,
+        addresses: usize,
+    ) -> Vec<Service> {
+        let Some(items) = self.array(field, &format!("an array of tables: write each service as {header}")) else {
             return Vec::new();
         };
         let mut services = Vec::new();
         // Where each name and (port, protocol) was first used, to reject duplicates.
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut listeners: HashMap<(u16, Protocol), usize> = HashMap::new();
-        let mut total_backends = 0usize;
         for (index, item) in items.iter().enumerate() {
-            let element = Field {
-                path: format!("service[{index}]"),
-                node: &item.value,
-                at: item.span.start,
-                key_at: item.span.start,
-            };
-            let Some(table) = self.table(&element, format!("service[{index}]"), format!("service[{index}].")) else {
+            let label = format!("{prefix}service[{index}]");
+            let element =
+                Field { path: label.clone(), node: &item.value, at: item.span.start, key_at: item.span.start };
+            let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else {
                 continue;
             };
-            if index == lb_common::MAX_SERVICES as usize {
+            self.totals.services += 1;
+            if self.totals.services == lb_common::MAX_SERVICES as usize + 1 {
                 self.error(
                     table.anchor,
                     format!(
-                        "too many services: at most {} are supported (the data plane's Maglev tables are sized \
-                         for that), this is number {}",
+                        "too many services: at most {} over all instances are supported (the data plane's Maglev \
+                         tables are sized for that), this is number {}",
                         lb_common::MAX_SERVICES,
-                        index + 1
+                        self.totals.services
                     ),
                 );
             }
-            let read = self.service(&table, index, vip, &mut total_backends);
+            let before = self.totals.listeners;
+            self.totals.listeners += addresses;
+            let limit = lb_common::MAX_LISTENERS as usize;
+            if before <= limit && self.totals.listeners > limit {
+                self.error(
+                    table.anchor,
+                    format!(
+                        "too many service listeners: each service listens on every address of its instance, and the \
+                         data plane holds at most {limit} (address, port) pairs; {label} brings the total to {}",
+                        self.totals.listeners
+                    ),
+                );
+            }
+            let read = self.service(&table, &label, instance);
             if let Some((name, at)) = &read.name {
                 if let Some(first) = names.get(name) {
                     self.error(
                         *at,
                         format!(
-                            "service[{index}].name {name:?} is already used by service[{first}]; names must be unique"
+                            "{label}.name {name:?} is already used by {prefix}service[{first}]; names must be unique"
                         ),
                     );
                 } else {
@@ -690,11 +1061,12 @@ impl Reader {
             if let Some(port_at) = read.port_at {
                 let key = (read.service.port, read.service.protocol);
                 if let Some(first) = listeners.get(&key) {
+                    let scope = if self.list_form { " on the instance's addresses" } else { "" };
                     self.error(
                         port_at,
                         format!(
-                            "service[{index}].port {}/{} is already used by service[{first}]; each port and protocol \
-                             can belong to one service only",
+                            "{label}.port {}/{} is already used by {prefix}service[{first}]; each port and protocol \
+                             can belong to one service only{scope}",
                             read.service.port, read.service.protocol
                         ),
                     );
@@ -707,7 +1079,7 @@ impl Reader {
         services
     }
 
-    fn service(&mut self, table: &Table, index: usize, vip: Ipv4Addr, total_backends: &mut usize) -> ReadService {
+    fn service(&mut self, table: &Table, label: &str, instance: usize) -> ReadService {
         self.reject_unknown_keys(table, SERVICE_KEYS);
         let mut service = Service {
             name: String::new(),
@@ -753,12 +1125,12 @@ impl Reader {
             None => {
                 self.missing(table, "backends", "an array like backends = [{ address = \"10.0.0.11\", port = 6443 }]")
             }
-            Some(field) => service.backends = self.backends(&field, &service, vip, total_backends),
+            Some(field) => service.backends = self.backends(&field, &service, instance),
         }
         service.health = match table.get("health") {
             None => Health::default_for(service.protocol),
             Some(field) => {
-                let label = format!("service[{index}].health");
+                let label = format!("{label}.health");
                 match self.table(&field, label.clone(), format!("{label}.")) {
                     None => Health::default_for(service.protocol),
                     Some(health) => self.health(&health, service.protocol),
@@ -768,7 +1140,7 @@ impl Reader {
         ReadService { service, name, port_at }
     }
 
-    fn backends(&mut self, field: &Field, service: &Service, vip: Ipv4Addr, total: &mut usize) -> Vec<BackendCfg> {
+    fn backends(&mut self, field: &Field, service: &Service, instance: usize) -> Vec<BackendCfg> {
         let Some(items) = self.array(field, "an array of tables like [{ address = \"10.0.0.11\", port = 6443 }]")
         else {
             return Vec::new();
@@ -788,8 +1160,8 @@ impl Reader {
             let Some(table) = self.table(&element, element.path.clone(), format!("{}.", element.path)) else {
                 continue;
             };
-            *total += 1;
-            if *total == lb_common::MAX_BACKENDS as usize + 1 {
+            self.totals.backends += 1;
+            if self.totals.backends == lb_common::MAX_BACKENDS as usize + 1 {
                 self.error(
                     table.anchor,
                     format!(
@@ -805,16 +1177,14 @@ impl Reader {
                     self.missing(&table, "address", "the backend's IPv4 address, like address = \"10.0.0.11\"");
                     None
                 }
-                Some(field) => match self.host_ipv4(&field, "a unicast IPv4 address") {
-                    Some(address) if address == vip => {
-                        self.error(
-                            field.at,
-                            format!("{} is the VIP {vip}; a backend must be a real server's own address", field.path),
-                        );
-                        None
+                Some(field) => {
+                    let address = self.host_ipv4(&field, "a unicast IPv4 address");
+                    if let Some(address) = address {
+                        let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
+                        self.not_vips.push((written, NotVip::Backend));
                     }
-                    other => other,
-                },
+                    address
+                }
             };
             let port = match table.get("port") {
                 None => Some(service.port),

@@ -1,9 +1,34 @@
 //! One test per rule: each checks the message and where it points.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use super::*;
+
+/// The one instance of a single-form config, read-only.
+trait Single {
+    fn only(&self) -> &Instance;
+    fn vrrp(&self) -> &Vrrp {
+        &self.only().vrrp
+    }
+    fn vip(&self) -> &Vip {
+        &self.only().vip
+    }
+    fn services(&self) -> &[Service] {
+        &self.only().services
+    }
+}
+
+impl Single for Config {
+    fn only(&self) -> &Instance {
+        assert_eq!(self.instances.len(), 1, "a single-form config has one instance");
+        &self.instances[0]
+    }
+}
+
+fn v4(a: u8, b: u8, c: u8, d: u8) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+}
 
 /// Lines 1-6: the smallest valid config. Keys appended to it land in [vrrp], starting on line 7.
 const BASE: &str = "interface = \"eth0\"\n[vip]\naddress = \"10.0.0.250\"\n[vrrp]\nvrid = 51\npriority = 150\n";
@@ -49,27 +74,31 @@ fn minimal_config_is_valid_and_takes_every_default() {
     assert_eq!(
         config,
         Config {
-            interface: "eth0".into(),
+            interface: Some("eth0".into()),
             xdp_mode: XdpMode::Auto,
             conntrack_entries: 65536,
-            vip: Vip { address: Ipv4Addr::new(10, 0, 0, 250), hostname: None },
-            vrrp: Vrrp {
-                vrid: 51,
-                priority: 150,
-                advert_interval_ms: 1000,
-                preempt: true,
-                preempt_delay_ms: 0,
-                source_address: None,
-                unicast_peers: vec![],
-                checksum: ChecksumMode::PseudoHeader,
-                garp_count: 5,
-                garp_repeat_delay_ms: 5000,
-                garp_refresh_ms: 0,
-                backend_loss_penalty: 0,
-            },
             control: Control { socket: PathBuf::from("/run/xvip/xvip.sock") },
             metrics: None,
-            services: vec![],
+            instances: vec![Instance {
+                name: "default".into(),
+                interface: "eth0".into(),
+                vip: Vip { addresses: vec![v4(10, 0, 0, 250)], hostname: None },
+                vrrp: Vrrp {
+                    vrid: 51,
+                    priority: 150,
+                    advert_interval_ms: 1000,
+                    preempt: true,
+                    preempt_delay_ms: 0,
+                    source_address: None,
+                    unicast_peers: vec![],
+                    checksum: ChecksumMode::PseudoHeader,
+                    garp_count: 5,
+                    garp_repeat_delay_ms: 5000,
+                    garp_refresh_ms: 0,
+                    backend_loss_penalty: 0,
+                },
+                services: vec![],
+            }],
         }
     );
 }
@@ -77,7 +106,7 @@ fn minimal_config_is_valid_and_takes_every_default() {
 #[test]
 fn service_and_health_defaults() {
     let config = valid(&with_service(""));
-    let service = &config.services[0];
+    let service = &config.services()[0];
     assert_eq!(service.protocol, Protocol::Tcp);
     assert_eq!(service.forwarding, Forwarding::Nat);
     assert_eq!(service.backends, vec![BackendCfg { address: Ipv4Addr::new(10, 0, 0, 11), port: 6443, weight: 1 }]);
@@ -149,9 +178,9 @@ tls_verify = false            # or set ca_file = "/etc/kubernetes/pki/ca.crt"
 #[test]
 fn a_full_example_is_valid() {
     let config = valid(FULL_EXAMPLE);
-    assert_eq!(config.vip.address, Ipv4Addr::new(10, 10, 74, 250));
-    assert_eq!(config.vip.hostname.as_deref(), Some("test.example.com"));
-    let service = &config.services[0];
+    assert_eq!(config.vip().addresses[0], Ipv4Addr::new(10, 10, 74, 250));
+    assert_eq!(config.vip().hostname.as_deref(), Some("test.example.com"));
+    let service = &config.services()[0];
     assert_eq!(service.backends[1], BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 2 });
     assert_eq!(service.health.check, CheckKind::Https);
     assert_eq!(service.health.path, "/readyz");
@@ -161,9 +190,9 @@ fn a_full_example_is_valid() {
 #[test]
 fn example_file_is_valid() {
     let config = valid(include_str!("../../../deploy/xvip.example.toml"));
-    assert_eq!(config.vip.address, Ipv4Addr::new(10, 0, 0, 250));
+    assert_eq!(config.vip().addresses[0], Ipv4Addr::new(10, 0, 0, 250));
     assert_eq!(config.conntrack_entries, 65536);
-    let service = &config.services[0];
+    let service = &config.services()[0];
     assert_eq!(service.port, 443);
     let addresses: Vec<_> = service.backends.iter().map(|b| (b.address.to_string(), b.port)).collect();
     assert_eq!(
@@ -181,7 +210,8 @@ fn example_file_with_the_ca_file_alternative_is_valid() {
         .replace("\ntls_verify = false", "\n# tls_verify = false")
         .replace("# ca_file = ", "ca_file = ")
         .replace("# server_name = ", "server_name = ");
-    let health = &valid(&text).services[0].health;
+    let config = valid(&text);
+    let health = &config.services()[0].health;
     assert!(health.tls_verify);
     assert_eq!(health.ca_file.as_deref(), Some(Path::new("/etc/kubernetes/pki/ca.crt")));
     assert_eq!(health.server_name.as_deref(), Some("kubernetes"));
@@ -327,7 +357,7 @@ fn missing_vip_address_points_at_the_vip_table() {
     assert_eq!(
         problem("interface = \"eth0\"\n[vip]\nhostname = \"api\"\n[vrrp]\nvrid = 51\npriority = 150\n"),
         "xvip.toml:2:1: missing required key `address` in [vip]; expected the virtual IPv4 address, like \
-         address = \"10.0.0.250\""
+         address = \"10.0.0.250\" (or addresses = [...] for several)"
     );
 }
 
@@ -361,7 +391,7 @@ fn missing_service_keys_point_at_the_service() {
 #[test]
 fn dotted_keys_are_read_like_tables() {
     let text = "interface = \"eth0\"\nvip.address = \"10.0.0.250\"\nvrrp.vrid = 51\nvrrp.priority = 150\n";
-    assert_eq!(valid(text).vrrp.priority, 150);
+    assert_eq!(valid(text).vrrp().priority, 150);
     assert_eq!(
         problem("interface = \"eth0\"\nvip.address = \"10.0.0.250\"\nvrrp.vrid = 51\n"),
         "xvip.toml:3:1: missing required key `priority` in [vrrp]; expected 1..=255 (highest wins; 255 = address \
@@ -382,7 +412,7 @@ fn interface_must_not_be_empty() {
 
 #[test]
 fn interface_is_at_most_15_bytes() {
-    assert_eq!(valid(&BASE.replace("eth0", "abcdefghijklmno")).interface, "abcdefghijklmno");
+    assert_eq!(valid(&BASE.replace("eth0", "abcdefghijklmno")).default_interface(), "abcdefghijklmno");
     assert_eq!(
         problem(&BASE.replace("eth0", "abcdefghijklmnop")),
         "xvip.toml:1:13: interface must be an interface name of 1..=15 bytes without '/', ':' or whitespace, like \
@@ -463,7 +493,7 @@ fn vrid_range() {
 
 #[test]
 fn priority_range_and_owner() {
-    assert_eq!(valid(&BASE.replace("priority = 150", "priority = 255")).vrrp.priority, 255);
+    assert_eq!(valid(&BASE.replace("priority = 150", "priority = 255")).vrrp().priority, 255);
     assert_eq!(
         problem(&BASE.replace("priority = 150", "priority = 0")),
         "xvip.toml:6:12: vrrp.priority must be 1..=255 (255 = address owner), got 0"
@@ -472,7 +502,7 @@ fn priority_range_and_owner() {
 
 #[test]
 fn advert_interval_range() {
-    assert_eq!(valid(&format!("{BASE}advert_interval_ms = 40950\n")).vrrp.advert_interval_ms, 40950);
+    assert_eq!(valid(&format!("{BASE}advert_interval_ms = 40950\n")).vrrp().advert_interval_ms, 40950);
     assert_eq!(
         problem(&format!("{BASE}advert_interval_ms = 40960\n")),
         "xvip.toml:7:22: vrrp.advert_interval_ms must be 10..=40950 (VRRPv3 sends centiseconds in 12 bits), got 40960"
@@ -489,7 +519,7 @@ fn advert_interval_is_a_multiple_of_10() {
 
 #[test]
 fn preempt_delay_limit() {
-    assert_eq!(valid(&format!("{BASE}preempt_delay_ms = 1000000\n")).vrrp.preempt_delay_ms, 1_000_000);
+    assert_eq!(valid(&format!("{BASE}preempt_delay_ms = 1000000\n")).vrrp().preempt_delay_ms, 1_000_000);
     assert_eq!(
         problem(&format!("{BASE}preempt_delay_ms = 1000001\n")),
         "xvip.toml:7:20: vrrp.preempt_delay_ms must be 0..=1000000, got 1000001"
@@ -538,7 +568,7 @@ fn source_address_is_not_the_vip() {
 
 #[test]
 fn checksum_is_a_known_word() {
-    assert_eq!(valid(&format!("{BASE}checksum = \"rfc9568\"\n")).vrrp.checksum, ChecksumMode::Rfc9568);
+    assert_eq!(valid(&format!("{BASE}checksum = \"rfc9568\"\n")).vrrp().checksum, ChecksumMode::Rfc9568);
     assert_eq!(
         problem(&format!("{BASE}checksum = \"pseudoheader\"\n")),
         "xvip.toml:7:12: vrrp.checksum must be one of \"pseudo-header\", \"rfc9568\", got \"pseudoheader\"; did you \
@@ -623,7 +653,7 @@ fn service_port_and_protocol_are_unique() {
     );
     // The same port with the other protocol is another service.
     let config = valid(&with_service(&second.replace("{}", "protocol = \"udp\"\n")));
-    assert_eq!(config.services[1].protocol, Protocol::Udp);
+    assert_eq!(config.services()[1].protocol, Protocol::Udp);
 }
 
 #[test]
@@ -663,7 +693,7 @@ fn weight_zero_is_a_draining_backend() {
     let text = format!(
         "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\", weight = 0 }}]\n"
     );
-    assert_eq!(valid(&text).services[0].backends[0].weight, 0);
+    assert_eq!(valid(&text).services()[0].backends[0].weight, 0);
 }
 
 #[test]
@@ -673,7 +703,7 @@ fn backend_port_range_and_default() {
     );
     assert_eq!(problem(&text), "xvip.toml:10:45: service[0].backends[0].port must be 1..=65535, got 65536");
     let text = format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\" }}]\n");
-    assert_eq!(valid(&text).services[0].backends[0].port, 443);
+    assert_eq!(valid(&text).services()[0].backends[0].port, 443);
 }
 
 #[test]
@@ -703,7 +733,7 @@ fn dsr_backend_port_must_equal_the_service_port() {
     let text = format!(
         "{BASE}[[service]]\nname = \"api\"\nport = 443\nforwarding = \"dsr\"\nbackends = [{{ address = \"10.0.0.11\" }}]\n"
     );
-    assert_eq!(valid(&text).services[0].forwarding, Forwarding::Dsr);
+    assert_eq!(valid(&text).services()[0].forwarding, Forwarding::Dsr);
 }
 
 #[test]
@@ -719,37 +749,37 @@ fn forwarding_and_protocol_are_known_words() {
 }
 
 #[test]
-fn at_most_64_services() {
+fn at_most_512_services() {
     let mut text = BASE.to_owned();
-    for i in 0..65 {
+    for i in 0..513 {
         text.push_str(&format!(
             "[[service]]\nname = \"s{i}\"\nport = {}\nbackends = [{{ address = \"10.0.0.11\" }}]\n",
             i + 1
         ));
     }
-    // The 65th service starts on line 7 + 64 * 4.
+    // The 513th service starts on line 7 + 512 * 4.
     assert_eq!(
         problem(&text),
-        "xvip.toml:263:1: too many services: at most 64 are supported (the data plane's Maglev tables are sized for \
-         that), this is number 65"
+        "xvip.toml:2055:1: too many services: at most 512 over all instances are supported (the data plane's Maglev \
+         tables are sized for that), this is number 513"
     );
 }
 
 #[test]
-fn at_most_4096_backends_in_total() {
+fn at_most_16384_backends_in_total() {
     let mut text = BASE.to_owned();
     for s in 0..2 {
         text.push_str(&format!("[[service]]\nname = \"s{s}\"\nport = {}\nbackends = [\n", s + 1));
-        for b in 0..2049 {
+        for b in 0..8193 {
             text.push_str(&format!("{{ address = \"10.{}.{}.{}\" }},\n", s + 1, b / 250, b % 250 + 1));
         }
         text.push_str("]\n");
     }
-    // Service 0 takes lines 7-10 (header) and 11-2059 (backends) and 2060 (`]`); service 1's backends start on
-    // line 2065, and its 2048th (0-based 2047), the 4097th in total, is on line 2065 + 2047.
+    // Service 0 takes lines 7-10 (header), 11-8203 (backends) and 8204 (`]`); service 1's backends start on line
+    // 8209, and its 8192nd (0-based 8191), the 16385th in total, is on line 8209 + 8191.
     assert_eq!(
         problem(&text),
-        "xvip.toml:4112:1: too many backends: at most 4096 over all services are supported (the size of the data \
+        "xvip.toml:16400:1: too many backends: at most 16384 over all services are supported (the size of the data \
          plane's backend table)"
     );
 }
@@ -769,7 +799,7 @@ fn health_rise_and_fall_are_at_least_1() {
 
 #[test]
 fn health_timeout_must_not_exceed_interval() {
-    assert_eq!(valid(&with_health("interval_ms = 500\ntimeout_ms = 500\n")).services[0].health.timeout_ms, 500);
+    assert_eq!(valid(&with_health("interval_ms = 500\ntimeout_ms = 500\n")).services()[0].health.timeout_ms, 500);
     assert_eq!(
         problem(&with_health("interval_ms = 500\ntimeout_ms = 600\n")),
         "xvip.toml:13:14: service[0].health.timeout_ms (600) must not exceed service[0].health.interval_ms (500): a \
@@ -831,7 +861,7 @@ fn tls_keys_need_an_https_check() {
         problem(&with_health("check = \"http\"\ntls_verify = false\n")),
         "xvip.toml:13:1: service[0].health.tls_verify is only meaningful with check = \"https\", got check = \"http\""
     );
-    let health = valid(&with_health("check = \"https\"\nca_file = \"/ca.crt\"\nserver_name = \"api\"\n")).services[0]
+    let health = valid(&with_health("check = \"https\"\nca_file = \"/ca.crt\"\nserver_name = \"api\"\n")).services()[0]
         .health
         .clone();
     assert_eq!(health.ca_file, Some(PathBuf::from("/ca.crt")));
@@ -852,7 +882,7 @@ fn udp_services_only_use_check_none() {
     let udp = format!(
         "{BASE}[[service]]\nname = \"dns\"\nport = 53\nprotocol = \"udp\"\nbackends = [{{ address = \"10.0.0.11\" }}]\n"
     );
-    assert_eq!(valid(&udp).services[0].health.check, CheckKind::None);
+    assert_eq!(valid(&udp).services()[0].health.check, CheckKind::None);
     assert_eq!(
         problem(&format!("{udp}[service.health]\ncheck = \"tcp\"\n")),
         "xvip.toml:13:9: service[0].health.check must be \"none\" for a udp service (xvip has no UDP health check, and \
@@ -895,7 +925,7 @@ fn load_reads_a_file_and_rejects_non_utf8() {
     std::fs::create_dir_all(&dir).unwrap();
     let good = dir.join("good.toml");
     std::fs::write(&good, BASE).unwrap();
-    assert_eq!(load(&good).unwrap().interface, "eth0");
+    assert_eq!(load(&good).unwrap().default_interface(), "eth0");
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, b"interface = \"eth0\"\n# caf\xe9\n").unwrap();
     let problems = load(&bad).unwrap_err();
@@ -962,25 +992,35 @@ fn two_services() -> Config {
     valid(&with_service("[[service]]\nname = \"web\"\nport = 80\nbackends = [{ address = \"10.0.0.21\" }]\n"))
 }
 
+/// The one instance of a single-form config, to change.
+fn only(config: &mut Config) -> &mut Instance {
+    &mut config.instances[0]
+}
+
 #[test]
-fn diff_refuses_a_vip_change() {
+fn diff_replaces_an_instance_whose_addresses_change() {
     let old = two_services();
     let mut new = old.clone();
-    new.vip.address = Ipv4Addr::new(10, 0, 0, 251);
-    let error = diff(&old, &new).unwrap_err();
-    assert_eq!(error.keys, ["vip.address"]);
-    assert!(error.to_string().starts_with("vip.address changed, which needs a restart"), "{error}");
+    only(&mut new).vip.addresses = vec![v4(10, 0, 0, 251)];
+    let plan = diff(&old, &new).expect("a new address list is a new VRRP router, not a restart");
+    assert_eq!(plan.instances_replaced, [("default".to_owned(), vec!["vip.addresses"])]);
+    assert!(plan.instances_changed.is_empty());
+    assert_eq!(plan.to_string(), "instance default replaced (vip.addresses changed)");
 }
 
 #[test]
 fn diff_names_every_restart_only_key() {
     let old = two_services();
     let mut new = old.clone();
-    new.interface = "eth1".into();
-    new.vrrp.vrid = 52;
+    new.interface = Some("eth1".into());
+    new.xdp_mode = XdpMode::Generic;
+    new.conntrack_entries = 2048;
     new.control.socket = "/tmp/other.sock".into();
     let error = diff(&old, &new).unwrap_err().to_string();
-    assert!(error.starts_with("interface, vrrp.vrid, control.socket changed, which needs a restart"), "{error}");
+    assert!(
+        error.starts_with("interface, xdp_mode, conntrack_entries, control.socket changed, which needs a restart"),
+        "{error}"
+    );
 }
 
 #[test]
@@ -995,16 +1035,24 @@ fn a_reload_that_turns_metrics_on_off_or_moves_them_needs_a_restart() {
 }
 
 #[test]
-fn diff_refuses_the_timer_and_preemption_keys_in_one_place() {
+fn diff_replaces_an_instance_for_each_identity_key() {
     let old = two_services();
-    for (key, change) in [
-        ("vrrp.advert_interval_ms", (|c: &mut Config| c.vrrp.advert_interval_ms = 500) as fn(&mut Config)),
-        ("vrrp.preempt", |c: &mut Config| c.vrrp.preempt = false),
-        ("vrrp.preempt_delay_ms", |c: &mut Config| c.vrrp.preempt_delay_ms = 100),
-    ] {
+    type Change = fn(&mut Instance);
+    let changes: [(&str, Change); 8] = [
+        ("interface", |i| i.interface = "eth1".into()),
+        ("vip.addresses", |i| i.vip.addresses.push(v4(10, 0, 0, 251))),
+        ("vrrp.vrid", |i| i.vrrp.vrid = 52),
+        ("vrrp.source_address", |i| i.vrrp.source_address = Some(Ipv4Addr::new(10, 0, 0, 5))),
+        ("vrrp.unicast_peers", |i| i.vrrp.unicast_peers = vec![Ipv4Addr::new(10, 0, 0, 6)]),
+        ("vrrp.advert_interval_ms", |i| i.vrrp.advert_interval_ms = 500),
+        ("vrrp.preempt", |i| i.vrrp.preempt = false),
+        ("vrrp.preempt_delay_ms", |i| i.vrrp.preempt_delay_ms = 100),
+    ];
+    for (key, change) in changes {
         let mut new = old.clone();
-        change(&mut new);
-        assert_eq!(diff(&old, &new).unwrap_err().keys, [key]);
+        change(only(&mut new));
+        let plan = diff(&old, &new).expect("replaced, not refused");
+        assert_eq!(plan.instances_replaced, [("default".to_owned(), vec![key])], "{key}");
     }
 }
 
@@ -1012,55 +1060,74 @@ fn diff_refuses_the_timer_and_preemption_keys_in_one_place() {
 fn diff_applies_the_other_vrrp_keys_in_place() {
     let old = two_services();
     let mut new = old.clone();
-    new.vrrp.priority = 120;
-    new.vrrp.checksum = ChecksumMode::Rfc9568;
-    new.vrrp.garp_count = 2;
-    new.vrrp.garp_repeat_delay_ms = 0;
-    new.vrrp.garp_refresh_ms = 1000;
-    new.vrrp.backend_loss_penalty = 10;
+    let v = &mut only(&mut new).vrrp;
+    v.priority = 120;
+    v.checksum = ChecksumMode::Rfc9568;
+    v.garp_count = 2;
+    v.garp_repeat_delay_ms = 0;
+    v.garp_refresh_ms = 1000;
+    v.backend_loss_penalty = 10;
     let plan = diff(&old, &new).unwrap();
     assert_eq!(
-        plan.vrrp_changed,
+        plan.changed("default").expect("in place").vrrp_changed,
         ["priority", "checksum", "garp_count", "garp_repeat_delay_ms", "garp_refresh_ms", "backend_loss_penalty"]
     );
+    assert!(plan.instances_replaced.is_empty());
 }
 
 #[test]
 fn diff_accepts_a_backend_addition() {
     let old = two_services();
     let mut new = old.clone();
-    new.services[0].backends.push(BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 1 });
+    only(&mut new).services[0].backends.push(BackendCfg {
+        address: Ipv4Addr::new(10, 0, 0, 12),
+        port: 6443,
+        weight: 1,
+    });
     let plan = diff(&old, &new).unwrap();
-    assert_eq!(plan, ReloadPlan { services_changed: vec!["api".into()], ..Default::default() });
-    assert_eq!(plan.to_string(), "services changed: api");
+    assert_eq!(
+        plan,
+        ReloadPlan {
+            instances_changed: vec![InstancePlan {
+                name: "default".into(),
+                services_changed: vec!["api".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    );
+    assert_eq!(plan.to_string(), "instance default: services changed: api");
 }
 
 #[test]
 fn diff_reports_added_removed_priority_and_health() {
     let old = two_services();
     let mut new = old.clone();
-    new.services.remove(1);
-    let mut added = new.services[0].clone();
+    let i = only(&mut new);
+    i.services.remove(1);
+    let mut added = i.services[0].clone();
     added.name = "other".into();
     added.port = 8443;
-    new.services.push(added);
-    new.services[0].health.interval_ms = 5000;
-    new.vrrp.priority = 100;
+    i.services.push(added);
+    i.services[0].health.interval_ms = 5000;
+    i.vrrp.priority = 100;
     let plan = diff(&old, &new).unwrap();
     assert_eq!(
-        plan,
-        ReloadPlan {
+        plan.changed("default"),
+        Some(&InstancePlan {
+            name: "default".into(),
             services_added: vec!["other".into()],
             services_removed: vec!["web".into()],
             services_changed: vec![],
             health_changed: vec!["api".into()],
             vrrp_changed: vec!["priority"],
             hostname_changed: false,
-        }
+        })
     );
     assert_eq!(
         plan.to_string(),
-        "services added: other; services removed: web; health checks changed: api; vrrp changed: priority"
+        "instance default: services added: other; services removed: web; health checks changed: api; vrrp changed: \
+         priority"
     );
 }
 
@@ -1089,7 +1156,7 @@ fn server_name_is_a_dns_name_or_address() {
          got \"bad name\""
     );
     let ip = valid(&with_health("check = \"https\"\nserver_name = \"10.0.0.11\"\n"));
-    assert_eq!(ip.services[0].health.server_name.as_deref(), Some("10.0.0.11"));
+    assert_eq!(ip.services()[0].health.server_name.as_deref(), Some("10.0.0.11"));
 }
 
 #[test]
@@ -1099,7 +1166,8 @@ fn empty_and_inline_tables_read_like_sections() {
         "{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ address = \"10.0.0.11\" }}]\n\
          health = {{ check = \"http\", path = \"/healthz\" }}\n"
     );
-    let health = &valid(&text).services[0].health;
+    let config = valid(&text);
+    let health = &config.services()[0].health;
     assert_eq!((health.check, health.path.as_str()), (CheckKind::Http, "/healthz"));
 }
 
@@ -1107,12 +1175,19 @@ fn empty_and_inline_tables_read_like_sections() {
 #[test]
 fn the_config_reference_lists_every_key() {
     use super::read::{
-        BACKEND_KEYS, CONTROL_KEYS, HEALTH_KEYS, METRICS_KEYS, ROOT_KEYS, SERVICE_KEYS, VIP_KEYS, VRRP_KEYS,
+        BACKEND_KEYS, CONTROL_KEYS, HEALTH_KEYS, INSTANCE_KEYS, METRICS_KEYS, ROOT_KEYS, SERVICE_KEYS, VIP_KEYS,
+        VRRP_KEYS,
     };
     let reference =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/config.md")).expect("docs/config.md");
-    let tables = ["vip", "vrrp", "control", "metrics", "service"];
+    let tables = ["vip", "vrrp", "control", "metrics", "service", "instance"];
     let mut wanted: Vec<String> = ROOT_KEYS.iter().filter(|k| !tables.contains(k)).map(|k| k.to_string()).collect();
+    // An instance's vip, vrrp and service tables take the keys of the single form's, listed once.
+    let shared = ["vip", "vrrp", "service"];
+    wanted.extend(INSTANCE_KEYS.iter().filter(|k| !shared.contains(k)).map(|k| format!("instance[].{k}")));
+    for table in shared {
+        assert!(INSTANCE_KEYS.contains(&table), "{table} is no longer an instance key: update this test");
+    }
     for (prefix, keys) in
         [("vip.", VIP_KEYS), ("vrrp.", VRRP_KEYS), ("control.", CONTROL_KEYS), ("metrics.", METRICS_KEYS)]
     {
@@ -1129,4 +1204,392 @@ fn the_config_reference_lists_every_key() {
         wanted.iter().filter(|k| !rows.iter().any(|r| r.starts_with(&format!("| `{k}` |")))).collect();
     assert!(missing.is_empty(), "docs/config.md does not list {missing:?}");
     assert_eq!(rows.len(), wanted.len(), "docs/config.md lists keys the reader does not accept: {rows:#?}");
+}
+
+// ---- several instances ----
+
+/// Two instances in the list form (lines 1-20): `api` on the default interface with two addresses and a service,
+/// `ingress` on eth1 with one address.
+const TWO: &str = r#"interface = "eth0"
+[[instance]]
+name = "api"
+[instance.vip]
+addresses = ["10.0.0.250", "10.0.0.251"]
+hostname = "api.example.com"
+[instance.vrrp]
+vrid = 51
+priority = 150
+[[instance.service]]
+name = "kube-apiserver"
+port = 443
+backends = [ { address = "10.0.0.21", port = 6443 } ]
+[[instance]]
+name = "ingress"
+interface = "eth1"
+[instance.vip]
+address = "10.1.0.250"
+[instance.vrrp]
+vrid = 52
+priority = 100
+"#;
+
+#[test]
+fn instances_are_read_in_order_with_their_own_tables() {
+    let config = valid(TWO);
+    assert_eq!(config.interface.as_deref(), Some("eth0"));
+    assert_eq!(config.instances.len(), 2);
+    let (api, ingress) = (&config.instances[0], &config.instances[1]);
+    assert_eq!((api.name.as_str(), api.interface.as_str()), ("api", "eth0"), "the top-level interface is the default");
+    assert_eq!(api.vip.addresses, [v4(10, 0, 0, 250), v4(10, 0, 0, 251)]);
+    assert_eq!(api.vip.hostname.as_deref(), Some("api.example.com"));
+    assert_eq!((api.vrrp.vrid, api.vrrp.priority, api.vrrp.advert_interval_ms), (51, 150, 1000));
+    assert_eq!(api.services[0].name, "kube-apiserver");
+    assert_eq!((ingress.name.as_str(), ingress.interface.as_str()), ("ingress", "eth1"));
+    assert_eq!(ingress.vip.addresses, [v4(10, 1, 0, 250)]);
+    assert!(ingress.services.is_empty());
+    assert_eq!(config.interfaces(), ["eth0", "eth1"]);
+    assert_eq!(config.service_count(), 1);
+}
+
+/// The example of the contract's "several instances" section, as written there.
+#[test]
+fn the_contracts_instance_example_is_valid() {
+    let text = r#"
+interface = "eth0"            # default interface for instances that do not name one
+[[instance]]
+name = "api"                  # unique; used in logs, status and metrics
+# interface = "eth1"          # optional; defaults to the top-level interface
+[instance.vip]
+addresses = ["10.0.0.250", "10.0.0.251"]   # or `address = "..."`; all of them go in the advert's address list
+hostname = "api.example.com"
+[instance.vrrp]
+vrid = 51
+priority = 150                # ...and every other key of [vrrp]
+[[instance.service]]
+name = "kube-apiserver"       # ...and every other key of [[service]], with [instance.service.health]
+port = 443
+backends = [ { address = "10.0.0.21", port = 6443 } ]
+"#;
+    let config = valid(text);
+    assert_eq!(config.instances[0].vip.addresses.len(), 2);
+    assert_eq!(config.instances[0].services[0].backends[0].port, 6443);
+}
+
+#[test]
+fn the_single_form_is_one_instance_named_default_and_takes_an_address_list_too() {
+    let config = valid(BASE);
+    assert_eq!(config.instances.len(), 1);
+    assert_eq!(config.instances[0].name, "default");
+    assert_eq!(config.instances[0].interface, "eth0");
+    let list = valid(&BASE.replace("address = \"10.0.0.250\"", "addresses = [\"10.0.0.250\", \"10.0.0.251\"]"));
+    assert_eq!(list.vip().addresses, [v4(10, 0, 0, 250), v4(10, 0, 0, 251)]);
+}
+
+/// A single-form file written as one `[[instance]]` named `default`: the same keys under the instance's tables.
+fn as_instance(single: &str) -> String {
+    let mut out = String::new();
+    for line in single.lines() {
+        let header = line.split('#').next().unwrap_or_default().trim();
+        let renamed = match header {
+            "[vip]" => "[[instance]]\nname = \"default\"\n[instance.vip]",
+            "[vrrp]" => "[instance.vrrp]",
+            "[[service]]" => "[[instance.service]]",
+            "[service.health]" => "[instance.service.health]",
+            _ => line,
+        };
+        out.push_str(renamed);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn a_single_form_file_means_what_it_meant_one_instance_named_default() {
+    // Files written before instances existed: the smallest one, one with every key, the shipped example (and its
+    // variant with a CA file), one with several services. Each reads as exactly the instance form of the same keys,
+    // and a reload from one form to the other changes nothing.
+    let example = include_str!("../../../deploy/xvip.example.toml");
+    let with_ca = example
+        .replace("\ntls_verify = false", "\n# tls_verify = false")
+        .replace("# ca_file = ", "ca_file = ")
+        .replace("# server_name = ", "server_name = ");
+    let several = format!(
+        "{BASE}[[service]]\nname = \"a\"\nport = 80\nbackends = [ {{ address = \"10.0.0.21\" }} ]\n\
+         [[service]]\nname = \"b\"\nport = 53\nprotocol = \"udp\"\nforwarding = \"dsr\"\n\
+         backends = [ {{ address = \"10.0.0.22\" }} ]\n"
+    );
+    for (what, single) in [("minimal", BASE), ("every key", FULL_EXAMPLE), ("example", example), ("CA", &with_ca)]
+        .into_iter()
+        .chain([("several services", several.as_str())])
+    {
+        let old = valid(single);
+        let instances = as_instance(single);
+        assert!(instances.contains("[[instance]]") && !instances.contains("\n[vrrp]"), "{what}: {instances}");
+        let new = valid(&instances);
+        assert_eq!(old, new, "{what}");
+        assert_eq!(old.only().name, DEFAULT_INSTANCE, "{what}");
+        assert!(diff(&old, &new).is_ok_and(|p| p.is_empty()), "{what}");
+    }
+    // The values are the file's own (not defaults that happen to agree): the every-key file read in full.
+    let full = valid(FULL_EXAMPLE);
+    assert_eq!(full.vip().addresses, [v4(10, 10, 74, 250)]);
+    assert_eq!((full.vrrp().vrid, full.vrrp().priority), (51, 150));
+    assert_eq!(full.services()[0].backends[1].weight, 2);
+}
+
+#[test]
+fn an_instance_without_an_interface_needs_a_top_level_one() {
+    let text = TWO.replacen("interface = \"eth0\"\n", "", 1);
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:1:1: missing `interface` in instance[0], and there is no top-level `interface` to default to; \
+         set one of them, like interface = \"eth0\""
+    );
+    // Every instance naming its own is enough; the first one's is then the node's default.
+    let own = text.replacen("name = \"api\"\n", "name = \"api\"\ninterface = \"eth2\"\n", 1);
+    let config = valid(&own);
+    assert_eq!(config.interface, None);
+    assert_eq!(config.default_interface(), "eth2");
+    assert_eq!(config.interfaces(), ["eth2", "eth1"]);
+}
+
+#[test]
+fn the_single_form_and_instances_do_not_mix() {
+    let text = format!("[vrrp]\nvrid = 9\npriority = 1\n{}", TWO.replace("interface = \"eth0\"\n", ""));
+    let text = format!("interface = \"eth0\"\n{text}");
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:2:2: `vrrp` cannot be at the top level of a file with [[instance]] tables: a file uses either the \
+         single form ([vip], [vrrp], [[service]]) or [[instance]]; move it into an instance"
+    );
+}
+
+#[test]
+fn instance_must_be_an_array_of_tables_and_not_empty() {
+    assert_eq!(
+        problem("interface = \"eth0\"\ninstance = 3\n"),
+        "xvip.toml:2:12: instance must be an array of tables: write each instance as [[instance]], got an integer 3"
+    );
+    assert_eq!(
+        problem("interface = \"eth0\"\ninstance = []\n"),
+        "xvip.toml:2:12: instance must list at least one instance, got an empty array"
+    );
+}
+
+#[test]
+fn instance_names_are_required_unique_and_plain() {
+    assert_eq!(
+        problem(&TWO.replace("name = \"ingress\"\n", "")),
+        "xvip.toml:14:1: missing required key `name` in instance[1]; expected a unique name like name = \"api\""
+    );
+    assert_eq!(
+        problem(&TWO.replace("\"ingress\"", "\"api\"")),
+        "xvip.toml:15:8: instance[1].name \"api\" is already used by instance[0]; names must be unique"
+    );
+    assert_eq!(
+        problem(&TWO.replace("\"ingress\"", "\"in gress/1\"")),
+        "xvip.toml:15:8: instance[1].name must be 1..=64 letters, digits, '-', '_' or '.', like \"api\", got \
+         \"in gress/1\""
+    );
+}
+
+#[test]
+fn a_vrid_is_used_once_per_interface() {
+    let same_interface = TWO.replace("interface = \"eth1\"\n", "").replace("vrid = 52", "vrid = 51");
+    assert_eq!(
+        problem(&same_interface),
+        "xvip.toml:19:8: instance[1].vrrp.vrid 51 is already used on eth0 by instance[0] (\"api\"); each instance on \
+         an interface needs its own VRID (it names the VRRP group on the segment)"
+    );
+    // The same VRID on another interface is another segment's group.
+    assert_eq!(valid(&TWO.replace("vrid = 52", "vrid = 51")).instances[1].vrrp.vrid, 51);
+}
+
+#[test]
+fn an_address_belongs_to_one_instance() {
+    assert_eq!(
+        problem(&TWO.replace("address = \"10.1.0.250\"", "address = \"10.0.0.251\"")),
+        "xvip.toml:18:11: instance[1].vip.address 10.0.0.251 is already an address of instance[0] (\"api\"); an \
+         address belongs to one instance"
+    );
+    assert_eq!(
+        problem(&TWO.replace("\"10.0.0.251\"]", "\"10.0.0.251\", \"10.0.0.250\"]")),
+        "xvip.toml:5:42: instance[0].vip.addresses[2] repeats 10.0.0.250; each address must be listed once"
+    );
+}
+
+#[test]
+fn address_and_addresses_exclude_each_other_and_a_list_is_not_empty() {
+    assert_eq!(
+        problem(&TWO.replace("hostname = ", "address = \"10.0.0.9\"\nhostname = ")),
+        "xvip.toml:5:1: instance[0].vip.address and instance[0].vip.addresses are both set; use address for one \
+         address or addresses for several"
+    );
+    assert_eq!(
+        problem(&TWO.replace("[\"10.0.0.250\", \"10.0.0.251\"]", "[]")),
+        "xvip.toml:5:13: instance[0].vip.addresses must list at least one address, got an empty array"
+    );
+    assert_eq!(
+        problem(&TWO.replace("address = \"10.1.0.250\"\n", "")),
+        "xvip.toml:17:1: missing required key `address` in instance[1].vip; expected the virtual IPv4 address, like \
+         address = \"10.0.0.250\" (or addresses = [...] for several)"
+    );
+}
+
+#[test]
+fn ipv6_vips_are_refused_clearly_for_now() {
+    assert_eq!(
+        problem(&TWO.replace("\"10.0.0.251\"", "\"fd00::251\"")),
+        "xvip.toml:5:28: instance[0].vip.addresses[1] is the IPv6 address fd00::251; IPv6 VIPs are not supported \
+         yet: use IPv4 addresses"
+    );
+}
+
+#[test]
+fn a_service_port_is_used_once_per_instance_and_may_repeat_across_instances() {
+    let twice = TWO.replace(
+        "port = 6443 } ]\n",
+        "port = 6443 } ]\n[[instance.service]]\nname = \"other\"\nport = 443\nbackends = [ { address = \"10.0.0.22\" } ]\n",
+    );
+    assert_eq!(
+        problem(&twice),
+        "xvip.toml:16:8: instance[0].service[1].port 443/tcp is already used by instance[0].service[0]; each port \
+         and protocol can belong to one service only on the instance's addresses"
+    );
+    let other_instance = format!(
+        "{TWO}[[instance.service]]\nname = \"kube-apiserver\"\nport = 443\nbackends = [ {{ address = \"10.1.0.21\" }} ]\n"
+    );
+    let config = valid(&other_instance);
+    assert_eq!(config.instances[1].services[0].port, 443, "another address, another listener");
+    assert_eq!(config.service_count(), 2);
+}
+
+#[test]
+fn no_backend_source_or_peer_is_another_instances_vip() {
+    assert_eq!(
+        problem(&TWO.replace("address = \"10.0.0.21\"", "address = \"10.1.0.250\"")),
+        "xvip.toml:13:26: instance[0].service[0].backends[0].address is the VIP 10.1.0.250, an address of \
+         instance[1] (\"ingress\"); a backend must be a real server's own address"
+    );
+    assert_eq!(
+        problem(&TWO.replace("priority = 100\n", "priority = 100\nsource_address = \"10.0.0.251\"\n")),
+        "xvip.toml:22:18: instance[1].vrrp.source_address must be this node's own address, not the VIP 10.0.0.251, \
+         an address of instance[0] (\"api\") (adverts must come from an address the node keeps when it is backup)"
+    );
+    assert_eq!(
+        problem(&TWO.replace("priority = 100\n", "priority = 100\nunicast_peers = [\"10.0.0.250\"]\n")),
+        "xvip.toml:22:18: instance[1].vrrp.unicast_peers[0] is the VIP 10.0.0.250, an address of instance[0] \
+         (\"api\"); list the other nodes' own addresses"
+    );
+}
+
+#[test]
+fn misplaced_keys_in_an_instance_name_their_table() {
+    assert_eq!(
+        problem(&TWO.replace("name = \"ingress\"\n", "name = \"ingress\"\npriority = 5\n")),
+        "xvip.toml:16:1: unknown key `priority` in instance[1]; `priority` belongs in [instance.vrrp]"
+    );
+    assert_eq!(
+        problem(&TWO.replace("vrid = 52", "vrid = 52\ngarp_cont = 2")),
+        "xvip.toml:21:1: unknown key `garp_cont` in instance[1].vrrp; did you mean `garp_count`?"
+    );
+}
+
+/// An instance `name` on eth0 with VRID `vrid` and these addresses.
+fn instance_text(name: &str, vrid: u32, addresses: &[String]) -> String {
+    let list: Vec<String> = addresses.iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "[[instance]]\nname = \"{name}\"\n[instance.vip]\naddresses = [{}]\n[instance.vrrp]\nvrid = {vrid}\npriority = 100\n",
+        list.join(", ")
+    )
+}
+
+#[test]
+fn at_most_128_instances() {
+    let mut text = "interface = \"eth0\"\n".to_owned();
+    for i in 0..129u32 {
+        // VRIDs repeat past 255 on one interface; 129 instances stay below that.
+        let text_i = instance_text(&format!("i{i}"), i + 1, &[format!("10.9.{}.{}", i / 200, i % 200 + 1)]);
+        text.push_str(&text_i.replace("[[instance]]", if i < 128 { "[[instance]]" } else { "[[instance]] # 129" }));
+    }
+    // Each instance takes 7 lines; the 129th starts on line 2 + 128 * 7.
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:898:1: too many instances: at most 128 are supported (the data plane keeps an active flag per \
+         instance and address family), this is number 129"
+    );
+}
+
+#[test]
+fn at_most_255_addresses_per_instance_and_1024_in_all() {
+    let many: Vec<String> = (0..256).map(|i| format!("10.9.{}.{}", i / 200, i % 200 + 1)).collect();
+    let text = format!("interface = \"eth0\"\n{}", instance_text("big", 1, &many));
+    let found = problem(&text);
+    assert!(
+        found.starts_with("xvip.toml:5:")
+            && found.ends_with(
+                "instance[0].vip.addresses[255] is one address too many: an instance holds at most 255 (a VRRP advert \
+             counts them in one byte)"
+            ),
+        "{found}"
+    );
+    let mut text = "interface = \"eth0\"\n".to_owned();
+    for i in 0..5u32 {
+        let addresses: Vec<String> = (0..205).map(|a| format!("10.{}.{}.{}", 100 + i, a / 200, a % 200 + 1)).collect();
+        text.push_str(&instance_text(&format!("i{i}"), i + 1, &addresses));
+    }
+    let found = problem(&text);
+    assert!(
+        found.contains(
+            "too many addresses: at most 1024 over all instances are supported (the size of the data plane's VIP \
+             table), instance[4].vip.addresses[204] is number 1025"
+        ),
+        "{found}"
+    );
+}
+
+#[test]
+fn service_listeners_are_bounded_by_the_data_planes_table() {
+    // 200 addresses x 82 services = 16400 (address, port) pairs, over the 16384 the data plane holds.
+    let addresses: Vec<String> = (0..200).map(|a| format!("10.9.0.{}", a + 1)).collect();
+    let mut text = format!("interface = \"eth0\"\n{}", instance_text("big", 1, &addresses));
+    for port in 0..82 {
+        text.push_str(&format!(
+            "[[instance.service]]\nname = \"s{port}\"\nport = {}\nbackends = [{{ address = \"10.8.0.1\" }}]\n",
+            port + 1
+        ));
+    }
+    let found = problem(&text);
+    assert!(
+        found.contains(
+            "too many service listeners: each service listens on every address of its instance, and the data plane \
+             holds at most 16384 (address, port) pairs; instance[0].service[81] brings the total to 16400"
+        ),
+        "{found}"
+    );
+}
+
+#[test]
+fn diff_adds_removes_and_changes_instances_by_name() {
+    let old = valid(TWO);
+    let mut new = old.clone();
+    new.instances.remove(1);
+    let mut web = new.instances[0].clone();
+    web.name = "web".into();
+    web.vip.addresses = vec![v4(10, 0, 0, 240)];
+    web.vrrp.vrid = 60;
+    new.instances.push(web);
+    new.instances[0].vrrp.priority = 120;
+    let plan = diff(&old, &new).expect("a reload adds and removes instances");
+    assert_eq!(plan.instances_added, ["web"]);
+    assert_eq!(plan.instances_removed, ["ingress"]);
+    assert_eq!(plan.changed("api").map(|p| p.vrrp_changed.clone()), Some(vec!["priority"]));
+    assert_eq!(
+        plan.to_string(),
+        "instances added: web; instances removed: ingress; instance api: vrrp changed: priority"
+    );
+    // The top-level interface stays a restart; an instance moving to another interface is replaced.
+    let mut moved = old.clone();
+    moved.instances[1].interface = "eth2".into();
+    assert_eq!(diff(&old, &moved).expect("replaced").instances_replaced, [("ingress".to_owned(), vec!["interface"])]);
 }

@@ -1,8 +1,8 @@
 //! The engine's decisions, driven with virtual time: no sockets, no clocks.
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use super::*;
-use crate::config::{BackendCfg, Forwarding, Health, Protocol, Service, Vip, Vrrp};
+use crate::config::{BackendCfg, CheckKind, Forwarding, Health, Protocol, Service, Vip, Vrrp};
 use crate::vrrp::packet::{Advert, ChecksumMode};
 
 const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
@@ -18,17 +18,42 @@ fn ms(ms: u64) -> Duration {
     Duration::from_millis(ms)
 }
 
-fn config(priority: u8) -> Config {
-    Config {
-        interface: "eth0".into(),
-        xdp_mode: config::XdpMode::Auto,
-        conntrack_entries: 65536,
-        vip: Vip { address: VIP, hostname: None },
-        vrrp: Vrrp { advert_interval_ms: 100, garp_repeat_delay_ms: 1000, ..Vrrp::with_ids(51, priority) },
-        control: config::Control::default(),
-        metrics: None,
+const ETH0: &str = "eth0";
+const ETH1: &str = "eth1";
+/// This node's address on eth1.
+const ME1: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 5);
+
+/// An instance on eth0 with 100 ms adverts and a 1 s GARP repeat.
+fn instance(name: &str, vrid: u8, addresses: &[Ipv4Addr], priority: u8) -> config::Instance {
+    config::Instance {
+        name: name.into(),
+        interface: ETH0.into(),
+        vip: Vip { addresses: addresses.iter().map(|a| IpAddr::V4(*a)).collect(), hostname: None },
+        vrrp: Vrrp { advert_interval_ms: 100, garp_repeat_delay_ms: 1000, ..Vrrp::with_ids(vrid, priority) },
         services: Vec::new(),
     }
+}
+
+/// A node with these instances.
+fn node(instances: Vec<config::Instance>) -> Config {
+    Config {
+        interface: Some(ETH0.into()),
+        xdp_mode: config::XdpMode::Auto,
+        conntrack_entries: 65536,
+        control: config::Control::default(),
+        metrics: None,
+        instances,
+    }
+}
+
+/// A single-form config: one instance named `default`.
+fn config(priority: u8) -> Config {
+    node(vec![instance(config::DEFAULT_INSTANCE, 51, &[VIP], priority)])
+}
+
+/// The one instance of `config`, to change.
+fn only(config: &mut Config) -> &mut config::Instance {
+    &mut config.instances[0]
 }
 
 fn service(name: &str, port: u16, backends: &[Ipv4Addr], check: CheckKind) -> Service {
@@ -42,16 +67,53 @@ fn service(name: &str, port: u16, backends: &[Ipv4Addr], check: CheckKind) -> Se
     }
 }
 
-fn engine(config: Config) -> Engine {
-    Engine::new(config, ME, 8).expect("engine")
+fn interfaces() -> BTreeMap<String, Option<Ipv4Addr>> {
+    [(ETH0.to_owned(), Some(ME)), (ETH1.to_owned(), Some(ME1))].into()
 }
 
-/// An advert packet as the socket delivers it (IPv4 header included), from `src`.
+fn engine(config: Config) -> Engine {
+    Engine::new(config, interfaces(), 8).expect("engine")
+}
+
+fn start(link_up: bool) -> Event {
+    Event::Start { links: [(ETH0.to_owned(), link_up), (ETH1.to_owned(), true)].into() }
+}
+
+fn link(up: bool) -> Event {
+    Event::Link { interface: ETH0.into(), up }
+}
+
+fn health(service: &str, backend: Endpoint, healthy: bool, reason: &str) -> Event {
+    Event::Health { id: ServiceId::new(config::DEFAULT_INSTANCE, service), backend, healthy, reason: reason.into() }
+}
+
+/// The state of the one instance of a single-form config.
+fn role(e: &Engine) -> Role {
+    e.role(config::DEFAULT_INSTANCE).expect("the default instance")
+}
+
+fn priority(e: &Engine) -> u8 {
+    e.effective_priority(config::DEFAULT_INSTANCE).expect("the default instance")
+}
+
+fn observed(e: &Engine) -> &Observed {
+    e.observed(config::DEFAULT_INSTANCE).expect("the default instance")
+}
+
+fn services(e: &Engine) -> &crate::services::Services {
+    e.services(config::DEFAULT_INSTANCE).expect("the default instance")
+}
+
+/// An advert packet as the socket of eth0 delivers it (IPv4 header included), from `src`.
 fn packet(src: Ipv4Addr, priority: u8, addresses: &[Ipv4Addr]) -> Event {
     packet_with(src, 51, priority, addresses, ChecksumMode::PseudoHeader)
 }
 
 fn packet_with(src: Ipv4Addr, vrid: u8, priority: u8, addresses: &[Ipv4Addr], mode: ChecksumMode) -> Event {
+    Event::Packet { interface: ETH0.into(), bytes: raw(src, vrid, priority, addresses, mode) }
+}
+
+fn raw(src: Ipv4Addr, vrid: u8, priority: u8, addresses: &[Ipv4Addr], mode: ChecksumMode) -> Vec<u8> {
     let advert = Advert { vrid, priority, max_adver_int: 10, addresses: addresses.to_vec() };
     let vrrp = advert.to_bytes(src, packet::MULTICAST_GROUP, mode).expect("encode");
     let mut ip = vec![0x45, 0xc0, 0, 0, 0, 1, 0, 0, 255, packet::PROTOCOL, 0, 0];
@@ -60,7 +122,7 @@ fn packet_with(src: Ipv4Addr, vrid: u8, priority: u8, addresses: &[Ipv4Addr], mo
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&packet::MULTICAST_GROUP.octets());
     ip.extend_from_slice(&vrrp);
-    Event::Packet(ip)
+    ip
 }
 
 fn adverts(commands: &[Command]) -> Vec<u8> {
@@ -74,11 +136,14 @@ fn adverts(commands: &[Command]) -> Vec<u8> {
 }
 
 fn garps(commands: &[Command]) -> u32 {
-    commands.iter().map(|c| if let Command::SendGarps { count } = c { *count } else { 0 }).sum()
+    commands.iter().map(|c| if let Command::SendGarps { count, .. } = c { *count } else { 0 }).sum()
 }
 
 fn active_flags(commands: &[Command]) -> Vec<bool> {
-    commands.iter().filter_map(|c| if let Command::SetActive(a) = c { Some(*a) } else { None }).collect()
+    commands
+        .iter()
+        .filter_map(|c| if let Command::SetActive { active, .. } = c { Some(*active) } else { None })
+        .collect()
 }
 
 fn logs(commands: &[Command]) -> Vec<String> {
@@ -88,7 +153,7 @@ fn logs(commands: &[Command]) -> Vec<String> {
 fn installs(commands: &[Command]) -> Vec<String> {
     commands
         .iter()
-        .filter_map(|c| if let Command::InstallService { name, .. } = c { Some(name.clone()) } else { None })
+        .filter_map(|c| if let Command::InstallService { id, .. } = c { Some(id.service.clone()) } else { None })
         .collect()
 }
 
@@ -107,10 +172,10 @@ fn run_until(e: &mut Engine, until: Duration) -> Vec<Command> {
 /// An engine that started alone and became active by its down timer.
 fn active(config: Config) -> (Engine, Duration) {
     let mut e = engine(config);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     let t = e.next_deadline().expect("down timer");
     let commands = e.handle(t, Event::Timer);
-    assert_eq!(e.role(), Role::Active, "{commands:?}");
+    assert_eq!(role(&e), Role::Active, "{commands:?}");
     (e, t)
 }
 
@@ -119,17 +184,20 @@ fn active(config: Config) -> (Engine, Duration) {
 #[test]
 fn startup_installs_services_watches_neighbours_starts_checkers_then_is_ready() {
     let mut c = config(150);
-    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http), service("dns", 53, &[B1], CheckKind::None)];
+    only(&mut c).services =
+        vec![service("api", 443, &[B1, B2], CheckKind::Http), service("dns", 53, &[B1], CheckKind::None)];
     let mut e = engine(c);
-    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
-    let Command::Services(services) = &commands[0] else { panic!("{commands:?}") };
-    assert_eq!(services.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["api", "dns"]);
+    let commands = e.handle(Duration::ZERO, start(true));
+    let Command::Install { vips, services } = &commands[0] else { panic!("{commands:?}") };
+    assert_eq!(services.iter().map(|(n, _)| n.service.as_str()).collect::<Vec<_>>(), ["api", "dns"]);
+    assert_eq!(vips.iter().map(|v| v.address).collect::<Vec<_>>(), [VIP]);
+    assert_eq!(vips[0].hash_seed, lb_common::group_seed(VIP.octets(), 51), "the seed every node of the group has");
     assert_eq!(commands[1], Command::Neighbours(vec![B1, B2]));
     let checkers: Vec<_> = commands
         .iter()
         .filter_map(|c| {
-            if let Command::StartChecker { service, backend, .. } = c {
-                Some((service.as_str(), backend.0))
+            if let Command::StartChecker { id, backend, .. } = c {
+                Some((id.service.as_str(), backend.0))
             } else {
                 None
             }
@@ -137,7 +205,7 @@ fn startup_installs_services_watches_neighbours_starts_checkers_then_is_ready() 
         .collect();
     assert_eq!(checkers, [("api", B1), ("api", B2)], "no checker for check = none");
     assert_eq!(commands.last(), Some(&Command::Ready));
-    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(role(&e), Role::Backup);
     assert_eq!(active_flags(&commands), [false]);
     assert!(adverts(&commands).is_empty(), "a starting backup sends nothing");
 }
@@ -147,22 +215,19 @@ fn the_penalty_is_known_before_the_first_advert() {
     // An address owner with a penalty and backends not yet checked: it must not advertise 255 and take the VIP
     // only to give it back once the penalty applies.
     let mut c = config(255);
-    c.vrrp.backend_loss_penalty = 100;
-    c.services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    only(&mut c).vrrp.backend_loss_penalty = 100;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
     let mut e = engine(c);
-    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
-    assert_eq!(e.effective_priority(), 155);
-    assert_eq!(e.role(), Role::Backup, "penalised, it is not the owner: {commands:?}");
+    let commands = e.handle(Duration::ZERO, start(true));
+    assert_eq!(priority(&e), 155);
+    assert_eq!(role(&e), Role::Backup, "penalised, it is not the owner: {commands:?}");
     assert!(adverts(&commands).is_empty());
     assert!(logs(&commands).iter().any(|l| l.contains("starting with priority 155")), "{commands:?}");
     // Once the backend is healthy and resolved, it is the owner again and takes over at once.
-    let commands = e.handle(
-        ms(50),
-        Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() },
-    );
-    assert_eq!(e.effective_priority(), 155, "healthy but no MAC yet: still unusable: {commands:?}");
+    let commands = e.handle(ms(50), health("api", (B1, 6443), true, "ok"));
+    assert_eq!(priority(&e), 155, "healthy but no MAC yet: still unusable: {commands:?}");
     let commands = e.handle(ms(60), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
-    assert_eq!(e.effective_priority(), 255, "{commands:?}");
+    assert_eq!(priority(&e), 255, "{commands:?}");
     assert_eq!(installs(&commands), ["api"]);
 }
 
@@ -171,36 +236,36 @@ fn a_penalised_node_joining_an_active_peer_fails_over_once() {
     // node A (150, penalty 60) starts beside an active B (100): it waits at 90, accepts B, and preempts only once
     // its backends are usable: one transition to active, never two.
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 60;
-    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    only(&mut c).vrrp.backend_loss_penalty = 60;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::None)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
-    assert_eq!(e.effective_priority(), 90, "check = none is healthy, but the MAC is unknown");
+    e.handle(Duration::ZERO, start(true));
+    assert_eq!(priority(&e), 90, "check = none is healthy, but the MAC is unknown");
     let mut t = Duration::ZERO;
     let mut roles = Vec::new();
     for i in 0..50 {
         t = ms(10 + i * 100);
         e.handle(t, packet(PEER, 100, &[VIP]));
-        roles.push(e.role());
+        roles.push(role(&e));
         if i == 10 {
             e.handle(t, Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
-            assert_eq!(e.effective_priority(), 150);
+            assert_eq!(priority(&e), 150);
         }
         run_until(&mut e, t + ms(99));
-        roles.push(e.role());
+        roles.push(role(&e));
     }
     let _ = t;
     assert!(roles[..20].iter().all(|r| *r == Role::Backup), "{roles:?}");
-    assert_eq!(e.role(), Role::Active);
-    assert_eq!(e.observed().transitions_by_cause.get("preempt"), Some(&1));
-    assert_eq!(e.observed().transitions, 2, "startup as backup, then one preemption");
+    assert_eq!(role(&e), Role::Active);
+    assert_eq!(observed(&e).transitions_by_cause.get("preempt"), Some(&1));
+    assert_eq!(observed(&e).transitions, 2, "startup as backup, then one preemption");
 }
 
 #[test]
 fn start_without_link_is_fault_and_ready() {
     let mut e = engine(config(150));
-    let commands = e.handle(Duration::ZERO, Event::Start { link_up: false });
-    assert_eq!(e.role(), Role::Fault);
+    let commands = e.handle(Duration::ZERO, start(false));
+    assert_eq!(role(&e), Role::Fault);
     assert_eq!(commands.last(), Some(&Command::Ready));
     assert_eq!(e.next_deadline(), None, "no timer runs in fault");
     assert!(logs(&commands).contains(&"role -> fault: no link on eth0: waiting for it".to_string()));
@@ -211,15 +276,15 @@ fn start_without_link_is_fault_and_ready() {
 #[test]
 fn link_down_is_fault_and_link_up_rejoins_as_backup() {
     let (mut e, t) = active(config(150));
-    let commands = e.handle(t + ms(10), Event::Link { up: false });
-    assert_eq!(e.role(), Role::Fault);
+    let commands = e.handle(t + ms(10), link(false));
+    assert_eq!(role(&e), Role::Fault);
     assert_eq!(active_flags(&commands), [false]);
     assert!(adverts(&commands).is_empty(), "an advert cannot leave without a link");
-    assert_eq!(e.observed().transitions_by_cause.get("link_down"), Some(&1));
+    assert_eq!(observed(&e).transitions_by_cause.get("link_down"), Some(&1));
     assert_eq!(e.next_deadline(), None);
-    assert!(e.handle(t + ms(20), Event::Link { up: false }).is_empty(), "no change, nothing to do");
-    let commands = e.handle(t + ms(500), Event::Link { up: true });
-    assert_eq!(e.role(), Role::Backup, "back as a backup: preemption decides");
+    assert!(e.handle(t + ms(20), link(false)).is_empty(), "no change, nothing to do");
+    let commands = e.handle(t + ms(500), link(true));
+    assert_eq!(role(&e), Role::Backup, "back as a backup: preemption decides");
     assert!(logs(&commands)[0].starts_with("link up on eth0"));
     assert!(e.next_deadline().is_some_and(|d| d > t + ms(500)));
     let status = e.status(t + ms(500), 0);
@@ -229,7 +294,7 @@ fn link_down_is_fault_and_link_up_rejoins_as_backup() {
 #[test]
 fn fault_is_a_role_in_status() {
     let (mut e, t) = active(config(150));
-    e.handle(t + ms(10), Event::Link { up: false });
+    e.handle(t + ms(10), link(false));
     assert_eq!(e.status(t + ms(10), 1000).role, "fault");
     assert_eq!(e.status(t + ms(10), 1000).role_since_unix_ms, 1000 + u64::try_from((t + ms(10)).as_millis()).unwrap());
 }
@@ -239,14 +304,14 @@ fn fault_is_a_role_in_status() {
 #[test]
 fn becoming_active_advertises_then_answers_then_announces_and_repeats_the_burst() {
     let mut e = engine(config(150));
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     let t = e.next_deadline().expect("down timer");
     let commands = e.handle(t, Event::Timer);
     let kinds: Vec<&str> = commands
         .iter()
         .filter_map(|c| match c {
             Command::SendAdvert { .. } => Some("advert"),
-            Command::SetActive(true) => Some("active"),
+            Command::SetActive { active: true, .. } => Some("active"),
             Command::SendGarps { .. } => Some("garps"),
             _ => None,
         })
@@ -256,19 +321,19 @@ fn becoming_active_advertises_then_answers_then_announces_and_repeats_the_burst(
     // The second burst garp_repeat_delay_ms (1000) later, and no third.
     let later = run_until(&mut e, t + ms(3000));
     assert_eq!(garps(&later), 5);
-    assert_eq!(e.observed().garps_sent, 10);
+    assert_eq!(observed(&e).garps_sent, 10);
 }
 
 #[test]
 fn garp_refresh_repeats_while_active_and_stops_when_not() {
     let mut c = config(150);
-    c.vrrp.garp_refresh_ms = 500;
-    c.vrrp.garp_repeat_delay_ms = 0;
+    only(&mut c).vrrp.garp_refresh_ms = 500;
+    only(&mut c).vrrp.garp_repeat_delay_ms = 0;
     let (mut e, t) = active(c);
     let commands = run_until(&mut e, t + ms(2050));
     assert_eq!(garps(&commands), 4 * 5, "refreshes at +0.5, +1, +1.5, +2 s");
     e.handle(t + ms(2100), packet(OTHER, 200, &[VIP]));
-    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(role(&e), Role::Backup);
     let commands = run_until(&mut e, t + ms(2300));
     assert_eq!(garps(&commands), 0, "a backup announces nothing");
 }
@@ -288,19 +353,19 @@ fn lower_priority_adverts_are_answered_at_most_once_per_interval() {
     }
     assert!(answered.len() <= 11, "at most one answer per 100 ms interval: {answered:?}");
     assert!(answered.iter().all(|(_, g)| *g == 5));
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
     // The regular adverts kept their schedule besides.
-    assert!(e.observed().adverts_sent >= 10, "{} adverts in 1 s", e.observed().adverts_sent);
+    assert!(observed(&e).adverts_sent >= 10, "{} adverts in 1 s", observed(&e).adverts_sent);
 }
 
 #[test]
 fn garp_count_zero_sends_none() {
     let mut c = config(150);
-    c.vrrp.garp_count = 0;
+    only(&mut c).vrrp.garp_count = 0;
     let (mut e, t) = active(c);
     let commands = run_until(&mut e, t + ms(3000));
     assert_eq!(garps(&commands), 0);
-    assert_eq!(e.observed().garps_sent, 0);
+    assert_eq!(observed(&e).garps_sent, 0);
 }
 
 // ----- the group's identity -----
@@ -311,11 +376,11 @@ fn an_advert_with_our_vrid_and_other_addresses_is_a_collision_warned_and_discard
     let other_vip = Ipv4Addr::new(10, 0, 0, 77);
     // A higher priority would make us step down if it were accepted.
     let commands = e.handle(t + ms(10), packet(OTHER, 200, &[other_vip]));
-    assert_eq!(e.role(), Role::Active, "the other group's advert must not move our VIP");
+    assert_eq!(role(&e), Role::Active, "the other group's advert must not move our VIP");
     assert!(adverts(&commands).is_empty());
     let lines = logs(&commands);
     assert!(lines.iter().any(|l| l.starts_with("VRID collision: adverts from 10.0.0.9 carry VRID 51 with addresses [10.0.0.77], this group's are [10.0.0.250]")), "{lines:?}");
-    assert_eq!(e.observed().discards.get("address_mismatch"), Some(&1));
+    assert_eq!(observed(&e).discards.get("address_mismatch"), Some(&1));
     let warnings = e.warnings(t + ms(10));
     assert_eq!(warnings.len(), 1);
     assert_eq!(warnings[0].kind, "vrid_collision");
@@ -327,7 +392,7 @@ fn an_advert_with_our_vrid_and_other_addresses_is_a_collision_warned_and_discard
         lines += logs(&e.handle(now, packet(OTHER, 200, &[other_vip]))).len();
         run_until(&mut e, now);
     }
-    assert_eq!(e.observed().discards.get("address_mismatch"), Some(&101));
+    assert_eq!(observed(&e).discards.get("address_mismatch"), Some(&101));
     assert!(lines <= 1, "{lines} log lines for 100 repeats within 5 s");
     assert_eq!(e.status(t + ms(5000), 0).warnings.len(), 1);
     // And goes away a while after they stop.
@@ -337,27 +402,27 @@ fn an_advert_with_our_vrid_and_other_addresses_is_a_collision_warned_and_discard
 #[test]
 fn an_advert_listing_our_addresses_in_another_order_is_ours() {
     let mut c = config(100);
-    c.vip.address = VIP;
+    only(&mut c).vip.addresses = vec![IpAddr::V4(VIP), IpAddr::V4(OTHER)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
-    e.handle(ms(10), packet(PEER, 200, &[VIP, VIP]));
-    assert_eq!(e.observed().adverts_received, 1);
+    e.handle(Duration::ZERO, start(true));
+    e.handle(ms(10), packet(PEER, 200, &[OTHER, VIP, VIP]));
+    assert_eq!(observed(&e).adverts_received, 1);
     assert!(e.warnings(ms(10)).is_empty());
 }
 
 #[test]
 fn the_address_owner_discards_every_advert() {
     let mut e = engine(config(255));
-    let commands = e.handle(Duration::ZERO, Event::Start { link_up: true });
-    assert_eq!(e.role(), Role::Active, "the owner starts active at once");
+    let commands = e.handle(Duration::ZERO, start(true));
+    assert_eq!(role(&e), Role::Active, "the owner starts active at once");
     assert_eq!(adverts(&commands), [255]);
     let commands = e.handle(ms(10), packet(PEER, 254, &[VIP]));
     assert!(commands.iter().all(|c| matches!(c, Command::Log(..))), "nothing but a log line: {commands:?}");
-    assert_eq!(e.observed().discards.get("owner"), Some(&1));
-    assert_eq!(e.observed().adverts_received, 0);
+    assert_eq!(observed(&e).discards.get("owner"), Some(&1));
+    assert_eq!(observed(&e).adverts_received, 0);
     // Equal priority from a higher address would win an election; the owner does not hold one.
     e.handle(ms(20), packet(Ipv4Addr::new(10, 0, 0, 200), 255, &[VIP]));
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
 }
 
 // ----- hostile adverts: bounded state and logs -----
@@ -372,7 +437,8 @@ fn the_peer_table_is_bounded_and_checksum_changes_do_not_flood_the_log() {
         let now = t + Duration::from_micros(u64::from(i) * 10);
         lines += logs(&e.handle(now, packet_with(src, 51, 100, &[VIP], mode))).len();
     }
-    assert!(e.peers.seen.len() <= MAX_PEERS, "{} peers remembered", e.peers.seen.len());
+    let remembered = e.instances[0].peers_remembered();
+    assert!(remembered <= MAX_PEERS, "{remembered} peers remembered");
     // One peer alternating forms on every packet.
     for i in 0..1000u64 {
         let mode = if i % 2 == 0 { ChecksumMode::PseudoHeader } else { ChecksumMode::Rfc9568 };
@@ -385,22 +451,19 @@ fn the_peer_table_is_bounded_and_checksum_changes_do_not_flood_the_log() {
 #[test]
 fn discards_are_counted_by_reason_and_logged_at_most_once_per_period_each() {
     let (mut e, t) = active(config(150));
-    let mut bad_ttl = match packet(PEER, 100, &[VIP]) {
-        Event::Packet(p) => p,
-        _ => unreachable!(),
-    };
+    let mut bad_ttl = raw(PEER, 51, 100, &[VIP], ChecksumMode::PseudoHeader);
     bad_ttl[8] = 64;
     let mut lines = Vec::new();
     for i in 0..500 {
-        lines.extend(logs(&e.handle(t + ms(i), Event::Packet(bad_ttl.clone()))));
+        lines.extend(logs(&e.handle(t + ms(i), Event::Packet { interface: ETH0.into(), bytes: bad_ttl.clone() })));
         lines.extend(logs(&e.handle(t + ms(i), packet_with(PEER, 52, 100, &[VIP], ChecksumMode::PseudoHeader))));
         lines.extend(logs(&run_until(&mut e, t + ms(i))));
     }
-    assert_eq!(e.observed().discards.get("ttl"), Some(&500));
-    assert_eq!(e.observed().discards.get("vrid"), Some(&500));
+    assert_eq!(observed(&e).discards.get("ttl"), Some(&500));
+    assert_eq!(observed(&e).discards.get("vrid"), Some(&500));
     assert_eq!(lines.len(), 2, "{lines:?}");
     run_until(&mut e, t + ms(500) + LOG_PERIOD);
-    let lines = logs(&e.handle(t + ms(500) + LOG_PERIOD, Event::Packet(bad_ttl)));
+    let lines = logs(&e.handle(t + ms(500) + LOG_PERIOD, Event::Packet { interface: ETH0.into(), bytes: bad_ttl }));
     assert_eq!(lines.len(), 1);
     assert!(lines[0].contains("499 not logged"), "{lines:?}");
     assert_eq!(e.status(t, 0).counters.adverts_discarded, 1001);
@@ -418,8 +481,8 @@ fn an_active_node_that_stalled_past_the_heartbeat_limit_rejoins_as_a_backup() {
     let commands = e.handle(now, packet(PEER, 100, &[VIP]));
     assert_eq!(active_flags(&commands), [false], "{commands:?}");
     assert!(adverts(&commands).is_empty(), "no advert (it would refresh the heartbeat): {commands:?}");
-    assert_eq!(e.role(), Role::Backup);
-    assert_eq!(e.observed().transitions_by_cause.get("stall"), Some(&1));
+    assert_eq!(role(&e), Role::Backup);
+    assert_eq!(observed(&e).transitions_by_cause.get("stall"), Some(&1));
     assert!(logs(&commands).iter().any(|l| l.contains("rejoining as a backup")), "{commands:?}");
     // The election then decides: higher priority and preempt, so it takes over again through its down timer,
     // advertising before it answers.
@@ -429,9 +492,9 @@ fn an_active_node_that_stalled_past_the_heartbeat_limit_rejoins_as_a_backup() {
         e.handle(t2, packet(PEER, 100, &[VIP]));
     }
     let commands = run_until(&mut e, t2 + ms(400));
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
     let first_advert = commands.iter().position(|c| matches!(c, Command::SendAdvert { .. }));
-    let first_active = commands.iter().position(|c| *c == Command::SetActive(true));
+    let first_active = commands.iter().position(|c| matches!(c, Command::SetActive { active: true, .. }));
     assert!(first_advert < first_active, "{commands:?}");
 }
 
@@ -441,7 +504,7 @@ fn a_late_timer_within_the_limit_is_not_a_stall() {
     let d = e.next_deadline().expect("advert timer");
     let commands = e.handle(d + ms(150), Event::Timer);
     assert_eq!(adverts(&commands), [150]);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
     let _ = t;
 }
 
@@ -450,51 +513,51 @@ fn a_late_timer_within_the_limit_is_not_a_stall() {
 #[test]
 fn a_backend_keeps_its_mac_until_the_kernel_says_failed() {
     let mut c = config(150);
-    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::None)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     let commands = e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     assert_eq!(installs(&commands), ["api"]);
     // Garbage-collected (or being refreshed): no entry, but nothing says the backend moved or died.
     let commands = e.handle(ms(2), Event::Neighbour { address: B1, seen: Seen::Pending { ifindex: 2 } });
     assert!(installs(&commands).is_empty(), "{commands:?}");
-    assert_eq!(e.services().backend("api", (B1, 6443)).and_then(|b| b.mac), Some(MAC1));
+    assert_eq!(services(&e).backend("api", (B1, 6443)).and_then(|b| b.mac), Some(MAC1));
     // A new MAC (the backend was replaced) is taken at once.
     let commands = e.handle(ms(3), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC2 } });
     assert_eq!(installs(&commands), ["api"]);
     // FAILED: the kernel tried and nobody answered.
     let commands = e.handle(ms(4), Event::Neighbour { address: B1, seen: Seen::Failed { ifindex: 2 } });
     assert_eq!(installs(&commands), ["api"]);
-    assert_eq!(e.services().backend("api", (B1, 6443)).and_then(|b| b.mac), None);
+    assert_eq!(services(&e).backend("api", (B1, 6443)).and_then(|b| b.mac), None);
     assert!(logs(&commands).iter().any(|l| l.contains("FAILED")), "{commands:?}");
 }
 
 #[test]
 fn a_pending_entry_on_another_interface_drops_the_old_mac() {
     let mut c = config(150);
-    c.services = vec![service("api", 443, &[B1], CheckKind::None)];
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::None)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     let commands = e.handle(ms(2), Event::Neighbour { address: B1, seen: Seen::Pending { ifindex: 3 } });
     assert_eq!(installs(&commands), ["api"]);
-    assert_eq!(e.services().backend("api", (B1, 6443)).map(|b| (b.mac, b.ifindex)), Some((None, 3)));
+    assert_eq!(services(&e).backend("api", (B1, 6443)).map(|b| (b.mac, b.ifindex)), Some((None, 3)));
 }
 
 #[test]
 fn health_changes_install_the_service_and_move_the_penalty() {
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 50;
-    c.services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
     let (mut e, t) = active(c);
-    assert_eq!(e.effective_priority(), 100);
+    assert_eq!(priority(&e), 100);
     e.handle(t, Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
-    let up = Event::Health { service: "api".into(), backend: (B1, 6443), healthy: true, reason: "ok".into() };
+    let up = health("api", (B1, 6443), true, "ok");
     let commands = e.handle(t + ms(1), up.clone());
     assert_eq!(installs(&commands), ["api"]);
     assert_eq!(adverts(&commands), [150], "an active node re-advertises its new priority at once");
     assert!(e.handle(t + ms(2), up).is_empty(), "no change, no work");
-    let down = Event::Health { service: "api".into(), backend: (B1, 6443), healthy: false, reason: "refused".into() };
+    let down = health("api", (B1, 6443), false, "refused");
     let commands = e.handle(t + ms(3), down);
     assert_eq!(adverts(&commands), [100]);
     assert!(logs(&commands).iter().any(|l| l == "no usable backend for api"), "{commands:?}");
@@ -504,18 +567,19 @@ fn health_changes_install_the_service_and_move_the_penalty() {
 #[test]
 fn a_weight_zero_backend_is_not_usable_for_the_penalty_either() {
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 50;
+    only(&mut c).vrrp.backend_loss_penalty = 50;
     let mut svc = service("api", 443, &[B1], CheckKind::None);
     svc.backends[0].weight = 0;
-    c.services = vec![svc];
+    only(&mut c).services = vec![svc];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
-    assert_eq!(e.effective_priority(), 100, "healthy and resolved, but draining: one rule for usable");
+    assert_eq!(priority(&e), 100, "healthy and resolved, but draining: one rule for usable");
 }
 
-fn health(service: &str, address: Ipv4Addr, healthy: bool) -> Event {
-    Event::Health { service: service.into(), backend: (address, 6443), healthy, reason: "checked".into() }
+/// A check result for `address`:6443 of `service` of the default instance.
+fn check(service: &str, address: Ipv4Addr, healthy: bool) -> Event {
+    health(service, (address, 6443), healthy, "checked")
 }
 
 fn resolve(e: &mut Engine, now: Duration, addresses: &[Ipv4Addr]) {
@@ -539,23 +603,23 @@ fn a_starting_node_does_not_preempt_before_every_backend_is_checked() {
     // Taking over with B2 unchecked, its tables would hold B1 only, and the flows the active peer sent to B2 would
     // be moved to B1 and reset (the soak found this after restarts and link losses).
     let mut c = config(150);
-    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     resolve(&mut e, ms(1), &[B1, B2]);
-    e.handle(ms(5), health("api", B1, true));
+    e.handle(ms(5), check("api", B1, true));
     let t = hear(&mut e, ms(10), 20, 100);
-    assert_eq!(e.role(), Role::Backup, "B2 not checked: the lower-priority peer stays active");
+    assert_eq!(role(&e), Role::Backup, "B2 not checked: the lower-priority peer stays active");
     // A failed first check is not enough: B2 may only be slow to answer.
-    let commands = e.handle(t, health("api", B2, false));
+    let commands = e.handle(t, check("api", B2, false));
     assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
     let t = hear(&mut e, t, 20, 100);
-    assert_eq!(e.role(), Role::Backup, "B2 failed once only");
+    assert_eq!(role(&e), Role::Backup, "B2 failed once only");
     // B2 keeps failing for as long as it takes to mark an up backend down (200 + 3 x 2000 + 1000 ms from start).
     assert!(t < ms(7200));
     hear(&mut e, t, 60, 100);
-    assert_eq!(e.role(), Role::Active);
-    assert_eq!(e.observed().transitions_by_cause.get("preempt"), Some(&1));
+    assert_eq!(role(&e), Role::Active);
+    assert_eq!(observed(&e).transitions_by_cause.get("preempt"), Some(&1));
 }
 
 #[test]
@@ -564,85 +628,85 @@ fn after_link_up_a_failed_first_check_does_not_end_settling() {
     // ended at once, and the node preempted as soon as B1 passed its next check, with B2 not back in its table
     // yet: the connections the active peer had sent to B2 were reset.
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 50;
-    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     resolve(&mut e, ms(1), &[B1, B2]);
-    e.handle(ms(2), health("api", B1, true));
-    e.handle(ms(3), health("api", B2, true));
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("api", B2, true));
     let t = e.next_deadline().expect("down timer");
     e.handle(t, Event::Timer);
-    assert_eq!(e.role(), Role::Active);
-    e.handle(t + ms(10), Event::Link { up: false });
-    e.handle(t + ms(400), health("api", B1, false));
-    e.handle(t + ms(400), health("api", B2, false));
-    e.handle(t + ms(2000), Event::Link { up: true });
+    assert_eq!(role(&e), Role::Active);
+    e.handle(t + ms(10), link(false));
+    e.handle(t + ms(400), check("api", B1, false));
+    e.handle(t + ms(400), check("api", B2, false));
+    e.handle(t + ms(2000), link(true));
     for b in [B1, B2] {
-        let commands = e.handle(t + ms(2010), health("api", b, false));
+        let commands = e.handle(t + ms(2010), check("api", b, false));
         assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
     }
-    e.handle(t + ms(2210), health("api", B1, true));
+    e.handle(t + ms(2210), check("api", B1, true));
     let after = hear(&mut e, t + ms(2220), 20, 120);
-    assert_eq!(e.role(), Role::Backup, "B2 has not passed a check since the link came back");
-    assert_eq!(e.effective_priority(), 100);
-    let commands = e.handle(after, health("api", B2, true));
+    assert_eq!(role(&e), Role::Backup, "B2 has not passed a check since the link came back");
+    assert_eq!(priority(&e), 100);
+    let commands = e.handle(after, check("api", B2, true));
     assert!(logs(&commands).iter().any(|l| l == "every backend has been checked: preemption allowed"), "{commands:?}");
-    assert_eq!(e.effective_priority(), 150);
+    assert_eq!(priority(&e), 150);
     hear(&mut e, after, 10, 120);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
 }
 
 #[test]
 fn link_up_restarts_the_checkers_and_holds_preemption_until_each_has_reported() {
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 50;
-    c.services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     resolve(&mut e, ms(1), &[B1, B2]);
-    e.handle(ms(2), health("api", B1, true));
-    e.handle(ms(3), health("api", B2, true));
-    assert_eq!(e.effective_priority(), 150);
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("api", B2, true));
+    assert_eq!(priority(&e), 150);
     let t = e.next_deadline().expect("down timer");
     e.handle(t, Event::Timer);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
     // Without a link every check fails.
-    e.handle(t + ms(10), Event::Link { up: false });
-    e.handle(t + ms(400), health("api", B1, false));
-    e.handle(t + ms(400), health("api", B2, false));
-    assert_eq!(e.effective_priority(), 100);
-    let commands = e.handle(t + ms(2000), Event::Link { up: true });
+    e.handle(t + ms(10), link(false));
+    e.handle(t + ms(400), check("api", B1, false));
+    e.handle(t + ms(400), check("api", B2, false));
+    assert_eq!(priority(&e), 100);
+    let commands = e.handle(t + ms(2000), link(true));
     let stopped = commands.iter().filter(|c| matches!(c, Command::StopChecker { .. })).count();
     let started = commands.iter().filter(|c| matches!(c, Command::StartChecker { .. })).count();
     assert_eq!((stopped, started), (2, 2), "every checker starts afresh: {commands:?}");
-    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(role(&e), Role::Backup);
     // B1 answers first: api is usable again, but B2 is not known yet.
-    e.handle(t + ms(2010), health("api", B1, true));
-    assert_eq!(e.effective_priority(), 100, "still settling");
+    e.handle(t + ms(2010), check("api", B1, true));
+    assert_eq!(priority(&e), 100, "still settling");
     let after = hear(&mut e, t + ms(2020), 20, 120);
-    assert_eq!(e.role(), Role::Backup, "no preemption with B2 unchecked");
-    e.handle(after, health("api", B2, true));
-    assert_eq!(e.effective_priority(), 150);
+    assert_eq!(role(&e), Role::Backup, "no preemption with B2 unchecked");
+    e.handle(after, check("api", B2, true));
+    assert_eq!(priority(&e), 150);
     hear(&mut e, after, 10, 120);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
 }
 
 #[test]
 fn a_reload_adding_a_service_keeps_the_priority_until_its_first_check_says_otherwise() {
     let mut c = config(150);
-    c.vrrp.backend_loss_penalty = 50;
-    c.services = vec![service("api", 443, &[B1], CheckKind::Http)];
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Http)];
     let (mut e, t) = active(c.clone());
     resolve(&mut e, t, &[B1, B2]);
-    e.handle(t + ms(1), health("api", B1, true));
-    assert_eq!(e.effective_priority(), 150);
+    e.handle(t + ms(1), check("api", B1, true));
+    assert_eq!(priority(&e), 150);
     let mut new = c;
-    new.services.push(service("web", 80, &[B2], CheckKind::Http));
+    only(&mut new).services.push(service("web", 80, &[B2], CheckKind::Http));
     let commands = reload(&mut e, t + ms(10), new);
     assert!(adverts(&commands).is_empty(), "the new backend is not checked yet, not lost: {commands:?}");
-    assert_eq!(e.effective_priority(), 150);
-    let commands = e.handle(t + ms(20), health("web", B2, false));
+    assert_eq!(priority(&e), 150);
+    let commands = e.handle(t + ms(20), check("web", B2, false));
     assert_eq!(adverts(&commands), [100], "its first check failed: now web has no usable backend");
     assert!(logs(&commands).iter().any(|l| l == "no usable backend for web"), "{commands:?}");
 }
@@ -663,10 +727,10 @@ fn a_reload_with_problems_or_restart_only_changes_keeps_the_running_config() {
         ["x.toml:3:1: bad", "reload refused: the config has 1 problem(s); the running config is kept"]
     );
     for change in [
-        (|c: &mut Config| c.vrrp.advert_interval_ms = 1000) as fn(&mut Config),
-        |c: &mut Config| c.vrrp.preempt = false,
-        |c: &mut Config| c.vrrp.vrid = 9,
-        |c: &mut Config| c.vip.address = OTHER,
+        (|c: &mut Config| c.conntrack_entries = 1024) as fn(&mut Config),
+        |c: &mut Config| c.xdp_mode = config::XdpMode::Generic,
+        |c: &mut Config| c.interface = Some(ETH1.into()),
+        |c: &mut Config| c.control.socket = "/tmp/other.sock".into(),
     ] {
         let mut new = config(150);
         change(&mut new);
@@ -675,43 +739,43 @@ fn a_reload_with_problems_or_restart_only_changes_keeps_the_running_config() {
         assert!(logs(&commands)[0].starts_with("reload refused: "), "{commands:?}");
         assert!(logs(&commands)[0].contains("needs a restart"), "{commands:?}");
     }
-    assert_eq!(e.config().vrrp.advert_interval_ms, 100);
-    assert_eq!(e.config().vrrp.vrid, 51);
+    assert_eq!(e.config().conntrack_entries, 65536);
+    assert_eq!(role(&e), Role::Active);
 }
 
 #[test]
 fn a_reload_beyond_the_data_planes_capacity_is_refused() {
     let (mut e, t) = active(config(150));
     let mut new = config(150);
-    new.services = (0..9).map(|i| service(&format!("s{i}"), 1000 + i, &[B1], CheckKind::None)).collect();
+    only(&mut new).services = (0..9).map(|i| service(&format!("s{i}"), 1000 + i, &[B1], CheckKind::None)).collect();
     let commands = reload(&mut e, t, new);
     assert!(logs(&commands)[0].contains("sized for 8"), "{commands:?}");
-    assert!(e.config().services.is_empty());
+    assert!(e.config().instances[0].services.is_empty());
 }
 
 #[test]
 fn a_reload_applies_services_checkers_priority_and_garp_settings_in_place() {
     let mut c = config(150);
-    c.services = vec![service("a", 80, &[B1], CheckKind::Tcp), service("b", 6443, &[B2], CheckKind::Tcp)];
+    only(&mut c).services = vec![service("a", 80, &[B1], CheckKind::Tcp), service("b", 6443, &[B2], CheckKind::Tcp)];
     let (mut e, t) = active(c.clone());
     // Ports swapped, a's health settings changed, priority and GARP count changed.
     let mut new = c;
-    new.services[0].port = 6443;
-    new.services[1].port = 80;
-    new.services[0].health.interval_ms = 500;
-    new.vrrp.priority = 120;
-    new.vrrp.garp_count = 2;
+    only(&mut new).services[0].port = 6443;
+    only(&mut new).services[1].port = 80;
+    only(&mut new).services[0].health.interval_ms = 500;
+    only(&mut new).vrrp.priority = 120;
+    only(&mut new).vrrp.garp_count = 2;
     let commands = reload(&mut e, t + ms(10), new);
-    let Some(Command::Services(services)) = commands.iter().find(|c| matches!(c, Command::Services(_))) else {
+    let Some(Command::Install { services, .. }) = commands.iter().find(|c| matches!(c, Command::Install { .. })) else {
         panic!("{commands:?}")
     };
-    let ports: Vec<(&str, u16)> = services.iter().map(|(n, s)| (n.as_str(), s.port)).collect();
+    let ports: Vec<(&str, u16)> = services.iter().map(|(n, s)| (n.service.as_str(), s.port)).collect();
     assert_eq!(ports, [("a", 6443), ("b", 80)], "the whole set goes to the data plane, which owns the slots");
     let stopped: Vec<_> = commands.iter().filter(|c| matches!(c, Command::StopChecker { .. })).collect();
     let started: Vec<_> = commands.iter().filter(|c| matches!(c, Command::StartChecker { .. })).collect();
     assert_eq!((stopped.len(), started.len()), (1, 1), "only a's checker restarts: {commands:?}");
     assert_eq!(adverts(&commands), [120], "the new priority is advertised at once");
-    assert_eq!(e.config().vrrp.priority, 120);
+    assert_eq!(e.config().instances[0].vrrp.priority, 120);
     // The new GARP count applies to the next burst.
     e.handle(t + ms(20), packet(PEER, 100, &[VIP]));
     let commands = e.handle(t + ms(200), packet(PEER, 100, &[VIP]));
@@ -755,7 +819,7 @@ fn stopping_as_active_with_nobody_to_take_over_waits_at_most_the_handover_time()
 #[test]
 fn stopping_as_backup_exits_at_once_without_an_advert() {
     let mut e = engine(config(100));
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     let commands = e.handle(ms(10), Event::Stop);
     assert!(adverts(&commands).is_empty());
     assert_eq!(commands.last(), Some(&Command::Exit));
@@ -767,12 +831,12 @@ fn stopping_as_backup_exits_at_once_without_an_advert() {
 #[test]
 fn observed_state_counts_what_metrics_need() {
     let mut e = engine(config(150));
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     e.handle(ms(100), packet(PEER, 200, &[VIP]));
     e.handle(ms(150), packet(PEER, 0, &[VIP]));
     let t = e.next_deadline().expect("skew timer");
     e.handle(t, Event::Timer);
-    let o = e.observed();
+    let o = observed(&e);
     assert_eq!(o.role, Role::Active);
     assert_eq!(o.adverts_received, 2);
     assert_eq!(o.transitions_by_cause.get("peer_stopped"), Some(&1));
@@ -786,9 +850,10 @@ fn observed_state_counts_what_metrics_need() {
 #[test]
 fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
     let mut c = config(150);
-    c.services = vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
+    only(&mut c).services =
+        vec![service("api", 443, &[B1, B2], CheckKind::None), service("web", 80, &[B1], CheckKind::None)];
     let mut e = engine(c);
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start(true));
     let batch = vec![
         (B1, Seen::Mac { ifindex: 2, mac: MAC1 }),
         (B2, Seen::Mac { ifindex: 2, mac: MAC2 }),
@@ -799,4 +864,209 @@ fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
     // Nothing new: nothing to do (the watcher's unresolved addresses flap between pending and failed).
     let commands = e.handle(ms(2), Event::Neighbours(vec![(B1, Seen::Pending { ifindex: 2 })]));
     assert!(commands.is_empty(), "{commands:?}");
+}
+
+// ----- several instances -----
+
+const VIP2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 251);
+const VIP3: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 252);
+
+/// Instance `a` (VRID 51, VIP) and `b` (VRID 52, VIP2 and VIP3) on eth0, both at priority 150.
+fn two() -> Config {
+    node(vec![instance("a", 51, &[VIP], 150), instance("b", 52, &[VIP2, VIP3], 150)])
+}
+
+fn flags_of(commands: &[Command], router: u32) -> Vec<bool> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetActive { router: r, active } if *r == router => Some(*active),
+            _ => None,
+        })
+        .collect()
+}
+
+fn both_active() -> (Engine, Duration) {
+    let mut e = engine(two());
+    e.handle(Duration::ZERO, start(true));
+    let commands = run_until(&mut e, ms(1000));
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Active)), "{commands:?}");
+    (e, ms(1000))
+}
+
+#[test]
+fn instances_have_their_own_routers_addresses_and_seeds() {
+    let mut e = engine(two());
+    let (ra, rb) = (e.router("a").expect("a"), e.router("b").expect("b"));
+    assert_ne!(ra, rb);
+    let commands = e.handle(Duration::ZERO, start(true));
+    let Command::Install { vips, .. } = &commands[0] else { panic!("{commands:?}") };
+    let got: Vec<(Ipv4Addr, u32, u32)> = vips.iter().map(|v| (v.address, v.router, v.hash_seed)).collect();
+    assert_eq!(
+        got,
+        [
+            (VIP, ra, lb_common::group_seed(VIP.octets(), 51)),
+            (VIP2, rb, lb_common::group_seed(VIP2.octets(), 52)),
+            (VIP3, rb, lb_common::group_seed(VIP3.octets(), 52)),
+        ]
+    );
+    let commands = run_until(&mut e, ms(1000));
+    // Each advert carries its own instance's VRID and every one of its addresses.
+    let sent: Vec<(u8, Vec<Ipv4Addr>)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { advert, .. } => Some((advert.vrid, advert.addresses.clone())),
+            _ => None,
+        })
+        .collect();
+    assert!(sent.contains(&(51, vec![VIP])) && sent.contains(&(52, vec![VIP2, VIP3])), "{sent:?}");
+    let garps: Vec<Vec<Ipv4Addr>> = commands
+        .iter()
+        .filter_map(|c| if let Command::SendGarps { addresses, .. } = c { Some(addresses.clone()) } else { None })
+        .collect();
+    assert!(garps.contains(&vec![VIP2, VIP3]), "GARPs for every address of b: {garps:?}");
+}
+
+#[test]
+fn a_higher_peer_for_one_instance_moves_only_that_instance() {
+    let (mut e, t) = both_active();
+    let (ra, rb) = (e.router("a").expect("a"), e.router("b").expect("b"));
+    let commands = e.handle(t, packet_with(PEER, 52, 200, &[VIP2, VIP3], ChecksumMode::PseudoHeader));
+    assert_eq!(e.role("b"), Some(Role::Backup));
+    assert_eq!(e.role("a"), Some(Role::Active), "a is untouched");
+    assert_eq!(flags_of(&commands, rb), [false]);
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    // a's adverts go on; b waits for its peer (less than its down interval, 341 ms, here).
+    let later = run_until(&mut e, t + ms(300));
+    assert!(later.iter().all(|c| !matches!(c, Command::SendAdvert { advert, .. } if advert.vrid == 52)));
+    assert!(later.iter().any(|c| matches!(c, Command::SendAdvert { advert, .. } if advert.vrid == 51)));
+}
+
+#[test]
+fn a_packet_for_a_vrid_no_instance_has_is_discarded_without_touching_any() {
+    let (mut e, t) = both_active();
+    let commands = e.handle(t, packet_with(PEER, 99, 200, &[VIP], ChecksumMode::PseudoHeader));
+    assert!(active_flags(&commands).is_empty(), "{commands:?}");
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Active)));
+}
+
+#[test]
+fn a_link_down_faults_only_the_instances_on_that_interface() {
+    let mut c = two();
+    c.instances[1].interface = ETH1.into();
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    run_until(&mut e, ms(1000));
+    let rb = e.router("b").expect("b");
+    let commands = e.handle(ms(1000), Event::Link { interface: ETH1.into(), up: false });
+    assert_eq!((e.role("a"), e.role("b")), (Some(Role::Active), Some(Role::Fault)));
+    assert_eq!(active_flags(&commands), [false]);
+    assert_eq!(flags_of(&commands, rb), [false]);
+}
+
+#[test]
+fn a_link_coming_back_restarts_and_settles_only_the_instances_on_that_interface() {
+    let mut c = two();
+    c.instances[1].interface = ETH1.into();
+    for i in &mut c.instances {
+        i.vrrp.backend_loss_penalty = 50;
+        i.services = vec![service("api", 443, &[B1], CheckKind::Http)];
+    }
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    e.handle(ms(1), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    for name in ["a", "b"] {
+        let id = ServiceId::new(name, "api");
+        e.handle(ms(2), Event::Health { id, backend: (B1, 6443), healthy: true, reason: "ok".into() });
+    }
+    assert_eq!((e.effective_priority("a"), e.effective_priority("b")), (Some(150), Some(150)));
+    e.handle(ms(1000), Event::Link { interface: ETH1.into(), up: false });
+    let commands = e.handle(ms(2000), Event::Link { interface: ETH1.into(), up: true });
+    let restarted: Vec<(&str, &str)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::StopChecker { id, .. } => Some(("stop", id.instance.as_str())),
+            Command::StartChecker { id, .. } => Some(("start", id.instance.as_str())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarted, [("stop", "b"), ("start", "b")], "only b's checkers start afresh: {commands:?}");
+    assert_eq!(e.effective_priority("b"), Some(100), "b settles again");
+    assert_eq!(e.effective_priority("a"), Some(150), "a's link never went: it does not settle");
+    let id = ServiceId::new("b", "api");
+    let commands = e.handle(ms(2010), Event::Health { id, backend: (B1, 6443), healthy: true, reason: "ok".into() });
+    assert!(
+        logs(&commands).iter().any(|l| l == "instance b: every backend has been checked: preemption allowed"),
+        "{commands:?}"
+    );
+    assert_eq!(e.effective_priority("b"), Some(150));
+}
+
+#[test]
+fn a_reload_adds_and_removes_instances_leaving_the_others_alone() {
+    let (mut e, t) = both_active();
+    let ra = e.router("a").expect("a");
+    let rb = e.router("b").expect("b");
+    let a_transitions = observed_of(&e, "a").transitions;
+    // b leaves: a priority-0 advert for it, its flag cleared; a sees nothing.
+    let commands = reload(&mut e, t, node(vec![instance("a", 51, &[VIP], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instances removed: b")), "{commands:?}");
+    assert_eq!(flags_of(&commands, rb), [false]);
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    let priorities: Vec<(u8, u8)> = commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert { advert, .. } => Some((advert.vrid, advert.priority)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(priorities, [(52, 0)], "only b says goodbye");
+    let Some(Command::Install { vips, .. }) = commands.iter().find(|c| matches!(c, Command::Install { .. })) else {
+        panic!("{commands:?}")
+    };
+    assert_eq!(vips.iter().map(|v| v.address).collect::<Vec<_>>(), [VIP]);
+    assert_eq!(e.role("b"), None);
+    // c joins as a backup and becomes active by its own down timer, on a slot other than b's (freed last).
+    let commands =
+        reload(&mut e, t + ms(10), node(vec![instance("a", 51, &[VIP], 150), instance("c", 53, &[VIP2], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instances added: c")), "{commands:?}");
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    let rc = e.router("c").expect("c");
+    assert_ne!(rc, rb, "a freed slot is reused as late as possible");
+    assert_eq!(e.role("c"), Some(Role::Backup));
+    run_until(&mut e, t + ms(1000));
+    assert_eq!((e.role("a"), e.role("c")), (Some(Role::Active), Some(Role::Active)));
+    assert_eq!(observed_of(&e, "a").transitions, a_transitions, "a never changed role");
+}
+
+#[test]
+fn a_reload_that_changes_an_instances_vrid_replaces_only_that_instance() {
+    let (mut e, t) = both_active();
+    let ra = e.router("a").expect("a");
+    let commands = reload(&mut e, t, node(vec![instance("a", 51, &[VIP], 150), instance("b", 60, &[VIP2, VIP3], 150)]));
+    assert!(logs(&commands).iter().any(|l| l.contains("instance b replaced (vrrp.vrid changed)")), "{commands:?}");
+    assert!(flags_of(&commands, ra).is_empty(), "{commands:?}");
+    assert_eq!(e.role("b"), Some(Role::Backup), "b starts again");
+    assert_eq!(e.role("a"), Some(Role::Active));
+}
+
+fn observed_of<'e>(e: &'e Engine, name: &str) -> &'e Observed {
+    e.observed(name).expect("instance")
+}
+
+#[test]
+fn a_reload_cannot_add_a_multicast_instance_where_no_socket_joined_the_group_or_a_new_interface() {
+    let mut unicast = instance("a", 51, &[VIP], 150);
+    unicast.vrrp.unicast_peers = vec![PEER];
+    let mut e = engine(node(vec![unicast.clone()]));
+    e.handle(Duration::ZERO, start(true));
+    let commands = reload(&mut e, ms(10), node(vec![unicast.clone(), instance("b", 52, &[VIP2], 150)]));
+    assert!(logs(&commands)[0].contains("advertises by multicast on eth0"), "{commands:?}");
+    assert_eq!(e.role("b"), None, "the running config is kept");
+    let mut elsewhere = instance("c", 53, &[VIP3], 150);
+    elsewhere.interface = "eth9".into();
+    elsewhere.vrrp.unicast_peers = vec![PEER];
+    let commands = reload(&mut e, ms(20), node(vec![unicast, elsewhere]));
+    assert!(logs(&commands)[0].contains("restart xvip to add an interface"), "{commands:?}");
+    assert_eq!(e.role("c"), None);
 }

@@ -11,8 +11,8 @@
 //! once per [`SCAN_PERIOD`]; [`Metrics::render`] turns that sample into the page once, and the listener serves the
 //! last page to every scraper. A storm of scrapes costs socket writes, nothing else.
 //!
-//! Everything about a VRRP instance carries a `vrrp_instance` label (today the one instance is named
-//! [`crate::config::DEFAULT_INSTANCE`]); what the XDP program counts for the whole node (frames by reason, table
+//! Everything about a VRRP instance carries a `vrrp_instance` label (its `name`; the one instance of a config in
+//! the single form is [`crate::config::DEFAULT_INSTANCE`]); what the XDP program counts for the whole node (frames by reason, table
 //! fill) does not.
 
 pub mod http;
@@ -36,10 +36,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+use lb_common::Reason;
+
 use crate::{
     config::CheckKind,
-    dataplane::{Counters, TableScan},
-    engine::View,
+    dataplane::{Counters, ServiceId, TableScan},
+    engine::InstanceView,
     vrrp::{Cause, Role},
 };
 
@@ -71,9 +73,9 @@ const ROLES: [Role; 4] = [Role::Initialize, Role::Backup, Role::Active, Role::Fa
 /// One VRRP instance's state at the moment of the sample.
 #[derive(Clone, Debug)]
 pub struct Instance {
-    /// The `instance` label.
+    /// The `vrrp_instance` label.
     pub name: String,
-    pub view: View,
+    pub view: InstanceView,
 }
 
 /// What the data plane thread read for a sample.
@@ -310,7 +312,7 @@ impl Page {
                 for b in &svc.backends {
                     let backend = format!("{}:{}", b.address, b.port);
                     let state = instance.view.services.backend(&svc.name, (b.address, b.port));
-                    let key = (svc.name.clone(), b.address, b.port);
+                    let key = (ServiceId::new(&instance.name, &svc.name), b.address, b.port);
                     rows.push(BackendRow {
                         labels: vec![
                             ("vrrp_instance", instance.name.clone()),
@@ -338,7 +340,7 @@ impl Page {
             .iter()
             .flat_map(|i| {
                 i.view.config.services.iter().filter_map(|s| {
-                    let traffic = dataplane.counters.services.get(&s.name)?;
+                    let traffic = dataplane.counters.services.get(&ServiceId::new(&i.name, &s.name))?;
                     Some((vec![("vrrp_instance", i.name.clone()), ("service", s.name.clone())], traffic))
                 })
             })
@@ -354,7 +356,7 @@ impl Page {
                 let c = &i.view.config;
                 let mut labels = Self::instance_labels(i);
                 labels.push(("vrid", c.vrrp.vrid.to_string()));
-                labels.push(("vip", c.vip.address.to_string()));
+                labels.push(("vip", c.vip.first().to_string()));
                 labels.push(("interface", c.interface.clone()));
                 vec![(labels, 1i64)]
             }),
@@ -532,10 +534,26 @@ impl Page {
             e,
             "xvip_dataplane_frames",
             "Frames the XDP program handled, by what it did and why (see docs/metrics.md for each reason)",
-            lb_common::Reason::ALL
+            Reason::ALL
                 .iter()
                 .map(|r| (vec![("reason", r.name().to_string())], dataplane.counters.reason(*r)))
                 .collect(),
+        )?;
+        counter(
+            e,
+            "xvip_instance_frames",
+            "Frames to the instance's addresses (and ARP requests for them), by what the XDP program did and why",
+            self.per_instance(|i| {
+                Reason::ALL
+                    .iter()
+                    .map(|r| {
+                        let mut labels = Self::instance_labels(i);
+                        labels.push(("reason", r.name().to_string()));
+                        let n = i.view.routers.iter().map(|router| dataplane.counters.router_reason(*router, *r)).sum();
+                        (labels, n)
+                    })
+                    .collect()
+            }),
         )?;
         let Some((scan, took)) = &dataplane.tables else { return Ok(()) };
         let maps = [("conntrack", scan.conntrack_entries), ("nat", scan.nat_entries)];

@@ -37,7 +37,19 @@ fn ms(ms: u64) -> Duration {
 
 fn engine() -> Engine {
     let config = config::parse(Path::new("xvip.toml"), CONFIG).expect("config");
-    Engine::new(config, ME, 8).expect("engine")
+    Engine::new(config, [("eth0".to_owned(), Some(ME))].into(), 8).expect("engine")
+}
+
+fn start() -> Event {
+    Event::Start { links: [("eth0".to_owned(), true)].into() }
+}
+
+fn link(up: bool) -> Event {
+    Event::Link { interface: "eth0".into(), up }
+}
+
+fn role(e: &Engine) -> Role {
+    e.role(config::DEFAULT_INSTANCE).expect("the default instance")
 }
 
 /// An advert from `src` as the VRRP socket delivers it (IPv4 header included), with a 1 s interval.
@@ -49,12 +61,17 @@ fn advert(src: Ipv4Addr, priority: u8) -> Event {
     ip.extend_from_slice(&src.octets());
     ip.extend_from_slice(&packet::MULTICAST_GROUP.octets());
     ip.extend_from_slice(&vrrp);
-    Event::Packet(ip)
+    Event::Packet { interface: "eth0".into(), bytes: ip }
 }
 
 fn sample(engine: &Engine, now: Duration) -> Sample {
     Sample {
-        instances: vec![Instance { name: config::DEFAULT_INSTANCE.into(), view: engine.view(now) }],
+        instances: engine
+            .view(now)
+            .instances
+            .into_iter()
+            .map(|view| Instance { name: view.config.name.clone(), view })
+            .collect(),
         dataplane: None,
         unix_time: 1_764_150_000.5,
     }
@@ -68,10 +85,10 @@ fn value(page: &str, series: &str) -> Option<f64> {
 /// Starts the engine and lets every backend pass its first check, so it is not settling (holding preemption
 /// back) when the take-over tests run.
 fn start_checked(e: &mut Engine) {
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start());
     for address in [[10, 0, 0, 21], [10, 0, 0, 22]] {
-        let backend = (address.into(), 6443);
-        e.handle(ms(1), Event::Health { service: "api".into(), backend, healthy: true, reason: "test".into() });
+        let (backend, id) = ((address.into(), 6443), ServiceId::new(config::DEFAULT_INSTANCE, "api"));
+        e.handle(ms(1), Event::Health { id, backend, healthy: true, reason: "test".into() });
     }
 }
 
@@ -85,7 +102,7 @@ fn take_over(e: &mut Engine, from_ms: u64, last_ms: u64) -> Duration {
     }
     let fired = e.next_deadline().expect("down timer");
     e.handle(fired, Event::Timer);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(e), Role::Active);
     fired
 }
 
@@ -93,7 +110,7 @@ fn take_over(e: &mut Engine, from_ms: u64, last_ms: u64) -> Duration {
 fn the_takeover_histogram_times_from_the_last_advert_heard_to_the_first_advert_sent() {
     let mut e = engine();
     let mut metrics = Metrics::new();
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start());
     let page = metrics.render(sample(&e, ms(50)));
     assert_eq!(value(&page, r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="default"}"#), Some(0.0), "{page}");
 
@@ -123,14 +140,14 @@ fn takeovers_between_two_samples_are_all_counted_and_a_restart_of_the_election_t
     // Twice: preempted back to backup by the peer at 200, then the peer goes silent again.
     let first = take_over(&mut e, 100, 1100);
     e.handle(first + ms(10), advert(PEER, 200));
-    assert_eq!(e.role(), Role::Backup);
+    assert_eq!(role(&e), Role::Backup);
     let second = take_over(&mut e, (first + ms(1010)).as_millis() as u64, (first + ms(2010)).as_millis() as u64);
     // A link flap restarts the election: nothing heard since, so becoming active after it is no take-over.
-    e.handle(second + ms(1), Event::Link { up: false });
-    e.handle(second + ms(2), Event::Link { up: true });
+    e.handle(second + ms(1), link(false));
+    e.handle(second + ms(2), link(true));
     let alone = e.next_deadline().expect("down timer");
     e.handle(alone, Event::Timer);
-    assert_eq!(e.role(), Role::Active);
+    assert_eq!(role(&e), Role::Active);
 
     let page = metrics.render(sample(&e, alone));
     let expected = Duration::from_secs(3) + Duration::from_secs(106) / 256;
@@ -147,31 +164,32 @@ fn takeovers_between_two_samples_are_all_counted_and_a_restart_of_the_election_t
 #[test]
 fn the_page_shows_role_priorities_adverts_and_backends_per_instance() {
     let mut e = engine();
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start());
     e.handle(
         ms(100),
         Event::Health {
-            service: "api".into(),
+            id: ServiceId::new(config::DEFAULT_INSTANCE, "api"),
             backend: ([10, 0, 0, 21].into(), 6443),
             healthy: true,
             reason: "test".into(),
         },
     );
     let mut bad = match advert(PEER, 200) {
-        Event::Packet(bytes) => bytes,
+        Event::Packet { bytes, .. } => bytes,
         _ => unreachable!(),
     };
     bad[8] = 64; // TTL
-    e.handle(ms(200), Event::Packet(bad));
+    e.handle(ms(200), Event::Packet { interface: "eth0".into(), bytes: bad });
     let mut metrics = Metrics::new();
     metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(3), true);
     metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(1000), false);
     let mut s = sample(&e, ms(300));
     let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
     counters.reasons[Reason::NatForwardTx as usize] = 40;
-    let key = ("api".to_string(), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    let api = ServiceId::new(config::DEFAULT_INSTANCE, "api");
+    let key = (api.clone(), Ipv4Addr::new(10, 0, 0, 21), 6443);
     counters.backends.insert(key.clone(), Traffic { packets: 40, bytes: 4000, new_flows: 7 });
-    counters.services.insert("api".into(), Traffic { packets: 40, bytes: 4000, new_flows: 7 });
+    counters.services.insert(api, Traffic { packets: 40, bytes: 4000, new_flows: 7 });
     let scan = TableScan { conntrack_entries: 9, nat_entries: 8, capacity: 1024, flows: [(key, 5)].into() };
     s.dataplane = Some(DataPlaneSample { counters, tables: Some((scan, ms(12))) });
     let page = metrics.render(s);
@@ -232,7 +250,7 @@ fn before_the_data_plane_answers_its_families_are_left_out() {
 #[test]
 fn a_backend_removed_by_a_reload_leaves_the_page_with_its_health_check_series() {
     let mut e = engine();
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start());
     let mut metrics = Metrics::new();
     metrics.probes().recorder("default", "api", "10.0.0.22:6443").record(ms(1), true);
     let page = metrics.render(sample(&e, ms(1)));
@@ -276,16 +294,17 @@ fn families(page: &str) -> BTreeMap<String, (String, BTreeSet<String>)> {
 /// and the table names nothing else.
 #[test]
 fn the_metrics_reference_lists_every_metric_with_its_type_and_labels() {
+    let api = || ServiceId::new(config::DEFAULT_INSTANCE, "api");
     let mut e = engine();
-    e.handle(Duration::ZERO, Event::Start { link_up: true });
+    e.handle(Duration::ZERO, start());
     let fired = take_over(&mut e, 100, 1100);
     let mut metrics = Metrics::new();
     metrics.probes().recorder("default", "api", "10.0.0.21:6443").record(ms(3), true);
     let mut s = sample(&e, fired);
     let counters = Counters {
         reasons: vec![0; Reason::ALL.len()],
-        backends: [(("api".to_string(), Ipv4Addr::new(10, 0, 0, 21), 6443), Traffic::default())].into(),
-        services: [("api".to_string(), Traffic::default())].into(),
+        backends: [((api(), Ipv4Addr::new(10, 0, 0, 21), 6443), Traffic::default())].into(),
+        services: [(api(), Traffic::default())].into(),
         ..Counters::default()
     };
     s.dataplane = Some(DataPlaneSample { counters, tables: Some((TableScan::default(), ms(1))) });
@@ -336,4 +355,85 @@ fn a_slow_table_walk_spaces_out_the_next_ones() {
     assert_eq!(super::scan_period(Duration::from_millis(500)), super::SCAN_PERIOD);
     assert_eq!(super::scan_period(Duration::from_secs(2)), Duration::from_secs(20));
     assert_eq!(super::scan_period(Duration::MAX), Duration::MAX);
+}
+
+const TWO_INSTANCES: &str = r#"
+interface = "eth0"
+[metrics]
+[[instance]]
+name = "api"
+[instance.vip]
+address = "10.0.0.250"
+[instance.vrrp]
+vrid = 51
+priority = 150
+[[instance.service]]
+name = "web"
+port = 443
+backends = [{ address = "10.0.0.21", port = 6443 }]
+[[instance]]
+name = "ingress"
+[instance.vip]
+addresses = ["10.0.0.240", "10.0.0.241"]
+[instance.vrrp]
+vrid = 52
+priority = 100
+[[instance.service]]
+name = "web"
+port = 443
+backends = [{ address = "10.0.0.21", port = 6443 }]
+"#;
+
+#[test]
+fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
+    let config = config::parse(Path::new("xvip.toml"), TWO_INSTANCES).expect("config");
+    let mut e = Engine::new(config, [("eth0".to_owned(), Some(ME))].into(), 8).expect("engine");
+    e.handle(Duration::ZERO, start());
+    // Only "api" hears a peer at 200: it stays backup while "ingress", alone, becomes active.
+    let mut t = 100;
+    while e.role("ingress") != Some(Role::Active) {
+        e.handle(ms(t), advert(PEER, 200));
+        if let Some(d) = e.next_deadline().filter(|d| *d <= ms(t + 1000)) {
+            e.handle(d, Event::Timer);
+        }
+        t += 1000;
+        assert!(t < 10_000, "ingress never became active");
+    }
+    assert_eq!(e.role("api"), Some(Role::Backup));
+    let mut s = sample(&e, ms(t));
+    let routers: BTreeMap<String, Vec<u32>> =
+        s.instances.iter().map(|i| (i.name.clone(), i.view.routers.clone())).collect();
+    let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    counters.reasons[Reason::ArpReply as usize] = 7;
+    for (name, arp) in [("api", 5), ("ingress", 2)] {
+        let mut by_reason = vec![0; Reason::ALL.len()];
+        by_reason[Reason::ArpReply as usize] = arp;
+        counters.routers.insert(routers[name][0], by_reason);
+    }
+    let web = |instance: &str| ServiceId::new(instance, "web");
+    let backend = |instance: &str| (web(instance), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    counters.backends.insert(backend("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });
+    counters.backends.insert(backend("ingress"), Traffic { packets: 4, bytes: 400, new_flows: 2 });
+    counters.services.insert(web("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });
+    counters.services.insert(web("ingress"), Traffic { packets: 4, bytes: 400, new_flows: 2 });
+    s.dataplane = Some(DataPlaneSample { counters, tables: None });
+    let page = Metrics::new().render(s);
+
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="api",role="backup"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="ingress",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_priority{vrrp_instance="ingress"}"#, 100.0),
+        (r#"xvip_vrrp_info{vrrp_instance="api",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
+        (r#"xvip_vrrp_info{vrrp_instance="ingress",vrid="52",vip="10.0.0.240",interface="eth0"}"#, 1.0),
+        (r#"xvip_backend_packets_total{vrrp_instance="api",service="web",backend="10.0.0.21:6443"}"#, 3.0),
+        (r#"xvip_backend_packets_total{vrrp_instance="ingress",service="web",backend="10.0.0.21:6443"}"#, 4.0),
+        (r#"xvip_service_new_flows_total{vrrp_instance="ingress",service="web"}"#, 2.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="api",reason="arp_replies"}"#, 5.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="arp_replies"}"#, 2.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="pass_not_vip"}"#, 0.0),
+        (r#"xvip_dataplane_frames_total{reason="arp_replies"}"#, 7.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    assert!(page.contains(r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="ingress"} 0"#), "{page}");
 }

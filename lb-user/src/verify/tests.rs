@@ -43,7 +43,7 @@ fn roots(ca: &CertifiedIssuer<'static, KeyPair>) -> RootCertStore {
 fn a_certificate_with_the_vip_and_the_hostname_passes() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["kubernetes", "api.example.com", "10.0.0.250", "10.0.0.21"]);
-    let check = check_names(&cert, VIP, Some("api.example.com"));
+    let check = check_names(&cert, &[VIP], Some("api.example.com"));
     assert_eq!(check, Check::pass("SANs include the VIP 10.0.0.250 and the hostname api.example.com"));
 }
 
@@ -51,7 +51,7 @@ fn a_certificate_with_the_vip_and_the_hostname_passes() {
 fn a_missing_vip_san_is_named() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["api.example.com", "10.0.0.21"]);
-    let check = check_names(&cert, VIP, Some("api.example.com"));
+    let check = check_names(&cert, &[VIP], Some("api.example.com"));
     assert_eq!(check.outcome, Outcome::Fail);
     assert_eq!(
         check.text,
@@ -64,7 +64,7 @@ fn a_missing_vip_san_is_named() {
 fn a_missing_hostname_and_vip_are_both_named() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["kubernetes", "10.0.0.21"]);
-    let check = check_names(&cert, VIP, Some("api.example.com"));
+    let check = check_names(&cert, &[VIP], Some("api.example.com"));
     assert_eq!(check.outcome, Outcome::Fail);
     assert!(
         check.text.starts_with(
@@ -83,7 +83,7 @@ fn the_vip_as_a_dns_name_or_the_common_name_does_not_count() {
         p.subject_alt_names = vec![rcgen::SanType::DnsName("kubernetes".try_into().expect("dns"))];
         p.distinguished_name.push(DnType::CommonName, "api.example.com");
     });
-    let check = check_names(&cert, VIP, Some("api.example.com"));
+    let check = check_names(&cert, &[VIP], Some("api.example.com"));
     assert_eq!(check.outcome, Outcome::Fail);
     assert!(check.text.contains("the VIP 10.0.0.250") && check.text.contains("api.example.com"), "{}", check.text);
 }
@@ -92,15 +92,15 @@ fn the_vip_as_a_dns_name_or_the_common_name_does_not_count() {
 fn a_wildcard_covers_one_label() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["*.example.com", "10.0.0.250"]);
-    assert_eq!(check_names(&cert, VIP, Some("api.example.com")).outcome, Outcome::Pass);
-    assert_eq!(check_names(&cert, VIP, Some("a.b.example.com")).outcome, Outcome::Fail);
+    assert_eq!(check_names(&cert, &[VIP], Some("api.example.com")).outcome, Outcome::Pass);
+    assert_eq!(check_names(&cert, &[VIP], Some("a.b.example.com")).outcome, Outcome::Fail);
 }
 
 #[test]
 fn without_a_hostname_only_the_vip_is_checked_and_the_report_says_so() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["10.0.0.250"]);
-    let check = check_names(&cert, VIP, None);
+    let check = check_names(&cert, &[VIP], None);
     assert_eq!(check.outcome, Outcome::Pass);
     assert!(check.text.contains("vip.hostname is not set"), "{}", check.text);
 }
@@ -109,8 +109,8 @@ fn without_a_hostname_only_the_vip_is_checked_and_the_report_says_so() {
 fn a_hostname_that_is_an_address_needs_an_ip_san() {
     let ca = ca("test CA");
     let cert = leaf(&ca, &["10.0.0.250", "192.0.2.7"]);
-    assert_eq!(check_names(&cert, VIP, Some("192.0.2.7")).outcome, Outcome::Pass);
-    let check = check_names(&cert, VIP, Some("192.0.2.8"));
+    assert_eq!(check_names(&cert, &[VIP], Some("192.0.2.7")).outcome, Outcome::Pass);
+    let check = check_names(&cert, &[VIP], Some("192.0.2.8"));
     assert!(check.text.contains("the hostname 192.0.2.8 (an IP address SAN)"), "{}", check.text);
 }
 

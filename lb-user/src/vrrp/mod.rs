@@ -15,4 +15,4 @@ pub mod socket;
 
 pub use machine::{Action, Cause, Role, Router, Settings};
 pub use packet::{Advert, ChecksumMode, Discard, Received, RxFilter};
-pub use socket::{InterfaceInfo, Transport, VrrpSocket};
+pub use socket::{InterfaceInfo, VrrpSocket};

@@ -366,6 +366,13 @@ pub struct Received {
     pub checksum: ChecksumMode,
 }
 
+/// The VRID of a raw IPv4 VRRP packet, read without any check (to find the instance it is for, which then checks
+/// it in full); `None` when the packet is too short to hold one.
+pub fn peek_vrid(bytes: &[u8]) -> Option<u8> {
+    let ihl = usize::from(bytes.first()? & 0x0f) * 4;
+    bytes.get(ihl + field::VRID).copied()
+}
+
 /// Parses an IPv4 packet as delivered by a raw protocol-112 socket and applies the receive checks of
 /// RFC 5798 §7.1 in order: IP header, TTL, version, type, length, checksum, VRID, then the unicast
 /// peer allow-list and a non-zero interval.

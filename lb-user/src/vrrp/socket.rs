@@ -1,4 +1,6 @@
-//! The VRRP transport: one raw IPv4 socket for protocol 112 on one interface (the I/O edge).
+//! The VRRP transport: one raw IPv4 socket for protocol 112 per interface (the I/O edge), shared by every VRRP
+//! instance on that interface: each advert carries its instance's source address and destinations, and received
+//! packets go to the instance of their VRID.
 //!
 //! A raw socket, not a packet socket, so the kernel builds and routes the IPv4 header, and still
 //! delivers the received IPv4 header so the TTL = 255 rule of RFC 5798 §5.1.1.3 can be checked.
@@ -29,8 +31,6 @@ pub enum Error {
     IndexOutOfRange { interface: String, index: u32 },
     #[error("VRRP source address {source_address} is not on interface {interface} (its IPv4 addresses: {addresses:?})")]
     NotOnInterface { source_address: Ipv4Addr, interface: String, addresses: Vec<Ipv4Addr> },
-    #[error("VRRP unicast mode on {0} needs at least one peer")]
-    NoPeers(String),
     #[error("encoding a VRRP advert for {interface}: {source}")]
     Encode {
         interface: String,
@@ -45,7 +45,7 @@ pub enum Error {
     Send { source_address: Ipv4Addr, interface: String, total: usize, failures: Vec<(Ipv4Addr, io::Error)> },
 }
 
-type Result<T> = std::result::Result<T, Error>;
+pub type Result<T> = std::result::Result<T, Error>;
 
 /// Maps an I/O error to [`Error::Io`] saying what was being done.
 fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
@@ -57,15 +57,6 @@ fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
 const TOS_NETWORK_CONTROL: c_int = 0xc0;
 /// An IPv4 VRRP packet is at most 60 + 8 + 255 × 4 = 1088 bytes.
 const RECV_BUF_LEN: usize = 2048;
-
-/// Where adverts go.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Transport {
-    /// To 224.0.0.18 on the interface (RFC 5798 §5.1.1.2).
-    Multicast,
-    /// One copy to each peer, for networks without multicast (keepalived `unicast_peer`).
-    Unicast(Vec<Ipv4Addr>),
-}
 
 /// An interface's index and IPv4 addresses, in the kernel's order (primary addresses first).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,16 +147,15 @@ pub struct VrrpSocket {
     fd: AsyncFd<OwnedFd>,
     interface: String,
     ifindex: u32,
-    source: Ipv4Addr,
-    transport: Transport,
-    /// Packets from these are our own (the interface's addresses when opened, and the source).
+    /// Packets from these are our own (the interface's addresses when opened, and the sources).
     own: Vec<Ipv4Addr>,
 }
 
 impl VrrpSocket {
-    /// Opens the socket on `interface`, sending from `source`.
+    /// Opens the socket on `interface`, for adverts sent from `sources` (each instance's on this interface);
+    /// `multicast`: some instance here uses 224.0.0.18, so the socket joins the group.
     ///
-    /// The socket is not `bind(2)`-ed to `source`: a raw socket bound to an address only receives
+    /// The socket is not `bind(2)`-ed to a source: a raw socket bound to an address only receives
     /// packets addressed to it, which would drop every multicast advert. The source is set per packet
     /// with `IP_PKTINFO` instead.
     ///
@@ -173,19 +163,16 @@ impl VrrpSocket {
     /// namespace of `interface`.
     ///
     /// # Errors
-    /// When the interface is missing, `source` is not one of its addresses, unicast mode has no peer,
-    /// or a socket call fails (needs CAP_NET_RAW).
-    pub fn open(interface: &str, source: Ipv4Addr, transport: Transport) -> Result<Self> {
+    /// When the interface is missing, a source is not one of its addresses, or a socket call fails (needs
+    /// CAP_NET_RAW).
+    pub fn open(interface: &str, sources: &[Ipv4Addr], multicast: bool) -> Result<Self> {
         let info = InterfaceInfo::lookup(interface)?;
-        if !info.ipv4.contains(&source) {
+        if let Some(source) = sources.iter().find(|s| !info.ipv4.contains(s)) {
             return Err(Error::NotOnInterface {
-                source_address: source,
+                source_address: *source,
                 interface: interface.to_string(),
                 addresses: info.ipv4,
             });
-        }
-        if transport == Transport::Unicast(Vec::new()) {
-            return Err(Error::NoPeers(interface.to_string()));
         }
         // SAFETY: plain socket(2) call; the result is checked before use.
         let raw = unsafe {
@@ -213,15 +200,16 @@ impl VrrpSocket {
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &0 as &c_int)
             .map_err(io_error(ctx("IP_MULTICAST_LOOP")))?;
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_TOS, &TOS_NETWORK_CONTROL).map_err(io_error(ctx("IP_TOS")))?;
-        if transport == Transport::Multicast {
-            let ifindex = c_int::try_from(info.index)
-                .map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index: info.index })?;
-            let out = libc::ip_mreqn {
-                imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
-                imr_address: in_addr(source),
-                imr_ifindex: ifindex,
-            };
-            setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &out).map_err(io_error(ctx("IP_MULTICAST_IF")))?;
+        let ifindex = c_int::try_from(info.index)
+            .map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index: info.index })?;
+        // Multicast leaves through this interface; each advert names its source itself (IP_PKTINFO).
+        let out = libc::ip_mreqn {
+            imr_multiaddr: in_addr(Ipv4Addr::UNSPECIFIED),
+            imr_address: in_addr(Ipv4Addr::UNSPECIFIED),
+            imr_ifindex: ifindex,
+        };
+        setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &out).map_err(io_error(ctx("IP_MULTICAST_IF")))?;
+        if multicast {
             let join = libc::ip_mreqn {
                 imr_multiaddr: in_addr(MULTICAST_GROUP),
                 imr_address: in_addr(Ipv4Addr::UNSPECIFIED),
@@ -235,24 +223,16 @@ impl VrrpSocket {
             .map_err(io::Error::from)
             .map_err(io_error(format!("registering the VRRP socket of {interface} with the tokio reactor")))?;
         let mut own = info.ipv4;
-        own.push(source);
-        Ok(VrrpSocket { fd, interface: interface.to_owned(), ifindex: info.index, source, transport, own })
+        own.extend_from_slice(sources);
+        Ok(VrrpSocket { fd, interface: interface.to_owned(), ifindex: info.index, own })
     }
 
     pub fn interface(&self) -> &str {
         &self.interface
     }
 
-    pub fn source(&self) -> Ipv4Addr {
-        self.source
-    }
-
-    pub fn transport(&self) -> &Transport {
-        &self.transport
-    }
-
-    /// Sends `advert` to the group, or one copy to each unicast peer, each with its own checksum
-    /// (the pseudo-header holds the real destination).
+    /// Sends `advert` from `source` to the group (`peers` empty), or one copy to each unicast peer, each with its
+    /// own checksum (the pseudo-header holds the real destination).
     ///
     /// # Errors
     /// When the advert cannot be encoded, or sending to any destination failed; the other
@@ -260,23 +240,27 @@ impl VrrpSocket {
     ///
     /// # Cancel safety
     /// Not cancel safe: when cancelled, some unicast peers may have been sent the advert and others not.
-    pub async fn send_advert(&self, advert: &Advert, checksum: ChecksumMode) -> Result<()> {
-        let destinations = match &self.transport {
-            Transport::Multicast => vec![MULTICAST_GROUP],
-            Transport::Unicast(peers) => peers.clone(),
-        };
+    pub async fn send_advert(
+        &self,
+        advert: &Advert,
+        checksum: ChecksumMode,
+        source: Ipv4Addr,
+        peers: &[Ipv4Addr],
+    ) -> Result<()> {
+        let multicast = [MULTICAST_GROUP];
+        let destinations = if peers.is_empty() { &multicast[..] } else { peers };
         let mut failures = Vec::new();
-        for dst in &destinations {
+        for dst in destinations {
             let bytes = advert
-                .to_bytes(self.source, *dst, checksum)
-                .map_err(|source| Error::Encode { interface: self.interface.clone(), source })?;
-            if let Err(err) = self.send_to(&bytes, *dst).await {
+                .to_bytes(source, *dst, checksum)
+                .map_err(|e| Error::Encode { interface: self.interface.clone(), source: e })?;
+            if let Err(err) = self.send_to(&bytes, source, *dst).await {
                 failures.push((*dst, err));
             }
         }
         if !failures.is_empty() {
             return Err(Error::Send {
-                source_address: self.source,
+                source_address: source,
                 interface: self.interface.clone(),
                 total: destinations.len(),
                 failures,
@@ -285,10 +269,10 @@ impl VrrpSocket {
         Ok(())
     }
 
-    async fn send_to(&self, payload: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+    async fn send_to(&self, payload: &[u8], source: Ipv4Addr, dst: Ipv4Addr) -> io::Result<()> {
         loop {
             let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|fd| sendmsg_from(fd.as_raw_fd(), payload, self.source, dst, self.ifindex));
+            let sent = guard.try_io(|fd| sendmsg_from(fd.as_raw_fd(), payload, source, dst, self.ifindex));
             // Err: the readiness was stale (EAGAIN); try_io cleared it, so wait again.
             if let Ok(result) = sent {
                 return result.map(drop);
@@ -423,18 +407,23 @@ mod tests {
         .unwrap()
     }
 
-    fn open(ns: &testnet::Netns, interface: &str, source: Ipv4Addr, transport: Transport) -> Result<VrrpSocket> {
+    fn open(ns: &testnet::Netns, interface: &str, sources: &[Ipv4Addr], multicast: bool) -> Result<VrrpSocket> {
         let handle = Handle::current();
         let interface = interface.to_owned();
+        let sources = sources.to_vec();
         ns.run(move || {
             let _rt = handle.enter();
-            VrrpSocket::open(&interface, source, transport)
+            VrrpSocket::open(&interface, &sources, multicast)
         })
         .expect("the namespace's thread runs")
     }
 
     fn advert(priority: u8) -> Advert {
-        Advert { vrid: 51, priority, max_adver_int: 100, addresses: vec![VIP] }
+        advert_of(51, priority)
+    }
+
+    fn advert_of(vrid: u8, priority: u8) -> Advert {
+        Advert { vrid, priority, max_adver_int: 100, addresses: vec![VIP] }
     }
 
     async fn recv_one(sock: &VrrpSocket) -> Vec<u8> {
@@ -448,9 +437,9 @@ mod tests {
     #[tokio::test]
     async fn multicast_advert_crosses_the_link_with_ttl_255() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
-        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let a = open(&p.a, &p.a_if, &[A1], true).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], true).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[]).await.unwrap();
         let bytes = recv_one(&b).await;
         assert_eq!(bytes[1], 0xc0, "TOS network control");
         let rx = parse(&bytes, &[]);
@@ -458,7 +447,7 @@ mod tests {
         assert_eq!(rx.advert, advert(150));
         assert_eq!(rx.checksum, ChecksumMode::PseudoHeader);
         // And back, in the RFC 9568 form.
-        b.send_advert(&advert(100), ChecksumMode::Rfc9568).await.unwrap();
+        b.send_advert(&advert(100), ChecksumMode::Rfc9568, B2, &[]).await.unwrap();
         let rx = parse(&recv_one(&a).await, &[]);
         assert_eq!((rx.src, rx.checksum), (B2, ChecksumMode::Rfc9568));
     }
@@ -477,7 +466,7 @@ mod tests {
     #[tokio::test]
     async fn socket_options_follow_rfc_5798() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
+        let a = open(&p.a, &p.a_if, &[A1], true).unwrap();
         let opt = |level, name| getsockopt_int(&a, level, name);
         assert_eq!(opt(libc::IPPROTO_IP, libc::IP_TTL), 255);
         assert_eq!(opt(libc::IPPROTO_IP, libc::IP_MULTICAST_TTL), 255);
@@ -503,13 +492,13 @@ mod tests {
     #[tokio::test]
     async fn recv_skips_packets_from_own_addresses() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
-        let a_listener = open(&p.a, &p.a_if, A3, Transport::Multicast).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
+        let a = open(&p.a, &p.a_if, &[A1], true).unwrap();
+        let a_listener = open(&p.a, &p.a_if, &[A3], true).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], true).unwrap();
         // Loop a's multicast back so a_listener, on the same interface, sees it.
         setsockopt(a.fd.get_ref().as_raw_fd(), libc::IPPROTO_IP, libc::IP_MULTICAST_LOOP, &1 as &c_int).unwrap();
-        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
-        b.send_advert(&advert(100), ChecksumMode::PseudoHeader).await.unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[]).await.unwrap();
+        b.send_advert(&advert(100), ChecksumMode::PseudoHeader, B2, &[]).await.unwrap();
         let rx = parse(&recv_one(&a_listener).await, &[]);
         assert_eq!(rx.src, B2, "our own looped advert must be skipped");
     }
@@ -517,9 +506,9 @@ mod tests {
     #[tokio::test]
     async fn unicast_sends_one_copy_to_each_peer_with_its_own_checksum() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![B2, B4])).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
-        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let a = open(&p.a, &p.a_if, &[A1], false).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], false).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[B2, B4]).await.unwrap();
         let mut dsts = Vec::new();
         for _ in 0..2 {
             let rx = parse(&recv_one(&b).await, &[A1]);
@@ -534,22 +523,22 @@ mod tests {
     #[tokio::test]
     async fn unicast_socket_does_not_join_the_group() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A1, Transport::Multicast).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
-        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let a = open(&p.a, &p.a_if, &[A1], true).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], false).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[]).await.unwrap();
         assert!(timeout(Duration::from_millis(300), b.recv()).await.is_err());
     }
 
     #[tokio::test]
     async fn advert_is_sourced_from_the_given_secondary_address() {
         let p = pair();
-        let a = open(&p.a, &p.a_if, A3, Transport::Unicast(vec![B2])).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Multicast).unwrap();
-        a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let a = open(&p.a, &p.a_if, &[A3], false).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], true).unwrap();
+        a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A3, &[B2]).await.unwrap();
         let rx = parse(&recv_one(&b).await, &[A3]);
         assert_eq!(rx.src, A3);
-        let m = open(&p.a, &p.a_if, A3, Transport::Multicast).unwrap();
-        m.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap();
+        let m = open(&p.a, &p.a_if, &[A3], true).unwrap();
+        m.send_advert(&advert(150), ChecksumMode::PseudoHeader, A3, &[]).await.unwrap();
         let rx = parse(&recv_one(&b).await, &[]);
         assert_eq!((rx.src, rx.dst), (A3, MULTICAST_GROUP));
     }
@@ -559,9 +548,10 @@ mod tests {
         let p = pair();
         // A broadcast "peer" is refused by the kernel (EACCES without SO_BROADCAST); B2 still gets
         // its copy.
-        let a = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![Ipv4Addr::BROADCAST, B2])).unwrap();
-        let b = open(&p.b, &p.b_if, B2, Transport::Unicast(vec![A1])).unwrap();
-        let err = a.send_advert(&advert(150), ChecksumMode::PseudoHeader).await.unwrap_err();
+        let a = open(&p.a, &p.a_if, &[A1], false).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], false).unwrap();
+        let err =
+            a.send_advert(&advert(150), ChecksumMode::PseudoHeader, A1, &[Ipv4Addr::BROADCAST, B2]).await.unwrap_err();
         assert!(matches!(&err, Error::Send { total: 2, failures, .. } if failures.len() == 1), "{err}");
         let err = err.to_string();
         assert!(err.contains("1 of 2 destinations"), "{err}");
@@ -573,25 +563,33 @@ mod tests {
     #[tokio::test]
     async fn open_refuses_source_not_on_the_interface() {
         let p = pair();
-        let err = open(&p.a, &p.a_if, B2, Transport::Multicast).unwrap_err();
+        let err = open(&p.a, &p.a_if, &[B2], true).unwrap_err();
         assert!(matches!(err, Error::NotOnInterface { .. }), "{err}");
         let err = err.to_string();
         assert!(err.contains("10.77.0.2") && err.contains(&p.a_if), "{err}");
     }
 
     #[tokio::test]
-    async fn open_refuses_unicast_without_peers() {
+    async fn one_socket_carries_each_instances_adverts_from_its_own_source() {
         let p = pair();
-        let err = open(&p.a, &p.a_if, A1, Transport::Unicast(vec![])).unwrap_err();
-        assert!(matches!(err, Error::NoPeers(_)), "{err}");
-        let err = err.to_string();
-        assert!(err.contains("at least one peer"), "{err}");
+        // Two instances on one interface: VRID 51 from A1 by multicast, VRID 52 from A3 to a unicast peer.
+        let a = open(&p.a, &p.a_if, &[A1, A3], true).unwrap();
+        let b = open(&p.b, &p.b_if, &[B2], true).unwrap();
+        a.send_advert(&advert_of(51, 150), ChecksumMode::PseudoHeader, A1, &[]).await.unwrap();
+        a.send_advert(&advert_of(52, 100), ChecksumMode::PseudoHeader, A3, &[B2]).await.unwrap();
+        let first = parse_ipv4(&recv_one(&b).await, &RxFilter { vrid: 51, unicast_peers: &[] }).unwrap();
+        assert_eq!((first.src, first.dst, first.advert.priority), (A1, MULTICAST_GROUP, 150));
+        let second = parse_ipv4(&recv_one(&b).await, &RxFilter { vrid: 52, unicast_peers: &[A3] }).unwrap();
+        assert_eq!((second.src, second.dst, second.advert.priority), (A3, B2, 100));
+        // And both sources count as our own: the other end's adverts arrive, ours looped back would not.
+        b.send_advert(&advert_of(52, 90), ChecksumMode::PseudoHeader, B2, &[A3]).await.unwrap();
+        assert_eq!(parse_ipv4(&recv_one(&a).await, &RxFilter { vrid: 52, unicast_peers: &[B2] }).unwrap().src, B2);
     }
 
     #[tokio::test]
     async fn open_names_a_missing_interface() {
         let p = pair();
-        let err = open(&p.a, "xvt-missing", A1, Transport::Multicast).unwrap_err().to_string();
+        let err = open(&p.a, "xvt-missing", &[A1], true).unwrap_err().to_string();
         assert!(err.contains("xvt-missing"), "{err}");
     }
 

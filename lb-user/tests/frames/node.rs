@@ -108,6 +108,7 @@ const SPARE_SLOTS: usize = 2;
 fn filler(used: usize) -> ServiceSpec {
     let count = MAX_BACKENDS as usize - used - SPARE_SLOTS;
     ServiceSpec {
+        addresses: vec![VIP],
         port: 9999,
         protocol: PROTO_UDP,
         forwarding: FORWARD_DSR,
@@ -144,6 +145,7 @@ impl Node {
     fn apply(&mut self, i: usize) -> Result<()> {
         let s = &self.services[i];
         let spec = ServiceSpec {
+            addresses: vec![VIP],
             port: s.port,
             protocol: s.protocol,
             forwarding: s.forwarding,

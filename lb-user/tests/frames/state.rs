@@ -86,6 +86,7 @@ impl<'a> Tables<'a> {
         }
         let flow = FlowKey {
             client: value.client,
+            vip: key.vip,
             client_port: value.client_port,
             service_port: value.service_port,
             protocol: key.protocol,
@@ -136,6 +137,7 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
     let mut nat_keys = Vec::new();
     let key = |backend: Ipv4Addr, backend_port: u16, nat_port: u16| NatKey {
         backend: backend.octets(),
+        vip: input.dst.octets(),
         backend_port: backend_port.to_be_bytes(),
         nat_port: nat_port.to_be_bytes(),
         protocol: input.protocol,
@@ -146,6 +148,7 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
     // As a client packet: its flow and the translation the flow names.
     let flow = FlowKey {
         client: input.src.octets(),
+        vip: input.dst.octets(),
         client_port: input.sport.to_be_bytes(),
         service_port: input.dport.to_be_bytes(),
         protocol: input.protocol,

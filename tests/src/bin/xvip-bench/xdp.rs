@@ -249,7 +249,7 @@ fn service(port: u16, backend_port: u16) -> ServiceSpec {
             ifindex: 0,
         })
         .collect();
-    ServiceSpec { port, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends }
+    ServiceSpec { addresses: vec![VIP], port, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends }
 }
 
 /// A NAT service on port 8443 to port 8080 of the same three backends.
