@@ -43,7 +43,8 @@ pub mod names {
     pub const PASS_PROGRAM: &str = "xvip_pass";
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
-    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIP_SLOTS: &str = "VIP_SLOTS";
+    pub const VIP_TABLE: &str = "VIP_TABLE";
     pub const SERVICES: &str = "SERVICES";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
@@ -159,16 +160,34 @@ pub struct VipValue {
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
-/// Elements of the `VIP_FILTER` array: one bit per value of [`vip_filter_bit`], 64 per element.
-pub const VIP_FILTER_WORDS: u32 = 65536 / 64;
+/// A VIP's address with its value: an element of the `VIP_TABLE` array, which `VIP_SLOTS` indexes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    pub address: [u8; 4],
+    pub value: VipValue,
+}
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 24);
 
-/// Where an IPv4 destination's bit sits in `VIP_FILTER`: (element, bit). The 16 bits are the address folded onto
-/// itself (high half xor low half), so every address of a /16 gets its own bit. A clear bit means "no VIP here":
-/// most frames on a node are not for a VIP, and they pay one inlined array read instead of a `VIPS` hash lookup.
+/// Elements of the `VIP_TABLE` array: one per VIP, and a spare, so a changed VIP always finds a free element to
+/// be written to before its slot moves there.
+pub const VIP_TABLE_ELEMENTS: u32 = MAX_VIPS + 1;
+
+/// Elements of the `VIP_SLOTS` array: one per value of [`vip_fold`].
+pub const VIP_SLOT_COUNT: u32 = 65536;
+/// A `VIP_SLOTS` value: no VIP folds to this slot, so an address folding here is not a VIP.
+pub const VIP_SLOT_EMPTY: u16 = 0;
+/// A `VIP_SLOTS` value: several VIPs fold to this slot, and the `VIPS` hash map decides. Any other value `n` is
+/// `VIP_TABLE[n - 1]`, the one VIP folding here.
+pub const VIP_SLOT_SHARED: u16 = u16::MAX;
+const _: () = assert!(VIP_TABLE_ELEMENTS < VIP_SLOT_SHARED as u32);
+
+/// Where an IPv4 destination sits in `VIP_SLOTS`: the address folded onto itself (high half xor low half), so
+/// every address of a /16 gets a slot of its own. Every frame to a VIP is resolved by two array reads the
+/// verifier inlines (its slot, then its `VIP_TABLE` element); only VIPs sharing a slot pay the `VIPS` hash lookup.
 #[inline(always)]
-pub const fn vip_filter_bit(address: [u8; 4]) -> (u32, u32) {
-    let folded = (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32);
-    (folded / 64, folded % 64)
+pub const fn vip_fold(address: [u8; 4]) -> u32 {
+    (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32)
 }
 
 pub const PROTO_TCP: u8 = 6;
@@ -724,6 +743,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::VipEntry {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
@@ -819,14 +839,15 @@ mod tests {
     }
 
     #[test]
-    fn every_address_of_a_slash_16_has_its_own_filter_bit() {
-        let mut seen = [0u64; VIP_FILTER_WORDS as usize];
+    fn every_address_of_a_slash_16_has_its_own_slot() {
+        let mut seen = [0u64; VIP_SLOT_COUNT as usize / 64];
         for host in 0..=u16::MAX {
             let [c, d] = host.to_be_bytes();
-            let (word, bit) = vip_filter_bit([10, 77, c, d]);
-            assert!(word < VIP_FILTER_WORDS && bit < 64);
-            assert_eq!(seen[word as usize] & (1 << bit), 0, "10.77.{c}.{d} shares a bit");
-            seen[word as usize] |= 1 << bit;
+            let slot = vip_fold([10, 77, c, d]);
+            assert!(slot < VIP_SLOT_COUNT);
+            let (word, bit) = (slot as usize / 64, slot % 64);
+            assert_eq!(seen[word] & (1 << bit), 0, "10.77.{c}.{d} shares a slot");
+            seen[word] |= 1 << bit;
         }
     }
 
