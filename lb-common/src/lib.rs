@@ -45,6 +45,8 @@ pub mod names {
     pub const VIPS: &str = "VIPS";
     pub const VIP_SLOTS: &str = "VIP_SLOTS";
     pub const VIP_TABLE: &str = "VIP_TABLE";
+    pub const LISTENER_SLOTS: &str = "LISTENER_SLOTS";
+    pub const LISTENER_TABLE: &str = "LISTENER_TABLE";
     pub const SERVICES: &str = "SERVICES";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
@@ -175,12 +177,14 @@ pub const VIP_TABLE_ELEMENTS: u32 = MAX_VIPS + 1;
 
 /// Elements of the `VIP_SLOTS` array: one per value of [`vip_fold`].
 pub const VIP_SLOT_COUNT: u32 = 65536;
-/// A `VIP_SLOTS` value: no VIP folds to this slot, so an address folding here is not a VIP.
-pub const VIP_SLOT_EMPTY: u16 = 0;
-/// A `VIP_SLOTS` value: several VIPs fold to this slot, and the `VIPS` hash map decides. Any other value `n` is
-/// `VIP_TABLE[n - 1]`, the one VIP folding here.
-pub const VIP_SLOT_SHARED: u16 = u16::MAX;
-const _: () = assert!(VIP_TABLE_ELEMENTS < VIP_SLOT_SHARED as u32);
+/// A value of `VIP_SLOTS` or `LISTENER_SLOTS`: nothing folds to this slot, so a key folding here has no entry.
+pub const SLOT_EMPTY: u16 = 0;
+/// A value of `VIP_SLOTS` or `LISTENER_SLOTS`: several entries fold to this slot, and the hash map (`VIPS`,
+/// `SERVICES`) decides. Any other value `n` is element `n - 1` of the table (`VIP_TABLE`, `LISTENER_TABLE`), the
+/// one entry folding here: two array reads the verifier inlines instead of a hash lookup.
+pub const SLOT_SHARED: u16 = u16::MAX;
+const _: () = assert!(VIP_TABLE_ELEMENTS < SLOT_SHARED as u32);
+const _: () = assert!(LISTENER_TABLE_ELEMENTS < SLOT_SHARED as u32);
 
 /// Where an IPv4 destination sits in `VIP_SLOTS`: the address folded onto itself (high half xor low half), so
 /// every address of a /16 gets a slot of its own. Every frame to a VIP is resolved by two array reads the
@@ -219,7 +223,8 @@ pub const FORWARD_NAT: u8 = 1;
 ///
 /// The agent rebuilds a Maglev table into the buffer that is *not* in use, then rewrites this value with only
 /// `table` changed. `SERVICES` is a hash map without preallocation: an update swaps in a whole new element and the
-/// old one is freed only after every reader is done, so a packet sees the old value or the new one, never a mix.
+/// old one is freed only after every reader is done; the `LISTENER_TABLE` copy is written to a free element before
+/// its slot moves there. Either way a packet sees the old value or the new one, never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -231,6 +236,31 @@ pub struct ServiceValue {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// A listener (a service on one address) with its value: an element of the `LISTENER_TABLE` array, which
+/// `LISTENER_SLOTS` indexes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<Listener>() == 20);
+
+/// Elements of the `LISTENER_TABLE` array: one per listener, and a spare, so a changed value (a Maglev table
+/// switch) always finds a free element to be written to before its slot moves there.
+pub const LISTENER_TABLE_ELEMENTS: u32 = MAX_LISTENERS + 1;
+/// Elements of the `LISTENER_SLOTS` array: one per value of [`listener_slot`].
+pub const LISTENER_SLOT_COUNT: u32 = 2 * 65536;
+
+/// Where a (VIP, port, protocol) sits in `LISTENER_SLOTS`: TCP in the first half, UDP in the second, the port
+/// xor the folded VIP ([`vip_fold`]) within it, so one port on several VIPs takes several slots.
+#[inline(always)]
+pub const fn listener_slot(key: &ServiceKey) -> u32 {
+    let port = ((key.port[0] as u32) << 8) | key.port[1] as u32;
+    let half = if key.protocol == PROTO_UDP { 65536 } else { 0 };
+    half | (port ^ vip_fold(key.vip))
+}
 
 /// Maglev slots per element of the `MAGLEV` array. A BPF array stores each value in a slot rounded up to 8 bytes,
 /// so one u32 per element would waste half the memory; 64 per element also means 64 times fewer `bpf()` calls when
@@ -744,6 +774,7 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::VipEntry {}
+    unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}

@@ -1,9 +1,10 @@
 //! xvip's XDP program: answers ARP and ping for each VIP while the VRRP router it belongs to is active on this
 //! node, and sends traffic for the services configured on it to a backend chosen by Maglev, pinned per flow.
 //!
-//! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `parse` (header
-//! layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and
-//! ICMP errors through the NAT), `route` (the FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
+//! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
+//! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
+//! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `route` (the
+//! FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
 //!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
 //! exactly one `Reason`, counted per CPU (and, for a frame to a VIP, for the VIP's router too), so the agent can
@@ -19,6 +20,7 @@ mod nat;
 mod packet;
 mod parse;
 mod route;
+mod service;
 mod vip;
 
 use aya_ebpf::{
@@ -30,7 +32,7 @@ use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS, SERVICES};
+use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
 use vip::{Vip, lookup_vip};
@@ -239,8 +241,7 @@ fn transport(
             return (XDP_DROP, Reason::DropNatNoEntry);
         }
     }
-    // SAFETY: copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip.address, l4.dport, l4.protocol)) }).copied() else {
+    let Some(svc) = service::lookup_service(&ServiceKey::new(vip.address, l4.dport, l4.protocol)) else {
         return (XDP_DROP, Reason::DropNoService);
     };
     let svc: ServiceValue = svc;

@@ -1,6 +1,6 @@
 //! Which of the node's VIPs a frame is addressed to: the address's `VIP_SLOTS` slot, then the one `VIP_TABLE`
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
-use lb_common::{VIP_SLOT_EMPTY, VIP_SLOT_SHARED, VipValue, vip_fold};
+use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
 
 use crate::maps::{VIP_SLOTS, VIP_TABLE, VIPS};
 
@@ -16,10 +16,10 @@ pub struct Vip {
 #[inline(always)]
 pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
     let slot = *VIP_SLOTS.get(vip_fold(address))?;
-    if slot == VIP_SLOT_EMPTY {
+    if slot == SLOT_EMPTY {
         return None;
     }
-    if slot != VIP_SLOT_SHARED {
+    if slot != SLOT_SHARED {
         let entry = VIP_TABLE.get(u32::from(slot) - 1)?;
         return (entry.address == address).then_some(Vip { address, value: entry.value });
     }

@@ -20,11 +20,11 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS,
-    MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
-    NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceKey, ServiceValue, Traffic,
-    VIP_SLOT_EMPTY, VIP_SLOT_SHARED, VipEntry, VipValue, maglev_position, names, nat_source_port_bit, router_counter,
-    vip_fold,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, MAGLEV_CHUNK,
+    MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
+    NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
+    ServiceKey, ServiceValue, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
+    router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -361,6 +361,10 @@ pub struct DataPlane {
     vip_elements: BTreeMap<Ipv4Addr, u32>,
     /// Free `VIP_TABLE` elements, oldest-freed first, so an element is reused as late as possible.
     free_vip_elements: std::collections::VecDeque<u32>,
+    /// The `LISTENER_TABLE` element holding each `SERVICES` entry.
+    listener_elements: BTreeMap<ServiceKey, u32>,
+    /// Free `LISTENER_TABLE` elements, oldest-freed first.
+    free_listener_elements: std::collections::VecDeque<u32>,
     services: BTreeMap<ServiceId, Installed>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
@@ -427,6 +431,8 @@ impl DataPlane {
             vips: BTreeMap::new(),
             vip_elements: BTreeMap::new(),
             free_vip_elements: (0..lb_common::VIP_TABLE_ELEMENTS).collect(),
+            listener_elements: BTreeMap::new(),
+            free_listener_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
@@ -641,13 +647,13 @@ impl DataPlane {
         let slot = vip_fold(address.octets());
         let mut folding = self.vips.keys().filter(|a| vip_fold(a.octets()) == slot);
         let value = match (folding.next(), folding.next()) {
-            (None, _) => VIP_SLOT_EMPTY,
+            (None, _) => SLOT_EMPTY,
             // Every written VIP has its element (written before its slot); were it missing, the `VIPS` hash,
             // always complete, would still decide.
             (Some(one), None) => {
-                self.vip_elements.get(one).and_then(|e| u16::try_from(e + 1).ok()).unwrap_or(VIP_SLOT_SHARED)
+                self.vip_elements.get(one).and_then(|e| u16::try_from(e + 1).ok()).unwrap_or(SLOT_SHARED)
             }
-            (Some(_), Some(_)) => VIP_SLOT_SHARED,
+            (Some(_), Some(_)) => SLOT_SHARED,
         };
         let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::VIP_SLOTS)?;
         map.set(slot, value, 0).with_context(|| format!("writing VIP_SLOTS[{slot}] for {address}"))
@@ -976,19 +982,34 @@ impl DataPlane {
         self.services.get(&id.into()).map(|s| s.index)
     }
 
+    /// Writes a listener's value: into `SERVICES`, then into a free `LISTENER_TABLE` element, then moves its slot
+    /// there (see [`DataPlane::write_listener_slot`]).
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
         let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
             map_mut(&mut self.ebpf, names::SERVICES)?;
         let port = u16::from_be_bytes(key.port);
-        services
-            .insert(key, value, 0)
-            .with_context(|| format!("writing the SERVICES entry of {}:{port}", Ipv4Addr::from(key.vip)))?;
+        let vip = Ipv4Addr::from(key.vip);
+        services.insert(key, value, 0).with_context(|| format!("writing the SERVICES entry of {vip}:{port}"))?;
+        let element = self.free_listener_elements.pop_front().ok_or_else(|| {
+            Error::Full(format!("no room for {vip}:{port}: {} listeners at most", lb_common::MAX_LISTENERS))
+        })?;
+        let mut table: Array<&mut MapData, Listener> = map_mut(&mut self.ebpf, names::LISTENER_TABLE)?;
+        table
+            .set(element, Listener { key, value }, 0)
+            .with_context(|| format!("writing {vip}:{port} into LISTENER_TABLE[{element}]"))?;
+        let old = self.listener_elements.insert(key, element);
+        self.write_listener_slot(key)?;
+        self.free_listener_elements.extend(old);
         #[cfg(test)]
         self.journal.push(Journal::Service { port, table: value.table });
         Ok(())
     }
 
+    /// Removes a listener: its slot first, then its `SERVICES` entry.
     fn remove_service_value(&mut self, key: ServiceKey) -> Result<()> {
+        let element = self.listener_elements.remove(&key);
+        self.write_listener_slot(key)?;
+        self.free_listener_elements.extend(element);
         let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
             map_mut(&mut self.ebpf, names::SERVICES)?;
         match services.remove(&key) {
@@ -997,6 +1018,21 @@ impl DataPlane {
                 format!("removing the SERVICES entry of {}:{}", Ipv4Addr::from(key.vip), u16::from_be_bytes(key.port))
             }),
         }
+    }
+
+    /// Rewrites the `LISTENER_SLOTS` slot of `key` from the listeners now written: empty, the one listener
+    /// folding there, or shared (`SERVICES` decides).
+    fn write_listener_slot(&mut self, key: ServiceKey) -> Result<()> {
+        let slot = listener_slot(&key);
+        let elements = &self.listener_elements;
+        let mut folding = elements.iter().filter(|(k, _)| listener_slot(k) == slot).map(|(_, e)| *e);
+        let value = match (folding.next(), folding.next()) {
+            (None, _) => SLOT_EMPTY,
+            (Some(element), None) => u16::try_from(element + 1).unwrap_or(SLOT_SHARED),
+            (Some(_), Some(_)) => SLOT_SHARED,
+        };
+        let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::LISTENER_SLOTS)?;
+        map.set(slot, value, 0).with_context(|| format!("writing LISTENER_SLOTS[{slot}]"))
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.
