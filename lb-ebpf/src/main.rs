@@ -43,7 +43,10 @@ const ARP_REPLY: u16 = 2;
 /// The router a frame belongs to when it is not addressed to any VIP: counted node-wide only.
 const NO_ROUTER: u32 = u32::MAX;
 
+// Inlined into the entry point the macro wraps around it: a call costs a return, and returns are expensive on
+// kernels that mitigate return-address speculation (a "safe RET" thunk on every one).
 #[xdp]
+#[inline(always)]
 pub fn xvip_xdp(ctx: XdpContext) -> u32 {
     let (action, reason, router) = process(&ctx);
     count(reason, router);
