@@ -43,7 +43,10 @@ pub mod names {
     pub const PASS_PROGRAM: &str = "xvip_pass";
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
-    pub const VIP_FILTER: &str = "VIP_FILTER";
+    pub const VIP_SLOTS: &str = "VIP_SLOTS";
+    pub const VIP_TABLE: &str = "VIP_TABLE";
+    pub const LISTENER_SLOTS: &str = "LISTENER_SLOTS";
+    pub const LISTENER_TABLE: &str = "LISTENER_TABLE";
     pub const SERVICES: &str = "SERVICES";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
@@ -159,16 +162,36 @@ pub struct VipValue {
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
-/// Elements of the `VIP_FILTER` array: one bit per value of [`vip_filter_bit`], 64 per element.
-pub const VIP_FILTER_WORDS: u32 = 65536 / 64;
+/// A VIP's address with its value: an element of the `VIP_TABLE` array, which `VIP_SLOTS` indexes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipEntry {
+    pub address: [u8; 4],
+    pub value: VipValue,
+}
+const _: () = assert!(core::mem::size_of::<VipEntry>() == 24);
 
-/// Where an IPv4 destination's bit sits in `VIP_FILTER`: (element, bit). The 16 bits are the address folded onto
-/// itself (high half xor low half), so every address of a /16 gets its own bit. A clear bit means "no VIP here":
-/// most frames on a node are not for a VIP, and they pay one inlined array read instead of a `VIPS` hash lookup.
+/// Elements of the `VIP_TABLE` array: one per VIP, and a spare, so a changed VIP always finds a free element to
+/// be written to before its slot moves there.
+pub const VIP_TABLE_ELEMENTS: u32 = MAX_VIPS + 1;
+
+/// Elements of the `VIP_SLOTS` array: one per value of [`vip_fold`].
+pub const VIP_SLOT_COUNT: u32 = 65536;
+/// A value of `VIP_SLOTS` or `LISTENER_SLOTS`: nothing folds to this slot, so a key folding here has no entry.
+pub const SLOT_EMPTY: u16 = 0;
+/// A value of `VIP_SLOTS` or `LISTENER_SLOTS`: several entries fold to this slot, and the hash map (`VIPS`,
+/// `SERVICES`) decides. Any other value `n` is element `n - 1` of the table (`VIP_TABLE`, `LISTENER_TABLE`), the
+/// one entry folding here: two array reads the verifier inlines instead of a hash lookup.
+pub const SLOT_SHARED: u16 = u16::MAX;
+const _: () = assert!(VIP_TABLE_ELEMENTS < SLOT_SHARED as u32);
+const _: () = assert!(LISTENER_TABLE_ELEMENTS < SLOT_SHARED as u32);
+
+/// Where an IPv4 destination sits in `VIP_SLOTS`: the address folded onto itself (high half xor low half), so
+/// every address of a /16 gets a slot of its own. Every frame to a VIP is resolved by two array reads the
+/// verifier inlines (its slot, then its `VIP_TABLE` element); only VIPs sharing a slot pay the `VIPS` hash lookup.
 #[inline(always)]
-pub const fn vip_filter_bit(address: [u8; 4]) -> (u32, u32) {
-    let folded = (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32);
-    (folded / 64, folded % 64)
+pub const fn vip_fold(address: [u8; 4]) -> u32 {
+    (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32)
 }
 
 pub const PROTO_TCP: u8 = 6;
@@ -200,7 +223,8 @@ pub const FORWARD_NAT: u8 = 1;
 ///
 /// The agent rebuilds a Maglev table into the buffer that is *not* in use, then rewrites this value with only
 /// `table` changed. `SERVICES` is a hash map without preallocation: an update swaps in a whole new element and the
-/// old one is freed only after every reader is done, so a packet sees the old value or the new one, never a mix.
+/// old one is freed only after every reader is done; the `LISTENER_TABLE` copy is written to a free element before
+/// its slot moves there. Either way a packet sees the old value or the new one, never a mix.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -212,6 +236,31 @@ pub struct ServiceValue {
     pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<ServiceValue>() == 12);
+
+/// A listener (a service on one address) with its value: an element of the `LISTENER_TABLE` array, which
+/// `LISTENER_SLOTS` indexes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener {
+    pub key: ServiceKey,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<Listener>() == 20);
+
+/// Elements of the `LISTENER_TABLE` array: one per listener, and a spare, so a changed value (a Maglev table
+/// switch) always finds a free element to be written to before its slot moves there.
+pub const LISTENER_TABLE_ELEMENTS: u32 = MAX_LISTENERS + 1;
+/// Elements of the `LISTENER_SLOTS` array: one per value of [`listener_slot`].
+pub const LISTENER_SLOT_COUNT: u32 = 2 * 65536;
+
+/// Where a (VIP, port, protocol) sits in `LISTENER_SLOTS`: TCP in the first half, UDP in the second, the port
+/// xor the folded VIP ([`vip_fold`]) within it, so one port on several VIPs takes several slots.
+#[inline(always)]
+pub const fn listener_slot(key: &ServiceKey) -> u32 {
+    let port = ((key.port[0] as u32) << 8) | key.port[1] as u32;
+    let half = if key.protocol == PROTO_UDP { 65536 } else { 0 };
+    half | (port ^ vip_fold(key.vip))
+}
 
 /// Maglev slots per element of the `MAGLEV` array. A BPF array stores each value in a slot rounded up to 8 bytes,
 /// so one u32 per element would waste half the memory; 64 per element also means 64 times fewer `bpf()` calls when
@@ -724,6 +773,8 @@ mod pod {
     unsafe impl aya::Pod for super::ServiceValue {}
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::VipEntry {}
+    unsafe impl aya::Pod for super::Listener {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
@@ -819,14 +870,15 @@ mod tests {
     }
 
     #[test]
-    fn every_address_of_a_slash_16_has_its_own_filter_bit() {
-        let mut seen = [0u64; VIP_FILTER_WORDS as usize];
+    fn every_address_of_a_slash_16_has_its_own_slot() {
+        let mut seen = [0u64; VIP_SLOT_COUNT as usize / 64];
         for host in 0..=u16::MAX {
             let [c, d] = host.to_be_bytes();
-            let (word, bit) = vip_filter_bit([10, 77, c, d]);
-            assert!(word < VIP_FILTER_WORDS && bit < 64);
-            assert_eq!(seen[word as usize] & (1 << bit), 0, "10.77.{c}.{d} shares a bit");
-            seen[word as usize] |= 1 << bit;
+            let slot = vip_fold([10, 77, c, d]);
+            assert!(slot < VIP_SLOT_COUNT);
+            let (word, bit) = (slot as usize / 64, slot % 64);
+            assert_eq!(seen[word] & (1 << bit), 0, "10.77.{c}.{d} shares a slot");
+            seen[word] |= 1 << bit;
         }
     }
 

@@ -13,11 +13,12 @@ use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 use crate::{
     csum::{self, Delta},
     forward::{self, set_macs},
-    maps::{BACKENDS, CONNTRACK, NAT, SERVICES},
+    maps::{BACKENDS, CONNTRACK, NAT},
     nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
     packet,
     parse::{IP_LEN, L4_OFF},
     route::{self, NoRoute},
+    service,
     vip::Vip,
 };
 
@@ -208,8 +209,7 @@ fn error(
         && pinned.nat_port != [0, 0]
     {
         // The slot must still hold the flow's backend, of the flow's service: slots are reused when backends leave.
-        // SAFETY: copied out at once.
-        let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip, quoted_sport, protocol)) }).copied() else {
+        let Some(svc) = service::lookup_service(&ServiceKey::new(vip, quoted_sport, protocol)) else {
             return (XDP_DROP, Reason::DropNoService);
         };
         let Some(backend) = BACKENDS.get(pinned.backend) else {

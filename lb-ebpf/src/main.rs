@@ -1,9 +1,10 @@
 //! xvip's XDP program: answers ARP and ping for each VIP while the VRRP router it belongs to is active on this
 //! node, and sends traffic for the services configured on it to a backend chosen by Maglev, pinned per flow.
 //!
-//! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `parse` (header
-//! layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and
-//! ICMP errors through the NAT), `route` (the FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
+//! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
+//! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
+//! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `route` (the
+//! FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
 //!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
 //! exactly one `Reason`, counted per CPU (and, for a frame to a VIP, for the VIP's router too), so the agent can
@@ -19,11 +20,11 @@ mod nat;
 mod packet;
 mod parse;
 mod route;
+mod service;
 mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    helpers::bpf_ktime_get_ns,
     macros::xdp,
     programs::XdpContext,
 };
@@ -31,7 +32,7 @@ use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS, SERVICES};
+use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
 use vip::{Vip, lookup_vip};
@@ -42,7 +43,10 @@ const ARP_REPLY: u16 = 2;
 /// The router a frame belongs to when it is not addressed to any VIP: counted node-wide only.
 const NO_ROUTER: u32 = u32::MAX;
 
+// Inlined into the entry point the macro wraps around it: a call costs a return, and returns are expensive on
+// kernels that mitigate return-address speculation (a "safe RET" thunk on every one).
 #[xdp]
+#[inline(always)]
 pub fn xvip_xdp(ctx: XdpContext) -> u32 {
     let (action, reason, router) = process(&ctx);
     count(reason, router);
@@ -104,9 +108,9 @@ fn may_answer(router: u32) -> bool {
     if beat.max_age_ns == 0 {
         return true;
     }
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-    now.saturating_sub(beat.last_ns) <= beat.max_age_ns
+    // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
+    // against limits of several advert intervals.
+    maps::now_ns().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
 
 /// Turns an ARP request for a VIP into the reply, in place (RFC 826), while its router is active, on the VIP's
@@ -240,8 +244,7 @@ fn transport(
             return (XDP_DROP, Reason::DropNatNoEntry);
         }
     }
-    // SAFETY: copied out at once.
-    let Some(svc) = (unsafe { SERVICES.get(&ServiceKey::new(vip.address, l4.dport, l4.protocol)) }).copied() else {
+    let Some(svc) = service::lookup_service(&ServiceKey::new(vip.address, l4.dport, l4.protocol)) else {
         return (XDP_DROP, Reason::DropNoService);
     };
     let svc: ServiceValue = svc;

@@ -8,9 +8,9 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
-    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey,
-    NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, ServiceKey, ServiceValue, Traffic, VIP_FILTER_WORDS,
-    VipValue,
+    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES,
+    MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS,
+    ServiceKey, ServiceValue, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]
@@ -20,20 +20,35 @@ pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 
-/// Every VIP of every instance: its router, hash seed and interface. Without preallocation, so an update swaps a
-/// whole element in and frees the old one only after every reader is done.
+/// Every VIP of every instance: its router, hash seed and interface. Read only for VIPs that share a `VIP_SLOTS`
+/// slot. Without preallocation, so an update swaps a whole element in and frees the old one only after every
+/// reader is done.
 #[map]
 pub static VIPS: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
 
-/// One bit per folded destination address that may be a VIP (`lb_common::vip_filter_bit`): frames to anything
-/// else skip the `VIPS` lookup.
+/// Folded destination address (`lb_common::vip_fold`) -> the one VIP folding there (`VIP_TABLE` index + 1), none
+/// (`SLOT_EMPTY`), or several (`SLOT_SHARED`: `VIPS` decides). Written by the agent.
 #[map]
-pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_WORDS, 0);
+pub static VIP_SLOTS: Array<u16> = Array::with_max_entries(VIP_SLOT_COUNT, 0);
 
-/// (VIP, port, protocol) -> service. Without preallocation, for the same reason as `VIPS`: a table switch is one
-/// element swap.
+/// The VIPs `VIP_SLOTS` points at. An element is never rewritten while a slot points at it: the agent writes a
+/// changed VIP to a free element and then moves the slot, so a reader sees the old entry or the new one, whole.
+#[map]
+pub static VIP_TABLE: Array<VipEntry> = Array::with_max_entries(VIP_TABLE_ELEMENTS, 0);
+
+/// (VIP, port, protocol) -> service. Read only for listeners that share a `LISTENER_SLOTS` slot. Without
+/// preallocation, for the same reason as `VIPS`: a table switch is one element swap.
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// `lb_common::listener_slot` -> the one listener folding there (`LISTENER_TABLE` index + 1), none (`SLOT_EMPTY`),
+/// or several (`SLOT_SHARED`: `SERVICES` decides). Written by the agent.
+#[map]
+pub static LISTENER_SLOTS: Array<u16> = Array::with_max_entries(LISTENER_SLOT_COUNT, 0);
+
+/// The listeners `LISTENER_SLOTS` points at; written like `VIP_TABLE` (a changed value goes to a free element).
+#[map]
+pub static LISTENER_TABLE: Array<Listener> = Array::with_max_entries(LISTENER_TABLE_ELEMENTS, 0);
 
 /// Two Maglev tables per service, in chunks of 64 slots (see `lb_common::maglev_position`). The agent shrinks this
 /// to what the configured services need at load time.

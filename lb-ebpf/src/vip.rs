@@ -1,7 +1,8 @@
-//! Which of the node's VIPs a frame is addressed to: a filter bit first, the `VIPS` entry only when it is set.
-use lb_common::{VipValue, vip_filter_bit};
+//! Which of the node's VIPs a frame is addressed to: the address's `VIP_SLOTS` slot, then the one `VIP_TABLE`
+//! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
+use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
 
-use crate::maps::{VIP_FILTER, VIPS};
+use crate::maps::{VIP_SLOTS, VIP_TABLE, VIPS};
 
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
@@ -10,13 +11,17 @@ pub struct Vip {
     pub value: VipValue,
 }
 
-/// The `VIPS` entry of `address`, if it is one of our VIPs. Most frames are not for a VIP: they stop at the filter
-/// bit (one array read the verifier inlines) and never pay the hash lookup.
+/// The entry of `address`, if it is one of our VIPs. Most frames are not for a VIP: they stop at an empty slot, or
+/// at a slot whose one VIP is another address.
 #[inline(always)]
 pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
-    let (word, bit) = vip_filter_bit(address);
-    if VIP_FILTER.get(word).is_none_or(|w| *w & (1u64 << bit) == 0) {
+    let slot = *VIP_SLOTS.get(vip_fold(address))?;
+    if slot == SLOT_EMPTY {
         return None;
+    }
+    if slot != SLOT_SHARED {
+        let entry = VIP_TABLE.get(u32::from(slot) - 1)?;
+        return (entry.address == address).then_some(Vip { address, value: entry.value });
     }
     // SAFETY: copied out at once.
     let value = unsafe { VIPS.get(&address) }.copied()?;

@@ -20,10 +20,11 @@ use aya::{
     programs::{TestRun, TestRunOptions, Xdp, XdpMode, xdp::XdpLinkId},
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, MAGLEV_CHUNK, MAGLEV_CHUNKS,
-    MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
-    NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, ServiceKey, ServiceValue, Traffic,
-    VipValue, maglev_position, names, nat_source_port_bit, router_counter, vip_filter_bit,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, MAGLEV_CHUNK,
+    MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
+    NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
+    ServiceKey, ServiceValue, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
+    router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -356,6 +357,14 @@ pub struct DataPlane {
     beat: Heartbeat,
     /// The `VIPS` entries written, by address.
     vips: BTreeMap<Ipv4Addr, VipValue>,
+    /// The `VIP_TABLE` element holding each VIP.
+    vip_elements: BTreeMap<Ipv4Addr, u32>,
+    /// Free `VIP_TABLE` elements, oldest-freed first, so an element is reused as late as possible.
+    free_vip_elements: std::collections::VecDeque<u32>,
+    /// The `LISTENER_TABLE` element holding each `SERVICES` entry.
+    listener_elements: BTreeMap<ServiceKey, u32>,
+    /// Free `LISTENER_TABLE` elements, oldest-freed first.
+    free_listener_elements: std::collections::VecDeque<u32>,
     services: BTreeMap<ServiceId, Installed>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
@@ -420,6 +429,10 @@ impl DataPlane {
             node: NodeConfig::default(),
             beat: Heartbeat::default(),
             vips: BTreeMap::new(),
+            vip_elements: BTreeMap::new(),
+            free_vip_elements: (0..lb_common::VIP_TABLE_ELEMENTS).collect(),
+            listener_elements: BTreeMap::new(),
+            free_listener_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
             services: BTreeMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
@@ -568,9 +581,10 @@ impl DataPlane {
         self.set_vips(&[VipSpec { address: vip, router: 0, hash_seed, interface: None }])
     }
 
-    /// Makes the `VIPS` entries exactly `vips`. New addresses get their entry before their filter bit, leaving ones
-    /// lose the bit before the entry, so the program never looks up an address it has no entry for (and a miss
-    /// would only mean "not a VIP" anyway).
+    /// Makes the VIP maps hold exactly `vips`. The `VIPS` hash gets a new address before its slot points at it and
+    /// loses a leaving one after; a changed VIP goes to a free `VIP_TABLE` element before its slot moves there, so
+    /// the program reads a VIP's old entry or its new one, never a half-written one, and never an address without
+    /// its entry.
     ///
     /// # Errors
     /// When an interface cannot be looked up or a map write fails; the addresses before it are written.
@@ -597,7 +611,9 @@ impl DataPlane {
         let gone: Vec<Ipv4Addr> = self.vips.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
         for address in gone {
             self.vips.remove(&address);
-            self.write_vip_filter_bit(address)?;
+            let element = self.vip_elements.remove(&address);
+            self.write_vip_slot(address)?;
+            self.free_vip_elements.extend(element);
             let mut map: BpfHashMap<&mut MapData, [u8; 4], VipValue> = map_mut(&mut self.ebpf, names::VIPS)?;
             match map.remove(&address.octets()) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
@@ -610,24 +626,37 @@ impl DataPlane {
             }
             let mut map: BpfHashMap<&mut MapData, [u8; 4], VipValue> = map_mut(&mut self.ebpf, names::VIPS)?;
             map.insert(address.octets(), value, 0).with_context(|| format!("writing {address} into the VIPS map"))?;
+            let element = self.free_vip_elements.pop_front().ok_or_else(|| {
+                Error::Full(format!("no room for VIP {address}: {} VIPs at most", lb_common::MAX_VIPS))
+            })?;
+            let mut table: Array<&mut MapData, VipEntry> = map_mut(&mut self.ebpf, names::VIP_TABLE)?;
+            table
+                .set(element, VipEntry { address: address.octets(), value }, 0)
+                .with_context(|| format!("writing {address} into VIP_TABLE[{element}]"))?;
             self.vips.insert(address, value);
-            self.write_vip_filter_bit(address)?;
+            let old = self.vip_elements.insert(address, element);
+            self.write_vip_slot(address)?;
+            self.free_vip_elements.extend(old);
         }
         Ok(())
     }
 
-    /// Rewrites the `VIP_FILTER` word holding `address`'s bit from the VIPs now written.
-    fn write_vip_filter_bit(&mut self, address: Ipv4Addr) -> Result<()> {
-        let (word, _) = vip_filter_bit(address.octets());
-        let mut bits = 0u64;
-        for a in self.vips.keys() {
-            let (w, bit) = vip_filter_bit(a.octets());
-            if w == word {
-                bits |= 1 << bit;
+    /// Rewrites the `VIP_SLOTS` slot `address` folds to from the VIPs now written: empty, the one VIP folding there,
+    /// or shared.
+    fn write_vip_slot(&mut self, address: Ipv4Addr) -> Result<()> {
+        let slot = vip_fold(address.octets());
+        let mut folding = self.vips.keys().filter(|a| vip_fold(a.octets()) == slot);
+        let value = match (folding.next(), folding.next()) {
+            (None, _) => SLOT_EMPTY,
+            // Every written VIP has its element (written before its slot); were it missing, the `VIPS` hash,
+            // always complete, would still decide.
+            (Some(one), None) => {
+                self.vip_elements.get(one).and_then(|e| u16::try_from(e + 1).ok()).unwrap_or(SLOT_SHARED)
             }
-        }
-        let mut map: Array<&mut MapData, u64> = map_mut(&mut self.ebpf, names::VIP_FILTER)?;
-        map.set(word, bits, 0).with_context(|| format!("writing VIP_FILTER[{word}]"))
+            (Some(_), Some(_)) => SLOT_SHARED,
+        };
+        let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::VIP_SLOTS)?;
+        map.set(slot, value, 0).with_context(|| format!("writing VIP_SLOTS[{slot}] for {address}"))
     }
 
     /// The `VIPS` entries written, by address.
@@ -968,19 +997,34 @@ impl DataPlane {
         self.services.get(&id.into()).map(|s| s.index)
     }
 
+    /// Writes a listener's value: into `SERVICES`, then into a free `LISTENER_TABLE` element, then moves its slot
+    /// there (see [`DataPlane::write_listener_slot`]).
     fn write_service_value(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
         let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
             map_mut(&mut self.ebpf, names::SERVICES)?;
         let port = u16::from_be_bytes(key.port);
-        services
-            .insert(key, value, 0)
-            .with_context(|| format!("writing the SERVICES entry of {}:{port}", Ipv4Addr::from(key.vip)))?;
+        let vip = Ipv4Addr::from(key.vip);
+        services.insert(key, value, 0).with_context(|| format!("writing the SERVICES entry of {vip}:{port}"))?;
+        let element = self.free_listener_elements.pop_front().ok_or_else(|| {
+            Error::Full(format!("no room for {vip}:{port}: {} listeners at most", lb_common::MAX_LISTENERS))
+        })?;
+        let mut table: Array<&mut MapData, Listener> = map_mut(&mut self.ebpf, names::LISTENER_TABLE)?;
+        table
+            .set(element, Listener { key, value }, 0)
+            .with_context(|| format!("writing {vip}:{port} into LISTENER_TABLE[{element}]"))?;
+        let old = self.listener_elements.insert(key, element);
+        self.write_listener_slot(key)?;
+        self.free_listener_elements.extend(old);
         #[cfg(test)]
         self.journal.push(Journal::Service { port, table: value.table });
         Ok(())
     }
 
+    /// Removes a listener: its slot first, then its `SERVICES` entry.
     fn remove_service_value(&mut self, key: ServiceKey) -> Result<()> {
+        let element = self.listener_elements.remove(&key);
+        self.write_listener_slot(key)?;
+        self.free_listener_elements.extend(element);
         let mut services: BpfHashMap<&mut MapData, ServiceKey, ServiceValue> =
             map_mut(&mut self.ebpf, names::SERVICES)?;
         match services.remove(&key) {
@@ -989,6 +1033,21 @@ impl DataPlane {
                 format!("removing the SERVICES entry of {}:{}", Ipv4Addr::from(key.vip), u16::from_be_bytes(key.port))
             }),
         }
+    }
+
+    /// Rewrites the `LISTENER_SLOTS` slot of `key` from the listeners now written: empty, the one listener
+    /// folding there, or shared (`SERVICES` decides).
+    fn write_listener_slot(&mut self, key: ServiceKey) -> Result<()> {
+        let slot = listener_slot(&key);
+        let elements = &self.listener_elements;
+        let mut folding = elements.iter().filter(|(k, _)| listener_slot(k) == slot).map(|(_, e)| *e);
+        let value = match (folding.next(), folding.next()) {
+            (None, _) => SLOT_EMPTY,
+            (Some(element), None) => u16::try_from(element + 1).unwrap_or(SLOT_SHARED),
+            (Some(_), Some(_)) => SLOT_SHARED,
+        };
+        let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::LISTENER_SLOTS)?;
+        map.set(slot, value, 0).with_context(|| format!("writing LISTENER_SLOTS[{slot}]"))
     }
 
     /// Takes (`add`) or drops a reference to a NAT endpoint; the map entry exists while some service holds one.

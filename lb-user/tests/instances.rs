@@ -73,12 +73,7 @@ fn dataplane(a_active: bool, b_active: bool) -> DataPlane {
     let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
         .expect("loading the XDP program (these tests need root)");
     dp.set_node_mac(NODE_MAC).expect("mac");
-    let services = vec![
-        (ServiceId::new("a", "web"), web_a()),
-        (ServiceId::new("a", "tls"), tls_a()),
-        (ServiceId::new("b", "web"), web_b()),
-    ];
-    dp.reconcile(&vips(), &services).expect("reconcile");
+    dp.reconcile(&vips(), &services()).expect("reconcile");
     dp.set_router_active(router_a(), a_active).expect("a");
     dp.set_router_active(router_b(), b_active).expect("b");
     dp
@@ -205,4 +200,111 @@ fn a_frame_from_another_of_our_vips_is_a_martian() {
     let mut dp = dataplane(true, true);
     let input = frames::tcp_frame(NODE_MAC, CLIENT_MAC, B1, A1, 40_000, 80, TCP_SYN, b"");
     assert_eq!(run(&mut dp, &input, XDP_DROP, Reason::DropMartianSource), input);
+}
+
+/// 11.76.1.251 folds to A1's `VIP_SLOTS` slot, 11.76.1.253 to B1's (`lb_common::vip_fold`).
+const SHARES_A1: Ipv4Addr = Ipv4Addr::new(11, 76, 1, 251);
+const SHARES_B1: Ipv4Addr = Ipv4Addr::new(11, 76, 1, 253);
+
+fn services() -> Vec<(ServiceId, ServiceSpec)> {
+    vec![
+        (ServiceId::new("a", "web"), web_a()),
+        (ServiceId::new("a", "tls"), tls_a()),
+        (ServiceId::new("b", "web"), web_b()),
+    ]
+}
+
+fn arp_reply_from(vip: Ipv4Addr) -> Vec<u8> {
+    frames::arp(frames::eth(CLIENT_MAC, NODE_MAC, frames::ETH_ARP), 2, NODE_MAC, vip, CLIENT_MAC, CLIENT)
+}
+
+#[test]
+fn vips_sharing_a_slot_are_each_answered_and_an_address_in_one_vips_slot_is_not_a_vip() {
+    assert_eq!(lb_common::vip_fold(SHARES_A1.octets()), lb_common::vip_fold(A1.octets()));
+    assert_eq!(lb_common::vip_fold(SHARES_B1.octets()), lb_common::vip_fold(B1.octets()));
+    let mut dp = dataplane(true, true);
+    let mut with_neighbour = vips();
+    with_neighbour.push(VipSpec {
+        address: SHARES_A1,
+        router: router_a(),
+        hash_seed: group_seed(SHARES_A1.octets(), VRID_A),
+        interface: None,
+    });
+    dp.reconcile(&with_neighbour, &services()).expect("a fourth address sharing A1's slot");
+    for vip in [A1, SHARES_A1] {
+        let out = run(&mut dp, &frames::arp_request(CLIENT_MAC, CLIENT, vip), XDP_TX, Reason::ArpReply);
+        assert_eq!(out, arp_reply_from(vip), "{vip} shares its slot and is answered");
+    }
+    run(&mut dp, &syn(A1, 40_000, 80), XDP_TX, Reason::ForwardTx);
+    // B1's slot holds B1 alone: another address folding there is no VIP.
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, SHARES_B1);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
+    let input = syn(SHARES_B1, 40_000, 80);
+    assert_eq!(run(&mut dp, &input, XDP_PASS, Reason::PassNotVip), input);
+
+    // Back to one VIP in A1's slot: A1 still answered, its former neighbour no more.
+    dp.reconcile(&vips(), &services()).expect("without the fourth address");
+    let out = run(&mut dp, &frames::arp_request(CLIENT_MAC, CLIENT, A1), XDP_TX, Reason::ArpReply);
+    assert_eq!(out, arp_reply_from(A1));
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, SHARES_A1);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request);
+}
+
+#[test]
+fn a_vip_moved_to_another_router_follows_that_routers_flag() {
+    let mut dp = dataplane(true, false);
+    run(&mut dp, &frames::arp_request(CLIENT_MAC, CLIENT, A2), XDP_TX, Reason::ArpReply);
+    let moved: Vec<VipSpec> =
+        vips().into_iter().map(|v| if v.address == A2 { VipSpec { router: router_b(), ..v } } else { v }).collect();
+    dp.reconcile(&moved, &services()).expect("A2 to b's router");
+    let request = frames::arp_request(CLIENT_MAC, CLIENT, A2);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassArp), request, "b is not active");
+    run(&mut dp, &frames::arp_request(CLIENT_MAC, CLIENT, A1), XDP_TX, Reason::ArpReply);
+    dp.set_router_active(router_b(), true).expect("b");
+    let out = run(&mut dp, &frames::arp_request(CLIENT_MAC, CLIENT, A2), XDP_TX, Reason::ArpReply);
+    assert_eq!(out, arp_reply_from(A2));
+}
+
+/// a's service on port 81: (A1, 81) shares `LISTENER_SLOTS` slot with (A2, 80) and (A2, 81) with (A1, 80)
+/// (`lb_common::listener_slot`: the port xor the folded address).
+fn web81_a() -> ServiceSpec {
+    ServiceSpec { port: 81, backends: vec![BackendSpec { port: 81, ..backend(2) }], ..web_a() }
+}
+
+fn listener(vip: Ipv4Addr, port: u16) -> u32 {
+    lb_common::listener_slot(&lb_common::ServiceKey::new(vip.octets(), port.to_be_bytes(), PROTO_TCP))
+}
+
+#[test]
+fn listeners_sharing_a_slot_each_reach_their_own_service() {
+    assert_eq!(listener(A1, 81), listener(A2, 80));
+    assert_eq!(listener(A2, 81), listener(A1, 80));
+    let mut dp = dataplane(true, true);
+    // In place of a's port 443 (the data plane is loaded for 3 services).
+    let with_81 = vec![
+        (ServiceId::new("a", "web"), web_a()),
+        (ServiceId::new("a", "web81"), web81_a()),
+        (ServiceId::new("b", "web"), web_b()),
+    ];
+    dp.reconcile(&vips(), &with_81).expect("a's port 81");
+    for (vip, port, spec) in [(A1, 80, web_a()), (A2, 80, web_a()), (A1, 81, web81_a()), (A2, 81, web81_a())] {
+        let out = run(&mut dp, &syn(vip, 40_000, port), XDP_TX, Reason::ForwardTx);
+        assert_eq!(out[0..6], predicted(&spec, vip, VRID_A, 40_000), "{vip}:{port}");
+    }
+    // Back to one listener per slot: port 80 still served, port 81 no more.
+    dp.reconcile(&vips(), &services()).expect("without port 81");
+    for vip in [A1, A2] {
+        let out = run(&mut dp, &syn(vip, 40_001, 80), XDP_TX, Reason::ForwardTx);
+        assert_eq!(out[0..6], predicted(&web_a(), vip, VRID_A, 40_001), "{vip}:80");
+        run(&mut dp, &syn(vip, 40_001, 81), XDP_DROP, Reason::DropNoService);
+    }
+}
+
+#[test]
+fn a_port_in_another_listeners_slot_has_no_service() {
+    // (B1, 86) folds to the slot (A1, 80) holds alone.
+    assert_eq!(listener(B1, 86), listener(A1, 80));
+    let mut dp = dataplane(true, true);
+    run(&mut dp, &syn(B1, 40_000, 86), XDP_DROP, Reason::DropNoService);
+    run(&mut dp, &syn(A1, 40_000, 80), XDP_TX, Reason::ForwardTx);
 }

@@ -51,6 +51,7 @@ OPTIONS:
   --rounds N        xdp rounds (default 5), e2e rounds (default 3), maglev builds (default 9); medians
   --repeat N        xdp: repetitions per BPF_PROG_TEST_RUN call (default 1000000)
   --shots N         xdp: calls per round for paths that change their own frame (default 50000)
+  --paths TEXT      xdp: only the paths whose name contains TEXT (for profiling one path)
   --trials N        failover: trials per case (default 3)
   --intervals LIST  failover: advert intervals in ms, comma separated (default 1000,100)
   --duration S      e2e: seconds per wrk run (default 5)
@@ -65,6 +66,8 @@ pub struct Options {
     pub rounds: Option<usize>,
     pub repeat: u32,
     pub shots: usize,
+    /// xdp: only the paths whose name contains this (every path when empty).
+    pub paths: String,
     pub trials: usize,
     pub intervals: Vec<u32>,
     pub duration: u32,
@@ -81,6 +84,7 @@ fn parse_args() -> Result<Options> {
         rounds: None,
         repeat: 1_000_000,
         shots: 50_000,
+        paths: String::new(),
         trials: 3,
         intervals: vec![1000, 100],
         duration: 5,
@@ -99,6 +103,7 @@ fn parse_args() -> Result<Options> {
             "--rounds" => o.rounds = Some(number(&value("--rounds")?, "--rounds")?),
             "--repeat" => o.repeat = number(&value("--repeat")?, "--repeat")?,
             "--shots" => o.shots = number(&value("--shots")?, "--shots")?,
+            "--paths" => o.paths = value("--paths")?,
             "--trials" => o.trials = number(&value("--trials")?, "--trials")?,
             "--duration" => o.duration = number(&value("--duration")?, "--duration")?,
             "--intervals" => {

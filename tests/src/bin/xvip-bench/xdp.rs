@@ -352,7 +352,11 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
     dp.set_active(true)?;
 
-    let mut prepared: Vec<Prepared> = paths().into_iter().map(|spec| prepare(&mut dp, spec, options)).collect();
+    let mut prepared: Vec<Prepared> = paths()
+        .into_iter()
+        .filter(|spec| spec.name.contains(&options.paths))
+        .map(|spec| prepare(&mut dp, spec, options))
+        .collect();
     for p in &prepared {
         match &p.error {
             None if p.repeatable => eprintln!("[bench] xdp: {}: warm (repeat) and cold (single)", p.spec.name),
