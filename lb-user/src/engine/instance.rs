@@ -21,7 +21,7 @@ use super::{
     fmt_list, fmt_mac, more, more_comma,
 };
 use crate::{
-    config::{self, CheckKind, InstancePlan},
+    config::{self, CheckKind, Forwarding, InstancePlan},
     dataplane::{ServiceId, VipSpec},
     health,
     neighbour::Seen,
@@ -471,6 +471,10 @@ impl Instance {
         self.observed.adverts_sent += 1;
     }
 
+    fn is_nat(&self, service: &str) -> bool {
+        self.config.services.iter().any(|s| s.name == service && s.forwarding == Forwarding::Nat)
+    }
+
     fn send_garps(&mut self, out: &mut Out) {
         let count = self.config.vrrp.garp_count;
         if count > 0 {
@@ -702,6 +706,13 @@ impl Instance {
             let state = if healthy { "up" } else { "down" };
             self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
             self.install(service, out);
+            if healthy && self.router.role() == Role::Active && self.is_nat(service) {
+                // A NAT backend answers the VIP itself. One that comes back after losing its link may hold its
+                // replies for a neighbour entry of the VIP it began to resolve while cut off, and Linux asks
+                // again only after `retrans_time` (1 s): announcing the VIP now completes that entry, so the
+                // new flows sent to it from now on are answered at once.
+                self.send_garps(out);
+            }
         }
         self.settle_if_done(now, out);
         self.update_priority(now, out);

@@ -1140,3 +1140,35 @@ fn settling_waits_for_the_mac_of_a_backend_that_passed() {
     hear(&mut e, t, 10, 120);
     assert_eq!(role(&e), Role::Active);
 }
+
+#[test]
+fn an_active_node_announces_its_vip_when_a_nat_backend_comes_back() {
+    // The soak found this: a backend whose link came back still had the VIP's neighbour entry it began to
+    // resolve while cut off, and held its SYN/ACKs until its next ARP retry (up to a second later): the new
+    // connections sent to it failed. A gratuitous ARP from the active node completes that entry.
+    let mut c = config(150);
+    let mut dsr = service("dns", 53, &[B2], CheckKind::Tcp);
+    dsr.forwarding = Forwarding::Dsr;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Http), dsr];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("dns", B2, true));
+    let t = e.next_deadline().expect("down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    let garp_count = only(&mut config(150)).vrrp.garp_count;
+    assert!(garp_count > 0);
+    assert_eq!(garps(&e.handle(t + ms(100), check("api", B1, false))), 0, "going down announces nothing");
+    assert_eq!(garps(&e.handle(t + ms(200), check("api", B1, true))), garp_count, "back: announced");
+    assert_eq!(garps(&e.handle(t + ms(300), check("api", B1, true))), 0, "no change, nothing to announce");
+    e.handle(t + ms(400), check("dns", B2, false));
+    assert_eq!(garps(&e.handle(t + ms(500), check("dns", B2, true))), 0, "a DSR backend never sends to the VIP");
+
+    // A backup has nothing to announce.
+    e.handle(t + ms(600), packet(PEER, 200, &[VIP]));
+    assert_eq!(role(&e), Role::Backup);
+    e.handle(t + ms(700), check("api", B1, false));
+    assert_eq!(garps(&e.handle(t + ms(800), check("api", B1, true))), 0);
+}

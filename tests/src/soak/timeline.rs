@@ -518,7 +518,7 @@ mod tests {
             }],
             ..connection("backend1", Some("reset"), end)
         };
-        let same: Vec<(Duration, Vec<String>)> = vec![(ms(0), vec!["backend1".to_string()])];
+        let same: Vec<(Duration, Duration, Vec<String>)> = vec![(ms(0), ms(0), vec!["backend1".to_string()])];
         // Lines written before the kill arrive after the window, then the reset.
         let late = stream(1700, 1780);
         assert_eq!(ending(&late, std::slice::from_ref(&flap), &same), Ending::WithItsBackend);
