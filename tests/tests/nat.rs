@@ -376,3 +376,48 @@ fn a_node_active_again_keeps_nothing_from_its_last_active_period() {
     }
     assert!(n2.log().contains("forgot"), "node2 forgot its flows when it left the active role:\n{}", n2.log());
 }
+
+/// Whether backend `n`'s health, as `node` sees it, is `healthy`.
+fn backend_healthy(lab: &Lab, node: &XvipNode, n: usize) -> bool {
+    let address = lab.backend(n).ip.to_string();
+    node.status().is_ok_and(|s| s.services.iter().flat_map(|s| &s.backends).any(|b| b.address == address && b.healthy))
+}
+
+#[test]
+fn a_backend_back_from_a_link_loss_learns_the_vip_at_once() {
+    // The soak found this: a backend that tried to reach the VIP while its link was cut kept that neighbour entry
+    // unresolved after the link came back, and held its SYN/ACKs until its next ARP retry (retrans_time, 1 s by
+    // default): the new connections sent to it meanwhile failed. The active node announces the VIP when such a
+    // backend passes its check again. backend1 retries only every 5 s here, so only that announcement resolves
+    // the entry within the test.
+    let lab = lab();
+    let (n1, _n2) = pair(&lab);
+    let backend = lab.backend(1).clone();
+    lab.exec(&backend.ns, ["sysctl", "-q", "-w", "net.ipv4.neigh.eth0.retrans_time_ms=5000"]).expect("sysctl");
+    lab.cut_link(&backend).expect("cut backend1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_healthy(&lab, &n1, 1) {
+        assert!(Instant::now() < deadline, "node1 never took backend1 out:\n{}", n1.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Something to send to the VIP while cut off (a reply the backend owes, here a ping): the entry is pending.
+    let _ = lab.exec(&backend.ns, ["ping", "-c", "1", "-W", "1", &lab.vip().to_string()]);
+    let pending = lab.exec(&backend.ns, ["ip", "neigh", "show", &lab.vip().to_string(), "dev", "eth0"]).expect("ip");
+    assert!(pending.contains("INCOMPLETE") || pending.contains("FAILED"), "not pending: {pending}");
+    lab.restore_link(&backend).expect("restore backend1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backend_healthy(&lab, &n1, 1) {
+        assert!(Instant::now() < deadline, "node1 never took backend1 back:\n{}", n1.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let back = Instant::now();
+    let node1 = lab.node(1).mac;
+    loop {
+        if lab.neighbour(&backend, lab.vip()).expect("ip neigh") == Some(node1) {
+            break;
+        }
+        let entry = lab.exec(&backend.ns, ["ip", "neigh", "show", &lab.vip().to_string(), "dev", "eth0"]);
+        assert!(back.elapsed() < Duration::from_millis(500), "backend1 still has {entry:?} for the VIP");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
