@@ -367,6 +367,8 @@ fn spawn_signals(config_path: PathBuf, events: mpsc::UnboundedSender<Event>) -> 
 enum Job {
     Reconcile(Vec<VipSpec>, Vec<(ServiceId, ServiceSpec)>),
     Install(ServiceId, ServiceSpec),
+    /// Delete the connection and NAT entries of flows to these VIPs (an instance left the active role).
+    ForgetFlows(Vec<Ipv4Addr>),
     Counters(oneshot::Sender<Counters>),
     /// For metrics: the counters, and with `scan` a walk over the connection and NAT tables (timed).
     Sample {
@@ -406,6 +408,14 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
                             }
                         }
                         Job::Install(id, spec) => installs.push((id, spec)),
+                        Job::ForgetFlows(vips) => match dataplane.forget_flows(&vips) {
+                            Ok((flows, translations)) => log::info!(
+                                "forgot {flows} connection and {translations} NAT entries of {}: no longer active, \
+                                 the peer that took over carries those flows",
+                                list(&vips)
+                            ),
+                            Err(e) => log::error!("forgetting the flows of {}: {e:#}", list(&vips)),
+                        },
                         Job::Counters(reply) => {
                             let mut counters = dataplane.counters().unwrap_or_else(|e| {
                                 log::warn!("reading counters: {e:#}");
@@ -438,6 +448,11 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
         })
         .map_err(|source| Error::Io { what: "starting the data plane thread", source })?;
     Ok((tx, handle))
+}
+
+/// Addresses as `a, b`.
+fn list(addresses: &[Ipv4Addr]) -> String {
+    addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
 /// Applies (and empties) `installs`, logging each service that failed.
@@ -814,6 +829,9 @@ impl Shell {
             Command::InstallService { id, spec } => {
                 let _ = self.dataplane.send(Job::Install(id, spec));
             }
+            Command::ForgetFlows(vips) => {
+                let _ = self.dataplane.send(Job::ForgetFlows(vips));
+            }
             Command::StartChecker { id, backend, settings } => self.start_checker(id, backend, settings),
             Command::StopChecker { id, backend } => {
                 self.checkers.remove(&(id, backend));
@@ -875,6 +893,7 @@ mod tests {
                     format!("reconcile({})", s.iter().map(|(n, _)| n.service.as_str()).collect::<Vec<_>>().join(","))
                 }
                 Job::Install(n, s) => format!("install({}:{})", n.service, s.port),
+                Job::ForgetFlows(_) => "forget".into(),
                 Job::Counters(_) => "counters".into(),
                 Job::Sample { .. } => "sample".into(),
                 Job::Detach(_) => "detach".into(),

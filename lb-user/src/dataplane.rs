@@ -1303,6 +1303,35 @@ impl DataPlane {
         Ok(scan)
     }
 
+    /// Deletes every connection-table and NAT entry of a flow to one of `vips`; returns how many of each.
+    ///
+    /// For an instance that stopped being active: while it is not, the program creates no state for its VIPs,
+    /// and what it kept from its last active period would be wrong the next time it is (a peer carried those
+    /// flows meanwhile): a pin left by an earlier connection from the same client port, made under another Maglev
+    /// table, would send that port's next connection's packets to the old backend, and a reverse entry of a flow
+    /// that ended on the peer would hold its NAT port, so a flow the peer gave that port would get another one
+    /// here. Entries the program adds during the walk (the instance active again already) may be deleted too:
+    /// their flows start over at their next packet, as after a failover.
+    ///
+    /// # Errors
+    /// When a map is missing, or a walk or delete fails for another reason than the entry vanishing meanwhile.
+    pub fn forget_flows(&mut self, vips: &[Ipv4Addr]) -> Result<(u64, u64)> {
+        let vips: Vec<[u8; 4]> = vips.iter().map(Ipv4Addr::octets).collect();
+        let flows = {
+            let mut conntrack: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
+                map_mut(&mut self.ebpf, names::CONNTRACK)?;
+            let stale =
+                keys_where(conntrack.keys(), |k: &FlowKey| vips.contains(&k.vip)).context("walking CONNTRACK")?;
+            remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK")?
+        };
+        let translations = {
+            let mut nat: BpfHashMap<&mut MapData, NatKey, NatValue> = map_mut(&mut self.ebpf, names::NAT)?;
+            let stale = keys_where(nat.keys(), |k: &NatKey| vips.contains(&k.vip)).context("walking NAT")?;
+            remove_all(stale, |k| nat.remove(k)).context("deleting from NAT")?
+        };
+        Ok((flows, translations))
+    }
+
     /// Runs the load balancer program once over `frame` with BPF_PROG_TEST_RUN (nothing is sent anywhere).
     pub fn test_run(&mut self, frame: &[u8]) -> Result<TestOutcome> {
         self.test_run_program(names::PROGRAM, frame, 1)
@@ -1611,6 +1640,40 @@ pub fn monotonic_ns() -> Result<u64> {
     }
     // Never negative: the monotonic clock counts from boot.
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
+}
+
+/// The keys of a map walk that `keep` selects (keys removed during the walk are skipped).
+fn keys_where<K>(
+    keys: impl Iterator<Item = std::result::Result<K, MapError>>,
+    keep: impl Fn(&K) -> bool,
+) -> std::result::Result<Vec<K>, MapError> {
+    let mut selected = Vec::new();
+    for key in keys {
+        match key {
+            Ok(k) if keep(&k) => selected.push(k),
+            Ok(_) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(selected)
+}
+
+/// Removes each key with `remove`; a key already gone counts as removed by someone else. Returns how many it
+/// removed.
+fn remove_all<K>(
+    keys: Vec<K>,
+    mut remove: impl FnMut(&K) -> std::result::Result<(), MapError>,
+) -> std::result::Result<u64, MapError> {
+    let mut removed = 0;
+    for key in &keys {
+        match remove(key) {
+            Ok(()) => removed += 1,
+            Err(MapError::KeyNotFound) => {}
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(removed)
 }
 
 fn map_mut<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<T>

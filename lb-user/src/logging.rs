@@ -97,7 +97,7 @@ pub fn init() -> io::Result<()> {
     let (writer, _dropped) = spawn(io::stderr(), QUEUE_LINES)?;
     let _ = QUEUE.set(writer.queue.clone());
     let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
-    builder.format_target(false).target(env_logger::Target::Pipe(Box::new(writer)));
+    builder.format_target(false).format_timestamp_millis().target(env_logger::Target::Pipe(Box::new(writer)));
     // A logger may already be set (tests); that one is kept.
     let _ = builder.try_init();
     Ok(())

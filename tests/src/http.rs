@@ -153,8 +153,25 @@ fn map_timeout(e: io::Error, what: &str) -> io::Error {
 /// # Errors
 /// Any I/O error (`EADDRINUSE` if the port is still held), a malformed response, or the timeout.
 pub fn get_from_port(addr: SocketAddrV4, local_port: u16, path: &str, timeout: Duration) -> io::Result<Response> {
-    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     let deadline = Instant::now() + timeout;
+    let mut stream = connect_from_port(addr, local_port, deadline)?;
+    write_request(&mut stream, SocketAddr::V4(addr), path, false, deadline)?;
+    let mut reader = BufReader::new(stream);
+    let response = read_response(&mut reader, deadline)?;
+    loop {
+        reader.get_ref().set_read_timeout(Some(left(deadline, "close")?))?;
+        let mut rest = [0u8; 512];
+        match reader.read(&mut rest) {
+            Ok(0) => return Ok(response),
+            Ok(_) => {}
+            Err(e) => return Err(map_timeout(e, "close")),
+        }
+    }
+}
+
+/// A TCP connection to `addr` from local port `local_port` (`SO_REUSEADDR`), connected by `deadline`.
+fn connect_from_port(addr: SocketAddrV4, local_port: u16, deadline: Instant) -> io::Result<TcpStream> {
+    use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
     // SAFETY: plain syscall; the result is checked and owned at once.
     let raw = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if raw < 0 {
@@ -199,19 +216,7 @@ pub fn get_from_port(addr: SocketAddrV4, local_port: u16, path: &str, timeout: D
         check(libc::connect(raw, (&raw const remote).cast(), len)).map_err(|e| map_timeout(e, "connect"))?;
     }
     // SAFETY: the fd is a connected TCP socket, handed over whole.
-    let mut stream = unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) };
-    write_request(&mut stream, SocketAddr::V4(addr), path, false, deadline)?;
-    let mut reader = BufReader::new(stream);
-    let response = read_response(&mut reader, deadline)?;
-    loop {
-        reader.get_ref().set_read_timeout(Some(left(deadline, "close")?))?;
-        let mut rest = [0u8; 512];
-        match reader.read(&mut rest) {
-            Ok(0) => return Ok(response),
-            Ok(_) => {}
-            Err(e) => return Err(map_timeout(e, "close")),
-        }
-    }
+    Ok(unsafe { TcpStream::from_raw_fd(fd.into_raw_fd()) })
 }
 
 /// A keep-alive connection for several requests in a row (to see that a flow sticks to its backend).
@@ -229,6 +234,15 @@ impl Connection {
     pub fn open(addr: SocketAddr, timeout: Duration) -> io::Result<Self> {
         let stream = connect(addr, Instant::now() + timeout)?;
         Ok(Connection { addr, reader: BufReader::new(stream) })
+    }
+
+    /// Connects from local port `local_port` within `timeout` (a client that reuses a source port).
+    ///
+    /// # Errors
+    /// As [`get_from_port`].
+    pub fn open_from_port(addr: SocketAddrV4, local_port: u16, timeout: Duration) -> io::Result<Self> {
+        let stream = connect_from_port(addr, local_port, Instant::now() + timeout)?;
+        Ok(Connection { addr: SocketAddr::V4(addr), reader: BufReader::new(stream) })
     }
 
     /// `GET path` with `Connection: keep-alive` on this connection.

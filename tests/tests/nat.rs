@@ -287,3 +287,137 @@ fn a_server_push_stream_resumes_after_a_handover_once_its_client_sends() {
     );
     assert_eq!(chatty_resumed, N / 2, "a client that sends rebuilds the translation");
 }
+
+/// The backend that served a response (its `X-Backend` header).
+fn served_by(response: &xvip_tests::http::Response) -> String {
+    response.header("x-backend").unwrap_or_default().to_owned()
+}
+
+/// One connection from each of `ports` to `target` in turn; the backend that served each.
+fn backends_of_ports(lab: &Lab, target: SocketAddrV4, ports: &[u16]) -> Vec<String> {
+    let ports = ports.to_vec();
+    lab.in_netns(&lab.client().ns, move || {
+        ports
+            .iter()
+            .map(|&p| {
+                xvip_tests::http::get_from_port(target, p, "/", Duration::from_secs(5))
+                    .map(|r| served_by(&r))
+                    .map_err(|e| anyhow::anyhow!("GET from port {p}: {e}"))
+            })
+            .collect()
+    })
+    .expect("connections from fixed ports")
+}
+
+#[test]
+fn a_node_active_again_keeps_nothing_from_its_last_active_period() {
+    // The soak found this: node2, active earlier while a backend was out, had pinned a connection from client
+    // port P to another backend than the full table gives. When it took over again, a long-lived connection from
+    // the same port P (opened through node1 under the full table) was sent to that old backend and reset.
+    let lab = lab();
+    lab.start_backends(&[BACKEND_PORT]).expect("backends");
+    let service = ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, "nat");
+    let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100).service(service.clone())).expect("node2");
+    n2.wait_role("active", Duration::from_secs(5)).expect("node2 active");
+    wait_healthy(&n2);
+    let target = SocketAddrV4::new(lab.vip(), SERVICE_PORT);
+    // Under backend1 and backend2 only.
+    lab.set_backend_ready(3, false).expect("backend3 unready");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while n2
+        .status()
+        .is_ok_and(|s| s.services[0].backends.iter().any(|b| b.address == lab.backend(3).ip.to_string() && b.healthy))
+    {
+        assert!(Instant::now() < deadline, "node2 never took backend3 out:\n{}", n2.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ports: Vec<u16> = (0..24).map(|i| 40_000 + 7 * i).collect();
+    let before = backends_of_ports(&lab, target, &ports);
+    lab.set_backend_ready(3, true).expect("backend3 ready");
+    wait_healthy(&n2);
+    // node1 comes and preempts: node2 is a backup and, from now on, knows nothing the peer will do.
+    let mut n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(service)).expect("node1");
+    n1.wait_role("active", Duration::from_secs(10)).expect("node1 preempts");
+    n2.wait_role("backup", Duration::from_secs(2)).expect("node2 backup");
+    wait_healthy(&n1);
+    let after = backends_of_ports(&lab, target, &ports);
+    let moved: Vec<(u16, String)> = ports
+        .iter()
+        .zip(before.iter().zip(&after))
+        .filter(|(_, (b, a))| b != a)
+        .map(|(p, (_, a))| (*p, a.clone()))
+        .collect();
+    eprintln!("ports whose backend differs between the two tables: {moved:?}");
+    assert!(!moved.is_empty(), "no port moved with backend3 back: before {before:?}, after {after:?}");
+
+    // Long-lived connections from those ports through node1; node1 dies; node2 must carry them to their backends.
+    let survived = lab
+        .in_netns(&lab.client().ns, || {
+            let mut connections = Vec::new();
+            for (port, backend) in &moved {
+                let mut c = xvip_tests::http::Connection::open_from_port(target, *port, Duration::from_secs(5))?;
+                let first = served_by(&c.get("/", Duration::from_secs(5))?);
+                anyhow::ensure!(&first == backend, "port {port}: {first}, expected {backend}");
+                connections.push((*port, backend.clone(), c));
+            }
+            n1.kill()?;
+            n2.wait_role("active", Duration::from_secs(3))?;
+            Ok(connections
+                .into_iter()
+                .map(|(port, backend, mut c)| {
+                    let answer = c.get("/", Duration::from_secs(5)).map(|r| served_by(&r));
+                    (port, backend, answer.map_err(|e| e.to_string()))
+                })
+                .collect::<Vec<_>>())
+        })
+        .expect("long-lived connections");
+    for (port, backend, answer) in &survived {
+        assert_eq!(answer.as_ref(), Ok(backend), "the connection from port {port} to {backend}:\n{}", n2.log());
+    }
+    assert!(n2.log().contains("forgot"), "node2 forgot its flows when it left the active role:\n{}", n2.log());
+}
+
+/// Whether backend `n`'s health, as `node` sees it, is `healthy`.
+fn backend_healthy(lab: &Lab, node: &XvipNode, n: usize) -> bool {
+    let address = lab.backend(n).ip.to_string();
+    node.status().is_ok_and(|s| s.services.iter().flat_map(|s| &s.backends).any(|b| b.address == address && b.healthy))
+}
+
+#[test]
+fn a_backend_back_from_a_link_loss_learns_the_vip_at_once() {
+    // The soak found this: a backend that tried to reach the VIP while its link was cut kept that neighbour entry
+    // unresolved after the link came back, and held its SYN/ACKs until its next ARP retry (retrans_time, 1 s by
+    // default): the new connections sent to it meanwhile failed. The active node announces the VIP when such a
+    // backend passes its check again. backend1 retries only every 5 s here, so only that announcement resolves
+    // the entry within the test.
+    let lab = lab();
+    let (n1, _n2) = pair(&lab);
+    let backend = lab.backend(1).clone();
+    lab.exec(&backend.ns, ["sysctl", "-q", "-w", "net.ipv4.neigh.eth0.retrans_time_ms=5000"]).expect("sysctl");
+    lab.cut_link(&backend).expect("cut backend1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend_healthy(&lab, &n1, 1) {
+        assert!(Instant::now() < deadline, "node1 never took backend1 out:\n{}", n1.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Something to send to the VIP while cut off (a reply the backend owes, here a ping): the entry is pending.
+    let _ = lab.exec(&backend.ns, ["ping", "-c", "1", "-W", "1", &lab.vip().to_string()]);
+    let pending = lab.exec(&backend.ns, ["ip", "neigh", "show", &lab.vip().to_string(), "dev", "eth0"]).expect("ip");
+    assert!(pending.contains("INCOMPLETE") || pending.contains("FAILED"), "not pending: {pending}");
+    lab.restore_link(&backend).expect("restore backend1");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !backend_healthy(&lab, &n1, 1) {
+        assert!(Instant::now() < deadline, "node1 never took backend1 back:\n{}", n1.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let back = Instant::now();
+    let node1 = lab.node(1).mac;
+    loop {
+        if lab.neighbour(&backend, lab.vip()).expect("ip neigh") == Some(node1) {
+            break;
+        }
+        let entry = lab.exec(&backend.ns, ["ip", "neigh", "show", &lab.vip().to_string(), "dev", "eth0"]);
+        assert!(back.elapsed() < Duration::from_millis(500), "backend1 still has {entry:?} for the VIP");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -22,11 +22,11 @@ const CI_SOAK_MINUTES: f64 = 1.0;
 /// regression on a known schedule that `cargo xtask soak --minutes 1 --seed CI_SOAK_SEED` replays, not a new
 /// schedule drawn that day; `cargo xtask soak` draws a fresh seed.
 const CI_SOAK_SEED: u64 = 1796055350871948495;
-/// Violations of the open defect RELIABILITY.md describes (a long-lived connection reset, or new connections
-/// failing for a few hundred ms, after some failovers; not explained yet): reported by CI's soak, not failing it,
-/// so CI stays a gate for everything else the soak checks (bounds, ARP, memory, files, leftovers, panics).
-/// `cargo xtask soak` tolerates nothing.
-const CI_SOAK_TOLERATED: &[&str] = &["long-lived connection broken", "failed request outside the windows"];
+/// Violations of the open defect RELIABILITY.md describes (a long-lived connection reset when a node preempts
+/// right after its link came back, its checks of some backends still held by its kernel's ARP retry): reported by
+/// CI's soak, not failing it, so CI stays a gate for everything else the soak checks (failed new connections,
+/// bounds, ARP, memory, files, leftovers, panics). `cargo xtask soak` tolerates nothing.
+const CI_SOAK_TOLERATED: &[&str] = &["long-lived connection broken"];
 
 #[derive(Parser)]
 #[command(about = "Build, test, demo and benchmark xvip", long_about = None)]

@@ -21,7 +21,7 @@ use super::{
     fmt_list, fmt_mac, more, more_comma,
 };
 use crate::{
-    config::{self, CheckKind, InstancePlan},
+    config::{self, CheckKind, Forwarding, InstancePlan},
     dataplane::{ServiceId, VipSpec},
     health,
     neighbour::Seen,
@@ -290,6 +290,8 @@ impl Instance {
         self.log(out, Level::Info, format!("{why}: leaving the VRRP group"));
         self.begin_stop(now, out);
         self.finish_stop(now, out);
+        // The node goes on: nothing this instance recorded may greet it if it is added again.
+        out.push(Command::ForgetFlows(self.config.vip.ipv4()));
         for (id, backend) in self.checked() {
             out.push(Command::StopChecker { id, backend });
         }
@@ -469,6 +471,10 @@ impl Instance {
         self.observed.adverts_sent += 1;
     }
 
+    fn is_nat(&self, service: &str) -> bool {
+        self.config.services.iter().any(|s| s.name == service && s.forwarding == Forwarding::Nat)
+    }
+
     fn send_garps(&mut self, out: &mut Out) {
         let count = self.config.vrrp.garp_count;
         if count > 0 {
@@ -483,6 +489,11 @@ impl Instance {
 
     fn role_changed(&mut self, now: Duration, role: Role, cause: Cause, reason: String, out: &mut Out) {
         self.log(out, Level::Info, format!("role -> {role}: {reason}"));
+        // Leaving active (not for a stop: the node exits and its tables with it): its flow state is stale from now
+        // on, since the peer that takes over carries these connections and may change them.
+        if self.observed.role == Role::Active && role != Role::Active && cause != Cause::Stop {
+            out.push(Command::ForgetFlows(self.config.vip.ipv4()));
+        }
         let o = &mut self.observed;
         o.role = role;
         o.role_since = now;
@@ -599,19 +610,34 @@ impl Instance {
         self.router.hold_preemption(self.settling);
     }
 
-    /// Ends settling once every backend has passed a check, or at `settle_by`.
+    /// Backends that passed their checks but whose MAC is not known yet: not in the tables until it is.
+    fn unresolved(&self) -> Vec<String> {
+        let mut found = Vec::new();
+        for (name, spec) in self.services.specs() {
+            for b in spec.backends.iter().filter(|b| b.healthy && b.weight > 0 && b.mac.is_none()) {
+                found.push(format!("{}:{} of {name} (MAC not known yet)", b.address, b.port));
+            }
+        }
+        found
+    }
+
+    /// Ends settling once every backend has passed a check and its MAC is known (a passed backend whose MAC is
+    /// still being resolved is not in the tables yet: taking over then would re-pick the flows the active peer
+    /// sends to it), or at `settle_by`.
     fn settle_if_done(&mut self, now: Duration, out: &mut Out) {
         if !self.settling {
             return;
         }
-        if self.unchecked.is_empty() {
+        let unresolved = self.unresolved();
+        if self.unchecked.is_empty() && unresolved.is_empty() {
             self.log(out, Level::Info, "every backend has been checked: preemption allowed");
         } else if now >= self.settle_by {
-            let failing: Vec<String> = self
+            let mut failing: Vec<String> = self
                 .unchecked
                 .iter()
                 .map(|(service, (address, port))| format!("{address}:{port} of {service}"))
                 .collect();
+            failing.extend(unresolved);
             self.log(
                 out,
                 Level::Info,
@@ -680,6 +706,13 @@ impl Instance {
             let state = if healthy { "up" } else { "down" };
             self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
             self.install(service, out);
+            if healthy && self.router.role() == Role::Active && self.is_nat(service) {
+                // A NAT backend answers the VIP itself. One that comes back after losing its link may hold its
+                // replies for a neighbour entry of the VIP it began to resolve while cut off, and Linux asks
+                // again only after `retrans_time` (1 s): announcing the VIP now completes that entry, so the
+                // new flows sent to it from now on are answered at once.
+                self.send_garps(out);
+            }
         }
         self.settle_if_done(now, out);
         self.update_priority(now, out);
@@ -701,6 +734,7 @@ impl Instance {
         for name in changed {
             self.install(&name, out);
         }
+        self.settle_if_done(now, out);
         self.update_priority(now, out);
     }
 

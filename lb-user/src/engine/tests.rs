@@ -1070,3 +1070,105 @@ fn a_reload_cannot_add_a_multicast_instance_where_no_socket_joined_the_group_or_
     assert!(logs(&commands)[0].contains("restart xvip to add an interface"), "{commands:?}");
     assert_eq!(e.role("c"), None);
 }
+
+// ----- flow state across active periods -----
+
+fn forgotten(commands: &[Command]) -> Vec<Vec<Ipv4Addr>> {
+    commands.iter().filter_map(|c| if let Command::ForgetFlows(v) = c { Some(v.clone()) } else { None }).collect()
+}
+
+#[test]
+fn leaving_active_forgets_the_flows_of_its_addresses_and_nothing_else_does() {
+    const VIP2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 251);
+    let mut c = config(150);
+    only(&mut c).vip.addresses = vec![IpAddr::V4(VIP), IpAddr::V4(VIP2)];
+    let mut e = engine(c);
+    let mut commands = e.handle(Duration::ZERO, start(true));
+    let t = e.next_deadline().expect("down timer");
+    commands.extend(e.handle(t, Event::Timer));
+    assert_eq!(role(&e), Role::Active);
+    assert!(forgotten(&commands).is_empty(), "starting and becoming active keep the (empty) tables: {commands:?}");
+
+    // Preempted by a higher priority: the peer carries the flows from now on.
+    let commands = e.handle(t + ms(50), packet(PEER, 200, &[VIP, VIP2]));
+    assert_eq!(role(&e), Role::Backup);
+    assert_eq!(forgotten(&commands), [vec![VIP, VIP2]]);
+
+    // Backup to fault and back: it was not active, nothing to forget.
+    let mut commands = e.handle(t + ms(100), link(false));
+    commands.extend(e.handle(t + ms(200), link(true)));
+    assert!(forgotten(&commands).is_empty(), "{commands:?}");
+
+    // Active again (the peer went silent), then a link loss: forgotten again.
+    let commands = run_until(&mut e, t + ms(2000));
+    assert_eq!(role(&e), Role::Active, "{commands:?}");
+    assert!(forgotten(&commands).is_empty());
+    let commands = e.handle(t + ms(2010), link(false));
+    assert_eq!(role(&e), Role::Fault);
+    assert_eq!(forgotten(&commands), [vec![VIP, VIP2]]);
+}
+
+#[test]
+fn a_stopping_node_does_not_spend_its_exit_on_forgetting() {
+    let (mut e, t) = active(config(150));
+    let mut commands = e.handle(t + ms(10), Event::Stop);
+    commands.extend(run_until(&mut e, t + ms(5000)));
+    assert!(commands.contains(&Command::Exit), "{commands:?}");
+    assert!(forgotten(&commands).is_empty(), "{commands:?}");
+}
+
+#[test]
+fn settling_waits_for_the_mac_of_a_backend_that_passed() {
+    // The soak found this: after its link came back a node passed every check, but one backend's neighbour entry
+    // (flushed with the link) was still being resolved, so its table lacked that backend when it preempted, and
+    // the connections the active peer had sent there were reset.
+    let mut c = config(150);
+    only(&mut c).vrrp.backend_loss_penalty = 50;
+    only(&mut c).services = vec![service("api", 443, &[B1, B2], CheckKind::Http)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1]);
+    e.handle(ms(2), check("api", B1, true));
+    let commands = e.handle(ms(3), check("api", B2, true));
+    assert!(!logs(&commands).iter().any(|l| l.contains("preemption allowed")), "{commands:?}");
+    let t = hear(&mut e, ms(10), 3, 100);
+    assert_eq!(role(&e), Role::Backup, "B2 passed but is not in the tables yet: no preemption");
+    assert_eq!(priority(&e), 100);
+    let commands = e.handle(t, Event::Neighbour { address: B2, seen: Seen::Mac { ifindex: 2, mac: MAC2 } });
+    assert!(logs(&commands).iter().any(|l| l == "every backend has been checked: preemption allowed"), "{commands:?}");
+    assert_eq!(priority(&e), 150);
+    hear(&mut e, t, 10, 120);
+    assert_eq!(role(&e), Role::Active);
+}
+
+#[test]
+fn an_active_node_announces_its_vip_when_a_nat_backend_comes_back() {
+    // The soak found this: a backend whose link came back still had the VIP's neighbour entry it began to
+    // resolve while cut off, and held its SYN/ACKs until its next ARP retry (up to a second later): the new
+    // connections sent to it failed. A gratuitous ARP from the active node completes that entry.
+    let mut c = config(150);
+    let mut dsr = service("dns", 53, &[B2], CheckKind::Tcp);
+    dsr.forwarding = Forwarding::Dsr;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Http), dsr];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    resolve(&mut e, ms(1), &[B1, B2]);
+    e.handle(ms(2), check("api", B1, true));
+    e.handle(ms(3), check("dns", B2, true));
+    let t = e.next_deadline().expect("down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    let garp_count = only(&mut config(150)).vrrp.garp_count;
+    assert!(garp_count > 0);
+    assert_eq!(garps(&e.handle(t + ms(100), check("api", B1, false))), 0, "going down announces nothing");
+    assert_eq!(garps(&e.handle(t + ms(200), check("api", B1, true))), garp_count, "back: announced");
+    assert_eq!(garps(&e.handle(t + ms(300), check("api", B1, true))), 0, "no change, nothing to announce");
+    e.handle(t + ms(400), check("dns", B2, false));
+    assert_eq!(garps(&e.handle(t + ms(500), check("dns", B2, true))), 0, "a DSR backend never sends to the VIP");
+
+    // A backup has nothing to announce.
+    e.handle(t + ms(600), packet(PEER, 200, &[VIP]));
+    assert_eq!(role(&e), Role::Backup);
+    e.handle(t + ms(700), check("api", B1, false));
+    assert_eq!(garps(&e.handle(t + ms(800), check("api", B1, true))), 0);
+}

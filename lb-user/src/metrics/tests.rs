@@ -82,13 +82,15 @@ fn value(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
-/// Starts the engine and lets every backend pass its first check, so it is not settling (holding preemption
-/// back) when the take-over tests run.
+/// Starts the engine and lets every backend pass its first check with its MAC known, so it is not settling
+/// (holding preemption back) when the take-over tests run.
 fn start_checked(e: &mut Engine) {
     e.handle(Duration::ZERO, start());
-    for address in [[10, 0, 0, 21], [10, 0, 0, 22]] {
+    for (i, address) in [[10, 0, 0, 21], [10, 0, 0, 22]].into_iter().enumerate() {
         let (backend, id) = ((address.into(), 6443), ServiceId::new(config::DEFAULT_INSTANCE, "api"));
         e.handle(ms(1), Event::Health { id, backend, healthy: true, reason: "test".into() });
+        let seen = crate::neighbour::Seen::Mac { ifindex: 2, mac: [2, 0, 0, 0, 0, 0x21 + i as u8] };
+        e.handle(ms(1), Event::Neighbour { address: address.into(), seen });
     }
 }
 

@@ -288,11 +288,12 @@ impl Soak {
             Err(e) => self.violation(event, "backend not taken out", format!("{e:#}")),
         }
         if self.services.web.contains(&b) {
-            self.note_table(Some(b));
+            self.note_table(t0, Some(b));
         }
         self.settle_window(event);
         let down = Duration::from_millis(300 + self.planner.rng().below(1200));
         std::thread::sleep(down);
+        let restored = self.now();
         match how {
             FlapHow::Killed => {
                 self.lab.start_backend(b + 1, &BACKEND_PORTS)?;
@@ -310,7 +311,7 @@ impl Soak {
                 self.violation(event, "backend did not come back", format!("{e:#}"));
             }
         }
-        self.note_table(None);
+        self.note_table(restored, None);
         self.check_unmoved(event, unmoved);
         self.planner.record(Kind::Flap);
         Ok(())
@@ -430,14 +431,18 @@ impl Soak {
         }
         let first = self.now();
         let active = self.expected_active();
+        let mut active_reloaded = first;
         for (k, &i) in order.iter().enumerate() {
+            if Some(i) == active {
+                active_reloaded = self.now();
+            }
             self.nodes[i].spec = self.node_spec(i);
             let (host, spec) = (self.nodes[i].host.clone(), self.nodes[i].spec.clone());
             self.nodes[i].agent.as_mut().context("running")?.reload(&self.lab, &host, &spec)?;
             // A removed backend leaves the active node's table with the reload; an added one joins it only once
             // its first check has passed (noted below).
             if Some(i) == active && change == Change::RemoveBackend {
-                self.note_table(None);
+                self.note_table(active_reloaded, None);
             }
             if k + 1 < order.len() {
                 let gap = Duration::from_millis(self.planner.rng().below(300));
@@ -458,7 +463,7 @@ impl Soak {
                 self.violation(event, "reload not applied", format!("{e:#}"));
             }
             if Some(i) == active && change == Change::AddBackend {
-                self.note_table(None);
+                self.note_table(active_reloaded, None);
             }
         }
         for &i in &order {

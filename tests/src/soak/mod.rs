@@ -144,7 +144,7 @@ pub struct Soak {
     /// From when on which MAC should answer ARP for the VIP.
     owners: Vec<(Duration, MacAddr)>,
     /// From when on which backends web had in its table (flaps take one out, reloads change the set).
-    tables: Vec<(Duration, Vec<String>)>,
+    tables: Vec<(Duration, Duration, Vec<String>)>,
     events: Vec<EventRecord>,
     violations: Vec<Violation>,
     /// Kinds of reload changes made, by name.
@@ -235,7 +235,7 @@ impl Soak {
         soak.wait_answering(Duration::from_secs(10))?;
         let mac = soak.nodes[0].host.mac;
         soak.owners.push((Duration::ZERO, mac));
-        soak.note_table(None);
+        soak.note_table(Duration::ZERO, None);
         let client = soak.lab.client().ns.clone();
         let target = soak.lab.vip_addr(WEB_PORT);
         soak.observers = Some(Observers::start(
@@ -461,8 +461,9 @@ impl Soak {
         self.timers.bound(kind, taker.map_or(0, |t| PRIORITIES[t])).unwrap_or(Duration::ZERO)
     }
 
-    /// Records web's backends from now on, without `out` (a flapping backend the active node took out).
-    fn note_table(&mut self, out: Option<usize>) {
+    /// Records web's backends, without `out` (a flapping backend the active node took out), as in use from some
+    /// time between `since` (the event that changed them) and now on.
+    fn note_table(&mut self, since: Duration, out: Option<usize>) {
         let set: Vec<String> = self
             .services
             .web
@@ -471,7 +472,7 @@ impl Soak {
             .map(|&b| self.lab.backends()[b].name.clone())
             .collect();
         let now = self.now();
-        self.tables.push((now, set));
+        self.tables.push((since.min(now), now, set));
     }
 
     /// Opens a window for event `event` from `open`.

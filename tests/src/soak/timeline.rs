@@ -200,11 +200,20 @@ pub enum Ending {
     Broken,
 }
 
-/// The backends of the observed service over time: from when on which set was usable, in time order.
-pub type Tables = [(Duration, Vec<String>)];
+/// The backends of the observed service over time, in time order: `(from, noted, set)`, the set the active node
+/// used from some time between `from` (the event that changed it) and `noted` (when the soak saw the change in
+/// its status) on. Connections opened in between may have been opened under either set.
+pub type Tables = [(Duration, Duration, Vec<String>)];
 
-fn table_at(tables: &Tables, t: Duration) -> Option<&Vec<String>> {
-    tables.iter().rev().find(|(from, _)| *from <= t).map(|(_, set)| set)
+/// The sets that may have been in use at `t`: the one in force, and the one before while the change was not
+/// noted yet.
+fn tables_at(tables: &Tables, t: Duration) -> Vec<&Vec<String>> {
+    let Some(i) = tables.iter().rposition(|(from, _, _)| *from <= t) else { return Vec::new() };
+    let mut sets = vec![&tables[i].2];
+    if t < tables[i].1 && i > 0 {
+        sets.push(&tables[i - 1].2);
+    }
+    sets
 }
 
 /// How long after a window closed a server-push stream may still notice that the window broke it. A stream's
@@ -230,8 +239,9 @@ pub fn ending(c: &Connection, windows: &[Window], tables: &Tables) -> Ending {
     if windows.iter().any(|w| w.backends.contains(&c.backend) && broke_in(c, w)) {
         return Ending::WithItsBackend;
     }
-    let opened_under = table_at(tables, c.opened);
-    if windows.iter().any(|w| w.kind.is_failover() && broke_in(c, w) && table_at(tables, w.open) != opened_under) {
+    let opened_under = tables_at(tables, c.opened);
+    let other_set = |w: &Window| tables_at(tables, w.open).iter().any(|at| opened_under.iter().any(|o| o != at));
+    if windows.iter().any(|w| w.kind.is_failover() && broke_in(c, w) && other_set(w)) {
         return Ending::Repicked;
     }
     Ending::Broken
@@ -468,7 +478,7 @@ mod tests {
         let kill = window(Kind::Kill, 1000, 1422);
         let c = connection("backend2", Some("reset"), 1200);
         let all = vec!["backend1".to_string(), "backend2".to_string(), "backend3".to_string()];
-        let same: Vec<(Duration, Vec<String>)> = vec![(ms(0), all.clone())];
+        let same: Vec<(Duration, Duration, Vec<String>)> = vec![(ms(0), ms(0), all.clone())];
         assert!(broken_connections(&[flap.clone()], std::slice::from_ref(&c), &same).is_empty());
         let v = broken_connections(std::slice::from_ref(&kill), std::slice::from_ref(&c), &same);
         assert_eq!(v.len(), 1, "a failover must not break a NAT connection");
@@ -479,9 +489,19 @@ mod tests {
         let spliced = Connection { wrong_backend: 2, ..connection("backend1", None, 1200) };
         assert_eq!(broken_connections(&[], &[spliced], &same)[0].what, "long-lived connection spliced");
         // Opened while backend3 was out: the node taking over hashes it with the full table.
-        let changed: Vec<(Duration, Vec<String>)> = vec![(ms(0), all[..2].to_vec()), (ms(500), all.clone())];
+        let changed: Vec<(Duration, Duration, Vec<String>)> =
+            vec![(ms(0), ms(0), all[..2].to_vec()), (ms(500), ms(500), all.clone())];
         assert_eq!(ending(&c, std::slice::from_ref(&kill), &changed), Ending::Repicked);
-        assert!(broken_connections(&[kill], &[c], &changed).is_empty());
+        assert!(broken_connections(std::slice::from_ref(&kill), std::slice::from_ref(&c), &changed).is_empty());
+        // Opened after backend3 left but before the soak noted it (the active node's status is polled): either
+        // set may have been in use, so a failover under the full set may re-pick it.
+        let late_note: Vec<(Duration, Duration, Vec<String>)> =
+            vec![(ms(0), ms(0), all.clone()), (ms(0), ms(100), all[..2].to_vec()), (ms(600), ms(600), all.clone())];
+        assert_eq!(ending(&c, std::slice::from_ref(&kill), &late_note), Ending::Repicked);
+        let noted_before: Vec<(Duration, Duration, Vec<String>)> =
+            vec![(ms(0), ms(0), all[..2].to_vec()), (ms(0), ms(0), all.clone())];
+        assert_eq!(ending(&c, std::slice::from_ref(&kill), &noted_before), Ending::Broken, "one set: no excuse");
+        assert_eq!(broken_connections(&[kill], &[c], &noted_before).len(), 1);
     }
 
     #[test]
@@ -498,7 +518,7 @@ mod tests {
             }],
             ..connection("backend1", Some("reset"), end)
         };
-        let same: Vec<(Duration, Vec<String>)> = vec![(ms(0), vec!["backend1".to_string()])];
+        let same: Vec<(Duration, Duration, Vec<String>)> = vec![(ms(0), ms(0), vec!["backend1".to_string()])];
         // Lines written before the kill arrive after the window, then the reset.
         let late = stream(1700, 1780);
         assert_eq!(ending(&late, std::slice::from_ref(&flap), &same), Ending::WithItsBackend);
