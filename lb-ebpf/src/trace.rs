@@ -50,6 +50,8 @@ pub fn start(ctx: &XdpContext) -> Option<Arrival> {
     arrival(ctx)
 }
 
+// Inlined like everything here: as a BPF-to-BPF call, LLVM passes the context's fields as plain integers, which the
+// verifier refuses to use as packet pointers.
 #[inline(always)]
 fn arrival(ctx: &XdpContext) -> Option<Arrival> {
     // SAFETY: bounds-checked by `at`.
@@ -125,15 +127,6 @@ pub fn finish(ctx: &XdpContext, a: &Arrival, action: u32, reason: Reason, router
                 r.nat_port = sport;
             }
         }
-        // DSR leaves the addresses alone: the flow's entry names its backend.
-        Reason::ForwardTx | Reason::ForwardRedirect => {
-            let flow = FlowKey::new(a.from, a.to, a.from_port, a.to_port, a.protocol);
-            // SAFETY: copied out at once.
-            if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
-                r.backend = pinned.backend_address;
-                r.backend_port = pinned.backend_port;
-            }
-        }
         _ => {}
     }
     if !config.matches(r.client, r.to, r.service_port, r.protocol) {
@@ -146,6 +139,15 @@ pub fn finish(ctx: &XdpContext, a: &Arrival, action: u32, reason: Reason, router
     let state = unsafe { &mut *state };
     if !state.admit(config, now_ns()) {
         return;
+    }
+    // DSR leaves the addresses alone: the flow's entry names its backend (a lookup only for records that go out).
+    if reason == Reason::ForwardTx || reason == Reason::ForwardRedirect {
+        let flow = FlowKey::new(a.from, a.to, a.from_port, a.to_port, a.protocol);
+        // SAFETY: copied out at once.
+        if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
+            r.backend = pinned.backend_address;
+            r.backend_port = pinned.backend_port;
+        }
     }
     if RING_BYTES.saturating_sub(AYA_LOGS.query(u64::from(BPF_RB_AVAIL_DATA))) < 2 * RECORD_ROOM {
         state.ring_full += 1;

@@ -1753,6 +1753,17 @@ mod tests {
     }
 
     #[test]
+    fn trace_messages_decode_to_records_and_anything_else_is_refused() {
+        let record = TraceRecord { from: [192, 0, 2, 7], reason: 16, action: 3, ..TraceRecord::default() };
+        let hex: String = record.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(decode_trace(&format!("decision {hex}")), Some(record));
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..70])), None, "short");
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..71])), None, "odd length");
+        assert_eq!(decode_trace(&format!("decision {}zz", &hex[..70])), None, "not hex");
+        assert_eq!(decode_trace(&format!("verdict {hex}")), None, "another message");
+    }
+
+    #[test]
     fn a_nat_flow_is_open_until_reset_or_closed_by_both_sides() {
         let open = |flags, now| nat_flow_open(&FLOW, &reverse(NAT_ESTABLISHED | flags, 0), now, &TIMEOUTS);
         assert!(open(0, 1));

@@ -38,6 +38,7 @@ fn web() -> NodeSpec {
 
 /// node1, active, with a NAT web service (80 -> 8080 on every backend) answering through the VIP.
 fn start(lab: &Lab) -> XvipNode {
+    lab.start_backends(&[BACKEND_PORT]).expect("backends");
     let node = lab
         .start_xvip(lab.node(1), &web().service(ServiceSpec::http(lab, SERVICE_PORT, BACKEND_PORT, "nat")))
         .expect("node1");
@@ -69,8 +70,9 @@ fn events(child: &ChildGuard) -> Vec<Event> {
 /// `ip` and `bpftool`).
 fn switch(lab: &Lab, node: &XvipNode) -> u32 {
     let iface = &lab.node(1).iface;
-    let link: Value = serde_json::from_str(&exec_in(&node.ns, ["ip", "-d", "-j", "link", "show", "dev", iface]).expect("ip"))
-        .expect("ip -j");
+    let link: Value =
+        serde_json::from_str(&exec_in(&node.ns, ["ip", "-d", "-j", "link", "show", "dev", iface]).expect("ip"))
+            .expect("ip -j");
     let prog = xdp_prog_id(&link).unwrap_or_else(|| panic!("no XDP program on {iface}: {link}"));
     let info: Value =
         serde_json::from_str(&run_args("bpftool", ["-j", "prog", "show", "id", &prog.to_string()]).expect("bpftool"))
@@ -212,7 +214,9 @@ fn a_crashed_daemon_leaves_no_tracing_behind() {
     assert_eq!(status.code(), Some(1), "{}", client.log());
     assert!(client.log().contains("the daemon closed the trace"), "{}", client.log());
     // The kernel freed the old program and its maps with the process; the next daemon's switch is off.
-    let node = start(&lab);
+    let node = lab
+        .start_xvip(lab.node(1), &web().service(ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, "nat")))
+        .expect("node1 again");
     assert_eq!(switch(&lab, &node), 0, "a restarted daemon does not trace");
 }
 
