@@ -401,18 +401,19 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
             while let Ok(first) = rx.recv() {
                 let mut jobs = vec![first];
                 jobs.extend(rx.try_iter());
+                // Installs in a row go together, so services with the same backends share their Maglev builds.
+                let mut installs = Vec::new();
                 for job in coalesce(jobs) {
+                    if !matches!(job, Job::Install(..)) {
+                        apply_installs(&mut dataplane, &mut installs);
+                    }
                     match job {
                         Job::Reconcile(vips, services) => {
                             if let Err(e) = dataplane.reconcile(&vips, &services) {
                                 log::error!("installing the VIPs and services: {e:#}");
                             }
                         }
-                        Job::Install(id, spec) => {
-                            if let Err(e) = dataplane.apply_service(&id, &spec) {
-                                log::error!("installing service {id}: {e:#}; it keeps its previous state");
-                            }
-                        }
+                        Job::Install(id, spec) => installs.push((id, spec)),
                         Job::Counters(reply) => {
                             let mut counters = dataplane.counters().unwrap_or_else(|e| {
                                 log::warn!("reading counters: {e:#}");
@@ -440,10 +441,24 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
                         }
                     }
                 }
+                apply_installs(&mut dataplane, &mut installs);
             }
         })
         .map_err(|source| Error::Io { what: "starting the data plane thread", source })?;
     Ok((tx, handle))
+}
+
+/// Applies (and empties) `installs`, logging each service that failed.
+fn apply_installs(dataplane: &mut DataPlane, installs: &mut Vec<(ServiceId, ServiceSpec)>) {
+    if installs.is_empty() {
+        return;
+    }
+    for ((id, _), result) in installs.iter().zip(dataplane.apply_services(installs)) {
+        if let Err(e) = result {
+            log::error!("installing service {id}: {e:#}; it keeps its previous state");
+        }
+    }
+    installs.clear();
 }
 
 /// Walks the connection and NAT tables and says how long that took.

@@ -779,11 +779,12 @@ impl DataPlane {
         for id in gone {
             self.remove_service_keeping(&id, &wanted)?;
         }
+        let mut tables = maglev::Builder::new(MAGLEV_M);
         for (id, spec) in desired {
             if self.applied.get(id) == Some(spec) {
                 continue;
             }
-            self.apply_service_keeping(id, spec, &wanted)?;
+            self.apply_service_keeping(id, spec, &wanted, &mut tables)?;
         }
         Ok(())
     }
@@ -793,7 +794,15 @@ impl DataPlane {
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
     pub fn apply_service(&mut self, id: impl Into<ServiceId>, spec: &ServiceSpec) -> Result<()> {
-        self.apply_service_keeping(&id.into(), spec, &HashMap::new())
+        self.apply_service_keeping(&id.into(), spec, &HashMap::new(), &mut maglev::Builder::new(MAGLEV_M))
+    }
+
+    /// [`apply_service`](Self::apply_service) of each service in turn, populating each distinct backend set's Maglev
+    /// table once (services of several instances often share their backends). One result per service, in order: a
+    /// failure leaves that service in its previous state and the others are still applied.
+    pub fn apply_services(&mut self, services: &[(ServiceId, ServiceSpec)]) -> Vec<Result<()>> {
+        let mut tables = maglev::Builder::new(MAGLEV_M);
+        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &HashMap::new(), &mut tables)).collect()
     }
 
     /// [`apply_service`](Self::apply_service), leaving alone the entries in `keep` (ports another service of the
@@ -803,6 +812,7 @@ impl DataPlane {
         id: &ServiceId,
         spec: &ServiceSpec,
         keep: &HashMap<ServiceKey, &ServiceId>,
+        tables: &mut maglev::Builder,
     ) -> Result<()> {
         let keys = service_keys(spec);
         if let Some(old) = self.services.get(id).map(|s| s.keys.clone())
@@ -840,7 +850,7 @@ impl DataPlane {
         let Some(mut svc) = self.services.remove(id) else {
             return Err(Error::Refused(format!("service {id} vanished while being installed")));
         };
-        let result = self.write_service(id, &mut svc, spec);
+        let result = self.write_service(id, &mut svc, spec, tables);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(id.clone(), svc);
         match &result {
@@ -852,7 +862,13 @@ impl DataPlane {
         self.write_node()
     }
 
-    fn write_service(&mut self, id: &ServiceId, svc: &mut Installed, spec: &ServiceSpec) -> Result<()> {
+    fn write_service(
+        &mut self,
+        id: &ServiceId,
+        svc: &mut Installed,
+        spec: &ServiceSpec,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
@@ -914,8 +930,7 @@ impl DataPlane {
                 })
             })
             .collect();
-        let table =
-            maglev::build(&members, MAGLEV_M).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
+        let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
         let next = 1 - svc.table;
         self.write_table(svc.index, next, &table)?;
         let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
@@ -1735,6 +1750,8 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     const FLOW: FlowKey =
@@ -1802,6 +1819,66 @@ mod tests {
             mac: Some([2, 0, 0, 0, 0, last]),
             ifindex: 0,
         }
+    }
+
+    /// The live Maglev table of an installed service, read back from the map.
+    fn live_table(dp: &DataPlane, id: &ServiceId) -> Vec<u32> {
+        let svc = &dp.services[id];
+        let maglev: Array<&MapData, MaglevChunk> = map_ref(&dp.ebpf, names::MAGLEV).expect("MAGLEV");
+        let mut table = Vec::with_capacity(MAGLEV_M as usize);
+        for chunk in 0..MAGLEV_CHUNKS {
+            let (key, _) = maglev_position(svc.index, svc.table, chunk * MAGLEV_CHUNK);
+            table.extend_from_slice(&maglev.get(&key, 0).expect("MAGLEV chunk").slots);
+        }
+        table.truncate(MAGLEV_M as usize);
+        table
+    }
+
+    /// Needs root (loads the BPF object); nothing is attached.
+    #[test]
+    fn services_installed_together_each_get_their_own_table_and_a_failure_stops_only_its_service() {
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
+            .expect("loading the XDP program (needs root)");
+        let spec = |vip: u8, backends: Vec<BackendSpec>| ServiceSpec {
+            addresses: vec![Ipv4Addr::new(10, 0, 0, vip)],
+            port: 80,
+            protocol: lb_common::PROTO_TCP,
+            forwarding: 0,
+            backends,
+        };
+        let shared: Vec<BackendSpec> = (1..=16).map(backend).collect();
+        let mut reversed = shared.clone();
+        reversed.reverse();
+        let other: Vec<BackendSpec> = (20..=24).map(backend).collect();
+        let ids: Vec<ServiceId> = ["a", "b", "c", "d"].iter().map(|n| ServiceId::new(n, "web")).collect();
+        // Two instances in front of the same backends (listed in another order), a third elsewhere, and a fourth
+        // beyond the capacity the data plane was loaded for.
+        let batch = vec![
+            (ids[0].clone(), spec(250, shared.clone())),
+            (ids[1].clone(), spec(251, reversed)),
+            (ids[2].clone(), spec(252, other)),
+            (ids[3].clone(), spec(253, shared)),
+        ];
+        let results = dp.apply_services(&batch);
+        assert!(results[..3].iter().all(Result::is_ok), "{results:?}");
+        assert!(matches!(results[3], Err(Error::Full(_))), "{:?}", results[3]);
+        for id in &ids[..3] {
+            let svc = &dp.services[id];
+            let members: Vec<maglev::MaglevBackend> = svc
+                .backends
+                .iter()
+                .map(|((address, port), slot)| maglev::MaglevBackend {
+                    id: *slot,
+                    key: format!("{address}:{port}"),
+                    weight: 1,
+                })
+                .collect();
+            let expected = maglev::build(&members, MAGLEV_M).expect("maglev");
+            assert_eq!(live_table(&dp, id), expected, "service {id}: its own backend slots, in build's places");
+        }
+        let slots = |id: &ServiceId| dp.services[id].backends.values().copied().collect::<BTreeSet<u32>>();
+        assert!(slots(&ids[0]).is_disjoint(&slots(&ids[1])), "each service has its own backend slots");
+        assert!(!dp.services.contains_key(&ids[3]));
     }
 
     /// Needs root (loads the BPF object); nothing is attached.

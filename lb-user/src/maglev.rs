@@ -25,7 +25,9 @@
 //!
 //! # Cost
 //! Permutations are never materialised (that would be `N × M` words); each backend keeps only its next candidate
-//! slot. Time is O(M log M) on average (paper §3.4), memory is the table itself (4 × M bytes).
+//! slot. Time is O(M log M) on average (paper §3.4), memory is the table itself (4 × M bytes). A start or reload of
+//! many services goes through a [`Builder`], which populates each distinct backend set once: 64 instances in front
+//! of the same backends cost one population run per set, not one per service.
 use std::collections::HashSet;
 use std::fmt;
 
@@ -101,6 +103,13 @@ pub fn build_default(backends: &[MaglevBackend]) -> Result<Vec<u32>, MaglevError
 /// [`MaglevError`] when `m` is not prime, or when a key or id is repeated, or an id is `NO_BACKEND`. Nothing is
 /// built in that case.
 pub fn build(backends: &[MaglevBackend], m: u32) -> Result<Vec<u32>, MaglevError> {
+    let sorted = checked(backends, m)?;
+    let turns: Vec<Permutation> = sorted.iter().filter(|b| b.weight > 0).map(|b| Permutation::of(b, m)).collect();
+    Ok(populate(&turns, m))
+}
+
+/// `backends` sorted by key, once [`build`]'s rules hold (prime size, unique keys and ids, no reserved id).
+fn checked(backends: &[MaglevBackend], m: u32) -> Result<Vec<&MaglevBackend>, MaglevError> {
     if !is_prime(m) {
         return Err(MaglevError::SizeNotPrime { m });
     }
@@ -122,8 +131,67 @@ pub fn build(backends: &[MaglevBackend], m: u32) -> Result<Vec<u32>, MaglevError
             return Err(MaglevError::DuplicateId { id: b.id, keys: (first.clone(), b.key.clone()) });
         }
     }
-    let turns: Vec<Permutation> = sorted.iter().filter(|b| b.weight > 0).map(|b| Permutation::of(b, m)).collect();
-    Ok(populate(&turns, m))
+    Ok(sorted)
+}
+
+/// How many distinct backend sets a [`Builder`] remembers (each costs 4 × M bytes, 256 KiB at [`MAGLEV_M`]).
+pub const BUILDER_MEMORY: usize = 8;
+
+/// Builds the tables of many services in a row (a start, a reload, a batch of updates) and populates each distinct
+/// backend set only once. Which backend owns which slot depends only on the backends' keys and weights, never on
+/// their ids; so services with the same backends (several VIPs or instances in front of one set of servers) share
+/// one population run, and each gets that table with its own ids written in. Every result equals [`build`]'s.
+///
+/// It remembers the last [`BUILDER_MEMORY`] sets; drop it when the batch is done.
+pub struct Builder {
+    m: u32,
+    populated: usize,
+    /// The last sets populated, oldest first.
+    built: Vec<(BackendSet, Vec<u32>)>,
+}
+
+/// (key, weight) of the backends that take slots, in key order; a table built for a set holds each slot's
+/// backend as its position in this list.
+type BackendSet = Vec<(String, u8)>;
+
+impl Builder {
+    /// A builder of tables of `m` slots.
+    pub fn new(m: u32) -> Self {
+        Builder { m, populated: 0, built: Vec::new() }
+    }
+
+    /// As [`build`]`(backends, m)`.
+    ///
+    /// # Errors
+    /// As [`build`].
+    pub fn build(&mut self, backends: &[MaglevBackend]) -> Result<Vec<u32>, MaglevError> {
+        let members: Vec<&MaglevBackend> = checked(backends, self.m)?.into_iter().filter(|b| b.weight > 0).collect();
+        let set: BackendSet = members.iter().map(|b| (b.key.clone(), b.weight)).collect();
+        let positions = match self.built.iter().position(|(s, _)| *s == set) {
+            Some(i) => &self.built[i].1,
+            None => {
+                // Ids are only written, never hashed: populate with each backend's position as its id.
+                let turns: Vec<Permutation> = members
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(b, position)| Permutation { id: position, ..Permutation::of(b, self.m) })
+                    .collect();
+                let table = populate(&turns, self.m);
+                self.populated += 1;
+                if self.built.len() == BUILDER_MEMORY {
+                    self.built.remove(0);
+                }
+                self.built.push((set, table));
+                &self.built[self.built.len() - 1].1
+            }
+        };
+        Ok(positions.iter().map(|&p| members.get(p as usize).map_or(NO_BACKEND, |b| b.id)).collect())
+    }
+
+    /// How many tables were populated (not taken from memory) so far.
+    pub fn populated(&self) -> usize {
+        self.populated
+    }
 }
 
 /// Fraction of slots (0.0..=1.0) that map to a different backend in `new` than in `old`: the share of flows
@@ -204,16 +272,24 @@ fn populate(perms: &[Permutation], m: u32) -> Vec<u32> {
             let skip = u64::from(p.skip);
             let mut slot = next[i];
             while table[slot as usize] != NO_BACKEND {
-                slot = (slot + skip) % m;
+                slot = step(slot, skip, m);
             }
             table[slot as usize] = p.id;
-            next[i] = (slot + skip) % m;
+            next[i] = step(slot, skip, m);
             filled += 1;
             if filled == m {
                 return table;
             }
         }
     }
+}
+
+/// `(slot + skip) mod m` for `slot`, `skip` < `m`: one subtraction instead of a division, which dominated the
+/// population loop (it runs about M·ln M times per build).
+#[inline]
+fn step(slot: u64, skip: u64, m: u64) -> u64 {
+    let next = slot + skip;
+    if next >= m { next - m } else { next }
 }
 
 const fn key_from_ascii(key: &[u8; 16]) -> (u64, u64) {
@@ -503,6 +579,103 @@ mod tests {
         assert_eq!(moved_share(&[1, 2, 3, 4], &[1, 9, 3, 9]), 0.5);
         assert_eq!(moved_share(&[1, 2, 3], &[1, 2]), 1.0);
         assert_eq!(moved_share(&[], &[]), 0.0);
+    }
+
+    /// The population loop as first written, with a division per probe: the reference for [`step`].
+    fn populate_by_division(perms: &[Permutation], m: u32) -> Vec<u32> {
+        let mut table = vec![NO_BACKEND; m as usize];
+        let Some(max_weight) = perms.iter().map(|p| p.weight).max() else {
+            return table;
+        };
+        let m = u64::from(m);
+        let mut next: Vec<u64> = perms.iter().map(|p| u64::from(p.offset)).collect();
+        let mut credit = vec![0u32; perms.len()];
+        let mut filled = 0u64;
+        loop {
+            for (i, p) in perms.iter().enumerate() {
+                credit[i] += p.weight;
+                if credit[i] < max_weight {
+                    continue;
+                }
+                credit[i] -= max_weight;
+                let mut slot = next[i];
+                while table[slot as usize] != NO_BACKEND {
+                    slot = (slot + u64::from(p.skip)) % m;
+                }
+                table[slot as usize] = p.id;
+                next[i] = (slot + u64::from(p.skip)) % m;
+                filled += 1;
+                if filled == m {
+                    return table;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn populate_fills_the_slots_the_division_form_fills() {
+        for n in [1u32, 2, 3, 16, 100] {
+            for weighted in [false, true] {
+                let input: Vec<MaglevBackend> =
+                    (0..n).map(|i| backend(i, if weighted { (i % 7 + 1) as u8 } else { 1 })).collect();
+                let perms: Vec<Permutation> = input.iter().map(|b| Permutation::of(b, M)).collect();
+                assert_eq!(populate(&perms, M), populate_by_division(&perms, M), "N = {n}, weighted {weighted}");
+            }
+        }
+        // The largest skip and offset: the sum is at most 2M - 2, one subtraction brings it back.
+        assert_eq!(step(M as u64 - 1, M as u64 - 1, M as u64), M as u64 - 2);
+        assert_eq!(step(0, 1, 2), 1);
+        assert_eq!(step(1, 1, 2), 0);
+    }
+
+    #[test]
+    fn a_builder_gives_what_build_gives_and_populates_each_backend_set_once() {
+        // Three instances of two services each, in front of the same two backend sets; each service numbers its
+        // backends differently and lists them in another order, as services of different instances do.
+        let set_a: Vec<MaglevBackend> = (0..16).map(|i| backend(i, 1)).collect();
+        let set_b: Vec<MaglevBackend> = (0..5).map(|i| backend(i + 40, (i % 3 + 1) as u8)).collect();
+        let mut builder = Builder::new(M);
+        for instance in 0..3u32 {
+            for (s, set) in [&set_a, &set_b].into_iter().enumerate() {
+                let own: Vec<MaglevBackend> = shuffled(set, u64::from(instance) * 7 + s as u64 + 1)
+                    .into_iter()
+                    .map(|b| MaglevBackend { id: b.id + 1000 * instance + 100 * s as u32, ..b })
+                    .collect();
+                assert_eq!(builder.build(&own), build(&own, M), "instance {instance}, service {s}");
+            }
+        }
+        assert_eq!(builder.populated(), 2);
+        // A weight of 0 is as if the backend were absent: the same set.
+        let mut with_zero = set_a.clone();
+        with_zero.push(backend(99, 0));
+        assert_eq!(builder.build(&with_zero), build(&set_a, M));
+        assert_eq!(builder.populated(), 2);
+        // Another weight is another set.
+        let mut heavier = set_a.clone();
+        heavier[3].weight = 2;
+        assert_eq!(builder.build(&heavier), build(&heavier, M));
+        assert_eq!(builder.build(&[]), build(&[], M));
+        assert_eq!(builder.populated(), 4);
+    }
+
+    #[test]
+    fn a_builder_refuses_what_build_refuses_and_stays_right_past_its_memory() {
+        let mut builder = Builder::new(M);
+        let mut dup_key = backends(3);
+        dup_key[2].key = dup_key[0].key.clone();
+        assert_eq!(builder.build(&dup_key), build(&dup_key, M));
+        let mut dup_id = backends(3);
+        dup_id[2].id = 0;
+        assert_eq!(builder.build(&dup_id), build(&dup_id, M));
+        assert_eq!(Builder::new(65536).build(&backends(2)), Err(MaglevError::SizeNotPrime { m: 65536 }));
+        // More distinct sets than it remembers, twice over: the first ones are populated again, correctly.
+        let sets: Vec<Vec<MaglevBackend>> = (1..=BUILDER_MEMORY as u32 + 2).map(backends).collect();
+        for round in 0..2 {
+            for set in &sets {
+                assert_eq!(builder.build(set), build(set, M), "round {round}, N = {}", set.len());
+            }
+        }
+        assert_eq!(builder.populated(), 2 * sets.len());
     }
 
     #[test]

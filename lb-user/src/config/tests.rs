@@ -1285,6 +1285,58 @@ fn the_single_form_is_one_instance_named_default_and_takes_an_address_list_too()
     assert_eq!(list.vip().addresses, [v4(10, 0, 0, 250), v4(10, 0, 0, 251)]);
 }
 
+/// A single-form file written as one `[[instance]]` named `default`: the same keys under the instance's tables.
+fn as_instance(single: &str) -> String {
+    let mut out = String::new();
+    for line in single.lines() {
+        let header = line.split('#').next().unwrap_or_default().trim();
+        let renamed = match header {
+            "[vip]" => "[[instance]]\nname = \"default\"\n[instance.vip]",
+            "[vrrp]" => "[instance.vrrp]",
+            "[[service]]" => "[[instance.service]]",
+            "[service.health]" => "[instance.service.health]",
+            _ => line,
+        };
+        out.push_str(renamed);
+        out.push('\n');
+    }
+    out
+}
+
+#[test]
+fn a_single_form_file_means_what_it_meant_one_instance_named_default() {
+    // Files written before instances existed: the smallest one, one with every key, the shipped example (and its
+    // variant with a CA file), one with several services. Each reads as exactly the instance form of the same keys,
+    // and a reload from one form to the other changes nothing.
+    let example = include_str!("../../../deploy/xvip.example.toml");
+    let with_ca = example
+        .replace("\ntls_verify = false", "\n# tls_verify = false")
+        .replace("# ca_file = ", "ca_file = ")
+        .replace("# server_name = ", "server_name = ");
+    let several = format!(
+        "{BASE}[[service]]\nname = \"a\"\nport = 80\nbackends = [ {{ address = \"10.0.0.21\" }} ]\n\
+         [[service]]\nname = \"b\"\nport = 53\nprotocol = \"udp\"\nforwarding = \"dsr\"\n\
+         backends = [ {{ address = \"10.0.0.22\" }} ]\n"
+    );
+    for (what, single) in [("minimal", BASE), ("every key", FULL_EXAMPLE), ("example", example), ("CA", &with_ca)]
+        .into_iter()
+        .chain([("several services", several.as_str())])
+    {
+        let old = valid(single);
+        let instances = as_instance(single);
+        assert!(instances.contains("[[instance]]") && !instances.contains("\n[vrrp]"), "{what}: {instances}");
+        let new = valid(&instances);
+        assert_eq!(old, new, "{what}");
+        assert_eq!(old.only().name, DEFAULT_INSTANCE, "{what}");
+        assert!(diff(&old, &new).is_ok_and(|p| p.is_empty()), "{what}");
+    }
+    // The values are the file's own (not defaults that happen to agree): the every-key file read in full.
+    let full = valid(FULL_EXAMPLE);
+    assert_eq!(full.vip().addresses, [v4(10, 10, 74, 250)]);
+    assert_eq!((full.vrrp().vrid, full.vrrp().priority), (51, 150));
+    assert_eq!(full.services()[0].backends[1].weight, 2);
+}
+
 #[test]
 fn an_instance_without_an_interface_needs_a_top_level_one() {
     let text = TWO.replacen("interface = \"eth0\"\n", "", 1);

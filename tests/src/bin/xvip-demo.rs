@@ -265,7 +265,14 @@ impl Demo {
         self.node1.wait_role("active", Duration::from_secs(3))?;
         self.node2.wait_role("backup", Duration::from_secs(3))?;
         let status1 = self.node1.status()?;
-        let status2 = self.node2.status()?;
+        // node2 is a backup from its first instant, but names the active router only once it has heard an advert
+        // (one interval after it opened its socket): give it ten intervals.
+        let deadline = Instant::now() + 10 * Duration::from_millis(u64::from(ADVERT_INTERVAL_MS));
+        let mut status2 = self.node2.status()?;
+        while status2.active_router.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+            status2 = self.node2.status()?;
+        }
         say(format!(
             "node1 (priority {}) is {}; node2 (priority {}) is {}, and names {} as the active router",
             status1.priority,
