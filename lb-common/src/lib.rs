@@ -64,6 +64,12 @@ pub mod names {
     pub const SERVICE_STATS: &str = "SERVICE_STATS";
     pub const BACKEND_STATS: &str = "BACKEND_STATS";
     pub const HEARTBEAT: &str = "HEARTBEAT";
+    /// The trace switch ([`TraceConfig`](super::TraceConfig)) and each CPU's rate limiter and counters
+    /// ([`TraceState`](super::TraceState)).
+    pub const TRACE: &str = "TRACE";
+    pub const TRACE_STATE: &str = "TRACE_STATE";
+    /// Global (`.rodata`): 0 makes the verifier prune the trace hook at load (benchmarks isolate its cost with it).
+    pub const TRACE_HOOK: &str = "TRACE_HOOK";
 }
 
 /// Whether the node may answer for its VIPs: the one entry of the `HEARTBEAT` array, written only by the agent's
@@ -764,6 +770,170 @@ pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
     fmix(mix(0x7876_6970, u32::from_be_bytes(vip)) ^ u32::from(vrid))
 }
 
+/// The `log` target of the data plane's trace records (aya-log), which the agent parses.
+pub const TRACE_TARGET: &str = "xvip_trace";
+
+/// Most trace records a CPU may emit per second, whatever a client asks for: a record costs about a microsecond
+/// and 256 bytes of the 128 KiB log ring.
+pub const TRACE_MAX_RATE: u32 = 1000;
+
+/// The trace switch: the one entry of the `TRACE` array, written only by the agent (while a client of `xvip trace`
+/// is connected; all zero, the default of a freshly loaded program, is off).
+///
+/// While `on`, the program emits one record per frame to a VIP that matches the filter (`client` under
+/// `client_mask`, and `vip`, `port`, `protocol` where not zero; for a backend's reply through NAT the client and
+/// the service port are the flow's), at most one per `interval_ns` per CPU after a burst of one second's worth
+/// (see [`TraceState::admit`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceConfig {
+    /// 1 = on.
+    pub on: u32,
+    /// Changes with every write, so each CPU's limiter starts afresh (a full burst) with new settings.
+    pub generation: u32,
+    /// Nanoseconds between two records of a CPU: 10^9 / (records per second).
+    pub interval_ns: u64,
+    pub client: [u8; 4],
+    pub client_mask: [u8; 4],
+    /// 0.0.0.0: any VIP.
+    pub vip: [u8; 4],
+    /// The service port on the VIP; 0: any.
+    pub port: [u8; 2],
+    /// [`PROTO_TCP`], [`PROTO_UDP`] or 1 (ICMP); 0: any.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
+
+impl TraceConfig {
+    /// Whether a decision about `client` and `vip:port/protocol` is to be traced.
+    #[inline(always)]
+    pub fn matches(&self, client: [u8; 4], vip: [u8; 4], port: [u8; 2], protocol: u8) -> bool {
+        let masked = (u32::from_ne_bytes(client) & u32::from_ne_bytes(self.client_mask)).to_ne_bytes();
+        masked == self.client
+            && (self.vip == [0; 4] || self.vip == vip)
+            && (self.port == [0; 2] || self.port == port)
+            && (self.protocol == 0 || self.protocol == protocol)
+    }
+}
+
+/// The shortest interval between two trace records of a CPU: [`TRACE_MAX_RATE`] per second.
+pub const TRACE_MIN_INTERVAL_NS: u64 = 1_000_000_000 / TRACE_MAX_RATE as u64;
+
+/// One decision of the program, as a trace record carries it (the bytes of the one argument of an aya-log record
+/// with target [`TRACE_TARGET`], hex-encoded by aya-log): the frame as it arrived, the flow it belongs to, and
+/// what became of it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceRecord {
+    /// The frame's source and destination (a VIP) as it arrived, and its TCP/UDP ports (0 for other protocols).
+    pub from: [u8; 4],
+    pub to: [u8; 4],
+    pub from_port: [u8; 2],
+    pub to_port: [u8; 2],
+    /// The flow's client and service port: the frame's source and destination port, except for a backend's reply
+    /// through NAT, whose flow the translation names.
+    pub client: [u8; 4],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    /// The backend the flow went to (all zero: none), and the source port the NAT uses towards it (0: DSR).
+    pub backend: [u8; 4],
+    pub backend_port: [u8; 2],
+    pub nat_port: [u8; 2],
+    /// The interface the frame arrived on.
+    pub ifindex: u32,
+    /// A [`Reason`] and the XDP action (1 drop, 2 pass, 3 tx, 4 redirect).
+    pub reason: u8,
+    pub action: u8,
+    pub protocol: u8,
+    /// TCP flags of the frame (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10, ...); 0 for other protocols.
+    pub tcp_flags: u8,
+}
+pub const TRACE_RECORD_LEN: usize = 36;
+const _: () = assert!(core::mem::size_of::<TraceRecord>() == TRACE_RECORD_LEN);
+
+impl TraceRecord {
+    /// The record from its bytes (as the program wrote them, on this host's byte order for `ifindex`).
+    pub fn from_bytes(b: &[u8]) -> Option<TraceRecord> {
+        let b: &[u8; TRACE_RECORD_LEN] = b.try_into().ok()?;
+        let four = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let two = |i: usize| [b[i], b[i + 1]];
+        Some(TraceRecord {
+            from: four(0),
+            to: four(4),
+            from_port: two(8),
+            to_port: two(10),
+            client: four(12),
+            client_port: two(16),
+            service_port: two(18),
+            backend: four(20),
+            backend_port: two(24),
+            nat_port: two(26),
+            ifindex: u32::from_ne_bytes(four(28)),
+            reason: b[32],
+            action: b[33],
+            protocol: b[34],
+            tcp_flags: b[35],
+        })
+    }
+
+    /// The record's bytes, as [`from_bytes`](Self::from_bytes) reads them.
+    #[inline(always)]
+    pub fn as_bytes(&self) -> &[u8; TRACE_RECORD_LEN] {
+        // SAFETY: repr(C), 36 bytes of byte arrays and one u32 at offset 28, no padding (size asserted above).
+        unsafe { &*(self as *const TraceRecord as *const [u8; TRACE_RECORD_LEN]) }
+    }
+}
+
+/// Time credit a CPU's trace limiter holds at most: one second, i.e. a burst of one second's records.
+pub const TRACE_BURST_NS: u64 = 1_000_000_000;
+
+/// Each CPU's trace limiter and counters: the per-CPU `TRACE_STATE` entry, written only by the program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceState {
+    /// The [`TraceConfig::generation`] the limiter was last reset for.
+    pub generation: u32,
+    pub _pad: u32,
+    /// Time credit (a token bucket counted in ns): a record costs `interval_ns` of it.
+    pub credit_ns: u64,
+    pub last_ns: u64,
+    /// Records handed to the log ring.
+    pub emitted: u64,
+    /// Matching decisions not emitted because of the rate limit.
+    pub suppressed: u64,
+    /// Matching decisions not emitted because the log ring was nearly full (the agent falls behind).
+    pub ring_full: u64,
+}
+const _: () = assert!(core::mem::size_of::<TraceState>() == 48);
+
+impl TraceState {
+    /// The rate limit: whether a matching decision at `now_ns` may be emitted under `config` (counting it as
+    /// suppressed otherwise). Credit accrues with time up to [`TRACE_BURST_NS`]; new settings (another
+    /// generation) start with a full burst.
+    #[inline(always)]
+    pub fn admit(&mut self, config: &TraceConfig, now_ns: u64) -> bool {
+        if self.generation != config.generation {
+            self.generation = config.generation;
+            self.credit_ns = TRACE_BURST_NS;
+        } else {
+            let credit = self.credit_ns.saturating_add(now_ns.saturating_sub(self.last_ns));
+            self.credit_ns = if credit > TRACE_BURST_NS { TRACE_BURST_NS } else { credit };
+        }
+        self.last_ns = now_ns;
+        // The program holds every client to TRACE_MAX_RATE, whatever the entry says.
+        let interval =
+            if config.interval_ns < TRACE_MIN_INTERVAL_NS { TRACE_MIN_INTERVAL_NS } else { config.interval_ns };
+        if self.credit_ns >= interval {
+            self.credit_ns -= interval;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, with explicit padding.
@@ -782,11 +952,89 @@ mod pod {
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatValue {}
     unsafe impl aya::Pod for super::Traffic {}
+    unsafe impl aya::Pod for super::TraceConfig {}
+    unsafe impl aya::Pod for super::TraceState {}
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trace_config(rate: u64) -> TraceConfig {
+        TraceConfig { on: 1, generation: 1, interval_ns: 1_000_000_000 / rate, ..TraceConfig::default() }
+    }
+
+    #[test]
+    fn trace_limiter_lets_a_burst_through_then_one_record_per_interval() {
+        let config = trace_config(10);
+        let mut state = TraceState::default();
+        let admitted = (0..25).filter(|_| state.admit(&config, 5_000_000_000)).count();
+        assert_eq!((admitted, state.suppressed), (10, 15), "a burst of one second's worth");
+        assert!(!state.admit(&config, 5_099_000_000), "99 ms later: no credit yet");
+        assert!(state.admit(&config, 5_100_000_000), "100 ms later: one record");
+        assert!(!state.admit(&config, 5_100_000_000));
+        // A long pause refills one burst, not more.
+        let admitted = (0..25).filter(|_| state.admit(&config, 100_000_000_000)).count();
+        assert_eq!(admitted, 10);
+        assert_eq!(state.suppressed, 15 + 1 + 1 + 15);
+    }
+
+    #[test]
+    fn trace_limiter_starts_afresh_with_new_settings() {
+        let mut config = trace_config(2);
+        let mut state = TraceState::default();
+        assert_eq!((0..5).filter(|_| state.admit(&config, 1_000)).count(), 2);
+        config.generation = 2;
+        config.interval_ns = 1_000_000_000 / 4;
+        assert_eq!((0..5).filter(|_| state.admit(&config, 2_000)).count(), 4, "a full burst at the new rate");
+        config.generation = 3;
+        config.interval_ns = 0;
+        let admitted = (0..5000).filter(|_| state.admit(&config, 3_000)).count();
+        assert_eq!(admitted, TRACE_MAX_RATE as usize, "no entry lifts the hard limit");
+    }
+
+    #[test]
+    fn trace_records_round_trip_through_their_bytes() {
+        let r = TraceRecord {
+            from: [1, 2, 3, 4],
+            to: [5, 6, 7, 8],
+            from_port: [9, 10],
+            to_port: [11, 12],
+            client: [13, 14, 15, 16],
+            client_port: [17, 18],
+            service_port: [19, 20],
+            backend: [21, 22, 23, 24],
+            backend_port: [25, 26],
+            nat_port: [27, 28],
+            ifindex: 0x1d1e_1f20,
+            reason: 33,
+            action: 34,
+            protocol: 35,
+            tcp_flags: 36,
+        };
+        assert_eq!(TraceRecord::from_bytes(r.as_bytes()), Some(r));
+        assert_eq!(TraceRecord::from_bytes(&r.as_bytes()[..35]), None, "a short record is refused");
+    }
+
+    #[test]
+    fn trace_filter_matches_client_prefix_vip_port_and_protocol() {
+        let any = TraceConfig { on: 1, ..TraceConfig::default() };
+        assert!(any.matches([10, 0, 0, 5], [10, 0, 0, 250], [1, 187], PROTO_TCP), "zero fields match anything");
+        let f = TraceConfig {
+            client: [10, 0, 1, 0],
+            client_mask: [255, 255, 255, 0],
+            vip: [10, 0, 0, 250],
+            port: 443u16.to_be_bytes(),
+            protocol: PROTO_TCP,
+            ..any
+        };
+        let vip = [10, 0, 0, 250];
+        assert!(f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_TCP));
+        assert!(!f.matches([10, 0, 2, 77], vip, 443u16.to_be_bytes(), PROTO_TCP), "client outside the prefix");
+        assert!(!f.matches([10, 0, 1, 77], [10, 0, 0, 251], 443u16.to_be_bytes(), PROTO_TCP), "other VIP");
+        assert!(!f.matches([10, 0, 1, 77], vip, 80u16.to_be_bytes(), PROTO_TCP), "other port");
+        assert!(!f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_UDP), "other protocol");
+    }
 
     #[test]
     fn reasons_are_listed_in_index_order() {

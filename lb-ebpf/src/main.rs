@@ -4,7 +4,8 @@
 //! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
 //! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
 //! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `route` (the
-//! FIB: where packets to clients go), plus `maps`, `packet`, `csum`.
+//! FIB: where packets to clients go), `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
+//! `packet`, `csum`.
 //!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
 //! exactly one `Reason`, counted per CPU (and, for a frame to a VIP, for the VIP's router too), so the agent can
@@ -21,6 +22,7 @@ mod packet;
 mod parse;
 mod route;
 mod service;
+mod trace;
 mod vip;
 
 use aya_ebpf::{
@@ -48,8 +50,12 @@ const NO_ROUTER: u32 = u32::MAX;
 #[xdp]
 #[inline(always)]
 pub fn xvip_xdp(ctx: XdpContext) -> u32 {
+    let traced = trace::start(&ctx);
     let (action, reason, router) = process(&ctx);
     count(reason, router);
+    if let Some(arrival) = traced {
+        trace::finish(&ctx, &arrival, action, reason, router);
+    }
     action
 }
 

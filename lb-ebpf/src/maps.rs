@@ -10,7 +10,7 @@ use lb_common::{
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
     LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES,
     MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS,
-    ServiceKey, ServiceValue, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    ServiceKey, ServiceValue, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]
@@ -86,6 +86,14 @@ pub static ROUTER_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ROU
 
 #[map]
 pub static SERVICE_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_SERVICES, 0);
+
+/// The trace switch and filter (`xvip trace`), written by the agent only while a trace client is connected.
+#[map]
+pub static TRACE: Array<TraceConfig> = Array::with_max_entries(1, 0);
+
+/// Each CPU's trace rate limiter and counters.
+#[map]
+pub static TRACE_STATE: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

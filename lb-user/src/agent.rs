@@ -205,6 +205,8 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         );
     }
 
+    // xvip trace's handle leaves with the trace task; without it the daemon runs, and says why it cannot trace.
+    let trace = dataplane.trace().inspect_err(|e| log::warn!("xvip trace will not be available: {e}")).ok();
     let (dp_tx, dp_thread) = spawn_dataplane(dataplane)?;
     let (neigh_tx, neigh_rx) = mpsc::unbounded_channel();
     let neighbour_events = events_tx.clone();
@@ -214,7 +216,10 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
 
     let (status_tx, status_rx) = mpsc::channel::<StatusRequest>(16);
     let (engine_status_tx, engine_status_rx) = mpsc::channel::<oneshot::Sender<View>>(16);
-    let control_task = tokio::spawn(control::serve(listener, status_tx));
+    let (trace_tx, trace_rx) = mpsc::channel::<crate::trace::Subscription>(crate::trace::MAX_CLIENTS);
+    let trace_task = trace.map(|trace| tokio::spawn(crate::trace::run(trace, trace_rx, engine_status_tx.clone())));
+    let handlers = control::Handlers { status: status_tx, trace: trace_task.as_ref().map(|_| trace_tx) };
+    let control_task = tokio::spawn(control::serve(listener, handlers));
     // Engine time 0, on both clocks: the monotonic one for timers, the wall clock for `role_since_unix_ms`.
     let (epoch, epoch_unix_ms) = (Instant::now(), unix_ms());
     let metrics_tasks = match (metrics_listener, &probes) {
@@ -298,6 +303,9 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     watcher.abort();
     control_task.abort();
     status_task.abort();
+    if let Some(task) = trace_task {
+        task.abort();
+    }
     for task in metrics_tasks {
         task.abort();
     }

@@ -75,6 +75,36 @@ pub enum Command {
         #[arg(short, long, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Follow the data plane's per-packet decisions, one line each, until interrupted.
+    ///
+    /// For every frame to a VIP that matches the filters: the instance and service, the frame (protocol, source,
+    /// destination, TCP flags, interface), what the XDP program did and why (the reasons of `xvip status`), the
+    /// backend, the NAT port, and for a backend's reply the client it goes back to. The daemon switches its trace
+    /// records on while at least one `xvip trace` is connected and off when the last one leaves; each CPU emits at
+    /// most --rate records per second, and lines starting with # say how many were held back. IPv4 only.
+    /// Exit status: 0 when interrupted, 1 when no daemon answers (or it stops).
+    Trace {
+        /// The daemon's status socket (`control.socket` in its config).
+        #[arg(long, default_value = config::DEFAULT_SOCKET)]
+        socket: PathBuf,
+        /// Only flows of this client address or prefix (ADDR or ADDR/LEN; for a backend's reply through NAT, the
+        /// client it goes back to).
+        #[arg(long, value_name = "ADDR[/LEN]")]
+        client: Option<crate::trace::Prefix>,
+        /// Only frames to this VIP.
+        #[arg(long, value_name = "ADDR")]
+        vip: Option<std::net::Ipv4Addr>,
+        /// Only flows to this service port on the VIP.
+        #[arg(long)]
+        port: Option<u16>,
+        /// At most this many records per second per CPU (1..=1000; with several clients the highest wins).
+        #[arg(long, default_value_t = crate::trace::DEFAULT_RATE,
+              value_parser = clap::value_parser!(u32).range(1..=i64::from(lb_common::TRACE_MAX_RATE)))]
+        rate: u32,
+        /// One JSON object per line (the daemon's events, see docs/trace.md) instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the man pages and shell completions generated from this command line into DIR (for packaging).
     #[command(hide = true)]
     Generate {
@@ -192,6 +222,7 @@ mod tests {
             (vec!["xvip", "check", "-c", "x.toml"], "check"),
             (vec!["xvip", "status", "--json"], "status"),
             (vec!["xvip", "verify"], "verify"),
+            (vec!["xvip", "trace"], "trace"),
         ] {
             let cli = Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
             let name = format!("{:?}", cli.command).to_lowercase();
@@ -201,6 +232,18 @@ mod tests {
             panic!("not verify");
         };
         assert_eq!(config, PathBuf::from(DEFAULT_CONFIG));
+        let args = ["xvip", "trace", "--client", "10.0.0.0/24", "--vip", "10.0.0.250", "--port", "443", "--rate", "5"];
+        let Command::Trace { socket, client, vip, port, rate, json } =
+            Cli::try_parse_from(args).expect("trace").command
+        else {
+            panic!("not trace");
+        };
+        assert_eq!(socket, PathBuf::from(config::DEFAULT_SOCKET));
+        assert_eq!(client.map(|c| c.to_string()).as_deref(), Some("10.0.0.0/24"));
+        assert_eq!((vip, port, rate, json), (Some(std::net::Ipv4Addr::new(10, 0, 0, 250)), Some(443), 5, false));
+        for bad in [["--rate", "0"], ["--rate", "1001"], ["--client", "10.0.0.1/24"]] {
+            assert!(Cli::try_parse_from(["xvip", "trace", bad[0], bad[1]]).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -209,7 +252,16 @@ mod tests {
         let written = generate(&dir).expect("generate");
         let names: Vec<String> =
             written.iter().filter_map(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()).collect();
-        for name in ["xvip.8", "xvip-run.8", "xvip-check.8", "xvip-status.8", "xvip-verify.8", "xvip.bash", "_xvip"] {
+        for name in [
+            "xvip.8",
+            "xvip-run.8",
+            "xvip-check.8",
+            "xvip-status.8",
+            "xvip-verify.8",
+            "xvip-trace.8",
+            "xvip.bash",
+            "_xvip",
+        ] {
             assert!(names.iter().any(|n| n == name), "{name} not in {names:?}");
         }
         assert!(!names.iter().any(|n| n.contains("generate")), "the packaging helper stays hidden: {names:?}");

@@ -5,12 +5,17 @@
 //! entries and their filter bits, which service holds which `SERVICES` entry (an address, port and protocol),
 //! service indices, backend slots, and the double-buffered Maglev tables (see `lb_common::ServiceValue`).
 //!
-//! Two handles write the maps, each from its own thread in the agent: [`DataPlane`] (VIPs, services, backends,
-//! tables; slow work) and [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small write
-//! each, on the advert path).
+//! Three handles write the maps, each from its own thread or task in the agent: [`DataPlane`] (VIPs, services,
+//! backends, tables; slow work), [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small
+//! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
     collections::{BTreeMap, HashMap},
     net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -23,8 +28,8 @@ use lb_common::{
     Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, MAGLEV_CHUNK,
     MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
     NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
-    ServiceKey, ServiceValue, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
-    router_counter, vip_fold,
+    ServiceKey, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
+    listener_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -137,6 +142,8 @@ pub enum KernelError {
     Map(#[from] MapError),
     #[error(transparent)]
     Os(#[from] std::io::Error),
+    #[error(transparent)]
+    Log(#[from] aya_log::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -173,6 +180,9 @@ pub struct LoadOptions {
     pub nat_embryonic_timeout: Duration,
     /// Idle time after which an established TCP NAT translation may be taken by another flow.
     pub nat_established_timeout: Duration,
+    /// Whether the program keeps its `xvip trace` hook. `false` has the verifier prune it at load (the program
+    /// then never traces): benchmarks compare the two to isolate what the switched-off hook costs.
+    pub trace_hook: bool,
 }
 
 impl Default for LoadOptions {
@@ -184,6 +194,7 @@ impl Default for LoadOptions {
             nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
             nat_embryonic_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS),
             nat_established_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS),
+            trace_hook: true,
         }
     }
 }
@@ -416,6 +427,7 @@ impl DataPlane {
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
             .override_global(names::NAT_ESTABLISHED_TIMEOUT_NS, &established, true)
+            .override_global(names::TRACE_HOOK, &u32::from(options.trace_hook), true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
@@ -452,6 +464,10 @@ impl DataPlane {
             })?;
         }
         dp.write_node()?;
+        // Off, as every freshly created map is: nothing of the data plane is pinned, so a daemon that crashed while
+        // someone traced leaves no switch behind, and the next one starts with tracing off.
+        let mut trace: Array<&mut MapData, TraceConfig> = map_mut(&mut dp.ebpf, names::TRACE)?;
+        trace.set(0, TraceConfig::default(), 0).context("writing TRACE[0]")?;
         Ok(dp)
     }
 
@@ -688,21 +704,39 @@ impl DataPlane {
     /// # Errors
     /// When the maps cannot be opened again by id.
     pub fn node_control(&self) -> Result<NodeControl> {
-        let reopen = |name: &str| -> Result<MapData> {
-            let map = self.ebpf.map(name).ok_or_else(|| Error::Object(format!("has no map named {name}")))?;
-            let data = match map {
-                aya::maps::Map::Array(data) => data,
-                _ => return Err(Error::Object(format!("has map {name}, but not as an array"))),
-            };
-            // A duplicate of our own descriptor, not a new open by id: `bpf_map_get_fd_by_id` needs CAP_SYS_ADMIN,
-            // which the unit does not grant.
-            use std::os::fd::AsFd;
-            let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating map {name}'s fd"))?;
-            MapData::from_fd(fd).with_context(|| format!("opening map {name} again from its fd"))
-        };
-        let heartbeat = Array::try_from(aya::maps::Map::Array(reopen(names::HEARTBEAT)?))
+        let heartbeat = Array::try_from(aya::maps::Map::Array(self.reopen(names::HEARTBEAT)?))
             .context("map HEARTBEAT does not have the expected type")?;
         Ok(NodeControl { heartbeat, beat: self.beat })
+    }
+
+    /// A second handle on the array or per-CPU array `name`, for a handle that lives on another thread.
+    fn reopen(&self, name: &str) -> Result<MapData> {
+        let map = self.ebpf.map(name).ok_or_else(|| Error::Object(format!("has no map named {name}")))?;
+        let data = match map {
+            aya::maps::Map::Array(data) | aya::maps::Map::PerCpuArray(data) => data,
+            _ => return Err(Error::Object(format!("has map {name}, but not as an array"))),
+        };
+        // A duplicate of our own descriptor, not a new open by id: `bpf_map_get_fd_by_id` needs CAP_SYS_ADMIN,
+        // which the unit does not grant.
+        let fd = data.fd().as_fd().try_clone_to_owned().with_context(|| format!("duplicating map {name}'s fd"))?;
+        MapData::from_fd(fd).with_context(|| format!("opening map {name} again from its fd"))
+    }
+
+    /// The handle of `xvip trace` (the `TRACE` switch, each CPU's `TRACE_STATE`, and the program's log ring), for
+    /// the agent's trace task. `TRACE` has no other writer after this call. Once per loaded program: the log ring
+    /// moves into the handle.
+    ///
+    /// # Errors
+    /// When the handle was taken before, or the maps cannot be opened again.
+    pub fn trace(&mut self) -> Result<Trace> {
+        let switch = Array::try_from(aya::maps::Map::Array(self.reopen(names::TRACE)?))
+            .context("map TRACE does not have the expected type")?;
+        let state = PerCpuArray::try_from(aya::maps::Map::PerCpuArray(self.reopen(names::TRACE_STATE)?))
+            .context("map TRACE_STATE does not have the expected type")?;
+        let sink = Arc::new(TraceSink::default());
+        let logger = aya_log::EbpfLogger::init_with_logger(&mut self.ebpf, sink.clone())
+            .context("opening the program's log ring (taken once per loaded program)")?;
+        Ok(Trace { switch, state, logger, sink, generation: 0 })
     }
 
     /// Reads the heartbeat as the program sees it.
@@ -1116,7 +1150,6 @@ impl DataPlane {
         let aya::maps::Map::Array(data) = map else {
             return Err(Error::Object("has map MAGLEV, but not as an array".to_string()));
         };
-        use std::os::fd::{AsFd, AsRawFd};
         let fd = data.fd().as_fd().as_raw_fd();
         match batch::update(fd, &keys, &chunks) {
             Ok(()) => Ok(()),
@@ -1379,6 +1412,16 @@ impl DataPlane {
         Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
     }
 
+    /// Bytes of `program` as the verifier left it (8 per instruction): benchmarks show with it what a load-time
+    /// option pruned.
+    ///
+    /// # Errors
+    /// When the program is missing or the kernel does not say.
+    pub fn translated_size(&mut self, program: &str) -> Result<u32> {
+        let info = self.program(program)?.info().with_context(|| format!("reading the info of program {program}"))?;
+        info.size_translated().ok_or_else(|| Error::Refused(format!("the kernel does not report {program}'s size")))
+    }
+
     /// A map of the loaded object, to read only: tests check the program's own state (the connection and NAT
     /// tables) from user space. Every write goes through the methods above.
     #[doc(hidden)]
@@ -1569,6 +1612,140 @@ impl NodeControl {
     }
 }
 
+/// `xvip trace`'s handle on the data plane (see [`DataPlane::trace`]): it turns the program's trace records on and
+/// off, reads its counters, and reads the records from the program's log ring (aya-log). Dropping it switches
+/// tracing off.
+pub struct Trace {
+    switch: Array<MapData, TraceConfig>,
+    state: PerCpuArray<MapData, TraceState>,
+    logger: aya_log::EbpfLogger<Arc<TraceSink>>,
+    sink: Arc<TraceSink>,
+    generation: u32,
+}
+
+/// The program's trace counters, summed over CPUs (each only grows while the program is loaded).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TraceCounters {
+    /// Records written to the log ring.
+    pub emitted: u64,
+    /// Matching decisions held back by the rate limit.
+    pub suppressed: u64,
+    /// Matching decisions held back because the log ring was nearly full.
+    pub ring_full: u64,
+}
+
+impl Trace {
+    /// Switches the records on with `config`'s filter and interval (`on` is set here; each CPU's limiter starts
+    /// afresh), or off with `None`.
+    ///
+    /// # Errors
+    /// When the map write fails.
+    pub fn set(&mut self, config: Option<TraceConfig>) -> Result<()> {
+        let value = match config {
+            Some(c) => {
+                self.generation = self.generation.wrapping_add(1);
+                TraceConfig { on: 1, generation: self.generation, ..c }
+            }
+            None => TraceConfig::default(),
+        };
+        self.switch.set(0, value, 0).context("writing TRACE[0]")
+    }
+
+    /// The switch as the program sees it.
+    ///
+    /// # Errors
+    /// When the map read fails.
+    pub fn config(&self) -> Result<TraceConfig> {
+        self.switch.get(&0, 0).context("reading TRACE[0]")
+    }
+
+    /// # Errors
+    /// When the map read fails.
+    pub fn counters(&self) -> Result<TraceCounters> {
+        let per_cpu = self.state.get(&0, 0).context("reading TRACE_STATE[0]")?;
+        Ok(per_cpu.iter().fold(TraceCounters::default(), |a, s| TraceCounters {
+            emitted: a.emitted + s.emitted,
+            suppressed: a.suppressed + s.suppressed,
+            ring_full: a.ring_full + s.ring_full,
+        }))
+    }
+
+    /// Every record in the log ring now, oldest first (at most what the 128 KiB ring holds). Anything else the
+    /// program logs goes to the agent's log.
+    pub fn read(&mut self) -> Vec<TraceRecord> {
+        self.logger.flush();
+        self.sink.records.lock().map(|mut r| std::mem::take(&mut *r)).unwrap_or_default()
+    }
+
+    /// Records of the trace target that could not be decoded (a program and an agent from different builds).
+    pub fn malformed(&self) -> u64 {
+        self.sink.malformed.load(Ordering::Relaxed)
+    }
+}
+
+impl AsFd for Trace {
+    /// The log ring: readable when the program wrote records.
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.logger.as_fd()
+    }
+}
+
+impl AsRawFd for Trace {
+    fn as_raw_fd(&self) -> RawFd {
+        self.logger.as_raw_fd()
+    }
+}
+
+impl Drop for Trace {
+    /// A trace task that ends (or panics) leaves tracing off.
+    fn drop(&mut self) {
+        let _ = self.switch.set(0, TraceConfig::default(), 0);
+    }
+}
+
+/// Where aya-log hands the records it reads from the log ring (see [`Trace::read`]).
+#[derive(Default)]
+struct TraceSink {
+    records: Mutex<Vec<TraceRecord>>,
+    malformed: AtomicU64,
+}
+
+impl log::Log for TraceSink {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target() != TRACE_TARGET {
+            log::logger().log(record);
+            return;
+        }
+        match decode_trace(&record.args().to_string()) {
+            Some(r) => {
+                if let Ok(mut records) = self.records.lock() {
+                    records.push(r);
+                }
+            }
+            None => {
+                self.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// A trace record from its aya-log message: `decision ` and the record's bytes in hex (`lb-ebpf/src/trace.rs`).
+fn decode_trace(message: &str) -> Option<TraceRecord> {
+    let hex = message.strip_prefix("decision ")?;
+    if hex.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> =
+        (0..hex.len()).step_by(2).map(|i| hex.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok())).collect();
+    TraceRecord::from_bytes(&bytes?)
+}
+
 /// `BPF_MAP_UPDATE_BATCH`, which aya does not wrap: many elements of one map in one syscall.
 mod batch {
     use std::io;
@@ -1711,6 +1888,17 @@ mod tests {
             last_seen_ns,
             ..NatValue::default()
         }
+    }
+
+    #[test]
+    fn trace_messages_decode_to_records_and_anything_else_is_refused() {
+        let record = TraceRecord { from: [192, 0, 2, 7], reason: 16, action: 3, ..TraceRecord::default() };
+        let hex: String = record.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(decode_trace(&format!("decision {hex}")), Some(record));
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..70])), None, "short");
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..71])), None, "odd length");
+        assert_eq!(decode_trace(&format!("decision {}zz", &hex[..70])), None, "not hex");
+        assert_eq!(decode_trace(&format!("verdict {hex}")), None, "another message");
     }
 
     #[test]

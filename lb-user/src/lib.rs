@@ -19,5 +19,6 @@ pub mod status;
 pub mod systemd;
 #[cfg(test)]
 pub(crate) mod testnet;
+pub mod trace;
 pub mod verify;
 pub mod vrrp;

@@ -60,6 +60,9 @@ fn run() -> ExitCode {
             }
         },
         Command::Verify { config: path } => run_verify(&path),
+        Command::Trace { socket, client, vip, port, rate, json } => {
+            run_trace(&socket, &xvip::trace::Filter { client, vip, port, rate }, json)
+        }
         Command::Status { socket, json } => {
             let Some(runtime) = current_thread_runtime() else {
                 return ExitCode::from(1);
@@ -120,6 +123,52 @@ fn current_thread_runtime() -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             eprintln!("xvip: starting the runtime: {e}");
             None
+        }
+    }
+}
+
+/// `xvip trace`: one line per event on stdout until interrupted (SIGINT or SIGTERM: 0, as when stdout's reader
+/// goes away), 1 when no daemon answers, it refuses, or it stops.
+fn run_trace(socket: &Path, filter: &xvip::trace::Filter, json: bool) -> ExitCode {
+    use std::io::Write as _;
+    let Some(runtime) = current_thread_runtime() else {
+        return ExitCode::from(1);
+    };
+    let result = runtime.block_on(async {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => return Err(anyhow::anyhow!("installing the SIGTERM handler: {e}")),
+        };
+        let mut out = std::io::stdout().lock();
+        let each = move |event: xvip::trace::Event| -> std::io::Result<()> {
+            let line =
+                if json { serde_json::to_string(&event).map_err(std::io::Error::other)? } else { event.render() };
+            writeln!(out, "{line}")?;
+            // Every line at once, also into a pipe (`| grep`).
+            out.flush()
+        };
+        tokio::select! {
+            end = control::trace(socket, filter, each) => end.map(Some),
+            _ = tokio::signal::ctrl_c() => Ok(None),
+            _ = terminate.recv() => Ok(None),
+        }
+    });
+    match result {
+        Ok(None) => ExitCode::SUCCESS,
+        Ok(Some(control::TraceEnd::Closed)) => {
+            eprintln!("xvip: the daemon closed the trace (it stopped?)");
+            ExitCode::from(1)
+        }
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("xvip: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

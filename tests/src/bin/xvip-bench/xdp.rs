@@ -11,11 +11,15 @@
 //!   It includes one clock read per call, which the single-shot baseline includes too.
 //!
 //! Adding a path (the NAT ones, for instance) is one entry in [`paths`].
+//!
+//! A second table isolates what `xvip trace`'s hook costs ([`trace_cost`]): a few of the paths on a second copy
+//! of the program whose hook the verifier pruned at load, next to the program as it runs (hook in place, switch
+//! off), then with tracing on for frames that do not match and for frames over the rate limit.
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
-use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, Reason, group_seed, names};
+use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, Reason, TraceConfig, group_seed, names};
 use serde_json::{Value, json};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
 
@@ -30,6 +34,15 @@ const XDP_TX: u32 = 3;
 /// Share of the runs of a fresh-flow path that may end in another verdict: with the NAT table full of live flows
 /// a new flow can find all its port candidates taken (`drop_nat_no_port`); that is counted and reported.
 const FRESH_TOLERATED: f64 = 0.1;
+
+/// What the trace hook may cost while off, above the same path without it.
+const TRACE_OFF_TARGET_NS: f64 = 5.0;
+/// The paths [`trace_cost`] measures (names in [`paths`]): the shortest, a drop at the VIP, a forwarded packet.
+const TRACE_PATHS: [&str; 3] = [
+    "frame to another address -> kernel",
+    "TCP to the VIP, port without a service -> dropped (one SERVICES miss)",
+    "DSR, pinned flow (ACK: conntrack hit)",
+];
 
 /// The default target: a path within 50 ns of the baseline. The NAT paths have their own (see `paths`).
 const TARGET_NS: f64 = 50.0;
@@ -400,6 +413,7 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         base_cold.push((c1 + c2) / 2.0);
     }
     let (bw, bc) = (report::median(&base_warm), report::median(&base_cold));
+    let (trace_table, trace_json) = trace_cost(options, rounds, &mut dp)?;
 
     let mut table = Table::new(&[
         "path",
@@ -501,11 +515,25 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
          find all of its port candidates towards its backend taken.\n\
          - NAT paths rewrite addresses and ports, so a repeated run would see a different packet: they only have \
          a cold figure, and are judged on it.\n\
-         - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n",
+         - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n\n\
+         **The `xvip trace` hook** (warm, ns/packet; in brackets the difference to the same path with the hook \
+         pruned, the median of the rounds' differences):\n\n{}\n\
+         - *pruned*: a second copy of the program loaded with `TRACE_HOOK = 0`, a load-time constant that lets the \
+         verifier remove the hook (translated program: {} bytes, against {} with the hook); it cannot trace.\n\
+         - *off*: the program as it runs (every row above): the hook in place, the switch off. Target: less than \
+         {TRACE_OFF_TARGET_NS} ns above pruned.\n\
+         - *on, not matching*: tracing on with a client filter these frames miss (another client traces).\n\
+         - *on, over the rate limit*: tracing on for these frames at 1 record per second: all but the first are \
+         counted as suppressed. Frames not addressed to a VIP are never traced, so their row only adds the header \
+         copy.\n\
+         - In each round the two copies run alternately (pruned, off, off, pruned), so drift hits both.\n",
         table.markdown(),
         options.repeat,
         options.shots,
         options.shots,
+        trace_table,
+        trace_json["translated_bytes_pruned"],
+        trace_json["translated_bytes_with_hook"],
     );
     let json = json!({
         "rounds": rounds,
@@ -516,8 +544,102 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         "baseline_warm_samples_ns": base_warm,
         "baseline_cold_samples_ns": base_cold,
         "paths": Value::Array(rows_json),
+        "trace_hook": trace_json,
     });
     Ok(Section::new("xdp", "XDP data path: ns per packet (BPF_PROG_TEST_RUN)", body, json))
+}
+
+/// The trace hook's cost on [`TRACE_PATHS`] (see the module docs): the table and its JSON.
+fn trace_cost(options: &Options, rounds: usize, dp: &mut DataPlane) -> Result<(String, Value)> {
+    let mut pruned = DataPlane::load(LoadOptions { service_capacity: 3, trace_hook: false, ..LoadOptions::default() })
+        .context("loading the XDP program without its trace hook")?;
+    pruned.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
+    pruned.set_active(true)?;
+    let sizes = (pruned.translated_size(names::PROGRAM)?, dp.translated_size(names::PROGRAM)?);
+    let mut trace = dp.trace().context("the trace handle")?;
+    let specs: Vec<PathSpec> = paths().into_iter().filter(|p| TRACE_PATHS.contains(&p.name)).collect();
+    let mut frames = Vec::new();
+    for spec in &specs {
+        (spec.prepare)(&mut pruned)?;
+        (spec.prepare)(dp)?;
+        let Frames::Same(make) = spec.frames else { bail!("{}: the trace rows need a repeatable frame", spec.name) };
+        frames.push(make());
+    }
+    // Filters: one these frames miss (another client), and one they match at 1 record per second.
+    let elsewhere = TraceConfig {
+        client: [10, 99, 0, 0],
+        client_mask: [255, 255, 0, 0],
+        interval_ns: 1_000_000_000 / 100,
+        ..TraceConfig::default()
+    };
+    let limited = TraceConfig { interval_ns: 1_000_000_000, ..TraceConfig::default() };
+    // Per path: pruned, off, on (not matching), on (over the limit), each one value per round.
+    let mut samples = vec![[Vec::new(), Vec::new(), Vec::new(), Vec::new()]; specs.len()];
+    for round in 0..rounds {
+        eprintln!("[bench] xdp: trace hook, round {}/{rounds}", round + 1);
+        for (i, spec) in specs.iter().enumerate() {
+            let frame = &frames[i];
+            let a1 = repeat_ns(&mut pruned, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            let b1 = repeat_ns(dp, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            let b2 = repeat_ns(dp, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            let a2 = repeat_ns(&mut pruned, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            trace.set(Some(elsewhere))?;
+            let c = repeat_ns(dp, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            trace.set(Some(limited))?;
+            let d = repeat_ns(dp, names::PROGRAM, frame, options.repeat, Some(*spec))?;
+            trace.set(None)?;
+            trace.read();
+            let s = &mut samples[i];
+            s[0].push((a1 + a2) / 2.0);
+            s[1].push((b1 + b2) / 2.0);
+            s[2].push(c);
+            s[3].push(d);
+        }
+    }
+    let counters = trace.counters()?;
+    let mut table = Table::new(&[
+        "path",
+        "pruned",
+        "off (above pruned)",
+        "on, not matching (above pruned)",
+        "on, over the rate limit (above pruned)",
+        "off: target",
+    ]);
+    let mut rows = Vec::new();
+    for (spec, s) in specs.iter().zip(&samples) {
+        let above = |k: usize| report::median(&s[k].iter().zip(&s[0]).map(|(x, p)| x - p).collect::<Vec<_>>());
+        let cell = |k: usize| format!("{} ({})", num(report::median(&s[k]), 1), num(above(k), 1));
+        let meets = above(1) < TRACE_OFF_TARGET_NS;
+        table.row(vec![
+            spec.name.into(),
+            num(report::median(&s[0]), 1),
+            cell(1),
+            cell(2),
+            cell(3),
+            format!("< {TRACE_OFF_TARGET_NS}: {}", report::verdict(meets)),
+        ]);
+        rows.push(json!({
+            "path": spec.name,
+            "pruned_ns": jnum(report::median(&s[0])),
+            "off_ns": jnum(report::median(&s[1])),
+            "off_above_pruned_ns": jnum(above(1)),
+            "on_not_matching_ns": jnum(report::median(&s[2])),
+            "on_not_matching_above_pruned_ns": jnum(above(2)),
+            "on_over_limit_ns": jnum(report::median(&s[3])),
+            "on_over_limit_above_pruned_ns": jnum(above(3)),
+            "target_off_above_pruned_ns": TRACE_OFF_TARGET_NS,
+            "meets_target": meets,
+            "samples_ns": { "pruned": s[0], "off": s[1], "on_not_matching": s[2], "on_over_limit": s[3] },
+        }));
+    }
+    let json = json!({
+        "translated_bytes_pruned": sizes.0,
+        "translated_bytes_with_hook": sizes.1,
+        "records_emitted": counters.emitted,
+        "records_suppressed": counters.suppressed,
+        "paths": rows,
+    });
+    Ok((table.markdown(), json))
 }
 
 /// Runs the path's preparation, builds its frames and finds out whether it can be measured warm.
