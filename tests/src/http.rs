@@ -154,7 +154,16 @@ fn map_timeout(e: io::Error, what: &str) -> io::Error {
 /// Any I/O error (`EADDRINUSE` if the port is still held), a malformed response, or the timeout.
 pub fn get_from_port(addr: SocketAddrV4, local_port: u16, path: &str, timeout: Duration) -> io::Result<Response> {
     let deadline = Instant::now() + timeout;
-    let mut stream = connect_from_port(addr, local_port, deadline)?;
+    let mut stream = loop {
+        match connect_from_port(addr, local_port, deadline) {
+            // The previous connection on this 4-tuple is still in LAST_ACK (we close second, and the peer's last
+            // ACK can be late on a loaded machine): the kernel refuses the same 4-tuple until it has gone.
+            Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            other => break other?,
+        }
+    };
     write_request(&mut stream, SocketAddr::V4(addr), path, false, deadline)?;
     let mut reader = BufReader::new(stream);
     let response = read_response(&mut reader, deadline)?;
