@@ -155,16 +155,23 @@ pub fn window_figures(window: &Window, probe: &[Request], connections: &[Connect
     figures
 }
 
+/// Whether `window` excuses the failed new-connection request `r` overlapping it: a failover or a flap any failure;
+/// a reload that removed a backend a reset (the connection may have been opened to that backend just before the
+/// active node dropped it, and a removed backend loses its connections: README).
+fn excuses(window: &Window, r: &Request) -> bool {
+    if !overlaps((r.started, r.ended), (window.open, window.close)) {
+        return false;
+    }
+    let reset = r.outcome.as_ref().err().is_some_and(|e| e == "reset");
+    window.kind.excuses_new_connections() || (window.kind == Kind::Reload && !window.backends.is_empty() && reset)
+}
+
 /// Failed new-connection requests outside every window that excuses them.
 pub fn stray_failures(windows: &[Window], probe: &[Request]) -> Vec<Violation> {
     probe
         .iter()
         .filter(|r| r.failed())
-        .filter(|r| {
-            !windows
-                .iter()
-                .any(|w| w.kind.excuses_new_connections() && overlaps((r.started, r.ended), (w.open, w.close)))
-        })
+        .filter(|r| !windows.iter().any(|w| excuses(w, r)))
         .map(|r| {
             Violation::new(
                 Some(r.started),
@@ -430,6 +437,21 @@ mod tests {
         assert_eq!(stray.len(), 47, "1130..1600 ms, and the one started at 1120 ms overlaps the window");
         assert_eq!(stray[0].what, "failed request outside the windows");
         assert!(window_figures(&w, &probe, &[], ms(2000)).longest_gap > ms(600));
+    }
+
+    #[test]
+    fn a_reload_removing_a_backend_excuses_only_resets_of_connections_opened_meanwhile() {
+        let mut probe = probe_with_outage(1000, 1020);
+        for r in probe.iter_mut().filter(|r| r.failed()) {
+            r.outcome = Err("reset".into());
+        }
+        probe.push(Request { started: ms(1005), ended: ms(1055), outcome: Err("timeout".into()), late: None });
+        probe.sort_by_key(|r| r.started);
+        let removing = Window { backends: vec!["backend2".into()], ..window(Kind::Reload, 1000, 1100) };
+        let stray = stray_failures(std::slice::from_ref(&removing), &probe);
+        assert_eq!(stray.len(), 1, "the resets are excused, the timeout is not: {stray:?}");
+        let adding = window(Kind::Reload, 1000, 1100);
+        assert_eq!(stray_failures(std::slice::from_ref(&adding), &probe).len(), 3, "a reload removing nothing");
     }
 
     #[test]
