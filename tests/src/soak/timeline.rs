@@ -199,9 +199,11 @@ pub enum Ending {
     Kept,
     /// Broke inside a window that took its backend away (a flap, a reload that removed it): expected.
     WithItsBackend,
-    /// Broke across a failover, but it was opened while the service had other backends than at the failover
-    /// (during a flap, before a reload): the new node, which has no connection state, hashes it with the current
-    /// table to another backend. Expected of Maglev without shared state (docs/nat.md).
+    /// Broke across a failover, but the service had other backends when it was opened than when its first packet
+    /// reached the node taking over (it was opened during a flap or before a reload, or a reload or flap changed
+    /// the set after the failover and before the connection's next packet): that node, which has no connection
+    /// state, hashes it with its current table to another backend. Expected of Maglev without shared state
+    /// (docs/nat.md).
     Repicked,
     /// Broke for no reason the soak knows: a violation.
     Broken,
@@ -220,6 +222,13 @@ fn tables_at(tables: &Tables, t: Duration) -> Vec<&Vec<String>> {
     if t < tables[i].1 && i > 0 {
         sets.push(&tables[i - 1].2);
     }
+    sets
+}
+
+/// The sets that may have been in use at some time in `from..=to`.
+fn tables_during(tables: &Tables, from: Duration, to: Duration) -> Vec<&Vec<String>> {
+    let mut sets = tables_at(tables, from);
+    sets.extend(tables.iter().filter(|(start, _, _)| from < *start && *start <= to).map(|(_, _, set)| set));
     sets
 }
 
@@ -246,8 +255,13 @@ pub fn ending(c: &Connection, windows: &[Window], tables: &Tables) -> Ending {
     if windows.iter().any(|w| w.backends.contains(&c.backend) && broke_in(c, w)) {
         return Ending::WithItsBackend;
     }
+    // The node taking over hashes the connection at its first packet there: after the window opened and after the
+    // last answer through the node before, and no later than the break.
     let opened_under = tables_at(tables, c.opened);
-    let other_set = |w: &Window| tables_at(tables, w.open).iter().any(|at| opened_under.iter().any(|o| o != at));
+    let last_ok = c.requests.iter().filter(|r| r.outcome.is_ok()).map(|r| r.ended).max().unwrap_or(c.opened);
+    let other_set = |w: &Window| {
+        tables_during(tables, w.open.max(last_ok), c.ended).iter().any(|at| opened_under.iter().any(|o| o != at))
+    };
     if windows.iter().any(|w| w.kind.is_failover() && broke_in(c, w) && other_set(w)) {
         return Ending::Repicked;
     }
@@ -524,6 +538,24 @@ mod tests {
             vec![(ms(0), ms(0), all[..2].to_vec()), (ms(0), ms(0), all.clone())];
         assert_eq!(ending(&c, std::slice::from_ref(&kill), &noted_before), Ending::Broken, "one set: no excuse");
         assert_eq!(broken_connections(&[kill], &[c], &noted_before).len(), 1);
+    }
+
+    #[test]
+    fn a_set_changed_after_a_failover_before_the_next_packet_excuses_a_re_pick() {
+        // The soak's run 5 at 285.7 s: the last answer came through the old node, the new node took over with no
+        // state, and a reload added a backend before the connection's next packet reached it.
+        let all = vec!["backend1".to_string(), "backend2".to_string(), "backend3".to_string()];
+        let preempt = window(Kind::Preempt, 1000, 1550);
+        let c = connection("backend1", Some("reset"), 2500);
+        let added_after: Vec<(Duration, Duration, Vec<String>)> =
+            vec![(ms(0), ms(0), vec![all[0].clone(), all[2].clone()]), (ms(2000), ms(2100), all.clone())];
+        assert_eq!(ending(&c, std::slice::from_ref(&preempt), &added_after), Ending::Repicked);
+        // A change after the break excuses nothing.
+        let after_break: Vec<(Duration, Duration, Vec<String>)> =
+            vec![(ms(0), ms(0), vec![all[0].clone(), all[2].clone()]), (ms(2600), ms(2700), all.clone())];
+        assert_eq!(ending(&c, std::slice::from_ref(&preempt), &after_break), Ending::Broken);
+        // Without a failover, a set change alone never excuses a broken connection.
+        assert_eq!(ending(&c, &[], &added_after), Ending::Broken);
     }
 
     #[test]
