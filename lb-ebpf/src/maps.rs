@@ -144,3 +144,26 @@ pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
 }
+
+/// A frame's one reading of [`now_ns`], taken when first asked for: the dead-man switch and the NAT state share
+/// it, so a frame pays at most one helper call for the time (a call costs a return, and returns are dear on
+/// kernels that mitigate return-address speculation), and a frame that needs no time pays none.
+pub struct Clock(core::cell::Cell<u64>);
+
+impl Clock {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Clock(core::cell::Cell::new(0))
+    }
+
+    #[inline(always)]
+    pub fn now(&self) -> u64 {
+        let read = self.0.get();
+        if read != 0 {
+            return read;
+        }
+        let read = now_ns();
+        self.0.set(read);
+        read
+    }
+}
