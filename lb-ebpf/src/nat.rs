@@ -66,7 +66,7 @@ use crate::{
 pub const TCP_CHECK_OFF: usize = 16;
 pub const UDP_CHECK_OFF: usize = 6;
 
-/// A client packet to a NAT service, at `now` ([`crate::maps::now_ns`]).
+/// A client packet to a NAT service, at `now` (the frame's [`crate::maps::Clock`]).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn forward(
