@@ -499,7 +499,13 @@ impl NatValue {
     /// Built from six whole words: written field by field, the two zeroed MACs would be `memset`s of 6 bytes,
     /// which the BPF target emits as calls (see [`NatKey`]).
     #[inline(always)]
-    pub const fn new(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], flags: u8, last_seen_ns: u64) -> Self {
+    pub const fn new(
+        client: [u8; 4],
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        flags: u8,
+        last_seen_ns: u64,
+    ) -> Self {
         let [c0, c1, c2, c3] = client;
         let [p0, p1] = client_port;
         let [s0, s1] = service_port;
@@ -1145,7 +1151,8 @@ mod tests {
 
     #[test]
     fn nat_value_new_puts_each_field_in_its_place() {
-        let built = NatValue::new([10, 0, 0, 7], [0xc0, 0x01], [0x01, 0xbb], NAT_FIN_CLIENT | NAT_RST, 0x0102_0304_0506_0708);
+        let built =
+            NatValue::new([10, 0, 0, 7], [0xc0, 0x01], [0x01, 0xbb], NAT_FIN_CLIENT | NAT_RST, 0x0102_0304_0506_0708);
         let expected = NatValue {
             client: [10, 0, 0, 7],
             client_port: [0xc0, 0x01],

@@ -53,9 +53,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     csum::Delta,
     forward::{self, set_macs},
-    maps::{
-        BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns,
-    },
+    maps::{BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns},
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute, Route},

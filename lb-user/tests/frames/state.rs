@@ -129,7 +129,13 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
     let mut found = Vec::new();
     let mut nat_keys = Vec::new();
     let key = |backend: Ipv4Addr, backend_port: u16, nat_port: u16| {
-        NatKey::new(backend.octets(), input.dst.octets(), backend_port.to_be_bytes(), nat_port.to_be_bytes(), input.protocol)
+        NatKey::new(
+            backend.octets(),
+            input.dst.octets(),
+            backend_port.to_be_bytes(),
+            nat_port.to_be_bytes(),
+            input.protocol,
+        )
     };
     // As a reply: the entry it addresses.
     nat_keys.push(key(input.src, input.sport, input.dport));
