@@ -34,7 +34,7 @@ use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
+use maps::{CONFIG, COUNTERS, Clock, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
 use vip::{Vip, lookup_vip};
@@ -91,9 +91,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
     let Some(config) = CONFIG.get(0) else {
         return (XDP_PASS, Reason::DropInternal, NO_ROUTER);
     };
+    let clock = Clock::new();
     match ether_type {
-        ETH_P_ARP => arp(ctx, eth, config),
-        ETH_P_IPV4 => ipv4(ctx, eth, config),
+        ETH_P_ARP => arp(ctx, eth, config, &clock),
+        ETH_P_IPV4 => ipv4(ctx, eth, config, &clock),
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }
@@ -104,7 +105,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
 /// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
 /// answering).
 #[inline(always)]
-fn may_answer(router: u32) -> bool {
+fn may_answer(router: u32, clock: &Clock) -> bool {
     let Some(beat) = HEARTBEAT.get(0) else {
         return false;
     };
@@ -116,14 +117,14 @@ fn may_answer(router: u32) -> bool {
     }
     // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
     // against limits of several advert intervals.
-    maps::now_ns().saturating_sub(beat.last_ns) <= beat.max_age_ns
+    clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
 
 /// Turns an ARP request for a VIP into the reply, in place (RFC 826), while its router is active, on the VIP's
 /// interface (other interfaces the program serves carry backends or other instances, which reach the VIP through a
 /// route).
 #[inline(always)]
-fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
+fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &Clock) -> (u32, Reason, u32) {
     let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
@@ -148,7 +149,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason,
         let client_sender = a.spa == [0; 4] || !(martian_source(a.spa, vip.address) || config.is_local(a.spa));
         // The answer goes to the sender's MAC: a unicast one, not ours.
         let unicast_asker = a.sha[0] & 1 == 0 && a.sha != [0; 6] && a.sha != config.mac && a.sha != vip.value.mac;
-        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router) {
+        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router, clock) {
             return (XDP_PASS, Reason::PassArp, router);
         }
         let asker_mac = a.sha;
@@ -166,7 +167,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason,
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &Clock) -> (u32, Reason, u32) {
     let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
@@ -175,16 +176,23 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     let Some(vip) = lookup_vip(ip.dst_addr) else {
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
     };
-    let (action, reason) = to_vip(ctx, eth, ip, config, &vip);
+    let (action, reason) = to_vip(ctx, eth, ip, config, &vip, clock);
     (action, reason, vip.value.router)
 }
 
 /// A frame addressed to `vip`.
 #[inline(always)]
-fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, vip: &Vip) -> (u32, Reason) {
+fn to_vip(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    vip: &Vip,
+    clock: &Clock,
+) -> (u32, Reason) {
     // Nothing to a VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
-    if !may_answer(vip.value.router) {
+    if !may_answer(vip.value.router, clock) {
         return (XDP_DROP, Reason::DropInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.
@@ -219,7 +227,7 @@ fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCon
         Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
         Err(reason) => return (XDP_DROP, reason),
     };
-    transport(ctx, eth, ip, config, vip, &l4)
+    transport(ctx, eth, ip, config, vip, &l4, clock)
 }
 
 /// A TCP or UDP packet to a VIP: a NAT backend's reply, or a client's packet to a service.
@@ -231,6 +239,7 @@ fn transport(
     config: &NodeConfig,
     vip: &Vip,
     l4: &L4,
+    clock: &Clock,
 ) -> (u32, Reason) {
     // Replies are recognised by their source, a NAT backend's (address, port), before the service lookup: the NAT
     // port they are addressed to may equal a service port, and a reply without a translation (after a failover)
@@ -240,7 +249,7 @@ fn transport(
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
         if let Some(entry) = nat::reverse_entry(ip, l4) {
-            return nat::reply(ctx, eth, ip, l4, entry);
+            return nat::reply(ctx, eth, ip, l4, entry, clock.now());
         }
         let from = Endpoint::new(ip.src_addr, l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
@@ -255,7 +264,7 @@ fn transport(
     };
     let svc: ServiceValue = svc;
     if svc.forwarding == FORWARD_NAT {
-        return nat::forward(ctx, eth, ip, config, vip, &svc, l4);
+        return nat::forward(ctx, eth, ip, config, vip, &svc, l4, clock.now());
     }
     forward::dsr(ctx, eth, ip, config, vip, &svc, l4)
 }
