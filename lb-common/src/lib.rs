@@ -75,6 +75,8 @@ pub mod names {
     pub const SOCKET_CONNECT4: &str = "xvip_connect4";
     pub const SOCKET_GETPEERNAME4: &str = "xvip_getpeername4";
     pub const SOCKET_PEERS: &str = "SOCKET_PEERS";
+    /// Per service: its backend on the node itself, which only the socket load balancer reaches ([`LocalShare`]).
+    pub const SOCKET_LOCAL: &str = "SOCKET_LOCAL";
     /// Global (`.rodata`): the network namespace cookie of the agent ([`socket_lb_applies`]); 0 = rewrite nothing.
     pub const NODE_NETNS_COOKIE: &str = "NODE_NETNS_COOKIE";
 }
@@ -822,6 +824,35 @@ pub struct SocketPeer {
 }
 const _: () = assert!(core::mem::size_of::<SocketPeer>() == 8);
 
+/// A service's backend at one of the node's own addresses, for the socket load balancer: an element of the
+/// `SOCKET_LOCAL` array (indexed by service index). Such a backend is in no Maglev table on its own node (the XDP
+/// program delivers frames to other hosts only: it has no MAC to send them to), but a local client's connect can
+/// go to it: it gets `weight` out of `total` (the weights of the service's Maglev members plus its own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalShare {
+    /// Its `BACKENDS` slot, or [`NO_BACKEND`].
+    pub backend: u32,
+    pub weight: u32,
+    pub total: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LocalShare>() == 16);
+
+impl Default for LocalShare {
+    fn default() -> Self {
+        LocalShare { backend: NO_BACKEND, weight: 0, total: 0, _pad: 0 }
+    }
+}
+
+impl LocalShare {
+    /// Whether a connect hashed to `hash` goes to the local backend: `weight` of every `total` hashes do.
+    #[inline(always)]
+    pub fn picks(&self, hash: u32) -> bool {
+        self.backend != NO_BACKEND && self.total != 0 && hash % self.total < self.weight
+    }
+}
+
 /// Entries of `SOCKET_PEERS`, an LRU (a closed socket's entry ages out): 88 bytes of kernel memory each (48-byte
 /// element header, 16 of key, 8 of value, 16 of bucket), 5.8 MB.
 pub const SOCKET_PEERS_ENTRIES: u32 = 65536;
@@ -1017,6 +1048,7 @@ mod pod {
     unsafe impl aya::Pod for super::TraceState {}
     unsafe impl aya::Pod for super::SocketPeerKey {}
     unsafe impl aya::Pod for super::SocketPeer {}
+    unsafe impl aya::Pod for super::LocalShare {}
 }
 
 #[cfg(test)]
@@ -1123,6 +1155,16 @@ mod tests {
         assert!(!socket_lb_applies(4098, 4099), "another namespace (a container, another lab node)");
         assert!(!socket_lb_applies(0, 0), "no node cookie known: nothing is rewritten");
         assert!(!socket_lb_applies(4099, 0));
+    }
+
+    #[test]
+    fn a_local_backend_gets_its_weight_out_of_the_total() {
+        let share = LocalShare { backend: 7, weight: 1, total: 4, _pad: 0 };
+        let picked = (0..4000u32).filter(|h| share.picks(socket_hash(u64::from(*h), 1))).count();
+        assert!((850..=1150).contains(&picked), "{picked} of 4000, expected about a quarter");
+        assert!(!LocalShare::default().picks(0), "no local backend");
+        assert!(!LocalShare { total: 0, ..share }.picks(0), "nothing to divide");
+        assert!(LocalShare { weight: 3, total: 3, ..share }.picks(12345), "the only usable backend");
     }
 
     #[test]

@@ -8,10 +8,10 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
-    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES,
-    MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS,
-    SOCKET_PEERS_ENTRIES, ServiceKey, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic,
-    VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS,
+    MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
+    ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig,
+    TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]
@@ -103,6 +103,11 @@ pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(M
 /// `getpeername()` reports). LRU: a closed socket's entry ages out.
 #[map]
 pub static SOCKET_PEERS: LruHashMap<SocketPeerKey, SocketPeer> = LruHashMap::with_max_entries(SOCKET_PEERS_ENTRIES, 0);
+
+/// Per service index: its backend on the node itself, which only the socket load balancer reaches (see
+/// `lb_common::LocalShare`). Written by the agent.
+#[map]
+pub static SOCKET_LOCAL: Array<LocalShare> = Array::with_max_entries(MAX_SERVICES, 0);
 
 // Load-time constants (`.rodata`), overridden by the agent's loader (`lb_common::names`). The verifier sees their
 // values, so reading them costs nothing. `read_volatile` keeps the compiler from folding in the defaults.

@@ -28,7 +28,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, MAGLEV_CHUNK,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
     MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
     NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
     ServiceKey, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
@@ -1045,6 +1045,23 @@ impl DataPlane {
         }
         svc.table = next;
 
+        // A backend at one of the node's own addresses is in no Maglev table here (frames cannot be sent to it:
+        // it has no MAC), but the socket load balancer sends local clients to it, for its weight's share.
+        let own = local_addresses();
+        let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
+        let share = spec
+            .backends
+            .iter()
+            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&b.address.octets()))
+            .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
+            .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
+                backend,
+                weight,
+                total: maglev_weight + weight,
+                _pad: 0,
+            });
+        self.write_local_share(svc.index, share)?;
+
         // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
         // (a packet that read the old table an instant ago still finds a usable slot).
         for endpoint in &gone {
@@ -1198,6 +1215,11 @@ impl DataPlane {
         map.set(word, bits, 0).with_context(|| format!("writing NAT_SOURCE_PORTS[{word}]"))
     }
 
+    fn write_local_share(&mut self, index: u32, share: LocalShare) -> Result<()> {
+        let mut shares: Array<&mut MapData, LocalShare> = map_mut(&mut self.ebpf, names::SOCKET_LOCAL)?;
+        shares.set(index, share, 0).with_context(|| format!("writing SOCKET_LOCAL[{index}]"))
+    }
+
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = map_mut(&mut self.ebpf, names::BACKENDS)?;
         backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))?;
@@ -1256,6 +1278,7 @@ impl DataPlane {
                 self.release_slot(*key, id)?;
             }
         }
+        self.write_local_share(svc.index, LocalShare::default())?;
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);

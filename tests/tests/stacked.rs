@@ -17,6 +17,7 @@ use xvip_tests::{
 };
 
 const PORT: u16 = 8080;
+const DEAD_PORT: u16 = 8081;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn lab() -> Lab {
@@ -46,8 +47,17 @@ fn service(lab: &Lab) -> ServiceSpec {
     svc
 }
 
+/// A service whose only backend never answers its checks: no healthy backend, ever.
+fn dead_service(lab: &Lab) -> ServiceSpec {
+    let mut svc = ServiceSpec::http(lab, DEAD_PORT, 9, "nat");
+    svc.name = "dead".into();
+    svc.check = "tcp".into();
+    svc.backends.truncate(1);
+    svc
+}
+
 fn spec(lab: &Lab, priority: u8) -> NodeSpec {
-    NodeSpec { mount_cgroup2: true, ..NodeSpec::new(priority).service(service(lab)) }
+    NodeSpec { mount_cgroup2: true, ..NodeSpec::new(priority).service(service(lab)).service(dead_service(lab)) }
 }
 
 /// Starts node1 (active) and node2 (backup), each with a backend of its own, and waits until both see every
@@ -69,7 +79,10 @@ fn wait_ready(node: &XvipNode, own_address: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let status = node.status().expect("status");
-        let backends = &status.services[0].backends;
+        let Some(service) = status.services.iter().find(|s| s.name == "web") else {
+            panic!("no service web: {status:?}");
+        };
+        let backends = &service.backends;
         let ready = backends.iter().filter(|b| b.healthy && (b.mac.is_some() || b.address == own_address)).count();
         if ready == backends.len() {
             return;
@@ -126,12 +139,10 @@ fn local_clients_on_the_active_node_and_a_backup_reach_the_backends_directly() {
     let lab = lab();
     let (_node1, _node2, _own) = stacked(&lab);
 
-    // Each node's clients are spread over every backend its table holds: the backend hosts and the other node's
-    // own backend (its own is not in its Maglev table: the XDP path cannot deliver to it yet, see README).
-    let from1 = spread(&lab, &lab.node(1).ns, 40);
-    assert_eq!(from1, set(&["backend1", "backend2", "node2"]), "from the active node");
-    let from2 = spread(&lab, &lab.node(2).ns, 40);
-    assert_eq!(from2, set(&["backend1", "backend2", "node1"]), "from the backup");
+    // Each node's clients are spread over every backend: the backend hosts, the other node's and its own.
+    let every = set(&["backend1", "backend2", "node1", "node2"]);
+    assert_eq!(spread(&lab, &lab.node(1).ns, 60), every, "from the active node");
+    assert_eq!(spread(&lab, &lab.node(2).ns, 60), every, "from the backup");
 
     // Connected straight to the backend: it sees the node's own address, not the VIP (the NAT path's source).
     for host in [lab.node(1), lab.node(2)] {
@@ -148,6 +159,13 @@ fn local_clients_on_the_active_node_and_a_backup_reach_the_backends_directly() {
         .expect("connect from node2");
     assert_eq!(peer, vip, "getpeername() reports the VIP");
     assert_eq!(local.ip(), lab.node(2).ip);
+
+    // A service without a healthy backend refuses a local connect at once rather than letting it time out.
+    let dead = std::net::SocketAddr::new(lab.vip().into(), DEAD_PORT);
+    let refused = lab
+        .in_netns(&lab.node(1).ns, move || Ok(TcpStream::connect_timeout(&dead, TIMEOUT).map_err(|e| e.kind())))
+        .expect("connect from node1");
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused), "connect to a service with no backend");
 
     // Another namespace on the same machine is left alone: the lab's client goes through the active node's XDP
     // program (NAT), so its backend sees the VIP as the source.
@@ -184,7 +202,7 @@ fn local_clients_keep_their_connections_across_a_failover_and_open_new_ones() {
     }
 
     // New connections from node2 are still balanced by its socket balancer.
-    assert_eq!(spread(&lab, &lab.node(2).ns, 30), set(&["backend1", "backend2", "node1"]));
+    assert_eq!(spread(&lab, &lab.node(2).ns, 60), set(&["backend1", "backend2", "node1", "node2"]));
     let (_, client) = ask(&lab, &lab.node(2).ns);
     assert_eq!(client.ip(), lab.node(2).ip);
 }
