@@ -885,6 +885,41 @@ impl Shell {
     }
 }
 
+/// The socket load balancer for the node's own clients (`local_clients`): attached to the cgroup v2 root. A node
+/// where it cannot be attached still serves its VIPs; its own processes then reach no VIP, as before, which the
+/// warning says.
+fn attach_local_clients(dataplane: &mut DataPlane) {
+    let root = match crate::cgroup::v2_root() {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            log::warn!(
+                "local clients: cgroup v2 is not mounted (no cgroup2 in /proc/self/mountinfo); processes on this node \
+                 cannot reach the VIPs (set local_clients = false to silence this)"
+            );
+            return;
+        }
+        Err(e) => {
+            log::warn!(
+                "local clients: reading /proc/self/mountinfo: {e}; processes on this node cannot reach the VIPs"
+            );
+            return;
+        }
+    };
+    match dataplane.attach_local_clients(&root) {
+        Ok(()) => log::info!(
+            "local clients: TCP connects from this network namespace to the VIPs' services go straight to a backend \
+             (socket load balancer on the cgroup {})",
+            root.display()
+        ),
+        Err(e) => {
+            log::warn!(
+                "local clients: {e}; processes on this node cannot reach the VIPs (set local_clients = false \
+                        to silence this)"
+            )
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,40 +968,5 @@ mod tests {
             Job::Install(id("a"), spec(6)),
         ];
         assert_eq!(names(&coalesce(jobs)), ["install(gone:2)", "reconcile(a)", "install(a:6)"]);
-    }
-}
-
-/// The socket load balancer for the node's own clients (`local_clients`): attached to the cgroup v2 root. A node
-/// where it cannot be attached still serves its VIPs; its own processes then reach no VIP, as before, which the
-/// warning says.
-fn attach_local_clients(dataplane: &mut DataPlane) {
-    let root = match crate::cgroup::v2_root() {
-        Ok(Some(root)) => root,
-        Ok(None) => {
-            log::warn!(
-                "local clients: cgroup v2 is not mounted (no cgroup2 in /proc/self/mountinfo); processes on this node \
-                 cannot reach the VIPs (set local_clients = false to silence this)"
-            );
-            return;
-        }
-        Err(e) => {
-            log::warn!(
-                "local clients: reading /proc/self/mountinfo: {e}; processes on this node cannot reach the VIPs"
-            );
-            return;
-        }
-    };
-    match dataplane.attach_local_clients(&root) {
-        Ok(()) => log::info!(
-            "local clients: TCP connects from this network namespace to the VIPs' services go straight to a backend \
-             (socket load balancer on the cgroup {})",
-            root.display()
-        ),
-        Err(e) => {
-            log::warn!(
-                "local clients: {e}; processes on this node cannot reach the VIPs (set local_clients = false \
-                        to silence this)"
-            )
-        }
     }
 }
