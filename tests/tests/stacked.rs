@@ -21,13 +21,7 @@ const DEAD_PORT: u16 = 8081;
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn lab() -> Lab {
-    let lab = Lab::new(LabSpec {
-        nodes: 2,
-        backends: 2,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab");
+    let lab = Lab::new(LabSpec::nat(2, 2)).expect("lab");
     lab.start_backends(&[PORT]).expect("backends");
     lab
 }
