@@ -14,6 +14,7 @@
 #![no_main]
 
 mod csum;
+mod egress;
 mod forward;
 mod icmp;
 mod maps;
@@ -27,17 +28,17 @@ mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    macros::xdp,
-    programs::XdpContext,
+    macros::{classifier, xdp},
+    programs::{TcContext, XdpContext},
 };
 use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
+use maps::{CONFIG, COUNTERS, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
-use vip::{Vip, lookup_vip};
+use vip::{Vip, lookup_vip, may_answer};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
@@ -64,6 +65,20 @@ pub fn xvip_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xvip_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The egress program of every interface the XDP program serves: the replies of a NAT backend on this node (which
+/// the XDP program never sees: they are generated here) translated back to the client, and the node's own ARP
+/// requests for an active VIP answered back into the node (`egress.rs`). Everything else leaves untouched and
+/// uncounted.
+#[classifier]
+#[inline(always)]
+pub fn xvip_egress(ctx: TcContext) -> i32 {
+    let (action, counted) = egress::process(&ctx);
+    if let Some((reason, router)) = counted {
+        count(reason, router);
+    }
+    action
 }
 
 /// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.
@@ -97,26 +112,6 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }
-}
-
-/// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.
-/// the heartbeat the agent writes with every advert is younger than its limit (a dead-man switch: an agent that
-/// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
-/// answering).
-#[inline(always)]
-fn may_answer(router: u32) -> bool {
-    let Some(beat) = HEARTBEAT.get(0) else {
-        return false;
-    };
-    if !beat.is_active(router) {
-        return false;
-    }
-    if beat.max_age_ns == 0 {
-        return true;
-    }
-    // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
-    // against limits of several advert intervals.
-    maps::now_ns().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
 
 /// Turns an ARP request for a VIP into the reply, in place (RFC 826), while its router is active, on the VIP's

@@ -52,17 +52,31 @@ impl NoRoute {
 /// interface of `ctx`.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16) -> Result<Route, NoRoute> {
+    lookup_from(ctx.ctx as *mut _, ctx.ingress_ifindex() as u32, src, dst, protocol, tot_len)
+}
+
+/// [`lookup`] for any program context the helper takes (`xdp_md`, `__sk_buff`), as if the packet had been
+/// received on `ifindex`.
+#[inline(always)]
+pub fn lookup_from(
+    ctx: *mut core::ffi::c_void,
+    ifindex: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    tot_len: u16,
+) -> Result<Route, NoRoute> {
     // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
     let mut params: FibParams = unsafe { core::mem::zeroed() };
     params.family = AF_INET;
     params.l4_protocol = protocol;
     params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ctx.ingress_ifindex() as u32;
+    params.ifindex = ifindex;
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size passed.
     let rc = unsafe {
-        bpf_fib_lookup(ctx.ctx as *mut _, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
+        bpf_fib_lookup(ctx, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
     };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Ok(Route { next_hop_mac: params.dmac, egress_mac: params.smac, ifindex: params.ifindex });
