@@ -166,7 +166,11 @@ pub struct VipValue {
     /// with `mac`. 0 = any (fixtures that attach nowhere).
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 when this node's own kernel holds the address (on its loopback: a DSR backend runs on this node). While
+    /// the router is not active here, frames to it are then the active node's DSR forwards to this node's backend,
+    /// handed to the kernel rather than dropped.
+    pub held: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
@@ -633,9 +637,12 @@ pub enum Reason {
     /// Egress: the node's own ARP request for an active VIP answered back into the node (the VIP's MAC is the
     /// interface's), so the node's local backends send their NAT replies through the egress program.
     ArpReplyLocal = 35,
+    /// To a VIP whose router is not active here, but which this node's kernel holds (a DSR backend on this node,
+    /// the VIP on its loopback): the active node's DSR forward to this node's backend, handed to the kernel.
+    PassHeldVip = 36,
 }
 
-pub const REASON_COUNT: u32 = 36;
+pub const REASON_COUNT: u32 = 37;
 
 /// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
 /// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
@@ -691,6 +698,7 @@ impl Reason {
         Reason::NatForwardLocal,
         Reason::NatReplyLocal,
         Reason::ArpReplyLocal,
+        Reason::PassHeldVip,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -732,6 +740,7 @@ impl Reason {
             Reason::NatForwardLocal => "nat_forward_local",
             Reason::NatReplyLocal => "nat_reply_local",
             Reason::ArpReplyLocal => "arp_replies_local",
+            Reason::PassHeldVip => "pass_held_vip",
         }
     }
 }

@@ -180,6 +180,10 @@ fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCon
     // Nothing to a VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
     if !may_answer(vip.value.router) {
+        // A VIP this node's kernel holds (a DSR backend here): the active node's DSR forwards are for that backend.
+        if vip.value.held != 0 {
+            return (XDP_PASS, Reason::PassHeldVip);
+        }
         return (XDP_DROP, Reason::DropInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.

@@ -653,6 +653,8 @@ impl DataPlane {
     pub fn set_vips(&mut self, vips: &[VipSpec]) -> Result<()> {
         let mut wanted: BTreeMap<Ipv4Addr, VipValue> = BTreeMap::new();
         let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        // A VIP on this node's own loopback (a DSR backend here) is read afresh with every write.
+        let own = own_addresses();
         for v in vips {
             let (ifindex, mac) = match &v.interface {
                 // The node's interface, as the single VIP of the first wave was (any interface before the
@@ -667,7 +669,8 @@ impl DataPlane {
                     }
                 },
             };
-            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, _pad: [0; 2] };
+            let held = u8::from(own.contains(&v.address.octets()));
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held, _pad: 0 };
             wanted.insert(v.address, value);
         }
         let gone: Vec<Ipv4Addr> = self.vips.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
