@@ -19,7 +19,7 @@
 //! header field is read before the first one.
 use aya_ebpf::{
     bindings::{
-        BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, __sk_buff,
+        __sk_buff, BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
     },
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
@@ -154,12 +154,12 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> (i32, Option<(Reason, u32)>) {
     if let Err(reason) = nat::reply_seen(entry, &l4, now) {
         return (TC_ACT_SHOT as i32, Some((reason, router)));
     }
-    let (backend, client, client_port, service_port) = (ip.src_addr, entry.client, entry.client_port, entry.service_port);
+    let (backend, client, client_port, service_port) =
+        (ip.src_addr, entry.client, entry.client_port, entry.service_port);
     let route = match nat::cached_route(entry, now) {
         Some(route) => Ok(route),
         None => {
-            let found =
-                route::lookup_from(ctx.skb.skb as *mut _, ifindex, vip.address, client, protocol, total as u16);
+            let found = route::lookup_from(ctx.skb.skb as *mut _, ifindex, vip.address, client, protocol, total as u16);
             if let Ok(r) = &found {
                 nat::store_route(entry, r, now);
             }

@@ -75,9 +75,7 @@ pub fn lookup_from(
     params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
     params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
     // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size passed.
-    let rc = unsafe {
-        bpf_fib_lookup(ctx, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0)
-    };
+    let rc = unsafe { bpf_fib_lookup(ctx, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0) };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Ok(Route { next_hop_mac: params.dmac, egress_mac: params.smac, ifindex: params.ifindex });
     }

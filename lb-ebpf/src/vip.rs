@@ -47,4 +47,3 @@ pub fn may_answer(router: u32) -> bool {
     // against limits of several advert intervals.
     maps::now_ns().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
-

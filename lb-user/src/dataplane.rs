@@ -539,7 +539,9 @@ impl DataPlane {
             let program = self.egress_program()?;
             let link = program
                 .attach_with_options(interface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-                .with_context(|| format!("attaching the egress program to {interface} with tcx (Linux 6.6 or later)"))?;
+                .with_context(|| {
+                    format!("attaching the egress program to {interface} with tcx (Linux 6.6 or later)")
+                })?;
             Ok(Some((ifindex, link)))
         });
         match result {

@@ -109,7 +109,16 @@ fn hex(frame: &[u8]) -> String {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn tcp(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv4Addr, dst: Ipv4Addr, sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+fn tcp(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
     frames::tcp_frame(dst_mac, src_mac, src, dst, sport, dport, flags, payload)
 }
 

@@ -41,15 +41,17 @@ fn lab(dsr: bool) -> Lab {
 /// and a service over all three. Under DSR the nodes hold the VIP on their loopback as every DSR backend does.
 struct Stacked {
     lab: Lab,
-    /// The lab backends running on the nodes (stopped when dropped).
-    servers: Vec<ChildGuard>,
+    /// The lab backends running on the nodes, held until the test ends (stopped when dropped).
+    _servers: Vec<ChildGuard>,
     service: ServiceSpec,
 }
 
 fn stacked(forwarding: &str) -> Stacked {
     let dsr = forwarding == "dsr";
+    // DSR backends answer from the VIP untranslated: they listen on the service port.
+    let backend_port = if dsr { SERVICE_PORT } else { BACKEND_PORT };
     let lab = lab(dsr);
-    lab.start_backends(&[BACKEND_PORT]).expect("backends");
+    lab.start_backends(&[backend_port]).expect("backends");
     let mut servers = Vec::new();
     for node in lab.nodes() {
         // Locally sent frames carry partial checksums on veth (TX offload); once they leave a node (a backup's
@@ -63,15 +65,15 @@ fn stacked(forwarding: &str) -> Stacked {
             }
         }
         let bin = env!("CARGO_BIN_EXE_lab-backend");
-        let port = BACKEND_PORT.to_string();
+        let port = backend_port.to_string();
         let mut server =
             lab.spawn(&node.ns, [bin, "--name", node.name.as_str(), "--port", port.as_str()]).expect("node backend");
         server.wait_for_log(xvip_tests::READY_LINE, Duration::from_secs(5)).expect("node backend ready");
         servers.push(server);
     }
-    let mut service = ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, forwarding);
-    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip, BACKEND_PORT)).collect();
-    Stacked { lab, servers, service }
+    let mut service = ServiceSpec::http(&lab, SERVICE_PORT, backend_port, forwarding);
+    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip, backend_port)).collect();
+    Stacked { lab, _servers: servers, service }
 }
 
 impl Stacked {
@@ -138,8 +140,8 @@ fn nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_clien
     // The local backend sees exactly what a remote one would: the VIP and a NAT port.
     let vip = s.lab.vip().to_string();
     for _ in 0..30 {
-        let response =
-            probe::http_get(&s.lab.client().ns, s.lab.vip_addr(SERVICE_PORT), "/", Duration::from_secs(1)).expect("GET");
+        let response = probe::http_get(&s.lab.client().ns, s.lab.vip_addr(SERVICE_PORT), "/", Duration::from_secs(1))
+            .expect("GET");
         let client = response.header("x-client").unwrap_or_default().to_owned();
         assert!(client.starts_with(&format!("{vip}:")), "the backend saw {client}, not the VIP");
     }
@@ -151,11 +153,15 @@ fn nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_clien
 #[test]
 fn dsr_the_active_nodes_own_backend_gets_its_share() {
     let s = stacked("dsr");
-    let (n1, _n2) = s.start();
+    let (n1, n2) = s.start();
     let per_backend = spread(&s.lab);
-    let delivered = counter(&n1, "forward_local");
-    eprintln!("DSR, 90 requests through the VIP: {per_backend:?}; node1 forward_local {delivered}");
+    let (delivered, held) = (counter(&n1, "forward_local"), counter(&n2, "pass_held_vip"));
+    eprintln!(
+        "DSR, 90 requests through the VIP: {per_backend:?}; node1 forward_local {delivered}, node2 pass_held_vip {held}"
+    );
     assert!(delivered >= 10 * 3, "node1 delivered {delivered} packets to its own backend");
+    // The backup hands the active node's forwards to its own backend to its kernel (the VIP is on its loopback).
+    assert!(held >= 10 * 3, "node2 passed {held} packets to its own backend");
 }
 
 /// Counts of the survivors of a failover from node1 to node2, per backend.
@@ -176,8 +182,13 @@ impl Survival {
 fn loops_across(lab: &Lab, failover: impl FnOnce()) -> Survival {
     let mut loops: Vec<RequestLoop> = Vec::new();
     let start = |lab: &Lab| {
-        RequestLoop::start(&lab.client().ns, lab.vip_addr(SERVICE_PORT), Duration::from_millis(100), Duration::from_secs(15))
-            .expect("request loop")
+        RequestLoop::start(
+            &lab.client().ns,
+            lab.vip_addr(SERVICE_PORT),
+            Duration::from_millis(100),
+            Duration::from_secs(15),
+        )
+        .expect("request loop")
     };
     while loops.len() < N {
         loops.push(start(lab));
@@ -293,7 +304,8 @@ fn after_sigkill_the_dead_node_holds_nothing_and_its_backend_is_reached_through_
         assert!(Instant::now() < deadline, "node1 still resolves the VIP to {:?}", lab.neighbour(node1, lab.vip()));
         std::thread::sleep(Duration::from_millis(50));
     }
-    let tally = probe::request_many(&node1.ns, lab.vip_addr(SERVICE_PORT), 30, Duration::from_secs(1)).expect("from node1");
+    let tally =
+        probe::request_many(&node1.ns, lab.vip_addr(SERVICE_PORT), 30, Duration::from_secs(1)).expect("from node1");
     assert_eq!(tally.failures, 0, "node1 to the VIP: {:?}", tally.errors);
     // node1's backend still answers through the VIP (now a remote backend of node2), with node2 translating its
     // replies.
