@@ -346,15 +346,18 @@ pub struct FlowKey {
     pub client_port: [u8; 2],
     pub service_port: [u8; 2],
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    /// Padding, zeroed by [`FlowKey::new`]. Two scalars rather than `[u8; 3]`: see [`NatKey`].
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
 
 impl FlowKey {
-    /// The key of a client flow, padding zeroed (the kernel compares keys byte for byte).
+    /// The key of a client flow, padding zeroed (the kernel compares keys byte for byte). Build keys only with
+    /// this.
     #[inline(always)]
     pub const fn new(client: [u8; 4], vip: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8) -> Self {
-        FlowKey { client, vip, client_port, service_port, protocol, _pad: [0; 3] }
+        FlowKey { client, vip, client_port, service_port, protocol, _pad: 0, _pad2: 0 }
     }
 }
 
@@ -453,14 +456,19 @@ pub struct NatKey {
     pub backend_port: [u8; 2],
     pub nat_port: [u8; 2],
     pub protocol: u8,
-    pub _pad: [u8; 3],
+    /// Padding, zeroed by [`NatKey::new`]. Two scalars rather than `[u8; 3]`: a zeroed array whose length is not
+    /// 1, 2, 4 or 8 bytes becomes a `memset` that the BPF target emits as a call (a return per packet, and returns
+    /// are dear on kernels that mitigate return-address speculation); scalars are plain stores.
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<NatKey>() == 16);
 
 impl NatKey {
+    /// The key of a translation, padding zeroed. Build keys only with this.
     #[inline(always)]
     pub const fn new(backend: [u8; 4], vip: [u8; 4], backend_port: [u8; 2], nat_port: [u8; 2], protocol: u8) -> Self {
-        NatKey { backend, vip, backend_port, nat_port, protocol, _pad: [0; 3] }
+        NatKey { backend, vip, backend_port, nat_port, protocol, _pad: 0, _pad2: 0 }
     }
 }
 
@@ -487,6 +495,47 @@ pub struct NatValue {
     pub route_ns: u64,
 }
 const _: () = assert!(core::mem::size_of::<NatValue>() == 48);
+const _: () = assert!(core::mem::align_of::<NatValue>() == 8);
+const _: () = assert!(core::mem::offset_of!(NatValue, flags) == 20);
+const _: () = assert!(core::mem::offset_of!(NatValue, egress_ifindex) == 24);
+const _: () = assert!(core::mem::offset_of!(NatValue, last_seen_ns) == 32);
+const _: () = assert!(core::mem::offset_of!(NatValue, route_ns) == 40);
+
+impl NatValue {
+    /// A fresh translation for the client flow (`client`, `client_port`, `service_port`): TCP state `flags`, last
+    /// seen at `last_seen_ns`, no route yet (the first reply looks it up), padding zeroed.
+    ///
+    /// Built from six whole words: written field by field, the two zeroed MACs would be `memset`s of 6 bytes,
+    /// which the BPF target emits as calls (see [`NatKey`]).
+    #[inline(always)]
+    pub const fn new(
+        client: [u8; 4],
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        flags: u8,
+        last_seen_ns: u64,
+    ) -> Self {
+        let [c0, c1, c2, c3] = client;
+        let [p0, p1] = client_port;
+        let [s0, s1] = service_port;
+        let words: [u64; 6] = [
+            // client, client_port, service_port
+            u64::from_ne_bytes([c0, c1, c2, c3, p0, p1, s0, s1]),
+            // next_hop_mac, egress_mac[..2]
+            0,
+            // egress_mac[2..], flags, _pad
+            u64::from_ne_bytes([0, 0, 0, 0, flags, 0, 0, 0]),
+            // egress_ifindex, _pad2
+            0,
+            last_seen_ns,
+            // route_ns
+            0,
+        ];
+        // SAFETY: `NatValue` is `repr(C)`, 48 bytes with alignment 8 (asserted above), made of integers and byte
+        // arrays only, so every bit pattern is a valid value; each word above holds the fields at its offsets.
+        unsafe { core::mem::transmute::<[u64; 6], NatValue>(words) }
+    }
+}
 
 /// The client sent a FIN.
 pub const NAT_FIN_CLIENT: u8 = 1;
@@ -1125,11 +1174,31 @@ mod tests {
     #[test]
     fn constructors_zero_the_padding() {
         let k = FlowKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 6);
-        assert_eq!(k._pad, [0; 3]);
-        assert_eq!(NatKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 17)._pad, [0; 3]);
+        assert_eq!((k._pad, k._pad2), (0, 0));
+        let n = NatKey::new([1, 2, 3, 4], [9, 9, 9, 9], [5, 6], [7, 8], 17);
+        assert_eq!((n._pad, n._pad2), (0, 0));
         assert_eq!(ServiceKey::new([1, 2, 3, 4], [0, 80], 6)._pad, 0);
         assert_eq!(Endpoint::new([1, 2, 3, 4], [5, 6], 6)._pad, 0);
         assert_eq!(FlowValue::new(3, &Backend::default(), [4, 5], 6)._pad, [0; 4]);
+    }
+
+    #[test]
+    fn nat_value_new_puts_each_field_in_its_place() {
+        let built =
+            NatValue::new([10, 0, 0, 7], [0xc0, 0x01], [0x01, 0xbb], NAT_FIN_CLIENT | NAT_RST, 0x0102_0304_0506_0708);
+        let expected = NatValue {
+            client: [10, 0, 0, 7],
+            client_port: [0xc0, 0x01],
+            service_port: [0x01, 0xbb],
+            flags: NAT_FIN_CLIENT | NAT_RST,
+            last_seen_ns: 0x0102_0304_0506_0708,
+            ..NatValue::default()
+        };
+        assert_eq!(built, expected);
+        // The padding too (`PartialEq` compares it, but say so).
+        assert_eq!((built._pad, built._pad2), ([0; 3], 0));
+        let ones = NatValue::new([0xff; 4], [0xff; 2], [0xff; 2], 0xff, u64::MAX);
+        assert_eq!((ones.next_hop_mac, ones.egress_mac, ones.egress_ifindex, ones.route_ns), ([0; 6], [0; 6], 0, 0));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use lb_common::{PROTO_TCP, PROTO_UDP, Reason, nat_source_port_bit};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 
 use crate::{
-    maps::{NAT_SOURCE_PORTS, now_ns},
+    maps::{Clock, NAT_SOURCE_PORTS},
     nat::{self, TCP_CHECK_OFF, UDP_CHECK_OFF},
     packet,
     parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, L4, L4_OFF},
@@ -59,16 +59,17 @@ pub fn process(ctx: &TcContext) -> (i32, Option<(Reason, u32)>) {
     let ether_type = u16::from_be(unsafe { (*eth).ether_type });
     // SAFETY: the context's skb pointer is valid for the program's run.
     let ifindex = unsafe { (*(ctx.skb.skb as *const __sk_buff)).ifindex };
+    let clock = Clock::new();
     match ether_type {
-        ETH_P_ARP => arp(ctx, eth, ifindex),
-        ETH_P_IPV4 => ipv4(ctx, ifindex),
+        ETH_P_ARP => arp(ctx, eth, ifindex, &clock),
+        ETH_P_IPV4 => ipv4(ctx, ifindex, &clock),
         _ => (TC_ACT_OK as i32, None),
     }
 }
 
 /// The node's ARP request for one of its active VIPs becomes the answer, redirected back into the node.
 #[inline(always)]
-fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32) -> (i32, Option<(Reason, u32)>) {
+fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
     let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
         return (TC_ACT_OK as i32, None);
     };
@@ -91,7 +92,7 @@ fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32) -> (i32, Option<(Reason,
         // request goes out to the wire, where the active node answers it.
         let on_its_interface = vip.value.ifindex == 0 || vip.value.ifindex == ifindex;
         // A request from the VIP itself would be an announcement, not a question.
-        if !on_its_interface || a.spa == vip.address || a.sha[0] & 1 != 0 || !may_answer(router) {
+        if !on_its_interface || a.spa == vip.address || a.sha[0] & 1 != 0 || !may_answer(router, clock) {
             return (TC_ACT_OK as i32, None);
         }
         let (asker_mac, asker_ip) = (a.sha, a.spa);
@@ -115,7 +116,7 @@ fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32) -> (i32, Option<(Reason,
 
 /// A reply of a NAT backend on this node to an active VIP, translated back to the client; anything else untouched.
 #[inline(always)]
-fn ipv4(ctx: &TcContext, ifindex: u32) -> (i32, Option<(Reason, u32)>) {
+fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
     let untouched = (TC_ACT_OK as i32, None);
     let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return untouched;
@@ -130,7 +131,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> (i32, Option<(Reason, u32)>) {
     let Some(vip) = lookup_vip(ip.dst_addr) else {
         return untouched;
     };
-    if !may_answer(vip.value.router) {
+    if !may_answer(vip.value.router, clock) {
         return untouched;
     }
     // The IP length, not the linear part's: a large (GSO) packet's payload may sit in fragments.
@@ -150,7 +151,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32) -> (i32, Option<(Reason, u32)>) {
     let router = vip.value.router;
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
-    let now = now_ns();
+    let now = clock.now();
     if let Err(reason) = nat::reply_seen(entry, &l4, now) {
         return (TC_ACT_SHOT as i32, Some((reason, router)));
     }

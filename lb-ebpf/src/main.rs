@@ -35,7 +35,7 @@ use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
+use maps::{CONFIG, COUNTERS, Clock, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
 use vip::{Vip, lookup_vip, may_answer};
@@ -106,9 +106,10 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
     let Some(config) = CONFIG.get(0) else {
         return (XDP_PASS, Reason::DropInternal, NO_ROUTER);
     };
+    let clock = Clock::new();
     match ether_type {
-        ETH_P_ARP => arp(ctx, eth, config),
-        ETH_P_IPV4 => ipv4(ctx, eth, config),
+        ETH_P_ARP => arp(ctx, eth, config, &clock),
+        ETH_P_IPV4 => ipv4(ctx, eth, config, &clock),
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }
@@ -118,7 +119,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
 /// interface (other interfaces the program serves carry backends or other instances, which reach the VIP through a
 /// route).
 #[inline(always)]
-fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
+fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &Clock) -> (u32, Reason, u32) {
     let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
@@ -143,7 +144,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason,
         let client_sender = a.spa == [0; 4] || !(martian_source(a.spa, vip.address) || config.is_local(a.spa));
         // The answer goes to the sender's MAC: a unicast one, not ours.
         let unicast_asker = a.sha[0] & 1 == 0 && a.sha != [0; 6] && a.sha != config.mac && a.sha != vip.value.mac;
-        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router) {
+        if !on_its_interface || !client_sender || !unicast_asker || !may_answer(router, clock) {
             return (XDP_PASS, Reason::PassArp, router);
         }
         let asker_mac = a.sha;
@@ -161,7 +162,7 @@ fn arp(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason,
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason, u32) {
+fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &Clock) -> (u32, Reason, u32) {
     let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
@@ -170,16 +171,23 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig) -> (u32, Reason
     let Some(vip) = lookup_vip(ip.dst_addr) else {
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
     };
-    let (action, reason) = to_vip(ctx, eth, ip, config, &vip);
+    let (action, reason) = to_vip(ctx, eth, ip, config, &vip, clock);
     (action, reason, vip.value.router)
 }
 
 /// A frame addressed to `vip`.
 #[inline(always)]
-fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeConfig, vip: &Vip) -> (u32, Reason) {
+fn to_vip(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    config: &NodeConfig,
+    vip: &Vip,
+    clock: &Clock,
+) -> (u32, Reason) {
     // Nothing to a VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
-    if !may_answer(vip.value.router) {
+    if !may_answer(vip.value.router, clock) {
         // A VIP this node's kernel holds (a DSR backend here): the active node's DSR forwards are for that backend.
         if vip.value.held != 0 {
             return (XDP_PASS, Reason::PassHeldVip);
@@ -218,7 +226,7 @@ fn to_vip(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, config: &NodeCon
         Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
         Err(reason) => return (XDP_DROP, reason),
     };
-    transport(ctx, eth, ip, config, vip, &l4)
+    transport(ctx, eth, ip, config, vip, &l4, clock)
 }
 
 /// A TCP or UDP packet to a VIP: a NAT backend's reply, or a client's packet to a service.
@@ -230,6 +238,7 @@ fn transport(
     config: &NodeConfig,
     vip: &Vip,
     l4: &L4,
+    clock: &Clock,
 ) -> (u32, Reason) {
     // Replies are recognised by their source, a NAT backend's (address, port), before the service lookup: the NAT
     // port they are addressed to may equal a service port, and a reply without a translation (after a failover)
@@ -239,7 +248,7 @@ fn transport(
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
         if let Some(entry) = nat::reverse_entry(ip, l4) {
-            return nat::reply(ctx, eth, ip, l4, entry);
+            return nat::reply(ctx, eth, ip, l4, entry, clock.now());
         }
         let from = Endpoint::new(ip.src_addr, l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
@@ -254,7 +263,7 @@ fn transport(
     };
     let svc: ServiceValue = svc;
     if svc.forwarding == FORWARD_NAT {
-        return nat::forward(ctx, eth, ip, config, vip, &svc, l4);
+        return nat::forward(ctx, eth, ip, config, vip, &svc, l4, clock.now());
     }
     forward::dsr(ctx, eth, ip, config, vip, &svc, l4)
 }

@@ -98,6 +98,18 @@ pub static TRACE_STATE: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);
 
+/// Each CPU's latest reading of the coarse clock and the jiffy it was taken in (see [`Clock`]). Only this program
+/// reads or writes it.
+#[map]
+pub static CLOCK_READING: PerCpuArray<ClockReading> = PerCpuArray::with_max_entries(1, 0);
+
+/// A reading of [`now_ns`] and the value of `jiffies` when it was taken.
+#[repr(C)]
+pub struct ClockReading {
+    jiffy: u64,
+    ns: u64,
+}
+
 // Load-time constants (`.rodata`), overridden by the agent's loader (`lb_common::names`). The verifier sees their
 // values, so reading them costs nothing. `read_volatile` keeps the compiler from folding in the defaults.
 #[unsafe(no_mangle)]
@@ -143,4 +155,52 @@ pub fn established_timeout_ns() -> u64 {
 pub fn now_ns() -> u64 {
     // SAFETY: plain helper call.
     unsafe { aya_ebpf::helpers::bpf_ktime_get_coarse_ns() }
+}
+
+/// A frame's time, [`now_ns`], read when first asked for, and at most once per jiffy on each CPU: the dead-man
+/// switch and the NAT state share it. A helper call costs a return, and returns are dear on kernels that mitigate
+/// return-address speculation; `bpf_jiffies64` is no call (the verifier turns it into a load of `jiffies`), and
+/// the coarse clock only moves when a tick advances `jiffies`, so a CPU's reading stays current for the rest of
+/// its jiffy. A frame that needs no time pays nothing.
+pub struct Clock(core::cell::Cell<u64>);
+
+impl Clock {
+    #[inline(always)]
+    pub const fn new() -> Self {
+        Clock(core::cell::Cell::new(0))
+    }
+
+    #[inline(always)]
+    pub fn now(&self) -> u64 {
+        let read = self.0.get();
+        if read != 0 {
+            return read;
+        }
+        let read = this_jiffy_ns();
+        self.0.set(read);
+        read
+    }
+}
+
+/// [`now_ns`] through this CPU's [`CLOCK_READING`].
+#[inline(always)]
+fn this_jiffy_ns() -> u64 {
+    // SAFETY: plain helper call.
+    let jiffy = unsafe { aya_ebpf::helpers::bpf_jiffies64() };
+    let Some(reading) = CLOCK_READING.get_ptr_mut(0) else {
+        return now_ns();
+    };
+    // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+    let reading = unsafe { &mut *reading };
+    if reading.jiffy == jiffy && reading.ns != 0 {
+        return reading.ns;
+    }
+    let ns = now_ns();
+    // A tick advances `jiffies` just before the clock: a reading that has not moved yet is not kept for the new
+    // jiffy (the next frame reads again), so no reading is more than a jiffy behind, as the clock itself.
+    if ns != reading.ns {
+        reading.jiffy = jiffy;
+        reading.ns = ns;
+    }
+    ns
 }

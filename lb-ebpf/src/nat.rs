@@ -53,9 +53,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 use crate::{
     csum::Delta,
     forward::{self, set_macs},
-    maps::{
-        BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, now_ns, udp_timeout_ns,
-    },
+    maps::{BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns},
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute, Route},
@@ -66,7 +64,8 @@ use crate::{
 pub const TCP_CHECK_OFF: usize = 16;
 pub const UDP_CHECK_OFF: usize = 6;
 
-/// A client packet to a NAT service.
+/// A client packet to a NAT service, at `now` (the frame's [`crate::maps::Clock`]).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn forward(
     ctx: &XdpContext,
@@ -76,9 +75,9 @@ pub fn forward(
     vip: &Vip,
     svc: &ServiceValue,
     l4: &L4,
+    now: u64,
 ) -> (u32, Reason) {
     let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
-    let now = now_ns();
 
     // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
     // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a
@@ -176,14 +175,20 @@ fn to_backend(
 }
 
 /// A packet from a NAT backend's (address, port) to the VIP with its reverse entry (see [`reverse_entry`]): a
-/// reply, translated back to the client.
+/// reply, translated back to the client; `now` as for [`forward`].
 #[inline(always)]
-pub fn reply(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv4Hdr, l4: &L4, entry: *mut NatValue) -> (u32, Reason) {
+pub fn reply(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv4Hdr,
+    l4: &L4,
+    entry: *mut NatValue,
+    now: u64,
+) -> (u32, Reason) {
     // The VIP the backend's reply is addressed to, which the client's packet was (the reverse entry is keyed by it).
     let vip = ip.dst_addr;
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
-    let now = now_ns();
     if let Err(reason) = reply_seen(entry, l4, now) {
         return (XDP_DROP, reason);
     }
@@ -285,20 +290,7 @@ fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
     if l4.rst() {
         flags |= NAT_RST;
     }
-    NatValue {
-        client: flow.client,
-        client_port: flow.client_port,
-        service_port: flow.service_port,
-        next_hop_mac: [0; 6],
-        egress_mac: [0; 6],
-        flags,
-        _pad: [0; 3],
-        egress_ifindex: 0,
-        _pad2: 0,
-        last_seen_ns: now,
-        // No route yet: the first reply looks it up.
-        route_ns: 0,
-    }
+    NatValue::new(flow.client, flow.client_port, flow.service_port, flags, now)
 }
 
 /// The backend a pinned flow may keep using: still in its slot, healthy, still of this service, MAC known.

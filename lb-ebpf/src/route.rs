@@ -13,6 +13,15 @@ use lb_common::Reason;
 
 const AF_INET: u8 = 2;
 
+// The layout `lookup` builds its parameters by (include/uapi/linux/bpf.h).
+const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
+const _: () = assert!(core::mem::offset_of!(FibParams, family) == 0);
+const _: () = assert!(core::mem::offset_of!(FibParams, l4_protocol) == 1);
+const _: () = assert!(core::mem::offset_of!(FibParams, __bindgen_anon_1) == 6);
+const _: () = assert!(core::mem::offset_of!(FibParams, ifindex) == 8);
+const _: () = assert!(core::mem::offset_of!(FibParams, __bindgen_anon_3) == 16);
+const _: () = assert!(core::mem::offset_of!(FibParams, __bindgen_anon_4) == 32);
+
 /// The next hop towards an address, as the FIB says.
 #[derive(Clone, Copy)]
 pub struct Route {
@@ -66,16 +75,41 @@ pub fn lookup_from(
     protocol: u8,
     tot_len: u16,
 ) -> Result<Route, NoRoute> {
-    // SAFETY: an all-zero `bpf_fib_lookup` is valid (plain integers and unions of them).
-    let mut params: FibParams = unsafe { core::mem::zeroed() };
-    params.family = AF_INET;
-    params.l4_protocol = protocol;
-    params.__bindgen_anon_1.tot_len = tot_len;
-    params.ifindex = ifindex;
-    params.__bindgen_anon_3.ipv4_src = u32::from_ne_bytes(src);
-    params.__bindgen_anon_4.ipv4_dst = u32::from_ne_bytes(dst);
-    // SAFETY: `params` is a valid, writable `bpf_fib_lookup` of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx, &mut params as *mut FibParams, core::mem::size_of::<FibParams>() as i32, 0) };
+    // Written as eight whole words, not `zeroed()` and field stores: zeroing 64 bytes is a `memset`, which the BPF
+    // target emits as a call (a return per lookup, and returns are dear on kernels that mitigate return-address
+    // speculation). Volatile, so LLVM cannot merge the zero words back into a `memset`.
+    let [s0, s1, s2, s3] = src;
+    let [d0, d1, d2, d3] = dst;
+    let [t0, t1] = tot_len.to_ne_bytes();
+    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
+    let words: [u64; 8] = [
+        // family, l4_protocol, sport, dport (0: no ports in the lookup), tot_len
+        u64::from_ne_bytes([AF_INET, protocol, 0, 0, 0, 0, t0, t1]),
+        // ifindex, tos
+        u64::from_ne_bytes([i0, i1, i2, i3, 0, 0, 0, 0]),
+        // ipv4_src (the first word of the IPv6 source)
+        u64::from_ne_bytes([s0, s1, s2, s3, 0, 0, 0, 0]),
+        0,
+        // ipv4_dst
+        u64::from_ne_bytes([d0, d1, d2, d3, 0, 0, 0, 0]),
+        0,
+        // VLAN, tbid; mark / smac, dmac (outputs)
+        0,
+        0,
+    ];
+    // 8-byte aligned storage (a `bpf_fib_lookup` only needs 4), so each word is one store.
+    let mut storage = core::mem::MaybeUninit::<[u64; 8]>::uninit();
+    let base = storage.as_mut_ptr() as *mut u64;
+    for (i, word) in words.into_iter().enumerate() {
+        // SAFETY: `i` < 8, inside `storage`.
+        unsafe { base.add(i).write_volatile(word) };
+    }
+    let params = base as *mut FibParams;
+    // SAFETY: `params` points at 64 initialised, writable bytes: a valid `bpf_fib_lookup` (integers and unions of
+    // them, layout asserted above), of the size passed.
+    let rc = unsafe { bpf_fib_lookup(ctx, params, core::mem::size_of::<FibParams>() as i32, 0) };
+    // SAFETY: as above; the helper has written its outputs.
+    let params = unsafe { &*params };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {
         return Ok(Route { next_hop_mac: params.dmac, egress_mac: params.smac, ifindex: params.ifindex });
     }

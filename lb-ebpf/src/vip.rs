@@ -2,7 +2,7 @@
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
 use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
 
-use crate::maps::{self, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS};
+use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS};
 
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
@@ -33,7 +33,7 @@ pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
 /// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
 /// answering).
 #[inline(always)]
-pub fn may_answer(router: u32) -> bool {
+pub fn may_answer(router: u32, clock: &Clock) -> bool {
     let Some(beat) = HEARTBEAT.get(0) else {
         return false;
     };
@@ -45,5 +45,5 @@ pub fn may_answer(router: u32) -> bool {
     }
     // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
     // against limits of several advert intervals.
-    maps::now_ns().saturating_sub(beat.last_ns) <= beat.max_age_ns
+    clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }

@@ -671,7 +671,7 @@ struct Shell {
     events_tx: mpsc::UnboundedSender<Event>,
     status: mpsc::Receiver<oneshot::Sender<View>>,
     dataplane: std_mpsc::Sender<Job>,
-    neighbours: mpsc::UnboundedSender<Vec<Ipv4Addr>>,
+    neighbours: mpsc::UnboundedSender<neighbour::Request>,
     runtime: Handle,
     checkers: HashMap<(ServiceId, Endpoint), Checker>,
     /// Where checkers record each probe, with `[metrics]`.
@@ -845,7 +845,10 @@ impl Shell {
                 self.checkers.remove(&(id, backend));
             }
             Command::Neighbours(addresses) => {
-                let _ = self.neighbours.send(addresses);
+                let _ = self.neighbours.send(neighbour::Request::Watch(addresses));
+            }
+            Command::RenewNeighbours(interface) => {
+                let _ = self.neighbours.send(neighbour::Request::Renew(interface));
             }
             Command::Log(level, message) => log::log!(level, "{message}"),
             Command::Ready => self.notifier.ready(&self.engine.status_line()),

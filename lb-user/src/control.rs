@@ -22,7 +22,7 @@ use tokio::{
     sync::{mpsc, oneshot},
 };
 
-use crate::{status::Status, trace};
+use crate::{listener::AcceptFailures, status::Status, trace};
 
 /// A request from a client: the agent answers on the oneshot.
 pub type StatusRequest = oneshot::Sender<Status>;
@@ -38,10 +38,6 @@ pub struct Handlers {
     pub status: mpsc::Sender<StatusRequest>,
     pub trace: Option<mpsc::Sender<trace::Subscription>>,
 }
-
-/// How long the accept loop pauses after a failed `accept` (EMFILE, ENFILE, ENOMEM): the condition does not clear
-/// by retrying at once, and retrying at once would spin a CPU.
-pub const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// The status socket could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -96,22 +92,14 @@ impl Accept for UnixListener {
 
 /// Serves clients until the listener is dropped: each request becomes a message to the agent.
 ///
-/// A failed `accept` (out of file descriptors, say) is logged at most once per 10 s and followed by a pause of
-/// [`ACCEPT_BACKOFF`], so it can neither spin a CPU nor flood the log.
+/// A failed `accept` (out of file descriptors, say) pauses the loop ([`crate::listener`]).
 pub async fn serve(listener: impl Accept, handlers: Handlers) {
-    let mut logged: Option<tokio::time::Instant> = None;
-    let mut failures = 0u64;
+    let mut failures = AcceptFailures::new("status socket");
     loop {
         let stream = match listener.accept().await {
             Ok(stream) => stream,
             Err(e) => {
-                failures += 1;
-                let now = tokio::time::Instant::now();
-                if logged.is_none_or(|t| now >= t + Duration::from_secs(10)) {
-                    logged = Some(now);
-                    log::warn!("status socket: accept failed ({failures} so far): {e}; pausing");
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                failures.pause(&e).await;
                 continue;
             }
         };

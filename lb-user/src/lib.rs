@@ -9,6 +9,7 @@ pub mod dataplane;
 pub mod engine;
 pub mod garp;
 pub mod health;
+pub mod listener;
 pub mod logging;
 pub mod maglev;
 pub mod metrics;

@@ -10,6 +10,11 @@
 //! entries of backends that only XDP talks to (`check = "none"` services, DSR). The [`watch`] worker therefore
 //! "uses" (NTF_USE) every entry it relies on more often than the interface's `gc_stale_time`.
 //!
+//! A link that comes back may leave entries stuck: packets sent while its carrier was down (health probes) left
+//! them INCOMPLETE, and the kernel asks again only at its next `retrans_time` (1 s by default), so a check sent at
+//! link up waits that long for an answer. [`Request::Renew`] deletes the interface's unresolved entries of the
+//! watched addresses and asks afresh at once.
+//!
 //! Every netlink call is bounded by [`NETLINK_TIMEOUT`]: a stalled kernel call delays this worker, never the
 //! agent's adverts, and never forever.
 use std::{
@@ -23,7 +28,7 @@ use rtnetlink::{
     Handle,
     packet_route::{
         AddressFamily,
-        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourState},
+        neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     },
 };
@@ -221,6 +226,20 @@ impl Neighbours {
         bounded(|| format!("asking the kernel to resolve {address} (ifindex {ifindex})"), request.execute()).await
     }
 
+    /// Deletes the entry of `address` on `ifindex` (RTM_DELNEIGH). The kernel drops the packets queued on it,
+    /// and the next packet or [`touch`](Self::touch) starts a fresh resolution at once.
+    ///
+    /// # Errors
+    /// The request failed (for example: there was no such entry) or timed out.
+    pub async fn forget(&self, ifindex: u32, address: Ipv4Addr) -> Result<(), Error> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = ifindex;
+        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(address)));
+        let request = self.handle.neighbours().del(message).execute();
+        bounded(|| format!("deleting the neighbour entry of {address} (ifindex {ifindex})"), request).await
+    }
+
     /// Whether `address` lies inside one of the IPv4 prefixes configured on `ifindex` (the VIP should: clients on
     /// that segment ARP for it, and only then does the XDP program's ARP answer matter).
     ///
@@ -243,6 +262,14 @@ impl Neighbours {
         };
         bounded(|| "listing the interface's addresses".to_string(), dump).await
     }
+}
+
+/// The index of the interface named `name` in the caller's network namespace.
+fn ifindex(name: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a NUL-terminated string that outlives the call.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (index != 0).then_some(index)
 }
 
 fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
@@ -271,16 +298,29 @@ fn refresh_period(ifindex: u32) -> Duration {
     gc_stale_time(ifindex).map_or(REFRESH, |stale| (stale / 2).clamp(Duration::from_secs(1), REFRESH))
 }
 
-/// Keeps watching the addresses last received on `addresses` and sends what it sees of each to `report`, only when
+/// What the agent asks of the [`watch`] worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Watch exactly these backend addresses from now on.
+    Watch(Vec<Ipv4Addr>),
+    /// The link of this interface came back: delete its unresolved entries (INCOMPLETE or FAILED) of watched
+    /// addresses and ask for them again now, instead of at the kernel's next retry.
+    Renew(String),
+}
+
+/// Keeps watching the addresses last received on `requests` and sends what it sees of each to `report`, only when
 /// that changed, one batch per round. Uses every entry it relies on often enough that garbage collection leaves it alone, and asks the
-/// kernel to resolve the missing ones. Ends when `addresses` is closed.
+/// kernel to resolve the missing ones, and renews an interface's unresolved entries when asked. Ends when
+/// `requests` is closed.
 ///
 /// `report` must not block (the engine's event queue is unbounded).
 pub async fn watch(
     neighbours: Neighbours,
-    mut addresses: mpsc::UnboundedReceiver<Vec<Ipv4Addr>>,
+    mut requests: mpsc::UnboundedReceiver<Request>,
     report: impl Fn(Vec<(Ipv4Addr, Seen)>),
 ) {
+    // Interfaces whose link came back, to renew in the next round.
+    let mut renew: BTreeSet<u32> = BTreeSet::new();
     let mut watched: BTreeSet<Ipv4Addr> = BTreeSet::new();
     let mut last: HashMap<Ipv4Addr, Seen> = HashMap::new();
     let mut paths: HashMap<Ipv4Addr, Path> = HashMap::new();
@@ -291,12 +331,24 @@ pub async fn watch(
     let mut failures = 0u32;
     loop {
         tokio::select! {
-            set = addresses.recv() => match set {
+            request = requests.recv() => match request {
                 None => return,
-                Some(set) => {
+                Some(Request::Watch(set)) => {
                     watched = set.into_iter().collect();
                     last.retain(|a, _| watched.contains(a));
                     paths.retain(|a, _| watched.contains(a));
+                    next = Instant::now();
+                    continue;
+                }
+                Some(Request::Renew(interface)) => {
+                    match ifindex(&interface) {
+                        Some(index) => {
+                            renew.insert(index);
+                            // The link's routes came back with it: look them up again.
+                            paths.clear();
+                        }
+                        None => log::debug!("backend neighbours: no interface {interface} to renew"),
+                    }
                     next = Instant::now();
                     continue;
                 }
@@ -363,6 +415,16 @@ pub async fn watch(
                 Some(Entry::Incomplete) | None => Seen::Pending { ifindex: path.ifindex },
             };
             let now = Instant::now();
+            if renew.contains(&path.ifindex) && matches!(entry, Some(Entry::Incomplete | Entry::Failed)) {
+                // Left unresolved while the link was down: start again now (the touch below asks at once).
+                match neighbours.forget(path.ifindex, path.next_hop).await {
+                    Ok(()) => {
+                        log::info!("backend {address}: asking again for {} after link up", path.next_hop);
+                        solicited.remove(&address);
+                    }
+                    Err(e) => log::debug!("backend {address}: {e}"),
+                }
+            }
             let touch = match (&seen, entry) {
                 // An operator's static entry needs no refresh, and must not be touched.
                 (_, Some(Entry::Static(_))) => false,
@@ -391,6 +453,7 @@ pub async fn watch(
                 changes.push((address, seen));
             }
         }
+        renew.clear();
         if !changes.is_empty() {
             report(changes);
         }
@@ -519,7 +582,9 @@ mod tests {
                         let _ = seen_tx.send(change);
                     }
                 }));
-                set_tx.send(vec![Ipv4Addr::new(10, 95, 0, 2), Ipv4Addr::new(10, 95, 0, 9)]).expect("watch");
+                set_tx
+                    .send(Request::Watch(vec![Ipv4Addr::new(10, 95, 0, 2), Ipv4Addr::new(10, 95, 0, 9)]))
+                    .expect("watch");
                 let mut macs = 0;
                 while macs < 2 {
                     let (_, seen) = tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
@@ -566,7 +631,7 @@ mod tests {
                         let _ = seen_tx.send(change);
                     }
                 }));
-                set_tx.send(vec![backend]).expect("watch");
+                set_tx.send(Request::Watch(vec![backend])).expect("watch");
                 let mut next = async || {
                     tokio::time::timeout(Duration::from_secs(10), seen_rx.recv())
                         .await
@@ -590,6 +655,46 @@ mod tests {
                         other => panic!("unexpected {other:?}"),
                     }
                 }
+            });
+        });
+    }
+
+    /// Probes sent while the carrier was down leave an entry INCOMPLETE, and the kernel asks again only at its
+    /// next `retrans_time` (10 s here, to tell the two apart): a renewal after link up resolves it now.
+    #[test]
+    fn renewing_after_link_up_resolves_an_entry_left_incomplete_while_the_link_was_down() {
+        in_netns(|| {
+            let (peer, want) = veth_to_peer("nr", 96);
+            sh("sysctl -q -w net.ipv4.neigh.xvn0.retrans_time_ms=10000");
+            let backend = Ipv4Addr::new(10, 96, 0, 2);
+            // The peer's end goes down: our end loses its carrier, and an ARP request sent now goes nowhere.
+            sh(&format!("ip netns exec {} ip link set xvn1 down", peer.0));
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let n = Neighbours::connect().expect("netlink");
+                let path = n.path(backend).await.expect("path");
+                n.touch(path.ifindex, backend).await.expect("solicit");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                assert_eq!(n.entry(path.ifindex, backend).await.expect("entry"), Some(Entry::Incomplete));
+                sh(&format!("ip netns exec {} ip link set xvn1 up", peer.0));
+                let (set_tx, set_rx) = mpsc::unbounded_channel();
+                let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
+                tokio::spawn(watch(Neighbours::connect().expect("netlink"), set_rx, move |batch| {
+                    for change in batch {
+                        let _ = seen_tx.send(change);
+                    }
+                }));
+                set_tx.send(Request::Watch(vec![backend])).expect("watch");
+                let next = async |rx: &mut mpsc::UnboundedReceiver<(Ipv4Addr, Seen)>, within: Duration| {
+                    tokio::time::timeout(within, rx.recv()).await.ok().flatten()
+                };
+                assert!(matches!(next(&mut seen_rx, Duration::from_secs(5)).await, Some((_, Seen::Pending { .. }))));
+                // Using the entry again does not help: the kernel waits for its retry.
+                assert_eq!(next(&mut seen_rx, Duration::from_millis(1500)).await, None, "resolved without renewal");
+                set_tx.send(Request::Renew("xvn0".into())).expect("renew");
+                let seen = next(&mut seen_rx, Duration::from_secs(5)).await;
+                let Some((_, Seen::Mac { mac, .. })) = seen else { panic!("expected the MAC, got {seen:?}") };
+                assert_eq!(text(mac), want);
             });
         });
     }

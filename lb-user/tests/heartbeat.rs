@@ -3,7 +3,7 @@
 mod support;
 
 use lb_common::{FORWARD_DSR, Heartbeat, PROTO_TCP, Reason, group_seed};
-use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
+use support::fixture::{self, BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, TCP_SYN};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec, monotonic_ns};
 
@@ -14,22 +14,7 @@ fn active_node() -> DataPlane {
         .expect("loading the XDP program (these tests need root)");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
     dp.set_active(true).expect("set_active");
-    let backends = BACKENDS
-        .iter()
-        .map(|(address, mac)| BackendSpec {
-            address: *address,
-            port: 80,
-            weight: 1,
-            healthy: true,
-            mac: Some(*mac),
-            ifindex: 0,
-        })
-        .collect();
-    dp.apply_service(
-        "web",
-        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
-    )
-    .expect("service");
+    dp.apply_service("web", &fixture::service(80, PROTO_TCP, FORWARD_DSR, 80)).expect("service");
     dp
 }
 

@@ -12,7 +12,8 @@ use lb_common::{
     Reason, flow_hash, group_seed, names, nat_port,
 };
 use support::fixture::{
-    BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run,
+    self, BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX,
+    run,
 };
 use support::frames::{self, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
 use xvip::{
@@ -38,23 +39,7 @@ fn seed() -> u32 {
 }
 
 fn nat_service(port: u16, protocol: u8, backend_port: u16) -> ServiceSpec {
-    ServiceSpec {
-        addresses: vec![VIP],
-        port,
-        protocol,
-        forwarding: FORWARD_NAT,
-        backends: BACKENDS
-            .iter()
-            .map(|(address, mac)| BackendSpec {
-                address: *address,
-                port: backend_port,
-                weight: 1,
-                healthy: true,
-                mac: Some(*mac),
-                ifindex: 0,
-            })
-            .collect(),
-    }
+    fixture::service(port, protocol, FORWARD_NAT, backend_port)
 }
 
 fn dataplane_with(options: LoadOptions) -> DataPlane {

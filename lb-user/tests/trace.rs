@@ -9,9 +9,9 @@ use std::{net::Ipv4Addr, time::Instant};
 use lb_common::{
     FORWARD_DSR, FORWARD_NAT, PROTO_TCP, Reason, TRACE_BURST_NS, TraceConfig, TraceRecord, group_seed, names,
 };
-use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, lan, run};
+use support::fixture::{self, BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, lan, run};
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
-use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec, Trace, TraceCounters};
+use xvip::dataplane::{DataPlane, LoadOptions, ServiceSpec, Trace, TraceCounters};
 
 /// DSR on port 80, NAT on port 8443 to 8080 of the same backends.
 const DSR_PORT: u16 = 80;
@@ -19,23 +19,7 @@ const NAT_PORT: u16 = 8443;
 const NAT_BACKEND_PORT: u16 = 8080;
 
 fn service(port: u16, backend_port: u16, forwarding: u8) -> ServiceSpec {
-    ServiceSpec {
-        addresses: vec![VIP],
-        port,
-        protocol: PROTO_TCP,
-        forwarding,
-        backends: BACKENDS
-            .iter()
-            .map(|(address, mac)| BackendSpec {
-                address: *address,
-                port: backend_port,
-                weight: 1,
-                healthy: true,
-                mac: Some(*mac),
-                ifindex: 0,
-            })
-            .collect(),
-    }
+    fixture::service(port, PROTO_TCP, forwarding, backend_port)
 }
 
 fn dataplane_with(options: LoadOptions) -> (DataPlane, Trace) {

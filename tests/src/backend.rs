@@ -1,8 +1,8 @@
 //! Finding the `lab-backend` binary (built from `src/bin/lab-backend.rs` of this crate).
 //!
-//! Integration tests of this package get its path from `env!("CARGO_BIN_EXE_lab-backend")` and pass it in
-//! [`LabSpec::backend_bin`](crate::LabSpec::backend_bin). Other users (`cargo xtask demo`/`bench`) rely on
-//! [`locate`], which looks where cargo puts it.
+//! [`locate`] looks where cargo puts it, next to the test or program running;
+//! [`LabSpec::backend_bin`](crate::LabSpec::backend_bin) names another one (the `lab` test passes
+//! `env!("CARGO_BIN_EXE_lab-backend")`).
 
 use std::path::{Path, PathBuf};
 

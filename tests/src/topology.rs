@@ -111,14 +111,28 @@ pub struct LabSpec {
     /// DSR: every backend holds the VIP on `lo` (/32) and neither answers ARP for it nor uses it as an ARP
     /// source (`arp_ignore=1`, `arp_announce=2`).
     pub vip_on_backends_lo: bool,
-    /// The `lab-backend` binary; `None` = [`backend::locate`]. Integration tests of this package pass
-    /// `Some(env!("CARGO_BIN_EXE_lab-backend").into())`.
+    /// The `lab-backend` binary; `None` = [`backend::locate`], which finds the one cargo built next to a test or
+    /// program of this package.
     pub backend_bin: Option<PathBuf>,
 }
 
 impl Default for LabSpec {
     fn default() -> Self {
         LabSpec { nodes: 2, backends: 3, vip_on_backends_lo: false, backend_bin: None }
+    }
+}
+
+impl LabSpec {
+    /// `nodes` xvip nodes and `backends` backend hosts for NAT services: the backends do not hold the VIP.
+    #[must_use]
+    pub fn nat(nodes: usize, backends: usize) -> Self {
+        LabSpec { nodes, backends, ..LabSpec::default() }
+    }
+
+    /// `nodes` xvip nodes and `backends` backend hosts for DSR services: each backend holds the VIP on `lo`.
+    #[must_use]
+    pub fn dsr(nodes: usize, backends: usize) -> Self {
+        LabSpec { nodes, backends, vip_on_backends_lo: true, ..LabSpec::default() }
     }
 }
 

@@ -20,13 +20,7 @@ const INTERVAL: Duration = Duration::from_millis(100);
 
 fn lab(backends: usize) -> Lab {
     assert!(xvip_tests::is_root(), "the agent tests need root: run them through `cargo xtask test`");
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, backends)).expect("lab")
 }
 
 fn service(name: &str, port: u16, backends: Vec<(Ipv4Addr, u16)>, check: &str) -> ServiceSpec {

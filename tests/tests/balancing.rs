@@ -12,13 +12,7 @@ use xvip_tests::{
 const PORT: u16 = 8080;
 
 fn lab() -> Lab {
-    let lab = Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: true,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab");
+    let lab = Lab::new(LabSpec::dsr(2, 3)).expect("lab");
     lab.start_backends(&[PORT]).expect("backends");
     lab
 }

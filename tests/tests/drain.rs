@@ -42,13 +42,7 @@ fn wait_until(node: &XvipNode, what: &str, timeout: Duration, check: impl Fn(&xv
 
 #[test]
 fn a_drained_backend_keeps_its_connections_takes_no_new_ones_and_leaves_without_a_failed_request() {
-    let lab = Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab");
+    let lab = Lab::new(LabSpec::nat(2, 3)).expect("lab");
     lab.start_backends(&[BACKEND_PORT]).expect("backends");
     let service = ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, "nat");
     let mut spec = NodeSpec::new(150).service(service);

@@ -13,13 +13,7 @@ const INTERVAL_MS: u64 = 100;
 const SLACK: Duration = Duration::from_millis(100);
 
 fn lab(nodes: usize) -> Lab {
-    Lab::new(LabSpec {
-        nodes,
-        backends: 3,
-        vip_on_backends_lo: true,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::dsr(nodes, 3)).expect("lab")
 }
 
 fn skew(priority: u8) -> Duration {

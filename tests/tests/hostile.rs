@@ -36,13 +36,7 @@ const REAL: usize = 200;
 const PATIENCE: Duration = Duration::from_secs(3);
 
 fn lab(backends: usize) -> Lab {
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, backends)).expect("lab")
 }
 
 fn counter(node: &XvipNode, name: &str) -> u64 {

@@ -18,13 +18,7 @@ const PORT: u16 = 8080;
 const METRICS: &str = "127.0.0.1:9712";
 
 fn lab() -> Lab {
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, 3)).expect("lab")
 }
 
 /// The lab's second VIP, next to its first.

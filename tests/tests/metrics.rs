@@ -35,13 +35,7 @@ fn listen() -> SocketAddr {
 
 fn lab(backends: usize) -> Lab {
     assert!(xvip_tests::is_root(), "the metrics tests need root: run them through `cargo xtask test`");
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, backends)).expect("lab")
 }
 
 fn spec(lab: &Lab, priority: u8) -> NodeSpec {

@@ -25,13 +25,7 @@ const BACKEND_PORT: u16 = 8080;
 const N: usize = 10;
 
 fn lab() -> Lab {
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, 3)).expect("lab")
 }
 
 /// Waits until `node` reports every backend of every service healthy with a MAC: its Maglev table is then the

@@ -23,13 +23,7 @@ const BACKEND_PORT: u16 = 8080;
 const REQUESTS: usize = 6;
 
 fn lab() -> Lab {
-    Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab")
+    Lab::new(LabSpec::nat(2, 3)).expect("lab")
 }
 
 fn web() -> NodeSpec {

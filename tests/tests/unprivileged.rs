@@ -33,13 +33,7 @@ fn a_non_root_daemon_with_the_units_capabilities_elects_forwards_and_hands_over(
     assert!(unit.lines().any(|l| l.trim() == "DynamicUser=yes"), "the unit runs as a non-root user");
     eprintln!("the unit grants: {ambient:?}");
 
-    let lab = Lab::new(LabSpec {
-        nodes: 2,
-        backends: 3,
-        vip_on_backends_lo: false,
-        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
-    })
-    .expect("lab");
+    let lab = Lab::new(LabSpec::nat(2, 3)).expect("lab");
     lab.start_backends(&[BACKEND_PORT]).expect("backends");
     let service = ServiceSpec::http(&lab, PORT, BACKEND_PORT, "nat");
     let run_as = RunAs { uid: NOBODY, gid: NOBODY, capabilities: ambient.into_iter().collect() };

@@ -142,6 +142,10 @@ pub enum Command {
     StopChecker { id: ServiceId, backend: Endpoint },
     /// Watch (resolve and keep fresh) the neighbour entries of these backend addresses.
     Neighbours(Vec<Ipv4Addr>),
+    /// The link of this interface came back: ask the kernel afresh, now, for the backends' neighbour entries it
+    /// left unresolved while the link was down (its own next retry may be a second away, and the health checks
+    /// that decide whether this node may preempt would wait for it). Comes before the checkers restart.
+    RenewNeighbours(String),
     /// Delete the data plane's connection and NAT entries of flows to these VIPs: an instance stopped being
     /// active, and what it recorded while active must not be taken for the truth the next time it is (a pin from
     /// an earlier connection on the same client port, made under another Maglev table, or a reverse entry holding
@@ -665,7 +669,10 @@ impl Engine {
         if self.stopping.is_some() {
             return;
         }
-        self.links.insert(interface.to_owned(), up);
+        let was_up = self.links.insert(interface.to_owned(), up).unwrap_or(true);
+        if up && !was_up {
+            out.push(Command::RenewNeighbours(interface.to_owned()));
+        }
         for i in self.instances.iter_mut().filter(|i| i.interface() == interface) {
             i.link(now, up, out);
         }

@@ -658,6 +658,17 @@ fn after_link_up_a_failed_first_check_does_not_end_settling() {
 }
 
 #[test]
+fn only_a_link_that_was_down_renews_its_neighbours() {
+    let mut e = engine(config(150));
+    e.handle(Duration::ZERO, start(true));
+    let commands = e.handle(ms(10), link(true));
+    assert!(!commands.iter().any(|c| matches!(c, Command::RenewNeighbours(_))), "{commands:?}");
+    e.handle(ms(20), link(false));
+    let commands = e.handle(ms(30), link(true));
+    assert_eq!(commands.iter().filter(|c| matches!(c, Command::RenewNeighbours(_))).count(), 1, "{commands:?}");
+}
+
+#[test]
 fn link_up_restarts_the_checkers_and_holds_preemption_until_each_has_reported() {
     let mut c = config(150);
     only(&mut c).vrrp.backend_loss_penalty = 50;
@@ -680,6 +691,11 @@ fn link_up_restarts_the_checkers_and_holds_preemption_until_each_has_reported() 
     let stopped = commands.iter().filter(|c| matches!(c, Command::StopChecker { .. })).count();
     let started = commands.iter().filter(|c| matches!(c, Command::StartChecker { .. })).count();
     assert_eq!((stopped, started), (2, 2), "every checker starts afresh: {commands:?}");
+    // Before they do, the entries the failed checks left unresolved are asked for again (else the new checks would
+    // wait for the kernel's next ARP retry).
+    let renew = commands.iter().position(|c| *c == Command::RenewNeighbours(ETH0.into()));
+    let first_checker = commands.iter().position(|c| matches!(c, Command::StopChecker { .. }));
+    assert!(renew.is_some() && renew < first_checker, "{commands:?}");
     assert_eq!(role(&e), Role::Backup);
     // B1 answers first: api is usable again, but B2 is not known yet.
     e.handle(t + ms(2010), check("api", B1, true));

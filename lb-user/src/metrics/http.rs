@@ -23,6 +23,8 @@ use tokio::{
     time::timeout,
 };
 
+use crate::listener::AcceptFailures;
+
 /// What one client may hold.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -53,9 +55,6 @@ impl Default for Limits {
     }
 }
 
-/// After a failed `accept` (out of file descriptors, say), how long before the next one.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
 /// The listener could not be opened.
 #[derive(Debug, thiserror::Error)]
 #[error("listening for metrics on {address} (metrics.listen): {source}")]
@@ -77,19 +76,12 @@ pub async fn bind(address: SocketAddr) -> Result<TcpListener, BindError> {
 pub async fn serve(listener: TcpListener, page: watch::Receiver<Bytes>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(limits.connections));
     let sources = Sources::default();
-    let mut logged: Option<tokio::time::Instant> = None;
-    let mut failures = 0u64;
+    let mut failures = AcceptFailures::new("metrics listener");
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
-                failures += 1;
-                let now = tokio::time::Instant::now();
-                if logged.is_none_or(|t| now >= t + Duration::from_secs(10)) {
-                    logged = Some(now);
-                    log::warn!("metrics listener: accept failed ({failures} so far): {e}; pausing");
-                }
-                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                failures.pause(&e).await;
                 continue;
             }
         };

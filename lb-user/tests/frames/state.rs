@@ -84,14 +84,7 @@ impl<'a> Tables<'a> {
         if facts.martian(client) || client == facts.vip || facts.own.contains(&client) {
             found.push(make("state_for_martian_client", format!("{entry} is for client {client}:{cport}")));
         }
-        let flow = FlowKey {
-            client: value.client,
-            vip: key.vip,
-            client_port: value.client_port,
-            service_port: value.service_port,
-            protocol: key.protocol,
-            _pad: [0; 3],
-        };
+        let flow = FlowKey::new(value.client, key.vip, value.client_port, value.service_port, key.protocol);
         let svc = u16::from_be_bytes(value.service_port);
         match self.conntrack.get(&flow, 0) {
             Err(_) => found.push(make(
@@ -135,25 +128,25 @@ pub fn check_frame(dp: &DataPlane, facts: &Facts, input: &Ip4, output: Option<&I
     let mut cache = HashMap::new();
     let mut found = Vec::new();
     let mut nat_keys = Vec::new();
-    let key = |backend: Ipv4Addr, backend_port: u16, nat_port: u16| NatKey {
-        backend: backend.octets(),
-        vip: input.dst.octets(),
-        backend_port: backend_port.to_be_bytes(),
-        nat_port: nat_port.to_be_bytes(),
-        protocol: input.protocol,
-        _pad: [0; 3],
+    let key = |backend: Ipv4Addr, backend_port: u16, nat_port: u16| {
+        NatKey::new(
+            backend.octets(),
+            input.dst.octets(),
+            backend_port.to_be_bytes(),
+            nat_port.to_be_bytes(),
+            input.protocol,
+        )
     };
     // As a reply: the entry it addresses.
     nat_keys.push(key(input.src, input.sport, input.dport));
     // As a client packet: its flow and the translation the flow names.
-    let flow = FlowKey {
-        client: input.src.octets(),
-        vip: input.dst.octets(),
-        client_port: input.sport.to_be_bytes(),
-        service_port: input.dport.to_be_bytes(),
-        protocol: input.protocol,
-        _pad: [0; 3],
-    };
+    let flow = FlowKey::new(
+        input.src.octets(),
+        input.dst.octets(),
+        input.sport.to_be_bytes(),
+        input.dport.to_be_bytes(),
+        input.protocol,
+    );
     // A backend's reply (its source is the key of a NAT entry) is no client packet.
     let reply = t.nat.get(&key(input.src, input.sport, input.dport), 0).is_ok();
     let forwarded = output.filter(|_| !reply).and_then(|out| forwarded(facts, input, out));

@@ -4,7 +4,7 @@
 use std::net::Ipv4Addr;
 
 use lb_common::Reason;
-use xvip::dataplane::{Counters, DataPlane};
+use xvip::dataplane::{BackendSpec, Counters, DataPlane, ServiceSpec};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -22,6 +22,26 @@ pub const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
 ];
 
 pub const XDP_REDIRECT: u32 = 4;
+
+/// Every backend of the pretend network, healthy, weight 1, its MAC known, serving on `port`.
+pub fn backends(port: u16) -> Vec<BackendSpec> {
+    BACKENDS
+        .iter()
+        .map(|(address, mac)| BackendSpec {
+            address: *address,
+            port,
+            weight: 1,
+            healthy: true,
+            mac: Some(*mac),
+            ifindex: 0,
+        })
+        .collect()
+}
+
+/// A service on the VIP's `port` over every backend's `backend_port`.
+pub fn service(port: u16, protocol: u8, forwarding: u8, backend_port: u16) -> ServiceSpec {
+    ServiceSpec { addresses: vec![VIP], port, protocol, forwarding, backends: backends(backend_port) }
+}
 
 /// The node's own address on `lan`.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);

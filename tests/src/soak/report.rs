@@ -87,7 +87,7 @@ pub struct TrafficFigures {
     pub long_lived: usize,
     pub long_lived_requests: usize,
     pub broken_with_their_backend: usize,
-    /// Broke across a failover after being opened under another backend set (docs/nat.md).
+    /// Broke across a failover, re-hashed under another backend set than it was opened under (docs/nat.md).
     pub broken_repicked: usize,
     pub broken_otherwise: usize,
     /// Every long-lived connection that broke, and how that was judged.
@@ -550,7 +550,7 @@ impl Figures {
         let _ = writeln!(
             t,
             "long-lived connections: {} ({} requests on them), {} broken with their backend (flap, removal), {} across a \
-             failover after being opened under another backend set ({} of them by a timeout, not a reset), {} broken \
+             failover, re-hashed under another backend set than it was opened under ({} of them by a timeout, not a reset), {} broken \
              otherwise, {} could not open; longest gap {:.0} ms (request loops), {:.0} ms (streams)",
             tr.long_lived,
             tr.long_lived_requests,
