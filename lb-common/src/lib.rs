@@ -72,6 +72,15 @@ pub mod names {
     pub const TRACE_STATE: &str = "TRACE_STATE";
     /// Global (`.rodata`): 0 makes the verifier prune the trace hook at load (benchmarks isolate its cost with it).
     pub const TRACE_HOOK: &str = "TRACE_HOOK";
+    /// The socket load balancer for the node's own clients (cgroup `connect4` and `getpeername4` programs) and the
+    /// map that remembers which VIP each rewritten socket asked for.
+    pub const SOCKET_CONNECT4: &str = "xvip_connect4";
+    pub const SOCKET_GETPEERNAME4: &str = "xvip_getpeername4";
+    pub const SOCKET_PEERS: &str = "SOCKET_PEERS";
+    /// Per service: its backend on the node itself, which only the socket load balancer reaches ([`LocalShare`]).
+    pub const SOCKET_LOCAL: &str = "SOCKET_LOCAL";
+    /// Global (`.rodata`): the network namespace cookie of the agent ([`socket_lb_applies`]); 0 = rewrite nothing.
+    pub const NODE_NETNS_COOKIE: &str = "NODE_NETNS_COOKIE";
 }
 
 /// Whether the node may answer for its VIPs: the one entry of the `HEARTBEAT` array, written only by the agent's
@@ -847,6 +856,89 @@ fn fmix(mut h: u32) -> u32 {
     h ^ (h >> 16)
 }
 
+/// The hash a local client's socket is balanced by (the `connect4` program): its socket cookie, which the kernel
+/// gives each socket once per boot (a counter, hence mixed), under the VIP's seed. A socket keeps its backend if it
+/// connects again; its source port cannot be used, since the kernel has not chosen it yet at `connect()`.
+#[inline(always)]
+pub fn socket_hash(cookie: u64, seed: u32) -> u32 {
+    let mut h = seed;
+    h = mix(h, cookie as u32);
+    h = mix(h, (cookie >> 32) as u32);
+    fmix(h ^ 8)
+}
+
+/// Whether the socket load balancer rewrites a connect made in the network namespace `netns` (its cookie): only in
+/// the agent's own namespace `node_netns`. Cgroup programs run for every process in the cgroup whatever its
+/// namespace, so containers on the node (and other xvip nodes sharing a machine in tests) are left alone. A node
+/// cookie of 0 (not known) rewrites nothing.
+#[inline(always)]
+pub const fn socket_lb_applies(netns: u64, node_netns: u64) -> bool {
+    node_netns != 0 && netns == node_netns
+}
+
+/// Key of `SOCKET_PEERS`: a local client's socket (its cookie) and the backend its connect was sent to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketPeerKey {
+    pub cookie: u64,
+    pub backend: [u8; 4],
+    pub backend_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<SocketPeerKey>() == 16);
+
+impl SocketPeerKey {
+    #[inline(always)]
+    pub const fn new(cookie: u64, backend: [u8; 4], backend_port: [u8; 2], protocol: u8) -> Self {
+        SocketPeerKey { cookie, backend, backend_port, protocol, _pad: 0 }
+    }
+}
+
+/// Value of `SOCKET_PEERS`: the VIP and port the socket asked for, what `getpeername()` reports instead of the
+/// backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketPeer {
+    pub vip: [u8; 4],
+    pub port: [u8; 2],
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<SocketPeer>() == 8);
+
+/// A service's backend at one of the node's own addresses, for the socket load balancer: an element of the
+/// `SOCKET_LOCAL` array (indexed by service index). Such a backend is in no Maglev table on its own node (the XDP
+/// program delivers frames to other hosts only: it has no MAC to send them to), but a local client's connect can
+/// go to it: it gets `weight` out of `total` (the weights of the service's Maglev members plus its own).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LocalShare {
+    /// Its `BACKENDS` slot, or [`NO_BACKEND`].
+    pub backend: u32,
+    pub weight: u32,
+    pub total: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<LocalShare>() == 16);
+
+impl Default for LocalShare {
+    fn default() -> Self {
+        LocalShare { backend: NO_BACKEND, weight: 0, total: 0, _pad: 0 }
+    }
+}
+
+impl LocalShare {
+    /// Whether a connect hashed to `hash` goes to the local backend: `weight` of every `total` hashes do.
+    #[inline(always)]
+    pub fn picks(&self, hash: u32) -> bool {
+        self.backend != NO_BACKEND && self.total != 0 && hash % self.total < self.weight
+    }
+}
+
+/// Entries of `SOCKET_PEERS`, an LRU (a closed socket's entry ages out): 88 bytes of kernel memory each (48-byte
+/// element header, 16 of key, 8 of value, 16 of bucket), 5.8 MB.
+pub const SOCKET_PEERS_ENTRIES: u32 = 65536;
+
 /// The flow hash seed of a VRRP group: every node with the same VIP and VRID gets the same one.
 pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
     fmix(mix(0x7876_6970, u32::from_be_bytes(vip)) ^ u32::from(vrid))
@@ -1036,10 +1128,14 @@ mod pod {
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::TraceState {}
+    unsafe impl aya::Pod for super::SocketPeerKey {}
+    unsafe impl aya::Pod for super::SocketPeer {}
+    unsafe impl aya::Pod for super::LocalShare {}
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     fn trace_config(rate: u64) -> TraceConfig {
@@ -1133,6 +1229,36 @@ mod tests {
         assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 81], 6, 7));
         assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 80], 17, 7));
         assert_ne!(base, flow_hash([10, 0, 0, 1], [0x12, 0x34], [0, 80], 6, 8));
+    }
+
+    #[test]
+    fn the_socket_balancer_rewrites_only_in_the_nodes_own_namespace() {
+        assert!(socket_lb_applies(4099, 4099));
+        assert!(!socket_lb_applies(4098, 4099), "another namespace (a container, another lab node)");
+        assert!(!socket_lb_applies(0, 0), "no node cookie known: nothing is rewritten");
+        assert!(!socket_lb_applies(4099, 0));
+    }
+
+    #[test]
+    fn a_local_backend_gets_its_weight_out_of_the_total() {
+        let share = LocalShare { backend: 7, weight: 1, total: 4, _pad: 0 };
+        let picked = (0..4000u32).filter(|h| share.picks(socket_hash(u64::from(*h), 1))).count();
+        assert!((850..=1150).contains(&picked), "{picked} of 4000, expected about a quarter");
+        assert!(!LocalShare::default().picks(0), "no local backend");
+        assert!(!LocalShare { total: 0, ..share }.picks(0), "nothing to divide");
+        assert!(LocalShare { weight: 3, total: 3, ..share }.picks(12345), "the only usable backend");
+    }
+
+    #[test]
+    fn consecutive_socket_cookies_spread_over_maglev_slots() {
+        // Cookies are a counter: 1000 consecutive ones must land all over the table, not in a run of slots.
+        let seed = group_seed([10, 0, 0, 100], 51);
+        let slots: std::collections::BTreeSet<u32> = (5000u64..6000).map(|c| socket_hash(c, seed) % MAGLEV_M).collect();
+        assert!(slots.len() > 990, "{} distinct slots of 1000", slots.len());
+        let (low, high) = (slots.first().copied().unwrap_or(0), slots.last().copied().unwrap_or(0));
+        assert!(low < MAGLEV_M / 10 && high > MAGLEV_M / 10 * 9, "{low}..{high}");
+        assert_ne!(socket_hash(5000, seed), socket_hash(5000, seed ^ 1), "the seed matters");
+        assert_ne!(socket_hash(1 << 32, seed), socket_hash(1, seed), "the high half matters");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
 //! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
 //! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `route` (the
-//! FIB: where packets to clients go), `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
+//! FIB: where packets to clients go), `socket` (the cgroup programs that balance the node's own clients' connects),
+//! `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
 //! `packet`, `csum`.
 //!
 //! It reads its whole world from maps written by the agent (see `maps.rs` and `lb_common`). Each frame ends in
@@ -23,13 +24,14 @@ mod packet;
 mod parse;
 mod route;
 mod service;
+mod socket;
 mod trace;
 mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    macros::{classifier, xdp},
-    programs::{TcContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
@@ -79,6 +81,19 @@ pub fn xvip_egress(ctx: TcContext) -> i32 {
         count(reason, router);
     }
     action
+}
+
+/// The socket load balancer for the node's own clients (see `socket.rs`): a TCP connect to a VIP's service goes to
+/// a backend.
+#[cgroup_sock_addr(connect4)]
+pub fn xvip_connect4(ctx: SockAddrContext) -> i32 {
+    socket::connect4(&ctx)
+}
+
+/// What `getpeername()` reports for a socket `xvip_connect4` sent to a backend: the VIP and port it asked for.
+#[cgroup_sock_addr(getpeername4)]
+pub fn xvip_getpeername4(ctx: SockAddrContext) -> i32 {
+    socket::getpeername4(&ctx)
 }
 
 /// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.

@@ -8,9 +8,10 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
-    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES,
-    MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS,
-    ServiceKey, ServiceValue, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS,
+    MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
+    ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig,
+    TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]
@@ -110,6 +111,16 @@ pub struct ClockReading {
     ns: u64,
 }
 
+/// A local client's socket and the backend `connect4` sent it to -> the VIP and port it asked for (what
+/// `getpeername()` reports). LRU: a closed socket's entry ages out.
+#[map]
+pub static SOCKET_PEERS: LruHashMap<SocketPeerKey, SocketPeer> = LruHashMap::with_max_entries(SOCKET_PEERS_ENTRIES, 0);
+
+/// Per service index: its backend on the node itself, which only the socket load balancer reaches (see
+/// `lb_common::LocalShare`). Written by the agent.
+#[map]
+pub static SOCKET_LOCAL: Array<LocalShare> = Array::with_max_entries(MAX_SERVICES, 0);
+
 // Load-time constants (`.rodata`), overridden by the agent's loader (`lb_common::names`). The verifier sees their
 // values, so reading them costs nothing. `read_volatile` keeps the compiler from folding in the defaults.
 #[unsafe(no_mangle)]
@@ -120,6 +131,17 @@ static NAT_CLOSED_GRACE_NS: u64 = DEFAULT_NAT_CLOSED_GRACE_NS;
 static NAT_EMBRYONIC_TIMEOUT_NS: u64 = DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS;
 #[unsafe(no_mangle)]
 static NAT_ESTABLISHED_TIMEOUT_NS: u64 = DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS;
+
+#[unsafe(no_mangle)]
+static NODE_NETNS_COOKIE: u64 = 0;
+
+/// The agent's network namespace cookie: the only namespace whose connects the socket load balancer rewrites
+/// (0 until the loader sets it: nothing is rewritten).
+#[inline(always)]
+pub fn node_netns_cookie() -> u64 {
+    // SAFETY: reading a plain static.
+    unsafe { core::ptr::read_volatile(&NODE_NETNS_COOKIE) }
+}
 
 /// Idle time after which a UDP translation is gone.
 #[inline(always)]

@@ -159,6 +159,9 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         }
         garps.insert(interface.clone(), GarpSender::open(interface)?);
     }
+    if config.local_clients {
+        attach_local_clients(&mut dataplane);
+    }
     let mut node = dataplane.node_control().map_err(dp_error("opening the node's maps"))?;
 
     let neighbours = Neighbours::connect()?;
@@ -882,6 +885,41 @@ impl Shell {
             }
         });
         self.checkers.insert((id, backend), Checker(forward));
+    }
+}
+
+/// The socket load balancer for the node's own clients (`local_clients`): attached to the cgroup v2 root. A node
+/// where it cannot be attached still serves its VIPs; its own processes then reach no VIP, as before, which the
+/// warning says.
+fn attach_local_clients(dataplane: &mut DataPlane) {
+    let root = match crate::cgroup::v2_root() {
+        Ok(Some(root)) => root,
+        Ok(None) => {
+            log::warn!(
+                "local clients: cgroup v2 is not mounted (no cgroup2 in /proc/self/mountinfo); processes on this node \
+                 cannot reach the VIPs (set local_clients = false to silence this)"
+            );
+            return;
+        }
+        Err(e) => {
+            log::warn!(
+                "local clients: reading /proc/self/mountinfo: {e}; processes on this node cannot reach the VIPs"
+            );
+            return;
+        }
+    };
+    match dataplane.attach_local_clients(&root) {
+        Ok(()) => log::info!(
+            "local clients: TCP connects from this network namespace to the VIPs' services go straight to a backend \
+             (socket load balancer on the cgroup {})",
+            root.display()
+        ),
+        Err(e) => {
+            log::warn!(
+                "local clients: {e}; processes on this node cannot reach the VIPs (set local_clients = false \
+                        to silence this)"
+            )
+        }
     }
 }
 

@@ -23,12 +23,13 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{
-        LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp, XdpMode, tc::SchedClassifierLinkId,
-        tc::TcAttachOptions, xdp::XdpLinkId,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+        XdpMode, cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId, tc::TcAttachOptions,
+        xdp::XdpLinkId,
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, MAGLEV_CHUNK,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
     MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
     NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
     ServiceKey, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
@@ -360,6 +361,12 @@ struct Installed {
 pub struct DataPlane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
+    /// The socket load balancer's links (connect4, getpeername4) and the cgroup they are attached to. Held only by
+    /// this process's file descriptors, never pinned: they go when the process does.
+    socket_links: Option<(CgroupSockAddrLinkId, CgroupSockAddrLinkId, std::path::PathBuf)>,
+    /// The cookie of the network namespace the data plane was loaded in (0: unknown), the only one whose connects
+    /// the socket load balancer rewrites.
+    netns_cookie: u64,
     /// How the program was attached to the node's interface; other interfaces get the same mode.
     mode: Option<AttachMode>,
     /// Other interfaces the program is attached to (backends reached through them), by ifindex.
@@ -425,6 +432,12 @@ impl DataPlane {
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let (udp_timeout, closed_grace) = (nanos(options.nat_udp_timeout), nanos(options.nat_closed_grace));
         let (embryonic, established) = (nanos(options.nat_embryonic_timeout), nanos(options.nat_established_timeout));
+        // 0 (an old kernel without SO_NETNS_COOKIE) makes the socket load balancer rewrite nothing; attaching it is
+        // then refused.
+        let netns_cookie = netns_cookie().unwrap_or_else(|e| {
+            log::warn!("reading this network namespace's cookie: {e}; local clients cannot be balanced");
+            0
+        });
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
@@ -434,6 +447,7 @@ impl DataPlane {
             .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
             .override_global(names::NAT_ESTABLISHED_TIMEOUT_NS, &established, true)
             .override_global(names::TRACE_HOOK, &u32::from(options.trace_hook), true)
+            .override_global(names::NODE_NETNS_COOKIE, &netns_cookie, true)
             .load(EBPF_OBJECT)
             .context(
                 "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
@@ -441,6 +455,8 @@ impl DataPlane {
         let mut dp = DataPlane {
             ebpf,
             link: None,
+            socket_links: None,
+            netns_cookie,
             mode: None,
             extra_links: BTreeMap::new(),
             extra_failed: std::collections::BTreeSet::new(),
@@ -593,11 +609,67 @@ impl DataPlane {
         }
     }
 
+    /// Attaches the socket load balancer (`xvip_connect4`, `xvip_getpeername4`) to the cgroup v2 directory
+    /// `cgroup` (its root covers every process): TCP connects made in this network namespace to a VIP's service
+    /// are sent to a backend picked from the service's Maglev table. The links are held by this process only
+    /// (never pinned), so the kernel detaches them when it exits, however it exits.
+    ///
+    /// # Errors
+    /// When the cgroup cannot be opened, the kernel refuses the programs, or the namespace's cookie is unknown.
+    pub fn attach_local_clients(&mut self, cgroup: &std::path::Path) -> Result<()> {
+        if self.socket_links.is_some() {
+            return Err(Error::Refused("the socket load balancer is already attached".to_string()));
+        }
+        if self.netns_cookie == 0 {
+            return Err(Error::Refused(
+                "this kernel does not tell network namespaces apart (SO_NETNS_COOKIE, Linux 5.14): the socket load \
+                 balancer would rewrite the connects of every namespace"
+                    .to_string(),
+            ));
+        }
+        let dir = std::fs::File::open(cgroup).with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
+        let mut links = Vec::new();
+        for name in [names::SOCKET_CONNECT4, names::SOCKET_GETPEERNAME4] {
+            let program = self.socket_program(name)?;
+            if program.fd().is_err() {
+                program.load().with_context(|| format!("verifying the cgroup program {name}"))?;
+            }
+            // A link on a cgroup always lets other programs run too (BPF_F_ALLOW_MULTI); mode Single asks for no
+            // flags, which is what the kernel takes for links.
+            let link = program
+                .attach(&dir, CgroupAttachMode::Single)
+                .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.display()))?;
+            links.push(link);
+        }
+        let mut links = links.into_iter();
+        if let (Some(connect), Some(getpeername)) = (links.next(), links.next()) {
+            self.socket_links = Some((connect, getpeername, cgroup.to_path_buf()));
+        }
+        Ok(())
+    }
+
+    /// The cgroup the socket load balancer is attached to, if it is.
+    pub fn local_clients_cgroup(&self) -> Option<&std::path::Path> {
+        self.socket_links.as_ref().map(|(_, _, path)| path.as_path())
+    }
+
+    fn socket_program(&mut self, name: &str) -> Result<&mut CgroupSockAddr> {
+        let program =
+            self.ebpf.program_mut(name).ok_or_else(|| Error::Object(format!("has no program named {name}")))?;
+        program.try_into().with_context(|| format!("program {name} is not a cgroup sock_addr program"))
+    }
+
     /// Removes the program from the interfaces (also happens when the process exits).
     pub fn detach(&mut self) -> Result<()> {
         for (_, link) in std::mem::take(&mut self.egress_links) {
             let program = self.egress_program()?;
             program.detach(link).context("detaching the egress program")?;
+        }
+        if let Some((connect, getpeername, _)) = self.socket_links.take() {
+            self.socket_program(names::SOCKET_CONNECT4)?.detach(connect).context("detaching the connect4 program")?;
+            self.socket_program(names::SOCKET_GETPEERNAME4)?
+                .detach(getpeername)
+                .context("detaching the getpeername4 program")?;
         }
         let extra = std::mem::take(&mut self.extra_links);
         for (_, link) in extra {
@@ -1024,6 +1096,24 @@ impl DataPlane {
         }
         svc.table = next;
 
+        // A backend at one of the node's own addresses is in the Maglev table once the engine has marked it local
+        // (the XDP program hands its frames to the node's stack). Until then (no MAC yet) the socket load balancer
+        // still sends local clients to it, for its weight's share.
+        let own = local_addresses();
+        let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
+        let share = spec
+            .backends
+            .iter()
+            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&b.address.octets()))
+            .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
+            .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
+                backend,
+                weight,
+                total: maglev_weight + weight,
+                _pad: 0,
+            });
+        self.write_local_share(svc.index, share)?;
+
         // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
         // (a packet that read the old table an instant ago still finds a usable slot).
         for endpoint in &gone {
@@ -1177,6 +1267,11 @@ impl DataPlane {
         map.set(word, bits, 0).with_context(|| format!("writing NAT_SOURCE_PORTS[{word}]"))
     }
 
+    fn write_local_share(&mut self, index: u32, share: LocalShare) -> Result<()> {
+        let mut shares: Array<&mut MapData, LocalShare> = map_mut(&mut self.ebpf, names::SOCKET_LOCAL)?;
+        shares.set(index, share, 0).with_context(|| format!("writing SOCKET_LOCAL[{index}]"))
+    }
+
     fn write_backend(&mut self, slot: u32, backend: Backend) -> Result<()> {
         let mut backends: Array<&mut MapData, Backend> = map_mut(&mut self.ebpf, names::BACKENDS)?;
         backends.set(slot, backend, 0).with_context(|| format!("writing BACKENDS[{slot}]"))?;
@@ -1235,6 +1330,7 @@ impl DataPlane {
                 self.release_slot(*key, id)?;
             }
         }
+        self.write_local_share(svc.index, LocalShare::default())?;
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);
@@ -1600,6 +1696,28 @@ fn interface_addresses() -> Vec<(u32, Option<u32>)> {
 }
 
 /// The index of `interface` in the caller's namespace.
+/// The cookie of the calling thread's network namespace (`SO_NETNS_COOKIE`, Linux 5.14).
+fn netns_cookie() -> std::io::Result<u64> {
+    let socket = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .or_else(|_| std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)))?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of the length given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&raw mut cookie).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
 fn interface_index(interface: &str) -> Result<u32> {
     let name = std::ffi::CString::new(interface)
         .map_err(|_| Error::Refused(format!("interface name {interface:?} contains a NUL byte")))?;

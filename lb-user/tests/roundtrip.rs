@@ -206,7 +206,7 @@ fn any_config() -> impl Strategy<Value = Config> {
     let top = (
         proptest::string::string_regex("[a-z][a-z0-9]{0,14}").expect("regex"),
         prop_oneof![Just(XdpMode::Auto), Just(XdpMode::Native), Just(XdpMode::Generic)],
-        1024u32..=16_777_216,
+        (1024u32..=16_777_216, any::<bool>()),
         unicast(1),
         prop::option::of(dns_name()),
         proptest::string::string_regex("/[a-z]{1,12}/[a-z]{1,20}\\.sock").expect("regex"),
@@ -224,20 +224,27 @@ fn any_config() -> impl Strategy<Value = Config> {
             let top = (interface, xdp_mode, conntrack_entries, vip, hostname, socket, metrics);
             (Just(top), vrrp_section(vip), services)
         })
-        .prop_map(|((interface, xdp_mode, conntrack_entries, vip, hostname, socket, metrics), vrrp, services)| Config {
-            interface: Some(interface.clone()),
-            xdp_mode,
-            conntrack_entries,
-            control: Control { socket: PathBuf::from(socket) },
-            instances: vec![Instance {
-                name: DEFAULT_INSTANCE.to_string(),
-                interface,
-                vip: Vip { addresses: vec![IpAddr::V4(vip)], hostname },
+        .prop_map(
+            |(
+                (interface, xdp_mode, (conntrack_entries, local_clients), vip, hostname, socket, metrics),
                 vrrp,
                 services,
-            }],
-            metrics,
-        })
+            )| Config {
+                interface: Some(interface.clone()),
+                xdp_mode,
+                conntrack_entries,
+                local_clients,
+                control: Control { socket: PathBuf::from(socket) },
+                instances: vec![Instance {
+                    name: DEFAULT_INSTANCE.to_string(),
+                    interface,
+                    vip: Vip { addresses: vec![IpAddr::V4(vip)], hostname },
+                    vrrp,
+                    services,
+                }],
+                metrics,
+            },
+        )
 }
 
 /// Writes `config` (one instance, in the single form) as TOML: every key, or (`terse`) only the keys whose value
@@ -254,6 +261,7 @@ fn render(config: &Config, terse: bool) -> String {
     key(&mut s, "interface", q(config.interface.as_deref().unwrap_or_default()), false);
     key(&mut s, "xdp_mode", q(config.xdp_mode.as_str()), config.xdp_mode == XdpMode::Auto);
     key(&mut s, "conntrack_entries", config.conntrack_entries.to_string(), config.conntrack_entries == 65536);
+    key(&mut s, "local_clients", config.local_clients.to_string(), config.local_clients);
     s.push_str("[vip]\n");
     key(&mut s, "address", q(&instance.vip.first().to_string()), false);
     if let Some(h) = &instance.vip.hostname {

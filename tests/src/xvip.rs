@@ -37,6 +37,12 @@ pub struct NodeSpec {
     pub instances: Vec<InstanceSpec>,
     /// `metrics.listen` (`None`: no `[metrics]` table).
     pub metrics_listen: Option<String>,
+    /// Mount cgroup v2 at `/sys/fs/cgroup` in the daemon's mount namespace first, as a real node has it (`ip netns
+    /// exec` gives the daemon a fresh `/sys` without cgroup mounts, so `local_clients` finds nothing to attach
+    /// to). The mount lives and dies with that private mount namespace.
+    pub mount_cgroup2: bool,
+    /// `local_clients` (`None`: the default).
+    pub local_clients: Option<bool>,
 }
 
 /// One VRRP instance of a node written in the list form.
@@ -106,6 +112,8 @@ impl NodeSpec {
             startup_timeout: Duration::from_secs(10),
             instances: Vec::new(),
             metrics_listen: None,
+            mount_cgroup2: false,
+            local_clients: None,
         }
     }
 
@@ -163,6 +171,9 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
     let _ = writeln!(t, "xdp_mode = \"native\"");
     if let Some(entries) = spec.conntrack_entries {
         let _ = writeln!(t, "conntrack_entries = {entries}");
+    }
+    if let Some(on) = spec.local_clients {
+        let _ = writeln!(t, "local_clients = {on}");
     }
     let _ = writeln!(t);
     let _ = writeln!(t, "[control]\nsocket = \"{}\"\n", socket.display());
@@ -263,6 +274,10 @@ impl Lab {
         let mut socket = self.dir().join(format!("{}.sock", node.name));
         let config_path = self.dir().join(format!("{}.toml", node.name));
         let mut argv: Vec<String> = Vec::new();
+        if spec.mount_cgroup2 {
+            // `exec` keeps the pid, so the guarded pid is still the daemon's.
+            argv.extend(["sh", "-c", "mount -t cgroup2 cgroup2 /sys/fs/cgroup && exec \"$@\"", "sh"].map(String::from));
+        }
         if !spec.env.is_empty() {
             // `env` execs what follows in place, so the guarded pid is the daemon's.
             argv.push("env".into());

@@ -132,7 +132,8 @@ pub struct RestartNeeded {
 ///
 /// # Errors
 /// [`RestartNeeded`] when a key changed that is fixed while the daemon runs: the top-level interface and the XDP
-/// mode (the program is attached there), `conntrack_entries` (map sizes are fixed at load), the control socket,
+/// mode (the program is attached there), `conntrack_entries` (map sizes are fixed at load), `local_clients` (the
+/// socket load balancer is attached at start), the control socket,
 /// and the metrics listener (`[metrics]` added, removed or moved: it is bound at start, before anything else, so a
 /// port that is taken stops the start rather than a reload half way).
 pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
@@ -145,6 +146,7 @@ pub fn diff(old: &Config, new: &Config) -> Result<ReloadPlan, RestartNeeded> {
     check("interface", old.interface != new.interface);
     check("xdp_mode", old.xdp_mode != new.xdp_mode);
     check("conntrack_entries", old.conntrack_entries != new.conntrack_entries);
+    check("local_clients", old.local_clients != new.local_clients);
     check("control.socket", old.control.socket != new.control.socket);
     check("metrics.listen", old.metrics != new.metrics);
     if !fixed.is_empty() {

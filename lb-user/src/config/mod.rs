@@ -75,6 +75,9 @@ pub struct Config {
     pub xdp_mode: XdpMode,
     /// Size of the data plane's connection table and of its NAT table (LRU maps, fixed when the program is loaded).
     pub conntrack_entries: u32,
+    /// Whether TCP connects made on the node itself to a VIP's services are balanced by the socket load balancer
+    /// (cgroup programs on the cgroup v2 root, this network namespace only).
+    pub local_clients: bool,
     pub control: Control,
     /// The Prometheus listener; `None` (no `[metrics]` table) = off.
     pub metrics: Option<Metrics>,

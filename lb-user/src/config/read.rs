@@ -18,8 +18,18 @@ pub(super) type RawProblem = (usize, String);
 type Entries = [Entry];
 
 /// Keys of every table, used both to reject unknown keys and to say where a misplaced key belongs.
-pub(super) const ROOT_KEYS: &[&str] =
-    &["interface", "xdp_mode", "conntrack_entries", "vip", "vrrp", "control", "metrics", "service", "instance"];
+pub(super) const ROOT_KEYS: &[&str] = &[
+    "interface",
+    "xdp_mode",
+    "conntrack_entries",
+    "local_clients",
+    "vip",
+    "vrrp",
+    "control",
+    "metrics",
+    "service",
+    "instance",
+];
 /// Keys of an `[[instance]]` table: what the single form has at the top level for its one instance.
 pub(super) const INSTANCE_KEYS: &[&str] = &["name", "interface", "vip", "vrrp", "service"];
 pub(super) const VIP_KEYS: &[&str] = &["address", "addresses", "hostname"];
@@ -454,6 +464,7 @@ impl Reader {
             " (flows the data plane remembers)",
             lb_common::DEFAULT_CONNTRACK_ENTRIES,
         );
+        let local_clients = self.bool_or(&root, "local_clients", true);
         let control = match root.get("control") {
             None => Control::default(),
             Some(field) => match self.table(&field, "[control]".into(), "control.".into()) {
@@ -491,7 +502,7 @@ impl Reader {
             }
         };
         self.across_instances(&instances, &marks);
-        Config { interface, xdp_mode, conntrack_entries, control, metrics, instances }
+        Config { interface, xdp_mode, conntrack_entries, local_clients, control, metrics, instances }
     }
 
     /// The single form: the top level's `[vip]`, `[vrrp]` and `[[service]]` are the one instance, named

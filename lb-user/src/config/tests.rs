@@ -77,6 +77,7 @@ fn minimal_config_is_valid_and_takes_every_default() {
             interface: Some("eth0".into()),
             xdp_mode: XdpMode::Auto,
             conntrack_entries: 65536,
+            local_clients: true,
             control: Control { socket: PathBuf::from("/run/xvip/xvip.sock") },
             metrics: None,
             instances: vec![Instance {
@@ -446,6 +447,13 @@ fn conntrack_entries_range() {
         problem(&format!("conntrack_entries = 100\n{BASE}")),
         "xvip.toml:1:21: conntrack_entries must be 1024..=16777216 (flows the data plane remembers), got 100"
     );
+}
+
+#[test]
+fn local_clients_is_on_unless_switched_off() {
+    assert!(valid(BASE).local_clients);
+    assert!(!valid(&format!("local_clients = false\n{BASE}")).local_clients);
+    assert!(problem(&format!("local_clients = \"no\"\n{BASE}")).starts_with("xvip.toml:1:17: local_clients must be"));
 }
 
 // ---- [vip] ----
@@ -1015,10 +1023,13 @@ fn diff_names_every_restart_only_key() {
     new.interface = Some("eth1".into());
     new.xdp_mode = XdpMode::Generic;
     new.conntrack_entries = 2048;
+    new.local_clients = false;
     new.control.socket = "/tmp/other.sock".into();
     let error = diff(&old, &new).unwrap_err().to_string();
     assert!(
-        error.starts_with("interface, xdp_mode, conntrack_entries, control.socket changed, which needs a restart"),
+        error.starts_with(
+            "interface, xdp_mode, conntrack_entries, local_clients, control.socket changed, which needs a restart"
+        ),
         "{error}"
     );
 }

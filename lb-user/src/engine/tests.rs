@@ -40,6 +40,7 @@ fn node(instances: Vec<config::Instance>) -> Config {
         interface: Some(ETH0.into()),
         xdp_mode: config::XdpMode::Auto,
         conntrack_entries: 65536,
+        local_clients: true,
         control: config::Control::default(),
         metrics: None,
         instances,
