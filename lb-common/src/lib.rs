@@ -41,6 +41,8 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub mod names {
     pub const PROGRAM: &str = "xvip_xdp";
     pub const PASS_PROGRAM: &str = "xvip_pass";
+    /// The TC egress program (tcx) of every interface the XDP program serves: replies of NAT backends on the node.
+    pub const EGRESS_PROGRAM: &str = "xvip_egress";
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
     pub const VIP_SLOTS: &str = "VIP_SLOTS";
@@ -173,7 +175,11 @@ pub struct VipValue {
     /// with `mac`. 0 = any (fixtures that attach nowhere).
     pub ifindex: u32,
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// 1 when this node's own kernel holds the address (on its loopback: a DSR backend runs on this node). While
+    /// the router is not active here, frames to it are then the active node's DSR forwards to this node's backend,
+    /// handed to the kernel rather than dropped.
+    pub held: u8,
+    pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<VipValue>() == 20);
 
@@ -317,7 +323,10 @@ pub struct Backend {
     pub src_mac: [u8; 6],
     /// 1 when the health checks say the backend is up; a pinned flow to an unhealthy backend is re-hashed.
     pub healthy: u8,
-    pub _pad: u8,
+    /// 1 when the backend's address is one of this node's own (a stacked node: xvip next to the backend): its
+    /// frames are delivered to the node's own stack (`XDP_PASS`), translated as for a remote backend under NAT,
+    /// and the NAT replies are translated back by the egress program.
+    pub local: u8,
     /// Index of the service this backend belongs to. A pinned flow whose backend slot was since given to another
     /// service is re-hashed instead of crossing services.
     pub service: u16,
@@ -675,9 +684,23 @@ pub enum Reason {
     /// An ICMP echo request to the VIP longer than [`ECHO_MAX_LEN`] bytes, the most the program verifies: not
     /// answered.
     DropEchoTooLong = 31,
+    /// Packet to a DSR service whose backend is this node itself: handed to the node's own stack unchanged
+    /// (`XDP_PASS`; the backend holds the VIP on its loopback).
+    ForwardLocal = 32,
+    /// Packet to a NAT service translated (VIP:nat port -> backend) for a backend on this node: handed to the
+    /// node's own stack (`XDP_PASS`).
+    NatForwardLocal = 33,
+    /// Egress: a reply of a NAT backend on this node translated back (VIP:service port -> client) and sent on.
+    NatReplyLocal = 34,
+    /// Egress: the node's own ARP request for an active VIP answered back into the node (the VIP's MAC is the
+    /// interface's), so the node's local backends send their NAT replies through the egress program.
+    ArpReplyLocal = 35,
+    /// To a VIP whose router is not active here, but which this node's kernel holds (a DSR backend on this node,
+    /// the VIP on its loopback): the active node's DSR forward to this node's backend, handed to the kernel.
+    PassHeldVip = 36,
 }
 
-pub const REASON_COUNT: u32 = 32;
+pub const REASON_COUNT: u32 = 37;
 
 /// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
 /// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
@@ -729,6 +752,11 @@ impl Reason {
         Reason::DropMalformedL4,
         Reason::DropIcmpChecksum,
         Reason::DropEchoTooLong,
+        Reason::ForwardLocal,
+        Reason::NatForwardLocal,
+        Reason::NatReplyLocal,
+        Reason::ArpReplyLocal,
+        Reason::PassHeldVip,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -766,6 +794,11 @@ impl Reason {
             Reason::DropMalformedL4 => "drop_malformed_l4",
             Reason::DropIcmpChecksum => "drop_icmp_checksum",
             Reason::DropEchoTooLong => "drop_echo_too_long",
+            Reason::ForwardLocal => "forward_local",
+            Reason::NatForwardLocal => "nat_forward_local",
+            Reason::NatReplyLocal => "nat_reply_local",
+            Reason::ArpReplyLocal => "arp_replies_local",
+            Reason::PassHeldVip => "pass_held_vip",
         }
     }
 }

@@ -1,7 +1,7 @@
 //! Sending a frame on: Maglev picks, backend slots and their counters, MAC rewrite, XDP_TX or `bpf_redirect`; and
 //! the DSR service path (only the MACs change).
 use aya_ebpf::{
-    bindings::xdp_action::{XDP_DROP, XDP_REDIRECT, XDP_TX},
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_REDIRECT, XDP_TX},
     helpers::bpf_redirect,
     maps::PerCpuArray,
     programs::XdpContext,
@@ -64,7 +64,7 @@ pub fn dsr(
     if fresh {
         let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, &backend, [0; 2], 0), 0);
     }
-    to_backend(ctx, eth, config, &backend, Reason::ForwardTx, Reason::ForwardRedirect)
+    to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
 }
 
 /// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet starts a
@@ -95,16 +95,21 @@ pub fn maglev_pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
 }
 
 /// Sends the frame to `backend`: its MAC as destination, the MAC of the interface it is reached through as source,
-/// out of that interface.
+/// out of that interface. A backend on this node itself gets the frame through the node's own stack (`XDP_PASS`),
+/// its Ethernet header as it arrived (addressed to the VIP's MAC, which is this interface's). `reasons`: sent on
+/// the ingress interface, redirected, delivered locally.
 #[inline(always)]
 pub fn to_backend(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     config: &NodeConfig,
     backend: &Backend,
-    tx: Reason,
-    redirect: Reason,
+    reasons: [Reason; 3],
 ) -> (u32, Reason) {
+    let [tx, redirect, local] = reasons;
+    if backend.local != 0 {
+        return (XDP_PASS, local);
+    }
     let src = if backend.src_mac == [0; 6] { config.mac } else { backend.src_mac };
     set_macs(eth, backend.mac, src);
     let egress = if backend.ifindex == 0 { config.ifindex } else { backend.ifindex };

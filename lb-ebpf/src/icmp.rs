@@ -223,7 +223,8 @@ fn error(
             return (XDP_DROP, Reason::DropBackendUnresolved);
         }
         translate(ctx, ip, error, vip, total, backend.address, backend.port, pinned.nat_port);
-        return forward::to_backend(ctx, eth, config, &backend, Reason::NatIcmpToBackend, Reason::NatIcmpToBackend);
+        // A backend on this node gets it through the node's stack, like its flow's packets.
+        return forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3]);
     }
     (XDP_DROP, Reason::DropNoService)
 }

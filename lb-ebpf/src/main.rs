@@ -15,6 +15,7 @@
 #![no_main]
 
 mod csum;
+mod egress;
 mod forward;
 mod icmp;
 mod maps;
@@ -29,17 +30,17 @@ mod vip;
 
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
-    macros::{cgroup_sock_addr, xdp},
-    programs::{SockAddrContext, XdpContext},
+    macros::{cgroup_sock_addr, classifier, xdp},
+    programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{
     Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
-use maps::{CONFIG, COUNTERS, Clock, HEARTBEAT, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
+use maps::{CONFIG, COUNTERS, Clock, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
-use vip::{Vip, lookup_vip};
+use vip::{Vip, lookup_vip, may_answer};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
@@ -66,6 +67,20 @@ pub fn xvip_xdp(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn xvip_pass(_ctx: XdpContext) -> u32 {
     XDP_PASS
+}
+
+/// The egress program of every interface the XDP program serves: the replies of a NAT backend on this node (which
+/// the XDP program never sees: they are generated here) translated back to the client, and the node's own ARP
+/// requests for an active VIP answered back into the node (`egress.rs`). Everything else leaves untouched and
+/// uncounted.
+#[classifier]
+#[inline(always)]
+pub fn xvip_egress(ctx: TcContext) -> i32 {
+    let (action, counted) = egress::process(&ctx);
+    if let Some((reason, router)) = counted {
+        count(reason, router);
+    }
+    action
 }
 
 /// The socket load balancer for the node's own clients (see `socket.rs`): a TCP connect to a VIP's service goes to
@@ -113,26 +128,6 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }
-}
-
-/// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.
-/// the heartbeat the agent writes with every advert is younger than its limit (a dead-man switch: an agent that
-/// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
-/// answering).
-#[inline(always)]
-fn may_answer(router: u32, clock: &Clock) -> bool {
-    let Some(beat) = HEARTBEAT.get(0) else {
-        return false;
-    };
-    if !beat.is_active(router) {
-        return false;
-    }
-    if beat.max_age_ns == 0 {
-        return true;
-    }
-    // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
-    // against limits of several advert intervals.
-    clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }
 
 /// Turns an ARP request for a VIP into the reply, in place (RFC 826), while its router is active, on the VIP's
@@ -208,6 +203,10 @@ fn to_vip(
     // Nothing to a VIP goes to the kernel, which does not own it: with forwarding on (Kubernetes nodes) it would
     // route it on, answer with redirects, or loop it through stale neighbour entries after a failover.
     if !may_answer(vip.value.router, clock) {
+        // A VIP this node's kernel holds (a DSR backend here): the active node's DSR forwards are for that backend.
+        if vip.value.held != 0 {
+            return (XDP_PASS, Reason::PassHeldVip);
+        }
         return (XDP_DROP, Reason::DropInactive);
     }
     // Only plain 20-byte IPv4 headers are handled: the L4 header then sits at a constant offset.

@@ -170,7 +170,8 @@ fn to_backend(
     if !translate(ctx, ip, protocol, vip, backend.address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
-    forward::to_backend(ctx, eth, config, backend, Reason::NatForwardTx, Reason::NatForwardRedirect)
+    let reasons = [Reason::NatForwardTx, Reason::NatForwardRedirect, Reason::NatForwardLocal];
+    forward::to_backend(ctx, eth, config, backend, reasons)
 }
 
 /// A packet from a NAT backend's (address, port) to the VIP with its reverse entry (see [`reverse_entry`]): a
@@ -188,9 +189,43 @@ pub fn reply(
     let vip = ip.dst_addr;
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
+    if let Err(reason) = reply_seen(entry, l4, now) {
+        return (XDP_DROP, reason);
+    }
+    let (client, client_port, service_port) = (entry.client, entry.client_port, entry.service_port);
+    let route = if let Some(route) = cached_route(entry, now) {
+        route
+    } else {
+        match route::lookup(ctx, vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
+            Ok(r) => {
+                store_route(entry, &r, now);
+                r
+            }
+            Err(NoRoute::Neighbour) => {
+                // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
+                if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+                    return (XDP_PASS, Reason::PassTruncated);
+                }
+                return (XDP_PASS, Reason::PassNoNeighbour);
+            }
+            Err(no) => return (XDP_DROP, no.reason()),
+        }
+    };
+    if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    set_macs(eth, route.next_hop_mac, route.egress_mac);
+    forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
+}
+
+/// Records a backend's packet in its flow's reverse entry (the TCP state, signs of life), for the XDP program and
+/// the egress program (replies of a backend on this node) alike. `Err` when the translation is gone (a UDP flow
+/// that aged out).
+#[inline(always)]
+pub fn reply_seen(entry: &mut NatValue, l4: &L4, now: u64) -> Result<(), Reason> {
     if l4.protocol == PROTO_UDP {
         if idle_for(entry, now) > udp_timeout_ns() {
-            return (XDP_DROP, Reason::DropNatNoEntry);
+            return Err(Reason::DropNatNoEntry);
         }
         if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
             entry.last_seen_ns = now;
@@ -211,34 +246,20 @@ pub fn reply(
             entry.flags |= NAT_FIN_BACKEND;
         }
     }
-    let (client, client_port, service_port) = (entry.client, entry.client_port, entry.service_port);
-    let route = if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
-        match route::lookup(ctx, vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
-            Ok(r) => {
-                store_route(entry, &r, now);
-                r
-            }
-            Err(NoRoute::Neighbour) => {
-                // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
-                if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
-                    return (XDP_PASS, Reason::PassTruncated);
-                }
-                return (XDP_PASS, Reason::PassNoNeighbour);
-            }
-            Err(no) => return (XDP_DROP, no.reason()),
-        }
-    } else {
-        Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex }
-    };
-    if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
-        return (XDP_PASS, Reason::PassTruncated);
+    Ok(())
+}
+
+/// The flow's cached reply route, if it is younger than `ROUTE_REFRESH_NS`.
+#[inline(always)]
+pub fn cached_route(entry: &NatValue, now: u64) -> Option<Route> {
+    if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
+        return None;
     }
-    set_macs(eth, route.next_hop_mac, route.egress_mac);
-    forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
+    Some(Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex })
 }
 
 #[inline(always)]
-fn store_route(entry: &mut NatValue, route: &Route, now: u64) {
+pub fn store_route(entry: &mut NatValue, route: &Route, now: u64) {
     entry.next_hop_mac = route.next_hop_mac;
     entry.egress_mac = route.egress_mac;
     entry.egress_ifindex = route.ifindex;

@@ -3,8 +3,7 @@
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet;
-use aya_ebpf::programs::XdpContext;
+use crate::packet::{self, Frame};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IP_LEN: usize = Ipv4Hdr::LEN;
@@ -72,7 +71,7 @@ impl L4 {
 /// inside the packet, a UDP length of at least 8 that does not reach beyond the packet (IP payload after the
 /// UDP datagram is padding). Anything else is `DropMalformedL4`, so nothing inconsistent is ever forwarded.
 #[inline(always)]
-pub fn l4(ctx: &XdpContext, protocol: u8, total: usize) -> Result<L4, Reason> {
+pub fn l4(ctx: &impl Frame, protocol: u8, total: usize) -> Result<L4, Reason> {
     let payload = total.saturating_sub(IP_LEN);
     if protocol == PROTO_TCP {
         let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {

@@ -61,13 +61,27 @@ impl NoRoute {
 /// interface of `ctx`.
 #[inline(always)]
 pub fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_len: u16) -> Result<Route, NoRoute> {
+    lookup_from(ctx.ctx as *mut _, ctx.ingress_ifindex() as u32, src, dst, protocol, tot_len)
+}
+
+/// [`lookup`] for any program context the helper takes (`xdp_md`, `__sk_buff`), as if the packet had been
+/// received on `ifindex`.
+#[inline(always)]
+pub fn lookup_from(
+    ctx: *mut core::ffi::c_void,
+    ifindex: u32,
+    src: [u8; 4],
+    dst: [u8; 4],
+    protocol: u8,
+    tot_len: u16,
+) -> Result<Route, NoRoute> {
     // Written as eight whole words, not `zeroed()` and field stores: zeroing 64 bytes is a `memset`, which the BPF
     // target emits as a call (a return per lookup, and returns are dear on kernels that mitigate return-address
     // speculation). Volatile, so LLVM cannot merge the zero words back into a `memset`.
     let [s0, s1, s2, s3] = src;
     let [d0, d1, d2, d3] = dst;
     let [t0, t1] = tot_len.to_ne_bytes();
-    let [i0, i1, i2, i3] = (ctx.ingress_ifindex() as u32).to_ne_bytes();
+    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
     let words: [u64; 8] = [
         // family, l4_protocol, sport, dport (0: no ports in the lookup), tot_len
         u64::from_ne_bytes([AF_INET, protocol, 0, 0, 0, 0, t0, t1]),
@@ -93,7 +107,7 @@ pub fn lookup(ctx: &XdpContext, src: [u8; 4], dst: [u8; 4], protocol: u8, tot_le
     let params = base as *mut FibParams;
     // SAFETY: `params` points at 64 initialised, writable bytes: a valid `bpf_fib_lookup` (integers and unions of
     // them, layout asserted above), of the size passed.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx as *mut _, params, core::mem::size_of::<FibParams>() as i32, 0) };
+    let rc = unsafe { bpf_fib_lookup(ctx, params, core::mem::size_of::<FibParams>() as i32, 0) };
     // SAFETY: as above; the helper has written its outputs.
     let params = unsafe { &*params };
     if rc == i64::from(BPF_FIB_LKUP_RET_SUCCESS) {

@@ -3,8 +3,9 @@
 //! A process on an xvip node that connects to a VIP never reaches the XDP program (it sees only what arrives from
 //! the wire), so its `connect()` is balanced instead: the destination VIP:port of a TCP connect becomes a backend's
 //! address and port, picked from the service's live Maglev table (the one the XDP program uses) by the socket's
-//! cookie; a backend at the node's own address, which no Maglev table here holds (the XDP program cannot deliver to
-//! its own host), gets its weight's share of the connects (`SOCKET_LOCAL`). The socket is then connected straight to the backend: no packet of it ever goes through a VIP, so it
+//! cookie (a backend at the node's own address is in that table once the agent has marked it local; until then it
+//! gets its weight's share of the connects from `SOCKET_LOCAL`). The socket is then connected straight to the
+//! backend: no packet of it ever goes through a VIP, so it
 //! works on every node, active or backup, and keeps working across a failover. `getpeername()` reports VIP:port
 //! again (from `SOCKET_PEERS`), so the application sees the address it asked for.
 //!
@@ -63,7 +64,7 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
     // SAFETY: plain helper call on the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
     let hash = socket_hash(cookie, vip.value.hash_seed);
-    // The service's backend on this node, if it has one, takes its share first (it is in no Maglev table here);
+    // The service's backend on this node, if it is in no Maglev table yet (its MAC not known), takes its share first;
     // the rest go by the Maglev table. The share is decided by other bits of the hash than the Maglev slot.
     let local = SOCKET_LOCAL.get(svc.index).copied().unwrap_or_default();
     let id = if local.picks(hash.rotate_left(16)) {

@@ -120,7 +120,7 @@ pub fn finish(ctx: &XdpContext, a: &Arrival, action: u32, reason: Reason, router
             }
         }
         // A client's packet, translated: it now goes from VIP:NAT port to the backend.
-        Reason::NatForwardTx | Reason::NatForwardRedirect => {
+        Reason::NatForwardTx | Reason::NatForwardRedirect | Reason::NatForwardLocal => {
             if let Some((_, dst, sport, dport)) = sent(ctx) {
                 r.backend = dst;
                 r.backend_port = dport;

@@ -2,7 +2,7 @@
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
 use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
 
-use crate::maps::{VIP_SLOTS, VIP_TABLE, VIPS};
+use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS};
 
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
@@ -26,4 +26,24 @@ pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
     // SAFETY: copied out at once.
     let value = unsafe { VIPS.get(&address) }.copied()?;
     Some(Vip { address, value })
+}
+
+/// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.
+/// the heartbeat the agent writes with every advert is younger than its limit (a dead-man switch: an agent that
+/// hangs stops advertising, its peers take over after their down interval, and by then this node has stopped
+/// answering).
+#[inline(always)]
+pub fn may_answer(router: u32, clock: &Clock) -> bool {
+    let Some(beat) = HEARTBEAT.get(0) else {
+        return false;
+    };
+    if !beat.is_active(router) {
+        return false;
+    }
+    if beat.max_age_ns == 0 {
+        return true;
+    }
+    // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
+    // against limits of several advert intervals.
+    clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
 }

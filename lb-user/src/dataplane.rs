@@ -23,8 +23,9 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
     programs::{
-        CgroupAttachMode, CgroupSockAddr, TestRun, TestRunOptions, Xdp, XdpMode,
-        cgroup_sock_addr::CgroupSockAddrLinkId, xdp::XdpLinkId,
+        CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
+        XdpMode, cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId, tc::TcAttachOptions,
+        xdp::XdpLinkId,
     },
 };
 use lb_common::{
@@ -372,6 +373,9 @@ pub struct DataPlane {
     extra_links: BTreeMap<u32, XdpLinkId>,
     /// Interfaces where attaching failed (logged once each).
     extra_failed: std::collections::BTreeSet<u32>,
+    /// The egress program's tcx links, by ifindex: one on every interface the XDP program is attached to. bpf_links
+    /// held by this process only (never pinned): they go with it.
+    egress_links: BTreeMap<u32, SchedClassifierLinkId>,
     node: NodeConfig,
     /// The `HEARTBEAT` entry as last written here (until the agent takes it over with [`DataPlane::node_control`]).
     beat: Heartbeat,
@@ -456,6 +460,7 @@ impl DataPlane {
             mode: None,
             extra_links: BTreeMap::new(),
             extra_failed: std::collections::BTreeSet::new(),
+            egress_links: BTreeMap::new(),
             node: NodeConfig::default(),
             beat: Heartbeat::default(),
             vips: BTreeMap::new(),
@@ -481,12 +486,20 @@ impl DataPlane {
                 format!("verifying XDP program {name} (a permission error means CAP_BPF or CAP_PERFMON is missing)")
             })?;
         }
+        dp.egress_program()?.load().with_context(|| format!("verifying TC program {}", names::EGRESS_PROGRAM))?;
         dp.write_node()?;
         // Off, as every freshly created map is: nothing of the data plane is pinned, so a daemon that crashed while
         // someone traced leaves no switch behind, and the next one starts with tracing off.
         let mut trace: Array<&mut MapData, TraceConfig> = map_mut(&mut dp.ebpf, names::TRACE)?;
         trace.set(0, TraceConfig::default(), 0).context("writing TRACE[0]")?;
         Ok(dp)
+    }
+
+    fn egress_program(&mut self) -> Result<&mut SchedClassifier> {
+        let name = names::EGRESS_PROGRAM;
+        let program =
+            self.ebpf.program_mut(name).ok_or_else(|| Error::Object(format!("has no program named {name}")))?;
+        program.try_into().with_context(|| format!("program {name} is not a TC program"))
     }
 
     fn program(&mut self, name: &str) -> Result<&mut Xdp> {
@@ -525,8 +538,35 @@ impl DataPlane {
         self.node.mac = netif::interface_mac(interface)?;
         self.write_node()?;
         warn_if_not_forwarding(interface);
+        self.attach_egress(interface);
         self.attach_backend_interfaces();
         Ok(used)
+    }
+
+    /// Attaches the egress program to `interface` with tcx (a bpf_link this process alone holds: it goes with the
+    /// process, as the XDP link does). Never through a netlink TC filter, which would outlive a crashed agent and
+    /// keep answering the node's own ARP requests for a VIP. A failure is logged: backends on this node then get
+    /// no NAT replies, everything else works.
+    fn attach_egress(&mut self, interface: &str) {
+        let result = interface_index(interface).and_then(|ifindex| {
+            if self.egress_links.contains_key(&ifindex) {
+                return Ok(None);
+            }
+            let program = self.egress_program()?;
+            let link = program
+                .attach_with_options(interface, TcAttachType::Egress, TcAttachOptions::TcxOrder(LinkOrder::default()))
+                .with_context(|| {
+                    format!("attaching the egress program to {interface} with tcx (Linux 6.6 or later)")
+                })?;
+            Ok(Some((ifindex, link)))
+        });
+        match result {
+            Ok(Some((ifindex, link))) => {
+                self.egress_links.insert(ifindex, link);
+            }
+            Ok(None) => {}
+            Err(e) => log::warn!("{e:#}: backends on this node get no NAT replies through {interface}"),
+        }
     }
 
     /// Attaches the program to every interface a backend is reached through, besides the node's: the backends'
@@ -556,6 +596,7 @@ impl DataPlane {
                     log::info!("XDP program attached to {name} too: backends are reached through it");
                     warn_if_not_forwarding(&name);
                     self.extra_links.insert(ifindex, link);
+                    self.attach_egress(&name);
                 }
                 Err(e) => {
                     log::warn!(
@@ -620,6 +661,10 @@ impl DataPlane {
 
     /// Removes the program from the interfaces (also happens when the process exits).
     pub fn detach(&mut self) -> Result<()> {
+        for (_, link) in std::mem::take(&mut self.egress_links) {
+            let program = self.egress_program()?;
+            program.detach(link).context("detaching the egress program")?;
+        }
         if let Some((connect, getpeername, _)) = self.socket_links.take() {
             self.socket_program(names::SOCKET_CONNECT4)?.detach(connect).context("detaching the connect4 program")?;
             self.socket_program(names::SOCKET_GETPEERNAME4)?
@@ -654,6 +699,7 @@ impl DataPlane {
         self.extra_links.insert(ifindex, link);
         self.extra_failed.remove(&ifindex);
         warn_if_not_forwarding(interface);
+        self.attach_egress(interface);
         Ok(())
     }
 
@@ -681,6 +727,8 @@ impl DataPlane {
     pub fn set_vips(&mut self, vips: &[VipSpec]) -> Result<()> {
         let mut wanted: BTreeMap<Ipv4Addr, VipValue> = BTreeMap::new();
         let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        // A VIP on this node's own loopback (a DSR backend here) is read afresh with every write.
+        let own = own_addresses();
         for v in vips {
             let (ifindex, mac) = match &v.interface {
                 // The node's interface, as the single VIP of the first wave was (any interface before the
@@ -695,7 +743,8 @@ impl DataPlane {
                     }
                 },
             };
-            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, _pad: [0; 2] };
+            let held = u8::from(own.contains(&v.address.octets()));
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held, _pad: 0 };
             wanted.insert(v.address, value);
         }
         let gone: Vec<Ipv4Addr> = self.vips.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
@@ -971,6 +1020,8 @@ impl DataPlane {
         spec: &ServiceSpec,
         tables: &mut maglev::Builder,
     ) -> Result<()> {
+        // Which backends are on this node, read afresh with every install (health changes, reloads).
+        let own = own_addresses();
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
         let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
@@ -993,7 +1044,7 @@ impl DataPlane {
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                _pad: 0,
+                local: u8::from(own.contains(&b.address.octets())),
                 service: u16::try_from(svc.index)
                     .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?,
             };
@@ -1045,8 +1096,9 @@ impl DataPlane {
         }
         svc.table = next;
 
-        // A backend at one of the node's own addresses is in no Maglev table here (frames cannot be sent to it:
-        // it has no MAC), but the socket load balancer sends local clients to it, for its weight's share.
+        // A backend at one of the node's own addresses is in the Maglev table once the engine has marked it local
+        // (the XDP program hands its frames to the node's stack). Until then (no MAC yet) the socket load balancer
+        // still sends local clients to it, for its weight's share.
         let own = local_addresses();
         let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
         let share = spec
@@ -1473,6 +1525,28 @@ impl DataPlane {
         self.test_run_with(names::PROGRAM, frame, 1, Some(ingress_ifindex))
     }
 
+    /// Runs the egress program once over `frame` as if it left through interface `ifindex` (of the calling thread's
+    /// network namespace). The outcome's `action` is the TC verdict (TC_ACT_OK = 0, TC_ACT_SHOT = 2,
+    /// TC_ACT_REDIRECT = 7).
+    pub fn test_run_egress(&mut self, frame: &[u8], ifindex: u32) -> Result<TestOutcome> {
+        // `struct __sk_buff` (192 bytes); only `ifindex` (at byte 40) set: the device the packet is on.
+        let mut ctx = [0u8; 192];
+        ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+        let mut out = vec![0u8; frame.len() + 256];
+        let result = self
+            .egress_program()?
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                data_out: Some(&mut out),
+                ctx_in: Some(&ctx),
+                repeat: 1,
+                ..TestRunOptions::default()
+            })
+            .with_context(|| format!("BPF_PROG_TEST_RUN of the egress program over a {}-byte frame", frame.len()))?;
+        out.truncate(result.data_size_out as usize);
+        Ok(TestOutcome { action: result.return_value, frame: out, duration: result.duration })
+    }
+
     /// Runs `program` `repeat` times over `frame` (benchmarks use the pass program as their baseline).
     pub fn test_run_program(&mut self, program: &str, frame: &[u8], repeat: u32) -> Result<TestOutcome> {
         self.test_run_with(program, frame, repeat, None)
@@ -1560,11 +1634,43 @@ fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, timeouts: &Nat
 /// a client.
 fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
     let mut found: Vec<[u8; 4]> = Vec::new();
+    for (address, mask) in interface_addresses() {
+        found.push(address.to_be_bytes());
+        if let Some(mask) = mask
+            && mask.leading_ones() < 31
+        {
+            found.push((address | !mask).to_be_bytes());
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    if found.len() > LOCAL_ADDRESSES {
+        log::debug!(
+            "this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}",
+            found.len()
+        );
+    }
+    let mut local = [[0; 4]; LOCAL_ADDRESSES];
+    for (slot, address) in local.iter_mut().zip(found) {
+        *slot = address;
+    }
+    local
+}
+
+/// Every IPv4 address of this node's interfaces, loopback's aside: a backend at one of them is on this node
+/// (`Backend::local`, delivered through the node's own stack).
+fn own_addresses() -> Vec<[u8; 4]> {
+    interface_addresses().into_iter().map(|(address, _)| address.to_be_bytes()).collect()
+}
+
+/// The IPv4 addresses (host order) of this node's interfaces, with their netmasks; 127/8 left out.
+fn interface_addresses() -> Vec<(u32, Option<u32>)> {
+    let mut found = Vec::new();
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `addrs` with a list we free below.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
         log::warn!("listing this node's addresses: {}", std::io::Error::last_os_error());
-        return [[0; 4]; LOCAL_ADDRESSES];
+        return found;
     }
     let mut cursor = addrs;
     while !cursor.is_null() {
@@ -1582,28 +1688,11 @@ fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
         if address >> 24 == 127 {
             continue;
         }
-        found.push(address.to_be_bytes());
-        if let Some(mask) = v4(ifa.ifa_netmask)
-            && mask.leading_ones() < 31
-        {
-            found.push((address | !mask).to_be_bytes());
-        }
+        found.push((address, v4(ifa.ifa_netmask)));
     }
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(addrs) };
-    found.sort_unstable();
-    found.dedup();
-    if found.len() > LOCAL_ADDRESSES {
-        log::debug!(
-            "this node has {} addresses and broadcasts; the data plane checks the first {LOCAL_ADDRESSES}",
-            found.len()
-        );
-    }
-    let mut local = [[0; 4]; LOCAL_ADDRESSES];
-    for (slot, address) in local.iter_mut().zip(found) {
-        *slot = address;
-    }
-    local
+    found
 }
 
 /// The index of `interface` in the caller's namespace.

@@ -29,7 +29,7 @@ use rtnetlink::{
     packet_route::{
         AddressFamily,
         neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState},
-        route::{RouteAddress, RouteAttribute, RouteMessage},
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteType},
     },
 };
 use tokio::{
@@ -52,6 +52,8 @@ pub struct Path {
     pub ifindex: u32,
     /// The backend itself when it is on-link, else the gateway.
     pub next_hop: Ipv4Addr,
+    /// The backend's address is one of this node's own (a `local` route): there is no neighbour to resolve.
+    pub local: bool,
 }
 
 /// What the kernel says about one backend address, as the worker last saw it.
@@ -65,6 +67,9 @@ pub enum Seen {
     Pending { ifindex: u32 },
     /// No route to the address.
     NoRoute(String),
+    /// The address is one of this node's own, on the interface whose MAC is `mac` (a stacked node: the backend
+    /// runs here, and gets its frames through the node's own stack).
+    Local { mac: [u8; 6] },
 }
 
 /// A netlink request that failed.
@@ -138,7 +143,8 @@ impl Neighbours {
         let route = bounded(|| format!("looking up the route to {backend}"), routes.try_next())
             .await?
             .ok_or(Error::NoRoute(backend))?;
-        let mut path = Path { ifindex: 0, next_hop: backend };
+        let local = route.header.kind == RouteType::Local;
+        let mut path = Path { ifindex: 0, next_hop: backend, local };
         for attr in route.attributes {
             match attr {
                 RouteAttribute::Oif(i) => path.ifindex = i,
@@ -146,7 +152,7 @@ impl Neighbours {
                 _ => {}
             }
         }
-        if path.ifindex == 0 {
+        if path.ifindex == 0 && !local {
             return Err(Error::NoInterface(backend));
         }
         Ok(path)
@@ -390,6 +396,18 @@ pub async fn watch(
                     }
                 },
             };
+            if path.local {
+                // Nothing to resolve or refresh: the backend is this node.
+                let seen = match crate::netif::interface_of(address).map(|name| crate::netif::interface_mac(&name)) {
+                    Some(Ok(mac)) => Seen::Local { mac },
+                    _ => Seen::NoRoute(format!("{address} is local, but on no Ethernet interface of this node")),
+                };
+                if last.get(&address) != Some(&seen) {
+                    last.insert(address, seen.clone());
+                    changes.push((address, seen));
+                }
+                continue;
+            }
             let entry = table.get(&(path.ifindex, path.next_hop)).copied();
             let seen = match entry {
                 Some(Entry::Dynamic(mac) | Entry::Static(mac)) => Seen::Mac { ifindex: path.ifindex, mac },

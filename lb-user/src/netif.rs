@@ -89,6 +89,37 @@ pub fn link_up(interface: &str) -> Result<bool> {
     Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
 }
 
+/// The interface holding `address` (`getifaddrs`, in the calling thread's network namespace), if any.
+pub fn interface_of(address: std::net::Ipv4Addr) -> Option<String> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cursor };
+        cursor = ifa.ifa_next;
+        let sa = ifa.ifa_addr;
+        // SAFETY: checked non-null, and the family says it is a sockaddr_in.
+        if sa.is_null() || unsafe { (*sa).sa_family } != libc::AF_INET as libc::sa_family_t {
+            continue;
+        }
+        // SAFETY: as above.
+        let a = u32::from_be(unsafe { (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr });
+        if a == u32::from(address) && !ifa.ifa_name.is_null() {
+            // SAFETY: a NUL-terminated name from getifaddrs.
+            found = Some(unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
+            break;
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -750,6 +750,8 @@ impl Instance {
             Seen::Pending { ifindex: i } if *i != ifindex => self.services.set_path(address, None, *i),
             Seen::Pending { .. } => Vec::new(),
             Seen::NoRoute(_) => self.services.set_path(address, None, 0),
+            // This node: reached through its own interface (the data plane marks it local by its address).
+            Seen::Local { mac } => self.services.set_path(address, Some(*mac), 0),
         }
     }
 

@@ -728,6 +728,13 @@ impl Engine {
                 }
                 (None, *i)
             }
+            Seen::Local { mac: m } => {
+                if mac != Some(*m) || ifindex != 0 {
+                    out.log(Level::Info, format!("backend {address} is this node: delivered through its own stack"));
+                }
+                // Interface 0: the node's own, where its frames arrive; no other interface gets the programs.
+                (Some(*m), 0)
+            }
             Seen::Pending { ifindex: i } if *i != ifindex => (None, *i),
             Seen::Pending { .. } => (mac, ifindex),
             Seen::NoRoute(why) => {

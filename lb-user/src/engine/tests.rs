@@ -1189,3 +1189,25 @@ fn an_active_node_announces_its_vip_when_a_nat_backend_comes_back() {
     e.handle(t + ms(700), check("api", B1, false));
     assert_eq!(garps(&e.handle(t + ms(800), check("api", B1, true))), 0);
 }
+
+#[test]
+fn a_backend_at_one_of_the_nodes_own_addresses_is_usable_through_the_nodes_interface() {
+    // A stacked node: the neighbour worker reports the backend as local (its route is a `local` one), with the
+    // MAC of the interface holding the address; the engine installs it on interface 0 (the node's own, no other
+    // interface gets the programs) and counts it as resolved.
+    let mut c = config(150);
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::None)];
+    let mut e = engine(c);
+    e.handle(Duration::ZERO, start(true));
+    let commands = e.handle(ms(10), Event::Neighbour { address: B1, seen: Seen::Local { mac: MAC1 } });
+    assert_eq!(installs(&commands), ["api"]);
+    let spec = commands
+        .iter()
+        .find_map(|c| if let Command::InstallService { spec, .. } = c { Some(spec) } else { None })
+        .expect("an install");
+    assert_eq!((spec.backends[0].mac, spec.backends[0].ifindex), (Some(MAC1), 0));
+    assert!(logs(&commands).iter().any(|l| l.contains("is this node")), "{commands:?}");
+    // Reported again: nothing changes, nothing is logged.
+    let commands = e.handle(ms(20), Event::Neighbour { address: B1, seen: Seen::Local { mac: MAC1 } });
+    assert!(installs(&commands).is_empty() && logs(&commands).is_empty(), "{commands:?}");
+}

@@ -65,6 +65,8 @@ const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
 /// The NAT service: VIP:8443 to port 8080 of the backends.
 const NAT_PORT: u16 = 8443;
 const NAT_BACKEND_PORT: u16 = 8080;
+/// A NAT service whose one backend is the node itself: VIP:8444 to its port 8080.
+const LOCAL_NAT_PORT: u16 = 8444;
 
 /// Where a path's frames come from.
 #[derive(Clone, Copy)]
@@ -190,6 +192,22 @@ fn paths() -> Vec<PathSpec> {
             target: 100.0,
         },
         PathSpec {
+            name: "NAT, established flow to a backend on this node (ACK: conntrack lookup, rewrite, XDP_PASS)",
+            frames: Frames::Same(|| client_tcp_to(41003, LOCAL_NAT_PORT, TCP_ACK | TCP_PSH, PAYLOAD)),
+            prepare: |dp| {
+                nat_local(dp)?;
+                let out =
+                    dp.test_run_with(names::PROGRAM, &client_tcp_to(41003, LOCAL_NAT_PORT, TCP_SYN, b""), 1, lan())?;
+                if out.action != XDP_PASS {
+                    bail!("opening the flow: verdict {} instead of XDP_PASS", out.action);
+                }
+                Ok(())
+            },
+            action: XDP_PASS,
+            reason: Reason::NatForwardLocal,
+            target: 100.0,
+        },
+        PathSpec {
             name: "NAT, reply from the backend (NAT lookup, cached FIB route, rewrite back to the client)",
             frames: Frames::FromState(|dp| {
                 let syn = dp.test_run_with(names::PROGRAM, &client_tcp_to(41002, NAT_PORT, TCP_SYN, b""), 1, lan())?;
@@ -268,6 +286,20 @@ fn service(port: u16, backend_port: u16) -> ServiceSpec {
 /// A NAT service on port 8443 to port 8080 of the same three backends.
 fn nat_api(dp: &mut DataPlane) -> Result<()> {
     Ok(dp.apply_service("api", &ServiceSpec { forwarding: FORWARD_NAT, ..service(NAT_PORT, NAT_BACKEND_PORT) })?)
+}
+
+/// A NAT service on port 8444 to port 8080 of a backend on the node itself (`lan`'s address, 10.77.0.1).
+fn nat_local(dp: &mut DataPlane) -> Result<()> {
+    let backends = vec![BackendSpec {
+        address: Ipv4Addr::new(10, 77, 0, 1),
+        port: NAT_BACKEND_PORT,
+        weight: 1,
+        healthy: true,
+        mac: Some(NODE_MAC),
+        ifindex: 0,
+    }];
+    let spec = ServiceSpec { forwarding: FORWARD_NAT, backends, ..service(LOCAL_NAT_PORT, NAT_BACKEND_PORT) };
+    Ok(dp.apply_service("local", &spec)?)
 }
 
 /// Sends the first packet of a flow once, so the measured packets find it in the connection table.
@@ -360,7 +392,7 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
     LAN.with(|l| l.set(lan));
     let rounds = options.rounds.unwrap_or(5);
     // Loaded inside the benchmark's namespace: the data plane reads the node's addresses there.
-    let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
+    let mut dp = DataPlane::load(LoadOptions { service_capacity: 4, ..LoadOptions::default() })
         .context("loading the XDP program (needs root)")?;
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
     dp.set_active(true)?;

@@ -1,0 +1,249 @@
+//! The egress program (TC, attached with tcx to every interface the XDP program serves): what a backend on this
+//! node needs, since the XDP program only sees frames received from the wire.
+//!
+//! - **Replies of a local NAT backend.** The XDP program hands a local backend's frames to the node's stack
+//!   translated exactly as for a remote one (`VIP:nport -> backend:bport`), so the backend answers
+//!   `backend:bport -> VIP:nport` from this node. That reply is translated back here, as the XDP program translates
+//!   a remote backend's (`nat::reply_seen` keeps the same TCP state, the route comes from the FIB the same way):
+//!   `VIP:svc -> client:cport`, out towards the client's next hop.
+//! - **The node's own ARP requests for an active VIP.** The reply above is routed to the VIP on-link, so the
+//!   kernel asks for the VIP's MAC first, and nobody answers it (this node's XDP program answers only frames from
+//!   the wire). While the VIP's router is active here, the request is turned into the answer (the VIP's MAC, which
+//!   is this interface's) and handed back into the node (`bpf_redirect` to ingress). It makes an ordinary dynamic
+//!   neighbour entry: the gratuitous ARPs of a peer that takes over replace it, and a dead agent leaves nothing
+//!   that answers for the VIP.
+//!
+//! Everything else (and everything while the VIP's router is not active here) leaves untouched and uncounted. The
+//! packet's bytes are changed only through the skb helpers, which keep a checksum the NIC or the stack completes
+//! later (`CHECKSUM_PARTIAL`, normal for locally generated TCP) correct; they invalidate packet pointers, so every
+//! header field is read before the first one.
+use aya_ebpf::{
+    bindings::{
+        __sk_buff, BPF_F_INGRESS, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    helpers::{bpf_redirect, bpf_redirect_neigh},
+    programs::TcContext,
+};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, nat_source_port_bit};
+use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+
+use crate::{
+    maps::{Clock, NAT_SOURCE_PORTS},
+    nat::{self, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    packet,
+    parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, L4, L4_OFF},
+    route::{self, NoRoute, Route},
+    vip::{lookup_vip, may_answer},
+};
+
+const ARP_REQUEST: u16 = 1;
+const ARP_REPLY: u16 = 2;
+/// Offsets in the frame of the IPv4 header checksum and addresses.
+const IP_CHECK_OFF: usize = ETH_LEN + 10;
+const IP_SRC_OFF: usize = ETH_LEN + 12;
+const IP_DST_OFF: usize = ETH_LEN + 16;
+
+/// What to do with a frame leaving the node, and the reason and router to count it under (none: untouched).
+#[inline(always)]
+pub fn process(ctx: &TcContext) -> (i32, Option<(Reason, u32)>) {
+    // The headers the program reads must be in the linear part of the skb (they are for locally generated
+    // packets; pulling is a no-op then).
+    let wanted = (L4_OFF + TcpHdr::LEN).min(ctx.len() as usize);
+    if packet::len(ctx) < wanted && ctx.pull_data(wanted as u32).is_err() {
+        return (TC_ACT_OK as i32, None);
+    }
+    let Some(eth) = packet::at::<EthHdr>(ctx, 0) else {
+        return (TC_ACT_OK as i32, None);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ether_type = u16::from_be(unsafe { (*eth).ether_type });
+    // SAFETY: the context's skb pointer is valid for the program's run.
+    let ifindex = unsafe { (*(ctx.skb.skb as *const __sk_buff)).ifindex };
+    let clock = Clock::new();
+    match ether_type {
+        ETH_P_ARP => arp(ctx, eth, ifindex, &clock),
+        ETH_P_IPV4 => ipv4(ctx, ifindex, &clock),
+        _ => (TC_ACT_OK as i32, None),
+    }
+}
+
+/// The node's ARP request for one of its active VIPs becomes the answer, redirected back into the node.
+#[inline(always)]
+fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
+    let Some(arp) = packet::at::<ArpHdr>(ctx, ETH_LEN) else {
+        return (TC_ACT_OK as i32, None);
+    };
+    // SAFETY: both headers were bounds-checked by `at`.
+    unsafe {
+        let a = &mut *arp;
+        let is_request = a.htype == [0, 1]
+            && a.ptype == ETH_P_IPV4.to_be_bytes()
+            && a.hlen == 6
+            && a.plen == 4
+            && a.oper == ARP_REQUEST.to_be_bytes();
+        if !is_request {
+            return (TC_ACT_OK as i32, None);
+        }
+        let Some(vip) = lookup_vip(a.tpa) else {
+            return (TC_ACT_OK as i32, None);
+        };
+        let router = vip.value.router;
+        // Answered on the VIP's own interface only, as the XDP program answers, and only while active: a backup's
+        // request goes out to the wire, where the active node answers it.
+        let on_its_interface = vip.value.ifindex == 0 || vip.value.ifindex == ifindex;
+        // A request from the VIP itself would be an announcement, not a question.
+        if !on_its_interface || a.spa == vip.address || a.sha[0] & 1 != 0 || !may_answer(router, clock) {
+            return (TC_ACT_OK as i32, None);
+        }
+        let (asker_mac, asker_ip) = (a.sha, a.spa);
+        let mac = if vip.value.mac == [0; 6] { asker_mac } else { vip.value.mac };
+        a.oper = ARP_REPLY.to_be_bytes();
+        a.tha = asker_mac;
+        a.tpa = asker_ip;
+        a.sha = mac;
+        a.spa = vip.address;
+        (*eth).dst_addr = asker_mac;
+        (*eth).src_addr = mac;
+        // SAFETY: plain helper call.
+        let action = bpf_redirect(ifindex, u64::from(BPF_F_INGRESS)) as i32;
+        if action == TC_ACT_REDIRECT as i32 {
+            (action, Some((Reason::ArpReplyLocal, router)))
+        } else {
+            (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)))
+        }
+    }
+}
+
+/// A reply of a NAT backend on this node to an active VIP, translated back to the client; anything else untouched.
+#[inline(always)]
+fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
+    let untouched = (TC_ACT_OK as i32, None);
+    let Some(ip) = packet::at::<Ipv4Hdr>(ctx, ETH_LEN) else {
+        return untouched;
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &*ip };
+    let protocol = ip.proto as u8;
+    if ip.vihl != 0x45 || u16::from_be_bytes(ip.frags) & 0x3fff != 0 || (protocol != PROTO_TCP && protocol != PROTO_UDP)
+    {
+        return untouched;
+    }
+    let Some(vip) = lookup_vip(ip.dst_addr) else {
+        return untouched;
+    };
+    if !may_answer(vip.value.router, clock) {
+        return untouched;
+    }
+    // The IP length, not the linear part's: a large (GSO) packet's payload may sit in fragments.
+    let total = u16::from_be_bytes(ip.tot_len) as usize;
+    let Ok(l4) = parse::l4(ctx, protocol, total) else {
+        return untouched;
+    };
+    let Some((word, bit)) = nat_source_port_bit(protocol, u16::from_be_bytes(l4.sport)) else {
+        return untouched;
+    };
+    if !NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0) {
+        return untouched;
+    }
+    let Some(entry) = nat::reverse_entry(ip, &l4) else {
+        return untouched;
+    };
+    let router = vip.value.router;
+    // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+    let entry = unsafe { &mut *entry };
+    let now = clock.now();
+    if let Err(reason) = nat::reply_seen(entry, &l4, now) {
+        return (TC_ACT_SHOT as i32, Some((reason, router)));
+    }
+    let (backend, client, client_port, service_port) =
+        (ip.src_addr, entry.client, entry.client_port, entry.service_port);
+    let route = match nat::cached_route(entry, now) {
+        Some(route) => Ok(route),
+        None => {
+            let found = route::lookup_from(ctx.skb.skb as *mut _, ifindex, vip.address, client, protocol, total as u16);
+            if let Ok(r) = &found {
+                nat::store_route(entry, r, now);
+            }
+            found
+        }
+    };
+    let translation = Translation {
+        protocol,
+        from: (backend, vip.address, l4),
+        to: (vip.address, client, service_port, client_port),
+    };
+    match route {
+        Ok(route) => {
+            if !translate(ctx, &translation) || !set_macs(ctx, &route) {
+                return (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)));
+            }
+            if route.ifindex == ifindex {
+                return (TC_ACT_OK as i32, Some((Reason::NatReplyLocal, router)));
+            }
+            // SAFETY: plain helper call.
+            let action = unsafe { bpf_redirect(route.ifindex, 0) } as i32;
+            if action == TC_ACT_REDIRECT as i32 {
+                (action, Some((Reason::NatReplyLocal, router)))
+            } else {
+                (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)))
+            }
+        }
+        Err(NoRoute::Neighbour) => {
+            // The kernel resolves the next hop (a FIB lookup and ARP of its own) and sends the packet on; the next
+            // reply finds the neighbour.
+            if !translate(ctx, &translation) {
+                return (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)));
+            }
+            // SAFETY: no parameters: the kernel looks the next hop up itself.
+            let action = unsafe { bpf_redirect_neigh(ifindex, core::ptr::null_mut(), 0, 0) } as i32;
+            if action == TC_ACT_REDIRECT as i32 {
+                (action, Some((Reason::PassNoNeighbour, router)))
+            } else {
+                (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)))
+            }
+        }
+        Err(no) => (TC_ACT_SHOT as i32, Some((no.reason(), router))),
+    }
+}
+
+/// A rewrite of a TCP/UDP packet's addresses and ports: `from` (source, destination, the ports in `L4`) to `to`
+/// (source, destination, source port, destination port).
+struct Translation {
+    protocol: u8,
+    from: ([u8; 4], [u8; 4], L4),
+    to: ([u8; 4], [u8; 4], [u8; 2], [u8; 2]),
+}
+
+/// Applies `t` with the skb helpers: checksums first (addresses through the pseudo-header), then the fields.
+/// `false` if a helper failed (the packet is then dropped: half a rewrite must not leave).
+#[inline(always)]
+fn translate(ctx: &TcContext, t: &Translation) -> bool {
+    let (src, dst, l4) = t.from;
+    let (new_src, new_dst, new_sport, new_dport) = t.to;
+    let (check_off, mangled) = if t.protocol == PROTO_TCP {
+        (L4_OFF + TCP_CHECK_OFF, 0)
+    } else {
+        // A UDP checksum of 0 ("none") stays 0, a computed 0 is sent as 0xffff.
+        (L4_OFF + UDP_CHECK_OFF, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let addr = |a: [u8; 4]| u64::from(u32::from_ne_bytes(a));
+    let port = |p: [u8; 2]| u64::from(u16::from_ne_bytes(p));
+    let pseudo = u64::from(BPF_F_PSEUDO_HDR) | mangled;
+    ctx.l4_csum_replace(check_off, addr(src), addr(new_src), pseudo | 4).is_ok()
+        && ctx.l4_csum_replace(check_off, addr(dst), addr(new_dst), pseudo | 4).is_ok()
+        && ctx.l4_csum_replace(check_off, port(l4.sport), port(new_sport), mangled | 2).is_ok()
+        && ctx.l4_csum_replace(check_off, port(l4.dport), port(new_dport), mangled | 2).is_ok()
+        && ctx.l3_csum_replace(IP_CHECK_OFF, addr(src), addr(new_src), 4).is_ok()
+        && ctx.l3_csum_replace(IP_CHECK_OFF, addr(dst), addr(new_dst), 4).is_ok()
+        && ctx.store(IP_SRC_OFF, &new_src, 0).is_ok()
+        && ctx.store(IP_DST_OFF, &new_dst, 0).is_ok()
+        && ctx.store(L4_OFF, &[new_sport[0], new_sport[1], new_dport[0], new_dport[1]], 0).is_ok()
+}
+
+#[inline(always)]
+fn set_macs(ctx: &TcContext, route: &Route) -> bool {
+    let mut macs = [0u8; 12];
+    macs[..6].copy_from_slice(&route.next_hop_mac);
+    macs[6..].copy_from_slice(&route.egress_mac);
+    ctx.store(0, &macs, 0).is_ok()
+}

@@ -1,0 +1,265 @@
+//! BPF_PROG_TEST_RUN fixtures for a backend on the xvip node itself (a stacked node): the XDP program hands its
+//! frames to the node's own stack (NAT: translated exactly as for a remote backend; DSR: unchanged), and the egress
+//! program translates the local backend's NAT replies back and answers the node's own ARP requests for an active
+//! VIP. Exact input and output bytes; the expected frames are built from scratch by `support::frames` (full RFC
+//! 1071 checksums). Needs root (loads BPF programs); nothing is sent on any interface.
+mod support;
+
+use std::net::Ipv4Addr;
+
+use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port};
+use support::fixture::{
+    BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER_MAC, VIP, VRID, XDP_PASS, XDP_TX, assert_delta, lan, run,
+};
+use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
+
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// NAT services whose one backend is this node (`NODE_IP`, the address of `lan`): TCP 80 -> 8080, UDP 53 -> 5353;
+/// a DSR service on TCP 443; and a NAT service on TCP 81 -> 8081 whose one backend is remote.
+const HTTP: u16 = 80;
+const HTTP_BACKEND: u16 = 8080;
+const DNS: u16 = 53;
+const DNS_BACKEND: u16 = 5353;
+const HTTPS: u16 = 443;
+const REMOTE: u16 = 81;
+const REMOTE_BACKEND: u16 = 8081;
+const REQUEST: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\n\r\nbackend";
+/// A client behind the fixture's router (198.51.100.0/24 via 10.77.0.254).
+const REMOTE_CLIENT: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
+
+fn seed() -> u32 {
+    group_seed(VIP.octets(), VRID)
+}
+
+fn service(port: u16, protocol: u8, forwarding: u8, backend: (Ipv4Addr, [u8; 6]), backend_port: u16) -> ServiceSpec {
+    ServiceSpec {
+        addresses: vec![VIP],
+        port,
+        protocol,
+        forwarding,
+        backends: vec![BackendSpec {
+            address: backend.0,
+            port: backend_port,
+            weight: 1,
+            healthy: true,
+            // What the agent reports for a local backend: the MAC of the interface holding its address.
+            mac: Some(backend.1),
+            ifindex: 0,
+        }],
+    }
+}
+
+fn dataplane() -> DataPlane {
+    // The fixture namespace first: the data plane reads the node's own addresses (NODE_IP among them) there.
+    lan();
+    let mut dp =
+        DataPlane::load(LoadOptions { service_capacity: 4, ..LoadOptions::default() }).expect("loading (needs root)");
+    dp.set_node(VIP, NODE_MAC, seed()).expect("set_node");
+    dp.set_active(true).expect("set_active");
+    let local = (NODE_IP, NODE_MAC);
+    dp.apply_service("web", &service(HTTP, PROTO_TCP, FORWARD_NAT, local, HTTP_BACKEND)).expect("web");
+    dp.apply_service("dns", &service(DNS, PROTO_UDP, FORWARD_NAT, local, DNS_BACKEND)).expect("dns");
+    dp.apply_service("tls", &service(HTTPS, PROTO_TCP, FORWARD_DSR, local, HTTPS)).expect("tls");
+    dp.apply_service("far", &service(REMOTE, PROTO_TCP, FORWARD_NAT, BACKENDS[0], REMOTE_BACKEND)).expect("far");
+    dp
+}
+
+fn nport(client: Ipv4Addr, cport: u16, service: u16, protocol: u8) -> u16 {
+    let hash = flow_hash(client.octets(), cport.to_be_bytes(), service.to_be_bytes(), protocol, seed());
+    u16::from_be_bytes(nat_port(hash, 0))
+}
+
+/// Runs the egress program over `frame` leaving through `lan`, checks the verdict and that exactly `reason` (or
+/// nothing) was counted.
+fn egress(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Option<Reason>) -> Vec<u8> {
+    let before = dp.counters().expect("counters");
+    let out = dp.test_run_egress(frame, lan()).expect("test_run_egress");
+    let after = dp.counters().expect("counters");
+    assert_eq!(out.action, action, "verdict for {reason:?}");
+    match reason {
+        Some(r) => assert_delta(&before, &after, r),
+        None => {
+            for r in Reason::ALL {
+                assert_eq!(after.reason(r), before.reason(r), "counter {} moved", r.name());
+            }
+        }
+    }
+    out.frame
+}
+
+fn assert_frame(out: &[u8], expected: &[u8]) {
+    assert_eq!(hex(out), hex(expected));
+    if out.len() > 34 && out[12..14] == [8, 0] {
+        assert!(frames::ipv4_header_ok(out), "IP header checksum");
+        assert!(frames::l4_ok(out), "TCP/UDP checksum");
+    }
+}
+
+fn hex(frame: &[u8]) -> String {
+    frame
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tcp(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    frames::tcp_frame(dst_mac, src_mac, src, dst, sport, dport, flags, payload)
+}
+
+// ----- XDP: the client's frames to a local backend -----
+
+#[test]
+fn nat_flow_to_a_local_backend_is_translated_and_passed_to_the_node() {
+    let mut dp = dataplane();
+    let port = nport(CLIENT, 40001, HTTP, PROTO_TCP);
+    // Exactly what a remote backend would get (VIP:nport -> backend:bport), left addressed to the node's MAC.
+    let syn = tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40001, HTTP, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
+    assert_frame(&out, &tcp(NODE_MAC, CLIENT_MAC, VIP, NODE_IP, port, HTTP_BACKEND, TCP_SYN, b""));
+    let data = tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40001, HTTP, TCP_ACK | TCP_PSH, REQUEST);
+    let out = run(&mut dp, &data, XDP_PASS, Reason::NatForwardLocal);
+    assert_frame(&out, &tcp(NODE_MAC, CLIENT_MAC, VIP, NODE_IP, port, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.backends[&("web".into(), NODE_IP, HTTP_BACKEND)].packets, 2);
+}
+
+#[test]
+fn dsr_flow_to_a_local_backend_is_passed_unchanged() {
+    let mut dp = dataplane();
+    let syn = tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40002, HTTPS, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_PASS, Reason::ForwardLocal);
+    assert_frame(&out, &syn);
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.backends[&("tls".into(), NODE_IP, HTTPS)].packets, 1);
+}
+
+#[test]
+fn a_remote_backend_still_gets_its_frames_by_xdp_tx() {
+    let mut dp = dataplane();
+    let port = nport(CLIENT, 40003, REMOTE, PROTO_TCP);
+    let syn = tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40003, REMOTE, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &tcp(BACKENDS[0].1, NODE_MAC, VIP, BACKENDS[0].0, port, REMOTE_BACKEND, TCP_SYN, b""));
+}
+
+// ----- egress: the local backend's replies -----
+
+#[test]
+fn local_backend_reply_is_translated_back_on_egress() {
+    let mut dp = dataplane();
+    let port = nport(CLIENT, 40004, HTTP, PROTO_TCP);
+    run(&mut dp, &tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40004, HTTP, TCP_SYN, b""), XDP_PASS, Reason::NatForwardLocal);
+    // The node's stack sends the reply to the VIP, whose MAC it learned from the egress program: its own.
+    let reply = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
+    let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame(&out, &tcp(CLIENT_MAC, NODE_MAC, VIP, CLIENT, HTTP, 40004, TCP_SYN | TCP_ACK, b""));
+    let reply = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_ACK | TCP_PSH, RESPONSE);
+    let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame(&out, &tcp(CLIENT_MAC, NODE_MAC, VIP, CLIENT, HTTP, 40004, TCP_ACK | TCP_PSH, RESPONSE));
+}
+
+#[test]
+fn local_backend_reply_to_a_routed_client_goes_to_the_router() {
+    let mut dp = dataplane();
+    let port = nport(REMOTE_CLIENT, 40005, HTTP, PROTO_TCP);
+    let syn = tcp(NODE_MAC, ROUTER_MAC, REMOTE_CLIENT, VIP, 40005, HTTP, TCP_SYN, b"");
+    run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
+    let reply = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
+    let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame(&out, &tcp(ROUTER_MAC, NODE_MAC, VIP, REMOTE_CLIENT, HTTP, 40005, TCP_SYN | TCP_ACK, b""));
+}
+
+#[test]
+fn local_backend_udp_reply_is_translated_back_on_egress() {
+    let mut dp = dataplane();
+    let port = nport(CLIENT, 40006, DNS, PROTO_UDP);
+    let query = frames::udp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40006, DNS, b"query");
+    let out = run(&mut dp, &query, XDP_PASS, Reason::NatForwardLocal);
+    assert_frame(&out, &frames::udp_frame(NODE_MAC, CLIENT_MAC, VIP, NODE_IP, port, DNS_BACKEND, b"query"));
+    let answer = frames::udp_frame(NODE_MAC, NODE_MAC, NODE_IP, VIP, DNS_BACKEND, port, b"answer");
+    let out = egress(&mut dp, &answer, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame(&out, &frames::udp_frame(CLIENT_MAC, NODE_MAC, VIP, CLIENT, DNS, 40006, b"answer"));
+}
+
+#[test]
+fn egress_leaves_everything_else_alone() {
+    let mut dp = dataplane();
+    // The node's own traffic (a health check to a backend), a packet from a backend port without a translation,
+    // and an ARP request for another address.
+    let check = tcp(BACKENDS[0].1, NODE_MAC, NODE_IP, BACKENDS[0].0, 45000, REMOTE_BACKEND, TCP_SYN, b"");
+    assert_eq!(egress(&mut dp, &check, TC_ACT_OK, None), check);
+    let untranslated = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, 1234, TCP_ACK, b"");
+    assert_eq!(egress(&mut dp, &untranslated, TC_ACT_OK, None), untranslated);
+    let arp = frames::arp_request(NODE_MAC, NODE_IP, BACKENDS[1].0);
+    assert_eq!(egress(&mut dp, &arp, TC_ACT_OK, None), arp);
+}
+
+// ----- egress: the node's own ARP request for the VIP -----
+
+#[test]
+fn the_nodes_arp_request_for_an_active_vip_is_answered_back_into_the_node() {
+    let mut dp = dataplane();
+    let request = frames::arp_request(NODE_MAC, NODE_IP, VIP);
+    let out = egress(&mut dp, &request, TC_ACT_REDIRECT, Some(Reason::ArpReplyLocal));
+    let answer = frames::arp(frames::eth(NODE_MAC, NODE_MAC, 0x0806), 2, NODE_MAC, VIP, NODE_MAC, NODE_IP);
+    assert_frame(&out, &answer);
+    // The kernel's unicast re-probe of a stale entry, too.
+    let probe = frames::arp(frames::eth(NODE_MAC, NODE_MAC, 0x0806), 1, NODE_MAC, NODE_IP, [0; 6], VIP);
+    let out = egress(&mut dp, &probe, TC_ACT_REDIRECT, Some(Reason::ArpReplyLocal));
+    assert_frame(&out, &answer);
+}
+
+// ----- while backup: nothing -----
+
+#[test]
+fn while_backup_egress_answers_and_translates_nothing() {
+    let mut dp = dataplane();
+    let port = nport(CLIENT, 40007, HTTP, PROTO_TCP);
+    run(&mut dp, &tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40007, HTTP, TCP_SYN, b""), XDP_PASS, Reason::NatForwardLocal);
+    dp.set_active(false).expect("set_active");
+    // The ARP request goes out to the wire, where the active node answers it.
+    let request = frames::arp_request(NODE_MAC, NODE_IP, VIP);
+    assert_eq!(egress(&mut dp, &request, TC_ACT_OK, None), request);
+    // A local backend's reply leaves as the backend sent it: to the active node, which translates it.
+    let reply = tcp(ROUTER_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_ACK, b"");
+    assert_eq!(egress(&mut dp, &reply, TC_ACT_OK, None), reply);
+    // And the client's frames to the VIP are not for this node.
+    let syn = tcp(NODE_MAC, CLIENT_MAC, CLIENT, VIP, 40008, HTTP, TCP_SYN, b"");
+    run(&mut dp, &syn, support::fixture::XDP_DROP, Reason::DropInactive);
+}
+
+#[test]
+fn a_dead_agents_heartbeat_stops_the_egress_program_too() {
+    let mut dp = dataplane();
+    // A heartbeat far in the past with a 1 s limit: the agent is hung or dead.
+    dp.set_heartbeat(1, 1_000_000_000).expect("set_heartbeat");
+    let request = frames::arp_request(NODE_MAC, NODE_IP, VIP);
+    assert_eq!(egress(&mut dp, &request, TC_ACT_OK, None), request);
+}
+
+#[test]
+fn a_reply_without_a_route_to_the_client_is_dropped() {
+    let mut dp = dataplane();
+    let client = Ipv4Addr::new(203, 0, 113, 9);
+    let port = nport(client, 40009, HTTP, PROTO_TCP);
+    let syn = tcp(NODE_MAC, ROUTER_MAC, client, VIP, 40009, HTTP, TCP_SYN, b"");
+    run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
+    let reply = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
+    egress(&mut dp, &reply, TC_ACT_SHOT, Some(Reason::DropNoRoute));
+}

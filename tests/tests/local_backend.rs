@@ -1,0 +1,314 @@
+//! A backend on the xvip nodes themselves (a stacked control plane: every node runs the API server and xvip, and
+//! lists every node as a backend), end to end in a netns lab: two nodes, each running a lab backend in its own
+//! namespace, plus one ordinary backend; a client outside. Needs root.
+//!
+//! - The active node's own backend gets its Maglev share through the VIP, in NAT (its frames are translated as for
+//!   a remote backend and handed to the node's stack; the egress program translates its replies back) and DSR
+//!   (the frames are handed over unchanged; the backend holds the VIP on its loopback).
+//! - Long-lived connections on every backend across a graceful handover and a link cut, counted per kind: flows
+//!   on the old active node's own backend (which becomes a remote backend for the node taking over), flows on the
+//!   new active node's own backend (remote before, local after), flows on the ordinary backend.
+//! - After SIGKILL the dead node holds nothing: no program on its interface, no answer for the VIP, its own
+//!   traffic to the VIP reaches the new active node, and its backend is reached again through the VIP.
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
+
+use xvip_tests::{
+    ChildGuard, Lab, LabSpec, MacAddr,
+    probe::{self, RequestLoop, StreamEnd},
+    xvip::{NodeSpec, ServiceSpec, XvipNode},
+};
+
+const SERVICE_PORT: u16 = 80;
+const BACKEND_PORT: u16 = 8080;
+/// Long-lived connections per failover test: enough that each of the three backends gets several.
+const N: usize = 24;
+
+/// Two nodes and one ordinary backend.
+fn lab(dsr: bool) -> Lab {
+    Lab::new(LabSpec {
+        nodes: 2,
+        backends: 1,
+        vip_on_backends_lo: dsr,
+        backend_bin: Some(env!("CARGO_BIN_EXE_lab-backend").into()),
+    })
+    .expect("lab")
+}
+
+/// A stacked lab: a lab backend in each node's namespace (named after the node) and in the ordinary backend,
+/// and a service over all three. Under DSR the nodes hold the VIP on their loopback as every DSR backend does.
+struct Stacked {
+    lab: Lab,
+    /// The lab backends running on the nodes, held until the test ends (stopped when dropped).
+    _servers: Vec<ChildGuard>,
+    service: ServiceSpec,
+}
+
+fn stacked(forwarding: &str) -> Stacked {
+    let dsr = forwarding == "dsr";
+    // DSR backends answer from the VIP untranslated: they listen on the service port.
+    let backend_port = if dsr { SERVICE_PORT } else { BACKEND_PORT };
+    let lab = lab(dsr);
+    lab.start_backends(&[backend_port]).expect("backends");
+    let mut servers = Vec::new();
+    for node in lab.nodes() {
+        // Locally sent frames carry partial checksums on veth (TX offload); once they leave a node (a backup's
+        // backend answering through the active node) the peer's XDP rewrites need full ones, as from any backend.
+        lab.exec(&node.ns, ["ethtool", "-K", "eth0", "tx", "off"]).expect("tx offload off");
+        if dsr {
+            let vip = format!("{}/32", lab.vip());
+            lab.exec(&node.ns, ["ip", "addr", "add", &vip, "dev", "lo"]).expect("VIP on lo");
+            for setting in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
+                lab.exec(&node.ns, ["sysctl", "-q", "-w", setting]).expect("sysctl");
+            }
+        }
+        let bin = env!("CARGO_BIN_EXE_lab-backend");
+        let port = backend_port.to_string();
+        let mut server =
+            lab.spawn(&node.ns, [bin, "--name", node.name.as_str(), "--port", port.as_str()]).expect("node backend");
+        server.wait_for_log(xvip_tests::READY_LINE, Duration::from_secs(5)).expect("node backend ready");
+        servers.push(server);
+    }
+    let mut service = ServiceSpec::http(&lab, SERVICE_PORT, backend_port, forwarding);
+    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip, backend_port)).collect();
+    Stacked { lab, _servers: servers, service }
+}
+
+impl Stacked {
+    /// node1 (150, active) and node2 (100, backup), both with every backend healthy, the service answering.
+    fn start(&self) -> (XvipNode, XvipNode) {
+        let lab = &self.lab;
+        let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(self.service.clone())).expect("node1");
+        let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100).service(self.service.clone())).expect("node2");
+        n1.wait_role("active", Duration::from_secs(3)).expect("node1 active");
+        n2.wait_role("backup", Duration::from_secs(3)).expect("node2 backup");
+        wait_healthy(&n1);
+        wait_healthy(&n2);
+        for _ in 0..100 {
+            if probe::http_get(&lab.client().ns, lab.vip_addr(SERVICE_PORT), "/", Duration::from_millis(500)).is_ok() {
+                return (n1, n2);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the service never answered through the VIP:\n{}", n1.log());
+    }
+}
+
+fn wait_healthy(node: &XvipNode) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(status) = node.status()
+            && !status.services.is_empty()
+            && status.services.iter().all(|s| s.backends.iter().all(|b| b.healthy && b.mac.is_some()))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{}: backends never all healthy:\n{}", node.name, node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn counter(node: &XvipNode, name: &str) -> u64 {
+    node.status().map(|s| s.counters.dataplane.get(name).copied().unwrap_or(0)).unwrap_or(0)
+}
+
+/// 90 new connections from the client through the VIP: every backend answers, the active node's own included.
+fn spread(lab: &Lab) -> BTreeMap<String, usize> {
+    let tally = lab.request_many(lab.vip_addr(SERVICE_PORT), 90).expect("requests");
+    assert_eq!(tally.failures, 0, "failed requests: {:?}", tally.errors);
+    for name in ["node1", "node2", "backend1"] {
+        let n = tally.per_backend.get(name).copied().unwrap_or(0);
+        assert!(n >= 10, "{name} answered {n} of 90 requests: {:?}", tally.per_backend);
+    }
+    tally.per_backend
+}
+
+#[test]
+fn nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_client() {
+    let s = stacked("nat");
+    let (n1, _n2) = s.start();
+    let per_backend = spread(&s.lab);
+    eprintln!("NAT, 90 requests through the VIP: {per_backend:?}");
+    // Delivered by the XDP program to node1's own stack, answered through its egress program.
+    let (delivered, replied, answered_arp) =
+        (counter(&n1, "nat_forward_local"), counter(&n1, "nat_reply_local"), counter(&n1, "arp_replies_local"));
+    eprintln!("node1: nat_forward_local {delivered}, nat_reply_local {replied}, arp_replies_local {answered_arp}");
+    assert!(delivered >= 10 * 3 && replied >= 10 * 2, "node1's counters: {delivered} delivered, {replied} replies");
+    assert!(answered_arp >= 1, "node1 answered its own ARP request for the VIP");
+    // The local backend sees exactly what a remote one would: the VIP and a NAT port.
+    let vip = s.lab.vip().to_string();
+    for _ in 0..30 {
+        let response = probe::http_get(&s.lab.client().ns, s.lab.vip_addr(SERVICE_PORT), "/", Duration::from_secs(1))
+            .expect("GET");
+        let client = response.header("x-client").unwrap_or_default().to_owned();
+        assert!(client.starts_with(&format!("{vip}:")), "the backend saw {client}, not the VIP");
+    }
+    // node1 resolved the VIP to its own MAC (the egress program's answer), an ordinary dynamic entry.
+    let node1 = s.lab.node(1);
+    assert_eq!(s.lab.neighbour(node1, s.lab.vip()).expect("neigh"), Some(node1.mac));
+}
+
+#[test]
+fn dsr_the_active_nodes_own_backend_gets_its_share() {
+    let s = stacked("dsr");
+    let (n1, n2) = s.start();
+    let per_backend = spread(&s.lab);
+    let (delivered, held) = (counter(&n1, "forward_local"), counter(&n2, "pass_held_vip"));
+    eprintln!(
+        "DSR, 90 requests through the VIP: {per_backend:?}; node1 forward_local {delivered}, node2 pass_held_vip {held}"
+    );
+    assert!(delivered >= 10 * 3, "node1 delivered {delivered} packets to its own backend");
+    // The backup hands the active node's forwards to its own backend to its kernel (the VIP is on its loopback).
+    assert!(held >= 10 * 3, "node2 passed {held} packets to its own backend");
+}
+
+/// Counts of the survivors of a failover from node1 to node2, per backend.
+#[derive(Debug, Default)]
+struct Survival {
+    /// (survived, total) of connections on node1's own backend, node2's own backend, backend1.
+    per_backend: BTreeMap<String, (usize, usize)>,
+}
+
+impl Survival {
+    fn total(&self) -> (usize, usize) {
+        self.per_backend.values().fold((0, 0), |(s, t), (a, b)| (s + a, t + b))
+    }
+}
+
+/// Opens `N` request/response loops through the VIP (new connections until each backend has at least 4), runs
+/// `failover`, waits until every loop has answered 5 more times or ended.
+fn loops_across(lab: &Lab, failover: impl FnOnce()) -> Survival {
+    let mut loops: Vec<RequestLoop> = Vec::new();
+    let start = |lab: &Lab| {
+        RequestLoop::start(
+            &lab.client().ns,
+            lab.vip_addr(SERVICE_PORT),
+            Duration::from_millis(100),
+            Duration::from_secs(15),
+        )
+        .expect("request loop")
+    };
+    while loops.len() < N {
+        loops.push(start(lab));
+    }
+    let mut extra = 0;
+    while ["node1", "node2", "backend1"].iter().any(|b| loops.iter().filter(|l| l.backend() == *b).count() < 4) {
+        assert!(extra < 60, "loops never spread over all three backends");
+        loops.push(start(lab));
+        extra += 1;
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loops.iter().any(|l| l.answered() < 3) {
+        assert!(Instant::now() < deadline, "loops never got going");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let before: Vec<usize> = loops.iter().map(RequestLoop::answered).collect();
+    failover();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while loops.iter().zip(&before).any(|(l, b)| !l.ended() && l.answered() < b + 5) {
+        assert!(Instant::now() < deadline, "loops neither answered nor failed within 30 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let mut survival = Survival::default();
+    for (l, b) in loops.into_iter().zip(before) {
+        let r = l.stop().expect("loop report");
+        let survived = r.end == StreamEnd::StillOpen && r.wrong_backend == 0 && r.answered >= b + 5;
+        let entry = survival.per_backend.entry(r.backend.clone()).or_default();
+        entry.0 += usize::from(survived);
+        entry.1 += 1;
+        if !survived {
+            eprintln!("  lost: {} seen as {}: {} answers, end {:?}", r.backend, r.client_seen, r.answered, r.end);
+        }
+    }
+    survival
+}
+
+fn report(what: &str, survival: &Survival) {
+    let (s, t) = survival.total();
+    eprintln!("{what}: {s} of {t} connections survived");
+    for (backend, (s, t)) in &survival.per_backend {
+        let kind = match backend.as_str() {
+            "node1" => "the old active node's own backend, remote for node2",
+            "node2" => "remote before, node2's own backend after",
+            _ => "an ordinary backend",
+        };
+        eprintln!("  {backend} ({kind}): {s} of {t}");
+    }
+}
+
+#[test]
+fn nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
+    let s = stacked("nat");
+    let (mut n1, n2) = s.start();
+    let survival = loops_across(&s.lab, || {
+        n1.terminate().expect("SIGTERM node1");
+        n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    });
+    report("NAT, graceful handover", &survival);
+    let (survived, total) = survival.total();
+    assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
+    assert!(counter(&n2, "nat_forward_local") > 0 && counter(&n2, "nat_reply_local") > 0, "node2 served its own");
+}
+
+#[test]
+fn nat_long_lived_connections_on_every_backend_survive_the_active_node_losing_its_link() {
+    let s = stacked("nat");
+    let (_n1, n2) = s.start();
+    let survival = loops_across(&s.lab, || {
+        s.lab.cut_link(s.lab.node(1)).expect("cut node1");
+        n2.wait_role("active", Duration::from_secs(3)).expect("node2 takes over");
+    });
+    report("NAT, link cut", &survival);
+    // node1's own backend is cut off with it: its connections cannot survive, the others must.
+    for (backend, (s, t)) in &survival.per_backend {
+        if backend != "node1" {
+            assert_eq!(s, t, "{backend}: {s} of {t} survived:\n{}", n2.log());
+        }
+    }
+}
+
+#[test]
+fn dsr_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
+    let s = stacked("dsr");
+    let (mut n1, n2) = s.start();
+    let survival = loops_across(&s.lab, || {
+        n1.terminate().expect("SIGTERM node1");
+        n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    });
+    report("DSR, graceful handover", &survival);
+    let (survived, total) = survival.total();
+    assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
+}
+
+#[test]
+fn after_sigkill_the_dead_node_holds_nothing_and_its_backend_is_reached_through_the_new_active_node() {
+    let s = stacked("nat");
+    let (mut n1, n2) = s.start();
+    spread(&s.lab);
+    let (lab, node1, node2) = (&s.lab, s.lab.node(1), s.lab.node(2));
+    assert_eq!(lab.neighbour(node1, lab.vip()).expect("neigh"), Some(node1.mac), "node1 resolved the VIP to itself");
+    n1.kill().expect("SIGKILL node1");
+    n2.wait_role("active", Duration::from_secs(3)).expect("node2 takes over");
+    // No program is left on node1's interface: the XDP and tcx links went with the process.
+    let links = lab.exec(&node1.ns, ["bpftool", "net", "show", "dev", "eth0"]).expect("bpftool net");
+    assert!(!links.contains("xvip"), "programs left on node1's eth0:\n{links}");
+    // Only node2 answers ARP for the VIP.
+    let answers: Vec<MacAddr> = lab.arp_probe(lab.client(), lab.vip()).expect("arp probe");
+    assert_eq!(answers, vec![node2.mac], "ARP answers for the VIP");
+    // node2's gratuitous ARPs replaced node1's entry for the VIP: node1's own traffic to the VIP (a client on the
+    // dead node) reaches the new active node, which balances it like any client's.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while lab.neighbour(node1, lab.vip()).expect("neigh") != Some(node2.mac) {
+        assert!(Instant::now() < deadline, "node1 still resolves the VIP to {:?}", lab.neighbour(node1, lab.vip()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let tally =
+        probe::request_many(&node1.ns, lab.vip_addr(SERVICE_PORT), 30, Duration::from_secs(1)).expect("from node1");
+    assert_eq!(tally.failures, 0, "node1 to the VIP: {:?}", tally.errors);
+    // node1's backend still answers through the VIP (now a remote backend of node2), with node2 translating its
+    // replies.
+    let per_backend = spread(lab);
+    eprintln!("after node1's SIGKILL, 90 requests through node2: {per_backend:?}");
+}
