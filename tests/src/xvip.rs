@@ -371,6 +371,24 @@ impl XvipNode {
         }
     }
 
+    /// Waits until the node reports every backend of every service healthy with a MAC: its Maglev tables are then
+    /// the same as every other node's, which a failover relies on.
+    pub fn wait_all_healthy(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(status) = self.status()
+                && !status.services.is_empty()
+                && status.services.iter().all(|s| s.backends.iter().all(|b| b.healthy && b.mac.is_some()))
+            {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                bail!("{}: backends never all healthy within {timeout:?}:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

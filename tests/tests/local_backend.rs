@@ -97,17 +97,7 @@ impl Stacked {
 }
 
 fn wait_healthy(node: &XvipNode) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(status) = node.status()
-            && !status.services.is_empty()
-            && status.services.iter().all(|s| s.backends.iter().all(|b| b.healthy && b.mac.is_some()))
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{}: backends never all healthy:\n{}", node.name, node.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_all_healthy(Duration::from_secs(10)).expect("every backend healthy");
 }
 
 fn counter(node: &XvipNode, name: &str) -> u64 {

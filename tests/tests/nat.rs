@@ -28,20 +28,8 @@ fn lab() -> Lab {
     Lab::new(LabSpec::nat(2, 3)).expect("lab")
 }
 
-/// Waits until `node` reports every backend of every service healthy with a MAC: its Maglev table is then the
-/// same as every other node's, which a failover relies on.
 fn wait_healthy(node: &XvipNode) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(status) = node.status()
-            && !status.services.is_empty()
-            && status.services.iter().all(|s| s.backends.iter().all(|b| b.healthy && b.mac.is_some()))
-        {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{}: backends never all healthy:\n{}", node.name, node.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    node.wait_all_healthy(Duration::from_secs(10)).expect("every backend healthy");
 }
 
 /// Starts node1 (150, active) and node2 (100, backup) with a NAT web service (80 -> 8080 on every backend) and
