@@ -106,7 +106,7 @@ pub struct Host {
 pub struct LabSpec {
     /// xvip nodes, 2..=3.
     pub nodes: usize,
-    /// Backend hosts, 1..=9 (usually 3).
+    /// Backend hosts, 0..=9 (usually 3; 0 when the nodes are the only backends, as in a stacked control plane).
     pub backends: usize,
     /// DSR: every backend holds the VIP on `lo` (/32) and neither answers ARP for it nor uses it as an ARP
     /// source (`arp_ignore=1`, `arp_announce=2`).
@@ -182,8 +182,8 @@ impl Lab {
         if !(2..=3).contains(&spec.nodes) {
             bail!("LabSpec.nodes must be 2..=3, got {}", spec.nodes);
         }
-        if !(1..=9).contains(&spec.backends) {
-            bail!("LabSpec.backends must be 1..=9, got {}", spec.backends);
+        if spec.backends > 9 {
+            bail!("LabSpec.backends must be 0..=9, got {}", spec.backends);
         }
         if let Err(e) = netns::reap_stale() {
             eprintln!("xvip-tests: looking for stale lab namespaces: {e:#}");

@@ -86,7 +86,12 @@ enum Cmd {
     },
     /// The main job: setup and build if needed, then a narrated lab (two xvip nodes, three backends, a client)
     /// showing election, load balancing, failover and backend loss with measured times (needs root).
-    Demo,
+    Demo {
+        /// The stacked layout instead: three xvip nodes that are the backends themselves (each runs a web server
+        /// next to xvip), a client outside and one on node2.
+        #[arg(long)]
+        stacked: bool,
+    },
     /// build, then the Debian package target/debian/xvip_<version>_<arch>.deb (dpkg-deb), checked with
     /// `systemd-analyze verify` and lintian.
     Package,
@@ -120,7 +125,10 @@ fn main() {
             setup::all().and_then(|()| fuzz::fuzz(target.as_deref(), budget))
         }
         Cmd::Frames { count, seed } => frames(count, seed),
-        Cmd::Demo => lab_program("xvip-demo", &[]),
+        Cmd::Demo { stacked } => {
+            let args = if stacked { vec!["--stacked".to_owned()] } else { Vec::new() };
+            lab_program("xvip-demo", &args)
+        }
         Cmd::Soak { minutes, seed } => lab_program("xvip-soak", &soak_args(minutes, seed)),
         Cmd::Package => build().and_then(|()| package::package()).map(|_| ()),
         Cmd::Bench { what, args } => {

@@ -44,7 +44,8 @@ BENCH (default: all, in this order):
   xdp       ns/packet of each XDP path (BPF_PROG_TEST_RUN) next to the XDP_PASS baseline
   maglev    Maglev table build time (M = 65537) and flows moved when a backend leaves
   failover  outages on link down / SIGTERM / SIGKILL, xvip pair vs keepalived pair (netns lab)
-  e2e       wrk req/s, p99 and new connections/s: direct, xvip DSR/NAT, nginx, haproxy, nftables (netns lab)
+  e2e       wrk req/s, p99 and new connections/s: direct, xvip DSR/NAT, nginx, haproxy, nftables, and the
+            stacked paths (a backend on the active node, a client on a node) next to their remote ones (netns lab)
   memory    agent RSS and BPF map memory, 1 service x 3 backends and 64 services x 64 backends (netns lab)
 
 OPTIONS:

@@ -3,8 +3,11 @@
 //! same round.
 //!
 //! Paths: straight to backend1; xvip DSR and xvip NAT (on node2); nginx stream proxy, haproxy `mode tcp` and
-//! nftables DNAT (jhash + masquerade, kube-proxy style), all three on node1. Each round sets every path up, runs
-//! `wrk` keep-alive and `Connection: close`, and tears it down again, in a rotating order.
+//! nftables DNAT (jhash + masquerade, kube-proxy style), all three on node1. The stacked layout's paths side by
+//! side: xvip NAT to one remote backend (backend1) and to the active node's own backend (nginx on node2, handed to
+//! its stack by XDP, replies translated by the egress program); and from a client on node2 itself, straight to
+//! backend1 and through the VIP by the socket load balancer (to backend1 only). Each round sets every path up,
+//! runs `wrk` keep-alive and `Connection: close`, and tears it down again, in a rotating order.
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -39,11 +42,29 @@ enum Path {
     NginxStream,
     Haproxy,
     Nftables,
+    /// xvip NAT to backend1 only: the remote half of the local/remote comparison.
+    XvipNatRemoteOne,
+    /// xvip NAT to the active node's own backend only (nginx on node2).
+    XvipNatLocal,
+    /// wrk on node2 itself, straight to backend1.
+    NodeDirect,
+    /// wrk on node2 itself, to the VIP: the socket load balancer connects it to backend1.
+    NodeSocketLb,
 }
 
 impl Path {
-    const ALL: [Path; 6] =
-        [Path::Direct, Path::XvipDsr, Path::XvipNat, Path::NginxStream, Path::Haproxy, Path::Nftables];
+    const ALL: [Path; 10] = [
+        Path::Direct,
+        Path::XvipDsr,
+        Path::XvipNat,
+        Path::NginxStream,
+        Path::Haproxy,
+        Path::Nftables,
+        Path::XvipNatRemoteOne,
+        Path::XvipNatLocal,
+        Path::NodeDirect,
+        Path::NodeSocketLb,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -53,6 +74,10 @@ impl Path {
             Path::NginxStream => "nginx stream proxy (node1)",
             Path::Haproxy => "haproxy `mode tcp`, roundrobin (node1)",
             Path::Nftables => "nftables DNAT jhash + masquerade (node1)",
+            Path::XvipNatRemoteOne => "xvip NAT to one remote backend, backend1 (node2)",
+            Path::XvipNatLocal => "xvip NAT to the active node's own backend (node2: XDP_PASS + tc egress)",
+            Path::NodeDirect => "from node2: straight to backend1 (no LB)",
+            Path::NodeSocketLb => "from node2: through the VIP by the socket LB, to backend1",
         }
     }
 
@@ -64,6 +89,10 @@ impl Path {
             Path::NginxStream => "nginx_stream",
             Path::Haproxy => "haproxy",
             Path::Nftables => "nftables",
+            Path::XvipNatRemoteOne => "xvip_nat_remote_one",
+            Path::XvipNatLocal => "xvip_nat_local",
+            Path::NodeDirect => "node_direct",
+            Path::NodeSocketLb => "node_socket_lb",
         }
     }
 }
@@ -88,6 +117,8 @@ struct Sample {
 /// A path set up for measuring; [`Running::teardown`] undoes it.
 struct Running {
     url: String,
+    /// The namespace wrk runs in: the client's, or node2's for a client on the node.
+    from: String,
     xvip: Option<XvipNode>,
     processes: Vec<ChildGuard>,
     /// Commands (namespace, argv) that undo the setup, run in order.
@@ -95,8 +126,8 @@ struct Running {
 }
 
 impl Running {
-    fn new(url: String) -> Self {
-        Running { url, xvip: None, processes: Vec::new(), undo: Vec::new() }
+    fn new(lab: &Lab, url: String) -> Self {
+        Running { url, from: lab.client().ns.clone(), xvip: None, processes: Vec::new(), undo: Vec::new() }
     }
 
     fn teardown(mut self, lab: &Lab) -> Result<()> {
@@ -119,8 +150,12 @@ pub fn run(options: &Options) -> Result<Section> {
         }
     }
     let lab = Lab::new(LabSpec { nodes: 2, backends: 3, vip_on_backends_lo: true, backend_bin: None })?;
-    let _backends: Vec<ChildGuard> =
-        lab.backends().iter().map(|b| backend_nginx(&lab, b)).collect::<Result<_>>().context("backend nginx")?;
+    let _backends: Vec<ChildGuard> = lab
+        .backends()
+        .iter()
+        .map(|b| backend_nginx(&lab, b, &lab.client().ns))
+        .collect::<Result<_>>()
+        .context("backend nginx")?;
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Path::ALL.len()];
     let mut unavailable: Vec<Option<String>> = vec![None; Path::ALL.len()];
     let mut errors: Vec<Vec<String>> = vec![Vec::new(); Path::ALL.len()];
@@ -180,8 +215,8 @@ fn measure(lab: &Lab, path: Path, seconds: u32) -> Result<Measured> {
         Err(e) => return Err(e),
     };
     let result = (|| -> Result<Sample> {
-        let keepalive = wrk(lab, &running.url, seconds, false)?;
-        let close = wrk(lab, &running.url, seconds, true)?;
+        let keepalive = wrk(lab, &running.from, &running.url, seconds, false)?;
+        let close = wrk(lab, &running.from, &running.url, seconds, true)?;
         Ok(Sample { keepalive, close })
     })();
     let torn = running.teardown(lab);
@@ -195,21 +230,21 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
     let node1 = lab.node(1).clone();
     let backends: Vec<Ipv4Addr> = lab.backends().iter().map(|b| b.ip).collect();
     let running = match path {
-        Path::Direct => Running::new(url(lab.backend(1).ip, HTTP_PORT)),
+        Path::Direct => Running::new(lab, url(lab.backend(1).ip, HTTP_PORT)),
         Path::XvipDsr => {
-            let mut r = Running::new(url(lab.vip(), HTTP_PORT));
-            r.xvip = Some(start_xvip(lab, HTTP_PORT, HTTP_PORT, "dsr")?);
+            let mut r = Running::new(lab, url(lab.vip(), HTTP_PORT));
+            r.xvip = Some(start_xvip(lab, HTTP_PORT, HTTP_PORT, "dsr", &all_backends(lab), false)?);
             r
         }
         Path::XvipNat => {
             // NAT backends need no change: take the VIP off their `lo` for this path (and put it back after).
-            let mut r = Running::new(url(lab.vip(), NAT_PORT));
+            let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
             let vip = format!("{}/32", lab.vip());
             for b in lab.backends() {
                 lab.exec(&b.ns, ["ip", "addr", "del", &vip, "dev", "lo"])?;
                 r.undo.push((b.ns.clone(), argv(&["ip", "addr", "add", &vip, "dev", "lo"])));
             }
-            match start_xvip(lab, NAT_PORT, HTTP_PORT, "nat") {
+            match start_xvip(lab, NAT_PORT, HTTP_PORT, "nat", &all_backends(lab), false) {
                 Ok(node) => r.xvip = Some(node),
                 Err(e) => {
                     r.teardown(lab)?;
@@ -223,12 +258,12 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
             r
         }
         Path::NginxStream => {
-            let mut r = Running::new(url(node1.ip, NGINX_PROXY_PORT));
+            let mut r = Running::new(lab, url(node1.ip, NGINX_PROXY_PORT));
             r.processes.push(nginx(lab, &node1, "nginx-stream", &stream_config(node1.ip, &backends))?);
             r
         }
         Path::Haproxy => {
-            let mut r = Running::new(url(node1.ip, HAPROXY_PORT));
+            let mut r = Running::new(lab, url(node1.ip, HAPROXY_PORT));
             let dir = scratch(lab, "haproxy")?;
             let cfg = dir.join("haproxy.cfg");
             std::fs::write(&cfg, haproxy_config(node1.ip, &backends))
@@ -239,7 +274,7 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
             r
         }
         Path::Nftables => {
-            let mut r = Running::new(url(node1.ip, HTTP_PORT));
+            let mut r = Running::new(lab, url(node1.ip, HTTP_PORT));
             let dir = scratch(lab, "nftables")?;
             let rules = dir.join("dnat.nft");
             std::fs::write(&rules, nft_rules(node1.ip, &backends))
@@ -250,8 +285,37 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
             r.undo.push((node1.ns.clone(), argv(&["nft", "delete", "table", "ip", "xvip_bench"])));
             r
         }
+        Path::XvipNatRemoteOne => {
+            let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
+            let (backend1, vip) = (lab.backend(1).clone(), format!("{}/32", lab.vip()));
+            lab.exec(&backend1.ns, ["ip", "addr", "del", &vip, "dev", "lo"])?;
+            r.undo.push((backend1.ns.clone(), argv(&["ip", "addr", "add", &vip, "dev", "lo"])));
+            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[backend1.ip], false)?;
+            r
+        }
+        Path::XvipNatLocal => {
+            let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
+            let node2 = lab.node(2).clone();
+            // As a stacked node is set up (tests/tests/local_backend.rs): the node's own frames with full checksums.
+            lab.exec(&node2.ns, ["ethtool", "-K", "eth0", "tx", "off"])?;
+            r.undo.push((node2.ns.clone(), argv(&["ethtool", "-K", "eth0", "tx", "on"])));
+            r.processes.push(backend_nginx(lab, &node2, &lab.client().ns)?);
+            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[node2.ip], false)?;
+            r
+        }
+        Path::NodeDirect => {
+            let mut r = Running::new(lab, url(lab.backend(1).ip, HTTP_PORT));
+            r.from = lab.node(2).ns.clone();
+            r
+        }
+        Path::NodeSocketLb => {
+            let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
+            r.from = lab.node(2).ns.clone();
+            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[lab.backend(1).ip], true)?;
+            r
+        }
     };
-    if let Err(e) = wait_http(lab, &running.url, Duration::from_secs(10)) {
+    if let Err(e) = wait_http_from(&running.from, &running.url, Duration::from_secs(10)) {
         let _ = running.teardown(lab);
         return Err(e.context(format!("{} never answered", path.name())));
     }
@@ -283,13 +347,47 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// xvip alone on node2 (it becomes active by itself) with one service `port` -> backends' `backend_port`.
-fn start_xvip(lab: &Lab, port: u16, backend_port: u16, forwarding: &str) -> Result<XvipNode> {
+fn all_backends(lab: &Lab) -> Vec<Ipv4Addr> {
+    lab.backends().iter().map(|b| b.ip).collect()
+}
+
+/// [`start_xvip`] with a NAT service into `r`; tears `r` down when it fails.
+fn start_into(
+    lab: &Lab,
+    r: &mut Running,
+    port: u16,
+    backend_port: u16,
+    backends: &[Ipv4Addr],
+    cgroup2: bool,
+) -> Result<()> {
+    match start_xvip(lab, port, backend_port, "nat", backends, cgroup2) {
+        Ok(node) => {
+            r.xvip = Some(node);
+            Ok(())
+        }
+        Err(e) => {
+            let undo = std::mem::replace(r, Running::new(lab, String::new()));
+            undo.teardown(lab)?;
+            Err(e)
+        }
+    }
+}
+
+/// xvip alone on node2 (it becomes active by itself) with one service `port` -> `backends`' `backend_port`;
+/// `cgroup2`: cgroup v2 mounted for it, so its socket load balancer attaches (`local_clients`).
+fn start_xvip(
+    lab: &Lab,
+    port: u16,
+    backend_port: u16,
+    forwarding: &str,
+    backends: &[Ipv4Addr],
+    cgroup2: bool,
+) -> Result<XvipNode> {
     let service = ServiceSpec {
         name: "web".into(),
         port,
         forwarding: forwarding.into(),
-        backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
+        backends: backends.iter().map(|b| (*b, backend_port)).collect(),
         weights: Default::default(),
         check: "tcp".into(),
         interval_ms: 200,
@@ -297,18 +395,27 @@ fn start_xvip(lab: &Lab, port: u16, backend_port: u16, forwarding: &str) -> Resu
         rise: 1,
         fall: 2,
     };
-    let node = lab.start_xvip(lab.node(2), &NodeSpec::new(150).service(service))?;
+    let spec = NodeSpec { mount_cgroup2: cgroup2, ..NodeSpec::new(150).service(service) };
+    let node = lab.start_xvip(lab.node(2), &spec)?;
     node.wait_role("active", Duration::from_secs(5))?;
+    if cgroup2 && !node.log().contains("local clients: TCP connects") {
+        bail!("xvip on node2 did not attach its socket load balancer:\n{}", node.log());
+    }
     Ok(node)
 }
 
 /// Waits until `GET /` on `url` answers 200 from the client.
 fn wait_http(lab: &Lab, url: &str, timeout: Duration) -> Result<()> {
+    wait_http_from(&lab.client().ns, url, timeout)
+}
+
+/// Waits until `GET /` on `url` answers 200 from namespace `from`.
+fn wait_http_from(from: &str, url: &str, timeout: Duration) -> Result<()> {
     let target: std::net::SocketAddr =
         url.trim_start_matches("http://").trim_end_matches('/').parse().with_context(|| format!("bad url {url}"))?;
     let deadline = Instant::now() + timeout;
     loop {
-        let answer = probe::http_get(&lab.client().ns, target, "/", Duration::from_millis(300));
+        let answer = probe::http_get(from, target, "/", Duration::from_millis(300));
         match answer {
             Ok(r) if r.status == 200 => return Ok(()),
             _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
@@ -318,15 +425,15 @@ fn wait_http(lab: &Lab, url: &str, timeout: Duration) -> Result<()> {
     }
 }
 
-/// Runs wrk from the client and parses its report.
-fn wrk(lab: &Lab, url: &str, seconds: u32, close: bool) -> Result<Wrk> {
+/// Runs wrk in namespace `from` and parses its report.
+fn wrk(lab: &Lab, from: &str, url: &str, seconds: u32, close: bool) -> Result<Wrk> {
     let duration = format!("{seconds}s");
     let mut args = vec!["wrk", "-t", THREADS, "-c", CONNECTIONS, "-d", duration.as_str(), "--latency"];
     if close {
         args.extend(["-H", "Connection: close"]);
     }
     args.push(url);
-    let out = lab.exec(&lab.client().ns, &args)?;
+    let out = lab.exec(from, &args)?;
     parse_wrk(&out).with_context(|| format!("parsing wrk's output:\n{out}"))
 }
 
@@ -388,7 +495,8 @@ fn nginx(lab: &Lab, host: &Host, stem: &str, body: &str) -> Result<ChildGuard> {
 }
 
 /// A backend's nginx: `GET` anything answers `ok\n` (3 bytes); keep-alive connections are never closed by count.
-fn backend_nginx(lab: &Lab, backend: &Host) -> Result<ChildGuard> {
+/// Waits until it answers from namespace `from`.
+fn backend_nginx(lab: &Lab, backend: &Host, from: &str) -> Result<ChildGuard> {
     let body = format!(
         "worker_processes auto;\n\
          worker_rlimit_nofile 16384;\n\
@@ -408,7 +516,7 @@ fn backend_nginx(lab: &Lab, backend: &Host) -> Result<ChildGuard> {
          }}\n"
     );
     let guard = nginx(lab, backend, &format!("nginx-{}", backend.name), &body)?;
-    wait_http(lab, &url(backend.ip, HTTP_PORT), Duration::from_secs(10))?;
+    wait_http_from(from, &url(backend.ip, HTTP_PORT), Duration::from_secs(10))?;
     Ok(guard)
 }
 
@@ -564,6 +672,13 @@ fn section(
          backends' `lo`; \"n/a\" when nothing answers there (the NAT data path is not in this build).\n\
          - nftables: `dnat to jhash ip saddr . tcp sport mod 3 map {{...}}` in prerouting and `masquerade` in \
          postrouting on node1 (conntrack, default sysctls).\n\
+         - Stacked layout, local and remote side by side (one backend each, so only the path differs): xvip NAT \
+         (VIP:{NAT_PORT}) to backend1 alone, and to an nginx on node2 itself alone (the XDP program translates the \
+         frames and hands them to node2's stack, the tc egress program translates the replies back; node2's TX \
+         checksum offload off for that row, as on a stacked node). From a client on node2 (wrk in node2's \
+         namespace): straight to backend1, and to VIP:{NAT_PORT} with the socket load balancer (cgroup connect4, \
+         `local_clients`) connecting it to backend1, the service's only backend. All ratios are to the client's \
+         direct row of the same round; the node's direct row shows what the vantage point alone changes.\n\
          - The lab turns TX checksum offload off on the client and the backends (XDP rewrites need full \
          checksums) and runs an XDP_PASS stub on every bridge port (veth delivers XDP_TX frames only then), for \
          every row alike. Absolute figures move a lot between runs on this shared VM; compare the ratios. Every \
