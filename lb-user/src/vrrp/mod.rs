@@ -1,4 +1,4 @@
-//! VRRPv3 for IPv4 (RFC 5798, with the changes of RFC 9568), split by concern:
+//! VRRPv3 for IPv4 and IPv6 (RFC 5798, with the changes of RFC 9568), split by concern:
 //!
 //! - [`packet`]: the wire codec and the receive checks of RFC 5798 §7.1 (pure).
 //! - [`machine`]: the state machine of RFC 5798 §6 in sans-IO style (pure, virtual time).
