@@ -59,6 +59,26 @@ pub struct InstanceStatus {
     pub counters: CounterStatus,
     #[serde(default)]
     pub warnings: Vec<Warning>,
+    /// The instance's IPv6 router, when it has IPv6 addresses (an addition: VRRP runs one router per address
+    /// family; the fields above are its IPv4 router's, or, for an instance with only IPv6 addresses, this one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<RouterStatus>,
+}
+
+/// The election of one address family's router of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    /// initialize | backup | active | fault
+    pub role: String,
+    /// This node's advert source (the interface's link-local address unless `source_address` is IPv6).
+    pub source: String,
+    pub active_router: Option<String>,
+    pub transitions: u64,
+    pub role_since_unix_ms: u64,
+    pub role_reason: String,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub adverts_discarded: u64,
 }
 
 impl Status {
@@ -191,6 +211,7 @@ impl Status {
             services: self.services.clone(),
             counters: self.counters.clone(),
             warnings: Vec::new(),
+            ipv6: None,
         }]
     }
 
@@ -415,6 +436,7 @@ mod tests {
             active_router: Some("10.0.0.5".into()),
             services: vec![service],
             warnings: vec![Warning::default()],
+            ipv6: Some(RouterStatus { active_router: Some("fe80::5".into()), ..Default::default() }),
             ..Default::default()
         };
         let status = Status::of_instances(vec![instance]);

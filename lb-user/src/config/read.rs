@@ -840,8 +840,7 @@ impl Reader {
                 }
             }
             (None, Some(field)) => {
-                let Some(items) =
-                    self.array(&field, "an array of IP addresses, like [\"10.0.0.250\", \"fd00::250\"]")
+                let Some(items) = self.array(&field, "an array of IP addresses, like [\"10.0.0.250\", \"fd00::250\"]")
                 else {
                     return vip;
                 };
@@ -987,8 +986,7 @@ impl Reader {
     }
 
     fn unicast_peers(&mut self, field: &Field, source: Option<IpAddr>, instance: usize) -> Vec<IpAddr> {
-        let Some(items) =
-            self.array(field, "an array of IP addresses (empty = multicast to 224.0.0.18 and ff02::12)")
+        let Some(items) = self.array(field, "an array of IP addresses (empty = multicast to 224.0.0.18 and ff02::12)")
         else {
             return Vec::new();
         };
