@@ -860,6 +860,9 @@ impl Instance {
         let before = self.checked();
         let refresh_before = self.config.vrrp.garp_refresh_ms;
         self.config = Arc::new(new);
+        if let Some(v6) = &mut self.v6 {
+            v6.reconfigure(&self.config);
+        }
         self.services.reconfigure(&self.config.services);
         // Checkers of backends that went away, or whose service's health settings changed, stop; new ones start.
         let after = self.checked();

@@ -136,6 +136,11 @@ impl Router6 {
         }
     }
 
+    /// A reload changed the instance in place (its identity is the same): the keys it reads may have changed.
+    pub(super) fn reconfigure(&mut self, config: &config::Instance) {
+        self.na_count = config.vrrp.garp_count;
+    }
+
     pub(super) fn hold_preemption(&mut self, held: bool) {
         self.router.hold_preemption(held);
     }

@@ -1349,3 +1349,19 @@ fn an_instance_with_ipv6_addresses_needs_an_ipv6_source() {
     let took = e.handle(deadline, Event::Timer);
     assert_eq!(adverts6(&took)[0].0, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
 }
+
+#[test]
+fn a_reload_in_place_reaches_the_ipv6_router() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let mut changed = dual(&[VIP], &[VIP6], 150);
+    only(&mut changed).vrrp.garp_count = 2;
+    e.handle(ms(10), Event::Reload(Box::new(Ok(changed))));
+    let deadline = e.next_deadline().expect("a down timer");
+    let took = e.handle(deadline, Event::Timer);
+    let nas: Vec<u32> = took
+        .iter()
+        .filter_map(|c| if let Command::SendUnsolicitedNas { count, .. } = c { Some(*count) } else { None })
+        .collect();
+    assert_eq!(nas, [2]);
+}
