@@ -152,3 +152,33 @@ fn tshark_decodes_xvips_ipv6_adverts_as_valid_vrrpv3() {
         );
     }
 }
+
+/// Dual stack: one xvip instance with an IPv4 and an IPv6 address runs one router per family; keepalived has an
+/// IPv4 and an IPv6 instance with the same VRID. keepalived wins both, then stops: xvip takes over both.
+#[test]
+fn dual_stack_instance_fails_over_in_both_families() {
+    let lab = lab();
+    let x =
+        lab.start_xvip(lab.node(1), &NodeSpec { vrid: VRID, vip6: vec![vip6()], ..NodeSpec::new(100) }).expect("xvip");
+    let v4 = KeepalivedSpec::new(lab.vip(), VRID, 150).advert_int(0.1);
+    let v6 = KeepalivedSpec { instance: "VI_6".into(), ..v4.clone().ipv6(vip6()) };
+    let mut k = lab.start_keepalived(lab.node(2), &v4.with_instance(v6)).expect("keepalived");
+    k.wait_for_log("(VI_6) Entering MASTER STATE", Duration::from_secs(5)).expect("keepalived IPv6 master");
+    k.wait_for_log("(VI_1) Entering MASTER STATE", Duration::from_secs(5)).expect("keepalived IPv4 master");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip IPv4 backup");
+    std::thread::sleep(Duration::from_millis(500));
+    let status = x.status().expect("status");
+    let v6 = status.instances[0].ipv6.clone().expect("IPv6 router");
+    assert_eq!((status.role.as_str(), v6.role.as_str()), ("backup", "backup"));
+    assert_eq!(status.active_router.as_deref(), Some(lab.node(2).ip.to_string().as_str()));
+    assert_eq!(v6.active_router.as_deref(), Some("fe80::2"));
+    assert_eq!((status.counters.adverts_discarded, v6.adverts_discarded), (0, 0));
+    let stopper = std::thread::spawn(move || k.stop());
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip takes the IPv4 address");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while ipv6_status(&x).role != "active" {
+        assert!(Instant::now() < deadline, "the IPv6 router did not take over: {:?}", ipv6_status(&x));
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    stopper.join().expect("join").expect("keepalived stop");
+}

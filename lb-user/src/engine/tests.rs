@@ -1365,3 +1365,32 @@ fn a_reload_in_place_reaches_the_ipv6_router() {
         .collect();
     assert_eq!(nas, [2]);
 }
+
+#[test]
+fn a_reload_that_needs_an_ipv6_socket_not_opened_at_start_is_refused() {
+    let mut e = engine6(config(150));
+    e.handle(ms(0), start(true));
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(dual(&[VIP], &[VIP6], 150)))));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Log(Level::Error, l)
+            if l.contains("reload refused") && l.contains("no IPv6 VRRP socket there"))),
+        "{out:?}"
+    );
+    assert!(role6(&e).is_none(), "the running config is kept");
+    // Started with IPv6 by multicast: a reload to IPv6 unicast peers is fine, back to multicast is fine too.
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let mut unicast = dual(&[VIP], &[VIP6], 150);
+    only(&mut unicast).vrrp.unicast_peers6 = vec![LL_PEER];
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(unicast.clone()))));
+    assert!(!out.iter().any(|c| matches!(c, Command::Log(Level::Error, _))), "{out:?}");
+    assert_eq!(role6(&e), Some(Role::Backup));
+    // Started with IPv6 unicast only: the socket did not join ff02::12, so multicast needs a restart.
+    let mut e = engine6(unicast);
+    e.handle(ms(0), start(true));
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(dual(&[VIP], &[VIP6], 150)))));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Log(Level::Error, l) if l.contains("did not join ff02::12"))),
+        "{out:?}"
+    );
+}
