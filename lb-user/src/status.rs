@@ -271,6 +271,19 @@ fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
     if !discards.is_empty() {
         let _ = writeln!(s, "discards    {}", discards.join(", "));
     }
+    if let Some(v6) = &i.ipv6 {
+        let _ = writeln!(
+            s,
+            "ipv6        {} for {}, from {}, active router {}; adverts sent {}, received {}, discarded {}",
+            v6.role,
+            human_duration(now_ms.saturating_sub(v6.role_since_unix_ms)),
+            v6.source,
+            v6.active_router.as_deref().unwrap_or("unknown"),
+            v6.adverts_sent,
+            v6.adverts_received,
+            v6.adverts_discarded
+        );
+    }
     for svc in &i.services {
         let healthy = svc.backends.iter().filter(|b| b.healthy).count();
         let _ = writeln!(
@@ -536,6 +549,23 @@ mod tests {
         assert!(t.contains("10.0.0.11:6443") && t.contains("down"), "{t}");
         assert!(!t.contains("draining"), "{t}");
         assert!(!t.contains("WARNING"), "{t}");
+    }
+
+    #[test]
+    fn the_table_shows_an_instances_ipv6_router() {
+        let ipv6 = RouterStatus {
+            role: "active".into(),
+            source: "fe80::5".into(),
+            active_router: Some("fe80::5".into()),
+            adverts_sent: 7,
+            ..Default::default()
+        };
+        let status = Status::of_instances(vec![InstanceStatus { ipv6: Some(ipv6), ..Default::default() }]);
+        let t = status.render();
+        assert!(t.contains("ipv6        active for"), "{t}");
+        assert!(t.contains("from fe80::5, active router fe80::5; adverts sent 7"), "{t}");
+        let plain = Status::of_instances(vec![InstanceStatus::default()]).render();
+        assert!(!plain.contains("ipv6"), "{plain}");
     }
 
     #[test]
