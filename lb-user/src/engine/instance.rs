@@ -283,7 +283,6 @@ impl Instance {
         let penalty = self.config.vrrp.backend_loss_penalty;
         let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some() || self.settling);
         if let Some(v6) = &mut self.v6 {
-            v6.hold_preemption(self.settling);
             v6.set_priority(now, wanted, &self.label, out);
         }
         if wanted != self.router.priority() {
@@ -695,6 +694,9 @@ impl Instance {
             .unwrap_or(0);
         self.settle_by = now + Duration::from_millis(longest);
         self.router.hold_preemption(self.settling);
+        if let Some(v6) = &mut self.v6 {
+            v6.hold_preemption(self.settling);
+        }
     }
 
     /// Backends that passed their checks but whose MAC is not known yet: not in the tables until it is.

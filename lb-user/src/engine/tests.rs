@@ -1394,3 +1394,35 @@ fn a_reload_that_needs_an_ipv6_socket_not_opened_at_start_is_refused() {
         "{out:?}"
     );
 }
+
+#[test]
+fn a_stalled_ipv6_router_rejoins_as_a_backup() {
+    let mut e = engine6(dual(&[], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a down timer");
+    e.handle(deadline, Event::Timer);
+    assert_eq!(role6(&e), Some(Role::Active));
+    // Not scheduled for 1 s (10 intervals): its peers have taken over; it must not answer next to them.
+    let out = e.handle(deadline + ms(1000), Event::Timer);
+    assert_eq!(role6(&e), Some(Role::Backup));
+    assert!(set_active(&out).contains(&(1, false)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Log(_, l) if l.contains("IPv6 role -> backup: no advert sent"))));
+}
+
+#[test]
+fn the_ipv6_router_advertises_the_penalised_priority_too() {
+    let mut c = dual(&[VIP], &[VIP6], 150);
+    only(&mut c).vrrp.backend_loss_penalty = 100;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    let mut e = engine6(c);
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a timer");
+    let out = e.handle(deadline, Event::Timer);
+    // Penalised while its backend is unchecked: both routers advertise priority 50.
+    assert_eq!(adverts(&out), [50]);
+    assert_eq!(adverts6(&out).iter().map(|a| a.1).collect::<Vec<_>>(), [50]);
+    e.handle(deadline + ms(4), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    let out = e.handle(deadline + ms(5), health("api", (B1, 6443), true, "connected"));
+    assert!(adverts6(&out).iter().all(|a| a.1 == 150), "{out:?}");
+    assert!(!adverts6(&out).is_empty(), "the new priority is advertised at once: {out:?}");
+}
