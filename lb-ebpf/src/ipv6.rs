@@ -42,8 +42,8 @@ pub fn process(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &
     let ip = unsafe { &mut *ip };
     if ip.dst_addr[0] == 0xff {
         // Multicast: of it, only Neighbor Solicitations to a solicited-node group (ff02::1:ffXX:XXXX) may concern
-        // a VIP, and then only without extension headers.
-        if ip.next_hdr == IPPROTO_ICMPV6 && icmp6::solicited_node_group(&ip.dst_addr) {
+        // a VIP, and then only in a well-formed header without extension headers.
+        if ip.vcf[0] >> 4 == 6 && ip.next_hdr == IPPROTO_ICMPV6 && icmp6::solicited_node_group(&ip.dst_addr) {
             return icmp6::multicast_solicitation(ctx, eth, ip, config, clock);
         }
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);

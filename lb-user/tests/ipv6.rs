@@ -207,6 +207,10 @@ fn invalid_solicitations_are_not_answered() {
         m.extend_from_slice(&[14, 5].iter().copied().chain([0u8; 38]).collect::<Vec<_>>());
         icmp6_frame(group_mac, CLIENT6, group, 255, m)
     };
+    // Not IPv6 at all (version 0): the kernel's.
+    let mut version_0 = multicast_ns(CLIENT6, VIP6);
+    version_0[14] = 0;
+    assert_eq!(run(&mut dp, &version_0, XDP_PASS, Reason::PassNotVip), version_0);
     let from_the_vip = multicast_ns(VIP6, VIP6);
     let from_multicast_mac = {
         let mut f = multicast_ns(CLIENT6, VIP6);
