@@ -561,6 +561,48 @@ mod tests {
         (input, output)
     }
 
+    /// A solicitation for the IPv6 VIP (to `dst` at `dst_mac`, from `src`) and the advertisement answering it.
+    fn solicitation_and_answer(src: Ipv6Addr, flags: u8, to: Ipv6Addr, to_mac: [u8; 6]) -> (Vec<u8>, Vec<u8>) {
+        let vip6 = crate::node::VIP6;
+        let (group, group_mac) = frames::solicited_node(vip6);
+        let client_mac = [0x02, 0, 0, 0, 0, 0x10];
+        let slla = (!src.is_unspecified()).then_some(client_mac);
+        let mut input = frames::eth(group_mac, client_mac, frames::ETH_IPV6);
+        input.extend(frames::ipv6(
+            src,
+            group,
+            58,
+            255,
+            &frames::icmp6(src, group, frames::neighbor_solicitation(vip6, slla)),
+        ));
+        let mut output = frames::eth(to_mac, NODE_MAC, frames::ETH_IPV6);
+        let na = frames::icmp6(vip6, to, frames::neighbor_advertisement(vip6, flags, NODE_MAC));
+        output.extend(frames::ipv6(vip6, to, 58, 255, &na));
+        (input, output)
+    }
+
+    #[test]
+    fn advertisements_for_the_ipv6_vip_are_judged() {
+        let client: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        let client_mac = [0x02, 0, 0, 0, 0, 0x10];
+        let (input, output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        // Duplicate address detection: to all nodes, Override only.
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let (input, output) = solicitation_and_answer(Ipv6Addr::UNSPECIFIED, 0x20, all, [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        // Solicited to all nodes, and a hop limit below 255, are malformed.
+        let (input, output) = solicitation_and_answer(Ipv6Addr::UNSPECIFIED, 0x60, all, [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_sent_malformed"]);
+        let (input, mut output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        output[21] = 64;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_sent_malformed"]);
+        // An advertisement nobody asked for.
+        let (_, output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        let unasked = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
+        assert_eq!(rules(&unasked, XDP_TX, &output, true), ["ipv6_sent_unasked"]);
+    }
+
     #[test]
     fn a_correct_nat_forward_keeps_every_rule() {
         let (input, output) = nat_forward();
