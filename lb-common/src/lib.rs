@@ -45,6 +45,8 @@ pub mod names {
     pub const EGRESS_PROGRAM: &str = "xvip_egress";
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
+    /// The IPv6 VIPs: `[u8; 16]` address -> [`VipValue`](super::VipValue).
+    pub const VIPS6: &str = "VIPS6";
     pub const VIP_SLOTS: &str = "VIP_SLOTS";
     pub const VIP_TABLE: &str = "VIP_TABLE";
     pub const LISTENER_SLOTS: &str = "LISTENER_SLOTS";
@@ -162,7 +164,10 @@ impl NodeConfig {
     }
 }
 
-/// Value of the `VIPS` hash map, keyed by the VIP's IPv4 address (`[u8; 4]`, network order).
+/// Value of the `VIPS` hash map, keyed by the VIP's IPv4 address (`[u8; 4]`, network order), and of the `VIPS6`
+/// hash map, keyed by an IPv6 VIP's address (`[u8; 16]`, network order). An IPv6 VIP's `router` is its instance's
+/// IPv6 router (`router_slot(instance, FAMILY_IPV6)`); its `hash_seed` and `held` are unused until IPv6 traffic is
+/// forwarded to backends.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
@@ -614,7 +619,7 @@ pub enum Reason {
     ForwardTx = 2,
     /// Packet to a service redirected to a backend on another interface.
     ForwardRedirect = 3,
-    /// Not IPv4 nor ARP (IPv6, LLDP, ...): kernel.
+    /// Neither IPv4, IPv6 nor ARP (LLDP, ...): kernel.
     PassNotIpv4 = 4,
     /// 802.1Q/802.1ad tagged: kernel.
     PassVlan = 5,
@@ -622,7 +627,8 @@ pub enum Reason {
     /// for a VIP no client can have sent (a sender address that is martian, a VIP or the node's own, or a sender
     /// MAC that is zero, multicast or the node's): kernel, which answers only for its own addresses.
     PassArp = 6,
-    /// IPv4 not addressed to any VIP: kernel.
+    /// IPv4 or IPv6 not addressed to any VIP (for IPv6 multicast: anything but a Neighbor Solicitation without
+    /// extension headers to a solicited-node group): kernel.
     PassNotVip = 7,
     /// Addressed to a VIP whose router is not active here: dropped (the kernel does not own the VIP; with IP
     /// forwarding on it would route it back to the active node or loop it through stale neighbour entries).
@@ -698,9 +704,24 @@ pub enum Reason {
     /// To a VIP whose router is not active here, but which this node's kernel holds (a DSR backend on this node,
     /// the VIP on its loopback): the active node's DSR forward to this node's backend, handed to the kernel.
     PassHeldVip = 36,
+    /// A Neighbor Solicitation for an IPv6 VIP answered with a Neighbor Advertisement (XDP_TX).
+    NaReply = 37,
+    /// A Neighbor Solicitation to a solicited-node multicast group that is not for one of our IPv6 VIPs (on its
+    /// interface, while its router is active), or that fails the RFC 4861 §7.1.1 checks (see [`Reason::DropNd`]), or
+    /// comes from a sender no client can have (the VIP, multicast, loopback; a zero, multicast or the node's MAC):
+    /// kernel, which answers only for its own addresses and discards invalid ones.
+    PassNd = 38,
+    /// A Neighbor Solicitation sent to an IPv6 VIP itself (unicast, as for reachability confirmation) that is not
+    /// answered: it fails the RFC 4861 §7.1.1 checks (hop limit not 255, code not 0, shorter than 24 bytes, a bad
+    /// checksum, a target other than the VIP, an option of length 0; or longer than 64 bytes), or comes from a zero,
+    /// multicast or the node's own MAC, or arrives on another interface than the VIP's. Dropped (the kernel does not
+    /// own the VIP).
+    DropNd = 39,
+    /// TCP or UDP to an IPv6 VIP: IPv6 traffic is not forwarded to backends (yet), so it is dropped and counted.
+    DropIpv6Transport = 40,
 }
 
-pub const REASON_COUNT: u32 = 37;
+pub const REASON_COUNT: u32 = 41;
 
 /// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
 /// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
@@ -757,6 +778,10 @@ impl Reason {
         Reason::NatReplyLocal,
         Reason::ArpReplyLocal,
         Reason::PassHeldVip,
+        Reason::NaReply,
+        Reason::PassNd,
+        Reason::DropNd,
+        Reason::DropIpv6Transport,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -799,6 +824,10 @@ impl Reason {
             Reason::NatReplyLocal => "nat_reply_local",
             Reason::ArpReplyLocal => "arp_replies_local",
             Reason::PassHeldVip => "pass_held_vip",
+            Reason::NaReply => "na_replies",
+            Reason::PassNd => "pass_nd",
+            Reason::DropNd => "drop_nd",
+            Reason::DropIpv6Transport => "drop_ipv6_transport",
         }
     }
 }
@@ -813,6 +842,32 @@ pub const fn martian_source(source: [u8; 4], vip: [u8; 4]) -> bool {
         || first == 127
         || first >= 224
         || (source[0] == vip[0] && source[1] == vip[1] && source[2] == vip[2] && source[3] == vip[3])
+}
+
+/// Whether the IPv6 `source` can never be a client's address: the unspecified address `::`, loopback `::1`,
+/// multicast `ff00::/8`, IPv4-mapped `::ffff:0:0/96` (never on the wire, RFC 4291 §2.5.5.2; Linux drops it too),
+/// or the VIP itself.
+#[inline(always)]
+pub fn martian_source6(source: &[u8; 16], vip: &[u8; 16]) -> bool {
+    let (high, low) = ipv6_halves(source);
+    source[0] == 0xff || (high == 0 && (low <= 1 || low >> 32 == 0xffff)) || ipv6_halves(vip) == (high, low)
+}
+
+/// An IPv6 address as two big-endian 64-bit halves: compared and tested with two register operations (a
+/// comparison of the arrays may become a `memcmp` call, which the XDP program must not make).
+#[inline(always)]
+pub fn ipv6_halves(a: &[u8; 16]) -> (u64, u64) {
+    (
+        u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+        u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+    )
+}
+
+/// The solicited-node multicast address of `address` (RFC 4291 §2.7.1): `ff02::1:ff` and its last 24 bits,
+/// where Neighbor Solicitations for `address` are sent.
+#[inline(always)]
+pub const fn solicited_node(address: [u8; 16]) -> [u8; 16] {
+    [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, address[13], address[14], address[15]]
 }
 
 /// The flow hash: (client address, client port, service port, protocol) with the group's seed.
@@ -1212,6 +1267,39 @@ mod tests {
         assert!(!f.matches([10, 0, 1, 77], [10, 0, 0, 251], 443u16.to_be_bytes(), PROTO_TCP), "other VIP");
         assert!(!f.matches([10, 0, 1, 77], vip, 80u16.to_be_bytes(), PROTO_TCP), "other port");
         assert!(!f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_UDP), "other protocol");
+    }
+
+    #[test]
+    fn ipv6_martian_sources() {
+        let vip: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x50];
+        let mut client = vip;
+        client[15] = 0x10;
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 1];
+        let mut link_local = [0u8; 16];
+        link_local[..2].copy_from_slice(&[0xfe, 0x80]);
+        link_local[15] = 7;
+        let mut multicast = [0u8; 16];
+        multicast[..2].copy_from_slice(&[0xff, 0x02]);
+        multicast[15] = 1;
+        let mut loopback = [0u8; 16];
+        loopback[15] = 1;
+        for (source, martian) in [
+            (client, false),
+            (link_local, false),
+            ([0; 16], true),
+            (loopback, true),
+            (multicast, true),
+            (mapped, true),
+            (vip, true),
+        ] {
+            assert_eq!(martian_source6(&source, &vip), martian, "{source:x?}");
+        }
+    }
+
+    #[test]
+    fn solicited_node_group_keeps_the_last_24_bits() {
+        let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+        assert_eq!(solicited_node(a), [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0xff, 0x34, 0x56, 0x78]);
     }
 
     #[test]

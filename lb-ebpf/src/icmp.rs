@@ -80,7 +80,7 @@ fn echo(
     if len > ECHO_MAX_LEN {
         return (XDP_DROP, Reason::DropEchoTooLong);
     }
-    if !message_ok(ctx, len) {
+    if !message_ok::<L4_OFF>(ctx, len, 0) {
         return (XDP_DROP, Reason::DropIcmpChecksum);
     }
     // SAFETY: bounds-checked by `at` in `handle`.
@@ -94,21 +94,22 @@ fn echo(
     (XDP_TX, Reason::EchoReply)
 }
 
-/// Whether the ICMP message of `len` bytes (at most [`ECHO_MAX_LEN`]) after the IPv4 header verifies: all its
-/// 16-bit words, checksum included, add up to 0xffff in one's complement (RFC 1071; a trailing odd byte is padded
-/// with a zero byte). Summed 8 bytes at a time in host order, which RFC 1071 §2 shows gives the same result as
-/// big-endian 16-bit words (byte swapped, and 0xffff is its own swap). A loop of at most `ECHO_MAX_LEN / 8`
-/// rounds the verifier can bound: about 1 ns per 8 bytes.
+/// Whether the ICMP message of `len` bytes (at most [`ECHO_MAX_LEN`]) at offset `OFF` of the frame (after the IP
+/// header) verifies: all its 16-bit words, checksum included, and `seed` (a pseudo-header's sum for ICMPv6, 0 for
+/// ICMP, summed the same way) add up to 0xffff in one's complement (RFC 1071; a trailing odd byte is padded with a
+/// zero byte). Summed 8 bytes at a time in host order, which RFC 1071 §2 shows gives the same result as big-endian
+/// 16-bit words (byte swapped, and 0xffff is its own swap). A loop of at most `ECHO_MAX_LEN / 8` rounds the
+/// verifier can bound: about 1 ns per 8 bytes.
 #[inline(always)]
-fn message_ok(ctx: &XdpContext, len: usize) -> bool {
+pub fn message_ok<const OFF: usize>(ctx: &XdpContext, len: usize, seed: u64) -> bool {
     let chunks = len / 8;
-    let mut sum: u64 = 0;
+    let mut sum: u64 = seed;
     let mut i = 0;
     while i < ECHO_MAX_LEN / 8 {
         if i >= chunks {
             break;
         }
-        let Some(p) = packet::at::<[u8; 8]>(ctx, L4_OFF + i * 8) else {
+        let Some(p) = packet::at::<[u8; 8]>(ctx, OFF + i * 8) else {
             return false;
         };
         // SAFETY: bounds-checked by `at`.
@@ -117,7 +118,7 @@ fn message_ok(ctx: &XdpContext, len: usize) -> bool {
         sum = (sum & 0xffff_ffff) + (sum >> 32) + (v & 0xffff_ffff) + (v >> 32);
         i += 1;
     }
-    let mut at = L4_OFF + chunks * 8;
+    let mut at = OFF + chunks * 8;
     let rest = len % 8;
     if rest & 4 != 0 {
         let Some(p) = packet::at::<[u8; 4]>(ctx, at) else {

@@ -3,7 +3,8 @@
 //!
 //! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
 //! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
-//! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `route` (the
+//! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `ipv6` and
+//! `icmp6` (IPv6 VIPs: Neighbor Discovery and echo answered, the rest dropped), `route` (the
 //! FIB: where packets to clients go), `socket` (the cgroup programs that balance the node's own clients' connects),
 //! `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
 //! `packet`, `csum`.
@@ -18,6 +19,8 @@ mod csum;
 mod egress;
 mod forward;
 mod icmp;
+mod icmp6;
+mod ipv6;
 mod maps;
 mod nat;
 mod packet;
@@ -39,14 +42,14 @@ use lb_common::{
 };
 use maps::{CONFIG, COUNTERS, Clock, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
-use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, IP_LEN, IPPROTO_ICMP, L4};
+use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IP_LEN, IPPROTO_ICMP, L4};
 use vip::{Vip, lookup_vip, may_answer};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
 /// The router a frame belongs to when it is not addressed to any VIP: counted node-wide only.
-const NO_ROUTER: u32 = u32::MAX;
+pub(crate) const NO_ROUTER: u32 = u32::MAX;
 
 // Inlined into the entry point the macro wraps around it: a call costs a return, and returns are expensive on
 // kernels that mitigate return-address speculation (a "safe RET" thunk on every one).
@@ -125,6 +128,7 @@ fn process(ctx: &XdpContext) -> (u32, Reason, u32) {
     match ether_type {
         ETH_P_ARP => arp(ctx, eth, config, &clock),
         ETH_P_IPV4 => ipv4(ctx, eth, config, &clock),
+        ETH_P_IPV6 => ipv6::process(ctx, eth, config, &clock),
         ETH_P_8021Q | ETH_P_8021AD => (XDP_PASS, Reason::PassVlan, NO_ROUTER),
         _ => (XDP_PASS, Reason::PassNotIpv4, NO_ROUTER),
     }

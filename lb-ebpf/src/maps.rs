@@ -27,6 +27,11 @@ pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 #[map]
 pub static VIPS: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
 
+/// Every IPv6 VIP of every instance: its router (the instance's IPv6 router) and interface. Looked up for IPv6
+/// frames only (unicast destinations, and the targets of Neighbor Solicitations to solicited-node groups).
+#[map]
+pub static VIPS6: HashMap<[u8; 16], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
 /// Folded destination address (`lb_common::vip_fold`) -> the one VIP folding there (`VIP_TABLE` index + 1), none
 /// (`SLOT_EMPTY`), or several (`SLOT_SHARED`: `VIPS` decides). Written by the agent.
 #[map]

@@ -13,6 +13,13 @@ pub const ETH_P_IPV4: u16 = 0x0800;
 pub const ETH_P_ARP: u16 = 0x0806;
 pub const ETH_P_8021Q: u16 = 0x8100;
 pub const ETH_P_8021AD: u16 = 0x88a8;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+
+/// The fixed IPv6 header; the upper-layer header follows it directly when there are no extension headers (the
+/// only case handled for a VIP).
+pub const IP6_LEN: usize = network_types::ip::Ipv6Hdr::LEN;
+pub const L4_OFF6: usize = ETH_LEN + IP6_LEN;
+pub const IPPROTO_ICMPV6: u8 = 58;
 
 pub const IPPROTO_ICMP: u8 = 1;
 

@@ -2,7 +2,7 @@
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
 use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
 
-use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS};
+use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS, VIPS6};
 
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
@@ -26,6 +26,15 @@ pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
     // SAFETY: copied out at once.
     let value = unsafe { VIPS.get(&address) }.copied()?;
     Some(Vip { address, value })
+}
+
+/// The `VIPS6` entry of `address`, if it is one of our IPv6 VIPs: one hash lookup (IPv6 frames only). `address`
+/// may point into the frame (the helper takes a packet pointer as key), so nothing is copied to the stack.
+#[inline(always)]
+pub fn lookup_vip6(address: &[u8; 16]) -> Option<&'static VipValue> {
+    // SAFETY: the value is read while this program runs (the map is not preallocated: an update swaps a whole
+    // element, and frees the old one only after every reader is done).
+    unsafe { VIPS6.get(address) }
 }
 
 /// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.

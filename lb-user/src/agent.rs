@@ -916,8 +916,9 @@ impl Shell {
                 };
                 'burst: for _ in 0..count {
                     for address in &addresses {
-                        if let Err(e) = garp.send(*address) {
-                            log::warn!("sending a gratuitous ARP for {address} on {interface}: {e:#}");
+                        // A gratuitous ARP for an IPv4 address, an unsolicited Neighbor Advertisement for IPv6.
+                        if let Err(e) = garp.announce(*address) {
+                            log::warn!("announcing {address} on {interface}: {e:#}");
                             break 'burst;
                         }
                     }

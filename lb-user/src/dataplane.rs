@@ -10,7 +10,7 @@
 //! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -262,6 +262,20 @@ pub struct VipSpec {
     pub interface: Option<String>,
 }
 
+/// An IPv6 VIP as the data plane needs it: the router whose flag governs it (its instance's IPv6 router) and where
+/// it is answered. The program answers Neighbor Solicitations and pings for it while that router is active; it
+/// forwards nothing to backends over IPv6 yet (TCP and UDP to it are dropped, `drop_ipv6_transport`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Vip6Spec {
+    pub address: Ipv6Addr,
+    /// `lb_common::router_slot(instance, FAMILY_IPV6)` of its instance.
+    pub router: u32,
+    /// Its instance's interface: solicitations for the address are answered there only, with that interface's MAC.
+    /// `None`: the node's interface and MAC as they are when the VIP is written (any interface if the program is
+    /// not attached yet: fixtures that attach nowhere).
+    pub interface: Option<String>,
+}
+
 /// What a service looks like to the data plane.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -381,6 +395,8 @@ pub struct DataPlane {
     beat: Heartbeat,
     /// The `VIPS` entries written, by address.
     vips: BTreeMap<Ipv4Addr, VipValue>,
+    /// The `VIPS6` entries written, by address.
+    vips6: BTreeMap<Ipv6Addr, VipValue>,
     /// The `VIP_TABLE` element holding each VIP.
     vip_elements: BTreeMap<Ipv4Addr, u32>,
     /// Free `VIP_TABLE` elements, oldest-freed first, so an element is reused as late as possible.
@@ -464,6 +480,7 @@ impl DataPlane {
             node: NodeConfig::default(),
             beat: Heartbeat::default(),
             vips: BTreeMap::new(),
+            vips6: BTreeMap::new(),
             vip_elements: BTreeMap::new(),
             free_vip_elements: (0..lb_common::VIP_TABLE_ELEMENTS).collect(),
             listener_elements: BTreeMap::new(),
@@ -801,6 +818,68 @@ impl DataPlane {
     /// The `VIPS` entries written, by address.
     pub fn vips(&self) -> &BTreeMap<Ipv4Addr, VipValue> {
         &self.vips
+    }
+
+    /// Makes the `VIPS6` map hold exactly `vips` (the IPv6 VIPs of every instance): new and changed addresses are
+    /// written first (each entry is replaced whole: the map is not preallocated), then the ones that left are
+    /// removed. An address no client could reach (unspecified, loopback, multicast, IPv4-mapped) is refused before
+    /// anything is written.
+    ///
+    /// # Errors
+    /// `Refused` for such an address, `Full` beyond `MAX_VIPS` addresses; when an interface cannot be looked up or
+    /// a map write fails, the addresses before it are written.
+    pub fn set_vips6(&mut self, vips: &[Vip6Spec]) -> Result<()> {
+        if let Some(bad) = vips.iter().find(|v| !usable_vip6(v.address)) {
+            return Err(Error::Refused(format!(
+                "{} cannot be a VIP: unspecified, loopback, multicast and IPv4-mapped addresses are refused",
+                bad.address
+            )));
+        }
+        let mut wanted: BTreeMap<Ipv6Addr, VipValue> = BTreeMap::new();
+        let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        for v in vips {
+            let (ifindex, mac) = match &v.interface {
+                None => (self.node.ifindex, self.node.mac),
+                Some(name) => match interfaces.get(name.as_str()) {
+                    Some(found) => *found,
+                    None => {
+                        let found = (interface_index(name)?, netif::interface_mac(name)?);
+                        interfaces.insert(name, found);
+                        found
+                    }
+                },
+            };
+            // No hash seed and never held: nothing is forwarded to IPv6 backends yet.
+            let value = VipValue { router: v.router, hash_seed: 0, ifindex, mac, held: 0, _pad: 0 };
+            wanted.insert(v.address, value);
+        }
+        let added = wanted.keys().filter(|a| !self.vips6.contains_key(a)).count();
+        if self.vips6.len() + added > lb_common::MAX_VIPS as usize {
+            return Err(Error::Full(format!("no room for {added} more IPv6 VIPs: {} at most", lb_common::MAX_VIPS)));
+        }
+        for (address, value) in &wanted {
+            if self.vips6.get(address) == Some(value) {
+                continue;
+            }
+            let mut map: BpfHashMap<&mut MapData, [u8; 16], VipValue> = map_mut(&mut self.ebpf, names::VIPS6)?;
+            map.insert(address.octets(), *value, 0).with_context(|| format!("writing {address} into the VIPS6 map"))?;
+            self.vips6.insert(*address, *value);
+        }
+        let gone: Vec<Ipv6Addr> = self.vips6.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
+        for address in gone {
+            let mut map: BpfHashMap<&mut MapData, [u8; 16], VipValue> = map_mut(&mut self.ebpf, names::VIPS6)?;
+            match map.remove(&address.octets()) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("removing {address} from the VIPS6 map")),
+            }
+            self.vips6.remove(&address);
+        }
+        Ok(())
+    }
+
+    /// The `VIPS6` entries written, by address.
+    pub fn vips6(&self) -> &BTreeMap<Ipv6Addr, VipValue> {
+        &self.vips6
     }
 
     /// Starts (`true`) or stops answering for the VIPs of router 0 (fixtures and tools; the agent uses
@@ -1377,7 +1456,7 @@ impl DataPlane {
         };
         let mut counters = Counters { reasons, ..Counters::default() };
         let routers: std::collections::BTreeSet<u32> =
-            self.vips.values().map(|v| v.router).filter(|r| *r < MAX_ROUTERS).collect();
+            self.vips.values().chain(self.vips6.values()).map(|v| v.router).filter(|r| *r < MAX_ROUTERS).collect();
         let router_map: PerCpuArray<&MapData, u64> = map_ref(&self.ebpf, names::ROUTER_COUNTERS)?;
         for router in routers {
             let mut by_reason = Vec::with_capacity(REASON_COUNT as usize);
@@ -1659,6 +1738,12 @@ fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
 
 /// Every IPv4 address of this node's interfaces, loopback's aside: a backend at one of them is on this node
 /// (`Backend::local`, delivered through the node's own stack).
+/// Whether `address` can be an IPv6 VIP: a unicast address a client can send to (the program treats the others
+/// as sources no client can have, `lb_common::martian_source6`).
+fn usable_vip6(address: Ipv6Addr) -> bool {
+    !(address.is_unspecified() || address.is_loopback() || address.is_multicast() || address.to_ipv4_mapped().is_some())
+}
+
 fn own_addresses() -> Vec<[u8; 4]> {
     interface_addresses().into_iter().map(|(address, _)| address.to_be_bytes()).collect()
 }

@@ -38,7 +38,18 @@ pub const RULES: &[(&str, &str)] = &[
     ("arp_reply_unasked", "an ARP reply was sent for something other than a request for the VIP"),
     ("sent_to_vip", "a frame sent is addressed to the VIP (ARP target, or IPv4 destination other than a DSR forward)"),
     ("sent_to_self", "a frame sent is addressed to one of the node's own addresses"),
-    ("sent_to_martian", "a frame sent is addressed to 0/8, 127/8, multicast, 240/4, a broadcast address"),
+    (
+        "sent_to_martian",
+        "a frame sent is addressed to 0/8, 127/8, multicast, 240/4, a broadcast address (IPv6: ::, ::1, multicast other than the answer to duplicate address detection)",
+    ),
+    (
+        "ipv6_sent_malformed",
+        "an IPv6 frame sent is not an echo reply or Neighbor Advertisement from the IPv6 VIP, hop limit 255 for the advertisement, Override set, the node's MAC as target link-layer address; Solicited to a unicast asker, or not Solicited to ff02::1 at 33:33:00:00:00:01",
+    ),
+    (
+        "ipv6_sent_unasked",
+        "an IPv6 frame was sent for something other than an echo request or solicitation for the IPv6 VIP",
+    ),
     (
         "martian_source_sent",
         "a frame sent has a martian or self source (for a DSR forward: the client's address is martian, the VIP or the node's)",
@@ -76,6 +87,8 @@ pub const RULES: &[(&str, &str)] = &[
 /// What the checker knows about the node, from its configuration (not from the program).
 pub struct Facts {
     pub vip: Ipv4Addr,
+    /// The node's IPv6 VIP (answered with Neighbor Advertisements and echo replies, never forwarded).
+    pub vip6: Ipv6Addr,
     pub node_mac: [u8; 6],
     /// The node's own addresses other than the VIP.
     pub own: Vec<Ipv4Addr>,
@@ -206,7 +219,10 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
     // interface to the other's MAC (an ARP request that claims it as its sender is answered there) reaches no
     // host of this node on that segment; the program knows only the VIP interface's MAC, and an asker may claim
     // any unicast MAC in any case.
-    if dst_mac == [0; 6] || dst_mac[0] & 1 == 1 || dst_mac == own_mac {
+    // The one multicast frame the program may send: its answer to duplicate address detection, to all nodes.
+    let to_all_nodes = dst_mac == ALL_NODES_MAC
+        && matches!(&packet.net, Some(NetSlice::Ipv6(ip)) if ip.header().destination_addr() == ALL_NODES);
+    if dst_mac == [0; 6] || (dst_mac[0] & 1 == 1 && !to_all_nodes) || dst_mac == own_mac {
         found.push(finding("bad_destination_mac", format!("destination MAC {}", mac(dst_mac))));
     }
     let input_packet = SlicedPacket::from_ethernet(input).ok();
@@ -226,7 +242,7 @@ pub fn frame(facts: &Facts, active: bool, input: &[u8], action: u32, output: &[u
                 Some(NetSlice::Ipv6(i)) => Some(i),
                 _ => None,
             };
-            check_ipv6(ip, input_ip, &mut found);
+            check_ipv6(facts, ip, dst_mac, input_ip, &mut found);
         }
     }
     found
@@ -373,11 +389,56 @@ fn check_icmp(dst: Ipv4Addr, message: &[u8], input: Option<&[u8]>, found: &mut V
     }
 }
 
-fn check_ipv6(ip: &Ipv6Slice, input: Option<&Ipv6Slice>, found: &mut Vec<Finding>) {
+const ALL_NODES: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+fn check_ipv6(facts: &Facts, ip: &Ipv6Slice, dst_mac: [u8; 6], input: Option<&Ipv6Slice>, found: &mut Vec<Finding>) {
     let h = ip.header();
     let dst = h.destination_addr();
-    if dst.is_multicast() || dst.is_unspecified() || dst.is_loopback() {
+    if (dst.is_multicast() && dst != ALL_NODES) || dst.is_unspecified() || dst.is_loopback() {
         found.push(finding("sent_to_martian", format!("IPv6 to {dst}")));
+    }
+    // The program sends over IPv6 only its answers for the IPv6 VIP: echo replies and Neighbor Advertisements.
+    let message = ip.payload().payload;
+    let kind = (ip.payload().ip_number.0 == 58 && !ip.payload().fragmented).then(|| message.first().copied()).flatten();
+    let asked = input.and_then(|i| {
+        let m = i.payload().payload;
+        (i.payload().ip_number.0 == 58 && !i.payload().fragmented).then(|| (m.first().copied(), m.get(8..24)))
+    });
+    let vip6 = facts.vip6.octets();
+    match kind {
+        Some(129) => {
+            if h.source_addr() != facts.vip6 {
+                found.push(finding("ipv6_sent_malformed", format!("echo reply from {}", h.source_addr())));
+            }
+            if !matches!(asked, Some((Some(128), _)))
+                || input.map(|i| i.header().destination_addr()) != Some(facts.vip6)
+            {
+                found.push(finding("ipv6_sent_unasked", "echo reply"));
+            }
+        }
+        Some(136) => {
+            let flags = message.get(4).copied().unwrap_or(0);
+            let to_all = dst == ALL_NODES && dst_mac == ALL_NODES_MAC;
+            let well_formed = h.source_addr() == facts.vip6
+                && h.hop_limit() == 255
+                && message.len() == 32
+                && message.get(8..24) == Some(&vip6[..])
+                && message.get(24..26) == Some(&[2, 1][..])
+                && message.get(26..32) == Some(&facts.node_mac[..])
+                && if to_all { flags == 0x20 } else { flags == 0x60 && !dst.is_multicast() };
+            if !well_formed {
+                found.push(finding(
+                    "ipv6_sent_malformed",
+                    format!("advertisement {} -> {dst}, flags {flags:#x}, {} bytes", h.source_addr(), message.len()),
+                ));
+            }
+            if asked != Some((Some(135), Some(&vip6[..]))) {
+                found.push(finding("ipv6_sent_unasked", "neighbor advertisement"));
+            }
+        }
+        _ => found
+            .push(finding("ipv6_sent_malformed", format!("IPv6 to {dst}, next header {}", ip.payload().ip_number.0))),
     }
     if ip.payload().fragmented {
         return;
@@ -498,6 +559,48 @@ mod tests {
         let input = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
         let output = frames::tcp_frame(mac, NODE_MAC, VIP, backend, 40000, 8080, TCP_SYN, b"");
         (input, output)
+    }
+
+    /// A solicitation for the IPv6 VIP (to `dst` at `dst_mac`, from `src`) and the advertisement answering it.
+    fn solicitation_and_answer(src: Ipv6Addr, flags: u8, to: Ipv6Addr, to_mac: [u8; 6]) -> (Vec<u8>, Vec<u8>) {
+        let vip6 = crate::node::VIP6;
+        let (group, group_mac) = frames::solicited_node(vip6);
+        let client_mac = [0x02, 0, 0, 0, 0, 0x10];
+        let slla = (!src.is_unspecified()).then_some(client_mac);
+        let mut input = frames::eth(group_mac, client_mac, frames::ETH_IPV6);
+        input.extend(frames::ipv6(
+            src,
+            group,
+            58,
+            255,
+            &frames::icmp6(src, group, frames::neighbor_solicitation(vip6, slla)),
+        ));
+        let mut output = frames::eth(to_mac, NODE_MAC, frames::ETH_IPV6);
+        let na = frames::icmp6(vip6, to, frames::neighbor_advertisement(vip6, flags, NODE_MAC));
+        output.extend(frames::ipv6(vip6, to, 58, 255, &na));
+        (input, output)
+    }
+
+    #[test]
+    fn advertisements_for_the_ipv6_vip_are_judged() {
+        let client: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        let client_mac = [0x02, 0, 0, 0, 0, 0x10];
+        let (input, output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        // Duplicate address detection: to all nodes, Override only.
+        let all = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+        let (input, output) = solicitation_and_answer(Ipv6Addr::UNSPECIFIED, 0x20, all, [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        // Solicited to all nodes, and a hop limit below 255, are malformed.
+        let (input, output) = solicitation_and_answer(Ipv6Addr::UNSPECIFIED, 0x60, all, [0x33, 0x33, 0, 0, 0, 1]);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_sent_malformed"]);
+        let (input, mut output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        output[21] = 64;
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_sent_malformed"]);
+        // An advertisement nobody asked for.
+        let (_, output) = solicitation_and_answer(client, 0x60, client, client_mac);
+        let unasked = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
+        assert_eq!(rules(&unasked, XDP_TX, &output, true), ["ipv6_sent_unasked"]);
     }
 
     #[test]

@@ -41,6 +41,7 @@ fn env_u64(name: &str) -> Option<u64> {
 fn facts() -> Facts {
     Facts {
         vip: node::VIP,
+        vip6: node::VIP6,
         node_mac: node::NODE_MAC,
         own: vec![node::NODE_IP, node::NODE_IP2],
         subnets: node::SUBNETS.to_vec(),

@@ -2,15 +2,23 @@
 //! interfaces, its VIP and role, NAT and DSR services (one behind a second interface, one without a healthy
 //! backend, two sharing a backend endpoint), and the events a real node sees while traffic flows (role changes,
 //! backend health flaps, a reload that removes and re-adds a service, with backend slots reused at once).
-use std::{net::Ipv4Addr, process::Command, time::Duration};
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    process::Command,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
-use lb_common::{FORWARD_DSR, FORWARD_NAT, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, group_seed};
-use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
+use lb_common::{FAMILY_IPV6, FORWARD_DSR, FORWARD_NAT, MAX_BACKENDS, PROTO_TCP, PROTO_UDP, group_seed, router_slot};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec, Vip6Spec};
 
 use crate::traffic::Rng;
 
 pub const VIP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 250);
+/// The node's IPv6 VIP (the instance's IPv6 router, active and backup with the IPv4 one): the address the traffic
+/// generator's IPv6 frames are for.
+pub const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x250);
+const ROUTER6: u32 = router_slot(0, FAMILY_IPV6);
 pub const VRID: u8 = 51;
 /// The node's own address on the VIP's interface, and on the second interface.
 pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -132,7 +140,9 @@ impl Node {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
             .context("loading the XDP program (needs root)")?;
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
+        dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, interface: None }])?;
         dp.set_active(true)?;
+        dp.set_router_active(ROUTER6, true)?;
         let mut node = Node { dp, active: true, services: services(), far_ifindex };
         for i in 0..node.services.len() {
             node.apply(i)?;
@@ -167,7 +177,8 @@ impl Node {
 
     pub fn set_active(&mut self, active: bool) -> Result<()> {
         self.active = active;
-        Ok(self.dp.set_active(active)?)
+        self.dp.set_active(active)?;
+        Ok(self.dp.set_router_active(ROUTER6, active)?)
     }
 
     /// A health check changes its mind about one backend of one service (not `dead`, which stays dead).

@@ -408,7 +408,7 @@ fn vlan(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
 /// hop-by-hop options header.
 fn ipv6(rng: &mut Rng) -> Vec<u8> {
     let src: Ipv6Addr = "2001:db8::10".parse().unwrap_or(Ipv6Addr::LOCALHOST);
-    let vip6: Ipv6Addr = "2001:db8::250".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+    let vip6 = crate::node::VIP6;
     let (dst, dst_mac, next, body) = match rng.below(4) {
         0 => {
             // Neighbour solicitation for the address, to its solicited-node group.

@@ -195,3 +195,87 @@ pub fn icmp_ok(frame: &[u8]) -> bool {
     let total = u16::from_be_bytes([frame[16], frame[17]]) as usize;
     checksum(&frame[34..14 + total]) == 0
 }
+
+/// An IPv6 header (40 bytes, traffic class and flow label 0) with `next` and `hop_limit`, followed by `payload`.
+pub fn ipv6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, hop_limit: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[next, hop_limit]);
+    h.extend_from_slice(&src.octets());
+    h.extend_from_slice(&dst.octets());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// The ICMPv6 checksum (RFC 4443 §2.3: over the RFC 8200 §8.1 pseudo-header and the message) of `message`, whose
+/// checksum field (bytes 2..4) is taken as it is.
+pub fn icmp6_checksum(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, message: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + message.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, 58]);
+    pseudo.extend_from_slice(message);
+    checksum(&pseudo)
+}
+
+/// `message` (ICMPv6, checksum field zero) with its checksum filled in.
+pub fn icmp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, mut message: Vec<u8>) -> Vec<u8> {
+    message[2..4].copy_from_slice(&[0, 0]);
+    let c = icmp6_checksum(src, dst, &message);
+    message[2..4].copy_from_slice(&c.to_be_bytes());
+    message
+}
+
+/// A Neighbor Solicitation for `target` (RFC 4861 §4.3), with a source link-layer address option when `slla` is
+/// given, checksum zero.
+pub fn neighbor_solicitation(target: std::net::Ipv6Addr, slla: Option<[u8; 6]>) -> Vec<u8> {
+    let mut m = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    if let Some(mac) = slla {
+        m.extend_from_slice(&[1, 1]);
+        m.extend_from_slice(&mac);
+    }
+    m
+}
+
+/// A Neighbor Advertisement for `target` with `flags` (R 0x80, S 0x40, O 0x20) and a target link-layer address
+/// option (RFC 4861 §4.4), checksum zero.
+pub fn neighbor_advertisement(target: std::net::Ipv6Addr, flags: u8, tlla: [u8; 6]) -> Vec<u8> {
+    let mut m = vec![136, 0, 0, 0, flags, 0, 0, 0];
+    m.extend_from_slice(&target.octets());
+    m.extend_from_slice(&[2, 1]);
+    m.extend_from_slice(&tlla);
+    m
+}
+
+/// An ICMPv6 echo message (`kind` 128 request, 129 reply), checksum zero.
+pub fn icmp6_echo(kind: u8, id: u16, seq: u16, payload: &[u8]) -> Vec<u8> {
+    let mut m = vec![kind, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend_from_slice(payload);
+    m
+}
+
+/// The solicited-node group of `address` (RFC 4291 §2.7.1) and its Ethernet address (RFC 2464 §7).
+pub fn solicited_node(address: std::net::Ipv6Addr) -> (std::net::Ipv6Addr, [u8; 6]) {
+    let o = address.octets();
+    let group =
+        std::net::Ipv6Addr::new(0xff02, 0, 0, 0, 0, 1, 0xff00 | u16::from(o[13]), u16::from_be_bytes([o[14], o[15]]));
+    (group, [0x33, 0x33, 0xff, o[13], o[14], o[15]])
+}
+
+/// Whether the ICMPv6 message of an Ethernet + IPv6 frame (no extension headers) verifies, recomputed here.
+pub fn icmp6_ok(frame: &[u8]) -> bool {
+    if frame.len() < 54 || frame[20] != 58 {
+        return false;
+    }
+    let len = usize::from(u16::from_be_bytes([frame[18], frame[19]]));
+    let Some(message) = frame.get(54..54 + len) else {
+        return false;
+    };
+    let src: [u8; 16] = frame[22..38].try_into().unwrap_or_default();
+    let dst: [u8; 16] = frame[38..54].try_into().unwrap_or_default();
+    icmp6_checksum(src.into(), dst.into(), message) == 0
+}

@@ -130,6 +130,14 @@ fn paths() -> Vec<PathSpec> {
             target: TARGET_NS,
         },
         PathSpec {
+            name: "IPv6 Neighbor Solicitation for the VIP -> advertisement",
+            frames: Frames::Same(neighbor_solicitation),
+            prepare: ipv6_vip,
+            action: XDP_TX,
+            reason: Reason::NaReply,
+            target: TARGET_NS,
+        },
+        PathSpec {
             name: "DSR, new flow (SYN: Maglev pick + conntrack update of one flow)",
             frames: Frames::Same(|| client_tcp(40000, TCP_SYN, b"")),
             prepare: dsr_web,
@@ -260,6 +268,25 @@ fn reply_to(translated: &[u8]) -> Vec<u8> {
     let nat_port = u16::from_be_bytes([translated[34], translated[35]]);
     let backend_port = u16::from_be_bytes([translated[36], translated[37]]);
     frames::tcp_frame(NODE_MAC, backend_mac, backend, VIP, backend_port, nat_port, TCP_ACK | TCP_PSH, RESPONSE)
+}
+
+/// The IPv6 VIP of the Neighbor Solicitation row, its router (the instance's IPv6 one) active.
+const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x250);
+
+fn ipv6_vip(dp: &mut DataPlane) -> Result<()> {
+    let router = lb_common::router_slot(0, lb_common::FAMILY_IPV6);
+    dp.set_vips6(&[xvip::dataplane::Vip6Spec { address: VIP6, router, interface: None }])?;
+    Ok(dp.set_router_active(router, true)?)
+}
+
+/// A solicitation for [`VIP6`] to its solicited-node group, with the client's MAC as source link-layer address.
+fn neighbor_solicitation() -> Vec<u8> {
+    let client = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x10);
+    let (group, group_mac) = frames::solicited_node(VIP6);
+    let ns = frames::icmp6(client, group, frames::neighbor_solicitation(VIP6, Some(CLIENT_MAC)));
+    let mut f = frames::eth(group_mac, CLIENT_MAC, frames::ETH_IPV6);
+    f.extend(frames::ipv6(client, group, 58, 255, &ns));
+    f
 }
 
 /// A DSR service on port 80 over three backends, as in lb-user/tests/xdp.rs.

@@ -1,0 +1,406 @@
+//! ICMPv6 for IPv6 VIPs: Neighbor Solicitations answered with Neighbor Advertisements (RFC 4861 §7.2.4) and echo
+//! requests with echo replies (RFC 4443 §4.2), in place, while the VIP's router may answer. Every other ICMPv6
+//! message to a VIP is dropped (`DropNoService`).
+//!
+//! A solicitation is answered only when it passes the receiver's checks of RFC 4861 §7.1.1 (hop limit 255, a
+//! checksum that verifies, code 0, at least 24 bytes, the VIP as target, no option of length 0, and from the
+//! unspecified address only to the solicited-node group and without a source link-layer address option), is at
+//! most 64 bytes long, and comes from a MAC a host can have, on the VIP's interface. The advertisement carries the VIP's MAC in a target
+//! link-layer address option, Override set, Solicited set (except for duplicate address detection, whose asker
+//! has no address yet: then it goes to all nodes, ff02::1, as §7.2.4 says), hop limit 255, from the VIP.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
+    helpers::generated::bpf_xdp_adjust_tail,
+    programs::XdpContext,
+};
+use lb_common::{ECHO_MAX_LEN, NodeConfig, Reason, VipValue, ipv6_halves, martian_source6};
+use network_types::{eth::EthHdr, icmp::Icmpv6Hdr, ip::Ipv6Hdr};
+
+use crate::{
+    NO_ROUTER,
+    csum::{self, fold},
+    forward::set_macs,
+    icmp::message_ok,
+    maps::Clock,
+    packet,
+    parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4_OFF6},
+    vip::{lookup_vip6, may_answer},
+};
+
+const ECHO_REQUEST: u8 = 128;
+const ECHO_REPLY: u8 = 129;
+const NEIGHBOR_SOLICITATION: u8 = 135;
+const NEIGHBOR_ADVERTISEMENT: u8 = 136;
+/// Neighbor Discovery option types (RFC 4861 §4.6).
+const OPTION_SOURCE_LL: u8 = 1;
+const OPTION_TARGET_LL: u8 = 2;
+/// Neighbor Advertisement flags (first byte of the word after the checksum): Solicited and Override.
+const FLAG_SOLICITED: u8 = 0x40;
+const FLAG_OVERRIDE: u8 = 0x20;
+/// Neighbor Discovery messages are sent, and must be received, with hop limit 255 (they cannot have crossed a
+/// router).
+const ND_HOP_LIMIT: u8 = 255;
+/// The hop limit of echo replies, a host's usual default.
+const ECHO_HOP_LIMIT: u8 = 64;
+/// The longest solicitation answered: the 24-byte message and 40 bytes of options (senders put one or two 8-byte
+/// options: the source link-layer address, a nonce). Its checksum and options are checked in one pass of at most
+/// 8 rounds, which keeps the verifier's work small.
+const SOLICITATION_MAX_LEN: usize = 64;
+/// All-nodes multicast (ff02::1) and its Ethernet group (RFC 2464 §7).
+const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+/// The first 13 bytes of every solicited-node group, ff02::1:ff00:0/104, as the high half and the next 5 bytes.
+const SOLICITED_NODE_HIGH: u64 = 0xff02_0000_0000_0000;
+const SOLICITED_NODE_NEXT: u64 = 0x0000_0001_ff;
+
+/// A Neighbor Solicitation's fixed part (RFC 4861 §4.3); options follow.
+#[repr(C)]
+struct Solicitation {
+    kind: u8,
+    code: u8,
+    check: [u8; 2],
+    reserved: [u8; 4],
+    target: [u8; 16],
+}
+const SOLICITATION_LEN: usize = core::mem::size_of::<Solicitation>();
+const _: () = assert!(SOLICITATION_LEN == 24);
+
+/// The whole answer: Ethernet, IPv6 and a Neighbor Advertisement with one target link-layer address option.
+#[repr(C)]
+struct Advertisement {
+    eth_dst: [u8; 6],
+    eth_src: [u8; 6],
+    ether_type: [u8; 2],
+    vcf: [u8; 4],
+    payload_len: [u8; 2],
+    next_hdr: u8,
+    hop_limit: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    kind: u8,
+    code: u8,
+    check: [u8; 2],
+    flags: [u8; 4],
+    target: [u8; 16],
+    option: [u8; 2],
+    mac: [u8; 6],
+}
+const ADVERTISEMENT_LEN: usize = core::mem::size_of::<Advertisement>();
+const ADVERTISEMENT_ICMP_LEN: usize = ADVERTISEMENT_LEN - L4_OFF6;
+const _: () = assert!(ADVERTISEMENT_LEN == 86 && ADVERTISEMENT_ICMP_LEN == 32);
+
+/// Whether `dst` is a solicited-node multicast group, ff02::1:ffXX:XXXX (RFC 4291 §2.7.1).
+#[inline(always)]
+pub fn solicited_node_group(dst: &[u8; 16]) -> bool {
+    let (high, low) = ipv6_halves(dst);
+    high == SOLICITED_NODE_HIGH && low >> 24 == SOLICITED_NODE_NEXT
+}
+
+/// An ICMPv6 message (next header 58, no extension headers) to a solicited-node group: a solicitation for one of
+/// our VIPs is answered, anything else goes to the kernel. (verdict, reason, router)
+#[inline(always)]
+pub fn multicast_solicitation(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    config: &NodeConfig,
+    clock: &Clock,
+) -> (u32, Reason, u32) {
+    let Some(ns) = packet::at::<Solicitation>(ctx, L4_OFF6) else {
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ns = unsafe { &*ns };
+    if ns.kind != NEIGHBOR_SOLICITATION {
+        return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
+    }
+    let len = usize::from(u16::from_be_bytes(ip.payload_len));
+    if ETH_LEN + IP6_LEN + len > packet::len(ctx) {
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
+    }
+    let Some(vip) = lookup_vip6(&ns.target) else {
+        return (XDP_PASS, Reason::PassNd, NO_ROUTER);
+    };
+    let router = vip.router;
+    // The group must be the target's own (its last 24 bits).
+    let group_matches =
+        ip.dst_addr[13] == ns.target[13] && ip.dst_addr[14] == ns.target[14] && ip.dst_addr[15] == ns.target[15];
+    if !group_matches || !may_answer(router, clock) {
+        return (XDP_PASS, Reason::PassNd, router);
+    }
+    match valid_solicitation(ctx, eth, ip, ns, config, vip, len) {
+        Some(dad) => {
+            let (action, reason) = answer(ctx, vip, dad);
+            (action, reason, router)
+        }
+        None => (XDP_PASS, Reason::PassNd, router),
+    }
+}
+
+/// ICMPv6 to the VIP itself (`ip.dst_addr`, whose entry is `vip`), `len` bytes (the payload length, checked
+/// against the frame); the source passed the martian checks.
+#[inline(always)]
+pub fn to_vip(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    len: usize,
+) -> (u32, Reason) {
+    let Some(icmp) = packet::at::<Icmpv6Hdr>(ctx, L4_OFF6) else {
+        return (XDP_PASS, Reason::PassTruncated);
+    };
+    if len < Icmpv6Hdr::LEN {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    // SAFETY: bounds-checked by `at`.
+    let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
+    match kind {
+        ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, len),
+        NEIGHBOR_SOLICITATION => {
+            let Some(ns) = packet::at::<Solicitation>(ctx, L4_OFF6) else {
+                return (XDP_DROP, Reason::DropNd);
+            };
+            // SAFETY: bounds-checked by `at`.
+            let ns = unsafe { &*ns };
+            if ipv6_halves(&ns.target) != ipv6_halves(&ip.dst_addr) {
+                return (XDP_DROP, Reason::DropNd);
+            }
+            match valid_solicitation(ctx, eth, ip, ns, config, vip, len) {
+                // The unspecified source never gets here (a martian), so this is never duplicate address detection.
+                Some(dad) => answer(ctx, vip, dad),
+                None => (XDP_DROP, Reason::DropNd),
+            }
+        }
+        _ => (XDP_DROP, Reason::DropNoService),
+    }
+}
+
+/// The checks of RFC 4861 §7.1.1 and ours (see the module's doc) on a solicitation of `len` bytes whose target is
+/// the VIP of `vip`.
+/// `Some(true)`: valid, duplicate address detection (from the unspecified address); `Some(false)`: valid, from an
+/// address; `None`: not to be answered.
+#[inline(always)]
+fn valid_solicitation(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv6Hdr,
+    ns: &Solicitation,
+    config: &NodeConfig,
+    vip: &VipValue,
+    len: usize,
+) -> Option<bool> {
+    if ip.hop_limit != ND_HOP_LIMIT || ns.code != 0 || len < SOLICITATION_LEN || len > SOLICITATION_MAX_LEN {
+        return None;
+    }
+    // SAFETY: bounds-checked by `at` in `process`.
+    let asker_mac = unsafe { (*eth).src_addr };
+    let unicast_asker = asker_mac[0] & 1 == 0 && asker_mac != [0; 6] && asker_mac != config.mac && asker_mac != vip.mac;
+    let on_its_interface = vip.ifindex == 0 || vip.ifindex as usize == ctx.ingress_ifindex();
+    if !unicast_asker || !on_its_interface {
+        return None;
+    }
+    let unspecified = ipv6_halves(&ip.src_addr) == (0, 0);
+    if !unspecified && martian_source6(&ip.src_addr, &ns.target) {
+        return None;
+    }
+    let source_ll = scan_solicitation(ctx, len, pseudo_header_sum(&ip.src_addr, &ip.dst_addr, len))?;
+    // Duplicate address detection is sent to the solicited-node group, without a source link-layer address.
+    if unspecified && (source_ll || !solicited_node_group(&ip.dst_addr)) {
+        return None;
+    }
+    Some(unspecified)
+}
+
+/// One pass over a solicitation of `len` bytes (24 to [`SOLICITATION_MAX_LEN`]) in 8-byte chunks: its checksum
+/// with the pseudo-header's sum `seed` must verify (as in `icmp::message_ok`), and its options, from byte 24 on,
+/// must each have a length above 0 and together fill the message exactly (options are multiples of 8 bytes, so
+/// each starts a chunk). Returns whether a source link-layer address option is among them.
+#[inline(always)]
+fn scan_solicitation(ctx: &XdpContext, len: usize, seed: u64) -> Option<bool> {
+    if len % 8 != 0 {
+        return None;
+    }
+    let chunks = len / 8;
+    let mut sum = seed;
+    let mut next_option = SOLICITATION_LEN / 8;
+    let mut source_ll = false;
+    let mut i = 0;
+    while i < SOLICITATION_MAX_LEN / 8 {
+        if i >= chunks {
+            break;
+        }
+        let p = packet::at::<[u8; 8]>(ctx, L4_OFF6 + i * 8)?;
+        // SAFETY: bounds-checked by `at`.
+        let chunk = unsafe { *p };
+        if i == next_option {
+            if chunk[1] == 0 {
+                return None;
+            }
+            source_ll |= chunk[0] == OPTION_SOURCE_LL;
+            next_option += usize::from(chunk[1]);
+        }
+        let v = u64::from_ne_bytes(chunk);
+        sum = (sum & 0xffff_ffff) + (sum >> 32) + (v & 0xffff_ffff) + (v >> 32);
+        i += 1;
+    }
+    if next_option != chunks {
+        return None;
+    }
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    (fold(sum as u32) == 0xffff).then_some(source_ll)
+}
+
+/// Turns the solicitation (whose target is the VIP of `vip`) into the advertisement (see the module's doc),
+/// resizing the frame to exactly the answer (most solicitations are already that size: one 8-byte option, as the
+/// answer has). The target stays where it is: the two messages keep it at the same offset.
+#[inline(always)]
+fn answer(ctx: &XdpContext, vip: &VipValue, dad: bool) -> (u32, Reason) {
+    let len = packet::len(ctx);
+    if len != ADVERTISEMENT_LEN {
+        // SAFETY: a helper call on this program's own context.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, ADVERTISEMENT_LEN as i32 - len as i32) } != 0 {
+            return (XDP_DROP, Reason::DropInternal);
+        }
+    }
+    let Some(a) = packet::at::<Advertisement>(ctx, 0) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let a = unsafe { &mut *a };
+    let flags = if dad {
+        a.eth_dst = ALL_NODES_MAC;
+        a.dst = ALL_NODES;
+        FLAG_OVERRIDE
+    } else {
+        // Through registers: a copy between fields of one frame would be a `memmove` call.
+        let (m, src) = (mac_words(&a.eth_src), ipv6_halves(&a.src));
+        set_mac_words(&mut a.eth_dst, m);
+        set_halves(&mut a.dst, src);
+        FLAG_SOLICITED | FLAG_OVERRIDE
+    };
+    // The map value could alias the frame as far as LLVM knows: copied through registers too.
+    let mac = mac_words(&vip.mac);
+    set_mac_words(&mut a.eth_src, mac);
+    a.vcf = [0x60, 0, 0, 0];
+    a.payload_len = (ADVERTISEMENT_ICMP_LEN as u16).to_be_bytes();
+    a.next_hdr = IPPROTO_ICMPV6;
+    a.hop_limit = ND_HOP_LIMIT;
+    let target = ipv6_halves(&a.target);
+    set_halves(&mut a.src, target);
+    a.kind = NEIGHBOR_ADVERTISEMENT;
+    a.code = 0;
+    a.flags = [flags, 0, 0, 0];
+    a.option = [OPTION_TARGET_LL, 1];
+    set_mac_words(&mut a.mac, mac);
+    // The checksum from scratch, over big-endian words: the pseudo-header (RFC 8200 §8.1) and the message.
+    let sum = words(&a.src)
+        + words(&a.dst)
+        + ADVERTISEMENT_ICMP_LEN as u32
+        + u32::from(IPPROTO_ICMPV6)
+        + (u32::from(NEIGHBOR_ADVERTISEMENT) << 8)
+        + (u32::from(flags) << 8)
+        + words(&a.target)
+        + ((u32::from(OPTION_TARGET_LL) << 8) | 1)
+        + u32::from(u16::from_be_bytes([a.mac[0], a.mac[1]]))
+        + u32::from(u16::from_be_bytes([a.mac[2], a.mac[3]]))
+        + u32::from(u16::from_be_bytes([a.mac[4], a.mac[5]]));
+    a.check = (!fold(sum)).to_be_bytes();
+    (XDP_TX, Reason::NaReply)
+}
+
+/// Answers an echo request to the VIP (`len` bytes of ICMPv6) in place, as the IPv4 path does (`icmp::echo`): only
+/// one whose checksum verifies, from a MAC a host can have, back out of the interface it came in on, to the MAC it
+/// came from.
+#[inline(always)]
+fn echo(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    icmp: *mut Icmpv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    len: usize,
+) -> (u32, Reason) {
+    // SAFETY: bounds-checked by `at` in `process`.
+    let asker_mac = unsafe { (*eth).src_addr };
+    if asker_mac[0] & 1 != 0 || asker_mac == [0; 6] || asker_mac == config.mac || asker_mac == vip.mac {
+        return (XDP_DROP, Reason::DropMartianSource);
+    }
+    if len > ECHO_MAX_LEN {
+        return (XDP_DROP, Reason::DropEchoTooLong);
+    }
+    if !message_ok::<L4_OFF6>(ctx, len, pseudo_header_sum(&ip.src_addr, &ip.dst_addr, len)) {
+        return (XDP_DROP, Reason::DropIcmpChecksum);
+    }
+    // SAFETY: bounds-checked by `at` in `to_vip`.
+    let icmp = unsafe { &mut *icmp };
+    // The type is the high byte of the first word; swapping the addresses leaves the pseudo-header's sum alone.
+    icmp.check = csum::replace16(icmp.check, u16::from(ECHO_REQUEST) << 8, u16::from(ECHO_REPLY) << 8);
+    icmp.type_ = ECHO_REPLY;
+    let (src, dst) = (ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr));
+    set_halves(&mut ip.src_addr, dst);
+    set_halves(&mut ip.dst_addr, src);
+    ip.hop_limit = ECHO_HOP_LIMIT;
+    let mac = vip.mac;
+    set_macs(eth, asker_mac, mac);
+    (XDP_TX, Reason::EchoReply)
+}
+
+/// The ICMPv6 pseudo-header (source, destination, upper-layer length, next header 58; RFC 8200 §8.1) summed as
+/// `icmp::message_ok` sums the message: 32-bit words in host order.
+#[inline(always)]
+fn pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16], len: usize) -> u64 {
+    let mut sum = 0u64;
+    let mut i = 0;
+    while i < 16 {
+        sum += u64::from(u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
+        sum += u64::from(u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
+        i += 4;
+    }
+    sum + u64::from(u32::from_ne_bytes((len as u32).to_be_bytes()))
+        + u64::from(u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]))
+}
+
+/// Writes an address from its [`ipv6_halves`], as two 8-byte stores.
+#[inline(always)]
+fn set_halves(address: &mut [u8; 16], (high, low): (u64, u64)) {
+    let p = address.as_mut_ptr() as *mut u64;
+    // SAFETY: both stores lie inside the 16 bytes of `address`.
+    unsafe {
+        p.write_unaligned(high.to_be());
+        p.add(1).write_unaligned(low.to_be());
+    }
+}
+
+/// A MAC address as a 32-bit and a 16-bit word (for copies through registers).
+#[inline(always)]
+fn mac_words(mac: &[u8; 6]) -> (u32, u16) {
+    let p = mac.as_ptr();
+    // SAFETY: both loads lie inside the 6 bytes of `mac`.
+    unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u16).read_unaligned()) }
+}
+
+#[inline(always)]
+fn set_mac_words(mac: &mut [u8; 6], (high, low): (u32, u16)) {
+    let p = mac.as_mut_ptr();
+    // SAFETY: both stores lie inside the 6 bytes of `mac`.
+    unsafe {
+        (p as *mut u32).write_unaligned(high);
+        (p.add(4) as *mut u16).write_unaligned(low);
+    }
+}
+
+/// The sum of an address's eight big-endian 16-bit words.
+#[inline(always)]
+fn words(address: &[u8; 16]) -> u32 {
+    let mut sum = 0u32;
+    let mut i = 0;
+    while i < 16 {
+        sum += u32::from(u16::from_be_bytes([address[i], address[i + 1]]));
+        i += 2;
+    }
+    sum
+}
