@@ -35,7 +35,7 @@ use tokio::{
 use crate::{
     config::Config,
     control::{self, StatusRequest},
-    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceId, ServiceSpec, TableScan, VipSpec},
+    dataplane::{Counters, DataPlane, LoadOptions, NodeControl, ServiceId, ServiceSpec, TableScan, Vip6Spec, VipSpec},
     engine::{Command, Engine, Event, View},
     garp::GarpSender,
     health::{self, HealthEvent},
@@ -400,6 +400,8 @@ fn spawn_signals(config_path: PathBuf, events: mpsc::UnboundedSender<Event>) -> 
 enum Job {
     Reconcile(Vec<VipSpec>, Vec<(ServiceId, ServiceSpec)>),
     Install(ServiceId, ServiceSpec),
+    /// Make the IPv6 VIP map hold exactly these VIPs.
+    InstallVips6(Vec<Vip6Spec>),
     /// Delete the connection and NAT entries of flows to these VIPs (an instance left the active role).
     ForgetFlows(Vec<Ipv4Addr>),
     Counters(oneshot::Sender<Counters>),
@@ -441,6 +443,11 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
                             }
                         }
                         Job::Install(id, spec) => installs.push((id, spec)),
+                        Job::InstallVips6(vips) => {
+                            if let Err(e) = dataplane.set_vips6(&vips) {
+                                log::error!("installing the IPv6 VIPs: {e:#}");
+                            }
+                        }
                         Job::ForgetFlows(vips) => match dataplane.forget_flows(&vips) {
                             Ok((flows, translations)) => log::info!(
                                 "forgot {flows} connection and {translations} NAT entries of {}: no longer active, \
@@ -514,7 +521,8 @@ fn timed_scan(dataplane: &DataPlane) -> Option<(TableScan, Duration)> {
 }
 
 /// Drops service updates that a later one in the same batch supersedes: an install of a service followed by
-/// another install of it, or any install followed by a full reconcile that names its service.
+/// another install of it, or any install followed by a full reconcile that names its service, and an IPv6 VIP set
+/// followed by another.
 fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
     let mut kept: Vec<Job> = Vec::with_capacity(jobs.len());
     for job in jobs {
@@ -525,6 +533,8 @@ fn coalesce(jobs: Vec<Job>) -> Vec<Job> {
                 Job::Reconcile(..) => false,
                 _ => true,
             }),
+            // The IPv6 VIP map is set whole: only the newest set matters.
+            Job::InstallVips6(_) => kept.retain(|k| !matches!(k, Job::InstallVips6(_))),
             _ => {}
         }
         kept.push(job);
@@ -900,14 +910,24 @@ impl Shell {
                     }
                 }
             }
-            // NOT WIRED YET: the IPv6 data plane (Neighbor Advertisements for the VIP, unsolicited NAs) is another
-            // engineer's work on `dataplane.rs`/`garp.rs`. Until it is merged these commands only say what would be
-            // done; the router's flag (`SetActive`) is written as for IPv4.
             Command::SendUnsolicitedNas { interface, addresses, count } => {
-                log::debug!("unsolicited NAs ({count} each) for {addresses:?} on {interface}: not wired to a sender");
+                let Some(garp) = self.garps.get(&interface) else {
+                    log::error!("no gratuitous ARP socket on {interface} for unsolicited Neighbor Advertisements");
+                    return;
+                };
+                'burst: for _ in 0..count {
+                    for address in &addresses {
+                        if let Err(e) = garp.send_na(*address) {
+                            log::warn!(
+                                "sending an unsolicited Neighbor Advertisement for {address} on {interface}: {e:#}"
+                            );
+                            break 'burst;
+                        }
+                    }
+                }
             }
             Command::InstallVips6(vips) => {
-                log::debug!("IPv6 VIPs {vips:?}: not wired to the data plane");
+                let _ = self.dataplane.send(Job::InstallVips6(vips));
             }
             Command::SendGarps { interface, addresses, count } => {
                 let Some(garp) = self.garps.get(&interface) else {
@@ -1036,6 +1056,7 @@ mod tests {
                 Job::Counters(_) => "counters".into(),
                 Job::Sample { .. } => "sample".into(),
                 Job::Detach(_) => "detach".into(),
+                Job::InstallVips6(v) => format!("vips6({})", v.len()),
             })
             .collect()
     }
@@ -1061,5 +1082,21 @@ mod tests {
             Job::Install(id("a"), spec(6)),
         ];
         assert_eq!(names(&coalesce(jobs)), ["install(gone:2)", "reconcile(a)", "install(a:6)"]);
+    }
+
+    #[test]
+    fn only_the_newest_ipv6_vip_set_is_installed() {
+        let vip = |n: u16| Vip6Spec {
+            address: std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n),
+            router: 1,
+            interface: Some("eth0".into()),
+        };
+        let jobs = vec![
+            Job::InstallVips6(vec![vip(1)]),
+            Job::Install(id("a"), spec(1)),
+            Job::InstallVips6(vec![vip(1), vip(2)]),
+        ];
+        let kept = coalesce(jobs);
+        assert_eq!(names(&kept), ["install(a:1)", "vips6(2)"]);
     }
 }

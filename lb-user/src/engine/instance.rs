@@ -221,7 +221,7 @@ impl Instance {
             .vip
             .ipv6()
             .into_iter()
-            .map(|address| Vip6Spec { address, router: v6.index, interface: self.config.interface.clone() })
+            .map(|address| Vip6Spec { address, router: v6.index, interface: Some(self.config.interface.clone()) })
             .collect()
     }
 

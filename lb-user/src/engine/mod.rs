@@ -67,7 +67,7 @@ pub use router6::{Observed6, Router6View};
 
 use crate::{
     config::{self, Config, Problem},
-    dataplane::{ServiceId, ServiceSpec, VipSpec},
+    dataplane::{ServiceId, ServiceSpec, Vip6Spec, VipSpec},
     health,
     neighbour::Seen,
     services::Endpoint,
@@ -172,15 +172,6 @@ pub enum Command {
     Ready,
     /// The stop is complete: detach and exit.
     Exit,
-}
-
-/// An IPv6 VIP as the data plane needs it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Vip6Spec {
-    pub address: Ipv6Addr,
-    /// The IPv6 router of its instance (`lb_common::router_slot(slot, FAMILY_IPV6)`).
-    pub router: u32,
-    pub interface: String,
 }
 
 /// What an instance has seen and done so far: the read-only view for `xvip status` and metrics.

@@ -1269,7 +1269,11 @@ fn a_mixed_instance_runs_one_router_per_family() {
     let mut e = engine6(dual(&[VIP], &[VIP6], 150));
     let start = e.handle(ms(0), start(true));
     assert!(
-        start.contains(&Command::InstallVips6(vec![Vip6Spec { address: VIP6, router: 1, interface: ETH0.into() }])),
+        start.contains(&Command::InstallVips6(vec![Vip6Spec {
+            address: VIP6,
+            router: 1,
+            interface: Some(ETH0.into())
+        }])),
         "{start:?}"
     );
     assert_eq!((role(&e), role6(&e)), (Role::Backup, Some(Role::Backup)));
