@@ -16,7 +16,7 @@
 //! commands between the places above, and tearing down in order at the end.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
     path::{Path, PathBuf},
     sync::mpsc as std_mpsc,
     thread,
@@ -44,7 +44,7 @@ use crate::{
     netif,
     services::Endpoint,
     systemd::Notifier,
-    vrrp::{InterfaceInfo, VrrpSocket},
+    vrrp::{InterfaceInfo, Vrrp6Socket, VrrpSocket, socket6::Datagram},
 };
 
 /// How often the interface's link state is checked.
@@ -123,6 +123,8 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     }
     let primaries: BTreeMap<String, Option<Ipv4Addr>> =
         infos.iter().map(|(name, info)| (name.clone(), info.primary_ipv4())).collect();
+    let link_locals: BTreeMap<String, Ipv6Addr> =
+        infos.iter().filter_map(|(name, info)| Some((name.clone(), info.link_local_ipv6()?))).collect();
     for instance in &config.instances {
         if let (Some(source), Some(info)) = (instance.vrrp.source_address, infos.get(&instance.interface))
             && !info.ipv4.contains(&source)
@@ -142,7 +144,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let probes = metrics_listener.as_ref().map(|_| Probes::default());
 
     let capacity = u32::try_from(config.service_count()).unwrap_or(u32::MAX).max(8);
-    let engine = Engine::new(config.clone(), primaries, capacity)?;
+    let engine = Engine::with_link_locals(config.clone(), primaries, link_locals, capacity)?;
     let dp_error = |what: &'static str| move |source| Error::DataPlane { what, source };
     let mut dataplane = DataPlane::load(LoadOptions {
         conntrack_entries: config.conntrack_entries,
@@ -202,7 +204,11 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
             v.vrid,
             v.priority,
             v.advert_interval_ms,
-            if v.unicast_peers.is_empty() { "to 224.0.0.18".to_string() } else { format!("to {:?}", v.unicast_peers) },
+            if v.unicast_peers.is_empty() && v.unicast_peers6.is_empty() {
+                "to 224.0.0.18/ff02::12".to_string()
+            } else {
+                format!("to {:?} {:?}", v.unicast_peers, v.unicast_peers6)
+            },
             v.source_address.map_or_else(|| format!("{}'s primary address", instance.interface), |s| s.to_string()),
             instance.services.len()
         );
@@ -255,6 +261,18 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
         }
         plan.1 |= instance.vrrp.unicast_peers.is_empty();
     }
+    // The same for IPv6, on the interfaces of instances with IPv6 addresses: the sources besides the link-local
+    // address, and whether to join ff02::12.
+    let mut socket6_plans: BTreeMap<String, (Vec<Ipv6Addr>, bool)> = BTreeMap::new();
+    for instance in config.instances.iter().filter(|i| !i.vip.ipv6().is_empty()) {
+        let plan = socket6_plans.entry(instance.interface.clone()).or_default();
+        if let Some(source) = instance.vrrp.source_address6
+            && !plan.0.contains(&source)
+        {
+            plan.0.push(source);
+        }
+        plan.1 |= instance.vrrp.unicast_peers6.is_empty();
+    }
     let shell = Shell {
         engine,
         epoch,
@@ -288,7 +306,11 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
                 let mut sockets = Vec::new();
                 for (interface, (sources, multicast)) in socket_plans {
                     let socket = VrrpSocket::open(&interface, &sources, multicast).map_err(Error::Vrrp)?;
-                    sockets.push(Receiver { socket, paused_until: None });
+                    sockets.push(Receiver { socket: Sock::V4(socket), paused_until: None });
+                }
+                for (interface, (sources, multicast)) in socket6_plans {
+                    let socket = Vrrp6Socket::open(&interface, &sources, multicast).map_err(Error::Vrrp)?;
+                    sockets.push(Receiver { socket: Sock::V6(socket), paused_until: None });
                 }
                 shell.run(sockets).await;
                 Ok(())
@@ -639,15 +661,44 @@ impl Drop for Checker {
     }
 }
 
-/// One interface's VRRP socket, with the pause after a failed `recv` (the link went away).
+/// One interface's VRRP socket of one address family.
+enum Sock {
+    V4(VrrpSocket),
+    V6(Vrrp6Socket),
+}
+
+/// What a [`Sock`] received.
+enum Packet {
+    V4(Vec<u8>),
+    V6(Datagram),
+}
+
+impl Sock {
+    fn interface(&self) -> &str {
+        match self {
+            Sock::V4(s) => s.interface(),
+            Sock::V6(s) => s.interface(),
+        }
+    }
+
+    /// Cancel safe, as each socket's `recv`.
+    async fn recv(&self) -> crate::vrrp::socket::Result<Packet> {
+        match self {
+            Sock::V4(s) => s.recv().await.map(Packet::V4),
+            Sock::V6(s) => s.recv().await.map(Packet::V6),
+        }
+    }
+}
+
+/// One interface's VRRP socket (of one family), with the pause after a failed `recv` (the link went away).
 struct Receiver {
-    socket: VrrpSocket,
+    socket: Sock,
     paused_until: Option<Instant>,
 }
 
 /// The next packet from any socket that is not paused: (its index, the result). Each `recv` is cancel safe, so
 /// the ones that lose the race lose nothing.
-async fn recv_any(sockets: &[Receiver]) -> (usize, crate::vrrp::socket::Result<Vec<u8>>) {
+async fn recv_any(sockets: &[Receiver]) -> (usize, crate::vrrp::socket::Result<Packet>) {
     let now = Instant::now();
     let open: Vec<_> = sockets
         .iter()
@@ -712,9 +763,13 @@ impl Shell {
                     self.handle(&sockets, Event::Timer).await;
                 }
                 (i, packet) = recv_any(&sockets) => match packet {
-                    Ok(bytes) => {
+                    Ok(packet) => {
                         let interface = sockets[i].socket.interface().to_owned();
-                        self.handle(&sockets, Event::Packet { interface, bytes }).await;
+                        let event = match packet {
+                            Packet::V4(bytes) => Event::Packet { interface, bytes },
+                            Packet::V6(datagram) => Event::Packet6 { interface, datagram },
+                        };
+                        self.handle(&sockets, event).await;
                     }
                     Err(e) => {
                         log::warn!("receiving VRRP adverts: {e:#}");
@@ -806,11 +861,15 @@ impl Shell {
                 if let Err(e) = self.node.beat() {
                     log::error!("{e:#}");
                 }
-                let Some(receiver) = sockets.iter().find(|r| r.socket.interface() == interface) else {
+                let socket = sockets.iter().find_map(|r| match &r.socket {
+                    Sock::V4(s) if s.interface() == interface => Some(s),
+                    _ => None,
+                });
+                let Some(socket) = socket else {
                     log::error!("no VRRP socket on {interface} for an advert of VRID {}", advert.vrid);
                     return;
                 };
-                if let Err(e) = receiver.socket.send_advert(&advert, checksum, source, &peers).await {
+                if let Err(e) = socket.send_advert(&advert, checksum, source, &peers).await {
                     // A failed send (link down) must not stop the daemon: the peers' timers decide.
                     self.send_failures += 1;
                     let now = Instant::now();
@@ -819,6 +878,36 @@ impl Shell {
                         log::warn!("sending an advert ({} failure(s) so far): {e:#}", self.send_failures);
                     }
                 }
+            }
+            Command::SendAdvert6 { interface, source, peers, advert } => {
+                if let Err(e) = self.node.beat() {
+                    log::error!("{e:#}");
+                }
+                let socket = sockets.iter().find_map(|r| match &r.socket {
+                    Sock::V6(s) if s.interface() == interface => Some(s),
+                    _ => None,
+                });
+                let Some(socket) = socket else {
+                    log::error!("no IPv6 VRRP socket on {interface} for an advert of VRID {}", advert.vrid);
+                    return;
+                };
+                if let Err(e) = socket.send_advert(&advert, source, &peers).await {
+                    self.send_failures += 1;
+                    let now = Instant::now();
+                    if self.send_logged.is_none_or(|t| now >= t + Duration::from_secs(10)) {
+                        self.send_logged = Some(now);
+                        log::warn!("sending an IPv6 advert ({} failure(s) so far): {e:#}", self.send_failures);
+                    }
+                }
+            }
+            // NOT WIRED YET: the IPv6 data plane (Neighbor Advertisements for the VIP, unsolicited NAs) is another
+            // engineer's work on `dataplane.rs`/`garp.rs`. Until it is merged these commands only say what would be
+            // done; the router's flag (`SetActive`) is written as for IPv4.
+            Command::SendUnsolicitedNas { interface, addresses, count } => {
+                log::debug!("unsolicited NAs ({count} each) for {addresses:?} on {interface}: not wired to a sender");
+            }
+            Command::InstallVips6(vips) => {
+                log::debug!("IPv6 VIPs {vips:?}: not wired to the data plane");
             }
             Command::SendGarps { interface, addresses, count } => {
                 let Some(garp) = self.garps.get(&interface) else {

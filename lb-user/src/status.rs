@@ -59,6 +59,26 @@ pub struct InstanceStatus {
     pub counters: CounterStatus,
     #[serde(default)]
     pub warnings: Vec<Warning>,
+    /// The instance's IPv6 router, when it has IPv6 addresses (an addition: VRRP runs one router per address
+    /// family; the fields above are its IPv4 router's, or, for an instance with only IPv6 addresses, this one's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<RouterStatus>,
+}
+
+/// The election of one address family's router of an instance.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouterStatus {
+    /// initialize | backup | active | fault
+    pub role: String,
+    /// This node's advert source (the interface's link-local address unless `source_address` is IPv6).
+    pub source: String,
+    pub active_router: Option<String>,
+    pub transitions: u64,
+    pub role_since_unix_ms: u64,
+    pub role_reason: String,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub adverts_discarded: u64,
 }
 
 impl Status {
@@ -191,6 +211,7 @@ impl Status {
             services: self.services.clone(),
             counters: self.counters.clone(),
             warnings: Vec::new(),
+            ipv6: None,
         }]
     }
 
@@ -249,6 +270,19 @@ fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
     let discards: Vec<String> = c.adverts_discarded_by_reason.iter().map(|(k, n)| format!("{k} {n}")).collect();
     if !discards.is_empty() {
         let _ = writeln!(s, "discards    {}", discards.join(", "));
+    }
+    if let Some(v6) = &i.ipv6 {
+        let _ = writeln!(
+            s,
+            "ipv6        {} for {}, from {}, active router {}; adverts sent {}, received {}, discarded {}",
+            v6.role,
+            human_duration(now_ms.saturating_sub(v6.role_since_unix_ms)),
+            v6.source,
+            v6.active_router.as_deref().unwrap_or("unknown"),
+            v6.adverts_sent,
+            v6.adverts_received,
+            v6.adverts_discarded
+        );
     }
     for svc in &i.services {
         let healthy = svc.backends.iter().filter(|b| b.healthy).count();
@@ -415,6 +449,7 @@ mod tests {
             active_router: Some("10.0.0.5".into()),
             services: vec![service],
             warnings: vec![Warning::default()],
+            ipv6: Some(RouterStatus { active_router: Some("fe80::5".into()), ..Default::default() }),
             ..Default::default()
         };
         let status = Status::of_instances(vec![instance]);
@@ -514,6 +549,23 @@ mod tests {
         assert!(t.contains("10.0.0.11:6443") && t.contains("down"), "{t}");
         assert!(!t.contains("draining"), "{t}");
         assert!(!t.contains("WARNING"), "{t}");
+    }
+
+    #[test]
+    fn the_table_shows_an_instances_ipv6_router() {
+        let ipv6 = RouterStatus {
+            role: "active".into(),
+            source: "fe80::5".into(),
+            active_router: Some("fe80::5".into()),
+            adverts_sent: 7,
+            ..Default::default()
+        };
+        let status = Status::of_instances(vec![InstanceStatus { ipv6: Some(ipv6), ..Default::default() }]);
+        let t = status.render();
+        assert!(t.contains("ipv6        active for"), "{t}");
+        assert!(t.contains("from fe80::5, active router fe80::5; adverts sent 7"), "{t}");
+        let plain = Status::of_instances(vec![InstanceStatus::default()]).render();
+        assert!(!plain.contains("ipv6"), "{plain}");
     }
 
     #[test]

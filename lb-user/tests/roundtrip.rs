@@ -127,6 +127,8 @@ fn vrrp_section(vip: Ipv4Addr) -> impl Strategy<Value = Vrrp> {
             preempt_delay_ms: delay,
             source_address: source,
             unicast_peers: peers.into_iter().collect(),
+            source_address6: None,
+            unicast_peers6: Vec::new(),
             checksum,
             garp_count,
             garp_repeat_delay_ms,

@@ -6,7 +6,7 @@
 //! user and keepalived 2.2.7 refuses such configs otherwise.
 
 use std::fmt::Write as _;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -48,6 +48,11 @@ pub struct KeepalivedSpec {
     pub more_vips: Vec<Ipv4Addr>,
     /// Further `vrrp_instance` blocks in the same keepalived (their `global_defs` and `more` are not used).
     pub more: Vec<KeepalivedSpec>,
+    /// An IPv6 instance: this address (as /64) instead of `vip` and `more_vips`; keepalived then runs VRRPv3 over
+    /// IPv6 (ff02::12 from the interface's link-local address, or the IPv6 unicast peers below).
+    pub vip6: Option<Ipv6Addr>,
+    /// IPv6 `unicast_src_ip` and `unicast_peer`s (with `vip6`).
+    pub unicast6: Option<(Ipv6Addr, Vec<Ipv6Addr>)>,
 }
 
 impl KeepalivedSpec {
@@ -68,7 +73,21 @@ impl KeepalivedSpec {
             extra: Vec::new(),
             more_vips: Vec::new(),
             more: Vec::new(),
+            vip6: None,
+            unicast6: None,
         }
+    }
+
+    /// An IPv6 instance for `vip6` (see [`KeepalivedSpec::vip6`]).
+    pub fn ipv6(mut self, vip6: Ipv6Addr) -> Self {
+        self.vip6 = Some(vip6);
+        self
+    }
+
+    /// Switches the IPv6 instance to unicast adverts from `src` to `peers`.
+    pub fn unicast6(mut self, src: Ipv6Addr, peers: &[Ipv6Addr]) -> Self {
+        self.unicast6 = Some((src, peers.to_vec()));
+        self
     }
 
     /// Adds addresses to this instance's `virtual_ipaddress`.
@@ -135,8 +154,20 @@ impl KeepalivedSpec {
             }
             let _ = writeln!(c, "    }}");
         }
+        if let Some((src, peers)) = &self.unicast6 {
+            let _ = writeln!(c, "    unicast_src_ip {src}");
+            let _ = writeln!(c, "    unicast_peer {{");
+            for peer in peers {
+                let _ = writeln!(c, "        {peer}");
+            }
+            let _ = writeln!(c, "    }}");
+        }
         for line in &self.extra {
             let _ = writeln!(c, "    {line}");
+        }
+        if let Some(vip6) = self.vip6 {
+            let _ = writeln!(c, "    virtual_ipaddress {{\n        {vip6}/64 dev {}\n    }}\n}}", self.interface);
+            return;
         }
         let _ = writeln!(c, "    virtual_ipaddress {{");
         for vip in std::iter::once(&self.vip).chain(&self.more_vips) {
@@ -260,6 +291,15 @@ impl Keepalived {
         let out = cmd::ip_in(&self.ns, ["-4", "-o", "addr", "show", "dev", &self.spec.interface])?;
         let needle = format!(" {address}/");
         Ok(out.contains(&needle))
+    }
+
+    /// Whether the IPv6 `address` is currently on the instance's interface.
+    ///
+    /// # Errors
+    /// When `ip addr` fails.
+    pub fn holds6(&self, address: Ipv6Addr) -> Result<bool> {
+        let out = cmd::ip_in(&self.ns, ["-6", "-o", "addr", "show", "dev", &self.spec.interface])?;
+        Ok(out.contains(&format!(" {address}/")))
     }
 
     /// The VRRP child's pid, from its pid file.

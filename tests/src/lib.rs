@@ -34,6 +34,7 @@ pub mod flood;
 #[path = "../../lb-user/tests/support/frames.rs"]
 pub mod frames;
 pub mod http;
+pub mod ipv6;
 pub mod keepalived;
 pub mod netns;
 pub mod probe;

@@ -2,7 +2,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -43,6 +43,14 @@ pub struct NodeSpec {
     pub mount_cgroup2: bool,
     /// `local_clients` (`None`: the default).
     pub local_clients: Option<bool>,
+    /// IPv6 addresses of the single-form instance, after the lab's IPv4 VIP (unless `vip4` is false).
+    pub vip6: Vec<Ipv6Addr>,
+    /// Whether the single-form instance has the lab's IPv4 VIP (`false` with `vip6`: an IPv6-only instance).
+    pub vip4: bool,
+    /// IPv6 entries of `unicast_peers`.
+    pub unicast_peers6: Vec<Ipv6Addr>,
+    /// An IPv6 `source_address`.
+    pub source_address6: Option<Ipv6Addr>,
 }
 
 /// One VRRP instance of a node written in the list form.
@@ -114,6 +122,10 @@ impl NodeSpec {
             metrics_listen: None,
             mount_cgroup2: false,
             local_clients: None,
+            vip6: Vec::new(),
+            vip4: true,
+            unicast_peers6: Vec::new(),
+            source_address6: None,
         }
     }
 
@@ -184,7 +196,14 @@ pub fn config(lab: &Lab, node: &Host, spec: &NodeSpec, socket: &Path) -> String 
         let _ = writeln!(t, "[metrics]\nlisten = \"{listen}\"\n");
     }
     if spec.instances.is_empty() {
-        let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
+        if spec.vip6.is_empty() {
+            let _ = writeln!(t, "[vip]\naddress = \"{}\"\n", lab.vip());
+        } else {
+            let v4 = spec.vip4.then(|| lab.vip().to_string());
+            let all: Vec<String> =
+                v4.into_iter().chain(spec.vip6.iter().map(ToString::to_string)).map(|a| format!("\"{a}\"")).collect();
+            let _ = writeln!(t, "[vip]\naddresses = [{}]\n", all.join(", "));
+        }
         let _ = writeln!(t, "[vrrp]");
         vrrp_keys(&mut t, spec, spec.vrid, spec.priority);
         services(&mut t, "service", &spec.services);
@@ -208,8 +227,17 @@ fn vrrp_keys(t: &mut String, spec: &NodeSpec, vrid: u8, priority: u8) {
     let _ = writeln!(t, "advert_interval_ms = {}", spec.advert_interval_ms);
     let _ = writeln!(t, "preempt = {}", spec.preempt);
     let _ = writeln!(t, "preempt_delay_ms = {}", spec.preempt_delay_ms);
-    let peers: Vec<String> = spec.unicast_peers.iter().map(|p| format!("\"{p}\"")).collect();
+    let peers: Vec<String> = spec
+        .unicast_peers
+        .iter()
+        .map(ToString::to_string)
+        .chain(spec.unicast_peers6.iter().map(ToString::to_string))
+        .map(|p| format!("\"{p}\""))
+        .collect();
     let _ = writeln!(t, "unicast_peers = [{}]", peers.join(", "));
+    if let Some(source) = spec.source_address6 {
+        let _ = writeln!(t, "source_address = \"{source}\"");
+    }
     let _ = writeln!(t, "garp_repeat_delay_ms = 1000");
     let _ = writeln!(t, "backend_loss_penalty = {}\n", spec.backend_loss_penalty);
 }

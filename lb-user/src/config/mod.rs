@@ -32,7 +32,7 @@ mod tree;
 mod tests;
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub use diff::{InstancePlan, ReloadPlan, RestartNeeded, diff};
@@ -112,7 +112,8 @@ pub enum XdpMode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip {
     /// One or more, in file order, unique over the whole file: all of them go in the advert's address list and
-    /// are answered for while the instance is active. IPv4 only for now (the reader refuses IPv6).
+    /// are answered for while the instance is active. IPv4 and IPv6 may mix: VRRP then runs one router per family
+    /// (same VRID, priority and timers), each advertising its family's addresses.
     pub addresses: Vec<IpAddr>,
     /// Informational: shown to people, and the name clients are likely to use (so a natural `server_name`).
     pub hostname: Option<String>,
@@ -126,6 +127,17 @@ impl Vip {
             .filter_map(|a| match a {
                 IpAddr::V4(v4) => Some(*v4),
                 IpAddr::V6(_) => None,
+            })
+            .collect()
+    }
+
+    /// The IPv6 addresses, in file order.
+    pub fn ipv6(&self) -> Vec<Ipv6Addr> {
+        self.addresses
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(*v6),
+                IpAddr::V4(_) => None,
             })
             .collect()
     }
@@ -178,10 +190,15 @@ pub struct Vrrp {
     pub preempt: bool,
     /// How long to wait before preempting, so a node that just came up can settle first.
     pub preempt_delay_ms: u32,
-    /// Source of adverts; `None` = the interface's primary IPv4 address.
+    /// Source of IPv4 adverts; `None` = the interface's primary IPv4 address.
     pub source_address: Option<Ipv4Addr>,
-    /// Adverts go to each of these; empty = multicast to 224.0.0.18.
+    /// IPv4 adverts go to each of these; empty = multicast to 224.0.0.18.
     pub unicast_peers: Vec<Ipv4Addr>,
+    /// Source of IPv6 adverts (`source_address` written as an IPv6 address); `None` = the interface's link-local
+    /// address.
+    pub source_address6: Option<Ipv6Addr>,
+    /// IPv6 adverts go to each of these (the IPv6 entries of `unicast_peers`); empty = multicast to ff02::12.
+    pub unicast_peers6: Vec<Ipv6Addr>,
     /// Checksum for sent adverts; both forms are accepted on receive.
     pub checksum: ChecksumMode,
     /// Gratuitous ARPs sent on becoming active.
@@ -330,6 +347,8 @@ impl Vrrp {
             preempt_delay_ms: 0,
             source_address: None,
             unicast_peers: Vec::new(),
+            source_address6: None,
+            unicast_peers6: Vec::new(),
             checksum: ChecksumMode::PseudoHeader,
             garp_count: DEFAULT_GARP_COUNT,
             garp_repeat_delay_ms: DEFAULT_GARP_REPEAT_DELAY_MS,

@@ -155,7 +155,7 @@ struct Reader {
     /// Every VIP address read, with where: for the checks across instances.
     addresses: Vec<Written<IpAddr>>,
     /// Addresses that must not be a VIP (backends, advert sources, peers), with where and what they are.
-    not_vips: Vec<(Written<Ipv4Addr>, NotVip)>,
+    not_vips: Vec<(Written<IpAddr>, NotVip)>,
     /// Running totals against the data plane's sizes.
     totals: Totals,
 }
@@ -375,6 +375,39 @@ impl Reader {
         }
     }
 
+    /// An IPv6 address that can name one host: not ::, loopback or multicast; `None` (and no problem) when the text
+    /// is not IPv6 at all, so the caller reads it as IPv4.
+    fn host_ipv6(&mut self, field: &Field, what: &str) -> Option<Option<Ipv6Addr>> {
+        let Node::String(text) = field.node else { return Some(None) };
+        let Ok(address) = text.parse::<Ipv6Addr>() else { return Some(None) };
+        let wrong = if address.is_unspecified() {
+            Some("the unspecified address")
+        } else if address.is_loopback() {
+            Some("the loopback address")
+        } else if address.is_multicast() {
+            Some("a multicast address")
+        } else if address.to_ipv4_mapped().is_some() {
+            Some("an IPv4-mapped address; write the IPv4 address instead")
+        } else {
+            None
+        };
+        match wrong {
+            Some(wrong) => {
+                self.error(field.at, format!("{} must be {what}, got {address} ({wrong})", field.path));
+                None
+            }
+            None => Some(Some(address)),
+        }
+    }
+
+    /// A host address of either family (`what4`/`what6` say what is expected, for messages).
+    fn host_ip(&mut self, field: &Field, what4: &str, what6: &str) -> Option<IpAddr> {
+        match self.host_ipv6(field, what6)? {
+            Some(v6) => Some(IpAddr::V6(v6)),
+            None => self.host_ipv4(field, what4).map(IpAddr::V4),
+        }
+    }
+
     /// One of a fixed set of words.
     fn choice<T: Copy>(&mut self, field: &Field, choices: &[(&str, T)]) -> Option<T> {
         let words: Vec<&str> = choices.iter().map(|(w, _)| *w).collect();
@@ -515,10 +548,28 @@ impl Reader {
         let (vrrp, vrid_at) = self.vrrp(vrrp_table.as_ref(), 0);
         let services = match root.get("service") {
             None => Vec::new(),
-            Some(field) => self.services(&field, "", "[[service]]", 0, vip.addresses.len()),
+            Some(field) => {
+                self.services_need_ipv4(&field, &vip);
+                self.services(&field, "", "[[service]]", 0, vip.addresses.len())
+            }
         };
         let marks = Marks { name_at: 0, vrid_at };
         (Instance { name: DEFAULT_INSTANCE.to_owned(), interface, vip, vrrp, services }, marks)
+    }
+
+    /// Services are forwarded for IPv4 VIPs only: an instance whose addresses are all IPv6 cannot carry one.
+    fn services_need_ipv4(&mut self, field: &Field, vip: &Vip) {
+        if !vip.addresses.is_empty() && vip.ipv4().is_empty() {
+            self.error(
+                field.key_at,
+                format!(
+                    "{} is set, but every address of this instance is IPv6: IPv6 forwarding is not supported yet \
+                     (IPv6 VIPs are elected and answered for, but carry no services); put the services on an \
+                     instance with an IPv4 address",
+                    field.path
+                ),
+            );
+        }
     }
 
     /// The list form: each `[[instance]]` table.
@@ -622,7 +673,10 @@ impl Reader {
         };
         let services = match table.get("service") {
             None => Vec::new(),
-            Some(field) => self.services(&field, &prefix, "[[instance.service]]", index, vip.addresses.len()),
+            Some(field) => {
+                self.services_need_ipv4(&field, &vip);
+                self.services(&field, &prefix, "[[instance.service]]", index, vip.addresses.len())
+            }
         };
         let marks = Marks { name_at, vrid_at };
         (Instance { name, interface, vip, vrrp, services }, marks)
@@ -685,7 +739,7 @@ impl Reader {
             }
         }
         for (written, what) in &self.not_vips {
-            let Some(&owner) = owners.get(&IpAddr::V4(written.value)) else { continue };
+            let Some(&owner) = owners.get(&written.value) else { continue };
             let of = if self.list_form {
                 format!(
                     ", an address of instance[{owner}] ({:?})",
@@ -742,21 +796,23 @@ impl Reader {
         }
     }
 
-    /// An address a VIP can have: IPv4 (IPv6 is refused, clearly, until the data plane answers for it).
+    /// An address a VIP can have: a unicast IPv4 or IPv6 address (not link-local IPv6: a VIP is reached through
+    /// routers, and the advert's source is the link-local address already).
     fn vip_address(&mut self, field: &Field) -> Option<IpAddr> {
-        if let Node::String(text) = field.node
-            && text.parse::<Ipv6Addr>().is_ok()
+        let address = self.host_ip(field, "a unicast IPv4 address", "a unicast IPv6 address")?;
+        if let IpAddr::V6(v6) = address
+            && v6.is_unicast_link_local()
         {
             self.error(
                 field.at,
                 format!(
-                    "{} is the IPv6 address {text}; IPv6 VIPs are not supported yet: use IPv4 addresses",
+                    "{} is the link-local address {v6}; a VIP must be a global or unique-local IPv6 address",
                     field.path
                 ),
             );
             return None;
         }
-        self.host_ipv4(field, "a unicast IPv4 address").map(IpAddr::V4)
+        Some(address)
     }
 
     /// `[vip]` (or an instance's): `address` or `addresses`, and `hostname`.
@@ -769,7 +825,7 @@ impl Reader {
             (None, None) => self.missing(
                 table,
                 "address",
-                "the virtual IPv4 address, like address = \"10.0.0.250\" (or addresses = [...] for several)",
+                "the virtual IPv4 or IPv6 address, like address = \"10.0.0.250\" (or addresses = [...] for several)",
             ),
             (Some(_), Some(both)) => self.error(
                 both.key_at,
@@ -784,8 +840,7 @@ impl Reader {
                 }
             }
             (None, Some(field)) => {
-                let Some(items) =
-                    self.array(&field, "an array of IPv4 addresses, like [\"10.0.0.250\", \"10.0.0.251\"]")
+                let Some(items) = self.array(&field, "an array of IP addresses, like [\"10.0.0.250\", \"fd00::250\"]")
                 else {
                     return vip;
                 };
@@ -878,14 +933,24 @@ impl Reader {
         vrrp.preempt_delay_ms = self.int_or(table, "preempt_delay_ms", 0..=1_000_000, "", 0);
 
         if let Some(field) = table.get("source_address")
-            && let Some(address) = self.host_ipv4(&field, "this node's unicast IPv4 address")
+            && let Some(address) =
+                self.host_ip(&field, "this node's unicast IPv4 address", "this node's unicast IPv6 address")
         {
-            vrrp.source_address = Some(address);
+            match address {
+                IpAddr::V4(v4) => vrrp.source_address = Some(v4),
+                IpAddr::V6(v6) => vrrp.source_address6 = Some(v6),
+            }
             let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
             self.not_vips.push((written, NotVip::Source));
         }
         if let Some(field) = table.get("unicast_peers") {
-            vrrp.unicast_peers = self.unicast_peers(&field, vrrp.source_address, instance);
+            let source = vrrp.source_address.map(IpAddr::V4).or(vrrp.source_address6.map(IpAddr::V6));
+            for peer in self.unicast_peers(&field, source, instance) {
+                match peer {
+                    IpAddr::V4(v4) => vrrp.unicast_peers.push(v4),
+                    IpAddr::V6(v6) => vrrp.unicast_peers6.push(v6),
+                }
+            }
         }
         vrrp.checksum = self.choice_or(
             table,
@@ -920,8 +985,9 @@ impl Reader {
         (vrrp, vrid_at)
     }
 
-    fn unicast_peers(&mut self, field: &Field, source: Option<Ipv4Addr>, instance: usize) -> Vec<Ipv4Addr> {
-        let Some(items) = self.array(field, "an array of IPv4 addresses (empty = multicast to 224.0.0.18)") else {
+    fn unicast_peers(&mut self, field: &Field, source: Option<IpAddr>, instance: usize) -> Vec<IpAddr> {
+        let Some(items) = self.array(field, "an array of IP addresses (empty = multicast to 224.0.0.18 and ff02::12)")
+        else {
             return Vec::new();
         };
         let mut peers = Vec::new();
@@ -932,7 +998,11 @@ impl Reader {
                 at: item.span.start,
                 key_at: item.span.start,
             };
-            let Some(peer) = self.host_ipv4(&element, "another node's unicast IPv4 address") else { continue };
+            let Some(peer) =
+                self.host_ip(&element, "another node's unicast IPv4 address", "another node's unicast IPv6 address")
+            else {
+                continue;
+            };
             if peers.contains(&peer) {
                 self.error(element.at, format!("{} repeats {peer}; each peer must be listed once", element.path));
             } else if Some(peer) == source {
@@ -1189,9 +1259,22 @@ impl Reader {
                     None
                 }
                 Some(field) => {
-                    let address = self.host_ipv4(&field, "a unicast IPv4 address");
+                    let ipv6 = matches!(field.node, Node::String(text) if text.parse::<Ipv6Addr>().is_ok());
+                    if ipv6 {
+                        self.error(
+                            field.at,
+                            format!(
+                                "{} is an IPv6 address: IPv6 forwarding is not supported yet (IPv6 VIPs are \
+                                 elected and answered for, but carry no services); use an IPv4 backend behind an \
+                                 IPv4 VIP",
+                                field.path
+                            ),
+                        );
+                    }
+                    let address = if ipv6 { None } else { self.host_ipv4(&field, "a unicast IPv4 address") };
                     if let Some(address) = address {
-                        let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
+                        let written =
+                            Written { value: IpAddr::V4(address), at: field.at, path: field.path.clone(), instance };
                         self.not_vips.push((written, NotVip::Backend));
                     }
                     address

@@ -1,6 +1,6 @@
 //! One test per rule: each checks the message and where it points.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use super::*;
@@ -92,6 +92,8 @@ fn minimal_config_is_valid_and_takes_every_default() {
                     preempt_delay_ms: 0,
                     source_address: None,
                     unicast_peers: vec![],
+                    source_address6: None,
+                    unicast_peers6: vec![],
                     checksum: ChecksumMode::PseudoHeader,
                     garp_count: 5,
                     garp_repeat_delay_ms: 5000,
@@ -357,7 +359,7 @@ fn missing_tables_are_reported() {
 fn missing_vip_address_points_at_the_vip_table() {
     assert_eq!(
         problem("interface = \"eth0\"\n[vip]\nhostname = \"api\"\n[vrrp]\nvrid = 51\npriority = 150\n"),
-        "xvip.toml:2:1: missing required key `address` in [vip]; expected the virtual IPv4 address, like \
+        "xvip.toml:2:1: missing required key `address` in [vip]; expected the virtual IPv4 or IPv6 address, like \
          address = \"10.0.0.250\" (or addresses = [...] for several)"
     );
 }
@@ -556,8 +558,8 @@ fn unicast_peers_exclude_the_source_address() {
 fn unicast_peers_are_addresses() {
     assert_eq!(
         problem(&format!("{BASE}unicast_peers = \"10.0.0.12\"\n")),
-        "xvip.toml:7:17: vrrp.unicast_peers must be an array of IPv4 addresses (empty = multicast to 224.0.0.18), \
-         got a string \"10.0.0.12\""
+        "xvip.toml:7:17: vrrp.unicast_peers must be an array of IP addresses (empty = multicast to 224.0.0.18 and \
+         ff02::12), got a string \"10.0.0.12\""
     );
     assert_eq!(
         problem(&format!("{BASE}unicast_peers = [\"10.0.0.250\"]\n")),
@@ -1442,18 +1444,87 @@ fn address_and_addresses_exclude_each_other_and_a_list_is_not_empty() {
     );
     assert_eq!(
         problem(&TWO.replace("address = \"10.1.0.250\"\n", "")),
-        "xvip.toml:17:1: missing required key `address` in instance[1].vip; expected the virtual IPv4 address, like \
+        "xvip.toml:17:1: missing required key `address` in instance[1].vip; expected the virtual IPv4 or IPv6 address, like \
          address = \"10.0.0.250\" (or addresses = [...] for several)"
     );
 }
 
 #[test]
-fn ipv6_vips_are_refused_clearly_for_now() {
+fn an_instance_may_mix_ipv4_and_ipv6_addresses() {
+    let config = valid(&TWO.replace("\"10.0.0.251\"", "\"fd00::251\""));
+    let api = &config.instances[0];
+    assert_eq!(api.vip.ipv4(), [Ipv4Addr::new(10, 0, 0, 250)]);
+    assert_eq!(api.vip.ipv6(), ["fd00::251".parse::<Ipv6Addr>().unwrap()]);
+    // Its services are forwarded for its IPv4 address.
+    assert_eq!(api.services.len(), 1);
+    // An IPv6-only instance without services.
+    let config = valid(&TWO.replace("address = \"10.1.0.250\"", "address = \"2001:db8::250\""));
+    assert!(config.instances[1].vip.ipv4().is_empty());
+    assert_eq!(config.instances[1].vip.ipv6(), ["2001:db8::250".parse::<Ipv6Addr>().unwrap()]);
+}
+
+#[test]
+fn ipv6_vips_that_name_no_host_are_refused() {
+    for (written, why) in [
+        ("fe80::1", "is the link-local address fe80::1; a VIP must be a global or unique-local IPv6 address"),
+        ("ff02::1", "must be a unicast IPv6 address, got ff02::1 (a multicast address)"),
+        ("::1", "must be a unicast IPv6 address, got ::1 (the loopback address)"),
+        ("::", "must be a unicast IPv6 address, got :: (the unspecified address)"),
+    ] {
+        assert_eq!(
+            problem(&TWO.replace("\"10.0.0.251\"", &format!("\"{written}\""))),
+            format!("xvip.toml:5:28: instance[0].vip.addresses[1] {why}"),
+        );
+    }
+}
+
+#[test]
+fn services_on_an_ipv6_only_instance_are_refused_until_ipv6_forwarding_exists() {
+    let text = TWO.replace("[\"10.0.0.250\", \"10.0.0.251\"]", "[\"fd00::250\"]");
     assert_eq!(
-        problem(&TWO.replace("\"10.0.0.251\"", "\"fd00::251\"")),
-        "xvip.toml:5:28: instance[0].vip.addresses[1] is the IPv6 address fd00::251; IPv6 VIPs are not supported \
-         yet: use IPv4 addresses"
+        problem(&text),
+        "xvip.toml:10:12: instance[0].service is set, but every address of this instance is IPv6: IPv6 forwarding is \
+         not supported yet (IPv6 VIPs are elected and answered for, but carry no services); put the services on an \
+         instance with an IPv4 address"
     );
+    let single = BASE.replace("10.0.0.250", "fd00::250")
+        + "[[service]]\nname = \"api\"\nport = 443\nbackends = [ { address = \"10.0.0.21\" } ]\n";
+    assert_eq!(
+        problem(&single),
+        "xvip.toml:7:3: service is set, but every address of this instance is IPv6: IPv6 forwarding is not supported \
+         yet (IPv6 VIPs are elected and answered for, but carry no services); put the services on an instance with \
+         an IPv4 address"
+    );
+}
+
+#[test]
+fn ipv6_backends_are_refused_until_ipv6_forwarding_exists() {
+    assert_eq!(
+        problem(&TWO.replace("address = \"10.0.0.21\"", "address = \"fd00::21\"")),
+        "xvip.toml:13:26: instance[0].service[0].backends[0].address is an IPv6 address: IPv6 forwarding is not \
+         supported yet (IPv6 VIPs are elected and answered for, but carry no services); use an IPv4 backend behind \
+         an IPv4 VIP"
+    );
+}
+
+#[test]
+fn ipv6_source_address_and_unicast_peers_go_to_the_ipv6_router() {
+    let text = TWO.replace("\"10.0.0.251\"", "\"fd00::251\"").replace(
+        "vrid = 51\n",
+        "vrid = 51\nsource_address = \"fd00::5\"\nunicast_peers = [\"10.0.0.6\", \"fd00::6\", \"fe80::7\"]\n",
+    );
+    let config = valid(&text);
+    let v = &config.instances[0].vrrp;
+    assert_eq!((v.source_address, v.source_address6), (None, Some("fd00::5".parse().unwrap())));
+    assert_eq!(v.unicast_peers, [Ipv4Addr::new(10, 0, 0, 6)]);
+    assert_eq!(v.unicast_peers6, ["fd00::6".parse::<Ipv6Addr>().unwrap(), "fe80::7".parse().unwrap()]);
+    // The same rules as for IPv4: not our own source, not a VIP, each once.
+    let own = text.replace("\"fd00::6\"", "\"fd00::5\"");
+    assert!(problem(&own).contains("is fd00::5, this node's own source_address"), "{}", problem(&own));
+    let vip = text.replace("\"fd00::6\"", "\"fd00::251\"");
+    assert!(problem(&vip).contains("is the VIP fd00::251"), "{}", problem(&vip));
+    let multicast = text.replace("\"fd00::6\"", "\"ff02::12\"");
+    assert!(problem(&multicast).contains("(a multicast address)"), "{}", problem(&multicast));
 }
 
 #[test]

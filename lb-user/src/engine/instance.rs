@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Duration,
 };
@@ -18,7 +18,8 @@ use log::Level;
 
 use super::{
     Collisions, DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER, GarpTimers, LogLimits, Observed, Out, Peers, RECENT_TAKEOVERS,
-    fmt_list, fmt_mac, more, more_comma,
+    Vip6Spec, fmt_list, fmt_mac, more, more_comma,
+    router6::{Router6, Router6View},
 };
 use crate::{
     config::{self, CheckKind, Forwarding, InstancePlan},
@@ -31,6 +32,7 @@ use crate::{
         Action, Cause, Role, Router, RxFilter, Settings,
         machine::{InvalidSettings, PRIORITY_OWNER},
         packet::{self, Discard},
+        socket6::Datagram,
     },
 };
 
@@ -49,6 +51,10 @@ pub(super) struct Instance {
     /// What goes before its log lines: `instance api: `, or nothing for the one instance of a single-form file.
     label: String,
     router: Router,
+    /// Whether it has IPv4 addresses: without them its IPv4 router never starts (the IPv6 one does the election).
+    has_ipv4: bool,
+    /// Its IPv6 router, when it has IPv6 addresses (RFC 5798: one router per address family).
+    v6: Option<Router6>,
     services: Services,
     garp: GarpTimers,
     /// While stopping as the active router: waiting for the new one to announce itself.
@@ -77,6 +83,7 @@ impl Instance {
         config: config::Instance,
         slot: u32,
         source: Ipv4Addr,
+        source6: Option<Ipv6Addr>,
         labelled: bool,
         paths: &BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)>,
     ) -> Result<Self, InvalidSettings> {
@@ -90,6 +97,11 @@ impl Instance {
             primary_address: source,
         };
         let router = Router::new(settings)?;
+        let v6 = match source6 {
+            Some(source6) if !config.vip.ipv6().is_empty() => Some(Router6::new(&config, slot, source6)?),
+            _ => None,
+        };
+        let has_ipv4 = !config.vip.ipv4().is_empty();
         let mut services = Services::new(&config.services, config.vip.ipv4());
         for (address, (mac, ifindex)) in paths {
             if mac.is_some() {
@@ -103,6 +115,8 @@ impl Instance {
             source,
             label,
             router,
+            has_ipv4,
+            v6,
             services,
             garp: GarpTimers::default(),
             handing_over: false,
@@ -140,8 +154,22 @@ impl Instance {
         router_slot(self.slot, FAMILY_IPV4)
     }
 
+    /// Its IPv4 router's role, or, without IPv4 addresses, its IPv6 router's.
     pub(super) fn role(&self) -> Role {
-        self.router.role()
+        match &self.v6 {
+            Some(v6) if !self.has_ipv4 => v6.role(),
+            _ => self.router.role(),
+        }
+    }
+
+    pub(super) fn has_ipv6(&self) -> bool {
+        self.v6.is_some()
+    }
+
+    /// Its IPv6 router's role, when it has one.
+    #[cfg(test)]
+    pub(super) fn role6(&self) -> Option<Role> {
+        self.v6.as_ref().map(Router6::role)
     }
 
     pub(super) fn effective_priority(&self) -> u8 {
@@ -182,7 +210,19 @@ impl Instance {
         let garps =
             if self.router.role() == Role::Active { [self.garp.repeat_at, self.garp.refresh_at] } else { [None, None] };
         let settle = self.settling.then_some(self.settle_by);
-        [self.router.next_deadline(), settle].into_iter().chain(garps).flatten().min()
+        let v6 = self.v6.as_ref().and_then(Router6::next_deadline);
+        [self.router.next_deadline(), settle, v6].into_iter().chain(garps).flatten().min()
+    }
+
+    /// Its IPv6 VIPs, as the data plane needs them.
+    pub(super) fn vip6_specs(&self) -> Vec<Vip6Spec> {
+        let Some(v6) = &self.v6 else { return Vec::new() };
+        self.config
+            .vip
+            .ipv6()
+            .into_iter()
+            .map(|address| Vip6Spec { address, router: v6.index, interface: self.config.interface.clone() })
+            .collect()
     }
 
     /// Its VIPs, as the data plane needs them.
@@ -242,6 +282,9 @@ impl Instance {
         self.observed.backends_lost = lost.is_some();
         let penalty = self.config.vrrp.backend_loss_penalty;
         let wanted = effective_priority(self.config.vrrp.priority, penalty, lost.is_some() || self.settling);
+        if let Some(v6) = &mut self.v6 {
+            v6.set_priority(now, wanted, &self.label, out);
+        }
         if wanted != self.router.priority() {
             let _ = self.router.set_priority(now, wanted);
             self.log(
@@ -254,17 +297,26 @@ impl Instance {
                 ),
             );
         }
-        let actions = if link_up {
-            self.router.start(now)
-        } else {
-            self.router.fault(now, format!("no link on {}: waiting for it", self.config.interface))
-        };
-        self.apply(now, actions, out);
+        if self.has_ipv4 {
+            let actions = if link_up {
+                self.router.start(now)
+            } else {
+                self.router.fault(now, format!("no link on {}: waiting for it", self.config.interface))
+            };
+            self.apply(now, actions, out);
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.start(now, link_up, &self.label, out);
+        }
     }
 
     /// Stops the election: a priority-0 advert if active. Returns whether it was active (it then keeps answering
     /// until [`finish_stop`](Self::finish_stop), so a backup can take over without a gap).
     pub(super) fn begin_stop(&mut self, now: Duration, out: &mut Out) -> bool {
+        // The IPv6 router stops at once (a priority-0 advert if active); only the IPv4 one waits for a handover.
+        if let Some(v6) = &mut self.v6 {
+            v6.stop(now, &self.label, out);
+        }
         let was_active = self.router.role() == Role::Active;
         for action in self.router.shutdown(now) {
             if let Action::SendAdvert { priority } = action {
@@ -306,6 +358,9 @@ impl Instance {
         if self.settling && now >= self.settle_by {
             self.settle_if_done(now, out);
             self.update_priority(now, out);
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.timer(now, &self.label, out);
         }
         let actions = self.router.on_timer(now);
         self.apply(now, actions, out);
@@ -386,6 +441,28 @@ impl Instance {
         let actions = self.router.on_advert(now, rx.src, &rx.advert);
         self.apply(now, actions, out);
         false
+    }
+
+    /// An IPv6 VRRP message for this instance's VRID: its IPv6 router judges it.
+    pub(super) fn packet6(&mut self, now: Duration, datagram: &Datagram, out: &mut Out) {
+        if self.handing_over {
+            return;
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.packet(now, datagram, &self.label, out);
+        }
+    }
+
+    /// An IPv6 VRRP message no instance on the interface claims (another VRID, or malformed): counted and logged
+    /// (rate-limited) by this instance's IPv6 router.
+    pub(super) fn unclaimed6(&mut self, now: Duration, datagram: &Datagram, out: &mut Out) {
+        let Some(v6) = &mut self.v6 else { return };
+        let filter = RxFilter { vrid: self.config.vrrp.vrid, unicast_peers: &self.config.vrrp.unicast_peers6[..] };
+        let parsed =
+            packet::parse_ipv6(&datagram.message, datagram.src, datagram.dst, datagram.hop_limit, &filter).err();
+        if let Some(discard) = parsed {
+            v6.discard(now, discard.name(), &discard.to_string(), &self.label, out);
+        }
     }
 
     /// Counts (and logs, rate-limited) a packet this instance discards.
@@ -520,6 +597,12 @@ impl Instance {
     /// plane's dead-man switch has stopped answering. Carrying on as the active router would make it answer again
     /// next to them; it rejoins as a backup instead, and the election (preemption) decides.
     pub(super) fn check_stall(&mut self, now: Duration, out: &mut Out) {
+        let limit = self.silence_limit();
+        if let Some(v6) = &mut self.v6
+            && !self.handing_over
+        {
+            v6.check_stall(now, limit, &self.label, out);
+        }
         if self.router.role() != Role::Active || self.handing_over {
             return;
         }
@@ -550,6 +633,9 @@ impl Instance {
     pub(super) fn link(&mut self, now: Duration, up: bool, out: &mut Out) {
         if self.handing_over {
             return;
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.link(now, up, &self.label, out);
         }
         let role = self.router.role();
         if up && role == Role::Fault {
@@ -608,6 +694,9 @@ impl Instance {
             .unwrap_or(0);
         self.settle_by = now + Duration::from_millis(longest);
         self.router.hold_preemption(self.settling);
+        if let Some(v6) = &mut self.v6 {
+            v6.hold_preemption(self.settling);
+        }
     }
 
     /// Backends that passed their checks but whose MAC is not known yet: not in the tables until it is.
@@ -649,6 +738,9 @@ impl Instance {
         }
         self.settling = false;
         self.router.hold_preemption(false);
+        if let Some(v6) = &mut self.v6 {
+            v6.hold_preemption(false);
+        }
     }
 
     /// Applies `backend_loss_penalty` while a service has no usable backend here.
@@ -675,6 +767,9 @@ impl Instance {
             self.log(out, Level::Info, format!("priority {} -> {wanted}: {why}", self.router.priority()));
             let actions = self.router.set_priority(now, wanted);
             self.apply(now, actions, out);
+        }
+        if let Some(v6) = &mut self.v6 {
+            v6.set_priority(now, wanted, &self.label, out);
         }
     }
 
@@ -767,6 +862,9 @@ impl Instance {
         let before = self.checked();
         let refresh_before = self.config.vrrp.garp_refresh_ms;
         self.config = Arc::new(new);
+        if let Some(v6) = &mut self.v6 {
+            v6.reconfigure(&self.config);
+        }
         self.services.reconfigure(&self.config.services);
         // Checkers of backends that went away, or whose service's health settings changed, stop; new ones start.
         let after = self.checked();
@@ -819,7 +917,11 @@ impl Instance {
     pub(super) fn view(&self, now: Duration) -> InstanceView {
         InstanceView {
             config: self.config.clone(),
-            routers: vec![self.router_index()],
+            routers: [self.has_ipv4.then(|| self.router_index()), self.v6.as_ref().map(|v6| v6.index)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            ipv6: self.v6.as_ref().map(Router6::view),
             services: self.services.clone(),
             observed: self.observed.clone(),
             role: self.router.role(),
@@ -842,6 +944,8 @@ pub struct InstanceView {
     pub effective_priority: u8,
     pub active_router: Option<Ipv4Addr>,
     pub warnings: Vec<Warning>,
+    /// Its IPv6 router, when it has IPv6 addresses.
+    pub ipv6: Option<Router6View>,
 }
 
 impl InstanceView {
@@ -877,7 +981,8 @@ impl InstanceView {
             })
             .collect();
         let o = &self.observed;
-        InstanceStatus {
+        let ipv6 = self.ipv6.as_ref().map(|v6| v6.status(epoch_unix_ms));
+        let mut status = InstanceStatus {
             name: self.config.name.clone(),
             addresses: self.config.vip.addresses.iter().map(ToString::to_string).collect(),
             role: self.role.name().to_string(),
@@ -901,7 +1006,22 @@ impl InstanceView {
                 ..CounterStatus::default()
             },
             warnings: self.warnings.clone(),
+            ipv6: ipv6.clone(),
+        };
+        // Without IPv4 addresses the IPv6 router is the instance's election.
+        if let Some(v6) = ipv6
+            && self.config.vip.ipv4().is_empty()
+        {
+            status.role = v6.role;
+            status.active_router = v6.active_router;
+            status.transitions = v6.transitions;
+            status.role_since_unix_ms = v6.role_since_unix_ms;
+            status.role_reason = v6.role_reason;
+            status.counters.adverts_sent = v6.adverts_sent;
+            status.counters.adverts_received = v6.adverts_received;
+            status.counters.adverts_discarded = v6.adverts_discarded;
         }
+        status
     }
 }
 

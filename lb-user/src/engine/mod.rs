@@ -48,12 +48,13 @@
 //! [`HeartbeatMaxAge`]: Command::HeartbeatMaxAge
 
 mod instance;
+mod router6;
 #[cfg(test)]
 mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Duration,
 };
@@ -62,6 +63,7 @@ use log::Level;
 
 use instance::Instance;
 pub use instance::InstanceView;
+pub use router6::{Observed6, Router6View};
 
 use crate::{
     config::{self, Config, Problem},
@@ -74,6 +76,7 @@ use crate::{
         Advert, ChecksumMode, Role,
         machine::InvalidSettings,
         packet::{self},
+        socket6::Datagram,
     },
 };
 
@@ -106,6 +109,8 @@ pub enum Event {
     Timer,
     /// An IPv4 packet of protocol 112 from the VRRP socket of `interface` (header included).
     Packet { interface: String, bytes: Vec<u8> },
+    /// A VRRP message from the IPv6 VRRP socket of `interface`, with its source, destination and hop limit.
+    Packet6 { interface: String, datagram: Datagram },
     /// A health checker reported a transition.
     Health { id: ServiceId, backend: Endpoint, healthy: bool, reason: String },
     /// An interface's link (carrier) changed.
@@ -132,6 +137,16 @@ pub enum Command {
     SendAdvert { interface: String, source: Ipv4Addr, peers: Vec<Ipv4Addr>, advert: Advert, checksum: ChecksumMode },
     /// Send this many gratuitous ARPs for each of `addresses` on `interface`.
     SendGarps { interface: String, addresses: Vec<Ipv4Addr>, count: u32 },
+    /// Send this IPv6 advert on `interface` from `source`: to ff02::12, or one copy to each of `peers`. The shell
+    /// refreshes the data plane's heartbeat just before, as for [`Command::SendAdvert`].
+    SendAdvert6 { interface: String, source: Ipv6Addr, peers: Vec<Ipv6Addr>, advert: Advert<Ipv6Addr> },
+    /// Send this many unsolicited Neighbor Advertisements (the IPv6 gratuitous ARP) for each of `addresses` on
+    /// `interface`: an IPv6 router became active (or answers a lower priority).
+    SendUnsolicitedNas { interface: String, addresses: Vec<Ipv6Addr>, count: u32 },
+    /// The IPv6 VIPs the data plane must answer Neighbor Solicitations and echo requests for, each with the data
+    /// plane router whose flag ([`Command::SetActive`]) says whether this node answers (start and reloads; the
+    /// whole set each time).
+    InstallVips6(Vec<Vip6Spec>),
     /// Make the data plane's VIPs and installed services exactly these (start, reload).
     Install { vips: Vec<VipSpec>, services: Vec<(ServiceId, ServiceSpec)> },
     /// Install (or update) one service (a health or MAC change).
@@ -157,6 +172,15 @@ pub enum Command {
     Ready,
     /// The stop is complete: detach and exit.
     Exit,
+}
+
+/// An IPv6 VIP as the data plane needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip6Spec {
+    pub address: Ipv6Addr,
+    /// The IPv6 router of its instance (`lb_common::router_slot(slot, FAMILY_IPV6)`).
+    pub router: u32,
+    pub interface: String,
 }
 
 /// What an instance has seen and done so far: the read-only view for `xvip status` and metrics.
@@ -329,6 +353,11 @@ pub enum Error {
     )]
     NoSource { instance: String, interface: String },
     #[error(
+        "instance {instance}: interface {interface} has no IPv6 link-local address to send IPv6 VRRP adverts from: \
+         enable IPv6 on it, or set vrrp.source_address to one of its IPv6 addresses"
+    )]
+    NoSource6 { instance: String, interface: String },
+    #[error(
         "instance {instance} uses interface {interface}, which no instance used at start (the VRRP socket and the \
          XDP program are set up at start): restart xvip to add an interface"
     )]
@@ -342,6 +371,8 @@ pub struct Engine {
     config: Arc<Config>,
     /// The interfaces set up at start, with each one's primary IPv4 address (the default advert source).
     interfaces: BTreeMap<String, Option<Ipv4Addr>>,
+    /// The interfaces' link-local IPv6 addresses (the default IPv6 advert source), as far as known at start.
+    link_locals: BTreeMap<String, Ipv6Addr>,
     /// Services the data plane was sized for at start.
     service_capacity: u32,
     /// In config order.
@@ -361,6 +392,10 @@ pub struct Engine {
     started: bool,
     /// Interfaces whose VRRP socket joined 224.0.0.18 at start (some instance there advertised by multicast).
     multicast_interfaces: BTreeSet<String>,
+    /// Interfaces with an IPv6 VRRP socket (some instance there had IPv6 addresses at start), and those of them
+    /// whose socket joined ff02::12.
+    ipv6_interfaces: BTreeSet<String>,
+    multicast6_interfaces: BTreeSet<String>,
     /// Rate limits of the node's own lines (packets no instance claims, neighbours).
     logs: LogLimits,
 }
@@ -374,16 +409,37 @@ fn fmt_list(addresses: &[Ipv4Addr]) -> String {
     format!("[{}]", list.join(", "))
 }
 
-/// This node's advert source for `instance`: its `vrrp.source_address`, else its interface's primary IPv4.
+/// This node's advert source for `instance`: its `vrrp.source_address`, else its interface's primary IPv4 (none
+/// needed, and unspecified, for an instance without IPv4 addresses).
 fn source_of(instance: &config::Instance, interfaces: &BTreeMap<String, Option<Ipv4Addr>>) -> Result<Ipv4Addr, Error> {
     let Some(primary) = interfaces.get(&instance.interface) else {
         return Err(Error::NewInterface { instance: instance.name.clone(), interface: instance.interface.clone() });
     };
+    if instance.vip.ipv4().is_empty() {
+        return Ok(instance.vrrp.source_address.unwrap_or(Ipv4Addr::UNSPECIFIED));
+    }
     instance
         .vrrp
         .source_address
         .or(*primary)
         .ok_or_else(|| Error::NoSource { instance: instance.name.clone(), interface: instance.interface.clone() })
+}
+
+/// This node's IPv6 advert source for `instance` (when it has IPv6 addresses): its IPv6 `vrrp.source_address`,
+/// else its interface's link-local address.
+fn source6_of(
+    instance: &config::Instance,
+    link_locals: &BTreeMap<String, Ipv6Addr>,
+) -> Result<Option<Ipv6Addr>, Error> {
+    if instance.vip.ipv6().is_empty() {
+        return Ok(None);
+    }
+    instance
+        .vrrp
+        .source_address6
+        .or_else(|| link_locals.get(&instance.interface).copied())
+        .map(Some)
+        .ok_or_else(|| Error::NoSource6 { instance: instance.name.clone(), interface: instance.interface.clone() })
 }
 
 /// Whether the instances' log lines carry their names: not for the one instance of a single-form file.
@@ -403,22 +459,44 @@ impl Engine {
         interfaces: BTreeMap<String, Option<Ipv4Addr>>,
         service_capacity: u32,
     ) -> Result<Self, Error> {
+        Self::with_link_locals(config, interfaces, BTreeMap::new(), service_capacity)
+    }
+
+    /// [`Engine::new`], with each interface's link-local IPv6 address (the default source of IPv6 adverts, needed
+    /// by instances with IPv6 addresses).
+    ///
+    /// # Errors
+    /// As [`Engine::new`], and when an instance with IPv6 addresses has no IPv6 advert source.
+    pub fn with_link_locals(
+        config: Config,
+        interfaces: BTreeMap<String, Option<Ipv4Addr>>,
+        link_locals: BTreeMap<String, Ipv6Addr>,
+        service_capacity: u32,
+    ) -> Result<Self, Error> {
         let mut free_slots: VecDeque<u32> = (0..lb_common::MAX_INSTANCES).collect();
         let paths = BTreeMap::new();
         let mut instances = Vec::new();
         for c in &config.instances {
             let source = source_of(c, &interfaces)?;
+            let source6 = source6_of(c, &link_locals)?;
             let slot = free_slots.pop_front().unwrap_or(u32::MAX);
-            let instance = Instance::new(c.clone(), slot, source, labelled(&config), &paths)
+            let instance = Instance::new(c.clone(), slot, source, source6, labelled(&config), &paths)
                 .map_err(|source| Error::Settings { instance: c.name.clone(), source })?;
             instances.push(instance);
         }
         let multicast_interfaces =
             config.instances.iter().filter(|i| i.vrrp.unicast_peers.is_empty()).map(|i| i.interface.clone()).collect();
+        let with_ipv6 = || config.instances.iter().filter(|i| !i.vip.ipv6().is_empty());
+        let ipv6_interfaces = with_ipv6().map(|i| i.interface.clone()).collect();
+        let multicast6_interfaces =
+            with_ipv6().filter(|i| i.vrrp.unicast_peers6.is_empty()).map(|i| i.interface.clone()).collect();
         let mut engine = Engine {
             multicast_interfaces,
+            ipv6_interfaces,
+            multicast6_interfaces,
             config: Arc::new(config),
             interfaces,
+            link_locals,
             service_capacity,
             instances,
             free_slots,
@@ -524,6 +602,7 @@ impl Engine {
             Event::Start { links } => self.start(now, links, &mut out),
             Event::Timer => self.timer(now, &mut out),
             Event::Packet { interface, bytes } => self.packet(now, &interface, &bytes, &mut out),
+            Event::Packet6 { interface, datagram } => self.packet6(now, &interface, &datagram, &mut out),
             Event::Health { id, backend, healthy, reason } => {
                 if let Some(i) = self.instances.iter_mut().find(|i| i.name() == id.instance) {
                     i.health(now, &id.service, backend, healthy, &reason, &mut out);
@@ -550,6 +629,10 @@ impl Engine {
         let vips = self.instances.iter().flat_map(Instance::vip_specs).collect();
         let services = self.instances.iter().flat_map(Instance::service_specs).collect();
         out.push(Command::Install { vips, services });
+        let vips6: Vec<Vip6Spec> = self.instances.iter().flat_map(Instance::vip6_specs).collect();
+        if !vips6.is_empty() {
+            out.push(Command::InstallVips6(vips6));
+        }
         let mut addresses: Vec<Ipv4Addr> =
             self.instances.iter().flat_map(|i| i.services().backend_addresses()).collect();
         addresses.sort();
@@ -662,6 +745,20 @@ impl Engine {
                     more_comma(left_out)
                 ),
             );
+        }
+    }
+
+    /// An IPv6 VRRP message from `interface`'s IPv6 socket goes to the IPv6 router of the instance of its VRID
+    /// there; one that no instance's IPv6 router claims is counted by the first of them on the interface.
+    fn packet6(&mut self, now: Duration, interface: &str, datagram: &Datagram, out: &mut Out) {
+        let vrid = datagram.message.get(1).copied();
+        let here = |i: &&mut Instance| i.interface() == interface && i.has_ipv6();
+        if let Some(i) = self.instances.iter_mut().filter(here).find(|i| Some(i.vrid()) == vrid) {
+            i.packet6(now, datagram, out);
+            return;
+        }
+        if let Some(first) = self.instances.iter_mut().find(here) {
+            first.unclaimed6(now, datagram, out);
         }
     }
 
@@ -788,7 +885,7 @@ impl Engine {
         let mut sources = BTreeMap::new();
         for c in &new.instances {
             if plan.instances_added.contains(&c.name) || plan.replaced(&c.name) {
-                match source_of(c, &self.interfaces) {
+                match source_of(c, &self.interfaces).and_then(|s| Ok((s, source6_of(c, &self.link_locals)?))) {
                     Ok(source) => {
                         sources.insert(c.name.clone(), source);
                     }
@@ -803,6 +900,30 @@ impl Engine {
                         format!(
                             "reload refused: instance {} advertises by multicast on {}, where every instance used                              unicast_peers at start, so xvip did not join 224.0.0.18 there: restart xvip, or give                              it unicast_peers; the running config is kept",
                             c.name, c.interface
+                        ),
+                    );
+                    return;
+                }
+                let ipv6 = !c.vip.ipv6().is_empty();
+                let refusal = if ipv6 && !self.ipv6_interfaces.contains(&c.interface) {
+                    Some(
+                        "has IPv6 addresses on {if}, where no instance had any at start, so xvip opened no IPv6 VRRP socket there",
+                    )
+                } else if ipv6 && c.vrrp.unicast_peers6.is_empty() && !self.multicast6_interfaces.contains(&c.interface)
+                {
+                    Some(
+                        "advertises IPv6 by multicast on {if}, where every IPv6 instance used IPv6 unicast_peers at start, so xvip did not join ff02::12 there",
+                    )
+                } else {
+                    None
+                };
+                if let Some(why) = refusal {
+                    out.log(
+                        Level::Error,
+                        format!(
+                            "reload refused: instance {} {}: restart xvip; the running config is kept",
+                            c.name,
+                            why.replace("{if}", &c.interface)
                         ),
                     );
                     return;
@@ -838,9 +959,9 @@ impl Engine {
         }
         let label = labelled(&new);
         for c in &new.instances {
-            let Some(source) = sources.get(&c.name) else { continue };
+            let Some((source, source6)) = sources.get(&c.name) else { continue };
             let slot = self.free_slots.pop_front().unwrap_or(u32::MAX);
-            match Instance::new(c.clone(), slot, *source, label, &self.paths) {
+            match Instance::new(c.clone(), slot, *source, *source6, label, &self.paths) {
                 Ok(mut i) => {
                     i.start_checkers(&[], out);
                     if self.started {

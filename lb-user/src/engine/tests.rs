@@ -1,9 +1,10 @@
 //! The engine's decisions, driven with virtual time: no sockets, no clocks.
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::*;
 use crate::config::{BackendCfg, CheckKind, Forwarding, Health, Protocol, Service, Vip, Vrrp};
 use crate::vrrp::packet::{Advert, ChecksumMode};
+use crate::vrrp::socket6::Datagram;
 
 const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
@@ -1210,4 +1211,218 @@ fn a_backend_at_one_of_the_nodes_own_addresses_is_usable_through_the_nodes_inter
     // Reported again: nothing changes, nothing is logged.
     let commands = e.handle(ms(20), Event::Neighbour { address: B1, seen: Seen::Local { mac: MAC1 } });
     assert!(installs(&commands).is_empty() && logs(&commands).is_empty(), "{commands:?}");
+}
+
+// ----- IPv6: one router per address family -----
+
+const LL_ME: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
+const LL_PEER: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 6);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x250);
+
+/// An instance on eth0 whose addresses are `v4` and `v6`.
+fn dual(v4: &[Ipv4Addr], v6: &[Ipv6Addr], priority: u8) -> Config {
+    let mut c = instance(config::DEFAULT_INSTANCE, 51, v4, priority);
+    c.vip.addresses.extend(v6.iter().map(|a| IpAddr::V6(*a)));
+    node(vec![c])
+}
+
+fn engine6(config: Config) -> Engine {
+    Engine::with_link_locals(config, interfaces(), [(ETH0.to_owned(), LL_ME)].into(), 8).expect("engine")
+}
+
+/// An IPv6 advert as the IPv6 socket of eth0 delivers it.
+fn packet6(src: Ipv6Addr, priority: u8, addresses: &[Ipv6Addr], hop_limit: u8) -> Event {
+    let advert = Advert { vrid: 51, priority, max_adver_int: 10, addresses: addresses.to_vec() };
+    let message = advert.to_bytes(src, packet::MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader).expect("encode");
+    Event::Packet6 {
+        interface: ETH0.into(),
+        datagram: Datagram { message, src, dst: packet::MULTICAST_GROUP_V6, hop_limit },
+    }
+}
+
+fn adverts6(commands: &[Command]) -> Vec<(Ipv6Addr, u8, Vec<Ipv6Addr>)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SendAdvert6 { source, advert, .. } => Some((*source, advert.priority, advert.addresses.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+fn set_active(commands: &[Command]) -> Vec<(u32, bool)> {
+    commands
+        .iter()
+        .filter_map(|c| match c {
+            Command::SetActive { router, active } => Some((*router, *active)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn role6(e: &Engine) -> Option<Role> {
+    e.find(config::DEFAULT_INSTANCE).and_then(Instance::role6)
+}
+
+#[test]
+fn a_mixed_instance_runs_one_router_per_family() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    let start = e.handle(ms(0), start(true));
+    assert!(
+        start.contains(&Command::InstallVips6(vec![Vip6Spec { address: VIP6, router: 1, interface: ETH0.into() }])),
+        "{start:?}"
+    );
+    assert_eq!((role(&e), role6(&e)), (Role::Backup, Some(Role::Backup)));
+    // Both down timers run out together (same priority and timers): both become active, each with its flag.
+    let deadline = e.next_deadline().expect("a down timer");
+    let took = e.handle(deadline, Event::Timer);
+    assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Active)));
+    assert_eq!(set_active(&took), [(1, true), (0, true)]);
+    assert_eq!(adverts(&took), [150]);
+    assert_eq!(adverts6(&took), [(LL_ME, 150, vec![VIP6])]);
+    assert!(
+        took.iter()
+            .any(|c| matches!(c, Command::SendUnsolicitedNas { addresses, count: 5, .. } if *addresses == [VIP6]))
+    );
+    assert!(took.iter().any(|c| matches!(c, Command::Log(_, l) if l.starts_with("IPv6 role -> active:"))), "{took:?}");
+    // The IPv4 advert carries only the IPv4 address.
+    assert!(took.iter().any(|c| matches!(c, Command::SendAdvert { advert, .. } if advert.addresses == [VIP])));
+}
+
+#[test]
+fn the_ipv6_router_is_elected_on_its_own() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 100));
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a down timer");
+    e.handle(deadline, Event::Timer);
+    // A higher priority for the IPv6 group only: the IPv6 router steps down, the IPv4 one stays.
+    let out = e.handle(deadline + ms(5), packet6(LL_PEER, 200, &[VIP6], 255));
+    assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Backup)));
+    assert_eq!(set_active(&out), [(1, false)]);
+    let status = e.status(deadline + ms(5), 0);
+    let v6 = status.instances[0].ipv6.clone().expect("the IPv6 router in status");
+    assert_eq!((v6.role.as_str(), v6.active_router.as_deref()), ("backup", Some("fe80::6")));
+    assert_eq!(v6.source, "fe80::5");
+    assert_eq!(status.role, "active");
+    // Off-link (hop limit below 255): discarded, counted, nothing changes.
+    let before = e.status(deadline + ms(6), 0).instances[0].ipv6.clone().expect("v6").adverts_discarded;
+    let out = e.handle(deadline + ms(6), packet6(LL_PEER, 0, &[VIP6], 64));
+    assert!(set_active(&out).is_empty());
+    let after = e.status(deadline + ms(6), 0).instances[0].ipv6.clone().expect("v6").adverts_discarded;
+    assert_eq!(after, before + 1);
+    // Its peer stops (priority 0): it takes over after the skew time, the IPv4 router untouched.
+    e.handle(deadline + ms(20), packet6(LL_PEER, 0, &[VIP6], 255));
+    let next = e.next_deadline().expect("skew timer");
+    let out = e.handle(next, Event::Timer);
+    assert_eq!(role6(&e), Some(Role::Active));
+    assert!(set_active(&out).contains(&(1, true)), "{out:?}");
+}
+
+#[test]
+fn an_ipv6_only_instance_is_its_ipv6_router() {
+    let mut e = engine6(dual(&[], &[VIP6], 150));
+    let start = e.handle(ms(0), start(true));
+    assert!(adverts(&start).is_empty());
+    let deadline = e.next_deadline().expect("a down timer");
+    let took = e.handle(deadline, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    assert_eq!(set_active(&took), [(1, true)]);
+    assert!(adverts(&took).is_empty(), "no IPv4 advert without IPv4 addresses");
+    let status = e.status(deadline, 0);
+    assert_eq!((status.role.as_str(), status.active_router.as_deref()), ("active", Some("fe80::5")));
+    // A stop sends the IPv6 priority-0 advert and stops answering.
+    let stop = e.handle(deadline + ms(50), Event::Stop);
+    assert_eq!(adverts6(&stop), [(LL_ME, 0, vec![VIP6])]);
+    assert!(set_active(&stop).contains(&(1, false)));
+    assert!(e.exited());
+}
+
+#[test]
+fn an_instance_with_ipv6_addresses_needs_an_ipv6_source() {
+    let err = Engine::new(dual(&[VIP], &[VIP6], 150), interfaces(), 8).expect_err("no link-local address");
+    assert!(matches!(err, Error::NoSource6 { .. }), "{err}");
+    let mut config = dual(&[VIP], &[VIP6], 150);
+    only(&mut config).vrrp.source_address6 = Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
+    let mut e = Engine::new(config, interfaces(), 8).expect("the configured source");
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a down timer");
+    let took = e.handle(deadline, Event::Timer);
+    assert_eq!(adverts6(&took)[0].0, Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 5));
+}
+
+#[test]
+fn a_reload_in_place_reaches_the_ipv6_router() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let mut changed = dual(&[VIP], &[VIP6], 150);
+    only(&mut changed).vrrp.garp_count = 2;
+    e.handle(ms(10), Event::Reload(Box::new(Ok(changed))));
+    let deadline = e.next_deadline().expect("a down timer");
+    let took = e.handle(deadline, Event::Timer);
+    let nas: Vec<u32> = took
+        .iter()
+        .filter_map(|c| if let Command::SendUnsolicitedNas { count, .. } = c { Some(*count) } else { None })
+        .collect();
+    assert_eq!(nas, [2]);
+}
+
+#[test]
+fn a_reload_that_needs_an_ipv6_socket_not_opened_at_start_is_refused() {
+    let mut e = engine6(config(150));
+    e.handle(ms(0), start(true));
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(dual(&[VIP], &[VIP6], 150)))));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Log(Level::Error, l)
+            if l.contains("reload refused") && l.contains("no IPv6 VRRP socket there"))),
+        "{out:?}"
+    );
+    assert!(role6(&e).is_none(), "the running config is kept");
+    // Started with IPv6 by multicast: a reload to IPv6 unicast peers is fine, back to multicast is fine too.
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let mut unicast = dual(&[VIP], &[VIP6], 150);
+    only(&mut unicast).vrrp.unicast_peers6 = vec![LL_PEER];
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(unicast.clone()))));
+    assert!(!out.iter().any(|c| matches!(c, Command::Log(Level::Error, _))), "{out:?}");
+    assert_eq!(role6(&e), Some(Role::Backup));
+    // Started with IPv6 unicast only: the socket did not join ff02::12, so multicast needs a restart.
+    let mut e = engine6(unicast);
+    e.handle(ms(0), start(true));
+    let out = e.handle(ms(10), Event::Reload(Box::new(Ok(dual(&[VIP], &[VIP6], 150)))));
+    assert!(
+        out.iter().any(|c| matches!(c, Command::Log(Level::Error, l) if l.contains("did not join ff02::12"))),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn a_stalled_ipv6_router_rejoins_as_a_backup() {
+    let mut e = engine6(dual(&[], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a down timer");
+    e.handle(deadline, Event::Timer);
+    assert_eq!(role6(&e), Some(Role::Active));
+    // Not scheduled for 1 s (10 intervals): its peers have taken over; it must not answer next to them.
+    let out = e.handle(deadline + ms(1000), Event::Timer);
+    assert_eq!(role6(&e), Some(Role::Backup));
+    assert!(set_active(&out).contains(&(1, false)), "{out:?}");
+    assert!(out.iter().any(|c| matches!(c, Command::Log(_, l) if l.contains("IPv6 role -> backup: no advert sent"))));
+}
+
+#[test]
+fn the_ipv6_router_advertises_the_penalised_priority_too() {
+    let mut c = dual(&[VIP], &[VIP6], 150);
+    only(&mut c).vrrp.backend_loss_penalty = 100;
+    only(&mut c).services = vec![service("api", 443, &[B1], CheckKind::Tcp)];
+    let mut e = engine6(c);
+    e.handle(ms(0), start(true));
+    let deadline = e.next_deadline().expect("a timer");
+    let out = e.handle(deadline, Event::Timer);
+    // Penalised while its backend is unchecked: both routers advertise priority 50.
+    assert_eq!(adverts(&out), [50]);
+    assert_eq!(adverts6(&out).iter().map(|a| a.1).collect::<Vec<_>>(), [50]);
+    e.handle(deadline + ms(4), Event::Neighbour { address: B1, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
+    let out = e.handle(deadline + ms(5), health("api", (B1, 6443), true, "connected"));
+    assert!(adverts6(&out).iter().all(|a| a.1 == 150), "{out:?}");
+    assert!(!adverts6(&out).is_empty(), "the new priority is advertised at once: {out:?}");
 }

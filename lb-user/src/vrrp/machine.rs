@@ -8,7 +8,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use super::packet::{Advert, MAX_ADVER_INT_MAX};
+use super::packet::{Address, Advert, MAX_ADVER_INT_MAX};
 
 /// Priority of the router that owns the virtual addresses (RFC 5798 §5.2.4).
 pub const PRIORITY_OWNER: u8 = 255;
@@ -116,9 +116,10 @@ pub enum Action {
     SendGratuitousArp,
 }
 
-/// Configuration of one virtual router (RFC 5798 §6.1).
+/// Configuration of one virtual router (RFC 5798 §6.1), of address family `A` (a dual-stack group is one router
+/// per family).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Settings {
+pub struct Settings<A: Address = Ipv4Addr> {
     /// 1..=255.
     pub vrid: u8,
     /// 1..=255; 255 only on the address owner.
@@ -131,7 +132,7 @@ pub struct Settings {
     /// lower-priority active router, before preempting it.
     pub preempt_delay: Duration,
     /// This router's primary address (the advert source), for the equal-priority tie-break.
-    pub primary_address: Ipv4Addr,
+    pub primary_address: A,
 }
 
 /// A [`Settings`] value outside its range.
@@ -148,21 +149,21 @@ impl std::error::Error for InvalidSettings {}
 
 /// Why a backup's Master_Down_Timer is running.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Waiting {
+enum Waiting<A> {
     /// No active router heard since startup.
     Startup,
     /// The active router's adverts reset the timer; it fires if they stop.
-    Adverts(Ipv4Addr),
+    Adverts(A),
     /// A lower-priority active router's adverts are discarded, so the timer preempts it.
-    Preempting(Ipv4Addr, u8),
+    Preempting(A, u8),
     /// The active router sent priority 0: only Skew_Time is left.
-    Stopping(Ipv4Addr),
+    Stopping(A),
 }
 
 /// One virtual router.
 #[derive(Debug, Clone)]
-pub struct Router {
-    settings: Settings,
+pub struct Router<A: Address = Ipv4Addr> {
+    settings: Settings<A>,
     /// The effective priority (the configured one, changed by [`Router::set_priority`]).
     priority: u8,
     role: Role,
@@ -173,9 +174,9 @@ pub struct Router {
     /// When the backup last accepted an advert (or started), for the log line when the timer fires.
     last_heard: Duration,
     /// The router believed active, with its advertised priority.
-    active: Option<(Ipv4Addr, u8)>,
+    active: Option<(A, u8)>,
     /// What a backup's Master_Down_Timer is waiting on, for the log line when it fires.
-    waiting: Waiting,
+    waiting: Waiting<A>,
     /// With a preempt delay, preemption of a lower-priority active router is allowed from this time.
     preempt_after: Option<Duration>,
     /// Set by [`Router::hold_preemption`]: a backup accepts a lower-priority active router as if `preempt` were off.
@@ -185,10 +186,10 @@ pub struct Router {
     last_reply: Option<Duration>,
 }
 
-impl Router {
+impl<A: Address> Router<A> {
     /// # Errors
     /// [`InvalidSettings`] when the VRID, priority or interval is out of range.
-    pub fn new(settings: Settings) -> Result<Self, InvalidSettings> {
+    pub fn new(settings: Settings<A>) -> Result<Self, InvalidSettings> {
         if settings.vrid == 0 {
             return Err(InvalidSettings("vrid must be 1..=255, got 0".into()));
         }
@@ -223,7 +224,7 @@ impl Router {
         self.preemption_held = held;
     }
 
-    pub fn settings(&self) -> &Settings {
+    pub fn settings(&self) -> &Settings<A> {
         &self.settings
     }
 
@@ -238,7 +239,7 @@ impl Router {
 
     /// The address of the router believed active: ours when Active, the last advert's sender when
     /// Backup, none after a priority-0 advert or when stopped.
-    pub fn active_router(&self) -> Option<Ipv4Addr> {
+    pub fn active_router(&self) -> Option<A> {
         match self.role {
             Role::Active => Some(self.settings.primary_address),
             Role::Backup => self.active.map(|(addr, _)| addr),
@@ -273,7 +274,7 @@ impl Router {
     }
 
     /// The advert this router sends, for a [`Action::SendAdvert`].
-    pub fn advert(&self, priority: u8, addresses: &[Ipv4Addr]) -> Advert {
+    pub fn advert(&self, priority: u8, addresses: &[A]) -> Advert<A> {
         Advert {
             vrid: self.settings.vrid,
             priority,
@@ -385,7 +386,7 @@ impl Router {
     }
 
     /// An advert that passed the receive checks of RFC 5798 §7.1, from `sender` (its IPv4 source).
-    pub fn on_advert(&mut self, now: Duration, sender: Ipv4Addr, advert: &Advert) -> Vec<Action> {
+    pub fn on_advert(&mut self, now: Duration, sender: A, advert: &Advert<A>) -> Vec<Action> {
         if advert.vrid != self.settings.vrid {
             return Vec::new();
         }
@@ -416,7 +417,7 @@ impl Router {
     }
 
     /// RFC 5798 §6.4.2 "If an ADVERTISEMENT is received".
-    fn backup_on_advert(&mut self, now: Duration, sender: Ipv4Addr, advert: &Advert) -> Vec<Action> {
+    fn backup_on_advert(&mut self, now: Duration, sender: A, advert: &Advert<A>) -> Vec<Action> {
         if advert.priority == PRIORITY_STOP {
             // The active router is leaving: take over after Skew_Time only.
             self.active = None;
@@ -455,7 +456,7 @@ impl Router {
     }
 
     /// RFC 5798 §6.4.3 "If an ADVERTISEMENT is received", with RFC 9568's immediate re-advert.
-    fn active_on_advert(&mut self, now: Duration, sender: Ipv4Addr, advert: &Advert) -> Vec<Action> {
+    fn active_on_advert(&mut self, now: Duration, sender: A, advert: &Advert<A>) -> Vec<Action> {
         if advert.priority == PRIORITY_STOP {
             // Another router thought it was active and is stopping: remind the backups who is.
             if !self.may_reply(now) {
@@ -1091,5 +1092,44 @@ mod tests {
         r.start(Duration::ZERO);
         r.fault(s(1.0), "link down".into());
         assert_eq!(r.shutdown(s(2.0)), [Action::BecomeInitialize]);
+    }
+
+    /// An IPv6 router runs the same machine: its timers, and the tie-break on the link-local addresses compared as
+    /// unsigned 128-bit integers.
+    #[test]
+    fn ipv6_router_elects_and_breaks_ties_on_its_link_local_address() {
+        use std::net::Ipv6Addr;
+        let me = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x5);
+        let higher = Ipv6Addr::new(0xfe80, 0, 0, 0, 0x1, 0, 0, 0x1);
+        let lower = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 0x4);
+        let vip = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x100);
+        let settings = Settings {
+            vrid: 51,
+            priority: 100,
+            advert_interval: 100,
+            preempt: true,
+            preempt_delay: Duration::ZERO,
+            primary_address: me,
+        };
+        let mut r = Router::new(settings).unwrap();
+        r.start(s(0.0));
+        assert_eq!(r.next_deadline(), Some(s(3.609375)));
+        let peer = Advert { vrid: 51, priority: 100, max_adver_int: 100, addresses: vec![vip] };
+        // A backup accepts an equal priority (RFC 5798 §6.4.2): its timer restarts, then fires when adverts stop.
+        assert!(r.on_advert(s(1.0), lower, &peer).is_empty());
+        assert_eq!(r.active_router(), Some(lower));
+        assert_eq!(r.next_deadline(), Some(s(4.609375)));
+        assert!(is_become_active(&r.on_timer(s(4.609375))));
+        assert_eq!(r.active_router(), Some(me));
+        assert_eq!(r.advert(100, &[vip]), peer);
+        // Active: an equal priority from a lower address is answered, from a higher address it wins.
+        assert_eq!(
+            r.on_advert(s(4.7), lower, &peer),
+            [Action::SendAdvert { priority: 100 }, Action::SendGratuitousArp]
+        );
+        let actions = r.on_advert(s(4.8), higher, &peer);
+        assert_eq!(cause(&actions), Some(Cause::HigherPriority));
+        assert_eq!(r.role(), Role::Backup);
+        assert_eq!(r.active_router(), Some(higher));
     }
 }

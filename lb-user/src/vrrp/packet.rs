@@ -1,18 +1,28 @@
-//! VRRPv3 advertisement codec for IPv4 (RFC 5798 §5, RFC 9568 §5).
+//! VRRPv3 advertisement codec for IPv4 and IPv6 (RFC 5798 §5, RFC 9568 §5).
 //!
-//! Pure: no sockets, no clocks. [`parse_ipv4`] takes what a raw `IPPROTO_VRRP` socket delivers (the
-//! IPv4 header included, so TTL and addresses can be checked) and applies the receive checks of RFC 5798
-//! §7.1 in their RFC order, each failing with its own [`Discard`] reason. [`Advert::emit`] writes the
-//! VRRP message only; the kernel adds the IPv4 header.
+//! Pure: no sockets, no clocks. [`parse_ipv4`] takes what a raw IPv4 `IPPROTO_VRRP` socket delivers (the
+//! IPv4 header included, so TTL and addresses can be checked); [`parse_ipv6`] takes the VRRP message of a raw
+//! IPv6 socket with the source, destination and hop limit the kernel reported beside it (an IPv6 raw socket
+//! never delivers the IPv6 header). Both apply the receive checks of RFC 5798 §7.1 in their RFC order, each
+//! failing with its own [`Discard`] reason. [`Advert::emit`] writes the VRRP message only; the kernel adds the
+//! IP header.
+//!
+//! The address family is a type parameter ([`Address`]: [`Ipv4Addr`] or [`Ipv6Addr`]), defaulting to IPv4: an
+//! advert carries addresses of its own family only (4 or 16 bytes each), and its checksum covers that family's
+//! pseudo-header.
 
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::hash::Hash;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::Range;
 
 /// IP protocol number of VRRP (RFC 5798 §5.1.1.4).
 pub const PROTOCOL: u8 = 112;
 /// The IPv4 multicast group adverts go to; link-local scope, never forwarded (RFC 5798 §5.1.1.2).
 pub const MULTICAST_GROUP: Ipv4Addr = Ipv4Addr::new(224, 0, 0, 18);
+/// The IPv6 multicast group adverts go to; link-local scope, never forwarded (RFC 5798 §5.1.2.2).
+pub const MULTICAST_GROUP_V6: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 0x12);
 /// Adverts are sent with this TTL and any other value is discarded: a GTSM-like guarantee that the
 /// sender is on-link (RFC 5798 §5.1.1.3, §9).
 pub const REQUIRED_TTL: u8 = 255;
@@ -52,6 +62,89 @@ mod ipv4_field {
     pub const DST: Range<usize> = 16..20;
 }
 
+/// An address family VRRP runs over: [`Ipv4Addr`] or [`Ipv6Addr`]. RFC 5798 keeps the families apart: an
+/// advert carries addresses of one family, and a dual-stack group is one virtual router per family.
+pub trait Address: Copy + Eq + Ord + Hash + fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// Bytes per address in the advert's address list (RFC 5798 §5.2.9).
+    const LEN: usize;
+    /// Where multicast adverts go.
+    const GROUP: Self;
+    /// Whether the RFC 9568 form (no pseudo-header) exists for this family: only IPv4's checksum changed;
+    /// IPv6 always covers the pseudo-header (RFC 9568 §5.2.8).
+    const CHECKSUM_WITHOUT_PSEUDO_HEADER: bool;
+    /// The address in `bytes`, which holds exactly [`Address::LEN`] bytes.
+    fn from_slice(bytes: &[u8]) -> Self;
+    /// Writes the address into `out`, which holds exactly [`Address::LEN`] bytes.
+    fn write(&self, out: &mut [u8]);
+    /// The ones'-complement sum of the pseudo-header for a VRRP message of `len` bytes from `src` to `dst`.
+    fn pseudo_header_sum(src: Self, dst: Self, len: usize) -> u32;
+    /// As the family-agnostic type (for logs and discard reasons).
+    fn to_ip(self) -> IpAddr;
+}
+
+impl Address for Ipv4Addr {
+    const LEN: usize = 4;
+    const GROUP: Self = MULTICAST_GROUP;
+    const CHECKSUM_WITHOUT_PSEUDO_HEADER: bool = true;
+
+    fn from_slice(bytes: &[u8]) -> Self {
+        let mut octets = [0u8; 4];
+        octets.copy_from_slice(bytes);
+        Ipv4Addr::from(octets)
+    }
+
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.octets());
+    }
+
+    /// `src, dst, 0, 112, length` (RFC 768 style, as keepalived, Wireshark and tcpdump compute it).
+    fn pseudo_header_sum(src: Self, dst: Self, len: usize) -> u32 {
+        let len = u16::try_from(len).unwrap_or(u16::MAX);
+        let mut pseudo = [0u8; 12];
+        pseudo[0..4].copy_from_slice(&src.octets());
+        pseudo[4..8].copy_from_slice(&dst.octets());
+        pseudo[9] = PROTOCOL;
+        pseudo[10..12].copy_from_slice(&len.to_be_bytes());
+        add_words(0, &pseudo)
+    }
+
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(self)
+    }
+}
+
+impl Address for Ipv6Addr {
+    const LEN: usize = 16;
+    const GROUP: Self = MULTICAST_GROUP_V6;
+    const CHECKSUM_WITHOUT_PSEUDO_HEADER: bool = false;
+
+    fn from_slice(bytes: &[u8]) -> Self {
+        let mut octets = [0u8; 16];
+        octets.copy_from_slice(bytes);
+        Ipv6Addr::from(octets)
+    }
+
+    fn write(&self, out: &mut [u8]) {
+        out.copy_from_slice(&self.octets());
+    }
+
+    /// `src(16) dst(16) length(4) zero(3) next-header=112(1)` (RFC 8200 §8.1, which RFC 5798 §5.2.8 cites as
+    /// RFC 2460 §8.1).
+    fn pseudo_header_sum(src: Self, dst: Self, len: usize) -> u32 {
+        let len = u32::try_from(len).unwrap_or(u32::MAX);
+        let mut pseudo = [0u8; 40];
+        pseudo[0..16].copy_from_slice(&src.octets());
+        pseudo[16..32].copy_from_slice(&dst.octets());
+        pseudo[32..36].copy_from_slice(&len.to_be_bytes());
+        pseudo[39] = PROTOCOL;
+        add_words(0, &pseudo)
+    }
+
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(self)
+    }
+}
+
 /// How the VRRPv3 checksum of an IPv4 advert is computed (RFC 5798 §5.2.8 vs RFC 9568 §5.2.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum ChecksumMode {
@@ -60,6 +153,7 @@ pub enum ChecksumMode {
     #[default]
     PseudoHeader,
     /// Over the VRRP message alone: RFC 9568 §5.2.8, Cisco and Juniper, keepalived `v3_checksum_as_v2`.
+    /// IPv4 only: an IPv6 advert's checksum always covers the IPv6 pseudo-header, whatever this setting.
     Rfc9568,
 }
 
@@ -83,10 +177,11 @@ impl fmt::Display for ChecksumMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Discard {
     /// Shorter than an IPv4 header, than the IPv4 total length, or than the VRRP fixed header.
+    /// (IPv6: shorter than the VRRP fixed header.)
     Truncated { have: usize, need: usize },
     /// The IPv4 header is not one of an IPv4 VRRP packet (version, IHL, protocol, total length).
     BadIpHeader(String),
-    /// TTL other than 255: the sender is not on-link, or something forwarded it (§7.1, §9).
+    /// TTL (IPv6: hop limit) other than 255: the sender is not on-link, or something forwarded it (§7.1, §9).
     Ttl { found: u8 },
     /// Version other than 3 (§7.1); a VRRPv2 peer lands here.
     Version { found: u8 },
@@ -99,7 +194,7 @@ pub enum Discard {
     /// For a virtual router this node does not run (§7.1).
     Vrid { found: u8, expected: u8 },
     /// Unicast mode: the source is not one of the configured peers (keepalived `check_unicast_src`).
-    UnknownPeer { src: Ipv4Addr },
+    UnknownPeer { src: IpAddr },
     /// Max Adver Int of 0: adopting it would make a backup's Master_Down_Interval almost 0 and flap.
     ZeroInterval,
 }
@@ -143,7 +238,7 @@ impl fmt::Display for Discard {
                 write!(f, "truncated packet: {have} bytes, expected at least {need}")
             }
             Discard::BadIpHeader(what) => write!(f, "bad IPv4 header: {what}"),
-            Discard::Ttl { found } => write!(f, "TTL is {found}, expected {REQUIRED_TTL}"),
+            Discard::Ttl { found } => write!(f, "TTL (hop limit) is {found}, expected {REQUIRED_TTL}"),
             Discard::Version { found } => write!(f, "VRRP version is {found}, expected {VERSION}"),
             Discard::Type { found } => {
                 write!(f, "VRRP type is {found}, expected {TYPE_ADVERTISEMENT}")
@@ -197,21 +292,32 @@ impl fmt::Display for EmitError {
 
 impl std::error::Error for EmitError {}
 
-/// A read-only view of a VRRP message (no IPv4 header).
+/// A read-only view of a VRRP message (no IP header) whose addresses are of family `A`.
 ///
-/// Built with [`Packet::new_checked`], every accessor is in bounds.
+/// Built with [`Packet::new_checked`] (IPv4) or [`Packet::checked`] (any family), every accessor is in bounds.
 #[derive(Debug, Clone, Copy)]
-pub struct Packet<T: AsRef<[u8]>> {
+pub struct Packet<T: AsRef<[u8]>, A: Address = Ipv4Addr> {
     buffer: T,
+    family: PhantomData<A>,
 }
 
-impl<T: AsRef<[u8]>> Packet<T> {
-    /// Wraps a buffer and checks it holds the fixed header and the `count` addresses it announces.
+impl<T: AsRef<[u8]>> Packet<T, Ipv4Addr> {
+    /// An IPv4 advert: [`Packet::checked`] with 4-byte addresses.
     ///
     /// # Errors
     /// [`Discard::Truncated`] or [`Discard::Length`].
     pub fn new_checked(buffer: T) -> Result<Self, Discard> {
-        let packet = Packet { buffer };
+        Self::checked(buffer)
+    }
+}
+
+impl<T: AsRef<[u8]>, A: Address> Packet<T, A> {
+    /// Wraps a buffer and checks it holds the fixed header and the `count` addresses it announces.
+    ///
+    /// # Errors
+    /// [`Discard::Truncated`] or [`Discard::Length`].
+    pub fn checked(buffer: T) -> Result<Self, Discard> {
+        let packet = Packet { buffer, family: PhantomData };
         packet.check_len()?;
         Ok(packet)
     }
@@ -222,7 +328,7 @@ impl<T: AsRef<[u8]>> Packet<T> {
             return Err(Discard::Truncated { have: data.len(), need: HEADER_LEN });
         }
         let count = data[field::COUNT];
-        let need = message_len(count);
+        let need = message_len::<A>(count);
         if count == 0 || data.len() < need {
             return Err(Discard::Length { count, have: data.len(), need });
         }
@@ -260,36 +366,39 @@ impl<T: AsRef<[u8]>> Packet<T> {
 
     /// The message as delimited by `count`; bytes after it are not part of the advert.
     pub fn message(&self) -> &[u8] {
-        &self.buffer.as_ref()[..message_len(self.count())]
+        &self.buffer.as_ref()[..message_len::<A>(self.count())]
     }
 
-    pub fn addresses(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        self.message()[field::ADDRESSES..].chunks_exact(4).map(|a| Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    pub fn addresses(&self) -> impl Iterator<Item = A> + '_ {
+        self.message()[field::ADDRESSES..].chunks_exact(A::LEN).map(A::from_slice)
     }
 
-    /// Which checksum form the message carries, if any.
-    pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> Option<ChecksumMode> {
+    /// Which checksum form the message carries, if any (IPv6 has only the pseudo-header form).
+    pub fn verify_checksum(&self, src: A, dst: A) -> Option<ChecksumMode> {
         let found = self.checksum();
-        [ChecksumMode::PseudoHeader, ChecksumMode::Rfc9568]
-            .into_iter()
-            .find(|&mode| checksum(self.message(), src, dst, mode) == found)
+        let forms: &[ChecksumMode] = if A::CHECKSUM_WITHOUT_PSEUDO_HEADER {
+            &[ChecksumMode::PseudoHeader, ChecksumMode::Rfc9568]
+        } else {
+            &[ChecksumMode::PseudoHeader]
+        };
+        forms.iter().copied().find(|&mode| checksum(self.message(), src, dst, mode) == found)
     }
 }
 
-/// A VRRPv3 advertisement, as carried on the wire (the Repr of [`Packet`]).
+/// A VRRPv3 advertisement, as carried on the wire (the Repr of [`Packet`]), with addresses of family `A`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Advert {
+pub struct Advert<A: Address = Ipv4Addr> {
     pub vrid: u8,
     /// 0 = the active router is stopping; 255 = the address owner (RFC 5798 §5.2.4).
     pub priority: u8,
     /// Max Adver Int in centiseconds.
     pub max_adver_int: u16,
     /// The virtual addresses, for troubleshooting only (RFC 5798 §5.2.9).
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<A>,
 }
 
-impl Advert {
-    pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T>) -> Self {
+impl<A: Address> Advert<A> {
+    pub fn parse<T: AsRef<[u8]>>(packet: &Packet<T, A>) -> Self {
         Advert {
             vrid: packet.vrid(),
             priority: packet.priority(),
@@ -299,7 +408,7 @@ impl Advert {
     }
 
     pub fn buffer_len(&self) -> usize {
-        HEADER_LEN + 4 * self.addresses.len()
+        HEADER_LEN + A::LEN * self.addresses.len()
     }
 
     /// Writes the VRRP message into `buf` and returns its length.
@@ -309,7 +418,7 @@ impl Advert {
     ///
     /// # Errors
     /// [`EmitError`] when the advert cannot be encoded or `buf` is too short.
-    pub fn emit(&self, buf: &mut [u8], src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> Result<usize, EmitError> {
+    pub fn emit(&self, buf: &mut [u8], src: A, dst: A, mode: ChecksumMode) -> Result<usize, EmitError> {
         let count = match u8::try_from(self.addresses.len()) {
             Ok(n) if n >= 1 => n,
             _ => return Err(EmitError::AddressCount(self.addresses.len())),
@@ -328,8 +437,8 @@ impl Advert {
         // The reserved high nibble MUST be 0 on send (RFC 5798 §5.2.6).
         out[field::MAX_ADVER_INT].copy_from_slice(&self.max_adver_int.to_be_bytes());
         out[field::CHECKSUM].copy_from_slice(&[0, 0]);
-        for (slot, addr) in out[field::ADDRESSES..].chunks_exact_mut(4).zip(&self.addresses) {
-            slot.copy_from_slice(&addr.octets());
+        for (slot, addr) in out[field::ADDRESSES..].chunks_exact_mut(A::LEN).zip(&self.addresses) {
+            addr.write(slot);
         }
         let sum = checksum(out, src, dst, mode);
         out[field::CHECKSUM].copy_from_slice(&sum.to_be_bytes());
@@ -340,7 +449,7 @@ impl Advert {
     ///
     /// # Errors
     /// [`EmitError`] when the advert cannot be encoded.
-    pub fn to_bytes(&self, src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> Result<Vec<u8>, EmitError> {
+    pub fn to_bytes(&self, src: A, dst: A, mode: ChecksumMode) -> Result<Vec<u8>, EmitError> {
         let mut buf = vec![0; self.buffer_len()];
         self.emit(&mut buf, src, dst, mode)?;
         Ok(buf)
@@ -349,19 +458,20 @@ impl Advert {
 
 /// What the receive path knows about this node, for the §7.1 checks.
 #[derive(Debug, Clone, Copy)]
-pub struct RxFilter<'a> {
+pub struct RxFilter<'a, A: Address = Ipv4Addr> {
     pub vrid: u8,
     /// Empty in multicast mode; otherwise only these senders are accepted.
-    pub unicast_peers: &'a [Ipv4Addr],
+    pub unicast_peers: &'a [A],
 }
 
 /// An advert that passed every receive check.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    pub src: Ipv4Addr,
-    pub dst: Ipv4Addr,
+pub struct Received<A: Address = Ipv4Addr> {
+    pub src: A,
+    pub dst: A,
+    /// TTL (IPv4) or hop limit (IPv6).
     pub ttl: u8,
-    pub advert: Advert,
+    pub advert: Advert<A>,
     /// The checksum form the sender used (logged once per peer, so interop problems show).
     pub checksum: ChecksumMode,
 }
@@ -407,12 +517,44 @@ pub fn parse_ipv4(bytes: &[u8], filter: &RxFilter<'_>) -> Result<Received, Disca
     let ttl = bytes[ipv4_field::TTL];
     let src = read_ipv4(bytes, ipv4_field::SRC);
     let dst = read_ipv4(bytes, ipv4_field::DST);
-    let payload = &bytes[ihl..total_len];
+    check_message(&bytes[ihl..total_len], src, dst, ttl, true, filter)
+}
+
+/// Parses the VRRP message a raw IPv6 protocol-112 socket delivered, with the source, destination and hop
+/// limit the kernel reported beside it (`recvmsg`'s address, `IPV6_PKTINFO`, `IPV6_HOPLIMIT`), and applies the
+/// receive checks of RFC 5798 §7.1 in the order of [`parse_ipv4`].
+///
+/// The hop limit must be 255 for multicast. A unicast advert from a configured peer is accepted with any
+/// hop limit: keepalived (2.2.7, as captured) sends its IPv6 unicast adverts with the default hop limit 64 and
+/// itself skips the check in unicast mode; the peer allow-list is the check there. Adverts to ff02::12 are
+/// always checked, as is any advert while no unicast peer is configured.
+///
+/// # Errors
+/// The first check that fails, as a [`Discard`].
+pub fn parse_ipv6(
+    message: &[u8],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    hop_limit: u8,
+    filter: &RxFilter<'_, Ipv6Addr>,
+) -> Result<Received<Ipv6Addr>, Discard> {
+    let check_hop_limit = filter.unicast_peers.is_empty() || dst.is_multicast();
+    check_message(message, src, dst, hop_limit, check_hop_limit, filter)
+}
+
+/// The §7.1 checks after the IP header: TTL/hop limit, version, type, length, checksum, VRID, peer, interval.
+fn check_message<A: Address>(
+    payload: &[u8],
+    src: A,
+    dst: A,
+    ttl: u8,
+    check_ttl: bool,
+    filter: &RxFilter<'_, A>,
+) -> Result<Received<A>, Discard> {
     if payload.len() < HEADER_LEN {
         return Err(Discard::Truncated { have: payload.len(), need: HEADER_LEN });
     }
-
-    if ttl != REQUIRED_TTL {
+    if check_ttl && ttl != REQUIRED_TTL {
         return Err(Discard::Ttl { found: ttl });
     }
     let version = payload[field::VER_TYPE] >> 4;
@@ -423,7 +565,7 @@ pub fn parse_ipv4(bytes: &[u8], filter: &RxFilter<'_>) -> Result<Received, Disca
     if msg_type != TYPE_ADVERTISEMENT {
         return Err(Discard::Type { found: msg_type });
     }
-    let packet = Packet::new_checked(payload)?;
+    let packet = Packet::<_, A>::checked(payload)?;
     let Some(checksum_mode) = packet.verify_checksum(src, dst) else {
         return Err(Discard::Checksum {
             found: packet.checksum(),
@@ -435,7 +577,7 @@ pub fn parse_ipv4(bytes: &[u8], filter: &RxFilter<'_>) -> Result<Received, Disca
         return Err(Discard::Vrid { found: packet.vrid(), expected: filter.vrid });
     }
     if !filter.unicast_peers.is_empty() && !filter.unicast_peers.contains(&src) {
-        return Err(Discard::UnknownPeer { src });
+        return Err(Discard::UnknownPeer { src: src.to_ip() });
     }
     if packet.max_adver_int() == 0 {
         return Err(Discard::ZeroInterval);
@@ -446,16 +588,11 @@ pub fn parse_ipv4(bytes: &[u8], filter: &RxFilter<'_>) -> Result<Received, Disca
 /// The VRRP checksum of `message`, its own checksum field counted as zero.
 ///
 /// The pseudo-header length is the message length, as keepalived computes it (`vrrp.c`).
-pub fn checksum(message: &[u8], src: Ipv4Addr, dst: Ipv4Addr, mode: ChecksumMode) -> u16 {
+/// For IPv6 the pseudo-header is always included, whatever `mode` says (RFC 9568 §5.2.8).
+pub fn checksum<A: Address>(message: &[u8], src: A, dst: A, mode: ChecksumMode) -> u16 {
     let mut sum: u32 = 0;
-    if mode == ChecksumMode::PseudoHeader {
-        let len = u16::try_from(message.len()).unwrap_or(u16::MAX);
-        let mut pseudo = [0u8; 12];
-        pseudo[0..4].copy_from_slice(&src.octets());
-        pseudo[4..8].copy_from_slice(&dst.octets());
-        pseudo[9] = PROTOCOL;
-        pseudo[10..12].copy_from_slice(&len.to_be_bytes());
-        sum = add_words(sum, &pseudo);
+    if mode == ChecksumMode::PseudoHeader || !A::CHECKSUM_WITHOUT_PSEUDO_HEADER {
+        sum = A::pseudo_header_sum(src, dst, message.len());
     }
     if message.len() >= field::CHECKSUM.end {
         sum = add_words(sum, &message[..field::CHECKSUM.start]);
@@ -483,8 +620,8 @@ fn add_words(mut sum: u32, data: &[u8]) -> u32 {
     sum
 }
 
-fn message_len(count: u8) -> usize {
-    HEADER_LEN + 4 * usize::from(count)
+fn message_len<A: Address>(count: u8) -> usize {
+    HEADER_LEN + A::LEN * usize::from(count)
 }
 
 fn read_u16(data: &[u8], range: Range<usize>) -> u16 {
@@ -735,7 +872,7 @@ mod tests {
         let peers = [Ipv4Addr::new(10, 99, 0, 3)];
         let filter = RxFilter { vrid: 52, unicast_peers: &peers };
         let err = parse_ipv4(&hex(UNICAST), &filter).unwrap_err();
-        assert_eq!(err, Discard::UnknownPeer { src: A2 });
+        assert_eq!(err, Discard::UnknownPeer { src: A2.into() });
         assert_eq!(err.name(), "unknown_peer");
     }
 
@@ -774,7 +911,7 @@ mod tests {
             Discard::Length { count: 0, have: 0, need: 0 },
             Discard::Checksum { found: 0, pseudo_header: 0, rfc9568: 0 },
             Discard::Vrid { found: 0, expected: 0 },
-            Discard::UnknownPeer { src: A1 },
+            Discard::UnknownPeer { src: A1.into() },
             Discard::ZeroInterval,
         ];
         let names: Vec<_> = all.iter().map(Discard::name).collect();
@@ -819,6 +956,141 @@ mod tests {
         let msg = advert.to_bytes(A1, A2, ChecksumMode::Rfc9568).unwrap();
         let packet = Packet::new_checked(&msg[..]).unwrap();
         assert_eq!(packet.verify_checksum(A1, A2), Some(ChecksumMode::Rfc9568));
+        assert_eq!(Advert::parse(&packet), advert);
+    }
+
+    // IPv6: captured from keepalived 2.2.7 (Debian) in a netns pair; the IPv6 header's fields as tcpdump showed them.
+    const LL_A: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0xff, 0xfe00, 0x0a);
+    const U1: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1);
+    const U2: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 2);
+    /// fe80::ff:fe00:a -> ff02::12, hop limit 255: vrid 61, priority 100, 100 cs, VIP fd00:99::100.
+    const V6_MULTICAST: &str = "313d 6401 0064 6e9b fd00 0099 0000 0000 0000 0000 0000 0100";
+    /// The same router stopping (SIGTERM): priority 0.
+    const V6_PRIO_ZERO: &str = "313d 0001 0064 d29b fd00 0099 0000 0000 0000 0000 0000 0100";
+    /// fd00:99::1 -> fd00:99::2 (unicast_src_ip, unicast_peer), hop limit 64: vrid 62, priority 100, 50 cs,
+    /// VIPs fd00:99::101 and fd00:99::102.
+    const V6_UNICAST: &str = "313e 6402 0032 7187 fd00 0099 0000 0000 0000 0000 0000 0101 \
+                              fd00 0099 0000 0000 0000 0000 0000 0102";
+
+    fn v6(last: u16) -> Ipv6Addr {
+        Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, last)
+    }
+
+    const V6_MCAST_FILTER: RxFilter<'static, Ipv6Addr> = RxFilter { vrid: 61, unicast_peers: &[] };
+
+    #[test]
+    fn parses_captured_keepalived_ipv6_multicast_advert() {
+        let rx = parse_ipv6(&hex(V6_MULTICAST), LL_A, MULTICAST_GROUP_V6, 255, &V6_MCAST_FILTER).unwrap();
+        assert_eq!((rx.src, rx.dst, rx.ttl), (LL_A, MULTICAST_GROUP_V6, 255));
+        assert_eq!(rx.advert, Advert { vrid: 61, priority: 100, max_adver_int: 100, addresses: vec![v6(0x100)] });
+        assert_eq!(rx.checksum, ChecksumMode::PseudoHeader);
+    }
+
+    #[test]
+    fn reemits_captured_ipv6_adverts_byte_identical() {
+        for (hexed, priority) in [(V6_MULTICAST, 100), (V6_PRIO_ZERO, 0)] {
+            let advert = Advert { vrid: 61, priority, max_adver_int: 100, addresses: vec![v6(0x100)] };
+            let out = advert.to_bytes(LL_A, MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader).unwrap();
+            assert_eq!(out, hex(hexed), "priority {priority}");
+        }
+    }
+
+    #[test]
+    fn ipv6_checksum_covers_the_ipv6_pseudo_header_in_both_modes() {
+        let msg = hex(V6_MULTICAST);
+        assert_eq!(checksum(&msg, LL_A, MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader), 0x6e9b);
+        // RFC 9568 dropped the pseudo-header for IPv4 only.
+        assert_eq!(checksum(&msg, LL_A, MULTICAST_GROUP_V6, ChecksumMode::Rfc9568), 0x6e9b);
+        let advert = Advert { vrid: 61, priority: 100, max_adver_int: 100, addresses: vec![v6(0x100)] };
+        assert_eq!(advert.to_bytes(LL_A, MULTICAST_GROUP_V6, ChecksumMode::Rfc9568).unwrap(), msg);
+        // Another source gives another checksum: the source is in the sum.
+        assert_ne!(checksum(&msg, U1, MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader), 0x6e9b);
+    }
+
+    #[test]
+    fn ipv6_checksum_without_pseudo_header_is_discarded() {
+        // The IPv4 RFC 9568 form (the message alone) is not a valid IPv6 checksum.
+        let mut msg = hex(V6_MULTICAST);
+        let bare = {
+            let mut sum = add_words(0, &msg[..6]);
+            sum = add_words(sum, &msg[8..]);
+            while sum > 0xffff {
+                sum = (sum & 0xffff) + (sum >> 16);
+            }
+            !(sum as u16)
+        };
+        msg[6..8].copy_from_slice(&bare.to_be_bytes());
+        let err = parse_ipv6(&msg, LL_A, MULTICAST_GROUP_V6, 255, &V6_MCAST_FILTER).unwrap_err();
+        assert_eq!(err, Discard::Checksum { found: bare, pseudo_header: 0x6e9b, rfc9568: 0x6e9b });
+    }
+
+    #[test]
+    fn parses_captured_keepalived_ipv6_unicast_advert_with_hop_limit_64() {
+        let bytes = hex(V6_UNICAST);
+        let peers = [U1];
+        let filter = RxFilter { vrid: 62, unicast_peers: &peers[..] };
+        let rx = parse_ipv6(&bytes, U1, U2, 64, &filter).unwrap();
+        assert_eq!(
+            rx.advert,
+            Advert { vrid: 62, priority: 100, max_adver_int: 50, addresses: vec![v6(0x101), v6(0x102)] }
+        );
+        assert_eq!(rx.advert.to_bytes(U1, U2, ChecksumMode::PseudoHeader).unwrap(), bytes);
+        assert_eq!(checksum(&bytes, U1, U2, ChecksumMode::PseudoHeader), 0x7187);
+        // The peer list is the check in unicast mode: another sender is refused whatever its hop limit.
+        let others = [v6(3)];
+        let filter = RxFilter { vrid: 62, unicast_peers: &others[..] };
+        let err = parse_ipv6(&bytes, U1, U2, 255, &filter).unwrap_err();
+        assert_eq!(err, Discard::UnknownPeer { src: IpAddr::V6(U1) });
+    }
+
+    #[test]
+    fn ipv6_hop_limit_must_be_255_for_multicast() {
+        let msg = hex(V6_MULTICAST);
+        for hop_limit in [0, 1, 64, 254] {
+            let err = parse_ipv6(&msg, LL_A, MULTICAST_GROUP_V6, hop_limit, &V6_MCAST_FILTER).unwrap_err();
+            assert_eq!(err, Discard::Ttl { found: hop_limit });
+        }
+        // Unicast mode does not relax it for adverts that went to the group.
+        let peers = [LL_A];
+        let filter = RxFilter { vrid: 61, unicast_peers: &peers[..] };
+        let err = parse_ipv6(&msg, LL_A, MULTICAST_GROUP_V6, 64, &filter).unwrap_err();
+        assert_eq!(err.name(), "ttl");
+        // Multicast mode checks a unicast-addressed advert too.
+        let unicast = hex(V6_UNICAST);
+        let filter = RxFilter { vrid: 62, unicast_peers: &[] };
+        assert_eq!(parse_ipv6(&unicast, U1, U2, 64, &filter).unwrap_err().name(), "ttl");
+    }
+
+    #[test]
+    fn ipv6_advert_checks_run_as_for_ipv4() {
+        let msg = hex(V6_MULTICAST);
+        let parse = |m: &[u8]| parse_ipv6(m, LL_A, MULTICAST_GROUP_V6, 255, &V6_MCAST_FILTER);
+        assert_eq!(parse(&msg[..7]).unwrap_err(), Discard::Truncated { have: 7, need: 8 });
+        // Count 1 needs 8 + 16 bytes: an IPv4-sized address list is short.
+        assert_eq!(parse(&msg[..12]).unwrap_err(), Discard::Length { count: 1, have: 12, need: 24 });
+        let mut v2 = msg.clone();
+        v2[0] = 0x21;
+        assert_eq!(parse(&v2).unwrap_err().name(), "version");
+        let mut other = msg.clone();
+        other[1] = 62;
+        assert_eq!(parse(&other).unwrap_err().name(), "checksum");
+        let filter = RxFilter { vrid: 62, unicast_peers: &[] };
+        let err = parse_ipv6(&msg, LL_A, MULTICAST_GROUP_V6, 255, &filter).unwrap_err();
+        assert_eq!(err, Discard::Vrid { found: 61, expected: 62 });
+    }
+
+    #[test]
+    fn ipv6_emit_round_trips_many_addresses() {
+        let advert = Advert {
+            vrid: 9,
+            priority: 254,
+            max_adver_int: 4095,
+            addresses: (1..=255).map(v6).collect::<Vec<Ipv6Addr>>(),
+        };
+        let msg = advert.to_bytes(LL_A, MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader).unwrap();
+        assert_eq!(msg.len(), 8 + 16 * 255);
+        let packet = Packet::<_, Ipv6Addr>::checked(&msg[..]).unwrap();
+        assert_eq!(packet.verify_checksum(LL_A, MULTICAST_GROUP_V6), Some(ChecksumMode::PseudoHeader));
         assert_eq!(Advert::parse(&packet), advert);
     }
 }

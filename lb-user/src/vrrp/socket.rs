@@ -1,6 +1,6 @@
 //! The VRRP transport: one raw IPv4 socket for protocol 112 per interface (the I/O edge), shared by every VRRP
 //! instance on that interface: each advert carries its instance's source address and destinations, and received
-//! packets go to the instance of their VRID.
+//! packets go to the instance of their VRID. IPv6 has its own socket, [`super::socket6`].
 //!
 //! A raw socket, not a packet socket, so the kernel builds and routes the IPv4 header, and still
 //! delivers the received IPv4 header so the TTL = 255 rule of RFC 5798 §5.1.1.3 can be checked.
@@ -8,7 +8,7 @@
 use std::ffi::{CStr, CString, c_int, c_void};
 use std::io;
 use std::mem::{self, size_of};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr;
 
@@ -29,8 +29,15 @@ pub enum Error {
     },
     #[error("ifindex {index} of {interface} is out of range")]
     IndexOutOfRange { interface: String, index: u32 },
-    #[error("VRRP source address {source_address} is not on interface {interface} (its IPv4 addresses: {addresses:?})")]
-    NotOnInterface { source_address: Ipv4Addr, interface: String, addresses: Vec<Ipv4Addr> },
+    #[error(
+        "VRRP source address {source_address} is not on interface {interface} (its addresses of that family: {addresses:?})"
+    )]
+    NotOnInterface { source_address: IpAddr, interface: String, addresses: Vec<IpAddr> },
+    #[error(
+        "interface {interface} has no IPv6 link-local address to send VRRP adverts from (RFC 5798 §5.1.2.1); \
+         enable IPv6 on it, or set source_address"
+    )]
+    NoLinkLocal { interface: String },
     #[error("encoding a VRRP advert for {interface}: {source}")]
     Encode {
         interface: String,
@@ -42,13 +49,13 @@ pub enum Error {
         failures.len(),
         failures.iter().map(|(dst, e)| format!("{dst}: {e}")).collect::<Vec<_>>().join("; ")
     )]
-    Send { source_address: Ipv4Addr, interface: String, total: usize, failures: Vec<(Ipv4Addr, io::Error)> },
+    Send { source_address: IpAddr, interface: String, total: usize, failures: Vec<(IpAddr, io::Error)> },
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
 /// Maps an I/O error to [`Error::Io`] saying what was being done.
-fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
+pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     let what = what.into();
     move |source| Error::Io { what, source }
 }
@@ -58,12 +65,13 @@ const TOS_NETWORK_CONTROL: c_int = 0xc0;
 /// An IPv4 VRRP packet is at most 60 + 8 + 255 × 4 = 1088 bytes.
 const RECV_BUF_LEN: usize = 2048;
 
-/// An interface's index and IPv4 addresses, in the kernel's order (primary addresses first).
+/// An interface's index and addresses, in the kernel's order (primary addresses first).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InterfaceInfo {
     pub name: String,
     pub index: u32,
     pub ipv4: Vec<Ipv4Addr>,
+    pub ipv6: Vec<Ipv6Addr>,
 }
 
 impl InterfaceInfo {
@@ -72,16 +80,36 @@ impl InterfaceInfo {
     /// # Errors
     /// When the interface does not exist or the addresses cannot be listed.
     pub fn lookup(name: &str) -> Result<Self> {
+        let addresses = interface_addresses(name)?;
         Ok(InterfaceInfo {
             name: name.to_owned(),
             index: interface_index(name)?,
-            ipv4: interface_ipv4_addresses(name)?,
+            ipv4: addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V4(v4) => Some(*v4),
+                    IpAddr::V6(_) => None,
+                })
+                .collect(),
+            ipv6: addresses
+                .iter()
+                .filter_map(|a| match a {
+                    IpAddr::V6(v6) => Some(*v6),
+                    IpAddr::V4(_) => None,
+                })
+                .collect(),
         })
     }
 
     /// The address adverts are sourced from by default (RFC 5798 §5.1.1.1: the primary address).
     pub fn primary_ipv4(&self) -> Option<Ipv4Addr> {
         self.ipv4.first().copied()
+    }
+
+    /// The address IPv6 adverts are sourced from by default: the interface's link-local address
+    /// (RFC 5798 §5.1.2.1).
+    pub fn link_local_ipv6(&self) -> Option<Ipv6Addr> {
+        self.ipv6.iter().copied().find(Ipv6Addr::is_unicast_link_local)
     }
 }
 
@@ -99,8 +127,8 @@ pub fn interface_index(name: &str) -> Result<u32> {
     Ok(index)
 }
 
-/// The IPv4 addresses of `name` (labels such as `eth0:1` included), from `getifaddrs(3)`.
-fn interface_ipv4_addresses(name: &str) -> Result<Vec<Ipv4Addr>> {
+/// The IPv4 and IPv6 addresses of `name` (labels such as `eth0:1` included), from `getifaddrs(3)`.
+fn interface_addresses(name: &str) -> Result<Vec<IpAddr>> {
     struct List(*mut libc::ifaddrs);
     impl Drop for List {
         fn drop(&mut self) {
@@ -131,12 +159,18 @@ fn interface_ipv4_addresses(name: &str) -> Result<Vec<Ipv4Addr>> {
             || ifa_name.strip_prefix(name.as_bytes()).is_some_and(|rest| rest.starts_with(b":"));
         // SAFETY: ifa_addr is non-null and points at a sockaddr of at least sa_family's size.
         let family = c_int::from(unsafe { (*ifa.ifa_addr).sa_family });
-        if !matches || family != libc::AF_INET {
+        if !matches {
             continue;
         }
-        // SAFETY: sa_family is AF_INET, so the sockaddr is a sockaddr_in.
-        let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
-        addresses.push(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+        if family == libc::AF_INET {
+            // SAFETY: sa_family is AF_INET, so the sockaddr is a sockaddr_in.
+            let sin = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in>() };
+            addresses.push(IpAddr::V4(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr))));
+        } else if family == libc::AF_INET6 {
+            // SAFETY: sa_family is AF_INET6, so the sockaddr is a sockaddr_in6.
+            let sin6 = unsafe { &*ifa.ifa_addr.cast::<libc::sockaddr_in6>() };
+            addresses.push(IpAddr::V6(Ipv6Addr::from(sin6.sin6_addr.s6_addr)));
+        }
     }
     Ok(addresses)
 }
@@ -169,9 +203,9 @@ impl VrrpSocket {
         let info = InterfaceInfo::lookup(interface)?;
         if let Some(source) = sources.iter().find(|s| !info.ipv4.contains(s)) {
             return Err(Error::NotOnInterface {
-                source_address: *source,
+                source_address: IpAddr::V4(*source),
                 interface: interface.to_string(),
-                addresses: info.ipv4,
+                addresses: info.ipv4.iter().copied().map(IpAddr::V4).collect(),
             });
         }
         // SAFETY: plain socket(2) call; the result is checked before use.
@@ -255,12 +289,12 @@ impl VrrpSocket {
                 .to_bytes(source, *dst, checksum)
                 .map_err(|e| Error::Encode { interface: self.interface.clone(), source: e })?;
             if let Err(err) = self.send_to(&bytes, source, *dst).await {
-                failures.push((*dst, err));
+                failures.push((IpAddr::V4(*dst), err));
             }
         }
         if !failures.is_empty() {
             return Err(Error::Send {
-                source_address: source,
+                source_address: IpAddr::V4(source),
                 interface: self.interface.clone(),
                 total: destinations.len(),
                 failures,
@@ -320,14 +354,14 @@ fn in_addr(addr: Ipv4Addr) -> libc::in_addr {
     libc::in_addr { s_addr: u32::from(addr).to_be() }
 }
 
-fn setsockopt<T>(fd: RawFd, level: c_int, name: c_int, value: &T) -> io::Result<()> {
+pub(super) fn setsockopt<T>(fd: RawFd, level: c_int, name: c_int, value: &T) -> io::Result<()> {
     let len = libc::socklen_t::try_from(size_of::<T>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: value points at a live T of len bytes.
     let rc = unsafe { libc::setsockopt(fd, level, name, ptr::from_ref(value).cast(), len) };
     if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
-fn setsockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
+pub(super) fn setsockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8]) -> io::Result<()> {
     let len = libc::socklen_t::try_from(value.len()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     // SAFETY: value is a live slice of len bytes.
     let rc = unsafe { libc::setsockopt(fd, level, name, value.as_ptr().cast(), len) };

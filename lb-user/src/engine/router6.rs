@@ -1,0 +1,329 @@
+//! The IPv6 virtual router of an instance that has IPv6 addresses. RFC 5798 keeps the address families apart: an
+//! instance whose addresses mix IPv4 and IPv6 runs one router per family, with the same VRID, priority, timers and
+//! preemption, each elected on its own. The IPv4 router is the instance's own (`instance.rs`, with its services,
+//! settling and penalty); this one carries only the election of the IPv6 addresses: adverts to ff02::12 (or the
+//! IPv6 unicast peers) from the link-local address, the role, and its data plane router's flag. The instance hands
+//! it the priority (penalty included) and the preemption hold, so both families follow the same rules.
+//!
+//! Pure, like the engine: it pushes commands into the instance's [`Out`].
+
+use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
+
+use lb_common::{FAMILY_IPV6, router_slot};
+use log::Level;
+
+use super::{Command, LogLimits, Out, more_comma};
+use crate::{
+    config,
+    status::RouterStatus,
+    vrrp::{
+        Action, Cause, Role, Router, RxFilter, Settings,
+        machine::{InvalidSettings, PRIORITY_OWNER},
+        packet::{self, Advert},
+        socket6::Datagram,
+    },
+};
+
+/// The IPv6 router of one instance. See the module documentation.
+#[derive(Debug)]
+pub(super) struct Router6 {
+    router: Router<Ipv6Addr>,
+    /// The instance's IPv6 addresses, in config order: the advert's address list.
+    addresses: Vec<Ipv6Addr>,
+    /// This node's advert source: `source_address` (IPv6), else the interface's link-local address.
+    pub(super) source: Ipv6Addr,
+    peers: Vec<Ipv6Addr>,
+    /// Its flag in the data plane.
+    pub(super) index: u32,
+    interface: String,
+    vrid: u8,
+    na_count: u32,
+    last_advert: Option<Duration>,
+    observed: Observed6,
+    logs: LogLimits,
+}
+
+/// What the IPv6 router has seen and done, for status.
+#[derive(Debug, Clone)]
+pub struct Observed6 {
+    pub role: Role,
+    pub role_since: Duration,
+    pub role_reason: String,
+    pub transitions: u64,
+    pub adverts_sent: u64,
+    pub adverts_received: u64,
+    pub discards: BTreeMap<&'static str, u64>,
+    pub nas_requested: u64,
+}
+
+impl Router6 {
+    /// The IPv6 router of `config` (which has IPv6 addresses) in data plane slot `slot`, advertising from `source`.
+    pub(super) fn new(config: &config::Instance, slot: u32, source: Ipv6Addr) -> Result<Self, InvalidSettings> {
+        let v = &config.vrrp;
+        let settings = Settings {
+            vrid: v.vrid,
+            priority: v.priority,
+            advert_interval: u16::try_from(v.advert_interval_ms / 10).unwrap_or(u16::MAX),
+            preempt: v.preempt,
+            preempt_delay: Duration::from_millis(u64::from(v.preempt_delay_ms)),
+            primary_address: source,
+        };
+        Ok(Router6 {
+            router: Router::new(settings)?,
+            addresses: config.vip.ipv6(),
+            source,
+            peers: v.unicast_peers6.clone(),
+            index: router_slot(slot, FAMILY_IPV6),
+            interface: config.interface.clone(),
+            vrid: v.vrid,
+            na_count: v.garp_count,
+            last_advert: None,
+            observed: Observed6 {
+                role: Role::Initialize,
+                role_since: Duration::ZERO,
+                role_reason: "starting".into(),
+                transitions: 0,
+                adverts_sent: 0,
+                adverts_received: 0,
+                discards: BTreeMap::new(),
+                nas_requested: 0,
+            },
+            logs: LogLimits::default(),
+        })
+    }
+
+    pub(super) fn role(&self) -> Role {
+        self.router.role()
+    }
+
+    pub(super) fn next_deadline(&self) -> Option<Duration> {
+        self.router.next_deadline()
+    }
+
+    pub(super) fn start(&mut self, now: Duration, link_up: bool, label: &str, out: &mut Out) {
+        let actions = if link_up {
+            self.router.start(now)
+        } else {
+            self.router.fault(now, format!("no link on {}: waiting for it", self.interface))
+        };
+        self.apply(now, actions, label, out);
+    }
+
+    /// Stops at once: a priority-0 advert if active (a backup takes over after its skew time), and no more answers.
+    pub(super) fn stop(&mut self, now: Duration, label: &str, out: &mut Out) {
+        let actions = self.router.shutdown(now);
+        let was = self.router.role();
+        for action in actions {
+            if let Action::SendAdvert { priority } = action {
+                self.send_advert(now, priority, out);
+            }
+        }
+        out.push(Command::SetActive { router: self.index, active: false });
+        if self.observed.role != Role::Initialize || was != Role::Initialize {
+            self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+        }
+    }
+
+    pub(super) fn timer(&mut self, now: Duration, label: &str, out: &mut Out) {
+        let actions = self.router.on_timer(now);
+        self.apply(now, actions, label, out);
+    }
+
+    pub(super) fn set_priority(&mut self, now: Duration, priority: u8, label: &str, out: &mut Out) {
+        if priority != self.router.priority() {
+            let actions = self.router.set_priority(now, priority);
+            self.apply(now, actions, label, out);
+        }
+    }
+
+    /// A reload changed the instance in place (its identity is the same): the keys it reads may have changed.
+    pub(super) fn reconfigure(&mut self, config: &config::Instance) {
+        self.na_count = config.vrrp.garp_count;
+    }
+
+    pub(super) fn hold_preemption(&mut self, held: bool) {
+        self.router.hold_preemption(held);
+    }
+
+    pub(super) fn link(&mut self, now: Duration, up: bool, label: &str, out: &mut Out) {
+        let role = self.router.role();
+        if up && role == Role::Fault {
+            let actions = self.router.start(now);
+            self.apply(now, actions, label, out);
+        } else if !up && role != Role::Fault && role != Role::Initialize {
+            let actions = self.router.fault(now, format!("link down on {}", self.interface));
+            self.apply(now, actions, label, out);
+        }
+    }
+
+    /// As the IPv4 router's stall check (see `Instance::check_stall`): an active router that sent nothing for
+    /// longer than `limit` rejoins as a backup.
+    pub(super) fn check_stall(&mut self, now: Duration, limit: Duration, label: &str, out: &mut Out) {
+        if self.router.role() != Role::Active {
+            return;
+        }
+        let Some(last) = self.last_advert else { return };
+        let silent = now.saturating_sub(last);
+        if silent <= limit {
+            return;
+        }
+        let reason = format!(
+            "no advert sent for {} ms (more than {} ms, the peers' down interval): this node was stopped or stalled; \
+             rejoining as a backup",
+            silent.as_millis(),
+            limit.as_millis()
+        );
+        let _ = self.router.shutdown(now);
+        let actions = self
+            .router
+            .start(now)
+            .into_iter()
+            .map(|a| match a {
+                Action::BecomeBackup { .. } => Action::BecomeBackup { cause: Cause::Stall, reason: reason.clone() },
+                other => other,
+            })
+            .collect();
+        self.apply(now, actions, label, out);
+    }
+
+    /// An IPv6 VRRP message for this router's VRID: the RFC 5798 §7.1 checks, the group's identity, the election.
+    pub(super) fn packet(&mut self, now: Duration, datagram: &Datagram, label: &str, out: &mut Out) {
+        let filter = RxFilter { vrid: self.vrid, unicast_peers: &self.peers[..] };
+        let rx = match packet::parse_ipv6(&datagram.message, datagram.src, datagram.dst, datagram.hop_limit, &filter) {
+            Ok(rx) => rx,
+            Err(discard) => {
+                self.discard(now, discard.name(), &discard.to_string(), label, out);
+                return;
+            }
+        };
+        if rx.src == self.source {
+            return;
+        }
+        let mut theirs = rx.advert.addresses.clone();
+        let mut ours = self.addresses.clone();
+        theirs.sort_unstable();
+        ours.sort_unstable();
+        if theirs != ours {
+            let why = format!("IPv6 addresses {:?} differ from ours {:?}", rx.advert.addresses, self.addresses);
+            self.discard(now, super::DISCARD_ADDRESS_MISMATCH, &why, label, out);
+            return;
+        }
+        if self.router.priority() == PRIORITY_OWNER {
+            self.discard(now, super::DISCARD_OWNER, "this node is the address owner (priority 255)", label, out);
+            return;
+        }
+        self.observed.adverts_received += 1;
+        let actions = self.router.on_advert(now, rx.src, &rx.advert);
+        self.apply(now, actions, label, out);
+    }
+
+    /// Counts (and logs, rate-limited) a discarded IPv6 advert.
+    pub(super) fn discard(&mut self, now: Duration, reason: &'static str, detail: &str, label: &str, out: &mut Out) {
+        let count = self.observed.discards.entry(reason).or_default();
+        *count += 1;
+        let count = *count;
+        if let Some(left_out) = self.logs.allow(reason, now) {
+            out.log(
+                Level::Warn,
+                format!(
+                    "{label}IPv6: discarded a VRRP packet ({reason}, {count} so far{}): {detail}",
+                    more_comma(left_out)
+                ),
+            );
+        }
+    }
+
+    fn apply(&mut self, now: Duration, actions: Vec<Action>, label: &str, out: &mut Out) {
+        for action in actions {
+            match action {
+                Action::SendAdvert { priority } => self.send_advert(now, priority, out),
+                Action::BecomeActive { reason, .. } => {
+                    out.push(Command::SetActive { router: self.index, active: true });
+                    self.role_changed(now, Role::Active, reason, label, out);
+                }
+                Action::BecomeBackup { reason, .. } => {
+                    out.push(Command::SetActive { router: self.index, active: false });
+                    self.role_changed(now, Role::Backup, reason, label, out);
+                }
+                Action::BecomeFault { reason } => {
+                    out.push(Command::SetActive { router: self.index, active: false });
+                    self.role_changed(now, Role::Fault, reason, label, out);
+                }
+                Action::BecomeInitialize => {
+                    out.push(Command::SetActive { router: self.index, active: false });
+                    self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+                }
+                // The IPv6 form of a gratuitous ARP: unsolicited Neighbor Advertisements (RFC 5798 §6.4.2).
+                Action::SendGratuitousArp => {
+                    if self.na_count > 0 {
+                        out.push(Command::SendUnsolicitedNas {
+                            interface: self.interface.clone(),
+                            addresses: self.addresses.clone(),
+                            count: self.na_count,
+                        });
+                        self.observed.nas_requested += u64::from(self.na_count);
+                    }
+                }
+            }
+        }
+    }
+
+    fn send_advert(&mut self, now: Duration, priority: u8, out: &mut Out) {
+        let advert: Advert<Ipv6Addr> = self.router.advert(priority, &self.addresses);
+        out.push(Command::SendAdvert6 {
+            interface: self.interface.clone(),
+            source: self.source,
+            peers: self.peers.clone(),
+            advert,
+        });
+        self.last_advert = Some(now);
+        self.observed.adverts_sent += 1;
+    }
+
+    fn role_changed(&mut self, now: Duration, role: Role, reason: String, label: &str, out: &mut Out) {
+        out.log(Level::Info, format!("{label}IPv6 role -> {role}: {reason}"));
+        let o = &mut self.observed;
+        o.role = role;
+        o.role_since = now;
+        o.role_reason = reason;
+        o.transitions += 1;
+    }
+
+    /// A snapshot for status and metrics.
+    pub(super) fn view(&self) -> Router6View {
+        Router6View {
+            observed: self.observed.clone(),
+            source: self.source,
+            active_router: self.router.active_router(),
+            index: self.index,
+        }
+    }
+}
+
+/// The IPv6 router's state at one moment.
+#[derive(Debug, Clone)]
+pub struct Router6View {
+    pub observed: Observed6,
+    pub source: Ipv6Addr,
+    pub active_router: Option<Ipv6Addr>,
+    /// Its flag in the data plane.
+    pub index: u32,
+}
+
+impl Router6View {
+    /// Its part of the status document (`instances[].ipv6`).
+    pub fn status(&self, epoch_unix_ms: u64) -> RouterStatus {
+        let o = &self.observed;
+        RouterStatus {
+            role: o.role.name().to_string(),
+            source: self.source.to_string(),
+            active_router: self.active_router.map(|a| a.to_string()),
+            transitions: o.transitions,
+            role_since_unix_ms: epoch_unix_ms + u64::try_from(o.role_since.as_millis()).unwrap_or(u64::MAX),
+            role_reason: o.role_reason.clone(),
+            adverts_sent: o.adverts_sent,
+            adverts_received: o.adverts_received,
+            adverts_discarded: o.discards.values().sum(),
+        }
+    }
+}
