@@ -74,10 +74,14 @@ pub mod names {
     pub const TRACE_STATE: &str = "TRACE_STATE";
     /// Global (`.rodata`): 0 makes the verifier prune the trace hook at load (benchmarks isolate its cost with it).
     pub const TRACE_HOOK: &str = "TRACE_HOOK";
-    /// The socket load balancer for the node's own clients (cgroup `connect4` and `getpeername4` programs) and the
-    /// map that remembers which VIP each rewritten socket asked for.
+    /// The socket load balancer for the node's own clients (cgroup `connect4`, `getpeername4`, and for unconnected
+    /// UDP `sendmsg4` and `recvmsg4` programs) and the map that remembers which VIP each rewritten socket asked for.
     pub const SOCKET_CONNECT4: &str = "xvip_connect4";
     pub const SOCKET_GETPEERNAME4: &str = "xvip_getpeername4";
+    pub const SOCKET_SENDMSG4: &str = "xvip_sendmsg4";
+    pub const SOCKET_RECVMSG4: &str = "xvip_recvmsg4";
+    /// Every program of the socket load balancer, in the order they are attached.
+    pub const SOCKET_PROGRAMS: [&str; 4] = [SOCKET_CONNECT4, SOCKET_GETPEERNAME4, SOCKET_SENDMSG4, SOCKET_RECVMSG4];
     pub const SOCKET_PEERS: &str = "SOCKET_PEERS";
     /// Per service: its backend on the node itself, which only the socket load balancer reaches ([`LocalShare`]).
     pub const SOCKET_LOCAL: &str = "SOCKET_LOCAL";
@@ -931,7 +935,8 @@ pub const fn socket_lb_applies(netns: u64, node_netns: u64) -> bool {
     node_netns != 0 && netns == node_netns
 }
 
-/// Key of `SOCKET_PEERS`: a local client's socket (its cookie) and the backend its connect was sent to.
+/// Key of `SOCKET_PEERS`: a local client's socket (its cookie) and the backend its connect or its datagram to a
+/// VIP was sent to (the protocol: TCP or UDP).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SocketPeerKey {

@@ -86,8 +86,8 @@ pub fn xvip_egress(ctx: TcContext) -> i32 {
     action
 }
 
-/// The socket load balancer for the node's own clients (see `socket.rs`): a TCP connect to a VIP's service goes to
-/// a backend.
+/// The socket load balancer for the node's own clients (see `socket.rs`): a TCP or UDP connect to a VIP's service
+/// goes to a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn xvip_connect4(ctx: SockAddrContext) -> i32 {
     socket::connect4(&ctx)
@@ -97,6 +97,19 @@ pub fn xvip_connect4(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(getpeername4)]
 pub fn xvip_getpeername4(ctx: SockAddrContext) -> i32 {
     socket::getpeername4(&ctx)
+}
+
+/// The socket load balancer for unconnected UDP (see `socket.rs`): a datagram sent to a VIP's UDP service goes to
+/// a backend.
+#[cgroup_sock_addr(sendmsg4)]
+pub fn xvip_sendmsg4(ctx: SockAddrContext) -> i32 {
+    socket::sendmsg4(&ctx)
+}
+
+/// The source of a datagram from a backend `xvip_sendmsg4` sent this socket's datagrams to: the VIP and port.
+#[cgroup_sock_addr(recvmsg4)]
+pub fn xvip_recvmsg4(ctx: SockAddrContext) -> i32 {
+    socket::recvmsg4(&ctx)
 }
 
 /// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.

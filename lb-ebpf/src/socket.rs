@@ -1,22 +1,30 @@
-//! The socket load balancer for clients on the node itself (`cgroup/connect4`, `cgroup/getpeername4`).
+//! The socket load balancer for clients on the node itself (`cgroup/connect4`, `cgroup/getpeername4`, and for
+//! unconnected UDP `cgroup/sendmsg4` and `cgroup/recvmsg4`).
 //!
 //! A process on an xvip node that connects to a VIP never reaches the XDP program (it sees only what arrives from
-//! the wire), so its `connect()` is balanced instead: the destination VIP:port of a TCP connect becomes a backend's
-//! address and port, picked from the service's live Maglev table (the one the XDP program uses) by the socket's
-//! cookie (a backend at the node's own address is in that table once the agent has marked it local; until then it
-//! gets its weight's share of the connects from `SOCKET_LOCAL`). The socket is then connected straight to the
-//! backend: no packet of it ever goes through a VIP, so it
-//! works on every node, active or backup, and keeps working across a failover. `getpeername()` reports VIP:port
-//! again (from `SOCKET_PEERS`), so the application sees the address it asked for.
+//! the wire), so its `connect()` is balanced instead: the destination VIP:port of a TCP or UDP connect becomes a
+//! backend's address and port, picked from the service's live Maglev table (the one the XDP program uses) by the
+//! socket's cookie (a backend at the node's own address is in that table once the agent has marked it local; until
+//! then it gets its weight's share of the connects from `SOCKET_LOCAL`). The socket is then connected straight to
+//! the backend: no packet of it ever goes through a VIP, so it works on every node, active or backup, and keeps
+//! working across a failover. `getpeername()` reports VIP:port again (from `SOCKET_PEERS`, keyed by the socket's
+//! cookie and the backend), so the application sees the address it asked for.
 //!
-//! Cgroup programs run for every process in the cgroup whatever its network namespace: only connects made in the
+//! An unconnected UDP socket names the destination with each datagram: `sendmsg4` picks the backend the same way
+//! for each datagram to a VIP's UDP service (the same cookie, so the same backend while the table stays) and records
+//! it in `SOCKET_PEERS` like `connect4`; `recvmsg4` turns the source of a datagram from that backend back into the
+//! VIP and port, so `recvfrom()` reports the address the application sent to.
+//!
+//! Cgroup programs run for every process in the cgroup whatever its network namespace: only calls made in the
 //! agent's own namespace are touched (`lb_common::socket_lb_applies`).
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
     programs::SockAddrContext,
 };
-use lb_common::{NO_BACKEND, PROTO_TCP, ServiceKey, SocketPeer, SocketPeerKey, socket_hash, socket_lb_applies};
+use lb_common::{
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey, SocketPeer, SocketPeerKey, socket_hash, socket_lb_applies,
+};
 
 use crate::{
     forward::maglev_pick,
@@ -31,12 +39,97 @@ const REFUSE: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const AF_INET: u32 = 2;
 
-/// A `connect()` (TCP, IPv4) to one of the node's VIPs on a service port: sent to a backend instead. A service
-/// without a healthy backend refuses the connect (ECONNREFUSED), as a client would want to fail fast.
+/// Where a balanced socket call goes.
+enum Pick {
+    /// Not a VIP's service of this namespace: the call goes on untouched.
+    Leave,
+    /// A VIP's service without a healthy backend.
+    Refuse,
+    /// The backend's address and port (network byte order).
+    Backend([u8; 4], [u8; 2]),
+}
+
+/// A `connect()` (TCP or UDP, IPv4) to one of the node's VIPs on a service port of that protocol: sent to a
+/// backend instead. A service without a healthy backend refuses the connect (ECONNREFUSED), as a client would
+/// want to fail fast.
 #[inline(always)]
 pub fn connect4(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    // SAFETY: the kernel hands every sock_addr program a valid context; these fields are readable in connect4.
+    let Some((protocol, ip, port)) = destination(addr) else {
+        return PROCEED;
+    };
+    match balance(addr, protocol, ip, port) {
+        Pick::Leave => PROCEED,
+        Pick::Refuse => refuse(),
+        Pick::Backend(backend, backend_port) => {
+            set_peer(addr, backend, backend_port);
+            PROCEED
+        }
+    }
+}
+
+/// A datagram sent with a destination (`sendto()`, `sendmsg()` with a name: an unconnected UDP socket) to a UDP
+/// service of one of the node's VIPs: its destination becomes a backend, picked as `connect4` picks (by the
+/// socket's cookie, so a socket's datagrams keep going to one backend while the service's table stays), and the
+/// backend is remembered in `SOCKET_PEERS` for `recvmsg4` to turn its replies' source back into the VIP. A
+/// service without a healthy backend refuses the send (ECONNREFUSED).
+#[inline(always)]
+pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination(addr) else {
+        return PROCEED;
+    };
+    if protocol != PROTO_UDP {
+        return PROCEED;
+    }
+    match balance(addr, protocol, ip, port) {
+        Pick::Leave => PROCEED,
+        Pick::Refuse => refuse(),
+        Pick::Backend(backend, backend_port) => {
+            set_peer(addr, backend, backend_port);
+            PROCEED
+        }
+    }
+}
+
+/// A datagram received with its source asked for (`recvfrom()`, `recvmsg()` with a name) from a backend this
+/// socket's datagrams to a VIP were sent to (`SOCKET_PEERS`, keyed by the socket's cookie and the backend): the
+/// source becomes that VIP and port, so the application sees the address it sent to. Anything else is left
+/// alone. The kernel lets this hook refuse nothing: it always proceeds.
+#[inline(always)]
+pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination(addr) else {
+        return PROCEED;
+    };
+    if protocol != PROTO_UDP {
+        return PROCEED;
+    }
+    // SAFETY: plain helper call on the program's context.
+    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
+        return PROCEED;
+    }
+    reverse(addr, protocol, ip, port);
+    PROCEED
+}
+
+/// `getpeername()` of a socket `connect4` sent to a backend: the VIP and port it asked for.
+#[inline(always)]
+pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination(addr) else {
+        return PROCEED;
+    };
+    reverse(addr, protocol, ip, port);
+    PROCEED
+}
+
+/// The call's protocol (TCP or UDP), address and port (both in network byte order: their bytes in memory are the
+/// address and port as on the wire), if it is IPv4 TCP or UDP.
+#[inline(always)]
+fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 4], [u8; 2])> {
+    // SAFETY: the kernel hands every sock_addr program a valid context; these fields are readable in each of its
+    // attach points (connect4, sendmsg4, recvmsg4, getpeername4).
     let (family, protocol, ip, port) = unsafe {
         (
             core::ptr::read_volatile(&(*addr).user_family),
@@ -45,21 +138,32 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
             core::ptr::read_volatile(&(*addr).user_port),
         )
     };
-    if family != AF_INET || protocol != u32::from(PROTO_TCP) {
-        return PROCEED;
+    if family != AF_INET {
+        return None;
     }
-    // Both stored in network byte order: their bytes in memory are the address and port as on the wire.
-    let vip_address = ip.to_ne_bytes();
-    let vip_port = (port as u16).to_ne_bytes();
+    let protocol = if protocol == u32::from(PROTO_TCP) {
+        PROTO_TCP
+    } else if protocol == u32::from(PROTO_UDP) {
+        PROTO_UDP
+    } else {
+        return None;
+    };
+    Some((protocol, ip.to_ne_bytes(), (port as u16).to_ne_bytes()))
+}
+
+/// The backend for a call to `vip_address:vip_port` over `protocol` made in the node's namespace, recorded in
+/// `SOCKET_PEERS` under the socket's cookie and the backend (what `getpeername4` and `recvmsg4` answer from).
+#[inline(always)]
+fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_port: [u8; 2]) -> Pick {
     let Some(vip) = lookup_vip(vip_address) else {
-        return PROCEED;
+        return Pick::Leave;
     };
     // SAFETY: plain helper call on the program's context.
     if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
-        return PROCEED;
+        return Pick::Leave;
     }
-    let Some(svc) = lookup_service(&ServiceKey::new(vip_address, vip_port, PROTO_TCP)) else {
-        return PROCEED;
+    let Some(svc) = lookup_service(&ServiceKey::new(vip_address, vip_port, protocol)) else {
+        return Pick::Leave;
     };
     // SAFETY: plain helper call on the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
@@ -73,51 +177,43 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
         match maglev_pick(&svc, hash) {
             Some(id) if id != NO_BACKEND => id,
             _ if local.backend != NO_BACKEND => local.backend,
-            _ => return refuse(),
+            _ => return Pick::Refuse,
         }
     };
     let Some(backend) = BACKENDS.get(id) else {
-        return refuse();
+        return Pick::Refuse;
     };
     if backend.healthy != 1 || backend.address == [0; 4] {
-        return refuse();
+        return Pick::Refuse;
     }
     let (backend_address, backend_port) = (backend.address, backend.port);
-    let key = SocketPeerKey::new(cookie, backend_address, backend_port, PROTO_TCP);
-    let _ = SOCKET_PEERS.insert(&key, &SocketPeer { vip: vip_address, port: vip_port, _pad: [0; 2] }, 0);
-    set_peer(addr, backend_address, backend_port);
-    PROCEED
+    let key = SocketPeerKey::new(cookie, backend_address, backend_port, protocol);
+    let peer = SocketPeer { vip: vip_address, port: vip_port, _pad: [0; 2] };
+    // SAFETY: copied out at once. An unconnected socket sends many datagrams: the entry is written only when it
+    // is missing or names another VIP, not once per datagram.
+    let known = unsafe { SOCKET_PEERS.get(&key) }.copied();
+    if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
+        let _ = SOCKET_PEERS.insert(&key, &peer, 0);
+    }
+    Pick::Backend(backend_address, backend_port)
 }
 
-/// `getpeername()` of a socket `connect4` sent to a backend: the VIP and port it asked for.
+/// A backend this socket was sent to (`SOCKET_PEERS`) becomes the VIP and port the socket asked for again.
 #[inline(always)]
-pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
-    let addr = ctx.sock_addr;
-    // SAFETY: as in `connect4`.
-    let (family, protocol, ip, port) = unsafe {
-        (
-            core::ptr::read_volatile(&(*addr).user_family),
-            core::ptr::read_volatile(&(*addr).protocol),
-            core::ptr::read_volatile(&(*addr).user_ip4),
-            core::ptr::read_volatile(&(*addr).user_port),
-        )
-    };
-    if family != AF_INET || protocol != u32::from(PROTO_TCP) {
-        return PROCEED;
-    }
+fn reverse(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 4], port: [u8; 2]) {
     // SAFETY: plain helper call on the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let key = SocketPeerKey::new(cookie, ip.to_ne_bytes(), (port as u16).to_ne_bytes(), PROTO_TCP);
+    let key = SocketPeerKey::new(cookie, ip, port, protocol);
     // SAFETY: copied out at once.
     if let Some(peer) = unsafe { SOCKET_PEERS.get(&key) }.copied() {
         set_peer(addr, peer.vip, peer.port);
     }
-    PROCEED
 }
 
 #[inline(always)]
 fn set_peer(addr: *mut bpf_sock_addr, address: [u8; 4], port: [u8; 2]) {
-    // SAFETY: user_ip4 and user_port are writable in connect4 and getpeername4 (4-byte stores).
+    // SAFETY: user_ip4 and user_port are writable in connect4, sendmsg4, recvmsg4 and getpeername4 (4-byte
+    // stores).
     unsafe {
         core::ptr::write_volatile(&mut (*addr).user_ip4, u32::from_ne_bytes(address));
         core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
@@ -126,7 +222,7 @@ fn set_peer(addr: *mut bpf_sock_addr, address: [u8; 4], port: [u8; 2]) {
 
 #[inline(always)]
 fn refuse() -> i32 {
-    // SAFETY: plain helper call; the error the refused connect() returns instead of EPERM.
+    // SAFETY: plain helper call; the error the refused connect() or sendmsg() returns instead of EPERM.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REFUSE
 }

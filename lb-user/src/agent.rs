@@ -1020,8 +1020,8 @@ fn attach_local_clients(dataplane: &mut DataPlane) {
     };
     match dataplane.attach_local_clients(&root) {
         Ok(()) => log::info!(
-            "local clients: TCP connects from this network namespace to the VIPs' services go straight to a backend \
-             (socket load balancer on the cgroup {})",
+            "local clients: TCP connects and UDP datagrams from this network namespace to the VIPs' services go \
+             straight to a backend (socket load balancer on the cgroup {})",
             root.display()
         ),
         Err(e) => {

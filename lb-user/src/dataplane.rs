@@ -375,9 +375,10 @@ struct Installed {
 pub struct DataPlane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
-    /// The socket load balancer's links (connect4, getpeername4) and the cgroup they are attached to. Held only by
-    /// this process's file descriptors, never pinned: they go when the process does.
-    socket_links: Option<(CgroupSockAddrLinkId, CgroupSockAddrLinkId, std::path::PathBuf)>,
+    /// The socket load balancer's links (connect4, getpeername4, sendmsg4, recvmsg4: by program name) and the
+    /// cgroup they are attached to. Held only by this process's file descriptors, never pinned: they go when the
+    /// process does.
+    socket_links: Option<(Vec<(&'static str, CgroupSockAddrLinkId)>, std::path::PathBuf)>,
     /// The cookie of the network namespace the data plane was loaded in (0: unknown), the only one whose connects
     /// the socket load balancer rewrites.
     netns_cookie: u64,
@@ -626,10 +627,12 @@ impl DataPlane {
         }
     }
 
-    /// Attaches the socket load balancer (`xvip_connect4`, `xvip_getpeername4`) to the cgroup v2 directory
-    /// `cgroup` (its root covers every process): TCP connects made in this network namespace to a VIP's service
-    /// are sent to a backend picked from the service's Maglev table. The links are held by this process only
-    /// (never pinned), so the kernel detaches them when it exits, however it exits.
+    /// Attaches the socket load balancer (`xvip_connect4`, `xvip_getpeername4`, `xvip_sendmsg4`,
+    /// `xvip_recvmsg4`) to the cgroup v2 directory `cgroup` (its root covers every process): TCP and UDP connects,
+    /// and UDP datagrams sent unconnected, made in this network namespace to a VIP's service are sent to a backend
+    /// picked from the service's Maglev table (replies from it come back with the VIP as their source). The links
+    /// are held by this process only (never pinned), so the kernel detaches them when it exits, however it exits.
+    /// All or nothing: a program that cannot be attached detaches the ones before it.
     ///
     /// # Errors
     /// When the cgroup cannot be opened, the kernel refuses the programs, or the namespace's cookie is unknown.
@@ -646,28 +649,46 @@ impl DataPlane {
         }
         let dir = std::fs::File::open(cgroup).with_context(|| format!("opening the cgroup {}", cgroup.display()))?;
         let mut links = Vec::new();
-        for name in [names::SOCKET_CONNECT4, names::SOCKET_GETPEERNAME4] {
-            let program = self.socket_program(name)?;
-            if program.fd().is_err() {
-                program.load().with_context(|| format!("verifying the cgroup program {name}"))?;
+        for name in names::SOCKET_PROGRAMS {
+            match self.attach_socket_program(name, &dir, cgroup) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_socket_programs(links)?;
+                    return Err(e);
+                }
             }
-            // A link on a cgroup always lets other programs run too (BPF_F_ALLOW_MULTI); mode Single asks for no
-            // flags, which is what the kernel takes for links.
-            let link = program
-                .attach(&dir, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.display()))?;
-            links.push(link);
         }
-        let mut links = links.into_iter();
-        if let (Some(connect), Some(getpeername)) = (links.next(), links.next()) {
-            self.socket_links = Some((connect, getpeername, cgroup.to_path_buf()));
+        self.socket_links = Some((links, cgroup.to_path_buf()));
+        Ok(())
+    }
+
+    fn attach_socket_program(
+        &mut self,
+        name: &str,
+        dir: &std::fs::File,
+        cgroup: &std::path::Path,
+    ) -> Result<CgroupSockAddrLinkId> {
+        let program = self.socket_program(name)?;
+        if program.fd().is_err() {
+            program.load().with_context(|| format!("verifying the cgroup program {name}"))?;
+        }
+        // A link on a cgroup always lets other programs run too (BPF_F_ALLOW_MULTI); mode Single asks for no flags,
+        // which is what the kernel takes for links.
+        program
+            .attach(dir, CgroupAttachMode::Single)
+            .with_context(|| format!("attaching {name} to the cgroup {}", cgroup.display()))
+    }
+
+    fn detach_socket_programs(&mut self, links: Vec<(&'static str, CgroupSockAddrLinkId)>) -> Result<()> {
+        for (name, link) in links {
+            self.socket_program(name)?.detach(link).with_context(|| format!("detaching the cgroup program {name}"))?;
         }
         Ok(())
     }
 
     /// The cgroup the socket load balancer is attached to, if it is.
     pub fn local_clients_cgroup(&self) -> Option<&std::path::Path> {
-        self.socket_links.as_ref().map(|(_, _, path)| path.as_path())
+        self.socket_links.as_ref().map(|(_, path)| path.as_path())
     }
 
     fn socket_program(&mut self, name: &str) -> Result<&mut CgroupSockAddr> {
@@ -682,11 +703,8 @@ impl DataPlane {
             let program = self.egress_program()?;
             program.detach(link).context("detaching the egress program")?;
         }
-        if let Some((connect, getpeername, _)) = self.socket_links.take() {
-            self.socket_program(names::SOCKET_CONNECT4)?.detach(connect).context("detaching the connect4 program")?;
-            self.socket_program(names::SOCKET_GETPEERNAME4)?
-                .detach(getpeername)
-                .context("detaching the getpeername4 program")?;
+        if let Some((links, _)) = self.socket_links.take() {
+            self.detach_socket_programs(links)?;
         }
         let extra = std::mem::take(&mut self.extra_links);
         for (_, link) in extra {

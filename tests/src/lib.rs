@@ -7,6 +7,7 @@
 //! - `lab-backend` (a binary of this crate) is the HTTP server on the backends; [`Lab::start_backends`] runs it.
 //! - [`probe`] measures from the client: outages ([`probe::Probe`]), load distribution
 //!   ([`probe::request_many`]) and long-lived connections ([`probe::StreamWatch`]).
+//! - [`udp::UdpEcho`]: a UDP echo server in a host's namespace, for UDP services.
 //! - [`reach`]: ping, an ARP prober reporting every responder, the neighbour table.
 //! - [`keepalived`]: keepalived as a VRRPv3 peer.
 //!
@@ -41,6 +42,7 @@ pub mod process;
 pub mod reach;
 pub mod soak;
 pub mod topology;
+pub mod udp;
 pub mod xdp_pass;
 pub mod xvip;
 

@@ -145,6 +145,8 @@ impl NodeSpec {
 pub struct ServiceSpec {
     pub name: String,
     pub port: u16,
+    /// "tcp" or "udp".
+    pub protocol: String,
     /// "nat" or "dsr".
     pub forwarding: String,
     pub backends: Vec<(Ipv4Addr, u16)>,
@@ -164,6 +166,7 @@ impl ServiceSpec {
         ServiceSpec {
             name: "web".into(),
             port,
+            protocol: "tcp".into(),
             forwarding: forwarding.into(),
             backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
             weights: BTreeMap::new(),
@@ -244,6 +247,7 @@ fn services(t: &mut String, table: &str, services: &[ServiceSpec]) {
     for s in services {
         let _ = writeln!(t, "[[{table}]]");
         let _ = writeln!(t, "name = \"{}\"\nport = {}\nforwarding = \"{}\"", s.name, s.port, s.forwarding);
+        let _ = writeln!(t, "protocol = \"{}\"", s.protocol);
         let backends: Vec<String> = s
             .backends
             .iter()

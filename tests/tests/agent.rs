@@ -27,6 +27,7 @@ fn service(name: &str, port: u16, backends: Vec<(Ipv4Addr, u16)>, check: &str) -
     ServiceSpec {
         name: name.into(),
         port,
+        protocol: "tcp".into(),
         forwarding: "nat".into(),
         backends,
         weights: Default::default(),

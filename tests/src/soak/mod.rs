@@ -264,6 +264,7 @@ impl Soak {
         let check = |name: String, port: u16, backend_port: u16, backends: &BTreeSet<usize>| ServiceSpec {
             name,
             port,
+            protocol: "tcp".into(),
             forwarding: "nat".into(),
             backends: backends.iter().map(|&b| (self.lab.backends()[b].ip, backend_port)).collect(),
             weights: BTreeMap::new(),

@@ -386,6 +386,7 @@ fn start_xvip(
     let service = ServiceSpec {
         name: "web".into(),
         port,
+        protocol: "tcp".into(),
         forwarding: forwarding.into(),
         backends: backends.iter().map(|b| (*b, backend_port)).collect(),
         weights: Default::default(),

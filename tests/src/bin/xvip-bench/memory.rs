@@ -195,6 +195,7 @@ fn node_spec(lab: &Lab, case: &Case, extra: &[Ipv4Addr]) -> NodeSpec {
         spec = spec.service(ServiceSpec {
             name: format!("svc{s:02}"),
             port,
+            protocol: "tcp".into(),
             forwarding: "dsr".into(),
             backends,
             weights: Default::default(),
@@ -214,6 +215,7 @@ fn service(s: usize, backends: usize, extra: &[Ipv4Addr]) -> ServiceSpec {
     ServiceSpec {
         name: format!("svc{s}"),
         port,
+        protocol: "tcp".into(),
         forwarding: "dsr".into(),
         backends: extra.iter().take(backends).map(|a| (*a, port)).collect(),
         weights: Default::default(),
