@@ -3,13 +3,13 @@
 //! 255, link-local source, checksum over the IPv6 pseudo-header). The xvip instance has only an IPv6 address, so
 //! its status's role is its IPv6 router's. IPv6 is turned on, without DAD, on the two nodes only. Needs root.
 //!
-//! The data plane's part of an IPv6 VIP (Neighbor Advertisements) is not exercised here: what is checked is the
-//! VRRP election on the wire.
+//! The data plane's part of an IPv6 VIP is checked once, in the handover: a client's neighbour entry for the VIP
+//! moves to xvip's MAC by xvip's unsolicited Neighbor Advertisements alone, and the VIP answers the client's ping.
 use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 use xvip_tests::{
-    Keepalived, KeepalivedSpec, Lab, LabSpec, ipv6,
+    Host, Keepalived, KeepalivedSpec, Lab, LabSpec, cmd, ipv6,
     xvip::{NodeSpec, XvipNode},
 };
 
@@ -117,6 +117,53 @@ fn ipv6_graceful_keepalived_stop_hands_over_to_xvip() {
     eprintln!("measured: xvip took over {took:?} after keepalived's SIGTERM (bound {bound:?})");
     assert!(took <= bound, "{took:?} > {bound:?}");
     stopper.join().expect("join").expect("keepalived stop");
+}
+
+/// The client's neighbour entry for the VIP: its link-layer address, if it has one.
+fn neighbour_mac(client: &Host) -> Option<String> {
+    let out = cmd::exec_in(&client.ns, ["ip", "-6", "neigh", "show", &vip6().to_string()]).ok()?;
+    let words: Vec<&str> = out.split_whitespace().collect();
+    words.iter().position(|w| *w == "lladdr").and_then(|i| words.get(i + 1)).map(|m| m.to_string())
+}
+
+fn ping(client: &Host) -> Result<String, String> {
+    cmd::exec_in(&client.ns, ["ping", "-6", "-n", "-c", "1", "-W", "1", &vip6().to_string()])
+        .map_err(|e| format!("{e:#}"))
+}
+
+/// An IPv6 VIP that xvip takes over from keepalived: xvip's unsolicited Neighbor Advertisements move a client's
+/// neighbour entry for the VIP from keepalived's node to xvip's without the client asking, and xvip's node then
+/// answers the client's ping (ICMPv6 echo in XDP, after Neighbor Discovery). Fails without either half of the
+/// wiring from the IPv6 router to the data plane (the VIP installed, the advertisements sent).
+#[test]
+fn ipv6_vip_moves_to_xvip_by_unsolicited_advertisements_and_answers_there() {
+    let lab = lab();
+    let client = lab.client();
+    ipv6::enable(client, 100).expect("IPv6 on the client");
+    let x = xvip(&lab, 100, false);
+    let mut k = keepalived(&lab, 150, false);
+    k.wait_master(Duration::from_secs(5)).expect("keepalived master");
+    x.wait_role("backup", Duration::from_secs(3)).expect("xvip backup");
+    ping(client).expect("keepalived's node answers the VIP's ping");
+    let keepalived_mac = lab.node(2).mac.to_string();
+    assert_eq!(neighbour_mac(client).as_deref(), Some(keepalived_mac.as_str()), "the VIP resolved to node2 first");
+
+    k.stop().expect("keepalived stop");
+    x.wait_role("active", Duration::from_secs(3)).expect("xvip takes over");
+    let xvip_mac = lab.node(1).mac.to_string();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while neighbour_mac(client).as_deref() != Some(xvip_mac.as_str()) {
+        assert!(
+            Instant::now() < deadline,
+            "the client's entry for the VIP is still {:?}, not xvip's {xvip_mac}: no unsolicited advertisement",
+            neighbour_mac(client)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reply = ping(client).expect("xvip's node answers the VIP's ping");
+    assert!(reply.contains("1 received"), "{reply}");
+    let counters = x.status().expect("status").counters.dataplane;
+    eprintln!("xvip data plane after the handover: {counters:?}");
 }
 
 #[test]
