@@ -282,7 +282,8 @@ impl VrrpSocket {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
             let received =
-                recv_one(&self.fd, LABEL, "recv()", &self.interface, |fd| recv_truncating(fd, &mut buf)).await?;
+                recv_when_readable(&self.fd, LABEL, "recv()", &self.interface, |fd| recv_truncating(fd, &mut buf))
+                    .await?;
             let bytes = &buf[..received.min(buf.len())];
             if source_of(bytes).is_some_and(|src| self.own.contains(&src)) {
                 continue;
@@ -367,7 +368,7 @@ async fn send_when_writable(fd: &AsyncFd<OwnedFd>, mut send: impl FnMut(RawFd) -
 /// Waits until the socket is readable and receives one packet with `recv`; `call` names it in errors.
 ///
 /// Cancel safe: a packet is only read from the socket when it is returned.
-pub(super) async fn recv_one<T>(
+pub(super) async fn recv_when_readable<T>(
     fd: &AsyncFd<OwnedFd>,
     label: &str,
     call: &str,

@@ -22,7 +22,8 @@ use tokio::io::unix::AsyncFd;
 
 use super::packet::{Advert, ChecksumMode, MULTICAST_GROUP_V6, REQUIRED_TTL};
 use super::socket::{
-    Error, InterfaceInfo, Result, io_error, open_raw, recv_one, register, send_each, sendmsg_with_control, setsockopt,
+    Error, InterfaceInfo, Result, io_error, open_raw, recv_when_readable, register, send_each, sendmsg_with_control,
+    setsockopt,
 };
 
 /// What errors call this socket.
@@ -145,7 +146,8 @@ impl Vrrp6Socket {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
             let received =
-                recv_one(&self.fd, LABEL, "recvmsg()", &self.interface, |fd| recvmsg_with_info(fd, &mut buf)).await?;
+                recv_when_readable(&self.fd, LABEL, "recvmsg()", &self.interface, |fd| recvmsg_with_info(fd, &mut buf))
+                    .await?;
             if self.own.contains(&received.src) {
                 continue;
             }
