@@ -58,14 +58,7 @@ pub fn connect4(ctx: &SockAddrContext) -> i32 {
     let Some((protocol, ip, port)) = destination(addr) else {
         return PROCEED;
     };
-    match balance(addr, protocol, ip, port) {
-        Pick::Leave => PROCEED,
-        Pick::Refuse => refuse(),
-        Pick::Backend(backend, backend_port) => {
-            set_peer(addr, backend, backend_port);
-            PROCEED
-        }
-    }
+    to_backend(addr, protocol, ip, port)
 }
 
 /// A datagram sent with a destination (`sendto()`, `sendmsg()` with a name: an unconnected UDP socket) to a UDP
@@ -82,14 +75,7 @@ pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
     if protocol != PROTO_UDP {
         return PROCEED;
     }
-    match balance(addr, protocol, ip, port) {
-        Pick::Leave => PROCEED,
-        Pick::Refuse => refuse(),
-        Pick::Backend(backend, backend_port) => {
-            set_peer(addr, backend, backend_port);
-            PROCEED
-        }
-    }
+    to_backend(addr, protocol, ip, port)
 }
 
 /// A datagram received with its source asked for (`recvfrom()`, `recvmsg()` with a name) from a backend this
@@ -149,6 +135,19 @@ fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 4], [u8; 2])> {
         return None;
     };
     Some((protocol, ip.to_ne_bytes(), (port as u16).to_ne_bytes()))
+}
+
+/// A call to `ip:port` over `protocol` goes to the backend [`balance`] picks, is refused, or goes on untouched.
+#[inline(always)]
+fn to_backend(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 4], port: [u8; 2]) -> i32 {
+    match balance(addr, protocol, ip, port) {
+        Pick::Leave => PROCEED,
+        Pick::Refuse => refuse(),
+        Pick::Backend(backend, backend_port) => {
+            set_peer(addr, backend, backend_port);
+            PROCEED
+        }
+    }
 }
 
 /// The backend for a call to `vip_address:vip_port` over `protocol` made in the node's namespace, recorded in

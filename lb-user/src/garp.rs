@@ -221,8 +221,19 @@ impl GarpSender {
     /// # Errors
     /// When `sendto(2)` fails or sends a short frame.
     pub fn send(&self, vip: Ipv4Addr) -> Result<()> {
-        let frame = frame(self.mac, vip);
-        let addr = sockaddr_ll(self.ifindex, ETHERTYPE_ARP, BROADCAST_MAC);
+        match self.send_frame(&frame(self.mac, vip), ETHERTYPE_ARP, BROADCAST_MAC) {
+            Ok(FRAME_LEN) => Ok(()),
+            Ok(sent) => Err(Error::Short { vip, interface: self.interface.clone(), sent }),
+            Err(source) => {
+                Err(Error::Io { what: format!("sendto() of a gratuitous ARP for {vip} on {}", self.interface), source })
+            }
+        }
+    }
+
+    /// Sends `frame` out of the interface to the link-layer address `dest` with EtherType `protocol`, without
+    /// blocking; returns how many bytes went out.
+    fn send_frame(&self, frame: &[u8], protocol: u16, dest: [u8; 6]) -> io::Result<usize> {
+        let addr = sockaddr_ll(self.ifindex, protocol, dest);
         // SAFETY: frame and addr are live and their lengths are passed.
         let sent = unsafe {
             libc::sendto(
@@ -234,11 +245,7 @@ impl GarpSender {
                 size_of::<libc::sockaddr_ll>() as libc::socklen_t,
             )
         };
-        match usize::try_from(sent) {
-            Ok(FRAME_LEN) => Ok(()),
-            Ok(sent) => Err(Error::Short { vip, interface: self.interface.clone(), sent }),
-            Err(_) => Err(last_os_error(format!("sendto() of a gratuitous ARP for {vip} on {}", self.interface))),
-        }
+        usize::try_from(sent).map_err(|_| io::Error::last_os_error())
     }
 }
 
@@ -249,26 +256,13 @@ impl GarpSender {
     /// # Errors
     /// When `sendto(2)` fails or sends a short frame.
     pub fn send_na(&self, vip: Ipv6Addr) -> Result<()> {
-        let frame = neighbor_advertisement(self.mac, vip);
-        let addr = sockaddr_ll(self.ifindex, ETHERTYPE_IPV6, ALL_NODES_MAC);
-        // SAFETY: frame and addr are live and their lengths are passed.
-        let sent = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                frame.as_ptr().cast(),
-                frame.len(),
-                0,
-                ptr::from_ref(&addr).cast(),
-                size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        match usize::try_from(sent) {
+        match self.send_frame(&neighbor_advertisement(self.mac, vip), ETHERTYPE_IPV6, ALL_NODES_MAC) {
             Ok(NA_FRAME_LEN) => Ok(()),
             Ok(sent) => Err(Error::ShortNa { vip, interface: self.interface.clone(), sent }),
-            Err(_) => Err(last_os_error(format!(
-                "sendto() of an unsolicited neighbor advertisement for {vip} on {}",
-                self.interface
-            ))),
+            Err(source) => Err(Error::Io {
+                what: format!("sendto() of an unsolicited neighbor advertisement for {vip} on {}", self.interface),
+                source,
+            }),
         }
     }
 

@@ -14,7 +14,7 @@ use std::ptr;
 
 use tokio::io::unix::AsyncFd;
 
-use super::packet::{self, Advert, ChecksumMode, EmitError, MULTICAST_GROUP, REQUIRED_TTL};
+use super::packet::{self, Address, Advert, ChecksumMode, EmitError, MULTICAST_GROUP, REQUIRED_TTL};
 
 /// The VRRP socket could not be opened, or a send or receive failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +60,8 @@ pub(super) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Err
     move |source| Error::Io { what, source }
 }
 
+/// What errors call this socket.
+const LABEL: &str = "VRRP";
 /// The DSCP "network control" class (CS6) keepalived marks adverts with (TOS 0xc0, vrrp.md §4.1).
 const TOS_NETWORK_CONTROL: c_int = 0xc0;
 /// An IPv4 VRRP packet is at most 60 + 8 + 255 × 4 = 1088 bytes.
@@ -208,26 +210,9 @@ impl VrrpSocket {
                 addresses: info.ipv4.iter().copied().map(IpAddr::V4).collect(),
             });
         }
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                c_int::from(packet::PROTOCOL),
-            )
-        };
-        if raw < 0 {
-            return Err(io_error(format!(
-                "socket(AF_INET, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"
-            ))(io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_raw(libc::AF_INET, LABEL, interface)?;
         let raw = fd.as_raw_fd();
-        let ctx = |opt: &str| format!("setsockopt({opt}) on the VRRP socket of {interface}");
-
-        setsockopt_bytes(raw, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, interface.as_bytes())
-            .map_err(io_error(ctx("SO_BINDTODEVICE")))?;
+        let ctx = |opt: &str| format!("setsockopt({opt}) on the {LABEL} socket of {interface}");
         let ttl = c_int::from(REQUIRED_TTL);
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_TTL, &ttl).map_err(io_error(ctx("IP_TTL")))?;
         setsockopt(raw, libc::IPPROTO_IP, libc::IP_MULTICAST_TTL, &ttl).map_err(io_error(ctx("IP_MULTICAST_TTL")))?;
@@ -252,10 +237,7 @@ impl VrrpSocket {
             setsockopt(raw, libc::IPPROTO_IP, libc::IP_ADD_MEMBERSHIP, &join)
                 .map_err(io_error(ctx("IP_ADD_MEMBERSHIP 224.0.0.18")))?;
         }
-        // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(io::Error::from)
-            .map_err(io_error(format!("registering the VRRP socket of {interface} with the tokio reactor")))?;
+        let fd = register(fd, LABEL, interface)?;
         let mut own = info.ipv4;
         own.extend_from_slice(sources);
         Ok(VrrpSocket { fd, interface: interface.to_owned(), ifindex: info.index, own })
@@ -281,37 +263,10 @@ impl VrrpSocket {
         source: Ipv4Addr,
         peers: &[Ipv4Addr],
     ) -> Result<()> {
-        let multicast = [MULTICAST_GROUP];
-        let destinations = if peers.is_empty() { &multicast[..] } else { peers };
-        let mut failures = Vec::new();
-        for dst in destinations {
-            let bytes = advert
-                .to_bytes(source, *dst, checksum)
-                .map_err(|e| Error::Encode { interface: self.interface.clone(), source: e })?;
-            if let Err(err) = self.send_to(&bytes, source, *dst).await {
-                failures.push((IpAddr::V4(*dst), err));
-            }
-        }
-        if !failures.is_empty() {
-            return Err(Error::Send {
-                source_address: IpAddr::V4(source),
-                interface: self.interface.clone(),
-                total: destinations.len(),
-                failures,
-            });
-        }
-        Ok(())
-    }
-
-    async fn send_to(&self, payload: &[u8], source: Ipv4Addr, dst: Ipv4Addr) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|fd| sendmsg_from(fd.as_raw_fd(), payload, source, dst, self.ifindex));
-            // Err: the readiness was stale (EAGAIN); try_io cleared it, so wait again.
-            if let Ok(result) = sent {
-                return result.map(drop);
-            }
-        }
+        send_each(&self.fd, &self.interface, advert, checksum, source, peers, |fd, payload, dst| {
+            sendmsg_from(fd, payload, source, dst, self.ifindex)
+        })
+        .await
     }
 
     /// The next IPv4 packet (header included) for protocol 112, skipping our own.
@@ -326,20 +281,105 @@ impl VrrpSocket {
     pub async fn recv(&self) -> Result<Vec<u8>> {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(io_error(format!("waiting for VRRP packets on {}", self.interface)))?;
-            let received = match guard.try_io(|fd| recv_truncating(fd.as_raw_fd(), &mut buf)) {
-                Ok(result) => result.map_err(io_error(format!("recv() on the VRRP socket of {}", self.interface)))?,
-                Err(_would_block) => continue,
-            };
+            let received =
+                recv_when_readable(&self.fd, LABEL, "recv()", &self.interface, |fd| recv_truncating(fd, &mut buf))
+                    .await?;
             let bytes = &buf[..received.min(buf.len())];
             if source_of(bytes).is_some_and(|src| self.own.contains(&src)) {
                 continue;
             }
             return Ok(bytes.to_vec());
+        }
+    }
+}
+
+/// Opens a raw, non-blocking socket of `family` for protocol 112, bound to `interface` (`SO_BINDTODEVICE`);
+/// `label` names the socket in errors.
+pub(super) fn open_raw(family: c_int, label: &str, interface: &str) -> Result<OwnedFd> {
+    let family_name = if family == libc::AF_INET6 { "AF_INET6" } else { "AF_INET" };
+    // SAFETY: plain socket(2) call; the result is checked before use.
+    let raw = unsafe {
+        libc::socket(family, libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, c_int::from(packet::PROTOCOL))
+    };
+    if raw < 0 {
+        return Err(io_error(format!(
+            "socket({family_name}, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"
+        ))(io::Error::last_os_error()));
+    }
+    // SAFETY: raw is a fresh fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    setsockopt_bytes(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_BINDTODEVICE, interface.as_bytes())
+        .map_err(io_error(format!("setsockopt(SO_BINDTODEVICE) on the {label} socket of {interface}")))?;
+    Ok(fd)
+}
+
+/// Registers the socket with the tokio reactor (must be called inside a runtime).
+pub(super) fn register(fd: OwnedFd, label: &str, interface: &str) -> Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd.
+    unsafe { AsyncFd::register(fd) }
+        .map_err(io::Error::from)
+        .map_err(io_error(format!("registering the {label} socket of {interface} with the tokio reactor")))
+}
+
+/// Sends `advert` from `source` to the family's group (`peers` empty), or one copy to each unicast peer, each
+/// encoded for its destination, with `sendmsg(fd, payload, dst)`; every destination is tried, and the failures
+/// are reported together.
+pub(super) async fn send_each<A: Address>(
+    fd: &AsyncFd<OwnedFd>,
+    interface: &str,
+    advert: &Advert<A>,
+    checksum: ChecksumMode,
+    source: A,
+    peers: &[A],
+    sendmsg: impl Fn(RawFd, &[u8], A) -> io::Result<usize>,
+) -> Result<()> {
+    let multicast = [A::GROUP];
+    let destinations = if peers.is_empty() { &multicast[..] } else { peers };
+    let mut failures = Vec::new();
+    for dst in destinations {
+        let bytes = advert
+            .to_bytes(source, *dst, checksum)
+            .map_err(|e| Error::Encode { interface: interface.to_owned(), source: e })?;
+        if let Err(err) = send_when_writable(fd, |raw| sendmsg(raw, &bytes, *dst)).await {
+            failures.push((dst.to_ip(), err));
+        }
+    }
+    if !failures.is_empty() {
+        return Err(Error::Send {
+            source_address: source.to_ip(),
+            interface: interface.to_owned(),
+            total: destinations.len(),
+            failures,
+        });
+    }
+    Ok(())
+}
+
+async fn send_when_writable(fd: &AsyncFd<OwnedFd>, mut send: impl FnMut(RawFd) -> io::Result<usize>) -> io::Result<()> {
+    loop {
+        let mut guard = fd.writable().await?;
+        // Err: the readiness was stale (EAGAIN); try_io cleared it, so wait again.
+        if let Ok(result) = guard.try_io(|fd| send(fd.as_raw_fd())) {
+            return result.map(drop);
+        }
+    }
+}
+
+/// Waits until the socket is readable and receives one packet with `recv`; `call` names it in errors.
+///
+/// Cancel safe: a packet is only read from the socket when it is returned.
+pub(super) async fn recv_when_readable<T>(
+    fd: &AsyncFd<OwnedFd>,
+    label: &str,
+    call: &str,
+    interface: &str,
+    mut recv: impl FnMut(RawFd) -> io::Result<T>,
+) -> Result<T> {
+    loop {
+        let mut guard = fd.readable().await.map_err(io_error(format!("waiting for {label} packets on {interface}")))?;
+        match guard.try_io(|fd| recv(fd.as_raw_fd())) {
+            Ok(result) => return result.map_err(io_error(format!("{call} on the {label} socket of {interface}"))),
+            Err(_would_block) => continue,
         }
     }
 }
@@ -370,40 +410,55 @@ pub(super) fn setsockopt_bytes(fd: RawFd, level: c_int, name: c_int, value: &[u8
 
 /// `sendmsg(2)` to `dst` with an `IP_PKTINFO` that sets the source address (`ipi_spec_dst`).
 fn sendmsg_from(fd: RawFd, payload: &[u8], src: Ipv4Addr, dst: Ipv4Addr, ifindex: u32) -> io::Result<usize> {
-    const PKTINFO_LEN: u32 = size_of::<libc::in_pktinfo>() as u32;
-    // SAFETY: CMSG_SPACE is pure arithmetic.
-    const CONTROL_LEN: usize = unsafe { libc::CMSG_SPACE(PKTINFO_LEN) } as usize;
-
     let mut name: libc::sockaddr_in = {
         // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
         unsafe { mem::zeroed() }
     };
     name.sin_family = libc::AF_INET as libc::sa_family_t;
     name.sin_addr = in_addr(dst);
-    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast::<c_void>(), iov_len: payload.len() };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; CONTROL_LEN.div_ceil(8)];
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = ptr::from_mut(&mut name).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL_LEN;
     let info = libc::in_pktinfo {
         ipi_ifindex: c_int::try_from(ifindex).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?,
         ipi_spec_dst: in_addr(src),
         ipi_addr: in_addr(Ipv4Addr::UNSPECIFIED),
     };
-    // SAFETY: msg_control points at CONTROL_LEN bytes, enough for one aligned cmsghdr carrying an
-    // in_pktinfo, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in bounds.
+    sendmsg_with_control(fd, payload, &mut name, libc::IPPROTO_IP, libc::IP_PKTINFO, info)
+}
+
+/// `sendmsg(2)` of `payload` to the socket address `name` with one control message (`level`, `kind`, `data`).
+pub(super) fn sendmsg_with_control<N, C>(
+    fd: RawFd,
+    payload: &[u8],
+    name: &mut N,
+    level: c_int,
+    kind: c_int,
+    data: C,
+) -> io::Result<usize> {
+    let data_len = u32::try_from(size_of::<C>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    // SAFETY: CMSG_SPACE is pure arithmetic.
+    let control_len = unsafe { libc::CMSG_SPACE(data_len) } as usize;
+    // u64 elements keep the control buffer aligned for cmsghdr; room for a pktinfo of either family.
+    let mut control = [0u64; 8];
+    if control_len > size_of_val(&control) {
+        return Err(io::Error::from(io::ErrorKind::InvalidInput));
+    }
+    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast::<c_void>(), iov_len: payload.len() };
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_name = ptr::from_mut(name).cast();
+    msg.msg_namelen =
+        libc::socklen_t::try_from(size_of::<N>()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = control_len;
+    // SAFETY: msg_control points at control_len bytes (checked above), enough for one aligned cmsghdr carrying a
+    // C, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in bounds.
     let sent = unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::IPPROTO_IP;
-        (*cmsg).cmsg_type = libc::IP_PKTINFO;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(PKTINFO_LEN) as usize;
-        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in_pktinfo>(), info);
+        (*cmsg).cmsg_level = level;
+        (*cmsg).cmsg_type = kind;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(data_len) as usize;
+        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<C>(), data);
         libc::sendmsg(fd, &msg, 0)
     };
     usize::try_from(sent).map_err(|_| io::Error::last_os_error())

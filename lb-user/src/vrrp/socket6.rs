@@ -15,14 +15,19 @@ use std::ffi::{c_int, c_void};
 use std::io;
 use std::mem::{self, size_of};
 use std::net::{IpAddr, Ipv6Addr};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::ptr;
 
 use tokio::io::unix::AsyncFd;
 
-use super::packet::{self, Advert, ChecksumMode, MULTICAST_GROUP_V6, REQUIRED_TTL};
-use super::socket::{Error, InterfaceInfo, Result, io_error, setsockopt, setsockopt_bytes};
+use super::packet::{Advert, ChecksumMode, MULTICAST_GROUP_V6, REQUIRED_TTL};
+use super::socket::{
+    Error, InterfaceInfo, Result, io_error, open_raw, recv_when_readable, register, send_each, sendmsg_with_control,
+    setsockopt,
+};
 
+/// What errors call this socket.
+const LABEL: &str = "IPv6 VRRP";
 /// The traffic class keepalived marks adverts with (CS6, network control), as for IPv4's TOS.
 const TCLASS_NETWORK_CONTROL: c_int = 0xc0;
 /// An IPv6 VRRP message is at most 8 + 255 × 16 = 4088 bytes.
@@ -72,28 +77,12 @@ impl Vrrp6Socket {
                 addresses: info.ipv6.iter().copied().map(IpAddr::V6).collect(),
             });
         }
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_INET6,
-                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                c_int::from(packet::PROTOCOL),
-            )
-        };
-        if raw < 0 {
-            return Err(io_error(format!(
-                "socket(AF_INET6, SOCK_RAW, 112) for VRRP on {interface} (needs CAP_NET_RAW)"
-            ))(io::Error::last_os_error()));
-        }
-        // SAFETY: raw is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = open_raw(libc::AF_INET6, LABEL, interface)?;
         let raw = fd.as_raw_fd();
-        let ctx = |opt: &str| format!("setsockopt({opt}) on the IPv6 VRRP socket of {interface}");
+        let ctx = |opt: &str| format!("setsockopt({opt}) on the {LABEL} socket of {interface}");
         let ifindex = c_int::try_from(info.index)
             .map_err(|_| Error::IndexOutOfRange { interface: interface.to_string(), index: info.index })?;
         let hops = c_int::from(REQUIRED_TTL);
-        setsockopt_bytes(raw, libc::SOL_SOCKET, libc::SO_BINDTODEVICE, interface.as_bytes())
-            .map_err(io_error(ctx("SO_BINDTODEVICE")))?;
         for (name, opt, value) in [
             ("IPV6_UNICAST_HOPS", libc::IPV6_UNICAST_HOPS, hops),
             ("IPV6_MULTICAST_HOPS", libc::IPV6_MULTICAST_HOPS, hops),
@@ -113,10 +102,7 @@ impl Vrrp6Socket {
             setsockopt(raw, libc::IPPROTO_IPV6, libc::IPV6_ADD_MEMBERSHIP, &join)
                 .map_err(io_error(ctx("IPV6_ADD_MEMBERSHIP ff02::12")))?;
         }
-        // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd.
-        let fd = unsafe { AsyncFd::register(fd) }
-            .map_err(io::Error::from)
-            .map_err(io_error(format!("registering the IPv6 VRRP socket of {interface} with the tokio reactor")))?;
+        let fd = register(fd, LABEL, interface)?;
         let mut own = info.ipv6;
         own.extend_from_slice(sources);
         Ok(Vrrp6Socket { fd, interface: interface.to_owned(), ifindex: info.index, link_local, own })
@@ -142,38 +128,11 @@ impl Vrrp6Socket {
     /// # Cancel safety
     /// Not cancel safe: when cancelled, some unicast peers may have been sent the advert and others not.
     pub async fn send_advert(&self, advert: &Advert<Ipv6Addr>, source: Ipv6Addr, peers: &[Ipv6Addr]) -> Result<()> {
-        let multicast = [MULTICAST_GROUP_V6];
-        let destinations = if peers.is_empty() { &multicast[..] } else { peers };
-        let mut failures = Vec::new();
-        for dst in destinations {
-            // The IPv6 checksum always covers the pseudo-header; the mode only matters for IPv4.
-            let bytes = advert
-                .to_bytes(source, *dst, ChecksumMode::PseudoHeader)
-                .map_err(|e| Error::Encode { interface: self.interface.clone(), source: e })?;
-            if let Err(err) = self.send_to(&bytes, source, *dst).await {
-                failures.push((IpAddr::V6(*dst), err));
-            }
-        }
-        if !failures.is_empty() {
-            return Err(Error::Send {
-                source_address: IpAddr::V6(source),
-                interface: self.interface.clone(),
-                total: destinations.len(),
-                failures,
-            });
-        }
-        Ok(())
-    }
-
-    async fn send_to(&self, payload: &[u8], source: Ipv6Addr, dst: Ipv6Addr) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.writable().await?;
-            let sent = guard.try_io(|fd| sendmsg_from(fd.as_raw_fd(), payload, source, dst, self.ifindex));
-            // Err: the readiness was stale (EAGAIN); try_io cleared it, so wait again.
-            if let Ok(result) = sent {
-                return result.map(drop);
-            }
-        }
+        // The IPv6 checksum always covers the pseudo-header; the mode only matters for IPv4.
+        send_each(&self.fd, &self.interface, advert, ChecksumMode::PseudoHeader, source, peers, |fd, payload, dst| {
+            sendmsg_from(fd, payload, source, dst, self.ifindex)
+        })
+        .await
     }
 
     /// The next VRRP message with its IPv6 source, destination and hop limit, skipping our own.
@@ -186,17 +145,9 @@ impl Vrrp6Socket {
     pub async fn recv(&self) -> Result<Datagram> {
         let mut buf = [0u8; RECV_BUF_LEN];
         loop {
-            let mut guard = self
-                .fd
-                .readable()
-                .await
-                .map_err(io_error(format!("waiting for IPv6 VRRP packets on {}", self.interface)))?;
-            let received = match guard.try_io(|fd| recvmsg_with_info(fd.as_raw_fd(), &mut buf)) {
-                Ok(result) => {
-                    result.map_err(io_error(format!("recvmsg() on the IPv6 VRRP socket of {}", self.interface)))?
-                }
-                Err(_would_block) => continue,
-            };
+            let received =
+                recv_when_readable(&self.fd, LABEL, "recvmsg()", &self.interface, |fd| recvmsg_with_info(fd, &mut buf))
+                    .await?;
             if self.own.contains(&received.src) {
                 continue;
             }
@@ -219,34 +170,9 @@ fn sockaddr_in6(addr: Ipv6Addr, ifindex: u32) -> libc::sockaddr_in6 {
 
 /// `sendmsg(2)` to `dst` with an `IPV6_PKTINFO` that sets the source address and the interface.
 fn sendmsg_from(fd: RawFd, payload: &[u8], src: Ipv6Addr, dst: Ipv6Addr, ifindex: u32) -> io::Result<usize> {
-    const PKTINFO_LEN: u32 = size_of::<libc::in6_pktinfo>() as u32;
-    // SAFETY: CMSG_SPACE is pure arithmetic.
-    const CONTROL_LEN: usize = unsafe { libc::CMSG_SPACE(PKTINFO_LEN) } as usize;
-
     let mut name = sockaddr_in6(dst, ifindex);
-    let mut iov = libc::iovec { iov_base: payload.as_ptr().cast_mut().cast::<c_void>(), iov_len: payload.len() };
-    // u64 elements keep the control buffer aligned for cmsghdr.
-    let mut control = [0u64; CONTROL_LEN.div_ceil(8)];
-    // SAFETY: msghdr is plain old data; all-zero is a valid value.
-    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
-    msg.msg_name = ptr::from_mut(&mut name).cast();
-    msg.msg_namelen = size_of::<libc::sockaddr_in6>() as libc::socklen_t;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = CONTROL_LEN;
     let info = libc::in6_pktinfo { ipi6_addr: libc::in6_addr { s6_addr: src.octets() }, ipi6_ifindex: ifindex };
-    // SAFETY: msg_control points at CONTROL_LEN bytes, enough for one aligned cmsghdr carrying an
-    // in6_pktinfo, so CMSG_FIRSTHDR is non-null and CMSG_DATA is in bounds.
-    let sent = unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::IPPROTO_IPV6;
-        (*cmsg).cmsg_type = libc::IPV6_PKTINFO;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(PKTINFO_LEN) as usize;
-        ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::in6_pktinfo>(), info);
-        libc::sendmsg(fd, &msg, 0)
-    };
-    usize::try_from(sent).map_err(|_| io::Error::last_os_error())
+    sendmsg_with_control(fd, payload, &mut name, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
 }
 
 /// `recvmsg(2)` of one message with its source, and the destination and hop limit from the control messages.
