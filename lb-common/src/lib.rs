@@ -55,6 +55,10 @@ pub mod names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// IPv6 services (`ServiceKey6` -> `ServiceValue`), their flows and their backends' addresses.
+    pub const SERVICES6: &str = "SERVICES6";
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    pub const BACKEND_ADDRESSES6: &str = "BACKEND_ADDRESSES6";
     pub const NAT: &str = "NAT";
     pub const NAT_BACKENDS: &str = "NAT_BACKENDS";
     pub const NAT_SOURCE_PORTS: &str = "NAT_SOURCE_PORTS";
@@ -246,6 +250,25 @@ impl ServiceKey {
     }
 }
 
+/// Key of the `SERVICES6` hash map: a port and protocol on one IPv6 VIP (value: [`ServiceValue`], as for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub vip: [u8; 16],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
+
+impl ServiceKey6 {
+    /// The key of `port` and `protocol` on `vip`, padding zeroed.
+    #[inline(always)]
+    pub const fn new(vip: [u8; 16], port: [u8; 2], protocol: u8) -> Self {
+        ServiceKey6 { vip, port, protocol, _pad: 0 }
+    }
+}
+
 pub const FORWARD_DSR: u8 = 0;
 pub const FORWARD_NAT: u8 = 1;
 
@@ -423,6 +446,66 @@ impl FlowValue {
     #[inline(always)]
     pub fn holds(&self, b: &Backend) -> bool {
         b.address == self.backend_address && b.port == self.backend_port
+    }
+}
+
+/// Key of the IPv6 connection table (`CONNTRACK6`): one direction of a client flow towards a service on one IPv6
+/// VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
+impl FlowKey6 {
+    /// The key of a client flow, padding zeroed. Build keys only with this.
+    #[inline(always)]
+    pub const fn new(
+        client: [u8; 16],
+        vip: [u8; 16],
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        protocol: u8,
+    ) -> Self {
+        FlowKey6 { client, vip, client_port, service_port, protocol, _pad: 0, _pad2: 0 }
+    }
+}
+
+/// Value of the IPv6 connection table: the `BACKENDS` slot a flow is pinned to and the backend (IPv6 address,
+/// port) that held it then, so a pin holds only while the slot still has that backend (its address is in
+/// `BACKEND_ADDRESSES6`, at the same index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue6 {
+    pub backend: u32,
+    pub backend_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub backend_address: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowValue6>() == 24);
+
+impl FlowValue6 {
+    /// A flow pinned to slot `backend`, which holds `holder` at `address`; padding zeroed.
+    #[inline(always)]
+    pub const fn new(backend: u32, holder: &Backend, address: [u8; 16]) -> Self {
+        FlowValue6 { backend, backend_port: holder.port, _pad: [0; 2], backend_address: address }
+    }
+
+    /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot (`b`, whose
+    /// IPv6 address is `address`) still holds the backend the flow was pinned to, healthy and of that service.
+    #[inline(always)]
+    pub fn keeps_pin(&self, b: &Backend, address: &[u8; 16], service: u32) -> bool {
+        b.healthy == 1
+            && u32::from(b.service) == service
+            && b.port == self.backend_port
+            && ipv6_halves(address) == ipv6_halves(&self.backend_address)
     }
 }
 
@@ -887,6 +970,20 @@ pub fn flow_hash(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], p
     fmix(h ^ 12)
 }
 
+/// [`flow_hash`] of an IPv6 client: its address folded in as four words.
+#[inline(always)]
+pub fn flow_hash6(client: &[u8; 16], client_port: [u8; 2], service_port: [u8; 2], protocol: u8, seed: u32) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(h, u32::from_be_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]));
+        i += 4;
+    }
+    h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
+    h = mix(h, u32::from(protocol));
+    fmix(h ^ 24)
+}
+
 /// The NAT source port of a flow for its `attempt`-th candidate (0..[`NAT_PORT_TRIES`]), from its [`flow_hash`].
 ///
 /// A pure function of the flow (the hash is seeded per VRRP group, not per node), so the node that takes over after
@@ -1002,6 +1099,15 @@ pub const SOCKET_PEERS_ENTRIES: u32 = 65536;
 /// The flow hash seed of a VRRP group: every node with the same VIP and VRID gets the same one.
 pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
     fmix(mix(0x7876_6970, u32::from_be_bytes(vip)) ^ u32::from(vrid))
+}
+
+/// The flow hash seed of an IPv6 VRRP group ([`group_seed`] for an IPv6 VIP).
+pub fn group_seed6(vip: [u8; 16], vrid: u8) -> u32 {
+    let mut h = 0x7876_6936;
+    for word in vip.chunks_exact(4) {
+        h = mix(h, u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    fmix(h ^ u32::from(vrid))
 }
 
 /// The `log` target of the data plane's trace records (aya-log), which the agent parses.
@@ -1182,6 +1288,9 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ServiceKey6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    unsafe impl aya::Pod for super::FlowValue6 {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatValue {}

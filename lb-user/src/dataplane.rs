@@ -10,7 +10,7 @@
 //! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -32,7 +32,7 @@ use lb_common::{
     Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
     MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
     NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
-    ServiceKey, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
+    ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
     listener_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
 };
 
@@ -262,25 +262,28 @@ pub struct VipSpec {
     pub interface: Option<String>,
 }
 
-/// An IPv6 VIP as the data plane needs it: the router whose flag governs it (its instance's IPv6 router) and where
-/// it is answered. The program answers Neighbor Solicitations and pings for it while that router is active; it
-/// forwards nothing to backends over IPv6 yet (TCP and UDP to it are dropped, `drop_ipv6_transport`).
+/// An IPv6 VIP as the data plane needs it: the router whose flag governs it (its instance's IPv6 router), its flow
+/// hash seed, and where it is answered. The program answers Neighbor Solicitations and pings for it while that
+/// router is active, and sends its services' TCP and UDP to their IPv6 backends (DSR).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip6Spec {
     pub address: Ipv6Addr,
     /// `lb_common::router_slot(instance, FAMILY_IPV6)` of its instance.
     pub router: u32,
+    /// `lb_common::group_seed6` of the address and its instance's VRID.
+    pub hash_seed: u32,
     /// Its instance's interface: solicitations for the address are answered there only, with that interface's MAC.
     /// `None`: the node's interface and MAC as they are when the VIP is written (any interface if the program is
     /// not attached yet: fixtures that attach nowhere).
     pub interface: Option<String>,
 }
 
-/// What a service looks like to the data plane.
+/// What a service looks like to the data plane. Its IPv4 addresses are balanced to its IPv4 backends, its IPv6
+/// addresses to its IPv6 backends, each family with a service index and Maglev table of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// The VIPs it listens on (its instance's addresses).
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub protocol: u8,
     pub forwarding: u8,
@@ -289,7 +292,7 @@ pub struct ServiceSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u8,
     pub healthy: bool,
@@ -298,6 +301,25 @@ pub struct BackendSpec {
     /// Interface towards the backend; 0 = the interface the program is attached to. Another interface gets the
     /// program too (the backend's replies arrive there), and frames to the backend carry its MAC as source.
     pub ifindex: u32,
+}
+
+impl ServiceSpec {
+    /// The part of the service of one address family (`ipv6`): its addresses and backends of that family.
+    fn family(&self, ipv6: bool) -> ServiceSpec {
+        ServiceSpec {
+            addresses: self.addresses.iter().filter(|a| a.is_ipv6() == ipv6).copied().collect(),
+            backends: self.backends.iter().filter(|b| b.address.is_ipv6() == ipv6).cloned().collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// An IPv4 address's octets (all zero for an IPv6 one: never asked for once a spec is split by family).
+fn octets4(address: IpAddr) -> [u8; 4] {
+    match address {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(_) => [0; 4],
+    }
 }
 
 impl BackendSpec {
@@ -309,7 +331,7 @@ impl BackendSpec {
 }
 
 /// A backend of a service, as counters name it.
-pub type BackendKey = (ServiceId, Ipv4Addr, u16);
+pub type BackendKey = (ServiceId, IpAddr, u16);
 
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -351,7 +373,35 @@ pub struct TableScan {
 
 /// The `SERVICES` keys of a service: its port and protocol on each of its addresses.
 fn service_keys(spec: &ServiceSpec) -> Vec<ServiceKey> {
-    spec.addresses.iter().map(|a| ServiceKey::new(a.octets(), spec.port.to_be_bytes(), spec.protocol)).collect()
+    spec.addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(ServiceKey::new(v4.octets(), spec.port.to_be_bytes(), spec.protocol)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The `SERVICES6` keys of a service: its port and protocol on each of its IPv6 addresses.
+fn service_keys6(spec: &ServiceSpec) -> Vec<ServiceKey6> {
+    spec.addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(ServiceKey6::new(v6.octets(), spec.port.to_be_bytes(), spec.protocol)),
+            IpAddr::V4(_) => None,
+        })
+        .collect()
+}
+
+/// What this module remembers of the IPv6 part of a service it installed (DSR to its IPv6 backends).
+struct Installed6 {
+    /// Its `SERVICES6` entries (one per IPv6 address of its instance).
+    keys: Vec<ServiceKey6>,
+    index: u32,
+    /// Which of the two Maglev tables is live.
+    table: u32,
+    /// Backend slots by (address, port).
+    backends: HashMap<(Ipv6Addr, u16), u32>,
 }
 
 /// What this module remembers of a service it installed.
@@ -365,7 +415,7 @@ struct Installed {
     /// index never shows a removed service's slots.
     table: u32,
     /// Backend slots by (address, port).
-    backends: HashMap<(Ipv4Addr, u16), u32>,
+    backends: HashMap<(IpAddr, u16), u32>,
     /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
     nat_endpoints: Vec<Endpoint>,
     /// Interfaces its backends are reached through.
@@ -407,6 +457,10 @@ pub struct DataPlane {
     /// Free `LISTENER_TABLE` elements, oldest-freed first.
     free_listener_elements: std::collections::VecDeque<u32>,
     services: BTreeMap<ServiceId, Installed>,
+    /// The IPv6 parts of services (those of instances with IPv6 addresses).
+    services6: BTreeMap<ServiceId, Installed6>,
+    /// Which service's value sits in each written `SERVICES6` entry (removed only by its owner, as `slot_owners`).
+    owners6: HashMap<ServiceKey6, ServiceId>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
     free_backends: std::collections::VecDeque<u32>,
@@ -458,6 +512,7 @@ impl DataPlane {
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
+            .map_max_entries(names::CONNTRACK6, entries)
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
@@ -487,6 +542,8 @@ impl DataPlane {
             listener_elements: BTreeMap::new(),
             free_listener_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
             services: BTreeMap::new(),
+            services6: BTreeMap::new(),
+            owners6: HashMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
@@ -867,8 +924,8 @@ impl DataPlane {
                     }
                 },
             };
-            // No hash seed and never held: nothing is forwarded to IPv6 backends yet.
-            let value = VipValue { router: v.router, hash_seed: 0, ifindex, mac, held: 0, _pad: 0 };
+            // Never held: a DSR backend on the node itself is not reached over IPv6.
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held: 0, _pad: 0 };
             wanted.insert(v.address, value);
         }
         let added = wanted.keys().filter(|a| !self.vips6.contains_key(a)).count();
@@ -1062,6 +1119,36 @@ impl DataPlane {
         keep: &HashMap<ServiceKey, &ServiceId>,
         tables: &mut maglev::Builder,
     ) -> Result<()> {
+        let (spec4, spec6) = (spec.family(false), spec.family(true));
+        // The IPv4 part unless the service has IPv6 addresses only; the IPv6 part while it has IPv6 addresses.
+        let result = if spec4.addresses.is_empty() && !spec6.addresses.is_empty() {
+            self.remove_part4(id, keep)
+        } else {
+            self.apply_part4(id, &spec4, keep, tables)
+        };
+        // A NAT service of a dual-stack instance has no IPv6 backends (NAT to IPv6 is not done): nothing to install.
+        let result = result.and_then(|()| {
+            if spec6.addresses.is_empty() || spec6.backends.is_empty() {
+                self.remove_part6(id)
+            } else {
+                self.apply_part6(id, &spec6, tables)
+            }
+        });
+        match &result {
+            Ok(()) => self.applied.insert(id.clone(), spec.clone()),
+            Err(_) => self.applied.remove(id),
+        };
+        result
+    }
+
+    /// Installs or updates the IPv4 part of a service (`spec`: its IPv4 addresses and backends).
+    fn apply_part4(
+        &mut self,
+        id: &ServiceId,
+        spec: &ServiceSpec,
+        keep: &HashMap<ServiceKey, &ServiceId>,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
         let keys = service_keys(spec);
         if let Some(old) = self.services.get(id).map(|s| s.keys.clone())
             && old != keys
@@ -1101,10 +1188,6 @@ impl DataPlane {
         let result = self.write_service(id, &mut svc, spec, tables);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(id.clone(), svc);
-        match &result {
-            Ok(()) => self.applied.insert(id.clone(), spec.clone()),
-            Err(_) => self.applied.remove(id),
-        };
         self.attach_backend_interfaces();
         result?;
         self.write_node()
@@ -1120,9 +1203,9 @@ impl DataPlane {
         // Which backends are on this node, read afresh with every install (health changes, reloads).
         let own = own_addresses();
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
-        let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
+        let wanted: HashMap<(IpAddr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
-        let gone: Vec<(Ipv4Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let gone: Vec<(IpAddr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for b in &spec.backends {
             let slot = match svc.backends.get(&(b.address, b.port)) {
                 Some(slot) => *slot,
@@ -1135,13 +1218,13 @@ impl DataPlane {
                 }
             };
             let entry = Backend {
-                address: b.address.octets(),
+                address: octets4(b.address),
                 port: b.port.to_be_bytes(),
                 mac: b.mac.unwrap_or_default(),
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                local: u8::from(own.contains(&b.address.octets())),
+                local: u8::from(own.contains(&octets4(b.address))),
                 service: u16::try_from(svc.index)
                     .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?,
             };
@@ -1154,7 +1237,7 @@ impl DataPlane {
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
             spec.backends
                 .iter()
-                .map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol))
+                .map(|b| Endpoint::new(octets4(b.address), b.port.to_be_bytes(), spec.protocol))
                 .collect()
         } else {
             Vec::new()
@@ -1201,7 +1284,7 @@ impl DataPlane {
         let share = spec
             .backends
             .iter()
-            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&b.address.octets()))
+            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&octets4(b.address)))
             .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
             .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
                 backend,
@@ -1419,6 +1502,12 @@ impl DataPlane {
 
     fn remove_service_keeping(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
         self.applied.remove(id);
+        self.remove_part4(id, keep)?;
+        self.remove_part6(id)
+    }
+
+    /// Removes the IPv4 part of a service, if installed.
+    fn remove_part4(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
         let Some(svc) = self.services.remove(id) else {
             return Ok(());
         };
@@ -1437,6 +1526,165 @@ impl DataPlane {
         }
         self.free_services.push(svc.index);
         Ok(())
+    }
+
+    /// Installs or updates the IPv6 part of a service (`spec`: its IPv6 addresses and backends, DSR): the backends'
+    /// slots (address first, in `BACKEND_ADDRESSES6`), a fresh Maglev table in the idle buffer, then one
+    /// `SERVICES6` write per address switches to it; the slots of backends that left are cleared only then.
+    fn apply_part6(&mut self, id: &ServiceId, spec: &ServiceSpec, tables: &mut maglev::Builder) -> Result<()> {
+        if !self.services6.contains_key(id) {
+            let index = self.free_services.pop().ok_or_else(|| {
+                Error::Full(format!(
+                    "no room for the IPv6 part of service {id}: the data plane was loaded for {} service tables \
+                     (restart to grow it)",
+                    self.service_capacity
+                ))
+            })?;
+            let part = Installed6 { keys: Vec::new(), index, table: 1, backends: HashMap::new() };
+            self.services6.insert(id.clone(), part);
+        }
+        let Some(mut svc) = self.services6.remove(id) else {
+            return Err(Error::Refused(format!("service {id} vanished while being installed")));
+        };
+        let result = self.write_service6(id, &mut svc, spec, tables);
+        self.services6.insert(id.clone(), svc);
+        self.attach_backend_interfaces();
+        result
+    }
+
+    fn write_service6(
+        &mut self,
+        id: &ServiceId,
+        svc: &mut Installed6,
+        spec: &ServiceSpec,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
+        fn v6(b: &BackendSpec) -> Option<(Ipv6Addr, &BackendSpec)> {
+            match b.address {
+                IpAddr::V6(a) => Some((a, b)),
+                IpAddr::V4(_) => None,
+            }
+        }
+        let wanted: HashMap<(Ipv6Addr, u16), &BackendSpec> =
+            spec.backends.iter().filter_map(v6).map(|(a, b)| ((a, b.port), b)).collect();
+        let gone: Vec<(Ipv6Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let service = u16::try_from(svc.index)
+            .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?;
+        for (address, b) in spec.backends.iter().filter_map(v6) {
+            let slot = match svc.backends.get(&(address, b.port)) {
+                Some(slot) => *slot,
+                None => {
+                    let slot = self.free_backends.pop_front().ok_or_else(|| {
+                        Error::Full(format!("no room for backend [{address}]:{}: {MAX_BACKENDS} in use", b.port))
+                    })?;
+                    svc.backends.insert((address, b.port), slot);
+                    slot
+                }
+            };
+            // The address before the slot: a pin made from the slot always finds the address it was made with.
+            let mut addresses: Array<&mut MapData, [u8; 16]> = map_mut(&mut self.ebpf, names::BACKEND_ADDRESSES6)?;
+            addresses.set(slot, address.octets(), 0).with_context(|| format!("writing BACKEND_ADDRESSES6[{slot}]"))?;
+            let entry = Backend {
+                address: [0; 4],
+                port: b.port.to_be_bytes(),
+                mac: b.mac.unwrap_or_default(),
+                src_mac: self.egress_mac(b.ifindex),
+                ifindex: b.ifindex,
+                healthy: u8::from(b.healthy),
+                local: 0,
+                service,
+            };
+            self.write_backend(slot, entry)?;
+        }
+        let members: Vec<maglev::MaglevBackend> = spec
+            .backends
+            .iter()
+            .filter(|b| b.usable())
+            .filter_map(v6)
+            .filter_map(|(address, b)| {
+                svc.backends.get(&(address, b.port)).map(|slot| maglev::MaglevBackend {
+                    id: *slot,
+                    key: format!("[{address}]:{}", b.port),
+                    weight: b.weight,
+                })
+            })
+            .collect();
+        let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
+        let next = 1 - svc.table;
+        self.write_table(svc.index, next, &table)?;
+        let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
+        let keys = service_keys6(spec);
+        for key in &keys {
+            let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
+                map_mut(&mut self.ebpf, names::SERVICES6)?;
+            let (vip, port) = (Ipv6Addr::from(key.vip), u16::from_be_bytes(key.port));
+            services.insert(key, value, 0).with_context(|| format!("writing the SERVICES6 entry of [{vip}]:{port}"))?;
+            self.owners6.insert(*key, id.clone());
+        }
+        svc.table = next;
+        let left: Vec<ServiceKey6> = svc.keys.iter().filter(|k| !keys.contains(k)).copied().collect();
+        svc.keys = keys;
+        for key in left {
+            self.release_key6(key, id)?;
+        }
+        for endpoint in &gone {
+            if let Some(slot) = svc.backends.remove(endpoint) {
+                self.write_backend(slot, Backend::default())?;
+                self.free_backends.push_back(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the `SERVICES6` entry `key` if `id` still holds it.
+    fn release_key6(&mut self, key: ServiceKey6, id: &ServiceId) -> Result<()> {
+        if self.owners6.get(&key) != Some(id) {
+            return Ok(());
+        }
+        let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
+            map_mut(&mut self.ebpf, names::SERVICES6)?;
+        match services.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "removing the SERVICES6 entry of [{}]:{}",
+                        Ipv6Addr::from(key.vip),
+                        u16::from_be_bytes(key.port)
+                    )
+                });
+            }
+        }
+        self.owners6.remove(&key);
+        Ok(())
+    }
+
+    /// Removes the IPv6 part of a service, if installed: its entries (unless another service holds them by now),
+    /// then its backend slots.
+    fn remove_part6(&mut self, id: &ServiceId) -> Result<()> {
+        let Some(svc) = self.services6.remove(id) else {
+            return Ok(());
+        };
+        for key in &svc.keys {
+            self.release_key6(*key, id)?;
+        }
+        for slot in svc.backends.values() {
+            self.write_backend(*slot, Backend::default())?;
+            self.free_backends.push_back(*slot);
+        }
+        self.free_services.push(svc.index);
+        Ok(())
+    }
+
+    /// Reads the `SERVICES6` value of a port on an IPv6 VIP (for tests and diagnostics); `None` when there is none.
+    pub fn service_value6(&self, vip: Ipv6Addr, protocol: u8, port: u16) -> Result<Option<ServiceValue>> {
+        let key = ServiceKey6::new(vip.octets(), port.to_be_bytes(), protocol);
+        let services: BpfHashMap<&MapData, ServiceKey6, ServiceValue> = map_ref(&self.ebpf, names::SERVICES6)?;
+        match services.get(&key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading the SERVICES6 entry of [{vip}]:{port}/{protocol}")),
+        }
     }
 
     /// How many services the maps were sized for at load time.
@@ -1491,6 +1739,16 @@ impl DataPlane {
                 counters.backends.insert((id.clone(), *address, *port), sum(&backend_stats, *slot)?);
             }
         }
+        for (id, svc) in &self.services6 {
+            let traffic = sum(&service_stats, svc.index)?;
+            let total = counters.services.entry(id.clone()).or_default();
+            total.packets += traffic.packets;
+            total.bytes += traffic.bytes;
+            total.new_flows += traffic.new_flows;
+            for ((address, port), slot) in &svc.backends {
+                counters.backends.insert((id.clone(), IpAddr::V6(*address), *port), sum(&backend_stats, *slot)?);
+            }
+        }
         Ok(counters)
     }
 
@@ -1531,7 +1789,7 @@ impl DataPlane {
         let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
         let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> =
             self.services.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, (id, svc)))).collect();
-        let slots: HashMap<(&ServiceId, u32), (Ipv4Addr, u16)> = self
+        let slots: HashMap<(&ServiceId, u32), (IpAddr, u16)> = self
             .services
             .iter()
             .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
@@ -1553,13 +1811,13 @@ impl DataPlane {
                 continue;
             };
             // Pinned to an earlier occupant of the slot: the program re-picks it at its next packet.
-            if pinned.backend_address != address.octets() || pinned.backend_port != port.to_be_bytes() {
+            if pinned.backend_address != octets4(address) || pinned.backend_port != port.to_be_bytes() {
                 continue;
             }
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
-                let key = NatKey::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
+                let key = NatKey::new(octets4(address), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
                 match nat.get(&key, 0) {
                     Ok(reverse) => nat_flow_open(&flow, &reverse, now, &self.nat_timeouts),
                     Err(MapError::KeyNotFound) => false,
@@ -2244,7 +2502,7 @@ mod tests {
 
     fn backend(last: u8) -> BackendSpec {
         BackendSpec {
-            address: Ipv4Addr::new(10, 0, 0, last),
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
             port: 80,
             weight: 1,
             healthy: true,
@@ -2272,7 +2530,7 @@ mod tests {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
             .expect("loading the XDP program (needs root)");
         let spec = |vip: u8, backends: Vec<BackendSpec>| ServiceSpec {
-            addresses: vec![Ipv4Addr::new(10, 0, 0, vip)],
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, vip))],
             port: 80,
             protocol: lb_common::PROTO_TCP,
             forwarding: 0,
@@ -2319,7 +2577,7 @@ mod tests {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() })
             .expect("loading the XDP program (needs root)");
         let spec = |backends| ServiceSpec {
-            addresses: vec![Ipv4Addr::new(10, 0, 0, 250)],
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 250))],
             port: 80,
             protocol: lb_common::PROTO_TCP,
             forwarding: 0,
@@ -2327,7 +2585,7 @@ mod tests {
         };
         let web = ServiceId::new("default", "web");
         dp.apply_service(&web, &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
-        let gone = dp.services[&web].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
+        let gone = dp.services[&web].backends[&(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), 80)];
         dp.journal.clear();
         dp.apply_service(&web, &spec(vec![backend(1), backend(2)])).expect("two backends");
         let switched = dp.journal.iter().position(|j| matches!(j, Journal::Service { port: 80, .. }));

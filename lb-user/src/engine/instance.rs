@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Duration,
 };
@@ -85,7 +85,7 @@ impl Instance {
         source: Ipv4Addr,
         source6: Option<Ipv6Addr>,
         labelled: bool,
-        paths: &BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)>,
+        paths: &BTreeMap<IpAddr, (Option<[u8; 6]>, u32)>,
     ) -> Result<Self, InvalidSettings> {
         let v = &config.vrrp;
         let settings = Settings {
@@ -102,7 +102,7 @@ impl Instance {
             _ => None,
         };
         let has_ipv4 = !config.vip.ipv4().is_empty();
-        let mut services = Services::new(&config.services, config.vip.ipv4());
+        let mut services = Services::new(&config.services, config.vip.addresses.clone());
         for (address, (mac, ifindex)) in paths {
             if mac.is_some() {
                 services.set_path(*address, *mac, *ifindex);
@@ -221,7 +221,12 @@ impl Instance {
             .vip
             .ipv6()
             .into_iter()
-            .map(|address| Vip6Spec { address, router: v6.index, interface: Some(self.config.interface.clone()) })
+            .map(|address| Vip6Spec {
+                address,
+                router: v6.index,
+                hash_seed: lb_common::group_seed6(address.octets(), self.config.vrrp.vrid),
+                interface: Some(self.config.interface.clone()),
+            })
             .collect()
     }
 
@@ -814,7 +819,7 @@ impl Instance {
     }
 
     /// Neighbour answers, applied together: each changed service is installed once, the penalty looked at once.
-    pub(super) fn neighbours(&mut self, now: Duration, batch: &[(Ipv4Addr, Seen)], out: &mut Out) {
+    pub(super) fn neighbours(&mut self, now: Duration, batch: &[(IpAddr, Seen)], out: &mut Out) {
         let mut changed: Vec<String> = Vec::new();
         for (address, seen) in batch {
             for name in self.neighbour(*address, seen) {
@@ -836,7 +841,7 @@ impl Instance {
     /// A backend keeps its last known MAC until the kernel says the entry FAILED: an entry that is only missing
     /// (garbage-collected, or being refreshed) says nothing about the backend. Returns the services that changed.
     /// (The node logs what the kernel said, once for all instances.)
-    fn neighbour(&mut self, address: Ipv4Addr, seen: &Seen) -> Vec<String> {
+    fn neighbour(&mut self, address: IpAddr, seen: &Seen) -> Vec<String> {
         let Some((_, ifindex)) = self.services.path(address) else { return Vec::new() };
         match seen {
             Seen::Mac { ifindex: i, mac: m } => self.services.set_path(address, Some(*m), *i),

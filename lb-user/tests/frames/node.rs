@@ -116,13 +116,13 @@ const SPARE_SLOTS: usize = 2;
 fn filler(used: usize) -> ServiceSpec {
     let count = MAX_BACKENDS as usize - used - SPARE_SLOTS;
     ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 9999,
         protocol: PROTO_UDP,
         forwarding: FORWARD_DSR,
         backends: (0..count)
             .map(|i| BackendSpec {
-                address: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8),
+                address: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8).into(),
                 port: 9999,
                 weight: 1,
                 healthy: false,
@@ -140,7 +140,7 @@ impl Node {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
             .context("loading the XDP program (needs root)")?;
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
-        dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, interface: None }])?;
+        dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: 0, interface: None }])?;
         dp.set_active(true)?;
         dp.set_router_active(ROUTER6, true)?;
         let mut node = Node { dp, active: true, services: services(), far_ifindex };
@@ -155,7 +155,7 @@ impl Node {
     fn apply(&mut self, i: usize) -> Result<()> {
         let s = &self.services[i];
         let spec = ServiceSpec {
-            addresses: vec![VIP],
+            addresses: vec![VIP.into()],
             port: s.port,
             protocol: s.protocol,
             forwarding: s.forwarding,
@@ -163,7 +163,7 @@ impl Node {
                 .backends
                 .iter()
                 .map(|&(address, port, healthy, far)| BackendSpec {
-                    address,
+                    address: address.into(),
                     port,
                     weight: 1,
                     healthy,

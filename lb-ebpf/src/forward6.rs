@@ -1,0 +1,110 @@
+//! IPv6 services: TCP and UDP to an IPv6 VIP's port, sent to an IPv6 backend by DSR (only the MACs change; the
+//! backend holds the VIP and answers the client directly). The Maglev tables are the IPv4 ones (an IPv6 service
+//! is one more service index, its backends more `BACKENDS` slots, their addresses in `BACKEND_ADDRESSES6`); flows
+//! are pinned in `CONNTRACK6`. The sending helpers are `forward`'s.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
+use lb_common::{
+    FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue,
+    flow_hash6,
+};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
+
+use crate::{
+    forward,
+    maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, SERVICES6},
+    packet,
+    parse::{self, L4, L4_OFF6},
+};
+
+/// Offset of the UDP checksum in the frame (after the fixed IPv6 header).
+const UDP_CHECKSUM_OFF6: usize = L4_OFF6 + 6;
+
+/// A TCP or UDP packet to an IPv6 VIP (`vip`), whose `payload` bytes after the fixed header lie inside the frame
+/// and whose source passed the martian checks.
+#[inline(always)]
+pub fn transport(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    payload: usize,
+) -> (u32, Reason) {
+    let l4 = match parse::l4_at(ctx, ip.next_hdr, L4_OFF6, payload) {
+        Ok(l4) => l4,
+        Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    // A UDP checksum is mandatory over IPv6 (RFC 8200 §8.1): a receiver discards a zero one.
+    if l4.protocol == PROTO_UDP {
+        let Some(checksum) = packet::at::<[u8; 2]>(ctx, UDP_CHECKSUM_OFF6) else {
+            return (XDP_PASS, Reason::PassTruncated);
+        };
+        // SAFETY: bounds-checked by `at`.
+        if unsafe { *checksum } == [0, 0] {
+            return (XDP_DROP, Reason::DropMalformedL4);
+        }
+    }
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(ip.dst_addr, l4.dport, l4.protocol)) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if svc.forwarding != FORWARD_DSR {
+        // NAT to IPv6 backends is not done (the agent refuses such services).
+        return (XDP_DROP, Reason::DropIpv6Transport);
+    }
+    dsr(ctx, eth, ip, config, vip, &svc, &l4)
+}
+
+/// A packet for an IPv6 DSR service: to its pinned backend, or a fresh Maglev pick (as `forward::dsr`).
+#[inline(always)]
+fn dsr(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    svc: &ServiceValue,
+    l4: &L4,
+) -> (u32, Reason) {
+    let flow = FlowKey6::new(ip.src_addr, ip.dst_addr, l4.sport, l4.dport, l4.protocol);
+    let mut chosen = NO_BACKEND;
+    // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
+    // healthy and of this service.
+    if !l4.syn() {
+        // SAFETY: read-only use of the value.
+        if let Some(pinned) = unsafe { CONNTRACK6.get(&flow) } {
+            let id = pinned.backend;
+            if let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id))
+                && pinned.keeps_pin(b, address, svc.index)
+            {
+                chosen = id;
+            }
+        }
+    }
+    let fresh = chosen == NO_BACKEND;
+    if fresh {
+        let hash = flow_hash6(&ip.src_addr, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
+        let Some(id) = forward::maglev_pick(svc, hash) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        if id == NO_BACKEND {
+            return (XDP_DROP, Reason::DropNoBackend);
+        }
+        chosen = id;
+    }
+    let backend = match forward::take_backend(ctx, svc.index, chosen, fresh) {
+        Ok(b) => b,
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    if fresh {
+        let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        let _ = CONNTRACK6.insert(&flow, &FlowValue6::new(chosen, &backend, *address), 0);
+    }
+    forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+}

@@ -1,0 +1,261 @@
+//! BPF_PROG_TEST_RUN fixtures for IPv6 services (DSR to IPv6 backends): a SYN goes to the backend Maglev picks
+//! with only the MACs changed, later packets of the flow keep their pin, UDP is forwarded too; malformed,
+//! truncated and extension-header packets and martian sources are dropped (or left to the kernel) before any
+//! state is made. Exact output bytes; checksums computed here. Needs root.
+mod support;
+
+use std::net::{IpAddr, Ipv6Addr};
+
+use lb_common::{
+    FAMILY_IPV6, FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6, router_slot,
+};
+use support::fixture::{CLIENT_MAC, NODE_MAC, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
+use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_PSH, TCP_SYN};
+use xvip::{
+    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec, Vip6Spec},
+    maglev,
+};
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x250);
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x10);
+const ROUTER6: u32 = router_slot(0, FAMILY_IPV6);
+const BACKENDS6: [(Ipv6Addr, [u8; 6]); 3] = [
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x21), [0x02, 0, 0, 0, 0, 0x21]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x22), [0x02, 0, 0, 0, 0, 0x22]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x23), [0x02, 0, 0, 0, 0, 0x23]),
+];
+const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
+const FRAGMENT: u8 = 44;
+const DEST_OPTIONS: u8 = 60;
+
+fn seed() -> u32 {
+    group_seed6(VIP6.octets(), VRID)
+}
+
+fn backend(i: usize, weight: u8, healthy: bool) -> BackendSpec {
+    BackendSpec {
+        address: IpAddr::V6(BACKENDS6[i].0),
+        port: 80,
+        weight,
+        healthy,
+        mac: Some(BACKENDS6[i].1),
+        ifindex: 0,
+    }
+}
+
+fn service(protocol: u8, backends: Vec<BackendSpec>) -> ServiceSpec {
+    ServiceSpec { addresses: vec![IpAddr::V6(VIP6)], port: 80, protocol, forwarding: FORWARD_DSR, backends }
+}
+
+fn all_up(protocol: u8) -> ServiceSpec {
+    service(protocol, (0..3).map(|i| backend(i, 1, true)).collect())
+}
+
+fn dataplane() -> DataPlane {
+    support::fixture::lan();
+    let mut dp = DataPlane::load(LoadOptions { service_capacity: 2, ..LoadOptions::default() })
+        .expect("loading the XDP program (these tests need root)");
+    dp.set_node_mac(NODE_MAC).expect("set_node_mac");
+    dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: seed(), interface: None }])
+        .expect("set_vips6");
+    dp.set_router_active(ROUTER6, true).expect("set_router_active");
+    dp
+}
+
+fn with_web() -> DataPlane {
+    let mut dp = dataplane();
+    dp.apply_service("web", &all_up(PROTO_TCP)).expect("apply_service");
+    dp
+}
+
+fn tcp_frame(src: Ipv6Addr, sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, ETH_IPV6);
+    f.extend(frames::ipv6(src, VIP6, 6, 64, &frames::tcp6(src, VIP6, sport, dport, flags, PAYLOAD)));
+    f
+}
+
+fn udp_frame(sport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, ETH_IPV6);
+    f.extend(frames::ipv6(CLIENT6, VIP6, 17, 64, &frames::udp6(CLIENT6, VIP6, sport, 80, payload)));
+    f
+}
+
+/// `frame` as the backend `i` must receive it: only the MACs differ (to the backend, from the node).
+fn to_backend(frame: &[u8], i: usize) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[0..6].copy_from_slice(&BACKENDS6[i].1);
+    f[6..12].copy_from_slice(&NODE_MAC);
+    f
+}
+
+/// Which backend Maglev assigns a flow from `CLIENT6`:`sport`, from the pure table builder and the shared hash
+/// (the data plane names IPv6 backends `[address]:port` in the table builder).
+fn predicted(spec: &ServiceSpec, protocol: u8, sport: u16) -> usize {
+    let members: Vec<maglev::MaglevBackend> = spec
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.usable())
+        .map(|(i, b)| maglev::MaglevBackend {
+            id: i as u32,
+            key: format!("[{}]:{}", b.address, b.port),
+            weight: b.weight,
+        })
+        .collect();
+    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
+    let h = flow_hash6(&CLIENT6.octets(), sport.to_be_bytes(), 80u16.to_be_bytes(), protocol, seed());
+    table[(h % MAGLEV_M) as usize] as usize
+}
+
+/// The new flows counted for service `web` so far.
+fn new_flows(dp: &DataPlane) -> u64 {
+    dp.counters().expect("counters").services.get(&ServiceId::from("web")).map_or(0, |t| t.new_flows)
+}
+
+#[test]
+fn a_syn_goes_to_the_maglev_pick_with_only_the_macs_changed() {
+    let mut dp = with_web();
+    assert!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read").is_some(), "SERVICES6 entry written");
+    let mut seen = [false; 3];
+    for sport in 40000..40040 {
+        let syn = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
+        let out = run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+        let expected = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
+        assert_eq!(out, to_backend(&syn, expected), "client port {sport}");
+        seen[expected] = true;
+    }
+    assert_eq!(seen, [true; 3], "flows spread over every backend");
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.services[&ServiceId::from("web")].new_flows, 40);
+    let per_backend: u64 =
+        (0..3).map(|i| c.backends[&("web".into(), IpAddr::V6(BACKENDS6[i].0), 80)].packets).sum();
+    assert_eq!(per_backend, 40, "each packet counted for its IPv6 backend");
+}
+
+#[test]
+fn a_pinned_flow_keeps_its_backend_while_it_drains_and_a_new_syn_picks_again() {
+    let mut dp = with_web();
+    let sport = 40001;
+    let syn = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
+    let pinned = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
+    assert_eq!(run(&mut dp, &syn, XDP_TX, Reason::ForwardTx), to_backend(&syn, pinned));
+    // The pinned backend drains: out of the Maglev table, but healthy and in its slot.
+    let draining =
+        service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
+    dp.apply_service("web", &draining).expect("drain");
+    let ack = tcp_frame(CLIENT6, sport, 80, TCP_ACK | TCP_PSH);
+    assert_eq!(run(&mut dp, &ack, XDP_TX, Reason::ForwardTx), to_backend(&ack, pinned), "the pin holds");
+    assert_eq!(new_flows(&dp), 1, "a pinned packet starts no flow");
+    let again = run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    let repicked = predicted(&draining, PROTO_TCP, sport);
+    assert_ne!(repicked, pinned);
+    assert_eq!(again, to_backend(&syn, repicked), "a SYN takes a fresh pick");
+    // The backend fails: its pinned flows move on at their next packet.
+    let mut down = draining.clone();
+    down.backends[repicked].healthy = false;
+    dp.apply_service("web", &down).expect("down");
+    let moved = run(&mut dp, &ack, XDP_TX, Reason::ForwardTx);
+    assert_eq!(moved, to_backend(&ack, predicted(&down, PROTO_TCP, sport)));
+}
+
+#[test]
+fn a_packet_without_a_pin_is_picked_like_a_syn() {
+    let mut dp = with_web();
+    let ack = tcp_frame(CLIENT6, 41000, 80, TCP_ACK);
+    let expected = predicted(&all_up(PROTO_TCP), PROTO_TCP, 41000);
+    assert_eq!(run(&mut dp, &ack, XDP_TX, Reason::ForwardTx), to_backend(&ack, expected));
+    assert_eq!(new_flows(&dp), 1);
+}
+
+#[test]
+fn udp_is_forwarded_and_a_zero_checksum_is_dropped() {
+    let mut dp = dataplane();
+    dp.apply_service("dns", &all_up(PROTO_UDP)).expect("apply_service");
+    let datagram = udp_frame(5353, b"query");
+    let expected = predicted(&all_up(PROTO_UDP), PROTO_UDP, 5353);
+    assert_eq!(run(&mut dp, &datagram, XDP_TX, Reason::ForwardTx), to_backend(&datagram, expected));
+    let mut zero = udp_frame(5354, b"query");
+    zero[60..62].copy_from_slice(&[0, 0]);
+    assert_eq!(run(&mut dp, &zero, XDP_DROP, Reason::DropMalformedL4), zero, "mandatory over IPv6");
+    let mut short_length = udp_frame(5355, b"query");
+    short_length[58..60].copy_from_slice(&4u16.to_be_bytes());
+    assert_eq!(run(&mut dp, &short_length, XDP_DROP, Reason::DropMalformedL4), short_length);
+}
+
+#[test]
+fn a_port_without_a_service_is_dropped() {
+    let mut dp = with_web();
+    let other = tcp_frame(CLIENT6, 40000, 81, TCP_SYN);
+    assert_eq!(run(&mut dp, &other, XDP_DROP, Reason::DropNoService), other);
+    dp.remove_service("web").expect("remove");
+    assert_eq!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read"), None, "SERVICES6 entry removed");
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
+}
+
+#[test]
+fn a_service_without_a_usable_backend_drops_without_state() {
+    let mut dp = dataplane();
+    dp.apply_service("web", &service(PROTO_TCP, (0..3).map(|i| backend(i, 1, false)).collect())).expect("apply");
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoBackend), syn);
+    assert_eq!(new_flows(&dp), 0);
+}
+
+#[test]
+fn malformed_and_truncated_transport_headers_make_no_state() {
+    let mut dp = with_web();
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    // Data offset 4 words: shorter than a TCP header.
+    let mut short_offset = syn.clone();
+    short_offset[66] = 0x40;
+    assert_eq!(run(&mut dp, &short_offset, XDP_DROP, Reason::DropMalformedL4), short_offset);
+    // Data offset beyond the packet.
+    let mut long_offset = syn.clone();
+    long_offset[66] = 0xf0;
+    assert_eq!(run(&mut dp, &long_offset, XDP_DROP, Reason::DropMalformedL4), long_offset);
+    // The payload length claims more than the frame holds.
+    let cut = syn[..syn.len() - 4].to_vec();
+    assert_eq!(run(&mut dp, &cut, XDP_PASS, Reason::PassTruncated), cut);
+    // Less than a TCP header after the IPv6 header.
+    let mut tiny = frames::eth(NODE_MAC, CLIENT_MAC, ETH_IPV6);
+    tiny.extend(frames::ipv6(CLIENT6, VIP6, 6, 64, &[0x9c, 0x40, 0, 80, 0, 0, 0, 1]));
+    assert_eq!(run(&mut dp, &tiny, XDP_PASS, Reason::PassTruncated), tiny);
+    assert_eq!(new_flows(&dp), 0);
+}
+
+#[test]
+fn transport_behind_extension_headers_is_dropped() {
+    let mut dp = with_web();
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    for (ext, reason) in [(DEST_OPTIONS, Reason::DropIpOptions), (FRAGMENT, Reason::DropFragment)] {
+        let mut f = syn[..54].to_vec();
+        let len = u16::from_be_bytes([f[18], f[19]]) + 8;
+        f[18..20].copy_from_slice(&len.to_be_bytes());
+        f[20] = ext;
+        f.extend_from_slice(&if ext == FRAGMENT { [6, 0, 0, 0, 0, 0, 0, 1] } else { [6, 0, 1, 4, 0, 0, 0, 0] });
+        f.extend_from_slice(&syn[54..]);
+        assert_eq!(run(&mut dp, &f, XDP_DROP, reason), f, "extension header {ext}");
+    }
+    assert_eq!(new_flows(&dp), 0);
+}
+
+#[test]
+fn martian_sources_are_dropped_before_any_state() {
+    let mut dp = with_web();
+    let all_nodes = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1);
+    let mapped: Ipv6Addr = "::ffff:10.0.0.1".parse().expect("address");
+    for source in [Ipv6Addr::UNSPECIFIED, Ipv6Addr::LOCALHOST, all_nodes, mapped, VIP6] {
+        let syn = tcp_frame(source, 40000, 80, TCP_SYN);
+        assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn, "from {source}");
+    }
+    assert_eq!(new_flows(&dp), 0, "no flow recorded");
+}
+
+#[test]
+fn a_backup_forwards_nothing() {
+    let mut dp = with_web();
+    dp.set_router_active(ROUTER6, false).expect("backup");
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropInactive), syn);
+}
