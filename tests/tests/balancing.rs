@@ -126,7 +126,7 @@ fn sighup_adds_and_removes_backends_without_losing_other_connections() {
     assert!(on.contains(&"backend2"), "no stream on backend2 in {}: {on:?}", on.len());
 
     // Remove backend1, add backend3.
-    spec.services[0].backends = vec![(lab.backend(2).ip, PORT), (lab.backend(3).ip, PORT)];
+    spec.services[0].backends = vec![(lab.backend(2).ip.into(), PORT), (lab.backend(3).ip.into(), PORT)];
     std::fs::write(&node.config_path, config(&lab, lab.node(1), &spec, &node.socket)).expect("write config");
     node.signal(libc::SIGHUP).expect("SIGHUP");
     let wanted = vec![lab.backend(2).ip.to_string(), lab.backend(3).ip.to_string()];
