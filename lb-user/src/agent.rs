@@ -403,7 +403,7 @@ enum Job {
     /// Make the IPv6 VIP map hold exactly these VIPs.
     InstallVips6(Vec<Vip6Spec>),
     /// Delete the connection and NAT entries of flows to these VIPs (an instance left the active role).
-    ForgetFlows(Vec<Ipv4Addr>),
+    ForgetFlows(Vec<std::net::IpAddr>),
     Counters(oneshot::Sender<Counters>),
     /// For metrics: the counters, and with `scan` a walk over the connection and NAT tables (timed).
     Sample {
@@ -491,7 +491,7 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
 }
 
 /// Addresses as `a, b`.
-fn list(addresses: &[Ipv4Addr]) -> String {
+fn list(addresses: &[impl ToString]) -> String {
     addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 

@@ -29,7 +29,7 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
     MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
     NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
     ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
@@ -361,7 +361,7 @@ impl Counters {
 /// One walk over the connection and NAT tables ([`DataPlane::scan_tables`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableScan {
-    /// Entries in `CONNTRACK` (every flow the program remembers, open or not).
+    /// Entries in `CONNTRACK` and `CONNTRACK6` (every flow the program remembers, open or not).
     pub conntrack_entries: u64,
     /// Entries in `NAT` (one per NAT flow, kept until its port is reclaimed).
     pub nat_entries: u64,
@@ -1828,6 +1828,32 @@ impl DataPlane {
                 *scan.flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
             }
         }
+        // IPv6 flows (DSR only: every pin to a slot that still holds its backend is open, as for IPv4 DSR).
+        let conntrack6: BpfHashMap<&MapData, FlowKey6, FlowValue6> = map_ref(&self.ebpf, names::CONNTRACK6)?;
+        let owners6: HashMap<ServiceKey6, &ServiceId> =
+            self.services6.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, id))).collect();
+        let slots6: HashMap<(&ServiceId, u32), (Ipv6Addr, u16)> = self
+            .services6
+            .iter()
+            .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
+            .collect();
+        for entry in conntrack6.iter() {
+            let (flow, pinned) = match entry {
+                Ok(entry) => entry,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("scanning the CONNTRACK6 map"),
+            };
+            scan.conntrack_entries += 1;
+            let Some(id) = owners6.get(&ServiceKey6::new(flow.vip, flow.service_port, flow.protocol)) else {
+                continue;
+            };
+            let Some(&(address, port)) = slots6.get(&(*id, pinned.backend)) else {
+                continue;
+            };
+            if pinned.backend_address == address.octets() && pinned.backend_port == port.to_be_bytes() {
+                *scan.flows.entry(((*id).clone(), IpAddr::V6(address), port)).or_insert(0) += 1;
+            }
+        }
         if nat_keys {
             for key in nat.keys() {
                 match key {
@@ -1852,9 +1878,25 @@ impl DataPlane {
     ///
     /// # Errors
     /// When a map is missing, or a walk or delete fails for another reason than the entry vanishing meanwhile.
-    pub fn forget_flows(&mut self, vips: &[Ipv4Addr]) -> Result<(u64, u64)> {
-        let vips: Vec<[u8; 4]> = vips.iter().map(Ipv4Addr::octets).collect();
-        let flows = {
+    pub fn forget_flows(&mut self, vips: &[IpAddr]) -> Result<(u64, u64)> {
+        let vips6: Vec<[u8; 16]> = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(v6.octets()),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let flows6 = if vips6.is_empty() {
+            0
+        } else {
+            let mut conntrack: BpfHashMap<&mut MapData, FlowKey6, FlowValue6> =
+                map_mut(&mut self.ebpf, names::CONNTRACK6)?;
+            let stale =
+                keys_where(conntrack.keys(), |k: &FlowKey6| vips6.contains(&k.vip)).context("walking CONNTRACK6")?;
+            remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK6")?
+        };
+        let vips: Vec<[u8; 4]> = vips.iter().map(|a| octets4(*a)).filter(|a| *a != [0; 4]).collect();
+        let flows = flows6 + {
             let mut conntrack: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
                 map_mut(&mut self.ebpf, names::CONNTRACK)?;
             let stale =

@@ -7,9 +7,9 @@ mod support;
 use std::net::{IpAddr, Ipv6Addr};
 
 use lb_common::{
-    FAMILY_IPV6, FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6, router_slot,
+    FAMILY_IPV6, FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed, group_seed6, router_slot,
 };
-use support::fixture::{CLIENT_MAC, NODE_MAC, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
+use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_PSH, TCP_SYN};
 use xvip::{
     dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec, Vip6Spec},
@@ -20,9 +20,9 @@ const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x250);
 const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x10);
 const ROUTER6: u32 = router_slot(0, FAMILY_IPV6);
 const BACKENDS6: [(Ipv6Addr, [u8; 6]); 3] = [
-    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x21), [0x02, 0, 0, 0, 0, 0x21]),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x22), [0x02, 0, 0, 0, 0, 0x22]),
-    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x23), [0x02, 0, 0, 0, 0, 0x23]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x21), [0x02, 0, 0, 0, 0, 0x31]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x22), [0x02, 0, 0, 0, 0, 0x32]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x23), [0x02, 0, 0, 0, 0, 0x33]),
 ];
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\n\r\n";
 const FRAGMENT: u8 = 44;
@@ -146,6 +146,9 @@ fn a_pinned_flow_keeps_its_backend_while_it_drains_and_a_new_syn_picks_again() {
     let ack = tcp_frame(CLIENT6, sport, 80, TCP_ACK | TCP_PSH);
     assert_eq!(run(&mut dp, &ack, XDP_TX, Reason::ForwardTx), to_backend(&ack, pinned), "the pin holds");
     assert_eq!(new_flows(&dp), 1, "a pinned packet starts no flow");
+    // What `xvip status` shows for the draining backend: its one open flow.
+    let flows = dp.flows_per_backend().expect("scan");
+    assert_eq!(flows, [(("web".into(), IpAddr::V6(BACKENDS6[pinned].0), 80), 1)].into());
     let again = run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
     let repicked = predicted(&draining, PROTO_TCP, sport);
     assert_ne!(repicked, pinned);
@@ -258,4 +261,55 @@ fn a_backup_forwards_nothing() {
     dp.set_router_active(ROUTER6, false).expect("backup");
     let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
     assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropInactive), syn);
+}
+
+#[test]
+fn leaving_the_active_role_forgets_the_ipv6_pins() {
+    let mut dp = with_web();
+    let sport = 40001;
+    let syn = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
+    let pinned = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
+    run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    let draining =
+        service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
+    dp.apply_service("web", &draining).expect("drain");
+    let other = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x251));
+    assert_eq!(dp.forget_flows(&[other, VIP.into()]).expect("forget"), (0, 0), "another VIP's flows only");
+    assert_eq!(dp.forget_flows(&[IpAddr::V6(VIP6)]).expect("forget"), (1, 0));
+    // Without its pin, the flow's next packet is picked afresh: not the draining backend.
+    let ack = tcp_frame(CLIENT6, sport, 80, TCP_ACK);
+    let out = run(&mut dp, &ack, XDP_TX, Reason::ForwardTx);
+    assert_eq!(out, to_backend(&ack, predicted(&draining, PROTO_TCP, sport)));
+}
+
+#[test]
+fn a_dual_stack_service_balances_each_family_to_its_own_backends() {
+    let mut dp = dataplane();
+    dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
+    dp.set_active(true).expect("IPv4 router active");
+    let mut spec = all_up(PROTO_TCP);
+    spec.addresses.insert(0, IpAddr::V4(VIP));
+    spec.backends.extend(support::fixture::backends(80));
+    dp.apply_service("web", &spec).expect("apply_service");
+    for sport in 40000..40012 {
+        let v6 = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
+        let out = run(&mut dp, &v6, XDP_TX, Reason::ForwardTx);
+        assert_eq!(out, to_backend(&v6, predicted(&all_up(PROTO_TCP), PROTO_TCP, sport)), "IPv6 to IPv6");
+        let v4 = frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, sport, 80, TCP_SYN, PAYLOAD);
+        let out = run(&mut dp, &v4, XDP_TX, Reason::ForwardTx);
+        assert!(BACKENDS.iter().any(|(_, mac)| out[0..6] == mac[..]), "IPv4 to an IPv4 backend: {:02x?}", &out[0..6]);
+        assert_eq!(out[12..], v4[12..], "only the MACs change");
+    }
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.services[&ServiceId::from("web")].new_flows, 24, "both families' flows under the one service");
+    let v6: u64 = (0..3).map(|i| c.backends[&("web".into(), IpAddr::V6(BACKENDS6[i].0), 80)].packets).sum();
+    let v4: u64 = BACKENDS.iter().map(|(a, _)| c.backends[&("web".into(), IpAddr::V4(*a), 80)].packets).sum();
+    assert_eq!((v4, v6), (12, 12));
+    // Back to IPv4 only: the IPv6 part goes.
+    spec.addresses.truncate(1);
+    spec.backends.retain(|b| b.address.is_ipv4());
+    dp.apply_service("web", &spec).expect("IPv4 only");
+    assert_eq!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read"), None);
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
 }

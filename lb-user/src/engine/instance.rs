@@ -348,7 +348,7 @@ impl Instance {
         self.begin_stop(now, out);
         self.finish_stop(now, out);
         // The node goes on: nothing this instance recorded may greet it if it is added again.
-        out.push(Command::ForgetFlows(self.config.vip.ipv4()));
+        out.push(Command::ForgetFlows(self.config.vip.addresses.clone()));
         for (id, backend) in self.checked() {
             out.push(Command::StopChecker { id, backend });
         }
@@ -574,7 +574,7 @@ impl Instance {
         // Leaving active (not for a stop: the node exits and its tables with it): its flow state is stale from now
         // on, since the peer that takes over carries these connections and may change them.
         if self.observed.role == Role::Active && role != Role::Active && cause != Cause::Stop {
-            out.push(Command::ForgetFlows(self.config.vip.ipv4()));
+            out.push(Command::ForgetFlows(self.config.vip.ipv4().into_iter().map(IpAddr::V4).collect()));
         }
         let o = &mut self.observed;
         o.role = role;

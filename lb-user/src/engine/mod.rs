@@ -165,7 +165,7 @@ pub enum Command {
     /// active, and what it recorded while active must not be taken for the truth the next time it is (a pin from
     /// an earlier connection on the same client port, made under another Maglev table, or a reverse entry holding
     /// the NAT port a peer gave another flow meanwhile, would move or break the connections the peer carried).
-    ForgetFlows(Vec<Ipv4Addr>),
+    ForgetFlows(Vec<IpAddr>),
     /// One log line.
     Log(Level, String),
     /// Every instance's first role is decided: the daemon is ready (systemd readiness).

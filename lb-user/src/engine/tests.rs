@@ -1091,7 +1091,7 @@ fn a_reload_cannot_add_a_multicast_instance_where_no_socket_joined_the_group_or_
 
 // ----- flow state across active periods -----
 
-fn forgotten(commands: &[Command]) -> Vec<Vec<Ipv4Addr>> {
+fn forgotten(commands: &[Command]) -> Vec<Vec<IpAddr>> {
     commands.iter().filter_map(|c| if let Command::ForgetFlows(v) = c { Some(v.clone()) } else { None }).collect()
 }
 
@@ -1304,6 +1304,7 @@ fn the_ipv6_router_is_elected_on_its_own() {
     let out = e.handle(deadline + ms(5), packet6(LL_PEER, 200, &[VIP6], 255));
     assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Backup)));
     assert_eq!(set_active(&out), [(1, false)]);
+    assert_eq!(forgotten(&out), [vec![IpAddr::V6(VIP6)]], "the IPv6 VIPs' flows only");
     let status = e.status(deadline + ms(5), 0);
     let v6 = status.instances[0].ipv6.clone().expect("the IPv6 router in status");
     assert_eq!((v6.role.as_str(), v6.active_router.as_deref()), ("backup", Some("fe80::6")));
@@ -1321,6 +1322,7 @@ fn the_ipv6_router_is_elected_on_its_own() {
     let out = e.handle(next, Event::Timer);
     assert_eq!(role6(&e), Some(Role::Active));
     assert!(set_active(&out).contains(&(1, true)), "{out:?}");
+    assert!(forgotten(&out).is_empty(), "becoming active forgets nothing");
 }
 
 #[test]
