@@ -804,7 +804,8 @@ pub enum Reason {
     /// multicast or the node's own MAC, or arrives on another interface than the VIP's. Dropped (the kernel does not
     /// own the VIP).
     DropNd = 39,
-    /// TCP or UDP to an IPv6 VIP: IPv6 traffic is not forwarded to backends (yet), so it is dropped and counted.
+    /// TCP or UDP to an IPv6 VIP's port whose service is NAT: NAT to IPv6 backends is not done (the agent installs
+    /// IPv6 services only for DSR), so it is dropped and counted.
     DropIpv6Transport = 40,
 }
 

@@ -977,8 +977,8 @@ impl Shell {
         let probes = self.probes.clone();
         let service = id.clone();
         let forward = self.runtime.spawn(async move {
-            let recorder = probes
-                .map(|p| p.recorder(&service.instance, &service.service, &SocketAddr::from(backend).to_string()));
+            let recorder =
+                probes.map(|p| p.recorder(&service.instance, &service.service, &SocketAddr::from(backend).to_string()));
             let address = SocketAddr::from(backend);
             let _probe = Checker(health::spawn(address, settings, tx, recorder));
             while let Some(event) = rx.recv().await {

@@ -9,7 +9,7 @@
 //! backends, tables; slow work), [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small
 //! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
@@ -29,11 +29,12 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
-    MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
-    NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
-    ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
-    listener_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES, Listener,
+    LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
+    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT,
+    Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord,
+    TraceState, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
+    router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -391,6 +392,14 @@ fn service_keys6(spec: &ServiceSpec) -> Vec<ServiceKey6> {
             IpAddr::V4(_) => None,
         })
         .collect()
+}
+
+/// The listener entries a reload is about to (re)write, which a service leaving them must not remove: the `SERVICES`
+/// entries with the service taking each, and the `SERVICES6` entries.
+#[derive(Default)]
+struct Keep<'a> {
+    v4: HashMap<ServiceKey, &'a ServiceId>,
+    v6: HashSet<ServiceKey6>,
 }
 
 /// What this module remembers of the IPv6 part of a service it installed (DSR to its IPv6 backends).
@@ -1073,14 +1082,17 @@ impl DataPlane {
     /// # Errors
     /// The first failure; the services before it are installed, the others keep their previous state.
     pub fn reconcile_services(&mut self, desired: &[(ServiceId, ServiceSpec)]) -> Result<()> {
-        let mut wanted: HashMap<ServiceKey, &ServiceId> = HashMap::new();
+        let mut wanted = Keep::default();
         for (id, spec) in desired {
             for key in service_keys(spec) {
-                wanted.insert(key, id);
+                wanted.v4.insert(key, id);
             }
+            wanted.v6.extend(service_keys6(spec));
         }
-        let gone: Vec<ServiceId> =
-            self.services.keys().filter(|n| !desired.iter().any(|(d, _)| d == *n)).cloned().collect();
+        let mut gone: Vec<ServiceId> = self.services.keys().chain(self.services6.keys()).cloned().collect();
+        gone.sort();
+        gone.dedup();
+        gone.retain(|n| !desired.iter().any(|(d, _)| d == n));
         for id in gone {
             self.remove_service_keeping(&id, &wanted)?;
         }
@@ -1099,7 +1111,7 @@ impl DataPlane {
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
     pub fn apply_service(&mut self, id: impl Into<ServiceId>, spec: &ServiceSpec) -> Result<()> {
-        self.apply_service_keeping(&id.into(), spec, &HashMap::new(), &mut maglev::Builder::new(MAGLEV_M))
+        self.apply_service_keeping(&id.into(), spec, &Keep::default(), &mut maglev::Builder::new(MAGLEV_M))
     }
 
     /// [`apply_service`](Self::apply_service) of each service in turn, populating each distinct backend set's Maglev
@@ -1107,7 +1119,7 @@ impl DataPlane {
     /// failure leaves that service in its previous state and the others are still applied.
     pub fn apply_services(&mut self, services: &[(ServiceId, ServiceSpec)]) -> Vec<Result<()>> {
         let mut tables = maglev::Builder::new(MAGLEV_M);
-        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &HashMap::new(), &mut tables)).collect()
+        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &Keep::default(), &mut tables)).collect()
     }
 
     /// [`apply_service`](Self::apply_service), leaving alone the entries in `keep` (ports another service of the
@@ -1116,22 +1128,22 @@ impl DataPlane {
         &mut self,
         id: &ServiceId,
         spec: &ServiceSpec,
-        keep: &HashMap<ServiceKey, &ServiceId>,
+        keep: &Keep,
         tables: &mut maglev::Builder,
     ) -> Result<()> {
         let (spec4, spec6) = (spec.family(false), spec.family(true));
         // The IPv4 part unless the service has IPv6 addresses only; the IPv6 part while it has IPv6 addresses.
         let result = if spec4.addresses.is_empty() && !spec6.addresses.is_empty() {
-            self.remove_part4(id, keep)
+            self.remove_part4(id, &keep.v4)
         } else {
-            self.apply_part4(id, &spec4, keep, tables)
+            self.apply_part4(id, &spec4, &keep.v4, tables)
         };
         // A NAT service of a dual-stack instance has no IPv6 backends (NAT to IPv6 is not done): nothing to install.
         let result = result.and_then(|()| {
             if spec6.addresses.is_empty() || spec6.backends.is_empty() {
-                self.remove_part6(id)
+                self.remove_part6(id, &keep.v6)
             } else {
-                self.apply_part6(id, &spec6, tables)
+                self.apply_part6(id, &spec6, &keep.v6, tables)
             }
         });
         match &result {
@@ -1497,13 +1509,13 @@ impl DataPlane {
     /// Removes a service: its entries go (unless another service holds them by now), and packets to its ports are
     /// dropped as to no service.
     pub fn remove_service(&mut self, id: impl Into<ServiceId>) -> Result<()> {
-        self.remove_service_keeping(&id.into(), &HashMap::new())
+        self.remove_service_keeping(&id.into(), &Keep::default())
     }
 
-    fn remove_service_keeping(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
+    fn remove_service_keeping(&mut self, id: &ServiceId, keep: &Keep) -> Result<()> {
         self.applied.remove(id);
-        self.remove_part4(id, keep)?;
-        self.remove_part6(id)
+        self.remove_part4(id, &keep.v4)?;
+        self.remove_part6(id, &keep.v6)
     }
 
     /// Removes the IPv4 part of a service, if installed.
@@ -1531,7 +1543,13 @@ impl DataPlane {
     /// Installs or updates the IPv6 part of a service (`spec`: its IPv6 addresses and backends, DSR): the backends'
     /// slots (address first, in `BACKEND_ADDRESSES6`), a fresh Maglev table in the idle buffer, then one
     /// `SERVICES6` write per address switches to it; the slots of backends that left are cleared only then.
-    fn apply_part6(&mut self, id: &ServiceId, spec: &ServiceSpec, tables: &mut maglev::Builder) -> Result<()> {
+    fn apply_part6(
+        &mut self,
+        id: &ServiceId,
+        spec: &ServiceSpec,
+        keep: &HashSet<ServiceKey6>,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
         if !self.services6.contains_key(id) {
             let index = self.free_services.pop().ok_or_else(|| {
                 Error::Full(format!(
@@ -1546,7 +1564,7 @@ impl DataPlane {
         let Some(mut svc) = self.services6.remove(id) else {
             return Err(Error::Refused(format!("service {id} vanished while being installed")));
         };
-        let result = self.write_service6(id, &mut svc, spec, tables);
+        let result = self.write_service6(id, &mut svc, spec, keep, tables);
         self.services6.insert(id.clone(), svc);
         self.attach_backend_interfaces();
         result
@@ -1557,6 +1575,7 @@ impl DataPlane {
         id: &ServiceId,
         svc: &mut Installed6,
         spec: &ServiceSpec,
+        keep: &HashSet<ServiceKey6>,
         tables: &mut maglev::Builder,
     ) -> Result<()> {
         fn v6(b: &BackendSpec) -> Option<(Ipv6Addr, &BackendSpec)> {
@@ -1624,7 +1643,7 @@ impl DataPlane {
         svc.table = next;
         let left: Vec<ServiceKey6> = svc.keys.iter().filter(|k| !keys.contains(k)).copied().collect();
         svc.keys = keys;
-        for key in left {
+        for key in left.into_iter().filter(|k| !keep.contains(k)) {
             self.release_key6(key, id)?;
         }
         for endpoint in &gone {
@@ -1661,11 +1680,11 @@ impl DataPlane {
 
     /// Removes the IPv6 part of a service, if installed: its entries (unless another service holds them by now),
     /// then its backend slots.
-    fn remove_part6(&mut self, id: &ServiceId) -> Result<()> {
+    fn remove_part6(&mut self, id: &ServiceId, keep: &HashSet<ServiceKey6>) -> Result<()> {
         let Some(svc) = self.services6.remove(id) else {
             return Ok(());
         };
-        for key in &svc.keys {
+        for key in svc.keys.iter().filter(|k| !keep.contains(k)) {
             self.release_key6(*key, id)?;
         }
         for slot in svc.backends.values() {
@@ -1699,7 +1718,7 @@ impl DataPlane {
 
     /// The installed services.
     pub fn service_ids(&self) -> impl Iterator<Item = &ServiceId> {
-        self.services.keys()
+        self.services.keys().chain(self.services6.keys().filter(|id| !self.services.contains_key(*id)))
     }
 
     /// Reads every counter, summed over CPUs.

@@ -582,7 +582,8 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
-                let err = n.path(IpAddr::V4(Ipv4Addr::new(10, 92, 0, 2))).await.expect_err("no route in an empty namespace");
+                let err =
+                    n.path(IpAddr::V4(Ipv4Addr::new(10, 92, 0, 2))).await.expect_err("no route in an empty namespace");
                 assert!(err.to_string().contains("10.92.0.2"), "{err}");
             });
         });

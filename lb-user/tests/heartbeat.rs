@@ -110,7 +110,13 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
     node.set_active(0, false).expect("backup");
     dp.apply_service(
         "web",
-        &ServiceSpec { addresses: vec![VIP.into()], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] },
+        &ServiceSpec {
+            addresses: vec![VIP.into()],
+            port: 80,
+            protocol: PROTO_TCP,
+            forwarding: FORWARD_DSR,
+            backends: vec![],
+        },
     )
     .expect("service update");
     run(&mut dp, &arp(), XDP_PASS, Reason::PassArp);

@@ -39,7 +39,14 @@ fn vips() -> Vec<VipSpec> {
 }
 
 fn backend(i: usize) -> BackendSpec {
-    BackendSpec { address: BACKENDS[i].0.into(), port: 80, weight: 1, healthy: true, mac: Some(BACKENDS[i].1), ifindex: 0 }
+    BackendSpec {
+        address: BACKENDS[i].0.into(),
+        port: 80,
+        weight: 1,
+        healthy: true,
+        mac: Some(BACKENDS[i].1),
+        ifindex: 0,
+    }
 }
 
 /// a's web service: port 80 on both of a's addresses, backends 0 and 1; and 443 on a only.

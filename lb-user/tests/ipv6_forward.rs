@@ -127,8 +127,7 @@ fn a_syn_goes_to_the_maglev_pick_with_only_the_macs_changed() {
     assert_eq!(seen, [true; 3], "flows spread over every backend");
     let c = dp.counters().expect("counters");
     assert_eq!(c.services[&ServiceId::from("web")].new_flows, 40);
-    let per_backend: u64 =
-        (0..3).map(|i| c.backends[&("web".into(), IpAddr::V6(BACKENDS6[i].0), 80)].packets).sum();
+    let per_backend: u64 = (0..3).map(|i| c.backends[&("web".into(), IpAddr::V6(BACKENDS6[i].0), 80)].packets).sum();
     assert_eq!(per_backend, 40, "each packet counted for its IPv6 backend");
 }
 
@@ -140,8 +139,7 @@ fn a_pinned_flow_keeps_its_backend_while_it_drains_and_a_new_syn_picks_again() {
     let pinned = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
     assert_eq!(run(&mut dp, &syn, XDP_TX, Reason::ForwardTx), to_backend(&syn, pinned));
     // The pinned backend drains: out of the Maglev table, but healthy and in its slot.
-    let draining =
-        service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
+    let draining = service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
     dp.apply_service("web", &draining).expect("drain");
     let ack = tcp_frame(CLIENT6, sport, 80, TCP_ACK | TCP_PSH);
     assert_eq!(run(&mut dp, &ack, XDP_TX, Reason::ForwardTx), to_backend(&ack, pinned), "the pin holds");
@@ -270,8 +268,7 @@ fn leaving_the_active_role_forgets_the_ipv6_pins() {
     let syn = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
     let pinned = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
     run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
-    let draining =
-        service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
+    let draining = service(PROTO_TCP, (0..3).map(|i| backend(i, if i == pinned { 0 } else { 1 }, true)).collect());
     dp.apply_service("web", &draining).expect("drain");
     let other = IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x251));
     assert_eq!(dp.forget_flows(&[other, VIP.into()]).expect("forget"), (0, 0), "another VIP's flows only");
@@ -311,5 +308,26 @@ fn a_dual_stack_service_balances_each_family_to_its_own_backends() {
     dp.apply_service("web", &spec).expect("IPv4 only");
     assert_eq!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read"), None);
     let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
+}
+
+#[test]
+fn a_reload_moves_and_removes_ipv6_services() {
+    let mut dp = dataplane();
+    let on = |port: u16| ServiceSpec { port, ..all_up(PROTO_TCP) };
+    let (web, api) = (ServiceId::from("web"), ServiceId::from("api"));
+    dp.reconcile_services(&[(web.clone(), on(80)), (api.clone(), on(81))]).expect("install");
+    assert_eq!(dp.service_ids().count(), 2, "IPv6-only services are installed services");
+    // web leaves, api takes its port.
+    dp.reconcile_services(&[(api.clone(), on(80))]).expect("reload");
+    assert!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read").is_some());
+    assert_eq!(dp.service_value6(VIP6, PROTO_TCP, 81).expect("read"), None);
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    assert_eq!(dp.counters().expect("counters").services[&api].new_flows, 1, "port 80 is api's now");
+    // Nothing configured: nothing answered.
+    dp.reconcile_services(&[]).expect("empty");
+    assert_eq!(dp.service_value6(VIP6, PROTO_TCP, 80).expect("read"), None);
+    assert_eq!(dp.service_ids().count(), 0);
     assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
 }

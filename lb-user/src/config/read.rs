@@ -548,9 +548,7 @@ impl Reader {
         let (vrrp, vrid_at) = self.vrrp(vrrp_table.as_ref(), 0);
         let services = match root.get("service") {
             None => Vec::new(),
-            Some(field) => {
-                self.services(&field, "", "[[service]]", 0, &vip)
-            }
+            Some(field) => self.services(&field, "", "[[service]]", 0, &vip),
         };
         let marks = Marks { name_at: 0, vrid_at };
         (Instance { name: DEFAULT_INSTANCE.to_owned(), interface, vip, vrrp, services }, marks)
@@ -657,9 +655,7 @@ impl Reader {
         };
         let services = match table.get("service") {
             None => Vec::new(),
-            Some(field) => {
-                self.services(&field, &prefix, "[[instance.service]]", index, &vip)
-            }
+            Some(field) => self.services(&field, &prefix, "[[instance.service]]", index, &vip),
         };
         let marks = Marks { name_at, vrid_at };
         (Instance { name, interface, vip, vrrp, services }, marks)
@@ -1062,14 +1058,7 @@ impl Reader {
 
     /// The services of one instance. `prefix` goes before `service[N]` in key paths (`instance[0].`), `header`
     /// is how the user writes one (`[[service]]`), `addresses` how many addresses each service listens on.
-    fn services(
-        &mut self,
-        field: &Field,
-        prefix: &str,
-        header: &str,
-        instance: usize,
-        vip: &Vip,
-    ) -> Vec<Service> {
+    fn services(&mut self, field: &Field, prefix: &str, header: &str, instance: usize, vip: &Vip) -> Vec<Service> {
         let addresses = vip.addresses.len();
         let Some(items) = self.array(field, &format!("an array of tables: write each service as {header}")) else {
             return Vec::new();
@@ -1272,7 +1261,8 @@ impl Reader {
                     None
                 }
                 Some(field) => {
-                    let address = self.host_ip(&field, "a unicast IPv4 address", "a global or unique local IPv6 address");
+                    let address =
+                        self.host_ip(&field, "a unicast IPv4 address", "a global or unique local IPv6 address");
                     if let Some(address) = address {
                         let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
                         self.not_vips.push((written, NotVip::Backend));

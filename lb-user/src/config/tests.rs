@@ -1091,11 +1091,7 @@ fn diff_applies_the_other_vrrp_keys_in_place() {
 fn diff_accepts_a_backend_addition() {
     let old = two_services();
     let mut new = old.clone();
-    only(&mut new).services[0].backends.push(BackendCfg {
-        address: v4(10, 0, 0, 12),
-        port: 6443,
-        weight: 1,
-    });
+    only(&mut new).services[0].backends.push(BackendCfg { address: v4(10, 0, 0, 12), port: 6443, weight: 1 });
     let plan = diff(&old, &new).unwrap();
     assert_eq!(
         plan,

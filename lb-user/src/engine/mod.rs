@@ -624,8 +624,7 @@ impl Engine {
         if !vips6.is_empty() {
             out.push(Command::InstallVips6(vips6));
         }
-        let mut addresses: Vec<IpAddr> =
-            self.instances.iter().flat_map(|i| i.services().backend_addresses()).collect();
+        let mut addresses: Vec<IpAddr> = self.instances.iter().flat_map(|i| i.services().backend_addresses()).collect();
         addresses.sort();
         addresses.dedup();
         out.push(Command::Neighbours(addresses));
