@@ -8,11 +8,10 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowKey6, FlowValue, FlowValue6,
-    Heartbeat,
-    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS,
-    MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
-    ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig,
-    TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS,
+    MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig,
+    REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6, ServiceValue, SocketPeer,
+    SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]

@@ -411,6 +411,8 @@ struct Installed6 {
     table: u32,
     /// Backend slots by (address, port).
     backends: HashMap<(Ipv6Addr, u16), u32>,
+    /// Interfaces its backends are reached through.
+    ifindexes: Vec<u32>,
 }
 
 /// What this module remembers of a service it installed.
@@ -663,6 +665,7 @@ impl DataPlane {
             .services
             .values()
             .flat_map(|s| s.ifindexes.iter().copied())
+            .chain(self.services6.values().flat_map(|s| s.ifindexes.iter().copied()))
             .filter(|i| *i != 0 && *i != self.node.ifindex)
             .collect();
         for ifindex in wanted {
@@ -1558,13 +1561,15 @@ impl DataPlane {
                     self.service_capacity
                 ))
             })?;
-            let part = Installed6 { keys: Vec::new(), index, table: 1, backends: HashMap::new() };
+            let part =
+                Installed6 { keys: Vec::new(), index, table: 1, backends: HashMap::new(), ifindexes: Vec::new() };
             self.services6.insert(id.clone(), part);
         }
         let Some(mut svc) = self.services6.remove(id) else {
             return Err(Error::Refused(format!("service {id} vanished while being installed")));
         };
         let result = self.write_service6(id, &mut svc, spec, keep, tables);
+        svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services6.insert(id.clone(), svc);
         self.attach_backend_interfaces();
         result
