@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue,
-    flow_hash6,
+    flow_hash6, ipv6_from_halves, ipv6_halves,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -48,8 +48,10 @@ pub fn transport(
             return (XDP_DROP, Reason::DropMalformedL4);
         }
     }
+    // Addresses are copied through registers (an array copy out of the frame may become a `memmove` call).
+    let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
     // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(ip.dst_addr, l4.dport, l4.protocol)) }.copied() else {
+    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
         return (XDP_DROP, Reason::DropNoService);
     };
     if svc.forwarding != FORWARD_DSR {
@@ -70,7 +72,9 @@ fn dsr(
     svc: &ServiceValue,
     l4: &L4,
 ) -> (u32, Reason) {
-    let flow = FlowKey6::new(ip.src_addr, ip.dst_addr, l4.sport, l4.dport, l4.protocol);
+    let (client, vip_address) =
+        (ipv6_from_halves(ipv6_halves(&ip.src_addr)), ipv6_from_halves(ipv6_halves(&ip.dst_addr)));
+    let flow = FlowKey6::new(client, vip_address, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
     // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
     // healthy and of this service.
@@ -87,7 +91,7 @@ fn dsr(
     }
     let fresh = chosen == NO_BACKEND;
     if fresh {
-        let hash = flow_hash6(&ip.src_addr, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
+        let hash = flow_hash6(&flow.client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
         let Some(id) = forward::maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
         };
@@ -104,7 +108,8 @@ fn dsr(
         let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
             return (XDP_DROP, Reason::DropInternal);
         };
-        let _ = CONNTRACK6.insert(&flow, &FlowValue6::new(chosen, &backend, *address), 0);
+        let value = FlowValue6::new(chosen, &backend, ipv6_from_halves(ipv6_halves(address)));
+        let _ = CONNTRACK6.insert(&flow, &value, 0);
     }
     forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
 }
