@@ -51,6 +51,13 @@ pub const NAT_TCP_PORTS: [u16; 4] = [80, 8443, 9000, 8080];
 pub const NAT_UDP_PORTS: [u16; 1] = [53];
 pub const DSR_TCP_PORTS: [u16; 1] = [443];
 pub const DSR_UDP_PORTS: [u16; 1] = [514];
+/// IPv6 backends of the IPv6 VIP's DSR services (TCP 80 and UDP 53, the ports the IPv6 traffic goes to).
+pub const BACKENDS6: [(Ipv6Addr, [u8; 6]); 2] = [
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x21), [0x02, 0x06, 0, 0, 0, 0x21]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x22), [0x02, 0x06, 0, 0, 0, 0x22]),
+];
+/// (protocol, port) of the IPv6 VIP's services.
+pub const SERVICES6: [(u8, u16); 2] = [(PROTO_TCP, 80), (PROTO_UDP, 53)];
 
 /// The MAC of a backend address (zero for an address that is none).
 pub fn backend_mac(address: Ipv4Addr) -> [u8; 6] {
@@ -137,7 +144,7 @@ impl Node {
     /// A freshly started node (empty connection and NAT tables), active, with every service installed and all but
     /// [`SPARE_SLOTS`] backend slots in use.
     pub fn start(options: LoadOptions, far_ifindex: u32) -> Result<Self> {
-        let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 10, ..options })
             .context("loading the XDP program (needs root)")?;
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
         dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: 0, interface: None }])?;
@@ -147,7 +154,28 @@ impl Node {
         for i in 0..node.services.len() {
             node.apply(i)?;
         }
-        let used = node.services.iter().map(|s| s.backends.len()).sum();
+        for (protocol, port) in SERVICES6 {
+            let spec = ServiceSpec {
+                addresses: vec![VIP6.into()],
+                port,
+                protocol,
+                forwarding: FORWARD_DSR,
+                backends: BACKENDS6
+                    .iter()
+                    .map(|(address, mac)| BackendSpec {
+                        address: (*address).into(),
+                        port,
+                        weight: 1,
+                        healthy: true,
+                        mac: Some(*mac),
+                        ifindex: 0,
+                    })
+                    .collect(),
+            };
+            let name = if protocol == PROTO_TCP { "web6" } else { "dns6" };
+            node.dp.apply_service(name, &spec).with_context(|| format!("installing service {name}"))?;
+        }
+        let used = node.services.iter().map(|s| s.backends.len()).sum::<usize>() + SERVICES6.len() * BACKENDS6.len();
         node.dp.apply_service("filler", &filler(used)).context("installing the filler service")?;
         Ok(node)
     }
