@@ -1057,7 +1057,8 @@ impl Reader {
     }
 
     /// The services of one instance. `prefix` goes before `service[N]` in key paths (`instance[0].`), `header`
-    /// is how the user writes one (`[[service]]`), `addresses` how many addresses each service listens on.
+    /// is how the user writes one (`[[service]]`), `vip` the instance's addresses (each service listens on every
+    /// one; its backends' families must match them).
     fn services(&mut self, field: &Field, prefix: &str, header: &str, instance: usize, vip: &Vip) -> Vec<Service> {
         let addresses = vip.addresses.len();
         let Some(items) = self.array(field, &format!("an array of tables: write each service as {header}")) else {
