@@ -34,7 +34,7 @@
 //!   first result: a reload must not lower the active node's priority while its new backends are being checked for
 //!   the first time.
 //! - **Gratuitous ARPs**: a burst on becoming active, a second one after `garp_repeat_delay_ms`, a refresh every
-//!   `garp_refresh_ms` ([`GarpTimers`]; the IPv6 router sends unsolicited Neighbor Advertisements on the same
+//!   `garp_refresh_ms` (`GarpTimers`; the IPv6 router sends unsolicited Neighbor Advertisements on the same
 //!   schedule); answers to lower-priority adverts at most once per advert interval.
 //! - **The group's identity**: an advert with its VRID but another address list is another group reusing the VRID;
 //!   it is discarded, counted and shown as a warning. An address owner (priority 255) discards every advert (RFC

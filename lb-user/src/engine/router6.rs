@@ -58,6 +58,8 @@ pub struct Observed6 {
     pub role_since: Duration,
     pub role_reason: String,
     pub transitions: u64,
+    /// Role changes by [`Cause::name`], for metrics.
+    pub transitions_by_cause: BTreeMap<&'static str, u64>,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub discards: BTreeMap<&'static str, u64>,
@@ -93,6 +95,7 @@ impl Router6 {
                 role_since: Duration::ZERO,
                 role_reason: "starting".into(),
                 transitions: 0,
+                transitions_by_cause: BTreeMap::new(),
                 adverts_sent: 0,
                 adverts_received: 0,
                 discards: BTreeMap::new(),
@@ -154,7 +157,7 @@ impl Router6 {
         }
         self.handing_over = false;
         out.push(Command::SetActive { router: self.index, active: false });
-        self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+        self.role_changed(now, Role::Initialize, Cause::Stop, "stopping".into(), label, out);
     }
 
     pub(super) fn timer(&mut self, now: Duration, label: &str, out: &mut Out) {
@@ -295,22 +298,22 @@ impl Router6 {
         for action in actions {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
-                Action::BecomeActive { reason, .. } => {
+                Action::BecomeActive { cause, reason } => {
                     out.push(Command::SetActive { router: self.index, active: true });
-                    self.role_changed(now, Role::Active, reason, label, out);
+                    self.role_changed(now, Role::Active, cause, reason, label, out);
                     self.nas = GarpTimers::after_takeover(now, &self.vrrp);
                 }
-                Action::BecomeBackup { reason, .. } => {
+                Action::BecomeBackup { cause, reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Backup, reason, label, out);
+                    self.role_changed(now, Role::Backup, cause, reason, label, out);
                 }
                 Action::BecomeFault { reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Fault, reason, label, out);
+                    self.role_changed(now, Role::Fault, Cause::LinkDown, reason, label, out);
                 }
                 Action::BecomeInitialize => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+                    self.role_changed(now, Role::Initialize, Cause::Stop, "stopping".into(), label, out);
                 }
                 Action::SendGratuitousArp => self.send_nas(out),
             }
@@ -343,13 +346,14 @@ impl Router6 {
         self.observed.adverts_sent += 1;
     }
 
-    fn role_changed(&mut self, now: Duration, role: Role, reason: String, label: &str, out: &mut Out) {
+    fn role_changed(&mut self, now: Duration, role: Role, cause: Cause, reason: String, label: &str, out: &mut Out) {
         out.log(Level::Info, format!("{label}IPv6 role -> {role}: {reason}"));
         let o = &mut self.observed;
         o.role = role;
         o.role_since = now;
         o.role_reason = reason;
         o.transitions += 1;
+        *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
         if role != Role::Active {
             self.nas = GarpTimers::default();
         }

@@ -15,7 +15,8 @@
 //! the single form is [`crate::config::DEFAULT_INSTANCE`]); what the XDP program counts for the whole node (frames by reason, table
 //! fill) does not. An instance runs one VRRP router per address family it has addresses of: the `xvip_vrrp_router_*`
 //! and `xvip_router_frames_total` families show each with a `family` label (`ipv4`, `ipv6`), while the older
-//! per-instance families keep showing the instance's IPv4 router (its only one before IPv6 VIPs).
+//! per-instance families keep showing the instance's IPv4 router (its only one before IPv6 VIPs), or the IPv6 one
+//! of an instance without IPv4 addresses (`Page::election`).
 
 pub mod http;
 
@@ -296,6 +297,7 @@ struct RouterRow<'a> {
     role: Role,
     priority: u8,
     transitions: u64,
+    transitions_by_cause: &'a BTreeMap<&'static str, u64>,
     adverts_sent: u64,
     adverts_received: u64,
     discards: &'a BTreeMap<&'static str, u64>,
@@ -324,41 +326,52 @@ impl Page {
 
     /// Every router of every instance, IPv4 first.
     fn routers(&self) -> Vec<RouterRow<'_>> {
+        self.sample.instances.iter().flat_map(Self::instance_routers).collect()
+    }
+
+    /// The router the per-instance families show: the IPv4 one, or, for an instance with only IPv6 addresses, the
+    /// IPv6 one (as `xvip status` does).
+    fn election(i: &Instance) -> Option<RouterRow<'_>> {
+        Self::instance_routers(i).into_iter().next()
+    }
+
+    /// The routers of one instance, IPv4 first.
+    fn instance_routers(i: &Instance) -> Vec<RouterRow<'_>> {
         let mut rows = Vec::new();
-        for i in &self.sample.instances {
-            let labels = |family: &str| vec![("vrrp_instance", i.name.clone()), ("family", family.to_string())];
-            let view = &i.view;
-            // `router_slot` puts the family in the index's low bit; an instance without IPv4 addresses has no
-            // IPv4 router in `routers`.
-            if let Some(index) = view.routers.iter().copied().find(|r| r % 2 == FAMILY_IPV4) {
-                let o = &view.observed;
-                rows.push(RouterRow {
-                    labels: labels("ipv4"),
-                    index,
-                    role: view.role,
-                    priority: view.effective_priority,
-                    transitions: o.transitions,
-                    adverts_sent: o.adverts_sent,
-                    adverts_received: o.adverts_received,
-                    discards: &o.discards,
-                    announcements: o.garps_sent,
-                });
-            }
-            if let Some(v6) = &view.ipv6 {
-                let o = &v6.observed;
-                debug_assert_eq!(v6.index % 2, FAMILY_IPV6);
-                rows.push(RouterRow {
-                    labels: labels("ipv6"),
-                    index: v6.index,
-                    role: o.role,
-                    priority: v6.priority,
-                    transitions: o.transitions,
-                    adverts_sent: o.adverts_sent,
-                    adverts_received: o.adverts_received,
-                    discards: &o.discards,
-                    announcements: o.nas_requested,
-                });
-            }
+        let labels = |family: &str| vec![("vrrp_instance", i.name.clone()), ("family", family.to_string())];
+        let view = &i.view;
+        // `router_slot` puts the family in the index's low bit; an instance without IPv4 addresses has no
+        // IPv4 router in `routers`.
+        if let Some(index) = view.routers.iter().copied().find(|r| r % 2 == FAMILY_IPV4) {
+            let o = &view.observed;
+            rows.push(RouterRow {
+                labels: labels("ipv4"),
+                index,
+                role: view.role,
+                priority: view.effective_priority,
+                transitions: o.transitions,
+                transitions_by_cause: &o.transitions_by_cause,
+                adverts_sent: o.adverts_sent,
+                adverts_received: o.adverts_received,
+                discards: &o.discards,
+                announcements: o.garps_sent,
+            });
+        }
+        if let Some(v6) = &view.ipv6 {
+            let o = &v6.observed;
+            debug_assert_eq!(v6.index % 2, FAMILY_IPV6);
+            rows.push(RouterRow {
+                labels: labels("ipv6"),
+                index: v6.index,
+                role: o.role,
+                priority: v6.priority,
+                transitions: o.transitions,
+                transitions_by_cause: &o.transitions_by_cause,
+                adverts_sent: o.adverts_sent,
+                adverts_received: o.adverts_received,
+                discards: &o.discards,
+                announcements: o.nas_requested,
+            });
         }
         rows
     }
@@ -430,7 +443,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("role", r.name().to_string()));
-                        (labels, i64::from(*r == i.view.role))
+                        (labels, i64::from(Self::election(i).is_some_and(|e| e.role == *r)))
                     })
                     .collect()
             }),
@@ -458,7 +471,8 @@ impl Page {
                     .map(|c| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", c.name().to_string()));
-                        (labels, i.view.observed.transitions_by_cause.get(c.name()).copied().unwrap_or(0))
+                        let n = Self::election(i).and_then(|e| e.transitions_by_cause.get(c.name()).copied());
+                        (labels, n.unwrap_or(0))
                     })
                     .collect()
             }),
@@ -467,13 +481,15 @@ impl Page {
             e,
             "xvip_vrrp_adverts_sent",
             "VRRP adverts sent (priority-0 adverts on stopping included)",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.adverts_sent)]),
+            self.per_instance(|i| vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_sent))]),
         )?;
         counter(
             e,
             "xvip_vrrp_adverts_received",
             "VRRP adverts from other routers that passed every check and went to the election",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.adverts_received)]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_received))]
+            }),
         )?;
         counter(
             e,
@@ -486,7 +502,8 @@ impl Page {
                     .map(|reason| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", reason.to_string()));
-                        (labels, i.view.observed.discards.get(reason).copied().unwrap_or(0))
+                        let n = Self::election(i).and_then(|e| e.discards.get(reason).copied());
+                        (labels, n.unwrap_or(0))
                     })
                     .collect()
             }),

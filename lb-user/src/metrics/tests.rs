@@ -527,3 +527,32 @@ fn each_router_of_an_instance_has_its_series_by_family() {
         assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
     }
 }
+
+/// An instance with only IPv6 addresses: the per-instance families show its IPv6 router, as `xvip status` does,
+/// so the alerts on `xvip_vrrp_role` hold for it too.
+#[test]
+fn the_per_instance_families_of_an_ipv6_only_instance_show_its_ipv6_router() {
+    let text = DUAL.replace(r#"["10.0.0.250", "fd00::250"]"#, r#"["fd00::250"]"#);
+    let config = config::parse(Path::new("xvip.toml"), &text).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    let mut e =
+        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+            .expect("engine");
+    e.handle(Duration::ZERO, start());
+    e.handle(ms(150), advert6("fe80::6".parse().expect("address"), 100, 64)); // off-link: discarded
+    let fired = e.next_deadline().expect("the down timer");
+    e.handle(fired, Event::Timer);
+    let page = Metrics::new().render(sample(&e, fired));
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="initialize"}"#, 0.0),
+        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="startup"}"#, 1.0),
+        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_sent_total{vrrp_instance="default"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    assert!(!page.contains(r#"family="ipv4""#), "no IPv4 router without IPv4 addresses:\n{page}");
+}
