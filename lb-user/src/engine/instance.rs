@@ -1019,6 +1019,7 @@ impl InstanceView {
             status.counters.adverts_sent = v6.adverts_sent;
             status.counters.adverts_received = v6.adverts_received;
             status.counters.adverts_discarded = v6.adverts_discarded;
+            status.counters.adverts_discarded_by_reason = v6.adverts_discarded_by_reason;
         }
         status
     }

@@ -1332,8 +1332,11 @@ fn an_ipv6_only_instance_is_its_ipv6_router() {
     assert_eq!(role(&e), Role::Active);
     assert_eq!(set_active(&took), [(1, true)]);
     assert!(adverts(&took).is_empty(), "no IPv4 advert without IPv4 addresses");
+    // An off-link advert: discarded, counted by reason in the instance's counters too.
+    e.handle(deadline + ms(1), packet6(LL_PEER, 100, &[VIP6], 64));
     let status = e.status(deadline, 0);
     assert_eq!((status.role.as_str(), status.active_router.as_deref()), ("active", Some("fe80::5")));
+    assert_eq!(status.counters.adverts_discarded_by_reason.get("ttl"), Some(&1), "{:?}", status.counters);
     // A stop sends the IPv6 priority-0 advert and answers until a new active router is heard, as for IPv4.
     let stop = e.handle(deadline + ms(50), Event::Stop);
     assert_eq!(adverts6(&stop), [(LL_ME, 0, vec![VIP6])]);
