@@ -1075,14 +1075,18 @@ impl Reader {
             let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else {
                 continue;
             };
-            self.totals.services += 1;
-            if self.totals.services == lb_common::MAX_SERVICES as usize + 1 {
+            // A Maglev table per service and address family of the instance's addresses.
+            let tables = (usize::from(!vip.ipv4().is_empty()) + usize::from(!vip.ipv6().is_empty())).max(1);
+            let before = self.totals.services;
+            self.totals.services += tables;
+            let limit = lb_common::MAX_SERVICES as usize;
+            if before <= limit && self.totals.services > limit {
+                let per_family = if tables > 1 { " (one per service and address family)" } else { "" };
                 self.error(
                     table.anchor,
                     format!(
-                        "too many services: at most {} over all instances are supported (the data plane's Maglev \
-                         tables are sized for that), this is number {}",
-                        lb_common::MAX_SERVICES,
+                        "too many services: at most {limit} Maglev tables over all instances are supported (the data \
+                         plane is sized for that), this service brings them to {}{per_family}",
                         self.totals.services
                     ),
                 );

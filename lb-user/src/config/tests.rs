@@ -769,8 +769,22 @@ fn at_most_512_services() {
     // The 513th service starts on line 7 + 512 * 4.
     assert_eq!(
         problem(&text),
-        "xvip.toml:2055:1: too many services: at most 512 over all instances are supported (the data plane's Maglev \
-         tables are sized for that), this is number 513"
+        "xvip.toml:2055:1: too many services: at most 512 Maglev tables over all instances are supported (the data \
+         plane is sized for that), this service brings them to 513"
+    );
+    // A dual-stack instance's services take two tables each: the 257th is one too many.
+    let mut text = BASE.replace("address = \"10.0.0.250\"", "addresses = [\"10.0.0.250\", \"fd00::250\"]");
+    for s in 0..257 {
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{s}\"\nport = {}\nforwarding = \"dsr\"\nbackends = [{{ address = \"10.0.0.11\" }}, \
+             {{ address = \"fd00::11\" }}]\n",
+            s + 1
+        ));
+    }
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:1287:1: too many services: at most 512 Maglev tables over all instances are supported (the data \
+         plane is sized for that), this service brings them to 514 (one per service and address family)"
     );
 }
 
