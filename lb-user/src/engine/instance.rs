@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -709,7 +709,7 @@ impl Instance {
         let mut found = Vec::new();
         for (name, spec) in self.services.specs() {
             for b in spec.backends.iter().filter(|b| b.healthy && b.weight > 0 && b.mac.is_none()) {
-                found.push(format!("{}:{} of {name} (MAC not known yet)", b.address, b.port));
+                found.push(format!("{} of {name} (MAC not known yet)", SocketAddr::new(b.address, b.port)));
             }
         }
         found
@@ -729,7 +729,7 @@ impl Instance {
             let mut failing: Vec<String> = self
                 .unchecked
                 .iter()
-                .map(|(service, (address, port))| format!("{address}:{port} of {service}"))
+                .map(|(service, (address, port))| format!("{} of {service}", SocketAddr::new(*address, *port)))
                 .collect();
             failing.extend(unresolved);
             self.log(
@@ -802,9 +802,9 @@ impl Instance {
             return;
         }
         if changed {
-            let (address, port) = backend;
             let state = if healthy { "up" } else { "down" };
-            self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
+            let endpoint = SocketAddr::from(backend);
+            self.log(out, Level::Info, format!("backend {endpoint} of {service} is {state}: {reason}"));
             self.install(service, out);
             if healthy && self.router.role() == Role::Active && self.is_nat(service) {
                 // A NAT backend answers the VIP itself. One that comes back after losing its link may hold its
@@ -1039,13 +1039,16 @@ fn drain_changes(old: &config::Instance, new: &config::Instance) -> Vec<String> 
             let was = before.and_then(|s| s.backends.iter().find(|o| (o.address, o.port) == (b.address, b.port)));
             match (was.map(|w| w.weight == 0), b.weight == 0) {
                 (Some(false), true) => lines.push(format!(
-                    "backend {}:{} of {} is draining: weight 0, no new flows; established ones stay while it is \
+                    "backend {} of {} is draining: weight 0, no new flows; established ones stay while it is \
                      healthy",
-                    b.address, b.port, svc.name
+                    SocketAddr::new(b.address, b.port),
+                    svc.name
                 )),
                 (Some(true), false) => lines.push(format!(
-                    "backend {}:{} of {} takes new flows again: weight {}",
-                    b.address, b.port, svc.name, b.weight
+                    "backend {} of {} takes new flows again: weight {}",
+                    SocketAddr::new(b.address, b.port),
+                    svc.name,
+                    b.weight
                 )),
                 _ => {}
             }
