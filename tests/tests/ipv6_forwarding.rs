@@ -23,9 +23,10 @@ fn backend6(n: u16) -> Ipv6Addr {
 }
 
 /// A lab with IPv6 on the client (fd00:77::10), node1 (fd00:77::1) and the three backends, each holding the VIP on
-/// `lo` and serving HTTP on `[::]:PORT`.
-fn lab() -> Lab {
-    let lab = Lab::new(LabSpec { nodes: 2, backends: usize::from(BACKENDS), ..LabSpec::default() }).expect("lab");
+/// `lo` and serving HTTP on `[::]:PORT` (IPv4 too: with `dual_stack`, they hold the IPv4 VIP on `lo` as well).
+fn lab_with(dual_stack: bool) -> Lab {
+    let spec = if dual_stack { LabSpec::dsr(2, usize::from(BACKENDS)) } else { LabSpec::nat(2, usize::from(BACKENDS)) };
+    let lab = Lab::new(spec).expect("lab");
     ipv6::enable(lab.client(), 0x10).expect("IPv6 on the client");
     ipv6::enable(lab.node(1), 1).expect("IPv6 on node1");
     for n in 1..=BACKENDS {
@@ -36,6 +37,10 @@ fn lab() -> Lab {
         lab.start_backend_listening(usize::from(n), &[PORT], true).expect("lab-backend");
     }
     lab
+}
+
+fn lab() -> Lab {
+    lab_with(false)
 }
 
 fn service(lab: &Lab) -> ServiceSpec {
@@ -118,4 +123,33 @@ fn ipv6_requests_spread_over_the_ipv6_backends_and_avoid_a_failed_one() {
     let tally = lab.request_many(target(), 60).expect("requests");
     assert_eq!(tally.failures, 0, "{tally:?}");
     assert!(tally.per_backend.get("backend2").copied().unwrap_or(0) > 0, "{tally:?}");
+}
+
+#[test]
+fn a_dual_stack_service_balances_ipv4_to_its_ipv4_backends_and_ipv6_to_its_ipv6_ones() {
+    let lab = lab_with(true);
+    let mut svc = ServiceSpec::http(&lab, PORT, PORT, "dsr");
+    svc.backends.extend(service(&lab).backends);
+    let spec = NodeSpec { vip6: vec![vip6()], ..NodeSpec::new(150).service(svc) };
+    let node = lab.start_xvip(lab.node(1), &spec).expect("xvip");
+    node.wait_role("active", Duration::from_secs(5)).expect("active");
+    node.wait_all_healthy(Duration::from_secs(10)).expect("every backend healthy");
+    wait_answered(&lab, &node);
+
+    let status = node.status().expect("status");
+    assert_eq!(status.services[0].backends.len(), 2 * usize::from(BACKENDS), "{status:?}");
+    let before: Vec<(String, u64)> =
+        status.services[0].backends.iter().map(|b| (b.address.clone(), b.packets)).collect();
+    for target in [target(), lab.vip_addr(PORT)] {
+        let tally = lab.request_many(target, 60).expect("requests");
+        eprintln!("measured through {target}: {:?}", tally.per_backend);
+        assert_eq!(tally.failures, 0, "{tally:?}\n{}", node.log());
+        assert_eq!(tally.per_backend.len(), usize::from(BACKENDS), "every backend answers: {tally:?}");
+    }
+    // Each family's packets went to its own backends: both families' backends carried traffic.
+    let status = node.status().expect("status");
+    for b in &status.services[0].backends {
+        let was = before.iter().find(|(a, _)| *a == b.address).map_or(0, |(_, p)| *p);
+        assert!(b.packets > was, "{} carried nothing: {:?}", b.address, status.services[0].backends);
+    }
 }
