@@ -148,6 +148,7 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     let dp_error = |what: &'static str| move |source| Error::DataPlane { what, source };
     let mut dataplane = DataPlane::load(LoadOptions {
         conntrack_entries: config.conntrack_entries,
+        conntrack6_entries: config.conntrack6_entries(),
         service_capacity: capacity,
         ..LoadOptions::default()
     })

@@ -174,6 +174,9 @@ impl<T, E: Into<KernelError>> Context<T> for std::result::Result<T, E> {
 pub struct LoadOptions {
     /// Entries of the connection table and of the NAT table (both LRU; see docs/nat.md for the memory).
     pub conntrack_entries: u32,
+    /// Entries of the IPv6 connection table (`CONNTRACK6`, LRU, 128 B each): `conntrack_entries` for a config with
+    /// IPv6 addresses, the minimum (1024) otherwise, so IPv4-only nodes do not pay for it.
+    pub conntrack6_entries: u32,
     /// Services the Maglev array has room for (two tables of `MAGLEV_CHUNKS` chunks each, 512 KiB per service).
     pub service_capacity: u32,
     /// Idle time after which a UDP NAT translation is gone.
@@ -194,6 +197,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            conntrack6_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
             service_capacity: 8,
             nat_udp_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_UDP_TIMEOUT_NS),
             nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
@@ -523,7 +527,7 @@ impl DataPlane {
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
-            .map_max_entries(names::CONNTRACK6, entries)
+            .map_max_entries(names::CONNTRACK6, options.conntrack6_entries.max(1024))
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)

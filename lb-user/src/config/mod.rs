@@ -176,6 +176,13 @@ impl Config {
         self.instances.iter().map(|i| i.services.len()).sum()
     }
 
+    /// The size of the IPv6 connection table: `conntrack_entries` when some instance has IPv6 addresses, the
+    /// smallest table (1024) otherwise (it is preallocated: an IPv4-only node does not pay for IPv6 flows; a reload
+    /// that adds the first IPv6 addresses works with the small table until a restart).
+    pub fn conntrack6_entries(&self) -> u32 {
+        if self.instances.iter().any(|i| !i.vip.ipv6().is_empty()) { self.conntrack_entries } else { 1024 }
+    }
+
     /// How many service indices the data plane needs: one per service and address family of its instance's
     /// addresses (an IPv6 VIP's service has its own Maglev table, over the IPv6 backends).
     pub fn service_tables(&self) -> usize {

@@ -1527,6 +1527,14 @@ fn an_ipv6_only_instance_balances_to_ipv6_backends_by_dsr() {
 }
 
 #[test]
+fn the_ipv6_flow_table_is_sized_only_for_configs_with_ipv6_addresses() {
+    let text = format!("conntrack_entries = 200000\n{BASE}");
+    assert_eq!(valid(&text).conntrack6_entries(), 1024);
+    let dual = text.replace("address = \"10.0.0.250\"", "addresses = [\"10.0.0.250\", \"fd00::250\"]");
+    assert_eq!(valid(&dual).conntrack6_entries(), 200_000);
+}
+
+#[test]
 fn a_dual_stack_dsr_service_needs_a_backend_of_each_family() {
     let text = TWO.replace("\"10.0.0.251\"", "\"fd00::251\"").replace(
         "port = 443\nbackends = [ { address = \"10.0.0.21\", port = 6443 } ]",
