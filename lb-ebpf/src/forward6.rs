@@ -1,14 +1,16 @@
 //! IPv6 services: TCP and UDP to an IPv6 VIP's port, sent to an IPv6 backend by DSR (only the MACs change; the
 //! backend holds the VIP and answers the client directly). The Maglev tables are the IPv4 ones (an IPv6 service
 //! is one more service index, its backends more `BACKENDS` slots, their addresses in `BACKEND_ADDRESSES6`); flows
-//! are pinned in `CONNTRACK6`. The sending helpers are `forward`'s.
+//! are pinned in `CONNTRACK6`. The sending helpers are `forward`'s. An ICMPv6 error about a packet a backend sent
+//! from the VIP (a Packet Too Big on the way to the client) goes to that backend, unchanged but for the MACs, so path
+//! MTU discovery works through DSR.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::XdpContext,
 };
 use lb_common::{
-    FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue,
-    flow_hash6, ipv6_from_halves, ipv6_halves,
+    FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6, ServiceValue,
+    VipValue, flow_hash6, ipv6_from_halves, ipv6_halves,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -16,11 +18,14 @@ use crate::{
     forward,
     maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, SERVICES6},
     packet,
-    parse::{self, L4, L4_OFF6},
+    parse::{self, IP6_LEN, L4, L4_OFF6},
 };
 
 /// Offset of the UDP checksum in the frame (after the fixed IPv6 header).
 const UDP_CHECKSUM_OFF6: usize = L4_OFF6 + 6;
+/// Where an ICMPv6 error's quoted packet starts (after the 8-byte ICMPv6 header), and its upper-layer header.
+const QUOTED_OFF6: usize = L4_OFF6 + 8;
+const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
 
 /// A TCP or UDP packet to an IPv6 VIP (`vip`), whose `payload` bytes after the fixed header lie inside the frame
 /// and whose source passed the martian checks.
@@ -111,5 +116,52 @@ fn dsr(
         let value = FlowValue6::new(chosen, &backend, ipv6_from_halves(ipv6_halves(address)));
         let _ = CONNTRACK6.insert(&flow, &value, 0);
     }
+    forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+}
+
+/// An ICMPv6 error to the VIP (`ip.dst_addr`), `len` bytes of ICMPv6: when it quotes a packet of a DSR flow that a
+/// backend sent from the VIP (VIP:service port -> client:port, TCP or UDP) and that flow is still pinned to its
+/// backend, the error goes to that backend unchanged but for the MACs (the backend holds the VIP, and learns the
+/// path MTU towards the client from it). Anything else is dropped as before (`DropNoService`).
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &NodeConfig, len: usize) -> (u32, Reason) {
+    let (Some(quoted), Some(ports)) =
+        (packet::at::<Ipv6Hdr>(ctx, QUOTED_OFF6), packet::at::<[u8; 4]>(ctx, QUOTED_L4_OFF6))
+    else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if len < QUOTED_L4_OFF6 + 4 - L4_OFF6 {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    // SAFETY: both bounds-checked by `at`.
+    let (quoted, ports) = unsafe { (&*quoted, *ports) };
+    let protocol = quoted.next_hdr;
+    let vip_address = ipv6_halves(&ip.dst_addr);
+    if !(protocol == PROTO_TCP || protocol == PROTO_UDP) || ipv6_halves(&quoted.src_addr) != vip_address {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let (service_port, client_port) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    let vip_address = ipv6_from_halves(vip_address);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let client = ipv6_from_halves(ipv6_halves(&quoted.dst_addr));
+    let flow = FlowKey6::new(client, vip_address, client_port, service_port, protocol);
+    // SAFETY: read-only use of the value.
+    let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let id = pinned.backend;
+    let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    if svc.forwarding != FORWARD_DSR || !pinned.keeps_pin(b, address, svc.index) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let backend = match forward::take_backend(ctx, svc.index, id, false) {
+        Ok(b) => b,
+        Err(reason) => return (XDP_DROP, reason),
+    };
     forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
 }

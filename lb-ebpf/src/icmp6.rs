@@ -30,6 +30,10 @@ use crate::{
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 const NEIGHBOR_SOLICITATION: u8 = 135;
+/// ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time exceeded.
+const DEST_UNREACHABLE: u8 = 1;
+const PACKET_TOO_BIG: u8 = 2;
+const TIME_EXCEEDED: u8 = 3;
 const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 /// Neighbor Discovery option types (RFC 4861 §4.6).
 const OPTION_SOURCE_LL: u8 = 1;
@@ -158,6 +162,8 @@ pub fn to_vip(
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
         ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, len),
+        // About a packet a DSR backend sent from the VIP: to that backend (path MTU discovery).
+        DEST_UNREACHABLE | PACKET_TOO_BIG | TIME_EXCEEDED => crate::forward6::icmp_error(ctx, eth, ip, config, len),
         NEIGHBOR_SOLICITATION => {
             let Some(ns) = packet::at::<Solicitation>(ctx, L4_OFF6) else {
                 return (XDP_DROP, Reason::DropNd);

@@ -331,3 +331,56 @@ fn a_reload_moves_and_removes_ipv6_services() {
     assert_eq!(dp.service_ids().count(), 0);
     assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropNoService), syn);
 }
+
+/// A Packet Too Big (MTU 1280) from a router on the way to the client, to the VIP, quoting `quoted`.
+fn packet_too_big(quoted: &[u8]) -> Vec<u8> {
+    let router = Ipv6Addr::new(0x2001, 0xdb8, 0x99, 0, 0, 0, 0, 1);
+    let mut message = vec![2, 0, 0, 0];
+    message.extend_from_slice(&1280u32.to_be_bytes());
+    message.extend_from_slice(quoted);
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, ETH_IPV6);
+    f.extend(frames::ipv6(router, VIP6, 58, 64, &frames::icmp6(router, VIP6, message)));
+    f
+}
+
+/// What a backend sent the client from the VIP (its SYN/ACK with data), as an ICMPv6 error quotes it.
+fn reply_from_vip(src: Ipv6Addr, client_port: u16) -> Vec<u8> {
+    frames::ipv6(src, CLIENT6, 6, 64, &frames::tcp6(src, CLIENT6, 80, client_port, TCP_SYN | TCP_ACK, &[7; 1200]))
+}
+
+#[test]
+fn a_packet_too_big_about_a_backends_reply_goes_to_that_backend() {
+    let mut dp = with_web();
+    let sport = 40007;
+    let syn = tcp_frame(CLIENT6, sport, 80, TCP_SYN);
+    let pinned = predicted(&all_up(PROTO_TCP), PROTO_TCP, sport);
+    run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+    let ptb = packet_too_big(&reply_from_vip(VIP6, sport));
+    assert!(frames::icmp6_ok(&ptb));
+    assert_eq!(run(&mut dp, &ptb, XDP_TX, Reason::ForwardTx), to_backend(&ptb, pinned), "unchanged but the MACs");
+    // Quoting only the first bytes of the packet (at least the headers) is enough.
+    let short = packet_too_big(&reply_from_vip(VIP6, sport)[..44]);
+    assert_eq!(run(&mut dp, &short, XDP_TX, Reason::ForwardTx), to_backend(&short, pinned));
+    assert_eq!(new_flows(&dp), 1, "an error starts no flow");
+}
+
+#[test]
+fn icmpv6_errors_about_nothing_of_ours_are_dropped() {
+    let mut dp = with_web();
+    let sport = 40007;
+    run(&mut dp, &tcp_frame(CLIENT6, sport, 80, TCP_SYN), XDP_TX, Reason::ForwardTx);
+    let other = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x99);
+    for (what, frame) in [
+        ("a flow without a pin", packet_too_big(&reply_from_vip(VIP6, sport + 1))),
+        ("a packet from another source", packet_too_big(&reply_from_vip(other, sport))),
+        ("a quote without its ports", packet_too_big(&reply_from_vip(VIP6, sport)[..42])),
+    ] {
+        assert_eq!(run(&mut dp, &frame, XDP_DROP, Reason::DropNoService), frame, "{what}");
+    }
+    // The pinned backend failed: the flow moves at its next packet, the error has nowhere to go.
+    let mut down = all_up(PROTO_TCP);
+    down.backends[predicted(&all_up(PROTO_TCP), PROTO_TCP, sport)].healthy = false;
+    dp.apply_service("web", &down).expect("down");
+    let ptb = packet_too_big(&reply_from_vip(VIP6, sport));
+    assert_eq!(run(&mut dp, &ptb, XDP_DROP, Reason::DropNoService), ptb);
+}

@@ -52,7 +52,7 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "ipv6_forward_malformed",
-        "an IPv6 DSR forward (TCP/UDP to the IPv6 VIP, to an IPv6 backend's MAC) is not the frame that came in with only its MACs changed, or that frame was not for a service of the IPv6 VIP, had an extension header, or was UDP without a checksum",
+        "an IPv6 DSR forward (TCP/UDP, or an ICMPv6 error, to the IPv6 VIP, sent to an IPv6 backend's MAC) is not the frame that came in with only its MACs changed, or that frame was not for a service of the IPv6 VIP (an error: did not quote a packet from the VIP's service port), had an extension header, or was UDP without a checksum",
     ),
     (
         "martian_source_sent",
@@ -417,11 +417,13 @@ fn check_ipv6(facts: &Facts, ip: &Ipv6Slice, dst_mac: [u8; 6], input: Option<&Ip
     let vip6 = facts.vip6.octets();
     let protocol = ip.payload().ip_number.0;
     let input_src = input.map(|i| i.header().source_addr());
-    // DSR: the client's packet, unchanged but for the MACs, to a backend that holds the IPv6 VIP itself.
+    // DSR: the client's packet (or an ICMPv6 error about a backend's reply), unchanged but for the MACs, to a
+    // backend that holds the IPv6 VIP itself.
+    let error = protocol == 58 && matches!(kind, Some(1..=3));
     let dsr_forward = dst == facts.vip6
         && Some(h.source_addr()) == input_src
         && facts.backend6_macs.contains(&dst_mac)
-        && matches!(protocol, 6 | 17);
+        && (matches!(protocol, 6 | 17) || error);
     if dsr_forward {
         check_ipv6_forward(facts, ip, input, found);
     }
@@ -522,7 +524,16 @@ fn check_ipv6_forward(facts: &Facts, ip: &Ipv6Slice, input: Option<&Ipv6Slice>, 
     let segment = ip.payload().payload;
     let unchanged = input.is_some_and(|i| i.header().slice() == h.slice() && i.payload().payload == segment);
     let dport = segment.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
-    let served = dport.is_some_and(|port| facts.services6.contains(&(protocol, port)));
+    let served = if protocol == 58 {
+        // An error quoting a packet the VIP sent from a service port (after the 8-byte ICMPv6 header, the quoted
+        // IPv6 header: next header at 6, source at 8..24; then its ports).
+        let quoted = segment.get(8..).unwrap_or_default();
+        let from_vip = quoted.get(8..24) == Some(&facts.vip6.octets()[..]);
+        let service = quoted.get(6).copied().zip(quoted.get(40..42).map(|p| u16::from_be_bytes([p[0], p[1]])));
+        from_vip && service.is_some_and(|s| facts.services6.contains(&s))
+    } else {
+        dport.is_some_and(|port| facts.services6.contains(&(protocol, port)))
+    };
     let plain = h.next_header().0 == protocol && !ip.payload().fragmented;
     let udp_checksum = protocol != 17 || segment.get(6..8).is_some_and(|c| c != [0, 0]);
     if !(unchanged && served && plain && udp_checksum) {
@@ -670,6 +681,22 @@ mod tests {
         changed[21] = 63;
         assert_eq!(rules(&input, XDP_TX, &changed, true), ["ipv6_forward_malformed"]);
         let (input, output) = forward(frames::tcp6(client, vip6, 33000, 81, TCP_SYN, b""));
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_forward_malformed"]);
+        // An ICMPv6 error quoting a packet the VIP sent from port 80, and one quoting another source.
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+        let error = |from: Ipv6Addr| {
+            let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            m.extend(frames::ipv6(from, client, 6, 64, &frames::tcp6(from, client, 80, 33000, TCP_SYN, b"")));
+            let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV6);
+            input.extend(frames::ipv6(router, vip6, 58, 64, &frames::icmp6(router, vip6, m)));
+            let mut output = input.clone();
+            output[0..6].copy_from_slice(&backend_mac);
+            output[6..12].copy_from_slice(&NODE_MAC);
+            (input, output)
+        };
+        let (input, output) = error(vip6);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        let (input, output) = error(client);
         assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_forward_malformed"]);
         // To a MAC that is no IPv6 backend's: not a forward at all.
         let (input, mut output) = forward(frames::tcp6(client, vip6, 33000, 80, TCP_SYN, b""));
