@@ -1,6 +1,7 @@
 //! ICMPv6 for IPv6 VIPs: Neighbor Solicitations answered with Neighbor Advertisements (RFC 4861 §7.2.4) and echo
-//! requests with echo replies (RFC 4443 §4.2), in place, while the VIP's router may answer. Every other ICMPv6
-//! message to a VIP is dropped (`DropNoService`).
+//! requests with echo replies (RFC 4443 §4.2), in place, while the VIP's router may answer; errors handed to
+//! `forward6` (one about a DSR backend's reply goes to that backend). Every other ICMPv6 message to a VIP is dropped
+//! (`DropNoService`).
 //!
 //! A solicitation is answered only when it passes the receiver's checks of RFC 4861 §7.1.1 (hop limit 255, a
 //! checksum that verifies, code 0, at least 24 bytes, the VIP as target, no option of length 0, and from the
