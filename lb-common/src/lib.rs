@@ -195,8 +195,7 @@ impl NodeConfig {
 
 /// Value of the `VIPS` hash map, keyed by the VIP's IPv4 address (`[u8; 4]`, network order), and of the `VIPS6`
 /// hash map, keyed by an IPv6 VIP's address (`[u8; 16]`, network order). An IPv6 VIP's `router` is its instance's
-/// IPv6 router (`router_slot(instance, FAMILY_IPV6)`); its `hash_seed` and `held` are unused until IPv6 traffic is
-/// forwarded to backends.
+/// IPv6 router (`router_slot(instance, FAMILY_IPV6)`) and its `hash_seed` the IPv6 one (`group_seed6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {

@@ -928,6 +928,8 @@ impl DataPlane {
         }
         let mut wanted: BTreeMap<Ipv6Addr, VipValue> = BTreeMap::new();
         let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        // Read with every write, as for IPv4: a DSR backend on this node holds the VIP on its loopback.
+        let own = if vips.is_empty() { Vec::new() } else { interface_addresses6() };
         for v in vips {
             let (ifindex, mac) = match &v.interface {
                 None => (self.node.ifindex, self.node.mac),
@@ -940,8 +942,10 @@ impl DataPlane {
                     }
                 },
             };
-            // Never held: a DSR backend on the node itself is not reached over IPv6.
-            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held: 0, _pad: 0 };
+            // Held when this node's kernel has the address (a DSR backend here): while the VIP's router is not
+            // active here, frames to it are the active node's DSR forwards to this backend, for the kernel.
+            let held = u8::from(own.contains(&v.address));
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held, _pad: 0 };
             wanted.insert(v.address, value);
         }
         let added = wanted.keys().filter(|a| !self.vips6.contains_key(a)).count();

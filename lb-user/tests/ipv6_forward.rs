@@ -262,6 +262,20 @@ fn a_backup_forwards_nothing() {
 }
 
 #[test]
+fn a_backup_whose_kernel_holds_the_vip_hands_the_active_nodes_dsr_forwards_to_it() {
+    let mut dp = with_web();
+    // A DSR backend on this node: the VIP on its loopback.
+    support::fixture::ip(&format!("-6 addr add {VIP6}/128 dev lo"));
+    dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: seed(), interface: None }]).expect("vips6");
+    dp.set_router_active(ROUTER6, false).expect("backup");
+    let syn = tcp_frame(CLIENT6, 40000, 80, TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_PASS, Reason::PassHeldVip), syn);
+    // Active, it forwards as any active node.
+    dp.set_router_active(ROUTER6, true).expect("active");
+    run(&mut dp, &syn, XDP_TX, Reason::ForwardTx);
+}
+
+#[test]
 fn leaving_the_active_role_forgets_the_ipv6_pins() {
     let mut dp = with_web();
     let sport = 40001;
