@@ -147,12 +147,13 @@ pub fn run(options: &Options) -> Result<Section> {
                     match &outcome {
                         Ok(t) => eprintln!(
                             "[bench] failover {done}/{total}: {which} {interval} ms {} #{}: outage {:.0} ms, VIP \
-                             holders {:?}{} ({:.1} s)",
+                             holders {:?}; IPv6 VIP: outage {:.0} ms, holders {:?} ({:.1} s)",
                             event.name(),
                             trial + 1,
                             report::ms(t.outage),
                             t.holders,
-                            format!("; IPv6 VIP: outage {:.0} ms, holders {:?}", report::ms(t.v6.outage), t.v6.holders),
+                            report::ms(t.v6.outage),
+                            t.v6.holders,
                             started.elapsed().as_secs_f64()
                         ),
                         Err(e) => eprintln!(
@@ -262,7 +263,11 @@ fn section(options: &Options, results: &BTreeMap<Key, Vec<Result<Trial, String>>
          - \"VIP answered by, after\": the ARP responders for the VIP from the client once the backup has taken \
          over (node1's link is still cut in the link-down rows). `node1+node2` = two holders (split brain). \
          keepalived's SIGKILL leaves the VIP on node1's interface, so node1 keeps serving: no outage, two \
-         holders.\n",
+         holders.\n\
+         - A crash or link-down outage depends on where in the advert interval the event falls: from \
+         Master_Down_Interval - interval (just before an advert was due) to Master_Down_Interval (just after one). \
+         A trial's steps take about the same time every run, so the phase, and the figure, repeats within a run \
+         but can move between versions of the benchmark: compare xvip with keepalived in the same run.\n",
         table.markdown(),
         options.trials
     ) + &table6;

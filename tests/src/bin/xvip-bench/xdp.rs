@@ -635,6 +635,9 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
          find all of its port candidates towards its backend taken.\n\
          - NAT paths rewrite addresses and ports, so a repeated run would see a different packet: they only have \
          a cold figure, and are judged on it.\n\
+         - The IPv6 rows (the last ones) send TCP from an IPv6 client to an IPv6 VIP of the same instance, whose \
+         DSR service on port 80 balances over three IPv6 backends: the IPv4 rows' paths over IPv6, each with its \
+         IPv4 row's target.\n\
          - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n\n\
          **The `xvip trace` hook** (warm, ns/packet; in brackets the difference to the same path with the hook \
          pruned, the median of the rounds' differences):\n\n{}\n\
