@@ -147,11 +147,17 @@ pub struct NodeConfig {
     /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
     /// source. The agent refreshes them whenever it writes the data plane.
     pub local: [[u8; 4]; LOCAL_ADDRESSES],
+    /// This node's own IPv6 addresses of global or unique-local scope (all zero: unused), the counterpart of
+    /// `local` for IPv6 VIPs; link-local addresses are left out, since another host of a link may hold the same.
+    /// Refreshed with `local`.
+    pub local6: [[u8; 16]; LOCAL_ADDRESSES6],
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12 + 4 * LOCAL_ADDRESSES);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12 + 4 * LOCAL_ADDRESSES + 16 * LOCAL_ADDRESSES6);
 
 /// How many of the node's own addresses (and broadcasts) `NodeConfig` holds.
 pub const LOCAL_ADDRESSES: usize = 8;
+/// How many of the node's own IPv6 addresses `NodeConfig` holds.
+pub const LOCAL_ADDRESSES6: usize = 8;
 
 impl NodeConfig {
     /// Whether `address` is one of [`local`](Self::local) (a compare per slot: no map lookup).
@@ -160,6 +166,21 @@ impl NodeConfig {
         let mut i = 0;
         while i < LOCAL_ADDRESSES {
             if self.local[i] == address {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Whether `address` is one of [`local6`](Self::local6) (two compares per slot: no map lookup, no `memcmp`).
+    /// Unused slots are all zero, so `::` matches them: callers refuse it as a martian first.
+    #[inline(always)]
+    pub fn is_local6(&self, address: &[u8; 16]) -> bool {
+        let wanted = ipv6_halves(address);
+        let mut i = 0;
+        while i < LOCAL_ADDRESSES6 {
+            if ipv6_halves(&self.local6[i]) == wanted {
                 return true;
             }
             i += 1;
@@ -1297,6 +1318,24 @@ mod tests {
         ] {
             assert_eq!(martian_source6(&source, &vip), martian, "{source:x?}");
         }
+    }
+
+    #[test]
+    fn the_nodes_own_ipv6_addresses_are_local() {
+        let own: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+        let mut last = own;
+        last[15] = 9;
+        let mut config = NodeConfig::default();
+        config.local6[0] = own;
+        config.local6[LOCAL_ADDRESSES6 - 1] = last;
+        assert!(config.is_local6(&own));
+        assert!(config.is_local6(&last), "every slot is looked at");
+        let mut other = own;
+        other[7] = 1; // differs in the high half only
+        assert!(!config.is_local6(&other));
+        other = own;
+        other[15] = 2; // in the low half only
+        assert!(!config.is_local6(&other));
     }
 
     #[test]

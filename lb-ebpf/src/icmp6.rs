@@ -202,7 +202,7 @@ fn valid_solicitation(
         return None;
     }
     let unspecified = ipv6_halves(&ip.src_addr) == (0, 0);
-    if !unspecified && martian_source6(&ip.src_addr, &ns.target) {
+    if !unspecified && (martian_source6(&ip.src_addr, &ns.target) || config.is_local6(&ip.src_addr)) {
         return None;
     }
     let source_ll = scan_solicitation(ctx, len, pseudo_header_sum(&ip.src_addr, &ip.dst_addr, len))?;

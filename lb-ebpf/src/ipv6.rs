@@ -79,8 +79,11 @@ fn to_vip(
     if ETH_LEN + IP6_LEN + payload > packet::len(ctx) {
         return (XDP_PASS, Reason::PassTruncated);
     }
-    // Before anything else: sources no client can have (the VIP, another of ours, martians).
-    if martian_source6(&ip.src_addr, &ip.dst_addr) || lookup_vip6(&ip.src_addr).is_some() {
+    // Before anything else: sources no client can have (the VIP, another of ours, the node's own, martians).
+    if martian_source6(&ip.src_addr, &ip.dst_addr)
+        || config.is_local6(&ip.src_addr)
+        || lookup_vip6(&ip.src_addr).is_some()
+    {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     match ip.next_hdr {

@@ -892,7 +892,8 @@ impl DataPlane {
             }
             self.vips6.remove(&address);
         }
-        Ok(())
+        // The node's own IPv6 addresses, which no client of an IPv6 VIP can have, read afresh with the VIPs.
+        self.write_node()
     }
 
     /// The `VIPS6` entries written, by address.
@@ -980,6 +981,7 @@ impl DataPlane {
     fn write_node(&mut self) -> Result<()> {
         // The node's addresses may have changed since the last write: they are read afresh every time.
         self.node.local = local_addresses();
+        self.node.local6 = local_addresses6();
         let mut config: Array<&mut MapData, NodeConfig> = map_mut(&mut self.ebpf, names::CONFIG)?;
         config.set(0, self.node, 0).context("writing the CONFIG map")
     }
@@ -1752,6 +1754,57 @@ fn local_addresses() -> [[u8; 4]; LOCAL_ADDRESSES] {
         *slot = address;
     }
     local
+}
+
+/// This node's IPv6 addresses of global and unique-local scope, as many as `NodeConfig::local6` holds; the rest
+/// unused (all zero). A source among them is never a client of an IPv6 VIP. Loopback is martian anyway, and a
+/// link-local address is unique only on its link (another host of another link may hold it).
+fn local_addresses6() -> [[u8; 16]; lb_common::LOCAL_ADDRESSES6] {
+    let mut found: Vec<[u8; 16]> = interface_addresses6()
+        .into_iter()
+        .filter(|a| !(a.is_loopback() || a.is_unspecified() || a.is_multicast() || a.is_unicast_link_local()))
+        .map(|a| a.octets())
+        .collect();
+    found.sort_unstable();
+    found.dedup();
+    if found.len() > lb_common::LOCAL_ADDRESSES6 {
+        log::debug!(
+            "this node has {} IPv6 addresses; the data plane checks the first {}",
+            found.len(),
+            lb_common::LOCAL_ADDRESSES6
+        );
+    }
+    let mut local = [[0; 16]; lb_common::LOCAL_ADDRESSES6];
+    for (slot, address) in local.iter_mut().zip(found) {
+        *slot = address;
+    }
+    local
+}
+
+/// Every IPv6 address of this node's interfaces.
+fn interface_addresses6() -> Vec<Ipv6Addr> {
+    let mut found = Vec::new();
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        log::warn!("listing this node's IPv6 addresses: {}", std::io::Error::last_os_error());
+        return found;
+    }
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cursor };
+        cursor = ifa.ifa_next;
+        let sa = ifa.ifa_addr;
+        // SAFETY: checked non-null, and the family says it is a sockaddr_in6.
+        if !sa.is_null() && unsafe { (*sa).sa_family } == libc::AF_INET6 as libc::sa_family_t {
+            let octets = unsafe { (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr };
+            found.push(Ipv6Addr::from(octets));
+        }
+    }
+    // SAFETY: the list getifaddrs returned, freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
 }
 
 /// Every IPv4 address of this node's interfaces, loopback's aside: a backend at one of them is on this node

@@ -520,6 +520,22 @@ mod tests {
         (peer, String::from_utf8_lossy(&out.stdout).trim().to_string())
     }
 
+    /// Waits until our end (`xvn0`) has (`up`) or has lost its carrier as the kernel reports it. The kernel
+    /// applies a carrier change later (its link watch runs deferred, up to a second under load) and flushes the
+    /// link's neighbour entries when it does: a test that needs an entry made while the carrier is down must wait.
+    fn wait_for_carrier(up: bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let out = Command::new("ip").args(["-o", "link", "show", "xvn0"]).output().expect("ip link show");
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            if line.contains(if up { "LOWER_UP" } else { "NO-CARRIER" }) {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "xvn0's carrier did not become {up}: {line}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     fn text(mac: [u8; 6]) -> String {
         mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
     }
@@ -669,6 +685,7 @@ mod tests {
             let backend = Ipv4Addr::new(10, 96, 0, 2);
             // The peer's end goes down: our end loses its carrier, and an ARP request sent now goes nowhere.
             sh(&format!("ip netns exec {} ip link set xvn1 down", peer.0));
+            wait_for_carrier(false);
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
@@ -677,6 +694,7 @@ mod tests {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 assert_eq!(n.entry(path.ifindex, backend).await.expect("entry"), Some(Entry::Incomplete));
                 sh(&format!("ip netns exec {} ip link set xvn1 up", peer.0));
+                wait_for_carrier(true);
                 let (set_tx, set_rx) = mpsc::unbounded_channel();
                 let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
                 tokio::spawn(watch(Neighbours::connect().expect("netlink"), set_rx, move |batch| {

@@ -79,6 +79,18 @@ pub struct RouterStatus {
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub adverts_discarded: u64,
+    /// The priority this router advertises now (the instance's, lowered by its penalty like the IPv4 router's).
+    #[serde(default)]
+    pub effective_priority: u8,
+    /// Discarded adverts by reason.
+    #[serde(default)]
+    pub adverts_discarded_by_reason: BTreeMap<String, u64>,
+    /// Unsolicited Neighbor Advertisements sent for its addresses (the IPv6 gratuitous ARPs).
+    #[serde(default)]
+    pub nas_sent: u64,
+    /// What the XDP program did with frames to its addresses (and solicitations for them), by reason.
+    #[serde(default)]
+    pub dataplane: BTreeMap<String, u64>,
 }
 
 impl Status {
@@ -169,6 +181,16 @@ impl Status {
             let count = |r: Reason| mine.iter().map(|router| counters.router_reason(*router, r)).sum::<u64>();
             instance.counters.arp_replies = count(Reason::ArpReply);
             instance.counters.dataplane = Reason::ALL.iter().map(|r| (r.name().to_string(), count(*r))).collect();
+            if let Some(v6) = &mut instance.ipv6 {
+                // `router_slot` puts the family in the index's low bit.
+                let ipv6 = mine.iter().filter(|r| **r % 2 == lb_common::FAMILY_IPV6);
+                v6.dataplane = Reason::ALL
+                    .iter()
+                    .map(|r| {
+                        (r.name().to_string(), ipv6.clone().map(|router| counters.router_reason(*router, *r)).sum())
+                    })
+                    .collect();
+            }
             for svc in &mut instance.services {
                 let id = crate::dataplane::ServiceId::new(&instance.name, &svc.name);
                 add_traffic(svc, &id, counters);
@@ -283,6 +305,16 @@ fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
             v6.adverts_received,
             v6.adverts_discarded
         );
+        let na_replies = v6.dataplane.get(lb_common::Reason::NaReply.name()).copied().unwrap_or(0);
+        let _ = writeln!(
+            s,
+            "ipv6        priority {}, {} transitions; na replies {na_replies}, unsolicited nas {}",
+            v6.effective_priority, v6.transitions, v6.nas_sent
+        );
+        let discards: Vec<String> = v6.adverts_discarded_by_reason.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        if !discards.is_empty() {
+            let _ = writeln!(s, "ipv6        discards {}", discards.join(", "));
+        }
     }
     for svc in &i.services {
         let healthy = svc.backends.iter().filter(|b| b.healthy).count();
@@ -566,6 +598,26 @@ mod tests {
         assert!(t.contains("from fe80::5, active router fe80::5; adverts sent 7"), "{t}");
         let plain = Status::of_instances(vec![InstanceStatus::default()]).render();
         assert!(!plain.contains("ipv6"), "{plain}");
+    }
+
+    #[test]
+    fn the_ipv6_router_gets_the_counters_of_its_own_router() {
+        use crate::dataplane::Counters;
+        use lb_common::Reason;
+        let mut counters = Counters { reasons: vec![0; lb_common::REASON_COUNT as usize], ..Counters::default() };
+        for (router, reason, n) in [(0, Reason::ArpReply, 5), (1, Reason::NaReply, 3), (1, Reason::DropNd, 2)] {
+            counters.routers.entry(router).or_insert_with(|| vec![0; lb_common::REASON_COUNT as usize])
+                [reason as usize] = n;
+        }
+        let ipv6 = RouterStatus { role: "active".into(), effective_priority: 150, nas_sent: 10, ..Default::default() };
+        let mut status = Status::of_instances(vec![InstanceStatus { ipv6: Some(ipv6), ..Default::default() }]);
+        status.add_counters(&counters, &[(String::new(), vec![0, 1])].into());
+        let v6 = status.instances[0].ipv6.clone().expect("ipv6");
+        assert_eq!((v6.dataplane["na_replies"], v6.dataplane["drop_nd"], v6.dataplane["arp_replies"]), (3, 2, 0));
+        assert_eq!(status.instances[0].counters.dataplane["na_replies"], 3, "the instance's counts both routers");
+        assert_eq!(status.instances[0].counters.arp_replies, 5);
+        let t = status.render();
+        assert!(t.contains("ipv6        priority 150, 0 transitions; na replies 3, unsolicited nas 10"), "{t}");
     }
 
     #[test]

@@ -270,6 +270,28 @@ fn echo_requests_that_a_host_would_not_answer_are_dropped() {
     assert_eq!(run(&mut dp, &long, XDP_DROP, Reason::DropEchoTooLong), long);
 }
 
+/// The node's own IPv6 addresses are sources no client can have, as its IPv4 ones are: a ping to the VIP from one
+/// is dropped, a solicitation for the VIP from one is left to the kernel. Its link-local addresses are not refused:
+/// another host may hold the same one on another link (here the client's, which the node holds on `wan`).
+#[test]
+fn the_nodes_own_ipv6_addresses_are_martian_sources() {
+    let own = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 1);
+    support::fixture::ip(&format!("-6 addr add {own}/64 dev lan nodad"));
+    support::fixture::ip(&format!("-6 addr add {CLIENT6_LL}/64 dev wan nodad"));
+    // Writing the IPv6 VIPs reads the node's addresses.
+    let mut dp = dataplane(true);
+    let echo = echo_request(own, b"abcdefgh");
+    assert_eq!(run(&mut dp, &echo, XDP_DROP, Reason::DropMartianSource), echo);
+    let ns = multicast_ns(own, VIP6);
+    assert_eq!(run(&mut dp, &ns, XDP_PASS, Reason::PassNd), ns);
+    run(&mut dp, &echo_request(CLIENT6_LL, b"abcdefgh"), XDP_TX, Reason::EchoReply);
+    run(&mut dp, &multicast_ns(CLIENT6, VIP6), XDP_TX, Reason::NaReply);
+    // An address the node no longer has is a client's again once the data plane is written.
+    support::fixture::ip(&format!("-6 addr del {own}/64 dev lan"));
+    dp.set_node_mac(NODE_MAC).expect("set_node_mac");
+    run(&mut dp, &echo_request(own, b"abcdefgh"), XDP_TX, Reason::EchoReply);
+}
+
 #[test]
 fn truncated_ipv6_goes_to_the_kernel() {
     let mut dp = dataplane(true);

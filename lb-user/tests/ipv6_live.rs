@@ -26,11 +26,13 @@ fn a_host_on_the_link_resolves_and_pings_an_ipv6_vip_only_while_active() {
     std::thread::spawn(|| {
         // SAFETY: unshare only affects this thread.
         assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0, "unshare(CLONE_NEWNET) needs root");
-        // The node's end (xv6n) has IPv6 off, so only the XDP program answers there; the host's end (xv6h) has an
-        // address without duplicate address detection (no wait).
+        // The node's end (xv6n) has IPv6 off, so only the XDP program answers there; the host's end (xv6h) has
+        // only its link-local address, without duplicate address detection (no wait), and a route to the VIP's
+        // prefix: sharing the node's namespace, a global address of its would be one of the node's own, a source
+        // no client can have.
         must("ip link set lo up && ip link add xv6n type veth peer name xv6h");
         must("sysctl -qw net.ipv6.conf.xv6n.disable_ipv6=1 net.ipv6.conf.xv6h.accept_dad=0");
-        must("ip link set xv6n up && ip link set xv6h up && ip -6 addr add 2001:db8:78::10/64 dev xv6h nodad");
+        must("ip link set xv6n up && ip link set xv6h up && ip -6 route add 2001:db8:78::/64 dev xv6h");
 
         let router = router_slot(0, FAMILY_IPV6);
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");

@@ -239,23 +239,10 @@ fn prometheus_scrapes_the_daemon_and_a_takeover_shows_in_the_histogram() {
     let page = n1.metrics(listen()).expect("page");
     let page_path = lab.dir().join("metrics.txt");
     std::fs::write(&page_path, &page).expect("page file");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (apt-get install prometheus)");
-    promtool.stdin.take().expect("stdin").write_all(page.as_bytes()).expect("page to promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let said = promtool(&page);
     eprintln!("the page:\n{page}");
-    eprintln!(
-        "promtool check metrics on a {}-line page: exit {:?}, output {said:?}",
-        page.lines().count(),
-        out.status.code()
-    );
-    assert!(out.status.success() && said.trim().is_empty(), "promtool: {said}\npage in {}", page_path.display());
+    eprintln!("promtool check metrics on a {}-line page: {said:?}", page.lines().count());
+    assert!(said.is_empty(), "promtool: {said}\npage in {}", page_path.display());
 
     // The listener answers nothing but GET/HEAD /metrics.
     let other = probe::http_get(&n1.ns, listen(), "/", Duration::from_secs(5)).expect("GET /");
@@ -281,6 +268,80 @@ fn prometheus_scrapes_the_daemon_and_a_takeover_shows_in_the_histogram() {
         Some(1.0),
         "{page}"
     );
+}
+
+/// `promtool check metrics` on `page`: its complaints, empty when it accepts the page.
+fn promtool(page: &str) -> String {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (apt-get install prometheus)");
+    promtool.stdin.take().expect("stdin").write_all(page.as_bytes()).expect("page to promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { said.trim().to_string() } else { format!("exit {:?}: {said}", out.status.code()) }
+}
+
+/// A dual-stack instance (the lab's IPv4 VIP and an IPv6 one): its IPv6 router has its own series under
+/// `family="ipv6"`, the data plane's counters for the IPv6 VIP (a client's Neighbor Solicitation, ping and TCP
+/// SYN) among them, as `xvip status` shows them; promtool accepts the page.
+#[test]
+fn the_ipv6_router_has_its_own_series() {
+    let lab = lab(1);
+    xvip_tests::ipv6::enable(lab.node(1), 1).expect("IPv6 on node1");
+    xvip_tests::ipv6::enable(lab.client(), 100).expect("IPv6 on the client");
+    let vip6 = xvip_tests::ipv6::address(0x250);
+    let spec = NodeSpec { metrics_listen: Some(LISTEN.into()), vip6: vec![vip6], ..NodeSpec::new(150) };
+    let n1 = lab.start_xvip(lab.node(1), &spec).expect("node1");
+    n1.wait_role("active", Duration::from_secs(5)).expect("node1 active");
+    capture::wait_until("the IPv6 router is active", Duration::from_secs(5), || {
+        n1.status().is_ok_and(|s| s.instances[0].ipv6.as_ref().is_some_and(|v6| v6.role == "active"))
+    })
+    .expect("IPv6 active");
+    // The client resolves the VIP (a solicitation the program answers) and pings it; a TCP SYN to it is dropped.
+    let ping = lab.exec(&lab.client().ns, ["ping", "-6", "-n", "-c", "2", "-W", "1", &vip6.to_string()]);
+    assert!(ping.as_deref().is_ok_and(|p| p.contains("2 received")), "{ping:?}");
+    let syn = netns::in_netns(&lab.client().ns, || {
+        Ok(std::net::TcpStream::connect_timeout(&SocketAddr::new(vip6.into(), 80), Duration::from_millis(300)))
+    })
+    .expect("the client's namespace");
+    assert!(syn.is_err(), "TCP to an IPv6 VIP is not forwarded yet");
+
+    let family = |metric: &str, labels: &str| format!(r#"{metric}{{vrrp_instance="default",family="ipv6"{labels}}}"#);
+    let frames = |reason: &str| family("xvip_router_frames_total", &format!(r#",reason="{reason}""#));
+    // The repeat of the unsolicited advertisements comes 1 s after the take-over (garp_repeat_delay_ms).
+    let page = wait_page(&n1, Duration::from_secs(5), |p| {
+        value(p, &family("xvip_vrrp_router_announcements_sent_total", "")) == Some(10.0)
+            && value(p, &frames("drop_ipv6_transport")).is_some_and(|v| v >= 1.0)
+    })
+    .expect("the IPv6 router's series");
+    for (series, ok) in [
+        (family("xvip_vrrp_router_role", r#",role="active""#), &(|v: f64| v == 1.0) as &dyn Fn(f64) -> bool),
+        (family("xvip_vrrp_router_role", r#",role="backup""#), &|v| v == 0.0),
+        (family("xvip_vrrp_router_effective_priority", ""), &|v| v == 150.0),
+        (family("xvip_vrrp_router_transitions_total", ""), &|v| v == 2.0),
+        (family("xvip_vrrp_router_adverts_sent_total", ""), &|v| v >= 10.0),
+        (family("xvip_vrrp_router_adverts_discarded_total", r#",reason="ttl""#), &|v| v == 0.0),
+        (frames("na_replies"), &|v| v >= 1.0),
+        (frames("echo_replies"), &|v| v == 2.0),
+        (frames("drop_ipv6_transport"), &|v| v >= 1.0),
+        (frames("arp_replies"), &|v| v == 0.0),
+        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv4",reason="echo_replies"}"#.into(), &|v| {
+            v == 0.0
+        }),
+    ] {
+        let got = value(&page, &series);
+        assert!(got.is_some_and(ok), "{series} = {got:?} in\n{page}");
+    }
+    // The same numbers in `xvip status`.
+    let v6 = n1.status().expect("status").instances[0].ipv6.clone().expect("the IPv6 router");
+    assert_eq!((v6.nas_sent, v6.effective_priority, v6.dataplane["echo_replies"]), (10, 150, 2), "{v6:?}");
+    assert!(v6.dataplane["na_replies"] >= 1 && v6.dataplane["drop_ipv6_transport"] >= 1, "{v6:?}");
+    let said = promtool(&page);
+    assert!(said.is_empty(), "promtool: {said}\n{page}");
 }
 
 /// Scrapes `/metrics` from 127.0.0.1 in `ns` every `every` for `window`: (pages, failures, slowest answer).

@@ -57,7 +57,8 @@ pub(super) struct Instance {
     v6: Option<Router6>,
     services: Services,
     garp: GarpTimers,
-    /// While stopping as the active router: waiting for the new one to announce itself.
+    /// While its IPv4 router stops as the active router: waiting for the new one to announce itself (the IPv6
+    /// router keeps its own).
     handing_over: bool,
     /// When it last sent an advert (its peers' down timers run from there).
     last_advert: Option<Duration>,
@@ -188,8 +189,9 @@ impl Instance {
         Duration::from_millis(u64::from(self.config.vrrp.advert_interval_ms))
     }
 
+    /// Whether one of its routers stops as the active router and waits for the new one to announce itself.
     pub(super) fn handing_over(&self) -> bool {
-        self.handing_over
+        self.handing_over || self.v6.as_ref().is_some_and(Router6::handing_over)
     }
 
     /// How many peers it remembers (bounded by `MAX_PEERS`).
@@ -204,14 +206,13 @@ impl Instance {
 
     /// When its next timer is due (the election's, the end of settling, and the GARP schedule's while active).
     pub(super) fn next_deadline(&self) -> Option<Duration> {
-        if self.handing_over {
+        if self.handing_over() {
             return None;
         }
-        let garps =
-            if self.router.role() == Role::Active { [self.garp.repeat_at, self.garp.refresh_at] } else { [None, None] };
+        let garps = if self.router.role() == Role::Active { self.garp.next() } else { None };
         let settle = self.settling.then_some(self.settle_by);
         let v6 = self.v6.as_ref().and_then(Router6::next_deadline);
-        [self.router.next_deadline(), settle, v6].into_iter().chain(garps).flatten().min()
+        [self.router.next_deadline(), settle, v6, garps].into_iter().flatten().min()
     }
 
     /// Its IPv6 VIPs, as the data plane needs them.
@@ -310,13 +311,14 @@ impl Instance {
         }
     }
 
-    /// Stops the election: a priority-0 advert if active. Returns whether it was active (it then keeps answering
-    /// until [`finish_stop`](Self::finish_stop), so a backup can take over without a gap).
+    /// Stops the election of both routers: a priority-0 advert from each one that is active. Returns whether one
+    /// was active: that one keeps answering until the new active router of its family announces itself (the
+    /// packet paths end its stop) or [`finish_stop`](Self::finish_stop), so a backup can take over without a gap.
     pub(super) fn begin_stop(&mut self, now: Duration, out: &mut Out) -> bool {
-        // The IPv6 router stops at once (a priority-0 advert if active); only the IPv4 one waits for a handover.
-        if let Some(v6) = &mut self.v6 {
-            v6.stop(now, &self.label, out);
-        }
+        let v6_handing_over = match &mut self.v6 {
+            Some(v6) => v6.begin_stop(now, &self.label, out),
+            None => false,
+        };
         let was_active = self.router.role() == Role::Active;
         for action in self.router.shutdown(now) {
             if let Action::SendAdvert { priority } = action {
@@ -324,11 +326,19 @@ impl Instance {
             }
         }
         self.handing_over = was_active;
-        was_active
+        was_active || v6_handing_over
     }
 
-    /// The stop is over: stop answering.
+    /// The stop is over for both routers: stop answering.
     pub(super) fn finish_stop(&mut self, now: Duration, out: &mut Out) {
+        if let Some(v6) = &mut self.v6 {
+            v6.finish_stop(now, &self.label, out);
+        }
+        self.finish_stop4(now, out);
+    }
+
+    /// The IPv4 router's stop is over: it stops answering.
+    fn finish_stop4(&mut self, now: Duration, out: &mut Out) {
         out.push(Command::SetActive { router: self.router_index(), active: false });
         self.handing_over = false;
         if self.observed.role != Role::Initialize {
@@ -352,7 +362,7 @@ impl Instance {
     // ----- VRRP -----
 
     pub(super) fn timer(&mut self, now: Duration, out: &mut Out) {
-        if self.handing_over {
+        if self.handing_over() {
             return;
         }
         if self.settling && now >= self.settle_by {
@@ -367,22 +377,14 @@ impl Instance {
         if self.router.role() != Role::Active {
             return;
         }
-        if self.garp.repeat_at.is_some_and(|t| t <= now) {
-            self.garp.repeat_at = None;
+        for _ in 0..self.garp.due(now, self.config.vrrp.garp_refresh_ms) {
             self.send_garps(out);
-        }
-        if let Some(t) = self.garp.refresh_at
-            && t <= now
-        {
-            self.send_garps(out);
-            let period = Duration::from_millis(u64::from(self.config.vrrp.garp_refresh_ms));
-            self.garp.refresh_at = (!period.is_zero()).then(|| now + period);
         }
     }
 
     /// The receive path of a packet for this instance's VRID on its interface: the RFC 5798 §7.1 checks, the
-    /// group's identity, then the election. Returns true when the packet announced a new active router while this
-    /// instance hands over (its stop is then complete).
+    /// group's identity, then the election. Returns true when the packet announced a new active router while the
+    /// IPv4 router hands over (its stop is then complete; the IPv6 router's may not be).
     pub(super) fn packet(&mut self, now: Duration, bytes: &[u8], out: &mut Out) -> bool {
         let filter = RxFilter { vrid: self.config.vrrp.vrid, unicast_peers: &self.config.vrrp.unicast_peers };
         let rx = match packet::parse_ipv4(bytes, &filter) {
@@ -434,6 +436,7 @@ impl Instance {
         if self.handing_over {
             if rx.advert.priority > 0 {
                 self.log(out, Level::Info, format!("handover: {} is active", rx.src));
+                self.finish_stop4(now, out);
                 return true;
             }
             return false;
@@ -443,13 +446,12 @@ impl Instance {
         false
     }
 
-    /// An IPv6 VRRP message for this instance's VRID: its IPv6 router judges it.
-    pub(super) fn packet6(&mut self, now: Duration, datagram: &Datagram, out: &mut Out) {
-        if self.handing_over {
-            return;
-        }
-        if let Some(v6) = &mut self.v6 {
-            v6.packet(now, datagram, &self.label, out);
+    /// An IPv6 VRRP message for this instance's VRID: its IPv6 router judges it. Returns true when it announced a
+    /// new active router while the IPv6 router hands over (that router's stop is then complete).
+    pub(super) fn packet6(&mut self, now: Duration, datagram: &Datagram, out: &mut Out) -> bool {
+        match &mut self.v6 {
+            Some(v6) => v6.packet(now, datagram, &self.label, out),
+            None => false,
         }
     }
 
@@ -513,10 +515,7 @@ impl Instance {
                     }
                     out.push(Command::SetActive { router: self.router_index(), active: true });
                     self.role_changed(now, Role::Active, cause, reason, out);
-                    let v = &self.config.vrrp;
-                    let after = |ms: u32| (ms > 0).then(|| now + Duration::from_millis(u64::from(ms)));
-                    self.garp =
-                        GarpTimers { repeat_at: after(v.garp_repeat_delay_ms), refresh_at: after(v.garp_refresh_ms) };
+                    self.garp = GarpTimers::after_takeover(now, &self.config.vrrp);
                 }
                 Action::BecomeBackup { cause, reason } => {
                     out.push(Command::SetActive { router: self.router_index(), active: false });
@@ -598,12 +597,13 @@ impl Instance {
     /// next to them; it rejoins as a backup instead, and the election (preemption) decides.
     pub(super) fn check_stall(&mut self, now: Duration, out: &mut Out) {
         let limit = self.silence_limit();
+        let handing_over = self.handing_over();
         if let Some(v6) = &mut self.v6
-            && !self.handing_over
+            && !handing_over
         {
             v6.check_stall(now, limit, &self.label, out);
         }
-        if self.router.role() != Role::Active || self.handing_over {
+        if self.router.role() != Role::Active || self.handing_over() {
             return;
         }
         let Some(last) = self.last_advert else { return };
@@ -631,7 +631,7 @@ impl Instance {
 
     /// The instance's interface changed state.
     pub(super) fn link(&mut self, now: Duration, up: bool, out: &mut Out) {
-        if self.handing_over {
+        if self.handing_over() {
             return;
         }
         if let Some(v6) = &mut self.v6 {
@@ -863,7 +863,7 @@ impl Instance {
         let refresh_before = self.config.vrrp.garp_refresh_ms;
         self.config = Arc::new(new);
         if let Some(v6) = &mut self.v6 {
-            v6.reconfigure(&self.config);
+            v6.reconfigure(now, &self.config);
         }
         self.services.reconfigure(&self.config.services);
         // Checkers of backends that went away, or whose service's health settings changed, stop; new ones start.
@@ -886,8 +886,7 @@ impl Instance {
         }
         self.settle_if_done(now, out);
         if self.config.vrrp.garp_refresh_ms != refresh_before && self.router.role() == Role::Active {
-            let ms = self.config.vrrp.garp_refresh_ms;
-            self.garp.refresh_at = (ms > 0).then(|| now + Duration::from_millis(u64::from(ms)));
+            self.garp.refresh_changed(now, self.config.vrrp.garp_refresh_ms);
         }
         self.update_priority(now, out);
     }
@@ -1020,6 +1019,7 @@ impl InstanceView {
             status.counters.adverts_sent = v6.adverts_sent;
             status.counters.adverts_received = v6.adverts_received;
             status.counters.adverts_discarded = v6.adverts_discarded;
+            status.counters.adverts_discarded_by_reason = v6.adverts_discarded_by_reason;
         }
         status
     }

@@ -16,8 +16,8 @@
 //! - **data plane slots**: each instance's routers get flags in the data plane, reused as late as possible;
 //! - **reloads**: [`config::diff`] says what may change; instances are added, removed and replaced (a changed
 //!   identity), the others change in place, and nothing else is touched;
-//! - **the stop**: every active instance hands over (a priority-0 advert, answering until the new active router
-//!   announces itself or [`HANDOVER_WAIT`] passes).
+//! - **the stop**: every active router (of either family) hands over (a priority-0 advert, answering until the new
+//!   active router of its family announces itself or [`HANDOVER_WAIT`] passes); the node exits when none waits.
 //!
 //! What an instance decides, besides the VRRP election of [`crate::vrrp::machine`]:
 //! - **FAULT** ([`Role::Fault`]): its link down stops its election and answers nothing; the link back starts again
@@ -34,7 +34,8 @@
 //!   first result: a reload must not lower the active node's priority while its new backends are being checked for
 //!   the first time.
 //! - **Gratuitous ARPs**: a burst on becoming active, a second one after `garp_repeat_delay_ms`, a refresh every
-//!   `garp_refresh_ms`; answers to lower-priority adverts at most once per advert interval.
+//!   `garp_refresh_ms` (`GarpTimers`; the IPv6 router sends unsolicited Neighbor Advertisements on the same
+//!   schedule); answers to lower-priority adverts at most once per advert interval.
 //! - **The group's identity**: an advert with its VRID but another address list is another group reusing the VRID;
 //!   it is discarded, counted and shown as a warning. An address owner (priority 255) discards every advert (RFC
 //!   5798 §7.1).
@@ -306,11 +307,46 @@ impl Collisions {
     }
 }
 
-/// The gratuitous ARP schedule of an active node.
+/// The announcement schedule of an active router, the same for both families (gratuitous ARPs for IPv4,
+/// unsolicited Neighbor Advertisements for IPv6): a burst of `garp_count` on becoming active (sent by the caller),
+/// a second one `garp_repeat_delay_ms` later, then one every `garp_refresh_ms` while it stays active.
 #[derive(Debug, Default, Clone, Copy)]
 struct GarpTimers {
     repeat_at: Option<Duration>,
     refresh_at: Option<Duration>,
+}
+
+impl GarpTimers {
+    /// The schedule of a router that became active at `now`.
+    fn after_takeover(now: Duration, vrrp: &config::Vrrp) -> Self {
+        let after = |ms: u32| (ms > 0).then(|| now + Duration::from_millis(u64::from(ms)));
+        GarpTimers { repeat_at: after(vrrp.garp_repeat_delay_ms), refresh_at: after(vrrp.garp_refresh_ms) }
+    }
+
+    /// Its next deadline.
+    fn next(&self) -> Option<Duration> {
+        [self.repeat_at, self.refresh_at].into_iter().flatten().min()
+    }
+
+    /// How many bursts are due at `now` (the repeat and a refresh may fall together); the schedule moves on, the
+    /// next refresh `refresh_ms` from now.
+    fn due(&mut self, now: Duration, refresh_ms: u32) -> u32 {
+        let mut bursts = 0;
+        if self.repeat_at.is_some_and(|t| t <= now) {
+            self.repeat_at = None;
+            bursts += 1;
+        }
+        if self.refresh_at.is_some_and(|t| t <= now) {
+            bursts += 1;
+            self.refresh_at = (refresh_ms > 0).then(|| now + Duration::from_millis(u64::from(refresh_ms)));
+        }
+        bursts
+    }
+
+    /// A reload changed `garp_refresh_ms` to `refresh_ms` while active: the refresh runs from now on the new period.
+    fn refresh_changed(&mut self, now: Duration, refresh_ms: u32) {
+        self.refresh_at = (refresh_ms > 0).then(|| now + Duration::from_millis(u64::from(refresh_ms)));
+    }
 }
 
 /// Commands being collected while one event is handled.
@@ -673,6 +709,13 @@ impl Engine {
         }
     }
 
+    /// A router's handover ended: the stop is complete when no router of any instance still waits for one.
+    fn finish_if_handed_over(&mut self, out: &mut Out) {
+        if self.stopping.is_some() && !self.instances.iter().any(Instance::handing_over) {
+            self.finish(out);
+        }
+    }
+
     fn finish(&mut self, out: &mut Out) {
         self.stopping = None;
         self.exited = true;
@@ -710,10 +753,7 @@ impl Engine {
         let vrid = packet::peek_vrid(bytes);
         if let Some(i) = self.instances.iter_mut().find(|i| i.interface() == interface && Some(i.vrid()) == vrid) {
             if i.packet(now, bytes, out) {
-                i.finish_stop(now, out);
-                if self.stopping.is_some() && !self.instances.iter().any(Instance::handing_over) {
-                    self.finish(out);
-                }
+                self.finish_if_handed_over(out);
             }
             return;
         }
@@ -745,7 +785,9 @@ impl Engine {
         let vrid = datagram.message.get(1).copied();
         let here = |i: &&mut Instance| i.interface() == interface && i.has_ipv6();
         if let Some(i) = self.instances.iter_mut().filter(here).find(|i| Some(i.vrid()) == vrid) {
-            i.packet6(now, datagram, out);
+            if i.packet6(now, datagram, out) {
+                self.finish_if_handed_over(out);
+            }
             return;
         }
         if let Some(first) = self.instances.iter_mut().find(here) {

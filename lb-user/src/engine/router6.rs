@@ -2,8 +2,11 @@
 //! instance whose addresses mix IPv4 and IPv6 runs one router per family, with the same VRID, priority, timers and
 //! preemption, each elected on its own. The IPv4 router is the instance's own (`instance.rs`, with its services,
 //! settling and penalty); this one carries only the election of the IPv6 addresses: adverts to ff02::12 (or the
-//! IPv6 unicast peers) from the link-local address, the role, and its data plane router's flag. The instance hands
-//! it the priority (penalty included) and the preemption hold, so both families follow the same rules.
+//! IPv6 unicast peers) from the link-local address, the role, its data plane router's flag, its unsolicited
+//! Neighbor Advertisements (the gratuitous ARP schedule of the IPv4 router, [`GarpTimers`], with the same keys), and
+//! its part of the stop (a priority-0 advert, answering until the new active router announces itself, as the IPv4
+//! router does). The instance hands it the priority (penalty included) and the preemption hold, so both families
+//! follow the same rules.
 //!
 //! Pure, like the engine: it pushes commands into the instance's [`Out`].
 
@@ -12,7 +15,7 @@ use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
 use lb_common::{FAMILY_IPV6, router_slot};
 use log::Level;
 
-use super::{Command, LogLimits, Out, more_comma};
+use super::{Command, GarpTimers, LogLimits, Out, more_comma};
 use crate::{
     config,
     status::RouterStatus,
@@ -37,7 +40,12 @@ pub(super) struct Router6 {
     pub(super) index: u32,
     interface: String,
     vrid: u8,
-    na_count: u32,
+    /// The instance's `[vrrp]` keys: `garp_*` time its unsolicited Neighbor Advertisements.
+    vrrp: config::Vrrp,
+    /// Its unsolicited Neighbor Advertisements after the take-over's burst, while active.
+    nas: GarpTimers,
+    /// While stopping as the active router: still answering, waiting for the new one to announce itself.
+    handing_over: bool,
     last_advert: Option<Duration>,
     observed: Observed6,
     logs: LogLimits,
@@ -50,6 +58,8 @@ pub struct Observed6 {
     pub role_since: Duration,
     pub role_reason: String,
     pub transitions: u64,
+    /// Role changes by [`Cause::name`], for metrics.
+    pub transitions_by_cause: BTreeMap<&'static str, u64>,
     pub adverts_sent: u64,
     pub adverts_received: u64,
     pub discards: BTreeMap<&'static str, u64>,
@@ -76,13 +86,16 @@ impl Router6 {
             index: router_slot(slot, FAMILY_IPV6),
             interface: config.interface.clone(),
             vrid: v.vrid,
-            na_count: v.garp_count,
+            vrrp: v.clone(),
+            nas: GarpTimers::default(),
+            handing_over: false,
             last_advert: None,
             observed: Observed6 {
                 role: Role::Initialize,
                 role_since: Duration::ZERO,
                 role_reason: "starting".into(),
                 transitions: 0,
+                transitions_by_cause: BTreeMap::new(),
                 adverts_sent: 0,
                 adverts_received: 0,
                 discards: BTreeMap::new(),
@@ -96,8 +109,17 @@ impl Router6 {
         self.router.role()
     }
 
+    /// Its election's next timer, and its announcement schedule's while active; none while handing over.
     pub(super) fn next_deadline(&self) -> Option<Duration> {
-        self.router.next_deadline()
+        if self.handing_over {
+            return None;
+        }
+        let nas = if self.router.role() == Role::Active { self.nas.next() } else { None };
+        [self.router.next_deadline(), nas].into_iter().flatten().min()
+    }
+
+    pub(super) fn handing_over(&self) -> bool {
+        self.handing_over
     }
 
     pub(super) fn start(&mut self, now: Duration, link_up: bool, label: &str, out: &mut Out) {
@@ -109,24 +131,47 @@ impl Router6 {
         self.apply(now, actions, label, out);
     }
 
-    /// Stops at once: a priority-0 advert if active (a backup takes over after its skew time), and no more answers.
-    pub(super) fn stop(&mut self, now: Duration, label: &str, out: &mut Out) {
-        let actions = self.router.shutdown(now);
-        let was = self.router.role();
-        for action in actions {
+    /// Stops the election as the IPv4 router does: a priority-0 advert if active, after which it keeps answering
+    /// until [`finish_stop`](Self::finish_stop) (the new active router announced itself, or the node's handover
+    /// wait ran out), so a backup takes over after its skew time without a gap. Returns whether it hands over; if
+    /// not, its stop is complete.
+    pub(super) fn begin_stop(&mut self, now: Duration, label: &str, out: &mut Out) -> bool {
+        let was_active = self.router.role() == Role::Active;
+        for action in self.router.shutdown(now) {
             if let Action::SendAdvert { priority } = action {
                 self.send_advert(now, priority, out);
             }
         }
-        out.push(Command::SetActive { router: self.index, active: false });
-        if self.observed.role != Role::Initialize || was != Role::Initialize {
-            self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+        self.nas = GarpTimers::default();
+        self.handing_over = was_active;
+        if !was_active {
+            self.finish_stop(now, label, out);
         }
+        was_active
+    }
+
+    /// The stop is over: no more answers. Does nothing the second time.
+    pub(super) fn finish_stop(&mut self, now: Duration, label: &str, out: &mut Out) {
+        if !self.handing_over && self.observed.role == Role::Initialize {
+            return;
+        }
+        self.handing_over = false;
+        out.push(Command::SetActive { router: self.index, active: false });
+        self.role_changed(now, Role::Initialize, Cause::Stop, "stopping".into(), label, out);
     }
 
     pub(super) fn timer(&mut self, now: Duration, label: &str, out: &mut Out) {
+        if self.handing_over {
+            return;
+        }
         let actions = self.router.on_timer(now);
         self.apply(now, actions, label, out);
+        if self.router.role() != Role::Active {
+            return;
+        }
+        for _ in 0..self.nas.due(now, self.vrrp.garp_refresh_ms) {
+            self.send_nas(out);
+        }
     }
 
     pub(super) fn set_priority(&mut self, now: Duration, priority: u8, label: &str, out: &mut Out) {
@@ -136,9 +181,14 @@ impl Router6 {
         }
     }
 
-    /// A reload changed the instance in place (its identity is the same): the keys it reads may have changed.
-    pub(super) fn reconfigure(&mut self, config: &config::Instance) {
-        self.na_count = config.vrrp.garp_count;
+    /// A reload changed the instance in place (its identity is the same): the keys it reads may have changed. A
+    /// new `garp_refresh_ms` applies at once to an active router, as for the IPv4 one.
+    pub(super) fn reconfigure(&mut self, now: Duration, config: &config::Instance) {
+        let refresh_before = self.vrrp.garp_refresh_ms;
+        self.vrrp = config.vrrp.clone();
+        if self.vrrp.garp_refresh_ms != refresh_before && self.router.role() == Role::Active && !self.handing_over {
+            self.nas.refresh_changed(now, self.vrrp.garp_refresh_ms);
+        }
     }
 
     pub(super) fn hold_preemption(&mut self, held: bool) {
@@ -187,17 +237,18 @@ impl Router6 {
     }
 
     /// An IPv6 VRRP message for this router's VRID: the RFC 5798 §7.1 checks, the group's identity, the election.
-    pub(super) fn packet(&mut self, now: Duration, datagram: &Datagram, label: &str, out: &mut Out) {
+    /// While handing over, returns true when it announced a new active router (its stop is then complete).
+    pub(super) fn packet(&mut self, now: Duration, datagram: &Datagram, label: &str, out: &mut Out) -> bool {
         let filter = RxFilter { vrid: self.vrid, unicast_peers: &self.peers[..] };
         let rx = match packet::parse_ipv6(&datagram.message, datagram.src, datagram.dst, datagram.hop_limit, &filter) {
             Ok(rx) => rx,
             Err(discard) => {
                 self.discard(now, discard.name(), &discard.to_string(), label, out);
-                return;
+                return false;
             }
         };
         if rx.src == self.source {
-            return;
+            return false;
         }
         let mut theirs = rx.advert.addresses.clone();
         let mut ours = self.addresses.clone();
@@ -206,15 +257,25 @@ impl Router6 {
         if theirs != ours {
             let why = format!("IPv6 addresses {:?} differ from ours {:?}", rx.advert.addresses, self.addresses);
             self.discard(now, super::DISCARD_ADDRESS_MISMATCH, &why, label, out);
-            return;
+            return false;
         }
         if self.router.priority() == PRIORITY_OWNER {
             self.discard(now, super::DISCARD_OWNER, "this node is the address owner (priority 255)", label, out);
-            return;
+            return false;
         }
         self.observed.adverts_received += 1;
+        if self.handing_over {
+            // A priority-0 advert is another router stopping too, not a new active one.
+            if rx.advert.priority > 0 {
+                out.log(Level::Info, format!("{label}IPv6 handover: {} is active", rx.src));
+                self.finish_stop(now, label, out);
+                return true;
+            }
+            return false;
+        }
         let actions = self.router.on_advert(now, rx.src, &rx.advert);
         self.apply(now, actions, label, out);
+        false
     }
 
     /// Counts (and logs, rate-limited) a discarded IPv6 advert.
@@ -237,34 +298,39 @@ impl Router6 {
         for action in actions {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
-                Action::BecomeActive { reason, .. } => {
+                Action::BecomeActive { cause, reason } => {
                     out.push(Command::SetActive { router: self.index, active: true });
-                    self.role_changed(now, Role::Active, reason, label, out);
+                    self.role_changed(now, Role::Active, cause, reason, label, out);
+                    self.nas = GarpTimers::after_takeover(now, &self.vrrp);
                 }
-                Action::BecomeBackup { reason, .. } => {
+                Action::BecomeBackup { cause, reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Backup, reason, label, out);
+                    self.role_changed(now, Role::Backup, cause, reason, label, out);
                 }
                 Action::BecomeFault { reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Fault, reason, label, out);
+                    self.role_changed(now, Role::Fault, Cause::LinkDown, reason, label, out);
                 }
                 Action::BecomeInitialize => {
                     out.push(Command::SetActive { router: self.index, active: false });
-                    self.role_changed(now, Role::Initialize, "stopping".into(), label, out);
+                    self.role_changed(now, Role::Initialize, Cause::Stop, "stopping".into(), label, out);
                 }
-                // The IPv6 form of a gratuitous ARP: unsolicited Neighbor Advertisements (RFC 5798 §6.4.2).
-                Action::SendGratuitousArp => {
-                    if self.na_count > 0 {
-                        out.push(Command::SendUnsolicitedNas {
-                            interface: self.interface.clone(),
-                            addresses: self.addresses.clone(),
-                            count: self.na_count,
-                        });
-                        self.observed.nas_requested += u64::from(self.na_count);
-                    }
-                }
+                Action::SendGratuitousArp => self.send_nas(out),
             }
+        }
+    }
+
+    /// The IPv6 form of a gratuitous ARP burst: `garp_count` unsolicited Neighbor Advertisements for each address
+    /// (RFC 5798 §6.4.2).
+    fn send_nas(&mut self, out: &mut Out) {
+        let count = self.vrrp.garp_count;
+        if count > 0 {
+            out.push(Command::SendUnsolicitedNas {
+                interface: self.interface.clone(),
+                addresses: self.addresses.clone(),
+                count,
+            });
+            self.observed.nas_requested += u64::from(count);
         }
     }
 
@@ -280,13 +346,17 @@ impl Router6 {
         self.observed.adverts_sent += 1;
     }
 
-    fn role_changed(&mut self, now: Duration, role: Role, reason: String, label: &str, out: &mut Out) {
+    fn role_changed(&mut self, now: Duration, role: Role, cause: Cause, reason: String, label: &str, out: &mut Out) {
         out.log(Level::Info, format!("{label}IPv6 role -> {role}: {reason}"));
         let o = &mut self.observed;
         o.role = role;
         o.role_since = now;
         o.role_reason = reason;
         o.transitions += 1;
+        *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
+        if role != Role::Active {
+            self.nas = GarpTimers::default();
+        }
     }
 
     /// A snapshot for status and metrics.
@@ -296,6 +366,7 @@ impl Router6 {
             source: self.source,
             active_router: self.router.active_router(),
             index: self.index,
+            priority: self.router.priority(),
         }
     }
 }
@@ -308,6 +379,8 @@ pub struct Router6View {
     pub active_router: Option<Ipv6Addr>,
     /// Its flag in the data plane.
     pub index: u32,
+    /// The priority it advertises now.
+    pub priority: u8,
 }
 
 impl Router6View {
@@ -324,6 +397,10 @@ impl Router6View {
             adverts_sent: o.adverts_sent,
             adverts_received: o.adverts_received,
             adverts_discarded: o.discards.values().sum(),
+            effective_priority: self.priority,
+            adverts_discarded_by_reason: o.discards.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            nas_sent: o.nas_requested,
+            dataplane: BTreeMap::new(),
         }
     }
 }

@@ -1332,13 +1332,132 @@ fn an_ipv6_only_instance_is_its_ipv6_router() {
     assert_eq!(role(&e), Role::Active);
     assert_eq!(set_active(&took), [(1, true)]);
     assert!(adverts(&took).is_empty(), "no IPv4 advert without IPv4 addresses");
+    // An off-link advert: discarded, counted by reason in the instance's counters too.
+    e.handle(deadline + ms(1), packet6(LL_PEER, 100, &[VIP6], 64));
     let status = e.status(deadline, 0);
     assert_eq!((status.role.as_str(), status.active_router.as_deref()), ("active", Some("fe80::5")));
-    // A stop sends the IPv6 priority-0 advert and stops answering.
+    assert_eq!(status.counters.adverts_discarded_by_reason.get("ttl"), Some(&1), "{:?}", status.counters);
+    // A stop sends the IPv6 priority-0 advert and answers until a new active router is heard, as for IPv4.
     let stop = e.handle(deadline + ms(50), Event::Stop);
     assert_eq!(adverts6(&stop), [(LL_ME, 0, vec![VIP6])]);
-    assert!(set_active(&stop).contains(&(1, false)));
+    assert!(!set_active(&stop).contains(&(1, false)), "{stop:?}");
+    assert!(!e.exited());
+    let out = e.handle(deadline + ms(90), packet6(LL_PEER, 100, &[VIP6], 255));
+    assert!(set_active(&out).contains(&(1, false)), "{out:?}");
+    assert_eq!(out.last(), Some(&Command::Exit));
     assert!(e.exited());
+}
+
+fn nas(commands: &[Command]) -> u32 {
+    commands.iter().map(|c| if let Command::SendUnsolicitedNas { count, .. } = c { *count } else { 0 }).sum()
+}
+
+#[test]
+fn the_ipv6_router_repeats_its_unsolicited_nas_on_the_garp_schedule() {
+    // garp_count 5, garp_repeat_delay_ms 1000, no refresh.
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let t = e.next_deadline().expect("a down timer");
+    let took = e.handle(t, Event::Timer);
+    assert_eq!((nas(&took), garps(&took)), (5, 5));
+    // The second burst garp_repeat_delay_ms later, with the IPv4 one, and no third.
+    assert_eq!(e.next_deadline().map(|d| d <= t + ms(1000)), Some(true));
+    let repeat = run_until(&mut e, t + ms(999));
+    assert_eq!(nas(&repeat), 0);
+    let repeat = run_until(&mut e, t + ms(3000));
+    assert_eq!((nas(&repeat), garps(&repeat)), (5, 5));
+    let v6 = e.status(t + ms(3000), 0).instances[0].ipv6.clone().expect("v6");
+    assert_eq!(v6.nas_sent, 10);
+}
+
+#[test]
+fn the_ipv6_router_refreshes_its_unsolicited_nas_while_active_and_stops_when_not() {
+    let mut c = dual(&[], &[VIP6], 150);
+    only(&mut c).vrrp.garp_refresh_ms = 500;
+    only(&mut c).vrrp.garp_repeat_delay_ms = 0;
+    let mut e = engine6(c);
+    e.handle(ms(0), start(true));
+    let t = e.next_deadline().expect("a down timer");
+    assert_eq!(nas(&e.handle(t, Event::Timer)), 5);
+    let refreshes = run_until(&mut e, t + ms(2050));
+    assert_eq!(nas(&refreshes), 4 * 5, "refreshes at +0.5, +1, +1.5, +2 s");
+    // A reload to another period applies at once.
+    let mut slower = dual(&[], &[VIP6], 150);
+    slower.instances[0].vrrp.garp_refresh_ms = 2000;
+    slower.instances[0].vrrp.garp_repeat_delay_ms = 0;
+    e.handle(t + ms(2100), Event::Reload(Box::new(Ok(slower))));
+    assert_eq!(nas(&run_until(&mut e, t + ms(4050))), 0, "next refresh at +4.1 s");
+    assert_eq!(nas(&run_until(&mut e, t + ms(4150))), 5);
+    // Preempted by a higher priority that goes on advertising: a backup announces nothing (an active router
+    // would have refreshed at +6.15 s).
+    let mut backup = Vec::new();
+    for k in 0..25 {
+        let at = t + ms(4200 + k * 100);
+        backup.extend(e.handle(at, packet6(LL_PEER, 200, &[VIP6], 255)));
+        backup.extend(run_until(&mut e, at + ms(99)));
+        assert_eq!(role6(&e), Some(Role::Backup));
+    }
+    assert_eq!(nas(&backup), 0);
+}
+
+#[test]
+fn stopping_hands_over_each_active_router_of_an_instance_on_its_own() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let t = e.next_deadline().expect("a down timer");
+    e.handle(t, Event::Timer);
+    assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Active)));
+    let stop = e.handle(t + ms(10), Event::Stop);
+    assert_eq!(adverts(&stop), [0]);
+    assert_eq!(adverts6(&stop), [(LL_ME, 0, vec![VIP6])]);
+    assert!(set_active(&stop).is_empty(), "both keep answering during the handover: {stop:?}");
+    assert_eq!(e.next_deadline(), Some(t + ms(10) + HANDOVER_WAIT));
+    // The IPv4 peer announces itself: only the IPv4 router stops answering.
+    let out = e.handle(t + ms(50), packet(PEER, 100, &[VIP]));
+    assert_eq!(set_active(&out), [(0, false)]);
+    assert!(!e.exited());
+    // An IPv6 priority-0 advert is another router stopping, not a new active one.
+    assert!(set_active(&e.handle(t + ms(60), packet6(LL_PEER, 0, &[VIP6], 255))).is_empty());
+    // Nor is an off-link one (discarded by the checks).
+    assert!(set_active(&e.handle(t + ms(65), packet6(LL_PEER, 100, &[VIP6], 64))).is_empty());
+    let out = e.handle(t + ms(70), packet6(LL_PEER, 100, &[VIP6], 255));
+    assert_eq!(set_active(&out), [(1, false)]);
+    assert!(logs(&out).iter().any(|l| l == "IPv6 handover: fe80::6 is active"), "{out:?}");
+    assert!(logs(&out).iter().any(|l| l == "IPv6 role -> initialize: stopping"), "{out:?}");
+    assert_eq!(out.last(), Some(&Command::Exit));
+    assert!(e.exited());
+}
+
+#[test]
+fn a_stopping_ipv6_router_with_nobody_to_take_over_waits_at_most_the_handover_time() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 100));
+    e.handle(ms(0), start(true));
+    let t = e.next_deadline().expect("a down timer");
+    e.handle(t, Event::Timer);
+    // The IPv4 group has a higher peer: only the IPv6 router is active when the stop comes.
+    e.handle(t + ms(5), packet(PEER, 200, &[VIP]));
+    assert_eq!((role(&e), role6(&e)), (Role::Backup, Some(Role::Active)));
+    let stop = e.handle(t + ms(10), Event::Stop);
+    assert_eq!(adverts(&stop), Vec::<u8>::new());
+    assert_eq!(adverts6(&stop).len(), 1);
+    assert!(!set_active(&stop).contains(&(1, false)), "{stop:?}");
+    let out = run_until(&mut e, t + ms(10) + HANDOVER_WAIT);
+    assert!(set_active(&out).contains(&(1, false)), "{out:?}");
+    assert_eq!(out.last(), Some(&Command::Exit));
+}
+
+#[test]
+fn a_backup_ipv6_router_stops_at_once() {
+    let mut e = engine6(dual(&[VIP], &[VIP6], 150));
+    e.handle(ms(0), start(true));
+    let t = e.next_deadline().expect("a down timer");
+    e.handle(t, Event::Timer);
+    e.handle(t + ms(5), packet6(LL_PEER, 200, &[VIP6], 255));
+    assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Backup)));
+    let stop = e.handle(t + ms(10), Event::Stop);
+    assert!(adverts6(&stop).is_empty(), "{stop:?}");
+    assert_eq!(set_active(&stop), [(1, false)], "the IPv4 router hands over, the IPv6 one is done");
+    assert_eq!(role6(&e), Some(Role::Initialize));
 }
 
 #[test]

@@ -13,7 +13,10 @@
 //!
 //! Everything about a VRRP instance carries a `vrrp_instance` label (its `name`; the one instance of a config in
 //! the single form is [`crate::config::DEFAULT_INSTANCE`]); what the XDP program counts for the whole node (frames by reason, table
-//! fill) does not.
+//! fill) does not. An instance runs one VRRP router per address family it has addresses of: the `xvip_vrrp_router_*`
+//! and `xvip_router_frames_total` families show each with a `family` label (`ipv4`, `ipv6`), while the older
+//! per-instance families keep showing the instance's IPv4 router (its only one before IPv6 VIPs), or the IPv6 one
+//! of an instance without IPv4 addresses (`Page::election`).
 
 pub mod http;
 
@@ -36,7 +39,7 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use lb_common::Reason;
+use lb_common::{FAMILY_IPV4, FAMILY_IPV6, Reason};
 
 use crate::{
     config::CheckKind,
@@ -285,6 +288,23 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<
     family(encoder, name, help, MetricType::Counter, series)
 }
 
+/// One VRRP router of an instance (one per address family it has addresses of), with its labels
+/// (`vrrp_instance`, `family`) and what the engine knows of it.
+struct RouterRow<'a> {
+    labels: Labels,
+    /// Its index in the data plane (`lb_common::router_slot`).
+    index: u32,
+    role: Role,
+    priority: u8,
+    transitions: u64,
+    transitions_by_cause: &'a BTreeMap<&'static str, u64>,
+    adverts_sent: u64,
+    adverts_received: u64,
+    discards: &'a BTreeMap<&'static str, u64>,
+    /// Gratuitous ARPs (IPv4) or unsolicited Neighbor Advertisements (IPv6) sent.
+    announcements: u64,
+}
+
 /// A backend of a service, with its labels and what the engine and the data plane know of it.
 struct BackendRow<'a> {
     labels: Labels,
@@ -302,6 +322,58 @@ impl Page {
 
     fn per_instance<N>(&self, f: impl Fn(&Instance) -> Vec<(Labels, N)>) -> Vec<(Labels, N)> {
         self.sample.instances.iter().flat_map(f).collect()
+    }
+
+    /// Every router of every instance, IPv4 first.
+    fn routers(&self) -> Vec<RouterRow<'_>> {
+        self.sample.instances.iter().flat_map(Self::instance_routers).collect()
+    }
+
+    /// The router the per-instance families show: the IPv4 one, or, for an instance with only IPv6 addresses, the
+    /// IPv6 one (as `xvip status` does).
+    fn election(i: &Instance) -> Option<RouterRow<'_>> {
+        Self::instance_routers(i).into_iter().next()
+    }
+
+    /// The routers of one instance, IPv4 first.
+    fn instance_routers(i: &Instance) -> Vec<RouterRow<'_>> {
+        let mut rows = Vec::new();
+        let labels = |family: &str| vec![("vrrp_instance", i.name.clone()), ("family", family.to_string())];
+        let view = &i.view;
+        // `router_slot` puts the family in the index's low bit; an instance without IPv4 addresses has no
+        // IPv4 router in `routers`.
+        if let Some(index) = view.routers.iter().copied().find(|r| r % 2 == FAMILY_IPV4) {
+            let o = &view.observed;
+            rows.push(RouterRow {
+                labels: labels("ipv4"),
+                index,
+                role: view.role,
+                priority: view.effective_priority,
+                transitions: o.transitions,
+                transitions_by_cause: &o.transitions_by_cause,
+                adverts_sent: o.adverts_sent,
+                adverts_received: o.adverts_received,
+                discards: &o.discards,
+                announcements: o.garps_sent,
+            });
+        }
+        if let Some(v6) = &view.ipv6 {
+            let o = &v6.observed;
+            debug_assert_eq!(v6.index % 2, FAMILY_IPV6);
+            rows.push(RouterRow {
+                labels: labels("ipv6"),
+                index: v6.index,
+                role: o.role,
+                priority: v6.priority,
+                transitions: o.transitions,
+                transitions_by_cause: &o.transitions_by_cause,
+                adverts_sent: o.adverts_sent,
+                adverts_received: o.adverts_received,
+                discards: &o.discards,
+                announcements: o.nas_requested,
+            });
+        }
+        rows
     }
 
     fn backends(&self) -> Vec<BackendRow<'_>> {
@@ -371,7 +443,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("role", r.name().to_string()));
-                        (labels, i64::from(*r == i.view.role))
+                        (labels, i64::from(Self::election(i).is_some_and(|e| e.role == *r)))
                     })
                     .collect()
             }),
@@ -399,7 +471,8 @@ impl Page {
                     .map(|c| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", c.name().to_string()));
-                        (labels, i.view.observed.transitions_by_cause.get(c.name()).copied().unwrap_or(0))
+                        let n = Self::election(i).and_then(|e| e.transitions_by_cause.get(c.name()).copied());
+                        (labels, n.unwrap_or(0))
                     })
                     .collect()
             }),
@@ -408,13 +481,15 @@ impl Page {
             e,
             "xvip_vrrp_adverts_sent",
             "VRRP adverts sent (priority-0 adverts on stopping included)",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.adverts_sent)]),
+            self.per_instance(|i| vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_sent))]),
         )?;
         counter(
             e,
             "xvip_vrrp_adverts_received",
             "VRRP adverts from other routers that passed every check and went to the election",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.adverts_received)]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_received))]
+            }),
         )?;
         counter(
             e,
@@ -427,7 +502,8 @@ impl Page {
                     .map(|reason| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", reason.to_string()));
-                        (labels, i.view.observed.discards.get(reason).copied().unwrap_or(0))
+                        let n = Self::election(i).and_then(|e| e.discards.get(reason).copied());
+                        (labels, n.unwrap_or(0))
                     })
                     .collect()
             }),
@@ -438,6 +514,7 @@ impl Page {
             "Gratuitous ARPs sent for the virtual address",
             self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.garps_sent)]),
         )?;
+        self.encode_routers(e)?;
         family(
             e,
             "xvip_vrrp_takeover_seconds",
@@ -446,6 +523,85 @@ impl Page {
             self.per_instance(|i| {
                 self.takeovers.get(&i.name).map(|h| (Self::instance_labels(i), h.clone())).into_iter().collect()
             }),
+        )
+    }
+
+    /// The `xvip_vrrp_router_*` families: each router of each instance, by address family.
+    fn encode_routers(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let rows = self.routers();
+        let each = |f: &dyn Fn(&RouterRow) -> u64| -> Vec<(Labels, u64)> {
+            rows.iter().map(|r| (r.labels.clone(), f(r))).collect()
+        };
+        gauge(
+            e,
+            "xvip_vrrp_router_role",
+            "1 for the router's current VRRP role, 0 for the others (one router per address family of the instance)",
+            rows.iter()
+                .flat_map(|r| {
+                    ROLES.iter().map(|role| {
+                        let mut labels = r.labels.clone();
+                        labels.push(("role", role.name().to_string()));
+                        (labels, i64::from(*role == r.role))
+                    })
+                })
+                .collect(),
+        )?;
+        gauge(
+            e,
+            "xvip_vrrp_router_effective_priority",
+            "The priority the router advertises now",
+            each(&|r| u64::from(r.priority)),
+        )?;
+        counter(e, "xvip_vrrp_router_transitions", "The router's role changes", each(&|r| r.transitions))?;
+        counter(
+            e,
+            "xvip_vrrp_router_adverts_sent",
+            "VRRP adverts the router sent (priority-0 adverts on stopping included)",
+            each(&|r| r.adverts_sent),
+        )?;
+        counter(
+            e,
+            "xvip_vrrp_router_adverts_received",
+            "VRRP adverts for the router that passed every check and went to its election",
+            each(&|r| r.adverts_received),
+        )?;
+        counter(
+            e,
+            "xvip_vrrp_router_adverts_discarded",
+            "VRRP packets the router discarded, by reason",
+            rows.iter()
+                .flat_map(|r| {
+                    crate::vrrp::packet::Discard::ALL_NAMES.iter().chain(&crate::engine::DISCARD_REASONS).map(
+                        |reason| {
+                            let mut labels = r.labels.clone();
+                            labels.push(("reason", reason.to_string()));
+                            (labels, r.discards.get(reason).copied().unwrap_or(0))
+                        },
+                    )
+                })
+                .collect(),
+        )?;
+        counter(
+            e,
+            "xvip_vrrp_router_announcements_sent",
+            "Gratuitous ARPs (ipv4) or unsolicited Neighbor Advertisements (ipv6) the router sent for its addresses",
+            each(&|r| r.announcements),
+        )?;
+        let Some(dataplane) = &self.sample.dataplane else { return Ok(()) };
+        counter(
+            e,
+            "xvip_router_frames",
+            "Frames to the router's addresses (and ARP requests or Neighbor Solicitations for them), by what the XDP \
+             program did and why",
+            rows.iter()
+                .flat_map(|r| {
+                    Reason::ALL.iter().map(|reason| {
+                        let mut labels = r.labels.clone();
+                        labels.push(("reason", reason.name().to_string()));
+                        (labels, dataplane.counters.router_reason(r.index, *reason))
+                    })
+                })
+                .collect(),
         )
     }
 

@@ -439,3 +439,120 @@ fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
     }
     assert!(page.contains(r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="ingress"} 0"#), "{page}");
 }
+
+const DUAL: &str = r#"
+interface = "eth0"
+[vip]
+addresses = ["10.0.0.250", "fd00::250"]
+[vrrp]
+vrid = 51
+priority = 150
+advert_interval_ms = 1000
+garp_repeat_delay_ms = 0
+[metrics]
+"#;
+
+/// An IPv6 advert from `src` as the IPv6 VRRP socket delivers it, with a 1 s interval.
+fn advert6(src: std::net::Ipv6Addr, priority: u8, hop_limit: u8) -> Event {
+    let vip6: std::net::Ipv6Addr = "fd00::250".parse().expect("address");
+    let advert = Advert { vrid: 51, priority, max_adver_int: 100, addresses: vec![vip6] };
+    let message = advert.to_bytes(src, packet::MULTICAST_GROUP_V6, ChecksumMode::PseudoHeader).expect("encode");
+    let datagram = crate::vrrp::socket6::Datagram { message, src, dst: packet::MULTICAST_GROUP_V6, hop_limit };
+    Event::Packet6 { interface: "eth0".into(), datagram }
+}
+
+#[test]
+fn each_router_of_an_instance_has_its_series_by_family() {
+    let config = config::parse(Path::new("xvip.toml"), DUAL).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    let peer6: std::net::Ipv6Addr = "fe80::6".parse().expect("address");
+    let mut e =
+        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+            .expect("engine");
+    e.handle(Duration::ZERO, start());
+    // A higher IPv6 peer: the IPv6 router stays backup while the IPv4 router, alone, becomes active.
+    e.handle(ms(100), advert6(peer6, 200, 255));
+    e.handle(ms(150), advert6(peer6, 200, 64)); // off-link: discarded
+    let fired = e.next_deadline().expect("a down timer");
+    e.handle(fired, Event::Timer);
+    assert_eq!(role(&e), Role::Active);
+    let mut s = sample(&e, fired);
+    let routers = s.instances[0].view.routers.clone();
+    assert_eq!(routers, [0, 1]);
+    let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    for (router, reason, n) in [(0, Reason::ArpReply, 3), (1, Reason::PassNd, 4), (1, Reason::DropIpv6Transport, 2)] {
+        counters.routers.entry(router).or_insert_with(|| vec![0; Reason::ALL.len()])[reason as usize] = n;
+    }
+    s.dataplane = Some(DataPlaneSample { counters, tables: None });
+    let page = Metrics::new().render(s);
+
+    for (series, expected) in [
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv4",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="backup"}"#, 1.0),
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 0.0),
+        (r#"xvip_vrrp_router_effective_priority{vrrp_instance="default",family="ipv6"}"#, 150.0),
+        (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv4"}"#, 2.0),
+        (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv4"}"#, 1.0),
+        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
+        (r#"xvip_vrrp_router_adverts_received_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+        (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv6",reason="ttl"}"#, 1.0),
+        (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv4",reason="ttl"}"#, 0.0),
+        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv4"}"#, 5.0),
+        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
+        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv4",reason="arp_replies"}"#, 3.0),
+        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="pass_nd"}"#, 4.0),
+        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="drop_ipv6_transport"}"#, 2.0),
+        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="arp_replies"}"#, 0.0),
+        (r#"xvip_instance_frames_total{vrrp_instance="default",reason="pass_nd"}"#, 4.0),
+        // The per-instance families keep showing the IPv4 router.
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    // Once the IPv6 peer goes quiet the IPv6 router takes over and announces the IPv6 address.
+    let role6 = |e: &Engine, t| e.view(t).instances[0].ipv6.as_ref().map(|v6| v6.observed.role);
+    let mut t = fired;
+    while role6(&e, t) != Some(Role::Active) {
+        t = e.next_deadline().expect("a timer");
+        assert!(t < ms(10_000), "the IPv6 router never took over");
+        e.handle(t, Event::Timer);
+    }
+    let page = Metrics::new().render(sample(&e, t));
+    for (series, expected) in [
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 5.0),
+        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+}
+
+/// An instance with only IPv6 addresses: the per-instance families show its IPv6 router, as `xvip status` does,
+/// so the alerts on `xvip_vrrp_role` hold for it too.
+#[test]
+fn the_per_instance_families_of_an_ipv6_only_instance_show_its_ipv6_router() {
+    let text = DUAL.replace(r#"["10.0.0.250", "fd00::250"]"#, r#"["fd00::250"]"#);
+    let config = config::parse(Path::new("xvip.toml"), &text).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    let mut e =
+        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+            .expect("engine");
+    e.handle(Duration::ZERO, start());
+    e.handle(ms(150), advert6("fe80::6".parse().expect("address"), 100, 64)); // off-link: discarded
+    let fired = e.next_deadline().expect("the down timer");
+    e.handle(fired, Event::Timer);
+    let page = Metrics::new().render(sample(&e, fired));
+    for (series, expected) in [
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="initialize"}"#, 0.0),
+        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="startup"}"#, 1.0),
+        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_sent_total{vrrp_instance="default"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
+        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
+    ] {
+        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
+    }
+    assert!(!page.contains(r#"family="ipv4""#), "no IPv4 router without IPv4 addresses:\n{page}");
+}
