@@ -55,6 +55,10 @@ pub mod names {
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
     pub const CONNTRACK: &str = "CONNTRACK";
+    /// IPv6 services (`ServiceKey6` -> `ServiceValue`), their flows and their backends' addresses.
+    pub const SERVICES6: &str = "SERVICES6";
+    pub const CONNTRACK6: &str = "CONNTRACK6";
+    pub const BACKEND_ADDRESSES6: &str = "BACKEND_ADDRESSES6";
     pub const NAT: &str = "NAT";
     pub const NAT_BACKENDS: &str = "NAT_BACKENDS";
     pub const NAT_SOURCE_PORTS: &str = "NAT_SOURCE_PORTS";
@@ -191,8 +195,7 @@ impl NodeConfig {
 
 /// Value of the `VIPS` hash map, keyed by the VIP's IPv4 address (`[u8; 4]`, network order), and of the `VIPS6`
 /// hash map, keyed by an IPv6 VIP's address (`[u8; 16]`, network order). An IPv6 VIP's `router` is its instance's
-/// IPv6 router (`router_slot(instance, FAMILY_IPV6)`); its `hash_seed` and `held` are unused until IPv6 traffic is
-/// forwarded to backends.
+/// IPv6 router (`router_slot(instance, FAMILY_IPV6)`) and its `hash_seed` the IPv6 one (`group_seed6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct VipValue {
@@ -264,6 +267,25 @@ impl ServiceKey {
     #[inline(always)]
     pub const fn new(vip: [u8; 4], port: [u8; 2], protocol: u8) -> Self {
         ServiceKey { vip, port, protocol, _pad: 0 }
+    }
+}
+
+/// Key of the `SERVICES6` hash map: a port and protocol on one IPv6 VIP (value: [`ServiceValue`], as for IPv4).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey6 {
+    pub vip: [u8; 16],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey6>() == 20);
+
+impl ServiceKey6 {
+    /// The key of `port` and `protocol` on `vip`, padding zeroed.
+    #[inline(always)]
+    pub const fn new(vip: [u8; 16], port: [u8; 2], protocol: u8) -> Self {
+        ServiceKey6 { vip, port, protocol, _pad: 0 }
     }
 }
 
@@ -444,6 +466,66 @@ impl FlowValue {
     #[inline(always)]
     pub fn holds(&self, b: &Backend) -> bool {
         b.address == self.backend_address && b.port == self.backend_port
+    }
+}
+
+/// Key of the IPv6 connection table (`CONNTRACK6`): one direction of a client flow towards a service on one IPv6
+/// VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    pub client: [u8; 16],
+    pub vip: [u8; 16],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
+impl FlowKey6 {
+    /// The key of a client flow, padding zeroed. Build keys only with this.
+    #[inline(always)]
+    pub const fn new(
+        client: [u8; 16],
+        vip: [u8; 16],
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        protocol: u8,
+    ) -> Self {
+        FlowKey6 { client, vip, client_port, service_port, protocol, _pad: 0, _pad2: 0 }
+    }
+}
+
+/// Value of the IPv6 connection table: the `BACKENDS` slot a flow is pinned to and the backend (IPv6 address,
+/// port) that held it then, so a pin holds only while the slot still has that backend (its address is in
+/// `BACKEND_ADDRESSES6`, at the same index).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue6 {
+    pub backend: u32,
+    pub backend_port: [u8; 2],
+    pub _pad: [u8; 2],
+    pub backend_address: [u8; 16],
+}
+const _: () = assert!(core::mem::size_of::<FlowValue6>() == 24);
+
+impl FlowValue6 {
+    /// A flow pinned to slot `backend`, which holds `holder` at `address`; padding zeroed.
+    #[inline(always)]
+    pub const fn new(backend: u32, holder: &Backend, address: [u8; 16]) -> Self {
+        FlowValue6 { backend, backend_port: holder.port, _pad: [0; 2], backend_address: address }
+    }
+
+    /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot (`b`, whose
+    /// IPv6 address is `address`) still holds the backend the flow was pinned to, healthy and of that service.
+    #[inline(always)]
+    pub fn keeps_pin(&self, b: &Backend, address: &[u8; 16], service: u32) -> bool {
+        b.healthy == 1
+            && u32::from(b.service) == service
+            && b.port == self.backend_port
+            && ipv6_halves(address) == ipv6_halves(&self.backend_address)
     }
 }
 
@@ -742,7 +824,8 @@ pub enum Reason {
     /// multicast or the node's own MAC, or arrives on another interface than the VIP's. Dropped (the kernel does not
     /// own the VIP).
     DropNd = 39,
-    /// TCP or UDP to an IPv6 VIP: IPv6 traffic is not forwarded to backends (yet), so it is dropped and counted.
+    /// TCP or UDP to an IPv6 VIP's port whose service is NAT: NAT to IPv6 backends is not done (the agent installs
+    /// IPv6 services only for DSR), so it is dropped and counted.
     DropIpv6Transport = 40,
 }
 
@@ -886,6 +969,15 @@ pub fn ipv6_halves(a: &[u8; 16]) -> (u64, u64) {
     )
 }
 
+/// The address whose [`ipv6_halves`] are `(high, low)`: built in registers, so building a key from a frame's
+/// address costs no `memmove` call (which a copy of the array itself may become in the XDP program).
+#[inline(always)]
+pub const fn ipv6_from_halves((high, low): (u64, u64)) -> [u8; 16] {
+    let h = high.to_be_bytes();
+    let l = low.to_be_bytes();
+    [h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7], l[0], l[1], l[2], l[3], l[4], l[5], l[6], l[7]]
+}
+
 /// The solicited-node multicast address of `address` (RFC 4291 §2.7.1): `ff02::1:ff` and its last 24 bits,
 /// where Neighbor Solicitations for `address` are sent.
 #[inline(always)]
@@ -904,6 +996,20 @@ pub fn flow_hash(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], p
     h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
     h = mix(h, u32::from(protocol));
     fmix(h ^ 12)
+}
+
+/// [`flow_hash`] of an IPv6 client: its address folded in as four words.
+#[inline(always)]
+pub fn flow_hash6(client: &[u8; 16], client_port: [u8; 2], service_port: [u8; 2], protocol: u8, seed: u32) -> u32 {
+    let mut h = seed;
+    let mut i = 0;
+    while i < 16 {
+        h = mix(h, u32::from_be_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]));
+        i += 4;
+    }
+    h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
+    h = mix(h, u32::from(protocol));
+    fmix(h ^ 24)
 }
 
 /// The NAT source port of a flow for its `attempt`-th candidate (0..[`NAT_PORT_TRIES`]), from its [`flow_hash`].
@@ -1021,6 +1127,15 @@ pub const SOCKET_PEERS_ENTRIES: u32 = 65536;
 /// The flow hash seed of a VRRP group: every node with the same VIP and VRID gets the same one.
 pub fn group_seed(vip: [u8; 4], vrid: u8) -> u32 {
     fmix(mix(0x7876_6970, u32::from_be_bytes(vip)) ^ u32::from(vrid))
+}
+
+/// The flow hash seed of an IPv6 VRRP group ([`group_seed`] for an IPv6 VIP).
+pub fn group_seed6(vip: [u8; 16], vrid: u8) -> u32 {
+    let mut h = 0x7876_6936;
+    for word in vip.chunks_exact(4) {
+        h = mix(h, u32::from_be_bytes([word[0], word[1], word[2], word[3]]));
+    }
+    fmix(h ^ u32::from(vrid))
 }
 
 /// The `log` target of the data plane's trace records (aya-log), which the agent parses.
@@ -1201,6 +1316,9 @@ mod pod {
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::ServiceKey6 {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
+    unsafe impl aya::Pod for super::FlowValue6 {}
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatValue {}
@@ -1291,6 +1409,21 @@ mod tests {
         assert!(!f.matches([10, 0, 1, 77], [10, 0, 0, 251], 443u16.to_be_bytes(), PROTO_TCP), "other VIP");
         assert!(!f.matches([10, 0, 1, 77], vip, 80u16.to_be_bytes(), PROTO_TCP), "other port");
         assert!(!f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_UDP), "other protocol");
+    }
+
+    #[test]
+    fn ipv6_halves_round_trip_and_the_ipv6_flow_hash_sees_every_word() {
+        let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0x02, 0x50];
+        assert_eq!(ipv6_halves(&a), (0x2001_0db8_0102_0304, 0x0506_0708_090a_0250));
+        assert_eq!(ipv6_from_halves(ipv6_halves(&a)), a);
+        let hash = |c: &[u8; 16]| flow_hash6(c, [0x9c, 0x40], [0, 80], PROTO_TCP, 7);
+        for i in 0..16 {
+            let mut other = a;
+            other[i] ^= 1;
+            assert_ne!(hash(&a), hash(&other), "byte {i} of the client address");
+        }
+        assert_ne!(flow_hash6(&a, [0x9c, 0x40], [0, 80], PROTO_TCP, 8), hash(&a), "the seed");
+        assert_ne!(group_seed6(a, 51), group_seed6(a, 52), "the VRID");
     }
 
     #[test]

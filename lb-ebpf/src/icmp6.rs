@@ -1,6 +1,7 @@
 //! ICMPv6 for IPv6 VIPs: Neighbor Solicitations answered with Neighbor Advertisements (RFC 4861 §7.2.4) and echo
-//! requests with echo replies (RFC 4443 §4.2), in place, while the VIP's router may answer. Every other ICMPv6
-//! message to a VIP is dropped (`DropNoService`).
+//! requests with echo replies (RFC 4443 §4.2), in place, while the VIP's router may answer; errors handed to
+//! `forward6` (one about a DSR backend's reply goes to that backend). Every other ICMPv6 message to a VIP is dropped
+//! (`DropNoService`).
 //!
 //! A solicitation is answered only when it passes the receiver's checks of RFC 4861 §7.1.1 (hop limit 255, a
 //! checksum that verifies, code 0, at least 24 bytes, the VIP as target, no option of length 0, and from the
@@ -30,6 +31,10 @@ use crate::{
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
 const NEIGHBOR_SOLICITATION: u8 = 135;
+/// ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time exceeded.
+const DEST_UNREACHABLE: u8 = 1;
+const PACKET_TOO_BIG: u8 = 2;
+const TIME_EXCEEDED: u8 = 3;
 const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 /// Neighbor Discovery option types (RFC 4861 §4.6).
 const OPTION_SOURCE_LL: u8 = 1;
@@ -158,6 +163,8 @@ pub fn to_vip(
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
         ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, len),
+        // About a packet a DSR backend sent from the VIP: to that backend (path MTU discovery).
+        DEST_UNREACHABLE | PACKET_TOO_BIG | TIME_EXCEEDED => crate::forward6::icmp_error(ctx, eth, ip, config, len),
         NEIGHBOR_SOLICITATION => {
             let Some(ns) = packet::at::<Solicitation>(ctx, L4_OFF6) else {
                 return (XDP_DROP, Reason::DropNd);

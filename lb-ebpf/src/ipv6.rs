@@ -1,6 +1,7 @@
 //! IPv6 frames: Neighbor Solicitations for a VIP (to its solicited-node group, or to the VIP itself) and echo
-//! requests to a VIP are answered while the VIP's router may answer (`icmp6`); nothing else to an IPv6 VIP is
-//! forwarded yet, so it is dropped and counted. IPv6 not addressed to a VIP goes to the kernel.
+//! requests to a VIP are answered while the VIP's router may answer (`icmp6`); TCP and UDP to a VIP's service go
+//! to an IPv6 backend (`forward6`, DSR); anything else to an IPv6 VIP is dropped and counted. IPv6 not addressed
+//! to a VIP goes to the kernel.
 //!
 //! What is handled for a VIP: the fixed 40-byte header directly followed by ICMPv6, TCP or UDP. A packet to a VIP
 //! behind extension headers (hop-by-hop, routing, destination options, AH, mobility, HIP, shim6, experimental) is
@@ -14,7 +15,7 @@ use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue, martian_sour
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    NO_ROUTER, icmp6,
+    NO_ROUTER, forward6, icmp6,
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6},
@@ -88,7 +89,7 @@ fn to_vip(
     }
     match ip.next_hdr {
         IPPROTO_ICMPV6 => icmp6::to_vip(ctx, eth, ip, config, vip, payload),
-        PROTO_TCP | PROTO_UDP => (XDP_DROP, Reason::DropIpv6Transport),
+        PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, payload),
         NEXT_FRAGMENT => (XDP_DROP, Reason::DropFragment),
         NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_AH | NEXT_DEST_OPTIONS | NEXT_MOBILITY | NEXT_HIP | NEXT_SHIM6
         | NEXT_EXPERIMENT_1 | NEXT_EXPERIMENT_2 => (XDP_DROP, Reason::DropIpOptions),

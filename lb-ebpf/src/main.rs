@@ -3,7 +3,7 @@
 //!
 //! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
 //! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
-//! DSR path), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `ipv6` and
+//! DSR path), `forward6` (IPv6 services, DSR to IPv6 backends), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `ipv6` and
 //! `icmp6` (IPv6 VIPs: Neighbor Discovery and echo answered, the rest dropped), `route` (the
 //! FIB: where packets to clients go), `socket` (the cgroup programs that balance the node's own clients' connects),
 //! `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
@@ -19,6 +19,7 @@
 mod csum;
 mod egress;
 mod forward;
+mod forward6;
 mod icmp;
 mod icmp6;
 mod ipv6;

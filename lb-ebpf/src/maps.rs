@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
-    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowValue, Heartbeat,
-    LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS,
-    MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig, REASON_COUNT,
-    ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig,
-    TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowKey6, FlowValue, FlowValue6,
+    Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS,
+    MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig,
+    REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6, ServiceValue, SocketPeer,
+    SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
 };
 
 #[map]
@@ -63,6 +63,20 @@ pub static MAGLEV: Array<MaglevChunk> = Array::with_max_entries(2 * MAX_SERVICES
 
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// (IPv6 VIP, port, protocol) -> service: IPv6 frames to a VIP's port look it up (one hash lookup; IPv4 frames
+/// never do). Without preallocation, as `SERVICES`.
+#[map]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue> = HashMap::with_max_entries(MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// The IPv6 address of the backend in each `BACKENDS` slot that holds an IPv6 backend (the slot's `address` is
+/// then all zero). Written by the agent before the slot.
+#[map]
+pub static BACKEND_ADDRESSES6: Array<[u8; 16]> = Array::with_max_entries(MAX_BACKENDS, 0);
+
+/// IPv6 client flow -> backend (DSR). Sized from `conntrack_entries` by the agent, like `CONNTRACK`.
+#[map]
+pub static CONNTRACK6: LruHashMap<FlowKey6, FlowValue6> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
 
 /// Client flow -> backend (and NAT source port). Sized from `conntrack_entries` by the agent. A global (not
 /// per-CPU) LRU: the packets of one flow may arrive on any CPU.

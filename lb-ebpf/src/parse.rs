@@ -133,9 +133,15 @@ impl L4 {
 /// UDP datagram is padding). Anything else is `DropMalformedL4`, so nothing inconsistent is ever forwarded.
 #[inline(always)]
 pub fn l4(ctx: &impl Frame, protocol: u8, total: usize) -> Result<L4, Reason> {
-    let payload = total.saturating_sub(IP_LEN);
+    l4_at(ctx, protocol, L4_OFF, total.saturating_sub(IP_LEN))
+}
+
+/// [`l4`] for a TCP or UDP header at `offset` in the frame, in an IP payload of `payload` bytes (IPv6: the
+/// header right after the fixed 40-byte header, `L4_OFF6`).
+#[inline(always)]
+pub fn l4_at(ctx: &impl Frame, protocol: u8, offset: usize, payload: usize) -> Result<L4, Reason> {
     if protocol == PROTO_TCP {
-        let Some(tcp) = packet::at::<TcpHdr>(ctx, L4_OFF) else {
+        let Some(tcp) = packet::at::<TcpHdr>(ctx, offset) else {
             return Err(Reason::PassTruncated);
         };
         if payload < TcpHdr::LEN {
@@ -153,7 +159,7 @@ pub fn l4(ctx: &impl Frame, protocol: u8, total: usize) -> Result<L4, Reason> {
         }
         Ok(L4 { sport, dport, protocol, flags })
     } else if protocol == PROTO_UDP {
-        let Some(udp) = packet::at::<UdpHdr>(ctx, L4_OFF) else {
+        let Some(udp) = packet::at::<UdpHdr>(ctx, offset) else {
             return Err(Reason::PassTruncated);
         };
         if payload < UdpHdr::LEN {

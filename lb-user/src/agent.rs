@@ -16,7 +16,7 @@
 //! commands between the places above, and tearing down in order at the end.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     path::{Path, PathBuf},
     sync::mpsc as std_mpsc,
     thread,
@@ -143,11 +143,12 @@ pub async fn run(config_path: &Path, config: Config) -> Result<(), Error> {
     // Shared by the health checkers (they record every probe) and the page.
     let probes = metrics_listener.as_ref().map(|_| Probes::default());
 
-    let capacity = u32::try_from(config.service_count()).unwrap_or(u32::MAX).max(8);
+    let capacity = u32::try_from(config.service_tables()).unwrap_or(u32::MAX).max(8);
     let engine = Engine::with_link_locals(config.clone(), primaries, link_locals, capacity)?;
     let dp_error = |what: &'static str| move |source| Error::DataPlane { what, source };
     let mut dataplane = DataPlane::load(LoadOptions {
         conntrack_entries: config.conntrack_entries,
+        conntrack6_entries: config.conntrack6_entries(),
         service_capacity: capacity,
         ..LoadOptions::default()
     })
@@ -403,7 +404,7 @@ enum Job {
     /// Make the IPv6 VIP map hold exactly these VIPs.
     InstallVips6(Vec<Vip6Spec>),
     /// Delete the connection and NAT entries of flows to these VIPs (an instance left the active role).
-    ForgetFlows(Vec<Ipv4Addr>),
+    ForgetFlows(Vec<std::net::IpAddr>),
     Counters(oneshot::Sender<Counters>),
     /// For metrics: the counters, and with `scan` a walk over the connection and NAT tables (timed).
     Sample {
@@ -491,7 +492,7 @@ fn spawn_dataplane(mut dataplane: DataPlane) -> Result<(std_mpsc::Sender<Job>, t
 }
 
 /// Addresses as `a, b`.
-fn list(addresses: &[Ipv4Addr]) -> String {
+fn list(addresses: &[impl ToString]) -> String {
     addresses.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
 }
 
@@ -977,15 +978,15 @@ impl Shell {
         let probes = self.probes.clone();
         let service = id.clone();
         let forward = self.runtime.spawn(async move {
-            let recorder = probes
-                .map(|p| p.recorder(&service.instance, &service.service, &format!("{}:{}", backend.0, backend.1)));
-            let address = SocketAddr::V4(SocketAddrV4::new(backend.0, backend.1));
+            let recorder =
+                probes.map(|p| p.recorder(&service.instance, &service.service, &SocketAddr::from(backend).to_string()));
+            let address = SocketAddr::from(backend);
             let _probe = Checker(health::spawn(address, settings, tx, recorder));
             while let Some(event) = rx.recv().await {
-                let SocketAddr::V4(addr) = event.backend else { continue };
+                let addr = event.backend;
                 let health = Event::Health {
                     id: service.clone(),
-                    backend: (*addr.ip(), addr.port()),
+                    backend: (addr.ip(), addr.port()),
                     healthy: event.healthy,
                     reason: event.reason,
                 };
@@ -1089,6 +1090,7 @@ mod tests {
         let vip = |n: u16| Vip6Spec {
             address: std::net::Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, n),
             router: 1,
+            hash_seed: 0,
             interface: Some("eth0".into()),
         };
         let jobs = vec![

@@ -9,8 +9,8 @@
 //! backends, tables; slow work), [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small
 //! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
-    collections::{BTreeMap, HashMap},
-    net::{Ipv4Addr, Ipv6Addr},
+    collections::{BTreeMap, HashMap, HashSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
     sync::{
         Arc, Mutex,
@@ -29,11 +29,12 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowValue, Heartbeat, LOCAL_ADDRESSES, Listener, LocalShare, MAGLEV_CHUNK,
-    MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND,
-    NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED,
-    ServiceKey, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue,
-    listener_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
+    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES, Listener,
+    LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
+    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT,
+    Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord,
+    TraceState, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
+    router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -173,6 +174,9 @@ impl<T, E: Into<KernelError>> Context<T> for std::result::Result<T, E> {
 pub struct LoadOptions {
     /// Entries of the connection table and of the NAT table (both LRU; see docs/nat.md for the memory).
     pub conntrack_entries: u32,
+    /// Entries of the IPv6 connection table (`CONNTRACK6`, LRU, 128 B each): `conntrack_entries` for a config with
+    /// IPv6 addresses, the minimum (1024) otherwise, so IPv4-only nodes do not pay for it.
+    pub conntrack6_entries: u32,
     /// Services the Maglev array has room for (two tables of `MAGLEV_CHUNKS` chunks each, 512 KiB per service).
     pub service_capacity: u32,
     /// Idle time after which a UDP NAT translation is gone.
@@ -193,6 +197,7 @@ impl Default for LoadOptions {
     fn default() -> Self {
         LoadOptions {
             conntrack_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
+            conntrack6_entries: lb_common::DEFAULT_CONNTRACK_ENTRIES,
             service_capacity: 8,
             nat_udp_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_UDP_TIMEOUT_NS),
             nat_closed_grace: Duration::from_nanos(lb_common::DEFAULT_NAT_CLOSED_GRACE_NS),
@@ -262,25 +267,28 @@ pub struct VipSpec {
     pub interface: Option<String>,
 }
 
-/// An IPv6 VIP as the data plane needs it: the router whose flag governs it (its instance's IPv6 router) and where
-/// it is answered. The program answers Neighbor Solicitations and pings for it while that router is active; it
-/// forwards nothing to backends over IPv6 yet (TCP and UDP to it are dropped, `drop_ipv6_transport`).
+/// An IPv6 VIP as the data plane needs it: the router whose flag governs it (its instance's IPv6 router), its flow
+/// hash seed, and where it is answered. The program answers Neighbor Solicitations and pings for it while that
+/// router is active, and sends its services' TCP and UDP to their IPv6 backends (DSR).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Vip6Spec {
     pub address: Ipv6Addr,
     /// `lb_common::router_slot(instance, FAMILY_IPV6)` of its instance.
     pub router: u32,
+    /// `lb_common::group_seed6` of the address and its instance's VRID.
+    pub hash_seed: u32,
     /// Its instance's interface: solicitations for the address are answered there only, with that interface's MAC.
     /// `None`: the node's interface and MAC as they are when the VIP is written (any interface if the program is
     /// not attached yet: fixtures that attach nowhere).
     pub interface: Option<String>,
 }
 
-/// What a service looks like to the data plane.
+/// What a service looks like to the data plane. Its IPv4 addresses are balanced to its IPv4 backends, its IPv6
+/// addresses to its IPv6 backends, each family with a service index and Maglev table of its own.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceSpec {
     /// The VIPs it listens on (its instance's addresses).
-    pub addresses: Vec<Ipv4Addr>,
+    pub addresses: Vec<IpAddr>,
     pub port: u16,
     pub protocol: u8,
     pub forwarding: u8,
@@ -289,7 +297,7 @@ pub struct ServiceSpec {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackendSpec {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub port: u16,
     pub weight: u8,
     pub healthy: bool,
@@ -298,6 +306,25 @@ pub struct BackendSpec {
     /// Interface towards the backend; 0 = the interface the program is attached to. Another interface gets the
     /// program too (the backend's replies arrive there), and frames to the backend carry its MAC as source.
     pub ifindex: u32,
+}
+
+impl ServiceSpec {
+    /// The part of the service of one address family (`ipv6`): its addresses and backends of that family.
+    fn family(&self, ipv6: bool) -> ServiceSpec {
+        ServiceSpec {
+            addresses: self.addresses.iter().filter(|a| a.is_ipv6() == ipv6).copied().collect(),
+            backends: self.backends.iter().filter(|b| b.address.is_ipv6() == ipv6).cloned().collect(),
+            ..self.clone()
+        }
+    }
+}
+
+/// An IPv4 address's octets (all zero for an IPv6 one: never asked for once a spec is split by family).
+fn octets4(address: IpAddr) -> [u8; 4] {
+    match address {
+        IpAddr::V4(v4) => v4.octets(),
+        IpAddr::V6(_) => [0; 4],
+    }
 }
 
 impl BackendSpec {
@@ -309,7 +336,7 @@ impl BackendSpec {
 }
 
 /// A backend of a service, as counters name it.
-pub type BackendKey = (ServiceId, Ipv4Addr, u16);
+pub type BackendKey = (ServiceId, IpAddr, u16);
 
 /// Per-CPU counters summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -339,7 +366,7 @@ impl Counters {
 /// One walk over the connection and NAT tables ([`DataPlane::scan_tables`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TableScan {
-    /// Entries in `CONNTRACK` (every flow the program remembers, open or not).
+    /// Entries in `CONNTRACK` and `CONNTRACK6` (every flow the program remembers, open or not).
     pub conntrack_entries: u64,
     /// Entries in `NAT` (one per NAT flow, kept until its port is reclaimed).
     pub nat_entries: u64,
@@ -351,7 +378,45 @@ pub struct TableScan {
 
 /// The `SERVICES` keys of a service: its port and protocol on each of its addresses.
 fn service_keys(spec: &ServiceSpec) -> Vec<ServiceKey> {
-    spec.addresses.iter().map(|a| ServiceKey::new(a.octets(), spec.port.to_be_bytes(), spec.protocol)).collect()
+    spec.addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V4(v4) => Some(ServiceKey::new(v4.octets(), spec.port.to_be_bytes(), spec.protocol)),
+            IpAddr::V6(_) => None,
+        })
+        .collect()
+}
+
+/// The `SERVICES6` keys of a service: its port and protocol on each of its IPv6 addresses.
+fn service_keys6(spec: &ServiceSpec) -> Vec<ServiceKey6> {
+    spec.addresses
+        .iter()
+        .filter_map(|a| match a {
+            IpAddr::V6(v6) => Some(ServiceKey6::new(v6.octets(), spec.port.to_be_bytes(), spec.protocol)),
+            IpAddr::V4(_) => None,
+        })
+        .collect()
+}
+
+/// The listener entries a reload is about to (re)write, which a service leaving them must not remove: the `SERVICES`
+/// entries with the service taking each, and the `SERVICES6` entries.
+#[derive(Default)]
+struct Keep<'a> {
+    v4: HashMap<ServiceKey, &'a ServiceId>,
+    v6: HashSet<ServiceKey6>,
+}
+
+/// What this module remembers of the IPv6 part of a service it installed (DSR to its IPv6 backends).
+struct Installed6 {
+    /// Its `SERVICES6` entries (one per IPv6 address of its instance).
+    keys: Vec<ServiceKey6>,
+    index: u32,
+    /// Which of the two Maglev tables is live.
+    table: u32,
+    /// Backend slots by (address, port).
+    backends: HashMap<(Ipv6Addr, u16), u32>,
+    /// Interfaces its backends are reached through.
+    ifindexes: Vec<u32>,
 }
 
 /// What this module remembers of a service it installed.
@@ -365,7 +430,7 @@ struct Installed {
     /// index never shows a removed service's slots.
     table: u32,
     /// Backend slots by (address, port).
-    backends: HashMap<(Ipv4Addr, u16), u32>,
+    backends: HashMap<(IpAddr, u16), u32>,
     /// What this service put into `NAT_BACKENDS` (NAT services: every configured backend).
     nat_endpoints: Vec<Endpoint>,
     /// Interfaces its backends are reached through.
@@ -407,6 +472,10 @@ pub struct DataPlane {
     /// Free `LISTENER_TABLE` elements, oldest-freed first.
     free_listener_elements: std::collections::VecDeque<u32>,
     services: BTreeMap<ServiceId, Installed>,
+    /// The IPv6 parts of services (those of instances with IPv6 addresses).
+    services6: BTreeMap<ServiceId, Installed6>,
+    /// Which service's value sits in each written `SERVICES6` entry (removed only by its owner, as `slot_owners`).
+    owners6: HashMap<ServiceKey6, ServiceId>,
     free_services: Vec<u32>,
     /// Free backend slots, oldest-freed first, so a slot is reused as late as possible.
     free_backends: std::collections::VecDeque<u32>,
@@ -458,6 +527,7 @@ impl DataPlane {
         let ebpf = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, 2 * capacity * MAGLEV_CHUNKS)
             .map_max_entries(names::CONNTRACK, entries)
+            .map_max_entries(names::CONNTRACK6, options.conntrack6_entries.max(1024))
             .map_max_entries(names::NAT, entries)
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
@@ -487,6 +557,8 @@ impl DataPlane {
             listener_elements: BTreeMap::new(),
             free_listener_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
             services: BTreeMap::new(),
+            services6: BTreeMap::new(),
+            owners6: HashMap::new(),
             free_services: (0..capacity).rev().collect(),
             free_backends: (0..MAX_BACKENDS).collect(),
             service_capacity: capacity,
@@ -597,6 +669,7 @@ impl DataPlane {
             .services
             .values()
             .flat_map(|s| s.ifindexes.iter().copied())
+            .chain(self.services6.values().flat_map(|s| s.ifindexes.iter().copied()))
             .filter(|i| *i != 0 && *i != self.node.ifindex)
             .collect();
         for ifindex in wanted {
@@ -855,6 +928,8 @@ impl DataPlane {
         }
         let mut wanted: BTreeMap<Ipv6Addr, VipValue> = BTreeMap::new();
         let mut interfaces: HashMap<&str, (u32, [u8; 6])> = HashMap::new();
+        // Read with every write, as for IPv4: a DSR backend on this node holds the VIP on its loopback.
+        let own = if vips.is_empty() { Vec::new() } else { interface_addresses6() };
         for v in vips {
             let (ifindex, mac) = match &v.interface {
                 None => (self.node.ifindex, self.node.mac),
@@ -867,8 +942,10 @@ impl DataPlane {
                     }
                 },
             };
-            // No hash seed and never held: nothing is forwarded to IPv6 backends yet.
-            let value = VipValue { router: v.router, hash_seed: 0, ifindex, mac, held: 0, _pad: 0 };
+            // Held when this node's kernel has the address (a DSR backend here): while the VIP's router is not
+            // active here, frames to it are the active node's DSR forwards to this backend, for the kernel.
+            let held = u8::from(own.contains(&v.address));
+            let value = VipValue { router: v.router, hash_seed: v.hash_seed, ifindex, mac, held, _pad: 0 };
             wanted.insert(v.address, value);
         }
         let added = wanted.keys().filter(|a| !self.vips6.contains_key(a)).count();
@@ -1018,14 +1095,17 @@ impl DataPlane {
     /// # Errors
     /// The first failure; the services before it are installed, the others keep their previous state.
     pub fn reconcile_services(&mut self, desired: &[(ServiceId, ServiceSpec)]) -> Result<()> {
-        let mut wanted: HashMap<ServiceKey, &ServiceId> = HashMap::new();
+        let mut wanted = Keep::default();
         for (id, spec) in desired {
             for key in service_keys(spec) {
-                wanted.insert(key, id);
+                wanted.v4.insert(key, id);
             }
+            wanted.v6.extend(service_keys6(spec));
         }
-        let gone: Vec<ServiceId> =
-            self.services.keys().filter(|n| !desired.iter().any(|(d, _)| d == *n)).cloned().collect();
+        let mut gone: Vec<ServiceId> = self.services.keys().chain(self.services6.keys()).cloned().collect();
+        gone.sort();
+        gone.dedup();
+        gone.retain(|n| !desired.iter().any(|(d, _)| d == n));
         for id in gone {
             self.remove_service_keeping(&id, &wanted)?;
         }
@@ -1044,7 +1124,7 @@ impl DataPlane {
     /// # Errors
     /// When the data plane is out of service or backend slots, or a map write fails.
     pub fn apply_service(&mut self, id: impl Into<ServiceId>, spec: &ServiceSpec) -> Result<()> {
-        self.apply_service_keeping(&id.into(), spec, &HashMap::new(), &mut maglev::Builder::new(MAGLEV_M))
+        self.apply_service_keeping(&id.into(), spec, &Keep::default(), &mut maglev::Builder::new(MAGLEV_M))
     }
 
     /// [`apply_service`](Self::apply_service) of each service in turn, populating each distinct backend set's Maglev
@@ -1052,12 +1132,42 @@ impl DataPlane {
     /// failure leaves that service in its previous state and the others are still applied.
     pub fn apply_services(&mut self, services: &[(ServiceId, ServiceSpec)]) -> Vec<Result<()>> {
         let mut tables = maglev::Builder::new(MAGLEV_M);
-        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &HashMap::new(), &mut tables)).collect()
+        services.iter().map(|(id, spec)| self.apply_service_keeping(id, spec, &Keep::default(), &mut tables)).collect()
     }
 
     /// [`apply_service`](Self::apply_service), leaving alone the entries in `keep` (ports another service of the
     /// same reload is about to take).
     fn apply_service_keeping(
+        &mut self,
+        id: &ServiceId,
+        spec: &ServiceSpec,
+        keep: &Keep,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
+        let (spec4, spec6) = (spec.family(false), spec.family(true));
+        // The IPv4 part unless the service has IPv6 addresses only; the IPv6 part while it has IPv6 addresses.
+        let result = if spec4.addresses.is_empty() && !spec6.addresses.is_empty() {
+            self.remove_part4(id, &keep.v4)
+        } else {
+            self.apply_part4(id, &spec4, &keep.v4, tables)
+        };
+        // A NAT service of a dual-stack instance has no IPv6 backends (NAT to IPv6 is not done): nothing to install.
+        let result = result.and_then(|()| {
+            if spec6.addresses.is_empty() || spec6.backends.is_empty() {
+                self.remove_part6(id, &keep.v6)
+            } else {
+                self.apply_part6(id, &spec6, &keep.v6, tables)
+            }
+        });
+        match &result {
+            Ok(()) => self.applied.insert(id.clone(), spec.clone()),
+            Err(_) => self.applied.remove(id),
+        };
+        result
+    }
+
+    /// Installs or updates the IPv4 part of a service (`spec`: its IPv4 addresses and backends).
+    fn apply_part4(
         &mut self,
         id: &ServiceId,
         spec: &ServiceSpec,
@@ -1103,10 +1213,6 @@ impl DataPlane {
         let result = self.write_service(id, &mut svc, spec, tables);
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services.insert(id.clone(), svc);
-        match &result {
-            Ok(()) => self.applied.insert(id.clone(), spec.clone()),
-            Err(_) => self.applied.remove(id),
-        };
         self.attach_backend_interfaces();
         result?;
         self.write_node()
@@ -1122,9 +1228,9 @@ impl DataPlane {
         // Which backends are on this node, read afresh with every install (health changes, reloads).
         let own = own_addresses();
         // Backend slots: keep the ones still configured, free the others, allocate the new ones.
-        let wanted: HashMap<(Ipv4Addr, u16), &BackendSpec> =
+        let wanted: HashMap<(IpAddr, u16), &BackendSpec> =
             spec.backends.iter().map(|b| ((b.address, b.port), b)).collect();
-        let gone: Vec<(Ipv4Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let gone: Vec<(IpAddr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         for b in &spec.backends {
             let slot = match svc.backends.get(&(b.address, b.port)) {
                 Some(slot) => *slot,
@@ -1137,13 +1243,13 @@ impl DataPlane {
                 }
             };
             let entry = Backend {
-                address: b.address.octets(),
+                address: octets4(b.address),
                 port: b.port.to_be_bytes(),
                 mac: b.mac.unwrap_or_default(),
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                local: u8::from(own.contains(&b.address.octets())),
+                local: u8::from(own.contains(&octets4(b.address))),
                 service: u16::try_from(svc.index)
                     .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?,
             };
@@ -1156,7 +1262,7 @@ impl DataPlane {
         let nat_endpoints: Vec<Endpoint> = if spec.forwarding == FORWARD_NAT {
             spec.backends
                 .iter()
-                .map(|b| Endpoint::new(b.address.octets(), b.port.to_be_bytes(), spec.protocol))
+                .map(|b| Endpoint::new(octets4(b.address), b.port.to_be_bytes(), spec.protocol))
                 .collect()
         } else {
             Vec::new()
@@ -1203,7 +1309,7 @@ impl DataPlane {
         let share = spec
             .backends
             .iter()
-            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&b.address.octets()))
+            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&octets4(b.address)))
             .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
             .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
                 backend,
@@ -1416,11 +1522,17 @@ impl DataPlane {
     /// Removes a service: its entries go (unless another service holds them by now), and packets to its ports are
     /// dropped as to no service.
     pub fn remove_service(&mut self, id: impl Into<ServiceId>) -> Result<()> {
-        self.remove_service_keeping(&id.into(), &HashMap::new())
+        self.remove_service_keeping(&id.into(), &Keep::default())
     }
 
-    fn remove_service_keeping(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
+    fn remove_service_keeping(&mut self, id: &ServiceId, keep: &Keep) -> Result<()> {
         self.applied.remove(id);
+        self.remove_part4(id, &keep.v4)?;
+        self.remove_part6(id, &keep.v6)
+    }
+
+    /// Removes the IPv4 part of a service, if installed.
+    fn remove_part4(&mut self, id: &ServiceId, keep: &HashMap<ServiceKey, &ServiceId>) -> Result<()> {
         let Some(svc) = self.services.remove(id) else {
             return Ok(());
         };
@@ -1441,6 +1553,174 @@ impl DataPlane {
         Ok(())
     }
 
+    /// Installs or updates the IPv6 part of a service (`spec`: its IPv6 addresses and backends, DSR): the backends'
+    /// slots (address first, in `BACKEND_ADDRESSES6`), a fresh Maglev table in the idle buffer, then one
+    /// `SERVICES6` write per address switches to it; the slots of backends that left are cleared only then.
+    fn apply_part6(
+        &mut self,
+        id: &ServiceId,
+        spec: &ServiceSpec,
+        keep: &HashSet<ServiceKey6>,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
+        if !self.services6.contains_key(id) {
+            let index = self.free_services.pop().ok_or_else(|| {
+                Error::Full(format!(
+                    "no room for the IPv6 part of service {id}: the data plane was loaded for {} service tables \
+                     (restart to grow it)",
+                    self.service_capacity
+                ))
+            })?;
+            let part =
+                Installed6 { keys: Vec::new(), index, table: 1, backends: HashMap::new(), ifindexes: Vec::new() };
+            self.services6.insert(id.clone(), part);
+        }
+        let Some(mut svc) = self.services6.remove(id) else {
+            return Err(Error::Refused(format!("service {id} vanished while being installed")));
+        };
+        let result = self.write_service6(id, &mut svc, spec, keep, tables);
+        svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
+        self.services6.insert(id.clone(), svc);
+        self.attach_backend_interfaces();
+        result
+    }
+
+    fn write_service6(
+        &mut self,
+        id: &ServiceId,
+        svc: &mut Installed6,
+        spec: &ServiceSpec,
+        keep: &HashSet<ServiceKey6>,
+        tables: &mut maglev::Builder,
+    ) -> Result<()> {
+        fn v6(b: &BackendSpec) -> Option<(Ipv6Addr, &BackendSpec)> {
+            match b.address {
+                IpAddr::V6(a) => Some((a, b)),
+                IpAddr::V4(_) => None,
+            }
+        }
+        let wanted: HashMap<(Ipv6Addr, u16), &BackendSpec> =
+            spec.backends.iter().filter_map(v6).map(|(a, b)| ((a, b.port), b)).collect();
+        let gone: Vec<(Ipv6Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
+        let service = u16::try_from(svc.index)
+            .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?;
+        for (address, b) in spec.backends.iter().filter_map(v6) {
+            let slot = match svc.backends.get(&(address, b.port)) {
+                Some(slot) => *slot,
+                None => {
+                    let slot = self.free_backends.pop_front().ok_or_else(|| {
+                        Error::Full(format!("no room for backend [{address}]:{}: {MAX_BACKENDS} in use", b.port))
+                    })?;
+                    svc.backends.insert((address, b.port), slot);
+                    slot
+                }
+            };
+            // The address before the slot: a pin made from the slot always finds the address it was made with.
+            let mut addresses: Array<&mut MapData, [u8; 16]> = map_mut(&mut self.ebpf, names::BACKEND_ADDRESSES6)?;
+            addresses.set(slot, address.octets(), 0).with_context(|| format!("writing BACKEND_ADDRESSES6[{slot}]"))?;
+            let entry = Backend {
+                address: [0; 4],
+                port: b.port.to_be_bytes(),
+                mac: b.mac.unwrap_or_default(),
+                src_mac: self.egress_mac(b.ifindex),
+                ifindex: b.ifindex,
+                healthy: u8::from(b.healthy),
+                local: 0,
+                service,
+            };
+            self.write_backend(slot, entry)?;
+        }
+        let members: Vec<maglev::MaglevBackend> = spec
+            .backends
+            .iter()
+            .filter(|b| b.usable())
+            .filter_map(v6)
+            .filter_map(|(address, b)| {
+                svc.backends.get(&(address, b.port)).map(|slot| maglev::MaglevBackend {
+                    id: *slot,
+                    key: format!("[{address}]:{}", b.port),
+                    weight: b.weight,
+                })
+            })
+            .collect();
+        let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
+        let next = 1 - svc.table;
+        self.write_table(svc.index, next, &table)?;
+        let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
+        let keys = service_keys6(spec);
+        for key in &keys {
+            let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
+                map_mut(&mut self.ebpf, names::SERVICES6)?;
+            let (vip, port) = (Ipv6Addr::from(key.vip), u16::from_be_bytes(key.port));
+            services.insert(key, value, 0).with_context(|| format!("writing the SERVICES6 entry of [{vip}]:{port}"))?;
+            self.owners6.insert(*key, id.clone());
+        }
+        svc.table = next;
+        let left: Vec<ServiceKey6> = svc.keys.iter().filter(|k| !keys.contains(k)).copied().collect();
+        svc.keys = keys;
+        for key in left.into_iter().filter(|k| !keep.contains(k)) {
+            self.release_key6(key, id)?;
+        }
+        for endpoint in &gone {
+            if let Some(slot) = svc.backends.remove(endpoint) {
+                self.write_backend(slot, Backend::default())?;
+                self.free_backends.push_back(slot);
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the `SERVICES6` entry `key` if `id` still holds it.
+    fn release_key6(&mut self, key: ServiceKey6, id: &ServiceId) -> Result<()> {
+        if self.owners6.get(&key) != Some(id) {
+            return Ok(());
+        }
+        let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
+            map_mut(&mut self.ebpf, names::SERVICES6)?;
+        match services.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "removing the SERVICES6 entry of [{}]:{}",
+                        Ipv6Addr::from(key.vip),
+                        u16::from_be_bytes(key.port)
+                    )
+                });
+            }
+        }
+        self.owners6.remove(&key);
+        Ok(())
+    }
+
+    /// Removes the IPv6 part of a service, if installed: its entries (unless another service holds them by now),
+    /// then its backend slots.
+    fn remove_part6(&mut self, id: &ServiceId, keep: &HashSet<ServiceKey6>) -> Result<()> {
+        let Some(svc) = self.services6.remove(id) else {
+            return Ok(());
+        };
+        for key in svc.keys.iter().filter(|k| !keep.contains(k)) {
+            self.release_key6(*key, id)?;
+        }
+        for slot in svc.backends.values() {
+            self.write_backend(*slot, Backend::default())?;
+            self.free_backends.push_back(*slot);
+        }
+        self.free_services.push(svc.index);
+        Ok(())
+    }
+
+    /// Reads the `SERVICES6` value of a port on an IPv6 VIP (for tests and diagnostics); `None` when there is none.
+    pub fn service_value6(&self, vip: Ipv6Addr, protocol: u8, port: u16) -> Result<Option<ServiceValue>> {
+        let key = ServiceKey6::new(vip.octets(), port.to_be_bytes(), protocol);
+        let services: BpfHashMap<&MapData, ServiceKey6, ServiceValue> = map_ref(&self.ebpf, names::SERVICES6)?;
+        match services.get(&key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("reading the SERVICES6 entry of [{vip}]:{port}/{protocol}")),
+        }
+    }
+
     /// How many services the maps were sized for at load time.
     pub fn service_capacity(&self) -> u32 {
         self.service_capacity
@@ -1453,7 +1733,7 @@ impl DataPlane {
 
     /// The installed services.
     pub fn service_ids(&self) -> impl Iterator<Item = &ServiceId> {
-        self.services.keys()
+        self.services.keys().chain(self.services6.keys().filter(|id| !self.services.contains_key(*id)))
     }
 
     /// Reads every counter, summed over CPUs.
@@ -1491,6 +1771,16 @@ impl DataPlane {
             counters.services.insert(id.clone(), sum(&service_stats, svc.index)?);
             for ((address, port), slot) in &svc.backends {
                 counters.backends.insert((id.clone(), *address, *port), sum(&backend_stats, *slot)?);
+            }
+        }
+        for (id, svc) in &self.services6 {
+            let traffic = sum(&service_stats, svc.index)?;
+            let total = counters.services.entry(id.clone()).or_default();
+            total.packets += traffic.packets;
+            total.bytes += traffic.bytes;
+            total.new_flows += traffic.new_flows;
+            for ((address, port), slot) in &svc.backends {
+                counters.backends.insert((id.clone(), IpAddr::V6(*address), *port), sum(&backend_stats, *slot)?);
             }
         }
         Ok(counters)
@@ -1533,7 +1823,7 @@ impl DataPlane {
         let nat: BpfHashMap<&MapData, NatKey, NatValue> = map_ref(&self.ebpf, names::NAT)?;
         let owners: HashMap<ServiceKey, (&ServiceId, &Installed)> =
             self.services.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, (id, svc)))).collect();
-        let slots: HashMap<(&ServiceId, u32), (Ipv4Addr, u16)> = self
+        let slots: HashMap<(&ServiceId, u32), (IpAddr, u16)> = self
             .services
             .iter()
             .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
@@ -1555,13 +1845,13 @@ impl DataPlane {
                 continue;
             };
             // Pinned to an earlier occupant of the slot: the program re-picks it at its next packet.
-            if pinned.backend_address != address.octets() || pinned.backend_port != port.to_be_bytes() {
+            if pinned.backend_address != octets4(address) || pinned.backend_port != port.to_be_bytes() {
                 continue;
             }
             let open = if pinned.nat_port == [0, 0] {
                 svc.forwarding != FORWARD_NAT
             } else {
-                let key = NatKey::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
+                let key = NatKey::new(octets4(address), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
                 match nat.get(&key, 0) {
                     Ok(reverse) => nat_flow_open(&flow, &reverse, now, &self.nat_timeouts),
                     Err(MapError::KeyNotFound) => false,
@@ -1570,6 +1860,32 @@ impl DataPlane {
             };
             if open {
                 *scan.flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
+            }
+        }
+        // IPv6 flows (DSR only: every pin to a slot that still holds its backend is open, as for IPv4 DSR).
+        let conntrack6: BpfHashMap<&MapData, FlowKey6, FlowValue6> = map_ref(&self.ebpf, names::CONNTRACK6)?;
+        let owners6: HashMap<ServiceKey6, &ServiceId> =
+            self.services6.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, id))).collect();
+        let slots6: HashMap<(&ServiceId, u32), (Ipv6Addr, u16)> = self
+            .services6
+            .iter()
+            .flat_map(|(id, svc)| svc.backends.iter().map(move |(endpoint, slot)| ((id, *slot), *endpoint)))
+            .collect();
+        for entry in conntrack6.iter() {
+            let (flow, pinned) = match entry {
+                Ok(entry) => entry,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(e).context("scanning the CONNTRACK6 map"),
+            };
+            scan.conntrack_entries += 1;
+            let Some(id) = owners6.get(&ServiceKey6::new(flow.vip, flow.service_port, flow.protocol)) else {
+                continue;
+            };
+            let Some(&(address, port)) = slots6.get(&(*id, pinned.backend)) else {
+                continue;
+            };
+            if pinned.backend_address == address.octets() && pinned.backend_port == port.to_be_bytes() {
+                *scan.flows.entry(((*id).clone(), IpAddr::V6(address), port)).or_insert(0) += 1;
             }
         }
         if nat_keys {
@@ -1596,9 +1912,25 @@ impl DataPlane {
     ///
     /// # Errors
     /// When a map is missing, or a walk or delete fails for another reason than the entry vanishing meanwhile.
-    pub fn forget_flows(&mut self, vips: &[Ipv4Addr]) -> Result<(u64, u64)> {
-        let vips: Vec<[u8; 4]> = vips.iter().map(Ipv4Addr::octets).collect();
-        let flows = {
+    pub fn forget_flows(&mut self, vips: &[IpAddr]) -> Result<(u64, u64)> {
+        let vips6: Vec<[u8; 16]> = vips
+            .iter()
+            .filter_map(|a| match a {
+                IpAddr::V6(v6) => Some(v6.octets()),
+                IpAddr::V4(_) => None,
+            })
+            .collect();
+        let flows6 = if vips6.is_empty() {
+            0
+        } else {
+            let mut conntrack: BpfHashMap<&mut MapData, FlowKey6, FlowValue6> =
+                map_mut(&mut self.ebpf, names::CONNTRACK6)?;
+            let stale =
+                keys_where(conntrack.keys(), |k: &FlowKey6| vips6.contains(&k.vip)).context("walking CONNTRACK6")?;
+            remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK6")?
+        };
+        let vips: Vec<[u8; 4]> = vips.iter().map(|a| octets4(*a)).filter(|a| *a != [0; 4]).collect();
+        let flows = flows6 + {
             let mut conntrack: BpfHashMap<&mut MapData, FlowKey, FlowValue> =
                 map_mut(&mut self.ebpf, names::CONNTRACK)?;
             let stale =
@@ -2297,7 +2629,7 @@ mod tests {
 
     fn backend(last: u8) -> BackendSpec {
         BackendSpec {
-            address: Ipv4Addr::new(10, 0, 0, last),
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last)),
             port: 80,
             weight: 1,
             healthy: true,
@@ -2325,7 +2657,7 @@ mod tests {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 3, ..LoadOptions::default() })
             .expect("loading the XDP program (needs root)");
         let spec = |vip: u8, backends: Vec<BackendSpec>| ServiceSpec {
-            addresses: vec![Ipv4Addr::new(10, 0, 0, vip)],
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, vip))],
             port: 80,
             protocol: lb_common::PROTO_TCP,
             forwarding: 0,
@@ -2372,7 +2704,7 @@ mod tests {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() })
             .expect("loading the XDP program (needs root)");
         let spec = |backends| ServiceSpec {
-            addresses: vec![Ipv4Addr::new(10, 0, 0, 250)],
+            addresses: vec![IpAddr::V4(Ipv4Addr::new(10, 0, 0, 250))],
             port: 80,
             protocol: lb_common::PROTO_TCP,
             forwarding: 0,
@@ -2380,7 +2712,7 @@ mod tests {
         };
         let web = ServiceId::new("default", "web");
         dp.apply_service(&web, &spec(vec![backend(1), backend(2), backend(3)])).expect("three backends");
-        let gone = dp.services[&web].backends[&(Ipv4Addr::new(10, 0, 0, 3), 80)];
+        let gone = dp.services[&web].backends[&(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3)), 80)];
         dp.journal.clear();
         dp.apply_service(&web, &spec(vec![backend(1), backend(2)])).expect("two backends");
         let switched = dp.journal.iter().position(|j| matches!(j, Journal::Service { port: 80, .. }));

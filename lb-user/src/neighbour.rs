@@ -19,7 +19,7 @@
 //! agent's adverts, and never forever.
 use std::{
     collections::{BTreeSet, HashMap},
-    net::{IpAddr, Ipv4Addr},
+    net::IpAddr,
     time::Duration,
 };
 
@@ -51,7 +51,7 @@ const SOLICIT_EVERY: Duration = Duration::from_secs(1);
 pub struct Path {
     pub ifindex: u32,
     /// The backend itself when it is on-link, else the gateway.
-    pub next_hop: Ipv4Addr,
+    pub next_hop: IpAddr,
     /// The backend's address is one of this node's own (a `local` route): there is no neighbour to resolve.
     pub local: bool,
 }
@@ -86,9 +86,9 @@ pub enum Error {
         source: rtnetlink::Error,
     },
     #[error("no route to {0}")]
-    NoRoute(Ipv4Addr),
+    NoRoute(IpAddr),
     #[error("the route to {0} names no output interface")]
-    NoInterface(Ipv4Addr),
+    NoInterface(IpAddr),
 }
 
 /// A usable entry's MAC, or what else the kernel says about the address.
@@ -134,11 +134,20 @@ impl Neighbours {
     ///
     /// # Errors
     /// No route, or the request failed or timed out.
-    pub async fn path(&self, backend: Ipv4Addr) -> Result<Path, Error> {
+    pub async fn path(&self, backend: IpAddr) -> Result<Path, Error> {
         let mut message = RouteMessage::default();
-        message.header.address_family = AddressFamily::Inet;
-        message.header.destination_prefix_length = 32;
-        message.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(backend)));
+        match backend {
+            IpAddr::V4(v4) => {
+                message.header.address_family = AddressFamily::Inet;
+                message.header.destination_prefix_length = 32;
+                message.attributes.push(RouteAttribute::Destination(RouteAddress::Inet(v4)));
+            }
+            IpAddr::V6(v6) => {
+                message.header.address_family = AddressFamily::Inet6;
+                message.header.destination_prefix_length = 128;
+                message.attributes.push(RouteAttribute::Destination(RouteAddress::Inet6(v6)));
+            }
+        }
         let mut routes = self.handle.route().get(message).execute();
         let route = bounded(|| format!("looking up the route to {backend}"), routes.try_next())
             .await?
@@ -148,7 +157,8 @@ impl Neighbours {
         for attr in route.attributes {
             match attr {
                 RouteAttribute::Oif(i) => path.ifindex = i,
-                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => path.next_hop = gw,
+                RouteAttribute::Gateway(RouteAddress::Inet(gw)) => path.next_hop = IpAddr::V4(gw),
+                RouteAttribute::Gateway(RouteAddress::Inet6(gw)) => path.next_hop = IpAddr::V6(gw),
                 _ => {}
             }
         }
@@ -158,21 +168,22 @@ impl Neighbours {
         Ok(path)
     }
 
-    /// The whole IPv4 neighbour table in one dump, by (ifindex, address). One dump serves every backend: a table
+    /// The whole neighbour table (IPv4 and IPv6) in one dump, by (ifindex, address). One dump serves every backend: a table
     /// of 10,000 entries is read once per round, not once per backend.
     ///
     /// # Errors
     /// The dump failed or did not finish within [`NETLINK_TIMEOUT`].
-    pub async fn table(&self) -> Result<HashMap<(u32, Ipv4Addr), Entry>, Error> {
+    pub async fn table(&self) -> Result<HashMap<(u32, IpAddr), Entry>, Error> {
         let dump = async {
-            let mut entries = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
+            let mut entries = self.handle.neighbours().get().set_address_family(AddressFamily::Unspec).execute();
             let mut table = HashMap::new();
             while let Some(message) = entries.try_next().await? {
                 let mut dst = None;
                 let mut lladdr = None;
                 for attr in &message.attributes {
                     match attr {
-                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(*a),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => dst = Some(IpAddr::V4(*a)),
+                        NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => dst = Some(IpAddr::V6(*a)),
                         NeighbourAttribute::LinkLayerAddress(l) => lladdr = <[u8; 6]>::try_from(l.as_slice()).ok(),
                         _ => {}
                     }
@@ -203,7 +214,7 @@ impl Neighbours {
     ///
     /// # Errors
     /// As [`table`](Self::table).
-    pub async fn entry(&self, ifindex: u32, address: Ipv4Addr) -> Result<Option<Entry>, Error> {
+    pub async fn entry(&self, ifindex: u32, address: IpAddr) -> Result<Option<Entry>, Error> {
         Ok(self.table().await?.get(&(ifindex, address)).copied())
     }
 
@@ -214,11 +225,11 @@ impl Neighbours {
     ///
     /// # Errors
     /// The request failed or timed out.
-    pub async fn touch(&self, ifindex: u32, address: Ipv4Addr) -> Result<(), Error> {
+    pub async fn touch(&self, ifindex: u32, address: IpAddr) -> Result<(), Error> {
         let mut request = self
             .handle
             .neighbours()
-            .add(ifindex, IpAddr::V4(address))
+            .add(ifindex, address)
             .state(NeighbourState::Incomplete)
             .flags(NeighbourFlags::Use)
             .replace();
@@ -231,11 +242,19 @@ impl Neighbours {
     ///
     /// # Errors
     /// The request failed (for example: there was no such entry) or timed out.
-    pub async fn forget(&self, ifindex: u32, address: Ipv4Addr) -> Result<(), Error> {
+    pub async fn forget(&self, ifindex: u32, address: IpAddr) -> Result<(), Error> {
         let mut message = NeighbourMessage::default();
-        message.header.family = AddressFamily::Inet;
         message.header.ifindex = ifindex;
-        message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(address)));
+        match address {
+            IpAddr::V4(v4) => {
+                message.header.family = AddressFamily::Inet;
+                message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(v4)));
+            }
+            IpAddr::V6(v6) => {
+                message.header.family = AddressFamily::Inet6;
+                message.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)));
+            }
+        }
         let request = self.handle.neighbours().del(message).execute();
         bounded(|| format!("deleting the neighbour entry of {address} (ifindex {ifindex})"), request).await
     }
@@ -245,7 +264,7 @@ impl Neighbours {
     ///
     /// # Errors
     /// The request failed or timed out.
-    pub async fn on_link(&self, ifindex: u32, address: Ipv4Addr) -> Result<bool, Error> {
+    pub async fn on_link(&self, ifindex: u32, address: std::net::Ipv4Addr) -> Result<bool, Error> {
         let dump = async {
             let mut addrs = self.handle.address().get().set_link_index_filter(ifindex).execute();
             while let Some(msg) = addrs.try_next().await? {
@@ -272,7 +291,7 @@ fn ifindex(name: &str) -> Option<u32> {
     (index != 0).then_some(index)
 }
 
-fn same_prefix(a: Ipv4Addr, b: Ipv4Addr, prefix: u8) -> bool {
+fn same_prefix(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, prefix: u8) -> bool {
     let mask = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix.min(32))) };
     u32::from(a) & mask == u32::from(b) & mask
 }
@@ -302,7 +321,7 @@ fn refresh_period(ifindex: u32) -> Duration {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Watch exactly these backend addresses from now on.
-    Watch(Vec<Ipv4Addr>),
+    Watch(Vec<IpAddr>),
     /// The link of this interface came back: delete its unresolved entries (INCOMPLETE or FAILED) of watched
     /// addresses and ask for them again now, instead of at the kernel's next retry.
     Renew(String),
@@ -317,15 +336,15 @@ pub enum Request {
 pub async fn watch(
     neighbours: Neighbours,
     mut requests: mpsc::UnboundedReceiver<Request>,
-    report: impl Fn(Vec<(Ipv4Addr, Seen)>),
+    report: impl Fn(Vec<(IpAddr, Seen)>),
 ) {
     // Interfaces whose link came back, to renew in the next round.
     let mut renew: BTreeSet<u32> = BTreeSet::new();
-    let mut watched: BTreeSet<Ipv4Addr> = BTreeSet::new();
-    let mut last: HashMap<Ipv4Addr, Seen> = HashMap::new();
-    let mut paths: HashMap<Ipv4Addr, Path> = HashMap::new();
-    let mut solicited: HashMap<Ipv4Addr, Instant> = HashMap::new();
-    let mut refreshed: HashMap<Ipv4Addr, Instant> = HashMap::new();
+    let mut watched: BTreeSet<IpAddr> = BTreeSet::new();
+    let mut last: HashMap<IpAddr, Seen> = HashMap::new();
+    let mut paths: HashMap<IpAddr, Path> = HashMap::new();
+    let mut solicited: HashMap<IpAddr, Instant> = HashMap::new();
+    let mut refreshed: HashMap<IpAddr, Instant> = HashMap::new();
     let mut routes_at = Instant::now();
     let mut next = Instant::now();
     let mut failures = 0u32;
@@ -398,7 +417,12 @@ pub async fn watch(
             };
             if path.local {
                 // Nothing to resolve or refresh: the backend is this node.
-                let seen = match crate::netif::interface_of(address).map(|name| crate::netif::interface_mac(&name)) {
+                let interface = match address {
+                    IpAddr::V4(v4) => crate::netif::interface_of(v4),
+                    // A backend on the node itself is reached through its stack over IPv4 only.
+                    IpAddr::V6(_) => None,
+                };
+                let seen = match interface.map(|name| crate::netif::interface_mac(&name)) {
                     Some(Ok(mac)) => Seen::Local { mac },
                     _ => Seen::NoRoute(format!("{address} is local, but on no Ethernet interface of this node")),
                 };
@@ -466,7 +490,7 @@ pub async fn watch(
 
 #[cfg(test)]
 mod tests {
-    use std::{process::Command, time::Duration};
+    use std::{net::Ipv4Addr, process::Command, time::Duration};
 
     use super::*;
 
@@ -547,7 +571,7 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
-                let backend = Ipv4Addr::new(10, 91, 0, 2);
+                let backend = IpAddr::V4(Ipv4Addr::new(10, 91, 0, 2));
                 let path = n.path(backend).await.expect("path");
                 assert_eq!(path.next_hop, backend);
                 assert!(path.ifindex > 0);
@@ -574,7 +598,8 @@ mod tests {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
                 let n = Neighbours::connect().expect("netlink");
-                let err = n.path(Ipv4Addr::new(10, 92, 0, 2)).await.expect_err("no route in an empty namespace");
+                let err =
+                    n.path(IpAddr::V4(Ipv4Addr::new(10, 92, 0, 2))).await.expect_err("no route in an empty namespace");
                 assert!(err.to_string().contains("10.92.0.2"), "{err}");
             });
         });
@@ -599,7 +624,7 @@ mod tests {
                     }
                 }));
                 set_tx
-                    .send(Request::Watch(vec![Ipv4Addr::new(10, 95, 0, 2), Ipv4Addr::new(10, 95, 0, 9)]))
+                    .send(Request::Watch(vec![Ipv4Addr::new(10, 95, 0, 2).into(), Ipv4Addr::new(10, 95, 0, 9).into()]))
                     .expect("watch");
                 let mut macs = 0;
                 while macs < 2 {
@@ -638,7 +663,7 @@ mod tests {
             );
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
             rt.block_on(async {
-                let backend = Ipv4Addr::new(10, 94, 0, 2);
+                let backend = IpAddr::V4(Ipv4Addr::new(10, 94, 0, 2));
                 let (set_tx, set_rx) = mpsc::unbounded_channel();
                 let (seen_tx, mut seen_rx) = mpsc::unbounded_channel();
                 let n = Neighbours::connect().expect("netlink");
@@ -682,7 +707,7 @@ mod tests {
         in_netns(|| {
             let (peer, want) = veth_to_peer("nr", 96);
             sh("sysctl -q -w net.ipv4.neigh.xvn0.retrans_time_ms=10000");
-            let backend = Ipv4Addr::new(10, 96, 0, 2);
+            let backend = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 2));
             // The peer's end goes down: our end loses its carrier, and an ARP request sent now goes nowhere.
             sh(&format!("ip netns exec {} ip link set xvn1 down", peer.0));
             wait_for_carrier(false);
@@ -703,7 +728,7 @@ mod tests {
                     }
                 }));
                 set_tx.send(Request::Watch(vec![backend])).expect("watch");
-                let next = async |rx: &mut mpsc::UnboundedReceiver<(Ipv4Addr, Seen)>, within: Duration| {
+                let next = async |rx: &mut mpsc::UnboundedReceiver<(IpAddr, Seen)>, within: Duration| {
                     tokio::time::timeout(within, rx.recv()).await.ok().flatten()
                 };
                 assert!(matches!(next(&mut seen_rx, Duration::from_secs(5)).await, Some((_, Seen::Pending { .. }))));

@@ -8,7 +8,7 @@
 //! advert thread hands a snapshot to `xvip status` without copying thousands of backends.
 use std::{
     collections::{BTreeMap, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
     sync::Arc,
 };
 
@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// A backend of one service.
-pub type Endpoint = (Ipv4Addr, u16);
+pub type Endpoint = (IpAddr, u16);
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct BackendState {
@@ -38,16 +38,17 @@ struct ServiceState {
 /// Every configured service of an instance with the live state of its backends.
 #[derive(Clone, Debug, Default)]
 pub struct Services {
-    /// The instance's IPv4 addresses: every service listens on each.
-    addresses: Vec<Ipv4Addr>,
+    /// The instance's addresses: every service listens on each (IPv4 ones balanced to its IPv4 backends, IPv6 ones
+    /// to its IPv6 backends).
+    addresses: Vec<IpAddr>,
     services: BTreeMap<String, Arc<ServiceState>>,
     /// The services that have a backend at each address, so a neighbour answer touches only those.
-    by_address: HashMap<Ipv4Addr, Vec<String>>,
+    by_address: HashMap<IpAddr, Vec<String>>,
 }
 
 impl Services {
     /// The services of an instance whose addresses are `addresses`.
-    pub fn new(services: &[Service], addresses: Vec<Ipv4Addr>) -> Self {
+    pub fn new(services: &[Service], addresses: Vec<IpAddr>) -> Self {
         let mut s = Services { addresses, ..Services::default() };
         s.reconfigure(services);
         s
@@ -118,7 +119,7 @@ impl Services {
     }
 
     /// Records where a backend address is reached. Returns the services whose view changed.
-    pub fn set_path(&mut self, address: Ipv4Addr, mac: Option<[u8; 6]>, ifindex: u32) -> Vec<String> {
+    pub fn set_path(&mut self, address: IpAddr, mac: Option<[u8; 6]>, ifindex: u32) -> Vec<String> {
         let mut changed = Vec::new();
         for name in self.by_address.get(&address).into_iter().flatten() {
             let Some(svc) = self.services.get_mut(name) else { continue };
@@ -138,8 +139,8 @@ impl Services {
     }
 
     /// Every distinct backend address, for neighbour resolution.
-    pub fn backend_addresses(&self) -> Vec<Ipv4Addr> {
-        let mut a: Vec<Ipv4Addr> = self.services.values().flat_map(|s| s.backends.keys().map(|(a, _)| *a)).collect();
+    pub fn backend_addresses(&self) -> Vec<IpAddr> {
+        let mut a: Vec<IpAddr> = self.services.values().flat_map(|s| s.backends.keys().map(|(a, _)| *a)).collect();
         a.sort();
         a.dedup();
         a
@@ -147,7 +148,7 @@ impl Services {
 
     /// Where `address` is reached as far as known: its MAC (if any) and interface, from the first backend with
     /// that address (all backends with one address share the answer).
-    pub fn path(&self, address: Ipv4Addr) -> Option<(Option<[u8; 6]>, u32)> {
+    pub fn path(&self, address: IpAddr) -> Option<(Option<[u8; 6]>, u32)> {
         let name = self.by_address.get(&address)?.first()?;
         self.services.get(name)?.backends.iter().find(|((a, _), _)| *a == address).map(|(_, b)| (b.mac, b.ifindex))
     }
@@ -159,7 +160,7 @@ impl Services {
 
     /// Where each backend address is reached, as far as known (for an instance added later, which starts from
     /// what the node already knows: the neighbour watcher reports only changes).
-    pub fn paths(&self) -> BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)> {
+    pub fn paths(&self) -> BTreeMap<IpAddr, (Option<[u8; 6]>, u32)> {
         let mut paths = BTreeMap::new();
         for s in self.services.values() {
             for ((address, _), b) in &s.backends {
@@ -172,8 +173,8 @@ impl Services {
     }
 
     /// Addresses whose MAC is not known yet.
-    pub fn unresolved(&self) -> Vec<Ipv4Addr> {
-        let mut a: Vec<Ipv4Addr> = self
+    pub fn unresolved(&self) -> Vec<IpAddr> {
+        let mut a: Vec<IpAddr> = self
             .services
             .values()
             .flat_map(|s| s.backends.iter().filter(|(_, b)| b.mac.is_none()).map(|((a, _), _)| *a))
@@ -233,11 +234,13 @@ pub fn effective_priority(priority: u8, penalty: u8, backends_lost: bool) -> u8 
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::config::{BackendCfg, CheckKind, Health, Protocol};
 
     const MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
-    const VIPS: [Ipv4Addr; 2] = [Ipv4Addr::new(10, 0, 0, 250), Ipv4Addr::new(10, 0, 0, 251)];
+    const VIPS: [IpAddr; 2] = [IpAddr::V4(Ipv4Addr::new(10, 0, 0, 250)), IpAddr::V4(Ipv4Addr::new(10, 0, 0, 251))];
 
     /// The services of an instance with two addresses.
     fn of(services: &[Service]) -> Services {
@@ -252,14 +255,18 @@ mod tests {
             forwarding: Forwarding::Nat,
             backends: backends
                 .iter()
-                .map(|(last, port)| BackendCfg { address: Ipv4Addr::new(10, 0, 0, *last), port: *port, weight: 1 })
+                .map(|(last, port)| BackendCfg { address: v4(*last), port: *port, weight: 1 })
                 .collect(),
             health: Health { check, ..Health::default() },
         }
     }
 
+    fn v4(last: u8) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
+    }
+
     fn ep(last: u8, port: u16) -> Endpoint {
-        (Ipv4Addr::new(10, 0, 0, last), port)
+        (v4(last), port)
     }
 
     #[test]
@@ -282,7 +289,7 @@ mod tests {
         assert!(s.set_health("api", ep(11, 6443), true));
         assert!(!s.set_health("api", ep(11, 6443), true), "no change, no work");
         assert_eq!(s.without_usable_backend(), vec!["api"], "healthy but no MAC yet");
-        assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 3), vec!["api".to_string()]);
+        assert_eq!(s.set_path(v4(11), Some(MAC), 3), vec!["api".to_string()]);
         assert!(s.without_usable_backend().is_empty());
         let spec = s.spec("api").expect("spec");
         assert_eq!(spec.backends[0].mac, Some(MAC));
@@ -295,8 +302,8 @@ mod tests {
     #[test]
     fn one_address_in_two_services_is_resolved_for_both() {
         let mut s = of(&[service("a", &[(11, 6443)], CheckKind::None), service("b", &[(11, 8080)], CheckKind::None)]);
-        assert_eq!(s.backend_addresses(), vec![Ipv4Addr::new(10, 0, 0, 11)]);
-        assert_eq!(s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2).len(), 2);
+        assert_eq!(s.backend_addresses(), vec![v4(11)]);
+        assert_eq!(s.set_path(v4(11), Some(MAC), 2).len(), 2);
         assert!(s.unresolved().is_empty());
     }
 
@@ -304,7 +311,7 @@ mod tests {
     fn reload_keeps_the_state_of_backends_that_stay() {
         let mut s = of(&[service("api", &[(11, 6443), (12, 6443)], CheckKind::Tcp)]);
         s.set_health("api", ep(11, 6443), true);
-        s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
+        s.set_path(v4(11), Some(MAC), 2);
         s.reconfigure(&[service("api", &[(11, 6443), (13, 6443)], CheckKind::Tcp)]);
         let kept = s.backend("api", ep(11, 6443)).expect("kept");
         assert!(kept.healthy && kept.mac == Some(MAC));
@@ -316,7 +323,7 @@ mod tests {
     fn a_new_backend_at_a_known_address_starts_with_its_mac_but_not_its_health() {
         let mut s = of(&[service("api", &[(11, 6443)], CheckKind::Tcp)]);
         s.set_health("api", ep(11, 6443), true);
-        s.set_path(Ipv4Addr::new(10, 0, 0, 11), Some(MAC), 2);
+        s.set_path(v4(11), Some(MAC), 2);
         // The backend moves to another port, and another service uses the same address.
         s.reconfigure(&[service("api", &[(11, 6444)], CheckKind::Tcp), service("web", &[(11, 80)], CheckKind::Tcp)]);
         let moved = s.backend("api", ep(11, 6444)).expect("moved");

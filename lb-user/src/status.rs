@@ -338,7 +338,7 @@ fn render_instance(s: &mut String, i: &InstanceStatus, xdp_mode: &str) {
             };
             let line = format!(
                 "  {:<22} {:>6} {:<9} {:>12} {:>14}  {state}",
-                format!("{}:{}", b.address, b.port),
+                endpoint(&b.address, b.port),
                 b.weight,
                 health,
                 b.packets,
@@ -373,6 +373,11 @@ fn human_duration(ms: u64) -> String {
         60_000..3_600_000 => format!("{} min {} s", ms / 60_000, ms % 60_000 / 1000),
         _ => format!("{} h {} min", ms / 3_600_000, ms % 3_600_000 / 60_000),
     }
+}
+
+/// `address:port`, with an IPv6 address in brackets (`[fd00::21]:8080`).
+fn endpoint(address: &str, port: u16) -> String {
+    if address.contains(':') { format!("[{address}]:{port}") } else { format!("{address}:{port}") }
 }
 
 #[cfg(test)]
@@ -561,6 +566,12 @@ mod tests {
         assert_eq!(status.instances[1].counters.dataplane["pass_not_vip"], 0, "no instance's");
         assert_eq!(status.instances[1].services[0].backends[0].packets, 3, "b's web is not a's web");
         assert_eq!(status.instances[0].services[0].backends[0].packets, 0);
+    }
+
+    #[test]
+    fn backend_endpoints_bracket_ipv6_addresses() {
+        assert_eq!(super::endpoint("10.0.0.21", 6443), "10.0.0.21:6443");
+        assert_eq!(super::endpoint("fd00:77::21", 8080), "[fd00:77::21]:8080");
     }
 
     #[test]

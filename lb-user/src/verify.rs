@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::{
-    config::{CheckKind, Config, Instance, Protocol, Service},
+    config::{CheckKind, Config, Forwarding, Instance, Protocol, Service},
     health::{
         self,
         probe::{self, connect_tls, request_status},
@@ -314,8 +314,7 @@ async fn verify_service(config: &Instance, service: &Service, local_role: Option
         _ => None,
     };
     let mut endpoints = Vec::new();
-    for address in config.vip.ipv4() {
-        let vip = SocketAddr::from((address, service.port));
+    for vip in vip_endpoints(config, service) {
         let mut report = verify_endpoint(config, format!("VIP {vip}"), vip, &settings, roots.as_ref()).await;
         if local_role == Some("active") && report.checks.iter().any(|c| c.text.starts_with("connect to")) {
             report.checks.push(Check::skip(
@@ -330,6 +329,13 @@ async fn verify_service(config: &Instance, service: &Service, local_role: Option
         endpoints.push(verify_endpoint(config, format!("backend {addr}"), addr, &settings, roots.as_ref()).await);
     }
     ServiceReport { heading, endpoints, skipped: None }
+}
+
+/// Where clients reach `service` through the VIP: its port on every address of the instance that carries it (the
+/// IPv4 ones, and the IPv6 ones when the service is DSR: NAT is not forwarded over IPv6).
+pub fn vip_endpoints(config: &Instance, service: &Service) -> Vec<SocketAddr> {
+    let carried = |a: &&IpAddr| a.is_ipv4() || service.forwarding == Forwarding::Dsr;
+    config.vip.addresses.iter().filter(carried).map(|a| SocketAddr::new(*a, service.port)).collect()
 }
 
 async fn verify_endpoint(

@@ -117,7 +117,7 @@ fn more_services_than_the_maps_were_sized_for_is_a_typed_refusal() {
     in_netns(|| {
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");
         let spec = |port| ServiceSpec {
-            addresses: vec![std::net::Ipv4Addr::new(10, 0, 0, 250)],
+            addresses: vec![std::net::Ipv4Addr::new(10, 0, 0, 250).into()],
             port,
             protocol: 6,
             forwarding: 0,

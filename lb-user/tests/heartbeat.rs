@@ -93,7 +93,7 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
     let mut node = dp.node_control().expect("node control");
     node.set_active(0, true).expect("active");
     let backends = vec![BackendSpec {
-        address: BACKENDS[0].0,
+        address: BACKENDS[0].0.into(),
         port: 80,
         weight: 1,
         healthy: true,
@@ -102,7 +102,7 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
     }];
     dp.apply_service(
         "web",
-        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
+        &ServiceSpec { addresses: vec![VIP.into()], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends },
     )
     .expect("service update");
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID)).expect("set_node");
@@ -110,7 +110,13 @@ fn service_updates_never_undo_the_role_the_advert_path_set() {
     node.set_active(0, false).expect("backup");
     dp.apply_service(
         "web",
-        &ServiceSpec { addresses: vec![VIP], port: 80, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends: vec![] },
+        &ServiceSpec {
+            addresses: vec![VIP.into()],
+            port: 80,
+            protocol: PROTO_TCP,
+            forwarding: FORWARD_DSR,
+            backends: vec![],
+        },
     )
     .expect("service update");
     run(&mut dp, &arp(), XDP_PASS, Reason::PassArp);

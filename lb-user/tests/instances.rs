@@ -39,13 +39,20 @@ fn vips() -> Vec<VipSpec> {
 }
 
 fn backend(i: usize) -> BackendSpec {
-    BackendSpec { address: BACKENDS[i].0, port: 80, weight: 1, healthy: true, mac: Some(BACKENDS[i].1), ifindex: 0 }
+    BackendSpec {
+        address: BACKENDS[i].0.into(),
+        port: 80,
+        weight: 1,
+        healthy: true,
+        mac: Some(BACKENDS[i].1),
+        ifindex: 0,
+    }
 }
 
 /// a's web service: port 80 on both of a's addresses, backends 0 and 1; and 443 on a only.
 fn web_a() -> ServiceSpec {
     ServiceSpec {
-        addresses: vec![A1, A2],
+        addresses: vec![A1.into(), A2.into()],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -60,7 +67,7 @@ fn tls_a() -> ServiceSpec {
 /// b's web service: port 80 on b's address, backend 2 only.
 fn web_b() -> ServiceSpec {
     ServiceSpec {
-        addresses: vec![B1],
+        addresses: vec![B1.into()],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,

@@ -37,7 +37,8 @@ fn a_host_on_the_link_resolves_and_pings_an_ipv6_vip_only_while_active() {
         let router = router_slot(0, FAMILY_IPV6);
         let mut dp = DataPlane::load(LoadOptions { service_capacity: 1, ..LoadOptions::default() }).expect("load");
         dp.attach("xv6n", AttachMode::Native).expect("attach");
-        dp.set_vips6(&[Vip6Spec { address: VIP6, router, interface: Some("xv6n".into()) }]).expect("vips6");
+        dp.set_vips6(&[Vip6Spec { address: VIP6, router, hash_seed: 0, interface: Some("xv6n".into()) }])
+            .expect("vips6");
         // veth delivers XDP_TX frames only to a peer that runs an XDP program: the do-nothing one on the host's end.
         let mut pass = EbpfLoader::new()
             .map_max_entries(names::MAGLEV, lb_common::MAGLEV_M)

@@ -38,12 +38,12 @@ fn seed() -> u32 {
 
 fn service(port: u16, protocol: u8, forwarding: u8, backend: (Ipv4Addr, [u8; 6]), backend_port: u16) -> ServiceSpec {
     ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port,
         protocol,
         forwarding,
         backends: vec![BackendSpec {
-            address: backend.0,
+            address: backend.0.into(),
             port: backend_port,
             weight: 1,
             healthy: true,
@@ -136,7 +136,7 @@ fn nat_flow_to_a_local_backend_is_translated_and_passed_to_the_node() {
     let out = run(&mut dp, &data, XDP_PASS, Reason::NatForwardLocal);
     assert_frame(&out, &tcp(NODE_MAC, CLIENT_MAC, VIP, NODE_IP, port, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
     let c = dp.counters().expect("counters");
-    assert_eq!(c.backends[&("web".into(), NODE_IP, HTTP_BACKEND)].packets, 2);
+    assert_eq!(c.backends[&("web".into(), NODE_IP.into(), HTTP_BACKEND)].packets, 2);
 }
 
 #[test]
@@ -146,7 +146,7 @@ fn dsr_flow_to_a_local_backend_is_passed_unchanged() {
     let out = run(&mut dp, &syn, XDP_PASS, Reason::ForwardLocal);
     assert_frame(&out, &syn);
     let c = dp.counters().expect("counters");
-    assert_eq!(c.backends[&("tls".into(), NODE_IP, HTTPS)].packets, 1);
+    assert_eq!(c.backends[&("tls".into(), NODE_IP.into(), HTTPS)].packets, 1);
 }
 
 #[test]

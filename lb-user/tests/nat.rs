@@ -226,7 +226,7 @@ fn syn_is_translated_to_the_vip_and_the_flow_port() {
     assert!(f.nat_port(0) >= 1024);
     let c = dp.counters().expect("counters");
     assert_eq!(c.services[&"web".into()].packets, 1);
-    assert_eq!(c.backends[&("web".into(), f.backend_ip(), HTTP_BACKEND)].packets, 1);
+    assert_eq!(c.backends[&("web".into(), f.backend_ip().into(), HTTP_BACKEND)].packets, 1);
 }
 
 #[test]
@@ -239,7 +239,7 @@ fn established_packets_keep_the_translation() {
         assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
     }
     // One flow: four packets, one new flow (the SYN); a SYN again from the same port is a new connection.
-    let backend = (ServiceId::from("web"), f.backend_ip(), HTTP_BACKEND);
+    let backend = (ServiceId::from("web"), f.backend_ip().into(), HTTP_BACKEND);
     let c = dp.counters().expect("counters");
     assert_eq!((c.backends[&backend].packets, c.backends[&backend].new_flows), (4, 1));
     run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
@@ -576,13 +576,13 @@ fn a_flow_whose_backend_slot_went_to_another_backend_starts_over_and_releases_it
     // Every other slot in use, so the slot the flow's backend frees is the next one given out.
     let free = MAX_BACKENDS as usize - 2 * BACKENDS.len();
     let filler = ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 9000,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
         backends: (0..free as u32)
             .map(|i| BackendSpec {
-                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i),
+                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i).into(),
                 port: 80,
                 weight: 1,
                 healthy: false,
@@ -601,7 +601,7 @@ fn a_flow_whose_backend_slot_went_to_another_backend_starts_over_and_releases_it
     web.backends.retain(|b| b.address != f.backend_ip());
     dp.apply_service("web", &web).expect("web without the flow's backend");
     web.backends.push(BackendSpec {
-        address: new_backend.0,
+        address: new_backend.0.into(),
         port: HTTP_BACKEND,
         weight: 1,
         healthy: true,
@@ -1115,12 +1115,12 @@ fn a_backend_behind_another_interface_gets_frames_from_that_interfaces_mac() {
     let wan = support::fixture::ifindex("wan");
     let far = (Ipv4Addr::new(192, 0, 2, 21), [0x02, 0, 0, 0, 0, 0x77]);
     let spec = ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 8001,
         protocol: PROTO_TCP,
         forwarding: FORWARD_NAT,
         backends: vec![BackendSpec {
-            address: far.0,
+            address: far.0.into(),
             port: 8080,
             weight: 1,
             healthy: true,
@@ -1149,13 +1149,13 @@ fn an_icmp_error_for_a_flow_whose_backend_slot_changed_hands_is_not_sent_to_the_
     web.backends.remove(f.backend());
     dp.apply_service("web", &web).expect("web without the flow's backend");
     let filler = |n: u32| ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 9000,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
         backends: (0..n)
             .map(|i| BackendSpec {
-                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i),
+                address: Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i).into(),
                 port: 80,
                 weight: 1,
                 healthy: true,

@@ -41,7 +41,7 @@ fn vips() -> Vec<VipSpec> {
 fn spec(g: &Gen) -> ServiceSpec {
     let (protocol, port) = PLACES[g.place];
     ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port,
         protocol,
         forwarding: if g.nat { FORWARD_NAT } else { FORWARD_DSR },
@@ -49,7 +49,7 @@ fn spec(g: &Gen) -> ServiceSpec {
             .backends
             .iter()
             .map(|i| BackendSpec {
-                address: backend_address(*i),
+                address: backend_address(*i).into(),
                 // DSR backends listen on the service port; NAT ones elsewhere.
                 port: if g.nat { 9000 + *i as u16 } else { port },
                 weight: 1,

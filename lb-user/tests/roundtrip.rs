@@ -194,7 +194,7 @@ fn service(index: usize) -> impl Strategy<Value = Service> {
                 backends: backends
                     .into_iter()
                     .map(|(address, (p, weight))| BackendCfg {
-                        address,
+                        address: address.into(),
                         port: if forwarding == Forwarding::Dsr { port } else { p },
                         weight,
                     })

@@ -23,12 +23,12 @@ fn dataplane(active: bool) -> DataPlane {
 }
 
 fn backend(i: usize, healthy: bool) -> BackendSpec {
-    BackendSpec { address: BACKENDS[i].0, port: 80, weight: 1, healthy, mac: Some(BACKENDS[i].1), ifindex: 0 }
+    BackendSpec { address: BACKENDS[i].0.into(), port: 80, weight: 1, healthy, mac: Some(BACKENDS[i].1), ifindex: 0 }
 }
 
 fn dsr_service(healthy: [bool; 3]) -> ServiceSpec {
     ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,
@@ -153,7 +153,7 @@ fn syn_to_service_goes_to_the_maglev_backend_with_only_macs_changed() {
     let c = dp.counters().expect("counters");
     assert_eq!(c.services[&"web".into()].packets, 1);
     assert_eq!(c.services[&"web".into()].bytes, syn.len() as u64);
-    assert_eq!(c.backends[&("web".into(), BACKENDS[b].0, 80)].packets, 1);
+    assert_eq!(c.backends[&("web".into(), BACKENDS[b].0.into(), 80)].packets, 1);
 }
 
 #[test]
@@ -358,7 +358,7 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
     let mut dp = dataplane(true);
     let wan = support::fixture::ifindex("wan");
     let far = BackendSpec {
-        address: Ipv4Addr::new(192, 0, 2, 21),
+        address: Ipv4Addr::new(192, 0, 2, 21).into(),
         port: 80,
         weight: 1,
         healthy: true,
@@ -366,7 +366,7 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
         ifindex: wan,
     };
     let spec = ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 80,
         protocol: PROTO_TCP,
         forwarding: FORWARD_DSR,

@@ -522,10 +522,21 @@ impl Lab {
     /// # Errors
     /// When the binary is missing or does not come up within 5 s.
     pub fn start_backend(&self, n: usize, ports: &[u16]) -> Result<()> {
+        self.start_backend_listening(n, ports, false)
+    }
+
+    /// [`start_backend`](Self::start_backend), listening on `[::]` (IPv6 and IPv4) when `ipv6`.
+    ///
+    /// # Errors
+    /// As [`start_backend`](Self::start_backend).
+    pub fn start_backend_listening(&self, n: usize, ports: &[u16], ipv6: bool) -> Result<()> {
         let host = self.backend(n).clone();
         self.stop_backend(n)?;
         let bin = self.backend_binary()?;
         let mut argv = vec![bin.into_os_string(), "--name".into(), host.name.clone().into()];
+        if ipv6 {
+            argv.push("--ipv6".into());
+        }
         for port in ports {
             argv.push("--port".into());
             argv.push(port.to_string().into());

@@ -2,7 +2,7 @@
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -149,9 +149,10 @@ pub struct ServiceSpec {
     pub protocol: String,
     /// "nat" or "dsr".
     pub forwarding: String,
-    pub backends: Vec<(Ipv4Addr, u16)>,
+    /// IPv4 backends for the IPv4 VIP, IPv6 ones for IPv6 VIPs.
+    pub backends: Vec<(IpAddr, u16)>,
     /// Weights of backends that do not have the default weight 1 (0 drains a backend).
-    pub weights: BTreeMap<(Ipv4Addr, u16), u8>,
+    pub weights: BTreeMap<(IpAddr, u16), u8>,
     /// "tcp", "http" or "none".
     pub check: String,
     pub interval_ms: u32,
@@ -168,7 +169,7 @@ impl ServiceSpec {
             port,
             protocol: "tcp".into(),
             forwarding: forwarding.into(),
-            backends: lab.backends().iter().map(|b| (b.ip, backend_port)).collect(),
+            backends: lab.backends().iter().map(|b| (b.ip.into(), backend_port)).collect(),
             weights: BTreeMap::new(),
             check: "http".into(),
             interval_ms: 200,

@@ -29,7 +29,7 @@ fn service(name: &str, port: u16, backends: Vec<(Ipv4Addr, u16)>, check: &str) -
         port,
         protocol: "tcp".into(),
         forwarding: "nat".into(),
-        backends,
+        backends: backends.into_iter().map(|(a, p)| (a.into(), p)).collect(),
         weights: Default::default(),
         check: check.into(),
         interval_ms: 200,

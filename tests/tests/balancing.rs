@@ -126,7 +126,7 @@ fn sighup_adds_and_removes_backends_without_losing_other_connections() {
     assert!(on.contains(&"backend2"), "no stream on backend2 in {}: {on:?}", on.len());
 
     // Remove backend1, add backend3.
-    spec.services[0].backends = vec![(lab.backend(2).ip, PORT), (lab.backend(3).ip, PORT)];
+    spec.services[0].backends = vec![(lab.backend(2).ip.into(), PORT), (lab.backend(3).ip.into(), PORT)];
     std::fs::write(&node.config_path, config(&lab, lab.node(1), &spec, &node.socket)).expect("write config");
     node.signal(libc::SIGHUP).expect("SIGHUP");
     let wanted = vec![lab.backend(2).ip.to_string(), lab.backend(3).ip.to_string()];
@@ -235,7 +235,8 @@ fn sighup_beyond_the_loaded_service_capacity_is_refused() {
     let mut spec = NodeSpec::new(150).service(service(&lab));
     let mut node = lab.start_xvip(lab.node(1), &spec).expect("node1");
     node.wait_role("active", Duration::from_secs(3)).expect("active");
-    // The data plane is sized for max(services, 8) at start: nine services need a restart.
+    // The data plane is sized for max(service tables, 8) at start (one per service here, IPv4 only): nine need a
+    // restart.
     for port in 9001..9009 {
         let mut extra = service(&lab);
         extra.name = format!("extra{port}");
@@ -248,7 +249,7 @@ fn sighup_beyond_the_loaded_service_capacity_is_refused() {
     node.signal(libc::SIGHUP).expect("SIGHUP");
     std::thread::sleep(Duration::from_millis(300));
     let log = node.log();
-    assert!(log.contains("reload refused: 9 services") && log.contains("restart xvip"), "{log}");
+    assert!(log.contains("reload refused: 9 service tables") && log.contains("restart xvip"), "{log}");
     let status = node.status().expect("status");
     assert_eq!(status.services.len(), 1, "the running config changed");
     assert_eq!(status.role, "active");

@@ -76,7 +76,7 @@ fn a_drained_backend_keeps_its_connections_takes_no_new_ones_and_leaves_without_
     std::thread::sleep(Duration::from_millis(300));
 
     // Drain backend1.
-    spec.services[0].weights.insert((drained.ip, BACKEND_PORT), 0);
+    spec.services[0].weights.insert((drained.ip.into(), BACKEND_PORT), 0);
     reload(&lab, &mut node, &spec);
     let drain_started = Instant::now();
     wait_until(&node, "backend1 draining", Duration::from_secs(3), |s| {

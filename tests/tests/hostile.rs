@@ -228,7 +228,7 @@ fn far_backend_case(forwarding: &str) {
     let bin = std::path::Path::new(env!("CARGO_BIN_EXE_lab-backend"));
     let far = lab.add_far_backend(lab.node(1), bin, BACKEND_PORT, forwarding == "dsr").expect("far backend");
     let service = ServiceSpec {
-        backends: vec![(far.ip, if forwarding == "dsr" { SERVICE_PORT } else { BACKEND_PORT })],
+        backends: vec![(far.ip.into(), if forwarding == "dsr" { SERVICE_PORT } else { BACKEND_PORT })],
         ..ServiceSpec::http(&lab, SERVICE_PORT, BACKEND_PORT, forwarding)
     };
     // DSR: the backend serves the service port itself (on the VIP, held on its lo).

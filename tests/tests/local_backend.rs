@@ -72,7 +72,7 @@ fn stacked(forwarding: &str) -> Stacked {
         servers.push(server);
     }
     let mut service = ServiceSpec::http(&lab, SERVICE_PORT, backend_port, forwarding);
-    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip, backend_port)).collect();
+    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip.into(), backend_port)).collect();
     Stacked { lab, _servers: servers, service }
 }
 

@@ -287,7 +287,7 @@ fn promtool(page: &str) -> String {
 
 /// A dual-stack instance (the lab's IPv4 VIP and an IPv6 one): its IPv6 router has its own series under
 /// `family="ipv6"`, the data plane's counters for the IPv6 VIP (a client's Neighbor Solicitation, ping and TCP
-/// SYN) among them, as `xvip status` shows them; promtool accepts the page.
+/// SYN to a port without a service) among them, as `xvip status` shows them; promtool accepts the page.
 #[test]
 fn the_ipv6_router_has_its_own_series() {
     let lab = lab(1);
@@ -301,21 +301,22 @@ fn the_ipv6_router_has_its_own_series() {
         n1.status().is_ok_and(|s| s.instances[0].ipv6.as_ref().is_some_and(|v6| v6.role == "active"))
     })
     .expect("IPv6 active");
-    // The client resolves the VIP (a solicitation the program answers) and pings it; a TCP SYN to it is dropped.
+    // The client resolves the VIP (a solicitation the program answers) and pings it; a TCP SYN to a port without a
+    // service is dropped.
     let ping = lab.exec(&lab.client().ns, ["ping", "-6", "-n", "-c", "2", "-W", "1", &vip6.to_string()]);
     assert!(ping.as_deref().is_ok_and(|p| p.contains("2 received")), "{ping:?}");
     let syn = netns::in_netns(&lab.client().ns, || {
         Ok(std::net::TcpStream::connect_timeout(&SocketAddr::new(vip6.into(), 80), Duration::from_millis(300)))
     })
     .expect("the client's namespace");
-    assert!(syn.is_err(), "TCP to an IPv6 VIP is not forwarded yet");
+    assert!(syn.is_err(), "TCP to an IPv6 VIP's port without a service is dropped");
 
     let family = |metric: &str, labels: &str| format!(r#"{metric}{{vrrp_instance="default",family="ipv6"{labels}}}"#);
     let frames = |reason: &str| family("xvip_router_frames_total", &format!(r#",reason="{reason}""#));
     // The repeat of the unsolicited advertisements comes 1 s after the take-over (garp_repeat_delay_ms).
     let page = wait_page(&n1, Duration::from_secs(5), |p| {
         value(p, &family("xvip_vrrp_router_announcements_sent_total", "")) == Some(10.0)
-            && value(p, &frames("drop_ipv6_transport")).is_some_and(|v| v >= 1.0)
+            && value(p, &frames("drop_no_service")).is_some_and(|v| v >= 1.0)
     })
     .expect("the IPv6 router's series");
     for (series, ok) in [
@@ -327,7 +328,7 @@ fn the_ipv6_router_has_its_own_series() {
         (family("xvip_vrrp_router_adverts_discarded_total", r#",reason="ttl""#), &|v| v == 0.0),
         (frames("na_replies"), &|v| v >= 1.0),
         (frames("echo_replies"), &|v| v == 2.0),
-        (frames("drop_ipv6_transport"), &|v| v >= 1.0),
+        (frames("drop_no_service"), &|v| v >= 1.0),
         (frames("arp_replies"), &|v| v == 0.0),
         (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv4",reason="echo_replies"}"#.into(), &|v| {
             v == 0.0
@@ -339,7 +340,7 @@ fn the_ipv6_router_has_its_own_series() {
     // The same numbers in `xvip status`.
     let v6 = n1.status().expect("status").instances[0].ipv6.clone().expect("the IPv6 router");
     assert_eq!((v6.nas_sent, v6.effective_priority, v6.dataplane["echo_replies"]), (10, 150, 2), "{v6:?}");
-    assert!(v6.dataplane["na_replies"] >= 1 && v6.dataplane["drop_ipv6_transport"] >= 1, "{v6:?}");
+    assert!(v6.dataplane["na_replies"] >= 1 && v6.dataplane["drop_no_service"] >= 1, "{v6:?}");
     let said = promtool(&page);
     assert!(said.is_empty(), "promtool: {said}\n{page}");
 }

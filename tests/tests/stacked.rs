@@ -42,7 +42,7 @@ fn node_backend(lab: &Lab, node: &Host) -> ChildGuard {
 /// Over the two backend hosts and both nodes' own backends.
 fn service(lab: &Lab) -> ServiceSpec {
     let mut svc = ServiceSpec::http(lab, PORT, PORT, "nat");
-    svc.backends.extend(lab.nodes().iter().map(|n| (n.ip, PORT)));
+    svc.backends.extend(lab.nodes().iter().map(|n| (n.ip.into(), PORT)));
     svc
 }
 
@@ -61,7 +61,7 @@ fn udp_service(lab: &Lab) -> ServiceSpec {
     svc.name = "echo".into();
     svc.protocol = "udp".into();
     svc.check = "none".into();
-    svc.backends.extend(lab.nodes().iter().map(|n| (n.ip, UDP_PORT)));
+    svc.backends.extend(lab.nodes().iter().map(|n| (n.ip.into(), UDP_PORT)));
     svc
 }
 

@@ -175,6 +175,20 @@ impl Config {
     pub fn service_count(&self) -> usize {
         self.instances.iter().map(|i| i.services.len()).sum()
     }
+
+    /// The size of the IPv6 connection table: `conntrack_entries` when some instance has IPv6 addresses, the
+    /// smallest table (1024) otherwise (it is preallocated: an IPv4-only node does not pay for IPv6 flows; a reload
+    /// that adds the first IPv6 addresses works with the small table until a restart).
+    pub fn conntrack6_entries(&self) -> u32 {
+        if self.instances.iter().any(|i| !i.vip.ipv6().is_empty()) { self.conntrack_entries } else { 1024 }
+    }
+
+    /// How many service indices the data plane needs: one per service and address family of its instance's
+    /// addresses (an IPv6 VIP's service has its own Maglev table, over the IPv6 backends).
+    pub fn service_tables(&self) -> usize {
+        let families = |i: &Instance| usize::from(!i.vip.ipv4().is_empty()) + usize::from(!i.vip.ipv6().is_empty());
+        self.instances.iter().map(|i| i.services.len() * families(i)).sum()
+    }
 }
 
 /// VRRPv3 (RFC 9568) parameters of this node.
@@ -259,7 +273,9 @@ pub enum Forwarding {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BackendCfg {
-    pub address: Ipv4Addr,
+    /// Of a family the instance has a VIP of: IPv4 VIPs are balanced to the IPv4 backends, IPv6 VIPs to the IPv6
+    /// ones.
+    pub address: IpAddr,
     pub port: u16,
     /// Share of new flows, relative to the other backends of the service. 0 = draining: the backend takes no new
     /// flows and keeps its established ones while it stays healthy.

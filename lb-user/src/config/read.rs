@@ -548,28 +548,10 @@ impl Reader {
         let (vrrp, vrid_at) = self.vrrp(vrrp_table.as_ref(), 0);
         let services = match root.get("service") {
             None => Vec::new(),
-            Some(field) => {
-                self.services_need_ipv4(&field, &vip);
-                self.services(&field, "", "[[service]]", 0, vip.addresses.len())
-            }
+            Some(field) => self.services(&field, "", "[[service]]", 0, &vip),
         };
         let marks = Marks { name_at: 0, vrid_at };
         (Instance { name: DEFAULT_INSTANCE.to_owned(), interface, vip, vrrp, services }, marks)
-    }
-
-    /// Services are forwarded for IPv4 VIPs only: an instance whose addresses are all IPv6 cannot carry one.
-    fn services_need_ipv4(&mut self, field: &Field, vip: &Vip) {
-        if !vip.addresses.is_empty() && vip.ipv4().is_empty() {
-            self.error(
-                field.key_at,
-                format!(
-                    "{} is set, but every address of this instance is IPv6: IPv6 forwarding is not supported yet \
-                     (IPv6 VIPs are elected and answered for, but carry no services); put the services on an \
-                     instance with an IPv4 address",
-                    field.path
-                ),
-            );
-        }
     }
 
     /// The list form: each `[[instance]]` table.
@@ -673,10 +655,7 @@ impl Reader {
         };
         let services = match table.get("service") {
             None => Vec::new(),
-            Some(field) => {
-                self.services_need_ipv4(&field, &vip);
-                self.services(&field, &prefix, "[[instance.service]]", index, vip.addresses.len())
-            }
+            Some(field) => self.services(&field, &prefix, "[[instance.service]]", index, &vip),
         };
         let marks = Marks { name_at, vrid_at };
         (Instance { name, interface, vip, vrrp, services }, marks)
@@ -1078,15 +1057,10 @@ impl Reader {
     }
 
     /// The services of one instance. `prefix` goes before `service[N]` in key paths (`instance[0].`), `header`
-    /// is how the user writes one (`[[service]]`), `addresses` how many addresses each service listens on.
-    fn services(
-        &mut self,
-        field: &Field,
-        prefix: &str,
-        header: &str,
-        instance: usize,
-        addresses: usize,
-    ) -> Vec<Service> {
+    /// is how the user writes one (`[[service]]`), `vip` the instance's addresses (each service listens on every
+    /// one; its backends' families must match them).
+    fn services(&mut self, field: &Field, prefix: &str, header: &str, instance: usize, vip: &Vip) -> Vec<Service> {
+        let addresses = vip.addresses.len();
         let Some(items) = self.array(field, &format!("an array of tables: write each service as {header}")) else {
             return Vec::new();
         };
@@ -1101,14 +1075,18 @@ impl Reader {
             let Some(table) = self.table(&element, label.clone(), format!("{label}.")) else {
                 continue;
             };
-            self.totals.services += 1;
-            if self.totals.services == lb_common::MAX_SERVICES as usize + 1 {
+            // A Maglev table per service and address family of the instance's addresses.
+            let tables = (usize::from(!vip.ipv4().is_empty()) + usize::from(!vip.ipv6().is_empty())).max(1);
+            let before = self.totals.services;
+            self.totals.services += tables;
+            let limit = lb_common::MAX_SERVICES as usize;
+            if before <= limit && self.totals.services > limit {
+                let per_family = if tables > 1 { " (one per service and address family)" } else { "" };
                 self.error(
                     table.anchor,
                     format!(
-                        "too many services: at most {} over all instances are supported (the data plane's Maglev \
-                         tables are sized for that), this is number {}",
-                        lb_common::MAX_SERVICES,
+                        "too many services: at most {limit} Maglev tables over all instances are supported (the data \
+                         plane is sized for that), this service brings them to {}{per_family}",
                         self.totals.services
                     ),
                 );
@@ -1126,7 +1104,7 @@ impl Reader {
                     ),
                 );
             }
-            let read = self.service(&table, &label, instance);
+            let read = self.service(&table, &label, instance, vip);
             if let Some((name, at)) = &read.name {
                 if let Some(first) = names.get(name) {
                     self.error(
@@ -1160,7 +1138,7 @@ impl Reader {
         services
     }
 
-    fn service(&mut self, table: &Table, label: &str, instance: usize) -> ReadService {
+    fn service(&mut self, table: &Table, label: &str, instance: usize, vip: &Vip) -> ReadService {
         self.reject_unknown_keys(table, SERVICE_KEYS);
         let mut service = Service {
             name: String::new(),
@@ -1206,7 +1184,10 @@ impl Reader {
             None => {
                 self.missing(table, "backends", "an array like backends = [{ address = \"10.0.0.11\", port = 6443 }]")
             }
-            Some(field) => service.backends = self.backends(&field, &service, instance),
+            Some(field) => {
+                service.backends = self.backends(&field, &service, instance, vip);
+                self.backend_families(&field, &service, vip);
+            }
         }
         service.health = match table.get("health") {
             None => Health::default_for(service.protocol),
@@ -1221,7 +1202,33 @@ impl Reader {
         ReadService { service, name, port_at }
     }
 
-    fn backends(&mut self, field: &Field, service: &Service, instance: usize) -> Vec<BackendCfg> {
+    /// A service's backends have the family of the VIP address they are reached through: each family of the
+    /// instance's VIPs needs a backend of it (its VIPs would answer nothing otherwise). Not IPv6 for a NAT service,
+    /// which cannot have IPv6 backends yet: its IPv6 VIPs carry nothing, as before IPv6 forwarding existed.
+    fn backend_families(&mut self, field: &Field, service: &Service, vip: &Vip) {
+        if service.backends.is_empty() {
+            return;
+        }
+        let ipv6_forwarded = service.forwarding == Forwarding::Dsr;
+        for (family, vips, has) in [
+            ("IPv4", !vip.ipv4().is_empty(), service.backends.iter().any(|b| b.address.is_ipv4())),
+            ("IPv6", !vip.ipv6().is_empty() && ipv6_forwarded, service.backends.iter().any(|b| b.address.is_ipv6())),
+        ] {
+            if vips && !has {
+                self.error(
+                    field.at,
+                    format!(
+                        "{} has no {family} backend, but the instance has {family} addresses: a service's backends \
+                         have the family of the VIP address they are reached through, so list an {family} backend \
+                         too (or move the service to an instance without {family} addresses)",
+                        field.path
+                    ),
+                );
+            }
+        }
+    }
+
+    fn backends(&mut self, field: &Field, service: &Service, instance: usize, vip: &Vip) -> Vec<BackendCfg> {
         let Some(items) = self.array(field, "an array of tables like [{ address = \"10.0.0.11\", port = 6443 }]")
         else {
             return Vec::new();
@@ -1255,29 +1262,17 @@ impl Reader {
             self.reject_unknown_keys(&table, BACKEND_KEYS);
             let address = match table.get("address") {
                 None => {
-                    self.missing(&table, "address", "the backend's IPv4 address, like address = \"10.0.0.11\"");
+                    self.missing(&table, "address", "the backend's address, like address = \"10.0.0.11\"");
                     None
                 }
                 Some(field) => {
-                    let ipv6 = matches!(field.node, Node::String(text) if text.parse::<Ipv6Addr>().is_ok());
-                    if ipv6 {
-                        self.error(
-                            field.at,
-                            format!(
-                                "{} is an IPv6 address: IPv6 forwarding is not supported yet (IPv6 VIPs are \
-                                 elected and answered for, but carry no services); use an IPv4 backend behind an \
-                                 IPv4 VIP",
-                                field.path
-                            ),
-                        );
-                    }
-                    let address = if ipv6 { None } else { self.host_ipv4(&field, "a unicast IPv4 address") };
+                    let address =
+                        self.host_ip(&field, "a unicast IPv4 address", "a global or unique local IPv6 address");
                     if let Some(address) = address {
-                        let written =
-                            Written { value: IpAddr::V4(address), at: field.at, path: field.path.clone(), instance };
+                        let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
                         self.not_vips.push((written, NotVip::Backend));
                     }
-                    address
+                    address.filter(|a| self.backend_family_ok(&field, *a, service, vip))
                 }
             };
             let port = match table.get("port") {
@@ -1317,6 +1312,45 @@ impl Reader {
             backends.push(BackendCfg { address, port, weight });
         }
         backends
+    }
+
+    /// Whether a backend's address fits its instance's VIPs (an address of a family the instance has no VIP of
+    /// would never get a packet) and its forwarding (NAT to IPv6 backends is not supported yet); reports why not.
+    fn backend_family_ok(&mut self, field: &Field, address: IpAddr, service: &Service, vip: &Vip) -> bool {
+        let (family, vips) = match address {
+            IpAddr::V4(_) => ("IPv4", vip.ipv4().len()),
+            IpAddr::V6(_) => ("IPv6", vip.ipv6().len()),
+        };
+        let problem = if let IpAddr::V6(v6) = address
+            && v6.segments()[0] & 0xffc0 == 0xfe80
+        {
+            Some(format!(
+                "{} is a link-local address ({address}); a backend needs a global or unique local IPv6 address",
+                field.path
+            ))
+        } else if vips == 0 && !vip.addresses.is_empty() {
+            Some(format!(
+                "{} is an {family} address ({address}), but the instance has no {family} address: a service's \
+                 backends have the family of the VIP address they are reached through (an IPv4 VIP is not \
+                 balanced to IPv6 backends, nor the reverse)",
+                field.path
+            ))
+        } else if address.is_ipv6() && service.forwarding == Forwarding::Nat {
+            Some(format!(
+                "{} is an IPv6 address, and NAT to IPv6 backends is not supported yet: set forwarding = \"dsr\" on \
+                 this service (IPv6 backends hold the VIP and answer clients directly)",
+                field.path
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                self.error(field.at, message);
+                false
+            }
+            None => true,
+        }
     }
 
     fn health(&mut self, table: &Table, protocol: Protocol) -> Health {

@@ -112,7 +112,7 @@ fn service_and_health_defaults() {
     let service = &config.services()[0];
     assert_eq!(service.protocol, Protocol::Tcp);
     assert_eq!(service.forwarding, Forwarding::Nat);
-    assert_eq!(service.backends, vec![BackendCfg { address: Ipv4Addr::new(10, 0, 0, 11), port: 6443, weight: 1 }]);
+    assert_eq!(service.backends, vec![BackendCfg { address: v4(10, 0, 0, 11), port: 6443, weight: 1 }]);
     assert_eq!(
         service.health,
         Health {
@@ -184,7 +184,7 @@ fn a_full_example_is_valid() {
     assert_eq!(config.vip().addresses[0], Ipv4Addr::new(10, 10, 74, 250));
     assert_eq!(config.vip().hostname.as_deref(), Some("test.example.com"));
     let service = &config.services()[0];
-    assert_eq!(service.backends[1], BackendCfg { address: Ipv4Addr::new(10, 0, 0, 12), port: 6443, weight: 2 });
+    assert_eq!(service.backends[1], BackendCfg { address: v4(10, 0, 0, 12), port: 6443, weight: 2 });
     assert_eq!(service.health.check, CheckKind::Https);
     assert_eq!(service.health.path, "/readyz");
     assert!(!service.health.tls_verify);
@@ -727,8 +727,7 @@ fn backend_address_is_a_host_and_not_the_vip() {
     let text = format!("{BASE}[[service]]\nname = \"api\"\nport = 443\nbackends = [{{ port = 443 }}]\n");
     assert_eq!(
         problem(&text),
-        "xvip.toml:10:13: missing required key `address` in service[0].backends[0]; expected the backend's IPv4 \
-         address, like address = \"10.0.0.11\""
+        "xvip.toml:10:13: missing required key `address` in service[0].backends[0]; expected the backend's address, like address = \"10.0.0.11\""
     );
 }
 
@@ -770,8 +769,22 @@ fn at_most_512_services() {
     // The 513th service starts on line 7 + 512 * 4.
     assert_eq!(
         problem(&text),
-        "xvip.toml:2055:1: too many services: at most 512 over all instances are supported (the data plane's Maglev \
-         tables are sized for that), this is number 513"
+        "xvip.toml:2055:1: too many services: at most 512 Maglev tables over all instances are supported (the data \
+         plane is sized for that), this service brings them to 513"
+    );
+    // A dual-stack instance's services take two tables each: the 257th is one too many.
+    let mut text = BASE.replace("address = \"10.0.0.250\"", "addresses = [\"10.0.0.250\", \"fd00::250\"]");
+    for s in 0..257 {
+        text.push_str(&format!(
+            "[[service]]\nname = \"s{s}\"\nport = {}\nforwarding = \"dsr\"\nbackends = [{{ address = \"10.0.0.11\" }}, \
+             {{ address = \"fd00::11\" }}]\n",
+            s + 1
+        ));
+    }
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:1287:1: too many services: at most 512 Maglev tables over all instances are supported (the data \
+         plane is sized for that), this service brings them to 514 (one per service and address family)"
     );
 }
 
@@ -1092,11 +1105,7 @@ fn diff_applies_the_other_vrrp_keys_in_place() {
 fn diff_accepts_a_backend_addition() {
     let old = two_services();
     let mut new = old.clone();
-    only(&mut new).services[0].backends.push(BackendCfg {
-        address: Ipv4Addr::new(10, 0, 0, 12),
-        port: 6443,
-        weight: 1,
-    });
+    only(&mut new).services[0].backends.push(BackendCfg { address: v4(10, 0, 0, 12), port: 6443, weight: 1 });
     let plan = diff(&old, &new).unwrap();
     assert_eq!(
         plan,
@@ -1455,7 +1464,7 @@ fn an_instance_may_mix_ipv4_and_ipv6_addresses() {
     let api = &config.instances[0];
     assert_eq!(api.vip.ipv4(), [Ipv4Addr::new(10, 0, 0, 250)]);
     assert_eq!(api.vip.ipv6(), ["fd00::251".parse::<Ipv6Addr>().unwrap()]);
-    // Its services are forwarded for its IPv4 address.
+    // Its NAT service is forwarded for its IPv4 address.
     assert_eq!(api.services.len(), 1);
     // An IPv6-only instance without services.
     let config = valid(&TWO.replace("address = \"10.1.0.250\"", "address = \"2001:db8::250\""));
@@ -1479,32 +1488,72 @@ fn ipv6_vips_that_name_no_host_are_refused() {
 }
 
 #[test]
-fn services_on_an_ipv6_only_instance_are_refused_until_ipv6_forwarding_exists() {
-    let text = TWO.replace("[\"10.0.0.250\", \"10.0.0.251\"]", "[\"fd00::250\"]");
-    assert_eq!(
-        problem(&text),
-        "xvip.toml:10:12: instance[0].service is set, but every address of this instance is IPv6: IPv6 forwarding is \
-         not supported yet (IPv6 VIPs are elected and answered for, but carry no services); put the services on an \
-         instance with an IPv4 address"
+fn an_ipv6_only_instance_balances_to_ipv6_backends_by_dsr() {
+    let text = TWO.replace("[\"10.0.0.250\", \"10.0.0.251\"]", "[\"fd00::250\"]").replace(
+        "port = 443\nbackends = [ { address = \"10.0.0.21\", port = 6443 } ]",
+        "port = 443\nforwarding = \"dsr\"\nbackends = [ { address = \"fd00::21\" }, { address = \"fd00::22\" } ]",
     );
-    let single = BASE.replace("10.0.0.250", "fd00::250")
-        + "[[service]]\nname = \"api\"\nport = 443\nbackends = [ { address = \"10.0.0.21\" } ]\n";
+    let config = valid(&text);
+    let backends: Vec<IpAddr> = config.instances[0].services[0].backends.iter().map(|b| b.address).collect();
+    assert_eq!(backends, ["fd00::21".parse::<IpAddr>().unwrap(), "fd00::22".parse().unwrap()]);
+    assert_eq!(config.service_tables(), 1);
+    // An IPv4 backend there would never get a packet.
+    let v4 = text.replace("{ address = \"fd00::22\" }", "{ address = \"10.0.0.22\" }");
     assert_eq!(
-        problem(&single),
-        "xvip.toml:7:3: service is set, but every address of this instance is IPv6: IPv6 forwarding is not supported \
-         yet (IPv6 VIPs are elected and answered for, but carry no services); put the services on an instance with \
-         an IPv4 address"
+        problem(&v4),
+        "xvip.toml:14:52: instance[0].service[0].backends[1].address is an IPv4 address (10.0.0.22), but the instance \
+         has no IPv4 address: a service's backends have the family of the VIP address they are reached through (an \
+         IPv4 VIP is not balanced to IPv6 backends, nor the reverse)"
+    );
+    // NAT to IPv6 backends is not done yet.
+    let nat = text.replace("forwarding = \"dsr\"\n", "");
+    assert_eq!(
+        problems(&nat),
+        [
+            "xvip.toml:13:26: instance[0].service[0].backends[0].address is an IPv6 address, and NAT to IPv6 backends \
+             is not supported yet: set forwarding = \"dsr\" on this service (IPv6 backends hold the VIP and answer \
+             clients directly)",
+            "xvip.toml:13:52: instance[0].service[0].backends[1].address is an IPv6 address, and NAT to IPv6 backends \
+             is not supported yet: set forwarding = \"dsr\" on this service (IPv6 backends hold the VIP and answer \
+             clients directly)",
+        ]
+    );
+    let link_local = text.replace("fd00::22", "fe80::22");
+    assert_eq!(
+        problem(&link_local),
+        "xvip.toml:14:52: instance[0].service[0].backends[1].address is a link-local address (fe80::22); a backend \
+         needs a global or unique local IPv6 address"
     );
 }
 
 #[test]
-fn ipv6_backends_are_refused_until_ipv6_forwarding_exists() {
-    assert_eq!(
-        problem(&TWO.replace("address = \"10.0.0.21\"", "address = \"fd00::21\"")),
-        "xvip.toml:13:26: instance[0].service[0].backends[0].address is an IPv6 address: IPv6 forwarding is not \
-         supported yet (IPv6 VIPs are elected and answered for, but carry no services); use an IPv4 backend behind \
-         an IPv4 VIP"
+fn the_ipv6_flow_table_is_sized_only_for_configs_with_ipv6_addresses() {
+    let text = format!("conntrack_entries = 200000\n{BASE}");
+    assert_eq!(valid(&text).conntrack6_entries(), 1024);
+    let dual = text.replace("address = \"10.0.0.250\"", "addresses = [\"10.0.0.250\", \"fd00::250\"]");
+    assert_eq!(valid(&dual).conntrack6_entries(), 200_000);
+}
+
+#[test]
+fn a_dual_stack_dsr_service_needs_a_backend_of_each_family() {
+    let text = TWO.replace("\"10.0.0.251\"", "\"fd00::251\"").replace(
+        "port = 443\nbackends = [ { address = \"10.0.0.21\", port = 6443 } ]",
+        "port = 443\nforwarding = \"dsr\"\nbackends = [ { address = \"10.0.0.21\" } ]",
     );
+    assert_eq!(
+        problem(&text),
+        "xvip.toml:14:12: instance[0].service[0].backends has no IPv6 backend, but the instance has IPv6 addresses: a \
+         service's backends have the family of the VIP address they are reached through, so list an IPv6 backend too \
+         (or move the service to an instance without IPv6 addresses)"
+    );
+    let both = text.replace("{ address = \"10.0.0.21\" }", "{ address = \"10.0.0.21\" }, { address = \"fd00::21\" }");
+    let config = valid(&both);
+    assert_eq!(config.instances[0].services[0].backends.len(), 2);
+    assert_eq!(config.service_tables(), 2, "one Maglev table per family");
+    let only_v6 = text.replace("10.0.0.21", "fd00::21");
+    assert!(problem(&only_v6).starts_with("xvip.toml:14:12: instance[0].service[0].backends has no IPv4 backend"));
+    // A NAT service of a dual-stack instance is forwarded over IPv4 only (NAT to IPv6 is not done yet).
+    valid(&TWO.replace("\"10.0.0.251\"", "\"fd00::251\""));
 }
 
 #[test]

@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::Arc,
     time::Duration,
 };
@@ -86,7 +86,7 @@ impl Instance {
         source: Ipv4Addr,
         source6: Option<Ipv6Addr>,
         labelled: bool,
-        paths: &BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)>,
+        paths: &BTreeMap<IpAddr, (Option<[u8; 6]>, u32)>,
     ) -> Result<Self, InvalidSettings> {
         let v = &config.vrrp;
         let settings = Settings {
@@ -103,7 +103,7 @@ impl Instance {
             _ => None,
         };
         let has_ipv4 = !config.vip.ipv4().is_empty();
-        let mut services = Services::new(&config.services, config.vip.ipv4());
+        let mut services = Services::new(&config.services, config.vip.addresses.clone());
         for (address, (mac, ifindex)) in paths {
             if mac.is_some() {
                 services.set_path(*address, *mac, *ifindex);
@@ -222,7 +222,12 @@ impl Instance {
             .vip
             .ipv6()
             .into_iter()
-            .map(|address| Vip6Spec { address, router: v6.index, interface: Some(self.config.interface.clone()) })
+            .map(|address| Vip6Spec {
+                address,
+                router: v6.index,
+                hash_seed: lb_common::group_seed6(address.octets(), self.config.vrrp.vrid),
+                interface: Some(self.config.interface.clone()),
+            })
             .collect()
     }
 
@@ -353,7 +358,7 @@ impl Instance {
         self.begin_stop(now, out);
         self.finish_stop(now, out);
         // The node goes on: nothing this instance recorded may greet it if it is added again.
-        out.push(Command::ForgetFlows(self.config.vip.ipv4()));
+        out.push(Command::ForgetFlows(self.config.vip.addresses.clone()));
         for (id, backend) in self.checked() {
             out.push(Command::StopChecker { id, backend });
         }
@@ -568,7 +573,7 @@ impl Instance {
         // Leaving active (not for a stop: the node exits and its tables with it): its flow state is stale from now
         // on, since the peer that takes over carries these connections and may change them.
         if self.observed.role == Role::Active && role != Role::Active && cause != Cause::Stop {
-            out.push(Command::ForgetFlows(self.config.vip.ipv4()));
+            out.push(Command::ForgetFlows(self.config.vip.ipv4().into_iter().map(IpAddr::V4).collect()));
         }
         let o = &mut self.observed;
         o.role = role;
@@ -704,7 +709,7 @@ impl Instance {
         let mut found = Vec::new();
         for (name, spec) in self.services.specs() {
             for b in spec.backends.iter().filter(|b| b.healthy && b.weight > 0 && b.mac.is_none()) {
-                found.push(format!("{}:{} of {name} (MAC not known yet)", b.address, b.port));
+                found.push(format!("{} of {name} (MAC not known yet)", SocketAddr::new(b.address, b.port)));
             }
         }
         found
@@ -724,7 +729,7 @@ impl Instance {
             let mut failing: Vec<String> = self
                 .unchecked
                 .iter()
-                .map(|(service, (address, port))| format!("{address}:{port} of {service}"))
+                .map(|(service, (address, port))| format!("{} of {service}", SocketAddr::new(*address, *port)))
                 .collect();
             failing.extend(unresolved);
             self.log(
@@ -797,9 +802,9 @@ impl Instance {
             return;
         }
         if changed {
-            let (address, port) = backend;
             let state = if healthy { "up" } else { "down" };
-            self.log(out, Level::Info, format!("backend {address}:{port} of {service} is {state}: {reason}"));
+            let endpoint = SocketAddr::from(backend);
+            self.log(out, Level::Info, format!("backend {endpoint} of {service} is {state}: {reason}"));
             self.install(service, out);
             if healthy && self.router.role() == Role::Active && self.is_nat(service) {
                 // A NAT backend answers the VIP itself. One that comes back after losing its link may hold its
@@ -814,7 +819,7 @@ impl Instance {
     }
 
     /// Neighbour answers, applied together: each changed service is installed once, the penalty looked at once.
-    pub(super) fn neighbours(&mut self, now: Duration, batch: &[(Ipv4Addr, Seen)], out: &mut Out) {
+    pub(super) fn neighbours(&mut self, now: Duration, batch: &[(IpAddr, Seen)], out: &mut Out) {
         let mut changed: Vec<String> = Vec::new();
         for (address, seen) in batch {
             for name in self.neighbour(*address, seen) {
@@ -836,7 +841,7 @@ impl Instance {
     /// A backend keeps its last known MAC until the kernel says the entry FAILED: an entry that is only missing
     /// (garbage-collected, or being refreshed) says nothing about the backend. Returns the services that changed.
     /// (The node logs what the kernel said, once for all instances.)
-    fn neighbour(&mut self, address: Ipv4Addr, seen: &Seen) -> Vec<String> {
+    fn neighbour(&mut self, address: IpAddr, seen: &Seen) -> Vec<String> {
         let Some((_, ifindex)) = self.services.path(address) else { return Vec::new() };
         match seen {
             Seen::Mac { ifindex: i, mac: m } => self.services.set_path(address, Some(*m), *i),
@@ -1034,13 +1039,16 @@ fn drain_changes(old: &config::Instance, new: &config::Instance) -> Vec<String> 
             let was = before.and_then(|s| s.backends.iter().find(|o| (o.address, o.port) == (b.address, b.port)));
             match (was.map(|w| w.weight == 0), b.weight == 0) {
                 (Some(false), true) => lines.push(format!(
-                    "backend {}:{} of {} is draining: weight 0, no new flows; established ones stay while it is \
+                    "backend {} of {} is draining: weight 0, no new flows; established ones stay while it is \
                      healthy",
-                    b.address, b.port, svc.name
+                    SocketAddr::new(b.address, b.port),
+                    svc.name
                 )),
                 (Some(true), false) => lines.push(format!(
-                    "backend {}:{} of {} takes new flows again: weight {}",
-                    b.address, b.port, svc.name, b.weight
+                    "backend {} of {} takes new flows again: weight {}",
+                    SocketAddr::new(b.address, b.port),
+                    svc.name,
+                    b.weight
                 )),
                 _ => {}
             }

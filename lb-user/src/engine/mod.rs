@@ -55,7 +55,7 @@ mod tests;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, VecDeque},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::Arc,
     time::Duration,
 };
@@ -117,9 +117,9 @@ pub enum Event {
     /// An interface's link (carrier) changed.
     Link { interface: String, up: bool },
     /// What the kernel's neighbour table now says about a backend address.
-    Neighbour { address: Ipv4Addr, seen: Seen },
+    Neighbour { address: IpAddr, seen: Seen },
     /// Several of those at once (one round of the neighbour watcher).
-    Neighbours(Vec<(Ipv4Addr, Seen)>),
+    Neighbours(Vec<(IpAddr, Seen)>),
     /// SIGHUP: the config file as read again (or why it could not be).
     Reload(Box<Result<Config, Vec<Problem>>>),
     /// SIGTERM/SIGINT.
@@ -157,7 +157,7 @@ pub enum Command {
     /// Stop health-checking a backend of a service.
     StopChecker { id: ServiceId, backend: Endpoint },
     /// Watch (resolve and keep fresh) the neighbour entries of these backend addresses.
-    Neighbours(Vec<Ipv4Addr>),
+    Neighbours(Vec<IpAddr>),
     /// The link of this interface came back: ask the kernel afresh, now, for the backends' neighbour entries it
     /// left unresolved while the link was down (its own next retry may be a second away, and the health checks
     /// that decide whether this node may preempt would wait for it). Comes before the checkers restart.
@@ -166,7 +166,7 @@ pub enum Command {
     /// active, and what it recorded while active must not be taken for the truth the next time it is (a pin from
     /// an earlier connection on the same client port, made under another Maglev table, or a reverse entry holding
     /// the NAT port a peer gave another flow meanwhile, would move or break the connections the peer carried).
-    ForgetFlows(Vec<Ipv4Addr>),
+    ForgetFlows(Vec<IpAddr>),
     /// One log line.
     Log(Level, String),
     /// Every instance's first role is decided: the daemon is ready (systemd readiness).
@@ -408,7 +408,7 @@ pub struct Engine {
     /// possible).
     free_slots: VecDeque<u32>,
     /// Where each backend address is reached, as far as the node knows (shared by every instance using it).
-    paths: BTreeMap<Ipv4Addr, (Option<[u8; 6]>, u32)>,
+    paths: BTreeMap<IpAddr, (Option<[u8; 6]>, u32)>,
     /// Each interface's link state.
     links: BTreeMap<String, bool>,
     /// The heartbeat's limit as last commanded (or, before any, as [`Engine::heartbeat_max_age`] said at start).
@@ -660,8 +660,7 @@ impl Engine {
         if !vips6.is_empty() {
             out.push(Command::InstallVips6(vips6));
         }
-        let mut addresses: Vec<Ipv4Addr> =
-            self.instances.iter().flat_map(|i| i.services().backend_addresses()).collect();
+        let mut addresses: Vec<IpAddr> = self.instances.iter().flat_map(|i| i.services().backend_addresses()).collect();
         addresses.sort();
         addresses.dedup();
         out.push(Command::Neighbours(addresses));
@@ -822,7 +821,7 @@ impl Engine {
     // ----- neighbours -----
 
     /// Neighbour answers: logged once for the node, then applied to every instance.
-    fn neighbours(&mut self, now: Duration, batch: Vec<(Ipv4Addr, Seen)>, out: &mut Out) {
+    fn neighbours(&mut self, now: Duration, batch: Vec<(IpAddr, Seen)>, out: &mut Out) {
         for (address, seen) in &batch {
             self.note_neighbour(now, *address, seen, out);
         }
@@ -833,7 +832,7 @@ impl Engine {
 
     /// What the node knows of `address` after `seen`, with a log line when it changes (see
     /// [`instance::Instance`] for the rule: a MAC stays until the kernel says FAILED).
-    fn note_neighbour(&mut self, now: Duration, address: Ipv4Addr, seen: &Seen, out: &mut Out) {
+    fn note_neighbour(&mut self, now: Duration, address: IpAddr, seen: &Seen, out: &mut Out) {
         let used = self.instances.iter().any(|i| i.services().path(address).is_some());
         if !used {
             return;
@@ -902,13 +901,13 @@ impl Engine {
                 return;
             }
         };
-        if new.service_count() > self.service_capacity as usize {
+        if new.service_tables() > self.service_capacity as usize {
             out.log(
                 Level::Error,
                 format!(
-                    "reload refused: {} services, but the data plane was sized for {} at start; restart xvip to grow \
-                     it; the running config is kept",
-                    new.service_count(),
+                    "reload refused: {} service tables (one per service and address family), but the data plane \
+                     was sized for {} at start; restart xvip to grow it; the running config is kept",
+                    new.service_tables(),
                     self.service_capacity
                 ),
             );

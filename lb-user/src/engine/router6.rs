@@ -10,7 +10,11 @@
 //!
 //! Pure, like the engine: it pushes commands into the instance's [`Out`].
 
-use std::{collections::BTreeMap, net::Ipv6Addr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    time::Duration,
+};
 
 use lb_common::{FAMILY_IPV6, router_slot};
 use log::Level;
@@ -305,10 +309,12 @@ impl Router6 {
                 }
                 Action::BecomeBackup { cause, reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
+                    self.forget_flows_if_active(out);
                     self.role_changed(now, Role::Backup, cause, reason, label, out);
                 }
                 Action::BecomeFault { reason } => {
                     out.push(Command::SetActive { router: self.index, active: false });
+                    self.forget_flows_if_active(out);
                     self.role_changed(now, Role::Fault, Cause::LinkDown, reason, label, out);
                 }
                 Action::BecomeInitialize => {
@@ -317,6 +323,14 @@ impl Router6 {
                 }
                 Action::SendGratuitousArp => self.send_nas(out),
             }
+        }
+    }
+
+    /// Leaving the active role (not for a stop: the node exits and its tables with it): the flows recorded for the
+    /// IPv6 VIPs are stale from now on, as for IPv4 (the peer that takes over carries them).
+    fn forget_flows_if_active(&self, out: &mut Out) {
+        if self.observed.role == Role::Active {
+            out.push(Command::ForgetFlows(self.addresses.iter().copied().map(IpAddr::V6).collect()));
         }
     }
 

@@ -10,8 +10,8 @@ const ME: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 5);
 const PEER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 6);
 const OTHER: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 9);
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 250);
-const B1: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 21);
-const B2: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 22);
+const B1: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 21));
+const B2: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 22));
 const MAC1: [u8; 6] = [2, 0, 0, 0, 0, 0x21];
 const MAC2: [u8; 6] = [2, 0, 0, 0, 0, 0x22];
 
@@ -58,7 +58,7 @@ fn only(config: &mut Config) -> &mut config::Instance {
     &mut config.instances[0]
 }
 
-fn service(name: &str, port: u16, backends: &[Ipv4Addr], check: CheckKind) -> Service {
+fn service(name: &str, port: u16, backends: &[IpAddr], check: CheckKind) -> Service {
     Service {
         name: name.into(),
         port,
@@ -580,11 +580,11 @@ fn a_weight_zero_backend_is_not_usable_for_the_penalty_either() {
 }
 
 /// A check result for `address`:6443 of `service` of the default instance.
-fn check(service: &str, address: Ipv4Addr, healthy: bool) -> Event {
+fn check(service: &str, address: IpAddr, healthy: bool) -> Event {
     health(service, (address, 6443), healthy, "checked")
 }
 
-fn resolve(e: &mut Engine, now: Duration, addresses: &[Ipv4Addr]) {
+fn resolve(e: &mut Engine, now: Duration, addresses: &[IpAddr]) {
     for &address in addresses {
         e.handle(now, Event::Neighbour { address, seen: Seen::Mac { ifindex: 2, mac: MAC1 } });
     }
@@ -875,7 +875,7 @@ fn a_round_of_neighbour_answers_installs_each_changed_service_once() {
     let batch = vec![
         (B1, Seen::Mac { ifindex: 2, mac: MAC1 }),
         (B2, Seen::Mac { ifindex: 2, mac: MAC2 }),
-        (Ipv4Addr::new(10, 9, 9, 9), Seen::Mac { ifindex: 2, mac: MAC2 }),
+        (Ipv4Addr::new(10, 9, 9, 9).into(), Seen::Mac { ifindex: 2, mac: MAC2 }),
     ];
     let commands = e.handle(ms(1), Event::Neighbours(batch));
     assert_eq!(installs(&commands), ["api", "web"], "{commands:?}");
@@ -1091,7 +1091,7 @@ fn a_reload_cannot_add_a_multicast_instance_where_no_socket_joined_the_group_or_
 
 // ----- flow state across active periods -----
 
-fn forgotten(commands: &[Command]) -> Vec<Vec<Ipv4Addr>> {
+fn forgotten(commands: &[Command]) -> Vec<Vec<IpAddr>> {
     commands.iter().filter_map(|c| if let Command::ForgetFlows(v) = c { Some(v.clone()) } else { None }).collect()
 }
 
@@ -1272,6 +1272,7 @@ fn a_mixed_instance_runs_one_router_per_family() {
         start.contains(&Command::InstallVips6(vec![Vip6Spec {
             address: VIP6,
             router: 1,
+            hash_seed: lb_common::group_seed6(VIP6.octets(), 51),
             interface: Some(ETH0.into())
         }])),
         "{start:?}"
@@ -1303,6 +1304,7 @@ fn the_ipv6_router_is_elected_on_its_own() {
     let out = e.handle(deadline + ms(5), packet6(LL_PEER, 200, &[VIP6], 255));
     assert_eq!((role(&e), role6(&e)), (Role::Active, Some(Role::Backup)));
     assert_eq!(set_active(&out), [(1, false)]);
+    assert_eq!(forgotten(&out), [vec![IpAddr::V6(VIP6)]], "the IPv6 VIPs' flows only");
     let status = e.status(deadline + ms(5), 0);
     let v6 = status.instances[0].ipv6.clone().expect("the IPv6 router in status");
     assert_eq!((v6.role.as_str(), v6.active_router.as_deref()), ("backup", Some("fe80::6")));
@@ -1320,6 +1322,7 @@ fn the_ipv6_router_is_elected_on_its_own() {
     let out = e.handle(next, Event::Timer);
     assert_eq!(role6(&e), Some(Role::Active));
     assert!(set_active(&out).contains(&(1, true)), "{out:?}");
+    assert!(forgotten(&out).is_empty(), "becoming active forgets nothing");
 }
 
 #[test]

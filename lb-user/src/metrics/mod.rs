@@ -23,6 +23,7 @@ pub mod http;
 use std::{
     collections::BTreeMap,
     fmt,
+    net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -224,7 +225,7 @@ impl Metrics {
                 i.view.config.services.iter().filter(|s| s.health.check != CheckKind::None).flat_map(move |s| {
                     s.backends
                         .iter()
-                        .map(move |b| (i.name.clone(), s.name.clone(), format!("{}:{}", b.address, b.port)))
+                        .map(move |b| (i.name.clone(), s.name.clone(), SocketAddr::new(b.address, b.port).to_string()))
                 })
             })
             .collect();
@@ -382,7 +383,7 @@ impl Page {
         for instance in &self.sample.instances {
             for svc in &instance.view.config.services {
                 for b in &svc.backends {
-                    let backend = format!("{}:{}", b.address, b.port);
+                    let backend = SocketAddr::new(b.address, b.port).to_string();
                     let state = instance.view.services.backend(&svc.name, (b.address, b.port));
                     let key = (ServiceId::new(&instance.name, &svc.name), b.address, b.port);
                     rows.push(BackendRow {

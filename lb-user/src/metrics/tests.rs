@@ -189,7 +189,7 @@ fn the_page_shows_role_priorities_adverts_and_backends_per_instance() {
     let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
     counters.reasons[Reason::NatForwardTx as usize] = 40;
     let api = ServiceId::new(config::DEFAULT_INSTANCE, "api");
-    let key = (api.clone(), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    let key = (api.clone(), Ipv4Addr::new(10, 0, 0, 21).into(), 6443);
     counters.backends.insert(key.clone(), Traffic { packets: 40, bytes: 4000, new_flows: 7 });
     counters.services.insert(api, Traffic { packets: 40, bytes: 4000, new_flows: 7 });
     let scan = TableScan { conntrack_entries: 9, nat_entries: 8, capacity: 1024, flows: [(key, 5)].into() };
@@ -305,7 +305,7 @@ fn the_metrics_reference_lists_every_metric_with_its_type_and_labels() {
     let mut s = sample(&e, fired);
     let counters = Counters {
         reasons: vec![0; Reason::ALL.len()],
-        backends: [((api(), Ipv4Addr::new(10, 0, 0, 21), 6443), Traffic::default())].into(),
+        backends: [((api(), Ipv4Addr::new(10, 0, 0, 21).into(), 6443), Traffic::default())].into(),
         services: [(api(), Traffic::default())].into(),
         ..Counters::default()
     };
@@ -413,7 +413,7 @@ fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
         counters.routers.insert(routers[name][0], by_reason);
     }
     let web = |instance: &str| ServiceId::new(instance, "web");
-    let backend = |instance: &str| (web(instance), Ipv4Addr::new(10, 0, 0, 21), 6443);
+    let backend = |instance: &str| (web(instance), Ipv4Addr::new(10, 0, 0, 21).into(), 6443);
     counters.backends.insert(backend("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });
     counters.backends.insert(backend("ingress"), Traffic { packets: 4, bytes: 400, new_flows: 2 });
     counters.services.insert(web("api"), Traffic { packets: 3, bytes: 300, new_flows: 1 });

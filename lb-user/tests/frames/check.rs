@@ -44,11 +44,15 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "ipv6_sent_malformed",
-        "an IPv6 frame sent is not an echo reply or Neighbor Advertisement from the IPv6 VIP, hop limit 255 for the advertisement, Override set, the node's MAC as target link-layer address; Solicited to a unicast asker, or not Solicited to ff02::1 at 33:33:00:00:00:01",
+        "an IPv6 frame sent is not a DSR forward, an echo reply or a Neighbor Advertisement from the IPv6 VIP, hop limit 255 for the advertisement, Override set, the node's MAC as target link-layer address; Solicited to a unicast asker, or not Solicited to ff02::1 at 33:33:00:00:00:01",
     ),
     (
         "ipv6_sent_unasked",
         "an IPv6 frame was sent for something other than an echo request or solicitation for the IPv6 VIP",
+    ),
+    (
+        "ipv6_forward_malformed",
+        "an IPv6 DSR forward (TCP/UDP, or an ICMPv6 error, to the IPv6 VIP, sent to an IPv6 backend's MAC) is not the frame that came in with only its MACs changed, or that frame was not for a service of the IPv6 VIP (an error: did not quote a packet from the VIP's service port), had an extension header, or was UDP without a checksum",
     ),
     (
         "martian_source_sent",
@@ -87,7 +91,8 @@ pub const RULES: &[(&str, &str)] = &[
 /// What the checker knows about the node, from its configuration (not from the program).
 pub struct Facts {
     pub vip: Ipv4Addr,
-    /// The node's IPv6 VIP (answered with Neighbor Advertisements and echo replies, never forwarded).
+    /// The node's IPv6 VIP (answered with Neighbor Advertisements and echo replies; its services' TCP and UDP
+    /// forwarded by DSR).
     pub vip6: Ipv6Addr,
     pub node_mac: [u8; 6],
     /// The node's own addresses other than the VIP.
@@ -100,6 +105,10 @@ pub struct Facts {
     pub far_mac: [u8; 6],
     /// The backends' addresses: a NAT forward goes to one of them.
     pub backends: Vec<Ipv4Addr>,
+    /// The IPv6 backends' MACs: an IPv6 DSR forward goes to one of them.
+    pub backend6_macs: Vec<[u8; 6]>,
+    /// (protocol, port) of the IPv6 VIP's services.
+    pub services6: Vec<(u8, u16)>,
 }
 
 impl Facts {
@@ -406,7 +415,20 @@ fn check_ipv6(facts: &Facts, ip: &Ipv6Slice, dst_mac: [u8; 6], input: Option<&Ip
         (i.payload().ip_number.0 == 58 && !i.payload().fragmented).then(|| (m.first().copied(), m.get(8..24)))
     });
     let vip6 = facts.vip6.octets();
+    let protocol = ip.payload().ip_number.0;
+    let input_src = input.map(|i| i.header().source_addr());
+    // DSR: the client's packet (or an ICMPv6 error about a backend's reply), unchanged but for the MACs, to a
+    // backend that holds the IPv6 VIP itself.
+    let error = protocol == 58 && matches!(kind, Some(1..=3));
+    let dsr_forward = dst == facts.vip6
+        && Some(h.source_addr()) == input_src
+        && facts.backend6_macs.contains(&dst_mac)
+        && (matches!(protocol, 6 | 17) || error);
+    if dsr_forward {
+        check_ipv6_forward(facts, ip, input, found);
+    }
     match kind {
+        _ if dsr_forward => {}
         Some(129) => {
             if h.source_addr() != facts.vip6 {
                 found.push(finding("ipv6_sent_malformed", format!("echo reply from {}", h.source_addr())));
@@ -488,6 +510,42 @@ pub fn l4_ok(src: [u8; 4], dst: [u8; 4], protocol: u8, segment: &[u8]) -> bool {
             .add_2bytes(len.to_be_bytes())
             .add_slice(segment),
     )
+}
+
+/// An IPv6 DSR forward (see the `ipv6_forward_malformed` rule); the checksum rules apply to it as to any frame.
+fn check_ipv6_forward(facts: &Facts, ip: &Ipv6Slice, input: Option<&Ipv6Slice>, found: &mut Vec<Finding>) {
+    let h = ip.header();
+    let src = h.source_addr();
+    let mapped = src.to_ipv4_mapped().is_some();
+    if src.is_unspecified() || src.is_loopback() || src.is_multicast() || mapped || src == facts.vip6 {
+        found.push(finding("martian_source_sent", format!("IPv6 DSR forward from {src}")));
+    }
+    let protocol = ip.payload().ip_number.0;
+    let segment = ip.payload().payload;
+    let unchanged = input.is_some_and(|i| i.header().slice() == h.slice() && i.payload().payload == segment);
+    let dport = segment.get(2..4).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    let served = if protocol == 58 {
+        // An error quoting a packet the VIP sent from a service port (after the 8-byte ICMPv6 header, the quoted
+        // IPv6 header: next header at 6, source at 8..24; then its ports).
+        let quoted = segment.get(8..).unwrap_or_default();
+        let from_vip = quoted.get(8..24) == Some(&facts.vip6.octets()[..]);
+        let service = quoted.get(6).copied().zip(quoted.get(40..42).map(|p| u16::from_be_bytes([p[0], p[1]])));
+        from_vip && service.is_some_and(|s| facts.services6.contains(&s))
+    } else {
+        dport.is_some_and(|port| facts.services6.contains(&(protocol, port)))
+    };
+    let plain = h.next_header().0 == protocol && !ip.payload().fragmented;
+    let udp_checksum = protocol != 17 || segment.get(6..8).is_some_and(|c| c != [0, 0]);
+    if !(unchanged && served && plain && udp_checksum) {
+        found.push(finding(
+            "ipv6_forward_malformed",
+            format!(
+                "{src} -> {} protocol {protocol} port {dport:?}: unchanged {unchanged}, served {served}, no \
+                 extension header {plain}, UDP checksum {udp_checksum}",
+                h.destination_addr()
+            ),
+        ));
+    }
 }
 
 fn l6_ok(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, segment: &[u8]) -> bool {
@@ -601,6 +659,49 @@ mod tests {
         let (_, output) = solicitation_and_answer(client, 0x60, client, client_mac);
         let unasked = frames::tcp_frame(NODE_MAC, ROUTER_MAC, CLIENT, VIP, 33000, 80, TCP_SYN, b"");
         assert_eq!(rules(&unasked, XDP_TX, &output, true), ["ipv6_sent_unasked"]);
+    }
+
+    #[test]
+    fn ipv6_dsr_forwards_are_judged() {
+        let client = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+        let vip6 = crate::node::VIP6;
+        let backend_mac = crate::node::BACKENDS6[0].1;
+        let forward = |segment: Vec<u8>| {
+            let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV6);
+            input.extend(frames::ipv6(client, vip6, 6, 64, &segment));
+            let mut output = input.clone();
+            output[0..6].copy_from_slice(&backend_mac);
+            output[6..12].copy_from_slice(&NODE_MAC);
+            (input, output)
+        };
+        let (input, output) = forward(frames::tcp6(client, vip6, 33000, 80, TCP_SYN, b""));
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        // A changed byte, a port without a service, a martian source.
+        let mut changed = output.clone();
+        changed[21] = 63;
+        assert_eq!(rules(&input, XDP_TX, &changed, true), ["ipv6_forward_malformed"]);
+        let (input, output) = forward(frames::tcp6(client, vip6, 33000, 81, TCP_SYN, b""));
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_forward_malformed"]);
+        // An ICMPv6 error quoting a packet the VIP sent from port 80, and one quoting another source.
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x99);
+        let error = |from: Ipv6Addr| {
+            let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            m.extend(frames::ipv6(from, client, 6, 64, &frames::tcp6(from, client, 80, 33000, TCP_SYN, b"")));
+            let mut input = frames::eth(NODE_MAC, ROUTER_MAC, frames::ETH_IPV6);
+            input.extend(frames::ipv6(router, vip6, 58, 64, &frames::icmp6(router, vip6, m)));
+            let mut output = input.clone();
+            output[0..6].copy_from_slice(&backend_mac);
+            output[6..12].copy_from_slice(&NODE_MAC);
+            (input, output)
+        };
+        let (input, output) = error(vip6);
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        let (input, output) = error(client);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_forward_malformed"]);
+        // To a MAC that is no IPv6 backend's: not a forward at all.
+        let (input, mut output) = forward(frames::tcp6(client, vip6, 33000, 80, TCP_SYN, b""));
+        output[0..6].copy_from_slice(&BACKENDS[0].1);
+        assert_eq!(rules(&input, XDP_TX, &output, true), ["ipv6_sent_malformed"]);
     }
 
     #[test]

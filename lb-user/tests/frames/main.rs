@@ -48,6 +48,8 @@ fn facts() -> Facts {
         backend_macs: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(_, mac)| *mac).collect(),
         far_mac: node::FAR_MAC,
         backends: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(address, _)| *address).collect(),
+        backend6_macs: node::BACKENDS6.iter().map(|(_, mac)| *mac).collect(),
+        services6: node::SERVICES6.to_vec(),
     }
 }
 

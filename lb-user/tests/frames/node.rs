@@ -51,6 +51,13 @@ pub const NAT_TCP_PORTS: [u16; 4] = [80, 8443, 9000, 8080];
 pub const NAT_UDP_PORTS: [u16; 1] = [53];
 pub const DSR_TCP_PORTS: [u16; 1] = [443];
 pub const DSR_UDP_PORTS: [u16; 1] = [514];
+/// IPv6 backends of the IPv6 VIP's DSR services (TCP 80 and UDP 53, the ports the IPv6 traffic goes to).
+pub const BACKENDS6: [(Ipv6Addr, [u8; 6]); 2] = [
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x21), [0x02, 0x06, 0, 0, 0, 0x21]),
+    (Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x22), [0x02, 0x06, 0, 0, 0, 0x22]),
+];
+/// (protocol, port) of the IPv6 VIP's services.
+pub const SERVICES6: [(u8, u16); 2] = [(PROTO_TCP, 80), (PROTO_UDP, 53)];
 
 /// The MAC of a backend address (zero for an address that is none).
 pub fn backend_mac(address: Ipv4Addr) -> [u8; 6] {
@@ -116,13 +123,13 @@ const SPARE_SLOTS: usize = 2;
 fn filler(used: usize) -> ServiceSpec {
     let count = MAX_BACKENDS as usize - used - SPARE_SLOTS;
     ServiceSpec {
-        addresses: vec![VIP],
+        addresses: vec![VIP.into()],
         port: 9999,
         protocol: PROTO_UDP,
         forwarding: FORWARD_DSR,
         backends: (0..count)
             .map(|i| BackendSpec {
-                address: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8),
+                address: Ipv4Addr::new(10, 200, (i / 250) as u8, (i % 250 + 1) as u8).into(),
                 port: 9999,
                 weight: 1,
                 healthy: false,
@@ -137,17 +144,38 @@ impl Node {
     /// A freshly started node (empty connection and NAT tables), active, with every service installed and all but
     /// [`SPARE_SLOTS`] backend slots in use.
     pub fn start(options: LoadOptions, far_ifindex: u32) -> Result<Self> {
-        let mut dp = DataPlane::load(LoadOptions { service_capacity: 8, ..options })
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 10, ..options })
             .context("loading the XDP program (needs root)")?;
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
-        dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, interface: None }])?;
+        dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: 0, interface: None }])?;
         dp.set_active(true)?;
         dp.set_router_active(ROUTER6, true)?;
         let mut node = Node { dp, active: true, services: services(), far_ifindex };
         for i in 0..node.services.len() {
             node.apply(i)?;
         }
-        let used = node.services.iter().map(|s| s.backends.len()).sum();
+        for (protocol, port) in SERVICES6 {
+            let spec = ServiceSpec {
+                addresses: vec![VIP6.into()],
+                port,
+                protocol,
+                forwarding: FORWARD_DSR,
+                backends: BACKENDS6
+                    .iter()
+                    .map(|(address, mac)| BackendSpec {
+                        address: (*address).into(),
+                        port,
+                        weight: 1,
+                        healthy: true,
+                        mac: Some(*mac),
+                        ifindex: 0,
+                    })
+                    .collect(),
+            };
+            let name = if protocol == PROTO_TCP { "web6" } else { "dns6" };
+            node.dp.apply_service(name, &spec).with_context(|| format!("installing service {name}"))?;
+        }
+        let used = node.services.iter().map(|s| s.backends.len()).sum::<usize>() + SERVICES6.len() * BACKENDS6.len();
         node.dp.apply_service("filler", &filler(used)).context("installing the filler service")?;
         Ok(node)
     }
@@ -155,7 +183,7 @@ impl Node {
     fn apply(&mut self, i: usize) -> Result<()> {
         let s = &self.services[i];
         let spec = ServiceSpec {
-            addresses: vec![VIP],
+            addresses: vec![VIP.into()],
             port: s.port,
             protocol: s.protocol,
             forwarding: s.forwarding,
@@ -163,7 +191,7 @@ impl Node {
                 .backends
                 .iter()
                 .map(|&(address, port, healthy, far)| BackendSpec {
-                    address,
+                    address: address.into(),
                     port,
                     weight: 1,
                     healthy,

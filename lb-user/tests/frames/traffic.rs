@@ -409,7 +409,9 @@ fn vlan(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
 fn ipv6(rng: &mut Rng) -> Vec<u8> {
     let src: Ipv6Addr = "2001:db8::10".parse().unwrap_or(Ipv6Addr::LOCALHOST);
     let vip6 = crate::node::VIP6;
-    let (dst, dst_mac, next, body) = match rng.below(4) {
+    // TCP from a few client ports only, so Packet Too Big errors quoting the VIP's replies find their flows.
+    let ipv6_client_port = |rng: &mut Rng| 40000 + rng.below(16) as u16;
+    let (dst, dst_mac, next, body) = match rng.below(5) {
         0 => {
             // Neighbour solicitation for the address, to its solicited-node group.
             let o = vip6.octets();
@@ -427,9 +429,17 @@ fn ipv6(rng: &mut Rng) -> Vec<u8> {
             (vip6, NODE_MAC, 58, m)
         }
         2 => {
-            let mut s = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, client_port(rng), 80, TCP_SYN, &[]);
+            let port = ipv6_client_port(rng);
+            let mut s = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, port, 80, TCP_SYN, &[]);
             s[16..18].copy_from_slice(&[0, 0]);
             (vip6, NODE_MAC, 6, s)
+        }
+        3 => {
+            // Packet Too Big about a backend's reply from the VIP to the client (a DSR flow's, when pinned).
+            let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            let tcp = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 80, ipv6_client_port(rng), 0x12, &[]);
+            m.extend(frames::ipv6(vip6, src, 6, 64, &tcp));
+            (vip6, NODE_MAC, 58, m)
         }
         _ => {
             let mut s =

@@ -28,7 +28,7 @@ pub fn backends(port: u16) -> Vec<BackendSpec> {
     BACKENDS
         .iter()
         .map(|(address, mac)| BackendSpec {
-            address: *address,
+            address: (*address).into(),
             port,
             weight: 1,
             healthy: true,
@@ -40,7 +40,7 @@ pub fn backends(port: u16) -> Vec<BackendSpec> {
 
 /// A service on the VIP's `port` over every backend's `backend_port`.
 pub fn service(port: u16, protocol: u8, forwarding: u8, backend_port: u16) -> ServiceSpec {
-    ServiceSpec { addresses: vec![VIP], port, protocol, forwarding, backends: backends(backend_port) }
+    ServiceSpec { addresses: vec![VIP.into()], port, protocol, forwarding, backends: backends(backend_port) }
 }
 
 /// The node's own address on `lan`.

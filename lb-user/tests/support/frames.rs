@@ -219,6 +219,52 @@ pub fn icmp6_checksum(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, message:
     checksum(&pseudo)
 }
 
+/// A TCP segment (20-byte header) with a correct checksum over the IPv6 pseudo-header for `src` -> `dst`.
+pub fn tcp6(
+    src: std::net::Ipv6Addr,
+    dst: std::net::Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut s = Vec::with_capacity(20 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&0x0102_0304u32.to_be_bytes());
+    s.extend_from_slice(&(if flags & TCP_ACK != 0 { 0x0a0b_0c0du32 } else { 0 }).to_be_bytes());
+    s.extend_from_slice(&[0x50, flags, 0xfa, 0xf0, 0, 0, 0, 0]);
+    s.extend_from_slice(payload);
+    let c = l4_checksum6(src, dst, 6, &s);
+    s[16..18].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// A UDP datagram with a correct checksum over the IPv6 pseudo-header for `src` -> `dst`.
+pub fn udp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
+    let mut s = Vec::with_capacity(8 + payload.len());
+    s.extend_from_slice(&sport.to_be_bytes());
+    s.extend_from_slice(&dport.to_be_bytes());
+    s.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    s.extend_from_slice(&[0, 0]);
+    s.extend_from_slice(payload);
+    let c = l4_checksum6(src, dst, 17, &s);
+    s[6..8].copy_from_slice(&c.to_be_bytes());
+    s
+}
+
+/// The checksum of an upper-layer `segment` of protocol `next` over the RFC 8200 §8.1 pseudo-header (its own
+/// checksum field taken as it is).
+pub fn l4_checksum6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, next: u8, segment: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(40 + segment.len());
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&(segment.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, next]);
+    pseudo.extend_from_slice(segment);
+    checksum(&pseudo)
+}
+
 /// `message` (ICMPv6, checksum field zero) with its checksum filled in.
 pub fn icmp6(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, mut message: Vec<u8>) -> Vec<u8> {
     message[2..4].copy_from_slice(&[0, 0]);

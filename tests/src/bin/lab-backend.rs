@@ -1,8 +1,9 @@
 //! lab-backend: the HTTP/1.1 server each lab backend runs.
 //!
 //! ```text
-//! lab-backend --name backend2 --port 8080 [--port 443 ...] [--stream-interval-ms 50]
+//! lab-backend --name backend2 --port 8080 [--port 443 ...] [--stream-interval-ms 50] [--ipv6]
 //! ```
+//! - Listens on 0.0.0.0, or with `--ipv6` on `[::]` (IPv6 and, as IPv4-mapped addresses, IPv4).
 //! - `GET /` answers `<name>\n`, with headers `X-Backend: <name>` and `X-Client: <peer ip:port>` (what the backend
 //!   sees as the client: the real client under DSR, a node under SNAT).
 //! - `GET /readyz`, `/healthz`, `/livez`: 200 `ok`, or 503 while unready. SIGUSR1 makes it unready, SIGUSR2 ready
@@ -14,7 +15,7 @@
 //! per listener and per connection is plenty for tests.
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -30,11 +31,13 @@ struct Options {
     name: String,
     ports: Vec<u16>,
     stream_interval: Duration,
+    /// Listen on `[::]` instead of 0.0.0.0.
+    ipv6: bool,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
-        "lab-backend: {problem}\nusage: lab-backend --name NAME --port PORT [--port PORT ...] [--stream-interval-ms MS]"
+        "lab-backend: {problem}\nusage: lab-backend --name NAME --port PORT [--port PORT ...] [--stream-interval-ms MS] [--ipv6]"
     );
     std::process::exit(2);
 }
@@ -43,6 +46,7 @@ fn parse_args() -> Options {
     let mut name = None;
     let mut ports = Vec::new();
     let mut stream_interval = Duration::from_millis(50);
+    let mut ipv6 = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || args.next().unwrap_or_else(|| usage(&format!("{arg} needs a value")));
@@ -57,6 +61,7 @@ fn parse_args() -> Options {
                 stream_interval =
                     Duration::from_millis(v.parse().unwrap_or_else(|_| usage(&format!("bad interval {v:?}"))));
             }
+            "--ipv6" => ipv6 = true,
             other => usage(&format!("unknown argument {other:?}")),
         }
     }
@@ -64,7 +69,7 @@ fn parse_args() -> Options {
     if ports.is_empty() {
         usage("at least one --port is required");
     }
-    Options { name, ports, stream_interval }
+    Options { name, ports, stream_interval, ipv6 }
 }
 
 fn main() {
@@ -77,10 +82,12 @@ fn main() {
     }
     let mut listeners = Vec::new();
     for &port in &options.ports {
-        match TcpListener::bind((Ipv4Addr::UNSPECIFIED, port)) {
+        let any = if options.ipv6 { IpAddr::V6(Ipv6Addr::UNSPECIFIED) } else { IpAddr::V4(Ipv4Addr::UNSPECIFIED) };
+        let address = SocketAddr::new(any, port);
+        match TcpListener::bind(address) {
             Ok(listener) => listeners.push(listener),
             Err(e) => {
-                eprintln!("lab-backend {}: binding 0.0.0.0:{port}: {e}", options.name);
+                eprintln!("lab-backend {}: binding {address}: {e}", options.name);
                 std::process::exit(1);
             }
         }

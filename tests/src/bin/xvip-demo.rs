@@ -358,7 +358,7 @@ impl Demo {
             checkpoint()?;
         }
         let service = ServiceSpec {
-            backends: lab.nodes().iter().map(|n| (n.ip, PORT)).collect(),
+            backends: lab.nodes().iter().map(|n| (n.ip.into(), PORT)).collect(),
             interval_ms: HEALTH_INTERVAL_MS,
             timeout_ms: HEALTH_TIMEOUT_MS,
             rise: HEALTH_RISE,

@@ -266,7 +266,7 @@ impl Soak {
             port,
             protocol: "tcp".into(),
             forwarding: "nat".into(),
-            backends: backends.iter().map(|&b| (self.lab.backends()[b].ip, backend_port)).collect(),
+            backends: backends.iter().map(|&b| (self.lab.backends()[b].ip.into(), backend_port)).collect(),
             weights: BTreeMap::new(),
             check: "http".into(),
             interval_ms: HEALTH_INTERVAL_MS,

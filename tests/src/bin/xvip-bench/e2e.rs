@@ -388,7 +388,7 @@ fn start_xvip(
         port,
         protocol: "tcp".into(),
         forwarding: forwarding.into(),
-        backends: backends.iter().map(|b| (*b, backend_port)).collect(),
+        backends: backends.iter().map(|b| ((*b).into(), backend_port)).collect(),
         weights: Default::default(),
         check: "tcp".into(),
         interval_ms: 200,

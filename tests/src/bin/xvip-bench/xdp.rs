@@ -275,7 +275,7 @@ const VIP6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0,
 
 fn ipv6_vip(dp: &mut DataPlane) -> Result<()> {
     let router = lb_common::router_slot(0, lb_common::FAMILY_IPV6);
-    dp.set_vips6(&[xvip::dataplane::Vip6Spec { address: VIP6, router, interface: None }])?;
+    dp.set_vips6(&[xvip::dataplane::Vip6Spec { address: VIP6, router, hash_seed: 0, interface: None }])?;
     Ok(dp.set_router_active(router, true)?)
 }
 
@@ -299,7 +299,7 @@ fn service(port: u16, backend_port: u16) -> ServiceSpec {
     let backends = BACKENDS
         .iter()
         .map(|(address, mac)| BackendSpec {
-            address: *address,
+            address: (*address).into(),
             port: backend_port,
             weight: 1,
             healthy: true,
@@ -307,7 +307,7 @@ fn service(port: u16, backend_port: u16) -> ServiceSpec {
             ifindex: 0,
         })
         .collect();
-    ServiceSpec { addresses: vec![VIP], port, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends }
+    ServiceSpec { addresses: vec![VIP.into()], port, protocol: PROTO_TCP, forwarding: FORWARD_DSR, backends }
 }
 
 /// A NAT service on port 8443 to port 8080 of the same three backends.
@@ -318,7 +318,7 @@ fn nat_api(dp: &mut DataPlane) -> Result<()> {
 /// A NAT service on port 8444 to port 8080 of a backend on the node itself (`lan`'s address, 10.77.0.1).
 fn nat_local(dp: &mut DataPlane) -> Result<()> {
     let backends = vec![BackendSpec {
-        address: Ipv4Addr::new(10, 77, 0, 1),
+        address: Ipv4Addr::new(10, 77, 0, 1).into(),
         port: NAT_BACKEND_PORT,
         weight: 1,
         healthy: true,

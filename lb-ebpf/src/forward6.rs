@@ -1,0 +1,169 @@
+//! IPv6 services: TCP and UDP to an IPv6 VIP's port, sent to an IPv6 backend by DSR (only the MACs change; the
+//! backend holds the VIP and answers the client directly). The Maglev tables are the IPv4 ones (an IPv6 service
+//! is one more service index, its backends more `BACKENDS` slots, their addresses in `BACKEND_ADDRESSES6`); flows
+//! are pinned in `CONNTRACK6`. The sending helpers are `forward`'s. An ICMPv6 error about a packet a backend sent
+//! from the VIP (a Packet Too Big on the way to the client) goes to that backend, unchanged but for the MACs, so path
+//! MTU discovery works through DSR.
+use aya_ebpf::{
+    bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6,
+    ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves,
+};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
+
+use crate::{
+    forward,
+    maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, SERVICES6},
+    packet,
+    parse::{self, IP6_LEN, L4, L4_OFF6},
+};
+
+/// Offset of the UDP checksum in the frame (after the fixed IPv6 header).
+const UDP_CHECKSUM_OFF6: usize = L4_OFF6 + 6;
+/// Where an ICMPv6 error's quoted packet starts (after the 8-byte ICMPv6 header), and its upper-layer header.
+const QUOTED_OFF6: usize = L4_OFF6 + 8;
+const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
+
+/// A TCP or UDP packet to an IPv6 VIP (`vip`), whose `payload` bytes after the fixed header lie inside the frame
+/// and whose source passed the martian checks.
+#[inline(always)]
+pub fn transport(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    payload: usize,
+) -> (u32, Reason) {
+    let l4 = match parse::l4_at(ctx, ip.next_hdr, L4_OFF6, payload) {
+        Ok(l4) => l4,
+        Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
+        Err(reason) => return (XDP_DROP, reason),
+    };
+    // A UDP checksum is mandatory over IPv6 (RFC 8200 §8.1): a receiver discards a zero one.
+    if l4.protocol == PROTO_UDP {
+        let Some(checksum) = packet::at::<[u8; 2]>(ctx, UDP_CHECKSUM_OFF6) else {
+            return (XDP_PASS, Reason::PassTruncated);
+        };
+        // SAFETY: bounds-checked by `at`.
+        if unsafe { *checksum } == [0, 0] {
+            return (XDP_DROP, Reason::DropMalformedL4);
+        }
+    }
+    // Addresses are copied through registers (an array copy out of the frame may become a `memmove` call).
+    let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if svc.forwarding != FORWARD_DSR {
+        // NAT to IPv6 backends is not done (the agent refuses such services).
+        return (XDP_DROP, Reason::DropIpv6Transport);
+    }
+    dsr(ctx, eth, ip, config, vip, &svc, &l4)
+}
+
+/// A packet for an IPv6 DSR service: to its pinned backend, or a fresh Maglev pick (as `forward::dsr`).
+#[inline(always)]
+fn dsr(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &Ipv6Hdr,
+    config: &NodeConfig,
+    vip: &VipValue,
+    svc: &ServiceValue,
+    l4: &L4,
+) -> (u32, Reason) {
+    let (client, vip_address) =
+        (ipv6_from_halves(ipv6_halves(&ip.src_addr)), ipv6_from_halves(ipv6_halves(&ip.dst_addr)));
+    let flow = FlowKey6::new(client, vip_address, l4.sport, l4.dport, l4.protocol);
+    let mut chosen = NO_BACKEND;
+    // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
+    // healthy and of this service.
+    if !l4.syn() {
+        // SAFETY: read-only use of the value.
+        if let Some(pinned) = unsafe { CONNTRACK6.get(&flow) } {
+            let id = pinned.backend;
+            if let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id))
+                && pinned.keeps_pin(b, address, svc.index)
+            {
+                chosen = id;
+            }
+        }
+    }
+    let fresh = chosen == NO_BACKEND;
+    if fresh {
+        let hash = flow_hash6(&flow.client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
+        let Some(id) = forward::maglev_pick(svc, hash) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        if id == NO_BACKEND {
+            return (XDP_DROP, Reason::DropNoBackend);
+        }
+        chosen = id;
+    }
+    let Some(backend) = BACKENDS.get(chosen) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    if let Err(reason) = forward::take_backend(ctx, svc.index, chosen, &backend, fresh) {
+        return (XDP_DROP, reason);
+    }
+    if fresh {
+        let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
+            return (XDP_DROP, Reason::DropInternal);
+        };
+        let value = FlowValue6::new(chosen, &backend, ipv6_from_halves(ipv6_halves(address)));
+        let _ = CONNTRACK6.insert(&flow, &value, 0);
+    }
+    forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+}
+
+/// An ICMPv6 error to the VIP (`ip.dst_addr`), `len` bytes of ICMPv6: when it quotes a packet of a DSR flow that a
+/// backend sent from the VIP (VIP:service port -> client:port, TCP or UDP) and that flow is still pinned to its
+/// backend, the error goes to that backend unchanged but for the MACs (the backend holds the VIP, and learns the
+/// path MTU towards the client from it). Anything else is dropped as before (`DropNoService`).
+#[inline(always)]
+pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &NodeConfig, len: usize) -> (u32, Reason) {
+    let (Some(quoted), Some(ports)) =
+        (packet::at::<Ipv6Hdr>(ctx, QUOTED_OFF6), packet::at::<[u8; 4]>(ctx, QUOTED_L4_OFF6))
+    else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if len < QUOTED_L4_OFF6 + 4 - L4_OFF6 {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    // SAFETY: both bounds-checked by `at`.
+    let (quoted, ports) = unsafe { (&*quoted, *ports) };
+    let protocol = quoted.next_hdr;
+    let vip_address = ipv6_halves(&ip.dst_addr);
+    if !(protocol == PROTO_TCP || protocol == PROTO_UDP) || ipv6_halves(&quoted.src_addr) != vip_address {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let (service_port, client_port) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    let vip_address = ipv6_from_halves(vip_address);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let client = ipv6_from_halves(ipv6_halves(&quoted.dst_addr));
+    let flow = FlowKey6::new(client, vip_address, client_port, service_port, protocol);
+    // SAFETY: read-only use of the value.
+    let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let id = pinned.backend;
+    let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    if svc.forwarding != FORWARD_DSR || !pinned.keeps_pin(b, address, svc.index) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    if let Err(reason) = forward::take_backend(ctx, svc.index, id, b, false) {
+        return (XDP_DROP, reason);
+    }
+    forward::to_backend(ctx, eth, config, b, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+}
