@@ -299,7 +299,7 @@ fn parse_advertisement(frame: &[u8], target: Ipv6Addr) -> Option<MacAddr> {
 
 /// An AF_PACKET socket bound to one interface for ARP frames (or IPv6 ones, [`PacketSocket::open_ipv6`]), with
 /// that interface's MAC and first IPv4 address.
-struct PacketSocket {
+pub(crate) struct PacketSocket {
     fd: std::os::fd::OwnedFd,
     mac: MacAddr,
     ip: Ipv4Addr,
@@ -314,7 +314,8 @@ impl PacketSocket {
         Self::open_for(iface, ETH_P_IPV6)
     }
 
-    fn open_for(iface: &str, ether_type: u16) -> Result<Self> {
+    /// Bound to `iface` for frames of `ether_type` (`ETH_P_ALL`, 3, for every frame).
+    pub(crate) fn open_for(iface: &str, ether_type: u16) -> Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let name = std::ffi::CString::new(iface).context("interface name")?;
         // SAFETY: a NUL-terminated string.
@@ -361,7 +362,7 @@ impl PacketSocket {
     }
 
     /// One frame, or `None` when nothing arrived within `timeout`.
-    fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
+    pub(crate) fn recv(&self, buf: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
         use std::os::fd::AsRawFd;
         let mut pollfd = libc::pollfd { fd: self.fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
         let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);

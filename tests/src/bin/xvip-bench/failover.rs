@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
+use xvip_tests::capture::{AdvertTap, Phase};
 use xvip_tests::keepalived::{BACKUP_LINE, MASTER_LINE};
 use xvip_tests::probe::{self, ProbeSpec};
 use xvip_tests::xvip::{NodeSpec, ServiceSpec, XvipNode};
@@ -110,6 +111,8 @@ struct Trial {
     /// Who answered ARP for the VIP after the takeover (node names).
     holders: Vec<String>,
     summary: String,
+    /// Where in node1's advert interval the event fell (link down, SIGKILL; `None` for the graceful stop).
+    phase: Option<Phase>,
     /// The IPv6 VIP's figures from the same trial.
     v6: Trial6,
 }
@@ -147,13 +150,14 @@ pub fn run(options: &Options) -> Result<Section> {
                     match &outcome {
                         Ok(t) => eprintln!(
                             "[bench] failover {done}/{total}: {which} {interval} ms {} #{}: outage {:.0} ms, VIP \
-                             holders {:?}; IPv6 VIP: outage {:.0} ms, holders {:?} ({:.1} s)",
+                             holders {:?}; IPv6 VIP: outage {:.0} ms, holders {:?}; phase {:?} ({:.1} s)",
                             event.name(),
                             trial + 1,
                             report::ms(t.outage),
                             t.holders,
                             report::ms(t.v6.outage),
                             t.v6.holders,
+                            t.phase,
                             started.elapsed().as_secs_f64()
                         ),
                         Err(e) => eprintln!(
@@ -241,10 +245,12 @@ fn section(options: &Options, results: &BTreeMap<Key, Vec<Result<Trial, String>>
                 "skew_ms": report::ms(skew(interval)),
                 "xvip": { "median_ms": jnum(x_med), "worst_ms": jnum(x_worst), "outages_ms": x_all,
                           "vip_holders_after": x_holders, "errors": x_errors,
-                          "probes": x_trials.iter().flatten().map(|t| t.summary.clone()).collect::<Vec<_>>() },
+                          "probes": x_trials.iter().flatten().map(|t| t.summary.clone()).collect::<Vec<_>>(),
+                          "phase": phase_json(x_trials) },
                 "keepalived": { "median_ms": jnum(k_med), "worst_ms": jnum(k_worst), "outages_ms": k_all,
                                 "vip_holders_after": k_holders, "errors": k_errors,
-                "probes": k_trials.iter().flatten().map(|t| t.summary.clone()).collect::<Vec<_>>() },
+                "probes": k_trials.iter().flatten().map(|t| t.summary.clone()).collect::<Vec<_>>(),
+                                "phase": phase_json(k_trials) },
                 "xvip_meets_target": meets_target,
                 "xvip_dead_node_silent": dead_node_silent,
             }));
@@ -264,12 +270,24 @@ fn section(options: &Options, results: &BTreeMap<Key, Vec<Result<Trial, String>>
          over (node1's link is still cut in the link-down rows). `node1+node2` = two holders (split brain). \
          keepalived's SIGKILL leaves the VIP on node1's interface, so node1 keeps serving: no outage, two \
          holders.\n\
-         - A crash or link-down outage depends on where in the advert interval the event falls: from \
+         - Phase: a crash or link-down outage depends on where in the advert interval the event falls, from \
          Master_Down_Interval - interval (just before an advert was due) to Master_Down_Interval (just after one). \
-         A trial's steps take about the same time every run, so the phase, and the figure, repeats within a run \
-         but can move between versions of the benchmark: compare xvip with keepalived in the same run.\n",
+         Both events are set off right after node1's IPv4 and IPv6 adverts of one interval have been read on \
+         node2 (an AF_PACKET tap on the backup's interface; VRID {VRID}, priority {PRIORITY_ACTIVE}; the later of \
+         the two sets it off), for xvip and keepalived alike: phase ~0 for both families, the worst case, outage \
+         ~ Master_Down_Interval ({}) plus the takeover and the probe's tick and deadline. Measured from reading \
+         the IPv4 advert to the event done (`ip link set down` returned; SIGKILL sent to xvip, to keepalived's \
+         VRRP child and its parent, reaped): {}; from the IPv6 advert: {}. Per trial in the JSON (`phase`).\n",
         table.markdown(),
-        options.trials
+        options.trials,
+        options
+            .intervals
+            .iter()
+            .map(|&i| format!("{} ms at {i} ms", num(report::ms(master_down(i)), 0)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        phase_range(results, |p| p.since_v4),
+        phase_range(results, |p| p.since_v6),
     ) + &table6;
     Section::new(
         "failover",
@@ -277,6 +295,38 @@ fn section(options: &Options, results: &BTreeMap<Key, Vec<Result<Trial, String>>
         body,
         json!({ "trials": options.trials, "cases": Value::Array(cases), "ipv6_cases": Value::Array(cases6) }),
     )
+}
+
+/// Each trial's phase (link down, SIGKILL): ms from reading node1's last IPv4 (IPv6) advert to the event done.
+fn phase_json(trials: &[Result<Trial, String>]) -> Value {
+    let phases: Vec<&Phase> = trials.iter().flatten().filter_map(|t| t.phase.as_ref()).collect();
+    json!({
+        "advert_to_event_ms": phases.iter().map(|p| report::ms(p.since_v4)).collect::<Vec<_>>(),
+        "ipv6_advert_to_event_ms": phases.iter().map(|p| report::ms(p.since_v6)).collect::<Vec<_>>(),
+        "event_took_ms": phases.iter().map(|p| report::ms(p.action_took)).collect::<Vec<_>>(),
+    })
+}
+
+/// `xvip 1.2-3.4 ms, keepalived ...`: the range of `delay` over every trial with a phase, per implementation.
+fn phase_range(results: &BTreeMap<Key, Vec<Result<Trial, String>>>, delay: impl Fn(&Phase) -> Duration) -> String {
+    [Impl::Xvip, Impl::Keepalived]
+        .iter()
+        .map(|&which| {
+            let ms: Vec<f64> = results
+                .iter()
+                .filter(|((_, _, w), _)| *w == which)
+                .flat_map(|(_, trials)| trials.iter().flatten())
+                .filter_map(|t| t.phase.as_ref())
+                .map(|p| report::ms(delay(p)))
+                .collect();
+            if ms.is_empty() {
+                format!("{which} n/a")
+            } else {
+                format!("{which} {}-{} ms", num(report::min(&ms), 1), num(report::max(&ms), 1))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The IPv6 VIP's rows, measured in the same trials as the IPv4 ones: the table with its notes, and its JSON cases.
@@ -459,8 +509,12 @@ fn election_timeout(interval_ms: u32) -> Duration {
 
 /// The measured part of a trial: probe, event, wait for the takeover, probe on, then ask who holds the VIP.
 /// A second probe on the IPv6 VIP runs beside the first, and a Neighbor Solicitation asks who holds it after.
+///
+/// A link down or a SIGKILL is set off right after node1's IPv4 advert is read on node2 (the backup), so the
+/// outage is the worst case, ~ Master_Down_Interval, for both implementations alike; the delay is recorded.
 fn measure(
     lab: &Lab,
+    interval_ms: u32,
     event: Event,
     act: impl FnOnce() -> Result<()>,
     wait: impl FnOnce() -> Result<()>,
@@ -468,17 +522,26 @@ fn measure(
     let probe = lab.probe(ProbeSpec::http(lab.vip_addr(PORT)))?;
     let probe6 = lab.probe(ProbeSpec::http(target6()))?;
     std::thread::sleep(BEFORE);
-    if event == Event::LinkDown {
-        lab.cut_link(lab.node(1))?;
-    } else {
-        act()?;
-    }
+    let phase = match event {
+        Event::Graceful => {
+            act()?;
+            None
+        }
+        Event::LinkDown | Event::Kill => {
+            let tap = AdvertTap::open(lab.node(2), VRID, PRIORITY_ACTIVE)?;
+            let timeout = Duration::from_millis(2 * u64::from(interval_ms)) + Duration::from_secs(2);
+            let pair_within = Duration::from_millis(u64::from(interval_ms) / 2);
+            Some(tap.right_after_advert(timeout, pair_within, || {
+                if event == Event::LinkDown { lab.cut_link(lab.node(1)) } else { act() }
+            })?)
+        }
+    };
     wait()?;
     std::thread::sleep(AFTER);
     let report = probe.stop()?;
     let report6 = probe6.stop()?;
     let v6 = Trial6 { outage: report6.longest_gap, holders: holders6(lab)?, summary: report6.summary() };
-    Ok(Trial { outage: report.longest_gap, holders: holders(lab)?, summary: report.summary(), v6 })
+    Ok(Trial { outage: report.longest_gap, holders: holders(lab)?, summary: report.summary(), phase, v6 })
 }
 
 /// Waits until both routers of `node`'s instance (IPv4 and IPv6) are `role`.
@@ -515,10 +578,12 @@ fn xvip_trial(lab: &Lab, interval_ms: u32, event: Event) -> Result<Trial> {
     wait_answered(lab, target6(), Duration::from_secs(10))?;
     let trial = measure(
         lab,
+        interval_ms,
         event,
+        // SIGKILL alone is the crash; stop_xvip reaps the process afterwards.
         || match event {
             Event::Graceful => n1.terminate().map(drop),
-            _ => n1.kill(),
+            _ => n1.signal(libc::SIGKILL),
         },
         || wait_both(&n2, "active", election_timeout(interval_ms)),
     );
@@ -562,6 +627,7 @@ fn keepalived_trial(lab: &Lab, interval_ms: u32, event: Event) -> Result<Trial> 
     let mut k1 = Some(k1);
     let trial = measure(
         lab,
+        interval_ms,
         event,
         || {
             let k1 = k1.take().context("keepalived on node1 is gone")?;
