@@ -410,3 +410,39 @@ fn every_truncation_of_nat_frames_is_passed_or_dropped_untouched() {
         assert_eq!(after.reason(r), before.reason(r), "{}", r.name());
     }
 }
+
+/// The backend Maglev picks for `f` among the `usable` backends (the data plane's table over them).
+fn pick(f: &Flow, usable: &[usize]) -> usize {
+    let members: Vec<maglev::MaglevBackend> = usable
+        .iter()
+        .map(|&i| maglev::MaglevBackend {
+            id: i as u32,
+            key: format!("[{}]:{}", BACKENDS6[i].0, f.backend_port()),
+            weight: 1,
+        })
+        .collect();
+    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
+    table[(f.hash() % MAGLEV_M) as usize] as usize
+}
+
+#[test]
+fn a_flow_moved_off_an_unhealthy_backend_releases_its_old_translation() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40030);
+    let p = f.nat_port(0);
+    let old = f.backend();
+    assert_eq!(pick(&f, &[0, 1, 2]), old, "the helper agrees with the table");
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    establish(&mut dp, &f, p);
+    let mut spec = service(HTTP, PROTO_TCP, HTTP_BACKEND);
+    spec.backends[old].healthy = false;
+    dp.apply_service("web", &spec).expect("web with a backend down");
+    let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+    let new = pick(&f, &others);
+    let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    let (address, mac) = BACKENDS6[new];
+    assert_frame(&out, &f.frame(mac, NODE_MAC, VIP6, address, p, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
+    // The old backend's late reply finds no translation: the flow's old entry was deleted, not left to age.
+    let late = f.backend_sends(p, TCP_ACK, RESPONSE);
+    assert_eq!(run(&mut dp, &late, XDP_DROP, Reason::DropNatNoEntry), late);
+}
