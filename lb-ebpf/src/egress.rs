@@ -145,7 +145,7 @@ fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u
     if !NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0) {
         return untouched;
     }
-    let Some(entry) = nat::reverse_entry(ip, &l4) else {
+    let Some(entry) = nat::reverse_entry(ip.src_addr, ip.dst_addr, &l4) else {
         return untouched;
     };
     let router = vip.value.router;

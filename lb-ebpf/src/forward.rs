@@ -10,7 +10,7 @@ use lb_common::{
     Backend, FlowKey, FlowValue, MAGLEV_CHUNK, MAGLEV_M, NO_BACKEND, NodeConfig, Reason, ServiceValue, Traffic,
     flow_hash, maglev_position,
 };
-use network_types::{eth::EthHdr, ip::Ipv4Hdr};
+use network_types::eth::EthHdr;
 
 use crate::{
     maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
@@ -24,65 +24,68 @@ use crate::{
 pub fn dsr(
     ctx: &XdpContext,
     eth: *mut EthHdr,
-    ip: &Ipv4Hdr,
     config: &NodeConfig,
     vip: &Vip,
     svc: &ServiceValue,
+    flow: &FlowKey,
     l4: &L4,
 ) -> (u32, Reason) {
-    let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
-    let mut chosen = NO_BACKEND;
     // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
     // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
     // inherit an old connection's backend.
     if !l4.syn() {
         // SAFETY: read-only use of the value.
-        if let Some(pinned) = unsafe { CONNTRACK.get(&flow) } {
+        if let Some(pinned) = unsafe { CONNTRACK.get(flow) } {
             let id = pinned.backend;
-            if let Some(b) = BACKENDS.get(id) {
-                if b.keeps_pin(pinned, svc.index) {
-                    chosen = id;
-                }
+            if let Some(b) = BACKENDS.get(id)
+                && b.keeps_pin(pinned, svc.index)
+            {
+                return match take_backend(ctx, svc.index, id, b, false) {
+                    Ok(()) => to_backend(ctx, eth, config, b, DSR_REASONS),
+                    Err(reason) => (XDP_DROP, reason),
+                };
             }
         }
     }
-    let fresh = chosen == NO_BACKEND;
-    if fresh {
-        let hash = flow_hash(ip.src_addr, l4.sport, l4.dport, l4.protocol, vip.value.hash_seed);
-        let Some(id) = maglev_pick(svc, hash) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        if id == NO_BACKEND {
-            return (XDP_DROP, Reason::DropNoBackend);
-        }
-        chosen = id;
-    }
-    let backend = match take_backend(ctx, svc.index, chosen, fresh) {
-        Ok(b) => b,
-        Err(reason) => return (XDP_DROP, reason),
+    let hash = flow_hash(flow.client, l4.sport, l4.dport, l4.protocol, vip.value.hash_seed);
+    let Some(id) = maglev_pick(svc, hash) else {
+        return (XDP_DROP, Reason::DropInternal);
     };
-    if fresh {
-        let _ = CONNTRACK.insert(&flow, &FlowValue::new(chosen, &backend, [0; 2], 0), 0);
+    if id == NO_BACKEND {
+        return (XDP_DROP, Reason::DropNoBackend);
     }
-    to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
-}
-
-/// The backend a packet of service `service_index` goes to, with the packet (and `new_flow`: the packet starts a
-/// flow, a fresh pick about to be recorded in the connection table) counted for both; the drop reason when the backend cannot be used
-/// (its MAC is not resolved yet).
-#[inline(always)]
-pub fn take_backend(ctx: &XdpContext, service_index: u32, id: u32, new_flow: bool) -> Result<Backend, Reason> {
     let Some(backend) = BACKENDS.get(id) else {
-        return Err(Reason::DropInternal);
+        return (XDP_DROP, Reason::DropInternal);
     };
     let backend: Backend = *backend;
+    if let Err(reason) = take_backend(ctx, svc.index, id, &backend, true) {
+        return (XDP_DROP, reason);
+    }
+    let _ = CONNTRACK.insert(flow, &FlowValue::new(id, &backend, [0; 2], 0), 0);
+    to_backend(ctx, eth, config, &backend, DSR_REASONS)
+}
+
+/// What a DSR packet sent to a backend counts as: sent on the ingress interface, redirected, delivered locally.
+const DSR_REASONS: [Reason; 3] = [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal];
+
+/// Whether a packet of service `service_index` may go to `backend` (slot `id`), counting it (and `new_flow`: the
+/// packet starts a flow, a fresh pick about to be recorded in the connection table) for both if so; the drop
+/// reason when the backend cannot be used (its MAC is not resolved yet).
+#[inline(always)]
+pub fn take_backend(
+    ctx: &XdpContext,
+    service_index: u32,
+    id: u32,
+    backend: &Backend,
+    new_flow: bool,
+) -> Result<(), Reason> {
     if backend.mac == [0; 6] {
         return Err(Reason::DropBackendUnresolved);
     }
     let bytes = packet::len(ctx) as u64;
     add_traffic(&SERVICE_STATS, service_index, bytes, new_flow);
     add_traffic(&BACKEND_STATS, id, bytes, new_flow);
-    Ok(backend)
+    Ok(())
 }
 
 /// The backend in the slot of `hash` in the service's live Maglev table (`NO_BACKEND` when it has none).
@@ -116,12 +119,16 @@ pub fn to_backend(
     send(ctx, egress, tx, redirect)
 }
 
+/// Sets the frame's destination and source MACs: three 32-bit stores where the fields (byte arrays) would take
+/// twelve byte stores (see [`packet::load4`]).
 #[inline(always)]
 pub fn set_macs(eth: *mut EthHdr, dst: [u8; 6], src: [u8; 6]) {
-    // SAFETY: `eth` was bounds-checked by `at` in `process`.
+    let p = eth as *mut u8;
+    // SAFETY: `eth` was bounds-checked by `at` in `process`: its 14 bytes are in the frame.
     unsafe {
-        (*eth).dst_addr = dst;
-        (*eth).src_addr = src;
+        packet::store4(p, [dst[0], dst[1], dst[2], dst[3]]);
+        packet::store4(p.add(4), [dst[4], dst[5], src[0], src[1]]);
+        packet::store4(p.add(8), [src[2], src[3], src[4], src[5]]);
     }
 }
 

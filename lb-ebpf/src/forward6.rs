@@ -10,8 +10,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
-    ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_source_port_bit,
+    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP,
+    Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_source_port_bit,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -128,10 +128,13 @@ fn dsr(
         }
         chosen = id;
     }
-    let backend = match forward::take_backend(ctx, svc.index, chosen, fresh) {
-        Ok(b) => b,
-        Err(reason) => return (XDP_DROP, reason),
+    let Some(backend) = BACKENDS.get(chosen) else {
+        return (XDP_DROP, Reason::DropInternal);
     };
+    let backend: Backend = *backend;
+    if let Err(reason) = forward::take_backend(ctx, svc.index, chosen, &backend, fresh) {
+        return (XDP_DROP, reason);
+    }
     if fresh {
         let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
             return (XDP_DROP, Reason::DropInternal);
@@ -182,9 +185,8 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
     if svc.forwarding != FORWARD_DSR || !pinned.keeps_pin(b, address, svc.index) {
         return (XDP_DROP, Reason::DropNoService);
     }
-    let backend = match forward::take_backend(ctx, svc.index, id, false) {
-        Ok(b) => b,
-        Err(reason) => return (XDP_DROP, reason),
-    };
-    forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+    if let Err(reason) = forward::take_backend(ctx, svc.index, id, b, false) {
+        return (XDP_DROP, reason);
+    }
+    forward::to_backend(ctx, eth, config, b, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
 }

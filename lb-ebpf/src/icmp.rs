@@ -89,7 +89,13 @@ fn echo(
     icmp.check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
     icmp.type_ = ICMP_ECHO_REPLY;
     // Swapping source and destination leaves the IP header checksum unchanged.
-    core::mem::swap(&mut ip.src_addr, &mut ip.dst_addr);
+    // SAFETY: the IP header was bounds-checked by `at` in `process`; its addresses are bytes 12..20.
+    unsafe {
+        let addresses = (ip as *mut Ipv4Hdr as *mut u8).add(12);
+        let (source, destination) = (packet::load4(addresses), packet::load4(addresses.add(4)));
+        packet::store4(addresses, destination);
+        packet::store4(addresses.add(4), source);
+    }
     set_macs(eth, asker_mac, vip.value.mac);
     (XDP_TX, Reason::EchoReply)
 }
@@ -113,7 +119,7 @@ pub fn message_ok<const OFF: usize>(ctx: &XdpContext, len: usize, seed: u64) -> 
             return false;
         };
         // SAFETY: bounds-checked by `at`.
-        let v = u64::from_ne_bytes(unsafe { *p });
+        let v = u64::from_ne_bytes(unsafe { packet::load8(p as *const u8) });
         // Folded every round: the sum stays below 2^34, and the verifier sees the same range after every round.
         sum = (sum & 0xffff_ffff) + (sum >> 32) + (v & 0xffff_ffff) + (v >> 32);
         i += 1;
@@ -125,7 +131,7 @@ pub fn message_ok<const OFF: usize>(ctx: &XdpContext, len: usize, seed: u64) -> 
             return false;
         };
         // SAFETY: bounds-checked by `at`.
-        sum += u64::from(u32::from_ne_bytes(unsafe { *p }));
+        sum += u64::from(u32::from_ne_bytes(unsafe { packet::load4(p as *const u8) }));
         at += 4;
     }
     if rest & 2 != 0 {

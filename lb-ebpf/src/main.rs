@@ -14,6 +14,7 @@
 //! tell users what happened to every frame.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
 
 mod csum;
 mod egress;
@@ -39,12 +40,14 @@ use aya_ebpf::{
     programs::{SockAddrContext, TcContext, XdpContext},
 };
 use lb_common::{
-    Endpoint, FORWARD_NAT, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
+    Endpoint, FORWARD_NAT, FlowKey, MAX_ROUTERS, NodeConfig, Reason, ServiceKey, ServiceValue, martian_source,
     nat_source_port_bit, router_counter,
 };
 use maps::{CONFIG, COUNTERS, Clock, NAT_BACKENDS, NAT_SOURCE_PORTS, ROUTER_COUNTERS};
 use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
-use parse::{ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IP_LEN, IPPROTO_ICMP, L4};
+use parse::{
+    ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IP_LEN, IPPROTO_ICMP, Ipv4Words, L4,
+};
 use vip::{Vip, lookup_vip, may_answer};
 
 const ARP_REQUEST: u16 = 1;
@@ -215,11 +218,11 @@ fn ipv4(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &Clock) 
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     };
     // SAFETY: bounds-checked by `at`.
-    let ip = unsafe { &mut *ip };
-    let Some(vip) = lookup_vip(ip.dst_addr) else {
+    let Some(vip) = lookup_vip(unsafe { parse::ipv4_dst(ip) }) else {
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
     };
-    let (action, reason) = to_vip(ctx, eth, ip, config, &vip, clock);
+    // SAFETY: bounds-checked by `at`.
+    let (action, reason) = to_vip(ctx, eth, unsafe { &mut *ip }, config, &vip, clock);
     (action, reason, vip.value.router)
 }
 
@@ -246,23 +249,25 @@ fn to_vip(
     if ip.vihl != 0x45 {
         return (XDP_DROP, Reason::DropIpOptions);
     }
+    // SAFETY: `ip` was bounds-checked by `at`.
+    let words = unsafe { Ipv4Words::load(ip) };
     // Nothing is read from a header that does not verify (every packet sent keeps it verifying: the checksum is
     // updated incrementally, RFC 1624).
-    // SAFETY: `Ipv4Hdr` is 20 bytes of byte arrays, bounds-checked by `at`.
-    if !csum::ipv4_header_ok(unsafe { &*(ip as *const Ipv4Hdr as *const [u8; 20]) }) {
+    if !words.checksum_ok() {
         return (XDP_DROP, Reason::DropIpChecksum);
     }
-    let total = u16::from_be_bytes(ip.tot_len) as usize;
+    let total = words.total_len();
     if total < IP_LEN || ETH_LEN + total > packet::len(ctx) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     // More-fragments flag or a fragment offset: there are no ports to hash.
-    if u16::from_be_bytes(ip.frags) & 0x3fff != 0 {
+    if words.frags() & 0x3fff != 0 {
         return (XDP_DROP, Reason::DropFragment);
     }
     // Before anything else, in particular before any state: sources no client can have (this VIP, another of
     // ours, the node's own addresses, martians).
-    if martian_source(ip.src_addr, vip.address) || config.is_local(ip.src_addr) || lookup_vip(ip.src_addr).is_some() {
+    let source = words.src();
+    if martian_source(source, vip.address) || config.is_local(source) || lookup_vip(source).is_some() {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     let protocol = ip.proto as u8;
@@ -274,10 +279,10 @@ fn to_vip(
         Err(Reason::PassTruncated) => return (XDP_PASS, Reason::PassTruncated),
         Err(reason) => return (XDP_DROP, reason),
     };
-    transport(ctx, eth, ip, config, vip, &l4, clock)
+    transport(ctx, eth, ip, config, vip, source, &l4, clock)
 }
 
-/// A TCP or UDP packet to a VIP: a NAT backend's reply, or a client's packet to a service.
+/// A TCP or UDP packet from `source` to a VIP: a NAT backend's reply, or a client's packet to a service.
 #[inline(always)]
 fn transport(
     ctx: &XdpContext,
@@ -285,6 +290,7 @@ fn transport(
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
     vip: &Vip,
+    source: [u8; 4],
     l4: &L4,
     clock: &Clock,
 ) -> (u32, Reason) {
@@ -295,10 +301,10 @@ fn transport(
     if let Some((word, bit)) = nat_source_port_bit(l4.protocol, u16::from_be_bytes(l4.sport))
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
-        if let Some(entry) = nat::reverse_entry(ip, l4) {
+        if let Some(entry) = nat::reverse_entry(source, vip.address, l4) {
             return nat::reply(ctx, eth, ip, l4, entry, clock.now());
         }
-        let from = Endpoint::new(ip.src_addr, l4.sport, l4.protocol);
+        let from = Endpoint::new(source, l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
         if unsafe { NAT_BACKENDS.get(&from) }.is_some() {
             // After a failover until the client sends again, or after the flow aged out: the backend retransmits
@@ -310,10 +316,11 @@ fn transport(
         return (XDP_DROP, Reason::DropNoService);
     };
     let svc: ServiceValue = svc;
+    let flow = FlowKey::new(source, vip.address, l4.sport, l4.dport, l4.protocol);
     if svc.forwarding == FORWARD_NAT {
-        return nat::forward(ctx, eth, ip, config, vip, &svc, l4, clock.now());
+        return nat::forward(ctx, eth, ip, config, vip, &svc, &flow, l4, clock.now());
     }
-    forward::dsr(ctx, eth, ip, config, vip, &svc, l4)
+    forward::dsr(ctx, eth, config, vip, &svc, &flow, l4)
 }
 
 #[cfg(not(test))]

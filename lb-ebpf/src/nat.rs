@@ -74,16 +74,15 @@ pub fn forward(
     config: &NodeConfig,
     vip: &Vip,
     svc: &ServiceValue,
+    flow: &FlowKey,
     l4: &L4,
     now: u64,
 ) -> (u32, Reason) {
-    let flow = FlowKey::new(ip.src_addr, vip.address, l4.sport, l4.dport, l4.protocol);
-
     // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
     // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a
     // reused client port is a new connection).
     let mut old: Option<FlowValue> = None;
-    let pinned_ptr = CONNTRACK.get_ptr_mut(&flow);
+    let pinned_ptr = CONNTRACK.get_ptr_mut(flow);
     if let Some(pinned) = pinned_ptr {
         // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
         let pinned = unsafe { &mut *pinned };
@@ -93,7 +92,7 @@ pub fn forward(
         {
             if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
                 let (id, port) = (pinned.backend, pinned.nat_port);
-                return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
+                return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
             }
             let key = NatKey::new(backend.address, vip.address, backend.port, pinned.nat_port, l4.protocol);
             // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
@@ -101,12 +100,12 @@ pub fn forward(
             if let Some(entry) = NAT.get_ptr_mut(&key) {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                if owns(entry, flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
                     refresh(entry, l4, now);
                     // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
                     pinned.checked_ns = if l4.rst() { 0 } else { now };
                     let (id, port) = (pinned.backend, pinned.nat_port);
-                    return to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, false);
+                    return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
                 }
             }
         }
@@ -126,7 +125,7 @@ pub fn forward(
         return (XDP_DROP, Reason::DropInternal);
     };
     let backend: Backend = *backend;
-    let Some(port) = claim_port(&backend, &flow, hash, l4, now) else {
+    let Some(port) = claim_port(&backend, flow, hash, l4, now) else {
         return (XDP_DROP, Reason::DropNatNoPort);
     };
     // The flow's previous translation (an old connection from the same client port to another backend) would
@@ -134,7 +133,7 @@ pub fn forward(
     if let Some(previous) = old
         && previous.nat_port != [0, 0]
     {
-        forget(previous, &flow, NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol));
+        forget(previous, flow, NatKey::new(backend.address, flow.vip, backend.port, port, flow.protocol));
     }
     let value = FlowValue::new(id, &backend, port, now);
     let recorded = match pinned_ptr {
@@ -143,13 +142,13 @@ pub fn forward(
             unsafe { *pinned = value };
             true
         }
-        None => CONNTRACK.insert(&flow, &value, 0).is_ok(),
+        None => CONNTRACK.insert(flow, &value, 0).is_ok(),
     };
-    to_backend(ctx, eth, ip, config, svc.index, id, port, &backend, recorded)
+    to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, recorded)
 }
 
-/// Translates a client packet to `backend` from `VIP:port` and sends it there; `new_flow`: the packet started a
-/// flow (counted per backend).
+/// Translates a client packet of `flow` to `backend` from `VIP:port` and sends it there; `new_flow`: the packet
+/// started a flow (counted per backend).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn to_backend(
@@ -157,17 +156,17 @@ fn to_backend(
     eth: *mut EthHdr,
     ip: &mut Ipv4Hdr,
     config: &NodeConfig,
+    flow: &FlowKey,
     service_index: u32,
     id: u32,
     port: [u8; 2],
     backend: &Backend,
     new_flow: bool,
 ) -> (u32, Reason) {
-    if let Err(reason) = forward::take_backend(ctx, service_index, id, new_flow) {
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, backend, new_flow) {
         return (XDP_DROP, reason);
     }
-    let (protocol, vip) = (ip.proto as u8, ip.dst_addr);
-    if !translate(ctx, ip, protocol, vip, backend.address, port, backend.port) {
+    if !translate(ctx, ip, flow.protocol, flow.vip, backend.address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     let reasons = [Reason::NatForwardTx, Reason::NatForwardRedirect, Reason::NatForwardLocal];
@@ -375,10 +374,10 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -
     NAT.insert(&key, &value, 0).ok().map(|_| port)
 }
 
-/// The reverse entry a packet from a NAT backend's `(address, port)` to `VIP:nport` belongs to, if any.
+/// The reverse entry a packet from a NAT backend's (`backend`, port) to `vip`:nport belongs to, if any.
 #[inline(always)]
-pub fn reverse_entry(ip: &Ipv4Hdr, l4: &L4) -> Option<*mut NatValue> {
-    NAT.get_ptr_mut(&NatKey::new(ip.src_addr, ip.dst_addr, l4.sport, l4.dport, l4.protocol))
+pub fn reverse_entry(backend: [u8; 4], vip: [u8; 4], l4: &L4) -> Option<*mut NatValue> {
+    NAT.get_ptr_mut(&NatKey::new(backend, vip, l4.sport, l4.dport, l4.protocol))
 }
 
 /// Deletes the reverse entry of a flow's previous translation, if it is still the flow's and not the one the flow
@@ -398,7 +397,7 @@ fn forget(previous: FlowValue, flow: &FlowKey, current: NatKey) {
 
 /// Rewrites addresses and ports of a TCP/UDP packet (20-byte IP header) and fixes both checksums incrementally.
 /// `false` if the L4 header is not in the frame (cannot happen after the parsing in `ipv4`; the verifier needs the
-/// check anyway).
+/// check anyway). Word loads and stores (`packet::load4`): the header fields are byte arrays.
 #[inline(always)]
 pub fn translate(
     ctx: &XdpContext,
@@ -412,10 +411,13 @@ pub fn translate(
     let Some(ports) = packet::at::<[u8; 4]>(ctx, L4_OFF) else {
         return false;
     };
-    // SAFETY: bounds-checked by `at`.
-    let ports = unsafe { &mut *ports };
-    let addresses = Delta::new().addr(ip.src_addr, src).addr(ip.dst_addr, dst);
-    let l4 = addresses.word([ports[0], ports[1]], sport).word([ports[2], ports[3]], dport);
+    let ports = ports as *mut u8;
+    let header = ip as *mut Ipv4Hdr as *mut u8;
+    // SAFETY: the IP header and the ports were bounds-checked by `at`.
+    let (old_src, old_dst, old_ports) =
+        unsafe { (packet::load4(header.add(12)), packet::load4(header.add(16)), packet::load4(ports)) };
+    let addresses = Delta::new().addr(old_src, src).addr(old_dst, dst);
+    let l4 = addresses.word([old_ports[0], old_ports[1]], sport).word([old_ports[2], old_ports[3]], dport);
     if protocol == PROTO_TCP {
         let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF + TCP_CHECK_OFF) else {
             return false;
@@ -429,9 +431,12 @@ pub fn translate(
         // SAFETY: bounds-checked by `at`.
         unsafe { *check = l4.apply_udp(*check) };
     }
-    *ports = [sport[0], sport[1], dport[0], dport[1]];
     ip.check = addresses.apply(ip.check);
-    ip.src_addr = src;
-    ip.dst_addr = dst;
+    // SAFETY: as above.
+    unsafe {
+        packet::store4(ports, [sport[0], sport[1], dport[0], dport[1]]);
+        packet::store4(header.add(12), src);
+        packet::store4(header.add(16), dst);
+    }
     true
 }

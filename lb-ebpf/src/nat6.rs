@@ -168,10 +168,13 @@ fn to_backend(
     address: (u64, u64),
     new_flow: bool,
 ) -> (u32, Reason) {
-    let backend = match forward::take_backend(ctx, service_index, id, new_flow) {
-        Ok(b) => b,
-        Err(reason) => return (XDP_DROP, reason),
+    let Some(backend) = BACKENDS.get(id) else {
+        return (XDP_DROP, Reason::DropInternal);
     };
+    let backend: Backend = *backend;
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, &backend, new_flow) {
+        return (XDP_DROP, reason);
+    }
     let vip = ipv6_halves(&ip.dst_addr);
     if !translate(ctx, ip, ip.next_hdr, vip, address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);

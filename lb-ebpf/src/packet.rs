@@ -47,3 +47,53 @@ pub fn at<T>(ctx: &impl Frame, offset: usize) -> Option<*mut T> {
 pub fn len(ctx: &impl Frame) -> usize {
     ctx.data_end() - ctx.data()
 }
+
+/// The four bytes at `p` in packet memory, read with one 32-bit load whatever the address's alignment.
+///
+/// Header fields are byte arrays (alignment 1), and the BPF target splits every access to one into byte loads
+/// and stores (an address costs four loads, three shifts and three ors). Packet memory may be accessed unaligned:
+/// x86-64 and arm64 load and store unaligned words, and the verifier allows unaligned packet pointers unless strict
+/// alignment is asked for (`BPF_F_STRICT_ALIGNMENT`, or an architecture without efficient unaligned access). The
+/// accesses are `asm!`, so the compiler assumes no alignment.
+///
+/// # Safety
+/// `p..p + 4` lies inside the frame (bounds-checked through [`at`]).
+#[inline(always)]
+pub unsafe fn load4(p: *const u8) -> [u8; 4] {
+    let word: u64;
+    // SAFETY: the caller guarantees the bytes are in the frame; the asm only reads them.
+    unsafe {
+        core::arch::asm!("{w} = *(u32 *)({p} + 0)", p = in(reg) p, w = lateout(reg) word,
+            options(pure, readonly, nostack, preserves_flags));
+    }
+    (word as u32).to_ne_bytes()
+}
+
+/// The eight bytes at `p` in packet memory, with one 64-bit load (see [`load4`]).
+///
+/// # Safety
+/// `p..p + 8` lies inside the frame.
+#[inline(always)]
+pub unsafe fn load8(p: *const u8) -> [u8; 8] {
+    let word: u64;
+    // SAFETY: as in `load4`.
+    unsafe {
+        core::arch::asm!("{w} = *(u64 *)({p} + 0)", p = in(reg) p, w = lateout(reg) word,
+            options(pure, readonly, nostack, preserves_flags));
+    }
+    word.to_ne_bytes()
+}
+
+/// Writes `bytes` at `p` in packet memory with one 32-bit store (see [`load4`]).
+///
+/// # Safety
+/// `p..p + 4` lies inside the frame.
+#[inline(always)]
+pub unsafe fn store4(p: *mut u8, bytes: [u8; 4]) {
+    let word = u64::from(u32::from_ne_bytes(bytes));
+    // SAFETY: the caller guarantees the bytes are in the frame.
+    unsafe {
+        core::arch::asm!("*(u32 *)({p} + 0) = {w}", p = in(reg) p, w = in(reg) word,
+            options(nostack, preserves_flags));
+    }
+}

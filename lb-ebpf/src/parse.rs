@@ -3,7 +3,10 @@
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason};
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr, udp::UdpHdr};
 
-use crate::packet::{self, Frame};
+use crate::{
+    csum,
+    packet::{self, Frame},
+};
 
 pub const ETH_LEN: usize = EthHdr::LEN;
 pub const IP_LEN: usize = Ipv4Hdr::LEN;
@@ -31,6 +34,57 @@ pub const TCP_FLAG_ACK: u8 = 0x10;
 const TCP_DATA_OFFSET_OFF: usize = 12;
 /// Byte 13 of the TCP header holds the flags (CWR ECE URG ACK PSH RST SYN FIN).
 const TCP_FLAGS_OFF: usize = 13;
+
+/// A plain 20-byte IPv4 header as its five 32-bit words, in memory order: five loads (see [`packet::load4`])
+/// where reading the fields of `Ipv4Hdr` (byte arrays) costs a load per byte.
+#[derive(Clone, Copy)]
+pub struct Ipv4Words([u32; 5]);
+
+impl Ipv4Words {
+    /// # Safety
+    /// `ip` points to 20 bytes inside the frame (bounds-checked by [`packet::at`]).
+    #[inline(always)]
+    pub unsafe fn load(ip: *const Ipv4Hdr) -> Self {
+        let p = ip as *const u8;
+        // SAFETY: the caller guarantees the 20 bytes are in the frame.
+        let word = |offset: usize| u32::from_ne_bytes(unsafe { packet::load4(p.add(offset)) });
+        Ipv4Words([word(0), word(4), word(8), word(12), word(16)])
+    }
+
+    #[inline(always)]
+    pub fn total_len(&self) -> usize {
+        let [_, _, hi, lo] = self.0[0].to_ne_bytes();
+        usize::from(u16::from_be_bytes([hi, lo]))
+    }
+
+    /// The flags and fragment offset.
+    #[inline(always)]
+    pub fn frags(&self) -> u16 {
+        let [_, _, hi, lo] = self.0[1].to_ne_bytes();
+        u16::from_be_bytes([hi, lo])
+    }
+
+    #[inline(always)]
+    pub fn src(&self) -> [u8; 4] {
+        self.0[3].to_ne_bytes()
+    }
+
+    /// Whether the header checksum verifies.
+    #[inline(always)]
+    pub fn checksum_ok(&self) -> bool {
+        csum::ipv4_header_ok(self.0)
+    }
+}
+
+/// The destination address of the IPv4 header at `ip`, with one load.
+///
+/// # Safety
+/// As for [`Ipv4Words::load`].
+#[inline(always)]
+pub unsafe fn ipv4_dst(ip: *const Ipv4Hdr) -> [u8; 4] {
+    // SAFETY: the caller guarantees the header is in the frame; the destination is its last word.
+    unsafe { packet::load4((ip as *const u8).add(16)) }
+}
 
 /// The ports and flags of a TCP or UDP packet to the VIP.
 #[derive(Clone, Copy)]
@@ -93,12 +147,12 @@ pub fn l4_at(ctx: &impl Frame, protocol: u8, offset: usize, payload: usize) -> R
         if payload < TcpHdr::LEN {
             return Err(Reason::PassTruncated);
         }
-        // SAFETY: bounds-checked by `at`.
-        let (sport, dport, offset, flags) = unsafe {
-            let t = &*tcp;
+        // SAFETY: bounds-checked by `at`; the ports are the header's first word.
+        let ([s0, s1, d0, d1], offset, flags) = unsafe {
             let bytes = tcp as *const u8;
-            (t.source, t.dest, *bytes.add(TCP_DATA_OFFSET_OFF), *bytes.add(TCP_FLAGS_OFF))
+            (packet::load4(bytes), *bytes.add(TCP_DATA_OFFSET_OFF), *bytes.add(TCP_FLAGS_OFF))
         };
+        let (sport, dport) = ([s0, s1], [d0, d1]);
         let header_len = usize::from(offset >> 4) * 4;
         if header_len < TcpHdr::LEN || header_len > payload {
             return Err(Reason::DropMalformedL4);
@@ -111,8 +165,9 @@ pub fn l4_at(ctx: &impl Frame, protocol: u8, offset: usize, payload: usize) -> R
         if payload < UdpHdr::LEN {
             return Err(Reason::PassTruncated);
         }
-        // SAFETY: bounds-checked by `at`.
-        let (sport, dport, len) = unsafe { ((*udp).src, (*udp).dst, (*udp).len) };
+        // SAFETY: bounds-checked by `at`; the ports are the header's first word.
+        let ([s0, s1, d0, d1], len) = unsafe { (packet::load4(udp as *const u8), (*udp).len) };
+        let (sport, dport) = ([s0, s1], [d0, d1]);
         let len = usize::from(u16::from_be_bytes(len));
         if len < UdpHdr::LEN || len > payload {
             return Err(Reason::DropMalformedL4);

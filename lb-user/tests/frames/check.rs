@@ -579,7 +579,10 @@ fn check_ipv6_nat(facts: &Facts, ip: &Ipv6Slice, input: Option<&Ipv6Slice>, foun
         && sport.is_some_and(|p| p >= 1024);
     let to_client = came.is_some_and(|(from, s)| {
         facts.backends6.contains(&from)
-            && facts.nat6.iter().any(|&(p, svc, bport)| p == protocol && port(s, 0) == Some(bport) && sport == Some(svc))
+            && facts
+                .nat6
+                .iter()
+                .any(|&(p, svc, bport)| p == protocol && port(s, 0) == Some(bport) && sport == Some(svc))
     }) && !facts.backends6.contains(&h.destination_addr());
     let plain = h.next_header().0 == protocol && !ip.payload().fragmented;
     let udp_checksum = protocol != 17 || segment.get(6..8).is_some_and(|c| c != [0, 0]);
