@@ -326,7 +326,7 @@ fn a_colliding_flow_takes_the_next_candidate_and_both_translate_back() {
 
 #[test]
 fn a_reset_flow_translates_its_rst_and_gives_its_port_up_after_the_grace() {
-    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_millis(300), ..LoadOptions::default() });
+    let mut dp = dataplane_with(LoadOptions { nat_closed_grace: Duration::from_secs(2), ..LoadOptions::default() });
     let f = Flow::tcp(40011);
     let p = f.nat_port(0);
     let g = colliding_flow(p, f.backend(), PROTO_TCP, 0);
@@ -337,7 +337,8 @@ fn a_reset_flow_translates_its_rst_and_gives_its_port_up_after_the_grace() {
     // Within the grace the port is still the flow's.
     let out = run(&mut dp, &g.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &g.backend_gets(g.nat_port(1), TCP_ACK, b""));
-    std::thread::sleep(Duration::from_millis(500));
+    // Timeouts long enough for a loaded machine to run the steps before them in time.
+    std::thread::sleep(Duration::from_millis(2500));
     let h = colliding_flow(p, f.backend(), PROTO_TCP, g.client.segments()[7] - 0x100 + 1);
     let out = run(&mut dp, &h.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &h.backend_gets(p, TCP_SYN, b""));
@@ -361,7 +362,7 @@ fn fin_from_both_sides_is_translated() {
 #[test]
 fn an_embryonic_translation_is_displaced_by_a_syn_and_reclaimed_after_its_timeout() {
     let mut dp =
-        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_millis(300), ..LoadOptions::default() });
+        dataplane_with(LoadOptions { nat_embryonic_timeout: Duration::from_secs(2), ..LoadOptions::default() });
     let f = Flow::tcp(40013);
     let mut skip = 0;
     let mut blockers = Vec::new();
@@ -373,7 +374,8 @@ fn an_embryonic_translation_is_displaced_by_a_syn_and_reclaimed_after_its_timeou
     }
     // A continuing flow (an ACK) takes no live port, embryonic or not.
     run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_DROP, Reason::DropNatNoPort);
-    std::thread::sleep(Duration::from_millis(500));
+    // Timeouts long enough for a loaded machine to run the steps before them in time.
+    std::thread::sleep(Duration::from_millis(2500));
     let out = run(&mut dp, &f.client_sends(TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
     assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK, b""));
     // A SYN displaces the first embryonic holder at once.
