@@ -979,8 +979,8 @@ pub enum Reason {
     /// multicast or the node's own MAC, or arrives on another interface than the VIP's. Dropped (the kernel does not
     /// own the VIP).
     DropNd = 39,
-    /// TCP or UDP to an IPv6 VIP's port whose service is NAT: NAT to IPv6 backends is not done (the agent installs
-    /// IPv6 services only for DSR), so it is dropped and counted.
+    /// TCP or UDP to an IPv6 VIP's port whose service has a forwarding the IPv6 path does not know (the agent
+    /// installs only DSR and NAT services, so this stays 0), or (IPv6 NAT) the tail call to `xvip_nat6` failed.
     DropIpv6Transport = 40,
 }
 

@@ -81,7 +81,7 @@ pub fn transport(
         // To `xvip_nat6` (`nat6::forward`), which counts the frame; the call returns only if it failed.
         // SAFETY: the map holds only `xvip_nat6`, an XDP program, written by the agent at load.
         unsafe { NAT6_PROGRAMS.tail_call(ctx, 0) };
-        return (XDP_DROP, Reason::DropInternal);
+        return (XDP_DROP, Reason::DropIpv6Transport);
     }
     if svc.forwarding != FORWARD_DSR {
         return (XDP_DROP, Reason::DropIpv6Transport);

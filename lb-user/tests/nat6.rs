@@ -448,3 +448,18 @@ fn a_flow_moved_off_an_unhealthy_backend_releases_its_old_translation() {
     let late = f.backend_sends(p, TCP_ACK, RESPONSE);
     assert_eq!(run(&mut dp, &late, XDP_DROP, Reason::DropNatNoEntry), late);
 }
+
+#[test]
+fn without_the_nat_program_in_its_slot_client_packets_are_dropped_and_counted() {
+    use aya::maps::{Map, MapData, ProgramArray};
+    let mut dp = dataplane();
+    let Some(Map::ProgramArray(data)) = dp.map(lb_common::names::NAT6_PROGRAMS) else {
+        panic!("NAT6_PROGRAMS is a program array");
+    };
+    let id = data.info().expect("map info").id();
+    let mut programs =
+        ProgramArray::try_from(Map::ProgramArray(MapData::from_id(id).expect("map by id"))).expect("program array");
+    programs.clear_index(&0).expect("emptying the slot");
+    let syn = Flow::tcp(40040).client_sends(TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropIpv6Transport), syn);
+}
