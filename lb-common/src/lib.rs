@@ -41,8 +41,10 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub mod names {
     pub const PROGRAM: &str = "xvip_xdp";
     pub const PASS_PROGRAM: &str = "xvip_pass";
-    /// IPv6 NAT's client path, tail-called by `xvip_xdp` through `NAT6_PROGRAMS` (slot 0).
+    /// IPv6 NAT's client path and ICMPv6 errors about NAT flows, tail-called by `xvip_xdp` through
+    /// `NAT6_PROGRAMS` (slots `NAT6_SLOT` and `NAT6_ICMP_SLOT`).
     pub const NAT6_PROGRAM: &str = "xvip_nat6";
+    pub const NAT6_ICMP_PROGRAM: &str = "xvip_nat6_icmp";
     pub const NAT6_PROGRAMS: &str = "NAT6_PROGRAMS";
     /// The TC egress program (tcx) of every interface the XDP program serves: replies of NAT backends on the node.
     pub const EGRESS_PROGRAM: &str = "xvip_egress";
@@ -606,6 +608,10 @@ pub const fn nat_source_port_bit(protocol: u8, port: u16) -> Option<(u32, u32)> 
     };
     Some((slot / 64, slot % 64))
 }
+/// The slots of `NAT6_PROGRAMS` (see `names::NAT6_PROGRAM`, `names::NAT6_ICMP_PROGRAM`).
+pub const NAT6_SLOT: u32 = 0;
+pub const NAT6_ICMP_SLOT: u32 = 1;
+
 /// Key of `NAT_BACKENDS6`: an IPv6 backend endpoint of some NAT service (as [`Endpoint`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]

@@ -10,7 +10,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP,
+    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, NAT6_ICMP_SLOT, NAT6_SLOT, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP,
     Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_source_port_bit,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
@@ -78,15 +78,20 @@ pub fn transport(
         return (XDP_DROP, Reason::DropNoService);
     };
     if svc.forwarding == FORWARD_NAT {
-        // To `xvip_nat6` (`nat6::forward`), which counts the frame; the call returns only if it failed.
-        // SAFETY: the map holds only `xvip_nat6`, an XDP program, written by the agent at load.
-        unsafe { NAT6_PROGRAMS.tail_call(ctx, 0) };
-        return (XDP_DROP, Reason::DropIpv6Transport);
+        return nat6_program(ctx);
     }
     if svc.forwarding != FORWARD_DSR {
         return (XDP_DROP, Reason::DropIpv6Transport);
     }
     dsr(ctx, eth, ip, config, vip, &svc, &l4)
+}
+
+/// Hands the frame to `xvip_nat6` (`nat6::forward`), which counts it; returns only if the tail call failed.
+#[inline(always)]
+fn nat6_program(ctx: &XdpContext) -> (u32, Reason) {
+    // SAFETY: the map holds XDP programs only, written by the agent at load.
+    unsafe { NAT6_PROGRAMS.tail_call(ctx, NAT6_SLOT) };
+    (XDP_DROP, Reason::DropIpv6Transport)
 }
 
 /// A packet for an IPv6 DSR service: to its pinned backend, or a fresh Maglev pick (as `forward::dsr`).
@@ -169,8 +174,13 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
     let (service_port, client_port) = ([ports[0], ports[1]], [ports[2], ports[3]]);
     let vip_address = ipv6_from_halves(vip_address);
     // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied() else {
-        return (XDP_DROP, Reason::DropNoService);
+    let svc = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied();
+    // About a NAT service's reply to a client, or (no service on the quoted source port: a NAT port) perhaps about
+    // a NAT flow's packet to its backend: for `xvip_nat6_icmp`, which translates it or drops it.
+    let Some(svc) = svc.filter(|s| s.forwarding != FORWARD_NAT) else {
+        // SAFETY: the map holds XDP programs only, written by the agent at load.
+        unsafe { NAT6_PROGRAMS.tail_call(ctx, NAT6_ICMP_SLOT) };
+        return (XDP_DROP, Reason::DropIpv6Transport);
     };
     let client = ipv6_from_halves(ipv6_halves(&quoted.dst_addr));
     let flow = FlowKey6::new(client, vip_address, client_port, service_port, protocol);

@@ -84,6 +84,16 @@ pub fn xvip_nat6(ctx: XdpContext) -> u32 {
     action
 }
 
+/// ICMPv6 errors about IPv6 NAT flows (`nat6::icmp`), tail-called by `xvip_xdp` like `xvip_nat6`.
+#[xdp]
+#[inline(always)]
+pub fn xvip_nat6_icmp(ctx: XdpContext) -> u32 {
+    // Not traced: `xvip trace` follows IPv4 frames only.
+    let (action, reason, router) = nat6::icmp(&ctx);
+    count(reason, router);
+    action
+}
+
 /// A do-nothing program for the receiving end of veth pairs: veth only delivers XDP_TX/XDP_REDIRECT frames to a
 /// peer that runs an XDP program. Also the baseline of `cargo xtask bench xdp`.
 #[xdp]

@@ -99,9 +99,10 @@ pub static NAT6: LruHashMap<NatKey6, NatValue6> = LruHashMap::with_max_entries(D
 #[map]
 pub static NAT_BACKENDS6: HashMap<Endpoint6, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
 
-/// Slot 0: the program `xvip_nat6` (IPv6 NAT's client path), which `forward6` tail-calls. Written by the agent.
+/// The programs `forward6` tail-calls: `xvip_nat6` (IPv6 NAT's client path, `NAT6_SLOT`) and `xvip_nat6_icmp`
+/// (ICMPv6 errors about NAT flows, `NAT6_ICMP_SLOT`). Written by the agent at load.
 #[map]
-pub static NAT6_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(1, 0);
+pub static NAT6_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Backend endpoints of NAT services (value: how many NAT services use the endpoint). Written by the agent.
 #[map]

@@ -41,7 +41,7 @@ use crate::{
     },
     nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
     packet,
-    parse::{self, ETH_LEN, IP6_LEN, L4, L4_OFF6},
+    parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
     route::{self, NoRoute, Route},
     vip::lookup_vip6,
 };
@@ -400,6 +400,155 @@ fn forget(previous: &FlowValue6, flow: &FlowKey6, vip: (u64, u64), current: ((u6
     if unsafe { NAT6.get(&key) }.is_some_and(|e| owns(e, flow)) {
         let _ = NAT6.remove(&key);
     }
+}
+
+/// Where an ICMPv6 error's quoted packet starts (after the 8-byte ICMPv6 header), and its upper-layer header.
+const QUOTED_OFF6: usize = L4_OFF6 + 8;
+const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
+/// The ICMPv6 checksum in the frame.
+const ICMP6_CHECK_OFF: usize = L4_OFF6 + 2;
+
+/// An ICMPv6 error (destination unreachable, Packet Too Big, time exceeded) to the VIP about a NAT flow, which
+/// `forward6::icmp_error` handed over: about a packet to a backend (`[VIP]:nport -> [backend]:bport`, from a router
+/// between the node and the backend) it goes to the client, about a reply (`[VIP]:svc -> [client]:cport`, from a
+/// router on the way to the client) to the backend, the quoted packet translated as the packet itself was and the
+/// checksums (the ICMPv6 one, the quoted TCP/UDP one when quoted) updated incrementally. Path MTU discovery works
+/// through the NAT so. Anything else is dropped (`DropNoService`).
+///
+/// The program `xvip_nat6_icmp` (slot `NAT6_ICMP_SLOT` of `NAT6_PROGRAMS`), for the stack as [`forward`]; returns
+/// (verdict, reason, router).
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext) -> (u32, Reason, u32) {
+    let (Some(eth), Some(ip), Some(config)) =
+        (packet::at::<EthHdr>(ctx, 0), packet::at::<Ipv6Hdr>(ctx, ETH_LEN), CONFIG.get(0))
+    else {
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &mut *ip };
+    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+        return (XDP_DROP, Reason::DropInternal, NO_ROUTER);
+    };
+    let router = vip.router;
+    let (action, reason) = icmp_error(ctx, eth, ip, config);
+    (action, reason, router)
+}
+
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &NodeConfig) -> (u32, Reason) {
+    let (Some(quoted), Some(ports)) =
+        (packet::at::<Ipv6Hdr>(ctx, QUOTED_OFF6), packet::at::<[u8; 4]>(ctx, QUOTED_L4_OFF6))
+    else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    // SAFETY: both bounds-checked by `at`.
+    let (quoted, ports) = unsafe { (&mut *quoted, &mut *ports) };
+    let protocol = quoted.next_hdr;
+    let vip = ipv6_halves(&ip.dst_addr);
+    let to = ipv6_halves(&quoted.dst_addr);
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    if ipv6_halves(&quoted.src_addr) != vip || !(protocol == PROTO_TCP || protocol == PROTO_UDP) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    // About a packet to a backend: its translation names the client.
+    let key = NatKey6::from_halves(to, vip, dport, sport, protocol);
+    // SAFETY: only read.
+    if let Some(entry) = unsafe { NAT6.get(&key) } {
+        let client = ipv6_halves(&entry.client);
+        let (client_port, service_port) = (entry.client_port, entry.service_port);
+        let length = (IP6_LEN as u16).saturating_add(u16::from_be_bytes(ip.payload_len));
+        let route = match route::lookup6(ctx, vip, client, IPPROTO_ICMPV6, length) {
+            Ok(r) => r,
+            Err(NoRoute::Neighbour) => {
+                if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port))
+                {
+                    return (XDP_PASS, Reason::PassTruncated);
+                }
+                return (XDP_PASS, Reason::PassNoNeighbour);
+            }
+            Err(no) => return (XDP_DROP, no.reason()),
+        };
+        if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
+            return (XDP_PASS, Reason::PassTruncated);
+        }
+        set_macs(eth, route.next_hop_mac, route.egress_mac);
+        return forward::send(ctx, route.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
+    }
+    // About a reply to a client: the client's flow names the backend and the NAT port.
+    let flow = FlowKey6::from_halves(to, vip, dport, sport, protocol);
+    // SAFETY: only read.
+    let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let key = ServiceKey6::new(ipv6_from_halves(vip), sport, protocol);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if pinned.nat_port == [0, 0] {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let Some(backend) = usable(pinned, &svc) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if let Err(reason) = forward::take_backend(ctx, svc.index, pinned.backend, &backend, false) {
+        return (XDP_DROP, reason);
+    }
+    let address = ipv6_halves(&pinned.backend_address);
+    if !translate_error(ctx, ip, quoted, ports, address, (address, vip), (backend.port, pinned.nat_port)) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3])
+}
+
+/// Rewrites an ICMPv6 error for the other end of its NAT flow: the outer destination becomes `outer_dst`, the
+/// quoted packet's addresses `quoted_addresses` (source, destination) and its ports `quoted_ports`; the quoted
+/// TCP/UDP checksum (when the quote holds it) and the ICMPv6 checksum are updated incrementally. `false` if a
+/// field is outside the frame (nothing changed then).
+#[inline(always)]
+fn translate_error(
+    ctx: &XdpContext,
+    ip: &mut Ipv6Hdr,
+    quoted: &mut Ipv6Hdr,
+    ports: &mut [u8; 4],
+    outer_dst: (u64, u64),
+    quoted_addresses: ((u64, u64), (u64, u64)),
+    quoted_ports: ([u8; 2], [u8; 2]),
+) -> bool {
+    let Some(icmp_check) = packet::at::<[u8; 2]>(ctx, ICMP6_CHECK_OFF) else {
+        return false;
+    };
+    let (qsrc, qdst) = quoted_addresses;
+    let (nsport, ndport) = quoted_ports;
+    let inner = address_delta(Delta::new(), ipv6_halves(&quoted.src_addr), qsrc);
+    let inner = address_delta(inner, ipv6_halves(&quoted.dst_addr), qdst);
+    let inner = inner.word([ports[0], ports[1]], nsport).word([ports[2], ports[3]], ndport);
+    // The message holds the quoted header and ports; the pseudo-header the outer destination.
+    let mut icmp = address_delta(inner, ipv6_halves(&ip.dst_addr), outer_dst);
+    if quoted.next_hdr == PROTO_TCP {
+        if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF) {
+            // SAFETY: bounds-checked by `at`.
+            unsafe {
+                let new = inner.apply(*check);
+                icmp = icmp.word(*check, new);
+                *check = new;
+            }
+        }
+    } else if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + UDP_CHECK_OFF) {
+        // SAFETY: bounds-checked by `at`.
+        unsafe {
+            let new = inner.apply_udp(*check);
+            icmp = icmp.word(*check, new);
+            *check = new;
+        }
+    }
+    // SAFETY: bounds-checked by `at`.
+    unsafe { *icmp_check = icmp.apply(*icmp_check) };
+    *ports = [nsport[0], nsport[1], ndport[0], ndport[1]];
+    set_halves(&mut quoted.src_addr, qsrc);
+    set_halves(&mut quoted.dst_addr, qdst);
+    set_halves(&mut ip.dst_addr, outer_dst);
+    true
 }
 
 /// The `~m + m'` terms of an IPv6 address (eight words) that changed from `old` to `new`.

@@ -31,10 +31,10 @@ use aya::{
 use lb_common::{
     Backend, Endpoint, Endpoint6, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES,
     Listener, LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
-    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatKey, NatKey6, NatValue, NatValue6, NodeConfig,
-    PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET,
-    TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names,
-    nat_source_port_bit, router_counter, vip_fold,
+    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NAT6_ICMP_SLOT, NAT6_SLOT, NatKey, NatKey6, NatValue,
+    NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6,
+    ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue, listener_slot,
+    maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -576,23 +576,22 @@ impl DataPlane {
             slot_owners: HashMap::new(),
             applied: HashMap::new(),
         };
-        for name in [names::PROGRAM, names::PASS_PROGRAM, names::NAT6_PROGRAM] {
+        for name in [names::PROGRAM, names::PASS_PROGRAM, names::NAT6_PROGRAM, names::NAT6_ICMP_PROGRAM] {
             // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
             dp.program(name)?.load().with_context(|| {
                 format!("verifying XDP program {name} (a permission error means CAP_BPF or CAP_PERFMON is missing)")
             })?;
         }
         dp.egress_program()?.load().with_context(|| format!("verifying TC program {}", names::EGRESS_PROGRAM))?;
-        // IPv6 NAT's client path, which the XDP program tail-calls (a program of its own for its stack).
-        let nat6 = dp
-            .program(names::NAT6_PROGRAM)?
-            .fd()
-            .context("the fd of the IPv6 NAT program")?
-            .try_clone()
-            .context("duplicating the IPv6 NAT program fd")?;
-        let map = dp.ebpf.map_mut(names::NAT6_PROGRAMS).ok_or_else(|| Error::Object("has no NAT6_PROGRAMS".into()))?;
-        let mut programs = ProgramArray::try_from(map).context("NAT6_PROGRAMS is not a program array")?;
-        programs.set(0, &nat6, 0).context("writing NAT6_PROGRAMS[0]")?;
+        // IPv6 NAT's programs, which the XDP program tail-calls (programs of their own for their stack).
+        for (slot, name) in [(NAT6_SLOT, names::NAT6_PROGRAM), (NAT6_ICMP_SLOT, names::NAT6_ICMP_PROGRAM)] {
+            let fd = dp.program(name)?.fd().context("the fd of an IPv6 NAT program")?;
+            let fd = fd.try_clone().context("duplicating the fd of an IPv6 NAT program")?;
+            let map =
+                dp.ebpf.map_mut(names::NAT6_PROGRAMS).ok_or_else(|| Error::Object("has no NAT6_PROGRAMS".into()))?;
+            let mut programs = ProgramArray::try_from(map).context("NAT6_PROGRAMS is not a program array")?;
+            programs.set(slot, &fd, 0).with_context(|| format!("writing NAT6_PROGRAMS[{slot}]"))?;
+        }
         dp.write_node()?;
         // Off, as every freshly created map is: nothing of the data plane is pinned, so a daemon that crashed while
         // someone traced leaves no switch behind, and the next one starts with tracing off.

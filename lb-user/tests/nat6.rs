@@ -463,3 +463,66 @@ fn without_the_nat_program_in_its_slot_client_packets_are_dropped_and_counted() 
     let syn = Flow::tcp(40040).client_sends(TCP_SYN, b"");
     assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropIpv6Transport), syn);
 }
+
+/// A router between the node and a backend or client.
+const ROUTER6_ADDRESS: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0xfe);
+const ROUTER6_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfe];
+
+/// An ICMPv6 Packet Too Big (MTU 1280) from `src` to `dst` quoting `quoted` (an IPv6 packet), in a frame.
+fn packet_too_big(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
+    let mut message = vec![2, 0, 0, 0, 0, 0, 5, 0];
+    message.extend_from_slice(quoted);
+    let mut f = frames::eth(dst_mac, src_mac, ETH_IPV6);
+    f.extend(frames::ipv6(src, dst, 58, 64, &frames::icmp6(src, dst, message)));
+    f
+}
+
+#[test]
+fn packet_too_big_about_a_packet_to_the_backend_reaches_the_client_translated() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40050);
+    let sent = f.client_sends(TCP_ACK | TCP_PSH, REQUEST);
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    let error = packet_too_big(NODE_MAC, ROUTER6_MAC, ROUTER6_ADDRESS, VIP6, &translated[14..]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    // The client gets the error about its own packet, as it sent it.
+    let expected = packet_too_big(CLIENT_MAC, NODE_MAC, ROUTER6_ADDRESS, CLIENT6, &sent[14..]);
+    assert_eq!(hex(&out), hex(&expected));
+    assert!(frames::icmp6_ok(&out), "ICMPv6 checksum");
+}
+
+#[test]
+fn packet_too_big_about_a_reply_reaches_the_backend_translated() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40051);
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let reply = f.backend_sends(f.nat_port(0), TCP_ACK, RESPONSE);
+    let to_client = run(&mut dp, &reply, XDP_TX, Reason::NatReplyTx);
+    let error = packet_too_big(NODE_MAC, ROUTER6_MAC, ROUTER6_ADDRESS, VIP6, &to_client[14..]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToBackend);
+    let (address, mac) = BACKENDS6[f.backend()];
+    let expected = packet_too_big(mac, NODE_MAC, ROUTER6_ADDRESS, address, &reply[14..]);
+    assert_eq!(hex(&out), hex(&expected));
+    assert!(frames::icmp6_ok(&out), "ICMPv6 checksum");
+    // UDP too, quoting only the first bytes of the datagram (its checksum included).
+    let u = Flow::udp(50200);
+    let sent = u.client_sends(0, REQUEST);
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    let error = packet_too_big(NODE_MAC, ROUTER6_MAC, ROUTER6_ADDRESS, VIP6, &translated[14..14 + 48]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    let expected = packet_too_big(CLIENT_MAC, NODE_MAC, ROUTER6_ADDRESS, CLIENT6, &sent[14..14 + 48]);
+    assert_eq!(hex(&out), hex(&expected));
+}
+
+#[test]
+fn icmpv6_errors_about_no_nat_flow_are_dropped_untouched() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40052);
+    // Quoting a packet the node never translated: to a backend from a NAT port, and to a client from the service.
+    let to_backend = f.backend_gets(f.nat_port(0), TCP_SYN, b"");
+    let to_client = f.client_gets(TCP_ACK, RESPONSE);
+    for quoted in [to_backend, to_client] {
+        let error = packet_too_big(NODE_MAC, ROUTER6_MAC, ROUTER6_ADDRESS, VIP6, &quoted[14..]);
+        assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
+    }
+}
