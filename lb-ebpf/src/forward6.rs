@@ -10,8 +10,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, NAT6_ICMP_SLOT, NAT6_SLOT, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_source_port_bit,
+    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NAT6_ICMP_SLOT, NAT6_SLOT, NO_BACKEND,
+    NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves,
+    ipv6_halves, nat_source_port_bit,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 

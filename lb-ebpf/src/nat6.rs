@@ -460,8 +460,7 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
         let route = match route::lookup6(ctx, vip, client, IPPROTO_ICMPV6, length) {
             Ok(r) => r,
             Err(NoRoute::Neighbour) => {
-                if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port))
-                {
+                if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
                     return (XDP_PASS, Reason::PassTruncated);
                 }
                 return (XDP_PASS, Reason::PassNoNeighbour);

@@ -56,7 +56,7 @@ pub const RULES: &[(&str, &str)] = &[
     ),
     (
         "ipv6_nat_malformed",
-        "an IPv6 NAT translation sent is not one: to a backend, not from the IPv6 VIP and a port of at least 1024 to an IPv6 NAT backend's address and port; to a client, not from the IPv6 VIP and the NAT service's port; or its payload differs from what came in, or a UDP checksum is 0, or an extension header was kept",
+        "an IPv6 NAT translation sent is not one: to a backend, not from the IPv6 VIP and a port of at least 1024 to an IPv6 NAT backend's address and port; to a client, not from the IPv6 VIP and the NAT service's port; or its payload differs from what came in, or a UDP checksum is 0, or an extension header was kept; an ICMPv6 error translated for the other end of a NAT flow does not quote that end's own packet to the VIP",
     ),
     (
         "martian_source_sent",
@@ -440,8 +440,22 @@ fn check_ipv6(facts: &Facts, ip: &Ipv6Slice, dst_mac: [u8; 6], input: Option<&Ip
     if nat {
         check_ipv6_nat(facts, ip, input, found);
     }
+    // An ICMPv6 error about a NAT flow, translated for the other end: from the router that sent it.
+    let nat_error = !dsr_forward
+        && error
+        && input.is_some_and(|i| {
+            i.header().destination_addr() == facts.vip6 && i.header().source_addr() == h.source_addr()
+        });
+    if nat_error {
+        // The quoted packet: the other end's own packet to the VIP (source: the error's destination).
+        let quoted = message.get(8..48);
+        let about_own = quoted.is_some_and(|q| q[8..24] == dst.octets() && q[24..40] == vip6);
+        if !about_own {
+            found.push(finding("ipv6_nat_malformed", format!("ICMPv6 error to {dst} quotes another packet")));
+        }
+    }
     match kind {
-        _ if dsr_forward || nat => {}
+        _ if dsr_forward || nat || nat_error => {}
         Some(129) => {
             if h.source_addr() != facts.vip6 {
                 found.push(finding("ipv6_sent_malformed", format!("echo reply from {}", h.source_addr())));
@@ -714,6 +728,26 @@ mod tests {
         assert_eq!(rules(&input, XDP_TX, &wrong_port, true), ["ipv6_nat_malformed"]);
         let reflected = frame(client_mac, NODE_MAC, vip6, client, 8080, 40001, b"GET");
         assert_eq!(rules(&input, XDP_TX, &reflected, true), ["ipv6_nat_malformed"]);
+    }
+
+    #[test]
+    fn ipv6_nat_icmp_errors_must_quote_the_other_ends_packet() {
+        let (client, vip6) = (crate::node::CLIENT6, crate::node::VIP6);
+        let (backend, mac) = crate::node::BACKENDS6[0];
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+        let error = |dst_mac, src_mac, dst, quoted_src, quoted_dst| {
+            let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            let tcp = frames::tcp6(quoted_src, quoted_dst, 8081, 40000, TCP_ACK, b"");
+            m.extend(frames::ipv6(quoted_src, quoted_dst, 6, 64, &tcp));
+            let mut f = frames::eth(dst_mac, src_mac, frames::ETH_IPV6);
+            f.extend(frames::ipv6(router, dst, 58, 64, &frames::icmp6(router, dst, m)));
+            f
+        };
+        let input = error(NODE_MAC, [0x02, 0, 0, 0, 0, 0xfe], vip6, vip6, client);
+        let good = error(mac, NODE_MAC, backend, backend, vip6);
+        assert_eq!(rules(&input, XDP_TX, &good, true), Vec::<&str>::new());
+        let wrong = error(mac, NODE_MAC, backend, client, vip6);
+        assert_eq!(rules(&input, XDP_TX, &wrong, true), ["ipv6_nat_malformed"]);
     }
 
     #[test]

@@ -435,10 +435,17 @@ fn ipv6(rng: &mut Rng) -> Vec<u8> {
             (vip6, NODE_MAC, 6, s)
         }
         3 => {
-            // Packet Too Big about a backend's reply from the VIP to the client (a DSR flow's, when pinned).
+            // Packet Too Big about a packet from the VIP: a DSR flow's reply to the client (pinned or not), a NAT
+            // service's reply to the client, or a NAT flow's packet to a backend (from its first NAT port).
             let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
-            let tcp = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 80, ipv6_client_port(rng), 0x12, &[]);
-            m.extend(frames::ipv6(vip6, src, 6, 64, &tcp));
+            let cport = ipv6_client_port(rng);
+            let (protocol, port, backend_port) = *rng.pick(&crate::node::NAT6);
+            let hash = lb_common::flow_hash6(&src.octets(), cport.to_be_bytes(), port.to_be_bytes(), protocol, 0);
+            let nport = u16::from_be_bytes(lb_common::nat_port(hash, 0));
+            let (backend, _) = *rng.pick(&crate::node::BACKENDS6);
+            let (to, sport, dport) = *rng.pick(&[(src, 80, cport), (src, port, cport), (backend, nport, backend_port)]);
+            let tcp = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, sport, dport, 0x12, &[]);
+            m.extend(frames::ipv6(vip6, to, 6, 64, &tcp));
             (vip6, NODE_MAC, 58, m)
         }
         5 | 6 => {
