@@ -526,3 +526,26 @@ fn icmpv6_errors_about_no_nat_flow_are_dropped_untouched() {
         assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
     }
 }
+
+/// The table scan behind `xvip status` flows (draining) and the metrics: IPv6 NAT entries count towards the fill,
+/// only flows whose translation is their own and open count as open flows of their backend.
+#[test]
+fn a_table_scan_counts_ipv6_nat_entries_and_their_open_flows() {
+    let mut dp = dataplane_with(LoadOptions { conntrack_entries: 2048, ..LoadOptions::default() });
+    for cport in 30000..30010 {
+        run(&mut dp, &Flow::tcp(cport).client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    }
+    run(&mut dp, &Flow::tcp(30000).client_sends(TCP_RST, b""), XDP_TX, Reason::NatForwardTx);
+    let scan = dp.scan_tables().expect("scan");
+    assert_eq!((scan.conntrack_entries, scan.nat_entries), (10, 10));
+    assert_eq!(scan.flows.values().sum::<u64>(), 9, "{:?}", scan.flows);
+    assert!(
+        scan.flows
+            .keys()
+            .all(|(service, address, port)| service.service == "web" && address.is_ipv6() && *port == HTTP_BACKEND)
+    );
+    assert_eq!(dp.flows_per_backend().expect("flows"), scan.flows);
+    // An instance leaving the active role forgets them all.
+    assert_eq!(dp.forget_flows(&[VIP6.into()]).expect("forget"), (10, 10));
+    assert_eq!(dp.scan_tables().expect("scan").nat_entries, 0);
+}
