@@ -441,6 +441,12 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
     else {
         return (XDP_DROP, Reason::DropNoService);
     };
+    // The message ends where the IPv6 payload does (the frame may carry padding after it): the quoted ports must
+    // be in it, and the quoted checksum is updated only if it is.
+    let end = L4_OFF6 + usize::from(u16::from_be_bytes(ip.payload_len));
+    if end < QUOTED_L4_OFF6 + 4 || end > packet::len(ctx) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
     // SAFETY: both bounds-checked by `at`.
     let (quoted, ports) = unsafe { (&mut *quoted, &mut *ports) };
     let protocol = quoted.next_hdr;
@@ -460,14 +466,14 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
         let route = match route::lookup6(ctx, vip, client, IPPROTO_ICMPV6, length) {
             Ok(r) => r,
             Err(NoRoute::Neighbour) => {
-                if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
+                if !translate_error(ctx, end, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
                     return (XDP_PASS, Reason::PassTruncated);
                 }
                 return (XDP_PASS, Reason::PassNoNeighbour);
             }
             Err(no) => return (XDP_DROP, no.reason()),
         };
-        if !translate_error(ctx, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
+        if !translate_error(ctx, end, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
             return (XDP_PASS, Reason::PassTruncated);
         }
         set_macs(eth, route.next_hop_mac, route.egress_mac);
@@ -494,7 +500,7 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
         return (XDP_DROP, reason);
     }
     let address = ipv6_halves(&pinned.backend_address);
-    if !translate_error(ctx, ip, quoted, ports, address, (address, vip), (backend.port, pinned.nat_port)) {
+    if !translate_error(ctx, end, ip, quoted, ports, address, (address, vip), (backend.port, pinned.nat_port)) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3])
@@ -502,11 +508,13 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
 
 /// Rewrites an ICMPv6 error for the other end of its NAT flow: the outer destination becomes `outer_dst`, the
 /// quoted packet's addresses `quoted_addresses` (source, destination) and its ports `quoted_ports`; the quoted
-/// TCP/UDP checksum (when the quote holds it) and the ICMPv6 checksum are updated incrementally. `false` if a
+/// TCP/UDP checksum (when the quote, which ends at frame offset `end`, holds it) and the ICMPv6 checksum are
+/// updated incrementally. `false` if a
 /// field is outside the frame (nothing changed then).
 #[inline(always)]
 fn translate_error(
     ctx: &XdpContext,
+    end: usize,
     ip: &mut Ipv6Hdr,
     quoted: &mut Ipv6Hdr,
     ports: &mut [u8; 4],
@@ -525,7 +533,9 @@ fn translate_error(
     // The message holds the quoted header and ports; the pseudo-header the outer destination.
     let mut icmp = address_delta(inner, ipv6_halves(&ip.dst_addr), outer_dst);
     if quoted.next_hdr == PROTO_TCP {
-        if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF) {
+        if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF)
+            && QUOTED_L4_OFF6 + TCP_CHECK_OFF + 2 <= end
+        {
             // SAFETY: bounds-checked by `at`.
             unsafe {
                 let new = inner.apply(*check);
@@ -533,7 +543,9 @@ fn translate_error(
                 *check = new;
             }
         }
-    } else if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + UDP_CHECK_OFF) {
+    } else if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + UDP_CHECK_OFF)
+        && QUOTED_L4_OFF6 + UDP_CHECK_OFF + 2 <= end
+    {
         // SAFETY: bounds-checked by `at`.
         unsafe {
             let new = inner.apply_udp(*check);

@@ -549,3 +549,20 @@ fn a_table_scan_counts_ipv6_nat_entries_and_their_open_flows() {
     assert_eq!(dp.forget_flows(&[VIP6.into()]).expect("forget"), (10, 10));
     assert_eq!(dp.scan_tables().expect("scan").nat_entries, 0);
 }
+
+#[test]
+fn a_short_quote_in_a_padded_frame_keeps_the_padding_out_of_the_checksum() {
+    let mut dp = dataplane();
+    let f = Flow::tcp(40053);
+    let sent = f.client_sends(TCP_ACK | TCP_PSH, REQUEST);
+    let translated = run(&mut dp, &sent, XDP_TX, Reason::NatForwardTx);
+    // The quote ends after the ports (no checksum); the frame carries 20 bytes after the IPv6 payload, where the
+    // quoted checksum would be.
+    let mut error = packet_too_big(NODE_MAC, ROUTER6_MAC, ROUTER6_ADDRESS, VIP6, &translated[14..14 + 44]);
+    error.extend_from_slice(&[0xab; 20]);
+    let out = run(&mut dp, &error, XDP_TX, Reason::NatIcmpToClient);
+    let mut expected = packet_too_big(CLIENT_MAC, NODE_MAC, ROUTER6_ADDRESS, CLIENT6, &sent[14..14 + 44]);
+    expected.extend_from_slice(&[0xab; 20]);
+    assert_eq!(hex(&out), hex(&expected));
+    assert!(frames::icmp6_ok(&out), "ICMPv6 checksum");
+}
