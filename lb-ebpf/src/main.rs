@@ -26,6 +26,7 @@ mod ipv6;
 mod maps;
 mod nat;
 mod nat6;
+mod nat_state;
 mod packet;
 mod parse;
 mod route;
