@@ -53,7 +53,7 @@ use crate::{
     csum::Delta,
     forward::{self, set_macs},
     maps::{BACKENDS, CONNTRACK, NAT},
-    nat_state::{NatState, cached_route, embryonic, fresh_flags, reclaimable, refresh, reply_seen, udp_expired},
+    nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute},
@@ -260,18 +260,10 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -
             Some(entry) => {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, flow) && !syn {
-                    // The flow's own entry (its connection-table entry was evicted, or it moved CPU): keep its
-                    // state and route.
-                    refresh(entry, l4, now);
+                if take(entry, owns(entry, flow), syn, &value, l4, flow.protocol, now) {
                     return Some(port);
                 }
-                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
-                    // In place: cheaper than an LRU update (allocate, link, free), and just as racy with another
-                    // CPU claiming the same port at the same instant.
-                    *entry = value;
-                    return Some(port);
-                } else if syn && displace.is_none() && embryonic(entry) {
+                if syn && displace.is_none() && embryonic(entry) {
                     displace = Some(port);
                 }
             }

@@ -36,7 +36,7 @@ use crate::{
     icmp6::set_halves,
     maps::{BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6, SERVICES6},
     nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
-    nat_state::{NatState, cached_route, embryonic, fresh_flags, reclaimable, refresh, reply_seen, udp_expired},
+    nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
     packet,
     parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
     route::{self, NoRoute},
@@ -277,14 +277,10 @@ fn claim_port(
             Some(entry) => {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, flow) && !syn {
-                    refresh(entry, l4, now);
+                if take(entry, owns(entry, flow), syn, &value, l4, flow.protocol, now) {
                     return Some(port);
                 }
-                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
-                    *entry = value;
-                    return Some(port);
-                } else if syn && displace.is_none() && embryonic(entry) {
+                if syn && displace.is_none() && embryonic(entry) {
                     displace = Some(port);
                 }
             }

@@ -124,6 +124,33 @@ pub fn fresh_flags(l4: &L4) -> u8 {
     flags
 }
 
+/// Whether a flow may have the port of a candidate's existing reverse entry `entry` (`owned`: the entry is the
+/// flow's), and if so makes the entry the flow's: its own entry, on a packet other than a SYN (its connection-table
+/// entry was evicted, or it moved CPU), is refreshed, keeping its state and route; its own on a SYN (a new
+/// connection), or a reclaimable one, is overwritten with `fresh` in place (cheaper than an LRU update: allocate,
+/// link, free; and just as racy with another CPU claiming the same port at the same instant).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn take<E: NatState + Copy>(
+    entry: &mut E,
+    owned: bool,
+    syn: bool,
+    fresh: &E,
+    l4: &L4,
+    protocol: u8,
+    now: u64,
+) -> bool {
+    if owned && !syn {
+        refresh(entry, l4, now);
+        return true;
+    }
+    if owned || reclaimable(entry, protocol, now) {
+        *entry = *fresh;
+        return true;
+    }
+    false
+}
+
 /// Whether a SYN that finds every candidate port held may displace this entry: it is embryonic.
 #[inline(always)]
 pub fn embryonic<E: NatState>(entry: &E) -> bool {
@@ -144,7 +171,7 @@ fn idle_for<E: NatState>(entry: &E, now: u64) -> u64 {
 
 /// Whether another flow may take this entry's port (see the module docs of `nat.rs`).
 #[inline(always)]
-pub fn reclaimable<E: NatState>(entry: &E, protocol: u8, now: u64) -> bool {
+fn reclaimable<E: NatState>(entry: &E, protocol: u8, now: u64) -> bool {
     let idle = idle_for(entry, now);
     if protocol == PROTO_UDP {
         return idle > udp_timeout_ns();
