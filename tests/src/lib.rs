@@ -8,7 +8,8 @@
 //! - [`probe`] measures from the client: outages ([`probe::Probe`]), load distribution
 //!   ([`probe::request_many`]) and long-lived connections ([`probe::StreamWatch`]).
 //! - [`udp::UdpEcho`]: a UDP echo server in a host's namespace, for UDP services.
-//! - [`reach`]: ping, an ARP prober reporting every responder, the neighbour table.
+//! - [`reach`]: ping, an ARP prober and an IPv6 Neighbor Solicitation prober reporting every responder, the
+//!   neighbour table.
 //! - [`keepalived`]: keepalived as a VRRPv3 peer.
 //!
 //! Everything needs root. Namespaces are named `xvl-<pid>-<counter>-<host>`, so parallel runs never collide, and

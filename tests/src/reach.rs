@@ -1,10 +1,11 @@
-//! Who answers: ping, an ARP prober that reports every responder, and the neighbour table.
+//! Who answers: ping, an ARP prober and an IPv6 Neighbor Solicitation prober that report every responder, and the
+//! neighbour table.
 //!
 //! The ARP prober uses its own AF_PACKET socket instead of `arping`: it waits the whole window and reports every
 //! MAC that answered, so two nodes claiming the VIP at once (a split brain) show up as two answers rather than
 //! whichever came first.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::cmd;
+use crate::frames;
 use crate::netns;
 use crate::topology::MacAddr;
 
@@ -51,6 +53,7 @@ pub fn flush_neighbours(ns: &str, iface: &str) -> Result<()> {
 
 const ETH_P_ARP: u16 = 0x0806;
 const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
 
@@ -84,6 +87,45 @@ pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> R
             let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
             let Some(len) = socket.recv(&mut buf, wait)? else { continue };
             if let Some(sender) = parse_reply(&buf[..len], target)
+                && !answers.contains(&sender)
+            {
+                answers.push(sender);
+            }
+        }
+        Ok(answers)
+    })
+}
+
+/// Sends a Neighbor Solicitation for `target` out of `iface` in namespace `ns` (from `source`, an address of that
+/// interface, to `target`'s solicited-node group, with the interface's MAC as source link-layer address) and
+/// returns every distinct MAC that advertised `target` within `window`, in order of arrival: the IPv6 counterpart
+/// of [`arp_probe`]. A second solicitation goes out halfway through the window.
+///
+/// # Errors
+/// When the namespace or the interface cannot be used.
+pub fn ns_probe(ns: &str, iface: &str, source: Ipv6Addr, target: Ipv6Addr, window: Duration) -> Result<Vec<MacAddr>> {
+    let iface = iface.to_owned();
+    netns::in_netns(ns, move || {
+        let socket = PacketSocket::open_ipv6(&iface)?;
+        let request = neighbor_solicitation(socket.mac, source, target);
+        let start = Instant::now();
+        socket.send(&request)?;
+        let mut resent = false;
+        let mut answers: Vec<MacAddr> = Vec::new();
+        let mut buf = [0u8; 1600];
+        loop {
+            let now = start.elapsed();
+            if now >= window {
+                break;
+            }
+            if !resent && now >= window / 2 {
+                socket.send(&request)?;
+                resent = true;
+            }
+            let next_event = if resent { window } else { window / 2 };
+            let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
+            let Some(len) = socket.recv(&mut buf, wait)? else { continue };
+            if let Some(sender) = parse_advertisement(&buf[..len], target)
                 && !answers.contains(&sender)
             {
                 answers.push(sender);
@@ -228,7 +270,35 @@ fn parse_reply(frame: &[u8], target: Ipv4Addr) -> Option<MacAddr> {
     Some(MacAddr(mac))
 }
 
-/// An AF_PACKET socket bound to one interface for ARP frames, with that interface's MAC and first IPv4 address.
+/// An Ethernet frame with a Neighbor Solicitation for `target` from `mac`/`source` to `target`'s solicited-node
+/// group (hop limit 255, source link-layer address option).
+fn neighbor_solicitation(mac: MacAddr, source: Ipv6Addr, target: Ipv6Addr) -> Vec<u8> {
+    let (group, group_mac) = frames::solicited_node(target);
+    let message = frames::icmp6(source, group, frames::neighbor_solicitation(target, Some(mac.0)));
+    let mut frame = frames::eth(group_mac, mac.0, ETH_P_IPV6);
+    frame.extend_from_slice(&frames::ipv6(source, group, 58, 255, &message));
+    frame
+}
+
+/// The MAC a Neighbor Advertisement for `target` announces (its target link-layer address option, else its
+/// Ethernet source), if `frame` is one: Ethernet + IPv6 without extension headers + ICMPv6 type 136.
+fn parse_advertisement(frame: &[u8], target: Ipv6Addr) -> Option<MacAddr> {
+    if frame.len() < 78 || frame[12..14] != ETH_P_IPV6.to_be_bytes() || frame[20] != 58 || frame[54] != 136 {
+        return None;
+    }
+    if frame[62..78] != target.octets() {
+        return None;
+    }
+    let mut mac = [0u8; 6];
+    match frame.get(78..86) {
+        Some(option) if option[0] == 2 && option[1] == 1 => mac.copy_from_slice(&option[2..8]),
+        _ => mac.copy_from_slice(&frame[6..12]),
+    }
+    Some(MacAddr(mac))
+}
+
+/// An AF_PACKET socket bound to one interface for ARP frames (or IPv6 ones, [`PacketSocket::open_ipv6`]), with
+/// that interface's MAC and first IPv4 address.
 struct PacketSocket {
     fd: std::os::fd::OwnedFd,
     mac: MacAddr,
@@ -237,6 +307,14 @@ struct PacketSocket {
 
 impl PacketSocket {
     fn open(iface: &str) -> Result<Self> {
+        Self::open_for(iface, ETH_P_ARP)
+    }
+
+    fn open_ipv6(iface: &str) -> Result<Self> {
+        Self::open_for(iface, ETH_P_IPV6)
+    }
+
+    fn open_for(iface: &str, ether_type: u16) -> Result<Self> {
         use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
         let name = std::ffi::CString::new(iface).context("interface name")?;
         // SAFETY: a NUL-terminated string.
@@ -245,7 +323,7 @@ impl PacketSocket {
             return Err(std::io::Error::last_os_error()).with_context(|| format!("no interface {iface}"));
         }
         let (mac, ip) = interface_addresses(iface)?;
-        let protocol = ETH_P_ARP.to_be();
+        let protocol = ether_type.to_be();
         // SAFETY: plain syscall.
         let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(protocol)) };
         if raw < 0 {
@@ -277,7 +355,7 @@ impl PacketSocket {
         // SAFETY: the buffer is valid for its length.
         let n = unsafe { libc::send(self.fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0) };
         if n < 0 {
-            return Err(std::io::Error::last_os_error()).context("sending the ARP request");
+            return Err(std::io::Error::last_os_error()).context("sending on the packet socket");
         }
         Ok(())
     }
@@ -365,5 +443,27 @@ mod tests {
         assert_eq!(parse_reply(&reply, Ipv4Addr::new(10, 77, 1, 251)), None);
         let request = arp_request(responder, Ipv4Addr::new(10, 77, 1, 10), target);
         assert_eq!(parse_reply(&request, target), None, "a request is not an answer");
+    }
+
+    #[test]
+    fn advertisement_is_recognised_only_for_the_target() {
+        let target = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x250);
+        let client = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x10);
+        let responder = MacAddr([2, 0x77, 1, 0, 0, 1]);
+        let advertise = |target: Ipv6Addr, tlla: [u8; 6]| {
+            let message = frames::icmp6(target, client, frames::neighbor_advertisement(target, 0x60, tlla));
+            let mut frame = frames::eth([2, 0x77, 1, 0, 0, 0x10], [2, 0, 0, 0, 0, 0x99], ETH_P_IPV6);
+            frame.extend_from_slice(&frames::ipv6(target, client, 58, 255, &message));
+            frame
+        };
+        assert_eq!(parse_advertisement(&advertise(target, responder.0), target), Some(responder), "from the option");
+        let other = Ipv6Addr::new(0xfd00, 0x77, 0, 0, 0, 0, 0, 0x251);
+        assert_eq!(parse_advertisement(&advertise(other, responder.0), target), None);
+        let solicitation = neighbor_solicitation(responder, client, target);
+        assert_eq!(parse_advertisement(&solicitation, target), None, "a solicitation is not an answer");
+        // The solicitation itself: to the solicited-node group's MAC, hop limit 255, a valid checksum.
+        assert_eq!(solicitation[..6], [0x33, 0x33, 0xff, 0, 0x02, 0x50]);
+        assert_eq!(solicitation[21], 255);
+        assert!(frames::icmp6_ok(&solicitation));
     }
 }

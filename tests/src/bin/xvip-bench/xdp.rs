@@ -252,6 +252,66 @@ fn paths() -> Vec<PathSpec> {
     ]
 }
 
+/// The IPv6 counterparts of the DSR and no-service rows, each with its IPv4 row's target (after the IPv4 rows).
+fn ipv6_paths() -> Vec<PathSpec> {
+    vec![
+        PathSpec {
+            name: "IPv6 DSR, new flow (SYN: Maglev pick + conntrack update of one flow)",
+            frames: Frames::Same(|| client_tcp6(40000, 80, TCP_SYN, b"")),
+            prepare: dsr_web6,
+            action: XDP_TX,
+            reason: Reason::ForwardTx,
+            target: f64::NAN,
+        },
+        PathSpec {
+            name: "IPv6 DSR, pinned flow (ACK: conntrack hit)",
+            frames: Frames::Same(|| client_tcp6(40001, 80, TCP_ACK | TCP_PSH, PAYLOAD)),
+            prepare: |dp| {
+                dsr_web6(dp)?;
+                open_flow(dp, &client_tcp6(40001, 80, TCP_SYN, b""))
+            },
+            action: XDP_TX,
+            reason: Reason::ForwardTx,
+            target: TARGET_NS,
+        },
+        PathSpec {
+            name: "IPv6 TCP to the VIP, port without a service -> dropped (one SERVICES6 miss)",
+            frames: Frames::Same(|| client_tcp6(40004, 9999, TCP_ACK | TCP_PSH, PAYLOAD)),
+            prepare: dsr_web6,
+            action: XDP_DROP,
+            reason: Reason::DropNoService,
+            target: TARGET_NS,
+        },
+    ]
+}
+
+/// The IPv6 client of the IPv6 rows.
+const CLIENT6: std::net::Ipv6Addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x10);
+
+/// A TCP segment from [`CLIENT6`] to [`VIP6`].
+fn client_tcp6(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV6);
+    f.extend(frames::ipv6(CLIENT6, VIP6, 6, 64, &frames::tcp6(CLIENT6, VIP6, sport, dport, flags, payload)));
+    f
+}
+
+/// [`VIP6`] (its router active) with a DSR service on port 80 over three IPv6 backends.
+fn dsr_web6(dp: &mut DataPlane) -> Result<()> {
+    ipv6_vip(dp)?;
+    let backends = (0x21..=0x23u16)
+        .map(|n| BackendSpec {
+            address: std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, n).into(),
+            port: 80,
+            weight: 1,
+            healthy: true,
+            mac: Some([0x02, 0, 0, 0, 0, n as u8 + 0x10]),
+            ifindex: 0,
+        })
+        .collect();
+    let spec = ServiceSpec { addresses: vec![VIP6.into()], backends, ..service(80, 80) };
+    Ok(dp.apply_service("web6", &spec)?)
+}
+
 fn client_tcp(sport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
     client_tcp_to(sport, 80, flags, payload)
 }
@@ -426,6 +486,7 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
 
     let mut prepared: Vec<Prepared> = paths()
         .into_iter()
+        .chain(ipv6_paths())
         .filter(|spec| spec.name.contains(&options.paths))
         .map(|spec| prepare(&mut dp, spec, options))
         .collect();
@@ -588,6 +649,9 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
          find all of its port candidates towards its backend taken.\n\
          - NAT paths rewrite addresses and ports, so a repeated run would see a different packet: they only have \
          a cold figure, and are judged on it.\n\
+         - The IPv6 rows (the last ones) send TCP from an IPv6 client to an IPv6 VIP of the same instance, whose \
+         DSR service on port 80 balances over three IPv6 backends: the IPv4 rows' paths over IPv6, each with its \
+         IPv4 row's target.\n\
          - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n\n\
          **The `xvip trace` hook** (warm, ns/packet; in brackets the difference to the same path with the hook \
          pruned, the median of the rounds' differences):\n\n{}\n\
