@@ -502,12 +502,9 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let object: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            let mut other = DataPlane::load(LoadOptions {
-                service_capacity: 4,
-                object: Some(object),
-                ..LoadOptions::default()
-            })
-            .with_context(|| format!("loading {}", path.display()))?;
+            let mut other =
+                DataPlane::load(LoadOptions { service_capacity: 4, object: Some(object), ..LoadOptions::default() })
+                    .with_context(|| format!("loading {}", path.display()))?;
             other.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
             other.set_active(true)?;
             let theirs: Vec<Prepared> = prepared.iter().map(|p| prepare(&mut other, p.spec, options)).collect();
@@ -808,7 +805,8 @@ fn measure_path(dp: &mut DataPlane, p: &mut Prepared, round: usize, options: &Op
 /// `--compare`: per path, the earlier object's figures, this build's, and the median of the rounds' differences
 /// (this build minus the earlier one; both measured in the same rounds, alternately).
 fn comparison(path: &std::path::Path, ours: &[Prepared], theirs: &[Prepared]) -> String {
-    let mut table = Table::new(&["path", "warm: compared -> this build (difference)", "cold: compared -> this build (difference)"]);
+    let mut table =
+        Table::new(&["path", "warm: compared -> this build (difference)", "cold: compared -> this build (difference)"]);
     let cell = |a: &[f64], b: &[f64]| {
         if a.is_empty() || b.is_empty() {
             return "n/a".to_string();
