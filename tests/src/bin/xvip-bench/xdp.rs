@@ -12,6 +12,11 @@
 //!
 //! Adding a path (the NAT ones, for instance) is one entry in [`paths`].
 //!
+//! `--compare OBJ` loads a second eBPF object (a copy of an earlier `cargo xtask build-ebpf` output) next to this
+//! build's, prepares every path on both, measures them alternately within each round (which goes first alternates
+//! too) and prints per path both medians and the median of the rounds' differences: a before/after in one run, on
+//! the same machine state. BENCHMARKS.md is then left alone.
+//!
 //! A second table isolates what `xvip trace`'s hook costs ([`trace_cost`]): a few of the paths on a second copy
 //! of the program whose hook the verifier pruned at load, next to the program as it runs (hook in place, switch
 //! off), then with tracing on for frames that do not match and for frames over the rate limit.
