@@ -41,6 +41,11 @@ pub const NO_BACKEND: u32 = u32::MAX;
 pub mod names {
     pub const PROGRAM: &str = "xvip_xdp";
     pub const PASS_PROGRAM: &str = "xvip_pass";
+    /// IPv6 NAT's client path and ICMPv6 errors about NAT flows, tail-called by `xvip_xdp` through
+    /// `NAT6_PROGRAMS` (slots `NAT6_SLOT` and `NAT6_ICMP_SLOT`).
+    pub const NAT6_PROGRAM: &str = "xvip_nat6";
+    pub const NAT6_ICMP_PROGRAM: &str = "xvip_nat6_icmp";
+    pub const NAT6_PROGRAMS: &str = "NAT6_PROGRAMS";
     /// The TC egress program (tcx) of every interface the XDP program serves: replies of NAT backends on the node.
     pub const EGRESS_PROGRAM: &str = "xvip_egress";
     pub const CONFIG: &str = "CONFIG";
@@ -62,6 +67,9 @@ pub mod names {
     pub const NAT: &str = "NAT";
     pub const NAT_BACKENDS: &str = "NAT_BACKENDS";
     pub const NAT_SOURCE_PORTS: &str = "NAT_SOURCE_PORTS";
+    /// IPv6 NAT: the reverse translations (`NatKey6` -> `NatValue6`) and the backend endpoints (`Endpoint6`).
+    pub const NAT6: &str = "NAT6";
+    pub const NAT_BACKENDS6: &str = "NAT_BACKENDS6";
     /// Globals (`.rodata`) the loader overrides: idle times after which a NAT entry may be reused, in ns.
     pub const NAT_UDP_TIMEOUT_NS: &str = "NAT_UDP_TIMEOUT_NS";
     pub const NAT_CLOSED_GRACE_NS: &str = "NAT_CLOSED_GRACE_NS";
@@ -496,6 +504,29 @@ impl FlowKey6 {
     ) -> Self {
         FlowKey6 { client, vip, client_port, service_port, protocol, _pad: 0, _pad2: 0 }
     }
+
+    /// [`FlowKey6::new`] from addresses as [`ipv6_halves`], built from five whole words: the XDP program then
+    /// stores words, not sixteen bytes per address (which spill registers until the stack overflows).
+    #[inline(always)]
+    pub fn from_halves(
+        client: (u64, u64),
+        vip: (u64, u64),
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        protocol: u8,
+    ) -> Self {
+        let ([c0, c1], [s0, s1]) = (client_port, service_port);
+        let words: [u64; 5] = [
+            client.0.to_be(),
+            client.1.to_be(),
+            vip.0.to_be(),
+            vip.1.to_be(),
+            u64::from_ne_bytes([c0, c1, s0, s1, protocol, 0, 0, 0]),
+        ];
+        // SAFETY: `FlowKey6` is `repr(C)`, 40 bytes of integers and byte arrays (every bit pattern valid); the
+        // words hold the fields at their offsets, padding zero.
+        unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
+    }
 }
 
 /// Value of the IPv6 connection table: the `BACKENDS` slot a flow is pinned to and the backend (IPv6 address,
@@ -506,16 +537,29 @@ impl FlowKey6 {
 pub struct FlowValue6 {
     pub backend: u32,
     pub backend_port: [u8; 2],
-    pub _pad: [u8; 2],
+    /// NAT services: the flow's source port towards its backend (as [`FlowValue::nat_port`]); 0 for DSR flows.
+    pub nat_port: [u8; 2],
     pub backend_address: [u8; 16],
 }
 const _: () = assert!(core::mem::size_of::<FlowValue6>() == 24);
 
 impl FlowValue6 {
-    /// A flow pinned to slot `backend`, which holds `holder` at `address`; padding zeroed.
+    /// A DSR flow pinned to slot `backend`, which holds `holder` at `address`.
     #[inline(always)]
     pub const fn new(backend: u32, holder: &Backend, address: [u8; 16]) -> Self {
-        FlowValue6 { backend, backend_port: holder.port, _pad: [0; 2], backend_address: address }
+        FlowValue6 { backend, backend_port: holder.port, nat_port: [0; 2], backend_address: address }
+    }
+
+    /// A NAT flow pinned to slot `backend` (holding `holder` at `address`, as [`ipv6_halves`]) that reaches it
+    /// from `nat_port`; built from whole words (see [`FlowKey6::from_halves`]).
+    #[inline(always)]
+    pub fn nat(backend: u32, holder: &Backend, address: (u64, u64), nat_port: [u8; 2]) -> Self {
+        let [b0, b1, b2, b3] = backend.to_ne_bytes();
+        let ([p0, p1], [n0, n1]) = (holder.port, nat_port);
+        let words: [u64; 3] =
+            [u64::from_ne_bytes([b0, b1, b2, b3, p0, p1, n0, n1]), address.0.to_be(), address.1.to_be()];
+        // SAFETY: `FlowValue6` is `repr(C)`, 24 bytes of integers and byte arrays; the words hold its fields.
+        unsafe { core::mem::transmute::<[u64; 3], FlowValue6>(words) }
     }
 
     /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot (`b`, whose
@@ -564,6 +608,123 @@ pub const fn nat_source_port_bit(protocol: u8, port: u16) -> Option<(u32, u32)> 
     };
     Some((slot / 64, slot % 64))
 }
+/// The slots of `NAT6_PROGRAMS` (see `names::NAT6_PROGRAM`, `names::NAT6_ICMP_PROGRAM`).
+pub const NAT6_SLOT: u32 = 0;
+pub const NAT6_ICMP_SLOT: u32 = 1;
+
+/// Key of `NAT_BACKENDS6`: an IPv6 backend endpoint of some NAT service (as [`Endpoint`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Endpoint6 {
+    pub address: [u8; 16],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Endpoint6>() == 20);
+
+impl Endpoint6 {
+    #[inline(always)]
+    pub const fn new(address: [u8; 16], port: [u8; 2], protocol: u8) -> Self {
+        Endpoint6 { address, port, protocol, _pad: 0 }
+    }
+}
+
+/// Key of the `NAT6` map (reverse translation of IPv6 NAT flows): what a backend's reply carries, as [`NatKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NatKey6 {
+    pub backend: [u8; 16],
+    pub vip: [u8; 16],
+    pub backend_port: [u8; 2],
+    pub nat_port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+    pub _pad2: u16,
+}
+const _: () = assert!(core::mem::size_of::<NatKey6>() == 40);
+
+impl NatKey6 {
+    /// The key of a translation, padding zeroed. Build keys only with this.
+    #[inline(always)]
+    pub const fn new(backend: [u8; 16], vip: [u8; 16], backend_port: [u8; 2], nat_port: [u8; 2], protocol: u8) -> Self {
+        NatKey6 { backend, vip, backend_port, nat_port, protocol, _pad: 0, _pad2: 0 }
+    }
+
+    /// [`NatKey6::new`] from addresses as [`ipv6_halves`], built from whole words (see [`FlowKey6::from_halves`]).
+    #[inline(always)]
+    pub fn from_halves(
+        backend: (u64, u64),
+        vip: (u64, u64),
+        backend_port: [u8; 2],
+        nat_port: [u8; 2],
+        protocol: u8,
+    ) -> Self {
+        let ([b0, b1], [n0, n1]) = (backend_port, nat_port);
+        let words: [u64; 5] = [
+            backend.0.to_be(),
+            backend.1.to_be(),
+            vip.0.to_be(),
+            vip.1.to_be(),
+            u64::from_ne_bytes([b0, b1, n0, n1, protocol, 0, 0, 0]),
+        ];
+        // SAFETY: `NatKey6` is `repr(C)`, 40 bytes of integers and byte arrays; the words hold its fields.
+        unsafe { core::mem::transmute::<[u64; 5], NatKey6>(words) }
+    }
+}
+
+/// Value of the `NAT6` map: the IPv6 client flow, TCP state and reply route of a translation (as [`NatValue`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NatValue6 {
+    pub client: [u8; 16],
+    pub client_port: [u8; 2],
+    pub service_port: [u8; 2],
+    pub next_hop_mac: [u8; 6],
+    pub egress_mac: [u8; 6],
+    /// `NAT_FIN_CLIENT | NAT_FIN_BACKEND | NAT_RST | NAT_ESTABLISHED`.
+    pub flags: u8,
+    pub _pad: [u8; 3],
+    pub egress_ifindex: u32,
+    pub last_seen_ns: u64,
+    pub route_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<NatValue6>() == 56);
+const _: () = assert!(core::mem::offset_of!(NatValue6, flags) == 32);
+const _: () = assert!(core::mem::offset_of!(NatValue6, last_seen_ns) == 40);
+
+impl NatValue6 {
+    /// A fresh translation (no route yet) for `client` (as [`ipv6_halves`]), built from whole words (see
+    /// [`NatValue::new`]).
+    #[inline(always)]
+    pub const fn new(
+        client: (u64, u64),
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        flags: u8,
+        last_seen_ns: u64,
+    ) -> Self {
+        let [p0, p1] = client_port;
+        let [s0, s1] = service_port;
+        let words: [u64; 7] = [
+            client.0.to_be(),
+            client.1.to_be(),
+            // client_port, service_port, next_hop_mac[..4]
+            u64::from_ne_bytes([p0, p1, s0, s1, 0, 0, 0, 0]),
+            // next_hop_mac[4..], egress_mac
+            0,
+            // flags, _pad, egress_ifindex
+            u64::from_ne_bytes([flags, 0, 0, 0, 0, 0, 0, 0]),
+            last_seen_ns,
+            // route_ns
+            0,
+        ];
+        // SAFETY: `NatValue6` is `repr(C)`, 56 bytes with alignment 8 (asserted above), integers and byte arrays
+        // only, so every bit pattern is a valid value; each word above holds the fields at its offsets.
+        unsafe { core::mem::transmute::<[u64; 7], NatValue6>(words) }
+    }
+}
+
 /// Key of the `NAT` map (reverse translation): what a backend's reply carries, (backend, backend port) as source
 /// and (VIP, NAT port) as destination.
 ///
@@ -824,8 +985,8 @@ pub enum Reason {
     /// multicast or the node's own MAC, or arrives on another interface than the VIP's. Dropped (the kernel does not
     /// own the VIP).
     DropNd = 39,
-    /// TCP or UDP to an IPv6 VIP's port whose service is NAT: NAT to IPv6 backends is not done (the agent installs
-    /// IPv6 services only for DSR), so it is dropped and counted.
+    /// TCP or UDP to an IPv6 VIP's port whose service has a forwarding the IPv6 path does not know (the agent
+    /// installs only DSR and NAT services, so this stays 0), or (IPv6 NAT) the tail call to `xvip_nat6` failed.
     DropIpv6Transport = 40,
 }
 
@@ -1322,6 +1483,9 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::NatKey {}
     unsafe impl aya::Pod for super::NatValue {}
+    unsafe impl aya::Pod for super::Endpoint6 {}
+    unsafe impl aya::Pod for super::NatKey6 {}
+    unsafe impl aya::Pod for super::NatValue6 {}
     unsafe impl aya::Pod for super::Traffic {}
     unsafe impl aya::Pod for super::TraceConfig {}
     unsafe impl aya::Pod for super::TraceState {}
@@ -1588,6 +1752,50 @@ mod tests {
         assert_eq!((built._pad, built._pad2), ([0; 3], 0));
         let ones = NatValue::new([0xff; 4], [0xff; 2], [0xff; 2], 0xff, u64::MAX);
         assert_eq!((ones.next_hop_mac, ones.egress_mac, ones.egress_ifindex, ones.route_ns), ([0; 6], [0; 6], 0, 0));
+    }
+
+    #[test]
+    fn ipv6_keys_from_halves_equal_the_field_by_field_ones() {
+        let a: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let b: [u8; 16] = core::array::from_fn(|i| 0xf0 - i as u8);
+        assert_eq!(
+            FlowKey6::from_halves(ipv6_halves(&a), ipv6_halves(&b), [1, 2], [3, 4], PROTO_TCP),
+            FlowKey6::new(a, b, [1, 2], [3, 4], PROTO_TCP)
+        );
+        assert_eq!(
+            NatKey6::from_halves(ipv6_halves(&a), ipv6_halves(&b), [1, 2], [3, 4], PROTO_UDP),
+            NatKey6::new(a, b, [1, 2], [3, 4], PROTO_UDP)
+        );
+        let holder = Backend { port: [0x1f, 0x90], ..Backend::default() };
+        let value = FlowValue6::nat(0x0102_0304, &holder, ipv6_halves(&a), [0xc3, 0x50]);
+        assert_eq!(
+            value,
+            FlowValue6 { backend: 0x0102_0304, backend_port: [0x1f, 0x90], nat_port: [0xc3, 0x50], backend_address: a }
+        );
+    }
+
+    #[test]
+    fn nat_value6_new_puts_each_field_in_its_place() {
+        let client: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let built = NatValue6::new(
+            ipv6_halves(&client),
+            [0xc0, 0x01],
+            [0x01, 0xbb],
+            NAT_FIN_CLIENT | NAT_RST,
+            0x0102_0304_0506_0708,
+        );
+        let expected = NatValue6 {
+            client,
+            client_port: [0xc0, 0x01],
+            service_port: [0x01, 0xbb],
+            flags: NAT_FIN_CLIENT | NAT_RST,
+            last_seen_ns: 0x0102_0304_0506_0708,
+            ..NatValue6::default()
+        };
+        assert_eq!(built, expected);
+        let ones = NatValue6::new((u64::MAX, u64::MAX), [0xff; 2], [0xff; 2], 0xff, u64::MAX);
+        assert_eq!((ones.next_hop_mac, ones.egress_mac, ones.egress_ifindex, ones.route_ns), ([0; 6], [0; 6], 0, 0));
+        assert_eq!(ones._pad, [0; 3]);
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! IPv6 services: TCP and UDP to an IPv6 VIP's port, sent to an IPv6 backend by DSR (only the MACs change; the
-//! backend holds the VIP and answers the client directly). The Maglev tables are the IPv4 ones (an IPv6 service
+//! backend holds the VIP and answers the client directly) or through the NAT (`nat6`, which also takes the NAT
+//! backends' replies). The Maglev tables are the IPv4 ones (an IPv6 service
 //! is one more service index, its backends more `BACKENDS` slots, their addresses in `BACKEND_ADDRESSES6`); flows
 //! are pinned in `CONNTRACK6`. The sending helpers are `forward`'s. An ICMPv6 error about a packet a backend sent
 //! from the VIP (a Packet Too Big on the way to the client) goes to that backend, unchanged but for the MACs, so path
@@ -9,15 +10,18 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FORWARD_DSR, FlowKey6, FlowValue6, NO_BACKEND, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6,
-    ServiceValue, VipValue, flow_hash6, ipv6_from_halves, ipv6_halves,
+    Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NAT6_ICMP_SLOT, NAT6_SLOT, NO_BACKEND,
+    NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves,
+    ipv6_halves, nat_source_port_bit,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     forward,
-    maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, SERVICES6},
-    packet,
+    maps::{
+        BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, Clock, NAT_BACKENDS6, NAT_SOURCE_PORTS, NAT6_PROGRAMS, SERVICES6,
+    },
+    nat6, packet,
     parse::{self, IP6_LEN, L4, L4_OFF6},
 };
 
@@ -33,10 +37,11 @@ const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
 pub fn transport(
     ctx: &XdpContext,
     eth: *mut EthHdr,
-    ip: &Ipv6Hdr,
+    ip: &mut Ipv6Hdr,
     config: &NodeConfig,
     vip: &VipValue,
     payload: usize,
+    clock: &Clock,
 ) -> (u32, Reason) {
     let l4 = match parse::l4_at(ctx, ip.next_hdr, L4_OFF6, payload) {
         Ok(l4) => l4,
@@ -53,17 +58,41 @@ pub fn transport(
             return (XDP_DROP, Reason::DropMalformedL4);
         }
     }
+    // A NAT backend's reply, recognised by its source before the service lookup (as for IPv4, `main.rs`): the
+    // port bit first, then its reverse entry; a backend's packet without one is not a client's.
+    if let Some((word, bit)) = nat_source_port_bit(l4.protocol, u16::from_be_bytes(l4.sport))
+        && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
+    {
+        if let Some(entry) = nat6::reverse_entry(ip, &l4) {
+            return nat6::reply(ctx, eth, ip, &l4, entry, clock.now());
+        }
+        let from = Endpoint6::new(ipv6_from_halves(ipv6_halves(&ip.src_addr)), l4.sport, l4.protocol);
+        // SAFETY: only tested for presence.
+        if unsafe { NAT_BACKENDS6.get(&from) }.is_some() {
+            return (XDP_DROP, Reason::DropNatNoEntry);
+        }
+    }
     // Addresses are copied through registers (an array copy out of the frame may become a `memmove` call).
     let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
     // SAFETY: copied out at once.
     let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
         return (XDP_DROP, Reason::DropNoService);
     };
+    if svc.forwarding == FORWARD_NAT {
+        return nat6_program(ctx);
+    }
     if svc.forwarding != FORWARD_DSR {
-        // NAT to IPv6 backends is not done (the agent refuses such services).
         return (XDP_DROP, Reason::DropIpv6Transport);
     }
     dsr(ctx, eth, ip, config, vip, &svc, &l4)
+}
+
+/// Hands the frame to `xvip_nat6` (`nat6::forward`), which counts it; returns only if the tail call failed.
+#[inline(always)]
+fn nat6_program(ctx: &XdpContext) -> (u32, Reason) {
+    // SAFETY: the map holds XDP programs only, written by the agent at load.
+    unsafe { NAT6_PROGRAMS.tail_call(ctx, NAT6_SLOT) };
+    (XDP_DROP, Reason::DropIpv6Transport)
 }
 
 /// A packet for an IPv6 DSR service: to its pinned backend, or a fresh Maglev pick (as `forward::dsr`).
@@ -146,8 +175,13 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
     let (service_port, client_port) = ([ports[0], ports[1]], [ports[2], ports[3]]);
     let vip_address = ipv6_from_halves(vip_address);
     // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied() else {
-        return (XDP_DROP, Reason::DropNoService);
+    let svc = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied();
+    // About a NAT service's reply to a client, or (no service on the quoted source port: a NAT port) perhaps about
+    // a NAT flow's packet to its backend: for `xvip_nat6_icmp`, which translates it or drops it.
+    let Some(svc) = svc.filter(|s| s.forwarding != FORWARD_NAT) else {
+        // SAFETY: the map holds XDP programs only, written by the agent at load.
+        unsafe { NAT6_PROGRAMS.tail_call(ctx, NAT6_ICMP_SLOT) };
+        return (XDP_DROP, Reason::DropIpv6Transport);
     };
     let client = ipv6_from_halves(ipv6_halves(&quoted.dst_addr));
     let flow = FlowKey6::new(client, vip_address, client_port, service_port, protocol);

@@ -373,7 +373,7 @@ fn pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16], len: usize) -> u64 {
 
 /// Writes an address from its [`ipv6_halves`], as two 8-byte stores.
 #[inline(always)]
-fn set_halves(address: &mut [u8; 16], (high, low): (u64, u64)) {
+pub fn set_halves(address: &mut [u8; 16], (high, low): (u64, u64)) {
     let p = address.as_mut_ptr() as *mut u64;
     // SAFETY: both stores lie inside the 16 bytes of `address`.
     unsafe {

@@ -1,6 +1,6 @@
 //! IPv6 frames: Neighbor Solicitations for a VIP (to its solicited-node group, or to the VIP itself) and echo
 //! requests to a VIP are answered while the VIP's router may answer (`icmp6`); TCP and UDP to a VIP's service go
-//! to an IPv6 backend (`forward6`, DSR); anything else to an IPv6 VIP is dropped and counted. IPv6 not addressed
+//! to an IPv6 backend (`forward6`: DSR, or NAT in `nat6`); anything else to an IPv6 VIP is dropped and counted. IPv6 not addressed
 //! to a VIP goes to the kernel.
 //!
 //! What is handled for a VIP: the fixed 40-byte header directly followed by ICMPv6, TCP or UDP. A packet to a VIP
@@ -89,7 +89,7 @@ fn to_vip(
     }
     match ip.next_hdr {
         IPPROTO_ICMPV6 => icmp6::to_vip(ctx, eth, ip, config, vip, payload),
-        PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, payload),
+        PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, payload, clock),
         NEXT_FRAGMENT => (XDP_DROP, Reason::DropFragment),
         NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_AH | NEXT_DEST_OPTIONS | NEXT_MOBILITY | NEXT_HIP | NEXT_SHIM6
         | NEXT_EXPERIMENT_1 | NEXT_EXPERIMENT_2 => (XDP_DROP, Reason::DropIpOptions),

@@ -3,7 +3,7 @@
 //!
 //! Modules by concern, none calling back into this root: `vip` (which VIP a frame is for), `service` (which service
 //! a VIP's port is), `parse` (header layout, L4 fields), `forward` (Maglev, backends, MAC rewrite, TX/redirect, the
-//! DSR path), `forward6` (IPv6 services, DSR to IPv6 backends), `nat` (NAT both ways and its flow state), `icmp` (echo and ICMP errors through the NAT), `ipv6` and
+//! DSR path), `forward6` (IPv6 services, DSR to IPv6 backends), `nat` (NAT both ways and its flow state), `nat6` (the same for IPv6), `icmp` (echo and ICMP errors through the NAT), `ipv6` and
 //! `icmp6` (IPv6 VIPs: Neighbor Discovery and echo answered, the rest dropped), `route` (the
 //! FIB: where packets to clients go), `socket` (the cgroup programs that balance the node's own clients' connects),
 //! `trace` (`xvip trace`'s records, off unless a client traces), plus `maps`,
@@ -25,6 +25,7 @@ mod icmp6;
 mod ipv6;
 mod maps;
 mod nat;
+mod nat6;
 mod packet;
 mod parse;
 mod route;
@@ -66,6 +67,30 @@ pub fn xvip_xdp(ctx: XdpContext) -> u32 {
     if let Some(arrival) = traced {
         trace::finish(&ctx, &arrival, action, reason, router);
     }
+    action
+}
+
+/// IPv6 NAT's client path (`nat6::forward`), tail-called by `xvip_xdp` for a client's packet to an IPv6 NAT
+/// service: a program of its own for the stack it needs (see `nat6`). It counts (and traces) the frame itself.
+#[xdp]
+#[inline(always)]
+pub fn xvip_nat6(ctx: XdpContext) -> u32 {
+    let traced = trace::start(&ctx);
+    let (action, reason, router) = nat6::forward(&ctx);
+    count(reason, router);
+    if let Some(arrival) = traced {
+        trace::finish(&ctx, &arrival, action, reason, router);
+    }
+    action
+}
+
+/// ICMPv6 errors about IPv6 NAT flows (`nat6::icmp`), tail-called by `xvip_xdp` like `xvip_nat6`.
+#[xdp]
+#[inline(always)]
+pub fn xvip_nat6_icmp(ctx: XdpContext) -> u32 {
+    // Not traced: `xvip trace` follows IPv4 frames only.
+    let (action, reason, router) = nat6::icmp(&ctx);
+    count(reason, router);
     action
 }
 

@@ -3,15 +3,16 @@
 use aya_ebpf::bindings::BPF_F_NO_PREALLOC;
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
-    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, FlowKey, FlowKey6, FlowValue, FlowValue6,
-    Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS,
-    MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatValue, NodeConfig,
-    REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6, ServiceValue, SocketPeer,
-    SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, VipEntry, VipValue,
+    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, Endpoint6, FlowKey, FlowKey6, FlowValue,
+    FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS,
+    MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatKey6, NatValue,
+    NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6,
+    ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS,
+    VipEntry, VipValue,
 };
 
 #[map]
@@ -87,6 +88,21 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entr
 /// agent. Global LRU: a flow's two directions may be handled on different CPUs and must see one entry.
 #[map]
 pub static NAT: LruHashMap<NatKey, NatValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// Reverse NAT of IPv6 flows: (backend, VIP, backend port, NAT port, protocol) -> client flow (`nat6.rs`). Sized
+/// like `CONNTRACK6` by the agent.
+#[map]
+pub static NAT6: LruHashMap<NatKey6, NatValue6> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// IPv6 backend endpoints of NAT services (value: how many NAT services use the endpoint). Written by the agent;
+/// their ports are in `NAT_SOURCE_PORTS` too.
+#[map]
+pub static NAT_BACKENDS6: HashMap<Endpoint6, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+/// The programs `forward6` tail-calls: `xvip_nat6` (IPv6 NAT's client path, `NAT6_SLOT`) and `xvip_nat6_icmp`
+/// (ICMPv6 errors about NAT flows, `NAT6_ICMP_SLOT`). Written by the agent at load.
+#[map]
+pub static NAT6_PROGRAMS: ProgramArray = ProgramArray::with_max_entries(2, 0);
 
 /// Backend endpoints of NAT services (value: how many NAT services use the endpoint). Written by the agent.
 #[map]

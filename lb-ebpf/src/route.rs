@@ -12,6 +12,7 @@ use aya_ebpf::{
 use lb_common::Reason;
 
 const AF_INET: u8 = 2;
+const AF_INET6: u8 = 10;
 
 // The layout `lookup` builds its parameters by (include/uapi/linux/bpf.h).
 const _: () = assert!(core::mem::size_of::<FibParams>() == 64);
@@ -38,7 +39,7 @@ pub enum NoRoute {
     /// The FIB would not forward to the address: no route at all, or a local or broadcast address (sources of
     /// that kind were dropped before any state, so in practice: no route).
     NotForwarded,
-    /// IPv4 forwarding is off on the ingress interface; the FIB refuses lookups.
+    /// Forwarding (of the lookup's family) is off on the ingress interface; the FIB refuses lookups.
     ForwardingDisabled,
     /// An unreachable, blackhole or prohibit route, or anything else.
     Unreachable,
@@ -97,6 +98,39 @@ pub fn lookup_from(
         0,
         0,
     ];
+    fib(ctx, words)
+}
+
+/// [`lookup`] for IPv6 (`AF_INET6`): from `src` to `dst`, a packet of `tot_len` bytes (fixed header included).
+#[inline(always)]
+pub fn lookup6(
+    ctx: &XdpContext,
+    src: (u64, u64),
+    dst: (u64, u64),
+    protocol: u8,
+    tot_len: u16,
+) -> Result<Route, NoRoute> {
+    let [t0, t1] = tot_len.to_ne_bytes();
+    let [i0, i1, i2, i3] = (ctx.ingress_ifindex() as u32).to_ne_bytes();
+    let words: [u64; 8] = [
+        // family, l4_protocol, sport, dport (0: no ports in the lookup), tot_len
+        u64::from_ne_bytes([AF_INET6, protocol, 0, 0, 0, 0, t0, t1]),
+        // ifindex, flowinfo
+        u64::from_ne_bytes([i0, i1, i2, i3, 0, 0, 0, 0]),
+        // ipv6_src, ipv6_dst: network order in memory
+        u64::from_ne_bytes(src.0.to_be_bytes()),
+        u64::from_ne_bytes(src.1.to_be_bytes()),
+        u64::from_ne_bytes(dst.0.to_be_bytes()),
+        u64::from_ne_bytes(dst.1.to_be_bytes()),
+        0,
+        0,
+    ];
+    fib(ctx.ctx as *mut _, words)
+}
+
+/// Runs the FIB lookup over the parameters `words` (the 64 bytes of a `bpf_fib_lookup`).
+#[inline(always)]
+fn fib(ctx: *mut core::ffi::c_void, words: [u64; 8]) -> Result<Route, NoRoute> {
     // 8-byte aligned storage (a `bpf_fib_lookup` only needs 4), so each word is one store.
     let mut storage = core::mem::MaybeUninit::<[u64; 8]>::uninit();
     let base = storage.as_mut_ptr() as *mut u64;

@@ -21,7 +21,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, ProgramArray},
     programs::{
         CgroupAttachMode, CgroupSockAddr, LinkOrder, SchedClassifier, TcAttachType, TestRun, TestRunOptions, Xdp,
         XdpMode, cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId, tc::TcAttachOptions,
@@ -29,12 +29,12 @@ use aya::{
     },
 };
 use lb_common::{
-    Backend, Endpoint, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES, Listener,
-    LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
-    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatKey, NatValue, NodeConfig, PROTO_UDP, REASON_COUNT,
-    Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord,
-    TraceState, Traffic, VipEntry, VipValue, listener_slot, maglev_position, names, nat_source_port_bit,
-    router_counter, vip_fold,
+    Backend, Endpoint, Endpoint6, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES,
+    Listener, LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
+    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NAT6_ICMP_SLOT, NAT6_SLOT, NatKey, NatKey6, NatValue,
+    NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6,
+    ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue, listener_slot,
+    maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
 };
 
 use crate::{maglev, netif};
@@ -421,6 +421,8 @@ struct Installed6 {
     backends: HashMap<(Ipv6Addr, u16), u32>,
     /// Interfaces its backends are reached through.
     ifindexes: Vec<u32>,
+    /// A NAT service's backend endpoints, referenced in `NAT_BACKENDS6`.
+    nat_endpoints: Vec<Endpoint6>,
 }
 
 /// What this module remembers of a service it installed.
@@ -488,6 +490,8 @@ pub struct DataPlane {
     table_capacity: u32,
     /// How many installed NAT services name each endpoint in `NAT_BACKENDS` (two services may share a backend).
     nat_endpoint_refs: HashMap<Endpoint, u32>,
+    /// The same for IPv6 backend endpoints (`NAT_BACKENDS6`).
+    nat_endpoint6_refs: HashMap<Endpoint6, u32>,
     /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
     nat_timeouts: NatTimeouts,
     /// Which service's value sits in each written `SERVICES` entry. An entry is only ever removed by its owner,
@@ -533,6 +537,7 @@ impl DataPlane {
             .map_max_entries(names::CONNTRACK, entries)
             .map_max_entries(names::CONNTRACK6, options.conntrack6_entries.max(1024))
             .map_max_entries(names::NAT, entries)
+            .map_max_entries(names::NAT6, options.conntrack6_entries.max(1024))
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
@@ -568,19 +573,29 @@ impl DataPlane {
             service_capacity: capacity,
             table_capacity: entries,
             nat_endpoint_refs: HashMap::new(),
+            nat_endpoint6_refs: HashMap::new(),
             nat_timeouts: NatTimeouts { udp_ns: udp_timeout, embryonic_ns: embryonic, established_ns: established },
             #[cfg(test)]
             journal: Vec::new(),
             slot_owners: HashMap::new(),
             applied: HashMap::new(),
         };
-        for name in [names::PROGRAM, names::PASS_PROGRAM] {
+        for name in [names::PROGRAM, names::PASS_PROGRAM, names::NAT6_PROGRAM, names::NAT6_ICMP_PROGRAM] {
             // Without CAP_PERFMON (or root) the verifier refuses the program with EACCES at its first instruction.
             dp.program(name)?.load().with_context(|| {
                 format!("verifying XDP program {name} (a permission error means CAP_BPF or CAP_PERFMON is missing)")
             })?;
         }
         dp.egress_program()?.load().with_context(|| format!("verifying TC program {}", names::EGRESS_PROGRAM))?;
+        // IPv6 NAT's programs, which the XDP program tail-calls (programs of their own for their stack).
+        for (slot, name) in [(NAT6_SLOT, names::NAT6_PROGRAM), (NAT6_ICMP_SLOT, names::NAT6_ICMP_PROGRAM)] {
+            let fd = dp.program(name)?.fd().context("the fd of an IPv6 NAT program")?;
+            let fd = fd.try_clone().context("duplicating the fd of an IPv6 NAT program")?;
+            let map =
+                dp.ebpf.map_mut(names::NAT6_PROGRAMS).ok_or_else(|| Error::Object("has no NAT6_PROGRAMS".into()))?;
+            let mut programs = ProgramArray::try_from(map).context("NAT6_PROGRAMS is not a program array")?;
+            programs.set(slot, &fd, 0).with_context(|| format!("writing NAT6_PROGRAMS[{slot}]"))?;
+        }
         dp.write_node()?;
         // Off, as every freshly created map is: nothing of the data plane is pinned, so a daemon that crashed while
         // someone traced leaves no switch behind, and the next one starts with tracing off.
@@ -1155,7 +1170,6 @@ impl DataPlane {
         } else {
             self.apply_part4(id, &spec4, &keep.v4, tables)
         };
-        // A NAT service of a dual-stack instance has no IPv6 backends (NAT to IPv6 is not done): nothing to install.
         let result = result.and_then(|()| {
             if spec6.addresses.is_empty() || spec6.backends.is_empty() {
                 self.remove_part6(id, &keep.v6)
@@ -1459,14 +1473,37 @@ impl DataPlane {
         }
     }
 
+    /// [`DataPlane::nat_endpoint_ref`] for an IPv6 endpoint (`NAT_BACKENDS6`; the port bits are shared).
+    fn nat_endpoint6_ref(&mut self, endpoint: Endpoint6, add: bool) -> Result<()> {
+        let count = self.nat_endpoint6_refs.entry(endpoint).or_insert(0);
+        if add {
+            *count += 1;
+        } else {
+            *count = count.saturating_sub(1);
+        }
+        let count = *count;
+        if count == 0 {
+            self.nat_endpoint6_refs.remove(&endpoint);
+            let mut map: BpfHashMap<&mut MapData, Endpoint6, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS6)?;
+            map.remove(&endpoint).context("removing from the NAT_BACKENDS6 map")?;
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))
+        } else {
+            self.write_source_port_bit(endpoint.protocol, u16::from_be_bytes(endpoint.port))?;
+            let mut map: BpfHashMap<&mut MapData, Endpoint6, u32> = map_mut(&mut self.ebpf, names::NAT_BACKENDS6)?;
+            map.insert(endpoint, count, 0).context("writing the NAT_BACKENDS6 map")
+        }
+    }
+
     /// Rewrites the `NAT_SOURCE_PORTS` word holding (`protocol`, `port`) from the endpoints now referenced.
     fn write_source_port_bit(&mut self, protocol: u8, port: u16) -> Result<()> {
         let Some((word, _)) = nat_source_port_bit(protocol, port) else {
             return Ok(());
         };
         let mut bits = 0u64;
-        for e in self.nat_endpoint_refs.keys() {
-            if let Some((w, bit)) = nat_source_port_bit(e.protocol, u16::from_be_bytes(e.port))
+        let endpoints = self.nat_endpoint_refs.keys().map(|e| (e.protocol, e.port));
+        let endpoints6 = self.nat_endpoint6_refs.keys().map(|e| (e.protocol, e.port));
+        for (protocol, port) in endpoints.chain(endpoints6) {
+            if let Some((w, bit)) = nat_source_port_bit(protocol, u16::from_be_bytes(port))
                 && w == word
             {
                 bits |= 1 << bit;
@@ -1575,8 +1612,14 @@ impl DataPlane {
                     self.service_capacity
                 ))
             })?;
-            let part =
-                Installed6 { keys: Vec::new(), index, table: 1, backends: HashMap::new(), ifindexes: Vec::new() };
+            let part = Installed6 {
+                keys: Vec::new(),
+                index,
+                table: 1,
+                backends: HashMap::new(),
+                ifindexes: Vec::new(),
+                nat_endpoints: Vec::new(),
+            };
             self.services6.insert(id.clone(), part);
         }
         let Some(mut svc) = self.services6.remove(id) else {
@@ -1650,6 +1693,23 @@ impl DataPlane {
         let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
         let next = 1 - svc.table;
         self.write_table(svc.index, next, &table)?;
+        // As for IPv4: a NAT service's endpoints (all of them, healthy or not) before its SERVICES6 entries.
+        let nat_endpoints: Vec<Endpoint6> = if spec.forwarding == FORWARD_NAT {
+            spec.backends
+                .iter()
+                .filter_map(v6)
+                .map(|(address, b)| Endpoint6::new(address.octets(), b.port.to_be_bytes(), spec.protocol))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let previous = std::mem::replace(&mut svc.nat_endpoints, nat_endpoints.clone());
+        for e in &nat_endpoints {
+            self.nat_endpoint6_ref(*e, true)?;
+        }
+        for e in &previous {
+            self.nat_endpoint6_ref(*e, false)?;
+        }
         let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
         let keys = service_keys6(spec);
         for key in &keys {
@@ -1709,6 +1769,9 @@ impl DataPlane {
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);
+        }
+        for e in &svc.nat_endpoints {
+            self.nat_endpoint6_ref(*e, false)?;
         }
         self.free_services.push(svc.index);
         Ok(())
@@ -1866,8 +1929,10 @@ impl DataPlane {
                 *scan.flows.entry(((*id).clone(), address, port)).or_insert(0) += 1;
             }
         }
-        // IPv6 flows (DSR only: every pin to a slot that still holds its backend is open, as for IPv4 DSR).
+        // IPv6 flows: a DSR pin to a slot that still holds its backend is open, as for IPv4 DSR; a NAT one while
+        // its reverse entry is its own and open.
         let conntrack6: BpfHashMap<&MapData, FlowKey6, FlowValue6> = map_ref(&self.ebpf, names::CONNTRACK6)?;
+        let nat6: BpfHashMap<&MapData, NatKey6, NatValue6> = map_ref(&self.ebpf, names::NAT6)?;
         let owners6: HashMap<ServiceKey6, &ServiceId> =
             self.services6.iter().flat_map(|(id, svc)| svc.keys.iter().map(move |key| (*key, id))).collect();
         let slots6: HashMap<(&ServiceId, u32), (Ipv6Addr, u16)> = self
@@ -1888,7 +1953,24 @@ impl DataPlane {
             let Some(&(address, port)) = slots6.get(&(*id, pinned.backend)) else {
                 continue;
             };
-            if pinned.backend_address == address.octets() && pinned.backend_port == port.to_be_bytes() {
+            if pinned.backend_address != address.octets() || pinned.backend_port != port.to_be_bytes() {
+                continue;
+            }
+            let open = pinned.nat_port == [0, 0] || {
+                let key = NatKey6::new(address.octets(), flow.vip, port.to_be_bytes(), pinned.nat_port, flow.protocol);
+                match nat6.get(&key, 0) {
+                    Ok(reverse) => {
+                        let owned = reverse.client == flow.client
+                            && reverse.client_port == flow.client_port
+                            && reverse.service_port == flow.service_port;
+                        let state = (reverse.flags, reverse.last_seen_ns);
+                        owned && nat_state_open(flow.protocol, state, now, &self.nat_timeouts)
+                    }
+                    Err(MapError::KeyNotFound) => false,
+                    Err(e) => return Err(e).context("reading the NAT6 map"),
+                }
+            };
+            if open {
                 *scan.flows.entry(((*id).clone(), IpAddr::V6(address), port)).or_insert(0) += 1;
             }
         }
@@ -1898,6 +1980,13 @@ impl DataPlane {
                     Ok(_) => scan.nat_entries += 1,
                     Err(MapError::KeyNotFound) => continue,
                     Err(e) => return Err(e).context("scanning the NAT map"),
+                }
+            }
+            for key in nat6.keys() {
+                match key {
+                    Ok(_) => scan.nat_entries += 1,
+                    Err(MapError::KeyNotFound) => continue,
+                    Err(e) => return Err(e).context("scanning the NAT6 map"),
                 }
             }
         }
@@ -1924,14 +2013,17 @@ impl DataPlane {
                 IpAddr::V4(_) => None,
             })
             .collect();
-        let flows6 = if vips6.is_empty() {
-            0
+        let (flows6, translations6) = if vips6.is_empty() {
+            (0, 0)
         } else {
             let mut conntrack: BpfHashMap<&mut MapData, FlowKey6, FlowValue6> =
                 map_mut(&mut self.ebpf, names::CONNTRACK6)?;
             let stale =
                 keys_where(conntrack.keys(), |k: &FlowKey6| vips6.contains(&k.vip)).context("walking CONNTRACK6")?;
-            remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK6")?
+            let flows = remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK6")?;
+            let mut nat: BpfHashMap<&mut MapData, NatKey6, NatValue6> = map_mut(&mut self.ebpf, names::NAT6)?;
+            let stale = keys_where(nat.keys(), |k: &NatKey6| vips6.contains(&k.vip)).context("walking NAT6")?;
+            (flows, remove_all(stale, |k| nat.remove(k)).context("deleting from NAT6")?)
         };
         let vips: Vec<[u8; 4]> = vips.iter().map(|a| octets4(*a)).filter(|a| *a != [0; 4]).collect();
         let flows = flows6 + {
@@ -1941,7 +2033,7 @@ impl DataPlane {
                 keys_where(conntrack.keys(), |k: &FlowKey| vips.contains(&k.vip)).context("walking CONNTRACK")?;
             remove_all(stale, |k| conntrack.remove(k)).context("deleting from CONNTRACK")?
         };
-        let translations = {
+        let translations = translations6 + {
             let mut nat: BpfHashMap<&mut MapData, NatKey, NatValue> = map_mut(&mut self.ebpf, names::NAT)?;
             let stale = keys_where(nat.keys(), |k: &NatKey| vips.contains(&k.vip)).context("walking NAT")?;
             remove_all(stale, |k| nat.remove(k)).context("deleting from NAT")?
@@ -2051,17 +2143,22 @@ fn nat_flow_open(flow: &FlowKey, reverse: &NatValue, now_ns: u64, timeouts: &Nat
     let owned = reverse.client == flow.client
         && reverse.client_port == flow.client_port
         && reverse.service_port == flow.service_port;
+    owned && nat_state_open(flow.protocol, (reverse.flags, reverse.last_seen_ns), now_ns, timeouts)
+}
+
+/// Whether a translation in TCP/UDP state `(flags, last_seen_ns)` is neither closed nor expired (IPv4 and IPv6).
+fn nat_state_open(protocol: u8, (flags, last_seen_ns): (u8, u64), now_ns: u64, timeouts: &NatTimeouts) -> bool {
     let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
-    let finished = reverse.flags & NAT_RST != 0 || reverse.flags & closed == closed;
-    let timeout = if flow.protocol == PROTO_UDP {
+    let finished = flags & NAT_RST != 0 || flags & closed == closed;
+    let timeout = if protocol == PROTO_UDP {
         timeouts.udp_ns
-    } else if reverse.flags & NAT_ESTABLISHED != 0 {
+    } else if flags & NAT_ESTABLISHED != 0 {
         timeouts.established_ns
     } else {
         timeouts.embryonic_ns
     };
-    let expired = now_ns.saturating_sub(reverse.last_seen_ns) > timeout;
-    owned && !finished && !expired
+    let expired = now_ns.saturating_sub(last_seen_ns) > timeout;
+    !finished && !expired
 }
 
 /// This node's IPv4 addresses and the broadcast addresses of their subnets (loopback left out: the program drops

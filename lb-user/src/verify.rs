@@ -31,7 +31,7 @@ use tokio::time::Instant;
 use tokio_rustls::TlsConnector;
 
 use crate::{
-    config::{CheckKind, Config, Forwarding, Instance, Protocol, Service},
+    config::{CheckKind, Config, Instance, Protocol, Service},
     health::{
         self,
         probe::{self, connect_tls, request_status},
@@ -332,9 +332,10 @@ async fn verify_service(config: &Instance, service: &Service, local_role: Option
 }
 
 /// Where clients reach `service` through the VIP: its port on every address of the instance that carries it (the
-/// IPv4 ones, and the IPv6 ones when the service is DSR: NAT is not forwarded over IPv6).
+/// addresses of each family the service has backends of: a NAT service of a dual-stack instance may have IPv4
+/// backends only).
 pub fn vip_endpoints(config: &Instance, service: &Service) -> Vec<SocketAddr> {
-    let carried = |a: &&IpAddr| a.is_ipv4() || service.forwarding == Forwarding::Dsr;
+    let carried = |a: &&IpAddr| service.backends.iter().any(|b| b.address.is_ipv4() == a.is_ipv4());
     config.vip.addresses.iter().filter(carried).map(|a| SocketAddr::new(*a, service.port)).collect()
 }
 

@@ -1203,16 +1203,16 @@ impl Reader {
     }
 
     /// A service's backends have the family of the VIP address they are reached through: each family of the
-    /// instance's VIPs needs a backend of it (its VIPs would answer nothing otherwise). Not IPv6 for a NAT service,
-    /// which cannot have IPv6 backends yet: its IPv6 VIPs carry nothing, as before IPv6 forwarding existed.
+    /// instance's VIPs needs a backend of it (its VIPs would answer nothing otherwise). A NAT service may leave out
+    /// IPv6 backends (as before NAT to IPv6 existed): its IPv6 VIPs then carry nothing for it.
     fn backend_families(&mut self, field: &Field, service: &Service, vip: &Vip) {
         if service.backends.is_empty() {
             return;
         }
-        let ipv6_forwarded = service.forwarding == Forwarding::Dsr;
+        let ipv6_required = service.forwarding == Forwarding::Dsr;
         for (family, vips, has) in [
             ("IPv4", !vip.ipv4().is_empty(), service.backends.iter().any(|b| b.address.is_ipv4())),
-            ("IPv6", !vip.ipv6().is_empty() && ipv6_forwarded, service.backends.iter().any(|b| b.address.is_ipv6())),
+            ("IPv6", !vip.ipv6().is_empty() && ipv6_required, service.backends.iter().any(|b| b.address.is_ipv6())),
         ] {
             if vips && !has {
                 self.error(
@@ -1272,7 +1272,7 @@ impl Reader {
                         let written = Written { value: address, at: field.at, path: field.path.clone(), instance };
                         self.not_vips.push((written, NotVip::Backend));
                     }
-                    address.filter(|a| self.backend_family_ok(&field, *a, service, vip))
+                    address.filter(|a| self.backend_family_ok(&field, *a, vip))
                 }
             };
             let port = match table.get("port") {
@@ -1315,8 +1315,8 @@ impl Reader {
     }
 
     /// Whether a backend's address fits its instance's VIPs (an address of a family the instance has no VIP of
-    /// would never get a packet) and its forwarding (NAT to IPv6 backends is not supported yet); reports why not.
-    fn backend_family_ok(&mut self, field: &Field, address: IpAddr, service: &Service, vip: &Vip) -> bool {
+    /// would never get a packet); reports why not.
+    fn backend_family_ok(&mut self, field: &Field, address: IpAddr, vip: &Vip) -> bool {
         let (family, vips) = match address {
             IpAddr::V4(_) => ("IPv4", vip.ipv4().len()),
             IpAddr::V6(_) => ("IPv6", vip.ipv6().len()),
@@ -1333,12 +1333,6 @@ impl Reader {
                 "{} is an {family} address ({address}), but the instance has no {family} address: a service's \
                  backends have the family of the VIP address they are reached through (an IPv4 VIP is not \
                  balanced to IPv6 backends, nor the reverse)",
-                field.path
-            ))
-        } else if address.is_ipv6() && service.forwarding == Forwarding::Nat {
-            Some(format!(
-                "{} is an IPv6 address, and NAT to IPv6 backends is not supported yet: set forwarding = \"dsr\" on \
-                 this service (IPv6 backends hold the VIP and answer clients directly)",
                 field.path
             ))
         } else {

@@ -1505,18 +1505,16 @@ fn an_ipv6_only_instance_balances_to_ipv6_backends_by_dsr() {
          has no IPv4 address: a service's backends have the family of the VIP address they are reached through (an \
          IPv4 VIP is not balanced to IPv6 backends, nor the reverse)"
     );
-    // NAT to IPv6 backends is not done yet.
+    // NAT to IPv6 backends: the same family rules.
     let nat = text.replace("forwarding = \"dsr\"\n", "");
+    let config = valid(&nat);
+    assert_eq!(config.instances[0].services[0].forwarding, Forwarding::Nat);
+    assert_eq!(config.instances[0].services[0].backends.len(), 2);
     assert_eq!(
-        problems(&nat),
-        [
-            "xvip.toml:13:26: instance[0].service[0].backends[0].address is an IPv6 address, and NAT to IPv6 backends \
-             is not supported yet: set forwarding = \"dsr\" on this service (IPv6 backends hold the VIP and answer \
-             clients directly)",
-            "xvip.toml:13:52: instance[0].service[0].backends[1].address is an IPv6 address, and NAT to IPv6 backends \
-             is not supported yet: set forwarding = \"dsr\" on this service (IPv6 backends hold the VIP and answer \
-             clients directly)",
-        ]
+        problem(&nat.replace("{ address = \"fd00::22\" }", "{ address = \"10.0.0.22\" }")),
+        "xvip.toml:13:52: instance[0].service[0].backends[1].address is an IPv4 address (10.0.0.22), but the instance \
+         has no IPv4 address: a service's backends have the family of the VIP address they are reached through (an \
+         IPv4 VIP is not balanced to IPv6 backends, nor the reverse)"
     );
     let link_local = text.replace("fd00::22", "fe80::22");
     assert_eq!(
@@ -1552,8 +1550,14 @@ fn a_dual_stack_dsr_service_needs_a_backend_of_each_family() {
     assert_eq!(config.service_tables(), 2, "one Maglev table per family");
     let only_v6 = text.replace("10.0.0.21", "fd00::21");
     assert!(problem(&only_v6).starts_with("xvip.toml:14:12: instance[0].service[0].backends has no IPv4 backend"));
-    // A NAT service of a dual-stack instance is forwarded over IPv4 only (NAT to IPv6 is not done yet).
-    valid(&TWO.replace("\"10.0.0.251\"", "\"fd00::251\""));
+    // A NAT service of a dual-stack instance may be forwarded over IPv4 only (its IPv6 VIP carries nothing for it),
+    // or over both.
+    let nat = TWO.replace("\"10.0.0.251\"", "\"fd00::251\"");
+    valid(&nat);
+    valid(&nat.replace(
+        "{ address = \"10.0.0.21\", port = 6443 }",
+        "{ address = \"10.0.0.21\", port = 6443 }, { address = \"fd00::21\", port = 6443 }",
+    ));
 }
 
 #[test]

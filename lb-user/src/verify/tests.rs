@@ -207,10 +207,16 @@ fn a_service_is_verified_through_the_vip_addresses_that_carry_it() {
     let text = "interface = \"eth0\"\n[vip]\naddresses = [\"10.0.0.250\", \"fd00::250\"]\n[vrrp]\nvrid = 51\n\
                 priority = 150\n[[service]]\nname = \"api\"\nport = 443\nforwarding = \"dsr\"\nbackends = [{ address = \
                 \"10.0.0.11\" }, { address = \"fd00::11\" }]\n[[service]]\nname = \"web\"\nport = 80\nbackends = [{ \
-                address = \"10.0.0.11\" }]\n";
+                address = \"10.0.0.11\" }]\n[[service]]\nname = \"web6\"\nport = 8080\nbackends = [{ address = \
+                \"10.0.0.11\" }, { address = \"fd00::11\" }]\n";
     let config = crate::config::parse(std::path::Path::new("xvip.toml"), text).expect("valid");
     let instance = &config.instances[0];
     let endpoints = |i: usize| vip_endpoints(instance, &instance.services[i]);
     assert_eq!(endpoints(0), ["10.0.0.250:443".parse::<SocketAddr>().unwrap(), "[fd00::250]:443".parse().unwrap()]);
-    assert_eq!(endpoints(1), ["10.0.0.250:80".parse::<SocketAddr>().unwrap()], "NAT: IPv4 only");
+    assert_eq!(endpoints(1), ["10.0.0.250:80".parse::<SocketAddr>().unwrap()], "NAT without IPv6 backends");
+    assert_eq!(
+        endpoints(2),
+        ["10.0.0.250:8080".parse::<SocketAddr>().unwrap(), "[fd00::250]:8080".parse().unwrap()],
+        "NAT with IPv6 backends: both families"
+    );
 }

@@ -55,6 +55,10 @@ pub const RULES: &[(&str, &str)] = &[
         "an IPv6 DSR forward (TCP/UDP, or an ICMPv6 error, to the IPv6 VIP, sent to an IPv6 backend's MAC) is not the frame that came in with only its MACs changed, or that frame was not for a service of the IPv6 VIP (an error: did not quote a packet from the VIP's service port), had an extension header, or was UDP without a checksum",
     ),
     (
+        "ipv6_nat_malformed",
+        "an IPv6 NAT translation sent is not one: to a backend, not from the IPv6 VIP and a port of at least 1024 to an IPv6 NAT backend's address and port; to a client, not from the IPv6 VIP and the NAT service's port; or its payload differs from what came in, or a UDP checksum is 0, or an extension header was kept; an ICMPv6 error translated for the other end of a NAT flow does not quote that end's own packet to the VIP",
+    ),
+    (
         "martian_source_sent",
         "a frame sent has a martian or self source (for a DSR forward: the client's address is martian, the VIP or the node's)",
     ),
@@ -109,6 +113,9 @@ pub struct Facts {
     pub backend6_macs: Vec<[u8; 6]>,
     /// (protocol, port) of the IPv6 VIP's services.
     pub services6: Vec<(u8, u16)>,
+    /// The IPv6 backends' addresses, and the IPv6 VIP's NAT services: (protocol, service port, backend port).
+    pub backends6: Vec<Ipv6Addr>,
+    pub nat6: Vec<(u8, u16, u16)>,
 }
 
 impl Facts {
@@ -427,8 +434,28 @@ fn check_ipv6(facts: &Facts, ip: &Ipv6Slice, dst_mac: [u8; 6], input: Option<&Ip
     if dsr_forward {
         check_ipv6_forward(facts, ip, input, found);
     }
+    // NAT: a client's packet translated to a backend, or a backend's reply translated to the client; both leave
+    // from the VIP.
+    let nat = !dsr_forward && h.source_addr() == facts.vip6 && matches!(protocol, 6 | 17);
+    if nat {
+        check_ipv6_nat(facts, ip, input, found);
+    }
+    // An ICMPv6 error about a NAT flow, translated for the other end: from the router that sent it.
+    let nat_error = !dsr_forward
+        && error
+        && input.is_some_and(|i| {
+            i.header().destination_addr() == facts.vip6 && i.header().source_addr() == h.source_addr()
+        });
+    if nat_error {
+        // The quoted packet: the other end's own packet to the VIP (source: the error's destination).
+        let quoted = message.get(8..48);
+        let about_own = quoted.is_some_and(|q| q[8..24] == dst.octets() && q[24..40] == vip6);
+        if !about_own {
+            found.push(finding("ipv6_nat_malformed", format!("ICMPv6 error to {dst} quotes another packet")));
+        }
+    }
     match kind {
-        _ if dsr_forward => {}
+        _ if dsr_forward || nat || nat_error => {}
         Some(129) => {
             if h.source_addr() != facts.vip6 {
                 found.push(finding("ipv6_sent_malformed", format!("echo reply from {}", h.source_addr())));
@@ -548,6 +575,44 @@ fn check_ipv6_forward(facts: &Facts, ip: &Ipv6Slice, input: Option<&Ipv6Slice>, 
     }
 }
 
+/// An IPv6 NAT translation (see the `ipv6_nat_malformed` rule); the checksum rules apply to it as to any frame.
+fn check_ipv6_nat(facts: &Facts, ip: &Ipv6Slice, input: Option<&Ipv6Slice>, found: &mut Vec<Finding>) {
+    let h = ip.header();
+    let protocol = ip.payload().ip_number.0;
+    let segment = ip.payload().payload;
+    let port = |s: &[u8], at: usize| s.get(at..at + 2).map(|p| u16::from_be_bytes([p[0], p[1]]));
+    let (sport, dport) = (port(segment, 0), port(segment, 2));
+    let header_len = if protocol == 6 { segment.get(12).map_or(20, |b| usize::from(b >> 4) * 4) } else { 8 };
+    let data = segment.get(header_len..);
+    let came = input.map(|i| (i.header().source_addr(), i.payload().payload));
+    let same_data = came.is_some_and(|(_, s)| s.get(header_len..) == data);
+    let to_backend = facts.backends6.contains(&h.destination_addr())
+        && facts.nat6.iter().any(|&(p, svc, bport)| {
+            p == protocol && Some(bport) == dport && came.is_some_and(|(_, s)| port(s, 2) == Some(svc))
+        })
+        && sport.is_some_and(|p| p >= 1024);
+    let to_client = came.is_some_and(|(from, s)| {
+        facts.backends6.contains(&from)
+            && facts
+                .nat6
+                .iter()
+                .any(|&(p, svc, bport)| p == protocol && port(s, 0) == Some(bport) && sport == Some(svc))
+    }) && !facts.backends6.contains(&h.destination_addr());
+    let plain = h.next_header().0 == protocol && !ip.payload().fragmented;
+    let udp_checksum = protocol != 17 || segment.get(6..8).is_some_and(|c| c != [0, 0]);
+    if !((to_backend || to_client) && same_data && plain && udp_checksum) {
+        found.push(finding(
+            "ipv6_nat_malformed",
+            format!(
+                "[{}]:{sport:?} -> [{}]:{dport:?} protocol {protocol}: to a backend {to_backend}, to a client \
+                 {to_client}, payload unchanged {same_data}, no extension header {plain}, UDP checksum {udp_checksum}",
+                h.source_addr(),
+                h.destination_addr()
+            ),
+        ));
+    }
+}
+
 fn l6_ok(src: Ipv6Addr, dst: Ipv6Addr, protocol: u8, segment: &[u8]) -> bool {
     let Ok(len) = u32::try_from(segment.len()) else {
         return false;
@@ -637,6 +702,52 @@ mod tests {
         let na = frames::icmp6(vip6, to, frames::neighbor_advertisement(vip6, flags, NODE_MAC));
         output.extend(frames::ipv6(vip6, to, 58, 255, &na));
         (input, output)
+    }
+
+    #[test]
+    fn ipv6_nat_translations_are_judged() {
+        let client = crate::node::CLIENT6;
+        let vip6 = crate::node::VIP6;
+        let (backend, mac) = crate::node::BACKENDS6[0];
+        let frame = |dst_mac, src_mac, src, dst, sport, dport, payload: &[u8]| {
+            let mut f = frames::eth(dst_mac, src_mac, frames::ETH_IPV6);
+            f.extend(frames::ipv6(src, dst, 6, 64, &frames::tcp6(src, dst, sport, dport, TCP_ACK, payload)));
+            f
+        };
+        let client_mac = [0x02, 0, 0, 0, 0, 0x10];
+        let input = frame(NODE_MAC, client_mac, client, vip6, 40001, 8080, b"GET");
+        let output = frame(mac, NODE_MAC, vip6, backend, 40000, 8081, b"GET");
+        assert_eq!(rules(&input, XDP_TX, &output, true), Vec::<&str>::new());
+        let reply = frame(NODE_MAC, mac, backend, vip6, 8081, 40000, b"OK");
+        let back = frame(client_mac, NODE_MAC, vip6, client, 8080, 40001, b"OK");
+        assert_eq!(rules(&reply, XDP_TX, &back, true), Vec::<&str>::new());
+        // Another payload, another backend port, or a client's packet sent back to a client are not translations.
+        let changed = frame(mac, NODE_MAC, vip6, backend, 40000, 8081, b"PUT");
+        assert_eq!(rules(&input, XDP_TX, &changed, true), ["ipv6_nat_malformed"]);
+        let wrong_port = frame(mac, NODE_MAC, vip6, backend, 40000, 9999, b"GET");
+        assert_eq!(rules(&input, XDP_TX, &wrong_port, true), ["ipv6_nat_malformed"]);
+        let reflected = frame(client_mac, NODE_MAC, vip6, client, 8080, 40001, b"GET");
+        assert_eq!(rules(&input, XDP_TX, &reflected, true), ["ipv6_nat_malformed"]);
+    }
+
+    #[test]
+    fn ipv6_nat_icmp_errors_must_quote_the_other_ends_packet() {
+        let (client, vip6) = (crate::node::CLIENT6, crate::node::VIP6);
+        let (backend, mac) = crate::node::BACKENDS6[0];
+        let router = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0xfe);
+        let error = |dst_mac, src_mac, dst, quoted_src, quoted_dst| {
+            let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
+            let tcp = frames::tcp6(quoted_src, quoted_dst, 8081, 40000, TCP_ACK, b"");
+            m.extend(frames::ipv6(quoted_src, quoted_dst, 6, 64, &tcp));
+            let mut f = frames::eth(dst_mac, src_mac, frames::ETH_IPV6);
+            f.extend(frames::ipv6(router, dst, 58, 64, &frames::icmp6(router, dst, m)));
+            f
+        };
+        let input = error(NODE_MAC, [0x02, 0, 0, 0, 0, 0xfe], vip6, vip6, client);
+        let good = error(mac, NODE_MAC, backend, backend, vip6);
+        assert_eq!(rules(&input, XDP_TX, &good, true), Vec::<&str>::new());
+        let wrong = error(mac, NODE_MAC, backend, client, vip6);
+        assert_eq!(rules(&input, XDP_TX, &wrong, true), ["ipv6_nat_malformed"]);
     }
 
     #[test]

@@ -50,6 +50,8 @@ fn facts() -> Facts {
         backends: node::BACKENDS.iter().chain(&node::FAR_BACKENDS).map(|(address, _)| *address).collect(),
         backend6_macs: node::BACKENDS6.iter().map(|(_, mac)| *mac).collect(),
         services6: node::SERVICES6.to_vec(),
+        backends6: node::BACKENDS6.iter().map(|(address, _)| *address).collect(),
+        nat6: node::NAT6.to_vec(),
     }
 }
 

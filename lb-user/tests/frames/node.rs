@@ -58,6 +58,11 @@ pub const BACKENDS6: [(Ipv6Addr, [u8; 6]); 2] = [
 ];
 /// (protocol, port) of the IPv6 VIP's services.
 pub const SERVICES6: [(u8, u16); 2] = [(PROTO_TCP, 80), (PROTO_UDP, 53)];
+/// The IPv6 VIP's NAT services over the same backends: (protocol, service port, backend port).
+pub const NAT6: [(u8, u16, u16); 2] = [(PROTO_TCP, 8080, 8081), (PROTO_UDP, 5300, 5301)];
+/// The on-link IPv6 client the traffic generator's IPv6 frames come from, and the node's IPv6 address.
+pub const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
 
 /// The MAC of a backend address (zero for an address that is none).
 pub fn backend_mac(address: Ipv4Addr) -> [u8; 6] {
@@ -144,7 +149,7 @@ impl Node {
     /// A freshly started node (empty connection and NAT tables), active, with every service installed and all but
     /// [`SPARE_SLOTS`] backend slots in use.
     pub fn start(options: LoadOptions, far_ifindex: u32) -> Result<Self> {
-        let mut dp = DataPlane::load(LoadOptions { service_capacity: 10, ..options })
+        let mut dp = DataPlane::load(LoadOptions { service_capacity: 12, ..options })
             .context("loading the XDP program (needs root)")?;
         dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
         dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: 0, interface: None }])?;
@@ -175,7 +180,29 @@ impl Node {
             let name = if protocol == PROTO_TCP { "web6" } else { "dns6" };
             node.dp.apply_service(name, &spec).with_context(|| format!("installing service {name}"))?;
         }
-        let used = node.services.iter().map(|s| s.backends.len()).sum::<usize>() + SERVICES6.len() * BACKENDS6.len();
+        for (protocol, port, backend_port) in NAT6 {
+            let spec = ServiceSpec {
+                addresses: vec![VIP6.into()],
+                port,
+                protocol,
+                forwarding: FORWARD_NAT,
+                backends: BACKENDS6
+                    .iter()
+                    .map(|(address, mac)| BackendSpec {
+                        address: (*address).into(),
+                        port: backend_port,
+                        weight: 1,
+                        healthy: true,
+                        mac: Some(*mac),
+                        ifindex: 0,
+                    })
+                    .collect(),
+            };
+            let name = if protocol == PROTO_TCP { "web6nat" } else { "dns6nat" };
+            node.dp.apply_service(name, &spec).with_context(|| format!("installing service {name}"))?;
+        }
+        let used = node.services.iter().map(|s| s.backends.len()).sum::<usize>()
+            + (SERVICES6.len() + NAT6.len()) * BACKENDS6.len();
         node.dp.apply_service("filler", &filler(used)).context("installing the filler service")?;
         Ok(node)
     }
@@ -297,6 +324,21 @@ pub fn enter_namespace() -> Result<Interfaces> {
     for iface in ["all", "xvf0", "xvf1"] {
         std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1")
             .with_context(|| format!("enabling IPv4 forwarding on {iface}"))?;
+    }
+    // IPv6 on the VIP's interface too, for the FIB lookups of IPv6 NAT replies (to the on-link client).
+    let ipv6 = [
+        format!("addr add {NODE_IP6}/64 dev xvf0 nodad"),
+        format!("neigh replace {CLIENT6} lladdr 02:00:00:00:00:10 dev xvf0 nud permanent"),
+    ];
+    for args in &ipv6 {
+        let out = Command::new("ip").args(args.split_whitespace()).output().context("running ip")?;
+        if !out.status.success() {
+            bail!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+    }
+    for iface in ["all", "xvf0"] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"), "1")
+            .with_context(|| format!("enabling IPv6 forwarding on {iface}"))?;
     }
     let index = |name: &str| -> Result<u32> {
         let c = std::ffi::CString::new(name).context("interface name")?;

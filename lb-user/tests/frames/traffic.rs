@@ -407,11 +407,11 @@ fn vlan(rng: &mut Rng, pool: &Pool) -> Vec<u8> {
 /// IPv6 with a correct upper-layer checksum: ICMPv6 echo or neighbour solicitation, TCP, UDP, sometimes behind a
 /// hop-by-hop options header.
 fn ipv6(rng: &mut Rng) -> Vec<u8> {
-    let src: Ipv6Addr = "2001:db8::10".parse().unwrap_or(Ipv6Addr::LOCALHOST);
+    let src = crate::node::CLIENT6;
     let vip6 = crate::node::VIP6;
     // TCP from a few client ports only, so Packet Too Big errors quoting the VIP's replies find their flows.
     let ipv6_client_port = |rng: &mut Rng| 40000 + rng.below(16) as u16;
-    let (dst, dst_mac, next, body) = match rng.below(5) {
+    let (dst, dst_mac, next, body) = match rng.below(8) {
         0 => {
             // Neighbour solicitation for the address, to its solicited-node group.
             let o = vip6.octets();
@@ -435,11 +435,69 @@ fn ipv6(rng: &mut Rng) -> Vec<u8> {
             (vip6, NODE_MAC, 6, s)
         }
         3 => {
-            // Packet Too Big about a backend's reply from the VIP to the client (a DSR flow's, when pinned).
+            // Packet Too Big about a packet from the VIP: a DSR flow's reply to the client (pinned or not), a NAT
+            // service's reply to the client, or a NAT flow's packet to a backend (from its first NAT port).
             let mut m = vec![2, 0, 0, 0, 0, 0, 5, 0];
-            let tcp = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, 80, ipv6_client_port(rng), 0x12, &[]);
-            m.extend(frames::ipv6(vip6, src, 6, 64, &tcp));
+            let cport = ipv6_client_port(rng);
+            let (protocol, port, backend_port) = *rng.pick(&crate::node::NAT6);
+            let hash = lb_common::flow_hash6(&src.octets(), cport.to_be_bytes(), port.to_be_bytes(), protocol, 0);
+            let nport = u16::from_be_bytes(lb_common::nat_port(hash, 0));
+            let (backend, _) = *rng.pick(&crate::node::BACKENDS6);
+            let (to, sport, dport) = *rng.pick(&[(src, 80, cport), (src, port, cport), (backend, nport, backend_port)]);
+            let tcp = frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, sport, dport, 0x12, &[]);
+            m.extend(frames::ipv6(vip6, to, 6, 64, &tcp));
             (vip6, NODE_MAC, 58, m)
+        }
+        5 | 6 => {
+            // To a NAT service (TCP or UDP), from the few client ports the backends' replies below answer.
+            let (protocol, port, _) = *rng.pick(&crate::node::NAT6);
+            let cport = ipv6_client_port(rng);
+            let mut s = if protocol == PROTO_TCP {
+                let flags = if rng.one_in(3) { TCP_SYN } else { tcp_flags(rng) };
+                frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, cport, port, flags, &payload(rng, 32))
+            } else {
+                frames::udp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, cport, port, &payload(rng, 32))
+            };
+            let at = if protocol == PROTO_TCP { 16 } else { 6 };
+            s[at..at + 2].copy_from_slice(&[0, 0]);
+            (vip6, NODE_MAC, protocol, s)
+        }
+        7 => {
+            // A NAT backend's answer to the NAT port of one of those flows (its first candidate, most often).
+            let (protocol, port, backend_port) = *rng.pick(&crate::node::NAT6);
+            let (backend, mac) = *rng.pick(&crate::node::BACKENDS6);
+
+            let cport = ipv6_client_port(rng);
+            let hash = lb_common::flow_hash6(
+                &crate::node::CLIENT6.octets(),
+                cport.to_be_bytes(),
+                port.to_be_bytes(),
+                protocol,
+                0,
+            );
+            let nport = u16::from_be_bytes(lb_common::nat_port(hash, u32::from(rng.one_in(4))));
+            let mut s = if protocol == PROTO_TCP {
+                let flags = *rng.pick(&[TCP_ACK, TCP_SYN | TCP_ACK, TCP_ACK | TCP_PSH, TCP_FIN | TCP_ACK, TCP_RST]);
+                frames::tcp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, backend_port, nport, flags, &payload(rng, 32))
+            } else {
+                frames::udp(Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED, backend_port, nport, &payload(rng, 32))
+            };
+            let at = if protocol == PROTO_TCP { 16 } else { 6 };
+            s[at..at + 2].copy_from_slice(&[0, 0]);
+            let mut f = frames::eth(NODE_MAC, mac, ETH_IPV6);
+            let next = protocol;
+            let c = {
+                let mut pseudo = Vec::new();
+                pseudo.extend_from_slice(&backend.octets());
+                pseudo.extend_from_slice(&vip6.octets());
+                pseudo.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                pseudo.extend_from_slice(&[0, 0, 0, next]);
+                pseudo.extend_from_slice(&s);
+                checksum(&pseudo)
+            };
+            s[at..at + 2].copy_from_slice(&c.to_be_bytes());
+            f.extend(frames::ipv6(backend, vip6, next, 64, &s));
+            return f;
         }
         _ => {
             let mut s =

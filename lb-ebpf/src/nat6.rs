@@ -1,0 +1,614 @@
+//! NAT to IPv6 backends: a client packet `[client]:cport -> [VIP]:svc` leaves as `[VIP]:nport -> [backend]:bport`,
+//! and the backend's reply `[backend]:bport -> [VIP]:nport` leaves as `[VIP]:svc -> [client]:cport`, as `nat.rs`
+//! does for IPv4, with the same rules: the NAT port is a function of the flow (`nat_port` over `flow_hash6`, seeded
+//! per VIP), so a failover rebuilds the same translation from the client's next packet; the same TCP states,
+//! reclaim and displacement rules and timeouts (the `NAT_*_TIMEOUT_NS` load-time constants); the reply route from
+//! the kernel's FIB (`route::lookup6`), refreshed every `ROUTE_REFRESH_NS`, never from a received frame.
+//!
+//! # State
+//! - `CONNTRACK6[client flow] = (backend slot and address, nport)`: the forward direction.
+//! - `NAT6[(backend, VIP, bport, nport, protocol)] = (client, cport, svc, flags, reply route, last seen)`: the
+//!   reverse direction, looked up by every reply, and by every client packet too (IPv4 NAT spares established
+//!   packets that lookup for a second at a time; IPv6 NAT does not yet).
+//!
+//! # Checksums
+//! IPv6 has no header checksum; the TCP/UDP checksum covers the addresses through the pseudo-header (RFC 8200
+//! §8.1), so it is updated incrementally (RFC 1624) over the eight words of each changed address and the ports. A
+//! zero UDP checksum is invalid over IPv6 and never reaches here (`forward6` drops it); a computed 0 is sent as
+//! 0xffff.
+use aya_ebpf::{
+    bindings::{
+        BPF_NOEXIST,
+        xdp_action::{XDP_DROP, XDP_PASS},
+    },
+    programs::XdpContext,
+};
+use lb_common::{
+    Backend, FlowKey6, FlowValue6, NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
+    NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey6, NatValue6, NodeConfig, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH_NS,
+    Reason, ServiceKey6, ServiceValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_port,
+};
+use network_types::{eth::EthHdr, ip::Ipv6Hdr};
+
+use crate::{
+    NO_ROUTER,
+    csum::Delta,
+    forward::{self, set_macs},
+    icmp6::set_halves,
+    maps::{
+        BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6, SERVICES6, closed_grace_ns,
+        embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns,
+    },
+    nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
+    packet,
+    parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
+    route::{self, NoRoute, Route},
+    vip::lookup_vip6,
+};
+
+/// A client packet to an IPv6 NAT service, in the program `xvip_nat6` that `forward6` tail-calls (`NAT6_PROGRAMS`):
+/// the frame is parsed again (it is unchanged since `xvip_xdp` parsed it); returns (verdict, reason, router).
+///
+/// A program of its own: inlined into `xvip_xdp`, whose frame is close to the 512-byte stack limit already, its
+/// keys and values (a flow, a translation and its key) took the program over it, and a BPF-to-BPF call adds its
+/// frame to the caller's. A tail call starts with a fresh stack.
+#[inline(always)]
+pub fn forward(ctx: &XdpContext) -> (u32, Reason, u32) {
+    let (Some(eth), Some(ip), Some(config)) =
+        (packet::at::<EthHdr>(ctx, 0), packet::at::<Ipv6Hdr>(ctx, ETH_LEN), CONFIG.get(0))
+    else {
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &mut *ip };
+    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+        return (XDP_DROP, Reason::DropInternal, NO_ROUTER);
+    };
+    let router = vip.router;
+    let payload = usize::from(u16::from_be_bytes(ip.payload_len));
+    let Ok(l4) = parse::l4_at(ctx, ip.next_hdr, L4_OFF6, payload) else {
+        return (XDP_DROP, Reason::DropInternal, router);
+    };
+    let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService, router);
+    };
+    let (action, reason) = forward_frame(ctx, eth, ip, config, &svc, &l4, vip.hash_seed, Clock::new().now());
+    (action, reason, router)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn forward_frame(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    config: &NodeConfig,
+    svc: &ServiceValue,
+    l4: &L4,
+    hash_seed: u32,
+    now: u64,
+) -> (u32, Reason) {
+    // Addresses as halves throughout: keys are built from whole words (see `FlowKey6::from_halves`).
+    let (client, vip_address) = (ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr));
+    let flow = FlowKey6::from_halves(client, vip_address, l4.sport, l4.dport, l4.protocol);
+
+    // Established: the pinned backend and port while the backend may take traffic and the reverse entry is still
+    // this flow's. A SYN always starts over (a reused client port is a new connection).
+    let mut old: Option<FlowValue6> = None;
+    let pinned_ptr = CONNTRACK6.get_ptr_mut(&flow);
+    if let Some(pinned) = pinned_ptr {
+        // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+        let pinned = unsafe { &mut *pinned };
+        if !l4.syn()
+            && pinned.nat_port != [0, 0]
+            && let Some(backend) = usable(pinned, svc)
+        {
+            let address = ipv6_halves(&pinned.backend_address);
+            let key = NatKey6::from_halves(address, vip_address, backend.port, pinned.nat_port, l4.protocol);
+            if let Some(entry) = NAT6.get_ptr_mut(&key) {
+                // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+                let entry = unsafe { &mut *entry };
+                if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                    refresh(entry, l4, now);
+                    let (id, port) = (pinned.backend, pinned.nat_port);
+                    return to_backend(ctx, eth, ip, config, svc.index, id, port, address, false);
+                }
+            }
+        }
+        old = Some(*pinned);
+    }
+
+    // A new flow, or one starting over (as after a failover).
+    let hash = flow_hash6(&flow.client, l4.sport, l4.dport, l4.protocol, hash_seed);
+    let Some(id) = forward::maglev_pick(svc, hash) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    if id == NO_BACKEND {
+        return (XDP_DROP, Reason::DropNoBackend);
+    }
+    let (Some(backend), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    let address = ipv6_halves(address);
+    let Some(port) = claim_port(&backend, address, client, vip_address, &flow, hash, l4, now) else {
+        return (XDP_DROP, Reason::DropNatNoPort);
+    };
+    if let Some(previous) = old
+        && previous.nat_port != [0, 0]
+    {
+        let current = (address, backend.port, port);
+        forget(&previous, &flow, vip_address, current);
+    }
+    let value = FlowValue6::nat(id, &backend, address, port);
+    let recorded = match pinned_ptr {
+        Some(pinned) => {
+            // SAFETY: a valid map value; rewritten in place.
+            unsafe { *pinned = value };
+            true
+        }
+        None => CONNTRACK6.insert(&flow, &value, 0).is_ok(),
+    };
+    to_backend(ctx, eth, ip, config, svc.index, id, port, address, recorded)
+}
+
+/// Translates a client packet to the backend in slot `id` (at `address`) from `[VIP]:port` and sends it there.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn to_backend(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    config: &NodeConfig,
+    service_index: u32,
+    id: u32,
+    port: [u8; 2],
+    address: (u64, u64),
+    new_flow: bool,
+) -> (u32, Reason) {
+    let Some(backend) = BACKENDS.get(id) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, &backend, new_flow) {
+        return (XDP_DROP, reason);
+    }
+    let vip = ipv6_halves(&ip.dst_addr);
+    if !translate(ctx, ip, ip.next_hdr, vip, address, port, backend.port) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    let reasons = [Reason::NatForwardTx, Reason::NatForwardRedirect, Reason::NatForwardLocal];
+    forward::to_backend(ctx, eth, config, &backend, reasons)
+}
+
+/// The reverse entry a packet from an IPv6 NAT backend's `[address]:port` to `[VIP]:nport` belongs to, if any.
+#[inline(always)]
+pub fn reverse_entry(ip: &Ipv6Hdr, l4: &L4) -> Option<*mut NatValue6> {
+    let key =
+        NatKey6::from_halves(ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr), l4.sport, l4.dport, l4.protocol);
+    NAT6.get_ptr_mut(&key)
+}
+
+/// A backend's packet with its reverse entry (see [`reverse_entry`]): a reply, translated back to the client.
+#[inline(always)]
+pub fn reply(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    l4: &L4,
+    entry: *mut NatValue6,
+    now: u64,
+) -> (u32, Reason) {
+    let vip = ipv6_halves(&ip.dst_addr);
+    // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+    let entry = unsafe { &mut *entry };
+    if let Err(reason) = reply_seen(entry, l4, now) {
+        return (XDP_DROP, reason);
+    }
+    let (client, client_port, service_port) = (ipv6_halves(&entry.client), entry.client_port, entry.service_port);
+    let route = if let Some(route) = cached_route(entry, now) {
+        route
+    } else {
+        let length = (IP6_LEN as u16).saturating_add(u16::from_be_bytes(ip.payload_len));
+        match route::lookup6(ctx, vip, client, l4.protocol, length) {
+            Ok(r) => {
+                store_route(entry, &r, now);
+                r
+            }
+            Err(NoRoute::Neighbour) => {
+                // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
+                if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+                    return (XDP_PASS, Reason::PassTruncated);
+                }
+                return (XDP_PASS, Reason::PassNoNeighbour);
+            }
+            Err(no) => return (XDP_DROP, no.reason()),
+        }
+    };
+    if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    set_macs(eth, route.next_hop_mac, route.egress_mac);
+    forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
+}
+
+/// Records a backend's packet in its flow's reverse entry (as `nat::reply_seen`). `Err` when the translation is
+/// gone (a UDP flow that aged out).
+#[inline(always)]
+fn reply_seen(entry: &mut NatValue6, l4: &L4, now: u64) -> Result<(), Reason> {
+    if l4.protocol == PROTO_UDP {
+        if idle_for(entry, now) > udp_timeout_ns() {
+            return Err(Reason::DropNatNoEntry);
+        }
+        if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
+            entry.last_seen_ns = now;
+        }
+    } else if l4.rst() {
+        entry.flags |= NAT_RST;
+        entry.last_seen_ns = now;
+    } else if !l4.any_syn() {
+        // The backend answers with something other than a SYN/ACK or RST: established; its packets are signs of
+        // life from now on.
+        if entry.flags & NAT_ESTABLISHED == 0 {
+            entry.flags |= NAT_ESTABLISHED;
+            entry.last_seen_ns = now;
+        } else if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
+            entry.last_seen_ns = now;
+        }
+        if l4.fin() && entry.flags & NAT_FIN_BACKEND == 0 {
+            entry.flags |= NAT_FIN_BACKEND;
+        }
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn cached_route(entry: &NatValue6, now: u64) -> Option<Route> {
+    if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
+        return None;
+    }
+    Some(Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex })
+}
+
+#[inline(always)]
+fn store_route(entry: &mut NatValue6, route: &Route, now: u64) {
+    entry.next_hop_mac = route.next_hop_mac;
+    entry.egress_mac = route.egress_mac;
+    entry.egress_ifindex = route.ifindex;
+    entry.route_ns = now;
+}
+
+/// Updates the flow's own reverse entry with a client packet: FIN, RST, or a revival after a RST.
+#[inline(always)]
+fn refresh(entry: &mut NatValue6, l4: &L4, now: u64) {
+    entry.last_seen_ns = now;
+    if l4.rst() {
+        entry.flags |= NAT_RST;
+    } else if entry.flags & NAT_RST != 0 {
+        entry.flags &= !NAT_RST;
+    }
+    if l4.fin() {
+        entry.flags |= NAT_FIN_CLIENT;
+    }
+}
+
+/// The backend a pinned flow may keep using: still in its slot, healthy, of this service, MAC known.
+#[inline(always)]
+fn usable(pinned: &FlowValue6, svc: &ServiceValue) -> Option<Backend> {
+    let b = *BACKENDS.get(pinned.backend)?;
+    let address = BACKEND_ADDRESSES6.get(pinned.backend)?;
+    (pinned.keeps_pin(&b, address, svc.index) && b.mac != [0; 6]).then_some(b)
+}
+
+#[inline(always)]
+fn owns(entry: &NatValue6, flow: &FlowKey6) -> bool {
+    ipv6_halves(&entry.client) == ipv6_halves(&flow.client)
+        && entry.client_port == flow.client_port
+        && entry.service_port == flow.service_port
+}
+
+#[inline(always)]
+fn idle_for(entry: &NatValue6, now: u64) -> u64 {
+    now.saturating_sub(entry.last_seen_ns)
+}
+
+/// Whether another flow may take this entry's port (the rules of `nat.rs`).
+#[inline(always)]
+fn reclaimable(entry: &NatValue6, protocol: u8, now: u64) -> bool {
+    let idle = idle_for(entry, now);
+    if protocol == PROTO_UDP {
+        return idle > udp_timeout_ns();
+    }
+    if entry.flags & NAT_ESTABLISHED == 0 {
+        return idle > embryonic_timeout_ns();
+    }
+    let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
+    if entry.flags & NAT_RST != 0 || entry.flags & closed == closed {
+        return idle > closed_grace_ns();
+    }
+    idle > established_timeout_ns()
+}
+
+/// Picks the flow's NAT port towards `backend` (at `address`) as `nat::claim_port` does: the first candidate whose
+/// reverse entry is free, this flow's, or reclaimable; failing that, a SYN displaces the first embryonic one.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn claim_port(
+    backend: &Backend,
+    address: (u64, u64),
+    client: (u64, u64),
+    vip: (u64, u64),
+    flow: &FlowKey6,
+    hash: u32,
+    l4: &L4,
+    now: u64,
+) -> Option<[u8; 2]> {
+    let mut flags = 0;
+    if l4.fin() {
+        flags |= NAT_FIN_CLIENT;
+    }
+    if l4.rst() {
+        flags |= NAT_RST;
+    }
+    let value = NatValue6::new(client, l4.sport, l4.dport, flags, now);
+    let syn = l4.syn();
+    let mut displace: Option<[u8; 2]> = None;
+    // One key, its port rewritten per candidate (the stack is 512 bytes for the whole program).
+    let mut key = NatKey6::from_halves(address, vip, backend.port, [0, 0], l4.protocol);
+    for attempt in 0..NAT_PORT_TRIES {
+        let port = nat_port(hash, attempt);
+        key.nat_port = port;
+        match NAT6.get_ptr_mut(&key) {
+            None => {
+                if NAT6.insert(&key, &value, u64::from(BPF_NOEXIST)).is_ok() {
+                    return Some(port);
+                }
+            }
+            Some(entry) => {
+                // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+                let entry = unsafe { &mut *entry };
+                if owns(entry, flow) && !syn {
+                    refresh(entry, l4, now);
+                    return Some(port);
+                }
+                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
+                    *entry = value;
+                    return Some(port);
+                } else if syn && displace.is_none() && entry.flags & NAT_ESTABLISHED == 0 {
+                    displace = Some(port);
+                }
+            }
+        }
+    }
+    let port = displace?;
+    key.nat_port = port;
+    NAT6.insert(&key, &value, 0).ok().map(|_| port)
+}
+
+/// Deletes the reverse entry of a flow's previous translation if it is still the flow's and not the one it has
+/// now (`current`: backend address, backend port, NAT port).
+#[inline(always)]
+fn forget(previous: &FlowValue6, flow: &FlowKey6, vip: (u64, u64), current: ((u64, u64), [u8; 2], [u8; 2])) {
+    let address = ipv6_halves(&previous.backend_address);
+    if (address, previous.backend_port, previous.nat_port) == current {
+        return;
+    }
+    let key = NatKey6::from_halves(address, vip, previous.backend_port, previous.nat_port, flow.protocol);
+    // SAFETY: only read.
+    if unsafe { NAT6.get(&key) }.is_some_and(|e| owns(e, flow)) {
+        let _ = NAT6.remove(&key);
+    }
+}
+
+/// Where an ICMPv6 error's quoted packet starts (after the 8-byte ICMPv6 header), and its upper-layer header.
+const QUOTED_OFF6: usize = L4_OFF6 + 8;
+const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
+/// The ICMPv6 checksum in the frame.
+const ICMP6_CHECK_OFF: usize = L4_OFF6 + 2;
+
+/// An ICMPv6 error (destination unreachable, Packet Too Big, time exceeded) to the VIP about a NAT flow, which
+/// `forward6::icmp_error` handed over: about a packet to a backend (`[VIP]:nport -> [backend]:bport`, from a router
+/// between the node and the backend) it goes to the client, about a reply (`[VIP]:svc -> [client]:cport`, from a
+/// router on the way to the client) to the backend, the quoted packet translated as the packet itself was and the
+/// checksums (the ICMPv6 one, the quoted TCP/UDP one when quoted) updated incrementally. Path MTU discovery works
+/// through the NAT so. Anything else is dropped (`DropNoService`).
+///
+/// The program `xvip_nat6_icmp` (slot `NAT6_ICMP_SLOT` of `NAT6_PROGRAMS`), for the stack as [`forward`]; returns
+/// (verdict, reason, router).
+#[inline(always)]
+pub fn icmp(ctx: &XdpContext) -> (u32, Reason, u32) {
+    let (Some(eth), Some(ip), Some(config)) =
+        (packet::at::<EthHdr>(ctx, 0), packet::at::<Ipv6Hdr>(ctx, ETH_LEN), CONFIG.get(0))
+    else {
+        return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &mut *ip };
+    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+        return (XDP_DROP, Reason::DropInternal, NO_ROUTER);
+    };
+    let router = vip.router;
+    let (action, reason) = icmp_error(ctx, eth, ip, config);
+    (action, reason, router)
+}
+
+#[inline(always)]
+fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &NodeConfig) -> (u32, Reason) {
+    let (Some(quoted), Some(ports)) =
+        (packet::at::<Ipv6Hdr>(ctx, QUOTED_OFF6), packet::at::<[u8; 4]>(ctx, QUOTED_L4_OFF6))
+    else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    // The message ends where the IPv6 payload does (the frame may carry padding after it): the quoted ports must
+    // be in it, and the quoted checksum is updated only if it is.
+    let end = L4_OFF6 + usize::from(u16::from_be_bytes(ip.payload_len));
+    if end < QUOTED_L4_OFF6 + 4 || end > packet::len(ctx) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    // SAFETY: both bounds-checked by `at`.
+    let (quoted, ports) = unsafe { (&mut *quoted, &mut *ports) };
+    let protocol = quoted.next_hdr;
+    let vip = ipv6_halves(&ip.dst_addr);
+    let to = ipv6_halves(&quoted.dst_addr);
+    let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
+    if ipv6_halves(&quoted.src_addr) != vip || !(protocol == PROTO_TCP || protocol == PROTO_UDP) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    // About a packet to a backend: its translation names the client.
+    let key = NatKey6::from_halves(to, vip, dport, sport, protocol);
+    // SAFETY: only read.
+    if let Some(entry) = unsafe { NAT6.get(&key) } {
+        let client = ipv6_halves(&entry.client);
+        let (client_port, service_port) = (entry.client_port, entry.service_port);
+        let length = (IP6_LEN as u16).saturating_add(u16::from_be_bytes(ip.payload_len));
+        let route = match route::lookup6(ctx, vip, client, IPPROTO_ICMPV6, length) {
+            Ok(r) => r,
+            Err(NoRoute::Neighbour) => {
+                if !translate_error(ctx, end, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
+                    return (XDP_PASS, Reason::PassTruncated);
+                }
+                return (XDP_PASS, Reason::PassNoNeighbour);
+            }
+            Err(no) => return (XDP_DROP, no.reason()),
+        };
+        if !translate_error(ctx, end, ip, quoted, ports, client, (client, vip), (client_port, service_port)) {
+            return (XDP_PASS, Reason::PassTruncated);
+        }
+        set_macs(eth, route.next_hop_mac, route.egress_mac);
+        return forward::send(ctx, route.ifindex, Reason::NatIcmpToClient, Reason::NatIcmpToClient);
+    }
+    // About a reply to a client: the client's flow names the backend and the NAT port.
+    let flow = FlowKey6::from_halves(to, vip, dport, sport, protocol);
+    // SAFETY: only read.
+    let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let key = ServiceKey6::new(ipv6_from_halves(vip), sport, protocol);
+    // SAFETY: copied out at once.
+    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if pinned.nat_port == [0, 0] {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    let Some(backend) = usable(pinned, &svc) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    if let Err(reason) = forward::take_backend(ctx, svc.index, pinned.backend, &backend, false) {
+        return (XDP_DROP, reason);
+    }
+    let address = ipv6_halves(&pinned.backend_address);
+    if !translate_error(ctx, end, ip, quoted, ports, address, (address, vip), (backend.port, pinned.nat_port)) {
+        return (XDP_PASS, Reason::PassTruncated);
+    }
+    forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3])
+}
+
+/// Rewrites an ICMPv6 error for the other end of its NAT flow: the outer destination becomes `outer_dst`, the
+/// quoted packet's addresses `quoted_addresses` (source, destination) and its ports `quoted_ports`; the quoted
+/// TCP/UDP checksum (when the quote, which ends at frame offset `end`, holds it) and the ICMPv6 checksum are
+/// updated incrementally. `false` if a
+/// field is outside the frame (nothing changed then).
+#[inline(always)]
+fn translate_error(
+    ctx: &XdpContext,
+    end: usize,
+    ip: &mut Ipv6Hdr,
+    quoted: &mut Ipv6Hdr,
+    ports: &mut [u8; 4],
+    outer_dst: (u64, u64),
+    quoted_addresses: ((u64, u64), (u64, u64)),
+    quoted_ports: ([u8; 2], [u8; 2]),
+) -> bool {
+    let Some(icmp_check) = packet::at::<[u8; 2]>(ctx, ICMP6_CHECK_OFF) else {
+        return false;
+    };
+    let (qsrc, qdst) = quoted_addresses;
+    let (nsport, ndport) = quoted_ports;
+    let inner = address_delta(Delta::new(), ipv6_halves(&quoted.src_addr), qsrc);
+    let inner = address_delta(inner, ipv6_halves(&quoted.dst_addr), qdst);
+    let inner = inner.word([ports[0], ports[1]], nsport).word([ports[2], ports[3]], ndport);
+    // The message holds the quoted header and ports; the pseudo-header the outer destination.
+    let mut icmp = address_delta(inner, ipv6_halves(&ip.dst_addr), outer_dst);
+    if quoted.next_hdr == PROTO_TCP {
+        if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF)
+            && QUOTED_L4_OFF6 + TCP_CHECK_OFF + 2 <= end
+        {
+            // SAFETY: bounds-checked by `at`.
+            unsafe {
+                let new = inner.apply(*check);
+                icmp = icmp.word(*check, new);
+                *check = new;
+            }
+        }
+    } else if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + UDP_CHECK_OFF)
+        && QUOTED_L4_OFF6 + UDP_CHECK_OFF + 2 <= end
+    {
+        // SAFETY: bounds-checked by `at`.
+        unsafe {
+            let new = inner.apply_udp(*check);
+            icmp = icmp.word(*check, new);
+            *check = new;
+        }
+    }
+    // SAFETY: bounds-checked by `at`.
+    unsafe { *icmp_check = icmp.apply(*icmp_check) };
+    *ports = [nsport[0], nsport[1], ndport[0], ndport[1]];
+    set_halves(&mut quoted.src_addr, qsrc);
+    set_halves(&mut quoted.dst_addr, qdst);
+    set_halves(&mut ip.dst_addr, outer_dst);
+    true
+}
+
+/// The `~m + m'` terms of an IPv6 address (eight words) that changed from `old` to `new`.
+#[inline(always)]
+fn address_delta(delta: Delta, old: (u64, u64), new: (u64, u64)) -> Delta {
+    let word = |x: u64, shift: u32| ((x >> shift) as u16).to_be_bytes();
+    let mut d = delta;
+    for shift in [48, 32, 16, 0] {
+        d = d.word(word(old.0, shift), word(new.0, shift)).word(word(old.1, shift), word(new.1, shift));
+    }
+    d
+}
+
+/// Rewrites addresses and ports of a TCP/UDP packet after the fixed IPv6 header and fixes its checksum
+/// incrementally. `false` if the L4 header is not in the frame (cannot happen after the parsing in `forward6`).
+#[inline(always)]
+fn translate(
+    ctx: &XdpContext,
+    ip: &mut Ipv6Hdr,
+    protocol: u8,
+    src: (u64, u64),
+    dst: (u64, u64),
+    sport: [u8; 2],
+    dport: [u8; 2],
+) -> bool {
+    let Some(ports) = packet::at::<[u8; 4]>(ctx, L4_OFF6) else {
+        return false;
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ports = unsafe { &mut *ports };
+    let delta = address_delta(Delta::new(), ipv6_halves(&ip.src_addr), src);
+    let delta = address_delta(delta, ipv6_halves(&ip.dst_addr), dst);
+    let delta = delta.word([ports[0], ports[1]], sport).word([ports[2], ports[3]], dport);
+    if protocol == PROTO_TCP {
+        let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF6 + TCP_CHECK_OFF) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`.
+        unsafe { *check = delta.apply(*check) };
+    } else {
+        let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF6 + UDP_CHECK_OFF) else {
+            return false;
+        };
+        // A zero UDP checksum never gets here (invalid over IPv6); a computed 0 goes out as 0xffff.
+        // SAFETY: bounds-checked by `at`.
+        unsafe { *check = delta.apply_udp(*check) };
+    }
+    *ports = [sport[0], sport[1], dport[0], dport[1]];
+    set_halves(&mut ip.src_addr, src);
+    set_halves(&mut ip.dst_addr, dst);
+    true
+}
