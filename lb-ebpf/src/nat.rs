@@ -57,7 +57,7 @@ use crate::{
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute},
-    vip::Vip,
+    vip::{self, Vip},
 };
 
 /// Offset of the TCP checksum in the TCP header, and of the UDP checksum in the UDP header.
@@ -112,8 +112,11 @@ pub fn forward(
         old = Some(*pinned);
     }
 
-    // A new flow (or one starting over); martian and local sources were dropped before. Its reply route is
-    // looked up by its first reply.
+    // A new flow (or one starting over): its source is tested before it claims a port and gets entries (an
+    // established flow's source was, when it got them). Its reply route is looked up by its first reply.
+    if vip::martian(flow.client, vip, config) {
+        return (XDP_DROP, Reason::DropMartianSource);
+    }
     let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, vip.value.hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);
