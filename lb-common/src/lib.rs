@@ -994,7 +994,7 @@ pub const REASON_COUNT: u32 = 41;
 
 /// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
 /// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
-/// hold (about 3.5 KiB of a 4 KiB page). Verifying costs about 1 ns per 8 bytes, so the bound also caps what a
+/// hold (about 3.5 KiB of a 4 KiB page). Verifying costs under 1 ns per 8 bytes, so the bound also caps what a
 /// flood of large pings costs per packet.
 pub const ECHO_MAX_LEN: usize = 3072;
 

@@ -4,7 +4,7 @@
 //! - **Replies of a local NAT backend.** The XDP program hands a local backend's frames to the node's stack
 //!   translated exactly as for a remote one (`VIP:nport -> backend:bport`), so the backend answers
 //!   `backend:bport -> VIP:nport` from this node. That reply is translated back here, as the XDP program translates
-//!   a remote backend's (`nat::reply_seen` keeps the same TCP state, the route comes from the FIB the same way):
+//!   a remote backend's (`nat_state::reply_seen` keeps the same TCP state, the route comes from the FIB the same way):
 //!   `VIP:svc -> client:cport`, out towards the client's next hop.
 //! - **The node's own ARP requests for an active VIP.** The reply above is routed to the VIP on-link, so the
 //!   kernel asks for the VIP's MAC first, and nobody answers it (this node's XDP program answers only frames from
@@ -30,6 +30,7 @@ use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
 use crate::{
     maps::{Clock, NAT_SOURCE_PORTS},
     nat::{self, TCP_CHECK_OFF, UDP_CHECK_OFF},
+    nat_state::{self, NatState},
     packet,
     parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, L4, L4_OFF},
     route::{self, NoRoute, Route},
@@ -152,17 +153,17 @@ fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
     let now = clock.now();
-    if let Err(reason) = nat::reply_seen(entry, &l4, now) {
+    if let Err(reason) = nat_state::reply_seen(entry, &l4, now) {
         return (TC_ACT_SHOT as i32, Some((reason, router)));
     }
     let (backend, client, client_port, service_port) =
         (ip.src_addr, entry.client, entry.client_port, entry.service_port);
-    let route = match nat::cached_route(entry, now) {
+    let route = match nat_state::cached_route(entry, now) {
         Some(route) => Ok(route),
         None => {
             let found = route::lookup_from(ctx.skb.skb as *mut _, ifindex, vip.address, client, protocol, total as u16);
             if let Ok(r) = &found {
-                nat::store_route(entry, r, now);
+                entry.set_route(r, now);
             }
             found
         }

@@ -16,7 +16,7 @@ use crate::{
     maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
     packet,
     parse::L4,
-    vip::Vip,
+    vip::{self, Vip},
 };
 
 /// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.
@@ -46,6 +46,10 @@ pub fn dsr(
                 };
             }
         }
+    }
+    // A new flow: its source is tested before it gets an entry (a pinned flow's source was, when it got one).
+    if vip::martian(flow.client, vip, config) {
+        return (XDP_DROP, Reason::DropMartianSource);
     }
     let hash = flow_hash(flow.client, l4.sport, l4.dport, l4.protocol, vip.value.hash_seed);
     let Some(id) = maglev_pick(svc, hash) else {

@@ -104,28 +104,41 @@ fn echo(
 /// header) verifies: all its 16-bit words, checksum included, and `seed` (a pseudo-header's sum for ICMPv6, 0 for
 /// ICMP, summed the same way) add up to 0xffff in one's complement (RFC 1071; a trailing odd byte is padded with a
 /// zero byte). Summed 8 bytes at a time in host order, which RFC 1071 §2 shows gives the same result as big-endian
-/// 16-bit words (byte swapped, and 0xffff is its own swap). A loop of at most `ECHO_MAX_LEN / 8` rounds the
-/// verifier can bound: about 1 ns per 8 bytes.
+/// 16-bit words (byte swapped, and 0xffff is its own swap), two words per round: a loop of at most
+/// `ECHO_MAX_LEN / 16` rounds the verifier can bound, each with one bounds check (half the loop overhead of one
+/// word per round: a 64-byte ping takes four rounds).
 #[inline(always)]
 pub fn message_ok<const OFF: usize>(ctx: &XdpContext, len: usize, seed: u64) -> bool {
-    let chunks = len / 8;
+    let rounds = len / 16;
     let mut sum: u64 = seed;
     let mut i = 0;
-    while i < ECHO_MAX_LEN / 8 {
-        if i >= chunks {
+    while i < ECHO_MAX_LEN / 16 {
+        if i >= rounds {
             break;
         }
-        let Some(p) = packet::at::<[u8; 8]>(ctx, OFF + i * 8) else {
+        let Some(p) = packet::at::<[u8; 16]>(ctx, OFF + i * 16) else {
+            return false;
+        };
+        // SAFETY: bounds-checked by `at`.
+        let (a, b) = unsafe {
+            let p = p as *const u8;
+            (u64::from_ne_bytes(packet::load8(p)), u64::from_ne_bytes(packet::load8(p.add(8))))
+        };
+        // Folded every round: the sum stays below 2^35, and the verifier sees the same range after every round.
+        sum = (sum & 0xffff_ffff) + (sum >> 32) + (a & 0xffff_ffff) + (a >> 32) + (b & 0xffff_ffff) + (b >> 32);
+        i += 1;
+    }
+    let mut at = OFF + rounds * 16;
+    let rest = len % 16;
+    if rest & 8 != 0 {
+        let Some(p) = packet::at::<[u8; 8]>(ctx, at) else {
             return false;
         };
         // SAFETY: bounds-checked by `at`.
         let v = u64::from_ne_bytes(unsafe { packet::load8(p as *const u8) });
-        // Folded every round: the sum stays below 2^34, and the verifier sees the same range after every round.
-        sum = (sum & 0xffff_ffff) + (sum >> 32) + (v & 0xffff_ffff) + (v >> 32);
-        i += 1;
+        sum += (v & 0xffff_ffff) + (v >> 32);
+        at += 8;
     }
-    let mut at = OFF + chunks * 8;
-    let rest = len % 8;
     if rest & 4 != 0 {
         let Some(p) = packet::at::<[u8; 4]>(ctx, at) else {
             return false;

@@ -26,6 +26,7 @@ mod ipv6;
 mod maps;
 mod nat;
 mod nat6;
+mod nat_state;
 mod packet;
 mod parse;
 mod route;
@@ -274,14 +275,13 @@ fn to_vip(
     if words.frags() & 0x3fff != 0 {
         return (XDP_DROP, Reason::DropFragment);
     }
-    // Before anything else, in particular before any state: sources no client can have (this VIP, another of
-    // ours, the node's own addresses, martians).
     let source = words.src();
-    if martian_source(source, vip.address) || config.is_local(source) || lookup_vip(source).is_some() {
-        return (XDP_DROP, Reason::DropMartianSource);
-    }
     let protocol = ip.proto as u8;
     if protocol == IPPROTO_ICMP {
+        // Every ICMP message draws an answer or a translation: sources no client can have stop here.
+        if vip::martian(source, vip, config) {
+            return (XDP_DROP, Reason::DropMartianSource);
+        }
         return icmp::handle(ctx, eth, ip, config, vip, total);
     }
     let l4 = match parse::l4(ctx, protocol, total) {
@@ -311,6 +311,10 @@ fn transport(
     if let Some((word, bit)) = nat_source_port_bit(l4.protocol, u16::from_be_bytes(l4.sport))
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
+        // A reply changes its flow's state: its source must be one a backend can have.
+        if vip::martian(source, vip, config) {
+            return (XDP_DROP, Reason::DropMartianSource);
+        }
         if let Some(entry) = nat::reverse_entry(source, vip.address, l4) {
             return nat::reply(ctx, eth, ip, l4, entry, clock.now());
         }

@@ -44,20 +44,20 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
-    NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey, NatValue, NodeConfig, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH_NS, Reason,
-    ServiceValue, flow_hash, nat_port,
+    Backend, FlowKey, FlowValue, NAT_CHECK_INTERVAL_NS, NAT_PORT_TRIES, NO_BACKEND, NatKey, NatValue, NodeConfig,
+    PROTO_TCP, Reason, ServiceValue, flow_hash, nat_port,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum::Delta,
     forward::{self, set_macs},
-    maps::{BACKENDS, CONNTRACK, NAT, closed_grace_ns, embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns},
+    maps::{BACKENDS, CONNTRACK, NAT},
+    nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
     packet,
     parse::{L4, L4_OFF},
-    route::{self, NoRoute, Route},
-    vip::Vip,
+    route::{self, NoRoute},
+    vip::{self, Vip},
 };
 
 /// Offset of the TCP checksum in the TCP header, and of the UDP checksum in the UDP header.
@@ -100,7 +100,7 @@ pub fn forward(
             if let Some(entry) = NAT.get_ptr_mut(&key) {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                if owns(entry, flow) && !udp_expired(entry, l4.protocol, now) {
                     refresh(entry, l4, now);
                     // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
                     pinned.checked_ns = if l4.rst() { 0 } else { now };
@@ -112,8 +112,11 @@ pub fn forward(
         old = Some(*pinned);
     }
 
-    // A new flow (or one starting over); martian and local sources were dropped before. Its reply route is
-    // looked up by its first reply.
+    // A new flow (or one starting over): its source is tested before it claims a port and gets entries (an
+    // established flow's source was, when it got them). Its reply route is looked up by its first reply.
+    if vip::martian(flow.client, vip, config) {
+        return (XDP_DROP, Reason::DropMartianSource);
+    }
     let hash = flow_hash(flow.client, flow.client_port, flow.service_port, flow.protocol, vip.value.hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);
@@ -197,7 +200,7 @@ pub fn reply(
     } else {
         match route::lookup(ctx, vip, client, l4.protocol, u16::from_be_bytes(ip.tot_len)) {
             Ok(r) => {
-                store_route(entry, &r, now);
+                entry.set_route(&r, now);
                 r
             }
             Err(NoRoute::Neighbour) => {
@@ -217,79 +220,10 @@ pub fn reply(
     forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
 }
 
-/// Records a backend's packet in its flow's reverse entry (the TCP state, signs of life), for the XDP program and
-/// the egress program (replies of a backend on this node) alike. `Err` when the translation is gone (a UDP flow
-/// that aged out).
-#[inline(always)]
-pub fn reply_seen(entry: &mut NatValue, l4: &L4, now: u64) -> Result<(), Reason> {
-    if l4.protocol == PROTO_UDP {
-        if idle_for(entry, now) > udp_timeout_ns() {
-            return Err(Reason::DropNatNoEntry);
-        }
-        if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
-            entry.last_seen_ns = now;
-        }
-    } else if l4.rst() {
-        entry.flags |= NAT_RST;
-        entry.last_seen_ns = now;
-    } else if !l4.any_syn() {
-        // The backend answers: established (it would not answer a spoofed connection with anything but a SYN/ACK
-        // or RST). Its packets then count as signs of life too.
-        if entry.flags & NAT_ESTABLISHED == 0 {
-            entry.flags |= NAT_ESTABLISHED;
-            entry.last_seen_ns = now;
-        } else if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
-            entry.last_seen_ns = now;
-        }
-        if l4.fin() && entry.flags & NAT_FIN_BACKEND == 0 {
-            entry.flags |= NAT_FIN_BACKEND;
-        }
-    }
-    Ok(())
-}
-
-/// The flow's cached reply route, if it is younger than `ROUTE_REFRESH_NS`.
-#[inline(always)]
-pub fn cached_route(entry: &NatValue, now: u64) -> Option<Route> {
-    if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
-        return None;
-    }
-    Some(Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex })
-}
-
-#[inline(always)]
-pub fn store_route(entry: &mut NatValue, route: &Route, now: u64) {
-    entry.next_hop_mac = route.next_hop_mac;
-    entry.egress_mac = route.egress_mac;
-    entry.egress_ifindex = route.ifindex;
-    entry.route_ns = now;
-}
-
-/// Updates the flow's own reverse entry with a client packet: FIN, RST, or a revival after a RST.
-#[inline(always)]
-fn refresh(entry: &mut NatValue, l4: &L4, now: u64) {
-    entry.last_seen_ns = now;
-    if l4.rst() {
-        entry.flags |= NAT_RST;
-    } else if entry.flags & NAT_RST != 0 {
-        entry.flags &= !NAT_RST;
-    }
-    if l4.fin() && entry.flags & NAT_FIN_CLIENT == 0 {
-        entry.flags |= NAT_FIN_CLIENT;
-    }
-}
-
 /// A fresh reverse entry for `flow` (a new connection).
 #[inline(always)]
 fn fresh_entry(flow: &FlowKey, l4: &L4, now: u64) -> NatValue {
-    let mut flags = 0;
-    if l4.fin() {
-        flags |= NAT_FIN_CLIENT;
-    }
-    if l4.rst() {
-        flags |= NAT_RST;
-    }
-    NatValue::new(flow.client, flow.client_port, flow.service_port, flags, now)
+    NatValue::new(flow.client, flow.client_port, flow.service_port, fresh_flags(l4), now)
 }
 
 /// The backend a pinned flow may keep using: still in its slot, healthy, still of this service, MAC known.
@@ -302,29 +236,6 @@ fn usable(pinned: &FlowValue, svc: &ServiceValue) -> Option<Backend> {
 #[inline(always)]
 fn owns(entry: &NatValue, flow: &FlowKey) -> bool {
     entry.client == flow.client && entry.client_port == flow.client_port && entry.service_port == flow.service_port
-}
-
-/// Nanoseconds since the entry's last sign of life (0 if another CPU stamped it after `now` was read).
-#[inline(always)]
-fn idle_for(entry: &NatValue, now: u64) -> u64 {
-    now.saturating_sub(entry.last_seen_ns)
-}
-
-/// Whether another flow may take this entry's port (see the module docs).
-#[inline(always)]
-fn reclaimable(entry: &NatValue, protocol: u8, now: u64) -> bool {
-    let idle = idle_for(entry, now);
-    if protocol == PROTO_UDP {
-        return idle > udp_timeout_ns();
-    }
-    if entry.flags & NAT_ESTABLISHED == 0 {
-        return idle > embryonic_timeout_ns();
-    }
-    let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
-    if entry.flags & NAT_RST != 0 || entry.flags & closed == closed {
-        return idle > closed_grace_ns();
-    }
-    idle > established_timeout_ns()
 }
 
 /// Picks the flow's NAT port towards `backend`: the first candidate whose reverse entry is free, already this
@@ -352,18 +263,10 @@ fn claim_port(backend: &Backend, flow: &FlowKey, hash: u32, l4: &L4, now: u64) -
             Some(entry) => {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, flow) && !syn {
-                    // The flow's own entry (its connection-table entry was evicted, or it moved CPU): keep its
-                    // state and route.
-                    refresh(entry, l4, now);
+                if take(entry, owns(entry, flow), syn, &value, l4, flow.protocol, now) {
                     return Some(port);
                 }
-                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
-                    // In place: cheaper than an LRU update (allocate, link, free), and just as racy with another
-                    // CPU claiming the same port at the same instant.
-                    *entry = value;
-                    return Some(port);
-                } else if syn && displace.is_none() && entry.flags & NAT_ESTABLISHED == 0 {
+                if syn && displace.is_none() && embryonic(entry) {
                     displace = Some(port);
                 }
             }

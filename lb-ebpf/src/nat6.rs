@@ -24,8 +24,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey6, FlowValue6, NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT,
-    NAT_PORT_TRIES, NAT_RST, NO_BACKEND, NatKey6, NatValue6, NodeConfig, PROTO_TCP, PROTO_UDP, ROUTE_REFRESH_NS,
+    Backend, FlowKey6, FlowValue6, NAT_PORT_TRIES, NO_BACKEND, NatKey6, NatValue6, NodeConfig, PROTO_TCP, PROTO_UDP,
     Reason, ServiceKey6, ServiceValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_port,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
@@ -35,14 +34,12 @@ use crate::{
     csum::Delta,
     forward::{self, set_macs},
     icmp6::set_halves,
-    maps::{
-        BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6, SERVICES6, closed_grace_ns,
-        embryonic_timeout_ns, established_timeout_ns, udp_timeout_ns,
-    },
+    maps::{BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6, SERVICES6},
     nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
+    nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
     packet,
     parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
-    route::{self, NoRoute, Route},
+    route::{self, NoRoute},
     vip::lookup_vip6,
 };
 
@@ -110,7 +107,7 @@ fn forward_frame(
             if let Some(entry) = NAT6.get_ptr_mut(&key) {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, &flow) && !(l4.protocol == PROTO_UDP && idle_for(entry, now) > udp_timeout_ns()) {
+                if owns(entry, &flow) && !udp_expired(entry, l4.protocol, now) {
                     refresh(entry, l4, now);
                     let (id, port) = (pinned.backend, pinned.nat_port);
                     return to_backend(ctx, eth, ip, config, svc.index, id, port, address, false);
@@ -214,7 +211,7 @@ pub fn reply(
         let length = (IP6_LEN as u16).saturating_add(u16::from_be_bytes(ip.payload_len));
         match route::lookup6(ctx, vip, client, l4.protocol, length) {
             Ok(r) => {
-                store_route(entry, &r, now);
+                entry.set_route(&r, now);
                 r
             }
             Err(NoRoute::Neighbour) => {
@@ -234,66 +231,6 @@ pub fn reply(
     forward::send(ctx, route.ifindex, Reason::NatReplyTx, Reason::NatReplyRedirect)
 }
 
-/// Records a backend's packet in its flow's reverse entry (as `nat::reply_seen`). `Err` when the translation is
-/// gone (a UDP flow that aged out).
-#[inline(always)]
-fn reply_seen(entry: &mut NatValue6, l4: &L4, now: u64) -> Result<(), Reason> {
-    if l4.protocol == PROTO_UDP {
-        if idle_for(entry, now) > udp_timeout_ns() {
-            return Err(Reason::DropNatNoEntry);
-        }
-        if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
-            entry.last_seen_ns = now;
-        }
-    } else if l4.rst() {
-        entry.flags |= NAT_RST;
-        entry.last_seen_ns = now;
-    } else if !l4.any_syn() {
-        // The backend answers with something other than a SYN/ACK or RST: established; its packets are signs of
-        // life from now on.
-        if entry.flags & NAT_ESTABLISHED == 0 {
-            entry.flags |= NAT_ESTABLISHED;
-            entry.last_seen_ns = now;
-        } else if idle_for(entry, now) >= NAT_CHECK_INTERVAL_NS {
-            entry.last_seen_ns = now;
-        }
-        if l4.fin() && entry.flags & NAT_FIN_BACKEND == 0 {
-            entry.flags |= NAT_FIN_BACKEND;
-        }
-    }
-    Ok(())
-}
-
-#[inline(always)]
-fn cached_route(entry: &NatValue6, now: u64) -> Option<Route> {
-    if entry.route_ns == 0 || now.saturating_sub(entry.route_ns) >= ROUTE_REFRESH_NS {
-        return None;
-    }
-    Some(Route { next_hop_mac: entry.next_hop_mac, egress_mac: entry.egress_mac, ifindex: entry.egress_ifindex })
-}
-
-#[inline(always)]
-fn store_route(entry: &mut NatValue6, route: &Route, now: u64) {
-    entry.next_hop_mac = route.next_hop_mac;
-    entry.egress_mac = route.egress_mac;
-    entry.egress_ifindex = route.ifindex;
-    entry.route_ns = now;
-}
-
-/// Updates the flow's own reverse entry with a client packet: FIN, RST, or a revival after a RST.
-#[inline(always)]
-fn refresh(entry: &mut NatValue6, l4: &L4, now: u64) {
-    entry.last_seen_ns = now;
-    if l4.rst() {
-        entry.flags |= NAT_RST;
-    } else if entry.flags & NAT_RST != 0 {
-        entry.flags &= !NAT_RST;
-    }
-    if l4.fin() {
-        entry.flags |= NAT_FIN_CLIENT;
-    }
-}
-
 /// The backend a pinned flow may keep using: still in its slot, healthy, of this service, MAC known.
 #[inline(always)]
 fn usable(pinned: &FlowValue6, svc: &ServiceValue) -> Option<Backend> {
@@ -307,28 +244,6 @@ fn owns(entry: &NatValue6, flow: &FlowKey6) -> bool {
     ipv6_halves(&entry.client) == ipv6_halves(&flow.client)
         && entry.client_port == flow.client_port
         && entry.service_port == flow.service_port
-}
-
-#[inline(always)]
-fn idle_for(entry: &NatValue6, now: u64) -> u64 {
-    now.saturating_sub(entry.last_seen_ns)
-}
-
-/// Whether another flow may take this entry's port (the rules of `nat.rs`).
-#[inline(always)]
-fn reclaimable(entry: &NatValue6, protocol: u8, now: u64) -> bool {
-    let idle = idle_for(entry, now);
-    if protocol == PROTO_UDP {
-        return idle > udp_timeout_ns();
-    }
-    if entry.flags & NAT_ESTABLISHED == 0 {
-        return idle > embryonic_timeout_ns();
-    }
-    let closed = NAT_FIN_CLIENT | NAT_FIN_BACKEND;
-    if entry.flags & NAT_RST != 0 || entry.flags & closed == closed {
-        return idle > closed_grace_ns();
-    }
-    idle > established_timeout_ns()
 }
 
 /// Picks the flow's NAT port towards `backend` (at `address`) as `nat::claim_port` does: the first candidate whose
@@ -345,14 +260,7 @@ fn claim_port(
     l4: &L4,
     now: u64,
 ) -> Option<[u8; 2]> {
-    let mut flags = 0;
-    if l4.fin() {
-        flags |= NAT_FIN_CLIENT;
-    }
-    if l4.rst() {
-        flags |= NAT_RST;
-    }
-    let value = NatValue6::new(client, l4.sport, l4.dport, flags, now);
+    let value = NatValue6::new(client, l4.sport, l4.dport, fresh_flags(l4), now);
     let syn = l4.syn();
     let mut displace: Option<[u8; 2]> = None;
     // One key, its port rewritten per candidate (the stack is 512 bytes for the whole program).
@@ -369,14 +277,10 @@ fn claim_port(
             Some(entry) => {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
                 let entry = unsafe { &mut *entry };
-                if owns(entry, flow) && !syn {
-                    refresh(entry, l4, now);
+                if take(entry, owns(entry, flow), syn, &value, l4, flow.protocol, now) {
                     return Some(port);
                 }
-                if owns(entry, flow) || reclaimable(entry, flow.protocol, now) {
-                    *entry = value;
-                    return Some(port);
-                } else if syn && displace.is_none() && entry.flags & NAT_ESTABLISHED == 0 {
+                if syn && displace.is_none() && embryonic(entry) {
                     displace = Some(port);
                 }
             }

@@ -1,6 +1,6 @@
 //! Which of the node's VIPs a frame is addressed to: the address's `VIP_SLOTS` slot, then the one `VIP_TABLE`
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
-use lb_common::{SLOT_EMPTY, SLOT_SHARED, VipValue, vip_fold};
+use lb_common::{NodeConfig, SLOT_EMPTY, SLOT_SHARED, VipValue, martian_source, vip_fold};
 
 use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS, VIPS6};
 
@@ -55,4 +55,14 @@ pub fn may_answer(router: u32, clock: &Clock) -> bool {
     // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
     // against limits of several advert intervals.
     clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
+}
+
+/// Whether `source` is an address no client of `vip` can have: martian, this VIP or another of ours, or one of the
+/// node's own addresses (`DropMartianSource`). Tested where a packet would create or change state, or draw an
+/// answer: an ICMP message, a NAT backend's reply, and a client packet without a connection-table entry, before
+/// the entry is made. A packet of an existing flow needs no test: its entry was only made after its source passed
+/// (see ARCHITECTURE.md, "Martian sources").
+#[inline(always)]
+pub fn martian(source: [u8; 4], vip: &Vip, config: &NodeConfig) -> bool {
+    martian_source(source, vip.address) || config.is_local(source) || lookup_vip(source).is_some()
 }

@@ -191,6 +191,9 @@ pub struct LoadOptions {
     /// Whether the program keeps its `xvip trace` hook. `false` has the verifier prune it at load (the program
     /// then never traces): benchmarks compare the two to isolate what the switched-off hook costs.
     pub trace_hook: bool,
+    /// Another eBPF object to load instead of the one embedded at build time ([`EBPF_OBJECT`]); it must declare the
+    /// same programs and maps. Benchmarks use it to compare an earlier build with this one in one run.
+    pub object: Option<&'static [u8]>,
 }
 
 impl Default for LoadOptions {
@@ -204,6 +207,7 @@ impl Default for LoadOptions {
             nat_embryonic_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS),
             nat_established_timeout: Duration::from_nanos(lb_common::DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS),
             trace_hook: true,
+            object: None,
         }
     }
 }
@@ -540,7 +544,7 @@ impl DataPlane {
             .override_global(names::NAT_ESTABLISHED_TIMEOUT_NS, &established, true)
             .override_global(names::TRACE_HOOK, &u32::from(options.trace_hook), true)
             .override_global(names::NODE_NETNS_COOKIE, &netns_cookie, true)
-            .load(EBPF_OBJECT)
+            .load(options.object.unwrap_or(EBPF_OBJECT))
             .context(
                 "loading the eBPF object into the kernel (needs root, or CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN)",
             )?;

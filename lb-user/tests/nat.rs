@@ -1023,6 +1023,37 @@ fn martian_and_self_sources_are_dropped_before_any_state() {
     }
 }
 
+/// The martian test runs where state would be made, not on an established flow's packets (their entry was made
+/// after it passed): a client whose address becomes the node's own keeps its flows, but starts no new one.
+#[test]
+fn a_client_address_that_becomes_the_nodes_own_keeps_its_flows_and_starts_no_new_one() {
+    let mut dp = dataplane();
+    let mut dsr = nat_service(443, PROTO_TCP, 443);
+    dsr.forwarding = FORWARD_DSR;
+    dp.apply_service("tls", &dsr).expect("tls");
+    let client = Ipv4Addr::new(10, 77, 0, 61);
+    let f = Flow { client, mac: CLIENT_MAC, cport: 40039, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let dsr_frame = |flags| frames::tcp_frame(NODE_MAC, CLIENT_MAC, client, VIP, 40040, 443, flags, b"");
+    run(&mut dp, &dsr_frame(TCP_SYN), XDP_TX, Reason::ForwardTx);
+
+    support::fixture::ip(&format!("addr add {client}/32 dev lan"));
+    // Any write of the data plane reads the node's addresses afresh.
+    dp.set_node_mac(NODE_MAC).expect("set_node_mac");
+
+    let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+    run(&mut dp, &dsr_frame(TCP_ACK), XDP_TX, Reason::ForwardTx);
+    // A new connection (a SYN starts over) and a flow without an entry are tested, and dropped.
+    let syn = f.client_sends(TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn);
+    let syn = dsr_frame(TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn);
+    let other = Flow { cport: 40041, ..f };
+    let ack = other.client_sends(TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &ack, XDP_DROP, Reason::DropMartianSource), ack);
+}
+
 #[test]
 fn traffic_to_the_vip_that_no_service_takes_is_dropped_and_echo_is_still_answered() {
     let mut dp = dataplane();

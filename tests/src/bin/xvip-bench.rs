@@ -1,8 +1,8 @@
 //! xvip-bench: the benchmarks behind `cargo xtask bench` (needs root).
 //!
 //! ```text
-//! xvip-bench [xdp|maglev|failover|e2e|memory ...] [--rounds N] [--repeat N] [--shots N] [--trials N]
-//!            [--intervals MS,MS] [--duration S] [--out DIR] [--no-doc]
+//! xvip-bench [xdp|maglev|failover|e2e|memory ...] [--rounds N] [--repeat N] [--shots N] [--compare OBJ]
+//!            [--trials N] [--intervals MS,MS] [--duration S] [--out DIR] [--no-doc]
 //! ```
 //! Without a benchmark name it runs all of them, in that order. Each prints a markdown table on stdout, writes
 //! `target/bench/<name>.json` and replaces its section of `BENCHMARKS.md` at the workspace root.
@@ -53,6 +53,9 @@ OPTIONS:
   --repeat N        xdp: repetitions per BPF_PROG_TEST_RUN call (default 1000000)
   --shots N         xdp: calls per round for paths that change their own frame (default 50000)
   --paths TEXT      xdp: only the paths whose name contains TEXT (for profiling one path)
+  --compare OBJ     xdp: also measure the eBPF object OBJ (a copy of an earlier `cargo xtask build-ebpf`),
+                    alternately with this build in every round, and print the difference per path
+                    (BENCHMARKS.md is then left alone)
   --trials N        failover: trials per case (default 3)
   --intervals LIST  failover: advert intervals in ms, comma separated (default 1000,100)
   --duration S      e2e: seconds per wrk run (default 5)
@@ -69,6 +72,8 @@ pub struct Options {
     pub shots: usize,
     /// xdp: only the paths whose name contains this (every path when empty).
     pub paths: String,
+    /// xdp: an earlier eBPF object to measure alternately with this build.
+    pub compare: Option<PathBuf>,
     pub trials: usize,
     pub intervals: Vec<u32>,
     pub duration: u32,
@@ -86,6 +91,7 @@ fn parse_args() -> Result<Options> {
         repeat: 1_000_000,
         shots: 50_000,
         paths: String::new(),
+        compare: None,
         trials: 3,
         intervals: vec![1000, 100],
         duration: 5,
@@ -105,6 +111,10 @@ fn parse_args() -> Result<Options> {
             "--repeat" => o.repeat = number(&value("--repeat")?, "--repeat")?,
             "--shots" => o.shots = number(&value("--shots")?, "--shots")?,
             "--paths" => o.paths = value("--paths")?,
+            "--compare" => {
+                o.compare = Some(PathBuf::from(value("--compare")?));
+                o.doc = false;
+            }
             "--trials" => o.trials = number(&value("--trials")?, "--trials")?,
             "--duration" => o.duration = number(&value("--duration")?, "--duration")?,
             "--intervals" => {

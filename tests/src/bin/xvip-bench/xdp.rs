@@ -12,6 +12,11 @@
 //!
 //! Adding a path (the NAT ones, for instance) is one entry in [`paths`].
 //!
+//! `--compare OBJ` loads a second eBPF object (a copy of an earlier `cargo xtask build-ebpf` output) next to this
+//! build's, prepares every path on both, measures them alternately within each round (which goes first alternates
+//! too) and prints per path both medians and the median of the rounds' differences: a before/after in one run, on
+//! the same machine state. BENCHMARKS.md is then left alone.
+//!
 //! A second table isolates what `xvip trace`'s hook costs ([`trace_cost`]): a few of the paths on a second copy
 //! of the program whose hook the verifier pruned at load, next to the program as it runs (hook in place, switch
 //! off), then with tracing on for frames that do not match and for frames over the rate limit.
@@ -497,6 +502,21 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
             Some(e) => eprintln!("[bench] xdp: {}: skipped: {e}", p.spec.name),
         }
     }
+    // `--compare`: the earlier object, its paths prepared the same way, measured alternately with this build.
+    let mut compared = match &options.compare {
+        Some(path) => {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let object: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            let mut other =
+                DataPlane::load(LoadOptions { service_capacity: 4, object: Some(object), ..LoadOptions::default() })
+                    .with_context(|| format!("loading {}", path.display()))?;
+            other.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
+            other.set_active(true)?;
+            let theirs: Vec<Prepared> = prepared.iter().map(|p| prepare(&mut other, p.spec, options)).collect();
+            Some((other, theirs))
+        }
+        None => None,
+    };
     let baseline_frame = client_tcp(40003, TCP_ACK | TCP_PSH, PAYLOAD);
     let baseline_frames = vec![baseline_frame.clone(); options.shots];
     let mut base_warm = Vec::new();
@@ -506,25 +526,18 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         // Baselines at the start and the end of each round, averaged, so drift within a round hits both sides.
         let w1 = repeat_ns(&mut dp, names::PASS_PROGRAM, &baseline_frame, options.repeat, None)?;
         let (c1, _) = single_ns(&mut dp, names::PASS_PROGRAM, &baseline_frames, XDP_PASS, 0.0)?;
-        for p in prepared.iter_mut().filter(|p| p.error.is_none()) {
-            if let Frames::Fresh(make) = p.spec.frames {
-                // New flows every round: the connection table must not hold them already.
-                let first = (round * options.shots) as u32;
-                p.frames = (first..first + options.shots as u32).map(make).collect();
-            }
-            let measured = (|| -> Result<()> {
-                if p.repeatable {
-                    p.warm.push(repeat_ns(&mut dp, names::PROGRAM, &p.frames[0], options.repeat, Some(p.spec))?);
+        for (i, p) in prepared.iter_mut().enumerate() {
+            match compared.as_mut() {
+                // Alternately first, so drift within a round hits both objects alike.
+                Some((other, theirs)) if round % 2 == 0 => {
+                    measure_path(other, &mut theirs[i], round, options);
+                    measure_path(&mut dp, p, round, options);
                 }
-                let tolerated = if matches!(p.spec.frames, Frames::Fresh(_)) { FRESH_TOLERATED } else { 0.0 };
-                let (ns, others) = single_ns(&mut dp, names::PROGRAM, &p.frames, p.spec.action, tolerated)?;
-                p.cold.push(ns);
-                p.other_verdicts += others;
-                p.runs += p.frames.len() as u64;
-                Ok(())
-            })();
-            if let Err(e) = measured {
-                p.error = Some(format!("{e:#}"));
+                Some((other, theirs)) => {
+                    measure_path(&mut dp, p, round, options);
+                    measure_path(other, &mut theirs[i], round, options);
+                }
+                None => measure_path(&mut dp, p, round, options),
             }
         }
         let w2 = repeat_ns(&mut dp, names::PASS_PROGRAM, &baseline_frame, options.repeat, None)?;
@@ -533,6 +546,9 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         base_cold.push((c1 + c2) / 2.0);
     }
     let (bw, bc) = (report::median(&base_warm), report::median(&base_cold));
+    if let (Some((_, theirs)), Some(path)) = (&compared, &options.compare) {
+        println!("{}", comparison(path, &prepared, theirs));
+    }
     let (trace_table, trace_json) = trace_cost(options, rounds, &mut dp)?;
 
     let mut table = Table::new(&[
@@ -763,6 +779,53 @@ fn trace_cost(options: &Options, rounds: usize, dp: &mut DataPlane) -> Result<(S
         "paths": rows,
     });
     Ok((table.markdown(), json))
+}
+
+/// One round of path `p` on `dp`: warm (if the path repeats) and cold. A failure marks the path.
+fn measure_path(dp: &mut DataPlane, p: &mut Prepared, round: usize, options: &Options) {
+    if p.error.is_some() {
+        return;
+    }
+    if let Frames::Fresh(make) = p.spec.frames {
+        // New flows every round: the connection table must not hold them already.
+        let first = (round * options.shots) as u32;
+        p.frames = (first..first + options.shots as u32).map(make).collect();
+    }
+    let measured = (|| -> Result<()> {
+        if p.repeatable {
+            p.warm.push(repeat_ns(dp, names::PROGRAM, &p.frames[0], options.repeat, Some(p.spec))?);
+        }
+        let tolerated = if matches!(p.spec.frames, Frames::Fresh(_)) { FRESH_TOLERATED } else { 0.0 };
+        let (ns, others) = single_ns(dp, names::PROGRAM, &p.frames, p.spec.action, tolerated)?;
+        p.cold.push(ns);
+        p.other_verdicts += others;
+        p.runs += p.frames.len() as u64;
+        Ok(())
+    })();
+    if let Err(e) = measured {
+        p.error = Some(format!("{e:#}"));
+    }
+}
+
+/// `--compare`: per path, the earlier object's figures, this build's, and the median of the rounds' differences
+/// (this build minus the earlier one; both measured in the same rounds, alternately).
+fn comparison(path: &std::path::Path, ours: &[Prepared], theirs: &[Prepared]) -> String {
+    let mut table =
+        Table::new(&["path", "warm: compared -> this build (difference)", "cold: compared -> this build (difference)"]);
+    let cell = |a: &[f64], b: &[f64]| {
+        if a.is_empty() || b.is_empty() {
+            return "n/a".to_string();
+        }
+        let difference = report::median(&b.iter().zip(a).map(|(x, y)| x - y).collect::<Vec<_>>());
+        format!("{} -> {} ({})", num(report::median(a), 1), num(report::median(b), 1), num(difference, 1))
+    };
+    for (o, t) in ours.iter().zip(theirs) {
+        match (&o.error, &t.error) {
+            (None, None) => table.row(vec![o.spec.name.into(), cell(&t.warm, &o.warm), cell(&t.cold, &o.cold)]),
+            (e1, e2) => table.row(vec![o.spec.name.into(), format!("n/a: {e1:?} / {e2:?}"), String::new()]),
+        }
+    }
+    format!("Compared with {} (ns per packet, medians of the rounds):\n\n{}", path.display(), table.markdown())
 }
 
 /// Runs the path's preparation, builds its frames and finds out whether it can be measured warm.
