@@ -67,33 +67,43 @@ pub fn arp_probe(ns: &str, iface: &str, target: Ipv4Addr, window: Duration) -> R
     let iface = iface.to_owned();
     netns::in_netns(ns, move || {
         let socket = PacketSocket::open(&iface)?;
-        let (mac, ip) = (socket.mac, socket.ip);
-        let request = arp_request(mac, ip, target);
-        let start = Instant::now();
-        socket.send(&request)?;
-        let mut resent = false;
-        let mut answers: Vec<MacAddr> = Vec::new();
-        let mut buf = [0u8; 1600];
-        loop {
-            let now = start.elapsed();
-            if now >= window {
-                break;
-            }
-            if !resent && now >= window / 2 {
-                socket.send(&request)?;
-                resent = true;
-            }
-            let next_event = if resent { window } else { window / 2 };
-            let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
-            let Some(len) = socket.recv(&mut buf, wait)? else { continue };
-            if let Some(sender) = parse_reply(&buf[..len], target)
-                && !answers.contains(&sender)
-            {
-                answers.push(sender);
-            }
-        }
-        Ok(answers)
+        let request = arp_request(socket.mac, socket.ip, target);
+        answers_within(&socket, &request, window, |frame| parse_reply(frame, target))
     })
+}
+
+/// Sends `request` on `socket`, again halfway through `window`, and returns every distinct MAC that `answer` finds
+/// in the frames received within `window`, in order of arrival.
+fn answers_within(
+    socket: &PacketSocket,
+    request: &[u8],
+    window: Duration,
+    answer: impl Fn(&[u8]) -> Option<MacAddr>,
+) -> Result<Vec<MacAddr>> {
+    let start = Instant::now();
+    socket.send(request)?;
+    let mut resent = false;
+    let mut answers: Vec<MacAddr> = Vec::new();
+    let mut buf = [0u8; 1600];
+    loop {
+        let now = start.elapsed();
+        if now >= window {
+            break;
+        }
+        if !resent && now >= window / 2 {
+            socket.send(request)?;
+            resent = true;
+        }
+        let next_event = if resent { window } else { window / 2 };
+        let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
+        let Some(len) = socket.recv(&mut buf, wait)? else { continue };
+        if let Some(sender) = answer(&buf[..len])
+            && !answers.contains(&sender)
+        {
+            answers.push(sender);
+        }
+    }
+    Ok(answers)
 }
 
 /// Sends a Neighbor Solicitation for `target` out of `iface` in namespace `ns` (from `source`, an address of that
@@ -108,30 +118,7 @@ pub fn ns_probe(ns: &str, iface: &str, source: Ipv6Addr, target: Ipv6Addr, windo
     netns::in_netns(ns, move || {
         let socket = PacketSocket::open_ipv6(&iface)?;
         let request = neighbor_solicitation(socket.mac, source, target);
-        let start = Instant::now();
-        socket.send(&request)?;
-        let mut resent = false;
-        let mut answers: Vec<MacAddr> = Vec::new();
-        let mut buf = [0u8; 1600];
-        loop {
-            let now = start.elapsed();
-            if now >= window {
-                break;
-            }
-            if !resent && now >= window / 2 {
-                socket.send(&request)?;
-                resent = true;
-            }
-            let next_event = if resent { window } else { window / 2 };
-            let wait = next_event.saturating_sub(now).max(Duration::from_millis(1));
-            let Some(len) = socket.recv(&mut buf, wait)? else { continue };
-            if let Some(sender) = parse_advertisement(&buf[..len], target)
-                && !answers.contains(&sender)
-            {
-                answers.push(sender);
-            }
-        }
-        Ok(answers)
+        answers_within(&socket, &request, window, |frame| parse_advertisement(frame, target))
     })
 }
 
