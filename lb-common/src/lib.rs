@@ -50,12 +50,18 @@ pub mod names {
     pub const EGRESS_PROGRAM: &str = "xvip_egress";
     pub const CONFIG: &str = "CONFIG";
     pub const VIPS: &str = "VIPS";
-    /// The IPv6 VIPs: `[u8; 16]` address -> [`VipValue`](super::VipValue).
+    /// The IPv6 VIPs: `[u8; 16]` address -> its `VIP6_TABLE` element (a [`Vip6Entry`](super::Vip6Entry)).
     pub const VIPS6: &str = "VIPS6";
     pub const VIP_SLOTS: &str = "VIP_SLOTS";
     pub const VIP_TABLE: &str = "VIP_TABLE";
     pub const LISTENER_SLOTS: &str = "LISTENER_SLOTS";
     pub const LISTENER_TABLE: &str = "LISTENER_TABLE";
+    /// The IPv6 counterparts of `VIP_SLOTS`/`VIP_TABLE` and `LISTENER_SLOTS`/`LISTENER_TABLE` (in front of `VIPS6`
+    /// and `SERVICES6`).
+    pub const VIP6_SLOTS: &str = "VIP6_SLOTS";
+    pub const VIP6_TABLE: &str = "VIP6_TABLE";
+    pub const LISTENER6_SLOTS: &str = "LISTENER6_SLOTS";
+    pub const LISTENER6_TABLE: &str = "LISTENER6_TABLE";
     pub const SERVICES: &str = "SERVICES";
     pub const MAGLEV: &str = "MAGLEV";
     pub const BACKENDS: &str = "BACKENDS";
@@ -256,6 +262,37 @@ pub const fn vip_fold(address: [u8; 4]) -> u32 {
     (((address[0] ^ address[2]) as u32) << 8) | ((address[1] ^ address[3]) as u32)
 }
 
+/// An IPv6 VIP with its value: an element of the `VIP6_TABLE` array, which `VIP6_SLOTS` indexes (as `VipEntry`
+/// for IPv4). The address is held as its [`ipv6_halves`], so the XDP program compares it with two word
+/// comparisons.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Vip6Entry {
+    pub address: [u64; 2],
+    pub value: VipValue,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<Vip6Entry>() == 40);
+
+impl Vip6Entry {
+    /// The entry of `address` (network order), padding zeroed.
+    #[inline(always)]
+    pub fn new(address: &[u8; 16], value: VipValue) -> Self {
+        let (high, low) = ipv6_halves(address);
+        Vip6Entry { address: [high, low], value, _pad: 0 }
+    }
+}
+
+/// Where an IPv6 address sits in `VIP6_SLOTS` (same size as `VIP_SLOTS`), from its [`ipv6_halves`]: its eight
+/// 16-bit words xored together, so addresses that differ in one word (the VIPs of one prefix) get slots of their
+/// own. Four register operations, no memory access.
+#[inline(always)]
+pub const fn vip6_fold((high, low): (u64, u64)) -> u32 {
+    let x = high ^ low;
+    let x = x ^ (x >> 32);
+    ((x ^ (x >> 16)) & 0xffff) as u32
+}
+
 pub const PROTO_TCP: u8 = 6;
 pub const PROTO_UDP: u8 = 17;
 
@@ -327,6 +364,37 @@ pub struct Listener {
     pub value: ServiceValue,
 }
 const _: () = assert!(core::mem::size_of::<Listener>() == 20);
+
+/// An IPv6 listener (a service on one IPv6 address) with its value: an element of the `LISTENER6_TABLE` array,
+/// which `LISTENER6_SLOTS` indexes (as [`Listener`] for IPv4). The address is held as its [`ipv6_halves`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Listener6 {
+    pub vip: [u64; 2],
+    pub port: [u8; 2],
+    pub protocol: u8,
+    pub _pad: u8,
+    pub value: ServiceValue,
+}
+const _: () = assert!(core::mem::size_of::<Listener6>() == 32);
+
+impl Listener6 {
+    /// The element of `key`'s listener, padding zeroed.
+    #[inline(always)]
+    pub fn new(key: &ServiceKey6, value: ServiceValue) -> Self {
+        let (high, low) = ipv6_halves(&key.vip);
+        Listener6 { vip: [high, low], port: key.port, protocol: key.protocol, _pad: 0, value }
+    }
+}
+
+/// Where an IPv6 listener sits in `LISTENER6_SLOTS` (same size as `LISTENER_SLOTS`): as [`listener_slot`], with
+/// the VIP's [`vip6_fold`] (`vip` as [`ipv6_halves`]).
+#[inline(always)]
+pub const fn listener6_slot(vip: (u64, u64), port: [u8; 2], protocol: u8) -> u32 {
+    let port = ((port[0] as u32) << 8) | port[1] as u32;
+    let half = if protocol == PROTO_UDP { 65536 } else { 0 };
+    half | (port ^ vip6_fold(vip))
+}
 
 /// Elements of the `LISTENER_TABLE` array: one per listener, and a spare, so a changed value (a Maglev table
 /// switch) always finds a free element to be written to before its slot moves there.
@@ -1116,8 +1184,13 @@ pub const fn martian_source(source: [u8; 4], vip: [u8; 4]) -> bool {
 /// or the VIP itself.
 #[inline(always)]
 pub fn martian_source6(source: &[u8; 16], vip: &[u8; 16]) -> bool {
-    let (high, low) = ipv6_halves(source);
-    source[0] == 0xff || (high == 0 && (low <= 1 || low >> 32 == 0xffff)) || ipv6_halves(vip) == (high, low)
+    martian_source6_halves(ipv6_halves(source), ipv6_halves(vip))
+}
+
+/// [`martian_source6`] of addresses given as their [`ipv6_halves`].
+#[inline(always)]
+pub const fn martian_source6_halves((high, low): (u64, u64), vip: (u64, u64)) -> bool {
+    high >> 56 == 0xff || (high == 0 && (low <= 1 || low >> 32 == 0xffff)) || (vip.0 == high && vip.1 == low)
 }
 
 /// An IPv6 address as two big-endian 64-bit halves: compared and tested with two register operations (a
@@ -1162,12 +1235,23 @@ pub fn flow_hash(client: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], p
 /// [`flow_hash`] of an IPv6 client: its address folded in as four words.
 #[inline(always)]
 pub fn flow_hash6(client: &[u8; 16], client_port: [u8; 2], service_port: [u8; 2], protocol: u8, seed: u32) -> u32 {
+    flow_hash6_halves(ipv6_halves(client), client_port, service_port, protocol, seed)
+}
+
+/// [`flow_hash6`] of a client address given as its [`ipv6_halves`] (the XDP program reads them as two words).
+#[inline(always)]
+pub fn flow_hash6_halves(
+    (high, low): (u64, u64),
+    client_port: [u8; 2],
+    service_port: [u8; 2],
+    protocol: u8,
+    seed: u32,
+) -> u32 {
     let mut h = seed;
-    let mut i = 0;
-    while i < 16 {
-        h = mix(h, u32::from_be_bytes([client[i], client[i + 1], client[i + 2], client[i + 3]]));
-        i += 4;
-    }
+    h = mix(h, (high >> 32) as u32);
+    h = mix(h, high as u32);
+    h = mix(h, (low >> 32) as u32);
+    h = mix(h, low as u32);
     h = mix(h, (u32::from(u16::from_be_bytes(client_port)) << 16) | u32::from(u16::from_be_bytes(service_port)));
     h = mix(h, u32::from(protocol));
     fmix(h ^ 24)
@@ -1474,6 +1558,8 @@ mod pod {
     unsafe impl aya::Pod for super::VipValue {}
     unsafe impl aya::Pod for super::VipEntry {}
     unsafe impl aya::Pod for super::Listener {}
+    unsafe impl aya::Pod for super::Vip6Entry {}
+    unsafe impl aya::Pod for super::Listener6 {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowValue {}
@@ -1588,6 +1674,35 @@ mod tests {
         }
         assert_ne!(flow_hash6(&a, [0x9c, 0x40], [0, 80], PROTO_TCP, 8), hash(&a), "the seed");
         assert_ne!(group_seed6(a, 51), group_seed6(a, 52), "the VRID");
+        // The word-wise form the XDP program uses, pinned to a value computed by hand from the byte-wise one.
+        let mut h = 7u32;
+        for w in a.chunks(4) {
+            h = mix(h, u32::from_be_bytes([w[0], w[1], w[2], w[3]]));
+        }
+        h = mix(h, (0x9c40 << 16) | 80);
+        h = mix(h, u32::from(PROTO_TCP));
+        assert_eq!(hash(&a), fmix(h ^ 24));
+    }
+
+    #[test]
+    fn ipv6_slots_tell_apart_addresses_differing_in_one_word() {
+        let a: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x50];
+        let slot = |x: &[u8; 16]| vip6_fold(ipv6_halves(x));
+        assert_eq!(slot(&a), 0x2001 ^ 0x0db8 ^ 0x0250);
+        for i in 0..16 {
+            let mut other = a;
+            other[i] ^= 0x11;
+            assert_ne!(slot(&a), slot(&other), "byte {i}");
+        }
+        let key = ServiceKey6::new(a, 80u16.to_be_bytes(), PROTO_TCP);
+        let udp = ServiceKey6::new(a, 80u16.to_be_bytes(), PROTO_UDP);
+        let fold = |k: &ServiceKey6| listener6_slot(ipv6_halves(&k.vip), k.port, k.protocol);
+        assert_eq!(fold(&key), 80 ^ slot(&a));
+        assert_eq!(fold(&udp), 65536 | (80 ^ slot(&a)));
+        assert!(fold(&udp) < LISTENER_SLOT_COUNT && slot(&a) < VIP_SLOT_COUNT);
+        let entry = Listener6::new(&key, ServiceValue::default());
+        assert_eq!((entry.vip, entry.port, entry.protocol), ([0x2001_0db8_0000_0000, 0x0250], key.port, PROTO_TCP));
+        assert_eq!(Vip6Entry::new(&a, VipValue::default()).address, [0x2001_0db8_0000_0000, 0x0250]);
     }
 
     #[test]

@@ -11,18 +11,17 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, Endpoint6, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, NAT6_ICMP_SLOT, NAT6_SLOT, NO_BACKEND,
-    NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey6, ServiceValue, VipValue, flow_hash6, ipv6_from_halves,
-    ipv6_halves, nat_source_port_bit,
+    NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceValue, VipValue, flow_hash6_halves, ipv6_from_halves,
+    nat_source_port_bit,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
     forward,
-    maps::{
-        BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, Clock, NAT_BACKENDS6, NAT_SOURCE_PORTS, NAT6_PROGRAMS, SERVICES6,
-    },
+    maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, Clock, NAT_BACKENDS6, NAT_SOURCE_PORTS, NAT6_PROGRAMS},
     nat6, packet,
     parse::{self, IP6_LEN, L4, L4_OFF6},
+    service::lookup_service6,
 };
 
 /// Offset of the UDP checksum in the frame (after the fixed IPv6 header).
@@ -32,7 +31,7 @@ const QUOTED_OFF6: usize = L4_OFF6 + 8;
 const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
 
 /// A TCP or UDP packet to an IPv6 VIP (`vip`), whose `payload` bytes after the fixed header lie inside the frame
-/// and whose source passed the martian checks.
+/// and whose source passed the martian checks; `src` and `dst` are its addresses' halves.
 #[inline(always)]
 pub fn transport(
     ctx: &XdpContext,
@@ -40,6 +39,7 @@ pub fn transport(
     ip: &mut Ipv6Hdr,
     config: &NodeConfig,
     vip: &VipValue,
+    (src, dst): ((u64, u64), (u64, u64)),
     payload: usize,
     clock: &Clock,
 ) -> (u32, Reason) {
@@ -66,16 +66,13 @@ pub fn transport(
         if let Some(entry) = nat6::reverse_entry(ip, &l4) {
             return nat6::reply(ctx, eth, ip, &l4, entry, clock.now());
         }
-        let from = Endpoint6::new(ipv6_from_halves(ipv6_halves(&ip.src_addr)), l4.sport, l4.protocol);
+        let from = Endpoint6::new(ipv6_from_halves(src), l4.sport, l4.protocol);
         // SAFETY: only tested for presence.
         if unsafe { NAT_BACKENDS6.get(&from) }.is_some() {
             return (XDP_DROP, Reason::DropNatNoEntry);
         }
     }
-    // Addresses are copied through registers (an array copy out of the frame may become a `memmove` call).
-    let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
-    // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+    let Some(svc) = lookup_service6(dst, l4.dport, l4.protocol) else {
         return (XDP_DROP, Reason::DropNoService);
     };
     if svc.forwarding == FORWARD_NAT {
@@ -84,7 +81,7 @@ pub fn transport(
     if svc.forwarding != FORWARD_DSR {
         return (XDP_DROP, Reason::DropIpv6Transport);
     }
-    dsr(ctx, eth, ip, config, vip, &svc, &l4)
+    dsr(ctx, eth, (src, dst), config, vip, &svc, &l4)
 }
 
 /// Hands the frame to `xvip_nat6` (`nat6::forward`), which counts it; returns only if the tail call failed.
@@ -100,15 +97,14 @@ fn nat6_program(ctx: &XdpContext) -> (u32, Reason) {
 fn dsr(
     ctx: &XdpContext,
     eth: *mut EthHdr,
-    ip: &Ipv6Hdr,
+    (client, vip_address): ((u64, u64), (u64, u64)),
     config: &NodeConfig,
     vip: &VipValue,
     svc: &ServiceValue,
     l4: &L4,
 ) -> (u32, Reason) {
-    let (client, vip_address) =
-        (ipv6_from_halves(ipv6_halves(&ip.src_addr)), ipv6_from_halves(ipv6_halves(&ip.dst_addr)));
-    let flow = FlowKey6::new(client, vip_address, l4.sport, l4.dport, l4.protocol);
+    // Built from whole words (see `FlowKey6::from_halves`).
+    let flow = FlowKey6::from_halves(client, vip_address, l4.sport, l4.dport, l4.protocol);
     let mut chosen = NO_BACKEND;
     // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
     // healthy and of this service.
@@ -125,7 +121,7 @@ fn dsr(
     }
     let fresh = chosen == NO_BACKEND;
     if fresh {
-        let hash = flow_hash6(&flow.client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
+        let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
         let Some(id) = forward::maglev_pick(svc, hash) else {
             return (XDP_DROP, Reason::DropInternal);
         };
@@ -145,7 +141,8 @@ fn dsr(
         let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
             return (XDP_DROP, Reason::DropInternal);
         };
-        let value = FlowValue6::new(chosen, &backend, ipv6_from_halves(ipv6_halves(address)));
+        // A DSR flow: no NAT port.
+        let value = FlowValue6::nat(chosen, &backend, packet::halves(address), [0, 0]);
         let _ = CONNTRACK6.insert(&flow, &value, 0);
     }
     forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
@@ -168,14 +165,12 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
     // SAFETY: both bounds-checked by `at`.
     let (quoted, ports) = unsafe { (&*quoted, *ports) };
     let protocol = quoted.next_hdr;
-    let vip_address = ipv6_halves(&ip.dst_addr);
-    if !(protocol == PROTO_TCP || protocol == PROTO_UDP) || ipv6_halves(&quoted.src_addr) != vip_address {
+    let vip_address = packet::halves(&ip.dst_addr);
+    if !(protocol == PROTO_TCP || protocol == PROTO_UDP) || packet::halves(&quoted.src_addr) != vip_address {
         return (XDP_DROP, Reason::DropNoService);
     }
     let (service_port, client_port) = ([ports[0], ports[1]], [ports[2], ports[3]]);
-    let vip_address = ipv6_from_halves(vip_address);
-    // SAFETY: copied out at once.
-    let svc = unsafe { SERVICES6.get(&ServiceKey6::new(vip_address, service_port, protocol)) }.copied();
+    let svc = lookup_service6(vip_address, service_port, protocol);
     // About a NAT service's reply to a client, or (no service on the quoted source port: a NAT port) perhaps about
     // a NAT flow's packet to its backend: for `xvip_nat6_icmp`, which translates it or drops it.
     let Some(svc) = svc.filter(|s| s.forwarding != FORWARD_NAT) else {
@@ -183,8 +178,8 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
         unsafe { NAT6_PROGRAMS.tail_call(ctx, NAT6_ICMP_SLOT) };
         return (XDP_DROP, Reason::DropIpv6Transport);
     };
-    let client = ipv6_from_halves(ipv6_halves(&quoted.dst_addr));
-    let flow = FlowKey6::new(client, vip_address, client_port, service_port, protocol);
+    let flow =
+        FlowKey6::from_halves(packet::halves(&quoted.dst_addr), vip_address, client_port, service_port, protocol);
     // SAFETY: read-only use of the value.
     let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
         return (XDP_DROP, Reason::DropNoService);

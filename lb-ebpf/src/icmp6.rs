@@ -14,7 +14,9 @@ use aya_ebpf::{
     helpers::generated::bpf_xdp_adjust_tail,
     programs::XdpContext,
 };
-use lb_common::{ECHO_MAX_LEN, NodeConfig, Reason, VipValue, ipv6_halves, martian_source6};
+use core::mem::offset_of;
+
+use lb_common::{ECHO_MAX_LEN, NodeConfig, Reason, VipValue, martian_source6_halves};
 use network_types::{eth::EthHdr, icmp::Icmpv6Hdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -25,7 +27,7 @@ use crate::{
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4_OFF6},
-    vip::{lookup_vip6, may_answer},
+    vip::{is_local6, lookup_vip6, may_answer},
 };
 
 const ECHO_REQUEST: u8 = 128;
@@ -51,8 +53,8 @@ const ECHO_HOP_LIMIT: u8 = 64;
 /// options: the source link-layer address, a nonce). Its checksum and options are checked in one pass of at most
 /// 8 rounds, which keeps the verifier's work small.
 const SOLICITATION_MAX_LEN: usize = 64;
-/// All-nodes multicast (ff02::1) and its Ethernet group (RFC 2464 §7).
-const ALL_NODES: [u8; 16] = [0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// All-nodes multicast (ff02::1, as its `ipv6_halves`) and its Ethernet group (RFC 2464 §7).
+const ALL_NODES: (u64, u64) = (0xff02_0000_0000_0000, 1);
 const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
 /// The first 13 bytes of every solicited-node group, ff02::1:ff00:0/104, as the high half and the next 5 bytes.
 const SOLICITED_NODE_HIGH: u64 = 0xff02_0000_0000_0000;
@@ -94,20 +96,21 @@ const ADVERTISEMENT_LEN: usize = core::mem::size_of::<Advertisement>();
 const ADVERTISEMENT_ICMP_LEN: usize = ADVERTISEMENT_LEN - L4_OFF6;
 const _: () = assert!(ADVERTISEMENT_LEN == 86 && ADVERTISEMENT_ICMP_LEN == 32);
 
-/// Whether `dst` is a solicited-node multicast group, ff02::1:ffXX:XXXX (RFC 4291 §2.7.1).
+/// Whether `dst` (as `ipv6_halves`) is a solicited-node multicast group, ff02::1:ffXX:XXXX (RFC 4291 §2.7.1).
 #[inline(always)]
-pub fn solicited_node_group(dst: &[u8; 16]) -> bool {
-    let (high, low) = ipv6_halves(dst);
+pub fn solicited_node_group((high, low): (u64, u64)) -> bool {
     high == SOLICITED_NODE_HIGH && low >> 24 == SOLICITED_NODE_NEXT
 }
 
-/// An ICMPv6 message (next header 58, no extension headers) to a solicited-node group: a solicitation for one of
-/// our VIPs is answered, anything else goes to the kernel. (verdict, reason, router)
+/// An ICMPv6 message (next header 58, no extension headers) to a solicited-node group (`dst`, the halves of
+/// `ip.dst_addr`): a solicitation for one of our VIPs is answered, anything else goes to the kernel.
+/// (verdict, reason, router)
 #[inline(always)]
 pub fn multicast_solicitation(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &mut Ipv6Hdr,
+    dst: (u64, u64),
     config: &NodeConfig,
     clock: &Clock,
 ) -> (u32, Reason, u32) {
@@ -123,17 +126,17 @@ pub fn multicast_solicitation(
     if ETH_LEN + IP6_LEN + len > packet::len(ctx) {
         return (XDP_PASS, Reason::PassTruncated, NO_ROUTER);
     }
-    let Some(vip) = lookup_vip6(&ns.target) else {
+    let target = packet::halves(&ns.target);
+    let Some(vip) = lookup_vip6(target) else {
         return (XDP_PASS, Reason::PassNd, NO_ROUTER);
     };
     let router = vip.router;
     // The group must be the target's own (its last 24 bits).
-    let group_matches =
-        ip.dst_addr[13] == ns.target[13] && ip.dst_addr[14] == ns.target[14] && ip.dst_addr[15] == ns.target[15];
+    let group_matches = (dst.1 ^ target.1) & 0xff_ffff == 0;
     if !group_matches || !may_answer(router, clock) {
         return (XDP_PASS, Reason::PassNd, router);
     }
-    match valid_solicitation(ctx, eth, ip, ns, config, vip, len) {
+    match valid_solicitation(ctx, eth, ip, ns, dst, target, config, vip, len) {
         Some(dad) => {
             let (action, reason) = answer(ctx, vip, dad);
             (action, reason, router)
@@ -143,12 +146,14 @@ pub fn multicast_solicitation(
 }
 
 /// ICMPv6 to the VIP itself (`ip.dst_addr`, whose entry is `vip`), `len` bytes (the payload length, checked
-/// against the frame); the source passed the martian checks.
+/// against the frame); the source passed the martian checks. `src` and `dst` are the addresses' halves.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn to_vip(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &mut Ipv6Hdr,
+    (src, dst): ((u64, u64), (u64, u64)),
     config: &NodeConfig,
     vip: &VipValue,
     len: usize,
@@ -162,7 +167,7 @@ pub fn to_vip(
     // SAFETY: bounds-checked by `at`.
     let (kind, code) = unsafe { ((*icmp).type_, (*icmp).code) };
     match kind {
-        ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, icmp, config, vip, len),
+        ECHO_REQUEST if code == 0 => echo(ctx, eth, ip, (src, dst), icmp, config, vip, len),
         // About a packet a DSR backend sent from the VIP: to that backend (path MTU discovery).
         DEST_UNREACHABLE | PACKET_TOO_BIG | TIME_EXCEEDED => crate::forward6::icmp_error(ctx, eth, ip, config, len),
         NEIGHBOR_SOLICITATION => {
@@ -171,10 +176,10 @@ pub fn to_vip(
             };
             // SAFETY: bounds-checked by `at`.
             let ns = unsafe { &*ns };
-            if ipv6_halves(&ns.target) != ipv6_halves(&ip.dst_addr) {
+            if packet::halves(&ns.target) != dst {
                 return (XDP_DROP, Reason::DropNd);
             }
-            match valid_solicitation(ctx, eth, ip, ns, config, vip, len) {
+            match valid_solicitation(ctx, eth, ip, ns, dst, dst, config, vip, len) {
                 // The unspecified source never gets here (a martian), so this is never duplicate address detection.
                 Some(dad) => answer(ctx, vip, dad),
                 None => (XDP_DROP, Reason::DropNd),
@@ -185,15 +190,18 @@ pub fn to_vip(
 }
 
 /// The checks of RFC 4861 §7.1.1 and ours (see the module's doc) on a solicitation of `len` bytes whose target is
-/// the VIP of `vip`.
+/// the VIP of `vip` (`target`, as `ipv6_halves`; `dst` the halves of `ip.dst_addr`).
 /// `Some(true)`: valid, duplicate address detection (from the unspecified address); `Some(false)`: valid, from an
 /// address; `None`: not to be answered.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn valid_solicitation(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &Ipv6Hdr,
     ns: &Solicitation,
+    dst: (u64, u64),
+    target: (u64, u64),
     config: &NodeConfig,
     vip: &VipValue,
     len: usize,
@@ -208,13 +216,14 @@ fn valid_solicitation(
     if !unicast_asker || !on_its_interface {
         return None;
     }
-    let unspecified = ipv6_halves(&ip.src_addr) == (0, 0);
-    if !unspecified && (martian_source6(&ip.src_addr, &ns.target) || config.is_local6(&ip.src_addr)) {
+    let src = packet::halves(&ip.src_addr);
+    let unspecified = src == (0, 0);
+    if !unspecified && (martian_source6_halves(src, target) || is_local6(config, src)) {
         return None;
     }
-    let source_ll = scan_solicitation(ctx, len, pseudo_header_sum(&ip.src_addr, &ip.dst_addr, len))?;
+    let source_ll = scan_solicitation(ctx, len, pseudo_header_sum(ip, len))?;
     // Duplicate address detection is sent to the solicited-node group, without a source link-layer address.
-    if unspecified && (source_ll || !solicited_node_group(&ip.dst_addr)) {
+    if unspecified && (source_ll || !solicited_node_group(dst)) {
         return None;
     }
     Some(unspecified)
@@ -239,8 +248,8 @@ fn scan_solicitation(ctx: &XdpContext, len: usize, seed: u64) -> Option<bool> {
             break;
         }
         let p = packet::at::<[u8; 8]>(ctx, L4_OFF6 + i * 8)?;
-        // SAFETY: bounds-checked by `at`.
-        let chunk = unsafe { *p };
+        // SAFETY: bounds-checked by `at`; one word load.
+        let chunk = unsafe { packet::load8(p as *const u8) };
         if i == next_option {
             if chunk[1] == 0 {
                 return None;
@@ -277,44 +286,43 @@ fn answer(ctx: &XdpContext, vip: &VipValue, dad: bool) -> (u32, Reason) {
     };
     // SAFETY: bounds-checked by `at`.
     let a = unsafe { &mut *a };
-    let flags = if dad {
-        a.eth_dst = ALL_NODES_MAC;
-        a.dst = ALL_NODES;
-        FLAG_OVERRIDE
+    let p = a as *mut Advertisement as *mut u8;
+    // Written as words (see `packet::load4`): the Ethernet addresses, the IPv6 header's first 8 bytes, the addresses,
+    // the ICMPv6 header with the flags, the option. Everything is read before anything is written.
+    let (dst, dst_mac, flags) = if dad {
+        (ALL_NODES, ALL_NODES_MAC, FLAG_OVERRIDE)
     } else {
-        // Through registers: a copy between fields of one frame would be a `memmove` call.
-        let (m, src) = (mac_words(&a.eth_src), ipv6_halves(&a.src));
-        set_mac_words(&mut a.eth_dst, m);
-        set_halves(&mut a.dst, src);
-        FLAG_SOLICITED | FLAG_OVERRIDE
+        // SAFETY: inside the 86 bytes (the asker's MAC and the EtherType).
+        let m = unsafe { packet::load8(p.add(offset_of!(Advertisement, eth_src))) };
+        (packet::halves(&a.src), [m[0], m[1], m[2], m[3], m[4], m[5]], FLAG_SOLICITED | FLAG_OVERRIDE)
     };
-    // The map value could alias the frame as far as LLVM knows: copied through registers too.
-    let mac = mac_words(&vip.mac);
-    set_mac_words(&mut a.eth_src, mac);
-    a.vcf = [0x60, 0, 0, 0];
-    a.payload_len = (ADVERTISEMENT_ICMP_LEN as u16).to_be_bytes();
-    a.next_hdr = IPPROTO_ICMPV6;
-    a.hop_limit = ND_HOP_LIMIT;
-    let target = ipv6_halves(&a.target);
-    set_halves(&mut a.src, target);
-    a.kind = NEIGHBOR_ADVERTISEMENT;
-    a.code = 0;
-    a.flags = [flags, 0, 0, 0];
-    a.option = [OPTION_TARGET_LL, 1];
-    set_mac_words(&mut a.mac, mac);
-    // The checksum from scratch, over big-endian words: the pseudo-header (RFC 8200 §8.1) and the message.
-    let sum = words(&a.src)
-        + words(&a.dst)
-        + ADVERTISEMENT_ICMP_LEN as u32
-        + u32::from(IPPROTO_ICMPV6)
-        + (u32::from(NEIGHBOR_ADVERTISEMENT) << 8)
-        + (u32::from(flags) << 8)
-        + words(&a.target)
-        + ((u32::from(OPTION_TARGET_LL) << 8) | 1)
-        + u32::from(u16::from_be_bytes([a.mac[0], a.mac[1]]))
-        + u32::from(u16::from_be_bytes([a.mac[2], a.mac[3]]))
-        + u32::from(u16::from_be_bytes([a.mac[4], a.mac[5]]));
-    a.check = (!fold(sum)).to_be_bytes();
+    let target = packet::halves(&a.target);
+    let mac = vip.mac;
+    let option = [OPTION_TARGET_LL, 1, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]];
+    // The checksum from scratch (RFC 8200 §8.1's pseudo-header, then the message), as big-endian 32-bit words
+    // summed in 64 bits: the source is the target.
+    let word = |x: u64| (x >> 32) + (x & 0xffff_ffff);
+    let sum = 2 * (word(target.0) + word(target.1))
+        + word(dst.0)
+        + word(dst.1)
+        + ADVERTISEMENT_ICMP_LEN as u64
+        + u64::from(IPPROTO_ICMPV6)
+        + (u64::from(NEIGHBOR_ADVERTISEMENT) << 24)
+        + (u64::from(flags) << 24)
+        + word(u64::from_be_bytes(option));
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let [c0, c1] = (!fold(sum as u32)).to_be_bytes();
+    set_macs(p as *mut EthHdr, dst_mac, mac);
+    let [l0, l1] = (ADVERTISEMENT_ICMP_LEN as u16).to_be_bytes();
+    // SAFETY: every store lies inside the 86 bytes bounds-checked above.
+    unsafe {
+        packet::store8(p.add(offset_of!(Advertisement, vcf)), [0x60, 0, 0, 0, l0, l1, IPPROTO_ICMPV6, ND_HOP_LIMIT]);
+        packet::store8(p.add(offset_of!(Advertisement, kind)), [NEIGHBOR_ADVERTISEMENT, 0, c0, c1, flags, 0, 0, 0]);
+        packet::store8(p.add(offset_of!(Advertisement, option)), option);
+    }
+    packet::store_halves(&mut a.src, target);
+    packet::store_halves(&mut a.dst, dst);
     (XDP_TX, Reason::NaReply)
 }
 
@@ -326,6 +334,7 @@ fn echo(
     ctx: &XdpContext,
     eth: *mut EthHdr,
     ip: &mut Ipv6Hdr,
+    (src, dst): ((u64, u64), (u64, u64)),
     icmp: *mut Icmpv6Hdr,
     config: &NodeConfig,
     vip: &VipValue,
@@ -339,7 +348,7 @@ fn echo(
     if len > ECHO_MAX_LEN {
         return (XDP_DROP, Reason::DropEchoTooLong);
     }
-    if !message_ok::<L4_OFF6>(ctx, len, pseudo_header_sum(&ip.src_addr, &ip.dst_addr, len)) {
+    if !message_ok::<L4_OFF6>(ctx, len, pseudo_header_sum(ip, len)) {
         return (XDP_DROP, Reason::DropIcmpChecksum);
     }
     // SAFETY: bounds-checked by `at` in `to_vip`.
@@ -347,67 +356,27 @@ fn echo(
     // The type is the high byte of the first word; swapping the addresses leaves the pseudo-header's sum alone.
     icmp.check = csum::replace16(icmp.check, u16::from(ECHO_REQUEST) << 8, u16::from(ECHO_REPLY) << 8);
     icmp.type_ = ECHO_REPLY;
-    let (src, dst) = (ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr));
-    set_halves(&mut ip.src_addr, dst);
-    set_halves(&mut ip.dst_addr, src);
+    packet::store_halves(&mut ip.src_addr, dst);
+    packet::store_halves(&mut ip.dst_addr, src);
     ip.hop_limit = ECHO_HOP_LIMIT;
     let mac = vip.mac;
     set_macs(eth, asker_mac, mac);
     (XDP_TX, Reason::EchoReply)
 }
 
-/// The ICMPv6 pseudo-header (source, destination, upper-layer length, next header 58; RFC 8200 §8.1) summed as
-/// `icmp::message_ok` sums the message: 32-bit words in host order.
+/// The ICMPv6 pseudo-header of `ip` (source, destination, upper-layer length `len`, next header 58; RFC 8200 §8.1)
+/// summed as `icmp::message_ok` sums the message: 32-bit words in host order, the addresses read as 64-bit words.
 #[inline(always)]
-fn pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16], len: usize) -> u64 {
+fn pseudo_header_sum(ip: &Ipv6Hdr, len: usize) -> u64 {
+    let (src, dst) = (ip.src_addr.as_ptr(), ip.dst_addr.as_ptr());
+    // SAFETY: the two addresses, inside the header the caller bounds-checked.
+    let words =
+        unsafe { [packet::load8(src), packet::load8(src.add(8)), packet::load8(dst), packet::load8(dst.add(8))] };
     let mut sum = 0u64;
-    let mut i = 0;
-    while i < 16 {
-        sum += u64::from(u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]));
-        sum += u64::from(u32::from_ne_bytes([dst[i], dst[i + 1], dst[i + 2], dst[i + 3]]));
-        i += 4;
+    for v in words {
+        let v = u64::from_ne_bytes(v);
+        sum += (v & 0xffff_ffff) + (v >> 32);
     }
     sum + u64::from(u32::from_ne_bytes((len as u32).to_be_bytes()))
         + u64::from(u32::from_ne_bytes([0, 0, 0, IPPROTO_ICMPV6]))
-}
-
-/// Writes an address from its [`ipv6_halves`], as two 8-byte stores.
-#[inline(always)]
-pub fn set_halves(address: &mut [u8; 16], (high, low): (u64, u64)) {
-    let p = address.as_mut_ptr() as *mut u64;
-    // SAFETY: both stores lie inside the 16 bytes of `address`.
-    unsafe {
-        p.write_unaligned(high.to_be());
-        p.add(1).write_unaligned(low.to_be());
-    }
-}
-
-/// A MAC address as a 32-bit and a 16-bit word (for copies through registers).
-#[inline(always)]
-fn mac_words(mac: &[u8; 6]) -> (u32, u16) {
-    let p = mac.as_ptr();
-    // SAFETY: both loads lie inside the 6 bytes of `mac`.
-    unsafe { ((p as *const u32).read_unaligned(), (p.add(4) as *const u16).read_unaligned()) }
-}
-
-#[inline(always)]
-fn set_mac_words(mac: &mut [u8; 6], (high, low): (u32, u16)) {
-    let p = mac.as_mut_ptr();
-    // SAFETY: both stores lie inside the 6 bytes of `mac`.
-    unsafe {
-        (p as *mut u32).write_unaligned(high);
-        (p.add(4) as *mut u16).write_unaligned(low);
-    }
-}
-
-/// The sum of an address's eight big-endian 16-bit words.
-#[inline(always)]
-fn words(address: &[u8; 16]) -> u32 {
-    let mut sum = 0u32;
-    let mut i = 0;
-    while i < 16 {
-        sum += u32::from(u16::from_be_bytes([address[i], address[i + 1]]));
-        i += 2;
-    }
-    sum
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::XdpContext,
 };
-use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue, martian_source6};
+use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue, martian_source6_halves};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6},
-    vip::{lookup_vip6, may_answer},
+    vip::{is_local6, lookup_vip6, may_answer},
 };
 
 const NEXT_HOP_BY_HOP: u8 = 0;
@@ -41,22 +41,23 @@ pub fn process(ctx: &XdpContext, eth: *mut EthHdr, config: &NodeConfig, clock: &
     };
     // SAFETY: bounds-checked by `at`.
     let ip = unsafe { &mut *ip };
-    if ip.dst_addr[0] == 0xff {
+    let dst = packet::halves(&ip.dst_addr);
+    if dst.0 >> 56 == 0xff {
         // Multicast: of it, only Neighbor Solicitations to a solicited-node group (ff02::1:ffXX:XXXX) may concern
         // a VIP, and then only in a well-formed header without extension headers.
-        if ip.vcf[0] >> 4 == 6 && ip.next_hdr == IPPROTO_ICMPV6 && icmp6::solicited_node_group(&ip.dst_addr) {
-            return icmp6::multicast_solicitation(ctx, eth, ip, config, clock);
+        if ip.vcf[0] >> 4 == 6 && ip.next_hdr == IPPROTO_ICMPV6 && icmp6::solicited_node_group(dst) {
+            return icmp6::multicast_solicitation(ctx, eth, ip, dst, config, clock);
         }
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
     }
-    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+    let Some(vip) = lookup_vip6(dst) else {
         return (XDP_PASS, Reason::PassNotVip, NO_ROUTER);
     };
-    let (action, reason) = to_vip(ctx, eth, ip, config, vip, clock);
+    let (action, reason) = to_vip(ctx, eth, ip, config, vip, dst, clock);
     (action, reason, vip.router)
 }
 
-/// A frame addressed to an IPv6 VIP (`ip.dst_addr`, whose entry is `vip`). As for IPv4, nothing addressed to a VIP goes to the kernel, which does
+/// A frame addressed to an IPv6 VIP (`ip.dst_addr`, whose halves are `dst` and whose entry is `vip`). As for IPv4, nothing addressed to a VIP goes to the kernel, which does
 /// not own it (with forwarding on it would route it on).
 #[inline(always)]
 fn to_vip(
@@ -65,6 +66,7 @@ fn to_vip(
     ip: &mut Ipv6Hdr,
     config: &NodeConfig,
     vip: &VipValue,
+    dst: (u64, u64),
     clock: &Clock,
 ) -> (u32, Reason) {
     if !may_answer(vip.router, clock) {
@@ -81,15 +83,13 @@ fn to_vip(
         return (XDP_PASS, Reason::PassTruncated);
     }
     // Before anything else: sources no client can have (the VIP, another of ours, the node's own, martians).
-    if martian_source6(&ip.src_addr, &ip.dst_addr)
-        || config.is_local6(&ip.src_addr)
-        || lookup_vip6(&ip.src_addr).is_some()
-    {
+    let src = packet::halves(&ip.src_addr);
+    if martian_source6_halves(src, dst) || is_local6(config, src) || lookup_vip6(src).is_some() {
         return (XDP_DROP, Reason::DropMartianSource);
     }
     match ip.next_hdr {
-        IPPROTO_ICMPV6 => icmp6::to_vip(ctx, eth, ip, config, vip, payload),
-        PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, payload, clock),
+        IPPROTO_ICMPV6 => icmp6::to_vip(ctx, eth, ip, (src, dst), config, vip, payload),
+        PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, (src, dst), payload, clock),
         NEXT_FRAGMENT => (XDP_DROP, Reason::DropFragment),
         NEXT_HOP_BY_HOP | NEXT_ROUTING | NEXT_AH | NEXT_DEST_OPTIONS | NEXT_MOBILITY | NEXT_HIP | NEXT_SHIM6
         | NEXT_EXPERIMENT_1 | NEXT_EXPERIMENT_2 => (XDP_DROP, Reason::DropIpOptions),

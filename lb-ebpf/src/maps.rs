@@ -8,11 +8,11 @@ use aya_ebpf::{
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
     DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, Endpoint6, FlowKey, FlowKey6, FlowValue,
-    FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, LocalShare, MAGLEV_CHUNKS,
-    MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey, NatKey6, NatValue,
-    NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey, ServiceKey6,
-    ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS,
-    VipEntry, VipValue,
+    FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, Listener6, LocalShare,
+    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey,
+    NatKey6, NatValue, NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey,
+    ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT,
+    VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
 };
 
 #[map]
@@ -28,10 +28,20 @@ pub static HEARTBEAT: Array<Heartbeat> = Array::with_max_entries(1, 0);
 #[map]
 pub static VIPS: HashMap<[u8; 4], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
 
-/// Every IPv6 VIP of every instance: its router (the instance's IPv6 router) and interface. Looked up for IPv6
-/// frames only (unicast destinations, and the targets of Neighbor Solicitations to solicited-node groups).
+/// Every IPv6 VIP of every instance -> its `VIP6_TABLE` element. Read only for IPv6 VIPs that share a `VIP6_SLOTS`
+/// slot.
 #[map]
-pub static VIPS6: HashMap<[u8; 16], VipValue> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+pub static VIPS6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_VIPS, BPF_F_NO_PREALLOC);
+
+/// `lb_common::vip6_fold` of an IPv6 address -> the one IPv6 VIP folding there (`VIP6_TABLE` index + 1), none, or
+/// several (`SLOT_SHARED`: `VIPS6` names the element); as `VIP_SLOTS`. Written by the agent.
+#[map]
+pub static VIP6_SLOTS: Array<u16> = Array::with_max_entries(VIP_SLOT_COUNT, 0);
+
+/// The IPv6 VIPs (address, router, interface, ...) `VIP6_SLOTS` and `VIPS6` point at; written like `VIP_TABLE` (a
+/// changed VIP goes to a free element, which the hash and the slot then name).
+#[map]
+pub static VIP6_TABLE: Array<Vip6Entry> = Array::with_max_entries(VIP_TABLE_ELEMENTS, 0);
 
 /// Folded destination address (`lb_common::vip_fold`) -> the one VIP folding there (`VIP_TABLE` index + 1), none
 /// (`SLOT_EMPTY`), or several (`SLOT_SHARED`: `VIPS` decides). Written by the agent.
@@ -65,10 +75,19 @@ pub static MAGLEV: Array<MaglevChunk> = Array::with_max_entries(2 * MAX_SERVICES
 #[map]
 pub static BACKENDS: Array<Backend> = Array::with_max_entries(MAX_BACKENDS, 0);
 
-/// (IPv6 VIP, port, protocol) -> service: IPv6 frames to a VIP's port look it up (one hash lookup; IPv4 frames
-/// never do). Without preallocation, as `SERVICES`.
+/// (IPv6 VIP, port, protocol) -> service. Read only for IPv6 listeners that share a `LISTENER6_SLOTS` slot; without
+/// preallocation, as `SERVICES`.
 #[map]
 pub static SERVICES6: HashMap<ServiceKey6, ServiceValue> = HashMap::with_max_entries(MAX_LISTENERS, BPF_F_NO_PREALLOC);
+
+/// `lb_common::listener6_slot` -> the one IPv6 listener folding there (`LISTENER6_TABLE` index + 1), none, or
+/// several (`SLOT_SHARED`: `SERVICES6` decides); as `LISTENER_SLOTS`. Written by the agent.
+#[map]
+pub static LISTENER6_SLOTS: Array<u16> = Array::with_max_entries(LISTENER_SLOT_COUNT, 0);
+
+/// The IPv6 listeners `LISTENER6_SLOTS` points at; written like `LISTENER_TABLE`.
+#[map]
+pub static LISTENER6_TABLE: Array<Listener6> = Array::with_max_entries(LISTENER_TABLE_ELEMENTS, 0);
 
 /// The IPv6 address of the backend in each `BACKENDS` slot that holds an IPv6 backend (the slot's `address` is
 /// then all zero). Written by the agent before the slot.

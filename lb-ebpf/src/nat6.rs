@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, FlowKey6, FlowValue6, NAT_PORT_TRIES, NO_BACKEND, NatKey6, NatValue6, NodeConfig, PROTO_TCP, PROTO_UDP,
-    Reason, ServiceKey6, ServiceValue, flow_hash6, ipv6_from_halves, ipv6_halves, nat_port,
+    Reason, ServiceValue, flow_hash6_halves, ipv6_halves, nat_port,
 };
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
@@ -33,13 +33,13 @@ use crate::{
     NO_ROUTER,
     csum::Delta,
     forward::{self, set_macs},
-    icmp6::set_halves,
-    maps::{BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6, SERVICES6},
+    maps::{BACKEND_ADDRESSES6, BACKENDS, CONFIG, CONNTRACK6, Clock, NAT6},
     nat::{TCP_CHECK_OFF, UDP_CHECK_OFF},
     nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
     packet,
     parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
     route::{self, NoRoute},
+    service::lookup_service6,
     vip::lookup_vip6,
 };
 
@@ -58,7 +58,7 @@ pub fn forward(ctx: &XdpContext) -> (u32, Reason, u32) {
     };
     // SAFETY: bounds-checked by `at`.
     let ip = unsafe { &mut *ip };
-    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+    let Some(vip) = lookup_vip6(packet::halves(&ip.dst_addr)) else {
         return (XDP_DROP, Reason::DropInternal, NO_ROUTER);
     };
     let router = vip.router;
@@ -66,9 +66,7 @@ pub fn forward(ctx: &XdpContext) -> (u32, Reason, u32) {
     let Ok(l4) = parse::l4_at(ctx, ip.next_hdr, L4_OFF6, payload) else {
         return (XDP_DROP, Reason::DropInternal, router);
     };
-    let key = ServiceKey6::new(ipv6_from_halves(ipv6_halves(&ip.dst_addr)), l4.dport, l4.protocol);
-    // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+    let Some(svc) = lookup_service6(packet::halves(&ip.dst_addr), l4.dport, l4.protocol) else {
         return (XDP_DROP, Reason::DropNoService, router);
     };
     let (action, reason) = forward_frame(ctx, eth, ip, config, &svc, &l4, vip.hash_seed, Clock::new().now());
@@ -88,7 +86,7 @@ fn forward_frame(
     now: u64,
 ) -> (u32, Reason) {
     // Addresses as halves throughout: keys are built from whole words (see `FlowKey6::from_halves`).
-    let (client, vip_address) = (ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr));
+    let (client, vip_address) = (packet::halves(&ip.src_addr), packet::halves(&ip.dst_addr));
     let flow = FlowKey6::from_halves(client, vip_address, l4.sport, l4.dport, l4.protocol);
 
     // Established: the pinned backend and port while the backend may take traffic and the reverse entry is still
@@ -102,7 +100,7 @@ fn forward_frame(
             && pinned.nat_port != [0, 0]
             && let Some(backend) = usable(pinned, svc)
         {
-            let address = ipv6_halves(&pinned.backend_address);
+            let address = packet::halves(&pinned.backend_address);
             let key = NatKey6::from_halves(address, vip_address, backend.port, pinned.nat_port, l4.protocol);
             if let Some(entry) = NAT6.get_ptr_mut(&key) {
                 // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
@@ -118,7 +116,7 @@ fn forward_frame(
     }
 
     // A new flow, or one starting over (as after a failover).
-    let hash = flow_hash6(&flow.client, l4.sport, l4.dport, l4.protocol, hash_seed);
+    let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);
     };
@@ -129,7 +127,7 @@ fn forward_frame(
         return (XDP_DROP, Reason::DropInternal);
     };
     let backend: Backend = *backend;
-    let address = ipv6_halves(address);
+    let address = packet::halves(address);
     let Some(port) = claim_port(&backend, address, client, vip_address, &flow, hash, l4, now) else {
         return (XDP_DROP, Reason::DropNatNoPort);
     };
@@ -172,7 +170,7 @@ fn to_backend(
     if let Err(reason) = forward::take_backend(ctx, service_index, id, &backend, new_flow) {
         return (XDP_DROP, reason);
     }
-    let vip = ipv6_halves(&ip.dst_addr);
+    let vip = packet::halves(&ip.dst_addr);
     if !translate(ctx, ip, ip.next_hdr, vip, address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
@@ -183,8 +181,13 @@ fn to_backend(
 /// The reverse entry a packet from an IPv6 NAT backend's `[address]:port` to `[VIP]:nport` belongs to, if any.
 #[inline(always)]
 pub fn reverse_entry(ip: &Ipv6Hdr, l4: &L4) -> Option<*mut NatValue6> {
-    let key =
-        NatKey6::from_halves(ipv6_halves(&ip.src_addr), ipv6_halves(&ip.dst_addr), l4.sport, l4.dport, l4.protocol);
+    let key = NatKey6::from_halves(
+        packet::halves(&ip.src_addr),
+        packet::halves(&ip.dst_addr),
+        l4.sport,
+        l4.dport,
+        l4.protocol,
+    );
     NAT6.get_ptr_mut(&key)
 }
 
@@ -198,13 +201,13 @@ pub fn reply(
     entry: *mut NatValue6,
     now: u64,
 ) -> (u32, Reason) {
-    let vip = ipv6_halves(&ip.dst_addr);
+    let vip = packet::halves(&ip.dst_addr);
     // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
     let entry = unsafe { &mut *entry };
     if let Err(reason) = reply_seen(entry, l4, now) {
         return (XDP_DROP, reason);
     }
-    let (client, client_port, service_port) = (ipv6_halves(&entry.client), entry.client_port, entry.service_port);
+    let (client, client_port, service_port) = (packet::halves(&entry.client), entry.client_port, entry.service_port);
     let route = if let Some(route) = cached_route(entry, now) {
         route
     } else {
@@ -241,7 +244,7 @@ fn usable(pinned: &FlowValue6, svc: &ServiceValue) -> Option<Backend> {
 
 #[inline(always)]
 fn owns(entry: &NatValue6, flow: &FlowKey6) -> bool {
-    ipv6_halves(&entry.client) == ipv6_halves(&flow.client)
+    packet::halves(&entry.client) == ipv6_halves(&flow.client)
         && entry.client_port == flow.client_port
         && entry.service_port == flow.service_port
 }
@@ -330,7 +333,7 @@ pub fn icmp(ctx: &XdpContext) -> (u32, Reason, u32) {
     };
     // SAFETY: bounds-checked by `at`.
     let ip = unsafe { &mut *ip };
-    let Some(vip) = lookup_vip6(&ip.dst_addr) else {
+    let Some(vip) = lookup_vip6(packet::halves(&ip.dst_addr)) else {
         return (XDP_DROP, Reason::DropInternal, NO_ROUTER);
     };
     let router = vip.router;
@@ -354,17 +357,17 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
     // SAFETY: both bounds-checked by `at`.
     let (quoted, ports) = unsafe { (&mut *quoted, &mut *ports) };
     let protocol = quoted.next_hdr;
-    let vip = ipv6_halves(&ip.dst_addr);
-    let to = ipv6_halves(&quoted.dst_addr);
+    let vip = packet::halves(&ip.dst_addr);
+    let to = packet::halves(&quoted.dst_addr);
     let (sport, dport) = ([ports[0], ports[1]], [ports[2], ports[3]]);
-    if ipv6_halves(&quoted.src_addr) != vip || !(protocol == PROTO_TCP || protocol == PROTO_UDP) {
+    if packet::halves(&quoted.src_addr) != vip || !(protocol == PROTO_TCP || protocol == PROTO_UDP) {
         return (XDP_DROP, Reason::DropNoService);
     }
     // About a packet to a backend: its translation names the client.
     let key = NatKey6::from_halves(to, vip, dport, sport, protocol);
     // SAFETY: only read.
     if let Some(entry) = unsafe { NAT6.get(&key) } {
-        let client = ipv6_halves(&entry.client);
+        let client = packet::halves(&entry.client);
         let (client_port, service_port) = (entry.client_port, entry.service_port);
         let length = (IP6_LEN as u16).saturating_add(u16::from_be_bytes(ip.payload_len));
         let route = match route::lookup6(ctx, vip, client, IPPROTO_ICMPV6, length) {
@@ -389,9 +392,7 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
     let Some(pinned) = (unsafe { CONNTRACK6.get(&flow) }) else {
         return (XDP_DROP, Reason::DropNoService);
     };
-    let key = ServiceKey6::new(ipv6_from_halves(vip), sport, protocol);
-    // SAFETY: copied out at once.
-    let Some(svc) = unsafe { SERVICES6.get(&key) }.copied() else {
+    let Some(svc) = lookup_service6(vip, sport, protocol) else {
         return (XDP_DROP, Reason::DropNoService);
     };
     if pinned.nat_port == [0, 0] {
@@ -403,7 +404,7 @@ fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &mut Ipv6Hdr, config: &Nod
     if let Err(reason) = forward::take_backend(ctx, svc.index, pinned.backend, &backend, false) {
         return (XDP_DROP, reason);
     }
-    let address = ipv6_halves(&pinned.backend_address);
+    let address = packet::halves(&pinned.backend_address);
     if !translate_error(ctx, end, ip, quoted, ports, address, (address, vip), (backend.port, pinned.nat_port)) {
         return (XDP_PASS, Reason::PassTruncated);
     }
@@ -431,11 +432,11 @@ fn translate_error(
     };
     let (qsrc, qdst) = quoted_addresses;
     let (nsport, ndport) = quoted_ports;
-    let inner = address_delta(Delta::new(), ipv6_halves(&quoted.src_addr), qsrc);
-    let inner = address_delta(inner, ipv6_halves(&quoted.dst_addr), qdst);
+    let inner = address_delta(Delta::new(), packet::halves(&quoted.src_addr), qsrc);
+    let inner = address_delta(inner, packet::halves(&quoted.dst_addr), qdst);
     let inner = inner.word([ports[0], ports[1]], nsport).word([ports[2], ports[3]], ndport);
     // The message holds the quoted header and ports; the pseudo-header the outer destination.
-    let mut icmp = address_delta(inner, ipv6_halves(&ip.dst_addr), outer_dst);
+    let mut icmp = address_delta(inner, packet::halves(&ip.dst_addr), outer_dst);
     if quoted.next_hdr == PROTO_TCP {
         if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF)
             && QUOTED_L4_OFF6 + TCP_CHECK_OFF + 2 <= end
@@ -460,9 +461,9 @@ fn translate_error(
     // SAFETY: bounds-checked by `at`.
     unsafe { *icmp_check = icmp.apply(*icmp_check) };
     *ports = [nsport[0], nsport[1], ndport[0], ndport[1]];
-    set_halves(&mut quoted.src_addr, qsrc);
-    set_halves(&mut quoted.dst_addr, qdst);
-    set_halves(&mut ip.dst_addr, outer_dst);
+    packet::store_halves(&mut quoted.src_addr, qsrc);
+    packet::store_halves(&mut quoted.dst_addr, qdst);
+    packet::store_halves(&mut ip.dst_addr, outer_dst);
     true
 }
 
@@ -492,11 +493,12 @@ fn translate(
     let Some(ports) = packet::at::<[u8; 4]>(ctx, L4_OFF6) else {
         return false;
     };
-    // SAFETY: bounds-checked by `at`.
-    let ports = unsafe { &mut *ports };
-    let delta = address_delta(Delta::new(), ipv6_halves(&ip.src_addr), src);
-    let delta = address_delta(delta, ipv6_halves(&ip.dst_addr), dst);
-    let delta = delta.word([ports[0], ports[1]], sport).word([ports[2], ports[3]], dport);
+    let ports = ports as *mut u8;
+    // SAFETY: bounds-checked by `at`; one word load (see `packet::load4`).
+    let old = unsafe { packet::load4(ports) };
+    let delta = address_delta(Delta::new(), packet::halves(&ip.src_addr), src);
+    let delta = address_delta(delta, packet::halves(&ip.dst_addr), dst);
+    let delta = delta.word([old[0], old[1]], sport).word([old[2], old[3]], dport);
     if protocol == PROTO_TCP {
         let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF6 + TCP_CHECK_OFF) else {
             return false;
@@ -511,8 +513,9 @@ fn translate(
         // SAFETY: bounds-checked by `at`.
         unsafe { *check = delta.apply_udp(*check) };
     }
-    *ports = [sport[0], sport[1], dport[0], dport[1]];
-    set_halves(&mut ip.src_addr, src);
-    set_halves(&mut ip.dst_addr, dst);
+    // SAFETY: bounds-checked by `at`.
+    unsafe { packet::store4(ports, [sport[0], sport[1], dport[0], dport[1]]) };
+    packet::store_halves(&mut ip.src_addr, src);
+    packet::store_halves(&mut ip.dst_addr, dst);
     true
 }

@@ -1,8 +1,15 @@
 //! Which of the node's VIPs a frame is addressed to: the address's `VIP_SLOTS` slot, then the one `VIP_TABLE`
-//! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot.
-use lb_common::{NodeConfig, SLOT_EMPTY, SLOT_SHARED, VipValue, martian_source, vip_fold};
+//! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot. IPv6 VIPs
+//! alike, in `VIP6_SLOTS`, `VIP6_TABLE` and `VIPS6`.
+use lb_common::{
+    LOCAL_ADDRESSES6, NodeConfig, SLOT_EMPTY, SLOT_SHARED, VipValue, ipv6_from_halves, martian_source, vip_fold,
+    vip6_fold,
+};
 
-use crate::maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIPS, VIPS6};
+use crate::{
+    maps::{Clock, HEARTBEAT, VIP_SLOTS, VIP_TABLE, VIP6_SLOTS, VIP6_TABLE, VIPS, VIPS6},
+    packet,
+};
 
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
@@ -28,13 +35,39 @@ pub fn lookup_vip(address: [u8; 4]) -> Option<Vip> {
     Some(Vip { address, value })
 }
 
-/// The `VIPS6` entry of `address`, if it is one of our IPv6 VIPs: one hash lookup (IPv6 frames only). `address`
-/// may point into the frame (the helper takes a packet pointer as key), so nothing is copied to the stack.
+/// The entry of the IPv6 `address` (as [`lb_common::ipv6_halves`]), if it is one of our IPv6 VIPs: its
+/// `VIP6_SLOTS` slot names its `VIP6_TABLE` element (as [`lookup_vip`]), or, for VIPs sharing a slot, the `VIPS6`
+/// hash does; the element's address decides.
+///
+/// One kind of reference whichever way the element was found, so the verifier follows what comes after once; a
+/// reference rather than a copy, since the XDP program's stack is close to its limit. The agent never rewrites an
+/// element a slot or the hash names, and reuses a freed one only after every other free one.
 #[inline(always)]
-pub fn lookup_vip6(address: &[u8; 16]) -> Option<&'static VipValue> {
-    // SAFETY: the value is read while this program runs (the map is not preallocated: an update swaps a whole
-    // element, and frees the old one only after every reader is done).
-    unsafe { VIPS6.get(address) }
+pub fn lookup_vip6(address: (u64, u64)) -> Option<&'static VipValue> {
+    let slot = *VIP6_SLOTS.get(vip6_fold(address))?;
+    let element = match slot {
+        SLOT_EMPTY => return None,
+        // SAFETY: copied out at once.
+        SLOT_SHARED => unsafe { VIPS6.get(&ipv6_from_halves(address)) }.copied()?,
+        one => u32::from(one) - 1,
+    };
+    let entry = VIP6_TABLE.get(element)?;
+    (entry.address[0] == address.0 && entry.address[1] == address.1).then_some(&entry.value)
+}
+
+/// Whether the IPv6 `address` (as [`lb_common::ipv6_halves`]) is one of the node's own (`NodeConfig::is_local6`,
+/// with the configuration's addresses read as words).
+#[inline(always)]
+pub fn is_local6(config: &NodeConfig, address: (u64, u64)) -> bool {
+    let mut i = 0;
+    while i < LOCAL_ADDRESSES6 {
+        // `config` is the `CONFIG` map's value, not a stack copy.
+        if packet::halves(&config.local6[i]) == address {
+            return true;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Whether this node may answer for the VIPs of `router`: the router is active *and* its agent is alive, i.e.

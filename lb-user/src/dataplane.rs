@@ -30,11 +30,12 @@ use aya::{
 };
 use lb_common::{
     Backend, Endpoint, Endpoint6, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES,
-    Listener, LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES, MaglevChunk,
-    NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NAT6_ICMP_SLOT, NAT6_SLOT, NatKey, NatKey6, NatValue,
-    NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6,
-    ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, VipEntry, VipValue, listener_slot,
-    maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
+    Listener, Listener6, LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES,
+    MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NAT6_ICMP_SLOT, NAT6_SLOT, NatKey, NatKey6,
+    NatValue, NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6,
+    ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, Vip6Entry, VipEntry, VipValue,
+    ipv6_halves, listener_slot, listener6_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
+    vip6_fold,
 };
 
 use crate::{maglev, netif};
@@ -477,6 +478,12 @@ pub struct DataPlane {
     listener_elements: BTreeMap<ServiceKey, u32>,
     /// Free `LISTENER_TABLE` elements, oldest-freed first.
     free_listener_elements: std::collections::VecDeque<u32>,
+    /// The `VIP6_TABLE` element holding each IPv6 VIP, and the free ones (as for IPv4).
+    vip6_elements: BTreeMap<Ipv6Addr, u32>,
+    free_vip6_elements: std::collections::VecDeque<u32>,
+    /// The `LISTENER6_TABLE` element holding each `SERVICES6` entry, and the free ones.
+    listener6_elements: BTreeMap<ServiceKey6, u32>,
+    free_listener6_elements: std::collections::VecDeque<u32>,
     services: BTreeMap<ServiceId, Installed>,
     /// The IPv6 parts of services (those of instances with IPv6 addresses).
     services6: BTreeMap<ServiceId, Installed6>,
@@ -565,6 +572,10 @@ impl DataPlane {
             free_vip_elements: (0..lb_common::VIP_TABLE_ELEMENTS).collect(),
             listener_elements: BTreeMap::new(),
             free_listener_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
+            vip6_elements: BTreeMap::new(),
+            free_vip6_elements: (0..lb_common::VIP_TABLE_ELEMENTS).collect(),
+            listener6_elements: BTreeMap::new(),
+            free_listener6_elements: (0..lb_common::LISTENER_TABLE_ELEMENTS).collect(),
             services: BTreeMap::new(),
             services6: BTreeMap::new(),
             owners6: HashMap::new(),
@@ -930,9 +941,11 @@ impl DataPlane {
         &self.vips
     }
 
-    /// Makes the `VIPS6` map hold exactly `vips` (the IPv6 VIPs of every instance): new and changed addresses are
-    /// written first (each entry is replaced whole: the map is not preallocated), then the ones that left are
-    /// removed. An address no client could reach (unspecified, loopback, multicast, IPv4-mapped) is refused before
+    /// Makes the IPv6 VIP maps hold exactly `vips` (the IPv6 VIPs of every instance), as [`DataPlane::set_vips`]
+    /// does for IPv4: new and changed addresses are written first, each into a free `VIP6_TABLE` element, which the
+    /// `VIPS6` hash (address -> element) and then its `VIP6_SLOTS` slot name next; then the ones that left lose their
+    /// slot, then their hash entry, then their element. An element is never rewritten while a slot or the hash
+    /// names it. An address no client could reach (unspecified, loopback, multicast, IPv4-mapped) is refused before
     /// anything is written.
     ///
     /// # Errors
@@ -975,21 +988,49 @@ impl DataPlane {
             if self.vips6.get(address) == Some(value) {
                 continue;
             }
-            let mut map: BpfHashMap<&mut MapData, [u8; 16], VipValue> = map_mut(&mut self.ebpf, names::VIPS6)?;
-            map.insert(address.octets(), *value, 0).with_context(|| format!("writing {address} into the VIPS6 map"))?;
+            let element = self.free_vip6_elements.pop_front().ok_or_else(|| {
+                Error::Full(format!("no room for VIP {address}: {} IPv6 VIPs at most", lb_common::MAX_VIPS))
+            })?;
+            let mut table: Array<&mut MapData, Vip6Entry> = map_mut(&mut self.ebpf, names::VIP6_TABLE)?;
+            table
+                .set(element, Vip6Entry::new(&address.octets(), *value), 0)
+                .with_context(|| format!("writing {address} into VIP6_TABLE[{element}]"))?;
+            let mut map: BpfHashMap<&mut MapData, [u8; 16], u32> = map_mut(&mut self.ebpf, names::VIPS6)?;
+            map.insert(address.octets(), element, 0).with_context(|| format!("writing {address} into the VIPS6 map"))?;
             self.vips6.insert(*address, *value);
+            let old = self.vip6_elements.insert(*address, element);
+            self.write_vip6_slot(*address)?;
+            self.free_vip6_elements.extend(old);
         }
         let gone: Vec<Ipv6Addr> = self.vips6.keys().filter(|a| !wanted.contains_key(a)).copied().collect();
         for address in gone {
-            let mut map: BpfHashMap<&mut MapData, [u8; 16], VipValue> = map_mut(&mut self.ebpf, names::VIPS6)?;
+            let element = self.vip6_elements.remove(&address);
+            self.write_vip6_slot(address)?;
+            let mut map: BpfHashMap<&mut MapData, [u8; 16], u32> = map_mut(&mut self.ebpf, names::VIPS6)?;
             match map.remove(&address.octets()) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(e).with_context(|| format!("removing {address} from the VIPS6 map")),
             }
+            self.free_vip6_elements.extend(element);
             self.vips6.remove(&address);
         }
         // The node's own IPv6 addresses, which no client of an IPv6 VIP can have, read afresh with the VIPs.
         self.write_node()
+    }
+
+    /// Rewrites the `VIP6_SLOTS` slot `address` folds to from the IPv6 VIPs now in `VIP6_TABLE`: empty, the one
+    /// VIP folding there, or shared (`VIPS6` decides).
+    fn write_vip6_slot(&mut self, address: Ipv6Addr) -> Result<()> {
+        let slot = vip6_fold(ipv6_halves(&address.octets()));
+        let elements = &self.vip6_elements;
+        let mut folding = elements.iter().filter(|(a, _)| vip6_fold(ipv6_halves(&a.octets())) == slot).map(|(_, e)| *e);
+        let value = match (folding.next(), folding.next()) {
+            (None, _) => SLOT_EMPTY,
+            (Some(element), None) => u16::try_from(element + 1).unwrap_or(SLOT_SHARED),
+            (Some(_), Some(_)) => SLOT_SHARED,
+        };
+        let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::VIP6_SLOTS)?;
+        map.set(slot, value, 0).with_context(|| format!("writing VIP6_SLOTS[{slot}] for {address}"))
     }
 
     /// The `VIPS6` entries written, by address.
@@ -1713,10 +1754,7 @@ impl DataPlane {
         let value = ServiceValue { index: svc.index, table: next, forwarding: spec.forwarding, _pad: [0; 3] };
         let keys = service_keys6(spec);
         for key in &keys {
-            let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
-                map_mut(&mut self.ebpf, names::SERVICES6)?;
-            let (vip, port) = (Ipv6Addr::from(key.vip), u16::from_be_bytes(key.port));
-            services.insert(key, value, 0).with_context(|| format!("writing the SERVICES6 entry of [{vip}]:{port}"))?;
+            self.write_service6_value(*key, value)?;
             self.owners6.insert(*key, id.clone());
         }
         svc.table = next;
@@ -1734,11 +1772,50 @@ impl DataPlane {
         Ok(())
     }
 
-    /// Removes the `SERVICES6` entry `key` if `id` still holds it.
+    /// Writes an IPv6 listener's value as [`DataPlane::write_service_value`] does for IPv4: into `SERVICES6`, then
+    /// into a free `LISTENER6_TABLE` element, then moves its `LISTENER6_SLOTS` slot there.
+    fn write_service6_value(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<()> {
+        let (vip, port) = (Ipv6Addr::from(key.vip), u16::from_be_bytes(key.port));
+        let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
+            map_mut(&mut self.ebpf, names::SERVICES6)?;
+        services.insert(key, value, 0).with_context(|| format!("writing the SERVICES6 entry of [{vip}]:{port}"))?;
+        let element = self.free_listener6_elements.pop_front().ok_or_else(|| {
+            Error::Full(format!("no room for [{vip}]:{port}: {} IPv6 listeners at most", lb_common::MAX_LISTENERS))
+        })?;
+        let mut table: Array<&mut MapData, Listener6> = map_mut(&mut self.ebpf, names::LISTENER6_TABLE)?;
+        table
+            .set(element, Listener6::new(&key, value), 0)
+            .with_context(|| format!("writing [{vip}]:{port} into LISTENER6_TABLE[{element}]"))?;
+        let old = self.listener6_elements.insert(key, element);
+        self.write_listener6_slot(key)?;
+        self.free_listener6_elements.extend(old);
+        Ok(())
+    }
+
+    /// Rewrites the `LISTENER6_SLOTS` slot of `key` from the IPv6 listeners now written: empty, the one listener
+    /// folding there, or shared (`SERVICES6` decides).
+    fn write_listener6_slot(&mut self, key: ServiceKey6) -> Result<()> {
+        let fold = |k: &ServiceKey6| listener6_slot(ipv6_halves(&k.vip), k.port, k.protocol);
+        let slot = fold(&key);
+        let elements = &self.listener6_elements;
+        let mut folding = elements.iter().filter(|(k, _)| fold(k) == slot).map(|(_, e)| *e);
+        let value = match (folding.next(), folding.next()) {
+            (None, _) => SLOT_EMPTY,
+            (Some(element), None) => u16::try_from(element + 1).unwrap_or(SLOT_SHARED),
+            (Some(_), Some(_)) => SLOT_SHARED,
+        };
+        let mut map: Array<&mut MapData, u16> = map_mut(&mut self.ebpf, names::LISTENER6_SLOTS)?;
+        map.set(slot, value, 0).with_context(|| format!("writing LISTENER6_SLOTS[{slot}]"))
+    }
+
+    /// Removes the `SERVICES6` entry `key` if `id` still holds it: its slot first, then its hash entry.
     fn release_key6(&mut self, key: ServiceKey6, id: &ServiceId) -> Result<()> {
         if self.owners6.get(&key) != Some(id) {
             return Ok(());
         }
+        let element = self.listener6_elements.remove(&key);
+        self.write_listener6_slot(key)?;
+        self.free_listener6_elements.extend(element);
         let mut services: BpfHashMap<&mut MapData, ServiceKey6, ServiceValue> =
             map_mut(&mut self.ebpf, names::SERVICES6)?;
         match services.remove(&key) {
