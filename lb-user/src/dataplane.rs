@@ -996,7 +996,8 @@ impl DataPlane {
                 .set(element, Vip6Entry::new(&address.octets(), *value), 0)
                 .with_context(|| format!("writing {address} into VIP6_TABLE[{element}]"))?;
             let mut map: BpfHashMap<&mut MapData, [u8; 16], u32> = map_mut(&mut self.ebpf, names::VIPS6)?;
-            map.insert(address.octets(), element, 0).with_context(|| format!("writing {address} into the VIPS6 map"))?;
+            map.insert(address.octets(), element, 0)
+                .with_context(|| format!("writing {address} into the VIPS6 map"))?;
             self.vips6.insert(*address, *value);
             let old = self.vip6_elements.insert(*address, element);
             self.write_vip6_slot(*address)?;

@@ -387,3 +387,44 @@ fn removed_ipv6_vips_are_no_longer_answered_and_bad_ones_are_refused() {
     let echo = echo_request(CLIENT6, b"abcdefgh");
     assert_eq!(run(&mut dp, &echo, XDP_PASS, Reason::PassNotVip), echo);
 }
+
+/// 2001:db8:77::1:251 folds to `VIP6`'s `VIP6_SLOTS` slot (`lb_common::vip6_fold` xors the address's words:
+/// 0x0001 ^ 0x0251 = 0x0250), and so does 2001:db8:77::2:252.
+const SHARES_VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 1, 0x251);
+const ALSO_IN_VIP6S_SLOT: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 2, 0x252);
+
+/// The advertisement for `vip` the node must send to `CLIENT6` (as [`advertisement`]).
+fn advertisement_for(vip: Ipv6Addr) -> Vec<u8> {
+    let mut f = frames::eth(CLIENT_MAC, NODE_MAC, ETH_IPV6);
+    let na = frames::icmp6(vip, CLIENT6, frames::neighbor_advertisement(vip, 0x60, NODE_MAC));
+    f.extend(frames::ipv6(vip, CLIENT6, 58, 255, &na));
+    f
+}
+
+#[test]
+fn ipv6_vips_sharing_a_slot_are_each_answered_and_an_address_in_one_vips_slot_is_not_a_vip() {
+    let slot = |a: Ipv6Addr| lb_common::vip6_fold(lb_common::ipv6_halves(&a.octets()));
+    assert_eq!(slot(SHARES_VIP6), slot(VIP6));
+    assert_eq!(slot(ALSO_IN_VIP6S_SLOT), slot(VIP6));
+    let mut dp = dataplane(true);
+    let both = [VIP6, SHARES_VIP6].map(|address| Vip6Spec { address, router: ROUTER6, hash_seed: 0, interface: None });
+    dp.set_vips6(&both).expect("two VIPs in one slot");
+    for vip in [VIP6, SHARES_VIP6] {
+        let out = run(&mut dp, &multicast_ns(CLIENT6, vip), XDP_TX, Reason::NaReply);
+        assert_eq!(out, advertisement_for(vip), "{vip} shares its slot and is answered");
+    }
+    let request = multicast_ns(CLIENT6, ALSO_IN_VIP6S_SLOT);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassNd), request, "not a VIP: the hash decides");
+    // Back to one VIP in the slot: VIP6 still answered, its former neighbour and another address folding there not.
+    dp.set_vips6(&both[..1]).expect("VIP6 alone");
+    assert_eq!(run(&mut dp, &multicast_ns(CLIENT6, VIP6), XDP_TX, Reason::NaReply), advertisement_for(VIP6));
+    for other in [SHARES_VIP6, ALSO_IN_VIP6S_SLOT] {
+        let request = multicast_ns(CLIENT6, other);
+        assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassNd), request, "{other}");
+    }
+    // And a VIP that moves to another router is answered by that router's flag, read from its new element.
+    let moved = Vip6Spec { address: VIP6, router: router_slot(1, FAMILY_IPV6), hash_seed: 0, interface: None };
+    dp.set_vips6(&[moved]).expect("VIP6 to another router");
+    let request = multicast_ns(CLIENT6, VIP6);
+    assert_eq!(run(&mut dp, &request, XDP_PASS, Reason::PassNd), request, "its new router is not active");
+}

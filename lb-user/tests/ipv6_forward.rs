@@ -398,3 +398,76 @@ fn icmpv6_errors_about_nothing_of_ours_are_dropped() {
     let ptb = packet_too_big(&reply_from_vip(VIP6, sport));
     assert_eq!(run(&mut dp, &ptb, XDP_DROP, Reason::DropNoService), ptb);
 }
+
+/// 2001:db8:77::251 folds next to `VIP6` (`lb_common::vip6_fold` differs in the last bit), so its port 81 shares
+/// `VIP6`'s port-80 `LISTENER6_SLOTS` slot and its port 80 `VIP6`'s port-81 one (`lb_common::listener6_slot`).
+const NEIGHBOUR6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x251);
+
+fn listener6(vip: Ipv6Addr, port: u16) -> u32 {
+    lb_common::listener6_slot(lb_common::ipv6_halves(&vip.octets()), port.to_be_bytes(), PROTO_TCP)
+}
+
+/// A SYN from `CLIENT6`:`sport` to `vip`:`port`.
+fn syn_to(vip: Ipv6Addr, sport: u16, port: u16) -> Vec<u8> {
+    let mut f = frames::eth(NODE_MAC, CLIENT_MAC, ETH_IPV6);
+    f.extend(frames::ipv6(CLIENT6, vip, 6, 64, &frames::tcp6(CLIENT6, vip, sport, port, TCP_SYN, PAYLOAD)));
+    f
+}
+
+/// Service `web` on port 80 and `web81` on port 81 of both addresses, each over one backend of its own (backend 0
+/// and backend 1), so the MAC a SYN leaves with says which service took it.
+fn two_listeners_per_slot() -> DataPlane {
+    let mut dp = dataplane();
+    let seed6 = group_seed6(NEIGHBOUR6.octets(), VRID);
+    dp.set_vips6(&[
+        Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: seed(), interface: None },
+        Vip6Spec { address: NEIGHBOUR6, router: ROUTER6, hash_seed: seed6, interface: None },
+    ])
+    .expect("set_vips6");
+    let addresses = vec![IpAddr::V6(VIP6), IpAddr::V6(NEIGHBOUR6)];
+    let web = ServiceSpec { addresses: addresses.clone(), ..service(PROTO_TCP, vec![backend(0, 1, true)]) };
+    let web81 = ServiceSpec {
+        addresses,
+        port: 81,
+        ..service(PROTO_TCP, vec![BackendSpec { port: 81, ..backend(1, 1, true) }])
+    };
+    dp.apply_service("web", &web).expect("web");
+    dp.apply_service("web81", &web81).expect("web81");
+    dp
+}
+
+#[test]
+fn ipv6_listeners_sharing_a_slot_each_reach_their_own_service() {
+    assert_eq!(listener6(NEIGHBOUR6, 81), listener6(VIP6, 80));
+    assert_eq!(listener6(NEIGHBOUR6, 80), listener6(VIP6, 81));
+    let mut dp = two_listeners_per_slot();
+    for (vip, port, i) in [(VIP6, 80, 0), (NEIGHBOUR6, 81, 1), (VIP6, 81, 1), (NEIGHBOUR6, 80, 0)] {
+        let input = syn_to(vip, 40_000, port);
+        let out = run(&mut dp, &input, XDP_TX, Reason::ForwardTx);
+        assert_eq!(out, to_backend(&input, i), "[{vip}]:{port}");
+    }
+    // Port 81 gone: each slot holds one listener again; port 80 still served, port 81 no more, on both addresses.
+    dp.remove_service("web81").expect("remove web81");
+    for vip in [VIP6, NEIGHBOUR6] {
+        let input = syn_to(vip, 40_001, 80);
+        assert_eq!(run(&mut dp, &input, XDP_TX, Reason::ForwardTx), to_backend(&input, 0), "[{vip}]:80");
+        let input = syn_to(vip, 40_001, 81);
+        assert_eq!(run(&mut dp, &input, XDP_DROP, Reason::DropNoService), input, "[{vip}]:81");
+    }
+}
+
+#[test]
+fn an_ipv6_port_in_another_listeners_slot_has_no_service() {
+    // (NEIGHBOUR6, 81) folds to the slot (VIP6, 80) holds alone.
+    assert_eq!(listener6(NEIGHBOUR6, 81), listener6(VIP6, 80));
+    let mut dp = with_web();
+    let seed6 = group_seed6(NEIGHBOUR6.octets(), VRID);
+    dp.set_vips6(&[
+        Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: seed(), interface: None },
+        Vip6Spec { address: NEIGHBOUR6, router: ROUTER6, hash_seed: seed6, interface: None },
+    ])
+    .expect("set_vips6");
+    let input = syn_to(NEIGHBOUR6, 40_000, 81);
+    assert_eq!(run(&mut dp, &input, XDP_DROP, Reason::DropNoService), input);
+    run(&mut dp, &syn_to(VIP6, 40_000, 80), XDP_TX, Reason::ForwardTx);
+}
