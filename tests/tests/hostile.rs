@@ -77,7 +77,7 @@ fn flood(
     let flood = Flood {
         to_mac: lab.node(1).mac.0,
         from_mac: edge.host.mac.0,
-        vip: lab.vip(),
+        vip: lab.vip().into(),
         port: SERVICE_PORT,
         syns: FLOOD_SYNS,
         acks: FLOOD_ACKS,
