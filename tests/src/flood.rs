@@ -2,7 +2,11 @@
 //! the VIP's family), and VRRP adverts that every node must discard or ignore. Frames are sent from a [`RawSocket`] of a lab host (normally an
 //! extra host on the bridge) and never leave the lab's namespaces.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -10,6 +14,38 @@ use xvip::vrrp::{ChecksumMode, packet::Advert};
 
 use crate::extra::RawSocket;
 use crate::frames::{self, TCP_ACK, TCP_SYN};
+use crate::{http, netns};
+
+/// What a flood does to real clients: `GET /` on `target` from namespace `client_ns`, one at a time and at least
+/// `spacing` apart, each given `patience`, until `n` were tried or (if given) `while_running` turns false; how many
+/// were tried and how many failed.
+pub fn real_connections(
+    client_ns: &str,
+    target: SocketAddr,
+    n: usize,
+    spacing: Duration,
+    patience: Duration,
+    while_running: Option<Arc<AtomicBool>>,
+) -> (usize, usize) {
+    let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (t, f) = (tried.clone(), failed.clone());
+    netns::in_netns(client_ns, move || {
+        for _ in 0..n {
+            if while_running.as_ref().is_some_and(|r| !r.load(Ordering::SeqCst)) {
+                break;
+            }
+            t.fetch_add(1, Ordering::SeqCst);
+            let started = Instant::now();
+            if http::get(target, "/", patience).is_err() {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(spacing.saturating_sub(started.elapsed()));
+        }
+        Ok(())
+    })
+    .expect("client");
+    (tried.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+}
 
 /// xorshift64: reproducible randomness without a dependency. The state must not be 0 (a 0 seed is replaced).
 #[derive(Clone, Debug)]

@@ -17,7 +17,7 @@ use std::{
     net::{IpAddr, Ipv6Addr, SocketAddr},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
         mpsc,
     },
     time::{Duration, Instant},
@@ -137,8 +137,7 @@ fn counter(node: &XvipNode, name: &str) -> u64 {
     node.status().map(|s| s.counters.dataplane.get(name).copied().unwrap_or(0)).unwrap_or(0)
 }
 
-/// Real connections from the client, one at a time and at least `spacing` apart, until `n` were tried or (if
-/// given) `while_running` turns false; how many were tried and how many failed.
+/// Real connections from the client to `target` (see [`flood::real_connections`]).
 fn real_connections(
     lab: &Lab,
     target: SocketAddr,
@@ -146,24 +145,7 @@ fn real_connections(
     spacing: Duration,
     while_running: Option<Arc<AtomicBool>>,
 ) -> (usize, usize) {
-    let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (t, f) = (tried.clone(), failed.clone());
-    netns::in_netns(&lab.client().ns, move || {
-        for _ in 0..n {
-            if while_running.as_ref().is_some_and(|r| !r.load(Ordering::SeqCst)) {
-                break;
-            }
-            t.fetch_add(1, Ordering::SeqCst);
-            let started = Instant::now();
-            if http::get(target, "/", PATIENCE).is_err() {
-                f.fetch_add(1, Ordering::SeqCst);
-            }
-            std::thread::sleep(spacing.saturating_sub(started.elapsed()));
-        }
-        Ok(())
-    })
-    .expect("client");
-    (tried.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+    flood::real_connections(&lab.client().ns, target, n, spacing, PATIENCE, while_running)
 }
 
 fn flood_case(mode: Mode, backends: usize, conntrack_entries: Option<u32>) {
