@@ -11,7 +11,7 @@
 //! Pure, like the engine: it pushes commands into the instance's [`Out`].
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     net::{IpAddr, Ipv6Addr},
     time::Duration,
 };
@@ -19,7 +19,7 @@ use std::{
 use lb_common::{FAMILY_IPV6, router_slot};
 use log::Level;
 
-use super::{Command, GarpTimers, LogLimits, Out, more_comma};
+use super::{Command, GarpTimers, LogLimits, Out, RECENT_TAKEOVERS, more_comma};
 use crate::{
     config,
     status::RouterStatus,
@@ -51,6 +51,8 @@ pub(super) struct Router6 {
     /// While stopping as the active router: still answering, waiting for the new one to announce itself.
     handing_over: bool,
     last_advert: Option<Duration>,
+    /// When the last advert from another router was heard (times a take-over, as the IPv4 router's does).
+    last_heard: Option<Duration>,
     observed: Observed6,
     logs: LogLimits,
 }
@@ -68,6 +70,10 @@ pub struct Observed6 {
     pub adverts_received: u64,
     pub discards: BTreeMap<&'static str, u64>,
     pub nas_requested: u64,
+    /// Take-overs after hearing another router (master down, preemption, its priority-0 advert), for metrics.
+    pub takeovers: u64,
+    /// The newest take-over times (at most [`RECENT_TAKEOVERS`], oldest first): the last `n` of `takeovers`.
+    pub recent_takeovers: VecDeque<Duration>,
 }
 
 impl Router6 {
@@ -94,6 +100,7 @@ impl Router6 {
             nas: GarpTimers::default(),
             handing_over: false,
             last_advert: None,
+            last_heard: None,
             observed: Observed6 {
                 role: Role::Initialize,
                 role_since: Duration::ZERO,
@@ -104,6 +111,8 @@ impl Router6 {
                 adverts_received: 0,
                 discards: BTreeMap::new(),
                 nas_requested: 0,
+                takeovers: 0,
+                recent_takeovers: VecDeque::new(),
             },
             logs: LogLimits::default(),
         })
@@ -268,6 +277,7 @@ impl Router6 {
             return false;
         }
         self.observed.adverts_received += 1;
+        self.last_heard = Some(now);
         if self.handing_over {
             // A priority-0 advert is another router stopping too, not a new active one.
             if rx.advert.priority > 0 {
@@ -303,6 +313,17 @@ impl Router6 {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
                 Action::BecomeActive { cause, reason } => {
+                    // The election's first advert as active went out at `now` (just before this action).
+                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped)
+                        && let Some(heard) = self.last_heard
+                    {
+                        let o = &mut self.observed;
+                        o.takeovers += 1;
+                        if o.recent_takeovers.len() == RECENT_TAKEOVERS {
+                            o.recent_takeovers.pop_front();
+                        }
+                        o.recent_takeovers.push_back(now.saturating_sub(heard));
+                    }
                     out.push(Command::SetActive { router: self.index, active: true });
                     self.role_changed(now, Role::Active, cause, reason, label, out);
                     self.nas = GarpTimers::after_takeover(now, &self.vrrp);
@@ -370,6 +391,10 @@ impl Router6 {
         *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
         if role != Role::Active {
             self.nas = GarpTimers::default();
+        }
+        // The election starts over: what was heard before (a fault, a stall, a stop) times no take-over after it.
+        if matches!(cause, Cause::Startup | Cause::LinkDown | Cause::Stall | Cause::Stop) {
+            self.last_heard = None;
         }
     }
 

@@ -21,7 +21,7 @@
 pub mod http;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, VecDeque},
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -175,6 +175,7 @@ struct Takeovers {
 #[derive(Debug, Default)]
 pub struct Metrics {
     takeovers: BTreeMap<String, Takeovers>,
+    takeovers6: BTreeMap<String, Takeovers>,
     probes: Probes,
 }
 
@@ -197,27 +198,14 @@ impl Metrics {
     pub fn render(&mut self, sample: Sample) -> String {
         for instance in &sample.instances {
             let o = &instance.view.observed;
-            let t = self
-                .takeovers
-                .entry(instance.name.clone())
-                .or_insert_with(|| Takeovers { histogram: Histogram::new(TAKEOVER_BUCKETS), seen: 0 });
-            let new = o.takeovers.saturating_sub(t.seen);
-            if new > o.recent_takeovers.len() as u64 {
-                log::warn!(
-                    "metrics: {} take-over(s) of instance {} happened between two samples; only the last {} are in \
-                     xvip_vrrp_takeover_seconds",
-                    new,
-                    instance.name,
-                    o.recent_takeovers.len()
-                );
+            Self::absorb(&mut self.takeovers, &instance.name, "", o.takeovers, &o.recent_takeovers);
+            if let Some(v6) = &instance.view.ipv6 {
+                let o = &v6.observed;
+                Self::absorb(&mut self.takeovers6, &instance.name, "IPv6 ", o.takeovers, &o.recent_takeovers);
             }
-            let skip = o.recent_takeovers.len().saturating_sub(usize::try_from(new).unwrap_or(usize::MAX));
-            for took in o.recent_takeovers.iter().skip(skip) {
-                t.histogram.observe(took.as_secs_f64());
-            }
-            t.seen = o.takeovers;
         }
         self.takeovers.retain(|name, _| sample.instances.iter().any(|i| &i.name == name));
+        self.takeovers6.retain(|name, _| sample.instances.iter().any(|i| &i.name == name && i.view.ipv6.is_some()));
         let checked: Vec<BackendKey> = sample
             .instances
             .iter()
@@ -229,8 +217,11 @@ impl Metrics {
                 })
             })
             .collect();
+        let histograms =
+            |all: &BTreeMap<String, Takeovers>| all.iter().map(|(k, t)| (k.clone(), t.histogram.clone())).collect();
         let page = Page {
-            takeovers: self.takeovers.iter().map(|(k, t)| (k.clone(), t.histogram.clone())).collect(),
+            takeovers: histograms(&self.takeovers),
+            takeovers6: histograms(&self.takeovers6),
             probes: self.probes.retain(&checked),
             sample,
         };
@@ -243,13 +234,42 @@ impl Metrics {
         }
         text
     }
+
+    /// Takes a router's take-overs (`total` so far, the newest in `recent`) that `histograms[name]` has not seen
+    /// into it.
+    fn absorb(
+        histograms: &mut BTreeMap<String, Takeovers>,
+        name: &str,
+        router: &str,
+        total: u64,
+        recent: &VecDeque<Duration>,
+    ) {
+        let t = histograms
+            .entry(name.to_string())
+            .or_insert_with(|| Takeovers { histogram: Histogram::new(TAKEOVER_BUCKETS), seen: 0 });
+        let new = total.saturating_sub(t.seen);
+        if new > recent.len() as u64 {
+            log::warn!(
+                "metrics: {new} take-over(s) of instance {name}'s {router}router happened between two samples; only \
+                 the last {} are in xvip_vrrp_takeover_seconds",
+                recent.len()
+            );
+        }
+        let skip = recent.len().saturating_sub(usize::try_from(new).unwrap_or(usize::MAX));
+        for took in recent.iter().skip(skip) {
+            t.histogram.observe(took.as_secs_f64());
+        }
+        t.seen = total;
+    }
 }
 
 /// One sample with the histograms, as the encoder walks it.
 #[derive(Debug)]
 struct Page {
     sample: Sample,
+    /// By instance: its (IPv4) router's take-overs, and its IPv6 router's.
     takeovers: BTreeMap<String, Histogram>,
+    takeovers6: BTreeMap<String, Histogram>,
     probes: BTreeMap<BackendKey, ProbeRecorder>,
 }
 
@@ -522,7 +542,14 @@ impl Page {
             "Time from the last advert heard from another router to this node's first advert as active, per take-over",
             MetricType::Histogram,
             self.per_instance(|i| {
-                self.takeovers.get(&i.name).map(|h| (Self::instance_labels(i), h.clone())).into_iter().collect()
+                let v4 = self.takeovers.get(&i.name).map(|h| (Self::instance_labels(i), h.clone()));
+                // The IPv6 router's under a `family` label; the IPv4 router's series keeps its labels.
+                let v6 = self.takeovers6.get(&i.name).map(|h| {
+                    let mut labels = Self::instance_labels(i);
+                    labels.push(("family", "ipv6".to_string()));
+                    (labels, h.clone())
+                });
+                v4.into_iter().chain(v6).collect()
             }),
         )
     }

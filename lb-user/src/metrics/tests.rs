@@ -556,3 +556,45 @@ fn the_per_instance_families_of_an_ipv6_only_instance_show_its_ipv6_router() {
     }
     assert!(!page.contains(r#"family="ipv4""#), "no IPv4 router without IPv4 addresses:\n{page}");
 }
+
+/// The IPv6 router's take-overs are timed as the IPv4 router's are, in a series of their own under
+/// `family="ipv6"`; the IPv4 router's series keeps its labels and counts only its own.
+#[test]
+fn the_ipv6_routers_takeovers_have_a_histogram_series_by_family() {
+    let config = config::parse(Path::new("xvip.toml"), DUAL).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    let mut e =
+        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+            .expect("engine");
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    // A higher IPv6 peer advertises every second until 2.1 s, then goes quiet; the IPv4 router hears nobody.
+    for t in [100, 1100, 2100] {
+        e.handle(ms(t), advert6("fe80::6".parse().expect("address"), 200, 255));
+    }
+    let page = metrics.render(sample(&e, ms(2200)));
+    let v4 = r#"{vrrp_instance="default"}"#;
+    let v6 = r#"{vrrp_instance="default",family="ipv6"}"#;
+    assert_eq!(value(&page, &format!("xvip_vrrp_takeover_seconds_count{v6}")), Some(0.0), "{page}");
+    let role6 = |e: &Engine, t| e.view(t).instances[0].ipv6.as_ref().map(|v6| v6.observed.role);
+    let mut t = ms(2200);
+    while role6(&e, t) != Some(Role::Active) {
+        t = e.next_deadline().expect("a timer");
+        assert!(t < ms(10_000), "the IPv6 router never took over");
+        e.handle(t, Event::Timer);
+    }
+    // Master_Down_Interval at priority 150 with the peer's 1 s interval: 3 s + (256 - 150) / 256 s.
+    let expected = Duration::from_secs(3) + Duration::from_secs(106) / 256;
+    assert_eq!(t - ms(2100), expected);
+    let page = metrics.render(sample(&e, t));
+    let series = |s: &str| value(&page, &format!("xvip_vrrp_takeover_seconds_{s}"));
+    assert_eq!(series(&format!("count{v6}")), Some(1.0), "{page}");
+    assert_eq!(series(&format!("sum{v6}")), Some(expected.as_secs_f64()), "{page}");
+    let bucket = |le: &str| format!(r#"bucket{{vrrp_instance="default",family="ipv6",le="{le}"}}"#);
+    assert_eq!(series(&bucket("3")), Some(0.0), "{page}");
+    assert_eq!(series(&bucket("3.5")), Some(1.0), "{page}");
+    assert_eq!(series(&format!("count{v4}")), Some(0.0), "the IPv4 router took over from nobody:\n{page}");
+    // The next sample sees the same take-over: it is not counted again.
+    let page = metrics.render(sample(&e, t + ms(1000)));
+    assert_eq!(value(&page, &format!("xvip_vrrp_takeover_seconds_count{v6}")), Some(1.0), "{page}");
+}
