@@ -1056,9 +1056,12 @@ pub enum Reason {
     /// TCP or UDP to an IPv6 VIP's port whose service has a forwarding the IPv6 path does not know (the agent
     /// installs only DSR and NAT services, so this stays 0), or (IPv6 NAT) the tail call to `xvip_nat6` failed.
     DropIpv6Transport = 40,
+    /// Egress: the node's own Neighbor Solicitation for an active IPv6 VIP answered back into the node (as
+    /// `ArpReplyLocal` for IPv4).
+    NaReplyLocal = 41,
 }
 
-pub const REASON_COUNT: u32 = 41;
+pub const REASON_COUNT: u32 = 42;
 
 /// The longest ICMP echo request (ICMP header and data, in bytes) the program verifies and answers: 3 KiB, every
 /// ping a 1500-byte MTU carries (`ping -s 1472`) with room to spare, and nearly all a single-buffer XDP frame can
@@ -1119,6 +1122,7 @@ impl Reason {
         Reason::PassNd,
         Reason::DropNd,
         Reason::DropIpv6Transport,
+        Reason::NaReplyLocal,
     ];
 
     /// Stable snake_case name, used in status output and tests.
@@ -1165,6 +1169,7 @@ impl Reason {
             Reason::PassNd => "pass_nd",
             Reason::DropNd => "drop_nd",
             Reason::DropIpv6Transport => "drop_ipv6_transport",
+            Reason::NaReplyLocal => "na_replies_local",
         }
     }
 }

@@ -13,6 +13,11 @@
 //!   neighbour entry: the gratuitous ARPs of a peer that takes over replace it, and a dead agent leaves nothing
 //!   that answers for the VIP.
 //!
+//! - **The node's own Neighbor Solicitations for an active IPv6 VIP**, for the same reason: one from a unicast
+//!   address, hop limit 255, with a source link-layer address option (86 bytes, as the kernel sends them), whose
+//!   target is an IPv6 VIP answered on this interface, becomes the Neighbor Advertisement the XDP program would
+//!   send (`icmp6::write_advertisement`), handed back into the node.
+//!
 //! Everything else (and everything while the VIP's router is not active here) leaves untouched and uncounted. The
 //! packet's bytes are changed only through the skb helpers, which keep a checksum the NIC or the stack completes
 //! later (`CHECKSUM_PARTIAL`, normal for locally generated TCP) correct; they invalidate packet pointers, so every
@@ -25,16 +30,22 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{PROTO_TCP, PROTO_UDP, Reason, nat_source_port_bit};
-use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr, tcp::TcpHdr};
+use network_types::{
+    arp::ArpHdr,
+    eth::EthHdr,
+    ip::{Ipv4Hdr, Ipv6Hdr},
+    tcp::TcpHdr,
+};
 
 use crate::{
+    icmp6::{self, ADVERTISEMENT_LEN, ND_HOP_LIMIT, NEIGHBOR_SOLICITATION, OPTION_SOURCE_LL, SOLICITATION_LEN},
     maps::{Clock, NAT_SOURCE_PORTS},
     nat::{self, TCP_CHECK_OFF, UDP_CHECK_OFF},
     nat_state::{self, NatState},
     packet,
-    parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, L4, L4_OFF},
+    parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMPV6, L4, L4_OFF, L4_OFF6},
     route::{self, NoRoute, Route},
-    vip::{lookup_vip, may_answer},
+    vip::{lookup_vip, lookup_vip6, may_answer},
 };
 
 const ARP_REQUEST: u16 = 1;
@@ -64,6 +75,7 @@ pub fn process(ctx: &TcContext) -> (i32, Option<(Reason, u32)>) {
     match ether_type {
         ETH_P_ARP => arp(ctx, eth, ifindex, &clock),
         ETH_P_IPV4 => ipv4(ctx, ifindex, &clock),
+        ETH_P_IPV6 => neighbor_solicitation(ctx, ifindex, &clock),
         _ => (TC_ACT_OK as i32, None),
     }
 }
@@ -112,6 +124,55 @@ fn arp(ctx: &TcContext, eth: *mut EthHdr, ifindex: u32, clock: &Clock) -> (i32, 
         } else {
             (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)))
         }
+    }
+}
+
+/// The node's Neighbor Solicitation for one of its active IPv6 VIPs becomes the advertisement, redirected back into
+/// the node (see the module's doc).
+#[inline(always)]
+fn neighbor_solicitation(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
+    let untouched = (TC_ACT_OK as i32, None);
+    if ctx.len() as usize != ADVERTISEMENT_LEN
+        || (packet::len(ctx) < ADVERTISEMENT_LEN && ctx.pull_data(ADVERTISEMENT_LEN as u32).is_err())
+    {
+        return untouched;
+    }
+    let (Some(ip), Some(ns)) = (packet::at::<Ipv6Hdr>(ctx, ETH_LEN), packet::at::<[u8; 32]>(ctx, L4_OFF6)) else {
+        return untouched;
+    };
+    // SAFETY: bounds-checked by `at`.
+    let (ip, ns) = unsafe { (&*ip, &*ns) };
+    // One 8-byte option after the 24-byte message: the source link-layer address.
+    let solicitation = ip.vcf[0] >> 4 == 6
+        && ip.next_hdr == IPPROTO_ICMPV6
+        && ip.hop_limit == ND_HOP_LIMIT
+        && u16::from_be_bytes(ip.payload_len) as usize == ADVERTISEMENT_LEN - L4_OFF6
+        && ns[0] == NEIGHBOR_SOLICITATION
+        && ns[1] == 0
+        && ns[SOLICITATION_LEN] == OPTION_SOURCE_LL
+        && ns[SOLICITATION_LEN + 1] == 1;
+    // From an address: the node's own duplicate address detection is not a question to answer.
+    if !solicitation || packet::halves(&ip.src_addr) == (0, 0) {
+        return untouched;
+    }
+    let target = (ns[8..].as_ptr() as *const [u8; 16]).cast::<[u8; 16]>();
+    // SAFETY: bytes 8..24 of the bounds-checked message.
+    let Some(vip) = lookup_vip6(packet::halves(unsafe { &*target })) else {
+        return untouched;
+    };
+    let router = vip.router;
+    if (vip.ifindex != 0 && vip.ifindex != ifindex) || !may_answer(router, clock) {
+        return untouched;
+    }
+    if !icmp6::write_advertisement(ctx, vip, false) {
+        return (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)));
+    }
+    // SAFETY: plain helper call.
+    let action = unsafe { bpf_redirect(ifindex, u64::from(BPF_F_INGRESS)) } as i32;
+    if action == TC_ACT_REDIRECT as i32 {
+        (action, Some((Reason::NaReplyLocal, router)))
+    } else {
+        (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)))
     }
 }
 

@@ -32,21 +32,21 @@ use crate::{
 
 const ECHO_REQUEST: u8 = 128;
 const ECHO_REPLY: u8 = 129;
-const NEIGHBOR_SOLICITATION: u8 = 135;
+pub const NEIGHBOR_SOLICITATION: u8 = 135;
 /// ICMPv6 errors (RFC 4443): destination unreachable, packet too big, time exceeded.
 const DEST_UNREACHABLE: u8 = 1;
 const PACKET_TOO_BIG: u8 = 2;
 const TIME_EXCEEDED: u8 = 3;
 const NEIGHBOR_ADVERTISEMENT: u8 = 136;
 /// Neighbor Discovery option types (RFC 4861 §4.6).
-const OPTION_SOURCE_LL: u8 = 1;
+pub const OPTION_SOURCE_LL: u8 = 1;
 const OPTION_TARGET_LL: u8 = 2;
 /// Neighbor Advertisement flags (first byte of the word after the checksum): Solicited and Override.
 const FLAG_SOLICITED: u8 = 0x40;
 const FLAG_OVERRIDE: u8 = 0x20;
 /// Neighbor Discovery messages are sent, and must be received, with hop limit 255 (they cannot have crossed a
 /// router).
-const ND_HOP_LIMIT: u8 = 255;
+pub const ND_HOP_LIMIT: u8 = 255;
 /// The hop limit of echo replies, a host's usual default.
 const ECHO_HOP_LIMIT: u8 = 64;
 /// The longest solicitation answered: the 24-byte message and 40 bytes of options (senders put one or two 8-byte
@@ -69,7 +69,7 @@ struct Solicitation {
     reserved: [u8; 4],
     target: [u8; 16],
 }
-const SOLICITATION_LEN: usize = core::mem::size_of::<Solicitation>();
+pub const SOLICITATION_LEN: usize = core::mem::size_of::<Solicitation>();
 const _: () = assert!(SOLICITATION_LEN == 24);
 
 /// The whole answer: Ethernet, IPv6 and a Neighbor Advertisement with one target link-layer address option.
@@ -92,7 +92,7 @@ struct Advertisement {
     option: [u8; 2],
     mac: [u8; 6],
 }
-const ADVERTISEMENT_LEN: usize = core::mem::size_of::<Advertisement>();
+pub const ADVERTISEMENT_LEN: usize = core::mem::size_of::<Advertisement>();
 const ADVERTISEMENT_ICMP_LEN: usize = ADVERTISEMENT_LEN - L4_OFF6;
 const _: () = assert!(ADVERTISEMENT_LEN == 86 && ADVERTISEMENT_ICMP_LEN == 32);
 
@@ -281,8 +281,19 @@ fn answer(ctx: &XdpContext, vip: &VipValue, dad: bool) -> (u32, Reason) {
             return (XDP_DROP, Reason::DropInternal);
         }
     }
-    let Some(a) = packet::at::<Advertisement>(ctx, 0) else {
+    if !write_advertisement(ctx, vip, dad) {
         return (XDP_DROP, Reason::DropInternal);
+    }
+    (XDP_TX, Reason::NaReply)
+}
+
+/// Rewrites the 86-byte frame `ctx` holds, a solicitation with one 8-byte option whose target is the VIP of `vip`,
+/// into the advertisement (see the module's doc; `dad`: to all nodes). `false` if the frame is shorter (nothing
+/// written). Shared with the egress program, which answers the node's own solicitations.
+#[inline(always)]
+pub fn write_advertisement(ctx: &impl packet::Frame, vip: &VipValue, dad: bool) -> bool {
+    let Some(a) = packet::at::<Advertisement>(ctx, 0) else {
+        return false;
     };
     // SAFETY: bounds-checked by `at`.
     let a = unsafe { &mut *a };
@@ -323,7 +334,7 @@ fn answer(ctx: &XdpContext, vip: &VipValue, dad: bool) -> (u32, Reason) {
     }
     packet::store_halves(&mut a.src, target);
     packet::store_halves(&mut a.dst, dst);
-    (XDP_TX, Reason::NaReply)
+    true
 }
 
 /// Answers an echo request to the VIP (`len` bytes of ICMPv6) in place, as the IPv4 path does (`icmp::echo`): only

@@ -5,14 +5,16 @@
 //! 1071 checksums). Needs root (loads BPF programs); nothing is sent on any interface.
 mod support;
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port};
+use lb_common::{
+    FAMILY_IPV6, FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port, router_slot,
+};
 use support::fixture::{
     BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER_MAC, VIP, VRID, XDP_PASS, XDP_TX, assert_delta, lan, run,
 };
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
-use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec, Vip6Spec};
 
 const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
@@ -262,4 +264,69 @@ fn a_reply_without_a_route_to_the_client_is_dropped() {
     run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
     let reply = tcp(NODE_MAC, NODE_MAC, NODE_IP, VIP, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
     egress(&mut dp, &reply, TC_ACT_SHOT, Some(Reason::DropNoRoute));
+}
+
+// ----- egress: the node's own Neighbor Solicitation for an IPv6 VIP -----
+
+const VIP6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x250);
+/// The node's own address on the link the VIP is answered on, and its link-local one.
+const NODE6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 5);
+const NODE6_LL: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 5);
+const ROUTER6: u32 = router_slot(0, FAMILY_IPV6);
+
+fn with_vip6() -> DataPlane {
+    let mut dp = dataplane();
+    dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: 0, interface: None }]).expect("set_vips6");
+    dp.set_router_active(ROUTER6, true).expect("set_router_active");
+    dp
+}
+
+/// The kernel's solicitation for `target` from `src`: to the target's solicited-node group, or (`unicast`, a
+/// reachability probe of a stale entry) to the target itself; hop limit `hop_limit`, the node's MAC as source
+/// link-layer address.
+fn solicitation(src: Ipv6Addr, target: Ipv6Addr, unicast: bool, hop_limit: u8) -> Vec<u8> {
+    let (dst, dst_mac) = if unicast { (target, NODE_MAC) } else { frames::solicited_node(target) };
+    let mut f = frames::eth(dst_mac, NODE_MAC, frames::ETH_IPV6);
+    let ns = frames::icmp6(src, dst, frames::neighbor_solicitation(target, Some(NODE_MAC)));
+    f.extend(frames::ipv6(src, dst, 58, hop_limit, &ns));
+    f
+}
+
+/// The advertisement the node must get back: from the VIP to `to`, Solicited and Override, the node's MAC.
+fn advertisement(to: Ipv6Addr) -> Vec<u8> {
+    let mut f = frames::eth(NODE_MAC, NODE_MAC, frames::ETH_IPV6);
+    let na = frames::icmp6(VIP6, to, frames::neighbor_advertisement(VIP6, 0x60, NODE_MAC));
+    f.extend(frames::ipv6(VIP6, to, 58, 255, &na));
+    f
+}
+
+#[test]
+fn the_nodes_neighbor_solicitation_for_an_active_ipv6_vip_is_answered_back_into_the_node() {
+    let mut dp = with_vip6();
+    for (src, unicast) in [(NODE6, false), (NODE6_LL, false), (NODE6, true)] {
+        let request = solicitation(src, VIP6, unicast, 255);
+        let out = egress(&mut dp, &request, TC_ACT_REDIRECT, Some(Reason::NaReplyLocal));
+        assert_frame(&out, &advertisement(src));
+        assert!(frames::icmp6_ok(&out), "the advertisement's checksum verifies");
+    }
+    let counters = dp.counters().expect("counters");
+    assert_eq!(counters.router_reason(ROUTER6, Reason::NaReplyLocal), 3, "counted for the IPv6 router");
+}
+
+#[test]
+fn other_solicitations_leave_the_node_untouched() {
+    let mut dp = with_vip6();
+    let other = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x251);
+    // Duplicate address detection (from ::, without the option), a hop limit below 255, another target.
+    let (group, group_mac) = frames::solicited_node(VIP6);
+    let mut dad = frames::eth(group_mac, NODE_MAC, frames::ETH_IPV6);
+    let ns = frames::neighbor_solicitation(VIP6, None);
+    dad.extend(frames::ipv6(Ipv6Addr::UNSPECIFIED, group, 58, 255, &frames::icmp6(Ipv6Addr::UNSPECIFIED, group, ns)));
+    for request in [dad, solicitation(NODE6, VIP6, false, 64), solicitation(NODE6, other, false, 255)] {
+        assert_eq!(egress(&mut dp, &request, TC_ACT_OK, None), request);
+    }
+    // While the IPv6 router is backup the question goes out to the wire, where the active node answers it.
+    dp.set_router_active(ROUTER6, false).expect("set_router_active");
+    let request = solicitation(NODE6, VIP6, false, 255);
+    assert_eq!(egress(&mut dp, &request, TC_ACT_OK, None), request);
 }
