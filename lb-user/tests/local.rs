@@ -1,7 +1,7 @@
 //! BPF_PROG_TEST_RUN fixtures for a backend on the xvip node itself (a stacked node): the XDP program hands its
 //! frames to the node's own stack (NAT: translated exactly as for a remote backend; DSR: unchanged), and the egress
-//! program translates the local backend's NAT replies back and answers the node's own ARP requests for an active
-//! VIP. Exact input and output bytes; the expected frames are built from scratch by `support::frames` (full RFC
+//! program translates the local backend's NAT replies back and answers the node's own ARP requests (and Neighbor
+//! Solicitations) for an active VIP. Exact input and output bytes; the expected frames are built from scratch by `support::frames` (full RFC
 //! 1071 checksums). Needs root (loads BPF programs); nothing is sent on any interface.
 mod support;
 
