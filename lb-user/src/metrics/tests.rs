@@ -598,3 +598,167 @@ fn the_ipv6_routers_takeovers_have_a_histogram_series_by_family() {
     let page = metrics.render(sample(&e, t + ms(1000)));
     assert_eq!(value(&page, &format!("xvip_vrrp_takeover_seconds_count{v6}")), Some(1.0), "{page}");
 }
+
+/// The series of a page as `name{label,...}` (label names, not values) with how many of each: its shape.
+fn shape(page: &str) -> BTreeMap<String, usize> {
+    let mut shape = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let keys: Vec<&str> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter_map(|pair| pair.split_once('=').map(|(k, _)| k))
+            .collect();
+        *shape.entry(format!("{name}{{{}}}", keys.join(","))).or_default() += 1;
+    }
+    shape
+}
+
+/// Status and metrics render both routers of an instance with IPv4 and IPv6 addresses: the status document and
+/// the page keep every key, series and value their readers (docs/status.md, docs/metrics.md) rely on.
+#[test]
+fn the_status_and_page_of_a_dual_stack_instance_keep_their_shape_and_values() {
+    let config = config::parse(Path::new("xvip.toml"), DUAL).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    let peer6: std::net::Ipv6Addr = "fe80::6".parse().expect("address");
+    let mut e =
+        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+            .expect("engine");
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    e.handle(ms(100), advert6(peer6, 200, 255));
+    e.handle(ms(150), advert6(peer6, 200, 64)); // off-link: discarded
+    e.handle(ms(200), advert(PEER, 100)); // a lower IPv4 router
+    let mut t = ms(200);
+    while e.view(t).instances[0].ipv6.as_ref().map(|v6| v6.observed.role) != Some(Role::Active) {
+        t = e.next_deadline().expect("a timer");
+        assert!(t < ms(10_000), "the IPv6 router never took over");
+        e.handle(t, Event::Timer);
+    }
+    let mut s = sample(&e, t);
+    let counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    s.dataplane = Some(DataPlaneSample { counters, tables: None });
+    let page = metrics.render(s);
+    let status = serde_json::to_value(e.status(t, 1_000)).expect("json");
+    let expected: BTreeMap<String, usize> = [
+        ("xvip_build_info{version}", 1),
+        ("xvip_dataplane_frames_total{reason}", 41),
+        ("xvip_instance_frames_total{vrrp_instance,reason}", 41),
+        ("xvip_metrics_sample_timestamp_seconds{}", 1),
+        ("xvip_router_frames_total{vrrp_instance,family,reason}", 82),
+        ("xvip_vrrp_adverts_discarded_total{vrrp_instance,reason}", 12),
+        ("xvip_vrrp_adverts_received_total{vrrp_instance}", 1),
+        ("xvip_vrrp_adverts_sent_total{vrrp_instance}", 1),
+        ("xvip_vrrp_effective_priority{vrrp_instance}", 1),
+        ("xvip_vrrp_garps_sent_total{vrrp_instance}", 1),
+        ("xvip_vrrp_info{vrrp_instance,vrid,vip,interface}", 1),
+        ("xvip_vrrp_priority{vrrp_instance}", 1),
+        ("xvip_vrrp_role{vrrp_instance,role}", 4),
+        ("xvip_vrrp_router_adverts_discarded_total{vrrp_instance,family,reason}", 24),
+        ("xvip_vrrp_router_adverts_received_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_adverts_sent_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_announcements_sent_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_effective_priority{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_role{vrrp_instance,family,role}", 8),
+        ("xvip_vrrp_router_transitions_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_takeover_seconds_bucket{vrrp_instance,family,le}", 19),
+        ("xvip_vrrp_takeover_seconds_bucket{vrrp_instance,le}", 19),
+        ("xvip_vrrp_takeover_seconds_count{vrrp_instance,family}", 1),
+        ("xvip_vrrp_takeover_seconds_count{vrrp_instance}", 1),
+        ("xvip_vrrp_takeover_seconds_sum{vrrp_instance,family}", 1),
+        ("xvip_vrrp_takeover_seconds_sum{vrrp_instance}", 1),
+        ("xvip_vrrp_transitions_total{vrrp_instance,reason}", 8),
+    ]
+    .into_iter()
+    .map(|(series, n)| (series.to_string(), n))
+    .collect();
+    assert_eq!(shape(&page), expected, "{page}");
+    for (series, value_now) in [
+        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="preempt"}"#, 1.0),
+        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 0.0),
+        (r#"xvip_vrrp_garps_sent_total{vrrp_instance="default"}"#, 5.0),
+        (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv6"}"#, 2.0),
+        (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv6",reason="ttl"}"#, 1.0),
+        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 5.0),
+        (r#"xvip_vrrp_takeover_seconds_sum{vrrp_instance="default"}"#, 3.2140625),
+        (r#"xvip_vrrp_takeover_seconds_sum{vrrp_instance="default",family="ipv6"}"#, 3.4140625),
+    ] {
+        assert_eq!(value(&page, series), Some(value_now), "{series} in\n{page}");
+    }
+    // The whole document, values included: the top level and the instance show the IPv4 router, `ipv6` the IPv6 one.
+    let expected = serde_json::json!({
+      "active_router": "10.0.0.5",
+      "counters": {
+        "adverts_discarded": 0,
+        "adverts_discarded_by_reason": {},
+        "adverts_received": 1,
+        "adverts_sent": 1,
+        "arp_replies": 0,
+        "dataplane": {},
+        "garps_sent": 5
+      },
+      "effective_priority": 150,
+      "instances": [
+        {
+          "active_router": "10.0.0.5",
+          "addresses": [
+            "10.0.0.250",
+            "fd00::250"
+          ],
+          "counters": {
+            "adverts_discarded": 0,
+            "adverts_discarded_by_reason": {},
+            "adverts_received": 1,
+            "adverts_sent": 1,
+            "arp_replies": 0,
+            "dataplane": {},
+            "garps_sent": 5
+          },
+          "effective_priority": 150,
+          "interface": "eth0",
+          "ipv6": {
+            "active_router": "fe80::5",
+            "adverts_discarded": 1,
+            "adverts_discarded_by_reason": {
+              "ttl": 1
+            },
+            "adverts_received": 1,
+            "adverts_sent": 1,
+            "dataplane": {},
+            "effective_priority": 150,
+            "nas_sent": 5,
+            "role": "active",
+            "role_reason": "master down timer expired after 3.41 s without adverts from fe80::6",
+            "role_since_unix_ms": 4514,
+            "source": "fe80::5",
+            "transitions": 2
+          },
+          "name": "default",
+          "priority": 150,
+          "role": "active",
+          "role_reason": "preempting lower priority 100 active router 10.0.0.6 (ours 150): master down timer expired after 3.41 s",
+          "role_since_unix_ms": 4414,
+          "services": [],
+          "transitions": 2,
+          "vip": "10.0.0.250",
+          "vrid": 51,
+          "warnings": [],
+          "xdp_mode": ""
+        }
+      ],
+      "interface": "eth0",
+      "priority": 150,
+      "role": "active",
+      "role_reason": "preempting lower priority 100 active router 10.0.0.6 (ours 150): master down timer expired after 3.41 s",
+      "role_since_unix_ms": 4414,
+      "services": [],
+      "transitions": 2,
+      "vip": "10.0.0.250",
+      "vrid": 51,
+      "warnings": [],
+      "xdp_mode": ""
+    });
+    assert_eq!(status, expected, "{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+}
