@@ -27,8 +27,9 @@ use xvip_tests::{
     Lab, LabSpec, cmd,
     extra::{ExtraHost, RawSocket},
     flood::{self, Flood},
-    frames::{self, TCP_ACK},
+    frames::TCP_ACK,
     http, ipv6, netns,
+    pmtu::{self, IdleConnection},
     xvip::{NodeSpec, ServiceSpec, XvipNode},
 };
 
@@ -47,7 +48,7 @@ const PATIENCE: Duration = Duration::from_secs(3);
 /// The client's, the edge router's and the IPv6 minimum MTU (what the Packet Too Big messages announce).
 const CLIENT6: u16 = 0x10;
 const EDGE6: u16 = 0xfe;
-const MIN_MTU: u32 = 1280;
+const MIN_MTU: u16 = 1280;
 
 fn vip6() -> Ipv6Addr {
     ipv6::address(0x250)
@@ -287,162 +288,40 @@ fn bare_ipv6_acks_with_a_clients_address_do_not_divert_its_replies() {
 
 // ----- Path MTU discovery -----
 
-/// The last TCP frame `sniff` saw, as the IPv6 packet it carries.
-fn last_packet(frames: &[Vec<u8>]) -> Vec<u8> {
-    frames.last().map(|f| f[14..].to_vec()).expect("a captured packet")
-}
-
-/// Captures, on `eth0` of `ns`, the TCP frames over IPv6 from `src` port `sport` to `dst` (any port, `None`) that
-/// arrive while `work` runs, and for 300 ms after (the last ACKs).
-fn sniff<T: Send>(
-    ns: &str,
-    (src, sport): (Ipv6Addr, Option<u16>),
-    dst: Ipv6Addr,
-    work: impl FnOnce() -> T,
-) -> (T, Vec<Vec<u8>>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ready_tx, ready_rx) = mpsc::channel();
-    let flag = stop.clone();
-    let capture = netns::spawn_in_netns(ns, move || {
-        let socket = RawSocket::open("eth0")?;
-        ready_tx.send(())?;
-        let mut frames = Vec::new();
-        while !flag.load(Ordering::SeqCst) {
-            if let Some(frame) = socket.recv()
-                && frame.len() >= 74
-                && frame[12..14] == [0x86, 0xdd]
-                && frame[20] == 6
-                && frame[22..38] == src.octets()
-                && frame[38..54] == dst.octets()
-                && sport.is_none_or(|p| frame[54..56] == p.to_be_bytes())
-            {
-                frames.push(frame);
-            }
-        }
-        Ok(frames)
-    })
-    .expect("capture thread");
-    ready_rx.recv_timeout(Duration::from_secs(5)).expect("capture started");
-    let out = work();
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    (out, capture.join().expect("capture thread").expect("capture"))
-}
-
-/// `packet` (IPv6 + TCP, as captured) with its sequence number moved past its own payload (and SYN/FIN): the
-/// sender's next sequence number, which its kernel accepts in an ICMPv6 error about the flow (RFC 5927 §4.1:
-/// Linux checks that the quoted sequence number is in flight), and the TCP checksum recomputed.
-fn at_next_sequence(mut packet: Vec<u8>) -> Vec<u8> {
-    let payload = usize::from(u16::from_be_bytes([packet[4], packet[5]]));
-    let tcp = &mut packet[40..40 + payload];
-    let header = usize::from(tcp[12] >> 4) * 4;
-    let flags = tcp[13];
-    let consumed = (payload - header) as u32 + u32::from(flags & (frames::TCP_SYN | frames::TCP_FIN) != 0);
-    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]).wrapping_add(consumed);
-    tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-    tcp[16..18].copy_from_slice(&[0, 0]);
-    let (src, dst) = (address_at(&packet, 8), address_at(&packet, 24));
-    let c = frames::l4_checksum6(src, dst, 6, &packet[40..40 + payload]);
-    packet[56..58].copy_from_slice(&c.to_be_bytes());
-    packet
-}
-
-fn address_at(packet: &[u8], offset: usize) -> Ipv6Addr {
-    let octets: [u8; 16] = packet[offset..offset + 16].try_into().expect("16 bytes");
-    Ipv6Addr::from(octets)
-}
-
-/// An Ethernet frame with an ICMPv6 Packet Too Big (MTU 1280, RFC 4443 §3.2) from `src` to `dst`, quoting `quoted`.
-fn packet_too_big(to_mac: [u8; 6], from_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, quoted: &[u8]) -> Vec<u8> {
-    let mut message = vec![2, 0, 0, 0];
-    message.extend_from_slice(&MIN_MTU.to_be_bytes());
-    message.extend_from_slice(quoted);
-    let message = frames::icmp6(src, dst, message);
-    let mut frame = frames::eth(to_mac, from_mac, frames::ETH_IPV6);
-    frame.extend_from_slice(&frames::ipv6(src, dst, 58, 64, &message));
-    frame
-}
-
-fn send_frame(ns: &str, frame: Vec<u8>) {
-    netns::in_netns(ns, move || RawSocket::open("eth0")?.send(&frame)).expect("sending a frame");
-}
-
-/// The path MTU `ns`'s kernel holds for `destination` (`ip -6 route get`: `mtu N` once a Packet Too Big made a
-/// route exception), or `None`.
-fn path_mtu(ns: &str, destination: Ipv6Addr) -> Option<u32> {
-    let route = cmd::ip_in(ns, ["-6", "route", "get", &destination.to_string()]).expect("ip -6 route get");
-    let mut words = route.split_whitespace();
-    while let Some(word) = words.next() {
-        if word == "mtu" {
-            return words.next().and_then(|m| m.parse().ok());
-        }
-    }
-    None
-}
-
-/// Waits up to 2 s for `ns`'s kernel to hold path MTU 1280 for `destination`.
-fn wait_path_mtu(ns: &str, destination: Ipv6Addr) -> Option<u32> {
-    let start = Instant::now();
-    loop {
-        let mtu = path_mtu(ns, destination);
-        if mtu == Some(MIN_MTU) || start.elapsed() > Duration::from_secs(2) {
-            return mtu;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A keep-alive connection from the client through `target`, one request answered; the connection stays open
-/// (idle, nothing in flight) until the returned sender is dropped or sent to, then makes one more request and
-/// returns whether it was answered.
-fn idle_connection(
-    lab: &Lab,
-    target: SocketAddr,
-) -> (mpsc::Sender<()>, std::thread::JoinHandle<anyhow::Result<bool>>, SocketAddr) {
-    let (local_tx, local_rx) = mpsc::channel();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let client = netns::spawn_in_netns(&lab.client().ns, move || {
-        let mut conn = http::Connection::open(target, Duration::from_secs(2))?;
-        conn.get("/", Duration::from_secs(2))?;
-        local_tx.send(conn.local_addr()?)?;
-        let _ = done_rx.recv();
-        Ok(conn.get("/", Duration::from_secs(2)).is_ok())
-    })
-    .expect("client thread");
-    let local = local_rx.recv_timeout(Duration::from_secs(5)).expect("the client's first request answered");
-    (done_tx, client, local)
-}
-
 #[test]
 fn a_packet_too_big_about_a_nat_flow_reaches_the_client_translated() {
     let (lab, _edge) = lab(Mode::Nat, 1);
     let node = start(&lab, Mode::Nat, None);
     let (client_ns, backend) = (lab.client().ns.clone(), lab.backend(1).clone());
+    let (vip, client6, backend6) = (IpAddr::V6(vip6()), IpAddr::V6(ipv6::address(CLIENT6)), IpAddr::V6(backend6(1)));
     // The backend captures the translated client packets ([VIP]:nport -> [backend]:8080) of one idle connection.
-    let ((done, client, local), captured) =
-        sniff(&backend.ns, (vip6(), None), backend6(1), || idle_connection(&lab, Mode::Nat.target()));
+    let (connection, captured) =
+        pmtu::sniff(&backend.ns, (vip, None), backend6, || IdleConnection::open(&lab, Mode::Nat.target()));
     assert!(!captured.is_empty(), "the backend saw none of the client's packets");
-    let quoted = at_next_sequence(last_packet(&captured));
-    assert_eq!(path_mtu(&client_ns, vip6()), None, "the client holds no path MTU for the VIP before");
+    let quoted = pmtu::at_next_sequence(&pmtu::last_packet(&captured)).expect("a TCP packet");
+    assert_eq!(pmtu::path_mtu(&client_ns, vip), None, "the client holds no path MTU for the VIP before");
 
     // What a node that passed the error on untranslated would give the client: addressed to the client, quoting
     // [VIP]:nport -> [backend]:bport, which names none of the client's sockets. The client's kernel ignores it.
-    let untranslated = packet_too_big(lab.client().mac.0, backend.mac.0, backend6(1), ipv6::address(CLIENT6), &quoted);
-    send_frame(&backend.ns, untranslated);
+    let untranslated = pmtu::too_big(lab.client().mac.0, backend.mac.0, backend6, client6, MIN_MTU, &quoted);
+    pmtu::send_frame(&backend.ns, untranslated.expect("Packet Too Big"));
     std::thread::sleep(Duration::from_millis(300));
-    assert_eq!(path_mtu(&client_ns, vip6()), None, "an untranslated Packet Too Big changed the client's path MTU");
+    assert_eq!(pmtu::path_mtu(&client_ns, vip), None, "an untranslated Packet Too Big changed the client's path MTU");
 
     // A router on the backend's side (here the backend itself) reports the path MTU about the translated packet,
     // to its source, the VIP.
     let before = counter(&node, "nat_icmp_to_client");
-    send_frame(&backend.ns, packet_too_big(lab.node(1).mac.0, backend.mac.0, backend6(1), vip6(), &quoted));
-    let mtu = wait_path_mtu(&client_ns, vip6());
+    let error = pmtu::too_big(lab.node(1).mac.0, backend.mac.0, backend6, vip, MIN_MTU, &quoted);
+    pmtu::send_frame(&backend.ns, error.expect("Packet Too Big"));
+    let mtu = pmtu::wait_path_mtu(&client_ns, vip, MIN_MTU);
     let translated = counter(&node, "nat_icmp_to_client") - before;
-    eprintln!("NAT: the client ({local}) holds path MTU {mtu:?} for the VIP; nat_icmp_to_client +{translated}");
+    eprintln!(
+        "NAT: the client ({}) holds path MTU {mtu:?} for the VIP; nat_icmp_to_client +{translated}",
+        connection.local
+    );
     assert_eq!(translated, 1, "the node translated the Packet Too Big once\n{}", node.log());
-    assert_eq!(mtu, Some(MIN_MTU), "the client's kernel holds no path MTU for the VIP");
-    drop(done);
-    assert!(client.join().expect("client thread").expect("client"), "the connection works on after it");
+    assert_eq!(mtu, Some(u32::from(MIN_MTU)), "the client's kernel holds no path MTU for the VIP");
+    assert!(connection.finish(), "the connection works on after it");
 }
 
 #[test]
@@ -450,27 +329,29 @@ fn a_packet_too_big_about_a_dsr_reply_reaches_the_backend() {
     let (lab, _edge) = lab(Mode::Dsr, 1);
     let node = start(&lab, Mode::Dsr, None);
     let (client, backend) = (lab.client().clone(), lab.backend(1).clone());
-    let client6 = ipv6::address(CLIENT6);
+    let (vip, client6) = (IpAddr::V6(vip6()), IpAddr::V6(ipv6::address(CLIENT6)));
     // The client captures the backend's replies ([VIP]:8080 -> [client]:port, straight from the backend).
-    let ((done, connection, local), captured) =
-        sniff(&client.ns, (vip6(), Some(DSR_PORT)), client6, || idle_connection(&lab, Mode::Dsr.target()));
-    let captured: Vec<Vec<u8>> =
-        captured.into_iter().filter(|f| f[56..58] == local.port().to_be_bytes() && f[6..12] == backend.mac.0).collect();
+    let (connection, captured) =
+        pmtu::sniff(&client.ns, (vip, Some(DSR_PORT)), client6, || IdleConnection::open(&lab, Mode::Dsr.target()));
+    let captured: Vec<Vec<u8>> = captured
+        .into_iter()
+        .filter(|f| pmtu::tcp_endpoints(f).is_some_and(|(_, to)| to == connection.local) && f[6..12] == backend.mac.0)
+        .collect();
     assert!(!captured.is_empty(), "the client saw no reply of the backend");
-    let quoted = at_next_sequence(last_packet(&captured));
-    assert_eq!(path_mtu(&backend.ns, client6), None, "the backend holds no path MTU for the client before");
+    let quoted = pmtu::at_next_sequence(&pmtu::last_packet(&captured)).expect("a TCP packet");
+    assert_eq!(pmtu::path_mtu(&backend.ns, client6), None, "the backend holds no path MTU for the client before");
 
     // A router on the client's side (here the client itself) reports the path MTU about the backend's reply, to
     // its source, the VIP, which the active node holds.
     let before = counter(&node, "forward_tx");
-    send_frame(&client.ns, packet_too_big(lab.node(1).mac.0, client.mac.0, client6, vip6(), &quoted));
-    let mtu = wait_path_mtu(&backend.ns, client6);
+    let error = pmtu::too_big(lab.node(1).mac.0, client.mac.0, client6, vip, MIN_MTU, &quoted);
+    pmtu::send_frame(&client.ns, error.expect("Packet Too Big"));
+    let mtu = pmtu::wait_path_mtu(&backend.ns, client6, MIN_MTU);
     let forwarded = counter(&node, "forward_tx") - before;
-    eprintln!("DSR: the backend holds path MTU {mtu:?} for the client ({local}); forward_tx +{forwarded}");
+    eprintln!("DSR: the backend holds path MTU {mtu:?} for the client ({}); forward_tx +{forwarded}", connection.local);
     assert!(forwarded >= 1, "the node sent the Packet Too Big on to no backend\n{}", node.log());
-    assert_eq!(mtu, Some(MIN_MTU), "the backend's kernel holds no path MTU for the client");
-    drop(done);
-    assert!(connection.join().expect("client thread").expect("client"), "the connection works on after it");
+    assert_eq!(mtu, Some(u32::from(MIN_MTU)), "the backend's kernel holds no path MTU for the client");
+    assert!(connection.finish(), "the connection works on after it");
 }
 
 // ----- IPv6 forwarding off -----
