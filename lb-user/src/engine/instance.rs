@@ -462,14 +462,13 @@ impl Instance {
     /// Counts (and logs, rate-limited) a packet this instance discards.
     pub(super) fn discard(&mut self, now: Duration, reason: &'static str, detail: &str, out: &mut Out) {
         let count = self.count_discard(reason);
+        // A line held back by the rate limit is counted in the next one that passes (`more_comma`).
         if let Some(left_out) = self.logs.allow(reason, now) {
             self.log(
                 out,
                 Level::Warn,
                 format!("discarded a VRRP packet ({reason}, {count} so far{}): {detail}", more_comma(left_out)),
             );
-        } else {
-            self.observed.logs_suppressed += 1;
         }
     }
 

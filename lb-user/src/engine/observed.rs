@@ -116,8 +116,6 @@ pub struct Observed {
     pub router: RouterObserved,
     /// Whether some service has no usable backend here (the penalty applies).
     pub backends_lost: bool,
-    /// Log lines left out by the rate limits.
-    pub logs_suppressed: u64,
 }
 
 /// One VRRP router of an instance at one moment, either family.
