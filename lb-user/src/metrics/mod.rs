@@ -16,12 +16,12 @@
 //! fill) does not. An instance runs one VRRP router per address family it has addresses of: the `xvip_vrrp_router_*`
 //! and `xvip_router_frames_total` families show each with a `family` label (`ipv4`, `ipv6`), while the older
 //! per-instance families keep showing the instance's IPv4 router (its only one before IPv6 VIPs), or the IPv6 one
-//! of an instance without IPv4 addresses (`Page::election`).
+//! of an instance without IPv4 addresses (`InstanceView::election`).
 
 pub mod http;
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::BTreeMap,
     fmt,
     net::SocketAddr,
     sync::{Arc, Mutex, PoisonError},
@@ -40,12 +40,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use lb_common::{FAMILY_IPV4, FAMILY_IPV6, Reason};
+use lb_common::Reason;
 
 use crate::{
     config::CheckKind,
     dataplane::{Counters, ServiceId, TableScan},
-    engine::InstanceView,
+    engine::{InstanceView, RouterObserved, RouterView},
     vrrp::{Cause, Role},
 };
 
@@ -196,12 +196,13 @@ impl Metrics {
 
     /// Takes the take-overs that happened since the last sample into the histograms, and renders the page.
     pub fn render(&mut self, sample: Sample) -> String {
+        // The IPv4 router's series is there for every instance (as before IPv6 routers), empty without one.
+        let none = RouterObserved::default();
         for instance in &sample.instances {
-            let o = &instance.view.observed;
-            Self::absorb(&mut self.takeovers, &instance.name, "", o.takeovers, &o.recent_takeovers);
+            let v4 = instance.view.ipv4.as_ref().map_or(&none, |r| &r.observed);
+            Self::absorb(&mut self.takeovers, &instance.name, "", v4);
             if let Some(v6) = &instance.view.ipv6 {
-                let o = &v6.observed;
-                Self::absorb(&mut self.takeovers6, &instance.name, "IPv6 ", o.takeovers, &o.recent_takeovers);
+                Self::absorb(&mut self.takeovers6, &instance.name, "IPv6 ", &v6.observed);
             }
         }
         self.takeovers.retain(|name, _| sample.instances.iter().any(|i| &i.name == name));
@@ -235,15 +236,9 @@ impl Metrics {
         text
     }
 
-    /// Takes a router's take-overs (`total` so far, the newest in `recent`) that `histograms[name]` has not seen
-    /// into it.
-    fn absorb(
-        histograms: &mut BTreeMap<String, Takeovers>,
-        name: &str,
-        router: &str,
-        total: u64,
-        recent: &VecDeque<Duration>,
-    ) {
+    /// Takes a router's take-overs that `histograms[name]` has not seen into it.
+    fn absorb(histograms: &mut BTreeMap<String, Takeovers>, name: &str, router: &str, observed: &RouterObserved) {
+        let (total, recent) = (observed.takeovers, &observed.recent_takeovers);
         let t = histograms
             .entry(name.to_string())
             .or_insert_with(|| Takeovers { histogram: Histogram::new(TAKEOVER_BUCKETS), seen: 0 });
@@ -310,20 +305,10 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<
 }
 
 /// One VRRP router of an instance (one per address family it has addresses of), with its labels
-/// (`vrrp_instance`, `family`) and what the engine knows of it.
+/// (`vrrp_instance`, `family`).
 struct RouterRow<'a> {
     labels: Labels,
-    /// Its index in the data plane (`lb_common::router_slot`).
-    index: u32,
-    role: Role,
-    priority: u8,
-    transitions: u64,
-    transitions_by_cause: &'a BTreeMap<&'static str, u64>,
-    adverts_sent: u64,
-    adverts_received: u64,
-    discards: &'a BTreeMap<&'static str, u64>,
-    /// Gratuitous ARPs (IPv4) or unsolicited Neighbor Advertisements (IPv6) sent.
-    announcements: u64,
+    router: &'a RouterView,
 }
 
 /// A backend of a service, with its labels and what the engine and the data plane know of it.
@@ -347,54 +332,16 @@ impl Page {
 
     /// Every router of every instance, IPv4 first.
     fn routers(&self) -> Vec<RouterRow<'_>> {
-        self.sample.instances.iter().flat_map(Self::instance_routers).collect()
-    }
-
-    /// The router the per-instance families show: the IPv4 one, or, for an instance with only IPv6 addresses, the
-    /// IPv6 one (as `xvip status` does).
-    fn election(i: &Instance) -> Option<RouterRow<'_>> {
-        Self::instance_routers(i).into_iter().next()
-    }
-
-    /// The routers of one instance, IPv4 first.
-    fn instance_routers(i: &Instance) -> Vec<RouterRow<'_>> {
-        let mut rows = Vec::new();
-        let labels = |family: &str| vec![("vrrp_instance", i.name.clone()), ("family", family.to_string())];
-        let view = &i.view;
-        // `router_slot` puts the family in the index's low bit; an instance without IPv4 addresses has no
-        // IPv4 router in `routers`.
-        if let Some(index) = view.routers.iter().copied().find(|r| r % 2 == FAMILY_IPV4) {
-            let o = &view.observed;
-            rows.push(RouterRow {
-                labels: labels("ipv4"),
-                index,
-                role: view.role,
-                priority: view.effective_priority,
-                transitions: o.transitions,
-                transitions_by_cause: &o.transitions_by_cause,
-                adverts_sent: o.adverts_sent,
-                adverts_received: o.adverts_received,
-                discards: &o.discards,
-                announcements: o.garps_sent,
-            });
-        }
-        if let Some(v6) = &view.ipv6 {
-            let o = &v6.observed;
-            debug_assert_eq!(v6.index % 2, FAMILY_IPV6);
-            rows.push(RouterRow {
-                labels: labels("ipv6"),
-                index: v6.index,
-                role: o.role,
-                priority: v6.priority,
-                transitions: o.transitions,
-                transitions_by_cause: &o.transitions_by_cause,
-                adverts_sent: o.adverts_sent,
-                adverts_received: o.adverts_received,
-                discards: &o.discards,
-                announcements: o.nas_requested,
-            });
-        }
-        rows
+        self.sample
+            .instances
+            .iter()
+            .flat_map(|i| {
+                i.view.routers().map(|router| RouterRow {
+                    labels: vec![("vrrp_instance", i.name.clone()), ("family", router.family().to_string())],
+                    router,
+                })
+            })
+            .collect()
     }
 
     fn backends(&self) -> Vec<BackendRow<'_>> {
@@ -464,7 +411,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("role", r.name().to_string()));
-                        (labels, i64::from(Self::election(i).is_some_and(|e| e.role == *r)))
+                        (labels, i64::from(i.view.election().is_some_and(|e| e.role == *r)))
                     })
                     .collect()
             }),
@@ -480,7 +427,9 @@ impl Page {
             "xvip_vrrp_effective_priority",
             "The priority advertised now: the configured one, lowered by backend_loss_penalty while some service has \
              no usable backend",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i64::from(i.view.effective_priority))]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i64::from(i.view.election().map_or(0, |e| e.priority)))]
+            }),
         )?;
         counter(
             e,
@@ -492,7 +441,7 @@ impl Page {
                     .map(|c| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", c.name().to_string()));
-                        let n = Self::election(i).and_then(|e| e.transitions_by_cause.get(c.name()).copied());
+                        let n = i.view.election().and_then(|e| e.observed.transitions_by_cause.get(c.name()).copied());
                         (labels, n.unwrap_or(0))
                     })
                     .collect()
@@ -502,14 +451,16 @@ impl Page {
             e,
             "xvip_vrrp_adverts_sent",
             "VRRP adverts sent (priority-0 adverts on stopping included)",
-            self.per_instance(|i| vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_sent))]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i.view.election().map_or(0, |e| e.observed.adverts_sent))]
+            }),
         )?;
         counter(
             e,
             "xvip_vrrp_adverts_received",
             "VRRP adverts from other routers that passed every check and went to the election",
             self.per_instance(|i| {
-                vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_received))]
+                vec![(Self::instance_labels(i), i.view.election().map_or(0, |e| e.observed.adverts_received))]
             }),
         )?;
         counter(
@@ -523,7 +474,7 @@ impl Page {
                     .map(|reason| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", reason.to_string()));
-                        let n = Self::election(i).and_then(|e| e.discards.get(reason).copied());
+                        let n = i.view.election().and_then(|e| e.observed.discards.get(reason).copied());
                         (labels, n.unwrap_or(0))
                     })
                     .collect()
@@ -533,7 +484,9 @@ impl Page {
             e,
             "xvip_vrrp_garps_sent",
             "Gratuitous ARPs sent for the virtual address",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.garps_sent)]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i.view.ipv4.as_ref().map_or(0, |r| r.observed.announcements))]
+            }),
         )?;
         self.encode_routers(e)?;
         family(
@@ -569,7 +522,7 @@ impl Page {
                     ROLES.iter().map(|role| {
                         let mut labels = r.labels.clone();
                         labels.push(("role", role.name().to_string()));
-                        (labels, i64::from(*role == r.role))
+                        (labels, i64::from(*role == r.router.role))
                     })
                 })
                 .collect(),
@@ -578,20 +531,25 @@ impl Page {
             e,
             "xvip_vrrp_router_effective_priority",
             "The priority the router advertises now",
-            each(&|r| u64::from(r.priority)),
+            each(&|r| u64::from(r.router.priority)),
         )?;
-        counter(e, "xvip_vrrp_router_transitions", "The router's role changes", each(&|r| r.transitions))?;
+        counter(
+            e,
+            "xvip_vrrp_router_transitions",
+            "The router's role changes",
+            each(&|r| r.router.observed.transitions),
+        )?;
         counter(
             e,
             "xvip_vrrp_router_adverts_sent",
             "VRRP adverts the router sent (priority-0 adverts on stopping included)",
-            each(&|r| r.adverts_sent),
+            each(&|r| r.router.observed.adverts_sent),
         )?;
         counter(
             e,
             "xvip_vrrp_router_adverts_received",
             "VRRP adverts for the router that passed every check and went to its election",
-            each(&|r| r.adverts_received),
+            each(&|r| r.router.observed.adverts_received),
         )?;
         counter(
             e,
@@ -603,7 +561,7 @@ impl Page {
                         |reason| {
                             let mut labels = r.labels.clone();
                             labels.push(("reason", reason.to_string()));
-                            (labels, r.discards.get(reason).copied().unwrap_or(0))
+                            (labels, r.router.observed.discards.get(reason).copied().unwrap_or(0))
                         },
                     )
                 })
@@ -613,7 +571,7 @@ impl Page {
             e,
             "xvip_vrrp_router_announcements_sent",
             "Gratuitous ARPs (ipv4) or unsolicited Neighbor Advertisements (ipv6) the router sent for its addresses",
-            each(&|r| r.announcements),
+            each(&|r| r.router.observed.announcements),
         )?;
         let Some(dataplane) = &self.sample.dataplane else { return Ok(()) };
         counter(
@@ -626,7 +584,7 @@ impl Page {
                     Reason::ALL.iter().map(|reason| {
                         let mut labels = r.labels.clone();
                         labels.push(("reason", reason.name().to_string()));
-                        (labels, dataplane.counters.router_reason(r.index, *reason))
+                        (labels, dataplane.counters.router_reason(r.router.index, *reason))
                     })
                 })
                 .collect(),
@@ -733,7 +691,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", r.name().to_string()));
-                        let n = i.view.routers.iter().map(|router| dataplane.counters.router_reason(*router, *r)).sum();
+                        let n = i.view.routers().map(|router| dataplane.counters.router_reason(router.index, *r)).sum();
                         (labels, n)
                     })
                     .collect()
