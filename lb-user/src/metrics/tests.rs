@@ -638,10 +638,10 @@ fn the_status_and_page_of_a_dual_stack_instance_keep_their_shape_and_values() {
     let status = serde_json::to_value(e.status(t, 1_000)).expect("json");
     let expected: BTreeMap<String, usize> = [
         ("xvip_build_info{version}", 1),
-        ("xvip_dataplane_frames_total{reason}", 41),
-        ("xvip_instance_frames_total{vrrp_instance,reason}", 41),
+        ("xvip_dataplane_frames_total{reason}", 42),
+        ("xvip_instance_frames_total{vrrp_instance,reason}", 42),
         ("xvip_metrics_sample_timestamp_seconds{}", 1),
-        ("xvip_router_frames_total{vrrp_instance,family,reason}", 82),
+        ("xvip_router_frames_total{vrrp_instance,family,reason}", 84),
         ("xvip_vrrp_adverts_discarded_total{vrrp_instance,reason}", 12),
         ("xvip_vrrp_adverts_received_total{vrrp_instance}", 1),
         ("xvip_vrrp_adverts_sent_total{vrrp_instance}", 1),
