@@ -82,7 +82,7 @@ fn kept(pinned: &FlowValue, svc: &ServiceValue) -> bool {
 }
 
 /// What a DSR packet sent to a backend counts as: sent on the ingress interface, redirected, delivered locally.
-const DSR_REASONS: [Reason; 3] = [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal];
+pub const DSR_REASONS: [Reason; 3] = [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal];
 
 /// Whether a packet of service `service_index` may go to `backend` (slot `id`), counting it (and `new_flow`: the
 /// packet starts a flow, a fresh pick about to be recorded in the connection table) for both if so; the drop

@@ -1,12 +1,14 @@
 //! ICMP to the VIP: echo requests are answered; destination unreachable (including "fragmentation needed") and
 //! time exceeded errors about NAT flows go to the other end of the flow, translated as that end expects, so path
-//! MTU discovery and unreachable errors work through the NAT. Everything else is dropped (`DropNoService`).
+//! MTU discovery and unreachable errors work through the NAT; those about a DSR backend's packet to a client go to
+//! that backend as they are (it holds the VIP). Everything else is dropped (`DropNoService`).
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS, XDP_TX},
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, ECHO_MAX_LEN, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason, ServiceKey,
+    Backend, ECHO_MAX_LEN, FORWARD_DSR, FORWARD_NAT, FlowKey, NatKey, NodeConfig, PROTO_TCP, PROTO_UDP, Reason,
+    ServiceKey,
 };
 use network_types::{eth::EthHdr, icmp::Icmpv4Hdr, ip::Ipv4Hdr};
 
@@ -85,8 +87,11 @@ fn echo(
     }
     // SAFETY: bounds-checked by `at` in `handle`.
     let icmp = unsafe { &mut *icmp };
-    // The type is the high byte of the first 16-bit word; the code (0) stays.
-    icmp.check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
+    // The type is the high byte of the first 16-bit word; the code (0) stays. A reply whose other words are all
+    // zero (identifier, sequence, data) needs 0xffff, the only checksum that verifies then; the update gives 0x0000
+    // there, and 0xffff verifies wherever 0x0000 does.
+    let check = csum::replace16(icmp.check, u16::from(ICMP_ECHO_REQUEST) << 8, u16::from(ICMP_ECHO_REPLY) << 8);
+    icmp.check = if check == [0, 0] { [0xff, 0xff] } else { check };
     icmp.type_ = ICMP_ECHO_REPLY;
     // Swapping source and destination leaves the IP header checksum unchanged.
     // SAFETY: the IP header was bounds-checked by `at` in `process`; its addresses are bytes 12..20.
@@ -178,6 +183,9 @@ pub fn message_ok<const OFF: usize>(ctx: &XdpContext, len: usize, seed: u64) -> 
 ///
 /// Either way the error comes from the VIP (the outer source), so no address behind the NAT shows, and the new
 /// outer destination is the new quoted source.
+///
+/// About a DSR backend's packet to a client (quoted `VIP:svc -> client:cport`, a flow without a NAT port): to the
+/// flow's pinned backend unchanged, if the pin still holds (`Backend::keeps_pin`), as the flow's packets go.
 #[inline(always)]
 fn error(
     ctx: &XdpContext,
@@ -225,28 +233,37 @@ fn error(
 
     let flow = FlowKey::new(inner.dst_addr, vip, quoted_dport, quoted_sport, protocol);
     // SAFETY: copied out at once.
-    if let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied()
-        && pinned.nat_port != [0, 0]
-    {
-        // The slot must still hold the flow's backend, of the flow's service: slots are reused when backends leave.
-        let Some(svc) = service::lookup_service(&ServiceKey::new(vip, quoted_sport, protocol)) else {
-            return (XDP_DROP, Reason::DropNoService);
-        };
-        let Some(backend) = BACKENDS.get(pinned.backend) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        let backend: Backend = *backend;
-        if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index || !pinned.holds(&backend) {
+    let Some(pinned) = unsafe { CONNTRACK.get(&flow) }.copied() else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    // The slot must still hold the flow's backend, of the flow's service: slots are reused when backends leave.
+    let Some(svc) = service::lookup_service(&ServiceKey::new(vip, quoted_sport, protocol)) else {
+        return (XDP_DROP, Reason::DropNoService);
+    };
+    let Some(backend) = BACKENDS.get(pinned.backend) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    let backend: Backend = *backend;
+    if pinned.nat_port == [0, 0] {
+        // A DSR flow: its backend holds the VIP and sent the quoted packet itself, so the error goes to it as it
+        // is (only the MACs change), like the flow's packets, and the backend learns the path MTU to the client.
+        if svc.forwarding != FORWARD_DSR || !backend.keeps_pin(&pinned, svc.index) {
             return (XDP_DROP, Reason::DropNoService);
         }
-        if backend.mac == [0; 6] {
-            return (XDP_DROP, Reason::DropBackendUnresolved);
+        if let Err(reason) = forward::take_backend(ctx, svc.index, pinned.backend, &backend, false) {
+            return (XDP_DROP, reason);
         }
-        translate(ctx, ip, error, vip, total, backend.address, backend.port, pinned.nat_port);
-        // A backend on this node gets it through the node's stack, like its flow's packets.
-        return forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3]);
+        return forward::to_backend(ctx, eth, config, &backend, forward::DSR_REASONS);
     }
-    (XDP_DROP, Reason::DropNoService)
+    if svc.forwarding != FORWARD_NAT || u32::from(backend.service) != svc.index || !pinned.holds(&backend) {
+        return (XDP_DROP, Reason::DropNoService);
+    }
+    if backend.mac == [0; 6] {
+        return (XDP_DROP, Reason::DropBackendUnresolved);
+    }
+    translate(ctx, ip, error, vip, total, backend.address, backend.port, pinned.nat_port);
+    // A backend on this node gets it through the node's stack, like its flow's packets.
+    forward::to_backend(ctx, eth, config, &backend, [Reason::NatIcmpToBackend; 3])
 }
 
 /// Rewrites an ICMP error in place: the outer header becomes `VIP -> peer`, the quoted packet

@@ -9,9 +9,10 @@
 //! backends, tables; slow work), [`NodeControl`] (the routers' active flags and the dead-man heartbeat; one small
 //! write each, on the advert path) and [`Trace`] (the `xvip trace` switch; it also reads the program's log ring).
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd},
+    path::Path,
     sync::{
         Arc, Mutex,
         atomic::{AtomicU64, Ordering},
@@ -492,6 +493,8 @@ pub struct DataPlane {
     nat_endpoint_refs: HashMap<Endpoint, u32>,
     /// The same for IPv6 backend endpoints (`NAT_BACKENDS6`).
     nat_endpoint6_refs: HashMap<Endpoint6, u32>,
+    /// The interfaces already warned about for IPv6 forwarding off (see `warn_if_not_forwarding6`).
+    warned_forwarding6: BTreeSet<u32>,
     /// The NAT idle times as loaded, so a scan of the tables judges flows as the program does.
     nat_timeouts: NatTimeouts,
     /// Which service's value sits in each written `SERVICES` entry. An entry is only ever removed by its owner,
@@ -574,6 +577,7 @@ impl DataPlane {
             table_capacity: entries,
             nat_endpoint_refs: HashMap::new(),
             nat_endpoint6_refs: HashMap::new(),
+            warned_forwarding6: BTreeSet::new(),
             nat_timeouts: NatTimeouts { udp_ns: udp_timeout, embryonic_ns: embryonic, established_ns: established },
             #[cfg(test)]
             journal: Vec::new(),
@@ -1629,7 +1633,27 @@ impl DataPlane {
         svc.ifindexes = spec.backends.iter().map(|b| b.ifindex).collect();
         self.services6.insert(id.clone(), svc);
         self.attach_backend_interfaces();
+        if spec.forwarding == FORWARD_NAT {
+            self.warn_if_not_forwarding6(spec);
+        }
         result
+    }
+
+    /// IPv6 NAT replies are routed by the FIB as IPv4 ones are, which needs IPv6 forwarding on the interfaces they
+    /// arrive on (the node's, and those its backends are reached through): warns once per interface where it is
+    /// off, when an IPv6 NAT service is installed.
+    fn warn_if_not_forwarding6(&mut self, spec: &ServiceSpec) {
+        let ifindexes: BTreeSet<u32> = std::iter::once(self.node.ifindex)
+            .chain(spec.backends.iter().filter(|b| b.address.is_ipv6()).map(|b| b.ifindex))
+            .filter(|i| *i != 0 && !self.warned_forwarding6.contains(i))
+            .collect();
+        for ifindex in ifindexes {
+            let Ok(name) = interface_name(ifindex) else { continue };
+            if let Some(warning) = forwarding_warning(Family::V6, &name, Path::new("/proc")) {
+                log::warn!("{warning}");
+                self.warned_forwarding6.insert(ifindex);
+            }
+        }
     }
 
     fn write_service6(
@@ -2345,15 +2369,36 @@ fn interface_name(ifindex: u32) -> Result<String> {
 /// NAT replies and ICMP errors to clients are routed by the kernel's FIB, which only answers for interfaces with
 /// IPv4 forwarding on.
 fn warn_if_not_forwarding(interface: &str) {
-    let path = format!("/proc/sys/net/ipv4/conf/{interface}/forwarding");
-    if let Ok(value) = std::fs::read_to_string(&path)
-        && value.trim() == "0"
-    {
-        log::warn!(
-            "IPv4 forwarding is off on {interface} ({path} = 0): NAT services cannot route their replies and drop \
-             them (drop_forwarding_disabled); set net.ipv4.conf.{interface}.forwarding=1 (Kubernetes nodes have it)"
-        );
+    if let Some(warning) = forwarding_warning(Family::V4, interface, Path::new("/proc")) {
+        log::warn!("{warning}");
     }
+}
+
+/// The address family of a forwarding sysctl.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+/// The warning for `interface` when `<proc>/sys/net/ipv{4,6}/conf/<interface>/forwarding` reads 0: the FIB then
+/// refuses the lookups that route the family's NAT replies, and the program drops them. `None` when forwarding is
+/// on or the file cannot be read (an interface gone, no IPv6).
+fn forwarding_warning(family: Family, interface: &str, proc: &Path) -> Option<String> {
+    let (name, dir) = match family {
+        Family::V4 => ("IPv4", "ipv4"),
+        Family::V6 => ("IPv6", "ipv6"),
+    };
+    let path = proc.join(format!("sys/net/{dir}/conf/{interface}/forwarding"));
+    let value = std::fs::read_to_string(&path).ok()?;
+    (value.trim() == "0").then(|| {
+        format!(
+            "{name} forwarding is off on {interface} ({} = 0): {name} NAT services cannot route their replies and \
+             drop them (drop_forwarding_disabled); set net.{dir}.conf.{interface}.forwarding=1 (Kubernetes nodes \
+             have it)",
+            path.display()
+        )
+    })
 }
 
 fn attach_error(interface: &str, mode: &'static str, source: aya::programs::ProgramError) -> AttachError {
@@ -2697,6 +2742,29 @@ mod tests {
             last_seen_ns,
             ..NatValue::default()
         }
+    }
+
+    #[test]
+    fn forwarding_off_is_warned_about_per_family_naming_the_sysctl() {
+        let proc = std::env::temp_dir().join(format!("xvip-forwarding-{}", std::process::id()));
+        let write = |dir: &str, interface: &str, value: &str| {
+            let path = proc.join(format!("sys/net/{dir}/conf/{interface}"));
+            std::fs::create_dir_all(&path).expect("directory");
+            std::fs::write(path.join("forwarding"), value).expect("file");
+        };
+        write("ipv4", "eth0", "1\n");
+        write("ipv6", "eth0", "0\n");
+        write("ipv6", "eth1", "1\n");
+        let warning = forwarding_warning(Family::V6, "eth0", &proc).expect("IPv6 forwarding off on eth0");
+        assert!(warning.starts_with("IPv6 forwarding is off on eth0"), "{warning}");
+        assert!(warning.contains("set net.ipv6.conf.eth0.forwarding=1"), "{warning}");
+        assert_eq!(forwarding_warning(Family::V4, "eth0", &proc), None, "IPv4 forwarding is on");
+        assert_eq!(forwarding_warning(Family::V6, "eth1", &proc), None, "IPv6 forwarding is on on eth1");
+        assert_eq!(forwarding_warning(Family::V6, "eth2", &proc), None, "no such interface");
+        write("ipv4", "eth1", "0");
+        let warning = forwarding_warning(Family::V4, "eth1", &proc).expect("IPv4 forwarding off on eth1");
+        assert!(warning.contains("set net.ipv4.conf.eth1.forwarding=1"), "{warning}");
+        std::fs::remove_dir_all(&proc).expect("cleanup");
     }
 
     #[test]

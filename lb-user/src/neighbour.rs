@@ -296,9 +296,10 @@ fn same_prefix(a: std::net::Ipv4Addr, b: std::net::Ipv4Addr, prefix: u8) -> bool
     u32::from(a) & mask == u32::from(b) & mask
 }
 
-/// The kernel's `gc_stale_time` of an interface, in the caller's network namespace: an entry unused for longer
-/// may be garbage-collected. `None` when it cannot be read.
-fn gc_stale_time(ifindex: u32) -> Option<Duration> {
+/// The kernel's `gc_stale_time` of an interface's neighbour table for `family`'s addresses (IPv4's ARP table and
+/// IPv6's Neighbor Discovery table are configured apart), in the caller's network namespace: an entry unused for
+/// longer may be garbage-collected. `None` when it cannot be read.
+fn gc_stale_time(ifindex: u32, family: Family) -> Option<Duration> {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: `name` has IF_NAMESIZE bytes, as if_indextoname requires.
     let found = unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) };
@@ -307,14 +308,31 @@ fn gc_stale_time(ifindex: u32) -> Option<Duration> {
     }
     // SAFETY: if_indextoname succeeded, so `name` holds a NUL-terminated string.
     let name = unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }.to_str().ok()?;
-    let text = std::fs::read_to_string(format!("/proc/sys/net/ipv4/neigh/{name}/gc_stale_time")).ok()?;
+    let table = match family {
+        Family::V4 => "ipv4",
+        Family::V6 => "ipv6",
+    };
+    let text = std::fs::read_to_string(format!("/proc/sys/net/{table}/neigh/{name}/gc_stale_time")).ok()?;
     text.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
-/// How often to use an entry so it is never older than half the interface's `gc_stale_time` (at most
-/// [`REFRESH`], at least one second).
-fn refresh_period(ifindex: u32) -> Duration {
-    gc_stale_time(ifindex).map_or(REFRESH, |stale| (stale / 2).clamp(Duration::from_secs(1), REFRESH))
+/// How often to use an entry of `family` so it is never older than half the interface's `gc_stale_time` for
+/// that family (at most [`REFRESH`], at least one second).
+fn refresh_period(ifindex: u32, family: Family) -> Duration {
+    gc_stale_time(ifindex, family).map_or(REFRESH, |stale| (stale / 2).clamp(Duration::from_secs(1), REFRESH))
+}
+
+/// Which neighbour table of an interface an address lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(address: IpAddr) -> Family {
+        if address.is_ipv4() { Family::V4 } else { Family::V6 }
+    }
 }
 
 /// What the agent asks of the [`watch`] worker.
@@ -395,7 +413,7 @@ pub async fn watch(
             }
         };
         let mut pending = false;
-        let mut periods: HashMap<u32, Duration> = HashMap::new();
+        let mut periods: HashMap<(u32, Family), Duration> = HashMap::new();
         let mut changes = Vec::new();
         for &address in &watched {
             let path = match paths.get(&address) {
@@ -453,7 +471,9 @@ pub async fn watch(
                 // An operator's static entry needs no refresh, and must not be touched.
                 (_, Some(Entry::Static(_))) => false,
                 (Seen::Mac { .. }, _) => {
-                    let period = *periods.entry(path.ifindex).or_insert_with(|| refresh_period(path.ifindex));
+                    let family = Family::of(path.next_hop);
+                    let period =
+                        *periods.entry((path.ifindex, family)).or_insert_with(|| refresh_period(path.ifindex, family));
                     let due = refreshed.get(&address).is_none_or(|t| now >= *t + period);
                     if due {
                         refreshed.insert(address, now);
@@ -542,6 +562,20 @@ mod tests {
             .output()
             .expect("read peer MAC");
         (peer, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// An IPv6 backend's entry is used as often as the interface's IPv6 table asks, not its IPv4 one's.
+    #[test]
+    fn refresh_period_follows_the_addresss_own_neighbour_table() {
+        in_netns(|| {
+            sh("ip link add xvn0 type veth peer name xvn1 && \
+                sysctl -q -w net.ipv4.neigh.xvn0.gc_stale_time=4 net.ipv6.neigh.xvn0.gc_stale_time=12");
+            let index = ifindex("xvn0").expect("xvn0 exists");
+            assert_eq!(refresh_period(index, Family::V4), Duration::from_secs(2));
+            assert_eq!(refresh_period(index, Family::V6), Duration::from_secs(6));
+            assert_eq!(Family::of(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)), Family::V6);
+            assert_eq!(Family::of(IpAddr::V4(Ipv4Addr::LOCALHOST)), Family::V4);
+        });
     }
 
     /// Waits until our end (`xvn0`) has (`up`) or has lost its carrier as the kernel reports it. The kernel

@@ -5,7 +5,9 @@ mod support;
 use std::{collections::HashMap, net::Ipv4Addr};
 
 use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed};
-use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
+use support::fixture::{
+    BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run,
+};
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
 use xvip::{
     dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
@@ -381,6 +383,44 @@ fn a_dsr_backend_behind_another_interface_gets_frames_from_that_interfaces_mac()
     assert_eq!(out, expected, "only the MACs change: to the backend, from wan's MAC");
 }
 
+/// "Fragmentation needed" (RFC 792 type 3 code 4) with a next-hop MTU of 1400 (RFC 1191), from a router on the way
+/// to the client, about a backend's reply (`VIP:80 -> client:sport`, which a DSR backend sends from the VIP).
+fn frag_needed_about_reply(sport: u16) -> Vec<u8> {
+    let reply =
+        frames::tcp_frame(CLIENT_MAC, NODE_MAC, VIP, CLIENT, 80, sport, TCP_ACK | TCP_PSH, b"HTTP/1.1 200 OK\r\n");
+    let quote = &reply[14..14 + 20 + 20 + 8];
+    frames::icmp_error_frame(NODE_MAC, ROUTER_MAC, ROUTER, VIP, 3, 4, [0, 0, 0x05, 0x78], quote)
+}
+
+#[test]
+fn frag_needed_about_a_dsr_backends_reply_goes_to_that_backend_unchanged() {
+    let mut dp = with_web(true);
+    let b = backend_of(&run(&mut dp, &client_tcp(40110, 80, TCP_SYN), XDP_TX, Reason::ForwardTx));
+    // The backend holds the VIP: it takes the error as it is and lowers its path MTU towards the client.
+    let error = frag_needed_about_reply(40110);
+    let out = run(&mut dp, &error, XDP_TX, Reason::ForwardTx);
+    let mut expected = error.clone();
+    expected[0..6].copy_from_slice(&BACKENDS[b].1);
+    expected[6..12].copy_from_slice(&NODE_MAC);
+    assert_eq!(out, expected, "only the MACs change: to the flow's backend, from the node's MAC");
+    assert!(frames::ipv4_header_ok(&out) && frames::icmp_ok(&out));
+}
+
+#[test]
+fn an_icmp_error_about_a_dsr_flow_whose_pin_no_longer_holds_is_dropped() {
+    let mut dp = with_web(true);
+    // A flow never seen: nobody to tell.
+    let unknown = frag_needed_about_reply(40111);
+    assert_eq!(run(&mut dp, &unknown, XDP_DROP, Reason::DropNoService), unknown);
+    // A flow whose backend became unhealthy: its next packet goes elsewhere, and so does nothing of the old one's.
+    let b = backend_of(&run(&mut dp, &client_tcp(40112, 80, TCP_SYN), XDP_TX, Reason::ForwardTx));
+    let mut healthy = [true; 3];
+    healthy[b] = false;
+    dp.apply_service("web", &dsr_service(healthy)).expect("apply");
+    let error = frag_needed_about_reply(40112);
+    assert_eq!(run(&mut dp, &error, XDP_DROP, Reason::DropNoService), error);
+}
+
 #[test]
 fn a_dsr_flow_from_the_nodes_own_address_creates_no_state() {
     let mut dp = with_web(true);
@@ -436,6 +476,21 @@ fn echo_requests_of_every_length_up_to_the_bound_are_verified_and_answered() {
     let payload = vec![0x5a; lb_common::ECHO_MAX_LEN - 7];
     let ping = ping_from(CLIENT_MAC, CLIENT, &payload);
     assert_eq!(run(&mut dp, &ping, XDP_DROP, Reason::DropEchoTooLong), ping);
+}
+
+#[test]
+fn the_reply_to_an_echo_request_of_all_zeros_carries_checksum_ffff() {
+    // Identifier, sequence number and data all zero: the reply's words sum to zero, and only 0xffff verifies
+    // (RFC 1624's incremental update gives 0x0000 there). Found by the random-frame run.
+    let mut dp = dataplane(true);
+    let mut ping = frames::eth(NODE_MAC, CLIENT_MAC, frames::ETH_IPV4);
+    ping.extend(frames::ipv4(CLIENT, VIP, 1, &frames::icmp_echo(8, 0, 0, &[0; 8])));
+    let out = run(&mut dp, &ping, XDP_TX, Reason::EchoReply);
+    let mut pong = frames::eth(CLIENT_MAC, NODE_MAC, frames::ETH_IPV4);
+    pong.extend(frames::ipv4(VIP, CLIENT, 1, &frames::icmp_echo(0, 0, 0, &[0; 8])));
+    assert_eq!(out[36..38], [0xff, 0xff]);
+    assert_eq!(out, pong);
+    assert!(frames::icmp_ok(&out));
 }
 
 #[test]

@@ -1,8 +1,12 @@
-//! Spoofed traffic for the hostile tests and the soak: SYN and bare-ACK floods from random sources, and VRRP
-//! adverts that every node must discard or ignore. Frames are sent from a [`RawSocket`] of a lab host (normally an
+//! Spoofed traffic for the hostile tests and the soak: SYN and bare-ACK floods from random sources (IPv4 or IPv6,
+//! the VIP's family), and VRRP adverts that every node must discard or ignore. Frames are sent from a [`RawSocket`] of a lab host (normally an
 //! extra host on the bridge) and never leave the lab's namespaces.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicUsize, Ordering},
+};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -10,6 +14,38 @@ use xvip::vrrp::{ChecksumMode, packet::Advert};
 
 use crate::extra::RawSocket;
 use crate::frames::{self, TCP_ACK, TCP_SYN};
+use crate::{http, netns};
+
+/// What a flood does to real clients: `GET /` on `target` from namespace `client_ns`, one at a time and at least
+/// `spacing` apart, each given `patience`, until `n` were tried or (if given) `while_running` turns false; how many
+/// were tried and how many failed.
+pub fn real_connections(
+    client_ns: &str,
+    target: SocketAddr,
+    n: usize,
+    spacing: Duration,
+    patience: Duration,
+    while_running: Option<Arc<AtomicBool>>,
+) -> (usize, usize) {
+    let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (t, f) = (tried.clone(), failed.clone());
+    netns::in_netns(client_ns, move || {
+        for _ in 0..n {
+            if while_running.as_ref().is_some_and(|r| !r.load(Ordering::SeqCst)) {
+                break;
+            }
+            t.fetch_add(1, Ordering::SeqCst);
+            let started = Instant::now();
+            if http::get(target, "/", patience).is_err() {
+                f.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(spacing.saturating_sub(started.elapsed()));
+        }
+        Ok(())
+    })
+    .expect("client");
+    (tried.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+}
 
 /// xorshift64: reproducible randomness without a dependency. The state must not be 0 (a 0 seed is replaced).
 #[derive(Clone, Debug)]
@@ -44,6 +80,13 @@ impl XorShift {
             }
         }
     }
+
+    /// A random global unicast IPv6 address (`2000::/3`), outside the lab (`fd00:77::/64`) and never martian
+    /// (unspecified, loopback, multicast, IPv4-mapped).
+    pub fn source6(&mut self) -> Ipv6Addr {
+        let high = (self.next_u64() & !(0b111 << 61)) | (0b001 << 61);
+        Ipv6Addr::from((u128::from(high) << 64) | u128::from(self.next_u64()))
+    }
 }
 
 /// A SYN and bare-ACK flood at one service of the VIP.
@@ -53,7 +96,8 @@ pub struct Flood {
     pub to_mac: [u8; 6],
     /// The sending host's own MAC.
     pub from_mac: [u8; 6],
-    pub vip: Ipv4Addr,
+    /// An IPv4 or IPv6 VIP: the spoofed sources are of its family.
+    pub vip: IpAddr,
     pub port: u16,
     pub syns: usize,
     pub acks: usize,
@@ -89,26 +133,40 @@ impl Flood {
                 // Bresenham: the ACKs spread evenly over the flood.
                 let ack = (sent + 1) * self.acks / total > sent * self.acks / total;
                 let flags = if ack { TCP_ACK } else { TCP_SYN };
-                let source = rng.source();
-                let sport = 1024 + rng.below(64_000) as u16;
-                socket
-                    .send(&frames::tcp_frame(
-                        self.to_mac,
-                        self.from_mac,
-                        source,
-                        self.vip,
-                        sport,
-                        self.port,
-                        flags,
-                        b"",
-                    ))
-                    .context("sending a flood frame")?;
+                let frame = match self.vip {
+                    IpAddr::V4(vip) => {
+                        let source = rng.source();
+                        let sport = 1024 + rng.below(64_000) as u16;
+                        frames::tcp_frame(self.to_mac, self.from_mac, source, vip, sport, self.port, flags, b"")
+                    }
+                    IpAddr::V6(vip) => {
+                        let source = rng.source6();
+                        let sport = 1024 + rng.below(64_000) as u16;
+                        tcp6_frame(self.to_mac, self.from_mac, source, vip, sport, self.port, flags)
+                    }
+                };
+                socket.send(&frame).context("sending a flood frame")?;
                 sent += 1;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         Ok(Sent { frames: sent, took: started.elapsed() })
     }
+}
+
+/// A whole Ethernet + IPv6 (hop limit 64) + TCP frame without payload, checksum correct.
+pub fn tcp6_frame(
+    to_mac: [u8; 6],
+    from_mac: [u8; 6],
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut frame = frames::eth(to_mac, from_mac, frames::ETH_IPV6);
+    frame.extend_from_slice(&frames::ipv6(src, dst, 6, 64, &frames::tcp6(src, dst, sport, dport, flags, b"")));
+    frame
 }
 
 /// A VRRP advert as an on-link host would send it to 224.0.0.18 (IPv4 TTL `ttl`), with its checksum broken when
@@ -142,6 +200,31 @@ mod tests {
             let first = rng.source().octets()[0];
             assert!(first != 0 && first != 10 && first != 127 && first < 224);
         }
+    }
+
+    #[test]
+    fn ipv6_sources_are_global_unicast_outside_the_lab() {
+        let mut rng = XorShift::new(7);
+        let mut distinct = std::collections::BTreeSet::new();
+        for _ in 0..10_000 {
+            let a = rng.source6();
+            assert_eq!(a.segments()[0] >> 13, 0b001, "{a} is in 2000::/3");
+            distinct.insert(a);
+        }
+        assert_eq!(distinct.len(), 10_000, "sources repeat");
+    }
+
+    #[test]
+    fn an_ipv6_flood_frame_is_tcp_to_the_vip_with_a_correct_checksum() {
+        let (src, vip) = (XorShift::new(3).source6(), "fd00:77::250".parse::<Ipv6Addr>().expect("address"));
+        let frame = tcp6_frame([2, 0, 0, 0, 0, 2], [2, 0, 0, 0, 0, 1], src, vip, 4242, 80, TCP_SYN);
+        assert_eq!(frame.len(), 14 + 40 + 20);
+        assert_eq!(frame[12..14], [0x86, 0xdd]);
+        assert_eq!(frame[20], 6, "next header TCP");
+        assert_eq!(frame[22..38], src.octets());
+        assert_eq!(frame[38..54], vip.octets());
+        assert_eq!(frame[54 + 13], TCP_SYN);
+        assert_eq!(frames::l4_checksum6(src, vip, 6, &frame[54..]), 0, "the TCP checksum verifies");
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! - [`reach`]: ping, an ARP prober and an IPv6 Neighbor Solicitation prober reporting every responder, the
 //!   neighbour table.
 //! - [`keepalived`]: keepalived as a VRRPv3 peer.
+//! - [`pmtu`]: path MTU discovery through a node: a real TCP packet captured, quoted in an ICMP error sent as a
+//!   raw frame, the path MTU the receiving kernel then holds.
 //!
 //! Everything needs root. Namespaces are named `xvl-<pid>-<counter>-<host>`, so parallel runs never collide, and
 //! processes are only ever stopped by their own pid.
@@ -38,6 +40,7 @@ pub mod http;
 pub mod ipv6;
 pub mod keepalived;
 pub mod netns;
+pub mod pmtu;
 pub mod probe;
 pub mod process;
 pub mod reach;

@@ -11,7 +11,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use std::{
 use xvip_tests::{
     Lab, LabSpec,
     extra::{ExtraHost, RawSocket},
-    flood::Flood,
+    flood::{self, Flood},
     frames::{self, TCP_ACK},
     http, netns, probe,
     xvip::{NodeSpec, ServiceSpec, XvipNode},
@@ -77,7 +77,7 @@ fn flood(
     let flood = Flood {
         to_mac: lab.node(1).mac.0,
         from_mac: edge.host.mac.0,
-        vip: lab.vip(),
+        vip: lab.vip().into(),
         port: SERVICE_PORT,
         syns: FLOOD_SYNS,
         acks: FLOOD_ACKS,
@@ -95,28 +95,9 @@ fn flood(
     .expect("flood thread")
 }
 
-/// Real connections, one at a time and at least `spacing` apart, until `n` were tried or (if given)
-/// `while_running` turns false; how many were tried and how many failed.
+/// Real connections from the client to the service through the VIP (see [`flood::real_connections`]).
 fn real_connections(lab: &Lab, n: usize, spacing: Duration, while_running: Option<Arc<AtomicBool>>) -> (usize, usize) {
-    let target = lab.vip_addr(SERVICE_PORT);
-    let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (t, f) = (tried.clone(), failed.clone());
-    netns::in_netns(&lab.client().ns, move || {
-        for _ in 0..n {
-            if while_running.as_ref().is_some_and(|r| !r.load(Ordering::SeqCst)) {
-                break;
-            }
-            t.fetch_add(1, Ordering::SeqCst);
-            let started = Instant::now();
-            if http::get(target, "/", PATIENCE).is_err() {
-                f.fetch_add(1, Ordering::SeqCst);
-            }
-            std::thread::sleep(spacing.saturating_sub(started.elapsed()));
-        }
-        Ok(())
-    })
-    .expect("client");
-    (tried.load(Ordering::SeqCst), failed.load(Ordering::SeqCst))
+    flood::real_connections(&lab.client().ns, lab.vip_addr(SERVICE_PORT), n, spacing, PATIENCE, while_running)
 }
 
 fn flood_case(backends: usize, conntrack_entries: Option<u32>) {

@@ -17,9 +17,8 @@ use lb_common::{FAMILY_IPV4, router_slot};
 use log::Level;
 
 use super::{
-    Collisions, DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER, GarpTimers, LogLimits, Observed, Out, Peers, RECENT_TAKEOVERS,
-    Vip6Spec, fmt_list, fmt_mac, more, more_comma,
-    router6::{Router6, Router6View},
+    Collisions, DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER, GarpTimers, LogLimits, Observed, Out, Peers, RouterView,
+    Vip6Spec, fmt_list, fmt_mac, more, more_comma, router_settings, router6::Router6,
 };
 use crate::{
     config::{self, CheckKind, Forwarding, InstancePlan},
@@ -29,7 +28,7 @@ use crate::{
     services::{Endpoint, Services, effective_priority},
     status::{BackendStatus, CounterStatus, InstanceStatus, ServiceStatus, Warning},
     vrrp::{
-        Action, Cause, Role, Router, RxFilter, Settings,
+        Action, Cause, Role, Router, RxFilter,
         machine::{InvalidSettings, PRIORITY_OWNER},
         packet::{self, Discard},
         socket6::Datagram,
@@ -62,9 +61,6 @@ pub(super) struct Instance {
     handing_over: bool,
     /// When it last sent an advert (its peers' down timers run from there).
     last_advert: Option<Duration>,
-    /// When the last advert from another router passed the checks, since the election last (re)started: where a
-    /// take-over's time is measured from.
-    last_heard: Option<Duration>,
     peers: Peers,
     collisions: Collisions,
     logs: LogLimits,
@@ -89,14 +85,7 @@ impl Instance {
         paths: &BTreeMap<IpAddr, (Option<[u8; 6]>, u32)>,
     ) -> Result<Self, InvalidSettings> {
         let v = &config.vrrp;
-        let settings = Settings {
-            vrid: v.vrid,
-            priority: v.priority,
-            advert_interval: u16::try_from(v.advert_interval_ms / 10).unwrap_or(u16::MAX),
-            preempt: v.preempt,
-            preempt_delay: Duration::from_millis(u64::from(v.preempt_delay_ms)),
-            primary_address: source,
-        };
+        let settings = router_settings(v, source);
         let router = Router::new(settings)?;
         let v6 = match source6 {
             Some(source6) if !config.vip.ipv6().is_empty() => Some(Router6::new(&config, slot, source6)?),
@@ -122,7 +111,6 @@ impl Instance {
             garp: GarpTimers::default(),
             handing_over: false,
             last_advert: None,
-            last_heard: None,
             peers: Peers::default(),
             collisions: Collisions::default(),
             logs: LogLimits::default(),
@@ -346,7 +334,7 @@ impl Instance {
     fn finish_stop4(&mut self, now: Duration, out: &mut Out) {
         out.push(Command::SetActive { router: self.router_index(), active: false });
         self.handing_over = false;
-        if self.observed.role != Role::Initialize {
+        if self.observed.router.role != Role::Initialize {
             self.role_changed(now, Role::Initialize, Cause::Stop, "stopping".into(), out);
         }
     }
@@ -436,8 +424,7 @@ impl Instance {
             self.discard(now, DISCARD_OWNER, "this node is the address owner (priority 255)", out);
             return false;
         }
-        self.observed.adverts_received += 1;
-        self.last_heard = Some(now);
+        self.observed.router.heard(now);
         if self.handing_over {
             if rx.advert.priority > 0 {
                 self.log(out, Level::Info, format!("handover: {} is active", rx.src));
@@ -475,22 +462,19 @@ impl Instance {
     /// Counts (and logs, rate-limited) a packet this instance discards.
     pub(super) fn discard(&mut self, now: Duration, reason: &'static str, detail: &str, out: &mut Out) {
         let count = self.count_discard(reason);
+        // A line held back by the rate limit is counted in the next one that passes (`more_comma`).
         if let Some(left_out) = self.logs.allow(reason, now) {
             self.log(
                 out,
                 Level::Warn,
                 format!("discarded a VRRP packet ({reason}, {count} so far{}): {detail}", more_comma(left_out)),
             );
-        } else {
-            self.observed.logs_suppressed += 1;
         }
     }
 
     /// Counts a discarded packet without a log line (the node logs packets no instance claims); returns the count.
     pub(super) fn count_discard(&mut self, reason: &'static str) -> u64 {
-        let count = self.observed.discards.entry(reason).or_default();
-        *count += 1;
-        *count
+        self.observed.router.discarded(reason)
     }
 
     /// The filter a packet for this instance passes through, to judge one that no instance claims.
@@ -505,19 +489,6 @@ impl Instance {
             match action {
                 Action::SendAdvert { priority } => self.send_advert(now, priority, out),
                 Action::BecomeActive { cause, reason } => {
-                    // The election's first advert as active went out at `now` (just before this action).
-                    if matches!(cause, Cause::MasterDown | Cause::Preempt | Cause::PeerStopped)
-                        && let Some(heard) = self.last_heard
-                    {
-                        let took = now.saturating_sub(heard);
-                        let o = &mut self.observed;
-                        o.last_takeover = Some(took);
-                        o.takeovers += 1;
-                        if o.recent_takeovers.len() == RECENT_TAKEOVERS {
-                            o.recent_takeovers.pop_front();
-                        }
-                        o.recent_takeovers.push_back(took);
-                    }
                     out.push(Command::SetActive { router: self.router_index(), active: true });
                     self.role_changed(now, Role::Active, cause, reason, out);
                     self.garp = GarpTimers::after_takeover(now, &self.config.vrrp);
@@ -549,7 +520,7 @@ impl Instance {
             checksum: self.config.vrrp.checksum,
         });
         self.last_advert = Some(now);
-        self.observed.adverts_sent += 1;
+        self.observed.router.adverts_sent += 1;
     }
 
     fn is_nat(&self, service: &str) -> bool {
@@ -564,7 +535,7 @@ impl Instance {
                 addresses: self.config.vip.ipv4(),
                 count,
             });
-            self.observed.garps_sent += u64::from(count);
+            self.observed.router.announcements += u64::from(count);
         }
     }
 
@@ -572,21 +543,12 @@ impl Instance {
         self.log(out, Level::Info, format!("role -> {role}: {reason}"));
         // Leaving active (not for a stop: the node exits and its tables with it): its flow state is stale from now
         // on, since the peer that takes over carries these connections and may change them.
-        if self.observed.role == Role::Active && role != Role::Active && cause != Cause::Stop {
+        if self.observed.router.role == Role::Active && role != Role::Active && cause != Cause::Stop {
             out.push(Command::ForgetFlows(self.config.vip.ipv4().into_iter().map(IpAddr::V4).collect()));
         }
-        let o = &mut self.observed;
-        o.role = role;
-        o.role_since = now;
-        o.role_reason = reason;
-        o.transitions += 1;
-        *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
+        self.observed.router.role_changed(now, role, cause, reason);
         if role != Role::Active {
             self.garp = GarpTimers::default();
-        }
-        // The election starts over: what was heard before (a fault, a stall, a stop) times no take-over after it.
-        if matches!(cause, Cause::Startup | Cause::LinkDown | Cause::Stall | Cause::Stop) {
-            self.last_heard = None;
         }
     }
 
@@ -919,18 +881,19 @@ impl Instance {
 
     /// A snapshot for status and metrics, taken in O(services).
     pub(super) fn view(&self, now: Duration) -> InstanceView {
+        let ipv4 = self.has_ipv4.then(|| RouterView {
+            observed: self.observed.router.clone(),
+            role: self.router.role(),
+            source: IpAddr::V4(self.source),
+            active_router: self.router.active_router().map(IpAddr::V4),
+            index: self.router_index(),
+            priority: self.router.priority(),
+        });
         InstanceView {
             config: self.config.clone(),
-            routers: [self.has_ipv4.then(|| self.router_index()), self.v6.as_ref().map(|v6| v6.index)]
-                .into_iter()
-                .flatten()
-                .collect(),
+            ipv4,
             ipv6: self.v6.as_ref().map(Router6::view),
             services: self.services.clone(),
-            observed: self.observed.clone(),
-            role: self.router.role(),
-            effective_priority: self.router.priority(),
-            active_router: self.router.active_router(),
             warnings: self.warnings(now),
         }
     }
@@ -940,19 +903,31 @@ impl Instance {
 #[derive(Clone, Debug)]
 pub struct InstanceView {
     pub config: Arc<config::Instance>,
-    /// Its routers' indices in the data plane (one per address family it has).
-    pub routers: Vec<u32>,
     pub services: Services,
-    pub observed: Observed,
-    pub role: Role,
-    pub effective_priority: u8,
-    pub active_router: Option<Ipv4Addr>,
     pub warnings: Vec<Warning>,
+    /// Its IPv4 router, when it has IPv4 addresses.
+    pub ipv4: Option<RouterView>,
     /// Its IPv6 router, when it has IPv6 addresses.
-    pub ipv6: Option<Router6View>,
+    pub ipv6: Option<RouterView>,
 }
 
 impl InstanceView {
+    /// Its VRRP routers (one per address family it has addresses of), IPv4 first.
+    pub fn routers(&self) -> impl Iterator<Item = &RouterView> {
+        self.ipv4.iter().chain(&self.ipv6)
+    }
+
+    /// Its routers' indices in the data plane, IPv4 first.
+    pub fn router_indices(&self) -> Vec<u32> {
+        self.routers().map(|r| r.index).collect()
+    }
+
+    /// The router that speaks for the instance where one role is shown (the top-level fields of its status, the
+    /// per-instance metrics): its IPv4 router, or, without IPv4 addresses, its IPv6 router.
+    pub fn election(&self) -> Option<&RouterView> {
+        self.routers().next()
+    }
+
     /// Its part of the status document, except what only the data plane knows (traffic counters, `xdp_mode`).
     pub fn status(&self, epoch_unix_ms: u64) -> InstanceStatus {
         let services = self
@@ -984,49 +959,33 @@ impl InstanceView {
                     .collect(),
             })
             .collect();
-        let o = &self.observed;
-        let ipv6 = self.ipv6.as_ref().map(|v6| v6.status(epoch_unix_ms));
-        let mut status = InstanceStatus {
+        let election = self.election().map(|r| r.status(epoch_unix_ms)).unwrap_or_default();
+        InstanceStatus {
             name: self.config.name.clone(),
             addresses: self.config.vip.addresses.iter().map(ToString::to_string).collect(),
-            role: self.role.name().to_string(),
+            role: election.role,
             vrid: self.config.vrrp.vrid,
             priority: self.config.vrrp.priority,
-            effective_priority: self.effective_priority,
+            effective_priority: election.effective_priority,
             vip: self.config.vip.first().to_string(),
             interface: self.config.interface.clone(),
             xdp_mode: String::new(),
-            active_router: self.active_router.map(|a| a.to_string()),
-            transitions: o.transitions,
-            role_since_unix_ms: epoch_unix_ms + u64::try_from(o.role_since.as_millis()).unwrap_or(u64::MAX),
-            role_reason: o.role_reason.clone(),
+            active_router: election.active_router,
+            transitions: election.transitions,
+            role_since_unix_ms: election.role_since_unix_ms,
+            role_reason: election.role_reason,
             services,
             counters: CounterStatus {
-                adverts_sent: o.adverts_sent,
-                adverts_received: o.adverts_received,
-                adverts_discarded: o.discards.values().sum(),
-                adverts_discarded_by_reason: o.discards.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-                garps_sent: o.garps_sent,
+                adverts_sent: election.adverts_sent,
+                adverts_received: election.adverts_received,
+                adverts_discarded: election.adverts_discarded,
+                adverts_discarded_by_reason: election.adverts_discarded_by_reason,
+                garps_sent: self.ipv4.as_ref().map_or(0, |r| r.observed.announcements),
                 ..CounterStatus::default()
             },
             warnings: self.warnings.clone(),
-            ipv6: ipv6.clone(),
-        };
-        // Without IPv4 addresses the IPv6 router is the instance's election.
-        if let Some(v6) = ipv6
-            && self.config.vip.ipv4().is_empty()
-        {
-            status.role = v6.role;
-            status.active_router = v6.active_router;
-            status.transitions = v6.transitions;
-            status.role_since_unix_ms = v6.role_since_unix_ms;
-            status.role_reason = v6.role_reason;
-            status.counters.adverts_sent = v6.adverts_sent;
-            status.counters.adverts_received = v6.adverts_received;
-            status.counters.adverts_discarded = v6.adverts_discarded;
-            status.counters.adverts_discarded_by_reason = v6.adverts_discarded_by_reason;
+            ipv6: self.ipv6.as_ref().map(|r| r.status(epoch_unix_ms)),
         }
-        status
     }
 }
 

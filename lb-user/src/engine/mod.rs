@@ -49,6 +49,7 @@
 //! [`HeartbeatMaxAge`]: Command::HeartbeatMaxAge
 
 mod instance;
+mod observed;
 mod router6;
 #[cfg(test)]
 mod tests;
@@ -64,7 +65,7 @@ use log::Level;
 
 use instance::Instance;
 pub use instance::InstanceView;
-pub use router6::{Observed6, Router6View};
+pub use observed::{Observed, RouterObserved, RouterView};
 
 use crate::{
     config::{self, Config, Problem},
@@ -74,7 +75,7 @@ use crate::{
     services::Endpoint,
     status::Status,
     vrrp::{
-        Advert, ChecksumMode, Role,
+        Advert, ChecksumMode, Role, Settings,
         machine::InvalidSettings,
         packet::{self},
         socket6::Datagram,
@@ -97,7 +98,7 @@ pub const WARNING_TTL: Duration = Duration::from_secs(60);
 pub const DISCARD_REASONS: [&str; 2] = [DISCARD_ADDRESS_MISMATCH, DISCARD_OWNER];
 pub const DISCARD_ADDRESS_MISMATCH: &str = "address_mismatch";
 pub const DISCARD_OWNER: &str = "owner";
-/// Take-over times kept in [`Observed::recent_takeovers`] for readers that sample the state now and then (metrics
+/// Take-over times kept in [`RouterObserved::recent_takeovers`] for readers that sample the state now and then (metrics
 /// sample every second; an instance cannot take over more than once per advert interval or so).
 pub const RECENT_TAKEOVERS: usize = 32;
 
@@ -173,57 +174,6 @@ pub enum Command {
     Ready,
     /// The stop is complete: detach and exit.
     Exit,
-}
-
-/// What an instance has seen and done so far: the read-only view for `xvip status` and metrics.
-#[derive(Debug, Clone)]
-pub struct Observed {
-    pub role: Role,
-    /// Engine time of the last role change.
-    pub role_since: Duration,
-    pub role_reason: String,
-    /// Every role change since start.
-    pub transitions: u64,
-    pub transitions_by_cause: BTreeMap<&'static str, u64>,
-    pub adverts_sent: u64,
-    /// Adverts that passed every check and were given to the election.
-    pub adverts_received: u64,
-    /// Adverts discarded, by reason (the RFC 5798 §7.1 checks, `address_mismatch`, `owner`).
-    pub discards: BTreeMap<&'static str, u64>,
-    pub garps_sent: u64,
-    /// How long the last take-over waited after the last sign of the previous active router (its last advert, or
-    /// its priority-0 advert).
-    pub last_takeover: Option<Duration>,
-    /// Take-overs so far: becoming active after hearing another router since the election (re)started, timed from
-    /// the last advert heard to the first advert sent as active.
-    pub takeovers: u64,
-    /// The newest take-over times (at most [`RECENT_TAKEOVERS`], oldest first): the last `n` of `takeovers`.
-    pub recent_takeovers: VecDeque<Duration>,
-    /// Whether some service has no usable backend here (the penalty applies).
-    pub backends_lost: bool,
-    /// Log lines left out by the rate limits.
-    pub logs_suppressed: u64,
-}
-
-impl Default for Observed {
-    fn default() -> Self {
-        Observed {
-            role: Role::Initialize,
-            role_since: Duration::ZERO,
-            role_reason: "starting".into(),
-            transitions: 0,
-            transitions_by_cause: BTreeMap::new(),
-            adverts_sent: 0,
-            adverts_received: 0,
-            discards: BTreeMap::new(),
-            garps_sent: 0,
-            last_takeover: None,
-            takeovers: 0,
-            recent_takeovers: VecDeque::new(),
-            backends_lost: false,
-            logs_suppressed: 0,
-        }
-    }
 }
 
 /// At most one line per key per [`LOG_PERIOD`].
@@ -1055,7 +1005,19 @@ impl View {
 
     /// Each instance's routers in the data plane, by instance name (to attribute the data plane's counters).
     pub fn routers(&self) -> BTreeMap<String, Vec<u32>> {
-        self.instances.iter().map(|i| (i.config.name.clone(), i.routers.clone())).collect()
+        self.instances.iter().map(|i| (i.config.name.clone(), i.router_indices())).collect()
+    }
+}
+
+/// The election settings of an instance's router of one address family, advertising from `source`.
+fn router_settings<A: packet::Address>(v: &config::Vrrp, source: A) -> Settings<A> {
+    Settings {
+        vrid: v.vrid,
+        priority: v.priority,
+        advert_interval: u16::try_from(v.advert_interval_ms / 10).unwrap_or(u16::MAX),
+        preempt: v.preempt,
+        preempt_delay: Duration::from_millis(u64::from(v.preempt_delay_ms)),
+        primary_address: source,
     }
 }
 

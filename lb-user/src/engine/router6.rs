@@ -11,7 +11,6 @@
 //! Pure, like the engine: it pushes commands into the instance's [`Out`].
 
 use std::{
-    collections::BTreeMap,
     net::{IpAddr, Ipv6Addr},
     time::Duration,
 };
@@ -19,12 +18,11 @@ use std::{
 use lb_common::{FAMILY_IPV6, router_slot};
 use log::Level;
 
-use super::{Command, GarpTimers, LogLimits, Out, more_comma};
+use super::{Command, GarpTimers, LogLimits, Out, RouterObserved, RouterView, more_comma, router_settings};
 use crate::{
     config,
-    status::RouterStatus,
     vrrp::{
-        Action, Cause, Role, Router, RxFilter, Settings,
+        Action, Cause, Role, Router, RxFilter,
         machine::{InvalidSettings, PRIORITY_OWNER},
         packet::{self, Advert},
         socket6::Datagram,
@@ -51,37 +49,15 @@ pub(super) struct Router6 {
     /// While stopping as the active router: still answering, waiting for the new one to announce itself.
     handing_over: bool,
     last_advert: Option<Duration>,
-    observed: Observed6,
+    observed: RouterObserved,
     logs: LogLimits,
-}
-
-/// What the IPv6 router has seen and done, for status.
-#[derive(Debug, Clone)]
-pub struct Observed6 {
-    pub role: Role,
-    pub role_since: Duration,
-    pub role_reason: String,
-    pub transitions: u64,
-    /// Role changes by [`Cause::name`], for metrics.
-    pub transitions_by_cause: BTreeMap<&'static str, u64>,
-    pub adverts_sent: u64,
-    pub adverts_received: u64,
-    pub discards: BTreeMap<&'static str, u64>,
-    pub nas_requested: u64,
 }
 
 impl Router6 {
     /// The IPv6 router of `config` (which has IPv6 addresses) in data plane slot `slot`, advertising from `source`.
     pub(super) fn new(config: &config::Instance, slot: u32, source: Ipv6Addr) -> Result<Self, InvalidSettings> {
         let v = &config.vrrp;
-        let settings = Settings {
-            vrid: v.vrid,
-            priority: v.priority,
-            advert_interval: u16::try_from(v.advert_interval_ms / 10).unwrap_or(u16::MAX),
-            preempt: v.preempt,
-            preempt_delay: Duration::from_millis(u64::from(v.preempt_delay_ms)),
-            primary_address: source,
-        };
+        let settings = router_settings(v, source);
         Ok(Router6 {
             router: Router::new(settings)?,
             addresses: config.vip.ipv6(),
@@ -94,17 +70,7 @@ impl Router6 {
             nas: GarpTimers::default(),
             handing_over: false,
             last_advert: None,
-            observed: Observed6 {
-                role: Role::Initialize,
-                role_since: Duration::ZERO,
-                role_reason: "starting".into(),
-                transitions: 0,
-                transitions_by_cause: BTreeMap::new(),
-                adverts_sent: 0,
-                adverts_received: 0,
-                discards: BTreeMap::new(),
-                nas_requested: 0,
-            },
+            observed: RouterObserved::default(),
             logs: LogLimits::default(),
         })
     }
@@ -267,7 +233,7 @@ impl Router6 {
             self.discard(now, super::DISCARD_OWNER, "this node is the address owner (priority 255)", label, out);
             return false;
         }
-        self.observed.adverts_received += 1;
+        self.observed.heard(now);
         if self.handing_over {
             // A priority-0 advert is another router stopping too, not a new active one.
             if rx.advert.priority > 0 {
@@ -284,9 +250,7 @@ impl Router6 {
 
     /// Counts (and logs, rate-limited) a discarded IPv6 advert.
     pub(super) fn discard(&mut self, now: Duration, reason: &'static str, detail: &str, label: &str, out: &mut Out) {
-        let count = self.observed.discards.entry(reason).or_default();
-        *count += 1;
-        let count = *count;
+        let count = self.observed.discarded(reason);
         if let Some(left_out) = self.logs.allow(reason, now) {
             out.log(
                 Level::Warn,
@@ -344,7 +308,7 @@ impl Router6 {
                 addresses: self.addresses.clone(),
                 count,
             });
-            self.observed.nas_requested += u64::from(count);
+            self.observed.announcements += u64::from(count);
         }
     }
 
@@ -362,59 +326,21 @@ impl Router6 {
 
     fn role_changed(&mut self, now: Duration, role: Role, cause: Cause, reason: String, label: &str, out: &mut Out) {
         out.log(Level::Info, format!("{label}IPv6 role -> {role}: {reason}"));
-        let o = &mut self.observed;
-        o.role = role;
-        o.role_since = now;
-        o.role_reason = reason;
-        o.transitions += 1;
-        *o.transitions_by_cause.entry(cause.name()).or_default() += 1;
+        self.observed.role_changed(now, role, cause, reason);
         if role != Role::Active {
             self.nas = GarpTimers::default();
         }
     }
 
     /// A snapshot for status and metrics.
-    pub(super) fn view(&self) -> Router6View {
-        Router6View {
+    pub(super) fn view(&self) -> RouterView {
+        RouterView {
             observed: self.observed.clone(),
-            source: self.source,
-            active_router: self.router.active_router(),
+            role: self.observed.role,
+            source: IpAddr::V6(self.source),
+            active_router: self.router.active_router().map(IpAddr::V6),
             index: self.index,
             priority: self.router.priority(),
-        }
-    }
-}
-
-/// The IPv6 router's state at one moment.
-#[derive(Debug, Clone)]
-pub struct Router6View {
-    pub observed: Observed6,
-    pub source: Ipv6Addr,
-    pub active_router: Option<Ipv6Addr>,
-    /// Its flag in the data plane.
-    pub index: u32,
-    /// The priority it advertises now.
-    pub priority: u8,
-}
-
-impl Router6View {
-    /// Its part of the status document (`instances[].ipv6`).
-    pub fn status(&self, epoch_unix_ms: u64) -> RouterStatus {
-        let o = &self.observed;
-        RouterStatus {
-            role: o.role.name().to_string(),
-            source: self.source.to_string(),
-            active_router: self.active_router.map(|a| a.to_string()),
-            transitions: o.transitions,
-            role_since_unix_ms: epoch_unix_ms + u64::try_from(o.role_since.as_millis()).unwrap_or(u64::MAX),
-            role_reason: o.role_reason.clone(),
-            adverts_sent: o.adverts_sent,
-            adverts_received: o.adverts_received,
-            adverts_discarded: o.discards.values().sum(),
-            effective_priority: self.priority,
-            adverts_discarded_by_reason: o.discards.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            nas_sent: o.nas_requested,
-            dataplane: BTreeMap::new(),
         }
     }
 }

@@ -98,8 +98,9 @@ fn priority(e: &Engine) -> u8 {
     e.effective_priority(config::DEFAULT_INSTANCE).expect("the default instance")
 }
 
-fn observed(e: &Engine) -> &Observed {
-    e.observed(config::DEFAULT_INSTANCE).expect("the default instance")
+/// The default instance's IPv4 router's role and counters.
+fn observed(e: &Engine) -> &RouterObserved {
+    &e.observed(config::DEFAULT_INSTANCE).expect("the default instance").router
 }
 
 fn services(e: &Engine) -> &crate::services::Services {
@@ -323,7 +324,7 @@ fn becoming_active_advertises_then_answers_then_announces_and_repeats_the_burst(
     // The second burst garp_repeat_delay_ms (1000) later, and no third.
     let later = run_until(&mut e, t + ms(3000));
     assert_eq!(garps(&later), 5);
-    assert_eq!(observed(&e).garps_sent, 10);
+    assert_eq!(observed(&e).announcements, 10);
 }
 
 #[test]
@@ -367,7 +368,7 @@ fn garp_count_zero_sends_none() {
     let (mut e, t) = active(c);
     let commands = run_until(&mut e, t + ms(3000));
     assert_eq!(garps(&commands), 0);
-    assert_eq!(observed(&e).garps_sent, 0);
+    assert_eq!(observed(&e).announcements, 0);
 }
 
 // ----- the group's identity -----
@@ -861,7 +862,7 @@ fn observed_state_counts_what_metrics_need() {
     assert_eq!(o.transitions_by_cause.get("startup"), Some(&1));
     // Skew time at priority 150 with the peer's 100 ms interval: (256 - 150) * 100 ms / 256.
     assert_eq!(o.last_takeover, Some(Duration::from_nanos(41_406_250)));
-    assert_eq!(o.garps_sent, 5);
+    assert_eq!(o.announcements, 5);
     assert_eq!(o.adverts_sent, 1);
 }
 
@@ -1068,8 +1069,8 @@ fn a_reload_that_changes_an_instances_vrid_replaces_only_that_instance() {
     assert_eq!(e.role("a"), Some(Role::Active));
 }
 
-fn observed_of<'e>(e: &'e Engine, name: &str) -> &'e Observed {
-    e.observed(name).expect("instance")
+fn observed_of<'e>(e: &'e Engine, name: &str) -> &'e RouterObserved {
+    &e.observed(name).expect("instance").router
 }
 
 #[test]

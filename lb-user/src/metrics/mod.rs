@@ -16,7 +16,7 @@
 //! fill) does not. An instance runs one VRRP router per address family it has addresses of: the `xvip_vrrp_router_*`
 //! and `xvip_router_frames_total` families show each with a `family` label (`ipv4`, `ipv6`), while the older
 //! per-instance families keep showing the instance's IPv4 router (its only one before IPv6 VIPs), or the IPv6 one
-//! of an instance without IPv4 addresses (`Page::election`).
+//! of an instance without IPv4 addresses (`InstanceView::election`).
 
 pub mod http;
 
@@ -40,12 +40,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use lb_common::{FAMILY_IPV4, FAMILY_IPV6, Reason};
+use lb_common::Reason;
 
 use crate::{
     config::CheckKind,
     dataplane::{Counters, ServiceId, TableScan},
-    engine::InstanceView,
+    engine::{InstanceView, RouterObserved, RouterView},
     vrrp::{Cause, Role},
 };
 
@@ -175,6 +175,7 @@ struct Takeovers {
 #[derive(Debug, Default)]
 pub struct Metrics {
     takeovers: BTreeMap<String, Takeovers>,
+    takeovers6: BTreeMap<String, Takeovers>,
     probes: Probes,
 }
 
@@ -195,29 +196,17 @@ impl Metrics {
 
     /// Takes the take-overs that happened since the last sample into the histograms, and renders the page.
     pub fn render(&mut self, sample: Sample) -> String {
+        // The IPv4 router's series is there for every instance (as before IPv6 routers), empty without one.
+        let none = RouterObserved::default();
         for instance in &sample.instances {
-            let o = &instance.view.observed;
-            let t = self
-                .takeovers
-                .entry(instance.name.clone())
-                .or_insert_with(|| Takeovers { histogram: Histogram::new(TAKEOVER_BUCKETS), seen: 0 });
-            let new = o.takeovers.saturating_sub(t.seen);
-            if new > o.recent_takeovers.len() as u64 {
-                log::warn!(
-                    "metrics: {} take-over(s) of instance {} happened between two samples; only the last {} are in \
-                     xvip_vrrp_takeover_seconds",
-                    new,
-                    instance.name,
-                    o.recent_takeovers.len()
-                );
+            let v4 = instance.view.ipv4.as_ref().map_or(&none, |r| &r.observed);
+            Self::absorb(&mut self.takeovers, &instance.name, "", v4);
+            if let Some(v6) = &instance.view.ipv6 {
+                Self::absorb(&mut self.takeovers6, &instance.name, "IPv6 ", &v6.observed);
             }
-            let skip = o.recent_takeovers.len().saturating_sub(usize::try_from(new).unwrap_or(usize::MAX));
-            for took in o.recent_takeovers.iter().skip(skip) {
-                t.histogram.observe(took.as_secs_f64());
-            }
-            t.seen = o.takeovers;
         }
         self.takeovers.retain(|name, _| sample.instances.iter().any(|i| &i.name == name));
+        self.takeovers6.retain(|name, _| sample.instances.iter().any(|i| &i.name == name && i.view.ipv6.is_some()));
         let checked: Vec<BackendKey> = sample
             .instances
             .iter()
@@ -229,8 +218,11 @@ impl Metrics {
                 })
             })
             .collect();
+        let histograms =
+            |all: &BTreeMap<String, Takeovers>| all.iter().map(|(k, t)| (k.clone(), t.histogram.clone())).collect();
         let page = Page {
-            takeovers: self.takeovers.iter().map(|(k, t)| (k.clone(), t.histogram.clone())).collect(),
+            takeovers: histograms(&self.takeovers),
+            takeovers6: histograms(&self.takeovers6),
             probes: self.probes.retain(&checked),
             sample,
         };
@@ -243,13 +235,36 @@ impl Metrics {
         }
         text
     }
+
+    /// Takes a router's take-overs that `histograms[name]` has not seen into it.
+    fn absorb(histograms: &mut BTreeMap<String, Takeovers>, name: &str, router: &str, observed: &RouterObserved) {
+        let (total, recent) = (observed.takeovers, &observed.recent_takeovers);
+        let t = histograms
+            .entry(name.to_string())
+            .or_insert_with(|| Takeovers { histogram: Histogram::new(TAKEOVER_BUCKETS), seen: 0 });
+        let new = total.saturating_sub(t.seen);
+        if new > recent.len() as u64 {
+            log::warn!(
+                "metrics: {new} take-over(s) of instance {name}'s {router}router happened between two samples; only \
+                 the last {} are in xvip_vrrp_takeover_seconds",
+                recent.len()
+            );
+        }
+        let skip = recent.len().saturating_sub(usize::try_from(new).unwrap_or(usize::MAX));
+        for took in recent.iter().skip(skip) {
+            t.histogram.observe(took.as_secs_f64());
+        }
+        t.seen = total;
+    }
 }
 
 /// One sample with the histograms, as the encoder walks it.
 #[derive(Debug)]
 struct Page {
     sample: Sample,
+    /// By instance: its (IPv4) router's take-overs, and its IPv6 router's.
     takeovers: BTreeMap<String, Histogram>,
+    takeovers6: BTreeMap<String, Histogram>,
     probes: BTreeMap<BackendKey, ProbeRecorder>,
 }
 
@@ -290,20 +305,10 @@ fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, series: Vec<
 }
 
 /// One VRRP router of an instance (one per address family it has addresses of), with its labels
-/// (`vrrp_instance`, `family`) and what the engine knows of it.
+/// (`vrrp_instance`, `family`).
 struct RouterRow<'a> {
     labels: Labels,
-    /// Its index in the data plane (`lb_common::router_slot`).
-    index: u32,
-    role: Role,
-    priority: u8,
-    transitions: u64,
-    transitions_by_cause: &'a BTreeMap<&'static str, u64>,
-    adverts_sent: u64,
-    adverts_received: u64,
-    discards: &'a BTreeMap<&'static str, u64>,
-    /// Gratuitous ARPs (IPv4) or unsolicited Neighbor Advertisements (IPv6) sent.
-    announcements: u64,
+    router: &'a RouterView,
 }
 
 /// A backend of a service, with its labels and what the engine and the data plane know of it.
@@ -327,54 +332,16 @@ impl Page {
 
     /// Every router of every instance, IPv4 first.
     fn routers(&self) -> Vec<RouterRow<'_>> {
-        self.sample.instances.iter().flat_map(Self::instance_routers).collect()
-    }
-
-    /// The router the per-instance families show: the IPv4 one, or, for an instance with only IPv6 addresses, the
-    /// IPv6 one (as `xvip status` does).
-    fn election(i: &Instance) -> Option<RouterRow<'_>> {
-        Self::instance_routers(i).into_iter().next()
-    }
-
-    /// The routers of one instance, IPv4 first.
-    fn instance_routers(i: &Instance) -> Vec<RouterRow<'_>> {
-        let mut rows = Vec::new();
-        let labels = |family: &str| vec![("vrrp_instance", i.name.clone()), ("family", family.to_string())];
-        let view = &i.view;
-        // `router_slot` puts the family in the index's low bit; an instance without IPv4 addresses has no
-        // IPv4 router in `routers`.
-        if let Some(index) = view.routers.iter().copied().find(|r| r % 2 == FAMILY_IPV4) {
-            let o = &view.observed;
-            rows.push(RouterRow {
-                labels: labels("ipv4"),
-                index,
-                role: view.role,
-                priority: view.effective_priority,
-                transitions: o.transitions,
-                transitions_by_cause: &o.transitions_by_cause,
-                adverts_sent: o.adverts_sent,
-                adverts_received: o.adverts_received,
-                discards: &o.discards,
-                announcements: o.garps_sent,
-            });
-        }
-        if let Some(v6) = &view.ipv6 {
-            let o = &v6.observed;
-            debug_assert_eq!(v6.index % 2, FAMILY_IPV6);
-            rows.push(RouterRow {
-                labels: labels("ipv6"),
-                index: v6.index,
-                role: o.role,
-                priority: v6.priority,
-                transitions: o.transitions,
-                transitions_by_cause: &o.transitions_by_cause,
-                adverts_sent: o.adverts_sent,
-                adverts_received: o.adverts_received,
-                discards: &o.discards,
-                announcements: o.nas_requested,
-            });
-        }
-        rows
+        self.sample
+            .instances
+            .iter()
+            .flat_map(|i| {
+                i.view.routers().map(|router| RouterRow {
+                    labels: vec![("vrrp_instance", i.name.clone()), ("family", router.family().to_string())],
+                    router,
+                })
+            })
+            .collect()
     }
 
     fn backends(&self) -> Vec<BackendRow<'_>> {
@@ -444,7 +411,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("role", r.name().to_string()));
-                        (labels, i64::from(Self::election(i).is_some_and(|e| e.role == *r)))
+                        (labels, i64::from(i.view.election().is_some_and(|e| e.role == *r)))
                     })
                     .collect()
             }),
@@ -460,7 +427,9 @@ impl Page {
             "xvip_vrrp_effective_priority",
             "The priority advertised now: the configured one, lowered by backend_loss_penalty while some service has \
              no usable backend",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i64::from(i.view.effective_priority))]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i64::from(i.view.election().map_or(0, |e| e.priority)))]
+            }),
         )?;
         counter(
             e,
@@ -472,7 +441,7 @@ impl Page {
                     .map(|c| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", c.name().to_string()));
-                        let n = Self::election(i).and_then(|e| e.transitions_by_cause.get(c.name()).copied());
+                        let n = i.view.election().and_then(|e| e.observed.transitions_by_cause.get(c.name()).copied());
                         (labels, n.unwrap_or(0))
                     })
                     .collect()
@@ -482,14 +451,16 @@ impl Page {
             e,
             "xvip_vrrp_adverts_sent",
             "VRRP adverts sent (priority-0 adverts on stopping included)",
-            self.per_instance(|i| vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_sent))]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i.view.election().map_or(0, |e| e.observed.adverts_sent))]
+            }),
         )?;
         counter(
             e,
             "xvip_vrrp_adverts_received",
             "VRRP adverts from other routers that passed every check and went to the election",
             self.per_instance(|i| {
-                vec![(Self::instance_labels(i), Self::election(i).map_or(0, |e| e.adverts_received))]
+                vec![(Self::instance_labels(i), i.view.election().map_or(0, |e| e.observed.adverts_received))]
             }),
         )?;
         counter(
@@ -503,7 +474,7 @@ impl Page {
                     .map(|reason| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", reason.to_string()));
-                        let n = Self::election(i).and_then(|e| e.discards.get(reason).copied());
+                        let n = i.view.election().and_then(|e| e.observed.discards.get(reason).copied());
                         (labels, n.unwrap_or(0))
                     })
                     .collect()
@@ -513,7 +484,9 @@ impl Page {
             e,
             "xvip_vrrp_garps_sent",
             "Gratuitous ARPs sent for the virtual address",
-            self.per_instance(|i| vec![(Self::instance_labels(i), i.view.observed.garps_sent)]),
+            self.per_instance(|i| {
+                vec![(Self::instance_labels(i), i.view.ipv4.as_ref().map_or(0, |r| r.observed.announcements))]
+            }),
         )?;
         self.encode_routers(e)?;
         family(
@@ -522,7 +495,14 @@ impl Page {
             "Time from the last advert heard from another router to this node's first advert as active, per take-over",
             MetricType::Histogram,
             self.per_instance(|i| {
-                self.takeovers.get(&i.name).map(|h| (Self::instance_labels(i), h.clone())).into_iter().collect()
+                let v4 = self.takeovers.get(&i.name).map(|h| (Self::instance_labels(i), h.clone()));
+                // The IPv6 router's under a `family` label; the IPv4 router's series keeps its labels.
+                let v6 = self.takeovers6.get(&i.name).map(|h| {
+                    let mut labels = Self::instance_labels(i);
+                    labels.push(("family", "ipv6".to_string()));
+                    (labels, h.clone())
+                });
+                v4.into_iter().chain(v6).collect()
             }),
         )
     }
@@ -542,7 +522,7 @@ impl Page {
                     ROLES.iter().map(|role| {
                         let mut labels = r.labels.clone();
                         labels.push(("role", role.name().to_string()));
-                        (labels, i64::from(*role == r.role))
+                        (labels, i64::from(*role == r.router.role))
                     })
                 })
                 .collect(),
@@ -551,20 +531,25 @@ impl Page {
             e,
             "xvip_vrrp_router_effective_priority",
             "The priority the router advertises now",
-            each(&|r| u64::from(r.priority)),
+            each(&|r| u64::from(r.router.priority)),
         )?;
-        counter(e, "xvip_vrrp_router_transitions", "The router's role changes", each(&|r| r.transitions))?;
+        counter(
+            e,
+            "xvip_vrrp_router_transitions",
+            "The router's role changes",
+            each(&|r| r.router.observed.transitions),
+        )?;
         counter(
             e,
             "xvip_vrrp_router_adverts_sent",
             "VRRP adverts the router sent (priority-0 adverts on stopping included)",
-            each(&|r| r.adverts_sent),
+            each(&|r| r.router.observed.adverts_sent),
         )?;
         counter(
             e,
             "xvip_vrrp_router_adverts_received",
             "VRRP adverts for the router that passed every check and went to its election",
-            each(&|r| r.adverts_received),
+            each(&|r| r.router.observed.adverts_received),
         )?;
         counter(
             e,
@@ -576,7 +561,7 @@ impl Page {
                         |reason| {
                             let mut labels = r.labels.clone();
                             labels.push(("reason", reason.to_string()));
-                            (labels, r.discards.get(reason).copied().unwrap_or(0))
+                            (labels, r.router.observed.discards.get(reason).copied().unwrap_or(0))
                         },
                     )
                 })
@@ -586,7 +571,7 @@ impl Page {
             e,
             "xvip_vrrp_router_announcements_sent",
             "Gratuitous ARPs (ipv4) or unsolicited Neighbor Advertisements (ipv6) the router sent for its addresses",
-            each(&|r| r.announcements),
+            each(&|r| r.router.observed.announcements),
         )?;
         let Some(dataplane) = &self.sample.dataplane else { return Ok(()) };
         counter(
@@ -599,7 +584,7 @@ impl Page {
                     Reason::ALL.iter().map(|reason| {
                         let mut labels = r.labels.clone();
                         labels.push(("reason", reason.name().to_string()));
-                        (labels, dataplane.counters.router_reason(r.index, *reason))
+                        (labels, dataplane.counters.router_reason(r.router.index, *reason))
                     })
                 })
                 .collect(),
@@ -706,7 +691,7 @@ impl Page {
                     .map(|r| {
                         let mut labels = Self::instance_labels(i);
                         labels.push(("reason", r.name().to_string()));
-                        let n = i.view.routers.iter().map(|router| dataplane.counters.router_reason(*router, *r)).sum();
+                        let n = i.view.routers().map(|router| dataplane.counters.router_reason(router.index, *r)).sum();
                         (labels, n)
                     })
                     .collect()

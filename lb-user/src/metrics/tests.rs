@@ -82,6 +82,13 @@ fn value(page: &str, series: &str) -> Option<f64> {
     page.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Asserts the value of each series (`name{labels}` as on the page).
+fn assert_series(page: &str, expected: &[(&str, f64)]) {
+    for (series, expected) in expected {
+        assert_eq!(value(page, series), Some(*expected), "{series} in\n{page}");
+    }
+}
+
 /// Starts the engine and lets every backend pass its first check with its MAC known, so it is not settling
 /// (holding preemption back) when the take-over tests run.
 fn start_checked(e: &mut Engine) {
@@ -196,45 +203,46 @@ fn the_page_shows_role_priorities_adverts_and_backends_per_instance() {
     s.dataplane = Some(DataPlaneSample { counters, tables: Some((scan, ms(12))) });
     let page = metrics.render(s);
 
-    for (series, expected) in [
-        (r#"xvip_vrrp_role{vrrp_instance="default",role="backup"}"#, 1.0),
-        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 0.0),
-        (r#"xvip_vrrp_priority{vrrp_instance="default"}"#, 150.0),
-        (r#"xvip_vrrp_effective_priority{vrrp_instance="default"}"#, 150.0),
-        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
-        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="owner"}"#, 0.0),
-        (r#"xvip_vrrp_info{vrrp_instance="default",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
-        (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 1.0),
-        (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
-        (r#"xvip_backend_draining{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 1.0),
-        (r#"xvip_backend_packets_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 40.0),
-        (r#"xvip_backend_bytes_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 4000.0),
-        (r#"xvip_backend_new_flows_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 7.0),
-        (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 5.0),
-        (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
-        (
-            r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="passed"}"#,
-            1.0,
-        ),
-        (
-            r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="failed"}"#,
-            1.0,
-        ),
-        (
-            r#"xvip_health_check_duration_seconds_sum{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#,
-            0.003,
-        ),
-        (r#"xvip_service_new_flows_total{vrrp_instance="default",service="api"}"#, 7.0),
-        (r#"xvip_dataplane_frames_total{reason="nat_forward_tx"}"#, 40.0),
-        (r#"xvip_dataplane_frames_total{reason="drop_no_backend"}"#, 0.0),
-        (r#"xvip_dataplane_map_entries{map="conntrack"}"#, 9.0),
-        (r#"xvip_dataplane_map_entries{map="nat"}"#, 8.0),
-        (r#"xvip_dataplane_map_capacity{map="nat"}"#, 1024.0),
-        (r#"xvip_dataplane_scan_duration_seconds"#, 0.012),
-        (r#"xvip_metrics_sample_timestamp_seconds"#, 1_764_150_000.5),
-    ] {
-        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
-    }
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="backup"}"#, 1.0),
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 0.0),
+            (r#"xvip_vrrp_priority{vrrp_instance="default"}"#, 150.0),
+            (r#"xvip_vrrp_effective_priority{vrrp_instance="default"}"#, 150.0),
+            (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
+            (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="owner"}"#, 0.0),
+            (r#"xvip_vrrp_info{vrrp_instance="default",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
+            (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 1.0),
+            (r#"xvip_backend_up{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
+            (r#"xvip_backend_draining{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 1.0),
+            (r#"xvip_backend_packets_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 40.0),
+            (r#"xvip_backend_bytes_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 4000.0),
+            (r#"xvip_backend_new_flows_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 7.0),
+            (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#, 5.0),
+            (r#"xvip_backend_flows{vrrp_instance="default",service="api",backend="10.0.0.22:6443"}"#, 0.0),
+            (
+                r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="passed"}"#,
+                1.0,
+            ),
+            (
+                r#"xvip_health_checks_total{vrrp_instance="default",service="api",backend="10.0.0.21:6443",result="failed"}"#,
+                1.0,
+            ),
+            (
+                r#"xvip_health_check_duration_seconds_sum{vrrp_instance="default",service="api",backend="10.0.0.21:6443"}"#,
+                0.003,
+            ),
+            (r#"xvip_service_new_flows_total{vrrp_instance="default",service="api"}"#, 7.0),
+            (r#"xvip_dataplane_frames_total{reason="nat_forward_tx"}"#, 40.0),
+            (r#"xvip_dataplane_frames_total{reason="drop_no_backend"}"#, 0.0),
+            (r#"xvip_dataplane_map_entries{map="conntrack"}"#, 9.0),
+            (r#"xvip_dataplane_map_entries{map="nat"}"#, 8.0),
+            (r#"xvip_dataplane_map_capacity{map="nat"}"#, 1024.0),
+            (r#"xvip_dataplane_scan_duration_seconds"#, 0.012),
+            (r#"xvip_metrics_sample_timestamp_seconds"#, 1_764_150_000.5),
+        ],
+    );
     assert!(page.contains("# TYPE xvip_vrrp_adverts_sent_total counter\n"), "{page}");
     assert!(page.contains("# TYPE xvip_vrrp_takeover_seconds histogram\n"), "{page}");
 }
@@ -404,7 +412,7 @@ fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
     assert_eq!(e.role("api"), Some(Role::Backup));
     let mut s = sample(&e, ms(t));
     let routers: BTreeMap<String, Vec<u32>> =
-        s.instances.iter().map(|i| (i.name.clone(), i.view.routers.clone())).collect();
+        s.instances.iter().map(|i| (i.name.clone(), i.view.router_indices())).collect();
     let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
     counters.reasons[Reason::ArpReply as usize] = 7;
     for (name, arp) in [("api", 5), ("ingress", 2)] {
@@ -421,22 +429,23 @@ fn each_instance_has_its_own_series_and_the_frames_to_its_addresses() {
     s.dataplane = Some(DataPlaneSample { counters, tables: None });
     let page = Metrics::new().render(s);
 
-    for (series, expected) in [
-        (r#"xvip_vrrp_role{vrrp_instance="api",role="backup"}"#, 1.0),
-        (r#"xvip_vrrp_role{vrrp_instance="ingress",role="active"}"#, 1.0),
-        (r#"xvip_vrrp_priority{vrrp_instance="ingress"}"#, 100.0),
-        (r#"xvip_vrrp_info{vrrp_instance="api",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
-        (r#"xvip_vrrp_info{vrrp_instance="ingress",vrid="52",vip="10.0.0.240",interface="eth0"}"#, 1.0),
-        (r#"xvip_backend_packets_total{vrrp_instance="api",service="web",backend="10.0.0.21:6443"}"#, 3.0),
-        (r#"xvip_backend_packets_total{vrrp_instance="ingress",service="web",backend="10.0.0.21:6443"}"#, 4.0),
-        (r#"xvip_service_new_flows_total{vrrp_instance="ingress",service="web"}"#, 2.0),
-        (r#"xvip_instance_frames_total{vrrp_instance="api",reason="arp_replies"}"#, 5.0),
-        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="arp_replies"}"#, 2.0),
-        (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="pass_not_vip"}"#, 0.0),
-        (r#"xvip_dataplane_frames_total{reason="arp_replies"}"#, 7.0),
-    ] {
-        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
-    }
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_role{vrrp_instance="api",role="backup"}"#, 1.0),
+            (r#"xvip_vrrp_role{vrrp_instance="ingress",role="active"}"#, 1.0),
+            (r#"xvip_vrrp_priority{vrrp_instance="ingress"}"#, 100.0),
+            (r#"xvip_vrrp_info{vrrp_instance="api",vrid="51",vip="10.0.0.250",interface="eth0"}"#, 1.0),
+            (r#"xvip_vrrp_info{vrrp_instance="ingress",vrid="52",vip="10.0.0.240",interface="eth0"}"#, 1.0),
+            (r#"xvip_backend_packets_total{vrrp_instance="api",service="web",backend="10.0.0.21:6443"}"#, 3.0),
+            (r#"xvip_backend_packets_total{vrrp_instance="ingress",service="web",backend="10.0.0.21:6443"}"#, 4.0),
+            (r#"xvip_service_new_flows_total{vrrp_instance="ingress",service="web"}"#, 2.0),
+            (r#"xvip_instance_frames_total{vrrp_instance="api",reason="arp_replies"}"#, 5.0),
+            (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="arp_replies"}"#, 2.0),
+            (r#"xvip_instance_frames_total{vrrp_instance="ingress",reason="pass_not_vip"}"#, 0.0),
+            (r#"xvip_dataplane_frames_total{reason="arp_replies"}"#, 7.0),
+        ],
+    );
     assert!(page.contains(r#"xvip_vrrp_takeover_seconds_count{vrrp_instance="ingress"} 0"#), "{page}");
 }
 
@@ -461,14 +470,29 @@ fn advert6(src: std::net::Ipv6Addr, priority: u8, hop_limit: u8) -> Event {
     Event::Packet6 { interface: "eth0".into(), datagram }
 }
 
+/// An engine for the config `text` on eth0, from 10.0.0.5 and, for IPv6, fe80::5.
+fn engine6(text: &str) -> Engine {
+    let config = config::parse(Path::new("xvip.toml"), text).expect("config");
+    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
+    Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
+        .expect("engine")
+}
+
+/// Runs the engine's timers from `t` until the first instance's IPv6 router is active; returns when it became so.
+fn until_ipv6_active(e: &mut Engine, mut t: Duration) -> Duration {
+    let role6 = |e: &Engine, t| e.view(t).instances[0].ipv6.as_ref().map(|v6| v6.observed.role);
+    while role6(e, t) != Some(Role::Active) {
+        t = e.next_deadline().expect("a timer");
+        assert!(t < ms(10_000), "the IPv6 router never took over");
+        e.handle(t, Event::Timer);
+    }
+    t
+}
+
 #[test]
 fn each_router_of_an_instance_has_its_series_by_family() {
-    let config = config::parse(Path::new("xvip.toml"), DUAL).expect("config");
-    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
     let peer6: std::net::Ipv6Addr = "fe80::6".parse().expect("address");
-    let mut e =
-        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
-            .expect("engine");
+    let mut e = engine6(DUAL);
     e.handle(Duration::ZERO, start());
     // A higher IPv6 peer: the IPv6 router stays backup while the IPv4 router, alone, becomes active.
     e.handle(ms(100), advert6(peer6, 200, 255));
@@ -477,7 +501,7 @@ fn each_router_of_an_instance_has_its_series_by_family() {
     e.handle(fired, Event::Timer);
     assert_eq!(role(&e), Role::Active);
     let mut s = sample(&e, fired);
-    let routers = s.instances[0].view.routers.clone();
+    let routers = s.instances[0].view.router_indices();
     assert_eq!(routers, [0, 1]);
     let mut counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
     for (router, reason, n) in [(0, Reason::ArpReply, 3), (1, Reason::PassNd, 4), (1, Reason::DropIpv6Transport, 2)] {
@@ -486,46 +510,42 @@ fn each_router_of_an_instance_has_its_series_by_family() {
     s.dataplane = Some(DataPlaneSample { counters, tables: None });
     let page = Metrics::new().render(s);
 
-    for (series, expected) in [
-        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv4",role="active"}"#, 1.0),
-        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="backup"}"#, 1.0),
-        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 0.0),
-        (r#"xvip_vrrp_router_effective_priority{vrrp_instance="default",family="ipv6"}"#, 150.0),
-        (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv4"}"#, 2.0),
-        (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
-        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv4"}"#, 1.0),
-        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
-        (r#"xvip_vrrp_router_adverts_received_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
-        (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv6",reason="ttl"}"#, 1.0),
-        (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv4",reason="ttl"}"#, 0.0),
-        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv4"}"#, 5.0),
-        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
-        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv4",reason="arp_replies"}"#, 3.0),
-        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="pass_nd"}"#, 4.0),
-        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="drop_ipv6_transport"}"#, 2.0),
-        (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="arp_replies"}"#, 0.0),
-        (r#"xvip_instance_frames_total{vrrp_instance="default",reason="pass_nd"}"#, 4.0),
-        // The per-instance families keep showing the IPv4 router.
-        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
-    ] {
-        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
-    }
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv4",role="active"}"#, 1.0),
+            (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="backup"}"#, 1.0),
+            (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 0.0),
+            (r#"xvip_vrrp_router_effective_priority{vrrp_instance="default",family="ipv6"}"#, 150.0),
+            (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv4"}"#, 2.0),
+            (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+            (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv4"}"#, 1.0),
+            (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
+            (r#"xvip_vrrp_router_adverts_received_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+            (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv6",reason="ttl"}"#, 1.0),
+            (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv4",reason="ttl"}"#, 0.0),
+            (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv4"}"#, 5.0),
+            (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 0.0),
+            (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv4",reason="arp_replies"}"#, 3.0),
+            (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="pass_nd"}"#, 4.0),
+            (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="drop_ipv6_transport"}"#, 2.0),
+            (r#"xvip_router_frames_total{vrrp_instance="default",family="ipv6",reason="arp_replies"}"#, 0.0),
+            (r#"xvip_instance_frames_total{vrrp_instance="default",reason="pass_nd"}"#, 4.0),
+            // The per-instance families keep showing the IPv4 router.
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+        ],
+    );
     // Once the IPv6 peer goes quiet the IPv6 router takes over and announces the IPv6 address.
-    let role6 = |e: &Engine, t| e.view(t).instances[0].ipv6.as_ref().map(|v6| v6.observed.role);
-    let mut t = fired;
-    while role6(&e, t) != Some(Role::Active) {
-        t = e.next_deadline().expect("a timer");
-        assert!(t < ms(10_000), "the IPv6 router never took over");
-        e.handle(t, Event::Timer);
-    }
+    let t = until_ipv6_active(&mut e, fired);
     let page = Metrics::new().render(sample(&e, t));
-    for (series, expected) in [
-        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
-        (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 5.0),
-        (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
-    ] {
-        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
-    }
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
+            (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 5.0),
+            (r#"xvip_vrrp_router_adverts_sent_total{vrrp_instance="default",family="ipv6"}"#, 1.0),
+        ],
+    );
 }
 
 /// An instance with only IPv6 addresses: the per-instance families show its IPv6 router, as `xvip status` does,
@@ -533,26 +553,188 @@ fn each_router_of_an_instance_has_its_series_by_family() {
 #[test]
 fn the_per_instance_families_of_an_ipv6_only_instance_show_its_ipv6_router() {
     let text = DUAL.replace(r#"["10.0.0.250", "fd00::250"]"#, r#"["fd00::250"]"#);
-    let config = config::parse(Path::new("xvip.toml"), &text).expect("config");
-    let me6: std::net::Ipv6Addr = "fe80::5".parse().expect("address");
-    let mut e =
-        Engine::with_link_locals(config, [("eth0".to_owned(), Some(ME))].into(), [("eth0".to_owned(), me6)].into(), 8)
-            .expect("engine");
+    let mut e = engine6(&text);
     e.handle(Duration::ZERO, start());
     e.handle(ms(150), advert6("fe80::6".parse().expect("address"), 100, 64)); // off-link: discarded
     let fired = e.next_deadline().expect("the down timer");
     e.handle(fired, Event::Timer);
     let page = Metrics::new().render(sample(&e, fired));
-    for (series, expected) in [
-        (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
-        (r#"xvip_vrrp_role{vrrp_instance="default",role="initialize"}"#, 0.0),
-        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="startup"}"#, 1.0),
-        (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#, 1.0),
-        (r#"xvip_vrrp_adverts_sent_total{vrrp_instance="default"}"#, 1.0),
-        (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
-        (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
-    ] {
-        assert_eq!(value(&page, series), Some(expected), "{series} in\n{page}");
-    }
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="initialize"}"#, 0.0),
+            (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="startup"}"#, 1.0),
+            (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="master_down"}"#, 1.0),
+            (r#"xvip_vrrp_adverts_sent_total{vrrp_instance="default"}"#, 1.0),
+            (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 1.0),
+            (r#"xvip_vrrp_router_role{vrrp_instance="default",family="ipv6",role="active"}"#, 1.0),
+        ],
+    );
     assert!(!page.contains(r#"family="ipv4""#), "no IPv4 router without IPv4 addresses:\n{page}");
+}
+
+/// The IPv6 router's take-overs are timed as the IPv4 router's are, in a series of their own under
+/// `family="ipv6"`; the IPv4 router's series keeps its labels and counts only its own.
+#[test]
+fn the_ipv6_routers_takeovers_have_a_histogram_series_by_family() {
+    let mut e = engine6(DUAL);
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    // A higher IPv6 peer advertises every second until 2.1 s, then goes quiet; the IPv4 router hears nobody.
+    for t in [100, 1100, 2100] {
+        e.handle(ms(t), advert6("fe80::6".parse().expect("address"), 200, 255));
+    }
+    let page = metrics.render(sample(&e, ms(2200)));
+    let v4 = r#"{vrrp_instance="default"}"#;
+    let v6 = r#"{vrrp_instance="default",family="ipv6"}"#;
+    assert_eq!(value(&page, &format!("xvip_vrrp_takeover_seconds_count{v6}")), Some(0.0), "{page}");
+    let t = until_ipv6_active(&mut e, ms(2200));
+    // Master_Down_Interval at priority 150 with the peer's 1 s interval: 3 s + (256 - 150) / 256 s.
+    let expected = Duration::from_secs(3) + Duration::from_secs(106) / 256;
+    assert_eq!(t - ms(2100), expected);
+    let page = metrics.render(sample(&e, t));
+    let series = |s: &str| value(&page, &format!("xvip_vrrp_takeover_seconds_{s}"));
+    assert_eq!(series(&format!("count{v6}")), Some(1.0), "{page}");
+    assert_eq!(series(&format!("sum{v6}")), Some(expected.as_secs_f64()), "{page}");
+    let bucket = |le: &str| format!(r#"bucket{{vrrp_instance="default",family="ipv6",le="{le}"}}"#);
+    assert_eq!(series(&bucket("3")), Some(0.0), "{page}");
+    assert_eq!(series(&bucket("3.5")), Some(1.0), "{page}");
+    assert_eq!(series(&format!("count{v4}")), Some(0.0), "the IPv4 router took over from nobody:\n{page}");
+    // The next sample sees the same take-over: it is not counted again.
+    let page = metrics.render(sample(&e, t + ms(1000)));
+    assert_eq!(value(&page, &format!("xvip_vrrp_takeover_seconds_count{v6}")), Some(1.0), "{page}");
+}
+
+/// The series of a page as `name{label,...}` (label names, not values) with how many of each: its shape.
+fn shape(page: &str) -> BTreeMap<String, usize> {
+    let mut shape = BTreeMap::new();
+    for line in page.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let series = line.rsplit_once(' ').map_or(line, |(s, _)| s);
+        let (name, labels) = series.split_once('{').unwrap_or((series, ""));
+        let keys: Vec<&str> =
+            labels.trim_end_matches('}').split(',').filter_map(|pair| pair.split_once('=').map(|(k, _)| k)).collect();
+        *shape.entry(format!("{name}{{{}}}", keys.join(","))).or_default() += 1;
+    }
+    shape
+}
+
+/// Status and metrics render both routers of an instance with IPv4 and IPv6 addresses: the status document and
+/// the page keep every key, series and value their readers (docs/status.md, docs/metrics.md) rely on.
+#[test]
+fn the_status_and_page_of_a_dual_stack_instance_keep_their_shape_and_values() {
+    let peer6: std::net::Ipv6Addr = "fe80::6".parse().expect("address");
+    let mut e = engine6(DUAL);
+    let mut metrics = Metrics::new();
+    e.handle(Duration::ZERO, start());
+    e.handle(ms(100), advert6(peer6, 200, 255));
+    e.handle(ms(150), advert6(peer6, 200, 64)); // off-link: discarded
+    e.handle(ms(200), advert(PEER, 100)); // a lower IPv4 router
+    let t = until_ipv6_active(&mut e, ms(200));
+    let mut s = sample(&e, t);
+    let counters = Counters { reasons: vec![0; Reason::ALL.len()], ..Counters::default() };
+    s.dataplane = Some(DataPlaneSample { counters, tables: None });
+    let page = metrics.render(s);
+    let status = serde_json::to_value(e.status(t, 1_000)).expect("json");
+    let expected: BTreeMap<String, usize> = [
+        ("xvip_build_info{version}", 1),
+        ("xvip_dataplane_frames_total{reason}", 41),
+        ("xvip_instance_frames_total{vrrp_instance,reason}", 41),
+        ("xvip_metrics_sample_timestamp_seconds{}", 1),
+        ("xvip_router_frames_total{vrrp_instance,family,reason}", 82),
+        ("xvip_vrrp_adverts_discarded_total{vrrp_instance,reason}", 12),
+        ("xvip_vrrp_adverts_received_total{vrrp_instance}", 1),
+        ("xvip_vrrp_adverts_sent_total{vrrp_instance}", 1),
+        ("xvip_vrrp_effective_priority{vrrp_instance}", 1),
+        ("xvip_vrrp_garps_sent_total{vrrp_instance}", 1),
+        ("xvip_vrrp_info{vrrp_instance,vrid,vip,interface}", 1),
+        ("xvip_vrrp_priority{vrrp_instance}", 1),
+        ("xvip_vrrp_role{vrrp_instance,role}", 4),
+        ("xvip_vrrp_router_adverts_discarded_total{vrrp_instance,family,reason}", 24),
+        ("xvip_vrrp_router_adverts_received_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_adverts_sent_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_announcements_sent_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_effective_priority{vrrp_instance,family}", 2),
+        ("xvip_vrrp_router_role{vrrp_instance,family,role}", 8),
+        ("xvip_vrrp_router_transitions_total{vrrp_instance,family}", 2),
+        ("xvip_vrrp_takeover_seconds_bucket{vrrp_instance,family,le}", 19),
+        ("xvip_vrrp_takeover_seconds_bucket{vrrp_instance,le}", 19),
+        ("xvip_vrrp_takeover_seconds_count{vrrp_instance,family}", 1),
+        ("xvip_vrrp_takeover_seconds_count{vrrp_instance}", 1),
+        ("xvip_vrrp_takeover_seconds_sum{vrrp_instance,family}", 1),
+        ("xvip_vrrp_takeover_seconds_sum{vrrp_instance}", 1),
+        ("xvip_vrrp_transitions_total{vrrp_instance,reason}", 8),
+    ]
+    .into_iter()
+    .map(|(series, n)| (series.to_string(), n))
+    .collect();
+    assert_eq!(shape(&page), expected, "{page}");
+    assert_series(
+        &page,
+        &[
+            (r#"xvip_vrrp_role{vrrp_instance="default",role="active"}"#, 1.0),
+            (r#"xvip_vrrp_transitions_total{vrrp_instance="default",reason="preempt"}"#, 1.0),
+            (r#"xvip_vrrp_adverts_discarded_total{vrrp_instance="default",reason="ttl"}"#, 0.0),
+            (r#"xvip_vrrp_garps_sent_total{vrrp_instance="default"}"#, 5.0),
+            (r#"xvip_vrrp_router_transitions_total{vrrp_instance="default",family="ipv6"}"#, 2.0),
+            (r#"xvip_vrrp_router_adverts_discarded_total{vrrp_instance="default",family="ipv6",reason="ttl"}"#, 1.0),
+            (r#"xvip_vrrp_router_announcements_sent_total{vrrp_instance="default",family="ipv6"}"#, 5.0),
+            (r#"xvip_vrrp_takeover_seconds_sum{vrrp_instance="default"}"#, 3.2140625),
+            (r#"xvip_vrrp_takeover_seconds_sum{vrrp_instance="default",family="ipv6"}"#, 3.4140625),
+        ],
+    );
+    // The whole instance, values included: its own fields show the IPv4 router, `ipv6` the IPv6 one.
+    let expected = serde_json::json!({
+        "active_router": "10.0.0.5",
+        "addresses": [
+            "10.0.0.250",
+            "fd00::250"
+        ],
+        "counters": {
+            "adverts_discarded": 0,
+            "adverts_discarded_by_reason": {},
+            "adverts_received": 1,
+            "adverts_sent": 1,
+            "arp_replies": 0,
+            "dataplane": {},
+            "garps_sent": 5
+        },
+        "effective_priority": 150,
+        "interface": "eth0",
+        "ipv6": {
+            "active_router": "fe80::5",
+            "adverts_discarded": 1,
+            "adverts_discarded_by_reason": {
+                "ttl": 1
+            },
+            "adverts_received": 1,
+            "adverts_sent": 1,
+            "dataplane": {},
+            "effective_priority": 150,
+            "nas_sent": 5,
+            "role": "active",
+            "role_reason": "master down timer expired after 3.41 s without adverts from fe80::6",
+            "role_since_unix_ms": 4514,
+            "source": "fe80::5",
+            "transitions": 2
+        },
+        "name": "default",
+        "priority": 150,
+        "role": "active",
+        "role_reason": "preempting lower priority 100 active router 10.0.0.6 (ours 150): master down timer expired after 3.41 s",
+        "role_since_unix_ms": 4414,
+        "services": [],
+        "transitions": 2,
+        "vip": "10.0.0.250",
+        "vrid": 51,
+        "warnings": [],
+        "xdp_mode": ""
+    });
+    assert_eq!(status["instances"][0], expected, "{status:#}");
+    // The top level is the first instance's.
+    for (key, value) in status.as_object().expect("an object") {
+        if key != "instances" {
+            assert_eq!(value, &expected[key], "{key}");
+        }
+    }
 }

@@ -535,7 +535,7 @@ impl Soak {
         let flood = Flood {
             to_mac: self.mac(a).0,
             from_mac: self.edge.host.mac.0,
-            vip: self.vip(),
+            vip: self.vip().into(),
             port: WEB_PORT,
             syns: SYNS,
             acks: ACKS,
