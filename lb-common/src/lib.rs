@@ -159,7 +159,9 @@ pub const fn router_slot(instance: u32, family: u32) -> u32 {
 pub struct NodeConfig {
     /// MAC address of the default interface (the top-level `interface`).
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// Bumped by the agent after it deletes connection-table entries (`Command::ForgetFlows`): the XDP program's
+    /// per-CPU flow caches (`lb-ebpf/src/flow_cache.rs`) serve only entries written under the current value.
+    pub flow_generation: u16,
     /// Index of that interface (0 until attached). Backends whose `ifindex` is 0 are reached through it.
     pub ifindex: u32,
     /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
@@ -496,6 +498,19 @@ impl FlowKey {
     pub const fn new(client: [u8; 4], vip: [u8; 4], client_port: [u8; 2], service_port: [u8; 2], protocol: u8) -> Self {
         FlowKey { client, vip, client_port, service_port, protocol, _pad: 0, _pad2: 0 }
     }
+
+    /// The key as two words (its bytes, padding zero), as the flow cache stores and compares it; built from the
+    /// fields, which the XDP program holds in registers (the key is only 2-aligned, and a wider alignment costs
+    /// stack the program does not have).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 2] {
+        let ([c0, c1, c2, c3], [v0, v1, v2, v3]) = (self.client, self.vip);
+        let ([p0, p1], [s0, s1]) = (self.client_port, self.service_port);
+        [
+            u64::from_ne_bytes([c0, c1, c2, c3, v0, v1, v2, v3]),
+            u64::from_ne_bytes([p0, p1, s0, s1, self.protocol, 0, 0, 0]),
+        ]
+    }
 }
 
 /// Value of the connection table.
@@ -543,6 +558,29 @@ impl FlowValue {
     pub fn holds(&self, b: &Backend) -> bool {
         b.address == self.backend_address && b.port == self.backend_port
     }
+}
+
+/// Slots of each CPU's flow cache in front of `CONNTRACK` (a power of two): 56 bytes a slot, 224 KiB per possible
+/// CPU (see docs/nat.md).
+pub const FLOW_CACHE_SLOTS: u32 = 1 << FLOW_CACHE_BITS;
+const FLOW_CACHE_BITS: u32 = 12;
+
+/// How long a flow cache entry is served without looking at the connection table: past it, the next packet looks
+/// the flow up there (which marks its LRU entry as used) and rewrites the entry. See `lb-ebpf/src/flow_cache.rs`.
+pub const FLOW_CACHE_REFRESH_NS: u64 = 100_000_000;
+
+/// The flow cache slot of a flow key given as [`FlowKey::words`]: the words folded together and one multiply (no
+/// secret: a sender can aim its flows at one slot, which costs it only cache misses).
+#[inline(always)]
+pub fn flow_cache_slot(words: &[u64]) -> u32 {
+    let mut x = 0u64;
+    let mut i = 0;
+    while i < words.len() {
+        x = (x ^ words[i]).rotate_left(23);
+        i += 1;
+    }
+    // The product's top bits depend on every bit of `x`.
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - FLOW_CACHE_BITS)) as u32
 }
 
 /// Key of the IPv6 connection table (`CONNTRACK6`): one direction of a client flow towards a service on one IPv6
@@ -1853,6 +1891,28 @@ mod tests {
         assert_eq!(ServiceKey::new([1, 2, 3, 4], [0, 80], 6)._pad, 0);
         assert_eq!(Endpoint::new([1, 2, 3, 4], [5, 6], 6)._pad, 0);
         assert_eq!(FlowValue::new(3, &Backend::default(), [4, 5], 6)._pad, [0; 4]);
+    }
+
+    #[test]
+    fn flow_key_words_are_the_keys_bytes() {
+        let k = FlowKey::new([1, 2, 3, 4], [9, 8, 7, 6], [5, 6], [7, 8], PROTO_UDP);
+        assert_eq!(
+            k.words(),
+            [u64::from_ne_bytes([1, 2, 3, 4, 9, 8, 7, 6]), u64::from_ne_bytes([5, 6, 7, 8, 17, 0, 0, 0])]
+        );
+    }
+
+    #[test]
+    fn flow_cache_slots_spread_flows_of_one_client() {
+        let mut used = [false; FLOW_CACHE_SLOTS as usize];
+        for port in 0..1024u16 {
+            let k = FlowKey::new([10, 0, 0, 1], [10, 0, 0, 250], port.to_be_bytes(), [0, 80], PROTO_TCP);
+            let slot = flow_cache_slot(&k.words());
+            assert!(slot < FLOW_CACHE_SLOTS);
+            used[slot as usize] = true;
+        }
+        // 1024 ports over 4096 slots: a fair hash leaves few collisions (about 115 expected).
+        assert!(used.iter().filter(|u| **u).count() > 850);
     }
 
     #[test]

@@ -13,13 +13,15 @@ use lb_common::{
 use network_types::eth::EthHdr;
 
 use crate::{
-    maps::{BACKEND_STATS, BACKENDS, CONNTRACK, MAGLEV, SERVICE_STATS},
+    flow_cache,
+    maps::{BACKEND_STATS, BACKENDS, Clock, MAGLEV, SERVICE_STATS},
     packet,
     parse::L4,
     vip::{self, Vip},
 };
 
 /// A packet for a DSR service: to its pinned backend, or a fresh Maglev pick.
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 pub fn dsr(
     ctx: &XdpContext,
@@ -29,22 +31,26 @@ pub fn dsr(
     svc: &ServiceValue,
     flow: &FlowKey,
     l4: &L4,
+    clock: &Clock,
 ) -> (u32, Reason) {
     // A pinned flow keeps its backend while that backend is healthy, still of this service and still in the slot
     // it was pinned to (`Backend::keeps_pin`); a SYN always takes a fresh pick so a reused client port does not
     // inherit an old connection's backend.
+    // The pin comes from this CPU's flow cache while it holds a fresh copy, else from `CONNTRACK` (`flow_cache`).
+    let (generation, now) = (flow_cache::generation(config), clock.now());
     if !l4.syn() {
-        // SAFETY: read-only use of the value.
-        if let Some(pinned) = unsafe { CONNTRACK.get(flow) } {
-            let id = pinned.backend;
-            if let Some(b) = BACKENDS.get(id)
-                && b.keeps_pin(pinned, svc.index)
-            {
-                return match take_backend(ctx, svc.index, id, b, false) {
-                    Ok(()) => to_backend(ctx, eth, config, b, DSR_REASONS),
-                    Err(reason) => (XDP_DROP, reason),
-                };
-            }
+        let mut pinned = flow_cache::get(flow, generation, now);
+        if !pinned.is_some_and(|p| kept(p, svc)) {
+            pinned = flow_cache::refresh(flow, generation, now);
+        }
+        if let Some(p) = pinned
+            && let Some(b) = BACKENDS.get(p.backend)
+            && b.keeps_pin(p, svc.index)
+        {
+            return match take_backend(ctx, svc.index, p.backend, b, false) {
+                Ok(()) => to_backend(ctx, eth, config, b, DSR_REASONS),
+                Err(reason) => (XDP_DROP, reason),
+            };
         }
     }
     // A new flow: its source is tested before it gets an entry (a pinned flow's source was, when it got one).
@@ -65,8 +71,14 @@ pub fn dsr(
     if let Err(reason) = take_backend(ctx, svc.index, id, &backend, true) {
         return (XDP_DROP, reason);
     }
-    let _ = CONNTRACK.insert(flow, &FlowValue::new(id, &backend, [0; 2], 0), 0);
+    flow_cache::pin(flow, &FlowValue::new(id, &backend, [0; 2], 0), generation, now);
     to_backend(ctx, eth, config, &backend, DSR_REASONS)
+}
+
+/// Whether `pinned` may still be followed for a packet of `svc` (see [`Backend::keeps_pin`]).
+#[inline(always)]
+fn kept(pinned: &FlowValue, svc: &ServiceValue) -> bool {
+    BACKENDS.get(pinned.backend).is_some_and(|b| b.keeps_pin(pinned, svc.index))
 }
 
 /// What a DSR packet sent to a backend counts as: sent on the ingress interface, redirected, delivered locally.

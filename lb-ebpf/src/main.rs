@@ -18,6 +18,7 @@
 
 mod csum;
 mod egress;
+mod flow_cache;
 mod forward;
 mod forward6;
 mod icmp;
@@ -334,7 +335,7 @@ fn transport(
     if svc.forwarding == FORWARD_NAT {
         return nat::forward(ctx, eth, ip, config, vip, &svc, &flow, l4, clock.now());
     }
-    forward::dsr(ctx, eth, config, vip, &svc, &flow, l4)
+    forward::dsr(ctx, eth, config, vip, &svc, &flow, l4, clock)
 }
 
 #[cfg(not(test))]

@@ -7,13 +7,15 @@ use aya_ebpf::{
 };
 use lb_common::{
     Backend, DEFAULT_CONNTRACK_ENTRIES, DEFAULT_NAT_CLOSED_GRACE_NS, DEFAULT_NAT_EMBRYONIC_TIMEOUT_NS,
-    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, Endpoint6, FlowKey, FlowKey6, FlowValue,
-    FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, Listener6, LocalShare,
-    MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS, NatKey,
-    NatKey6, NatValue, NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES, ServiceKey,
-    ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT,
+    DEFAULT_NAT_ESTABLISHED_TIMEOUT_NS, DEFAULT_NAT_UDP_TIMEOUT_NS, Endpoint, Endpoint6, FLOW_CACHE_SLOTS, FlowKey,
+    FlowKey6, FlowValue, FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, Listener6,
+    LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS,
+    NatKey, NatKey6, NatValue, NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES,
+    ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT,
     VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
 };
+
+use crate::flow_cache::CachedFlow;
 
 #[map]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
@@ -102,6 +104,11 @@ pub static CONNTRACK6: LruHashMap<FlowKey6, FlowValue6> = LruHashMap::with_max_e
 /// per-CPU) LRU: the packets of one flow may arrive on any CPU.
 #[map]
 pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entries(DEFAULT_CONNTRACK_ENTRIES, 0);
+
+/// Each CPU's cache of `CONNTRACK` entries for the DSR path (`flow_cache.rs`), indexed by
+/// `lb_common::flow_cache_slot`. Only this program reads or writes it.
+#[map]
+pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Reverse NAT: (backend, backend port, NAT port, protocol) -> client flow. Sized from `conntrack_entries` by the
 /// agent. Global LRU: a flow's two directions may be handled on different CPUs and must see one entry.

@@ -2105,9 +2105,21 @@ impl DataPlane {
     /// here. Entries the program adds during the walk (the instance active again already) may be deleted too:
     /// their flows start over at their next packet, as after a failover.
     ///
+    /// Then bumps `NodeConfig::flow_generation` (whatever the deletes did), so that no CPU's flow cache serves a
+    /// copy of a deleted pin (`lb-ebpf/src/flow_cache.rs`).
+    ///
     /// # Errors
     /// When a map is missing, or a walk or delete fails for another reason than the entry vanishing meanwhile.
     pub fn forget_flows(&mut self, vips: &[IpAddr]) -> Result<(u64, u64)> {
+        let deleted = self.delete_flows(vips);
+        self.node.flow_generation = self.node.flow_generation.wrapping_add(1);
+        let bumped = self.write_node();
+        let counts = deleted?;
+        bumped?;
+        Ok(counts)
+    }
+
+    fn delete_flows(&mut self, vips: &[IpAddr]) -> Result<(u64, u64)> {
         let vips6: Vec<[u8; 16]> = vips
             .iter()
             .filter_map(|a| match a {
