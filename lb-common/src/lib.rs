@@ -637,8 +637,8 @@ impl FlowKey6 {
 
 /// Value of the IPv6 connection table: the `BACKENDS` slot a flow is pinned to and the backend (IPv6 address,
 /// port) that held it then, so a pin holds only while the slot still has that backend (its address is in
-/// `BACKEND_ADDRESSES6`, at the same index).
-#[repr(C)]
+/// `BACKEND_ADDRESSES6`, at the same index). 8-aligned (as map values are), so its address reads as two words.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue6 {
     pub backend: u32,
@@ -668,14 +668,22 @@ impl FlowValue6 {
         unsafe { core::mem::transmute::<[u64; 3], FlowValue6>(words) }
     }
 
-    /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot (`b`, whose
-    /// IPv6 address is `address`) still holds the backend the flow was pinned to, healthy and of that service.
+    /// [`ipv6_halves`] of `backend_address`, read as two aligned 64-bit words (byte by byte on the BPF target
+    /// otherwise, as any `[u8; 16]` whose alignment the compiler cannot see).
     #[inline(always)]
-    pub fn keeps_pin(&self, b: &Backend, address: &[u8; 16], service: u32) -> bool {
-        b.healthy == 1
-            && u32::from(b.service) == service
-            && b.port == self.backend_port
-            && ipv6_halves(address) == ipv6_halves(&self.backend_address)
+    pub fn address_halves(&self) -> (u64, u64) {
+        // SAFETY: `FlowValue6` is `repr(C, align(8))`, 24 bytes of integers and byte arrays: three aligned words,
+        // the last two its address.
+        let words = unsafe { &*(self as *const Self).cast::<[u64; 3]>() };
+        (u64::from_be(words[1]), u64::from_be(words[2]))
+    }
+
+    /// Whether a flow pinned to this slot may keep it for a service of index `service`: the slot (`b`, whose
+    /// IPv6 address's [`ipv6_halves`] are `address`) still holds the backend the flow was pinned to, healthy and of
+    /// that service.
+    #[inline(always)]
+    pub fn keeps_pin(&self, b: &Backend, address: (u64, u64), service: u32) -> bool {
+        b.healthy == 1 && u32::from(b.service) == service && b.port == self.backend_port && address == self.address_halves()
     }
 }
 
@@ -1952,6 +1960,23 @@ mod tests {
             value,
             FlowValue6 { backend: 0x0102_0304, backend_port: [0x1f, 0x90], nat_port: [0xc3, 0x50], backend_address: a }
         );
+        assert_eq!(value.address_halves(), ipv6_halves(&a));
+    }
+
+    #[test]
+    fn flow_value6_keeps_pin_compares_every_word_of_the_address() {
+        let a: [u8; 16] = core::array::from_fn(|i| i as u8 + 1);
+        let holder = Backend { port: [0x1f, 0x90], healthy: 1, service: 3, ..Backend::default() };
+        let pinned = FlowValue6::new(7, &holder, a);
+        assert!(pinned.keeps_pin(&holder, ipv6_halves(&a), 3));
+        assert!(!pinned.keeps_pin(&holder, ipv6_halves(&a), 4), "another service");
+        assert!(!pinned.keeps_pin(&Backend { port: [0x1f, 0x91], ..holder }, ipv6_halves(&a), 3), "another port");
+        assert!(!pinned.keeps_pin(&Backend { healthy: 0, ..holder }, ipv6_halves(&a), 3), "down");
+        for i in 0..16 {
+            let mut other = a;
+            other[i] ^= 1;
+            assert!(!pinned.keeps_pin(&holder, ipv6_halves(&other), 3), "byte {i} of the address");
+        }
     }
 
     #[test]

@@ -113,7 +113,7 @@ fn dsr(
         if let Some(pinned) = unsafe { CONNTRACK6.get(&flow) } {
             let id = pinned.backend;
             if let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id))
-                && pinned.keeps_pin(b, address, svc.index)
+                && pinned.keeps_pin(b, packet::halves(address), svc.index)
             {
                 chosen = id;
             }
@@ -188,7 +188,7 @@ pub fn icmp_error(ctx: &XdpContext, eth: *mut EthHdr, ip: &Ipv6Hdr, config: &Nod
     let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
         return (XDP_DROP, Reason::DropInternal);
     };
-    if svc.forwarding != FORWARD_DSR || !pinned.keeps_pin(b, address, svc.index) {
+    if svc.forwarding != FORWARD_DSR || !pinned.keeps_pin(b, packet::halves(address), svc.index) {
         return (XDP_DROP, Reason::DropNoService);
     }
     if let Err(reason) = forward::take_backend(ctx, svc.index, id, b, false) {

@@ -239,7 +239,7 @@ pub fn reply(
 fn usable(pinned: &FlowValue6, svc: &ServiceValue) -> Option<Backend> {
     let b = *BACKENDS.get(pinned.backend)?;
     let address = BACKEND_ADDRESSES6.get(pinned.backend)?;
-    (pinned.keeps_pin(&b, address, svc.index) && b.mac != [0; 6]).then_some(b)
+    (pinned.keeps_pin(&b, packet::halves(address), svc.index) && b.mac != [0; 6]).then_some(b)
 }
 
 #[inline(always)]
