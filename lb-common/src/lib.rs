@@ -621,14 +621,31 @@ impl FlowKey6 {
         service_port: [u8; 2],
         protocol: u8,
     ) -> Self {
+        Self::from_words(Self::words_of(client, vip, client_port, service_port, protocol))
+    }
+
+    /// The memory of [`FlowKey6::from_halves`]'s key as five words (what the flow cache compares).
+    #[inline(always)]
+    pub fn words_of(
+        client: (u64, u64),
+        vip: (u64, u64),
+        client_port: [u8; 2],
+        service_port: [u8; 2],
+        protocol: u8,
+    ) -> [u64; 5] {
         let ([c0, c1], [s0, s1]) = (client_port, service_port);
-        let words: [u64; 5] = [
+        [
             client.0.to_be(),
             client.1.to_be(),
             vip.0.to_be(),
             vip.1.to_be(),
             u64::from_ne_bytes([c0, c1, s0, s1, protocol, 0, 0, 0]),
-        ];
+        ]
+    }
+
+    /// The key whose memory is `words` (as [`FlowKey6::words_of`] makes them).
+    #[inline(always)]
+    pub fn from_words(words: [u64; 5]) -> Self {
         // SAFETY: `FlowKey6` is `repr(C)`, 40 bytes of integers and byte arrays (every bit pattern valid); the
         // words hold the fields at their offsets, padding zero.
         unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
@@ -683,7 +700,10 @@ impl FlowValue6 {
     /// that service.
     #[inline(always)]
     pub fn keeps_pin(&self, b: &Backend, address: (u64, u64), service: u32) -> bool {
-        b.healthy == 1 && u32::from(b.service) == service && b.port == self.backend_port && address == self.address_halves()
+        b.healthy == 1
+            && u32::from(b.service) == service
+            && b.port == self.backend_port
+            && address == self.address_halves()
     }
 }
 

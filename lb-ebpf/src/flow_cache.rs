@@ -1,5 +1,6 @@
 //! Each CPU's flow cache (`FLOW_CACHE`): a direct-mapped array in front of the connection table (`CONNTRACK`) for
-//! the IPv4 DSR path's pinned packets. A lookup in a hash map is a call (`__htab_map_lookup_elem`, then `memcmp`),
+//! the IPv4 DSR path's pinned packets; `FLOW_CACHE6` in front of `CONNTRACK6` for the IPv6 DSR path's (the `*6`
+//! functions, by the same rules; an IPv6 flow's key is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call (`__htab_map_lookup_elem`, then `memcmp`),
 //! and every return is expensive on kernels that mitigate return-address speculation; an array lookup the
 //! verifier inlines. The connection table stays the truth (table scans, `ForgetFlows`, the ICMP and NAT paths
 //! read it); a cache entry is a copy of one of its entries, served only while:
@@ -19,11 +20,10 @@
 //! still checked against its backend slot (`Backend::keeps_pin`), and one that fails it is looked up in the
 //! connection table before the flow is picked afresh. A spoofed flood only takes cache slots from other flows,
 //! whose next packets read `CONNTRACK` again. The NAT paths (whose established packets also write their entry's
-//! `checked_ns`) and IPv6 (`CONNTRACK6`; a cache built the same way measured slower than the hash lookup it
-//! saves) neither read nor write it.
-use lb_common::{FLOW_CACHE_REFRESH_NS, FlowKey, FlowValue, NodeConfig, flow_cache_slot};
+//! `checked_ns`) and the ICMP error paths neither read nor write either cache.
+use lb_common::{FLOW_CACHE_REFRESH_NS, FlowKey, FlowKey6, FlowValue, FlowValue6, NodeConfig, flow_cache_slot};
 
-use crate::maps::{CONNTRACK, FLOW_CACHE};
+use crate::maps::{CONNTRACK, CONNTRACK6, FLOW_CACHE, FLOW_CACHE6};
 
 /// One slot of `FLOW_CACHE`: 56 bytes.
 #[repr(C)]
@@ -84,6 +84,53 @@ fn put(flow: &FlowKey, value: &FlowValue, generation: u64, now: u64) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         let slot = unsafe { &mut *slot };
         slot.key = key;
+        slot.value = *value;
+        slot.stamp = now;
+        slot.tag = generation;
+    }
+}
+
+/// One slot of `FLOW_CACHE6`: 80 bytes ([`CachedFlow`] for an IPv6 flow).
+#[repr(C)]
+pub struct CachedFlow6 {
+    /// The flow's key as `FlowKey6::words_of`.
+    key: [u64; 5],
+    value: FlowValue6,
+    stamp: u64,
+    tag: u64,
+}
+
+/// [`get`] for an IPv6 flow whose key is `key` (`FlowKey6::words_of`).
+#[inline(always)]
+pub fn get6(key: &[u64; 5], generation: u64, now: u64) -> Option<&'static FlowValue6> {
+    let slot = FLOW_CACHE6.get(flow_cache_slot(key))?;
+    let fresh = now.wrapping_sub(slot.stamp) < FLOW_CACHE_REFRESH_NS;
+    (slot.key == *key && slot.tag == generation && fresh).then_some(&slot.value)
+}
+
+/// [`refresh`] for the IPv6 flow `flow`, whose words are `key`.
+#[inline(always)]
+pub fn refresh6(key: &[u64; 5], flow: &FlowKey6, generation: u64, now: u64) -> Option<&'static FlowValue6> {
+    // SAFETY: read-only use of the value.
+    let value = unsafe { CONNTRACK6.get(flow) }?;
+    put6(key, value, generation, now);
+    Some(value)
+}
+
+/// [`pin`] for the IPv6 flow `flow`, whose words are `key`.
+#[inline(always)]
+pub fn pin6(key: &[u64; 5], flow: &FlowKey6, value: &FlowValue6, generation: u64, now: u64) {
+    if CONNTRACK6.insert(flow, value, 0).is_ok() {
+        put6(key, value, generation, now);
+    }
+}
+
+#[inline(always)]
+fn put6(key: &[u64; 5], value: &FlowValue6, generation: u64, now: u64) {
+    if let Some(slot) = FLOW_CACHE6.get_ptr_mut(flow_cache_slot(key)) {
+        // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
+        let slot = unsafe { &mut *slot };
+        slot.key = *key;
         slot.value = *value;
         slot.stamp = now;
         slot.tag = generation;

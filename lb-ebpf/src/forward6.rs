@@ -17,7 +17,7 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    forward,
+    flow_cache, forward,
     maps::{BACKEND_ADDRESSES6, BACKENDS, CONNTRACK6, Clock, NAT_BACKENDS6, NAT_SOURCE_PORTS, NAT6_PROGRAMS},
     nat6, packet,
     parse::{self, IP6_LEN, L4, L4_OFF6},
@@ -81,7 +81,7 @@ pub fn transport(
     if svc.forwarding != FORWARD_DSR {
         return (XDP_DROP, Reason::DropIpv6Transport);
     }
-    dsr(ctx, eth, (src, dst), config, vip, &svc, &l4)
+    dsr(ctx, eth, (src, dst), config, vip, &svc, &l4, clock)
 }
 
 /// Hands the frame to `xvip_nat6` (`nat6::forward`), which counts it; returns only if the tail call failed.
@@ -102,21 +102,24 @@ fn dsr(
     vip: &VipValue,
     svc: &ServiceValue,
     l4: &L4,
+    clock: &Clock,
 ) -> (u32, Reason) {
     // Built from whole words (see `FlowKey6::from_halves`).
-    let flow = FlowKey6::from_halves(client, vip_address, l4.sport, l4.dport, l4.protocol);
+    let key = FlowKey6::words_of(client, vip_address, l4.sport, l4.dport, l4.protocol);
+    let flow = FlowKey6::from_words(key);
+    let (generation, now) = (flow_cache::generation(config), clock.now());
     let mut chosen = NO_BACKEND;
     // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
     // healthy and of this service.
     if !l4.syn() {
-        // SAFETY: read-only use of the value.
-        if let Some(pinned) = unsafe { CONNTRACK6.get(&flow) } {
-            let id = pinned.backend;
-            if let (Some(b), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id))
-                && pinned.keeps_pin(b, packet::halves(address), svc.index)
-            {
-                chosen = id;
-            }
+        let mut pinned = flow_cache::get6(&key, generation, now);
+        if !pinned.is_some_and(|p| kept(p, svc)) {
+            pinned = flow_cache::refresh6(&key, &flow, generation, now);
+        }
+        if let Some(p) = pinned
+            && kept(p, svc)
+        {
+            chosen = p.backend;
         }
     }
     let fresh = chosen == NO_BACKEND;
@@ -143,9 +146,19 @@ fn dsr(
         };
         // A DSR flow: no NAT port.
         let value = FlowValue6::nat(chosen, &backend, packet::halves(address), [0, 0]);
-        let _ = CONNTRACK6.insert(&flow, &value, 0);
+        flow_cache::pin6(&key, &flow, &value, generation, now);
     }
     forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+}
+
+/// Whether `pinned` may still be followed for a packet of `svc` (see [`FlowValue6::keeps_pin`]).
+#[inline(always)]
+fn kept(pinned: &FlowValue6, svc: &ServiceValue) -> bool {
+    let id = pinned.backend;
+    match (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) {
+        (Some(b), Some(address)) => pinned.keeps_pin(b, packet::halves(address), svc.index),
+        _ => false,
+    }
 }
 
 /// An ICMPv6 error to the VIP (`ip.dst_addr`), `len` bytes of ICMPv6: when it quotes a packet of a DSR flow that a

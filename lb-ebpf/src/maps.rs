@@ -15,7 +15,7 @@ use lb_common::{
     VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
 };
 
-use crate::flow_cache::CachedFlow;
+use crate::flow_cache::{CachedFlow, CachedFlow6};
 
 #[map]
 pub static CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
@@ -109,6 +109,10 @@ pub static CONNTRACK: LruHashMap<FlowKey, FlowValue> = LruHashMap::with_max_entr
 /// `lb_common::flow_cache_slot`. Only this program reads or writes it.
 #[map]
 pub static FLOW_CACHE: PerCpuArray<CachedFlow> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
+
+/// Each CPU's cache of `CONNTRACK6` entries for the IPv6 DSR path (`flow_cache.rs`), as `FLOW_CACHE`.
+#[map]
+pub static FLOW_CACHE6: PerCpuArray<CachedFlow6> = PerCpuArray::with_max_entries(FLOW_CACHE_SLOTS, 0);
 
 /// Reverse NAT: (backend, backend port, NAT port, protocol) -> client flow. Sized from `conntrack_entries` by the
 /// agent. Global LRU: a flow's two directions may be handled on different CPUs and must see one entry.

@@ -67,6 +67,8 @@ const BACKENDS: [(Ipv4Addr, [u8; 6]); 3] = [
 const PAYLOAD: &[u8] = b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n";
 /// What a backend answers.
 const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+/// Services the measured paths install: web, api, local, web6, api6.
+const SERVICE_CAPACITY: u32 = 5;
 /// The NAT service: VIP:8443 to port 8080 of the backends.
 const NAT_PORT: u16 = 8443;
 const NAT_BACKEND_PORT: u16 = 8080;
@@ -257,7 +259,7 @@ fn paths() -> Vec<PathSpec> {
     ]
 }
 
-/// The IPv6 counterparts of the DSR and no-service rows, each with its IPv4 row's target (after the IPv4 rows).
+/// The IPv6 counterparts of the DSR, NAT and no-service rows, each with its IPv4 row's target (after the IPv4 rows).
 fn ipv6_paths() -> Vec<PathSpec> {
     vec![
         PathSpec {
@@ -278,6 +280,39 @@ fn ipv6_paths() -> Vec<PathSpec> {
             action: XDP_TX,
             reason: Reason::ForwardTx,
             target: TARGET_NS,
+        },
+        PathSpec {
+            name: "IPv6 NAT, new flow (SYN: Maglev pick, NAT port claim, conntrack + NAT entries rewritten in place, rewrite)",
+            frames: Frames::Same(|| client_tcp6(41000, NAT_PORT, TCP_SYN, b"")),
+            prepare: nat_api6,
+            action: XDP_TX,
+            reason: Reason::NatForwardTx,
+            target: 250.0,
+        },
+        PathSpec {
+            name: "IPv6 NAT, established flow (ACK: conntrack + NAT lookups, rewrite)",
+            frames: Frames::Same(|| client_tcp6(41001, NAT_PORT, TCP_ACK | TCP_PSH, PAYLOAD)),
+            prepare: |dp| {
+                nat_api6(dp)?;
+                open_flow(dp, &client_tcp6(41001, NAT_PORT, TCP_SYN, b""))
+            },
+            action: XDP_TX,
+            reason: Reason::NatForwardTx,
+            target: 100.0,
+        },
+        PathSpec {
+            name: "IPv6 NAT, reply from the backend (NAT lookup, cached FIB route, rewrite back to the client)",
+            frames: Frames::FromState(|dp| {
+                let syn = dp.test_run_with(names::PROGRAM, &client_tcp6(41002, NAT_PORT, TCP_SYN, b""), 1, lan())?;
+                if syn.action != XDP_TX {
+                    bail!("opening the flow: verdict {} instead of XDP_TX", syn.action);
+                }
+                Ok(reply_to6(&syn.frame))
+            }),
+            prepare: nat_api6,
+            action: XDP_TX,
+            reason: Reason::NatReplyTx,
+            target: 100.0,
         },
         PathSpec {
             name: "IPv6 TCP to the VIP, port without a service -> dropped (one SERVICES6 miss)",
@@ -303,18 +338,52 @@ fn client_tcp6(sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
 /// [`VIP6`] (its router active) with a DSR service on port 80 over three IPv6 backends.
 fn dsr_web6(dp: &mut DataPlane) -> Result<()> {
     ipv6_vip(dp)?;
-    let backends = (0x21..=0x23u16)
-        .map(|n| BackendSpec {
-            address: std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, n).into(),
-            port: 80,
+    Ok(dp.apply_service("web6", &service6(80, 80))?)
+}
+
+/// [`VIP6`] (its router active) with a NAT service on port 8443 to port 8080 of the same IPv6 backends.
+fn nat_api6(dp: &mut DataPlane) -> Result<()> {
+    ipv6_vip(dp)?;
+    let spec = ServiceSpec { forwarding: FORWARD_NAT, ..service6(NAT_PORT, NAT_BACKEND_PORT) };
+    Ok(dp.apply_service("api6", &spec)?)
+}
+
+/// A TCP service on [`VIP6`] over [`BACKENDS6`] (DSR; the caller changes what differs).
+fn service6(port: u16, backend_port: u16) -> ServiceSpec {
+    let backends = BACKENDS6
+        .iter()
+        .map(|(address, mac)| BackendSpec {
+            address: (*address).into(),
+            port: backend_port,
             weight: 1,
             healthy: true,
-            mac: Some([0x02, 0, 0, 0, 0, n as u8 + 0x10]),
+            mac: Some(*mac),
             ifindex: 0,
         })
         .collect();
-    let spec = ServiceSpec { addresses: vec![VIP6.into()], backends, ..service(80, 80) };
-    Ok(dp.apply_service("web6", &spec)?)
+    ServiceSpec { addresses: vec![VIP6.into()], backends, ..service(port, backend_port) }
+}
+
+/// The IPv6 backends (on-link, with permanent neighbour entries in the benchmark's namespace).
+const BACKENDS6: [(std::net::Ipv6Addr, [u8; 6]); 3] = [
+    (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x21), [0x02, 0, 0, 0, 0, 0x31]),
+    (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x22), [0x02, 0, 0, 0, 0, 0x32]),
+    (std::net::Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x23), [0x02, 0, 0, 0, 0, 0x33]),
+];
+
+/// The IPv6 backend's answer to `translated` (`[VIP6]:nport -> [backend]:bport`, as the IPv6 NAT path sent it).
+fn reply_to6(translated: &[u8]) -> Vec<u8> {
+    let mut backend_mac = [0u8; 6];
+    backend_mac.copy_from_slice(&translated[0..6]);
+    let mut backend = [0u8; 16];
+    backend.copy_from_slice(&translated[38..54]);
+    let backend = std::net::Ipv6Addr::from(backend);
+    let nat_port = u16::from_be_bytes([translated[54], translated[55]]);
+    let backend_port = u16::from_be_bytes([translated[56], translated[57]]);
+    let mut f = frames::eth(NODE_MAC, backend_mac, frames::ETH_IPV6);
+    let tcp = frames::tcp6(backend, VIP6, backend_port, nat_port, TCP_ACK | TCP_PSH, RESPONSE);
+    f.extend(frames::ipv6(backend, VIP6, 6, 64, &tcp));
+    f
 }
 
 fn client_tcp(sport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
@@ -440,8 +509,8 @@ pub fn run(options: &Options) -> Result<Section> {
 }
 
 /// Moves the calling thread into a new network namespace (gone with the thread) holding a pretend node: `lan`, a
-/// veth with the node's MAC and 10.77.0.1/24, IPv4 forwarding on, and permanent neighbour entries for
-/// the client and the backends. Returns the index of `lan`, on which every frame is run.
+/// veth with the node's MAC, 10.77.0.1/24 and 2001:db8:77::1/64, IPv4 and IPv6 forwarding on, and permanent
+/// neighbour entries for the clients and the backends. Returns the index of `lan`, on which every frame is run.
 fn enter_netns() -> Result<u32> {
     // SAFETY: plain syscall; it only affects the calling thread.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
@@ -462,15 +531,21 @@ fn enter_netns() -> Result<u32> {
     for (address, m) in BACKENDS {
         script.push(format!("neigh replace {address} lladdr {} dev lan nud permanent", mac(m)));
     }
+    // IPv6 (the IPv6 NAT rows' reply route): the node's address, the client and the IPv6 backends on-link.
+    script.push("addr add 2001:db8:77::1/64 dev lan nodad".into());
+    script.push(format!("neigh replace {CLIENT6} lladdr {} dev lan nud permanent", mac(CLIENT_MAC)));
+    for (address, m) in BACKENDS6 {
+        script.push(format!("neigh replace {address} lladdr {} dev lan nud permanent", mac(m)));
+    }
     for line in script {
         let status = std::process::Command::new("ip").args(line.split(' ')).status().context("running ip")?;
         if !status.success() {
             bail!("ip {line} failed");
         }
     }
-    for iface in ["all", "lan"] {
-        std::fs::write(format!("/proc/sys/net/ipv4/conf/{iface}/forwarding"), "1")
-            .with_context(|| format!("enabling forwarding on {iface}"))?;
+    for (family, iface) in [("ipv4", "all"), ("ipv4", "lan"), ("ipv6", "all"), ("ipv6", "lan")] {
+        std::fs::write(format!("/proc/sys/net/{family}/conf/{iface}/forwarding"), "1")
+            .with_context(|| format!("enabling {family} forwarding on {iface}"))?;
     }
     // SAFETY: a NUL-terminated literal; the lookup happens in this thread's namespace.
     let index = unsafe { libc::if_nametoindex(c"lan".as_ptr()) };
@@ -484,7 +559,7 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
     LAN.with(|l| l.set(lan));
     let rounds = options.rounds.unwrap_or(5);
     // Loaded inside the benchmark's namespace: the data plane reads the node's addresses there.
-    let mut dp = DataPlane::load(LoadOptions { service_capacity: 4, ..LoadOptions::default() })
+    let mut dp = DataPlane::load(LoadOptions { service_capacity: SERVICE_CAPACITY, ..LoadOptions::default() })
         .context("loading the XDP program (needs root)")?;
     dp.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
     dp.set_active(true)?;
@@ -507,9 +582,12 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
         Some(path) => {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             let object: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            let mut other =
-                DataPlane::load(LoadOptions { service_capacity: 4, object: Some(object), ..LoadOptions::default() })
-                    .with_context(|| format!("loading {}", path.display()))?;
+            let mut other = DataPlane::load(LoadOptions {
+                service_capacity: SERVICE_CAPACITY,
+                object: Some(object),
+                ..LoadOptions::default()
+            })
+            .with_context(|| format!("loading {}", path.display()))?;
             other.set_node(VIP, NODE_MAC, group_seed(VIP.octets(), VRID))?;
             other.set_active(true)?;
             let theirs: Vec<Prepared> = prepared.iter().map(|p| prepare(&mut other, p.spec, options)).collect();
@@ -652,8 +730,9 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
          - NAT paths rewrite addresses and ports, so a repeated run would see a different packet: they only have \
          a cold figure, and are judged on it.\n\
          - The IPv6 rows (the last ones) send TCP from an IPv6 client to an IPv6 VIP of the same instance, whose \
-         DSR service on port 80 balances over three IPv6 backends: the IPv4 rows' paths over IPv6, each with its \
-         IPv4 row's target.\n\
+         DSR service on port 80 and NAT service on port 8443 (to port 8080) balance over three IPv6 backends: the \
+         IPv4 rows' paths over IPv6, each with its IPv4 row's target. IPv6 NAT runs in its own program (a tail \
+         call), and its established packets look up the NAT entry too (IPv4 NAT spares them that lookup).\n\
          - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n\n\
          **The `xvip trace` hook** (warm, ns/packet; in brackets the difference to the same path with the hook \
          pruned, the median of the rounds' differences):\n\n{}\n\
