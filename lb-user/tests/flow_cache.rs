@@ -13,15 +13,11 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FlowKey, FlowValue, MAGLEV_M, PROTO_TCP, Reason, flow_cache_slot, flow_hash,
-    group_seed, names,
+    FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FlowKey, FlowValue, PROTO_TCP, Reason, flow_cache_slot, group_seed, names,
 };
-use support::fixture::{BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_TX, run};
+use support::fixture::{self, BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_SYN};
-use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec},
-    maglev,
-};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
 
 fn dataplane(conntrack_entries: u32) -> DataPlane {
     support::fixture::lan();
@@ -66,20 +62,6 @@ fn tcp(sport: u16, flags: u8) -> Vec<u8> {
 
 fn key(sport: u16) -> FlowKey {
     FlowKey::new(CLIENT.octets(), VIP.octets(), sport.to_be_bytes(), 80u16.to_be_bytes(), PROTO_TCP)
-}
-
-/// The backend Maglev picks for the client's flow from `sport` under `spec` (the pure table builder and hash).
-fn predicted(spec: &ServiceSpec, sport: u16) -> usize {
-    let members: Vec<maglev::MaglevBackend> = spec
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.usable())
-        .map(|(i, b)| maglev::MaglevBackend { id: i as u32, key: format!("{}:{}", b.address, b.port), weight: 1 })
-        .collect();
-    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
-    let h = flow_hash(CLIENT.octets(), sport.to_be_bytes(), [0, 80], PROTO_TCP, group_seed(VIP.octets(), VRID));
-    table[(h % MAGLEV_M) as usize] as usize
 }
 
 /// `frame` as the program sends it to the backend at `mac`: only the MACs changed.
@@ -132,12 +114,12 @@ fn conntrack_holds(dp: &DataPlane, sport: u16) -> bool {
 /// refreshes the cache with an ACK. Returns the pinned backend and the backend a fresh pick gives now.
 fn pin_then_drain(dp: &mut DataPlane, sport: u16) -> (usize, usize) {
     dp.apply_service("web", &web(ALL_UP)).expect("all backends in the table");
-    let pinned = predicted(&web(ALL_UP), sport);
+    let pinned = fixture::predicted_backend(&web(ALL_UP), sport);
     assert_to(dp, &tcp(sport, TCP_SYN), pinned);
     let mut drained = ALL_UP;
     drained[pinned].0 = 0;
     dp.apply_service("web", &web(drained)).expect("drain");
-    let fresh = predicted(&web(drained), sport);
+    let fresh = fixture::predicted_backend(&web(drained), sport);
     assert_ne!(fresh, pinned);
     (pinned, fresh)
 }
@@ -185,7 +167,7 @@ fn a_pin_the_agent_deleted_is_not_served_from_the_cache() {
 fn a_cached_pin_whose_backend_became_unhealthy_is_not_followed() {
     let mut dp = with_web(65536);
     with_a_quick_attempt(|sport| {
-        let pinned = predicted(&web(ALL_UP), sport);
+        let pinned = fixture::predicted_backend(&web(ALL_UP), sport);
         let ack = tcp(sport, TCP_ACK);
         assert_to(&mut dp, &tcp(sport, TCP_SYN), pinned);
         let cached = Instant::now();
@@ -194,7 +176,7 @@ fn a_cached_pin_whose_backend_became_unhealthy_is_not_followed() {
         dp.apply_service("web", &web(down)).expect("backend down");
         // The cached pin names a slot whose backend is down (`Backend::keeps_pin`): so does `CONNTRACK`'s, and the
         // flow moves to a fresh pick.
-        assert_to(&mut dp, &ack, predicted(&web(down), sport));
+        assert_to(&mut dp, &ack, fixture::predicted_backend(&web(down), sport));
         let timely = fresh_enough(cached);
         dp.apply_service("web", &web(ALL_UP)).expect("backend up again");
         timely
@@ -207,11 +189,11 @@ fn a_cached_pin_whose_slot_went_to_another_backend_is_not_followed() {
     // A fourth backend, which takes the slot the pinned one leaves.
     let (newcomer, newcomer_mac) = (Ipv4Addr::new(10, 77, 0, 24), [0x02, 0, 0, 0, 0, 0x24]);
     with_a_quick_attempt(|sport| {
-        let pinned = predicted(&web(ALL_UP), sport);
+        let pinned = fixture::predicted_backend(&web(ALL_UP), sport);
         let mut spec = web(ALL_UP);
         let left = spec.backends.remove(pinned);
         spec.backends.push(BackendSpec { address: newcomer.into(), mac: Some(newcomer_mac), ..left });
-        let (pick, pick_mac) = match predicted(&spec, sport) {
+        let (pick, pick_mac) = match fixture::predicted_backend(&spec, sport) {
             i if i == spec.backends.len() - 1 => return false, // the newcomer either way: try another flow
             i => (i, spec.backends[i].mac.expect("a MAC")),
         };
@@ -247,7 +229,7 @@ fn flows_sharing_a_cache_slot_each_keep_their_own_pin() {
         let start = Instant::now();
         let mut drained = ALL_UP;
         drained[pinned].0 = 0;
-        let theirs = predicted(&web(drained), other);
+        let theirs = fixture::predicted_backend(&web(drained), other);
         assert_ne!(theirs, pinned);
         assert_to(&mut dp, &tcp(other, TCP_SYN), theirs);
         // The slot holds the other flow's key: the first flow's pin comes from `CONNTRACK`, not from that entry.
@@ -267,7 +249,7 @@ fn a_busy_flow_served_from_the_cache_keeps_its_connection_table_entry_through_a_
     let entries = 1024;
     let mut dp = with_web(entries);
     let busy = 42000;
-    assert_to(&mut dp, &tcp(busy, TCP_SYN), predicted(&web(ALL_UP), busy));
+    assert_to(&mut dp, &tcp(busy, TCP_SYN), fixture::predicted_backend(&web(ALL_UP), busy));
     let per_round = 64;
     let mut flooded = 0u32;
     let mut client = 0u32;

@@ -4,15 +4,13 @@ mod support;
 
 use std::{collections::HashMap, net::Ipv4Addr};
 
-use lb_common::{FORWARD_DSR, MAGLEV_M, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed};
+use lb_common::{FORWARD_DSR, PROTO_TCP, PROTO_UDP, Reason, group_seed};
 use support::fixture::{
-    BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX, run,
+    BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, ROUTER, ROUTER_MAC, VIP, VRID, XDP_DROP, XDP_PASS, XDP_TX,
+    predicted_backend, run,
 };
 use support::frames::{self, TCP_ACK, TCP_PSH, TCP_SYN};
-use xvip::{
-    dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec},
-    maglev,
-};
+use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec};
 
 fn dataplane(active: bool) -> DataPlane {
     // The fixture namespace first: the data plane reads the node's own addresses from it.
@@ -46,26 +44,6 @@ fn with_web(active: bool) -> DataPlane {
 
 fn client_tcp(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
     frames::tcp_frame(NODE_MAC, CLIENT_MAC, CLIENT, VIP, sport, dport, flags, b"GET / HTTP/1.1\r\n\r\n")
-}
-
-/// Which backend Maglev assigns a flow, computed from the pure table builder and the shared hash.
-fn predicted_backend(spec: &ServiceSpec, sport: u16) -> usize {
-    let members: Vec<maglev::MaglevBackend> = spec
-        .backends
-        .iter()
-        .enumerate()
-        .filter(|(_, b)| b.usable())
-        .map(|(i, b)| maglev::MaglevBackend { id: i as u32, key: format!("{}:{}", b.address, b.port), weight: 1 })
-        .collect();
-    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
-    let h = flow_hash(
-        CLIENT.octets(),
-        sport.to_be_bytes(),
-        spec.port.to_be_bytes(),
-        PROTO_TCP,
-        group_seed(VIP.octets(), VRID),
-    );
-    table[(h % MAGLEV_M) as usize] as usize
 }
 
 fn backend_of(frame: &[u8]) -> usize {

@@ -16,15 +16,22 @@ use crate::extra::RawSocket;
 use crate::frames::{self, TCP_ACK, TCP_SYN};
 use crate::{http, netns};
 
+/// The flood of the hostile tests (as in the report that led to them: 80,000 spoofed SYNs, with 20,000 bare ACKs).
+pub const HOSTILE_SYNS: usize = 80_000;
+pub const HOSTILE_ACKS: usize = 20_000;
+/// Real connections a hostile test makes after the flood (during it: up to twice as many, while it lasts).
+pub const REAL: usize = 200;
+/// A real connection fails if its request is not answered within this (one SYN retransmission fits).
+pub const PATIENCE: Duration = Duration::from_secs(3);
+
 /// What a flood does to real clients: `GET /` on `target` from namespace `client_ns`, one at a time and at least
-/// `spacing` apart, each given `patience`, until `n` were tried or (if given) `while_running` turns false; how many
-/// were tried and how many failed.
+/// `spacing` apart, each given [`PATIENCE`], until `n` were tried or (if given) `while_running` turns false; how
+/// many were tried and how many failed.
 pub fn real_connections(
     client_ns: &str,
     target: SocketAddr,
     n: usize,
     spacing: Duration,
-    patience: Duration,
     while_running: Option<Arc<AtomicBool>>,
 ) -> (usize, usize) {
     let (tried, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -36,7 +43,7 @@ pub fn real_connections(
             }
             t.fetch_add(1, Ordering::SeqCst);
             let started = Instant::now();
-            if http::get(target, "/", patience).is_err() {
+            if http::get(target, "/", PATIENCE).is_err() {
                 f.fetch_add(1, Ordering::SeqCst);
             }
             std::thread::sleep(spacing.saturating_sub(started.elapsed()));

@@ -19,7 +19,7 @@ use std::{
 use xvip_tests::{
     Lab, LabSpec,
     extra::{ExtraHost, RawSocket},
-    flood::{self, Flood},
+    flood::{self, Flood, HOSTILE_ACKS, HOSTILE_SYNS, REAL},
     frames::{self, TCP_ACK},
     http, netns, probe,
     xvip::{NodeSpec, ServiceSpec, XvipNode},
@@ -27,13 +27,6 @@ use xvip_tests::{
 
 const SERVICE_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
-/// Spoofed SYNs and bare ACKs of the flood (as in the report that led to these tests: 80,000 SYNs).
-const FLOOD_SYNS: usize = 80_000;
-const FLOOD_ACKS: usize = 20_000;
-/// Real connections during and after the flood.
-const REAL: usize = 200;
-/// A real connection fails if its request is not answered within this (one SYN retransmission fits).
-const PATIENCE: Duration = Duration::from_secs(3);
 
 fn lab(backends: usize) -> Lab {
     Lab::new(LabSpec::nat(2, backends)).expect("lab")
@@ -66,7 +59,7 @@ fn wait_answering(lab: &Lab, node: &XvipNode) {
     panic!("the service never answered through the VIP:\n{}", node.log());
 }
 
-/// Sends the flood from `edge`: `FLOOD_SYNS` SYNs and `FLOOD_ACKS` bare ACKs from random sources and ports to the
+/// Sends the flood from `edge`: `HOSTILE_SYNS` SYNs and `HOSTILE_ACKS` bare ACKs from random sources and ports to the
 /// VIP, interleaved, at most ~40,000 frames per second, stopping after 30 s whatever happens. Returns how many
 /// were sent and how long it took.
 fn flood(
@@ -79,8 +72,8 @@ fn flood(
         from_mac: edge.host.mac.0,
         vip: lab.vip().into(),
         port: SERVICE_PORT,
-        syns: FLOOD_SYNS,
-        acks: FLOOD_ACKS,
+        syns: HOSTILE_SYNS,
+        acks: HOSTILE_ACKS,
         batch: 400,
         time_limit: Duration::from_secs(30),
         seed: 0x9e37_79b9_7f4a_7c15,
@@ -97,7 +90,7 @@ fn flood(
 
 /// Real connections from the client to the service through the VIP (see [`flood::real_connections`]).
 fn real_connections(lab: &Lab, n: usize, spacing: Duration, while_running: Option<Arc<AtomicBool>>) -> (usize, usize) {
-    flood::real_connections(&lab.client().ns, lab.vip_addr(SERVICE_PORT), n, spacing, PATIENCE, while_running)
+    flood::real_connections(&lab.client().ns, lab.vip_addr(SERVICE_PORT), n, spacing, while_running)
 }
 
 fn flood_case(backends: usize, conntrack_entries: Option<u32>) {
@@ -125,7 +118,7 @@ fn flood_case(backends: usize, conntrack_entries: Option<u32>) {
         counter(&node, "drop_nat_no_port"),
         counter(&node, "drop_martian_source"),
     );
-    assert_eq!(sent, FLOOD_SYNS + FLOOD_ACKS, "the whole flood was sent within 30 s");
+    assert_eq!(sent, HOSTILE_SYNS + HOSTILE_ACKS, "the whole flood was sent within 30 s");
     assert!(during_tried >= 100, "only {during_tried} real connections overlapped the flood");
     assert!(
         during_failed * 100 <= during_tried,

@@ -26,7 +26,7 @@ use std::{
 use xvip_tests::{
     Lab, LabSpec, cmd,
     extra::{ExtraHost, RawSocket},
-    flood::{self, Flood},
+    flood::{self, Flood, HOSTILE_ACKS, HOSTILE_SYNS, REAL},
     frames::TCP_ACK,
     http, ipv6, netns,
     pmtu::{self, IdleConnection},
@@ -38,13 +38,6 @@ const NAT_PORT: u16 = 80;
 const BACKEND_PORT: u16 = 8080;
 /// The DSR service's port: the backends serve it themselves, on the VIP.
 const DSR_PORT: u16 = 8080;
-/// Spoofed SYNs and bare ACKs of a flood (as hostile.rs sends over IPv4).
-const FLOOD_SYNS: usize = 80_000;
-const FLOOD_ACKS: usize = 20_000;
-/// Real connections after the flood (during it: up to twice as many, while it lasts).
-const REAL: usize = 200;
-/// A real connection fails if its request is not answered within this (one SYN retransmission fits).
-const PATIENCE: Duration = Duration::from_secs(3);
 /// The client's, the edge router's and the IPv6 minimum MTU (what the Packet Too Big messages announce).
 const CLIENT6: u16 = 0x10;
 const EDGE6: u16 = 0xfe;
@@ -145,7 +138,7 @@ fn real_connections(
     spacing: Duration,
     while_running: Option<Arc<AtomicBool>>,
 ) -> (usize, usize) {
-    flood::real_connections(&lab.client().ns, target, n, spacing, PATIENCE, while_running)
+    flood::real_connections(&lab.client().ns, target, n, spacing, while_running)
 }
 
 fn flood_case(mode: Mode, backends: usize, conntrack_entries: Option<u32>) {
@@ -155,7 +148,7 @@ fn flood_case(mode: Mode, backends: usize, conntrack_entries: Option<u32>) {
     let (before_tried, before_failed) = real_connections(&lab, target, 50, Duration::ZERO, None);
     assert_eq!(before_failed, 0, "before the flood: {before_failed} of {before_tried} failed");
 
-    // From edge: FLOOD_SYNS SYNs and FLOOD_ACKS bare ACKs from random IPv6 sources and ports, interleaved, at most
+    // From edge: HOSTILE_SYNS SYNs and HOSTILE_ACKS bare ACKs from random IPv6 sources and ports, interleaved, at most
     // ~40,000 frames per second, stopping after 30 s whatever happens.
     let running = Arc::new(AtomicBool::new(true));
     let flood = Flood {
@@ -163,8 +156,8 @@ fn flood_case(mode: Mode, backends: usize, conntrack_entries: Option<u32>) {
         from_mac: edge.host.mac.0,
         vip: IpAddr::V6(vip6()),
         port: mode.port(),
-        syns: FLOOD_SYNS,
-        acks: FLOOD_ACKS,
+        syns: HOSTILE_SYNS,
+        acks: HOSTILE_ACKS,
         batch: 400,
         time_limit: Duration::from_secs(30),
         seed: 0x51ed_2701_9e37_79b9,
@@ -194,9 +187,9 @@ fn flood_case(mode: Mode, backends: usize, conntrack_entries: Option<u32>) {
         counter(&node, "forward_tx"),
         counter(&node, "drop_martian_source"),
     );
-    assert_eq!(sent.frames, FLOOD_SYNS + FLOOD_ACKS, "the whole flood was sent within 30 s");
+    assert_eq!(sent.frames, HOSTILE_SYNS + HOSTILE_ACKS, "the whole flood was sent within 30 s");
     let carried = counter(&node, if mode == Mode::Nat { "nat_forward_tx" } else { "forward_tx" });
-    assert!(carried >= (FLOOD_SYNS / 2) as u64, "the flood did not reach the service ({carried} sent on)");
+    assert!(carried >= (HOSTILE_SYNS / 2) as u64, "the flood did not reach the service ({carried} sent on)");
     assert!(during_tried >= 100, "only {during_tried} real connections overlapped the flood");
     assert!(
         during_failed * 100 <= during_tried,

@@ -3,8 +3,11 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::Reason;
-use xvip::dataplane::{BackendSpec, Counters, DataPlane, ServiceSpec};
+use lb_common::{MAGLEV_M, PROTO_TCP, Reason, flow_hash, group_seed};
+use xvip::{
+    dataplane::{BackendSpec, Counters, DataPlane, ServiceSpec},
+    maglev,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -39,6 +42,22 @@ pub fn backends(port: u16) -> Vec<BackendSpec> {
 }
 
 /// A service on the VIP's `port` over every backend's `backend_port`.
+/// The backend (index into `spec.backends`) Maglev gives the TCP flow from `CLIENT`:`sport` to `spec`'s port on the
+/// VIP: the pure table builder over the usable backends and the shared flow hash, what the data plane installs.
+pub fn predicted_backend(spec: &ServiceSpec, sport: u16) -> usize {
+    let members: Vec<maglev::MaglevBackend> = spec
+        .backends
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.usable())
+        .map(|(i, b)| maglev::MaglevBackend { id: i as u32, key: format!("{}:{}", b.address, b.port), weight: 1 })
+        .collect();
+    let table = maglev::build(&members, MAGLEV_M).expect("maglev");
+    let seed = group_seed(VIP.octets(), VRID);
+    let h = flow_hash(CLIENT.octets(), sport.to_be_bytes(), spec.port.to_be_bytes(), PROTO_TCP, seed);
+    table[(h % MAGLEV_M) as usize] as usize
+}
+
 pub fn service(port: u16, protocol: u8, forwarding: u8, backend_port: u16) -> ServiceSpec {
     ServiceSpec { addresses: vec![VIP.into()], port, protocol, forwarding, backends: backends(backend_port) }
 }
