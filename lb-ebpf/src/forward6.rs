@@ -108,57 +108,47 @@ fn dsr(
     let key = FlowKey6::words_of(client, vip_address, l4.sport, l4.dport, l4.protocol);
     let flow = FlowKey6::from_words(key);
     let (generation, now) = (flow_cache::generation(config), clock.now());
-    let mut chosen = NO_BACKEND;
     // A SYN always takes a fresh pick; any other packet keeps its pin while the slot still holds its backend,
-    // healthy and of this service.
+    // healthy and of this service. The pin comes from this CPU's flow cache while it holds a fresh copy, else
+    // from `CONNTRACK6` (`flow_cache`).
     if !l4.syn() {
-        let mut pinned = flow_cache::get6(&key, generation, now);
-        if !pinned.is_some_and(|p| kept(p, svc)) {
-            pinned = flow_cache::refresh6(&key, &flow, generation, now);
+        let mut pinned = flow_cache::get6(&key, generation, now).and_then(|p| holder(p, svc));
+        if pinned.is_none() {
+            pinned = flow_cache::refresh6(&key, &flow, generation, now).and_then(|p| holder(p, svc));
         }
-        if let Some(p) = pinned
-            && kept(p, svc)
-        {
-            chosen = p.backend;
+        if let Some((id, b)) = pinned {
+            return match forward::take_backend(ctx, svc.index, id, b, false) {
+                Ok(()) => forward::to_backend(ctx, eth, config, b, forward::DSR_REASONS),
+                Err(reason) => (XDP_DROP, reason),
+            };
         }
     }
-    let fresh = chosen == NO_BACKEND;
-    if fresh {
-        let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
-        let Some(id) = forward::maglev_pick(svc, hash) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        if id == NO_BACKEND {
-            return (XDP_DROP, Reason::DropNoBackend);
-        }
-        chosen = id;
+    let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
+    let Some(id) = forward::maglev_pick(svc, hash) else {
+        return (XDP_DROP, Reason::DropInternal);
+    };
+    if id == NO_BACKEND {
+        return (XDP_DROP, Reason::DropNoBackend);
     }
-    let Some(backend) = BACKENDS.get(chosen) else {
+    let (Some(backend), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
         return (XDP_DROP, Reason::DropInternal);
     };
     let backend: Backend = *backend;
-    if let Err(reason) = forward::take_backend(ctx, svc.index, chosen, &backend, fresh) {
+    if let Err(reason) = forward::take_backend(ctx, svc.index, id, &backend, true) {
         return (XDP_DROP, reason);
     }
-    if fresh {
-        let Some(address) = BACKEND_ADDRESSES6.get(chosen) else {
-            return (XDP_DROP, Reason::DropInternal);
-        };
-        // A DSR flow: no NAT port.
-        let value = FlowValue6::nat(chosen, &backend, packet::halves(address), [0, 0]);
-        flow_cache::pin6(&key, &flow, &value, generation, now);
-    }
-    forward::to_backend(ctx, eth, config, &backend, [Reason::ForwardTx, Reason::ForwardRedirect, Reason::ForwardLocal])
+    // A DSR flow: no NAT port.
+    let value = FlowValue6::nat(id, &backend, packet::halves(address), [0, 0]);
+    flow_cache::pin6(&key, &flow, &value, generation, now);
+    forward::to_backend(ctx, eth, config, &backend, forward::DSR_REASONS)
 }
 
-/// Whether `pinned` may still be followed for a packet of `svc` (see [`FlowValue6::keeps_pin`]).
+/// The slot and backend `pinned` may still be followed to for a packet of `svc` (see [`FlowValue6::keeps_pin`]).
 #[inline(always)]
-fn kept(pinned: &FlowValue6, svc: &ServiceValue) -> bool {
+fn holder(pinned: &FlowValue6, svc: &ServiceValue) -> Option<(u32, &'static Backend)> {
     let id = pinned.backend;
-    match (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) {
-        (Some(b), Some(address)) => pinned.keeps_pin(b, packet::halves(address), svc.index),
-        _ => false,
-    }
+    let (b, address) = (BACKENDS.get(id)?, BACKEND_ADDRESSES6.get(id)?);
+    pinned.keeps_pin(b, packet::halves(address), svc.index).then_some((id, b))
 }
 
 /// An ICMPv6 error to the VIP (`ip.dst_addr`), `len` bytes of ICMPv6: when it quotes a packet of a DSR flow that a
