@@ -1,9 +1,11 @@
 //! Each CPU's flow cache (`FLOW_CACHE`): a direct-mapped array in front of the connection table (`CONNTRACK`) for
-//! the IPv4 DSR path's pinned packets; `FLOW_CACHE6` in front of `CONNTRACK6` for the IPv6 DSR path's (the `*6`
-//! functions, by the same rules; an IPv6 flow's key is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call (`__htab_map_lookup_elem`, then `memcmp`),
-//! and every return is expensive on kernels that mitigate return-address speculation; an array lookup the
-//! verifier inlines. The connection table stays the truth (table scans, `ForgetFlows`, the ICMP and NAT paths
-//! read it); a cache entry is a copy of one of its entries, served only while:
+//! the IPv4 DSR path's pinned packets and the IPv4 NAT path's established ones; `FLOW_CACHE6` in front of
+//! `CONNTRACK6` for the IPv6 DSR path's pinned packets (the `*6` functions, by the same rules; an IPv6 flow's key
+//! is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call
+//! (`__htab_map_lookup_elem`, then `memcmp`), and every return is expensive on kernels that mitigate
+//! return-address speculation; an array lookup the verifier inlines. The connection table stays the truth (table
+//! scans, `ForgetFlows` and the ICMP paths read it; the DSR and NAT paths whenever the cache cannot answer); a
+//! cache entry is a copy of one of its entries, served only while:
 //! - its key is the flow's (compared as words: flows that share a slot evict each other);
 //! - it was written under the current `NodeConfig::flow_generation`, which the agent bumps after it deletes
 //!   connection-table entries, so a deleted pin is never served afterwards (the generation is read before the
@@ -18,9 +20,11 @@
 //!
 //! Every pin the DSR path makes goes to the connection table and this CPU's cache together (`pin`); a cached pin is
 //! still checked against its backend slot (`Backend::keeps_pin`), and one that fails it is looked up in the
-//! connection table before the flow is picked afresh. A spoofed flood only takes cache slots from other flows,
-//! whose next packets read `CONNTRACK` again. The NAT paths (whose established packets also write their entry's
-//! `checked_ns`) and the ICMP error paths neither read nor write either cache.
+//! connection table before the flow is picked afresh. The IPv4 NAT path (`nat.rs`) serves a plain packet of an
+//! established flow from the cache while the copy says its `NAT` entry was confirmed less than a second ago, and
+//! writes the cache (`put`) with every write or confirmation of the flow's connection-table entry. A spoofed flood
+//! only takes cache slots from other flows, whose next packets read `CONNTRACK` again. The IPv6 NAT path neither
+//! reads nor writes `FLOW_CACHE6`.
 use lb_common::{FLOW_CACHE_REFRESH_NS, FlowKey, FlowKey6, FlowValue, FlowValue6, NodeConfig, flow_cache_slot};
 
 use crate::maps::{CONNTRACK, CONNTRACK6, FLOW_CACHE, FLOW_CACHE6};
@@ -77,8 +81,9 @@ pub fn pin(flow: &FlowKey, value: &FlowValue, generation: u64, now: u64) {
     }
 }
 
+/// Copies `value`, which `flow`'s `CONNTRACK` entry holds now (just read or written), into this CPU's cache.
 #[inline(always)]
-fn put(flow: &FlowKey, value: &FlowValue, generation: u64, now: u64) {
+pub fn put(flow: &FlowKey, value: &FlowValue, generation: u64, now: u64) {
     let key = flow.words();
     if let Some(slot) = FLOW_CACHE.get_ptr_mut(flow_cache_slot(&key)) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.

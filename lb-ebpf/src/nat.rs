@@ -51,6 +51,7 @@ use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
 use crate::{
     csum::Delta,
+    flow_cache,
     forward::{self, set_macs},
     maps::{BACKENDS, CONNTRACK, NAT},
     nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
@@ -81,6 +82,18 @@ pub fn forward(
     // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
     // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a
     // reused client port is a new connection).
+    // The common case, a plain packet within that second, reads this CPU's flow cache while it holds a fresh copy
+    // of the flow's entry (no hash lookup, see `flow_cache`); every write of the entry below goes to the cache too.
+    let generation = flow_cache::generation(config);
+    if l4.plain()
+        && let Some(cached) = flow_cache::get(flow, generation, now)
+        && cached.nat_port != [0, 0]
+        && now.saturating_sub(cached.checked_ns) < NAT_CHECK_INTERVAL_NS
+        && let Some(backend) = usable(cached, svc)
+    {
+        let (id, port) = (cached.backend, cached.nat_port);
+        return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
+    }
     let mut old: Option<FlowValue> = None;
     let pinned_ptr = CONNTRACK.get_ptr_mut(flow);
     if let Some(pinned) = pinned_ptr {
@@ -91,6 +104,7 @@ pub fn forward(
             && let Some(backend) = usable(pinned, svc)
         {
             if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
+                flow_cache::put(flow, pinned, generation, now);
                 let (id, port) = (pinned.backend, pinned.nat_port);
                 return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
             }
@@ -104,6 +118,7 @@ pub fn forward(
                     refresh(entry, l4, now);
                     // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
                     pinned.checked_ns = if l4.rst() { 0 } else { now };
+                    flow_cache::put(flow, pinned, generation, now);
                     let (id, port) = (pinned.backend, pinned.nat_port);
                     return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
                 }
@@ -147,6 +162,9 @@ pub fn forward(
         }
         None => CONNTRACK.insert(flow, &value, 0).is_ok(),
     };
+    if recorded {
+        flow_cache::put(flow, &value, generation, now);
+    }
     to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, recorded)
 }
 

@@ -11,10 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
-use lb_common::{
-    FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FlowKey, FlowValue, PROTO_TCP, Reason, flow_cache_slot, group_seed, names,
-};
+use lb_common::{FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FlowKey, PROTO_TCP, Reason, flow_cache_slot, group_seed};
 use support::fixture::{self, BACKENDS, CLIENT, CLIENT_MAC, NODE_MAC, VIP, VRID, XDP_TX, run};
 use support::frames::{self, TCP_ACK, TCP_SYN};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
@@ -93,21 +90,12 @@ fn with_a_quick_attempt(mut attempt: impl FnMut(u16) -> bool) {
     panic!("every attempt took longer than the cache's refresh age");
 }
 
-/// Deletes `sport`'s connection-table entry behind the agent's back, as an LRU eviction would (the flow
-/// generation is not bumped). Through a second handle on the map: the data plane only lends it read-only.
 fn evict(dp: &DataPlane, sport: u16) {
-    let Some(Map::LruHashMap(data)) = dp.map(names::CONNTRACK) else { panic!("CONNTRACK is an LRU hash map") };
-    let id = data.info().expect("CONNTRACK's info").id();
-    let data = MapData::from_id(id).expect("a second handle on CONNTRACK");
-    let mut table: BpfHashMap<MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(Map::LruHashMap(data)).expect("CONNTRACK as a hash map");
-    table.remove(&key(sport)).expect("the flow's entry is there");
+    fixture::evict(dp, &key(sport));
 }
 
 fn conntrack_holds(dp: &DataPlane, sport: u16) -> bool {
-    let table: BpfHashMap<&MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(dp.map(names::CONNTRACK).expect("CONNTRACK")).expect("CONNTRACK as a hash map");
-    table.get(&key(sport), 0).is_ok()
+    fixture::conntrack_holds(dp, &key(sport))
 }
 
 /// Pins `sport`'s flow with a SYN, then drains its backend (weight 0: out of the Maglev table, its pins kept) and
@@ -268,8 +256,6 @@ fn a_busy_flow_served_from_the_cache_keeps_its_connection_table_entry_through_a_
     }
     assert!(conntrack_holds(&dp, busy), "the busy flow's entry survived the flood");
     let first: Ipv4Addr = Ipv4Addr::from(u32::from(Ipv4Addr::new(100, 64, 0, 0)) + 1);
-    let table: BpfHashMap<&MapData, FlowKey, FlowValue> =
-        BpfHashMap::try_from(dp.map(names::CONNTRACK).expect("CONNTRACK")).expect("CONNTRACK as a hash map");
     let idle = FlowKey::new(first.octets(), VIP.octets(), 40000u16.to_be_bytes(), [0, 80], PROTO_TCP);
-    assert!(table.get(&idle, 0).is_err(), "the flood did evict: the first flooding flow is gone");
+    assert!(!fixture::conntrack_holds(&dp, &idle), "the flood did evict: the first flooding flow is gone");
 }

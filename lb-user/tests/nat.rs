@@ -163,6 +163,12 @@ impl Flow {
         }
     }
 
+    /// The flow's connection-table key.
+    fn key(&self) -> lb_common::FlowKey {
+        let port = self.service().to_be_bytes();
+        lb_common::FlowKey::new(self.client.octets(), VIP.octets(), self.cport.to_be_bytes(), port, self.protocol)
+    }
+
     /// What the client sends to the VIP.
     fn client_sends(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
         self.frame(NODE_MAC, self.mac, self.client, VIP, self.cport, self.service(), flags, payload)
@@ -227,6 +233,57 @@ fn syn_is_translated_to_the_vip_and_the_flow_port() {
     let c = dp.counters().expect("counters");
     assert_eq!(c.services[&"web".into()].packets, 1);
     assert_eq!(c.backends[&("web".into(), f.backend_ip().into(), HTTP_BACKEND)].packets, 1);
+}
+
+/// The new flows counted for `f`'s backend so far.
+fn new_flows(dp: &DataPlane, f: &Flow) -> u64 {
+    let c = dp.counters().expect("counters");
+    c.backends[&(ServiceId::from("web"), f.backend_ip().into(), HTTP_BACKEND)].new_flows
+}
+
+/// Runs `attempt` with successive client flows until one finished within half the flow cache's refresh age, so
+/// that an entry written at its start was still served at its end (at most 20 tries on a slow machine).
+fn with_a_quick_flow(mut attempt: impl FnMut(Flow)) {
+    for cport in 40400..40420 {
+        let started = std::time::Instant::now();
+        attempt(Flow::tcp(cport));
+        if started.elapsed() < Duration::from_nanos(lb_common::FLOW_CACHE_REFRESH_NS / 2) {
+            return;
+        }
+    }
+    panic!("every attempt took longer than the flow cache's refresh age");
+}
+
+#[test]
+fn an_established_flow_is_served_from_the_flow_cache_without_the_connection_table() {
+    let mut dp = dataplane();
+    with_a_quick_flow(|f| {
+        // The SYN's new entry goes to the connection table and this CPU's flow cache together.
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        fixture::evict(&dp, &f.key());
+        // Gone from the table, the flow still has its translation from the cache: not a new flow (the table would
+        // have started it over, counting one).
+        let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+        assert_eq!(new_flows(&dp, &f), 1, "served from the cache, not started over");
+        assert!(!fixture::conntrack_holds(&dp, &f.key()));
+    });
+}
+
+#[test]
+fn a_nat_flow_the_agent_forgot_is_not_served_from_the_flow_cache() {
+    let mut dp = dataplane();
+    with_a_quick_flow(|f| {
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let before = new_flows(&dp, &f);
+        // `ForgetFlows` deletes the entries and bumps the flow generation: the cached copy is dead at once, and the
+        // next packet starts the flow over (same backend and port: nothing else holds them).
+        dp.forget_flows(&[VIP.into()]).expect("forget_flows");
+        let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+        assert_eq!(new_flows(&dp, &f), before + 1, "started over, not served from the cache");
+        assert!(fixture::conntrack_holds(&dp, &f.key()));
+    });
 }
 
 #[test]

@@ -3,7 +3,8 @@
 
 use std::net::Ipv4Addr;
 
-use lb_common::{MAGLEV_M, PROTO_TCP, Reason, flow_hash, group_seed};
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use lb_common::{FlowKey, FlowValue, MAGLEV_M, PROTO_TCP, Reason, flow_hash, group_seed, names};
 use xvip::{
     dataplane::{BackendSpec, Counters, DataPlane, ServiceSpec},
     maglev,
@@ -56,6 +57,25 @@ pub fn predicted_backend(spec: &ServiceSpec, sport: u16) -> usize {
     let seed = group_seed(VIP.octets(), VRID);
     let h = flow_hash(CLIENT.octets(), sport.to_be_bytes(), spec.port.to_be_bytes(), PROTO_TCP, seed);
     table[(h % MAGLEV_M) as usize] as usize
+}
+
+/// Deletes `flow`'s connection-table entry behind the agent's back, as an LRU eviction would (the flow generation
+/// is not bumped, so a CPU's flow cache may still serve it). Through a second handle on the map: the data plane
+/// only lends it read-only.
+pub fn evict(dp: &DataPlane, flow: &FlowKey) {
+    let Some(Map::LruHashMap(data)) = dp.map(names::CONNTRACK) else { panic!("CONNTRACK is an LRU hash map") };
+    let id = data.info().expect("CONNTRACK's info").id();
+    let data = MapData::from_id(id).expect("a second handle on CONNTRACK");
+    let mut table: BpfHashMap<MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(Map::LruHashMap(data)).expect("CONNTRACK as a hash map");
+    table.remove(flow).expect("the flow's entry is there");
+}
+
+/// Whether the connection table has an entry for `flow`.
+pub fn conntrack_holds(dp: &DataPlane, flow: &FlowKey) -> bool {
+    let table: BpfHashMap<&MapData, FlowKey, FlowValue> =
+        BpfHashMap::try_from(dp.map(names::CONNTRACK).expect("CONNTRACK")).expect("CONNTRACK as a hash map");
+    table.get(flow, 0).is_ok()
 }
 
 pub fn service(port: u16, protocol: u8, forwarding: u8, backend_port: u16) -> ServiceSpec {
