@@ -11,7 +11,11 @@ use xvip_tests::{
 };
 
 const INTERVAL_MS: u64 = 100;
-const SLACK: Duration = Duration::from_millis(100);
+/// Added to the RFC bounds: process exit, the taking node's own scheduling and the polling, on a loaded machine
+/// (a CI run beside other builds measured 194 ms for a graceful handover whose Skew_Time is 61 ms). A graceful
+/// handover stays told apart from none: without the priority-0 advert the backup could take over at the earliest
+/// 261 ms after the stop (Master_Down_Interval after an advert sent up to one interval before), above skew + slack.
+const SLACK: Duration = Duration::from_millis(150);
 
 fn lab() -> Lab {
     Lab::new(LabSpec { nodes: 2, backends: 1, ..LabSpec::default() }).expect("lab")
