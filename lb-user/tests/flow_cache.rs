@@ -75,21 +75,6 @@ fn assert_to(dp: &mut DataPlane, frame: &[u8], b: usize) {
     assert_eq!(out, to_mac(frame, BACKENDS[b].1), "expected backend {b} ({})", BACKENDS[b].0);
 }
 
-/// Whether less than half the refresh age has passed since `start`: a cache entry written then is still served.
-fn fresh_enough(start: Instant) -> bool {
-    start.elapsed() < Duration::from_nanos(FLOW_CACHE_REFRESH_NS / 2)
-}
-
-/// Runs `attempt` with successive client ports until it reports that its timing held (at most 20 tries).
-fn with_a_quick_attempt(mut attempt: impl FnMut(u16) -> bool) {
-    for sport in 42000..42020 {
-        if attempt(sport) {
-            return;
-        }
-    }
-    panic!("every attempt took longer than the cache's refresh age");
-}
-
 fn evict(dp: &DataPlane, sport: u16) {
     fixture::evict(dp, &key(sport));
 }
@@ -115,7 +100,7 @@ fn pin_then_drain(dp: &mut DataPlane, sport: u16) -> (usize, usize) {
 #[test]
 fn a_cached_pin_is_served_without_the_connection_table_until_it_ages() {
     let mut dp = with_web(65536);
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let (pinned, fresh) = pin_then_drain(&mut dp, sport);
         // This ACK finds the pin in `CONNTRACK` (or a still fresh cache entry) and writes this CPU's cache.
         let ack = tcp(sport, TCP_ACK);
@@ -124,7 +109,7 @@ fn a_cached_pin_is_served_without_the_connection_table_until_it_ages() {
         evict(&dp, sport);
         // The connection table no longer has the flow: only the cache can send it to its draining backend.
         assert_to(&mut dp, &ack, pinned);
-        if !fresh_enough(cached) {
+        if !fixture::fresh_enough(cached) {
             return false;
         }
         // Once the entry is older than the refresh age, the next packet asks `CONNTRACK`, finds nothing and picks
@@ -139,7 +124,7 @@ fn a_cached_pin_is_served_without_the_connection_table_until_it_ages() {
 #[test]
 fn a_pin_the_agent_deleted_is_not_served_from_the_cache() {
     let mut dp = with_web(65536);
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let (pinned, fresh) = pin_then_drain(&mut dp, sport);
         let ack = tcp(sport, TCP_ACK);
         assert_to(&mut dp, &ack, pinned);
@@ -147,14 +132,14 @@ fn a_pin_the_agent_deleted_is_not_served_from_the_cache() {
         // `ForgetFlows` deletes the entry and bumps the flow generation: the cached copy is dead at once.
         assert_eq!(dp.forget_flows(&[VIP.into()]).expect("forget_flows"), (1, 0));
         assert_to(&mut dp, &ack, fresh);
-        fresh_enough(cached)
+        fixture::fresh_enough(cached)
     });
 }
 
 #[test]
 fn a_cached_pin_whose_backend_became_unhealthy_is_not_followed() {
     let mut dp = with_web(65536);
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let pinned = fixture::predicted_backend(&web(ALL_UP), sport);
         let ack = tcp(sport, TCP_ACK);
         assert_to(&mut dp, &tcp(sport, TCP_SYN), pinned);
@@ -165,7 +150,7 @@ fn a_cached_pin_whose_backend_became_unhealthy_is_not_followed() {
         // The cached pin names a slot whose backend is down (`Backend::keeps_pin`): so does `CONNTRACK`'s, and the
         // flow moves to a fresh pick.
         assert_to(&mut dp, &ack, fixture::predicted_backend(&web(down), sport));
-        let timely = fresh_enough(cached);
+        let timely = fixture::fresh_enough(cached);
         dp.apply_service("web", &web(ALL_UP)).expect("backend up again");
         timely
     });
@@ -176,7 +161,7 @@ fn a_cached_pin_whose_slot_went_to_another_backend_is_not_followed() {
     let mut dp = with_web(65536);
     // A fourth backend, which takes the slot the pinned one leaves.
     let (newcomer, newcomer_mac) = (Ipv4Addr::new(10, 77, 0, 24), [0x02, 0, 0, 0, 0, 0x24]);
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let pinned = fixture::predicted_backend(&web(ALL_UP), sport);
         let mut spec = web(ALL_UP);
         let left = spec.backends.remove(pinned);
@@ -197,7 +182,7 @@ fn a_cached_pin_whose_slot_went_to_another_backend_is_not_followed() {
         // does `CONNTRACK`'s: the flow is picked afresh over the new set, not sent to whoever has the slot now.
         let out = run(&mut dp, &ack, XDP_TX, Reason::ForwardTx);
         assert_eq!(out, to_mac(&ack, pick_mac), "expected the fresh pick, backend {pick}");
-        let timely = fresh_enough(cached);
+        let timely = fixture::fresh_enough(cached);
         dp.apply_service("web", &web(ALL_UP)).expect("back to the three backends");
         timely
     });
@@ -207,7 +192,7 @@ fn a_cached_pin_whose_slot_went_to_another_backend_is_not_followed() {
 fn flows_sharing_a_cache_slot_each_keep_their_own_pin() {
     let mut dp = with_web(65536);
     let slot = |sport: u16| flow_cache_slot(&key(sport).words());
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let other = (1..=u16::MAX)
             .map(|d| sport.wrapping_add(d))
             .find(|p| *p != 0 && slot(*p) == slot(sport))
@@ -224,7 +209,7 @@ fn flows_sharing_a_cache_slot_each_keep_their_own_pin() {
         assert_to(&mut dp, &tcp(sport, TCP_ACK), pinned);
         assert_to(&mut dp, &tcp(other, TCP_ACK), theirs);
         assert_to(&mut dp, &tcp(sport, TCP_ACK), pinned);
-        fresh_enough(start)
+        fixture::fresh_enough(start)
     });
 }
 

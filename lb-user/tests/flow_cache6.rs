@@ -14,7 +14,7 @@ use lb_common::{
     FAMILY_IPV6, FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FlowKey6, FlowValue6, MAGLEV_M, PROTO_TCP, Reason,
     flow_cache_slot, flow_hash6, group_seed6, ipv6_halves, names, router_slot,
 };
-use support::fixture::{CLIENT_MAC, NODE_MAC, VRID, XDP_TX, run};
+use support::fixture::{self, CLIENT_MAC, NODE_MAC, VRID, XDP_TX, run};
 use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_SYN};
 use xvip::{
     dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec, Vip6Spec},
@@ -104,19 +104,6 @@ fn assert_to(dp: &mut DataPlane, frame: &[u8], b: usize) {
     assert_to_mac(dp, frame, BACKENDS6[b].1);
 }
 
-fn fresh_enough(start: Instant) -> bool {
-    start.elapsed() < Duration::from_nanos(FLOW_CACHE_REFRESH_NS / 2)
-}
-
-fn with_a_quick_attempt(mut attempt: impl FnMut(u16) -> bool) {
-    for sport in 42000..42020 {
-        if attempt(sport) {
-            return;
-        }
-    }
-    panic!("every attempt took longer than the cache's refresh age");
-}
-
 /// Deletes `sport`'s `CONNTRACK6` entry behind the agent's back, as an LRU eviction would.
 fn evict(dp: &DataPlane, sport: u16) {
     let Some(Map::LruHashMap(data)) = dp.map(names::CONNTRACK6) else { panic!("CONNTRACK6 is an LRU hash map") };
@@ -151,14 +138,14 @@ fn pin_then_drain(dp: &mut DataPlane, sport: u16) -> (usize, usize) {
 #[test]
 fn a_cached_ipv6_pin_is_served_without_the_connection_table_until_it_ages() {
     let mut dp = with_web();
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let (pinned, fresh) = pin_then_drain(&mut dp, sport);
         let cached = Instant::now();
         evict(&dp, sport);
         // Only the cache can send the flow to its draining backend now.
         let ack = tcp(sport, TCP_ACK);
         assert_to(&mut dp, &ack, pinned);
-        if !fresh_enough(cached) {
+        if !fixture::fresh_enough(cached) {
             return false;
         }
         // Past the refresh age the next packet asks `CONNTRACK6`, finds nothing and picks afresh.
@@ -172,13 +159,13 @@ fn a_cached_ipv6_pin_is_served_without_the_connection_table_until_it_ages() {
 #[test]
 fn an_ipv6_pin_the_agent_deleted_is_not_served_from_the_cache() {
     let mut dp = with_web();
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let (_, fresh) = pin_then_drain(&mut dp, sport);
         let cached = Instant::now();
         // `ForgetFlows` deletes the entry and bumps the flow generation: the cached copy is dead at once.
         assert_eq!(dp.forget_flows(&[IpAddr::V6(VIP6)]).expect("forget_flows"), (1, 0));
         assert_to(&mut dp, &tcp(sport, TCP_ACK), fresh);
-        fresh_enough(cached)
+        fixture::fresh_enough(cached)
     });
 }
 
@@ -188,7 +175,7 @@ fn a_cached_ipv6_pin_whose_slot_went_to_another_backend_is_not_followed() {
     // A fourth backend, on the same port, which takes the slot the pinned one leaves: only its address differs
     // from what the pin names (`FlowValue6::keeps_pin`).
     let (newcomer, newcomer_mac) = (Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x24), [0x02, 0, 0, 0, 0, 0x34]);
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let pinned = predicted(&web(ALL_UP), sport);
         let mut spec = web(ALL_UP);
         let left = spec.backends.remove(pinned);
@@ -207,7 +194,7 @@ fn a_cached_ipv6_pin_whose_slot_went_to_another_backend_is_not_followed() {
         dp.apply_service("web", &spec).expect("the newcomer comes");
         // Neither the cached pin nor `CONNTRACK6`'s is followed to whoever holds the slot now: a fresh pick.
         assert_to_mac(&mut dp, &ack, pick_mac);
-        let timely = fresh_enough(cached);
+        let timely = fixture::fresh_enough(cached);
         dp.apply_service("web", &web(ALL_UP)).expect("back to the three backends");
         timely
     });
@@ -226,7 +213,7 @@ fn ipv6_flows_sharing_a_cache_slot_each_keep_their_own_pin() {
         )
     };
     let slot = |sport: u16| flow_cache_slot(&words(sport));
-    with_a_quick_attempt(|sport| {
+    fixture::with_a_quick_attempt(|sport| {
         let other = (1..=u16::MAX)
             .map(|d| sport.wrapping_add(d))
             .find(|p| *p != 0 && slot(*p) == slot(sport))
@@ -241,6 +228,6 @@ fn ipv6_flows_sharing_a_cache_slot_each_keep_their_own_pin() {
         assert_to(&mut dp, &tcp(sport, TCP_ACK), pinned);
         assert_to(&mut dp, &tcp(other, TCP_ACK), theirs);
         assert_to(&mut dp, &tcp(sport, TCP_ACK), pinned);
-        fresh_enough(start)
+        fixture::fresh_enough(start)
     });
 }

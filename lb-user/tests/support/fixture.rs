@@ -71,6 +71,23 @@ pub fn evict(dp: &DataPlane, flow: &FlowKey) {
     table.remove(flow).expect("the flow's entry is there");
 }
 
+/// Whether less than half the flow cache's refresh age has passed since `start`: a cache entry written then is
+/// still served (`lb-ebpf/src/flow_cache.rs`).
+pub fn fresh_enough(start: std::time::Instant) -> bool {
+    start.elapsed() < std::time::Duration::from_nanos(lb_common::FLOW_CACHE_REFRESH_NS / 2)
+}
+
+/// Runs `attempt` with successive client ports until it reports that its timing held (at most 20 tries, for a
+/// slow machine).
+pub fn with_a_quick_attempt(mut attempt: impl FnMut(u16) -> bool) {
+    for sport in 42000..42020 {
+        if attempt(sport) {
+            return;
+        }
+    }
+    panic!("every attempt took longer than the flow cache's refresh age");
+}
+
 /// Whether the connection table has an entry for `flow`.
 pub fn conntrack_holds(dp: &DataPlane, flow: &FlowKey) -> bool {
     let table: BpfHashMap<&MapData, FlowKey, FlowValue> =
