@@ -24,6 +24,42 @@ pub const REAL: usize = 200;
 /// A real connection fails if its request is not answered within this (one SYN retransmission fits).
 pub const PATIENCE: Duration = Duration::from_secs(3);
 
+/// A client's long-lived keep-alive connection, a `GET /` every 50 ms until stopped: what a hijack attempt tries
+/// to divert. `port` is its local port (what an attacker spoofs).
+pub struct BusyClient {
+    pub port: u16,
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Result<usize>>,
+}
+
+impl BusyClient {
+    /// Opens the connection to `target` from namespace `client_ns` and starts its requests.
+    pub fn start(client_ns: &str, target: SocketAddr) -> Result<BusyClient> {
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = netns::spawn_in_netns(client_ns, move || {
+            let mut conn = http::Connection::open(target, Duration::from_secs(2))?;
+            port_tx.send(conn.local_addr()?.port())?;
+            let mut answered = 0;
+            while !stopped.load(Ordering::SeqCst) {
+                conn.get("/", Duration::from_secs(2))?;
+                answered += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Ok(answered)
+        })?;
+        let port = port_rx.recv_timeout(Duration::from_secs(5)).context("the busy client did not connect")?;
+        Ok(BusyClient { port, stop, thread })
+    }
+
+    /// Stops it; how many of its requests were answered (an error if one was not).
+    pub fn stop(self) -> Result<usize> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().map_err(|_| anyhow::anyhow!("the busy client's thread panicked"))?
+    }
+}
+
 /// What a flood does to real clients: `GET /` on `target` from namespace `client_ns`, one at a time and at least
 /// `spacing` apart, each given [`PATIENCE`], until `n` were tried or (if given) `while_running` turns false; how
 /// many were tried and how many failed.

@@ -18,7 +18,6 @@ use std::{
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
-        mpsc,
     },
     time::{Duration, Instant},
 };
@@ -223,22 +222,8 @@ fn bare_ipv6_acks_with_a_clients_address_do_not_divert_its_replies() {
     let target = Mode::Nat.target();
     let client6 = ipv6::address(CLIENT6);
     // The client's long-lived connection, and its local port (what the attacker spoofs).
-    let (port_tx, port_rx) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop_client = stop.clone();
-    let client = netns::spawn_in_netns(&lab.client().ns, move || {
-        let mut conn = http::Connection::open(target, Duration::from_secs(2))?;
-        port_tx.send(conn.local_addr()?.port())?;
-        let mut answered = 0;
-        while !stop_client.load(Ordering::SeqCst) {
-            conn.get("/", Duration::from_secs(2))?;
-            answered += 1;
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(answered)
-    })
-    .expect("client thread");
-    let client_port = port_rx.recv_timeout(Duration::from_secs(5)).expect("client connected");
+    let client = flood::BusyClient::start(&lab.client().ns, target).expect("client connected");
+    let client_port = client.port;
 
     // The attacker listens for anything addressed to the client while it sends bare ACKs as the client, from its
     // own MAC, for 3 s.
@@ -267,8 +252,7 @@ fn bare_ipv6_acks_with_a_clients_address_do_not_divert_its_replies() {
         Ok((stolen, sent))
     })
     .expect("attacker");
-    stop.store(true, Ordering::SeqCst);
-    let answered = client.join().expect("client thread").expect("the client's connection kept working");
+    let answered = client.stop().expect("the client's connection kept working");
     let forwarded = counter(&node, "nat_forward_tx");
     eprintln!(
         "client answered {answered} requests; the attacker sent {sent} ACKs as the client and received {stolen} \
