@@ -9,7 +9,7 @@ use std::{
 };
 
 use serde_json::Value;
-use xvip::trace::Event;
+use xvip::trace::{Decision, Event};
 use xvip_tests::{
     ChildGuard, Lab, LabSpec,
     cmd::{exec_in, run_args},
@@ -107,6 +107,11 @@ fn xdp_prog_id(link: &Value) -> Option<u64> {
     find(&link[0]["xdp"])
 }
 
+/// Whether one of `replies` is the backend's answer to `syn`, through the NAT port of the SYN.
+fn replied(syn: &Decision, replies: &[Decision]) -> bool {
+    replies.iter().any(|r| r.client == syn.from && r.backend == syn.backend && r.nat_port == syn.nat_port)
+}
+
 fn wait_switch(lab: &Lab, node: &XvipNode, on: u32, within: Duration) {
     let deadline = Instant::now() + within;
     while switch(lab, node) != on {
@@ -146,7 +151,9 @@ fn trace_names_the_service_and_backend_of_each_request_and_switches_off_when_the
             .map(|d| (d.from.clone(), d.clone()))
             .collect();
         let replies: Vec<_> = decisions.iter().filter(|d| d.reason == "nat_reply_tx").cloned().collect();
-        if syns.len() >= REQUESTS || Instant::now() > deadline {
+        // A SYN's record can reach the client before its reply's (they may come from different CPUs): wait for both.
+        let answered = syns.values().all(|syn| replied(syn, &replies));
+        if (syns.len() >= REQUESTS && answered) || Instant::now() > deadline {
             break (syns, replies);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -167,7 +174,7 @@ fn trace_names_the_service_and_backend_of_each_request_and_switches_off_when_the
     // The backends' answers come back to this client, through the NAT ports of its SYNs.
     for syn in syns.values() {
         assert!(
-            replies.iter().any(|r| r.client == syn.from && r.backend == syn.backend && r.nat_port == syn.nat_port),
+            replied(syn, &replies),
             "no reply traced for {syn:?}:\n{}",
             mine.log()
         );
