@@ -1458,16 +1458,17 @@ pub fn group_seed6(vip: [u8; 16], vrid: u8) -> u32 {
 pub const TRACE_TARGET: &str = "xvip_trace";
 
 /// Most trace records a CPU may emit per second, whatever a client asks for: a record costs about a microsecond
-/// and 256 bytes of the 128 KiB log ring.
+/// and 264 bytes of the 128 KiB log ring.
 pub const TRACE_MAX_RATE: u32 = 1000;
 
 /// The trace switch: the one entry of the `TRACE` array, written only by the agent (while a client of `xvip trace`
 /// is connected; all zero, the default of a freshly loaded program, is off).
 ///
-/// While `on`, the program emits one record per frame to a VIP that matches the filter (`client` under
+/// While `on`, the program emits one record per frame to a VIP that matches the filter (`family`, `client` under
 /// `client_mask`, and `vip`, `port`, `protocol` where not zero; for a backend's reply through NAT the client and
 /// the service port are the flow's), at most one per `interval_ns` per CPU after a burst of one second's worth
-/// (see [`TraceState::admit`]).
+/// (see [`TraceState::admit`]). Addresses are [`trace_halves`]: an IPv6 address's [`ipv6_halves`], an IPv4
+/// address in the top 32 bits of the first word.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceConfig {
@@ -1477,25 +1478,46 @@ pub struct TraceConfig {
     pub generation: u32,
     /// Nanoseconds between two records of a CPU: 10^9 / (records per second).
     pub interval_ns: u64,
-    pub client: [u8; 4],
-    pub client_mask: [u8; 4],
-    /// 0.0.0.0: any VIP.
-    pub vip: [u8; 4],
+    pub client: [u64; 2],
+    pub client_mask: [u64; 2],
+    /// All zero: any VIP.
+    pub vip: [u64; 2],
     /// The service port on the VIP; 0: any.
     pub port: [u8; 2],
-    /// [`PROTO_TCP`], [`PROTO_UDP`] or 1 (ICMP); 0: any.
+    /// [`PROTO_TCP`], [`PROTO_UDP`], 1 (ICMP) or 58 (ICMPv6); 0: any.
     pub protocol: u8,
-    pub _pad: u8,
+    /// [`TRACE_IPV4`] or [`TRACE_IPV6`]: frames of that family only; 0: both.
+    pub family: u8,
+    pub _pad: [u8; 4],
 }
-const _: () = assert!(core::mem::size_of::<TraceConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<TraceConfig>() == 72);
+
+/// [`TraceRecord::family`] and [`TraceConfig::family`] of IPv4 and IPv6 frames.
+pub const TRACE_IPV4: u8 = 4;
+pub const TRACE_IPV6: u8 = 6;
+
+/// An address as trace records and filters hold it, in two words: an IPv6 address's [`ipv6_halves`]; an IPv4
+/// address in the top 32 bits of the first word (so in the 16-byte form, its 4 bytes come first, then zeros).
+#[inline(always)]
+pub fn trace_halves(address: &[u8; 16]) -> (u64, u64) {
+    ipv6_halves(address)
+}
+
+/// The [`trace_halves`] of an IPv4 address.
+#[inline(always)]
+pub const fn trace_halves4(address: [u8; 4]) -> (u64, u64) {
+    ((u32::from_be_bytes(address) as u64) << 32, 0)
+}
 
 impl TraceConfig {
-    /// Whether a decision about `client` and `vip:port/protocol` is to be traced.
+    /// Whether a decision about a frame of `family`, the flow's `client` and `vip:port/protocol` (addresses as
+    /// [`trace_halves`]) is to be traced.
     #[inline(always)]
-    pub fn matches(&self, client: [u8; 4], vip: [u8; 4], port: [u8; 2], protocol: u8) -> bool {
-        let masked = (u32::from_ne_bytes(client) & u32::from_ne_bytes(self.client_mask)).to_ne_bytes();
-        masked == self.client
-            && (self.vip == [0; 4] || self.vip == vip)
+    pub fn matches(&self, family: u8, client: (u64, u64), vip: (u64, u64), port: [u8; 2], protocol: u8) -> bool {
+        (self.family == 0 || self.family == family)
+            && client.0 & self.client_mask[0] == self.client[0]
+            && client.1 & self.client_mask[1] == self.client[1]
+            && ((self.vip[0] | self.vip[1]) == 0 || (self.vip[0] == vip.0 && self.vip[1] == vip.1))
             && (self.port == [0; 2] || self.port == port)
             && (self.protocol == 0 || self.protocol == protocol)
     }
@@ -1506,23 +1528,26 @@ pub const TRACE_MIN_INTERVAL_NS: u64 = 1_000_000_000 / TRACE_MAX_RATE as u64;
 
 /// One decision of the program, as a trace record carries it (the bytes of the one argument of an aya-log record
 /// with target [`TRACE_TARGET`], hex-encoded by aya-log): the frame as it arrived, the flow it belongs to, and
-/// what became of it.
+/// what became of it. Addresses are 16 bytes, an IPv4 one in the first 4 (then zeros; see [`trace_halves`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TraceRecord {
-    /// The frame's source and destination (a VIP) as it arrived, and its TCP/UDP ports (0 for other protocols).
-    pub from: [u8; 4],
-    pub to: [u8; 4],
+    /// The frame's source and destination (a VIP) as it arrived.
+    pub from: [u8; 16],
+    pub to: [u8; 16],
+    /// The flow's client: the frame's source, except for a backend's reply through NAT, whose flow the
+    /// translation names.
+    pub client: [u8; 16],
+    /// The backend the flow went to (all zero: none).
+    pub backend: [u8; 16],
+    /// The frame's TCP/UDP ports (0 for other protocols).
     pub from_port: [u8; 2],
     pub to_port: [u8; 2],
-    /// The flow's client and service port: the frame's source and destination port, except for a backend's reply
-    /// through NAT, whose flow the translation names.
-    pub client: [u8; 4],
+    /// The flow's client port and service port (as `client`).
     pub client_port: [u8; 2],
     pub service_port: [u8; 2],
-    /// The backend the flow went to (all zero: none), and the source port the NAT uses towards it (0: DSR).
-    pub backend: [u8; 4],
     pub backend_port: [u8; 2],
+    /// The source port the NAT uses towards the backend (0: DSR).
     pub nat_port: [u8; 2],
     /// The interface the frame arrived on.
     pub ifindex: u32,
@@ -1532,40 +1557,63 @@ pub struct TraceRecord {
     pub protocol: u8,
     /// TCP flags of the frame (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10, ...); 0 for other protocols.
     pub tcp_flags: u8,
+    /// [`TRACE_IPV4`] or [`TRACE_IPV6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
 }
-pub const TRACE_RECORD_LEN: usize = 36;
+pub const TRACE_RECORD_LEN: usize = 88;
 const _: () = assert!(core::mem::size_of::<TraceRecord>() == TRACE_RECORD_LEN);
 
 impl TraceRecord {
     /// The record from its bytes (as the program wrote them, on this host's byte order for `ifindex`).
     pub fn from_bytes(b: &[u8]) -> Option<TraceRecord> {
         let b: &[u8; TRACE_RECORD_LEN] = b.try_into().ok()?;
-        let four = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        let sixteen = |i: usize| {
+            let mut a = [0; 16];
+            a.copy_from_slice(&b[i..i + 16]);
+            a
+        };
         let two = |i: usize| [b[i], b[i + 1]];
         Some(TraceRecord {
-            from: four(0),
-            to: four(4),
-            from_port: two(8),
-            to_port: two(10),
-            client: four(12),
-            client_port: two(16),
-            service_port: two(18),
-            backend: four(20),
-            backend_port: two(24),
-            nat_port: two(26),
-            ifindex: u32::from_ne_bytes(four(28)),
-            reason: b[32],
-            action: b[33],
-            protocol: b[34],
-            tcp_flags: b[35],
+            from: sixteen(0),
+            to: sixteen(16),
+            client: sixteen(32),
+            backend: sixteen(48),
+            from_port: two(64),
+            to_port: two(66),
+            client_port: two(68),
+            service_port: two(70),
+            backend_port: two(72),
+            nat_port: two(74),
+            ifindex: u32::from_ne_bytes([b[76], b[77], b[78], b[79]]),
+            reason: b[80],
+            action: b[81],
+            protocol: b[82],
+            tcp_flags: b[83],
+            family: b[84],
+            _pad: [b[85], b[86], b[87]],
         })
     }
 
     /// The record's bytes, as [`from_bytes`](Self::from_bytes) reads them.
     #[inline(always)]
     pub fn as_bytes(&self) -> &[u8; TRACE_RECORD_LEN] {
-        // SAFETY: repr(C), 36 bytes of byte arrays and one u32 at offset 28, no padding (size asserted above).
+        // SAFETY: repr(C), 88 bytes of byte arrays and one u32 at offset 76, no padding (size asserted above).
         unsafe { &*(self as *const TraceRecord as *const [u8; TRACE_RECORD_LEN]) }
+    }
+
+    /// One of the record's addresses (`from`, `to`, `client`, `backend`) as an address of the record's family.
+    pub fn address(&self, a: &[u8; 16]) -> core::net::IpAddr {
+        if self.family == TRACE_IPV6 {
+            core::net::Ipv6Addr::from(*a).into()
+        } else {
+            core::net::Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()
+        }
+    }
+
+    /// An IPv4 address in a record's 16-byte form.
+    pub const fn ipv4(a: [u8; 4]) -> [u8; 16] {
+        [a[0], a[1], a[2], a[3], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     }
 }
 
@@ -1655,6 +1703,7 @@ mod pod {
 mod tests {
     extern crate std;
     use super::*;
+    use std::string::ToString;
 
     fn trace_config(rate: u64) -> TraceConfig {
         TraceConfig { on: 1, generation: 1, interval_ns: 1_000_000_000 / rate, ..TraceConfig::default() }
@@ -1691,45 +1740,94 @@ mod tests {
 
     #[test]
     fn trace_records_round_trip_through_their_bytes() {
-        let r = TraceRecord {
-            from: [1, 2, 3, 4],
-            to: [5, 6, 7, 8],
-            from_port: [9, 10],
-            to_port: [11, 12],
-            client: [13, 14, 15, 16],
-            client_port: [17, 18],
-            service_port: [19, 20],
-            backend: [21, 22, 23, 24],
-            backend_port: [25, 26],
-            nat_port: [27, 28],
-            ifindex: 0x1d1e_1f20,
-            reason: 33,
-            action: 34,
-            protocol: 35,
-            tcp_flags: 36,
-        };
+        let mut r = TraceRecord::default();
+        // Every byte a distinct value, so a field read from the wrong offset shows.
+        for (i, b) in [&mut r.from, &mut r.to, &mut r.client, &mut r.backend].into_iter().flatten().enumerate() {
+            *b = i as u8 + 1;
+        }
+        r.from_port = [65, 66];
+        r.to_port = [67, 68];
+        r.client_port = [69, 70];
+        r.service_port = [71, 72];
+        r.backend_port = [73, 74];
+        r.nat_port = [75, 76];
+        r.ifindex = 0x4d4e_4f50;
+        (r.reason, r.action, r.protocol, r.tcp_flags, r.family) = (81, 82, 83, 84, TRACE_IPV6);
+        assert_eq!(r.as_bytes()[64], 65, "the ports follow the four addresses");
         assert_eq!(TraceRecord::from_bytes(r.as_bytes()), Some(r));
-        assert_eq!(TraceRecord::from_bytes(&r.as_bytes()[..35]), None, "a short record is refused");
+        assert_eq!(TraceRecord::from_bytes(&r.as_bytes()[..87]), None, "a short record is refused");
+    }
+
+    #[test]
+    fn trace_records_read_their_addresses_in_their_family() {
+        let v6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02, 0x50];
+        let r = TraceRecord { family: TRACE_IPV6, ..TraceRecord::default() };
+        assert_eq!(r.address(&v6).to_string(), "2001:db8::250");
+        let r = TraceRecord { family: TRACE_IPV4, ..TraceRecord::default() };
+        assert_eq!(r.address(&TraceRecord::ipv4([10, 0, 0, 250])).to_string(), "10.0.0.250");
+        assert_eq!(trace_halves(&TraceRecord::ipv4([10, 0, 0, 250])), trace_halves4([10, 0, 0, 250]));
     }
 
     #[test]
     fn trace_filter_matches_client_prefix_vip_port_and_protocol() {
         let any = TraceConfig { on: 1, ..TraceConfig::default() };
-        assert!(any.matches([10, 0, 0, 5], [10, 0, 0, 250], [1, 187], PROTO_TCP), "zero fields match anything");
+        let vip = trace_halves4([10, 0, 0, 250]);
+        let https = 443u16.to_be_bytes();
+        assert!(
+            any.matches(TRACE_IPV4, trace_halves4([10, 0, 0, 5]), vip, [1, 187], PROTO_TCP),
+            "zeros match anything"
+        );
         let f = TraceConfig {
-            client: [10, 0, 1, 0],
-            client_mask: [255, 255, 255, 0],
-            vip: [10, 0, 0, 250],
-            port: 443u16.to_be_bytes(),
+            client: [trace_halves4([10, 0, 1, 0]).0, 0],
+            client_mask: [trace_halves4([255, 255, 255, 0]).0, 0],
+            vip: [vip.0, vip.1],
+            port: https,
             protocol: PROTO_TCP,
+            family: TRACE_IPV4,
             ..any
         };
-        let vip = [10, 0, 0, 250];
-        assert!(f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_TCP));
-        assert!(!f.matches([10, 0, 2, 77], vip, 443u16.to_be_bytes(), PROTO_TCP), "client outside the prefix");
-        assert!(!f.matches([10, 0, 1, 77], [10, 0, 0, 251], 443u16.to_be_bytes(), PROTO_TCP), "other VIP");
-        assert!(!f.matches([10, 0, 1, 77], vip, 80u16.to_be_bytes(), PROTO_TCP), "other port");
-        assert!(!f.matches([10, 0, 1, 77], vip, 443u16.to_be_bytes(), PROTO_UDP), "other protocol");
+        let client = trace_halves4([10, 0, 1, 77]);
+        assert!(f.matches(TRACE_IPV4, client, vip, https, PROTO_TCP));
+        assert!(!f.matches(TRACE_IPV4, trace_halves4([10, 0, 2, 77]), vip, https, PROTO_TCP), "outside the prefix");
+        assert!(!f.matches(TRACE_IPV4, client, trace_halves4([10, 0, 0, 251]), https, PROTO_TCP), "other VIP");
+        assert!(!f.matches(TRACE_IPV4, client, vip, 80u16.to_be_bytes(), PROTO_TCP), "other port");
+        assert!(!f.matches(TRACE_IPV4, client, vip, https, PROTO_UDP), "other protocol");
+        assert!(!f.matches(TRACE_IPV6, client, vip, https, PROTO_TCP), "other family");
+    }
+
+    #[test]
+    fn trace_filter_matches_ipv6_prefixes_and_keeps_families_apart() {
+        let v6 = |a: [u16; 8]| {
+            let mut b = [0u8; 16];
+            for (i, w) in a.iter().enumerate() {
+                b[2 * i..2 * i + 2].copy_from_slice(&w.to_be_bytes());
+            }
+            trace_halves(&b)
+        };
+        let (prefix, mask) = (v6([0x2001, 0xdb8, 0, 7, 0, 0, 0, 0]), v6([0xffff, 0xffff, 0xffff, 0xffff, 0, 0, 0, 0]));
+        let vip = v6([0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x250]);
+        let f = TraceConfig {
+            on: 1,
+            client: [prefix.0, prefix.1],
+            client_mask: [mask.0, mask.1],
+            family: TRACE_IPV6,
+            ..TraceConfig::default()
+        };
+        let inside = v6([0x2001, 0xdb8, 0, 7, 1, 2, 3, 4]);
+        assert!(f.matches(TRACE_IPV6, inside, vip, [0, 80], PROTO_TCP), "inside 2001:db8:0:7::/64");
+        assert!(!f.matches(TRACE_IPV6, v6([0x2001, 0xdb8, 0, 8, 1, 2, 3, 4]), vip, [0, 80], PROTO_TCP));
+        // A /120: the last byte is free, the one before is not.
+        let f120 = TraceConfig { client: [inside.0, inside.1 & !0xff], client_mask: [u64::MAX, !0xff], ..f };
+        assert!(f120.matches(TRACE_IPV6, (inside.0, inside.1 | 0x7f), vip, [0, 80], PROTO_TCP));
+        assert!(!f120.matches(TRACE_IPV6, (inside.0, inside.1 ^ 0x100), vip, [0, 80], PROTO_TCP));
+        let vip_only = TraceConfig { on: 1, vip: [vip.0, vip.1], family: TRACE_IPV6, ..TraceConfig::default() };
+        assert!(vip_only.matches(TRACE_IPV6, inside, vip, [0, 80], PROTO_TCP));
+        assert!(!vip_only.matches(TRACE_IPV6, inside, (vip.0, vip.1 + 1), [0, 80], PROTO_TCP), "other VIP");
+        // An IPv4 filter that takes every IPv4 client (0.0.0.0/0) takes no IPv6 frame, and the other way round.
+        let all4 = TraceConfig { on: 1, family: TRACE_IPV4, ..TraceConfig::default() };
+        assert!(!all4.matches(TRACE_IPV6, inside, vip, [0, 80], PROTO_TCP));
+        assert!(all4.matches(TRACE_IPV4, trace_halves4([10, 0, 0, 5]), trace_halves4([10, 0, 0, 250]), [0, 80], 6));
+        assert!(!f.matches(TRACE_IPV4, trace_halves4([10, 0, 0, 5]), trace_halves4([10, 0, 0, 250]), [0, 80], 6));
     }
 
     #[test]

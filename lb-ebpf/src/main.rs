@@ -66,8 +66,8 @@ pub fn xvip_xdp(ctx: XdpContext) -> u32 {
     let traced = trace::start(&ctx);
     let (action, reason, router) = process(&ctx);
     count(reason, router);
-    if let Some(arrival) = traced {
-        trace::finish(&ctx, &arrival, action, reason, router);
+    if traced {
+        trace::finish(&ctx, action, reason, router);
     }
     action
 }
@@ -80,19 +80,23 @@ pub fn xvip_nat6(ctx: XdpContext) -> u32 {
     let traced = trace::start(&ctx);
     let (action, reason, router) = nat6::forward(&ctx);
     count(reason, router);
-    if let Some(arrival) = traced {
-        trace::finish(&ctx, &arrival, action, reason, router);
+    if traced {
+        trace::finish(&ctx, action, reason, router);
     }
     action
 }
 
-/// ICMPv6 errors about IPv6 NAT flows (`nat6::icmp`), tail-called by `xvip_xdp` like `xvip_nat6`.
+/// ICMPv6 errors about IPv6 NAT flows (`nat6::icmp`), tail-called by `xvip_xdp` like `xvip_nat6`; it counts (and
+/// traces) the frame itself.
 #[xdp]
 #[inline(always)]
 pub fn xvip_nat6_icmp(ctx: XdpContext) -> u32 {
-    // Not traced: `xvip trace` follows IPv4 frames only.
+    let traced = trace::start(&ctx);
     let (action, reason, router) = nat6::icmp(&ctx);
     count(reason, router);
+    if traced {
+        trace::finish(&ctx, action, reason, router);
+    }
     action
 }
 

@@ -11,8 +11,8 @@ use lb_common::{
     FlowKey6, FlowValue, FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, Listener6,
     LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS,
     NatKey, NatKey6, NatValue, NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES,
-    ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceState, Traffic, VIP_SLOT_COUNT,
-    VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
+    ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceRecord, TraceState, Traffic,
+    VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
 };
 
 use crate::flow_cache::{CachedFlow, CachedFlow6};
@@ -160,6 +160,12 @@ pub static TRACE: Array<TraceConfig> = Array::with_max_entries(1, 0);
 /// Each CPU's trace rate limiter and counters.
 #[map]
 pub static TRACE_STATE: PerCpuArray<TraceState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Each CPU's trace record under construction: the frame's headers as it arrived (`trace::start`, only while
+/// tracing is on), completed after the decision (`trace::finish`). A map value rather than the stack, which the
+/// program's paths need whole (IPv6 addresses take 64 bytes of a record).
+#[map]
+pub static TRACE_RECORD: PerCpuArray<TraceRecord> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static BACKEND_STATS: PerCpuArray<Traffic> = PerCpuArray::with_max_entries(MAX_BACKENDS, 0);

@@ -81,19 +81,20 @@ pub enum Command {
     /// destination, TCP flags, interface), what the XDP program did and why (the reasons of `xvip status`), the
     /// backend, the NAT port, and for a backend's reply the client it goes back to. The daemon switches its trace
     /// records on while at least one `xvip trace` is connected and off when the last one leaves; each CPU emits at
-    /// most --rate records per second, and lines starting with # say how many were held back. IPv4 only.
+    /// most --rate records per second, and lines starting with # say how many were held back. IPv4 and IPv6: a
+    /// --client or --vip of one family leaves out the other.
     /// Exit status: 0 when interrupted, 1 when no daemon answers (or it stops).
     Trace {
         /// The daemon's status socket (`control.socket` in its config).
         #[arg(long, default_value = config::DEFAULT_SOCKET)]
         socket: PathBuf,
-        /// Only flows of this client address or prefix (ADDR or ADDR/LEN; for a backend's reply through NAT, the
-        /// client it goes back to).
+        /// Only flows of this client address or prefix, IPv4 or IPv6 (ADDR or ADDR/LEN: 10.0.0.0/24,
+        /// 2001:db8::/64; for a backend's reply through NAT, the client it goes back to).
         #[arg(long, value_name = "ADDR[/LEN]")]
         client: Option<crate::trace::Prefix>,
-        /// Only frames to this VIP.
+        /// Only frames to this VIP (IPv4 or IPv6).
         #[arg(long, value_name = "ADDR")]
-        vip: Option<std::net::Ipv4Addr>,
+        vip: Option<std::net::IpAddr>,
         /// Only flows to this service port on the VIP.
         #[arg(long)]
         port: Option<u16>,
@@ -240,9 +241,23 @@ mod tests {
         };
         assert_eq!(socket, PathBuf::from(config::DEFAULT_SOCKET));
         assert_eq!(client.map(|c| c.to_string()).as_deref(), Some("10.0.0.0/24"));
-        assert_eq!((vip, port, rate, json), (Some(std::net::Ipv4Addr::new(10, 0, 0, 250)), Some(443), 5, false));
-        for bad in [["--rate", "0"], ["--rate", "1001"], ["--client", "10.0.0.1/24"]] {
-            assert!(Cli::try_parse_from(["xvip", "trace", bad[0], bad[1]]).is_err(), "{bad:?}");
+        assert_eq!((vip, port, rate, json), (Some("10.0.0.250".parse().expect("address")), Some(443), 5, false));
+        let args = ["xvip", "trace", "--client", "2001:db8::/64", "--vip", "2001:db8:77::250"];
+        let Command::Trace { client, vip, .. } = Cli::try_parse_from(args).expect("trace").command else {
+            panic!("not trace");
+        };
+        assert_eq!(client.map(|c| c.to_string()).as_deref(), Some("2001:db8::/64"));
+        assert_eq!(vip.map(|v| v.to_string()).as_deref(), Some("2001:db8:77::250"));
+        for bad in [
+            ["--rate", "0"],
+            ["--rate", "1001"],
+            ["--client", "10.0.0.1/24"],
+            ["--client", "2001:db8::1/64"],
+            ["--client", "2001:db8::/129"],
+            ["--vip", "2001:db8::/64"],
+        ] {
+            let e = Cli::try_parse_from(["xvip", "trace", bad[0], bad[1]]).expect_err(&format!("{bad:?}"));
+            assert_eq!(e.exit_code(), 2, "{bad:?}: a usage error");
         }
     }
 

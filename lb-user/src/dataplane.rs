@@ -2847,12 +2847,30 @@ mod tests {
 
     #[test]
     fn trace_messages_decode_to_records_and_anything_else_is_refused() {
-        let record = TraceRecord { from: [192, 0, 2, 7], reason: 16, action: 3, ..TraceRecord::default() };
+        let record =
+            TraceRecord { from: TraceRecord::ipv4([192, 0, 2, 7]), reason: 16, action: 3, ..TraceRecord::default() };
         let hex: String = record.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(decode_trace(&format!("decision {hex}")), Some(record));
-        assert_eq!(decode_trace(&format!("decision {}", &hex[..70])), None, "short");
-        assert_eq!(decode_trace(&format!("decision {}", &hex[..71])), None, "odd length");
-        assert_eq!(decode_trace(&format!("decision {}zz", &hex[..70])), None, "not hex");
+        // An IPv6 record: its addresses and family come back whole.
+        let client6: std::net::Ipv6Addr = "2001:db8:7::7".parse().expect("address");
+        let record6 = TraceRecord {
+            from: client6.octets(),
+            client: client6.octets(),
+            to: "2001:db8::250".parse::<std::net::Ipv6Addr>().expect("address").octets(),
+            backend: "2001:db8::11".parse::<std::net::Ipv6Addr>().expect("address").octets(),
+            backend_port: 8080u16.to_be_bytes(),
+            family: lb_common::TRACE_IPV6,
+            ..record
+        };
+        let hex6: String = record6.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        let decoded = decode_trace(&format!("decision {hex6}")).expect("an IPv6 record");
+        assert_eq!(decoded, record6);
+        assert_eq!(decoded.address(&decoded.client).to_string(), "2001:db8:7::7");
+        assert_eq!(decoded.address(&decoded.backend).to_string(), "2001:db8::11");
+        let short = 2 * lb_common::TRACE_RECORD_LEN - 2;
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..short])), None, "short");
+        assert_eq!(decode_trace(&format!("decision {}", &hex[..short + 1])), None, "odd length");
+        assert_eq!(decode_trace(&format!("decision {}zz", &hex[..short])), None, "not hex");
         assert_eq!(decode_trace(&format!("verdict {hex}")), None, "another message");
     }
 

@@ -61,7 +61,12 @@ fn run() -> ExitCode {
         },
         Command::Verify { config: path } => run_verify(&path),
         Command::Trace { socket, client, vip, port, rate, json } => {
-            run_trace(&socket, &xvip::trace::Filter { client, vip, port, rate }, json)
+            let filter = xvip::trace::Filter { client, vip, port, rate };
+            if let Err(e) = filter.check() {
+                // A usage error, as clap's own for a bad --client or --rate (exit 2).
+                xvip::cli::command().error(clap::error::ErrorKind::ArgumentConflict, e).exit();
+            }
+            run_trace(&socket, &filter, json)
         }
         Command::Status { socket, json } => {
             let Some(runtime) = current_thread_runtime() else {

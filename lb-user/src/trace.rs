@@ -14,13 +14,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     fmt::{self, Write as _},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, TRACE_MAX_RATE, TraceConfig, TraceRecord};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, TRACE_IPV4, TRACE_IPV6, TRACE_MAX_RATE, TraceConfig, TraceRecord};
 use serde::{Deserialize, Serialize};
 use tokio::{
     io::{Interest, unix::AsyncFd},
@@ -46,30 +46,67 @@ pub const TICK: Duration = Duration::from_secs(1);
 /// them).
 const NAMES_EVERY: u32 = 5;
 
-/// A client's address prefix: `10.0.0.7` or `10.0.0.0/24`.
+/// A client's address prefix: `10.0.0.7`, `10.0.0.0/24`, `2001:db8::7` or `2001:db8::/64`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct Prefix {
-    pub address: Ipv4Addr,
+    pub address: IpAddr,
     pub len: u8,
 }
 
+/// An address as the trace filter's bits: an IPv6 address as its 128 bits, an IPv4 one in the top 32 (the layout
+/// of `lb_common::trace_halves`).
+fn bits(address: IpAddr) -> u128 {
+    match address {
+        IpAddr::V4(a) => u128::from(u32::from(a)) << 96,
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+/// The address of `like`'s family whose [`bits`] are `b`.
+fn from_bits(like: IpAddr, b: u128) -> IpAddr {
+    match like {
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::from((b >> 96) as u32)),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::from(b)),
+    }
+}
+
+/// The [`bits`] a prefix of `len` bits keeps.
+fn mask(len: u8) -> u128 {
+    if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len.min(128))) }
+}
+
+/// The two words of `lb_common::trace_halves` for [`bits`].
+fn words(b: u128) -> [u64; 2] {
+    [(b >> 64) as u64, b as u64]
+}
+
+/// The trace filter's family of an address (`lb_common::TRACE_IPV4` or `TRACE_IPV6`).
+fn family(address: IpAddr) -> u8 {
+    if address.is_ipv4() { TRACE_IPV4 } else { TRACE_IPV6 }
+}
+
+/// The longest prefix of `address`'s family: 32 or 128.
+fn host_len(address: IpAddr) -> u8 {
+    if address.is_ipv4() { 32 } else { 128 }
+}
+
 impl Prefix {
-    fn mask(len: u8) -> u32 {
-        if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len.min(32))) }
+    /// Whether `address` is in the prefix (never, for an address of the other family).
+    pub fn contains(&self, address: IpAddr) -> bool {
+        address.is_ipv4() == self.address.is_ipv4() && bits(address) & mask(self.len) == bits(self.address)
     }
 
-    pub fn contains(&self, address: Ipv4Addr) -> bool {
-        u32::from(address) & Self::mask(self.len) == u32::from(self.address)
-    }
-
-    /// The longest prefix that contains both.
-    fn common(self, other: Prefix) -> Prefix {
+    /// The longest prefix that contains both (`None`: they are of different families).
+    fn common(self, other: Prefix) -> Option<Prefix> {
+        if self.address.is_ipv4() != other.address.is_ipv4() {
+            return None;
+        }
         let mut len = self.len.min(other.len);
-        while len > 0 && (u32::from(self.address) ^ u32::from(other.address)) & Self::mask(len) != 0 {
+        while len > 0 && (bits(self.address) ^ bits(other.address)) & mask(len) != 0 {
             len -= 1;
         }
-        Prefix { address: Ipv4Addr::from(u32::from(self.address) & Self::mask(len)), len }
+        Some(Prefix { address: from_bits(self.address, bits(self.address) & mask(len)), len })
     }
 }
 
@@ -77,14 +114,19 @@ impl FromStr for Prefix {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        let (address, len) = match s.split_once('/') {
-            Some((a, l)) => {
-                (a, l.parse::<u8>().ok().filter(|l| *l <= 32).ok_or(format!("{s}: a prefix length is 0..=32"))?)
-            }
-            None => (s, 32),
+        let (text, len) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
         };
-        let address: Ipv4Addr = address.parse().map_err(|_| format!("{s}: not an IPv4 address or prefix"))?;
-        let masked = Ipv4Addr::from(u32::from(address) & Self::mask(len));
+        let address: IpAddr = text.parse().map_err(|_| format!("{s}: not an IPv4 or IPv6 address or prefix"))?;
+        let most = host_len(address);
+        let len = match len {
+            Some(l) => {
+                l.parse::<u8>().ok().filter(|l| *l <= most).ok_or(format!("{s}: a prefix length is 0..={most}"))?
+            }
+            None => most,
+        };
+        let masked = from_bits(address, bits(address) & mask(len));
         if masked != address {
             return Err(format!("{s}: host bits set (the prefix is {masked}/{len})"));
         }
@@ -108,18 +150,23 @@ impl From<Prefix> for String {
 
 impl fmt::Display for Prefix {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.len == 32 { write!(f, "{}", self.address) } else { write!(f, "{}/{}", self.address, self.len) }
+        if self.len == host_len(self.address) {
+            write!(f, "{}", self.address)
+        } else {
+            write!(f, "{}/{}", self.address, self.len)
+        }
     }
 }
 
 /// What a client traces: decisions about flows of clients in `client`, to `vip`, to service port `port` (each
-/// `None`: any), at most `rate` records per second per CPU.
+/// `None`: any), at most `rate` records per second per CPU. A client prefix or VIP of one family leaves out every
+/// frame of the other; without either, both families are traced.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     #[serde(default)]
     pub client: Option<Prefix>,
     #[serde(default)]
-    pub vip: Option<Ipv4Addr>,
+    pub vip: Option<IpAddr>,
     #[serde(default)]
     pub port: Option<u16>,
     #[serde(default = "default_rate")]
@@ -142,13 +189,24 @@ impl Filter {
         if !(1..=TRACE_MAX_RATE).contains(&self.rate) {
             return Err(format!("rate {} is outside 1..={TRACE_MAX_RATE} records per second per CPU", self.rate));
         }
+        if let (Some(c), Some(v)) = (self.client, self.vip)
+            && c.address.is_ipv4() != v.is_ipv4()
+        {
+            return Err(format!("client {c} and vip {v} are of different address families: no frame matches both"));
+        }
         Ok(())
+    }
+
+    /// The family the filter keeps to (`lb_common::TRACE_IPV4` or `TRACE_IPV6`), if its client prefix or VIP
+    /// names one.
+    fn family(&self) -> Option<u8> {
+        self.client.map(|c| c.address).or(self.vip).map(family)
     }
 
     /// Whether the decision `r` is one this filter asks for.
     pub fn matches(&self, r: &TraceRecord) -> bool {
-        self.client.is_none_or(|p| p.contains(Ipv4Addr::from(r.client)))
-            && self.vip.is_none_or(|v| v.octets() == r.to)
+        self.client.is_none_or(|p| p.contains(r.address(&r.client)))
+            && self.vip.is_none_or(|v| v == r.address(&r.to))
             && self.port.is_none_or(|p| p.to_be_bytes() == r.service_port)
     }
 }
@@ -173,15 +231,17 @@ impl fmt::Display for Filter {
 }
 
 /// The switch setting that lets through everything any of `filters` asks for (the program filters coarsely, each
-/// client's own filter is applied to what comes back): the common client prefix, the VIP and port where all
-/// agree, the highest rate. `None` without filters: off.
+/// client's own filter is applied to what comes back): the family, the common client prefix, the VIP and port
+/// where all agree, the highest rate. `None` without filters: off.
 pub fn covering<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> Option<TraceConfig> {
     let mut filters = filters.into_iter();
     let first = filters.next()?;
-    let (mut client, mut vip, mut port, mut rate) = (first.client, first.vip, first.port, first.rate);
+    let (mut family, mut client, mut vip, mut port, mut rate) =
+        (first.family(), first.client, first.vip, first.port, first.rate);
     for f in filters {
+        family = family.filter(|a| f.family() == Some(*a));
         client = match (client, f.client) {
-            (Some(a), Some(b)) => Some(a.common(b)),
+            (Some(a), Some(b)) => a.common(b),
             _ => None,
         };
         vip = vip.filter(|v| f.vip == Some(*v));
@@ -189,13 +249,14 @@ pub fn covering<'a>(filters: impl IntoIterator<Item = &'a Filter>) -> Option<Tra
         rate = rate.max(f.rate);
     }
     let rate = rate.clamp(1, TRACE_MAX_RATE);
-    let client = client.unwrap_or(Prefix { address: Ipv4Addr::UNSPECIFIED, len: 0 });
+    let (client, client_mask) = client.map_or((0, 0), |c| (bits(c.address), mask(c.len)));
     Some(TraceConfig {
         interval_ns: 1_000_000_000 / u64::from(rate),
-        client: client.address.octets(),
-        client_mask: Prefix::mask(client.len).to_be_bytes(),
-        vip: vip.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
+        client: words(client),
+        client_mask: words(client_mask),
+        vip: words(vip.map_or(0, bits)),
         port: port.unwrap_or(0).to_be_bytes(),
+        family: family.unwrap_or(0),
         ..TraceConfig::default()
     })
 }
@@ -207,10 +268,11 @@ pub struct Decision {
     /// The instance and service the flow belongs to (`None`: no service on that VIP, port and protocol).
     pub instance: Option<String>,
     pub service: Option<String>,
-    /// The frame as it arrived: `address:port` (just the address for ICMP and other protocols).
+    /// The frame as it arrived: `address:port` or `[address]:port` (just the address for ICMP, ICMPv6 and other
+    /// protocols).
     pub from: String,
     pub to: String,
-    /// `tcp`, `udp`, `icmp`, or the protocol number.
+    /// `tcp`, `udp`, `icmp`, `icmpv6`, or the protocol number.
     pub protocol: String,
     /// The TCP flags set (`SYN`, `ACK`, ...); empty for other protocols.
     pub tcp_flags: Vec<String>,
@@ -313,13 +375,13 @@ fn clock(unix_ms: u64) -> String {
 
 /// The (instance, service) of each (VIP, port, protocol) of the running config.
 #[derive(Clone, Debug, Default)]
-pub struct Names(HashMap<(Ipv4Addr, u16, u8), (String, String)>);
+pub struct Names(HashMap<(IpAddr, u16, u8), (String, String)>);
 
 impl Names {
     pub fn of(config: &Config) -> Names {
         let mut names = HashMap::new();
         for instance in &config.instances {
-            for address in instance.vip.ipv4() {
+            for &address in &instance.vip.addresses {
                 for service in &instance.services {
                     names.insert(
                         (address, service.port, service.protocol.ip_number()),
@@ -335,10 +397,11 @@ impl Names {
     pub fn decision(&self, r: &TraceRecord, time_unix_ms: u64, interface: String) -> Decision {
         let port = u16::from_be_bytes;
         let ported = r.protocol == PROTO_TCP || r.protocol == PROTO_UDP;
-        let endpoint = |a: [u8; 4], p: [u8; 2]| {
-            if ported { format!("{}:{}", Ipv4Addr::from(a), port(p)) } else { Ipv4Addr::from(a).to_string() }
+        let endpoint = |a: &[u8; 16], p: [u8; 2]| {
+            let address = r.address(a);
+            if ported { SocketAddr::new(address, port(p)).to_string() } else { address.to_string() }
         };
-        let names = self.0.get(&(Ipv4Addr::from(r.to), port(r.service_port), r.protocol));
+        let names = self.0.get(&(r.address(&r.to), port(r.service_port), r.protocol));
         let reason = Reason::ALL
             .get(usize::from(r.reason))
             .map_or_else(|| format!("reason {}", r.reason), |r| r.name().to_string());
@@ -346,18 +409,19 @@ impl Names {
             time_unix_ms,
             instance: names.map(|n| n.0.clone()),
             service: names.map(|n| n.1.clone()),
-            from: endpoint(r.from, r.from_port),
-            to: endpoint(r.to, r.to_port),
+            from: endpoint(&r.from, r.from_port),
+            to: endpoint(&r.to, r.to_port),
             protocol: match r.protocol {
                 PROTO_TCP => "tcp".into(),
                 PROTO_UDP => "udp".into(),
                 1 => "icmp".into(),
+                58 => "icmpv6".into(),
                 p => p.to_string(),
             },
             tcp_flags: if r.protocol == PROTO_TCP { flags(r.tcp_flags) } else { Vec::new() },
-            client: endpoint(r.client, r.client_port),
-            vip: endpoint(r.to, r.service_port),
-            backend: (r.backend != [0; 4]).then(|| endpoint(r.backend, r.backend_port)),
+            client: endpoint(&r.client, r.client_port),
+            vip: endpoint(&r.to, r.service_port),
+            backend: (r.backend != [0; 16]).then(|| endpoint(&r.backend, r.backend_port)),
             nat_port: (r.nat_port != [0; 2]).then(|| port(r.nat_port)),
             reason,
             action: match r.action {

@@ -1,10 +1,11 @@
 //! `xvip trace` end to end in a netns lab: the decisions of requests through the VIP (NAT) name the service and the
-//! backend that answered, with their NAT ports; a client's filter keeps other clients' flows out; the data plane's
-//! switch is on exactly while a trace client is connected, and a crashed daemon's successor starts with it off.
-//! The switch is read from the kernel: the `TRACE` map of the program attached to the node's interface. Needs
-//! root.
+//! backend that answered, with their NAT ports, over IPv4 and over IPv6; a client's filter keeps other clients'
+//! flows out, and a filter of one family the other family's; the data plane's switch is on exactly while a trace
+//! client is connected, and a crashed daemon's successor starts with it off. The switch is read from the kernel:
+//! the `TRACE` map of the program attached to the node's interface. Needs root.
 use std::{
     collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
@@ -12,8 +13,8 @@ use serde_json::Value;
 use xvip::trace::{Decision, Event};
 use xvip_tests::{
     ChildGuard, Lab, LabSpec,
-    cmd::{exec_in, run_args},
-    probe,
+    cmd::{self, exec_in, run_args},
+    ipv6, probe,
     xvip::{NodeSpec, ServiceSpec, XvipNode, binary},
 };
 
@@ -112,6 +113,37 @@ fn replied(syn: &Decision, replies: &[Decision]) -> bool {
     replies.iter().any(|r| r.client == syn.from && r.backend == syn.backend && r.nat_port == syn.nat_port)
 }
 
+fn decisions(child: &ChildGuard) -> Vec<Decision> {
+    events(child)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Decision(d) => Some(*d),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The SYNs `child` traced through the NAT (by client `address:port`) and the backends' replies, once it has
+/// `requests` SYNs, each with its reply (or after 5 s).
+fn nat_syns_and_replies(child: &ChildGuard, requests: usize) -> (BTreeMap<String, Decision>, Vec<Decision>) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let decisions = decisions(child);
+        let syns: BTreeMap<String, _> = decisions
+            .iter()
+            .filter(|d| d.reason == "nat_forward_tx" && d.tcp_flags == ["SYN"])
+            .map(|d| (d.from.clone(), d.clone()))
+            .collect();
+        let replies: Vec<_> = decisions.iter().filter(|d| d.reason == "nat_reply_tx").cloned().collect();
+        // A SYN's record can reach the client before its reply's (they may come from different CPUs): wait for both.
+        let answered = syns.values().all(|syn| replied(syn, &replies));
+        if (syns.len() >= requests && answered) || Instant::now() > deadline {
+            return (syns, replies);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn wait_switch(lab: &Lab, node: &XvipNode, on: u32, within: Duration) {
     let deadline = Instant::now() + within;
     while switch(lab, node) != on {
@@ -136,28 +168,7 @@ fn trace_names_the_service_and_backend_of_each_request_and_switches_off_when_the
 
     // Every request's SYN, translated to a backend: as many per backend as that backend answered.
     let names: BTreeMap<String, String> = lab.backends().iter().map(|b| (b.ip.to_string(), b.name.clone())).collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (syns, replies) = loop {
-        let decisions: Vec<_> = events(&mine)
-            .into_iter()
-            .filter_map(|e| match e {
-                Event::Decision(d) => Some(*d),
-                _ => None,
-            })
-            .collect();
-        let syns: BTreeMap<String, _> = decisions
-            .iter()
-            .filter(|d| d.reason == "nat_forward_tx" && d.tcp_flags == ["SYN"])
-            .map(|d| (d.from.clone(), d.clone()))
-            .collect();
-        let replies: Vec<_> = decisions.iter().filter(|d| d.reason == "nat_reply_tx").cloned().collect();
-        // A SYN's record can reach the client before its reply's (they may come from different CPUs): wait for both.
-        let answered = syns.values().all(|syn| replied(syn, &replies));
-        if (syns.len() >= REQUESTS && answered) || Instant::now() > deadline {
-            break (syns, replies);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let (syns, replies) = nat_syns_and_replies(&mine, REQUESTS);
     assert_eq!(syns.len(), REQUESTS, "one SYN per request:\n{}", mine.log());
     let mut traced: BTreeMap<String, usize> = BTreeMap::new();
     for d in syns.values() {
@@ -173,11 +184,7 @@ fn trace_names_the_service_and_backend_of_each_request_and_switches_off_when_the
     assert_eq!(traced, tally.per_backend, "the traced backends are the ones that answered");
     // The backends' answers come back to this client, through the NAT ports of its SYNs.
     for syn in syns.values() {
-        assert!(
-            replied(syn, &replies),
-            "no reply traced for {syn:?}:\n{}",
-            mine.log()
-        );
+        assert!(replied(syn, &replies), "no reply traced for {syn:?}:\n{}", mine.log());
     }
     assert!(
         !events(&others).iter().any(|e| matches!(e, Event::Decision(_))),
@@ -230,4 +237,97 @@ fn trace_without_a_daemon_exits_1_and_says_why() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("no xvip daemon answers on /nonexistent/xvip.sock"), "{text}");
+}
+
+/// The IPv6 VIP of the dual-stack lab; the client is `fd00:77::10`, backend N `fd00:77::2N`.
+fn vip6() -> Ipv6Addr {
+    ipv6::address(0x250)
+}
+
+/// The NAT lab with IPv6 on the client, node1 (forwarding on, for the FIB lookups of replies) and the backends,
+/// which serve both families.
+fn dual_stack_lab() -> Lab {
+    let lab = lab();
+    ipv6::enable(lab.client(), 0x10).expect("IPv6 on the client");
+    ipv6::enable(lab.node(1), 1).expect("IPv6 on node1");
+    cmd::exec_in(&lab.node(1).ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]).expect("forwarding");
+    for n in 1..=lab.backends().len() {
+        ipv6::enable(lab.backend(n), 0x20 + n as u16).expect("IPv6 on a backend");
+        lab.start_backend_listening(n, &[BACKEND_PORT], true).expect("lab-backend");
+    }
+    lab
+}
+
+/// node1, active, with the IPv4 VIP and `vip6()`, and the NAT web service over the IPv4 backends and the IPv6
+/// ones, answering through both VIPs.
+fn start_dual_stack(lab: &Lab) -> XvipNode {
+    let mut service = ServiceSpec::http(lab, SERVICE_PORT, BACKEND_PORT, "nat");
+    let backends6 = (1..=lab.backends().len()).map(|n| (IpAddr::V6(ipv6::address(0x20 + n as u16)), BACKEND_PORT));
+    service.backends.extend(backends6);
+    let node = lab.start_xvip(lab.node(1), &NodeSpec { vip6: vec![vip6()], ..web().service(service) }).expect("node1");
+    node.wait_role("active", Duration::from_secs(5)).expect("active");
+    node.wait_all_healthy(Duration::from_secs(10)).expect("every backend healthy");
+    for target in [lab.vip_addr(SERVICE_PORT), SocketAddr::new(vip6().into(), SERVICE_PORT)] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while probe::http_get(&lab.client().ns, target, "/", Duration::from_millis(500)).is_err() {
+            assert!(Instant::now() < deadline, "the service never answered through {target}:\n{}", node.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    node
+}
+
+/// Whether `endpoint` (`address:port`, `[address]:port` or an address) is IPv6.
+fn is_ipv6(endpoint: &str) -> bool {
+    endpoint.starts_with('[') || endpoint.parse::<Ipv6Addr>().is_ok()
+}
+
+#[test]
+fn ipv6_requests_are_traced_with_their_backends_and_replies_and_each_family_keeps_to_its_filter() {
+    let lab = dual_stack_lab();
+    let node = start_dual_stack(&lab);
+    let v6 = trace(&lab, &node, &["--client", "fd00:77::/64", "--rate", "1000"]);
+    let v6_vip = trace(&lab, &node, &["--vip", &vip6().to_string(), "--rate", "1000"]);
+    let v4 = trace(&lab, &node, &["--client", &lab.client().ip.to_string(), "--rate", "1000"]);
+
+    let target6 = SocketAddr::new(vip6().into(), SERVICE_PORT);
+    let tally6 = lab.request_many(target6, REQUESTS).expect("IPv6 requests");
+    assert_eq!(tally6.successes(), REQUESTS, "{tally6:?}");
+    let tally4 = lab.request_many(lab.vip_addr(SERVICE_PORT), REQUESTS).expect("IPv4 requests");
+    assert_eq!(tally4.successes(), REQUESTS, "{tally4:?}");
+
+    // Every IPv6 request's SYN, translated to an IPv6 backend: as many per backend as that backend answered, each
+    // with the backend's reply traced back to its client.
+    let names: BTreeMap<String, String> = (1..=lab.backends().len())
+        .map(|n| (ipv6::address(0x20 + n as u16).to_string(), lab.backend(n).name.clone()))
+        .collect();
+    let (syns, replies) = nat_syns_and_replies(&v6, REQUESTS);
+    assert_eq!(syns.len(), REQUESTS, "one SYN per IPv6 request:\n{}", v6.log());
+    let mut traced: BTreeMap<String, usize> = BTreeMap::new();
+    for d in syns.values() {
+        assert_eq!((d.instance.as_deref(), d.service.as_deref()), (Some("default"), Some("web")), "{d:?}");
+        assert_eq!((d.to.as_str(), d.vip.as_str()), (target6.to_string().as_str(), target6.to_string().as_str()));
+        assert!(d.from.starts_with("[fd00:77::10]:"), "{d:?}");
+        assert!(d.nat_port.is_some(), "NAT names its port: {d:?}");
+        let backend: SocketAddr = d.backend.as_deref().expect("a backend").parse().expect("[address]:port");
+        assert_eq!(backend.port(), BACKEND_PORT);
+        let address = backend.ip().to_string();
+        *traced.entry(names.get(&address).cloned().unwrap_or(address)).or_default() += 1;
+        assert!(replied(d, &replies), "no reply traced for {d:?}:\n{}", v6.log());
+    }
+    assert_eq!(traced, tally6.per_backend, "the traced backends are the ones that answered");
+
+    // The IPv4 client's requests: traced for the IPv4 filter, and for neither IPv6 one.
+    let (syns4, _) = nat_syns_and_replies(&v4, REQUESTS);
+    assert_eq!(syns4.len(), REQUESTS, "one SYN per IPv4 request:\n{}", v4.log());
+    let six = decisions(&v6_vip);
+    assert!(
+        six.iter().any(|d| d.reason == "nat_forward_tx"),
+        "the VIP filter sees the IPv6 requests:\n{}",
+        v6_vip.log()
+    );
+    for (name, child, ipv6) in [("IPv6 client", &v6, true), ("IPv6 VIP", &v6_vip, true), ("IPv4 client", &v4, false)] {
+        let stray: Vec<_> = decisions(child).into_iter().filter(|d| is_ipv6(&d.from) != ipv6).collect();
+        assert!(stray.is_empty(), "the {name} filter got the other family's decisions: {stray:?}");
+    }
 }

@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use anyhow::{Context, Result, bail};
-use lb_common::{FORWARD_DSR, FORWARD_NAT, PROTO_TCP, Reason, TraceConfig, group_seed, names};
+use lb_common::{
+    FORWARD_DSR, FORWARD_NAT, PROTO_TCP, Reason, TRACE_IPV4, TraceConfig, group_seed, names, trace_halves4,
+};
 use serde_json::{Value, json};
 use xvip::dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceSpec};
 
@@ -785,8 +787,9 @@ fn trace_cost(options: &Options, rounds: usize, dp: &mut DataPlane) -> Result<(S
     }
     // Filters: one these frames miss (another client), and one they match at 1 record per second.
     let elsewhere = TraceConfig {
-        client: [10, 99, 0, 0],
-        client_mask: [255, 255, 0, 0],
+        client: [trace_halves4([10, 99, 0, 0]).0, 0],
+        client_mask: [trace_halves4([255, 255, 0, 0]).0, 0],
+        family: TRACE_IPV4,
         interval_ns: 1_000_000_000 / 100,
         ..TraceConfig::default()
     };
