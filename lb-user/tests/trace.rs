@@ -458,3 +458,26 @@ fn a_filter_of_one_family_leaves_out_the_others_frames_and_none_takes_both() {
     assert_eq!(trace.read(), Vec::new(), "a solicitation to a multicast group");
     assert_eq!(trace.malformed(), 0);
 }
+
+#[test]
+fn the_rate_limit_holds_ipv6_records_too() {
+    let (mut dp, mut trace) = dual_stack();
+    // A pinned IPv6 DSR flow: only the MACs change, so one BPF_PROG_TEST_RUN call runs it many times.
+    run(&mut dp, &client6_tcp(46000, DSR_PORT, TCP_SYN), XDP_TX, Reason::ForwardTx);
+    let rate = 10;
+    trace.set(Some(TraceConfig { family: TRACE_IPV6, ..everything(rate) })).expect("on");
+    let repeat = 1000;
+    let started = Instant::now();
+    let ack = client6_tcp(46000, DSR_PORT, TCP_ACK | TCP_PSH);
+    let out = dp.test_run_with(names::PROGRAM, &ack, repeat, Some(lan())).expect("test_run");
+    let elapsed_ns = started.elapsed().as_nanos() as u64;
+    assert_eq!(out.action, XDP_TX);
+    let counters = trace.counters().expect("counters");
+    let burst = TRACE_BURST_NS * rate / 1_000_000_000;
+    let most = burst + elapsed_ns * rate / 1_000_000_000;
+    assert!((burst..=most).contains(&counters.emitted), "{counters:?}, {elapsed_ns} ns");
+    assert_eq!(counters.emitted + counters.suppressed, u64::from(repeat), "{counters:?}");
+    let records = trace.read();
+    assert_eq!(records.len() as u64, counters.emitted, "every emitted record arrives");
+    assert!(records.iter().all(|r| r.family == TRACE_IPV6 && r.from == CLIENT6.octets()), "{records:?}");
+}

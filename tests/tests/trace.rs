@@ -331,3 +331,29 @@ fn ipv6_requests_are_traced_with_their_backends_and_replies_and_each_family_keep
         assert!(stray.is_empty(), "the {name} filter got the other family's decisions: {stray:?}");
     }
 }
+
+#[test]
+fn bad_filters_are_usage_errors() {
+    for (args, says) in [
+        (["--client", "2001:db8::1/64"], "host bits set (the prefix is 2001:db8::/64)"),
+        (["--client", "2001:db8::/129"], "a prefix length is 0..=128"),
+        (["--vip", "2001:db8::/64"], "--vip"),
+    ] {
+        let out = std::process::Command::new(binary().expect("xvip binary"))
+            .arg("trace")
+            .args(args)
+            .output()
+            .expect("run xvip trace");
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {text}");
+        assert!(text.contains(says), "{args:?}: {text}");
+    }
+    // A client and a VIP of different families match nothing: refused before any daemon is asked.
+    let out = std::process::Command::new(binary().expect("xvip binary"))
+        .args(["trace", "--client", "2001:db8::/64", "--vip", "10.0.0.250", "--socket", "/nonexistent/xvip.sock"])
+        .output()
+        .expect("run xvip trace");
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("different address families"), "{text}");
+}
