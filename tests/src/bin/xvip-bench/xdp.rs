@@ -44,11 +44,14 @@ const FRESH_TOLERATED: f64 = 0.1;
 
 /// What the trace hook may cost while off, above the same path without it.
 const TRACE_OFF_TARGET_NS: f64 = 5.0;
-/// The paths [`trace_cost`] measures (names in [`paths`]): the shortest, a drop at the VIP, a forwarded packet.
-const TRACE_PATHS: [&str; 3] = [
+/// The paths [`trace_cost`] measures (names in [`paths`]): the shortest, a drop at the VIP, a forwarded packet;
+/// the last two over IPv6.
+const TRACE_PATHS: [&str; 5] = [
     "frame to another address -> kernel",
     "TCP to the VIP, port without a service -> dropped (one SERVICES miss)",
     "DSR, pinned flow (ACK: conntrack hit)",
+    "IPv6 TCP to the VIP, port without a service -> dropped (one SERVICES6 miss)",
+    "IPv6 DSR, pinned flow (ACK: conntrack hit)",
 ];
 
 /// The default target: a path within 50 ns of the baseline. The NAT paths have their own (see `paths`).
@@ -777,7 +780,8 @@ fn trace_cost(options: &Options, rounds: usize, dp: &mut DataPlane) -> Result<(S
     pruned.set_active(true)?;
     let sizes = (pruned.translated_size(names::PROGRAM)?, dp.translated_size(names::PROGRAM)?);
     let mut trace = dp.trace().context("the trace handle")?;
-    let specs: Vec<PathSpec> = paths().into_iter().filter(|p| TRACE_PATHS.contains(&p.name)).collect();
+    let specs: Vec<PathSpec> =
+        paths().into_iter().chain(ipv6_paths()).filter(|p| TRACE_PATHS.contains(&p.name)).collect();
     let mut frames = Vec::new();
     for spec in &specs {
         (spec.prepare)(&mut pruned)?;
