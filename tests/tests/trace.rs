@@ -173,11 +173,7 @@ fn trace_names_the_service_and_backend_of_each_request_and_switches_off_when_the
     assert_eq!(traced, tally.per_backend, "the traced backends are the ones that answered");
     // The backends' answers come back to this client, through the NAT ports of its SYNs.
     for syn in syns.values() {
-        assert!(
-            replied(syn, &replies),
-            "no reply traced for {syn:?}:\n{}",
-            mine.log()
-        );
+        assert!(replied(syn, &replies), "no reply traced for {syn:?}:\n{}", mine.log());
     }
     assert!(
         !events(&others).iter().any(|e| matches!(e, Event::Decision(_))),
