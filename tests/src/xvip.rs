@@ -51,6 +51,8 @@ pub struct NodeSpec {
     pub unicast_peers6: Vec<Ipv6Addr>,
     /// An IPv6 `source_address`.
     pub source_address6: Option<Ipv6Addr>,
+    /// Run this xvip binary instead of [`binary()`]'s (an older build, for a comparison in the same lab).
+    pub binary: Option<PathBuf>,
 }
 
 /// One VRRP instance of a node written in the list form.
@@ -126,6 +128,7 @@ impl NodeSpec {
             vip4: true,
             unicast_peers6: Vec::new(),
             source_address6: None,
+            binary: None,
         }
     }
 
@@ -306,6 +309,10 @@ impl Lab {
     pub fn start_xvip(&self, node: &Host, spec: &NodeSpec) -> Result<XvipNode> {
         let mut socket = self.dir().join(format!("{}.sock", node.name));
         let config_path = self.dir().join(format!("{}.toml", node.name));
+        let binary = match &spec.binary {
+            Some(path) => path.clone(),
+            None => binary()?,
+        };
         let mut argv: Vec<String> = Vec::new();
         if spec.mount_cgroup2 {
             // `exec` keeps the pid, so the guarded pid is still the daemon's.
@@ -326,10 +333,10 @@ impl Lab {
             argv.extend(user.setpriv());
             // The build tree may sit where the user cannot reach (a checkout under /root): run a copy from here.
             let copy = dir.join("xvip");
-            std::fs::copy(binary()?, &copy).with_context(|| format!("copying xvip to {}", copy.display()))?;
+            std::fs::copy(&binary, &copy).with_context(|| format!("copying xvip to {}", copy.display()))?;
             argv.push(copy.to_string_lossy().into_owned());
         } else {
-            argv.push(binary()?.to_string_lossy().into_owned());
+            argv.push(binary.to_string_lossy().into_owned());
         }
         std::fs::write(&config_path, config(self, node, spec, &socket))
             .with_context(|| format!("writing {}", config_path.display()))?;

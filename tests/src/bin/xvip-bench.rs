@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! xvip-bench [xdp|maglev|failover|e2e|memory ...] [--rounds N] [--repeat N] [--shots N] [--compare OBJ]
-//!            [--trials N] [--intervals MS,MS] [--duration S] [--out DIR] [--no-doc]
+//!            [--trials N] [--intervals MS,MS] [--duration S] [--compare-xvip BIN [--compare-label TEXT]]
+//!            [--out DIR] [--no-doc]
 //! ```
 //! Without a benchmark name it runs all of them, in that order. Each prints a markdown table on stdout, writes
 //! `target/bench/<name>.json` and replaces its section of `BENCHMARKS.md` at the workspace root.
@@ -59,6 +60,12 @@ OPTIONS:
   --trials N        failover: trials per case (default 3)
   --intervals LIST  failover: advert intervals in ms, comma separated (default 1000,100)
   --duration S      e2e: seconds per wrk run (default 5)
+  --compare-xvip BIN
+                    e2e: also measure the xvip binary BIN (an older build, with its own eBPF object) on the DSR
+                    and NAT paths, right next to this build's in every round (the order alternating), as rows
+                    \"xvip DSR (older: LABEL)\" and \"xvip NAT (older: LABEL)\"
+  --compare-label TEXT
+                    e2e: what BIN is, for those rows (a commit, say; default: BIN's file name)
   --out DIR         where the JSON goes (default <workspace>/target/bench)
   --no-doc          do not update BENCHMARKS.md
 ";
@@ -77,6 +84,10 @@ pub struct Options {
     pub trials: usize,
     pub intervals: Vec<u32>,
     pub duration: u32,
+    /// e2e: an older xvip binary whose DSR and NAT rows are measured next to this build's.
+    pub compare_xvip: Option<PathBuf>,
+    /// e2e: what `compare_xvip` is (`None`: its file name).
+    pub compare_label: Option<String>,
     pub out: PathBuf,
     pub doc: bool,
     /// The command line, for the report's "reproduce" line.
@@ -84,7 +95,11 @@ pub struct Options {
 }
 
 fn parse_args() -> Result<Options> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    parse(std::env::args().skip(1).collect())
+}
+
+/// The options of a command line (without the program name).
+fn parse(args: Vec<String>) -> Result<Options> {
     let mut o = Options {
         benches: Vec::new(),
         rounds: None,
@@ -95,6 +110,8 @@ fn parse_args() -> Result<Options> {
         trials: 3,
         intervals: vec![1000, 100],
         duration: 5,
+        compare_xvip: None,
+        compare_label: None,
         out: report::workspace_root().join("target/bench"),
         doc: true,
         command: format!("cargo xtask bench {}", args.join(" ")).trim_end().to_string(),
@@ -123,12 +140,25 @@ fn parse_args() -> Result<Options> {
                     .map(|s| number::<u32>(s.trim(), "--intervals"))
                     .collect::<Result<_>>()?;
             }
+            "--compare-xvip" => o.compare_xvip = Some(PathBuf::from(value("--compare-xvip")?)),
+            "--compare-label" => o.compare_label = Some(value("--compare-label")?),
             "--out" => o.out = PathBuf::from(value("--out")?),
             "--no-doc" => o.doc = false,
             "all" => o.benches.extend(ALL.iter().map(|s| s.to_string())),
             name if ALL.contains(&name) => o.benches.push(name.to_string()),
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
+    }
+    match (&o.compare_xvip, &o.compare_label) {
+        (None, Some(_)) => bail!("--compare-label names the binary of --compare-xvip, which is missing\n{USAGE}"),
+        (Some(bin), _) if !bin.is_file() => {
+            bail!(
+                "--compare-xvip: no xvip binary at {} (build it with `cargo xtask build` in a checkout of the older commit)",
+                bin.display()
+            )
+        }
+        (_, Some(label)) if label.trim().is_empty() => bail!("--compare-label must not be empty"),
+        _ => {}
     }
     if o.benches.is_empty() {
         o.benches = ALL.iter().map(|s| s.to_string()).collect();
@@ -196,5 +226,46 @@ fn main() {
     if !failed.is_empty() {
         eprintln!("[bench] failed: {}", failed.join(", "));
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(words: &[&str]) -> Vec<String> {
+        words.iter().map(|w| w.to_string()).collect()
+    }
+
+    fn error(words: &[&str]) -> String {
+        format!("{:#}", parse(args(words)).expect_err("refused"))
+    }
+
+    #[test]
+    fn compare_xvip_takes_a_binary_and_a_label() {
+        let plain = parse(args(&["e2e"])).expect("parses");
+        assert_eq!((plain.compare_xvip, plain.compare_label), (None, None));
+        let exe = std::env::current_exe().expect("the test binary");
+        let exe_text = exe.to_string_lossy().into_owned();
+        let o = parse(args(&["e2e", "--compare-xvip", &exe_text, "--compare-label", "ed5542d"])).expect("parses");
+        assert_eq!(o.compare_xvip, Some(exe.clone()));
+        assert_eq!(o.compare_label.as_deref(), Some("ed5542d"));
+        assert!(o.doc, "the e2e section is still written");
+        let o = parse(args(&["--compare-xvip", &exe_text])).expect("parses");
+        assert_eq!((o.compare_xvip, o.compare_label), (Some(exe), None));
+    }
+
+    #[test]
+    fn compare_xvip_errors_are_clear() {
+        assert!(error(&["e2e", "--compare-xvip"]).starts_with("--compare-xvip needs a value"));
+        assert!(
+            error(&["e2e", "--compare-label", "old"]).starts_with("--compare-label names the binary of --compare-xvip")
+        );
+        let missing = error(&["e2e", "--compare-xvip", "/nonexistent/xvip-old"]);
+        assert!(missing.starts_with("--compare-xvip: no xvip binary at /nonexistent/xvip-old"), "{missing}");
+        let exe = std::env::current_exe().expect("the test binary").to_string_lossy().into_owned();
+        assert!(
+            error(&["--compare-xvip", &exe, "--compare-label", " "]).starts_with("--compare-label must not be empty")
+        );
     }
 }

@@ -8,6 +8,9 @@
 //! its stack by XDP, replies translated by the egress program); and from a client on node2 itself, straight to
 //! backend1 and through the VIP by the socket load balancer (to backend1 only). Each round sets every path up,
 //! runs `wrk` keep-alive and `Connection: close`, and tears it down again, in a rotating order.
+//!
+//! `--compare-xvip BIN` adds an older xvip binary's DSR and NAT rows (it embeds its own eBPF object), measured
+//! with the same lab and config right next to this build's in every round, the two in alternating order.
 use std::fmt::Write as _;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -38,7 +41,11 @@ const CONNECTIONS: &str = "32";
 enum Path {
     Direct,
     XvipDsr,
+    /// xvip DSR run by the older binary of `--compare-xvip`.
+    XvipDsrOlder,
     XvipNat,
+    /// xvip NAT run by the older binary of `--compare-xvip`.
+    XvipNatOlder,
     NginxStream,
     Haproxy,
     Nftables,
@@ -53,10 +60,13 @@ enum Path {
 }
 
 impl Path {
-    const ALL: [Path; 10] = [
+    /// Every path in the table's order (an older build's row right after this build's).
+    const ALL: [Path; 12] = [
         Path::Direct,
         Path::XvipDsr,
+        Path::XvipDsrOlder,
         Path::XvipNat,
+        Path::XvipNatOlder,
         Path::NginxStream,
         Path::Haproxy,
         Path::Nftables,
@@ -70,7 +80,9 @@ impl Path {
         match self {
             Path::Direct => "straight to one backend (no LB)",
             Path::XvipDsr => "xvip DSR (node2)",
+            Path::XvipDsrOlder => "xvip DSR (node2), older build",
             Path::XvipNat => "xvip NAT (node2)",
+            Path::XvipNatOlder => "xvip NAT (node2), older build",
             Path::NginxStream => "nginx stream proxy (node1)",
             Path::Haproxy => "haproxy `mode tcp`, roundrobin (node1)",
             Path::Nftables => "nftables DNAT jhash + masquerade (node1)",
@@ -85,7 +97,9 @@ impl Path {
         match self {
             Path::Direct => "direct",
             Path::XvipDsr => "xvip_dsr",
+            Path::XvipDsrOlder => "xvip_dsr_older",
             Path::XvipNat => "xvip_nat",
+            Path::XvipNatOlder => "xvip_nat_older",
             Path::NginxStream => "nginx_stream",
             Path::Haproxy => "haproxy",
             Path::Nftables => "nftables",
@@ -94,6 +108,71 @@ impl Path {
             Path::NodeDirect => "node_direct",
             Path::NodeSocketLb => "node_socket_lb",
         }
+    }
+
+    /// The path's row in the table; `label` says what the older binary is.
+    fn row_name(self, label: &str) -> String {
+        match self {
+            Path::XvipDsrOlder => format!("xvip DSR (older: {label})"),
+            Path::XvipNatOlder => format!("xvip NAT (older: {label})"),
+            _ => self.name().to_string(),
+        }
+    }
+
+    /// For an older build's path, this build's path that it is compared with.
+    fn counterpart(self) -> Option<Path> {
+        match self {
+            Path::XvipDsrOlder => Some(Path::XvipDsr),
+            Path::XvipNatOlder => Some(Path::XvipNat),
+            _ => None,
+        }
+    }
+
+    /// The paths measured: all, or all but the older build's without `--compare-xvip`.
+    fn measured(compare: bool) -> Vec<Path> {
+        Path::ALL.into_iter().filter(|p| compare || p.counterpart().is_none()).collect()
+    }
+}
+
+/// The order of round `round` over `paths`: rotated by the round, so no path always runs right after the same other
+/// one. An older build's path stays right next to this build's, after it in even rounds and before it in odd
+/// ones, so drift over a round hits both alike.
+fn schedule(paths: &[Path], round: usize) -> Vec<Path> {
+    let mut slots: Vec<Vec<Path>> = Vec::new();
+    for &path in paths {
+        match slots.last_mut() {
+            Some(slot) if path.counterpart().is_some() && path.counterpart() == slot.first().copied() => {
+                slot.push(path)
+            }
+            _ => slots.push(vec![path]),
+        }
+    }
+    let n = slots.len();
+    (0..n)
+        .flat_map(|k| {
+            let mut slot = slots[(k + round) % n].clone();
+            if round % 2 == 1 {
+                slot.reverse();
+            }
+            slot
+        })
+        .collect()
+}
+
+/// `--compare-xvip`: the older xvip binary and what it is.
+#[derive(Clone, Debug)]
+struct Older {
+    binary: PathBuf,
+    label: String,
+}
+
+impl Older {
+    fn of(options: &Options) -> Option<Older> {
+        let binary = options.compare_xvip.clone()?;
+        let label = options.compare_label.clone().unwrap_or_else(|| {
+            binary.file_name().map_or_else(|| binary.display().to_string(), |n| n.to_string_lossy().into_owned())
+        });
+        Some(Older { binary, label })
     }
 }
 
@@ -144,6 +223,9 @@ impl Running {
 
 pub fn run(options: &Options) -> Result<Section> {
     let rounds = options.rounds.unwrap_or(3);
+    let older = Older::of(options);
+    let paths = Path::measured(older.is_some());
+    let label = older.as_ref().map_or("", |o| o.label.as_str());
     for tool in ["wrk", "nginx", "haproxy", "nft"] {
         if which(tool).is_none() {
             bail!("{tool} is not installed (`cargo xtask setup` installs it)");
@@ -156,25 +238,27 @@ pub fn run(options: &Options) -> Result<Section> {
         .map(|b| backend_nginx(&lab, b, &lab.client().ns))
         .collect::<Result<_>>()
         .context("backend nginx")?;
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); Path::ALL.len()];
-    let mut unavailable: Vec<Option<String>> = vec![None; Path::ALL.len()];
-    let mut errors: Vec<Vec<String>> = vec![Vec::new(); Path::ALL.len()];
+    if let Some(older) = &older {
+        check_older(&lab, older)?;
+    }
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); paths.len()];
+    let mut unavailable: Vec<Option<String>> = vec![None; paths.len()];
+    let mut errors: Vec<Vec<String>> = vec![Vec::new(); paths.len()];
     for round in 0..rounds {
-        for k in 0..Path::ALL.len() {
-            // Rotate the order so no path always runs right after the same other one.
-            let i = (k + round) % Path::ALL.len();
-            let path = Path::ALL[i];
+        for path in schedule(&paths, round) {
+            let i = paths.iter().position(|p| *p == path).context("a scheduled path is measured")?;
             if unavailable[i].is_some() {
                 continue;
             }
             let started = Instant::now();
-            match measure(&lab, path, options.duration) {
+            let binary = older.as_ref().filter(|_| path.counterpart().is_some()).map(|o| o.binary.clone());
+            match measure(&lab, path, binary, options.duration) {
                 Ok(Measured::Sample(s)) => {
                     eprintln!(
                         "[bench] e2e round {}/{rounds}: {}: {:.0} req/s keep-alive (p99 {:.2} ms), {:.0} conn/s \
                          close (p99 {:.2} ms), {} errors ({:.1} s)",
                         round + 1,
-                        path.name(),
+                        path.row_name(label),
                         s.keepalive.requests_per_sec,
                         s.keepalive.p99_ms,
                         s.close.requests_per_sec,
@@ -185,17 +269,17 @@ pub fn run(options: &Options) -> Result<Section> {
                     samples[i].push(s);
                 }
                 Ok(Measured::Unavailable(why)) => {
-                    eprintln!("[bench] e2e: {}: n/a: {why}", path.name());
+                    eprintln!("[bench] e2e: {}: n/a: {why}", path.row_name(label));
                     unavailable[i] = Some(why);
                 }
                 Err(e) => {
-                    eprintln!("[bench] e2e round {}/{rounds}: {}: failed: {e:#}", round + 1, path.name());
+                    eprintln!("[bench] e2e round {}/{rounds}: {}: failed: {e:#}", round + 1, path.row_name(label));
                     errors[i].push(format!("{e:#}"));
                 }
             }
         }
     }
-    Ok(section(options, rounds, &samples, &unavailable, &errors))
+    Ok(section(options, rounds, older.as_ref(), &paths, &samples, &unavailable, &errors))
 }
 
 enum Measured {
@@ -204,8 +288,9 @@ enum Measured {
     Unavailable(String),
 }
 
-fn measure(lab: &Lab, path: Path, seconds: u32) -> Result<Measured> {
-    let running = match setup(lab, path) {
+/// Measures `path`; `binary`: the xvip binary that runs it, when not this build's.
+fn measure(lab: &Lab, path: Path, binary: Option<PathBuf>, seconds: u32) -> Result<Measured> {
+    let running = match setup(lab, path, binary) {
         Ok(Some(r)) => r,
         Ok(None) => {
             return Ok(Measured::Unavailable(format!(
@@ -226,17 +311,19 @@ fn measure(lab: &Lab, path: Path, seconds: u32) -> Result<Measured> {
 }
 
 /// Sets a path up and waits until it answers; `None` when xvip NAT does not answer (not implemented yet).
-fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
+/// `binary`: the xvip binary for the xvip DSR and NAT paths (`None`: this build's).
+fn setup(lab: &Lab, path: Path, binary: Option<PathBuf>) -> Result<Option<Running>> {
     let node1 = lab.node(1).clone();
     let backends: Vec<Ipv4Addr> = lab.backends().iter().map(|b| b.ip).collect();
     let running = match path {
         Path::Direct => Running::new(lab, url(lab.backend(1).ip, HTTP_PORT)),
-        Path::XvipDsr => {
+        Path::XvipDsr | Path::XvipDsrOlder => {
             let mut r = Running::new(lab, url(lab.vip(), HTTP_PORT));
-            r.xvip = Some(start_xvip(lab, HTTP_PORT, HTTP_PORT, "dsr", &all_backends(lab), false)?);
+            let spec = NodeSpec { binary, ..node_spec(HTTP_PORT, HTTP_PORT, "dsr", &all_backends(lab)) };
+            r.xvip = Some(start_xvip(lab, &spec)?);
             r
         }
-        Path::XvipNat => {
+        Path::XvipNat | Path::XvipNatOlder => {
             // NAT backends need no change: take the VIP off their `lo` for this path (and put it back after).
             let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
             let vip = format!("{}/32", lab.vip());
@@ -244,7 +331,8 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
                 lab.exec(&b.ns, ["ip", "addr", "del", &vip, "dev", "lo"])?;
                 r.undo.push((b.ns.clone(), argv(&["ip", "addr", "add", &vip, "dev", "lo"])));
             }
-            match start_xvip(lab, NAT_PORT, HTTP_PORT, "nat", &all_backends(lab), false) {
+            let spec = NodeSpec { binary, ..node_spec(NAT_PORT, HTTP_PORT, "nat", &all_backends(lab)) };
+            match start_xvip(lab, &spec) {
                 Ok(node) => r.xvip = Some(node),
                 Err(e) => {
                     r.teardown(lab)?;
@@ -290,7 +378,7 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
             let (backend1, vip) = (lab.backend(1).clone(), format!("{}/32", lab.vip()));
             lab.exec(&backend1.ns, ["ip", "addr", "del", &vip, "dev", "lo"])?;
             r.undo.push((backend1.ns.clone(), argv(&["ip", "addr", "add", &vip, "dev", "lo"])));
-            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[backend1.ip], false)?;
+            start_into(lab, &mut r, node_spec(NAT_PORT, HTTP_PORT, "nat", &[backend1.ip]))?;
             r
         }
         Path::XvipNatLocal => {
@@ -300,7 +388,7 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
             lab.exec(&node2.ns, ["ethtool", "-K", "eth0", "tx", "off"])?;
             r.undo.push((node2.ns.clone(), argv(&["ethtool", "-K", "eth0", "tx", "on"])));
             r.processes.push(backend_nginx(lab, &node2, &lab.client().ns)?);
-            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[node2.ip], false)?;
+            start_into(lab, &mut r, node_spec(NAT_PORT, HTTP_PORT, "nat", &[node2.ip]))?;
             r
         }
         Path::NodeDirect => {
@@ -311,7 +399,8 @@ fn setup(lab: &Lab, path: Path) -> Result<Option<Running>> {
         Path::NodeSocketLb => {
             let mut r = Running::new(lab, url(lab.vip(), NAT_PORT));
             r.from = lab.node(2).ns.clone();
-            start_into(lab, &mut r, NAT_PORT, HTTP_PORT, &[lab.backend(1).ip], true)?;
+            let spec = node_spec(NAT_PORT, HTTP_PORT, "nat", &[lab.backend(1).ip]);
+            start_into(lab, &mut r, NodeSpec { mount_cgroup2: true, ..spec })?;
             r
         }
     };
@@ -351,16 +440,9 @@ fn all_backends(lab: &Lab) -> Vec<Ipv4Addr> {
     lab.backends().iter().map(|b| b.ip).collect()
 }
 
-/// [`start_xvip`] with a NAT service into `r`; tears `r` down when it fails.
-fn start_into(
-    lab: &Lab,
-    r: &mut Running,
-    port: u16,
-    backend_port: u16,
-    backends: &[Ipv4Addr],
-    cgroup2: bool,
-) -> Result<()> {
-    match start_xvip(lab, port, backend_port, "nat", backends, cgroup2) {
+/// [`start_xvip`] into `r`; tears `r` down when it fails.
+fn start_into(lab: &Lab, r: &mut Running, spec: NodeSpec) -> Result<()> {
+    match start_xvip(lab, &spec) {
         Ok(node) => {
             r.xvip = Some(node);
             Ok(())
@@ -373,16 +455,9 @@ fn start_into(
     }
 }
 
-/// xvip alone on node2 (it becomes active by itself) with one service `port` -> `backends`' `backend_port`;
-/// `cgroup2`: cgroup v2 mounted for it, so its socket load balancer attaches (`local_clients`).
-fn start_xvip(
-    lab: &Lab,
-    port: u16,
-    backend_port: u16,
-    forwarding: &str,
-    backends: &[Ipv4Addr],
-    cgroup2: bool,
-) -> Result<XvipNode> {
+/// The config of xvip alone on node2 (it becomes active by itself) with one service `port` -> `backends`'
+/// `backend_port`.
+fn node_spec(port: u16, backend_port: u16, forwarding: &str, backends: &[Ipv4Addr]) -> NodeSpec {
     let service = ServiceSpec {
         name: "web".into(),
         port,
@@ -396,13 +471,46 @@ fn start_xvip(
         rise: 1,
         fall: 2,
     };
-    let spec = NodeSpec { mount_cgroup2: cgroup2, ..NodeSpec::new(150).service(service) };
-    let node = lab.start_xvip(lab.node(2), &spec)?;
+    NodeSpec::new(150).service(service)
+}
+
+/// xvip on node2 with `spec`, once active; with `mount_cgroup2`, once its socket load balancer is attached
+/// (`local_clients`).
+fn start_xvip(lab: &Lab, spec: &NodeSpec) -> Result<XvipNode> {
+    let node = lab.start_xvip(lab.node(2), spec)?;
     node.wait_role("active", Duration::from_secs(5))?;
-    if cgroup2 && !node.log().contains("local clients: TCP connects") {
+    if spec.mount_cgroup2 && !node.log().contains("local clients: TCP connects") {
         bail!("xvip on node2 did not attach its socket load balancer:\n{}", node.log());
     }
     Ok(node)
+}
+
+/// `xvip check` by the older binary on the configs its DSR and NAT rows run with, so a config it cannot read fails
+/// the benchmark before the first round.
+fn check_older(lab: &Lab, older: &Older) -> Result<()> {
+    for (port, forwarding) in [(HTTP_PORT, "dsr"), (NAT_PORT, "nat")] {
+        let dir = scratch(lab, &format!("older-{forwarding}"))?;
+        let path = dir.join("xvip.toml");
+        let spec = node_spec(port, HTTP_PORT, forwarding, &all_backends(lab));
+        std::fs::write(&path, xvip_tests::xvip::config(lab, lab.node(2), &spec, &dir.join("xvip.sock")))
+            .with_context(|| format!("writing {}", path.display()))?;
+        let out = std::process::Command::new(&older.binary)
+            .arg("check")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .with_context(|| format!("running {} check", older.binary.display()))?;
+        if !out.status.success() {
+            bail!(
+                "the older xvip {} refuses the {forwarding} config of its rows ({}):\n{}{}",
+                older.binary.display(),
+                path.display(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Waits until `GET /` on `url` answers 200 from the client.
@@ -567,9 +675,12 @@ fn nft_rules(node: Ipv4Addr, backends: &[Ipv4Addr]) -> String {
     )
 }
 
+/// The table, notes and JSON of `paths` (`samples`, `unavailable` and `errors` in the same order, direct first).
 fn section(
     options: &Options,
     rounds: usize,
+    older: Option<&Older>,
+    paths: &[Path],
     samples: &[Vec<Sample>],
     unavailable: &[Option<String>],
     errors: &[Vec<String>],
@@ -585,7 +696,9 @@ fn section(
     ]);
     let mut rows = Vec::new();
     let mut outliers = String::new();
-    for (i, path) in Path::ALL.iter().enumerate() {
+    let mut versus_older = Vec::new();
+    let label = older.map_or("", |o| o.label.as_str());
+    for (i, path) in paths.iter().enumerate() {
         let s = &samples[i];
         let ka: Vec<f64> = s.iter().map(|x| x.keepalive.requests_per_sec).collect();
         let cl: Vec<f64> = s.iter().map(|x| x.close.requests_per_sec).collect();
@@ -599,13 +712,13 @@ fn section(
             report::median(&r)
         };
         // A round far below the median (a collapse, as reference runs saw for haproxy and nftables) hides in it.
-        for (label, values) in [("keep-alive", &ka), ("Connection: close", &cl)] {
+        for (what, values) in [("keep-alive", &ka), ("Connection: close", &cl)] {
             let (low, mid) = (report::min(values), report::median(values));
             if low < mid / 2.0 {
                 let _ = writeln!(
                     outliers,
-                    "- {}, {label}: one round fell to {} (median {}); all rounds: {}.",
-                    path.name(),
+                    "- {}, {what}: one round fell to {} (median {}); all rounds: {}.",
+                    path.row_name(label),
                     kilo(low),
                     kilo(mid),
                     values.iter().map(|v| kilo(*v)).collect::<Vec<_>>().join(", ")
@@ -614,9 +727,21 @@ fn section(
         }
         let ka_ratio = ratio(|x| x.keepalive.requests_per_sec);
         let cl_ratio = ratio(|x| x.close.requests_per_sec);
+        // An older build's path: this build's figure over the older one's, per round, then the median.
+        let this_over_older = path.counterpart().and_then(|c| paths.iter().position(|p| *p == c)).map(|j| {
+            let per_round = |f: fn(&Sample) -> f64| -> f64 {
+                let r: Vec<f64> = samples[j].iter().zip(s.iter()).map(|(this, old)| f(this) / f(old)).collect();
+                report::median(&r)
+            };
+            (per_round(|x| x.keepalive.requests_per_sec), per_round(|x| x.close.requests_per_sec))
+        });
+        if let Some((ka_this, cl_this)) = this_over_older {
+            let what = if *path == Path::XvipDsrOlder { "DSR" } else { "NAT" };
+            versus_older.push(format!("{what} {}x keep-alive, {}x new connections", num(ka_this, 2), num(cl_this, 2)));
+        }
         if let Some(why) = &unavailable[i] {
             table.row(vec![
-                path.name().into(),
+                path.row_name(label),
                 format!("n/a: {why}"),
                 "n/a".into(),
                 "n/a".into(),
@@ -626,7 +751,7 @@ fn section(
         } else if s.is_empty() {
             let why = errors[i].first().map_or("no sample", |e| e.lines().next().unwrap_or_default());
             table.row(vec![
-                path.name().into(),
+                path.row_name(label),
                 format!("failed: {why}"),
                 String::new(),
                 String::new(),
@@ -635,7 +760,7 @@ fn section(
             ]);
         } else {
             table.row(vec![
-                path.name().into(),
+                path.row_name(label),
                 format!("{} ({}x)", kilo(report::median(&ka)), num(ka_ratio, 2)),
                 format!("{} ms", num(report::median(&ka_p99), 2)),
                 format!("{} ({}x)", kilo(report::median(&cl)), num(cl_ratio, 2)),
@@ -643,9 +768,9 @@ fn section(
                 if errs == 0 { "0".into() } else { format!("{errs} of {requests}") },
             ]);
         }
-        rows.push(json!({
+        let mut row = json!({
             "path": path.key(),
-            "name": path.name(),
+            "name": path.row_name(label),
             "unavailable": unavailable[i],
             "errors": errors[i],
             "keepalive_rps_median": jnum(report::median(&ka)),
@@ -657,8 +782,24 @@ fn section(
             "close_ratio_to_direct": jnum(cl_ratio),
             "close_p99_ms_median": jnum(report::median(&cl_p99)),
             "wrk_errors": errs,
-        }));
+        });
+        if let Some((ka_this, cl_this)) = this_over_older {
+            row["this_build_over_older_keepalive"] = jnum(ka_this);
+            row["this_build_over_older_close"] = jnum(cl_this);
+        }
+        rows.push(row);
     }
+    let older_note = match older {
+        None => String::new(),
+        Some(o) => format!(
+            "- Older build (`--compare-xvip`): {} ({}), with the eBPF object it embeds, started the same way with the \
+             same config as this build's DSR and NAT rows; every round measures the two right after each other, in \
+             alternating order. This build over the older one, median of the rounds' ratios: {}.\n",
+            o.binary.display(),
+            o.label,
+            versus_older.join("; ")
+        ),
+    };
     let body = format!(
         "{}\n\
          - `wrk -t{THREADS} -c{CONNECTIONS} -d{}s --latency` from the client, keep-alive, then with \
@@ -684,19 +825,18 @@ fn section(
          checksums) and runs an XDP_PASS stub on every bridge port (veth delivers XDP_TX frames only then), for \
          every row alike. Absolute figures move a lot between runs on this shared VM; compare the ratios. Every \
          hop (bridge, veths, the LB node) runs on the same cores as wrk and nginx, so a path that adds a hop costs \
-         throughput here even where it would not on separate machines.\n{outliers}",
+         throughput here even where it would not on separate machines.\n{older_note}{outliers}",
         table.markdown(),
         options.duration,
         nginx_version(),
         std::thread::available_parallelism().map(usize::from).unwrap_or(1),
     );
-    Section::new(
-        "e2e",
-        "End to end: HTTP through each L4 data plane (netns lab, wrk)",
-        body,
-        json!({ "rounds": rounds, "seconds_per_run": options.duration, "threads": THREADS, "connections": CONNECTIONS,
-                "paths": Value::Array(rows) }),
-    )
+    let mut json = json!({ "rounds": rounds, "seconds_per_run": options.duration, "threads": THREADS,
+                           "connections": CONNECTIONS, "paths": Value::Array(rows) });
+    if let Some(o) = older {
+        json["compare_xvip"] = json!({ "binary": o.binary.display().to_string(), "label": o.label });
+    }
+    Section::new("e2e", "End to end: HTTP through each L4 data plane (netns lab, wrk)", body, json)
 }
 
 /// `12.3k` for a rate.
@@ -737,5 +877,87 @@ mod tests {
         assert_eq!(w.errors, 7);
         assert_eq!(duration_ms("456.00us").expect("us"), 0.456);
         assert_eq!(duration_ms("1.50s").expect("s"), 1500.0);
+    }
+
+    #[test]
+    fn without_compare_xvip_the_paths_and_their_order_are_unchanged() {
+        let paths = Path::measured(false);
+        assert_eq!(paths.len(), 10);
+        assert!(paths.iter().all(|p| p.counterpart().is_none()));
+        for round in 0..4 {
+            let rotated: Vec<Path> = (0..paths.len()).map(|k| paths[(k + round) % paths.len()]).collect();
+            assert_eq!(schedule(&paths, round), rotated, "round {round}");
+        }
+    }
+
+    #[test]
+    fn older_paths_run_right_next_to_this_builds_in_alternating_order() {
+        let paths = Path::measured(true);
+        assert_eq!(paths.len(), 12);
+        for round in 0..4 {
+            let order = schedule(&paths, round);
+            let mut sorted = order.clone();
+            sorted.sort_by_key(|p| paths.iter().position(|q| q == p));
+            assert_eq!(sorted, paths, "round {round}: every path once");
+            for (older, this) in [(Path::XvipDsrOlder, Path::XvipDsr), (Path::XvipNatOlder, Path::XvipNat)] {
+                let at = |p: Path| order.iter().position(|q| *q == p).expect("scheduled");
+                let expected = if round % 2 == 0 { at(this) + 1 } else { at(this) - 1 };
+                assert_eq!(at(older), expected, "round {round}: {order:?}");
+            }
+        }
+        // The rotation still moves the paths through the round: round 1 starts with the older DSR row.
+        assert_eq!(schedule(&paths, 0)[0], Path::Direct);
+        assert_eq!(schedule(&paths, 1)[0], Path::XvipDsrOlder);
+    }
+
+    fn sample(keepalive: f64, close: f64) -> Sample {
+        let wrk = |rps| Wrk { requests_per_sec: rps, p99_ms: 1.0, requests: 100, errors: 0 };
+        Sample { keepalive: wrk(keepalive), close: wrk(close) }
+    }
+
+    /// Three rounds of every path in `paths`: direct at 100 and 10 per second, the others as `figure` says.
+    fn rounds_of(paths: &[Path], figure: impl Fn(Path) -> (f64, f64)) -> Vec<Vec<Sample>> {
+        paths.iter().map(|p| (0..3).map(|_| figure(*p)).map(|(ka, cl)| sample(ka, cl)).collect()).collect()
+    }
+
+    #[test]
+    fn the_older_builds_rows_are_in_the_table_the_notes_and_the_json() {
+        let options = crate::parse(vec!["e2e".into()]).expect("options");
+        let older = Older { binary: PathBuf::from("/tmp/xvip-old"), label: "ed5542d".into() };
+        let paths = Path::measured(true);
+        let samples = rounds_of(&paths, |p| match p {
+            Path::Direct => (100.0, 10.0),
+            Path::XvipDsr => (80.0, 8.0),
+            Path::XvipDsrOlder => (40.0, 16.0),
+            Path::XvipNat => (70.0, 7.0),
+            Path::XvipNatOlder => (70.0, 14.0),
+            _ => (50.0, 5.0),
+        });
+        let (none, no_errors) = (vec![None; paths.len()], vec![Vec::new(); paths.len()]);
+        let with = section(&options, 3, Some(&older), &paths, &samples, &none, &no_errors);
+        assert!(with.body.contains("| xvip DSR (node2) | 80 (0.80x) |"), "{}", with.body);
+        assert!(with.body.contains("| xvip DSR (older: ed5542d) | 40 (0.40x) |"), "{}", with.body);
+        assert!(with.body.contains("| xvip NAT (older: ed5542d) | 70 (0.70x) |"), "{}", with.body);
+        assert!(with.body.contains("- Older build (`--compare-xvip`): /tmp/xvip-old (ed5542d)"), "{}", with.body);
+        assert!(
+            with.body.contains("DSR 2.00x keep-alive, 0.50x new connections; NAT 1.00x keep-alive, 0.50x"),
+            "{}",
+            with.body
+        );
+        let rows = with.json["paths"].as_array().expect("rows");
+        let dsr_older = rows.iter().find(|r| r["path"] == "xvip_dsr_older").expect("the older DSR row");
+        assert_eq!(dsr_older["name"], "xvip DSR (older: ed5542d)");
+        assert_eq!(dsr_older["keepalive_ratio_to_direct"], 0.4);
+        assert_eq!(dsr_older["this_build_over_older_keepalive"], 2.0);
+        assert_eq!(dsr_older["this_build_over_older_close"], 0.5);
+        assert_eq!(with.json["compare_xvip"]["label"], "ed5542d");
+
+        let paths = Path::measured(false);
+        let samples = rounds_of(&paths, |p| if p == Path::Direct { (100.0, 10.0) } else { (50.0, 5.0) });
+        let (none, no_errors) = (vec![None; paths.len()], vec![Vec::new(); paths.len()]);
+        let without = section(&options, 3, None, &paths, &samples, &none, &no_errors);
+        assert!(!without.body.contains("older"), "{}", without.body);
+        assert_eq!(without.json["paths"].as_array().expect("rows").len(), 10);
+        assert!(without.json.get("compare_xvip").is_none());
     }
 }
