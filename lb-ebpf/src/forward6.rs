@@ -138,7 +138,7 @@ fn dsr(
         return (XDP_DROP, reason);
     }
     // A DSR flow: no NAT port.
-    let value = FlowValue6::nat(id, &backend, packet::halves(address), [0, 0]);
+    let value = FlowValue6::nat(id, &backend, packet::halves(address), [0, 0], 0);
     flow_cache::pin6(&key, &flow, &value, generation, now);
     forward::to_backend(ctx, eth, config, &backend, forward::DSR_REASONS)
 }
