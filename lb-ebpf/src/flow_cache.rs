@@ -20,11 +20,12 @@
 //!
 //! Every pin the DSR path makes goes to the connection table and this CPU's cache together (`pin`); a cached pin is
 //! still checked against its backend slot (`Backend::keeps_pin`), and one that fails it is looked up in the
-//! connection table before the flow is picked afresh. The NAT paths (`nat.rs`, and `nat6.rs` in the tail-called
-//! `xvip_nat6`) serve a plain packet of an established flow from the cache while the copy says its `NAT`/`NAT6`
-//! entry was confirmed less than a second ago (`nat_state::confirmed`) and its backend slot is still usable, and
-//! write the cache (`put`, `put6`) with every write or confirmation of the flow's connection-table entry. A
-//! spoofed flood only takes cache slots from other flows, whose next packets read the connection table again.
+//! connection table before the flow is picked afresh. The NAT paths (`nat.rs`; `nat6.rs`, whose cached case
+//! `xvip_xdp` serves before the tail call into `xvip_nat6`) serve a plain packet of an established flow from the
+//! cache while the copy says its `NAT`/`NAT6` entry was confirmed less than a second ago
+//! (`nat_state::confirmed`) and its backend slot is still usable, and write the cache (`put`, `put6`) with every
+//! write or confirmation of the flow's connection-table entry. A spoofed flood only takes cache slots from other
+//! flows, whose next packets read the connection table again.
 use lb_common::{FLOW_CACHE_REFRESH_NS, FlowKey, FlowKey6, FlowValue, FlowValue6, NodeConfig, flow_cache_slot};
 
 use crate::maps::{CONNTRACK, CONNTRACK6, FLOW_CACHE, FLOW_CACHE6};

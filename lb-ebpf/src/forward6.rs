@@ -76,6 +76,10 @@ pub fn transport(
         return (XDP_DROP, Reason::DropNoService);
     };
     if svc.forwarding == FORWARD_NAT {
+        // An established flow's packet that the flow cache can serve is sent here, sparing the tail call.
+        if let Some(verdict) = nat6::cached(ctx, eth, ip, config, &svc, &l4, (src, dst), clock.now()) {
+            return verdict;
+        }
         return nat6_program(ctx);
     }
     if svc.forwarding != FORWARD_DSR {

@@ -7,7 +7,8 @@
 //!
 //! # State
 //! - `CONNTRACK6[client flow] = (backend slot and address, nport, checked)`: the forward direction. An established
-//!   packet costs this one lookup, or none while its CPU's flow cache (`FLOW_CACHE6`) holds a fresh copy; once a
+//!   packet costs this one lookup, or none while its CPU's flow cache (`FLOW_CACHE6`) holds a fresh copy (then
+//!   `xvip_xdp` sends it on before the tail call, [`cached`]); once a
 //!   second (`NAT_CHECK_INTERVAL_NS`), and on every SYN/FIN/RST, it also confirms that the reverse entry is still
 //!   the flow's own and refreshes it, as IPv4 does (the rule is `nat_state::confirmed`).
 //! - `NAT6[(backend, VIP, bport, nport, protocol)] = (client, cport, svc, flags, reply route, last seen)`: the
@@ -97,19 +98,9 @@ fn forward_frame(
 
     // Established: the pinned backend and port, if the backend may still take traffic and (checked at most once a
     // second, and on every SYN/FIN/RST) the reverse entry is still this flow's. A SYN always starts over (a reused
-    // client port is a new connection). As in `nat::forward`, a plain packet within that second reads this CPU's
-    // flow cache while it holds a fresh copy of the flow's entry (no hash lookup, see `flow_cache`); every write
-    // or confirmation of the entry below goes to the cache too.
+    // client port is a new connection). A plain packet within that second that this CPU's flow cache could serve
+    // never got here (`cached`, in `xvip_xdp`); every write or confirmation of the entry below goes to the cache.
     let generation = flow_cache::generation(config);
-    if l4.plain()
-        && let Some(cached) = flow_cache::get6(&words, generation, now)
-        && cached.nat_port != [0, 0]
-        && confirmed(cached, l4, now)
-        && usable(cached, svc).is_some()
-    {
-        let (id, port) = (cached.backend, cached.nat_port);
-        return to_backend(ctx, eth, ip, config, svc.index, id, port, cached.address_halves(), false);
-    }
     let pinned_ptr = CONNTRACK6.get_ptr_mut(flow);
     if let Some(pinned) = pinned_ptr {
         // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
@@ -180,6 +171,36 @@ fn forward_frame(
         flow_cache::put6(&words, &value, generation, now);
     }
     to_backend(ctx, eth, ip, config, svc.index, id, port, address, recorded)
+}
+
+/// A client packet to an IPv6 NAT service that this CPU's flow cache can send on, served in `xvip_xdp` before the
+/// tail call into `xvip_nat6` (measured 40 to 65 ns cheaper than the same in `xvip_nat6`: the tail call, and the
+/// frame parsed and its VIP and service looked up again): a plain packet of an established flow whose cached copy
+/// (`flow_cache::get6`) says its `NAT6` entry was confirmed less than a second ago (`nat_state::confirmed`) and
+/// whose backend slot may still take its traffic, as `nat::forward` serves IPv4 ones. `None`: for `xvip_nat6`
+/// ([`forward`]), which reads `CONNTRACK6`. `(client, vip_address)`: the frame's addresses as halves.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+pub fn cached(
+    ctx: &XdpContext,
+    eth: *mut EthHdr,
+    ip: &mut Ipv6Hdr,
+    config: &NodeConfig,
+    svc: &ServiceValue,
+    l4: &L4,
+    (client, vip_address): ((u64, u64), (u64, u64)),
+    now: u64,
+) -> Option<(u32, Reason)> {
+    if !l4.plain() {
+        return None;
+    }
+    let words = FlowKey6::words_of(client, vip_address, l4.sport, l4.dport, l4.protocol);
+    let cached = flow_cache::get6(&words, flow_cache::generation(config), now)?;
+    if cached.nat_port == [0, 0] || !confirmed(cached, l4, now) || usable(cached, svc).is_none() {
+        return None;
+    }
+    let (id, port) = (cached.backend, cached.nat_port);
+    Some(to_backend(ctx, eth, ip, config, svc.index, id, port, cached.address_halves(), false))
 }
 
 /// Translates a client packet to the backend in slot `id` (at `address`) from `[VIP]:port` and sends it there.
