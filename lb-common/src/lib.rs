@@ -650,11 +650,22 @@ impl FlowKey6 {
         // words hold the fields at their offsets, padding zero.
         unsafe { core::mem::transmute::<[u64; 5], FlowKey6>(words) }
     }
+
+    /// [`FlowKey6::from_words`] in place: the key is `words` itself, not a copy (a copy costs stack the IPv6 NAT
+    /// program does not have).
+    #[inline(always)]
+    pub fn in_words(words: &[u64; 5]) -> &Self {
+        // SAFETY: as in `from_words`; `FlowKey6` is 40 bytes and needs less alignment than the words have.
+        unsafe { &*(words as *const [u64; 5]).cast::<FlowKey6>() }
+    }
 }
 
 /// Value of the IPv6 connection table: the `BACKENDS` slot a flow is pinned to and the backend (IPv6 address,
 /// port) that held it then, so a pin holds only while the slot still has that backend (its address is in
 /// `BACKEND_ADDRESSES6`, at the same index). 8-aligned (as map values are), so its address reads as two words.
+///
+/// Kernel memory of `CONNTRACK6` (an LRU hash map, preallocated): 136 bytes per entry, that is a 48-byte element
+/// header, the 40-byte key, this 32-byte value and a 16-byte bucket (see docs/nat.md).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowValue6 {
@@ -663,35 +674,40 @@ pub struct FlowValue6 {
     /// NAT services: the flow's source port towards its backend (as [`FlowValue::nat_port`]); 0 for DSR flows.
     pub nat_port: [u8; 2],
     pub backend_address: [u8; 16],
+    /// NAT: when this flow last confirmed that its `NAT6` entry is still its own (as [`FlowValue::checked_ns`]);
+    /// 0 for DSR flows.
+    pub checked_ns: u64,
 }
-const _: () = assert!(core::mem::size_of::<FlowValue6>() == 24);
+const _: () = assert!(core::mem::size_of::<FlowValue6>() == 32);
 
 impl FlowValue6 {
     /// A DSR flow pinned to slot `backend`, which holds `holder` at `address`.
     #[inline(always)]
     pub const fn new(backend: u32, holder: &Backend, address: [u8; 16]) -> Self {
-        FlowValue6 { backend, backend_port: holder.port, nat_port: [0; 2], backend_address: address }
+        FlowValue6 { backend, backend_port: holder.port, nat_port: [0; 2], backend_address: address, checked_ns: 0 }
     }
 
-    /// A NAT flow pinned to slot `backend` (holding `holder` at `address`, as [`ipv6_halves`]) that reaches it
-    /// from `nat_port`; built from whole words (see [`FlowKey6::from_halves`]).
+    /// A flow pinned to slot `backend` (holding `holder` at `address`, as [`ipv6_halves`]) that reaches it from
+    /// `nat_port` (0: DSR), its `NAT6` entry confirmed at `checked_ns`; built from whole words (see
+    /// [`FlowKey6::from_halves`]).
     #[inline(always)]
-    pub fn nat(backend: u32, holder: &Backend, address: (u64, u64), nat_port: [u8; 2]) -> Self {
+    pub fn nat(backend: u32, holder: &Backend, address: (u64, u64), nat_port: [u8; 2], checked_ns: u64) -> Self {
         let [b0, b1, b2, b3] = backend.to_ne_bytes();
         let ([p0, p1], [n0, n1]) = (holder.port, nat_port);
-        let words: [u64; 3] =
-            [u64::from_ne_bytes([b0, b1, b2, b3, p0, p1, n0, n1]), address.0.to_be(), address.1.to_be()];
-        // SAFETY: `FlowValue6` is `repr(C)`, 24 bytes of integers and byte arrays; the words hold its fields.
-        unsafe { core::mem::transmute::<[u64; 3], FlowValue6>(words) }
+        let words: [u64; 4] =
+            [u64::from_ne_bytes([b0, b1, b2, b3, p0, p1, n0, n1]), address.0.to_be(), address.1.to_be(), checked_ns];
+        // SAFETY: `FlowValue6` is `repr(C)`, 32 bytes of integers and byte arrays without padding; the words hold
+        // its fields.
+        unsafe { core::mem::transmute::<[u64; 4], FlowValue6>(words) }
     }
 
     /// [`ipv6_halves`] of `backend_address`, read as two aligned 64-bit words (byte by byte on the BPF target
     /// otherwise, as any `[u8; 16]` whose alignment the compiler cannot see).
     #[inline(always)]
     pub fn address_halves(&self) -> (u64, u64) {
-        // SAFETY: `FlowValue6` is `repr(C, align(8))`, 24 bytes of integers and byte arrays: three aligned words,
-        // the last two its address.
-        let words = unsafe { &*(self as *const Self).cast::<[u64; 3]>() };
+        // SAFETY: `FlowValue6` is `repr(C, align(8))`, 32 bytes of integers and byte arrays: four aligned words,
+        // the second and third its address.
+        let words = unsafe { &*(self as *const Self).cast::<[u64; 4]>() };
         (u64::from_be(words[1]), u64::from_be(words[2]))
     }
 
@@ -2068,15 +2084,23 @@ mod tests {
             FlowKey6::from_halves(ipv6_halves(&a), ipv6_halves(&b), [1, 2], [3, 4], PROTO_TCP),
             FlowKey6::new(a, b, [1, 2], [3, 4], PROTO_TCP)
         );
+        let words = FlowKey6::words_of(ipv6_halves(&a), ipv6_halves(&b), [1, 2], [3, 4], PROTO_TCP);
+        assert_eq!(*FlowKey6::in_words(&words), FlowKey6::new(a, b, [1, 2], [3, 4], PROTO_TCP));
         assert_eq!(
             NatKey6::from_halves(ipv6_halves(&a), ipv6_halves(&b), [1, 2], [3, 4], PROTO_UDP),
             NatKey6::new(a, b, [1, 2], [3, 4], PROTO_UDP)
         );
         let holder = Backend { port: [0x1f, 0x90], ..Backend::default() };
-        let value = FlowValue6::nat(0x0102_0304, &holder, ipv6_halves(&a), [0xc3, 0x50]);
+        let value = FlowValue6::nat(0x0102_0304, &holder, ipv6_halves(&a), [0xc3, 0x50], 0x0506_0708_090a);
         assert_eq!(
             value,
-            FlowValue6 { backend: 0x0102_0304, backend_port: [0x1f, 0x90], nat_port: [0xc3, 0x50], backend_address: a }
+            FlowValue6 {
+                backend: 0x0102_0304,
+                backend_port: [0x1f, 0x90],
+                nat_port: [0xc3, 0x50],
+                backend_address: a,
+                checked_ns: 0x0506_0708_090a
+            }
         );
         assert_eq!(value.address_halves(), ipv6_halves(&a));
     }

@@ -1,7 +1,7 @@
 //! Each CPU's flow cache (`FLOW_CACHE`): a direct-mapped array in front of the connection table (`CONNTRACK`) for
 //! the IPv4 DSR path's pinned packets and the IPv4 NAT path's established ones; `FLOW_CACHE6` in front of
-//! `CONNTRACK6` for the IPv6 DSR path's pinned packets (the `*6` functions, by the same rules; an IPv6 flow's key
-//! is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call
+//! `CONNTRACK6` for the IPv6 DSR path's pinned packets and the IPv6 NAT path's established ones (the `*6`
+//! functions, by the same rules; an IPv6 flow's key is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call
 //! (`__htab_map_lookup_elem`, then `memcmp`), and every return is expensive on kernels that mitigate
 //! return-address speculation; an array lookup the verifier inlines. The connection table stays the truth (table
 //! scans, `ForgetFlows` and the ICMP paths read it; the DSR and NAT paths whenever the cache cannot answer); a
@@ -20,11 +20,12 @@
 //!
 //! Every pin the DSR path makes goes to the connection table and this CPU's cache together (`pin`); a cached pin is
 //! still checked against its backend slot (`Backend::keeps_pin`), and one that fails it is looked up in the
-//! connection table before the flow is picked afresh. The IPv4 NAT path (`nat.rs`) serves a plain packet of an
-//! established flow from the cache while the copy says its `NAT` entry was confirmed less than a second ago, and
-//! writes the cache (`put`) with every write or confirmation of the flow's connection-table entry. A spoofed flood
-//! only takes cache slots from other flows, whose next packets read `CONNTRACK` again. The IPv6 NAT path neither
-//! reads nor writes `FLOW_CACHE6`.
+//! connection table before the flow is picked afresh. The NAT paths (`nat.rs`; `nat6.rs`, whose cached case
+//! `xvip_xdp` serves before the tail call into `xvip_nat6`) serve a plain packet of an established flow from the
+//! cache while the copy says its `NAT`/`NAT6` entry was confirmed less than a second ago
+//! (`nat_state::confirmed`) and its backend slot is still usable, and write the cache (`put`, `put6`) with every
+//! write or confirmation of the flow's connection-table entry. A spoofed flood only takes cache slots from other
+//! flows, whose next packets read the connection table again.
 use lb_common::{FLOW_CACHE_REFRESH_NS, FlowKey, FlowKey6, FlowValue, FlowValue6, NodeConfig, flow_cache_slot};
 
 use crate::maps::{CONNTRACK, CONNTRACK6, FLOW_CACHE, FLOW_CACHE6};
@@ -95,7 +96,7 @@ pub fn put(flow: &FlowKey, value: &FlowValue, generation: u64, now: u64) {
     }
 }
 
-/// One slot of `FLOW_CACHE6`: 80 bytes ([`CachedFlow`] for an IPv6 flow).
+/// One slot of `FLOW_CACHE6`: 88 bytes ([`CachedFlow`] for an IPv6 flow).
 #[repr(C)]
 pub struct CachedFlow6 {
     /// The flow's key as `FlowKey6::words_of`.
@@ -130,8 +131,9 @@ pub fn pin6(key: &[u64; 5], flow: &FlowKey6, value: &FlowValue6, generation: u64
     }
 }
 
+/// [`put`] for the IPv6 flow whose words are `key`.
 #[inline(always)]
-fn put6(key: &[u64; 5], value: &FlowValue6, generation: u64, now: u64) {
+pub fn put6(key: &[u64; 5], value: &FlowValue6, generation: u64, now: u64) {
     if let Some(slot) = FLOW_CACHE6.get_ptr_mut(flow_cache_slot(key)) {
         // SAFETY: a per-CPU slot, only this CPU writes it while this program runs.
         let slot = unsafe { &mut *slot };

@@ -76,6 +76,10 @@ pub fn transport(
         return (XDP_DROP, Reason::DropNoService);
     };
     if svc.forwarding == FORWARD_NAT {
+        // An established flow's packet that the flow cache can serve is sent here, sparing the tail call.
+        if let Some(verdict) = nat6::cached(ctx, eth, ip, config, &svc, &l4, (src, dst), clock.now()) {
+            return verdict;
+        }
         return nat6_program(ctx);
     }
     if svc.forwarding != FORWARD_DSR {
@@ -138,7 +142,7 @@ fn dsr(
         return (XDP_DROP, reason);
     }
     // A DSR flow: no NAT port.
-    let value = FlowValue6::nat(id, &backend, packet::halves(address), [0, 0]);
+    let value = FlowValue6::nat(id, &backend, packet::halves(address), [0, 0], 0);
     flow_cache::pin6(&key, &flow, &value, generation, now);
     forward::to_backend(ctx, eth, config, &backend, forward::DSR_REASONS)
 }

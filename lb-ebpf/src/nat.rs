@@ -44,8 +44,8 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use lb_common::{
-    Backend, FlowKey, FlowValue, NAT_CHECK_INTERVAL_NS, NAT_PORT_TRIES, NO_BACKEND, NatKey, NatValue, NodeConfig,
-    PROTO_TCP, Reason, ServiceValue, flow_hash, nat_port,
+    Backend, FlowKey, FlowValue, NAT_PORT_TRIES, NO_BACKEND, NatKey, NatValue, NodeConfig, PROTO_TCP, Reason,
+    ServiceValue, flow_hash, nat_port,
 };
 use network_types::{eth::EthHdr, ip::Ipv4Hdr};
 
@@ -54,7 +54,9 @@ use crate::{
     flow_cache,
     forward::{self, set_macs},
     maps::{BACKENDS, CONNTRACK, NAT},
-    nat_state::{NatState, cached_route, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired},
+    nat_state::{
+        NatState, cached_route, confirm, confirmed, embryonic, fresh_flags, refresh, reply_seen, take, udp_expired,
+    },
     packet,
     parse::{L4, L4_OFF},
     route::{self, NoRoute},
@@ -88,7 +90,7 @@ pub fn forward(
     if l4.plain()
         && let Some(cached) = flow_cache::get(flow, generation, now)
         && cached.nat_port != [0, 0]
-        && now.saturating_sub(cached.checked_ns) < NAT_CHECK_INTERVAL_NS
+        && confirmed(cached, l4, now)
         && let Some(backend) = usable(cached, svc)
     {
         let (id, port) = (cached.backend, cached.nat_port);
@@ -103,7 +105,7 @@ pub fn forward(
             && pinned.nat_port != [0, 0]
             && let Some(backend) = usable(pinned, svc)
         {
-            if l4.plain() && now.saturating_sub(pinned.checked_ns) < NAT_CHECK_INTERVAL_NS {
+            if confirmed(pinned, l4, now) {
                 flow_cache::put(flow, pinned, generation, now);
                 let (id, port) = (pinned.backend, pinned.nat_port);
                 return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);
@@ -116,8 +118,7 @@ pub fn forward(
                 let entry = unsafe { &mut *entry };
                 if owns(entry, flow) && !udp_expired(entry, l4.protocol, now) {
                     refresh(entry, l4, now);
-                    // After a RST the flow's next packet checks again, and so revives the flow if it goes on.
-                    pinned.checked_ns = if l4.rst() { 0 } else { now };
+                    confirm(pinned, l4, now);
                     flow_cache::put(flow, pinned, generation, now);
                     let (id, port) = (pinned.backend, pinned.nat_port);
                     return to_backend(ctx, eth, ip, config, flow, svc.index, id, port, &backend, false);

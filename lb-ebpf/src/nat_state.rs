@@ -1,10 +1,12 @@
 //! The TCP/UDP state rules of a NAT reverse entry (see the module docs of `nat.rs`), once for both entry types:
-//! `NatValue` (IPv4, `nat.rs`, `egress.rs`) and `NatValue6` (`nat6.rs`). The functions are generic over
-//! [`NatState`] and `#[inline(always)]`: each program gets its own copy, as if written for its type (no
-//! BPF-to-BPF call, no frame of its own).
+//! `NatValue` (IPv4, `nat.rs`, `egress.rs`) and `NatValue6` (`nat6.rs`); and when a client packet of an
+//! established flow may skip its reverse entry (the once-a-second confirmation), once for both connection-table
+//! entry types, `FlowValue` and `FlowValue6`. The functions are generic over [`NatState`] and [`NatPin`] and
+//! `#[inline(always)]`: each program gets its own copy, as if written for its type (no BPF-to-BPF call, no frame
+//! of its own).
 use lb_common::{
-    NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatValue, NatValue6, PROTO_UDP,
-    ROUTE_REFRESH_NS, Reason,
+    FlowValue, FlowValue6, NAT_CHECK_INTERVAL_NS, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NatValue,
+    NatValue6, PROTO_UDP, ROUTE_REFRESH_NS, Reason,
 };
 
 use crate::{
@@ -65,6 +67,46 @@ macro_rules! nat_state {
 }
 nat_state!(NatValue);
 nat_state!(NatValue6);
+
+/// The field of a NAT flow's connection-table entry that the confirmation rule reads and writes, which both entry
+/// types have under the same name.
+pub trait NatPin {
+    fn checked_ns(&self) -> u64;
+    fn set_checked_ns(&mut self, now: u64);
+}
+
+macro_rules! nat_pin {
+    ($entry:ty) => {
+        impl NatPin for $entry {
+            #[inline(always)]
+            fn checked_ns(&self) -> u64 {
+                self.checked_ns
+            }
+            #[inline(always)]
+            fn set_checked_ns(&mut self, now: u64) {
+                self.checked_ns = now;
+            }
+        }
+    };
+}
+nat_pin!(FlowValue);
+nat_pin!(FlowValue6);
+
+/// Whether a client packet of an established NAT flow pinned as `pinned` goes to its backend on the pin alone,
+/// without looking at its reverse entry: a plain packet (a SYN, FIN or RST changes the TCP state) within
+/// `NAT_CHECK_INTERVAL_NS` of the flow's last confirmation that the entry is still its own. Such a packet may be
+/// served from the flow cache (`flow_cache.rs`).
+#[inline(always)]
+pub fn confirmed<P: NatPin>(pinned: &P, l4: &L4, now: u64) -> bool {
+    l4.plain() && now.saturating_sub(pinned.checked_ns()) < NAT_CHECK_INTERVAL_NS
+}
+
+/// Records in the flow's pin that a client packet confirmed (and refreshed) its reverse entry. After a RST the
+/// flow's next packet checks again, and so revives the flow if it goes on.
+#[inline(always)]
+pub fn confirm<P: NatPin>(pinned: &mut P, l4: &L4, now: u64) {
+    pinned.set_checked_ns(if l4.rst() { 0 } else { now });
+}
 
 /// Records a backend's packet in its flow's reverse entry (the TCP state, signs of life), for the XDP programs and
 /// the egress program (replies of a backend on this node) alike. `Err` when the translation is gone (a UDP flow

@@ -4,11 +4,17 @@
 //! incremental updates over the 16-byte addresses. Needs root; nothing is sent on any interface.
 mod support;
 
-use std::{net::Ipv6Addr, sync::OnceLock, time::Duration};
+use std::{
+    net::Ipv6Addr,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
 
+use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    FAMILY_IPV6, FORWARD_NAT, MAGLEV_M, NAT_PORT_TRIES, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6,
-    nat_port, router_slot,
+    FAMILY_IPV6, FLOW_CACHE_REFRESH_NS, FORWARD_NAT, FlowKey6, FlowValue6, MAGLEV_M, NAT_CHECK_INTERVAL_NS,
+    NAT_PORT_TRIES, NatKey6, NatValue6, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6, names, nat_port,
+    router_slot,
 };
 use support::fixture::{self, CLIENT_MAC, NODE_MAC, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
@@ -206,6 +212,19 @@ impl Flow {
 
     fn client_gets(&self, flags: u8, payload: &[u8]) -> Vec<u8> {
         self.frame(CLIENT_MAC, NODE_MAC, VIP6, self.client, self.service(), self.cport, flags, payload)
+    }
+
+    /// The flow's `CONNTRACK6` key.
+    fn key(&self) -> FlowKey6 {
+        let (cport, service) = (self.cport.to_be_bytes(), self.service().to_be_bytes());
+        FlowKey6::new(self.client.octets(), VIP6.octets(), cport, service, self.protocol)
+    }
+
+    /// The `NAT6` key of the flow's translation from NAT port `port`.
+    fn nat_key(&self, port: u16) -> NatKey6 {
+        let (address, _) = BACKENDS6[self.backend()];
+        let (bport, nport) = (self.backend_port().to_be_bytes(), port.to_be_bytes());
+        NatKey6::new(address.octets(), VIP6.octets(), bport, nport, self.protocol)
     }
 }
 
@@ -565,4 +584,197 @@ fn a_short_quote_in_a_padded_frame_keeps_the_padding_out_of_the_checksum() {
     expected.extend_from_slice(&[0xab; 20]);
     assert_eq!(hex(&out), hex(&expected));
     assert!(frames::icmp6_ok(&out), "ICMPv6 checksum");
+}
+
+/// A second, writable handle on the LRU hash map `name` (the data plane only lends its maps read-only), to delete
+/// entries behind the agent's back as an LRU eviction or another flow would.
+fn writable<K: aya::Pod, V: aya::Pod>(dp: &DataPlane, name: &str) -> BpfHashMap<MapData, K, V> {
+    let Some(Map::LruHashMap(data)) = dp.map(name) else { panic!("{name} is an LRU hash map") };
+    let id = data.info().expect("map info").id();
+    let data = MapData::from_id(id).expect("a second handle on the map");
+    BpfHashMap::try_from(Map::LruHashMap(data)).expect("an LRU hash map")
+}
+
+/// Deletes `f`'s `CONNTRACK6` entry (the flow generation is not bumped: a CPU's flow cache may still serve it).
+fn evict(dp: &DataPlane, f: &Flow) {
+    writable::<FlowKey6, FlowValue6>(dp, names::CONNTRACK6).remove(&f.key()).expect("the flow's entry is there");
+}
+
+fn conntrack_holds(dp: &DataPlane, f: &Flow) -> bool {
+    let table: BpfHashMap<&MapData, FlowKey6, FlowValue6> =
+        BpfHashMap::try_from(dp.map(names::CONNTRACK6).expect("CONNTRACK6")).expect("CONNTRACK6 as a hash map");
+    table.get(&f.key(), 0).is_ok()
+}
+
+/// Deletes `f`'s translation from `port` (as another flow taking the port over would leave it: not the flow's).
+fn drop_translation(dp: &DataPlane, f: &Flow, port: u16) {
+    writable::<NatKey6, NatValue6>(dp, names::NAT6).remove(&f.nat_key(port)).expect("the translation is there");
+}
+
+fn has_translation(dp: &DataPlane, f: &Flow, port: u16) -> bool {
+    let table: BpfHashMap<&MapData, NatKey6, NatValue6> =
+        BpfHashMap::try_from(dp.map(names::NAT6).expect("NAT6")).expect("NAT6 as a hash map");
+    table.get(&f.nat_key(port), 0).is_ok()
+}
+
+/// The new flows counted for `f`'s backend so far.
+fn new_flows(dp: &DataPlane, f: &Flow) -> u64 {
+    let c = dp.counters().expect("counters");
+    let (address, _) = BACKENDS6[f.backend()];
+    c.backends[&(ServiceId::from("web"), address.into(), HTTP_BACKEND)].new_flows
+}
+
+/// Runs `attempt` with successive client flows until one reports that its timing held: its steps that a flow cache
+/// entry or a confirmation must outlive ran within half their age (at most 20 tries on a slow machine).
+fn with_a_quick_flow(first: u16, mut attempt: impl FnMut(Flow) -> bool) {
+    for cport in first..first + 20 {
+        if attempt(Flow::tcp(cport)) {
+            return;
+        }
+    }
+    panic!("every attempt took longer than the flow cache's refresh age");
+}
+
+/// Sends a plain data packet of `f` and checks it reached `f`'s backend from NAT port `port`.
+fn request(dp: &mut DataPlane, f: &Flow, port: u16) {
+    let out = run(dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(port, TCP_ACK | TCP_PSH, REQUEST));
+}
+
+fn within(start: Instant, ns: u64) -> bool {
+    start.elapsed() < Duration::from_nanos(ns / 2)
+}
+
+#[test]
+fn an_established_ipv6_nat_flow_is_served_from_the_flow_cache_without_the_connection_table() {
+    let mut dp = dataplane();
+    with_a_quick_flow(40100, |f| {
+        let p = f.nat_port(0);
+        // The SYN's new entry goes to `CONNTRACK6` and this CPU's flow cache together.
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let (start, flows) = (Instant::now(), new_flows(&dp, &f));
+        evict(&dp, &f);
+        // Gone from the table, the flow still has its translation from the cache: not a new flow (the table would
+        // have started it over, counting one and writing its entry again).
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows, "served from the cache, not started over");
+        assert!(!conntrack_holds(&dp, &f));
+        if !within(start, FLOW_CACHE_REFRESH_NS) {
+            return false;
+        }
+        // Past the refresh age the next packet asks `CONNTRACK6`, finds nothing and starts over (same port).
+        std::thread::sleep(Duration::from_nanos(FLOW_CACHE_REFRESH_NS * 3 / 2));
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 1, "started over once the cached copy aged");
+        assert!(conntrack_holds(&dp, &f));
+        true
+    });
+}
+
+#[test]
+fn an_ipv6_nat_flow_skips_its_translation_for_a_second_then_checks_it_again() {
+    let mut dp = dataplane();
+    with_a_quick_flow(40120, |f| {
+        let p = f.nat_port(0);
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let (confirmed, flows) = (Instant::now(), new_flows(&dp, &f));
+        establish(&mut dp, &f, p);
+        // The translation goes behind the flow's back: within the second of its last confirmation (the SYN's
+        // claim) the flow does not look at it, from the cache or, past the cache's age, from `CONNTRACK6`.
+        drop_translation(&dp, &f, p);
+        request(&mut dp, &f, p);
+        std::thread::sleep(Duration::from_nanos(FLOW_CACHE_REFRESH_NS * 3 / 2));
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows, "the pin alone, within the second");
+        assert!(!has_translation(&dp, &f, p));
+        if !within(confirmed, NAT_CHECK_INTERVAL_NS) {
+            return false;
+        }
+        // Past the second the next packet checks the translation, finds it gone and starts over, claiming the
+        // port again.
+        std::thread::sleep(Duration::from_nanos(NAT_CHECK_INTERVAL_NS));
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 1, "checked again after the second");
+        assert!(has_translation(&dp, &f, p));
+        true
+    });
+}
+
+#[test]
+fn a_rst_makes_an_ipv6_nat_flow_check_its_translation() {
+    let mut dp = dataplane();
+    let rst = |dp: &mut DataPlane, f: &Flow, p: u16| {
+        let out = run(dp, &f.client_sends(TCP_RST | TCP_ACK, b""), XDP_TX, Reason::NatForwardTx);
+        assert_frame(&out, &f.backend_gets(p, TCP_RST | TCP_ACK, b""));
+    };
+    with_a_quick_flow(40140, |f| {
+        let p = f.nat_port(0);
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let (start, flows) = (Instant::now(), new_flows(&dp, &f));
+        establish(&mut dp, &f, p);
+        // Within the second a plain packet goes on the pin alone, the translation gone or not...
+        drop_translation(&dp, &f, p);
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows, "the pin alone");
+        // ...a RST does not: it finds the translation gone and starts the flow over (and is translated).
+        rst(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 1, "the RST checked the translation");
+        assert!(has_translation(&dp, &f, p));
+        // A RST that finds its translation leaves the flow to check again with its next packet (within the
+        // second, from the cache's fresh copy too): with the translation gone, it starts over.
+        rst(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 1);
+        drop_translation(&dp, &f, p);
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 2, "checked after the RST");
+        assert!(has_translation(&dp, &f, p));
+        within(start, FLOW_CACHE_REFRESH_NS)
+    });
+}
+
+#[test]
+fn an_ipv6_nat_flow_the_agent_forgot_is_not_served_from_the_flow_cache() {
+    let mut dp = dataplane();
+    with_a_quick_flow(40160, |f| {
+        let p = f.nat_port(0);
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let (start, flows) = (Instant::now(), new_flows(&dp, &f));
+        // Served from the cache while the entry is missing from the table...
+        evict(&dp, &f);
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows, "served from the cache");
+        // ...but `ForgetFlows` bumps the flow generation: the cached copy is dead at once, and the next packet
+        // starts the flow over (same backend and port: nothing else holds them).
+        dp.forget_flows(&[VIP6.into()]).expect("forget_flows");
+        request(&mut dp, &f, p);
+        assert_eq!(new_flows(&dp, &f), flows + 1, "started over, not served from the cache");
+        assert!(conntrack_holds(&dp, &f));
+        within(start, FLOW_CACHE_REFRESH_NS)
+    });
+}
+
+#[test]
+fn a_cached_ipv6_nat_flow_whose_backend_went_down_is_not_sent_there() {
+    let mut dp = dataplane();
+    with_a_quick_flow(40180, |f| {
+        let (p, old) = (f.nat_port(0), f.backend());
+        run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+        let start = Instant::now();
+        establish(&mut dp, &f, p);
+        // Only the cache knows the flow now.
+        evict(&dp, &f);
+        request(&mut dp, &f, p);
+        let mut spec = service(HTTP, PROTO_TCP, HTTP_BACKEND);
+        spec.backends[old].healthy = false;
+        dp.apply_service("web", &spec).expect("web with the flow's backend down");
+        // The cached copy names a slot whose backend may not take traffic: the flow goes to a fresh pick.
+        let others: Vec<usize> = (0..3).filter(|i| *i != old).collect();
+        let new = pick(&f, &others);
+        let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+        let (address, mac) = BACKENDS6[new];
+        assert_frame(&out, &f.frame(mac, NODE_MAC, VIP6, address, p, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
+        let timely = within(start, FLOW_CACHE_REFRESH_NS);
+        dp.apply_service("web", &service(HTTP, PROTO_TCP, HTTP_BACKEND)).expect("web with every backend up");
+        timely
+    });
 }

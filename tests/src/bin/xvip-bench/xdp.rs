@@ -737,7 +737,8 @@ fn measure(options: &Options, lan: u32) -> Result<Section> {
          - The IPv6 rows (the last ones) send TCP from an IPv6 client to an IPv6 VIP of the same instance, whose \
          DSR service on port 80 and NAT service on port 8443 (to port 8080) balance over three IPv6 backends: the \
          IPv4 rows' paths over IPv6, each with its IPv4 row's target. IPv6 NAT runs in its own program (a tail \
-         call), and its established packets look up the NAT entry too (IPv4 NAT spares them that lookup).\n\
+         call), except for an established flow's packets that the flow cache serves (as IPv4's, before the tail \
+         call).\n\
          - For scale: line rate at 64-byte frames is 67.2 ns/packet at 10G, 26.9 ns at 25G.\n\n\
          **The `xvip trace` hook** (warm, ns/packet; in brackets the difference to the same path with the hook \
          pruned, the median of the rounds' differences):\n\n{}\n\
