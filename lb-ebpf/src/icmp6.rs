@@ -20,14 +20,13 @@ use lb_common::{ECHO_MAX_LEN, NodeConfig, Reason, VipValue, martian_source6_halv
 use network_types::{eth::EthHdr, icmp::Icmpv6Hdr, ip::Ipv6Hdr};
 
 use crate::{
-    NO_ROUTER,
     csum::{self, fold},
     forward::set_macs,
     icmp::message_ok,
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4_OFF6},
-    vip::{is_local6, lookup_vip6, may_answer},
+    vip::{NO_ROUTER, is_local6, lookup_vip6, may_answer},
 };
 
 const ECHO_REQUEST: u8 = 128;

@@ -15,11 +15,11 @@ use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue, martian_sour
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    NO_ROUTER, forward6, icmp6,
+    forward6, icmp6,
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6},
-    vip::{is_local6, lookup_vip6, may_answer},
+    vip::{NO_ROUTER, is_local6, lookup_vip6, may_answer},
 };
 
 const NEXT_HOP_BY_HOP: u8 = 0;

@@ -50,13 +50,10 @@ use network_types::{arp::ArpHdr, eth::EthHdr, ip::Ipv4Hdr};
 use parse::{
     ETH_LEN, ETH_P_8021AD, ETH_P_8021Q, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IP_LEN, IPPROTO_ICMP, Ipv4Words, L4,
 };
-use vip::{Vip, lookup_vip, may_answer};
+use vip::{NO_ROUTER, Vip, lookup_vip, may_answer};
 
 const ARP_REQUEST: u16 = 1;
 const ARP_REPLY: u16 = 2;
-
-/// The router a frame belongs to when it is not addressed to any VIP: counted node-wide only.
-pub(crate) const NO_ROUTER: u32 = u32::MAX;
 
 // Inlined into the entry point the macro wraps around it: a call costs a return, and returns are expensive on
 // kernels that mitigate return-address speculation (a "safe RET" thunk on every one).

@@ -33,7 +33,6 @@ use lb_common::{
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
-    NO_ROUTER,
     csum::Delta,
     flow_cache,
     forward::{self, set_macs},
@@ -46,7 +45,7 @@ use crate::{
     parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
     route::{self, NoRoute},
     service::lookup_service6,
-    vip::lookup_vip6,
+    vip::{NO_ROUTER, lookup_vip6},
 };
 
 /// A client packet to an IPv6 NAT service, in the program `xvip_nat6` that `forward6` tail-calls (`NAT6_PROGRAMS`):

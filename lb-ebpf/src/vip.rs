@@ -11,6 +11,10 @@ use crate::{
     packet,
 };
 
+/// The router a frame belongs to when it is not addressed to any VIP (a VIP's router is `VipValue::router`):
+/// counted node-wide only.
+pub const NO_ROUTER: u32 = u32::MAX;
+
 /// The VIP a frame is addressed to: its address and `VIPS` entry.
 #[derive(Clone, Copy)]
 pub struct Vip {
