@@ -1,8 +1,8 @@
 //! Each CPU's flow cache (`FLOW_CACHE`): a direct-mapped array in front of the connection table (`CONNTRACK`) for
 //! the IPv4 DSR path's pinned packets and the IPv4 NAT path's established ones; `FLOW_CACHE6` in front of
 //! `CONNTRACK6` for the IPv6 DSR path's pinned packets and the IPv6 NAT path's established ones (the `*6`
-//! functions, by the same rules; an IPv6 flow's key is the five words of `FlowKey6::words_of`). A lookup in a hash map is a call
-//! (`__htab_map_lookup_elem`, then `memcmp`), and every return is expensive on kernels that mitigate
+//! functions, by the same rules; an IPv6 flow's key is the five words of `FlowKey6::words_of`). A lookup in a hash
+//! map is a call (`__htab_map_lookup_elem`, then `memcmp`), and every return is expensive on kernels that mitigate
 //! return-address speculation; an array lookup the verifier inlines. The connection table stays the truth (table
 //! scans, `ForgetFlows` and the ICMP paths read it; the DSR and NAT paths whenever the cache cannot answer); a
 //! cache entry is a copy of one of its entries, served only while:
@@ -11,12 +11,12 @@
 //!   connection-table entries, so a deleted pin is never served afterwards (the generation is read before the
 //!   connection table is, so an entry copied from a table about to lose it carries the old generation);
 //! - it is younger than `FLOW_CACHE_REFRESH_NS` (100 ms of the frame's `maps::Clock`): past that, the next packet
-//!   looks the flow up in the connection table, which marks the LRU entry as used, and rewrites the cache entry from it (or finds it gone:
-//!   a miss, the flow is picked afresh). A busy flow thus references its LRU entry at least every 100 ms on each
-//!   CPU it arrives on: its entry is evicted only if the table turns over within 100 ms (650000 new flows a
-//!   second into 65536 entries), when any flow idle that long would be too. The age also bounds how long a CPU
-//!   serves a pin that a SYN on another CPU replaced (each CPU writes only its own copy; RSS keeps a flow's
-//!   packets on one CPU, so this takes a flow whose packets change CPU).
+//!   looks the flow up in the connection table, which marks the LRU entry as used, and rewrites the cache entry
+//!   from it (or finds it gone: a miss, the flow is picked afresh). A busy flow thus references its LRU entry at
+//!   least every 100 ms on each CPU it arrives on: its entry is evicted only if the table turns over within 100 ms
+//!   (650000 new flows a second into 65536 entries), when any flow idle that long would be too. The age also
+//!   bounds how long a CPU serves a pin that a SYN on another CPU replaced (each CPU writes only its own copy; RSS
+//!   keeps a flow's packets on one CPU, so this takes a flow whose packets change CPU).
 //!
 //! Every pin the DSR path makes goes to the connection table and this CPU's cache together (`pin`); a cached pin is
 //! still checked against its backend slot (`Backend::keeps_pin`), and one that fails it is looked up in the
