@@ -167,9 +167,9 @@ pub struct NodeConfig {
     /// This node's own IPv4 addresses and their subnets' broadcast addresses (all zero: unused): never a client's
     /// source. The agent refreshes them whenever it writes the data plane.
     pub local: [[u8; 4]; LOCAL_ADDRESSES],
-    /// This node's own IPv6 addresses of global or unique-local scope (all zero: unused), the counterpart of
-    /// `local` for IPv6 VIPs; link-local addresses are left out, since another host of a link may hold the same.
-    /// Refreshed with `local`.
+    /// This node's own IPv6 addresses of global or unique-local scope, the counterpart of `local` for IPv6 VIPs;
+    /// link-local addresses are left out, since another host of a link may hold the same. Filled from the first slot
+    /// on, the rest all zero: the first unused slot ends the list. Refreshed with `local`.
     pub local6: [[u8; 16]; LOCAL_ADDRESSES6],
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 12 + 4 * LOCAL_ADDRESSES + 16 * LOCAL_ADDRESSES6);
@@ -193,15 +193,19 @@ impl NodeConfig {
         false
     }
 
-    /// Whether `address` is one of [`local6`](Self::local6) (two compares per slot: no map lookup, no `memcmp`).
-    /// Unused slots are all zero, so `::` matches them: callers refuse it as a martian first.
+    /// Whether `address` is one of [`local6`](Self::local6) (two compares per slot: no map lookup, no `memcmp`),
+    /// looking up to the first unused slot. `::` matches that slot: callers refuse it as a martian first.
     #[inline(always)]
     pub fn is_local6(&self, address: &[u8; 16]) -> bool {
         let wanted = ipv6_halves(address);
         let mut i = 0;
         while i < LOCAL_ADDRESSES6 {
-            if ipv6_halves(&self.local6[i]) == wanted {
+            let local = ipv6_halves(&self.local6[i]);
+            if local == wanted {
                 return true;
+            }
+            if local == (0, 0) {
+                return false;
             }
             i += 1;
         }
@@ -1923,10 +1927,17 @@ mod tests {
         let mut last = own;
         last[15] = 9;
         let mut config = NodeConfig::default();
-        config.local6[0] = own;
+        for (i, slot) in config.local6.iter_mut().enumerate() {
+            *slot = own;
+            slot[14] = i as u8;
+        }
         config.local6[LOCAL_ADDRESSES6 - 1] = last;
         assert!(config.is_local6(&own));
         assert!(config.is_local6(&last), "every slot is looked at");
+        // The list ends at the first unused slot (the agent fills them from the first on).
+        config.local6[1] = [0; 16];
+        assert!(config.is_local6(&own));
+        assert!(!config.is_local6(&last), "after an unused slot");
         let mut other = own;
         other[7] = 1; // differs in the high half only
         assert!(!config.is_local6(&other));

@@ -485,11 +485,11 @@ fn translate_error(
     };
     let (qsrc, qdst) = quoted_addresses;
     let (nsport, ndport) = quoted_ports;
-    let inner = address_delta(Delta::new(), packet::halves(&quoted.src_addr), qsrc);
-    let inner = address_delta(inner, packet::halves(&quoted.dst_addr), qdst);
+    let inner = Delta::new().addr6(packet::halves(&quoted.src_addr), qsrc);
+    let inner = inner.addr6(packet::halves(&quoted.dst_addr), qdst);
     let inner = inner.word([ports[0], ports[1]], nsport).word([ports[2], ports[3]], ndport);
     // The message holds the quoted header and ports; the pseudo-header the outer destination.
-    let mut icmp = address_delta(inner, packet::halves(&ip.dst_addr), outer_dst);
+    let mut icmp = inner.addr6(packet::halves(&ip.dst_addr), outer_dst);
     if quoted.next_hdr == PROTO_TCP {
         if let Some(check) = packet::at::<[u8; 2]>(ctx, QUOTED_L4_OFF6 + TCP_CHECK_OFF)
             && QUOTED_L4_OFF6 + TCP_CHECK_OFF + 2 <= end
@@ -520,17 +520,6 @@ fn translate_error(
     true
 }
 
-/// The `~m + m'` terms of an IPv6 address (eight words) that changed from `old` to `new`.
-#[inline(always)]
-fn address_delta(delta: Delta, old: (u64, u64), new: (u64, u64)) -> Delta {
-    let word = |x: u64, shift: u32| ((x >> shift) as u16).to_be_bytes();
-    let mut d = delta;
-    for shift in [48, 32, 16, 0] {
-        d = d.word(word(old.0, shift), word(new.0, shift)).word(word(old.1, shift), word(new.1, shift));
-    }
-    d
-}
-
 /// Rewrites addresses and ports of a TCP/UDP packet after the fixed IPv6 header and fixes its checksum
 /// incrementally. `false` if the L4 header is not in the frame (cannot happen after the parsing in `forward6`).
 #[inline(always)]
@@ -549,8 +538,8 @@ fn translate(
     let ports = ports as *mut u8;
     // SAFETY: bounds-checked by `at`; one word load (see `packet::load4`).
     let old = unsafe { packet::load4(ports) };
-    let delta = address_delta(Delta::new(), packet::halves(&ip.src_addr), src);
-    let delta = address_delta(delta, packet::halves(&ip.dst_addr), dst);
+    let delta = Delta::new().addr6(packet::halves(&ip.src_addr), src);
+    let delta = delta.addr6(packet::halves(&ip.dst_addr), dst);
     let delta = delta.word([old[0], old[1]], sport).word([old[2], old[3]], dport);
     if protocol == PROTO_TCP {
         let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF6 + TCP_CHECK_OFF) else {

@@ -60,14 +60,19 @@ pub fn lookup_vip6(address: (u64, u64)) -> Option<&'static VipValue> {
 }
 
 /// Whether the IPv6 `address` (as [`lb_common::ipv6_halves`]) is one of the node's own (`NodeConfig::is_local6`,
-/// with the configuration's addresses read as words).
+/// with the configuration's addresses read as words). Every packet to an IPv6 VIP asks, and a node has one or two
+/// such addresses: the search ends at the first unused slot (the agent fills them from the first on).
 #[inline(always)]
 pub fn is_local6(config: &NodeConfig, address: (u64, u64)) -> bool {
     let mut i = 0;
     while i < LOCAL_ADDRESSES6 {
         // `config` is the `CONFIG` map's value, not a stack copy.
-        if packet::halves(&config.local6[i]) == address {
+        let local = packet::halves(&config.local6[i]);
+        if local == address {
             return true;
+        }
+        if local == (0, 0) {
+            return false;
         }
         i += 1;
     }
