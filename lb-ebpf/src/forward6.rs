@@ -22,6 +22,7 @@ use crate::{
     nat6, packet,
     parse::{self, IP6_LEN, L4, L4_OFF6},
     service::lookup_service6,
+    vip::martian6,
 };
 
 /// Offset of the UDP checksum in the frame (after the fixed IPv6 header).
@@ -31,7 +32,7 @@ const QUOTED_OFF6: usize = L4_OFF6 + 8;
 const QUOTED_L4_OFF6: usize = QUOTED_OFF6 + IP6_LEN;
 
 /// A TCP or UDP packet to an IPv6 VIP (`vip`), whose `payload` bytes after the fixed header lie inside the frame
-/// and whose source passed the martian checks; `src` and `dst` are its addresses' halves.
+/// (its source not yet tested: see `vip::martian6`); `src` and `dst` are its addresses' halves.
 #[inline(always)]
 pub fn transport(
     ctx: &XdpContext,
@@ -63,6 +64,10 @@ pub fn transport(
     if let Some((word, bit)) = nat_source_port_bit(l4.protocol, u16::from_be_bytes(l4.sport))
         && NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0)
     {
+        // A reply changes its flow's state: its source must be one a backend can have.
+        if martian6(src, dst, config) {
+            return (XDP_DROP, Reason::DropMartianSource);
+        }
         if let Some(entry) = nat6::reverse_entry(ip, &l4) {
             return nat6::reply(ctx, eth, ip, &l4, entry, clock.now());
         }
@@ -126,6 +131,10 @@ fn dsr(
                 Err(reason) => (XDP_DROP, reason),
             };
         }
+    }
+    // A new flow: its source is tested before it gets an entry (a pinned flow's source was, when it got one).
+    if martian6(client, vip_address, config) {
+        return (XDP_DROP, Reason::DropMartianSource);
     }
     let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, vip.hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {

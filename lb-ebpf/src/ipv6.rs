@@ -11,7 +11,7 @@ use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     programs::XdpContext,
 };
-use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue, martian_source6_halves};
+use lb_common::{NodeConfig, PROTO_TCP, PROTO_UDP, Reason, VipValue};
 use network_types::{eth::EthHdr, ip::Ipv6Hdr};
 
 use crate::{
@@ -19,7 +19,7 @@ use crate::{
     maps::Clock,
     packet,
     parse::{ETH_LEN, IP6_LEN, IPPROTO_ICMPV6},
-    vip::{NO_ROUTER, is_local6, lookup_vip6, may_answer},
+    vip::{NO_ROUTER, lookup_vip6, martian6, may_answer},
 };
 
 const NEXT_HOP_BY_HOP: u8 = 0;
@@ -82,12 +82,11 @@ fn to_vip(
     if ETH_LEN + IP6_LEN + payload > packet::len(ctx) {
         return (XDP_PASS, Reason::PassTruncated);
     }
-    // Before anything else: sources no client can have (the VIP, another of ours, the node's own, martians).
     let src = packet::halves(&ip.src_addr);
-    if martian_source6_halves(src, dst) || is_local6(config, src) || lookup_vip6(src).is_some() {
-        return (XDP_DROP, Reason::DropMartianSource);
-    }
     match ip.next_hdr {
+        // Every ICMPv6 message draws an answer or a translation: sources no client can have stop here. TCP and UDP
+        // are tested where a packet would make or change state (`forward6`, `nat6`), as for IPv4.
+        IPPROTO_ICMPV6 if martian6(src, dst, config) => (XDP_DROP, Reason::DropMartianSource),
         IPPROTO_ICMPV6 => icmp6::to_vip(ctx, eth, ip, (src, dst), config, vip, payload),
         PROTO_TCP | PROTO_UDP => forward6::transport(ctx, eth, ip, config, vip, (src, dst), payload, clock),
         NEXT_FRAGMENT => (XDP_DROP, Reason::DropFragment),

@@ -45,7 +45,7 @@ use crate::{
     parse::{self, ETH_LEN, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF6},
     route::{self, NoRoute},
     service::lookup_service6,
-    vip::{NO_ROUTER, lookup_vip6},
+    vip::{NO_ROUTER, lookup_vip6, martian6},
 };
 
 /// A client packet to an IPv6 NAT service, in the program `xvip_nat6` that `forward6` tail-calls (`NAT6_PROGRAMS`):
@@ -131,7 +131,11 @@ fn forward_frame(
         }
     }
 
-    // A new flow, or one starting over (as after a failover).
+    // A new flow, or one starting over (as after a failover): its source is tested before it claims a port and
+    // gets entries (an established flow's source was, when it got them).
+    if martian6(client, vip_address, config) {
+        return (XDP_DROP, Reason::DropMartianSource);
+    }
     let hash = flow_hash6_halves(client, l4.sport, l4.dport, l4.protocol, hash_seed);
     let Some(id) = forward::maglev_pick(svc, hash) else {
         return (XDP_DROP, Reason::DropInternal);

@@ -2,8 +2,8 @@
 //! element it names (two array reads the verifier inlines); the `VIPS` hash only for VIPs sharing a slot. IPv6 VIPs
 //! alike, in `VIP6_SLOTS`, `VIP6_TABLE` and `VIPS6`.
 use lb_common::{
-    LOCAL_ADDRESSES6, NodeConfig, SLOT_EMPTY, SLOT_SHARED, VipValue, ipv6_from_halves, martian_source, vip_fold,
-    vip6_fold,
+    LOCAL_ADDRESSES6, NodeConfig, SLOT_EMPTY, SLOT_SHARED, VipValue, ipv6_from_halves, martian_source,
+    martian_source6_halves, vip_fold, vip6_fold,
 };
 
 use crate::{
@@ -97,6 +97,13 @@ pub fn may_answer(router: u32, clock: &Clock) -> bool {
     // The coarse clock (a jiffy behind at most, and far cheaper to read): a beat is judged up to one jiffy late,
     // against limits of several advert intervals.
     clock.now().saturating_sub(beat.last_ns) <= beat.max_age_ns
+}
+
+/// [`martian`] for an IPv6 `source` to the IPv6 VIP `vip` (both as [`lb_common::ipv6_halves`]), tested where IPv4
+/// tests it.
+#[inline(always)]
+pub fn martian6(source: (u64, u64), vip: (u64, u64), config: &NodeConfig) -> bool {
+    martian_source6_halves(source, vip) || is_local6(config, source) || lookup_vip6(source).is_some()
 }
 
 /// Whether `source` is an address no client of `vip` can have: martian, this VIP or another of ours, or one of the

@@ -12,9 +12,9 @@ use std::{
 
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use lb_common::{
-    FAMILY_IPV6, FLOW_CACHE_REFRESH_NS, FORWARD_NAT, FlowKey6, FlowValue6, MAGLEV_M, NAT_CHECK_INTERVAL_NS,
-    NAT_PORT_TRIES, NatKey6, NatValue6, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6, names, nat_port,
-    router_slot,
+    FAMILY_IPV6, FLOW_CACHE_REFRESH_NS, FORWARD_DSR, FORWARD_NAT, FlowKey6, FlowValue6, MAGLEV_M,
+    NAT_CHECK_INTERVAL_NS, NAT_PORT_TRIES, NatKey6, NatValue6, PROTO_TCP, PROTO_UDP, Reason, flow_hash6, group_seed6,
+    names, nat_port, router_slot,
 };
 use support::fixture::{self, CLIENT_MAC, NODE_MAC, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
 use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
@@ -301,6 +301,36 @@ fn udp_is_translated_both_ways_with_valid_checksums() {
         assert_frame(&out, &f.client_gets(0, RESPONSE));
         assert_ne!(&out[60..62], &[0, 0], "a UDP checksum over IPv6 is never 0");
     }
+}
+
+/// As for IPv4 (`nat.rs`), the martian test runs where state would be made, not on an established flow's packets
+/// (their entries were made after it passed): a client whose address becomes the node's own keeps its NAT and DSR
+/// flows, but starts no new one.
+#[test]
+fn an_ipv6_client_address_that_becomes_the_nodes_own_keeps_its_flows_and_starts_no_new_one() {
+    let mut dp = dataplane();
+    let dsr = ServiceSpec { forwarding: FORWARD_DSR, ..service(443, PROTO_TCP, 443) };
+    dp.apply_service("tls", &dsr).expect("tls");
+    let client = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x61);
+    let f = Flow { client, cport: 40039, protocol: PROTO_TCP };
+    run(&mut dp, &f.client_sends(TCP_SYN, b""), XDP_TX, Reason::NatForwardTx);
+    let dsr_frame = |flags| f.frame(NODE_MAC, CLIENT_MAC, client, VIP6, 40040, 443, flags, b"");
+    run(&mut dp, &dsr_frame(TCP_SYN), XDP_TX, Reason::ForwardTx);
+
+    fixture::ip(&format!("addr add {client}/128 dev lan nodad"));
+    // Any write of the data plane reads the node's addresses afresh.
+    dp.set_node_mac(NODE_MAC).expect("set_node_mac");
+
+    let out = run(&mut dp, &f.client_sends(TCP_ACK | TCP_PSH, REQUEST), XDP_TX, Reason::NatForwardTx);
+    assert_frame(&out, &f.backend_gets(f.nat_port(0), TCP_ACK | TCP_PSH, REQUEST));
+    run(&mut dp, &dsr_frame(TCP_ACK), XDP_TX, Reason::ForwardTx);
+    // A new connection (a SYN starts over) and a flow without an entry are tested, and dropped.
+    let syn = f.client_sends(TCP_SYN, b"");
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn);
+    let syn = dsr_frame(TCP_SYN);
+    assert_eq!(run(&mut dp, &syn, XDP_DROP, Reason::DropMartianSource), syn);
+    let ack = Flow { cport: 40041, ..f }.client_sends(TCP_ACK, b"");
+    assert_eq!(run(&mut dp, &ack, XDP_DROP, Reason::DropMartianSource), ack);
 }
 
 #[test]
