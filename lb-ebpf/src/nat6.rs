@@ -112,7 +112,7 @@ fn forward_frame(
             if confirmed(pinned, l4, now) {
                 flow_cache::put6(&words, pinned, generation, now);
                 let (id, port) = (pinned.backend, pinned.nat_port);
-                return to_backend(ctx, eth, ip, config, svc.index, id, port, address, false);
+                return to_backend(ctx, eth, ip, config, svc.index, id, port, address, &backend, false);
             }
             let key = NatKey6::from_halves(address, vip_address, backend.port, pinned.nat_port, l4.protocol);
             // Otherwise (evicted, taken over after this flow went idle, or a UDP flow that aged out) the flow
@@ -125,7 +125,7 @@ fn forward_frame(
                     confirm(pinned, l4, now);
                     flow_cache::put6(&words, pinned, generation, now);
                     let (id, port) = (pinned.backend, pinned.nat_port);
-                    return to_backend(ctx, eth, ip, config, svc.index, id, port, address, false);
+                    return to_backend(ctx, eth, ip, config, svc.index, id, port, address, &backend, false);
                 }
             }
         }
@@ -173,7 +173,7 @@ fn forward_frame(
     if recorded {
         flow_cache::put6(&words, &value, generation, now);
     }
-    to_backend(ctx, eth, ip, config, svc.index, id, port, address, recorded)
+    to_backend(ctx, eth, ip, config, svc.index, id, port, address, &backend, recorded)
 }
 
 /// A client packet to an IPv6 NAT service that this CPU's flow cache can send on, served in `xvip_xdp` before the
@@ -199,14 +199,15 @@ pub fn cached(
     }
     let words = FlowKey6::words_of(client, vip_address, l4.sport, l4.dport, l4.protocol);
     let cached = flow_cache::get6(&words, flow_cache::generation(config), now)?;
-    if cached.nat_port == [0, 0] || !confirmed(cached, l4, now) || usable(cached, svc).is_none() {
+    if cached.nat_port == [0, 0] || !confirmed(cached, l4, now) {
         return None;
     }
+    let backend = usable(cached, svc)?;
     let (id, port) = (cached.backend, cached.nat_port);
-    Some(to_backend(ctx, eth, ip, config, svc.index, id, port, cached.address_halves(), false))
+    Some(to_backend(ctx, eth, ip, config, svc.index, id, port, cached.address_halves(), &backend, false))
 }
 
-/// Translates a client packet to the backend in slot `id` (at `address`) from `[VIP]:port` and sends it there.
+/// Translates a client packet to `backend`, in slot `id` (at `address`), from `[VIP]:port` and sends it there.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn to_backend(
@@ -218,13 +219,10 @@ fn to_backend(
     id: u32,
     port: [u8; 2],
     address: (u64, u64),
+    backend: &Backend,
     new_flow: bool,
 ) -> (u32, Reason) {
-    let Some(backend) = BACKENDS.get(id) else {
-        return (XDP_DROP, Reason::DropInternal);
-    };
-    let backend: Backend = *backend;
-    if let Err(reason) = forward::take_backend(ctx, service_index, id, &backend, new_flow) {
+    if let Err(reason) = forward::take_backend(ctx, service_index, id, backend, new_flow) {
         return (XDP_DROP, reason);
     }
     let vip = packet::halves(&ip.dst_addr);
@@ -232,7 +230,7 @@ fn to_backend(
         return (XDP_PASS, Reason::PassTruncated);
     }
     let reasons = [Reason::NatForwardTx, Reason::NatForwardRedirect, Reason::NatForwardLocal];
-    forward::to_backend(ctx, eth, config, &backend, reasons)
+    forward::to_backend(ctx, eth, config, backend, reasons)
 }
 
 /// The reverse entry a packet from an IPv6 NAT backend's `[address]:port` to `[VIP]:nport` belongs to, if any.
