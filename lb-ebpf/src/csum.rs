@@ -89,9 +89,17 @@ pub fn ipv4_header_ok(words: [u32; 5]) -> bool {
         sum += u64::from(words[i]);
         i += 1;
     }
-    // At most 5 * (2^32 - 1): folding the high half in twice leaves 32 bits, then `fold` makes 16.
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    // At most 5 * (2^32 - 1).
+    sum_verifies(sum)
+}
+
+/// Whether a message's one's complement sum, accumulated from 32-bit words (either byte order, see
+/// [`ipv4_header_ok`]) in a 64-bit `sum` below 2^40, verifies: it folds to 0xffff.
+#[inline(always)]
+pub fn sum_verifies(sum: u64) -> bool {
+    // Two folds of the high half leave 32 bits, `fold` 16.
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
     fold(sum as u32) == 0xffff
 }
 

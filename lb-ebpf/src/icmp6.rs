@@ -254,7 +254,7 @@ fn scan_solicitation(ctx: &XdpContext, len: usize, seed: u64) -> Option<bool> {
             return None;
         }
         let sum = add(add(add(add(seed, chunks[0]), chunks[1]), chunks[2]), option);
-        return checksum_verifies(sum).then_some(option[0] == OPTION_SOURCE_LL);
+        return csum::sum_verifies(sum).then_some(option[0] == OPTION_SOURCE_LL);
     }
     if len % 8 != 0 {
         return None;
@@ -284,16 +284,7 @@ fn scan_solicitation(ctx: &XdpContext, len: usize, seed: u64) -> Option<bool> {
     if next_option != chunks {
         return None;
     }
-    checksum_verifies(sum).then_some(source_ll)
-}
-
-/// Whether a message's one's complement sum, accumulated from 32-bit words in a 64-bit `sum` (below 2^40: a few
-/// dozen words), verifies: it folds to 0xffff.
-#[inline(always)]
-fn checksum_verifies(sum: u64) -> bool {
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    fold(sum as u32) == 0xffff
+    csum::sum_verifies(sum).then_some(source_ll)
 }
 
 /// Turns the solicitation (whose target is the VIP of `vip`) into the advertisement (see the module's doc),
