@@ -225,8 +225,7 @@ fn to_backend(
     if let Err(reason) = forward::take_backend(ctx, service_index, id, backend, new_flow) {
         return (XDP_DROP, reason);
     }
-    let vip = packet::halves(&ip.dst_addr);
-    if !translate(ctx, ip, ip.next_hdr, vip, address, port, backend.port) {
+    if !translate(ctx, ip, ip.next_hdr, address, port, backend.port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     let reasons = [Reason::NatForwardTx, Reason::NatForwardRedirect, Reason::NatForwardLocal];
@@ -274,7 +273,7 @@ pub fn reply(
             }
             Err(NoRoute::Neighbour) => {
                 // The kernel resolves the next hop and forwards this packet; the next reply finds the neighbour.
-                if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+                if !translate(ctx, ip, l4.protocol, client, service_port, client_port) {
                     return (XDP_PASS, Reason::PassTruncated);
                 }
                 return (XDP_PASS, Reason::PassNoNeighbour);
@@ -282,7 +281,7 @@ pub fn reply(
             Err(no) => return (XDP_DROP, no.reason()),
         }
     };
-    if !translate(ctx, ip, l4.protocol, vip, client, service_port, client_port) {
+    if !translate(ctx, ip, l4.protocol, client, service_port, client_port) {
         return (XDP_PASS, Reason::PassTruncated);
     }
     set_macs(eth, route.next_hop_mac, route.egress_mac);
@@ -522,14 +521,17 @@ fn translate_error(
     true
 }
 
-/// Rewrites addresses and ports of a TCP/UDP packet after the fixed IPv6 header and fixes its checksum
-/// incrementally. `false` if the L4 header is not in the frame (cannot happen after the parsing in `forward6`).
+/// Rewrites a TCP/UDP packet to the VIP (after the fixed IPv6 header) into one from the VIP to `dst`, with ports
+/// `sport` and `dport`, and fixes its checksum incrementally. `false` if the L4 header is not in the frame (cannot
+/// happen after the parsing in `forward6`).
+///
+/// The VIP moves from destination to source, so its terms cancel out of the checksum's change: the old source
+/// leaves and `dst` comes in (one address's terms, not two: ~v + v is 0xffff, a zero of one's complement).
 #[inline(always)]
 fn translate(
     ctx: &XdpContext,
     ip: &mut Ipv6Hdr,
     protocol: u8,
-    src: (u64, u64),
     dst: (u64, u64),
     sport: [u8; 2],
     dport: [u8; 2],
@@ -540,8 +542,8 @@ fn translate(
     let ports = ports as *mut u8;
     // SAFETY: bounds-checked by `at`; one word load (see `packet::load4`).
     let old = unsafe { packet::load4(ports) };
-    let delta = Delta::new().addr6(packet::halves(&ip.src_addr), src);
-    let delta = delta.addr6(packet::halves(&ip.dst_addr), dst);
+    let vip = packet::halves(&ip.dst_addr);
+    let delta = Delta::new().addr6(packet::halves(&ip.src_addr), dst);
     let delta = delta.word([old[0], old[1]], sport).word([old[2], old[3]], dport);
     if protocol == PROTO_TCP {
         let Some(check) = packet::at::<[u8; 2]>(ctx, L4_OFF6 + TCP_CHECK_OFF) else {
@@ -559,7 +561,7 @@ fn translate(
     }
     // SAFETY: bounds-checked by `at`.
     unsafe { packet::store4(ports, [sport[0], sport[1], dport[0], dport[1]]) };
-    packet::store_halves(&mut ip.src_addr, src);
+    packet::store_halves(&mut ip.src_addr, vip);
     packet::store_halves(&mut ip.dst_addr, dst);
     true
 }
