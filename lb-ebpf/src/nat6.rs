@@ -16,9 +16,9 @@
 //!
 //! # Checksums
 //! IPv6 has no header checksum; the TCP/UDP checksum covers the addresses through the pseudo-header (RFC 8200
-//! §8.1), so it is updated incrementally (RFC 1624) over each changed address (`Delta::addr6`) and the ports. A
-//! zero UDP checksum is invalid over IPv6 and never reaches here (`forward6` drops it); a computed 0 is sent as
-//! 0xffff.
+//! §8.1), so it is updated incrementally (RFC 1624) over the addresses (`Delta::addr6`; the VIP's terms cancel, see
+//! [`translate`]) and the ports. A zero UDP checksum is invalid over IPv6 and never reaches here (`forward6` drops
+//! it); a computed 0 is sent as 0xffff.
 use aya_ebpf::{
     bindings::{
         BPF_NOEXIST,
