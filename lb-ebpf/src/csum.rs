@@ -11,8 +11,9 @@ pub fn replace16(check: [u8; 2], old: u16, new: u16) -> [u8; 2] {
 /// at the end: `HC' = ~(~HC + Σ(~m + m'))`. Applying the terms word by word or all at once gives the same result
 /// (one's complement addition is associative), and the fold happens once.
 ///
-/// An IPv4 address is two words ([`addr`](Self::addr)), an IPv6 address eight ([`addr6`](Self::addr6)); it counts in the IP header checksum and, through the
-/// pseudo-header (RFC 793 §3.1, RFC 768), in the TCP and UDP checksums.
+/// An IPv4 address is two words ([`addr`](Self::addr)), an IPv6 address eight ([`addr6`](Self::addr6)); an IPv4
+/// address counts in the IP header checksum and, through the pseudo-header (RFC 793 §3.1, RFC 768, RFC 8200 §8.1),
+/// both count in the TCP and UDP checksums.
 #[derive(Clone, Copy)]
 pub struct Delta(u32);
 
