@@ -335,6 +335,25 @@ impl Family {
     }
 }
 
+/// What a backend at one of this node's own addresses is: reached through the node's own stack, with the MAC of
+/// the interface that holds the address, over IPv4; not at all over IPv6 (the node's own IPv6 NAT replies are
+/// not translated back, docs/ipv6.md), which the reason says rather than a generic "no route".
+fn local(address: IpAddr) -> Seen {
+    let v4 = match address {
+        IpAddr::V4(v4) => v4,
+        IpAddr::V6(_) => {
+            return Seen::NoRoute(format!(
+                "{address} is this node's own address, and a backend on the node itself is reached over IPv4 only \
+                 (an IPv6 one stays out of the tables; see docs/ipv6.md)"
+            ));
+        }
+    };
+    match crate::netif::interface_of(v4).map(|name| crate::netif::interface_mac(&name)) {
+        Some(Ok(mac)) => Seen::Local { mac },
+        _ => Seen::NoRoute(format!("{address} is local, but on no Ethernet interface of this node")),
+    }
+}
+
 /// What the agent asks of the [`watch`] worker.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -435,15 +454,7 @@ pub async fn watch(
             };
             if path.local {
                 // Nothing to resolve or refresh: the backend is this node.
-                let interface = match address {
-                    IpAddr::V4(v4) => crate::netif::interface_of(v4),
-                    // A backend on the node itself is reached through its stack over IPv4 only.
-                    IpAddr::V6(_) => None,
-                };
-                let seen = match interface.map(|name| crate::netif::interface_mac(&name)) {
-                    Some(Ok(mac)) => Seen::Local { mac },
-                    _ => Seen::NoRoute(format!("{address} is local, but on no Ethernet interface of this node")),
-                };
+                let seen = local(address);
                 if last.get(&address) != Some(&seen) {
                     last.insert(address, seen.clone());
                     changes.push((address, seen));
@@ -621,6 +632,39 @@ mod tests {
                 }
                 let found = found.expect("the kernel resolved the backend after touch()");
                 assert_eq!(text(found), want);
+            });
+        });
+    }
+
+    /// A backend at the node's own IPv4 address is delivered through its stack (the MAC of the interface holding
+    /// it); one at its own IPv6 address is reported as not reached, with why, not as a missing interface.
+    #[test]
+    fn a_backend_at_the_nodes_own_address_is_local_over_ipv4_and_not_reached_over_ipv6() {
+        in_netns(|| {
+            let (_peer, _) = veth_to_peer("nl", 92);
+            sh("ip addr add fd00:92::1/64 dev xvn0 nodad");
+            // From `ip` (this thread's namespace), not /sys (the mount's).
+            let out = Command::new("ip").args(["-o", "link", "show", "xvn0"]).output().expect("ip link show");
+            let line = String::from_utf8_lossy(&out.stdout).to_string();
+            let own_mac = line.split("link/ether ").nth(1).and_then(|r| r.split(' ').next()).expect("xvn0's MAC");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            rt.block_on(async {
+                let n = Neighbours::connect().expect("netlink");
+                let v4 = IpAddr::V4(Ipv4Addr::new(10, 92, 0, 1));
+                let v6 = IpAddr::V6("fd00:92::1".parse().expect("literal"));
+                assert!(n.path(v4).await.expect("IPv4 path").local);
+                assert!(n.path(v6).await.expect("IPv6 path").local);
+                match local(v4) {
+                    Seen::Local { mac } => assert_eq!(text(mac), own_mac),
+                    other => panic!("own IPv4 address: {other:?}"),
+                }
+                match local(v6) {
+                    Seen::NoRoute(why) => {
+                        assert!(why.contains("fd00:92::1 is this node's own address"), "{why}");
+                        assert!(why.contains("reached over IPv4 only"), "{why}");
+                    }
+                    other => panic!("own IPv6 address: {other:?}"),
+                }
             });
         });
     }
