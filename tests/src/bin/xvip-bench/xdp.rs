@@ -49,9 +49,9 @@ const TRACE_OFF_TARGET_NS: f64 = 5.0;
 const TRACE_PATHS: [&str; 5] = [
     "frame to another address -> kernel",
     "TCP to the VIP, port without a service -> dropped (one SERVICES miss)",
-    "DSR, pinned flow (ACK: conntrack hit)",
+    "DSR, pinned flow (ACK: flow cache hit)",
     "IPv6 TCP to the VIP, port without a service -> dropped (one SERVICES6 miss)",
-    "IPv6 DSR, pinned flow (ACK: conntrack hit)",
+    "IPv6 DSR, pinned flow (ACK: flow cache hit)",
 ];
 
 /// The default target: a path within 50 ns of the baseline. The NAT paths have their own (see `paths`).
@@ -170,7 +170,7 @@ fn paths() -> Vec<PathSpec> {
             target: f64::NAN,
         },
         PathSpec {
-            name: "DSR, pinned flow (ACK: conntrack hit)",
+            name: "DSR, pinned flow (ACK: flow cache hit)",
             frames: Frames::Same(|| client_tcp(40001, TCP_ACK | TCP_PSH, PAYLOAD)),
             prepare: |dp| {
                 dsr_web(dp)?;
@@ -201,7 +201,7 @@ fn paths() -> Vec<PathSpec> {
             target: f64::NAN,
         },
         PathSpec {
-            name: "NAT, established flow (ACK: one conntrack lookup, rewrite)",
+            name: "NAT, established flow (ACK: flow cache hit, rewrite)",
             frames: Frames::Same(|| client_tcp_to(41001, NAT_PORT, TCP_ACK | TCP_PSH, PAYLOAD)),
             prepare: |dp| {
                 nat_api(dp)?;
@@ -212,7 +212,7 @@ fn paths() -> Vec<PathSpec> {
             target: 100.0,
         },
         PathSpec {
-            name: "NAT, established flow to a backend on this node (ACK: conntrack lookup, rewrite, XDP_PASS)",
+            name: "NAT, established flow to a backend on this node (ACK: flow cache hit, rewrite, XDP_PASS)",
             frames: Frames::Same(|| client_tcp_to(41003, LOCAL_NAT_PORT, TCP_ACK | TCP_PSH, PAYLOAD)),
             prepare: |dp| {
                 nat_local(dp)?;
@@ -276,7 +276,7 @@ fn ipv6_paths() -> Vec<PathSpec> {
             target: f64::NAN,
         },
         PathSpec {
-            name: "IPv6 DSR, pinned flow (ACK: conntrack hit)",
+            name: "IPv6 DSR, pinned flow (ACK: flow cache hit)",
             frames: Frames::Same(|| client_tcp6(40001, 80, TCP_ACK | TCP_PSH, PAYLOAD)),
             prepare: |dp| {
                 dsr_web6(dp)?;
@@ -295,7 +295,7 @@ fn ipv6_paths() -> Vec<PathSpec> {
             target: 250.0,
         },
         PathSpec {
-            name: "IPv6 NAT, established flow (ACK: conntrack + NAT lookups, rewrite)",
+            name: "IPv6 NAT, established flow (ACK: flow cache hit, rewrite)",
             frames: Frames::Same(|| client_tcp6(41001, NAT_PORT, TCP_ACK | TCP_PSH, PAYLOAD)),
             prepare: |dp| {
                 nat_api6(dp)?;
