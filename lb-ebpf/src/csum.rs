@@ -56,6 +56,14 @@ impl Delta {
         Delta(self.0 + other.0)
     }
 
+    /// The recorded changes as the kernel's checksum helpers take a difference (a `__wsum`, as for
+    /// `bpf_l4_csum_replace` of size 0): sums of memory words as the CPU loads them, so the folded sum's two bytes
+    /// in network order, read as a native integer.
+    #[inline(always)]
+    pub fn wsum(self) -> u32 {
+        u32::from(u16::from_ne_bytes(fold(self.0).to_be_bytes()))
+    }
+
     /// `check` with every recorded change applied.
     #[inline(always)]
     pub fn apply(self, check: [u8; 2]) -> [u8; 2] {

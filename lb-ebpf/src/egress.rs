@@ -5,7 +5,9 @@
 //!   translated exactly as for a remote one (`VIP:nport -> backend:bport`), so the backend answers
 //!   `backend:bport -> VIP:nport` from this node. That reply is translated back here, as the XDP program translates
 //!   a remote backend's (`nat_state::reply_seen` keeps the same TCP state, the route comes from the FIB the same way):
-//!   `VIP:svc -> client:cport`, out towards the client's next hop.
+//!   `VIP:svc -> client:cport`, out towards the client's next hop. An IPv6 backend's reply alike (`nat6_reply`:
+//!   the `NAT6` entry, the IPv6 FIB; IPv6 has no header checksum, and the pseudo-header's change is one
+//!   difference, the VIP's terms cancelling).
 //! - **The node's own ARP requests for an active VIP.** The reply above is routed to the VIP on-link, so the
 //!   kernel asks for the VIP's MAC first, and nobody answers it (this node's XDP program answers only frames from
 //!   the wire). While the VIP's router is active here, the request is turned into the answer (the VIP's MAC, which
@@ -29,7 +31,7 @@ use aya_ebpf::{
     helpers::{bpf_redirect, bpf_redirect_neigh},
     programs::TcContext,
 };
-use lb_common::{PROTO_TCP, PROTO_UDP, Reason, nat_source_port_bit};
+use lb_common::{PROTO_TCP, PROTO_UDP, Reason, ipv6_from_halves, nat_source_port_bit};
 use network_types::{
     arp::ArpHdr,
     eth::EthHdr,
@@ -38,12 +40,13 @@ use network_types::{
 };
 
 use crate::{
+    csum::Delta,
     icmp6::{self, ADVERTISEMENT_LEN, ND_HOP_LIMIT, NEIGHBOR_SOLICITATION, OPTION_SOURCE_LL, SOLICITATION_LEN},
     maps::{Clock, NAT_SOURCE_PORTS},
     nat::{self, TCP_CHECK_OFF, UDP_CHECK_OFF},
     nat_state::{self, NatState},
-    packet,
-    parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IPPROTO_ICMPV6, L4, L4_OFF, L4_OFF6},
+    nat6, packet,
+    parse::{self, ETH_LEN, ETH_P_ARP, ETH_P_IPV4, ETH_P_IPV6, IP6_LEN, IPPROTO_ICMPV6, L4, L4_OFF, L4_OFF6},
     route::{self, NoRoute, Route},
     vip::{lookup_vip, lookup_vip6, may_answer},
 };
@@ -54,6 +57,9 @@ const ARP_REPLY: u16 = 2;
 const IP_CHECK_OFF: usize = ETH_LEN + 10;
 const IP_SRC_OFF: usize = ETH_LEN + 12;
 const IP_DST_OFF: usize = ETH_LEN + 16;
+/// Offsets in the frame of the IPv6 addresses.
+const IP6_SRC_OFF: usize = ETH_LEN + 8;
+const IP6_DST_OFF: usize = ETH_LEN + 24;
 
 /// What to do with a frame leaving the node, and the reason and router to count it under (none: untouched).
 #[inline(always)]
@@ -75,7 +81,7 @@ pub fn process(ctx: &TcContext) -> (i32, Option<(Reason, u32)>) {
     match ether_type {
         ETH_P_ARP => arp(ctx, eth, ifindex, &clock),
         ETH_P_IPV4 => ipv4(ctx, ifindex, &clock),
-        ETH_P_IPV6 => neighbor_solicitation(ctx, ifindex, &clock),
+        ETH_P_IPV6 => ipv6(ctx, ifindex, &clock),
         _ => (TC_ACT_OK as i32, None),
     }
 }
@@ -234,9 +240,105 @@ fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u
         from: (backend, vip.address, l4),
         to: (vip.address, client, service_port, client_port),
     };
+    send_reply(ctx, ifindex, route, router, |ctx| translate(ctx, &translation))
+}
+
+/// IPv6 leaving the node: its Neighbor Solicitation for an active IPv6 VIP, or a reply of an IPv6 NAT backend on
+/// this node (see the module's doc); anything else untouched.
+#[inline(always)]
+fn ipv6(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
+    // The fixed header is in the linear part (`process` pulled enough for it).
+    let Some(ip) = packet::at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        return (TC_ACT_OK as i32, None);
+    };
+    // SAFETY: bounds-checked by `at`.
+    let next = unsafe { (*ip).next_hdr };
+    if next == IPPROTO_ICMPV6 {
+        neighbor_solicitation(ctx, ifindex, clock)
+    } else if next == PROTO_TCP || next == PROTO_UDP {
+        nat6_reply(ctx, ifindex, clock)
+    } else {
+        (TC_ACT_OK as i32, None)
+    }
+}
+
+/// A reply of an IPv6 NAT backend on this node to an active IPv6 VIP, `[backend]:bport -> [VIP]:nport`, translated
+/// back to the client as `ipv4` translates an IPv4 one (and as the XDP program, `nat6::reply`, a remote backend's).
+#[inline(always)]
+fn nat6_reply(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u32)>) {
+    let untouched = (TC_ACT_OK as i32, None);
+    let wanted = (L4_OFF6 + TcpHdr::LEN).min(ctx.len() as usize);
+    if packet::len(ctx) < wanted && ctx.pull_data(wanted as u32).is_err() {
+        return untouched;
+    }
+    let Some(ip) = packet::at::<Ipv6Hdr>(ctx, ETH_LEN) else {
+        return untouched;
+    };
+    // SAFETY: bounds-checked by `at`.
+    let ip = unsafe { &*ip };
+    let protocol = ip.next_hdr;
+    // Extension headers are not walked (the XDP program does not either): the transport header follows directly.
+    if ip.vcf[0] >> 4 != 6 || (protocol != PROTO_TCP && protocol != PROTO_UDP) {
+        return untouched;
+    }
+    let (backend, vip_address) = (packet::halves(&ip.src_addr), packet::halves(&ip.dst_addr));
+    let Some(vip) = lookup_vip6(vip_address) else {
+        return untouched;
+    };
+    let router = vip.router;
+    if !may_answer(router, clock) {
+        return untouched;
+    }
+    let payload = usize::from(u16::from_be_bytes(ip.payload_len));
+    let Ok(l4) = parse::l4_at(ctx, protocol, L4_OFF6, payload) else {
+        return untouched;
+    };
+    let Some((word, bit)) = nat_source_port_bit(protocol, u16::from_be_bytes(l4.sport)) else {
+        return untouched;
+    };
+    if !NAT_SOURCE_PORTS.get(word).is_some_and(|w| *w & (1u64 << bit) != 0) {
+        return untouched;
+    }
+    let Some(entry) = nat6::reverse_entry(ip, &l4) else {
+        return untouched;
+    };
+    // SAFETY: a valid map value; concurrent writers on other CPUs only store whole fields.
+    let entry = unsafe { &mut *entry };
+    let now = clock.now();
+    if let Err(reason) = nat_state::reply_seen(entry, &l4, now) {
+        return (TC_ACT_SHOT as i32, Some((reason, router)));
+    }
+    let (client, client_port, service_port) = (packet::halves(&entry.client), entry.client_port, entry.service_port);
+    let route = match nat_state::cached_route(entry, now) {
+        Some(route) => Ok(route),
+        None => {
+            let length = (IP6_LEN as u16).saturating_add(payload as u16);
+            let found = route::lookup6_from(ctx.skb.skb as *mut _, ifindex, vip_address, client, protocol, length);
+            if let Ok(r) = &found {
+                entry.set_route(r, now);
+            }
+            found
+        }
+    };
+    let translation =
+        Translation6 { protocol, from: (backend, vip_address, l4), to: (client, service_port, client_port) };
+    send_reply(ctx, ifindex, route, router, |ctx| translate6(ctx, &translation))
+}
+
+/// Sends a local NAT backend's reply on towards the client: `translate` rewrites it (`false`: a helper failed, and
+/// half a rewrite must not leave), then it goes to the route's next hop, or through the kernel's own next-hop
+/// resolution when the neighbour is not known yet.
+#[inline(always)]
+fn send_reply(
+    ctx: &TcContext,
+    ifindex: u32,
+    route: Result<Route, NoRoute>,
+    router: u32,
+    translate: impl FnOnce(&TcContext) -> bool,
+) -> (i32, Option<(Reason, u32)>) {
     match route {
         Ok(route) => {
-            if !translate(ctx, &translation) || !set_macs(ctx, &route) {
+            if !translate(ctx) || !set_macs(ctx, &route) {
                 return (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)));
             }
             if route.ifindex == ifindex {
@@ -251,9 +353,9 @@ fn ipv4(ctx: &TcContext, ifindex: u32, clock: &Clock) -> (i32, Option<(Reason, u
             }
         }
         Err(NoRoute::Neighbour) => {
-            // The kernel resolves the next hop (a FIB lookup and ARP of its own) and sends the packet on; the next
-            // reply finds the neighbour.
-            if !translate(ctx, &translation) {
+            // The kernel resolves the next hop (a FIB lookup and ARP or Neighbor Discovery of its own) and sends
+            // the packet on; the next reply finds the neighbour.
+            if !translate(ctx) {
                 return (TC_ACT_SHOT as i32, Some((Reason::DropInternal, router)));
             }
             // SAFETY: no parameters: the kernel looks the next hop up itself.
@@ -300,6 +402,37 @@ fn translate(ctx: &TcContext, t: &Translation) -> bool {
         && ctx.store(IP_SRC_OFF, &new_src, 0).is_ok()
         && ctx.store(IP_DST_OFF, &new_dst, 0).is_ok()
         && ctx.store(L4_OFF, &[new_sport[0], new_sport[1], new_dport[0], new_dport[1]], 0).is_ok()
+}
+
+/// An IPv6 reply's rewrite: `from` (backend, VIP, the ports in `L4`) to `[VIP]:svc -> [client]:cport`, `to` being
+/// (client, source port, destination port); addresses as [`lb_common::ipv6_halves`].
+struct Translation6 {
+    protocol: u8,
+    from: ((u64, u64), (u64, u64), L4),
+    to: ((u64, u64), [u8; 2], [u8; 2]),
+}
+
+/// Applies `t` with the skb helpers, as [`translate`]. IPv6 has no header checksum. The VIP moves from destination
+/// to source, so its terms cancel out of the pseudo-header's change, which is then the backend's address leaving
+/// and the client's coming in: one difference (`bpf_l4_csum_replace` of size 0) rather than eight word changes.
+#[inline(always)]
+fn translate6(ctx: &TcContext, t: &Translation6) -> bool {
+    let (backend, vip, l4) = t.from;
+    let (client, sport, dport) = t.to;
+    let (check_off, mangled) = if t.protocol == PROTO_TCP {
+        (L4_OFF6 + TCP_CHECK_OFF, 0)
+    } else {
+        (L4_OFF6 + UDP_CHECK_OFF, u64::from(BPF_F_MARK_MANGLED_0))
+    };
+    let port = |p: [u8; 2]| u64::from(u16::from_ne_bytes(p));
+    let addresses = u64::from(Delta::new().addr6(backend, client).wsum());
+    let (vip, client) = (ipv6_from_halves(vip), ipv6_from_halves(client));
+    ctx.l4_csum_replace(check_off, 0, addresses, u64::from(BPF_F_PSEUDO_HDR) | mangled).is_ok()
+        && ctx.l4_csum_replace(check_off, port(l4.sport), port(sport), mangled | 2).is_ok()
+        && ctx.l4_csum_replace(check_off, port(l4.dport), port(dport), mangled | 2).is_ok()
+        && ctx.store(IP6_SRC_OFF, &vip, 0).is_ok()
+        && ctx.store(IP6_DST_OFF, &client, 0).is_ok()
+        && ctx.store(L4_OFF6, &[sport[0], sport[1], dport[0], dport[1]], 0).is_ok()
 }
 
 #[inline(always)]

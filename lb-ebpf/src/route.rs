@@ -110,8 +110,22 @@ pub fn lookup6(
     protocol: u8,
     tot_len: u16,
 ) -> Result<Route, NoRoute> {
+    lookup6_from(ctx.ctx as *mut _, ctx.ingress_ifindex() as u32, src, dst, protocol, tot_len)
+}
+
+/// [`lookup6`] for any program context the helper takes, as if the packet had been received on `ifindex` (see
+/// [`lookup_from`]).
+#[inline(always)]
+pub fn lookup6_from(
+    ctx: *mut core::ffi::c_void,
+    ifindex: u32,
+    src: (u64, u64),
+    dst: (u64, u64),
+    protocol: u8,
+    tot_len: u16,
+) -> Result<Route, NoRoute> {
     let [t0, t1] = tot_len.to_ne_bytes();
-    let [i0, i1, i2, i3] = (ctx.ingress_ifindex() as u32).to_ne_bytes();
+    let [i0, i1, i2, i3] = ifindex.to_ne_bytes();
     let words: [u64; 8] = [
         // family, l4_protocol, sport, dport (0: no ports in the lookup), tot_len
         u64::from_ne_bytes([AF_INET6, protocol, 0, 0, 0, 0, t0, t1]),
@@ -125,7 +139,7 @@ pub fn lookup6(
         0,
         0,
     ];
-    fib(ctx.ctx as *mut _, words)
+    fib(ctx, words)
 }
 
 /// Runs the FIB lookup over the parameters `words` (the 64 bytes of a `bpf_fib_lookup`).

@@ -1717,6 +1717,8 @@ impl DataPlane {
         let gone: Vec<(Ipv6Addr, u16)> = svc.backends.keys().filter(|k| !wanted.contains_key(k)).copied().collect();
         let service = u16::try_from(svc.index)
             .map_err(|_| Error::Full(format!("service index {} over {}", svc.index, u16::MAX)))?;
+        // Which backends are on this node, read afresh with every install, as for IPv4.
+        let own = interface_addresses6();
         for (address, b) in spec.backends.iter().filter_map(v6) {
             let slot = match svc.backends.get(&(address, b.port)) {
                 Some(slot) => *slot,
@@ -1738,7 +1740,7 @@ impl DataPlane {
                 src_mac: self.egress_mac(b.ifindex),
                 ifindex: b.ifindex,
                 healthy: u8::from(b.healthy),
-                local: 0,
+                local: u8::from(own.contains(&address)),
                 service,
             };
             self.write_backend(slot, entry)?;
@@ -2354,14 +2356,14 @@ fn interface_addresses6() -> Vec<Ipv6Addr> {
     found
 }
 
-/// Every IPv4 address of this node's interfaces, loopback's aside: a backend at one of them is on this node
-/// (`Backend::local`, delivered through the node's own stack).
 /// Whether `address` can be an IPv6 VIP: a unicast address a client can send to (the program treats the others
 /// as sources no client can have, `lb_common::martian_source6`).
 fn usable_vip6(address: Ipv6Addr) -> bool {
     !(address.is_unspecified() || address.is_loopback() || address.is_multicast() || address.to_ipv4_mapped().is_some())
 }
 
+/// Every IPv4 address of this node's interfaces, loopback's aside: a backend at one of them is on this node
+/// (`Backend::local`, delivered through the node's own stack; an IPv6 one likewise, `interface_addresses6`).
 fn own_addresses() -> Vec<[u8; 4]> {
     interface_addresses().into_iter().map(|(address, _)| address.to_be_bytes()).collect()
 }

@@ -335,20 +335,10 @@ impl Family {
     }
 }
 
-/// What a backend at one of this node's own addresses is: reached through the node's own stack, with the MAC of
-/// the interface that holds the address, over IPv4; not at all over IPv6 (the node's own IPv6 NAT replies are
-/// not translated back, docs/ipv6.md), which the reason says rather than a generic "no route".
+/// What a backend at one of this node's own addresses (IPv4 or IPv6) is: reached through the node's own stack,
+/// with the MAC of the interface that holds the address.
 fn local(address: IpAddr) -> Seen {
-    let v4 = match address {
-        IpAddr::V4(v4) => v4,
-        IpAddr::V6(_) => {
-            return Seen::NoRoute(format!(
-                "{address} is this node's own address, and a backend on the node itself is reached over IPv4 only \
-                 (an IPv6 one stays out of the tables; see docs/ipv6.md)"
-            ));
-        }
-    };
-    match crate::netif::interface_of(v4).map(|name| crate::netif::interface_mac(&name)) {
+    match crate::netif::interface_of(address).map(|name| crate::netif::interface_mac(&name)) {
         Some(Ok(mac)) => Seen::Local { mac },
         _ => Seen::NoRoute(format!("{address} is local, but on no Ethernet interface of this node")),
     }
@@ -636,10 +626,10 @@ mod tests {
         });
     }
 
-    /// A backend at the node's own IPv4 address is delivered through its stack (the MAC of the interface holding
-    /// it); one at its own IPv6 address is reported as not reached, with why, not as a missing interface.
+    /// A backend at one of the node's own addresses, IPv4 or IPv6, is delivered through its stack (the MAC of the
+    /// interface holding it); one on loopback alone is on no Ethernet interface.
     #[test]
-    fn a_backend_at_the_nodes_own_address_is_local_over_ipv4_and_not_reached_over_ipv6() {
+    fn a_backend_at_the_nodes_own_address_is_local_over_either_family() {
         in_netns(|| {
             let (_peer, _) = veth_to_peer("nl", 92);
             sh("ip addr add fd00:92::1/64 dev xvn0 nodad");
@@ -659,11 +649,15 @@ mod tests {
                     other => panic!("own IPv4 address: {other:?}"),
                 }
                 match local(v6) {
-                    Seen::NoRoute(why) => {
-                        assert!(why.contains("fd00:92::1 is this node's own address"), "{why}");
-                        assert!(why.contains("reached over IPv4 only"), "{why}");
-                    }
+                    Seen::Local { mac } => assert_eq!(text(mac), own_mac),
                     other => panic!("own IPv6 address: {other:?}"),
+                }
+                sh("ip link set lo up && ip addr add fd00:93::1/128 dev lo");
+                let on_lo = IpAddr::V6("fd00:93::1".parse().expect("literal"));
+                assert!(n.path(on_lo).await.expect("loopback path").local);
+                match local(on_lo) {
+                    Seen::NoRoute(why) => assert!(why.contains("on no Ethernet interface"), "{why}"),
+                    other => panic!("an address on lo: {other:?}"),
                 }
             });
         });

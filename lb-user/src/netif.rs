@@ -89,8 +89,8 @@ pub fn link_up(interface: &str) -> Result<bool> {
     Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
 }
 
-/// The interface holding `address` (`getifaddrs`, in the calling thread's network namespace), if any.
-pub fn interface_of(address: std::net::Ipv4Addr) -> Option<String> {
+/// The interface holding `address`, IPv4 or IPv6 (`getifaddrs`, in the calling thread's network namespace), if any.
+pub fn interface_of(address: std::net::IpAddr) -> Option<String> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `addrs` with a list we free below.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
@@ -103,13 +103,21 @@ pub fn interface_of(address: std::net::Ipv4Addr) -> Option<String> {
         let ifa = unsafe { &*cursor };
         cursor = ifa.ifa_next;
         let sa = ifa.ifa_addr;
-        // SAFETY: checked non-null, and the family says it is a sockaddr_in.
-        if sa.is_null() || unsafe { (*sa).sa_family } != libc::AF_INET as libc::sa_family_t {
+        if sa.is_null() || ifa.ifa_name.is_null() {
             continue;
         }
-        // SAFETY: as above.
-        let a = u32::from_be(unsafe { (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr });
-        if a == u32::from(address) && !ifa.ifa_name.is_null() {
+        // SAFETY: checked non-null; the family says which sockaddr it is.
+        let held = unsafe {
+            match i32::from((*sa).sa_family) {
+                libc::AF_INET => {
+                    let a = u32::from_be((*(sa as *const libc::sockaddr_in)).sin_addr.s_addr);
+                    std::net::IpAddr::V4(a.into())
+                }
+                libc::AF_INET6 => std::net::IpAddr::V6((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr.into()),
+                _ => continue,
+            }
+        };
+        if held == address {
             // SAFETY: a NUL-terminated name from getifaddrs.
             found = Some(unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
             break;

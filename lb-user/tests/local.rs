@@ -1,14 +1,16 @@
-//! BPF_PROG_TEST_RUN fixtures for a backend on the xvip node itself (a stacked node): the XDP program hands its
-//! frames to the node's own stack (NAT: translated exactly as for a remote backend; DSR: unchanged), and the egress
-//! program translates the local backend's NAT replies back and answers the node's own ARP requests (and Neighbor
-//! Solicitations) for an active VIP. Exact input and output bytes; the expected frames are built from scratch by `support::frames` (full RFC
-//! 1071 checksums). Needs root (loads BPF programs); nothing is sent on any interface.
+//! BPF_PROG_TEST_RUN fixtures for a backend on the xvip node itself (a stacked node), over IPv4 and IPv6: the XDP
+//! program hands its frames to the node's own stack (NAT: translated exactly as for a remote backend; DSR:
+//! unchanged), and the egress program translates the local backend's NAT replies back and answers the node's own
+//! ARP requests (and Neighbor Solicitations) for an active VIP. Exact input and output bytes; the expected frames
+//! are built from scratch by `support::frames` (full RFC 1071 checksums). Needs root (loads BPF programs); nothing
+//! is sent on any interface.
 mod support;
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
-    FAMILY_IPV6, FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, flow_hash, group_seed, nat_port, router_slot,
+    FAMILY_IPV6, FORWARD_DSR, FORWARD_NAT, PROTO_TCP, PROTO_UDP, Reason, flow_hash, flow_hash6, group_seed,
+    group_seed6, nat_port, router_slot,
 };
 use support::fixture::{
     BACKENDS, CLIENT, CLIENT_MAC, NODE_IP, NODE_MAC, ROUTER_MAC, VIP, VRID, XDP_PASS, XDP_TX, assert_delta, lan, run,
@@ -329,4 +331,155 @@ fn other_solicitations_leave_the_node_untouched() {
     dp.set_router_active(ROUTER6, false).expect("set_router_active");
     let request = solicitation(NODE6, VIP6, false, 255);
     assert_eq!(egress(&mut dp, &request, TC_ACT_OK, None), request);
+}
+
+// ----- IPv6: a backend at the node's own IPv6 address -----
+
+const CLIENT6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0x77, 0, 0, 0, 0, 0x10);
+
+fn seed6() -> u32 {
+    group_seed6(VIP6.octets(), VRID)
+}
+
+/// The IPv6 VIP's services over one backend at `NODE6`, which the fixture namespace gives `lan` first (the data
+/// plane reads the node's own addresses there): NAT on TCP 80 -> 8080 and UDP 53 -> 5353, DSR on TCP 443. IPv6
+/// forwarding on, the client on-link.
+fn dataplane6() -> DataPlane {
+    lan();
+    support::fixture::ip(&format!("addr replace {NODE6}/64 dev lan nodad"));
+    let client_mac = CLIENT_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    support::fixture::ip(&format!("neigh replace {CLIENT6} lladdr {client_mac} dev lan nud permanent"));
+    for iface in ["all", "lan"] {
+        std::fs::write(format!("/proc/sys/net/ipv6/conf/{iface}/forwarding"), "1").expect("enabling forwarding");
+    }
+    let mut dp =
+        DataPlane::load(LoadOptions { service_capacity: 4, ..LoadOptions::default() }).expect("loading (needs root)");
+    dp.set_node_mac(NODE_MAC).expect("set_node_mac");
+    dp.set_vips6(&[Vip6Spec { address: VIP6, router: ROUTER6, hash_seed: seed6(), interface: None }])
+        .expect("set_vips6");
+    dp.set_router_active(ROUTER6, true).expect("set_router_active");
+    let service = |port: u16, protocol: u8, forwarding: u8, backend_port: u16| ServiceSpec {
+        addresses: vec![VIP6.into()],
+        port,
+        protocol,
+        forwarding,
+        backends: vec![BackendSpec {
+            address: NODE6.into(),
+            port: backend_port,
+            weight: 1,
+            healthy: true,
+            mac: Some(NODE_MAC),
+            ifindex: 0,
+        }],
+    };
+    dp.apply_service("web6", &service(HTTP, PROTO_TCP, FORWARD_NAT, HTTP_BACKEND)).expect("web6");
+    dp.apply_service("dns6", &service(DNS, PROTO_UDP, FORWARD_NAT, DNS_BACKEND)).expect("dns6");
+    dp.apply_service("tls6", &service(HTTPS, PROTO_TCP, FORWARD_DSR, HTTPS)).expect("tls6");
+    dp
+}
+
+fn nport6(client: Ipv6Addr, cport: u16, service: u16, protocol: u8) -> u16 {
+    let hash = flow_hash6(&client.octets(), cport.to_be_bytes(), service.to_be_bytes(), protocol, seed6());
+    u16::from_be_bytes(nat_port(hash, 0))
+}
+
+/// An IPv6 frame carrying `segment` (a `frames::tcp6` or `frames::udp6`, checksummed for these addresses).
+fn frame6(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, next: u8, segment: &[u8]) -> Vec<u8> {
+    let mut f = frames::eth(dst_mac, src_mac, frames::ETH_IPV6);
+    f.extend(frames::ipv6(src, dst, next, 64, segment));
+    f
+}
+
+#[allow(clippy::too_many_arguments)]
+fn tcp6(
+    macs: ([u8; 6], [u8; 6]),
+    src: Ipv6Addr,
+    dst: Ipv6Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    frame6(macs.0, macs.1, src, dst, PROTO_TCP, &frames::tcp6(src, dst, sport, dport, flags, payload))
+}
+
+/// Asserts `out == expected` and, independently of the builder, that the TCP/UDP checksum of `out` verifies.
+fn assert_frame6(out: &[u8], expected: &[u8]) {
+    assert_eq!(hex(out), hex(expected));
+    let src: [u8; 16] = out[22..38].try_into().expect("source");
+    let dst: [u8; 16] = out[38..54].try_into().expect("destination");
+    assert_eq!(frames::l4_checksum6(src.into(), dst.into(), out[20], &out[54..]), 0, "TCP/UDP checksum");
+}
+
+#[test]
+fn nat_flow_to_a_local_ipv6_backend_is_passed_to_the_node_and_its_replies_translated_back_on_egress() {
+    let mut dp = dataplane6();
+    let port = nport6(CLIENT6, 40001, HTTP, PROTO_TCP);
+    let from_client = (NODE_MAC, CLIENT_MAC);
+    // In: exactly what a remote backend would get ([VIP]:nport -> [backend]:bport), left addressed to the node.
+    let syn = tcp6(from_client, CLIENT6, VIP6, 40001, HTTP, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
+    assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_SYN, b""));
+    // Out: the node's stack answers the VIP (whose MAC the egress program told it: its own), and the egress
+    // program turns that into the service's answer to the client, to the client's MAC.
+    let reply = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
+    let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_SYN | TCP_ACK, b""));
+    let data = tcp6(from_client, CLIENT6, VIP6, 40001, HTTP, TCP_ACK | TCP_PSH, REQUEST);
+    let out = run(&mut dp, &data, XDP_PASS, Reason::NatForwardLocal);
+    assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
+    let reply = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port, TCP_ACK | TCP_PSH, RESPONSE);
+    let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
+    assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_ACK | TCP_PSH, RESPONSE));
+    let c = dp.counters().expect("counters");
+    assert_eq!(c.backends[&("web6".into(), NODE6.into(), HTTP_BACKEND)].packets, 2);
+    assert_eq!(c.router_reason(ROUTER6, Reason::NatReplyLocal), 2, "counted for the IPv6 router");
+}
+
+#[test]
+fn local_ipv6_backend_udp_reply_is_translated_back_on_egress() {
+    let mut dp = dataplane6();
+    let port = nport6(CLIENT6, 40002, DNS, PROTO_UDP);
+    let query = frame6(NODE_MAC, CLIENT_MAC, CLIENT6, VIP6, PROTO_UDP, &frames::udp6(CLIENT6, VIP6, 40002, DNS, b"q"));
+    let out = run(&mut dp, &query, XDP_PASS, Reason::NatForwardLocal);
+    let translated = frames::udp6(VIP6, NODE6, port, DNS_BACKEND, b"q");
+    assert_frame6(&out, &frame6(NODE_MAC, CLIENT_MAC, VIP6, NODE6, PROTO_UDP, &translated));
+    let answer = frames::udp6(NODE6, VIP6, DNS_BACKEND, port, b"answer");
+    let out = egress(
+        &mut dp,
+        &frame6(NODE_MAC, NODE_MAC, NODE6, VIP6, PROTO_UDP, &answer),
+        TC_ACT_OK,
+        Some(Reason::NatReplyLocal),
+    );
+    let back = frames::udp6(VIP6, CLIENT6, DNS, 40002, b"answer");
+    assert_frame6(&out, &frame6(CLIENT_MAC, NODE_MAC, VIP6, CLIENT6, PROTO_UDP, &back));
+}
+
+#[test]
+fn dsr_flow_to_a_local_ipv6_backend_is_passed_unchanged() {
+    let mut dp = dataplane6();
+    let syn = tcp6((NODE_MAC, CLIENT_MAC), CLIENT6, VIP6, 40003, HTTPS, TCP_SYN, b"");
+    let out = run(&mut dp, &syn, XDP_PASS, Reason::ForwardLocal);
+    assert_frame6(&out, &syn);
+}
+
+#[test]
+fn ipv6_egress_leaves_untranslated_and_backup_traffic_alone() {
+    let mut dp = dataplane6();
+    let port = nport6(CLIENT6, 40004, HTTP, PROTO_TCP);
+    run(
+        &mut dp,
+        &tcp6((NODE_MAC, CLIENT_MAC), CLIENT6, VIP6, 40004, HTTP, TCP_SYN, b""),
+        XDP_PASS,
+        Reason::NatForwardLocal,
+    );
+    // From a backend port, but to a NAT port no flow has; and the node's own traffic to another address.
+    let untranslated = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port ^ 1, TCP_ACK, b"");
+    assert_eq!(egress(&mut dp, &untranslated, TC_ACT_OK, None), untranslated);
+    let own = tcp6((CLIENT_MAC, NODE_MAC), NODE6, CLIENT6, 45000, 22, TCP_SYN, b"");
+    assert_eq!(egress(&mut dp, &own, TC_ACT_OK, None), own);
+    // While the IPv6 router is backup, the reply leaves as the backend sent it (to the active node).
+    dp.set_router_active(ROUTER6, false).expect("set_router_active");
+    let reply = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port, TCP_ACK, b"");
+    assert_eq!(egress(&mut dp, &reply, TC_ACT_OK, None), reply);
 }

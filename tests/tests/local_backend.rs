@@ -10,13 +10,16 @@
 //!   new active node's own backend (remote before, local after), flows on the ordinary backend.
 //! - After SIGKILL the dead node holds nothing: no program on its interface, no answer for the VIP, its own
 //!   traffic to the VIP reaches the new active node, and its backend is reached again through the VIP.
+//! - The same over IPv6 (an IPv6 VIP over the hosts' IPv6 addresses): each node's own backend gets its share in
+//!   NAT and DSR, and NAT connections on every backend survive a graceful handover.
 use std::{
     collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr, SocketAddr},
     time::{Duration, Instant},
 };
 
 use xvip_tests::{
-    ChildGuard, Lab, LabSpec, MacAddr,
+    ChildGuard, Lab, LabSpec, MacAddr, cmd, ipv6,
     probe::{self, RequestLoop, StreamEnd},
     xvip::{NodeSpec, ServiceSpec, XvipNode},
 };
@@ -44,20 +47,50 @@ struct Stacked {
     /// The lab backends running on the nodes, held until the test ends (stopped when dropped).
     _servers: Vec<ChildGuard>,
     service: ServiceSpec,
+    /// The IPv6 VIP, for a lab over IPv6 (the nodes then hold no IPv4 VIP).
+    vip6: Option<Ipv6Addr>,
 }
 
 fn stacked(forwarding: &str) -> Stacked {
+    stacked_over(forwarding, false)
+}
+
+/// `fd00:77::250`, the IPv6 labs' VIP; host N of [`ipv6::enable`] is `fd00:77::N`.
+fn vip6() -> Ipv6Addr {
+    ipv6::address(0x250)
+}
+
+/// The stacked lab, over IPv4 or (`over_ipv6`) IPv6: IPv6 on the client (`::10`), the nodes (`::1`, `::2`, with
+/// IPv6 forwarding for the FIB lookups of NAT replies) and the backend (`::21`), the lab backends listening on
+/// both families, a service on the IPv6 VIP over the hosts' IPv6 addresses.
+fn stacked_over(forwarding: &str, over_ipv6: bool) -> Stacked {
     let dsr = forwarding == "dsr";
     // DSR backends answer from the VIP untranslated: they listen on the service port.
     let backend_port = if dsr { SERVICE_PORT } else { BACKEND_PORT };
-    let lab = lab(dsr);
-    lab.start_backends(&[backend_port]).expect("backends");
+    let lab = lab(dsr && !over_ipv6);
+    if over_ipv6 {
+        ipv6::enable(lab.client(), 0x10).expect("IPv6 on the client");
+        let hosts = lab.nodes().iter().zip([1, 2]).chain([(lab.backend(1), 0x21)]);
+        for (host, n) in hosts {
+            ipv6::enable(host, n).expect("IPv6 on a node or backend");
+            if dsr {
+                cmd::exec_in(&host.ns, ["sysctl", "-q", "-w", "net.ipv6.conf.lo.disable_ipv6=0"]).expect("lo");
+                cmd::ip_in(&host.ns, ["-6", "addr", "add", &format!("{}/128", vip6()), "dev", "lo"]).expect("VIP");
+            }
+        }
+        for node in lab.nodes() {
+            cmd::exec_in(&node.ns, ["sysctl", "-q", "-w", "net.ipv6.conf.all.forwarding=1"]).expect("forwarding");
+        }
+        lab.start_backend_listening(1, &[backend_port], true).expect("backend");
+    } else {
+        lab.start_backends(&[backend_port]).expect("backends");
+    }
     let mut servers = Vec::new();
     for node in lab.nodes() {
         // Locally sent frames carry partial checksums on veth (TX offload); once they leave a node (a backup's
         // backend answering through the active node) the peer's XDP rewrites need full ones, as from any backend.
         lab.exec(&node.ns, ["ethtool", "-K", "eth0", "tx", "off"]).expect("tx offload off");
-        if dsr {
+        if dsr && !over_ipv6 {
             let vip = format!("{}/32", lab.vip());
             lab.exec(&node.ns, ["ip", "addr", "add", &vip, "dev", "lo"]).expect("VIP on lo");
             for setting in ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"] {
@@ -66,28 +99,51 @@ fn stacked(forwarding: &str) -> Stacked {
         }
         let bin = env!("CARGO_BIN_EXE_lab-backend");
         let port = backend_port.to_string();
-        let mut server =
-            lab.spawn(&node.ns, [bin, "--name", node.name.as_str(), "--port", port.as_str()]).expect("node backend");
+        let mut argv = vec![bin, "--name", node.name.as_str(), "--port", port.as_str()];
+        if over_ipv6 {
+            argv.push("--ipv6");
+        }
+        let mut server = lab.spawn(&node.ns, argv).expect("node backend");
         server.wait_for_log(xvip_tests::READY_LINE, Duration::from_secs(5)).expect("node backend ready");
         servers.push(server);
     }
     let mut service = ServiceSpec::http(&lab, SERVICE_PORT, backend_port, forwarding);
-    service.backends = lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip.into(), backend_port)).collect();
-    Stacked { lab, _servers: servers, service }
+    service.backends = if over_ipv6 {
+        [1, 2, 0x21].into_iter().map(|n| (IpAddr::V6(ipv6::address(n)), backend_port)).collect()
+    } else {
+        lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip.into(), backend_port)).collect()
+    };
+    Stacked { lab, _servers: servers, service, vip6: over_ipv6.then(vip6) }
 }
 
 impl Stacked {
+    /// Where clients reach the service: the IPv4 VIP, or the IPv6 one.
+    fn target(&self) -> SocketAddr {
+        match self.vip6 {
+            Some(vip) => SocketAddr::new(IpAddr::V6(vip), SERVICE_PORT),
+            None => self.lab.vip_addr(SERVICE_PORT),
+        }
+    }
+
+    fn node_spec(&self, priority: u8) -> NodeSpec {
+        let spec = NodeSpec::new(priority).service(self.service.clone());
+        match self.vip6 {
+            Some(vip) => NodeSpec { vip4: false, vip6: vec![vip], ..spec },
+            None => spec,
+        }
+    }
+
     /// node1 (150, active) and node2 (100, backup), both with every backend healthy, the service answering.
     fn start(&self) -> (XvipNode, XvipNode) {
         let lab = &self.lab;
-        let n1 = lab.start_xvip(lab.node(1), &NodeSpec::new(150).service(self.service.clone())).expect("node1");
-        let n2 = lab.start_xvip(lab.node(2), &NodeSpec::new(100).service(self.service.clone())).expect("node2");
+        let n1 = lab.start_xvip(lab.node(1), &self.node_spec(150)).expect("node1");
+        let n2 = lab.start_xvip(lab.node(2), &self.node_spec(100)).expect("node2");
         n1.wait_role("active", Duration::from_secs(3)).expect("node1 active");
         n2.wait_role("backup", Duration::from_secs(3)).expect("node2 backup");
         wait_healthy(&n1);
         wait_healthy(&n2);
         for _ in 0..100 {
-            if probe::http_get(&lab.client().ns, lab.vip_addr(SERVICE_PORT), "/", Duration::from_millis(500)).is_ok() {
+            if probe::http_get(&lab.client().ns, self.target(), "/", Duration::from_millis(500)).is_ok() {
                 return (n1, n2);
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -105,8 +161,8 @@ fn counter(node: &XvipNode, name: &str) -> u64 {
 }
 
 /// 90 new connections from the client through the VIP: every backend answers, the active node's own included.
-fn spread(lab: &Lab) -> BTreeMap<String, usize> {
-    let tally = lab.request_many(lab.vip_addr(SERVICE_PORT), 90).expect("requests");
+fn spread(s: &Stacked) -> BTreeMap<String, usize> {
+    let tally = s.lab.request_many(s.target(), 90).expect("requests");
     assert_eq!(tally.failures, 0, "failed requests: {:?}", tally.errors);
     for name in ["node1", "node2", "backend1"] {
         let n = tally.per_backend.get(name).copied().unwrap_or(0);
@@ -119,7 +175,7 @@ fn spread(lab: &Lab) -> BTreeMap<String, usize> {
 fn nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_client() {
     let s = stacked("nat");
     let (n1, _n2) = s.start();
-    let per_backend = spread(&s.lab);
+    let per_backend = spread(&s);
     eprintln!("NAT, 90 requests through the VIP: {per_backend:?}");
     // Delivered by the XDP program to node1's own stack, answered through its egress program.
     let (delivered, replied, answered_arp) =
@@ -144,7 +200,7 @@ fn nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_clien
 fn dsr_the_active_nodes_own_backend_gets_its_share() {
     let s = stacked("dsr");
     let (n1, n2) = s.start();
-    let per_backend = spread(&s.lab);
+    let per_backend = spread(&s);
     let (delivered, held) = (counter(&n1, "forward_local"), counter(&n2, "pass_held_vip"));
     eprintln!(
         "DSR, 90 requests through the VIP: {per_backend:?}; node1 forward_local {delivered}, node2 pass_held_vip {held}"
@@ -169,24 +225,19 @@ impl Survival {
 
 /// Opens `N` request/response loops through the VIP (new connections until each backend has at least 4), runs
 /// `failover`, waits until every loop has answered 5 more times or ended.
-fn loops_across(lab: &Lab, failover: impl FnOnce()) -> Survival {
+fn loops_across(s: &Stacked, failover: impl FnOnce()) -> Survival {
     let mut loops: Vec<RequestLoop> = Vec::new();
-    let start = |lab: &Lab| {
-        RequestLoop::start(
-            &lab.client().ns,
-            lab.vip_addr(SERVICE_PORT),
-            Duration::from_millis(100),
-            Duration::from_secs(15),
-        )
-        .expect("request loop")
+    let start = || {
+        RequestLoop::start(&s.lab.client().ns, s.target(), Duration::from_millis(100), Duration::from_secs(15))
+            .expect("request loop")
     };
     while loops.len() < N {
-        loops.push(start(lab));
+        loops.push(start());
     }
     let mut extra = 0;
     while ["node1", "node2", "backend1"].iter().any(|b| loops.iter().filter(|l| l.backend() == *b).count() < 4) {
         assert!(extra < 60, "loops never spread over all three backends");
-        loops.push(start(lab));
+        loops.push(start());
         extra += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -232,7 +283,7 @@ fn report(what: &str, survival: &Survival) {
 fn nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
     let s = stacked("nat");
     let (mut n1, n2) = s.start();
-    let survival = loops_across(&s.lab, || {
+    let survival = loops_across(&s, || {
         n1.terminate().expect("SIGTERM node1");
         n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
     });
@@ -246,7 +297,7 @@ fn nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
 fn nat_long_lived_connections_on_every_backend_survive_the_active_node_losing_its_link() {
     let s = stacked("nat");
     let (_n1, n2) = s.start();
-    let survival = loops_across(&s.lab, || {
+    let survival = loops_across(&s, || {
         s.lab.cut_link(s.lab.node(1)).expect("cut node1");
         n2.wait_role("active", Duration::from_secs(3)).expect("node2 takes over");
     });
@@ -263,7 +314,7 @@ fn nat_long_lived_connections_on_every_backend_survive_the_active_node_losing_it
 fn dsr_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
     let s = stacked("dsr");
     let (mut n1, n2) = s.start();
-    let survival = loops_across(&s.lab, || {
+    let survival = loops_across(&s, || {
         n1.terminate().expect("SIGTERM node1");
         n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
     });
@@ -276,7 +327,7 @@ fn dsr_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
 fn after_sigkill_the_dead_node_holds_nothing_and_its_backend_is_reached_through_the_new_active_node() {
     let s = stacked("nat");
     let (mut n1, n2) = s.start();
-    spread(&s.lab);
+    spread(&s);
     let (lab, node1, node2) = (&s.lab, s.lab.node(1), s.lab.node(2));
     assert_eq!(lab.neighbour(node1, lab.vip()).expect("neigh"), Some(node1.mac), "node1 resolved the VIP to itself");
     n1.kill().expect("SIGKILL node1");
@@ -299,6 +350,58 @@ fn after_sigkill_the_dead_node_holds_nothing_and_its_backend_is_reached_through_
     assert_eq!(tally.failures, 0, "node1 to the VIP: {:?}", tally.errors);
     // node1's backend still answers through the VIP (now a remote backend of node2), with node2 translating its
     // replies.
-    let per_backend = spread(lab);
+    let per_backend = spread(&s);
     eprintln!("after node1's SIGKILL, 90 requests through node2: {per_backend:?}");
+}
+
+// ----- over IPv6 -----
+
+#[test]
+fn ipv6_nat_the_active_nodes_own_backend_gets_its_share_and_sees_the_vip_as_the_client() {
+    let s = stacked_over("nat", true);
+    let (n1, _n2) = s.start();
+    let per_backend = spread(&s);
+    let (delivered, replied, answered) =
+        (counter(&n1, "nat_forward_local"), counter(&n1, "nat_reply_local"), counter(&n1, "na_replies_local"));
+    eprintln!(
+        "IPv6 NAT, 90 requests through the VIP: {per_backend:?}; node1: nat_forward_local {delivered}, \
+         nat_reply_local {replied}, na_replies_local {answered}"
+    );
+    assert!(delivered >= 10 * 3 && replied >= 10 * 2, "node1's counters: {delivered} delivered, {replied} replies");
+    assert!(answered >= 1, "node1 answered its own Neighbor Solicitation for the VIP");
+    // The local backend sees exactly what a remote one would: the VIP and a NAT port.
+    let seen_as = format!("[{}]:", vip6());
+    for _ in 0..30 {
+        let response = probe::http_get(&s.lab.client().ns, s.target(), "/", Duration::from_secs(1)).expect("GET");
+        let client = response.header("x-client").unwrap_or_default().to_owned();
+        assert!(client.starts_with(&seen_as), "the backend saw {client}, not the VIP");
+    }
+}
+
+#[test]
+fn ipv6_dsr_the_active_nodes_own_backend_gets_its_share() {
+    let s = stacked_over("dsr", true);
+    let (n1, n2) = s.start();
+    let per_backend = spread(&s);
+    let (delivered, held) = (counter(&n1, "forward_local"), counter(&n2, "pass_held_vip"));
+    eprintln!(
+        "IPv6 DSR, 90 requests through the VIP: {per_backend:?}; node1 forward_local {delivered}, node2 \
+         pass_held_vip {held}"
+    );
+    assert!(delivered >= 10 * 3, "node1 delivered {delivered} packets to its own backend");
+    assert!(held >= 10 * 3, "node2 passed {held} packets to its own backend");
+}
+
+#[test]
+fn ipv6_nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
+    let s = stacked_over("nat", true);
+    let (mut n1, n2) = s.start();
+    let survival = loops_across(&s, || {
+        n1.terminate().expect("SIGTERM node1");
+        n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
+    });
+    report("IPv6 NAT, graceful handover", &survival);
+    let (survived, total) = survival.total();
+    assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
+    assert!(counter(&n2, "nat_forward_local") > 0 && counter(&n2, "nat_reply_local") > 0, "node2 served its own");
 }
