@@ -93,14 +93,29 @@ pub mod names {
     /// Global (`.rodata`): 0 makes the verifier prune the trace hook at load (benchmarks isolate its cost with it).
     pub const TRACE_HOOK: &str = "TRACE_HOOK";
     /// The socket load balancer for the node's own clients (cgroup `connect4`, `getpeername4`, and for unconnected
-    /// UDP `sendmsg4` and `recvmsg4` programs) and the map that remembers which VIP each rewritten socket asked for.
+    /// UDP `sendmsg4` and `recvmsg4` programs; their IPv6 counterparts `connect6` ... `recvmsg6`) and the maps that
+    /// remember which VIP each rewritten socket asked for.
     pub const SOCKET_CONNECT4: &str = "xvip_connect4";
     pub const SOCKET_GETPEERNAME4: &str = "xvip_getpeername4";
     pub const SOCKET_SENDMSG4: &str = "xvip_sendmsg4";
     pub const SOCKET_RECVMSG4: &str = "xvip_recvmsg4";
+    pub const SOCKET_CONNECT6: &str = "xvip_connect6";
+    pub const SOCKET_GETPEERNAME6: &str = "xvip_getpeername6";
+    pub const SOCKET_SENDMSG6: &str = "xvip_sendmsg6";
+    pub const SOCKET_RECVMSG6: &str = "xvip_recvmsg6";
     /// Every program of the socket load balancer, in the order they are attached.
-    pub const SOCKET_PROGRAMS: [&str; 4] = [SOCKET_CONNECT4, SOCKET_GETPEERNAME4, SOCKET_SENDMSG4, SOCKET_RECVMSG4];
+    pub const SOCKET_PROGRAMS: [&str; 8] = [
+        SOCKET_CONNECT4,
+        SOCKET_GETPEERNAME4,
+        SOCKET_SENDMSG4,
+        SOCKET_RECVMSG4,
+        SOCKET_CONNECT6,
+        SOCKET_GETPEERNAME6,
+        SOCKET_SENDMSG6,
+        SOCKET_RECVMSG6,
+    ];
     pub const SOCKET_PEERS: &str = "SOCKET_PEERS";
+    pub const SOCKET_PEERS6: &str = "SOCKET_PEERS6";
     /// Per service: its backend on the node itself, which only the socket load balancer reaches ([`LocalShare`]).
     pub const SOCKET_LOCAL: &str = "SOCKET_LOCAL";
     /// Global (`.rodata`): the network namespace cookie of the agent ([`socket_lb_applies`]); 0 = rewrite nothing.
@@ -1426,6 +1441,37 @@ pub struct SocketPeer {
     pub _pad: [u8; 2],
 }
 const _: () = assert!(core::mem::size_of::<SocketPeer>() == 8);
+
+/// Key of `SOCKET_PEERS6`: [`SocketPeerKey`] for an IPv6 socket and backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SocketPeerKey6 {
+    pub cookie: u64,
+    pub backend: [u8; 16],
+    pub backend_port: [u8; 2],
+    pub protocol: u8,
+    /// Padding, zeroed by [`SocketPeerKey6::new`].
+    pub _pad: u8,
+    pub _pad2: u32,
+}
+const _: () = assert!(core::mem::size_of::<SocketPeerKey6>() == 32);
+
+impl SocketPeerKey6 {
+    #[inline(always)]
+    pub const fn new(cookie: u64, backend: [u8; 16], backend_port: [u8; 2], protocol: u8) -> Self {
+        SocketPeerKey6 { cookie, backend, backend_port, protocol, _pad: 0, _pad2: 0 }
+    }
+}
+
+/// Value of `SOCKET_PEERS6`: [`SocketPeer`] for an IPv6 VIP.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketPeer6 {
+    pub vip: [u8; 16],
+    pub port: [u8; 2],
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<SocketPeer6>() == 24);
 
 /// A service's backend at one of the node's own addresses, for the socket load balancer: an element of the
 /// `SOCKET_LOCAL` array (indexed by service index). Such a backend is in no Maglev table on its own node (the XDP

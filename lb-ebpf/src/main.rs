@@ -144,6 +144,30 @@ pub fn xvip_recvmsg4(ctx: SockAddrContext) -> i32 {
     socket::recvmsg4(&ctx)
 }
 
+/// `xvip_connect4` for IPv6 sockets and VIPs.
+#[cgroup_sock_addr(connect6)]
+pub fn xvip_connect6(ctx: SockAddrContext) -> i32 {
+    socket::connect6(&ctx)
+}
+
+/// `xvip_getpeername4` for IPv6 sockets.
+#[cgroup_sock_addr(getpeername6)]
+pub fn xvip_getpeername6(ctx: SockAddrContext) -> i32 {
+    socket::getpeername6(&ctx)
+}
+
+/// `xvip_sendmsg4` for IPv6 sockets and VIPs.
+#[cgroup_sock_addr(sendmsg6)]
+pub fn xvip_sendmsg6(ctx: SockAddrContext) -> i32 {
+    socket::sendmsg6(&ctx)
+}
+
+/// `xvip_recvmsg4` for IPv6 sockets.
+#[cgroup_sock_addr(recvmsg6)]
+pub fn xvip_recvmsg6(ctx: SockAddrContext) -> i32 {
+    socket::recvmsg6(&ctx)
+}
+
 /// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.
 #[inline(always)]
 fn count(reason: Reason, router: u32) {

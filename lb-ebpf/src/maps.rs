@@ -11,8 +11,8 @@ use lb_common::{
     FlowKey6, FlowValue, FlowValue6, Heartbeat, LISTENER_SLOT_COUNT, LISTENER_TABLE_ELEMENTS, Listener, Listener6,
     LocalShare, MAGLEV_CHUNKS, MAX_BACKENDS, MAX_LISTENERS, MAX_SERVICES, MAX_VIPS, MaglevChunk, NAT_SOURCE_PORT_WORDS,
     NatKey, NatKey6, NatValue, NatValue6, NodeConfig, REASON_COUNT, ROUTER_COUNTER_SLOTS, SOCKET_PEERS_ENTRIES,
-    ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeerKey, TraceConfig, TraceRecord, TraceState, Traffic,
-    VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
+    ServiceKey, ServiceKey6, ServiceValue, SocketPeer, SocketPeer6, SocketPeerKey, SocketPeerKey6, TraceConfig,
+    TraceRecord, TraceState, Traffic, VIP_SLOT_COUNT, VIP_TABLE_ELEMENTS, Vip6Entry, VipEntry, VipValue,
 };
 
 use crate::flow_cache::{CachedFlow, CachedFlow6};
@@ -186,6 +186,12 @@ pub struct ClockReading {
 /// `getpeername()` reports). LRU: a closed socket's entry ages out.
 #[map]
 pub static SOCKET_PEERS: LruHashMap<SocketPeerKey, SocketPeer> = LruHashMap::with_max_entries(SOCKET_PEERS_ENTRIES, 0);
+
+/// `SOCKET_PEERS` for IPv6 sockets and backends (`connect6`, `sendmsg6`). Sized at load like `CONNTRACK6` (at most
+/// `SOCKET_PEERS_ENTRIES`), so IPv4-only nodes do not pay for it.
+#[map]
+pub static SOCKET_PEERS6: LruHashMap<SocketPeerKey6, SocketPeer6> =
+    LruHashMap::with_max_entries(SOCKET_PEERS_ENTRIES, 0);
 
 /// Per service index: its backend on the node itself, which only the socket load balancer reaches (see
 /// `lb_common::LocalShare`). Written by the agent.

@@ -15,6 +15,9 @@
 //! it in `SOCKET_PEERS` like `connect4`; `recvmsg4` turns the source of a datagram from that backend back into the
 //! VIP and port, so `recvfrom()` reports the address the application sent to.
 //!
+//! The `*6` programs do the same for IPv6 sockets and IPv6 VIPs (`SOCKET_PEERS6`, the backends' addresses from
+//! `BACKEND_ADDRESSES6`). A dual-stack socket's connect to an IPv4 VIP as an IPv4-mapped address is left alone.
+//!
 //! Cgroup programs run for every process in the cgroup whatever its network namespace: only calls made in the
 //! agent's own namespace are touched (`lb_common::socket_lb_applies`).
 use aya_ebpf::{
@@ -23,14 +26,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use lb_common::{
-    NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey, SocketPeer, SocketPeerKey, socket_hash, socket_lb_applies,
+    NO_BACKEND, PROTO_TCP, PROTO_UDP, ServiceKey, ServiceValue, SocketPeer, SocketPeer6, SocketPeerKey, SocketPeerKey6,
+    ipv6_halves, socket_hash, socket_lb_applies,
 };
 
 use crate::{
     forward::maglev_pick,
-    maps::{BACKENDS, SOCKET_LOCAL, SOCKET_PEERS, node_netns_cookie},
-    service::lookup_service,
-    vip::lookup_vip,
+    maps::{BACKEND_ADDRESSES6, BACKENDS, SOCKET_LOCAL, SOCKET_PEERS, SOCKET_PEERS6, node_netns_cookie},
+    service::{lookup_service, lookup_service6},
+    vip::{lookup_vip, lookup_vip6},
 };
 
 /// What a cgroup sock_addr program returns to let the call go on (0 refuses it).
@@ -38,15 +42,16 @@ pub const PROCEED: i32 = 1;
 const REFUSE: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const AF_INET: u32 = 2;
+const AF_INET6: u32 = 10;
 
-/// Where a balanced socket call goes.
-enum Pick {
+/// Where a balanced socket call goes (`A`: an IPv4 or IPv6 address, as its bytes).
+enum Pick<A> {
     /// Not a VIP's service of this namespace: the call goes on untouched.
     Leave,
     /// A VIP's service without a healthy backend.
     Refuse,
     /// The backend's address and port (network byte order).
-    Backend([u8; 4], [u8; 2]),
+    Backend(A, [u8; 2]),
 }
 
 /// A `connect()` (TCP or UDP, IPv4) to one of the node's VIPs on a service port of that protocol: sent to a
@@ -153,7 +158,7 @@ fn to_backend(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 4], port: [u8; 2]
 /// The backend for a call to `vip_address:vip_port` over `protocol` made in the node's namespace, recorded in
 /// `SOCKET_PEERS` under the socket's cookie and the backend (what `getpeername4` and `recvmsg4` answer from).
 #[inline(always)]
-fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_port: [u8; 2]) -> Pick {
+fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_port: [u8; 2]) -> Pick<[u8; 4]> {
     let Some(vip) = lookup_vip(vip_address) else {
         return Pick::Leave;
     };
@@ -166,18 +171,8 @@ fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_por
     };
     // SAFETY: plain helper call on the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let hash = socket_hash(cookie, vip.value.hash_seed);
-    // The service's backend on this node, if it is in no Maglev table yet (its MAC not known), takes its share first;
-    // the rest go by the Maglev table. The share is decided by other bits of the hash than the Maglev slot.
-    let local = SOCKET_LOCAL.get(svc.index).copied().unwrap_or_default();
-    let id = if local.picks(hash.rotate_left(16)) {
-        local.backend
-    } else {
-        match maglev_pick(&svc, hash) {
-            Some(id) if id != NO_BACKEND => id,
-            _ if local.backend != NO_BACKEND => local.backend,
-            _ => return Pick::Refuse,
-        }
+    let Some(id) = pick(&svc, socket_hash(cookie, vip.value.hash_seed)) else {
+        return Pick::Refuse;
     };
     let Some(backend) = BACKENDS.get(id) else {
         return Pick::Refuse;
@@ -195,6 +190,22 @@ fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_por
         let _ = SOCKET_PEERS.insert(&key, &peer, 0);
     }
     Pick::Backend(backend_address, backend_port)
+}
+
+/// The backend slot for a socket whose hash is `hash` calling `svc`; `None`: the service has no backend to take it.
+/// The service's backend on this node, if it is in no Maglev table yet (its MAC not known), takes its share first;
+/// the rest go by the Maglev table. The share is decided by other bits of the hash than the Maglev slot.
+#[inline(always)]
+fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
+    let local = SOCKET_LOCAL.get(svc.index).copied().unwrap_or_default();
+    if local.picks(hash.rotate_left(16)) {
+        return Some(local.backend);
+    }
+    match maglev_pick(svc, hash) {
+        Some(id) if id != NO_BACKEND => Some(id),
+        _ if local.backend != NO_BACKEND => Some(local.backend),
+        _ => None,
+    }
 }
 
 /// A backend this socket was sent to (`SOCKET_PEERS`) becomes the VIP and port the socket asked for again.
@@ -224,4 +235,167 @@ fn refuse() -> i32 {
     // SAFETY: plain helper call; the error the refused connect() or sendmsg() returns instead of EPERM.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REFUSE
+}
+
+// ----- IPv6 -----
+
+/// [`connect4`] for an IPv6 socket's connect to one of the node's IPv6 VIPs.
+#[inline(always)]
+pub fn connect6(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination6(addr) else {
+        return PROCEED;
+    };
+    to_backend6(addr, protocol, ip, port)
+}
+
+/// [`sendmsg4`] for an unconnected IPv6 UDP socket's datagram to an IPv6 VIP's UDP service.
+#[inline(always)]
+pub fn sendmsg6(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination6(addr) else {
+        return PROCEED;
+    };
+    if protocol != PROTO_UDP {
+        return PROCEED;
+    }
+    to_backend6(addr, protocol, ip, port)
+}
+
+/// [`recvmsg4`] for an IPv6 socket: a datagram's source that is a backend `sendmsg6` sent to becomes the VIP.
+#[inline(always)]
+pub fn recvmsg6(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination6(addr) else {
+        return PROCEED;
+    };
+    if protocol != PROTO_UDP {
+        return PROCEED;
+    }
+    // SAFETY: plain helper call on the program's context.
+    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
+        return PROCEED;
+    }
+    reverse6(addr, protocol, ip, port);
+    PROCEED
+}
+
+/// [`getpeername4`] for a socket `connect6` sent to a backend.
+#[inline(always)]
+pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
+    let addr = ctx.sock_addr;
+    let Some((protocol, ip, port)) = destination6(addr) else {
+        return PROCEED;
+    };
+    reverse6(addr, protocol, ip, port);
+    PROCEED
+}
+
+/// [`destination`] for an IPv6 call: the protocol, the 16-byte address and the port.
+#[inline(always)]
+fn destination6(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 16], [u8; 2])> {
+    // SAFETY: the kernel hands every sock_addr program a valid context; these fields are readable (4-byte loads)
+    // in each of its IPv6 attach points (connect6, sendmsg6, recvmsg6, getpeername6).
+    let (family, protocol, words, port) = unsafe {
+        (
+            core::ptr::read_volatile(&(*addr).user_family),
+            core::ptr::read_volatile(&(*addr).protocol),
+            [
+                core::ptr::read_volatile(&(*addr).user_ip6[0]),
+                core::ptr::read_volatile(&(*addr).user_ip6[1]),
+                core::ptr::read_volatile(&(*addr).user_ip6[2]),
+                core::ptr::read_volatile(&(*addr).user_ip6[3]),
+            ],
+            core::ptr::read_volatile(&(*addr).user_port),
+        )
+    };
+    if family != AF_INET6 {
+        return None;
+    }
+    let protocol = if protocol == u32::from(PROTO_TCP) {
+        PROTO_TCP
+    } else if protocol == u32::from(PROTO_UDP) {
+        PROTO_UDP
+    } else {
+        return None;
+    };
+    let mut ip = [0u8; 16];
+    for (i, word) in words.into_iter().enumerate() {
+        ip[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+    }
+    Some((protocol, ip, (port as u16).to_ne_bytes()))
+}
+
+/// [`to_backend`] for an IPv6 call.
+#[inline(always)]
+fn to_backend6(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 16], port: [u8; 2]) -> i32 {
+    match balance6(addr, protocol, ip, port) {
+        Pick::Leave => PROCEED,
+        Pick::Refuse => refuse(),
+        Pick::Backend(backend, backend_port) => {
+            set_peer6(addr, backend, backend_port);
+            PROCEED
+        }
+    }
+}
+
+/// [`balance`] for an IPv6 VIP: the backend's address comes from `BACKEND_ADDRESSES6`, the record goes to
+/// `SOCKET_PEERS6`.
+#[inline(always)]
+fn balance6(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 16], vip_port: [u8; 2]) -> Pick<[u8; 16]> {
+    let vip_halves = ipv6_halves(&vip_address);
+    let Some(vip) = lookup_vip6(vip_halves) else {
+        return Pick::Leave;
+    };
+    // SAFETY: plain helper call on the program's context.
+    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
+        return Pick::Leave;
+    }
+    let Some(svc) = lookup_service6(vip_halves, vip_port, protocol) else {
+        return Pick::Leave;
+    };
+    // SAFETY: plain helper call on the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
+    let Some(id) = pick(&svc, socket_hash(cookie, vip.hash_seed)) else {
+        return Pick::Refuse;
+    };
+    let (Some(backend), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
+        return Pick::Refuse;
+    };
+    if backend.healthy != 1 || *address == [0; 16] {
+        return Pick::Refuse;
+    }
+    let (backend_address, backend_port) = (*address, backend.port);
+    let key = SocketPeerKey6::new(cookie, backend_address, backend_port, protocol);
+    let peer = SocketPeer6 { vip: vip_address, port: vip_port, _pad: [0; 6] };
+    // SAFETY: copied out at once; written only when missing or naming another VIP (see `balance`).
+    let known = unsafe { SOCKET_PEERS6.get(&key) }.copied();
+    if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
+        let _ = SOCKET_PEERS6.insert(&key, &peer, 0);
+    }
+    Pick::Backend(backend_address, backend_port)
+}
+
+/// [`reverse`] for an IPv6 socket (`SOCKET_PEERS6`).
+#[inline(always)]
+fn reverse6(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 16], port: [u8; 2]) {
+    // SAFETY: plain helper call on the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
+    let key = SocketPeerKey6::new(cookie, ip, port, protocol);
+    // SAFETY: copied out at once.
+    if let Some(peer) = unsafe { SOCKET_PEERS6.get(&key) }.copied() {
+        set_peer6(addr, peer.vip, peer.port);
+    }
+}
+
+#[inline(always)]
+fn set_peer6(addr: *mut bpf_sock_addr, address: [u8; 16], port: [u8; 2]) {
+    // SAFETY: user_ip6 (4-byte stores) and user_port are writable in connect6, sendmsg6, recvmsg6 and getpeername6.
+    unsafe {
+        for i in 0..4 {
+            let word = [address[4 * i], address[4 * i + 1], address[4 * i + 2], address[4 * i + 3]];
+            core::ptr::write_volatile(&mut (*addr).user_ip6[i], u32::from_ne_bytes(word));
+        }
+        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
+    }
 }

@@ -33,10 +33,10 @@ use lb_common::{
     Backend, Endpoint, Endpoint6, FORWARD_NAT, FlowKey, FlowKey6, FlowValue, FlowValue6, Heartbeat, LOCAL_ADDRESSES,
     Listener, Listener6, LocalShare, MAGLEV_CHUNK, MAGLEV_CHUNKS, MAGLEV_M, MAX_BACKENDS, MAX_ROUTERS, MAX_SERVICES,
     MaglevChunk, NAT_ESTABLISHED, NAT_FIN_BACKEND, NAT_FIN_CLIENT, NAT_RST, NAT6_ICMP_SLOT, NAT6_SLOT, NatKey, NatKey6,
-    NatValue, NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, ServiceKey, ServiceKey6,
-    ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, Vip6Entry, VipEntry, VipValue,
-    ipv6_halves, listener_slot, listener6_slot, maglev_position, names, nat_source_port_bit, router_counter, vip_fold,
-    vip6_fold,
+    NatValue, NatValue6, NodeConfig, PROTO_UDP, REASON_COUNT, Reason, SLOT_EMPTY, SLOT_SHARED, SOCKET_PEERS_ENTRIES,
+    ServiceKey, ServiceKey6, ServiceValue, TRACE_TARGET, TraceConfig, TraceRecord, TraceState, Traffic, Vip6Entry,
+    VipEntry, VipValue, ipv6_halves, listener_slot, listener6_slot, maglev_position, names, nat_source_port_bit,
+    router_counter, vip_fold, vip6_fold,
 };
 
 use crate::{maglev, netif};
@@ -448,7 +448,7 @@ struct Installed {
 pub struct DataPlane {
     ebpf: Ebpf,
     link: Option<XdpLinkId>,
-    /// The socket load balancer's links (connect4, getpeername4, sendmsg4, recvmsg4: by program name) and the
+    /// The socket load balancer's links (connect4 ... recvmsg4 and their IPv6 twins: by program name) and the
     /// cgroup they are attached to. Held only by this process's file descriptors, never pinned: they go when the
     /// process does.
     socket_links: Option<(Vec<(&'static str, CgroupSockAddrLinkId)>, std::path::PathBuf)>,
@@ -548,6 +548,7 @@ impl DataPlane {
             .map_max_entries(names::CONNTRACK6, options.conntrack6_entries.max(1024))
             .map_max_entries(names::NAT, entries)
             .map_max_entries(names::NAT6, options.conntrack6_entries.max(1024))
+            .map_max_entries(names::SOCKET_PEERS6, options.conntrack6_entries.clamp(1024, SOCKET_PEERS_ENTRIES))
             .override_global(names::NAT_UDP_TIMEOUT_NS, &udp_timeout, true)
             .override_global(names::NAT_CLOSED_GRACE_NS, &closed_grace, true)
             .override_global(names::NAT_EMBRYONIC_TIMEOUT_NS, &embryonic, true)
@@ -735,7 +736,8 @@ impl DataPlane {
     }
 
     /// Attaches the socket load balancer (`xvip_connect4`, `xvip_getpeername4`, `xvip_sendmsg4`,
-    /// `xvip_recvmsg4`) to the cgroup v2 directory `cgroup` (its root covers every process): TCP and UDP connects,
+    /// `xvip_recvmsg4`, and the same for IPv6: `names::SOCKET_PROGRAMS`) to the cgroup v2 directory `cgroup` (its
+    /// root covers every process): TCP and UDP connects,
     /// and UDP datagrams sent unconnected, made in this network namespace to a VIP's service are sent to a backend
     /// picked from the service's Maglev table (replies from it come back with the VIP as their source). The links
     /// are held by this process only (never pinned), so the kernel detaches them when it exits, however it exits.
@@ -1761,6 +1763,22 @@ impl DataPlane {
         let table = tables.build(&members).map_err(|source| Error::Maglev { service: id.to_string(), source })?;
         let next = 1 - svc.table;
         self.write_table(svc.index, next, &table)?;
+        // As for IPv4: the backend at one of the node's own addresses, until it is in the Maglev table, gets its
+        // weight's share of the local clients' connects from the socket load balancer.
+        let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
+        let share = spec
+            .backends
+            .iter()
+            .filter_map(v6)
+            .filter(|(address, b)| b.healthy && b.weight > 0 && !b.usable() && own.contains(address))
+            .find_map(|(address, b)| svc.backends.get(&(address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
+            .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
+                backend,
+                weight,
+                total: maglev_weight + weight,
+                _pad: 0,
+            });
+        self.write_local_share(svc.index, share)?;
         // As for IPv4: a NAT service's endpoints (all of them, healthy or not) before its SERVICES6 entries.
         let nat_endpoints: Vec<Endpoint6> = if spec.forwarding == FORWARD_NAT {
             spec.backends
@@ -1870,6 +1888,7 @@ impl DataPlane {
         for key in svc.keys.iter().filter(|k| !keep.contains(k)) {
             self.release_key6(*key, id)?;
         }
+        self.write_local_share(svc.index, LocalShare::default())?;
         for slot in svc.backends.values() {
             self.write_backend(*slot, Backend::default())?;
             self.free_backends.push_back(*slot);

@@ -27,9 +27,16 @@ impl UdpEcho {
     /// # Errors
     /// When the namespace cannot be entered or the port cannot be bound.
     pub fn start(ns: &str, name: &str, port: u16) -> Result<UdpEcho> {
+        Self::start_on(ns, name, SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))
+    }
+
+    /// [`start`](Self::start) on `address` (`[::]:port` for IPv6 clients too).
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_on(ns: &str, name: &str, address: SocketAddr) -> Result<UdpEcho> {
         let socket = netns::in_netns(ns, move || {
-            let socket =
-                UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port)).with_context(|| format!("binding UDP {port}"))?;
+            let socket = UdpSocket::bind(address).with_context(|| format!("binding UDP {address}"))?;
             socket.set_read_timeout(Some(Duration::from_millis(50)))?;
             Ok(socket)
         })

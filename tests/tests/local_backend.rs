@@ -21,6 +21,7 @@ use std::{
 use xvip_tests::{
     ChildGuard, Lab, LabSpec, MacAddr, cmd, ipv6,
     probe::{self, RequestLoop, StreamEnd},
+    udp::{UdpEcho, parse_echo},
     xvip::{NodeSpec, ServiceSpec, XvipNode},
 };
 
@@ -47,6 +48,8 @@ struct Stacked {
     /// The lab backends running on the nodes, held until the test ends (stopped when dropped).
     _servers: Vec<ChildGuard>,
     service: ServiceSpec,
+    /// More services of the nodes, after `service`.
+    extra: Vec<ServiceSpec>,
     /// The IPv6 VIP, for a lab over IPv6 (the nodes then hold no IPv4 VIP).
     vip6: Option<Ipv6Addr>,
 }
@@ -113,7 +116,7 @@ fn stacked_over(forwarding: &str, over_ipv6: bool) -> Stacked {
     } else {
         lab.nodes().iter().chain(lab.backends()).map(|h| (h.ip.into(), backend_port)).collect()
     };
-    Stacked { lab, _servers: servers, service, vip6: over_ipv6.then(vip6) }
+    Stacked { lab, _servers: servers, service, extra: Vec::new(), vip6: over_ipv6.then(vip6) }
 }
 
 impl Stacked {
@@ -126,9 +129,12 @@ impl Stacked {
     }
 
     fn node_spec(&self, priority: u8) -> NodeSpec {
-        let spec = NodeSpec::new(priority).service(self.service.clone());
+        let mut spec = NodeSpec::new(priority).service(self.service.clone());
+        spec.services.extend(self.extra.iter().cloned());
         match self.vip6 {
-            Some(vip) => NodeSpec { vip4: false, vip6: vec![vip], ..spec },
+            // With cgroup2 in the daemon's mount namespace, so the socket load balancer serves the nodes' own
+            // clients (the IPv4 labs leave it off: their clients are the lab client).
+            Some(vip) => NodeSpec { vip4: false, vip6: vec![vip], mount_cgroup2: true, ..spec },
             None => spec,
         }
     }
@@ -404,4 +410,82 @@ fn ipv6_nat_long_lived_connections_on_every_backend_survive_a_graceful_handover(
     let (survived, total) = survival.total();
     assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
     assert!(counter(&n2, "nat_forward_local") > 0 && counter(&n2, "nat_reply_local") > 0, "node2 served its own");
+}
+
+/// UDP port of the IPv6 echo service (no health check) in [`ipv6_local_clients_reach_every_backend_directly`].
+const UDP_PORT: u16 = 5300;
+
+/// One datagram from a new IPv6 socket in `ns` to `target`, sent unconnected (`sendto()`) or connected: (the
+/// backend that echoed it, the sender it saw, the answer's source as `recvfrom()` reports it).
+fn udp_ask6(
+    lab: &Lab,
+    ns: &str,
+    target: SocketAddr,
+    connected: bool,
+) -> anyhow::Result<(String, SocketAddr, SocketAddr)> {
+    lab.in_netns(ns, move || {
+        let socket = std::net::UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0))?;
+        socket.set_read_timeout(Some(Duration::from_secs(2)))?;
+        if connected {
+            socket.connect(target)?;
+            anyhow::ensure!(socket.peer_addr()? == target, "getpeername() is {:?}", socket.peer_addr());
+            socket.send(b"hello")?;
+        } else {
+            socket.send_to(b"hello", target)?;
+        }
+        let mut buf = [0u8; 1500];
+        let (n, source) = socket.recv_from(&mut buf)?;
+        let (backend, sender, _) = parse_echo(&buf[..n])?;
+        Ok((backend, sender, source))
+    })
+}
+
+#[test]
+fn ipv6_local_clients_reach_every_backend_directly() {
+    let mut s = stacked_over("nat", true);
+    let echo_hosts = [(s.lab.node(1), 1), (s.lab.node(2), 2), (s.lab.backend(1), 0x21)];
+    let _echoes: Vec<UdpEcho> = echo_hosts
+        .iter()
+        .map(|(h, _)| UdpEcho::start_on(&h.ns, &h.name, (Ipv6Addr::UNSPECIFIED, UDP_PORT).into()).expect("echo"))
+        .collect();
+    let mut udp =
+        ServiceSpec { name: "echo".into(), protocol: "udp".into(), check: "none".into(), ..s.service.clone() };
+    udp.port = UDP_PORT;
+    udp.backends = echo_hosts.iter().map(|(_, n)| (IpAddr::V6(ipv6::address(*n)), UDP_PORT)).collect();
+    s.extra.push(udp);
+    let (n1, n2) = s.start();
+    for node in [&n1, &n2] {
+        assert!(node.log().contains("local clients: TCP connects"), "the socket balancer is on:\n{}", node.log());
+    }
+    let every: Vec<String> = ["backend1", "node1", "node2"].map(String::from).to_vec();
+    let udp_target = SocketAddr::new(IpAddr::V6(vip6()), UDP_PORT);
+    for (n, own) in [(1, ipv6::address(1)), (2, ipv6::address(2))] {
+        let ns = s.lab.node(n).ns.clone();
+        // TCP: new connections spread over every backend, the node's own included, each connected straight to it
+        // (the backend sees the node's own address) while the application sees the VIP as its peer.
+        let tally = probe::request_many(&ns, s.target(), 60, Duration::from_secs(1)).expect("requests");
+        eprintln!("IPv6 local clients on node{n}: {:?}", tally.per_backend);
+        assert_eq!(tally.failures, 0, "node{n}: {tally:?}");
+        assert_eq!(tally.per_backend.keys().cloned().collect::<Vec<_>>(), every, "node{n}");
+        let response = probe::http_get(&ns, s.target(), "/", Duration::from_secs(1)).expect("GET");
+        let client: SocketAddr = response.header("x-client").and_then(|c| c.parse().ok()).expect("x-client");
+        assert_eq!(client.ip(), IpAddr::V6(own), "node{n}'s connect went straight to its backend");
+        let target = s.target();
+        let peer = s.lab.in_netns(&ns, move || {
+            Ok(std::net::TcpStream::connect_timeout(&target, Duration::from_secs(2))?.peer_addr()?)
+        });
+        assert_eq!(peer.expect("connect"), target, "getpeername() reports the VIP");
+        // UDP, unconnected and connected: each datagram straight to a backend, its answer from the VIP.
+        for connected in [false, true] {
+            let mut answered = std::collections::BTreeSet::new();
+            for _ in 0..40 {
+                let (backend, sender, source) = udp_ask6(&s.lab, &ns, udp_target, connected).expect("UDP");
+                assert_eq!(sender.ip(), IpAddr::V6(own), "sent straight from node{n}");
+                assert_eq!(source, udp_target, "the answer comes from the VIP");
+                answered.insert(backend);
+            }
+            eprintln!("IPv6 UDP (connected: {connected}) from node{n}: answered by {answered:?}");
+            assert_eq!(answered.into_iter().collect::<Vec<_>>(), every, "node{n}, connected: {connected}");
+        }
+    }
 }

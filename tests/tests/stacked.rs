@@ -22,7 +22,16 @@ const PORT: u16 = 8080;
 const DEAD_PORT: u16 = 8081;
 const UDP_PORT: u16 = 5300;
 /// The socket balancer's programs, as the kernel names them.
-const SOCKET_PROGRAMS: [&str; 4] = ["xvip_connect4", "xvip_getpeername4", "xvip_sendmsg4", "xvip_recvmsg4"];
+const SOCKET_PROGRAMS: [&str; 8] = [
+    "xvip_connect4",
+    "xvip_getpeername4",
+    "xvip_sendmsg4",
+    "xvip_recvmsg4",
+    "xvip_connect6",
+    "xvip_getpeername6",
+    "xvip_sendmsg6",
+    "xvip_recvmsg6",
+];
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn lab() -> Lab {
@@ -289,7 +298,8 @@ fn a_killed_agent_leaves_nothing_attached_and_its_namespace_is_no_longer_rewritt
     let root = root.to_string_lossy().into_owned();
     let ids1 = socket_programs_of(&root, node1.pid().expect("node1 pid"));
     let ids2 = socket_programs_of(&root, node2.pid().expect("node2 pid"));
-    assert_eq!((ids1.len(), ids2.len()), (4, 4), "{SOCKET_PROGRAMS:?} of each node on {root}");
+    let all = SOCKET_PROGRAMS.len();
+    assert_eq!((ids1.len(), ids2.len()), (all, all), "{SOCKET_PROGRAMS:?} of each node on {root}");
     let backends: Vec<String> = service(&lab).backends.iter().map(|(a, p)| format!("{a}:{p}")).collect();
     let peers = kernel_peers(&lab, &lab.node(1).ns);
     assert!(
