@@ -122,50 +122,50 @@ pub fn xvip_egress(ctx: TcContext) -> i32 {
 /// goes to a backend.
 #[cgroup_sock_addr(connect4)]
 pub fn xvip_connect4(ctx: SockAddrContext) -> i32 {
-    socket::connect4(&ctx)
+    socket::connect::<socket::V4>(&ctx)
 }
 
 /// What `getpeername()` reports for a socket `xvip_connect4` sent to a backend: the VIP and port it asked for.
 #[cgroup_sock_addr(getpeername4)]
 pub fn xvip_getpeername4(ctx: SockAddrContext) -> i32 {
-    socket::getpeername4(&ctx)
+    socket::getpeername::<socket::V4>(&ctx)
 }
 
 /// The socket load balancer for unconnected UDP (see `socket.rs`): a datagram sent to a VIP's UDP service goes to
 /// a backend.
 #[cgroup_sock_addr(sendmsg4)]
 pub fn xvip_sendmsg4(ctx: SockAddrContext) -> i32 {
-    socket::sendmsg4(&ctx)
+    socket::sendmsg::<socket::V4>(&ctx)
 }
 
 /// The source of a datagram from a backend `xvip_sendmsg4` sent this socket's datagrams to: the VIP and port.
 #[cgroup_sock_addr(recvmsg4)]
 pub fn xvip_recvmsg4(ctx: SockAddrContext) -> i32 {
-    socket::recvmsg4(&ctx)
+    socket::recvmsg::<socket::V4>(&ctx)
 }
 
 /// `xvip_connect4` for IPv6 sockets and VIPs.
 #[cgroup_sock_addr(connect6)]
 pub fn xvip_connect6(ctx: SockAddrContext) -> i32 {
-    socket::connect6(&ctx)
+    socket::connect::<socket::V6>(&ctx)
 }
 
 /// `xvip_getpeername4` for IPv6 sockets.
 #[cgroup_sock_addr(getpeername6)]
 pub fn xvip_getpeername6(ctx: SockAddrContext) -> i32 {
-    socket::getpeername6(&ctx)
+    socket::getpeername::<socket::V6>(&ctx)
 }
 
 /// `xvip_sendmsg4` for IPv6 sockets and VIPs.
 #[cgroup_sock_addr(sendmsg6)]
 pub fn xvip_sendmsg6(ctx: SockAddrContext) -> i32 {
-    socket::sendmsg6(&ctx)
+    socket::sendmsg::<socket::V6>(&ctx)
 }
 
 /// `xvip_recvmsg4` for IPv6 sockets.
 #[cgroup_sock_addr(recvmsg6)]
 pub fn xvip_recvmsg6(ctx: SockAddrContext) -> i32 {
-    socket::recvmsg6(&ctx)
+    socket::recvmsg::<socket::V6>(&ctx)
 }
 
 /// Counts the frame under `reason`, node-wide and, for a frame to one of a router's VIPs, for that router.

@@ -1,5 +1,5 @@
 //! The socket load balancer for clients on the node itself (`cgroup/connect4`, `cgroup/getpeername4`, and for
-//! unconnected UDP `cgroup/sendmsg4` and `cgroup/recvmsg4`).
+//! unconnected UDP `cgroup/sendmsg4` and `cgroup/recvmsg4`; their IPv6 twins `connect6` ... `recvmsg6`).
 //!
 //! A process on an xvip node that connects to a VIP never reaches the XDP program (it sees only what arrives from
 //! the wire), so its `connect()` is balanced instead: the destination VIP:port of a TCP or UDP connect becomes a
@@ -16,7 +16,9 @@
 //! VIP and port, so `recvfrom()` reports the address the application sent to.
 //!
 //! The `*6` programs do the same for IPv6 sockets and IPv6 VIPs (`SOCKET_PEERS6`, the backends' addresses from
-//! `BACKEND_ADDRESSES6`). A dual-stack socket's connect to an IPv4 VIP as an IPv4-mapped address is left alone.
+//! `BACKEND_ADDRESSES6`): the four calls are written once, over a [`Family`] ([`V4`], [`V6`]) that knows where its
+//! addresses are and which maps it uses. A dual-stack socket's connect to an IPv4 VIP as an IPv4-mapped address
+//! is left alone.
 //!
 //! Cgroup programs run for every process in the cgroup whatever its network namespace: only calls made in the
 //! agent's own namespace are touched (`lb_common::socket_lb_applies`).
@@ -45,7 +47,7 @@ const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
 /// Where a balanced socket call goes (`A`: an IPv4 or IPv6 address, as its bytes).
-enum Pick<A> {
+pub enum Pick<A> {
     /// Not a VIP's service of this namespace: the call goes on untouched.
     Leave,
     /// A VIP's service without a healthy backend.
@@ -54,43 +56,75 @@ enum Pick<A> {
     Backend(A, [u8; 2]),
 }
 
-/// A `connect()` (TCP or UDP, IPv4) to one of the node's VIPs on a service port of that protocol: sent to a
-/// backend instead. A service without a healthy backend refuses the connect (ECONNREFUSED), as a client would
-/// want to fail fast.
+/// What the four calls need of an address family: where the call's address is in the context, how a VIP's
+/// service picks a backend, and the family's `SOCKET_PEERS` map.
+pub trait Family {
+    /// An address as its bytes in network order.
+    type Address: Copy;
+
+    /// The call's protocol (TCP or UDP), address and port (network byte order: their bytes in memory are the
+    /// address and port as on the wire), if it is TCP or UDP of this family.
+    fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, Self::Address, [u8; 2])>;
+
+    /// The backend for a call to `vip_address:vip_port` over `protocol` made in the node's namespace, recorded in
+    /// the family's `SOCKET_PEERS` under the socket's cookie and the backend (what `getpeername` and `recvmsg`
+    /// answer from).
+    fn balance(
+        addr: *mut bpf_sock_addr,
+        protocol: u8,
+        vip_address: Self::Address,
+        vip_port: [u8; 2],
+    ) -> Pick<Self::Address>;
+
+    /// The VIP and port recorded for this socket and the backend `ip:port`, if any.
+    fn recorded(cookie: u64, protocol: u8, ip: Self::Address, port: [u8; 2]) -> Option<(Self::Address, [u8; 2])>;
+
+    /// Writes `address:port` as the call's address.
+    fn set_peer(addr: *mut bpf_sock_addr, address: Self::Address, port: [u8; 2]);
+}
+
+/// IPv4 sockets and VIPs (`user_ip4`, `SOCKET_PEERS`; a backend's address is in its `BACKENDS` slot).
+pub struct V4;
+/// IPv6 sockets and VIPs (`user_ip6`, `SOCKET_PEERS6`; a backend's address is in `BACKEND_ADDRESSES6`).
+pub struct V6;
+
+/// A `connect()` (TCP or UDP) to one of the node's VIPs on a service port of that protocol: sent to a backend
+/// instead. A service without a healthy backend refuses the connect (ECONNREFUSED), as a client would want to
+/// fail fast.
 #[inline(always)]
-pub fn connect4(ctx: &SockAddrContext) -> i32 {
+pub fn connect<F: Family>(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination(addr) else {
+    let Some((protocol, ip, port)) = F::destination(addr) else {
         return PROCEED;
     };
-    to_backend(addr, protocol, ip, port)
+    to_backend::<F>(addr, protocol, ip, port)
 }
 
 /// A datagram sent with a destination (`sendto()`, `sendmsg()` with a name: an unconnected UDP socket) to a UDP
-/// service of one of the node's VIPs: its destination becomes a backend, picked as `connect4` picks (by the
+/// service of one of the node's VIPs: its destination becomes a backend, picked as `connect` picks (by the
 /// socket's cookie, so a socket's datagrams keep going to one backend while the service's table stays), and the
-/// backend is remembered in `SOCKET_PEERS` for `recvmsg4` to turn its replies' source back into the VIP. A
-/// service without a healthy backend refuses the send (ECONNREFUSED).
+/// backend is remembered for `recvmsg` to turn its replies' source back into the VIP. A service without a healthy
+/// backend refuses the send (ECONNREFUSED).
 #[inline(always)]
-pub fn sendmsg4(ctx: &SockAddrContext) -> i32 {
+pub fn sendmsg<F: Family>(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination(addr) else {
+    let Some((protocol, ip, port)) = F::destination(addr) else {
         return PROCEED;
     };
     if protocol != PROTO_UDP {
         return PROCEED;
     }
-    to_backend(addr, protocol, ip, port)
+    to_backend::<F>(addr, protocol, ip, port)
 }
 
 /// A datagram received with its source asked for (`recvfrom()`, `recvmsg()` with a name) from a backend this
-/// socket's datagrams to a VIP were sent to (`SOCKET_PEERS`, keyed by the socket's cookie and the backend): the
-/// source becomes that VIP and port, so the application sees the address it sent to. Anything else is left
-/// alone. The kernel lets this hook refuse nothing: it always proceeds.
+/// socket's datagrams to a VIP were sent to (keyed by the socket's cookie and the backend): the source becomes
+/// that VIP and port, so the application sees the address it sent to. Anything else is left alone. The kernel
+/// lets this hook refuse nothing: it always proceeds.
 #[inline(always)]
-pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
+pub fn recvmsg<F: Family>(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination(addr) else {
+    let Some((protocol, ip, port)) = F::destination(addr) else {
         return PROCEED;
     };
     if protocol != PROTO_UDP {
@@ -100,38 +134,67 @@ pub fn recvmsg4(ctx: &SockAddrContext) -> i32 {
     if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
         return PROCEED;
     }
-    reverse(addr, protocol, ip, port);
+    reverse::<F>(addr, protocol, ip, port);
     PROCEED
 }
 
-/// `getpeername()` of a socket `connect4` sent to a backend: the VIP and port it asked for.
+/// `getpeername()` of a socket `connect` sent to a backend: the VIP and port it asked for.
 #[inline(always)]
-pub fn getpeername4(ctx: &SockAddrContext) -> i32 {
+pub fn getpeername<F: Family>(ctx: &SockAddrContext) -> i32 {
     let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination(addr) else {
+    let Some((protocol, ip, port)) = F::destination(addr) else {
         return PROCEED;
     };
-    reverse(addr, protocol, ip, port);
+    reverse::<F>(addr, protocol, ip, port);
     PROCEED
 }
 
-/// The call's protocol (TCP or UDP), address and port (both in network byte order: their bytes in memory are the
-/// address and port as on the wire), if it is IPv4 TCP or UDP.
+/// A call to `ip:port` over `protocol` goes to the backend [`Family::balance`] picks, is refused, or goes on
+/// untouched.
 #[inline(always)]
-fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 4], [u8; 2])> {
-    // SAFETY: the kernel hands every sock_addr program a valid context; these fields are readable in each of its
-    // attach points (connect4, sendmsg4, recvmsg4, getpeername4).
-    let (family, protocol, ip, port) = unsafe {
+fn to_backend<F: Family>(addr: *mut bpf_sock_addr, protocol: u8, ip: F::Address, port: [u8; 2]) -> i32 {
+    match F::balance(addr, protocol, ip, port) {
+        Pick::Leave => PROCEED,
+        Pick::Refuse => refuse(),
+        Pick::Backend(backend, backend_port) => {
+            F::set_peer(addr, backend, backend_port);
+            PROCEED
+        }
+    }
+}
+
+/// A backend this socket was sent to becomes the VIP and port the socket asked for again.
+#[inline(always)]
+fn reverse<F: Family>(addr: *mut bpf_sock_addr, protocol: u8, ip: F::Address, port: [u8; 2]) {
+    // SAFETY: plain helper call on the program's context.
+    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
+    if let Some((vip, vip_port)) = F::recorded(cookie, protocol, ip, port) {
+        F::set_peer(addr, vip, vip_port);
+    }
+}
+
+/// Whether the call was made in the node's network namespace, and the socket's cookie.
+#[inline(always)]
+fn node_socket(addr: *mut bpf_sock_addr) -> Option<u64> {
+    // SAFETY: plain helper calls on the program's context.
+    unsafe {
+        socket_lb_applies(bpf_get_netns_cookie(addr.cast()), node_netns_cookie())
+            .then(|| bpf_get_socket_cookie(addr.cast()))
+    }
+}
+
+/// The call's family, protocol and port as the context holds them (4-byte loads, readable in every attach point
+/// of both families), with the protocol as TCP or UDP only.
+#[inline(always)]
+fn call(addr: *mut bpf_sock_addr) -> Option<(u32, u8, [u8; 2])> {
+    // SAFETY: the kernel hands every sock_addr program a valid context.
+    let (family, protocol, port) = unsafe {
         (
             core::ptr::read_volatile(&(*addr).user_family),
             core::ptr::read_volatile(&(*addr).protocol),
-            core::ptr::read_volatile(&(*addr).user_ip4),
             core::ptr::read_volatile(&(*addr).user_port),
         )
     };
-    if family != AF_INET {
-        return None;
-    }
     let protocol = if protocol == u32::from(PROTO_TCP) {
         PROTO_TCP
     } else if protocol == u32::from(PROTO_UDP) {
@@ -139,57 +202,143 @@ fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 4], [u8; 2])> {
     } else {
         return None;
     };
-    Some((protocol, ip.to_ne_bytes(), (port as u16).to_ne_bytes()))
+    Some((family, protocol, (port as u16).to_ne_bytes()))
 }
 
-/// A call to `ip:port` over `protocol` goes to the backend [`balance`] picks, is refused, or goes on untouched.
-#[inline(always)]
-fn to_backend(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 4], port: [u8; 2]) -> i32 {
-    match balance(addr, protocol, ip, port) {
-        Pick::Leave => PROCEED,
-        Pick::Refuse => refuse(),
-        Pick::Backend(backend, backend_port) => {
-            set_peer(addr, backend, backend_port);
-            PROCEED
+impl Family for V4 {
+    type Address = [u8; 4];
+
+    #[inline(always)]
+    fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 4], [u8; 2])> {
+        let (family, protocol, port) = call(addr)?;
+        if family != AF_INET {
+            return None;
+        }
+        // SAFETY: readable in each IPv4 attach point (connect4, sendmsg4, recvmsg4, getpeername4).
+        let ip = unsafe { core::ptr::read_volatile(&(*addr).user_ip4) };
+        Some((protocol, ip.to_ne_bytes(), port))
+    }
+
+    #[inline(always)]
+    fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_port: [u8; 2]) -> Pick<[u8; 4]> {
+        let Some(vip) = lookup_vip(vip_address) else {
+            return Pick::Leave;
+        };
+        let Some(cookie) = node_socket(addr) else {
+            return Pick::Leave;
+        };
+        let Some(svc) = lookup_service(&ServiceKey::new(vip_address, vip_port, protocol)) else {
+            return Pick::Leave;
+        };
+        let Some(id) = pick(&svc, socket_hash(cookie, vip.value.hash_seed)) else {
+            return Pick::Refuse;
+        };
+        let Some(backend) = BACKENDS.get(id) else {
+            return Pick::Refuse;
+        };
+        if backend.healthy != 1 || backend.address == [0; 4] {
+            return Pick::Refuse;
+        }
+        let (backend_address, backend_port) = (backend.address, backend.port);
+        let key = SocketPeerKey::new(cookie, backend_address, backend_port, protocol);
+        let peer = SocketPeer { vip: vip_address, port: vip_port, _pad: [0; 2] };
+        // SAFETY: copied out at once. An unconnected socket sends many datagrams: the entry is written only when
+        // it is missing or names another VIP, not once per datagram.
+        let known = unsafe { SOCKET_PEERS.get(&key) }.copied();
+        if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
+            let _ = SOCKET_PEERS.insert(&key, &peer, 0);
+        }
+        Pick::Backend(backend_address, backend_port)
+    }
+
+    #[inline(always)]
+    fn recorded(cookie: u64, protocol: u8, ip: [u8; 4], port: [u8; 2]) -> Option<([u8; 4], [u8; 2])> {
+        // SAFETY: copied out at once.
+        let peer = unsafe { SOCKET_PEERS.get(&SocketPeerKey::new(cookie, ip, port, protocol)) }.copied()?;
+        Some((peer.vip, peer.port))
+    }
+
+    #[inline(always)]
+    fn set_peer(addr: *mut bpf_sock_addr, address: [u8; 4], port: [u8; 2]) {
+        // SAFETY: user_ip4 and user_port are writable in connect4, sendmsg4, recvmsg4 and getpeername4 (4-byte
+        // stores).
+        unsafe {
+            core::ptr::write_volatile(&mut (*addr).user_ip4, u32::from_ne_bytes(address));
+            core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
         }
     }
 }
 
-/// The backend for a call to `vip_address:vip_port` over `protocol` made in the node's namespace, recorded in
-/// `SOCKET_PEERS` under the socket's cookie and the backend (what `getpeername4` and `recvmsg4` answer from).
-#[inline(always)]
-fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 4], vip_port: [u8; 2]) -> Pick<[u8; 4]> {
-    let Some(vip) = lookup_vip(vip_address) else {
-        return Pick::Leave;
-    };
-    // SAFETY: plain helper call on the program's context.
-    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
-        return Pick::Leave;
+impl Family for V6 {
+    type Address = [u8; 16];
+
+    #[inline(always)]
+    fn destination(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 16], [u8; 2])> {
+        let (family, protocol, port) = call(addr)?;
+        if family != AF_INET6 {
+            return None;
+        }
+        let mut ip = [0u8; 16];
+        for i in 0..4 {
+            // SAFETY: readable (4-byte loads) in each IPv6 attach point (connect6, sendmsg6, recvmsg6,
+            // getpeername6).
+            let word = unsafe { core::ptr::read_volatile(&(*addr).user_ip6[i]) };
+            ip[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+        Some((protocol, ip, port))
     }
-    let Some(svc) = lookup_service(&ServiceKey::new(vip_address, vip_port, protocol)) else {
-        return Pick::Leave;
-    };
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let Some(id) = pick(&svc, socket_hash(cookie, vip.value.hash_seed)) else {
-        return Pick::Refuse;
-    };
-    let Some(backend) = BACKENDS.get(id) else {
-        return Pick::Refuse;
-    };
-    if backend.healthy != 1 || backend.address == [0; 4] {
-        return Pick::Refuse;
+
+    #[inline(always)]
+    fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 16], vip_port: [u8; 2]) -> Pick<[u8; 16]> {
+        let vip_halves = ipv6_halves(&vip_address);
+        let Some(vip) = lookup_vip6(vip_halves) else {
+            return Pick::Leave;
+        };
+        let Some(cookie) = node_socket(addr) else {
+            return Pick::Leave;
+        };
+        let Some(svc) = lookup_service6(vip_halves, vip_port, protocol) else {
+            return Pick::Leave;
+        };
+        let Some(id) = pick(&svc, socket_hash(cookie, vip.hash_seed)) else {
+            return Pick::Refuse;
+        };
+        let (Some(backend), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
+            return Pick::Refuse;
+        };
+        if backend.healthy != 1 || *address == [0; 16] {
+            return Pick::Refuse;
+        }
+        let (backend_address, backend_port) = (*address, backend.port);
+        let key = SocketPeerKey6::new(cookie, backend_address, backend_port, protocol);
+        let peer = SocketPeer6 { vip: vip_address, port: vip_port, _pad: [0; 6] };
+        // SAFETY: copied out at once; written only when missing or naming another VIP (as for IPv4).
+        let known = unsafe { SOCKET_PEERS6.get(&key) }.copied();
+        if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
+            let _ = SOCKET_PEERS6.insert(&key, &peer, 0);
+        }
+        Pick::Backend(backend_address, backend_port)
     }
-    let (backend_address, backend_port) = (backend.address, backend.port);
-    let key = SocketPeerKey::new(cookie, backend_address, backend_port, protocol);
-    let peer = SocketPeer { vip: vip_address, port: vip_port, _pad: [0; 2] };
-    // SAFETY: copied out at once. An unconnected socket sends many datagrams: the entry is written only when it
-    // is missing or names another VIP, not once per datagram.
-    let known = unsafe { SOCKET_PEERS.get(&key) }.copied();
-    if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
-        let _ = SOCKET_PEERS.insert(&key, &peer, 0);
+
+    #[inline(always)]
+    fn recorded(cookie: u64, protocol: u8, ip: [u8; 16], port: [u8; 2]) -> Option<([u8; 16], [u8; 2])> {
+        // SAFETY: copied out at once.
+        let peer = unsafe { SOCKET_PEERS6.get(&SocketPeerKey6::new(cookie, ip, port, protocol)) }.copied()?;
+        Some((peer.vip, peer.port))
     }
-    Pick::Backend(backend_address, backend_port)
+
+    #[inline(always)]
+    fn set_peer(addr: *mut bpf_sock_addr, address: [u8; 16], port: [u8; 2]) {
+        // SAFETY: user_ip6 (4-byte stores) and user_port are writable in connect6, sendmsg6, recvmsg6 and
+        // getpeername6.
+        unsafe {
+            for i in 0..4 {
+                let word = [address[4 * i], address[4 * i + 1], address[4 * i + 2], address[4 * i + 3]];
+                core::ptr::write_volatile(&mut (*addr).user_ip6[i], u32::from_ne_bytes(word));
+            }
+            core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
+        }
+    }
 }
 
 /// The backend slot for a socket whose hash is `hash` calling `svc`; `None`: the service has no backend to take it.
@@ -208,194 +357,9 @@ fn pick(svc: &ServiceValue, hash: u32) -> Option<u32> {
     }
 }
 
-/// A backend this socket was sent to (`SOCKET_PEERS`) becomes the VIP and port the socket asked for again.
-#[inline(always)]
-fn reverse(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 4], port: [u8; 2]) {
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let key = SocketPeerKey::new(cookie, ip, port, protocol);
-    // SAFETY: copied out at once.
-    if let Some(peer) = unsafe { SOCKET_PEERS.get(&key) }.copied() {
-        set_peer(addr, peer.vip, peer.port);
-    }
-}
-
-#[inline(always)]
-fn set_peer(addr: *mut bpf_sock_addr, address: [u8; 4], port: [u8; 2]) {
-    // SAFETY: user_ip4 and user_port are writable in connect4, sendmsg4, recvmsg4 and getpeername4 (4-byte
-    // stores).
-    unsafe {
-        core::ptr::write_volatile(&mut (*addr).user_ip4, u32::from_ne_bytes(address));
-        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
-    }
-}
-
 #[inline(always)]
 fn refuse() -> i32 {
     // SAFETY: plain helper call; the error the refused connect() or sendmsg() returns instead of EPERM.
     unsafe { bpf_set_retval(-ECONNREFUSED) };
     REFUSE
-}
-
-// ----- IPv6 -----
-
-/// [`connect4`] for an IPv6 socket's connect to one of the node's IPv6 VIPs.
-#[inline(always)]
-pub fn connect6(ctx: &SockAddrContext) -> i32 {
-    let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination6(addr) else {
-        return PROCEED;
-    };
-    to_backend6(addr, protocol, ip, port)
-}
-
-/// [`sendmsg4`] for an unconnected IPv6 UDP socket's datagram to an IPv6 VIP's UDP service.
-#[inline(always)]
-pub fn sendmsg6(ctx: &SockAddrContext) -> i32 {
-    let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination6(addr) else {
-        return PROCEED;
-    };
-    if protocol != PROTO_UDP {
-        return PROCEED;
-    }
-    to_backend6(addr, protocol, ip, port)
-}
-
-/// [`recvmsg4`] for an IPv6 socket: a datagram's source that is a backend `sendmsg6` sent to becomes the VIP.
-#[inline(always)]
-pub fn recvmsg6(ctx: &SockAddrContext) -> i32 {
-    let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination6(addr) else {
-        return PROCEED;
-    };
-    if protocol != PROTO_UDP {
-        return PROCEED;
-    }
-    // SAFETY: plain helper call on the program's context.
-    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
-        return PROCEED;
-    }
-    reverse6(addr, protocol, ip, port);
-    PROCEED
-}
-
-/// [`getpeername4`] for a socket `connect6` sent to a backend.
-#[inline(always)]
-pub fn getpeername6(ctx: &SockAddrContext) -> i32 {
-    let addr = ctx.sock_addr;
-    let Some((protocol, ip, port)) = destination6(addr) else {
-        return PROCEED;
-    };
-    reverse6(addr, protocol, ip, port);
-    PROCEED
-}
-
-/// [`destination`] for an IPv6 call: the protocol, the 16-byte address and the port.
-#[inline(always)]
-fn destination6(addr: *mut bpf_sock_addr) -> Option<(u8, [u8; 16], [u8; 2])> {
-    // SAFETY: the kernel hands every sock_addr program a valid context; these fields are readable (4-byte loads)
-    // in each of its IPv6 attach points (connect6, sendmsg6, recvmsg6, getpeername6).
-    let (family, protocol, words, port) = unsafe {
-        (
-            core::ptr::read_volatile(&(*addr).user_family),
-            core::ptr::read_volatile(&(*addr).protocol),
-            [
-                core::ptr::read_volatile(&(*addr).user_ip6[0]),
-                core::ptr::read_volatile(&(*addr).user_ip6[1]),
-                core::ptr::read_volatile(&(*addr).user_ip6[2]),
-                core::ptr::read_volatile(&(*addr).user_ip6[3]),
-            ],
-            core::ptr::read_volatile(&(*addr).user_port),
-        )
-    };
-    if family != AF_INET6 {
-        return None;
-    }
-    let protocol = if protocol == u32::from(PROTO_TCP) {
-        PROTO_TCP
-    } else if protocol == u32::from(PROTO_UDP) {
-        PROTO_UDP
-    } else {
-        return None;
-    };
-    let mut ip = [0u8; 16];
-    for (i, word) in words.into_iter().enumerate() {
-        ip[4 * i..4 * i + 4].copy_from_slice(&word.to_ne_bytes());
-    }
-    Some((protocol, ip, (port as u16).to_ne_bytes()))
-}
-
-/// [`to_backend`] for an IPv6 call.
-#[inline(always)]
-fn to_backend6(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 16], port: [u8; 2]) -> i32 {
-    match balance6(addr, protocol, ip, port) {
-        Pick::Leave => PROCEED,
-        Pick::Refuse => refuse(),
-        Pick::Backend(backend, backend_port) => {
-            set_peer6(addr, backend, backend_port);
-            PROCEED
-        }
-    }
-}
-
-/// [`balance`] for an IPv6 VIP: the backend's address comes from `BACKEND_ADDRESSES6`, the record goes to
-/// `SOCKET_PEERS6`.
-#[inline(always)]
-fn balance6(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 16], vip_port: [u8; 2]) -> Pick<[u8; 16]> {
-    let vip_halves = ipv6_halves(&vip_address);
-    let Some(vip) = lookup_vip6(vip_halves) else {
-        return Pick::Leave;
-    };
-    // SAFETY: plain helper call on the program's context.
-    if !socket_lb_applies(unsafe { bpf_get_netns_cookie(addr.cast()) }, node_netns_cookie()) {
-        return Pick::Leave;
-    }
-    let Some(svc) = lookup_service6(vip_halves, vip_port, protocol) else {
-        return Pick::Leave;
-    };
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let Some(id) = pick(&svc, socket_hash(cookie, vip.hash_seed)) else {
-        return Pick::Refuse;
-    };
-    let (Some(backend), Some(address)) = (BACKENDS.get(id), BACKEND_ADDRESSES6.get(id)) else {
-        return Pick::Refuse;
-    };
-    if backend.healthy != 1 || *address == [0; 16] {
-        return Pick::Refuse;
-    }
-    let (backend_address, backend_port) = (*address, backend.port);
-    let key = SocketPeerKey6::new(cookie, backend_address, backend_port, protocol);
-    let peer = SocketPeer6 { vip: vip_address, port: vip_port, _pad: [0; 6] };
-    // SAFETY: copied out at once; written only when missing or naming another VIP (see `balance`).
-    let known = unsafe { SOCKET_PEERS6.get(&key) }.copied();
-    if known.is_none_or(|k| k.vip != peer.vip || k.port != peer.port) {
-        let _ = SOCKET_PEERS6.insert(&key, &peer, 0);
-    }
-    Pick::Backend(backend_address, backend_port)
-}
-
-/// [`reverse`] for an IPv6 socket (`SOCKET_PEERS6`).
-#[inline(always)]
-fn reverse6(addr: *mut bpf_sock_addr, protocol: u8, ip: [u8; 16], port: [u8; 2]) {
-    // SAFETY: plain helper call on the program's context.
-    let cookie = unsafe { bpf_get_socket_cookie(addr.cast()) };
-    let key = SocketPeerKey6::new(cookie, ip, port, protocol);
-    // SAFETY: copied out at once.
-    if let Some(peer) = unsafe { SOCKET_PEERS6.get(&key) }.copied() {
-        set_peer6(addr, peer.vip, peer.port);
-    }
-}
-
-#[inline(always)]
-fn set_peer6(addr: *mut bpf_sock_addr, address: [u8; 16], port: [u8; 2]) {
-    // SAFETY: user_ip6 (4-byte stores) and user_port are writable in connect6, sendmsg6, recvmsg6 and getpeername6.
-    unsafe {
-        for i in 0..4 {
-            let word = [address[4 * i], address[4 * i + 1], address[4 * i + 2], address[4 * i + 3]];
-            core::ptr::write_volatile(&mut (*addr).user_ip6[i], u32::from_ne_bytes(word));
-        }
-        core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
-    }
 }

@@ -339,6 +339,24 @@ impl BackendSpec {
     pub fn usable(&self) -> bool {
         self.healthy && self.mac.is_some() && self.weight > 0
     }
+
+    /// Whether, at one of the node's own addresses, this backend gets local clients from the socket load balancer's
+    /// share ([`local_share`]) rather than from the Maglev table: healthy and weighted, but not in the table yet
+    /// (no MAC until the engine has marked it local).
+    fn awaits_local_share(&self) -> bool {
+        self.healthy && self.weight > 0 && !self.usable()
+    }
+}
+
+/// The socket load balancer's share (`SOCKET_LOCAL`) for a service whose Maglev table holds `members`: `waiting`,
+/// its backend at one of the node's own addresses that is in no table yet (slot and weight), gets its weight out of
+/// the table's weights and its own; none, no share.
+fn local_share(members: &[maglev::MaglevBackend], waiting: Option<(u32, u8)>) -> LocalShare {
+    let Some((backend, weight)) = waiting else {
+        return LocalShare::default();
+    };
+    let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
+    LocalShare { backend, weight: u32::from(weight), total: maglev_weight + u32::from(weight), _pad: 0 }
 }
 
 /// A backend of a service, as counters name it.
@@ -1371,19 +1389,12 @@ impl DataPlane {
         // (the XDP program hands its frames to the node's stack). Until then (no MAC yet) the socket load balancer
         // still sends local clients to it, for its weight's share.
         let own = local_addresses();
-        let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
-        let share = spec
+        let waiting = spec
             .backends
             .iter()
-            .filter(|b| b.healthy && b.weight > 0 && !b.usable() && own.contains(&octets4(b.address)))
-            .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
-            .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
-                backend,
-                weight,
-                total: maglev_weight + weight,
-                _pad: 0,
-            });
-        self.write_local_share(svc.index, share)?;
+            .filter(|b| b.awaits_local_share() && own.contains(&octets4(b.address)))
+            .find_map(|b| svc.backends.get(&(b.address, b.port)).map(|slot| (*slot, b.weight)));
+        self.write_local_share(svc.index, local_share(&members, waiting))?;
 
         // Only now, with no live table pointing at them, the slots of backends that left are cleared and freed
         // (a packet that read the old table an instant ago still finds a usable slot).
@@ -1765,20 +1776,13 @@ impl DataPlane {
         self.write_table(svc.index, next, &table)?;
         // As for IPv4: the backend at one of the node's own addresses, until it is in the Maglev table, gets its
         // weight's share of the local clients' connects from the socket load balancer.
-        let maglev_weight: u32 = members.iter().map(|m| u32::from(m.weight)).sum();
-        let share = spec
+        let waiting = spec
             .backends
             .iter()
             .filter_map(v6)
-            .filter(|(address, b)| b.healthy && b.weight > 0 && !b.usable() && own.contains(address))
-            .find_map(|(address, b)| svc.backends.get(&(address, b.port)).map(|slot| (*slot, u32::from(b.weight))))
-            .map_or_else(LocalShare::default, |(backend, weight)| LocalShare {
-                backend,
-                weight,
-                total: maglev_weight + weight,
-                _pad: 0,
-            });
-        self.write_local_share(svc.index, share)?;
+            .filter(|(address, b)| b.awaits_local_share() && own.contains(address))
+            .find_map(|(address, b)| svc.backends.get(&(address, b.port)).map(|slot| (*slot, b.weight)));
+        self.write_local_share(svc.index, local_share(&members, waiting))?;
         // As for IPv4: a NAT service's endpoints (all of them, healthy or not) before its SERVICES6 entries.
         let nat_endpoints: Vec<Endpoint6> = if spec.forwarding == FORWARD_NAT {
             spec.backends

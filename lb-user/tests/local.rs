@@ -97,19 +97,11 @@ fn egress(dp: &mut DataPlane, frame: &[u8], action: u32, reason: Option<Reason>)
 }
 
 fn assert_frame(out: &[u8], expected: &[u8]) {
-    assert_eq!(hex(out), hex(expected));
+    assert_eq!(frames::hex(out), frames::hex(expected));
     if out.len() > 34 && out[12..14] == [8, 0] {
         assert!(frames::ipv4_header_ok(out), "IP header checksum");
         assert!(frames::l4_ok(out), "TCP/UDP checksum");
     }
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -390,7 +382,6 @@ fn frame6(dst_mac: [u8; 6], src_mac: [u8; 6], src: Ipv6Addr, dst: Ipv6Addr, next
     f
 }
 
-#[allow(clippy::too_many_arguments)]
 fn tcp6(
     macs: ([u8; 6], [u8; 6]),
     src: Ipv6Addr,
@@ -403,14 +394,6 @@ fn tcp6(
     frame6(macs.0, macs.1, src, dst, PROTO_TCP, &frames::tcp6(src, dst, sport, dport, flags, payload))
 }
 
-/// Asserts `out == expected` and, independently of the builder, that the TCP/UDP checksum of `out` verifies.
-fn assert_frame6(out: &[u8], expected: &[u8]) {
-    assert_eq!(hex(out), hex(expected));
-    let src: [u8; 16] = out[22..38].try_into().expect("source");
-    let dst: [u8; 16] = out[38..54].try_into().expect("destination");
-    assert_eq!(frames::l4_checksum6(src.into(), dst.into(), out[20], &out[54..]), 0, "TCP/UDP checksum");
-}
-
 #[test]
 fn nat_flow_to_a_local_ipv6_backend_is_passed_to_the_node_and_its_replies_translated_back_on_egress() {
     let mut dp = dataplane6();
@@ -419,18 +402,18 @@ fn nat_flow_to_a_local_ipv6_backend_is_passed_to_the_node_and_its_replies_transl
     // In: exactly what a remote backend would get ([VIP]:nport -> [backend]:bport), left addressed to the node.
     let syn = tcp6(from_client, CLIENT6, VIP6, 40001, HTTP, TCP_SYN, b"");
     let out = run(&mut dp, &syn, XDP_PASS, Reason::NatForwardLocal);
-    assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_SYN, b""));
+    frames::assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_SYN, b""));
     // Out: the node's stack answers the VIP (whose MAC the egress program told it: its own), and the egress
     // program turns that into the service's answer to the client, to the client's MAC.
     let reply = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port, TCP_SYN | TCP_ACK, b"");
     let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
-    assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_SYN | TCP_ACK, b""));
+    frames::assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_SYN | TCP_ACK, b""));
     let data = tcp6(from_client, CLIENT6, VIP6, 40001, HTTP, TCP_ACK | TCP_PSH, REQUEST);
     let out = run(&mut dp, &data, XDP_PASS, Reason::NatForwardLocal);
-    assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
+    frames::assert_frame6(&out, &tcp6(from_client, VIP6, NODE6, port, HTTP_BACKEND, TCP_ACK | TCP_PSH, REQUEST));
     let reply = tcp6((NODE_MAC, NODE_MAC), NODE6, VIP6, HTTP_BACKEND, port, TCP_ACK | TCP_PSH, RESPONSE);
     let out = egress(&mut dp, &reply, TC_ACT_OK, Some(Reason::NatReplyLocal));
-    assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_ACK | TCP_PSH, RESPONSE));
+    frames::assert_frame6(&out, &tcp6((CLIENT_MAC, NODE_MAC), VIP6, CLIENT6, HTTP, 40001, TCP_ACK | TCP_PSH, RESPONSE));
     let c = dp.counters().expect("counters");
     assert_eq!(c.backends[&("web6".into(), NODE6.into(), HTTP_BACKEND)].packets, 2);
     assert_eq!(c.router_reason(ROUTER6, Reason::NatReplyLocal), 2, "counted for the IPv6 router");
@@ -443,7 +426,7 @@ fn local_ipv6_backend_udp_reply_is_translated_back_on_egress() {
     let query = frame6(NODE_MAC, CLIENT_MAC, CLIENT6, VIP6, PROTO_UDP, &frames::udp6(CLIENT6, VIP6, 40002, DNS, b"q"));
     let out = run(&mut dp, &query, XDP_PASS, Reason::NatForwardLocal);
     let translated = frames::udp6(VIP6, NODE6, port, DNS_BACKEND, b"q");
-    assert_frame6(&out, &frame6(NODE_MAC, CLIENT_MAC, VIP6, NODE6, PROTO_UDP, &translated));
+    frames::assert_frame6(&out, &frame6(NODE_MAC, CLIENT_MAC, VIP6, NODE6, PROTO_UDP, &translated));
     let answer = frames::udp6(NODE6, VIP6, DNS_BACKEND, port, b"answer");
     let out = egress(
         &mut dp,
@@ -452,7 +435,7 @@ fn local_ipv6_backend_udp_reply_is_translated_back_on_egress() {
         Some(Reason::NatReplyLocal),
     );
     let back = frames::udp6(VIP6, CLIENT6, DNS, 40002, b"answer");
-    assert_frame6(&out, &frame6(CLIENT_MAC, NODE_MAC, VIP6, CLIENT6, PROTO_UDP, &back));
+    frames::assert_frame6(&out, &frame6(CLIENT_MAC, NODE_MAC, VIP6, CLIENT6, PROTO_UDP, &back));
 }
 
 #[test]
@@ -460,7 +443,7 @@ fn dsr_flow_to_a_local_ipv6_backend_is_passed_unchanged() {
     let mut dp = dataplane6();
     let syn = tcp6((NODE_MAC, CLIENT_MAC), CLIENT6, VIP6, 40003, HTTPS, TCP_SYN, b"");
     let out = run(&mut dp, &syn, XDP_PASS, Reason::ForwardLocal);
-    assert_frame6(&out, &syn);
+    frames::assert_frame6(&out, &syn);
 }
 
 #[test]

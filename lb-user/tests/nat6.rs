@@ -17,7 +17,9 @@ use lb_common::{
     names, nat_port, router_slot,
 };
 use support::fixture::{self, CLIENT_MAC, NODE_MAC, VRID, XDP_DROP, XDP_PASS, XDP_TX, run};
-use support::frames::{self, ETH_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN};
+use support::frames::{
+    self, ETH_IPV6, TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, assert_frame6 as assert_frame, hex,
+};
 use xvip::{
     dataplane::{BackendSpec, DataPlane, LoadOptions, ServiceId, ServiceSpec, Vip6Spec},
     maglev,
@@ -103,22 +105,6 @@ fn dataplane_with(options: LoadOptions) -> DataPlane {
 
 fn dataplane() -> DataPlane {
     dataplane_with(LoadOptions::default())
-}
-
-/// Asserts `out == expected` and, independently of the builder, that the TCP/UDP checksum of `out` verifies.
-fn assert_frame(out: &[u8], expected: &[u8]) {
-    assert_eq!(hex(out), hex(expected));
-    let src: [u8; 16] = out[22..38].try_into().expect("source");
-    let dst: [u8; 16] = out[38..54].try_into().expect("destination");
-    assert_eq!(frames::l4_checksum6(src.into(), dst.into(), out[20], &out[54..]), 0, "TCP/UDP checksum");
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The Maglev table of the services (both have the same backends; names are `[address]:port`).

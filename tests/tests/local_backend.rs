@@ -287,13 +287,19 @@ fn report(what: &str, survival: &Survival) {
 
 #[test]
 fn nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
-    let s = stacked("nat");
+    nat_connections_survive_a_graceful_handover(false);
+}
+
+/// NAT connections on every backend, over IPv4 or IPv6, survive node1's graceful stop, and node2 serves its own
+/// backend afterwards.
+fn nat_connections_survive_a_graceful_handover(over_ipv6: bool) {
+    let s = stacked_over("nat", over_ipv6);
     let (mut n1, n2) = s.start();
     let survival = loops_across(&s, || {
         n1.terminate().expect("SIGTERM node1");
         n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
     });
-    report("NAT, graceful handover", &survival);
+    report(if over_ipv6 { "IPv6 NAT, graceful handover" } else { "NAT, graceful handover" }, &survival);
     let (survived, total) = survival.total();
     assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
     assert!(counter(&n2, "nat_forward_local") > 0 && counter(&n2, "nat_reply_local") > 0, "node2 served its own");
@@ -400,16 +406,7 @@ fn ipv6_dsr_the_active_nodes_own_backend_gets_its_share() {
 
 #[test]
 fn ipv6_nat_long_lived_connections_on_every_backend_survive_a_graceful_handover() {
-    let s = stacked_over("nat", true);
-    let (mut n1, n2) = s.start();
-    let survival = loops_across(&s, || {
-        n1.terminate().expect("SIGTERM node1");
-        n2.wait_role("active", Duration::from_secs(2)).expect("node2 takes over");
-    });
-    report("IPv6 NAT, graceful handover", &survival);
-    let (survived, total) = survival.total();
-    assert_eq!(survived, total, "{survived} of {total} survived:\n{}", n2.log());
-    assert!(counter(&n2, "nat_forward_local") > 0 && counter(&n2, "nat_reply_local") > 0, "node2 served its own");
+    nat_connections_survive_a_graceful_handover(true);
 }
 
 /// UDP port of the IPv6 echo service (no health check) in [`ipv6_local_clients_reach_every_backend_directly`].

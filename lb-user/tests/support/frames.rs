@@ -325,3 +325,21 @@ pub fn icmp6_ok(frame: &[u8]) -> bool {
     let dst: [u8; 16] = frame[38..54].try_into().unwrap_or_default();
     icmp6_checksum(src.into(), dst.into(), message) == 0
 }
+
+/// A frame as hex, 16 bytes a line: what a failed comparison of two frames shows.
+pub fn hex(frame: &[u8]) -> String {
+    frame
+        .chunks(16)
+        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that the IPv6 TCP/UDP frame `out` is `expected` and, independently of the builder, that its TCP/UDP
+/// checksum verifies over the pseudo-header of its own addresses.
+pub fn assert_frame6(out: &[u8], expected: &[u8]) {
+    assert_eq!(hex(out), hex(expected));
+    let src: [u8; 16] = out[22..38].try_into().expect("source");
+    let dst: [u8; 16] = out[38..54].try_into().expect("destination");
+    assert_eq!(l4_checksum6(src.into(), dst.into(), out[20], &out[54..]), 0, "TCP/UDP checksum");
+}
