@@ -60,21 +60,13 @@ fn dataplane() -> DataPlane {
 
 /// Asserts `out == expected` and, independently of the builder, that every checksum in `out` verifies.
 fn assert_frame(out: &[u8], expected: &[u8]) {
-    assert_eq!(hex(out), hex(expected));
+    assert_eq!(frames::hex(out), frames::hex(expected));
     assert!(frames::ipv4_header_ok(out), "IP header checksum");
     match out[23] {
         1 => assert!(frames::icmp_ok(out), "ICMP checksum"),
         17 if out[40..42] == [0, 0] => {}
         _ => assert!(frames::l4_ok(out), "TCP/UDP checksum"),
     }
-}
-
-fn hex(frame: &[u8]) -> String {
-    frame
-        .chunks(16)
-        .map(|c| c.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(" "))
-        .collect::<Vec<_>>()
-        .join("\n")
 }
 
 /// The Maglev table of a service, built by the pure builder (what the data plane installs).
