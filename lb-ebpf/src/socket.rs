@@ -17,8 +17,9 @@
 //!
 //! The `*6` programs do the same for IPv6 sockets and IPv6 VIPs (`SOCKET_PEERS6`, the backends' addresses from
 //! `BACKEND_ADDRESSES6`): the four calls are written once, over a [`Family`] ([`V4`], [`V6`]) that knows where its
-//! addresses are and which maps it uses. A dual-stack socket's connect to an IPv4 VIP as an IPv4-mapped address
-//! is left alone.
+//! addresses are and which maps it uses. An IPv6 socket that names an IPv4 VIP as an IPv4-mapped address
+//! (`::ffff:a.b.c.d`, a dual-stack socket: Java's, for one) is balanced as an IPv4 socket is, its backend written
+//! back as an IPv4-mapped address.
 //!
 //! Cgroup programs run for every process in the cgroup whatever its network namespace: only calls made in the
 //! agent's own namespace are touched (`lb_common::socket_lb_applies`).
@@ -290,6 +291,13 @@ impl Family for V6 {
 
     #[inline(always)]
     fn balance(addr: *mut bpf_sock_addr, protocol: u8, vip_address: [u8; 16], vip_port: [u8; 2]) -> Pick<[u8; 16]> {
+        if let Some(v4) = ipv4_mapped(&vip_address) {
+            return match V4::balance(addr, protocol, v4, vip_port) {
+                Pick::Leave => Pick::Leave,
+                Pick::Refuse => Pick::Refuse,
+                Pick::Backend(backend, port) => Pick::Backend(to_ipv4_mapped(backend), port),
+            };
+        }
         let vip_halves = ipv6_halves(&vip_address);
         let Some(vip) = lookup_vip6(vip_halves) else {
             return Pick::Leave;
@@ -322,6 +330,10 @@ impl Family for V6 {
 
     #[inline(always)]
     fn recorded(cookie: u64, protocol: u8, ip: [u8; 16], port: [u8; 2]) -> Option<([u8; 16], [u8; 2])> {
+        if let Some(v4) = ipv4_mapped(&ip) {
+            let (vip, vip_port) = V4::recorded(cookie, protocol, v4, port)?;
+            return Some((to_ipv4_mapped(vip), vip_port));
+        }
         // SAFETY: copied out at once.
         let peer = unsafe { SOCKET_PEERS6.get(&SocketPeerKey6::new(cookie, ip, port, protocol)) }.copied()?;
         Some((peer.vip, peer.port))
@@ -339,6 +351,19 @@ impl Family for V6 {
             core::ptr::write_volatile(&mut (*addr).user_port, u32::from(u16::from_ne_bytes(port)));
         }
     }
+}
+
+/// The IPv4 address in an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, RFC 4291 §2.5.5.2), if it is one.
+#[inline(always)]
+fn ipv4_mapped(address: &[u8; 16]) -> Option<[u8; 4]> {
+    let [prefix @ .., a, b, c, d] = *address;
+    (prefix == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]).then_some([a, b, c, d])
+}
+
+/// `::ffff:a.b.c.d`.
+#[inline(always)]
+fn to_ipv4_mapped([a, b, c, d]: [u8; 4]) -> [u8; 16] {
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a, b, c, d]
 }
 
 /// The backend slot for a socket whose hash is `hash` calling `svc`; `None`: the service has no backend to take it.

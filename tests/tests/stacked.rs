@@ -6,7 +6,7 @@
 //! namespace. Needs root.
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket},
     time::{Duration, Instant},
 };
 
@@ -186,6 +186,20 @@ fn local_clients_on_the_active_node_and_a_backup_reach_the_backends_directly() {
         .expect("connect from node2");
     assert_eq!(peer, vip, "getpeername() reports the VIP");
     assert_eq!(local.ip(), lab.node(2).ip);
+
+    // A dual-stack (IPv6) socket naming the VIP as an IPv4-mapped address (as Java's do) is balanced alike.
+    let mapped = SocketAddr::new(IpAddr::V6(lab.vip().to_ipv6_mapped()), PORT);
+    let tally = probe::request_many(&lab.node(1).ns, mapped, 30, TIMEOUT).expect("requests to the mapped VIP");
+    eprintln!("measured from node1 to {mapped}: {:?}", tally.per_backend);
+    assert_eq!(tally.failures, 0, "{tally:?}");
+    assert!(tally.per_backend.len() >= 3, "spread over the backends: {tally:?}");
+    let response = probe::http_get(&lab.node(1).ns, mapped, "/", TIMEOUT).expect("GET / through the mapped VIP");
+    let client: SocketAddr = response.header("X-Client").and_then(|c| c.parse().ok()).expect("X-Client");
+    assert_eq!(client.ip(), IpAddr::V4(lab.node(1).ip), "straight to the backend, over IPv4");
+    let peer = lab
+        .in_netns(&lab.node(1).ns, move || Ok(TcpStream::connect_timeout(&mapped, TIMEOUT)?.peer_addr()?))
+        .expect("connect from node1");
+    assert_eq!(peer, mapped, "getpeername() reports the mapped VIP");
 
     // A service without a healthy backend refuses a local connect at once rather than letting it time out.
     let dead = std::net::SocketAddr::new(lab.vip().into(), DEAD_PORT);
