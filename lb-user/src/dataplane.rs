@@ -2355,28 +2355,19 @@ fn local_addresses6() -> [[u8; 16]; lb_common::LOCAL_ADDRESSES6] {
 
 /// Every IPv6 address of this node's interfaces.
 fn interface_addresses6() -> Vec<Ipv6Addr> {
-    let mut found = Vec::new();
-    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `addrs` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        log::warn!("listing this node's IPv6 addresses: {}", std::io::Error::last_os_error());
-        return found;
-    }
-    let mut cursor = addrs;
-    while !cursor.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cursor };
-        cursor = ifa.ifa_next;
-        let sa = ifa.ifa_addr;
-        // SAFETY: checked non-null, and the family says it is a sockaddr_in6.
-        if !sa.is_null() && unsafe { (*sa).sa_family } == libc::AF_INET6 as libc::sa_family_t {
-            let octets = unsafe { (*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr };
-            found.push(Ipv6Addr::from(octets));
+    match netif::addresses() {
+        Ok(all) => all
+            .into_iter()
+            .filter_map(|a| match a.address {
+                IpAddr::V6(v6) => Some(v6),
+                IpAddr::V4(_) => None,
+            })
+            .collect(),
+        Err(e) => {
+            log::warn!("listing this node's IPv6 addresses: {e}");
+            Vec::new()
         }
     }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(addrs) };
-    found
 }
 
 /// Whether `address` can be an IPv6 VIP: a unicast address a client can send to (the program treats the others
@@ -2393,34 +2384,21 @@ fn own_addresses() -> Vec<[u8; 4]> {
 
 /// The IPv4 addresses (host order) of this node's interfaces, with their netmasks; 127/8 left out.
 fn interface_addresses() -> Vec<(u32, Option<u32>)> {
-    let mut found = Vec::new();
-    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `addrs` with a list we free below.
-    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        log::warn!("listing this node's addresses: {}", std::io::Error::last_os_error());
-        return found;
-    }
-    let mut cursor = addrs;
-    while !cursor.is_null() {
-        // SAFETY: a node of the list getifaddrs returned.
-        let ifa = unsafe { &*cursor };
-        cursor = ifa.ifa_next;
-        let v4 = |sa: *mut libc::sockaddr| -> Option<u32> {
-            // SAFETY: checked non-null, and the family says it is a sockaddr_in.
-            (!sa.is_null() && unsafe { (*sa).sa_family } == libc::AF_INET as libc::sa_family_t)
-                .then(|| u32::from_be(unsafe { (*(sa as *const libc::sockaddr_in)).sin_addr.s_addr }))
-        };
-        let Some(address) = v4(ifa.ifa_addr) else {
-            continue;
-        };
-        if address >> 24 == 127 {
-            continue;
+    let all = match netif::addresses() {
+        Ok(all) => all,
+        Err(e) => {
+            log::warn!("listing this node's addresses: {e}");
+            return Vec::new();
         }
-        found.push((address, v4(ifa.ifa_netmask)));
-    }
-    // SAFETY: the list getifaddrs returned, freed once.
-    unsafe { libc::freeifaddrs(addrs) };
-    found
+    };
+    let v4 = |a: Option<IpAddr>| match a {
+        Some(IpAddr::V4(v4)) => Some(u32::from(v4)),
+        _ => None,
+    };
+    all.into_iter()
+        .filter_map(|a| v4(Some(a.address)).map(|address| (address, v4(a.netmask))))
+        .filter(|(address, _)| address >> 24 != 127)
+        .collect()
 }
 
 /// The index of `interface` in the caller's namespace.

@@ -89,43 +89,66 @@ pub fn link_up(interface: &str) -> Result<bool> {
     Ok(flags & libc::IFF_UP != 0 && flags & libc::IFF_RUNNING != 0)
 }
 
-/// The interface holding `address`, IPv4 or IPv6 (`getifaddrs`, in the calling thread's network namespace), if any.
-pub fn interface_of(address: std::net::IpAddr) -> Option<String> {
+/// One address of one of the node's interfaces, as `getifaddrs` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InterfaceAddress {
+    pub interface: String,
+    pub address: std::net::IpAddr,
+    /// The netmask, when the kernel gives one.
+    pub netmask: Option<std::net::IpAddr>,
+}
+
+/// Every IPv4 and IPv6 address of the interfaces in the calling thread's network namespace (`getifaddrs`): the
+/// one place that reads that list.
+///
+/// # Errors
+/// When `getifaddrs` fails.
+pub fn addresses() -> std::io::Result<Vec<InterfaceAddress>> {
+    /// The address in `sa`, if it is an IPv4 or IPv6 one.
+    fn ip(sa: *const libc::sockaddr) -> Option<std::net::IpAddr> {
+        if sa.is_null() {
+            return None;
+        }
+        // SAFETY: checked non-null; the family says which sockaddr it is.
+        unsafe {
+            match i32::from((*sa).sa_family) {
+                libc::AF_INET => Some(
+                    std::net::Ipv4Addr::from(u32::from_be((*(sa as *const libc::sockaddr_in)).sin_addr.s_addr)).into(),
+                ),
+                libc::AF_INET6 => {
+                    Some(std::net::Ipv6Addr::from((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr).into())
+                }
+                _ => None,
+            }
+        }
+    }
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `addrs` with a list we free below.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cursor = addrs;
     while !cursor.is_null() {
         // SAFETY: a node of the list getifaddrs returned.
         let ifa = unsafe { &*cursor };
         cursor = ifa.ifa_next;
-        let sa = ifa.ifa_addr;
-        if sa.is_null() || ifa.ifa_name.is_null() {
+        let Some(address) = ip(ifa.ifa_addr) else { continue };
+        if ifa.ifa_name.is_null() {
             continue;
         }
-        // SAFETY: checked non-null; the family says which sockaddr it is.
-        let held = unsafe {
-            match i32::from((*sa).sa_family) {
-                libc::AF_INET => {
-                    let a = u32::from_be((*(sa as *const libc::sockaddr_in)).sin_addr.s_addr);
-                    std::net::IpAddr::V4(a.into())
-                }
-                libc::AF_INET6 => std::net::IpAddr::V6((*(sa as *const libc::sockaddr_in6)).sin6_addr.s6_addr.into()),
-                _ => continue,
-            }
-        };
-        if held == address {
-            // SAFETY: a NUL-terminated name from getifaddrs.
-            found = Some(unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned());
-            break;
-        }
+        // SAFETY: a NUL-terminated name from getifaddrs.
+        let interface = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        found.push(InterfaceAddress { interface, address, netmask: ip(ifa.ifa_netmask) });
     }
     // SAFETY: the list getifaddrs returned, freed once.
     unsafe { libc::freeifaddrs(addrs) };
-    found
+    Ok(found)
+}
+
+/// The interface holding `address`, IPv4 or IPv6 (in the calling thread's network namespace), if any.
+pub fn interface_of(address: std::net::IpAddr) -> Option<String> {
+    addresses().ok()?.into_iter().find(|a| a.address == address).map(|a| a.interface)
 }
 
 #[cfg(test)]
@@ -153,6 +176,32 @@ mod tests {
         assert!(wait_link(&p, false), "no carrier with the peer down");
         p.b.ip(&format!("link set dev {} up", p.b_if)).expect("peer up");
         assert!(wait_link(&p, true), "carrier came back");
+    }
+
+    /// Both families' addresses, with their interface and netmask, in the caller's namespace only.
+    #[test]
+    fn addresses_lists_both_families_with_their_interface_and_netmask() {
+        let p = veth_pair(&["addr add 10.93.0.1/24 dev {if}", "addr add fd00:93::1/64 dev {if} nodad"], &[])
+            .expect("veth pair");
+        let found = p.a.run(addresses).expect("run").expect("getifaddrs");
+        let find = |address: &str| {
+            let address: std::net::IpAddr = address.parse().expect("literal");
+            found.iter().find(|a| a.address == address).cloned()
+        };
+        let v4 = find("10.93.0.1").expect("the IPv4 address");
+        assert_eq!(
+            (v4.interface.as_str(), v4.netmask),
+            (p.a_if.as_str(), Some("255.255.255.0".parse().expect("mask")))
+        );
+        let v6 = find("fd00:93::1").expect("the IPv6 address");
+        assert_eq!(
+            (v6.interface.as_str(), v6.netmask),
+            (p.a_if.as_str(), Some("ffff:ffff:ffff:ffff::".parse().expect("mask")))
+        );
+        let on_b = p.b.run(addresses).expect("run").expect("getifaddrs");
+        assert!(on_b.iter().all(|a| a.interface != p.a_if), "another namespace's interfaces: {on_b:?}");
+        let a_if = p.a_if.clone();
+        assert_eq!(p.a.run(|| interface_of("fd00:93::1".parse().expect("literal"))).expect("run"), Some(a_if));
     }
 
     #[test]
